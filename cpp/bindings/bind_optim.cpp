@@ -1,0 +1,263 @@
+// Optimizer bindings. OptimPlan holds the parameter and state arrays of one optimizer (validated
+// once, at construction); each step() only checks and collects the gradients, so a step over
+// 3,000 tensors costs microseconds of marshalling, then one compiled call with the GIL released.
+#include <algorithm>
+#include <array>
+#include <string>
+#include <vector>
+
+#include "common.h"
+
+namespace cnnkit::bind {
+namespace {
+
+optim::Algo algo_from_name(const std::string& s) {
+  if (s == "sgd") return optim::Algo::sgd;
+  if (s == "adagrad") return optim::Algo::adagrad;
+  if (s == "rmsprop") return optim::Algo::rmsprop;
+  if (s == "adadelta") return optim::Algo::adadelta;
+  if (s == "adam") return optim::Algo::adam;
+  throw py::value_error("algo: expected one of sgd, adagrad, rmsprop, adadelta, adam, got '" + s + "'");
+}
+
+// Which state slots a group's hyperparameters need.
+std::array<bool, 3> needed_slots(optim::Algo algo, const double* h) {
+  using namespace optim::col;
+  switch (algo) {
+    case optim::Algo::sgd: return {h[SGD_MOMENTUM] != 0, false, false};
+    case optim::Algo::adagrad: return {true, false, false};
+    case optim::Algo::rmsprop: return {true, h[RMSPROP_CENTERED] != 0, h[RMSPROP_MOMENTUM] > 0};
+    case optim::Algo::adadelta: return {true, true, false};
+    case optim::Algo::adam: return {true, true, h[ADAM_AMSGRAD] != 0};
+  }
+  return {false, false, false};
+}
+
+std::string idx(const char* name, size_t i) { return std::string(name) + "[" + std::to_string(i) + "]"; }
+
+struct Interval {
+  uintptr_t lo, hi;
+  int64_t tensor;
+  int slot;  // -1: the param itself
+};
+
+class OptimPlan {
+ public:
+  OptimPlan(const std::string& algo, const py::list& params, const py::list& states,
+            const py::array_t<int32_t, py::array::c_style>& group_index)
+      : algo_(algo_from_name(algo)) {
+    const size_t n = py::len(params);
+    const int nslots = optim::state_slots(algo_);
+    if (static_cast<int>(py::len(states)) != nslots)
+      throw py::value_error("states: expected " + std::to_string(nslots) + " slot lists for '" + algo +
+                            "', got " + std::to_string(py::len(states)));
+    if (static_cast<size_t>(group_index.size()) != n)
+      throw py::value_error("group_index: expected " + std::to_string(n) + " entries, got " +
+                            std::to_string(group_index.size()));
+    refs_.resize(n);
+    keep_.reserve(n * (1 + nslots));
+    for (size_t i = 0; i < n; ++i) {
+      if (!py::isinstance<py::array>(params[i]))
+        throw py::type_error(idx("params", i) + ": expected a numpy.ndarray, got " + type_str(params[i]));
+      py::array p = py::reinterpret_borrow<py::array>(params[i]);
+      optim::TensorRef& r = refs_[i];
+      r.dtype = float_dtype(p, idx("params", i));
+      if (!c_contiguous(p)) throw py::value_error(idx("params", i) + ": expected a C-contiguous array");
+      if (!writeable(p)) throw py::value_error(idx("params", i) + ": expected a writeable array, got a read-only one");
+      r.p = p.mutable_data();
+      r.n = p.size();
+      r.g = nullptr;
+      r.group = group_index.at(i);
+      r.step = 0;
+      if (r.group < 0) throw py::value_error(idx("group_index", i) + ": expected >= 0");
+      ngroups_ = std::max(ngroups_, r.group + 1);
+      params_.push_back(p);
+      keep_.push_back(p);
+      const int64_t nb = r.n * static_cast<int64_t>(p.itemsize());
+      intervals_.push_back({reinterpret_cast<uintptr_t>(r.p), reinterpret_cast<uintptr_t>(r.p) + nb,
+                            static_cast<int64_t>(i), -1});
+      for (int s = 0; s < 3; ++s) r.s[s] = nullptr;
+      for (int s = 0; s < nslots; ++s) {
+        py::object slot = states[s];
+        if (slot.is_none()) continue;
+        py::object o = py::reinterpret_borrow<py::list>(slot)[i];
+        if (o.is_none()) continue;
+        const std::string what = "states[" + std::to_string(s) + "][" + std::to_string(i) + "]";
+        if (!py::isinstance<py::array>(o)) throw py::type_error(what + ": expected a numpy.ndarray");
+        py::array a = py::reinterpret_borrow<py::array>(o);
+        if (float_dtype(a, what) != r.dtype || a.size() != r.n || !c_contiguous(a) || !writeable(a))
+          throw py::value_error(what + ": expected a writeable C-contiguous " +
+                                std::string(dtype_name(r.dtype)) + " array of " +
+                                std::to_string(r.n) + " elements");
+        r.s[s] = a.mutable_data();
+        keep_.push_back(a);
+        intervals_.push_back({reinterpret_cast<uintptr_t>(r.s[s]),
+                              reinterpret_cast<uintptr_t>(r.s[s]) + static_cast<uintptr_t>(nb),
+                              static_cast<int64_t>(i), s});
+      }
+    }
+    intervals_.erase(std::remove_if(intervals_.begin(), intervals_.end(),
+                                    [](const Interval& v) { return v.hi == v.lo; }),
+                     intervals_.end());
+    std::sort(intervals_.begin(), intervals_.end(),
+              [](const Interval& a, const Interval& b) { return a.lo < b.lo; });
+    for (size_t k = 1; k < intervals_.size(); ++k)
+      if (intervals_[k].lo < intervals_[k - 1].hi)
+        throw py::value_error(describe(intervals_[k - 1]) + " and " + describe(intervals_[k]) +
+                              " share memory; every parameter and state array must be distinct");
+    active_.reserve(n);
+    active_idx_.reserve(n);
+  }
+
+  int64_t size() const { return static_cast<int64_t>(refs_.size()); }
+
+  void step(const py::sequence& grads, const py::array_t<double, py::array::c_style>& hyper,
+            py::array_t<int64_t, py::array::c_style>& steps) {
+    const size_t n = refs_.size();
+    const int K = optim::hyper_columns(algo_);
+    if (static_cast<size_t>(py::len(grads)) != n)
+      throw py::value_error("grads: expected " + std::to_string(n) + " gradients (one per parameter), got " +
+                            std::to_string(py::len(grads)));
+    if (hyper.ndim() != 2 || hyper.shape(0) < ngroups_ || hyper.shape(1) != K)
+      throw py::value_error("hyper: expected shape (" + std::to_string(ngroups_) + ", " + std::to_string(K) + ")");
+    if (static_cast<size_t>(steps.size()) != n || !writeable(steps))
+      throw py::value_error("steps: expected a writeable int64 array of " + std::to_string(n) + " entries");
+    const double* H = hyper.data();
+    int64_t* S = steps.mutable_data();
+    active_.clear();
+    active_idx_.clear();
+    for (size_t i = 0; i < n; ++i) {
+      py::handle o = grads[i];
+      if (o.is_none()) continue;
+      const optim::TensorRef& r = refs_[i];
+      if (!py::isinstance<py::array>(o))
+        throw py::type_error(idx("grads", i) + ": expected a numpy.ndarray, got " + type_str(o));
+      py::array g = py::reinterpret_borrow<py::array>(o);
+      const py::array& p = params_[i];
+      const char kind = g.dtype().kind();
+      if (kind != 'f' || static_cast<size_t>(g.itemsize()) != static_cast<size_t>(p.itemsize()) ||
+          g.dtype().byteorder() == '>')
+        throw py::type_error(idx("grads", i) + ": expected dtype " + dtype_name(r.dtype) + " (the dtype of params[" +
+                             std::to_string(i) + "]), got " + std::string(py::str(g.dtype())));
+      bool same = g.ndim() == p.ndim();
+      for (py::ssize_t d = 0; same && d < p.ndim(); ++d) same = g.shape(d) == p.shape(d);
+      if (!same)
+        throw py::value_error(idx("grads", i) + ": expected shape " + shape_str(p) + " (the shape of params[" +
+                              std::to_string(i) + "]), got " + shape_str(g));
+      if (!c_contiguous(g)) throw py::value_error(idx("grads", i) + ": expected a C-contiguous array");
+      if (!writeable(p))
+        throw py::value_error(idx("params", i) + ": expected a writeable array, got a read-only one");
+      const auto lo = reinterpret_cast<uintptr_t>(g.data());
+      const auto hi = lo + static_cast<uintptr_t>(r.n * g.itemsize());
+      if (hi > lo) {
+        auto it = std::lower_bound(intervals_.begin(), intervals_.end(), hi,
+                                   [](const Interval& v, uintptr_t x) { return v.lo < x; });
+        if (it != intervals_.begin() && std::prev(it)->hi > lo)
+          throw py::value_error(idx("grads", i) + ": shares memory with " + describe(*std::prev(it)) +
+                                "; a gradient must not alias a parameter or optimizer state");
+      }
+      if (r.group >= hyper.shape(0)) throw py::value_error("hyper: missing row for group " + std::to_string(r.group));
+      const auto need = needed_slots(algo_, H + int64_t(r.group) * K);
+      for (int s = 0; s < 3; ++s)
+        if (need[s] && r.s[s] == nullptr)
+          throw py::value_error(idx("params", i) + ": optimizer state slot " + std::to_string(s) +
+                                " is needed by the group's hyperparameters but was not allocated");
+      optim::TensorRef a = r;
+      a.g = g.data();
+      a.step = S[i] + 1;
+      active_.push_back(a);
+      active_idx_.push_back(static_cast<int64_t>(i));
+    }
+    {
+      py::gil_scoped_release nogil;
+      optim::multi_tensor_step(algo_, active_.data(), static_cast<int64_t>(active_.size()), H);
+    }
+    for (int64_t i : active_idx_) S[i] += 1;
+  }
+
+ private:
+  std::string describe(const Interval& v) const {
+    if (v.slot < 0) return idx("params", static_cast<size_t>(v.tensor));
+    return "the optimizer state (slot " + std::to_string(v.slot) + ") of " + idx("params", static_cast<size_t>(v.tensor));
+  }
+
+  optim::Algo algo_;
+  int ngroups_ = 0;
+  std::vector<optim::TensorRef> refs_;
+  std::vector<py::array> params_;
+  std::vector<py::object> keep_;
+  std::vector<Interval> intervals_;
+  std::vector<optim::TensorRef> active_;
+  std::vector<int64_t> active_idx_;
+};
+
+std::vector<optim::ArrayRef> array_refs(const py::sequence& arrays, const char* name, bool need_write,
+                                         std::vector<py::array>& keep) {
+  std::vector<optim::ArrayRef> out;
+  const size_t n = py::len(arrays);
+  out.reserve(n);
+  keep.reserve(n);
+  for (size_t i = 0; i < n; ++i) {
+    py::handle o = arrays[i];
+    if (!py::isinstance<py::array>(o))
+      throw py::type_error(idx(name, i) + ": expected a numpy.ndarray, got " + type_str(o));
+    py::array a = py::reinterpret_borrow<py::array>(o);
+    optim::ArrayRef r;
+    r.dtype = float_dtype(a, idx(name, i));
+    if (!c_contiguous(a)) throw py::value_error(idx(name, i) + ": expected a C-contiguous array");
+    if (need_write && !writeable(a))
+      throw py::value_error(idx(name, i) + ": expected a writeable array, got a read-only one");
+    r.data = const_cast<void*>(a.data());
+    r.n = a.size();
+    out.push_back(r);
+    keep.push_back(a);
+  }
+  return out;
+}
+
+}  // namespace
+
+void bind_optim(py::module_& m) {
+  py::class_<OptimPlan>(m, "OptimPlan",
+                        "Parameter and state arrays of one optimizer, checked once; step() runs one "
+                        "fused multi-tensor update.")
+      .def(py::init<const std::string&, const py::list&, const py::list&,
+                    const py::array_t<int32_t, py::array::c_style>&>(),
+           py::arg("algo"), py::arg("params"), py::arg("states"), py::arg("group_index"))
+      .def("__len__", &OptimPlan::size)
+      .def("step", &OptimPlan::step, py::arg("grads"), py::arg("hyper"), py::arg("steps"));
+
+  m.def(
+      "hyper_columns", [](const std::string& a) { return optim::hyper_columns(algo_from_name(a)); },
+      py::arg("algo"));
+
+  m.def(
+      "global_norm",
+      [](const py::sequence& arrays, double norm_type) {
+        std::vector<py::array> keep;
+        auto refs = array_refs(arrays, "grads", false, keep);
+        py::gil_scoped_release nogil;
+        return optim::multi_tensor_norm(refs.data(), static_cast<int64_t>(refs.size()), norm_type);
+      },
+      py::arg("arrays"), py::arg("norm_type"));
+  m.def(
+      "all_finite",
+      [](const py::sequence& arrays) {
+        std::vector<py::array> keep;
+        auto refs = array_refs(arrays, "grads", false, keep);
+        py::gil_scoped_release nogil;
+        return optim::multi_tensor_all_finite(refs.data(), static_cast<int64_t>(refs.size()));
+      },
+      py::arg("arrays"));
+  m.def(
+      "scale_",
+      [](const py::sequence& arrays, double factor) {
+        std::vector<py::array> keep;
+        auto refs = array_refs(arrays, "grads", true, keep);
+        py::gil_scoped_release nogil;
+        optim::multi_tensor_scale(refs.data(), static_cast<int64_t>(refs.size()), factor);
+      },
+      py::arg("arrays"), py::arg("factor"));
+}
+
+}  // namespace cnnkit::bind

@@ -1,0 +1,81 @@
+// Runtime bindings: ISA level, threads, build facts, the STREAM-like bandwidth kernels.
+#include <omp.h>
+
+#include <pybind11/stl.h>
+
+#include <vector>
+
+#include "cnnkit/bench.h"
+#include "cnnkit/common.h"
+#include "common.h"
+
+#ifdef CNNKIT_WITH_CUDA
+namespace cnnkit::cuda {
+int device_count();  // cuda/launch.cpp; 0 when no driver or device
+}
+#endif
+
+namespace cnnkit::bind {
+
+void bind_runtime(py::module_& m) {
+  m.def("isa_supported", [] { return std::string(isa_name(isa_supported())); });
+  m.def("isa_active", [] { return std::string(isa_name(isa_active())); });
+  m.def("set_isa", [](const std::string& name) { set_isa(isa_from_name(name)); }, py::arg("isa"));
+  m.def("get_num_threads", &num_threads);
+  m.def("set_num_threads", &set_num_threads, py::arg("n"));
+  m.def("build_facts", [] {
+    py::dict d;
+    d["version"] = CNNKIT_VERSION;
+    d["compiler"] = CNNKIT_COMPILER;
+    d["isa_compiled"] = py::make_tuple("scalar", "avx2", "avx512");
+    d["native"] = bool(CNNKIT_NATIVE_BUILD);
+    d["openmp"] = true;
+    d["openmp_version"] = _OPENMP;
+#ifdef CNNKIT_WITH_CUDA
+    d["cuda_compiled"] = true;
+#else
+    d["cuda_compiled"] = false;
+#endif
+    return d;
+  });
+  m.def("cuda_device_count", [] {
+#ifdef CNNKIT_WITH_CUDA
+    return cnnkit::cuda::device_count();
+#else
+    return 0;
+#endif
+  });
+
+  m.def(
+      "stream_run",
+      [](const std::string& kind, const py::list& arrays, int reps) {
+        const bench::Stream k = bench::stream_from_name(kind);
+        const int need = bench::stream_arrays(k);
+        if (static_cast<int>(py::len(arrays)) < need)
+          throw py::value_error("arrays: kernel '" + kind + "' needs " + std::to_string(need) +
+                                " arrays, got " + std::to_string(py::len(arrays)));
+        if (reps < 1) throw py::value_error("reps: expected >= 1, got " + std::to_string(reps));
+        std::vector<float*> ptrs;
+        int64_t n = -1;
+        for (int i = 0; i < need; ++i) {
+          py::array a = py::reinterpret_borrow<py::array>(arrays[i]);
+          if (!py::isinstance<py::array_t<float>>(arrays[i]) || !c_contiguous(a) || !writeable(a))
+            throw py::type_error("arrays[" + std::to_string(i) +
+                                 "]: expected a writeable C-contiguous float32 array");
+          if (n >= 0 && a.size() != n)
+            throw py::value_error("arrays: expected equal sizes");
+          n = a.size();
+          ptrs.push_back(static_cast<float*>(a.mutable_data()));
+        }
+        std::vector<double> secs(static_cast<size_t>(reps));
+        {
+          py::gil_scoped_release nogil;
+          bench::stream_run(k, ptrs.data(), n, reps, secs.data());
+        }
+        return py::make_tuple(py::cast(secs), bench::stream_bytes_per_elem(k) * n);
+      },
+      py::arg("kind"), py::arg("arrays"), py::arg("reps"),
+      "Run a STREAM-like kernel; returns (seconds per rep, bytes moved per rep).");
+}
+
+}  // namespace cnnkit::bind

@@ -1,0 +1,53 @@
+// Binding helpers: array checks that raise Python errors naming the argument.
+#pragma once
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <sstream>
+#include <string>
+
+#include "cnnkit/optim.h"
+
+namespace cnnkit::bind {
+namespace py = pybind11;
+
+inline std::string shape_str(const py::array& a) {
+  std::ostringstream os;
+  os << "(";
+  for (py::ssize_t i = 0; i < a.ndim(); ++i) os << (i ? ", " : "") << a.shape(i) << (a.ndim() == 1 ? "," : "");
+  os << ")";
+  return os.str();
+}
+
+inline std::string type_str(py::handle h) { return py::str(py::type::of(h).attr("__name__")); }
+
+// Float dtype of a NumPy array, or throws TypeError naming `what`.
+inline optim::DType float_dtype(const py::array& a, const std::string& what) {
+  const char kind = a.dtype().kind();
+  const auto size = a.itemsize();
+  if (kind == 'f' && size == 4 && a.dtype().byteorder() != '>') return optim::DType::f32;
+  if (kind == 'f' && size == 8 && a.dtype().byteorder() != '>') return optim::DType::f64;
+  throw py::type_error(what + ": expected a float32 or float64 array, got dtype " +
+                       std::string(py::str(a.dtype())));
+}
+
+inline const char* dtype_name(optim::DType d) { return d == optim::DType::f32 ? "float32" : "float64"; }
+
+inline bool c_contiguous(const py::array& a) {
+  return (a.flags() & py::array::c_style) != 0;
+}
+inline bool writeable(const py::array& a) {
+  return (a.flags() & py::detail::npy_api::NPY_ARRAY_WRITEABLE_) != 0;
+}
+
+inline bool overlaps(const void* a, int64_t abytes, const void* b, int64_t bbytes) {
+  auto x = reinterpret_cast<uintptr_t>(a), y = reinterpret_cast<uintptr_t>(b);
+  return abytes > 0 && bbytes > 0 && x < y + static_cast<uintptr_t>(bbytes) &&
+         y < x + static_cast<uintptr_t>(abytes);
+}
+
+void bind_runtime(py::module_& m);
+void bind_optim(py::module_& m);
+
+}  // namespace cnnkit::bind

@@ -1,0 +1,42 @@
+// cnnkit common definitions: the ISA levels, the thread count, and the host/device macro used by
+// math shared between the CPU kernels and the CUDA kernels.
+#pragma once
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#if defined(__CUDACC__)
+#define CNNKIT_HD __host__ __device__ __forceinline__
+#else
+#define CNNKIT_HD inline __attribute__((always_inline))
+#endif
+
+#define CNNKIT_CAT_(a, b) a##b
+#define CNNKIT_CAT(a, b) CNNKIT_CAT_(a, b)
+#define CNNKIT_STR_(a) #a
+#define CNNKIT_STR(a) CNNKIT_STR_(a)
+
+namespace cnnkit {
+
+// ISA levels in increasing order; a level runs only if the CPU supports it.
+enum class Isa : int { scalar = 0, avx2 = 1, avx512 = 2 };
+
+const char* isa_name(Isa isa);
+Isa isa_from_name(const std::string& name);  // throws std::invalid_argument
+Isa isa_supported();                         // best level this CPU (and OS) supports
+Isa isa_active();                            // level kernels use now
+void set_isa(Isa isa);                       // lower (or restore) the active level; throws if unsupported
+
+int num_threads();
+void set_num_threads(int n);  // n >= 1
+
+// Kernel errors that the bindings turn into Python ValueError / TypeError.
+struct value_error : std::invalid_argument {
+  using std::invalid_argument::invalid_argument;
+};
+struct type_error : std::invalid_argument {
+  using std::invalid_argument::invalid_argument;
+};
+
+}  // namespace cnnkit

@@ -1,0 +1,72 @@
+// cnnkit fused multi-tensor optimizer updates (C++ API; the Python layer lives in cnnkit.optim).
+// One call updates every tensor of a list in place; the work is split across threads by element,
+// not by tensor, so 3,000 small tensors cost about what one large tensor of the same total does.
+#pragma once
+
+#include <cstdint>
+
+#include "cnnkit/common.h"
+
+namespace cnnkit::optim {
+
+enum class Algo : int { sgd = 0, adagrad, rmsprop, adadelta, adam };
+enum class DType : int { f32 = 0, f64 = 1 };
+
+// Columns of the per-group hyperparameter table (double, one row per group).
+namespace col {
+enum Sgd { SGD_LR, SGD_MOMENTUM, SGD_DAMPENING, SGD_WD, SGD_NESTEROV, SGD_MAXIMIZE, SGD_K };
+enum Adagrad { ADAGRAD_LR, ADAGRAD_LR_DECAY, ADAGRAD_WD, ADAGRAD_EPS, ADAGRAD_MAXIMIZE, ADAGRAD_K };
+enum Rmsprop {
+  RMSPROP_LR, RMSPROP_ALPHA, RMSPROP_EPS, RMSPROP_WD, RMSPROP_MOMENTUM, RMSPROP_CENTERED,
+  RMSPROP_MAXIMIZE, RMSPROP_K
+};
+enum Adadelta { ADADELTA_LR, ADADELTA_RHO, ADADELTA_EPS, ADADELTA_WD, ADADELTA_MAXIMIZE, ADADELTA_K };
+enum Adam {
+  ADAM_LR, ADAM_BETA1, ADAM_BETA2, ADAM_EPS, ADAM_WD, ADAM_AMSGRAD, ADAM_MAXIMIZE, ADAM_DECOUPLED,
+  ADAM_K
+};
+}  // namespace col
+
+int hyper_columns(Algo algo);
+// State slots each algorithm uses (a slot may be null when its flag is off):
+//   sgd: momentum_buffer | adagrad: sum | rmsprop: square_avg, grad_avg, momentum_buffer
+//   adadelta: square_avg, acc_delta | adam: exp_avg, exp_avg_sq, max_exp_avg_sq
+int state_slots(Algo algo);
+
+// One tensor of a step: param, grad and state pointers of the same dtype and length n.
+struct TensorRef {
+  void* p;
+  const void* g;
+  void* s[3];
+  int64_t n;
+  DType dtype;
+  int32_t group;  // row of the hyperparameter table
+  int64_t step;   // 1-based step number of this update (after increment)
+};
+
+// A read-only or in-place array view used by the reductions.
+struct ArrayRef {
+  void* data;
+  int64_t n;
+  DType dtype;
+};
+
+// Updates every tensor in place. hyper: row-major (groups x hyper_columns(algo)).
+void multi_tensor_step(Algo algo, const TensorRef* tensors, int64_t count, const double* hyper);
+
+// Global norm over all arrays: fixed blocks of kNormBlock elements, partials in double combined
+// in array/block order, so the value does not depend on the thread count. norm_type may be inf.
+constexpr int64_t kNormBlock = 16384;
+double multi_tensor_norm(const ArrayRef* arrays, int64_t count, double norm_type);
+bool multi_tensor_all_finite(const ArrayRef* arrays, int64_t count);
+void multi_tensor_scale(const ArrayRef* arrays, int64_t count, double factor);
+
+// Per-ISA kernels (defined once per ISA level in cpp/src/optim/optim_update.cpp).
+struct Kernels {
+  void (*update[5])(const TensorRef& t, int64_t begin, int64_t len, const double* hyper_row);
+  double (*norm_partial)(const ArrayRef& a, int64_t begin, int64_t len, double norm_type);
+  bool (*all_finite)(const ArrayRef& a, int64_t begin, int64_t len);
+  void (*scale)(const ArrayRef& a, int64_t begin, int64_t len, double factor);
+};
+
+}  // namespace cnnkit::optim

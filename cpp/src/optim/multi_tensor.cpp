@@ -1,0 +1,150 @@
+// Multi-tensor drivers: split the elements of all tensors of a list evenly across the OpenMP
+// threads (each thread walks a contiguous range of the concatenated list, which may span many
+// small tensors), and call the per-ISA kernel on each piece. Element-wise updates do not depend on
+// the split; reductions use fixed blocks of kNormBlock elements combined in list order.
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "cnnkit/optim.h"
+
+namespace cnnkit {
+namespace scalar { extern const optim::Kernels optim_kernels; }
+namespace avx2 { extern const optim::Kernels optim_kernels; }
+namespace avx512 { extern const optim::Kernels optim_kernels; }
+}  // namespace cnnkit
+
+namespace cnnkit::optim {
+namespace {
+
+const Kernels& kernels() {
+  switch (isa_active()) {
+    case Isa::avx512: return avx512::optim_kernels;
+    case Isa::avx2: return avx2::optim_kernels;
+    default: return scalar::optim_kernels;
+  }
+}
+
+// Below this many elements in all, one thread does the work (a parallel region costs more).
+constexpr int64_t kSerialBelow = 1 << 15;
+// Thread ranges start on multiples of this many elements (a 64-byte line of float32).
+constexpr int64_t kAlign = 16;
+
+// Calls fn(index, begin, len) for pieces covering every element of every item; items are split
+// across threads by element count.
+template <typename SizeFn, typename Fn>
+void for_each_piece(int64_t count, SizeFn size_of, Fn fn) {
+  if (count <= 0) return;
+  std::vector<int64_t> prefix(static_cast<size_t>(count) + 1, 0);
+  for (int64_t i = 0; i < count; ++i) prefix[i + 1] = prefix[i] + size_of(i);
+  const int64_t total = prefix[count];
+  if (total == 0) return;
+  int nt = num_threads();
+  if (total < kSerialBelow || nt <= 1) {
+    for (int64_t i = 0; i < count; ++i)
+      if (size_of(i) > 0) fn(i, int64_t(0), size_of(i));
+    return;
+  }
+#pragma omp parallel num_threads(nt)
+  {
+    const int t = omp_get_thread_num(), T = omp_get_num_threads();
+    int64_t lo = total * t / T, hi = total * (t + 1) / T;
+    lo = (t == 0) ? 0 : (lo / kAlign) * kAlign;
+    hi = (t == T - 1) ? total : (hi / kAlign) * kAlign;
+    if (lo < hi) {
+      int64_t i = std::upper_bound(prefix.begin(), prefix.end(), lo) - prefix.begin() - 1;
+      for (; i < count && prefix[i] < hi; ++i) {
+        const int64_t b = std::max(lo, prefix[i]) - prefix[i];
+        const int64_t e = std::min(hi, prefix[i + 1]) - prefix[i];
+        if (e > b) fn(i, b, e - b);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+int hyper_columns(Algo algo) {
+  switch (algo) {
+    case Algo::sgd: return col::SGD_K;
+    case Algo::adagrad: return col::ADAGRAD_K;
+    case Algo::rmsprop: return col::RMSPROP_K;
+    case Algo::adadelta: return col::ADADELTA_K;
+    case Algo::adam: return col::ADAM_K;
+  }
+  return 0;
+}
+
+int state_slots(Algo algo) {
+  switch (algo) {
+    case Algo::sgd: return 1;
+    case Algo::adagrad: return 1;
+    case Algo::rmsprop: return 3;
+    case Algo::adadelta: return 2;
+    case Algo::adam: return 3;
+  }
+  return 0;
+}
+
+void multi_tensor_step(Algo algo, const TensorRef* tensors, int64_t count, const double* hyper) {
+  const Kernels& k = kernels();
+  auto fn = k.update[static_cast<int>(algo)];
+  const int K = hyper_columns(algo);
+  for_each_piece(
+      count, [&](int64_t i) { return tensors[i].n; },
+      [&](int64_t i, int64_t b, int64_t n) {
+        const TensorRef& t = tensors[i];
+        fn(t, b, n, hyper + int64_t(t.group) * K);
+      });
+}
+
+double multi_tensor_norm(const ArrayRef* arrays, int64_t count, double p) {
+  const Kernels& k = kernels();
+  std::vector<int64_t> first_block(static_cast<size_t>(count) + 1, 0);
+  for (int64_t i = 0; i < count; ++i)
+    first_block[i + 1] = first_block[i] + (arrays[i].n + kNormBlock - 1) / kNormBlock;
+  const int64_t nblocks = first_block[count];
+  std::vector<double> partial(static_cast<size_t>(nblocks), 0.0);
+  const int nt = (nblocks * kNormBlock < kSerialBelow) ? 1 : num_threads();
+#pragma omp parallel for schedule(static) num_threads(nt)
+  for (int64_t blk = 0; blk < nblocks; ++blk) {
+    int64_t i = std::upper_bound(first_block.begin(), first_block.end(), blk) - first_block.begin() - 1;
+    const int64_t b = (blk - first_block[i]) * kNormBlock;
+    partial[blk] = k.norm_partial(arrays[i], b, std::min(kNormBlock, arrays[i].n - b), p);
+  }
+  if (std::isinf(p)) {
+    double m = 0.0;
+    for (double v : partial) m = (v != v || v > m) ? v : m;
+    return m;
+  }
+  double acc = 0.0;
+  for (double v : partial) acc += v;
+  if (p == 2.0) return std::sqrt(acc);
+  if (p == 1.0 || p == 0.0) return acc;
+  return std::pow(acc, 1.0 / p);
+}
+
+bool multi_tensor_all_finite(const ArrayRef* arrays, int64_t count) {
+  const Kernels& k = kernels();
+  int bad = 0;
+  for_each_piece(
+      count, [&](int64_t i) { return arrays[i].n; },
+      [&](int64_t i, int64_t b, int64_t n) {
+        if (!k.all_finite(arrays[i], b, n)) {
+#pragma omp atomic write
+          bad = 1;
+        }
+      });
+  return bad == 0;
+}
+
+void multi_tensor_scale(const ArrayRef* arrays, int64_t count, double factor) {
+  const Kernels& k = kernels();
+  for_each_piece(
+      count, [&](int64_t i) { return arrays[i].n; },
+      [&](int64_t i, int64_t b, int64_t n) { k.scale(arrays[i], b, n, factor); });
+}
+
+}  // namespace cnnkit::optim

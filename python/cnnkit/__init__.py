@@ -1,0 +1,17 @@
+"""cnnkit: fast convolutional-network building blocks on NumPy arrays.
+
+A compiled core (C++ with AVX-512/AVX2 and OpenMP, optional CUDA) under a thin NumPy-native
+layer. Semantics follow PyTorch wherever PyTorch has the same operation.
+
+Every result is independent of the thread count: reductions use fixed-size blocks whose partial
+results are combined in a fixed order.
+"""
+from __future__ import annotations
+
+from . import _core
+from ._runtime import build_info, get_num_threads, set_num_threads
+from . import bench, optim
+
+__version__ = _core.build_facts()["version"]
+
+__all__ = ["build_info", "get_num_threads", "set_num_threads", "bench", "optim", "__version__"]

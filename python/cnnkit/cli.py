@@ -1,0 +1,34 @@
+"""The ``cnnkit`` command: ``cnnkit info`` and ``cnnkit bench <family>``."""
+from __future__ import annotations
+
+import argparse
+import json
+import runpy
+import sys
+from pathlib import Path
+
+FAMILIES = {"optim": "bench_optim"}
+
+
+def _bench(family: str, rest: list) -> int:
+    from .bench import runners
+    return runners.run(family, rest)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="cnnkit", description=__doc__)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("info", help="print build_info() as JSON")
+    b = sub.add_parser("bench", help="run a kernel family's benchmark and print its table")
+    b.add_argument("family", choices=sorted(FAMILIES))
+    b.add_argument("args", nargs=argparse.REMAINDER, help="passed to the benchmark")
+    ns = parser.parse_args(argv)
+    if ns.cmd == "info":
+        from . import build_info
+        print(json.dumps(build_info(), indent=2))
+        return 0
+    return _bench(ns.family, ns.args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""Shared fixtures and the one tolerance table (atol + rtol*|ref|, scaled with reduction length)."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+import cnnkit
+from cnnkit import _core, _runtime
+
+# Tolerances for comparing a kernel with its float64 reference, per dtype.
+TOL = {
+    np.dtype(np.float32): dict(rtol=2e-5, atol=1e-6),
+    np.dtype(np.float64): dict(rtol=1e-12, atol=1e-14),
+}
+
+
+def tol(dtype, length: int = 1, steps: int = 1) -> dict:
+    """Tolerance for `dtype`, widened with sqrt of the reduction length and the number of steps."""
+    t = TOL[np.dtype(dtype)]
+    scale = np.sqrt(max(length, 1)) * steps
+    return dict(rtol=t["rtol"] * scale, atol=t["atol"] * scale)
+
+
+def assert_close(actual, ref, dtype, *, length=1, steps=1, what="value"):
+    """Check every element against atol + rtol*|ref|; name the worst index on failure."""
+    actual = np.asarray(actual, dtype=np.float64)
+    ref = np.asarray(ref, dtype=np.float64)
+    assert actual.shape == ref.shape, f"{what}: shape {actual.shape} != {ref.shape}"
+    t = tol(dtype, length, steps)
+    bound = t["atol"] + t["rtol"] * np.abs(ref)
+    err = np.abs(actual - ref)
+    bad = ~(err <= bound)
+    if bad.any():
+        idx = np.unravel_index(np.argmax(np.where(bad, err - bound, -np.inf)), ref.shape)
+        raise AssertionError(f"{what}: {int(bad.sum())} of {ref.size} elements out of tolerance; "
+                             f"worst at index {idx}: got {actual[idx]!r}, expected {ref[idx]!r} "
+                             f"(bound {bound[idx]:.3g})")
+
+
+ISA_LEVELS = [lvl for lvl in ("scalar", "avx2", "avx512")
+              if ["scalar", "avx2", "avx512"].index(lvl)
+              <= ["scalar", "avx2", "avx512"].index(_core.isa_supported())]
+
+
+@pytest.fixture(params=ISA_LEVELS)
+def isa(request):
+    """Run the test once per ISA level this CPU supports (restored afterwards)."""
+    before = _core.isa_active()
+    _runtime._set_isa(request.param)
+    yield request.param
+    _runtime._set_isa(before)
+
+
+@pytest.fixture(params=[1, 2])
+def threads(request):
+    """Run the test at 1 and 2 threads (restored afterwards)."""
+    before = cnnkit.get_num_threads()
+    cnnkit.set_num_threads(request.param)
+    yield request.param
+    cnnkit.set_num_threads(before)
+
+
+@pytest.fixture
+def rng(request):
+    seed = abs(hash(request.node.nodeid)) % (2**32)
+    return np.random.default_rng(seed)
