@@ -8,6 +8,13 @@
 
 #include "common.h"
 
+#ifdef CNNKIT_WITH_CUDA
+namespace cnnkit::cuda {
+void multi_tensor_step(optim::Algo algo, const optim::TensorRef* refs, int64_t count, const double* hyper,
+                       int64_t ngroups);  // cuda/launch.cpp
+}
+#endif
+
 namespace cnnkit::bind {
 namespace {
 
@@ -165,6 +172,7 @@ class OptimPlan {
       optim::TensorRef a = r;
       a.g = g.data();
       a.step = S[i] + 1;
+      optim::fill_bias_corrections(algo_, a, H + int64_t(r.group) * K);
       active_.push_back(a);
       active_idx_.push_back(static_cast<int64_t>(i));
     }
@@ -226,6 +234,41 @@ void bind_optim(py::module_& m) {
            py::arg("algo"), py::arg("params"), py::arg("states"), py::arg("group_index"))
       .def("__len__", &OptimPlan::size)
       .def("step", &OptimPlan::step, py::arg("grads"), py::arg("hyper"), py::arg("steps"));
+
+  m.def(
+      "cuda_multi_tensor_step",
+      [](const std::string& algo, const py::list& tensors, const py::array_t<double, py::array::c_style>& hyper) {
+#ifdef CNNKIT_WITH_CUDA
+        const optim::Algo a = algo_from_name(algo);
+        const int K = optim::hyper_columns(a);
+        if (hyper.ndim() != 2 || hyper.shape(1) != K)
+          throw py::value_error("hyper: expected shape (groups, " + std::to_string(K) + ")");
+        std::vector<optim::TensorRef> refs;
+        for (py::handle h : tensors) {
+          // (p, g, s0, s1, s2, n, dtype (0 f32, 1 f64), group, step), device addresses as ints
+          auto t = h.cast<py::tuple>();
+          optim::TensorRef r;
+          r.p = reinterpret_cast<void*>(t[0].cast<uintptr_t>());
+          r.g = reinterpret_cast<const void*>(t[1].cast<uintptr_t>());
+          for (int k = 0; k < 3; ++k) r.s[k] = reinterpret_cast<void*>(t[2 + k].cast<uintptr_t>());
+          r.n = t[5].cast<int64_t>();
+          r.dtype = t[6].cast<int>() == 0 ? optim::DType::f32 : optim::DType::f64;
+          r.group = t[7].cast<int32_t>();
+          r.step = t[8].cast<int64_t>();
+          if (r.group < 0 || r.group >= hyper.shape(0)) throw py::value_error("tensors: group out of range");
+          optim::fill_bias_corrections(a, r, hyper.data() + int64_t(r.group) * K);
+          refs.push_back(r);
+        }
+        py::gil_scoped_release nogil;
+        cuda::multi_tensor_step(a, refs.data(), static_cast<int64_t>(refs.size()), hyper.data(), hyper.shape(0));
+#else
+        (void)algo;
+        (void)tensors;
+        (void)hyper;
+        throw std::runtime_error("cnnkit was built without CUDA (CNNKIT_CUDA=OFF or no nvcc at build time)");
+#endif
+      },
+      py::arg("algo"), py::arg("tensors"), py::arg("hyper"));
 
   m.def(
       "hyper_columns", [](const std::string& a) { return optim::hyper_columns(algo_from_name(a)); },

@@ -42,7 +42,13 @@ struct TensorRef {
   DType dtype;
   int32_t group;  // row of the hyperparameter table
   int64_t step;   // 1-based step number of this update (after increment)
+  // Adam's bias corrections 1 - beta^step, filled by fill_bias_corrections() on the host (so the
+  // CPU and CUDA paths use the same libm pow and give the same bits).
+  double bc1, bc2;
 };
+
+// Sets t.bc1/t.bc2 for Adam from its group's hyperparameter row (no-op for other algorithms).
+void fill_bias_corrections(Algo algo, TensorRef& t, const double* hyper_row);
 
 // A read-only or in-place array view used by the reductions.
 struct ArrayRef {

@@ -88,6 +88,12 @@ int state_slots(Algo algo) {
   return 0;
 }
 
+void fill_bias_corrections(Algo algo, TensorRef& t, const double* h) {
+  if (algo != Algo::adam) return;
+  t.bc1 = 1.0 - std::pow(h[col::ADAM_BETA1], double(t.step));
+  t.bc2 = 1.0 - std::pow(h[col::ADAM_BETA2], double(t.step));
+}
+
 void multi_tensor_step(Algo algo, const TensorRef* tensors, int64_t count, const double* hyper) {
   const Kernels& k = kernels();
   auto fn = k.update[static_cast<int>(algo)];

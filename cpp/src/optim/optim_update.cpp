@@ -176,9 +176,7 @@ template <typename T>
 void adam_t(const TensorRef& t, int64_t b, int64_t n, const double* h) {
   using namespace col;
   const double lr = h[ADAM_LR], b1 = h[ADAM_BETA1], b2 = h[ADAM_BETA2], wd = h[ADAM_WD];
-  const double step = double(t.step);
-  const double bc1 = 1.0 - std::pow(b1, step);
-  const double bc2 = 1.0 - std::pow(b2, step);
+  const double bc1 = t.bc1, bc2 = t.bc2;  // fill_bias_corrections()
   const bool decoupled = h[ADAM_DECOUPLED] != 0;
   AdamScalars<T> s{T(h[ADAM_MAXIMIZE] != 0 ? -1 : 1),
                    T(wd),

@@ -4,6 +4,9 @@ Each function updates ``params`` and the state lists in place, exactly as one st
 matching class in :mod:`cnnkit.optim` (see there for the formulas). ``step`` is the 1-based
 step number of this update: an int for every tensor, or one int per tensor. State arrays must
 match their parameter's shape and dtype and be C-contiguous and writeable.
+
+Device arrays (anything with ``__cuda_array_interface__``: CuPy, PyTorch CUDA tensors) run the
+same update as one fused CUDA launch when cnnkit was built with CUDA.
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import numbers
 import numpy as np
 
 from .. import _core
+from . import _cuda
 from ._arrays import check_list, check_param
 from ._spec import SPECS
 
@@ -37,6 +41,15 @@ def _run(algo, params, grads, states, step, group):
     spec = SPECS[algo]
     params = check_list("params", params)
     n = len(params)
+    if n and _cuda.is_device_array(params[0]):
+        grads = check_list("grads", grads, n)
+        states = [None if st is None else check_list(name, st, n)
+                  for name, st in zip(spec.slots, states)]
+        for name, st, need in zip(spec.slots, states, spec.needed(group)):
+            if need and st is None:
+                raise ValueError(f"{name}: required by the given hyperparameters, got None")
+        _cuda.run(spec, params, grads, states, _steps(step, n), group)
+        return
     for i, p in enumerate(params):
         check_param(f"params[{i}]", p)
     grads = check_list("grads", grads, n)

@@ -1,0 +1,85 @@
+// Plain C++ launcher for the CUDA optimizer kernels: builds per-tensor chunk offsets, copies them
+// with the tensor table and hyperparameters to the device (one reusable buffer) and launches once
+// on the legacy default stream (asynchronous, like any CUDA op). Pointers in the tensor table are device pointers supplied by the caller.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "cnnkit/optim.h"
+#include "fused_optim.cuh"
+
+namespace cnnkit::cuda {
+namespace {
+
+void check(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) throw std::runtime_error(std::string("CUDA error in ") + what + ": " + cudaGetErrorString(e));
+}
+
+struct Scratch {
+  std::mutex mu;
+  void* dev = nullptr;
+  size_t bytes = 0;
+  int device = -1;
+};
+Scratch g_scratch;
+
+size_t align_up(size_t n) { return (n + 255) & ~size_t(255); }
+
+}  // namespace
+
+int device_count() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();  // clear the sticky "no driver" error
+    return 0;
+  }
+  return n;
+}
+
+void multi_tensor_step(optim::Algo algo, const optim::TensorRef* refs, int64_t count, const double* hyper,
+                       int64_t ngroups) {
+  std::vector<int64_t> first_chunk(static_cast<size_t>(count) + 1, 0);
+  for (int64_t i = 0; i < count; ++i) first_chunk[i + 1] = first_chunk[i] + (refs[i].n + kChunk - 1) / kChunk;
+  const int64_t nchunks = first_chunk[count];
+  if (nchunks == 0) return;
+  const size_t refs_bytes = align_up(sizeof(optim::TensorRef) * count);
+  const size_t chunk_bytes = align_up(sizeof(int64_t) * (count + 1));
+  const size_t hyper_bytes = align_up(sizeof(double) * ngroups * optim::hyper_columns(algo));
+  const size_t total = refs_bytes + chunk_bytes + hyper_bytes;
+
+  std::lock_guard<std::mutex> lock(g_scratch.mu);
+  int dev = 0;
+  check(cudaGetDevice(&dev), "cudaGetDevice");
+  cudaStream_t stream = 0;  // the legacy default stream orders with other blocking streams
+  if (g_scratch.bytes < total || g_scratch.device != dev) {
+    if (g_scratch.dev) {
+      check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+      cudaFree(g_scratch.dev);
+    }
+    g_scratch.dev = nullptr;
+    g_scratch.bytes = 0;
+    check(cudaMalloc(&g_scratch.dev, total), "cudaMalloc");
+    g_scratch.bytes = total;
+    g_scratch.device = dev;
+  }
+  char* base = static_cast<char*>(g_scratch.dev);
+  std::vector<char> host(total);
+  std::copy_n(reinterpret_cast<const char*>(refs), sizeof(optim::TensorRef) * count, host.data());
+  std::copy_n(reinterpret_cast<const char*>(first_chunk.data()), sizeof(int64_t) * (count + 1),
+              host.data() + refs_bytes);
+  std::copy_n(reinterpret_cast<const char*>(hyper), sizeof(double) * ngroups * optim::hyper_columns(algo),
+              host.data() + refs_bytes + chunk_bytes);
+  // From pageable memory this copy has left `host` by the time it returns; the launch that reads
+  // the scratch buffer is ordered after it on the same stream, and so is the next call's copy.
+  check(cudaMemcpyAsync(base, host.data(), total, cudaMemcpyHostToDevice, stream), "cudaMemcpyAsync");
+  check(launch_multi_tensor(algo, reinterpret_cast<const optim::TensorRef*>(base),
+                            reinterpret_cast<const int64_t*>(base + refs_bytes), count, nchunks,
+                            reinterpret_cast<const double*>(base + refs_bytes + chunk_bytes), stream),
+        "kernel launch");
+}
+
+}  // namespace cnnkit::cuda
