@@ -40,14 +40,23 @@ int device_count() {
   return n;
 }
 
-void multi_tensor_step(optim::Algo algo, const optim::TensorRef* refs, int64_t count, const double* hyper,
+void multi_tensor_step(optim::Algo algo, const optim::TensorRef* refs_in, int64_t count, const double* hyper,
                        int64_t ngroups) {
-  std::vector<int64_t> first_chunk(static_cast<size_t>(count) + 1, 0);
-  for (int64_t i = 0; i < count; ++i) first_chunk[i + 1] = first_chunk[i] + (refs[i].n + kChunk - 1) / kChunk;
-  const int64_t nchunks = first_chunk[count];
-  if (nchunks == 0) return;
-  const size_t refs_bytes = align_up(sizeof(optim::TensorRef) * count);
-  const size_t chunk_bytes = align_up(sizeof(int64_t) * (count + 1));
+  // float32 tensors first, then float64: one launch per dtype present.
+  std::vector<optim::TensorRef> refs;
+  refs.reserve(static_cast<size_t>(count));
+  for (int pass = 0; pass < 2; ++pass)
+    for (int64_t i = 0; i < count; ++i)
+      if (static_cast<int>(refs_in[i].dtype) == pass && refs_in[i].n > 0) refs.push_back(refs_in[i]);
+  const int64_t n = static_cast<int64_t>(refs.size());
+  if (n == 0) return;
+  std::vector<int64_t> first_chunk(static_cast<size_t>(n) + 1, 0);
+  for (int64_t i = 0; i < n; ++i) first_chunk[i + 1] = first_chunk[i] + (refs[i].n + kChunk - 1) / kChunk;
+  int64_t n32 = 0;
+  while (n32 < n && refs[n32].dtype == optim::DType::f32) ++n32;
+
+  const size_t refs_bytes = align_up(sizeof(optim::TensorRef) * n);
+  const size_t chunk_bytes = align_up(sizeof(int64_t) * (n + 1));
   const size_t hyper_bytes = align_up(sizeof(double) * ngroups * optim::hyper_columns(algo));
   const size_t total = refs_bytes + chunk_bytes + hyper_bytes;
 
@@ -68,18 +77,25 @@ void multi_tensor_step(optim::Algo algo, const optim::TensorRef* refs, int64_t c
   }
   char* base = static_cast<char*>(g_scratch.dev);
   std::vector<char> host(total);
-  std::copy_n(reinterpret_cast<const char*>(refs), sizeof(optim::TensorRef) * count, host.data());
-  std::copy_n(reinterpret_cast<const char*>(first_chunk.data()), sizeof(int64_t) * (count + 1),
+  std::copy_n(reinterpret_cast<const char*>(refs.data()), sizeof(optim::TensorRef) * n, host.data());
+  std::copy_n(reinterpret_cast<const char*>(first_chunk.data()), sizeof(int64_t) * (n + 1),
               host.data() + refs_bytes);
   std::copy_n(reinterpret_cast<const char*>(hyper), sizeof(double) * ngroups * optim::hyper_columns(algo),
               host.data() + refs_bytes + chunk_bytes);
-  // From pageable memory this copy has left `host` by the time it returns; the launch that reads
-  // the scratch buffer is ordered after it on the same stream, and so is the next call's copy.
+  // From pageable memory this copy has left `host` by the time it returns; the launches that read
+  // the scratch buffer are ordered after it on the same stream, and so is the next call's copy.
   check(cudaMemcpyAsync(base, host.data(), total, cudaMemcpyHostToDevice, stream), "cudaMemcpyAsync");
-  check(launch_multi_tensor(algo, reinterpret_cast<const optim::TensorRef*>(base),
-                            reinterpret_cast<const int64_t*>(base + refs_bytes), count, nchunks,
-                            reinterpret_cast<const double*>(base + refs_bytes + chunk_bytes), stream),
-        "kernel launch");
+  const auto* d_refs = reinterpret_cast<const optim::TensorRef*>(base);
+  const auto* d_first = reinterpret_cast<const int64_t*>(base + refs_bytes);
+  const auto* d_hyper = reinterpret_cast<const double*>(base + refs_bytes + chunk_bytes);
+  if (n32 > 0)
+    check(launch_multi_tensor(algo, optim::DType::f32, d_refs, d_first, n32, first_chunk[n32], d_hyper, stream),
+          "kernel launch (float32)");
+  if (n32 < n)
+    // the float64 launch sees the tail of the tables; chunk numbers stay global
+    check(launch_multi_tensor(algo, optim::DType::f64, d_refs + n32, d_first + n32, n - n32,
+                              first_chunk[n] - first_chunk[n32], d_hyper, stream),
+          "kernel launch (float64)");
 }
 
 }  // namespace cnnkit::cuda

@@ -113,3 +113,23 @@ def test_cuda_rejects_mismatched_grad():
     with pytest.raises(ValueError, match=r"grads\[0\]"):
         F.sgd_(p, g, None, step=1, lr=0.1)
     np.testing.assert_array_equal(to_host(p[0]), np.ones(10, np.float32))
+
+
+def test_cuda_mixed_dtypes_in_one_call():
+    """float32 and float64 tensors in one list: two launches, both checked against the CPU."""
+    rng = np.random.default_rng(7)
+    sizes = [5000, 3, 70001, 0, 129]
+    dts = [np.float64, np.float32, np.float64, np.float32, np.float32]
+    p0 = [rng.standard_normal(n).astype(d) for n, d in zip(sizes, dts)]
+    g = [rng.standard_normal(n).astype(d) for n, d in zip(sizes, dts)]
+    kw = dict(lr=1e-2, beta1=0.9, beta2=0.99, eps=1e-8, weight_decay=0.05)
+    p_cpu = [a.copy() for a in p0]
+    m_cpu, v_cpu = [np.zeros_like(a) for a in p0], [np.zeros_like(a) for a in p0]
+    p_gpu = [to_dev(a) for a in p0]
+    m_gpu, v_gpu = [to_dev(np.zeros_like(a)) for a in p0], [to_dev(np.zeros_like(a)) for a in p0]
+    for step in (1, 2, 3):
+        F.adamw_(p_cpu, g, m_cpu, v_cpu, step=step, **kw)
+        F.adamw_(p_gpu, [to_dev(a) for a in g], m_gpu, v_gpu, step=step, **kw)
+    for i in range(len(sizes)):
+        np.testing.assert_array_equal(to_host(p_gpu[i]), p_cpu[i])
+        np.testing.assert_array_equal(to_host(v_gpu[i]), v_cpu[i])
