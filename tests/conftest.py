@@ -1,6 +1,7 @@
 """Shared fixtures and the one tolerance table (atol + rtol*|ref|, scaled with reduction length)."""
 from __future__ import annotations
 
+import contextlib
 import zlib
 
 import numpy as np
@@ -66,3 +67,42 @@ def threads(request):
 def rng(request):
     seed = zlib.crc32(request.node.nodeid.encode())
     return np.random.default_rng(seed)
+
+
+@contextlib.contextmanager
+def isa_level(name: str):
+    """Run the body at ISA level `name` (restored afterwards); for tests that compare levels."""
+    before = _core.isa_active()
+    _runtime._set_isa(name)
+    try:
+        yield name
+    finally:
+        _runtime._set_isa(before)
+
+
+@contextlib.contextmanager
+def num_threads(n: int):
+    """Run the body with `n` cnnkit threads (restored afterwards)."""
+    before = cnnkit.get_num_threads()
+    cnnkit.set_num_threads(n)
+    try:
+        yield n
+    finally:
+        cnnkit.set_num_threads(before)
+
+
+def assert_bitwise(actual, expected, what="value"):
+    """Same dtype, shape and bits (NaN payloads included); name the first differing index."""
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != {expected.dtype}"
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    if actual.tobytes() == expected.tobytes():
+        return
+    uint = np.dtype(f"u{actual.itemsize}")
+    a = np.ascontiguousarray(actual).reshape(-1).view(uint)
+    e = np.ascontiguousarray(expected).reshape(-1).view(uint)
+    k = int(np.argmax(a != e))
+    idx = np.unravel_index(k, actual.shape) if actual.ndim else ()
+    raise AssertionError(f"{what}: {int((a != e).sum())} of {a.size} elements differ in their "
+                         f"bits; first at index {idx}: got {actual[idx]!r}, "
+                         f"expected {expected[idx]!r}")

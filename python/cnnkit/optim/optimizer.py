@@ -94,40 +94,52 @@ class Optimizer:
         group["params"] = ps
         self._spec.row(group)  # validate before adding anything
         gi = len(self.param_groups)
+        # Build the new plan first (it checks that no two arrays share memory); commit after.
+        pending = self._prepare(
+            params=self._params + ps, group_of=self._group_of + [gi] * len(ps),
+            groups=self.param_groups + [group],
+            states=[list(slot) + [None] * len(ps) for slot in self._states],
+            steps=np.concatenate([self._steps, np.zeros(len(ps), np.int64)]), force=True)
         self.param_groups.append(group)
-        for p in ps:
-            self._params.append(p)
-            self._group_of.append(gi)
-            for slot in self._states:
-                slot.append(None)
-        self._steps = np.concatenate([self._steps, np.zeros(len(ps), np.int64)])
-        self._plan = None
-        self._ensure_state()
+        self._params = self._params + ps
+        self._group_of = self._group_of + [gi] * len(ps)
+        self._commit(pending)
 
     def _init_state(self, slot: int, p: np.ndarray, group: Mapping):
         """Initial value of a state slot (0; subclasses override), broadcast into the array."""
         return 0.0
 
+    def _prepare(self, *, params=None, group_of=None, groups=None, states=None, steps=None,
+                 force=False):
+        """State slots the groups' hyperparameters need and a plan over them, without changing
+        the optimizer; None when nothing changed. Costs one check per group in that case, so it
+        can run every step. Commit the result with :meth:`_commit` once the step succeeded."""
+        params = self._params if params is None else params
+        group_of = self._group_of if group_of is None else group_of
+        groups = self.param_groups if groups is None else groups
+        needs = [tuple(self._spec.needed(g)) for g in groups]
+        if not force and self._plan is not None and needs == self._needs:
+            return None
+        states = [list(slot) for slot in (self._states if states is None else states)]
+        steps = (self._steps if steps is None else steps).copy()
+        missing = [(s, i) for i in range(len(params))
+                   for s, need in enumerate(needs[group_of[i]])
+                   if need and states[s][i] is None]
+        for (s, i), view in zip(missing, self._arena_views(missing, params)):
+            view[...] = self._init_state(s, params[i], groups[group_of[i]])
+            states[s][i] = view
+            steps[i] = self._step_after_new_state(int(steps[i]), s)
+        plan = _core.OptimPlan(self._spec.core, params, states, np.asarray(group_of, dtype=np.int32))
+        return needs, states, steps, plan
+
+    def _commit(self, pending) -> None:
+        if pending is not None:
+            self._needs, self._states, self._steps, self._plan = pending
+
     def _ensure_state(self) -> None:
-        """Allocate state slots that the groups' current hyperparameters need; rebuild the plan.
+        self._commit(self._prepare())
 
-        Costs one check per group when nothing changed, so it can run every step."""
-        needs = [tuple(self._spec.needed(g)) for g in self.param_groups]
-        if self._plan is not None and needs == self._needs:
-            return
-        missing = [(s, i) for i in range(len(self._params))
-                   for s, need in enumerate(needs[self._group_of[i]])
-                   if need and self._states[s][i] is None]
-        for (s, i), view in zip(missing, self._arena_views(missing)):
-            view[...] = self._init_state(s, self._params[i], self.param_groups[self._group_of[i]])
-            self._states[s][i] = view
-            self._on_new_state(i, s)
-        self._plan = _core.OptimPlan(self._spec.core, self._params,
-                                     [list(s) for s in self._states],
-                                     np.asarray(self._group_of, dtype=np.int32))
-        self._needs = needs
-
-    def _arena_views(self, missing: list) -> list:
+    def _arena_views(self, missing: list, params: list) -> list:
         """Views for new state arrays, carved from one allocation per (slot, dtype).
 
         One large allocation gets transparent huge pages (NumPy advises them for big arrays), so
@@ -137,22 +149,23 @@ class Optimizer:
         views: list = [None] * len(missing)
         buckets: dict = {}
         for k, (s, i) in enumerate(missing):
-            buckets.setdefault((s, self._params[i].dtype), []).append(k)
+            buckets.setdefault((s, params[i].dtype), []).append(k)
         for (s, dtype), ks in buckets.items():
             line = 64 // dtype.itemsize
             offsets, total = [], 0
             for k in ks:
                 offsets.append(total)
-                size = self._params[missing[k][1]].size
+                size = params[missing[k][1]].size
                 total += -(-size // line) * line
             arena = np.zeros(max(total, 1), dtype=dtype)
             for k, off in zip(ks, offsets):
-                p = self._params[missing[k][1]]
+                p = params[missing[k][1]]
                 views[k] = arena[off:off + p.size].reshape(p.shape)
         return views
 
-    def _on_new_state(self, i: int, slot: int) -> None:
-        """Hook: a state slot of parameter i was just allocated."""
+    def _step_after_new_state(self, step: int, slot: int) -> int:
+        """Hook: the step count of a parameter whose state slot was just allocated."""
+        return step
 
     # ---- the step --------------------------------------------------------------------------
     def _hyper(self) -> np.ndarray:
@@ -171,10 +184,14 @@ class Optimizer:
             When true the step is skipped entirely (e.g. from :func:`cnnkit.optim.found_inf`).
         """
         hyper = self._hyper()
-        self._ensure_state()
         if found_inf is not None and bool(found_inf):
             return
-        self._plan.step(grads, hyper, self._steps)
+        pending = self._prepare()  # new state slots are committed only if the step succeeds
+        if pending is None:
+            self._plan.step(grads, hyper, self._steps)
+        else:
+            pending[3].step(grads, hyper, pending[2])
+            self._commit(pending)
 
     def zero_state(self) -> None:
         """Reset every state array and step count to the values of a fresh optimizer."""
@@ -264,12 +281,10 @@ class Optimizer:
         self._ensure_state()
         for i, (step, arrays) in staged.items():
             self._steps[i] = step
-            group = self.param_groups[self._group_of[i]]
             for name, a in arrays.items():
                 s = self._spec.slots.index(name)
                 if self._states[s][i] is None:
-                    view = self._arena_views([(s, i)])[0]
-                    self._states[s][i] = view
+                    self._states[s][i] = self._arena_views([(s, i)], self._params)[0]
                     self._plan = None
                 np.copyto(self._states[s][i], a)
         if self._plan is None:
@@ -290,11 +305,18 @@ def flatten_state_dict(state_dict: Mapping) -> dict:
 
     ``opt.load_state_dict(np.load(path))`` reads it back.
     """
-    out = {"param_groups": np.array(json.dumps(state_dict["param_groups"]))}
+    out = {"param_groups": np.array(json.dumps(state_dict["param_groups"], default=_jsonable))}
     for pid, entry in state_dict["state"].items():
         for name, value in entry.items():
             out[f"state/{int(pid)}/{name}"] = np.asarray(value)
     return out
+
+
+def _jsonable(x):
+    """NumPy scalars (accepted as hyperparameters) as plain Python values."""
+    if isinstance(x, np.generic):
+        return x.item()
+    raise TypeError(f"state_dict: cannot save {type(x).__name__} {x!r} in a flat state dict")
 
 
 def _unflatten(sd) -> dict:

@@ -37,9 +37,9 @@ class SGD(Optimizer):
                                       weight_decay=weight_decay, nesterov=nesterov,
                                       maximize=maximize))
 
-    def _on_new_state(self, i, slot):
-        # a fresh momentum buffer is set to the gradient on its first step
-        self._steps[i] = 0
+    def _step_after_new_state(self, step, slot):
+        # a fresh momentum buffer is set to the gradient on its first step (step count 0 -> 1)
+        return 0
 
 
 class Adagrad(Optimizer):
