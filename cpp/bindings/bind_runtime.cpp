@@ -26,6 +26,7 @@ void bind_runtime(py::module_& m) {
   m.def("build_facts", [] {
     py::dict d;
     d["version"] = CNNKIT_VERSION;
+    d["git_commit"] = CNNKIT_GIT_COMMIT;
     d["compiler"] = CNNKIT_COMPILER;
     d["isa_compiled"] = py::make_tuple("scalar", "avx2", "avx512");
     d["native"] = bool(CNNKIT_NATIVE_BUILD);

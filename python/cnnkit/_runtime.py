@@ -11,7 +11,8 @@ __all__ = ["build_info", "set_num_threads", "get_num_threads"]
 def build_info() -> dict:
     """What was compiled and what runs now.
 
-    Returns a dict with ``version``, ``compiler``, ``isa_compiled`` (levels built),
+    Returns a dict with ``version``, ``git_commit`` (of the build), ``compiler``,
+    ``isa_compiled`` (levels built),
     ``isa_supported`` (best level this CPU runs), ``isa`` (level in use; ``CNNKIT_ISA`` lowers it),
     ``openmp``, ``num_threads``, ``cuda_compiled`` and ``cuda_devices``.
     """

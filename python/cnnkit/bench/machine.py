@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import platform
-import subprocess
 
 import numpy as np
 
@@ -49,19 +48,10 @@ def _cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def _commit() -> str:
-    try:
-        here = os.path.dirname(os.path.abspath(__file__))
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True,
-                              text=True, timeout=5).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 def machine_header(extra: dict | None = None) -> str:
     """One block of text: commit, CPU, threads, ISA and library versions."""
     info = build_info()
-    lines = [f"cnnkit {info['version']} (commit {_commit()}), {info['compiler']}, "
+    lines = [f"cnnkit {info['version']} (commit {info['git_commit']}), {info['compiler']}, "
              f"ISA {info['isa']}, {info['num_threads']} threads",
              f"CPU: {_cpu_name()}, {os.cpu_count()} logical cores; numpy {np.__version__}"]
     for k, v in (extra or {}).items():

@@ -29,7 +29,6 @@ import gc
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 
@@ -488,22 +487,6 @@ def render(summary: list, lists: list, n_params: dict, have_torch: bool) -> str:
     return "\n".join(lines)
 
 
-def _repo_commit() -> str | None:
-    """Commit of the cnnkit checkout in the current directory, if there is one."""
-    try:
-        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True,
-                             text=True, timeout=5).stdout.strip()
-        if not top or not os.path.isdir(os.path.join(top, "python", "cnnkit")):
-            return None
-        c = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=top, capture_output=True,
-                           text=True, timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=top,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        return c + (" with uncommitted changes" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
 # ---- entry point -------------------------------------------------------------------------------
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -566,9 +549,6 @@ def main(argv=None) -> int:
     else:
         extra["torch"] = "not used (not importable or --no-torch)"
     extra["python"] = f"{platform.python_version()}, {platform.platform()}"
-    rc = _repo_commit()
-    if rc:
-        extra["source tree"] = rc
 
     total = QUICK_TOTAL if args.quick else SHAPES["total_params"]
     n_small = QUICK_SMALL_COUNT if args.quick else SHAPES["small_tensors"]["count"]

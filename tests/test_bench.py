@@ -1,0 +1,80 @@
+"""The STREAM-like kernels behind cnnkit.bench.memory_bandwidth, and the command line."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import cnnkit
+from cnnkit import _core, cli
+
+Q = np.float32(0.5)  # the scalar every STREAM kernel uses
+
+
+def _expected(kind, a, b, c, d):
+    a, b, c, d = (x.astype(np.float64) for x in (a, b, c, d))
+    q = float(Q)
+    if kind in ("copy", "copy_nt"):
+        return [b, b, c, d]
+    if kind in ("triad", "triad_nt"):
+        return [b + q * c, b, c, d]
+    if kind == "read":
+        return [a, b, c, d]
+    if kind == "rw5":
+        c2 = q * c + b
+        return [a - q * c2, b, c2, d]
+    if kind in ("rw7", "rw7_nt"):
+        c2, d2 = q * c + b, q * d + b
+        return [a - q * c2 * d2, b, c2, d2]
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", ["copy", "copy_nt", "triad", "triad_nt", "read", "rw5", "rw7",
+                                  "rw7_nt"])
+@pytest.mark.parametrize("n", [1, 15, 16, 17, 1000, 40001])
+@pytest.mark.parametrize("offset", [0, 3])
+def test_stream_kernels_compute_what_they_claim(kind, n, offset, isa, threads, rng):
+    # offset: arrays that do not start on a 64-byte line, to exercise the peeled head
+    arrays = [rng.standard_normal(n + offset).astype(np.float32)[offset:] for _ in range(4)]
+    before = [x.copy() for x in arrays]
+    secs, nbytes = _core.stream_run(kind, arrays, 1)
+    assert len(secs) == 1 and secs[0] >= 0
+    assert nbytes == {"copy": 8, "copy_nt": 8, "triad": 12, "triad_nt": 12, "read": 4, "rw5": 20,
+                      "rw7": 28, "rw7_nt": 28}[kind] * n
+    for k, (got, want) in enumerate(zip(arrays, _expected(kind, *before))):
+        np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-6, err_msg=f"{kind} array {k}")
+
+
+def test_stream_run_rejects_bad_input(rng):
+    a = rng.standard_normal(10).astype(np.float32)
+    with pytest.raises(ValueError, match="kind"):
+        _core.stream_run("nope", [a, a], 1)
+    with pytest.raises(ValueError, match="arrays"):
+        _core.stream_run("triad", [a, a], 1)
+    with pytest.raises(TypeError, match=r"arrays\[1\]"):
+        _core.stream_run("copy", [a, a.astype(np.float64)], 1)
+    with pytest.raises(ValueError, match="reps"):
+        _core.stream_run("copy", [a, a.copy()], 0)
+
+
+def test_memory_bandwidth_reports_every_kind(rng):
+    arrays = [rng.standard_normal(1 << 16).astype(np.float32) for _ in range(4)]
+    bw = cnnkit.bench.memory_bandwidth(("copy", "triad", "rw5", "rw7"), reps=2, arrays=arrays)
+    assert set(bw) == {"copy", "triad", "rw5", "rw7"}
+    assert all(np.isfinite(v) and v > 0 for v in bw.values())
+    with pytest.raises(ValueError, match="kinds"):
+        cnnkit.bench.memory_bandwidth(("fast",), arrays=arrays)
+
+
+def test_cli_info_prints_build_info(capsys):
+    assert cli.main(["info"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["version"] == cnnkit.__version__
+    assert info["isa"] in info["isa_compiled"]
+
+
+def test_cli_rejects_unknown_family(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["bench", "nope"])
+    assert e.value.code == 2
