@@ -1387,3 +1387,18 @@ def test_set_num_threads_round_trip():
         assert cnnkit.get_num_threads() == 1
         cnnkit.set_num_threads(np.int64(2))
         assert cnnkit.get_num_threads() == 2
+
+
+@pytest.mark.parametrize("key,value", [("lr", float("inf")), ("eps", float("inf")),
+                                       ("weight_decay", float("inf")), ("lr", float("nan"))])
+def test_non_finite_hyperparameters_rejected_before_any_update(key, value, rng):
+    p = rng.standard_normal(20).astype(np.float32)
+    before = p.copy()
+    with pytest.raises(ValueError, match=key):
+        cnnkit.optim.Adam([p], **{key: value})
+    opt = cnnkit.optim.Adam([p], lr=1e-2)
+    opt.param_groups[0][key] = value
+    with pytest.raises(ValueError, match=key):
+        opt.step([rng.standard_normal(20).astype(np.float32)])
+    np.testing.assert_array_equal(p, before)
+    assert opt.state_dict()["state"] == {}

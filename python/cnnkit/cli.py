@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import runpy
 import sys
-from pathlib import Path
 
 FAMILIES = {"optim": "bench_optim"}
 

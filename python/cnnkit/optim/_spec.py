@@ -7,37 +7,12 @@ way whichever API received it.
 """
 from __future__ import annotations
 
-import math
-import numbers
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
-import numpy as np
+from .._validate import check_bool, check_real
 
-__all__ = ["AlgoSpec", "SPECS", "check_real", "check_bool"]
-
-
-def check_real(name: str, value, *, lo=None, hi=None, lo_open=False, hi_open=False) -> float:
-    """Return ``value`` as a float or raise TypeError/ValueError naming ``name``."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name}: expected a real number, got {type(value).__name__} {value!r}")
-    v = float(value)
-    if math.isnan(v):
-        raise ValueError(f"{name}: expected a number, got NaN")
-    bad = (lo is not None and (v < lo or (lo_open and v == lo))) or (
-        hi is not None and (v > hi or (hi_open and v == hi)))
-    if bad:
-        lb = "(" if lo_open else "["
-        rb = ")" if hi_open else "]"
-        rng = f"{lb}{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}{rb}"
-        raise ValueError(f"{name}: expected a value in {rng}, got {v!r}")
-    return v
-
-
-def check_bool(name: str, value) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name}: expected a bool, got {type(value).__name__} {value!r}")
-    return bool(value)
+__all__ = ["AlgoSpec", "SPECS"]
 
 
 def _nonneg(name):

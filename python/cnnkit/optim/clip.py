@@ -6,7 +6,7 @@ import math
 import numpy as np
 
 from .. import _core
-from ._spec import check_real
+from .._validate import check_real
 
 __all__ = ["clip_grad_norm_", "global_norm", "found_inf"]
 
@@ -20,7 +20,7 @@ def _present(grads):
 def _norm_type(norm_type) -> float:
     if isinstance(norm_type, str) and norm_type == "inf":
         return math.inf
-    v = check_real("norm_type", norm_type)
+    v = check_real("norm_type", norm_type, finite=False)
     if not (v > 0):
         raise ValueError(f"norm_type: expected a positive number or inf, got {norm_type!r}")
     return v
@@ -48,7 +48,7 @@ def clip_grad_norm_(grads, max_norm, norm_type=2.0, error_if_nonfinite=False) ->
         Raise RuntimeError (before touching any gradient) if the norm is NaN or inf.
     """
     g = _present(grads)
-    max_norm = check_real("max_norm", max_norm)
+    max_norm = check_real("max_norm", max_norm, lo=0.0, finite=False)
     total = float(_core.global_norm(g, _norm_type(norm_type)))
     if error_if_nonfinite and not math.isfinite(total):
         raise RuntimeError(f"The total norm of order {norm_type} for gradients is non-finite, so "

@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import copy
 import math
-import numbers
 from typing import Any, Dict, List, Optional, Sequence, Union
+
+from .._validate import check_bool, check_int, check_real
 
 __all__ = [
     "LRScheduler",
@@ -45,56 +46,8 @@ __all__ = [
 # --------------------------------------------------------------------------
 
 
-def _is_real(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _check_int(name: str, value: Any, minimum: int, what: str) -> int:
-    """Return ``int(value)``; TypeError unless an integer, ValueError below ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be {what}, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be {what}, got {value!r}")
-    return int(value)
-
-
-def _check_real(
-    name: str,
-    value: Any,
-    low: Optional[float] = None,
-    high: Optional[float] = None,
-    low_open: bool = False,
-    high_open: bool = False,
-) -> float:
-    """Return ``float(value)``; TypeError unless a real number, ValueError if
-    not finite or outside the interval given by ``low``/``high``."""
-    lo = "-inf" if low is None else repr(float(low))
-    hi = "inf" if high is None else repr(float(high))
-    interval = ("(" if low_open or low is None else "[") + f"{lo}, {hi}" + (
-        ")" if high_open or high is None else "]"
-    )
-    what = f"a finite real number in {interval}"
-    if not _is_real(value):
-        raise TypeError(f"{name} must be {what}, got {type(value).__name__} {value!r}")
-    v = float(value)
-    ok = math.isfinite(v)
-    if ok and low is not None:
-        ok = v > low if low_open else v >= low
-    if ok and high is not None:
-        ok = v < high if high_open else v <= high
-    if not ok:
-        raise ValueError(f"{name} must be {what}, got {value!r}")
-    return v
-
-
-def _check_bool(name: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
-    return value
-
-
 def _check_last_epoch(last_epoch: Any) -> int:
-    return _check_int("last_epoch", last_epoch, -1, "an int >= -1")
+    return check_int("last_epoch", last_epoch, -1, "an int >= -1")
 
 
 def _check_optimizer(optimizer: Any) -> List[Dict[str, Any]]:
@@ -122,7 +75,7 @@ def _check_optimizer(optimizer: Any) -> List[Dict[str, Any]]:
                 f"optimizer.param_groups[{i}] must have an 'lr' key, got keys "
                 f"{sorted(map(str, group))}"
             )
-        _check_real(f"optimizer.param_groups[{i}]['lr']", group["lr"])
+        check_real(f"optimizer.param_groups[{i}]['lr']", group["lr"])
     return groups
 
 
@@ -130,9 +83,9 @@ def _per_group(
     name: str,
     value: Any,
     n_groups: int,
-    low: Optional[float] = None,
-    high: Optional[float] = None,
-    low_open: bool = False,
+    lo: Optional[float] = None,
+    hi: Optional[float] = None,
+    lo_open: bool = False,
 ) -> List[float]:
     """Broadcast a scalar to one value per param group, or check a sequence's length."""
     if isinstance(value, (list, tuple)):
@@ -142,10 +95,10 @@ def _per_group(
                 f"({n_groups}), got {len(value)} values"
             )
         return [
-            _check_real(f"{name}[{i}]", v, low=low, high=high, low_open=low_open)
+            check_real(f"{name}[{i}]", v, lo=lo, hi=hi, lo_open=lo_open)
             for i, v in enumerate(value)
         ]
-    return [_check_real(name, value, low=low, high=high, low_open=low_open)] * n_groups
+    return [check_real(name, value, lo=lo, hi=hi, lo_open=lo_open)] * n_groups
 
 
 # --------------------------------------------------------------------------
@@ -239,7 +192,7 @@ class LRScheduler:
         """
         groups = self.optimizer.param_groups
         if epoch is not None:
-            epoch = _check_int("epoch", epoch, 0, "an int >= 0")
+            epoch = check_int("epoch", epoch, 0, "an int >= 0")
         self._step_count += 1
         if epoch is None:
             self.last_epoch += 1
@@ -324,8 +277,8 @@ class StepLR(LRScheduler):
     def __init__(
         self, optimizer: Any, step_size: int, gamma: float = 0.1, last_epoch: int = -1
     ) -> None:
-        self.step_size = _check_int("step_size", step_size, 1, "a positive int")
-        self.gamma = _check_real("gamma", gamma, low=0.0, low_open=True)
+        self.step_size = check_int("step_size", step_size, 1, "a positive int")
+        self.gamma = check_real("gamma", gamma, lo=0.0, lo_open=True)
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self) -> List[float]:
@@ -363,7 +316,7 @@ class ExponentialLR(LRScheduler):
     """
 
     def __init__(self, optimizer: Any, gamma: float, last_epoch: int = -1) -> None:
-        self.gamma = _check_real("gamma", gamma, low=0.0, low_open=True)
+        self.gamma = check_real("gamma", gamma, lo=0.0, lo_open=True)
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self) -> List[float]:
@@ -417,8 +370,8 @@ class CosineAnnealingLR(LRScheduler):
     def __init__(
         self, optimizer: Any, T_max: int, eta_min: float = 0.0, last_epoch: int = -1
     ) -> None:
-        self.T_max = _check_int("T_max", T_max, 1, "a positive int")
-        self.eta_min = _check_real("eta_min", eta_min, low=0.0)
+        self.T_max = check_int("T_max", T_max, 1, "a positive int")
+        self.eta_min = check_real("eta_min", eta_min, lo=0.0)
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self) -> List[float]:
@@ -484,11 +437,11 @@ class LinearLR(LRScheduler):
         total_iters: int = 5,
         last_epoch: int = -1,
     ) -> None:
-        self.start_factor = _check_real(
-            "start_factor", start_factor, low=0.0, high=1.0, low_open=True
+        self.start_factor = check_real(
+            "start_factor", start_factor, lo=0.0, hi=1.0, lo_open=True
         )
-        self.end_factor = _check_real("end_factor", end_factor, low=0.0, high=1.0)
-        self.total_iters = _check_int("total_iters", total_iters, 1, "a positive int")
+        self.end_factor = check_real("end_factor", end_factor, lo=0.0, hi=1.0)
+        self.total_iters = check_int("total_iters", total_iters, 1, "a positive int")
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self) -> List[float]:
@@ -587,9 +540,9 @@ class OneCycleLR(LRScheduler):
         last_epoch: int = -1,
     ) -> None:
         if total_steps is not None:
-            total = _check_int("total_steps", total_steps, 1, "a positive int")
+            total = check_int("total_steps", total_steps, 1, "a positive int")
         elif epochs is not None and steps_per_epoch is not None:
-            total = _check_int("epochs", epochs, 1, "a positive int") * _check_int(
+            total = check_int("epochs", epochs, 1, "a positive int") * check_int(
                 "steps_per_epoch", steps_per_epoch, 1, "a positive int"
             )
         else:
@@ -599,17 +552,17 @@ class OneCycleLR(LRScheduler):
                 f"steps_per_epoch={steps_per_epoch!r}"
             )
         self.total_steps = total
-        pct = _check_real("pct_start", pct_start, low=0.0, high=1.0)
+        pct = check_real("pct_start", pct_start, lo=0.0, hi=1.0)
         if anneal_strategy not in ("cos", "linear"):
             raise ValueError(
                 f"anneal_strategy must be 'cos' or 'linear', got {anneal_strategy!r}"
             )
         self._anneal_strategy = anneal_strategy
-        self.cycle_momentum = _check_bool("cycle_momentum", cycle_momentum)
-        three_phase = _check_bool("three_phase", three_phase)
-        self._div_factor = _check_real("div_factor", div_factor, low=0.0, low_open=True)
-        self._final_div_factor = _check_real(
-            "final_div_factor", final_div_factor, low=0.0, low_open=True
+        self.cycle_momentum = check_bool("cycle_momentum", cycle_momentum)
+        three_phase = check_bool("three_phase", three_phase)
+        self._div_factor = check_real("div_factor", div_factor, lo=0.0, lo_open=True)
+        self._final_div_factor = check_real(
+            "final_div_factor", final_div_factor, lo=0.0, lo_open=True
         )
         # Arguments needing the optimizer are checked in _prepare_groups.
         self._max_lr_arg = max_lr
@@ -640,7 +593,7 @@ class OneCycleLR(LRScheduler):
 
     def _prepare_groups(self, groups: List[Dict[str, Any]], last_epoch: int) -> None:
         n = len(groups)
-        max_lrs = _per_group("max_lr", self._max_lr_arg, n, low=0.0, low_open=True)
+        max_lrs = _per_group("max_lr", self._max_lr_arg, n, lo=0.0, lo_open=True)
         base_moms = max_moms = None
         if self.cycle_momentum:
             for i, group in enumerate(groups):
@@ -764,9 +717,9 @@ class ExponentialRangeLR(LRScheduler):
         num_steps: int,
         last_epoch: int = -1,
     ) -> None:
-        self.start_lr = _check_real("start_lr", start_lr, low=0.0, low_open=True)
-        self.end_lr = _check_real("end_lr", end_lr, low=0.0, low_open=True)
-        self.num_steps = _check_int("num_steps", num_steps, 2, "an int >= 2")
+        self.start_lr = check_real("start_lr", start_lr, lo=0.0, lo_open=True)
+        self.end_lr = check_real("end_lr", end_lr, lo=0.0, lo_open=True)
+        self.num_steps = check_int("num_steps", num_steps, 2, "an int >= 2")
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self) -> List[float]:

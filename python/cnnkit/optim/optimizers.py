@@ -5,8 +5,8 @@ Every update formula below is per element, with ``g`` the gradient, ``p`` the pa
 """
 from __future__ import annotations
 
-import numpy as np
 
+from .._validate import check_real
 from .optimizer import Optimizer
 
 __all__ = ["SGD", "Adagrad", "RMSprop", "Adadelta", "Adam", "AdamW"]
@@ -53,7 +53,6 @@ class Adagrad(Optimizer):
 
     def __init__(self, params, lr=1e-2, lr_decay=0.0, weight_decay=0.0,
                  initial_accumulator_value=0.0, eps=1e-10, *, maximize=False):
-        from ._spec import check_real
         check_real("initial_accumulator_value", initial_accumulator_value, lo=0.0)
         super().__init__(params, dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay,
                                       initial_accumulator_value=initial_accumulator_value,
