@@ -114,6 +114,7 @@ class OptimPlan {
                               " share memory; every parameter and state array must be distinct");
     active_.reserve(n);
     active_idx_.reserve(n);
+    checked_.assign(n, 0);
   }
 
   int64_t size() const { return static_cast<int64_t>(refs_.size()); }
@@ -131,48 +132,65 @@ class OptimPlan {
       throw py::value_error("steps: expected a writeable int64 array of " + std::to_string(n) + " entries");
     const double* H = hyper.data();
     int64_t* S = steps.mutable_data();
+    // per-group facts, once per step
+    std::vector<std::array<bool, 3>> need(static_cast<size_t>(ngroups_));
+    for (int gi = 0; gi < ngroups_; ++gi) need[gi] = needed_slots(algo_, H + int64_t(gi) * K);
     active_.clear();
     active_idx_.clear();
+    py::object seq = py::reinterpret_steal<py::object>(PySequence_Fast(grads.ptr(), "grads: expected a sequence"));
+    if (!seq) throw py::error_already_set();
+    PyObject** items = PySequence_Fast_ITEMS(seq.ptr());
+    const auto& api = py::detail::npy_api::get();
+    int last_group = -1;
+    int64_t last_step = -1;
+    double bc1 = 0, bc2 = 0;
     for (size_t i = 0; i < n; ++i) {
-      py::handle o = grads[i];
-      if (o.is_none()) continue;
+      PyObject* o = items[i];
+      if (o == Py_None) continue;
       const optim::TensorRef& r = refs_[i];
-      if (!py::isinstance<py::array>(o))
+      if (!api.PyArray_Check_(o))
         throw py::type_error(idx("grads", i) + ": expected a numpy.ndarray, got " + type_str(o));
-      py::array g = py::reinterpret_borrow<py::array>(o);
-      const py::array& p = params_[i];
-      const char kind = g.dtype().kind();
-      if (kind != 'f' || static_cast<size_t>(g.itemsize()) != static_cast<size_t>(p.itemsize()) ||
-          g.dtype().byteorder() == '>')
-        throw py::type_error(idx("grads", i) + ": expected dtype " + dtype_name(r.dtype) + " (the dtype of params[" +
-                             std::to_string(i) + "]), got " + std::string(py::str(g.dtype())));
-      bool same = g.ndim() == p.ndim();
-      for (py::ssize_t d = 0; same && d < p.ndim(); ++d) same = g.shape(d) == p.shape(d);
-      if (!same)
-        throw py::value_error(idx("grads", i) + ": expected shape " + shape_str(p) + " (the shape of params[" +
-                              std::to_string(i) + "]), got " + shape_str(g));
-      if (!c_contiguous(g)) throw py::value_error(idx("grads", i) + ": expected a C-contiguous array");
-      if (!writeable(p))
+      const auto* ga = py::detail::array_proxy(o);
+      const auto* pa = py::detail::array_proxy(params_[i].ptr());
+      // Fast path: the same dtype object and the same shape; otherwise the full check names what
+      // differs.
+      const bool same_dtype = ga->descr == pa->descr;
+      bool same_shape = ga->nd == pa->nd;
+      for (int d = 0; same_shape && d < ga->nd; ++d) same_shape = ga->dimensions[d] == pa->dimensions[d];
+      if (!same_dtype || !same_shape) check_grad_slow(i, py::reinterpret_borrow<py::array>(o));
+      if (!(ga->flags & py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_))
+        throw py::value_error(idx("grads", i) + ": expected a C-contiguous array");
+      if (!(pa->flags & py::detail::npy_api::NPY_ARRAY_WRITEABLE_))
         throw py::value_error(idx("params", i) + ": expected a writeable array, got a read-only one");
-      const auto lo = reinterpret_cast<uintptr_t>(g.data());
-      const auto hi = lo + static_cast<uintptr_t>(r.n * g.itemsize());
-      if (hi > lo) {
+      const auto lo = reinterpret_cast<uintptr_t>(ga->data);
+      const auto hi = lo + static_cast<uintptr_t>(r.n * (r.dtype == optim::DType::f32 ? 4 : 8));
+      // A gradient buffer reused from the last step (the usual case) was already found to share
+      // no memory with the (fixed) parameter and state arrays.
+      if (hi > lo && checked_[i] != lo) {
         auto it = std::lower_bound(intervals_.begin(), intervals_.end(), hi,
                                    [](const Interval& v, uintptr_t x) { return v.lo < x; });
         if (it != intervals_.begin() && std::prev(it)->hi > lo)
           throw py::value_error(idx("grads", i) + ": shares memory with " + describe(*std::prev(it)) +
                                 "; a gradient must not alias a parameter or optimizer state");
+        checked_[i] = lo;
       }
-      if (r.group >= hyper.shape(0)) throw py::value_error("hyper: missing row for group " + std::to_string(r.group));
-      const auto need = needed_slots(algo_, H + int64_t(r.group) * K);
-      for (int s = 0; s < 3; ++s)
-        if (need[s] && r.s[s] == nullptr)
-          throw py::value_error(idx("params", i) + ": optimizer state slot " + std::to_string(s) +
+      for (int k = 0; k < 3; ++k)
+        if (need[r.group][k] && r.s[k] == nullptr)
+          throw py::value_error(idx("params", i) + ": optimizer state slot " + std::to_string(k) +
                                 " is needed by the group's hyperparameters but was not allocated");
       optim::TensorRef a = r;
-      a.g = g.data();
+      a.g = ga->data;
       a.step = S[i] + 1;
-      optim::fill_bias_corrections(algo_, a, H + int64_t(r.group) * K);
+      if (a.group != last_group || a.step != last_step) {  // tensors of a group share a step
+        optim::fill_bias_corrections(algo_, a, H + int64_t(r.group) * K);
+        last_group = a.group;
+        last_step = a.step;
+        bc1 = a.bc1;
+        bc2 = a.bc2;
+      } else {
+        a.bc1 = bc1;
+        a.bc2 = bc2;
+      }
       active_.push_back(a);
       active_idx_.push_back(static_cast<int64_t>(i));
     }
@@ -184,6 +202,21 @@ class OptimPlan {
   }
 
  private:
+  // The named error for a gradient whose dtype or shape differs from its parameter's.
+  void check_grad_slow(size_t i, const py::array& g) const {
+    const py::array& p = params_[i];
+    const optim::TensorRef& r = refs_[i];
+    const char kind = g.dtype().kind();
+    if (kind != 'f' || g.itemsize() != p.itemsize() || g.dtype().byteorder() == '>')
+      throw py::type_error(idx("grads", i) + ": expected dtype " + dtype_name(r.dtype) + " (the dtype of params[" +
+                           std::to_string(i) + "]), got " + std::string(py::str(g.dtype())));
+    bool same = g.ndim() == p.ndim();
+    for (py::ssize_t d = 0; same && d < p.ndim(); ++d) same = g.shape(d) == p.shape(d);
+    if (!same)
+      throw py::value_error(idx("grads", i) + ": expected shape " + shape_str(p) + " (the shape of params[" +
+                            std::to_string(i) + "]), got " + shape_str(g));
+  }
+
   std::string describe(const Interval& v) const {
     if (v.slot < 0) return idx("params", static_cast<size_t>(v.tensor));
     return "the optimizer state (slot " + std::to_string(v.slot) + ") of " + idx("params", static_cast<size_t>(v.tensor));
@@ -197,6 +230,7 @@ class OptimPlan {
   std::vector<Interval> intervals_;
   std::vector<optim::TensorRef> active_;
   std::vector<int64_t> active_idx_;
+  std::vector<uintptr_t> checked_;  // per tensor: start of the last gradient found alias-free
 };
 
 std::vector<optim::ArrayRef> array_refs(const py::sequence& arrays, const char* name, bool need_write,
