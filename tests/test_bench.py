@@ -78,3 +78,9 @@ def test_cli_rejects_unknown_family(capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["bench", "nope"])
     assert e.value.code == 2
+
+
+def test_each_isa_table_reaches_its_own_kernel_copy():
+    # Header kernels (templates) are compiled once per ISA level; if their symbols were shared the
+    # linker would keep a single copy and every level would silently run it.
+    assert _core.kernel_builds() == ("scalar", "avx2", "avx512")

@@ -7,6 +7,7 @@
 
 #include "cnnkit/bench.h"
 #include "cnnkit/common.h"
+#include "cnnkit/optim.h"
 #include "common.h"
 
 #ifdef CNNKIT_WITH_CUDA
@@ -21,6 +22,11 @@ void bind_runtime(py::module_& m) {
   m.def("isa_supported", [] { return std::string(isa_name(isa_supported())); });
   m.def("isa_active", [] { return std::string(isa_name(isa_active())); });
   m.def("set_isa", [](const std::string& name) { set_isa(isa_from_name(name)); }, py::arg("isa"));
+  m.def("kernel_builds", [] {
+    const char* names[3];
+    optim::kernel_builds(names);
+    return py::make_tuple(names[0], names[1], names[2]);
+  }, "The ISA level each per-ISA kernel table's header code was compiled for (scalar, avx2, avx512).");
   m.def("get_num_threads", &num_threads);
   m.def("set_num_threads", &set_num_threads, py::arg("n"));
   m.def("build_facts", [] {

@@ -17,6 +17,17 @@
 #define CNNKIT_STR_(a) #a
 #define CNNKIT_STR(a) CNNKIT_STR_(a)
 
+// Kernel code in headers (templates, inline functions) is compiled once per ISA level. Each copy
+// must get its own symbols, or the linker keeps one copy (say, the baseline one) for every level.
+// Such headers put their contents in `inline namespace CNNKIT_KERNEL_NS`.
+#if defined(CNNKIT_ISA_NS)
+#define CNNKIT_KERNEL_NS CNNKIT_ISA_NS
+#elif defined(__CUDACC__)
+#define CNNKIT_KERNEL_NS cuda_device
+#else
+#define CNNKIT_KERNEL_NS host_generic
+#endif
+
 namespace cnnkit {
 
 // ISA levels in increasing order; a level runs only if the CPU supports it.

@@ -73,6 +73,10 @@ struct Kernels {
   double (*norm_partial)(const ArrayRef& a, int64_t begin, int64_t len, double norm_type);
   bool (*all_finite)(const ArrayRef& a, int64_t begin, int64_t len);
   void (*scale)(const ArrayRef& a, int64_t begin, int64_t len, double factor);
+  const char* (*compiled_for)();  // the ISA level the header kernels of this copy were built for
 };
+
+// compiled_for() of each ISA table, in the order scalar, avx2, avx512.
+void kernel_builds(const char* out[3]);
 
 }  // namespace cnnkit::optim

@@ -12,8 +12,12 @@
 #include "cnnkit/optim_math.h"
 
 namespace cnnkit::optim::apply {
+inline namespace CNNKIT_KERNEL_NS {  // one copy per ISA level (see common.h)
 
 using namespace cnnkit::optim::math;
+
+// Which copy this is; the tests check that each ISA table reaches its own copy.
+inline const char* compiled_for() { return CNNKIT_STR(CNNKIT_KERNEL_NS); }
 
 struct SerialLoop {
   static CNNKIT_HD int64_t first() { return 0; }
@@ -193,4 +197,5 @@ CNNKIT_HD void adam(const TensorRef& t, int64_t b, int64_t n, const double* h) {
   });
 }
 
+}  // namespace CNNKIT_KERNEL_NS
 }  // namespace cnnkit::optim::apply

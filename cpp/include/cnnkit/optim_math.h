@@ -22,6 +22,7 @@
 #include "cnnkit/common.h"
 
 namespace cnnkit::optim::math {
+inline namespace CNNKIT_KERNEL_NS {  // one copy per ISA level (see common.h)
 
 CNNKIT_HD float k_sqrt(float x) { return sqrtf(x); }
 CNNKIT_HD double k_sqrt(double x) { return sqrt(x); }
@@ -117,4 +118,5 @@ CNNKIT_HD void adam_update(T& p, T g, T& m, T& v, T& vmax, const AdamScalars<T>&
   p = pi - s.step_size * (mi / denom);
 }
 
+}  // namespace CNNKIT_KERNEL_NS
 }  // namespace cnnkit::optim::math

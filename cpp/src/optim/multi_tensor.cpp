@@ -73,6 +73,12 @@ void for_each_piece(int64_t count, SizeFn size_of, Fn fn) {
 
 }  // namespace
 
+void kernel_builds(const char* out[3]) {
+  out[0] = scalar::optim_kernels.compiled_for();
+  out[1] = avx2::optim_kernels.compiled_for();
+  out[2] = avx512::optim_kernels.compiled_for();
+}
+
 int hyper_columns(Algo algo) {
   switch (algo) {
     case Algo::sgd: return col::SGD_K;

@@ -102,7 +102,8 @@ extern const optim::Kernels optim_kernels;
 const optim::Kernels optim_kernels = {{sgd, adagrad, rmsprop, adadelta, adam},
                                       norm_partial,
                                       all_finite,
-                                      scale};
+                                      scale,
+                                      apply::compiled_for};
 
 }  // namespace CNNKIT_ISA_NS
 }  // namespace cnnkit
