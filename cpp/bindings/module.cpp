@@ -15,4 +15,5 @@ PYBIND11_MODULE(_core, m) {
   });
   cnnkit::bind::bind_runtime(m);
   cnnkit::bind::bind_optim(m);
+  cnnkit::bind::bind_norm(m);
 }

@@ -27,16 +27,16 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
-import platform
 import sys
 import time
 
 import numpy as np
 
 import cnnkit
-from cnnkit import _core
 from cnnkit.bench import machine_header, memory_bandwidth
+from cnnkit.bench._common import fmt as _f, import_torch, med as _med, peer_header
+from cnnkit.bench._common import probe as _probe, run_rounds
+from cnnkit.bench._common import stream_arrays as make_stream_arrays
 
 __all__ = ["main", "SHAPES", "ALGOS", "make_large", "make_small"]
 
@@ -296,22 +296,6 @@ def reference_check(torch, algos, steps: int = 3) -> list:
 
 
 # ---- timing ------------------------------------------------------------------------------------
-def _probe(kind, arrays, reps):
-    secs, nbytes = _core.stream_run(kind, arrays, reps)
-    return nbytes / float(np.median(secs)) / 1e9
-
-
-def _timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
-def _med(xs):
-    xs = [x for x in xs if x is not None]
-    return float(np.median(xs)) if xs else None
-
-
 def run_algo(torch, algo, lists, data, stream_arrays, reps, warmup, probe_reps) -> dict:
     """Interleaved rounds over every list for one algorithm; raw times and per-round probes."""
     label, nbytes, kind, *_ = ALGOS[algo]
@@ -325,26 +309,10 @@ def run_algo(torch, algo, lists, data, stream_arrays, reps, warmup, probe_reps) 
             for v, fn in _torch_steps(torch, algo, copies, grads).items():
                 steps["torch " + v] = fn
         impls[L] = steps
-    times = {L: {name: [] for name in impls[L]} for L in lists}
-    probes = {L: [] for L in lists}
-    gc.collect()
-    gc.disable()
-    try:
-        for r in range(warmup + reps):
-            fwd = r % 2 == 0
-            for L in (lists if fwd else lists[::-1]):
-                names = list(impls[L]) if fwd else list(impls[L])[::-1]
-                if not fwd:
-                    bw = _probe(kind, stream_arrays, probe_reps)
-                row = {name: _timed(impls[L][name]) for name in names}
-                if fwd:
-                    bw = _probe(kind, stream_arrays, probe_reps)
-                if r >= warmup:
-                    for name, t in row.items():
-                        times[L][name].append(t)
-                    probes[L].append(bw)
-    finally:
-        gc.enable()
+    blocks = [(impls[L], lambda: _probe(kind, stream_arrays, probe_reps)) for L in lists]
+    t, p = run_rounds(blocks, reps, warmup)
+    times = dict(zip(lists, t))
+    probes = dict(zip(lists, p))
     del impls
     gc.collect()
     return {"algo": algo, "label": label, "bytes_per_param": nbytes, "stream_kind": kind,
@@ -413,14 +381,6 @@ def targets(algo: str, L: str, s: dict) -> list:
 
 
 # ---- printing ----------------------------------------------------------------------------------
-def _f(x, digits=3) -> str:
-    if x is None:
-        return "-"
-    if x >= 10 ** digits:
-        return f"{x:.0f}"
-    return f"{x:.{digits}g}"
-
-
 def _target_text(tl) -> str:
     parts = []
     for name, v, thr, met in tl:
@@ -534,21 +494,8 @@ def main(argv=None) -> int:
         cnnkit.set_num_threads(args.threads)
     threads = cnnkit.get_num_threads()
 
-    torch = None
-    if not args.no_torch:
-        try:
-            import torch  # noqa: F811
-        except ImportError:
-            torch = None
-    extra = {}
-    if torch is not None:
-        torch.set_num_threads(threads)
-        cap = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", lambda: "?")()
-        extra["torch"] = (f"{torch.__version__} ({torch.get_num_threads()} threads, CPU capability "
-                          f"{cap}, THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', 'unset')})")
-    else:
-        extra["torch"] = "not used (not importable or --no-torch)"
-    extra["python"] = f"{platform.python_version()}, {platform.platform()}"
+    torch = import_torch(args.no_torch, threads)
+    extra = peer_header(torch)
 
     total = QUICK_TOTAL if args.quick else SHAPES["total_params"]
     n_small = QUICK_SMALL_COUNT if args.quick else SHAPES["small_tensors"]["count"]
@@ -567,9 +514,7 @@ def main(argv=None) -> int:
               f"steps for {', '.join(algos)}" if torch is not None else
               "reference check: cnnkit matches the NumPy peer over 3 steps")
 
-    n = 256 * (1 << 20) // 4
-    srng = np.random.default_rng(0)
-    stream_arrays = [srng.random(n, dtype=np.float32) for _ in range(4)]
+    stream_arrays = make_stream_arrays(256)
     kinds = ("copy", "triad", "rw5", "rw7", "rw7_nt")
     bw_start = memory_bandwidth(kinds, mib=256, arrays=stream_arrays)
     print("STREAM at start (GB/s, 256 MiB arrays, {} threads): ".format(threads)

@@ -1,0 +1,139 @@
+// Normalization bindings: marshalling only. cnnkit.ops.norm validates shapes, dtypes and
+// arguments and owns allocation; these re-check sizes so a misuse can never read out of bounds.
+#include <string>
+
+#include "cnnkit/norm.h"
+#include "common.h"
+
+namespace cnnkit::bind {
+namespace {
+
+using F64 = py::array_t<double, py::array::c_style>;
+
+struct Geo {
+  norm::Shape sh;
+  bool ps;
+  int64_t total() const { return sh.N * sh.C * sh.S; }
+  int64_t stat_count() const { return ps ? sh.N * sh.C : sh.C; }
+};
+
+Geo geo(int64_t N, int64_t C, int64_t S, bool nhwc, bool ps) {
+  if (N < 1 || C < 1 || S < 1) throw py::value_error("shape: N, C and S must be >= 1");
+  return Geo{norm::Shape{N, C, S, nhwc}, ps};
+}
+
+// Pointer to a C-contiguous array of `count` elements of `dt` (or null for None when allowed).
+const void* data(const py::object& o, const char* name, optim::DType dt, int64_t count, bool write,
+                 bool optional = false) {
+  if (o.is_none()) {
+    if (optional) return nullptr;
+    throw py::type_error(std::string(name) + ": expected an array, got None");
+  }
+  if (!py::isinstance<py::array>(o)) throw py::type_error(std::string(name) + ": expected a numpy.ndarray");
+  py::array a = py::reinterpret_borrow<py::array>(o);
+  if (float_dtype(a, name) != dt) throw py::type_error(std::string(name) + ": dtype differs from x");
+  if (!c_contiguous(a)) throw py::value_error(std::string(name) + ": expected a C-contiguous array");
+  if (a.size() != count)
+    throw py::value_error(std::string(name) + ": expected " + std::to_string(count) + " elements, got " +
+                          std::to_string(a.size()));
+  if (write && !writeable(a)) throw py::value_error(std::string(name) + ": expected a writeable array");
+  return a.data();
+}
+
+const double* f64(const F64& a, const char* name, int64_t count) {
+  if (a.size() != count)
+    throw py::value_error(std::string(name) + ": expected " + std::to_string(count) + " float64 values");
+  return a.data();
+}
+
+optim::DType dtype_of(const py::object& x) {
+  if (!py::isinstance<py::array>(x)) throw py::type_error("x: expected a numpy.ndarray");
+  return float_dtype(py::reinterpret_borrow<py::array>(x), "x");
+}
+
+}  // namespace
+
+void bind_norm(py::module_& m) {
+  m.def(
+      "norm_stats",
+      [](const py::object& x, int64_t N, int64_t C, int64_t S, bool nhwc, bool ps) {
+        const Geo g = geo(N, C, S, nhwc, ps);
+        const auto dt = dtype_of(x);
+        const void* px = data(x, "x", dt, g.total(), false);
+        F64 mean(g.stat_count()), var(g.stat_count());
+        double* pm = mean.mutable_data();
+        double* pv = var.mutable_data();
+        {
+          py::gil_scoped_release nogil;
+          norm::stats(dt, px, g.sh, g.ps, pm, pv);
+        }
+        return py::make_tuple(mean, var);
+      },
+      py::arg("x"), py::arg("N"), py::arg("C"), py::arg("S"), py::arg("nhwc"), py::arg("per_sample"));
+
+  m.def(
+      "norm_apply",
+      [](const py::object& x, const py::object& y, const py::object& r, int64_t N, int64_t C, int64_t S,
+         bool nhwc, bool ps, const F64& mean, const F64& invstd, const py::object& w, const py::object& b,
+         bool relu) {
+        const Geo g = geo(N, C, S, nhwc, ps);
+        const auto dt = dtype_of(x);
+        const void* px = data(x, "x", dt, g.total(), false);
+        void* py_ = const_cast<void*>(data(y, "out", dt, g.total(), true));
+        const void* pr = data(r, "residual", dt, g.total(), false, true);
+        const void* pw = data(w, "weight", dt, C, false, true);
+        const void* pb = data(b, "bias", dt, C, false, true);
+        const double* pm = f64(mean, "mean", g.stat_count());
+        const double* pi = f64(invstd, "invstd", g.stat_count());
+        py::gil_scoped_release nogil;
+        norm::apply(dt, px, py_, pr, g.sh, g.ps, pm, pi, pw, pb, relu);
+      },
+      py::arg("x"), py::arg("out"), py::arg("residual"), py::arg("N"), py::arg("C"), py::arg("S"),
+      py::arg("nhwc"), py::arg("per_sample"), py::arg("mean"), py::arg("invstd"), py::arg("weight"),
+      py::arg("bias"), py::arg("relu"));
+
+  m.def(
+      "norm_backward_reduce",
+      [](const py::object& dy, const py::object& x, const py::object& mask, int64_t N, int64_t C, int64_t S,
+         bool nhwc, bool ps, const F64& mean) {
+        const Geo g = geo(N, C, S, nhwc, ps);
+        const auto dt = dtype_of(x);
+        const void* pd = data(dy, "grad_out", dt, g.total(), false);
+        const void* px = data(x, "x", dt, g.total(), false);
+        const void* pk = data(mask, "y", dt, g.total(), false, true);
+        const double* pm = f64(mean, "mean", g.stat_count());
+        F64 sg(g.stat_count()), sgx(g.stat_count());
+        double* a = sg.mutable_data();
+        double* b = sgx.mutable_data();
+        {
+          py::gil_scoped_release nogil;
+          norm::backward_reduce(dt, pd, px, pk, g.sh, g.ps, pm, a, b);
+        }
+        return py::make_tuple(sg, sgx);
+      },
+      py::arg("grad_out"), py::arg("x"), py::arg("mask"), py::arg("N"), py::arg("C"), py::arg("S"),
+      py::arg("nhwc"), py::arg("per_sample"), py::arg("mean"));
+
+  m.def(
+      "norm_backward_apply",
+      [](const py::object& dy, const py::object& x, const py::object& mask, const py::object& dx,
+         const py::object& gres, int64_t N, int64_t C, int64_t S, bool nhwc, bool ps, const F64& mean,
+         const F64& A, const F64& B, const F64& D) {
+        const Geo g = geo(N, C, S, nhwc, ps);
+        const auto dt = dtype_of(x);
+        const void* pd = data(dy, "grad_out", dt, g.total(), false);
+        const void* px = data(x, "x", dt, g.total(), false);
+        const void* pk = data(mask, "y", dt, g.total(), false, true);
+        void* po = const_cast<void*>(data(dx, "grad_input", dt, g.total(), true));
+        void* pg = const_cast<void*>(data(gres, "grad_residual", dt, g.total(), true, true));
+        const int64_t k = g.stat_count();
+        const double *pm = f64(mean, "mean", k), *pa = f64(A, "A", k), *pb = f64(B, "B", k), *pc = f64(D, "D", k);
+        py::gil_scoped_release nogil;
+        norm::backward_apply(dt, pd, px, pk, po, pg, g.sh, g.ps, pm, pa, pb, pc);
+      },
+      py::arg("grad_out"), py::arg("x"), py::arg("mask"), py::arg("grad_input"), py::arg("grad_residual"),
+      py::arg("N"), py::arg("C"), py::arg("S"), py::arg("nhwc"), py::arg("per_sample"), py::arg("mean"),
+      py::arg("A"), py::arg("B"), py::arg("D"));
+}
+
+}  // namespace cnnkit::bind

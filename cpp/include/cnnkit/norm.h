@@ -1,0 +1,55 @@
+// cnnkit normalization kernels (C++ API; the Python layer is cnnkit.ops.norm): the passes that
+// batch norm and group norm are built from, over an (N, C, S) tensor in NCHW or NHWC order.
+//
+// Statistics can be per channel (over n and s: batch norm) or per sample and channel (over s
+// only: the building block of group norm). They are accumulated in double, shifted by the first
+// value of each reduction (so the sums stay small when the mean dwarfs the spread), over fixed
+// blocks combined in a fixed order: the same bits at any thread count.
+#pragma once
+
+#include <cstdint>
+
+#include "cnnkit/common.h"
+#include "cnnkit/optim.h"  // DType
+
+namespace cnnkit::norm {
+
+using optim::DType;
+
+// Element (n, c, s) is at nhwc ? (n*S + s)*C + c : (n*C + c)*S + s.
+struct Shape {
+  int64_t N, C, S;
+  bool nhwc;
+};
+
+// Per-(n?, c) statistics: mean and biased variance over the reduced positions (s, and n when
+// !per_sample). Outputs have C entries, or N*C when per_sample.
+void stats(DType dt, const void* x, const Shape& sh, bool per_sample, double* mean, double* var);
+
+// y = act(((x - mean) * invstd) * w + b + r): the subtraction is done in extended precision
+// (hi/lo pair), w/b/r may be null (1, 0, 0). mean/invstd have C or (per_sample) N*C entries.
+void apply(DType dt, const void* x, void* y, const void* r, const Shape& sh, bool per_sample,
+           const double* mean, const double* invstd, const void* w, const void* b, bool relu);
+
+// Sums over the reduced positions of g and g*(x - mean), g = dy masked by (mask > 0) when mask is
+// given (the forward output of a fused ReLU). Outputs have C or N*C entries.
+void backward_reduce(DType dt, const void* dy, const void* x, const void* mask, const Shape& sh,
+                     bool per_sample, const double* mean, double* sum_g, double* sum_gx);
+
+// dx = A*g - B - (x - mean)*D per (n?, c), g as above; if gres is given it receives g.
+void backward_apply(DType dt, const void* dy, const void* x, const void* mask, void* dx, void* gres,
+                    const Shape& sh, bool per_sample, const double* mean, const double* A,
+                    const double* B, const double* D);
+
+using StatsFn = decltype(&stats);
+using ApplyFn = decltype(&apply);
+using BackwardReduceFn = decltype(&backward_reduce);
+using BackwardApplyFn = decltype(&backward_apply);
+struct Kernels {
+  StatsFn stats_fn;
+  ApplyFn apply_fn;
+  BackwardReduceFn backward_reduce_fn;
+  BackwardApplyFn backward_apply_fn;
+};
+
+}  // namespace cnnkit::norm

@@ -1,0 +1,410 @@
+// Per-ISA normalization kernels (see cnnkit/norm.h), over x viewed as (N, C, S), NCHW or NHWC.
+//
+// Statistics: one pass of shifted sums in double, sum(x - K) and sum((x - K)^2), K the first
+// value of the reduction; mean = K + s1/n, var = (s2 - s1^2/n)/n. With K within a few standard
+// deviations of the mean the sums stay small, so nothing cancels (never E[x^2] - E[x]^2 on raw x).
+// Blocks are fixed (an NCHW row of S values; 256 NHWC rows) and combined in index order, so the
+// result does not depend on the thread count. Forward and backward subtract the mean as a hi/lo
+// pair in T: x - hi is exact (Sterbenz) when x is near the mean, then the small lo is removed.
+// Derivation of the training-mode backward: dx = w*invstd*(g - mean(g) - xhat*mean(g*xhat)),
+// the usual batch-norm gradient (Ioffe & Szegedy 2015), evaluated as A*g - B - (x - mean)*D.
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "cnnkit/norm.h"
+
+#ifndef CNNKIT_ISA_NS
+#error "CNNKIT_ISA_NS must name the ISA level this file is compiled for"
+#endif
+
+namespace cnnkit {
+namespace CNNKIT_ISA_NS {
+namespace {
+
+using norm::DType;
+using norm::Shape;
+
+constexpr int64_t kRows = 256;           // NHWC reduction block: rows of C values
+constexpr int64_t kSerialBelow = 1 << 15;  // elements; below this one thread does the work
+
+int threads_for(const Shape& sh) { return sh.N * sh.C * sh.S < kSerialBelow ? 1 : num_threads(); }
+
+// NHWC reduction blocks: rows [lo, hi) of the (N*S, C) matrix; within one sample when per_sample.
+struct Blocks {
+  int64_t count, per_sample_blocks;
+  bool ps;
+  int64_t S, N;
+  void range(int64_t b, int64_t& n, int64_t& lo, int64_t& hi) const {
+    if (ps) {
+      n = b / per_sample_blocks;
+      const int64_t j = b % per_sample_blocks;
+      lo = n * S + j * kRows;
+      hi = n * S + std::min(S, (j + 1) * kRows);
+    } else {
+      n = 0;
+      lo = b * kRows;
+      hi = std::min(N * S, lo + kRows);
+    }
+  }
+};
+Blocks nhwc_blocks(const Shape& sh, bool ps) {
+  Blocks b;
+  b.ps = ps;
+  b.S = sh.S;
+  b.N = sh.N;
+  b.per_sample_blocks = (sh.S + kRows - 1) / kRows;
+  b.count = ps ? sh.N * b.per_sample_blocks : (sh.N * sh.S + kRows - 1) / kRows;
+  return b;
+}
+
+inline int64_t at(const Shape& sh, int64_t n, int64_t c, int64_t s) {
+  return sh.nhwc ? (n * sh.S + s) * sh.C + c : (n * sh.C + c) * sh.S + s;
+}
+
+// ---- statistics -----------------------------------------------------------------------------
+
+template <typename T>
+void stats_t(const T* x, const Shape& sh, bool ps, double* mean, double* var) {
+  const int64_t N = sh.N, C = sh.C, S = sh.S, nk = ps ? N * C : C;
+  std::vector<double> K(nk), a(nk, 0.0), b(nk, 0.0);
+  for (int64_t i = 0; i < nk; ++i) K[i] = double(x[at(sh, ps ? i / C : 0, i % C, 0)]);
+  const int nt = threads_for(sh);
+  if (!sh.nhwc) {
+    std::vector<double> p1(N * C), p2(N * C);
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int64_t r = 0; r < N * C; ++r) {
+      const T* row = x + r * S;
+      const double k = K[ps ? r : r % C];
+      double s1 = 0.0, s2 = 0.0;
+#pragma omp simd reduction(+ : s1, s2)
+      for (int64_t s = 0; s < S; ++s) {
+        const double d = double(row[s]) - k;
+        s1 += d;
+        s2 += d * d;
+      }
+      p1[r] = s1;
+      p2[r] = s2;
+    }
+    for (int64_t r = 0; r < N * C; ++r) {  // combine in n order
+      const int64_t i = ps ? r : r % C;
+      a[i] += p1[r];
+      b[i] += p2[r];
+    }
+  } else {
+    const Blocks bl = nhwc_blocks(sh, ps);
+    std::vector<double> p1(bl.count * C), p2(bl.count * C);
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int64_t blk = 0; blk < bl.count; ++blk) {
+      int64_t n, lo, hi;
+      bl.range(blk, n, lo, hi);
+      double* __restrict q1 = p1.data() + blk * C;
+      double* __restrict q2 = p2.data() + blk * C;
+      const double* __restrict k = K.data() + (ps ? n * C : 0);
+      std::fill(q1, q1 + C, 0.0);
+      std::fill(q2, q2 + C, 0.0);
+      for (int64_t m = lo; m < hi; ++m) {
+        const T* __restrict xr = x + m * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) {
+          const double d = double(xr[c]) - k[c];
+          q1[c] += d;
+          q2[c] += d * d;
+        }
+      }
+    }
+    for (int64_t blk = 0; blk < bl.count; ++blk) {  // combine in block order
+      int64_t n, lo, hi;
+      bl.range(blk, n, lo, hi);
+      double* __restrict aa = a.data() + (ps ? n * C : 0);
+      double* __restrict bb = b.data() + (ps ? n * C : 0);
+      const double* q1 = p1.data() + blk * C;
+      const double* q2 = p2.data() + blk * C;
+      for (int64_t c = 0; c < C; ++c) {
+        aa[c] += q1[c];
+        bb[c] += q2[c];
+      }
+    }
+  }
+  const double cnt = double(ps ? S : N * S);
+  for (int64_t i = 0; i < nk; ++i) {
+    mean[i] = K[i] + a[i] / cnt;
+    var[i] = std::max(0.0, (b[i] - a[i] * a[i] / cnt) / cnt);
+  }
+}
+
+// ---- forward apply ----------------------------------------------------------------------------
+
+template <typename T>
+struct Coef {
+  std::vector<T> hi, lo, p, q, r;
+};
+
+// The mean as hi + lo in T.
+template <typename T>
+void split(double m, T& hi, T& lo) {
+  hi = T(m);
+  lo = T(m - double(hi));
+}
+
+template <typename T, bool RELU, bool RES>
+void apply_t(const T* __restrict x, T* __restrict y, const T* __restrict res, const Shape& sh,
+             bool ps, const double* mean, const double* invstd, const T* w, const T* b) {
+  const int64_t N = sh.N, C = sh.C, S = sh.S, nk = ps ? N * C : C;
+  Coef<T> k;
+  k.hi.resize(nk), k.lo.resize(nk), k.p.resize(nk), k.q.resize(nk);
+  for (int64_t i = 0; i < nk; ++i) {
+    const int64_t c = i % C;
+    split(mean[i], k.hi[i], k.lo[i]);
+    k.p[i] = T(invstd[i] * (w ? double(w[c]) : 1.0));
+    k.q[i] = b ? b[c] : T(0);
+  }
+  const int nt = threads_for(sh);
+  if (!sh.nhwc) {
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int64_t rr = 0; rr < N * C; ++rr) {
+      const int64_t i = ps ? rr : rr % C;
+      const T hi = k.hi[i], lo = k.lo[i], p = k.p[i], q = k.q[i];
+      const T* __restrict xr = x + rr * S;
+      T* __restrict yr = y + rr * S;
+      const T* __restrict rs = RES ? res + rr * S : nullptr;
+#pragma omp simd
+      for (int64_t s = 0; s < S; ++s) {
+        T v = ((xr[s] - hi) - lo) * p + q;
+        if (RES) v = v + rs[s];
+        if (RELU) v = v > T(0) ? v : T(0);
+        yr[s] = v;
+      }
+    }
+  } else {
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int64_t m = 0; m < N * S; ++m) {
+      const int64_t base = ps ? (m / S) * C : 0;
+      const T* __restrict hi = k.hi.data() + base;
+      const T* __restrict lo = k.lo.data() + base;
+      const T* __restrict p = k.p.data() + base;
+      const T* __restrict q = k.q.data() + base;
+      const T* __restrict xr = x + m * C;
+      T* __restrict yr = y + m * C;
+      const T* __restrict rs = RES ? res + m * C : nullptr;
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) {
+        T v = ((xr[c] - hi[c]) - lo[c]) * p[c] + q[c];
+        if (RES) v = v + rs[c];
+        if (RELU) v = v > T(0) ? v : T(0);
+        yr[c] = v;
+      }
+    }
+  }
+}
+
+// ---- backward ---------------------------------------------------------------------------------
+
+template <typename T, bool MASK>
+void backward_reduce_t(const T* __restrict dy, const T* __restrict x, const T* __restrict mk,
+                       const Shape& sh, bool ps, const double* mean, double* sum_g, double* sum_gx) {
+  const int64_t N = sh.N, C = sh.C, S = sh.S, nk = ps ? N * C : C;
+  std::fill(sum_g, sum_g + nk, 0.0);
+  std::fill(sum_gx, sum_gx + nk, 0.0);
+  const int nt = threads_for(sh);
+  if (!sh.nhwc) {
+    std::vector<double> p1(N * C), p2(N * C);
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int64_t r = 0; r < N * C; ++r) {
+      const double m = mean[ps ? r : r % C];
+      const T* __restrict d = dy + r * S;
+      const T* __restrict xr = x + r * S;
+      const T* __restrict mr = MASK ? mk + r * S : nullptr;
+      double s1 = 0.0, s2 = 0.0;
+#pragma omp simd reduction(+ : s1, s2)
+      for (int64_t s = 0; s < S; ++s) {
+        const double g = (MASK && !(mr[s] > T(0))) ? 0.0 : double(d[s]);
+        s1 += g;
+        s2 += g * (double(xr[s]) - m);
+      }
+      p1[r] = s1;
+      p2[r] = s2;
+    }
+    for (int64_t r = 0; r < N * C; ++r) {
+      const int64_t i = ps ? r : r % C;
+      sum_g[i] += p1[r];
+      sum_gx[i] += p2[r];
+    }
+  } else {
+    const Blocks bl = nhwc_blocks(sh, ps);
+    std::vector<double> p1(bl.count * C), p2(bl.count * C);
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int64_t blk = 0; blk < bl.count; ++blk) {
+      int64_t n, lo, hi;
+      bl.range(blk, n, lo, hi);
+      double* __restrict q1 = p1.data() + blk * C;
+      double* __restrict q2 = p2.data() + blk * C;
+      const double* __restrict mn = mean + (ps ? n * C : 0);
+      std::fill(q1, q1 + C, 0.0);
+      std::fill(q2, q2 + C, 0.0);
+      for (int64_t m = lo; m < hi; ++m) {
+        const T* __restrict d = dy + m * C;
+        const T* __restrict xr = x + m * C;
+        const T* __restrict mr = MASK ? mk + m * C : nullptr;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) {
+          const double g = (MASK && !(mr[c] > T(0))) ? 0.0 : double(d[c]);
+          q1[c] += g;
+          q2[c] += g * (double(xr[c]) - mn[c]);
+        }
+      }
+    }
+    for (int64_t blk = 0; blk < bl.count; ++blk) {
+      int64_t n, lo, hi;
+      bl.range(blk, n, lo, hi);
+      double* __restrict aa = sum_g + (ps ? n * C : 0);
+      double* __restrict bb = sum_gx + (ps ? n * C : 0);
+      const double* q1 = p1.data() + blk * C;
+      const double* q2 = p2.data() + blk * C;
+      for (int64_t c = 0; c < C; ++c) {
+        aa[c] += q1[c];
+        bb[c] += q2[c];
+      }
+    }
+  }
+}
+
+template <typename T, bool MASK, bool GRES>
+void backward_apply_t(const T* __restrict dy, const T* __restrict x, const T* __restrict mk,
+                      T* __restrict dx, T* __restrict gres, const Shape& sh, bool ps,
+                      const double* mean, const double* A, const double* B, const double* D) {
+  const int64_t N = sh.N, C = sh.C, S = sh.S, nk = ps ? N * C : C;
+  Coef<T> k;
+  k.hi.resize(nk), k.lo.resize(nk), k.p.resize(nk), k.q.resize(nk), k.r.resize(nk);
+  for (int64_t i = 0; i < nk; ++i) {
+    split(mean[i], k.hi[i], k.lo[i]);
+    k.p[i] = T(A[i]);
+    k.q[i] = T(B[i]);
+    k.r[i] = T(D[i]);
+  }
+  const int nt = threads_for(sh);
+  if (!sh.nhwc) {
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int64_t rr = 0; rr < N * C; ++rr) {
+      const int64_t i = ps ? rr : rr % C;
+      const T hi = k.hi[i], lo = k.lo[i], a = k.p[i], bq = k.q[i], dd = k.r[i];
+      const T* __restrict d = dy + rr * S;
+      const T* __restrict xr = x + rr * S;
+      const T* __restrict mr = MASK ? mk + rr * S : nullptr;
+      T* __restrict o = dx + rr * S;
+      T* __restrict gr = GRES ? gres + rr * S : nullptr;
+#pragma omp simd
+      for (int64_t s = 0; s < S; ++s) {
+        const T g = (MASK && !(mr[s] > T(0))) ? T(0) : d[s];
+        o[s] = a * g - bq - ((xr[s] - hi) - lo) * dd;
+        if (GRES) gr[s] = g;
+      }
+    }
+  } else {
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int64_t m = 0; m < N * S; ++m) {
+      const int64_t base = ps ? (m / S) * C : 0;
+      const T* __restrict hi = k.hi.data() + base;
+      const T* __restrict lo = k.lo.data() + base;
+      const T* __restrict a = k.p.data() + base;
+      const T* __restrict bq = k.q.data() + base;
+      const T* __restrict dd = k.r.data() + base;
+      const T* __restrict d = dy + m * C;
+      const T* __restrict xr = x + m * C;
+      const T* __restrict mr = MASK ? mk + m * C : nullptr;
+      T* __restrict o = dx + m * C;
+      T* __restrict gr = GRES ? gres + m * C : nullptr;
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) {
+        const T g = (MASK && !(mr[c] > T(0))) ? T(0) : d[c];
+        o[c] = a[c] * g - bq[c] - ((xr[c] - hi[c]) - lo[c]) * dd[c];
+        if (GRES) gr[c] = g;
+      }
+    }
+  }
+}
+
+// ---- dtype and flag dispatch ------------------------------------------------------------------
+
+void stats(DType dt, const void* x, const Shape& sh, bool ps, double* mean, double* var) {
+  if (dt == DType::f32)
+    stats_t(static_cast<const float*>(x), sh, ps, mean, var);
+  else
+    stats_t(static_cast<const double*>(x), sh, ps, mean, var);
+}
+
+template <typename T>
+void apply_d(const void* x, void* y, const void* r, const Shape& sh, bool ps, const double* mean,
+             const double* invstd, const void* w, const void* b, bool relu) {
+  auto X = static_cast<const T*>(x);
+  auto Y = static_cast<T*>(y);
+  auto R = static_cast<const T*>(r);
+  auto W = static_cast<const T*>(w);
+  auto B = static_cast<const T*>(b);
+  if (relu && r) apply_t<T, true, true>(X, Y, R, sh, ps, mean, invstd, W, B);
+  else if (relu) apply_t<T, true, false>(X, Y, R, sh, ps, mean, invstd, W, B);
+  else if (r) apply_t<T, false, true>(X, Y, R, sh, ps, mean, invstd, W, B);
+  else apply_t<T, false, false>(X, Y, R, sh, ps, mean, invstd, W, B);
+}
+
+void apply(DType dt, const void* x, void* y, const void* r, const Shape& sh, bool ps,
+           const double* mean, const double* invstd, const void* w, const void* b, bool relu) {
+  if (dt == DType::f32)
+    apply_d<float>(x, y, r, sh, ps, mean, invstd, w, b, relu);
+  else
+    apply_d<double>(x, y, r, sh, ps, mean, invstd, w, b, relu);
+}
+
+template <typename T>
+void backward_reduce_d(const void* dy, const void* x, const void* mask, const Shape& sh, bool ps,
+                       const double* mean, double* sg, double* sgx) {
+  auto G = static_cast<const T*>(dy);
+  auto X = static_cast<const T*>(x);
+  auto M = static_cast<const T*>(mask);
+  if (mask)
+    backward_reduce_t<T, true>(G, X, M, sh, ps, mean, sg, sgx);
+  else
+    backward_reduce_t<T, false>(G, X, M, sh, ps, mean, sg, sgx);
+}
+
+void backward_reduce(DType dt, const void* dy, const void* x, const void* mask, const Shape& sh,
+                     bool ps, const double* mean, double* sg, double* sgx) {
+  if (dt == DType::f32)
+    backward_reduce_d<float>(dy, x, mask, sh, ps, mean, sg, sgx);
+  else
+    backward_reduce_d<double>(dy, x, mask, sh, ps, mean, sg, sgx);
+}
+
+template <typename T>
+void backward_apply_d(const void* dy, const void* x, const void* mask, void* dx, void* gres,
+                      const Shape& sh, bool ps, const double* mean, const double* A, const double* B,
+                      const double* D) {
+  auto G = static_cast<const T*>(dy);
+  auto X = static_cast<const T*>(x);
+  auto M = static_cast<const T*>(mask);
+  auto O = static_cast<T*>(dx);
+  auto R = static_cast<T*>(gres);
+  if (mask && gres) backward_apply_t<T, true, true>(G, X, M, O, R, sh, ps, mean, A, B, D);
+  else if (mask) backward_apply_t<T, true, false>(G, X, M, O, R, sh, ps, mean, A, B, D);
+  else if (gres) backward_apply_t<T, false, true>(G, X, M, O, R, sh, ps, mean, A, B, D);
+  else backward_apply_t<T, false, false>(G, X, M, O, R, sh, ps, mean, A, B, D);
+}
+
+void backward_apply(DType dt, const void* dy, const void* x, const void* mask, void* dx, void* gres,
+                    const Shape& sh, bool ps, const double* mean, const double* A, const double* B,
+                    const double* D) {
+  if (dt == DType::f32)
+    backward_apply_d<float>(dy, x, mask, dx, gres, sh, ps, mean, A, B, D);
+  else
+    backward_apply_d<double>(dy, x, mask, dx, gres, sh, ps, mean, A, B, D);
+}
+
+}  // namespace
+
+extern const norm::Kernels norm_kernels;
+const norm::Kernels norm_kernels = {stats, apply, backward_reduce, backward_apply};
+
+}  // namespace CNNKIT_ISA_NS
+}  // namespace cnnkit
