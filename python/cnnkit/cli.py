@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 
-FAMILIES = {"optim": "bench_optim"}
+FAMILIES = {"optim": "bench_optim", "norm": "bench_norm"}
 
 
 def _bench(family: str, rest: list) -> int:

@@ -17,8 +17,8 @@ import numpy as np
 
 from .. import _core
 
-__all__ = ["probe", "timed", "med", "fmt", "run_rounds", "stream_arrays", "import_torch",
-           "peer_header"]
+__all__ = ["fmt", "import_torch", "med", "peer_header", "probe", "run_rounds", "stream_arrays",
+           "timed"]
 
 
 def probe(kind: str, arrays, reps: int) -> float:
@@ -112,8 +112,9 @@ def peer_header(torch) -> dict:
     extra = {}
     if torch is not None:
         cap = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", lambda: "?")()
+        thp = os.environ.get("THP_MEM_ALLOC_ENABLE", "unset")
         extra["torch"] = (f"{torch.__version__} ({torch.get_num_threads()} threads, CPU capability "
-                          f"{cap}, THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', 'unset')})")
+                          f"{cap}, THP_MEM_ALLOC_ENABLE={thp})")
     else:
         extra["torch"] = "not used (not importable or --no-torch)"
     extra["python"] = f"{platform.python_version()}, {platform.platform()}"

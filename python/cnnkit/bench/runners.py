@@ -11,7 +11,7 @@ import sys
 
 __all__ = ["FAMILIES", "run"]
 
-FAMILIES = {"optim": "cnnkit.bench.optim"}
+FAMILIES = {"optim": "cnnkit.bench.optim", "norm": "cnnkit.bench.norm"}
 
 
 def run(family: str, argv: list) -> int:

@@ -236,7 +236,7 @@ def batch_norm_infer(x, weight, bias, running_mean, running_var, *, eps=1e-5, ac
 
 def batch_norm_backward(grad_out, x, weight, save_mean, save_invstd, *, y=None, bias=None,
                         residual=None, activation=None, layout="NCHW",
-                        needs=("input", "weight", "bias"), virtual_batch_size=None):
+                        needs=("input", "weight", "bias"), virtual_batch_size=None, out=None):
     r"""Gradients of :func:`batch_norm_train` (training mode: the statistics depend on x).
 
     With ``g = grad_out`` (masked by ``y > 0`` for a fused ReLU) and per-channel sums over the
@@ -255,6 +255,8 @@ def batch_norm_backward(grad_out, x, weight, save_mean, save_invstd, *, y=None, 
         recomputed from x, the statistics, weight, ``bias`` and ``residual``.
     needs : names from ("input", "weight", "bias", "residual"); others come back as None.
         With "residual" a 4th value is returned: the residual's gradient (the masked grad_out).
+    out : ndarray like x, optional — receives grad_input (a training loop reuses it every step;
+        a fresh 100 MB output costs as much in page faults as the kernel itself).
 
     Returns
     -------
@@ -272,6 +274,7 @@ def batch_norm_backward(grad_out, x, weight, save_mean, save_invstd, *, y=None, 
     relu = _activation(activation)
     y = _like_x("y", y, x)
     needs = _needs(needs)
+    out = _like_x("out", out, x, out=True)
     chunks, v = _chunks(virtual_batch_size, N)
     shape = (chunks, C) if chunks > 1 else (C,)
     save_mean = _stats_shape("save_mean", save_mean, shape).reshape(chunks, C)
@@ -289,8 +292,8 @@ def batch_norm_backward(grad_out, x, weight, save_mean, save_invstd, *, y=None, 
                                  False)
     w = np.ones(C) if weight is None else weight.astype(np.float64)
     count = v * S
-    grad_x = np.empty_like(x) if "input" in needs else None
-    grad_res = (np.empty_like(x) if "residual" in needs else None)
+    grad_x = (np.empty_like(x) if out is None else out) if "input" in needs else None
+    grad_res = np.empty_like(x) if "residual" in needs else None
     sum_g = np.zeros(C)
     sum_gxhat = np.zeros(C)
     for k in range(chunks):
@@ -347,19 +350,20 @@ def _group_args(x, num_groups, weight, bias, eps, activation, layout):
 
 
 def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, activation=None,
-               layout="NCHW", return_stats=False):
+               layout="NCHW", return_stats=False, out=None):
     r"""Group normalization (``torch.nn.functional.group_norm``), the small-batch alternative.
 
     Statistics per sample and group of ``C // num_groups`` channels, over those channels and all
     spatial positions (biased variance); then the per-channel affine and optional ReLU.
 
     Returns ``y``, or ``(y, save_mean, save_invstd)`` (float64, (N, num_groups)) with
-    ``return_stats=True``, for :func:`group_norm_backward`.
+    ``return_stats=True``, for :func:`group_norm_backward`. ``out`` (like x) receives y.
     """
     x, N, C, S, nhwc, G, weight, bias, eps, relu = _group_args(x, num_groups, weight, bias, eps,
                                                               activation, layout)
+    out = _like_x("out", out, x, out=True)
     mean, invstd = _group_stats(x, N, C, S, nhwc, G, eps)
-    y = np.empty_like(x)
+    y = np.empty_like(x) if out is None else out
     _core.norm_apply(x, y, None, N, C, S, nhwc, True, _expand(mean, C, G), _expand(invstd, C, G),
                      weight, bias, relu)
     return (y, mean, invstd) if return_stats else y
@@ -367,7 +371,7 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, activation=No
 
 def group_norm_backward(grad_out, x, num_groups, weight, save_mean, save_invstd, *, y=None,
                         bias=None, activation=None, layout="NCHW",
-                        needs=("input", "weight", "bias")):
+                        needs=("input", "weight", "bias"), out=None):
     r"""Gradients of :func:`group_norm`.
 
     With ``g = grad_out`` (masked by ``y > 0`` for a fused ReLU), ``gw = g * weight`` and sums
@@ -377,7 +381,7 @@ def group_norm_backward(grad_out, x, num_groups, weight, save_mean, save_invstd,
         grad_weight = sum over n, s of g*xhat;  grad_bias = sum over n, s of g
 
     Returns ``(grad_input, grad_weight, grad_bias)`` (None for what is not in ``needs``, and for
-    the affine gradients when weight is None).
+    the affine gradients when weight is None); ``out`` (like x) receives grad_input.
     """
     x, N, C, S, nhwc, G, weight, bias, _, relu = _group_args(x, num_groups, weight, bias, 1e-5,
                                                             activation, layout)
@@ -386,6 +390,7 @@ def group_norm_backward(grad_out, x, num_groups, weight, save_mean, save_invstd,
         raise TypeError("grad_out: expected an array like x, got None")
     y = _like_x("y", y, x)
     needs = _needs(needs)
+    out = _like_x("out", out, x, out=True)
     if "residual" in needs:
         raise ValueError("needs: group_norm has no residual input")
     mean = _stats_shape("save_mean", save_mean, (N, G))
@@ -409,7 +414,7 @@ def group_norm_backward(grad_out, x, num_groups, weight, save_mean, save_invstd,
         A = (i_nc.reshape(N, C) * w).ravel()
         B = _expand(invstd * s_gw / M, C, G)
         D = _expand(invstd ** 3 * s_gwx / M, C, G)
-        grad_x = np.empty_like(x)
+        grad_x = np.empty_like(x) if out is None else out
         _core.norm_backward_apply(grad_out, x, mask, grad_x, None, N, C, S, nhwc, True, m_nc, A,
                                   B, D)
     affine = weight is not None
