@@ -228,6 +228,8 @@ def batch_norm_infer(x, weight, bias, running_mean, running_var, *, eps=1e-5, ac
     if np.any(running_var < 0) or not np.all(np.isfinite(running_var)):
         raise ValueError("running_var: expected finite values >= 0")
     y = np.empty_like(x) if out is None else out
+    if x.size == 0:
+        return y
     mean = running_mean.astype(np.float64)
     invstd = 1.0 / np.sqrt(running_var.astype(np.float64) + eps)
     _core.norm_apply(x, y, residual, N, C, S, nhwc, False, mean, invstd, weight, bias, relu)
@@ -362,6 +364,8 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, activation=No
     x, N, C, S, nhwc, G, weight, bias, eps, relu = _group_args(x, num_groups, weight, bias, eps,
                                                               activation, layout)
     out = _like_x("out", out, x, out=True)
+    if x.size == 0:
+        raise ValueError(f"x: expected a non-empty array, got shape {x.shape}")
     mean, invstd = _group_stats(x, N, C, S, nhwc, G, eps)
     y = np.empty_like(x) if out is None else out
     _core.norm_apply(x, y, None, N, C, S, nhwc, True, _expand(mean, C, G), _expand(invstd, C, G),
