@@ -13,9 +13,9 @@ float32), each in both of cnnkit's layouts, NCHW and NHWC:
   and without a fused ReLU; and their sum, *train fwd+bwd*, the cost of one training step.
 * Group norm (``group_norm``, 32 groups or C if C < 32) forward and backward.
 
-cnnkit's forward functions are timed with a fresh output per call and with ``out=`` reused; the
-backward functions and ``group_norm`` have no ``out=`` and are timed with fresh outputs only (the
-*out=* column of a fwd+bwd row is forward with ``out=`` plus backward fresh).
+Every cnnkit function is timed twice: with a fresh output per call, and with ``out=`` reused (one
+buffer for y and one for grad_x per layout, as a training loop would keep). A function whose
+signature has no ``out`` is timed fresh only.
 
 The peer is ``torch.nn.functional`` at the same thread count, in NCHW (contiguous) and in
 channels_last; every ratio is against torch's faster layout for that operation (by median).
@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import inspect
 import json
 import sys
 import time
@@ -79,16 +80,16 @@ TORCH_LAYOUTS = ("NCHW", "CL")
 MIN_CALL_ELEMS = 2_000_000     # shapes smaller than this loop several calls per timed sample
 MAX_INNER = 256
 
-# Timed blocks: key -> (label, min bytes per element, roof STREAM kernel, cnnkit has out=).
+# Timed blocks: key -> (label, min bytes per element, roof STREAM kernel, cnnkit function).
 OPS = {
-    "train": ("train fwd", 12, "triad", True),
-    "train_relu": ("train fwd+ReLU", 12, "triad", True),
-    "infer": ("infer fwd", 8, "copy", True),
-    "infer_relu": ("infer fwd+ReLU", 8, "copy", True),
-    "bwd": ("bwd", 12, "triad", False),
-    "bwd_relu": ("bwd (BN+ReLU)", 12, "triad", False),
-    "gn_fwd": ("GN fwd", 8, "copy", False),
-    "gn_bwd": ("GN bwd", 12, "triad", False),
+    "train": ("train fwd", 12, "triad", "batch_norm_train"),
+    "train_relu": ("train fwd+ReLU", 12, "triad", "batch_norm_train"),
+    "infer": ("infer fwd", 8, "copy", "batch_norm_infer"),
+    "infer_relu": ("infer fwd+ReLU", 8, "copy", "batch_norm_infer"),
+    "bwd": ("bwd", 12, "triad", "batch_norm_backward"),
+    "bwd_relu": ("bwd (BN+ReLU)", 12, "triad", "batch_norm_backward"),
+    "gn_fwd": ("GN fwd", 8, "copy", "group_norm"),
+    "gn_bwd": ("GN bwd", 12, "triad", "group_norm_backward"),
 }
 # Derived rows: key -> (label, summed blocks).
 SUMS = {
@@ -115,6 +116,11 @@ TARGET_INFER_VS_TORCH = 1.5
 TARGET_INFER_ROOF = 0.70
 
 MOMENTUM, EPS = 0.1, 1e-5
+
+
+def has_out(key: str) -> bool:
+    """Whether the cnnkit function behind block ``key`` takes ``out=``."""
+    return "out" in inspect.signature(getattr(cnnkit, OPS[key][3])).parameters
 
 
 def gn_groups(c: int) -> int:
@@ -250,6 +256,11 @@ def reference_check(torch, layouts=LAYOUTS, shape=(4, 6, 5, 7)) -> list:
                                            activation=act, layout=layout)
             for k, nm in enumerate(("grad_x", "grad_weight", "grad_bias")):
                 cmp(f"batch_norm_backward{s} {nm}", g[k], ref["bwd" + s][k], layout)
+            if has_out("bwd"):
+                go = np.empty_like(xl)
+                cnnkit.batch_norm_backward(dyl, xl, w, sm, si, y=y if relu else None, bias=b,
+                                           activation=act, layout=layout, out=go)
+                cmp(f"batch_norm_backward(out=){s} grad_x", go, ref["bwd" + s][0], layout)
             yi = cnnkit.batch_norm_infer(xl, w, b, rm, rv, eps=EPS, activation=act, layout=layout)
             cmp("batch_norm_infer" + s, yi, ref["infer" + s], layout)
             cnnkit.batch_norm_infer(xl, w, b, rm, rv, eps=EPS, activation=act, layout=layout,
@@ -260,6 +271,13 @@ def reference_check(torch, layouts=LAYOUTS, shape=(4, 6, 5, 7)) -> list:
         g = cnnkit.group_norm_backward(dyl, xl, groups, w, gm, gs, bias=b, layout=layout)
         for k, nm in enumerate(("grad_x", "grad_weight", "grad_bias")):
             cmp(f"group_norm_backward {nm}", g[k], ref["gn_bwd"][k], layout)
+        go = np.empty_like(xl)
+        if has_out("gn_fwd"):
+            cnnkit.group_norm(xl, groups, w, b, EPS, layout=layout, out=go)
+            cmp("group_norm(out=)", go, ref["gn_fwd"], layout)
+        if has_out("gn_bwd"):
+            cnnkit.group_norm_backward(dyl, xl, groups, w, gm, gs, bias=b, layout=layout, out=go)
+            cmp("group_norm_backward(out=) grad_x", go, ref["gn_bwd"][0], layout)
     return bad
 
 
@@ -277,6 +295,12 @@ def _data(shape, layouts, seed=0) -> dict:
     d["w"] = rng.uniform(0.5, 1.5, c).astype(np.float32)
     d["b"] = rng.uniform(-0.5, 0.5, c).astype(np.float32)
     return d
+
+
+def _fresh_and_out(block, L, f, buf, with_out):
+    block[f"cnnkit {L} fresh"] = f
+    if with_out:
+        block[f"cnnkit {L} out="] = lambda: f(out=buf)
 
 
 def _cnnkit_impls(d, layouts, blocks) -> dict:
@@ -312,24 +336,25 @@ def _cnnkit_impls(d, layouts, blocks) -> dict:
                 impls["infer" + s][f"cnnkit {L} out="] = (
                     lambda x=x, act=act, L=L, out=out:
                     cnnkit.batch_norm_infer(x, w, b, rm, rv, activation=act, layout=L, out=out))
+        gx = np.empty_like(x)            # one reused grad_x per layout
         if "bwd" in impls:
-            impls["bwd"][f"cnnkit {L} fresh"] = (
-                lambda x=x, dy=dy, L=L, sm=sm, si=si:
-                cnnkit.batch_norm_backward(dy, x, w, sm, si, bias=b, layout=L))
+            f = (lambda x=x, dy=dy, L=L, sm=sm, si=si, **kw:
+                 cnnkit.batch_norm_backward(dy, x, w, sm, si, bias=b, layout=L, **kw))
+            _fresh_and_out(impls["bwd"], L, f, gx, has_out("bwd"))
         if "bwd_relu" in impls:
-            impls["bwd_relu"][f"cnnkit {L} fresh"] = (
-                lambda x=x, dy=dy, L=L, y=yr, sm=smr, si=sir:
-                cnnkit.batch_norm_backward(dy, x, w, sm, si, y=y, bias=b, activation="relu",
-                                           layout=L))
+            f = (lambda x=x, dy=dy, L=L, y=yr, sm=smr, si=sir, **kw:
+                 cnnkit.batch_norm_backward(dy, x, w, sm, si, y=y, bias=b, activation="relu",
+                                            layout=L, **kw))
+            _fresh_and_out(impls["bwd_relu"], L, f, gx, has_out("bwd_relu"))
         if "gn_fwd" in impls:
-            impls["gn_fwd"][f"cnnkit {L} fresh"] = (
-                lambda x=x, L=L, g=groups:
-                cnnkit.group_norm(x, g, w, b, EPS, layout=L, return_stats=True))
+            f = (lambda x=x, L=L, g=groups, **kw:
+                 cnnkit.group_norm(x, g, w, b, EPS, layout=L, return_stats=True, **kw))
+            _fresh_and_out(impls["gn_fwd"], L, f, out, has_out("gn_fwd"))
         if "gn_bwd" in impls:
             _, gm, gs = cnnkit.group_norm(x, groups, w, b, EPS, layout=L, return_stats=True)
-            impls["gn_bwd"][f"cnnkit {L} fresh"] = (
-                lambda x=x, dy=dy, L=L, g=groups, gm=gm, gs=gs:
-                cnnkit.group_norm_backward(dy, x, g, w, gm, gs, bias=b, layout=L))
+            f = (lambda x=x, dy=dy, L=L, g=groups, gm=gm, gs=gs, **kw:
+                 cnnkit.group_norm_backward(dy, x, g, w, gm, gs, bias=b, layout=L, **kw))
+            _fresh_and_out(impls["gn_bwd"], L, f, gx, has_out("gn_bwd"))
     return impls
 
 
@@ -419,24 +444,25 @@ def _series(res, key):
         if key not in res["times_s"]:
             return None
         t = {k: np.array(v) for k, v in res["times_s"][key].items()}
-        _, nb, kind, has_out = OPS[key]
-        return t, np.array(res["probe_gbs"][key]), nb, kind, has_out
+        _, nb, kind, _ = OPS[key]
+        with_out = any(n.endswith(" out=") for n in t)
+        return t, np.array(res["probe_gbs"][key]), nb, kind, with_out
     parts = SUMS[key][1]
     if any(p not in res["times_s"] for p in parts):
         return None
     t = {}
-    for name in res["times_s"][parts[0]]:
-        if name.endswith(" out="):  # forward with out=, backward fresh
-            base = name[:-len(" out=")] + " fresh"
-            t[name] = np.array(res["times_s"][parts[0]][name]) + np.array(
-                res["times_s"][parts[1]][base])
-        elif name in res["times_s"][parts[1]]:
-            t[name] = np.array(res["times_s"][parts[0]][name]) + np.array(
-                res["times_s"][parts[1]][name])
-    pr = (np.array(res["probe_gbs"][parts[0]]) + np.array(res["probe_gbs"][parts[1]])) / 2
+    first, second = res["times_s"][parts[0]], res["times_s"][parts[1]]
+    for name in first:
+        # out=: both with out= (backward fresh if it had no out=)
+        other = name if name in second else name[:-len(" out=")] + " fresh"
+        t[name] = np.array(first[name]) + np.array(second[other])
+    # The roof of a sum is the sum of the parts' roof times: per element and round,
+    # sum(bytes_i / probe_i); the equivalent bandwidth is the total bytes over that.
     nb = sum(OPS[p][1] for p in parts)
-    has_out = OPS[parts[0]][3]
-    return t, pr, nb, OPS[parts[0]][2], has_out
+    roof_t = sum(OPS[p][1] / np.array(res["probe_gbs"][p]) for p in parts)
+    kinds = sorted({OPS[p][2] for p in parts})
+    with_out = any(n.endswith(" out=") for n in first)
+    return t, nb / roof_t, nb, "+".join(kinds), with_out
 
 
 def summarize(res: dict, layouts) -> list:
@@ -447,7 +473,7 @@ def summarize(res: dict, layouts) -> list:
         ser = _series(res, key)
         if ser is None:
             continue
-        t, probe_gbs, nb, kind, has_out = ser
+        t, probe_gbs, nb, kind, with_out = ser
         nbytes = nb * numel
         torch_t = {k[len("torch "):]: v for k, v in t.items() if k.startswith("torch ")}
         best = min(torch_t, key=lambda k: med(torch_t[k])) if torch_t else None
@@ -459,7 +485,7 @@ def summarize(res: dict, layouts) -> list:
             if best is not None:
                 r["torch_best"] = best
                 r["torch_best_ms"] = 1e3 * med(torch_t[best])
-            for var in ("fresh", "out=") if has_out else ("fresh",):
+            for var in ("fresh", "out=") if with_out else ("fresh",):
                 tc = t[f"cnnkit {L} {var}"]
                 v = {"ms": 1e3 * med(tc), "gbs": nbytes / med(tc) / 1e9,
                      "frac_roof": med(nbytes / tc / 1e9 / probe_gbs)}
@@ -555,7 +581,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None,
                    help="threads for cnnkit and torch (default: cnnkit's current count)")
     p.add_argument("--reps", type=int, default=None,
-                   help="timed rounds per shape (default 7; 3 with --quick)")
+                   help="timed rounds per shape (default 9; 3 with --quick)")
     p.add_argument("--warmup", type=int, default=2, help="untimed rounds first (default 2)")
     p.add_argument("--shapes", default=None,
                    help="comma-separated indices into " + "; ".join(
@@ -606,7 +632,7 @@ def main(argv=None) -> int:
     if not layouts or not op_groups or not idx:
         print("--layouts, --ops and --shapes must each name at least one entry", file=sys.stderr)
         return 2
-    reps = args.reps if args.reps is not None else (3 if args.quick else 7)
+    reps = args.reps if args.reps is not None else (3 if args.quick else 9)
     if reps < 1 or args.warmup < 0 or args.probe_reps < 1:
         print("--reps and --probe-reps must be >= 1, --warmup >= 0", file=sys.stderr)
         return 2
@@ -673,7 +699,7 @@ def main(argv=None) -> int:
                "threads": threads, "reps": reps, "warmup": args.warmup,
                "probe_reps": args.probe_reps, "layouts": layouts, "blocks": blocks,
                "ops": {k: {"label": v[0], "bytes_per_elem": v[1], "roof": v[2],
-                           "cnnkit_out": v[3]} for k, v in OPS.items()},
+                           "cnnkit": v[3], "out": has_out(k)} for k, v in OPS.items()},
                "stream_start_gbs": bw_start, "stream_end_gbs": bw_end, "shapes": SHAPES,
                "results": raw, "summary": rows,
                "targets": [{"shape": r["shape"], "layout": r["layout"], "row": r["label"],

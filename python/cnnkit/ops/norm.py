@@ -115,11 +115,15 @@ def _needs(needs):
 
 
 def _stats_shape(name, a, shape):
+    """Saved statistics: float64 always (a float32 mean near 1e6 would ruin the backward)."""
     if not isinstance(a, np.ndarray):
         raise TypeError(f"{name}: expected a numpy.ndarray, got {type(a).__name__}")
+    if a.dtype != np.float64:
+        raise TypeError(f"{name}: expected the float64 statistics saved by the forward, got dtype "
+                        f"{a.dtype}")
     if a.shape != shape:
         raise ValueError(f"{name}: expected shape {shape}, got {a.shape}")
-    return np.ascontiguousarray(a, dtype=np.float64)
+    return np.ascontiguousarray(a)
 
 
 # ---- batch norm --------------------------------------------------------------------------------
@@ -195,11 +199,12 @@ def batch_norm_train(x, weight, bias, running_mean, running_var, *, momentum=0.1
         means.append(mean)
         invstds.append(invstd)
         vars_.append(var)
-    mean = np.stack(means) if chunks > 1 else means[0]
-    invstd = np.stack(invstds) if chunks > 1 else invstds[0]
+    ghost = virtual_batch_size is not None  # stats are (chunks, C) whenever chunks were asked for
+    mean = np.stack(means) if ghost else means[0]
+    invstd = np.stack(invstds) if ghost else invstds[0]
     unbiased = np.stack(vars_) * (count / (count - 1))
     if running_mean is not None:
-        m_avg = mean.mean(axis=0) if chunks > 1 else mean
+        m_avg = mean.mean(axis=0) if ghost else mean
         running_mean[...] = (1.0 - momentum) * running_mean.astype(np.float64) + momentum * m_avg
     if running_var is not None:
         v_avg = unbiased.mean(axis=0)
@@ -278,7 +283,7 @@ def batch_norm_backward(grad_out, x, weight, save_mean, save_invstd, *, y=None, 
     needs = _needs(needs)
     out = _like_x("out", out, x, out=True)
     chunks, v = _chunks(virtual_batch_size, N)
-    shape = (chunks, C) if chunks > 1 else (C,)
+    shape = (chunks, C) if virtual_batch_size is not None else (C,)
     save_mean = _stats_shape("save_mean", save_mean, shape).reshape(chunks, C)
     save_invstd = _stats_shape("save_invstd", save_invstd, shape).reshape(chunks, C)
     mask = None
