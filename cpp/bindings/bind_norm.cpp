@@ -1,5 +1,6 @@
 // Normalization bindings: marshalling only. cnnkit.ops.norm validates shapes, dtypes and
 // arguments and owns allocation; these re-check sizes so a misuse can never read out of bounds.
+#include <cmath>
 #include <string>
 
 #include "cnnkit/norm.h"
@@ -53,7 +54,55 @@ optim::DType dtype_of(const py::object& x) {
 
 }  // namespace
 
+template <typename T>
+void update_running(T* r, const double* stat, int64_t n, double momentum, double factor) {
+  for (int64_t i = 0; i < n; ++i) r[i] = T((1.0 - momentum) * double(r[i]) + momentum * (stat[i] * factor));
+}
+
 void bind_norm(py::module_& m) {
+  m.def(
+      "norm_update_running",
+      [](const py::object& rm, const py::object& rv, const F64& mean, const F64& var, double momentum,
+         double unbias) {
+        // rm <- (1-momentum)*rm + momentum*mean; rv <- (1-momentum)*rv + momentum*var*unbias (in double)
+        const int64_t n = mean.size();
+        if (var.size() != n) throw py::value_error("var: expected as many values as mean");
+        const struct { const py::object* a; const F64* s; double f; const char* name; } items[2] = {
+            {&rm, &mean, 1.0, "running_mean"}, {&rv, &var, unbias, "running_var"}};
+        for (const auto& it : items) {
+          if (it.a->is_none()) continue;
+          if (!py::isinstance<py::array>(*it.a)) throw py::type_error(std::string(it.name) + ": expected an array");
+          py::array a = py::reinterpret_borrow<py::array>(*it.a);
+          const auto dt = float_dtype(a, it.name);
+          void* p = const_cast<void*>(data(*it.a, it.name, dt, n, true));
+          if (dt == optim::DType::f32)
+            update_running(static_cast<float*>(p), it.s->data(), n, momentum, it.f);
+          else
+            update_running(static_cast<double*>(p), it.s->data(), n, momentum, it.f);
+        }
+      },
+      py::arg("running_mean"), py::arg("running_var"), py::arg("mean"), py::arg("var"), py::arg("momentum"),
+      py::arg("unbias"));
+  m.def(
+      "norm_invstd",
+      [](const py::array& var, double eps) {
+        const auto dt = float_dtype(var, "running_var");
+        py::array v = py::array::ensure(var, py::array::c_style);
+        const int64_t n = v.size();
+        F64 out(n);
+        double* o = out.mutable_data();
+        for (int64_t i = 0; i < n; ++i) {
+          const double x = dt == optim::DType::f32 ? double(static_cast<const float*>(v.data())[i])
+                                                    : static_cast<const double*>(v.data())[i];
+          if (!(x >= 0.0) || !(x <= 1.7976931348623157e308))
+            throw py::value_error("running_var: expected finite values >= 0, got " + std::to_string(x) +
+                                  " at index " + std::to_string(i));
+          o[i] = 1.0 / std::sqrt(x + eps);
+        }
+        return out;
+      },
+      py::arg("var"), py::arg("eps"), "1/sqrt(var + eps) in float64; ValueError for a negative, NaN or inf var.");
+
   m.def(
       "norm_stats",
       [](const py::object& x, int64_t N, int64_t C, int64_t S, bool nhwc, bool ps) {

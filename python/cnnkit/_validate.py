@@ -19,6 +19,12 @@ def check_real(name: str, value: Any, *, lo: Optional[float] = None, hi: Optiona
                lo_open: bool = False, hi_open: bool = False, finite: bool = True) -> float:
     """``float(value)``; TypeError unless a real number; ValueError if NaN, infinite (unless
     ``finite=False``) or outside the interval ``lo``..``hi`` (open ends as flagged)."""
+    if type(value) is float:  # fast path for the common case (no ABC checks, no message)
+        v = value
+        if (v == v and (not finite or v - v == 0.0)
+                and (lo is None or (v > lo if lo_open else v >= lo))
+                and (hi is None or (v < hi if hi_open else v <= hi))):
+            return v
     lo_s = "-inf" if lo is None else repr(float(lo))
     hi_s = "inf" if hi is None else repr(float(hi))
     interval = (("(" if lo_open or lo is None else "[") + f"{lo_s}, {hi_s}"

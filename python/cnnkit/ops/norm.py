@@ -12,6 +12,7 @@ for the same reason: the backward pass needs it exactly.
 """
 from __future__ import annotations
 
+import math
 
 import numpy as np
 
@@ -45,8 +46,8 @@ def _geometry(x, layout):
     if x.ndim == 2:
         return N, x.shape[1], 1, True
     if layout == "NCHW":
-        return N, x.shape[1], int(np.prod(x.shape[2:])), False
-    return N, x.shape[-1], int(np.prod(x.shape[1:-1])), True
+        return N, x.shape[1], math.prod(x.shape[2:]), False
+    return N, x.shape[-1], math.prod(x.shape[1:-1]), True
 
 
 def _channel_array(name, a, C, dtype, *, writeable=False, required=False):
@@ -188,27 +189,29 @@ def batch_norm_train(x, weight, bias, running_mean, running_var, *, momentum=0.1
         raise ValueError(f"x: expected more than 1 value per channel when training, got input "
                          f"shape {x.shape}" + (f" in chunks of {v}" if chunks > 1 else ""))
     y = np.empty_like(x) if out is None else out
+    unbias = count / (count - 1)
+    if virtual_batch_size is None:
+        mean, var = _core.norm_stats(x, N, C, S, nhwc, False)
+        invstd = _core.norm_invstd(var, eps)
+        _core.norm_apply(x, y, residual, N, C, S, nhwc, False, mean, invstd, weight, bias, relu)
+        _core.norm_update_running(running_mean, running_var, mean, var, momentum, unbias)
+        return y, mean, invstd
     means, invstds, vars_ = [], [], []
     for k in range(chunks):
         sl = slice(k * v, (k + 1) * v)
         xk = x[sl]
         mean, var = _core.norm_stats(xk, v, C, S, nhwc, False)
-        invstd = 1.0 / np.sqrt(var + eps)
+        invstd = _core.norm_invstd(var, eps)
         _core.norm_apply(xk, y[sl], None if residual is None else residual[sl], v, C, S, nhwc,
                          False, mean, invstd, weight, bias, relu)
         means.append(mean)
         invstds.append(invstd)
         vars_.append(var)
-    ghost = virtual_batch_size is not None  # stats are (chunks, C) whenever chunks were asked for
-    mean = np.stack(means) if ghost else means[0]
-    invstd = np.stack(invstds) if ghost else invstds[0]
-    unbiased = np.stack(vars_) * (count / (count - 1))
-    if running_mean is not None:
-        m_avg = mean.mean(axis=0) if ghost else mean
-        running_mean[...] = (1.0 - momentum) * running_mean.astype(np.float64) + momentum * m_avg
-    if running_var is not None:
-        v_avg = unbiased.mean(axis=0)
-        running_var[...] = (1.0 - momentum) * running_var.astype(np.float64) + momentum * v_avg
+    # ghost batches: statistics are (chunks, C); the running statistics move once, with the
+    # average of the chunk means and of the chunk unbiased variances
+    mean, invstd = np.stack(means), np.stack(invstds)
+    _core.norm_update_running(running_mean, running_var, mean.mean(axis=0),
+                              np.stack(vars_).mean(axis=0), momentum, unbias)
     return y, mean, invstd
 
 
@@ -230,13 +233,11 @@ def batch_norm_infer(x, weight, bias, running_mean, running_var, *, eps=1e-5, ac
     relu = _activation(activation)
     residual = _like_x("residual", residual, x)
     out = _like_x("out", out, x, out=True)
-    if np.any(running_var < 0) or not np.all(np.isfinite(running_var)):
-        raise ValueError("running_var: expected finite values >= 0")
+    mean = running_mean.astype(np.float64)
+    invstd = _core.norm_invstd(running_var, eps)  # ValueError for a negative or NaN variance
     y = np.empty_like(x) if out is None else out
     if x.size == 0:
         return y
-    mean = running_mean.astype(np.float64)
-    invstd = 1.0 / np.sqrt(running_var.astype(np.float64) + eps)
     _core.norm_apply(x, y, residual, N, C, S, nhwc, False, mean, invstd, weight, bias, relu)
     return y
 
