@@ -105,7 +105,22 @@ void stats_t(const T* x, const Shape& sh, bool ps, double* mean, double* var) {
       const double* __restrict k = K.data() + (ps ? n * C : 0);
       std::fill(q1, q1 + C, 0.0);
       std::fill(q2, q2 + C, 0.0);
-      for (int64_t m = lo; m < hi; ++m) {
+      int64_t m = lo;
+      for (; m + 8 <= hi; m += 8) {  // eight rows per pass: an eighth of the partial-sum traffic
+        const T* __restrict xb = x + m * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) {
+          const double kc = k[c];
+          const double d0 = double(xb[c]) - kc, d1 = double(xb[C + c]) - kc;
+          const double d2 = double(xb[2 * C + c]) - kc, d3 = double(xb[3 * C + c]) - kc;
+          const double d4 = double(xb[4 * C + c]) - kc, d5 = double(xb[5 * C + c]) - kc;
+          const double d6 = double(xb[6 * C + c]) - kc, d7 = double(xb[7 * C + c]) - kc;
+          q1[c] += ((d0 + d1) + (d2 + d3)) + ((d4 + d5) + (d6 + d7));
+          q2[c] += ((d0 * d0 + d1 * d1) + (d2 * d2 + d3 * d3)) +
+                   ((d4 * d4 + d5 * d5) + (d6 * d6 + d7 * d7));
+        }
+      }
+      for (; m < hi; ++m) {
         const T* __restrict xr = x + m * C;
 #pragma omp simd
         for (int64_t c = 0; c < C; ++c) {
@@ -244,7 +259,24 @@ void backward_reduce_t(const T* __restrict dy, const T* __restrict x, const T* _
       const double* __restrict mn = mean + (ps ? n * C : 0);
       std::fill(q1, q1 + C, 0.0);
       std::fill(q2, q2 + C, 0.0);
-      for (int64_t m = lo; m < hi; ++m) {
+      int64_t m = lo;
+      for (; m + 4 <= hi; m += 4) {  // four rows per pass: a quarter of the partial-sum traffic
+        const T* __restrict db = dy + m * C;
+        const T* __restrict xb = x + m * C;
+        const T* __restrict mb = MASK ? mk + m * C : nullptr;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) {
+          const double mc = mn[c];
+          double g[4], e[4];
+          for (int j = 0; j < 4; ++j) {
+            g[j] = (MASK && !(mb[j * C + c] > T(0))) ? 0.0 : double(db[j * C + c]);
+            e[j] = g[j] * (double(xb[j * C + c]) - mc);
+          }
+          q1[c] += (g[0] + g[1]) + (g[2] + g[3]);
+          q2[c] += (e[0] + e[1]) + (e[2] + e[3]);
+        }
+      }
+      for (; m < hi; ++m) {
         const T* __restrict d = dy + m * C;
         const T* __restrict xr = x + m * C;
         const T* __restrict mr = MASK ? mk + m * C : nullptr;
