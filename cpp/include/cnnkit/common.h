@@ -39,6 +39,16 @@ Isa isa_supported();                         // best level this CPU (and OS) sup
 Isa isa_active();                            // level kernels use now
 void set_isa(Isa isa);                       // lower (or restore) the active level; throws if unsupported
 
+// The one of three per-ISA tables (scalar, avx2, avx512) that the active level uses.
+template <typename T>
+const T& by_isa(const T& scalar_table, const T& avx2_table, const T& avx512_table) {
+  switch (isa_active()) {
+    case Isa::avx512: return avx512_table;
+    case Isa::avx2: return avx2_table;
+    default: return scalar_table;
+  }
+}
+
 int num_threads();
 void set_num_threads(int n);  // n >= 1
 

@@ -30,9 +30,7 @@ int stream_arrays(Stream k) { return kArrays[static_cast<int>(k)]; }
 int64_t stream_bytes_per_elem(Stream k) { return kBytes[static_cast<int>(k)]; }
 
 void stream_run(Stream k, float* const* arrays, int64_t n, int reps, double* seconds) {
-  const StreamKernels& ks = isa_active() == Isa::avx512 ? avx512::stream_kernels
-                            : isa_active() == Isa::avx2 ? avx2::stream_kernels
-                                                        : scalar::stream_kernels;
+  const StreamKernels& ks = by_isa(scalar::stream_kernels, avx2::stream_kernels, avx512::stream_kernels);
   auto fn = ks.run[static_cast<int>(k)];
   const int nt = num_threads();
   double sink = 0.0;

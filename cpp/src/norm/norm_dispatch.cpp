@@ -10,11 +10,7 @@ namespace avx512 { extern const norm::Kernels norm_kernels; }
 namespace cnnkit::norm {
 namespace {
 const Kernels& kernels() {
-  switch (isa_active()) {
-    case Isa::avx512: return avx512::norm_kernels;
-    case Isa::avx2: return avx2::norm_kernels;
-    default: return scalar::norm_kernels;
-  }
+  return by_isa(scalar::norm_kernels, avx2::norm_kernels, avx512::norm_kernels);
 }
 }  // namespace
 

@@ -64,6 +64,35 @@ inline int64_t at(const Shape& sh, int64_t n, int64_t c, int64_t s) {
   return sh.nhwc ? (n * sh.S + s) * sh.C + c : (n * sh.C + c) * sh.S + s;
 }
 
+// Partial sums -> totals, in a fixed order (so the result does not depend on the thread count).
+// NCHW: one partial per (n, c) row, added in n order. NHWC: C partials per block, added in
+// block order. Totals have C entries, or N*C when per_sample; a and b must start at zero.
+void combine_rows(const Shape& sh, bool ps, const std::vector<double>& p1,
+                  const std::vector<double>& p2, double* a, double* b) {
+  const int64_t C = sh.C;
+  for (int64_t r = 0; r < sh.N * C; ++r) {
+    const int64_t i = ps ? r : r % C;
+    a[i] += p1[r];
+    b[i] += p2[r];
+  }
+}
+void combine_blocks(const Shape& sh, const Blocks& bl, const std::vector<double>& p1,
+                    const std::vector<double>& p2, double* a, double* b) {
+  const int64_t C = sh.C;
+  for (int64_t blk = 0; blk < bl.count; ++blk) {
+    int64_t n, lo, hi;
+    bl.range(blk, n, lo, hi);
+    double* __restrict aa = a + (bl.ps ? n * C : 0);
+    double* __restrict bb = b + (bl.ps ? n * C : 0);
+    const double* q1 = p1.data() + blk * C;
+    const double* q2 = p2.data() + blk * C;
+    for (int64_t c = 0; c < C; ++c) {
+      aa[c] += q1[c];
+      bb[c] += q2[c];
+    }
+  }
+}
+
 // ---- statistics -----------------------------------------------------------------------------
 
 template <typename T>
@@ -88,11 +117,7 @@ void stats_t(const T* x, const Shape& sh, bool ps, double* mean, double* var) {
       p1[r] = s1;
       p2[r] = s2;
     }
-    for (int64_t r = 0; r < N * C; ++r) {  // combine in n order
-      const int64_t i = ps ? r : r % C;
-      a[i] += p1[r];
-      b[i] += p2[r];
-    }
+    combine_rows(sh, ps, p1, p2, a.data(), b.data());
   } else {
     const Blocks bl = nhwc_blocks(sh, ps);
     std::vector<double> p1(bl.count * C), p2(bl.count * C);
@@ -130,18 +155,7 @@ void stats_t(const T* x, const Shape& sh, bool ps, double* mean, double* var) {
         }
       }
     }
-    for (int64_t blk = 0; blk < bl.count; ++blk) {  // combine in block order
-      int64_t n, lo, hi;
-      bl.range(blk, n, lo, hi);
-      double* __restrict aa = a.data() + (ps ? n * C : 0);
-      double* __restrict bb = b.data() + (ps ? n * C : 0);
-      const double* q1 = p1.data() + blk * C;
-      const double* q2 = p2.data() + blk * C;
-      for (int64_t c = 0; c < C; ++c) {
-        aa[c] += q1[c];
-        bb[c] += q2[c];
-      }
-    }
+    combine_blocks(sh, bl, p1, p2, a.data(), b.data());
   }
   const double cnt = double(ps ? S : N * S);
   for (int64_t i = 0; i < nk; ++i) {
@@ -242,11 +256,7 @@ void backward_reduce_t(const T* __restrict dy, const T* __restrict x, const T* _
       p1[r] = s1;
       p2[r] = s2;
     }
-    for (int64_t r = 0; r < N * C; ++r) {
-      const int64_t i = ps ? r : r % C;
-      sum_g[i] += p1[r];
-      sum_gx[i] += p2[r];
-    }
+    combine_rows(sh, ps, p1, p2, sum_g, sum_gx);
   } else {
     const Blocks bl = nhwc_blocks(sh, ps);
     std::vector<double> p1(bl.count * C), p2(bl.count * C);
@@ -288,18 +298,7 @@ void backward_reduce_t(const T* __restrict dy, const T* __restrict x, const T* _
         }
       }
     }
-    for (int64_t blk = 0; blk < bl.count; ++blk) {
-      int64_t n, lo, hi;
-      bl.range(blk, n, lo, hi);
-      double* __restrict aa = sum_g + (ps ? n * C : 0);
-      double* __restrict bb = sum_gx + (ps ? n * C : 0);
-      const double* q1 = p1.data() + blk * C;
-      const double* q2 = p2.data() + blk * C;
-      for (int64_t c = 0; c < C; ++c) {
-        aa[c] += q1[c];
-        bb[c] += q2[c];
-      }
-    }
+    combine_blocks(sh, bl, p1, p2, sum_g, sum_gx);
   }
 }
 

@@ -20,11 +20,7 @@ namespace cnnkit::optim {
 namespace {
 
 const Kernels& kernels() {
-  switch (isa_active()) {
-    case Isa::avx512: return avx512::optim_kernels;
-    case Isa::avx2: return avx2::optim_kernels;
-    default: return scalar::optim_kernels;
-  }
+  return by_isa(scalar::optim_kernels, avx2::optim_kernels, avx512::optim_kernels);
 }
 
 // Below this many elements in all, one thread does the work (a parallel region costs more).

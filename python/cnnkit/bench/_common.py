@@ -119,3 +119,22 @@ def peer_header(torch) -> dict:
         extra["torch"] = "not used (not importable or --no-torch)"
     extra["python"] = f"{platform.python_version()}, {platform.platform()}"
     return extra
+
+
+def target_text(targets) -> str:
+    """Targets as text: each (name, value, threshold, met) reads "name value >= threshold: met".
+
+    A name starting with "%" shows percentages; one starting with "per-param" is an upper bound
+    ("<="); met None means not measured."""
+    parts = []
+    for name, v, thr, met in targets:
+        if met is None:
+            parts.append(f"{name}: not measured")
+            continue
+        pct = name.startswith("%")
+        shown = f"{100 * v:.0f}%" if pct else f"{v:.2f}"
+        thr_s = f"{100 * thr:.0f}%" if pct else f"{thr:g}"
+        op = "<=" if name.startswith("per-param") else ">="
+        parts.append(f"{name} {shown} {op} {thr_s}: {'met' if met else 'MISSED'}")
+    return "; ".join(parts)
+

@@ -65,6 +65,7 @@ import cnnkit
 from cnnkit.bench import machine_header, memory_bandwidth
 from cnnkit.bench._common import fmt as _f
 from cnnkit.bench._common import import_torch, med, peer_header, probe, run_rounds, stream_arrays
+from cnnkit.bench._common import target_text
 
 __all__ = ["main", "SHAPES", "OPS", "ROWS", "reference_check"]
 
@@ -519,19 +520,6 @@ def targets(r: dict) -> list:
 
 
 # ---- printing ----------------------------------------------------------------------------------
-def _target_text(tl) -> str:
-    parts = []
-    for name, v, thr, met in tl:
-        if met is None:
-            parts.append(f"{name}: not measured")
-            continue
-        pct = name.startswith("%")
-        shown = f"{100 * v:.0f}%" if pct else f"{v:.2f}"
-        thr_s = f"{100 * thr:.0f}%" if pct else f"{thr:g}"
-        parts.append(f"{name} {shown} >= {thr_s}: {'met' if met else 'MISSED'}")
-    return "; ".join(parts)
-
-
 def _pct(x) -> str:
     return "-" if x is None else f"{100 * x:.0f}%"
 
@@ -554,7 +542,7 @@ def render(rows: list, have_torch: bool) -> str:
             f"{_f(ou['ms']) if ou else '-'} | {_f(fr['gbs'])} | {_f(ou['gbs']) if ou else '-'} | "
             f"{_pct(fr['frac_roof'])} | {_pct(ou['frac_roof']) if ou else '-'} "
             f"({r['roof_kind']} {_f(r['roof_gbs'])}) | {tb} | {_ratio(fr)} | "
-            f"{_ratio(ou) if ou else '-'} | {_target_text(tl) if tl else ''} |")
+            f"{_ratio(ou) if ou else '-'} | {target_text(tl) if tl else ''} |")
     if have_torch:
         lines += ["", "torch per layout (median ms; the faster one is the peer above):", "",
                   "| shape | op | torch NCHW ms | torch channels_last ms | faster |",
@@ -692,7 +680,7 @@ def main(argv=None) -> int:
     for r, t in all_t:
         if t[3] is False:
             print(f"  missed: {shape_name(r['shape'])} {r['layout']} {r['label']}: "
-                  f"{_target_text([t])}")
+                  f"{target_text([t])}")
 
     if args.json:
         doc = {"header": header, "argv": list(argv) if argv is not None else sys.argv[1:],

@@ -36,7 +36,7 @@ import cnnkit
 from cnnkit.bench import machine_header, memory_bandwidth
 from cnnkit.bench._common import fmt as _f, import_torch, med as _med, peer_header
 from cnnkit.bench._common import probe as _probe, run_rounds
-from cnnkit.bench._common import stream_arrays as make_stream_arrays
+from cnnkit.bench._common import stream_arrays as make_stream_arrays, target_text
 
 __all__ = ["main", "SHAPES", "ALGOS", "make_large", "make_small"]
 
@@ -381,19 +381,6 @@ def targets(algo: str, L: str, s: dict) -> list:
 
 
 # ---- printing ----------------------------------------------------------------------------------
-def _target_text(tl) -> str:
-    parts = []
-    for name, v, thr, met in tl:
-        if met is None:
-            parts.append(f"{name}: not measured")
-            continue
-        shown = f"{100 * v:.0f}%" if name.startswith("%") else f"{v:.2f}"
-        op = "<=" if name.startswith("per-param") else ">="
-        thr_s = f"{100 * thr:.0f}%" if name.startswith("%") else f"{thr:g}"
-        parts.append(f"{name} {shown} {op} {thr_s}: {'met' if met else 'MISSED'}")
-    return "; ".join(parts)
-
-
 def render(summary: list, lists: list, n_params: dict, have_torch: bool) -> str:
     lines = []
     lines.append("| list | algorithm | cnnkit ms | GB/s | % of in-place BW (kernel) | numpy ms | "
@@ -410,7 +397,7 @@ def render(summary: list, lists: list, n_params: dict, have_torch: bool) -> str:
                 f"| {L} | {ALGOS[algo][0]} | {_f(s['cnnkit_ms'])} | {_f(s['gbs'])} | "
                 f"{100 * s['frac_bw']:.0f}% ({kind} {_f(s['probe_gbs'])} GB/s) | "
                 f"{_f(s['numpy_ms'])} | {tb} | {vt} | {s['vs_numpy']:.1f}x | "
-                f"{_target_text(targets(algo, L, s))} |")
+                f"{target_text(targets(algo, L, s))} |")
     if have_torch:
         lines.append("")
         lines.append("torch.optim variants (median ms per step; cnnkit's speedup over each: "
@@ -558,7 +545,7 @@ def main(argv=None) -> int:
     met = sum(1 for *_, t in all_t if t[3])
     measured = sum(1 for *_, t in all_t if t[3] is not None)
     print(f"Targets met: {met} of {measured} measured.")
-    missed = [f"{L} {name}: {_target_text([t])}" for name, L, t in all_t if t[3] is False]
+    missed = [f"{L} {name}: {target_text([t])}" for name, L, t in all_t if t[3] is False]
     for m in missed:
         print("  missed: " + m)
 
