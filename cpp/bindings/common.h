@@ -50,5 +50,6 @@ inline bool overlaps(const void* a, int64_t abytes, const void* b, int64_t bbyte
 void bind_runtime(py::module_& m);
 void bind_optim(py::module_& m);
 void bind_norm(py::module_& m);
+void bind_augment(py::module_& m);
 
 }  // namespace cnnkit::bind

@@ -16,4 +16,5 @@ PYBIND11_MODULE(_core, m) {
   cnnkit::bind::bind_runtime(m);
   cnnkit::bind::bind_optim(m);
   cnnkit::bind::bind_norm(m);
+  cnnkit::bind::bind_augment(m);
 }

@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 
-FAMILIES = {"optim": "bench_optim", "norm": "bench_norm"}
+from .bench.runners import FAMILIES
 
 
 def _bench(family: str, rest: list) -> int:

@@ -11,7 +11,8 @@ import sys
 
 __all__ = ["FAMILIES", "run"]
 
-FAMILIES = {"optim": "cnnkit.bench.optim", "norm": "cnnkit.bench.norm"}
+FAMILIES = {"optim": "cnnkit.bench.optim", "norm": "cnnkit.bench.norm",
+            "augment": "cnnkit.bench.augment"}
 
 
 def run(family: str, argv: list) -> int:

@@ -1,0 +1,27 @@
+// cnnkit image kernels (C++ API; the Python layer is cnnkit.augment). Images are uint8, N images
+// of P pixels with C interleaved channels (NHWC).
+#pragma once
+
+#include <cstdint>
+
+#include "cnnkit/common.h"
+
+namespace cnnkit::augment {
+
+// y = ((float(x) - hi) - lo) * scale, per (image if per_image, channel): the centre hi + lo is a
+// float pair (x - hi is exact for a centre near x), so low-contrast images keep full float32
+// accuracy. scale/hi/lo have C entries, or N*C when per_image. Output NCHW (n, c, p) when
+// nchw_out, else NHWC (n, p, c). float32.
+void normalize_u8(const uint8_t* x, float* y, int64_t N, int64_t P, int64_t C, bool nchw_out,
+                  const float* scale, const float* hi, const float* lo, bool per_image);
+
+// Exact per-image statistics over all P*C values: sum, sum of squares, min, max.
+void image_stats_u8(const uint8_t* x, int64_t N, int64_t PC, int64_t* sum, int64_t* sumsq,
+                    uint8_t* mn, uint8_t* mx);
+
+struct Kernels {
+  decltype(&normalize_u8) normalize_u8_fn;
+  decltype(&image_stats_u8) image_stats_u8_fn;
+};
+
+}  // namespace cnnkit::augment

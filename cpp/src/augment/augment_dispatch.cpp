@@ -1,0 +1,24 @@
+// Image kernel entry points: forward to the kernels of the active ISA level.
+#include "cnnkit/augment.h"
+
+namespace cnnkit {
+namespace scalar { extern const augment::Kernels augment_kernels; }
+namespace avx2 { extern const augment::Kernels augment_kernels; }
+namespace avx512 { extern const augment::Kernels augment_kernels; }
+}  // namespace cnnkit
+
+namespace cnnkit::augment {
+
+void normalize_u8(const uint8_t* x, float* y, int64_t N, int64_t P, int64_t C, bool nchw_out,
+                  const float* scale, const float* hi, const float* lo, bool per_image) {
+  by_isa(scalar::augment_kernels, avx2::augment_kernels, avx512::augment_kernels)
+      .normalize_u8_fn(x, y, N, P, C, nchw_out, scale, hi, lo, per_image);
+}
+
+void image_stats_u8(const uint8_t* x, int64_t N, int64_t PC, int64_t* sum, int64_t* sumsq,
+                    uint8_t* mn, uint8_t* mx) {
+  by_isa(scalar::augment_kernels, avx2::augment_kernels, avx512::augment_kernels)
+      .image_stats_u8_fn(x, N, PC, sum, sumsq, mn, mx);
+}
+
+}  // namespace cnnkit::augment
