@@ -57,6 +57,33 @@ void bind_augment(py::module_& m) {
       },
       py::arg("images"), py::arg("N"), py::arg("PC"),
       "Exact per-image sum, sum of squares, min and max of uint8 images.");
+  m.def(
+      "augment_histogram_u8",
+      [](const py::array& x, int64_t N, int64_t P, int64_t C) {
+        if (N < 0 || P < 0 || C < 1) throw py::value_error("shape: expected N, P >= 0 and C >= 1");
+        const uint8_t* px = checked<uint8_t>(x, "images", N * P * C, false);
+        py::array_t<int64_t> h({N, C, int64_t(256)});
+        int64_t* ph = h.mutable_data();
+        {
+          py::gil_scoped_release nogil;
+          augment::histogram_u8(px, N, P, C, ph);
+        }
+        return h;
+      },
+      py::arg("images"), py::arg("N"), py::arg("P"), py::arg("C"),
+      "Per-image, per-channel histograms, shape (N, C, 256).");
+  m.def(
+      "augment_lut_u8",
+      [](const py::array& x, const py::array& out, int64_t N, int64_t P, int64_t C, const py::array& lut) {
+        if (N < 0 || P < 0 || C < 1) throw py::value_error("shape: expected N, P >= 0 and C >= 1");
+        const uint8_t* px = checked<uint8_t>(x, "images", N * P * C, false);
+        uint8_t* po = checked<uint8_t>(out, "out", N * P * C, true);
+        const uint8_t* pl = checked<uint8_t>(lut, "lut", N * C * 256, false);
+        py::gil_scoped_release nogil;
+        augment::lut_u8(px, po, N, P, C, pl);
+      },
+      py::arg("images"), py::arg("out"), py::arg("N"), py::arg("P"), py::arg("C"), py::arg("lut"),
+      "out = lut[n, c, images] with lut of shape (N, C, 256).");
 }
 
 }  // namespace cnnkit::bind

@@ -19,9 +19,17 @@ void normalize_u8(const uint8_t* x, float* y, int64_t N, int64_t P, int64_t C, b
 void image_stats_u8(const uint8_t* x, int64_t N, int64_t PC, int64_t* sum, int64_t* sumsq,
                     uint8_t* mn, uint8_t* mx);
 
+// Per-image, per-channel histograms: hist[(n*C + c)*256 + v] = count of value v.
+void histogram_u8(const uint8_t* x, int64_t N, int64_t P, int64_t C, int64_t* hist);
+
+// y = lut[n, c, x] with one 256-entry table per (image, channel): lut has N*C*256 entries.
+void lut_u8(const uint8_t* x, uint8_t* y, int64_t N, int64_t P, int64_t C, const uint8_t* lut);
+
 struct Kernels {
   decltype(&normalize_u8) normalize_u8_fn;
   decltype(&image_stats_u8) image_stats_u8_fn;
+  decltype(&histogram_u8) histogram_u8_fn;
+  decltype(&lut_u8) lut_u8_fn;
 };
 
 }  // namespace cnnkit::augment

@@ -21,4 +21,14 @@ void image_stats_u8(const uint8_t* x, int64_t N, int64_t PC, int64_t* sum, int64
       .image_stats_u8_fn(x, N, PC, sum, sumsq, mn, mx);
 }
 
+void histogram_u8(const uint8_t* x, int64_t N, int64_t P, int64_t C, int64_t* hist) {
+  by_isa(scalar::augment_kernels, avx2::augment_kernels, avx512::augment_kernels)
+      .histogram_u8_fn(x, N, P, C, hist);
+}
+
+void lut_u8(const uint8_t* x, uint8_t* y, int64_t N, int64_t P, int64_t C, const uint8_t* lut) {
+  by_isa(scalar::augment_kernels, avx2::augment_kernels, avx512::augment_kernels)
+      .lut_u8_fn(x, y, N, P, C, lut);
+}
+
 }  // namespace cnnkit::augment

@@ -4,6 +4,8 @@
 //   per-image modes; x - hi is exact, so nothing cancels), the scaling and, for NCHW output, the
 //   HWC -> CHW transpose. One pass: read 1 B, write 4 B per value.
 //   image_stats_u8: integer sums (exact, so the same at any thread count), min and max.
+//   histogram_u8 / lut_u8: per-(image, channel) histograms and table lookups, from which the
+//   Pillow-exact point operations (equalize, autocontrast, posterize, solarize, invert) are made.
 // Work is split by (image, block of kPix pixels); every output element is written by one thread.
 #include <omp.h>
 
@@ -105,10 +107,59 @@ void image_stats_u8(const uint8_t* x, int64_t N, int64_t PC, int64_t* sum, int64
   }
 }
 
+void histogram_u8(const uint8_t* x, int64_t N, int64_t P, int64_t C, int64_t* hist) {
+  const int nt = N * P * C < kSerialBelow ? 1 : num_threads();
+#pragma omp parallel for schedule(static) num_threads(nt)
+  for (int64_t n = 0; n < N; ++n) {
+    const uint8_t* __restrict xi = x + n * P * C;
+    int64_t* __restrict h = hist + n * C * 256;
+    std::fill(h, h + C * 256, int64_t(0));
+    if (C == 1) {
+      // four sub-histograms so that runs of equal values do not serialise on one counter
+      int32_t sub[4][256] = {};
+      const int64_t P4 = P & ~int64_t(3);
+      for (int64_t p = 0; p < P4; p += 4) {
+        ++sub[0][xi[p]];
+        ++sub[1][xi[p + 1]];
+        ++sub[2][xi[p + 2]];
+        ++sub[3][xi[p + 3]];
+        if (((p + 4) & ((1 << 20) - 1)) == 0)  // flush before int32 could overflow
+          for (int k = 0; k < 4; ++k)
+            for (int v = 0; v < 256; ++v) h[v] += sub[k][v], sub[k][v] = 0;
+      }
+      for (int64_t p = P4; p < P; ++p) ++h[xi[p]];
+      for (int k = 0; k < 4; ++k)
+        for (int v = 0; v < 256; ++v) h[v] += sub[k][v];
+    } else {
+      for (int64_t p = 0; p < P; ++p)
+        for (int64_t c = 0; c < C; ++c) ++h[c * 256 + xi[p * C + c]];
+    }
+  }
+}
+
+void lut_u8(const uint8_t* x, uint8_t* y, int64_t N, int64_t P, int64_t C, const uint8_t* lut) {
+  const int64_t per = (P + kPix - 1) / kPix, total = N * per;
+  const int nt = N * P * C < kSerialBelow ? 1 : num_threads();
+#pragma omp parallel for schedule(static) num_threads(nt)
+  for (int64_t t = 0; t < total; ++t) {
+    const int64_t n = t / per, p0 = (t % per) * kPix, p1 = std::min(P, p0 + kPix);
+    const uint8_t* __restrict xs = x + (n * P + p0) * C;
+    uint8_t* __restrict ys = y + (n * P + p0) * C;
+    const uint8_t* __restrict L = lut + n * C * 256;
+    const int64_t m = (p1 - p0) * C;
+    if (C == 1) {
+      for (int64_t i = 0; i < m; ++i) ys[i] = L[xs[i]];
+    } else {
+      for (int64_t p = 0; p < p1 - p0; ++p)
+        for (int64_t c = 0; c < C; ++c) ys[p * C + c] = L[c * 256 + xs[p * C + c]];
+    }
+  }
+}
+
 }  // namespace
 
 extern const augment::Kernels augment_kernels;
-const augment::Kernels augment_kernels = {normalize_u8, image_stats_u8};
+const augment::Kernels augment_kernels = {normalize_u8, image_stats_u8, histogram_u8, lut_u8};
 
 }  // namespace CNNKIT_ISA_NS
 }  // namespace cnnkit

@@ -10,7 +10,8 @@ import numpy as np
 
 from .. import _core
 
-__all__ = ["to_float_normalize", "denormalize"]
+__all__ = ["to_float_normalize", "denormalize", "equalize", "autocontrast", "invert", "posterize",
+           "solarize"]
 
 _MODES = ("channel", "image", "minmax")
 _LAYOUTS = ("NCHW", "NHWC")
@@ -170,3 +171,123 @@ def denormalize(x, mean=None, std=None, *, layout="NCHW", to_uint8=True):
     if layout == "NCHW":
         v = np.moveaxis(v, caxis, -1)
     return np.ascontiguousarray(np.clip(np.rint(v), 0, 255).astype(np.uint8))
+
+
+# ---- Pillow-exact point operations ------------------------------------------------------------
+# Each is a per-(image, channel) 256-entry table built from the Pillow formula (vectorised over
+# images and channels in NumPy; tables are tiny) and applied by one compiled pass over the pixels.
+
+def _u8_out(out, x, single):
+    if out is None:
+        return np.empty_like(x), None
+    want = x.shape[1:] if single else x.shape
+    if not isinstance(out, np.ndarray) or out.dtype != np.uint8:
+        raise TypeError("out: expected a uint8 numpy.ndarray")
+    if out.shape != want or not out.flags.c_contiguous or not out.flags.writeable:
+        raise ValueError(f"out: expected a writeable C-contiguous array of shape {want}, got "
+                         f"{out.shape}")
+    return out.reshape(x.shape), out
+
+
+def _apply_lut(x, single, lut, out):
+    """lut: (N, C, 256) or (C, 256) / (256,) broadcast over images and channels."""
+    N, H, W, C = x.shape
+    lut = np.ascontiguousarray(np.broadcast_to(np.asarray(lut, dtype=np.uint8), (N, C, 256)))
+    y, given = _u8_out(out, x, single)
+    _core.augment_lut_u8(x, y, N, H * W, C, lut)
+    if given is not None:
+        return given
+    return y[0] if single else y
+
+
+def _histograms(x):
+    N, H, W, C = x.shape
+    return _core.augment_histogram_u8(x, N, H * W, C)  # (N, C, 256) int64
+
+
+def _per_image_ints(name, value, N, single, lo, hi):
+    """An int in [lo, hi], or (batch only) one per image; returns an (N,) int64 array."""
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected an int in [{lo}, {hi}], got {value!r}")
+    if np.isscalar(value):
+        if not isinstance(value, (int, np.integer)):
+            raise TypeError(f"{name}: expected an int in [{lo}, {hi}], got {value!r}")
+        a = np.full(N, int(value), dtype=np.int64)
+    else:
+        if single:
+            raise ValueError(f"{name}: expected one int for a single image, got {value!r}")
+        a = np.asarray(value)
+        if a.size == 0 and N == 0:  # an empty batch takes an empty list
+            a = a.astype(np.int64)
+        if a.dtype.kind not in "iu" or a.shape != (N,):
+            raise ValueError(f"{name}: expected an int or {N} ints (one per image), got {value!r}")
+        a = a.astype(np.int64)
+    if a.size and (a.min() < lo or a.max() > hi):
+        raise ValueError(f"{name}: expected values in [{lo}, {hi}], got {a.tolist()}")
+    return a
+
+
+def equalize(images, mode="pil", *, out=None):
+    r"""Histogram equalization per image and channel, bit-identical to ``PIL.ImageOps.equalize``.
+
+    Pillow's table: with ``h`` the channel's histogram and ``h_last`` the count of its last
+    non-empty bin, ``step = (sum(h) - h_last) // 255`` and ``lut[i] = (step//2 + sum(h[:i])) //
+    step`` (clipped to 255); the identity when the channel has at most one value or step is 0.
+    ``mode="cv"`` (OpenCV's ``equalizeHist``) is not implemented yet.
+    """
+    if mode != "pil":
+        raise ValueError(f"mode: expected 'pil' (OpenCV's 'cv' is not implemented yet), got {mode!r}")
+    x, single = _images_u8(images)
+    h = _histograms(x)
+    nonzero = h > 0
+    last = 255 - np.argmax(nonzero[..., ::-1], axis=-1)
+    h_last = np.take_along_axis(h, last[..., None], axis=-1)[..., 0]
+    step = (h.sum(axis=-1) - h_last) // 255
+    before = np.cumsum(h, axis=-1) - h
+    safe = np.where(step > 0, step, 1)[..., None]
+    lut = (safe // 2 + before) // safe
+    identity = (nonzero.sum(axis=-1) <= 1) | (step == 0)
+    lut = np.where(identity[..., None], np.arange(256), np.minimum(lut, 255))
+    return _apply_lut(x, single, lut, out)
+
+
+def autocontrast(images, *, out=None):
+    r"""Stretch each channel to the full range, bit-identical to ``PIL.ImageOps.autocontrast``
+    (cutoff 0): with lo/hi the darkest/lightest values present, ``lut[i] = clip(int(i*scale +
+    offset))`` with ``scale = 255/(hi - lo)``, ``offset = -lo*scale``; the identity if hi <= lo."""
+    x, single = _images_u8(images)
+    nonzero = _histograms(x) > 0
+    lo = np.argmax(nonzero, axis=-1)
+    hi = 255 - np.argmax(nonzero[..., ::-1], axis=-1)
+    flat = hi <= lo
+    scale = 255.0 / np.where(flat, 1, hi - lo)
+    offset = -lo * scale
+    v = np.trunc(np.arange(256) * scale[..., None] + offset[..., None])
+    lut = np.where(flat[..., None], np.arange(256), np.clip(v, 0, 255))
+    return _apply_lut(x, single, lut, out)
+
+
+def invert(images, *, out=None):
+    """``255 - x``, as ``PIL.ImageOps.invert``."""
+    x, single = _images_u8(images)
+    return _apply_lut(x, single, 255 - np.arange(256), out)
+
+
+def posterize(images, bits, *, out=None):
+    """Keep the top ``bits`` bits of every value (``PIL.ImageOps.posterize``); bits in [1, 8],
+    one int or (batch) one per image."""
+    x, single = _images_u8(images)
+    b = _per_image_ints("bits", bits, x.shape[0], single, 1, 8)
+    mask = (~((1 << (8 - b)) - 1)) & 0xFF
+    lut = np.arange(256)[None, :] & mask[:, None]
+    return _apply_lut(x, single, lut[:, None, :], out)
+
+
+def solarize(images, threshold=128, *, out=None):
+    """Invert the values at or above ``threshold`` (``PIL.ImageOps.solarize``); threshold in
+    [0, 256], one int or (batch) one per image."""
+    x, single = _images_u8(images)
+    t = _per_image_ints("threshold", threshold, x.shape[0], single, 0, 256)
+    i = np.arange(256)[None, :]
+    lut = np.where(i < t[:, None], i, 255 - i)
+    return _apply_lut(x, single, lut[:, None, :], out)

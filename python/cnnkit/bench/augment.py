@@ -96,7 +96,35 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
     print(f"\nTargets met: {met} of {len(BATCHES)} measured." + "".join(f"\n  missed: {m}" for m in missed))
+    _bench_equalize(args, rng)
     return 0
+
+
+def _bench_equalize(args, rng):
+    """Histogram equalization (bit-identical to Pillow's) against Pillow, image by image."""
+    from cnnkit.augment.functional import equalize
+    try:
+        from PIL import Image, ImageOps
+    except ImportError:
+        print("\nequalize: Pillow not installed, peer skipped")
+        Image = None
+    print("\nequalize (PIL.ImageOps.equalize semantics, bit-identical), images per second")
+    print("| batch | cnnkit ms | cnnkit images/s | Pillow ms (per image, one thread) | vs Pillow |")
+    print("|---|---|---|---|---|")
+    for shape in BATCHES:
+        img = rng.integers(0, 256, shape, dtype=np.uint8)
+        out = np.empty_like(img)
+        impls = {"cnnkit": lambda: equalize(img, out=out)}
+        if Image is not None:
+            pils = [Image.fromarray(a, "RGB") for a in img]
+            impls["pillow"] = lambda: [ImageOps.equalize(p) for p in pils]
+        times, _ = run_rounds([(impls, lambda: 0.0)], max(3, args.reps // 3), 1)
+        t = times[0]
+        c = med(t["cnnkit"])
+        pl = med(t["pillow"]) if "pillow" in t else None
+        ratio = med([a / b for a, b in zip(t["pillow"], t["cnnkit"])]) if pl else None
+        print(f"| {'x'.join(map(str, shape))} | {fmt(c * 1e3)} | {fmt(shape[0] / c)} | "
+              f"{fmt(pl * 1e3) if pl else '-'} | {f'{ratio:.1f}x' if ratio else '-'} |")
 
 
 if __name__ == "__main__":
