@@ -6,7 +6,7 @@ Pillow-exact point operations (equalize, autocontrast, invert, posterize, solari
 """
 from . import functional
 from .functional import (autocontrast, denormalize, equalize, invert, posterize, solarize,
-                         to_float_normalize)
+                         spatial_dropout, spatial_dropout_backward, to_float_normalize)
 
 __all__ = ["functional", "to_float_normalize", "denormalize", "equalize", "autocontrast", "invert",
-           "posterize", "solarize"]
+           "posterize", "solarize", "spatial_dropout", "spatial_dropout_backward"]

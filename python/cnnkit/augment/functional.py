@@ -11,7 +11,7 @@ import numpy as np
 from .. import _core
 
 __all__ = ["to_float_normalize", "denormalize", "equalize", "autocontrast", "invert", "posterize",
-           "solarize"]
+           "solarize", "spatial_dropout", "spatial_dropout_backward"]
 
 _MODES = ("channel", "image", "minmax")
 _LAYOUTS = ("NCHW", "NHWC")
@@ -291,3 +291,66 @@ def solarize(images, threshold=128, *, out=None):
     i = np.arange(256)[None, :]
     lut = np.where(i < t[:, None], i, 255 - i)
     return _apply_lut(x, single, lut[:, None, :], out)
+
+
+# ---- spatial dropout ---------------------------------------------------------------------------
+
+def _float4d(name, x):
+    if not isinstance(x, np.ndarray) or x.dtype not in (np.float32, np.float64):
+        raise TypeError(f"{name}: expected a float32 or float64 numpy.ndarray")
+    if x.ndim != 4:
+        raise ValueError(f"{name}: expected a 4-D batch (N, C, H, W) or (N, H, W, C), got shape {x.shape}")
+    return x
+
+
+def _scale_view(scale, layout, dtype):
+    s = scale.astype(dtype, copy=False)
+    return s[:, :, None, None] if layout == "NCHW" else s[:, None, None, :]
+
+
+def spatial_dropout(x, p, rng, training=True, *, layout="NCHW", out=None):
+    r"""Drop whole channels (``torch.nn.Dropout2d`` on 4-D input).
+
+    Each (sample, channel) is zeroed with probability ``p``; the survivors are scaled by
+    ``1/(1 - p)``. The randomness comes from ``rng`` (a ``numpy.random.Generator``) only:
+    ``keep = rng.random((N, C)) >= p``.
+
+    Returns ``(y, scale)`` where ``scale`` (float64, (N, C)) holds 0 or ``1/(1-p)`` per channel;
+    pass it to :func:`spatial_dropout_backward`. With ``training=False`` (or p == 0) y is a copy
+    of x and scale is all ones; with p == 1 everything is zero.
+    """
+    x = _float4d("x", x)
+    if layout not in _LAYOUTS:  # before drawing anything from rng
+        raise ValueError(f"layout: expected one of {_LAYOUTS}, got {layout!r}")
+    p = float(p) if isinstance(p, (int, float, np.floating, np.integer)) and not isinstance(p, bool) else p
+    if not isinstance(p, float) or not (0.0 <= p <= 1.0):
+        raise ValueError(f"p: expected a probability in [0, 1], got {p!r}")
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng: expected a numpy.random.Generator, got {type(rng).__name__}")
+    if not isinstance(training, (bool, np.bool_)):
+        raise TypeError(f"training: expected a bool, got {training!r}")
+    N, C = (x.shape[0], x.shape[1]) if layout == "NCHW" else (x.shape[0], x.shape[-1])
+    if out is not None:
+        if not isinstance(out, np.ndarray) or out.dtype != x.dtype or out.shape != x.shape:
+            raise ValueError(f"out: expected an array of dtype {x.dtype} and shape {x.shape}")
+    if not training or p == 0.0:
+        scale = np.ones((N, C))
+    elif p == 1.0:
+        scale = np.zeros((N, C))
+    else:
+        scale = np.where(rng.random((N, C)) >= p, 1.0 / (1.0 - p), 0.0)
+    y = np.multiply(x, _scale_view(scale, layout, x.dtype), out=out)
+    return y, scale
+
+
+def spatial_dropout_backward(grad_out, scale, *, layout="NCHW", out=None):
+    """The gradient of :func:`spatial_dropout`: ``grad_out`` times the same per-channel scale."""
+    g = _float4d("grad_out", grad_out)
+    if layout not in _LAYOUTS:
+        raise ValueError(f"layout: expected one of {_LAYOUTS}, got {layout!r}")
+    N, C = (g.shape[0], g.shape[1]) if layout == "NCHW" else (g.shape[0], g.shape[-1])
+    if not isinstance(scale, np.ndarray) or scale.shape != (N, C):
+        raise ValueError(f"scale: expected the ({N}, {C}) array returned by spatial_dropout")
+    if out is not None and (not isinstance(out, np.ndarray) or out.dtype != g.dtype or out.shape != g.shape):
+        raise ValueError(f"out: expected an array of dtype {g.dtype} and shape {g.shape}")
+    return np.multiply(g, _scale_view(scale, layout, g.dtype), out=out)
