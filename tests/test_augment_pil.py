@@ -540,3 +540,15 @@ def test_non_integer_parameter_raises_naming_it(op, bad, rng):
     word = "bits" if op == "posterize" else "threshold"
     with pytest.raises((TypeError, ValueError), match=word):
         run_op(op, make_batch(rng, 2, 7, 5, 3, "random"), bad)
+
+
+@pytest.mark.parametrize("C", [1, 3])
+def test_equalize_large_image_counter_flush(C):
+    """More than 2**20 pixels: the kernel's int32 sub-histograms are flushed mid-image."""
+    rng = np.random.default_rng(11)
+    img = rng.integers(0, 256, (1100, 1000, C), dtype=np.uint8)
+    img[:300] = 7  # a heavy bin, so counts are far from uniform
+    pil = Image.fromarray(img[..., 0], "L") if C == 1 else Image.fromarray(img, "RGB")
+    want = np.asarray(ImageOps.equalize(pil))
+    want = want[..., None] if C == 1 else want
+    assert np.array_equal(F.equalize(img), want)

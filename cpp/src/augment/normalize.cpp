@@ -130,6 +130,27 @@ void histogram_u8(const uint8_t* x, int64_t N, int64_t P, int64_t C, int64_t* hi
       for (int64_t p = P4; p < P; ++p) ++h[xi[p]];
       for (int k = 0; k < 4; ++k)
         for (int v = 0; v < 256; ++v) h[v] += sub[k][v];
+    } else if (C <= 4) {
+      // two sets of per-channel sub-histograms, alternating by pixel, so that neighbouring pixels
+      // with equal values (common in images) do not serialise on one counter
+      int32_t sub[2][4][256] = {};
+      const int64_t P2 = P & ~int64_t(1);
+      for (int64_t p = 0; p < P2; p += 2) {
+        const uint8_t* a = xi + p * C;
+        for (int64_t c = 0; c < C; ++c) {
+          ++sub[0][c][a[c]];
+          ++sub[1][c][a[C + c]];
+        }
+        if (((p + 2) & ((1 << 20) - 1)) == 0)  // flush before int32 could overflow
+          for (int k = 0; k < 2; ++k)
+            for (int64_t c = 0; c < C; ++c)
+              for (int v = 0; v < 256; ++v) h[c * 256 + v] += sub[k][c][v], sub[k][c][v] = 0;
+      }
+      for (int64_t p = P2; p < P; ++p)
+        for (int64_t c = 0; c < C; ++c) ++h[c * 256 + xi[p * C + c]];
+      for (int k = 0; k < 2; ++k)
+        for (int64_t c = 0; c < C; ++c)
+          for (int v = 0; v < 256; ++v) h[c * 256 + v] += sub[k][c][v];
     } else {
       for (int64_t p = 0; p < P; ++p)
         for (int64_t c = 0; c < C; ++c) ++h[c * 256 + xi[p * C + c]];
