@@ -84,3 +84,49 @@ def test_each_isa_table_reaches_its_own_kernel_copy():
     # Header kernels (templates) are compiled once per ISA level; if their symbols were shared the
     # linker would keep a single copy and every level would silently run it.
     assert _core.kernel_builds() == ("scalar", "avx2", "avx512")
+
+
+def _torch_importable():
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("extra", [[], ["--no-torch", "--family", "depthwise,dense", "--layout",
+                                        "NHWC", "--pass", "bwd", "--numpy", "fwd"]],
+                         ids=["default", "no-torch-bwd-only"])
+def test_cli_bench_conv_quick_smoke(extra, capsys, tmp_path):
+    # A tiny run of every code path of the conv benchmark: the reference check, interleaved rounds
+    # of cnnkit (reuse and fresh), torch and the NumPy baseline, summaries, targets, JSON.
+    from cnnkit.bench import conv
+    path = tmp_path / "conv.json"
+    argv = ["bench", "conv", "--quick", "--batch", "1", "--repeats", "1", "--warmup", "0",
+            "--stream-mib", "4", "--gemm-size", "128", "--probe-reps", "1", "--json", str(path)]
+    assert cli.main(argv + extra) == 0
+    text = capsys.readouterr().out
+    assert "reference check: every timed cnnkit call" in text
+    doc = json.loads(path.read_text())
+    with_torch = "--no-torch" not in extra and _torch_importable()
+    layouts = ["NHWC"] if extra else ["NCHW", "NHWC"]
+    rows = {"fwd+bwd"} if not extra else {"bwd"}
+    names = [n for n in conv.QUICK_SHAPES
+             if not extra or not n.startswith("resnext")]
+    assert [r["name"] for r in doc["results"]] == names
+    for name in names:
+        assert name in text
+    for r in doc["summary"]:
+        assert r["layout"] in layouts
+        for var in conv.VARIANTS:
+            v = r[var]
+            assert np.isfinite(v["ms"]) and v["ms"] > 0 and v["frac_roof"] > 0
+            assert ("vs_torch" in v) == with_torch
+        assert ("vs_numpy" in r["reuse"]) == (r["row"] == "fwd" or not extra)
+        rows.discard(r["row"])
+    assert not rows  # every expected row is present
+    if with_torch:
+        assert doc["targets"] and all(t["met"] in (True, False) for t in doc["targets"])
+    else:
+        assert all(t["met"] is None for t in doc["targets"])
+        assert "torch not used" in text

@@ -51,5 +51,6 @@ void bind_runtime(py::module_& m);
 void bind_optim(py::module_& m);
 void bind_norm(py::module_& m);
 void bind_augment(py::module_& m);
+void bind_conv(py::module_& m);
 
 }  // namespace cnnkit::bind

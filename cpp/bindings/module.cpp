@@ -17,4 +17,5 @@ PYBIND11_MODULE(_core, m) {
   cnnkit::bind::bind_optim(m);
   cnnkit::bind::bind_norm(m);
   cnnkit::bind::bind_augment(m);
+  cnnkit::bind::bind_conv(m);
 }

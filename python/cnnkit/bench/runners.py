@@ -12,7 +12,7 @@ import sys
 __all__ = ["FAMILIES", "run"]
 
 FAMILIES = {"optim": "cnnkit.bench.optim", "norm": "cnnkit.bench.norm",
-            "augment": "cnnkit.bench.augment"}
+            "augment": "cnnkit.bench.augment", "conv": "cnnkit.bench.conv"}
 
 
 def run(family: str, argv: list) -> int:

@@ -1,0 +1,102 @@
+// Conv bindings: marshalling only. cnnkit.ops.conv validates arguments, resolves padding and owns
+// allocation; these re-check every array against the geometry so a misuse can never read or write
+// out of bounds.
+#include <string>
+
+#include "cnnkit/conv.h"
+#include "common.h"
+
+namespace cnnkit::bind {
+namespace {
+
+conv::Geom make_geom(const py::tuple& t) {
+  if (t.size() != 17) throw py::value_error("geometry: expected 17 integers");
+  int64_t v[16];
+  for (int i = 0; i < 16; ++i) v[i] = t[i].cast<int64_t>();
+  conv::Geom g{v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10], v[11], v[12], v[13],
+               v[14], v[15], t[16].cast<bool>()};
+  if (g.N < 0 || g.C < 1 || g.H < 1 || g.W < 1 || g.K < 1 || g.Ho < 0 || g.Wo < 0 || g.G < 1 || g.kh < 1 ||
+      g.kw < 1 || g.sh < 1 || g.sw < 1 || g.dh < 1 || g.dw < 1 || g.C % g.G || g.K % g.G)
+    throw py::value_error("geometry: inconsistent convolution geometry");
+  return g;
+}
+
+struct Arr {
+  const void* p;
+  conv::DType dt;
+};
+
+Arr arr(const py::object& o, const char* name, int64_t count, bool write, bool optional,
+        const conv::DType* want) {
+  if (o.is_none()) {
+    if (optional) return Arr{nullptr, conv::DType::f32};
+    throw py::type_error(std::string(name) + ": expected an array, got None");
+  }
+  if (!py::isinstance<py::array>(o)) throw py::type_error(std::string(name) + ": expected a numpy.ndarray");
+  py::array a = py::reinterpret_borrow<py::array>(o);
+  const auto dt = float_dtype(a, name);
+  if (want && dt != *want) throw py::type_error(std::string(name) + ": dtype differs from the input's");
+  if (!c_contiguous(a)) throw py::value_error(std::string(name) + ": expected a C-contiguous array");
+  if (a.size() != count)
+    throw py::value_error(std::string(name) + ": expected " + std::to_string(count) + " elements, got " +
+                          std::to_string(a.size()));
+  if (write && !writeable(a)) throw py::value_error(std::string(name) + ": expected a writeable array");
+  return Arr{a.data(), dt};
+}
+
+int64_t wcount(const conv::Geom& g) { return g.K * g.Cg() * g.kh * g.kw; }
+
+}  // namespace
+
+void bind_conv(py::module_& m) {
+  m.def(
+      "conv_set_blas",
+      [](uintptr_t sgemm, uintptr_t dgemm, uintptr_t set_threads) {
+        conv::set_blas(reinterpret_cast<conv::SgemmFn>(sgemm), reinterpret_cast<conv::DgemmFn>(dgemm),
+                       reinterpret_cast<conv::BlasThreadsFn>(set_threads));
+      },
+      py::arg("sgemm"), py::arg("dgemm"), py::arg("set_threads"),
+      "Register cblas_sgemm / cblas_dgemm / openblas_set_num_threads by address.");
+  m.def("conv_have_blas", &conv::have_blas);
+  m.def(
+      "conv_algorithm", [](const py::tuple& geom, int pass) { return std::string(conv::algorithm(make_geom(geom), pass)); },
+      py::arg("geom"), py::arg("pass_"));
+  m.def(
+      "conv_forward",
+      [](const py::object& x, const py::object& w, const py::object& b, const py::object& y, const py::tuple& geom) {
+        const auto g = make_geom(geom);
+        const Arr ax = arr(x, "x", g.N * g.C * g.H * g.W, false, false, nullptr);
+        const Arr aw = arr(w, "weight", wcount(g), false, false, &ax.dt);
+        const Arr ab = arr(b, "bias", g.K, false, true, &ax.dt);
+        const Arr ay = arr(y, "out", g.N * g.K * g.Ho * g.Wo, true, false, &ax.dt);
+        py::gil_scoped_release nogil;
+        conv::forward(ax.dt, ax.p, aw.p, ab.p, const_cast<void*>(ay.p), g);
+      },
+      py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("out"), py::arg("geom"));
+  m.def(
+      "conv_backward_input",
+      [](const py::object& dy, const py::object& w, const py::object& dx, const py::tuple& geom) {
+        const auto g = make_geom(geom);
+        const Arr ady = arr(dy, "grad_out", g.N * g.K * g.Ho * g.Wo, false, false, nullptr);
+        const Arr aw = arr(w, "weight", wcount(g), false, false, &ady.dt);
+        const Arr adx = arr(dx, "grad_input", g.N * g.C * g.H * g.W, true, false, &ady.dt);
+        py::gil_scoped_release nogil;
+        conv::backward_input(ady.dt, ady.p, aw.p, const_cast<void*>(adx.p), g);
+      },
+      py::arg("grad_out"), py::arg("weight"), py::arg("grad_input"), py::arg("geom"));
+  m.def(
+      "conv_backward_weight",
+      [](const py::object& dy, const py::object& x, const py::object& dw, const py::object& db,
+         const py::tuple& geom) {
+        const auto g = make_geom(geom);
+        const Arr ady = arr(dy, "grad_out", g.N * g.K * g.Ho * g.Wo, false, false, nullptr);
+        const Arr ax = arr(x, "x", g.N * g.C * g.H * g.W, false, false, &ady.dt);
+        const Arr adw = arr(dw, "grad_weight", wcount(g), true, true, &ady.dt);
+        const Arr adb = arr(db, "grad_bias", g.K, true, true, &ady.dt);
+        py::gil_scoped_release nogil;
+        conv::backward_weight(ady.dt, ady.p, ax.p, const_cast<void*>(adw.p), const_cast<void*>(adb.p), g);
+      },
+      py::arg("grad_out"), py::arg("x"), py::arg("grad_weight"), py::arg("grad_bias"), py::arg("geom"));
+}
+
+}  // namespace cnnkit::bind

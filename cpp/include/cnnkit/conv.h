@@ -1,0 +1,79 @@
+// cnnkit 2-D convolution (C++ API; the Python layer is cnnkit.ops.conv).
+//
+//   y[n, k, oh, ow] = b[k] + sum_{c in group(k), i, j} w[k, c - c0(k), i, j]
+//                                  * x[n, c, oh*sh + i*dh - pt, ow*sw + j*dw - pl]
+//
+// with x read as zero outside [0, H) x [0, W) (the zero padding), group(k) the Cg = C/G input
+// channels of the group of output channel k, and c0(k) its first channel. Backward:
+//   dx = the adjoint of that map applied to dy, dw[k, c, i, j] = sum_{n, oh, ow} dy * x[...],
+//   db[k] = sum_{n, oh, ow} dy[n, k, oh, ow].
+// x, y, dy and dx are NCHW or NHWC (nhwc), w is always (K, C/G, kh, kw) and b, db are (K,).
+//
+// Every reduction is split into pieces that depend on the shape alone and combined in a fixed
+// order, so results are the same bits at any thread count.
+#pragma once
+
+#include <cstdint>
+
+#include "cnnkit/common.h"
+#include "cnnkit/optim.h"  // DType
+
+namespace cnnkit::conv {
+
+using optim::DType;
+
+struct Geom {
+  int64_t N, C, H, W;           // input
+  int64_t K, Ho, Wo;            // output channels and size
+  int64_t G;                    // groups
+  int64_t kh, kw, sh, sw, dh, dw;
+  int64_t pt, pl;               // top/left zero padding (bottom/right follow from Ho, Wo); may be
+                                // negative internally (the adjoint of a wide padding)
+  bool nhwc;
+
+  int64_t Cg() const { return C / G; }
+  int64_t Kg() const { return K / G; }
+  bool depthwise() const { return G == C && K % C == 0; }
+};
+
+// CBLAS-style GEMM entry points (scipy-openblas32's cblas_sgemm/dgemm), set once from Python.
+using SgemmFn = void (*)(int, int, int, int, int, int, float, const float*, int, const float*, int,
+                         float, float*, int);
+using DgemmFn = void (*)(int, int, int, int, int, int, double, const double*, int, const double*, int,
+                         double, double*, int);
+using BlasThreadsFn = void (*)(int);
+void set_blas(SgemmFn s, DgemmFn d, BlasThreadsFn set_threads);
+bool have_blas();
+
+// y must not alias x/w/b. b may be null.
+void forward(DType dt, const void* x, const void* w, const void* b, void* y, const Geom& g);
+// dx is overwritten.
+void backward_input(DType dt, const void* dy, const void* w, void* dx, const Geom& g);
+// dw (may be null) and db (may be null) are overwritten.
+void backward_weight(DType dt, const void* dy, const void* x, void* dw, void* db, const Geom& g);
+
+// Name of the algorithm a pass takes for this geometry: pass 0 forward, 1 input grad, 2 weight grad.
+const char* algorithm(const Geom& g, int pass);
+
+// ---- per-ISA direct kernels --------------------------------------------------------------------
+// Depthwise (G == C, K = m*C): the kernels handle any kernel size, stride, dilation and padding
+// (specialised for 3x3, 5x5 and 7x7 at stride 1 and 2).
+using DwForwardFn = void (*)(DType, const void* x, const void* w, const void* b, void* y, const Geom&);
+using DwBackwardInputFn = void (*)(DType, const void* dy, const void* w, void* dx, const Geom&);
+using DwBackwardWeightFn = void (*)(DType, const void* dy, const void* x, void* dw, void* db,
+                                    const Geom&);
+// Grouped with few channels per group, NHWC: forward only (the input gradient at stride 1 is a
+// forward pass with transposed weights), and the weight gradient.
+using GroupedForwardFn = DwForwardFn;
+using GroupedBackwardWeightFn = DwBackwardWeightFn;
+struct Kernels {
+  DwForwardFn dw_forward;
+  DwBackwardInputFn dw_backward_input;
+  DwBackwardWeightFn dw_backward_weight;
+  GroupedForwardFn grouped_forward;
+  GroupedBackwardWeightFn grouped_backward_weight;
+  // NCHW <-> NHWC transposes (x: N, A, B -> N, B, A).
+  void (*transpose)(DType, const void* src, void* dst, int64_t N, int64_t A, int64_t B);
+};
+
+}  // namespace cnnkit::conv

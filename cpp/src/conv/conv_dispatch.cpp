@@ -1,0 +1,150 @@
+// Conv entry points: pick the algorithm for a geometry and forward to the kernels of the active ISA
+// level (direct depthwise and grouped kernels) or to the GEMM path.
+//
+//   depthwise (G == C, K = m*C)         direct kernels, both layouts, all three passes
+//   grouped, 2..32 channels per group   direct NHWC kernels (NCHW is transposed around them)
+//   everything else                     im2col + OpenBLAS GEMM
+// The input gradient at stride 1 is the forward pass of the adjoint convolution (dy convolved with
+// the flipped, transposed weights, padding (k-1)*d - p), so it takes the forward kernels.
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+
+#include "conv_internal.h"
+#include "scratch.h"
+
+namespace cnnkit {
+namespace scalar { extern const conv::Kernels conv_kernels; }
+namespace avx2 { extern const conv::Kernels conv_kernels; }
+namespace avx512 { extern const conv::Kernels conv_kernels; }
+}  // namespace cnnkit
+
+namespace cnnkit::conv {
+namespace {
+
+const Kernels& kernels() { return by_isa(scalar::conv_kernels, avx2::conv_kernels, avx512::conv_kernels); }
+
+size_t elem(DType dt) { return dt == DType::f32 ? 4 : 8; }
+
+// Grouped direct kernel: few channels per group, where GEMMs per group would be tiny.
+bool grouped_direct(const Geom& g) {
+  if (g.G == 1 || g.depthwise()) return false;
+  const int64_t Cg = g.Cg(), Kg = g.Kg();
+  return Cg <= 32 && Kg <= 32 && Cg == Kg && (Cg & (Cg - 1)) == 0 && g.kh * g.kw > 1;
+}
+
+// The convolution whose forward pass is the input gradient of g (stride 1 only).
+Geom adjoint(const Geom& g) {
+  Geom a = g;
+  a.C = g.K;
+  a.K = g.C;
+  a.H = g.Ho;
+  a.W = g.Wo;
+  a.Ho = g.H;
+  a.Wo = g.W;
+  a.pt = (g.kh - 1) * g.dh - g.pt;
+  a.pl = (g.kw - 1) * g.dw - g.pl;
+  return a;
+}
+
+// w'[g*Cg + c, ko, i, j] = w[g*Kg + ko, c, kh-1-i, kw-1-j]: shape (C, Kg, kh, kw).
+template <typename T>
+const T* adjoint_weights(const T* w, const Geom& g) {
+  const int64_t Cg = g.Cg(), Kg = g.Kg(), k2 = g.kh * g.kw;
+  T* out = scratch<T>(kAdjointSlot, g.C * Kg * k2);
+  for (int64_t gi = 0; gi < g.G; ++gi)
+    for (int64_t ko = 0; ko < Kg; ++ko)
+      for (int64_t c = 0; c < Cg; ++c)
+        for (int64_t t = 0; t < k2; ++t)
+          out[((gi * Cg + c) * Kg + ko) * k2 + (k2 - 1 - t)] = w[((gi * Kg + ko) * Cg + c) * k2 + t];
+  return out;
+}
+
+void* as_nhwc(DType dt, const void* src, int64_t N, int64_t C, int64_t HW, int slot) {
+  void* dst = dt == DType::f32 ? static_cast<void*>(scratch<float>(slot, N * C * HW))
+                               : static_cast<void*>(scratch<double>(slot, N * C * HW));
+  kernels().transpose(dt, src, dst, N, C, HW);
+  return dst;
+}
+
+// Every GEMM dimension and leading dimension is at most one of these; OpenBLAS takes 32-bit ints.
+void check_dims(const Geom& g) {
+  const int64_t lim = INT32_MAX;
+  if (g.H * g.W > lim || g.Ho * g.Wo > lim || g.C * g.kh * g.kw > lim || g.K * g.kh * g.kw > lim)
+    throw value_error("conv: an image plane or a patch has more than 2^31 - 1 elements");
+}
+
+}  // namespace
+
+const char* algorithm(const Geom& g, int pass) {
+  if (pass == 1 && g.sh == 1 && g.sw == 1) {
+    const Geom a = adjoint(g);
+    if (a.depthwise()) return g.nhwc ? "dw_direct_nhwc_adjoint" : "dw_direct_nchw_adjoint";
+    return grouped_direct(a) ? (g.nhwc ? "grouped_direct_nhwc_adjoint" : "grouped_direct_nhwc_adjoint+transpose")
+                             : "gemm_adjoint";
+  }
+  if (g.depthwise()) return g.nhwc ? "dw_direct_nhwc" : "dw_direct_nchw";
+  if (pass != 1 && grouped_direct(g)) return g.nhwc ? "grouped_direct_nhwc" : "grouped_direct_nhwc+transpose";
+  if (pass == 1) return "gemm_col2im";
+  const bool pointwise = g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.pt == 0 && g.pl == 0;
+  return pointwise ? "gemm" : "gemm_im2col";
+}
+
+void forward(DType dt, const void* x, const void* w, const void* b, void* y, const Geom& g) {
+  check_dims(g);
+  if (g.N == 0 || g.K == 0 || g.Ho * g.Wo == 0) return;
+  if (g.depthwise()) return kernels().dw_forward(dt, x, w, b, y, g);
+  if (grouped_direct(g)) {
+    if (g.nhwc) return kernels().grouped_forward(dt, x, w, b, y, g);
+    Geom t = g;
+    t.nhwc = true;
+    const void* xt = as_nhwc(dt, x, g.N, g.C, g.H * g.W, kXSlot);
+    void* yt = dt == DType::f32 ? static_cast<void*>(scratch<float>(kYSlot, g.N * g.K * g.Ho * g.Wo))
+                                : static_cast<void*>(scratch<double>(kYSlot, g.N * g.K * g.Ho * g.Wo));
+    kernels().grouped_forward(dt, xt, w, b, yt, t);
+    kernels().transpose(dt, yt, y, g.N, g.Ho * g.Wo, g.K);
+    return;
+  }
+  gemm_forward(dt, x, w, b, y, g);
+}
+
+void backward_input(DType dt, const void* dy, const void* w, void* dx, const Geom& g) {
+  check_dims(g);
+  if (g.N == 0 || g.C == 0 || g.H * g.W == 0) return;
+  if (g.sh == 1 && g.sw == 1) {
+    const Geom a = adjoint(g);
+    const void* wa = dt == DType::f32 ? static_cast<const void*>(adjoint_weights(static_cast<const float*>(w), g))
+                                      : static_cast<const void*>(adjoint_weights(static_cast<const double*>(w), g));
+    return forward(dt, dy, wa, nullptr, dx, a);
+  }
+  if (g.depthwise()) return kernels().dw_backward_input(dt, dy, w, dx, g);
+  gemm_backward_input(dt, dy, w, dx, g);
+}
+
+void backward_weight(DType dt, const void* dy, const void* x, void* dw, void* db, const Geom& g) {
+  check_dims(g);
+  if (g.K == 0) return;
+  const int64_t wcount = g.K * g.Cg() * g.kh * g.kw;
+  if (g.N == 0 || g.Ho * g.Wo == 0) {  // empty reduction
+    if (dw) std::memset(dw, 0, wcount * elem(dt));
+    if (db) std::memset(db, 0, g.K * elem(dt));
+    return;
+  }
+  if (g.depthwise()) return kernels().dw_backward_weight(dt, dy, x, dw, db, g);
+  if (grouped_direct(g) && dw) {
+    if (g.nhwc) {
+      kernels().grouped_backward_weight(dt, dy, x, dw, nullptr, g);
+    } else {
+      Geom t = g;
+      t.nhwc = true;
+      const void* xt = as_nhwc(dt, x, g.N, g.C, g.H * g.W, kXSlot);
+      const void* dyt = as_nhwc(dt, dy, g.N, g.K, g.Ho * g.Wo, kYSlot);
+      kernels().grouped_backward_weight(dt, dyt, xt, dw, nullptr, t);
+    }
+  } else if (dw) {
+    gemm_backward_weight(dt, dy, x, dw, g);
+  }
+  if (db) bias_grad(dt, dy, db, g);
+}
+
+}  // namespace cnnkit::conv

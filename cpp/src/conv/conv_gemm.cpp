@@ -1,0 +1,486 @@
+// The GEMM-based convolution path: any geometry, both layouts, float32 and float64.
+//
+// Forward, per group:        Y_g = W_g . col(X_g)              (NCHW: (Kg x P) = (Kg x KK)(KK x P))
+//                            Y_g = col(X_g) . W_g^T            (NHWC: (P x Kg) = (P x KK)(KK x Kg))
+// Weight gradient:           dW_g = sum_n dY_g[n] . col(X_g[n])^T
+// Input gradient (scatter):  dX_g = col2im(W_g^T . dY_g)
+// with P = Ho*Wo output pixels and KK = Cg*kh*kw patch entries. col() is im2col; a 1x1 kernel at
+// stride 1 without padding reads X directly. GEMMs are single-threaded OpenBLAS calls inside
+// cnnkit's own OpenMP loop, over pieces cut from the shape alone; reductions over pieces run in a
+// fixed order (beta = 1 accumulation in piece order), so results do not depend on the thread count.
+#include <omp.h>
+
+#include <algorithm>
+#include <climits>
+#include <cstring>
+
+#include "conv_internal.h"
+#include "scratch.h"
+
+namespace cnnkit::conv {
+namespace {
+
+SgemmFn g_sgemm = nullptr;
+DgemmFn g_dgemm = nullptr;
+constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112;
+
+// GEMM dimensions are checked against 2^31 - 1 before any kernel starts (check_dims()).
+int to_int(int64_t v) { return static_cast<int>(v); }
+
+void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
+          const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  if (M == 0 || N == 0) return;
+  g_sgemm(kRowMajor, ta ? kTrans : kNoTrans, tb ? kTrans : kNoTrans, to_int(M), to_int(N), to_int(K),
+          1.0f, A, to_int(lda), B, to_int(ldb), beta, C, to_int(ldc));
+}
+void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const double* A, int64_t lda,
+          const double* B, int64_t ldb, double beta, double* C, int64_t ldc) {
+  if (M == 0 || N == 0) return;
+  g_dgemm(kRowMajor, ta ? kTrans : kNoTrans, tb ? kTrans : kNoTrans, to_int(M), to_int(N), to_int(K),
+          1.0, A, to_int(lda), B, to_int(ldb), beta, C, to_int(ldc));
+}
+
+bool reads_x_directly(const Geom& g) {
+  return g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.pt == 0 && g.pl == 0 && g.Ho == g.H &&
+         g.Wo == g.W;
+}
+
+// NCHW im2col of channels [c0, c0+cc) of one image/group (xn points at its first channel) for output
+// pixels [p0, p1): col is (cc*kh*kw) x (p1-p0), rows ordered (c, i, j).
+template <typename T>
+void im2col_nchw(const T* xn, const Geom& g, int64_t c0, int64_t cc, int64_t p0, int64_t p1, T* col) {
+  const int64_t np = p1 - p0, HW = g.H * g.W;
+  for (int64_t c = 0; c < cc; ++c) {
+    const T* plane = xn + (c0 + c) * HW;
+    for (int64_t i = 0; i < g.kh; ++i)
+      for (int64_t j = 0; j < g.kw; ++j) {
+        T* row = col + ((c * g.kh + i) * g.kw + j) * np;
+        int64_t p = p0;
+        while (p < p1) {
+          const int64_t oh = p / g.Wo, ow = p % g.Wo;
+          const int64_t len = std::min(g.Wo - ow, p1 - p);
+          T* dst = row + (p - p0);
+          const int64_t ih = oh * g.sh + i * g.dh - g.pt;
+          if (ih < 0 || ih >= g.H) {
+            std::fill(dst, dst + len, T(0));
+          } else {
+            const T* src = plane + ih * g.W;
+            const int64_t iw0 = ow * g.sw + j * g.dw - g.pl;
+            if (g.sw == 1) {
+              const int64_t lo = std::min(len, std::max<int64_t>(0, -iw0));
+              const int64_t hi = std::max(lo, std::min(len, g.W - iw0));
+              std::fill(dst, dst + lo, T(0));
+              if (hi > lo) std::memcpy(dst + lo, src + iw0 + lo, (hi - lo) * sizeof(T));
+              std::fill(dst + hi, dst + len, T(0));
+            } else {
+              for (int64_t t = 0; t < len; ++t) {
+                const int64_t iw = iw0 + t * g.sw;
+                dst[t] = (iw >= 0 && iw < g.W) ? src[iw] : T(0);
+              }
+            }
+          }
+          p += len;
+        }
+      }
+  }
+}
+
+// The adjoint of im2col_nchw: dxn[c0 + c] += the entries of col (same shape and order).
+template <typename T>
+void col2im_nchw(const T* col, const Geom& g, int64_t c0, int64_t cc, int64_t p0, int64_t p1, T* dxn) {
+  const int64_t np = p1 - p0, HW = g.H * g.W;
+  for (int64_t c = 0; c < cc; ++c) {
+    T* plane = dxn + (c0 + c) * HW;
+    for (int64_t i = 0; i < g.kh; ++i)
+      for (int64_t j = 0; j < g.kw; ++j) {
+        const T* row = col + ((c * g.kh + i) * g.kw + j) * np;
+        int64_t p = p0;
+        while (p < p1) {
+          const int64_t oh = p / g.Wo, ow = p % g.Wo;
+          const int64_t len = std::min(g.Wo - ow, p1 - p);
+          const T* src = row + (p - p0);
+          const int64_t ih = oh * g.sh + i * g.dh - g.pt;
+          if (ih >= 0 && ih < g.H) {
+            T* dst = plane + ih * g.W;
+            const int64_t iw0 = ow * g.sw + j * g.dw - g.pl;
+            for (int64_t t = 0; t < len; ++t) {
+              const int64_t iw = iw0 + t * g.sw;
+              if (iw >= 0 && iw < g.W) dst[iw] += src[t];
+            }
+          }
+          p += len;
+        }
+      }
+  }
+}
+
+// NHWC im2col of channels [c0, c0+cc) of group gi, image n, output pixels [p0, p1): col is
+// (p1-p0) x (kh*kw*cc), columns ordered (i, j, c).
+template <typename T>
+void im2col_nhwc(const T* x, const Geom& g, int64_t n, int64_t gi, int64_t c0, int64_t cc, int64_t p0,
+                 int64_t p1, T* col) {
+  const int64_t ld = g.kh * g.kw * cc;
+  const T* xn = x + n * g.H * g.W * g.C + gi * g.Cg() + c0;
+  for (int64_t p = p0; p < p1; ++p) {
+    const int64_t oh = p / g.Wo, ow = p % g.Wo;
+    T* row = col + (p - p0) * ld;
+    for (int64_t i = 0; i < g.kh; ++i) {
+      const int64_t ih = oh * g.sh + i * g.dh - g.pt;
+      for (int64_t j = 0; j < g.kw; ++j) {
+        T* dst = row + (i * g.kw + j) * cc;
+        const int64_t iw = ow * g.sw + j * g.dw - g.pl;
+        if (ih < 0 || ih >= g.H || iw < 0 || iw >= g.W)
+          std::fill(dst, dst + cc, T(0));
+        else
+          std::memcpy(dst, xn + (ih * g.W + iw) * g.C, cc * sizeof(T));
+      }
+    }
+  }
+}
+
+template <typename T>
+void col2im_nhwc(const T* col, const Geom& g, int64_t n, int64_t gi, int64_t c0, int64_t cc, int64_t p0,
+                 int64_t p1, T* dx) {
+  const int64_t ld = g.kh * g.kw * cc;
+  T* dxn = dx + n * g.H * g.W * g.C + gi * g.Cg() + c0;
+  for (int64_t p = p0; p < p1; ++p) {
+    const int64_t oh = p / g.Wo, ow = p % g.Wo;
+    const T* row = col + (p - p0) * ld;
+    for (int64_t i = 0; i < g.kh; ++i) {
+      const int64_t ih = oh * g.sh + i * g.dh - g.pt;
+      if (ih < 0 || ih >= g.H) continue;
+      for (int64_t j = 0; j < g.kw; ++j) {
+        const int64_t iw = ow * g.sw + j * g.dw - g.pl;
+        if (iw < 0 || iw >= g.W) continue;
+        const T* src = row + (i * g.kw + j) * cc;
+        T* dst = dxn + (ih * g.W + iw) * g.C;
+        for (int64_t c = 0; c < cc; ++c) dst[c] += src[c];
+      }
+    }
+  }
+}
+
+// Pieces of a length-`len` range: chunk size from the shape alone.
+struct Split {
+  int64_t chunk, count;
+};
+Split split(int64_t len, int64_t chunk) {
+  chunk = std::max<int64_t>(1, std::min(chunk, len));
+  return Split{chunk, (len + chunk - 1) / chunk};
+}
+
+template <typename T>
+void forward_nchw(const T* x, const T* w, const T* b, T* y, const Geom& g) {
+  const int64_t P = g.Ho * g.Wo, Cg = g.Cg(), Kg = g.Kg(), KK = Cg * g.kh * g.kw, HW = g.H * g.W;
+  const bool direct = reads_x_directly(g);
+  // Enough pieces to feed the threads (from the shape alone), each im2col buffer <= 2 MiB.
+  int64_t chunk = std::max<int64_t>(64, (int64_t(1) << 19) / KK);
+  const int64_t ng = g.N * g.G;
+  if (ng < 16) chunk = std::min(chunk, std::max<int64_t>(256, ceil_div(P, ceil_div(16, ng))));
+  if (direct) chunk = std::max<int64_t>(chunk, ng >= 16 ? P : chunk);
+  const Split s = split(P, chunk);
+  const int64_t units = ng * s.count;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads())
+  for (int64_t u = 0; u < units; ++u) {
+    const int64_t q = u % s.count, gi = (u / s.count) % g.G, n = u / s.count / g.G;
+    const int64_t p0 = q * s.chunk, p1 = std::min(P, p0 + s.chunk), np = p1 - p0;
+    const T* xn = x + (n * g.C + gi * Cg) * HW;
+    T* yg = y + (n * g.K + gi * Kg) * P;
+    const T* B = xn + p0;
+    int64_t ldb = HW;
+    if (!direct) {
+      T* col = scratch<T>(kColSlot, KK * np);
+      im2col_nchw(xn, g, 0, Cg, p0, p1, col);
+      B = col;
+      ldb = np;
+    }
+    gemm(false, false, Kg, np, KK, w + gi * Kg * KK, KK, B, ldb, T(0), yg + p0, P);
+    if (b)
+      for (int64_t k = 0; k < Kg; ++k) {
+        T* r = yg + k * P;
+        const T bk = b[gi * Kg + k];
+        for (int64_t p = p0; p < p1; ++p) r[p] += bk;
+      }
+  }
+}
+
+// Weights as (G, kh*kw*Cg, Kg) with rows ordered (i, j, c): the B operand of the NHWC forward.
+template <typename T>
+const T* weights_ijc_k(const T* w, const Geom& g) {
+  const int64_t Cg = g.Cg(), Kg = g.Kg(), k2 = g.kh * g.kw, KK = Cg * k2;
+  T* wt = scratch<T>(kWeightSlot, g.G * KK * Kg);
+  for (int64_t gi = 0; gi < g.G; ++gi)
+    for (int64_t ko = 0; ko < Kg; ++ko)
+      for (int64_t c = 0; c < Cg; ++c)
+        for (int64_t t = 0; t < k2; ++t)
+          wt[(gi * KK + t * Cg + c) * Kg + ko] = w[((gi * Kg + ko) * Cg + c) * k2 + t];
+  return wt;
+}
+
+template <typename T>
+void forward_nhwc(const T* x, const T* w, const T* b, T* y, const Geom& g) {
+  const int64_t P = g.Ho * g.Wo, Cg = g.Cg(), Kg = g.Kg(), KK = Cg * g.kh * g.kw, R = g.N * P;
+  const bool direct = reads_x_directly(g);
+  const T* wt = weights_ijc_k(w, g);
+  int64_t rows = std::max<int64_t>(16, std::min<int64_t>(512, (int64_t(1) << 18) / KK));
+  if (direct) rows = 256;
+  const Split s = split(R, rows);
+  const int64_t units = s.count * g.G;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads())
+  for (int64_t u = 0; u < units; ++u) {
+    const int64_t gi = u % g.G, q = u / g.G;
+    const int64_t r0 = q * s.chunk, r1 = std::min(R, r0 + s.chunk), nr = r1 - r0;
+    const T* A;
+    int64_t lda;
+    if (direct) {
+      A = x + r0 * g.C + gi * Cg;
+      lda = g.C;
+    } else {
+      T* col = scratch<T>(kColSlot, nr * KK);
+      // Rows may span images: im2col each image's part.
+      for (int64_t r = r0; r < r1;) {
+        const int64_t n = r / P, p0 = r % P, p1 = std::min(P, p0 + (r1 - r));
+        im2col_nhwc(x, g, n, gi, 0, Cg, p0, p1, col + (r - r0) * KK);
+        r += p1 - p0;
+      }
+      A = col;
+      lda = KK;
+    }
+    T* yr = y + r0 * g.K + gi * Kg;
+    gemm(false, false, nr, Kg, KK, A, lda, wt + gi * KK * Kg, Kg, T(0), yr, g.K);
+    if (b)
+      for (int64_t r = 0; r < nr; ++r)
+        for (int64_t k = 0; k < Kg; ++k) yr[r * g.K + k] += b[gi * Kg + k];
+  }
+}
+
+// Channel pieces for the weight gradient and the scatter input gradient: about 8+ pieces over
+// (group, channel chunk), from the shape alone.
+int64_t channel_chunk(const Geom& g) {
+  const int64_t Cg = g.Cg();
+  const int64_t want_per_group = ceil_div(8, g.G);
+  return std::max<int64_t>(1, ceil_div(Cg, std::min(Cg, want_per_group)));
+}
+
+template <typename T>
+void backward_weight_nchw(const T* dy, const T* x, T* dw, const Geom& g) {
+  const int64_t P = g.Ho * g.Wo, Cg = g.Cg(), Kg = g.Kg(), k2 = g.kh * g.kw, KK = Cg * k2, HW = g.H * g.W;
+  const bool direct = reads_x_directly(g);
+  const Split cs = split(Cg, channel_chunk(g));
+  const int64_t units = g.G * cs.count;
+  const int64_t pchunk = std::max<int64_t>(64, (int64_t(1) << 20) / (cs.chunk * k2));
+  const Split ps = split(P, direct ? P : pchunk);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads())
+  for (int64_t u = 0; u < units; ++u) {
+    const int64_t gi = u / cs.count, c0 = (u % cs.count) * cs.chunk, cc = std::min(cs.chunk, Cg - c0);
+    T* dst = dw + gi * Kg * KK + c0 * k2;
+    bool first = true;
+    for (int64_t n = 0; n < g.N; ++n) {
+      const T* xn = x + (n * g.C + gi * Cg) * HW;
+      const T* dyn = dy + (n * g.K + gi * Kg) * P;
+      for (int64_t q = 0; q < ps.count; ++q) {
+        const int64_t p0 = q * ps.chunk, p1 = std::min(P, p0 + ps.chunk), np = p1 - p0;
+        const T* B = xn + c0 * HW + p0;
+        int64_t ldb = HW;
+        if (!direct) {
+          T* col = scratch<T>(kColSlot, cc * k2 * np);
+          im2col_nchw(xn, g, c0, cc, p0, p1, col);
+          B = col;
+          ldb = np;
+        }
+        gemm(false, true, Kg, cc * k2, np, dyn + p0, P, B, ldb, first ? T(0) : T(1), dst, KK);
+        first = false;
+      }
+    }
+  }
+}
+
+template <typename T>
+void backward_weight_nhwc(const T* dy, const T* x, T* dw, const Geom& g) {
+  const int64_t P = g.Ho * g.Wo, Cg = g.Cg(), Kg = g.Kg(), k2 = g.kh * g.kw, KK = Cg * k2;
+  const bool direct = reads_x_directly(g);
+  const Split cs = split(Cg, channel_chunk(g));
+  const int64_t units = g.G * cs.count;
+  const int64_t pchunk = std::max<int64_t>(16, std::min<int64_t>(1024, (int64_t(1) << 18) / (cs.chunk * k2)));
+  const Split ps = split(P, pchunk);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads())
+  for (int64_t u = 0; u < units; ++u) {
+    const int64_t gi = u / cs.count, c0 = (u % cs.count) * cs.chunk, cc = std::min(cs.chunk, Cg - c0);
+    const int64_t ld = k2 * cc;
+    T* acc = scratch<T>(kAccSlot, Kg * ld);
+    bool first = true;
+    for (int64_t n = 0; n < g.N; ++n)
+      for (int64_t q = 0; q < ps.count; ++q) {
+        const int64_t p0 = q * ps.chunk, p1 = std::min(P, p0 + ps.chunk), np = p1 - p0;
+        const T* B;
+        int64_t ldb;
+        if (direct) {
+          B = x + (n * P + p0) * g.C + gi * Cg + c0;
+          ldb = g.C;
+        } else {
+          T* col = scratch<T>(kColSlot, np * ld);
+          im2col_nhwc(x, g, n, gi, c0, cc, p0, p1, col);
+          B = col;
+          ldb = ld;
+        }
+        gemm(true, false, Kg, ld, np, dy + (n * P + p0) * g.K + gi * Kg, g.K, B, ldb, first ? T(0) : T(1),
+             acc, ld);
+        first = false;
+      }
+    for (int64_t ko = 0; ko < Kg; ++ko)
+      for (int64_t c = 0; c < cc; ++c)
+        for (int64_t t = 0; t < k2; ++t)
+          dw[((gi * Kg + ko) * Cg + c0 + c) * k2 + t] = acc[ko * ld + t * cc + c];
+  }
+}
+
+template <typename T>
+void backward_input_nchw(const T* dy, const T* w, T* dx, const Geom& g) {
+  const int64_t P = g.Ho * g.Wo, Cg = g.Cg(), Kg = g.Kg(), k2 = g.kh * g.kw, KK = Cg * k2, HW = g.H * g.W;
+  const Split cs = split(Cg, channel_chunk(g));
+  const int64_t units = g.N * g.G * cs.count;
+  const int64_t pchunk = std::max<int64_t>(64, (int64_t(1) << 19) / (cs.chunk * k2));
+  const Split ps = split(P, pchunk);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads())
+  for (int64_t u = 0; u < units; ++u) {
+    const int64_t q0 = u % cs.count, gi = (u / cs.count) % g.G, n = u / cs.count / g.G;
+    const int64_t c0 = q0 * cs.chunk, cc = std::min(cs.chunk, Cg - c0);
+    T* dxn = dx + (n * g.C + gi * Cg) * HW;
+    std::fill(dxn + c0 * HW, dxn + (c0 + cc) * HW, T(0));
+    const T* dyn = dy + (n * g.K + gi * Kg) * P;
+    for (int64_t q = 0; q < ps.count; ++q) {
+      const int64_t p0 = q * ps.chunk, p1 = std::min(P, p0 + ps.chunk), np = p1 - p0;
+      T* col = scratch<T>(kColSlot, cc * k2 * np);
+      gemm(true, false, cc * k2, np, Kg, w + gi * Kg * KK + c0 * k2, KK, dyn + p0, P, T(0), col, np);
+      col2im_nchw(col, g, c0, cc, p0, p1, dxn);
+    }
+  }
+}
+
+template <typename T>
+void backward_input_nhwc(const T* dy, const T* w, T* dx, const Geom& g) {
+  const int64_t P = g.Ho * g.Wo, Cg = g.Cg(), Kg = g.Kg(), k2 = g.kh * g.kw, KK = Cg * k2;
+  const Split cs = split(Cg, channel_chunk(g));
+  // Weights per (group, channel chunk) as a Kg x (kh*kw*cc) block, columns ordered (i, j, c).
+  T* wb = scratch<T>(kWeightSlot, g.G * Kg * KK);
+  for (int64_t gi = 0; gi < g.G; ++gi)
+    for (int64_t q = 0; q < cs.count; ++q) {
+      const int64_t c0 = q * cs.chunk, cc = std::min(cs.chunk, Cg - c0);
+      T* blk = wb + gi * Kg * KK + Kg * k2 * c0;
+      for (int64_t ko = 0; ko < Kg; ++ko)
+        for (int64_t c = 0; c < cc; ++c)
+          for (int64_t t = 0; t < k2; ++t)
+            blk[ko * k2 * cc + t * cc + c] = w[((gi * Kg + ko) * Cg + c0 + c) * k2 + t];
+    }
+  const int64_t units = g.N * g.G * cs.count;
+  const int64_t pchunk = std::max<int64_t>(16, std::min<int64_t>(1024, (int64_t(1) << 18) / (cs.chunk * k2)));
+  const Split ps = split(P, pchunk);
+  const int64_t HW = g.H * g.W;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads())
+  for (int64_t u = 0; u < units; ++u) {
+    const int64_t q0 = u % cs.count, gi = (u / cs.count) % g.G, n = u / cs.count / g.G;
+    const int64_t c0 = q0 * cs.chunk, cc = std::min(cs.chunk, Cg - c0), ld = k2 * cc;
+    T* dxn = dx + n * HW * g.C + gi * Cg + c0;
+    for (int64_t p = 0; p < HW; ++p) std::fill(dxn + p * g.C, dxn + p * g.C + cc, T(0));
+    const T* blk = wb + gi * Kg * KK + Kg * k2 * c0;
+    for (int64_t q = 0; q < ps.count; ++q) {
+      const int64_t p0 = q * ps.chunk, p1 = std::min(P, p0 + ps.chunk), np = p1 - p0;
+      T* col = scratch<T>(kColSlot, np * ld);
+      gemm(false, false, np, ld, Kg, dy + (n * P + p0) * g.K + gi * Kg, g.K, blk, ld, T(0), col, ld);
+      col2im_nhwc(col, g, n, gi, c0, cc, p0, p1, dx);
+    }
+  }
+}
+
+template <typename T>
+void bias_grad_t(const T* dy, T* db, const Geom& g) {
+  const int64_t P = g.Ho * g.Wo;
+  if (!g.nhwc) {
+#pragma omp parallel for schedule(static) num_threads(num_threads())
+    for (int64_t k = 0; k < g.K; ++k) {
+      double s = 0;
+      for (int64_t n = 0; n < g.N; ++n) {
+        const T* r = dy + (n * g.K + k) * P;
+        double t = 0;
+        for (int64_t p = 0; p < P; ++p) t += double(r[p]);
+        s += t;
+      }
+      db[k] = T(s);
+    }
+    return;
+  }
+  const int64_t R = g.N * P;
+  const Split s = split(R, std::max<int64_t>(256, ceil_div(R, 64)));
+  double* part = scratch<double>(kAccSlot, s.count * g.K);
+#pragma omp parallel for schedule(static) num_threads(num_threads())
+  for (int64_t q = 0; q < s.count; ++q) {
+    double* acc = part + q * g.K;
+    std::fill(acc, acc + g.K, 0.0);
+    const int64_t r1 = std::min(R, (q + 1) * s.chunk);
+    for (int64_t r = q * s.chunk; r < r1; ++r)
+      for (int64_t k = 0; k < g.K; ++k) acc[k] += double(dy[r * g.K + k]);
+  }
+  for (int64_t k = 0; k < g.K; ++k) {
+    double t = 0;
+    for (int64_t q = 0; q < s.count; ++q) t += part[q * g.K + k];
+    db[k] = T(t);
+  }
+}
+
+void need_blas() {
+  if (!g_sgemm || !g_dgemm)
+    throw std::runtime_error("cnnkit: no BLAS registered (cnnkit's __init__ loads scipy-openblas32)");
+}
+
+}  // namespace
+
+void set_blas(SgemmFn s, DgemmFn d, BlasThreadsFn set_threads) {
+  if (set_threads) set_threads(1);  // cnnkit's own OpenMP loops give the parallelism
+  g_sgemm = s;
+  g_dgemm = d;
+}
+bool have_blas() { return g_sgemm && g_dgemm; }
+
+void gemm_forward(DType dt, const void* x, const void* w, const void* b, void* y, const Geom& g) {
+  need_blas();
+  if (dt == DType::f32) {
+    auto f = g.nhwc ? forward_nhwc<float> : forward_nchw<float>;
+    f(static_cast<const float*>(x), static_cast<const float*>(w), static_cast<const float*>(b),
+      static_cast<float*>(y), g);
+  } else {
+    auto f = g.nhwc ? forward_nhwc<double> : forward_nchw<double>;
+    f(static_cast<const double*>(x), static_cast<const double*>(w), static_cast<const double*>(b),
+      static_cast<double*>(y), g);
+  }
+}
+
+void gemm_backward_input(DType dt, const void* dy, const void* w, void* dx, const Geom& g) {
+  need_blas();
+  if (dt == DType::f32) {
+    auto f = g.nhwc ? backward_input_nhwc<float> : backward_input_nchw<float>;
+    f(static_cast<const float*>(dy), static_cast<const float*>(w), static_cast<float*>(dx), g);
+  } else {
+    auto f = g.nhwc ? backward_input_nhwc<double> : backward_input_nchw<double>;
+    f(static_cast<const double*>(dy), static_cast<const double*>(w), static_cast<double*>(dx), g);
+  }
+}
+
+void gemm_backward_weight(DType dt, const void* dy, const void* x, void* dw, const Geom& g) {
+  need_blas();
+  if (dt == DType::f32) {
+    auto f = g.nhwc ? backward_weight_nhwc<float> : backward_weight_nchw<float>;
+    f(static_cast<const float*>(dy), static_cast<const float*>(x), static_cast<float*>(dw), g);
+  } else {
+    auto f = g.nhwc ? backward_weight_nhwc<double> : backward_weight_nchw<double>;
+    f(static_cast<const double*>(dy), static_cast<const double*>(x), static_cast<double*>(dw), g);
+  }
+}
+
+void bias_grad(DType dt, const void* dy, void* db, const Geom& g) {
+  if (dt == DType::f32)
+    bias_grad_t(static_cast<const float*>(dy), static_cast<float*>(db), g);
+  else
+    bias_grad_t(static_cast<const double*>(dy), static_cast<double*>(db), g);
+}
+
+}  // namespace cnnkit::conv

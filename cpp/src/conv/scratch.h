@@ -1,0 +1,52 @@
+// Per-thread scratch buffers for the conv kernels: grow-only, 64-byte aligned, kept for the life of
+// the thread (OpenMP workers persist), so a training loop that calls a kernel every step does not
+// allocate after the first call.
+#pragma once
+
+#include <cstddef>
+#include <cstdlib>
+#include <new>
+
+#include "cnnkit/common.h"
+
+namespace cnnkit::conv {
+inline namespace CNNKIT_KERNEL_NS {
+
+// Slot s of the calling thread, at least `count` elements of T; contents are unspecified.
+template <typename T>
+T* scratch(int slot, size_t count) {
+  struct Buf {
+    void* p = nullptr;
+    size_t bytes = 0;
+    ~Buf() { std::free(p); }
+  };
+  static thread_local Buf bufs[8];
+  Buf& b = bufs[slot];
+  const size_t need = (count * sizeof(T) + 63) / 64 * 64;
+  if (need > b.bytes) {
+    std::free(b.p);
+    b.p = nullptr;
+    b.bytes = 0;
+    void* p = std::aligned_alloc(64, need < 64 ? 64 : need);
+    if (!p) throw std::bad_alloc();
+    b.p = p;
+    b.bytes = need;
+  }
+  return static_cast<T*>(b.p);
+}
+
+// Slots. The calling thread's: kAdjointSlot (the transposed weights of an input gradient computed
+// as a forward pass), kWeightSlot (a kernel's own weight layout), kXSlot/kYSlot (layout
+// transposes). Each worker's: kColSlot, kAccSlot, kPlaneSlot.
+constexpr int kAdjointSlot = 0;
+constexpr int kWeightSlot = 1;
+constexpr int kColSlot = 2;
+constexpr int kAccSlot = 3;
+constexpr int kPlaneSlot = 4;
+constexpr int kXSlot = 5;
+constexpr int kYSlot = 6;
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+}  // namespace CNNKIT_KERNEL_NS
+}  // namespace cnnkit::conv

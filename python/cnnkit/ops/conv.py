@@ -1,0 +1,401 @@
+"""2-D convolution on NumPy arrays: forward and backward, dense, grouped and depthwise.
+
+Semantics, argument names and defaults are those of ``torch.nn.functional.conv2d``; the backward
+returns what PyTorch's autograd gives for the same forward call. Arrays may be NCHW (default) or
+NHWC (``layout="NHWC"``, channels-last); the weight is ``(C_out, C_in/groups, kH, kW)`` in both.
+
+Algorithms (see :func:`conv2d_algorithm`): direct kernels for depthwise convolutions (groups ==
+C_in, C_out = m*C_in) and for grouped convolutions with 2 to 32 channels per group; im2col + GEMM
+(OpenBLAS from scipy-openblas32, single-threaded inside cnnkit's OpenMP loops) otherwise. The input
+gradient at stride 1 runs as the forward pass of the adjoint convolution. Weight and bias gradients
+are reduced in pieces fixed by the shape and combined in a fixed order: the same bits at any thread
+count.
+"""
+from __future__ import annotations
+
+import ctypes
+import operator
+
+import numpy as np
+
+from .. import _core
+
+__all__ = ["conv2d", "conv2d_backward", "conv2d_output_shape", "conv2d_algorithm",
+           "depthwise_separable_conv2d", "depthwise_separable_conv2d_backward"]
+
+_LAYOUTS = ("NCHW", "NHWC")
+_NEEDS = ("input", "weight", "bias")
+_INT32_MAX = 2**31 - 1
+_INT64_MAX = 2**63 - 1
+
+
+def _load_blas() -> None:
+    """Register scipy-openblas32's cblas_sgemm/dgemm with the compiled core (once, at import)."""
+    if _core.conv_have_blas():
+        return
+    import scipy_openblas32
+
+    lib = ctypes.CDLL(scipy_openblas32.get_lib_dir() + "/lib" + scipy_openblas32.get_library() + ".so")
+    prefix = "scipy_"
+
+    def addr(name: str) -> int:
+        return ctypes.cast(getattr(lib, prefix + name), ctypes.c_void_p).value
+
+    _core.conv_set_blas(addr("cblas_sgemm"), addr("cblas_dgemm"), addr("openblas_set_num_threads"))
+    _load_blas.lib = lib  # keep the library loaded
+
+
+_load_blas()
+
+
+# ---- argument checks ---------------------------------------------------------------------------
+
+def _float_array(a, name: str, ndim: int | None = 4) -> np.ndarray:
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy.ndarray, got {type(a).__name__}")
+    if a.dtype not in (np.float32, np.float64) or not a.dtype.isnative:
+        raise TypeError(f"{name}: expected a float32 or float64 array, got dtype {a.dtype}")
+    if ndim is not None and a.ndim != ndim:
+        raise ValueError(f"{name}: expected a {ndim}-D array, got shape {a.shape}")
+    return a
+
+
+def _same_dtype(a: np.ndarray, name: str, dtype) -> None:
+    if a.dtype != dtype:
+        raise TypeError(f"{name}: dtype {a.dtype} differs from x's {np.dtype(dtype)} (mixed dtypes)")
+
+
+def _pair(v, name: str, minimum: int) -> tuple[int, int]:
+    if isinstance(v, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected an int or a pair of ints, got {v!r}")
+    if isinstance(v, (tuple, list)):
+        if len(v) != 2:
+            raise ValueError(f"{name}: expected an int or a pair of ints, got {v!r}")
+        vals = v
+    else:
+        vals = (v, v)
+    out = []
+    for e in vals:
+        if isinstance(e, (bool, np.bool_)):
+            raise TypeError(f"{name}: expected ints, got {v!r}")
+        try:
+            e = operator.index(e)
+        except TypeError:
+            raise TypeError(f"{name}: expected an int or a pair of ints, got {v!r}") from None
+        if e < minimum:
+            raise ValueError(f"{name}: expected values >= {minimum}, got {v!r}")
+        out.append(int(e))
+    return out[0], out[1]
+
+
+def _layout(layout) -> bool:
+    if layout not in _LAYOUTS:
+        raise ValueError(f"layout: expected 'NCHW' or 'NHWC', got {layout!r}")
+    return layout == "NHWC"
+
+
+def _padding(padding, k: tuple[int, int], d: tuple[int, int], s: tuple[int, int]):
+    """((top, bottom), (left, right)) as torch resolves it."""
+    if isinstance(padding, str):
+        if padding == "valid":
+            return (0, 0), (0, 0)
+        if padding == "same":
+            if s != (1, 1):
+                raise ValueError(f"padding: 'same' is not supported for strided convolutions (stride={s})")
+            res = []
+            for ki, di in zip(k, d):
+                total = di * (ki - 1)
+                res.append((total // 2, total - total // 2))  # torch pads the extra one at the end
+            return tuple(res)
+        raise ValueError(f"padding: expected an int, a pair, 'same' or 'valid', got {padding!r}")
+    ph, pw = _pair(padding, "padding", 0)
+    return (ph, ph), (pw, pw)
+
+
+class _Geom:
+    """A checked convolution geometry (shapes in NCHW terms)."""
+
+    __slots__ = ("N", "C", "H", "W", "K", "Ho", "Wo", "G", "kh", "kw", "s", "d", "pad", "nhwc", "dtype")
+
+    def __init__(self, x_shape, w_shape, stride, padding, dilation, groups, layout, dtype,
+                 x_name="x", w_name="weight"):
+        self.nhwc = _layout(layout)
+        if len(x_shape) != 4:
+            raise ValueError(f"{x_name}: expected a 4-D array, got shape {tuple(x_shape)}")
+        if len(w_shape) != 4:
+            raise ValueError(f"{w_name}: expected a 4-D array (C_out, C_in/groups, kH, kW), got shape {tuple(w_shape)}")
+        if self.nhwc:
+            N, H, W, C = (int(v) for v in x_shape)
+        else:
+            N, C, H, W = (int(v) for v in x_shape)
+        if isinstance(groups, (bool, np.bool_)):
+            raise TypeError(f"groups: expected a positive int, got {groups!r}")
+        try:
+            G = operator.index(groups)
+        except TypeError:
+            raise TypeError(f"groups: expected a positive int, got {groups!r}") from None
+        if G < 1:
+            raise ValueError(f"groups: expected a positive int, got {G}")
+        K, Cg, kh, kw = (int(v) for v in w_shape)
+        if C < 1 or H < 1 or W < 1:
+            raise ValueError(f"{x_name}: expected C, H and W >= 1, got shape {tuple(x_shape)} ({layout})")
+        if K < 1 or kh < 1 or kw < 1:
+            raise ValueError(f"{w_name}: expected C_out, kH and kW >= 1, got shape {tuple(w_shape)}")
+        if C % G:
+            raise ValueError(f"groups: {G} does not divide the {C} input channels")
+        if K % G:
+            raise ValueError(f"groups: {G} does not divide the {K} output channels (weight.shape[0])")
+        if Cg != C // G:
+            raise ValueError(f"{w_name}: expected shape[1] == C_in/groups = {C}/{G} = {C // G}, got shape "
+                             f"{tuple(w_shape)}")
+        s = _pair(stride, "stride", 1)
+        d = _pair(dilation, "dilation", 1)
+        (pt, pb), (pl, pr) = _padding(padding, (kh, kw), d, s)
+        eh, ew = d[0] * (kh - 1) + 1, d[1] * (kw - 1) + 1
+        if H + pt + pb < eh or W + pl + pr < ew:
+            raise ValueError(f"{w_name}: the (dilated) kernel {eh}x{ew} is larger than the padded input "
+                             f"{H + pt + pb}x{W + pl + pr}")
+        Ho = (H + pt + pb - eh) // s[0] + 1
+        Wo = (W + pl + pr - ew) // s[1] + 1
+        for what, count in (("x", N * C * H * W), ("output", N * K * Ho * Wo)):
+            if count > _INT64_MAX // 8:
+                raise ValueError(f"{x_name}: the {what} would have {count} elements, more than 64-bit sizes allow")
+        if max(H * W, Ho * Wo, C * kh * kw, K * kh * kw) > _INT32_MAX:
+            raise ValueError(f"{x_name}: an image plane or a patch has more than 2^31 - 1 elements")
+        self.N, self.C, self.H, self.W, self.K, self.Ho, self.Wo, self.G = N, C, H, W, K, Ho, Wo, G
+        self.kh, self.kw, self.s, self.d, self.pad = kh, kw, s, d, (pt, pl)
+        self.dtype = dtype
+
+    def tuple(self):
+        return (self.N, self.C, self.H, self.W, self.K, self.Ho, self.Wo, self.G, self.kh, self.kw,
+                self.s[0], self.s[1], self.d[0], self.d[1], self.pad[0], self.pad[1], self.nhwc)
+
+    def x_shape(self):
+        return (self.N, self.H, self.W, self.C) if self.nhwc else (self.N, self.C, self.H, self.W)
+
+    def y_shape(self):
+        return (self.N, self.Ho, self.Wo, self.K) if self.nhwc else (self.N, self.K, self.Ho, self.Wo)
+
+    def w_shape(self):
+        return (self.K, self.C // self.G, self.kh, self.kw)
+
+
+def _contig(a: np.ndarray) -> np.ndarray:
+    return a if a.flags.c_contiguous else np.ascontiguousarray(a)
+
+
+def _check_out(out, name: str, shape, dtype, inputs) -> np.ndarray:
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{name}: expected a numpy.ndarray, got {type(out).__name__}")
+    if out.dtype != dtype:
+        raise TypeError(f"{name}: expected dtype {np.dtype(dtype)}, got {out.dtype}")
+    if tuple(out.shape) != tuple(shape):
+        raise ValueError(f"{name}: expected shape {tuple(shape)}, got {out.shape}")
+    if not out.flags.c_contiguous:
+        raise ValueError(f"{name}: expected a C-contiguous array")
+    if not out.flags.writeable:
+        raise ValueError(f"{name}: expected a writeable array")
+    for a in inputs:
+        if a is not None and np.may_share_memory(out, a):
+            raise ValueError(f"{name}: must not overlap the inputs")
+    return out
+
+
+def _bias(bias, K: int, dtype, name: str = "bias"):
+    if bias is None:
+        return None
+    _float_array(bias, name, ndim=None)
+    _same_dtype(bias, name, dtype)
+    if bias.shape != (K,):
+        raise ValueError(f"{name}: expected shape ({K},), got {bias.shape}")
+    return _contig(bias)
+
+
+# ---- public API --------------------------------------------------------------------------------
+
+def conv2d_output_shape(x_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1, *,
+                        layout="NCHW") -> tuple:
+    """Output shape of :func:`conv2d` for these shapes (raises what conv2d would raise)."""
+    return _Geom(x_shape, weight_shape, stride, padding, dilation, groups, layout, None).y_shape()
+
+
+def conv2d_algorithm(x_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1,
+                     layout="NCHW", pass_="forward") -> str:
+    """Name of the algorithm cnnkit runs for this geometry and pass ("forward", "input", "weight").
+
+    ``dw_direct_*``: depthwise direct kernels; ``grouped_direct_nhwc``: the grouped direct kernel
+    (``+transpose``: NCHW arrays are transposed around it); ``gemm``/``gemm_im2col``: OpenBLAS GEMM,
+    with im2col where the kernel is not 1x1 at stride 1; ``*_adjoint``: an input gradient computed as
+    the forward pass of the adjoint convolution; ``gemm_col2im``: GEMM + col2im scatter.
+    """
+    g = _Geom(x_shape, weight_shape, stride, padding, dilation, groups, layout, None)
+    p = {"forward": 0, "input": 1, "weight": 2}.get(pass_)
+    if p is None:
+        raise ValueError(f"pass_: expected 'forward', 'input' or 'weight', got {pass_!r}")
+    return _core.conv_algorithm(g.tuple(), p)
+
+
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout="NCHW", out=None):
+    """2-D convolution (cross-correlation), as ``torch.nn.functional.conv2d``.
+
+    ``y[n, k, oh, ow] = bias[k] + sum_{c, i, j} weight[k, c, i, j] * xp[n, g(k)*C_in/groups + c,
+    oh*sH + i*dH, ow*sW + j*dW]`` with ``xp`` the zero-padded input and ``g(k) = k // (C_out/groups)``.
+
+    Parameters
+    ----------
+    x : ndarray, float32 or float64
+        ``(N, C_in, H, W)``, or ``(N, H, W, C_in)`` when ``layout="NHWC"``.
+    weight : ndarray, same dtype
+        ``(C_out, C_in/groups, kH, kW)`` in both layouts.
+    bias : ndarray ``(C_out,)`` or None
+    stride, dilation : int or pair of ints, >= 1
+    padding : int, pair of ints, "valid" or "same"
+        "same" pads ``dilation*(k-1)`` in total, the odd one at the bottom/right (as torch); it
+        requires stride 1.
+    groups : int
+        Divides C_in and C_out.
+    layout : "NCHW" or "NHWC"
+    out : ndarray, optional
+        C-contiguous, of the output shape and dtype; written and returned (no allocation).
+
+    Returns
+    -------
+    ndarray ``(N, C_out, Ho, Wo)`` (NHWC: ``(N, Ho, Wo, C_out)``) with
+    ``Ho = (H + pad_top + pad_bottom - dH*(kH-1) - 1) // sH + 1`` (likewise Wo).
+
+    Examples
+    --------
+    >>> import numpy as np, cnnkit
+    >>> x = np.ones((1, 2, 4, 4), np.float32); w = np.ones((3, 2, 3, 3), np.float32)
+    >>> cnnkit.conv2d(x, w, padding=1).shape
+    (1, 3, 4, 4)
+    """
+    _float_array(x, "x")
+    _float_array(weight, "weight")
+    _same_dtype(weight, "weight", x.dtype)
+    g = _Geom(x.shape, weight.shape, stride, padding, dilation, groups, layout, x.dtype)
+    b = _bias(bias, g.K, x.dtype)
+    if out is None:
+        out = np.empty(g.y_shape(), x.dtype)
+    else:
+        _check_out(out, "out", g.y_shape(), x.dtype, (x, weight, bias))
+    _core.conv_forward(_contig(x), _contig(weight), b, out, g.tuple())
+    return out
+
+
+def _needs(needs) -> set:
+    if isinstance(needs, str):
+        needs = (needs,)
+    try:
+        items = tuple(needs)
+    except TypeError:
+        raise TypeError(f"needs: expected a tuple of 'input', 'weight', 'bias', got {needs!r}") from None
+    for n in items:
+        if n not in _NEEDS:
+            raise ValueError(f"needs: unknown entry {n!r}; expected a subset of {_NEEDS}")
+    return set(items)
+
+
+def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups=1, *, layout="NCHW",
+                    needs=("input", "weight", "bias"), out=None):
+    """Gradients of :func:`conv2d` with respect to its input, weight and bias.
+
+    Equal to what PyTorch's autograd gives for ``conv2d(x, weight, bias, stride, padding, dilation,
+    groups)`` with upstream gradient ``grad_out``:
+
+    * ``grad_input = conv_transpose(grad_out, weight)`` (the adjoint of the forward map),
+    * ``grad_weight[k, c, i, j] = sum_{n, oh, ow} grad_out[n, k, oh, ow] * xp[n, ., oh*sH + i*dH, ow*sW + j*dW]``,
+    * ``grad_bias[k] = sum_{n, oh, ow} grad_out[n, k, oh, ow]``.
+
+    Parameters
+    ----------
+    grad_out : ndarray of the forward output's shape and x's dtype
+    x, weight, stride, padding, dilation, groups, layout : as in :func:`conv2d`
+    needs : subset of ("input", "weight", "bias")
+        Which gradients to compute; the others are returned as None.
+    out : tuple of three (ndarray or None), optional
+        Buffers for (grad_input, grad_weight, grad_bias), used for the needed entries.
+
+    Returns
+    -------
+    (grad_input, grad_weight, grad_bias)
+        Shapes of x, weight and ``(C_out,)``; None where not asked for.
+    """
+    _float_array(grad_out, "grad_out")
+    _float_array(x, "x")
+    _float_array(weight, "weight")
+    _same_dtype(weight, "weight", x.dtype)
+    _same_dtype(grad_out, "grad_out", x.dtype)
+    g = _Geom(x.shape, weight.shape, stride, padding, dilation, groups, layout, x.dtype)
+    if tuple(grad_out.shape) != g.y_shape():
+        raise ValueError(f"grad_out: expected the output shape {g.y_shape()}, got {grad_out.shape}")
+    want = _needs(needs)
+    shapes = (g.x_shape(), g.w_shape(), (g.K,))
+    names = ("out[0] (grad_input)", "out[1] (grad_weight)", "out[2] (grad_bias)")
+    if out is None:
+        out = (None, None, None)
+    if not isinstance(out, (tuple, list)) or len(out) != 3:
+        raise TypeError("out: expected a tuple of three arrays-or-None (grad_input, grad_weight, grad_bias)")
+    res = []
+    for key, o, shape, name in zip(_NEEDS, out, shapes, names):
+        if key not in want:
+            if o is not None:
+                raise ValueError(f"{name}: given, but {key!r} is not in needs")
+            res.append(None)
+        elif o is None:
+            res.append(np.empty(shape, x.dtype))
+        else:
+            res.append(_check_out(o, name, shape, x.dtype, (grad_out, x, weight)))
+    gi, gw, gb = res
+    for a, b_, na in ((gi, gw, "grad_input/grad_weight"), (gi, gb, "grad_input/grad_bias"), (gw, gb, "grad_weight/grad_bias")):
+        if a is not None and b_ is not None and np.may_share_memory(a, b_):
+            raise ValueError(f"out: {na} buffers overlap")
+    dy = _contig(grad_out)
+    if gi is not None:
+        _core.conv_backward_input(dy, _contig(weight), gi, g.tuple())
+    if gw is not None or gb is not None:
+        _core.conv_backward_weight(dy, _contig(x), gw, gb, g.tuple())
+    return gi, gw, gb
+
+
+def _separable_checks(x, dw_weight, pw_weight, layout):
+    _float_array(x, "x")
+    _float_array(dw_weight, "dw_weight")
+    _float_array(pw_weight, "pw_weight")
+    _same_dtype(dw_weight, "dw_weight", x.dtype)
+    _same_dtype(pw_weight, "pw_weight", x.dtype)
+    C = x.shape[3] if _layout(layout) else x.shape[1]
+    Cm = dw_weight.shape[0]
+    if dw_weight.shape[1] != 1 or Cm % max(C, 1) or Cm < C:
+        raise ValueError(f"dw_weight: expected shape (m*C_in, 1, kH, kW) with C_in = {C}, got {dw_weight.shape}")
+    if pw_weight.shape[1:] != (Cm, 1, 1):
+        raise ValueError(f"pw_weight: expected shape (C_out, {Cm}, 1, 1), got {pw_weight.shape}")
+    return C
+
+
+def depthwise_separable_conv2d(x, dw_weight, pw_weight, dw_bias=None, pw_bias=None, stride=1, padding=0,
+                               dilation=1, *, layout="NCHW"):
+    """Depthwise convolution then pointwise (1x1) convolution.
+
+    ``y = conv2d(conv2d(x, dw_weight, dw_bias, stride, padding, dilation, groups=C_in), pw_weight, pw_bias)``
+    with ``dw_weight`` ``(m*C_in, 1, kH, kW)`` and ``pw_weight`` ``(C_out, m*C_in, 1, 1)``.
+    The two passes run back to back on cnnkit's depthwise and pointwise kernels; the intermediate
+    is a full-size array (no fusion yet).
+    """
+    C = _separable_checks(x, dw_weight, pw_weight, layout)
+    t = conv2d(x, dw_weight, dw_bias, stride, padding, dilation, C, layout=layout)
+    return conv2d(t, pw_weight, pw_bias, layout=layout)
+
+
+def depthwise_separable_conv2d_backward(grad_out, x, dw_weight, pw_weight, dw_bias=None, stride=1, padding=0,
+                                        dilation=1, *, layout="NCHW"):
+    """Gradients of :func:`depthwise_separable_conv2d`.
+
+    Returns ``(grad_x, grad_dw_weight, grad_pw_weight, grad_dw_bias, grad_pw_bias)``. The
+    intermediate (depthwise output, with ``dw_bias``) is recomputed.
+    """
+    C = _separable_checks(x, dw_weight, pw_weight, layout)
+    t = conv2d(x, dw_weight, dw_bias, stride, padding, dilation, C, layout=layout)
+    gt, gpw, gpb = conv2d_backward(grad_out, t, pw_weight, layout=layout)
+    gx, gdw, gdb = conv2d_backward(gt, x, dw_weight, stride, padding, dilation, C, layout=layout)
+    return gx, gdw, gpw, gdb, gpb
