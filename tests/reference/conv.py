@@ -44,7 +44,7 @@ chain rule through ``conv2d_backward_ref`` twice.
 from __future__ import annotations
 
 import numbers
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import numpy as np
 

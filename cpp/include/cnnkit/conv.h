@@ -62,15 +62,18 @@ using DwForwardFn = void (*)(DType, const void* x, const void* w, const void* b,
 using DwBackwardInputFn = void (*)(DType, const void* dy, const void* w, void* dx, const Geom&);
 using DwBackwardWeightFn = void (*)(DType, const void* dy, const void* x, void* dw, void* db,
                                     const Geom&);
-// Grouped with few channels per group, NHWC: forward only (the input gradient at stride 1 is a
-// forward pass with transposed weights), and the weight gradient.
+// Grouped with few channels per group (Cg == Kg in {2, 4, 8, 16, 32}), NHWC: forward, input
+// gradient (used at stride > 1; stride 1 is the adjoint forward) and weight gradient (no bias).
 using GroupedForwardFn = DwForwardFn;
+using GroupedBackwardInputFn = DwBackwardInputFn;
 using GroupedBackwardWeightFn = DwBackwardWeightFn;
 struct Kernels {
   DwForwardFn dw_forward;
   DwBackwardInputFn dw_backward_input;
   DwBackwardWeightFn dw_backward_weight;
+  bool (*grouped_supported)(DType, const Geom&);
   GroupedForwardFn grouped_forward;
+  GroupedBackwardInputFn grouped_backward_input;
   GroupedBackwardWeightFn grouped_backward_weight;
   // NCHW <-> NHWC transposes (x: N, A, B -> N, B, A).
   void (*transpose)(DType, const void* src, void* dst, int64_t N, int64_t A, int64_t B);

@@ -27,11 +27,7 @@ const Kernels& kernels() { return by_isa(scalar::conv_kernels, avx2::conv_kernel
 size_t elem(DType dt) { return dt == DType::f32 ? 4 : 8; }
 
 // Grouped direct kernel: few channels per group, where GEMMs per group would be tiny.
-bool grouped_direct(const Geom& g) {
-  if (g.G == 1 || g.depthwise()) return false;
-  const int64_t Cg = g.Cg(), Kg = g.Kg();
-  return Cg <= 32 && Kg <= 32 && Cg == Kg && (Cg & (Cg - 1)) == 0 && g.kh * g.kw > 1;
-}
+bool grouped_direct(const Geom& g, DType dt = DType::f32) { return kernels().grouped_supported(dt, g); }
 
 // The convolution whose forward pass is the input gradient of g (stride 1 only).
 Geom adjoint(const Geom& g) {
@@ -84,8 +80,8 @@ const char* algorithm(const Geom& g, int pass) {
                              : "gemm_adjoint";
   }
   if (g.depthwise()) return g.nhwc ? "dw_direct_nhwc" : "dw_direct_nchw";
-  if (pass != 1 && grouped_direct(g)) return g.nhwc ? "grouped_direct_nhwc" : "grouped_direct_nhwc+transpose";
-  if (pass == 1) return "gemm_col2im";
+  if (grouped_direct(g)) return g.nhwc ? "grouped_direct_nhwc" : "grouped_direct_nhwc+transpose";
+  if (pass == 1) return "gemm_col2im";  // (unreachable for grouped_direct shapes)
   const bool pointwise = g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.pt == 0 && g.pl == 0;
   return pointwise ? "gemm" : "gemm_im2col";
 }
@@ -94,7 +90,7 @@ void forward(DType dt, const void* x, const void* w, const void* b, void* y, con
   check_dims(g);
   if (g.N == 0 || g.K == 0 || g.Ho * g.Wo == 0) return;
   if (g.depthwise()) return kernels().dw_forward(dt, x, w, b, y, g);
-  if (grouped_direct(g)) {
+  if (grouped_direct(g, dt)) {
     if (g.nhwc) return kernels().grouped_forward(dt, x, w, b, y, g);
     Geom t = g;
     t.nhwc = true;
@@ -118,6 +114,17 @@ void backward_input(DType dt, const void* dy, const void* w, void* dx, const Geo
     return forward(dt, dy, wa, nullptr, dx, a);
   }
   if (g.depthwise()) return kernels().dw_backward_input(dt, dy, w, dx, g);
+  if (grouped_direct(g, dt)) {
+    if (g.nhwc) return kernels().grouped_backward_input(dt, dy, w, dx, g);
+    Geom t = g;
+    t.nhwc = true;
+    const void* dyt = as_nhwc(dt, dy, g.N, g.K, g.Ho * g.Wo, kXSlot);
+    void* dxt = dt == DType::f32 ? static_cast<void*>(scratch<float>(kYSlot, g.N * g.C * g.H * g.W))
+                                 : static_cast<void*>(scratch<double>(kYSlot, g.N * g.C * g.H * g.W));
+    kernels().grouped_backward_input(dt, dyt, w, dxt, t);
+    kernels().transpose(dt, dxt, dx, g.N, g.H * g.W, g.C);
+    return;
+  }
   gemm_backward_input(dt, dy, w, dx, g);
 }
 
@@ -131,7 +138,7 @@ void backward_weight(DType dt, const void* dy, const void* x, void* dw, void* db
     return;
   }
   if (g.depthwise()) return kernels().dw_backward_weight(dt, dy, x, dw, db, g);
-  if (grouped_direct(g) && dw) {
+  if (grouped_direct(g, dt) && dw) {
     if (g.nhwc) {
       kernels().grouped_backward_weight(dt, dy, x, dw, nullptr, g);
     } else {

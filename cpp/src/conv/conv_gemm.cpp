@@ -262,75 +262,78 @@ int64_t channel_chunk(const Geom& g) {
   return std::max<int64_t>(1, ceil_div(Cg, std::min(Cg, want_per_group)));
 }
 
-template <typename T>
-void backward_weight_nchw(const T* dy, const T* x, T* dw, const Geom& g) {
-  const int64_t P = g.Ho * g.Wo, Cg = g.Cg(), Kg = g.Kg(), k2 = g.kh * g.kw, KK = Cg * k2, HW = g.H * g.W;
-  const bool direct = reads_x_directly(g);
-  const Split cs = split(Cg, channel_chunk(g));
-  const int64_t units = g.G * cs.count;
-  const int64_t pchunk = std::max<int64_t>(64, (int64_t(1) << 20) / (cs.chunk * k2));
-  const Split ps = split(P, direct ? P : pchunk);
-#pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads())
-  for (int64_t u = 0; u < units; ++u) {
-    const int64_t gi = u / cs.count, c0 = (u % cs.count) * cs.chunk, cc = std::min(cs.chunk, Cg - c0);
-    T* dst = dw + gi * Kg * KK + c0 * k2;
-    bool first = true;
-    for (int64_t n = 0; n < g.N; ++n) {
-      const T* xn = x + (n * g.C + gi * Cg) * HW;
-      const T* dyn = dy + (n * g.K + gi * Kg) * P;
-      for (int64_t q = 0; q < ps.count; ++q) {
-        const int64_t p0 = q * ps.chunk, p1 = std::min(P, p0 + ps.chunk), np = p1 - p0;
-        const T* B = xn + c0 * HW + p0;
-        int64_t ldb = HW;
-        if (!direct) {
-          T* col = scratch<T>(kColSlot, cc * k2 * np);
-          im2col_nchw(xn, g, c0, cc, p0, p1, col);
-          B = col;
-          ldb = np;
-        }
-        gemm(false, true, Kg, cc * k2, np, dyn + p0, P, B, ldb, first ? T(0) : T(1), dst, KK);
-        first = false;
-      }
-    }
-  }
+// Weight gradient: the N*P output pixels are cut into pieces fixed by the shape; each (group,
+// piece) accumulates dW_g over its pixels (beta = 1 GEMMs in pixel order) into its own partial,
+// and the partials are added in piece order. A GEMM here is Kg x KK x (pixels of a chunk).
+int64_t wgrad_pieces(const Geom& g, size_t elem) {
+  const int64_t rows = g.N * g.Ho * g.Wo;
+  int64_t p = std::max<int64_t>(1, std::min<int64_t>(ceil_div(16, g.G), rows / 256));
+  const int64_t bytes = g.K * g.Cg() * g.kh * g.kw * static_cast<int64_t>(elem);  // one piece, all groups
+  while (p > 1 && p * bytes > (int64_t(64) << 20)) --p;
+  return p;
 }
 
 template <typename T>
-void backward_weight_nhwc(const T* dy, const T* x, T* dw, const Geom& g) {
-  const int64_t P = g.Ho * g.Wo, Cg = g.Cg(), Kg = g.Kg(), k2 = g.kh * g.kw, KK = Cg * k2;
+void backward_weight_gemm(const T* dy, const T* x, T* dw, const Geom& g) {
+  const int64_t P = g.Ho * g.Wo, Cg = g.Cg(), Kg = g.Kg(), k2 = g.kh * g.kw, KK = Cg * k2, HW = g.H * g.W;
   const bool direct = reads_x_directly(g);
-  const Split cs = split(Cg, channel_chunk(g));
-  const int64_t units = g.G * cs.count;
-  const int64_t pchunk = std::max<int64_t>(16, std::min<int64_t>(1024, (int64_t(1) << 18) / (cs.chunk * k2)));
-  const Split ps = split(P, pchunk);
+  const int64_t rows = g.N * P, pieces = wgrad_pieces(g, sizeof(T));
+  const int64_t per = ceil_div(rows, pieces);
+  const int64_t chunk = g.nhwc ? std::max<int64_t>(16, std::min<int64_t>(1024, (int64_t(1) << 18) / KK))
+                               : std::max<int64_t>(64, (int64_t(1) << 19) / KK);
+  // Partials [piece][group][Kg][KK]; with one piece in NCHW the GEMMs write dw directly (same layout).
+  const bool in_place = pieces == 1 && !g.nhwc;
+  T* part = in_place ? dw : scratch<T>(kAccSlot, pieces * g.K * KK);
+  const int64_t units = g.G * pieces;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads())
   for (int64_t u = 0; u < units; ++u) {
-    const int64_t gi = u / cs.count, c0 = (u % cs.count) * cs.chunk, cc = std::min(cs.chunk, Cg - c0);
-    const int64_t ld = k2 * cc;
-    T* acc = scratch<T>(kAccSlot, Kg * ld);
+    const int64_t gi = u % g.G, pc = u / g.G;
+    T* acc = part + (pc * g.G + gi) * Kg * KK;
+    const int64_t r1 = std::min(rows, (pc + 1) * per);
     bool first = true;
-    for (int64_t n = 0; n < g.N; ++n)
-      for (int64_t q = 0; q < ps.count; ++q) {
-        const int64_t p0 = q * ps.chunk, p1 = std::min(P, p0 + ps.chunk), np = p1 - p0;
-        const T* B;
-        int64_t ldb;
+    for (int64_t r = pc * per; r < r1;) {
+      const int64_t n = r / P, p0 = r % P, p1 = std::min({P, p0 + (r1 - r), p0 + chunk}), np = p1 - p0;
+      const T* B;
+      int64_t ldb;
+      if (g.nhwc) {
         if (direct) {
-          B = x + (n * P + p0) * g.C + gi * Cg + c0;
+          B = x + (n * P + p0) * g.C + gi * Cg;
           ldb = g.C;
         } else {
-          T* col = scratch<T>(kColSlot, np * ld);
-          im2col_nhwc(x, g, n, gi, c0, cc, p0, p1, col);
+          T* col = scratch<T>(kColSlot, np * KK);
+          im2col_nhwc(x, g, n, gi, 0, Cg, p0, p1, col);
           B = col;
-          ldb = ld;
+          ldb = KK;
         }
-        gemm(true, false, Kg, ld, np, dy + (n * P + p0) * g.K + gi * Kg, g.K, B, ldb, first ? T(0) : T(1),
-             acc, ld);
-        first = false;
+        gemm(true, false, Kg, KK, np, dy + (n * P + p0) * g.K + gi * Kg, g.K, B, ldb, first ? T(0) : T(1), acc, KK);
+      } else {
+        const T* xn = x + (n * g.C + gi * Cg) * HW;
+        if (direct) {
+          B = xn + p0;
+          ldb = HW;
+        } else {
+          T* col = scratch<T>(kColSlot, KK * np);
+          im2col_nchw(xn, g, 0, Cg, p0, p1, col);
+          B = col;
+          ldb = np;
+        }
+        gemm(false, true, Kg, KK, np, dy + (n * g.K + gi * Kg) * P + p0, P, B, ldb, first ? T(0) : T(1), acc, KK);
       }
-    for (int64_t ko = 0; ko < Kg; ++ko)
-      for (int64_t c = 0; c < cc; ++c)
-        for (int64_t t = 0; t < k2; ++t)
-          dw[((gi * Kg + ko) * Cg + c0 + c) * k2 + t] = acc[ko * ld + t * cc + c];
+      first = false;
+      r += np;
+    }
+    if (first) std::fill(acc, acc + Kg * KK, T(0));
+  }
+  if (in_place) return;
+  // dw[k][c][t] = sum over pieces of part[piece][k][col], col = c*k2 + t (NCHW) or t*Cg + c (NHWC).
+  const int64_t total = g.K * KK;
+#pragma omp parallel for schedule(static) num_threads(num_threads())
+  for (int64_t e = 0; e < total; ++e) {
+    const int64_t k = e / KK, ct = e % KK, c = ct / k2, t = ct % k2;
+    const int64_t col = g.nhwc ? t * Cg + c : ct;
+    double s = 0;
+    for (int64_t pc = 0; pc < pieces; ++pc) s += double(part[(pc * g.K + k) * KK + col]);
+    dw[e] = T(s);
   }
 }
 
@@ -401,8 +404,13 @@ void bias_grad_t(const T* dy, T* db, const Geom& g) {
       double s = 0;
       for (int64_t n = 0; n < g.N; ++n) {
         const T* r = dy + (n * g.K + k) * P;
+        double acc[8] = {};  // eight independent lanes (vectorisable without reassociation)
+        int64_t p = 0;
+        for (; p + 8 <= P; p += 8)
+          for (int l = 0; l < 8; ++l) acc[l] += double(r[p + l]);
         double t = 0;
-        for (int64_t p = 0; p < P; ++p) t += double(r[p]);
+        for (; p < P; ++p) t += double(r[p]);
+        for (int l = 0; l < 8; ++l) t += acc[l];
         s += t;
       }
       db[k] = T(s);
@@ -468,11 +476,9 @@ void gemm_backward_input(DType dt, const void* dy, const void* w, void* dx, cons
 void gemm_backward_weight(DType dt, const void* dy, const void* x, void* dw, const Geom& g) {
   need_blas();
   if (dt == DType::f32) {
-    auto f = g.nhwc ? backward_weight_nhwc<float> : backward_weight_nchw<float>;
-    f(static_cast<const float*>(dy), static_cast<const float*>(x), static_cast<float*>(dw), g);
+    backward_weight_gemm(static_cast<const float*>(dy), static_cast<const float*>(x), static_cast<float*>(dw), g);
   } else {
-    auto f = g.nhwc ? backward_weight_nhwc<double> : backward_weight_nchw<double>;
-    f(static_cast<const double*>(dy), static_cast<const double*>(x), static_cast<double*>(dw), g);
+    backward_weight_gemm(static_cast<const double*>(dy), static_cast<const double*>(x), static_cast<double*>(dw), g);
   }
 }
 

@@ -5,6 +5,10 @@
 #include <cstring>
 
 #include "conv_internal.h"
+#include "dw_nchw.h"
+#include "dw_nhwc.h"
+#include "dw_strip.h"
+#include "grouped_nhwc.h"
 #include "scratch.h"
 
 #ifndef CNNKIT_ISA_NS
@@ -16,10 +20,10 @@ namespace {
 using conv::DType;
 using conv::Geom;
 
-// NCHW <-> NHWC: src (N, A, B) -> dst (N, B, A), in 32x32 tiles.
+// NCHW <-> NHWC: src (N, A, B) -> dst (N, B, A): VL x VL register transposes inside 64 x 64 tiles.
 template <typename T>
 void transpose_t(const T* src, T* dst, int64_t N, int64_t A, int64_t B) {
-  constexpr int64_t t = 32;
+  constexpr int64_t VL = conv::Vec<T>::n, t = 64;
   const int64_t ta = conv::ceil_div(A, t), tb = conv::ceil_div(B, t);
 #pragma omp parallel for schedule(static) num_threads(num_threads())
   for (int64_t u = 0; u < N * ta * tb; ++u) {
@@ -27,8 +31,11 @@ void transpose_t(const T* src, T* dst, int64_t N, int64_t A, int64_t B) {
     const T* s = src + n * A * B;
     T* d = dst + n * A * B;
     const int64_t a1 = std::min(A, a0 + t), b1 = std::min(B, b0 + t);
+    const int64_t af = a0 + (a1 - a0) / VL * VL, bf = b0 + (b1 - b0) / VL * VL;
+    for (int64_t a = a0; a < af; a += VL)
+      for (int64_t b = b0; b < bf; b += VL) conv::transpose_block(s + a * B + b, B, d + b * A + a, A);
     for (int64_t b = b0; b < b1; ++b)
-      for (int64_t a = a0; a < a1; ++a) d[b * A + a] = s[a * B + b];
+      for (int64_t a = (b < bf ? af : a0); a < a1; ++a) d[b * A + a] = s[a * B + b];
   }
 }
 
@@ -39,16 +46,173 @@ void transpose(DType dt, const void* src, void* dst, int64_t N, int64_t A, int64
     transpose_t(static_cast<const double*>(src), static_cast<double*>(dst), N, A, B);
 }
 
-void dw_backward_weight_tmp(DType dt, const void* dy, const void* x, void* dw, void* db, const Geom& g) {
-  if (dw) conv::gemm_backward_weight(dt, dy, x, dw, g);
-  if (db) conv::bias_grad(dt, dy, db, g);
+constexpr bool kDwNchwStrip = true;
+
+// Kernel-size specialisations: 3x3, 5x5 and 7x7 get unrolled taps, anything else the runtime loop.
+#define CNNKIT_DW_BY_K(fn, T, ...)                                              \
+  do {                                                                          \
+    const int64_t k_ = g.kh == g.kw ? g.kh : 0;                                 \
+    if (k_ == 3) fn<T, 3, 3>(__VA_ARGS__);                                      \
+    else if (k_ == 5) fn<T, 5, 5>(__VA_ARGS__);                                 \
+    else if (k_ == 7) fn<T, 7, 7>(__VA_ARGS__);                                 \
+    else fn<T, 0, 0>(__VA_ARGS__);                                              \
+  } while (0)
+
+// The strip kernels: multiplier 1, both layouts (NCHW through in-register transposes).
+bool strip_ok(const Geom& g) { return g.K == g.C && (g.kh - 1) * g.dh + 1 <= 64 && (g.nhwc || kDwNchwStrip); }
+
+template <typename T>
+void dw_forward_t(const T* x, const T* w, const T* b, T* y, const Geom& g) {
+  if (strip_ok(g))
+    conv::dw_strip_forward(x, w, b, y, g);
+  else if (g.nhwc)
+    CNNKIT_DW_BY_K(conv::dw_forward_nhwc, T, x, w, b, y, g);
+  else
+    CNNKIT_DW_BY_K(conv::dw_forward_nchw, T, x, w, b, y, g);
+}
+
+template <typename T>
+void dw_backward_weight_t(const T* dy, const T* x, T* dw, T* db, const Geom& g) {
+  const int64_t k2 = g.kh * g.kw, K = g.K;
+  // Pieces: (image) in NCHW, (image, band of output rows) in NHWC; each piece's partial sums are
+  // written by one thread, then summed over pieces in order (in double).
+  const bool strip = strip_ok(g);
+  const int64_t bands = g.nhwc ? (g.N >= 8 ? 1 : std::min<int64_t>(g.Ho, conv::ceil_div(8, g.N))) : 1;
+  const int64_t pieces = strip ? std::min<int64_t>(16, g.N * g.Ho) : g.N * bands;
+  T* part = conv::scratch<T>(conv::kXSlot, pieces * K * (k2 + 1));
+  T* pw = part;
+  T* pb = part + pieces * K * k2;
+  if (strip)
+    conv::dw_strip_weight_partials(dy, x, pw, pb, pieces, g);
+  else if (g.nhwc)
+    CNNKIT_DW_BY_K(conv::dw_weight_partials_nhwc, T, dy, x, pw, pb, bands, g);
+  else
+    CNNKIT_DW_BY_K(conv::dw_weight_partials_nchw, T, dy, x, pw, pb, g);
+  // Plane-kernel (NCHW) partials are [n][k][tap]; strip and NHWC ones [piece][tap][k].
+#pragma omp parallel for schedule(static) num_threads(num_threads())
+  for (int64_t k = 0; k < K; ++k) {
+    if (dw)
+      for (int64_t t = 0; t < k2; ++t) {
+        double s = 0;
+        for (int64_t p = 0; p < pieces; ++p) s += double(strip || g.nhwc ? pw[(p * k2 + t) * K + k] : pw[(p * K + k) * k2 + t]);
+        dw[k * k2 + t] = T(s);
+      }
+    if (db) {
+      double s = 0;
+      for (int64_t p = 0; p < pieces; ++p) s += double(pb[p * K + k]);
+      db[k] = T(s);
+    }
+  }
+}
+
+void dw_forward(DType dt, const void* x, const void* w, const void* b, void* y, const Geom& g) {
+  if (dt == DType::f32)
+    dw_forward_t(static_cast<const float*>(x), static_cast<const float*>(w), static_cast<const float*>(b),
+                 static_cast<float*>(y), g);
+  else
+    dw_forward_t(static_cast<const double*>(x), static_cast<const double*>(w), static_cast<const double*>(b),
+                 static_cast<double*>(y), g);
+}
+
+void dw_backward_input(DType dt, const void* dy, const void* w, void* dx, const Geom& g) {
+  const bool strip = strip_ok(g);
+  if (dt == DType::f32) {
+    auto f = strip ? conv::dw_strip_backward_input<float>
+                   : g.nhwc ? conv::dw_backward_input_nhwc<float> : conv::dw_backward_input_nchw<float>;
+    f(static_cast<const float*>(dy), static_cast<const float*>(w), static_cast<float*>(dx), g);
+  } else {
+    auto f = strip ? conv::dw_strip_backward_input<double>
+                   : g.nhwc ? conv::dw_backward_input_nhwc<double> : conv::dw_backward_input_nchw<double>;
+    f(static_cast<const double*>(dy), static_cast<const double*>(w), static_cast<double*>(dx), g);
+  }
+}
+
+void dw_backward_weight(DType dt, const void* dy, const void* x, void* dw, void* db, const Geom& g) {
+  if (dt == DType::f32)
+    dw_backward_weight_t(static_cast<const float*>(dy), static_cast<const float*>(x), static_cast<float*>(dw),
+                         static_cast<float*>(db), g);
+  else
+    dw_backward_weight_t(static_cast<const double*>(dy), static_cast<const double*>(x), static_cast<double*>(dw),
+                         static_cast<double*>(db), g);
+}
+
+template <typename T>
+bool grouped_supported_t(const Geom& g) {
+  const int64_t cpg = g.Cg();
+  if (g.G == 1 || g.depthwise() || g.Kg() != cpg || (cpg & (cpg - 1)) || cpg < 2 || cpg > 32) return false;
+  if (g.C % conv::Vec<T>::n) return false;
+  return (g.kh - 1) * g.dh + 1 <= 64;
+}
+bool grouped_supported(DType dt, const Geom& g) {
+  return dt == DType::f32 ? grouped_supported_t<float>(g) : grouped_supported_t<double>(g);
+}
+
+#define CNNKIT_BY_CPG(fn, T, ...)                     \
+  do {                                                \
+    switch (g.Cg()) {                                 \
+      case 2: fn<T, 2>(__VA_ARGS__); break;           \
+      case 4: fn<T, 4>(__VA_ARGS__); break;           \
+      case 8: fn<T, 8>(__VA_ARGS__); break;           \
+      case 16: fn<T, 16>(__VA_ARGS__); break;         \
+      default: fn<T, 32>(__VA_ARGS__); break;         \
+    }                                                 \
+  } while (0)
+
+template <typename T>
+void grouped_forward_t(const T* x, const T* w, const T* b, T* y, const Geom& g) {
+  CNNKIT_BY_CPG(conv::grouped_forward_nhwc, T, x, w, b, y, g);
+}
+template <typename T>
+void grouped_backward_input_t(const T* dy, const T* w, T* dx, const Geom& g) {
+  CNNKIT_BY_CPG(conv::grouped_backward_input_nhwc, T, dy, w, dx, g);
+}
+template <typename T>
+void grouped_backward_weight_t(const T* dy, const T* x, T* dw, const Geom& g) {
+  constexpr int64_t VL = conv::Vec<T>::n;
+  const int64_t k2 = g.kh * g.kw, C = g.C, cpg = g.Cg(), ncv = C / VL;
+  const int64_t pieces = std::min<int64_t>(8, g.N * g.Ho), psize = k2 * C * cpg;
+  T* part = conv::scratch<T>(conv::kAccSlot, pieces * psize);  // kXSlot may hold the transposed x
+  CNNKIT_BY_CPG(conv::grouped_weight_partials_nhwc, T, dy, x, part, pieces, g);
+#pragma omp parallel for schedule(static) num_threads(num_threads())
+  for (int64_t k = 0; k < C; ++k)
+    for (int64_t ci = 0; ci < cpg; ++ci)
+      for (int64_t t = 0; t < k2; ++t) {
+        const int64_t idx = ((t * ncv + k / VL) * cpg + ci) * VL + k % VL;
+        double s = 0;
+        for (int64_t p = 0; p < pieces; ++p) s += double(part[p * psize + idx]);
+        dw[(k * cpg + ci) * k2 + t] = T(s);
+      }
+}
+
+void grouped_forward(DType dt, const void* x, const void* w, const void* b, void* y, const Geom& g) {
+  if (dt == DType::f32)
+    grouped_forward_t(static_cast<const float*>(x), static_cast<const float*>(w), static_cast<const float*>(b),
+                      static_cast<float*>(y), g);
+  else
+    grouped_forward_t(static_cast<const double*>(x), static_cast<const double*>(w),
+                      static_cast<const double*>(b), static_cast<double*>(y), g);
+}
+void grouped_backward_input(DType dt, const void* dy, const void* w, void* dx, const Geom& g) {
+  if (dt == DType::f32)
+    grouped_backward_input_t(static_cast<const float*>(dy), static_cast<const float*>(w), static_cast<float*>(dx), g);
+  else
+    grouped_backward_input_t(static_cast<const double*>(dy), static_cast<const double*>(w),
+                             static_cast<double*>(dx), g);
+}
+void grouped_backward_weight(DType dt, const void* dy, const void* x, void* dw, void* db, const Geom& g) {
+  if (dt == DType::f32)
+    grouped_backward_weight_t(static_cast<const float*>(dy), static_cast<const float*>(x), static_cast<float*>(dw), g);
+  else
+    grouped_backward_weight_t(static_cast<const double*>(dy), static_cast<const double*>(x),
+                              static_cast<double*>(dw), g);
+  (void)db;  // the bias gradient is the generic reduction (conv_dispatch.cpp)
 }
 
 }  // namespace
 
 extern const conv::Kernels conv_kernels = {
-    conv::gemm_forward, conv::gemm_backward_input, dw_backward_weight_tmp,
-    conv::gemm_forward, dw_backward_weight_tmp, transpose,
+    dw_forward, dw_backward_input, dw_backward_weight,
+    grouped_supported, grouped_forward, grouped_backward_input, grouped_backward_weight, transpose,
 };
 
 }  // namespace cnnkit::CNNKIT_ISA_NS

@@ -358,7 +358,7 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups
     return gi, gw, gb
 
 
-def _separable_checks(x, dw_weight, pw_weight, layout):
+def _separable_checks(x, dw_weight, pw_weight, layout, dw_bias=None, pw_bias=None):
     _float_array(x, "x")
     _float_array(dw_weight, "dw_weight")
     _float_array(pw_weight, "pw_weight")
@@ -370,6 +370,8 @@ def _separable_checks(x, dw_weight, pw_weight, layout):
         raise ValueError(f"dw_weight: expected shape (m*C_in, 1, kH, kW) with C_in = {C}, got {dw_weight.shape}")
     if pw_weight.shape[1:] != (Cm, 1, 1):
         raise ValueError(f"pw_weight: expected shape (C_out, {Cm}, 1, 1), got {pw_weight.shape}")
+    _bias(dw_bias, Cm, x.dtype, "dw_bias")
+    _bias(pw_bias, pw_weight.shape[0], x.dtype, "pw_bias")
     return C
 
 
@@ -382,7 +384,7 @@ def depthwise_separable_conv2d(x, dw_weight, pw_weight, dw_bias=None, pw_bias=No
     The two passes run back to back on cnnkit's depthwise and pointwise kernels; the intermediate
     is a full-size array (no fusion yet).
     """
-    C = _separable_checks(x, dw_weight, pw_weight, layout)
+    C = _separable_checks(x, dw_weight, pw_weight, layout, dw_bias, pw_bias)
     t = conv2d(x, dw_weight, dw_bias, stride, padding, dilation, C, layout=layout)
     return conv2d(t, pw_weight, pw_bias, layout=layout)
 
@@ -394,7 +396,7 @@ def depthwise_separable_conv2d_backward(grad_out, x, dw_weight, pw_weight, dw_bi
     Returns ``(grad_x, grad_dw_weight, grad_pw_weight, grad_dw_bias, grad_pw_bias)``. The
     intermediate (depthwise output, with ``dw_bias``) is recomputed.
     """
-    C = _separable_checks(x, dw_weight, pw_weight, layout)
+    C = _separable_checks(x, dw_weight, pw_weight, layout, dw_bias)
     t = conv2d(x, dw_weight, dw_bias, stride, padding, dilation, C, layout=layout)
     gt, gpw, gpb = conv2d_backward(grad_out, t, pw_weight, layout=layout)
     gx, gdw, gdb = conv2d_backward(gt, x, dw_weight, stride, padding, dilation, C, layout=layout)

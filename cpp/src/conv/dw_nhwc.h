@@ -1,0 +1,251 @@
+// Depthwise conv kernels, NHWC (included by conv_kernels.cpp; compiled once per ISA level).
+// Vectors run along channels; weights are re-laid out as wt[tap][C] so a tap of a channel vector
+// is one contiguous load. Multiplier m > 1 (K = m*C) takes a plain per-element path.
+//   forward / adjoint forward: one output row per work item; interior pixels in blocks of four
+//                  sharing each weight load, edge pixels with their valid taps only.
+//   input grad (stride > 1): a gather over the taps that land on each dx pixel.
+//   weight grad:   partial sums per (image, row band), register accumulators per tap over a
+//                  channel vector, summed over the pieces in order.
+#pragma once
+
+#include <algorithm>
+#include <cstring>
+
+#include "dw_common.h"
+#include "scratch.h"
+
+namespace cnnkit::conv {
+inline namespace CNNKIT_KERNEL_NS {
+
+// wt[t*K + k] = w[k*k2 + t]
+template <typename T>
+const T* dw_weights_tk(const T* w, const Geom& g) {
+  const int64_t k2 = g.kh * g.kw;
+  T* wt = scratch<T>(kWeightSlot, k2 * g.K);
+  for (int64_t k = 0; k < g.K; ++k)
+    for (int64_t t = 0; t < k2; ++t) wt[t * g.K + k] = w[k * k2 + t];
+  return wt;
+}
+
+// Valid tap range [lo, hi) of a kernel axis for output position o: o*s + i*d - p in [0, n).
+inline void tap_range(int64_t o, int64_t s, int64_t d, int64_t p, int64_t k, int64_t n, int64_t& lo,
+                      int64_t& hi) {
+  const int64_t base = o * s - p;
+  lo = base >= 0 ? 0 : ceil_div(-base, d);
+  hi = base + (k - 1) * d < n ? k : (n - 1 - base) / d + 1;
+  if (base >= n) hi = 0;
+  if (lo > k) lo = k;
+  if (hi < lo) hi = lo;
+}
+
+template <typename T, int KH, int KW>
+void dw_forward_nhwc(const T* x, const T* w, const T* b, T* y, const Geom& g) {
+  constexpr int VL = Vec<T>::n;
+  using V = vec_t<T>;
+  const int64_t kh = KH ? KH : g.kh, kw = KW ? KW : g.kw, C = g.C, K = g.K, m = K / C;
+  const T* wt = dw_weights_tk(w, g);
+  const int64_t cv = C / VL * VL;  // channels in full vectors
+  // Interior columns: every tap inside the row.
+  int64_t ow_lo = g.pl > 0 ? ceil_div(g.pl, g.sw) : 0;
+  int64_t ow_hi = g.W - 1 - (kw - 1) * g.dw + g.pl >= 0 ? (g.W - 1 - (kw - 1) * g.dw + g.pl) / g.sw + 1 : 0;
+  ow_hi = std::min(ow_hi, g.Wo);
+  if (ow_lo > ow_hi) ow_lo = ow_hi;
+#pragma omp parallel for schedule(static) num_threads(num_threads())
+  for (int64_t u = 0; u < g.N * g.Ho; ++u) {
+    const int64_t n = u / g.Ho, oh = u % g.Ho;
+    int64_t i0, i1;
+    tap_range(oh, g.sh, g.dh, g.pt, kh, g.H, i0, i1);
+    const T* xn = x + n * g.H * g.W * C;
+    T* yr = y + u * g.Wo * K;
+    if (m != 1) {
+      for (int64_t ow = 0; ow < g.Wo; ++ow) {
+        int64_t j0, j1;
+        tap_range(ow, g.sw, g.dw, g.pl, kw, g.W, j0, j1);
+        for (int64_t k = 0; k < K; ++k) {
+          T a = b ? b[k] : T(0);
+          for (int64_t i = i0; i < i1; ++i)
+            for (int64_t j = j0; j < j1; ++j)
+              a += xn[((oh * g.sh + i * g.dh - g.pt) * g.W + ow * g.sw + j * g.dw - g.pl) * C + k / m] *
+                   wt[(i * kw + j) * K + k];
+          yr[ow * K + k] = a;
+        }
+      }
+      continue;
+    }
+    auto pixel = [&](int64_t ow) {
+      int64_t j0, j1;
+      tap_range(ow, g.sw, g.dw, g.pl, kw, g.W, j0, j1);
+      T* yo = yr + ow * K;
+      for (int64_t c = 0; c < cv; c += VL) {
+        V a = b ? vload(b + c) : V{};
+        for (int64_t i = i0; i < i1; ++i) {
+          const T* xr = xn + ((oh * g.sh + i * g.dh - g.pt) * g.W + ow * g.sw - g.pl) * C + c;
+          for (int64_t j = j0; j < j1; ++j) a += vload(xr + j * g.dw * C) * vload(wt + (i * kw + j) * K + c);
+        }
+        vstore(yo + c, a);
+      }
+      for (int64_t c = cv; c < C; ++c) {
+        T a = b ? b[c] : T(0);
+        for (int64_t i = i0; i < i1; ++i)
+          for (int64_t j = j0; j < j1; ++j)
+            a += xn[((oh * g.sh + i * g.dh - g.pt) * g.W + ow * g.sw + j * g.dw - g.pl) * C + c] *
+                 wt[(i * kw + j) * K + c];
+        yo[c] = a;
+      }
+    };
+    for (int64_t ow = 0; ow < ow_lo; ++ow) pixel(ow);
+    int64_t ow = ow_lo;
+    if (cv == C) {
+      const int64_t xs = g.sw * C;
+      for (; ow + 4 <= ow_hi; ow += 4) {
+        T* yo = yr + ow * K;
+        for (int64_t c = 0; c < C; c += VL) {
+          V a0 = b ? vload(b + c) : V{};
+          V a1 = a0, a2 = a0, a3 = a0;
+          for (int64_t i = i0; i < i1; ++i) {
+            const T* xr = xn + ((oh * g.sh + i * g.dh - g.pt) * g.W + ow * g.sw - g.pl) * C + c;
+            for (int64_t j = 0; j < kw; ++j) {
+              const V wv = vload(wt + (i * kw + j) * K + c);
+              const T* p = xr + j * g.dw * C;
+              a0 += vload(p) * wv;
+              a1 += vload(p + xs) * wv;
+              a2 += vload(p + 2 * xs) * wv;
+              a3 += vload(p + 3 * xs) * wv;
+            }
+          }
+          vstore(yo + c, a0);
+          vstore(yo + K + c, a1);
+          vstore(yo + 2 * K + c, a2);
+          vstore(yo + 3 * K + c, a3);
+        }
+      }
+    }
+    for (; ow < g.Wo; ++ow) pixel(ow);
+  }
+}
+
+// Input gradient by gather (any stride; used at stride > 1).
+template <typename T>
+void dw_backward_input_nhwc(const T* dy, const T* w, T* dx, const Geom& g) {
+  constexpr int VL = Vec<T>::n;
+  using V = vec_t<T>;
+  const int64_t kh = g.kh, kw = g.kw, k2 = kh * kw, C = g.C, K = g.K, m = K / C;
+  const T* wt = dw_weights_tk(w, g);
+  const int64_t cv = m == 1 ? C / VL * VL : 0;
+#pragma omp parallel for schedule(static) num_threads(num_threads())
+  for (int64_t u = 0; u < g.N * g.H; ++u) {
+    const int64_t n = u / g.H, ih = u % g.H;
+    int64_t* taps = scratch<int64_t>(kColSlot, 2 * k2);  // (dy pixel offset, tap) pairs
+    for (int64_t iw = 0; iw < g.W; ++iw) {
+      int64_t nt = 0;
+      for (int64_t i = 0; i < kh; ++i) {
+        const int64_t rr = ih + g.pt - i * g.dh;
+        if (rr < 0 || rr % g.sh || rr / g.sh >= g.Ho) continue;
+        for (int64_t j = 0; j < kw; ++j) {
+          const int64_t cc = iw + g.pl - j * g.dw;
+          if (cc < 0 || cc % g.sw || cc / g.sw >= g.Wo) continue;
+          taps[2 * nt] = ((n * g.Ho + rr / g.sh) * g.Wo + cc / g.sw) * K;
+          taps[2 * nt + 1] = (i * kw + j) * K;
+          ++nt;
+        }
+      }
+      T* d = dx + (u * g.W + iw) * C;
+      for (int64_t c = 0; c < cv; c += VL) {
+        V a{};
+        for (int64_t t = 0; t < nt; ++t) a += vload(dy + taps[2 * t] + c) * vload(wt + taps[2 * t + 1] + c);
+        vstore(d + c, a);
+      }
+      for (int64_t c = cv; c < C; ++c) {
+        T a = 0;
+        for (int64_t q = 0; q < m; ++q)
+          for (int64_t t = 0; t < nt; ++t) a += dy[taps[2 * t] + c * m + q] * wt[taps[2 * t + 1] + c * m + q];
+        d[c] = a;
+      }
+    }
+  }
+}
+
+// Weight-gradient partials: piece p = (image n, band of output rows) writes pw[p][tap][K] and
+// pb[p][K]; the caller sums pieces in order.
+template <typename T, int KH, int KW>
+void dw_weight_partials_nhwc(const T* dy, const T* x, T* pw, T* pb, int64_t bands, const Geom& g) {
+  constexpr int VL = Vec<T>::n;
+  using V = vec_t<T>;
+  const int64_t kh = KH ? KH : g.kh, kw = KW ? KW : g.kw, k2 = kh * kw, C = g.C, K = g.K, m = K / C;
+  const int64_t band = ceil_div(g.Ho, bands);
+  const int64_t cv = m == 1 ? K / VL * VL : 0;
+  constexpr int NA = KH && KW ? KH * KW : 1;
+#pragma omp parallel for schedule(static) num_threads(num_threads())
+  for (int64_t u = 0; u < g.N * bands; ++u) {
+    const int64_t n = u / bands, oh0 = (u % bands) * band, oh1 = std::min(g.Ho, oh0 + band);
+    T* pwu = pw + u * k2 * K;
+    T* pbu = pb + u * K;
+    const T* xn = x + n * g.H * g.W * C;
+    const T* dyn = dy + n * g.Ho * g.Wo * K;
+    int64_t ow_lo = g.pl > 0 ? ceil_div(g.pl, g.sw) : 0;
+    int64_t ow_hi = g.W - 1 - (kw - 1) * g.dw + g.pl >= 0 ? (g.W - 1 - (kw - 1) * g.dw + g.pl) / g.sw + 1 : 0;
+    ow_hi = std::min(ow_hi, g.Wo);
+    if (ow_lo > ow_hi) ow_lo = ow_hi;
+    V* eacc = reinterpret_cast<V*>(scratch<T>(kAccSlot, 2 * k2 * VL));  // edge pixels' sums
+    for (int64_t c = 0; c < cv; c += VL) {
+      // Interior pixels accumulate in registers (taps unrolled when KH, KW are known), edge
+      // pixels in eacc; the two are added at the end.
+      V accs[NA];
+      V* acc = accs;
+      if (!(KH && KW)) acc = eacc + k2;
+      for (int64_t t = 0; t < k2; ++t) acc[t] = eacc[t] = V{};
+      V sb{};
+      auto edge = [&](int64_t oh, int64_t ow, int64_t i0, int64_t i1) {
+        int64_t j0, j1;
+        tap_range(ow, g.sw, g.dw, g.pl, kw, g.W, j0, j1);
+        const V gv = vload(dyn + (oh * g.Wo + ow) * K + c);
+        sb += gv;
+        const T* xr = xn + ((oh * g.sh - g.pt) * g.W + ow * g.sw - g.pl) * C + c;
+        for (int64_t i = i0; i < i1; ++i)
+          for (int64_t j = j0; j < j1; ++j) eacc[i * kw + j] += gv * vload(xr + (i * g.dh * g.W + j * g.dw) * C);
+      };
+      for (int64_t oh = oh0; oh < oh1; ++oh) {
+        int64_t i0, i1;
+        tap_range(oh, g.sh, g.dh, g.pt, kh, g.H, i0, i1);
+        if (i0 != 0 || i1 != kh) {
+          for (int64_t ow = 0; ow < g.Wo; ++ow) edge(oh, ow, i0, i1);
+          continue;
+        }
+        for (int64_t ow = 0; ow < ow_lo; ++ow) edge(oh, ow, i0, i1);
+        for (int64_t ow = ow_lo; ow < ow_hi; ++ow) {
+          const V gv = vload(dyn + (oh * g.Wo + ow) * K + c);
+          sb += gv;
+          const T* xr = xn + ((oh * g.sh - g.pt) * g.W + ow * g.sw - g.pl) * C + c;
+          for (int64_t i = 0; i < kh; ++i)
+            for (int64_t j = 0; j < kw; ++j) acc[i * kw + j] += gv * vload(xr + (i * g.dh * g.W + j * g.dw) * C);
+        }
+        for (int64_t ow = ow_hi; ow < g.Wo; ++ow) edge(oh, ow, i0, i1);
+      }
+      for (int64_t t = 0; t < k2; ++t) vstore(pwu + t * K + c, acc[t] + eacc[t]);
+      vstore(pbu + c, sb);
+    }
+    for (int64_t k = cv; k < K; ++k) {
+      const int64_t ci = k / m;
+      T sb = 0;
+      for (int64_t t = 0; t < k2; ++t) pwu[t * K + k] = 0;
+      for (int64_t oh = oh0; oh < oh1; ++oh) {
+        int64_t i0, i1;
+        tap_range(oh, g.sh, g.dh, g.pt, kh, g.H, i0, i1);
+        for (int64_t ow = 0; ow < g.Wo; ++ow) {
+          int64_t j0, j1;
+          tap_range(ow, g.sw, g.dw, g.pl, kw, g.W, j0, j1);
+          const T gv = dyn[(oh * g.Wo + ow) * K + k];
+          sb += gv;
+          for (int64_t i = i0; i < i1; ++i)
+            for (int64_t j = j0; j < j1; ++j)
+              pwu[(i * kw + j) * K + k] +=
+                  gv * xn[((oh * g.sh + i * g.dh - g.pt) * g.W + ow * g.sw + j * g.dw - g.pl) * C + ci];
+        }
+      }
+      pbu[k] = sb;
+    }
+  }
+}
+
+}  // namespace CNNKIT_KERNEL_NS
+}  // namespace cnnkit::conv

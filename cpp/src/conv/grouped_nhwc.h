@@ -1,0 +1,333 @@
+// Grouped conv with few channels per group (Cg == Kg == CPG in {2, 4, 8, 16, 32}), NHWC, direct
+// (included by conv_kernels.cpp; compiled once per ISA level).
+//
+// Vectors hold VL consecutive output channels. Output lane l (channel k = cv*VL + l) needs, for
+// each in-group index ci, the input channel group(k)*CPG + ci of the same pixel:
+//   CPG <  VL: the lane's group changes inside the vector, so each input row is "expanded" once
+//              into CPG permuted copies (copy ci has lane l = x[(l/CPG)*CPG + ci]); a tap is then
+//              one plain vector load per ci;
+//   CPG >= VL: the whole vector is one group and the operand is a broadcast of x[group*CPG + ci].
+// Input rows are kept zero-padded along W in a small ring cache (a row is expanded once and
+// reused by the kh output rows that read it), so the inner loops have no bounds checks.
+//   forward:       y[pix][k] = b[k] + sum over taps (i, j) and ci of operand * w[k, ci, i, j]
+//   input grad at stride > 1: the same gather over the padded dy rows, one column phase of dx at a
+//                  time, with the taps that land on it (stride 1 is the adjoint forward);
+//   weight grad:   per fixed piece of output rows, dw[k, ci, i, j] += dy[pix][k] * operand, with
+//                  register accumulators per (j, ci); pieces summed in order.
+#pragma once
+
+#include <algorithm>
+#include <cstring>
+#include <type_traits>
+
+#include "dw_common.h"
+#include "scratch.h"
+
+namespace cnnkit::conv {
+inline namespace CNNKIT_KERNEL_NS {
+
+template <typename T, int CPG>
+struct GroupedTraits {
+  static constexpr int VL = Vec<T>::n;
+  static constexpr bool expand = CPG < VL;
+  // Elements per padded row column: expanded CPG copies of every channel, or the channels.
+  static int64_t col_elems(int64_t C) { return expand ? C * CPG : C; }
+};
+
+// Row cache: slot s holds padded source row `tag[s]` (of image tag_n[s]).
+template <typename T>
+struct RowRing {
+  T* buf;
+  int64_t slots, pitch;  // elements per slot
+  int64_t tag[64];
+  int64_t tag_n[64];
+  void reset() {
+    for (int64_t s = 0; s < slots; ++s) tag[s] = tag_n[s] = -1;
+  }
+};
+
+// Pads (left zeros, `width` columns) and, for CPG < VL, expands one source row of `C` channels.
+// Column c holds source pixel c - left (zero outside [0, Wsrc)).
+template <typename T, int CPG>
+void fill_row(const T* src, int64_t Wsrc, int64_t C, int64_t left, int64_t width, T* dst) {
+  using Tr = GroupedTraits<T, CPG>;
+  constexpr int VL = Tr::VL;
+  const int64_t ce = Tr::col_elems(C);
+  using IV = typename Vec<ivec_t<T>>::type;
+  IV idx[CPG];  // lane l of copy ci reads lane (l / CPG) * CPG + ci
+  for (int ci = 0; ci < CPG; ++ci)
+    for (int l = 0; l < VL; ++l) idx[ci][l] = (l / CPG) * CPG + ci;
+  for (int64_t c = 0; c < width; ++c) {
+    const int64_t iw = c - left;
+    T* d = dst + c * ce;
+    if (iw < 0 || iw >= Wsrc) {
+      std::fill(d, d + ce, T(0));
+      continue;
+    }
+    const T* s = src + iw * C;
+    if constexpr (Tr::expand) {
+      for (int64_t cv = 0; cv < C; cv += VL) {
+        const vec_t<T> xv = vload(s + cv);
+        for (int ci = 0; ci < CPG; ++ci) vstore(d + (cv * CPG) + ci * VL, __builtin_shuffle(xv, idx[ci]));
+      }
+    } else {
+      std::memcpy(d, s, C * sizeof(T));
+    }
+  }
+}
+
+// The operand of output channel vector cv (channels cv*VL ..), in-group index ci, at padded
+// column `col` of a filled row.
+template <typename T, int CPG>
+CNNKIT_HD vec_t<T> operand(const T* row, int64_t col, int64_t C, int64_t cv, int ci) {
+  using Tr = GroupedTraits<T, CPG>;
+  constexpr int VL = Tr::VL;
+  if constexpr (Tr::expand) {
+    return vload(row + col * C * CPG + cv * VL * CPG + ci * VL);
+  } else {
+    const int64_t grp = (cv * VL) / CPG;
+    return vsplat<T>(row[col * C + grp * CPG + ci]);
+  }
+}
+
+// Weights as wt[tap][cv][ci][VL]: lane l of (tap, cv, ci) is w[cv*VL + l, ci, tap] (forward), or,
+// for the input gradient (adjoint = true), w[group(c)*CPG + ci, c % CPG, tap] with c = cv*VL + l.
+template <typename T, int CPG>
+const T* grouped_weights(const T* w, const Geom& g, bool adjoint) {
+  const int64_t k2 = g.kh * g.kw, C = g.C;
+  T* wt = scratch<T>(kWeightSlot, k2 * C * CPG);
+  for (int64_t t = 0; t < k2; ++t)
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t ci = 0; ci < CPG; ++ci) {
+        const int64_t cv = c / GroupedTraits<T, CPG>::VL, l = c % GroupedTraits<T, CPG>::VL;
+        const int64_t src = adjoint ? (((c / CPG) * CPG + ci) * CPG + c % CPG) * k2 + t : (c * CPG + ci) * k2 + t;
+        wt[((t * (C / GroupedTraits<T, CPG>::VL) + cv) * CPG + ci) * GroupedTraits<T, CPG>::VL + l] = w[src];
+      }
+  return wt;
+}
+
+struct RowTap {
+  const void* row;  // filled padded row
+  int64_t col_off;  // column of output index 0
+  int64_t tap;      // index into the weight layout
+};
+
+// out[v * ostride + ...] for v in [0, nv): sum over taps and ci of operand(row, v*step + col_off)
+// * wt[tap]; plus bias.
+template <typename T, int CPG, int NP>
+CNNKIT_HD void grouped_block(T* out, int64_t ostride, int64_t v, int64_t step, const RowTap* taps, int ntaps,
+                             const T* wt, vec_t<T> bias, int64_t C, int64_t cv) {
+  constexpr int VL = Vec<T>::n;
+  using V = vec_t<T>;
+  const int64_t ncv = C / VL;
+  V acc[NP];
+  for (int p = 0; p < NP; ++p) acc[p] = bias;
+  for (int t = 0; t < ntaps; ++t) {
+    const T* row = static_cast<const T*>(taps[t].row);
+    const T* wtp = wt + (taps[t].tap * ncv + cv) * CPG * VL;
+    const int64_t c0 = v * step + taps[t].col_off;
+    for (int ci = 0; ci < CPG; ++ci) {
+      const V wv = vload(wtp + ci * VL);
+      for (int p = 0; p < NP; ++p) acc[p] += operand<T, CPG>(row, c0 + p * step, C, cv, ci) * wv;
+    }
+  }
+  for (int p = 0; p < NP; ++p) vstore(out + (v + p) * ostride + cv * VL, acc[p]);
+}
+
+template <typename T, int CPG>
+void grouped_row(T* out, int64_t ostride, int64_t nv, int64_t step, const RowTap* taps, int ntaps, const T* wt,
+                 const T* b, int64_t C) {
+  constexpr int VL = Vec<T>::n;
+  using V = vec_t<T>;
+  constexpr int PB = 6;
+  const int64_t ncv = C / VL;
+  for (int64_t cv = 0; cv < ncv; ++cv) {
+    const V bias = b ? vload(b + cv * VL) : V{};
+    int64_t v = 0;
+    for (; v + PB <= nv; v += PB) grouped_block<T, CPG, PB>(out, ostride, v, step, taps, ntaps, wt, bias, C, cv);
+    switch (nv - v) {  // the rest in one block, so that no pixel runs on a single accumulator chain
+      case 5: grouped_block<T, CPG, 5>(out, ostride, v, step, taps, ntaps, wt, bias, C, cv); break;
+      case 4: grouped_block<T, CPG, 4>(out, ostride, v, step, taps, ntaps, wt, bias, C, cv); break;
+      case 3: grouped_block<T, CPG, 3>(out, ostride, v, step, taps, ntaps, wt, bias, C, cv); break;
+      case 2: grouped_block<T, CPG, 2>(out, ostride, v, step, taps, ntaps, wt, bias, C, cv); break;
+      case 1: grouped_block<T, CPG, 1>(out, ostride, v, step, taps, ntaps, wt, bias, C, cv); break;
+      default: break;
+    }
+  }
+}
+
+// Fetch (fill if absent) padded source row r of image n into the ring; nullptr if r is outside
+// [0, nrows).
+template <typename T, int CPG>
+const T* ring_row(RowRing<T>& ring, const T* src_img, int64_t n, int64_t r, int64_t nrows, int64_t Wsrc,
+                  int64_t C, int64_t left, int64_t width) {
+  if (r < 0 || r >= nrows) return nullptr;
+  const int64_t s = r % ring.slots;
+  T* dst = ring.buf + s * ring.pitch;
+  if (ring.tag[s] != r || ring.tag_n[s] != n) {
+    fill_row<T, CPG>(src_img + r * Wsrc * C, Wsrc, C, left, width, dst);
+    ring.tag[s] = r;
+    ring.tag_n[s] = n;
+  }
+  return dst;
+}
+
+template <typename T, int CPG>
+void grouped_forward_nhwc(const T* x, const T* w, const T* b, T* y, const Geom& g) {
+  using Tr = GroupedTraits<T, CPG>;
+  const int64_t C = g.C, kh = g.kh, kw = g.kw;
+  const T* wt = grouped_weights<T, CPG>(w, g, false);
+  const int64_t width = (g.Wo - 1) * g.sw + (kw - 1) * g.dw + 1;
+  const int64_t slots = (kh - 1) * g.dh + 1;
+  const int64_t pitch = width * Tr::col_elems(C);
+  // Work items: bands of output rows (the ring makes each input row filled about once per band).
+  const int64_t rows = g.N * g.Ho, band = std::max<int64_t>(1, std::min<int64_t>(g.Ho, ceil_div(rows, 16)));
+  const int64_t nb = ceil_div(rows, band);
+#pragma omp parallel num_threads(num_threads())
+  {
+    RowRing<T> ring;
+    ring.slots = slots;
+    ring.pitch = pitch;
+    ring.buf = scratch<T>(kPlaneSlot, slots * pitch);
+    RowTap* taps = reinterpret_cast<RowTap*>(scratch<char>(kColSlot, sizeof(RowTap) * kh * kw));
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t bi = 0; bi < nb; ++bi) {
+      ring.reset();
+      for (int64_t r = bi * band; r < std::min(rows, (bi + 1) * band); ++r) {
+        const int64_t n = r / g.Ho, oh = r % g.Ho;
+        const T* xn = x + n * g.H * g.W * C;
+        int nt = 0;
+        for (int64_t i = 0; i < kh; ++i) {
+          const T* row = ring_row<T, CPG>(ring, xn, n, oh * g.sh + i * g.dh - g.pt, g.H, g.W, C, g.pl, width);
+          if (!row) continue;
+          for (int64_t j = 0; j < kw; ++j) taps[nt++] = RowTap{row, j * g.dw, i * kw + j};
+        }
+        grouped_row<T, CPG>(y + r * g.Wo * C, C, g.Wo, g.sw, taps, nt, wt, b, C);
+      }
+    }
+  }
+}
+
+// Input gradient at any stride by gather over padded dy rows (used at stride > 1).
+template <typename T, int CPG>
+void grouped_backward_input_nhwc(const T* dy, const T* w, T* dx, const Geom& g) {
+  using Tr = GroupedTraits<T, CPG>;
+  const int64_t C = g.C, kh = g.kh, kw = g.kw, sw = g.sw;
+  const T* wt = grouped_weights<T, CPG>(w, g, true);
+  const int64_t PADL = ceil_div((kw - 1) * g.dw, sw) + 1;
+  const int64_t width = PADL + std::max(g.Wo, ceil_div(g.W + g.pl, sw) + 1) + 1;
+  const int64_t slots = (kh - 1) * g.dh + 1;
+  const int64_t pitch = width * Tr::col_elems(C);
+  const int64_t rows = g.N * g.H, band = std::max<int64_t>(1, std::min<int64_t>(g.H, ceil_div(rows, 16)));
+  const int64_t nb = ceil_div(rows, band);
+#pragma omp parallel num_threads(num_threads())
+  {
+    RowRing<T> ring;
+    ring.slots = slots;
+    ring.pitch = pitch;
+    ring.buf = scratch<T>(kPlaneSlot, slots * pitch);
+    RowTap* taps = reinterpret_cast<RowTap*>(scratch<char>(kColSlot, sizeof(RowTap) * kh * kw));
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t bi = 0; bi < nb; ++bi) {
+      ring.reset();
+      for (int64_t r = bi * band; r < std::min(rows, (bi + 1) * band); ++r) {
+        const int64_t n = r / g.H, ih = r % g.H;
+        const T* dyn = dy + n * g.Ho * g.Wo * C;
+        T* dxr = dx + r * g.W * C;
+        for (int64_t ph = 0; ph < sw; ++ph) {
+          const int64_t iw0 = ((ph - g.pl) % sw + sw) % sw;
+          if (iw0 >= g.W) continue;
+          const int64_t nu = ceil_div(g.W - iw0, sw);
+          int nt = 0;
+          for (int64_t i = 0; i < kh; ++i) {
+            const int64_t rr = ih + g.pt - i * g.dh;
+            if (rr < 0 || rr % g.sh) continue;
+            const T* row = ring_row<T, CPG>(ring, dyn, n, rr / g.sh, g.Ho, g.Wo, C, PADL, width);
+            if (!row) continue;
+            for (int64_t j = 0; j < kw; ++j) {
+              const int64_t cc = iw0 + g.pl - j * g.dw;
+              if (((cc % sw) + sw) % sw) continue;
+              const int64_t e = (cc - ((cc % sw) + sw) % sw) / sw;
+              taps[nt++] = RowTap{row, e + PADL, i * kw + j};
+            }
+          }
+          if (nt == 0) {
+            for (int64_t v = 0; v < nu; ++v) std::fill(dxr + (iw0 + v * sw) * C, dxr + (iw0 + v * sw + 1) * C, T(0));
+            continue;
+          }
+          grouped_row<T, CPG>(dxr + iw0 * C, sw * C, nu, 1, taps, nt, wt, nullptr, C);
+        }
+      }
+    }
+  }
+}
+
+// Weight-gradient partials: piece p (a fixed range of the N*Ho output rows) accumulates into
+// part[p] laid out [tap][cv][ci][VL].
+template <typename T, int CPG>
+void grouped_weight_partials_nhwc(const T* dy, const T* x, T* part, int64_t pieces, const Geom& g) {
+  using Tr = GroupedTraits<T, CPG>;
+  constexpr int VL = Tr::VL;
+  using V = vec_t<T>;
+  constexpr int CB = CPG < 8 ? CPG : 8;  // in-group indices per register block
+  const int64_t C = g.C, kh = g.kh, kw = g.kw, k2 = kh * kw, ncv = C / VL;
+  const int64_t width = (g.Wo - 1) * g.sw + (kw - 1) * g.dw + 1;
+  const int64_t slots = (kh - 1) * g.dh + 1;
+  const int64_t pitch = width * Tr::col_elems(C);
+  const int64_t rows = g.N * g.Ho, per = ceil_div(rows, pieces);
+  const int64_t psize = k2 * C * CPG;
+#pragma omp parallel num_threads(num_threads())
+  {
+    RowRing<T> ring;
+    ring.slots = slots;
+    ring.pitch = pitch;
+    ring.buf = scratch<T>(kPlaneSlot, slots * pitch);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t p = 0; p < pieces; ++p) {
+      T* acc_mem = part + p * psize;
+      std::fill(acc_mem, acc_mem + psize, T(0));
+      ring.reset();
+      for (int64_t r = p * per; r < std::min(rows, (p + 1) * per); ++r) {
+        const int64_t n = r / g.Ho, oh = r % g.Ho;
+        const T* xn = x + n * g.H * g.W * C;
+        const T* dyr = dy + r * g.Wo * C;
+        for (int64_t i = 0; i < kh; ++i) {
+          const T* row = ring_row<T, CPG>(ring, xn, n, oh * g.sh + i * g.dh - g.pt, g.H, g.W, C, g.pl, width);
+          if (!row) continue;
+          for (int64_t cv = 0; cv < ncv; ++cv)
+            for (int ci0 = 0; ci0 < CPG; ci0 += CB)
+              for (int64_t j0 = 0; j0 < kw; j0 += 3) {
+                const int64_t nj = std::min<int64_t>(3, kw - j0);
+                V acc[3][CB];
+                for (int64_t j = 0; j < 3; ++j)
+                  for (int c = 0; c < CB; ++c)
+                    acc[j][c] = j < nj ? vload(acc_mem + (((i * kw + j0 + j) * ncv + cv) * CPG + ci0 + c) * VL) : V{};
+                if (nj == 3) {
+                  for (int64_t ow = 0; ow < g.Wo; ++ow) {
+                    const V gv = vload(dyr + ow * C + cv * VL);
+                    const int64_t col = ow * g.sw + j0 * g.dw;
+                    for (int64_t j = 0; j < 3; ++j)
+                      for (int c = 0; c < CB; ++c)
+                        acc[j][c] += gv * operand<T, CPG>(row, col + j * g.dw, C, cv, ci0 + c);
+                  }
+                } else {
+                  for (int64_t ow = 0; ow < g.Wo; ++ow) {
+                    const V gv = vload(dyr + ow * C + cv * VL);
+                    const int64_t col = ow * g.sw + j0 * g.dw;
+                    for (int64_t j = 0; j < nj; ++j)
+                      for (int c = 0; c < CB; ++c)
+                        acc[j][c] += gv * operand<T, CPG>(row, col + j * g.dw, C, cv, ci0 + c);
+                  }
+                }
+                for (int64_t j = 0; j < nj; ++j)
+                  for (int c = 0; c < CB; ++c)
+                    vstore(acc_mem + (((i * kw + j0 + j) * ncv + cv) * CPG + ci0 + c) * VL, acc[j][c]);
+              }
+        }
+      }
+    }
+  }
+}
+
+}  // namespace CNNKIT_KERNEL_NS
+}  // namespace cnnkit::conv
