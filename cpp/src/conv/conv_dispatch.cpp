@@ -29,6 +29,17 @@ size_t elem(DType dt) { return dt == DType::f32 ? 4 : 8; }
 // Grouped direct kernel: few channels per group, where GEMMs per group would be tiny.
 bool grouped_direct(const Geom& g, DType dt = DType::f32) { return kernels().grouped_supported(dt, g); }
 
+// Depthwise on small NCHW planes: the per-plane kernels spend more on setting up a plane than on
+// the taps, so these run as NHWC kernels between SIMD layout transposes.
+bool dw_via_nhwc(const Geom& g) {
+  return !g.nhwc && g.depthwise() && g.K == g.C && g.H * g.W <= 100 && g.Ho * g.Wo <= 100;
+}
+
+void* scratch_of(DType dt, int slot, int64_t count) {
+  return dt == DType::f32 ? static_cast<void*>(scratch<float>(slot, count))
+                          : static_cast<void*>(scratch<double>(slot, count));
+}
+
 // The convolution whose forward pass is the input gradient of g (stride 1 only).
 Geom adjoint(const Geom& g) {
   Geom a = g;
@@ -75,11 +86,12 @@ void check_dims(const Geom& g) {
 const char* algorithm(const Geom& g, int pass) {
   if (pass == 1 && g.sh == 1 && g.sw == 1) {
     const Geom a = adjoint(g);
-    if (a.depthwise()) return g.nhwc ? "dw_direct_nhwc_adjoint" : "dw_direct_nchw_adjoint";
+    if (a.depthwise())
+      return g.nhwc ? "dw_direct_nhwc_adjoint" : dw_via_nhwc(a) ? "dw_direct_nhwc_adjoint+transpose" : "dw_direct_nchw_adjoint";
     return grouped_direct(a) ? (g.nhwc ? "grouped_direct_nhwc_adjoint" : "grouped_direct_nhwc_adjoint+transpose")
                              : "gemm_adjoint";
   }
-  if (g.depthwise()) return g.nhwc ? "dw_direct_nhwc" : "dw_direct_nchw";
+  if (g.depthwise()) return g.nhwc ? "dw_direct_nhwc" : dw_via_nhwc(g) ? "dw_direct_nhwc+transpose" : "dw_direct_nchw";
   if (grouped_direct(g)) return g.nhwc ? "grouped_direct_nhwc" : "grouped_direct_nhwc+transpose";
   if (pass == 1) return "gemm_col2im";  // (unreachable for grouped_direct shapes)
   const bool pointwise = g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.pt == 0 && g.pl == 0;
@@ -89,6 +101,15 @@ const char* algorithm(const Geom& g, int pass) {
 void forward(DType dt, const void* x, const void* w, const void* b, void* y, const Geom& g) {
   check_dims(g);
   if (g.N == 0 || g.K == 0 || g.Ho * g.Wo == 0) return;
+  if (dw_via_nhwc(g)) {
+    Geom t = g;
+    t.nhwc = true;
+    const void* xt = as_nhwc(dt, x, g.N, g.C, g.H * g.W, kXSlot);
+    void* yt = scratch_of(dt, kYSlot, g.N * g.K * g.Ho * g.Wo);
+    kernels().dw_forward(dt, xt, w, b, yt, t);
+    kernels().transpose(dt, yt, y, g.N, g.Ho * g.Wo, g.K);
+    return;
+  }
   if (g.depthwise()) return kernels().dw_forward(dt, x, w, b, y, g);
   if (grouped_direct(g, dt)) {
     if (g.nhwc) return kernels().grouped_forward(dt, x, w, b, y, g);
@@ -113,6 +134,15 @@ void backward_input(DType dt, const void* dy, const void* w, void* dx, const Geo
                                       : static_cast<const void*>(adjoint_weights(static_cast<const double*>(w), g));
     return forward(dt, dy, wa, nullptr, dx, a);
   }
+  if (dw_via_nhwc(g)) {
+    Geom t = g;
+    t.nhwc = true;
+    const void* dyt = as_nhwc(dt, dy, g.N, g.K, g.Ho * g.Wo, kXSlot);
+    void* dxt = scratch_of(dt, kYSlot, g.N * g.C * g.H * g.W);
+    kernels().dw_backward_input(dt, dyt, w, dxt, t);
+    kernels().transpose(dt, dxt, dx, g.N, g.H * g.W, g.C);
+    return;
+  }
   if (g.depthwise()) return kernels().dw_backward_input(dt, dy, w, dx, g);
   if (grouped_direct(g, dt)) {
     if (g.nhwc) return kernels().grouped_backward_input(dt, dy, w, dx, g);
@@ -136,6 +166,13 @@ void backward_weight(DType dt, const void* dy, const void* x, void* dw, void* db
     if (dw) std::memset(dw, 0, wcount * elem(dt));
     if (db) std::memset(db, 0, g.K * elem(dt));
     return;
+  }
+  if (dw_via_nhwc(g)) {
+    Geom t = g;
+    t.nhwc = true;
+    const void* xt = as_nhwc(dt, x, g.N, g.C, g.H * g.W, kXSlot);
+    const void* dyt = as_nhwc(dt, dy, g.N, g.K, g.Ho * g.Wo, kYSlot);
+    return kernels().dw_backward_weight(dt, dyt, xt, dw, db, t);
   }
   if (g.depthwise()) return kernels().dw_backward_weight(dt, dy, x, dw, db, g);
   if (grouped_direct(g, dt) && dw) {

@@ -7,7 +7,6 @@
 #include "conv_internal.h"
 #include "dw_nchw.h"
 #include "dw_nhwc.h"
-#include "dw_strip.h"
 #include "grouped_nhwc.h"
 #include "scratch.h"
 
@@ -46,8 +45,6 @@ void transpose(DType dt, const void* src, void* dst, int64_t N, int64_t A, int64
     transpose_t(static_cast<const double*>(src), static_cast<double*>(dst), N, A, B);
 }
 
-constexpr bool kDwNchwStrip = true;
-
 // Kernel-size specialisations: 3x3, 5x5 and 7x7 get unrolled taps, anything else the runtime loop.
 #define CNNKIT_DW_BY_K(fn, T, ...)                                              \
   do {                                                                          \
@@ -58,14 +55,11 @@ constexpr bool kDwNchwStrip = true;
     else fn<T, 0, 0>(__VA_ARGS__);                                              \
   } while (0)
 
-// The strip kernels: multiplier 1, both layouts (NCHW through in-register transposes).
-bool strip_ok(const Geom& g) { return g.K == g.C && (g.kh - 1) * g.dh + 1 <= 64 && (g.nhwc || kDwNchwStrip); }
+
 
 template <typename T>
 void dw_forward_t(const T* x, const T* w, const T* b, T* y, const Geom& g) {
-  if (strip_ok(g))
-    conv::dw_strip_forward(x, w, b, y, g);
-  else if (g.nhwc)
+  if (g.nhwc)
     CNNKIT_DW_BY_K(conv::dw_forward_nhwc, T, x, w, b, y, g);
   else
     CNNKIT_DW_BY_K(conv::dw_forward_nchw, T, x, w, b, y, g);
@@ -76,25 +70,22 @@ void dw_backward_weight_t(const T* dy, const T* x, T* dw, T* db, const Geom& g) 
   const int64_t k2 = g.kh * g.kw, K = g.K;
   // Pieces: (image) in NCHW, (image, band of output rows) in NHWC; each piece's partial sums are
   // written by one thread, then summed over pieces in order (in double).
-  const bool strip = strip_ok(g);
   const int64_t bands = g.nhwc ? (g.N >= 8 ? 1 : std::min<int64_t>(g.Ho, conv::ceil_div(8, g.N))) : 1;
-  const int64_t pieces = strip ? std::min<int64_t>(16, g.N * g.Ho) : g.N * bands;
-  T* part = conv::scratch<T>(conv::kXSlot, pieces * K * (k2 + 1));
+  const int64_t pieces = g.N * bands;
+  T* part = conv::scratch<T>(conv::kPartSlot, pieces * K * (k2 + 1));
   T* pw = part;
   T* pb = part + pieces * K * k2;
-  if (strip)
-    conv::dw_strip_weight_partials(dy, x, pw, pb, pieces, g);
-  else if (g.nhwc)
+  if (g.nhwc)
     CNNKIT_DW_BY_K(conv::dw_weight_partials_nhwc, T, dy, x, pw, pb, bands, g);
   else
     CNNKIT_DW_BY_K(conv::dw_weight_partials_nchw, T, dy, x, pw, pb, g);
-  // Plane-kernel (NCHW) partials are [n][k][tap]; strip and NHWC ones [piece][tap][k].
+  // NCHW partials are [n][k][tap], NHWC [piece][tap][k].
 #pragma omp parallel for schedule(static) num_threads(num_threads())
   for (int64_t k = 0; k < K; ++k) {
     if (dw)
       for (int64_t t = 0; t < k2; ++t) {
         double s = 0;
-        for (int64_t p = 0; p < pieces; ++p) s += double(strip || g.nhwc ? pw[(p * k2 + t) * K + k] : pw[(p * K + k) * k2 + t]);
+        for (int64_t p = 0; p < pieces; ++p) s += double(g.nhwc ? pw[(p * k2 + t) * K + k] : pw[(p * K + k) * k2 + t]);
         dw[k * k2 + t] = T(s);
       }
     if (db) {
@@ -115,14 +106,11 @@ void dw_forward(DType dt, const void* x, const void* w, const void* b, void* y, 
 }
 
 void dw_backward_input(DType dt, const void* dy, const void* w, void* dx, const Geom& g) {
-  const bool strip = strip_ok(g);
   if (dt == DType::f32) {
-    auto f = strip ? conv::dw_strip_backward_input<float>
-                   : g.nhwc ? conv::dw_backward_input_nhwc<float> : conv::dw_backward_input_nchw<float>;
+    auto f = g.nhwc ? conv::dw_backward_input_nhwc<float> : conv::dw_backward_input_nchw<float>;
     f(static_cast<const float*>(dy), static_cast<const float*>(w), static_cast<float*>(dx), g);
   } else {
-    auto f = strip ? conv::dw_strip_backward_input<double>
-                   : g.nhwc ? conv::dw_backward_input_nhwc<double> : conv::dw_backward_input_nchw<double>;
+    auto f = g.nhwc ? conv::dw_backward_input_nhwc<double> : conv::dw_backward_input_nchw<double>;
     f(static_cast<const double*>(dy), static_cast<const double*>(w), static_cast<double*>(dx), g);
   }
 }
@@ -171,7 +159,7 @@ void grouped_backward_weight_t(const T* dy, const T* x, T* dw, const Geom& g) {
   constexpr int64_t VL = conv::Vec<T>::n;
   const int64_t k2 = g.kh * g.kw, C = g.C, cpg = g.Cg(), ncv = C / VL;
   const int64_t pieces = std::min<int64_t>(8, g.N * g.Ho), psize = k2 * C * cpg;
-  T* part = conv::scratch<T>(conv::kAccSlot, pieces * psize);  // kXSlot may hold the transposed x
+  T* part = conv::scratch<T>(conv::kPartSlot, pieces * psize);
   CNNKIT_BY_CPG(conv::grouped_weight_partials_nhwc, T, dy, x, part, pieces, g);
 #pragma omp parallel for schedule(static) num_threads(num_threads())
   for (int64_t k = 0; k < C; ++k)

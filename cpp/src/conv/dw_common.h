@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+#include <utility>
 
 #include "cnnkit/common.h"
 
@@ -52,28 +53,35 @@ CNNKIT_HD T hsum(vec_t<T> v) {
 template <typename T>
 using ivec_t = typename std::conditional<sizeof(T) == 4, int32_t, int64_t>::type;
 
-// VL x VL block transpose in registers: log2(VL) rounds of two-input shuffles, each swapping the
-// off-diagonal s x s sub-blocks (s = VL/2, ..., 1).
-template <typename T>
-void transpose_block(const T* src, int64_t lds, T* dst, int64_t ldd) {
+// VL x VL block transpose in registers: log2(VL) rounds of two-input shuffles with constant
+// masks, each swapping the off-diagonal s x s sub-blocks (s = VL/2, ..., 1).
+template <typename V, int VL, int S, int... L>
+CNNKIT_HD V shuffle_lo(V a, V b, std::integer_sequence<int, L...>) {
+  return __builtin_shufflevector(a, b, ((L & S) ? VL + (L - S) : L)...);
+}
+template <typename V, int VL, int S, int... L>
+CNNKIT_HD V shuffle_hi(V a, V b, std::integer_sequence<int, L...>) {
+  return __builtin_shufflevector(a, b, ((L & S) ? VL + L : L + S)...);
+}
+template <typename T, int S>
+CNNKIT_HD void transpose_round(vec_t<T>* r) {
   constexpr int VL = Vec<T>::n;
   using V = vec_t<T>;
-  using IV = typename Vec<ivec_t<T>>::type;
-  V r[VL];
-  for (int i = 0; i < VL; ++i) r[i] = vload(src + i * lds);
-  for (int s = VL / 2; s >= 1; s /= 2) {
-    IV lo, hi;
-    for (int l = 0; l < VL; ++l) {
-      lo[l] = (l & s) ? VL + (l - s) : l;
-      hi[l] = (l & s) ? VL + l : l + s;
+  using Seq = std::make_integer_sequence<int, VL>;
+  for (int i = 0; i < VL; ++i)
+    if (!(i & S)) {
+      const V a = r[i], b = r[i + S];
+      r[i] = shuffle_lo<V, VL, S>(a, b, Seq{});
+      r[i + S] = shuffle_hi<V, VL, S>(a, b, Seq{});
     }
-    for (int i = 0; i < VL; ++i)
-      if (!(i & s)) {
-        const V a = r[i], b = r[i + s];
-        r[i] = __builtin_shuffle(a, b, lo);
-        r[i + s] = __builtin_shuffle(a, b, hi);
-      }
-  }
+  if constexpr (S > 1) transpose_round<T, S / 2>(r);
+}
+template <typename T>
+CNNKIT_HD void transpose_block(const T* src, int64_t lds, T* dst, int64_t ldd) {
+  constexpr int VL = Vec<T>::n;
+  vec_t<T> r[VL];
+  for (int i = 0; i < VL; ++i) r[i] = vload(src + i * lds);
+  transpose_round<T, VL / 2>(r);
   for (int i = 0; i < VL; ++i) vstore(dst + i * ldd, r[i]);
 }
 

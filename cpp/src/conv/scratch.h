@@ -37,7 +37,7 @@ T* scratch(int slot, size_t count) {
 
 // Slots. The calling thread's: kAdjointSlot (the transposed weights of an input gradient computed
 // as a forward pass), kWeightSlot (a kernel's own weight layout), kXSlot/kYSlot (layout
-// transposes). Each worker's: kColSlot, kAccSlot, kPlaneSlot, kRowSlot.
+// transposes), kPartSlot. Each worker's: kColSlot, kAccSlot, kPlaneSlot.
 constexpr int kAdjointSlot = 0;
 constexpr int kWeightSlot = 1;
 constexpr int kColSlot = 2;
@@ -45,7 +45,7 @@ constexpr int kAccSlot = 3;
 constexpr int kPlaneSlot = 4;
 constexpr int kXSlot = 5;
 constexpr int kYSlot = 6;
-constexpr int kRowSlot = 7;  // worker
+constexpr int kPartSlot = 7;  // calling thread: partial sums of a weight gradient
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
