@@ -59,7 +59,9 @@ void transpose(DType dt, const void* src, void* dst, int64_t N, int64_t A, int64
 
 template <typename T>
 void dw_forward_t(const T* x, const T* w, const T* b, T* y, const Geom& g) {
-  if (g.nhwc)
+  if (g.nhwc && g.K == g.C)
+    CNNKIT_DW_BY_K(conv::dw_forward_nhwc_padded, T, x, w, b, y, g);
+  else if (g.nhwc)
     CNNKIT_DW_BY_K(conv::dw_forward_nhwc, T, x, w, b, y, g);
   else
     CNNKIT_DW_BY_K(conv::dw_forward_nchw, T, x, w, b, y, g);
@@ -75,7 +77,9 @@ void dw_backward_weight_t(const T* dy, const T* x, T* dw, T* db, const Geom& g) 
   T* part = conv::scratch<T>(conv::kPartSlot, pieces * K * (k2 + 1));
   T* pw = part;
   T* pb = part + pieces * K * k2;
-  if (g.nhwc)
+  if (g.nhwc && g.K == g.C)
+    CNNKIT_DW_BY_K(conv::dw_weight_partials_nhwc_padded, T, dy, x, pw, pb, bands, g);
+  else if (g.nhwc)
     CNNKIT_DW_BY_K(conv::dw_weight_partials_nhwc, T, dy, x, pw, pb, bands, g);
   else
     CNNKIT_DW_BY_K(conv::dw_weight_partials_nchw, T, dy, x, pw, pb, g);

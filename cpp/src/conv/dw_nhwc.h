@@ -124,6 +124,154 @@ void dw_forward_nhwc(const T* x, const T* w, const T* b, T* y, const Geom& g) {
   }
 }
 
+// Zero-padded copy of input rows [r0, r1) of image xn: row r - r0 has Wp*C entries, column c
+// holding pixel c - pl (zeros outside the image).
+template <typename T>
+void pad_rows_nhwc(const T* xn, const Geom& g, int64_t r0, int64_t r1, int64_t Wp, T* buf) {
+  const int64_t C = g.C;
+  const int64_t lo = std::min(Wp, std::max<int64_t>(0, g.pl));
+  const int64_t hi = std::max(lo, std::min(Wp, g.pl + g.W));
+  for (int64_t r = r0; r < r1; ++r) {
+    T* d = buf + (r - r0) * Wp * C;
+    if (r < 0 || r >= g.H) {
+      std::fill(d, d + Wp * C, T(0));
+      continue;
+    }
+    std::fill(d, d + lo * C, T(0));
+    if (hi > lo) std::memcpy(d + lo * C, xn + (r * g.W + (lo - g.pl)) * C, (hi - lo) * C * sizeof(T));
+    std::fill(d + hi * C, d + Wp * C, T(0));
+  }
+}
+
+// NP output pixels of one row, all channels: acc = b + sum over taps of w * xp.
+template <typename T, int KH, int KW, int NP>
+CNNKIT_HD void dw_pad_block(const T* const* rows, T* yo, int64_t ow, const T* wt, const T* b, const Geom& g,
+                            int64_t kh, int64_t kw) {
+  constexpr int VL = Vec<T>::n;
+  using V = vec_t<T>;
+  const int64_t C = g.C, cv = C / VL * VL, xs = g.sw * C;
+  for (int64_t c = 0; c < cv; c += VL) {
+    V a[NP];
+    const V bv = b ? vload(b + c) : V{};
+    for (int p = 0; p < NP; ++p) a[p] = bv;
+    for (int64_t i = 0; i < kh; ++i) {
+      const T* xr = rows[i] + ow * xs + c;
+      for (int64_t j = 0; j < kw; ++j) {
+        const V wv = vload(wt + (i * kw + j) * C + c);
+        const T* q = xr + j * g.dw * C;
+        for (int p = 0; p < NP; ++p) a[p] += vload(q + p * xs) * wv;
+      }
+    }
+    for (int p = 0; p < NP; ++p) vstore(yo + p * C + c, a[p]);
+  }
+  for (int64_t c = cv; c < C; ++c)
+    for (int p = 0; p < NP; ++p) {
+      T a = b ? b[c] : T(0);
+      for (int64_t i = 0; i < kh; ++i)
+        for (int64_t j = 0; j < kw; ++j) a += rows[i][(ow + p) * xs + j * g.dw * C + c] * wt[(i * kw + j) * C + c];
+      yo[p * C + c] = a;
+    }
+}
+
+// Forward, multiplier 1, on zero-padded row bands (no edge cases in the inner loops).
+template <typename T, int KH, int KW>
+void dw_forward_nhwc_padded(const T* x, const T* w, const T* b, T* y, const Geom& g) {
+  const int64_t kh = KH ? KH : g.kh, kw = KW ? KW : g.kw, C = g.C;
+  const T* wt = dw_weights_tk(w, g);
+  const int64_t Wp = (g.Wo - 1) * g.sw + (kw - 1) * g.dw + 1;
+  const int64_t per_img = g.N >= 16 ? 1 : std::min<int64_t>(g.Ho, ceil_div(16, g.N));
+  const int64_t band = ceil_div(g.Ho, per_img), nb = ceil_div(g.Ho, band);
+  const int64_t max_rows = (band - 1) * g.sh + (kh - 1) * g.dh + 1;
+#pragma omp parallel num_threads(num_threads())
+  {
+    T* buf = scratch<T>(kPlaneSlot, max_rows * Wp * C);
+    const T** rows = reinterpret_cast<const T**>(scratch<char>(kColSlot, sizeof(T*) * kh));
+#pragma omp for schedule(static)
+    for (int64_t u = 0; u < g.N * nb; ++u) {
+      const int64_t n = u / nb, oh0 = (u % nb) * band, oh1 = std::min(g.Ho, oh0 + band);
+      const int64_t r0 = oh0 * g.sh - g.pt, r1 = (oh1 - 1) * g.sh + (kh - 1) * g.dh - g.pt + 1;
+      pad_rows_nhwc(x + n * g.H * g.W * C, g, r0, r1, Wp, buf);
+      for (int64_t oh = oh0; oh < oh1; ++oh) {
+        for (int64_t i = 0; i < kh; ++i) rows[i] = buf + (oh * g.sh + i * g.dh - g.pt - r0) * Wp * C;
+        T* yr = y + ((n * g.Ho + oh) * g.Wo) * C;
+        int64_t ow = 0;
+        for (; ow + 4 <= g.Wo; ow += 4) dw_pad_block<T, KH, KW, 4>(rows, yr + ow * C, ow, wt, b, g, kh, kw);
+        switch (g.Wo - ow) {
+          case 3: dw_pad_block<T, KH, KW, 3>(rows, yr + ow * C, ow, wt, b, g, kh, kw); break;
+          case 2: dw_pad_block<T, KH, KW, 2>(rows, yr + ow * C, ow, wt, b, g, kh, kw); break;
+          case 1: dw_pad_block<T, KH, KW, 1>(rows, yr + ow * C, ow, wt, b, g, kh, kw); break;
+          default: break;
+        }
+      }
+    }
+  }
+}
+
+// Weight-gradient partials (multiplier 1) on zero-padded row bands: piece (n, band) writes
+// pw[piece][tap][C] and pb[piece][C].
+template <typename T, int KH, int KW>
+void dw_weight_partials_nhwc_padded(const T* dy, const T* x, T* pw, T* pb, int64_t bands, const Geom& g) {
+  constexpr int VL = Vec<T>::n;
+  using V = vec_t<T>;
+  const int64_t kh = KH ? KH : g.kh, kw = KW ? KW : g.kw, k2 = kh * kw, C = g.C;
+  const int64_t Wp = (g.Wo - 1) * g.sw + (kw - 1) * g.dw + 1;
+  const int64_t band = ceil_div(g.Ho, bands);
+  const int64_t max_rows = (band - 1) * g.sh + (kh - 1) * g.dh + 1;
+  const int64_t cv = C / VL * VL;
+  constexpr int NA = KH && KW ? KH * KW : 1;
+#pragma omp parallel num_threads(num_threads())
+  {
+    T* buf = scratch<T>(kPlaneSlot, max_rows * Wp * C);
+    V* dyn_acc = reinterpret_cast<V*>(scratch<T>(kAccSlot, k2 * VL));
+#pragma omp for schedule(static)
+    for (int64_t u = 0; u < g.N * bands; ++u) {
+      const int64_t n = u / bands, oh0 = (u % bands) * band, oh1 = std::min(g.Ho, oh0 + band);
+      T* pwu = pw + u * k2 * C;
+      T* pbu = pb + u * C;
+      if (oh0 >= oh1) {
+        std::fill(pwu, pwu + k2 * C, T(0));
+        std::fill(pbu, pbu + C, T(0));
+        continue;
+      }
+      const int64_t r0 = oh0 * g.sh - g.pt, r1 = (oh1 - 1) * g.sh + (kh - 1) * g.dh - g.pt + 1;
+      pad_rows_nhwc(x + n * g.H * g.W * C, g, r0, r1, Wp, buf);
+      const T* dyn = dy + n * g.Ho * g.Wo * C;
+      for (int64_t c = 0; c < cv; c += VL) {
+        V accs[NA];
+        V* acc = (KH && KW) ? accs : dyn_acc;
+        for (int64_t t = 0; t < k2; ++t) acc[t] = V{};
+        V sb{};
+        for (int64_t oh = oh0; oh < oh1; ++oh) {
+          const T* xr = buf + (oh * g.sh - g.pt - r0) * Wp * C + c;
+          const T* dr = dyn + oh * g.Wo * C + c;
+          for (int64_t ow = 0; ow < g.Wo; ++ow) {
+            const V gv = vload(dr + ow * C);
+            sb += gv;
+            const T* q = xr + ow * g.sw * C;
+            for (int64_t i = 0; i < kh; ++i)
+              for (int64_t j = 0; j < kw; ++j) acc[i * kw + j] += gv * vload(q + (i * g.dh * Wp + j * g.dw) * C);
+          }
+        }
+        for (int64_t t = 0; t < k2; ++t) vstore(pwu + t * C + c, acc[t]);
+        vstore(pbu + c, sb);
+      }
+      for (int64_t c = cv; c < C; ++c) {
+        T sb = 0;
+        for (int64_t t = 0; t < k2; ++t) pwu[t * C + c] = 0;
+        for (int64_t oh = oh0; oh < oh1; ++oh)
+          for (int64_t ow = 0; ow < g.Wo; ++ow) {
+            const T gv = dyn[(oh * g.Wo + ow) * C + c];
+            sb += gv;
+            const T* q = buf + (oh * g.sh - g.pt - r0) * Wp * C + ow * g.sw * C + c;
+            for (int64_t i = 0; i < kh; ++i)
+              for (int64_t j = 0; j < kw; ++j) pwu[(i * kw + j) * C + c] += gv * q[(i * g.dh * Wp + j * g.dw) * C];
+          }
+        pbu[c] = sb;
+      }
+    }
+  }
+}
+
 // Input gradient by gather (any stride; used at stride > 1).
 template <typename T>
 void dw_backward_input_nhwc(const T* dy, const T* w, T* dx, const Geom& g) {
