@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <immintrin.h>
 #include <type_traits>
 #include <utility>
 
@@ -38,9 +39,16 @@ template <typename T>
 CNNKIT_HD void vstore(T* p, vec_t<T> v) {
   std::memcpy(p, &v, sizeof v);
 }
+// All lanes = s, as one broadcast (`{} + s` would cost a scalar add: 0 + s is not s for s = -0).
 template <typename T>
 CNNKIT_HD vec_t<T> vsplat(T s) {
-  return vec_t<T>{} + s;
+#if defined(__AVX512F__)
+  if constexpr (sizeof(T) == 4) return (vec_t<T>)_mm512_set1_ps(s); else return (vec_t<T>)_mm512_set1_pd(s);
+#elif defined(__AVX2__)
+  if constexpr (sizeof(T) == 4) return (vec_t<T>)_mm256_set1_ps(s); else return (vec_t<T>)_mm256_set1_pd(s);
+#else
+  if constexpr (sizeof(T) == 4) return (vec_t<T>)_mm_set1_ps(s); else return (vec_t<T>)_mm_set1_pd(s);
+#endif
 }
 // Sum of the lanes in a fixed order.
 template <typename T>

@@ -114,45 +114,65 @@ struct RowTap {
 
 // out[v * ostride + ...] for v in [0, nv): sum over taps and ci of operand(row, v*step + col_off)
 // * wt[tap]; plus bias.
-template <typename T, int CPG, int NP>
+// NP output pixels x NCV channel vectors (NCV = 2 only when both vectors are in one group, so a
+// broadcast operand feeds two FMAs).
+template <typename T, int CPG, int NP, int NCV>
 CNNKIT_HD void grouped_block(T* out, int64_t ostride, int64_t v, int64_t step, const RowTap* taps, int ntaps,
-                             const T* wt, vec_t<T> bias, int64_t C, int64_t cv) {
+                             const T* wt, const T* b, int64_t C, int64_t cv) {
   constexpr int VL = Vec<T>::n;
   using V = vec_t<T>;
   const int64_t ncv = C / VL;
-  V acc[NP];
-  for (int p = 0; p < NP; ++p) acc[p] = bias;
+  V acc[NCV][NP];
+  for (int q = 0; q < NCV; ++q) {
+    const V bias = b ? vload(b + (cv + q) * VL) : V{};
+    for (int p = 0; p < NP; ++p) acc[q][p] = bias;
+  }
   for (int t = 0; t < ntaps; ++t) {
     const T* row = static_cast<const T*>(taps[t].row);
     const T* wtp = wt + (taps[t].tap * ncv + cv) * CPG * VL;
     const int64_t c0 = v * step + taps[t].col_off;
     for (int ci = 0; ci < CPG; ++ci) {
-      const V wv = vload(wtp + ci * VL);
-      for (int p = 0; p < NP; ++p) acc[p] += operand<T, CPG>(row, c0 + p * step, C, cv, ci) * wv;
+      V wv[NCV];
+      for (int q = 0; q < NCV; ++q) wv[q] = vload(wtp + (q * CPG + ci) * VL);
+      for (int p = 0; p < NP; ++p) {
+        const V x = operand<T, CPG>(row, c0 + p * step, C, cv, ci);
+        for (int q = 0; q < NCV; ++q) acc[q][p] += x * wv[q];
+      }
     }
   }
-  for (int p = 0; p < NP; ++p) vstore(out + (v + p) * ostride + cv * VL, acc[p]);
+  for (int q = 0; q < NCV; ++q)
+    for (int p = 0; p < NP; ++p) vstore(out + (v + p) * ostride + (cv + q) * VL, acc[q][p]);
+}
+
+template <typename T, int CPG, int NCV, int PB>
+void grouped_row_blocks(T* out, int64_t ostride, int64_t nv, int64_t step, const RowTap* taps, int ntaps,
+                        const T* wt, const T* b, int64_t C, int64_t cv) {
+  int64_t v = 0;
+  for (; v + PB <= nv; v += PB) grouped_block<T, CPG, PB, NCV>(out, ostride, v, step, taps, ntaps, wt, b, C, cv);
+  // The rest in one block, so that no pixel runs on a single accumulator chain.
+  switch (nv - v) {
+    case 7: if constexpr (PB > 7) grouped_block<T, CPG, 7, NCV>(out, ostride, v, step, taps, ntaps, wt, b, C, cv); break;
+    case 6: if constexpr (PB > 6) grouped_block<T, CPG, 6, NCV>(out, ostride, v, step, taps, ntaps, wt, b, C, cv); break;
+    case 5: grouped_block<T, CPG, 5, NCV>(out, ostride, v, step, taps, ntaps, wt, b, C, cv); break;
+    case 4: grouped_block<T, CPG, 4, NCV>(out, ostride, v, step, taps, ntaps, wt, b, C, cv); break;
+    case 3: grouped_block<T, CPG, 3, NCV>(out, ostride, v, step, taps, ntaps, wt, b, C, cv); break;
+    case 2: grouped_block<T, CPG, 2, NCV>(out, ostride, v, step, taps, ntaps, wt, b, C, cv); break;
+    case 1: grouped_block<T, CPG, 1, NCV>(out, ostride, v, step, taps, ntaps, wt, b, C, cv); break;
+    default: break;
+  }
 }
 
 template <typename T, int CPG>
 void grouped_row(T* out, int64_t ostride, int64_t nv, int64_t step, const RowTap* taps, int ntaps, const T* wt,
                  const T* b, int64_t C) {
   constexpr int VL = Vec<T>::n;
-  using V = vec_t<T>;
-  constexpr int PB = 6;
   const int64_t ncv = C / VL;
-  for (int64_t cv = 0; cv < ncv; ++cv) {
-    const V bias = b ? vload(b + cv * VL) : V{};
-    int64_t v = 0;
-    for (; v + PB <= nv; v += PB) grouped_block<T, CPG, PB>(out, ostride, v, step, taps, ntaps, wt, bias, C, cv);
-    switch (nv - v) {  // the rest in one block, so that no pixel runs on a single accumulator chain
-      case 5: grouped_block<T, CPG, 5>(out, ostride, v, step, taps, ntaps, wt, bias, C, cv); break;
-      case 4: grouped_block<T, CPG, 4>(out, ostride, v, step, taps, ntaps, wt, bias, C, cv); break;
-      case 3: grouped_block<T, CPG, 3>(out, ostride, v, step, taps, ntaps, wt, bias, C, cv); break;
-      case 2: grouped_block<T, CPG, 2>(out, ostride, v, step, taps, ntaps, wt, bias, C, cv); break;
-      case 1: grouped_block<T, CPG, 1>(out, ostride, v, step, taps, ntaps, wt, bias, C, cv); break;
-      default: break;
-    }
+  if constexpr (CPG >= 2 * VL) {
+    for (int64_t cv = 0; cv < ncv; cv += 2)
+      grouped_row_blocks<T, CPG, 2, 6>(out, ostride, nv, step, taps, ntaps, wt, b, C, cv);
+  } else {
+    for (int64_t cv = 0; cv < ncv; ++cv)
+      grouped_row_blocks<T, CPG, 1, 8>(out, ostride, nv, step, taps, ntaps, wt, b, C, cv);
   }
 }
 
@@ -263,67 +283,91 @@ void grouped_backward_input_nhwc(const T* dy, const T* w, T* dx, const Geom& g) 
 }
 
 // Weight-gradient partials: piece p (a fixed range of the N*Ho output rows) accumulates into
-// part[p] laid out [tap][cv][ci][VL].
+// part[p] laid out [tap][cv][ci][VL]. The piece is walked in chunks of up to R output rows of one
+// image whose filled input rows fit in about 512 KiB; within a chunk, register accumulators for
+// (channel vectors) x (3 taps of a kernel row) x (in-group indices) run over the chunk's pixels.
 template <typename T, int CPG>
 void grouped_weight_partials_nhwc(const T* dy, const T* x, T* part, int64_t pieces, const Geom& g) {
   using Tr = GroupedTraits<T, CPG>;
   constexpr int VL = Tr::VL;
   using V = vec_t<T>;
-  constexpr int CB = CPG < 8 ? CPG : 8;  // in-group indices per register block
+  // Register block: NCV channel vectors (2 when both are in one group, so a broadcast operand
+  // feeds two FMAs) x 3 taps x CB in-group indices.
+  constexpr int NCV = CPG >= 2 * VL ? 2 : 1;
+  constexpr int CB = NCV == 2 ? 4 : (CPG < 8 ? CPG : 8);
   const int64_t C = g.C, kh = g.kh, kw = g.kw, k2 = kh * kw, ncv = C / VL;
   const int64_t width = (g.Wo - 1) * g.sw + (kw - 1) * g.dw + 1;
-  const int64_t slots = (kh - 1) * g.dh + 1;
   const int64_t pitch = width * Tr::col_elems(C);
   const int64_t rows = g.N * g.Ho, per = ceil_div(rows, pieces);
   const int64_t psize = k2 * C * CPG;
+  const int64_t span = (kh - 1) * g.dh + 1;  // input rows of one output row
+  const int64_t R = std::max<int64_t>(1, std::min<int64_t>(g.Ho, ((int64_t(1) << 17) / pitch - span) / g.sh + 1));
+  const int64_t max_in = (R - 1) * g.sh + span;
 #pragma omp parallel num_threads(num_threads())
   {
-    RowRing<T> ring;
-    ring.slots = slots;
-    ring.pitch = pitch;
-    ring.buf = scratch<T>(kPlaneSlot, slots * pitch);
+    T* buf = scratch<T>(kPlaneSlot, max_in * pitch);
+    const T** rowp = reinterpret_cast<const T**>(scratch<char>(kColSlot, sizeof(T*) * max_in));
 #pragma omp for schedule(dynamic, 1)
     for (int64_t p = 0; p < pieces; ++p) {
       T* acc_mem = part + p * psize;
       std::fill(acc_mem, acc_mem + psize, T(0));
-      ring.reset();
-      for (int64_t r = p * per; r < std::min(rows, (p + 1) * per); ++r) {
-        const int64_t n = r / g.Ho, oh = r % g.Ho;
+      const int64_t pr1 = std::min(rows, (p + 1) * per);
+      for (int64_t r = p * per; r < pr1;) {
+        const int64_t n = r / g.Ho, oh0 = r % g.Ho;
+        const int64_t oh1 = std::min({g.Ho, oh0 + R, oh0 + (pr1 - r)});
         const T* xn = x + n * g.H * g.W * C;
-        const T* dyr = dy + r * g.Wo * C;
-        for (int64_t i = 0; i < kh; ++i) {
-          const T* row = ring_row<T, CPG>(ring, xn, n, oh * g.sh + i * g.dh - g.pt, g.H, g.W, C, g.pl, width);
-          if (!row) continue;
-          for (int64_t cv = 0; cv < ncv; ++cv)
-            for (int ci0 = 0; ci0 < CPG; ci0 += CB)
+        const int64_t in0 = oh0 * g.sh - g.pt, in1 = (oh1 - 1) * g.sh + span - g.pt;
+        for (int64_t ir = in0; ir < in1; ++ir) {
+          if (ir < 0 || ir >= g.H) {
+            rowp[ir - in0] = nullptr;
+            continue;
+          }
+          T* dst = buf + (ir - in0) * pitch;
+          fill_row<T, CPG>(xn + ir * g.W * C, g.W, C, g.pl, width, dst);
+          rowp[ir - in0] = dst;
+        }
+        const T* dyc = dy + (n * g.Ho) * g.Wo * C;
+        for (int64_t cv = 0; cv < ncv; cv += NCV)
+          for (int ci0 = 0; ci0 < CPG; ci0 += CB)
+            for (int64_t i = 0; i < kh; ++i)
               for (int64_t j0 = 0; j0 < kw; j0 += 3) {
                 const int64_t nj = std::min<int64_t>(3, kw - j0);
-                V acc[3][CB];
-                for (int64_t j = 0; j < 3; ++j)
-                  for (int c = 0; c < CB; ++c)
-                    acc[j][c] = j < nj ? vload(acc_mem + (((i * kw + j0 + j) * ncv + cv) * CPG + ci0 + c) * VL) : V{};
-                if (nj == 3) {
-                  for (int64_t ow = 0; ow < g.Wo; ++ow) {
-                    const V gv = vload(dyr + ow * C + cv * VL);
-                    const int64_t col = ow * g.sw + j0 * g.dw;
-                    for (int64_t j = 0; j < 3; ++j)
-                      for (int c = 0; c < CB; ++c)
-                        acc[j][c] += gv * operand<T, CPG>(row, col + j * g.dw, C, cv, ci0 + c);
-                  }
-                } else {
-                  for (int64_t ow = 0; ow < g.Wo; ++ow) {
-                    const V gv = vload(dyr + ow * C + cv * VL);
-                    const int64_t col = ow * g.sw + j0 * g.dw;
-                    for (int64_t j = 0; j < nj; ++j)
-                      for (int c = 0; c < CB; ++c)
-                        acc[j][c] += gv * operand<T, CPG>(row, col + j * g.dw, C, cv, ci0 + c);
-                  }
+                auto at = [&](int q, int64_t j, int c) {
+                  return acc_mem + (((i * kw + j0 + j) * ncv + cv + q) * CPG + ci0 + c) * VL;
+                };
+                V acc[NCV][3][CB];
+                for (int q = 0; q < NCV; ++q)
+                  for (int64_t j = 0; j < 3; ++j)
+                    for (int c = 0; c < CB; ++c) acc[q][j][c] = j < nj ? vload(at(q, j, c)) : V{};
+                for (int64_t oh = oh0; oh < oh1; ++oh) {
+                  const T* row = rowp[oh * g.sh + i * g.dh - g.pt - in0];
+                  if (!row) continue;
+                  const T* dyr = dyc + oh * g.Wo * C + cv * VL;
+                  auto pixels = [&](auto njc) {
+                    constexpr int NJ = decltype(njc)::value;
+                    for (int64_t ow = 0; ow < g.Wo; ++ow) {
+                      V gv[NCV];
+                      for (int q = 0; q < NCV; ++q) gv[q] = vload(dyr + ow * C + q * VL);
+                      const int64_t col = ow * g.sw + j0 * g.dw;
+                      for (int j = 0; j < NJ; ++j)
+                        for (int c = 0; c < CB; ++c) {
+                          const V xo = operand<T, CPG>(row, col + j * g.dw, C, cv, ci0 + c);
+                          for (int q = 0; q < NCV; ++q) acc[q][j][c] += gv[q] * xo;
+                        }
+                    }
+                  };
+                  if (nj == 3)
+                    pixels(std::integral_constant<int, 3>{});
+                  else if (nj == 2)
+                    pixels(std::integral_constant<int, 2>{});
+                  else
+                    pixels(std::integral_constant<int, 1>{});
                 }
-                for (int64_t j = 0; j < nj; ++j)
-                  for (int c = 0; c < CB; ++c)
-                    vstore(acc_mem + (((i * kw + j0 + j) * ncv + cv) * CPG + ci0 + c) * VL, acc[j][c]);
+                for (int q = 0; q < NCV; ++q)
+                  for (int64_t j = 0; j < nj; ++j)
+                    for (int c = 0; c < CB; ++c) vstore(at(q, j, c), acc[q][j][c]);
               }
-        }
+        r += oh1 - oh0;
       }
     }
   }
