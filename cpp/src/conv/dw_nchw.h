@@ -37,33 +37,38 @@ inline PlaneGeo plane_geo(const Geom& g, int vl) {
 }
 
 // Zero-padded, phase-split copy of one input plane (rows of the padded plane r <-> ih = r - pt).
+// Short rows make library calls cost more than the copying, so the loops are inline.
 template <typename T>
 void build_plane(const T* src, const Geom& g, const PlaneGeo& p, T* buf) {
+  const int64_t lo = std::min(p.Wp, std::max<int64_t>(0, g.pl));
+  const int64_t hi = std::max(lo, std::min(p.Wp, g.pl + g.W));
+  T* tmp = buf + p.size();  // one padded row, for the phase split (scratch sized by the caller)
   for (int64_t r = 0; r < p.Hp; ++r) {
     const int64_t ih = r - g.pt;
     T* row = buf + r * p.sw * p.L;
     if (ih < 0 || ih >= g.H) {
-      std::fill(row, row + p.sw * p.L, T(0));
+      for (int64_t t = 0; t < p.sw * p.L; ++t) row[t] = T(0);
       continue;
     }
-    const T* s = src + ih * g.W;
-    if (p.sw == 1) {
-      const int64_t lo = std::min(p.L, std::max<int64_t>(0, g.pl));
-      const int64_t hi = std::max(lo, std::min(p.L, g.pl + g.W));
-      std::fill(row, row + lo, T(0));
-      if (hi > lo) std::memcpy(row + lo, s + (lo - g.pl), (hi - lo) * sizeof(T));
-      std::fill(row + hi, row + p.L, T(0));
-    } else {
-      for (int64_t ph = 0; ph < p.sw; ++ph) {
-        T* d = row + ph * p.L;
-        for (int64_t t = 0; t < p.L; ++t) {
-          const int64_t iw = t * p.sw + ph - g.pl;
-          d[t] = (iw >= 0 && iw < g.W && t * p.sw + ph < p.Wp) ? s[iw] : T(0);
-        }
+    const T* s = src + ih * g.W - g.pl;  // s[c] is padded column c
+    T* d = p.sw == 1 ? row : tmp;
+    for (int64_t c = 0; c < lo; ++c) d[c] = T(0);
+    for (int64_t c = lo; c < hi; ++c) d[c] = s[c];
+    const int64_t end = p.sw == 1 ? p.L : p.sw * p.L;
+    for (int64_t c = hi; c < end; ++c) d[c] = T(0);
+    if (p.sw == 2) {
+      T* e = row;
+      T* o = row + p.L;
+      for (int64_t t = 0; t < p.L; ++t) {
+        e[t] = tmp[2 * t];
+        o[t] = tmp[2 * t + 1];
       }
+    } else if (p.sw > 2) {
+      for (int64_t ph = 0; ph < p.sw; ++ph)
+        for (int64_t t = 0; t < p.L; ++t) row[ph * p.L + t] = tmp[t * p.sw + ph];
     }
   }
-  std::fill(buf + p.Hp * p.sw * p.L, buf + p.size(), T(0));
+  for (int64_t t = p.Hp * p.sw * p.L; t < p.size(); ++t) buf[t] = T(0);
 }
 
 template <typename T, int KH, int KW>
@@ -78,7 +83,7 @@ void dw_forward_nchw(const T* x, const T* w, const T* b, T* y, const Geom& g) {
 #pragma omp parallel for schedule(static) num_threads(num_threads())
   for (int64_t u = 0; u < g.N * g.C; ++u) {
     const int64_t n = u / g.C, c = u % g.C;
-    T* buf = scratch<T>(kPlaneSlot, pg.size());
+    T* buf = scratch<T>(kPlaneSlot, pg.size() + pg.sw * pg.L);
     build_plane(x + u * HW, g, pg, buf);
     for (int64_t q = 0; q < m; ++q) {
       const int64_t k = c * m + q;
@@ -113,7 +118,11 @@ void dw_forward_nchw(const T* x, const T* w, const T* b, T* y, const Geom& g) {
             for (int64_t j = 0; j < kw; ++j) a0 += wtap(i * kw + j) * vload(base + i * rs + j * g.dw);
           vstore(yb + t * VL, a0);
         }
-        for (int64_t oh = 0; oh < g.Ho; ++oh) std::memcpy(yp + oh * g.Wo, yb + oh * pg.L, g.Wo * sizeof(T));
+        for (int64_t oh = 0; oh < g.Ho; ++oh) {
+          T* d = yp + oh * g.Wo;
+          const T* src = yb + oh * pg.L;
+          for (int64_t t = 0; t < g.Wo; ++t) d[t] = src[t];
+        }
       } else {
         const int64_t nvec = ceil_div(g.Wo, VL);
         for (int64_t oh = 0; oh < g.Ho; ++oh) {
@@ -155,7 +164,7 @@ void dw_weight_partials_nchw(const T* dy, const T* x, T* pw, T* pb, const Geom& 
 #pragma omp parallel for schedule(static) num_threads(num_threads())
   for (int64_t u = 0; u < g.N * g.C; ++u) {
     const int64_t n = u / g.C, c = u % g.C;
-    T* buf = scratch<T>(kPlaneSlot, pg.size());
+    T* buf = scratch<T>(kPlaneSlot, pg.size() + pg.sw * pg.L);
     build_plane(x + u * HW, g, pg, buf);
     for (int64_t q = 0; q < m; ++q) {
       const int64_t k = c * m + q;
@@ -167,8 +176,12 @@ void dw_weight_partials_nchw(const T* dy, const T* x, T* pw, T* pb, const Geom& 
       V sb{};
       if (flat) {
         T* df = scratch<T>(kColSlot, nv * VL);
-        std::fill(df, df + nv * VL, T(0));
-        for (int64_t oh = 0; oh < g.Ho; ++oh) std::memcpy(df + oh * pg.L, dyp + oh * g.Wo, g.Wo * sizeof(T));
+        for (int64_t t = 0; t < nv * VL; ++t) df[t] = T(0);
+        for (int64_t oh = 0; oh < g.Ho; ++oh) {
+          T* d = df + oh * pg.L;
+          const T* src = dyp + oh * g.Wo;
+          for (int64_t t = 0; t < g.Wo; ++t) d[t] = src[t];
+        }
         const int64_t rs = g.dh * pg.L;
         for (int64_t t = 0; t < nv; ++t) {
           const V gv = vload(df + t * VL);
