@@ -195,8 +195,12 @@ void dw_forward_nhwc_padded(const T* x, const T* w, const T* b, T* y, const Geom
         for (int64_t i = 0; i < kh; ++i) rows[i] = buf + (oh * g.sh + i * g.dh - g.pt - r0) * Wp * C;
         T* yr = y + ((n * g.Ho + oh) * g.Wo) * C;
         int64_t ow = 0;
-        for (; ow + 4 <= g.Wo; ow += 4) dw_pad_block<T, KH, KW, 4>(rows, yr + ow * C, ow, wt, b, g, kh, kw);
-        switch (g.Wo - ow) {
+        for (; ow + 8 <= g.Wo; ow += 8) dw_pad_block<T, KH, KW, 8>(rows, yr + ow * C, ow, wt, b, g, kh, kw);
+        switch (g.Wo - ow) {  // the rest in one block
+          case 7: dw_pad_block<T, KH, KW, 7>(rows, yr + ow * C, ow, wt, b, g, kh, kw); break;
+          case 6: dw_pad_block<T, KH, KW, 6>(rows, yr + ow * C, ow, wt, b, g, kh, kw); break;
+          case 5: dw_pad_block<T, KH, KW, 5>(rows, yr + ow * C, ow, wt, b, g, kh, kw); break;
+          case 4: dw_pad_block<T, KH, KW, 4>(rows, yr + ow * C, ow, wt, b, g, kh, kw); break;
           case 3: dw_pad_block<T, KH, KW, 3>(rows, yr + ow * C, ow, wt, b, g, kh, kw); break;
           case 2: dw_pad_block<T, KH, KW, 2>(rows, yr + ow * C, ow, wt, b, g, kh, kw); break;
           case 1: dw_pad_block<T, KH, KW, 1>(rows, yr + ow * C, ow, wt, b, g, kh, kw); break;

@@ -33,9 +33,24 @@ def _load_blas() -> None:
     """Register scipy-openblas32's cblas_sgemm/dgemm with the compiled core (once, at import)."""
     if _core.conv_have_blas():
         return
-    import scipy_openblas32
+    import importlib
+    import os
 
-    lib = ctypes.CDLL(scipy_openblas32.get_lib_dir() + "/lib" + scipy_openblas32.get_library() + ".so")
+    # cnnkit calls GEMM single-threaded from its own OpenMP loops. Loading the library with
+    # OPENBLAS_NUM_THREADS=1 keeps it from starting a thread pool whose idle threads spin on the
+    # cores cnnkit is using (read once, when the library initialises, which importing
+    # scipy_openblas32 does).
+    saved = os.environ.get("OPENBLAS_NUM_THREADS")
+    os.environ["OPENBLAS_NUM_THREADS"] = "1"
+    try:
+        scipy_openblas32 = importlib.import_module("scipy_openblas32")
+        path = scipy_openblas32.get_lib_dir() + "/lib" + scipy_openblas32.get_library() + ".so"
+        lib = ctypes.CDLL(path)
+    finally:
+        if saved is None:
+            del os.environ["OPENBLAS_NUM_THREADS"]
+        else:
+            os.environ["OPENBLAS_NUM_THREADS"] = saved
     prefix = "scipy_"
 
     def addr(name: str) -> int:
