@@ -647,6 +647,19 @@ def test_depthwise_separable_is_two_conv2d_calls(layout, dtype, rng):
                        length=length, steps=steps, factor=2, what="fused vs two conv2d calls")
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_depthwise_separable_in_chunks_matches_reference(layout, dtype, rng, monkeypatch):
+    """The pair runs over chunks of images (the fused path); force one image per chunk."""
+    import cnnkit.ops.conv as conv_mod
+
+    monkeypatch.setattr(conv_mod, "_SEPARABLE_CHUNK_BYTES", 1)
+    geo = DWGeo(3, 8, 2, 12, 9, 8, 3, 3, 2, 1)
+    c = make_dw_case(rng, geo, layout, dtype)
+    check_dw_forward(c)
+    check_dw_backward(c)
+
+
 def test_equivalent_spellings_give_the_same_bits(rng):
     """int vs pair, "valid" vs 0, "same" vs k//2 for an odd kernel, default arguments."""
     x = rng.standard_normal((2, 6, 9, 8)).astype(F32)

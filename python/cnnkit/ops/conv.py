@@ -390,18 +390,39 @@ def _separable_checks(x, dw_weight, pw_weight, layout, dw_bias=None, pw_bias=Non
     return C
 
 
+# The depthwise-separable pair runs over chunks of images whose intermediate (depthwise output)
+# stays about this size, so it is consumed from cache instead of making a round trip through memory.
+_SEPARABLE_CHUNK_BYTES = 4 << 20
+
+
+def _image_chunks(N: int, bytes_per_image: int):
+    per = max(1, _SEPARABLE_CHUNK_BYTES // max(1, bytes_per_image))
+    return [(i, min(N, i + per)) for i in range(0, N, per)]
+
+
 def depthwise_separable_conv2d(x, dw_weight, pw_weight, dw_bias=None, pw_bias=None, stride=1, padding=0,
                                dilation=1, *, layout="NCHW"):
     """Depthwise convolution then pointwise (1x1) convolution.
 
     ``y = conv2d(conv2d(x, dw_weight, dw_bias, stride, padding, dilation, groups=C_in), pw_weight, pw_bias)``
     with ``dw_weight`` ``(m*C_in, 1, kH, kW)`` and ``pw_weight`` ``(C_out, m*C_in, 1, 1)``.
-    The two passes run back to back on cnnkit's depthwise and pointwise kernels; the intermediate
-    is a full-size array (no fusion yet).
+
+    Fused by tiling: the batch runs in chunks of images whose depthwise output is about 4 MiB, so
+    the intermediate is read back from cache by the pointwise GEMM instead of travelling through
+    memory at full size.
     """
     C = _separable_checks(x, dw_weight, pw_weight, layout, dw_bias, pw_bias)
-    t = conv2d(x, dw_weight, dw_bias, stride, padding, dilation, C, layout=layout)
-    return conv2d(t, pw_weight, pw_bias, layout=layout)
+    g = _Geom(x.shape, dw_weight.shape, stride, padding, dilation, C, layout, x.dtype)
+    y_shape = _Geom(g.y_shape(), pw_weight.shape, 1, 0, 1, 1, layout, x.dtype).y_shape()
+    y = np.empty(y_shape, x.dtype)
+    x = _contig(x)
+    chunks = _image_chunks(g.N, g.K * g.Ho * g.Wo * x.itemsize)
+    t = np.empty((chunks[0][1] - chunks[0][0],) + g.y_shape()[1:], x.dtype)
+    for a, b in chunks:
+        tc = t[: b - a]
+        conv2d(x[a:b], dw_weight, dw_bias, stride, padding, dilation, C, layout=layout, out=tc)
+        conv2d(tc, pw_weight, pw_bias, layout=layout, out=y[a:b])
+    return y
 
 
 def depthwise_separable_conv2d_backward(grad_out, x, dw_weight, pw_weight, dw_bias=None, stride=1, padding=0,
@@ -409,10 +430,33 @@ def depthwise_separable_conv2d_backward(grad_out, x, dw_weight, pw_weight, dw_bi
     """Gradients of :func:`depthwise_separable_conv2d`.
 
     Returns ``(grad_x, grad_dw_weight, grad_pw_weight, grad_dw_bias, grad_pw_bias)``. The
-    intermediate (depthwise output, with ``dw_bias``) is recomputed.
+    intermediate (depthwise output, with ``dw_bias``) is recomputed chunk by chunk as in the
+    forward pass; weight and bias gradients are summed over the chunks in order (the chunks depend
+    on the shape only, so results do not depend on the thread count).
     """
     C = _separable_checks(x, dw_weight, pw_weight, layout, dw_bias)
-    t = conv2d(x, dw_weight, dw_bias, stride, padding, dilation, C, layout=layout)
-    gt, gpw, gpb = conv2d_backward(grad_out, t, pw_weight, layout=layout)
-    gx, gdw, gdb = conv2d_backward(gt, x, dw_weight, stride, padding, dilation, C, layout=layout)
+    g = _Geom(x.shape, dw_weight.shape, stride, padding, dilation, C, layout, x.dtype)
+    pg = _Geom(g.y_shape(), pw_weight.shape, 1, 0, 1, 1, layout, x.dtype)
+    _float_array(grad_out, "grad_out")
+    _same_dtype(grad_out, "grad_out", x.dtype)
+    if tuple(grad_out.shape) != pg.y_shape():
+        raise ValueError(f"grad_out: expected the output shape {pg.y_shape()}, got {grad_out.shape}")
+    x, grad_out = _contig(x), _contig(grad_out)
+    chunks = _image_chunks(g.N, g.K * g.Ho * g.Wo * x.itemsize)
+    n0 = chunks[0][1] - chunks[0][0]
+    t = np.empty((n0,) + g.y_shape()[1:], x.dtype)
+    gt = np.empty_like(t)
+    gx = np.empty(x.shape, x.dtype)
+    sums = [np.zeros(dw_weight.shape, x.dtype), np.zeros(pw_weight.shape, x.dtype),
+            np.zeros(g.K, x.dtype), np.zeros(pg.K, x.dtype)]
+    parts = [np.empty_like(a) for a in sums]
+    for a, b in chunks:
+        tc, gtc = t[: b - a], gt[: b - a]
+        conv2d(x[a:b], dw_weight, dw_bias, stride, padding, dilation, C, layout=layout, out=tc)
+        conv2d_backward(grad_out[a:b], tc, pw_weight, layout=layout, out=(gtc, parts[1], parts[3]))
+        conv2d_backward(gtc, x[a:b], dw_weight, stride, padding, dilation, C, layout=layout,
+                        out=(gx[a:b], parts[0], parts[2]))
+        for s_, p_ in zip(sums, parts):
+            s_ += p_
+    gdw, gpw, gdb, gpb = sums
     return gx, gdw, gpw, gdb, gpb
