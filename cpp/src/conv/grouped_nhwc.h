@@ -3,12 +3,13 @@
 //
 // Vectors hold VL consecutive output channels. Output lane l (channel k = cv*VL + l) needs, for
 // each in-group index ci, the input channel group(k)*CPG + ci of the same pixel:
-//   CPG <  VL: the lane's group changes inside the vector, so each input row is "expanded" once
-//              into CPG permuted copies (copy ci has lane l = x[(l/CPG)*CPG + ci]); a tap is then
-//              one plain vector load per ci;
-//   CPG >= VL: the whole vector is one group and the operand is a broadcast of x[group*CPG + ci].
-// Input rows are kept zero-padded along W in a small ring cache (a row is expanded once and
-// reused by the kh output rows that read it), so the inner loops have no bounds checks.
+//   CPG <  VL: the lane's group changes inside the vector; the operand is copy ci of the input
+//              vector of the same VL channels, lane l taking lane (l/CPG)*CPG + ci (one constant
+//              in-register shuffle per FMA, no extra memory traffic);
+//   CPG >= VL: the whole vector is one group and the operand is a broadcast of x[group*CPG + ci]
+//              (an FMA with an embedded broadcast); two channel vectors of one group share it.
+// Input rows are kept zero-padded along W in a small ring cache (a row is padded once and reused
+// by the kh output rows that read it), so the inner loops have no bounds checks.
 //   forward:       y[pix][k] = b[k] + sum over taps (i, j) and ci of operand * w[k, ci, i, j]
 //   input grad at stride > 1: the same gather over the padded dy rows, one column phase of dx at a
 //                  time, with the taps that land on it (stride 1 is the adjoint forward);
@@ -29,9 +30,7 @@ inline namespace CNNKIT_KERNEL_NS {
 template <typename T, int CPG>
 struct GroupedTraits {
   static constexpr int VL = Vec<T>::n;
-  static constexpr bool expand = CPG < VL;
-  // Elements per padded row column: expanded CPG copies of every channel, or the channels.
-  static int64_t col_elems(int64_t C) { return expand ? C * CPG : C; }
+  static constexpr bool permute = CPG < VL;  // else broadcast
 };
 
 // Row cache: slot s holds padded source row `tag[s]` (of image tag_n[s]).
@@ -46,48 +45,53 @@ struct RowRing {
   }
 };
 
-// Pads (left zeros, `width` columns) and, for CPG < VL, expands one source row of `C` channels.
-// Column c holds source pixel c - left (zero outside [0, Wsrc)).
+// Pads one source row of `C` channels: column c holds source pixel c - left (zeros outside
+// [0, Wsrc)), `width` columns.
 template <typename T, int CPG>
 void fill_row(const T* src, int64_t Wsrc, int64_t C, int64_t left, int64_t width, T* dst) {
-  using Tr = GroupedTraits<T, CPG>;
-  constexpr int VL = Tr::VL;
-  const int64_t ce = Tr::col_elems(C);
-  using IV = typename Vec<ivec_t<T>>::type;
-  IV idx[CPG];  // lane l of copy ci reads lane (l / CPG) * CPG + ci
-  for (int ci = 0; ci < CPG; ++ci)
-    for (int l = 0; l < VL; ++l) idx[ci][l] = (l / CPG) * CPG + ci;
-  for (int64_t c = 0; c < width; ++c) {
-    const int64_t iw = c - left;
-    T* d = dst + c * ce;
-    if (iw < 0 || iw >= Wsrc) {
-      std::fill(d, d + ce, T(0));
-      continue;
-    }
-    const T* s = src + iw * C;
-    if constexpr (Tr::expand) {
-      for (int64_t cv = 0; cv < C; cv += VL) {
-        const vec_t<T> xv = vload(s + cv);
-        for (int ci = 0; ci < CPG; ++ci) vstore(d + (cv * CPG) + ci * VL, __builtin_shuffle(xv, idx[ci]));
-      }
-    } else {
-      std::memcpy(d, s, C * sizeof(T));
-    }
-  }
+  const int64_t lo = std::min(width, std::max<int64_t>(0, left));
+  const int64_t hi = std::max(lo, std::min(width, left + Wsrc));
+  std::fill(dst, dst + lo * C, T(0));
+  if (hi > lo) std::memcpy(dst + lo * C, src + (lo - left) * C, (hi - lo) * C * sizeof(T));
+  std::fill(dst + hi * C, dst + width * C, T(0));
 }
 
-// The operand of output channel vector cv (channels cv*VL ..), in-group index ci, at padded
-// column `col` of a filled row.
+// The broadcast operand (CPG >= VL) of channel vector cv, in-group index ci, at padded column
+// `col` of a filled row.
 template <typename T, int CPG>
 CNNKIT_HD vec_t<T> operand(const T* row, int64_t col, int64_t C, int64_t cv, int ci) {
-  using Tr = GroupedTraits<T, CPG>;
-  constexpr int VL = Tr::VL;
-  if constexpr (Tr::expand) {
-    return vload(row + col * C * CPG + cv * VL * CPG + ci * VL);
-  } else {
-    const int64_t grp = (cv * VL) / CPG;
-    return vsplat<T>(row[col * C + grp * CPG + ci]);
-  }
+  constexpr int VL = Vec<T>::n;
+  const int64_t grp = (cv * VL) / CPG;
+  return vsplat<T>(row[col * C + grp * CPG + ci]);
+}
+
+// Lane l of copy CI of an input vector: lane (l / CPG) * CPG + CI (a constant shuffle).
+template <typename T, int CPG, int CI, int... L>
+CNNKIT_HD vec_t<T> lane_copy(vec_t<T> x, std::integer_sequence<int, L...>) {
+  return __builtin_shufflevector(x, x, ((L / CPG) * CPG + CI)...);
+}
+template <typename T, int CPG, int CI>
+CNNKIT_HD vec_t<T> lane_copy(vec_t<T> x) {
+  return lane_copy<T, CPG, CI>(x, std::make_integer_sequence<int, Vec<T>::n>{});
+}
+
+// acc[p] += copy_CI(xv[p]) * w[CI] for every in-group index CI.
+template <typename T, int CPG, int NP, int... CI>
+CNNKIT_HD void permute_fma(vec_t<T> (&acc)[NP], const vec_t<T> (&xv)[NP], const T* wtp,
+                           std::integer_sequence<int, CI...>) {
+  constexpr int VL = Vec<T>::n;
+  auto one = [&](auto cic) {
+    constexpr int c = decltype(cic)::value;
+    const vec_t<T> wv = vload(wtp + c * VL);
+    for (int p = 0; p < NP; ++p) acc[p] += lane_copy<T, CPG, c>(xv[p]) * wv;
+  };
+  (one(std::integral_constant<int, CI>{}), ...);
+}
+
+// acc[CI] += g * copy_CI(xv) for every in-group index CI (the weight gradient's inner step).
+template <typename T, int CPG, int... CI>
+CNNKIT_HD void permute_fma_copies(vec_t<T>* acc, vec_t<T> g, vec_t<T> xv, std::integer_sequence<int, CI...>) {
+  ((acc[CI] += g * lane_copy<T, CPG, CI>(xv)), ...);
 }
 
 // Weights as wt[tap][cv][ci][VL]: lane l of (tap, cv, ci) is w[cv*VL + l, ci, tap] (forward), or,
@@ -131,6 +135,13 @@ CNNKIT_HD void grouped_block(T* out, int64_t ostride, int64_t v, int64_t step, c
     const T* row = static_cast<const T*>(taps[t].row);
     const T* wtp = wt + (taps[t].tap * ncv + cv) * CPG * VL;
     const int64_t c0 = v * step + taps[t].col_off;
+    if constexpr (GroupedTraits<T, CPG>::permute) {
+      static_assert(NCV == 1, "permuted operands come one channel vector at a time");
+      V xv[NP];
+      for (int p = 0; p < NP; ++p) xv[p] = vload(row + (c0 + p * step) * C + cv * VL);
+      permute_fma<T, CPG, NP>(acc[0], xv, wtp, std::make_integer_sequence<int, CPG>{});
+      continue;
+    }
     for (int ci = 0; ci < CPG; ++ci) {
       V wv[NCV];
       for (int q = 0; q < NCV; ++q) wv[q] = vload(wtp + (q * CPG + ci) * VL);
@@ -199,7 +210,7 @@ void grouped_forward_nhwc(const T* x, const T* w, const T* b, T* y, const Geom& 
   const T* wt = grouped_weights<T, CPG>(w, g, false);
   const int64_t width = (g.Wo - 1) * g.sw + (kw - 1) * g.dw + 1;
   const int64_t slots = (kh - 1) * g.dh + 1;
-  const int64_t pitch = width * Tr::col_elems(C);
+  const int64_t pitch = width * C;
   // Work items: bands of output rows (the ring makes each input row filled about once per band).
   const int64_t rows = g.N * g.Ho, band = std::max<int64_t>(1, std::min<int64_t>(g.Ho, ceil_div(rows, 16)));
   const int64_t nb = ceil_div(rows, band);
@@ -237,7 +248,7 @@ void grouped_backward_input_nhwc(const T* dy, const T* w, T* dx, const Geom& g) 
   const int64_t PADL = ceil_div((kw - 1) * g.dw, sw) + 1;
   const int64_t width = PADL + std::max(g.Wo, ceil_div(g.W + g.pl, sw) + 1) + 1;
   const int64_t slots = (kh - 1) * g.dh + 1;
-  const int64_t pitch = width * Tr::col_elems(C);
+  const int64_t pitch = width * C;
   const int64_t rows = g.N * g.H, band = std::max<int64_t>(1, std::min<int64_t>(g.H, ceil_div(rows, 16)));
   const int64_t nb = ceil_div(rows, band);
 #pragma omp parallel num_threads(num_threads())
@@ -297,7 +308,7 @@ void grouped_weight_partials_nhwc(const T* dy, const T* x, T* part, int64_t piec
   constexpr int CB = NCV == 2 ? 4 : (CPG < 8 ? CPG : 8);
   const int64_t C = g.C, kh = g.kh, kw = g.kw, k2 = kh * kw, ncv = C / VL;
   const int64_t width = (g.Wo - 1) * g.sw + (kw - 1) * g.dw + 1;
-  const int64_t pitch = width * Tr::col_elems(C);
+  const int64_t pitch = width * C;
   const int64_t rows = g.N * g.Ho, per = ceil_div(rows, pieces);
   const int64_t psize = k2 * C * CPG;
   const int64_t span = (kh - 1) * g.dh + 1;  // input rows of one output row
@@ -349,11 +360,18 @@ void grouped_weight_partials_nhwc(const T* dy, const T* x, T* part, int64_t piec
                       V gv[NCV];
                       for (int q = 0; q < NCV; ++q) gv[q] = vload(dyr + ow * C + q * VL);
                       const int64_t col = ow * g.sw + j0 * g.dw;
-                      for (int j = 0; j < NJ; ++j)
-                        for (int c = 0; c < CB; ++c) {
-                          const V xo = operand<T, CPG>(row, col + j * g.dw, C, cv, ci0 + c);
-                          for (int q = 0; q < NCV; ++q) acc[q][j][c] += gv[q] * xo;
+                      for (int j = 0; j < NJ; ++j) {
+                        if constexpr (Tr::permute) {
+                          static_assert(NCV == 1 && CB == CPG, "one block of all in-group indices");
+                          const V xv = vload(row + (col + j * g.dw) * C + cv * VL);
+                          permute_fma_copies<T, CPG>(acc[0][j], gv[0], xv, std::make_integer_sequence<int, CPG>{});
+                        } else {
+                          for (int c = 0; c < CB; ++c) {
+                            const V xo = operand<T, CPG>(row, col + j * g.dw, C, cv, ci0 + c);
+                            for (int q = 0; q < NCV; ++q) acc[q][j][c] += gv[q] * xo;
+                          }
                         }
+                      }
                     }
                   };
                   if (nj == 3)
