@@ -103,7 +103,8 @@ def test_cli_bench_conv_quick_smoke(extra, capsys, tmp_path):
     from cnnkit.bench import conv
     path = tmp_path / "conv.json"
     argv = ["bench", "conv", "--quick", "--batch", "1", "--repeats", "1", "--warmup", "0",
-            "--stream-mib", "4", "--gemm-size", "128", "--probe-reps", "1", "--json", str(path)]
+            "--stream-mib", "4", "--gemm-size", "128", "--probe-reps", "1", "--inner", "2",
+            "--json", str(path)]
     assert cli.main(argv + extra) == 0
     text = capsys.readouterr().out
     assert "reference check: every timed cnnkit call" in text
@@ -114,6 +115,7 @@ def test_cli_bench_conv_quick_smoke(extra, capsys, tmp_path):
     names = [n for n in conv.QUICK_SHAPES
              if not extra or not n.startswith("resnext")]
     assert [r["name"] for r in doc["results"]] == names
+    assert all(set(r["inner"].values()) == {2} for r in doc["results"])
     for name in names:
         assert name in text
     for r in doc["summary"]:

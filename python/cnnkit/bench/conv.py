@@ -53,7 +53,10 @@ Per shape, each pass is a *block*: one call of each cnnkit variant (layout x reu
 torch layout and the NumPy baseline, then a STREAM probe of the block's roof kernel. One round
 runs every block; odd rounds run in reverse order, probe first. This VM's bandwidth drifts by
 1.5x between minutes, so every ratio is computed within a round and the tables show the median
-over rounds; the millisecond columns are plain medians.
+over rounds; the millisecond columns are plain medians. A pass that moves less than 64 MiB (the
+14x14 and 7x7 layers, every layer at a small batch) is timed as several back-to-back calls per
+sample (at most 16): a single call right after the probe, or after another implementation, finds
+the caches cold, and the order within a round then decides the time.
 """
 from __future__ import annotations
 
@@ -120,8 +123,12 @@ NEEDS = ("input", "weight")
 QUICK_SHAPES = ("mbv2 dw C144 56 s2", "mbv2 dw C384 14 s1", "resnext g32 C512 14",
                 "resnet 3x3 64 56", "mbv2 1x1 144->24 56")
 QUICK_BATCH = 2
-MIN_CALL_ELEMS = 2_000_000     # shapes with fewer x + y elements loop several calls per sample
-MAX_INNER = 64
+QUICK_MAX_INNER = 3
+# A pass whose minimum bytes are under INNER_BYTES runs ceil(INNER_BYTES / bytes) calls back to
+# back per timed sample (at most MAX_INNER): the first call after a STREAM probe or another
+# implementation finds cold caches, and on cache-sized layers that alone decides the time.
+INNER_BYTES = 64 << 20
+MAX_INNER = 16
 
 # Targets (issue: conv, on this machine at 2 threads), as speedups over torch's faster layout,
 # judged for cnnkit's reused and fresh outputs in each of its layouts:
@@ -380,7 +387,7 @@ def reference_check(torch, specs, layouts=LAYOUTS, numpy_passes=PASSES) -> list:
         want = (_torch_ref64(torch, spec, x, w, dy) if torch is not None
                 else _ref64(spec, x, w, dy))
 
-        def cmp(what, got, ref, layout="NCHW"):
+        def cmp(what, got, ref, layout="NCHW", spec=spec):
             got = np.asarray(got, dtype=np.float64)
             if layout == "NHWC" and got.ndim == 4:
                 got = got.transpose(0, 3, 1, 2)
@@ -520,10 +527,15 @@ def algorithm(spec: ConvSpec, layout: str, pas: str) -> str:
         return "?"
 
 
+def calls_per_sample(spec: ConvSpec, pas: str, max_inner: int = MAX_INNER) -> int:
+    return max(1, min(max_inner, math.ceil(INNER_BYTES / spec.nbytes(pas))))
+
+
 def run_shape(torch, spec, layouts, passes, numpy_passes, stream, reps, warmup,
-              probe_reps) -> dict:
-    """Interleaved rounds over both passes of one shape; raw per-round times and probes."""
-    inner = max(1, min(MAX_INNER, MIN_CALL_ELEMS // (spec.x_elems + spec.y_elems)))
+              probe_reps, inner=None, max_inner=MAX_INNER) -> dict:
+    """Interleaved rounds over both passes of one shape; raw per-round times and probes.
+    ``inner``: calls per timed sample (default: :func:`calls_per_sample` per pass)."""
+    inner = {ps: inner or calls_per_sample(spec, ps, max_inner) for ps in passes}
     d = _data(spec)
     impls = _cnnkit_impls(spec, d, layouts, passes)
     if torch is not None:
@@ -534,7 +546,7 @@ def run_shape(torch, spec, layouts, passes, numpy_passes, stream, reps, warmup,
     blocks = [(impls[ps], lambda kind=ROOF_KIND[ps]: probe(kind, stream, probe_reps))
               for ps in passes]
     t0 = time.perf_counter()
-    times, probes = run_rounds(blocks, reps, warmup, [inner] * len(blocks))
+    times, probes = run_rounds(blocks, reps, warmup, [inner[ps] for ps in passes])
     elapsed = time.perf_counter() - t0
     del impls, blocks, d
     gc.collect()
@@ -680,8 +692,8 @@ def render(rows: list, have_torch: bool, markdown: bool = False) -> str:
         body2.append([r["name"], r["row"], _f(tm.get("NCHW")), _f(tm.get("CL")),
                       r.get("torch_best", "-"), _f(r["numpy_ms"])])
     if have_torch or any(r["numpy_ms"] is not None for r in rows):
-        out += ["", "Peers per layout (median ms; ratios above are against torch's faster "
-                    "layout):", "", _table(head2, body2, markdown)]
+        out += ["", ("Peers per layout (median ms; ratios above are against torch's faster "
+                     "layout):"), "", _table(head2, body2, markdown)]
     return "\n".join(out)
 
 
@@ -713,7 +725,12 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"batch size (default {SHAPES['batch']}; {QUICK_BATCH} with --quick)")
     p.add_argument("--quick", action="store_true",
                    help=f"smoke run: {', '.join(QUICK_SHAPES)} at batch {QUICK_BATCH}, 3 rounds, "
-                        "64 MiB STREAM arrays, 1024^3 GEMM peak")
+                        f"at most {QUICK_MAX_INNER} calls per sample, 64 MiB STREAM arrays, "
+                        "1024^3 GEMM peak")
+    p.add_argument("--inner", type=int, default=None,
+                   help=f"calls per timed sample (default: enough calls to move "
+                        f"{INNER_BYTES >> 20} MiB of minimum bytes, at most {MAX_INNER}; "
+                        f"{QUICK_MAX_INNER} with --quick)")
     p.add_argument("--numpy", choices=("both", "fwd", "none"), default="both",
                    help="which passes the NumPy im2col baseline runs (default both)")
     p.add_argument("--no-torch", action="store_true", help="skip torch even if importable")
@@ -761,8 +778,10 @@ def main(argv=None) -> int:
     warmup = args.warmup if args.warmup is not None else (1 if q else 2)
     gemm_n = args.gemm_size if args.gemm_size is not None else (1024 if q else 2048)
     mib = args.stream_mib if args.stream_mib is not None else (64 if q else 256)
-    if batch < 1 or reps < 1 or warmup < 0 or args.probe_reps < 1 or gemm_n < 1 or mib < 1:
-        print("--batch, --repeats, --probe-reps, --gemm-size, --stream-mib must be >= 1, "
+    if (batch < 1 or reps < 1 or warmup < 0 or args.probe_reps < 1 or gemm_n < 1 or mib < 1
+            or (args.inner is not None and args.inner < 1)):
+        print("--batch, --repeats, --probe-reps, --gemm-size, --stream-mib, --inner must be "
+              ">= 1, "
               "--warmup >= 0", file=sys.stderr)
         return 2
     specs = [sp for sp in all_specs(batch) if sp.family in fams]
@@ -843,10 +862,11 @@ def _run(args, torch, blas, threads, specs, layouts, passes, numpy_passes, batch
     raw, rows = [], []
     for sp in specs:
         res = run_shape(torch, sp, layouts, passes, numpy_passes, stream, reps, warmup,
-                        args.probe_reps)
+                        args.probe_reps, args.inner, QUICK_MAX_INNER if args.quick else MAX_INNER)
         raw.append(res)
-        if res["inner"] > 1:
-            emit(f"  {sp.name}: {res['inner']} calls per timed sample")
+        if max(res["inner"].values()) > 1:
+            emit(f"  {sp.name}: " + ", ".join(f"{ps} {k}" for ps, k in res["inner"].items())
+                 + " calls per timed sample")
     elapsed = time.perf_counter() - t_start
     bw_end = memory_bandwidth(kinds, mib=mib, arrays=stream)
     del stream
