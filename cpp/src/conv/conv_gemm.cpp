@@ -223,7 +223,7 @@ void forward_nhwc(const T* x, const T* w, const T* b, T* y, const Geom& g) {
   const bool direct = reads_x_directly(g);
   const T* wt = weights_ijc_k(w, g);
   int64_t rows = std::max<int64_t>(16, std::min<int64_t>(512, (int64_t(1) << 18) / KK));
-  if (direct) rows = 256;
+  if (direct) rows = 1024;
   const Split s = split(R, rows);
   const int64_t units = s.count * g.G;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads())

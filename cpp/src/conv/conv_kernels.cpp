@@ -83,21 +83,23 @@ void dw_backward_weight_t(const T* dy, const T* x, T* dw, T* db, const Geom& g) 
     CNNKIT_DW_BY_K(conv::dw_weight_partials_nhwc, T, dy, x, pw, pb, bands, g);
   else
     CNNKIT_DW_BY_K(conv::dw_weight_partials_nchw, T, dy, x, pw, pb, g);
-  // NCHW partials are [n][k][tap], NHWC [piece][tap][k].
+  // NCHW partials are [n][k][tap], NHWC [piece][tap][k]: walk them in their own layout
+  // (contiguous streams, one per piece) and scatter into dw.
+  const int64_t per_piece = K * k2;
+  if (dw) {
 #pragma omp parallel for schedule(static) num_threads(num_threads())
-  for (int64_t k = 0; k < K; ++k) {
-    if (dw)
-      for (int64_t t = 0; t < k2; ++t) {
-        double s = 0;
-        for (int64_t p = 0; p < pieces; ++p) s += double(g.nhwc ? pw[(p * k2 + t) * K + k] : pw[(p * K + k) * k2 + t]);
-        dw[k * k2 + t] = T(s);
-      }
-    if (db) {
+    for (int64_t e = 0; e < per_piece; ++e) {
+      double s = 0;
+      for (int64_t p = 0; p < pieces; ++p) s += double(pw[p * per_piece + e]);
+      dw[g.nhwc ? (e % K) * k2 + e / K : e] = T(s);
+    }
+  }
+  if (db)
+    for (int64_t k = 0; k < K; ++k) {
       double s = 0;
       for (int64_t p = 0; p < pieces; ++p) s += double(pb[p * K + k]);
       db[k] = T(s);
     }
-  }
 }
 
 void dw_forward(DType dt, const void* x, const void* w, const void* b, void* y, const Geom& g) {
@@ -162,18 +164,19 @@ template <typename T>
 void grouped_backward_weight_t(const T* dy, const T* x, T* dw, const Geom& g) {
   constexpr int64_t VL = conv::Vec<T>::n;
   const int64_t k2 = g.kh * g.kw, C = g.C, cpg = g.Cg(), ncv = C / VL;
-  const int64_t pieces = std::min<int64_t>(8, g.N * g.Ho), psize = k2 * C * cpg;
+  // Eight pieces (from the shape alone); with a batch divisible by 8 they cut at image boundaries.
+  const int64_t psize = k2 * C * cpg;
+  const int64_t pieces = std::min<int64_t>(8, g.N * g.Ho);
   T* part = conv::scratch<T>(conv::kPartSlot, pieces * psize);
   CNNKIT_BY_CPG(conv::grouped_weight_partials_nhwc, T, dy, x, part, pieces, g);
+  // Walk the partials in their own layout (contiguous streams), scattering into dw.
 #pragma omp parallel for schedule(static) num_threads(num_threads())
-  for (int64_t k = 0; k < C; ++k)
-    for (int64_t ci = 0; ci < cpg; ++ci)
-      for (int64_t t = 0; t < k2; ++t) {
-        const int64_t idx = ((t * ncv + k / VL) * cpg + ci) * VL + k % VL;
-        double s = 0;
-        for (int64_t p = 0; p < pieces; ++p) s += double(part[p * psize + idx]);
-        dw[(k * cpg + ci) * k2 + t] = T(s);
-      }
+  for (int64_t e = 0; e < psize; ++e) {
+    double s = 0;
+    for (int64_t p = 0; p < pieces; ++p) s += double(part[p * psize + e]);
+    const int64_t l = e % VL, ci = (e / VL) % cpg, cv = (e / VL / cpg) % ncv, t = e / VL / cpg / ncv;
+    dw[((cv * VL + l) * cpg + ci) * k2 + t] = T(s);
+  }
 }
 
 void grouped_forward(DType dt, const void* x, const void* w, const void* b, void* y, const Geom& g) {
