@@ -106,3 +106,15 @@ def assert_bitwise(actual, expected, what="value"):
     raise AssertionError(f"{what}: {int((a != e).sum())} of {a.size} elements differ in their "
                          f"bits; first at index {idx}: got {actual[idx]!r}, "
                          f"expected {expected[idx]!r}")
+
+
+def snapshot(*arrays):
+    """Copies of the arrays (None stays None), for assert_unchanged."""
+    return [None if a is None else a.copy() for a in arrays]
+
+
+def assert_unchanged(arrays, snaps, what="input"):
+    """The arrays still hold the snapshot's bits (inputs were not modified)."""
+    for i, (a, s) in enumerate(zip(arrays, snaps)):
+        if a is not None:
+            assert_bitwise(a, s, f"{what}[{i}] modified")

@@ -39,7 +39,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import cnnkit
-from conftest import assert_bitwise, assert_close, num_threads, tol
+from conftest import assert_bitwise, assert_close, assert_unchanged, num_threads, snapshot, tol
 from reference import conv as R
 
 SETTINGS = settings(max_examples=100, deadline=None)
@@ -188,16 +188,6 @@ def assert_close_terms(actual, ref, dtype, terms, *, length=1, steps=1, factor=1
 
 
 # ---- checkers -----------------------------------------------------------------------------------
-
-def snapshot(*arrays):
-    return [None if a is None else a.copy() for a in arrays]
-
-
-def assert_unchanged(arrays, snaps, what="input"):
-    for i, (a, s) in enumerate(zip(arrays, snaps)):
-        if a is not None:
-            assert_bitwise(a, s, f"{what}[{i}] modified")
-
 
 def ref_forward(c: Case):
     """(reference y, terms) in NCHW float64."""

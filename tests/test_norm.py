@@ -37,7 +37,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import cnnkit
-from conftest import assert_bitwise, assert_close, num_threads, tol
+from conftest import assert_bitwise, assert_close, assert_unchanged, num_threads, snapshot, tol
 from reference import norm as R
 
 SETTINGS = settings(max_examples=30, deadline=None)
@@ -224,16 +224,6 @@ def gn_grad_terms(g_masked, x, num_groups, weight, mean, invstd, layout):
 
 
 # ---- checkers shared by edge cases, hypothesis and the ISA runs ---------------------------------
-
-def snapshot(*arrays):
-    return [None if a is None else a.copy() for a in arrays]
-
-
-def assert_unchanged(arrays, snaps, what="input"):
-    for i, (a, s) in enumerate(zip(arrays, snaps)):
-        if a is not None:
-            assert_bitwise(a, s, f"{what}[{i}] modified")
-
 
 def check_train(c: Case, *, out=None):
     """batch_norm_train against R.bn_train_forward; returns (y, save_mean, save_invstd)."""

@@ -138,3 +138,14 @@ def target_text(targets) -> str:
         parts.append(f"{name} {shown} {op} {thr_s}: {'met' if met else 'MISSED'}")
     return "; ".join(parts)
 
+
+def parse_list(text, allowed, what, *, require=False):
+    """Comma-separated names, each one of `allowed` (ValueError naming `what` otherwise)."""
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    for x in items:
+        if x not in allowed:
+            raise ValueError(f"{what}: unknown entry {x!r}; expected names from "
+                             f"{','.join(str(a) for a in allowed)}")
+    if require and not items:
+        raise ValueError(f"{what}: expected at least one of {','.join(str(a) for a in allowed)}")
+    return items

@@ -77,7 +77,7 @@ import cnnkit
 from cnnkit.bench import machine_header, memory_bandwidth
 from cnnkit.bench._common import fmt as _f
 from cnnkit.bench._common import import_torch, med, peer_header, probe, run_rounds, stream_arrays
-from cnnkit.bench._common import target_text
+from cnnkit.bench._common import parse_list, target_text
 
 __all__ = ["main", "SHAPES", "FAMILIES", "ConvSpec", "NumpyIm2col", "gemm_peak",
            "reference_check", "targets"]
@@ -751,23 +751,12 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _parse_list(text, allowed, what):
-    items = [x.strip() for x in text.split(",") if x.strip()]
-    for x in items:
-        if x not in allowed:
-            raise ValueError(f"{what}: unknown entry {x!r}; expected names from "
-                             f"{','.join(allowed)}")
-    if not items:
-        raise ValueError(f"{what}: expected at least one of {','.join(allowed)}")
-    return items
-
-
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
-        fams = _parse_list(args.family, FAMILIES, "--family")
-        layouts = _parse_list(args.layout, LAYOUTS, "--layout")
-        passes = _parse_list(args.passes, PASSES, "--pass")
+        fams = parse_list(args.family, FAMILIES, "--family", require=True)
+        layouts = parse_list(args.layout, LAYOUTS, "--layout", require=True)
+        passes = parse_list(args.passes, PASSES, "--pass", require=True)
     except ValueError as e:
         print(e, file=sys.stderr)
         return 2

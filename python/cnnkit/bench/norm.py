@@ -65,7 +65,7 @@ import cnnkit
 from cnnkit.bench import machine_header, memory_bandwidth
 from cnnkit.bench._common import fmt as _f
 from cnnkit.bench._common import import_torch, med, peer_header, probe, run_rounds, stream_arrays
-from cnnkit.bench._common import target_text
+from cnnkit.bench._common import parse_list, target_text
 
 __all__ = ["main", "SHAPES", "OPS", "ROWS", "reference_check"]
 
@@ -591,23 +591,14 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _parse_list(text, allowed, what):
-    items = [x.strip() for x in text.split(",") if x.strip()]
-    for x in items:
-        if x not in allowed:
-            raise ValueError(f"{what}: unknown entry {x!r}; expected names from "
-                             f"{','.join(str(a) for a in allowed)}")
-    return items
-
-
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     n_shapes = len(SHAPES["shapes"])
     try:
-        layouts = _parse_list(args.layouts, LAYOUTS, "--layouts")
-        op_groups = _parse_list(args.ops, tuple(GROUPS), "--ops")
+        layouts = parse_list(args.layouts, LAYOUTS, "--layouts")
+        op_groups = parse_list(args.ops, tuple(GROUPS), "--ops")
         if args.shapes is not None:
-            idx = [int(s) for s in _parse_list(args.shapes, [str(i) for i in range(n_shapes)],
+            idx = [int(s) for s in parse_list(args.shapes, [str(i) for i in range(n_shapes)],
                                                "--shapes")]
         elif args.quick:
             idx = [i for i, s in enumerate(SHAPES["shapes"])
