@@ -203,6 +203,28 @@ const T* ring_row(RowRing<T>& ring, const T* src_img, int64_t n, int64_t r, int6
   return dst;
 }
 
+// Runs body(ring, taps, r) for rows r in [0, rows) in parallel bands (about 16 per call, at most
+// one image of `per_image` rows each), every band with a fresh ring of `slots` padded rows of
+// `pitch` elements and room for `ntaps` taps.
+template <typename T, typename F>
+void for_row_bands(int64_t rows, int64_t per_image, int64_t slots, int64_t pitch, int64_t ntaps, F&& body) {
+  const int64_t band = std::max<int64_t>(1, std::min<int64_t>(per_image, ceil_div(rows, 16)));
+  const int64_t nb = ceil_div(rows, band);
+#pragma omp parallel num_threads(num_threads())
+  {
+    RowRing<T> ring;
+    ring.slots = slots;
+    ring.pitch = pitch;
+    ring.buf = scratch<T>(kPlaneSlot, slots * pitch);
+    RowTap* taps = reinterpret_cast<RowTap*>(scratch<char>(kColSlot, sizeof(RowTap) * ntaps));
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t bi = 0; bi < nb; ++bi) {
+      ring.reset();
+      for (int64_t r = bi * band; r < std::min(rows, (bi + 1) * band); ++r) body(ring, taps, r);
+    }
+  }
+}
+
 template <typename T, int CPG>
 void grouped_forward_nhwc(const T* x, const T* w, const T* b, T* y, const Geom& g) {
   using Tr = GroupedTraits<T, CPG>;
@@ -212,31 +234,17 @@ void grouped_forward_nhwc(const T* x, const T* w, const T* b, T* y, const Geom& 
   const int64_t slots = (kh - 1) * g.dh + 1;
   const int64_t pitch = width * C;
   // Work items: bands of output rows (the ring makes each input row filled about once per band).
-  const int64_t rows = g.N * g.Ho, band = std::max<int64_t>(1, std::min<int64_t>(g.Ho, ceil_div(rows, 16)));
-  const int64_t nb = ceil_div(rows, band);
-#pragma omp parallel num_threads(num_threads())
-  {
-    RowRing<T> ring;
-    ring.slots = slots;
-    ring.pitch = pitch;
-    ring.buf = scratch<T>(kPlaneSlot, slots * pitch);
-    RowTap* taps = reinterpret_cast<RowTap*>(scratch<char>(kColSlot, sizeof(RowTap) * kh * kw));
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t bi = 0; bi < nb; ++bi) {
-      ring.reset();
-      for (int64_t r = bi * band; r < std::min(rows, (bi + 1) * band); ++r) {
-        const int64_t n = r / g.Ho, oh = r % g.Ho;
-        const T* xn = x + n * g.H * g.W * C;
-        int nt = 0;
-        for (int64_t i = 0; i < kh; ++i) {
-          const T* row = ring_row<T, CPG>(ring, xn, n, oh * g.sh + i * g.dh - g.pt, g.H, g.W, C, g.pl, width);
-          if (!row) continue;
-          for (int64_t j = 0; j < kw; ++j) taps[nt++] = RowTap{row, j * g.dw, i * kw + j};
-        }
-        grouped_row<T, CPG>(y + r * g.Wo * C, C, g.Wo, g.sw, taps, nt, wt, b, C);
-      }
+  for_row_bands<T>(g.N * g.Ho, g.Ho, slots, pitch, kh * kw, [&](RowRing<T>& ring, RowTap* taps, int64_t r) {
+    const int64_t n = r / g.Ho, oh = r % g.Ho;
+    const T* xn = x + n * g.H * g.W * C;
+    int nt = 0;
+    for (int64_t i = 0; i < kh; ++i) {
+      const T* row = ring_row<T, CPG>(ring, xn, n, oh * g.sh + i * g.dh - g.pt, g.H, g.W, C, g.pl, width);
+      if (!row) continue;
+      for (int64_t j = 0; j < kw; ++j) taps[nt++] = RowTap{row, j * g.dw, i * kw + j};
     }
-  }
+    grouped_row<T, CPG>(y + r * g.Wo * C, C, g.Wo, g.sw, taps, nt, wt, b, C);
+  });
 }
 
 // Input gradient at any stride by gather over padded dy rows (used at stride > 1).
@@ -249,48 +257,34 @@ void grouped_backward_input_nhwc(const T* dy, const T* w, T* dx, const Geom& g) 
   const int64_t width = PADL + std::max(g.Wo, ceil_div(g.W + g.pl, sw) + 1) + 1;
   const int64_t slots = (kh - 1) * g.dh + 1;
   const int64_t pitch = width * C;
-  const int64_t rows = g.N * g.H, band = std::max<int64_t>(1, std::min<int64_t>(g.H, ceil_div(rows, 16)));
-  const int64_t nb = ceil_div(rows, band);
-#pragma omp parallel num_threads(num_threads())
-  {
-    RowRing<T> ring;
-    ring.slots = slots;
-    ring.pitch = pitch;
-    ring.buf = scratch<T>(kPlaneSlot, slots * pitch);
-    RowTap* taps = reinterpret_cast<RowTap*>(scratch<char>(kColSlot, sizeof(RowTap) * kh * kw));
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t bi = 0; bi < nb; ++bi) {
-      ring.reset();
-      for (int64_t r = bi * band; r < std::min(rows, (bi + 1) * band); ++r) {
-        const int64_t n = r / g.H, ih = r % g.H;
-        const T* dyn = dy + n * g.Ho * g.Wo * C;
-        T* dxr = dx + r * g.W * C;
-        for (int64_t ph = 0; ph < sw; ++ph) {
-          const int64_t iw0 = ((ph - g.pl) % sw + sw) % sw;
-          if (iw0 >= g.W) continue;
-          const int64_t nu = ceil_div(g.W - iw0, sw);
-          int nt = 0;
-          for (int64_t i = 0; i < kh; ++i) {
-            const int64_t rr = ih + g.pt - i * g.dh;
-            if (rr < 0 || rr % g.sh) continue;
-            const T* row = ring_row<T, CPG>(ring, dyn, n, rr / g.sh, g.Ho, g.Wo, C, PADL, width);
-            if (!row) continue;
-            for (int64_t j = 0; j < kw; ++j) {
-              const int64_t cc = iw0 + g.pl - j * g.dw;
-              if (((cc % sw) + sw) % sw) continue;
-              const int64_t e = (cc - ((cc % sw) + sw) % sw) / sw;
-              taps[nt++] = RowTap{row, e + PADL, i * kw + j};
-            }
-          }
-          if (nt == 0) {
-            for (int64_t v = 0; v < nu; ++v) std::fill(dxr + (iw0 + v * sw) * C, dxr + (iw0 + v * sw + 1) * C, T(0));
-            continue;
-          }
-          grouped_row<T, CPG>(dxr + iw0 * C, sw * C, nu, 1, taps, nt, wt, nullptr, C);
+  for_row_bands<T>(g.N * g.H, g.H, slots, pitch, kh * kw, [&](RowRing<T>& ring, RowTap* taps, int64_t r) {
+    const int64_t n = r / g.H, ih = r % g.H;
+    const T* dyn = dy + n * g.Ho * g.Wo * C;
+    T* dxr = dx + r * g.W * C;
+    for (int64_t ph = 0; ph < sw; ++ph) {
+      const int64_t iw0 = ((ph - g.pl) % sw + sw) % sw;
+      if (iw0 >= g.W) continue;
+      const int64_t nu = ceil_div(g.W - iw0, sw);
+      int nt = 0;
+      for (int64_t i = 0; i < kh; ++i) {
+        const int64_t rr = ih + g.pt - i * g.dh;
+        if (rr < 0 || rr % g.sh) continue;
+        const T* row = ring_row<T, CPG>(ring, dyn, n, rr / g.sh, g.Ho, g.Wo, C, PADL, width);
+        if (!row) continue;
+        for (int64_t j = 0; j < kw; ++j) {
+          const int64_t cc = iw0 + g.pl - j * g.dw;
+          if (((cc % sw) + sw) % sw) continue;
+          const int64_t e = (cc - ((cc % sw) + sw) % sw) / sw;
+          taps[nt++] = RowTap{row, e + PADL, i * kw + j};
         }
       }
+      if (nt == 0) {
+        for (int64_t v = 0; v < nu; ++v) std::fill(dxr + (iw0 + v * sw) * C, dxr + (iw0 + v * sw + 1) * C, T(0));
+        continue;
+      }
+      grouped_row<T, CPG>(dxr + iw0 * C, sw * C, nu, 1, taps, nt, wt, nullptr, C);
     }
-  }
+  });
 }
 
 // Weight-gradient partials: piece p (a fixed range of the N*Ho output rows) accumulates into
