@@ -812,6 +812,9 @@ ISA_GEOS = [
     ("1x1 C33->16", Geo(2, 33, 16, 5, 5, 1, 1)),
     ("resnext 8/group", Geo(2, 32, 32, 6, 6, 3, 3, 1, 1, groups=4)),
     ("resnext g32 4/group s2", Geo(1, 128, 128, 7, 7, 3, 3, 2, 1, groups=32)),
+    # rows of 16+ pixels: NCHW grouped rows are transposed inside the kernel
+    ("resnext 4/group W40", Geo(1, 32, 32, 4, 40, 3, 3, 1, 1, groups=8)),
+    ("resnext 16/group W33 s2", Geo(1, 64, 64, 3, 33, 3, 3, 2, 1, groups=4)),
     ("dw k3 s1 C17", Geo(2, 17, 17, 9, 10, 3, 3, 1, 1, groups=17)),
     ("dw k3 s2 C32", Geo(2, 32, 32, 9, 10, 3, 3, 2, 1, groups=32)),
     ("dw k5 s1 C33", Geo(1, 33, 33, 9, 8, 5, 5, 1, 2, groups=33)),

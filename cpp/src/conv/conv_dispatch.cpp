@@ -2,7 +2,7 @@
 // level (direct depthwise and grouped kernels) or to the GEMM path.
 //
 //   depthwise (G == C, K = m*C)         direct kernels, both layouts, all three passes
-//   grouped, 2..32 channels per group   direct NHWC kernels (NCHW is transposed around them)
+//   grouped, 2..32 channels per group   direct kernels (NCHW rows transposed in registers)
 //   everything else                     im2col + OpenBLAS GEMM
 // The input gradient at stride 1 is the forward pass of the adjoint convolution (dy convolved with
 // the flipped, transposed weights, padding (k-1)*d - p), so it takes the forward kernels.
@@ -28,6 +28,10 @@ size_t elem(DType dt) { return dt == DType::f32 ? 4 : 8; }
 
 // Grouped direct kernel: few channels per group, where GEMMs per group would be tiny.
 bool grouped_direct(const Geom& g, DType dt = DType::f32) { return kernels().grouped_supported(dt, g); }
+
+// NCHW arrays with narrow rows go to the grouped kernels through full-tensor NHWC transposes
+// (tiles across whole planes); wider rows are transposed row by row inside the kernels.
+bool grouped_via_nhwc(const Geom& g) { return !g.nhwc && (g.W < 16 || g.Wo < 16); }
 
 // Depthwise on small NCHW planes: the per-plane kernels spend more on setting up a plane than on
 // the taps, so these run as NHWC kernels between SIMD layout transposes.
@@ -88,11 +92,13 @@ const char* algorithm(const Geom& g, int pass) {
     const Geom a = adjoint(g);
     if (a.depthwise())
       return g.nhwc ? "dw_direct_nhwc_adjoint" : dw_via_nhwc(a) ? "dw_direct_nhwc_adjoint+transpose" : "dw_direct_nchw_adjoint";
-    return grouped_direct(a) ? (g.nhwc ? "grouped_direct_nhwc_adjoint" : "grouped_direct_nhwc_adjoint+transpose")
-                             : "gemm_adjoint";
+    if (!grouped_direct(a)) return "gemm_adjoint";
+    return g.nhwc ? "grouped_direct_nhwc_adjoint"
+                  : grouped_via_nhwc(a) ? "grouped_direct_nhwc_adjoint+transpose" : "grouped_direct_nchw_adjoint";
   }
   if (g.depthwise()) return g.nhwc ? "dw_direct_nhwc" : dw_via_nhwc(g) ? "dw_direct_nhwc+transpose" : "dw_direct_nchw";
-  if (grouped_direct(g)) return g.nhwc ? "grouped_direct_nhwc" : "grouped_direct_nhwc+transpose";
+  if (grouped_direct(g))
+    return g.nhwc ? "grouped_direct_nhwc" : grouped_via_nhwc(g) ? "grouped_direct_nhwc+transpose" : "grouped_direct_nchw";
   if (pass == 1) return "gemm_col2im";  // (unreachable for grouped_direct shapes)
   const bool pointwise = g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.pt == 0 && g.pl == 0;
   return pointwise ? "gemm" : "gemm_im2col";
@@ -111,17 +117,16 @@ void forward(DType dt, const void* x, const void* w, const void* b, void* y, con
     return;
   }
   if (g.depthwise()) return kernels().dw_forward(dt, x, w, b, y, g);
-  if (grouped_direct(g, dt)) {
-    if (g.nhwc) return kernels().grouped_forward(dt, x, w, b, y, g);
+  if (grouped_direct(g, dt) && grouped_via_nhwc(g)) {
     Geom t = g;
     t.nhwc = true;
     const void* xt = as_nhwc(dt, x, g.N, g.C, g.H * g.W, kXSlot);
-    void* yt = dt == DType::f32 ? static_cast<void*>(scratch<float>(kYSlot, g.N * g.K * g.Ho * g.Wo))
-                                : static_cast<void*>(scratch<double>(kYSlot, g.N * g.K * g.Ho * g.Wo));
+    void* yt = scratch_of(dt, kYSlot, g.N * g.K * g.Ho * g.Wo);
     kernels().grouped_forward(dt, xt, w, b, yt, t);
     kernels().transpose(dt, yt, y, g.N, g.Ho * g.Wo, g.K);
     return;
   }
+  if (grouped_direct(g, dt)) return kernels().grouped_forward(dt, x, w, b, y, g);  // either layout
   gemm_forward(dt, x, w, b, y, g);
 }
 
@@ -144,17 +149,16 @@ void backward_input(DType dt, const void* dy, const void* w, void* dx, const Geo
     return;
   }
   if (g.depthwise()) return kernels().dw_backward_input(dt, dy, w, dx, g);
-  if (grouped_direct(g, dt)) {
-    if (g.nhwc) return kernels().grouped_backward_input(dt, dy, w, dx, g);
+  if (grouped_direct(g, dt) && grouped_via_nhwc(g)) {
     Geom t = g;
     t.nhwc = true;
     const void* dyt = as_nhwc(dt, dy, g.N, g.K, g.Ho * g.Wo, kXSlot);
-    void* dxt = dt == DType::f32 ? static_cast<void*>(scratch<float>(kYSlot, g.N * g.C * g.H * g.W))
-                                 : static_cast<void*>(scratch<double>(kYSlot, g.N * g.C * g.H * g.W));
+    void* dxt = scratch_of(dt, kYSlot, g.N * g.C * g.H * g.W);
     kernels().grouped_backward_input(dt, dyt, w, dxt, t);
     kernels().transpose(dt, dxt, dx, g.N, g.H * g.W, g.C);
     return;
   }
+  if (grouped_direct(g, dt)) return kernels().grouped_backward_input(dt, dy, w, dx, g);
   gemm_backward_input(dt, dy, w, dx, g);
 }
 
@@ -176,14 +180,14 @@ void backward_weight(DType dt, const void* dy, const void* x, void* dw, void* db
   }
   if (g.depthwise()) return kernels().dw_backward_weight(dt, dy, x, dw, db, g);
   if (grouped_direct(g, dt) && dw) {
-    if (g.nhwc) {
-      kernels().grouped_backward_weight(dt, dy, x, dw, nullptr, g);
-    } else {
+    if (grouped_via_nhwc(g)) {
       Geom t = g;
       t.nhwc = true;
       const void* xt = as_nhwc(dt, x, g.N, g.C, g.H * g.W, kXSlot);
       const void* dyt = as_nhwc(dt, dy, g.N, g.K, g.Ho * g.Wo, kYSlot);
       kernels().grouped_backward_weight(dt, dyt, xt, dw, nullptr, t);
+    } else {
+      kernels().grouped_backward_weight(dt, dy, x, dw, nullptr, g);
     }
   } else if (dw) {
     gemm_backward_weight(dt, dy, x, dw, g);

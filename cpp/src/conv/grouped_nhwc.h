@@ -56,6 +56,43 @@ void fill_row(const T* src, int64_t Wsrc, int64_t C, int64_t left, int64_t width
   std::fill(dst + hi * C, dst + width * C, T(0));
 }
 
+// NCHW source: pixels [iw0, iw0 + cnt) of row r of an image's planes (plane size hw) as cnt x C
+// (pitch C), by VL x VL register transposes (C is a multiple of VL here).
+template <typename T>
+void gather_row_nchw(const T* img, int64_t hw, int64_t r, int64_t Wsrc, int64_t C, int64_t iw0, int64_t cnt,
+                     T* dst) {
+  constexpr int VL = Vec<T>::n;
+  const T* base = img + r * Wsrc + iw0;
+  int64_t w = 0;
+  for (; w + VL <= cnt; w += VL)
+    for (int64_t c = 0; c < C; c += VL) transpose_block(base + c * hw + w, hw, dst + w * C + c, C);
+  for (; w < cnt; ++w)
+    for (int64_t c = 0; c < C; ++c) dst[w * C + c] = base[c * hw + w];
+}
+
+// The way back: Wn pixels x C (pitch C) to NCHW rows out[c*P + w].
+template <typename T>
+void scatter_row_nchw(const T* src, int64_t Wn, int64_t C, T* out, int64_t P) {
+  constexpr int VL = Vec<T>::n;
+  int64_t w = 0;
+  for (; w + VL <= Wn; w += VL)
+    for (int64_t c = 0; c < C; c += VL) transpose_block(src + w * C + c, C, out + c * P + w, P);
+  for (; w < Wn; ++w)
+    for (int64_t c = 0; c < C; ++c) out[c * P + w] = src[w * C + c];
+}
+
+// Padded row r of an image in either layout (hw: plane size, for NCHW).
+template <typename T, int CPG>
+void fill_row_src(const T* img, bool nchw, int64_t hw, int64_t r, int64_t Wsrc, int64_t C, int64_t left,
+                  int64_t width, T* dst) {
+  if (!nchw) return fill_row<T, CPG>(img + r * Wsrc * C, Wsrc, C, left, width, dst);
+  const int64_t lo = std::min(width, std::max<int64_t>(0, left));
+  const int64_t hi = std::max(lo, std::min(width, left + Wsrc));
+  std::fill(dst, dst + lo * C, T(0));
+  gather_row_nchw(img, hw, r, Wsrc, C, lo - left, hi - lo, dst + lo * C);
+  std::fill(dst + hi * C, dst + width * C, T(0));
+}
+
 // The broadcast operand (CPG >= VL) of channel vector cv, in-group index ci, at padded column
 // `col` of a filled row.
 template <typename T, int CPG>
@@ -191,12 +228,12 @@ void grouped_row(T* out, int64_t ostride, int64_t nv, int64_t step, const RowTap
 // [0, nrows).
 template <typename T, int CPG>
 const T* ring_row(RowRing<T>& ring, const T* src_img, int64_t n, int64_t r, int64_t nrows, int64_t Wsrc,
-                  int64_t C, int64_t left, int64_t width) {
+                  int64_t C, int64_t left, int64_t width, bool nchw) {
   if (r < 0 || r >= nrows) return nullptr;
   const int64_t s = r % ring.slots;
   T* dst = ring.buf + s * ring.pitch;
   if (ring.tag[s] != r || ring.tag_n[s] != n) {
-    fill_row<T, CPG>(src_img + r * Wsrc * C, Wsrc, C, left, width, dst);
+    fill_row_src<T, CPG>(src_img, nchw, nrows * Wsrc, r, Wsrc, C, left, width, dst);
     ring.tag[s] = r;
     ring.tag_n[s] = n;
   }
@@ -239,11 +276,15 @@ void grouped_forward_nhwc(const T* x, const T* w, const T* b, T* y, const Geom& 
     const T* xn = x + n * g.H * g.W * C;
     int nt = 0;
     for (int64_t i = 0; i < kh; ++i) {
-      const T* row = ring_row<T, CPG>(ring, xn, n, oh * g.sh + i * g.dh - g.pt, g.H, g.W, C, g.pl, width);
+      const T* row = ring_row<T, CPG>(ring, xn, n, oh * g.sh + i * g.dh - g.pt, g.H, g.W, C, g.pl, width, !g.nhwc);
       if (!row) continue;
       for (int64_t j = 0; j < kw; ++j) taps[nt++] = RowTap{row, j * g.dw, i * kw + j};
     }
-    grouped_row<T, CPG>(y + r * g.Wo * C, C, g.Wo, g.sw, taps, nt, wt, b, C);
+    if (g.nhwc) return grouped_row<T, CPG>(y + r * g.Wo * C, C, g.Wo, g.sw, taps, nt, wt, b, C);
+    // NCHW: the row as pixels x channels, then transposed out in registers.
+    T* rowbuf = scratch<T>(kAccSlot, g.Wo * C);
+    grouped_row<T, CPG>(rowbuf, C, g.Wo, g.sw, taps, nt, wt, b, C);
+    scatter_row_nchw(rowbuf, g.Wo, C, y + n * C * g.Ho * g.Wo + oh * g.Wo, g.Ho * g.Wo);
   });
 }
 
@@ -260,7 +301,7 @@ void grouped_backward_input_nhwc(const T* dy, const T* w, T* dx, const Geom& g) 
   for_row_bands<T>(g.N * g.H, g.H, slots, pitch, kh * kw, [&](RowRing<T>& ring, RowTap* taps, int64_t r) {
     const int64_t n = r / g.H, ih = r % g.H;
     const T* dyn = dy + n * g.Ho * g.Wo * C;
-    T* dxr = dx + r * g.W * C;
+    T* dxr = g.nhwc ? dx + r * g.W * C : scratch<T>(kAccSlot, g.W * C);  // NCHW: transposed out below
     for (int64_t ph = 0; ph < sw; ++ph) {
       const int64_t iw0 = ((ph - g.pl) % sw + sw) % sw;
       if (iw0 >= g.W) continue;
@@ -269,7 +310,7 @@ void grouped_backward_input_nhwc(const T* dy, const T* w, T* dx, const Geom& g) 
       for (int64_t i = 0; i < kh; ++i) {
         const int64_t rr = ih + g.pt - i * g.dh;
         if (rr < 0 || rr % g.sh) continue;
-        const T* row = ring_row<T, CPG>(ring, dyn, n, rr / g.sh, g.Ho, g.Wo, C, PADL, width);
+        const T* row = ring_row<T, CPG>(ring, dyn, n, rr / g.sh, g.Ho, g.Wo, C, PADL, width, !g.nhwc);
         if (!row) continue;
         for (int64_t j = 0; j < kw; ++j) {
           const int64_t cc = iw0 + g.pl - j * g.dw;
@@ -284,6 +325,7 @@ void grouped_backward_input_nhwc(const T* dy, const T* w, T* dx, const Geom& g) 
       }
       grouped_row<T, CPG>(dxr + iw0 * C, sw * C, nu, 1, taps, nt, wt, nullptr, C);
     }
+    if (!g.nhwc) scatter_row_nchw(dxr, g.W, C, dx + n * C * g.H * g.W + ih * g.W, g.H * g.W);
   });
 }
 
@@ -312,6 +354,7 @@ void grouped_weight_partials_nhwc(const T* dy, const T* x, T* part, int64_t piec
   {
     T* buf = scratch<T>(kPlaneSlot, max_in * pitch);
     const T** rowp = reinterpret_cast<const T**>(scratch<char>(kColSlot, sizeof(T*) * max_in));
+    T* dybuf = g.nhwc ? nullptr : scratch<T>(kAccSlot, R * g.Wo * C);  // NCHW dy rows as pixels x C
 #pragma omp for schedule(dynamic, 1)
     for (int64_t p = 0; p < pieces; ++p) {
       T* acc_mem = part + p * psize;
@@ -328,10 +371,16 @@ void grouped_weight_partials_nhwc(const T* dy, const T* x, T* part, int64_t piec
             continue;
           }
           T* dst = buf + (ir - in0) * pitch;
-          fill_row<T, CPG>(xn + ir * g.W * C, g.W, C, g.pl, width, dst);
+          fill_row_src<T, CPG>(xn, !g.nhwc, g.H * g.W, ir, g.W, C, g.pl, width, dst);
           rowp[ir - in0] = dst;
         }
-        const T* dyc = dy + (n * g.Ho) * g.Wo * C;
+        // dy rows oh0..oh1 as pixels x C: in place (NHWC) or transposed into dybuf (NCHW).
+        const T* dyc = dy + (n * g.Ho + oh0) * g.Wo * C;
+        if (!g.nhwc) {
+          for (int64_t oh = oh0; oh < oh1; ++oh)
+            gather_row_nchw(dy + n * C * g.Ho * g.Wo, g.Ho * g.Wo, oh, g.Wo, C, 0, g.Wo, dybuf + (oh - oh0) * g.Wo * C);
+          dyc = dybuf;
+        }
         for (int64_t cv = 0; cv < ncv; cv += NCV)
           for (int ci0 = 0; ci0 < CPG; ci0 += CB)
             for (int64_t i = 0; i < kh; ++i)
@@ -347,7 +396,7 @@ void grouped_weight_partials_nhwc(const T* dy, const T* x, T* part, int64_t piec
                 for (int64_t oh = oh0; oh < oh1; ++oh) {
                   const T* row = rowp[oh * g.sh + i * g.dh - g.pt - in0];
                   if (!row) continue;
-                  const T* dyr = dyc + oh * g.Wo * C + cv * VL;
+                  const T* dyr = dyc + (oh - oh0) * g.Wo * C + cv * VL;
                   auto pixels = [&](auto njc) {
                     constexpr int NJ = decltype(njc)::value;
                     for (int64_t ow = 0; ow < g.Wo; ++ow) {
