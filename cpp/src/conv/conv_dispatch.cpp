@@ -35,8 +35,9 @@ bool grouped_via_nhwc(const Geom& g) { return !g.nhwc && (g.W < 16 || g.Wo < 16)
 
 // Depthwise on small NCHW planes: the per-plane kernels spend more on setting up a plane than on
 // the taps, so these run as NHWC kernels between SIMD layout transposes.
+// (Channel counts that are whole vectors take the kernels' own blocked path instead.)
 bool dw_via_nhwc(const Geom& g) {
-  return !g.nhwc && g.depthwise() && g.K == g.C && g.H * g.W <= 100 && g.Ho * g.Wo <= 100;
+  return !g.nhwc && g.depthwise() && g.K == g.C && g.C % 16 && g.H * g.W <= 100 && g.Ho * g.Wo <= 100;
 }
 
 void* scratch_of(DType dt, int slot, int64_t count) {
@@ -91,12 +92,17 @@ const char* algorithm(const Geom& g, int pass) {
   if (pass == 1 && g.sh == 1 && g.sw == 1) {
     const Geom a = adjoint(g);
     if (a.depthwise())
-      return g.nhwc ? "dw_direct_nhwc_adjoint" : dw_via_nhwc(a) ? "dw_direct_nhwc_adjoint+transpose" : "dw_direct_nchw_adjoint";
+      return g.nhwc ? "dw_direct_nhwc_adjoint"
+             : dw_via_nhwc(a) ? "dw_direct_nhwc_adjoint+transpose"
+             : dw_nchw_blocked_shape(a) ? "dw_direct_nchw_blocked_adjoint" : "dw_direct_nchw_adjoint";
     if (!grouped_direct(a)) return "gemm_adjoint";
     return g.nhwc ? "grouped_direct_nhwc_adjoint"
                   : grouped_via_nhwc(a) ? "grouped_direct_nhwc_adjoint+transpose" : "grouped_direct_nchw_adjoint";
   }
-  if (g.depthwise()) return g.nhwc ? "dw_direct_nhwc" : dw_via_nhwc(g) ? "dw_direct_nhwc+transpose" : "dw_direct_nchw";
+  if (g.depthwise())
+    return g.nhwc ? "dw_direct_nhwc"
+           : dw_via_nhwc(g) ? "dw_direct_nhwc+transpose"
+           : (dw_nchw_blocked_shape(g) && (pass != 1 || (g.sh == 1 && g.sw == 1))) ? "dw_direct_nchw_blocked" : "dw_direct_nchw";
   if (grouped_direct(g))
     return g.nhwc ? "grouped_direct_nhwc" : grouped_via_nhwc(g) ? "grouped_direct_nhwc+transpose" : "grouped_direct_nchw";
   if (pass == 1) return "gemm_col2im";  // (unreachable for grouped_direct shapes)

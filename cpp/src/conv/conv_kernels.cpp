@@ -57,9 +57,19 @@ void transpose(DType dt, const void* src, void* dst, int64_t N, int64_t A, int64
 
 
 
+// Small NCHW planes, channels a multiple of 16 (so of every level's vector length): the blocked
+// kernels (planes transposed in cache around the NHWC band kernels). conv_dispatch.cpp names it.
+template <typename T>
+bool dw_nchw_blocked(const Geom& g) {
+  static_assert(16 % conv::Vec<T>::n == 0, "16 channels must be whole vectors");
+  return conv::dw_nchw_blocked_shape(g);
+}
+
 template <typename T>
 void dw_forward_t(const T* x, const T* w, const T* b, T* y, const Geom& g) {
-  if (g.nhwc && g.K == g.C)
+  if (dw_nchw_blocked<T>(g))
+    CNNKIT_DW_BY_K(conv::dw_forward_nchw_blocked, T, x, w, b, y, g);
+  else if (g.nhwc && g.K == g.C)
     CNNKIT_DW_BY_K(conv::dw_forward_nhwc_padded, T, x, w, b, y, g);
   else if (g.nhwc)
     CNNKIT_DW_BY_K(conv::dw_forward_nhwc, T, x, w, b, y, g);
@@ -72,18 +82,21 @@ void dw_backward_weight_t(const T* dy, const T* x, T* dw, T* db, const Geom& g) 
   const int64_t k2 = g.kh * g.kw, K = g.K;
   // Pieces: (image) in NCHW, (image, band of output rows) in NHWC; each piece's partial sums are
   // written by one thread, then summed over pieces in order (in double).
+  const bool blocked = dw_nchw_blocked<T>(g);
   const int64_t bands = g.nhwc ? (g.N >= 8 ? 1 : std::min<int64_t>(g.Ho, conv::ceil_div(8, g.N))) : 1;
   const int64_t pieces = g.N * bands;
   T* part = conv::scratch<T>(conv::kPartSlot, pieces * K * (k2 + 1));
   T* pw = part;
   T* pb = part + pieces * K * k2;
-  if (g.nhwc && g.K == g.C)
+  if (blocked)
+    CNNKIT_DW_BY_K(conv::dw_weight_partials_nchw_blocked, T, dy, x, pw, pb, g);
+  else if (g.nhwc && g.K == g.C)
     CNNKIT_DW_BY_K(conv::dw_weight_partials_nhwc_padded, T, dy, x, pw, pb, bands, g);
   else if (g.nhwc)
     CNNKIT_DW_BY_K(conv::dw_weight_partials_nhwc, T, dy, x, pw, pb, bands, g);
   else
     CNNKIT_DW_BY_K(conv::dw_weight_partials_nchw, T, dy, x, pw, pb, g);
-  // NCHW partials are [n][k][tap], NHWC [piece][tap][k]: walk them in their own layout
+  // NCHW plane partials are [n][k][tap], NHWC and blocked ones [piece][tap][k]: walk them in their own layout
   // (contiguous streams, one per piece) and scatter into dw.
   const int64_t per_piece = K * k2;
   if (dw) {
@@ -91,7 +104,7 @@ void dw_backward_weight_t(const T* dy, const T* x, T* dw, T* db, const Geom& g) 
     for (int64_t e = 0; e < per_piece; ++e) {
       double s = 0;
       for (int64_t p = 0; p < pieces; ++p) s += double(pw[p * per_piece + e]);
-      dw[g.nhwc ? (e % K) * k2 + e / K : e] = T(s);
+      dw[g.nhwc || blocked ? (e % K) * k2 + e / K : e] = T(s);
     }
   }
   if (db)

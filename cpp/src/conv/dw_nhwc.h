@@ -173,7 +173,33 @@ CNNKIT_HD void dw_pad_block(const T* const* rows, T* yo, int64_t ow, const T* wt
     }
 }
 
-// Forward, multiplier 1, on zero-padded row bands (no edge cases in the inner loops).
+// Output rows [oh0, oh1) of one image (xn, yn: NHWC with g.C channels), multiplier 1, from
+// zero-padded copies of the input rows they read (no edge cases in the inner loops).
+template <typename T, int KH, int KW>
+void dw_fwd_band(const T* xn, const T* wt, const T* b, T* yn, const Geom& g, int64_t oh0, int64_t oh1, int64_t Wp,
+                 T* buf, const T** rows) {
+  const int64_t kh = KH ? KH : g.kh, kw = KW ? KW : g.kw, C = g.C;
+  const int64_t r0 = oh0 * g.sh - g.pt, r1 = (oh1 - 1) * g.sh + (kh - 1) * g.dh - g.pt + 1;
+  pad_rows_nhwc(xn, g, r0, r1, Wp, buf);
+  for (int64_t oh = oh0; oh < oh1; ++oh) {
+    for (int64_t i = 0; i < kh; ++i) rows[i] = buf + (oh * g.sh + i * g.dh - g.pt - r0) * Wp * C;
+    T* yr = yn + oh * g.Wo * C;
+    int64_t ow = 0;
+    for (; ow + 8 <= g.Wo; ow += 8) dw_pad_block<T, KH, KW, 8>(rows, yr + ow * C, ow, wt, b, g, kh, kw);
+    switch (g.Wo - ow) {  // the rest in one block
+      case 7: dw_pad_block<T, KH, KW, 7>(rows, yr + ow * C, ow, wt, b, g, kh, kw); break;
+      case 6: dw_pad_block<T, KH, KW, 6>(rows, yr + ow * C, ow, wt, b, g, kh, kw); break;
+      case 5: dw_pad_block<T, KH, KW, 5>(rows, yr + ow * C, ow, wt, b, g, kh, kw); break;
+      case 4: dw_pad_block<T, KH, KW, 4>(rows, yr + ow * C, ow, wt, b, g, kh, kw); break;
+      case 3: dw_pad_block<T, KH, KW, 3>(rows, yr + ow * C, ow, wt, b, g, kh, kw); break;
+      case 2: dw_pad_block<T, KH, KW, 2>(rows, yr + ow * C, ow, wt, b, g, kh, kw); break;
+      case 1: dw_pad_block<T, KH, KW, 1>(rows, yr + ow * C, ow, wt, b, g, kh, kw); break;
+      default: break;
+    }
+  }
+}
+
+// Forward, multiplier 1, NHWC: bands of output rows.
 template <typename T, int KH, int KW>
 void dw_forward_nhwc_padded(const T* x, const T* w, const T* b, T* y, const Geom& g) {
   const int64_t kh = KH ? KH : g.kh, kw = KW ? KW : g.kw, C = g.C;
@@ -189,89 +215,178 @@ void dw_forward_nhwc_padded(const T* x, const T* w, const T* b, T* y, const Geom
 #pragma omp for schedule(static)
     for (int64_t u = 0; u < g.N * nb; ++u) {
       const int64_t n = u / nb, oh0 = (u % nb) * band, oh1 = std::min(g.Ho, oh0 + band);
-      const int64_t r0 = oh0 * g.sh - g.pt, r1 = (oh1 - 1) * g.sh + (kh - 1) * g.dh - g.pt + 1;
-      pad_rows_nhwc(x + n * g.H * g.W * C, g, r0, r1, Wp, buf);
-      for (int64_t oh = oh0; oh < oh1; ++oh) {
-        for (int64_t i = 0; i < kh; ++i) rows[i] = buf + (oh * g.sh + i * g.dh - g.pt - r0) * Wp * C;
-        T* yr = y + ((n * g.Ho + oh) * g.Wo) * C;
-        int64_t ow = 0;
-        for (; ow + 8 <= g.Wo; ow += 8) dw_pad_block<T, KH, KW, 8>(rows, yr + ow * C, ow, wt, b, g, kh, kw);
-        switch (g.Wo - ow) {  // the rest in one block
-          case 7: dw_pad_block<T, KH, KW, 7>(rows, yr + ow * C, ow, wt, b, g, kh, kw); break;
-          case 6: dw_pad_block<T, KH, KW, 6>(rows, yr + ow * C, ow, wt, b, g, kh, kw); break;
-          case 5: dw_pad_block<T, KH, KW, 5>(rows, yr + ow * C, ow, wt, b, g, kh, kw); break;
-          case 4: dw_pad_block<T, KH, KW, 4>(rows, yr + ow * C, ow, wt, b, g, kh, kw); break;
-          case 3: dw_pad_block<T, KH, KW, 3>(rows, yr + ow * C, ow, wt, b, g, kh, kw); break;
-          case 2: dw_pad_block<T, KH, KW, 2>(rows, yr + ow * C, ow, wt, b, g, kh, kw); break;
-          case 1: dw_pad_block<T, KH, KW, 1>(rows, yr + ow * C, ow, wt, b, g, kh, kw); break;
-          default: break;
-        }
-      }
+      dw_fwd_band<T, KH, KW>(x + n * g.H * g.W * C, wt, b, y + n * g.Ho * g.Wo * C, g, oh0, oh1, Wp, buf, rows);
     }
   }
 }
 
-// Weight-gradient partials (multiplier 1) on zero-padded row bands: piece (n, band) writes
-// pw[piece][tap][C] and pb[piece][C].
+// Weight-gradient partials of output rows [oh0, oh1) of one image (xn, dyn: NHWC with g.C
+// channels), multiplier 1: pwu[tap][C] and pbu[C].
+template <typename T, int KH, int KW>
+void dw_wgrad_band(const T* xn, const T* dyn, T* pwu, T* pbu, const Geom& g, int64_t oh0, int64_t oh1, int64_t Wp,
+                   T* buf, vec_t<T>* dyn_acc) {
+  constexpr int VL = Vec<T>::n;
+  using V = vec_t<T>;
+  const int64_t kh = KH ? KH : g.kh, kw = KW ? KW : g.kw, k2 = kh * kw, C = g.C;
+  const int64_t cv = C / VL * VL;
+  constexpr int NA = KH && KW ? KH * KW : 1;
+  if (oh0 >= oh1) {
+    std::fill(pwu, pwu + k2 * C, T(0));
+    std::fill(pbu, pbu + C, T(0));
+    return;
+  }
+  const int64_t r0 = oh0 * g.sh - g.pt, r1 = (oh1 - 1) * g.sh + (kh - 1) * g.dh - g.pt + 1;
+  pad_rows_nhwc(xn, g, r0, r1, Wp, buf);
+  for (int64_t c = 0; c < cv; c += VL) {
+    V accs[NA];
+    V* acc = (KH && KW) ? accs : dyn_acc;
+    for (int64_t t = 0; t < k2; ++t) acc[t] = V{};
+    V sb{};
+    for (int64_t oh = oh0; oh < oh1; ++oh) {
+      const T* xr = buf + (oh * g.sh - g.pt - r0) * Wp * C + c;
+      const T* dr = dyn + oh * g.Wo * C + c;
+      for (int64_t ow = 0; ow < g.Wo; ++ow) {
+        const V gv = vload(dr + ow * C);
+        sb += gv;
+        const T* q = xr + ow * g.sw * C;
+        for (int64_t i = 0; i < kh; ++i)
+          for (int64_t j = 0; j < kw; ++j) acc[i * kw + j] += gv * vload(q + (i * g.dh * Wp + j * g.dw) * C);
+      }
+    }
+    for (int64_t t = 0; t < k2; ++t) vstore(pwu + t * C + c, acc[t]);
+    vstore(pbu + c, sb);
+  }
+  for (int64_t c = cv; c < C; ++c) {
+    T sb = 0;
+    for (int64_t t = 0; t < k2; ++t) pwu[t * C + c] = 0;
+    for (int64_t oh = oh0; oh < oh1; ++oh)
+      for (int64_t ow = 0; ow < g.Wo; ++ow) {
+        const T gv = dyn[(oh * g.Wo + ow) * C + c];
+        sb += gv;
+        const T* q = buf + (oh * g.sh - g.pt - r0) * Wp * C + ow * g.sw * C + c;
+        for (int64_t i = 0; i < kh; ++i)
+          for (int64_t j = 0; j < kw; ++j) pwu[(i * kw + j) * C + c] += gv * q[(i * g.dh * Wp + j * g.dw) * C];
+      }
+    pbu[c] = sb;
+  }
+}
+
+// Weight-gradient partials (multiplier 1), NHWC: piece (n, band) writes pw[piece][tap][C] and
+// pb[piece][C].
 template <typename T, int KH, int KW>
 void dw_weight_partials_nhwc_padded(const T* dy, const T* x, T* pw, T* pb, int64_t bands, const Geom& g) {
   constexpr int VL = Vec<T>::n;
-  using V = vec_t<T>;
   const int64_t kh = KH ? KH : g.kh, kw = KW ? KW : g.kw, k2 = kh * kw, C = g.C;
   const int64_t Wp = (g.Wo - 1) * g.sw + (kw - 1) * g.dw + 1;
   const int64_t band = ceil_div(g.Ho, bands);
   const int64_t max_rows = (band - 1) * g.sh + (kh - 1) * g.dh + 1;
-  const int64_t cv = C / VL * VL;
-  constexpr int NA = KH && KW ? KH * KW : 1;
 #pragma omp parallel num_threads(num_threads())
   {
     T* buf = scratch<T>(kPlaneSlot, max_rows * Wp * C);
-    V* dyn_acc = reinterpret_cast<V*>(scratch<T>(kAccSlot, k2 * VL));
+    vec_t<T>* dyn_acc = reinterpret_cast<vec_t<T>*>(scratch<T>(kAccSlot, k2 * VL));
 #pragma omp for schedule(static)
     for (int64_t u = 0; u < g.N * bands; ++u) {
       const int64_t n = u / bands, oh0 = (u % bands) * band, oh1 = std::min(g.Ho, oh0 + band);
-      T* pwu = pw + u * k2 * C;
-      T* pbu = pb + u * C;
-      if (oh0 >= oh1) {
-        std::fill(pwu, pwu + k2 * C, T(0));
-        std::fill(pbu, pbu + C, T(0));
-        continue;
-      }
-      const int64_t r0 = oh0 * g.sh - g.pt, r1 = (oh1 - 1) * g.sh + (kh - 1) * g.dh - g.pt + 1;
-      pad_rows_nhwc(x + n * g.H * g.W * C, g, r0, r1, Wp, buf);
-      const T* dyn = dy + n * g.Ho * g.Wo * C;
-      for (int64_t c = 0; c < cv; c += VL) {
-        V accs[NA];
-        V* acc = (KH && KW) ? accs : dyn_acc;
-        for (int64_t t = 0; t < k2; ++t) acc[t] = V{};
-        V sb{};
-        for (int64_t oh = oh0; oh < oh1; ++oh) {
-          const T* xr = buf + (oh * g.sh - g.pt - r0) * Wp * C + c;
-          const T* dr = dyn + oh * g.Wo * C + c;
-          for (int64_t ow = 0; ow < g.Wo; ++ow) {
-            const V gv = vload(dr + ow * C);
-            sb += gv;
-            const T* q = xr + ow * g.sw * C;
-            for (int64_t i = 0; i < kh; ++i)
-              for (int64_t j = 0; j < kw; ++j) acc[i * kw + j] += gv * vload(q + (i * g.dh * Wp + j * g.dw) * C);
-          }
-        }
-        for (int64_t t = 0; t < k2; ++t) vstore(pwu + t * C + c, acc[t]);
-        vstore(pbu + c, sb);
-      }
-      for (int64_t c = cv; c < C; ++c) {
-        T sb = 0;
-        for (int64_t t = 0; t < k2; ++t) pwu[t * C + c] = 0;
-        for (int64_t oh = oh0; oh < oh1; ++oh)
-          for (int64_t ow = 0; ow < g.Wo; ++ow) {
-            const T gv = dyn[(oh * g.Wo + ow) * C + c];
-            sb += gv;
-            const T* q = buf + (oh * g.sh - g.pt - r0) * Wp * C + ow * g.sw * C + c;
-            for (int64_t i = 0; i < kh; ++i)
-              for (int64_t j = 0; j < kw; ++j) pwu[(i * kw + j) * C + c] += gv * q[(i * g.dh * Wp + j * g.dw) * C];
-          }
-        pbu[c] = sb;
-      }
+      dw_wgrad_band<T, KH, KW>(x + n * g.H * g.W * C, dy + n * g.Ho * g.Wo * C, pw + u * k2 * C, pb + u * C, g, oh0,
+                               oh1, Wp, buf, dyn_acc);
+    }
+  }
+}
+
+// NCHW planes <-> pixel-major blocks of VL channels: VL rows of L elements (row stride S) to
+// L x VL, and back, by register transposes.
+template <typename T>
+void block_to_px(const T* src, int64_t L, int64_t S, T* dst) {
+  constexpr int VL = Vec<T>::n;
+  int64_t l = 0;
+  for (; l + VL <= L; l += VL) transpose_block(src + l, S, dst + l * VL, VL);
+  for (; l < L; ++l)
+    for (int i = 0; i < VL; ++i) dst[l * VL + i] = src[i * S + l];
+}
+template <typename T>
+void px_to_block(const T* src, int64_t L, T* dst, int64_t S) {
+  constexpr int VL = Vec<T>::n;
+  int64_t l = 0;
+  for (; l + VL <= L; l += VL) transpose_block(src + l * VL, VL, dst + l, S);
+  for (; l < L; ++l)
+    for (int i = 0; i < VL; ++i) dst[i * S + l] = src[l * VL + i];
+}
+
+// Small NCHW planes (C a multiple of VL, multiplier 1): per (image, block of VL channels), the
+// planes are transposed in registers into a pixel-major block in cache, run through the NHWC
+// band kernels with C = VL, and (forward) transposed back. Weights per block: wb[cb][tap][VL],
+// then the bias bb[cb][VL].
+template <typename T>
+const T* dw_block_weights(const T* w, const T* b, const Geom& g) {
+  constexpr int VL = Vec<T>::n;
+  const int64_t k2 = g.kh * g.kw, ncb = g.C / VL;
+  T* wb = scratch<T>(kWeightSlot, ncb * (k2 + 1) * VL);
+  for (int64_t c = 0; c < g.C; ++c) {
+    for (int64_t t = 0; t < k2; ++t) wb[((c / VL) * k2 + t) * VL + c % VL] = w[c * k2 + t];
+    wb[ncb * k2 * VL + c] = b ? b[c] : T(0);
+  }
+  return wb;
+}
+
+inline Geom dw_block_geom(const Geom& g, int vl) {
+  Geom s = g;
+  s.N = 1;
+  s.C = s.K = s.G = vl;
+  s.nhwc = true;
+  return s;
+}
+
+template <typename T, int KH, int KW>
+void dw_forward_nchw_blocked(const T* x, const T* w, const T* b, T* y, const Geom& g) {
+  constexpr int VL = Vec<T>::n;
+  const int64_t kh = KH ? KH : g.kh, kw = KW ? KW : g.kw, k2 = kh * kw, ncb = g.C / VL;
+  const int64_t HW = g.H * g.W, P = g.Ho * g.Wo;
+  const T* wb = dw_block_weights(w, b, g);
+  const Geom gs = dw_block_geom(g, VL);
+  const int64_t Wp = (g.Wo - 1) * g.sw + (kw - 1) * g.dw + 1;
+  const int64_t max_rows = (g.Ho - 1) * g.sh + (kh - 1) * g.dh + 1;
+#pragma omp parallel num_threads(num_threads())
+  {
+    T* buf = scratch<T>(kPlaneSlot, max_rows * Wp * VL);
+    const T** rows = reinterpret_cast<const T**>(scratch<char>(kColSlot, sizeof(T*) * kh));
+    T* xb = scratch<T>(kXbSlot, HW * VL);
+    T* yb = scratch<T>(kYbSlot, P * VL);
+#pragma omp for schedule(static)
+    for (int64_t u = 0; u < g.N * ncb; ++u) {
+      const int64_t n = u / ncb, cb = u % ncb;
+      block_to_px(x + (n * g.C + cb * VL) * HW, HW, HW, xb);
+      dw_fwd_band<T, KH, KW>(xb, wb + cb * k2 * VL, b ? wb + ncb * k2 * VL + cb * VL : nullptr, yb, gs, 0, g.Ho, Wp,
+                             buf, rows);
+      px_to_block(yb, P, y + (n * g.C + cb * VL) * P, P);
+    }
+  }
+}
+
+// Weight-gradient partials for small NCHW planes: piece n writes pw[n][tap][C] and pb[n][C].
+template <typename T, int KH, int KW>
+void dw_weight_partials_nchw_blocked(const T* dy, const T* x, T* pw, T* pb, const Geom& g) {
+  constexpr int VL = Vec<T>::n;
+  const int64_t kh = KH ? KH : g.kh, kw = KW ? KW : g.kw, k2 = kh * kw, C = g.C, ncb = C / VL;
+  const int64_t HW = g.H * g.W, P = g.Ho * g.Wo;
+  const Geom gs = dw_block_geom(g, VL);
+  const int64_t Wp = (g.Wo - 1) * g.sw + (kw - 1) * g.dw + 1;
+  const int64_t max_rows = (g.Ho - 1) * g.sh + (kh - 1) * g.dh + 1;
+#pragma omp parallel num_threads(num_threads())
+  {
+    T* buf = scratch<T>(kPlaneSlot, max_rows * Wp * VL);
+    T* acc = scratch<T>(kAccSlot, (2 * k2 + 1) * VL);  // accumulators, then this block's partials
+    T* xb = scratch<T>(kXbSlot, HW * VL);
+    T* dyb = scratch<T>(kYbSlot, P * VL);
+    T* tw = acc + k2 * VL;
+    T* tb = tw + k2 * VL;
+#pragma omp for schedule(static)
+    for (int64_t u = 0; u < g.N * ncb; ++u) {
+      const int64_t n = u / ncb, cb = u % ncb;
+      block_to_px(x + (n * C + cb * VL) * HW, HW, HW, xb);
+      block_to_px(dy + (n * C + cb * VL) * P, P, P, dyb);
+      dw_wgrad_band<T, KH, KW>(xb, dyb, tw, tb, gs, 0, g.Ho, Wp, buf, reinterpret_cast<vec_t<T>*>(acc));
+      for (int64_t t = 0; t < k2; ++t) std::memcpy(pw + (n * k2 + t) * C + cb * VL, tw + t * VL, VL * sizeof(T));
+      std::memcpy(pb + n * C + cb * VL, tb, VL * sizeof(T));
     }
   }
 }
