@@ -767,6 +767,7 @@ THREAD_GEOS = [
     ("grouped g8", Geo(4, 32, 32, 20, 20, 3, 3, 1, 1, groups=8)),
     ("grouped g8 s2", Geo(4, 32, 32, 20, 20, 3, 3, 2, 1, groups=8)),
     ("depthwise k3 s1", Geo(4, 32, 32, 20, 20, 3, 3, 1, 1, groups=32)),
+    ("depthwise k3 12x12 (NCHW blocked)", Geo(4, 32, 32, 12, 12, 3, 3, 1, 1, groups=32)),
     ("depthwise k5 s2", Geo(4, 32, 32, 20, 20, 5, 5, 2, 2, groups=32)),
     ("depthwise m2 k7", Geo(4, 16, 32, 20, 20, 7, 7, 1, 3, groups=16)),
     ("same k4", Geo(4, 16, 16, 20, 20, 4, 4, 1, "same", groups=2)),
