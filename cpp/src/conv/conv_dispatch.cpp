@@ -102,7 +102,7 @@ const char* algorithm(const Geom& g, int pass) {
   if (g.depthwise())
     return g.nhwc ? "dw_direct_nhwc"
            : dw_via_nhwc(g) ? "dw_direct_nhwc+transpose"
-           : (dw_nchw_blocked_shape(g) && (pass != 1 || (g.sh == 1 && g.sw == 1))) ? "dw_direct_nchw_blocked" : "dw_direct_nchw";
+           : dw_nchw_blocked_shape(g) ? "dw_direct_nchw_blocked" : "dw_direct_nchw";
   if (grouped_direct(g))
     return g.nhwc ? "grouped_direct_nhwc" : grouped_via_nhwc(g) ? "grouped_direct_nhwc+transpose" : "grouped_direct_nchw";
   if (pass == 1) return "gemm_col2im";  // (unreachable for grouped_direct shapes)

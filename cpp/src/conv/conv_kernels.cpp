@@ -126,10 +126,12 @@ void dw_forward(DType dt, const void* x, const void* w, const void* b, void* y, 
 
 void dw_backward_input(DType dt, const void* dy, const void* w, void* dx, const Geom& g) {
   if (dt == DType::f32) {
-    auto f = g.nhwc ? conv::dw_backward_input_nhwc<float> : conv::dw_backward_input_nchw<float>;
+    auto f = dw_nchw_blocked<float>(g) ? conv::dw_backward_input_nchw_blocked<float>
+             : g.nhwc ? conv::dw_backward_input_nhwc<float> : conv::dw_backward_input_nchw<float>;
     f(static_cast<const float*>(dy), static_cast<const float*>(w), static_cast<float*>(dx), g);
   } else {
-    auto f = g.nhwc ? conv::dw_backward_input_nhwc<double> : conv::dw_backward_input_nchw<double>;
+    auto f = dw_nchw_blocked<double>(g) ? conv::dw_backward_input_nchw_blocked<double>
+             : g.nhwc ? conv::dw_backward_input_nhwc<double> : conv::dw_backward_input_nchw<double>;
     f(static_cast<const double*>(dy), static_cast<const double*>(w), static_cast<double*>(dx), g);
   }
 }

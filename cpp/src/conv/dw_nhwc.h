@@ -362,6 +362,53 @@ void dw_forward_nchw_blocked(const T* x, const T* w, const T* b, T* y, const Geo
   }
 }
 
+// Input gradient (any stride) for NCHW planes, channels a multiple of VL, multiplier 1. The taps
+// that land on each dx pixel are the same for every block, so they are listed once: for pixel
+// (ih, iw), pairs (dy pixel, tap) in tap order.
+template <typename T>
+void dw_backward_input_nchw_blocked(const T* dy, const T* w, T* dx, const Geom& g) {
+  constexpr int VL = Vec<T>::n;
+  using V = vec_t<T>;
+  const int64_t kh = g.kh, kw = g.kw, k2 = kh * kw, ncb = g.C / VL, HW = g.H * g.W, P = g.Ho * g.Wo;
+  const T* wb = dw_block_weights<T>(w, nullptr, g);
+  int32_t* list = scratch<int32_t>(kAdjointSlot, HW * (2 * k2 + 1));  // [pixel][count, pairs...]
+  for (int64_t ih = 0; ih < g.H; ++ih)
+    for (int64_t iw = 0; iw < g.W; ++iw) {
+      int32_t* e = list + (ih * g.W + iw) * (2 * k2 + 1);
+      int32_t nt = 0;
+      for (int64_t i = 0; i < kh; ++i) {
+        const int64_t rr = ih + g.pt - i * g.dh;
+        if (rr < 0 || rr % g.sh || rr / g.sh >= g.Ho) continue;
+        for (int64_t j = 0; j < kw; ++j) {
+          const int64_t cc = iw + g.pl - j * g.dw;
+          if (cc < 0 || cc % g.sw || cc / g.sw >= g.Wo) continue;
+          e[1 + 2 * nt] = int32_t(((rr / g.sh) * g.Wo + cc / g.sw) * VL);
+          e[2 + 2 * nt] = int32_t((i * kw + j) * VL);
+          ++nt;
+        }
+      }
+      e[0] = nt;
+    }
+#pragma omp parallel num_threads(num_threads())
+  {
+    T* dxb = scratch<T>(kXbSlot, HW * VL);
+    T* dyb = scratch<T>(kYbSlot, P * VL);
+#pragma omp for schedule(static)
+    for (int64_t u = 0; u < g.N * ncb; ++u) {
+      const int64_t n = u / ncb, cb = u % ncb;
+      const T* wt = wb + cb * k2 * VL;
+      block_to_px(dy + (n * g.C + cb * VL) * P, P, P, dyb);
+      for (int64_t p = 0; p < HW; ++p) {
+        const int32_t* e = list + p * (2 * k2 + 1);
+        V a{};
+        for (int32_t t = 0; t < e[0]; ++t) a += vload(dyb + e[1 + 2 * t]) * vload(wt + e[2 + 2 * t]);
+        vstore(dxb + p * VL, a);
+      }
+      px_to_block(dxb, HW, dx + (n * g.C + cb * VL) * HW, HW);
+    }
+  }
+}
+
 // Weight-gradient partials for small NCHW planes: piece n writes pw[n][tap][C] and pb[n][C].
 template <typename T, int KH, int KW>
 void dw_weight_partials_nchw_blocked(const T* dy, const T* x, T* pw, T* pb, const Geom& g) {
@@ -391,44 +438,52 @@ void dw_weight_partials_nchw_blocked(const T* dy, const T* x, T* pw, T* pb, cons
   }
 }
 
+// One dx row ih of one image by gather (any stride): dyn is the image's dy (NHWC, g.K channels),
+// wt the weights as [tap][K], dxr the row (g.W pixels x g.C).
+template <typename T>
+void dw_bwdin_row(const T* dyn, const T* wt, T* dxr, int64_t ih, const Geom& g, int64_t* taps) {
+  constexpr int VL = Vec<T>::n;
+  using V = vec_t<T>;
+  const int64_t kh = g.kh, kw = g.kw, C = g.C, K = g.K, m = K / C;
+  const int64_t cv = m == 1 ? C / VL * VL : 0;
+  for (int64_t iw = 0; iw < g.W; ++iw) {
+    int64_t nt = 0;  // (dy pixel offset, tap offset) pairs
+    for (int64_t i = 0; i < kh; ++i) {
+      const int64_t rr = ih + g.pt - i * g.dh;
+      if (rr < 0 || rr % g.sh || rr / g.sh >= g.Ho) continue;
+      for (int64_t j = 0; j < kw; ++j) {
+        const int64_t cc = iw + g.pl - j * g.dw;
+        if (cc < 0 || cc % g.sw || cc / g.sw >= g.Wo) continue;
+        taps[2 * nt] = ((rr / g.sh) * g.Wo + cc / g.sw) * K;
+        taps[2 * nt + 1] = (i * kw + j) * K;
+        ++nt;
+      }
+    }
+    T* d = dxr + iw * C;
+    for (int64_t c = 0; c < cv; c += VL) {
+      V a{};
+      for (int64_t t = 0; t < nt; ++t) a += vload(dyn + taps[2 * t] + c) * vload(wt + taps[2 * t + 1] + c);
+      vstore(d + c, a);
+    }
+    for (int64_t c = cv; c < C; ++c) {
+      T a = 0;
+      for (int64_t q = 0; q < m; ++q)
+        for (int64_t t = 0; t < nt; ++t) a += dyn[taps[2 * t] + c * m + q] * wt[taps[2 * t + 1] + c * m + q];
+      d[c] = a;
+    }
+  }
+}
+
 // Input gradient by gather (any stride; used at stride > 1).
 template <typename T>
 void dw_backward_input_nhwc(const T* dy, const T* w, T* dx, const Geom& g) {
-  constexpr int VL = Vec<T>::n;
-  using V = vec_t<T>;
-  const int64_t kh = g.kh, kw = g.kw, k2 = kh * kw, C = g.C, K = g.K, m = K / C;
+  const int64_t k2 = g.kh * g.kw;
   const T* wt = dw_weights_tk(w, g);
-  const int64_t cv = m == 1 ? C / VL * VL : 0;
 #pragma omp parallel for schedule(static) num_threads(num_threads())
   for (int64_t u = 0; u < g.N * g.H; ++u) {
     const int64_t n = u / g.H, ih = u % g.H;
-    int64_t* taps = scratch<int64_t>(kColSlot, 2 * k2);  // (dy pixel offset, tap) pairs
-    for (int64_t iw = 0; iw < g.W; ++iw) {
-      int64_t nt = 0;
-      for (int64_t i = 0; i < kh; ++i) {
-        const int64_t rr = ih + g.pt - i * g.dh;
-        if (rr < 0 || rr % g.sh || rr / g.sh >= g.Ho) continue;
-        for (int64_t j = 0; j < kw; ++j) {
-          const int64_t cc = iw + g.pl - j * g.dw;
-          if (cc < 0 || cc % g.sw || cc / g.sw >= g.Wo) continue;
-          taps[2 * nt] = ((n * g.Ho + rr / g.sh) * g.Wo + cc / g.sw) * K;
-          taps[2 * nt + 1] = (i * kw + j) * K;
-          ++nt;
-        }
-      }
-      T* d = dx + (u * g.W + iw) * C;
-      for (int64_t c = 0; c < cv; c += VL) {
-        V a{};
-        for (int64_t t = 0; t < nt; ++t) a += vload(dy + taps[2 * t] + c) * vload(wt + taps[2 * t + 1] + c);
-        vstore(d + c, a);
-      }
-      for (int64_t c = cv; c < C; ++c) {
-        T a = 0;
-        for (int64_t q = 0; q < m; ++q)
-          for (int64_t t = 0; t < nt; ++t) a += dy[taps[2 * t] + c * m + q] * wt[taps[2 * t + 1] + c * m + q];
-        d[c] = a;
-      }
-    }
+    int64_t* taps = scratch<int64_t>(kColSlot, 2 * k2);
+    dw_bwdin_row(dy + n * g.Ho * g.Wo * g.K, wt, dx + u * g.W * g.C, ih, g, taps);
   }
 }
 
