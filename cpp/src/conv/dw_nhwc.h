@@ -38,6 +38,25 @@ inline void tap_range(int64_t o, int64_t s, int64_t d, int64_t p, int64_t k, int
   if (hi < lo) hi = lo;
 }
 
+// The taps that land on dx pixel (ih, iw): pairs (dy pixel index * scale, tap index * scale)
+// written to out in tap order; returns their count.
+template <typename I>
+int64_t landing_taps(const Geom& g, int64_t ih, int64_t iw, int64_t scale, I* out) {
+  int64_t nt = 0;
+  for (int64_t i = 0; i < g.kh; ++i) {
+    const int64_t rr = ih + g.pt - i * g.dh;
+    if (rr < 0 || rr % g.sh || rr / g.sh >= g.Ho) continue;
+    for (int64_t j = 0; j < g.kw; ++j) {
+      const int64_t cc = iw + g.pl - j * g.dw;
+      if (cc < 0 || cc % g.sw || cc / g.sw >= g.Wo) continue;
+      out[2 * nt] = I(((rr / g.sh) * g.Wo + cc / g.sw) * scale);
+      out[2 * nt + 1] = I((i * g.kw + j) * scale);
+      ++nt;
+    }
+  }
+  return nt;
+}
+
 template <typename T, int KH, int KW>
 void dw_forward_nhwc(const T* x, const T* w, const T* b, T* y, const Geom& g) {
   constexpr int VL = Vec<T>::n;
@@ -375,19 +394,7 @@ void dw_backward_input_nchw_blocked(const T* dy, const T* w, T* dx, const Geom& 
   for (int64_t ih = 0; ih < g.H; ++ih)
     for (int64_t iw = 0; iw < g.W; ++iw) {
       int32_t* e = list + (ih * g.W + iw) * (2 * k2 + 1);
-      int32_t nt = 0;
-      for (int64_t i = 0; i < kh; ++i) {
-        const int64_t rr = ih + g.pt - i * g.dh;
-        if (rr < 0 || rr % g.sh || rr / g.sh >= g.Ho) continue;
-        for (int64_t j = 0; j < kw; ++j) {
-          const int64_t cc = iw + g.pl - j * g.dw;
-          if (cc < 0 || cc % g.sw || cc / g.sw >= g.Wo) continue;
-          e[1 + 2 * nt] = int32_t(((rr / g.sh) * g.Wo + cc / g.sw) * VL);
-          e[2 + 2 * nt] = int32_t((i * kw + j) * VL);
-          ++nt;
-        }
-      }
-      e[0] = nt;
+      e[0] = int32_t(landing_taps(g, ih, iw, VL, e + 1));
     }
 #pragma omp parallel num_threads(num_threads())
   {
@@ -444,21 +451,10 @@ template <typename T>
 void dw_bwdin_row(const T* dyn, const T* wt, T* dxr, int64_t ih, const Geom& g, int64_t* taps) {
   constexpr int VL = Vec<T>::n;
   using V = vec_t<T>;
-  const int64_t kh = g.kh, kw = g.kw, C = g.C, K = g.K, m = K / C;
+  const int64_t C = g.C, K = g.K, m = K / C;
   const int64_t cv = m == 1 ? C / VL * VL : 0;
   for (int64_t iw = 0; iw < g.W; ++iw) {
-    int64_t nt = 0;  // (dy pixel offset, tap offset) pairs
-    for (int64_t i = 0; i < kh; ++i) {
-      const int64_t rr = ih + g.pt - i * g.dh;
-      if (rr < 0 || rr % g.sh || rr / g.sh >= g.Ho) continue;
-      for (int64_t j = 0; j < kw; ++j) {
-        const int64_t cc = iw + g.pl - j * g.dw;
-        if (cc < 0 || cc % g.sw || cc / g.sw >= g.Wo) continue;
-        taps[2 * nt] = ((rr / g.sh) * g.Wo + cc / g.sw) * K;
-        taps[2 * nt + 1] = (i * kw + j) * K;
-        ++nt;
-      }
-    }
+    const int64_t nt = landing_taps(g, ih, iw, K, taps);  // (dy pixel offset, tap offset) pairs
     T* d = dxr + iw * C;
     for (int64_t c = 0; c < cv; c += VL) {
       V a{};
