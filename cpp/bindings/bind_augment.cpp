@@ -1,6 +1,7 @@
 // Image-kernel bindings: marshalling only; cnnkit.augment validates and allocates. Sizes are
 // re-checked so a misuse cannot read or write out of bounds.
 #include <string>
+#include <tuple>
 
 #include "cnnkit/augment.h"
 #include "common.h"
@@ -22,6 +23,50 @@ T* checked(const py::array& a, const char* name, int64_t count, bool write) {
 }  // namespace
 
 void bind_augment(py::module_& m) {
+  // Mixing kernels: x (N, S) float32/float64, perm (N,) int64 in [0, N), out like x (not overlapping).
+  auto mix_arrays = [](const py::array& x, const py::array& out, const py::array& perm, int64_t N, int64_t S) {
+    if (N < 0 || S < 0) throw py::value_error("shape: expected N, S >= 0");
+    const bool f64 = py::isinstance<py::array_t<double>>(x);
+    if (!f64 && !py::isinstance<py::array_t<float>>(x)) throw py::type_error("x: expected float32 or float64");
+    if (py::isinstance<py::array_t<double>>(out) != f64) throw py::type_error("out: dtype differs from x");
+    const void* px = f64 ? static_cast<const void*>(checked<double>(x, "x", N * S, false))
+                         : static_cast<const void*>(checked<float>(x, "x", N * S, false));
+    void* po = f64 ? static_cast<void*>(checked<double>(out, "out", N * S, true))
+                   : static_cast<void*>(checked<float>(out, "out", N * S, true));
+    if (overlaps(px, N * S * (f64 ? 8 : 4), po, N * S * (f64 ? 8 : 4)))
+      throw py::value_error("out: must not overlap x");
+    const int64_t* pp = checked<int64_t>(perm, "perm", N, false);
+    for (int64_t i = 0; i < N; ++i)
+      if (pp[i] < 0 || pp[i] >= N) throw py::value_error("perm: entries must lie in [0, N)");
+    return std::make_tuple(f64, px, po, pp);
+  };
+  m.def(
+      "augment_blend",
+      [mix_arrays](const py::array& x, const py::array& out, const py::array& perm, const py::array& lam, int64_t N,
+                   int64_t S) {
+        auto [f64, px, po, pp] = mix_arrays(x, out, perm, N, S);
+        const double* pl = checked<double>(lam, "lam", N, false);
+        py::gil_scoped_release nogil;
+        augment::blend(f64, px, pp, pl, po, N, S);
+      },
+      py::arg("x"), py::arg("out"), py::arg("perm"), py::arg("lam"), py::arg("N"), py::arg("S"));
+  m.def(
+      "augment_paste_boxes",
+      [mix_arrays](const py::array& x, const py::array& out, const py::array& perm, const py::array& boxes, int64_t N,
+                   int64_t C, int64_t H, int64_t W) {
+        if (C < 1 || H < 1 || W < 1) throw py::value_error("shape: expected C, H, W >= 1");
+        auto [f64, px, po, pp] = mix_arrays(x, out, perm, N, C * H * W);
+        const int64_t* pb = checked<int64_t>(boxes, "boxes", 4 * N, false);
+        for (int64_t i = 0; i < N; ++i) {
+          const int64_t* b = pb + 4 * i;
+          if (b[0] < 0 || b[1] < 0 || b[2] > H || b[3] > W || b[0] > b[2] || b[1] > b[3])
+            throw py::value_error("boxes: each (y0, x0, y1, x1) must satisfy 0 <= y0 <= y1 <= H, 0 <= x0 <= x1 <= W");
+        }
+        py::gil_scoped_release nogil;
+        augment::paste_boxes(f64, px, pp, pb, po, N, C, H, W);
+      },
+      py::arg("x"), py::arg("out"), py::arg("perm"), py::arg("boxes"), py::arg("N"), py::arg("C"), py::arg("H"),
+      py::arg("W"));
   m.def(
       "augment_normalize_u8",
       [](const py::array& x, const py::array& out, int64_t N, int64_t P, int64_t C, bool nchw_out,

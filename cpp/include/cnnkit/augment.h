@@ -25,6 +25,14 @@ void histogram_u8(const uint8_t* x, int64_t N, int64_t P, int64_t C, int64_t* hi
 // y = lut[n, c, x] with one 256-entry table per (image, channel): lut has N*C*256 entries.
 void lut_u8(const uint8_t* x, uint8_t* y, int64_t N, int64_t P, int64_t C, const uint8_t* lut);
 
+// Mixing (cpp/src/augment/mix.cpp; float32, or float64 when f64), S elements per image:
+// out[n] = a[n]*x[n] + (1 - a[n])*x[perm[n]], computed in double. out must not overlap x.
+void blend(bool f64, const void* x, const int64_t* perm, const double* a, void* out, int64_t N, int64_t S);
+// out[n] = x[n] with box (y0, x0, y1, x1) = boxes[4n..4n+3] of every channel plane (NCHW) taken from
+// x[perm[n]]. out must not overlap x.
+void paste_boxes(bool f64, const void* x, const int64_t* perm, const int64_t* boxes, void* out, int64_t N, int64_t C,
+                 int64_t H, int64_t W);
+
 struct Kernels {
   decltype(&normalize_u8) normalize_u8_fn;
   decltype(&image_stats_u8) image_stats_u8_fn;

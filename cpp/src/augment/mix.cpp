@@ -1,0 +1,62 @@
+// Mixing kernels for float image batches (Mixup, CutMix, SamplePairing), parallel over images.
+// Randomness (lambdas, partners, boxes) comes from the Python samplers; these are deterministic and
+// compute every element the same way at any thread count.
+//   blend:       out[n] = a[n] * x[n] + (1 - a[n]) * x[perm[n]]      (in double, rounded once)
+//   paste_boxes: out[n] = x[n], then the box of every channel plane replaced by x[perm[n]]'s
+#include <omp.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "cnnkit/augment.h"
+
+namespace cnnkit::augment {
+namespace {
+
+template <typename T>
+void blend_t(const T* x, const int64_t* perm, const double* a, T* out, int64_t N, int64_t S) {
+#pragma omp parallel for schedule(static) num_threads(num_threads())
+  for (int64_t n = 0; n < N; ++n) {
+    const T* p = x + n * S;
+    const T* q = x + perm[n] * S;
+    T* o = out + n * S;
+    const double lam = a[n], mu = 1.0 - a[n];
+    for (int64_t i = 0; i < S; ++i) o[i] = T(lam * double(p[i]) + mu * double(q[i]));
+  }
+}
+
+template <typename T>
+void paste_t(const T* x, const int64_t* perm, const int64_t* boxes, T* out, int64_t N, int64_t C, int64_t H,
+             int64_t W) {
+  const int64_t S = C * H * W;
+#pragma omp parallel for schedule(static) num_threads(num_threads())
+  for (int64_t n = 0; n < N; ++n) {
+    T* o = out + n * S;
+    if (o != x + n * S) std::memcpy(o, x + n * S, S * sizeof(T));
+    const T* q = x + perm[n] * S;
+    const int64_t y0 = boxes[4 * n], x0 = boxes[4 * n + 1], y1 = boxes[4 * n + 2], x1 = boxes[4 * n + 3];
+    if (y1 <= y0 || x1 <= x0) continue;
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t r = y0; r < y1; ++r)
+        std::memcpy(o + (c * H + r) * W + x0, q + (c * H + r) * W + x0, (x1 - x0) * sizeof(T));
+  }
+}
+
+}  // namespace
+
+void blend(bool f64, const void* x, const int64_t* perm, const double* a, void* out, int64_t N, int64_t S) {
+  if (f64)
+    blend_t(static_cast<const double*>(x), perm, a, static_cast<double*>(out), N, S);
+  else
+    blend_t(static_cast<const float*>(x), perm, a, static_cast<float*>(out), N, S);
+}
+
+void paste_boxes(bool f64, const void* x, const int64_t* perm, const int64_t* boxes, void* out, int64_t N, int64_t C,
+                 int64_t H, int64_t W) {
+  if (f64)
+    paste_t(static_cast<const double*>(x), perm, boxes, static_cast<double*>(out), N, C, H, W);
+  else
+    paste_t(static_cast<const float*>(x), perm, boxes, static_cast<float*>(out), N, C, H, W);
+}
+
+}  // namespace cnnkit::augment

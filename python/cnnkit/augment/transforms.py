@@ -1,0 +1,109 @@
+"""Transform classes: each wires a sampler (randomness from its own seeded numpy Generator) to a
+deterministic batched function, and keeps the parameters it drew in ``last_params`` so a call can
+be replayed exactly (``t(x, params=t.last_params)``).
+
+``__call__(images, params=None, labels=None)`` samples only when ``params`` is None. It returns
+the images, or ``(images, labels)`` when labels are given.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import _mix
+
+__all__ = ["Transform", "Compose", "MixUp", "CutMix"]
+
+
+class Transform:
+    """Base class: ``seed`` seeds the transform's own Generator (None: fresh OS entropy)."""
+
+    def __init__(self, seed=None):
+        self.seed(seed)
+        self.last_params = None
+
+    def seed(self, seed=None):
+        """Reseed (an int, a numpy SeedSequence, or None)."""
+        self.rng = np.random.default_rng(seed)
+
+    def sample(self, images):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def apply(self, images, params, labels):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __call__(self, images, params=None, labels=None):
+        if params is None:
+            params = self.sample(images)
+        self.last_params = params
+        out, new_labels = self.apply(images, params, labels)
+        return out if labels is None else (out, new_labels)
+
+
+class Compose(Transform):
+    """Apply transforms in order. ``seed`` reseeds every child from one SeedSequence, so the whole
+    pipeline is reproducible from one number; ``last_params`` is the list of the children's."""
+
+    def __init__(self, transforms, seed=None):
+        self.transforms = list(transforms)
+        for i, t in enumerate(self.transforms):
+            if not isinstance(t, Transform):
+                raise TypeError(f"transforms[{i}]: expected a cnnkit.augment Transform, got {type(t).__name__}")
+        super().__init__(seed)
+
+    def seed(self, seed=None):
+        super().seed(seed)
+        if seed is not None:
+            for t, s in zip(self.transforms, np.random.SeedSequence(seed).spawn(len(self.transforms))):
+                t.seed(s)
+
+    def __call__(self, images, params=None, labels=None):
+        if params is not None and len(params) != len(self.transforms):
+            raise ValueError(f"params: expected {len(self.transforms)} entries (one per transform), got {len(params)}")
+        used = []
+        for i, t in enumerate(self.transforms):
+            res = t(images, None if params is None else params[i], labels)
+            images, labels = (res if labels is not None else (res, None))
+            used.append(t.last_params)
+        self.last_params = used
+        return images if labels is None else (images, labels)
+
+
+class _Mixing(Transform):
+    def __init__(self, alpha=1.0, *, mode="batch", p=1.0, num_classes=None, label_smoothing=0.0, seed=None):
+        self.alpha = _mix._alpha(alpha)
+        self.mode = _mix._mode(mode)
+        self.p = _mix._prob(p)
+        self.num_classes = num_classes
+        eps = float(label_smoothing)
+        if not 0.0 <= eps < 1.0:
+            raise ValueError(f"label_smoothing: expected a value in [0, 1), got {label_smoothing!r}")
+        self.label_smoothing = eps
+        super().__init__(seed)
+
+
+class MixUp(_Mixing):
+    """Mixup (Zhang et al. 2018) on float (N, C, H, W) batches; see :func:`cnnkit.augment.functional.mixup`.
+
+    ``alpha``: Beta(alpha, alpha) for lam; ``mode``: "batch", "pair" or "elem"; ``p``: probability
+    of mixing; labels: class indices (give ``num_classes``) or soft rows; ``label_smoothing`` off by
+    default.
+    """
+
+    def sample(self, images):
+        return _mix.sample_mixup_params(self.rng, len(images), self.alpha, mode=self.mode, p=self.p)
+
+    def apply(self, images, params, labels):
+        return _mix.mixup(images, labels, lam=params["lam"], perm=params["perm"], num_classes=self.num_classes,
+                          label_smoothing=self.label_smoothing)
+
+
+class CutMix(_Mixing):
+    """CutMix (Yun et al. 2019) on float (N, C, H, W) batches; see :func:`cnnkit.augment.functional.cutmix`.
+    Labels mix with the kept fraction of each image (lam corrected by the clipped box)."""
+
+    def sample(self, images):
+        return _mix.sample_cutmix_params(self.rng, np.shape(images), self.alpha, mode=self.mode, p=self.p)
+
+    def apply(self, images, params, labels):
+        return _mix.cutmix(images, labels, boxes=params["boxes"], perm=params["perm"], num_classes=self.num_classes,
+                           label_smoothing=self.label_smoothing)
