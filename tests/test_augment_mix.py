@@ -172,3 +172,59 @@ def test_public_names():
         assert getattr(cnnkit.augment.functional, name) is getattr(cnnkit.augment, name)
     for name in ("Compose", "MixUp", "CutMix"):
         assert hasattr(cnnkit.augment, name)
+
+
+# ---- SamplePairing ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sample_pairing_averages_with_the_partner(dtype, rng):
+    x = _batch(rng, 6, dtype)
+    prm = F.sample_pairing_params(rng, 6, p=0.5)
+    assert np.all(prm["partners"][prm["applied"]] != np.arange(6)[prm["applied"]]), "a partner is another image"
+    out = F.sample_pairing(x, prm["partners"], applied=prm["applied"])
+    ref = (0.5 * x.astype(np.float64) + 0.5 * x[prm["partners"]].astype(np.float64)).astype(dtype)
+    ref[~prm["applied"]] = x[~prm["applied"]]
+    assert_bitwise(out, ref, "SamplePairing vs (x + partner) / 2")
+    pool = _batch(rng, 9, dtype)
+    prm = F.sample_pairing_params(rng, 6, pool_size=9)
+    out = F.sample_pairing(x, prm["partners"], pool=pool, applied=prm["applied"])
+    ref = (0.5 * x.astype(np.float64) + 0.5 * pool[prm["partners"]].astype(np.float64)).astype(dtype)
+    assert_bitwise(out, ref, "SamplePairing from a pool")
+
+
+def test_sample_pairing_transform_keeps_labels_and_replays(rng):
+    x = _batch(rng, 5)
+    y = np.arange(5)
+    t = cnnkit.augment.SamplePairing(seed=4)
+    out, lab = t(x, labels=y)
+    assert lab is y, "labels stay those of the first image"
+    assert_bitwise(t(x, params=t.last_params), out, "replay")
+    assert_bitwise(cnnkit.augment.SamplePairing(seed=4)(x), out, "same seed")
+    assert_bitwise(F.sample_pairing(x, np.arange(5)), x, "own partner: unchanged")
+
+
+def test_sample_pairing_schedule():
+    s = cnnkit.augment.SamplePairingSchedule(warmup=3, on=2, off=1, fine_tune_from=9)
+    assert [s.enabled(e) for e in range(11)] == [False, False, False, True, True, False, True, True, False,
+                                                  False, False]
+    for bad in (dict(on=0), dict(warmup=-1), dict(off=1.5), dict(fine_tune_from=-2)):
+        with pytest.raises(ValueError):
+            cnnkit.augment.SamplePairingSchedule(**bad)
+    with pytest.raises(ValueError, match="epoch"):
+        s.enabled(-1)
+
+
+def test_sample_pairing_bad_input(rng):
+    x = _batch(rng, 4)
+    with pytest.raises(ValueError, match="pool"):
+        F.sample_pairing(x, np.zeros(4, np.int64), pool=_batch(rng, 3, shape=(3, 9, 10)))
+    with pytest.raises(ValueError, match="partners"):
+        F.sample_pairing(x, np.array([0, 1, 2, 3]), pool=_batch(rng, 3))
+    with pytest.raises(ValueError, match="perm"):
+        F.sample_pairing(x, np.array([0, 1, 2, 4]))
+    with pytest.raises(TypeError, match="x"):
+        F.sample_pairing(x.astype(np.uint8), np.arange(4))
+    with pytest.raises(ValueError, match="applied"):
+        F.sample_pairing(x, np.arange(4), applied=np.ones(3, bool))
+    with pytest.raises(ValueError, match="pool_size"):
+        F.sample_pairing_params(rng, 4, pool_size=0)

@@ -2,6 +2,7 @@
 // re-checked so a misuse cannot read or write out of bounds.
 #include <string>
 #include <tuple>
+#include <vector>
 
 #include "cnnkit/augment.h"
 #include "common.h"
@@ -43,13 +44,34 @@ void bind_augment(py::module_& m) {
   m.def(
       "augment_blend",
       [mix_arrays](const py::array& x, const py::array& out, const py::array& perm, const py::array& lam, int64_t N,
-                   int64_t S) {
-        auto [f64, px, po, pp] = mix_arrays(x, out, perm, N, S);
+                   int64_t S, const py::object& pool, int64_t M) {
+        // Partners index x itself, or `pool` (M images of S elements) when given.
+        if (pool.is_none()) {
+          auto [f64, px, po, pp] = mix_arrays(x, out, perm, N, S);
+          const double* pl = checked<double>(lam, "lam", N, false);
+          py::gil_scoped_release nogil;
+          augment::blend(f64, px, px, pp, pl, po, N, S);
+          return;
+        }
+        if (!py::isinstance<py::array>(pool)) throw py::type_error("pool: expected a numpy.ndarray");
+        py::array pa = py::reinterpret_borrow<py::array>(pool);
+        auto [f64, px, po, pp_unused] = mix_arrays(x, out, py::array_t<int64_t>(N, std::vector<int64_t>(N, 0).data()), N, S);
+        (void)pp_unused;
+        if (M < 1) throw py::value_error("pool: expected at least one image");
+        if (py::isinstance<py::array_t<double>>(pa) != f64) throw py::type_error("pool: dtype differs from x");
+        const void* ps = f64 ? static_cast<const void*>(checked<double>(pa, "pool", M * S, false))
+                             : static_cast<const void*>(checked<float>(pa, "pool", M * S, false));
+        if (overlaps(ps, M * S * (f64 ? 8 : 4), po, N * S * (f64 ? 8 : 4)))
+          throw py::value_error("out: must not overlap pool");
+        const int64_t* pp = checked<int64_t>(perm, "perm", N, false);
+        for (int64_t i = 0; i < N; ++i)
+          if (pp[i] < 0 || pp[i] >= M) throw py::value_error("perm: entries must lie in [0, M)");
         const double* pl = checked<double>(lam, "lam", N, false);
         py::gil_scoped_release nogil;
-        augment::blend(f64, px, pp, pl, po, N, S);
+        augment::blend(f64, px, ps, pp, pl, po, N, S);
       },
-      py::arg("x"), py::arg("out"), py::arg("perm"), py::arg("lam"), py::arg("N"), py::arg("S"));
+      py::arg("x"), py::arg("out"), py::arg("perm"), py::arg("lam"), py::arg("N"), py::arg("S"),
+      py::arg("pool") = py::none(), py::arg("M") = 0);
   m.def(
       "augment_paste_boxes",
       [mix_arrays](const py::array& x, const py::array& out, const py::array& perm, const py::array& boxes, int64_t N,

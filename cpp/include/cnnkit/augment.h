@@ -26,8 +26,10 @@ void histogram_u8(const uint8_t* x, int64_t N, int64_t P, int64_t C, int64_t* hi
 void lut_u8(const uint8_t* x, uint8_t* y, int64_t N, int64_t P, int64_t C, const uint8_t* lut);
 
 // Mixing (cpp/src/augment/mix.cpp; float32, or float64 when f64), S elements per image:
-// out[n] = a[n]*x[n] + (1 - a[n])*x[perm[n]], computed in double. out must not overlap x.
-void blend(bool f64, const void* x, const int64_t* perm, const double* a, void* out, int64_t N, int64_t S);
+// out[n] = a[n]*x[n] + (1 - a[n])*src[perm[n]], computed in double; src is x or a pool of images
+// (perm indexes it). out must not overlap x or src.
+void blend(bool f64, const void* x, const void* src, const int64_t* perm, const double* a, void* out, int64_t N,
+           int64_t S);
 // out[n] = x[n] with box (y0, x0, y1, x1) = boxes[4n..4n+3] of every channel plane (NCHW) taken from
 // x[perm[n]]. out must not overlap x.
 void paste_boxes(bool f64, const void* x, const int64_t* perm, const int64_t* boxes, void* out, int64_t N, int64_t C,

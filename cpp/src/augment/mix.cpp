@@ -1,7 +1,8 @@
 // Mixing kernels for float image batches (Mixup, CutMix, SamplePairing), parallel over images.
 // Randomness (lambdas, partners, boxes) comes from the Python samplers; these are deterministic and
 // compute every element the same way at any thread count.
-//   blend:       out[n] = a[n] * x[n] + (1 - a[n]) * x[perm[n]]      (in double, rounded once)
+//   blend:       out[n] = a[n] * x[n] + (1 - a[n]) * src[perm[n]]    (in double, rounded once;
+//                src is x itself or a separate pool of images)
 //   paste_boxes: out[n] = x[n], then the box of every channel plane replaced by x[perm[n]]'s
 #include <omp.h>
 
@@ -14,11 +15,11 @@ namespace cnnkit::augment {
 namespace {
 
 template <typename T>
-void blend_t(const T* x, const int64_t* perm, const double* a, T* out, int64_t N, int64_t S) {
+void blend_t(const T* x, const T* src, const int64_t* perm, const double* a, T* out, int64_t N, int64_t S) {
 #pragma omp parallel for schedule(static) num_threads(num_threads())
   for (int64_t n = 0; n < N; ++n) {
     const T* p = x + n * S;
-    const T* q = x + perm[n] * S;
+    const T* q = src + perm[n] * S;
     T* o = out + n * S;
     const double lam = a[n], mu = 1.0 - a[n];
     for (int64_t i = 0; i < S; ++i) o[i] = T(lam * double(p[i]) + mu * double(q[i]));
@@ -44,11 +45,12 @@ void paste_t(const T* x, const int64_t* perm, const int64_t* boxes, T* out, int6
 
 }  // namespace
 
-void blend(bool f64, const void* x, const int64_t* perm, const double* a, void* out, int64_t N, int64_t S) {
+void blend(bool f64, const void* x, const void* src, const int64_t* perm, const double* a, void* out, int64_t N,
+           int64_t S) {
   if (f64)
-    blend_t(static_cast<const double*>(x), perm, a, static_cast<double*>(out), N, S);
+    blend_t(static_cast<const double*>(x), static_cast<const double*>(src), perm, a, static_cast<double*>(out), N, S);
   else
-    blend_t(static_cast<const float*>(x), perm, a, static_cast<float*>(out), N, S);
+    blend_t(static_cast<const float*>(x), static_cast<const float*>(src), perm, a, static_cast<float*>(out), N, S);
 }
 
 void paste_boxes(bool f64, const void* x, const int64_t* perm, const int64_t* boxes, void* out, int64_t N, int64_t C,

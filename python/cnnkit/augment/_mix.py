@@ -276,3 +276,92 @@ def cutmix(x, labels=None, *, boxes, perm, num_classes=None, label_smoothing=0.0
     _core.augment_paste_boxes(x, out, perm, boxes, N, C, H, W)
     lam = 1.0 - ((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])) / float(H * W)
     return out, _mix_labels(rows, perm, lam)
+
+
+# ---- SamplePairing -------------------------------------------------------------------------------
+
+def sample_pairing_params(rng, batch_size, *, pool_size=None, p=1.0):
+    """Draw SamplePairing partners: ``{"partners": (N,) int64, "applied": (N,) bool}``.
+
+    Partners index a separate pool of ``pool_size`` images when given (uniformly), else another
+    image of the same batch (uniformly among the other N - 1). Not applied (probability 1 - p,
+    per image): the image is its own partner, so it comes back unchanged.
+    """
+    _check_rng(rng)
+    N = _batch_size(batch_size)
+    p = _prob(p)
+    if pool_size is not None:
+        M = _batch_size(pool_size, "pool_size")
+        partners = rng.integers(0, M, size=N)
+    else:
+        partners = rng.integers(0, max(N - 1, 1), size=N)
+        partners = np.where(partners >= np.arange(N), partners + 1, partners) if N > 1 else np.zeros(N, np.int64)
+    applied = rng.random(N) < p
+    if pool_size is None:
+        partners = np.where(applied, partners, np.arange(N))
+    return {"partners": partners.astype(np.int64), "applied": applied}
+
+
+def sample_pairing(x, partners, *, pool=None, applied=None, out=None):
+    """SamplePairing (Inoue 2018): ``x'[n] = (x[n] + src[partners[n]]) / 2`` with ``src`` the batch
+    itself or ``pool``; labels stay those of ``x`` (the caller keeps them). Images where
+    ``applied`` is False are copied unchanged. Works on any float batch whose first axis is the
+    image (NCHW or NHWC); ``pool`` has the same per-image shape and dtype.
+    """
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"x: expected a numpy.ndarray, got {type(x).__name__}")
+    if x.dtype not in (np.float32, np.float64) or x.ndim < 2:
+        raise TypeError(f"x: expected a float32 or float64 batch of images, got dtype {x.dtype} shape {x.shape}")
+    x = np.ascontiguousarray(x)
+    N = x.shape[0]
+    S = int(np.prod(x.shape[1:]))
+    lam = np.full(N, 0.5)
+    if applied is not None:
+        applied = np.asarray(applied, dtype=bool)
+        if applied.shape != (N,):
+            raise ValueError(f"applied: expected {N} flags, got shape {applied.shape}")
+        lam[~applied] = 1.0
+    if out is None:
+        out = np.empty_like(x)
+    elif not isinstance(out, np.ndarray) or out.shape != x.shape or out.dtype != x.dtype or not out.flags.c_contiguous:
+        raise ValueError(f"out: expected a C-contiguous {x.dtype} array of shape {x.shape}")
+    partners = np.asarray(partners)
+    if pool is None:
+        _core.augment_blend(x, out, _perm(partners, N), lam, N, S)
+        return out
+    if not isinstance(pool, np.ndarray) or pool.dtype != x.dtype or pool.shape[1:] != x.shape[1:]:
+        raise ValueError(f"pool: expected a {x.dtype} array of images shaped like x's {x.shape[1:]}")
+    pool = np.ascontiguousarray(pool)
+    M = pool.shape[0]
+    if partners.shape != (N,) or partners.dtype.kind not in "iu":
+        raise ValueError(f"partners: expected {N} integer pool indices, got shape {partners.shape}")
+    if N and (partners.min() < 0 or partners.max() >= M):
+        raise ValueError(f"partners: pool indices must lie in [0, {M})")
+    _core.augment_blend(x, out, np.ascontiguousarray(partners, dtype=np.int64), lam, N, S, pool, M)
+    return out
+
+
+class SamplePairingSchedule:
+    """When to use SamplePairing, following the paper's training procedure: off for the first
+    ``warmup`` epochs, then on for ``on`` epochs and off for ``off`` epochs in turn, and off again
+    from ``fine_tune_from`` on (the final fine-tuning phase). Defaults: 100 warm-up epochs, 8 on /
+    2 off (the paper's setting for its CIFAR/SVHN runs); ``fine_tune_from`` is the caller's choice.
+    """
+
+    def __init__(self, warmup=100, on=8, off=2, fine_tune_from=None):
+        for name, v in (("warmup", warmup), ("on", on), ("off", off)):
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 0:
+                raise ValueError(f"{name}: expected a non-negative int, got {v!r}")
+        if on == 0:
+            raise ValueError("on: expected at least one epoch on")
+        if fine_tune_from is not None and (not isinstance(fine_tune_from, numbers.Integral) or fine_tune_from < 0):
+            raise ValueError(f"fine_tune_from: expected a non-negative int or None, got {fine_tune_from!r}")
+        self.warmup, self.on, self.off, self.fine_tune_from = int(warmup), int(on), int(off), fine_tune_from
+
+    def enabled(self, epoch):
+        """Whether SamplePairing is on in (0-based) ``epoch``."""
+        if isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral) or epoch < 0:
+            raise ValueError(f"epoch: expected a non-negative int, got {epoch!r}")
+        if epoch < self.warmup or (self.fine_tune_from is not None and epoch >= self.fine_tune_from):
+            return False
+        return (epoch - self.warmup) % (self.on + self.off) < self.on

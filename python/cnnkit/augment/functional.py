@@ -9,7 +9,8 @@ import math
 import numpy as np
 
 from .. import _core
-from ._mix import cutmix, mixup, sample_cutmix_params, sample_mixup_params  # noqa: F401 (public names)
+from ._mix import (cutmix, mixup, sample_cutmix_params, sample_mixup_params, sample_pairing,  # noqa: F401
+                   sample_pairing_params)
 
 __all__ = ["to_float_normalize", "denormalize", "equalize", "autocontrast", "invert", "posterize",
            "solarize", "spatial_dropout", "spatial_dropout_backward"]

@@ -11,7 +11,7 @@ import numpy as np
 
 from . import _mix
 
-__all__ = ["Transform", "Compose", "MixUp", "CutMix"]
+__all__ = ["Transform", "Compose", "MixUp", "CutMix", "SamplePairing"]
 
 
 class Transform:
@@ -107,3 +107,23 @@ class CutMix(_Mixing):
     def apply(self, images, params, labels):
         return _mix.cutmix(images, labels, boxes=params["boxes"], perm=params["perm"], num_classes=self.num_classes,
                            label_smoothing=self.label_smoothing)
+
+
+class SamplePairing(Transform):
+    """SamplePairing (Inoue 2018): each image averaged with a random partner from the batch, or
+    from ``pool`` (an array of images shaped like the batch's); labels are left as they are.
+    ``p``: probability per image. Pair it with :class:`cnnkit.augment.SamplePairingSchedule` to
+    switch it on and off by epoch (``enabled = schedule.enabled(epoch)``; skip the call when off).
+    """
+
+    def __init__(self, p=1.0, *, pool=None, seed=None):
+        self.p = _mix._prob(p)
+        self.pool = pool
+        super().__init__(seed)
+
+    def sample(self, images):
+        pool_size = None if self.pool is None else len(self.pool)
+        return _mix.sample_pairing_params(self.rng, len(images), pool_size=pool_size, p=self.p)
+
+    def apply(self, images, params, labels):
+        return _mix.sample_pairing(images, params["partners"], pool=self.pool, applied=params["applied"]), labels
