@@ -73,6 +73,39 @@ void bind_augment(py::module_& m) {
       py::arg("x"), py::arg("out"), py::arg("perm"), py::arg("lam"), py::arg("N"), py::arg("S"),
       py::arg("pool") = py::none(), py::arg("M") = 0);
   m.def(
+      "augment_fill_boxes",
+      [](const py::array& x, const py::array& out, int64_t N, int64_t H, int64_t W, int64_t C, bool nhwc,
+         const py::array& boxes, int64_t K, int mode, const py::array& values) {
+        if (N < 0 || H < 1 || W < 1 || C < 1 || C > 64 || K < 0 || (mode != 0 && mode != 1))
+          throw py::value_error("shape: expected N >= 0, H, W >= 1, 1 <= C <= 64, K >= 0, mode 0 or 1");
+        const int64_t S = H * W * C;
+        int dt;
+        const void* px;
+        void* po;
+        int64_t esz;
+        if (py::isinstance<py::array_t<uint8_t>>(x)) {
+          dt = 0, esz = 1, px = checked<uint8_t>(x, "images", N * S, false), po = checked<uint8_t>(out, "out", N * S, true);
+        } else if (py::isinstance<py::array_t<float>>(x)) {
+          dt = 1, esz = 4, px = checked<float>(x, "images", N * S, false), po = checked<float>(out, "out", N * S, true);
+        } else if (py::isinstance<py::array_t<double>>(x)) {
+          dt = 2, esz = 8, px = checked<double>(x, "images", N * S, false), po = checked<double>(out, "out", N * S, true);
+        } else {
+          throw py::type_error("images: expected uint8, float32 or float64");
+        }
+        if (px != po && overlaps(px, N * S * esz, po, N * S * esz)) throw py::value_error("out: overlaps images");
+        const int64_t* pb = checked<int64_t>(boxes, "boxes", N * K * 4, false);
+        for (int64_t i = 0; i < N * K; ++i) {
+          const int64_t* b = pb + 4 * i;
+          if (b[0] < 0 || b[1] < 0 || b[2] > H || b[3] > W || b[0] > b[2] || b[1] > b[3])
+            throw py::value_error("boxes: each (y0, x0, y1, x1) must satisfy 0 <= y0 <= y1 <= H, 0 <= x0 <= x1 <= W");
+        }
+        const double* pv = checked<double>(values, "fill", C, false);
+        py::gil_scoped_release nogil;
+        augment::fill_boxes(dt, px, po, N, H, W, C, nhwc, pb, K, mode, pv);
+      },
+      py::arg("images"), py::arg("out"), py::arg("N"), py::arg("H"), py::arg("W"), py::arg("C"), py::arg("nhwc"),
+      py::arg("boxes"), py::arg("K"), py::arg("mode"), py::arg("values"));
+  m.def(
       "augment_paste_boxes",
       [mix_arrays](const py::array& x, const py::array& out, const py::array& perm, const py::array& boxes, int64_t N,
                    int64_t C, int64_t H, int64_t W) {

@@ -35,6 +35,12 @@ void blend(bool f64, const void* x, const void* src, const int64_t* perm, const 
 void paste_boxes(bool f64, const void* x, const int64_t* perm, const int64_t* boxes, void* out, int64_t N, int64_t C,
                  int64_t H, int64_t W);
 
+// Cutout / erasing: out[n] = x[n] with K holes per image (boxes[(n*K + k)*4 ..] = y0, x0, y1, x1)
+// filled with values[c] (mode 0) or the image's per-channel mean (mode 1). dtype 0 uint8 (values
+// rounded half to even, clamped), 1 float32, 2 float64; nhwc or NCHW; C <= 64.
+void fill_boxes(int dtype, const void* x, void* out, int64_t N, int64_t H, int64_t W, int64_t C, bool nhwc,
+                const int64_t* boxes, int64_t K, int mode, const double* values);
+
 struct Kernels {
   decltype(&normalize_u8) normalize_u8_fn;
   decltype(&image_stats_u8) image_stats_u8_fn;

@@ -4,10 +4,13 @@
 //   blend:       out[n] = a[n] * x[n] + (1 - a[n]) * src[perm[n]]    (in double, rounded once;
 //                src is x itself or a separate pool of images)
 //   paste_boxes: out[n] = x[n], then the box of every channel plane replaced by x[perm[n]]'s
+//   fill_boxes:  out[n] = x[n] with holes filled by a constant per channel or the image's mean
 #include <omp.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
+#include <type_traits>
 
 #include "cnnkit/augment.h"
 
@@ -59,6 +62,63 @@ void paste_boxes(bool f64, const void* x, const int64_t* perm, const int64_t* bo
     paste_t(static_cast<const double*>(x), perm, boxes, static_cast<double*>(out), N, C, H, W);
   else
     paste_t(static_cast<const float*>(x), perm, boxes, static_cast<float*>(out), N, C, H, W);
+}
+
+}  // namespace cnnkit::augment
+
+namespace cnnkit::augment {
+namespace {
+
+// Per image: holes (y0, x0, y1, x1) filled with values[c] (mode 0) or the image's own per-channel
+// mean (mode 1, computed in double over the whole image, before any hole is filled and rounded
+// to the element type as T(mean) would be after round-half-even for uint8).
+template <typename T>
+void fill_t(const T* x, T* out, int64_t N, int64_t H, int64_t W, int64_t C, bool nhwc, const int64_t* boxes,
+            int64_t K, int mode, const double* values) {
+  const int64_t S = H * W * C;
+#pragma omp parallel for schedule(static) num_threads(num_threads())
+  for (int64_t n = 0; n < N; ++n) {
+    const T* xi = x + n * S;
+    T* o = out + n * S;
+    if (o != xi) std::memcpy(o, xi, S * sizeof(T));
+    T fillv[64];
+    for (int64_t c = 0; c < C; ++c) {
+      double v = values[c];
+      if (mode == 1) {
+        double s = 0;
+        for (int64_t p = 0; p < H * W; ++p) s += double(nhwc ? xi[p * C + c] : xi[c * H * W + p]);
+        v = s / double(H * W);
+      }
+      if constexpr (std::is_integral<T>::value) {
+        v = std::nearbyint(v);
+        v = v < 0 ? 0 : (v > 255 ? 255 : v);
+      }
+      fillv[c] = T(v);
+    }
+    for (int64_t k = 0; k < K; ++k) {
+      const int64_t* b = boxes + (n * K + k) * 4;
+      for (int64_t r = b[0]; r < b[2]; ++r)
+        for (int64_t q = b[1]; q < b[3]; ++q)
+          for (int64_t c = 0; c < C; ++c) o[nhwc ? (r * W + q) * C + c : (c * H + r) * W + q] = fillv[c];
+    }
+  }
+}
+
+}  // namespace
+
+void fill_boxes(int dtype, const void* x, void* out, int64_t N, int64_t H, int64_t W, int64_t C, bool nhwc,
+                const int64_t* boxes, int64_t K, int mode, const double* values) {
+  switch (dtype) {
+    case 0:
+      fill_t(static_cast<const uint8_t*>(x), static_cast<uint8_t*>(out), N, H, W, C, nhwc, boxes, K, mode, values);
+      break;
+    case 1:
+      fill_t(static_cast<const float*>(x), static_cast<float*>(out), N, H, W, C, nhwc, boxes, K, mode, values);
+      break;
+    default:
+      fill_t(static_cast<const double*>(x), static_cast<double*>(out), N, H, W, C, nhwc, boxes, K, mode, values);
+      break;
+  }
 }
 
 }  // namespace cnnkit::augment

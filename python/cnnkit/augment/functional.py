@@ -9,6 +9,7 @@ import math
 import numpy as np
 
 from .. import _core
+from ._cutout import cutout, random_fill_noise, sample_cutout_params, sample_erasing_params  # noqa: F401
 from ._mix import (cutmix, mixup, sample_cutmix_params, sample_mixup_params, sample_pairing,  # noqa: F401
                    sample_pairing_params)
 

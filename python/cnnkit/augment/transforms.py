@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _mix
+from . import _cutout, _mix
 
-__all__ = ["Transform", "Compose", "MixUp", "CutMix", "SamplePairing"]
+__all__ = ["Transform", "Compose", "MixUp", "CutMix", "SamplePairing", "Cutout", "RandomErasing"]
 
 
 class Transform:
@@ -127,3 +127,55 @@ class SamplePairing(Transform):
 
     def apply(self, images, params, labels):
         return _mix.sample_pairing(images, params["partners"], pool=self.pool, applied=params["applied"]), labels
+
+
+def _hw(images, layout):
+    x, nhwc, _ = _cutout._images(images, layout)
+    return x.shape[0], ((x.shape[1], x.shape[2]) if nhwc else (x.shape[2], x.shape[3]))
+
+
+class _Fill(Transform):
+    def __init__(self, fill, layout, seed):
+        if isinstance(fill, str) and fill not in ("mean", "random"):
+            raise ValueError(f"fill: expected a number, per-channel values, 'mean' or 'random', got {fill!r}")
+        self.fill = fill
+        self.layout = layout
+        super().__init__(seed)
+
+    def _noise(self, images, params):
+        if isinstance(self.fill, str) and self.fill == "random":
+            params["noise"] = _cutout.random_fill_noise(self.rng, images, layout=self.layout)
+        return params
+
+    def apply(self, images, params, labels):
+        return _cutout.cutout(images, params["boxes"], self.fill, layout=self.layout,
+                              noise=params.get("noise")), labels
+
+
+class Cutout(_Fill):
+    """Cutout (DeVries & Taylor 2017): ``num_holes`` squares of side ``size`` per image, centred
+    uniformly and clipped at the border, filled with ``fill`` (number, per-channel values,
+    "mean" or "random"); ``p`` per image. uint8 NHWC or float NCHW (``layout`` to override)."""
+
+    def __init__(self, size, num_holes=1, fill=0, *, p=1.0, layout=None, seed=None):
+        self.size, self.num_holes, self.p = size, num_holes, _mix._prob(p)
+        super().__init__(fill, layout, seed)
+
+    def sample(self, images):
+        N, hw = _hw(images, self.layout)
+        prm = _cutout.sample_cutout_params(self.rng, N, hw, self.size, self.num_holes, p=self.p)
+        return self._noise(images, prm)
+
+
+class RandomErasing(_Fill):
+    """Random erasing with torchvision's ``RandomErasing`` semantics (p, scale, ratio; value as
+    ``fill``: number, per-channel values, "mean" or "random")."""
+
+    def __init__(self, p=0.5, scale=(0.02, 0.33), ratio=(0.3, 3.3), value=0, *, layout=None, seed=None):
+        self.p, self.scale, self.ratio = _mix._prob(p), scale, ratio
+        super().__init__(value, layout, seed)
+
+    def sample(self, images):
+        N, hw = _hw(images, self.layout)
+        prm = _cutout.sample_erasing_params(self.rng, N, hw, scale=self.scale, ratio=self.ratio, p=self.p)
+        return self._noise(images, prm)
