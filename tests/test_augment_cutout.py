@@ -93,6 +93,19 @@ def test_samplers_respect_their_ranges(rng):
     assert np.all((h / w > 0.5 * 0.7) & (h / w < 2.0 / 0.7)), "aspect within ratio (up to rounding)"
 
 
+def test_same_on_batch(rng):
+    c = F.sample_cutout_params(rng, 5, (16, 16), 4, num_holes=2, same_on_batch=True)
+    assert np.all(c["boxes"] == c["boxes"][0]) and np.all(c["applied"] == c["applied"][0])
+    e = F.sample_erasing_params(rng, 5, (16, 16), p=1.0, same_on_batch=True)
+    assert np.all(e["boxes"] == e["boxes"][0])
+    d = F.sample_cutout_params(rng, 64, (16, 16), 4)
+    assert len({tuple(b) for b in d["boxes"][:, 0]}) > 1, "per-image by default"
+    x = rng.integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
+    t = Cutout(5, same_on_batch=True, seed=1)
+    t(x)
+    assert np.all(t.last_params["boxes"] == t.last_params["boxes"][0])
+
+
 def test_transforms_seed_replay_and_labels(rng):
     x = rng.integers(0, 256, (6, 12, 12, 3), dtype=np.uint8)
     for make in (lambda: Cutout(5, num_holes=2, fill="random", seed=3),

@@ -36,10 +36,14 @@ def _image_size(image_size):
     return H, W
 
 
-def sample_cutout_params(rng, batch_size, image_size, size, num_holes=1, *, p=1.0):
-    """Cutout holes: ``{"boxes": (N, K, 4) int64, "applied": (N,) bool}``."""
+def sample_cutout_params(rng, batch_size, image_size, size, num_holes=1, *, p=1.0, same_on_batch=False):
+    """Cutout holes: ``{"boxes": (N, K, 4) int64, "applied": (N,) bool}``; with ``same_on_batch``
+    one draw (holes and coin) serves every image."""
     _check_rng(rng)
     N = _batch_size(batch_size)
+    if same_on_batch:
+        one = sample_cutout_params(rng, 1, image_size, size, num_holes, p=p)
+        return {"boxes": np.repeat(one["boxes"], N, axis=0), "applied": np.repeat(one["applied"], N)}
     H, W = _image_size(image_size)
     if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
         raise ValueError(f"size: expected a positive int, got {size!r}")
@@ -55,11 +59,16 @@ def sample_cutout_params(rng, batch_size, image_size, size, num_holes=1, *, p=1.
     return {"boxes": boxes, "applied": applied}
 
 
-def sample_erasing_params(rng, batch_size, image_size, *, scale=(0.02, 0.33), ratio=(0.3, 3.3), p=0.5):
+def sample_erasing_params(rng, batch_size, image_size, *, scale=(0.02, 0.33), ratio=(0.3, 3.3), p=0.5,
+                          same_on_batch=False):
     """Random-erasing boxes (torchvision semantics): ``{"boxes": (N, 1, 4), "applied": (N,)}``;
-    ``applied`` is False where the coin said no or no try fitted."""
+    ``applied`` is False where the coin said no or no try fitted (or it fitted with a 0-sized box).
+    With ``same_on_batch`` one draw serves every image."""
     _check_rng(rng)
     N = _batch_size(batch_size)
+    if same_on_batch:
+        one = sample_erasing_params(rng, 1, image_size, scale=scale, ratio=ratio, p=p)
+        return {"boxes": np.repeat(one["boxes"], N, axis=0), "applied": np.repeat(one["applied"], N)}
     H, W = _image_size(image_size)
     p = _prob(p)
     s0, s1 = (float(v) for v in scale)

@@ -155,15 +155,18 @@ class _Fill(Transform):
 class Cutout(_Fill):
     """Cutout (DeVries & Taylor 2017): ``num_holes`` squares of side ``size`` per image, centred
     uniformly and clipped at the border, filled with ``fill`` (number, per-channel values,
-    "mean" or "random"); ``p`` per image. uint8 NHWC or float NCHW (``layout`` to override)."""
+    "mean" or "random"); ``p`` per image; ``same_on_batch`` puts the same holes in every image.
+    uint8 NHWC or float NCHW (``layout`` to override)."""
 
-    def __init__(self, size, num_holes=1, fill=0, *, p=1.0, layout=None, seed=None):
+    def __init__(self, size, num_holes=1, fill=0, *, p=1.0, same_on_batch=False, layout=None, seed=None):
         self.size, self.num_holes, self.p = size, num_holes, _mix._prob(p)
+        self.same_on_batch = bool(same_on_batch)
         super().__init__(fill, layout, seed)
 
     def sample(self, images):
         N, hw = _hw(images, self.layout)
-        prm = _cutout.sample_cutout_params(self.rng, N, hw, self.size, self.num_holes, p=self.p)
+        prm = _cutout.sample_cutout_params(self.rng, N, hw, self.size, self.num_holes, p=self.p,
+                                           same_on_batch=self.same_on_batch)
         return self._noise(images, prm)
 
 
@@ -171,11 +174,14 @@ class RandomErasing(_Fill):
     """Random erasing with torchvision's ``RandomErasing`` semantics (p, scale, ratio; value as
     ``fill``: number, per-channel values, "mean" or "random")."""
 
-    def __init__(self, p=0.5, scale=(0.02, 0.33), ratio=(0.3, 3.3), value=0, *, layout=None, seed=None):
+    def __init__(self, p=0.5, scale=(0.02, 0.33), ratio=(0.3, 3.3), value=0, *, same_on_batch=False, layout=None,
+                 seed=None):
         self.p, self.scale, self.ratio = _mix._prob(p), scale, ratio
+        self.same_on_batch = bool(same_on_batch)
         super().__init__(value, layout, seed)
 
     def sample(self, images):
         N, hw = _hw(images, self.layout)
-        prm = _cutout.sample_erasing_params(self.rng, N, hw, scale=self.scale, ratio=self.ratio, p=self.p)
+        prm = _cutout.sample_erasing_params(self.rng, N, hw, scale=self.scale, ratio=self.ratio, p=self.p,
+                                            same_on_batch=self.same_on_batch)
         return self._noise(images, prm)
