@@ -474,7 +474,7 @@ def test_bad_ndim_raises_value_error(op, shape):
         run_op(op, np.zeros(shape, np.uint8))
 
 
-@pytest.mark.parametrize("mode", ["cv", "opencv", "PIL", "", None])
+@pytest.mark.parametrize("mode", ["opencv", "CV", "PIL", "", None])
 def test_equalize_unknown_mode_raises_naming_mode(mode, rng):
     images = make_batch(rng, 2, 7, 5, 3, "random")
     with pytest.raises(ValueError, match="mode"):
@@ -528,7 +528,7 @@ def test_bad_input_leaves_out_untouched(rng):
     out = np.full(images.shape, 0x3C, np.uint8)
     for call in (lambda: F.posterize(images, 9, out=out), lambda: F.solarize(images, 300, out=out),
                  lambda: F.posterize(images, [1, 2], out=out),
-                 lambda: F.equalize(images, "cv", out=out)):
+                 lambda: F.equalize(images, "opencv", out=out)):
         with pytest.raises(ValueError):
             call()
         assert_bitwise(out, np.full(images.shape, 0x3C, np.uint8), "out after bad input")
@@ -552,3 +552,52 @@ def test_equalize_large_image_counter_flush(C):
     want = np.asarray(ImageOps.equalize(pil))
     want = want[..., None] if C == 1 else want
     assert np.array_equal(F.equalize(img), want)
+
+
+# ---- equalize(mode="cv"): OpenCV's equalizeHist per channel ----------------------------------------
+
+def _equalize_cv_reference(channel):
+    """OpenCV's equalizeHist on one uint8 plane, written out: float32 scale and products, round
+    half to even."""
+    h = np.bincount(channel.ravel(), minlength=256)
+    i0 = int(np.argmax(h > 0))
+    total = channel.size
+    if h[i0] == total:
+        return channel.copy()
+    scale = np.float32(255.0) / np.float32(total - h[i0])
+    lut = np.zeros(256, np.int64)
+    acc = 0
+    for i in range(i0 + 1, 256):
+        acc += int(h[i])
+        lut[i] = min(255, max(0, int(np.rint(np.float32(acc) * scale))))
+    return lut[channel].astype(np.uint8)
+
+
+@pytest.mark.parametrize("kind", ["random", "narrow", "constant", "binary", "gauss"])
+def test_equalize_cv_matches_the_written_out_algorithm(kind, rng):
+    H, W = 13, 17
+    if kind == "random":
+        img = rng.integers(0, 256, (4, H, W, 3), dtype=np.uint8)
+    elif kind == "narrow":
+        img = rng.integers(100, 104, (4, H, W, 3), dtype=np.uint8)
+    elif kind == "constant":
+        img = np.full((4, H, W, 3), 77, np.uint8)
+    elif kind == "binary":
+        img = (rng.integers(0, 2, (4, H, W, 3)) * 255).astype(np.uint8)
+    else:
+        img = rng.normal(128, 30, (4, H, W, 3)).clip(0, 255).astype(np.uint8)
+    got = F.equalize(img, mode="cv")
+    ref = np.stack([np.stack([_equalize_cv_reference(img[n, ..., c]) for c in range(3)], -1) for n in range(4)])
+    assert_bitwise(got, ref, f"equalize cv ({kind})")
+    assert_bitwise(F.equalize(img[0], mode="cv"), ref[0], "single image")
+
+
+def test_equalize_cv_is_bit_identical_to_opencv(rng):
+    cv2 = pytest.importorskip("cv2")
+    for shape in [(1, 1), (3, 40), (31, 29), (256, 300)]:
+        for lo, hi in [(0, 256), (50, 60), (0, 2)]:
+            img = rng.integers(lo, hi, (2, *shape, 3), dtype=np.uint8)
+            got = F.equalize(img, mode="cv")
+            ref = np.stack([np.stack([cv2.equalizeHist(np.ascontiguousarray(img[n, ..., c])) for c in range(3)], -1)
+                            for n in range(2)])
+            assert_bitwise(got, ref, f"equalize cv vs cv2.equalizeHist {shape} [{lo}, {hi})")

@@ -231,18 +231,36 @@ def _per_image_ints(name, value, N, single, lo, hi):
 
 
 def equalize(images, mode="pil", *, out=None):
-    r"""Histogram equalization per image and channel, bit-identical to ``PIL.ImageOps.equalize``.
+    r"""Histogram equalization per image and channel, bit-identical to Pillow or to OpenCV.
 
-    Pillow's table: with ``h`` the channel's histogram and ``h_last`` the count of its last
-    non-empty bin, ``step = (sum(h) - h_last) // 255`` and ``lut[i] = (step//2 + sum(h[:i])) //
-    step`` (clipped to 255); the identity when the channel has at most one value or step is 0.
-    ``mode="cv"`` (OpenCV's ``equalizeHist``) is not implemented yet.
+    ``mode="pil"`` (``PIL.ImageOps.equalize``): with ``h`` the channel's histogram and ``h_last``
+    the count of its last non-empty bin, ``step = (sum(h) - h_last) // 255`` and ``lut[i] =
+    (step//2 + sum(h[:i])) // step`` (clipped to 255); the identity when the channel has at most
+    one value or step is 0.
+
+    ``mode="cv"`` (OpenCV's ``equalizeHist``, applied to each channel): with ``i0`` the first
+    non-empty bin, ``scale = 255 / (total - h[i0])`` in float32, ``lut[i0] = 0`` and ``lut[i] =
+    round_half_even(float32(sum(h[i0+1..i])) * scale)`` above it; a single-valued channel is left
+    as it is.
     """
-    if mode != "pil":
-        raise ValueError(f"mode: expected 'pil' (OpenCV's 'cv' is not implemented yet), got {mode!r}")
+    if mode not in ("pil", "cv"):
+        raise ValueError(f"mode: expected 'pil' or 'cv', got {mode!r}")
     x, single = _images_u8(images)
     h = _histograms(x)
     nonzero = h > 0
+    if mode == "cv":
+        first = np.argmax(nonzero, axis=-1)
+        h_first = np.take_along_axis(h, first[..., None], axis=-1)[..., 0]
+        total = h.sum(axis=-1)
+        rest = np.maximum(total - h_first, 1)
+        scale = (np.float32(255.0) / rest.astype(np.float32)).astype(np.float32)
+        csum = np.cumsum(h, axis=-1) - h_first[..., None]  # sum(h[i0+1..i]) for i >= i0
+        vals = (csum.astype(np.float32) * scale[..., None]).astype(np.float32)
+        lut = np.clip(np.rint(vals), 0, 255).astype(np.int64)
+        above = np.arange(256) > first[..., None]
+        lut = np.where(above, lut, 0)
+        lut = np.where((h_first == total)[..., None], np.arange(256), lut)
+        return _apply_lut(x, single, lut, out)
     last = 255 - np.argmax(nonzero[..., ::-1], axis=-1)
     h_last = np.take_along_axis(h, last[..., None], axis=-1)[..., 0]
     step = (h.sum(axis=-1) - h_last) // 255
