@@ -1,9 +1,12 @@
-"""Image-op benchmark (``cnnkit bench augment``). So far: the fused uint8 -> float32
+"""Image-op benchmark (``cnnkit bench augment``): the fused uint8 -> float32
 normalization (``cnnkit.augment.functional.to_float_normalize``, NCHW output, ImageNet mean/std)
 on the shared benchmark batches, against a NumPy version and torch (permute, float, divide,
 subtract, divide, contiguous), in interleaved rounds with a STREAM ``copy`` probe as the roof.
 
-Minimum bytes: read 1 B and write 4 B per value. The roof is the copy kernel (read 1 write 1)
+Then equalize against Pillow and (mode "cv") OpenCV, and Mixup / CutMix / SamplePairing / Cutout
+on float32 NCHW batches against NumPy expressions.
+
+Minimum bytes for normalize: read 1 B and write 4 B per value. The roof is the copy kernel (read 1 write 1)
 with regular stores; an output that partly stays in the 32 MiB L3 can show more than 100%.
 """
 from __future__ import annotations
@@ -97,6 +100,8 @@ def main(argv=None) -> int:
     print("\n".join(rows))
     print(f"\nTargets met: {met} of {len(BATCHES)} measured." + "".join(f"\n  missed: {m}" for m in missed))
     _bench_equalize(args, rng)
+    _bench_equalize_cv(args, rng)
+    _bench_mixing(args, rng)
     return 0
 
 
@@ -125,6 +130,78 @@ def _bench_equalize(args, rng):
         ratio = med([a / b for a, b in zip(t["pillow"], t["cnnkit"])]) if pl else None
         print(f"| {'x'.join(map(str, shape))} | {fmt(c * 1e3)} | {fmt(shape[0] / c)} | "
               f"{fmt(pl * 1e3) if pl else '-'} | {f'{ratio:.1f}x' if ratio else '-'} |")
+
+
+
+def _bench_equalize_cv(args, rng):
+    """equalize(mode="cv") against OpenCV's equalizeHist (split, equalize each plane, merge)."""
+    from cnnkit.augment.functional import equalize
+    try:
+        import cv2
+    except ImportError:
+        print("\nequalize (cv): OpenCV not installed, skipped")
+        return
+    cv2.setNumThreads(cnnkit.get_num_threads())
+    print(f"\nequalize (cv2.equalizeHist semantics, bit-identical), cv2 {cv2.__version__} at "
+          f"{cv2.getNumThreads()} threads; target >= 1.5x OpenCV")
+    print("| batch | cnnkit ms | OpenCV ms | vs OpenCV | target |")
+    print("|---|---|---|---|---|")
+    for shape in BATCHES:
+        img = rng.integers(0, 256, shape, dtype=np.uint8)
+        out = np.empty_like(img)
+
+        def opencv():
+            for a in img:
+                cv2.merge([cv2.equalizeHist(c) for c in cv2.split(a)])
+        times, _ = run_rounds([({"cnnkit": lambda: equalize(img, mode="cv", out=out), "opencv": opencv},
+                                lambda: 0.0)], max(3, args.reps // 3), 1)
+        t = times[0]
+        ratio = med([a / b for a, b in zip(t["opencv"], t["cnnkit"])])
+        tl = [("x OpenCV", ratio, 1.5, ratio >= 1.5)]
+        print(f"| {'x'.join(map(str, shape))} | {fmt(med(t['cnnkit']) * 1e3)} | {fmt(med(t['opencv']) * 1e3)} | "
+              f"{ratio:.2f}x | {target_text(tl)} |")
+
+
+def _bench_mixing(args, rng):
+    """Mixup, CutMix, SamplePairing and Cutout on float32 NCHW batches against NumPy expressions."""
+    from cnnkit.augment import functional as F
+    print("\nmixing and erasing (float32 NCHW; NumPy: the same formula as array expressions), medians")
+    print("| batch | op | cnnkit ms | GB/s (read x + partner, write out) | numpy ms | vs numpy |")
+    print("|---|---|---|---|---|---|")
+    for n, h, w, c in BATCHES:
+        x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+        out = np.empty_like(x)
+        mp = F.sample_mixup_params(rng, n, 1.0, mode="elem")
+        cp = F.sample_cutmix_params(rng, x.shape, 1.0, mode="elem")
+        sp = F.sample_pairing_params(rng, n)
+        hp = F.sample_cutout_params(rng, n, (h, w), max(1, h // 4), num_holes=1)
+        lam4 = mp["lam"].astype(np.float32)[:, None, None, None]
+
+        def np_cutmix():
+            o = x.copy()
+            for i, (y0, x0, y1, x1) in enumerate(cp["boxes"]):
+                o[i, :, y0:y1, x0:x1] = x[cp["perm"][i], :, y0:y1, x0:x1]
+            return o
+
+        def np_cutout():
+            o = x.copy()
+            for i, ((y0, x0, y1, x1),) in enumerate(hp["boxes"]):
+                o[i, :, y0:y1, x0:x1] = 0
+            return o
+        ops = {
+            "mixup": (lambda: F.mixup(x, lam=mp["lam"], perm=mp["perm"], out=out),
+                      lambda: lam4 * x + (1 - lam4) * x[mp["perm"]], 3),
+            "cutmix": (lambda: F.cutmix(x, boxes=cp["boxes"], perm=cp["perm"], out=out), np_cutmix, 2),
+            "sample_pairing": (lambda: F.sample_pairing(x, sp["partners"], out=out),
+                               lambda: 0.5 * x + 0.5 * x[sp["partners"]], 3),
+            "cutout": (lambda: F.cutout(x, hp["boxes"], 0, out=out), np_cutout, 2),
+        }
+        for name, (ck, npf, passes) in ops.items():
+            times, _ = run_rounds([({"cnnkit": ck, "numpy": npf}, lambda: 0.0)], max(3, args.reps // 3), 1)
+            t = times[0]
+            ratio = med([a / b for a, b in zip(t["numpy"], t["cnnkit"])])
+            print(f"| {n}x{c}x{h}x{w} | {name} | {fmt(med(t['cnnkit']) * 1e3)} | "
+                  f"{fmt(passes * x.nbytes / med(t['cnnkit']) / 1e9)} | {fmt(med(t['numpy']) * 1e3)} | {ratio:.1f}x |")
 
 
 if __name__ == "__main__":
