@@ -106,6 +106,20 @@ void bind_augment(py::module_& m) {
       py::arg("images"), py::arg("out"), py::arg("N"), py::arg("H"), py::arg("W"), py::arg("C"), py::arg("nhwc"),
       py::arg("boxes"), py::arg("K"), py::arg("mode"), py::arg("values"));
   m.def(
+      "augment_equalize_cv_lut",
+      [](const py::array& hist, int64_t count) {
+        if (count < 0) throw py::value_error("count: expected >= 0");
+        const int64_t* ph = checked<int64_t>(hist, "hist", 256 * count, false);
+        py::array_t<uint8_t> lut(256 * count);
+        uint8_t* pl = lut.mutable_data();
+        {
+          py::gil_scoped_release nogil;
+          augment::equalize_cv_lut(ph, pl, count);
+        }
+        return lut;
+      },
+      py::arg("hist"), py::arg("count"));
+  m.def(
       "augment_paste_boxes",
       [mix_arrays](const py::array& x, const py::array& out, const py::array& perm, const py::array& boxes, int64_t N,
                    int64_t C, int64_t H, int64_t W) {

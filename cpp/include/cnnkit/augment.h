@@ -41,6 +41,9 @@ void paste_boxes(bool f64, const void* x, const int64_t* perm, const int64_t* bo
 void fill_boxes(int dtype, const void* x, void* out, int64_t N, int64_t H, int64_t W, int64_t C, bool nhwc,
                 const int64_t* boxes, int64_t K, int mode, const double* values);
 
+// OpenCV equalizeHist lookup tables from `count` 256-bin histograms (float32 arithmetic as OpenCV).
+void equalize_cv_lut(const int64_t* hist, uint8_t* lut, int64_t count);
+
 struct Kernels {
   decltype(&normalize_u8) normalize_u8_fn;
   decltype(&image_stats_u8) image_stats_u8_fn;

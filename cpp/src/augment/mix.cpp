@@ -122,3 +122,35 @@ void fill_boxes(int dtype, const void* x, void* out, int64_t N, int64_t H, int64
 }
 
 }  // namespace cnnkit::augment
+
+namespace cnnkit::augment {
+
+// OpenCV's equalizeHist table for each of `count` 256-bin histograms: i0 the first non-empty bin,
+// scale = 255.f / float(total - h[i0]), lut[i0] = 0 and lut[i] = saturate(round_half_even(
+// float(sum(h[i0+1..i])) * scale)) above it (float32 throughout, as OpenCV computes it); a
+// single-valued histogram gives the identity. Bins below i0 are never looked up; they get 0.
+void equalize_cv_lut(const int64_t* hist, uint8_t* lut, int64_t count) {
+#pragma omp parallel for schedule(static) num_threads(num_threads())
+  for (int64_t k = 0; k < count; ++k) {
+    const int64_t* h = hist + 256 * k;
+    uint8_t* l = lut + 256 * k;
+    int64_t total = 0;
+    for (int i = 0; i < 256; ++i) total += h[i];
+    int i0 = 0;
+    while (i0 < 255 && h[i0] == 0) ++i0;
+    if (h[i0] == total) {
+      for (int i = 0; i < 256; ++i) l[i] = uint8_t(i);
+      continue;
+    }
+    const float scale = 255.0f / float(total - h[i0]);
+    for (int i = 0; i <= i0; ++i) l[i] = 0;
+    int64_t sum = 0;
+    for (int i = i0 + 1; i < 256; ++i) {
+      sum += h[i];
+      const float v = std::nearbyint(float(sum) * scale);
+      l[i] = uint8_t(v < 0.0f ? 0.0f : (v > 255.0f ? 255.0f : v));
+    }
+  }
+}
+
+}  // namespace cnnkit::augment

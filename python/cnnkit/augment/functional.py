@@ -247,20 +247,10 @@ def equalize(images, mode="pil", *, out=None):
         raise ValueError(f"mode: expected 'pil' or 'cv', got {mode!r}")
     x, single = _images_u8(images)
     h = _histograms(x)
-    nonzero = h > 0
     if mode == "cv":
-        first = np.argmax(nonzero, axis=-1)
-        h_first = np.take_along_axis(h, first[..., None], axis=-1)[..., 0]
-        total = h.sum(axis=-1)
-        rest = np.maximum(total - h_first, 1)
-        scale = (np.float32(255.0) / rest.astype(np.float32)).astype(np.float32)
-        csum = np.cumsum(h, axis=-1) - h_first[..., None]  # sum(h[i0+1..i]) for i >= i0
-        vals = (csum.astype(np.float32) * scale[..., None]).astype(np.float32)
-        lut = np.clip(np.rint(vals), 0, 255).astype(np.int64)
-        above = np.arange(256) > first[..., None]
-        lut = np.where(above, lut, 0)
-        lut = np.where((h_first == total)[..., None], np.arange(256), lut)
-        return _apply_lut(x, single, lut, out)
+        lut = _core.augment_equalize_cv_lut(np.ascontiguousarray(h), h.shape[0] * h.shape[1])
+        return _apply_lut(x, single, lut.reshape(h.shape), out)
+    nonzero = h > 0
     last = 255 - np.argmax(nonzero[..., ::-1], axis=-1)
     h_last = np.take_along_axis(h, last[..., None], axis=-1)[..., 0]
     step = (h.sum(axis=-1) - h_last) // 255
