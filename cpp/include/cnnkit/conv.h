@@ -62,7 +62,7 @@ using DwForwardFn = void (*)(DType, const void* x, const void* w, const void* b,
 using DwBackwardInputFn = void (*)(DType, const void* dy, const void* w, void* dx, const Geom&);
 using DwBackwardWeightFn = void (*)(DType, const void* dy, const void* x, void* dw, void* db,
                                     const Geom&);
-// Grouped with few channels per group (Cg == Kg in {2, 4, 8, 16, 32}), NHWC: forward, input
+// Grouped with few channels per group (Cg == Kg in {2, 4, 8, 16, 32}), either layout: forward, input
 // gradient (used at stride > 1; stride 1 is the adjoint forward) and weight gradient (no bias).
 using GroupedForwardFn = DwForwardFn;
 using GroupedBackwardInputFn = DwBackwardInputFn;

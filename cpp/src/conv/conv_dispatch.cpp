@@ -45,6 +45,15 @@ void* scratch_of(DType dt, int slot, int64_t count) {
                           : static_cast<void*>(scratch<double>(slot, count));
 }
 
+// NCHW geometries whose direct kernels run in NHWC between full-tensor transposes.
+bool via_nhwc(const Geom& g, DType dt) { return dw_via_nhwc(g) || (grouped_direct(g, dt) && grouped_via_nhwc(g)); }
+
+Geom as_nhwc_geom(const Geom& g) {
+  Geom t = g;
+  t.nhwc = true;
+  return t;
+}
+
 // The convolution whose forward pass is the input gradient of g (stride 1 only).
 Geom adjoint(const Geom& g) {
   Geom a = g;
@@ -113,25 +122,14 @@ const char* algorithm(const Geom& g, int pass) {
 void forward(DType dt, const void* x, const void* w, const void* b, void* y, const Geom& g) {
   check_dims(g);
   if (g.N == 0 || g.K == 0 || g.Ho * g.Wo == 0) return;
-  if (dw_via_nhwc(g)) {
-    Geom t = g;
-    t.nhwc = true;
+  if (via_nhwc(g, dt)) {
     const void* xt = as_nhwc(dt, x, g.N, g.C, g.H * g.W, kXSlot);
     void* yt = scratch_of(dt, kYSlot, g.N * g.K * g.Ho * g.Wo);
-    kernels().dw_forward(dt, xt, w, b, yt, t);
+    forward(dt, xt, w, b, yt, as_nhwc_geom(g));
     kernels().transpose(dt, yt, y, g.N, g.Ho * g.Wo, g.K);
     return;
   }
   if (g.depthwise()) return kernels().dw_forward(dt, x, w, b, y, g);
-  if (grouped_direct(g, dt) && grouped_via_nhwc(g)) {
-    Geom t = g;
-    t.nhwc = true;
-    const void* xt = as_nhwc(dt, x, g.N, g.C, g.H * g.W, kXSlot);
-    void* yt = scratch_of(dt, kYSlot, g.N * g.K * g.Ho * g.Wo);
-    kernels().grouped_forward(dt, xt, w, b, yt, t);
-    kernels().transpose(dt, yt, y, g.N, g.Ho * g.Wo, g.K);
-    return;
-  }
   if (grouped_direct(g, dt)) return kernels().grouped_forward(dt, x, w, b, y, g);  // either layout
   gemm_forward(dt, x, w, b, y, g);
 }
@@ -145,25 +143,14 @@ void backward_input(DType dt, const void* dy, const void* w, void* dx, const Geo
                                       : static_cast<const void*>(adjoint_weights(static_cast<const double*>(w), g));
     return forward(dt, dy, wa, nullptr, dx, a);
   }
-  if (dw_via_nhwc(g)) {
-    Geom t = g;
-    t.nhwc = true;
+  if (via_nhwc(g, dt)) {
     const void* dyt = as_nhwc(dt, dy, g.N, g.K, g.Ho * g.Wo, kXSlot);
     void* dxt = scratch_of(dt, kYSlot, g.N * g.C * g.H * g.W);
-    kernels().dw_backward_input(dt, dyt, w, dxt, t);
+    backward_input(dt, dyt, w, dxt, as_nhwc_geom(g));
     kernels().transpose(dt, dxt, dx, g.N, g.H * g.W, g.C);
     return;
   }
   if (g.depthwise()) return kernels().dw_backward_input(dt, dy, w, dx, g);
-  if (grouped_direct(g, dt) && grouped_via_nhwc(g)) {
-    Geom t = g;
-    t.nhwc = true;
-    const void* dyt = as_nhwc(dt, dy, g.N, g.K, g.Ho * g.Wo, kXSlot);
-    void* dxt = scratch_of(dt, kYSlot, g.N * g.C * g.H * g.W);
-    kernels().grouped_backward_input(dt, dyt, w, dxt, t);
-    kernels().transpose(dt, dxt, dx, g.N, g.H * g.W, g.C);
-    return;
-  }
   if (grouped_direct(g, dt)) return kernels().grouped_backward_input(dt, dy, w, dx, g);
   gemm_backward_input(dt, dy, w, dx, g);
 }
@@ -177,24 +164,17 @@ void backward_weight(DType dt, const void* dy, const void* x, void* dw, void* db
     if (db) std::memset(db, 0, g.K * elem(dt));
     return;
   }
-  if (dw_via_nhwc(g)) {
-    Geom t = g;
-    t.nhwc = true;
+  if (via_nhwc(g, dt) && (dw || g.depthwise())) {
+    // The grouped path keeps its bias gradient on the NCHW dy (the generic reduction below).
     const void* xt = as_nhwc(dt, x, g.N, g.C, g.H * g.W, kXSlot);
     const void* dyt = as_nhwc(dt, dy, g.N, g.K, g.Ho * g.Wo, kYSlot);
-    return kernels().dw_backward_weight(dt, dyt, xt, dw, db, t);
+    backward_weight(dt, dyt, xt, dw, g.depthwise() ? db : nullptr, as_nhwc_geom(g));
+    if (!g.depthwise() && db) bias_grad(dt, dy, db, g);
+    return;
   }
   if (g.depthwise()) return kernels().dw_backward_weight(dt, dy, x, dw, db, g);
   if (grouped_direct(g, dt) && dw) {
-    if (grouped_via_nhwc(g)) {
-      Geom t = g;
-      t.nhwc = true;
-      const void* xt = as_nhwc(dt, x, g.N, g.C, g.H * g.W, kXSlot);
-      const void* dyt = as_nhwc(dt, dy, g.N, g.K, g.Ho * g.Wo, kYSlot);
-      kernels().grouped_backward_weight(dt, dyt, xt, dw, nullptr, t);
-    } else {
-      kernels().grouped_backward_weight(dt, dy, x, dw, nullptr, g);
-    }
+    kernels().grouped_backward_weight(dt, dy, x, dw, nullptr, g);
   } else if (dw) {
     gemm_backward_weight(dt, dy, x, dw, g);
   }

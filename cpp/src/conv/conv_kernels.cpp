@@ -7,7 +7,7 @@
 #include "conv_internal.h"
 #include "dw_nchw.h"
 #include "dw_nhwc.h"
-#include "grouped_nhwc.h"
+#include "grouped.h"
 #include "scratch.h"
 
 #ifndef CNNKIT_ISA_NS
@@ -169,11 +169,11 @@ bool grouped_supported(DType dt, const Geom& g) {
 
 template <typename T>
 void grouped_forward_t(const T* x, const T* w, const T* b, T* y, const Geom& g) {
-  CNNKIT_BY_CPG(conv::grouped_forward_nhwc, T, x, w, b, y, g);
+  CNNKIT_BY_CPG(conv::grouped_forward_direct, T, x, w, b, y, g);
 }
 template <typename T>
 void grouped_backward_input_t(const T* dy, const T* w, T* dx, const Geom& g) {
-  CNNKIT_BY_CPG(conv::grouped_backward_input_nhwc, T, dy, w, dx, g);
+  CNNKIT_BY_CPG(conv::grouped_backward_input_direct, T, dy, w, dx, g);
 }
 template <typename T>
 void grouped_backward_weight_t(const T* dy, const T* x, T* dw, const Geom& g) {
@@ -183,7 +183,7 @@ void grouped_backward_weight_t(const T* dy, const T* x, T* dw, const Geom& g) {
   const int64_t psize = k2 * C * cpg;
   const int64_t pieces = std::min<int64_t>(8, g.N * g.Ho);
   T* part = conv::scratch<T>(conv::kPartSlot, pieces * psize);
-  CNNKIT_BY_CPG(conv::grouped_weight_partials_nhwc, T, dy, x, part, pieces, g);
+  CNNKIT_BY_CPG(conv::grouped_weight_partials_direct, T, dy, x, part, pieces, g);
   // Walk the partials in their own layout (contiguous streams), scattering into dw.
 #pragma omp parallel for schedule(static) num_threads(num_threads())
   for (int64_t e = 0; e < psize; ++e) {

@@ -24,7 +24,8 @@ inline namespace CNNKIT_KERNEL_NS {
 
 struct PlaneGeo {
   int64_t Hp, Wp, L, sw;  // padded rows, padded columns, phase pitch, phases
-  int64_t size() const { return Hp * sw * L + 2 * 64; }
+  int64_t size() const { return Hp * sw * L + 2 * 64; }  // the plane and its zeroed slack
+  int64_t alloc() const { return size() + sw * L; }      // plus build_plane's row buffer
 };
 
 inline PlaneGeo plane_geo(const Geom& g, int vl) {
@@ -42,7 +43,7 @@ template <typename T>
 void build_plane(const T* src, const Geom& g, const PlaneGeo& p, T* buf) {
   const int64_t lo = std::min(p.Wp, std::max<int64_t>(0, g.pl));
   const int64_t hi = std::max(lo, std::min(p.Wp, g.pl + g.W));
-  T* tmp = buf + p.size();  // one padded row, for the phase split (scratch sized by the caller)
+  T* tmp = buf + p.size();  // one padded row, for the phase split (see PlaneGeo::alloc)
   for (int64_t r = 0; r < p.Hp; ++r) {
     const int64_t ih = r - g.pt;
     T* row = buf + r * p.sw * p.L;
@@ -83,7 +84,7 @@ void dw_forward_nchw(const T* x, const T* w, const T* b, T* y, const Geom& g) {
 #pragma omp parallel for schedule(static) num_threads(num_threads())
   for (int64_t u = 0; u < g.N * g.C; ++u) {
     const int64_t n = u / g.C, c = u % g.C;
-    T* buf = scratch<T>(kPlaneSlot, pg.size() + pg.sw * pg.L);
+    T* buf = scratch<T>(kPlaneSlot, pg.alloc());
     build_plane(x + u * HW, g, pg, buf);
     for (int64_t q = 0; q < m; ++q) {
       const int64_t k = c * m + q;
@@ -164,7 +165,7 @@ void dw_weight_partials_nchw(const T* dy, const T* x, T* pw, T* pb, const Geom& 
 #pragma omp parallel for schedule(static) num_threads(num_threads())
   for (int64_t u = 0; u < g.N * g.C; ++u) {
     const int64_t n = u / g.C, c = u % g.C;
-    T* buf = scratch<T>(kPlaneSlot, pg.size() + pg.sw * pg.L);
+    T* buf = scratch<T>(kPlaneSlot, pg.alloc());
     build_plane(x + u * HW, g, pg, buf);
     for (int64_t q = 0; q < m; ++q) {
       const int64_t k = c * m + q;

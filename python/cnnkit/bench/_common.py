@@ -149,3 +149,12 @@ def parse_list(text, allowed, what, *, require=False):
     if require and not items:
         raise ValueError(f"{what}: expected at least one of {','.join(str(a) for a in allowed)}")
     return items
+
+
+def write_json(path, doc):
+    """Write a benchmark's raw numbers (the --json option) and say where they went."""
+    import json
+
+    with open(path, "w") as f:
+        json.dump(doc, f, indent=1)
+    print(f"raw numbers written to {path}")

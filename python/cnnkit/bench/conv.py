@@ -65,7 +65,6 @@ import ctypes
 import gc
 import importlib
 import inspect
-import json
 import math
 import sys
 import time
@@ -76,8 +75,17 @@ from numpy.lib.stride_tricks import as_strided
 import cnnkit
 from cnnkit.bench import machine_header, memory_bandwidth
 from cnnkit.bench._common import fmt as _f
-from cnnkit.bench._common import import_torch, med, peer_header, probe, run_rounds, stream_arrays
-from cnnkit.bench._common import parse_list, target_text
+from cnnkit.bench._common import (
+    import_torch,
+    med,
+    parse_list,
+    peer_header,
+    probe,
+    run_rounds,
+    stream_arrays,
+    target_text,
+    write_json,
+)
 
 __all__ = ["main", "SHAPES", "FAMILIES", "ConvSpec", "NumpyIm2col", "gemm_peak",
            "reference_check", "targets"]
@@ -913,9 +921,7 @@ def _run(args, torch, blas, threads, specs, layouts, passes, numpy_passes, batch
                "targets": [{"name": r["name"], "layout": r["layout"], "row": r["row"],
                             "target": t[0], "value": t[1], "threshold": t[2], "met": t[3]}
                            for r, t in all_t]}
-        with open(args.json, "w") as f:
-            json.dump(doc, f, indent=1)
-        print(f"raw numbers written to {args.json}")
+        write_json(args.json, doc)
     return 0
 
 

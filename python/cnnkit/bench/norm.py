@@ -55,7 +55,6 @@ from __future__ import annotations
 import argparse
 import gc
 import inspect
-import json
 import sys
 import time
 
@@ -64,8 +63,17 @@ import numpy as np
 import cnnkit
 from cnnkit.bench import machine_header, memory_bandwidth
 from cnnkit.bench._common import fmt as _f
-from cnnkit.bench._common import import_torch, med, peer_header, probe, run_rounds, stream_arrays
-from cnnkit.bench._common import parse_list, target_text
+from cnnkit.bench._common import (
+    import_torch,
+    med,
+    parse_list,
+    peer_header,
+    probe,
+    run_rounds,
+    stream_arrays,
+    target_text,
+    write_json,
+)
 
 __all__ = ["main", "SHAPES", "OPS", "ROWS", "reference_check"]
 
@@ -684,9 +692,7 @@ def main(argv=None) -> int:
                "targets": [{"shape": r["shape"], "layout": r["layout"], "row": r["label"],
                             "target": t[0], "value": t[1], "threshold": t[2], "met": t[3]}
                            for r, t in all_t]}
-        with open(args.json, "w") as f:
-            json.dump(doc, f, indent=1)
-        print(f"raw numbers written to {args.json}")
+        write_json(args.json, doc)
     return 0
 
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import sys
 import time
 
@@ -34,9 +33,17 @@ import numpy as np
 
 import cnnkit
 from cnnkit.bench import machine_header, memory_bandwidth
-from cnnkit.bench._common import fmt as _f, import_torch, med as _med, peer_header
-from cnnkit.bench._common import probe as _probe, run_rounds
-from cnnkit.bench._common import stream_arrays as make_stream_arrays, target_text
+from cnnkit.bench._common import fmt as _f
+from cnnkit.bench._common import (
+    import_torch,
+    peer_header,
+    run_rounds,
+    target_text,
+    write_json,
+)
+from cnnkit.bench._common import med as _med
+from cnnkit.bench._common import probe as _probe
+from cnnkit.bench._common import stream_arrays as make_stream_arrays
 
 __all__ = ["main", "SHAPES", "ALGOS", "make_large", "make_small"]
 
@@ -559,9 +566,7 @@ def main(argv=None) -> int:
                "results": [dict(r, summary=s) for r, (_, s) in zip(raw, summary)],
                "targets": [{"algorithm": a, "list": L, "target": t[0], "value": t[1],
                             "threshold": t[2], "met": t[3]} for a, L, t in all_t]}
-        with open(args.json, "w") as f:
-            json.dump(doc, f, indent=1)
-        print(f"raw numbers written to {args.json}")
+        write_json(args.json, doc)
     return 0
 
 

@@ -1,5 +1,6 @@
-// Grouped conv with few channels per group (Cg == Kg == CPG in {2, 4, 8, 16, 32}), NHWC, direct
-// (included by conv_kernels.cpp; compiled once per ISA level).
+// Grouped conv with few channels per group (Cg == Kg == CPG in {2, 4, 8, 16, 32}), direct, computed
+// on pixel-major rows (NHWC arrays directly; NCHW rows transposed in registers as they are read and
+// written). Included by conv_kernels.cpp; compiled once per ISA level.
 //
 // Vectors hold VL consecutive output channels. Output lane l (channel k = cv*VL + l) needs, for
 // each in-group index ci, the input channel group(k)*CPG + ci of the same pixel:
@@ -263,8 +264,7 @@ void for_row_bands(int64_t rows, int64_t per_image, int64_t slots, int64_t pitch
 }
 
 template <typename T, int CPG>
-void grouped_forward_nhwc(const T* x, const T* w, const T* b, T* y, const Geom& g) {
-  using Tr = GroupedTraits<T, CPG>;
+void grouped_forward_direct(const T* x, const T* w, const T* b, T* y, const Geom& g) {
   const int64_t C = g.C, kh = g.kh, kw = g.kw;
   const T* wt = grouped_weights<T, CPG>(w, g, false);
   const int64_t width = (g.Wo - 1) * g.sw + (kw - 1) * g.dw + 1;
@@ -290,8 +290,7 @@ void grouped_forward_nhwc(const T* x, const T* w, const T* b, T* y, const Geom& 
 
 // Input gradient at any stride by gather over padded dy rows (used at stride > 1).
 template <typename T, int CPG>
-void grouped_backward_input_nhwc(const T* dy, const T* w, T* dx, const Geom& g) {
-  using Tr = GroupedTraits<T, CPG>;
+void grouped_backward_input_direct(const T* dy, const T* w, T* dx, const Geom& g) {
   const int64_t C = g.C, kh = g.kh, kw = g.kw, sw = g.sw;
   const T* wt = grouped_weights<T, CPG>(w, g, true);
   const int64_t PADL = ceil_div((kw - 1) * g.dw, sw) + 1;
@@ -334,7 +333,7 @@ void grouped_backward_input_nhwc(const T* dy, const T* w, T* dx, const Geom& g) 
 // image whose filled input rows fit in about 512 KiB; within a chunk, register accumulators for
 // (channel vectors) x (3 taps of a kernel row) x (in-group indices) run over the chunk's pixels.
 template <typename T, int CPG>
-void grouped_weight_partials_nhwc(const T* dy, const T* x, T* part, int64_t pieces, const Geom& g) {
+void grouped_weight_partials_direct(const T* dy, const T* x, T* part, int64_t pieces, const Geom& g) {
   using Tr = GroupedTraits<T, CPG>;
   constexpr int VL = Tr::VL;
   using V = vec_t<T>;
