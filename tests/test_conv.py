@@ -1146,3 +1146,21 @@ def test_depthwise_separable_backward_rejects_bad_input(name, changes, exc, matc
     with pytest.raises(exc, match=match):
         cnnkit.depthwise_separable_conv2d_backward(*pos, **args)
     _assert_call_unchanged(kw, snap)
+
+
+def test_conv2d_output_shape_and_algorithm_names():
+    assert cnnkit.ops.conv2d_output_shape((2, 4, 9, 8), (6, 2, 3, 3), 2, 1, groups=2) == (2, 6, 5, 4)
+    assert cnnkit.ops.conv2d_output_shape((2, 9, 8, 4), (6, 4, 1, 1), layout="NHWC") == (2, 9, 8, 6)
+    algo = cnnkit.ops.conv2d_algorithm
+    assert algo((2, 9, 9, 32), (32, 1, 3, 3), 1, 1, 1, 32, "NHWC") == "dw_direct_nhwc"
+    assert algo((2, 32, 9, 9), (32, 1, 3, 3), 1, 1, 1, 32, "NCHW") == "dw_direct_nchw_blocked"
+    assert algo((2, 9, 9, 32), (32, 1, 3, 3), 1, 1, 1, 32, "NHWC", "input") == "dw_direct_nhwc_adjoint"
+    assert algo((2, 20, 20, 64), (64, 4, 3, 3), 1, 1, 1, 16, "NHWC") == "grouped_direct_nhwc"
+    assert algo((2, 64, 20, 20), (64, 4, 3, 3), 1, 1, 1, 16, "NCHW") == "grouped_direct_nchw"
+    assert algo((2, 64, 8, 8), (64, 4, 3, 3), 1, 1, 1, 16, "NCHW") == "grouped_direct_nhwc+transpose"
+    assert algo((2, 16, 8, 8), (8, 16, 1, 1)) == "gemm"
+    assert algo((2, 16, 8, 8), (8, 16, 3, 3), 2, 1, pass_="input") == "gemm_col2im"
+    with pytest.raises(ValueError, match="pass_"):
+        algo((2, 16, 8, 8), (8, 16, 3, 3), pass_="backward")
+    with pytest.raises(ValueError, match="groups"):
+        cnnkit.ops.conv2d_output_shape((2, 6, 8, 8), (8, 3, 3, 3), groups=4)

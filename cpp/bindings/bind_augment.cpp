@@ -1,8 +1,6 @@
 // Image-kernel bindings: marshalling only; cnnkit.augment validates and allocates. Sizes are
 // re-checked so a misuse cannot read or write out of bounds.
 #include <string>
-#include <tuple>
-#include <vector>
 
 #include "cnnkit/augment.h"
 #include "common.h"
@@ -24,8 +22,14 @@ T* checked(const py::array& a, const char* name, int64_t count, bool write) {
 }  // namespace
 
 void bind_augment(py::module_& m) {
-  // Mixing kernels: x (N, S) float32/float64, perm (N,) int64 in [0, N), out like x (not overlapping).
-  auto mix_arrays = [](const py::array& x, const py::array& out, const py::array& perm, int64_t N, int64_t S) {
+  // Mixing kernels: x (N, S) float32/float64, out like x (not overlapping); partner indices perm
+  // (N,) int64 into an array of M images (x itself, or a pool).
+  struct MixArrays {
+    bool f64;
+    const void* x;
+    void* out;
+  };
+  auto mix_arrays = [](const py::array& x, const py::array& out, int64_t N, int64_t S) {
     if (N < 0 || S < 0) throw py::value_error("shape: expected N, S >= 0");
     const bool f64 = py::isinstance<py::array_t<double>>(x);
     if (!f64 && !py::isinstance<py::array_t<float>>(x)) throw py::type_error("x: expected float32 or float64");
@@ -36,39 +40,37 @@ void bind_augment(py::module_& m) {
                    : static_cast<void*>(checked<float>(out, "out", N * S, true));
     if (overlaps(px, N * S * (f64 ? 8 : 4), po, N * S * (f64 ? 8 : 4)))
       throw py::value_error("out: must not overlap x");
+    return MixArrays{f64, px, po};
+  };
+  auto partners = [](const py::array& perm, int64_t N, int64_t M) {
     const int64_t* pp = checked<int64_t>(perm, "perm", N, false);
     for (int64_t i = 0; i < N; ++i)
-      if (pp[i] < 0 || pp[i] >= N) throw py::value_error("perm: entries must lie in [0, N)");
-    return std::make_tuple(f64, px, po, pp);
+      if (pp[i] < 0 || pp[i] >= M) throw py::value_error("perm: entries must lie in [0, " + std::to_string(M) + ")");
+    return pp;
   };
   m.def(
       "augment_blend",
-      [mix_arrays](const py::array& x, const py::array& out, const py::array& perm, const py::array& lam, int64_t N,
-                   int64_t S, const py::object& pool, int64_t M) {
+      [mix_arrays, partners](const py::array& x, const py::array& out, const py::array& perm, const py::array& lam,
+                             int64_t N, int64_t S, const py::object& pool, int64_t M) {
         // Partners index x itself, or `pool` (M images of S elements) when given.
+        const MixArrays a = mix_arrays(x, out, N, S);
+        const void* src = a.x;
         if (pool.is_none()) {
-          auto [f64, px, po, pp] = mix_arrays(x, out, perm, N, S);
-          const double* pl = checked<double>(lam, "lam", N, false);
-          py::gil_scoped_release nogil;
-          augment::blend(f64, px, px, pp, pl, po, N, S);
-          return;
+          M = N;
+        } else {
+          if (!py::isinstance<py::array>(pool)) throw py::type_error("pool: expected a numpy.ndarray");
+          py::array pa = py::reinterpret_borrow<py::array>(pool);
+          if (M < 1) throw py::value_error("pool: expected at least one image");
+          if (py::isinstance<py::array_t<double>>(pa) != a.f64) throw py::type_error("pool: dtype differs from x");
+          src = a.f64 ? static_cast<const void*>(checked<double>(pa, "pool", M * S, false))
+                      : static_cast<const void*>(checked<float>(pa, "pool", M * S, false));
+          if (overlaps(src, M * S * (a.f64 ? 8 : 4), a.out, N * S * (a.f64 ? 8 : 4)))
+            throw py::value_error("out: must not overlap pool");
         }
-        if (!py::isinstance<py::array>(pool)) throw py::type_error("pool: expected a numpy.ndarray");
-        py::array pa = py::reinterpret_borrow<py::array>(pool);
-        auto [f64, px, po, pp_unused] = mix_arrays(x, out, py::array_t<int64_t>(N, std::vector<int64_t>(N, 0).data()), N, S);
-        (void)pp_unused;
-        if (M < 1) throw py::value_error("pool: expected at least one image");
-        if (py::isinstance<py::array_t<double>>(pa) != f64) throw py::type_error("pool: dtype differs from x");
-        const void* ps = f64 ? static_cast<const void*>(checked<double>(pa, "pool", M * S, false))
-                             : static_cast<const void*>(checked<float>(pa, "pool", M * S, false));
-        if (overlaps(ps, M * S * (f64 ? 8 : 4), po, N * S * (f64 ? 8 : 4)))
-          throw py::value_error("out: must not overlap pool");
-        const int64_t* pp = checked<int64_t>(perm, "perm", N, false);
-        for (int64_t i = 0; i < N; ++i)
-          if (pp[i] < 0 || pp[i] >= M) throw py::value_error("perm: entries must lie in [0, M)");
+        const int64_t* pp = partners(perm, N, M);
         const double* pl = checked<double>(lam, "lam", N, false);
         py::gil_scoped_release nogil;
-        augment::blend(f64, px, ps, pp, pl, po, N, S);
+        augment::blend(a.f64, a.x, src, pp, pl, a.out, N, S);
       },
       py::arg("x"), py::arg("out"), py::arg("perm"), py::arg("lam"), py::arg("N"), py::arg("S"),
       py::arg("pool") = py::none(), py::arg("M") = 0);
@@ -121,10 +123,11 @@ void bind_augment(py::module_& m) {
       py::arg("hist"), py::arg("count"));
   m.def(
       "augment_paste_boxes",
-      [mix_arrays](const py::array& x, const py::array& out, const py::array& perm, const py::array& boxes, int64_t N,
-                   int64_t C, int64_t H, int64_t W) {
+      [mix_arrays, partners](const py::array& x, const py::array& out, const py::array& perm,
+                             const py::array& boxes, int64_t N, int64_t C, int64_t H, int64_t W) {
         if (C < 1 || H < 1 || W < 1) throw py::value_error("shape: expected C, H, W >= 1");
-        auto [f64, px, po, pp] = mix_arrays(x, out, perm, N, C * H * W);
+        const MixArrays a = mix_arrays(x, out, N, C * H * W);
+        const int64_t* pp = partners(perm, N, N);
         const int64_t* pb = checked<int64_t>(boxes, "boxes", 4 * N, false);
         for (int64_t i = 0; i < N; ++i) {
           const int64_t* b = pb + 4 * i;
@@ -132,7 +135,7 @@ void bind_augment(py::module_& m) {
             throw py::value_error("boxes: each (y0, x0, y1, x1) must satisfy 0 <= y0 <= y1 <= H, 0 <= x0 <= x1 <= W");
         }
         py::gil_scoped_release nogil;
-        augment::paste_boxes(f64, px, pp, pb, po, N, C, H, W);
+        augment::paste_boxes(a.f64, a.x, pp, pb, a.out, N, C, H, W);
       },
       py::arg("x"), py::arg("out"), py::arg("perm"), py::arg("boxes"), py::arg("N"), py::arg("C"), py::arg("H"),
       py::arg("W"));

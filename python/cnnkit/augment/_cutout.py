@@ -23,7 +23,7 @@ import numbers
 import numpy as np
 
 from .. import _core
-from ._mix import _batch_size, _check_rng, _prob
+from ._mix import _batch_size, _check_boxes, _check_rng, _prob
 
 
 def _image_size(image_size):
@@ -141,10 +141,7 @@ def cutout(images, boxes, fill=0, *, layout=None, noise=None, out=None):
     if boxes.ndim != 3 or boxes.shape[0] != N or boxes.shape[2] != 4 or boxes.dtype.kind not in "iu":
         raise ValueError(f"boxes: expected integer (N, K, 4) rows (y0, x0, y1, x1) with N = {N}, got shape "
                          f"{boxes.shape}")
-    b = boxes.reshape(-1, 4)
-    if b.size and (np.any(b[:, 0] < 0) | np.any(b[:, 1] < 0) | np.any(b[:, 2] > H) | np.any(b[:, 3] > W)
-                   | np.any(b[:, 0] > b[:, 2]) | np.any(b[:, 1] > b[:, 3])):
-        raise ValueError(f"boxes: each (y0, x0, y1, x1) must satisfy 0 <= y0 <= y1 <= {H} and 0 <= x0 <= x1 <= {W}")
+    _check_boxes(boxes, H, W)
     if out is None:
         out = np.empty_like(images)
     elif (not isinstance(out, np.ndarray) or out.shape != images.shape or out.dtype != images.dtype

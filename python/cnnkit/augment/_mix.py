@@ -219,6 +219,24 @@ def _label_rows(labels, N, num_classes, label_smoothing, dtype):
     return rows
 
 
+def _check_boxes(boxes, H, W):
+    """Box rows (..., 4) = (y0, x0, y1, x1) inside an H x W image; returns them as (M, 4)."""
+    b = boxes.reshape(-1, 4)
+    if b.size and (np.any(b[:, 0] < 0) | np.any(b[:, 1] < 0) | np.any(b[:, 2] > H) | np.any(b[:, 3] > W)
+                   | np.any(b[:, 0] > b[:, 2]) | np.any(b[:, 1] > b[:, 3])):
+        raise ValueError(f"boxes: each (y0, x0, y1, x1) must satisfy 0 <= y0 <= y1 <= {H} and 0 <= x0 <= x1 <= {W}")
+    return b
+
+
+def _out_like(out, x):
+    """A new array like x, or `out` checked to be one."""
+    if out is None:
+        return np.empty_like(x)
+    if not isinstance(out, np.ndarray) or out.shape != x.shape or out.dtype != x.dtype or not out.flags.c_contiguous:
+        raise ValueError(f"out: expected a C-contiguous {x.dtype} array of shape {x.shape}")
+    return out
+
+
 def _mix_labels(rows, perm, lam):
     if rows is None:
         return None
@@ -244,10 +262,7 @@ def mixup(x, labels=None, *, lam, perm, num_classes=None, label_smoothing=0.0, o
     N = x.shape[0]
     perm, lam = _perm(perm, N), _lam(lam, N)
     rows = _label_rows(labels, N, num_classes, label_smoothing, x.dtype)
-    if out is None:
-        out = np.empty_like(x)
-    elif not isinstance(out, np.ndarray) or out.shape != x.shape or out.dtype != x.dtype or not out.flags.c_contiguous:
-        raise ValueError(f"out: expected a C-contiguous {x.dtype} array of shape {x.shape}")
+    out = _out_like(out, x)
     _core.augment_blend(x, out, perm, lam, N, x[0].size if N else 0)
     return out, _mix_labels(rows, perm, lam)
 
@@ -264,15 +279,9 @@ def cutmix(x, labels=None, *, boxes, perm, num_classes=None, label_smoothing=0.0
     boxes = np.ascontiguousarray(np.asarray(boxes), dtype=np.int64)
     if boxes.shape != (N, 4):
         raise ValueError(f"boxes: expected ({N}, 4) rows (y0, x0, y1, x1), got shape {boxes.shape}")
-    b = boxes
-    if N and (np.any(b[:, 0] < 0) | np.any(b[:, 1] < 0) | np.any(b[:, 2] > H) | np.any(b[:, 3] > W)
-              | np.any(b[:, 0] > b[:, 2]) | np.any(b[:, 1] > b[:, 3])):
-        raise ValueError(f"boxes: each (y0, x0, y1, x1) must satisfy 0 <= y0 <= y1 <= {H} and 0 <= x0 <= x1 <= {W}")
+    b = _check_boxes(boxes, H, W)
     rows = _label_rows(labels, N, num_classes, label_smoothing, x.dtype)
-    if out is None:
-        out = np.empty_like(x)
-    elif not isinstance(out, np.ndarray) or out.shape != x.shape or out.dtype != x.dtype or not out.flags.c_contiguous:
-        raise ValueError(f"out: expected a C-contiguous {x.dtype} array of shape {x.shape}")
+    out = _out_like(out, x)
     _core.augment_paste_boxes(x, out, perm, boxes, N, C, H, W)
     lam = 1.0 - ((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])) / float(H * W)
     return out, _mix_labels(rows, perm, lam)
@@ -321,10 +330,7 @@ def sample_pairing(x, partners, *, pool=None, applied=None, out=None):
         if applied.shape != (N,):
             raise ValueError(f"applied: expected {N} flags, got shape {applied.shape}")
         lam[~applied] = 1.0
-    if out is None:
-        out = np.empty_like(x)
-    elif not isinstance(out, np.ndarray) or out.shape != x.shape or out.dtype != x.dtype or not out.flags.c_contiguous:
-        raise ValueError(f"out: expected a C-contiguous {x.dtype} array of shape {x.shape}")
+    out = _out_like(out, x)
     partners = np.asarray(partners)
     if pool is None:
         _core.augment_blend(x, out, _perm(partners, N), lam, N, S)
