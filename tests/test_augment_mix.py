@@ -1,11 +1,12 @@
 """Mixup / CutMix: samplers, batched functions (compiled kernels) and transform classes."""
+import cnnkit
 import numpy as np
 import pytest
-
-import cnnkit
 from cnnkit.augment import Compose, CutMix, MixUp
 from cnnkit.augment import functional as F
 from conftest import assert_bitwise, num_threads
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 MODES = ("batch", "pair", "elem")
 
@@ -228,3 +229,27 @@ def test_sample_pairing_bad_input(rng):
         F.sample_pairing(x, np.arange(4), applied=np.ones(3, bool))
     with pytest.raises(ValueError, match="pool_size"):
         F.sample_pairing_params(rng, 4, pool_size=0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 9), c=st.integers(1, 4), h=st.integers(1, 19), w=st.integers(1, 19),
+       mode=st.sampled_from(MODES), f64=st.booleans(), seed=st.integers(0, 2**32 - 1))
+def test_hypothesis_mixing_matches_numpy(n, c, h, w, mode, f64, seed):
+    rng = np.random.default_rng(seed)
+    dtype = np.float64 if f64 else np.float32
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    m = F.sample_mixup_params(rng, n, 0.7, mode=mode)
+    lam = m["lam"][:, None, None, None]
+    ref = (lam * x.astype(np.float64) + (1 - lam) * x[m["perm"]].astype(np.float64)).astype(dtype)
+    assert_bitwise(F.mixup(x, lam=m["lam"], perm=m["perm"])[0], ref, "mixup")
+    cp = F.sample_cutmix_params(rng, x.shape, 0.7, mode=mode)
+    ref = x.copy()
+    for i, (y0, x0, y1, x1) in enumerate(cp["boxes"]):
+        ref[i, :, y0:y1, x0:x1] = x[cp["perm"][i], :, y0:y1, x0:x1]
+    assert_bitwise(F.cutmix(x, boxes=cp["boxes"], perm=cp["perm"])[0], ref, "cutmix")
+    hp = F.sample_cutout_params(rng, n, (h, w), max(1, min(h, w) // 2), num_holes=2)
+    ref = x.copy()
+    for i in range(n):
+        for y0, x0, y1, x1 in hp["boxes"][i]:
+            ref[i, :, y0:y1, x0:x1] = 0.25
+    assert_bitwise(F.cutout(x, hp["boxes"], 0.25), ref, "cutout")
