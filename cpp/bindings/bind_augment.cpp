@@ -201,6 +201,81 @@ void bind_augment(py::module_& m) {
       },
       py::arg("images"), py::arg("out"), py::arg("N"), py::arg("P"), py::arg("C"), py::arg("lut"),
       "out = lut[n, c, images] with lut of shape (N, C, 256).");
+  // ---- image ops (cnnkit.augment._ops validates; these re-check sizes and ranges) ----
+  auto u8_images = [](const py::array& x, const py::array& y, int64_t N, int64_t H, int64_t W, int64_t C,
+                      int64_t OH, int64_t OW) {
+    if (N < 0 || H < 1 || W < 1 || C < 1 || OH < 1 || OW < 1)
+      throw py::value_error("shape: expected N >= 0 and positive sizes");
+    const uint8_t* px = checked<uint8_t>(x, "images", N * H * W * C, false);
+    uint8_t* py_ = checked<uint8_t>(y, "out", N * OH * OW * C, true);
+    if (overlaps(px, N * H * W * C, py_, N * OH * OW * C)) throw py::value_error("out: must not overlap images");
+    return std::make_pair(px, py_);
+  };
+  m.def(
+      "augment_apply_ops",
+      [u8_images](const py::array& x, const py::array& y, int64_t N, int64_t H, int64_t W, int64_t C, int64_t K,
+                  const py::array& codes, const py::array& params, bool bilinear, const py::object& fill) {
+        if (K < 0) throw py::value_error("K: expected >= 0");
+        auto [px, py_] = u8_images(x, y, N, H, W, C, H, W);
+        const int32_t* pc = checked<int32_t>(codes, "ops", N * K, false);
+        const double* pp = checked<double>(params, "params", N * K * augment::kOpParams, false);
+        for (int64_t i = 0; i < N * K; ++i) {
+          if (pc[i] < 0 || pc[i] > int32_t(augment::ImageOp::kVFlip)) throw py::value_error("ops: unknown op code");
+          if (pc[i] == int32_t(augment::ImageOp::kPosterize) &&
+              !(pp[i * augment::kOpParams] >= 0 && pp[i * augment::kOpParams] <= 8))
+            throw py::value_error("magnitudes: posterize bits must lie in [0, 8]");
+        }
+        const double* pf = nullptr;
+        if (!fill.is_none()) pf = checked<double>(py::cast<py::array>(fill), "fill", C, false);
+        py::gil_scoped_release nogil;
+        augment::apply_ops_u8(px, py_, N, H, W, C, K, pc, pp, bilinear, pf);
+      },
+      py::arg("images"), py::arg("out"), py::arg("N"), py::arg("H"), py::arg("W"), py::arg("C"), py::arg("K"),
+      py::arg("codes"), py::arg("params"), py::arg("bilinear"), py::arg("fill"));
+  m.def(
+      "augment_resize",
+      [u8_images](const py::array& x, const py::array& y, int64_t N, int64_t H, int64_t W, int64_t C,
+                  const py::array& boxes, int64_t OH, int64_t OW, bool antialias) {
+        auto [px, py_] = u8_images(x, y, N, H, W, C, OH, OW);
+        const int64_t* pb = checked<int64_t>(boxes, "boxes", 4 * N, false);
+        for (int64_t i = 0; i < N; ++i) {
+          const int64_t* b = pb + 4 * i;
+          if (b[0] < 0 || b[1] < 0 || b[2] < 1 || b[3] < 1 || b[0] + b[2] > H || b[1] + b[3] > W)
+            throw py::value_error("boxes: expected (top, left, height, width) inside the image");
+        }
+        py::gil_scoped_release nogil;
+        augment::resize_u8(px, py_, N, H, W, C, pb, OH, OW, antialias);
+      },
+      py::arg("images"), py::arg("out"), py::arg("N"), py::arg("H"), py::arg("W"), py::arg("C"), py::arg("boxes"),
+      py::arg("OH"), py::arg("OW"), py::arg("antialias"));
+  m.def(
+      "augment_remap",
+      [u8_images](const py::array& x, const py::array& y, int64_t N, int64_t H, int64_t W, int64_t C, int64_t OH,
+                  int64_t OW, const py::array& iy, const py::array& ix, const py::array& fill) {
+        auto [px, py_] = u8_images(x, y, N, H, W, C, OH, OW);
+        const int64_t* piy = checked<int64_t>(iy, "rows", N * OH, false);
+        const int64_t* pix = checked<int64_t>(ix, "cols", N * OW, false);
+        const uint8_t* pf = checked<uint8_t>(fill, "fill", C, false);
+        for (int64_t i = 0; i < N * OH; ++i)
+          if (piy[i] >= H) throw py::value_error("rows: index out of range");
+        for (int64_t i = 0; i < N * OW; ++i)
+          if (pix[i] >= W) throw py::value_error("cols: index out of range");
+        py::gil_scoped_release nogil;
+        augment::remap_u8(px, py_, N, H, W, C, OH, OW, piy, pix, pf);
+      },
+      py::arg("images"), py::arg("out"), py::arg("N"), py::arg("H"), py::arg("W"), py::arg("C"), py::arg("OH"),
+      py::arg("OW"), py::arg("rows"), py::arg("cols"), py::arg("fill"));
+  m.def(
+      "augment_clahe",
+      [u8_images](const py::array& x, const py::array& y, int64_t N, int64_t H, int64_t W, int64_t C,
+                  int64_t tiles_x, int64_t tiles_y, double clip_limit) {
+        if (tiles_x < 1 || tiles_y < 1) throw py::value_error("tile_grid_size: expected positive tile counts");
+        auto [px, py_] = u8_images(x, y, N, H, W, C, H, W);
+        py::gil_scoped_release nogil;
+        augment::clahe_u8(px, py_, N, H, W, C, tiles_x, tiles_y, clip_limit);
+      },
+      py::arg("images"), py::arg("out"), py::arg("N"), py::arg("H"), py::arg("W"), py::arg("C"), py::arg("tiles_x"),
+      py::arg("tiles_y"), py::arg("clip_limit"));
 }
 
 }  // namespace cnnkit::bind

@@ -44,6 +44,48 @@ void fill_boxes(int dtype, const void* x, void* out, int64_t N, int64_t H, int64
 // OpenCV equalizeHist lookup tables from `count` 256-bin histograms (float32 arithmetic as OpenCV).
 void equalize_cv_lut(const int64_t* hist, uint8_t* lut, int64_t count);
 
+// ---- image ops for the augmentation policies (cpp/src/augment/image_ops.cpp) --------------------
+// Op codes of apply_ops_u8; each (image, op) has kOpParams doubles of parameters.
+enum class ImageOp : int32_t {
+  kIdentity = 0,
+  kAffine = 1,      // p[0..5]: torchvision's inverse affine matrix in centred coordinates
+  kBrightness = 2,  // p[0]: factor (torchvision tensor semantics, float32)
+  kColor = 3,       // p[0]: saturation factor
+  kContrast = 4,    // p[0]: factor
+  kSharpness = 5,   // p[0]: factor
+  kPosterize = 6,   // p[0]: bits kept, 0..8
+  kSolarize = 7,    // p[0]: threshold; values >= it are inverted
+  kAutoContrast = 8,  // Pillow ImageOps.autocontrast
+  kEqualize = 9,    // Pillow ImageOps.equalize
+  kInvert = 10,
+  kHFlip = 11,
+  kVFlip = 12,
+};
+constexpr int64_t kOpParams = 6;
+
+// Image n (H x W x C uint8) goes through ops codes[n*K .. n*K+K-1] in order; bilinear or nearest
+// sampling for kAffine, with `fill` (C values) outside the image or, when null, torchvision's
+// zero padding. y must not overlap x.
+void apply_ops_u8(const uint8_t* x, uint8_t* y, int64_t N, int64_t H, int64_t W, int64_t C, int64_t K,
+                  const int32_t* codes, const double* params, bool bilinear, const double* fill);
+// Crop boxes[4n..4n+3] = (top, left, height, width) of image n resized to OH x OW (bilinear,
+// align_corners=False, PIL/torch antialiasing when downscaling if antialias).
+void resize_u8(const uint8_t* x, uint8_t* y, int64_t N, int64_t H, int64_t W, int64_t C, const int64_t* boxes,
+               int64_t OH, int64_t OW, bool antialias);
+// y[n, r, c] = x[n, iy[n*OH + r], ix[n*OW + c]] (all channels), or fill where an index is < 0.
+void remap_u8(const uint8_t* x, uint8_t* y, int64_t N, int64_t H, int64_t W, int64_t C, int64_t OH, int64_t OW,
+              const int64_t* iy, const int64_t* ix, const uint8_t* fill);
+// OpenCV's CLAHE on every channel plane (tilesX across, tilesY down; clip_limit <= 0: no clipping).
+void clahe_u8(const uint8_t* x, uint8_t* y, int64_t N, int64_t H, int64_t W, int64_t C, int64_t tilesX,
+              int64_t tilesY, double clip_limit);
+
+struct OpKernels {
+  decltype(&apply_ops_u8) apply_ops_u8_fn;
+  decltype(&resize_u8) resize_u8_fn;
+  decltype(&remap_u8) remap_u8_fn;
+  decltype(&clahe_u8) clahe_u8_fn;
+};
+
 struct Kernels {
   decltype(&normalize_u8) normalize_u8_fn;
   decltype(&image_stats_u8) image_stats_u8_fn;

@@ -2,9 +2,9 @@
 #include "cnnkit/augment.h"
 
 namespace cnnkit {
-namespace scalar { extern const augment::Kernels augment_kernels; }
-namespace avx2 { extern const augment::Kernels augment_kernels; }
-namespace avx512 { extern const augment::Kernels augment_kernels; }
+namespace scalar { extern const augment::Kernels augment_kernels; extern const augment::OpKernels augment_op_kernels; }
+namespace avx2 { extern const augment::Kernels augment_kernels; extern const augment::OpKernels augment_op_kernels; }
+namespace avx512 { extern const augment::Kernels augment_kernels; extern const augment::OpKernels augment_op_kernels; }
 }  // namespace cnnkit
 
 namespace cnnkit::augment {
@@ -29,6 +29,32 @@ void histogram_u8(const uint8_t* x, int64_t N, int64_t P, int64_t C, int64_t* hi
 void lut_u8(const uint8_t* x, uint8_t* y, int64_t N, int64_t P, int64_t C, const uint8_t* lut) {
   by_isa(scalar::augment_kernels, avx2::augment_kernels, avx512::augment_kernels)
       .lut_u8_fn(x, y, N, P, C, lut);
+}
+
+namespace {
+const OpKernels& ops() {
+  return by_isa(scalar::augment_op_kernels, avx2::augment_op_kernels, avx512::augment_op_kernels);
+}
+}  // namespace
+
+void apply_ops_u8(const uint8_t* x, uint8_t* y, int64_t N, int64_t H, int64_t W, int64_t C, int64_t K,
+                  const int32_t* codes, const double* params, bool bilinear, const double* fill) {
+  ops().apply_ops_u8_fn(x, y, N, H, W, C, K, codes, params, bilinear, fill);
+}
+
+void resize_u8(const uint8_t* x, uint8_t* y, int64_t N, int64_t H, int64_t W, int64_t C, const int64_t* boxes,
+               int64_t OH, int64_t OW, bool antialias) {
+  ops().resize_u8_fn(x, y, N, H, W, C, boxes, OH, OW, antialias);
+}
+
+void remap_u8(const uint8_t* x, uint8_t* y, int64_t N, int64_t H, int64_t W, int64_t C, int64_t OH, int64_t OW,
+              const int64_t* iy, const int64_t* ix, const uint8_t* fill) {
+  ops().remap_u8_fn(x, y, N, H, W, C, OH, OW, iy, ix, fill);
+}
+
+void clahe_u8(const uint8_t* x, uint8_t* y, int64_t N, int64_t H, int64_t W, int64_t C, int64_t tilesX,
+              int64_t tilesY, double clip_limit) {
+  ops().clahe_u8_fn(x, y, N, H, W, C, tilesX, tilesY, clip_limit);
 }
 
 }  // namespace cnnkit::augment

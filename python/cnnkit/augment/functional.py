@@ -365,3 +365,14 @@ def spatial_dropout_backward(grad_out, scale, *, layout="NCHW", out=None):
     if out is not None and (not isinstance(out, np.ndarray) or out.dtype != g.dtype or out.shape != g.shape):
         raise ValueError(f"out: expected an array of dtype {g.dtype} and shape {g.shape}")
     return np.multiply(g, _scale_view(scale, layout, g.dtype), out=out)
+
+
+from ._ops import (OPS, adjust_brightness, adjust_contrast, adjust_saturation, adjust_sharpness, affine,  # noqa: E402,F401
+                   apply_ops, clahe, hflip, pad_crop, resized_crop, rotate, sample_flip_params, sample_pad_crop_params,
+                   sample_resized_crop_params, shear_x, shear_y, translate_x, translate_y, vflip)
+
+__all__ += ["OPS", "apply_ops", "adjust_brightness", "adjust_contrast", "adjust_saturation", "adjust_sharpness",
+            "hflip", "vflip", "affine", "rotate", "shear_x", "shear_y", "translate_x", "translate_y", "resized_crop",
+            "pad_crop", "clahe", "sample_resized_crop_params", "sample_pad_crop_params", "sample_flip_params",
+            "cutout", "mixup", "cutmix", "sample_pairing", "sample_mixup_params", "sample_cutmix_params",
+            "sample_pairing_params", "sample_cutout_params", "sample_erasing_params", "random_fill_noise"]
