@@ -27,7 +27,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import cnnkit.augment.functional as F
-from conftest import assert_bitwise, num_threads
+from conftest import assert_bitwise, import_torchvision, num_threads
 from reference import augment as R
 
 SETTINGS = settings(max_examples=30, deadline=None)
@@ -549,8 +549,8 @@ def test_every_isa_level_matches_reference(mode, layout_out, isa, rng):
 # ---- peer -------------------------------------------------------------------------------------
 
 def test_matches_torchvision_normalize(rng):
-    torch = pytest.importorskip("torch")
-    tvf = pytest.importorskip("torchvision.transforms.functional")
+    torch, torchvision = import_torchvision()
+    tvf = torchvision.transforms.functional
     images = random_images(rng, (2, 33, 17, 3))
     x = torch.from_numpy(images.transpose(0, 3, 1, 2).astype(np.float32) / 255.0)
     ref = tvf.normalize(x, list(IMAGENET_MEAN), list(IMAGENET_STD)).numpy()
