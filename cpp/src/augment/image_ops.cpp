@@ -194,37 +194,102 @@ void flip(const uint8_t* __restrict s, uint8_t* __restrict d, const Geo& g, bool
 }
 
 // Inverse affine map m (torchvision's, in centred coordinates): the source of destination pixel
-// (x, y) is sx = ((m0*xc + m1*yc) + m2) + (W-1)/2, sy likewise, xc = x - (W-1)/2.
+// (x, y) is sx = ((m0*xc + m1*yc) + m2) + (W-1)/2, sy likewise, xc = x - (W-1)/2. Per row, the
+// coordinates are computed in vector loops into `co`, then the pixels are gathered.
+struct AffineRow {
+  std::vector<double> sx, sy;
+  std::vector<int64_t> idx;
+  std::vector<uint8_t> fill;
+  void resize(int64_t W) {
+    sx.resize(size_t(W));
+    sy.resize(size_t(W));
+    idx.resize(size_t(W));
+  }
+};
+
 void affine(const uint8_t* __restrict s, uint8_t* __restrict d, const Geo& g, const double* m, bool bilinear,
-            const double* fill) {
+            const double* fill, AffineRow& co) {
   const int64_t H = g.H, W = g.W, C = g.C;
   const double cx = double(W - 1) * 0.5, cy = double(H - 1) * 0.5;
+  const double m0 = m[0], m1 = m[1], m2 = m[2], m3 = m[3], m4 = m[4], m5 = m[5];
+  co.resize(W);
+  double* __restrict sxr = co.sx.data();
+  double* __restrict syr = co.sy.data();
+  int64_t* __restrict idx = co.idx.data();
+  co.fill.resize(size_t(C));
+  uint8_t* fill_u8 = co.fill.data();
+  for (int64_t c = 0; c < C; ++c) fill_u8[c] = fill ? round_u8(fill[c]) : 0;
+  const double Wm = double(W - 1), Hm = double(H - 1);
   for (int64_t y = 0; y < H; ++y) {
     const double yc = double(y) - cy;
-    uint8_t* o = d + y * W * C;
+    const double by = m1 * yc, ey = m4 * yc;
+#pragma omp simd
     for (int64_t x = 0; x < W; ++x) {
       const double xc = double(x) - cx;
-      const double sx = ((m[0] * xc + m[1] * yc) + m[2]) + cx;
-      const double sy = ((m[3] * xc + m[4] * yc) + m[5]) + cy;
+      sxr[x] = ((m0 * xc + by) + m2) + cx;
+      syr[x] = ((m3 * xc + ey) + m5) + cy;
+    }
+    uint8_t* o = d + y * W * C;
+    if (!bilinear) {
+#pragma omp simd
+      for (int64_t x = 0; x < W; ++x) {
+        const double rx = std::nearbyint(sxr[x]), ry = std::nearbyint(syr[x]);
+        const bool in = rx >= 0.0 && rx <= Wm && ry >= 0.0 && ry <= Hm;
+        idx[x] = in ? (int64_t(ry) * W + int64_t(rx)) * C : -1;
+      }
+      if (C == 3) {
+        for (int64_t x = 0; x < W; ++x) {
+          const uint8_t* ip = idx[x] >= 0 ? s + idx[x] : fill_u8;
+          o[3 * x] = ip[0], o[3 * x + 1] = ip[1], o[3 * x + 2] = ip[2];
+        }
+      } else {
+        for (int64_t x = 0; x < W; ++x) {
+          const uint8_t* ip = idx[x] >= 0 ? s + idx[x] : fill_u8;
+          for (int64_t c = 0; c < C; ++c) o[x * C + c] = ip[c];
+        }
+      }
+      continue;
+    }
+    // bilinear: floors and fractions in a vector loop (sxr/syr become the fractions); idx holds
+    // the top-left corner's offset when all four corners are inside, else -1
+#pragma omp simd
+    for (int64_t x = 0; x < W; ++x) {
+      const double fx = std::floor(sxr[x]), fy = std::floor(syr[x]);
+      const bool in = fx >= 0.0 && fy >= 0.0 && fx + 1.0 <= Wm && fy + 1.0 <= Hm;
+      idx[x] = in ? (int64_t(fy) * W + int64_t(fx)) * C : -1;
+    }
+    for (int64_t x = 0; x < W; ++x) {
+      const double sx = sxr[x], sy = syr[x];
       uint8_t* op = o + x * C;
-      if (!bilinear) {
-        const double rx = std::nearbyint(sx), ry = std::nearbyint(sy);
-        if (rx >= 0.0 && rx <= double(W - 1) && ry >= 0.0 && ry <= double(H - 1)) {
-          const uint8_t* ip = s + (int64_t(ry) * W + int64_t(rx)) * C;
-          for (int64_t c = 0; c < C; ++c) op[c] = ip[c];
-        } else {
-          for (int64_t c = 0; c < C; ++c) op[c] = fill ? round_u8(fill[c]) : 0;
+      if (idx[x] >= 0) {  // all four corners inside
+        const double fx = std::floor(sx), fy = std::floor(sy);
+        const double wx = sx - fx, wy = sy - fy;
+        const double w00 = (1.0 - wx) * (1.0 - wy), w01 = wx * (1.0 - wy), w10 = (1.0 - wx) * wy, w11 = wx * wy;
+        const uint8_t* p00 = s + idx[x];
+        const uint8_t* p10 = p00 + W * C;
+        if (!fill && C == 3) {
+          for (int c = 0; c < 3; ++c)
+            op[c] = round_u8(((w00 * double(p00[c]) + w01 * double(p00[3 + c])) + w10 * double(p10[c])) +
+                             w11 * double(p10[3 + c]));
+          continue;
+        }
+        const double mask = ((w00 + w01) + w10) + w11;
+        for (int64_t c = 0; c < C; ++c) {
+          double v = ((w00 * double(p00[c]) + w01 * double(p00[C + c])) + w10 * double(p10[c])) + w11 * double(p10[C + c]);
+          if (fill) v = v * mask + (1.0 - mask) * fill[c];
+          op[c] = round_u8(v);
         }
         continue;
       }
       if (!(sx > -1.0 && sx < double(W) && sy > -1.0 && sy < double(H))) {  // no corner inside (or NaN)
-        for (int64_t c = 0; c < C; ++c) op[c] = fill ? round_u8(fill[c]) : 0;
+        for (int64_t c = 0; c < C; ++c) op[c] = fill_u8[c];
         continue;
       }
       const double fx = std::floor(sx), fy = std::floor(sy);
       const double wx = sx - fx, wy = sy - fy;
       const int64_t x0 = int64_t(fx), y0 = int64_t(fy);
-      const double w[4] = {(1.0 - wx) * (1.0 - wy), wx * (1.0 - wy), (1.0 - wx) * wy, wx * wy};
+      const double w00 = (1.0 - wx) * (1.0 - wy), w01 = wx * (1.0 - wy), w10 = (1.0 - wx) * wy, w11 = wx * wy;
+      const double w[4] = {w00, w01, w10, w11};
       const bool in[4] = {x0 >= 0 && y0 >= 0, x0 + 1 < W && y0 >= 0, x0 >= 0 && y0 + 1 < H, x0 + 1 < W && y0 + 1 < H};
       const int64_t off[4] = {(y0 * W + x0) * C, (y0 * W + x0 + 1) * C, ((y0 + 1) * W + x0) * C,
                               ((y0 + 1) * W + x0 + 1) * C};
@@ -243,13 +308,14 @@ void affine(const uint8_t* __restrict s, uint8_t* __restrict d, const Geo& g, co
 struct Scratch {
   std::vector<uint8_t> buf[2], lut;
   std::vector<int64_t> hist;
+  AffineRow row;
 };
 
 void run_op(ImageOp op, const double* p, const uint8_t* s, uint8_t* d, const Geo& g, bool bilinear,
             const double* fill, Scratch& sc) {
   switch (op) {
     case ImageOp::kIdentity: std::memcpy(d, s, size_t(g.size())); break;
-    case ImageOp::kAffine: affine(s, d, g, p, bilinear, fill); break;
+    case ImageOp::kAffine: affine(s, d, g, p, bilinear, fill, sc.row); break;
     case ImageOp::kBrightness: brightness(s, d, g, p[0]); break;
     case ImageOp::kColor: saturation(s, d, g, p[0]); break;
     case ImageOp::kContrast: contrast(s, d, g, p[0]); break;
@@ -456,9 +522,35 @@ inline int64_t reflect101(int64_t p, int64_t n) {
   return p;
 }
 
-inline uint8_t cv_round_u8(float v) {  // saturate_cast<uchar>(float): round half to even
-  const int r = int(std::nearbyint(v));
-  return uint8_t(r < 0 ? 0 : (r > 255 ? 255 : r));
+// One tile's table: clip the histogram at `clip` and spread the excess as OpenCV does (an equal
+// share to every bin, then the remainder one by one at a fixed stride from bin 0), then
+// lut[i] = saturate_cast<uchar>(float(cumulative count) * scale), rounded half to even.
+void clahe_tile_lut(int32_t* __restrict hist, uint8_t* __restrict lut, int32_t clip, float scale) {
+  if (clip > 0) {
+    int32_t clipped = 0;
+#pragma omp simd reduction(+ : clipped)
+    for (int i = 0; i < 256; ++i) {
+      const int32_t over = hist[i] > clip ? hist[i] - clip : 0;
+      clipped += over;
+      hist[i] -= over;
+    }
+    const int32_t batch = clipped / 256;
+    int32_t residual = clipped - batch * 256;
+#pragma omp simd
+    for (int i = 0; i < 256; ++i) hist[i] += batch;
+    if (residual != 0) {
+      const int32_t step = std::max<int32_t>(256 / residual, 1);
+      for (int32_t i = 0; i < 256 && residual > 0; i += step, --residual) ++hist[i];
+    }
+  }
+  int32_t sum = 0;
+  for (int i = 0; i < 256; ++i) sum += hist[i], hist[i] = sum;  // prefix sums in place
+#pragma omp simd
+  for (int i = 0; i < 256; ++i) {
+    float v = std::nearbyint(float(hist[i]) * scale);
+    v = v < 0.0f ? 0.0f : (v > 255.0f ? 255.0f : v);
+    lut[i] = uint8_t(int32_t(v));
+  }
 }
 
 void clahe_u8(const uint8_t* x, uint8_t* y, int64_t N, int64_t H, int64_t W, int64_t C, int64_t tilesX,
@@ -470,77 +562,83 @@ void clahe_u8(const uint8_t* x, uint8_t* y, int64_t N, int64_t H, int64_t W, int
   const int64_t Hp = exact ? H : H + tilesY - H % tilesY;
   const int64_t Wp = exact ? W : W + tilesX - W % tilesX;
   const int64_t th = Hp / tilesY, tw = Wp / tilesX, area = th * tw;
-  int64_t clip = 0;
-  if (clip_limit > 0.0) clip = std::max<int64_t>(int64_t(clip_limit * double(area) / 256.0), 1);
+  int32_t clip = 0;
+  if (clip_limit > 0.0) clip = int32_t(std::max<int64_t>(int64_t(clip_limit * double(area) / 256.0), 1));
   const float lut_scale = 255.0f / float(area);
   const float inv_tw = 1.0f / float(tw), inv_th = 1.0f / float(th);
-  // interpolation geometry shared by every plane
-  std::vector<int64_t> x1(static_cast<size_t>(W)), x2(static_cast<size_t>(W)), rmap(static_cast<size_t>(Hp)),
-      cmap(static_cast<size_t>(Wp));
+  // interpolation geometry shared by every plane: per column the two tile LUT offsets and weights
+  std::vector<int32_t> o1(static_cast<size_t>(W)), o2(static_cast<size_t>(W)), cmap(static_cast<size_t>(Wp));
   std::vector<float> xa(static_cast<size_t>(W)), xa1(static_cast<size_t>(W));
   for (int64_t i = 0; i < W; ++i) {
     const float txf = float(i) * inv_tw - 0.5f;
     const int64_t t1 = int64_t(std::floor(txf));
     xa[size_t(i)] = txf - float(t1);
     xa1[size_t(i)] = 1.0f - xa[size_t(i)];
-    x1[size_t(i)] = std::max<int64_t>(t1, 0);
-    x2[size_t(i)] = std::min<int64_t>(t1 + 1, tilesX - 1);
+    o1[size_t(i)] = int32_t(std::max<int64_t>(t1, 0) * 256);
+    o2[size_t(i)] = int32_t(std::min<int64_t>(t1 + 1, tilesX - 1) * 256);
   }
-  for (int64_t r = 0; r < Hp; ++r) rmap[size_t(r)] = reflect101(r, H);
-  for (int64_t c = 0; c < Wp; ++c) cmap[size_t(c)] = reflect101(c, W);
+  for (int64_t c = 0; c < Wp; ++c) cmap[size_t(c)] = int32_t(reflect101(c, W));
   const int64_t planes = N * C;
   const int nt = N * H * W * C < kSerialBelow || planes < 2 ? 1 : num_threads();
 #pragma omp parallel num_threads(nt)
   {
-    std::vector<uint8_t> lut(size_t(tilesX * tilesY * 256));
-    int64_t hist[256];
+    std::vector<uint8_t> lut(static_cast<size_t>(tilesX * tilesY * 256)), plane(static_cast<size_t>(Hp * Wp)),
+        out_row(static_cast<size_t>(W));
+    std::vector<float> lutf(static_cast<size_t>(tilesX * tilesY * 256));  // the tables as floats, for gathers
+    alignas(64) int32_t hist[256];
 #pragma omp for schedule(dynamic, 1)
     for (int64_t pl = 0; pl < planes; ++pl) {
       const int64_t n = pl / C, ch = pl % C;
       const uint8_t* xs = x + n * H * W * C + ch;
       uint8_t* ys = y + n * H * W * C + ch;
+      // the channel as a contiguous plane, padded as OpenCV pads it
+      for (int64_t r = 0; r < Hp; ++r) {
+        const uint8_t* row = xs + reflect101(r, H) * W * C;
+        uint8_t* pr = plane.data() + r * Wp;
+        if (C == 1) {
+          std::memcpy(pr, row, size_t(W));
+        } else {
+          for (int64_t c = 0; c < W; ++c) pr[c] = row[c * C];
+        }
+        for (int64_t c = W; c < Wp; ++c) pr[c] = pr[cmap[size_t(c)]];
+      }
       for (int64_t ty = 0; ty < tilesY; ++ty)
         for (int64_t tx = 0; tx < tilesX; ++tx) {
-          std::fill(hist, hist + 256, int64_t(0));
+          std::fill(hist, hist + 256, 0);
           for (int64_t r = ty * th; r < (ty + 1) * th; ++r) {
-            const uint8_t* row = xs + rmap[size_t(r)] * W * C;
-            for (int64_t c = tx * tw; c < (tx + 1) * tw; ++c) ++hist[row[cmap[size_t(c)] * C]];
+            const uint8_t* pr = plane.data() + r * Wp + tx * tw;
+            for (int64_t c = 0; c < tw; ++c) ++hist[pr[c]];
           }
-          if (clip > 0) {
-            int64_t clipped = 0;
-            for (int i = 0; i < 256; ++i)
-              if (hist[i] > clip) clipped += hist[i] - clip, hist[i] = clip;
-            const int64_t batch = clipped / 256;
-            int64_t residual = clipped - batch * 256;
-            for (int i = 0; i < 256; ++i) hist[i] += batch;
-            if (residual != 0) {
-              const int64_t step = std::max<int64_t>(256 / residual, 1);
-              for (int64_t i = 0; i < 256 && residual > 0; i += step, --residual) ++hist[i];
-            }
-          }
-          uint8_t* L = lut.data() + (ty * tilesX + tx) * 256;
-          int64_t sum = 0;
-          for (int i = 0; i < 256; ++i) {
-            sum += hist[i];
-            L[i] = cv_round_u8(float(sum) * lut_scale);
-          }
+          clahe_tile_lut(hist, lut.data() + (ty * tilesX + tx) * 256, clip, lut_scale);
         }
+      const int64_t nl = tilesX * tilesY * 256;
+#pragma omp simd
+      for (int64_t i = 0; i < nl; ++i) lutf[size_t(i)] = float(lut[size_t(i)]);
       for (int64_t r = 0; r < H; ++r) {
         const float tyf = float(r) * inv_th - 0.5f;
         int64_t ty1 = int64_t(std::floor(tyf));
         const float ya = tyf - float(ty1), ya1 = 1.0f - ya;
         const int64_t ty2 = std::min<int64_t>(ty1 + 1, tilesY - 1);
         ty1 = std::max<int64_t>(ty1, 0);
-        const uint8_t* L1 = lut.data() + ty1 * tilesX * 256;
-        const uint8_t* L2 = lut.data() + ty2 * tilesX * 256;
-        const uint8_t* row = xs + r * W * C;
-        uint8_t* o = ys + r * W * C;
+        const float* __restrict L1 = lutf.data() + ty1 * tilesX * 256;
+        const float* __restrict L2 = lutf.data() + ty2 * tilesX * 256;
+        const uint8_t* __restrict pr = plane.data() + r * Wp;
+        const int32_t* __restrict p1 = o1.data();
+        const int32_t* __restrict p2 = o2.data();
+        const float* __restrict pa = xa.data();
+        const float* __restrict pa1 = xa1.data();
+        uint8_t* __restrict o = C == 1 ? ys + r * W : out_row.data();
+#pragma omp simd
         for (int64_t i = 0; i < W; ++i) {
-          const int v = row[i * C];
-          const int64_t i1 = x1[size_t(i)] * 256 + v, i2 = x2[size_t(i)] * 256 + v;
-          const float res = (float(L1[i1]) * xa1[size_t(i)] + float(L1[i2]) * xa[size_t(i)]) * ya1 +
-                            (float(L2[i1]) * xa1[size_t(i)] + float(L2[i2]) * xa[size_t(i)]) * ya;
-          o[i * C] = cv_round_u8(res);
+          const int32_t v = pr[i], i1 = p1[i] + v, i2 = p2[i] + v;
+          const float res = (L1[i1] * pa1[i] + L1[i2] * pa[i]) * ya1 + (L2[i1] * pa1[i] + L2[i2] * pa[i]) * ya;
+          float rr = std::nearbyint(res);
+          rr = rr < 0.0f ? 0.0f : (rr > 255.0f ? 255.0f : rr);
+          o[i] = uint8_t(int32_t(rr));
+        }
+        if (C != 1) {
+          uint8_t* od = ys + r * W * C;
+          for (int64_t i = 0; i < W; ++i) od[i * C] = o[i];
         }
       }
     }
