@@ -253,3 +253,22 @@ def test_hypothesis_mixing_matches_numpy(n, c, h, w, mode, f64, seed):
         for y0, x0, y1, x1 in hp["boxes"][i]:
             ref[i, :, y0:y1, x0:x1] = 0.25
     assert_bitwise(F.cutout(x, hp["boxes"], 0.25), ref, "cutout")
+
+
+@pytest.mark.parametrize("N", [1, 2, 5, 8])
+def test_sample_pairing_same_on_batch(N):
+    for seed in range(20):
+        prm = F.sample_pairing_params(np.random.default_rng(seed), N, same_on_batch=True)
+        assert prm["applied"].all() or not prm["applied"].any()
+        if N > 1:
+            shift = (prm["partners"] - np.arange(N)) % N
+            assert len(set(shift.tolist())) == 1 and shift[0] != 0  # one cyclic shift, never itself
+        pool = F.sample_pairing_params(np.random.default_rng(seed), N, pool_size=7, p=0.5, same_on_batch=True)
+        assert len(set(pool["partners"].tolist())) == 1 and 0 <= pool["partners"][0] < 7
+        assert pool["applied"].all() or not pool["applied"].any()
+    shifts = {int((F.sample_pairing_params(np.random.default_rng(s), 5, same_on_batch=True)["partners"][0]) % 5)
+              for s in range(200)}
+    if N == 5:
+        assert shifts == {1, 2, 3, 4}  # every shift is drawn
+    with pytest.raises(ValueError, match="pool_size"):
+        F.sample_pairing_params(np.random.default_rng(0), 3, pool_size=0)

@@ -289,23 +289,37 @@ def cutmix(x, labels=None, *, boxes, perm, num_classes=None, label_smoothing=0.0
 
 # ---- SamplePairing -------------------------------------------------------------------------------
 
-def sample_pairing_params(rng, batch_size, *, pool_size=None, p=1.0):
+def sample_pairing_params(rng, batch_size, *, pool_size=None, p=1.0, same_on_batch=False):
     """Draw SamplePairing partners: ``{"partners": (N,) int64, "applied": (N,) bool}``.
 
     Partners index a separate pool of ``pool_size`` images when given (uniformly), else another
     image of the same batch (uniformly among the other N - 1). Not applied (probability 1 - p,
     per image): the image is its own partner, so it comes back unchanged.
+
+    ``same_on_batch``: one draw for the whole batch: one coin, and one pool image for every image
+    or, within the batch, one cyclic shift k in [1, N-1] (image n pairs with (n + k) mod N).
     """
     _check_rng(rng)
     N = _batch_size(batch_size)
     p = _prob(p)
     if pool_size is not None:
         M = _batch_size(pool_size, "pool_size")
-        partners = rng.integers(0, M, size=N)
+        if M < 1 and N > 0:
+            raise ValueError(f"pool_size: expected at least one pool image, got {pool_size!r}")
+    if same_on_batch:
+        if pool_size is not None:
+            partners = np.full(N, rng.integers(0, M) if N else 0)
+        else:
+            shift = rng.integers(1, N) if N > 1 else 0
+            partners = (np.arange(N) + shift) % max(N, 1)
+        applied = np.full(N, rng.random() < p)
     else:
-        partners = rng.integers(0, max(N - 1, 1), size=N)
-        partners = np.where(partners >= np.arange(N), partners + 1, partners) if N > 1 else np.zeros(N, np.int64)
-    applied = rng.random(N) < p
+        if pool_size is not None:
+            partners = rng.integers(0, M, size=N)
+        else:
+            partners = rng.integers(0, max(N - 1, 1), size=N)
+            partners = np.where(partners >= np.arange(N), partners + 1, partners) if N > 1 else np.zeros(N, np.int64)
+        applied = rng.random(N) < p
     if pool_size is None:
         partners = np.where(applied, partners, np.arange(N))
     return {"partners": partners.astype(np.int64), "applied": applied}
