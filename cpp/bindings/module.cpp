@@ -18,4 +18,5 @@ PYBIND11_MODULE(_core, m) {
   cnnkit::bind::bind_norm(m);
   cnnkit::bind::bind_augment(m);
   cnnkit::bind::bind_conv(m);
+  cnnkit::bind::bind_nn(m);
 }

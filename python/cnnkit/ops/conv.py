@@ -401,7 +401,7 @@ def _image_chunks(N: int, bytes_per_image: int):
 
 
 def depthwise_separable_conv2d(x, dw_weight, pw_weight, dw_bias=None, pw_bias=None, stride=1, padding=0,
-                               dilation=1, *, layout="NCHW"):
+                               dilation=1, *, layout="NCHW", out=None):
     """Depthwise convolution then pointwise (1x1) convolution.
 
     ``y = conv2d(conv2d(x, dw_weight, dw_bias, stride, padding, dilation, groups=C_in), pw_weight, pw_bias)``
@@ -409,12 +409,16 @@ def depthwise_separable_conv2d(x, dw_weight, pw_weight, dw_bias=None, pw_bias=No
 
     Fused by tiling: the batch runs in chunks of images whose depthwise output is about 4 MiB, so
     the intermediate is read back from cache by the pointwise GEMM instead of travelling through
-    memory at full size.
+    memory at full size. ``out`` (the output's shape and dtype, not overlapping the inputs)
+    receives y.
     """
     C = _separable_checks(x, dw_weight, pw_weight, layout, dw_bias, pw_bias)
     g = _Geom(x.shape, dw_weight.shape, stride, padding, dilation, C, layout, x.dtype)
     y_shape = _Geom(g.y_shape(), pw_weight.shape, 1, 0, 1, 1, layout, x.dtype).y_shape()
-    y = np.empty(y_shape, x.dtype)
+    if out is None:
+        y = np.empty(y_shape, x.dtype)
+    else:
+        y = _check_out(out, "out", y_shape, x.dtype, (x, dw_weight, pw_weight))
     x = _contig(x)
     chunks = _image_chunks(g.N, g.K * g.Ho * g.Wo * x.itemsize)
     t = np.empty((chunks[0][1] - chunks[0][0],) + g.y_shape()[1:], x.dtype)

@@ -1,0 +1,119 @@
+// Layer kernels for cnnkit.nn (see cnnkit/nn.h).
+//   pool2d: max / average pooling, forward and backward, one (image, channel) plane per task, so
+//   the scatter in the backward pass is ordered within a plane and results do not depend on the
+//   thread count.
+//   softmax_xent: log-softmax and cross-entropy fused, in double per row, with its gradient.
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+#include "cnnkit/common.h"
+#include "cnnkit/nn.h"
+
+namespace cnnkit::nn {
+namespace {
+
+struct Plane {  // element (h, w) of one (n, c) plane
+  int64_t base, row, col;
+};
+
+inline Plane plane(const PoolGeom& g, int64_t n, int64_t c, int64_t H, int64_t W) {
+  if (g.nhwc) return {n * H * W * g.C + c, W * g.C, g.C};
+  return {(n * g.C + c) * H * W, W, 1};
+}
+
+}  // namespace
+
+void pool2d_forward(const float* x, float* y, int32_t* idx, const PoolGeom& g, int mode) {
+  const int64_t planes = g.N * g.C;
+  const int nt = planes * g.OH * g.OW < (1 << 14) ? 1 : num_threads();
+  const float inv = 1.0f / float(g.kh * g.kw);
+#pragma omp parallel for schedule(static) num_threads(nt)
+  for (int64_t pl = 0; pl < planes; ++pl) {
+    const int64_t n = pl / g.C, c = pl % g.C;
+    const Plane in = plane(g, n, c, g.H, g.W), out = plane(g, n, c, g.OH, g.OW);
+    for (int64_t oh = 0; oh < g.OH; ++oh)
+      for (int64_t ow = 0; ow < g.OW; ++ow) {
+        const int64_t h0 = oh * g.sh - g.ph, w0 = ow * g.sw - g.pw;
+        const int64_t ha = std::max<int64_t>(h0, 0), hb = std::min<int64_t>(h0 + g.kh, g.H);
+        const int64_t wa = std::max<int64_t>(w0, 0), wb = std::min<int64_t>(w0 + g.kw, g.W);
+        const int64_t o = out.base + oh * out.row + ow * out.col;
+        if (mode == 0) {
+          float m = -std::numeric_limits<float>::infinity();
+          int32_t arg = int32_t(ha * g.W + wa);
+          for (int64_t h = ha; h < hb; ++h)
+            for (int64_t w = wa; w < wb; ++w) {
+              const float v = x[in.base + h * in.row + w * in.col];
+              if (v > m || std::isnan(v)) {
+                m = v;
+                arg = int32_t(h * g.W + w);
+                if (std::isnan(v)) goto done;
+              }
+            }
+        done:
+          y[o] = m;
+          idx[o] = arg;
+        } else {
+          float s = 0.0f;
+          for (int64_t h = ha; h < hb; ++h)
+            for (int64_t w = wa; w < wb; ++w) s += x[in.base + h * in.row + w * in.col];
+          y[o] = s * inv;
+        }
+      }
+  }
+}
+
+void pool2d_backward(const float* gy, float* gx, const int32_t* idx, const PoolGeom& g, int mode) {
+  const int64_t planes = g.N * g.C;
+  const int nt = planes * g.H * g.W < (1 << 14) ? 1 : num_threads();
+  const float inv = 1.0f / float(g.kh * g.kw);
+#pragma omp parallel for schedule(static) num_threads(nt)
+  for (int64_t pl = 0; pl < planes; ++pl) {
+    const int64_t n = pl / g.C, c = pl % g.C;
+    const Plane in = plane(g, n, c, g.H, g.W), out = plane(g, n, c, g.OH, g.OW);
+    for (int64_t h = 0; h < g.H; ++h)
+      for (int64_t w = 0; w < g.W; ++w) gx[in.base + h * in.row + w * in.col] = 0.0f;
+    for (int64_t oh = 0; oh < g.OH; ++oh)
+      for (int64_t ow = 0; ow < g.OW; ++ow) {
+        const int64_t o = out.base + oh * out.row + ow * out.col;
+        if (mode == 0) {
+          const int64_t p = idx[o];
+          gx[in.base + (p / g.W) * in.row + (p % g.W) * in.col] += gy[o];
+          continue;
+        }
+        const int64_t h0 = oh * g.sh - g.ph, w0 = ow * g.sw - g.pw;
+        const int64_t ha = std::max<int64_t>(h0, 0), hb = std::min<int64_t>(h0 + g.kh, g.H);
+        const int64_t wa = std::max<int64_t>(w0, 0), wb = std::min<int64_t>(w0 + g.kw, g.W);
+        const float v = gy[o] * inv;
+        for (int64_t h = ha; h < hb; ++h)
+          for (int64_t w = wa; w < wb; ++w) gx[in.base + h * in.row + w * in.col] += v;
+      }
+  }
+}
+
+void softmax_xent(const float* z, const int64_t* labels, const float* soft, int64_t N, int64_t K, double eps,
+                  double* loss, float* grad, double scale) {
+  const int nt = N * K < (1 << 14) ? 1 : num_threads();
+#pragma omp parallel for schedule(static) num_threads(nt)
+  for (int64_t n = 0; n < N; ++n) {
+    const float* zn = z + n * K;
+    double m = -std::numeric_limits<double>::infinity();
+    for (int64_t k = 0; k < K; ++k) m = std::max(m, double(zn[k]));
+    double s = 0.0;
+    for (int64_t k = 0; k < K; ++k) s += std::exp(double(zn[k]) - m);
+    const double lse = m + std::log(s);
+    double l = 0.0;
+    for (int64_t k = 0; k < K; ++k) {
+      const double t = labels ? (k == labels[n] ? 1.0 - eps : 0.0) + eps / double(K) : double(soft[n * K + k]);
+      const double p = std::exp(double(zn[k]) - lse);
+      l += t * (lse - double(zn[k]));
+      if (grad) grad[n * K + k] = float((p - t) * scale);
+    }
+    loss[n] = l;
+  }
+}
+
+}  // namespace cnnkit::nn

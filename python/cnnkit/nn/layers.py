@@ -1,0 +1,611 @@
+"""Layers on cnnkit's kernels (float32; NCHW by default, NHWC with ``layout="NHWC"``).
+
+Initialization follows PyTorch's defaults (Kaiming-uniform weights with a=sqrt(5), uniform
+biases in +-1/sqrt(fan_in); batch/group norm weight 1, bias 0), drawn from the ``rng`` given
+(a ``numpy.random.Generator``; default a fresh one).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .. import ops
+from .._core import pool2d_backward as _pool_backward  # noqa: F401  (compiled pooling; see pool2d)
+from .._core import pool2d_forward as _pool_forward  # noqa: F401
+from .module import Module, Sequential
+
+__all__ = ["Conv2d", "DepthwiseSeparableConv2d", "BatchNorm2d", "GroupNorm", "ReLU", "MaxPool2d", "AvgPool2d",
+           "GlobalAvgPool2d", "Flatten", "Linear", "Dropout", "SpatialDropout2d", "ResidualBlock",
+           "BottleneckBlock"]
+
+_LAYOUTS = ("NCHW", "NHWC")
+
+
+def _layout(layout):
+    if layout not in _LAYOUTS:
+        raise ValueError(f"layout: expected one of {_LAYOUTS}, got {layout!r}")
+    return layout
+
+
+def _rng(rng):
+    if rng is None:
+        return np.random.default_rng()
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng: expected a numpy.random.Generator, got {type(rng).__name__}")
+    return rng
+
+
+def _kaiming_uniform(rng, shape, fan_in):
+    # torch.nn.init.kaiming_uniform_(a=sqrt(5)): bound = sqrt(6 / ((1 + a^2) fan_in)) = 1/sqrt(fan_in)
+    bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+    return rng.uniform(-bound, bound, size=shape)
+
+
+def _positive_int(name, v):
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+        raise ValueError(f"{name}: expected a positive int, got {v!r}")
+    return int(v)
+
+
+def _check_input(module, x, C, layout, ndim=4):
+    if not isinstance(x, np.ndarray) or x.dtype != np.float32:
+        raise TypeError(f"x: expected a float32 numpy.ndarray, got "
+                        f"{x.dtype if isinstance(x, np.ndarray) else type(x).__name__}")
+    if x.ndim != ndim:
+        raise ValueError(f"x: expected a {ndim}-D input, got shape {x.shape}")
+    if C is not None:
+        got = x.shape[1] if (ndim == 2 or layout == "NCHW") else x.shape[-1]
+        if got != C:
+            where = "axis 1" if (ndim == 2 or layout == "NCHW") else "the last axis"
+            raise ValueError(f"x: {type(module).__name__} expects {C} channels on {where}, got shape {x.shape}")
+
+
+class Conv2d(Module):
+    """``torch.nn.Conv2d`` on :func:`cnnkit.conv2d`: weight (C_out, C_in/groups, kH, kW), bias (C_out,)."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
+                 bias=True, *, layout="NCHW", rng=None):
+        super().__init__()
+        self.in_channels = _positive_int("in_channels", in_channels)
+        self.out_channels = _positive_int("out_channels", out_channels)
+        self.groups = _positive_int("groups", groups)
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"groups: {groups} must divide in_channels {in_channels} and out_channels {out_channels}")
+        k = (kernel_size, kernel_size) if np.isscalar(kernel_size) else tuple(kernel_size)
+        self.kernel_size, self.stride, self.padding, self.dilation = k, stride, padding, dilation
+        self.layout = _layout(layout)
+        rng = _rng(rng)
+        fan_in = (in_channels // groups) * k[0] * k[1]
+        self.weight = self._param("weight", _kaiming_uniform(rng, (out_channels, in_channels // groups) + k, fan_in))
+        self.has_bias = bool(bias)
+        if self.has_bias:
+            self._param("bias", _kaiming_uniform(rng, (out_channels,), fan_in))
+        self._pack()
+
+    def _args(self):
+        return dict(stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups,
+                    layout=self.layout)
+
+    def forward(self, x):
+        _check_input(self, x, self.in_channels, self.layout)
+        shape = ops.conv2d_output_shape(x.shape, self.params["weight"].shape, self.stride, self.padding,
+                                        self.dilation, self.groups, layout=self.layout)
+        self._x = x
+        y = self._buf("y", shape)
+        return ops.conv2d(x, self.params["weight"], self.params.get("bias"), out=y, **self._args())
+
+    def backward(self, grad, input_grad=True):
+        needs = ("input",) if input_grad else ()
+        needs += ("weight", "bias") if self.has_bias else ("weight",)
+        gi = self._buf("gx", self._x.shape) if input_grad else None
+        out = (gi, self.grads["weight"], self.grads.get("bias"))
+        ops.conv2d_backward(grad, self._x, self.params["weight"], needs=needs, out=out, **self._args())
+        return gi
+
+    def extra_repr(self):
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, groups={self.groups}, bias={self.has_bias}, layout={self.layout!r}")
+
+
+class DepthwiseSeparableConv2d(Module):
+    """Depthwise k x k conv (groups = C_in) then pointwise 1x1 conv, fused in
+    :func:`cnnkit.depthwise_separable_conv2d` (the intermediate stays in cache). Parameters in
+    torch order: depthwise weight, depthwise bias, pointwise weight, pointwise bias."""
+
+    def __init__(self, in_channels, out_channels, kernel_size=3, stride=1, padding=1, bias=True, *,
+                 layout="NCHW", rng=None):
+        super().__init__()
+        self.in_channels = _positive_int("in_channels", in_channels)
+        self.out_channels = _positive_int("out_channels", out_channels)
+        k = (kernel_size, kernel_size) if np.isscalar(kernel_size) else tuple(kernel_size)
+        self.kernel_size, self.stride, self.padding = k, stride, padding
+        self.layout = _layout(layout)
+        self.has_bias = bool(bias)
+        rng = _rng(rng)
+        self._param("dw_weight", _kaiming_uniform(rng, (in_channels, 1) + k, k[0] * k[1]))
+        if self.has_bias:
+            self._param("dw_bias", _kaiming_uniform(rng, (in_channels,), k[0] * k[1]))
+        self._param("pw_weight", _kaiming_uniform(rng, (out_channels, in_channels, 1, 1), in_channels))
+        if self.has_bias:
+            self._param("pw_bias", _kaiming_uniform(rng, (out_channels,), in_channels))
+        self._pack()
+
+    def forward(self, x):
+        _check_input(self, x, self.in_channels, self.layout)
+        p = self.params
+        self._x = x
+        dws = ops.conv2d_output_shape(x.shape, p["dw_weight"].shape, self.stride, self.padding,
+                                      groups=self.in_channels, layout=self.layout)
+        shape = (dws[0], self.out_channels) + dws[2:] if self.layout == "NCHW" else dws[:3] + (self.out_channels,)
+        y = self._buf("y", shape)
+        return ops.depthwise_separable_conv2d(x, p["dw_weight"], p["pw_weight"], p.get("dw_bias"), p.get("pw_bias"),
+                                              stride=self.stride, padding=self.padding, layout=self.layout, out=y)
+
+    def backward(self, grad, input_grad=True):
+        p, g = self.params, self.grads
+        gi, gdw, gpw, gdwb, gpwb = ops.depthwise_separable_conv2d_backward(
+            grad, self._x, p["dw_weight"], p["pw_weight"], p.get("dw_bias"), stride=self.stride,
+            padding=self.padding, layout=self.layout)
+        g["dw_weight"][...] = gdw
+        g["pw_weight"][...] = gpw
+        if self.has_bias:
+            g["dw_bias"][...] = gdwb
+            g["pw_bias"][...] = gpwb
+        return gi if input_grad else None
+
+
+class BatchNorm2d(Module):
+    """``torch.nn.BatchNorm2d`` on cnnkit's fused kernels, with an optional fused ReLU
+    (``activation="relu"``) and residual input (``forward(x, residual)``: added before the
+    activation). Running statistics are buffers (``running_mean``, ``running_var``,
+    ``num_batches_tracked``); eval mode uses them."""
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, *, activation=None, layout="NCHW"):
+        super().__init__()
+        self.num_features = _positive_int("num_features", num_features)
+        self.eps, self.momentum, self.affine = float(eps), float(momentum), bool(affine)
+        if activation not in (None, "relu"):
+            raise ValueError(f"activation: expected None or 'relu', got {activation!r}")
+        self.activation = activation
+        self.layout = _layout(layout)
+        self.guided = False
+        if self.affine:
+            self._param("weight", np.ones(num_features))
+            self._param("bias", np.zeros(num_features))
+        self._buffer("running_mean", np.zeros(num_features, np.float32))
+        self._buffer("running_var", np.ones(num_features, np.float32))
+        self._buffer("num_batches_tracked", np.zeros((), np.int64))
+        self._pack()
+
+    def forward(self, x, residual=None):
+        _check_input(self, x, self.num_features, self.layout)
+        p, b = self.params, self.buffers
+        y = self._buf("y", x.shape)
+        self._x, self._residual = x, residual
+        if self.training:
+            y, self._mean, self._invstd = ops.batch_norm_train(
+                x, p.get("weight"), p.get("bias"), b["running_mean"], b["running_var"], momentum=self.momentum,
+                eps=self.eps, activation=self.activation, residual=residual, layout=self.layout, out=y)
+            b["num_batches_tracked"] += 1
+        else:
+            y = ops.batch_norm_infer(x, p.get("weight"), p.get("bias"), b["running_mean"], b["running_var"],
+                                     eps=self.eps, activation=self.activation, residual=residual, layout=self.layout,
+                                     out=y)
+        self._y = y
+        return y
+
+    def backward(self, grad, input_grad=True):
+        if not self.training:
+            raise ValueError("BatchNorm2d.backward: the model is in eval mode; call train() before training "
+                             "(eval-mode gradients through batch norm are not supported)")
+        if self.guided and self.activation == "relu":
+            grad = np.maximum(grad, 0, out=self._buf("guided", grad.shape))
+        needs = ["input"]
+        if self.affine:
+            needs += ["weight", "bias"]
+        if self._residual is not None:
+            needs.append("residual")
+        gi = self._buf("gx", self._x.shape)
+        res = ops.batch_norm_backward(grad, self._x, self.params.get("weight"), self._mean, self._invstd, y=self._y,
+                                      bias=self.params.get("bias"), residual=self._residual,
+                                      activation=self.activation, layout=self.layout, needs=tuple(needs), out=gi)
+        if self.affine:
+            self.grads["weight"][...] = res[1]
+            self.grads["bias"][...] = res[2]
+        self.residual_grad = res[3] if self._residual is not None else None
+        return res[0]
+
+    def extra_repr(self):
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, activation={self.activation!r}"
+
+
+class GroupNorm(Module):
+    """``torch.nn.GroupNorm`` (statistics per sample and group), optional fused ReLU."""
+
+    def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, *, activation=None, layout="NCHW"):
+        super().__init__()
+        self.num_groups = _positive_int("num_groups", num_groups)
+        self.num_channels = _positive_int("num_channels", num_channels)
+        if num_channels % num_groups:
+            raise ValueError(f"num_groups: {num_groups} must divide num_channels {num_channels}")
+        if activation not in (None, "relu"):
+            raise ValueError(f"activation: expected None or 'relu', got {activation!r}")
+        self.eps, self.affine, self.activation = float(eps), bool(affine), activation
+        self.layout = _layout(layout)
+        self.guided = False
+        if self.affine:
+            self._param("weight", np.ones(num_channels))
+            self._param("bias", np.zeros(num_channels))
+        self._pack()
+
+    def forward(self, x):
+        _check_input(self, x, self.num_channels, self.layout)
+        p = self.params
+        self._x = x
+        y, self._mean, self._invstd = ops.group_norm(x, self.num_groups, p.get("weight"), p.get("bias"), self.eps,
+                                                     activation=self.activation, layout=self.layout,
+                                                     return_stats=True, out=self._buf("y", x.shape))
+        self._y = y
+        return y
+
+    def backward(self, grad, input_grad=True):
+        if self.guided and self.activation == "relu":
+            grad = np.maximum(grad, 0, out=self._buf("guided", grad.shape))
+        needs = ("input", "weight", "bias") if self.affine else ("input",)
+        gi, gw, gb = ops.group_norm_backward(grad, self._x, self.num_groups, self.params.get("weight"), self._mean,
+                                             self._invstd, y=self._y, bias=self.params.get("bias"),
+                                             activation=self.activation, layout=self.layout, needs=needs,
+                                             out=self._buf("gx", self._x.shape))
+        if self.affine:
+            self.grads["weight"][...] = gw
+            self.grads["bias"][...] = gb
+        return gi
+
+
+class ReLU(Module):
+    """max(x, 0); ``guided`` (see :meth:`Module.set_guided_backprop`) passes back only positive
+    gradients through positive activations."""
+
+    def __init__(self):
+        super().__init__()
+        self.guided = False
+
+    def forward(self, x):
+        y = np.maximum(x, 0, out=self._buf("y", x.shape, x.dtype))
+        self._y = y
+        return y
+
+    def backward(self, grad, input_grad=True):
+        mask = np.greater(self._y, 0, out=self._buf("mask", self._y.shape, np.bool_))
+        gi = self._buf("gx", grad.shape, grad.dtype)
+        if self.guided:
+            np.maximum(grad, 0, out=gi)
+            return np.multiply(gi, mask, out=gi)
+        return np.multiply(grad, mask, out=gi)
+
+
+def _pool_geometry(x, k, s, p, layout):
+    N = x.shape[0]
+    C, H, W = (x.shape[1], x.shape[2], x.shape[3]) if layout == "NCHW" else (x.shape[3], x.shape[1], x.shape[2])
+    OH = (H + 2 * p[0] - k[0]) // s[0] + 1
+    OW = (W + 2 * p[1] - k[1]) // s[1] + 1
+    if OH < 1 or OW < 1:
+        raise ValueError(f"x: the {k[0]}x{k[1]} pooling window does not fit the {H}x{W} input (padding {p})")
+    return N, C, H, W, OH, OW
+
+
+def _pair(name, v, lo):
+    t = (v, v) if np.isscalar(v) else tuple(v)
+    if len(t) != 2 or any(isinstance(a, bool) or not isinstance(a, (int, np.integer)) or a < lo for a in t):
+        raise ValueError(f"{name}: expected an int >= {lo} or a pair of them, got {v!r}")
+    return tuple(int(a) for a in t)
+
+
+class _Pool2d(Module):
+    _mode = 0  # 0 max, 1 average (count_include_pad as torch's default)
+
+    def __init__(self, kernel_size, stride=None, padding=0, *, layout="NCHW"):
+        super().__init__()
+        self.kernel_size = _pair("kernel_size", kernel_size, 1)
+        self.stride = self.kernel_size if stride is None else _pair("stride", stride, 1)
+        self.padding = _pair("padding", padding, 0)
+        if any(2 * p > k for p, k in zip(self.padding, self.kernel_size)):
+            raise ValueError(f"padding: must be at most half the kernel size, got {padding} for {kernel_size}")
+        self.layout = _layout(layout)
+
+    def forward(self, x):
+        _check_input(self, x, None, self.layout)
+        N, C, H, W, OH, OW = _pool_geometry(x, self.kernel_size, self.stride, self.padding, self.layout)
+        shape = (N, C, OH, OW) if self.layout == "NCHW" else (N, OH, OW, C)
+        y = self._buf("y", shape)
+        self._x = x
+        self._geo = (N, C, H, W, OH, OW)
+        idx = self._buf("idx", shape, np.int32) if self._mode == 0 else None
+        _pool_forward(np.ascontiguousarray(x), y, idx, N, C, H, W, OH, OW, *self.kernel_size, *self.stride,
+                      *self.padding, self.layout == "NHWC", self._mode)
+        self._idx = idx
+        return y
+
+    def backward(self, grad, input_grad=True):
+        N, C, H, W, OH, OW = self._geo
+        gi = self._buf("gx", self._x.shape)
+        _pool_backward(np.ascontiguousarray(grad), gi, self._idx, N, C, H, W, OH, OW, *self.kernel_size,
+                       *self.stride, *self.padding, self.layout == "NHWC", self._mode)
+        return gi
+
+    def extra_repr(self):
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
+class MaxPool2d(_Pool2d):
+    """``torch.nn.MaxPool2d`` (padding is -inf; the gradient goes to the first maximum)."""
+    _mode = 0
+
+
+class AvgPool2d(_Pool2d):
+    """``torch.nn.AvgPool2d`` (count_include_pad=True: padded zeros count in the divisor)."""
+    _mode = 1
+
+
+class GlobalAvgPool2d(Module):
+    """Mean over the spatial axes: (N, C, H, W) or (N, H, W, C) -> (N, C)."""
+
+    def __init__(self, *, layout="NCHW"):
+        super().__init__()
+        self.layout = _layout(layout)
+
+    def forward(self, x):
+        _check_input(self, x, None, self.layout)
+        self._shape = x.shape
+        axes = (2, 3) if self.layout == "NCHW" else (1, 2)
+        y = self._buf("y", (x.shape[0], x.shape[1] if self.layout == "NCHW" else x.shape[3]))
+        return np.mean(x, axis=axes, out=y)
+
+    def backward(self, grad, input_grad=True):
+        gi = self._buf("gx", self._shape)
+        H, W = (self._shape[2], self._shape[3]) if self.layout == "NCHW" else (self._shape[1], self._shape[2])
+        g = np.multiply(grad, np.float32(1.0 / (H * W)), out=self._buf("gs", grad.shape))
+        gi[...] = g[:, :, None, None] if self.layout == "NCHW" else g[:, None, None, :]
+        return gi
+
+
+class Flatten(Module):
+    """(N, ...) -> (N, prod). NHWC input is flattened in NCHW order (as the PyTorch model would)."""
+
+    def __init__(self, *, layout="NCHW"):
+        super().__init__()
+        self.layout = _layout(layout)
+
+    def forward(self, x):
+        self._shape = x.shape
+        if self.layout == "NHWC" and x.ndim == 4:
+            y = self._buf("y", (x.shape[0], x.shape[3], x.shape[1], x.shape[2]))
+            y[...] = x.transpose(0, 3, 1, 2)
+            return y.reshape(x.shape[0], -1)
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, grad, input_grad=True):
+        if self.layout == "NHWC" and len(self._shape) == 4:
+            N, H, W, C = self._shape
+            gi = self._buf("gx", self._shape)
+            gi[...] = grad.reshape(N, C, H, W).transpose(0, 2, 3, 1)
+            return gi
+        return grad.reshape(self._shape)
+
+
+class Linear(Module):
+    """``torch.nn.Linear``: y = x W^T + b, weight (out_features, in_features)."""
+
+    def __init__(self, in_features, out_features, bias=True, *, rng=None):
+        super().__init__()
+        self.in_features = _positive_int("in_features", in_features)
+        self.out_features = _positive_int("out_features", out_features)
+        rng = _rng(rng)
+        self._param("weight", _kaiming_uniform(rng, (out_features, in_features), in_features))
+        self.has_bias = bool(bias)
+        if self.has_bias:
+            self._param("bias", _kaiming_uniform(rng, (out_features,), in_features))
+        self._pack()
+
+    def forward(self, x):
+        _check_input(self, x, self.in_features, "NCHW", ndim=2)
+        self._x = x
+        y = np.matmul(x, self.params["weight"].T, out=self._buf("y", (x.shape[0], self.out_features)))
+        if self.has_bias:
+            y += self.params["bias"]
+        return y
+
+    def backward(self, grad, input_grad=True):
+        np.matmul(grad.T, self._x, out=self.grads["weight"])
+        if self.has_bias:
+            np.sum(grad, axis=0, out=self.grads["bias"])
+        if not input_grad:
+            return None
+        return np.matmul(grad, self.params["weight"], out=self._buf("gx", self._x.shape))
+
+    def extra_repr(self):
+        return f"{self.in_features}, {self.out_features}, bias={self.has_bias}"
+
+
+class _DropoutBase(Module):
+    def __init__(self, p=0.5, *, seed=None):
+        super().__init__()
+        p = float(p)
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"p: expected a probability in [0, 1], got {p!r}")
+        self.p = p
+        self.rng = np.random.default_rng(seed)
+
+    def backward(self, grad, input_grad=True):
+        if self._scale is None:
+            return grad
+        return np.multiply(grad, self._scale, out=self._buf("gx", grad.shape))
+
+
+class Dropout(_DropoutBase):
+    """``torch.nn.Dropout``: each element zeroed with probability p, survivors scaled by 1/(1-p);
+    identity in eval mode. Its own Generator (``seed``)."""
+
+    def forward(self, x):
+        if not self.training or self.p == 0.0:
+            self._scale = None
+            return x
+        keep = self.rng.random(x.shape, dtype=np.float32) >= self.p
+        scale = self._buf("scale", x.shape)
+        np.multiply(keep, np.float32(1.0 / (1.0 - self.p)) if self.p < 1 else np.float32(0), out=scale)
+        self._scale = scale
+        return np.multiply(x, scale, out=self._buf("y", x.shape))
+
+
+class SpatialDropout2d(_DropoutBase):
+    """``torch.nn.Dropout2d``: whole channels zeroed (:func:`cnnkit.augment.spatial_dropout`)."""
+
+    def __init__(self, p=0.5, *, layout="NCHW", seed=None):
+        super().__init__(p, seed=seed)
+        self.layout = _layout(layout)
+
+    def forward(self, x):
+        from ..augment.functional import spatial_dropout
+        if not self.training or self.p == 0.0:
+            self._scale = None
+            return x
+        y, scale = spatial_dropout(x, self.p, self.rng, True, layout=self.layout, out=self._buf("y", x.shape))
+        s = scale.astype(np.float32)
+        self._scale = s[:, :, None, None] if self.layout == "NCHW" else s[:, None, None, :]
+        return y
+
+
+def _norm(kind, C, layout, activation=None, groups=8):
+    if kind == "batch":
+        return BatchNorm2d(C, activation=activation, layout=layout)
+    if kind == "group":
+        return GroupNorm(math.gcd(groups, C), C, activation=activation, layout=layout)
+    raise ValueError(f"norm: expected 'batch', 'group' or None, got {kind!r}")
+
+
+class ResidualBlock(Module):
+    """torchvision's BasicBlock: conv3x3(stride) - norm - ReLU - conv3x3 - norm, plus the shortcut
+    (identity, or conv1x1(stride) - norm when the shape changes), then ReLU. ``groups`` makes both
+    3x3 convs grouped; ``norm`` is "batch", "group" or None (convs get biases). The ReLUs are fused
+    into the norms (batch norm also takes the residual) when there is a norm."""
+
+    def __init__(self, in_channels, out_channels, stride=1, *, groups=1, norm="batch", layout="NCHW", rng=None):
+        super().__init__()
+        rng = _rng(rng)
+        bias = norm is None
+        self.layout = layout
+        self.conv1 = Conv2d(in_channels, out_channels, 3, stride, 1, groups=groups, bias=bias, layout=layout, rng=rng)
+        self.conv2 = Conv2d(out_channels, out_channels, 3, 1, 1, groups=groups, bias=bias, layout=layout, rng=rng)
+        self.norm = norm
+        self.bn1 = _norm(norm, out_channels, layout, "relu") if norm else ReLU()
+        self.bn2 = _norm(norm, out_channels, layout, None if norm == "group" else "relu") if norm else None
+        self.post = ReLU() if norm != "batch" else None  # batch norm fuses residual + ReLU
+        self.shortcut = None
+        if stride != 1 or in_channels != out_channels:
+            sc = [Conv2d(in_channels, out_channels, 1, stride, 0, bias=bias, layout=layout, rng=rng)]
+            if norm:
+                sc.append(_norm(norm, out_channels, layout))
+            self.shortcut = Sequential(*sc)
+        self._pack()
+
+    def children(self):
+        ch = [("conv1", self.conv1), ("bn1", self.bn1), ("conv2", self.conv2)]
+        if self.bn2 is not None:
+            ch.append(("bn2", self.bn2))
+        if self.shortcut is not None:
+            ch.append(("downsample", self.shortcut))
+        if self.post is not None:
+            ch.append(("relu", self.post))
+        return ch
+
+    def forward(self, x):
+        r = x if self.shortcut is None else self.shortcut(x)
+        h = self.bn1(self.conv1(x))
+        h = self.conv2(h)
+        if self.norm == "batch":
+            return self.bn2(h, r)
+        if self.bn2 is not None:
+            h = self.bn2(h)
+        s = self._buf("sum", h.shape)
+        np.add(h, r, out=s)
+        return self.post(s)
+
+    def backward(self, grad, input_grad=True):
+        if self.norm == "batch":
+            g = self.bn2._backward(grad)
+            gr = self.bn2.residual_grad
+        else:
+            gs = self.post._backward(grad)
+            g = self.bn2._backward(gs) if self.bn2 is not None else gs
+            gr = gs
+        g = self.conv2._backward(g)
+        g = self.bn1._backward(g)
+        gi = self.conv1._backward(g)
+        if self.shortcut is None:
+            return np.add(gi, gr, out=self._buf("gx", gi.shape))
+        gsc = self.shortcut.backward(gr, input_grad=True)
+        return np.add(gi, gsc, out=self._buf("gx", gi.shape))
+
+
+class BottleneckBlock(Module):
+    """ResNeXt's bottleneck: conv1x1 - norm - ReLU - grouped conv3x3(stride) - norm - ReLU -
+    conv1x1 - norm, plus the shortcut, then ReLU (``width`` channels inside, ``groups`` groups)."""
+
+    def __init__(self, in_channels, out_channels, width, stride=1, *, groups=8, norm="batch", layout="NCHW",
+                 rng=None):
+        super().__init__()
+        rng = _rng(rng)
+        bias = norm is None
+        self.norm = norm
+        self.conv1 = Conv2d(in_channels, width, 1, bias=bias, layout=layout, rng=rng)
+        self.bn1 = _norm(norm, width, layout, "relu") if norm else ReLU()
+        self.conv2 = Conv2d(width, width, 3, stride, 1, groups=groups, bias=bias, layout=layout, rng=rng)
+        self.bn2 = _norm(norm, width, layout, "relu") if norm else ReLU()
+        self.conv3 = Conv2d(width, out_channels, 1, bias=bias, layout=layout, rng=rng)
+        self.bn3 = _norm(norm, out_channels, layout, "relu" if norm == "batch" else None) if norm else None
+        self.post = ReLU() if norm != "batch" else None
+        self.shortcut = None
+        if stride != 1 or in_channels != out_channels:
+            sc = [Conv2d(in_channels, out_channels, 1, stride, 0, bias=bias, layout=layout, rng=rng)]
+            if norm:
+                sc.append(_norm(norm, out_channels, layout))
+            self.shortcut = Sequential(*sc)
+        self._pack()
+
+    def children(self):
+        ch = [("conv1", self.conv1), ("bn1", self.bn1), ("conv2", self.conv2), ("bn2", self.bn2),
+              ("conv3", self.conv3)]
+        if self.bn3 is not None:
+            ch.append(("bn3", self.bn3))
+        if self.shortcut is not None:
+            ch.append(("downsample", self.shortcut))
+        if self.post is not None:
+            ch.append(("relu", self.post))
+        return ch
+
+    def forward(self, x):
+        r = x if self.shortcut is None else self.shortcut(x)
+        h = self.bn2(self.conv2(self.bn1(self.conv1(x))))
+        h = self.conv3(h)
+        if self.norm == "batch":
+            return self.bn3(h, r)
+        if self.bn3 is not None:
+            h = self.bn3(h)
+        s = self._buf("sum", h.shape)
+        np.add(h, r, out=s)
+        return self.post(s)
+
+    def backward(self, grad, input_grad=True):
+        if self.norm == "batch":
+            g = self.bn3._backward(grad)
+            gr = self.bn3.residual_grad
+        else:
+            gs = self.post._backward(grad)
+            g = self.bn3._backward(gs) if self.bn3 is not None else gs
+            gr = gs
+        g = self.conv3._backward(g)
+        g = self.conv2._backward(self.bn2._backward(g))
+        gi = self.conv1._backward(self.bn1._backward(g))
+        gsc = gr if self.shortcut is None else self.shortcut.backward(gr, input_grad=True)
+        return np.add(gi, gsc, out=self._buf("gx", gi.shape))
