@@ -1,0 +1,170 @@
+"""Training loop, evaluation and checkpoints for :mod:`cnnkit.nn` models.
+
+>>> history = fit(model, cnnkit.optim.Adam(model.parameters(), lr=3e-3), train_loader, epochs=5)
+
+``fit`` runs forward, loss, backward and one fused optimizer step per batch, with a tqdm
+progress bar (``progress=False`` turns it off), and stops early, without crashing and without
+applying the bad step, when the loss stops being finite (``history["stopped"]`` says where).
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import numpy as np
+
+from .nn import CrossEntropyLoss, Module
+from .optim.optimizer import flatten_state_dict
+
+__all__ = ["fit", "evaluate", "save_checkpoint", "load_checkpoint"]
+
+
+def _labels_of(y):
+    y = np.asarray(y)
+    return y if y.ndim == 1 else np.argmax(y, axis=1)
+
+
+def evaluate(model, loader, loss=None):
+    """Mean loss and accuracy of ``model`` over ``loader`` in eval mode (the mode is restored).
+
+    Returns ``{"loss": float, "accuracy": float, "count": int}``.
+    """
+    if not isinstance(model, Module):
+        raise TypeError(f"model: expected a cnnkit.nn.Module, got {type(model).__name__}")
+    loss = CrossEntropyLoss() if loss is None else loss
+    was_training = model.training
+    model.eval()
+    total, correct, count = 0.0, 0, 0
+    try:
+        for x, y in loader:
+            logits = model.forward(x)
+            n = len(x)
+            total += loss.forward(logits, y) * n
+            correct += int(np.sum(np.argmax(logits, axis=1) == _labels_of(y)))
+            count += n
+    finally:
+        model.train(was_training)
+    return {"loss": total / max(count, 1), "accuracy": correct / max(count, 1), "count": count}
+
+
+def fit(model, optimizer, train_loader, *, epochs, loss=None, scheduler=None, scheduler_interval="epoch",
+        val_loader=None, callbacks=(), progress=True):
+    """Train ``model`` for ``epochs`` passes over ``train_loader``.
+
+    Parameters
+    ----------
+    model : cnnkit.nn.Module
+    optimizer : a cnnkit.optim optimizer over ``model.parameters()``
+    train_loader : iterable of (x, y) batches (e.g. :class:`cnnkit.data.DataLoader`)
+    epochs : int >= 0
+    loss : default :class:`cnnkit.nn.CrossEntropyLoss`
+    scheduler : a cnnkit.optim.lr_scheduler scheduler, stepped every epoch (``scheduler_interval
+        ="epoch"``) or every batch ("step")
+    val_loader : optional loader evaluated after every epoch
+    callbacks : callables ``cb(epoch, history)`` called after every epoch; one returning True
+        stops training
+    progress : show a tqdm bar
+
+    Returns
+    -------
+    dict with per-step ``loss`` and ``lr``, per-epoch ``epoch_loss``, ``epoch_accuracy``,
+    ``val_loss``, ``val_accuracy``, ``seconds`` (cumulative), and ``stopped`` (None, or why it stopped).
+    """
+    if not isinstance(model, Module):
+        raise TypeError(f"model: expected a cnnkit.nn.Module, got {type(model).__name__}")
+    if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
+        raise ValueError(f"epochs: expected an int >= 0, got {epochs!r}")
+    if scheduler_interval not in ("epoch", "step"):
+        raise ValueError(f"scheduler_interval: expected 'epoch' or 'step', got {scheduler_interval!r}")
+    loss = CrossEntropyLoss() if loss is None else loss
+    hist = {"loss": [], "lr": [], "epoch_loss": [], "epoch_accuracy": [], "val_loss": [], "val_accuracy": [],
+            "seconds": [], "stopped": None}
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        try:
+            total = epochs * len(train_loader)
+        except TypeError:
+            total = None
+        bar = tqdm(total=total, desc="train", unit="batch", leave=False)
+    t0 = time.perf_counter()
+    model.train()
+    try:
+        for epoch in range(epochs):
+            tot, correct, count = 0.0, 0, 0
+            for step, (x, y) in enumerate(train_loader):
+                logits = model.forward(x)
+                value = loss.forward(logits, y)
+                if not math.isfinite(value):
+                    hist["stopped"] = f"non-finite loss ({value}) at epoch {epoch}, batch {step}; the step was not applied"
+                    break
+                model.backward(loss.backward())
+                optimizer.step(model.gradients())
+                if scheduler is not None and scheduler_interval == "step":
+                    scheduler.step()
+                n = len(x)
+                tot += value * n
+                correct += int(np.sum(np.argmax(logits, axis=1) == _labels_of(y)))
+                count += n
+                hist["loss"].append(value)
+                hist["lr"].append(float(optimizer.param_groups[0]["lr"]))
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(epoch=epoch, loss=f"{value:.4f}")
+            if hist["stopped"]:
+                break
+            if scheduler is not None and scheduler_interval == "epoch":
+                scheduler.step()
+            hist["epoch_loss"].append(tot / max(count, 1))
+            hist["epoch_accuracy"].append(correct / max(count, 1))
+            if val_loader is not None:
+                ev = evaluate(model, val_loader, loss)
+                hist["val_loss"].append(ev["loss"])
+                hist["val_accuracy"].append(ev["accuracy"])
+            hist["seconds"].append(time.perf_counter() - t0)
+            if any(cb(epoch, hist) for cb in callbacks):
+                hist["stopped"] = f"a callback stopped training after epoch {epoch}"
+                break
+    finally:
+        if bar is not None:
+            bar.close()
+    return hist
+
+
+def save_checkpoint(path, model, optimizer=None, *, scheduler=None, loader=None, epoch=0, **extra):
+    """Model state, optimizer state, the scheduler's and loader's state (when given), ``epoch`` and
+    any JSON-able ``extra`` values in one ``.npz`` (no pickling)."""
+    arrays = {f"model/{k}": v for k, v in model.state_dict().items()}
+    if optimizer is not None:
+        arrays.update({f"optim/{k}": v for k, v in flatten_state_dict(optimizer.state_dict()).items()})
+    meta = {"epoch": int(epoch), "extra": extra}
+    if scheduler is not None:
+        meta["scheduler"] = scheduler.state_dict()
+    if loader is not None and hasattr(loader, "state_dict"):
+        meta["loader"] = loader.state_dict()
+    arrays["meta"] = np.array(json.dumps(meta, default=_jsonable))
+    np.savez(path, **arrays)
+
+
+def _jsonable(x):
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    raise TypeError(f"not JSON-serialisable: {type(x).__name__}")
+
+
+def load_checkpoint(path, model, optimizer=None, *, scheduler=None, loader=None):
+    """Restore what :func:`save_checkpoint` wrote; returns its metadata (``epoch``, ``extra``)."""
+    with np.load(path, allow_pickle=False) as f:
+        files = {k: f[k] for k in f.files}
+    meta = json.loads(str(files.pop("meta")))
+    model.load_state_dict({k[len("model/"):]: v for k, v in files.items() if k.startswith("model/")})
+    if optimizer is not None:
+        optimizer.load_state_dict({k[len("optim/"):]: v for k, v in files.items() if k.startswith("optim/")})
+    if scheduler is not None and "scheduler" in meta:
+        scheduler.load_state_dict(meta["scheduler"])
+    if loader is not None and "loader" in meta and hasattr(loader, "load_state_dict"):
+        loader.load_state_dict(meta["loader"])
+    return meta
