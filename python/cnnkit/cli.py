@@ -1,4 +1,4 @@
-"""The ``cnnkit`` command: ``cnnkit info`` and ``cnnkit bench <family>``."""
+"""The ``cnnkit`` command: ``cnnkit demo``, ``cnnkit info`` and ``cnnkit bench <family>``."""
 from __future__ import annotations
 
 import argparse
@@ -14,9 +14,15 @@ def _bench(family: str, rest: list) -> int:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "demo":  # its own options, parsed by cnnkit.demo
+        from . import demo
+        return demo.run(argv[1:])
     parser = argparse.ArgumentParser(prog="cnnkit", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("info", help="print build_info() as JSON")
+    d = sub.add_parser("demo", help="train a small CNN on the bundled digits and write a report", add_help=False)
+    d.add_argument("args", nargs=argparse.REMAINDER, help="see cnnkit demo --help")
     b = sub.add_parser("bench", help="run a kernel family's benchmark and print its table")
     b.add_argument("family", choices=sorted(FAMILIES))
     b.add_argument("args", nargs=argparse.REMAINDER, help="passed to the benchmark")

@@ -249,12 +249,13 @@ def apply_ops(images, ops, magnitudes, *, interpolation="nearest", fill=None, ou
     return _run(x, single, kcodes, params, bilinear, fillv, out)
 
 
-def _single_op(images, name, magnitude, *, colour=False, interpolation="nearest", fill=None, out=None):
-    """One op, one magnitude per image."""
+def _single_op(images, name, magnitude, *, arg="magnitude", colour=False, interpolation="nearest", fill=None,
+               out=None):
+    """One op, one magnitude per image (``arg``: the caller's name for it, for messages)."""
     bilinear = _interp(interpolation)
     x, single = _images(images, colour=colour)
     N = x.shape[0]
-    m = _per_image("magnitude", magnitude, N, single)
+    m = _per_image(arg, magnitude, N, single)
     y = apply_ops(x, np.full((N, 1), _INDEX[name]), m[:, None], interpolation="bilinear" if bilinear else "nearest",
                   fill=fill, out=_out_for_batch(out, single))
     return out if out is not None else (y[0] if single else y)
@@ -347,22 +348,22 @@ def rotate(images, angle, *, interpolation="nearest", fill=None, center=None, ou
 
 def shear_x(images, factor, *, interpolation="nearest", fill=None, out=None):
     """AutoAugment's ShearX: shear ``degrees(atan(factor))`` about the top-left corner."""
-    return _single_op(images, "ShearX", factor, interpolation=interpolation, fill=fill, out=out)
+    return _single_op(images, "ShearX", factor, arg="factor", interpolation=interpolation, fill=fill, out=out)
 
 
 def shear_y(images, factor, *, interpolation="nearest", fill=None, out=None):
     """AutoAugment's ShearY."""
-    return _single_op(images, "ShearY", factor, interpolation=interpolation, fill=fill, out=out)
+    return _single_op(images, "ShearY", factor, arg="factor", interpolation=interpolation, fill=fill, out=out)
 
 
 def translate_x(images, pixels, *, interpolation="nearest", fill=None, out=None):
     """AutoAugment's TranslateX: shift right by ``int(pixels)``."""
-    return _single_op(images, "TranslateX", pixels, interpolation=interpolation, fill=fill, out=out)
+    return _single_op(images, "TranslateX", pixels, arg="pixels", interpolation=interpolation, fill=fill, out=out)
 
 
 def translate_y(images, pixels, *, interpolation="nearest", fill=None, out=None):
     """AutoAugment's TranslateY: shift down by ``int(pixels)``."""
-    return _single_op(images, "TranslateY", pixels, interpolation=interpolation, fill=fill, out=out)
+    return _single_op(images, "TranslateY", pixels, arg="pixels", interpolation=interpolation, fill=fill, out=out)
 
 
 # ---- crops ---------------------------------------------------------------------------------------
@@ -417,15 +418,13 @@ def pad_crop(images, offsets, padding, *, fill=0, padding_mode="constant", out=N
     """Pad every side by ``padding`` and crop back to the input size at ``offsets`` ((N, 2) ints:
     top, left, in [0, 2*padding]); torchvision ``RandomCrop(size, padding)``. ``padding_mode``:
     "constant" (``fill``: a number or C values), "edge", "reflect" or "symmetric" (NumPy's modes,
-    which are torchvision's)."""
+    which are torchvision's; unlike torch, reflect padding may exceed the image, as NumPy allows)."""
     x, single = _images(images)
     N, H, W, C = x.shape
     if isinstance(padding, bool) or not isinstance(padding, numbers.Integral) or padding < 0:
         raise ValueError(f"padding: expected a non-negative int, got {padding!r}")
     if padding_mode not in _PAD_MODES:
         raise ValueError(f"padding_mode: expected one of {_PAD_MODES}, got {padding_mode!r}")
-    if padding_mode in ("reflect",) and padding >= min(H, W):
-        raise ValueError(f"padding: reflect padding needs padding < min(H, W) = {min(H, W)}, got {padding}")
     o = np.asarray(offsets)
     if single and o.shape == (2,):
         o = o[None]
