@@ -88,7 +88,8 @@ def run(argv=None) -> int:
     train_set, test_set = data.train_test_split(digits, test_size=0.25, seed=ns.seed)
     norm = augment.Normalize(mean=(0.5,), std=(0.5,))
     pipeline = augment.Compose([augment.RandomCrop(padding=max(1, ns.size // 8)), norm], seed=ns.seed)
-    train_loader = data.DataLoader(train_set, ns.batch_size, shuffle=True, augment=pipeline, seed=ns.seed)
+    train_loader = data.DataLoader(train_set, ns.batch_size, shuffle=True, drop_last=True, augment=pipeline,
+                                   seed=ns.seed)
     test_loader = data.DataLoader(test_set, 512, shuffle=False, augment=norm)
     model = build(ns.model, ns.size, ns.seed)
     opt = _optimizer(ns.optimizer, model.parameters(), ns.lr)
