@@ -272,3 +272,13 @@ def test_sample_pairing_same_on_batch(N):
         assert shifts == {1, 2, 3, 4}  # every shift is drawn
     with pytest.raises(ValueError, match="pool_size"):
         F.sample_pairing_params(np.random.default_rng(0), 3, pool_size=0)
+
+
+def test_sample_pairing_transform_same_on_batch(rng):
+    from cnnkit.augment import SamplePairing
+    x = rng.standard_normal((6, 3, 5, 5)).astype(np.float32)
+    t = SamplePairing(same_on_batch=True, seed=3)
+    y = t(x)
+    shift = (t.last_params["partners"] - np.arange(6)) % 6
+    assert len(set(shift.tolist())) == 1
+    np.testing.assert_allclose(y, (x + x[t.last_params["partners"]]) / 2, rtol=1e-6)

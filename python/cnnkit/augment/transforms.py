@@ -120,16 +120,19 @@ class SamplePairing(Transform):
     from ``pool`` (an array of images shaped like the batch's); labels are left as they are.
     ``p``: probability per image. Pair it with :class:`cnnkit.augment.SamplePairingSchedule` to
     switch it on and off by epoch (``enabled = schedule.enabled(epoch)``; skip the call when off).
+    ``same_on_batch``: one coin and one pool image (or one cyclic shift of the batch) for all.
     """
 
-    def __init__(self, p=1.0, *, pool=None, seed=None):
+    def __init__(self, p=1.0, *, pool=None, same_on_batch=False, seed=None):
         self.p = _mix._prob(p)
         self.pool = pool
+        self.same_on_batch = bool(same_on_batch)
         super().__init__(seed)
 
     def sample(self, images):
         pool_size = None if self.pool is None else len(self.pool)
-        return _mix.sample_pairing_params(self.rng, len(images), pool_size=pool_size, p=self.p)
+        return _mix.sample_pairing_params(self.rng, len(images), pool_size=pool_size, p=self.p,
+                                          same_on_batch=self.same_on_batch)
 
     def apply(self, images, params, labels):
         return _mix.sample_pairing(images, params["partners"], pool=self.pool, applied=params["applied"]), labels
