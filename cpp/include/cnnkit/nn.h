@@ -21,7 +21,7 @@ void pool2d_backward(const float* gy, float* gx, const int32_t* idx, const PoolG
 
 // Softmax cross-entropy over rows of K logits, fused: loss[n] = logsumexp(z[n]) - sum_k t[n,k] z[n,k]
 // with targets t = (1 - eps) onehot(label) + eps/K (labels given) or soft rows; grad[n] =
-// (softmax(z[n]) - t[n]) * scale. Computed in double per row.
+// (softmax(z[n]) * sum(t[n]) - t[n]) * scale. Computed in double per row.
 void softmax_xent(const float* z, const int64_t* labels, const float* soft, int64_t N, int64_t K, double eps,
                   double* loss, float* grad, double scale);
 

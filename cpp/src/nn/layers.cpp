@@ -105,12 +105,18 @@ void softmax_xent(const float* z, const int64_t* labels, const float* soft, int6
     double s = 0.0;
     for (int64_t k = 0; k < K; ++k) s += std::exp(double(zn[k]) - m);
     const double lse = m + std::log(s);
+    // d/dz of sum_k t_k (lse - z_k) is softmax * sum(t) - t (sum(t) = 1 for label targets)
+    double tsum = 1.0;
+    if (!labels) {
+      tsum = 0.0;
+      for (int64_t k = 0; k < K; ++k) tsum += double(soft[n * K + k]);
+    }
     double l = 0.0;
     for (int64_t k = 0; k < K; ++k) {
       const double t = labels ? (k == labels[n] ? 1.0 - eps : 0.0) + eps / double(K) : double(soft[n * K + k]);
       const double p = std::exp(double(zn[k]) - lse);
       l += t * (lse - double(zn[k]));
-      if (grad) grad[n * K + k] = float((p - t) * scale);
+      if (grad) grad[n * K + k] = float((p * tsum - t) * scale);
     }
     loss[n] = l;
   }

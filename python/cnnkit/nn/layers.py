@@ -77,7 +77,7 @@ class Conv2d(Module):
         self.layout = _layout(layout)
         rng = _rng(rng)
         fan_in = (in_channels // groups) * k[0] * k[1]
-        self.weight = self._param("weight", _kaiming_uniform(rng, (out_channels, in_channels // groups) + k, fan_in))
+        self._param("weight", _kaiming_uniform(rng, (out_channels, in_channels // groups) + k, fan_in))
         self.has_bias = bool(bias)
         if self.has_bias:
             self._param("bias", _kaiming_uniform(rng, (out_channels,), fan_in))
@@ -164,7 +164,10 @@ class BatchNorm2d(Module):
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, *, activation=None, layout="NCHW"):
         super().__init__()
         self.num_features = _positive_int("num_features", num_features)
-        self.eps, self.momentum, self.affine = float(eps), float(momentum), bool(affine)
+        if momentum is not None and not (isinstance(momentum, (int, float, np.floating)) and 0.0 <= momentum <= 1.0):
+            raise ValueError(f"momentum: expected a number in [0, 1] or None (cumulative average), got {momentum!r}")
+        self.eps, self.affine = float(eps), bool(affine)
+        self.momentum = None if momentum is None else float(momentum)
         if activation not in (None, "relu"):
             raise ValueError(f"activation: expected None or 'relu', got {activation!r}")
         self.activation = activation
@@ -184,23 +187,47 @@ class BatchNorm2d(Module):
         y = self._buf("y", x.shape)
         self._x, self._residual = x, residual
         if self.training:
-            y, self._mean, self._invstd = ops.batch_norm_train(
-                x, p.get("weight"), p.get("bias"), b["running_mean"], b["running_var"], momentum=self.momentum,
-                eps=self.eps, activation=self.activation, residual=residual, layout=self.layout, out=y)
             b["num_batches_tracked"] += 1
+            # momentum None: torch's cumulative moving average, factor 1 / batches seen
+            momentum = 1.0 / float(b["num_batches_tracked"]) if self.momentum is None else self.momentum
+            y, self._mean, self._invstd = ops.batch_norm_train(
+                x, p.get("weight"), p.get("bias"), b["running_mean"], b["running_var"], momentum=momentum,
+                eps=self.eps, activation=self.activation, residual=residual, layout=self.layout, out=y)
+            self._trained = True
         else:
             y = ops.batch_norm_infer(x, p.get("weight"), p.get("bias"), b["running_mean"], b["running_var"],
                                      eps=self.eps, activation=self.activation, residual=residual, layout=self.layout,
                                      out=y)
+            self._trained = False
         self._y = y
         return y
 
+    def _eval_backward(self, grad):
+        """Gradients in eval mode (fixed running statistics: an affine map per channel), as torch
+        gives them; used by interpretability methods on trained models."""
+        C = self.num_features
+        shape = (1, C, 1, 1) if self.layout == "NCHW" else (1, 1, 1, C)
+        axes = (0, 2, 3) if self.layout == "NCHW" else (0, 1, 2)
+        b = self.buffers
+        invstd = (1.0 / np.sqrt(b["running_var"].astype(np.float64) + self.eps))
+        w = self.params["weight"].astype(np.float64) if self.affine else np.ones(C)
+        g = grad.astype(np.float64)
+        if self.activation == "relu":
+            g = g * (self._y > 0)
+        xhat = (self._x - b["running_mean"].reshape(shape)) * invstd.reshape(shape)
+        if self.affine:
+            self.grads["weight"][...] = np.sum(g * xhat, axis=axes)
+            self.grads["bias"][...] = np.sum(g, axis=axes)
+        self.residual_grad = g.astype(np.float32) if self._residual is not None else None
+        gi = self._buf("gx", self._x.shape)
+        gi[...] = g * (w * invstd).reshape(shape)
+        return gi
+
     def backward(self, grad, input_grad=True):
-        if not self.training:
-            raise ValueError("BatchNorm2d.backward: the model is in eval mode; call train() before training "
-                             "(eval-mode gradients through batch norm are not supported)")
         if self.guided and self.activation == "relu":
             grad = np.maximum(grad, 0, out=self._buf("guided", grad.shape))
+        if not self._trained:
+            return self._eval_backward(grad)
         needs = ["input"]
         if self.affine:
             needs += ["weight", "bias"]
@@ -272,6 +299,7 @@ class ReLU(Module):
         self.guided = False
 
     def forward(self, x):
+        _check_input(self, x, None, "NCHW", ndim=x.ndim if isinstance(x, np.ndarray) else 4)
         y = np.maximum(x, 0, out=self._buf("y", x.shape, x.dtype))
         self._y = y
         return y
@@ -378,6 +406,9 @@ class Flatten(Module):
         self.layout = _layout(layout)
 
     def forward(self, x):
+        _check_input(self, x, None, self.layout, ndim=x.ndim if isinstance(x, np.ndarray) else 4)
+        if x.ndim < 2:
+            raise ValueError(f"x: expected at least 2 dimensions (N, ...), got shape {x.shape}")
         self._shape = x.shape
         if self.layout == "NHWC" and x.ndim == 4:
             y = self._buf("y", (x.shape[0], x.shape[3], x.shape[1], x.shape[2]))
@@ -544,7 +575,7 @@ class ResidualBlock(Module):
         gi = self.conv1._backward(g)
         if self.shortcut is None:
             return np.add(gi, gr, out=self._buf("gx", gi.shape))
-        gsc = self.shortcut.backward(gr, input_grad=True)
+        gsc = self.shortcut._backward(gr, input_grad=True)
         return np.add(gi, gsc, out=self._buf("gx", gi.shape))
 
 
@@ -607,5 +638,5 @@ class BottleneckBlock(Module):
         g = self.conv3._backward(g)
         g = self.conv2._backward(self.bn2._backward(g))
         gi = self.conv1._backward(self.bn1._backward(g))
-        gsc = gr if self.shortcut is None else self.shortcut.backward(gr, input_grad=True)
+        gsc = gr if self.shortcut is None else self.shortcut._backward(gr, input_grad=True)
         return np.add(gi, gsc, out=self._buf("gx", gi.shape))

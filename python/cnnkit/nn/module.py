@@ -92,6 +92,14 @@ class Module:
             self._pack()
         return self._arena
 
+    def __getattr__(self, name):  # module.weight etc.: the live parameter (a view into the arena)
+        d = self.__dict__
+        if "params" in d and name in d["params"]:
+            return d["params"][name]
+        if "buffers" in d and name in d["buffers"]:
+            return d["buffers"][name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     # ---- parameters ----
     def named_parameters(self):
         out = []
@@ -250,12 +258,8 @@ class Sequential(Module):
         for i, m in enumerate(self.layers):
             try:
                 x = m(x)
-            except (ValueError, TypeError) as e:
-                if getattr(e, "_cnnkit_layer", False):
-                    raise
-                err = type(e)(f"layer {i} ({type(m).__name__}): {e}")
-                err._cnnkit_layer = True
-                raise err from e
+            except (ValueError, TypeError) as e:  # name the layer (nested containers add their own)
+                raise type(e)(f"layer {i} ({type(m).__name__}): {e}") from e
         return x
 
     def backward(self, grad, input_grad=False):
