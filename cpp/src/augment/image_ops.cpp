@@ -27,8 +27,8 @@ using augment::ImageOp;
 constexpr int64_t kSerialBelow = 1 << 15;  // bytes of output below which one thread does it all
 
 inline uint8_t trunc_u8(float v) {  // clamp(v, 0, 255) then truncation, as torch's .to(uint8)
-  v = v < 0.0f ? 0.0f : (v > 255.0f ? 255.0f : v);
-  return uint8_t(int(v));
+  // (min/max rather than branches so the colour loops vectorise; NaN cannot occur here)
+  return uint8_t(int32_t(std::min(std::max(v, 0.0f), 255.0f)));
 }
 
 inline uint8_t round_u8(double v) {  // round half to even, then clamp
@@ -186,10 +186,19 @@ void flip(const uint8_t* __restrict s, uint8_t* __restrict d, const Geo& g, bool
       std::memcpy(d + y * row, s + (H - 1 - y) * row, size_t(row));
       continue;
     }
-    const uint8_t* a = s + y * row;
-    uint8_t* o = d + y * row;
-    for (int64_t x = 0; x < W; ++x)
-      for (int64_t c = 0; c < C; ++c) o[x * C + c] = a[(W - 1 - x) * C + c];
+    const uint8_t* __restrict a = s + y * row;
+    uint8_t* __restrict o = d + y * row;
+    if (C == 1) {
+#pragma omp simd
+      for (int64_t x = 0; x < W; ++x) o[x] = a[W - 1 - x];
+    } else if (C == 3) {
+      for (int64_t x = 0; x < W; ++x) {
+        const uint8_t* p = a + (W - 1 - x) * 3;
+        o[3 * x] = p[0], o[3 * x + 1] = p[1], o[3 * x + 2] = p[2];
+      }
+    } else {
+      for (int64_t x = 0; x < W; ++x) std::memcpy(o + x * C, a + (W - 1 - x) * C, size_t(C));
+    }
   }
 }
 
@@ -355,8 +364,10 @@ void apply_ops_u8(const uint8_t* x, uint8_t* y, int64_t N, int64_t H, int64_t W,
 #pragma omp parallel num_threads(nt)
   {
     Scratch sc;
-    sc.buf[0].resize(size_t(S));
-    sc.buf[1].resize(size_t(S));
+    if (K > 1) {  // ping-pong buffers only for programs of more than one op
+      sc.buf[0].resize(size_t(S));
+      sc.buf[1].resize(size_t(S));
+    }
 #pragma omp for schedule(dynamic, 1)
     for (int64_t n = 0; n < N; ++n) {
       const uint8_t* src = x + n * S;
@@ -442,7 +453,7 @@ void resize_u8(const uint8_t* x, uint8_t* y, int64_t N, int64_t H, int64_t W, in
 #pragma omp parallel num_threads(nt)
   {
     Taps tx, ty;
-    std::vector<float> tmp;
+    std::vector<float> tmp, tmp_row(static_cast<size_t>(OW * C));
 #pragma omp for schedule(dynamic, 1)
     for (int64_t n = 0; n < N; ++n) {
       const int64_t* b = boxes + 4 * n;  // top, left, height, width
@@ -454,14 +465,29 @@ void resize_u8(const uint8_t* x, uint8_t* y, int64_t N, int64_t H, int64_t W, in
       for (int64_t r = 0; r < rows; ++r) {  // horizontal pass over the crop's rows
         const uint8_t* a = xs + (r0 + r) * W * C;
         float* o = tmp.data() + r * OW * C;
-        for (int64_t i = 0; i < OW; ++i) {
-          const float* w = tx.w.data() + i * tx.width;
-          const uint8_t* p = a + tx.start[size_t(i)] * C;
-          const int64_t cnt = tx.count[size_t(i)];
-          for (int64_t c = 0; c < C; ++c) {
-            float v = 0.0f;
-            for (int64_t j = 0; j < cnt; ++j) v += w[j] * float(p[j * C + c]);
-            o[i * C + c] = v;
+        if (C == 3) {
+          for (int64_t i = 0; i < OW; ++i) {
+            const float* w = tx.w.data() + i * tx.width;
+            const uint8_t* p = a + tx.start[size_t(i)] * 3;
+            const int64_t cnt = tx.count[size_t(i)];
+            float v0 = 0.0f, v1 = 0.0f, v2 = 0.0f;
+            for (int64_t j = 0; j < cnt; ++j) {
+              v0 += w[j] * float(p[3 * j]);
+              v1 += w[j] * float(p[3 * j + 1]);
+              v2 += w[j] * float(p[3 * j + 2]);
+            }
+            o[3 * i] = v0, o[3 * i + 1] = v1, o[3 * i + 2] = v2;
+          }
+        } else {
+          for (int64_t i = 0; i < OW; ++i) {
+            const float* w = tx.w.data() + i * tx.width;
+            const uint8_t* p = a + tx.start[size_t(i)] * C;
+            const int64_t cnt = tx.count[size_t(i)];
+            for (int64_t c = 0; c < C; ++c) {
+              float v = 0.0f;
+              for (int64_t j = 0; j < cnt; ++j) v += w[j] * float(p[j * C + c]);
+              o[i * C + c] = v;
+            }
           }
         }
       }
@@ -471,45 +497,62 @@ void resize_u8(const uint8_t* x, uint8_t* y, int64_t N, int64_t H, int64_t W, in
         const float* p = tmp.data() + (ty.start[size_t(i)] - r0) * OW * C;
         const int64_t cnt = ty.count[size_t(i)], m = OW * C;
         uint8_t* o = ys + i * m;
+        float* __restrict acc = tmp_row.data();
 #pragma omp simd
-        for (int64_t k = 0; k < m; ++k) {
-          float v = 0.0f;
-          for (int64_t j = 0; j < cnt; ++j) v += w[j] * p[j * m + k];
-          o[k] = round_u8(double(v));
+        for (int64_t k = 0; k < m; ++k) acc[k] = w[0] * p[k];
+        for (int64_t j = 1; j < cnt; ++j) {
+          const float wj = w[j];
+          const float* __restrict pj = p + j * m;
+#pragma omp simd
+          for (int64_t k = 0; k < m; ++k) acc[k] += wj * pj[k];
         }
+#pragma omp simd
+        for (int64_t k = 0; k < m; ++k)  // round half to even, clamp
+          o[k] = uint8_t(int32_t(std::min(std::max(std::nearbyint(acc[k]), 0.0f), 255.0f)));
       }
     }
   }
 }
 
-// out[n, y, x, :] = x[n, iy[n, y], ix[n, x], :], or fill where either index is negative.
+// out[n, y, x, :] = x[n, iy[n, y], ix[n, x], :], or fill where either index is negative. The
+// column map is cut into runs once per image: consecutive source columns copy as one block.
 void remap_u8(const uint8_t* x, uint8_t* y, int64_t N, int64_t H, int64_t W, int64_t C, int64_t OH, int64_t OW,
               const int64_t* iy, const int64_t* ix, const uint8_t* fill) {
   const int nt = N * OH * OW * C < kSerialBelow || N < 2 ? 1 : num_threads();
-#pragma omp parallel for schedule(static) num_threads(nt)
-  for (int64_t n = 0; n < N; ++n) {
-    const uint8_t* xs = x + n * H * W * C;
-    uint8_t* ys = y + n * OH * OW * C;
-    const int64_t* cx = ix + n * OW;
-    for (int64_t r = 0; r < OH; ++r) {
-      const int64_t sr = iy[n * OH + r];
-      uint8_t* o = ys + r * OW * C;
-      if (sr < 0) {
-        for (int64_t i = 0; i < OW; ++i) std::memcpy(o + i * C, fill, size_t(C));
-        continue;
+#pragma omp parallel num_threads(nt)
+  {
+    struct Run {
+      int64_t out, src, len;  // src < 0: fill
+    };
+    std::vector<Run> runs;
+    std::vector<uint8_t> fill_row(static_cast<size_t>(OW * C));
+    for (int64_t i = 0; i < OW; ++i) std::memcpy(fill_row.data() + i * C, fill, size_t(C));
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < N; ++n) {
+      const uint8_t* xs = x + n * H * W * C;
+      uint8_t* ys = y + n * OH * OW * C;
+      const int64_t* cx = ix + n * OW;
+      runs.clear();
+      for (int64_t i = 0; i < OW;) {
+        int64_t e = i + 1;
+        if (cx[i] < 0) {
+          while (e < OW && cx[e] < 0) ++e;
+        } else {
+          while (e < OW && cx[e] == cx[e - 1] + 1) ++e;
+        }
+        runs.push_back({i, cx[i], e - i});
+        i = e;
       }
-      const uint8_t* a = xs + sr * W * C;
-      if (C == 3) {
-        for (int64_t i = 0; i < OW; ++i) {
-          const int64_t sc = cx[i];
-          const uint8_t* p = sc < 0 ? fill : a + sc * 3;
-          o[3 * i] = p[0], o[3 * i + 1] = p[1], o[3 * i + 2] = p[2];
+      for (int64_t r = 0; r < OH; ++r) {
+        const int64_t sr = iy[n * OH + r];
+        uint8_t* o = ys + r * OW * C;
+        if (sr < 0) {
+          std::memcpy(o, fill_row.data(), size_t(OW * C));
+          continue;
         }
-      } else {
-        for (int64_t i = 0; i < OW; ++i) {
-          const int64_t sc = cx[i];
-          std::memcpy(o + i * C, sc < 0 ? fill : a + sc * C, size_t(C));
-        }
+        const uint8_t* a = xs + sr * W * C;
+        for (const Run& run : runs)
+          std::memcpy(o + run.out * C, run.src < 0 ? fill_row.data() : a + run.src * C, size_t(run.len * C));
       }
     }
   }
