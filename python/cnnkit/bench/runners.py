@@ -12,7 +12,8 @@ import sys
 __all__ = ["FAMILIES", "run"]
 
 FAMILIES = {"optim": "cnnkit.bench.optim", "norm": "cnnkit.bench.norm",
-            "augment": "cnnkit.bench.augment", "conv": "cnnkit.bench.conv"}
+            "augment": "cnnkit.bench.augment", "conv": "cnnkit.bench.conv",
+            "train": "cnnkit.bench.train"}
 
 
 def run(family: str, argv: list) -> int:

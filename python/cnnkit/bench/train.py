@@ -1,0 +1,1094 @@
+"""Training-step benchmark: cnnkit's small CNNs against the identical PyTorch model on the CPU.
+
+Run it as ``cnnkit bench train [options]`` or ``python benchmarks/bench_train.py [options]``;
+``--help`` lists the options.
+
+What is measured
+----------------
+One training step of :func:`cnnkit.models.resnext_small` and :func:`cnnkit.models.mobilenet_small`
+(their default widths, ``norm="batch"``, 10 classes) on a fixed batch of 32x32x3 float32 images
+(batch 64 by default): forward, softmax cross-entropy, backward, and one Adam step (lr 1e-3), in
+four configurations:
+
+* ``cnnkit NCHW`` and ``cnnkit NHWC``: the model built with that ``layout``, the input given in
+  that layout; ``model.forward``, ``CrossEntropyLoss``, ``model.backward``,
+  ``cnnkit.optim.Adam.step(model.gradients())`` (one fused call over all parameters).
+* ``torch NCHW`` and ``torch CL``: a ``torch.nn`` twin of the same architecture (written out below,
+  module for module, with the same module names), eager mode, in contiguous NCHW or
+  ``channels_last`` (model and input converted); ``zero_grad(set_to_none=True)``, forward,
+  ``torch.nn.CrossEntropyLoss``, ``backward``, ``torch.optim.Adam(fused=True)`` (``foreach=True``
+  where this torch has no fused CPU Adam; the header says which).
+
+All four start from the same weights: the cnnkit NCHW model's parameters are copied one to one
+into the NHWC model and into the torch twin (``zip(parameters(), parameters())``, every shape
+asserted equal). Before timing, one step of every configuration is checked against the torch
+twin in float64: logits, loss and the logits after the Adam step elementwise within rtol 1e-3 (plus
+1e-3 times the largest reference value), every parameter gradient within rtol 1e-3 of itself plus
+1e-3 times the model's largest gradient (some gradients are zero in exact arithmetic, e.g. a batch
+norm scale in front of a depthwise conv, and are rounding noise in every float32 implementation).
+A cnnkit configuration outside that stops the benchmark; a torch one is printed as a note.
+
+cnnkit, torch and numpy's OpenBLAS (cnnkit's ``Linear`` calls ``numpy.matmul``) run at the same
+thread count (``--threads``, default 2).
+
+Rounds, roofs and FLOPs
+-----------------------
+Each round runs one step of every configuration of every model, then a STREAM ``triad`` probe with
+cnnkit's threads (odd rounds in reverse order, probe first; see
+:func:`cnnkit.bench._common.run_rounds`). Tables show medians over the timed rounds; the speedup is
+the median over rounds of (torch's faster configuration / cnnkit's faster configuration), both
+chosen by median time. The compute roof is the best 2048^3 OpenBLAS sgemm rate measured at the
+start and end of the run (an achievable GEMM peak, about 15% under the FMA peak).
+
+FLOPs count convolutions and the linear layer only: forward 2*MACs; backward 2x forward (input
+and weight gradients), except the first convolution, which computes no input gradient (1x).
+
+Where the time goes
+-------------------
+After the timed rounds, a separate profiling pass runs a few more steps of each configuration,
+round-robin, with timers around every module (for cnnkit: the instance's ``forward``/``backward``
+wrapped; for torch: forward pre/post hooks and full backward pre/post hooks, with the stem
+convolution's backward ending at its weight's gradient accumulation, since its input needs no
+gradient). Inclusive times give each module's *self* time: a block's self time is its glue (the
+residual add, the shortcut's gradient sum, the Python around its children). Every figure is the
+median over the profiled steps, so a step stalled by another process on the machine does not
+skew the table. The table lists the layers of cnnkit's faster configuration beside the same
+layers of torch's faster configuration, sorted by cnnkit's time. The timers cost a few
+microseconds per call and torch's backward hooks add autograd nodes, so the profiled step is
+slightly slower than the timed one (both are shown).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import time
+import warnings
+
+import numpy as np
+
+import cnnkit
+from cnnkit import models as _models
+from cnnkit import nn as _cnn
+from cnnkit.bench import machine_header, memory_bandwidth
+from cnnkit.bench._common import fmt as _f
+from cnnkit.bench._common import (
+    import_torch,
+    med,
+    parse_list,
+    peer_header,
+    probe,
+    run_rounds,
+    stream_arrays,
+    target_text,
+    write_json,
+)
+
+__all__ = ["CONFIGS", "MODELS", "build_torch_twin", "check_step", "copy_weights", "main",
+           "profile_configs", "step_flops"]
+
+MODELS = {"resnext": "resnext_small", "mobilenet": "mobilenet_small"}
+CONFIGS = ("cnnkit NCHW", "cnnkit NHWC", "torch NCHW", "torch CL")
+CNNKIT_CONFIGS = CONFIGS[:2]
+TORCH_CONFIGS = CONFIGS[2:]
+IMAGE = (3, 32, 32)            # C, H, W
+NUM_CLASSES = 10
+LR = 1e-3
+BATCH = 64
+QUICK_BATCH = 8
+TARGET = 2.0                   # issue: at least 2x PyTorch's faster configuration
+RTOL = 1e-3
+PROBE_KIND = "triad"
+
+
+# ---- the torch twins -----------------------------------------------------------------------------
+def _torch_classes(torch):
+    """torch.nn modules that mirror cnnkit.nn's blocks, with cnnkit's module names."""
+    tnn = torch.nn
+
+    class BNReLU(tnn.BatchNorm2d):
+        """cnnkit ``BatchNorm2d(activation="relu")``: batch norm, then ReLU."""
+
+        def forward(self, x):
+            return torch.relu(super().forward(x))
+
+    class Bottleneck(tnn.Module):
+        """cnnkit ``BottleneckBlock`` (norm="batch"): conv1x1-BN-ReLU, grouped conv3x3(stride)-BN-
+        ReLU, conv1x1-BN, plus the shortcut (conv1x1(stride)-BN when the shape changes), ReLU."""
+
+        def __init__(self, cin, cout, width, stride, groups):
+            super().__init__()
+            self.conv1 = tnn.Conv2d(cin, width, 1, bias=False)
+            self.bn1 = BNReLU(width)
+            self.conv2 = tnn.Conv2d(width, width, 3, stride, 1, groups=groups, bias=False)
+            self.bn2 = BNReLU(width)
+            self.conv3 = tnn.Conv2d(width, cout, 1, bias=False)
+            self.bn3 = tnn.BatchNorm2d(cout)
+            self.downsample = None
+            if stride != 1 or cin != cout:
+                self.downsample = tnn.Sequential(tnn.Conv2d(cin, cout, 1, stride, 0, bias=False),
+                                                 tnn.BatchNorm2d(cout))
+
+        def forward(self, x):
+            # shortcut first, as cnnkit does (its autograd nodes then run after the main branch's)
+            r = x if self.downsample is None else self.downsample(x)
+            h = self.conv3(self.bn2(self.conv2(self.bn1(self.conv1(x)))))
+            return torch.relu(self.bn3(h) + r)
+
+    class GlobalAvgPool(tnn.Module):
+        def forward(self, x):
+            return x.mean((2, 3))
+
+    return BNReLU, Bottleneck, GlobalAvgPool
+
+
+def _torch_resnext_small(torch, in_channels=3, num_classes=10, widths=(32, 64, 128),
+                         blocks=(1, 1, 1), groups=8):
+    """cnnkit.models.resnext_small (norm="batch") in torch.nn, layer for layer."""
+    BNReLU, Bottleneck, GAP = _torch_classes(torch)
+    tnn = torch.nn
+    layers = [tnn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False), BNReLU(widths[0])]
+    c = widths[0]
+    for i, (w, n) in enumerate(zip(widths, blocks)):
+        inner = max(groups, (w // 2) // groups * groups)
+        for j in range(n):
+            layers.append(Bottleneck(c, w, inner, 2 if (i > 0 and j == 0) else 1, groups))
+            c = w
+    layers += [GAP(), tnn.Linear(c, num_classes)]
+    return tnn.Sequential(*layers)
+
+
+def _torch_mobilenet_small(torch, in_channels=3, num_classes=10, widths=(32, 64, 128, 256)):
+    """cnnkit.models.mobilenet_small (norm="batch") in torch.nn, layer for layer."""
+    BNReLU, _, GAP = _torch_classes(torch)
+    tnn = torch.nn
+    layers = [tnn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False), BNReLU(widths[0])]
+    c = widths[0]
+    for i, w in enumerate(widths[1:]):
+        stride = 2 if i % 2 == 1 else 1
+        layers += [tnn.Conv2d(c, c, 3, stride, 1, groups=c, bias=False), BNReLU(c),
+                   tnn.Conv2d(c, w, 1, bias=False), BNReLU(w)]
+        c = w
+    layers += [GAP(), tnn.Linear(c, num_classes)]
+    return tnn.Sequential(*layers)
+
+
+def build_torch_twin(torch, model: str):
+    """The torch.nn twin of ``cnnkit.models.<MODELS[model]>()`` (default arguments)."""
+    if model == "resnext":
+        return _torch_resnext_small(torch)
+    if model == "mobilenet":
+        return _torch_mobilenet_small(torch)
+    raise ValueError(f"model: expected one of {', '.join(MODELS)}, got {model!r}")
+
+
+def copy_weights(torch, cnn, twin) -> int:
+    """Copy cnnkit's parameters into the torch twin one to one; returns the count. Raises
+    ValueError if the parameter lists differ in length or in any shape."""
+    cp, tp = cnn.parameters(), list(twin.parameters())
+    if len(cp) != len(tp):
+        raise ValueError(f"cnnkit has {len(cp)} parameter arrays, the torch twin {len(tp)}")
+    names = [n for n, _ in cnn.named_parameters()]
+    tnames = [n for n, _ in twin.named_parameters()]
+    with torch.no_grad():
+        for i, (a, t) in enumerate(zip(cp, tp)):
+            if tuple(a.shape) != tuple(t.shape):
+                raise ValueError(f"parameter {i} ({names[i]} / {tnames[i]}): cnnkit shape "
+                                 f"{a.shape}, torch shape {tuple(t.shape)}")
+            t.copy_(torch.from_numpy(np.ascontiguousarray(a)))
+    return len(cp)
+
+
+# ---- configurations ------------------------------------------------------------------------------
+class _CnnkitStep:
+    """One cnnkit training configuration: model, loss, Adam, the batch in its layout."""
+
+    def __init__(self, model, layout, x_nchw, labels):
+        self.model, self.layout = model, layout
+        self.x = np.ascontiguousarray(x_nchw if layout == "NCHW" else x_nchw.transpose(0, 2, 3, 1))
+        self.labels = labels
+        self.loss = _cnn.CrossEntropyLoss()
+        self.opt = cnnkit.optim.Adam(model.parameters(), lr=LR)
+        self.grads = model.gradients()
+
+    def __call__(self):
+        logits = self.model.forward(self.x)
+        self.loss.forward(logits, self.labels)
+        self.model.backward(self.loss.backward())
+        self.opt.step(self.grads)
+
+    def phases(self, clock):
+        """One step, with ``clock(name)`` called at the end of each phase."""
+        logits = self.model.forward(self.x)
+        clock("forward")
+        self.loss.forward(logits, self.labels)
+        g = self.loss.backward()
+        clock("loss")
+        self.model.backward(g)
+        clock("backward")
+        self.opt.step(self.grads)
+        clock("optimizer")
+
+
+class _TorchStep:
+    """One torch training configuration: twin model (NCHW or channels_last), loss, Adam."""
+
+    def __init__(self, torch, twin, channels_last, x_nchw, labels, adam_kw):
+        self.torch = torch
+        self.model = twin
+        x = torch.from_numpy(np.ascontiguousarray(x_nchw))
+        if channels_last:
+            self.model = twin.to(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)
+        self.x = x
+        self.y = torch.from_numpy(labels.astype(np.int64))
+        self.crit = torch.nn.CrossEntropyLoss()
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=LR, **adam_kw)
+
+    def __call__(self):
+        self.opt.zero_grad(set_to_none=True)
+        loss = self.crit(self.model(self.x), self.y)
+        loss.backward()
+        self.opt.step()
+
+    def phases(self, clock):
+        self.opt.zero_grad(set_to_none=True)
+        logits = self.model(self.x)
+        clock("forward")
+        loss = self.crit(logits, self.y)
+        clock("loss")
+        loss.backward()
+        clock("backward")
+        self.opt.step()
+        clock("optimizer")
+
+
+def torch_adam_kwargs(torch) -> tuple:
+    """(kwargs, description) for torch's Adam: fused=True if this torch has a fused CPU Adam,
+    else foreach=True."""
+    try:
+        p = torch.nn.Parameter(torch.zeros(4))
+        p.grad = torch.ones(4)
+        torch.optim.Adam([p], lr=LR, fused=True).step()
+        return {"fused": True}, "torch.optim.Adam(fused=True)"
+    except (RuntimeError, TypeError, ValueError) as e:
+        return {"foreach": True}, (f"torch.optim.Adam(foreach=True) (fused=True is not supported "
+                                   f"on CPU here: {e})")
+
+
+def build_configs(torch, model: str, batch: int, seed: int = 0) -> dict:
+    """The four configurations of ``model`` on one fixed batch, all from the same weights.
+    Returns {"steps": {config: callable}, "cnnkit": {layout: model}, "x", "labels", "adam"}."""
+    builder = getattr(_models, MODELS[model])
+    rng = np.random.default_rng(seed + 100)
+    x = rng.standard_normal((batch,) + IMAGE, dtype=np.float32)
+    labels = rng.integers(0, NUM_CLASSES, batch).astype(np.int64)
+    m_nchw = builder(num_classes=NUM_CLASSES, layout="NCHW", seed=seed)
+    m_nhwc = builder(num_classes=NUM_CLASSES, layout="NHWC", seed=seed)
+    pa, pb = m_nchw.arena[0], m_nhwc.arena[0]
+    if pa.shape != pb.shape:
+        raise ValueError(f"the NCHW and NHWC cnnkit models differ in size: {pa.size} vs {pb.size}")
+    pb[...] = pa
+    steps = {"cnnkit NCHW": _CnnkitStep(m_nchw, "NCHW", x, labels),
+             "cnnkit NHWC": _CnnkitStep(m_nhwc, "NHWC", x, labels)}
+    out = {"steps": steps, "cnnkit": {"NCHW": m_nchw, "NHWC": m_nhwc}, "x": x, "labels": labels,
+           "adam": None, "params": m_nchw.num_parameters(), "param_arrays": len(m_nchw.parameters())}
+    if torch is not None:
+        kw, desc = torch_adam_kwargs(torch)
+        twin = build_torch_twin(torch, model)
+        copy_weights(torch, m_nchw, twin)
+        twin_cl = copy.deepcopy(twin)
+        steps["torch NCHW"] = _TorchStep(torch, twin, False, x, labels, kw)
+        steps["torch CL"] = _TorchStep(torch, twin_cl, True, x, labels, kw)
+        out["adam"] = desc
+    return out
+
+
+class CpuShare:
+    """CPU time used by *other* processes (and stolen by the hypervisor) while it was open:
+    /proc/stat's busy time minus this process's own, per second of wall time, in cores."""
+
+    def __init__(self):
+        self._start = self._read()
+        self._t0 = time.perf_counter()
+
+    @staticmethod
+    def _read():
+        try:
+            with open("/proc/stat") as f:
+                v = [int(x) for x in f.readline().split()[1:]]
+            with open("/proc/self/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            own = int(fields[11]) + int(fields[12])     # utime + stime, all threads
+        except (OSError, ValueError, IndexError):
+            return None
+        idle = v[3] + (v[4] if len(v) > 4 else 0)
+        steal = v[7] if len(v) > 7 else 0
+        return sum(v[:8]) - idle - steal, steal, own
+
+    def cores(self):
+        """(other processes' cores, stolen cores) since creation; None where unreadable."""
+        end = self._read()
+        if end is None or self._start is None:
+            return None
+        import os
+        hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        wall = time.perf_counter() - self._t0
+        if wall <= 0:
+            return None
+        busy = end[0] - self._start[0]
+        own = end[2] - self._start[2]
+        return max(busy - own, 0) / hz / wall, (end[1] - self._start[1]) / hz / wall
+
+
+def _share_text(c, what):
+    """A line on the other processes' CPU use ``c`` (from :meth:`CpuShare.cores`)."""
+    if c is None:
+        return None
+    other, steal = c
+    text = (f"other processes used {other:.2f} cores (hypervisor steal {steal:.2f}) during "
+            f"{what}")
+    if other + steal > 0.15:
+        text = ("WARNING: " + text + ": they compete with this run's threads, so times are "
+                "inflated and noisy (a thread descheduled inside a parallel region stalls it "
+                "for a scheduler tick)")
+    return text
+
+
+# ---- the check before timing ---------------------------------------------------------------------
+def _observe(step, cfg, torch):
+    """One training step of ``step`` (mutates its model), returning what the check compares:
+    logits, loss, parameter gradients (NCHW/OIHW arrays), logits after the Adam step."""
+    if cfg.startswith("cnnkit"):
+        m = step.model
+        logits = m.forward(step.x).copy()
+        loss = step.loss.forward(logits, step.labels)
+        m.backward(step.loss.backward())
+        grads = [g.copy() for g in step.grads]
+        step.opt.step(step.grads)
+        after = m.forward(step.x).copy()
+        return logits, float(loss), grads, after
+    step.opt.zero_grad(set_to_none=True)
+    out = step.model(step.x)
+    loss = step.crit(out, step.y)
+    loss.backward()
+    grads = [p.grad.detach().contiguous().numpy().copy() for p in step.model.parameters()]
+    step.opt.step()
+    with torch.no_grad():
+        after = step.model(step.x).numpy().copy()
+    return out.detach().numpy().copy(), float(loss.detach()), grads, after
+
+
+def _err(got, ref, scale=None):
+    """max |got - ref| / scale (scale: max |ref| unless given); inf on a shape mismatch or a
+    non-finite value."""
+    got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
+    if got.shape != ref.shape or not np.all(np.isfinite(got)):
+        return float("inf")
+    if scale is None:
+        scale = float(np.abs(ref).max()) if ref.size else 1.0
+    return float(np.abs(got - ref).max() / (scale or 1.0)) if ref.size else 0.0
+
+
+def _allclose(got, ref, scale, rtol=RTOL):
+    """Every element within rtol*|ref| + rtol*scale."""
+    got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
+    return bool(got.shape == ref.shape and np.all(np.isfinite(got))
+                and np.all(np.abs(got - ref) <= rtol * (np.abs(ref) + scale)))
+
+
+def reference_step(torch, cfgs, adam_kw):
+    """A float64 copy of the torch twin (NCHW) at the starting weights, as a _TorchStep."""
+    twin = copy.deepcopy(cfgs["steps"]["torch NCHW"].model).double()
+    try:
+        return _TorchStep(torch, twin, False, cfgs["x"].astype(np.float64), cfgs["labels"],
+                          adam_kw)
+    except RuntimeError:
+        return _TorchStep(torch, twin, False, cfgs["x"].astype(np.float64), cfgs["labels"], {})
+
+
+def check_step(torch, cfgs: dict, adam_kw=None) -> tuple:
+    """One training step of every configuration against the torch twin in float64 (against
+    cnnkit NCHW without torch). Each model takes that step; the timed steps start from there.
+
+    Logits, loss and the logits after the Adam step must agree elementwise within
+    rtol*(|ref| + max|ref|) (rtol 1e-3); the gradients within rtol*(|ref| + the largest gradient
+    of the model), since some are zero in exact arithmetic (a batch-norm scale in front of a
+    depthwise conv: the next batch norm cancels any per-channel scale) and are rounding noise in
+    float32 in every implementation, torch's included.
+
+    Returns (cnnkit failures, torch failures, {config: {what: worst error}}, reference name); an
+    error is max |diff| / max |ref| (logits) or / the largest gradient (gradients)."""
+    steps = cfgs["steps"]
+    if torch is not None and "torch NCHW" in steps:
+        ref_name = "torch NCHW float64"
+        ref = _observe(reference_step(torch, cfgs, adam_kw or {}), "torch", torch)
+        names = list(steps)
+    else:
+        ref_name = "cnnkit NCHW"
+        ref = _observe(steps["cnnkit NCHW"], "cnnkit NCHW", torch)
+        names = [c for c in steps if c != "cnnkit NCHW"]
+    pnames = [n for n, _ in cfgs["cnnkit"]["NCHW"].named_parameters()]
+    gscale = max(float(np.abs(g).max()) for g in ref[2])
+    bad = {"cnnkit": [], "torch": []}
+    worst = {}
+    for c in names:
+        got = _observe(steps[c], c, torch)
+        side = bad["cnnkit" if c.startswith("cnnkit") else "torch"]
+        w = {}
+        for what, i in (("logits", 0), ("loss", 1), ("logits after the Adam step", 3)):
+            a, b = np.asarray(got[i]), np.asarray(ref[i])
+            w[what] = _err(a, b)
+            if not _allclose(a, b, float(np.abs(b).max())):
+                side.append(f"{c}: {what} differ from {ref_name} (max |diff| / max |ref| = "
+                            f"{w[what]:.2g})")
+        w["gradients"] = max(_err(a, b, gscale) for a, b in zip(got[2], ref[2]))
+        for i, (a, b) in enumerate(zip(got[2], ref[2])):
+            if not _allclose(a, b, gscale):
+                side.append(f"{c}: gradient of {pnames[i]} differs from {ref_name} (max |diff| "
+                            f"/ largest gradient = {_err(a, b, gscale):.2g})")
+        worst[c] = w
+    return bad["cnnkit"], bad["torch"], worst, ref_name
+
+
+# ---- layer shapes and FLOPs ----------------------------------------------------------------------
+def _leaves(model):
+    return [(n, m) for n, m in model.named_modules() if n and not m.children()]
+
+
+def layer_shapes(model, x) -> dict:
+    """{name: (input shape, output shape)} of every leaf module, from one forward pass."""
+    shapes, saved = {}, []
+    for name, m in _leaves(model):
+        def fwd(*a, _f=m.forward, _n=name, **k):
+            y = _f(*a, **k)
+            shapes[_n] = (tuple(a[0].shape), tuple(y.shape))
+            return y
+        m.forward = fwd
+        saved.append(m)
+    try:
+        model.forward(x)
+    finally:
+        for m in saved:
+            del m.forward
+    return shapes
+
+
+def _spatial(shape, layout):
+    return (shape[2], shape[3]) if layout == "NCHW" else (shape[1], shape[2])
+
+
+def describe(model, shapes, layout) -> dict:
+    """{name: (short description, forward FLOPs, backward FLOPs, kind)} of every leaf module."""
+    out = {}
+    leaves = _leaves(model)
+    first_param = next((n for n, m in leaves if m._param_names), None)
+    for name, m in leaves:
+        xs, ys = shapes.get(name, (None, None))
+        kind = type(m).__name__
+        fwd = 0.0
+        if isinstance(m, _cnn.Conv2d) and xs is not None:
+            kh, kw = m.kernel_size
+            ho, wo = _spatial(ys, layout)
+            h, _ = _spatial(xs, layout)
+            fwd = 2.0 * ys[0] * m.out_channels * ho * wo * (m.in_channels // m.groups) * kh * kw
+            g = (" dw" if m.groups == m.in_channels and m.groups > 1
+                 else (f" g{m.groups}" if m.groups > 1 else ""))
+            s = f" s{m.stride}" if m.stride != 1 else ""
+            text = f"conv {kh}x{kw}{g} {m.in_channels}->{m.out_channels}{s} @{h}"
+            kind = f"conv {kh}x{kw}{g}{s}"
+        elif isinstance(m, _cnn.Linear) and xs is not None:
+            fwd = 2.0 * xs[0] * m.in_features * m.out_features
+            text = f"linear {m.in_features}->{m.out_features}"
+            kind = "linear"
+        elif isinstance(m, _cnn.BatchNorm2d) and xs is not None:
+            h, _ = _spatial(xs, layout)
+            act = "+relu" if m.activation == "relu" else ""
+            res = "+add" if name.endswith("bn3") else ""
+            text = f"bn{res}{act} {m.num_features} @{h}"
+            kind = "batch norm (+relu, +add)"
+        elif isinstance(m, _cnn.GlobalAvgPool2d) and xs is not None:
+            h, _ = _spatial(xs, layout)
+            text = kind = "global avg pool"
+            text = f"global avg pool @{h}"
+        else:
+            text = kind
+        bwd = fwd if name == first_param else 2.0 * fwd   # the first layer: no input gradient
+        out[name] = (text, fwd, bwd, kind)
+    return out
+
+
+def step_flops(desc: dict) -> tuple:
+    f = sum(v[1] for v in desc.values())
+    b = sum(v[2] for v in desc.values())
+    return f, b
+
+
+# ---- profiling passes ----------------------------------------------------------------------------
+class _Tally:
+    """Nested inclusive timers: self time = inclusive - children's inclusive."""
+
+    def __init__(self):
+        self.incl = {}      # (name, pass) -> seconds
+        self.child = {}     # (name, pass) -> seconds spent in timed children
+        self.stack = []
+
+    def push(self, key):
+        self.stack.append((key, time.perf_counter()))
+
+    def pop(self):
+        key, t0 = self.stack.pop()
+        dt = time.perf_counter() - t0
+        self.incl[key] = self.incl.get(key, 0.0) + dt
+        if self.stack:
+            pk = self.stack[-1][0]
+            self.child[pk] = self.child.get(pk, 0.0) + dt
+
+    def self_times(self):
+        return {k: v - self.child.get(k, 0.0) for k, v in self.incl.items()}
+
+
+def _phase_clock(acc):
+    t = [time.perf_counter()]
+
+    def clock(name):
+        now = time.perf_counter()
+        acc[name] = acc.get(name, 0.0) + now - t[0]
+        t[0] = now
+    return clock
+
+
+def instrument_cnnkit(model, tally: _Tally):
+    """Wrap every module's ``forward``/``backward`` (instance attributes) in ``tally``'s timers;
+    returns a function that removes the wrappers."""
+    wrapped = []
+    for name, m in model.named_modules():
+        if not name:
+            continue
+
+        def fwd(*a, _f=m.forward, _n=name, **k):
+            tally.push((_n, "fwd"))
+            try:
+                return _f(*a, **k)
+            finally:
+                tally.pop()
+
+        def bwd(*a, _f=m.backward, _n=name, **k):
+            tally.push((_n, "bwd"))
+            try:
+                return _f(*a, **k)
+            finally:
+                tally.pop()
+        m.forward, m.backward = fwd, bwd
+        wrapped.append(m)
+
+    def remove():
+        for m in wrapped:
+            del m.forward, m.backward
+    return remove
+
+
+def instrument_torch(model, tally: _Tally):
+    """Time every module of a torch model with hooks: forward pre/post hooks, full backward
+    pre/post hooks. A module whose inputs need no gradient (the stem conv) gets its full backward
+    hook as soon as its output gradient arrives, so its backward ends when the gradient of its
+    last parameter is accumulated. Returns a function that removes the hooks."""
+    handles = []
+    open_bwd = {}
+
+    def on_fwd_pre(name):
+        return lambda mod, inp: tally.push((name, "fwd"))
+
+    def on_fwd_post(name):
+        return lambda mod, inp, out: tally.pop()
+
+    def on_bwd_pre(name):
+        def hook(mod, grad_output):
+            tally.push((name, "bwd"))
+        return hook
+
+    def on_bwd_post(name):
+        def hook(mod, grad_input, grad_output):
+            n_params = len(list(mod.parameters(recurse=False)))
+            if all(g is None for g in grad_input) and n_params:
+                open_bwd[name] = n_params
+            else:
+                tally.pop()
+        return hook
+
+    def on_acc(name):
+        def hook(p):
+            if name in open_bwd:
+                open_bwd[name] -= 1
+                if open_bwd[name] <= 0:
+                    del open_bwd[name]
+                    tally.pop()
+        return hook
+
+    for name, m in model.named_modules():
+        if not name:
+            continue
+        handles += [m.register_forward_pre_hook(on_fwd_pre(name)),
+                    m.register_forward_hook(on_fwd_post(name)),
+                    m.register_full_backward_pre_hook(on_bwd_pre(name)),
+                    m.register_full_backward_hook(on_bwd_post(name))]
+        for p in m.parameters(recurse=False):
+            handles.append(p.register_post_accumulate_grad_hook(on_acc(name)))
+
+    def remove():
+        for h in handles:
+            h.remove()
+    return remove
+
+
+def profile_configs(torch, steps: dict, nsteps: int) -> dict:
+    """Per-module self times and per-phase times of every configuration in ``steps``, over
+    ``nsteps`` profiled steps run round-robin (one step of each configuration in turn, after one
+    untimed step each), with timers on every module for this pass only.
+
+    Returns {config: {"steps", "step_ms", "phases_ms", "layers": {name: {"fwd", "bwd"}}}}: the
+    median over the profiled steps (ms per step) of each figure."""
+    tallies, removers = {}, []
+    for c, st in steps.items():
+        tallies[c] = _Tally()
+        removers.append(instrument_cnnkit(st.model, tallies[c]) if c.startswith("cnnkit")
+                        else instrument_torch(st.model, tallies[c]))
+    per_step = {c: [] for c in steps}
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            for c, st in steps.items():
+                st()
+            for _ in range(nsteps):
+                for c, st in steps.items():
+                    tally = tallies[c]
+                    tally.incl.clear()
+                    tally.child.clear()
+                    tally.stack.clear()
+                    phases = {}
+                    clock = _phase_clock(phases)
+                    t0 = time.perf_counter()
+                    st.phases(clock)
+                    total = time.perf_counter() - t0
+                    per_step[c].append((tally.self_times(), phases, total))
+    finally:
+        for r in removers:
+            r()
+    out = {}
+    for c, rec in per_step.items():
+        keys = {k for selft, _, _ in rec for k in selft}
+        layers = {}
+        for name, pas in keys:
+            layers.setdefault(name, {"fwd": 0.0, "bwd": 0.0})[pas] = 1e3 * med(
+                [selft.get((name, pas), 0.0) for selft, _, _ in rec])
+        pnames = {k for _, ph, _ in rec for k in ph}
+        out[c] = {"steps": nsteps, "step_ms": 1e3 * med([t for _, _, t in rec]),
+                  "step_ms_all": [1e3 * t for _, _, t in rec],
+                  "phases_ms": {k: 1e3 * med([ph.get(k, 0.0) for _, ph, _ in rec])
+                                for k in ("forward", "loss", "backward", "optimizer")
+                                if k in pnames},
+                  "layers": layers}
+    return out
+
+
+# ---- summaries and rendering ---------------------------------------------------------------------
+def summarize(model, res, flops, peak) -> dict:
+    """Per-configuration medians, the speedup over rounds and the target of one model."""
+    times = res["times_s"]
+    batch = res["batch"]
+    rows = {}
+    for c, ts in times.items():
+        m = med(ts)
+        rows[c] = {"ms": 1e3 * m, "images_s": batch / m, "gflops": flops / m / 1e9,
+                   "pct_peak": flops / m / 1e9 / peak if peak else None,
+                   "spread": (1e3 * min(ts), 1e3 * max(ts))}
+    ck = [c for c in CNNKIT_CONFIGS if c in times]
+    tk = [c for c in TORCH_CONFIGS if c in times]
+    best_c = min(ck, key=lambda c: rows[c]["ms"])
+    best_t = min(tk, key=lambda c: rows[c]["ms"]) if tk else None
+    s = {"model": model, "builder": MODELS[model], "rows": rows, "best_cnnkit": best_c,
+         "best_torch": best_t, "speedup": None, "speedup_of_medians": None, "target": TARGET,
+         "met": None}
+    if best_t is not None:
+        s["speedup"] = med([a / b for a, b in zip(times[best_t], times[best_c])])
+        s["speedup_of_medians"] = rows[best_t]["ms"] / rows[best_c]["ms"]
+        s["met"] = s["speedup"] >= TARGET
+        for c, row in rows.items():
+            row["x_torch_best"] = med([a / b for a, b in zip(times[best_t], times[c])])
+    return s
+
+
+def _table(head, body, markdown: bool) -> str:
+    if markdown:
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(r) + " |" for r in body]
+        return "\n".join(lines)
+    widths = [max(len(str(c)) for c in col) for col in zip(head, *body)]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()
+                     for r in [head, ["-" * w for w in widths]] + body)
+
+
+def render_steps(s, markdown) -> str:
+    head = ["config", "ms/step", "[min-max]", "images/s", "GFLOP/s", "% of sgemm peak",
+            "x torch-best"]
+    body = []
+    for c in CONFIGS:
+        r = s["rows"].get(c)
+        if r is None:
+            continue
+        pct = "-" if r["pct_peak"] is None else f"{100 * r['pct_peak']:.1f}%"
+        star = " *" if c in (s["best_cnnkit"], s["best_torch"]) else ""
+        body.append([c + star, _f(r["ms"]), f"{_f(r['spread'][0])}-{_f(r['spread'][1])}",
+                     _f(r["images_s"]), _f(r["gflops"]), pct,
+                     _f(r.get("x_torch_best"))])
+    return _table(head, body, markdown)
+
+
+def breakdown_rows(desc, prof_c, prof_t, top):
+    """Rows (name, what, cnnkit fwd, bwd, total, % of step, torch fwd, bwd, total, x torch,
+    cnnkit GFLOP/s) sorted by cnnkit total; at most ``top`` rows, then one 'other' row."""
+    rows = []
+    step_ms = prof_c["step_ms"]
+    names = set(prof_c["layers"]) | (set(prof_t["layers"]) if prof_t else set())
+    for n in names:
+        c = prof_c["layers"].get(n, {"fwd": 0.0, "bwd": 0.0})
+        t = prof_t["layers"].get(n) if prof_t else None
+        if n in desc:
+            what, ff, fb, kind = desc[n]
+        else:
+            what, ff, fb = "block glue (residual add, grad sum, Python)", 0.0, 0.0
+            kind = "block glue"
+        ctot = c["fwd"] + c["bwd"]
+        rows.append({"name": n, "what": what, "kind": kind, "flops": ff + fb, "c_fwd": c["fwd"], "c_bwd": c["bwd"], "c_tot": ctot,
+                     "pct": ctot / step_ms if step_ms else None,
+                     "t_fwd": t["fwd"] if t else None, "t_bwd": t["bwd"] if t else None,
+                     "t_tot": (t["fwd"] + t["bwd"]) if t else None,
+                     "gflops": (ff + fb) / (ctot * 1e-3) / 1e9 if ctot > 0 and ff else None})
+    rows.sort(key=lambda r: -r["c_tot"])
+    return rows
+
+
+def render_breakdown(rows, prof_c, prof_t, cfg_c, cfg_t, top, markdown) -> str:
+    def v(x):
+        return "-" if x is None else _f(x)
+
+    head = ["layer", "what", f"{cfg_c} fwd ms", "bwd ms", "total ms", "% of step",
+            f"{cfg_t or 'torch'} fwd ms", "bwd ms", "total ms", "x torch", "cnnkit GFLOP/s"]
+    body = []
+    for r in rows[:top]:
+        xt = (r["t_tot"] / r["c_tot"]) if (r["t_tot"] is not None and r["c_tot"] > 0) else None
+        body.append([r["name"], r["what"], v(r["c_fwd"]), v(r["c_bwd"]), v(r["c_tot"]),
+                     "-" if r["pct"] is None else f"{100 * r['pct']:.1f}%",
+                     v(r["t_fwd"]), v(r["t_bwd"]), v(r["t_tot"]), v(xt), v(r["gflops"])])
+    rest = rows[top:]
+    if rest:
+        ct = sum(r["c_tot"] for r in rest)
+        tt = sum(r["t_tot"] or 0.0 for r in rest) if prof_t else None
+        body.append([f"({len(rest)} more)", "", v(sum(r["c_fwd"] for r in rest)),
+                     v(sum(r["c_bwd"] for r in rest)), v(ct),
+                     f"{100 * ct / prof_c['step_ms']:.1f}%",
+                     v(sum(r["t_fwd"] or 0.0 for r in rest) if prof_t else None),
+                     v(sum(r["t_bwd"] or 0.0 for r in rest) if prof_t else None), v(tt),
+                     v(tt / ct if (tt is not None and ct > 0) else None), "-"])
+    # the phases: loss, optimizer, and what the module timers do not see
+    pc, pt = prof_c["phases_ms"], (prof_t["phases_ms"] if prof_t else {})
+    for ph, what in (("loss", "softmax cross-entropy fwd+bwd"), ("optimizer", "Adam step")):
+        xt = pt.get(ph) / pc[ph] if (ph in pt and pc.get(ph)) else None
+        body.append([f"[{ph}]", what, "", "", v(pc.get(ph)),
+                     f"{100 * pc.get(ph, 0) / prof_c['step_ms']:.1f}%", "", "", v(pt.get(ph)),
+                     v(xt), "-"])
+    lay_c = sum(r["c_tot"] for r in rows)
+    lay_t = sum(r["t_tot"] or 0.0 for r in rows) if prof_t else None
+    other_c = pc.get("forward", 0) + pc.get("backward", 0) - lay_c
+    other_t = (pt.get("forward", 0) + pt.get("backward", 0) - lay_t) if prof_t else None
+    body.append(["[untimed]", "model loop, zero_grad, autograd engine", "", "", v(other_c),
+                 f"{100 * other_c / prof_c['step_ms']:.1f}%", "", "", v(other_t), "-", "-"])
+    body.append(["[step]", "profiled step (timers on)", v(pc.get("forward")),
+                 v(pc.get("backward")), v(prof_c["step_ms"]), "100%",
+                 v(pt.get("forward")), v(pt.get("backward")),
+                 v(prof_t["step_ms"] if prof_t else None),
+                 v(prof_t["step_ms"] / prof_c["step_ms"] if prof_t else None), "-"])
+    return _table(head, body, markdown)
+
+
+def render_kinds(rows, prof_c, prof_t, cfg_c, cfg_t, markdown) -> str:
+    """The breakdown summed by kind of layer (1x1 convs, grouped 3x3, depthwise, batch norm,
+    ...), sorted by cnnkit's time."""
+    kinds = {}
+    for r in rows:
+        k = kinds.setdefault(r["kind"], {"n": 0, "c": 0.0, "t": 0.0, "flops": 0.0})
+        k["n"] += 1
+        k["c"] += r["c_tot"]
+        k["t"] += r["t_tot"] or 0.0
+        k["flops"] += r["flops"]
+    step = prof_c["step_ms"]
+    head = ["kind", "layers", f"{cfg_c} ms", "% of step", f"{cfg_t or 'torch'} ms", "x torch",
+            "cnnkit GFLOP/s"]
+    body = []
+    for name, k in sorted(kinds.items(), key=lambda kv: -kv[1]["c"]):
+        body.append([name, str(k["n"]), _f(k["c"]), f"{100 * k['c'] / step:.1f}%",
+                     _f(k["t"]) if prof_t else "-",
+                     _f(k["t"] / k["c"]) if (prof_t and k["c"] > 0) else "-",
+                     _f(k["flops"] / (k["c"] * 1e-3) / 1e9) if k["flops"] and k["c"] > 0
+                     else "-"])
+    pc, pt = prof_c["phases_ms"], (prof_t["phases_ms"] if prof_t else {})
+    for ph in ("loss", "optimizer"):
+        body.append([f"[{ph}]", "", _f(pc.get(ph)), f"{100 * pc.get(ph, 0) / step:.1f}%",
+                     _f(pt.get(ph)) if ph in pt else "-",
+                     _f(pt[ph] / pc[ph]) if (ph in pt and pc.get(ph)) else "-", "-"])
+    return _table(head, body, markdown)
+
+
+# ---- entry point ---------------------------------------------------------------------------------
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="cnnkit bench train",
+        description="One training step (forward, cross-entropy, backward, Adam) of cnnkit's "
+                    "resnext_small and mobilenet_small against the identical PyTorch model "
+                    "(same weights, same threads, eager, NCHW and channels_last, fused Adam), "
+                    "interleaved with STREAM probes; then a per-layer breakdown of where the "
+                    "time goes.")
+    p.add_argument("--models", default=",".join(MODELS),
+                   help="comma-separated subset of resnext,mobilenet (default both)")
+    p.add_argument("--threads", type=int, default=2,
+                   help="threads for cnnkit, torch and OpenBLAS (default 2)")
+    p.add_argument("--batch", type=int, default=None,
+                   help=f"images per step (default {BATCH}; {QUICK_BATCH} with --quick)")
+    p.add_argument("--repeats", "--reps", dest="reps", type=int, default=None,
+                   help="timed rounds (default 9; 1 with --quick)")
+    p.add_argument("--warmup", type=int, default=None,
+                   help="untimed rounds first (default 2; 1 with --quick)")
+    p.add_argument("--profile-steps", type=int, default=None,
+                   help="steps per configuration in the per-layer profiling pass (default 5; 1 "
+                        "with --quick; 0 skips the breakdown)")
+    p.add_argument("--top", type=int, default=15,
+                   help="layers shown in the breakdown table (default 15)")
+    p.add_argument("--quick", action="store_true",
+                   help=f"smoke run: batch {QUICK_BATCH}, 1 round after 1 warm-up, 1 profiling "
+                        "step, 64 MiB STREAM arrays, 512^3 sgemm probe; numbers not "
+                        "representative")
+    p.add_argument("--no-torch", action="store_true", help="skip torch even if importable")
+    p.add_argument("--no-check", action="store_true",
+                   help="skip the one-step comparison of every configuration before timing")
+    p.add_argument("--peak-gflops", type=float, default=None,
+                   help="compute roof to use instead of the measured sgemm rate")
+    p.add_argument("--gemm-size", type=int, default=None,
+                   help="n of the n^3 sgemm peak probe (default 2048; 512 with --quick)")
+    p.add_argument("--stream-mib", type=int, default=None,
+                   help="MiB per STREAM probe array (default 256; 64 with --quick)")
+    p.add_argument("--probe-reps", type=int, default=3,
+                   help="STREAM repetitions per probe (default 3)")
+    p.add_argument("--markdown", action="store_true",
+                   help="print the tables as markdown (header in a code block), for BENCHMARKS.md")
+    p.add_argument("--json", metavar="PATH", help="write raw per-round numbers here")
+    return p
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        names = parse_list(args.models, tuple(MODELS), "--models", require=True)
+    except ValueError as e:
+        print(e, file=sys.stderr)
+        return 2
+    q = args.quick
+    batch = args.batch if args.batch is not None else (QUICK_BATCH if q else BATCH)
+    reps = args.reps if args.reps is not None else (1 if q else 9)
+    warmup = args.warmup if args.warmup is not None else (1 if q else 2)
+    psteps = args.profile_steps if args.profile_steps is not None else (1 if q else 5)
+    gemm_n = args.gemm_size if args.gemm_size is not None else (512 if q else 2048)
+    mib = args.stream_mib if args.stream_mib is not None else (64 if q else 256)
+    if (batch < 1 or reps < 1 or warmup < 0 or psteps < 0 or args.threads < 1 or gemm_n < 1
+            or mib < 1 or args.probe_reps < 1 or args.top < 1):
+        print("--batch, --repeats, --threads, --gemm-size, --stream-mib, --probe-reps, --top must "
+              "be >= 1; --warmup, --profile-steps >= 0", file=sys.stderr)
+        return 2
+    from cnnkit.bench.conv import _OpenBLAS
+
+    cnnkit.set_num_threads(args.threads)
+    threads = cnnkit.get_num_threads()
+    torch = import_torch(args.no_torch, threads)
+    blas = _OpenBLAS()
+    blas_threads0 = blas.threads()
+    blas.set_threads(threads)
+    try:
+        return _run(args, torch, blas, threads, names, batch, reps, warmup, psteps, gemm_n, mib,
+                    argv)
+    finally:
+        if blas_threads0 is not None:
+            blas.set_threads(blas_threads0)
+
+
+def _run(args, torch, blas, threads, names, batch, reps, warmup, psteps, gemm_n, mib,
+         argv) -> int:
+    from cnnkit.bench.conv import gemm_peak
+
+    md = args.markdown
+    extra = peer_header(torch)
+    extra["numpy BLAS"] = blas.describe()
+    header = machine_header(extra)
+    say = []
+
+    def emit(line=""):
+        say.append(line)
+        if not md:
+            print(line)
+
+    def flush_header():
+        if md and say:
+            print("```\n" + "\n".join(say) + "\n```\n")
+            say.clear()
+
+    emit(header)
+    cfgs = {}
+    for n in names:
+        cfgs[n] = build_configs(torch, n, batch)
+    adam = next((c["adam"] for c in cfgs.values() if c["adam"]), None)
+    adam_kw = torch_adam_kwargs(torch)[0] if torch is not None else None
+    emit(f"Step: forward, cross-entropy, backward, Adam (lr {LR:g}) on one fixed batch of {batch} "
+         f"x {IMAGE[0]}x{IMAGE[1]}x{IMAGE[2]} float32 images, {NUM_CLASSES} classes; torch "
+         f"eager, {adam or 'not run'}, zero_grad(set_to_none=True); cnnkit.optim.Adam, one "
+         "fused call per step.")
+
+    desc = {}
+    for n in names:
+        m = cfgs[n]["cnnkit"]["NCHW"]
+        desc[n] = describe(m, layer_shapes(m, cfgs[n]["steps"]["cnnkit NCHW"].x), "NCHW")
+    if not args.no_check:
+        failures = []
+        for n in names:
+            bad, bad_torch, worst, ref = check_step(torch, cfgs[n], adam_kw)
+            failures += [f"{n}: {b}" for b in bad]
+            emit(f"check {MODELS[n]} (one step against {ref}; worst logits / gradients / "
+                 "logits after Adam): "
+                 + ", ".join(f"{c} {w['logits']:.1g} / {w['gradients']:.1g} / "
+                             f"{w['logits after the Adam step']:.1g}" for c, w in worst.items())
+                 + (": every cnnkit configuration within rtol " f"{RTOL:g}" if not bad else ""))
+            for b in bad_torch:
+                emit(f"  note, the torch peer itself: {b} (float32 rounding of torch, not judged)")
+        if failures:
+            flush_header()
+            print("\ncheck FAILED (timings would be meaningless):")
+            for b in failures:
+                print("  " + b)
+            return 1
+
+    stream = stream_arrays(mib)
+    kinds = ("copy", "triad", "rw7")
+    bw_start = memory_bandwidth(kinds, mib=mib, arrays=stream)
+    gemm_start = gemm_peak(gemm_n)
+    emit(f"STREAM at start (GB/s, {mib} MiB arrays, {threads} threads): "
+         + ", ".join(f"{k} {bw_start[k]:.1f}" for k in kinds))
+    emit(f"sgemm {gemm_n}^3 at start (numpy.matmul, OpenBLAS, {blas.threads() or '?'} threads): "
+         f"best {max(gemm_start):.0f} GFLOP/s, median {np.median(gemm_start):.0f}")
+    emit(f"{reps} timed rounds after {warmup} warm-up rounds; each round runs one step of every "
+         f"configuration of {', '.join(MODELS[n] for n in names)}, then a STREAM {PROBE_KIND} "
+         "probe (odd rounds reversed).")
+    if args.quick:
+        emit("--quick: a smoke run (small batch, one round); the numbers are not representative.")
+
+    blocks = [(cfgs[n]["steps"], lambda: probe(PROBE_KIND, stream, args.probe_reps))
+              for n in names]
+    t0 = time.perf_counter()
+    share = CpuShare()
+    times, probes = run_rounds(blocks, reps, warmup)
+    timed_share = share.cores()
+    share_text = _share_text(timed_share, "the timed rounds")
+    elapsed = time.perf_counter() - t0
+    bw_end = memory_bandwidth(kinds, mib=mib, arrays=stream)
+    stream = blocks = None   # free the probe arrays before the profiling pass
+    gemm_end = gemm_peak(gemm_n)
+    measured_peak = max(max(gemm_start), max(gemm_end))
+    peak = args.peak_gflops if args.peak_gflops is not None else measured_peak
+    emit("STREAM at end (GB/s): " + ", ".join(f"{k} {bw_end[k]:.1f}" for k in kinds)
+         + f"; {PROBE_KIND} probes during the rounds "
+         f"{min(min(p) for p in probes):.1f}-{max(max(p) for p in probes):.1f}"
+         f"  [timing took {elapsed:.0f} s]")
+    emit(f"sgemm {gemm_n}^3 at end: best {max(gemm_end):.0f} GFLOP/s, median "
+         f"{np.median(gemm_end):.0f}. Compute roof used: {peak:.0f} GFLOP/s"
+         + (" (--peak-gflops)" if args.peak_gflops is not None else " (best sgemm rate)") + ".")
+    if share_text:
+        emit(share_text)
+    emit("FLOPs: convolutions and the linear layer, forward 2*MACs, backward 2x forward (the "
+         "first conv 1x: no input gradient). x torch-best = median over rounds of torch's faster "
+         "configuration's time / this configuration's time; * marks each side's faster one.")
+    if torch is None:
+        emit("torch not used: no ratio and no target is judged.")
+    flush_header()
+
+    results, summaries = [], []
+    for i, n in enumerate(names):
+        ff, fb = step_flops(desc[n])
+        res = {"model": n, "builder": MODELS[n], "batch": batch, "params": cfgs[n]["params"],
+               "flops_fwd": ff, "flops_bwd": fb, "times_s": times[i], "probe_gbs": probes[i]}
+        s = summarize(n, res, ff + fb, peak)
+        results.append(res)
+        summaries.append(s)
+        print()
+        title = (f"{MODELS[n]}: {cfgs[n]['params']:,} parameters, batch {batch}, "
+                 f"{(ff + fb) / 1e9:.3g} GFLOP per step (forward {ff / 1e9:.3g})")
+        print(f"### {title}\n" if md else title)
+        print(render_steps(s, md))
+        if s["speedup"] is not None:
+            print()
+            print(f"cnnkit best ({s['best_cnnkit']}) vs torch best ({s['best_torch']}): "
+                  f"{s['speedup']:.2f}x faster (median over rounds; ratio of medians "
+                  f"{s['speedup_of_medians']:.2f}x). "
+                  + target_text([("speedup", s["speedup"], TARGET, s["met"])]))
+
+    # the per-layer breakdown, separate from the timed rounds
+    if psteps > 0:
+        for i, n in enumerate(names):
+            s = summaries[i]
+            st = cfgs[n]["steps"]
+            share = CpuShare()
+            prof = profile_configs(torch, st, psteps)
+            results[i]["other_cores_profile"] = share.cores()
+            pshare = _share_text(results[i]["other_cores_profile"], "this profiling pass")
+            results[i]["profile"] = prof
+            cc, tc = s["best_cnnkit"], s["best_torch"]
+            rows = breakdown_rows(desc[n], prof[cc], prof.get(tc), args.top)
+            results[i]["breakdown"] = rows
+            print()
+            title = (f"Where the time goes, {MODELS[n]} (profiling pass: {psteps} steps per "
+                     f"configuration, round-robin, timers on every module; self times, median ms "
+                     f"per step, sorted by {cc}; x torch = {tc or 'torch'} / {cc})")
+            print(f"### {title}\n" if md else title)
+            print(render_breakdown(rows, prof[cc], prof.get(tc), cc, tc, args.top, md))
+            print()
+            print(f"By kind of layer ({MODELS[n]}, same profiling pass):\n" if md
+                  else f"By kind of layer ({MODELS[n]}, same profiling pass):")
+            print(render_kinds(rows, prof[cc], prof.get(tc), cc, tc, md))
+            pc = prof[cc]["phases_ms"]
+            print()
+            print(f"{cc} phases (ms per profiled step): "
+                  + ", ".join(f"{k} {_f(v)}" for k, v in pc.items())
+                  + f"; timed median {_f(s['rows'][cc]['ms'])}. Other configurations, profiled "
+                  "step ms: " + ", ".join(f"{c} {_f(p['step_ms'])}" for c, p in prof.items()
+                                          if c != cc) + "."
+                  + (f" {pshare[0].upper() + pshare[1:]}." if pshare else ""))
+
+    print()
+    measured = [s for s in summaries if s["met"] is not None]
+    print(f"Targets met: {sum(1 for s in measured if s['met'])} of {len(measured)} measured "
+          f"(cnnkit's faster configuration >= {TARGET:g}x torch's faster configuration).")
+    for s in measured:
+        if not s["met"]:
+            print(f"  missed: {s['builder']}: {s['speedup']:.2f}x")
+
+    if args.json:
+        doc = {"header": header, "argv": list(argv) if argv is not None else sys.argv[1:],
+               "threads": threads, "batch": batch, "reps": reps, "warmup": warmup,
+               "profile_steps": psteps, "torch_adam": adam, "lr": LR,
+               "stream_mib": mib, "stream_start_gbs": bw_start, "stream_end_gbs": bw_end,
+               "probe_kind": PROBE_KIND, "gemm_size": gemm_n, "gemm_start_gflops": gemm_start,
+               "gemm_end_gflops": gemm_end, "peak_gflops": peak,
+               "layers": {n: {k: list(v) for k, v in desc[n].items()} for n in names},
+               "other_cores_timed_rounds": timed_share,
+               "results": results, "summary": summaries}
+        write_json(args.json, doc)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
