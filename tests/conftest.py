@@ -121,29 +121,12 @@ def assert_unchanged(arrays, snaps, what="input"):
 
 
 def import_torchvision():
-    """``(torch, torchvision)`` for the optional oracle tests, or a skip.
-
-    The PyPI torchvision wheel is built against CUDA torch; next to the CPU torch wheel its
-    compiled ops do not load and its import fails while registering them. The transforms we
-    compare with are pure Python, so the registration is skipped for the import.
-    """
+    """``(torch, torchvision)`` for the optional oracle tests, or a skip (the CUDA torchvision
+    wheel imports next to CPU torch only without its op registration: see
+    :func:`cnnkit.bench._common.import_torchvision`)."""
     torch = pytest.importorskip("torch")
-    try:
-        import torchvision
-    except ImportError:
-        pytest.skip("torchvision is not installed")
-    except Exception:  # noqa: BLE001 - the CUDA build's op registration
-        import sys
-
-        import torch.library as library
-        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-            del sys.modules[name]
-        original = library.register_fake
-        library.register_fake = lambda *a, **k: (lambda f: f)
-        try:
-            import torchvision
-        except Exception as e:  # noqa: BLE001
-            pytest.skip(f"torchvision is not importable: {e}")
-        finally:
-            library.register_fake = original
+    from cnnkit.bench._common import import_torchvision as _import
+    torchvision = _import()
+    if torchvision is None:
+        pytest.skip("torchvision is not importable")
     return torch, torchvision

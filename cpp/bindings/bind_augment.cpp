@@ -6,20 +6,6 @@
 #include "common.h"
 
 namespace cnnkit::bind {
-namespace {
-
-template <typename T>
-T* checked(const py::array& a, const char* name, int64_t count, bool write) {
-  if (!py::isinstance<py::array_t<T>>(a) || !c_contiguous(a))
-    throw py::type_error(std::string(name) + ": expected a C-contiguous array of the kernel's dtype");
-  if (a.size() != count)
-    throw py::value_error(std::string(name) + ": expected " + std::to_string(count) + " elements, got " +
-                          std::to_string(a.size()));
-  if (write && !writeable(a)) throw py::value_error(std::string(name) + ": expected a writeable array");
-  return static_cast<T*>(const_cast<void*>(a.data()));
-}
-
-}  // namespace
 
 void bind_augment(py::module_& m) {
   // Mixing kernels: x (N, S) float32/float64, out like x (not overlapping); partner indices perm

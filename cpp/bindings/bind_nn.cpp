@@ -7,17 +7,6 @@
 namespace cnnkit::bind {
 namespace {
 
-template <typename T>
-T* data_of(const py::array& a, const char* name, int64_t count, bool write) {
-  if (!py::isinstance<py::array_t<T>>(a) || !c_contiguous(a))
-    throw py::type_error(std::string(name) + ": expected a C-contiguous array of the kernel's dtype");
-  if (a.size() != count)
-    throw py::value_error(std::string(name) + ": expected " + std::to_string(count) + " elements, got " +
-                          std::to_string(a.size()));
-  if (write && !writeable(a)) throw py::value_error(std::string(name) + ": expected a writeable array");
-  return static_cast<T*>(const_cast<void*>(a.data()));
-}
-
 nn::PoolGeom geom(int64_t N, int64_t C, int64_t H, int64_t W, int64_t OH, int64_t OW, int64_t kh, int64_t kw,
                   int64_t sh, int64_t sw, int64_t ph, int64_t pw, bool nhwc) {
   if (N < 0 || C < 1 || H < 1 || W < 1 || OH < 1 || OW < 1 || kh < 1 || kw < 1 || sh < 1 || sw < 1 || ph < 0 ||
@@ -37,10 +26,10 @@ void bind_nn(py::module_& m) {
          int mode) {
         const nn::PoolGeom g = geom(N, C, H, W, OH, OW, kh, kw, sh, sw, ph, pw, nhwc);
         if (mode != 0 && mode != 1) throw py::value_error("mode: expected 0 (max) or 1 (average)");
-        const float* px = data_of<float>(x, "x", N * C * H * W, false);
-        float* py_ = data_of<float>(y, "y", N * C * OH * OW, true);
+        const float* px = checked<float>(x, "x", N * C * H * W, false);
+        float* py_ = checked<float>(y, "y", N * C * OH * OW, true);
         int32_t* pi = nullptr;
-        if (mode == 0) pi = data_of<int32_t>(py::cast<py::array>(idx), "idx", N * C * OH * OW, true);
+        if (mode == 0) pi = checked<int32_t>(py::cast<py::array>(idx), "idx", N * C * OH * OW, true);
         if (overlaps(px, N * C * H * W * 4, py_, N * C * OH * OW * 4)) throw py::value_error("y: must not overlap x");
         py::gil_scoped_release nogil;
         nn::pool2d_forward(px, py_, pi, g, mode);
@@ -55,11 +44,11 @@ void bind_nn(py::module_& m) {
          int mode) {
         const nn::PoolGeom g = geom(N, C, H, W, OH, OW, kh, kw, sh, sw, ph, pw, nhwc);
         if (mode != 0 && mode != 1) throw py::value_error("mode: expected 0 (max) or 1 (average)");
-        const float* pgy = data_of<float>(gy, "grad", N * C * OH * OW, false);
-        float* pgx = data_of<float>(gx, "gx", N * C * H * W, true);
+        const float* pgy = checked<float>(gy, "grad", N * C * OH * OW, false);
+        float* pgx = checked<float>(gx, "gx", N * C * H * W, true);
         const int32_t* pi = nullptr;
         if (mode == 0) {
-          pi = data_of<int32_t>(py::cast<py::array>(idx), "idx", N * C * OH * OW, false);
+          pi = checked<int32_t>(py::cast<py::array>(idx), "idx", N * C * OH * OW, false);
           for (int64_t i = 0; i < N * C * OH * OW; ++i)
             if (pi[i] < 0 || pi[i] >= H * W) throw py::value_error("idx: position out of range");
         }
@@ -74,17 +63,17 @@ void bind_nn(py::module_& m) {
       [](const py::array& z, const py::object& labels, const py::object& soft, int64_t N, int64_t K, double eps,
          const py::object& grad, double scale) {
         if (N < 0 || K < 1) throw py::value_error("logits: expected N >= 0 and K >= 1");
-        const float* pz = data_of<float>(z, "logits", N * K, false);
+        const float* pz = checked<float>(z, "logits", N * K, false);
         const int64_t* pl = nullptr;
         const float* ps = nullptr;
         if (!labels.is_none()) {
-          pl = data_of<int64_t>(py::cast<py::array>(labels), "labels", N, false);
+          pl = checked<int64_t>(py::cast<py::array>(labels), "labels", N, false);
           for (int64_t i = 0; i < N; ++i)
             if (pl[i] < 0 || pl[i] >= K) throw py::value_error("labels: class index out of range");
         } else {
-          ps = data_of<float>(py::cast<py::array>(soft), "soft", N * K, false);
+          ps = checked<float>(py::cast<py::array>(soft), "soft", N * K, false);
         }
-        float* pg = grad.is_none() ? nullptr : data_of<float>(py::cast<py::array>(grad), "grad", N * K, true);
+        float* pg = grad.is_none() ? nullptr : checked<float>(py::cast<py::array>(grad), "grad", N * K, true);
         py::array_t<double> loss(N);
         double* pls = loss.mutable_data();
         {

@@ -47,6 +47,19 @@ inline bool overlaps(const void* a, int64_t abytes, const void* b, int64_t bbyte
          y < x + static_cast<uintptr_t>(abytes);
 }
 
+// The data of `a` as T*, after checking its dtype (exactly T), C-contiguity, element count and
+// (when `write`) writeability; errors name the argument.
+template <typename T>
+T* checked(const py::array& a, const char* name, int64_t count, bool write) {
+  if (!py::isinstance<py::array_t<T>>(a) || !c_contiguous(a))
+    throw py::type_error(std::string(name) + ": expected a C-contiguous array of the kernel's dtype");
+  if (a.size() != count)
+    throw py::value_error(std::string(name) + ": expected " + std::to_string(count) + " elements, got " +
+                          std::to_string(a.size()));
+  if (write && !writeable(a)) throw py::value_error(std::string(name) + ": expected a writeable array");
+  return static_cast<T*>(const_cast<void*>(a.data()));
+}
+
 void bind_runtime(py::module_& m);
 void bind_optim(py::module_& m);
 void bind_norm(py::module_& m);

@@ -26,6 +26,7 @@ import numbers
 import numpy as np
 
 from .. import _core
+from ._cutout import _image_size
 from ._mix import _batch_size, _check_rng, _prob
 
 __all__ = ["OPS", "apply_ops", "adjust_brightness", "adjust_contrast", "adjust_saturation", "adjust_sharpness",
@@ -474,16 +475,6 @@ def clahe(images, clip_limit=4.0, tile_grid_size=(8, 8), *, out=None):
 
 # ---- samplers ----------------------------------------------------------------------------------
 
-def _hw(image_size):
-    try:
-        H, W = (int(v) for v in image_size)
-    except (TypeError, ValueError):
-        raise TypeError(f"image_size: expected (H, W), got {image_size!r}") from None
-    if H < 1 or W < 1:
-        raise ValueError(f"image_size: expected positive sizes, got {image_size!r}")
-    return H, W
-
-
 def _range(name, value, lo_ok=0.0):
     try:
         a, b = (float(v) for v in value)
@@ -502,7 +493,7 @@ def sample_resized_crop_params(rng, batch_size, image_size, scale=(0.08, 1.0), r
     clamped to the ratio range. Returns ``{"boxes": (N, 4) int64 (top, left, height, width)}``."""
     _check_rng(rng)
     N = _batch_size(batch_size)
-    H, W = _hw(image_size)
+    H, W = _image_size(image_size)
     s0, s1 = _range("scale", scale)
     r0, r1 = _range("ratio", ratio, lo_ok=1e-12)
     if same_on_batch:

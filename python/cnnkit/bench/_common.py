@@ -158,3 +158,47 @@ def write_json(path, doc):
     with open(path, "w") as f:
         json.dump(doc, f, indent=1)
     print(f"raw numbers written to {path}")
+
+
+def add_roof_args(p, quick_gemm: int) -> None:
+    """The machine-limit options shared by the compute benchmarks (conv, train)."""
+    p.add_argument("--peak-gflops", type=float, default=None,
+                   help="compute roof to use instead of the measured sgemm rate (e.g. an FMA "
+                        "peak measured elsewhere)")
+    p.add_argument("--gemm-size", type=int, default=None,
+                   help=f"n of the n^3 sgemm peak probe (default 2048; {quick_gemm} with --quick)")
+    p.add_argument("--stream-mib", type=int, default=None,
+                   help="MiB per STREAM probe array (default 256; 64 with --quick)")
+    p.add_argument("--probe-reps", type=int, default=3,
+                   help="STREAM repetitions per probe (default 3)")
+    p.add_argument("--markdown", action="store_true",
+                   help="print the tables as markdown (header in a code block), for BENCHMARKS.md")
+    p.add_argument("--json", metavar="PATH", help="write raw per-round numbers here")
+
+
+def import_torchvision():
+    """torchvision, or None. The PyPI torchvision wheel is built against CUDA torch; next to the
+    CPU torch wheel its compiled ops do not load and its import fails while registering them.
+    Its transforms are pure Python, so the registration is skipped for the import."""
+    import sys
+    try:
+        import torch.library as library
+    except ImportError:
+        return None
+    try:
+        import torchvision
+        return torchvision
+    except ImportError:
+        return None
+    except Exception:  # noqa: BLE001 - the CUDA build's op registration
+        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+            del sys.modules[name]
+        original = library.register_fake
+        library.register_fake = lambda *a, **k: (lambda f: f)
+        try:
+            import torchvision
+            return torchvision
+        except Exception:  # noqa: BLE001
+            return None
+        finally:
+            library.register_fake = original

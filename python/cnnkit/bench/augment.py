@@ -273,30 +273,9 @@ class _Peers:
 
 
 def _import_torchvision(torch):
-    """torchvision, or None. The PyPI torchvision wheel is built against CUDA torch; next to CPU
-    torch its compiled-op registration fails on import. The v2 transforms used here are pure
-    Python, so the registration is skipped for the import (the idea of tests/conftest.py's
-    ``import_torchvision``)."""
-    if torch is None:
-        return None
-    try:
-        import torchvision
-        return torchvision
-    except ImportError:
-        return None
-    except Exception:  # noqa: BLE001 - the CUDA build's op registration
-        import torch.library as library
-        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-            del sys.modules[name]
-        original = library.register_fake
-        library.register_fake = lambda *a, **k: (lambda f: f)
-        try:
-            import torchvision
-            return torchvision
-        except Exception:  # noqa: BLE001
-            return None
-        finally:
-            library.register_fake = original
+    """torchvision, or None (see :func:`cnnkit.bench._common.import_torchvision`)."""
+    from cnnkit.bench._common import import_torchvision
+    return None if torch is None else import_torchvision()
 
 
 def _import_peers(torch, threads) -> _Peers:

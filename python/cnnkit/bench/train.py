@@ -73,6 +73,7 @@ from cnnkit import nn as _cnn
 from cnnkit.bench import machine_header, memory_bandwidth
 from cnnkit.bench._common import fmt as _f
 from cnnkit.bench._common import (
+    add_roof_args,
     import_torch,
     med,
     parse_list,
@@ -870,17 +871,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-torch", action="store_true", help="skip torch even if importable")
     p.add_argument("--no-check", action="store_true",
                    help="skip the one-step comparison of every configuration before timing")
-    p.add_argument("--peak-gflops", type=float, default=None,
-                   help="compute roof to use instead of the measured sgemm rate")
-    p.add_argument("--gemm-size", type=int, default=None,
-                   help="n of the n^3 sgemm peak probe (default 2048; 512 with --quick)")
-    p.add_argument("--stream-mib", type=int, default=None,
-                   help="MiB per STREAM probe array (default 256; 64 with --quick)")
-    p.add_argument("--probe-reps", type=int, default=3,
-                   help="STREAM repetitions per probe (default 3)")
-    p.add_argument("--markdown", action="store_true",
-                   help="print the tables as markdown (header in a code block), for BENCHMARKS.md")
-    p.add_argument("--json", metavar="PATH", help="write raw per-round numbers here")
+    add_roof_args(p, quick_gemm=512)
     return p
 
 

@@ -515,7 +515,32 @@ def _norm(kind, C, layout, activation=None, groups=8):
     raise ValueError(f"norm: expected 'batch', 'group' or None, got {kind!r}")
 
 
-class ResidualBlock(Module):
+class _Residual(Module):
+    """The shared tail of the residual blocks: the last norm adds the shortcut ``r`` (fused into
+    batch norm with the ReLU; otherwise an add then a ReLU), and its adjoint."""
+
+    def _merge(self, h, r, last_norm):
+        if self.norm == "batch":
+            return last_norm(h, r)
+        if last_norm is not None:
+            h = last_norm(h)
+        s = self._buf("sum", h.shape)
+        np.add(h, r, out=s)
+        return self.post(s)
+
+    def _unmerge(self, grad, last_norm):
+        """(gradient into the last norm's input, gradient into the shortcut)."""
+        if self.norm == "batch":
+            return last_norm._backward(grad), last_norm.residual_grad
+        gs = self.post._backward(grad)
+        return (last_norm._backward(gs) if last_norm is not None else gs), gs
+
+    def _add_shortcut_grad(self, gi, gr):
+        gsc = gr if self.shortcut is None else self.shortcut._backward(gr, input_grad=True)
+        return np.add(gi, gsc, out=self._buf("gx", gi.shape))
+
+
+class ResidualBlock(_Residual):
     """torchvision's BasicBlock: conv3x3(stride) - norm - ReLU - conv3x3 - norm, plus the shortcut
     (identity, or conv1x1(stride) - norm when the shape changes), then ReLU. ``groups`` makes both
     3x3 convs grouped; ``norm`` is "batch", "group" or None (convs get biases). The ReLUs are fused
@@ -553,33 +578,16 @@ class ResidualBlock(Module):
     def forward(self, x):
         r = x if self.shortcut is None else self.shortcut(x)
         h = self.bn1(self.conv1(x))
-        h = self.conv2(h)
-        if self.norm == "batch":
-            return self.bn2(h, r)
-        if self.bn2 is not None:
-            h = self.bn2(h)
-        s = self._buf("sum", h.shape)
-        np.add(h, r, out=s)
-        return self.post(s)
+        return self._merge(self.conv2(h), r, self.bn2)
 
     def backward(self, grad, input_grad=True):
-        if self.norm == "batch":
-            g = self.bn2._backward(grad)
-            gr = self.bn2.residual_grad
-        else:
-            gs = self.post._backward(grad)
-            g = self.bn2._backward(gs) if self.bn2 is not None else gs
-            gr = gs
+        g, gr = self._unmerge(grad, self.bn2)
         g = self.conv2._backward(g)
         g = self.bn1._backward(g)
-        gi = self.conv1._backward(g)
-        if self.shortcut is None:
-            return np.add(gi, gr, out=self._buf("gx", gi.shape))
-        gsc = self.shortcut._backward(gr, input_grad=True)
-        return np.add(gi, gsc, out=self._buf("gx", gi.shape))
+        return self._add_shortcut_grad(self.conv1._backward(g), gr)
 
 
-class BottleneckBlock(Module):
+class BottleneckBlock(_Residual):
     """ResNeXt's bottleneck: conv1x1 - norm - ReLU - grouped conv3x3(stride) - norm - ReLU -
     conv1x1 - norm, plus the shortcut, then ReLU (``width`` channels inside, ``groups`` groups)."""
 
@@ -618,25 +626,10 @@ class BottleneckBlock(Module):
     def forward(self, x):
         r = x if self.shortcut is None else self.shortcut(x)
         h = self.bn2(self.conv2(self.bn1(self.conv1(x))))
-        h = self.conv3(h)
-        if self.norm == "batch":
-            return self.bn3(h, r)
-        if self.bn3 is not None:
-            h = self.bn3(h)
-        s = self._buf("sum", h.shape)
-        np.add(h, r, out=s)
-        return self.post(s)
+        return self._merge(self.conv3(h), r, self.bn3)
 
     def backward(self, grad, input_grad=True):
-        if self.norm == "batch":
-            g = self.bn3._backward(grad)
-            gr = self.bn3.residual_grad
-        else:
-            gs = self.post._backward(grad)
-            g = self.bn3._backward(gs) if self.bn3 is not None else gs
-            gr = gs
+        g, gr = self._unmerge(grad, self.bn3)
         g = self.conv3._backward(g)
         g = self.conv2._backward(self.bn2._backward(g))
-        gi = self.conv1._backward(self.bn1._backward(g))
-        gsc = gr if self.shortcut is None else self.shortcut._backward(gr, input_grad=True)
-        return np.add(gi, gsc, out=self._buf("gx", gi.shape))
+        return self._add_shortcut_grad(self.conv1._backward(self.bn1._backward(g)), gr)
