@@ -178,3 +178,52 @@ def test_cli_demo_help(capsys):
     assert e.value.code == 0
     assert "--epochs" in capsys.readouterr().out
     assert cnnkit.demo is not None
+
+
+@pytest.mark.parametrize("builder,norm,layout", [(models.resnext_small, "batch", "NHWC"),
+                                                 (models.resnet_small, "group", "NCHW"),
+                                                 (models.mobilenet_small, None, "NCHW"),
+                                                 (models.mobilenet_small, "batch", "NHWC")])
+def test_a_training_step_allocates_no_activation_sized_arrays_after_the_first(builder, norm, layout):
+    import tracemalloc
+    model = builder(in_channels=3, num_classes=10, norm=norm, layout=layout, seed=0)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((16, 3, 16, 16) if layout == "NCHW" else (16, 16, 16, 3)).astype(np.float32)
+    y = rng.integers(0, 10, 16)
+    loss, opt = nn.CrossEntropyLoss(), optim.Adam(model.parameters(), lr=1e-3)
+
+    def step():
+        loss.forward(model.forward(x), y)
+        model.backward(loss.backward())
+        opt.step(model.gradients())
+
+    step()
+    step()
+    smallest = min(a.nbytes for m in model.modules() for a in m._ws.values() if isinstance(a, np.ndarray))
+    tracemalloc.start()
+    try:
+        step()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # only per-channel vectors (statistics, small gradients) are allocated: far below any activation
+    assert peak < max(256 * 1024, smallest), peak
+
+
+def test_batch_norm_backward_out_residual():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 3, 5, 5)).astype(np.float32)
+    r = rng.standard_normal(x.shape).astype(np.float32)
+    w, b = np.ones(3, np.float32), np.zeros(3, np.float32)
+    y, m, s = cnnkit.batch_norm_train(x, w, b, None, None, activation="relu", residual=r)
+    g = rng.standard_normal(x.shape).astype(np.float32)
+    ref = cnnkit.batch_norm_backward(g, x, w, m, s, y=y, residual=r, activation="relu",
+                                     needs=("input", "residual"))
+    buf = np.empty_like(x)
+    got = cnnkit.batch_norm_backward(g, x, w, m, s, y=y, residual=r, activation="relu",
+                                     needs=("input", "residual"), out_residual=buf)
+    assert got[3] is buf
+    np.testing.assert_array_equal(buf, ref[3])
+    np.testing.assert_array_equal(got[0], ref[0])
+    with pytest.raises(ValueError, match="out_residual"):
+        cnnkit.batch_norm_backward(g, x, w, m, s, y=y, residual=r, activation="relu", out_residual=buf)

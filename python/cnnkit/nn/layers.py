@@ -140,13 +140,14 @@ class DepthwiseSeparableConv2d(Module):
         shape = (dws[0], self.out_channels) + dws[2:] if self.layout == "NCHW" else dws[:3] + (self.out_channels,)
         y = self._buf("y", shape)
         return ops.depthwise_separable_conv2d(x, p["dw_weight"], p["pw_weight"], p.get("dw_bias"), p.get("pw_bias"),
-                                              stride=self.stride, padding=self.padding, layout=self.layout, out=y)
+                                              stride=self.stride, padding=self.padding, layout=self.layout, out=y,
+                                              workspace=self._ws.setdefault("sep", {}))
 
     def backward(self, grad, input_grad=True):
         p, g = self.params, self.grads
         gi, gdw, gpw, gdwb, gpwb = ops.depthwise_separable_conv2d_backward(
             grad, self._x, p["dw_weight"], p["pw_weight"], p.get("dw_bias"), stride=self.stride,
-            padding=self.padding, layout=self.layout)
+            padding=self.padding, layout=self.layout, workspace=self._ws.setdefault("sep", {}))
         g["dw_weight"][...] = gdw
         g["pw_weight"][...] = gpw
         if self.has_bias:
@@ -234,9 +235,11 @@ class BatchNorm2d(Module):
         if self._residual is not None:
             needs.append("residual")
         gi = self._buf("gx", self._x.shape)
+        gres = self._buf("gres", self._x.shape) if self._residual is not None else None
         res = ops.batch_norm_backward(grad, self._x, self.params.get("weight"), self._mean, self._invstd, y=self._y,
                                       bias=self.params.get("bias"), residual=self._residual,
-                                      activation=self.activation, layout=self.layout, needs=tuple(needs), out=gi)
+                                      activation=self.activation, layout=self.layout, needs=tuple(needs), out=gi,
+                                      out_residual=gres)
         if self.affine:
             self.grads["weight"][...] = res[1]
             self.grads["bias"][...] = res[2]

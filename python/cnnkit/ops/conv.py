@@ -400,8 +400,20 @@ def _image_chunks(N: int, bytes_per_image: int):
     return [(i, min(N, i + per)) for i in range(0, N, per)]
 
 
+def _work(workspace, key, shape, dtype):
+    """A scratch array from the caller's ``workspace`` dict (reused while the shape holds), or a new one."""
+    if workspace is None:
+        return np.empty(shape, dtype)
+    if not isinstance(workspace, dict):
+        raise TypeError(f"workspace: expected a dict (reused across calls) or None, got {type(workspace).__name__}")
+    a = workspace.get(key)
+    if a is None or a.shape != tuple(shape) or a.dtype != dtype:
+        a = workspace[key] = np.empty(shape, dtype)
+    return a
+
+
 def depthwise_separable_conv2d(x, dw_weight, pw_weight, dw_bias=None, pw_bias=None, stride=1, padding=0,
-                               dilation=1, *, layout="NCHW", out=None):
+                               dilation=1, *, layout="NCHW", out=None, workspace=None):
     """Depthwise convolution then pointwise (1x1) convolution.
 
     ``y = conv2d(conv2d(x, dw_weight, dw_bias, stride, padding, dilation, groups=C_in), pw_weight, pw_bias)``
@@ -410,7 +422,7 @@ def depthwise_separable_conv2d(x, dw_weight, pw_weight, dw_bias=None, pw_bias=No
     Fused by tiling: the batch runs in chunks of images whose depthwise output is about 4 MiB, so
     the intermediate is read back from cache by the pointwise GEMM instead of travelling through
     memory at full size. ``out`` (the output's shape and dtype, not overlapping the inputs)
-    receives y.
+    receives y; ``workspace`` (a dict kept by the caller) keeps the intermediate between calls.
     """
     C = _separable_checks(x, dw_weight, pw_weight, layout, dw_bias, pw_bias)
     g = _Geom(x.shape, dw_weight.shape, stride, padding, dilation, C, layout, x.dtype)
@@ -421,7 +433,7 @@ def depthwise_separable_conv2d(x, dw_weight, pw_weight, dw_bias=None, pw_bias=No
         y = _check_out(out, "out", y_shape, x.dtype, (x, dw_weight, pw_weight))
     x = _contig(x)
     chunks = _image_chunks(g.N, g.K * g.Ho * g.Wo * x.itemsize)
-    t = np.empty((chunks[0][1] - chunks[0][0],) + g.y_shape()[1:], x.dtype)
+    t = _work(workspace, "t", (chunks[0][1] - chunks[0][0],) + g.y_shape()[1:], x.dtype)
     for a, b in chunks:
         tc = t[: b - a]
         conv2d(x[a:b], dw_weight, dw_bias, stride, padding, dilation, C, layout=layout, out=tc)
@@ -430,13 +442,14 @@ def depthwise_separable_conv2d(x, dw_weight, pw_weight, dw_bias=None, pw_bias=No
 
 
 def depthwise_separable_conv2d_backward(grad_out, x, dw_weight, pw_weight, dw_bias=None, stride=1, padding=0,
-                                        dilation=1, *, layout="NCHW"):
+                                        dilation=1, *, layout="NCHW", workspace=None):
     """Gradients of :func:`depthwise_separable_conv2d`.
 
     Returns ``(grad_x, grad_dw_weight, grad_pw_weight, grad_dw_bias, grad_pw_bias)``. The
     intermediate (depthwise output, with ``dw_bias``) is recomputed chunk by chunk as in the
     forward pass; weight and bias gradients are summed over the chunks in order (the chunks depend
-    on the shape only, so results do not depend on the thread count).
+    on the shape only, so results do not depend on the thread count). ``workspace``: as in the
+    forward (the input gradient is then a workspace array too, valid until the next call).
     """
     C = _separable_checks(x, dw_weight, pw_weight, layout, dw_bias)
     g = _Geom(x.shape, dw_weight.shape, stride, padding, dilation, C, layout, x.dtype)
@@ -448,12 +461,14 @@ def depthwise_separable_conv2d_backward(grad_out, x, dw_weight, pw_weight, dw_bi
     x, grad_out = _contig(x), _contig(grad_out)
     chunks = _image_chunks(g.N, g.K * g.Ho * g.Wo * x.itemsize)
     n0 = chunks[0][1] - chunks[0][0]
-    t = np.empty((n0,) + g.y_shape()[1:], x.dtype)
-    gt = np.empty_like(t)
-    gx = np.empty(x.shape, x.dtype)
-    sums = [np.zeros(dw_weight.shape, x.dtype), np.zeros(pw_weight.shape, x.dtype),
-            np.zeros(g.K, x.dtype), np.zeros(pg.K, x.dtype)]
-    parts = [np.empty_like(a) for a in sums]
+    t = _work(workspace, "t", (n0,) + g.y_shape()[1:], x.dtype)
+    gt = _work(workspace, "gt", t.shape, x.dtype)
+    gx = _work(workspace, "gx", x.shape, x.dtype)
+    sums = [_work(workspace, f"sum{i}", shape, x.dtype) for i, shape in
+            enumerate((dw_weight.shape, pw_weight.shape, (g.K,), (pg.K,)))]
+    for a in sums:
+        a[...] = 0
+    parts = [_work(workspace, f"part{i}", a.shape, x.dtype) for i, a in enumerate(sums)]
     for a, b in chunks:
         tc, gtc = t[: b - a], gt[: b - a]
         conv2d(x[a:b], dw_weight, dw_bias, stride, padding, dilation, C, layout=layout, out=tc)

@@ -244,7 +244,8 @@ def batch_norm_infer(x, weight, bias, running_mean, running_var, *, eps=1e-5, ac
 
 def batch_norm_backward(grad_out, x, weight, save_mean, save_invstd, *, y=None, bias=None,
                         residual=None, activation=None, layout="NCHW",
-                        needs=("input", "weight", "bias"), virtual_batch_size=None, out=None):
+                        needs=("input", "weight", "bias"), virtual_batch_size=None, out=None,
+                        out_residual=None):
     r"""Gradients of :func:`batch_norm_train` (training mode: the statistics depend on x).
 
     With ``g = grad_out`` (masked by ``y > 0`` for a fused ReLU) and per-channel sums over the
@@ -265,6 +266,8 @@ def batch_norm_backward(grad_out, x, weight, save_mean, save_invstd, *, y=None, 
         With "residual" a 4th value is returned: the residual's gradient (the masked grad_out).
     out : ndarray like x, optional — receives grad_input (a training loop reuses it every step;
         a fresh 100 MB output costs as much in page faults as the kernel itself).
+    out_residual : ndarray like x, optional — receives the residual's gradient (with "residual"
+        in needs; must not overlap ``out``).
 
     Returns
     -------
@@ -283,6 +286,12 @@ def batch_norm_backward(grad_out, x, weight, save_mean, save_invstd, *, y=None, 
     y = _like_x("y", y, x)
     needs = _needs(needs)
     out = _like_x("out", out, x, out=True)
+    out_residual = _like_x("out_residual", out_residual, x, out=True)
+    if out_residual is not None:
+        if "residual" not in needs:
+            raise ValueError("out_residual: given, but 'residual' is not in needs")
+        if out is not None and np.may_share_memory(out, out_residual):
+            raise ValueError("out_residual: must not overlap out")
     chunks, v = _chunks(virtual_batch_size, N)
     shape = (chunks, C) if virtual_batch_size is not None else (C,)
     save_mean = _stats_shape("save_mean", save_mean, shape).reshape(chunks, C)
@@ -301,7 +310,7 @@ def batch_norm_backward(grad_out, x, weight, save_mean, save_invstd, *, y=None, 
     w = np.ones(C) if weight is None else weight.astype(np.float64)
     count = v * S
     grad_x = (np.empty_like(x) if out is None else out) if "input" in needs else None
-    grad_res = np.empty_like(x) if "residual" in needs else None
+    grad_res = (np.empty_like(x) if out_residual is None else out_residual) if "residual" in needs else None
     sum_g = np.zeros(C)
     sum_gxhat = np.zeros(C)
     for k in range(chunks):
