@@ -132,3 +132,26 @@ def test_cli_bench_conv_quick_smoke(extra, capsys, tmp_path):
     else:
         assert all(t["met"] is None for t in doc["targets"])
         assert "torch not used" in text
+
+
+def test_cli_bench_train_quick_smoke(capsys, tmp_path):
+    # The training-step benchmark end to end at a tiny size, without torch (CI has none): the
+    # cnnkit configurations, the per-layer breakdown and the JSON.
+    path = tmp_path / "train.json"
+    argv = ["bench", "train", "--quick", "--no-torch", "--stream-mib", "4", "--gemm-size", "128",
+            "--probe-reps", "1", "--json", str(path)]
+    assert cli.main(argv) == 0
+    text = capsys.readouterr().out
+    assert "resnext_small" in text and "mobilenet_small" in text
+    assert "cnnkit NHWC" in text and "cnnkit NCHW" in text
+    assert json.loads(path.read_text())
+
+
+def test_cli_bench_augment_quick_smoke(capsys, tmp_path):
+    # Every section of the image-op benchmark at a tiny size, without the torch-based peers.
+    path = tmp_path / "augment.json"
+    assert cli.main(["bench", "augment", "--quick", "--no-torch", "--json", str(path)]) == 0
+    text = capsys.readouterr().out
+    for what in ("normalize", "equalize", "CLAHE", "pipeline", "rotate nearest"):
+        assert what in text, what
+    assert json.loads(path.read_text())
