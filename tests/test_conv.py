@@ -469,6 +469,14 @@ EDGE = [
     ("same grouped k2 on 1x1", Geo(2, 4, 4, 1, 1, 2, 2, 1, "same", groups=2)),
     ("valid", Geo(2, 3, 4, 6, 7, 3, 3, 1, "valid")),
     ("valid s2", Geo(2, 3, 4, 7, 8, 3, 2, 2, "valid")),
+    # stems: at most 4 input channels, 16-64 output channels (the direct NHWC float32 kernel)
+    ("stem C3 K32 k3", Geo(2, 3, 32, 9, 10, 3, 3, 1, 1)),
+    ("stem C1 K16 k5 s2", Geo(2, 1, 16, 11, 9, 5, 5, 2, 2)),
+    ("stem C4 K64 k7 s2 d2", Geo(1, 4, 64, 15, 14, 7, 7, 2, 3, 2)),
+    ("stem C2 K48 k(3,1) no pad", Geo(2, 2, 48, 6, 7, 3, 1, 1, 0)),
+    ("stem C3 K32 wide rows", Geo(1, 3, 32, 5, 41, 3, 3, 1, 1)),
+    ("stem C3 K16 k9", Geo(1, 3, 16, 12, 13, 9, 9, 1, 4)),
+    ("stem C3 K32 s2 even", Geo(2, 3, 32, 16, 16, 3, 3, 2, 1)),
 ]
 
 
@@ -762,6 +770,7 @@ def test_depthwise_separable_backward_matches_finite_differences(layout, rng):
 
 THREAD_GEOS = [
     ("dense", Geo(4, 32, 32, 20, 20, 3, 3, 1, 1)),
+    ("stem C3 K32", Geo(4, 3, 32, 20, 21, 3, 3, 1, 1)),
     ("dense C17->33 s2 d2", Geo(4, 17, 33, 20, 19, 3, 3, 2, 2, 2)),
     ("1x1", Geo(4, 32, 48, 20, 20, 1, 1)),
     ("grouped g8", Geo(4, 32, 32, 20, 20, 3, 3, 1, 1, groups=8)),
@@ -1159,6 +1168,9 @@ def test_conv2d_output_shape_and_algorithm_names():
     assert algo((2, 64, 20, 20), (64, 4, 3, 3), 1, 1, 1, 16, "NCHW") == "grouped_direct_nchw"
     assert algo((2, 64, 8, 8), (64, 4, 3, 3), 1, 1, 1, 16, "NCHW") == "grouped_direct_nhwc+transpose"
     assert algo((2, 16, 8, 8), (8, 16, 1, 1)) == "gemm"
+    assert algo((2, 32, 32, 3), (32, 3, 3, 3), 1, 1, 1, 1, "NHWC") == "small_cin_direct_nhwc"
+    assert algo((2, 32, 32, 3), (32, 3, 3, 3), 1, 1, 1, 1, "NHWC", "weight") == "small_cin_direct_nhwc"
+    assert algo((2, 3, 32, 32), (32, 3, 3, 3), 1, 1) == "gemm_im2col"
     assert algo((2, 16, 8, 8), (8, 16, 3, 3), 2, 1, pass_="input") == "gemm_col2im"
     with pytest.raises(ValueError, match="pass_"):
         algo((2, 16, 8, 8), (8, 16, 3, 3), pass_="backward")

@@ -77,6 +77,10 @@ struct Kernels {
   GroupedBackwardWeightFn grouped_backward_weight;
   // NCHW <-> NHWC transposes (x: N, A, B -> N, B, A).
   void (*transpose)(DType, const void* src, void* dst, int64_t N, int64_t A, int64_t B);
+  // Dense, C <= 4 input channels, NHWC float32, K % 16 == 0 and K <= 64 (a stem): forward and
+  // weight (+ bias) gradient.
+  void (*small_cin_forward)(const float* x, const float* w, const float* b, float* y, const Geom&);
+  void (*small_cin_backward_weight)(const float* dy, const float* x, float* dw, float* db, const Geom&);
 };
 
 }  // namespace cnnkit::conv

@@ -29,6 +29,11 @@ size_t elem(DType dt) { return dt == DType::f32 ? 4 : 8; }
 // Grouped direct kernel: few channels per group, where GEMMs per group would be tiny.
 bool grouped_direct(const Geom& g, DType dt = DType::f32) { return kernels().grouped_supported(dt, g); }
 
+// A stem: few input channels, where im2col leaves the GEMM only kh*kw*C columns.
+bool small_cin_direct(const Geom& g, DType dt) {
+  return dt == DType::f32 && g.nhwc && g.G == 1 && g.C <= 4 && g.K % 16 == 0 && g.K <= 64 && g.kh * g.kw <= 49;
+}
+
 // NCHW arrays with narrow rows go to the grouped kernels through full-tensor NHWC transposes
 // (tiles across whole planes); wider rows are transposed row by row inside the kernels.
 bool grouped_via_nhwc(const Geom& g) { return !g.nhwc && (g.W < 16 || g.Wo < 16); }
@@ -114,6 +119,7 @@ const char* algorithm(const Geom& g, int pass) {
            : dw_nchw_blocked_shape(g) ? "dw_direct_nchw_blocked" : "dw_direct_nchw";
   if (grouped_direct(g))
     return g.nhwc ? "grouped_direct_nhwc" : grouped_via_nhwc(g) ? "grouped_direct_nhwc+transpose" : "grouped_direct_nchw";
+  if (pass != 1 && small_cin_direct(g, DType::f32)) return "small_cin_direct_nhwc";
   if (pass == 1) return "gemm_col2im";  // (unreachable for grouped_direct shapes)
   const bool pointwise = g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.pt == 0 && g.pl == 0;
   return pointwise ? "gemm" : "gemm_im2col";
@@ -131,6 +137,9 @@ void forward(DType dt, const void* x, const void* w, const void* b, void* y, con
   }
   if (g.depthwise()) return kernels().dw_forward(dt, x, w, b, y, g);
   if (grouped_direct(g, dt)) return kernels().grouped_forward(dt, x, w, b, y, g);  // either layout
+  if (small_cin_direct(g, dt))
+    return kernels().small_cin_forward(static_cast<const float*>(x), static_cast<const float*>(w),
+                                       static_cast<const float*>(b), static_cast<float*>(y), g);
   gemm_forward(dt, x, w, b, y, g);
 }
 
@@ -173,6 +182,9 @@ void backward_weight(DType dt, const void* dy, const void* x, void* dw, void* db
     return;
   }
   if (g.depthwise()) return kernels().dw_backward_weight(dt, dy, x, dw, db, g);
+  if (small_cin_direct(g, dt))
+    return kernels().small_cin_backward_weight(static_cast<const float*>(dy), static_cast<const float*>(x),
+                                               static_cast<float*>(dw), static_cast<float*>(db), g);
   if (grouped_direct(g, dt) && dw) {
     kernels().grouped_backward_weight(dt, dy, x, dw, nullptr, g);
   } else if (dw) {

@@ -9,6 +9,7 @@
 #include "dw_nhwc.h"
 #include "grouped.h"
 #include "scratch.h"
+#include "small_cin.h"
 
 #ifndef CNNKIT_ISA_NS
 #error "CNNKIT_ISA_NS must name the ISA level this file is compiled for"
@@ -223,6 +224,7 @@ void grouped_backward_weight(DType dt, const void* dy, const void* x, void* dw, 
 extern const conv::Kernels conv_kernels = {
     dw_forward, dw_backward_input, dw_backward_weight,
     grouped_supported, grouped_forward, grouped_backward_input, grouped_backward_weight, transpose,
+    conv::small_cin_forward, conv::small_cin_backward_weight,
 };
 
 }  // namespace cnnkit::CNNKIT_ISA_NS

@@ -241,7 +241,9 @@ def conv2d_algorithm(x_shape, weight_shape, stride=1, padding=0, dilation=1, gro
     ``dw_direct_*``: depthwise direct kernels; ``grouped_direct_nhwc``: the grouped direct kernel
     (``+transpose``: NCHW arrays are transposed around it); ``gemm``/``gemm_im2col``: OpenBLAS GEMM,
     with im2col where the kernel is not 1x1 at stride 1; ``*_adjoint``: an input gradient computed as
-    the forward pass of the adjoint convolution; ``gemm_col2im``: GEMM + col2im scatter.
+    the forward pass of the adjoint convolution; ``gemm_col2im``: GEMM + col2im scatter;
+    ``small_cin_direct_nhwc``: the direct kernel for stems (at most 4 input channels, 16 to 64
+    output channels in multiples of 16). Names are those of float32 arrays.
     """
     g = _Geom(x_shape, weight_shape, stride, padding, dilation, groups, layout, None)
     p = {"forward": 0, "input": 1, "weight": 2}.get(pass_)

@@ -1,0 +1,190 @@
+// Dense convolution with few input channels (C <= 4, one group; a network's stem on RGB or grey
+// images), NHWC, float32, K a multiple of 16 up to 64 output channels:
+//   y[n, oh, ow, k] = b[k] + sum_{i, j, c} x[n, oh*sH + i*dH - pT, ow*sW + j*dW - pL, c] * w[k, c, i, j]
+//   dW[k, c, i, j] = sum_{n, oh, ow} dy[n, oh, ow, k] * x[n, ih, iw, c];  db[k] = sum dy[n, oh, ow, k]
+// An im2col GEMM has only kh*kw*C (27 for 3x3 RGB) columns here and runs far below the FMA roof;
+// these loops keep one pixel's K outputs in registers (K/16 vectors) and broadcast each input
+// value against a row of the transposed weights. The weight gradient sums over row pieces fixed
+// by the shape (float within a piece, double across pieces, in order), so the result does not
+// depend on the thread count.
+#pragma once
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "cnnkit/common.h"
+#include "conv_internal.h"
+#include "dw_common.h"
+
+namespace cnnkit::conv {
+inline namespace CNNKIT_KERNEL_NS {
+
+// PX pixels of one output row at once (PX*NV accumulators), sharing each weight-vector load.
+// `full`: every tap of the PX pixels lies inside the image row (no column checks).
+template <int NV, int PX>
+inline void small_cin_pixels(const float* xn, const float* W, const float* b, float* yp, const Geom& g, int64_t oh,
+                             int64_t ow0) {
+  using V = vec_t<float>;
+  constexpr int L = Vec<float>::n, K = NV * L;
+  const int64_t C = g.C;
+  V acc[PX][NV];
+  for (int p = 0; p < PX; ++p)
+    for (int v = 0; v < NV; ++v) acc[p][v] = b ? vload(b + v * L) : vsplat(0.0f);
+  for (int64_t i = 0; i < g.kh; ++i) {
+    const int64_t ih = oh * g.sh + i * g.dh - g.pt;
+    if (ih < 0 || ih >= g.H) continue;
+    const float* xr = xn + ih * g.W * C;
+    for (int64_t j = 0; j < g.kw; ++j) {
+      const float* wp = W + (i * g.kw + j) * C * K;
+      for (int64_t c = 0; c < C; ++c) {
+        V wv[NV];
+        for (int v = 0; v < NV; ++v) wv[v] = vload(wp + c * K + v * L);
+        for (int p = 0; p < PX; ++p) {
+          const int64_t iw = (ow0 + p) * g.sw + j * g.dw - g.pl;
+          if (PX == 1 && (iw < 0 || iw >= g.W)) continue;
+          const V xv = vsplat(xr[iw * C + c]);
+          for (int v = 0; v < NV; ++v) acc[p][v] += xv * wv[v];
+        }
+      }
+    }
+  }
+  for (int p = 0; p < PX; ++p)
+    for (int v = 0; v < NV; ++v) vstore(yp + p * K + v * L, acc[p][v]);
+}
+
+template <int NV>
+void small_cin_forward_k(const float* x, const float* w, const float* b, float* y, const Geom& g) {
+  constexpr int L = Vec<float>::n, K = NV * L, PX = NV <= 2 ? 4 : 2;
+  const int64_t C = g.C, taps = g.kh * g.kw;
+  std::vector<float> wt(static_cast<size_t>(taps * C * K));  // [(i*kw + j)*C + c][k]
+  for (int64_t k = 0; k < K; ++k)
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t t = 0; t < taps; ++t) wt[size_t((t * C + c) * K + k)] = w[(k * C + c) * taps + t];
+  // output columns whose whole window row lies inside the image: [lo, hi)
+  const int64_t lo = std::min<int64_t>(g.Wo, (g.pl + g.sw - 1) / g.sw);
+  int64_t hi = lo;
+  while (hi < g.Wo && hi * g.sw + (g.kw - 1) * g.dw - g.pl < g.W) ++hi;
+  const float* W = wt.data();
+  const int64_t rows = g.N * g.Ho;
+#pragma omp parallel for schedule(static) num_threads(num_threads())
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t n = r / g.Ho, oh = r % g.Ho;
+    const float* xn = x + n * g.H * g.W * C;
+    float* yr = y + r * g.Wo * K;
+    int64_t ow = 0;
+    for (; ow < lo; ++ow) small_cin_pixels<NV, 1>(xn, W, b, yr + ow * K, g, oh, ow);
+    for (; ow + PX <= hi; ow += PX) small_cin_pixels<NV, PX>(xn, W, b, yr + ow * K, g, oh, ow);
+    for (; ow < g.Wo; ++ow) small_cin_pixels<NV, 1>(xn, W, b, yr + ow * K, g, oh, ow);
+  }
+}
+
+// Weight gradient: for one input channel c and one kernel row i, the kw taps' accumulators
+// (kw*NV vectors, kw <= 7 here; wider kernels loop over column blocks) stay in registers while
+// the piece's pixels stream by; the piece's dy rows come from L2 for every (c, i).
+template <int NV, int KW>
+inline void small_cin_wgrad_row(const float* dy, const float* x, float* pw, const Geom& g, int64_t r0, int64_t r1,
+                                int64_t c, int64_t i, int64_t j0) {
+  using V = vec_t<float>;
+  constexpr int L = Vec<float>::n, K = NV * L;
+  const int64_t C = g.C;
+  V acc[KW][NV];
+  for (int t = 0; t < KW; ++t)
+    for (int v = 0; v < NV; ++v) acc[t][v] = vsplat(0.0f);
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t n = r / g.Ho, oh = r % g.Ho;
+    const int64_t ih = oh * g.sh + i * g.dh - g.pt;
+    if (ih < 0 || ih >= g.H) continue;
+    const float* xr = x + (n * g.H + ih) * g.W * C + c;
+    const float* dr = dy + r * g.Wo * K;
+    for (int64_t ow = 0; ow < g.Wo; ++ow) {
+      V dv[NV];
+      for (int v = 0; v < NV; ++v) dv[v] = vload(dr + ow * K + v * L);
+      const int64_t iw0 = ow * g.sw + j0 * g.dw - g.pl;
+      for (int t = 0; t < KW; ++t) {
+        const int64_t iw = iw0 + t * g.dw;
+        if (iw < 0 || iw >= g.W) continue;
+        const V xv = vsplat(xr[iw * C]);
+        for (int v = 0; v < NV; ++v) acc[t][v] += xv * dv[v];
+      }
+    }
+  }
+  for (int t = 0; t < KW; ++t)
+    for (int v = 0; v < NV; ++v) {
+      float* dst = pw + ((i * g.kw + j0 + t) * C + c) * K + v * L;
+      vstore(dst, vload(dst) + acc[t][v]);
+    }
+}
+
+template <int NV>
+void small_cin_backward_weight_k(const float* dy, const float* x, float* dw, float* db, const Geom& g) {
+  using V = vec_t<float>;
+  constexpr int L = Vec<float>::n, K = NV * L, KWB = NV <= 2 ? 7 : 3;  // taps per register block
+  const int64_t C = g.C, taps = g.kh * g.kw, rows = g.N * g.Ho, width = taps * C * K + K;
+  const int64_t pieces = std::max<int64_t>(1, std::min<int64_t>(16, rows));
+  std::vector<float> part(static_cast<size_t>(pieces * width));
+#pragma omp parallel for schedule(static) num_threads(num_threads())
+  for (int64_t q = 0; q < pieces; ++q) {
+    float* pw = part.data() + q * width;  // [(t*C + c)*K + k], then the bias
+    float* pb = pw + taps * C * K;
+    std::fill(pw, pw + width, 0.0f);
+    const int64_t r0 = rows * q / pieces, r1 = rows * (q + 1) / pieces;
+    V bacc[NV];
+    for (int v = 0; v < NV; ++v) bacc[v] = vsplat(0.0f);
+    for (int64_t p = r0 * g.Wo; p < r1 * g.Wo; ++p)
+      for (int v = 0; v < NV; ++v) bacc[v] += vload(dy + p * K + v * L);
+    for (int v = 0; v < NV; ++v) vstore(pb + v * L, bacc[v]);
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t i = 0; i < g.kh; ++i)
+        for (int64_t j0 = 0; j0 < g.kw; j0 += KWB) {
+          switch (std::min<int64_t>(KWB, g.kw - j0)) {
+            case 1: small_cin_wgrad_row<NV, 1>(dy, x, pw, g, r0, r1, c, i, j0); break;
+            case 2: small_cin_wgrad_row<NV, 2>(dy, x, pw, g, r0, r1, c, i, j0); break;
+            case 3: small_cin_wgrad_row<NV, 3>(dy, x, pw, g, r0, r1, c, i, j0); break;
+            case 4: small_cin_wgrad_row<NV, (KWB >= 4 ? 4 : 1)>(dy, x, pw, g, r0, r1, c, i, j0); break;
+            case 5: small_cin_wgrad_row<NV, (KWB >= 5 ? 5 : 1)>(dy, x, pw, g, r0, r1, c, i, j0); break;
+            case 6: small_cin_wgrad_row<NV, (KWB >= 6 ? 6 : 1)>(dy, x, pw, g, r0, r1, c, i, j0); break;
+            default: small_cin_wgrad_row<NV, (KWB >= 7 ? 7 : 1)>(dy, x, pw, g, r0, r1, c, i, j0); break;
+          }
+        }
+  }
+  for (int64_t k = 0; k < K; ++k) {
+    if (dw)
+      for (int64_t c = 0; c < C; ++c)
+        for (int64_t t = 0; t < taps; ++t) {
+          double s = 0.0;
+          for (int64_t q = 0; q < pieces; ++q) s += double(part[size_t(q * width + (t * C + c) * K + k)]);
+          dw[(k * C + c) * taps + t] = float(s);
+        }
+    if (db) {
+      double s = 0.0;
+      for (int64_t q = 0; q < pieces; ++q) s += double(part[size_t(q * width + taps * C * K + k)]);
+      db[k] = float(s);
+    }
+  }
+}
+
+inline void small_cin_forward(const float* x, const float* w, const float* b, float* y, const Geom& g) {
+  constexpr int L = Vec<float>::n;
+  switch (g.K / L) {
+    case 16 / L: return small_cin_forward_k<16 / L>(x, w, b, y, g);
+    case 32 / L: return small_cin_forward_k<32 / L>(x, w, b, y, g);
+    case 48 / L: return small_cin_forward_k<48 / L>(x, w, b, y, g);
+    default: return small_cin_forward_k<64 / L>(x, w, b, y, g);
+  }
+}
+
+inline void small_cin_backward_weight(const float* dy, const float* x, float* dw, float* db, const Geom& g) {
+  constexpr int L = Vec<float>::n;
+  switch (g.K / L) {
+    case 16 / L: return small_cin_backward_weight_k<16 / L>(dy, x, dw, db, g);
+    case 32 / L: return small_cin_backward_weight_k<32 / L>(dy, x, dw, db, g);
+    case 48 / L: return small_cin_backward_weight_k<48 / L>(dy, x, dw, db, g);
+    default: return small_cin_backward_weight_k<64 / L>(dy, x, dw, db, g);
+  }
+}
+
+}  // namespace CNNKIT_KERNEL_NS
+}  // namespace cnnkit::conv
