@@ -59,6 +59,26 @@ void bind_nn(py::module_& m) {
       py::arg("OH"), py::arg("OW"), py::arg("kh"), py::arg("kw"), py::arg("sh"), py::arg("sw"), py::arg("ph"),
       py::arg("pw"), py::arg("nhwc"), py::arg("mode"));
   m.def(
+      "global_avg_pool_forward",
+      [](const py::array& x, const py::array& y, int64_t N, int64_t C, int64_t S, bool nhwc) {
+        if (N < 0 || C < 1 || S < 1) throw py::value_error("shape: expected N >= 0, C >= 1, S >= 1");
+        const float* px = checked<float>(x, "x", N * C * S, false);
+        float* py_ = checked<float>(y, "y", N * C, true);
+        py::gil_scoped_release nogil;
+        nn::global_avg_pool_forward(px, py_, N, C, S, nhwc);
+      },
+      py::arg("x"), py::arg("y"), py::arg("N"), py::arg("C"), py::arg("S"), py::arg("nhwc"));
+  m.def(
+      "global_avg_pool_backward",
+      [](const py::array& gy, const py::array& gx, int64_t N, int64_t C, int64_t S, bool nhwc) {
+        if (N < 0 || C < 1 || S < 1) throw py::value_error("shape: expected N >= 0, C >= 1, S >= 1");
+        const float* pg = checked<float>(gy, "grad", N * C, false);
+        float* px = checked<float>(gx, "gx", N * C * S, true);
+        py::gil_scoped_release nogil;
+        nn::global_avg_pool_backward(pg, px, N, C, S, nhwc);
+      },
+      py::arg("grad"), py::arg("gx"), py::arg("N"), py::arg("C"), py::arg("S"), py::arg("nhwc"));
+  m.def(
       "softmax_xent",
       [](const py::array& z, const py::object& labels, const py::object& soft, int64_t N, int64_t K, double eps,
          const py::object& grad, double scale) {

@@ -19,6 +19,11 @@ void pool2d_forward(const float* x, float* y, int32_t* idx, const PoolGeom& g, i
 // gx = the adjoint: max routes each gradient to idx, average spreads it over the window.
 void pool2d_backward(const float* gy, float* gx, const int32_t* idx, const PoolGeom& g, int mode);
 
+// Global average pooling over S = H*W positions: y[n, c] = sum_s x[n, c, s] / S (summed in double),
+// and its adjoint gx[n, c, s] = gy[n, c] / S; NHWC when nhwc.
+void global_avg_pool_forward(const float* x, float* y, int64_t N, int64_t C, int64_t S, bool nhwc);
+void global_avg_pool_backward(const float* gy, float* gx, int64_t N, int64_t C, int64_t S, bool nhwc);
+
 // Softmax cross-entropy over rows of K logits, fused: loss[n] = logsumexp(z[n]) - sum_k t[n,k] z[n,k]
 // with targets t = (1 - eps) onehot(label) + eps/K (labels given) or soft rows; grad[n] =
 // (softmax(z[n]) * sum(t[n]) - t[n]) * scale. Computed in double per row.

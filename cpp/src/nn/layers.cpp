@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <vector>
 
 #include "cnnkit/common.h"
 #include "cnnkit/nn.h"
@@ -91,6 +92,61 @@ void pool2d_backward(const float* gy, float* gx, const int32_t* idx, const PoolG
         for (int64_t h = ha; h < hb; ++h)
           for (int64_t w = wa; w < wb; ++w) gx[in.base + h * in.row + w * in.col] += v;
       }
+  }
+}
+
+void global_avg_pool_forward(const float* x, float* y, int64_t N, int64_t C, int64_t S, bool nhwc) {
+  const int nt = N * C * S < (1 << 15) ? 1 : num_threads();
+  const double inv = 1.0 / double(S);
+  if (!nhwc) {
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int64_t pl = 0; pl < N * C; ++pl) {
+      const float* __restrict p = x + pl * S;
+      double s = 0.0;
+#pragma omp simd reduction(+ : s)
+      for (int64_t i = 0; i < S; ++i) s += double(p[i]);
+      y[pl] = float(s * inv);
+    }
+    return;
+  }
+#pragma omp parallel num_threads(nt)
+  {
+    std::vector<double> acc(static_cast<size_t>(C));
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < N; ++n) {
+      double* __restrict a = acc.data();
+      std::fill(a, a + C, 0.0);
+      for (int64_t i = 0; i < S; ++i) {
+        const float* __restrict p = x + (n * S + i) * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) a[c] += double(p[c]);
+      }
+      for (int64_t c = 0; c < C; ++c) y[n * C + c] = float(a[c] * inv);
+    }
+  }
+}
+
+void global_avg_pool_backward(const float* gy, float* gx, int64_t N, int64_t C, int64_t S, bool nhwc) {
+  const int nt = N * C * S < (1 << 15) ? 1 : num_threads();
+  const float inv = float(1.0 / double(S));
+  if (!nhwc) {
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int64_t pl = 0; pl < N * C; ++pl) {
+      const float v = gy[pl] * inv;
+      float* __restrict p = gx + pl * S;
+#pragma omp simd
+      for (int64_t i = 0; i < S; ++i) p[i] = v;
+    }
+    return;
+  }
+#pragma omp parallel for schedule(static) num_threads(nt)
+  for (int64_t n = 0; n < N; ++n) {
+    const float* __restrict g = gy + n * C;
+    for (int64_t i = 0; i < S; ++i) {
+      float* __restrict p = gx + (n * S + i) * C;
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) p[c] = g[c] * inv;
+    }
   }
 }
 

@@ -10,9 +10,9 @@ import math
 
 import numpy as np
 
-from .. import ops
-from .._core import pool2d_backward as _pool_backward  # noqa: F401  (compiled pooling; see pool2d)
-from .._core import pool2d_forward as _pool_forward  # noqa: F401
+from .. import _core, ops
+from .._core import pool2d_backward as _pool_backward
+from .._core import pool2d_forward as _pool_forward
 from .module import Module, Sequential
 
 __all__ = ["Conv2d", "DepthwiseSeparableConv2d", "BatchNorm2d", "GroupNorm", "ReLU", "MaxPool2d", "AvgPool2d",
@@ -380,7 +380,8 @@ class AvgPool2d(_Pool2d):
 
 
 class GlobalAvgPool2d(Module):
-    """Mean over the spatial axes: (N, C, H, W) or (N, H, W, C) -> (N, C)."""
+    """Mean over the spatial axes: (N, C, H, W) or (N, H, W, C) -> (N, C) (compiled; summed in
+    double)."""
 
     def __init__(self, *, layout="NCHW"):
         super().__init__()
@@ -389,15 +390,22 @@ class GlobalAvgPool2d(Module):
     def forward(self, x):
         _check_input(self, x, None, self.layout)
         self._shape = x.shape
-        axes = (2, 3) if self.layout == "NCHW" else (1, 2)
-        y = self._buf("y", (x.shape[0], x.shape[1] if self.layout == "NCHW" else x.shape[3]))
-        return np.mean(x, axis=axes, out=y)
+        N, C, S = self._geometry()
+        y = self._buf("y", (N, C))
+        _core.global_avg_pool_forward(np.ascontiguousarray(x), y, N, C, S, self.layout == "NHWC")
+        return y
+
+    def _geometry(self):
+        N = self._shape[0]
+        C = self._shape[1] if self.layout == "NCHW" else self._shape[3]
+        S = self._shape[2] * self._shape[3] if self.layout == "NCHW" else self._shape[1] * self._shape[2]
+        return N, C, S
 
     def backward(self, grad, input_grad=True):
+        N, C, S = self._geometry()
         gi = self._buf("gx", self._shape)
-        H, W = (self._shape[2], self._shape[3]) if self.layout == "NCHW" else (self._shape[1], self._shape[2])
-        g = np.multiply(grad, np.float32(1.0 / (H * W)), out=self._buf("gs", grad.shape))
-        gi[...] = g[:, :, None, None] if self.layout == "NCHW" else g[:, None, None, :]
+        _core.global_avg_pool_backward(np.ascontiguousarray(grad, dtype=np.float32), gi, N, C, S,
+                                       self.layout == "NHWC")
         return gi
 
 
