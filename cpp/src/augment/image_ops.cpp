@@ -421,9 +421,14 @@ void make_taps(Taps& t, int64_t origin, int64_t in, int64_t out, bool antialias)
         tmp[size_t(j)] = a < 1.0 ? 1.0 - a : 0.0;
         total += tmp[size_t(j)];
       }
-      for (int64_t j = 0; j < cnt; ++j) t.w[size_t(i * t.width + j)] = float(total > 0 ? tmp[size_t(j)] / total : 0.0);
-      t.start[size_t(i)] = origin + lo;
-      t.count[size_t(i)] = cnt;
+      // taps whose weight is zero at either end are dropped (adding 0 * x changes no sum)
+      int64_t first = 0, last = cnt;
+      while (first < last && tmp[size_t(first)] == 0.0) ++first;
+      while (last > first && tmp[size_t(last - 1)] == 0.0) --last;
+      for (int64_t j = first; j < last; ++j)
+        t.w[size_t(i * t.width + j - first)] = float(total > 0 ? tmp[size_t(j)] / total : 0.0);
+      t.start[size_t(i)] = origin + lo + first;
+      t.count[size_t(i)] = last - first;
     }
     return;
   }
