@@ -1265,3 +1265,10 @@ def test_bad_magnitudes_raise_naming_magnitudes(rng):
     for bad in (np.zeros((2, 1)), np.zeros((3, 2)), np.zeros(2)):
         with pytest.raises(ValueError, match="magnitudes"):
             _call("apply_ops", x, ops=ops, magnitudes=bad)
+
+
+def test_clahe_rejects_a_tile_grid_too_large_to_tabulate():
+    img = np.zeros((4, 5, 1), np.uint8)
+    with pytest.raises(ValueError, match="tile_grid_size"):
+        F.clahe(img, 2.0, (1024, 1024))
+    assert F.clahe(img, 2.0, (16, 16)).shape == img.shape  # more tiles than pixels is still fine

@@ -468,6 +468,8 @@ def clahe(images, clip_limit=4.0, tile_grid_size=(8, 8), *, out=None):
         raise TypeError(f"tile_grid_size: expected (tiles across, tiles down), got {tile_grid_size!r}") from None
     if tx < 1 or ty < 1:
         raise ValueError(f"tile_grid_size: expected positive tile counts, got {tile_grid_size!r}")
+    if tx * ty > 1 << 18:  # every tile has a 256-entry table per thread
+        raise ValueError(f"tile_grid_size: expected at most {1 << 18} tiles in all, got {tx} x {ty}")
     y, given = _out(out, x.shape, single, x)
     _core.augment_clahe(x, y, N, H, W, C, tx, ty, float(clip_limit))
     return _result(y, given, single)
