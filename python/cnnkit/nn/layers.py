@@ -530,6 +530,13 @@ class _Residual(Module):
     """The shared tail of the residual blocks: the last norm adds the shortcut ``r`` (fused into
     batch norm with the ReLU; otherwise an add then a ReLU), and its adjoint."""
 
+    _order = ()  # the main path's sub-modules, in torch's order (absent ones are None)
+
+    def children(self):
+        names = {"shortcut": "downsample", "post": "relu"}
+        return [(names.get(a, a), getattr(self, a)) for a in self._order + ("shortcut", "post")
+                if getattr(self, a) is not None]
+
     def _merge(self, h, r, last_norm):
         if self.norm == "batch":
             return last_norm(h, r)
@@ -557,6 +564,8 @@ class ResidualBlock(_Residual):
     3x3 convs grouped; ``norm`` is "batch", "group" or None (convs get biases). The ReLUs are fused
     into the norms (batch norm also takes the residual) when there is a norm."""
 
+    _order = ("conv1", "bn1", "conv2", "bn2")
+
     def __init__(self, in_channels, out_channels, stride=1, *, groups=1, norm="batch", layout="NCHW", rng=None):
         super().__init__()
         rng = _rng(rng)
@@ -576,16 +585,6 @@ class ResidualBlock(_Residual):
             self.shortcut = Sequential(*sc)
         self._pack()
 
-    def children(self):
-        ch = [("conv1", self.conv1), ("bn1", self.bn1), ("conv2", self.conv2)]
-        if self.bn2 is not None:
-            ch.append(("bn2", self.bn2))
-        if self.shortcut is not None:
-            ch.append(("downsample", self.shortcut))
-        if self.post is not None:
-            ch.append(("relu", self.post))
-        return ch
-
     def forward(self, x):
         r = x if self.shortcut is None else self.shortcut(x)
         h = self.bn1(self.conv1(x))
@@ -601,6 +600,8 @@ class ResidualBlock(_Residual):
 class BottleneckBlock(_Residual):
     """ResNeXt's bottleneck: conv1x1 - norm - ReLU - grouped conv3x3(stride) - norm - ReLU -
     conv1x1 - norm, plus the shortcut, then ReLU (``width`` channels inside, ``groups`` groups)."""
+
+    _order = ("conv1", "bn1", "conv2", "bn2", "conv3", "bn3")
 
     def __init__(self, in_channels, out_channels, width, stride=1, *, groups=8, norm="batch", layout="NCHW",
                  rng=None):
@@ -622,17 +623,6 @@ class BottleneckBlock(_Residual):
                 sc.append(_norm(norm, out_channels, layout))
             self.shortcut = Sequential(*sc)
         self._pack()
-
-    def children(self):
-        ch = [("conv1", self.conv1), ("bn1", self.bn1), ("conv2", self.conv2), ("bn2", self.bn2),
-              ("conv3", self.conv3)]
-        if self.bn3 is not None:
-            ch.append(("bn3", self.bn3))
-        if self.shortcut is not None:
-            ch.append(("downsample", self.shortcut))
-        if self.post is not None:
-            ch.append(("relu", self.post))
-        return ch
 
     def forward(self, x):
         r = x if self.shortcut is None else self.shortcut(x)
