@@ -526,6 +526,16 @@ def _norm(kind, C, layout, activation=None, groups=8):
     raise ValueError(f"norm: expected 'batch', 'group' or None, got {kind!r}")
 
 
+def _shortcut(in_channels, out_channels, stride, norm, layout, rng):
+    """None (identity) or conv1x1(stride) [- norm] when the block changes the shape."""
+    if stride == 1 and in_channels == out_channels:
+        return None
+    sc = [Conv2d(in_channels, out_channels, 1, stride, 0, bias=norm is None, layout=layout, rng=rng)]
+    if norm:
+        sc.append(_norm(norm, out_channels, layout))
+    return Sequential(*sc)
+
+
 class _Residual(Module):
     """The shared tail of the residual blocks: the last norm adds the shortcut ``r`` (fused into
     batch norm with the ReLU; otherwise an add then a ReLU), and its adjoint."""
@@ -577,12 +587,7 @@ class ResidualBlock(_Residual):
         self.bn1 = _norm(norm, out_channels, layout, "relu") if norm else ReLU()
         self.bn2 = _norm(norm, out_channels, layout, None if norm == "group" else "relu") if norm else None
         self.post = ReLU() if norm != "batch" else None  # batch norm fuses residual + ReLU
-        self.shortcut = None
-        if stride != 1 or in_channels != out_channels:
-            sc = [Conv2d(in_channels, out_channels, 1, stride, 0, bias=bias, layout=layout, rng=rng)]
-            if norm:
-                sc.append(_norm(norm, out_channels, layout))
-            self.shortcut = Sequential(*sc)
+        self.shortcut = _shortcut(in_channels, out_channels, stride, norm, layout, rng)
         self._pack()
 
     def forward(self, x):
@@ -616,12 +621,7 @@ class BottleneckBlock(_Residual):
         self.conv3 = Conv2d(width, out_channels, 1, bias=bias, layout=layout, rng=rng)
         self.bn3 = _norm(norm, out_channels, layout, "relu" if norm == "batch" else None) if norm else None
         self.post = ReLU() if norm != "batch" else None
-        self.shortcut = None
-        if stride != 1 or in_channels != out_channels:
-            sc = [Conv2d(in_channels, out_channels, 1, stride, 0, bias=bias, layout=layout, rng=rng)]
-            if norm:
-                sc.append(_norm(norm, out_channels, layout))
-            self.shortcut = Sequential(*sc)
+        self.shortcut = _shortcut(in_channels, out_channels, stride, norm, layout, rng)
         self._pack()
 
     def forward(self, x):
