@@ -1123,3 +1123,45 @@ def test_bad_input_leaves_model_untouched(rng):
     snap = x.copy()
     model.forward(x)
     assert_bitwise(x, snap, "input modified by forward")
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("smoothing", [0.0, 0.2])
+def test_cross_entropy_weight_and_ignore_index(rng, reduction, smoothing):
+    z = randn(rng, 8, 5) * 3
+    y = rng.integers(0, 5, 8)
+    plain = nn.CrossEntropyLoss(reduction=reduction, label_smoothing=smoothing)
+    ones = nn.CrossEntropyLoss(weight=np.ones(5), reduction=reduction, label_smoothing=smoothing)
+    v0, v1 = plain.forward(z, y), ones.forward(z, y)  # the compiled and the float64 NumPy paths
+    np.testing.assert_allclose(v1, v0, rtol=1e-6)
+    np.testing.assert_allclose(ones.backward(), plain.backward(), rtol=1e-5, atol=1e-7)
+    # ignored rows contribute nothing: the same as dropping them
+    yi = y.copy()
+    yi[[2, 5]] = -100
+    keep = yi != -100
+    ign = nn.CrossEntropyLoss(reduction=reduction, label_smoothing=smoothing)
+    sub = nn.CrossEntropyLoss(reduction=reduction, label_smoothing=smoothing)
+    vi, vs = ign.forward(z, yi), sub.forward(np.ascontiguousarray(z[keep]), y[keep])
+    if reduction == "none":
+        np.testing.assert_allclose(vi[keep], vs, rtol=1e-6)
+        assert np.all(vi[~keep] == 0)
+    else:
+        np.testing.assert_allclose(vi, vs, rtol=1e-6)
+    np.testing.assert_allclose(ign.backward()[keep], sub.backward(), rtol=1e-5, atol=1e-7)
+    assert np.all(ign.backward()[~keep] == 0)
+    # class weights: a class weighted 0 contributes nothing to the loss
+    w = np.ones(5)
+    w[y[0]] = 0.0
+    wl = nn.CrossEntropyLoss(weight=w, reduction="sum")
+    only = y != y[0]
+    np.testing.assert_allclose(wl.forward(z, y), nn.CrossEntropyLoss(reduction="sum").forward(
+        np.ascontiguousarray(z[only]), y[only]), rtol=1e-6)
+
+
+def test_cross_entropy_bad_weight(rng):
+    with pytest.raises(ValueError, match="weight"):
+        nn.CrossEntropyLoss(weight=[1.0, -1.0])
+    with pytest.raises(ValueError, match="weight"):
+        nn.CrossEntropyLoss(weight=np.ones(3)).forward(randn(rng, 2, 4), np.array([0, 1]))
+    with pytest.raises(TypeError, match="ignore_index"):
+        nn.CrossEntropyLoss(ignore_index=1.5)

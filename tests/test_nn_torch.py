@@ -351,3 +351,41 @@ def test_torch_state_dict_loads(rng):
         with torch.no_grad():
             ty = tm(torch.from_numpy(x)).numpy()
         assert_rel(ck.forward(to_layout(x, "NHWC")), ty, f"{name}: eval output")
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("ignore", [False, True])
+def test_cross_entropy_weight_and_ignore_index_match_torch(reduction, smoothing, weighted, ignore):
+    rng = np.random.default_rng(7)
+    N, K = 9, 5
+    z = rng.standard_normal((N, K)).astype(np.float32) * 3
+    y = rng.integers(0, K, N)
+    if ignore:
+        y[[1, 4]] = -100
+    w = rng.uniform(0.2, 2.0, K) if weighted else None
+    loss = nn.CrossEntropyLoss(weight=w, reduction=reduction, label_smoothing=smoothing)
+    v = loss.forward(z, y)
+    zt = torch.from_numpy(z.astype(np.float64)).requires_grad_(True)
+    tl = T.CrossEntropyLoss(weight=None if w is None else torch.from_numpy(w), reduction=reduction,
+                            label_smoothing=smoothing)(zt, torch.from_numpy(y))
+    (tl.sum() if reduction == "none" else tl).backward()
+    np.testing.assert_allclose(v, tl.detach().numpy(), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(loss.backward(), zt.grad.numpy(), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_cross_entropy_weighted_soft_targets_match_torch(reduction):
+    rng = np.random.default_rng(8)
+    z = rng.standard_normal((6, 4)).astype(np.float32)
+    t = rng.dirichlet(np.ones(4), 6).astype(np.float32)
+    w = rng.uniform(0.5, 1.5, 4)
+    loss = nn.CrossEntropyLoss(weight=w, reduction=reduction, label_smoothing=0.05)
+    v = loss.forward(z, t)
+    zt = torch.from_numpy(z.astype(np.float64)).requires_grad_(True)
+    tl = T.CrossEntropyLoss(weight=torch.from_numpy(w), reduction=reduction, label_smoothing=0.05)(
+        zt, torch.from_numpy(t.astype(np.float64)))
+    tl.backward()
+    np.testing.assert_allclose(v, tl.item(), rtol=1e-6)
+    np.testing.assert_allclose(loss.backward(), zt.grad.numpy(), rtol=1e-5, atol=1e-7)

@@ -11,20 +11,30 @@ __all__ = ["CrossEntropyLoss"]
 class CrossEntropyLoss:
     """``torch.nn.CrossEntropyLoss`` on (N, K) float32 logits.
 
-    Targets are class indices (N,) (integers in [0, K)) or soft rows (N, K) (probabilities).
-    ``label_smoothing`` eps (off by default) mixes the target with the uniform distribution:
-    ``t = (1 - eps) t + eps / K``, as torch does. ``reduction``: "mean" (over the batch), "sum"
+    Targets are class indices (N,) (integers in [0, K), or ``ignore_index``) or soft rows (N, K)
+    (probabilities). ``label_smoothing`` eps (off by default) mixes the target with the uniform
+    distribution: ``t = (1 - eps) t + eps / K``, as torch does. ``weight`` (K,) rescales each
+    class; ``ignore_index`` (default -100, torch's) marks labels that contribute nothing.
+    ``reduction``: "mean" (over the batch; with class indices, over the targets' weights), "sum"
     or "none". ``forward`` returns the loss (a float, or (N,) float64 for "none") and computes
     the gradient with it; ``backward()`` returns that gradient, d loss / d logits (a reused
-    float32 buffer).
+    float32 buffer). Unweighted losses run in one compiled pass; with ``weight`` or ignored
+    labels the same formulas run in float64 NumPy.
     """
 
-    def __init__(self, label_smoothing=0.0, reduction="mean"):
+    def __init__(self, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0):
         eps = float(label_smoothing)
         if not 0.0 <= eps <= 1.0:
             raise ValueError(f"label_smoothing: expected a value in [0, 1], got {label_smoothing!r}")
         if reduction not in ("mean", "sum", "none"):
             raise ValueError(f"reduction: expected 'mean', 'sum' or 'none', got {reduction!r}")
+        if isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer)):
+            raise TypeError(f"ignore_index: expected an int, got {ignore_index!r}")
+        if weight is not None:
+            weight = np.asarray(weight, dtype=np.float64)
+            if weight.ndim != 1 or not np.all(np.isfinite(weight)) or np.any(weight < 0):
+                raise ValueError(f"weight: expected (K,) finite non-negative class weights, got {weight!r}")
+        self.weight, self.ignore_index = weight, int(ignore_index)
         self.label_smoothing, self.reduction = eps, reduction
         self._grad = None
         self._soft = None
@@ -39,8 +49,10 @@ class CrossEntropyLoss:
         if target.ndim == 1 and target.dtype.kind in "iu":
             if target.shape[0] != N:
                 raise ValueError(f"target: expected {N} labels (one per logits row), got {target.shape[0]}")
-            if N and (target.min() < 0 or target.max() >= K):
-                raise ValueError(f"target: class indices must lie in [0, {K}), got {target.min()}..{target.max()}")
+            kept = target != self.ignore_index
+            if N and kept.any() and (target[kept].min() < 0 or target[kept].max() >= K):
+                raise ValueError(f"target: class indices must lie in [0, {K}) (or be ignore_index="
+                                 f"{self.ignore_index}), got {target[kept].min()}..{target[kept].max()}")
             labels = np.ascontiguousarray(target, dtype=np.int64)
         elif target.ndim == 2 and target.dtype.kind == "f":
             if target.shape != (N, K):
@@ -54,8 +66,12 @@ class CrossEntropyLoss:
         else:
             raise TypeError(f"target: expected integer class indices (N,) or float soft targets (N, K), got "
                             f"dtype {target.dtype} shape {target.shape}")
+        if self.weight is not None and self.weight.shape != (K,):
+            raise ValueError(f"weight: expected {K} class weights (one per logit), got {self.weight.shape[0]}")
         if self._grad is None or self._grad.shape != (N, K):
             self._grad = np.empty((N, K), np.float32)
+        if self.weight is not None or (labels is not None and not kept.all()):
+            return self._general(logits, labels, target if labels is None else None)
         scale = 1.0 / N if self.reduction == "mean" and N else 1.0
         per = _core.softmax_xent(np.ascontiguousarray(logits), labels, soft, N, K,
                                  self.label_smoothing if labels is not None else 0.0, self._grad, scale)
@@ -63,6 +79,40 @@ class CrossEntropyLoss:
             return per
         total = float(np.sum(per))
         return total / N if self.reduction == "mean" and N else total
+
+    def _general(self, logits, labels, soft):
+        """Weighted and/or ignored targets, torch's formulas in float64: with per-row coefficients
+        a (labels: (1 - eps) w[y] onehot(y) + (eps/K) w; soft: w t with t smoothed), the row loss is
+        -sum_k a_k log p_k and its gradient p sum(a) - a; "mean" divides by the sum of w[y] over
+        the kept labels (soft targets: by N)."""
+        N, K = logits.shape
+        z = logits.astype(np.float64)
+        logp = z - z.max(axis=1, keepdims=True)
+        logp -= np.log(np.exp(logp).sum(axis=1, keepdims=True))
+        w = np.ones(K) if self.weight is None else self.weight
+        eps = self.label_smoothing
+        if labels is not None:
+            kept = labels != self.ignore_index
+            safe = np.where(kept, labels, 0)
+            a = np.zeros((N, K))
+            a[np.arange(N), safe] = (1.0 - eps) * w[safe]
+            a += (eps / K) * w[None, :]
+            a[~kept] = 0.0
+            divisor = float(np.sum(w[safe][kept])) if self.reduction == "mean" else 1.0
+        else:
+            t = np.asarray(soft, dtype=np.float64) * (1.0 - eps) + eps / K
+            a = t * w[None, :]
+            divisor = float(N) if self.reduction == "mean" else 1.0
+        per = -(a * logp).sum(axis=1)
+        grad = np.exp(logp) * a.sum(axis=1, keepdims=True) - a
+        with np.errstate(invalid="ignore", divide="ignore"):
+            self._grad[...] = grad / divisor if divisor else np.nan
+        if self.reduction == "none":
+            return per
+        total = float(per.sum())
+        if self.reduction == "sum":
+            return total
+        return total / divisor if divisor else float("nan")
 
     __call__ = forward
 
