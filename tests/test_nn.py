@@ -1165,3 +1165,27 @@ def test_cross_entropy_bad_weight(rng):
         nn.CrossEntropyLoss(weight=np.ones(3)).forward(randn(rng, 2, 4), np.array([0, 1]))
     with pytest.raises(TypeError, match="ignore_index"):
         nn.CrossEntropyLoss(ignore_index=1.5)
+
+
+@pytest.mark.parametrize("ceil", [False, True])
+@pytest.mark.parametrize("include", [False, True])
+def test_avg_pool_ceil_mode_and_count_include_pad_brute_force(rng, ceil, include):
+    x = randn(rng, 2, 3, 7, 8).astype(F64)
+    k, s, p = 3, 2, 1
+    m = nn.AvgPool2d(k, s, p, ceil_mode=ceil, count_include_pad=include)
+    y = m.forward(x.astype(F32))
+
+    def out(n):  # torch's rule, written out
+        o = (-(-(n + 2 * p - k) // s) if ceil else (n + 2 * p - k) // s) + 1
+        return o - 1 if ceil and (o - 1) * s >= n + p else o
+    OH, OW = out(7), out(8)
+    assert y.shape == (2, 3, OH, OW)
+    ref = np.zeros((2, 3, OH, OW))
+    for i in range(OH):
+        for j in range(OW):
+            h0, w0 = i * s - p, j * s - p
+            ha, hb, wa, wb = max(h0, 0), min(h0 + k, 7), max(w0, 0), min(w0 + k, 8)
+            total = x[:, :, ha:hb, wa:wb].sum(axis=(2, 3))
+            div = (min(h0 + k, 7 + p) - h0) * (min(w0 + k, 8 + p) - w0) if include else (hb - ha) * (wb - wa)
+            ref[:, :, i, j] = total / div
+    assert_close(y, ref, F32, length=9, what="avg pool")

@@ -389,3 +389,27 @@ def test_cross_entropy_weighted_soft_targets_match_torch(reduction):
     tl.backward()
     np.testing.assert_allclose(v, tl.item(), rtol=1e-6)
     np.testing.assert_allclose(loss.backward(), zt.grad.numpy(), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("kind,k,s,p,ceil,include", [
+    ("max", 3, 2, 1, True, True), ("max", 2, 2, 0, True, True), ("max", 3, 3, 0, True, True),
+    ("avg", 3, 2, 1, True, True), ("avg", 3, 2, 1, True, False), ("avg", 2, 2, 0, True, True),
+    ("avg", 3, 2, 1, False, False), ("avg", 3, 3, 1, True, False), ("max", 3, 2, 1, False, True)])
+def test_pool_ceil_mode_and_count_include_pad_match_torch(layout, kind, k, s, p, ceil, include):
+    rng = np.random.default_rng(9)
+    x = randn(rng, 2, 3, 8, 7)  # odd widths make ceil_mode add a window
+    if kind == "max":
+        m = nn.MaxPool2d(k, s, p, ceil_mode=ceil, layout=layout)
+        t = T.MaxPool2d(k, s, p, ceil_mode=ceil)
+    else:
+        m = nn.AvgPool2d(k, s, p, ceil_mode=ceil, count_include_pad=include, layout=layout)
+        t = T.AvgPool2d(k, s, p, ceil_mode=ceil, count_include_pad=include)
+    xt = torch.from_numpy(x.astype(np.float64)).requires_grad_(True)
+    yt = t(xt)
+    y = m.forward(to_layout(x, layout))
+    np.testing.assert_allclose(from_layout(y, layout), yt.detach().numpy(), rtol=1e-6, atol=1e-6)
+    g = rng.standard_normal(yt.shape)
+    yt.backward(torch.from_numpy(g))
+    gx = m.backward(to_layout(g.astype(np.float32), layout))
+    np.testing.assert_allclose(from_layout(gx, layout), xt.grad.numpy(), rtol=1e-6, atol=1e-6)

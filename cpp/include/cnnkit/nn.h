@@ -14,7 +14,9 @@ struct PoolGeom {
 
 // mode 0, max: y = the window's maximum (padding never wins; NaN propagates; the first maximum in
 // row-major window order is kept), idx = its position h*W + w in the input plane.
-// mode 1, average: y = sum of the in-image values / (kh*kw) (torch's count_include_pad=True).
+// mode 1, average: y = sum of the in-image values / the window's size within the padded input
+// (torch's count_include_pad=True); mode 2: / the number of in-image values (count_include_pad=False).
+// Windows start inside the padded input; with ceil_mode the last may run past it.
 void pool2d_forward(const float* x, float* y, int32_t* idx, const PoolGeom& g, int mode);
 // gx = the adjoint: max routes each gradient to idx, average spreads it over the window.
 void pool2d_backward(const float* gy, float* gx, const int32_t* idx, const PoolGeom& g, int mode);

@@ -26,12 +26,20 @@ inline Plane plane(const PoolGeom& g, int64_t n, int64_t c, int64_t H, int64_t W
   return {(n * g.C + c) * H * W, W, 1};
 }
 
+// Average pooling's divisor (torch's): mode 1 counts the window clipped to the padded input
+// (count_include_pad; kh*kw except where ceil_mode lets a window run past the padding), mode 2
+// only the input elements under it.
+inline int64_t divisor(const PoolGeom& g, int mode, int64_t h0, int64_t w0, int64_t ha, int64_t hb, int64_t wa,
+                       int64_t wb) {
+  if (mode == 2) return std::max<int64_t>((hb - ha) * (wb - wa), 1);
+  return (std::min(h0 + g.kh, g.H + g.ph) - h0) * (std::min(w0 + g.kw, g.W + g.pw) - w0);
+}
+
 }  // namespace
 
 void pool2d_forward(const float* x, float* y, int32_t* idx, const PoolGeom& g, int mode) {
   const int64_t planes = g.N * g.C;
   const int nt = planes * g.OH * g.OW < (1 << 14) ? 1 : num_threads();
-  const float inv = 1.0f / float(g.kh * g.kw);
 #pragma omp parallel for schedule(static) num_threads(nt)
   for (int64_t pl = 0; pl < planes; ++pl) {
     const int64_t n = pl / g.C, c = pl % g.C;
@@ -61,7 +69,7 @@ void pool2d_forward(const float* x, float* y, int32_t* idx, const PoolGeom& g, i
           float s = 0.0f;
           for (int64_t h = ha; h < hb; ++h)
             for (int64_t w = wa; w < wb; ++w) s += x[in.base + h * in.row + w * in.col];
-          y[o] = s * inv;
+          y[o] = s / float(divisor(g, mode, h0, w0, ha, hb, wa, wb));
         }
       }
   }
@@ -70,7 +78,6 @@ void pool2d_forward(const float* x, float* y, int32_t* idx, const PoolGeom& g, i
 void pool2d_backward(const float* gy, float* gx, const int32_t* idx, const PoolGeom& g, int mode) {
   const int64_t planes = g.N * g.C;
   const int nt = planes * g.H * g.W < (1 << 14) ? 1 : num_threads();
-  const float inv = 1.0f / float(g.kh * g.kw);
 #pragma omp parallel for schedule(static) num_threads(nt)
   for (int64_t pl = 0; pl < planes; ++pl) {
     const int64_t n = pl / g.C, c = pl % g.C;
@@ -88,7 +95,7 @@ void pool2d_backward(const float* gy, float* gx, const int32_t* idx, const PoolG
         const int64_t h0 = oh * g.sh - g.ph, w0 = ow * g.sw - g.pw;
         const int64_t ha = std::max<int64_t>(h0, 0), hb = std::min<int64_t>(h0 + g.kh, g.H);
         const int64_t wa = std::max<int64_t>(w0, 0), wb = std::min<int64_t>(w0 + g.kw, g.W);
-        const float v = gy[o] * inv;
+        const float v = gy[o] / float(divisor(g, mode, h0, w0, ha, hb, wa, wb));
         for (int64_t h = ha; h < hb; ++h)
           for (int64_t w = wa; w < wb; ++w) gx[in.base + h * in.row + w * in.col] += v;
       }

@@ -316,11 +316,23 @@ class ReLU(Module):
         return np.multiply(grad, mask, out=gi)
 
 
-def _pool_geometry(x, k, s, p, layout):
+def _pool_out(size, k, s, p, ceil_mode):
+    """torch's pooled size: floor (or ceil) of (size + 2p - k)/s + 1; with ceil_mode the last
+    window must start inside the input or its left padding."""
+    span = size + 2 * p - k
+    if span < 0:
+        return 0
+    out = (-(-span // s) if ceil_mode else span // s) + 1
+    if ceil_mode and (out - 1) * s >= size + p:
+        out -= 1
+    return out
+
+
+def _pool_geometry(x, k, s, p, layout, ceil_mode=False):
     N = x.shape[0]
     C, H, W = (x.shape[1], x.shape[2], x.shape[3]) if layout == "NCHW" else (x.shape[3], x.shape[1], x.shape[2])
-    OH = (H + 2 * p[0] - k[0]) // s[0] + 1
-    OW = (W + 2 * p[1] - k[1]) // s[1] + 1
+    OH = _pool_out(H, k[0], s[0], p[0], ceil_mode)
+    OW = _pool_out(W, k[1], s[1], p[1], ceil_mode)
     if OH < 1 or OW < 1:
         raise ValueError(f"x: the {k[0]}x{k[1]} pooling window does not fit the {H}x{W} input (padding {p})")
     return N, C, H, W, OH, OW
@@ -334,20 +346,22 @@ def _pair(name, v, lo):
 
 
 class _Pool2d(Module):
-    _mode = 0  # 0 max, 1 average (count_include_pad as torch's default)
+    _mode = 0  # 0 max; 1 average counting the padding (torch's default), 2 average without it
 
-    def __init__(self, kernel_size, stride=None, padding=0, *, layout="NCHW"):
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, *, layout="NCHW"):
         super().__init__()
         self.kernel_size = _pair("kernel_size", kernel_size, 1)
         self.stride = self.kernel_size if stride is None else _pair("stride", stride, 1)
         self.padding = _pair("padding", padding, 0)
         if any(2 * p > k for p, k in zip(self.padding, self.kernel_size)):
             raise ValueError(f"padding: must be at most half the kernel size, got {padding} for {kernel_size}")
+        self.ceil_mode = bool(ceil_mode)
         self.layout = _layout(layout)
 
     def forward(self, x):
         _check_input(self, x, None, self.layout)
-        N, C, H, W, OH, OW = _pool_geometry(x, self.kernel_size, self.stride, self.padding, self.layout)
+        N, C, H, W, OH, OW = _pool_geometry(x, self.kernel_size, self.stride, self.padding, self.layout,
+                                            self.ceil_mode)
         shape = (N, C, OH, OW) if self.layout == "NCHW" else (N, OH, OW, C)
         y = self._buf("y", shape)
         self._x = x
@@ -366,17 +380,26 @@ class _Pool2d(Module):
         return gi
 
     def extra_repr(self):
-        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+        return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
+                f"ceil_mode={self.ceil_mode}")
 
 
 class MaxPool2d(_Pool2d):
-    """``torch.nn.MaxPool2d`` (padding is -inf; the gradient goes to the first maximum)."""
+    """``torch.nn.MaxPool2d`` (padding is -inf; the gradient goes to the first maximum;
+    ``ceil_mode`` as torch's)."""
     _mode = 0
 
 
 class AvgPool2d(_Pool2d):
-    """``torch.nn.AvgPool2d`` (count_include_pad=True: padded zeros count in the divisor)."""
+    """``torch.nn.AvgPool2d``: ``count_include_pad`` (default True) counts the padded zeros in the
+    divisor; ``ceil_mode`` as torch's (a window running past the padding divides by its clipped size)."""
     _mode = 1
+
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True, *,
+                 layout="NCHW"):
+        super().__init__(kernel_size, stride, padding, ceil_mode, layout=layout)
+        self.count_include_pad = bool(count_include_pad)
+        self._mode = 1 if self.count_include_pad else 2
 
 
 class GlobalAvgPool2d(Module):
