@@ -40,12 +40,13 @@ Formulas (x is (N, C, H, W), per output element):
 from __future__ import annotations
 
 import math
-import numbers
 from typing import NamedTuple
 
 import numpy as np
 
 from . import conv as _conv
+from .conv import _f64, pair
+from .norm import _act
 
 __all__ = [
     "to_nchw", "to_nhwc", "pair",
@@ -57,18 +58,6 @@ __all__ = [
 
 
 # ---- helpers ------------------------------------------------------------------------------------
-
-def _f64(a):
-    return np.array(a, dtype=np.float64, copy=True)
-
-
-def pair(v):
-    """An int or a pair of ints -> a tuple of two Python ints."""
-    if isinstance(v, numbers.Integral):
-        return int(v), int(v)
-    a, b = v
-    return int(a), int(b)
-
 
 def to_nchw(a, layout="NCHW"):
     """A float64 NCHW copy of a 4-D array given in `layout`."""
@@ -92,14 +81,6 @@ def _back(a, layout):
 
 def _per_channel(p, c, default):
     return np.full(c, float(default)) if p is None else _f64(p).reshape(c)
-
-
-def _act(a, activation):
-    if activation is None:
-        return a
-    if activation == "relu":
-        return np.maximum(a, 0.0)
-    raise ValueError(f"activation {activation!r}")
 
 
 # ---- convolutions -------------------------------------------------------------------------------

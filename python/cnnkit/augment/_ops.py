@@ -369,6 +369,30 @@ def translate_y(images, pixels, *, interpolation="nearest", fill=None, out=None)
 
 # ---- crops ---------------------------------------------------------------------------------------
 
+def _int_rows(name, value, N, width, single):
+    """(N, width) int64 rows (one row for a single image), or TypeError/ValueError naming ``name``."""
+    a = np.asarray(value)
+    if single and a.shape == (width,):
+        a = a[None]
+    if a.dtype.kind not in "iu":
+        raise TypeError(f"{name}: expected integers, got dtype {a.dtype}")
+    if a.shape != (N, width):
+        raise ValueError(f"{name}: expected shape ({N}, {width}), got {np.shape(value)}")
+    return np.ascontiguousarray(a, dtype=np.int64)
+
+
+def _padding(padding):
+    if isinstance(padding, bool) or not isinstance(padding, numbers.Integral) or padding < 0:
+        raise ValueError(f"padding: expected a non-negative int, got {padding!r}")
+    return int(padding)
+
+
+def _padding_mode(padding_mode):
+    if padding_mode not in _PAD_MODES:
+        raise ValueError(f"padding_mode: expected one of {_PAD_MODES}, got {padding_mode!r}")
+    return padding_mode
+
+
 def _size2(size):
     if isinstance(size, numbers.Integral) and not isinstance(size, bool):
         size = (size, size)
@@ -389,14 +413,7 @@ def resized_crop(images, boxes, size, *, antialias=True, out=None):
     x, single = _images(images)
     N, H, W, C = x.shape
     oh, ow = _size2(size)
-    b = np.asarray(boxes)
-    if single and b.shape == (4,):
-        b = b[None]
-    if b.dtype.kind not in "iu":
-        raise TypeError(f"boxes: expected integers, got dtype {b.dtype}")
-    if b.shape != (N, 4):
-        raise ValueError(f"boxes: expected shape ({N}, 4), got {np.shape(boxes)}")
-    b = np.ascontiguousarray(b, dtype=np.int64)
+    b = _int_rows("boxes", boxes, N, 4, single)
     if N and (np.any(b[:, :2] < 0) or np.any(b[:, 2:] < 1) or np.any(b[:, 0] + b[:, 2] > H)
               or np.any(b[:, 1] + b[:, 3] > W)):
         raise ValueError(f"boxes: expected (top, left, height, width) boxes inside the {H}x{W} image, got {b.tolist()}")
@@ -422,17 +439,9 @@ def pad_crop(images, offsets, padding, *, fill=0, padding_mode="constant", out=N
     which are torchvision's; unlike torch, reflect padding may exceed the image, as NumPy allows)."""
     x, single = _images(images)
     N, H, W, C = x.shape
-    if isinstance(padding, bool) or not isinstance(padding, numbers.Integral) or padding < 0:
-        raise ValueError(f"padding: expected a non-negative int, got {padding!r}")
-    if padding_mode not in _PAD_MODES:
-        raise ValueError(f"padding_mode: expected one of {_PAD_MODES}, got {padding_mode!r}")
-    o = np.asarray(offsets)
-    if single and o.shape == (2,):
-        o = o[None]
-    if o.dtype.kind not in "iu":
-        raise TypeError(f"offsets: expected integers, got dtype {o.dtype}")
-    if o.shape != (N, 2):
-        raise ValueError(f"offsets: expected shape ({N}, 2), got {np.shape(offsets)}")
+    padding = _padding(padding)
+    _padding_mode(padding_mode)
+    o = _int_rows("offsets", offsets, N, 2, single)
     if o.size and (o.min() < 0 or o.max() > 2 * padding):
         raise ValueError(f"offsets: expected values in [0, {2 * padding}], got {o.tolist()}")
     fv = _fill_values(fill, C)
@@ -529,8 +538,7 @@ def sample_pad_crop_params(rng, batch_size, padding, *, same_on_batch=False):
     """``{"offsets": (N, 2) int64}``, top and left uniform in [0, 2*padding]."""
     _check_rng(rng)
     N = _batch_size(batch_size)
-    if isinstance(padding, bool) or not isinstance(padding, numbers.Integral) or padding < 0:
-        raise ValueError(f"padding: expected a non-negative int, got {padding!r}")
+    padding = _padding(padding)
     o = rng.integers(0, 2 * padding + 1, size=(1 if same_on_batch else N, 2))
     return {"offsets": np.repeat(o, N, axis=0) if same_on_batch else o.astype(np.int64)}
 

@@ -11,7 +11,7 @@ import numbers
 
 import numpy as np
 
-from . import _cutout, _mix, _policy
+from . import _cutout, _mix, _ops, _policy
 from . import functional as F
 
 __all__ = ["Transform", "Compose", "MixUp", "CutMix", "SamplePairing", "Cutout", "RandomErasing", "AutoAugment",
@@ -479,18 +479,6 @@ class SpatialDropout(Transform):
         return _back(F.spatial_dropout_backward(g, self.last_params["scale"], layout=self.layout), single)
 
 
-def _size2(size):
-    if isinstance(size, numbers.Integral) and not isinstance(size, bool):
-        size = (size, size)
-    try:
-        h, w = (int(s) for s in size)
-    except (TypeError, ValueError):
-        raise TypeError(f"size: expected an int or (height, width), got {size!r}") from None
-    if h < 1 or w < 1:
-        raise ValueError(f"size: expected positive sizes, got {size!r}")
-    return h, w
-
-
 class RandomResizedCrop(Transform):
     """torchvision ``RandomResizedCrop``: a box of ``scale`` of the area and aspect ``ratio``
     (log-uniform; 10 tries, then the centre crop), resized to ``size`` bilinearly (antialiased
@@ -498,7 +486,7 @@ class RandomResizedCrop(Transform):
 
     def __init__(self, size, scale=(0.08, 1.0), ratio=(3.0 / 4.0, 4.0 / 3.0), antialias=True, *,
                  same_on_batch=False, seed=None):
-        self.size = _size2(size)
+        self.size = _ops._size2(size)
         self.scale = _policy._range("scale", scale, sym_ok=False, lo_bound=0.0)
         self.ratio = _policy._range("ratio", ratio, sym_ok=False, lo_bound=0.0)
         self.antialias = bool(antialias)
@@ -524,12 +512,8 @@ class RandomCrop(Transform):
     "constant" (with ``fill``), "edge", "reflect" or "symmetric"; see :func:`cnnkit.augment.functional.pad_crop`."""
 
     def __init__(self, padding=4, fill=0, padding_mode="constant", *, same_on_batch=False, seed=None):
-        if isinstance(padding, bool) or not isinstance(padding, numbers.Integral) or padding < 0:
-            raise ValueError(f"padding: expected an int >= 0, got {padding!r}")
-        if padding_mode not in ("constant", "edge", "reflect", "symmetric"):
-            raise ValueError(f"padding_mode: expected 'constant', 'edge', 'reflect' or 'symmetric', got "
-                             f"{padding_mode!r}")
-        self.padding, self.fill, self.padding_mode = int(padding), fill, padding_mode
+        self.padding, self.fill = _ops._padding(padding), fill
+        self.padding_mode = _ops._padding_mode(padding_mode)
         self.same_on_batch = bool(same_on_batch)
         super().__init__(seed)
 
