@@ -8,7 +8,8 @@ namespace cnnkit::bind {
 namespace {
 
 nn::PoolGeom geom(int64_t N, int64_t C, int64_t H, int64_t W, int64_t OH, int64_t OW, int64_t kh, int64_t kw,
-                  int64_t sh, int64_t sw, int64_t ph, int64_t pw, bool nhwc) {
+                  int64_t sh, int64_t sw, int64_t ph, int64_t pw, bool nhwc, int mode) {
+  if (mode < 0 || mode > 2) throw py::value_error("mode: expected 0 (max), 1 or 2 (average)");
   if (N < 0 || C < 1 || H < 1 || W < 1 || OH < 1 || OW < 1 || kh < 1 || kw < 1 || sh < 1 || sw < 1 || ph < 0 ||
       pw < 0 || 2 * ph > kh || 2 * pw > kw || (OH - 1) * sh >= H + ph || (OW - 1) * sw >= W + pw ||
       H * W > (int64_t(1) << 31))
@@ -24,8 +25,7 @@ void bind_nn(py::module_& m) {
       [](const py::array& x, const py::array& y, const py::object& idx, int64_t N, int64_t C, int64_t H, int64_t W,
          int64_t OH, int64_t OW, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, bool nhwc,
          int mode) {
-        const nn::PoolGeom g = geom(N, C, H, W, OH, OW, kh, kw, sh, sw, ph, pw, nhwc);
-        if (mode < 0 || mode > 2) throw py::value_error("mode: expected 0 (max), 1 or 2 (average)");
+        const nn::PoolGeom g = geom(N, C, H, W, OH, OW, kh, kw, sh, sw, ph, pw, nhwc, mode);
         const float* px = checked<float>(x, "x", N * C * H * W, false);
         float* py_ = checked<float>(y, "y", N * C * OH * OW, true);
         int32_t* pi = nullptr;
@@ -42,8 +42,7 @@ void bind_nn(py::module_& m) {
       [](const py::array& gy, const py::array& gx, const py::object& idx, int64_t N, int64_t C, int64_t H, int64_t W,
          int64_t OH, int64_t OW, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, bool nhwc,
          int mode) {
-        const nn::PoolGeom g = geom(N, C, H, W, OH, OW, kh, kw, sh, sw, ph, pw, nhwc);
-        if (mode < 0 || mode > 2) throw py::value_error("mode: expected 0 (max), 1 or 2 (average)");
+        const nn::PoolGeom g = geom(N, C, H, W, OH, OW, kh, kw, sh, sw, ph, pw, nhwc, mode);
         const float* pgy = checked<float>(gy, "grad", N * C * OH * OW, false);
         float* pgx = checked<float>(gx, "gx", N * C * H * W, true);
         const int32_t* pi = nullptr;

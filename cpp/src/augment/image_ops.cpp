@@ -131,10 +131,15 @@ void histograms(const uint8_t* s, const Geo& g, int64_t* h) {
 }
 
 // Pillow's ImageOps.autocontrast (cutoff 0) and equalize, per channel.
-void autocontrast(const uint8_t* s, uint8_t* d, const Geo& g, std::vector<uint8_t>& lut, std::vector<int64_t>& h) {
+// Per-channel histograms into h and room for the per-channel tables in lut.
+void prepare_tables(const uint8_t* s, const Geo& g, std::vector<uint8_t>& lut, std::vector<int64_t>& h) {
   h.resize(size_t(g.C * 256));
   lut.resize(size_t(g.C * 256));
   histograms(s, g, h.data());
+}
+
+void autocontrast(const uint8_t* s, uint8_t* d, const Geo& g, std::vector<uint8_t>& lut, std::vector<int64_t>& h) {
+  prepare_tables(s, g, lut, h);
   for (int64_t c = 0; c < g.C; ++c) {
     const int64_t* hc = h.data() + c * 256;
     int lo = 0, hi = 255;
@@ -155,9 +160,7 @@ void autocontrast(const uint8_t* s, uint8_t* d, const Geo& g, std::vector<uint8_
 }
 
 void equalize(const uint8_t* s, uint8_t* d, const Geo& g, std::vector<uint8_t>& lut, std::vector<int64_t>& h) {
-  h.resize(size_t(g.C * 256));
-  lut.resize(size_t(g.C * 256));
-  histograms(s, g, h.data());
+  prepare_tables(s, g, lut, h);
   for (int64_t c = 0; c < g.C; ++c) {
     const int64_t* hc = h.data() + c * 256;
     uint8_t* L = lut.data() + c * 256;
@@ -259,8 +262,8 @@ void affine(const uint8_t* __restrict s, uint8_t* __restrict d, const Geo& g, co
       }
       continue;
     }
-    // bilinear: floors and fractions in a vector loop (sxr/syr become the fractions); idx holds
-    // the top-left corner's offset when all four corners are inside, else -1
+    // bilinear: a vector loop marks the pixels whose four corners are all inside (idx: the
+    // top-left corner's offset, else -1); they take the unchecked path below
 #pragma omp simd
     for (int64_t x = 0; x < W; ++x) {
       const double fx = std::floor(sxr[x]), fy = std::floor(syr[x]);
@@ -270,10 +273,14 @@ void affine(const uint8_t* __restrict s, uint8_t* __restrict d, const Geo& g, co
     for (int64_t x = 0; x < W; ++x) {
       const double sx = sxr[x], sy = syr[x];
       uint8_t* op = o + x * C;
+      if (idx[x] < 0 && !(sx > -1.0 && sx < double(W) && sy > -1.0 && sy < double(H))) {  // no corner inside
+        for (int64_t c = 0; c < C; ++c) op[c] = fill_u8[c];
+        continue;
+      }
+      const double fx = std::floor(sx), fy = std::floor(sy);
+      const double wx = sx - fx, wy = sy - fy;
+      const double w00 = (1.0 - wx) * (1.0 - wy), w01 = wx * (1.0 - wy), w10 = (1.0 - wx) * wy, w11 = wx * wy;
       if (idx[x] >= 0) {  // all four corners inside
-        const double fx = std::floor(sx), fy = std::floor(sy);
-        const double wx = sx - fx, wy = sy - fy;
-        const double w00 = (1.0 - wx) * (1.0 - wy), w01 = wx * (1.0 - wy), w10 = (1.0 - wx) * wy, w11 = wx * wy;
         const uint8_t* p00 = s + idx[x];
         const uint8_t* p10 = p00 + W * C;
         if (!fill && C == 3) {
@@ -290,14 +297,7 @@ void affine(const uint8_t* __restrict s, uint8_t* __restrict d, const Geo& g, co
         }
         continue;
       }
-      if (!(sx > -1.0 && sx < double(W) && sy > -1.0 && sy < double(H))) {  // no corner inside (or NaN)
-        for (int64_t c = 0; c < C; ++c) op[c] = fill_u8[c];
-        continue;
-      }
-      const double fx = std::floor(sx), fy = std::floor(sy);
-      const double wx = sx - fx, wy = sy - fy;
       const int64_t x0 = int64_t(fx), y0 = int64_t(fy);
-      const double w00 = (1.0 - wx) * (1.0 - wy), w01 = wx * (1.0 - wy), w10 = (1.0 - wx) * wy, w11 = wx * wy;
       const double w[4] = {w00, w01, w10, w11};
       const bool in[4] = {x0 >= 0 && y0 >= 0, x0 + 1 < W && y0 >= 0, x0 >= 0 && y0 + 1 < H, x0 + 1 < W && y0 + 1 < H};
       const int64_t off[4] = {(y0 * W + x0) * C, (y0 * W + x0 + 1) * C, ((y0 + 1) * W + x0) * C,

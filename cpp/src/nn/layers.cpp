@@ -26,14 +26,21 @@ inline Plane plane(const PoolGeom& g, int64_t n, int64_t c, int64_t H, int64_t W
   return {(n * g.C + c) * H * W, W, 1};
 }
 
-// Average pooling's divisor (torch's): mode 1 counts the window clipped to the padded input
-// (count_include_pad; kh*kw except where ceil_mode lets a window run past the padding), mode 2
-// only the input elements under it.
-inline int64_t divisor(const PoolGeom& g, int mode, int64_t h0, int64_t w0, int64_t ha, int64_t hb, int64_t wa,
-                       int64_t wb) {
-  if (mode == 2) return std::max<int64_t>((hb - ha) * (wb - wa), 1);
-  return (std::min(h0 + g.kh, g.H + g.ph) - h0) * (std::min(w0 + g.kw, g.W + g.pw) - w0);
-}
+// The input rows [ha, hb) and columns [wa, wb) under output (oh, ow)'s window, which starts at
+// (h0, w0) in padded coordinates.
+struct Window {
+  int64_t h0, w0, ha, hb, wa, wb;
+  Window(const PoolGeom& g, int64_t oh, int64_t ow)
+      : h0(oh * g.sh - g.ph), w0(ow * g.sw - g.pw), ha(std::max<int64_t>(h0, 0)),
+        hb(std::min<int64_t>(h0 + g.kh, g.H)), wa(std::max<int64_t>(w0, 0)), wb(std::min<int64_t>(w0 + g.kw, g.W)) {}
+  // Average pooling's divisor (torch's): mode 1 counts the window clipped to the padded input
+  // (count_include_pad; kh*kw except where ceil_mode lets a window run past the padding), mode 2
+  // only the input elements under it.
+  int64_t divisor(const PoolGeom& g, int mode) const {
+    if (mode == 2) return std::max<int64_t>((hb - ha) * (wb - wa), 1);
+    return (std::min(h0 + g.kh, g.H + g.ph) - h0) * (std::min(w0 + g.kw, g.W + g.pw) - w0);
+  }
+};
 
 }  // namespace
 
@@ -46,9 +53,8 @@ void pool2d_forward(const float* x, float* y, int32_t* idx, const PoolGeom& g, i
     const Plane in = plane(g, n, c, g.H, g.W), out = plane(g, n, c, g.OH, g.OW);
     for (int64_t oh = 0; oh < g.OH; ++oh)
       for (int64_t ow = 0; ow < g.OW; ++ow) {
-        const int64_t h0 = oh * g.sh - g.ph, w0 = ow * g.sw - g.pw;
-        const int64_t ha = std::max<int64_t>(h0, 0), hb = std::min<int64_t>(h0 + g.kh, g.H);
-        const int64_t wa = std::max<int64_t>(w0, 0), wb = std::min<int64_t>(w0 + g.kw, g.W);
+        const Window win(g, oh, ow);
+        const int64_t ha = win.ha, hb = win.hb, wa = win.wa, wb = win.wb;
         const int64_t o = out.base + oh * out.row + ow * out.col;
         if (mode == 0) {
           float m = -std::numeric_limits<float>::infinity();
@@ -69,7 +75,7 @@ void pool2d_forward(const float* x, float* y, int32_t* idx, const PoolGeom& g, i
           float s = 0.0f;
           for (int64_t h = ha; h < hb; ++h)
             for (int64_t w = wa; w < wb; ++w) s += x[in.base + h * in.row + w * in.col];
-          y[o] = s / float(divisor(g, mode, h0, w0, ha, hb, wa, wb));
+          y[o] = s / float(win.divisor(g, mode));
         }
       }
   }
@@ -92,10 +98,9 @@ void pool2d_backward(const float* gy, float* gx, const int32_t* idx, const PoolG
           gx[in.base + (p / g.W) * in.row + (p % g.W) * in.col] += gy[o];
           continue;
         }
-        const int64_t h0 = oh * g.sh - g.ph, w0 = ow * g.sw - g.pw;
-        const int64_t ha = std::max<int64_t>(h0, 0), hb = std::min<int64_t>(h0 + g.kh, g.H);
-        const int64_t wa = std::max<int64_t>(w0, 0), wb = std::min<int64_t>(w0 + g.kw, g.W);
-        const float v = gy[o] / float(divisor(g, mode, h0, w0, ha, hb, wa, wb));
+        const Window win(g, oh, ow);
+        const int64_t ha = win.ha, hb = win.hb, wa = win.wa, wb = win.wb;
+        const float v = gy[o] / float(win.divisor(g, mode));
         for (int64_t h = ha; h < hb; ++h)
           for (int64_t w = wa; w < wb; ++w) gx[in.base + h * in.row + w * in.col] += v;
       }
