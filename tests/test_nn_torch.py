@@ -70,6 +70,16 @@ def torch_norm(kind, C):
     return T.Identity()
 
 
+def torch_shortcut(cin, cout, stride, norm):
+    """torchvision's downsample: None, or conv1x1(stride) [+ norm] when the shape changes."""
+    if stride == 1 and cin == cout:
+        return None
+    layers = [T.Conv2d(cin, cout, 1, stride, 0, bias=norm is None)]
+    if norm:
+        layers.append(torch_norm(norm, cout))
+    return T.Sequential(*layers)
+
+
 class TorchBasicBlock(T.Module):
     """torchvision.models.resnet.BasicBlock (with a choice of norm; convs get biases without one)."""
 
@@ -81,12 +91,7 @@ class TorchBasicBlock(T.Module):
         self.relu = T.ReLU()
         self.conv2 = T.Conv2d(cout, cout, 3, 1, 1, groups=groups, bias=bias)
         self.bn2 = torch_norm(norm, cout)
-        self.downsample = None
-        if stride != 1 or cin != cout:
-            layers = [T.Conv2d(cin, cout, 1, stride, 0, bias=bias)]
-            if norm:
-                layers.append(torch_norm(norm, cout))
-            self.downsample = T.Sequential(*layers)
+        self.downsample = torch_shortcut(cin, cout, stride, norm)
 
     def forward(self, x):
         identity = x if self.downsample is None else self.downsample(x)
@@ -108,12 +113,7 @@ class TorchBottleneck(T.Module):
         self.conv3 = T.Conv2d(width, cout, 1, bias=bias)
         self.bn3 = torch_norm(norm, cout)
         self.relu = T.ReLU()
-        self.downsample = None
-        if stride != 1 or cin != cout:
-            layers = [T.Conv2d(cin, cout, 1, stride, 0, bias=bias)]
-            if norm:
-                layers.append(torch_norm(norm, cout))
-            self.downsample = T.Sequential(*layers)
+        self.downsample = torch_shortcut(cin, cout, stride, norm)
 
     def forward(self, x):
         identity = x if self.downsample is None else self.downsample(x)

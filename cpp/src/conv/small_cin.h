@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "cnnkit/common.h"
@@ -166,24 +167,24 @@ void small_cin_backward_weight_k(const float* dy, const float* x, float* dw, flo
   }
 }
 
-inline void small_cin_forward(const float* x, const float* w, const float* b, float* y, const Geom& g) {
+// Calls f(std::integral_constant<int, NV>) for the vector count of K = 16, 32, 48 or 64 outputs.
+template <typename F>
+inline void by_vectors(int64_t K, F&& f) {
   constexpr int L = Vec<float>::n;
-  switch (g.K / L) {
-    case 16 / L: return small_cin_forward_k<16 / L>(x, w, b, y, g);
-    case 32 / L: return small_cin_forward_k<32 / L>(x, w, b, y, g);
-    case 48 / L: return small_cin_forward_k<48 / L>(x, w, b, y, g);
-    default: return small_cin_forward_k<64 / L>(x, w, b, y, g);
+  switch (K / L) {
+    case 16 / L: return f(std::integral_constant<int, 16 / L>());
+    case 32 / L: return f(std::integral_constant<int, 32 / L>());
+    case 48 / L: return f(std::integral_constant<int, 48 / L>());
+    default: return f(std::integral_constant<int, 64 / L>());
   }
 }
 
+inline void small_cin_forward(const float* x, const float* w, const float* b, float* y, const Geom& g) {
+  by_vectors(g.K, [&](auto nv) { small_cin_forward_k<decltype(nv)::value>(x, w, b, y, g); });
+}
+
 inline void small_cin_backward_weight(const float* dy, const float* x, float* dw, float* db, const Geom& g) {
-  constexpr int L = Vec<float>::n;
-  switch (g.K / L) {
-    case 16 / L: return small_cin_backward_weight_k<16 / L>(dy, x, dw, db, g);
-    case 32 / L: return small_cin_backward_weight_k<32 / L>(dy, x, dw, db, g);
-    case 48 / L: return small_cin_backward_weight_k<48 / L>(dy, x, dw, db, g);
-    default: return small_cin_backward_weight_k<64 / L>(dy, x, dw, db, g);
-  }
+  by_vectors(g.K, [&](auto nv) { small_cin_backward_weight_k<decltype(nv)::value>(dy, x, dw, db, g); });
 }
 
 }  // namespace CNNKIT_KERNEL_NS

@@ -87,10 +87,17 @@ class Conv2d(Module):
         return dict(stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups,
                     layout=self.layout)
 
+    def _out_shape(self, x_shape, weight_shape, **kw):
+        """The output shape for this input shape, computed once per input shape."""
+        key = tuple(x_shape)
+        if self._ws.get("shape_of") != key:
+            self._ws["shape_of"], self._ws["out_shape"] = key, ops.conv2d_output_shape(key, weight_shape, **kw)
+        return self._ws["out_shape"]
+
     def forward(self, x):
         _check_input(self, x, self.in_channels, self.layout)
-        shape = ops.conv2d_output_shape(x.shape, self.params["weight"].shape, self.stride, self.padding,
-                                        self.dilation, self.groups, layout=self.layout)
+        shape = self._out_shape(x.shape, self.params["weight"].shape, stride=self.stride, padding=self.padding,
+                                dilation=self.dilation, groups=self.groups, layout=self.layout)
         self._x = x
         y = self._buf("y", shape)
         return ops.conv2d(x, self.params["weight"], self.params.get("bias"), out=y, **self._args())
