@@ -1,4 +1,4 @@
-"""The ``cnnkit`` command: ``cnnkit demo``, ``cnnkit info`` and ``cnnkit bench <family>``."""
+"""The ``cnnkit`` command: ``cnnkit demo``, ``cnnkit explain``, ``cnnkit info`` and ``cnnkit bench <family>``."""
 from __future__ import annotations
 
 import argparse
@@ -18,11 +18,16 @@ def main(argv=None) -> int:
     if argv and argv[0] == "demo":  # its own options, parsed by cnnkit.demo
         from . import demo
         return demo.run(argv[1:])
+    if argv and argv[0] == "explain":  # its own options, parsed by cnnkit.explain.report
+        from .explain import report
+        return report.run(argv[1:])
     parser = argparse.ArgumentParser(prog="cnnkit", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("info", help="print build_info() as JSON")
     d = sub.add_parser("demo", help="train a small CNN on the bundled digits and write a report", add_help=False)
     d.add_argument("args", nargs=argparse.REMAINDER, help="see cnnkit demo --help")
+    e = sub.add_parser("explain", help="train on shapes with distractors, explain, score the maps", add_help=False)
+    e.add_argument("args", nargs=argparse.REMAINDER, help="see cnnkit explain --help")
     b = sub.add_parser("bench", help="run a kernel family's benchmark and print its table")
     b.add_argument("family", choices=sorted(FAMILIES))
     b.add_argument("args", nargs=argparse.REMAINDER, help="passed to the benchmark")

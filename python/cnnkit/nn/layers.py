@@ -61,6 +61,28 @@ def _check_input(module, x, C, layout, ndim=4):
             raise ValueError(f"x: {type(module).__name__} expects {C} channels on {where}, got shape {x.shape}")
 
 
+class _ReLUMode:
+    """``relu_mode`` ("standard", "guided" or "deconvnet"; see :meth:`Module.set_relu_backward`)
+    and ``guided``, the flag form of ``relu_mode == "guided"``."""
+
+    relu_mode = "standard"
+
+    @property
+    def guided(self):
+        return self.relu_mode == "guided"
+
+    @guided.setter
+    def guided(self, enabled):
+        self.relu_mode = "guided" if enabled else "standard"
+
+    def _relu_grad(self, grad):
+        """(gradient to pass on, whether the forward ReLU mask still applies)."""
+        if self.relu_mode == "standard" or getattr(self, "activation", "relu") != "relu":
+            return grad, True
+        grad = np.maximum(grad, 0, out=self._buf("guided", grad.shape, grad.dtype))
+        return grad, self.relu_mode == "guided"
+
+
 class Conv2d(Module):
     """``torch.nn.Conv2d`` on :func:`cnnkit.conv2d`: weight (C_out, C_in/groups, kH, kW), bias (C_out,)."""
 
@@ -104,9 +126,13 @@ class Conv2d(Module):
 
     def backward(self, grad, input_grad=True):
         needs = ("input",) if input_grad else ()
-        needs += ("weight", "bias") if self.has_bias else ("weight",)
+        if self.param_grads:
+            needs += ("weight", "bias") if self.has_bias else ("weight",)
+        if not needs:
+            return None
         gi = self._buf("gx", self._x.shape) if input_grad else None
-        out = (gi, self.grads["weight"], self.grads.get("bias"))
+        pg = self.param_grads
+        out = (gi, self.grads["weight"] if pg else None, self.grads.get("bias") if pg else None)
         ops.conv2d_backward(grad, self._x, self.params["weight"], needs=needs, out=out, **self._args())
         return gi
 
@@ -163,7 +189,7 @@ class DepthwiseSeparableConv2d(Module):
         return gi if input_grad else None
 
 
-class BatchNorm2d(Module):
+class BatchNorm2d(_ReLUMode, Module):
     """``torch.nn.BatchNorm2d`` on cnnkit's fused kernels, with an optional fused ReLU
     (``activation="relu"``) and residual input (``forward(x, residual)``: added before the
     activation). Running statistics are buffers (``running_mean``, ``running_var``,
@@ -180,7 +206,6 @@ class BatchNorm2d(Module):
             raise ValueError(f"activation: expected None or 'relu', got {activation!r}")
         self.activation = activation
         self.layout = _layout(layout)
-        self.guided = False
         if self.affine:
             self._param("weight", np.ones(num_features))
             self._param("bias", np.zeros(num_features))
@@ -210,34 +235,40 @@ class BatchNorm2d(Module):
         self._y = y
         return y
 
-    def _eval_backward(self, grad):
+    def _eval_backward(self, grad, masked):
         """Gradients in eval mode (fixed running statistics: an affine map per channel), as torch
-        gives them; used by interpretability methods on trained models."""
+        gives them; used by interpretability methods on trained models. ``masked``: apply the
+        fused ReLU's mask (False for deconvnet)."""
         C = self.num_features
         shape = (1, C, 1, 1) if self.layout == "NCHW" else (1, 1, 1, C)
         axes = (0, 2, 3) if self.layout == "NCHW" else (0, 1, 2)
         b = self.buffers
         invstd = (1.0 / np.sqrt(b["running_var"].astype(np.float64) + self.eps))
         w = self.params["weight"].astype(np.float64) if self.affine else np.ones(C)
-        g = grad.astype(np.float64)
-        if self.activation == "relu":
-            g = g * (self._y > 0)
-        xhat = (self._x - b["running_mean"].reshape(shape)) * invstd.reshape(shape)
-        if self.affine:
-            self.grads["weight"][...] = np.sum(g * xhat, axis=axes)
-            self.grads["bias"][...] = np.sum(g, axis=axes)
+        if self.activation == "relu" and masked:
+            g = np.multiply(grad, self._y > 0, out=self._buf("gmask", grad.shape))
+        else:
+            g = grad
+        if self.affine and self.param_grads:
+            g64 = g.astype(np.float64)
+            xhat = (self._x - b["running_mean"].reshape(shape)) * invstd.reshape(shape)
+            self.grads["weight"][...] = np.sum(g64 * xhat, axis=axes)
+            self.grads["bias"][...] = np.sum(g64, axis=axes)
         self.residual_grad = g.astype(np.float32) if self._residual is not None else None
         gi = self._buf("gx", self._x.shape)
-        gi[...] = g * (w * invstd).reshape(shape)
+        # one float32 product per element with the per-channel scale rounded once (torch's
+        # eval-mode batch norm is an affine map per channel too)
+        np.multiply(g, (w * invstd).astype(np.float32).reshape(shape), out=gi)
         return gi
 
     def backward(self, grad, input_grad=True):
-        if self.guided and self.activation == "relu":
-            grad = np.maximum(grad, 0, out=self._buf("guided", grad.shape))
+        grad, masked = self._relu_grad(grad)
         if not self._trained:
-            return self._eval_backward(grad)
+            return self._eval_backward(grad, masked)
+        if not masked:
+            raise ValueError("relu_mode: 'deconvnet' needs batch norm in eval mode (call model.eval())")
         needs = ["input"]
-        if self.affine:
+        if self.affine and self.param_grads:
             needs += ["weight", "bias"]
         if self._residual is not None:
             needs.append("residual")
@@ -247,7 +278,7 @@ class BatchNorm2d(Module):
                                       bias=self.params.get("bias"), residual=self._residual,
                                       activation=self.activation, layout=self.layout, needs=tuple(needs), out=gi,
                                       out_residual=gres)
-        if self.affine:
+        if self.affine and self.param_grads:
             self.grads["weight"][...] = res[1]
             self.grads["bias"][...] = res[2]
         self.residual_grad = res[3] if self._residual is not None else None
@@ -257,7 +288,7 @@ class BatchNorm2d(Module):
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, activation={self.activation!r}"
 
 
-class GroupNorm(Module):
+class GroupNorm(_ReLUMode, Module):
     """``torch.nn.GroupNorm`` (statistics per sample and group), optional fused ReLU."""
 
     def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, *, activation=None, layout="NCHW"):
@@ -270,7 +301,6 @@ class GroupNorm(Module):
             raise ValueError(f"activation: expected None or 'relu', got {activation!r}")
         self.eps, self.affine, self.activation = float(eps), bool(affine), activation
         self.layout = _layout(layout)
-        self.guided = False
         if self.affine:
             self._param("weight", np.ones(num_channels))
             self._param("bias", np.zeros(num_channels))
@@ -287,26 +317,21 @@ class GroupNorm(Module):
         return y
 
     def backward(self, grad, input_grad=True):
-        if self.guided and self.activation == "relu":
-            grad = np.maximum(grad, 0, out=self._buf("guided", grad.shape))
-        needs = ("input", "weight", "bias") if self.affine else ("input",)
+        grad, masked = self._relu_grad(grad)
+        needs = ("input", "weight", "bias") if self.affine and self.param_grads else ("input",)
         gi, gw, gb = ops.group_norm_backward(grad, self._x, self.num_groups, self.params.get("weight"), self._mean,
                                              self._invstd, y=self._y, bias=self.params.get("bias"),
-                                             activation=self.activation, layout=self.layout, needs=needs,
-                                             out=self._buf("gx", self._x.shape))
-        if self.affine:
+                                             activation=self.activation if masked else None, layout=self.layout,
+                                             needs=needs, out=self._buf("gx", self._x.shape))
+        if self.affine and self.param_grads:
             self.grads["weight"][...] = gw
             self.grads["bias"][...] = gb
         return gi
 
 
-class ReLU(Module):
+class ReLU(_ReLUMode, Module):
     """max(x, 0); ``guided`` (see :meth:`Module.set_guided_backprop`) passes back only positive
     gradients through positive activations."""
-
-    def __init__(self):
-        super().__init__()
-        self.guided = False
 
     def forward(self, x):
         _check_input(self, x, None, "NCHW", ndim=x.ndim if isinstance(x, np.ndarray) else 4)
@@ -315,9 +340,11 @@ class ReLU(Module):
         return y
 
     def backward(self, grad, input_grad=True):
-        mask = np.greater(self._y, 0, out=self._buf("mask", self._y.shape, np.bool_))
         gi = self._buf("gx", grad.shape, grad.dtype)
-        if self.guided:
+        if self.relu_mode == "deconvnet":
+            return np.maximum(grad, 0, out=gi)
+        mask = np.greater(self._y, 0, out=self._buf("mask", self._y.shape, np.bool_))
+        if self.relu_mode == "guided":
             np.maximum(grad, 0, out=gi)
             return np.multiply(gi, mask, out=gi)
         return np.multiply(grad, mask, out=gi)
@@ -489,9 +516,10 @@ class Linear(Module):
         return y
 
     def backward(self, grad, input_grad=True):
-        np.matmul(grad.T, self._x, out=self.grads["weight"])
-        if self.has_bias:
-            np.sum(grad, axis=0, out=self.grads["bias"])
+        if self.param_grads:
+            np.matmul(grad.T, self._x, out=self.grads["weight"])
+            if self.has_bias:
+                np.sum(grad, axis=0, out=self.grads["bias"])
         if not input_grad:
             return None
         return np.matmul(grad, self.params["weight"], out=self._buf("gx", self._x.shape))

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["Module", "Sequential", "Capture"]
+__all__ = ["Module", "Sequential", "Capture", "RELU_BACKWARD_MODES"]
+
+RELU_BACKWARD_MODES = ("standard", "guided", "deconvnet")
 
 
 class Capture:
@@ -44,6 +46,7 @@ class Module:
         self._ws: dict = {}
         self._captures: list[Capture] = []
         self._arena = None
+        self.param_grads = True  # False: backward computes only input gradients (interpretability)
 
     # ---- registration ----
     def _param(self, name, value):
@@ -211,10 +214,52 @@ class Module:
 
     def set_guided_backprop(self, enabled=True):
         """Guided backprop: every ReLU (also fused ones) passes back only positive gradients
-        through positive activations."""
+        through positive activations (``set_relu_backward("guided")``; ``False`` restores the
+        standard rule)."""
+        return self.set_relu_backward("guided" if enabled else "standard")
+
+    def set_relu_backward(self, mode="standard"):
+        """The rule every ReLU (also those fused into a norm) applies on the way back, for a
+        gradient ``g`` reaching an output ``y = max(x, 0)``:
+
+        * ``"standard"``: ``g * (y > 0)`` (the true gradient),
+        * ``"guided"``: ``max(g, 0) * (y > 0)`` (guided backprop, Springenberg et al.),
+        * ``"deconvnet"``: ``max(g, 0)`` (Zeiler and Fergus' deconvnet: the forward mask is
+          ignored). Fused norm + ReLU modules support it in eval mode (batch norm) and always
+          (group norm).
+
+        Parameters
+        ----------
+        mode : {"standard", "guided", "deconvnet"}
+
+        Returns
+        -------
+        Module
+            ``self``.
+        """
+        if mode not in RELU_BACKWARD_MODES:
+            raise ValueError(f"mode: expected one of {RELU_BACKWARD_MODES}, got {mode!r}")
         for m in self.modules():
-            if hasattr(m, "guided"):
-                m.guided = bool(enabled)
+            if hasattr(m, "relu_mode"):
+                m.relu_mode = mode
+        return self
+
+    def set_param_grads(self, enabled=True):
+        """Whether ``backward`` computes parameter gradients (default True). With ``False``
+        every layer computes only the gradient with respect to its input and leaves the gradient
+        arena untouched: attribution methods need nothing else, and skip the weight-gradient work.
+
+        Parameters
+        ----------
+        enabled : bool
+
+        Returns
+        -------
+        Module
+            ``self``.
+        """
+        for m in self.modules():
+            m.param_grads = bool(enabled)
         return self
 
     def forward(self, x):  # pragma: no cover - abstract
