@@ -4,6 +4,9 @@
   and stay faithful when resized; faces match scikit-image's subset (skipped without it);
 * make_shapes: same seed same data, each mask's bounding box is its box, every class appears,
   shapes are distinct, the object is brighter than its background, images are not constant;
+  distractors: of other classes, disjoint boxes (one background pixel apart) and masks, the
+  labelled data unchanged outside them, distractors=0 bit-identical to the data stored before
+  the option existed, impossible counts refused;
 * ArrayDataset: NumPy indexing, extras, validation, the .npz round trip;
 * train_test_split: per-class proportions, disjoint and complete, deterministic by seed;
 * DataLoader: every sample exactly once per epoch, epochs differ, same seed same order, drop_last,
@@ -13,6 +16,7 @@
 """
 from __future__ import annotations
 
+import hashlib
 import sys
 
 import cnnkit.augment as A
@@ -212,6 +216,107 @@ def test_make_shapes_feature_classes_and_scale():
 def test_make_shapes_exception(args, kwargs, exc, name):
     with pytest.raises(exc, match=name):
         make_shapes(*args, **kwargs)
+
+
+def _digest(ds):
+    h = hashlib.sha256()
+    for a in (ds.images, ds.labels, ds.boxes, ds.masks):
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()[:16]
+
+
+# sha256 of (images, labels, boxes, masks), computed with make_shapes before `distractors` existed
+@pytest.mark.parametrize("kwargs, digest", [
+    (dict(n=20, size=32, seed=0), "f4a2c75f4aad111d"),
+    (dict(n=7, size=16, seed=3, channels=3, noise=0.0), "af3f89a4afa6a15f"),
+    (dict(n=600, size=12, seed=5, classes=("circle", "cross")), "20c6ee0472c7d047")])
+def test_make_shapes_no_distractors_unchanged(kwargs, digest):
+    ds = make_shapes(**kwargs)
+    assert _digest(ds) == digest
+    assert _digest(make_shapes(**kwargs, distractors=0)) == digest
+    assert set(ds.extras) == {"boxes", "masks"}
+
+
+def _boxes_apart(a, b):
+    """Half-open boxes (y0, x0, y1, x1) with at least one pixel between them."""
+    return a[2] < b[0] or b[2] < a[0] or a[3] < b[1] or b[3] < a[1]
+
+
+@pytest.mark.parametrize("n, size, k, channels", [(60, 32, 2, 1), (25, 40, 4, 3), (30, 16, 1, 2)])
+def test_make_shapes_distractors(n, size, k, channels):
+    ds = make_shapes(n, size, seed=4, channels=channels, distractors=k)
+    assert ds.distractor_labels.shape == (n, k) and ds.distractor_labels.dtype == np.int64
+    assert ds.distractor_boxes.shape == (n, k, 4) and ds.distractor_boxes.dtype == np.int64
+    assert ds.distractor_masks.shape == (n, k, size, size) and ds.distractor_masks.dtype == bool
+    assert ds.images.shape == (n, channels, size, size) and 0.0 <= ds.images.min() and ds.images.max() <= 1.0
+    # other classes only, and every other class turns up
+    assert np.all(ds.distractor_labels != ds.labels[:, None])
+    assert np.all((ds.distractor_labels >= 0) & (ds.distractor_labels < len(SHAPES)))
+    # boxes inside the image, square, the bounding boxes of their masks; no two boxes touch
+    db = ds.distractor_boxes
+    assert np.all(db[..., :2] >= 0) and np.all(db[..., 2:] <= size)
+    assert np.all(db[..., 2] - db[..., 0] == db[..., 3] - db[..., 1]) and np.all(db[..., 2] - db[..., 0] >= 4)
+    np.testing.assert_array_equal(_mask_boxes(ds.distractor_masks.reshape(n * k, size, size)), db.reshape(n * k, 4))
+    for i in range(n):
+        boxes = [ds.boxes[i]] + list(db[i])
+        for a in range(len(boxes)):
+            for b in range(a + 1, len(boxes)):
+                assert _boxes_apart(boxes[a], boxes[b]), (i, boxes[a], boxes[b])
+    # masks disjoint from the labelled mask and from each other
+    cover = ds.masks.astype(int) + ds.distractor_masks.sum(axis=1)
+    assert cover.max() == 1
+    # each distractor is brighter than the background, in every channel
+    for i in range(min(n, 10)):
+        bgpix = cover[i] == 0
+        for j in range(k):
+            m = ds.distractor_masks[i, j]
+            assert np.all(ds.images[i][:, m].mean(axis=1) - ds.images[i][:, bgpix].mean(axis=1) > 0.2)
+
+
+def test_make_shapes_distractors_keep_the_labelled_data():
+    plain = make_shapes(40, 32, seed=9)
+    ds = make_shapes(40, 32, seed=9, distractors=3)
+    for name in ("labels", "boxes", "masks"):
+        np.testing.assert_array_equal(getattr(ds, name), getattr(plain, name))
+    outside = ~ds.distractor_masks.any(axis=1)[:, None]
+    np.testing.assert_array_equal(ds.images[outside], plain.images[outside])
+    assert not np.array_equal(ds.images, plain.images)
+
+
+def test_make_shapes_distractors_seed_and_classes():
+    a, b = make_shapes(30, 24, seed=2, distractors=2), make_shapes(30, 24, seed=2, distractors=2)
+    for name in ("images", "labels", "boxes", "masks", "distractor_labels", "distractor_boxes", "distractor_masks"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    c = make_shapes(30, 24, seed=3, distractors=2)
+    assert not np.array_equal(a.distractor_boxes, c.distractor_boxes)
+    # uniform over the other classes: each label's distractors spread evenly over the other three
+    ds = make_shapes(600, 24, seed=0, distractors=1)
+    for c in range(len(SHAPES)):
+        counts = np.bincount(ds.distractor_labels[ds.labels == c, 0], minlength=len(SHAPES))
+        assert counts[c] == 0 and np.all(np.delete(counts, c) > 30), (c, counts)
+    # two classes: the distractor is always the other one; subset keeps them
+    ds = make_shapes(20, 24, seed=0, classes=("cross", "circle"), distractors=1)
+    np.testing.assert_array_equal(ds.distractor_labels[:, 0], 1 - ds.labels)
+    sub = ds.subset([1, 4])
+    np.testing.assert_array_equal(sub.distractor_masks, ds.distractor_masks[[1, 4]])
+
+
+def test_make_shapes_distractors_npz(tmp_path):
+    ds = make_shapes(6, 20, seed=1, distractors=2)
+    ds.save_npz(tmp_path / "d.npz")
+    back = ArrayDataset.from_npz(tmp_path / "d.npz")
+    assert set(back.extras) == set(ds.extras)
+    for k, v in ds.extras.items():
+        np.testing.assert_array_equal(back.extras[k], v)
+
+
+@pytest.mark.parametrize("kwargs, exc", [
+    (dict(distractors=-1), ValueError), (dict(distractors=True), TypeError), (dict(distractors=1.0), TypeError),
+    (dict(distractors="2"), TypeError), (dict(distractors=1, classes=("square",)), ValueError),
+    (dict(distractors=1, size=8), ValueError), (dict(distractors=12, size=24), ValueError)])
+def test_make_shapes_distractors_exception(kwargs, exc):
+    with pytest.raises(exc, match="distractors"):
+        make_shapes(20, **{"size": 32, **kwargs})
 
 
 # ---- ArrayDataset ------------------------------------------------------------------------------------

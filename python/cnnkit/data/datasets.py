@@ -411,8 +411,49 @@ def _shape_masks(kind, size, y0, x0, s):
     return inside & (((i >= c0) & (i < c0 + t)) | ((j >= c0) & (j < c0 + t)))
 
 
+def _free_corners(occupied, side):
+    """bool (size - side + 1, size - side + 1): top-left corners where a side x side box covers
+    no True pixel of ``occupied`` (a 2-D summed-area table over the grid)."""
+    size = occupied.shape[0]
+    table = np.zeros((size + 1, size + 1), dtype=np.int64)
+    np.cumsum(np.cumsum(occupied, axis=0), axis=1, out=table[1:, 1:])
+    m = size - side + 1
+    count = (table[side:side + m, side:side + m] - table[:m, side:side + m]
+             - table[side:side + m, :m] + table[:m, :m])
+    return count == 0
+
+
+_PLACE_ATTEMPTS = 8  # fresh random placements of one image's distractors before giving up
+
+
+def _place_distractors(rng, size, box, sides):
+    """Top-left corners and sides of ``len(sides)`` boxes placed one after the other, each
+    uniformly among the corners where it keeps at least one pixel away from the labelled ``box``
+    and the boxes placed before it, shrunk one pixel at a time (down to ``_MIN_SIDE``) while no
+    corner is free. None when an attempt fails ``_PLACE_ATTEMPTS`` times."""
+    for _ in range(_PLACE_ATTEMPTS):
+        occupied = np.zeros((size, size), dtype=bool)
+        boxes = [box]
+        placed = []
+        for s in sides:
+            y0, x0, y1, x1 = boxes[-1]
+            occupied[max(y0 - 1, 0):y1 + 1, max(x0 - 1, 0):x1 + 1] = True  # the box and a 1-pixel margin
+            for side in range(int(s), _MIN_SIDE - 1, -1):
+                free = np.flatnonzero(_free_corners(occupied, side))
+                if free.size:
+                    break
+            else:
+                break
+            y, x = divmod(int(free[rng.integers(free.size)]), size - side + 1)
+            placed.append((y, x, side))
+            boxes.append((y, x, y + side, x + side))
+        else:
+            return placed
+    return None
+
+
 def make_shapes(n, size=32, seed=0, *, classes=SHAPES, channels=1, noise=0.05, min_scale=0.25,
-                max_scale=0.5):
+                max_scale=0.5, distractors=0, distractor_scale=1.0):
     """Synthetic images of one filled shape each, with its bounding box and pixel mask: for
     checking that an explanation (a saliency map, a CAM) points at the object.
 
@@ -425,6 +466,18 @@ def make_shapes(n, size=32, seed=0, *, classes=SHAPES, channels=1, noise=0.05, m
     touches the four sides of its box, so the box is exactly the bounding box of the mask.
     Same seed, same data.
 
+    ``distractors=k`` adds k shapes of other classes to every image (each class drawn uniformly
+    from ``classes`` without the image's label, independently), so that an explanation can be
+    checked to point at the labelled object rather than at any shape: each has its own side
+    (the same scale rule times ``distractor_scale``) and its own shape level per channel
+    (U(0.6, 1.0)) over the image's background, and is placed uniformly among the positions where its box keeps at least one
+    background pixel away from the labelled box and the distractor boxes placed before it. A
+    distractor that fits nowhere at its drawn side is shrunk a pixel at a time (down to 4
+    pixels); after several such random attempts per image a ValueError names ``distractors``
+    (too many for the image size). Distractors are drawn after everything else, so the
+    labelled shapes, levels and noise are those of ``distractors=0`` with the same seed, and
+    ``distractors=0`` gives exactly the data it gave before the option existed.
+
     Parameters
     ----------
     n : int >= 1
@@ -436,13 +489,23 @@ def make_shapes(n, size=32, seed=0, *, classes=SHAPES, channels=1, noise=0.05, m
     channels : int >= 1
     noise : float >= 0
     min_scale, max_scale : floats, 0 < min_scale <= max_scale <= 1
+    distractors : int >= 0
+        Shapes of other classes per image (needs at least two classes when > 0).
+    distractor_scale : float in (0, 1]
+        Distractor sides relative to the labelled rule. Below 1 (``cnnkit explain`` uses 0.5) the
+        labelled shape is the larger one, so the label follows from the image; at 1 an image's
+        shapes are alike and its label is ambiguous to a classifier.
 
     Returns
     -------
     ArrayDataset
         ``images``: float32 (n, channels, size, size) in [0, 1]; ``labels``: int64 (n,);
         ``classes``: the names; ``boxes``: int64 (n, 4), (y0, x0, y1, x1) half-open, so
-        ``masks[k, y0:y1, x0:x1]`` holds the shape; ``masks``: bool (n, size, size).
+        ``masks[k, y0:y1, x0:x1]`` holds the shape; ``masks``: bool (n, size, size). Boxes
+        and masks are the labelled object's. With ``distractors=k > 0`` also
+        ``distractor_labels``: int64 (n, k), never the image's label; ``distractor_boxes``:
+        int64 (n, k, 4) in the same convention; ``distractor_masks``: bool (n, k, size, size),
+        disjoint from ``masks`` and from each other (these extras are absent when k = 0).
 
     Examples
     --------
@@ -453,6 +516,9 @@ def make_shapes(n, size=32, seed=0, *, classes=SHAPES, channels=1, noise=0.05, m
     >>> y0, x0, y1, x1 = ds.boxes[0]
     >>> bool(ds.masks[0].sum() == ds.masks[0, y0:y1, x0:x1].sum())
     True
+    >>> ds = make_shapes(10, size=32, seed=0, distractors=2)
+    >>> ds.distractor_masks.shape, bool((ds.distractor_labels != ds.labels[:, None]).all())
+    ((10, 2, 32, 32), True)
     """
     n = check_int("n", n, 1, "a positive int")
     size = check_int("size", size, 8, "an int >= 8")
@@ -467,6 +533,11 @@ def make_shapes(n, size=32, seed=0, *, classes=SHAPES, channels=1, noise=0.05, m
     classes = tuple(classes)
     if not classes or any(c not in SHAPES for c in classes) or len(set(classes)) != len(classes):
         raise ValueError(f"classes: expected distinct names from {SHAPES}, got {classes!r}")
+    distractors = check_int("distractors", distractors, 0, "a non-negative int")
+    distractor_scale = check_real("distractor_scale", distractor_scale, lo=0.0, hi=1.0, lo_open=True)
+    if distractors and len(classes) < 2:
+        raise ValueError(f"distractors: shapes of other classes need at least two classes, got "
+                         f"distractors={distractors} with classes={classes!r}")
     rng = _rng(seed)
 
     labels = rng.permutation(np.arange(n, dtype=np.int64) % len(classes))
@@ -490,6 +561,47 @@ def make_shapes(n, size=32, seed=0, *, classes=SHAPES, channels=1, noise=0.05, m
             z = rng.standard_normal(x.shape, dtype=np.float32)
             z *= np.float32(noise)
             x += z
-        np.clip(x, 0.0, 1.0, out=images[a:b])
+        if distractors:
+            images[a:b] = x  # clipped once the distractors are in
+        else:
+            np.clip(x, 0.0, 1.0, out=images[a:b])
     boxes = np.stack([y0, x0, y0 + s, x0 + s], axis=1).astype(np.int64)
-    return ArrayDataset(images, labels, classes=classes, extras={"boxes": boxes, "masks": masks})
+    extras = {"boxes": boxes, "masks": masks}
+    if distractors:
+        extras.update(_add_distractors(rng, images, labels, boxes, bg, classes, distractors,
+                                       min_scale * distractor_scale, max_scale * distractor_scale))
+        np.clip(images, 0.0, 1.0, out=images)
+    return ArrayDataset(images, labels, classes=classes, extras=extras)
+
+
+def _add_distractors(rng, images, labels, boxes, bg, classes, k, min_scale, max_scale):
+    """Draw, place and paint ``k`` distractors per image into the unclipped ``images`` (in
+    place); their extras (labels, boxes, masks)."""
+    n, channels, size, _ = images.shape
+    offset = rng.integers(0, len(classes) - 1, (n, k))
+    dlabels = (offset + (offset >= labels[:, None])).astype(np.int64)   # uniform over the other classes
+    sides = np.clip(_round_half_up(rng.uniform(min_scale, max_scale, (n, k)) * size), _MIN_SIDE, size)
+    fg = rng.uniform(0.6, 1.0, (n, k, channels)).astype(np.float32)
+    dboxes = np.empty((n, k, 4), dtype=np.int64)
+    for i in range(n):
+        placed = _place_distractors(rng, size, tuple(boxes[i]), sides[i])
+        if placed is None:
+            raise ValueError(f"distractors: could not place {k} distractor(s) beside the labelled shape in a "
+                             f"{size}x{size} image (image {i}, box {tuple(int(v) for v in boxes[i])}); use fewer "
+                             f"distractors, a larger size or a smaller max_scale")
+        for j, (y, x, side) in enumerate(placed):
+            dboxes[i, j] = (y, x, y + side, x + side)
+    dmasks = np.zeros((n, k, size, size), dtype=bool)
+    flat_masks, flat_boxes, flat_labels = dmasks.reshape(n * k, size, size), dboxes.reshape(n * k, 4), dlabels.ravel()
+    for a in range(0, n * k, _CHUNK):
+        b = min(a + _CHUNK, n * k)
+        for c, kind in enumerate(classes):
+            sel = np.flatnonzero(flat_labels[a:b] == c) + a
+            if sel.size:
+                y, x = flat_boxes[sel, 0], flat_boxes[sel, 1]
+                flat_masks[sel] = _shape_masks(kind, size, y, x, flat_boxes[sel, 2] - y)
+    level = fg - bg[:, None, :]                     # (n, k, channels): shape level over the background
+    for a in range(0, n, _CHUNK):
+        b = min(a + _CHUNK, n)
+        images[a:b] += np.einsum("ijc,ijhw->ichw", level[a:b], dmasks[a:b].astype(np.float32))
+    return {"distractor_labels": dlabels, "distractor_boxes": dboxes, "distractor_masks": dmasks}

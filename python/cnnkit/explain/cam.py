@@ -73,8 +73,10 @@ def _eigen_cam(A, G=None):
     N, K, h, w = A.shape
     out = np.empty((N, h, w), np.float64)
     for n in range(N):
-        # float32 as pytorch-grad-cam's get_2d_projection (its SVD sign convention comes with it)
-        m = A[n].reshape(K, -1).T.astype(np.float32)
+        # float32 as pytorch-grad-cam's get_2d_projection (its SVD sign convention comes with it),
+        # in its memory order too: the (h*w, K) transpose of a C-contiguous (K, h*w), so that the
+        # mean sums in the same order whatever the layout (a rounding-level change can flip the sign)
+        m = np.ascontiguousarray(A[n], dtype=np.float32).reshape(K, -1).T
         m = m - m.mean(axis=0)
         _, _, vt = np.linalg.svd(m, full_matrices=False)
         out[n] = (m @ vt[0]).reshape(h, w)
@@ -209,8 +211,10 @@ def eigen_cam(model: Any, x: np.ndarray, target: Target = None, *, layer: Option
     spatial positions, projected on their first right singular vector; then the ReLU. Class
     agnostic (``target`` is only checked) and gradient free. The SVD's sign is kept as
     pytorch-grad-cam keeps it (``numpy.linalg.svd`` of the float32 (h*w, K) matrix), so the maps
-    agree with ``EigenCAM``; a map whose salient region came out negative is zeroed by the ReLU
-    there too. Parameters and returns as :func:`grad_cam`."""
+    agree with ``EigenCAM`` on the same activations; a map whose salient region came out negative
+    is zeroed by the ReLU there too. (LAPACK's sign is not continuous in its input: activations
+    that differ by rounding, e.g. a PyTorch twin's, can give an image the opposite sign.)
+    Parameters and returns as :func:`grad_cam`."""
     return _run_cam("eigen_cam", model, x, target, layer, upsample, normalize)
 
 
