@@ -27,11 +27,11 @@ from typing import Any, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from .._validate import check_int
+from .._validate import check_int, check_real
 
 __all__ = ["explaining", "check_images", "resolve_targets", "resolve_layer", "layout_of", "chunks",
            "default_batch_size", "logits_of", "input_gradients", "layer_pass", "one_hot", "to_nchw",
-           "from_nchw", "Target"]
+           "from_nchw", "Target", "check_baseline"]
 
 Target = Union[None, int, Sequence[int], np.ndarray]
 
@@ -338,6 +338,25 @@ def layer_pass(model: Any, x: np.ndarray, layer: str, targets: Optional[np.ndarr
     finally:
         model.release()
     return acts, grads, logits
+
+
+def check_baseline(baseline: Any, x: np.ndarray) -> np.ndarray:
+    """A number or a float array broadcast (read-only) to x's shape as float32; TypeError /
+    ValueError naming ``baseline``."""
+    if isinstance(baseline, np.ndarray):
+        b = baseline
+        if b.dtype.kind not in "fiu":
+            raise TypeError(f"baseline: expected a number or a float array, got dtype {b.dtype}")
+        try:
+            b = np.broadcast_to(b.astype(np.float32), x.shape)
+        except ValueError:
+            raise ValueError(f"baseline: expected a number or an array broadcastable to {x.shape}, "
+                             f"got shape {baseline.shape}") from None
+        if not np.all(np.isfinite(b)):
+            raise ValueError("baseline: expected finite values")
+        return b
+    v = check_real("baseline", baseline)
+    return np.broadcast_to(np.float32(v), x.shape)
 
 
 def per_input_bytes_hint(x: np.ndarray) -> int:

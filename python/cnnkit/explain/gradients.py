@@ -227,23 +227,6 @@ def ig_nodes(steps: int, method: str = "gausslegendre") -> tuple:
     return np.linspace(1.0 / (2 * n), 1.0 - 1.0 / (2 * n), n), w
 
 
-def _baseline(baseline: Any, x: np.ndarray) -> np.ndarray:
-    if isinstance(baseline, np.ndarray):
-        b = baseline
-        if b.dtype.kind not in "fiu":
-            raise TypeError(f"baseline: expected a number or a float array, got dtype {b.dtype}")
-        try:
-            b = np.broadcast_to(b.astype(np.float32), x.shape)
-        except ValueError:
-            raise ValueError(f"baseline: expected a number or an array broadcastable to {x.shape}, "
-                             f"got shape {baseline.shape}") from None
-        if not np.all(np.isfinite(b)):
-            raise ValueError("baseline: expected finite values")
-        return b
-    v = check_real("baseline", baseline)
-    return np.broadcast_to(np.float32(v), x.shape)
-
-
 def integrated_gradients(model: Any, x: np.ndarray, target: Target = None, *, baseline: Any = 0.0,
                          steps: int = 50, method: str = "gausslegendre", batch_size: Optional[int] = None,
                          return_delta: bool = False):
@@ -270,7 +253,7 @@ def integrated_gradients(model: Any, x: np.ndarray, target: Target = None, *, ba
     """
     x = _prepare(model, x, target, batch_size)
     alphas, weights = ig_nodes(steps, method)
-    base = _baseline(baseline, x)
+    base = _model.check_baseline(baseline, x)
     rd = check_bool("return_delta", return_delta)
     N = x.shape[0]
     S = alphas.size

@@ -35,21 +35,6 @@ def occlusion_windows(H: int, W: int, window: tuple, stride: tuple) -> np.ndarra
     return np.stack([y0, x0, np.minimum(y0 + window[0], H), np.minimum(x0 + window[1], W)], axis=1)
 
 
-def _baseline_image(baseline: Any, x: np.ndarray) -> np.ndarray:
-    if isinstance(baseline, np.ndarray):
-        if baseline.dtype.kind not in "fiu":
-            raise TypeError(f"baseline: expected a number or a float array, got dtype {baseline.dtype}")
-        try:
-            b = np.broadcast_to(baseline.astype(np.float32), x.shape)
-        except ValueError:
-            raise ValueError(f"baseline: expected a number or an array broadcastable to {x.shape}, "
-                             f"got shape {baseline.shape}") from None
-        if not np.all(np.isfinite(b)):
-            raise ValueError("baseline: expected finite values")
-        return b
-    return np.broadcast_to(np.float32(check_real("baseline", baseline)), x.shape)
-
-
 def occlusion(model: Any, x: np.ndarray, target: Target = None, *, window: Any = (8, 8), stride: Any = (4, 4),
               baseline: Any = 0.0, batch_size: Optional[int] = None) -> np.ndarray:
     """Occlusion (Zeiler and Fergus, 2014) with captum's ``Occlusion`` semantics: a window over
@@ -84,7 +69,7 @@ def occlusion(model: Any, x: np.ndarray, target: Target = None, *, window: Any =
         raise ValueError(f"window: expected at most the image size {(H, W)}, got {window}")
     if stride[0] > window[0] or stride[1] > window[1]:
         raise ValueError(f"stride: expected at most the window {window} (captum's rule), got {stride}")
-    base = _baseline_image(baseline, x)
+    base = _model.check_baseline(baseline, x)
     if batch_size is not None:
         _model.check_batch_size(batch_size, 1)
     wins = occlusion_windows(H, W, window, stride)

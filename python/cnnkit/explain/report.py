@@ -106,9 +106,13 @@ def run(argv: Optional[List[str]] = None) -> int:
         pg = metrics.pointing_game(maps, test["masks"])
         epg = metrics.energy_pointing_game(maps, test["masks"])
         sub = slice(0, min(len(y), 32))
-        dele = metrics.deletion_auc(model, x[sub], maps[sub], y[sub])
-        ins = metrics.insertion_auc(model, x[sub], maps[sub], y[sub])
-        rt = metrics.randomization_test(model, functools.partial(fn, **kw), x[:4], y[:4], seed=ns.seed)
+        steps = 16 if ns.quick else None
+        dele = metrics.deletion_auc(model, x[sub], maps[sub], y[sub], steps=steps)
+        ins = metrics.insertion_auc(model, x[sub], maps[sub], y[sub], steps=steps)
+        # --quick randomizes the top three parameterized layers only (the full run: every layer)
+        layers = [n for n, m in model.named_modules() if n and m._param_names][::-1][:3] if ns.quick else None
+        rt = metrics.randomization_test(model, functools.partial(fn, **kw), x[:4], y[:4], seed=ns.seed,
+                                        layers=layers)
         sp = np.asarray(_field(rt, "spearman_abs"), np.float64)
         results[name] = {
             "pointing_game": float(np.mean(pg)), "energy_pointing_game": float(np.mean(epg)),
