@@ -479,3 +479,19 @@ def test_forward_only_model_rejected_by_gradient_methods_and_accepted_by_perturb
     a = explain.occlusion(m, x, window=4, stride=4)
     b = explain.occlusion(lin, x, window=4, stride=4)
     assert_bitwise(a, b, "forward-only occlusion")
+
+
+def test_training_buffers_untouched_and_explain_buffers_released(rng):
+    model = small_resnet()
+    x = images(rng, 2)
+    model.forward(x)
+    before = {id(m): (m._ws, {k: id(v) for k, v in m._ws.items()}) for m in model.modules()}
+    explain.integrated_gradients(model, x, steps=4)
+    for m in model.modules():
+        ws, ids = before[id(m)]
+        assert m._ws is ws and {k: id(v) for k, v in m._ws.items()} == ids, "training buffers replaced"
+    assert any(m.__dict__.get("_explain_ws") for m in model.modules())
+    explain.release_buffers(model)
+    assert not any("_explain_ws" in m.__dict__ for m in model.modules())
+    with pytest.raises(TypeError, match="model"):
+        explain.release_buffers(object())

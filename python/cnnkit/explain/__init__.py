@@ -25,7 +25,7 @@ gradients and buffers afterwards, even when it raises.
 from __future__ import annotations
 
 from . import metrics
-from ._model import explaining
+from ._model import explaining, release_buffers
 from .cam import (eigen_cam, grad_cam, grad_cam_pp, guided_grad_cam, hires_cam, layer_cam, score_cam,
                   xgrad_cam)
 from .gradients import (deconvnet, gradient_x_input, guided_backprop, integrated_gradients, saliency,
@@ -36,5 +36,5 @@ from .torch_model import TorchModel
 
 __all__ = ["saliency", "gradient_x_input", "smoothgrad", "integrated_gradients", "guided_backprop", "deconvnet",
            "grad_cam", "grad_cam_pp", "xgrad_cam", "layer_cam", "hires_cam", "eigen_cam", "score_cam",
-           "guided_grad_cam", "occlusion", "rise", "metrics", "overlay", "plot", "as_maps", "TorchModel", "explaining",
+           "guided_grad_cam", "occlusion", "rise", "metrics", "overlay", "plot", "as_maps", "TorchModel", "explaining", "release_buffers",
            "METHODS"]

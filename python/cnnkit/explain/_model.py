@@ -17,7 +17,9 @@ gives a PyTorch module all of it):
 
 :func:`explaining` puts the model in eval mode for the duration of a method and restores every
 piece of state it touched (modes, captures, ReLU rule, parameter gradients, the cnnkit modules'
-reused buffers) in a ``finally``, so an exception inside a method leaks nothing.
+training buffers, which attribution passes never touch: they run on a set of their own, kept for
+the next call until :func:`release_buffers`) in a ``finally``, so an exception inside a method
+leaks nothing.
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ from .._validate import check_int, check_real
 
 __all__ = ["explaining", "check_images", "resolve_targets", "resolve_layer", "layout_of", "chunks",
            "default_batch_size", "logits_of", "input_gradients", "layer_pass", "one_hot", "to_nchw",
-           "from_nchw", "Target", "check_baseline"]
+           "from_nchw", "Target", "check_baseline", "release_buffers"]
 
 Target = Union[None, int, Sequence[int], np.ndarray]
 
@@ -249,9 +251,11 @@ def explaining(model: Any, *, relu: str = "standard", param_grads: bool = False)
     _need(model, ("forward",), "every method")
     if _is_cnnkit(model):
         mods = model.modules()
-        saved = [(m, m.training, getattr(m, "relu_mode", None), m.param_grads, dict(m._ws), list(m._captures))
+        saved = [(m, m.training, getattr(m, "relu_mode", None), m.param_grads, m._ws, list(m._captures))
                  for m in mods]
         grads = model.arena[1].copy()
+        for m in mods:  # the explain-time buffers of the last call (fresh pages cost as much as a pass)
+            m._ws = m.__dict__.get("_explain_ws") or {}
         try:
             model.eval()
             model.set_relu_backward(relu)
@@ -263,8 +267,8 @@ def explaining(model: Any, *, relu: str = "standard", param_grads: bool = False)
                 if relu_mode is not None:
                     m.relu_mode = relu_mode
                 m.param_grads = pg
-                m._ws.clear()
-                m._ws.update(ws)
+                m.__dict__["_explain_ws"] = m._ws
+                m._ws = ws
                 m._captures[:] = caps
             model.arena[1][...] = grads
         return
@@ -294,6 +298,18 @@ def explaining(model: Any, *, relu: str = "standard", param_grads: bool = False)
             model.release()
         if prev is not None and callable(getattr(model, "train", None)):
             model.train(bool(prev))
+
+
+def release_buffers(model: Any) -> None:
+    """Free the buffers a cnnkit model keeps for attribution calls. :func:`explaining` gives
+    every module of a cnnkit model its own set of buffers while a method runs (the training
+    buffers stay untouched) and keeps that set for the next call, so repeated explanations do
+    not pay for fresh pages; it holds at most a few hundred MB (the default ``batch_size``)."""
+    from ..nn import Module
+    if not isinstance(model, Module):
+        raise TypeError(f"model: expected a cnnkit.nn.Module, got {type(model).__name__}")
+    for m in model.modules():
+        m.__dict__.pop("_explain_ws", None)
 
 
 def input_gradients(model: Any, x: np.ndarray, targets: np.ndarray, batch_size: int,

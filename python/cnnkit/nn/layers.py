@@ -12,6 +12,9 @@ import numpy as np
 
 from .. import _core, ops
 from .._core import pool2d_backward as _pool_backward
+from .._validate import check_int
+from ..ops.conv import _padding as _conv_padding
+from ..ops.conv import _pair as _conv_pair
 from .._core import pool2d_forward as _pool_forward
 from .module import Module, Sequential
 
@@ -43,9 +46,18 @@ def _kaiming_uniform(rng, shape, fan_in):
 
 
 def _positive_int(name, v):
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-        raise ValueError(f"{name}: expected a positive int, got {v!r}")
-    return int(v)
+    return check_int(name, v, 1, "a positive int")
+
+
+def _conv_geometry(kernel_size, stride, padding, dilation):
+    """(kernel_size, stride, dilation) as pairs, checked as :func:`cnnkit.conv2d` checks them
+    (ints or pairs of ints >= 1; TypeError / ValueError naming the argument), and ``padding``
+    too (an int or pair >= 0, "same" (stride 1 only) or "valid"), at construction."""
+    k = _conv_pair(kernel_size, "kernel_size", 1)
+    s = _conv_pair(stride, "stride", 1)
+    d = _conv_pair(dilation, "dilation", 1)
+    _conv_padding(padding, k, d, s)
+    return k, s, d
 
 
 def _check_input(module, x, C, layout, ndim=4):
@@ -94,7 +106,7 @@ class Conv2d(Module):
         self.groups = _positive_int("groups", groups)
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"groups: {groups} must divide in_channels {in_channels} and out_channels {out_channels}")
-        k = (kernel_size, kernel_size) if np.isscalar(kernel_size) else tuple(kernel_size)
+        k, _, _ = _conv_geometry(kernel_size, stride, padding, dilation)
         self.kernel_size, self.stride, self.padding, self.dilation = k, stride, padding, dilation
         self.layout = _layout(layout)
         rng = _rng(rng)
@@ -151,7 +163,7 @@ class DepthwiseSeparableConv2d(Module):
         super().__init__()
         self.in_channels = _positive_int("in_channels", in_channels)
         self.out_channels = _positive_int("out_channels", out_channels)
-        k = (kernel_size, kernel_size) if np.isscalar(kernel_size) else tuple(kernel_size)
+        k, _, _ = _conv_geometry(kernel_size, stride, padding, 1)
         self.kernel_size, self.stride, self.padding = k, stride, padding
         self.layout = _layout(layout)
         self.has_bias = bool(bias)
@@ -238,27 +250,32 @@ class BatchNorm2d(_ReLUMode, Module):
     def _eval_backward(self, grad, masked):
         """Gradients in eval mode (fixed running statistics: an affine map per channel), as torch
         gives them; used by interpretability methods on trained models. ``masked``: apply the
-        fused ReLU's mask (False for deconvnet)."""
+        fused ReLU's mask (False for deconvnet). The input gradient ``g * (weight * invstd)[c]``
+        (g masked by ``y > 0`` for a fused ReLU; the masked g is also the residual's gradient) is
+        one compiled pass: the norm backward kernel with B = D = 0."""
         C = self.num_features
-        shape = (1, C, 1, 1) if self.layout == "NCHW" else (1, 1, 1, C)
-        axes = (0, 2, 3) if self.layout == "NCHW" else (0, 1, 2)
+        x = self._x
+        nhwc = self.layout == "NHWC"
+        N, S = x.shape[0], x.shape[2] * (x.shape[3] if not nhwc else x.shape[1])
         b = self.buffers
         invstd = (1.0 / np.sqrt(b["running_var"].astype(np.float64) + self.eps))
         w = self.params["weight"].astype(np.float64) if self.affine else np.ones(C)
-        if self.activation == "relu" and masked:
-            g = np.multiply(grad, self._y > 0, out=self._buf("gmask", grad.shape))
-        else:
-            g = grad
+        mask = self._y if (self.activation == "relu" and masked) else None
+        grad = np.ascontiguousarray(grad, dtype=np.float32)
+        gi = self._buf("gx", x.shape)
+        gres = self._buf("gres", x.shape) if self._residual is not None else None
+        zeros = np.zeros(C)
+        _core.norm_backward_apply(grad, x, mask, gi, gres, N, C, S, nhwc, False, zeros, w * invstd, zeros, zeros)
+        self.residual_grad = gres
         if self.affine and self.param_grads:
-            g64 = g.astype(np.float64)
-            xhat = (self._x - b["running_mean"].reshape(shape)) * invstd.reshape(shape)
+            shape = (1, C, 1, 1) if not nhwc else (1, 1, 1, C)
+            axes = (0, 2, 3) if not nhwc else (0, 1, 2)
+            g64 = grad.astype(np.float64)
+            if mask is not None:
+                g64 *= mask > 0
+            xhat = (x - b["running_mean"].reshape(shape)) * invstd.reshape(shape)
             self.grads["weight"][...] = np.sum(g64 * xhat, axis=axes)
             self.grads["bias"][...] = np.sum(g64, axis=axes)
-        self.residual_grad = g.astype(np.float32) if self._residual is not None else None
-        gi = self._buf("gx", self._x.shape)
-        # one float32 product per element with the per-channel scale rounded once (torch's
-        # eval-mode batch norm is an affine map per channel too)
-        np.multiply(g, (w * invstd).astype(np.float32).reshape(shape), out=gi)
         return gi
 
     def backward(self, grad, input_grad=True):
@@ -373,10 +390,8 @@ def _pool_geometry(x, k, s, p, layout, ceil_mode=False):
 
 
 def _pair(name, v, lo):
-    t = (v, v) if np.isscalar(v) else tuple(v)
-    if len(t) != 2 or any(isinstance(a, bool) or not isinstance(a, (int, np.integer)) or a < lo for a in t):
-        raise ValueError(f"{name}: expected an int >= {lo} or a pair of them, got {v!r}")
-    return tuple(int(a) for a in t)
+    """An int or a pair of ints >= lo, as a pair (TypeError for a wrong type, ValueError below lo)."""
+    return _conv_pair(v, name, lo)
 
 
 class _Pool2d(Module):
