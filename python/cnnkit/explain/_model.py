@@ -32,7 +32,7 @@ import numpy as np
 from .._validate import check_int, check_real
 
 __all__ = ["explaining", "check_images", "resolve_targets", "resolve_layer", "layout_of", "chunks",
-           "default_batch_size", "logits_of", "input_gradients", "layer_pass", "one_hot", "to_nchw",
+           "default_batch_size", "check_target", "targets_for", "logits_of", "input_gradients", "layer_pass", "one_hot", "to_nchw",
            "from_nchw", "Target", "check_baseline", "release_buffers"]
 
 Target = Union[None, int, Sequence[int], np.ndarray]
@@ -123,15 +123,32 @@ def check_batch_size(batch_size: Optional[int], per_input_bytes: int) -> int:
 
 
 def default_batch_size(model: Any, x: np.ndarray) -> int:
-    """Bytes one input costs a forward + backward: measured from a cnnkit model's buffers after
-    a pass on x, else estimated as 64 input-sized arrays."""
+    """Inputs per forward/backward that fit :data:`MEMORY_BUDGET`: from the bytes one input of
+    this shape cost a cnnkit model's buffers on an earlier call (measured when a method
+    finishes, see :func:`explaining`), else estimated as 64 input-sized arrays."""
     per = 64 * x[0].nbytes
-    if _is_cnnkit(model):
-        total = sum(a.nbytes for m in model.modules() for a in m._ws.values() if isinstance(a, np.ndarray)
-                    and a.ndim >= 1 and a.shape[0] == x.shape[0])
-        if total:
-            per = 2 * total // x.shape[0] + 4 * x[0].nbytes
+    cost = getattr(model, "__dict__", {}).get("_explain_cost", {}).get(tuple(x.shape[1:]))
+    if cost:
+        per = cost
     return check_batch_size(None, per)
+
+
+def _measure_cost(model: Any) -> None:
+    """Record the bytes per input of the buffers the last attribution pass used (cnnkit)."""
+    batch, total = None, 0
+    shape = None
+    for m in model.modules():
+        for k, a in m._ws.items():
+            if isinstance(a, np.ndarray) and a.ndim >= 1 and isinstance(k, str):
+                if batch is None:
+                    batch = a.shape[0]
+                if a.shape[0] == batch:
+                    total += a.nbytes
+        x = getattr(m, "_x", None)
+        if shape is None and isinstance(x, np.ndarray) and x.ndim == 4:
+            shape = tuple(x.shape[1:])
+    if batch and total and shape:
+        model.__dict__.setdefault("_explain_cost", {})[shape] = 2 * total // batch
 
 
 def one_hot(targets: np.ndarray, K: int, dtype=np.float32) -> np.ndarray:
@@ -152,31 +169,47 @@ def logits_of(model: Any, x: np.ndarray) -> np.ndarray:
     return np.array(_as_logits(model.forward(x), x.shape[0]), dtype=np.float32)
 
 
-def resolve_targets(target: Target, logits: np.ndarray) -> np.ndarray:
-    """int64 (N,) class indices: the predicted class for None, one int for every image, or one
-    per image; ValueError naming ``target`` outside [0, K)."""
-    N, K = logits.shape
+def check_target(target: Target, n: int) -> Target:
+    """``target`` checked for its type and length before any model call: None, an int, or an
+    int64 array of n classes (their range is checked against the logits, :func:`targets_for`)."""
     if target is None:
-        return np.argmax(logits, axis=1).astype(np.int64)
+        return None
     if isinstance(target, (bool, np.bool_)):
         raise TypeError(f"target: expected None, an int or one int per image, got {target!r}")
     if isinstance(target, (int, np.integer)):
-        t = np.full(N, int(target), np.int64)
-    else:
-        try:
-            arr = np.asarray(target)
-        except Exception:  # pragma: no cover - exotic sequences
-            raise TypeError(f"target: expected None, an int or one int per image, got {type(target).__name__}")
-        if arr.dtype.kind not in "iu" or arr.ndim != 1:
-            raise TypeError(f"target: expected None, an int or a 1-D sequence of ints, got {arr.dtype} "
-                            f"of shape {arr.shape}")
-        if arr.shape[0] != N:
-            raise ValueError(f"target: expected one class per image ({N}), got {arr.shape[0]}")
-        t = arr.astype(np.int64)
-    if t.size and (t.min() < 0 or t.max() >= K):
-        bad = int(t[(t < 0) | (t >= K)][0])
-        raise ValueError(f"target: expected classes in [0, {K}), got {bad}")
+        if target < 0:
+            raise ValueError(f"target: expected a class index >= 0, got {int(target)}")
+        return int(target)
+    try:
+        arr = np.asarray(target)
+    except Exception:  # pragma: no cover - exotic sequences
+        raise TypeError(f"target: expected None, an int or one int per image, got {type(target).__name__}")
+    if arr.dtype.kind not in "iu" or arr.ndim != 1:
+        raise TypeError(f"target: expected None, an int or a 1-D sequence of ints, got {arr.dtype} "
+                        f"of shape {arr.shape}")
+    if arr.shape[0] != n:
+        raise ValueError(f"target: expected one class per image ({n}), got {arr.shape[0]}")
+    if arr.size and arr.min() < 0:
+        raise ValueError(f"target: expected class indices >= 0, got {int(arr.min())}")
+    return arr.astype(np.int64)
+
+
+def targets_for(spec: Target, logits: np.ndarray, a: int = 0) -> np.ndarray:
+    """int64 classes for the images a .. a + len(logits) from a checked ``spec``: the argmax of
+    the logits for None; ValueError naming ``target`` outside [0, K)."""
+    n, K = logits.shape
+    if spec is None:
+        return np.argmax(logits, axis=1).astype(np.int64)
+    t = np.full(n, spec, np.int64) if isinstance(spec, int) else spec[a:a + n]
+    if t.size and t.max() >= K:
+        raise ValueError(f"target: expected classes in [0, {K}), got {int(t.max())}")
     return t
+
+
+def resolve_targets(target: Target, logits: np.ndarray) -> np.ndarray:
+    """int64 (N,) class indices for the logits (N, K): the predicted class for None, one int for
+    every image, or one per image; TypeError/ValueError naming ``target``."""
+    return targets_for(check_target(target, logits.shape[0]), logits)
 
 
 class _OrderProbe:
@@ -216,6 +249,15 @@ def resolve_layer(model: Any, layer: Optional[str], x: np.ndarray) -> str:
         if layer not in names:
             raise ValueError(f"layer: no module {layer!r}; the model's modules are {names}")
         return layer
+    cache = getattr(model, "__dict__", {}).setdefault("_explain_layer", {})
+    key = (tuple(x.shape[1:]), len(names))
+    if key in cache:
+        return cache[key]
+    cache[key] = name = _default_layer(model, names, x)
+    return name
+
+
+def _default_layer(model: Any, names: list, x: np.ndarray) -> str:
     if _is_cnnkit(model):
         probes = []
         mods = dict(model.named_modules())
@@ -262,6 +304,10 @@ def explaining(model: Any, *, relu: str = "standard", param_grads: bool = False)
             model.set_param_grads(param_grads)
             yield model
         finally:
+            try:
+                _measure_cost(model)
+            except Exception:  # pragma: no cover - a measurement never masks the real error
+                pass
             for m, training, relu_mode, pg, ws, caps in saved:
                 m.training = training
                 if relu_mode is not None:
@@ -312,19 +358,22 @@ def release_buffers(model: Any) -> None:
         m.__dict__.pop("_explain_ws", None)
 
 
-def input_gradients(model: Any, x: np.ndarray, targets: np.ndarray, batch_size: int,
+def input_gradients(model: Any, x: np.ndarray, targets: Any, batch_size: int,
                     weights: Optional[np.ndarray] = None, out: Optional[np.ndarray] = None,
                     logits_out: Optional[np.ndarray] = None) -> np.ndarray:
     """d logit[target] / dx for every input of x (float32, x's shape), computed in chunks of
-    ``batch_size``; ``weights`` (N,) scales each input's one-hot gradient."""
+    ``batch_size``; ``targets`` is a checked spec (:func:`check_target`: None means each input's
+    predicted class, resolved from the same forward pass) or an int64 array; ``weights`` (N,)
+    scales each input's one-hot gradient; ``logits_out`` (N,) receives the target logits."""
     _need(model, ("forward", "backward"), "a gradient method")
     out = np.empty(x.shape, np.float32) if out is None else out
     for a, b in chunks(x.shape[0], batch_size):
         xb = x[a:b]
         logits = _as_logits(model.forward(xb), b - a)
+        t = targets_for(targets, logits, a)
         if logits_out is not None:
-            logits_out[a:b] = logits[np.arange(b - a), targets[a:b]]
-        g = one_hot(targets[a:b], logits.shape[1], np.float32)
+            logits_out[a:b] = logits[np.arange(b - a), t]
+        g = one_hot(t, logits.shape[1], np.float32)
         if weights is not None:
             g *= weights[a:b, None]
         gx = model.backward(g, input_grad=True)
@@ -332,15 +381,14 @@ def input_gradients(model: Any, x: np.ndarray, targets: np.ndarray, batch_size: 
     return out
 
 
-def layer_pass(model: Any, x: np.ndarray, layer: str, targets: Optional[np.ndarray],
-               need_grad: bool = True) -> tuple:
+def layer_pass(model: Any, x: np.ndarray, layer: str, targets: Any, need_grad: bool = True) -> tuple:
     """One forward (and, with ``need_grad``, one backward of the target logits) capturing
-    ``layer``: (activations, gradients or None, logits), copies, in the layer's own layout."""
+    ``layer``: (activations, gradients or None, logits, targets), copies, in the layer's own
+    layout; ``targets`` is a checked spec (:func:`check_target`) or an int64 array."""
     c = model.capture(layer)
     try:
         logits = np.array(_as_logits(model.forward(x), x.shape[0]), dtype=np.float32)
-        if targets is None:
-            targets = np.argmax(logits, axis=1)
+        targets = targets_for(targets, logits)
         grads = None
         if need_grad:
             _need(model, ("backward",), "a gradient CAM")
@@ -353,7 +401,7 @@ def layer_pass(model: Any, x: np.ndarray, layer: str, targets: Optional[np.ndarr
         acts = np.asarray(c.output, dtype=np.float32)
     finally:
         model.release()
-    return acts, grads, logits
+    return acts, grads, logits, targets
 
 
 def check_baseline(baseline: Any, x: np.ndarray) -> np.ndarray:

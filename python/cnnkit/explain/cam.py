@@ -114,16 +114,10 @@ def _run_cam(method: str, model: Any, x: Any, target: Target, layer: Optional[st
     layout = _model.layout_of(model)
     _, H, W = _model.spatial(x, layout)
     needs_grad = method != "eigen_cam"
+    spec = _model.check_target(target, x.shape[0])
     with _model.explaining(model):
         name = _model.resolve_layer(model, layer, x)
-        if needs_grad:
-            logits = _model.logits_of(model, x)
-            targets = _model.resolve_targets(target, logits)
-        else:
-            targets = None
-            if target is not None:
-                _model.resolve_targets(target, _model.logits_of(model, x))
-        A, G, _ = _model.layer_pass(model, x, name, targets, need_grad=needs_grad)
+        A, G, _, _ = _model.layer_pass(model, x, name, spec, need_grad=needs_grad)
     A = _layer_nchw(A, layout, name)
     G = None if G is None else _layer_nchw(G, layout, name)
     return _finish(cam_map(A, G, method), (H, W), upsample, normalize)
@@ -243,10 +237,10 @@ def score_cam(model: Any, x: np.ndarray, target: Target = None, *, layer: Option
         _model.check_batch_size(batch_size, 1)
     layout = _model.layout_of(model)
     C, H, W = _model.spatial(x, layout)
+    spec = _model.check_target(target, x.shape[0])
     with _model.explaining(model):
         name = _model.resolve_layer(model, layer, x)
-        A, _, logits = _model.layer_pass(model, x, name, None, need_grad=False)
-        targets = _model.resolve_targets(target, logits)
+        A, _, logits, targets = _model.layer_pass(model, x, name, spec, need_grad=False)
         bs = _model.default_batch_size(model, x) if batch_size is None else batch_size
         A = _layer_nchw(A, layout, name)
         N, K = A.shape[:2]
@@ -294,10 +288,12 @@ def guided_grad_cam(model: Any, x: np.ndarray, target: Target = None, *, layer: 
     x = _model.check_images(x, model)
     layout = _model.layout_of(model)
     _, H, W = _model.spatial(x, layout)
-    with _model.explaining(model):
-        targets = _model.resolve_targets(target, _model.logits_of(model, x))
-    cam = grad_cam(model, x, targets, layer=layer, upsample=False, normalize=False)
+    spec = _model.check_target(target, x.shape[0])
+    if spec is None:     # both passes explain the predicted class
+        with _model.explaining(model):
+            spec = _model.targets_for(None, _model.logits_of(model, x))
+    cam = grad_cam(model, x, spec, layer=layer, upsample=False, normalize=False)
     up = resize_maps(cam, (H, W), mode=interpolate).astype(np.float32)
-    gb = guided_backprop(model, x, targets, batch_size=batch_size)
+    gb = guided_backprop(model, x, spec, batch_size=batch_size)
     axis = 1 if layout == "NCHW" else 3
     return gb * np.expand_dims(up, axis)

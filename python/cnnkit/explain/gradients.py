@@ -30,11 +30,16 @@ def _prepare(model: Any, x: Any, target: Target, batch_size: Optional[int]):
     return x
 
 
+def _batch(model, x, batch_size):
+    return _model.default_batch_size(model, x) if batch_size is None else batch_size
+
+
 def _targets_and_batch(model, x, target, batch_size):
+    """(logits of x, int64 targets, batch size): one forward of x, for the methods that build
+    perturbed inputs and need every target first."""
     logits = _model.logits_of(model, x)
-    targets = _model.resolve_targets(target, logits)
-    bs = _model.default_batch_size(model, x) if batch_size is None else batch_size
-    return logits, targets, bs
+    targets = _model.targets_for(_model.check_target(target, x.shape[0]), logits)
+    return logits, targets, _batch(model, x, batch_size)
 
 
 def _add_rows(total: np.ndarray, rows: np.ndarray, values: np.ndarray) -> None:
@@ -97,9 +102,9 @@ def saliency(model: Any, x: np.ndarray, target: Target = None, *, abs: bool = Tr
     if reduce not in ("max", "mean", None):
         raise ValueError(f"reduce: expected 'max', 'mean' or None, got {reduce!r}")
     layout = _model.layout_of(model)
+    spec = _model.check_target(target, x.shape[0])
     with _model.explaining(model):
-        _, targets, bs = _targets_and_batch(model, x, target, batch_size)
-        g = _model.input_gradients(model, x, targets, bs)
+        g = _model.input_gradients(model, x, spec, _batch(model, x, batch_size))
     return _reduce(g, layout, abs_, reduce)
 
 
@@ -117,9 +122,9 @@ def gradient_x_input(model: Any, x: np.ndarray, target: Target = None, *,
     float32 ndarray of x's shape
     """
     x = _prepare(model, x, target, batch_size)
+    spec = _model.check_target(target, x.shape[0])
     with _model.explaining(model):
-        _, targets, bs = _targets_and_batch(model, x, target, batch_size)
-        g = _model.input_gradients(model, x, targets, bs)
+        g = _model.input_gradients(model, x, spec, _batch(model, x, batch_size))
     return np.multiply(g, x, out=g)
 
 
@@ -286,10 +291,9 @@ def integrated_gradients(model: Any, x: np.ndarray, target: Target = None, *, ba
 
 def _relu_rule(model: Any, x: np.ndarray, target: Target, batch_size: Optional[int], rule: str) -> np.ndarray:
     x = _prepare(model, x, target, batch_size)
-    with _model.explaining(model):
-        logits, targets, bs = _targets_and_batch(model, x, target, batch_size)
-    with _model.explaining(model, relu=rule):
-        return _model.input_gradients(model, x, targets, bs)
+    spec = _model.check_target(target, x.shape[0])
+    with _model.explaining(model, relu=rule):   # the forward pass, hence the predicted class, is unchanged
+        return _model.input_gradients(model, x, spec, _batch(model, x, batch_size))
 
 
 def guided_backprop(model: Any, x: np.ndarray, target: Target = None, *,

@@ -77,7 +77,7 @@ def occlusion(model: Any, x: np.ndarray, target: Target = None, *, window: Any =
     N = x.shape[0]
     with _model.explaining(model):
         logits = _model.logits_of(model, x)
-        targets = _model.resolve_targets(target, logits)
+        targets = _model.targets_for(_model.check_target(target, x.shape[0]), logits)
         bs = _model.default_batch_size(model, x) if batch_size is None else batch_size
         f0 = logits[np.arange(N), targets].astype(np.float64)
         total = np.zeros((N, H, W), np.float64)
@@ -165,7 +165,7 @@ def rise(model: Any, x: np.ndarray, target: Target = None, *, n_masks: int = 200
     total = np.zeros((N, H, W), np.float64)
     with _model.explaining(model):
         logits = _model.logits_of(model, x)
-        targets = _model.resolve_targets(target, logits)
+        targets = _model.targets_for(_model.check_target(target, x.shape[0]), logits)
         bs = _model.default_batch_size(model, x) if batch_size is None else batch_size
         buf = np.empty((min(bs, N * n_masks),) + x.shape[1:], np.float32)
         xn = _model.to_nchw(x, layout)

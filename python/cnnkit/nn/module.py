@@ -6,8 +6,10 @@ its input. Parameters and gradients of a model are views into two flat float32 a
 arenas), in module order with each module's weight before its bias, as PyTorch orders the same
 architecture, so ``parameters()`` lines up one to one with ``torch_model.parameters()``.
 
-Outputs and gradient buffers are allocated once per input shape and reused on every call: an
-output stays valid until the module's next forward (copy it to keep it).
+Outputs and gradient buffers are allocated once per input shape and reused on every call (up to
+three shapes per buffer are kept, so a training batch, a last partial batch and an evaluation
+batch alternate without allocating): an output stays valid until the module's next forward with
+an input of the same shape (copy it to keep it).
 """
 from __future__ import annotations
 
@@ -16,6 +18,9 @@ import numpy as np
 __all__ = ["Module", "Sequential", "Capture", "RELU_BACKWARD_MODES"]
 
 RELU_BACKWARD_MODES = ("standard", "guided", "deconvnet")
+
+#: buffers of other shapes a module keeps per buffer name besides the current one
+SPARE_SHAPES = 2
 
 
 class Capture:
@@ -179,11 +184,25 @@ class Module:
 
     # ---- buffers reused across calls ----
     def _buf(self, key, shape, dtype=np.float32, zero=False):
+        """The buffer ``key`` of this shape and dtype: the current one, else one of up to
+        :data:`SPARE_SHAPES` kept from other shapes (a training batch, a last partial batch and an
+        evaluation batch alternate without allocating), else a new one (zeroed if ``zero``)."""
         a = self._ws.get(key)
-        if a is None or a.shape != tuple(shape) or a.dtype != dtype:
-            a = np.zeros(shape, dtype) if zero else np.empty(shape, dtype)
-            self._ws[key] = a
-        return a
+        shape = tuple(shape)
+        if a is not None and a.shape == shape and a.dtype == dtype:
+            return a
+        spare = self._ws.setdefault(("spare", key), [])
+        for i, b in enumerate(spare):
+            if b.shape == shape and b.dtype == dtype:
+                del spare[i]
+                break
+        else:
+            b = np.zeros(shape, dtype) if zero else np.empty(shape, dtype)
+        if a is not None:
+            spare.insert(0, a)
+            del spare[SPARE_SHAPES:]
+        self._ws[key] = b
+        return b
 
     # ---- calls with capture hooks ----
     def __call__(self, x, *args, **kwargs):
