@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import zlib
 
 import numpy as np
@@ -130,3 +131,58 @@ def import_torchvision():
     if torchvision is None:
         pytest.skip("torchvision is not importable")
     return torch, torchvision
+
+
+# ---- CI: a parity test never skips for a missing peer --------------------------------------------
+# The oracles (torch, torchvision, captum, pytorch-grad-cam, OpenCV, Pillow, scikit-image) come with
+# the test extra; a module that cannot import one skips, which hides a whole parity check. With
+# CNNKIT_REQUIRE_PEERS=1 (.ci/run sets it) every skip fails the run unless its reason starts with
+# one of these, which depend on the machine, not on what was installed:
+ALLOWED_SKIPS = (
+    "needs cnnkit built with CUDA and a GPU",  # test_optim_cuda.py: no GPU, or a build without CUDA
+    "needs CuPy or PyTorch with CUDA",         # test_optim_cuda.py: a GPU, but CPU-only array peers
+    "this CPU runs only the scalar kernels",   # test_optim.py: no second ISA level to compare
+)
+REQUIRE_PEERS = os.environ.get("CNNKIT_REQUIRE_PEERS", "") not in ("", "0")
+_forbidden_skips = []
+
+
+def _skip_reason(report) -> str:
+    longrepr = report.longrepr
+    reason = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+    return reason[len("Skipped: "):] if reason.startswith("Skipped: ") else reason
+
+
+def _check_skip(report):
+    if REQUIRE_PEERS and report.skipped and not hasattr(report, "wasxfail"):
+        reason = _skip_reason(report)
+        if not reason.startswith(ALLOWED_SKIPS):
+            _forbidden_skips.append((report, reason))
+
+
+def pytest_collectreport(report):
+    """Module-level skips (``pytest.importorskip`` at import time)."""
+    _check_skip(report)
+
+
+def pytest_runtest_logreport(report):
+    """Skips inside a test or fixture."""
+    _check_skip(report)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _forbidden_skips and session.exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _forbidden_skips:
+        return
+    terminalreporter.section("skipped for a missing peer (CNNKIT_REQUIRE_PEERS=1): failing the run",
+                             sep="=", red=True, bold=True)
+    for report, reason in _forbidden_skips:
+        terminalreporter.line(f"{report.nodeid}: {reason}", red=True)
+    terminalreporter.line('install every oracle with pip install ".[test]"; a skip that depends on the '
+                          "machine belongs in ALLOWED_SKIPS (tests/conftest.py)")
+    # counted in the closing line too: "... N skipped, M missing peer"
+    terminalreporter.stats.setdefault("missing peer", []).extend(r for r, _ in _forbidden_skips)
