@@ -66,7 +66,9 @@ def test_out_is_used(rng):
     (dict(p=-0.1), ValueError, "p"),
     (dict(p=1.5), ValueError, "p"),
     (dict(p=float("nan")), ValueError, "p"),
-    (dict(p="0.5"), ValueError, "p"),
+    (dict(p="0.5"), TypeError, "p"),            # a wrong type is a TypeError
+    (dict(p=None), TypeError, "p"),
+    (dict(p=True), TypeError, "p"),
     (dict(rng=0), TypeError, "rng"),
     (dict(training=1), TypeError, "training"),
     (dict(layout="CHW"), ValueError, "layout"),
@@ -77,6 +79,17 @@ def test_bad_arguments(kwargs, exc, match, rng):
     args.update(kwargs)
     with pytest.raises(exc, match=match):
         F.spatial_dropout(x, args.pop("p"), args.pop("rng"), **args)
+
+
+def test_transform_probability_of_a_wrong_type_is_a_type_error():
+    from cnnkit.augment import RandomHorizontalFlip, SpatialDropout
+    for bad in ("0.5", None, True):
+        with pytest.raises(TypeError, match="^p "):
+            SpatialDropout(bad)
+        with pytest.raises(TypeError, match="^p "):
+            RandomHorizontalFlip(bad)
+    with pytest.raises(ValueError, match="^p "):
+        SpatialDropout(1.5)
 
 
 def test_bad_inputs(rng):

@@ -1272,3 +1272,19 @@ def test_clahe_rejects_a_tile_grid_too_large_to_tabulate():
     with pytest.raises(ValueError, match="tile_grid_size"):
         F.clahe(img, 2.0, (1024, 1024))
     assert F.clahe(img, 2.0, (16, 16)).shape == img.shape  # more tiles than pixels is still fine
+
+
+def test_functional_namespace_is_its_public_names():
+    """dir() lists the functions, not the modules functional imports (np, math, annotations)."""
+    assert not {"np", "math", "annotations", "numbers"} & set(dir(F))
+    assert dir(F) == sorted(F.__all__) and len(set(F.__all__)) == len(F.__all__)
+    for name in F.__all__:
+        assert hasattr(F, name), name
+
+
+def test_colour_op_on_an_nchw_batch_says_uint8_images_are_nhwc(rng):
+    x = rng.integers(0, 256, (2, 3, 8, 8), dtype=np.uint8)
+    with pytest.raises(ValueError, match=r"NHWC \(N, H, W, C\).*\(2, 3, 8, 8\).*transpose\(0, 2, 3, 1\)"):
+        F.adjust_brightness(x, 1.5)
+    with pytest.raises(ValueError, match=r"NHWC \(N, H, W, C\).*\(2, 3, 8, 8\)"):
+        F.apply_ops(x, [["Rotate", "Contrast"]] * 2, [[10.0, 0.5]] * 2)

@@ -351,6 +351,57 @@ def test_bad_arguments_and_inputs(rng):
     assert_bitwise(t(x), A.TrivialAugmentWide(seed=0)(x), "a refused call draws nothing")
 
 
+# Every transform class that takes uint8 NHWC images (MixUp, CutMix, SamplePairing and SpatialDropout
+# take float batches); Cutout and RandomErasing take uint8 NHWC when no layout is given.
+UINT8 = {
+    **{k: v for k, v in MAKERS.items() if "-" not in k},
+    "Cutout": lambda s: A.Cutout(3, 2, fill="random", seed=s),
+    "RandomErasing": lambda s: A.RandomErasing(p=1.0, seed=s),
+}
+NCHW_MESSAGE = (r"^images: uint8 images are NHWC \(N, H, W, C\) with C in \{1, 3\}, got shape \(2, 3, 8, 8\); "
+                r"transpose an NCHW batch with images\.transpose\(0, 2, 3, 1\)")
+
+
+def test_every_uint8_transform_class_is_covered():
+    float_only = {A.Transform, A.Compose, A.MixUp, A.CutMix, A.SamplePairing, A.SpatialDropout}
+    classes = {getattr(A, n) for n in A.__all__ if isinstance(getattr(A, n), type)
+               and issubclass(getattr(A, n), A.Transform)}
+    assert {type(UINT8[k](0)) for k in UINT8} == classes - float_only
+
+
+@pytest.mark.parametrize("name", list(UINT8))
+def test_uint8_transforms_refuse_an_nchw_batch_whatever_is_drawn(name, rng):
+    """An NCHW uint8 batch (2, 3, 8, 8) read as NHWC would be 2 images of 3x8 with 8 channels:
+    refused up front for every seed (whatever ops the seed would draw) and in a replay, with
+    nothing drawn from the transform's generator; a CHW image likewise."""
+    nhwc = rng.integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)
+    nchw = np.ascontiguousarray(nhwc.transpose(0, 3, 1, 2))
+    for seed in range(30):
+        t = UINT8[name](seed)
+        state = t.rng.bit_generator.state
+        with pytest.raises(ValueError, match=NCHW_MESSAGE):
+            t(nchw)
+        assert t.rng.bit_generator.state == state, f"{name}: a refused call drew from the generator"
+        assert t.last_params is None
+        t(nhwc)                                          # the same images, NHWC: accepted
+        with pytest.raises(ValueError, match=NCHW_MESSAGE):
+            t(nchw, params=t.last_params)                # a replay checks too
+    with pytest.raises(ValueError, match=r"HWC \(H, W, C\).*\(3, 8, 8\).*transpose\(1, 2, 0\)"):
+        UINT8[name](0)(nchw[0])
+    with pytest.raises(ValueError, match=r"NHWC.*\(2, 8, 8, 4\)"):
+        UINT8[name](0)(np.zeros((2, 8, 8, 4), np.uint8))
+    with pytest.raises(ValueError, match=NCHW_MESSAGE):
+        A.Compose([A.RandomHorizontalFlip(0.0), UINT8[name](0)], seed=1)(nchw)
+
+
+def test_cutout_with_an_explicit_layout_takes_any_channel_count(rng):
+    x = rng.integers(0, 256, (2, 5, 6, 7), dtype=np.uint8)
+    for layout in ("NCHW", "NHWC"):
+        t = A.Cutout(2, seed=0, layout=layout)
+        y = t(x)
+        assert_bitwise(y, F.cutout(x, t.last_params["boxes"], 0, layout=layout), f"Cutout {layout}")
+
+
 def test_public_names():
     for name in ("AutoAugment", "RandAugment", "TrivialAugmentWide", "AugMix", "Normalize", "Equalize", "CLAHE",
                  "SpatialDropout", "RandomHorizontalFlip", "RandomVerticalFlip", "RandomResizedCrop", "RandomCrop",

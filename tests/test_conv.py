@@ -921,6 +921,50 @@ def test_impossible_output_size_fails_cleanly(padding):
         cnnkit.conv2d(np.ones((1, 1, 2, 2), F32), np.ones((1, 1, 1, 1), F32), padding=padding)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_empty_batch_gives_empty_outputs_and_zero_weight_gradients(layout, dtype, rng):
+    """N = 0: conv2d and the depthwise separable pair return empty outputs of the right shape and
+    all-zero weight and bias gradients (an empty sum), with and without out= / workspace."""
+    x = to_layout(np.zeros((0, 4, 7, 6), dtype), layout)
+    w = rng.standard_normal((6, 4, 3, 3)).astype(dtype)
+    y = cnnkit.conv2d(x, w, padding=1, layout=layout)
+    assert y.shape == to_layout(np.zeros((0, 6, 7, 6)), layout).shape and y.dtype == dtype
+    gi, gw, gb = cnnkit.conv2d_backward(y, x, w, padding=1, layout=layout)
+    assert gi.shape == x.shape and not gw.any() and not gb.any()
+    dw = rng.standard_normal((8, 1, 3, 3)).astype(dtype)          # channel multiplier 2
+    pw = rng.standard_normal((5, 8, 1, 1)).astype(dtype)
+    db, pb = rng.standard_normal(8).astype(dtype), rng.standard_normal(5).astype(dtype)
+    shape = to_layout(np.zeros((0, 5, 4, 3)), layout).shape       # stride 2, padding 1
+    kw = dict(stride=2, padding=1, layout=layout)
+    for extra in ({}, {"workspace": {}}):
+        y = cnnkit.depthwise_separable_conv2d(x, dw, pw, db, pb, **kw, **extra)
+        assert y.shape == shape and y.dtype == dtype
+        out = np.empty(shape, dtype)
+        assert cnnkit.depthwise_separable_conv2d(x, dw, pw, db, pb, **kw, out=out, **extra) is out
+        grads = cnnkit.depthwise_separable_conv2d_backward(y, x, dw, pw, db, **kw, **extra)
+        for g, ref in zip(grads, (x, dw, pw, db, pb)):
+            assert g.shape == ref.shape and g.dtype == dtype and not g.any()
+    with pytest.raises(ValueError, match="grad_out"):
+        cnnkit.depthwise_separable_conv2d_backward(np.zeros((1,) + shape[1:], dtype), x, dw, pw, **kw)
+
+
+def test_channels_last_array_with_the_default_layout_suggests_nhwc():
+    x = np.zeros((2, 16, 16, 8), F32)                              # NHWC, 8 channels
+    with pytest.raises(ValueError, match=r'^weight: .*8 input channels on its last axis: pass layout="NHWC"'):
+        cnnkit.conv2d(x, np.ones((4, 8, 3, 3), F32))
+    with pytest.raises(ValueError, match=r'layout="NHWC"'):   # grouped: C_in = weight.shape[1] * groups
+        cnnkit.conv2d(x, np.ones((8, 2, 3, 3), F32), groups=4)
+    with pytest.raises(ValueError, match=r'^groups: .*layout="NHWC"'):   # H = 16 is not divisible by 3
+        cnnkit.conv2d(np.zeros((2, 16, 16, 9), F32), np.ones((9, 1, 3, 3), F32), groups=9)
+    with pytest.raises(ValueError, match=r'layout="NCHW"'):   # the reverse mistake
+        cnnkit.conv2d(np.zeros((2, 8, 16, 16), F32), np.ones((4, 8, 3, 3), F32), layout="NHWC")
+    with pytest.raises(ValueError, match="weight") as info:    # a plain mismatch: no layout hint
+        cnnkit.conv2d(np.zeros((2, 5, 16, 16), F32), np.ones((4, 8, 3, 3), F32))
+    assert "layout" not in str(info.value)
+    assert cnnkit.conv2d(x, np.ones((4, 8, 3, 3), F32), layout="NHWC").shape == (2, 14, 14, 4)
+
+
 # ---- bad input ----------------------------------------------------------------------------------
 
 NONCONTIG = np.zeros((2, 6, 4, 8), F32)[..., ::2]     # (2, 6, 4, 4), not C-contiguous

@@ -1112,6 +1112,67 @@ def test_bad_constructor_arguments():
         nn.ResidualBlock(4, 4, norm="layer")
 
 
+CONV_GEOMETRY_BAD = [
+    (dict(kernel_size=0), ValueError, "kernel_size"),
+    (dict(kernel_size=(3, 0)), ValueError, "kernel_size"),
+    (dict(kernel_size=-1), ValueError, "kernel_size"),
+    (dict(kernel_size=2.5), TypeError, "kernel_size"),
+    (dict(kernel_size="3"), TypeError, "kernel_size"),
+    (dict(kernel_size=True), TypeError, "kernel_size"),
+    (dict(kernel_size=(3, 3, 3)), ValueError, "kernel_size"),
+    (dict(kernel_size=None), TypeError, "kernel_size"),
+    (dict(stride=0), ValueError, "stride"),
+    (dict(stride=(1, 0)), ValueError, "stride"),
+    (dict(stride=1.5), TypeError, "stride"),
+    (dict(padding=-1), ValueError, "padding"),
+    (dict(padding=(0, -2)), ValueError, "padding"),
+    (dict(padding=0.5), TypeError, "padding"),
+    (dict(padding="full"), ValueError, "padding"),
+    (dict(padding="same", stride=2), ValueError, "padding"),
+    (dict(dilation=0), ValueError, "dilation"),
+    (dict(dilation=(2, 0)), ValueError, "dilation"),
+    (dict(dilation=1.0), TypeError, "dilation"),
+    (dict(in_channels=3.0), TypeError, "in_channels"),
+    (dict(out_channels=0), ValueError, "out_channels"),
+]
+
+
+@pytest.mark.parametrize("cls,kwargs,exc,match",
+                         [(c, *case) for c in ("Conv2d", "DepthwiseSeparableConv2d") for case in CONV_GEOMETRY_BAD
+                          if c == "Conv2d" or "dilation" not in case[0]],     # no dilation argument
+                         ids=lambda v: str(v) if isinstance(v, (str, dict)) else "")
+def test_conv_geometry_is_checked_at_construction(cls, kwargs, exc, match):
+    """kernel_size / stride / padding / dilation are checked by the constructor (as conv2d checks
+    them), not left to fail (or build a (4, 3, 0, 0) weight) until forward."""
+    args = dict(in_channels=3, out_channels=4, kernel_size=3, padding=1)
+    args.update(kwargs)
+    with pytest.raises(exc, match=rf"^{match}\b"):
+        getattr(nn, cls)(**args)
+
+
+def test_conv_geometry_accepts_what_conv2d_accepts(rng):
+    x = randn(rng, 2, 3, 9, 8)
+    for kw in (dict(kernel_size=np.int64(3)), dict(kernel_size=[3, 1], stride=(2, 1), padding=(1, 0)),
+               dict(kernel_size=4, padding="same"), dict(kernel_size=3, padding="valid", dilation=(2, 1))):
+        y = nn.Conv2d(3, 4, **kw, rng=rng).forward(x)
+        assert y.shape[:2] == (2, 4)
+    assert nn.Conv2d(3, 4, np.int64(3), rng=rng).kernel_size == (3, 3)
+    assert nn.DepthwiseSeparableConv2d(3, 4, [5, 3], 2, (2, 1), rng=rng).forward(x).shape == (2, 4, 5, 4)
+
+
+def test_pool_and_size_arguments_of_a_wrong_type_are_type_errors():
+    with pytest.raises(TypeError, match="^kernel_size"):
+        nn.MaxPool2d(2.5)
+    with pytest.raises(TypeError, match="^stride"):
+        nn.AvgPool2d(2, stride="2")
+    with pytest.raises(ValueError, match="^kernel_size"):
+        nn.MaxPool2d(0)
+    with pytest.raises(TypeError, match="^in_features"):
+        nn.Linear(2.0, 3)
+    with pytest.raises(ValueError, match="^num_features"):
+        nn.BatchNorm2d(0)
+
+
 def test_bad_input_leaves_model_untouched(rng):
     model = small_cnn("NCHW", rng)
     state = model.state_dict()

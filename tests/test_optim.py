@@ -1122,6 +1122,40 @@ def test_bad_grads_change_nothing(algo, kind, exc, match, rng):
     assert not np.array_equal(ps[0], snap[0][0])
 
 
+@pytest.mark.parametrize("algo", ALGOS)
+def test_grads_that_are_not_a_list_are_a_type_error_naming_grads(algo, rng):
+    """A single ndarray (not a list of them) is refused as such, not counted as a sequence of its
+    rows ("expected 1 gradients, got 3"); nor is anything else that is not a list or sequence."""
+    opt, ps = _trained(algo, rng)
+    snap = snapshot(opt)
+    for bad in (random_grads(rng, ps)[0], np.ones((4, 16), np.float32), None, 3, "grads",
+                iter(random_grads(rng, ps)), {i: g for i, g in enumerate(random_grads(rng, ps))}):
+        with pytest.raises(TypeError, match=r"^grads: expected a list \(or sequence\) of arrays") as info:
+            opt.step(bad)
+        assert_same_state(opt, snap, f"after {type(bad).__name__}: ")
+        if isinstance(bad, np.ndarray):
+            assert "single ndarray" in str(info.value)
+    # one parameter, one gradient: its rows must not pass for a list of gradients either
+    p = random_array(rng, (3,), np.float32)
+    one = CLASSES[algo]([p], **FULL[algo])
+    with pytest.raises(TypeError, match=r"^grads: .*single ndarray"):
+        one.step(np.ones((1, 3), np.float32))
+    one.step(tuple(random_grads(rng, [p])))  # a tuple is a sequence: accepted
+    with pytest.raises(TypeError, match=r"^grads: .*single ndarray"):
+        F.sgd_([p], np.ones(3, np.float32), None, step=1, lr=0.1)
+
+
+def test_schedulers_are_exported_by_a_plain_import():
+    """cnnkit.optim imports its schedulers directly (no ImportError guard hiding a broken module)."""
+    from cnnkit.optim import lr_scheduler
+    assert set(lr_scheduler.__all__) <= set(optim.__all__)
+    for name in optim.__all__:
+        assert hasattr(optim, name), name
+    assert optim.StepLR is lr_scheduler.StepLR
+    import inspect
+    assert "ImportError" not in inspect.getsource(optim)
+
+
 def test_grad_overlapping_part_of_a_param_is_rejected(rng):
     """Parameters carved from one buffer; a gradient straddling the gap between two of them."""
     buf = random_array(rng, (60,), np.float32)

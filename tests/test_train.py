@@ -227,3 +227,21 @@ def test_batch_norm_backward_out_residual():
     np.testing.assert_array_equal(got[0], ref[0])
     with pytest.raises(ValueError, match="out_residual"):
         cnnkit.batch_norm_backward(g, x, w, m, s, y=y, residual=r, activation="relu", out_residual=buf)
+
+
+@pytest.mark.parametrize("module", [models, train], ids=lambda m: m.__name__)
+def test_public_modules_list_only_their_names(module):
+    """dir() of a module of functions is its __all__ (not np, json, annotations, ...); the same
+    for cnnkit.augment.functional in test_augment_ops."""
+    assert dir(module) == sorted(module.__all__)
+    for name in module.__all__:
+        assert hasattr(module, name), name
+
+
+@pytest.mark.parametrize("module", [cnnkit, cnnkit.ops, data, models, train, nn, optim, augment],
+                         ids=lambda m: m.__name__)
+def test_public_modules_have_all(module):
+    names = vars(module)["__all__"]
+    assert len(set(names)) == len(names)
+    for name in names:
+        assert hasattr(module, name), name

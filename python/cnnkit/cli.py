@@ -1,10 +1,15 @@
-"""The ``cnnkit`` command: ``cnnkit demo``, ``cnnkit explain``, ``cnnkit info`` and ``cnnkit bench <family>``."""
+"""The ``cnnkit`` command: ``cnnkit demo``, ``cnnkit explain``, ``cnnkit info`` and ``cnnkit bench <family>``.
+
+``cnnkit demo``, ``cnnkit explain`` and ``cnnkit bench <family>`` hand the rest of the command
+line to their own parsers, so ``cnnkit bench conv --help`` lists the conv benchmark's flags.
+"""
 from __future__ import annotations
 
 import argparse
 import json
 import sys
 
+from ._text import plain
 from .bench.runners import FAMILIES
 
 
@@ -21,15 +26,23 @@ def main(argv=None) -> int:
     if argv and argv[0] == "explain":  # its own options, parsed by cnnkit.explain.report
         from .explain import report
         return report.run(argv[1:])
-    parser = argparse.ArgumentParser(prog="cnnkit", description=__doc__)
+    if len(argv) > 1 and argv[0] == "bench" and argv[1] in FAMILIES:  # its own options, -h included
+        return _bench(argv[1], argv[2:])
+    parser = argparse.ArgumentParser(prog="cnnkit", description=plain(__doc__.split("\n\n")[0]),
+                                     epilog="cnnkit demo --help, cnnkit explain --help and cnnkit bench FAMILY "
+                                            "--help list each command's own flags.")
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("info", help="print build_info() as JSON")
     d = sub.add_parser("demo", help="train a small CNN on the bundled digits and write a report", add_help=False)
     d.add_argument("args", nargs=argparse.REMAINDER, help="see cnnkit demo --help")
     e = sub.add_parser("explain", help="train on shapes with distractors, explain, score the maps", add_help=False)
     e.add_argument("args", nargs=argparse.REMAINDER, help="see cnnkit explain --help")
-    b = sub.add_parser("bench", help="run a kernel family's benchmark and print its table")
-    b.add_argument("family", choices=sorted(FAMILIES))
+    families = ", ".join(sorted(FAMILIES))
+    b = sub.add_parser("bench", help="run a kernel family's benchmark and print its table",
+                       description="Run a kernel family's benchmark and print its table.",
+                       epilog=f"Each benchmark has its own flags: cnnkit bench FAMILY --help lists them "
+                              f"(FAMILY: {families}).")
+    b.add_argument("family", choices=sorted(FAMILIES), metavar="FAMILY", help=f"one of {families}")
     b.add_argument("args", nargs=argparse.REMAINDER, help="passed to the benchmark")
     ns = parser.parse_args(argv)
     if ns.cmd == "info":

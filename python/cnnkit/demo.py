@@ -16,12 +16,14 @@ import time
 
 import numpy as np
 
+from ._text import plain
+
 MODELS = ("resnext", "resnet", "mobilenet")
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 
 
 def _parser():
-    p = argparse.ArgumentParser(prog="cnnkit demo", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="cnnkit demo", description=plain(__doc__.splitlines()[0]))
     p.add_argument("--epochs", type=int, default=30, help="passes over the training set (default 30)")
     p.add_argument("--model", choices=MODELS, default="resnext", help="architecture (default resnext)")
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="adam", help="optimizer (default adam)")

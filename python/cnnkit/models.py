@@ -91,3 +91,8 @@ def mobilenet_small(in_channels=3, num_classes=10, *, widths=(32, 64, 128, 256),
         c = w
     layers += [nn.GlobalAvgPool2d(layout=layout), nn.Linear(c, num_classes, rng=rng)]
     return nn.Sequential(*layers)
+
+
+def __dir__():
+    """The public names only (``__all__``), not the imported modules (np, math, ...)."""
+    return sorted(__all__)

@@ -1,6 +1,11 @@
 """Training loop, evaluation and checkpoints for :mod:`cnnkit.nn` models.
 
->>> history = fit(model, cnnkit.optim.Adam(model.parameters(), lr=3e-3), train_loader, epochs=5)
+>>> from cnnkit import data, models, optim
+>>> loader = data.DataLoader(data.load_digits().subset(slice(0, 64)), 32, seed=0)
+>>> model = models.resnet_small(in_channels=1, num_classes=10, widths=(8, 16, 32), seed=0)
+>>> history = fit(model, optim.Adam(model.parameters(), lr=3e-3), loader, epochs=1, progress=False)
+>>> len(history["loss"]), len(history["epoch_loss"]), history["stopped"]
+(2, 1, None)
 
 ``fit`` runs forward, loss, backward and one fused optimizer step per batch, with a tqdm
 progress bar (``progress=False`` turns it off), and stops early, without crashing and without
@@ -168,3 +173,8 @@ def load_checkpoint(path, model, optimizer=None, *, scheduler=None, loader=None)
     if loader is not None and "loader" in meta and hasattr(loader, "load_state_dict"):
         loader.load_state_dict(meta["loader"])
     return meta
+
+
+def __dir__():
+    """The public names only (``__all__``), not the imported modules (np, math, ...)."""
+    return sorted(__all__)

@@ -1,8 +1,13 @@
 // Conv entry points: pick the algorithm for a geometry and forward to the kernels of the active ISA
-// level (direct depthwise and grouped kernels) or to the GEMM path.
+// level (direct depthwise, grouped and stem kernels) or to the GEMM path.
 //
-//   depthwise (G == C, K = m*C)         direct kernels, both layouts, all three passes
-//   grouped, 2..32 channels per group   direct kernels (NCHW rows transposed in registers)
+//   depthwise (G == C, K = m*C)         direct kernels, both layouts, all three passes (NCHW, m = 1,
+//                                       C % 16 != 0, planes <= 100 pixels: NHWC kernels between transposes)
+//   grouped, 2..32 channels per group   direct kernels (NCHW rows transposed in registers; NCHW
+//                                       with rows narrower than 16 via full-tensor NHWC transposes)
+//   stems: float32 NHWC, G == 1,        the direct kernel of small_cin.h for the forward and weight
+//   C <= 4, K in {16, 32, 48, 64},      passes; their input gradient is GEMM (the adjoint has K >= 16
+//   kh*kw <= 49                         input channels; at stride > 1 GEMM + col2im)
 //   everything else                     im2col + OpenBLAS GEMM
 // The input gradient at stride 1 is the forward pass of the adjoint convolution (dy convolved with
 // the flipped, transposed weights, padding (k-1)*d - p), so it takes the forward kernels.

@@ -22,6 +22,7 @@ import numbers
 import numpy as np
 
 from .. import _core
+from .._validate import check_int, check_real
 
 _MODES = ("batch", "pair", "elem")
 
@@ -32,15 +33,11 @@ def _check_rng(rng):
 
 
 def _prob(p, name="p"):
-    if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= float(p) <= 1.0:
-        raise ValueError(f"{name}: expected a probability in [0, 1], got {p!r}")
-    return float(p)
+    return check_real(name, p, lo=0.0, hi=1.0)
 
 
 def _alpha(alpha):
-    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not float(alpha) > 0.0:
-        raise ValueError(f"alpha: expected a positive number, got {alpha!r}")
-    return float(alpha)
+    return check_real("alpha", alpha, lo=0.0, lo_open=True)
 
 
 def _mode(mode):
@@ -50,9 +47,7 @@ def _mode(mode):
 
 
 def _batch_size(n, name="batch_size"):
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
-        raise ValueError(f"{name}: expected a positive int, got {n!r}")
-    return int(n)
+    return check_int(name, n, 1, "a positive int")
 
 
 def _partners(rng, N, mode):

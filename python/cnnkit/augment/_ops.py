@@ -51,20 +51,43 @@ _PAD_MODES = ("constant", "edge", "reflect", "symmetric")
 
 # ---- argument checks ---------------------------------------------------------------------------
 
-def _images(images, colour=False):
+def _channels_last(images, C):
+    """ValueError unless C (the last axis of uint8 ``images``) is 1 or 3: uint8 images are NHWC,
+    and anything else is most likely an NCHW batch (or a CHW image), which read as NHWC would
+    come back scrambled without an error. Every uint8 transform and every colour op checks here."""
+    if C in (1, 3):
+        return
+    shape = tuple(images.shape)
+    if len(shape) == 3:
+        what, hint = "a single uint8 image is HWC (H, W, C)", "transpose a CHW image with image.transpose(1, 2, 0)"
+        first = shape[0]
+    else:
+        what, hint = "uint8 images are NHWC (N, H, W, C)", "transpose an NCHW batch with images.transpose(0, 2, 3, 1)"
+        first = shape[1]
+    raise ValueError(f"images: {what} with C in {{1, 3}}, got shape {shape}"
+                     + (f"; {hint}" if first in (1, 3) else ""))
+
+
+def _check_images(images, colour=False):
+    """The checks of :func:`_images`, without making the batch view."""
     if not isinstance(images, np.ndarray):
         raise TypeError(f"images: expected a uint8 numpy.ndarray, got {type(images).__name__}")
     if images.dtype != np.uint8:
         raise TypeError(f"images: expected dtype uint8, got {images.dtype}")
     if images.ndim not in (3, 4):
         raise ValueError(f"images: expected shape (N, H, W, C) or (H, W, C), got {images.shape}")
-    single = images.ndim == 3
-    x = np.ascontiguousarray(images[None] if single else images)
-    if min(x.shape[1:]) < 1:
+    if min(images.shape[-3:]) < 1:
         raise ValueError(f"images: expected H, W, C >= 1, got shape {images.shape}")
-    if colour and x.shape[-1] not in (1, 3):
-        raise ValueError(f"images: expected 1 or 3 channels for a colour op, got {x.shape[-1]}")
-    return x, single
+    if colour:
+        _channels_last(images, images.shape[-1])
+
+
+def _images(images, colour=False):
+    """(batch (N, H, W, C), single) for uint8 NHWC ``images`` or one (H, W, C) image; ``colour``:
+    C must be 1 or 3 (:func:`_channels_last`)."""
+    _check_images(images, colour)
+    single = images.ndim == 3
+    return np.ascontiguousarray(images[None] if single else images), single
 
 
 def _out(out, shape, single, images):
@@ -231,8 +254,8 @@ def apply_ops(images, ops, magnitudes, *, interpolation="nearest", fill=None, ou
     if not np.all(np.isfinite(mags)):
         raise ValueError("magnitudes: expected finite values")
     colour = np.isin(codes, [_INDEX[n] for n in ("Brightness", "Color", "Contrast", "Sharpness")])
-    if C not in (1, 3) and colour.any():
-        raise ValueError(f"images: expected 1 or 3 channels for a colour op, got {C}")
+    if colour.any():
+        _channels_last(images, C)
     fillv = _fill_values(fill, C)
     # parameters per distinct (op, magnitude): policies draw from a few bins
     kcodes = np.zeros(codes.shape, dtype=np.int32)

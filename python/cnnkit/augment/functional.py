@@ -9,6 +9,7 @@ import math
 import numpy as np
 
 from .. import _core
+from .._validate import check_real
 from ._cutout import cutout, random_fill_noise, sample_cutout_params, sample_erasing_params  # noqa: F401
 from ._mix import (cutmix, mixup, sample_cutmix_params, sample_mixup_params, sample_pairing,  # noqa: F401
                    sample_pairing_params)
@@ -333,9 +334,7 @@ def spatial_dropout(x, p, rng, training=True, *, layout="NCHW", out=None):
     x = _float4d("x", x)
     if layout not in _LAYOUTS:  # before drawing anything from rng
         raise ValueError(f"layout: expected one of {_LAYOUTS}, got {layout!r}")
-    p = float(p) if isinstance(p, (int, float, np.floating, np.integer)) and not isinstance(p, bool) else p
-    if not isinstance(p, float) or not (0.0 <= p <= 1.0):
-        raise ValueError(f"p: expected a probability in [0, 1], got {p!r}")
+    p = check_real("p", p, lo=0.0, hi=1.0)
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng: expected a numpy.random.Generator, got {type(rng).__name__}")
     if not isinstance(training, (bool, np.bool_)):
@@ -376,3 +375,8 @@ __all__ += ["OPS", "apply_ops", "adjust_brightness", "adjust_contrast", "adjust_
             "pad_crop", "clahe", "sample_resized_crop_params", "sample_pad_crop_params", "sample_flip_params",
             "cutout", "mixup", "cutmix", "sample_pairing", "sample_mixup_params", "sample_cutmix_params",
             "sample_pairing_params", "sample_cutout_params", "sample_erasing_params", "random_fill_noise"]
+
+
+def __dir__():
+    """The public names only (``__all__``), not the imported modules (np, math, ...)."""
+    return sorted(__all__)

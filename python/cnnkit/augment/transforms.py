@@ -140,6 +140,8 @@ class SamplePairing(Transform):
 
 def _hw(images, layout):
     x, nhwc, _ = _cutout._images(images, layout)
+    if layout is None and x.dtype == np.uint8:  # NHWC assumed, not stated: check it as the uint8 transforms do
+        _check_u8(images)
     return x.shape[0], ((x.shape[1], x.shape[2]) if nhwc else (x.shape[2], x.shape[3]))
 
 
@@ -157,6 +159,7 @@ class _Fill(Transform):
         return params
 
     def apply(self, images, params, labels):
+        _hw(images, self.layout)
         return _cutout.cutout(images, params["boxes"], self.fill, layout=self.layout,
                               noise=params.get("noise")), labels
 
@@ -165,7 +168,8 @@ class Cutout(_Fill):
     """Cutout (DeVries & Taylor 2017): ``num_holes`` squares of side ``size`` per image, centred
     uniformly and clipped at the border, filled with ``fill`` (number, per-channel values,
     "mean" or "random"); ``p`` per image; ``same_on_batch`` puts the same holes in every image.
-    uint8 NHWC or float NCHW (``layout`` to override)."""
+    uint8 NHWC (C in {1, 3}, as every uint8 transform) or float NCHW (``layout`` to override;
+    an explicit layout takes any number of channels)."""
 
     def __init__(self, size, num_holes=1, fill=0, *, p=1.0, same_on_batch=False, layout=None, seed=None):
         self.size, self.num_holes, self.p = size, num_holes, _mix._prob(p)
@@ -199,12 +203,18 @@ class RandomErasing(_Fill):
 # ---- image transforms on uint8 NHWC batches --------------------------------------------------------
 # Each draws per-image parameters with a sampler, then makes batched calls into
 # cnnkit.augment.functional (looked up at call time); a single (H, W, C) image is handled as a
-# batch of one, so its last_params have a leading axis of 1.
+# batch of one, so its last_params have a leading axis of 1. Each checks its input with _u8 in
+# both sample and apply (a replay skips sample), before anything is drawn or run.
 
 def _u8(images):
-    """(batch view (N, H, W, C), single) for uint8 NHWC images or one (H, W, C) image."""
-    x, single = F._images_u8(images)
-    return x, single
+    """(batch view (N, H, W, C), single) for uint8 NHWC images or one (H, W, C) image, C in {1, 3}
+    whatever ops are drawn: an NCHW batch is refused, not read as NHWC (see _ops._channels_last)."""
+    return _ops._images(images, colour=True)
+
+
+def _check_u8(images):
+    """The checks of :func:`_u8` alone, for transforms that hand ``images`` on as they are."""
+    _ops._check_images(images, colour=True)
 
 
 def _back(out, single):
@@ -335,6 +345,7 @@ class AugMix(Transform):
                                             same_on_batch=self.same_on_batch)
 
     def apply(self, images, params, labels):
+        _check_u8(images)
         return _policy.augmix(images, params, interpolation=self.interpolation, fill=self.fill), labels
 
 
@@ -352,9 +363,11 @@ class Normalize(Transform):
         super().__init__(seed)
 
     def sample(self, images):
+        _check_u8(images)
         return {}
 
     def apply(self, images, params, labels):
+        _check_u8(images)
         return F.to_float_normalize(images, self.mean, self.std), labels
 
 

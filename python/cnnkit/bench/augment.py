@@ -23,6 +23,7 @@ import sys
 import numpy as np
 
 import cnnkit
+from cnnkit._text import plain
 from cnnkit.bench import machine_header
 from cnnkit.bench._common import fmt, import_torch, med, peer_header, probe, run_rounds
 from cnnkit.bench._common import parse_list, stream_arrays, target_text, write_json
@@ -68,7 +69,7 @@ QUICK_BATCHES = [(4, 64, 64, 3), (8, 32, 32, 3)]  # --quick: every code path, ti
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="cnnkit bench augment", description=__doc__)
+    p = argparse.ArgumentParser(prog="cnnkit bench augment", description=plain(__doc__))
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--reps", type=int, default=15)
     p.add_argument("--warmup", type=int, default=2)

@@ -186,7 +186,18 @@ class ArrayDataset:
 
         Examples
         --------
-        >>> ds = ArrayDataset.from_npz("mnist.npz", images_key="x_train", labels_key="y_train")  # doctest: +SKIP
+        >>> import os, tempfile
+        >>> from cnnkit.data import make_shapes
+        >>> ds = make_shapes(8, size=16, seed=0)
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     ds.save_npz(os.path.join(tmp, "shapes.npz"))
+        ...     back = ArrayDataset.from_npz(os.path.join(tmp, "shapes.npz"))
+        >>> back.images.shape, back.classes == ds.classes, sorted(back.extras)
+        ((8, 1, 16, 16), True, ['boxes', 'masks'])
+
+        A file written by another tool names its own keys:
+
+        >>> mnist = ArrayDataset.from_npz("mnist.npz", images_key="x_train", labels_key="y_train")  # doctest: +SKIP
         """
         if not isinstance(path, (str, bytes, os.PathLike)):
             raise TypeError(f"path: expected a str or os.PathLike, got {type(path).__name__}")

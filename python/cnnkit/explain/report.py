@@ -20,6 +20,8 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+from .._text import plain
+
 #: keyword arguments per method in the report (cheaper settings than the defaults where noted)
 METHOD_KWARGS: Dict[str, dict] = {
     "smoothgrad": {"n_samples": 25, "seed": 0},
@@ -30,7 +32,7 @@ METHOD_KWARGS: Dict[str, dict] = {
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cnnkit explain", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="cnnkit explain", description=plain(__doc__.splitlines()[0]))
     p.add_argument("--out", default="cnnkit-explain", help="report folder (default cnnkit-explain/)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, default=8, help="training epochs (default 8)")

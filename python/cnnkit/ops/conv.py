@@ -5,8 +5,10 @@ returns what PyTorch's autograd gives for the same forward call. Arrays may be N
 NHWC (``layout="NHWC"``, channels-last); the weight is ``(C_out, C_in/groups, kH, kW)`` in both.
 
 Algorithms (see :func:`conv2d_algorithm`): direct kernels for depthwise convolutions (groups ==
-C_in, C_out = m*C_in) and for grouped convolutions with 2 to 32 channels per group; im2col + GEMM
-(OpenBLAS from scipy-openblas32, single-threaded inside cnnkit's OpenMP loops) otherwise. The input
+C_in, C_out = m*C_in) and for grouped convolutions with 2 to 32 channels per group; a direct
+float32 NHWC kernel for stems (groups 1, at most 4 input channels, 16 to 64 output channels in
+multiples of 16, kH*kW <= 49) in the forward and weight-gradient passes; im2col + GEMM (OpenBLAS
+from scipy-openblas32, single-threaded inside cnnkit's OpenMP loops) otherwise. The input
 gradient at stride 1 runs as the forward pass of the adjoint convolution. Weight and bias gradients
 are reduced in pieces fixed by the shape and combined in a fixed order: the same bits at any thread
 count.
@@ -127,6 +129,16 @@ def _padding(padding, k: tuple[int, int], d: tuple[int, int], s: tuple[int, int]
     return (ph, ph), (pw, pw)
 
 
+def _layout_hint(x_name: str, x_shape, c_in: int, nhwc: bool) -> str:
+    """A hint for errors about input channels when x's other channel axis holds the weight's
+    C_in (= weight.shape[1] * groups): the array is probably in the other layout."""
+    other, axis = ("NCHW", "axis 1") if nhwc else ("NHWC", "its last axis")
+    if int(x_shape[1 if nhwc else 3]) != c_in or int(x_shape[3 if nhwc else 1]) == c_in:
+        return ""
+    return (f"; {x_name} {tuple(x_shape)} has the weight's {c_in} input channels on {axis}: "
+            f"pass layout=\"{other}\" for a {'channels-first' if nhwc else 'channels-last'} array")
+
+
 class _Geom:
     """A checked convolution geometry (shapes in NCHW terms)."""
 
@@ -156,13 +168,14 @@ class _Geom:
             raise ValueError(f"{x_name}: expected C, H and W >= 1, got shape {tuple(x_shape)} ({layout})")
         if K < 1 or kh < 1 or kw < 1:
             raise ValueError(f"{w_name}: expected C_out, kH and kW >= 1, got shape {tuple(w_shape)}")
+        hint = _layout_hint(x_name, x_shape, Cg * G, self.nhwc)
         if C % G:
-            raise ValueError(f"groups: {G} does not divide the {C} input channels")
+            raise ValueError(f"groups: {G} does not divide the {C} input channels{hint}")
         if K % G:
             raise ValueError(f"groups: {G} does not divide the {K} output channels (weight.shape[0])")
         if Cg != C // G:
             raise ValueError(f"{w_name}: expected shape[1] == C_in/groups = {C}/{G} = {C // G}, got shape "
-                             f"{tuple(w_shape)}")
+                             f"{tuple(w_shape)}{hint}")
         s = _pair(stride, "stride", 1)
         d = _pair(dilation, "dilation", 1)
         (pt, pb), (pl, pr) = _padding(padding, (kh, kw), d, s)
@@ -242,8 +255,10 @@ def conv2d_algorithm(x_shape, weight_shape, stride=1, padding=0, dilation=1, gro
     (``+transpose``: NCHW arrays are transposed around it); ``gemm``/``gemm_im2col``: OpenBLAS GEMM,
     with im2col where the kernel is not 1x1 at stride 1; ``*_adjoint``: an input gradient computed as
     the forward pass of the adjoint convolution; ``gemm_col2im``: GEMM + col2im scatter;
-    ``small_cin_direct_nhwc``: the direct kernel for stems (at most 4 input channels, 16 to 64
-    output channels in multiples of 16). Names are those of float32 arrays.
+    ``small_cin_direct_nhwc``: the direct kernel for stems (float32 NHWC, groups 1, at most 4
+    input channels, 16 to 64 output channels in multiples of 16, kH*kW <= 49), forward and weight
+    passes only (their input gradient takes the adjoint or col2im path). Names are those of
+    float32 arrays.
     """
     g = _Geom(x_shape, weight_shape, stride, padding, dilation, groups, layout, None)
     p = {"forward": 0, "input": 1, "weight": 2}.get(pass_)
@@ -398,8 +413,10 @@ _SEPARABLE_CHUNK_BYTES = 4 << 20
 
 
 def _image_chunks(N: int, bytes_per_image: int):
+    """[(start, stop), ...] over the batch; one empty chunk for N == 0 (empty outputs, zero
+    weight gradients, as conv2d gives)."""
     per = max(1, _SEPARABLE_CHUNK_BYTES // max(1, bytes_per_image))
-    return [(i, min(N, i + per)) for i in range(0, N, per)]
+    return [(i, min(N, i + per)) for i in range(0, N, per)] or [(0, 0)]
 
 
 def _work(workspace, key, shape, dtype):
@@ -424,7 +441,8 @@ def depthwise_separable_conv2d(x, dw_weight, pw_weight, dw_bias=None, pw_bias=No
     Fused by tiling: the batch runs in chunks of images whose depthwise output is about 4 MiB, so
     the intermediate is read back from cache by the pointwise GEMM instead of travelling through
     memory at full size. ``out`` (the output's shape and dtype, not overlapping the inputs)
-    receives y; ``workspace`` (a dict kept by the caller) keeps the intermediate between calls.
+    receives y; ``workspace`` (a dict kept by the caller) keeps the intermediate (one chunk of
+    the depthwise output, key ``"t"``) between calls instead of allocating it on every call.
     """
     C = _separable_checks(x, dw_weight, pw_weight, layout, dw_bias, pw_bias)
     g = _Geom(x.shape, dw_weight.shape, stride, padding, dilation, C, layout, x.dtype)
@@ -451,7 +469,8 @@ def depthwise_separable_conv2d_backward(grad_out, x, dw_weight, pw_weight, dw_bi
     intermediate (depthwise output, with ``dw_bias``) is recomputed chunk by chunk as in the
     forward pass; weight and bias gradients are summed over the chunks in order (the chunks depend
     on the shape only, so results do not depend on the thread count). ``workspace``: as in the
-    forward (the input gradient is then a workspace array too, valid until the next call).
+    forward; then all five returned gradients are arrays of the workspace (reused, not copied),
+    valid until the next backward call with the same workspace. Copy them to keep them.
     """
     C = _separable_checks(x, dw_weight, pw_weight, layout, dw_bias)
     g = _Geom(x.shape, dw_weight.shape, stride, padding, dilation, C, layout, x.dtype)

@@ -20,8 +20,13 @@ def check_param(name: str, p) -> np.ndarray:
 
 
 def check_list(name: str, xs, n: int | None = None, allow_none: bool = False) -> list:
-    if isinstance(xs, np.ndarray) or not hasattr(xs, "__len__") or isinstance(xs, (str, bytes)):
-        raise TypeError(f"{name}: expected a list of arrays, got {type(xs).__name__}")
+    """``list(xs)``: TypeError unless xs is a list or sequence of arrays (a single ndarray, a
+    string or an iterator is not); ValueError unless it has ``n`` entries (when given)."""
+    if isinstance(xs, np.ndarray):
+        raise TypeError(f"{name}: expected a list (or sequence) of arrays, one per parameter, got a "
+                        f"single ndarray of shape {xs.shape}; wrap it in a list")
+    if not hasattr(xs, "__len__") or not hasattr(xs, "__getitem__") or isinstance(xs, (str, bytes, dict)):
+        raise TypeError(f"{name}: expected a list (or sequence) of arrays, got {type(xs).__name__}")
     xs = list(xs)
     if n is not None and len(xs) != n:
         raise ValueError(f"{name}: expected {n} entries (one per parameter), got {len(xs)}")

@@ -183,6 +183,8 @@ class Optimizer:
         found_inf : bool, optional
             When true the step is skipped entirely (e.g. from :func:`cnnkit.optim.found_inf`).
         """
+        if type(grads) is not list and type(grads) is not tuple:  # one cheap check per step
+            grads = check_list("grads", grads)
         hyper = self._hyper()
         if found_inf is not None and bool(found_inf):
             return
