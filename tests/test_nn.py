@@ -1250,3 +1250,31 @@ def test_avg_pool_ceil_mode_and_count_include_pad_brute_force(rng, ceil, include
             div = (min(h0 + k, 7 + p) - h0) * (min(w0 + k, 8 + p) - w0) if include else (hb - ha) * (wb - wa)
             ref[:, :, i, j] = total / div
     assert_close(y, ref, F32, length=9, what="avg pool")
+
+
+@pytest.mark.parametrize("name", ["3", "3.conv2", "2.bn1", "0", "4.downsample.1"])
+def test_backward_until_gives_the_captured_gradient(name, rng):
+    """Sequential.backward(until=name) stops once the gradient at that layer is known and gives
+    its captures exactly what a full backward gives them."""
+    from cnnkit import models
+    model = models.resnet_small(3, 5, widths=(8, 16, 16), blocks=(1, 1, 1), seed=3)
+    model.eval()
+    x = randn(rng, 2, 3, 12, 12)
+    g = randn(rng, 2, 5)
+    c = model.capture(name)
+    model.forward(x)
+    model.backward(g, input_grad=True)
+    full = c.grad.copy()
+    c.grad = None
+    model.forward(x)
+    assert model.backward(g, until=name) is None
+    assert_bitwise(c.grad, full, f"gradient at {name}")
+    model.release()
+
+
+def test_backward_until_rejects_unknown_layer(rng):
+    from cnnkit import models
+    model = models.resnet_small(3, 5, widths=(8, 16), blocks=(1, 1), seed=0)
+    model.forward(randn(rng, 1, 3, 8, 8))
+    with pytest.raises(ValueError, match="until"):
+        model.backward(randn(rng, 1, 5), until="9")

@@ -381,6 +381,15 @@ def input_gradients(model: Any, x: np.ndarray, targets: Any, batch_size: int,
     return out
 
 
+def _accepts_until(model: Any) -> bool:
+    """Whether ``model.backward`` takes ``until=`` (cnnkit.nn.Sequential, TorchModel)."""
+    import inspect
+    try:
+        return "until" in inspect.signature(model.backward).parameters
+    except (TypeError, ValueError):  # pragma: no cover - builtins without a signature
+        return False
+
+
 def layer_pass(model: Any, x: np.ndarray, layer: str, targets: Any, need_grad: bool = True) -> tuple:
     """One forward (and, with ``need_grad``, one backward of the target logits) capturing
     ``layer``: (activations, gradients or None, logits, targets), copies, in the layer's own
@@ -392,7 +401,11 @@ def layer_pass(model: Any, x: np.ndarray, layer: str, targets: Any, need_grad: b
         grads = None
         if need_grad:
             _need(model, ("backward",), "a gradient CAM")
-            model.backward(one_hot(targets, logits.shape[1]), input_grad=not _is_cnnkit(model))
+            g = one_hot(targets, logits.shape[1])
+            if _accepts_until(model):   # stop where the layer's gradient is known
+                model.backward(g, input_grad=False, until=layer)
+            else:
+                model.backward(g, input_grad=not _is_cnnkit(model))
             if c.grad is None:
                 raise ValueError(f"layer: no gradient reached {layer!r} (is it on the path to the logits?)")
             grads = np.asarray(c.grad, dtype=np.float32)

@@ -15,6 +15,7 @@ class _TorchCapture:
         self.output = None
         self.grad = None
         self.order = -1
+        self.tensor = None
 
 
 class TorchModel:
@@ -82,11 +83,21 @@ class TorchModel:
         self._out = out
         return out.detach().numpy()
 
-    def backward(self, grad_logits: np.ndarray, input_grad: bool = True) -> Any:
+    def backward(self, grad_logits: np.ndarray, input_grad: bool = True, until: Any = None) -> Any:
+        """The gradient of ``sum(grad_logits * logits)`` with respect to the input (None unless
+        ``input_grad``); with ``until`` (a captured layer's name) autograd stops at that layer's
+        output, whose capture receives the gradient."""
         torch = self._torch
         if self._out is None:
             raise ValueError("backward: call forward first")
         g = torch.from_numpy(np.ascontiguousarray(grad_logits, dtype=np.float32))
+        target = [c for c in self._captures if c.name == until and getattr(c, "tensor", None) is not None]
+        if until is not None and target and not input_grad:
+            c = target[-1]
+            (gl,) = torch.autograd.grad(self._out, c.tensor, g)
+            c.grad = gl.detach().numpy().copy()
+            self._out = None
+            return None
         (gx,) = torch.autograd.grad(self._out, self._x, g)
         self._out = None
         return gx.numpy() if input_grad else None
@@ -102,6 +113,7 @@ class TorchModel:
             self._counter += 1
             c.order = self._counter
             c.output = out.detach().numpy().copy()
+            c.tensor = out if out.requires_grad else None
             if out.requires_grad:
                 out.register_hook(lambda g, c=c: setattr(c, "grad", g.detach().numpy().copy()))
 
@@ -113,6 +125,8 @@ class TorchModel:
         for h in self._hooks:
             h.remove()
         self._hooks.clear()
+        for c in self._captures:
+            c.tensor = None
         self._captures.clear()
 
     # ---- ReLU rules ----

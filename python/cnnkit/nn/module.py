@@ -211,9 +211,13 @@ class Module:
             c.output = y.copy()
         return y
 
-    def _backward(self, grad, **kwargs):
+    def _note_grad(self, grad):
+        """Give this module's captures the gradient reaching its output."""
         for c in self._captures:
             c.grad = grad.copy()
+
+    def _backward(self, grad, **kwargs):
+        self._note_grad(grad)
         return self.backward(grad, **kwargs)
 
     def capture(self, layer_name):
@@ -326,8 +330,35 @@ class Sequential(Module):
                 raise type(e)(f"layer {i} ({type(m).__name__}): {e}") from e
         return x
 
-    def backward(self, grad, input_grad=False):
+    def backward(self, grad, input_grad=False, until=None):
+        """Backpropagate ``grad`` (the gradient of the last layer's output) through the layers in
+        reverse order, writing parameter gradients; returns the input gradient if ``input_grad``.
+
+        ``until``: a dotted layer name (as :meth:`named_modules` gives it). The pass stops as soon
+        as the gradient reaching that layer's output is known (its captures receive it): layers
+        before it are not run, so a layer's gradient costs only the layers above it (Grad-CAM at
+        the last block costs the pooling and the classifier). Returns None then; parameter
+        gradients of the layers below are left as they were.
+        """
         n = len(self.layers)
-        for i in range(n - 1, -1, -1):
-            grad = self.layers[i]._backward(grad, input_grad=(i > 0 or input_grad))
+        stop, inner = 0, None
+        if until is not None:
+            head, _, rest = str(until).partition(".")
+            if not head.isdigit() or int(head) >= n:
+                raise ValueError(f"until: no layer {until!r} in this Sequential; layers are "
+                                 f"{[k for k, _ in self.named_modules()][1:]}")
+            stop, inner = int(head), rest
+            input_grad = False
+        for i in range(n - 1, stop - 1, -1):
+            layer = self.layers[i]
+            if i == stop and until is not None:
+                if not inner:                      # the named layer itself: its gradient is known
+                    layer._note_grad(grad)
+                    return None
+                if isinstance(layer, Sequential):
+                    layer._note_grad(grad)
+                    return layer.backward(grad, until=inner)
+                layer._backward(grad, input_grad=False)   # a block: its sub-layers run inside it
+                return None
+            grad = layer._backward(grad, input_grad=(i > 0 or input_grad))
         return grad if input_grad else None
