@@ -80,6 +80,37 @@ def test_cli_rejects_unknown_family(capsys):
     assert e.value.code == 2
 
 
+def _help(capsys, argv):
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 0, argv
+    return capsys.readouterr().out
+
+
+def test_cli_help_is_plain_text(capsys):
+    """argparse prints descriptions as they are: no reST markup (double backticks, :func: roles)."""
+    for argv in (["--help"], ["bench", "--help"], ["demo", "--help"], ["bench", "augment", "--help"]):
+        text = _help(capsys, argv)
+        assert "``" not in text and ":func:" not in text, (argv, text)
+    assert "The cnnkit command: cnnkit demo, cnnkit explain" in _help(capsys, ["--help"])
+
+
+@pytest.mark.parametrize("family", sorted(cli.FAMILIES))
+def test_cli_bench_family_help_lists_the_benchmarks_own_flags(family, capsys):
+    text = _help(capsys, ["bench", family, "--help"])
+    assert text.startswith(f"usage: cnnkit bench {family} ")
+    assert "--threads" in text       # one of its own flags, not only cnnkit bench's
+    assert _help(capsys, ["bench", family, "-h"]) == text
+
+
+def test_cli_bench_help_points_to_the_family_help(capsys):
+    text = " ".join(_help(capsys, ["bench", "--help"]).split())
+    assert "cnnkit bench FAMILY --help" in text
+    for family in cli.FAMILIES:
+        assert family in text
+    assert "cnnkit bench FAMILY --help" in " ".join(_help(capsys, ["--help"]).split())
+
+
 def test_each_isa_table_reaches_its_own_kernel_copy():
     # Header kernels (templates) are compiled once per ISA level; if their symbols were shared the
     # linker would keep a single copy and every level would silently run it.
@@ -155,3 +186,22 @@ def test_cli_bench_augment_quick_smoke(capsys, tmp_path):
     for what in ("normalize", "equalize", "CLAHE", "pipeline", "rotate nearest"):
         assert what in text, what
     assert json.loads(path.read_text())
+
+
+def test_cli_bench_explain_quick_smoke(capsys, tmp_path):
+    # The attribution benchmark end to end at a tiny size, without torch (CI has none): every
+    # cnnkit.explain method timed on both batches, the memory pass and the JSON.
+    from cnnkit.bench import explain
+    path = tmp_path / "explain.json"
+    argv = ["bench", "explain", "--quick", "--no-torch", "--stream-mib", "4", "--gemm-size", "128",
+            "--probe-reps", "1", "--json", str(path)]
+    assert cli.main(argv) == 0
+    text = capsys.readouterr().out
+    assert "torch not used" in text
+    for method in explain.METHODS:
+        assert method in text, method
+    doc = json.loads(path.read_text())
+    assert [(r["method"], r["side"]) for r in doc["results"]] == [
+        (m, side) for m in explain.METHODS for _, side in explain.QUICK_SHAPES]
+    for s in doc["summary"]:
+        assert s["met"] is None and np.isfinite(s["rows"]["cnnkit"]["ms_per_image"])

@@ -13,7 +13,7 @@ __all__ = ["FAMILIES", "run"]
 
 FAMILIES = {"optim": "cnnkit.bench.optim", "norm": "cnnkit.bench.norm",
             "augment": "cnnkit.bench.augment", "conv": "cnnkit.bench.conv",
-            "train": "cnnkit.bench.train"}
+            "train": "cnnkit.bench.train", "explain": "cnnkit.bench.explain"}
 
 
 def run(family: str, argv: list) -> int:
