@@ -17,7 +17,7 @@ import numpy as np
 
 from .. import _core
 
-__all__ = ["fmt", "import_torch", "med", "peer_header", "probe", "run_rounds", "stream_arrays",
+__all__ = ["Emitter", "fmt", "import_torch", "med", "peer_header", "probe", "run_rounds", "stream_arrays",
            "timed"]
 
 
@@ -202,3 +202,22 @@ def import_torchvision():
             return None
         finally:
             library.register_fake = original
+
+
+class Emitter:
+    """The report's header lines: printed as they come, or with ``markdown`` collected and
+    printed as one fenced block by :meth:`flush` (before the first table)."""
+
+    def __init__(self, markdown: bool) -> None:
+        self.markdown = bool(markdown)
+        self.lines: list = []
+
+    def __call__(self, line: str = "") -> None:
+        self.lines.append(line)
+        if not self.markdown:
+            print(line)
+
+    def flush(self) -> None:
+        if self.markdown and self.lines:
+            print("```\n" + "\n".join(self.lines) + "\n```\n")
+            self.lines.clear()

@@ -102,6 +102,7 @@ from cnnkit import models as _models
 from cnnkit.bench import machine_header, memory_bandwidth
 from cnnkit.bench._common import fmt as _f
 from cnnkit.bench._common import (
+    Emitter,
     add_roof_args,
     import_torch,
     import_torchvision,
@@ -718,17 +719,8 @@ def _run(args, argv, torch, peers, blas, threads, methods, gemm_n, mib) -> int:
         extra[k] = v
     extra["numpy BLAS"] = blas.describe()
     header = machine_header(extra)
-    say = []
-
-    def emit(line=""):
-        say.append(line)
-        if not md:
-            print(line)
-
-    def flush_header():
-        if md and say:
-            print("```\n" + "\n".join(say) + "\n```\n")
-            say.clear()
+    emit = Emitter(md)
+    flush_header = emit.flush
 
     emit(header)
     counts = ({"ig": QUICK_IG_STEPS, "sg": QUICK_SG_SAMPLES, "rise": QUICK_RISE_MASKS} if q

@@ -73,6 +73,7 @@ from cnnkit import nn as _cnn
 from cnnkit.bench import machine_header, memory_bandwidth
 from cnnkit.bench._common import fmt as _f
 from cnnkit.bench._common import (
+    Emitter,
     add_roof_args,
     import_torch,
     med,
@@ -918,17 +919,8 @@ def _run(args, torch, blas, threads, names, batch, reps, warmup, psteps, gemm_n,
     extra = peer_header(torch)
     extra["numpy BLAS"] = blas.describe()
     header = machine_header(extra)
-    say = []
-
-    def emit(line=""):
-        say.append(line)
-        if not md:
-            print(line)
-
-    def flush_header():
-        if md and say:
-            print("```\n" + "\n".join(say) + "\n```\n")
-            say.clear()
+    emit = Emitter(md)
+    flush_header = emit.flush
 
     emit(header)
     cfgs = {}
