@@ -12,6 +12,8 @@ The torch parity tests (captum, pytorch-grad-cam) are in test_explain_torch.py.
 """
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 from conftest import assert_bitwise, assert_close, num_threads, snapshot, assert_unchanged
@@ -495,3 +497,39 @@ def test_training_buffers_untouched_and_explain_buffers_released(rng):
     assert not any("_explain_ws" in m.__dict__ for m in model.modules())
     with pytest.raises(TypeError, match="model"):
         explain.release_buffers(object())
+
+
+# ---- pictures ------------------------------------------------------------------------------------
+
+def test_overlay_and_plot(rng):
+    from matplotlib.figure import Figure
+    x = images(rng, 2)
+    maps = rng.random((2, 12, 12)).astype(F32)
+    ov = explain.overlay(x, maps, alpha=0.5)
+    assert ov.shape == (2, 12, 12, 3) and ov.dtype == np.uint8
+    rgb = importlib.import_module("cnnkit.explain.plot")._images_rgb(x)   # the module, not explain.plot
+    assert_bitwise(explain.overlay(x, maps, alpha=0.0), np.round(rgb * 255).astype(np.uint8), "alpha 0 is the image")
+    u8 = (rng.random((2, 12, 12, 1)) * 255).astype(np.uint8)               # uint8 NHWC, one channel
+    assert explain.overlay(u8, maps).shape == (2, 12, 12, 3)
+    assert explain.overlay(x, np.zeros((2, 12, 12), F32)).dtype == np.uint8   # a constant map: no NaN
+    fig = explain.plot(x, {"grad_cam": maps, "saliency": rng.random(x.shape).astype(F32)}, labels=["a", "b"])
+    assert isinstance(fig, Figure)
+    titles = [ax.get_title() for ax in fig.axes[:3]]
+    assert titles == ["image", "grad cam", "saliency"]
+
+
+def test_pictures_bad_input(rng):
+    x = images(rng, 2)
+    maps = rng.random((2, 12, 12)).astype(F32)
+    with pytest.raises(ValueError, match="alpha"):
+        explain.overlay(x, maps, alpha=1.5)
+    with pytest.raises(ValueError, match="maps"):
+        explain.overlay(x, maps[:, :6])
+    with pytest.raises(ValueError, match="cmap"):
+        explain.overlay(x, maps, cmap="no-such-map")
+    with pytest.raises(ValueError, match="images"):
+        explain.overlay(x[:, :2], maps)
+    with pytest.raises(TypeError, match="attributions"):
+        explain.plot(x, [maps])
+    with pytest.raises(TypeError, match="enabled"):
+        small_resnet().set_param_grads("no")

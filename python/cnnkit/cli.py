@@ -19,6 +19,19 @@ def _bench(family: str, rest: list) -> int:
 
 
 def main(argv=None) -> int:
+    """Run the ``cnnkit`` command.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        The arguments after the program name (default ``sys.argv[1:]``): ``demo ...``,
+        ``explain ...``, ``info`` or ``bench FAMILY ...``.
+
+    Returns
+    -------
+    int
+        The exit status (0 on success, 2 on bad arguments).
+    """
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == "demo":  # its own options, parsed by cnnkit.demo
         from . import demo

@@ -38,6 +38,21 @@ def _parser():
 
 
 def build(model, size, seed):
+    """The demo's network.
+
+    Parameters
+    ----------
+    model : {"resnext", "resnet", "mobilenet"}
+    size : int
+        Image side (the builders work from 8 to 64 pixels).
+    seed : int
+        The initialization.
+
+    Returns
+    -------
+    cnnkit.nn.Sequential
+        1 input channel, 10 classes, batch norm.
+    """
     from . import models
     kw = dict(in_channels=1, num_classes=10, norm="batch", seed=seed)
     if model == "resnext":
@@ -78,6 +93,18 @@ def _plot(hist, path):
 
 
 def run(argv=None) -> int:
+    """``cnnkit demo``: train, evaluate and write the report (see the module docstring).
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        Its command-line options (``--epochs``, ``--model``, ``--optimizer``, ``--out``, ...).
+
+    Returns
+    -------
+    int
+        The exit status.
+    """
     ns = _parser().parse_args(argv)
     if ns.epochs < 1:
         print("cnnkit demo: --epochs must be at least 1", file=sys.stderr)

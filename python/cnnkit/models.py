@@ -37,7 +37,34 @@ def _check(in_channels, num_classes, widths):
 def resnet_small(in_channels=3, num_classes=10, *, widths=(16, 32, 64), blocks=(1, 1, 1), norm="batch",
                  layout="NCHW", seed=0):
     """ResNet: 3x3 stem, stages of :class:`cnnkit.nn.ResidualBlock` (the first block of every
-    stage after the first halves the resolution), global average pooling, a linear classifier."""
+    stage after the first halves the resolution), global average pooling, a linear classifier.
+
+    Parameters
+    ----------
+    in_channels : {1, 3}
+    num_classes : int >= 2
+    widths : sequence of int
+        Channels of the stem and of each stage.
+    blocks : sequence of int
+        Residual blocks per stage.
+    norm : "batch", "group" or None
+        Batch norm (ReLU fused), group norm (gcd(8, C) groups) or none (convolutions get biases).
+    layout : "NCHW" or "NHWC"
+        The input's and every layer's layout.
+    seed : int
+        The initialization (PyTorch's default scheme), from ``numpy.random.default_rng(seed)``.
+
+    Returns
+    -------
+    cnnkit.nn.Sequential
+        Logits (N, num_classes) for a float32 batch (8x8 to 64x64 pixels).
+
+    Examples
+    --------
+    >>> from cnnkit import models
+    >>> models.resnet_small(1, 4, seed=0).num_parameters() > 0
+    True
+    """
     _check(in_channels, num_classes, widths)
     rng = np.random.default_rng(seed)
     layers = _stem(in_channels, widths[0], norm, layout, rng)
@@ -53,7 +80,36 @@ def resnet_small(in_channels=3, num_classes=10, *, widths=(16, 32, 64), blocks=(
 def resnext_small(in_channels=3, num_classes=10, *, widths=(32, 64, 128), blocks=(1, 1, 1), groups=8, norm="batch",
                   layout="NCHW", seed=0):
     """ResNeXt: 3x3 stem, stages of :class:`cnnkit.nn.BottleneckBlock` with grouped 3x3 convs
-    (``groups`` groups, bottleneck width = half the stage width, rounded to the groups)."""
+    (``groups`` groups, bottleneck width = half the stage width, rounded to the groups).
+
+    Parameters
+    ----------
+    in_channels : {1, 3}
+    num_classes : int >= 2
+    widths : sequence of int
+        Channels of the stem and of each stage.
+    blocks : sequence of int
+        Bottleneck blocks per stage.
+    groups : int
+        Groups of the 3x3 convolutions.
+    norm : "batch", "group" or None
+        Batch norm (ReLU fused), group norm (gcd(8, C) groups) or none (convolutions get biases).
+    layout : "NCHW" or "NHWC"
+        The input's and every layer's layout.
+    seed : int
+        The initialization (PyTorch's default scheme), from ``numpy.random.default_rng(seed)``.
+
+    Returns
+    -------
+    cnnkit.nn.Sequential
+        Logits (N, num_classes) for a float32 batch (8x8 to 64x64 pixels).
+
+    Examples
+    --------
+    >>> from cnnkit import models
+    >>> models.resnext_small(1, 4, seed=0).num_parameters() > 0
+    True
+    """
     _check(in_channels, num_classes, widths)
     rng = np.random.default_rng(seed)
     layers = _stem(in_channels, widths[0], norm, layout, rng)
@@ -73,7 +129,32 @@ def mobilenet_small(in_channels=3, num_classes=10, *, widths=(32, 64, 128, 256),
     """MobileNet (v1): 3x3 stem, then depthwise-separable blocks (depthwise 3x3 - norm - ReLU -
     pointwise 1x1 - norm - ReLU; without norm the pair is the fused
     :class:`cnnkit.nn.DepthwiseSeparableConv2d` then ReLU); the second and later blocks halve the
-    resolution every other block."""
+    resolution every other block.
+
+    Parameters
+    ----------
+    in_channels : {1, 3}
+    num_classes : int >= 2
+    widths : sequence of int
+        Channels of the stem and of each stage (one block per width after the first).
+    norm : "batch", "group" or None
+        Batch norm (ReLU fused), group norm (gcd(8, C) groups) or none (convolutions get biases).
+    layout : "NCHW" or "NHWC"
+        The input's and every layer's layout.
+    seed : int
+        The initialization (PyTorch's default scheme), from ``numpy.random.default_rng(seed)``.
+
+    Returns
+    -------
+    cnnkit.nn.Sequential
+        Logits (N, num_classes) for a float32 batch (8x8 to 64x64 pixels).
+
+    Examples
+    --------
+    >>> from cnnkit import models
+    >>> models.mobilenet_small(1, 4, seed=0).num_parameters() > 0
+    True
+    """
     _check(in_channels, num_classes, widths)
     rng = np.random.default_rng(seed)
     layers = _stem(in_channels, widths[0], norm, layout, rng)

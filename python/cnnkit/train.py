@@ -33,7 +33,16 @@ def _labels_of(y):
 def evaluate(model, loader, loss=None):
     """Mean loss and accuracy of ``model`` over ``loader`` in eval mode (the mode is restored).
 
-    Returns ``{"loss": float, "accuracy": float, "count": int}``.
+    Parameters
+    ----------
+    model : cnnkit.nn.Module
+    loader : iterable of (x, y) batches (e.g. :class:`cnnkit.data.DataLoader`)
+    loss : default :class:`cnnkit.nn.CrossEntropyLoss`
+
+    Returns
+    -------
+    dict
+        ``{"loss": float, "accuracy": float, "count": int}`` (means over the samples).
     """
     if not isinstance(model, Module):
         raise TypeError(f"model: expected a cnnkit.nn.Module, got {type(model).__name__}")
@@ -139,7 +148,24 @@ def fit(model, optimizer, train_loader, *, epochs, loss=None, scheduler=None, sc
 
 def save_checkpoint(path, model, optimizer=None, *, scheduler=None, loader=None, epoch=0, **extra):
     """Model state, optimizer state, the scheduler's and loader's state (when given), ``epoch`` and
-    any JSON-able ``extra`` values in one ``.npz`` (no pickling)."""
+    any JSON-able ``extra`` values in one ``.npz`` (no pickling); :func:`load_checkpoint` resumes
+    from it bit for bit.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The ``.npz`` file to write.
+    model : cnnkit.nn.Module
+    optimizer : a cnnkit.optim optimizer, optional
+    scheduler : a cnnkit.optim.lr_scheduler scheduler, optional
+    loader : a loader with ``state_dict()`` (e.g. :class:`cnnkit.data.DataLoader`), optional
+    epoch : int
+    **extra : JSON-able values stored beside the state
+
+    Returns
+    -------
+    None
+    """
     arrays = {f"model/{k}": v for k, v in model.state_dict().items()}
     if optimizer is not None:
         arrays.update({f"optim/{k}": v for k, v in flatten_state_dict(optimizer.state_dict()).items()})

@@ -24,7 +24,6 @@ leaks nothing.
 from __future__ import annotations
 
 import contextlib
-import math
 from typing import Any, Iterator, Optional, Sequence, Union
 
 import numpy as np
@@ -434,11 +433,3 @@ def check_baseline(baseline: Any, x: np.ndarray) -> np.ndarray:
         return b
     v = check_real("baseline", baseline)
     return np.broadcast_to(np.float32(v), x.shape)
-
-
-def per_input_bytes_hint(x: np.ndarray) -> int:
-    return 64 * x[0].nbytes
-
-
-def isclose_zero(v: float) -> bool:
-    return abs(v) <= 0 or math.isnan(v)

@@ -23,7 +23,7 @@ SMOOTHGRAD_KINDS = ("smoothgrad", "smoothgrad_sq", "vargrad")
 IG_METHODS = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
 
 
-def _prepare(model: Any, x: Any, target: Target, batch_size: Optional[int]):
+def _prepare(model: Any, x: Any, batch_size: Optional[int]) -> np.ndarray:
     x = _model.check_images(x, model)
     if batch_size is not None:
         _model.check_batch_size(batch_size, 1)
@@ -97,7 +97,7 @@ def saliency(model: Any, x: np.ndarray, target: Target = None, *, abs: bool = Tr
     >>> explain.saliency(model, x, target=1).shape
     (2, 16, 16)
     """
-    x = _prepare(model, x, target, batch_size)
+    x = _prepare(model, x, batch_size)
     abs_ = check_bool("abs", abs)
     if reduce not in ("max", "mean", None):
         raise ValueError(f"reduce: expected 'max', 'mean' or None, got {reduce!r}")
@@ -121,7 +121,7 @@ def gradient_x_input(model: Any, x: np.ndarray, target: Target = None, *,
     -------
     float32 ndarray of x's shape
     """
-    x = _prepare(model, x, target, batch_size)
+    x = _prepare(model, x, batch_size)
     spec = _model.check_target(target, x.shape[0])
     with _model.explaining(model):
         g = _model.input_gradients(model, x, spec, _batch(model, x, batch_size))
@@ -156,7 +156,7 @@ def smoothgrad(model: Any, x: np.ndarray, target: Target = None, *, n_samples: i
     -------
     float32 ndarray of x's shape
     """
-    x = _prepare(model, x, target, batch_size)
+    x = _prepare(model, x, batch_size)
     n_samples = check_int("n_samples", n_samples, 1, "a positive int")
     noise = check_real("noise", noise, lo=0.0)
     if kind not in SMOOTHGRAD_KINDS:
@@ -256,7 +256,7 @@ def integrated_gradients(model: Any, x: np.ndarray, target: Target = None, *, ba
     -------
     float32 ndarray of x's shape, or (attributions, delta)
     """
-    x = _prepare(model, x, target, batch_size)
+    x = _prepare(model, x, batch_size)
     alphas, weights = ig_nodes(steps, method)
     base = _model.check_baseline(baseline, x)
     rd = check_bool("return_delta", return_delta)
@@ -290,7 +290,7 @@ def integrated_gradients(model: Any, x: np.ndarray, target: Target = None, *, ba
 
 
 def _relu_rule(model: Any, x: np.ndarray, target: Target, batch_size: Optional[int], rule: str) -> np.ndarray:
-    x = _prepare(model, x, target, batch_size)
+    x = _prepare(model, x, batch_size)
     spec = _model.check_target(target, x.shape[0])
     with _model.explaining(model, relu=rule):   # the forward pass, hence the predicted class, is unchanged
         return _model.input_gradients(model, x, spec, _batch(model, x, batch_size))

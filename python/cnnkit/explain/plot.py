@@ -6,66 +6,30 @@ from typing import Any, Callable, Dict, Optional, Sequence
 import numpy as np
 
 from .._validate import check_real
+from . import cam, gradients, perturbation
 
 __all__ = ["overlay", "plot", "METHODS", "as_maps"]
 
 
-def _methods() -> Dict[str, Callable]:
-    from . import cam, gradients, perturbation
-    return {
-        "saliency": gradients.saliency,
-        "gradient_x_input": gradients.gradient_x_input,
-        "smoothgrad": gradients.smoothgrad,
-        "integrated_gradients": gradients.integrated_gradients,
-        "guided_backprop": gradients.guided_backprop,
-        "deconvnet": gradients.deconvnet,
-        "grad_cam": cam.grad_cam,
-        "grad_cam_pp": cam.grad_cam_pp,
-        "xgrad_cam": cam.xgrad_cam,
-        "layer_cam": cam.layer_cam,
-        "hires_cam": cam.hires_cam,
-        "eigen_cam": cam.eigen_cam,
-        "score_cam": cam.score_cam,
-        "guided_grad_cam": cam.guided_grad_cam,
-        "occlusion": perturbation.occlusion,
-        "rise": perturbation.rise,
-    }
-
-
-class _Methods(dict):
-    """name -> method, filled on first use (the modules import each other)."""
-
-    def _fill(self) -> None:
-        if not dict.__len__(self):
-            self.update(_methods())
-
-    def __getitem__(self, k):
-        self._fill()
-        return dict.__getitem__(self, k)
-
-    def __iter__(self):
-        self._fill()
-        return dict.__iter__(self)
-
-    def __len__(self):
-        self._fill()
-        return dict.__len__(self)
-
-    def __contains__(self, k):
-        self._fill()
-        return dict.__contains__(self, k)
-
-    def keys(self):
-        self._fill()
-        return dict.keys(self)
-
-    def items(self):
-        self._fill()
-        return dict.items(self)
-
-
-#: every attribution method by name (the CLI and :func:`plot` iterate it)
-METHODS: Dict[str, Callable] = _Methods()
+#: every attribution method by name (the CLI, :func:`plot`'s callers and the tests iterate it)
+METHODS: Dict[str, Callable] = {
+    "saliency": gradients.saliency,
+    "gradient_x_input": gradients.gradient_x_input,
+    "smoothgrad": gradients.smoothgrad,
+    "integrated_gradients": gradients.integrated_gradients,
+    "guided_backprop": gradients.guided_backprop,
+    "deconvnet": gradients.deconvnet,
+    "grad_cam": cam.grad_cam,
+    "grad_cam_pp": cam.grad_cam_pp,
+    "xgrad_cam": cam.xgrad_cam,
+    "layer_cam": cam.layer_cam,
+    "hires_cam": cam.hires_cam,
+    "eigen_cam": cam.eigen_cam,
+    "score_cam": cam.score_cam,
+    "guided_grad_cam": cam.guided_grad_cam,
+    "occlusion": perturbation.occlusion,
+    "rise": perturbation.rise,
+}
 
 
 def as_maps(attr: np.ndarray, layout: str = "NCHW") -> np.ndarray:
@@ -153,6 +117,9 @@ def plot(images: np.ndarray, attributions: Dict[str, np.ndarray], *, labels: Opt
     matplotlib.figure.Figure
     """
     from matplotlib.figure import Figure
+    if not isinstance(attributions, dict) or not attributions:
+        raise TypeError(f"attributions: expected a non-empty dict {{method name: maps}}, got "
+                        f"{type(attributions).__name__}")
     rgb = _images_rgb(images)
     N = rgb.shape[0]
     names = list(attributions)

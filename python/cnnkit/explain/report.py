@@ -75,7 +75,18 @@ def _field(result: Any, name: str) -> Any:
 
 
 def run(argv: Optional[List[str]] = None) -> int:
-    """Entry point of ``cnnkit explain``; returns the exit status."""
+    """``cnnkit explain``: train, explain with every method, score, write the report.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        Its command-line options (``--out``, ``--seed``, ``--methods``, ``--quick``, ...).
+
+    Returns
+    -------
+    int
+        The exit status (2 for an unknown method).
+    """
     ns = _parser().parse_args(argv)
     import cnnkit
     from . import METHODS, metrics, plot

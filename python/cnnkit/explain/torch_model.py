@@ -53,7 +53,6 @@ class TorchModel:
         self._captures: list = []
         self._hooks: list = []
         self._relu_hooks: list = []
-        self._relu_mode = "standard"
         self._counter = 0
 
     # ---- modes ----
@@ -137,7 +136,6 @@ class TorchModel:
         for h in self._relu_hooks:
             h.remove()
         self._relu_hooks.clear()
-        self._relu_mode = mode
         if mode == "standard":
             return self
         torch = self._torch

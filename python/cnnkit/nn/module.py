@@ -281,8 +281,10 @@ class Module:
         Module
             ``self``.
         """
+        from .._validate import check_bool
+        enabled = check_bool("enabled", enabled)
         for m in self.modules():
-            m.param_grads = bool(enabled)
+            m.param_grads = enabled
         return self
 
     def forward(self, x):  # pragma: no cover - abstract
