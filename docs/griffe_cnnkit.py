@@ -7,6 +7,11 @@ re-exported by a module that lists it). A target without a page (a helper outsid
 ``numpy.savez``) becomes inline code. A reST literal-block marker (a paragraph ending in ``::``)
 becomes a plain colon.
 
+In Parameters sections, an entry naming several parameters (``stride, padding : int``) becomes
+one entry per name with the same type and description: griffe would give all of them the first
+name's default and annotation. A "type" that is prose (``x : as in :func:`conv2d```) moves into
+the description, where its cross-reference renders.
+
 It also keeps each name on one page section: below the top-level package, a package's re-export
 of a name that one of its public submodules exports too (``cnnkit.optim.StepLR`` from
 ``cnnkit.optim.lr_scheduler``) is left to that submodule's section, and ``__all__`` itself is
@@ -25,6 +30,45 @@ _logger = griffe.get_logger("griffe_cnnkit")
 _ROLE = re.compile(r":(?:py:)?(func|class|meth|mod|data|attr|obj|exc):`(~?)\.?([\w.]+?)(\(\))?`")
 _LITERAL = re.compile(r"(?<=\S)::(?=\n\s*\n)")
 _LITERAL_ALONE = re.compile(r"(?m)^(\s*)::\n(?=\s*\n)")
+_SECTION_RULE = re.compile(r"-{3,}\s*")
+_PARAM_ENTRY = re.compile(r"(?P<names>\*{0,2}\w+(?:\s*,\s*\*{0,2}\w+)*)(?:\s*:\s*(?P<type>.*?))?\s*")
+_PROSE_TYPE = re.compile(r"(?i)(as in|as given|like|see|from)\b|.*:\w+:`")
+
+
+def _split_parameters(text: str) -> str:
+    """One entry per parameter name in Parameters sections, and prose "types" moved into the
+    description (see the module docstring)."""
+    lines = text.split("\n")
+    out: list = []
+    section = None
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if (i + 1 < len(lines) and line.strip() and not line[0].isspace()
+                and _SECTION_RULE.fullmatch(lines[i + 1])):
+            section = line.strip()
+            out += [line, lines[i + 1]]
+            i += 2
+            continue
+        m = _PARAM_ENTRY.fullmatch(line) if section in ("Parameters", "Other Parameters") else None
+        if m is None:
+            out.append(line)
+            i += 1
+            continue
+        j = i + 1
+        while j < len(lines) and lines[j][:1] in (" ", "\t"):
+            j += 1
+        desc = lines[i + 1:j]
+        kind = m.group("type")
+        if kind and _PROSE_TYPE.match(kind):
+            indent = desc[0][: len(desc[0]) - len(desc[0].lstrip())] if desc else "    "
+            desc = [indent + kind[0].upper() + kind[1:] + ("" if kind.endswith(".") else ".")] + desc
+            kind = None
+        for name in re.split(r"\s*,\s*", m.group("names")):
+            out.append(name + (f" : {kind}" if kind else ""))
+            out += desc
+        i = j
+    return "\n".join(out)
 
 
 def _public(obj) -> bool:
@@ -163,6 +207,6 @@ class CnnkitReference(griffe.Extension):
                 return f"`{shown}`"
             return f"[`{shown}`][{target.path}]"
 
-        text = _ROLE.sub(replace, text)
+        text = _ROLE.sub(replace, _split_parameters(text))
         text = _LITERAL.sub(":", text)
         return _LITERAL_ALONE.sub("", text)

@@ -84,11 +84,11 @@ def test_bad_arguments(kwargs, exc, match, rng):
 def test_transform_probability_of_a_wrong_type_is_a_type_error():
     from cnnkit.augment import RandomHorizontalFlip, SpatialDropout
     for bad in ("0.5", None, True):
-        with pytest.raises(TypeError, match="^p "):
+        with pytest.raises(TypeError, match="^p: "):
             SpatialDropout(bad)
-        with pytest.raises(TypeError, match="^p "):
+        with pytest.raises(TypeError, match="^p: "):
             RandomHorizontalFlip(bad)
-    with pytest.raises(ValueError, match="^p "):
+    with pytest.raises(ValueError, match="^p: "):
         SpatialDropout(1.5)
 
 

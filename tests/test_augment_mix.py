@@ -208,9 +208,11 @@ def test_sample_pairing_schedule():
     s = cnnkit.augment.SamplePairingSchedule(warmup=3, on=2, off=1, fine_tune_from=9)
     assert [s.enabled(e) for e in range(11)] == [False, False, False, True, True, False, True, True, False,
                                                   False, False]
-    for bad in (dict(on=0), dict(warmup=-1), dict(off=1.5), dict(fine_tune_from=-2)):
-        with pytest.raises(ValueError):
+    for bad in (dict(on=0), dict(warmup=-1), dict(fine_tune_from=-2)):
+        with pytest.raises(ValueError, match=f"^{next(iter(bad))}: "):
             cnnkit.augment.SamplePairingSchedule(**bad)
+    with pytest.raises(TypeError, match="^off: "):  # not an int: a wrong type
+        cnnkit.augment.SamplePairingSchedule(off=1.5)
     with pytest.raises(ValueError, match="epoch"):
         s.enabled(-1)
 

@@ -115,7 +115,7 @@ EDGE_SHAPES = [
 def test_edge_to_float_normalize(shape, mode, layout_out, rng):
     images = random_images(rng, shape)
     mean, std = params_for(mode, rng, shape[-1])
-    y = F.to_float_normalize(images, mean, std, mode=mode, layout_out=layout_out)
+    y = F.to_float_normalize(images, mean, std, mode=mode, layout=layout_out)
     assert y.shape == out_shape(shape, layout_out)
     assert_within(y, images, mean, std, mode, layout_out)
 
@@ -145,7 +145,7 @@ def test_mean_std_forms(c, layout_out, form, rng):
     images = random_images(rng, (2, 9, 11, c))
     mean, std = channel_params(rng, c)
     y = F.to_float_normalize(images, as_form(mean, form), as_form(std, form),
-                             layout_out=layout_out)
+                             layout=layout_out)
     # float32 arrays hold slightly different numbers than the Python floats: use what was given
     assert_within(y, images, as_form(mean, form), as_form(std, form), "channel", layout_out)
 
@@ -166,13 +166,13 @@ def test_constant_image_gives_zeros_beside_random_ones(mode, layout_out, rng):
     images = random_images(rng, (3, 7, 5, 3))
     images[1] = 200
     out = np.full(out_shape(images.shape, layout_out), np.nan, dtype=np.float32)
-    y = F.to_float_normalize(images, mode=mode, layout_out=layout_out, out=out)
+    y = F.to_float_normalize(images, mode=mode, layout=layout_out, out=out)
     assert y is out
     assert_within(y, images, None, None, mode, layout_out)
     assert np.all(y[1] == 0.0), f"constant image: got {y[1].ravel()[:5]}"
     # a single constant image too
     one = np.full((7, 5, 3), 17, dtype=np.uint8)
-    y1 = F.to_float_normalize(one, mode=mode, layout_out=layout_out)
+    y1 = F.to_float_normalize(one, mode=mode, layout=layout_out)
     assert y1.shape == out_shape(one.shape, layout_out)
     assert np.all(y1 == 0.0)
 
@@ -191,7 +191,7 @@ def test_near_constant_image_uses_the_std_floor(level, layout_out, rng):
     images = random_images(rng, (2, 7, 5, 3))
     images[0] = level
     images[0, 3, 2, 1] = level + 1
-    y = F.to_float_normalize(images, mode="image", layout_out=layout_out)
+    y = F.to_float_normalize(images, mode="image", layout=layout_out)
     assert_within(y, images, None, None, "image", layout_out)
     n = 7 * 5 * 3
     odd = y[0, 1, 3, 2] if layout_out == "NCHW" else y[0, 3, 2, 1]
@@ -202,7 +202,7 @@ def test_near_constant_image_uses_the_std_floor(level, layout_out, rng):
 @pytest.mark.parametrize("single", [False, True])
 def test_image_mode_has_mean_zero_std_one(single, layout_out, rng):
     images = random_images(rng, (13, 11, 3) if single else (4, 13, 11, 3))
-    y = F.to_float_normalize(images, mode="image", layout_out=layout_out)
+    y = F.to_float_normalize(images, mode="image", layout=layout_out)
     f = flat_images(y.astype(np.float64), layout_out, single)
     np.testing.assert_allclose(f.mean(axis=1), 0.0, atol=1e-6)
     np.testing.assert_allclose(f.std(axis=1), 1.0, rtol=1e-6)
@@ -213,7 +213,7 @@ def test_image_mode_has_mean_zero_std_one(single, layout_out, rng):
 def test_minmax_mode_spans_zero_to_one(single, layout_out, rng):
     images = random_images(rng, (13, 11, 4) if single else (4, 13, 11, 4))
     images.reshape(-1)[:: 37] = np.uint8(17)  # make sure min/max are not always 0/255
-    y = F.to_float_normalize(images, mode="minmax", layout_out=layout_out)
+    y = F.to_float_normalize(images, mode="minmax", layout=layout_out)
     f = flat_images(y.astype(np.float64), layout_out, single)
     np.testing.assert_allclose(f.min(axis=1), 0.0, atol=2e-6)
     np.testing.assert_allclose(f.max(axis=1), 1.0, atol=2e-6)
@@ -224,8 +224,8 @@ def test_minmax_mode_spans_zero_to_one(single, layout_out, rng):
 def test_single_image_matches_batch_of_one(mode, layout_out, rng):
     img = random_images(rng, (9, 7, 3))
     mean, std = params_for(mode, rng, 3)
-    y1 = F.to_float_normalize(img, mean, std, mode=mode, layout_out=layout_out)
-    yb = F.to_float_normalize(img[None], mean, std, mode=mode, layout_out=layout_out)
+    y1 = F.to_float_normalize(img, mean, std, mode=mode, layout=layout_out)
+    yb = F.to_float_normalize(img[None], mean, std, mode=mode, layout=layout_out)
     assert y1.shape == yb.shape[1:]
     np.testing.assert_allclose(y1, yb[0], rtol=4e-7, atol=4e-7)
 
@@ -269,12 +269,12 @@ def test_out_is_filled_and_returned(shape, mode, layout_out, rng):
     images = random_images(rng, shape)
     mean, std = params_for(mode, rng, shape[-1])
     out = np.full(out_shape(shape, layout_out), np.nan, dtype=np.float32)
-    y = F.to_float_normalize(images, mean, std, mode=mode, layout_out=layout_out, out=out)
+    y = F.to_float_normalize(images, mean, std, mode=mode, layout=layout_out, out=out)
     assert y is out
     assert_within(out, images, mean, std, mode, layout_out)
     # reuse: a second call overwrites everything
     images2 = random_images(rng, shape)
-    y2 = F.to_float_normalize(images2, mean, std, mode=mode, layout_out=layout_out, out=out)
+    y2 = F.to_float_normalize(images2, mean, std, mode=mode, layout=layout_out, out=out)
     assert y2 is out
     assert_within(out, images2, mean, std, mode, layout_out)
 
@@ -344,7 +344,7 @@ def test_mean_std_refused_outside_channel_mode(mode, which, rng):
 
 
 @pytest.mark.parametrize("arg,value", [("mode", "zscore"), ("mode", "Channel"),
-                                       ("layout_out", "CHWN"), ("layout_out", "nchw")])
+                                       ("layout", "CHWN"), ("layout", "nchw")])
 def test_unknown_mode_or_layout_raises_naming_it(arg, value, rng):
     images = random_images(rng, (2, 7, 5, 3))
     with pytest.raises(ValueError) as ei:
@@ -394,7 +394,7 @@ def norm_cases(draw):
 def test_hypothesis_to_float_normalize(case):
     images, mean, std, mode, layout_out, use_out = case
     out = (np.full(out_shape(images.shape, layout_out), np.nan, np.float32) if use_out else None)
-    y = F.to_float_normalize(images, mean, std, mode=mode, layout_out=layout_out, out=out)
+    y = F.to_float_normalize(images, mean, std, mode=mode, layout=layout_out, out=out)
     if use_out:
         assert y is out
     assert_within(y, images, mean, std, mode, layout_out)
@@ -410,7 +410,7 @@ def test_hypothesis_round_trip_is_exact(single, n, h, w, c, layout, with_params,
     images = random_images(rng, shape)
     mean = rng.uniform(-1.0, 1.0, c).tolist() if with_params else None
     std = rng.uniform(0.05, 3.0, c).tolist() if with_params else None
-    y = F.to_float_normalize(images, mean, std, layout_out=layout)
+    y = F.to_float_normalize(images, mean, std, layout=layout)
     back = F.denormalize(y, mean, std, layout=layout)
     assert_bitwise(back, images, "round trip")
 
@@ -435,7 +435,7 @@ def test_round_trip_is_exact(p, single, layout, rng):
     mean, std = ROUND_TRIP_PARAMS[p]
     images = random_images(rng, (33, 17, 3) if single else (3, 33, 17, 3))
     images.reshape(-1)[:256] = np.arange(256, dtype=np.uint8)  # every value at least once
-    y = F.to_float_normalize(images, mean, std, layout_out=layout)
+    y = F.to_float_normalize(images, mean, std, layout=layout)
     back = F.denormalize(y, mean, std, layout=layout)
     assert_bitwise(back, images, "round trip")
 
@@ -445,7 +445,7 @@ def test_round_trip_other_channel_counts(c, rng):
     images = random_images(rng, (2, 7, 5, c))
     mean, std = channel_params(rng, c)
     for layout in LAYOUTS:
-        y = F.to_float_normalize(images, list(mean), np.asarray(std), layout_out=layout)
+        y = F.to_float_normalize(images, list(mean), np.asarray(std), layout=layout)
         assert_bitwise(F.denormalize(y, np.asarray(mean), list(std), layout=layout), images,
                        f"round trip {layout}")
 
@@ -514,9 +514,9 @@ def threads_batch():
 def test_same_bits_at_any_thread_count(mode, layout_out, threads):
     images = threads_batch()
     mean, std = (IMAGENET_MEAN, IMAGENET_STD) if mode == "channel" else (None, None)
-    y = F.to_float_normalize(images, mean, std, mode=mode, layout_out=layout_out)
+    y = F.to_float_normalize(images, mean, std, mode=mode, layout=layout_out)
     with num_threads(1):
-        y1 = F.to_float_normalize(images, mean, std, mode=mode, layout_out=layout_out)
+        y1 = F.to_float_normalize(images, mean, std, mode=mode, layout=layout_out)
     assert_bitwise(y, y1, f"{mode}/{layout_out} at {threads} threads vs 1")
     assert_within(y, images, mean, std, mode, layout_out)
     if mode == "channel":
@@ -536,13 +536,13 @@ def test_every_isa_level_matches_reference(mode, layout_out, isa, rng):
     for shape in ISA_SHAPES:
         images = make_images(rng, shape, "with_constant")
         mean, std = params_for(mode, rng, shape[-1])
-        y = F.to_float_normalize(images, mean, std, mode=mode, layout_out=layout_out)
+        y = F.to_float_normalize(images, mean, std, mode=mode, layout=layout_out)
         assert_within(y, images, mean, std, mode, layout_out, what=f"{isa} {shape}")
         if mode == "channel":
             assert_bitwise(F.denormalize(y, mean, std, layout=layout_out), images,
                            f"{isa} round trip {shape}")
         low = make_images(rng, shape, "low_contrast")
-        y = F.to_float_normalize(low, mean, std, mode=mode, layout_out=layout_out)
+        y = F.to_float_normalize(low, mean, std, mode=mode, layout=layout_out)
         assert_within(y, low, mean, std, mode, layout_out, what=f"{isa} low contrast {shape}")
 
 
@@ -565,5 +565,5 @@ def test_low_contrast_bright_images_exact(mode):
     img = (200 + rng.integers(0, 4, (3, 31, 29, 3))).astype(np.uint8)
     kw = dict(mean=(0.79, 0.8, 0.81), std=(0.004, 0.005, 0.006)) if mode == "channel" else {}
     for layout in ("NCHW", "NHWC"):
-        y = F.to_float_normalize(img, mode=mode, layout_out=layout, **kw)
+        y = F.to_float_normalize(img, mode=mode, layout=layout, **kw)
         assert_within(y, img, kw.get("mean"), kw.get("std"), mode, layout)

@@ -255,6 +255,18 @@ def test_compose_with_a_seed(rng):
     assert not np.array_equal(c1(x), y1), "the next call draws again"
 
 
+def test_compose_seeded_with_a_seed_sequence(rng):
+    """A SeedSequence seeds Compose as it seeds a single transform (it used to raise TypeError),
+    and the same SeedSequence gives the same draws as its int entropy."""
+    x = _images(rng, 4)
+
+    def make(seed):
+        return A.Compose([A.RandomHorizontalFlip(), A.RandAugment()], seed=seed)
+    y = make(np.random.SeedSequence(7))(x)
+    assert_bitwise(make(np.random.SeedSequence(7))(x), y, "same SeedSequence")
+    assert_bitwise(make(7)(x), y, "SeedSequence(7) and 7")
+
+
 def test_same_bits_at_one_and_two_threads(rng):
     x = _images(rng, 16, 40, 37)
     outs = []
@@ -358,7 +370,7 @@ UINT8 = {
     "Cutout": lambda s: A.Cutout(3, 2, fill="random", seed=s),
     "RandomErasing": lambda s: A.RandomErasing(p=1.0, seed=s),
 }
-NCHW_MESSAGE = (r"^images: uint8 images are NHWC \(N, H, W, C\) with C in \{1, 3\}, got shape \(2, 3, 8, 8\); "
+NCHW_MESSAGE = (r"^images: expected NHWC \(N, H, W, C\) with C in \{1, 3\} \(uint8 images are NHWC\), got shape \(2, 3, 8, 8\); "
                 r"transpose an NCHW batch with images\.transpose\(0, 2, 3, 1\)")
 
 

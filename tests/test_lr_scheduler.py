@@ -584,9 +584,9 @@ def test_bad_arguments_raise(make, exc, match):
 
 
 def test_error_message_states_expected_and_given():
-    with pytest.raises(ValueError, match=r"gamma must be .*\(0\.0, inf\).*got -2"):
+    with pytest.raises(ValueError, match=r"^gamma: expected .*\(0\.0, inf\).*got -2"):
         ls.ExponentialLR(_opt(), gamma=-2)
-    with pytest.raises(TypeError, match=r"step_size must be a positive int, got float 2\.5"):
+    with pytest.raises(TypeError, match=r"^step_size: expected a positive int, got float 2\.5"):
         ls.StepLR(_opt(), step_size=2.5)
 
 

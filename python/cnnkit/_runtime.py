@@ -15,6 +15,18 @@ def build_info() -> dict:
     ``isa_compiled`` (levels built),
     ``isa_supported`` (best level this CPU runs), ``isa`` (level in use; ``CNNKIT_ISA`` lowers it),
     ``openmp``, ``num_threads``, ``cuda_compiled`` and ``cuda_devices``.
+
+    Returns
+    -------
+    dict
+        The keys above (a fresh dict on every call).
+
+    Examples
+    --------
+    >>> import cnnkit
+    >>> info = cnnkit.build_info()
+    >>> info["isa"] in info["isa_compiled"], info["num_threads"] == cnnkit.get_num_threads()
+    (True, True)
     """
     info = dict(_core.build_facts())
     info["isa_compiled"] = list(info["isa_compiled"])
@@ -26,7 +38,30 @@ def build_info() -> dict:
 
 
 def set_num_threads(n: int) -> None:
-    """Set the number of OpenMP threads every cnnkit kernel uses (n >= 1)."""
+    """Set the number of OpenMP threads every cnnkit kernel uses (n >= 1).
+
+    Results do not depend on it (reductions run in fixed blocks combined in a fixed order).
+
+    Parameters
+    ----------
+    n : int >= 1
+
+    Raises
+    ------
+    TypeError
+        ``n`` is not an int.
+    ValueError
+        ``n < 1``.
+
+    Examples
+    --------
+    >>> import cnnkit
+    >>> before = cnnkit.get_num_threads()
+    >>> cnnkit.set_num_threads(1)
+    >>> cnnkit.get_num_threads()
+    1
+    >>> cnnkit.set_num_threads(before)
+    """
     if isinstance(n, bool) or not isinstance(n, numbers.Integral):
         raise TypeError(f"n: expected an int >= 1, got {type(n).__name__} {n!r}")
     if n < 1:
@@ -35,7 +70,18 @@ def set_num_threads(n: int) -> None:
 
 
 def get_num_threads() -> int:
-    """The number of OpenMP threads cnnkit kernels use."""
+    """The number of OpenMP threads cnnkit kernels use.
+
+    Returns
+    -------
+    int
+
+    Examples
+    --------
+    >>> import cnnkit
+    >>> cnnkit.get_num_threads() >= 1
+    True
+    """
     return int(_core.get_num_threads())
 
 

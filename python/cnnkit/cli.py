@@ -1,7 +1,9 @@
 """The ``cnnkit`` command: ``cnnkit demo``, ``cnnkit explain``, ``cnnkit info`` and ``cnnkit bench <family>``.
 
 ``cnnkit demo``, ``cnnkit explain`` and ``cnnkit bench <family>`` hand the rest of the command
-line to their own parsers, so ``cnnkit bench conv --help`` lists the conv benchmark's flags.
+line to their own parsers, so ``cnnkit bench conv --help`` lists the conv benchmark's flags;
+``cnnkit explain features ...`` goes to the feature-visualization report
+(:mod:`cnnkit.explain.features_report`).
 """
 from __future__ import annotations
 
@@ -13,19 +15,19 @@ from ._text import plain
 from .bench.runners import FAMILIES
 
 
-def _bench(family: str, rest: list) -> int:
+def _bench(family: str, rest: list[str]) -> int:
     from .bench import runners
     return runners.run(family, rest)
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Run the ``cnnkit`` command.
 
     Parameters
     ----------
     argv : list of str, optional
         The arguments after the program name (default ``sys.argv[1:]``): ``demo ...``,
-        ``explain ...``, ``info`` or ``bench FAMILY ...``.
+        ``explain ...``, ``explain features ...``, ``info`` or ``bench FAMILY ...``.
 
     Returns
     -------
@@ -36,20 +38,26 @@ def main(argv=None) -> int:
     if argv and argv[0] == "demo":  # its own options, parsed by cnnkit.demo
         from . import demo
         return demo.run(argv[1:])
+    if argv[:2] == ["explain", "features"]:  # its own options, parsed by cnnkit.explain.features_report
+        from .explain import features_report
+        return features_report.run(argv[2:])
     if argv and argv[0] == "explain":  # its own options, parsed by cnnkit.explain.report
         from .explain import report
         return report.run(argv[1:])
     if len(argv) > 1 and argv[0] == "bench" and argv[1] in FAMILIES:  # its own options, -h included
         return _bench(argv[1], argv[2:])
     parser = argparse.ArgumentParser(prog="cnnkit", description=plain(__doc__.split("\n\n")[0]),
-                                     epilog="cnnkit demo --help, cnnkit explain --help and cnnkit bench FAMILY "
-                                            "--help list each command's own flags.")
+                                     epilog="cnnkit demo --help, cnnkit explain --help, cnnkit explain features "
+                                            "--help and cnnkit bench FAMILY --help list each command's own "
+                                            "flags.")
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("info", help="print build_info() as JSON")
     d = sub.add_parser("demo", help="train a small CNN on the bundled digits and write a report", add_help=False)
     d.add_argument("args", nargs=argparse.REMAINDER, help="see cnnkit demo --help")
     e = sub.add_parser("explain", help="train on shapes with distractors, explain, score the maps", add_help=False)
-    e.add_argument("args", nargs=argparse.REMAINDER, help="see cnnkit explain --help")
+    e.add_argument("args", nargs=argparse.REMAINDER,
+                   help="see cnnkit explain --help; cnnkit explain features --help: feature visualization and "
+                        "neuron groups")
     families = ", ".join(sorted(FAMILIES))
     b = sub.add_parser("bench", help="run a kernel family's benchmark and print its table",
                        description="Run a kernel family's benchmark and print its table.",

@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import time
+from typing import Any, Optional
 
 import numpy as np
 
@@ -22,7 +23,7 @@ MODELS = ("resnext", "resnet", "mobilenet")
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 
 
-def _parser():
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cnnkit demo", description=plain(__doc__.splitlines()[0]))
     p.add_argument("--epochs", type=int, default=30, help="passes over the training set (default 30)")
     p.add_argument("--model", choices=MODELS, default="resnext", help="architecture (default resnext)")
@@ -37,12 +38,13 @@ def _parser():
     return p
 
 
-def build(model, size, seed):
+def build(model: str, size: int, seed: int) -> Any:
     """The demo's network.
 
     Parameters
     ----------
     model : {"resnext", "resnet", "mobilenet"}
+        The architecture.
     size : int
         Image side (the builders work from 8 to 64 pixels).
     seed : int
@@ -54,7 +56,7 @@ def build(model, size, seed):
         1 input channel, 10 classes, batch norm.
     """
     from . import models
-    kw = dict(in_channels=1, num_classes=10, norm="batch", seed=seed)
+    kw: dict[str, Any] = dict(in_channels=1, num_classes=10, norm="batch", seed=seed)
     if model == "resnext":
         return models.resnext_small(widths=(32, 64, 128), groups=8, **kw)
     if model == "resnet":
@@ -62,7 +64,7 @@ def build(model, size, seed):
     return models.mobilenet_small(widths=(32, 64, 128, 128), **kw)
 
 
-def _optimizer(name, params, lr):
+def _optimizer(name: str, params: list[np.ndarray], lr: Optional[float]) -> Any:
     from . import optim
     if name == "adam":
         return optim.Adam(params, lr=lr or 3e-3)
@@ -92,7 +94,7 @@ def _plot(hist, path):
     plt.close(fig)
 
 
-def run(argv=None) -> int:
+def run(argv: Optional[list[str]] = None) -> int:
     """``cnnkit demo``: train, evaluate and write the report (see the module docstring).
 
     Parameters

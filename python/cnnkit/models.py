@@ -7,6 +7,8 @@ parameters in the same order, so weights copy one to one.
 """
 from __future__ import annotations
 
+from typing import Optional, Sequence
+
 import numpy as np
 
 from . import nn
@@ -14,7 +16,8 @@ from . import nn
 __all__ = ["resnet_small", "resnext_small", "mobilenet_small"]
 
 
-def _stem(in_channels, width, norm, layout, rng):
+def _stem(in_channels: int, width: int, norm: Optional[str], layout: str,
+          rng: np.random.Generator) -> list[nn.Module]:
     conv = nn.Conv2d(in_channels, width, 3, 1, 1, bias=norm is None, layout=layout, rng=rng)
     if norm is None:
         return [conv, nn.ReLU()]
@@ -25,7 +28,7 @@ def _stem(in_channels, width, norm, layout, rng):
     raise ValueError(f"norm: expected 'batch', 'group' or None, got {norm!r}")
 
 
-def _check(in_channels, num_classes, widths):
+def _check(in_channels: int, num_classes: int, widths: Sequence[int]) -> None:
     if in_channels not in (1, 3):
         raise ValueError(f"in_channels: expected 1 or 3, got {in_channels!r}")
     if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
@@ -34,8 +37,9 @@ def _check(in_channels, num_classes, widths):
         raise ValueError(f"widths: expected positive channel counts, got {widths!r}")
 
 
-def resnet_small(in_channels=3, num_classes=10, *, widths=(16, 32, 64), blocks=(1, 1, 1), norm="batch",
-                 layout="NCHW", seed=0):
+def resnet_small(in_channels: int = 3, num_classes: int = 10, *, widths: Sequence[int] = (16, 32, 64),
+                 blocks: Sequence[int] = (1, 1, 1), norm: Optional[str] = "batch", layout: str = "NCHW",
+                 seed: int = 0) -> nn.Sequential:
     """ResNet: 3x3 stem, stages of :class:`cnnkit.nn.ResidualBlock` (the first block of every
     stage after the first halves the resolution), global average pooling, a linear classifier.
 
@@ -77,8 +81,9 @@ def resnet_small(in_channels=3, num_classes=10, *, widths=(16, 32, 64), blocks=(
     return nn.Sequential(*layers)
 
 
-def resnext_small(in_channels=3, num_classes=10, *, widths=(32, 64, 128), blocks=(1, 1, 1), groups=8, norm="batch",
-                  layout="NCHW", seed=0):
+def resnext_small(in_channels: int = 3, num_classes: int = 10, *, widths: Sequence[int] = (32, 64, 128),
+                  blocks: Sequence[int] = (1, 1, 1), groups: int = 8, norm: Optional[str] = "batch",
+                  layout: str = "NCHW", seed: int = 0) -> nn.Sequential:
     """ResNeXt: 3x3 stem, stages of :class:`cnnkit.nn.BottleneckBlock` with grouped 3x3 convs
     (``groups`` groups, bottleneck width = half the stage width, rounded to the groups).
 
@@ -124,8 +129,8 @@ def resnext_small(in_channels=3, num_classes=10, *, widths=(32, 64, 128), blocks
     return nn.Sequential(*layers)
 
 
-def mobilenet_small(in_channels=3, num_classes=10, *, widths=(32, 64, 128, 256), norm="batch", layout="NCHW",
-                    seed=0):
+def mobilenet_small(in_channels: int = 3, num_classes: int = 10, *, widths: Sequence[int] = (32, 64, 128, 256),
+                    norm: Optional[str] = "batch", layout: str = "NCHW", seed: int = 0) -> nn.Sequential:
     """MobileNet (v1): 3x3 stem, then depthwise-separable blocks (depthwise 3x3 - norm - ReLU -
     pointwise 1x1 - norm - ReLU; without norm the pair is the fused
     :class:`cnnkit.nn.DepthwiseSeparableConv2d` then ReLU); the second and later blocks halve the
@@ -164,7 +169,7 @@ def mobilenet_small(in_channels=3, num_classes=10, *, widths=(32, 64, 128, 256),
         if norm is None:
             layers += [nn.DepthwiseSeparableConv2d(c, w, 3, stride, 1, layout=layout, rng=rng), nn.ReLU()]
         else:
-            def nrm(ch):
+            def nrm(ch: int) -> nn.Module:
                 return (nn.BatchNorm2d(ch, activation="relu", layout=layout) if norm == "batch"
                         else nn.GroupNorm(min(8, ch), ch, activation="relu", layout=layout))
             layers += [nn.Conv2d(c, c, 3, stride, 1, groups=c, bias=False, layout=layout, rng=rng), nrm(c),

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
+from typing import Any, Callable, Iterable, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -25,24 +27,39 @@ from .optim.optimizer import flatten_state_dict
 __all__ = ["fit", "evaluate", "save_checkpoint", "load_checkpoint"]
 
 
-def _labels_of(y):
+Batches = Iterable[Tuple[np.ndarray, np.ndarray]]  # what a loader yields: (images, labels)
+
+
+def _labels_of(y: np.ndarray) -> np.ndarray:
     y = np.asarray(y)
     return y if y.ndim == 1 else np.argmax(y, axis=1)
 
 
-def evaluate(model, loader, loss=None):
+def evaluate(model: Module, loader: Batches, loss: Any = None) -> dict[str, Any]:
     """Mean loss and accuracy of ``model`` over ``loader`` in eval mode (the mode is restored).
 
     Parameters
     ----------
     model : cnnkit.nn.Module
+        The model; its ``forward`` gives (N, K) logits.
     loader : iterable of (x, y) batches (e.g. :class:`cnnkit.data.DataLoader`)
-    loss : default :class:`cnnkit.nn.CrossEntropyLoss`
+        Inputs and labels (class indices (N,) or soft rows (N, K)).
+    loss : object with ``forward(logits, y) -> float``, optional
+        Default :class:`cnnkit.nn.CrossEntropyLoss`.
 
     Returns
     -------
     dict
         ``{"loss": float, "accuracy": float, "count": int}`` (means over the samples).
+
+    Examples
+    --------
+    >>> from cnnkit import data, models, train
+    >>> loader = data.DataLoader(data.load_digits().subset(slice(0, 40)), 20, shuffle=False)
+    >>> model = models.resnet_small(in_channels=1, num_classes=10, widths=(8, 16, 32), seed=0)
+    >>> result = train.evaluate(model, loader)
+    >>> result["count"], 0.0 <= result["accuracy"] <= 1.0
+    (40, True)
     """
     if not isinstance(model, Module):
         raise TypeError(f"model: expected a cnnkit.nn.Module, got {type(model).__name__}")
@@ -62,28 +79,49 @@ def evaluate(model, loader, loss=None):
     return {"loss": total / max(count, 1), "accuracy": correct / max(count, 1), "count": count}
 
 
-def fit(model, optimizer, train_loader, *, epochs, loss=None, scheduler=None, scheduler_interval="epoch",
-        val_loader=None, callbacks=(), progress=True):
+def fit(model: Module, optimizer: Any, train_loader: Batches, *, epochs: int, loss: Any = None,
+        scheduler: Optional[Any] = None, scheduler_interval: str = "epoch", val_loader: Optional[Batches] = None,
+        callbacks: Sequence[Callable[[int, dict[str, Any]], Any]] = (), progress: bool = True) -> dict[str, Any]:
     """Train ``model`` for ``epochs`` passes over ``train_loader``.
 
     Parameters
     ----------
     model : cnnkit.nn.Module
-    optimizer : a cnnkit.optim optimizer over ``model.parameters()``
+        The model, trained in place (left in training mode).
+    optimizer : cnnkit.optim.Optimizer
+        An optimizer over ``model.parameters()``; stepped once per batch.
     train_loader : iterable of (x, y) batches (e.g. :class:`cnnkit.data.DataLoader`)
+        Re-iterated every epoch.
     epochs : int >= 0
-    loss : default :class:`cnnkit.nn.CrossEntropyLoss`
-    scheduler : a cnnkit.optim.lr_scheduler scheduler, stepped every epoch (``scheduler_interval
-        ="epoch"``) or every batch ("step")
-    val_loader : optional loader evaluated after every epoch
-    callbacks : callables ``cb(epoch, history)`` called after every epoch; one returning True
-        stops training
-    progress : show a tqdm bar
+        Passes over ``train_loader``.
+    loss : object with ``forward``/``backward``, optional
+        Default :class:`cnnkit.nn.CrossEntropyLoss`.
+    scheduler : cnnkit.optim.lr_scheduler.LRScheduler, optional
+        Stepped every epoch (``scheduler_interval="epoch"``) or every batch ("step").
+    scheduler_interval : {"epoch", "step"}, default "epoch"
+        When the scheduler steps.
+    val_loader : iterable of (x, y) batches, optional
+        Evaluated (:func:`evaluate`) after every epoch.
+    callbacks : sequence of callables, default ()
+        ``cb(epoch, history)`` called after every epoch; one returning True stops training.
+    progress : bool, default True
+        Show a tqdm bar.
 
     Returns
     -------
-    dict with per-step ``loss`` and ``lr``, per-epoch ``epoch_loss``, ``epoch_accuracy``,
-    ``val_loss``, ``val_accuracy``, ``seconds`` (cumulative), and ``stopped`` (None, or why it stopped).
+    dict
+        Per-step ``loss`` and ``lr``, per-epoch ``epoch_loss``, ``epoch_accuracy``, ``val_loss``,
+        ``val_accuracy``, ``seconds`` (cumulative), and ``stopped`` (None, or why it stopped).
+
+    Examples
+    --------
+    >>> from cnnkit import data, models, optim, train
+    >>> loader = data.DataLoader(data.load_digits().subset(slice(0, 64)), 32, seed=0)
+    >>> model = models.resnet_small(in_channels=1, num_classes=10, widths=(8, 16, 32), seed=0)
+    >>> history = train.fit(model, optim.SGD(model.parameters(), lr=0.05, momentum=0.9), loader,
+    ...                     epochs=2, progress=False)
+    >>> len(history["loss"]), len(history["epoch_accuracy"]), history["stopped"]
+    (4, 2, None)
     """
     if not isinstance(model, Module):
         raise TypeError(f"model: expected a cnnkit.nn.Module, got {type(model).__name__}")
@@ -92,13 +130,13 @@ def fit(model, optimizer, train_loader, *, epochs, loss=None, scheduler=None, sc
     if scheduler_interval not in ("epoch", "step"):
         raise ValueError(f"scheduler_interval: expected 'epoch' or 'step', got {scheduler_interval!r}")
     loss = CrossEntropyLoss() if loss is None else loss
-    hist = {"loss": [], "lr": [], "epoch_loss": [], "epoch_accuracy": [], "val_loss": [], "val_accuracy": [],
+    hist: dict[str, Any] = {"loss": [], "lr": [], "epoch_loss": [], "epoch_accuracy": [], "val_loss": [], "val_accuracy": [],
             "seconds": [], "stopped": None}
     bar = None
     if progress:
         from tqdm.auto import tqdm
         try:
-            total = epochs * len(train_loader)
+            total = epochs * len(train_loader)  # type: ignore[arg-type]  # TypeError: no length
         except TypeError:
             total = None
         bar = tqdm(total=total, desc="train", unit="batch", leave=False)
@@ -146,7 +184,9 @@ def fit(model, optimizer, train_loader, *, epochs, loss=None, scheduler=None, sc
     return hist
 
 
-def save_checkpoint(path, model, optimizer=None, *, scheduler=None, loader=None, epoch=0, **extra):
+def save_checkpoint(path: Union[str, os.PathLike], model: Module, optimizer: Optional[Any] = None, *,
+                    scheduler: Optional[Any] = None, loader: Optional[Any] = None, epoch: int = 0,
+                    **extra: Any) -> None:
     """Model state, optimizer state, the scheduler's and loader's state (when given), ``epoch`` and
     any JSON-able ``extra`` values in one ``.npz`` (no pickling); :func:`load_checkpoint` resumes
     from it bit for bit.
@@ -156,17 +196,35 @@ def save_checkpoint(path, model, optimizer=None, *, scheduler=None, loader=None,
     path : str or path-like
         The ``.npz`` file to write.
     model : cnnkit.nn.Module
-    optimizer : a cnnkit.optim optimizer, optional
-    scheduler : a cnnkit.optim.lr_scheduler scheduler, optional
-    loader : a loader with ``state_dict()`` (e.g. :class:`cnnkit.data.DataLoader`), optional
-    epoch : int
-    **extra : JSON-able values stored beside the state
+        Its ``state_dict()`` is saved.
+    optimizer : cnnkit.optim.Optimizer, optional
+        Its state (:func:`cnnkit.optim.flatten_state_dict` form).
+    scheduler : cnnkit.optim.lr_scheduler.LRScheduler, optional
+        Its ``state_dict()`` (JSON).
+    loader : object with ``state_dict()``, optional
+        E.g. :class:`cnnkit.data.DataLoader` (its random state).
+    epoch : int, default 0
+        Stored in the metadata.
+    **extra
+        JSON-able values stored beside the state.
 
     Returns
     -------
     None
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> from cnnkit import models, optim, train
+    >>> model = models.resnet_small(in_channels=1, num_classes=10, widths=(8, 16, 32), seed=0)
+    >>> opt = optim.Adam(model.parameters())
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     train.save_checkpoint(os.path.join(tmp, "ckpt.npz"), model, opt, epoch=3, note="demo")
+    ...     meta = train.load_checkpoint(os.path.join(tmp, "ckpt.npz"), model, opt)
+    >>> meta["epoch"], meta["extra"]
+    (3, {'note': 'demo'})
     """
-    arrays = {f"model/{k}": v for k, v in model.state_dict().items()}
+    arrays: dict[str, Any] = {f"model/{k}": v for k, v in model.state_dict().items()}
     if optimizer is not None:
         arrays.update({f"optim/{k}": v for k, v in flatten_state_dict(optimizer.state_dict()).items()})
     meta = {"epoch": int(epoch), "extra": extra}
@@ -178,7 +236,7 @@ def save_checkpoint(path, model, optimizer=None, *, scheduler=None, loader=None,
     np.savez(path, **arrays)
 
 
-def _jsonable(x):
+def _jsonable(x: Any) -> Any:
     if isinstance(x, np.generic):
         return x.item()
     if isinstance(x, np.ndarray):
@@ -186,8 +244,29 @@ def _jsonable(x):
     raise TypeError(f"not JSON-serialisable: {type(x).__name__}")
 
 
-def load_checkpoint(path, model, optimizer=None, *, scheduler=None, loader=None):
-    """Restore what :func:`save_checkpoint` wrote; returns its metadata (``epoch``, ``extra``)."""
+def load_checkpoint(path: Union[str, os.PathLike], model: Module, optimizer: Optional[Any] = None, *,
+                    scheduler: Optional[Any] = None, loader: Optional[Any] = None) -> dict[str, Any]:
+    """Restore what :func:`save_checkpoint` wrote; returns its metadata (``epoch``, ``extra``).
+
+    Parameters
+    ----------
+    path : str or path-like
+        The ``.npz`` file :func:`save_checkpoint` wrote.
+    model : cnnkit.nn.Module
+        Loaded in place (same architecture as saved).
+    optimizer : cnnkit.optim.Optimizer, optional
+        Loaded in place when given.
+    scheduler : cnnkit.optim.lr_scheduler.LRScheduler, optional
+        Loaded when given and saved.
+    loader : object with ``load_state_dict()``, optional
+        Its random state restored when given and saved.
+
+    Returns
+    -------
+    dict
+        The metadata: ``epoch`` (int), ``extra`` (dict), and ``scheduler`` / ``loader`` states when
+        they were saved.
+    """
     with np.load(path, allow_pickle=False) as f:
         files = {k: f[k] for k in f.files}
     meta = json.loads(str(files.pop("meta")))

@@ -18,35 +18,57 @@ Images: uint8 NHWC (N, H, W, C) batches (or one (H, W, C) image), or float batch
 from __future__ import annotations
 
 import math
-import numbers
+from typing import Any, Optional, Tuple
 
 import numpy as np
 
 from .. import _core
+from .._validate import as_reals, check_array, check_bool, check_int, check_interval, check_layout, check_shape
 from ._mix import _batch_size, _check_boxes, _check_rng, _prob
 
 
 def _image_size(image_size):
-    try:
-        H, W = (int(v) for v in image_size)
-    except (TypeError, ValueError):
-        raise TypeError(f"image_size: expected (H, W), got {image_size!r}") from None
+    H, W = check_shape("image_size", image_size, 2, "(H, W)")
     if H < 1 or W < 1:
         raise ValueError(f"image_size: expected positive sizes, got {image_size!r}")
     return H, W
 
 
-def sample_cutout_params(rng, batch_size, image_size, size, num_holes=1, *, p=1.0, same_on_batch=False):
+def sample_cutout_params(rng: np.random.Generator, batch_size: int, image_size: Tuple[int, int], size: int,
+                         num_holes: int = 1, *, p: float = 1.0, same_on_batch: bool = False) -> dict[str, np.ndarray]:
     """Cutout holes: ``{"boxes": (N, K, 4) int64, "applied": (N,) bool}``; with ``same_on_batch``
-    one draw (holes and coin) serves every image."""
+    one draw (holes and coin) serves every image.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+        The source of randomness.
+    batch_size : int
+        N, the number of images.
+    image_size : tuple of 2 ints
+        (H, W) of the images.
+    size : int
+        Side of each square hole.
+    num_holes : int, default 1
+        K, holes per image.
+    p : float, default 1.0
+        Probability of cutting each image (an image not cut gets empty boxes).
+    same_on_batch : bool, default False
+        One draw for every image.
+
+    Returns
+    -------
+    dict of str to ndarray
+        ``boxes`` (N, K, 4) int64 (y0, x0, y1, x1), ``applied`` (N,) bool.
+    """
     _check_rng(rng)
     N = _batch_size(batch_size)
+    same_on_batch = check_bool("same_on_batch", same_on_batch)
     if same_on_batch:
         one = sample_cutout_params(rng, 1, image_size, size, num_holes, p=p)
         return {"boxes": np.repeat(one["boxes"], N, axis=0), "applied": np.repeat(one["applied"], N)}
     H, W = _image_size(image_size)
-    if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
-        raise ValueError(f"size: expected a positive int, got {size!r}")
+    check_int("size", size, 1, "a positive int")
     K = _batch_size(num_holes, "num_holes")
     p = _prob(p)
     cy = rng.integers(0, H, size=(N, K))
@@ -59,24 +81,45 @@ def sample_cutout_params(rng, batch_size, image_size, size, num_holes=1, *, p=1.
     return {"boxes": boxes, "applied": applied}
 
 
-def sample_erasing_params(rng, batch_size, image_size, *, scale=(0.02, 0.33), ratio=(0.3, 3.3), p=0.5,
-                          same_on_batch=False):
+def sample_erasing_params(rng: np.random.Generator, batch_size: int, image_size: Tuple[int, int], *,
+                          scale: Tuple[float, float] = (0.02, 0.33), ratio: Tuple[float, float] = (0.3, 3.3),
+                          p: float = 0.5, same_on_batch: bool = False) -> dict[str, np.ndarray]:
     """Random-erasing boxes (torchvision semantics): ``{"boxes": (N, 1, 4), "applied": (N,)}``;
     ``applied`` is False where the coin said no or no try fitted (or it fitted with a 0-sized box).
-    With ``same_on_batch`` one draw serves every image."""
+    With ``same_on_batch`` one draw serves every image.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+        The source of randomness.
+    batch_size : int
+        N, the number of images.
+    image_size : tuple of 2 ints
+        (H, W) of the images.
+    scale : tuple of 2 floats, default (0.02, 0.33)
+        Range of the erased fraction of the area, in (0, 1].
+    ratio : tuple of 2 floats, default (0.3, 3.3)
+        Range of the aspect ratio (log-uniform).
+    p : float, default 0.5
+        Probability of erasing each image.
+    same_on_batch : bool, default False
+        One draw for every image.
+
+    Returns
+    -------
+    dict of str to ndarray
+        ``boxes`` (N, 1, 4) int64 (y0, x0, y1, x1), ``applied`` (N,) bool.
+    """
     _check_rng(rng)
     N = _batch_size(batch_size)
+    same_on_batch = check_bool("same_on_batch", same_on_batch)
     if same_on_batch:
         one = sample_erasing_params(rng, 1, image_size, scale=scale, ratio=ratio, p=p)
         return {"boxes": np.repeat(one["boxes"], N, axis=0), "applied": np.repeat(one["applied"], N)}
     H, W = _image_size(image_size)
     p = _prob(p)
-    s0, s1 = (float(v) for v in scale)
-    r0, r1 = (float(v) for v in ratio)
-    if not 0.0 < s0 <= s1 <= 1.0:
-        raise ValueError(f"scale: expected 0 < lo <= hi <= 1, got {scale!r}")
-    if not 0.0 < r0 <= r1:
-        raise ValueError(f"ratio: expected 0 < lo <= hi, got {ratio!r}")
+    s0, s1 = check_interval("scale", scale, lo=0.0, lo_open=True, hi=1.0)
+    r0, r1 = check_interval("ratio", ratio, lo=0.0, lo_open=True)
     # vectorised over images (same distribution as torchvision's per-image loop): the coin, ten
     # tries of area and aspect, the first try that fits, and a uniform position for it
     coin = rng.random(N) < p
@@ -98,9 +141,24 @@ def sample_erasing_params(rng, batch_size, image_size, *, scale=(0.02, 0.33), ra
     return {"boxes": boxes, "applied": applied}
 
 
-def random_fill_noise(rng, images, *, layout=None):
+def random_fill_noise(rng: np.random.Generator, images: np.ndarray, *, layout: Optional[str] = None) -> np.ndarray:
     """Noise for ``fill="random"``: uniform integers 0..255 for uint8 images, standard normal for
-    float images, shaped like ``images``."""
+    float images, shaped like ``images``.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+        The source of randomness.
+    images : ndarray
+        uint8 NHWC or float images (batch or single), only their shape and dtype are used.
+    layout : {"NCHW", "NHWC"}, optional
+        Layout of ``images`` (None: uint8 NHWC, float NCHW); checked, as :func:`cutout` does.
+
+    Returns
+    -------
+    ndarray
+        Shaped like ``images``: uint8 for uint8 images, else ``images``' float dtype.
+    """
     _check_rng(rng)
     x, _, _ = _images(images, layout)
     if x.dtype == np.uint8:
@@ -109,25 +167,54 @@ def random_fill_noise(rng, images, *, layout=None):
 
 
 def _images(images, layout):
-    if not isinstance(images, np.ndarray):
-        raise TypeError(f"images: expected a numpy.ndarray, got {type(images).__name__}")
-    if images.dtype not in (np.uint8, np.float32, np.float64):
-        raise TypeError(f"images: expected uint8, float32 or float64, got dtype {images.dtype}")
+    check_array("images", images, dtypes=(np.uint8, np.float32, np.float64), ndim=(3, 4),
+                what="(a 4-D batch or one 3-D image)")
     if layout is None:
         layout = "NHWC" if images.dtype == np.uint8 else "NCHW"
-    if layout not in ("NCHW", "NHWC"):
-        raise ValueError(f"layout: expected 'NCHW' or 'NHWC', got {layout!r}")
+    check_layout(layout)
     single = images.ndim == 3
     x = images[None] if single else images
-    if x.ndim != 4:
-        raise ValueError(f"images: expected a 4-D batch or one 3-D image, got shape {images.shape}")
     return x, layout == "NHWC", single
 
 
-def cutout(images, boxes, fill=0, *, layout=None, noise=None, out=None):
+def cutout(images: np.ndarray, boxes: Any, fill: Any = 0, *, layout: Optional[str] = None,
+           noise: Optional[np.ndarray] = None, out: Optional[np.ndarray] = None) -> np.ndarray:
     """Fill the boxes of each image; see the module docstring for layouts, boxes and fills.
 
     Returns a new array (or ``out``) shaped like ``images``; inputs are not modified.
+
+    Parameters
+    ----------
+    images : ndarray
+        uint8 NHWC (N, H, W, C) / (H, W, C) (C in {1, 3} unless ``layout`` is given), or float32 /
+        float64 NCHW (default for float) or NHWC.
+    boxes : array_like of int
+        (N, K, 4) rows (y0, x0, y1, x1), half-open; (N, 4) is one box per image, (K, 4) one
+        image's boxes.
+    fill : float, sequence of float, "mean" or "random", default 0
+        The fill (a value, one per channel, each image's channel means, or ``noise``).
+    layout : {"NCHW", "NHWC"}, optional
+        Layout of ``images``.
+    noise : ndarray, optional
+        For ``fill="random"``: values shaped like ``images`` (:func:`random_fill_noise`).
+    out : ndarray, optional
+        Output shaped and typed like ``images``.
+
+    Returns
+    -------
+    ndarray
+        The filled images, ``images``' shape and dtype.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from cnnkit.augment.functional import cutout
+    >>> x = np.ones((1, 1, 4, 4), np.float32)
+    >>> cutout(x, np.array([[[1, 1, 3, 3]]]))[0, 0]
+    array([[1., 1., 1., 1.],
+           [1., 0., 0., 1.],
+           [1., 0., 0., 1.],
+           [1., 1., 1., 1.]], dtype=float32)
     """
     x, nhwc, single = _images(images, layout)
     N = x.shape[0]
@@ -169,11 +256,11 @@ def cutout(images, boxes, fill=0, *, layout=None, noise=None, out=None):
             raise ValueError(f"fill: expected a number, per-channel values, 'mean' or 'random', got {fill!r}")
         mode, values = 1, np.zeros(C)
     else:
-        values = np.asarray(fill, dtype=np.float64).reshape(-1)
+        values = as_reals("fill", fill, "a number, per-channel values, 'mean' or 'random'").reshape(-1)
         if values.size == 1:
             values = np.full(C, values[0])
         if values.size != C or not np.all(np.isfinite(values)):
-            raise ValueError(f"fill: expected one value or {C} finite values, got {fill!r}")
+            raise ValueError(f"fill: expected one value or {C} finite values (one per channel of images), got {fill!r}")
         if x.dtype == np.uint8 and np.any((values < 0) | (values > 255)):
             raise ValueError(f"fill: uint8 images need values in [0, 255], got {fill!r}")
         mode = 0

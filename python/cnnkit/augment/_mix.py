@@ -17,19 +17,19 @@ Conventions (timm / torchvision v2):
 """
 from __future__ import annotations
 
-import numbers
+from typing import Any, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .. import _core
-from .._validate import check_int, check_real
+from .._validate import (as_reals, check_bool, check_choice, check_float_array, check_int, check_out, check_real,
+                         check_rng, check_shape)
 
 _MODES = ("batch", "pair", "elem")
 
 
 def _check_rng(rng):
-    if not isinstance(rng, np.random.Generator):
-        raise TypeError(f"rng: expected a numpy.random.Generator, got {type(rng).__name__}")
+    check_rng("rng", rng)
 
 
 def _prob(p, name="p"):
@@ -41,9 +41,7 @@ def _alpha(alpha):
 
 
 def _mode(mode):
-    if mode not in _MODES:
-        raise ValueError(f"mode: expected one of {_MODES}, got {mode!r}")
-    return mode
+    return check_choice("mode", mode, _MODES)
 
 
 def _batch_size(n, name="batch_size"):
@@ -72,11 +70,30 @@ def _lambdas(rng, N, alpha, mode, perm):
     return lam
 
 
-def sample_mixup_params(rng, batch_size, alpha=1.0, *, mode="batch", p=1.0):
+def sample_mixup_params(rng: np.random.Generator, batch_size: int, alpha: float = 1.0, *, mode: str = "batch",
+                        p: float = 1.0) -> dict[str, np.ndarray]:
     """Draw Mixup parameters: ``{"lam": (N,) float64, "perm": (N,) int64, "applied": (N,) bool}``.
 
     With probability ``1 - p`` (per batch in "batch" mode, per image otherwise; per pair in
     "pair" mode) an image is left as it is: ``lam = 1``.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+        The source of randomness.
+    batch_size : int
+        N, the number of images.
+    alpha : float, default 1.0
+        lam ~ Beta(alpha, alpha).
+    mode : {"batch", "pair", "elem"}, default "batch"
+        One lam for the batch, one per random pair, or one per image.
+    p : float, default 1.0
+        Probability of mixing (per batch in "batch" mode, per image otherwise; per pair in "pair").
+
+    Returns
+    -------
+    dict of str to ndarray
+        ``lam`` (N,) float64, ``perm`` (N,) int64 partner indices, ``applied`` (N,) bool.
     """
     _check_rng(rng)
     N = _batch_size(batch_size)
@@ -110,20 +127,36 @@ def _boxes_for(rng, lam, H, W, count):
 
 
 def _shape4(batch_shape, name="batch_shape"):
-    try:
-        shape = tuple(int(v) for v in batch_shape)
-    except TypeError:
-        raise TypeError(f"{name}: expected (N, C, H, W), got {batch_shape!r}") from None
-    if len(shape) != 4 or min(shape) < 1:
+    shape = check_shape(name, batch_shape, 4, "(N, C, H, W)")
+    if min(shape) < 1:
         raise ValueError(f"{name}: expected (N, C, H, W) with positive sizes, got {batch_shape!r}")
     return shape
 
 
-def sample_cutmix_params(rng, batch_shape, alpha=1.0, *, mode="batch", p=1.0):
+def sample_cutmix_params(rng: np.random.Generator, batch_shape: Sequence[int], alpha: float = 1.0, *,
+                         mode: str = "batch", p: float = 1.0) -> dict[str, np.ndarray]:
     """Draw CutMix parameters for an (N, C, H, W) batch.
 
     Returns ``{"boxes": (N, 4) int64 (y0, x0, y1, x1), "lam": (N,) float64 (corrected to the kept
     fraction), "perm": (N,) int64, "applied": (N,) bool}``. Not applied: an empty box, ``lam = 1``.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+        The source of randomness.
+    batch_shape : tuple of 4 ints
+        (N, C, H, W) of the batch.
+    alpha : float, default 1.0
+        lam ~ Beta(alpha, alpha).
+    mode : {"batch", "pair", "elem"}, default "batch"
+        One lam for the batch, one per random pair, or one per image.
+    p : float, default 1.0
+        Probability of mixing (per batch in "batch" mode, per image otherwise; per pair in "pair").
+
+    Returns
+    -------
+    dict of str to ndarray
+        ``boxes`` (N, 4) int64, ``lam`` (N,) float64, ``perm`` (N,) int64, ``applied`` (N,) bool.
     """
     _check_rng(rng)
     N, _, H, W = _shape4(batch_shape)
@@ -151,13 +184,7 @@ def sample_cutmix_params(rng, batch_shape, alpha=1.0, *, mode="batch", p=1.0):
 # ---- the batched functions ---------------------------------------------------------------------
 
 def _float_batch(x):
-    if not isinstance(x, np.ndarray):
-        raise TypeError(f"x: expected a numpy.ndarray, got {type(x).__name__}")
-    if x.dtype not in (np.float32, np.float64):
-        raise TypeError(f"x: expected a float32 or float64 (N, C, H, W) batch, got dtype {x.dtype}")
-    if x.ndim != 4:
-        raise ValueError(f"x: expected an (N, C, H, W) batch, got shape {x.shape}")
-    return np.ascontiguousarray(x)
+    return np.ascontiguousarray(check_float_array("x", x, 4, what="(N, C, H, W)"))
 
 
 def _perm(perm, N):
@@ -170,7 +197,7 @@ def _perm(perm, N):
 
 
 def _lam(lam, N):
-    lam = np.asarray(lam, dtype=np.float64)
+    lam = as_reals("lam", lam, f"a number or {N} numbers in [0, 1]")
     if lam.ndim == 0:
         lam = np.full(N, float(lam))
     if lam.shape != (N,):
@@ -183,11 +210,11 @@ def _lam(lam, N):
 def _label_rows(labels, N, num_classes, label_smoothing, dtype):
     """Labels as (N, K) float rows: class indices become one-hot rows of `dtype` (needs
     num_classes); soft rows keep their dtype."""
+    eps = check_real("label_smoothing", label_smoothing, lo=0.0, hi=1.0, hi_open=True)
+    if num_classes is not None:
+        num_classes = check_int("num_classes", num_classes, 1, "a positive int or None")
     if labels is None:
         return None
-    eps = float(label_smoothing)
-    if not 0.0 <= eps < 1.0:
-        raise ValueError(f"label_smoothing: expected a value in [0, 1), got {label_smoothing!r}")
     labels = np.asarray(labels)
     if labels.shape[:1] != (N,):
         raise ValueError(f"labels: expected {N} rows (one per image), got shape {labels.shape}")
@@ -227,9 +254,7 @@ def _out_like(out, x):
     """A new array like x, or `out` checked to be one."""
     if out is None:
         return np.empty_like(x)
-    if not isinstance(out, np.ndarray) or out.shape != x.shape or out.dtype != x.dtype or not out.flags.c_contiguous:
-        raise ValueError(f"out: expected a C-contiguous {x.dtype} array of shape {x.shape}")
-    return out
+    return check_out("out", out, x.shape, x.dtype, (x,))
 
 
 def _mix_labels(rows, perm, lam):
@@ -239,19 +264,44 @@ def _mix_labels(rows, perm, lam):
     return lam * rows + (1 - lam) * rows[perm]
 
 
-def mixup(x, labels=None, *, lam, perm, num_classes=None, label_smoothing=0.0, out=None):
+def mixup(x: np.ndarray, labels: Optional[np.ndarray] = None, *, lam: Any, perm: Any,
+          num_classes: Optional[int] = None, label_smoothing: float = 0.0,
+          out: Optional[np.ndarray] = None) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     """Mixup: ``x'[n] = lam[n] * x[n] + (1 - lam[n]) * x[perm[n]]`` (computed in double).
 
     Parameters
     ----------
     x : ndarray (N, C, H, W), float32 or float64
-    labels : (N,) class indices (with ``num_classes``) or (N, K) float rows, optional
-    lam, perm : from :func:`sample_mixup_params` (``lam`` may be a scalar)
-    out : ndarray like x, optional (must not overlap x)
+        The batch.
+    labels : ndarray, optional
+        (N,) class indices (give ``num_classes``) or (N, K) float rows.
+    lam, perm : array_like
+        From :func:`sample_mixup_params`: (N,) weights (``lam`` may be a scalar) and (N,) partners.
+    num_classes : int, optional
+        Number of classes, needed for index labels.
+    label_smoothing : float, default 0.0
+        Smoothing in [0, 1) applied to the label rows before mixing.
+    out : ndarray, optional
+        Output like ``x`` (must not overlap it).
 
     Returns
     -------
-    (x_mixed, labels_mixed or None); label rows sum to 1 when the inputs' do.
+    x_mixed : ndarray
+        (N, C, H, W), ``x``'s dtype.
+    labels_mixed : ndarray or None
+        (N, K) rows in ``x``'s dtype (summing to 1 when the inputs' do); None without labels.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from cnnkit.augment.functional import mixup, sample_mixup_params
+    >>> x = np.random.default_rng(0).random((4, 3, 8, 8), dtype=np.float32)
+    >>> prm = sample_mixup_params(np.random.default_rng(1), 4, alpha=0.4)
+    >>> xm, ym = mixup(x, np.array([0, 1, 2, 1]), lam=prm["lam"], perm=prm["perm"], num_classes=3)
+    >>> xm.shape, ym.shape
+    ((4, 3, 8, 8), (4, 3))
+    >>> np.allclose(ym.sum(axis=1), 1)
+    True
     """
     x = _float_batch(x)
     N = x.shape[0]
@@ -262,16 +312,60 @@ def mixup(x, labels=None, *, lam, perm, num_classes=None, label_smoothing=0.0, o
     return out, _mix_labels(rows, perm, lam)
 
 
-def cutmix(x, labels=None, *, boxes, perm, num_classes=None, label_smoothing=0.0, out=None):
+def cutmix(x: np.ndarray, labels: Optional[np.ndarray] = None, *, boxes: Any, perm: Any,
+           num_classes: Optional[int] = None, label_smoothing: float = 0.0,
+           out: Optional[np.ndarray] = None) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     """CutMix: ``x'[n]`` is ``x[n]`` with box ``boxes[n] = (y0, x0, y1, x1)`` taken from
     ``x[perm[n]]``; labels mix with the kept fraction ``lam = 1 - box_area / (H * W)``.
 
-    Returns (x_mixed, labels_mixed or None).
+    Parameters
+    ----------
+    x : ndarray (N, C, H, W), float32 or float64
+        The batch.
+    labels : ndarray, optional
+        (N,) class indices (give ``num_classes``) or (N, K) float rows.
+    boxes : array_like of int, (N, 4)
+        (y0, x0, y1, x1) per image, half-open (from :func:`sample_cutmix_params`).
+    perm : array_like of int, (N,)
+        Partner of each image.
+    num_classes : int, optional
+        Number of classes, needed for index labels.
+    label_smoothing : float, default 0.0
+        Smoothing in [0, 1) applied to the label rows before mixing.
+    out : ndarray, optional
+        Output like ``x`` (must not overlap it).
+
+    Returns
+    -------
+    x_mixed : ndarray
+        (N, C, H, W), ``x``'s dtype.
+    labels_mixed : ndarray or None
+        (N, K) rows in ``x``'s dtype; None without labels.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from cnnkit.augment.functional import cutmix
+    >>> x = np.stack([np.zeros((1, 4, 4)), np.ones((1, 4, 4))]).astype(np.float32)
+    >>> xm, ym = cutmix(x, np.array([0, 1]), boxes=np.array([[0, 0, 2, 2], [0, 0, 0, 0]]),
+    ...                 perm=np.array([1, 0]), num_classes=2)
+    >>> xm[0, 0]
+    array([[1., 1., 0., 0.],
+           [1., 1., 0., 0.],
+           [0., 0., 0., 0.],
+           [0., 0., 0., 0.]], dtype=float32)
+    >>> ym[0]  # a quarter of image 0 comes from image 1
+    array([0.75, 0.25], dtype=float32)
     """
     x = _float_batch(x)
     N, C, H, W = x.shape
     perm = _perm(perm, N)
-    boxes = np.ascontiguousarray(np.asarray(boxes), dtype=np.int64)
+    given = boxes
+    boxes = np.asarray(boxes) if isinstance(boxes, (np.ndarray, list, tuple)) else None
+    if boxes is None or boxes.dtype.kind not in "iu":
+        raise TypeError(f"boxes: expected ({N}, 4) integer rows (y0, x0, y1, x1), got "
+                        f"{'dtype ' + str(boxes.dtype) if boxes is not None else type(given).__name__}")
+    boxes = np.ascontiguousarray(boxes, dtype=np.int64)
     if boxes.shape != (N, 4):
         raise ValueError(f"boxes: expected ({N}, 4) rows (y0, x0, y1, x1), got shape {boxes.shape}")
     b = _check_boxes(boxes, H, W)
@@ -284,7 +378,8 @@ def cutmix(x, labels=None, *, boxes, perm, num_classes=None, label_smoothing=0.0
 
 # ---- SamplePairing -------------------------------------------------------------------------------
 
-def sample_pairing_params(rng, batch_size, *, pool_size=None, p=1.0, same_on_batch=False):
+def sample_pairing_params(rng: np.random.Generator, batch_size: int, *, pool_size: Optional[int] = None,
+                          p: float = 1.0, same_on_batch: bool = False) -> dict[str, np.ndarray]:
     """Draw SamplePairing partners: ``{"partners": (N,) int64, "applied": (N,) bool}``.
 
     Partners index a separate pool of ``pool_size`` images when given (uniformly), else another
@@ -293,6 +388,24 @@ def sample_pairing_params(rng, batch_size, *, pool_size=None, p=1.0, same_on_bat
 
     ``same_on_batch``: one draw for the whole batch: one coin, and one pool image for every image
     or, within the batch, one cyclic shift k in [1, N-1] (image n pairs with (n + k) mod N).
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+        The source of randomness.
+    batch_size : int
+        N, the number of images.
+    pool_size : int, optional
+        Size of the partner pool; None pairs within the batch.
+    p : float, default 1.0
+        Probability of pairing each image.
+    same_on_batch : bool, default False
+        One draw for the whole batch (above).
+
+    Returns
+    -------
+    dict of str to ndarray
+        ``partners`` (N,) int64, ``applied`` (N,) bool.
     """
     _check_rng(rng)
     N = _batch_size(batch_size)
@@ -301,6 +414,7 @@ def sample_pairing_params(rng, batch_size, *, pool_size=None, p=1.0, same_on_bat
         M = _batch_size(pool_size, "pool_size")
         if M < 1 and N > 0:
             raise ValueError(f"pool_size: expected at least one pool image, got {pool_size!r}")
+    same_on_batch = check_bool("same_on_batch", same_on_batch)
     if same_on_batch:
         if pool_size is not None:
             partners = np.full(N, rng.integers(0, M) if N else 0)
@@ -320,22 +434,40 @@ def sample_pairing_params(rng, batch_size, *, pool_size=None, p=1.0, same_on_bat
     return {"partners": partners.astype(np.int64), "applied": applied}
 
 
-def sample_pairing(x, partners, *, pool=None, applied=None, out=None):
+def sample_pairing(x: np.ndarray, partners: Any, *, pool: Optional[np.ndarray] = None, applied: Any = None,
+                   out: Optional[np.ndarray] = None) -> np.ndarray:
     """SamplePairing (Inoue 2018): ``x'[n] = (x[n] + src[partners[n]]) / 2`` with ``src`` the batch
     itself or ``pool``; labels stay those of ``x`` (the caller keeps them). Images where
     ``applied`` is False are copied unchanged. Works on any float batch whose first axis is the
     image (NCHW or NHWC); ``pool`` has the same per-image shape and dtype.
+
+    Parameters
+    ----------
+    x : ndarray
+        float32/float64 batch, images along the first axis.
+    partners : array_like of int, (N,)
+        Partner indices into the batch or ``pool``.
+    pool : ndarray, optional
+        Partner images, same per-image shape and dtype as ``x``.
+    applied : array_like of bool, (N,), optional
+        Which images are paired (None: all).
+    out : ndarray, optional
+        Output like ``x``.
+
+    Returns
+    -------
+    ndarray
+        The paired batch, ``x``'s shape and dtype.
     """
-    if not isinstance(x, np.ndarray):
-        raise TypeError(f"x: expected a numpy.ndarray, got {type(x).__name__}")
-    if x.dtype not in (np.float32, np.float64) or x.ndim < 2:
-        raise TypeError(f"x: expected a float32 or float64 batch of images, got dtype {x.dtype} shape {x.shape}")
+    check_float_array("x", x, (2, 3, 4, 5), what="(a batch of images)")
     x = np.ascontiguousarray(x)
     N = x.shape[0]
     S = int(np.prod(x.shape[1:]))
     lam = np.full(N, 0.5)
     if applied is not None:
-        applied = np.asarray(applied, dtype=bool)
+        applied = np.asarray(applied)
+        if applied.dtype != bool:
+            raise TypeError(f"applied: expected {N} bools, got dtype {applied.dtype}")
         if applied.shape != (N,):
             raise ValueError(f"applied: expected {N} flags, got shape {applied.shape}")
         lam[~applied] = 1.0
@@ -361,22 +493,46 @@ class SamplePairingSchedule:
     ``warmup`` epochs, then on for ``on`` epochs and off for ``off`` epochs in turn, and off again
     from ``fine_tune_from`` on (the final fine-tuning phase). Defaults: 100 warm-up epochs, 8 on /
     2 off (the paper's setting for its CIFAR/SVHN runs); ``fine_tune_from`` is the caller's choice.
+
+    Parameters
+    ----------
+    warmup : int, default 100
+        Epochs off at the start.
+    on, off : int, default 8 and 2
+        Length of the on and off phases that alternate after the warm-up.
+    fine_tune_from : int, optional
+        Epoch from which it stays off.
+
+    Examples
+    --------
+    >>> from cnnkit.augment import SamplePairingSchedule
+    >>> s = SamplePairingSchedule(warmup=2, on=1, off=1)
+    >>> [s.enabled(epoch) for epoch in range(6)]
+    [False, False, True, False, True, False]
     """
 
-    def __init__(self, warmup=100, on=8, off=2, fine_tune_from=None):
-        for name, v in (("warmup", warmup), ("on", on), ("off", off)):
-            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 0:
-                raise ValueError(f"{name}: expected a non-negative int, got {v!r}")
-        if on == 0:
-            raise ValueError("on: expected at least one epoch on")
-        if fine_tune_from is not None and (not isinstance(fine_tune_from, numbers.Integral) or fine_tune_from < 0):
-            raise ValueError(f"fine_tune_from: expected a non-negative int or None, got {fine_tune_from!r}")
+    def __init__(self, warmup: int = 100, on: int = 8, off: int = 2, fine_tune_from: Optional[int] = None) -> None:
+        check_int("warmup", warmup, 0, "an int >= 0")
+        check_int("on", on, 1, "an int >= 1 (epochs on)")
+        check_int("off", off, 0, "an int >= 0")
+        if fine_tune_from is not None:
+            check_int("fine_tune_from", fine_tune_from, 0, "an int >= 0 or None")
         self.warmup, self.on, self.off, self.fine_tune_from = int(warmup), int(on), int(off), fine_tune_from
 
-    def enabled(self, epoch):
-        """Whether SamplePairing is on in (0-based) ``epoch``."""
-        if isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral) or epoch < 0:
-            raise ValueError(f"epoch: expected a non-negative int, got {epoch!r}")
+    def enabled(self, epoch: int) -> bool:
+        """Whether SamplePairing is on in (0-based) ``epoch``.
+
+        Parameters
+        ----------
+        epoch : int
+            The epoch, from 0.
+
+        Returns
+        -------
+        bool
+            True when SamplePairing should run in that epoch.
+        """
+        check_int("epoch", epoch, 0, "an int >= 0")
         if epoch < self.warmup or (self.fine_tune_from is not None and epoch >= self.fine_tune_from):
             return False
         return (epoch - self.warmup) % (self.on + self.off) < self.on

@@ -21,11 +21,13 @@ parameter is a scalar or one value per image (pairs: one pair or an ``(N, 2)`` a
 from __future__ import annotations
 
 import math
-import numbers
+from typing import Any, Optional, Tuple, Union
 
 import numpy as np
 
 from .. import _core
+from .._validate import (as_reals, check_bool, check_choice, check_int, check_out, check_pair, check_real,
+                         check_u8_images)
 from ._cutout import _image_size
 from ._mix import _batch_size, _check_rng, _prob
 
@@ -55,31 +57,12 @@ def _channels_last(images, C):
     """ValueError unless C (the last axis of uint8 ``images``) is 1 or 3: uint8 images are NHWC,
     and anything else is most likely an NCHW batch (or a CHW image), which read as NHWC would
     come back scrambled without an error. Every uint8 transform and every colour op checks here."""
-    if C in (1, 3):
-        return
-    shape = tuple(images.shape)
-    if len(shape) == 3:
-        what, hint = "a single uint8 image is HWC (H, W, C)", "transpose a CHW image with image.transpose(1, 2, 0)"
-        first = shape[0]
-    else:
-        what, hint = "uint8 images are NHWC (N, H, W, C)", "transpose an NCHW batch with images.transpose(0, 2, 3, 1)"
-        first = shape[1]
-    raise ValueError(f"images: {what} with C in {{1, 3}}, got shape {shape}"
-                     + (f"; {hint}" if first in (1, 3) else ""))
+    check_u8_images("images", images, colour=True)
 
 
 def _check_images(images, colour=False):
     """The checks of :func:`_images`, without making the batch view."""
-    if not isinstance(images, np.ndarray):
-        raise TypeError(f"images: expected a uint8 numpy.ndarray, got {type(images).__name__}")
-    if images.dtype != np.uint8:
-        raise TypeError(f"images: expected dtype uint8, got {images.dtype}")
-    if images.ndim not in (3, 4):
-        raise ValueError(f"images: expected shape (N, H, W, C) or (H, W, C), got {images.shape}")
-    if min(images.shape[-3:]) < 1:
-        raise ValueError(f"images: expected H, W, C >= 1, got shape {images.shape}")
-    if colour:
-        _channels_last(images, images.shape[-1])
+    check_u8_images("images", images, colour=colour)
 
 
 def _images(images, colour=False):
@@ -94,12 +77,7 @@ def _out(out, shape, single, images):
     want = shape[1:] if single else shape
     if out is None:
         return np.empty(shape, dtype=np.uint8), None
-    if not isinstance(out, np.ndarray) or out.dtype != np.uint8:
-        raise TypeError(f"out: expected a uint8 numpy.ndarray, got {type(out).__name__}")
-    if out.shape != tuple(want) or not out.flags.c_contiguous or not out.flags.writeable:
-        raise ValueError(f"out: expected a writeable C-contiguous array of shape {tuple(want)}, got {out.shape}")
-    if np.shares_memory(out, images):
-        raise ValueError("out: must not overlap images")
+    check_out("out", out, want, np.uint8, (images,))
     return out.reshape(shape), out
 
 
@@ -112,13 +90,7 @@ def _result(y, given, single):
 def _per_image(name, value, N, single, *, pair=False, integer=False):
     """A number (or pair) for every image: returns (N,) or (N, 2) float64."""
     shape = (N, 2) if pair else (N,)
-    try:
-        a = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name}: expected {'a pair of numbers' if pair else 'a number'} or one per image, got "
-                        f"{value!r}") from None
-    if isinstance(value, (bool, np.bool_)) or (isinstance(value, np.ndarray) and value.dtype == bool):
-        raise TypeError(f"{name}: expected numbers, got {value!r}")
+    a = as_reals(name, value, f"{'a pair of numbers' if pair else 'a number'} or one per image")
     scalar_shape = (2,) if pair else ()
     if a.shape == scalar_shape:
         a = np.broadcast_to(a, shape)
@@ -135,22 +107,18 @@ def _per_image(name, value, N, single, *, pair=False, integer=False):
 def _fill_values(fill, C):
     if fill is None:
         return None
-    a = np.asarray(fill, dtype=np.float64) if not isinstance(fill, str) else None
-    if a is None or a.dtype.kind not in "fiu":
-        raise TypeError(f"fill: expected None, a number or {C} numbers, got {fill!r}")
+    a = as_reals("fill", fill, f"None, a number or {C} numbers")
     if a.ndim == 0:
         a = np.full(C, float(a))
     if a.shape != (C,):
-        raise ValueError(f"fill: expected a number or {C} values (one per channel), got {fill!r}")
+        raise ValueError(f"fill: expected a number or {C} values (one per channel of images), got {fill!r}")
     if not np.all(np.isfinite(a)):
         raise ValueError(f"fill: expected finite values, got {fill!r}")
     return np.ascontiguousarray(a)
 
 
 def _interp(interpolation):
-    if interpolation not in _INTERP:
-        raise ValueError(f"interpolation: expected one of {_INTERP}, got {interpolation!r}")
-    return interpolation == "bilinear"
+    return check_choice("interpolation", interpolation, _INTERP) == "bilinear"
 
 
 # ---- the op program ----------------------------------------------------------------------------
@@ -225,7 +193,8 @@ def _run(x, single, codes, params, bilinear, fill, out):
     return _result(y, given, single)
 
 
-def apply_ops(images, ops, magnitudes, *, interpolation="nearest", fill=None, out=None):
+def apply_ops(images: np.ndarray, ops: Any, magnitudes: Any, *, interpolation: str = "nearest", fill: Any = None,
+              out: Optional[np.ndarray] = None) -> np.ndarray:
     """Run ``ops[n, 0]``, then ``ops[n, 1]``, ... on image n, all images in one compiled call.
 
     ``ops``: (N, K) op names or codes into :data:`OPS` (one row for a single image);
@@ -234,6 +203,26 @@ def apply_ops(images, ops, magnitudes, *, interpolation="nearest", fill=None, ou
     colour ops, bits for Posterize, the threshold for Solarize; ignored by the others). The result
     equals calling the single-op functions one after another. AutoContrast, Equalize, Posterize,
     Solarize and Invert are Pillow's (as :func:`equalize` etc.).
+
+    Parameters
+    ----------
+    images : uint8 ndarray, (N, H, W, C) or (H, W, C)
+        NHWC images, C in {1, 3}.
+    ops : array_like of int or str, (N, K)
+        Op codes or names (:data:`OPS`); one row for a single image.
+    magnitudes : array_like of float, (N, K)
+        Each op's magnitude (above).
+    interpolation : {"nearest", "bilinear"}, default "nearest"
+        Resampling.
+    fill : float or sequence of float, optional
+        Fill of the uncovered area (None: 0).
+    out : uint8 ndarray, optional
+        Output buffer (the result's shape), written and returned when given.
+
+    Returns
+    -------
+    ndarray
+        uint8, shaped as ``images``.
     """
     bilinear = _interp(interpolation)
     x, single = _images(images)
@@ -243,10 +232,7 @@ def apply_ops(images, ops, magnitudes, *, interpolation="nearest", fill=None, ou
         codes = codes[None]
     if codes.ndim != 2 or codes.shape[0] != N:
         raise ValueError(f"ops: expected shape ({N}, K), got {np.shape(ops)}")
-    try:
-        mags = np.asarray(magnitudes, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise TypeError(f"magnitudes: expected numbers, got {magnitudes!r}") from None
+    mags = as_reals("magnitudes", magnitudes, "an (N, K) array of numbers")
     if single and mags.ndim == 1:
         mags = mags[None]
     if mags.shape != codes.shape:
@@ -307,44 +293,158 @@ def _colour(images, op, name, factor, out):
     return y[0] if single and out is None else (out if out is not None else y)
 
 
-def adjust_brightness(images, factor, *, out=None):
+def adjust_brightness(images: np.ndarray, factor: Any, *, out: Optional[np.ndarray] = None) -> np.ndarray:
     """``torchvision.transforms.functional.adjust_brightness``: ``factor * x`` clamped and truncated
-    (float32). factor >= 0, one or one per image."""
+    (float32). factor >= 0, one or one per image.
+
+    Parameters
+    ----------
+    images : uint8 ndarray, (N, H, W, C) or (H, W, C)
+        NHWC images, C in {1, 3}.
+    factor : float or sequence of float
+        Blend factor >= 0 (1: unchanged); for a batch, one or one per image.
+    out : uint8 ndarray, optional
+        Output buffer (the result's shape), written and returned when given.
+
+    Returns
+    -------
+    ndarray
+        uint8, shaped as ``images``.
+    """
     return _colour(images, "Brightness", "factor", factor, out)
 
 
-def adjust_contrast(images, factor, *, out=None):
-    """``adjust_contrast``: blend with the image's mean grey level (float32, truncated)."""
+def adjust_contrast(images: np.ndarray, factor: Any, *, out: Optional[np.ndarray] = None) -> np.ndarray:
+    """``adjust_contrast``: blend with the image's mean grey level (float32, truncated).
+
+    Parameters
+    ----------
+    images : uint8 ndarray, (N, H, W, C) or (H, W, C)
+        NHWC images, C in {1, 3}.
+    factor : float or sequence of float
+        Blend factor >= 0 (1: unchanged); for a batch, one or one per image.
+    out : uint8 ndarray, optional
+        Output buffer (the result's shape), written and returned when given.
+
+    Returns
+    -------
+    ndarray
+        uint8, shaped as ``images``.
+    """
     return _colour(images, "Contrast", "factor", factor, out)
 
 
-def adjust_saturation(images, factor, *, out=None):
-    """``adjust_saturation`` (the policies' Color): blend with the grey image; 1 channel: unchanged."""
+def adjust_saturation(images: np.ndarray, factor: Any, *, out: Optional[np.ndarray] = None) -> np.ndarray:
+    """``adjust_saturation`` (the policies' Color): blend with the grey image; 1 channel: unchanged.
+
+    Parameters
+    ----------
+    images : uint8 ndarray, (N, H, W, C) or (H, W, C)
+        NHWC images, C in {1, 3}.
+    factor : float or sequence of float
+        Blend factor >= 0 (1: unchanged); for a batch, one or one per image.
+    out : uint8 ndarray, optional
+        Output buffer (the result's shape), written and returned when given.
+
+    Returns
+    -------
+    ndarray
+        uint8, shaped as ``images``.
+    """
     return _colour(images, "Color", "factor", factor, out)
 
 
-def adjust_sharpness(images, factor, *, out=None):
-    """``adjust_sharpness``: blend with the 3x3 smoothed image (border pixels kept)."""
+def adjust_sharpness(images: np.ndarray, factor: Any, *, out: Optional[np.ndarray] = None) -> np.ndarray:
+    """``adjust_sharpness``: blend with the 3x3 smoothed image (border pixels kept).
+
+    Parameters
+    ----------
+    images : uint8 ndarray, (N, H, W, C) or (H, W, C)
+        NHWC images, C in {1, 3}.
+    factor : float or sequence of float
+        Blend factor >= 0 (1: unchanged); for a batch, one or one per image.
+    out : uint8 ndarray, optional
+        Output buffer (the result's shape), written and returned when given.
+
+    Returns
+    -------
+    ndarray
+        uint8, shaped as ``images``.
+    """
     return _colour(images, "Sharpness", "factor", factor, out)
 
 
-def hflip(images, *, out=None):
-    """Mirror left-right."""
+def hflip(images: np.ndarray, *, out: Optional[np.ndarray] = None) -> np.ndarray:
+    """Mirror left-right.
+
+    Parameters
+    ----------
+    images : uint8 ndarray, (N, H, W, C) or (H, W, C)
+        NHWC images, C in {1, 3}.
+    out : uint8 ndarray, optional
+        Output buffer (the result's shape), written and returned when given.
+
+    Returns
+    -------
+    ndarray
+        uint8, shaped as ``images``.
+    """
     x, single = _images(images)
     return _run(x, single, np.full((x.shape[0], 1), _K_HFLIP), np.zeros((x.shape[0], 1, 6)), False, None, out)
 
 
-def vflip(images, *, out=None):
-    """Mirror top-bottom."""
+def vflip(images: np.ndarray, *, out: Optional[np.ndarray] = None) -> np.ndarray:
+    """Mirror top-bottom.
+
+    Parameters
+    ----------
+    images : uint8 ndarray, (N, H, W, C) or (H, W, C)
+        NHWC images, C in {1, 3}.
+    out : uint8 ndarray, optional
+        Output buffer (the result's shape), written and returned when given.
+
+    Returns
+    -------
+    ndarray
+        uint8, shaped as ``images``.
+    """
     x, single = _images(images)
     return _run(x, single, np.full((x.shape[0], 1), _K_VFLIP), np.zeros((x.shape[0], 1, 6)), False, None, out)
 
 
-def affine(images, angle=0.0, translate=(0, 0), scale=1.0, shear=(0.0, 0.0), *, center=None,
-           interpolation="nearest", fill=None, out=None):
+def affine(images: np.ndarray, angle: Any = 0.0, translate: Any = (0, 0), scale: Any = 1.0, shear: Any = (0.0, 0.0),
+           *, center: Any = None, interpolation: str = "nearest", fill: Any = None,
+           out: Optional[np.ndarray] = None) -> np.ndarray:
     """``torchvision.transforms.functional.affine`` (tensor path): rotate by ``angle`` degrees
     clockwise about ``center`` ((x, y) pixels; default the image centre), scale, shear (degrees,
-    x then y) and translate (pixels). Each a value (pair) or one per image."""
+    x then y) and translate (pixels). Each a value (pair) or one per image.
+
+    Parameters
+    ----------
+    images : uint8 ndarray, (N, H, W, C) or (H, W, C)
+        NHWC images, C in {1, 3}.
+    angle : float or sequence of float, default 0.0
+        Clockwise rotation in degrees.
+    translate : pair, or (N, 2) array, default (0, 0)
+        (x, y) translation in pixels.
+    scale : float or sequence of float, default 1.0
+        Scale factor (> 0).
+    shear : float, pair, or (N, 2) array, default (0.0, 0.0)
+        Shear in degrees (x, y); a number shears x only.
+    center : pair or (N, 2) array, optional
+        Centre (x, y) in pixels; None: the image centre.
+    interpolation : {"nearest", "bilinear"}, default "nearest"
+        Resampling.
+    fill : float or sequence of float, optional
+        Fill of the uncovered area (None: 0).
+    out : uint8 ndarray, optional
+        Output buffer (the result's shape), written and returned when given.
+
+    Returns
+    -------
+    ndarray
+        uint8, shaped as ``images``.
+    """
     bilinear = _interp(interpolation)
     x, single = _images(images)
     N, H, W, C = x.shape
@@ -362,31 +462,133 @@ def affine(images, angle=0.0, translate=(0, 0), scale=1.0, shear=(0.0, 0.0), *, 
     return _run(x, single, np.full((N, 1), _K_AFFINE), params, bilinear, _fill_values(fill, C), out)
 
 
-def rotate(images, angle, *, interpolation="nearest", fill=None, center=None, out=None):
-    """``torchvision.transforms.functional.rotate`` (expand=False): ``angle`` degrees counter-clockwise."""
+def rotate(images: np.ndarray, angle: Any, *, interpolation: str = "nearest", fill: Any = None, center: Any = None,
+           out: Optional[np.ndarray] = None) -> np.ndarray:
+    """``torchvision.transforms.functional.rotate`` (expand=False): ``angle`` degrees counter-clockwise.
+
+    Parameters
+    ----------
+    images : uint8 ndarray, (N, H, W, C) or (H, W, C)
+        NHWC images, C in {1, 3}.
+    angle : float or sequence of float
+        Counter-clockwise rotation in degrees; for a batch, one or one per image.
+    interpolation : {"nearest", "bilinear"}, default "nearest"
+        Resampling.
+    fill : float or sequence of float, optional
+        Fill of the uncovered area (None: 0).
+    center : pair or (N, 2) array, optional
+        Centre (x, y) in pixels; None: the image centre.
+    out : uint8 ndarray, optional
+        Output buffer (the result's shape), written and returned when given.
+
+    Returns
+    -------
+    ndarray
+        uint8, shaped as ``images``.
+    """
     x, single = _images(images)
     a = _per_image("angle", angle, x.shape[0], single)
     return affine(images, -a if not single else -float(a[0]), center=center, interpolation=interpolation, fill=fill,
                   out=out)
 
 
-def shear_x(images, factor, *, interpolation="nearest", fill=None, out=None):
-    """AutoAugment's ShearX: shear ``degrees(atan(factor))`` about the top-left corner."""
+def shear_x(images: np.ndarray, factor: Any, *, interpolation: str = "nearest", fill: Any = None,
+            out: Optional[np.ndarray] = None) -> np.ndarray:
+    """AutoAugment's ShearX: shear ``degrees(atan(factor))`` about the top-left corner.
+
+    Parameters
+    ----------
+    images : uint8 ndarray, (N, H, W, C) or (H, W, C)
+        NHWC images, C in {1, 3}.
+    factor : float or sequence of float
+        Shear factor; for a batch, one or one per image.
+    interpolation : {"nearest", "bilinear"}, default "nearest"
+        Resampling.
+    fill : float or sequence of float, optional
+        Fill of the uncovered area (None: 0).
+    out : uint8 ndarray, optional
+        Output buffer (the result's shape), written and returned when given.
+
+    Returns
+    -------
+    ndarray
+        uint8, shaped as ``images``.
+    """
     return _single_op(images, "ShearX", factor, arg="factor", interpolation=interpolation, fill=fill, out=out)
 
 
-def shear_y(images, factor, *, interpolation="nearest", fill=None, out=None):
-    """AutoAugment's ShearY."""
+def shear_y(images: np.ndarray, factor: Any, *, interpolation: str = "nearest", fill: Any = None,
+            out: Optional[np.ndarray] = None) -> np.ndarray:
+    """AutoAugment's ShearY.
+
+    Parameters
+    ----------
+    images : uint8 ndarray, (N, H, W, C) or (H, W, C)
+        NHWC images, C in {1, 3}.
+    factor : float or sequence of float
+        Shear factor; for a batch, one or one per image.
+    interpolation : {"nearest", "bilinear"}, default "nearest"
+        Resampling.
+    fill : float or sequence of float, optional
+        Fill of the uncovered area (None: 0).
+    out : uint8 ndarray, optional
+        Output buffer (the result's shape), written and returned when given.
+
+    Returns
+    -------
+    ndarray
+        uint8, shaped as ``images``.
+    """
     return _single_op(images, "ShearY", factor, arg="factor", interpolation=interpolation, fill=fill, out=out)
 
 
-def translate_x(images, pixels, *, interpolation="nearest", fill=None, out=None):
-    """AutoAugment's TranslateX: shift right by ``int(pixels)``."""
+def translate_x(images: np.ndarray, pixels: Any, *, interpolation: str = "nearest", fill: Any = None,
+                out: Optional[np.ndarray] = None) -> np.ndarray:
+    """AutoAugment's TranslateX: shift right by ``int(pixels)``.
+
+    Parameters
+    ----------
+    images : uint8 ndarray, (N, H, W, C) or (H, W, C)
+        NHWC images, C in {1, 3}.
+    pixels : float or sequence of float
+        Shift in pixels (truncated to int); for a batch, one or one per image.
+    interpolation : {"nearest", "bilinear"}, default "nearest"
+        Resampling.
+    fill : float or sequence of float, optional
+        Fill of the uncovered area (None: 0).
+    out : uint8 ndarray, optional
+        Output buffer (the result's shape), written and returned when given.
+
+    Returns
+    -------
+    ndarray
+        uint8, shaped as ``images``.
+    """
     return _single_op(images, "TranslateX", pixels, arg="pixels", interpolation=interpolation, fill=fill, out=out)
 
 
-def translate_y(images, pixels, *, interpolation="nearest", fill=None, out=None):
-    """AutoAugment's TranslateY: shift down by ``int(pixels)``."""
+def translate_y(images: np.ndarray, pixels: Any, *, interpolation: str = "nearest", fill: Any = None,
+                out: Optional[np.ndarray] = None) -> np.ndarray:
+    """AutoAugment's TranslateY: shift down by ``int(pixels)``.
+
+    Parameters
+    ----------
+    images : uint8 ndarray, (N, H, W, C) or (H, W, C)
+        NHWC images, C in {1, 3}.
+    pixels : float or sequence of float
+        Shift in pixels (truncated to int); for a batch, one or one per image.
+    interpolation : {"nearest", "bilinear"}, default "nearest"
+        Resampling.
+    fill : float or sequence of float, optional
+        Fill of the uncovered area (None: 0).
+    out : uint8 ndarray, optional
+        Output buffer (the result's shape), written and returned when given.
+
+    Returns
+    -------
+    ndarray
+        uint8, shaped as ``images``.
+    """
     return _single_op(images, "TranslateY", pixels, arg="pixels", interpolation=interpolation, fill=fill, out=out)
 
 
@@ -405,34 +607,42 @@ def _int_rows(name, value, N, width, single):
 
 
 def _padding(padding):
-    if isinstance(padding, bool) or not isinstance(padding, numbers.Integral) or padding < 0:
-        raise ValueError(f"padding: expected a non-negative int, got {padding!r}")
-    return int(padding)
+    return check_int("padding", padding, 0, "an int >= 0")
 
 
 def _padding_mode(padding_mode):
-    if padding_mode not in _PAD_MODES:
-        raise ValueError(f"padding_mode: expected one of {_PAD_MODES}, got {padding_mode!r}")
-    return padding_mode
+    return check_choice("padding_mode", padding_mode, _PAD_MODES)
 
 
 def _size2(size):
-    if isinstance(size, numbers.Integral) and not isinstance(size, bool):
-        size = (size, size)
-    try:
-        oh, ow = (int(s) for s in size)
-    except (TypeError, ValueError):
-        raise TypeError(f"size: expected an int or (height, width), got {size!r}") from None
-    if oh < 1 or ow < 1:
-        raise ValueError(f"size: expected positive sizes, got {size!r}")
-    return oh, ow
+    return check_pair("size", size, 1)
 
 
-def resized_crop(images, boxes, size, *, antialias=True, out=None):
+def resized_crop(images: np.ndarray, boxes: Any, size: Union[int, Tuple[int, int]], *, antialias: bool = True,
+                 out: Optional[np.ndarray] = None) -> np.ndarray:
     """Crop ``boxes`` ((N, 4) ints: top, left, height, width, inside the image) and resize each to
     ``size`` ((height, width) or an int): bilinear, align_corners=False, antialiased when
     shrinking as PIL and ``torch.nn.functional.interpolate(..., antialias=True)``; float32
-    accumulation, rounded half to even."""
+    accumulation, rounded half to even.
+
+    Parameters
+    ----------
+    images : uint8 ndarray, (N, H, W, C) or (H, W, C)
+        NHWC images, C in {1, 3}.
+    boxes : array_like of int, (N, 4)
+        (top, left, height, width) per image, inside the image; one row for a single image.
+    size : int or tuple of 2 ints
+        Output (height, width).
+    antialias : bool, default True
+        Antialias when shrinking.
+    out : uint8 ndarray, optional
+        Output buffer (the result's shape), written and returned when given.
+
+    Returns
+    -------
+    ndarray
+        uint8, (N, height, width, C) or (height, width, C).
+    """
     x, single = _images(images)
     N, H, W, C = x.shape
     oh, ow = _size2(size)
@@ -441,7 +651,7 @@ def resized_crop(images, boxes, size, *, antialias=True, out=None):
               or np.any(b[:, 1] + b[:, 3] > W)):
         raise ValueError(f"boxes: expected (top, left, height, width) boxes inside the {H}x{W} image, got {b.tolist()}")
     y, given = _out(out, (N, oh, ow, C), single, x)
-    _core.augment_resize(x, y, N, H, W, C, b, oh, ow, bool(antialias))
+    _core.augment_resize(x, y, N, H, W, C, b, oh, ow, check_bool("antialias", antialias))
     return _result(y, given, single)
 
 
@@ -455,11 +665,33 @@ def _index_map(size, padding, mode, offsets):
     return padded[np.arange(size)[None, :] + offsets[:, None]]
 
 
-def pad_crop(images, offsets, padding, *, fill=0, padding_mode="constant", out=None):
+def pad_crop(images: np.ndarray, offsets: Any, padding: int, *, fill: Any = 0, padding_mode: str = "constant",
+             out: Optional[np.ndarray] = None) -> np.ndarray:
     """Pad every side by ``padding`` and crop back to the input size at ``offsets`` ((N, 2) ints:
     top, left, in [0, 2*padding]); torchvision ``RandomCrop(size, padding)``. ``padding_mode``:
     "constant" (``fill``: a number or C values), "edge", "reflect" or "symmetric" (NumPy's modes,
-    which are torchvision's; unlike torch, reflect padding may exceed the image, as NumPy allows)."""
+    which are torchvision's; unlike torch, reflect padding may exceed the image, as NumPy allows).
+
+    Parameters
+    ----------
+    images : uint8 ndarray, (N, H, W, C) or (H, W, C)
+        NHWC images, C in {1, 3}.
+    offsets : array_like of int, (N, 2)
+        (top, left) of each crop in the padded image, in [0, 2*padding].
+    padding : int
+        Padding on every side (>= 0).
+    fill : float or sequence of float, default 0
+        Fill of "constant" padding, in [0, 255].
+    padding_mode : {"constant", "edge", "reflect", "symmetric"}, default "constant"
+        How the border is padded.
+    out : uint8 ndarray, optional
+        Output buffer (the result's shape), written and returned when given.
+
+    Returns
+    -------
+    ndarray
+        uint8, shaped as ``images``.
+    """
     x, single = _images(images)
     N, H, W, C = x.shape
     padding = _padding(padding)
@@ -478,7 +710,8 @@ def pad_crop(images, offsets, padding, *, fill=0, padding_mode="constant", out=N
     return _result(y, given, single)
 
 
-def clahe(images, clip_limit=4.0, tile_grid_size=(8, 8), *, out=None):
+def clahe(images: np.ndarray, clip_limit: float = 4.0, tile_grid_size: Union[int, Tuple[int, int]] = (8, 8), *,
+          out: Optional[np.ndarray] = None) -> np.ndarray:
     """Contrast-limited adaptive histogram equalization, bit-identical to OpenCV's
     ``cv2.createCLAHE(clipLimit, tileGridSize).apply`` on every channel separately.
 
@@ -487,19 +720,27 @@ def clahe(images, clip_limit=4.0, tile_grid_size=(8, 8), *, out=None):
     excess spread evenly. ``tile_grid_size`` is OpenCV's (tiles across, tiles down). Like OpenCV,
     an image whose sides are not multiples of the grid is padded (reflect-101, bottom and right)
     for the histograms. (albumentations' CLAHE equalizes the L channel of LAB instead.)
+
+    Parameters
+    ----------
+    images : uint8 ndarray, (N, H, W, C) or (H, W, C)
+        NHWC images, C in {1, 3}.
+    clip_limit : float, default 4.0
+        OpenCV's ``clipLimit`` (>= 0).
+    tile_grid_size : int or tuple of 2 ints, default (8, 8)
+        (tiles across, tiles down).
+    out : uint8 ndarray, optional
+        Output buffer (the result's shape), written and returned when given.
+
+    Returns
+    -------
+    ndarray
+        uint8, shaped as ``images``.
     """
     x, single = _images(images)
     N, H, W, C = x.shape
-    if isinstance(clip_limit, bool) or not isinstance(clip_limit, numbers.Real) or not math.isfinite(clip_limit):
-        raise TypeError(f"clip_limit: expected a finite number, got {clip_limit!r}")
-    if clip_limit < 0:
-        raise ValueError(f"clip_limit: expected >= 0, got {clip_limit!r}")
-    try:
-        tx, ty = (int(v) for v in tile_grid_size)
-    except (TypeError, ValueError):
-        raise TypeError(f"tile_grid_size: expected (tiles across, tiles down), got {tile_grid_size!r}") from None
-    if tx < 1 or ty < 1:
-        raise ValueError(f"tile_grid_size: expected positive tile counts, got {tile_grid_size!r}")
+    clip_limit = check_real("clip_limit", clip_limit, lo=0.0)
+    tx, ty = check_pair("tile_grid_size", tile_grid_size, 1, scalar_ok=False)
     if tx * ty > 1 << 18:  # every tile has a 256-entry table per thread
         raise ValueError(f"tile_grid_size: expected at most {1 << 18} tiles in all, got {tx} x {ty}")
     y, given = _out(out, x.shape, single, x)
@@ -519,17 +760,41 @@ def _range(name, value, lo_ok=0.0):
     return a, b
 
 
-def sample_resized_crop_params(rng, batch_size, image_size, scale=(0.08, 1.0), ratio=(3.0 / 4.0, 4.0 / 3.0), *,
-                               same_on_batch=False):
+def sample_resized_crop_params(rng: np.random.Generator, batch_size: int, image_size: Union[int, Tuple[int, int]],
+                               scale: Tuple[float, float] = (0.08, 1.0),
+                               ratio: Tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0), *,
+                               same_on_batch: bool = False) -> dict[str, np.ndarray]:
     """torchvision ``RandomResizedCrop.get_params`` per image: up to 10 tries of area
     ``H*W*U(scale)`` and aspect ``exp(U(log ratio))`` (w = round(sqrt(area*aspect)), h =
     round(sqrt(area/aspect))); the first that fits is placed uniformly; none: the central crop
-    clamped to the ratio range. Returns ``{"boxes": (N, 4) int64 (top, left, height, width)}``."""
+    clamped to the ratio range. Returns ``{"boxes": (N, 4) int64 (top, left, height, width)}``.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+        The source of randomness.
+    batch_size : int
+        N, the number of images.
+    image_size : int or tuple of 2 ints
+        (H, W) of the images.
+    scale : tuple of 2 floats, default (0.08, 1.0)
+        Range of the crop's fraction of the area.
+    ratio : tuple of 2 floats, default (3/4, 4/3)
+        Range of the aspect ratio (log-uniform).
+    same_on_batch : bool, default False
+        One box for every image.
+
+    Returns
+    -------
+    dict of str to ndarray
+        ``{"boxes": (N, 4) int64}``.
+    """
     _check_rng(rng)
     N = _batch_size(batch_size)
     H, W = _image_size(image_size)
     s0, s1 = _range("scale", scale)
     r0, r1 = _range("ratio", ratio, lo_ok=1e-12)
+    same_on_batch = check_bool("same_on_batch", same_on_batch)
     if same_on_batch:
         one = sample_resized_crop_params(rng, 1, (H, W), (s0, s1), (r0, r1))
         return {"boxes": np.repeat(one["boxes"], N, axis=0)}
@@ -557,19 +822,57 @@ def sample_resized_crop_params(rng, batch_size, image_size, scale=(0.08, 1.0), r
     return {"boxes": np.stack([top, left, hh, ww], axis=1).astype(np.int64)}
 
 
-def sample_pad_crop_params(rng, batch_size, padding, *, same_on_batch=False):
-    """``{"offsets": (N, 2) int64}``, top and left uniform in [0, 2*padding]."""
+def sample_pad_crop_params(rng: np.random.Generator, batch_size: int, padding: int, *,
+                           same_on_batch: bool = False) -> dict[str, np.ndarray]:
+    """``{"offsets": (N, 2) int64}``, top and left uniform in [0, 2*padding].
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+        The source of randomness.
+    batch_size : int
+        N, the number of images.
+    padding : int
+        Padding on every side (>= 0).
+    same_on_batch : bool, default False
+        One offset for every image.
+
+    Returns
+    -------
+    dict of str to ndarray
+        ``{"offsets": (N, 2) int64}``.
+    """
     _check_rng(rng)
     N = _batch_size(batch_size)
     padding = _padding(padding)
+    same_on_batch = check_bool("same_on_batch", same_on_batch)
     o = rng.integers(0, 2 * padding + 1, size=(1 if same_on_batch else N, 2))
     return {"offsets": np.repeat(o, N, axis=0) if same_on_batch else o.astype(np.int64)}
 
 
-def sample_flip_params(rng, batch_size, p=0.5, *, same_on_batch=False):
-    """``{"applied": (N,) bool}``, each True with probability p."""
+def sample_flip_params(rng: np.random.Generator, batch_size: int, p: float = 0.5, *,
+                       same_on_batch: bool = False) -> dict[str, np.ndarray]:
+    """``{"applied": (N,) bool}``, each True with probability p.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+        The source of randomness.
+    batch_size : int
+        N, the number of images.
+    p : float, default 0.5
+        Probability of flipping each image.
+    same_on_batch : bool, default False
+        One coin for every image.
+
+    Returns
+    -------
+    dict of str to ndarray
+        ``{"applied": (N,) bool}``.
+    """
     _check_rng(rng)
     N = _batch_size(batch_size)
     p = _prob(p)
+    same_on_batch = check_bool("same_on_batch", same_on_batch)
     a = rng.random(1 if same_on_batch else N) < p
     return {"applied": np.repeat(a, N) if same_on_batch else a}

@@ -36,9 +36,11 @@ import functools
 import math
 import numbers
 from fractions import Fraction
+from typing import Any, Optional, Tuple
 
 import numpy as np
 
+from .._validate import check_bool, check_choice, check_int, check_real, check_rng
 from ._cutout import _image_size
 from ._mix import _alpha, _batch_size, _check_rng
 
@@ -176,9 +178,7 @@ def _posterize_bins(top, divisions, steps):
 
 
 def _check_bins(num_bins, name="num_magnitude_bins"):
-    if isinstance(num_bins, bool) or not isinstance(num_bins, numbers.Integral) or num_bins < 1:
-        raise ValueError(f"{name}: expected an int >= 1, got {num_bins!r}")
-    return int(num_bins)
+    return check_int(name, num_bins, 1, "an int >= 1")
 
 
 @functools.lru_cache(maxsize=64)
@@ -211,7 +211,8 @@ def _space(method, num_bins, image_size, all_ops):
     return {name: (bins, name in _SIGNED) for name, bins in s.items()}
 
 
-def augmentation_space(method, num_bins, image_size=None, *, all_ops=True):
+def augmentation_space(method: str, num_bins: int, image_size: Optional[Tuple[int, int]] = None, *,
+                       all_ops: bool = True) -> dict[str, tuple[tuple[Any, ...], bool]]:
     """torchvision's augmentation space of ``method``: ``{op name: (bins, signed)}``.
 
     ``bins`` is a tuple of the ``num_bins`` magnitudes (Python floats; ints for Posterize), empty
@@ -219,21 +220,36 @@ def augmentation_space(method, num_bins, image_size=None, *, all_ops=True):
     "augmix" (``all_ops=False`` drops Brightness, Color, Contrast, Sharpness). ``image_size``
     ``(H, W)`` sets the translation range (needed except for "trivialaugment").
 
+    Parameters
+    ----------
+    method : {"autoaugment", "randaugment", "trivialaugment", "augmix"}
+        Whose space.
+    num_bins : int
+        Number of magnitude bins.
+    image_size : tuple of 2 ints, optional
+        (H, W); required except for "trivialaugment".
+    all_ops : bool, default True
+        For "augmix": include Brightness, Color, Contrast and Sharpness.
+
+    Returns
+    -------
+    dict
+        Op name -> (tuple of ``num_bins`` magnitudes, or empty; whether the op is signed).
+
     Examples
     --------
     >>> from cnnkit.augment import augmentation_space
     >>> augmentation_space("randaugment", 31, (224, 224))["Posterize"][0][:4]
     (8, 8, 8, 8)
     """
-    if method not in _METHODS:
-        raise ValueError(f"method: expected one of {_METHODS}, got {method!r}")
+    check_choice("method", method, _METHODS)
     num_bins = _check_bins(num_bins, "num_bins")
     if image_size is None:
         if method != "trivialaugment":
             raise ValueError(f"image_size: expected (H, W) for method={method!r}, got None")
     else:
         image_size = _image_size(image_size)
-    return dict(_space(method, num_bins, image_size, bool(all_ops)))
+    return dict(_space(method, num_bins, image_size, check_bool("all_ops", all_ops)))
 
 
 @functools.lru_cache(maxsize=64)
@@ -266,7 +282,8 @@ def _draw(rng, codes, mags, signed, idx, bins):
 
 # ---- the policy samplers ---------------------------------------------------------------------------
 
-def sample_autoaugment_params(rng, batch_size, image_size, policy="imagenet", *, same_on_batch=False):
+def sample_autoaugment_params(rng: np.random.Generator, batch_size: int, image_size: Tuple[int, int],
+                              policy: str = "imagenet", *, same_on_batch: bool = False) -> dict[str, np.ndarray]:
     """AutoAugment parameters: ``{"ops": (N, 2) int64, "magnitudes": (N, 2) float64,
     "policy": (N,) int64}`` (``policy``: the sub-policy drawn for each image).
 
@@ -274,12 +291,30 @@ def sample_autoaugment_params(rng, batch_size, image_size, policy="imagenet", *,
     Per image a sub-policy uniformly; each of its two ops applied with its probability (else
     Identity); magnitudes from torchvision's 10 bins with ``image_size = (H, W)`` setting the
     translation range; signed ops negated with probability 1/2.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+        The source of randomness.
+    batch_size : int
+        N, the number of images.
+    image_size : tuple of 2 ints
+        (H, W) of the images (sets the translation range).
+    policy : {"imagenet", "cifar10", "svhn"}, default "imagenet"
+        The published policy.
+    same_on_batch : bool, default False
+        One draw, repeated for every image.
+
+    Returns
+    -------
+    dict of str to ndarray
+        ``ops`` (N, 2) int64 op codes, ``magnitudes`` (N, 2) float64, ``policy`` (N,) int64.
     """
     _check_rng(rng)
     N = _batch_size(batch_size)
-    if policy not in POLICIES:
-        raise ValueError(f"policy: expected one of {tuple(POLICIES)}, got {policy!r}")
+    check_choice("policy", policy, tuple(POLICIES))
     image_size = _image_size(image_size)
+    same_on_batch = check_bool("same_on_batch", same_on_batch)
     if same_on_batch:
         return _same_on_batch(sample_autoaugment_params, rng, N, image_size, policy)
     codes, mags, signed = _tables("autoaugment", _AUTOAUGMENT_BINS, image_size, True)
@@ -306,27 +341,50 @@ def _policy_arrays(policy):
 
 
 def _nonneg_int(name, v):
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 0:
-        raise ValueError(f"{name}: expected an int >= 0, got {v!r}")
-    return int(v)
+    return check_int(name, v, 0, "an int >= 0")
 
 
-def sample_randaugment_params(rng, batch_size, image_size, num_ops=2, magnitude=9, num_magnitude_bins=31, *,
-                              same_on_batch=False):
+def sample_randaugment_params(rng: np.random.Generator, batch_size: int, image_size: Tuple[int, int],
+                              num_ops: int = 2, magnitude: int = 9, num_magnitude_bins: int = 31, *,
+                              same_on_batch: bool = False) -> dict[str, np.ndarray]:
     """RandAugment parameters: ``{"ops": (N, num_ops) int64, "magnitudes": (N, num_ops) float64}``.
 
     Each image gets ``num_ops`` ops drawn uniformly (with replacement) from torchvision's 14-op
     space (Identity, ShearX/Y, TranslateX/Y, Rotate, Brightness, Color, Contrast, Sharpness,
     Posterize, Solarize, AutoContrast, Equalize), all at bin ``magnitude`` (in
     ``[0, num_magnitude_bins - 1]``); signed ops negated with probability 1/2.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+        The source of randomness.
+    batch_size : int
+        N, the number of images.
+    image_size : tuple of 2 ints
+        (H, W) of the images (sets the translation range).
+    num_ops : int, default 2
+        Ops per image (>= 0).
+    magnitude : int, default 9
+        The bin, in [0, num_magnitude_bins - 1].
+    num_magnitude_bins : int, default 31
+        Number of bins.
+    same_on_batch : bool, default False
+        One draw, repeated for every image.
+
+    Returns
+    -------
+    dict of str to ndarray
+        ``ops`` (N, num_ops) int64 op codes, ``magnitudes`` (N, num_ops) float64.
     """
     _check_rng(rng)
     N = _batch_size(batch_size)
     image_size = _image_size(image_size)
     K = _nonneg_int("num_ops", num_ops)
     B = _check_bins(num_magnitude_bins)
-    if isinstance(magnitude, bool) or not isinstance(magnitude, numbers.Integral) or not 0 <= magnitude < B:
+    check_int("magnitude", magnitude, 0, f"an int in [0, {B - 1}]")
+    if magnitude >= B:
         raise ValueError(f"magnitude: expected an int in [0, {B - 1}] (num_magnitude_bins={B}), got {magnitude!r}")
+    same_on_batch = check_bool("same_on_batch", same_on_batch)
     if same_on_batch:
         return _same_on_batch(sample_randaugment_params, rng, N, image_size, K, magnitude, B)
     codes, mags, signed = _tables("randaugment", B, image_size, True)
@@ -335,16 +393,34 @@ def sample_randaugment_params(rng, batch_size, image_size, num_ops=2, magnitude=
     return {"ops": ops.astype(np.int64), "magnitudes": m.astype(np.float64)}
 
 
-def sample_trivialaugment_params(rng, batch_size, num_magnitude_bins=31, *, same_on_batch=False):
+def sample_trivialaugment_params(rng: np.random.Generator, batch_size: int, num_magnitude_bins: int = 31, *,
+                                 same_on_batch: bool = False) -> dict[str, np.ndarray]:
     """TrivialAugmentWide parameters: ``{"ops": (N, 1) int64, "magnitudes": (N, 1) float64}``.
 
     One op uniformly from the wide 14-op space, its bin uniformly in ``[0, num_magnitude_bins)``,
     signed ops negated with probability 1/2. The wide space's ranges do not depend on the image
     size (translation up to 32 pixels).
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+        The source of randomness.
+    batch_size : int
+        N, the number of images.
+    num_magnitude_bins : int, default 31
+        Number of bins.
+    same_on_batch : bool, default False
+        One draw, repeated for every image.
+
+    Returns
+    -------
+    dict of str to ndarray
+        ``ops`` (N, 1) int64 op codes, ``magnitudes`` (N, 1) float64.
     """
     _check_rng(rng)
     N = _batch_size(batch_size)
     B = _check_bins(num_magnitude_bins)
+    same_on_batch = check_bool("same_on_batch", same_on_batch)
     if same_on_batch:
         return _same_on_batch(sample_trivialaugment_params, rng, N, B)
     codes, mags, signed = _tables("trivialaugment", B, None, True)
@@ -354,8 +430,9 @@ def sample_trivialaugment_params(rng, batch_size, num_magnitude_bins=31, *, same
     return {"ops": ops.astype(np.int64), "magnitudes": m.astype(np.float64)}
 
 
-def sample_augmix_params(rng, batch_size, image_size, severity=3, mixture_width=3, chain_depth=-1, alpha=1.0,
-                         all_ops=True, *, same_on_batch=False):
+def sample_augmix_params(rng: np.random.Generator, batch_size: int, image_size: Tuple[int, int], severity: int = 3,
+                         mixture_width: int = 3, chain_depth: int = -1, alpha: float = 1.0, all_ops: bool = True, *,
+                         same_on_batch: bool = False) -> dict[str, np.ndarray]:
     """AugMix parameters (torchvision's ``AugMix``), with ``W = mixture_width`` chains of at most
     ``D`` ops (``D = chain_depth`` if > 0, else 3):
 
@@ -369,19 +446,46 @@ def sample_augmix_params(rng, batch_size, image_size, severity=3, mixture_width=
 
     Each op is uniform over the AugMix space (9 ops, 13 with ``all_ops``), its bin uniform in
     ``[0, severity)`` of 10 bins (``severity`` in [1, 10]); signed ops negated with probability 1/2.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+        The source of randomness.
+    batch_size : int
+        N, the number of images.
+    image_size : tuple of 2 ints
+        (H, W) of the images (sets the translation range).
+    severity : int, default 3
+        Bins are drawn in [0, severity), severity in [1, 10].
+    mixture_width : int, default 3
+        W, the number of chains.
+    chain_depth : int, default -1
+        Ops per chain; <= 0: uniform in 1..3.
+    alpha : float, default 1.0
+        Dirichlet / Beta concentration.
+    all_ops : bool, default True
+        Use the 13-op space (False: 9 ops).
+    same_on_batch : bool, default False
+        One draw, repeated for every image.
+
+    Returns
+    -------
+    dict of str to ndarray
+        The five arrays above.
     """
     _check_rng(rng)
     N = _batch_size(batch_size)
     image_size = _image_size(image_size)
-    if isinstance(severity, bool) or not isinstance(severity, numbers.Integral) or not 1 <= severity <= _AUGMIX_BINS:
+    check_int("severity", severity, 1, f"an int in [1, {_AUGMIX_BINS}]")
+    if severity > _AUGMIX_BINS:
         raise ValueError(f"severity: expected an int in [1, {_AUGMIX_BINS}], got {severity!r}")
     Wd = _batch_size(mixture_width, "mixture_width")
-    if isinstance(chain_depth, bool) or not isinstance(chain_depth, numbers.Integral):
-        raise TypeError(f"chain_depth: expected an int (<= 0: random depth 1..3), got {chain_depth!r}")
+    check_int("chain_depth", chain_depth, -(2**62), "an int (<= 0: random depth 1..3)")
     alpha = _alpha(alpha)
+    same_on_batch = check_bool("same_on_batch", same_on_batch)
     if same_on_batch:
         return _same_on_batch(sample_augmix_params, rng, N, image_size, severity, Wd, chain_depth, alpha, all_ops)
-    codes, mags, signed = _tables("augmix", _AUGMIX_BINS, image_size, bool(all_ops))
+    codes, mags, signed = _tables("augmix", _AUGMIX_BINS, image_size, check_bool("all_ops", all_ops))
     D = int(chain_depth) if chain_depth > 0 else 3
     m = rng.dirichlet([alpha, alpha], size=N)
     d = rng.dirichlet([alpha] * Wd, size=N)
@@ -398,7 +502,8 @@ def sample_augmix_params(rng, batch_size, image_size, severity=3, mixture_width=
             "weights": d.astype(np.float32) * m1[:, None]}
 
 
-def augmix(images, params, *, interpolation="bilinear", fill=None):
+def augmix(images: np.ndarray, params: dict[str, Any], *, interpolation: str = "bilinear",
+           fill: Any = None) -> np.ndarray:
     r"""AugMix (Hendrycks et al. 2020) with parameters from :func:`sample_augmix_params`.
 
     ``mix = m0 * x + sum_i w_i * chain_i(x)`` accumulated in float32 in chain order (as
@@ -409,13 +514,18 @@ def augmix(images, params, *, interpolation="bilinear", fill=None):
     Parameters
     ----------
     images : uint8 ndarray, (N, H, W, C) or one (H, W, C) image (then the params' N is 1)
-    params : dict with "ops", "magnitudes" (N, W, D), "orig_weight" (N,), "weights" (N, W)
-    interpolation : "bilinear" (torchvision's AugMix default) or "nearest"
-    fill : None, a number or C numbers (see ``functional.affine``)
+        NHWC images, C in {1, 3}.
+    params : dict
+        "ops", "magnitudes" (N, W, D), "orig_weight" (N,), "weights" (N, W).
+    interpolation : {"bilinear", "nearest"}, default "bilinear"
+        Resampling (bilinear is torchvision's AugMix default).
+    fill : float or sequence of float, optional
+        Fill of uncovered areas (see ``functional.affine``).
 
     Returns
     -------
-    uint8 ndarray shaped like ``images``.
+    ndarray
+        uint8, shaped like ``images``.
     """
     from . import functional as F  # at call time, so functional may one day re-export this module
 
@@ -452,10 +562,9 @@ def _range(name, value, *, center=None, sym_ok=True, lo_bound=None, sizes=(2,)):
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
         if not sym_ok:
             raise TypeError(f"{name}: expected a sequence of {sizes[0]} numbers, got {value!r}")
-        if value < 0:
-            raise ValueError(f"{name}: a single number must be non-negative, got {value!r}")
+        check_real(name, value, lo=0.0)
         c = 0.0 if center is None else center
-        r = [c - float(value), c + float(value)]
+        r: Any = [c - float(value), c + float(value)]
         if lo_bound is not None:
             r[0] = max(r[0], lo_bound)
         return tuple(r)
@@ -495,19 +604,45 @@ def _affine_ranges(degrees, translate, scale, shear):
     return deg, translate, scale, shear
 
 
-def sample_affine_params(rng, batch_size, image_size, degrees, translate=None, scale=None, shear=None, *,
-                         same_on_batch=False):
+def sample_affine_params(rng: np.random.Generator, batch_size: int, image_size: Tuple[int, int], degrees: Any,
+                         translate: Optional[Tuple[float, float]] = None, scale: Optional[Tuple[float, float]] = None,
+                         shear: Any = None, *, same_on_batch: bool = False) -> dict[str, np.ndarray]:
     """torchvision ``RandomAffine.get_params`` per image: ``{"angle": (N,), "translate": (N, 2) int64
     (tx, ty), "scale": (N,), "shear": (N, 2)}`` (floats are float64).
 
     ``angle ~ U(degrees)`` (a number d means (-d, d)); ``tx = round_half_even(U(-a*W, a*W))``,
     ``ty`` likewise with ``b*H`` for ``translate = (a, b)``; ``scale ~ U(scale)`` (1 if None);
     ``shear``: a number s means x-shear in (-s, s), a pair an x range, four numbers x and y ranges.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+        The source of randomness.
+    batch_size : int
+        N, the number of images.
+    image_size : tuple of 2 ints
+        (H, W) of the images.
+    degrees : float or tuple of 2 floats
+        Rotation range.
+    translate : tuple of 2 floats, optional
+        (a, b): largest translation as fractions of W and H.
+    scale : tuple of 2 floats, optional
+        Scale range (None: 1).
+    shear : float or sequence of 2 or 4 floats, optional
+        Shear range(s) in degrees (above).
+    same_on_batch : bool, default False
+        One draw, repeated for every image.
+
+    Returns
+    -------
+    dict of str to ndarray
+        ``angle`` (N,), ``translate`` (N, 2) int64, ``scale`` (N,), ``shear`` (N, 2).
     """
     _check_rng(rng)
     N = _batch_size(batch_size)
     H, W = _image_size(image_size)
     deg, tr, sc, sh = _affine_ranges(degrees, translate, scale, shear)
+    same_on_batch = check_bool("same_on_batch", same_on_batch)
     if same_on_batch:
         return _same_on_batch(sample_affine_params, rng, N, (H, W), degrees, translate, scale, shear)
     angle = rng.uniform(deg[0], deg[1], size=N)
@@ -538,16 +673,34 @@ def _jitter_ranges(brightness, contrast, saturation):
     return out
 
 
-def sample_color_jitter_params(rng, batch_size, brightness=0, contrast=0, saturation=0, *, same_on_batch=False):
+def sample_color_jitter_params(rng: np.random.Generator, batch_size: int, brightness: Any = 0, contrast: Any = 0,
+                               saturation: Any = 0, *, same_on_batch: bool = False) -> dict[str, np.ndarray]:
     """Colour-jitter factors, uniform per image: ``{"brightness": (N,), "contrast": (N,),
     "saturation": (N,)}`` (float64), only for the adjustments in use.
 
     Each argument is a number v (factor in ``[max(0, 1 - v), 1 + v]``) or a ``(min, max)`` pair
     (non-negative), as torchvision's ``ColorJitter``; 0 (or (1, 1)) leaves it out.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+        The source of randomness.
+    batch_size : int
+        N, the number of images.
+    brightness, contrast, saturation : float or tuple of 2 floats, default 0
+        Jitter strength or range of each adjustment.
+    same_on_batch : bool, default False
+        One draw, repeated for every image.
+
+    Returns
+    -------
+    dict of str to ndarray
+        (N,) float64 factors for the adjustments in use.
     """
     _check_rng(rng)
     N = _batch_size(batch_size)
     ranges = _jitter_ranges(brightness, contrast, saturation)
+    same_on_batch = check_bool("same_on_batch", same_on_batch)
     if same_on_batch:
         return _same_on_batch(sample_color_jitter_params, rng, N, brightness, contrast, saturation)
     return {name: rng.uniform(r[0], r[1], size=N) for name, r in ranges.items() if r is not None}

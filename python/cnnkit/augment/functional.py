@@ -5,11 +5,13 @@ Images are uint8 ``(N, H, W, C)`` batches or single ``(H, W, C)`` images.
 from __future__ import annotations
 
 import math
+from typing import Optional, Sequence, Union
 
 import numpy as np
 
 from .. import _core
-from .._validate import check_real
+from .._validate import (as_reals, check_array, check_bool, check_out, check_choice, check_float_array, check_layout, check_real, check_rng,
+                         check_u8_images, renamed_kwargs)
 from ._cutout import cutout, random_fill_noise, sample_cutout_params, sample_erasing_params  # noqa: F401
 from ._mix import (cutmix, mixup, sample_cutmix_params, sample_mixup_params, sample_pairing,  # noqa: F401
                    sample_pairing_params)
@@ -22,29 +24,17 @@ _LAYOUTS = ("NCHW", "NHWC")
 
 
 def _images_u8(images):
-    if not isinstance(images, np.ndarray):
-        raise TypeError(f"images: expected a uint8 numpy.ndarray, got {type(images).__name__}")
-    if images.dtype != np.uint8:
-        raise TypeError(f"images: expected dtype uint8 (use the float ops for float images), got "
-                        f"{images.dtype}")
-    if images.ndim not in (3, 4):
-        raise ValueError(f"images: expected shape (N, H, W, C) or (H, W, C), got {images.shape}")
+    check_u8_images("images", images, min_hw=0)
     single = images.ndim == 3
-    x = np.ascontiguousarray(images[None] if single else images)
-    if x.shape[-1] < 1:
-        raise ValueError(f"images: expected at least one channel, got shape {images.shape}")
-    return x, single
+    return np.ascontiguousarray(images[None] if single else images), single
 
 
 def _per_channel(name, value, C, default):
     if value is None:
         return np.full(C, default, dtype=np.float64)
-    if np.isscalar(value):
-        value = [value] * C
-    try:
-        a = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name}: expected {C} numbers (one per channel), got {value!r}") from None
+    a = as_reals(name, value, f"a number or {C} numbers (one per channel)")
+    if a.ndim == 0:
+        a = np.full(C, float(a))
     if a.shape != (C,):
         raise ValueError(f"{name}: expected {C} values (one per channel), got shape {a.shape}")
     if not np.all(np.isfinite(a)):
@@ -52,11 +42,13 @@ def _per_channel(name, value, C, default):
     return a
 
 
-def to_float_normalize(images, mean=None, std=None, *, mode="channel", layout_out="NCHW",
-                       out=None):
+@renamed_kwargs(layout_out="layout")
+def to_float_normalize(images: np.ndarray, mean: Optional[Sequence[float]] = None,
+                       std: Optional[Sequence[float]] = None, *, mode: str = "channel", layout: str = "NCHW",
+                       out: Optional[np.ndarray] = None) -> np.ndarray:
     r"""uint8 images to normalized float32 network inputs in one pass.
 
-    Fuses the conversion to float, the HWC -> CHW transpose (``layout_out="NCHW"``) and the
+    Fuses the conversion to float, the HWC -> CHW transpose (``layout="NCHW"``) and the
     normalization:
 
     * ``mode="channel"``: ``(x/255 - mean[c]) / std[c]`` (torchvision's ``ToTensor`` then
@@ -73,14 +65,22 @@ def to_float_normalize(images, mean=None, std=None, *, mode="channel", layout_ou
     Parameters
     ----------
     images : uint8 ndarray, (N, H, W, C) or (H, W, C)
-    mean, std : sequences of C floats (mode "channel" only)
-    mode : "channel", "image" or "minmax"
-    layout_out : "NCHW" (default) or "NHWC"
+        The images (always NHWC).
+    mean, std : sequences of C floats, optional
+        Per-channel mean and standard deviation on the [0, 1] scale (mode "channel" only;
+        defaults 0 and 1).
+    mode : {"channel", "image", "minmax"}, default "channel"
+        The normalization (above).
+    layout : {"NCHW", "NHWC"}, default "NCHW"
+        The layout of the float output (the uint8 input is always NHWC). Formerly ``layout_out``
+        (still accepted, with a DeprecationWarning, until the next release).
     out : float32 ndarray of the output shape, optional
+        Written in place and returned when given.
 
     Returns
     -------
-    float32 ndarray, (N, C, H, W) / (C, H, W) for NCHW, else the input's layout.
+    ndarray
+        float32, (N, C, H, W) / (C, H, W) for NCHW, else the input's (N, H, W, C) / (H, W, C).
 
     Examples
     --------
@@ -93,10 +93,8 @@ def to_float_normalize(images, mean=None, std=None, *, mode="channel", layout_ou
     x, single = _images_u8(images)
     N, H, W, C = x.shape
     P = H * W
-    if mode not in _MODES:
-        raise ValueError(f"mode: expected one of {_MODES}, got {mode!r}")
-    if layout_out not in _LAYOUTS:
-        raise ValueError(f"layout_out: expected one of {_LAYOUTS}, got {layout_out!r}")
+    check_choice("mode", mode, _MODES)
+    check_layout(layout)
     if mode == "channel":
         m = _per_channel("mean", mean, C, 0.0)
         s = _per_channel("std", std, C, 1.0)
@@ -120,31 +118,25 @@ def to_float_normalize(images, mean=None, std=None, *, mode="channel", layout_ou
             a = np.where(rng > 0, 1.0 / np.where(rng > 0, rng, 1.0), 0.0)
             c0 = lo.astype(np.float64)
         scale, center, per_image = np.repeat(a, C), np.repeat(c0, C), True
-    shape = (N, C, H, W) if layout_out == "NCHW" else (N, H, W, C)
+    shape = (N, C, H, W) if layout == "NCHW" else (N, H, W, C)
     if out is None:
         y = np.empty(shape, dtype=np.float32)
         result = y[0] if single else y
     else:
-        want = shape[1:] if single else shape
-        if not isinstance(out, np.ndarray):
-            raise TypeError(f"out: expected a float32 numpy.ndarray, got {type(out).__name__}")
-        if out.dtype != np.float32:
-            raise TypeError(f"out: expected dtype float32, got {out.dtype}")
-        if out.shape != want or not out.flags.c_contiguous or not out.flags.writeable:
-            raise ValueError(f"out: expected a writeable C-contiguous array of shape {want}, got "
-                             f"{out.shape}")
+        check_out("out", out, shape[1:] if single else shape, np.float32)
         y = out.reshape(shape)
         result = out
     # the centre as a float pair hi + lo: x - hi is exact, so low-contrast images keep accuracy
     hi = np.asarray(center, dtype=np.float32)
     lo = (np.asarray(center, dtype=np.float64) - hi).astype(np.float32)
-    _core.augment_normalize_u8(x, y, N, P, C, layout_out == "NCHW",
+    _core.augment_normalize_u8(x, y, N, P, C, layout == "NCHW",
                                np.ascontiguousarray(scale, dtype=np.float32),
                                np.ascontiguousarray(hi), np.ascontiguousarray(lo), per_image)
     return result
 
 
-def denormalize(x, mean=None, std=None, *, layout="NCHW", to_uint8=True):
+def denormalize(x: np.ndarray, mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None, *,
+                layout: str = "NCHW", to_uint8: bool = True) -> np.ndarray:
     r"""Undo ``to_float_normalize(..., mode="channel")``: ``(x*std[c] + mean[c]) * 255``.
 
     With ``to_uint8`` (default) the values are rounded (half to even), clipped to [0, 255] and
@@ -154,15 +146,31 @@ def denormalize(x, mean=None, std=None, *, layout="NCHW", to_uint8=True):
     Parameters
     ----------
     x : float32/float64 ndarray, (N, C, H, W) / (C, H, W) for NCHW or (N, H, W, C) / (H, W, C)
-    mean, std : sequences of C floats (defaults 0 and 1)
-    layout : "NCHW" or "NHWC"
+        Normalized images.
+    mean, std : sequences of C floats, optional
+        The statistics they were normalized with (defaults 0 and 1).
+    layout : {"NCHW", "NHWC"}, default "NCHW"
+        Layout of ``x``.
+    to_uint8 : bool, default True
+        Round and clip to uint8 NHWC images; False: float32 in ``x``'s layout.
+
+    Returns
+    -------
+    ndarray
+        uint8 (N, H, W, C) / (H, W, C), or float32 shaped as ``x`` when ``to_uint8`` is False.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from cnnkit.augment.functional import denormalize, to_float_normalize
+    >>> img = np.random.default_rng(0).integers(0, 256, (2, 4, 4, 3), dtype=np.uint8)
+    >>> m, s = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    >>> np.array_equal(denormalize(to_float_normalize(img, m, s), m, s), img)
+    True
     """
-    if not isinstance(x, np.ndarray) or x.dtype not in (np.float32, np.float64):
-        raise TypeError("x: expected a float32 or float64 numpy.ndarray")
-    if x.ndim not in (3, 4):
-        raise ValueError(f"x: expected a 3-D or 4-D array, got shape {x.shape}")
-    if layout not in _LAYOUTS:
-        raise ValueError(f"layout: expected one of {_LAYOUTS}, got {layout!r}")
+    check_float_array("x", x, (3, 4))
+    check_layout(layout)
+    to_uint8 = check_bool("to_uint8", to_uint8)
     caxis = x.ndim - 3 if layout == "NCHW" else x.ndim - 1
     C = x.shape[caxis]
     m = _per_channel("mean", mean, C, 0.0)
@@ -185,11 +193,7 @@ def _u8_out(out, x, single):
     if out is None:
         return np.empty_like(x), None
     want = x.shape[1:] if single else x.shape
-    if not isinstance(out, np.ndarray) or out.dtype != np.uint8:
-        raise TypeError("out: expected a uint8 numpy.ndarray")
-    if out.shape != want or not out.flags.c_contiguous or not out.flags.writeable:
-        raise ValueError(f"out: expected a writeable C-contiguous array of shape {want}, got "
-                         f"{out.shape}")
+    check_out("out", out, want, np.uint8)
     return out.reshape(x.shape), out
 
 
@@ -231,7 +235,7 @@ def _per_image_ints(name, value, N, single, lo, hi):
     return a
 
 
-def equalize(images, mode="pil", *, out=None):
+def equalize(images: np.ndarray, mode: str = "pil", *, out: Optional[np.ndarray] = None) -> np.ndarray:
     r"""Histogram equalization per image and channel, bit-identical to Pillow or to OpenCV.
 
     ``mode="pil"`` (``PIL.ImageOps.equalize``): with ``h`` the channel's histogram and ``h_last``
@@ -243,9 +247,22 @@ def equalize(images, mode="pil", *, out=None):
     non-empty bin, ``scale = 255 / (total - h[i0])`` in float32, ``lut[i0] = 0`` and ``lut[i] =
     round_half_even(float32(sum(h[i0+1..i])) * scale)`` above it; a single-valued channel is left
     as it is.
+
+    Parameters
+    ----------
+    images : uint8 ndarray, (N, H, W, C) or (H, W, C)
+        The images.
+    mode : {"pil", "cv"}, default "pil"
+        Pillow's or OpenCV's formula.
+    out : uint8 ndarray, optional
+        Written in place (shaped as ``images``) and returned when given.
+
+    Returns
+    -------
+    ndarray
+        uint8, shaped as ``images``.
     """
-    if mode not in ("pil", "cv"):
-        raise ValueError(f"mode: expected 'pil' or 'cv', got {mode!r}")
+    check_choice("mode", mode, ("pil", "cv"))
     x, single = _images_u8(images)
     h = _histograms(x)
     if mode == "cv":
@@ -263,10 +280,23 @@ def equalize(images, mode="pil", *, out=None):
     return _apply_lut(x, single, lut, out)
 
 
-def autocontrast(images, *, out=None):
+def autocontrast(images: np.ndarray, *, out: Optional[np.ndarray] = None) -> np.ndarray:
     r"""Stretch each channel to the full range, bit-identical to ``PIL.ImageOps.autocontrast``
     (cutoff 0): with lo/hi the darkest/lightest values present, ``lut[i] = clip(int(i*scale +
-    offset))`` with ``scale = 255/(hi - lo)``, ``offset = -lo*scale``; the identity if hi <= lo."""
+    offset))`` with ``scale = 255/(hi - lo)``, ``offset = -lo*scale``; the identity if hi <= lo.
+
+    Parameters
+    ----------
+    images : uint8 ndarray, (N, H, W, C) or (H, W, C)
+        The images.
+    out : uint8 ndarray, optional
+        Written in place (shaped as ``images``) and returned when given.
+
+    Returns
+    -------
+    ndarray
+        uint8, shaped as ``images``.
+    """
     x, single = _images_u8(images)
     nonzero = _histograms(x) > 0
     lo = np.argmax(nonzero, axis=-1)
@@ -279,15 +309,44 @@ def autocontrast(images, *, out=None):
     return _apply_lut(x, single, lut, out)
 
 
-def invert(images, *, out=None):
-    """``255 - x``, as ``PIL.ImageOps.invert``."""
+def invert(images: np.ndarray, *, out: Optional[np.ndarray] = None) -> np.ndarray:
+    """``255 - x``, as ``PIL.ImageOps.invert``.
+
+    Parameters
+    ----------
+    images : uint8 ndarray, (N, H, W, C) or (H, W, C)
+        The images.
+    out : uint8 ndarray, optional
+        Written in place (shaped as ``images``) and returned when given.
+
+    Returns
+    -------
+    ndarray
+        uint8, shaped as ``images``.
+    """
     x, single = _images_u8(images)
     return _apply_lut(x, single, 255 - np.arange(256), out)
 
 
-def posterize(images, bits, *, out=None):
+def posterize(images: np.ndarray, bits: Union[int, Sequence[int], np.ndarray], *,
+              out: Optional[np.ndarray] = None) -> np.ndarray:
     """Keep the top ``bits`` bits of every value (``PIL.ImageOps.posterize``); bits in [1, 8],
-    one int or (batch) one per image."""
+    one int or (batch) one per image.
+
+    Parameters
+    ----------
+    images : uint8 ndarray, (N, H, W, C) or (H, W, C)
+        The images.
+    bits : int or sequence of int
+        Bits kept, in [1, 8]; for a batch, one int or one per image.
+    out : uint8 ndarray, optional
+        Written in place (shaped as ``images``) and returned when given.
+
+    Returns
+    -------
+    ndarray
+        uint8, shaped as ``images``.
+    """
     x, single = _images_u8(images)
     b = _per_image_ints("bits", bits, x.shape[0], single, 1, 8)
     mask = (~((1 << (8 - b)) - 1)) & 0xFF
@@ -295,9 +354,25 @@ def posterize(images, bits, *, out=None):
     return _apply_lut(x, single, lut[:, None, :], out)
 
 
-def solarize(images, threshold=128, *, out=None):
+def solarize(images: np.ndarray, threshold: Union[int, Sequence[int], np.ndarray] = 128, *,
+             out: Optional[np.ndarray] = None) -> np.ndarray:
     """Invert the values at or above ``threshold`` (``PIL.ImageOps.solarize``); threshold in
-    [0, 256], one int or (batch) one per image."""
+    [0, 256], one int or (batch) one per image.
+
+    Parameters
+    ----------
+    images : uint8 ndarray, (N, H, W, C) or (H, W, C)
+        The images.
+    threshold : int or sequence of int, default 128
+        In [0, 256]; for a batch, one int or one per image.
+    out : uint8 ndarray, optional
+        Written in place (shaped as ``images``) and returned when given.
+
+    Returns
+    -------
+    ndarray
+        uint8, shaped as ``images``.
+    """
     x, single = _images_u8(images)
     t = _per_image_ints("threshold", threshold, x.shape[0], single, 0, 256)
     i = np.arange(256)[None, :]
@@ -308,11 +383,7 @@ def solarize(images, threshold=128, *, out=None):
 # ---- spatial dropout ---------------------------------------------------------------------------
 
 def _float4d(name, x):
-    if not isinstance(x, np.ndarray) or x.dtype not in (np.float32, np.float64):
-        raise TypeError(f"{name}: expected a float32 or float64 numpy.ndarray")
-    if x.ndim != 4:
-        raise ValueError(f"{name}: expected a 4-D batch (N, C, H, W) or (N, H, W, C), got shape {x.shape}")
-    return x
+    return check_float_array(name, x, 4, what="(N, C, H, W) or (N, H, W, C)")
 
 
 def _scale_view(scale, layout, dtype):
@@ -320,7 +391,8 @@ def _scale_view(scale, layout, dtype):
     return s[:, :, None, None] if layout == "NCHW" else s[:, None, None, :]
 
 
-def spatial_dropout(x, p, rng, training=True, *, layout="NCHW", out=None):
+def spatial_dropout(x: np.ndarray, p: float, rng: np.random.Generator, training: bool = True, *,
+                    layout: str = "NCHW", out: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
     r"""Drop whole channels (``torch.nn.Dropout2d`` on 4-D input).
 
     Each (sample, channel) is zeroed with probability ``p``; the survivors are scaled by
@@ -330,19 +402,37 @@ def spatial_dropout(x, p, rng, training=True, *, layout="NCHW", out=None):
     Returns ``(y, scale)`` where ``scale`` (float64, (N, C)) holds 0 or ``1/(1-p)`` per channel;
     pass it to :func:`spatial_dropout_backward`. With ``training=False`` (or p == 0) y is a copy
     of x and scale is all ones; with p == 1 everything is zero.
+
+    Parameters
+    ----------
+    x : float32/float64 ndarray, (N, C, H, W) or (N, H, W, C)
+        Feature maps.
+    p : float
+        Drop probability in [0, 1].
+    rng : numpy.random.Generator
+        The source of the mask.
+    training : bool, default True
+        False: the identity.
+    layout : {"NCHW", "NHWC"}, default "NCHW"
+        Layout of ``x``.
+    out : ndarray, optional
+        Output buffer of ``x``'s dtype and shape.
+
+    Returns
+    -------
+    y : ndarray
+        ``x`` times its channel's scale, ``x``'s shape and dtype.
+    scale : ndarray
+        float64 (N, C): 0 for a dropped channel, ``1/(1-p)`` for a kept one.
     """
     x = _float4d("x", x)
-    if layout not in _LAYOUTS:  # before drawing anything from rng
-        raise ValueError(f"layout: expected one of {_LAYOUTS}, got {layout!r}")
+    check_layout(layout)  # before drawing anything from rng
     p = check_real("p", p, lo=0.0, hi=1.0)
-    if not isinstance(rng, np.random.Generator):
-        raise TypeError(f"rng: expected a numpy.random.Generator, got {type(rng).__name__}")
-    if not isinstance(training, (bool, np.bool_)):
-        raise TypeError(f"training: expected a bool, got {training!r}")
+    check_rng("rng", rng)
+    training = check_bool("training", training)
     N, C = (x.shape[0], x.shape[1]) if layout == "NCHW" else (x.shape[0], x.shape[-1])
     if out is not None:
-        if not isinstance(out, np.ndarray) or out.dtype != x.dtype or out.shape != x.shape:
-            raise ValueError(f"out: expected an array of dtype {x.dtype} and shape {x.shape}")
+        check_out("out", out, x.shape, x.dtype)
     if not training or p == 0.0:
         scale = np.ones((N, C))
     elif p == 1.0:
@@ -353,16 +443,35 @@ def spatial_dropout(x, p, rng, training=True, *, layout="NCHW", out=None):
     return y, scale
 
 
-def spatial_dropout_backward(grad_out, scale, *, layout="NCHW", out=None):
-    """The gradient of :func:`spatial_dropout`: ``grad_out`` times the same per-channel scale."""
-    g = _float4d("grad_out", grad_out)
-    if layout not in _LAYOUTS:
-        raise ValueError(f"layout: expected one of {_LAYOUTS}, got {layout!r}")
+@renamed_kwargs(grad_out="grad_output")
+def spatial_dropout_backward(grad_output: np.ndarray, scale: np.ndarray, *, layout: str = "NCHW",
+                             out: Optional[np.ndarray] = None) -> np.ndarray:
+    """The gradient of :func:`spatial_dropout`: ``grad_output`` times the same per-channel scale.
+
+    Parameters
+    ----------
+    grad_output : float32/float64 ndarray, (N, C, H, W) or (N, H, W, C)
+        Gradient with respect to the forward output.
+    scale : ndarray
+        The (N, C) scale :func:`spatial_dropout` returned.
+    layout : {"NCHW", "NHWC"}, default "NCHW"
+        Layout of ``grad_output``.
+    out : ndarray, optional
+        Output buffer of ``grad_output``'s dtype and shape.
+
+    Returns
+    -------
+    ndarray
+        Gradient with respect to the forward input, ``grad_output``'s shape and dtype.
+    """
+    g = _float4d("grad_output", grad_output)
+    check_layout(layout)
     N, C = (g.shape[0], g.shape[1]) if layout == "NCHW" else (g.shape[0], g.shape[-1])
-    if not isinstance(scale, np.ndarray) or scale.shape != (N, C):
+    check_array("scale", scale, dtypes=(np.float16, np.float32, np.float64), what=f"({N}, {C}) from spatial_dropout")
+    if scale.shape != (N, C):
         raise ValueError(f"scale: expected the ({N}, {C}) array returned by spatial_dropout")
-    if out is not None and (not isinstance(out, np.ndarray) or out.dtype != g.dtype or out.shape != g.shape):
-        raise ValueError(f"out: expected an array of dtype {g.dtype} and shape {g.shape}")
+    if out is not None:
+        check_out("out", out, g.shape, g.dtype)
     return np.multiply(g, _scale_view(scale, layout, g.dtype), out=out)
 
 

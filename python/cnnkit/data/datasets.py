@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import numbers
 import os
+from typing import Any, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .._validate import check_bool, check_int, check_real, is_real
+from .._validate import check_bool, check_int, check_real, check_seed, is_real
 
 __all__ = ["ArrayDataset", "load_digits", "load_faces", "make_shapes", "train_test_split", "SHAPES"]
 
@@ -22,16 +23,13 @@ SHAPES = ("square", "circle", "triangle", "cross")
 
 _EXTRA_PREFIX = "extra_"
 
+# What the ``seed`` arguments accept.
+Seed = Union[int, np.random.SeedSequence, np.random.Generator, None]
 
-def _rng(seed, name="seed"):
+
+def _rng(seed: Seed, name: str = "seed") -> np.random.Generator:
     """A numpy Generator from None, a non-negative int, a SeedSequence or a Generator (used as is)."""
-    ok = (numbers.Integral, np.random.SeedSequence, np.random.Generator)
-    if isinstance(seed, (bool, np.bool_)) or not (seed is None or isinstance(seed, ok)):
-        raise TypeError(f"{name} must be None, a non-negative int, a numpy SeedSequence or Generator, "
-                        f"got {type(seed).__name__} {seed!r}")
-    if isinstance(seed, numbers.Integral) and seed < 0:
-        raise ValueError(f"{name} must be a non-negative int, got {seed!r}")
-    return np.random.default_rng(seed)
+    return np.random.default_rng(check_seed(name, seed))
 
 
 # ---- ArrayDataset ----------------------------------------------------------------------------------
@@ -56,7 +54,7 @@ def _check_labels(labels, n):
         y = y.astype(np.int64, copy=False)
     elif y.dtype.kind == "f":
         if y.ndim != 2:
-            raise TypeError(f"labels: float labels must be soft-label rows of shape ({n}, num_classes), got "
+            raise TypeError(f"labels: expected float labels as soft-label rows of shape ({n}, num_classes), got "
                             f"shape {y.shape}; convert class indices with labels.astype(np.int64)")
     else:
         raise TypeError(f"labels: expected integer class indices or float soft-label rows, got dtype {y.dtype}")
@@ -103,7 +101,8 @@ class ArrayDataset:
     ((3, 1, 8, 8), [0, 1, 1], 10)
     """
 
-    def __init__(self, images, labels, *, classes=None, extras=None):
+    def __init__(self, images: np.ndarray, labels: np.ndarray, *, classes: Optional[Sequence[str]] = None,
+                 extras: Optional[Mapping[str, np.ndarray]] = None) -> None:
         x = _check_images(images)
         y = _check_labels(labels, len(x))
         if classes is not None:
@@ -127,22 +126,22 @@ class ArrayDataset:
                                  f"got {name!r}")
             a = np.asarray(value)
             if a.ndim < 1 or len(a) != len(x):
-                raise ValueError(f"extras: {name!r} must have {len(x)} rows (one per image), got shape {a.shape}")
+                raise ValueError(f"extras: expected {len(x)} rows in {name!r} (one per image), got shape {a.shape}")
             self._extras[name] = a
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> np.ndarray:
         extras = self.__dict__.get("_extras")
         if extras is not None and name in extras:
             return extras[name]
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @property
-    def extras(self):
+    def extras(self) -> dict[str, np.ndarray]:
         """The per-sample extra arrays (a new dict; the arrays are shared)."""
         return dict(self._extras)
 
     @property
-    def num_classes(self):
+    def num_classes(self) -> int:
         """``len(classes)`` when named, else the soft-label width or ``max(labels) + 1``."""
         if self.classes is not None:
             return len(self.classes)
@@ -150,27 +149,46 @@ class ArrayDataset:
             return self.labels.shape[1]
         return int(self.labels.max()) + 1 if self.labels.size else 0
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, index):
+    def __getitem__(self, index: Any) -> Tuple[Any, Any]:
         return self.images[index], self.labels[index]
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         extra = "".join(f", {k}={v.shape}" for k, v in self._extras.items())
         return (f"ArrayDataset(images={self.images.shape} {self.images.dtype}, labels={self.labels.shape} "
                 f"{self.labels.dtype}, classes={self.classes!r}{extra})")
 
-    def subset(self, indices):
+    def subset(self, indices: Any) -> ArrayDataset:
         """The samples at ``indices`` (ints, a boolean mask or a slice) as a new ArrayDataset,
-        with the same classes and the extras' matching rows."""
+        with the same classes and the extras' matching rows.
+
+        Parameters
+        ----------
+        indices : int array, bool mask or slice
+            NumPy index of the samples to keep (a slice gives views, an index array copies).
+
+        Returns
+        -------
+        ArrayDataset
+            The selected samples, their labels and extras, the same classes.
+        """
         return ArrayDataset(self.images[indices], self.labels[indices], classes=self.classes,
                             extras={k: v[indices] for k, v in self._extras.items()})
 
-    def save_npz(self, path, *, compressed=False):
+    def save_npz(self, path: Union[str, os.PathLike], *, compressed: bool = False) -> None:
         """Write ``images``, ``labels``, ``classes`` (when named) and each extra as
         ``extra_<name>`` to an ``.npz`` file (:func:`numpy.savez`; ``compressed=True`` for
-        :func:`numpy.savez_compressed`). No pickling: :meth:`from_npz` reads it back."""
+        :func:`numpy.savez_compressed`). No pickling: :meth:`from_npz` reads it back.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The file (NumPy appends ``.npz`` when it lacks the suffix).
+        compressed : bool, default False
+            Compress the arrays.
+        """
         arrays = {"images": self.images, "labels": self.labels}
         if self.classes is not None:
             arrays["classes"] = np.asarray(self.classes, dtype=str)
@@ -179,10 +197,28 @@ class ArrayDataset:
         (np.savez_compressed if check_bool("compressed", compressed) else np.savez)(path, **arrays)
 
     @classmethod
-    def from_npz(cls, path, images_key="images", labels_key="labels"):
+    def from_npz(cls, path: Union[str, os.PathLike], images_key: str = "images",
+                 labels_key: str = "labels") -> ArrayDataset:
         """Load from an ``.npz`` file (``allow_pickle=False``): images and labels from the named
         keys, class names from ``classes`` if present, extras from ``extra_<name>`` keys; other
         keys are ignored.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The ``.npz`` file.
+        images_key, labels_key : str, default "images" and "labels"
+            The keys holding the images and the labels.
+
+        Returns
+        -------
+        ArrayDataset
+            The arrays as stored (the labels checked as in the constructor).
+
+        Raises
+        ------
+        ValueError
+            If a named key is not in the file.
 
         Examples
         --------
@@ -218,7 +254,8 @@ def _round_half_up(v):
     return np.floor(np.asarray(v, dtype=np.float64) + 0.5).astype(np.int64)
 
 
-def train_test_split(dataset, test_size=0.25, *, stratify=True, seed=0):
+def train_test_split(dataset: ArrayDataset, test_size: Union[float, int] = 0.25, *, stratify: bool = True,
+                     seed: Seed = 0) -> Tuple[ArrayDataset, ArrayDataset]:
     """Split a dataset into train and test subsets, per class in the same proportion.
 
     With ``stratify=True`` each class's samples are shuffled and ``round(f * n_c)`` of them go
@@ -230,9 +267,11 @@ def train_test_split(dataset, test_size=0.25, *, stratify=True, seed=0):
     Parameters
     ----------
     dataset : ArrayDataset, N >= 2 samples
-    test_size : float in (0, 1) or int in [1, N - 1]
+        The dataset to split.
+    test_size : float in (0, 1) or int in [1, N - 1], default 0.25
         The test fraction f, or a count (f = test_size / N).
-    stratify : bool
+    stratify : bool, default True
+        Split each class separately (above).
     seed : int, SeedSequence, Generator or None
         Same seed, same split.
 
@@ -257,11 +296,11 @@ def train_test_split(dataset, test_size=0.25, *, stratify=True, seed=0):
     if isinstance(test_size, numbers.Integral) and not isinstance(test_size, (bool, np.bool_)):
         frac = check_int("test_size", test_size, 1, f"a fraction in (0, 1) or a count in [1, {N - 1}]") / N
         if test_size > N - 1:
-            raise ValueError(f"test_size must be a fraction in (0, 1) or a count in [1, {N - 1}], got {test_size}")
+            raise ValueError(f"test_size: expected a fraction in (0, 1) or a count in [1, {N - 1}], got {test_size}")
     elif is_real(test_size):
         frac = check_real("test_size", test_size, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
     else:
-        raise TypeError(f"test_size must be a fraction in (0, 1) or a count in [1, {N - 1}], got "
+        raise TypeError(f"test_size: expected a fraction in (0, 1) or a count in [1, {N - 1}], got "
                         f"{type(test_size).__name__} {test_size!r}")
     stratify = check_bool("stratify", stratify)
     rng = _rng(seed)
@@ -310,7 +349,7 @@ def _finish(raw, scale, labels, classes, native, size, as_uint8):
     return ArrayDataset(np.ascontiguousarray(images), labels, classes=classes)
 
 
-def load_digits(*, size=8, as_uint8=False):
+def load_digits(*, size: int = 8, as_uint8: bool = False) -> ArrayDataset:
     """scikit-learn's bundled 8x8 handwritten digits (1797 images, ten classes "0".."9").
 
     The stored pixel values are integers 0..16. At ``size=8`` the float images are exactly
@@ -347,7 +386,7 @@ def load_digits(*, size=8, as_uint8=False):
     return _finish(bunch.images, 16.0, bunch.target.astype(np.int64), classes, 8, size, as_uint8)
 
 
-def load_faces(*, size=25, as_uint8=False):
+def load_faces(*, size: int = 25, as_uint8: bool = False) -> ArrayDataset:
     """scikit-image's bundled subset of Labeled Faces in the Wild: 100 face and 100 non-face
     25x25 grayscale crops (``skimage.data.lfw_subset``), labels 1 (face) and 0 (non-face).
 
@@ -357,8 +396,9 @@ def load_faces(*, size=25, as_uint8=False):
 
     Parameters
     ----------
-    size : int >= 1
-    as_uint8 : bool
+    size : int >= 1, default 25
+        Output height and width.
+    as_uint8 : bool, default False
         Return uint8 NHWC images in 0..255.
 
     Returns
@@ -463,8 +503,9 @@ def _place_distractors(rng, size, box, sides):
     return None
 
 
-def make_shapes(n, size=32, seed=0, *, classes=SHAPES, channels=1, noise=0.05, min_scale=0.25,
-                max_scale=0.5, distractors=0, distractor_scale=1.0):
+def make_shapes(n: int, size: int = 32, seed: Seed = 0, *, classes: Sequence[str] = SHAPES, channels: int = 1,
+                noise: float = 0.05, min_scale: float = 0.25, max_scale: float = 0.5, distractors: int = 0,
+                distractor_scale: float = 1.0) -> ArrayDataset:
     """Synthetic images of one filled shape each, with its bounding box and pixel mask: for
     checking that an explanation (a saliency map, a CAM) points at the object.
 
@@ -492,14 +533,19 @@ def make_shapes(n, size=32, seed=0, *, classes=SHAPES, channels=1, noise=0.05, m
     Parameters
     ----------
     n : int >= 1
-    size : int >= 8
+        Number of images.
+    size : int >= 8, default 32
         Image height and width.
-    seed : int, SeedSequence, Generator or None
+    seed : int, SeedSequence, Generator or None, default 0
+        Same seed, same data.
     classes : sequence of names from ``SHAPES`` ("square", "circle", "triangle", "cross")
         The classes to draw, in label order.
-    channels : int >= 1
-    noise : float >= 0
-    min_scale, max_scale : floats, 0 < min_scale <= max_scale <= 1
+    channels : int >= 1, default 1
+        Image channels (levels drawn per channel).
+    noise : float >= 0, default 0.05
+        Standard deviation of the Gaussian pixel noise.
+    min_scale, max_scale : floats, 0 < min_scale <= max_scale <= 1, default 0.25 and 0.5
+        Range of the shape's side as a fraction of ``size``.
     distractors : int >= 0
         Shapes of other classes per image (needs at least two classes when > 0).
     distractor_scale : float in (0, 1]
@@ -538,7 +584,7 @@ def make_shapes(n, size=32, seed=0, *, classes=SHAPES, channels=1, noise=0.05, m
     min_scale = check_real("min_scale", min_scale, lo=0.0, hi=1.0, lo_open=True)
     max_scale = check_real("max_scale", max_scale, lo=0.0, hi=1.0, lo_open=True)
     if max_scale < min_scale:
-        raise ValueError(f"max_scale must be >= min_scale = {min_scale!r}, got {max_scale!r}")
+        raise ValueError(f"max_scale: expected a value >= min_scale = {min_scale!r}, got {max_scale!r}")
     if isinstance(classes, str):
         raise TypeError(f"classes: expected a sequence of shape names, got the str {classes!r}")
     classes = tuple(classes)

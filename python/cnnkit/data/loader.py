@@ -3,19 +3,20 @@ from __future__ import annotations
 
 import inspect
 import math
+from typing import Any, Callable, Iterator, Optional, Tuple
 
 import numpy as np
 
 from .._validate import check_bool, check_int
-from .datasets import ArrayDataset, _rng
+from .datasets import ArrayDataset, Seed, _rng
 
 __all__ = ["DataLoader"]
 
 
-def _generators(obj):
+def _generators(obj: Any) -> list[np.random.Generator]:
     """The numpy Generators of an augmentation pipeline (a transform's ``rng``, recursively
     through ``transforms`` lists), in a fixed order."""
-    out = []
+    out: list[np.random.Generator] = []
     if obj is None:
         return out
     g = getattr(obj, "rng", None)
@@ -26,7 +27,7 @@ def _generators(obj):
     return out
 
 
-def _takes_labels(fn):
+def _takes_labels(fn: Callable[..., Any]) -> bool:
     """Whether ``fn`` has a parameter named ``labels`` (every cnnkit.augment Transform does)."""
     try:
         params = inspect.signature(fn).parameters
@@ -96,7 +97,8 @@ class DataLoader:
     ((64, 1, 16, 16), dtype('float32'), dtype('int64'))
     """
 
-    def __init__(self, dataset, batch_size=32, *, shuffle=True, drop_last=False, augment=None, seed=None):
+    def __init__(self, dataset: Any, batch_size: int = 32, *, shuffle: bool = True, drop_last: bool = False,
+                 augment: Optional[Callable[..., Any]] = None, seed: Seed = None) -> None:
         if not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
             raise TypeError(f"dataset: expected an ArrayDataset or an object with __len__ and __getitem__, "
                             f"got {type(dataset).__name__}")
@@ -107,17 +109,36 @@ class DataLoader:
         if augment is not None and not callable(augment):
             raise TypeError(f"augment: expected None or a callable (e.g. a cnnkit.augment.Compose), "
                             f"got {type(augment).__name__}")
-        self.augment = augment
+        self.augment: Any = augment
         self._augment_labels = augment is not None and _takes_labels(augment)
         self.rng = _rng(seed)
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, Any]:
         """The random state of the loader and of its augmentation pipeline (JSON-able), so a
-        checkpointed run resumes with the same batches and the same augmentations."""
+        checkpointed run resumes with the same batches and the same augmentations.
+
+        Returns
+        -------
+        dict
+            ``"rng"``: the loader's bit-generator state; ``"augment"``: a list with the state of
+            each Generator of the pipeline, in a fixed order.
+        """
         return {"rng": self.rng.bit_generator.state,
                 "augment": [g.bit_generator.state for g in _generators(self.augment)]}
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the random state saved by :meth:`state_dict`.
+
+        Parameters
+        ----------
+        state : dict
+            From :meth:`state_dict` of a loader with an augmentation pipeline of the same shape.
+
+        Raises
+        ------
+        ValueError
+            If the number of augmentation Generators differs (nothing is changed then).
+        """
         gens = _generators(self.augment)
         if len(state.get("augment", [])) != len(gens):
             raise ValueError(f"state: expected {len(gens)} augmentation generator states, got "
@@ -126,15 +147,15 @@ class DataLoader:
         for g, st in zip(gens, state["augment"]):
             g.bit_generator.state = st
 
-    def __len__(self):
+    def __len__(self) -> int:
         n = len(self.dataset)
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (f"DataLoader({type(self.dataset).__name__} of {len(self.dataset)}, batch_size={self.batch_size}, "
                 f"shuffle={self.shuffle}, drop_last={self.drop_last}, augment={self.augment!r})")
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
         # the epoch's order is drawn now, not at the first next(), so epochs follow iter() calls
         n = len(self.dataset)
         order = self.rng.permutation(n) if self.shuffle else None

@@ -150,7 +150,7 @@ def _measure_cost(model: Any) -> None:
         model.__dict__.setdefault("_explain_cost", {})[shape] = 2 * total // batch
 
 
-def one_hot(targets: np.ndarray, K: int, dtype=np.float32) -> np.ndarray:
+def one_hot(targets: np.ndarray, K: int, dtype: Any = np.float32) -> np.ndarray:
     g = np.zeros((targets.size, K), dtype)
     g[np.arange(targets.size), targets] = 1
     return g
@@ -199,7 +199,7 @@ def targets_for(spec: Target, logits: np.ndarray, a: int = 0) -> np.ndarray:
     n, K = logits.shape
     if spec is None:
         return np.argmax(logits, axis=1).astype(np.int64)
-    t = np.full(n, spec, np.int64) if isinstance(spec, int) else spec[a:a + n]
+    t = np.full(n, spec, np.int64) if isinstance(spec, int) else np.asarray(spec[a:a + n], np.int64)
     if t.size and t.max() >= K:
         raise ValueError(f"target: expected classes in [0, {K}), got {int(t.max())}")
     return t
@@ -288,7 +288,36 @@ def _default_layer(model: Any, names: list, x: np.ndarray) -> str:
 def explaining(model: Any, *, relu: str = "standard", param_grads: bool = False) -> Iterator[Any]:
     """Eval mode, the given ReLU backward rule and (cnnkit) no parameter gradients for the body;
     afterwards every module's mode, ReLU rule and parameter-gradient flag, the gradient arena,
-    the model's captures and the cnnkit modules' buffers are as they were, also on an exception."""
+    the model's captures and the cnnkit modules' buffers are as they were, also on an exception.
+
+    Parameters
+    ----------
+    model : cnnkit.nn.Module, TorchModel or an object with ``forward``
+    relu : {"standard", "guided", "deconvnet"}
+        The ReLU backward rule for the body (see :meth:`cnnkit.nn.Module.set_relu_backward`).
+    param_grads : bool
+        Whether a cnnkit model's ``backward`` computes parameter gradients in the body.
+
+    Yields
+    ------
+    model
+        The model itself, set up as above.
+
+    Raises
+    ------
+    TypeError
+        A model without ``forward``, or without a way to set a non-standard ``relu`` rule.
+
+    Examples
+    --------
+    >>> from cnnkit import explain, models
+    >>> model = models.resnet_small(3, 4, widths=(8, 16), blocks=(1, 1), seed=0)
+    >>> with explain.explaining(model) as m:
+    ...     m.training
+    False
+    >>> model.training
+    True
+    """
     _need(model, ("forward",), "every method")
     if _is_cnnkit(model):
         mods = model.modules()
@@ -349,7 +378,17 @@ def release_buffers(model: Any) -> None:
     """Free the buffers a cnnkit model keeps for attribution calls. :func:`explaining` gives
     every module of a cnnkit model its own set of buffers while a method runs (the training
     buffers stay untouched) and keeps that set for the next call, so repeated explanations do
-    not pay for fresh pages; it holds at most a few hundred MB (the default ``batch_size``)."""
+    not pay for fresh pages; it holds at most a few hundred MB (the default ``batch_size``).
+
+    Parameters
+    ----------
+    model : cnnkit.nn.Module
+
+    Raises
+    ------
+    TypeError
+        ``model`` is not a :class:`cnnkit.nn.Module`.
+    """
     from ..nn import Module
     if not isinstance(model, Module):
         raise TypeError(f"model: expected a cnnkit.nn.Module, got {type(model).__name__}")

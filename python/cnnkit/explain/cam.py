@@ -172,7 +172,25 @@ def grad_cam_pp(model: Any, x: np.ndarray, target: Target = None, *, layer: Opti
     The closed form assumes an exponential of the logit; applied to the logit itself, as here and
     in pytorch-grad-cam, the higher derivatives are the powers of the first.
 
-    Parameters and returns as :func:`grad_cam`.
+    Parameters
+    ----------
+    model, x, target, layer, upsample, normalize
+        As in :func:`grad_cam`.
+
+    Returns
+    -------
+    float32 ndarray
+        (N, H, W), or (N, h, w) at the layer's resolution with ``upsample=False``; in [0, 1]
+        with ``normalize=True``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from cnnkit import explain, models
+    >>> model = models.resnet_small(3, 4, widths=(8, 16), blocks=(1, 1), seed=0)
+    >>> x = np.random.default_rng(0).random((2, 3, 16, 16), dtype=np.float32)
+    >>> explain.grad_cam_pp(model, x, target=0).shape
+    (2, 16, 16)
     """
     return _run_cam("grad_cam_pp", model, x, target, layer, upsample, normalize)
 
@@ -180,22 +198,85 @@ def grad_cam_pp(model: Any, x: np.ndarray, target: Target = None, *, layer: Opti
 def xgrad_cam(model: Any, x: np.ndarray, target: Target = None, *, layer: Optional[str] = None,
               upsample: bool = True, normalize: bool = True) -> np.ndarray:
     """XGrad-CAM (Fu et al., 2020): ``w_k = sum_ij G_kij A_kij / (sum_ij A_kij + 1e-7)``, map
-    ``relu(sum_k w_k A_k)`` (pytorch-grad-cam's ``XGradCAM``). Parameters and returns as
-    :func:`grad_cam`."""
+    ``relu(sum_k w_k A_k)`` (pytorch-grad-cam's ``XGradCAM``).
+
+    Parameters
+    ----------
+    model, x, target, layer, upsample, normalize
+        As in :func:`grad_cam`.
+
+    Returns
+    -------
+    float32 ndarray
+        (N, H, W), or (N, h, w) at the layer's resolution with ``upsample=False``; in [0, 1]
+        with ``normalize=True``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from cnnkit import explain, models
+    >>> model = models.resnet_small(3, 4, widths=(8, 16), blocks=(1, 1), seed=0)
+    >>> x = np.random.default_rng(0).random((2, 3, 16, 16), dtype=np.float32)
+    >>> explain.xgrad_cam(model, x, layer="3", upsample=False).shape  # the block's 8x8 resolution
+    (2, 8, 8)
+    """
     return _run_cam("xgrad_cam", model, x, target, layer, upsample, normalize)
 
 
 def layer_cam(model: Any, x: np.ndarray, target: Target = None, *, layer: Optional[str] = None,
               upsample: bool = True, normalize: bool = True) -> np.ndarray:
     """LayerCAM (Jiang et al., 2021): ``relu(sum_k relu(G_k) * A_k)`` with element-wise weights
-    (pytorch-grad-cam's ``LayerCAM``). Parameters and returns as :func:`grad_cam`."""
+    (pytorch-grad-cam's ``LayerCAM``).
+
+    Parameters
+    ----------
+    model, x, target, layer, upsample, normalize
+        As in :func:`grad_cam`.
+
+    Returns
+    -------
+    float32 ndarray
+        (N, H, W), or (N, h, w) at the layer's resolution with ``upsample=False``; in [0, 1]
+        with ``normalize=True``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from cnnkit import explain, models
+    >>> model = models.resnet_small(3, 4, widths=(8, 16), blocks=(1, 1), seed=0)
+    >>> x = np.random.default_rng(0).random((2, 3, 16, 16), dtype=np.float32)
+    >>> explain.layer_cam(model, x, layer="2").shape  # an earlier block, upsampled
+    (2, 16, 16)
+    """
     return _run_cam("layer_cam", model, x, target, layer, upsample, normalize)
 
 
 def hires_cam(model: Any, x: np.ndarray, target: Target = None, *, layer: Optional[str] = None,
               upsample: bool = True, normalize: bool = True) -> np.ndarray:
     """HiResCAM (Draelos and Carin, 2020): ``relu(sum_k G_k * A_k)`` (pytorch-grad-cam's
-    ``HiResCAM``). Parameters and returns as :func:`grad_cam`."""
+    ``HiResCAM``).
+
+    Parameters
+    ----------
+    model, x, target, layer, upsample, normalize
+        As in :func:`grad_cam`.
+
+    Returns
+    -------
+    float32 ndarray
+        (N, H, W), or (N, h, w) at the layer's resolution with ``upsample=False``; in [0, 1]
+        with ``normalize=True``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from cnnkit import explain, models
+    >>> model = models.resnet_small(3, 4, widths=(8, 16), blocks=(1, 1), seed=0)
+    >>> x = np.random.default_rng(0).random((2, 3, 16, 16), dtype=np.float32)
+    >>> maps = explain.hires_cam(model, x, target=[0, 3], normalize=False, upsample=False)
+    >>> maps.shape, bool((maps >= 0).all())
+    ((2, 8, 8), True)
+    """
     return _run_cam("hires_cam", model, x, target, layer, upsample, normalize)
 
 
@@ -208,7 +289,27 @@ def eigen_cam(model: Any, x: np.ndarray, target: Target = None, *, layer: Option
     agree with ``EigenCAM`` on the same activations; a map whose salient region came out negative
     is zeroed by the ReLU there too. (LAPACK's sign is not continuous in its input: activations
     that differ by rounding, e.g. a PyTorch twin's, can give an image the opposite sign.)
-    Parameters and returns as :func:`grad_cam`."""
+
+    Parameters
+    ----------
+    model, x, target, layer, upsample, normalize
+        As in :func:`grad_cam`.
+
+    Returns
+    -------
+    float32 ndarray
+        (N, H, W), or (N, h, w) at the layer's resolution with ``upsample=False``; in [0, 1]
+        with ``normalize=True``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from cnnkit import explain, models
+    >>> model = models.resnet_small(3, 4, widths=(8, 16), blocks=(1, 1), seed=0)
+    >>> x = np.random.default_rng(0).random((2, 3, 16, 16), dtype=np.float32)
+    >>> explain.eigen_cam(model, x).shape
+    (2, 16, 16)
+    """
     return _run_cam("eigen_cam", model, x, target, layer, upsample, normalize)
 
 
@@ -229,7 +330,17 @@ def score_cam(model: Any, x: np.ndarray, target: Target = None, *, layer: Option
 
     Returns
     -------
-    float32 ndarray (N, H, W) or (N, h, w)
+    float32 ndarray
+        (N, H, W), or (N, h, w) at the layer's resolution with ``upsample=False``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from cnnkit import explain, models
+    >>> model = models.resnet_small(3, 4, widths=(8, 16), blocks=(1, 1), seed=0)
+    >>> x = np.random.default_rng(0).random((2, 3, 16, 16), dtype=np.float32)
+    >>> explain.score_cam(model, x, target=2).shape  # 2 images x 16 channels = 32 forwards
+    (2, 16, 16)
     """
     x = _model.check_images(x, model)
     upsample, normalize = _flags(upsample, normalize)
@@ -280,7 +391,17 @@ def guided_grad_cam(model: Any, x: np.ndarray, target: Target = None, *, layer: 
 
     Returns
     -------
-    float32 ndarray of x's shape
+    float32 ndarray
+        x's shape.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from cnnkit import explain, models
+    >>> model = models.resnet_small(3, 4, widths=(8, 16), blocks=(1, 1), seed=0)
+    >>> x = np.random.default_rng(0).random((2, 3, 16, 16), dtype=np.float32)
+    >>> explain.guided_grad_cam(model, x).shape
+    (2, 3, 16, 16)
     """
     from .gradients import guided_backprop
     if interpolate not in ("nearest", "bilinear"):

@@ -8,7 +8,7 @@ input, and returns float32 arrays. Perturbed or interpolated inputs are evaluate
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Union
+from typing import Any, Optional, Tuple, Union
 
 import numpy as np
 
@@ -119,7 +119,17 @@ def gradient_x_input(model: Any, x: np.ndarray, target: Target = None, *,
 
     Returns
     -------
-    float32 ndarray of x's shape
+    float32 ndarray
+        x's shape.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from cnnkit import explain, models
+    >>> model = models.resnet_small(3, 4, widths=(8, 16), blocks=(1, 1), seed=0)
+    >>> x = np.random.default_rng(0).random((2, 3, 16, 16), dtype=np.float32)
+    >>> explain.gradient_x_input(model, x, target=[1, 2]).shape
+    (2, 3, 16, 16)
     """
     x = _prepare(model, x, batch_size)
     spec = _model.check_target(target, x.shape[0])
@@ -154,7 +164,19 @@ def smoothgrad(model: Any, x: np.ndarray, target: Target = None, *, n_samples: i
 
     Returns
     -------
-    float32 ndarray of x's shape
+    float32 ndarray
+        x's shape.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from cnnkit import explain, models
+    >>> model = models.resnet_small(3, 4, widths=(8, 16), blocks=(1, 1), seed=0)
+    >>> x = np.random.default_rng(0).random((2, 3, 16, 16), dtype=np.float32)
+    >>> a = explain.smoothgrad(model, x, n_samples=4, seed=0)
+    >>> b = explain.smoothgrad(model, x, n_samples=4, seed=0)
+    >>> a.shape, bool(np.array_equal(a, b))  # a seed fixes the noise
+    ((2, 3, 16, 16), True)
     """
     x = _prepare(model, x, batch_size)
     n_samples = check_int("n_samples", n_samples, 1, "a positive int")
@@ -173,7 +195,7 @@ def smoothgrad(model: Any, x: np.ndarray, target: Target = None, *, n_samples: i
         # most one image's samples are ever held beyond the evaluation chunk
         total = N * n_samples
         idx_img = np.repeat(np.arange(N), n_samples)
-        eps_img = None
+        eps_img = np.empty((0,) + x.shape[1:])   # drawn per image below (cur = -1: at once)
         cur = -1
         buf = np.empty((min(bs, total),) + x.shape[1:], np.float32)
         gbuf = np.empty_like(buf)
@@ -194,7 +216,7 @@ def smoothgrad(model: Any, x: np.ndarray, target: Target = None, *, n_samples: i
             if s2 is not None:
                 _add_rows(s2, idx_img[a:b], np.square(g64, out=g64))
     m1 = s1 / n_samples
-    if kind == "smoothgrad":
+    if s2 is None:  # kind == "smoothgrad"
         return m1.astype(np.float32)
     m2 = s2 / n_samples
     if kind == "smoothgrad_sq":
@@ -212,6 +234,18 @@ def ig_nodes(steps: int, method: str = "gausslegendre") -> tuple:
     ----------
     steps : int (>= 1 for Gauss-Legendre, >= 2 for the Riemann rules)
     method : one of :data:`IG_METHODS`
+
+    Returns
+    -------
+    alphas, weights : ndarray, float64 (steps,)
+        The nodes in [0, 1] and their weights.
+
+    Examples
+    --------
+    >>> from cnnkit.explain.gradients import ig_nodes
+    >>> alphas, weights = ig_nodes(4, "riemann_middle")
+    >>> alphas.tolist(), weights.tolist()
+    ([0.125, 0.375, 0.625, 0.875], [0.25, 0.25, 0.25, 0.25])
     """
     if method not in IG_METHODS:
         raise ValueError(f"method: expected one of {IG_METHODS}, got {method!r}")
@@ -234,7 +268,7 @@ def ig_nodes(steps: int, method: str = "gausslegendre") -> tuple:
 
 def integrated_gradients(model: Any, x: np.ndarray, target: Target = None, *, baseline: Any = 0.0,
                          steps: int = 50, method: str = "gausslegendre", batch_size: Optional[int] = None,
-                         return_delta: bool = False):
+                         return_delta: bool = False) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
     """Integrated gradients (Sundararajan et al., 2017) with captum's semantics.
 
     ``IG(x) = (x - x') * sum_k w_k * dF(x' + a_k (x - x')) / dx`` with the quadrature
@@ -254,7 +288,20 @@ def integrated_gradients(model: Any, x: np.ndarray, target: Target = None, *, ba
 
     Returns
     -------
-    float32 ndarray of x's shape, or (attributions, delta)
+    attributions : float32 ndarray
+        x's shape.
+    delta : float64 ndarray (N,)
+        Only with ``return_delta=True``: ``(attributions, delta)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from cnnkit import explain, models
+    >>> model = models.resnet_small(3, 4, widths=(8, 16), blocks=(1, 1), seed=0)
+    >>> x = np.random.default_rng(0).random((2, 3, 16, 16), dtype=np.float32)
+    >>> attr, delta = explain.integrated_gradients(model, x, target=0, steps=8, return_delta=True)
+    >>> attr.shape, bool(np.abs(delta).max() < 1e-3)  # completeness: sum(IG) = F(x) - F(0)
+    ((2, 3, 16, 16), True)
     """
     x = _prepare(model, x, batch_size)
     alphas, weights = ig_nodes(steps, method)
@@ -309,7 +356,17 @@ def guided_backprop(model: Any, x: np.ndarray, target: Target = None, *,
 
     Returns
     -------
-    float32 ndarray of x's shape
+    float32 ndarray
+        x's shape.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from cnnkit import explain, models
+    >>> model = models.resnet_small(3, 4, widths=(8, 16), blocks=(1, 1), seed=0)
+    >>> x = np.random.default_rng(0).random((2, 3, 16, 16), dtype=np.float32)
+    >>> explain.guided_backprop(model, x).shape
+    (2, 3, 16, 16)
     """
     return _relu_rule(model, x, target, batch_size, "guided")
 
@@ -325,6 +382,16 @@ def deconvnet(model: Any, x: np.ndarray, target: Target = None, *, batch_size: O
 
     Returns
     -------
-    float32 ndarray of x's shape
+    float32 ndarray
+        x's shape.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from cnnkit import explain, models
+    >>> model = models.resnet_small(3, 4, widths=(8, 16), blocks=(1, 1), seed=0)
+    >>> x = np.random.default_rng(0).random((2, 3, 16, 16), dtype=np.float32)
+    >>> explain.deconvnet(model, x, target=3).shape
+    (2, 3, 16, 16)
     """
     return _relu_rule(model, x, target, batch_size, "deconvnet")

@@ -286,6 +286,17 @@ def insertion_auc(model: Any, x: np.ndarray, maps: np.ndarray, target: Target = 
     auc : float64 ndarray (N,)
     curves : float64 ndarray (N, steps + 1), only with ``return_curves=True``
         ``curves[:, 0]`` is the probability on the baseline, ``curves[:, -1]`` on x.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from cnnkit import explain, models
+    >>> model = models.resnet_small(3, 4, widths=(8, 16), blocks=(1, 1), seed=0)
+    >>> x = np.random.default_rng(0).random((2, 3, 16, 16), dtype=np.float32)
+    >>> maps = explain.grad_cam(model, x)
+    >>> auc, curves = explain.metrics.insertion_auc(model, x, maps, steps=16, return_curves=True)
+    >>> auc.shape, curves.shape
+    ((2,), (2, 17))
     """
     return _auc(model, x, maps, target, "insertion", steps, baseline, batch_size, return_curves)
 
@@ -426,7 +437,7 @@ def _randomization_layers(model: Any, layers: Optional[Sequence[str]]) -> List[T
     if isinstance(layers, str) or not isinstance(layers, (list, tuple)):
         raise TypeError(f"layers: expected a list of module names or None, got {type(layers).__name__} {layers!r}")
     mods = dict(named)
-    out = []
+    out: List[Tuple[str, Any]] = []
     for i, name in enumerate(layers):
         if not isinstance(name, str):
             raise TypeError(f"layers[{i}]: expected a module name (str), got {type(name).__name__} {name!r}")

@@ -59,6 +59,15 @@ def occlusion(model: Any, x: np.ndarray, target: Target = None, *, window: Any =
     -------
     float32 ndarray (N, H, W)
         captum's result is this map repeated over the channel axis.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from cnnkit import explain, models
+    >>> model = models.resnet_small(3, 4, widths=(8, 16), blocks=(1, 1), seed=0)
+    >>> x = np.random.default_rng(0).random((2, 3, 16, 16), dtype=np.float32)
+    >>> explain.occlusion(model, x, window=4, stride=4).shape  # 16 windows per image
+    (2, 16, 16)
     """
     x = _model.check_images(x, model)
     layout = _model.layout_of(model)
@@ -149,6 +158,16 @@ def rise(model: Any, x: np.ndarray, target: Target = None, *, n_masks: int = 200
     Returns
     -------
     float32 ndarray (N, H, W)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from cnnkit import explain, models
+    >>> model = models.resnet_small(3, 4, widths=(8, 16), blocks=(1, 1), seed=0)
+    >>> x = np.random.default_rng(0).random((2, 3, 16, 16), dtype=np.float32)
+    >>> maps = explain.rise(model, x, n_masks=64, cell=4, seed=0)
+    >>> maps.shape, bool((maps >= 0).all())
+    ((2, 16, 16), True)
     """
     x = _model.check_images(x, model)
     layout = _model.layout_of(model)

@@ -34,7 +34,32 @@ METHODS: Dict[str, Callable] = {
 
 def as_maps(attr: np.ndarray, layout: str = "NCHW") -> np.ndarray:
     """(N, H, W) maps from an attribution: (N, H, W) as is, (N, C, H, W) / (N, H, W, C) by the
-    maximum of |a| over channels (how input-space attributions are shown)."""
+    maximum of |a| over channels (how input-space attributions are shown).
+
+    Parameters
+    ----------
+    attr : array_like
+        (N, H, W) maps, or a 4-D attribution of the input's shape.
+    layout : "NCHW" or "NHWC"
+        The layout of a 4-D ``attr``.
+
+    Returns
+    -------
+    float32 ndarray (N, H, W)
+
+    Raises
+    ------
+    ValueError
+        ``attr`` is neither 3-D nor 4-D.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from cnnkit import explain
+    >>> a = np.zeros((1, 3, 2, 2), np.float32); a[0, 1, 0, 0] = -2.0
+    >>> explain.as_maps(a).tolist()
+    [[[2.0, 0.0], [0.0, 0.0]]]
+    """
     a = np.asarray(attr)
     if a.ndim == 3:
         return a.astype(np.float32, copy=False)
@@ -79,6 +104,16 @@ def overlay(images: np.ndarray, maps: np.ndarray, cmap: str = "jet", alpha: floa
     Returns
     -------
     uint8 ndarray (N, H, W, 3)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from cnnkit import explain
+    >>> images = np.zeros((2, 8, 8, 3), np.uint8)
+    >>> maps = np.random.default_rng(0).random((2, 8, 8))
+    >>> pictures = explain.overlay(images, maps, alpha=0.4)
+    >>> pictures.shape, pictures.dtype
+    ((2, 8, 8, 3), dtype('uint8'))
     """
     import matplotlib
     from ._resize import minmax_normalize
@@ -115,6 +150,15 @@ def plot(images: np.ndarray, attributions: Dict[str, np.ndarray], *, labels: Opt
     Returns
     -------
     matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from cnnkit import explain
+    >>> images = np.random.default_rng(0).random((1, 3, 8, 8), dtype=np.float32)
+    >>> fig = explain.plot(images, {"saliency": np.ones((1, 8, 8)), "grad_cam": images})
+    >>> len(fig.axes)  # 1 row: the image, then one panel per method
+    3
     """
     from matplotlib.figure import Figure
     if not isinstance(attributions, dict) or not attributions:

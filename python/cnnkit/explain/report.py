@@ -32,7 +32,9 @@ METHOD_KWARGS: Dict[str, dict] = {
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cnnkit explain", description=plain(__doc__.splitlines()[0]))
+    p = argparse.ArgumentParser(prog="cnnkit explain", description=plain(__doc__.splitlines()[0]),
+                                epilog="cnnkit explain features --help: feature visualization and the neuron "
+                                       "groups of the same model (channels.png, neuron_groups.png).")
     p.add_argument("--out", default="cnnkit-explain", help="report folder (default cnnkit-explain/)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, default=8, help="training epochs (default 8)")
@@ -53,6 +55,7 @@ def _train(ns: argparse.Namespace) -> tuple:
     n_test = 16 if ns.quick else ns.test
     ds = data.make_shapes(n_train + n_test, size=ns.size, seed=ns.seed, distractors=ns.distractors,
                           distractor_scale=0.5)
+    assert ds.classes is not None  # make_shapes names its classes
     model = models.resnet_small(1, len(ds.classes), widths=(16, 32, 64), norm="batch", seed=ns.seed)
     tr = data.ArrayDataset(ds.images[:n_train], ds.labels[:n_train])
     loader = data.DataLoader(tr, 64, shuffle=True, drop_last=True, seed=ns.seed)

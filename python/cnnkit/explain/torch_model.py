@@ -58,20 +58,56 @@ class TorchModel:
     # ---- modes ----
     @property
     def training(self) -> bool:
+        """Whether the wrapped module is in training mode."""
         return bool(self.module.training)
 
     def train(self, mode: bool = True) -> "TorchModel":
+        """Set the wrapped module's training mode (``module.train(mode)``).
+
+        Parameters
+        ----------
+        mode : bool
+
+        Returns
+        -------
+        TorchModel
+            ``self``.
+        """
         self.module.train(mode)
         return self
 
     def eval(self) -> "TorchModel":
+        """Evaluation mode: ``train(False)``.
+
+        Returns
+        -------
+        TorchModel
+            ``self``.
+        """
         return self.train(False)
 
     def named_modules(self) -> Iterator:
+        """The wrapped module's ``named_modules()``: the layer names ``capture`` accepts.
+
+        Returns
+        -------
+        iterator of (str, torch.nn.Module)
+        """
         return self.module.named_modules()
 
     # ---- forward / backward ----
     def forward(self, x: np.ndarray) -> np.ndarray:
+        """Run the module on ``x``, keeping the graph for :meth:`backward` when autograd is on.
+
+        Parameters
+        ----------
+        x : float32 ndarray (N, C, H, W)
+
+        Returns
+        -------
+        float32 ndarray
+            The module's output (logits (N, K)), as NumPy.
+        """
         torch = self._torch
         xt = torch.from_numpy(np.ascontiguousarray(x))
         need_graph = torch.is_grad_enabled()
@@ -85,7 +121,27 @@ class TorchModel:
     def backward(self, grad_logits: np.ndarray, input_grad: bool = True, until: Any = None) -> Any:
         """The gradient of ``sum(grad_logits * logits)`` with respect to the input (None unless
         ``input_grad``); with ``until`` (a captured layer's name) autograd stops at that layer's
-        output, whose capture receives the gradient."""
+        output, whose capture receives the gradient.
+
+        Parameters
+        ----------
+        grad_logits : float32 ndarray
+            The gradient of the last :meth:`forward`'s output, of its shape.
+        input_grad : bool
+            Return the input gradient.
+        until : str, optional
+            A captured layer's name (used only when ``input_grad`` is False).
+
+        Returns
+        -------
+        float32 ndarray or None
+            The gradient with respect to the last forward's x (its shape), or None.
+
+        Raises
+        ------
+        ValueError
+            No forward since the last backward.
+        """
         torch = self._torch
         if self._out is None:
             raise ValueError("backward: call forward first")
@@ -103,6 +159,20 @@ class TorchModel:
 
     # ---- captures ----
     def capture(self, name: str) -> _TorchCapture:
+        """Record the output of the module ``name`` and the gradient reaching it on every
+        following forward/backward (a forward hook plus a tensor hook); :meth:`release` stops it.
+
+        Parameters
+        ----------
+        name : str
+            A name from :meth:`named_modules`.
+
+        Returns
+        -------
+        capture
+            With ``output`` and ``grad`` (NumPy copies, None until set), as
+            :class:`cnnkit.nn.Capture`.
+        """
         mods = dict(self.module.named_modules())
         if name not in mods:
             raise ValueError(f"layer: no module {name!r}; the model's modules are {[n for n in mods if n]}")
@@ -121,6 +191,7 @@ class TorchModel:
         return c
 
     def release(self) -> None:
+        """Remove every capture's hooks."""
         for h in self._hooks:
             h.remove()
         self._hooks.clear()
@@ -130,6 +201,18 @@ class TorchModel:
 
     # ---- ReLU rules ----
     def set_relu_backward(self, mode: str = "standard") -> "TorchModel":
+        """The rule the module's ``torch.nn.ReLU`` modules apply on the way back, as
+        :meth:`cnnkit.nn.Module.set_relu_backward` (backward hooks; functional ReLUs are not seen).
+
+        Parameters
+        ----------
+        mode : {"standard", "guided", "deconvnet"}
+
+        Returns
+        -------
+        TorchModel
+            ``self``.
+        """
         from ..nn.module import RELU_BACKWARD_MODES
         if mode not in RELU_BACKWARD_MODES:
             raise ValueError(f"mode: expected one of {RELU_BACKWARD_MODES}, got {mode!r}")
@@ -152,6 +235,17 @@ class TorchModel:
         return self
 
     def set_guided_backprop(self, enabled: bool = True) -> "TorchModel":
+        """``set_relu_backward("guided")``, or ``"standard"`` when ``enabled`` is False.
+
+        Parameters
+        ----------
+        enabled : bool
+
+        Returns
+        -------
+        TorchModel
+            ``self``.
+        """
         return self.set_relu_backward("guided" if enabled else "standard")
 
     def __repr__(self) -> str:

@@ -7,14 +7,15 @@ biases in +-1/sqrt(fan_in); batch/group norm weight 1, bias 0), drawn from the `
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
 from .. import _core, ops
 from .._core import pool2d_backward as _pool_backward
-from .._validate import check_int
+from .._validate import check_bool, check_choice, check_int, check_layout, check_pair, check_real, check_rng, check_seed
+from ..ops.conv import _Geom as _ConvGeom
 from ..ops.conv import _padding as _conv_padding
-from ..ops.conv import _pair as _conv_pair
 from .._core import pool2d_forward as _pool_forward
 from .module import Module, Sequential
 
@@ -26,17 +27,12 @@ _LAYOUTS = ("NCHW", "NHWC")
 
 
 def _layout(layout):
-    if layout not in _LAYOUTS:
-        raise ValueError(f"layout: expected one of {_LAYOUTS}, got {layout!r}")
-    return layout
+    return check_layout(layout, choices=_LAYOUTS)
 
 
 def _rng(rng):
-    if rng is None:
-        return np.random.default_rng()
-    if not isinstance(rng, np.random.Generator):
-        raise TypeError(f"rng: expected a numpy.random.Generator, got {type(rng).__name__}")
-    return rng
+    rng = check_rng("rng", rng, allow_none=True)
+    return np.random.default_rng() if rng is None else rng
 
 
 def _kaiming_uniform(rng, shape, fan_in):
@@ -53,11 +49,17 @@ def _conv_geometry(kernel_size, stride, padding, dilation):
     """(kernel_size, stride, dilation) as pairs, checked as :func:`cnnkit.conv2d` checks them
     (ints or pairs of ints >= 1; TypeError / ValueError naming the argument), and ``padding``
     too (an int or pair >= 0, "same" (stride 1 only) or "valid"), at construction."""
-    k = _conv_pair(kernel_size, "kernel_size", 1)
-    s = _conv_pair(stride, "stride", 1)
-    d = _conv_pair(dilation, "dilation", 1)
+    k = check_pair("kernel_size", kernel_size, 1)
+    s = check_pair("stride", stride, 1)
+    d = check_pair("dilation", dilation, 1)
     _conv_padding(padding, k, d, s)
     return k, s, d
+
+
+def _conv_out_shape(x_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1, *, layout="NCHW"):
+    """:func:`cnnkit.ops.conv2d_output_shape` with errors naming ``x`` and ``weight``, as forward's."""
+    return _ConvGeom(tuple(x_shape), tuple(weight_shape), stride, padding, dilation, groups, layout,
+                     None).y_shape()
 
 
 def _check_input(module, x, C, layout, ndim=4):
@@ -73,18 +75,20 @@ def _check_input(module, x, C, layout, ndim=4):
             raise ValueError(f"x: {type(module).__name__} expects {C} channels on {where}, got shape {x.shape}")
 
 
-class _ReLUMode:
+class _ReLUMode(Module):
     """``relu_mode`` ("standard", "guided" or "deconvnet"; see :meth:`Module.set_relu_backward`)
     and ``guided``, the flag form of ``relu_mode == "guided"``."""
 
     relu_mode = "standard"
 
     @property
-    def guided(self):
+    def guided(self) -> bool:
+        """Whether the ReLU backward rule is guided backprop (``relu_mode == "guided"``);
+        setting it to True/False selects "guided"/"standard"."""
         return self.relu_mode == "guided"
 
     @guided.setter
-    def guided(self, enabled):
+    def guided(self, enabled: bool) -> None:
         self.relu_mode = "guided" if enabled else "standard"
 
     def _relu_grad(self, grad):
@@ -96,10 +100,44 @@ class _ReLUMode:
 
 
 class Conv2d(Module):
-    """``torch.nn.Conv2d`` on :func:`cnnkit.conv2d`: weight (C_out, C_in/groups, kH, kW), bias (C_out,)."""
+    """``torch.nn.Conv2d`` on :func:`cnnkit.conv2d`: weight (C_out, C_in/groups, kH, kW), bias (C_out,).
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
-                 bias=True, *, layout="NCHW", rng=None):
+    Parameters
+    ----------
+    in_channels, out_channels : int >= 1
+        C_in and C_out, both divisible by ``groups``.
+    kernel_size : int or (int, int), >= 1
+    stride, dilation : int or (int, int), >= 1
+    padding : int, (int, int), "same" or "valid"
+        As in :func:`cnnkit.conv2d` ("same" needs stride 1).
+    groups : int >= 1
+    bias : bool
+        Learn a bias (C_out,).
+    layout : "NCHW" or "NHWC"
+        The layout of the input and output.
+        The weight is (C_out, C_in/groups, kH, kW) in both.
+    rng : numpy.random.Generator, optional
+        Draws the initial parameters (PyTorch's default initialization); default: a fresh,
+        unseeded Generator.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from cnnkit import nn
+    >>> conv = nn.Conv2d(3, 8, 3, padding=1, rng=np.random.default_rng(0))
+    >>> conv.weight.shape, conv.bias.shape
+    ((8, 3, 3, 3), (8,))
+    >>> y = conv(np.ones((2, 3, 16, 16), np.float32))
+    >>> y.shape, y.dtype
+    ((2, 8, 16, 16), dtype('float32'))
+    >>> conv.backward(np.ones_like(y)).shape  # writes conv.grads, returns the input gradient
+    (2, 3, 16, 16)
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
+                 stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] | str = 0,
+                 dilation: int | tuple[int, int] = 1, groups: int = 1, bias: bool = True, *,
+                 layout: str = "NCHW", rng: np.random.Generator | None = None):
         super().__init__()
         self.in_channels = _positive_int("in_channels", in_channels)
         self.out_channels = _positive_int("out_channels", out_channels)
@@ -112,7 +150,7 @@ class Conv2d(Module):
         rng = _rng(rng)
         fan_in = (in_channels // groups) * k[0] * k[1]
         self._param("weight", _kaiming_uniform(rng, (out_channels, in_channels // groups) + k, fan_in))
-        self.has_bias = bool(bias)
+        self.has_bias = check_bool("bias", bias)
         if self.has_bias:
             self._param("bias", _kaiming_uniform(rng, (out_channels,), fan_in))
         self._pack()
@@ -125,10 +163,23 @@ class Conv2d(Module):
         """The output shape for this input shape, computed once per input shape."""
         key = tuple(x_shape)
         if self._ws.get("shape_of") != key:
-            self._ws["shape_of"], self._ws["out_shape"] = key, ops.conv2d_output_shape(key, weight_shape, **kw)
+            self._ws["shape_of"], self._ws["out_shape"] = key, _conv_out_shape(key, weight_shape, **kw)
         return self._ws["out_shape"]
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """The convolution of ``x`` (kept for :meth:`backward`).
+
+        Parameters
+        ----------
+        x : float32 ndarray
+            (N, C_in, H, W), or (N, H, W, C_in) with ``layout="NHWC"``.
+
+        Returns
+        -------
+        float32 ndarray
+            (N, C_out, Ho, Wo) (NHWC: (N, Ho, Wo, C_out)), Ho and Wo as in :func:`cnnkit.conv2d`;
+            a buffer reused by the next forward with an input of the same shape.
+        """
         _check_input(self, x, self.in_channels, self.layout)
         shape = self._out_shape(x.shape, self.params["weight"].shape, stride=self.stride, padding=self.padding,
                                 dilation=self.dilation, groups=self.groups, layout=self.layout)
@@ -136,37 +187,109 @@ class Conv2d(Module):
         y = self._buf("y", shape)
         return ops.conv2d(x, self.params["weight"], self.params.get("bias"), out=y, **self._args())
 
-    def backward(self, grad, input_grad=True):
-        needs = ("input",) if input_grad else ()
+    def backward(self, grad: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        """Write the weight (and bias) gradients into ``grads`` (unless parameter gradients are off,
+        :meth:`Module.set_param_grads`) and return the input gradient.
+
+        Parameters
+        ----------
+        grad : float32 ndarray
+            The gradient of the last forward's output, of its shape.
+        input_grad : bool
+            Compute and return the gradient with respect to x.
+
+        Returns
+        -------
+        float32 ndarray or None
+            The gradient with respect to the last forward's x (its shape; a reused buffer), or
+            None with ``input_grad=False``.
+        """
+        grad = self._check_grad(grad, self._ws.get("out_shape") if getattr(self, "_x", None) is not None
+                                else None)
+        needs: tuple[str, ...] = ("input",) if input_grad else ()
         if self.param_grads:
             needs += ("weight", "bias") if self.has_bias else ("weight",)
         if not needs:
             return None
+        if needs == ("input",) and self.groups == 1:
+            gi = self._channel_sparse_backward(grad)
+            if gi is not None:
+                return gi
         gi = self._buf("gx", self._x.shape) if input_grad else None
         pg = self.param_grads
         out = (gi, self.grads["weight"] if pg else None, self.grads.get("bias") if pg else None)
         ops.conv2d_backward(grad, self._x, self.params["weight"], needs=needs, out=out, **self._args())
         return gi
 
-    def extra_repr(self):
+    def _channel_sparse_backward(self, grad: np.ndarray) -> np.ndarray | None:
+        """The input gradient from only the output channels whose gradient is not zero, when at
+        most a quarter of them have one (a gradient injected at one channel, as feature
+        visualization does: the other channels' terms are exact zeros); else None. A probe of one
+        position's channels rules out dense gradients without a pass over ``grad``."""
+        C = self.out_channels
+        if C < 8 or grad.ndim != 4:
+            return None
+        ax = 1 if self.layout == "NCHW" else 3
+        H, W = (grad.shape[2], grad.shape[3]) if ax == 1 else (grad.shape[1], grad.shape[2])
+        probe = grad[0, :, H // 2, W // 2] if ax == 1 else grad[0, H // 2, W // 2]
+        if 4 * np.count_nonzero(probe) > C:
+            return None
+        nz = np.flatnonzero(np.any(grad != 0, axis=(0, 2, 3) if ax == 1 else (0, 1, 2)))
+        if 4 * nz.size > C:
+            return None
+        gi = self._buf("gx", self._x.shape)
+        if nz.size == 0:
+            gi[...] = 0
+            return gi
+        g = np.ascontiguousarray(np.take(grad, nz, axis=ax))
+        w = np.ascontiguousarray(self.params["weight"][nz])
+        ops.conv2d_backward(g, self._x, w, needs=("input",), out=(gi, None, None), **self._args())
+        return gi
+
+    def extra_repr(self) -> str:
+        """The constructor arguments ``repr(module)`` shows.
+
+        Returns
+        -------
+        str
+        """
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
                 f"padding={self.padding}, groups={self.groups}, bias={self.has_bias}, layout={self.layout!r}")
 
 
 class DepthwiseSeparableConv2d(Module):
-    """Depthwise k x k conv (groups = C_in) then pointwise 1x1 conv, fused in
-    :func:`cnnkit.depthwise_separable_conv2d` (the intermediate stays in cache). Parameters in
-    torch order: depthwise weight, depthwise bias, pointwise weight, pointwise bias."""
+    """Depthwise k x k conv (groups = C_in) then pointwise 1x1 conv through
+    :func:`cnnkit.depthwise_separable_conv2d` (two convolutions over chunks of images, so the
+    intermediate is re-read from cache; not a fused kernel). Parameters in
+    torch order: depthwise weight, depthwise bias, pointwise weight, pointwise bias.
 
-    def __init__(self, in_channels, out_channels, kernel_size=3, stride=1, padding=1, bias=True, *,
-                 layout="NCHW", rng=None):
+    Parameters
+    ----------
+    in_channels, out_channels : int >= 1
+        C_in and C_out. ``dw_weight`` is (C_in, 1, kH, kW), ``pw_weight`` (C_out, C_in, 1, 1).
+    kernel_size, stride : int or (int, int), >= 1
+        Of the depthwise convolution.
+    padding : int, (int, int), "same" or "valid"
+        Of the depthwise convolution.
+    bias : bool
+        Learn ``dw_bias`` (C_in,) and ``pw_bias`` (C_out,).
+    layout : "NCHW" or "NHWC"
+        The layout of the input and output.
+    rng : numpy.random.Generator, optional
+        Draws the initial parameters (PyTorch's default initialization); default: a fresh,
+        unseeded Generator.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int] = 3,
+                 stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] | str = 1, bias: bool = True, *,
+                 layout: str = "NCHW", rng: np.random.Generator | None = None):
         super().__init__()
         self.in_channels = _positive_int("in_channels", in_channels)
         self.out_channels = _positive_int("out_channels", out_channels)
         k, _, _ = _conv_geometry(kernel_size, stride, padding, 1)
         self.kernel_size, self.stride, self.padding = k, stride, padding
         self.layout = _layout(layout)
-        self.has_bias = bool(bias)
+        self.has_bias = check_bool("bias", bias)
         rng = _rng(rng)
         self._param("dw_weight", _kaiming_uniform(rng, (in_channels, 1) + k, k[0] * k[1]))
         if self.has_bias:
@@ -176,11 +299,23 @@ class DepthwiseSeparableConv2d(Module):
             self._param("pw_bias", _kaiming_uniform(rng, (out_channels,), in_channels))
         self._pack()
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """The depthwise then pointwise convolution of ``x`` (kept for :meth:`backward`).
+
+        Parameters
+        ----------
+        x : float32 ndarray
+            (N, C_in, H, W), or (N, H, W, C_in) with ``layout="NHWC"``.
+
+        Returns
+        -------
+        float32 ndarray
+            (N, C_out, Ho, Wo) (NHWC: (N, Ho, Wo, C_out)); a reused buffer.
+        """
         _check_input(self, x, self.in_channels, self.layout)
         p = self.params
         self._x = x
-        dws = ops.conv2d_output_shape(x.shape, p["dw_weight"].shape, self.stride, self.padding,
+        dws = _conv_out_shape(x.shape, p["dw_weight"].shape, self.stride, self.padding,
                                       groups=self.in_channels, layout=self.layout)
         shape = (dws[0], self.out_channels) + dws[2:] if self.layout == "NCHW" else dws[:3] + (self.out_channels,)
         y = self._buf("y", shape)
@@ -188,7 +323,24 @@ class DepthwiseSeparableConv2d(Module):
                                               stride=self.stride, padding=self.padding, layout=self.layout, out=y,
                                               workspace=self._ws.setdefault("sep", {}))
 
-    def backward(self, grad, input_grad=True):
+    def backward(self, grad: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        """Write the gradients of all four parameters into ``grads`` (also with parameter gradients
+        off) and return the input gradient.
+
+        Parameters
+        ----------
+        grad : float32 ndarray
+            The gradient of the last forward's output, of its shape.
+        input_grad : bool
+            Compute and return the gradient with respect to x.
+
+        Returns
+        -------
+        float32 ndarray or None
+            The gradient with respect to the last forward's x (its shape; a reused buffer), or
+            None with ``input_grad=False``.
+        """
+        grad = self._check_grad(grad, self._ws["y"].shape if "y" in self._ws else None)
         p, g = self.params, self.grads
         gi, gdw, gpw, gdwb, gpwb = ops.depthwise_separable_conv2d_backward(
             grad, self._x, p["dw_weight"], p["pw_weight"], p.get("dw_bias"), stride=self.stride,
@@ -205,18 +357,35 @@ class BatchNorm2d(_ReLUMode, Module):
     """``torch.nn.BatchNorm2d`` on cnnkit's fused kernels, with an optional fused ReLU
     (``activation="relu"``) and residual input (``forward(x, residual)``: added before the
     activation). Running statistics are buffers (``running_mean``, ``running_var``,
-    ``num_batches_tracked``); eval mode uses them."""
+    ``num_batches_tracked``); eval mode uses them.
 
-    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True, *, activation=None, layout="NCHW"):
+    Parameters
+    ----------
+    num_features : int >= 1
+        C, the channel count.
+    eps : float > 0
+    momentum : float in [0, 1] or None
+        The running statistics' update factor; None: a cumulative average (factor 1 / batches
+        seen), as torch.
+    affine : bool
+        Learn ``weight`` (ones) and ``bias`` (zeros), (C,) each.
+    activation : None or "relu"
+        A ReLU fused after the normalization (and the residual).
+    layout : "NCHW" or "NHWC"
+        The layout of the input and output.
+    """
+
+    _mean: np.ndarray    # the last training forward's statistics, for backward
+    _invstd: np.ndarray
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True, *,
+                 activation: str | None = None, layout: str = "NCHW"):
         super().__init__()
         self.num_features = _positive_int("num_features", num_features)
-        if momentum is not None and not (isinstance(momentum, (int, float, np.floating)) and 0.0 <= momentum <= 1.0):
-            raise ValueError(f"momentum: expected a number in [0, 1] or None (cumulative average), got {momentum!r}")
-        self.eps, self.affine = float(eps), bool(affine)
-        self.momentum = None if momentum is None else float(momentum)
-        if activation not in (None, "relu"):
-            raise ValueError(f"activation: expected None or 'relu', got {activation!r}")
-        self.activation = activation
+        self.momentum = None if momentum is None else check_real("momentum", momentum, lo=0.0, hi=1.0)
+        self.eps = check_real("eps", eps, lo=0.0, lo_open=True)
+        self.affine = check_bool("affine", affine)
+        self.activation = check_choice("activation", activation, (None, "relu"))
         self.layout = _layout(layout)
         if self.affine:
             self._param("weight", np.ones(num_features))
@@ -226,7 +395,23 @@ class BatchNorm2d(_ReLUMode, Module):
         self._buffer("num_batches_tracked", np.zeros((), np.int64))
         self._pack()
 
-    def forward(self, x, residual=None):
+    def forward(self, x: np.ndarray, residual: np.ndarray | None = None) -> np.ndarray:
+        """Normalize ``x``: with the batch statistics in training mode (updating the running
+        statistics and ``num_batches_tracked``), with the running statistics in eval mode.
+
+        Parameters
+        ----------
+        x : float32 ndarray
+            (N, C, H, W), or (N, H, W, C) with ``layout="NHWC"``.
+        residual : float32 ndarray like x, optional
+            Added before the activation; its gradient is left in ``residual_grad`` by
+            :meth:`backward`.
+
+        Returns
+        -------
+        float32 ndarray
+            x's shape (a buffer reused by the next call with an input of the same shape).
+        """
         _check_input(self, x, self.num_features, self.layout)
         p, b = self.params, self.buffers
         y = self._buf("y", x.shape)
@@ -278,7 +463,31 @@ class BatchNorm2d(_ReLUMode, Module):
             self.grads["bias"][...] = np.sum(g64, axis=axes)
         return gi
 
-    def backward(self, grad, input_grad=True):
+    def backward(self, grad: np.ndarray, input_grad: bool = True) -> np.ndarray:
+        """Write the weight and bias gradients (affine, parameter gradients on) and return the input
+        gradient; the residual's gradient, if the forward had one, goes to ``residual_grad``. In
+        eval mode the statistics are constants (an affine map per channel), as torch's autograd
+        gives it.
+
+        Parameters
+        ----------
+        grad : float32 ndarray
+            The gradient of the last forward's output, of its shape.
+        input_grad : bool
+            Compute and return the gradient with respect to x.
+            Unused: the input gradient is always computed.
+
+        Returns
+        -------
+        float32 ndarray
+            The gradient with respect to the last forward's x (its shape; a reused buffer).
+
+        Raises
+        ------
+        ValueError
+            The "deconvnet" ReLU rule after a training-mode forward.
+        """
+        grad = self._check_grad(grad, self._x.shape if getattr(self, "_x", None) is not None else None)
         grad, masked = self._relu_grad(grad)
         if not self._trained:
             return self._eval_backward(grad, masked)
@@ -301,29 +510,65 @@ class BatchNorm2d(_ReLUMode, Module):
         self.residual_grad = res[3] if self._residual is not None else None
         return res[0]
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
+        """The constructor arguments ``repr(module)`` shows.
+
+        Returns
+        -------
+        str
+        """
         return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, activation={self.activation!r}"
 
 
 class GroupNorm(_ReLUMode, Module):
-    """``torch.nn.GroupNorm`` (statistics per sample and group), optional fused ReLU."""
+    """``torch.nn.GroupNorm`` (statistics per sample and group), optional fused ReLU.
 
-    def __init__(self, num_groups, num_channels, eps=1e-5, affine=True, *, activation=None, layout="NCHW"):
+    Parameters
+    ----------
+    num_groups : int >= 1
+        Divides ``num_channels``.
+    num_channels : int >= 1
+    eps : float > 0
+    affine : bool
+        Learn ``weight`` (ones) and ``bias`` (zeros), (C,) each.
+    activation : None or "relu"
+        A ReLU fused after the normalization.
+    layout : "NCHW" or "NHWC"
+        The layout of the input and output.
+    """
+
+    _mean: np.ndarray    # the last forward's statistics, for backward
+    _invstd: np.ndarray
+
+    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True, *,
+                 activation: str | None = None, layout: str = "NCHW"):
         super().__init__()
         self.num_groups = _positive_int("num_groups", num_groups)
         self.num_channels = _positive_int("num_channels", num_channels)
         if num_channels % num_groups:
             raise ValueError(f"num_groups: {num_groups} must divide num_channels {num_channels}")
-        if activation not in (None, "relu"):
-            raise ValueError(f"activation: expected None or 'relu', got {activation!r}")
-        self.eps, self.affine, self.activation = float(eps), bool(affine), activation
+        self.activation = check_choice("activation", activation, (None, "relu"))
+        self.eps = check_real("eps", eps, lo=0.0, lo_open=True)
+        self.affine = check_bool("affine", affine)
         self.layout = _layout(layout)
         if self.affine:
             self._param("weight", np.ones(num_channels))
             self._param("bias", np.zeros(num_channels))
         self._pack()
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """Normalize ``x`` per sample and group (the same in training and eval mode).
+
+        Parameters
+        ----------
+        x : float32 ndarray
+            (N, C, H, W), or (N, H, W, C) with ``layout="NHWC"``.
+
+        Returns
+        -------
+        float32 ndarray
+            x's shape (a buffer reused by the next call with an input of the same shape).
+        """
         _check_input(self, x, self.num_channels, self.layout)
         p = self.params
         self._x = x
@@ -333,7 +578,24 @@ class GroupNorm(_ReLUMode, Module):
         self._y = y
         return y
 
-    def backward(self, grad, input_grad=True):
+    def backward(self, grad: np.ndarray, input_grad: bool = True) -> np.ndarray:
+        """Write the weight and bias gradients (affine, parameter gradients on) and return the input
+        gradient.
+
+        Parameters
+        ----------
+        grad : float32 ndarray
+            The gradient of the last forward's output, of its shape.
+        input_grad : bool
+            Compute and return the gradient with respect to x.
+            Unused: the input gradient is always computed.
+
+        Returns
+        -------
+        float32 ndarray
+            The gradient with respect to the last forward's x (its shape; a reused buffer).
+        """
+        grad = self._check_grad(grad, self._x.shape if getattr(self, "_x", None) is not None else None)
         grad, masked = self._relu_grad(grad)
         needs = ("input", "weight", "bias") if self.affine and self.param_grads else ("input",)
         gi, gw, gb = ops.group_norm_backward(grad, self._x, self.num_groups, self.params.get("weight"), self._mean,
@@ -348,15 +610,55 @@ class GroupNorm(_ReLUMode, Module):
 
 class ReLU(_ReLUMode, Module):
     """max(x, 0); ``guided`` (see :meth:`Module.set_guided_backprop`) passes back only positive
-    gradients through positive activations."""
+    gradients through positive activations.
 
-    def forward(self, x):
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from cnnkit import nn
+    >>> relu = nn.ReLU()
+    >>> relu(np.array([[-1.0, 2.0]], np.float32)).tolist()
+    [[0.0, 2.0]]
+    >>> relu.backward(np.array([[5.0, -3.0]], np.float32)).tolist()
+    [[0.0, -3.0]]
+    """
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """``max(x, 0)`` element-wise.
+
+        Parameters
+        ----------
+        x : float32 ndarray
+            Any shape.
+
+        Returns
+        -------
+        float32 ndarray
+            x's shape (a buffer reused by the next call with an input of the same shape).
+        """
         _check_input(self, x, None, "NCHW", ndim=x.ndim if isinstance(x, np.ndarray) else 4)
         y = np.maximum(x, 0, out=self._buf("y", x.shape, x.dtype))
         self._y = y
         return y
 
-    def backward(self, grad, input_grad=True):
+    def backward(self, grad: np.ndarray, input_grad: bool = True) -> np.ndarray:
+        """The gradient through the ReLU by the module's rule (:meth:`Module.set_relu_backward`):
+        ``grad * (y > 0)``, guided ``max(grad, 0) * (y > 0)``, deconvnet ``max(grad, 0)``.
+
+        Parameters
+        ----------
+        grad : float32 ndarray
+            The gradient of the last forward's output, of its shape.
+        input_grad : bool
+            Compute and return the gradient with respect to x.
+            Unused: the input gradient is always computed.
+
+        Returns
+        -------
+        float32 ndarray
+            The gradient with respect to the last forward's x (its shape; a reused buffer).
+        """
+        grad = self._check_grad(grad, self._y.shape if getattr(self, "_y", None) is not None else None)
         gi = self._buf("gx", grad.shape, grad.dtype)
         if self.relu_mode == "deconvnet":
             return np.maximum(grad, 0, out=gi)
@@ -389,25 +691,39 @@ def _pool_geometry(x, k, s, p, layout, ceil_mode=False):
     return N, C, H, W, OH, OW
 
 
-def _pair(name, v, lo):
+def _pair(name: str, v: Any, lo: int) -> tuple[int, int]:
     """An int or a pair of ints >= lo, as a pair (TypeError for a wrong type, ValueError below lo)."""
-    return _conv_pair(v, name, lo)
+    return check_pair(name, v, lo)
 
 
 class _Pool2d(Module):
     _mode = 0  # 0 max; 1 average counting the padding (torch's default), 2 average without it
 
-    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, *, layout="NCHW"):
+    def __init__(self, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] | None = None,
+                 padding: int | tuple[int, int] = 0, ceil_mode: bool = False, *, layout: str = "NCHW"):
         super().__init__()
         self.kernel_size = _pair("kernel_size", kernel_size, 1)
         self.stride = self.kernel_size if stride is None else _pair("stride", stride, 1)
         self.padding = _pair("padding", padding, 0)
         if any(2 * p > k for p, k in zip(self.padding, self.kernel_size)):
             raise ValueError(f"padding: must be at most half the kernel size, got {padding} for {kernel_size}")
-        self.ceil_mode = bool(ceil_mode)
+        self.ceil_mode = check_bool("ceil_mode", ceil_mode)
         self.layout = _layout(layout)
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """Pool each channel of ``x`` over sliding windows.
+
+        Parameters
+        ----------
+        x : float32 ndarray
+            (N, C, H, W), or (N, H, W, C) with ``layout="NHWC"``.
+
+        Returns
+        -------
+        float32 ndarray
+            (N, C, Ho, Wo) (NHWC: (N, Ho, Wo, C)) with ``Ho = floor((H + 2*pH - kH) / sH) + 1``
+            (ceil with ``ceil_mode``, torch's rule); a reused buffer.
+        """
         _check_input(self, x, None, self.layout)
         N, C, H, W, OH, OW = _pool_geometry(x, self.kernel_size, self.stride, self.padding, self.layout,
                                             self.ceil_mode)
@@ -421,45 +737,116 @@ class _Pool2d(Module):
         self._idx = idx
         return y
 
-    def backward(self, grad, input_grad=True):
+    def backward(self, grad: np.ndarray, input_grad: bool = True) -> np.ndarray:
+        """The input gradient: each output's gradient goes to its window's first maximum (max
+        pooling) or is spread evenly over the window's divisor (average pooling).
+
+        Parameters
+        ----------
+        grad : float32 ndarray
+            The gradient of the last forward's output, of its shape.
+        input_grad : bool
+            Compute and return the gradient with respect to x.
+            Unused: the input gradient is always computed.
+
+        Returns
+        -------
+        float32 ndarray
+            The gradient with respect to the last forward's x (its shape; a reused buffer).
+        """
+        grad = self._check_grad(grad, self._ws["y"].shape if "y" in self._ws else None)
         N, C, H, W, OH, OW = self._geo
         gi = self._buf("gx", self._x.shape)
         _pool_backward(np.ascontiguousarray(grad), gi, self._idx, N, C, H, W, OH, OW, *self.kernel_size,
                        *self.stride, *self.padding, self.layout == "NHWC", self._mode)
         return gi
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
+        """The constructor arguments ``repr(module)`` shows.
+
+        Returns
+        -------
+        str
+        """
         return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
                 f"ceil_mode={self.ceil_mode}")
 
 
 class MaxPool2d(_Pool2d):
     """``torch.nn.MaxPool2d`` (padding is -inf; the gradient goes to the first maximum;
-    ``ceil_mode`` as torch's)."""
+    ``ceil_mode`` as torch's).
+
+    Parameters
+    ----------
+    kernel_size : int or (int, int), >= 1
+    stride : int or (int, int), >= 1, optional
+        Default: ``kernel_size``.
+    padding : int or (int, int), >= 0
+        At most half the kernel size.
+    ceil_mode : bool
+        Round the output size up (torch's rule).
+    layout : "NCHW" or "NHWC"
+        The layout of the input and output.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from cnnkit import nn
+    >>> x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+    >>> nn.MaxPool2d(2)(x).tolist()
+    [[[[5.0, 7.0], [13.0, 15.0]]]]
+    """
     _mode = 0
 
 
 class AvgPool2d(_Pool2d):
     """``torch.nn.AvgPool2d``: ``count_include_pad`` (default True) counts the padded zeros in the
-    divisor; ``ceil_mode`` as torch's (a window running past the padding divides by its clipped size)."""
+    divisor; ``ceil_mode`` as torch's (a window running past the padding divides by its clipped size).
+
+    Parameters
+    ----------
+    kernel_size, stride, padding, ceil_mode, layout
+        As in :class:`MaxPool2d`.
+    count_include_pad : bool
+        Count the padded zeros in the divisor.
+    """
     _mode = 1
 
-    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True, *,
-                 layout="NCHW"):
+    def __init__(self, kernel_size: int | tuple[int, int], stride: int | tuple[int, int] | None = None,
+                 padding: int | tuple[int, int] = 0, ceil_mode: bool = False, count_include_pad: bool = True, *,
+                 layout: str = "NCHW"):
         super().__init__(kernel_size, stride, padding, ceil_mode, layout=layout)
-        self.count_include_pad = bool(count_include_pad)
+        self.count_include_pad = check_bool("count_include_pad", count_include_pad)
         self._mode = 1 if self.count_include_pad else 2
 
 
 class GlobalAvgPool2d(Module):
     """Mean over the spatial axes: (N, C, H, W) or (N, H, W, C) -> (N, C) (compiled; summed in
-    double)."""
+    double).
 
-    def __init__(self, *, layout="NCHW"):
+    Parameters
+    ----------
+    layout : "NCHW" or "NHWC"
+        The layout of the input.
+    """
+
+    def __init__(self, *, layout: str = "NCHW"):
         super().__init__()
         self.layout = _layout(layout)
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """The mean of each channel of ``x`` over H and W.
+
+        Parameters
+        ----------
+        x : float32 ndarray
+            (N, C, H, W), or (N, H, W, C) with ``layout="NHWC"``.
+
+        Returns
+        -------
+        float32 ndarray (N, C)
+            A reused buffer.
+        """
         _check_input(self, x, None, self.layout)
         self._shape = x.shape
         N, C, S = self._geometry()
@@ -473,7 +860,23 @@ class GlobalAvgPool2d(Module):
         S = self._shape[2] * self._shape[3] if self.layout == "NCHW" else self._shape[1] * self._shape[2]
         return N, C, S
 
-    def backward(self, grad, input_grad=True):
+    def backward(self, grad: np.ndarray, input_grad: bool = True) -> np.ndarray:
+        """The input gradient: ``grad[n, c] / (H*W)`` at every position.
+
+        Parameters
+        ----------
+        grad : float32 ndarray
+            The gradient of the last forward's output, (N, C).
+        input_grad : bool
+            Compute and return the gradient with respect to x.
+            Unused: the input gradient is always computed.
+
+        Returns
+        -------
+        float32 ndarray
+            The gradient with respect to the last forward's x (its shape; a reused buffer).
+        """
+        grad = self._check_grad(grad, self._ws["y"].shape if "y" in self._ws else None)
         N, C, S = self._geometry()
         gi = self._buf("gx", self._shape)
         _core.global_avg_pool_backward(np.ascontiguousarray(grad, dtype=np.float32), gi, N, C, S,
@@ -482,13 +885,32 @@ class GlobalAvgPool2d(Module):
 
 
 class Flatten(Module):
-    """(N, ...) -> (N, prod). NHWC input is flattened in NCHW order (as the PyTorch model would)."""
+    """(N, ...) -> (N, prod). NHWC input is flattened in NCHW order (as the PyTorch model would).
 
-    def __init__(self, *, layout="NCHW"):
+    Parameters
+    ----------
+    layout : "NCHW" or "NHWC"
+        The layout of a 4-D input.
+    """
+
+    def __init__(self, *, layout: str = "NCHW"):
         super().__init__()
         self.layout = _layout(layout)
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """``x`` as (N, prod(x.shape[1:])).
+
+        Parameters
+        ----------
+        x : float32 ndarray
+            (N, ...), at least 2-D.
+
+        Returns
+        -------
+        float32 ndarray (N, prod(x.shape[1:]))
+            ``x.reshape(N, -1)`` (a view where possible); a 4-D NHWC input is first transposed to
+            NCHW order, into a reused buffer.
+        """
         _check_input(self, x, None, self.layout, ndim=x.ndim if isinstance(x, np.ndarray) else 4)
         if x.ndim < 2:
             raise ValueError(f"x: expected at least 2 dimensions (N, ...), got shape {x.shape}")
@@ -496,10 +918,27 @@ class Flatten(Module):
         if self.layout == "NHWC" and x.ndim == 4:
             y = self._buf("y", (x.shape[0], x.shape[3], x.shape[1], x.shape[2]))
             y[...] = x.transpose(0, 3, 1, 2)
-            return y.reshape(x.shape[0], -1)
-        return x.reshape(x.shape[0], -1)
+            return y.reshape(x.shape[0], math.prod(x.shape[1:]))
+        return x.reshape(x.shape[0], math.prod(x.shape[1:]))  # not -1: an empty batch reshapes too
 
-    def backward(self, grad, input_grad=True):
+    def backward(self, grad: np.ndarray, input_grad: bool = True) -> np.ndarray:
+        """``grad`` reshaped (and for NHWC transposed) back to x's shape.
+
+        Parameters
+        ----------
+        grad : float32 ndarray
+            The gradient of the last forward's output, of its shape.
+        input_grad : bool
+            Compute and return the gradient with respect to x.
+            Unused: the input gradient is always computed.
+
+        Returns
+        -------
+        float32 ndarray
+            The gradient with respect to the last forward's x (its shape; a reused buffer).
+        """
+        shape = getattr(self, "_shape", None)
+        grad = self._check_grad(grad, None if shape is None else (shape[0], math.prod(shape[1:])))
         if self.layout == "NHWC" and len(self._shape) == 4:
             N, H, W, C = self._shape
             gi = self._buf("gx", self._shape)
@@ -509,20 +948,50 @@ class Flatten(Module):
 
 
 class Linear(Module):
-    """``torch.nn.Linear``: y = x W^T + b, weight (out_features, in_features)."""
+    """``torch.nn.Linear``: y = x W^T + b, weight (out_features, in_features).
 
-    def __init__(self, in_features, out_features, bias=True, *, rng=None):
+    Parameters
+    ----------
+    in_features, out_features : int >= 1
+    bias : bool
+        Learn a bias (out_features,).
+    rng : numpy.random.Generator, optional
+        Draws the initial parameters (PyTorch's default initialization); default: a fresh,
+        unseeded Generator.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from cnnkit import nn
+    >>> fc = nn.Linear(4, 2, rng=np.random.default_rng(0))
+    >>> fc(np.ones((3, 4), np.float32)).shape
+    (3, 2)
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
+                 rng: np.random.Generator | None = None):
         super().__init__()
         self.in_features = _positive_int("in_features", in_features)
         self.out_features = _positive_int("out_features", out_features)
         rng = _rng(rng)
         self._param("weight", _kaiming_uniform(rng, (out_features, in_features), in_features))
-        self.has_bias = bool(bias)
+        self.has_bias = check_bool("bias", bias)
         if self.has_bias:
             self._param("bias", _kaiming_uniform(rng, (out_features,), in_features))
         self._pack()
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """``x @ weight.T + bias`` (x kept for :meth:`backward`).
+
+        Parameters
+        ----------
+        x : float32 ndarray (N, in_features)
+
+        Returns
+        -------
+        float32 ndarray (N, out_features)
+            A reused buffer.
+        """
         _check_input(self, x, self.in_features, "NCHW", ndim=2)
         self._x = x
         y = np.matmul(x, self.params["weight"].T, out=self._buf("y", (x.shape[0], self.out_features)))
@@ -530,7 +999,25 @@ class Linear(Module):
             y += self.params["bias"]
         return y
 
-    def backward(self, grad, input_grad=True):
+    def backward(self, grad: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
+        """Write ``grad.T @ x`` (and the bias gradient ``grad.sum(0)``) into ``grads`` (unless
+        parameter gradients are off) and return ``grad @ weight``.
+
+        Parameters
+        ----------
+        grad : float32 ndarray
+            The gradient of the last forward's output, (N, out_features).
+        input_grad : bool
+            Compute and return the gradient with respect to x.
+
+        Returns
+        -------
+        float32 ndarray or None
+            The gradient with respect to the last forward's x (its shape; a reused buffer), or
+            None with ``input_grad=False``.
+        """
+        x = getattr(self, "_x", None)
+        grad = self._check_grad(grad, None if x is None else (x.shape[0], self.out_features))
         if self.param_grads:
             np.matmul(grad.T, self._x, out=self.grads["weight"])
             if self.has_bias:
@@ -539,20 +1026,40 @@ class Linear(Module):
             return None
         return np.matmul(grad, self.params["weight"], out=self._buf("gx", self._x.shape))
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
+        """The constructor arguments ``repr(module)`` shows.
+
+        Returns
+        -------
+        str
+        """
         return f"{self.in_features}, {self.out_features}, bias={self.has_bias}"
 
 
 class _DropoutBase(Module):
-    def __init__(self, p=0.5, *, seed=None):
+    def __init__(self, p: float = 0.5, *, seed: int | np.random.SeedSequence | np.random.Generator | None = None):
         super().__init__()
-        p = float(p)
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"p: expected a probability in [0, 1], got {p!r}")
-        self.p = p
-        self.rng = np.random.default_rng(seed)
+        self.p = check_real("p", p, lo=0.0, hi=1.0)
+        self.rng = np.random.default_rng(check_seed("seed", seed))
 
-    def backward(self, grad, input_grad=True):
+    def backward(self, grad: np.ndarray, input_grad: bool = True) -> np.ndarray:
+        """``grad`` times the last forward's mask and scale (``grad`` itself in eval mode or with
+        ``p == 0``).
+
+        Parameters
+        ----------
+        grad : float32 ndarray
+            The gradient of the last forward's output, of its shape.
+        input_grad : bool
+            Compute and return the gradient with respect to x.
+            Unused: the input gradient is always computed.
+
+        Returns
+        -------
+        float32 ndarray
+            The last forward's x's shape.
+        """
+        grad = self._check_grad(grad, ... if getattr(self, "_scale", None) is None else self._ws["y"].shape)
         if self._scale is None:
             return grad
         return np.multiply(grad, self._scale, out=self._buf("gx", grad.shape))
@@ -560,9 +1067,31 @@ class _DropoutBase(Module):
 
 class Dropout(_DropoutBase):
     """``torch.nn.Dropout``: each element zeroed with probability p, survivors scaled by 1/(1-p);
-    identity in eval mode. Its own Generator (``seed``)."""
+    identity in eval mode. Its own Generator (``seed``).
 
-    def forward(self, x):
+    Parameters
+    ----------
+    p : float in [0, 1]
+        The probability of zeroing an element.
+    seed : int >= 0, numpy.random.SeedSequence or numpy.random.Generator, optional
+        Seeds the module's Generator (a Generator is used as it is; default: unseeded).
+    """
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """In training mode, ``x`` with each element zeroed with probability ``p`` and the others
+        scaled by ``1/(1-p)``; in eval mode (or ``p == 0``) ``x`` itself.
+
+        Parameters
+        ----------
+        x : float32 ndarray
+            Any shape.
+
+        Returns
+        -------
+        float32 ndarray
+            x's shape.
+        """
+        _check_input(self, x, None, "NCHW", ndim=x.ndim if isinstance(x, np.ndarray) else 4)
         if not self.training or self.p == 0.0:
             self._scale = None
             return x
@@ -574,14 +1103,39 @@ class Dropout(_DropoutBase):
 
 
 class SpatialDropout2d(_DropoutBase):
-    """``torch.nn.Dropout2d``: whole channels zeroed (:func:`cnnkit.augment.spatial_dropout`)."""
+    """``torch.nn.Dropout2d``: whole channels zeroed (:func:`cnnkit.augment.spatial_dropout`).
 
-    def __init__(self, p=0.5, *, layout="NCHW", seed=None):
+    Parameters
+    ----------
+    p : float in [0, 1]
+        The probability of zeroing a channel (of one image).
+    layout : "NCHW" or "NHWC"
+        The layout of the input and output.
+    seed : int >= 0, numpy.random.SeedSequence or numpy.random.Generator, optional
+        Seeds the module's Generator (a Generator is used as it is; default: unseeded).
+    """
+
+    def __init__(self, p: float = 0.5, *, layout: str = "NCHW",
+                 seed: int | np.random.SeedSequence | np.random.Generator | None = None):
         super().__init__(p, seed=seed)
         self.layout = _layout(layout)
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """In training mode, ``x`` with each (image, channel) plane zeroed with probability ``p`` and
+        the others scaled by ``1/(1-p)``; in eval mode (or ``p == 0``) ``x`` itself.
+
+        Parameters
+        ----------
+        x : float32 ndarray
+            (N, C, H, W), or (N, H, W, C) with ``layout="NHWC"``.
+
+        Returns
+        -------
+        float32 ndarray
+            x's shape.
+        """
         from ..augment.functional import spatial_dropout
+        _check_input(self, x, None, self.layout)
         if not self.training or self.p == 0.0:
             self._scale = None
             return x
@@ -592,6 +1146,7 @@ class SpatialDropout2d(_DropoutBase):
 
 
 def _norm(kind, C, layout, activation=None, groups=8):
+    check_choice("norm", kind, ("batch", "group", None))
     if kind == "batch":
         return BatchNorm2d(C, activation=activation, layout=layout)
     if kind == "group":
@@ -613,9 +1168,15 @@ class _Residual(Module):
     """The shared tail of the residual blocks: the last norm adds the shortcut ``r`` (fused into
     batch norm with the ReLU; otherwise an add then a ReLU), and its adjoint."""
 
-    _order = ()  # the main path's sub-modules, in torch's order (absent ones are None)
+    _order: tuple[str, ...] = ()  # the main path's sub-modules, in torch's order (absent ones are None)
 
-    def children(self):
+    def children(self) -> list[tuple[str, Module]]:
+        """The sub-modules in torch's order and names (``downsample`` for the shortcut).
+
+        Returns
+        -------
+        list of (str, Module)
+        """
         names = {"shortcut": "downsample", "post": "relu"}
         return [(names.get(a, a), getattr(self, a)) for a in self._order + ("shortcut", "post")
                 if getattr(self, a) is not None]
@@ -645,11 +1206,33 @@ class ResidualBlock(_Residual):
     """torchvision's BasicBlock: conv3x3(stride) - norm - ReLU - conv3x3 - norm, plus the shortcut
     (identity, or conv1x1(stride) - norm when the shape changes), then ReLU. ``groups`` makes both
     3x3 convs grouped; ``norm`` is "batch", "group" or None (convs get biases). The ReLUs are fused
-    into the norms (batch norm also takes the residual) when there is a norm."""
+    into the norms (batch norm also takes the residual) when there is a norm.
+
+    Parameters
+    ----------
+    in_channels, out_channels : int >= 1
+    stride : int
+        Of the first 3x3 conv and the shortcut.
+    groups : int
+        Groups of both 3x3 convs.
+    norm : "batch", "group" or None
+    layout : "NCHW" or "NHWC"
+    rng : numpy.random.Generator, optional
+        Draws the initial parameters (default: a fresh, unseeded Generator).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from cnnkit import nn
+    >>> block = nn.ResidualBlock(4, 8, stride=2, rng=np.random.default_rng(0))
+    >>> block(np.ones((2, 4, 8, 8), np.float32)).shape
+    (2, 8, 4, 4)
+    """
 
     _order = ("conv1", "bn1", "conv2", "bn2")
 
-    def __init__(self, in_channels, out_channels, stride=1, *, groups=1, norm="batch", layout="NCHW", rng=None):
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, *, groups: int = 1,
+                 norm: str | None = "batch", layout: str = "NCHW", rng: np.random.Generator | None = None):
         super().__init__()
         rng = _rng(rng)
         bias = norm is None
@@ -663,12 +1246,40 @@ class ResidualBlock(_Residual):
         self.shortcut = _shortcut(in_channels, out_channels, stride, norm, layout, rng)
         self._pack()
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """The block's output, ``relu(main(x) + shortcut(x))``.
+
+        Parameters
+        ----------
+        x : float32 ndarray
+            (N, in_channels, H, W), or (N, H, W, in_channels) with ``layout="NHWC"``.
+
+        Returns
+        -------
+        float32 ndarray
+            (N, out_channels, Ho, Wo) (NHWC likewise), ``Ho = ceil(H / stride)``.
+        """
         r = x if self.shortcut is None else self.shortcut(x)
         h = self.bn1(self.conv1(x))
         return self._merge(self.conv2(h), r, self.bn2)
 
-    def backward(self, grad, input_grad=True):
+    def backward(self, grad: np.ndarray, input_grad: bool = True) -> np.ndarray:
+        """Backpropagate through the main path and the shortcut, writing every sub-module's parameter
+        gradients, and return the input gradient (the sum of both paths').
+
+        Parameters
+        ----------
+        grad : float32 ndarray
+            The gradient of the last forward's output, of its shape.
+        input_grad : bool
+            Compute and return the gradient with respect to x.
+            Unused: the input gradient is always computed.
+
+        Returns
+        -------
+        float32 ndarray
+            The gradient with respect to the last forward's x (its shape; a reused buffer).
+        """
         g, gr = self._unmerge(grad, self.bn2)
         g = self.conv2._backward(g)
         g = self.bn1._backward(g)
@@ -677,14 +1288,30 @@ class ResidualBlock(_Residual):
 
 class BottleneckBlock(_Residual):
     """ResNeXt's bottleneck: conv1x1 - norm - ReLU - grouped conv3x3(stride) - norm - ReLU -
-    conv1x1 - norm, plus the shortcut, then ReLU (``width`` channels inside, ``groups`` groups)."""
+    conv1x1 - norm, plus the shortcut, then ReLU (``width`` channels inside, ``groups`` groups).
+
+    Parameters
+    ----------
+    in_channels, out_channels : int >= 1
+    width : int >= 1
+        Channels of the inner (grouped 3x3) convolution; divisible by ``groups``.
+    stride : int
+        Of the 3x3 conv and the shortcut.
+    groups : int
+    norm : "batch", "group" or None
+    layout : "NCHW" or "NHWC"
+    rng : numpy.random.Generator, optional
+        Draws the initial parameters (default: a fresh, unseeded Generator).
+    """
 
     _order = ("conv1", "bn1", "conv2", "bn2", "conv3", "bn3")
 
-    def __init__(self, in_channels, out_channels, width, stride=1, *, groups=8, norm="batch", layout="NCHW",
-                 rng=None):
+    def __init__(self, in_channels: int, out_channels: int, width: int, stride: int = 1, *, groups: int = 8,
+                 norm: str | None = "batch", layout: str = "NCHW", rng: np.random.Generator | None = None):
         super().__init__()
         rng = _rng(rng)
+        _positive_int("width", width)
+        norm = check_choice("norm", norm, ("batch", "group", None))
         bias = norm is None
         self.norm = norm
         self.conv1 = Conv2d(in_channels, width, 1, bias=bias, layout=layout, rng=rng)
@@ -697,12 +1324,40 @@ class BottleneckBlock(_Residual):
         self.shortcut = _shortcut(in_channels, out_channels, stride, norm, layout, rng)
         self._pack()
 
-    def forward(self, x):
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """The block's output, ``relu(main(x) + shortcut(x))``.
+
+        Parameters
+        ----------
+        x : float32 ndarray
+            (N, in_channels, H, W), or (N, H, W, in_channels) with ``layout="NHWC"``.
+
+        Returns
+        -------
+        float32 ndarray
+            (N, out_channels, Ho, Wo) (NHWC likewise), ``Ho = ceil(H / stride)``.
+        """
         r = x if self.shortcut is None else self.shortcut(x)
         h = self.bn2(self.conv2(self.bn1(self.conv1(x))))
         return self._merge(self.conv3(h), r, self.bn3)
 
-    def backward(self, grad, input_grad=True):
+    def backward(self, grad: np.ndarray, input_grad: bool = True) -> np.ndarray:
+        """Backpropagate through the main path and the shortcut, writing every sub-module's parameter
+        gradients, and return the input gradient (the sum of both paths').
+
+        Parameters
+        ----------
+        grad : float32 ndarray
+            The gradient of the last forward's output, of its shape.
+        input_grad : bool
+            Compute and return the gradient with respect to x.
+            Unused: the input gradient is always computed.
+
+        Returns
+        -------
+        float32 ndarray
+            The gradient with respect to the last forward's x (its shape; a reused buffer).
+        """
         g, gr = self._unmerge(grad, self.bn3)
         g = self.conv3._backward(g)
         g = self.conv2._backward(self.bn2._backward(g))

@@ -1,9 +1,12 @@
 """Losses: softmax cross-entropy fused with log-softmax (one compiled pass, double per row)."""
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from .. import _core
+from .._validate import check_array, check_choice, check_real
 
 __all__ = ["CrossEntropyLoss"]
 
@@ -20,29 +23,70 @@ class CrossEntropyLoss:
     the gradient with it; ``backward()`` returns that gradient, d loss / d logits (a reused
     float32 buffer). Unweighted losses run in one compiled pass; with ``weight`` or ignored
     labels the same formulas run in float64 NumPy.
+
+    Parameters
+    ----------
+    weight : array_like (K,), optional
+        Finite, non-negative class weights.
+    ignore_index : int
+        A class-index target with this value contributes nothing.
+    reduction : {"mean", "sum", "none"}
+    label_smoothing : float in [0, 1]
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from cnnkit import nn
+    >>> loss_fn = nn.CrossEntropyLoss()
+    >>> logits = np.zeros((2, 4), np.float32)
+    >>> round(loss_fn(logits, np.array([1, 3])), 6)  # log(4)
+    1.386294
+    >>> loss_fn.backward()[0].tolist()  # (softmax - onehot) / N
+    [0.125, -0.375, 0.125, 0.125]
     """
 
-    def __init__(self, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0):
-        eps = float(label_smoothing)
-        if not 0.0 <= eps <= 1.0:
-            raise ValueError(f"label_smoothing: expected a value in [0, 1], got {label_smoothing!r}")
-        if reduction not in ("mean", "sum", "none"):
-            raise ValueError(f"reduction: expected 'mean', 'sum' or 'none', got {reduction!r}")
+    def __init__(self, weight: Any = None, ignore_index: int = -100, reduction: str = "mean",
+                 label_smoothing: float = 0.0):
+        eps = check_real("label_smoothing", label_smoothing, lo=0.0, hi=1.0)
+        check_choice("reduction", reduction, ("mean", "sum", "none"))
         if isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer)):
             raise TypeError(f"ignore_index: expected an int, got {ignore_index!r}")
         if weight is not None:
-            weight = np.asarray(weight, dtype=np.float64)
+            w = np.asarray(weight) if isinstance(weight, (np.ndarray, list, tuple)) else None
+            if w is None or w.dtype.kind not in "iuf":
+                raise TypeError(f"weight: expected (K,) real class weights, got {type(weight).__name__}"
+                                f"{' ' + str(w.dtype) if w is not None else ''}")
+            weight = w.astype(np.float64)
             if weight.ndim != 1 or not np.all(np.isfinite(weight)) or np.any(weight < 0):
                 raise ValueError(f"weight: expected (K,) finite non-negative class weights, got {weight!r}")
         self.weight, self.ignore_index = weight, int(ignore_index)
         self.label_smoothing, self.reduction = eps, reduction
-        self._grad = None
-        self._soft = None
+        self._grad: np.ndarray | None = None
+        self._soft: np.ndarray | None = None
 
-    def forward(self, logits, target):
-        if not isinstance(logits, np.ndarray) or logits.dtype != np.float32 or logits.ndim != 2:
-            raise TypeError(f"logits: expected a float32 (N, K) array, got "
-                            f"{getattr(logits, 'dtype', type(logits).__name__)} {getattr(logits, 'shape', '')}")
+    def forward(self, logits: np.ndarray, target: np.ndarray) -> float | np.ndarray:
+        """The loss of ``logits`` against ``target``; its gradient is kept for :meth:`backward`.
+
+        Parameters
+        ----------
+        logits : float32 ndarray (N, K)
+        target : ndarray
+            Class indices (N,) (integers in [0, K) or ``ignore_index``) or soft targets (N, K)
+            (floats; rows of probabilities).
+
+        Returns
+        -------
+        float or float64 ndarray (N,)
+            The reduced loss, or the per-row losses with ``reduction="none"``.
+
+        Raises
+        ------
+        TypeError
+            Logits that are not a float32 (N, K) array; targets of another kind.
+        ValueError
+            Class indices out of range, or targets / weights of the wrong size.
+        """
+        check_array("logits", logits, dtypes=(np.float32,), ndim=2, what="(N, K)")
         N, K = logits.shape
         target = np.asarray(target)
         labels = soft = None
@@ -105,8 +149,10 @@ class CrossEntropyLoss:
             divisor = float(N) if self.reduction == "mean" else 1.0
         per = -(a * logp).sum(axis=1)
         grad = np.exp(logp) * a.sum(axis=1, keepdims=True) - a
+        out = self._grad
+        assert out is not None  # allocated by forward
         with np.errstate(invalid="ignore", divide="ignore"):
-            self._grad[...] = grad / divisor if divisor else np.nan
+            out[...] = grad / divisor if divisor else np.nan
         if self.reduction == "none":
             return per
         total = float(per.sum())
@@ -116,7 +162,19 @@ class CrossEntropyLoss:
 
     __call__ = forward
 
-    def backward(self):
+    def backward(self) -> np.ndarray:
+        """The gradient of the last :meth:`forward`'s loss with respect to its logits.
+
+        Returns
+        -------
+        float32 ndarray (N, K)
+            d loss / d logits (a buffer reused by the next forward of the same shape).
+
+        Raises
+        ------
+        ValueError
+            No forward yet.
+        """
         if self._grad is None:
             raise ValueError("backward: call forward first")
         return self._grad

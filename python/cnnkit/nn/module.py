@@ -13,7 +13,11 @@ an input of the same shape (copy it to keep it).
 """
 from __future__ import annotations
 
+from typing import Any, Iterator
+
 import numpy as np
+
+from .._validate import check_array
 
 __all__ = ["Module", "Sequential", "Capture", "RELU_BACKWARD_MODES"]
 
@@ -25,9 +29,17 @@ SPARE_SHAPES = 2
 
 class Capture:
     """What :meth:`Module.capture` records on the next forward/backward: ``output`` (the layer's
-    output) and ``grad`` (the gradient flowing into that output). Copies, not views."""
+    output) and ``grad`` (the gradient flowing into that output). Copies, not views.
 
-    def __init__(self, name):
+    Parameters
+    ----------
+    name : str
+        The captured layer's dotted name (``name``); ``output`` and ``grad`` start as None.
+    """
+
+    def __init__(self, name: str):
+        if not isinstance(name, str):
+            raise TypeError(f"name: expected a layer name (str), got {type(name).__name__} {name!r}")
         self.name = name
         self.output = None
         self.grad = None
@@ -50,8 +62,10 @@ class Module:
         self.training = True
         self._ws: dict = {}
         self._captures: list[Capture] = []
-        self._arena = None
+        self._arena: Any = None  # (parameters, gradients) once packed
         self.param_grads = True  # False: backward computes only input gradients (interpretability)
+        self._inject_used = False
+        self._inject = None  # a gradient added to this module's output gradient (Sequential.backward(inject=))
 
     # ---- registration ----
     def _param(self, name, value):
@@ -65,16 +79,40 @@ class Module:
         self.buffers[name] = np.array(value)
         return self.buffers[name]
 
-    def children(self):
-        """Direct sub-modules, in order (name, module)."""
+    def children(self) -> list[tuple[str, Module]]:
+        """Direct sub-modules, in order.
+
+        Returns
+        -------
+        list of (str, Module)
+            (name, module) pairs; empty for a leaf layer.
+        """
         return []
 
-    def named_modules(self, prefix=""):
+    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, Module]]:
+        """This module and every sub-module, depth first, with dotted names (``"2.conv1"``); the
+        module itself comes first, named ``prefix``.
+
+        Parameters
+        ----------
+        prefix : str
+            The name given to this module (and prepended to the others').
+
+        Yields
+        ------
+        (str, Module)
+        """
         yield prefix, self
         for name, child in self.children():
             yield from child.named_modules(f"{prefix}.{name}" if prefix else str(name))
 
-    def modules(self):
+    def modules(self) -> list[Module]:
+        """This module and every sub-module, in :meth:`named_modules` order.
+
+        Returns
+        -------
+        list of Module
+        """
         return [m for _, m in self.named_modules()]
 
     def _pack(self):
@@ -94,7 +132,7 @@ class Module:
         self._arena = (flat_p, flat_g)
 
     @property
-    def arena(self):
+    def arena(self) -> tuple[np.ndarray, np.ndarray]:
         """(parameters, gradients) as the two flat float32 arrays every parameter views."""
         if self._arena is None:
             self._pack()
@@ -109,40 +147,90 @@ class Module:
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     # ---- parameters ----
-    def named_parameters(self):
+    def named_parameters(self) -> list[tuple[str, np.ndarray]]:
+        """Parameters by dotted name (``"0.weight"``), in PyTorch's order.
+
+        Returns
+        -------
+        list of (str, float32 ndarray)
+            Views into the arena (updated in place by optimizers).
+        """
         out = []
         for prefix, m in self.named_modules():
             for n in m._param_names:
                 out.append((f"{prefix}.{n}" if prefix else n, m.params[n]))
         return out
 
-    def parameters(self):
-        """Parameter arrays in PyTorch's order (views into the arena; updated in place)."""
+    def parameters(self) -> list[np.ndarray]:
+        """Parameter arrays in PyTorch's order (views into the arena; updated in place).
+
+        Returns
+        -------
+        list of float32 ndarray
+        """
         return [p for _, p in self.named_parameters()]
 
-    def gradients(self):
-        """Gradient arrays, one per parameter, in the same order (written by ``backward``)."""
+    def gradients(self) -> list[np.ndarray]:
+        """Gradient arrays, one per parameter, in the same order (written by ``backward``).
+
+        Returns
+        -------
+        list of float32 ndarray
+            Views into the gradient arena, of the parameters' shapes.
+        """
         return [m.grads[n] for m in self.modules() for n in m._param_names]
 
-    def zero_grad(self):
+    def zero_grad(self) -> None:
+        """Set every parameter gradient to 0."""
         for g in self.gradients():
             g[...] = 0
 
-    def num_parameters(self):
+    def num_parameters(self) -> int:
+        """The number of parameter elements.
+
+        Returns
+        -------
+        int
+        """
         return int(sum(p.size for p in self.parameters()))
 
     # ---- modes ----
-    def train(self, mode=True):
+    def train(self, mode: bool = True) -> Module:
+        """Set training mode (``mode=True``) or eval mode on this module and its sub-modules (batch
+        norm and dropout behave differently).
+
+        Parameters
+        ----------
+        mode : bool
+
+        Returns
+        -------
+        Module
+            ``self``.
+        """
         for m in self.modules():
             m.training = bool(mode)
         return self
 
-    def eval(self):
+    def eval(self) -> Module:
+        """Eval mode: ``train(False)``.
+
+        Returns
+        -------
+        Module
+            ``self``.
+        """
         return self.train(False)
 
     # ---- state ----
-    def state_dict(self):
-        """Parameters and buffers by dotted name (PyTorch's keys for the same architecture), copied."""
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Parameters and buffers by dotted name (PyTorch's keys for the same architecture), copied.
+
+        Returns
+        -------
+        dict of str to ndarray
+            float32 parameters; buffers in their own dtypes (``num_batches_tracked`` int64).
+        """
         d = {}
         for prefix, m in self.named_modules():
             for n in m._param_names:
@@ -151,8 +239,27 @@ class Module:
                 d[f"{prefix}.{n}" if prefix else n] = b.copy()
         return d
 
-    def load_state_dict(self, state, strict=True):
-        """Copy values in (shapes must match); ``strict``: the key sets must be equal."""
+    def load_state_dict(self, state: dict[str, Any], strict: bool = True) -> Module:
+        """Copy values in (shapes must match); ``strict``: the key sets must be equal.
+
+        Parameters
+        ----------
+        state : dict of str to array_like
+            As :meth:`state_dict` gives it (a PyTorch model's, converted to NumPy, fits).
+        strict : bool
+            Require exactly the model's keys; otherwise unknown keys are ignored and missing ones
+            left as they are.
+
+        Returns
+        -------
+        Module
+            ``self``.
+
+        Raises
+        ------
+        ValueError
+            Different keys (strict) or a shape mismatch; nothing is copied then.
+        """
         own = {}
         for prefix, m in self.named_modules():
             for n in m._param_names:
@@ -174,11 +281,30 @@ class Module:
                 own[k][...] = np.asarray(v)
         return self
 
-    def save(self, path):
-        """Write :meth:`state_dict` to an ``.npz`` file."""
-        np.savez(path, **self.state_dict())
+    def save(self, path: Any) -> None:
+        """Write :meth:`state_dict` to an ``.npz`` file.
 
-    def load(self, path, strict=True):
+        Parameters
+        ----------
+        path : str, os.PathLike or file
+            As ``numpy.savez`` takes it.
+        """
+        np.savez(path, **self.state_dict())  # type: ignore[arg-type]  # numpy's stub types the keywords as allow_pickle
+
+    def load(self, path: Any, strict: bool = True) -> Module:
+        """Load a file written by :meth:`save` (:meth:`load_state_dict` of its arrays).
+
+        Parameters
+        ----------
+        path : str, os.PathLike or file
+        strict : bool
+            As in :meth:`load_state_dict`.
+
+        Returns
+        -------
+        Module
+            ``self``.
+        """
         with np.load(path) as f:
             return self.load_state_dict({k: f[k] for k in f.files}, strict=strict)
 
@@ -205,7 +331,21 @@ class Module:
         return b
 
     # ---- calls with capture hooks ----
-    def __call__(self, x, *args, **kwargs):
+    def __call__(self, x: np.ndarray, *args: Any, **kwargs: Any) -> np.ndarray:
+        """``forward(x, *args, **kwargs)``, then this module's captures receive a copy of the output.
+
+        Parameters
+        ----------
+        x : float32 ndarray
+            The input, as :meth:`forward` takes it.
+        *args, **kwargs
+            More arguments of :meth:`forward` (``residual`` of a batch norm).
+
+        Returns
+        -------
+        float32 ndarray
+            The output of :meth:`forward`.
+        """
         y = self.forward(x, *args, **kwargs)
         for c in self._captures:
             c.output = y.copy()
@@ -216,13 +356,53 @@ class Module:
         for c in self._captures:
             c.grad = grad.copy()
 
+    def _grad_in(self, grad):
+        """The gradient reaching this module's output: ``grad`` from the layers above plus the
+        gradient injected here (:meth:`Sequential.backward` ``inject=``), if any."""
+        inj = self._inject
+        if inj is None:
+            return grad
+        self._inject_used = True
+        if inj.shape != grad.shape:
+            raise ValueError(f"inject: expected a gradient of the layer's output shape {grad.shape}, "
+                             f"got shape {inj.shape}")
+        return np.add(grad, inj, out=self._buf("grad_in", grad.shape, grad.dtype))
+
     def _backward(self, grad, **kwargs):
+        grad = self._grad_in(grad)
         self._note_grad(grad)
         return self.backward(grad, **kwargs)
 
-    def capture(self, layer_name):
+    def _check_grad(self, grad, shape):
+        """``grad``, the gradient at this module's output, checked before any work (errors name
+        ``grad``, the name :meth:`backward` takes): a float32 array (float64 is converted) of the
+        last forward output's ``shape`` (``...``: any shape; None: no forward yet)."""
+        if shape is None:
+            raise ValueError(f"grad: expected a forward call of {type(self).__name__} first, got none")
+        check_array("grad", grad, dtypes=(np.float32, np.float64), what="(the gradient at the output)")
+        if shape is not ... and grad.shape != tuple(shape):
+            raise ValueError(f"grad: expected shape {tuple(shape)} (the last output of {type(self).__name__}), "
+                             f"got {grad.shape}")
+        return grad if grad.dtype == np.float32 else grad.astype(np.float32)
+
+    def capture(self, layer_name: str) -> Capture:
         """Record ``layer_name``'s output and the gradient flowing into it on every following
-        forward/backward (a :class:`Capture`); :meth:`release` stops it."""
+        forward/backward (a :class:`Capture`); :meth:`release` stops it.
+
+        Parameters
+        ----------
+        layer_name : str
+            A name from :meth:`named_modules` (``""`` is the model itself).
+
+        Returns
+        -------
+        Capture
+
+        Raises
+        ------
+        ValueError
+            No layer of that name.
+        """
         names = dict(self.named_modules())
         if layer_name not in names:
             raise ValueError(f"layer_name: no layer {layer_name!r}; layers are {list(names)[1:]}")
@@ -230,18 +410,28 @@ class Module:
         names[layer_name]._captures.append(c)
         return c
 
-    def release(self):
+    def release(self) -> None:
         """Stop every capture in this model."""
         for m in self.modules():
             m._captures.clear()
 
-    def set_guided_backprop(self, enabled=True):
+    def set_guided_backprop(self, enabled: bool = True) -> Module:
         """Guided backprop: every ReLU (also fused ones) passes back only positive gradients
         through positive activations (``set_relu_backward("guided")``; ``False`` restores the
-        standard rule)."""
+        standard rule).
+
+        Parameters
+        ----------
+        enabled : bool
+
+        Returns
+        -------
+        Module
+            ``self``.
+        """
         return self.set_relu_backward("guided" if enabled else "standard")
 
-    def set_relu_backward(self, mode="standard"):
+    def set_relu_backward(self, mode: str = "standard") -> Module:
         """The rule every ReLU (also those fused into a norm) applies on the way back, for a
         gradient ``g`` reaching an output ``y = max(x, 0)``:
 
@@ -264,10 +454,10 @@ class Module:
             raise ValueError(f"mode: expected one of {RELU_BACKWARD_MODES}, got {mode!r}")
         for m in self.modules():
             if hasattr(m, "relu_mode"):
-                m.relu_mode = mode
+                setattr(m, "relu_mode", mode)  # the ReLU-bearing layers' attribute
         return self
 
-    def set_param_grads(self, enabled=True):
+    def set_param_grads(self, enabled: bool = True) -> Module:
         """Whether ``backward`` computes parameter gradients (default True). With ``False``
         every layer computes only the gradient with respect to its input and leaves the gradient
         arena untouched: attribution methods need nothing else, and skip the weight-gradient work.
@@ -287,25 +477,87 @@ class Module:
             m.param_grads = enabled
         return self
 
-    def forward(self, x):  # pragma: no cover - abstract
+    def forward(self, x: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        """The module's output for ``x`` (implemented by each layer; the input is kept for
+        :meth:`backward` where needed).
+
+        Parameters
+        ----------
+        x : float32 ndarray
+            The input batch, (N, ...).
+
+        Returns
+        -------
+        float32 ndarray
+            The output batch, valid until the next forward with an input of the same shape.
+        """
         raise NotImplementedError
 
-    def backward(self, grad, **kwargs):  # pragma: no cover - abstract
+    def backward(self, grad: np.ndarray, input_grad: bool = True) -> np.ndarray | None:  # pragma: no cover
+        """Backpropagate ``grad``, the gradient of the last forward's output: *write* the
+        parameter gradients (:meth:`gradients`, unless :meth:`set_param_grads` turned them off)
+        and return the gradient with respect to the last forward's input (implemented by each
+        layer; abstract here).
+
+        Parameters
+        ----------
+        grad : float32 ndarray
+            Of the last output's shape.
+        input_grad : bool
+            False: the input gradient is not needed (layers that can skip it return None).
+
+        Returns
+        -------
+        float32 ndarray or None
+            The input gradient (a reused buffer), or None when not asked for.
+        """
         raise NotImplementedError
 
     def __repr__(self):
         inner = "".join(f"\n  ({n}): " + repr(c).replace("\n", "\n  ") for n, c in self.children())
         return f"{type(self).__name__}({self.extra_repr()}{inner}{chr(10) if inner else ''})"
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
+        """The constructor arguments ``repr(module)`` shows (empty here).
+
+        Returns
+        -------
+        str
+        """
         return ""
 
 
 class Sequential(Module):
     """Modules applied in order. ``backward(grad, input_grad=False)`` returns the gradient with
-    respect to the input only when asked (the first layer then skips that work otherwise)."""
+    respect to the input only when asked (the first layer then skips that work otherwise).
 
-    def __init__(self, *modules):
+    Parameters
+    ----------
+    *modules : Module
+        The layers, in order (or one list or tuple of them); their parameters move into this
+        model's arena. ``model[i]`` and ``len(model)`` index them.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from cnnkit import nn, optim
+    >>> rng = np.random.default_rng(0)
+    >>> model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1, rng=rng), nn.ReLU(),
+    ...                       nn.GlobalAvgPool2d(), nn.Linear(4, 3, rng=rng))
+    >>> x = rng.standard_normal((8, 1, 6, 6)).astype(np.float32)
+    >>> labels = rng.integers(0, 3, 8)
+    >>> loss_fn = nn.CrossEntropyLoss()
+    >>> opt = optim.SGD(model.parameters(), lr=0.1)
+    >>> before = loss_fn(model(x), labels)
+    >>> for _ in range(5):
+    ...     loss = loss_fn(model.forward(x), labels)
+    ...     model.backward(loss_fn.backward())
+    ...     opt.step(model.gradients())
+    >>> bool(loss_fn(model(x), labels) < before)
+    True
+    """
+
+    def __init__(self, *modules: Any):  # Module, ... or one list/tuple of them
         super().__init__()
         if len(modules) == 1 and isinstance(modules[0], (list, tuple)):
             modules = tuple(modules[0])
@@ -313,9 +565,16 @@ class Sequential(Module):
             if not isinstance(m, Module):
                 raise TypeError(f"modules[{i}]: expected a cnnkit.nn.Module, got {type(m).__name__}")
         self.layers = list(modules)
+        self._ran: tuple | None = None  # (last layer run, stopped inside it, output shape) of the last forward
         self._pack()
 
-    def children(self):
+    def children(self) -> list[tuple[str, Module]]:
+        """The layers named by their index: ``[("0", layer0), ("1", layer1), ...]``.
+
+        Returns
+        -------
+        list of (str, Module)
+        """
         return [(str(i), m) for i, m in enumerate(self.layers)]
 
     def __getitem__(self, i):
@@ -324,43 +583,162 @@ class Sequential(Module):
     def __len__(self):
         return len(self.layers)
 
-    def forward(self, x):
-        for i, m in enumerate(self.layers):
-            try:
-                x = m(x)
-            except (ValueError, TypeError) as e:  # name the layer (nested containers add their own)
-                raise type(e)(f"layer {i} ({type(m).__name__}): {e}") from e
-        return x
+    def _locate(self, name, arg):
+        """(top-level index, rest of the dotted name) of the layer ``name`` (ValueError naming
+        ``arg`` for a name that is not a layer of this Sequential)."""
+        if not isinstance(name, str):
+            raise TypeError(f"{arg}: expected a dotted layer name (str), got {type(name).__name__}")
+        head, _, rest = name.partition(".")
+        if not name or not head.isdigit() or int(head) >= len(self.layers) or (
+                rest and rest not in dict(self.layers[int(head)].named_modules())):
+            raise ValueError(f"{arg}: no layer {name!r} in this Sequential; layers are "
+                             f"{[k for k, _ in self.named_modules()][1:]}")
+        return int(head), rest
 
-    def backward(self, grad, input_grad=False, until=None):
-        """Backpropagate ``grad`` (the gradient of the last layer's output) through the layers in
-        reverse order, writing parameter gradients; returns the input gradient if ``input_grad``.
+    def _ran_through(self, name):
+        """Whether the last forward computed the output of the layer ``name`` (a checked name)."""
+        head, _, rest = name.partition(".")
+        last, partial, _ = self._ran or (len(self.layers) - 1, False, None)
+        i = int(head)
+        if i != last or not partial:
+            return i <= last
+        return bool(rest) and self.layers[i]._ran_through(rest)
 
-        ``until``: a dotted layer name (as :meth:`named_modules` gives it). The pass stops as soon
-        as the gradient reaching that layer's output is known (its captures receive it): layers
-        before it are not run, so a layer's gradient costs only the layers above it (Grad-CAM at
-        the last block costs the pooling and the classifier). Returns None then; parameter
-        gradients of the layers below are left as they were.
+    def forward(self, x: np.ndarray, until: str | None = None) -> np.ndarray:
+        """Run the layers in order and return the last one's output.
+
+        Parameters
+        ----------
+        x : float32 ndarray
+            The input batch, as the first layer takes it.
+        until : str, optional
+            A dotted layer name (as :meth:`named_modules` gives it). The pass stops after the
+            layer that contains it (inside a nested Sequential, the pass stops inside it too); the
+            named layer's output and those of the layers before it are computed (captures receive
+            them), the layers above it are not run.
+
+        Returns
+        -------
+        float32 ndarray
+            The output of the last layer run (the model's output; with ``until``, the named
+            layer's, or that of the block that contains it when it lies inside one, e.g.
+            ``"2.conv1"``); :meth:`backward` then starts there.
+
+        Raises
+        ------
+        TypeError, ValueError
+            From a layer, with the layer's index and type prepended; ``until`` not a layer name.
         """
         n = len(self.layers)
-        stop, inner = 0, None
+        stop, inner = n - 1, ""
         if until is not None:
-            head, _, rest = str(until).partition(".")
-            if not head.isdigit() or int(head) >= n:
-                raise ValueError(f"until: no layer {until!r} in this Sequential; layers are "
-                                 f"{[k for k, _ in self.named_modules()][1:]}")
-            stop, inner = int(head), rest
+            stop, inner = self._locate(until, "until")
+        partial = bool(inner) and isinstance(self.layers[stop], Sequential)
+        for i in range(stop + 1):
+            m = self.layers[i]
+            try:
+                if i == stop and partial:   # stops inside m: m's own output is not computed
+                    x = m.forward(x, until=inner)
+                else:
+                    x = m(x)
+            except (ValueError, TypeError) as e:  # name the layer (nested containers add their own)
+                raise type(e)(f"layer {i} ({type(m).__name__}): {e}") from e
+        self._ran = (stop, partial, x.shape)
+        return x
+
+    def backward(self, grad: np.ndarray | None, input_grad: bool = False, until: str | None = None, *,
+                 inject: dict[str, np.ndarray] | None = None) -> np.ndarray | None:
+        """Backpropagate ``grad`` (the gradient of the output of the last layer the forward ran:
+        the model's output, or where ``forward(until=)`` stopped) through the layers in reverse
+        order, writing parameter gradients; returns the input gradient if ``input_grad``.
+
+        Parameters
+        ----------
+        grad : float32 ndarray or None
+            The gradient of that output, of its shape; None (zero) only with ``inject``.
+        input_grad : bool
+            Compute and return the gradient with respect to the forward's input.
+        until : str, optional
+            A dotted layer name (as :meth:`named_modules` gives it). The pass stops as soon as
+            the gradient reaching that layer's output is known (its captures receive it): layers
+            before it are not run, so a layer's gradient costs only the layers above it (Grad-CAM
+            at the last block costs the pooling and the classifier). Returns None then; parameter
+            gradients of the layers below are left as they were.
+        inject : dict of str to float32 ndarray, optional
+            ``{layer name: gradient}``, float32 arrays of those layers' output shapes (nested
+            names too, several at once), each added to the gradient reaching that layer's output
+            where it arises (inside a residual block: where that sub-layer's output gradient is
+            formed), as if the loss had a term ``sum(gradient * output)`` for it. ``grad`` may
+            then be None (zero). With ``forward(x, until=name)`` this backpropagates a function
+            of inner layers' outputs without running the layers above them. Every injected layer
+            must have run in the last forward and lie on the backward's path (not below
+            ``until``).
+
+        Returns
+        -------
+        float32 ndarray or None
+            The input gradient (the forward input's shape) with ``input_grad=True`` and no
+            ``until``; otherwise None.
+        """
+        n = len(self.layers)
+        last, partial, out_shape = self._ran or (n - 1, False, None)
+        stop, inner = 0, ""
+        if until is not None:
+            stop, inner = self._locate(str(until), "until")
+            if not self._ran_through(str(until)):
+                raise ValueError(f"until: layer {until!r} did not run in the last forward")
             input_grad = False
-        for i in range(n - 1, stop - 1, -1):
+        targets = []
+        if inject is not None:
+            if not isinstance(inject, dict):
+                raise TypeError(f"inject: expected a dict {{layer name: gradient}}, got {type(inject).__name__}")
+            mods = dict(self.named_modules())
+            for name, g in inject.items():
+                self._locate(name, "inject")
+                if not self._ran_through(name):
+                    raise ValueError(f"inject: layer {name!r} did not run in the last forward")
+                if not isinstance(g, np.ndarray) or g.dtype != np.float32:
+                    raise TypeError(f"inject[{name!r}]: expected a float32 numpy.ndarray, got "
+                                    f"{g.dtype if isinstance(g, np.ndarray) else type(g).__name__}")
+                targets.append((name, mods[name], g))
+        if grad is None:
+            if not targets or out_shape is None:
+                raise ValueError("grad: expected the gradient of the output (None only with inject=, after a forward)")
+            grad = self._buf("zero_grad", out_shape)
+            grad[...] = 0
+        elif out_shape is not None and (last != n - 1 or partial) and np.shape(grad) != out_shape:
+            raise ValueError(f"grad: expected the shape {out_shape} of the output where the forward stopped, "
+                             f"got {np.shape(grad)}")
+        for _, m, g in targets:
+            m._inject, m._inject_used = g, False
+        try:
+            out = self._backward_layers(grad, input_grad, last, partial, stop, inner, until)
+            unused = [name for name, m, _ in targets if not m._inject_used]
+        finally:
+            for _, m, _ in targets:
+                m._inject = None
+        if unused:
+            raise ValueError(f"inject: no gradient reached {unused} (below until= or off the path to the output)")
+        return out
+
+    def _backward_layers(self, grad, input_grad, last, partial, stop, inner, until):
+        for i in range(last, stop - 1, -1):
             layer = self.layers[i]
+            inside = partial and i == last   # the forward stopped inside this nested Sequential
             if i == stop and until is not None:
                 if not inner:                      # the named layer itself: its gradient is known
+                    grad = layer._grad_in(grad)
                     layer._note_grad(grad)
                     return None
                 if isinstance(layer, Sequential):
-                    layer._note_grad(grad)
+                    if not inside:
+                        grad = layer._grad_in(grad)
+                        layer._note_grad(grad)
                     return layer.backward(grad, until=inner)
                 layer._backward(grad, input_grad=False)   # a block: its sub-layers run inside it
                 return None
-            grad = layer._backward(grad, input_grad=(i > 0 or input_grad))
+            if inside:
+                grad = layer.backward(grad, input_grad=(i > 0 or input_grad))
+            else:
+                grad = layer._backward(grad, input_grad=(i > 0 or input_grad))
         return grad if input_grad else None

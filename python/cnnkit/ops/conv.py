@@ -5,7 +5,9 @@ returns what PyTorch's autograd gives for the same forward call. Arrays may be N
 NHWC (``layout="NHWC"``, channels-last); the weight is ``(C_out, C_in/groups, kH, kW)`` in both.
 
 Algorithms (see :func:`conv2d_algorithm`): direct kernels for depthwise convolutions (groups ==
-C_in, C_out = m*C_in) and for grouped convolutions with 2 to 32 channels per group; a direct
+C_in, C_out = m*C_in) and for grouped convolutions whose groups have equal input and output
+channels, 2, 4, 8, 16 or 32 of them, with C_in a multiple of the vector width (16 float32 / 8
+float64 values at AVX-512, 8 / 4 at AVX2, 4 / 2 on the baseline); a direct
 float32 NHWC kernel for stems (groups 1, at most 4 input channels, 16 to 64 output channels in
 multiples of 16, kH*kW <= 49) in the forward and weight-gradient passes; im2col + GEMM (OpenBLAS
 from scipy-openblas32, single-threaded inside cnnkit's OpenMP loops) otherwise. The input
@@ -16,11 +18,13 @@ count.
 from __future__ import annotations
 
 import ctypes
-import operator
+from typing import Any, Sequence
 
 import numpy as np
 
 from .. import _core
+from .._validate import (check_choice, check_float_array, check_int, check_layout, check_out,
+                         check_pair, check_shape, check_subset, renamed_kwargs)
 
 __all__ = ["conv2d", "conv2d_backward", "conv2d_output_shape", "conv2d_algorithm",
            "depthwise_separable_conv2d", "depthwise_separable_conv2d_backward"]
@@ -56,10 +60,10 @@ def _load_blas() -> None:
     prefix = "scipy_"
 
     def addr(name: str) -> int:
-        return ctypes.cast(getattr(lib, prefix + name), ctypes.c_void_p).value
+        return int(ctypes.cast(getattr(lib, prefix + name), ctypes.c_void_p).value or 0)
 
     _core.conv_set_blas(addr("cblas_sgemm"), addr("cblas_dgemm"), addr("openblas_set_num_threads"))
-    _load_blas.lib = lib  # keep the library loaded
+    setattr(_load_blas, "lib", lib)  # keep the library loaded
 
 
 _load_blas()
@@ -67,51 +71,26 @@ _load_blas()
 
 # ---- argument checks ---------------------------------------------------------------------------
 
-def _float_array(a, name: str, ndim: int | None = 4) -> np.ndarray:
-    if not isinstance(a, np.ndarray):
-        raise TypeError(f"{name}: expected a numpy.ndarray, got {type(a).__name__}")
-    if a.dtype not in (np.float32, np.float64) or not a.dtype.isnative:
-        raise TypeError(f"{name}: expected a float32 or float64 array, got dtype {a.dtype}")
-    if ndim is not None and a.ndim != ndim:
-        raise ValueError(f"{name}: expected a {ndim}-D array, got shape {a.shape}")
-    return a
+def _float_array(a: Any, name: str, ndim: int | None = 4) -> np.ndarray:
+    return check_float_array(name, a, ndim)
 
 
-def _same_dtype(a: np.ndarray, name: str, dtype) -> None:
+def _same_dtype(a: np.ndarray, name: str, dtype: Any) -> None:
     if a.dtype != dtype:
-        raise TypeError(f"{name}: dtype {a.dtype} differs from x's {np.dtype(dtype)} (mixed dtypes)")
+        raise TypeError(f"{name}: expected dtype {np.dtype(dtype)} (the dtype of x; no mixed dtypes), "
+                        f"got {a.dtype}")
 
 
-def _pair(v, name: str, minimum: int) -> tuple[int, int]:
-    if isinstance(v, (bool, np.bool_)):
-        raise TypeError(f"{name}: expected an int or a pair of ints, got {v!r}")
-    if isinstance(v, (tuple, list)):
-        if len(v) != 2:
-            raise ValueError(f"{name}: expected an int or a pair of ints, got {v!r}")
-        vals = v
-    else:
-        vals = (v, v)
-    out = []
-    for e in vals:
-        if isinstance(e, (bool, np.bool_)):
-            raise TypeError(f"{name}: expected ints, got {v!r}")
-        try:
-            e = operator.index(e)
-        except TypeError:
-            raise TypeError(f"{name}: expected an int or a pair of ints, got {v!r}") from None
-        if e < minimum:
-            raise ValueError(f"{name}: expected values >= {minimum}, got {v!r}")
-        out.append(int(e))
-    return out[0], out[1]
+def _pair(v: Any, name: str, minimum: int) -> tuple[int, int]:
+    return check_pair(name, v, minimum)
 
 
-def _layout(layout) -> bool:
-    if layout not in _LAYOUTS:
-        raise ValueError(f"layout: expected 'NCHW' or 'NHWC', got {layout!r}")
-    return layout == "NHWC"
+def _layout(layout: Any) -> bool:
+    return check_layout(layout) == "NHWC"
 
 
-def _padding(padding, k: tuple[int, int], d: tuple[int, int], s: tuple[int, int]):
+def _padding(padding: Any, k: tuple[int, int], d: tuple[int, int],
+             s: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
     """((top, bottom), (left, right)) as torch resolves it."""
     if isinstance(padding, str):
         if padding == "valid":
@@ -123,13 +102,13 @@ def _padding(padding, k: tuple[int, int], d: tuple[int, int], s: tuple[int, int]
             for ki, di in zip(k, d):
                 total = di * (ki - 1)
                 res.append((total // 2, total - total // 2))  # torch pads the extra one at the end
-            return tuple(res)
+            return res[0], res[1]
         raise ValueError(f"padding: expected an int, a pair, 'same' or 'valid', got {padding!r}")
     ph, pw = _pair(padding, "padding", 0)
     return (ph, ph), (pw, pw)
 
 
-def _layout_hint(x_name: str, x_shape, c_in: int, nhwc: bool) -> str:
+def _layout_hint(x_name: str, x_shape: Sequence[int], c_in: int, nhwc: bool) -> str:
     """A hint for errors about input channels when x's other channel axis holds the weight's
     C_in (= weight.shape[1] * groups): the array is probably in the other layout."""
     other, axis = ("NCHW", "axis 1") if nhwc else ("NHWC", "its last axis")
@@ -155,14 +134,7 @@ class _Geom:
             N, H, W, C = (int(v) for v in x_shape)
         else:
             N, C, H, W = (int(v) for v in x_shape)
-        if isinstance(groups, (bool, np.bool_)):
-            raise TypeError(f"groups: expected a positive int, got {groups!r}")
-        try:
-            G = operator.index(groups)
-        except TypeError:
-            raise TypeError(f"groups: expected a positive int, got {groups!r}") from None
-        if G < 1:
-            raise ValueError(f"groups: expected a positive int, got {G}")
+        G = check_int("groups", groups, 1, "a positive int")
         K, Cg, kh, kw = (int(v) for v in w_shape)
         if C < 1 or H < 1 or W < 1:
             raise ValueError(f"{x_name}: expected C, H and W >= 1, got shape {tuple(x_shape)} ({layout})")
@@ -212,24 +184,11 @@ def _contig(a: np.ndarray) -> np.ndarray:
     return a if a.flags.c_contiguous else np.ascontiguousarray(a)
 
 
-def _check_out(out, name: str, shape, dtype, inputs) -> np.ndarray:
-    if not isinstance(out, np.ndarray):
-        raise TypeError(f"{name}: expected a numpy.ndarray, got {type(out).__name__}")
-    if out.dtype != dtype:
-        raise TypeError(f"{name}: expected dtype {np.dtype(dtype)}, got {out.dtype}")
-    if tuple(out.shape) != tuple(shape):
-        raise ValueError(f"{name}: expected shape {tuple(shape)}, got {out.shape}")
-    if not out.flags.c_contiguous:
-        raise ValueError(f"{name}: expected a C-contiguous array")
-    if not out.flags.writeable:
-        raise ValueError(f"{name}: expected a writeable array")
-    for a in inputs:
-        if a is not None and np.may_share_memory(out, a):
-            raise ValueError(f"{name}: must not overlap the inputs")
-    return out
+def _check_out(out: Any, name: str, shape: Sequence[int], dtype: Any, inputs: Sequence[Any]) -> np.ndarray:
+    return check_out(name, out, shape, dtype, inputs)
 
 
-def _bias(bias, K: int, dtype, name: str = "bias"):
+def _bias(bias: np.ndarray | None, K: int, dtype: Any, name: str = "bias") -> np.ndarray | None:
     if bias is None:
         return None
     _float_array(bias, name, ndim=None)
@@ -241,14 +200,45 @@ def _bias(bias, K: int, dtype, name: str = "bias"):
 
 # ---- public API --------------------------------------------------------------------------------
 
-def conv2d_output_shape(x_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1, *,
-                        layout="NCHW") -> tuple:
-    """Output shape of :func:`conv2d` for these shapes (raises what conv2d would raise)."""
-    return _Geom(x_shape, weight_shape, stride, padding, dilation, groups, layout, None).y_shape()
+def conv2d_output_shape(x_shape: Sequence[int], weight_shape: Sequence[int],
+                        stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] | str = 0,
+                        dilation: int | tuple[int, int] = 1, groups: int = 1, *,
+                        layout: str = "NCHW") -> tuple:
+    """Output shape of :func:`conv2d` for these shapes (raises what conv2d would raise).
+
+    Parameters
+    ----------
+    x_shape : sequence of 4 ints
+        The input's shape, ``(N, C_in, H, W)`` (NHWC: ``(N, H, W, C_in)``).
+    weight_shape : sequence of 4 ints
+        ``(C_out, C_in/groups, kH, kW)``.
+    stride, padding, dilation, groups, layout
+        As in :func:`conv2d`.
+
+    Returns
+    -------
+    tuple of 4 ints
+        ``(N, C_out, Ho, Wo)`` (NHWC: ``(N, Ho, Wo, C_out)``).
+
+    Raises
+    ------
+    TypeError, ValueError
+        For the arguments :func:`conv2d` would reject, naming the argument.
+
+    Examples
+    --------
+    >>> import cnnkit
+    >>> cnnkit.ops.conv2d_output_shape((2, 3, 32, 32), (8, 3, 3, 3), stride=2, padding=1)
+    (2, 8, 16, 16)
+    """
+    x_shape, weight_shape = check_shape("x_shape", x_shape, 4), check_shape("weight_shape", weight_shape, 4)
+    return _Geom(x_shape, weight_shape, stride, padding, dilation, groups, layout, None,
+                 "x_shape", "weight_shape").y_shape()
 
 
-def conv2d_algorithm(x_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1,
-                     layout="NCHW", pass_="forward") -> str:
+def conv2d_algorithm(x_shape: Sequence[int], weight_shape: Sequence[int], stride: int | tuple[int, int] = 1,
+                     padding: int | tuple[int, int] | str = 0, dilation: int | tuple[int, int] = 1,
+                     groups: int = 1, layout: str = "NCHW", pass_: str = "forward") -> str:
     """Name of the algorithm cnnkit runs for this geometry and pass ("forward", "input", "weight").
 
     ``dw_direct_*``: depthwise direct kernels; ``grouped_direct_nhwc``: the grouped direct kernel
@@ -259,15 +249,35 @@ def conv2d_algorithm(x_shape, weight_shape, stride=1, padding=0, dilation=1, gro
     input channels, 16 to 64 output channels in multiples of 16, kH*kW <= 49), forward and weight
     passes only (their input gradient takes the adjoint or col2im path). Names are those of
     float32 arrays.
+
+    Parameters
+    ----------
+    x_shape, weight_shape, stride, padding, dilation, groups, layout
+        As in :func:`conv2d_output_shape`.
+    pass_ : {"forward", "input", "weight"}
+        The forward pass, or the input- or weight-gradient pass of :func:`conv2d_backward`.
+
+    Returns
+    -------
+    str
+        The algorithm's name.
+
+    Examples
+    --------
+    >>> import cnnkit
+    >>> cnnkit.ops.conv2d_algorithm((1, 8, 16, 16), (8, 1, 3, 3), padding=1, groups=8).startswith("dw_direct")
+    True
     """
-    g = _Geom(x_shape, weight_shape, stride, padding, dilation, groups, layout, None)
-    p = {"forward": 0, "input": 1, "weight": 2}.get(pass_)
-    if p is None:
-        raise ValueError(f"pass_: expected 'forward', 'input' or 'weight', got {pass_!r}")
+    x_shape, weight_shape = check_shape("x_shape", x_shape, 4), check_shape("weight_shape", weight_shape, 4)
+    g = _Geom(x_shape, weight_shape, stride, padding, dilation, groups, layout, None,
+              "x_shape", "weight_shape")
+    p = ("forward", "input", "weight").index(check_choice("pass_", pass_, ("forward", "input", "weight")))
     return _core.conv_algorithm(g.tuple(), p)
 
 
-def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout="NCHW", out=None):
+def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None, stride: int | tuple[int, int] = 1,
+           padding: int | tuple[int, int] | str = 0, dilation: int | tuple[int, int] = 1, groups: int = 1, *,
+           layout: str = "NCHW", out: np.ndarray | None = None) -> np.ndarray:
     """2-D convolution (cross-correlation), as ``torch.nn.functional.conv2d``.
 
     ``y[n, k, oh, ow] = bias[k] + sum_{c, i, j} weight[k, c, i, j] * xp[n, g(k)*C_in/groups + c,
@@ -292,8 +302,18 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, l
 
     Returns
     -------
-    ndarray ``(N, C_out, Ho, Wo)`` (NHWC: ``(N, Ho, Wo, C_out)``) with
-    ``Ho = (H + pad_top + pad_bottom - dH*(kH-1) - 1) // sH + 1`` (likewise Wo).
+    ndarray, x's dtype
+        ``(N, C_out, Ho, Wo)`` (NHWC: ``(N, Ho, Wo, C_out)``) with
+        ``Ho = (H + pad_top + pad_bottom - dH*(kH-1) - 1) // sH + 1`` (likewise Wo); ``out``
+        itself when given.
+
+    Raises
+    ------
+    TypeError
+        A non-array, a dtype other than float32/float64, or mixed dtypes.
+    ValueError
+        Inconsistent shapes, ``groups`` not dividing the channels, a kernel larger than the
+        padded input, a bad ``out``; the message names the argument.
 
     Examples
     --------
@@ -315,33 +335,29 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, l
     return out
 
 
-def _needs(needs) -> set:
-    if isinstance(needs, str):
-        needs = (needs,)
-    try:
-        items = tuple(needs)
-    except TypeError:
-        raise TypeError(f"needs: expected a tuple of 'input', 'weight', 'bias', got {needs!r}") from None
-    for n in items:
-        if n not in _NEEDS:
-            raise ValueError(f"needs: unknown entry {n!r}; expected a subset of {_NEEDS}")
-    return set(items)
+def _needs(needs: Any) -> set:
+    return set(check_subset("needs", needs, _NEEDS))
 
 
-def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups=1, *, layout="NCHW",
-                    needs=("input", "weight", "bias"), out=None):
+@renamed_kwargs(grad_out="grad_output")
+def conv2d_backward(grad_output: np.ndarray, x: np.ndarray, weight: np.ndarray,
+                    stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] | str = 0,
+                    dilation: int | tuple[int, int] = 1, groups: int = 1, *, layout: str = "NCHW",
+                    needs: str | Sequence[str] = ("input", "weight", "bias"),
+                    out: Sequence[np.ndarray | None] | None = None
+                    ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
     """Gradients of :func:`conv2d` with respect to its input, weight and bias.
 
     Equal to what PyTorch's autograd gives for ``conv2d(x, weight, bias, stride, padding, dilation,
-    groups)`` with upstream gradient ``grad_out``:
+    groups)`` with upstream gradient ``grad_output``:
 
-    * ``grad_input = conv_transpose(grad_out, weight)`` (the adjoint of the forward map),
-    * ``grad_weight[k, c, i, j] = sum_{n, oh, ow} grad_out[n, k, oh, ow] * xp[n, ., oh*sH + i*dH, ow*sW + j*dW]``,
-    * ``grad_bias[k] = sum_{n, oh, ow} grad_out[n, k, oh, ow]``.
+    * ``grad_input = conv_transpose(grad_output, weight)`` (the adjoint of the forward map),
+    * ``grad_weight[k, c, i, j] = sum_{n, oh, ow} grad_output[n, k, oh, ow] * xp[n, ., oh*sH + i*dH, ow*sW + j*dW]``,
+    * ``grad_bias[k] = sum_{n, oh, ow} grad_output[n, k, oh, ow]``.
 
     Parameters
     ----------
-    grad_out : ndarray of the forward output's shape and x's dtype
+    grad_output : ndarray of the forward output's shape and x's dtype
     x, weight, stride, padding, dilation, groups, layout : as in :func:`conv2d`
     needs : subset of ("input", "weight", "bias")
         Which gradients to compute; the others are returned as None.
@@ -350,17 +366,34 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups
 
     Returns
     -------
-    (grad_input, grad_weight, grad_bias)
-        Shapes of x, weight and ``(C_out,)``; None where not asked for.
+    grad_input : ndarray or None
+        x's shape and dtype.
+    grad_weight : ndarray or None
+        weight's shape, x's dtype.
+    grad_bias : ndarray or None
+        ``(C_out,)``, x's dtype. Each is None where not in ``needs``.
+
+    Examples
+    --------
+    >>> import numpy as np, cnnkit
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    >>> w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    >>> y = cnnkit.conv2d(x, w, padding=1)
+    >>> gx, gw, gb = cnnkit.conv2d_backward(np.ones_like(y), x, w, padding=1)
+    >>> gx.shape, gw.shape, gb.shape
+    ((2, 3, 8, 8), (4, 3, 3, 3), (4,))
+    >>> float(gb[0])  # sum of grad_output over N, Ho, Wo
+    128.0
     """
-    _float_array(grad_out, "grad_out")
+    _float_array(grad_output, "grad_output")
     _float_array(x, "x")
     _float_array(weight, "weight")
     _same_dtype(weight, "weight", x.dtype)
-    _same_dtype(grad_out, "grad_out", x.dtype)
+    _same_dtype(grad_output, "grad_output", x.dtype)
     g = _Geom(x.shape, weight.shape, stride, padding, dilation, groups, layout, x.dtype)
-    if tuple(grad_out.shape) != g.y_shape():
-        raise ValueError(f"grad_out: expected the output shape {g.y_shape()}, got {grad_out.shape}")
+    if tuple(grad_output.shape) != g.y_shape():
+        raise ValueError(f"grad_output: expected the output shape {g.y_shape()}, got {grad_output.shape}")
     want = _needs(needs)
     shapes = (g.x_shape(), g.w_shape(), (g.K,))
     names = ("out[0] (grad_input)", "out[1] (grad_weight)", "out[2] (grad_bias)")
@@ -368,7 +401,7 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups
         out = (None, None, None)
     if not isinstance(out, (tuple, list)) or len(out) != 3:
         raise TypeError("out: expected a tuple of three arrays-or-None (grad_input, grad_weight, grad_bias)")
-    res = []
+    res: list[np.ndarray | None] = []
     for key, o, shape, name in zip(_NEEDS, out, shapes, names):
         if key not in want:
             if o is not None:
@@ -377,12 +410,12 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups
         elif o is None:
             res.append(np.empty(shape, x.dtype))
         else:
-            res.append(_check_out(o, name, shape, x.dtype, (grad_out, x, weight)))
+            res.append(_check_out(o, name, shape, x.dtype, (grad_output, x, weight)))
     gi, gw, gb = res
     for a, b_, na in ((gi, gw, "grad_input/grad_weight"), (gi, gb, "grad_input/grad_bias"), (gw, gb, "grad_weight/grad_bias")):
         if a is not None and b_ is not None and np.may_share_memory(a, b_):
             raise ValueError(f"out: {na} buffers overlap")
-    dy = _contig(grad_out)
+    dy = _contig(grad_output)
     if gi is not None:
         _core.conv_backward_input(dy, _contig(weight), gi, g.tuple())
     if gw is not None or gb is not None:
@@ -412,7 +445,7 @@ def _separable_checks(x, dw_weight, pw_weight, layout, dw_bias=None, pw_bias=Non
 _SEPARABLE_CHUNK_BYTES = 4 << 20
 
 
-def _image_chunks(N: int, bytes_per_image: int):
+def _image_chunks(N: int, bytes_per_image: int) -> list[tuple[int, int]]:
     """[(start, stop), ...] over the batch; one empty chunk for N == 0 (empty outputs, zero
     weight gradients, as conv2d gives)."""
     per = max(1, _SEPARABLE_CHUNK_BYTES // max(1, bytes_per_image))
@@ -431,22 +464,57 @@ def _work(workspace, key, shape, dtype):
     return a
 
 
-def depthwise_separable_conv2d(x, dw_weight, pw_weight, dw_bias=None, pw_bias=None, stride=1, padding=0,
-                               dilation=1, *, layout="NCHW", out=None, workspace=None):
+def depthwise_separable_conv2d(x: np.ndarray, dw_weight: np.ndarray, pw_weight: np.ndarray,
+                               dw_bias: np.ndarray | None = None, pw_bias: np.ndarray | None = None,
+                               stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] | str = 0,
+                               dilation: int | tuple[int, int] = 1, *, layout: str = "NCHW",
+                               out: np.ndarray | None = None, workspace: dict | None = None) -> np.ndarray:
     """Depthwise convolution then pointwise (1x1) convolution.
 
     ``y = conv2d(conv2d(x, dw_weight, dw_bias, stride, padding, dilation, groups=C_in), pw_weight, pw_bias)``
     with ``dw_weight`` ``(m*C_in, 1, kH, kW)`` and ``pw_weight`` ``(C_out, m*C_in, 1, 1)``.
 
-    Fused by tiling: the batch runs in chunks of images whose depthwise output is about 4 MiB, so
-    the intermediate is read back from cache by the pointwise GEMM instead of travelling through
-    memory at full size. ``out`` (the output's shape and dtype, not overlapping the inputs)
+    Not a fused kernel: the two convolutions run one after the other (two :func:`conv2d` calls)
+    on chunks of images whose depthwise output is about 4 MiB, so the pointwise GEMM reads the
+    intermediate back from cache instead of from memory at full batch size. ``out`` (the output's shape and dtype, not overlapping the inputs)
     receives y; ``workspace`` (a dict kept by the caller) keeps the intermediate (one chunk of
     the depthwise output, key ``"t"``) between calls instead of allocating it on every call.
+
+    Parameters
+    ----------
+    x : ndarray, float32 or float64
+        ``(N, C_in, H, W)``, or ``(N, H, W, C_in)`` when ``layout="NHWC"``.
+    dw_weight : ndarray, x's dtype
+        ``(m*C_in, 1, kH, kW)``, the depthwise filters (``m`` per input channel).
+    pw_weight : ndarray, x's dtype
+        ``(C_out, m*C_in, 1, 1)``, the pointwise filters.
+    dw_bias : ndarray ``(m*C_in,)`` or None
+    pw_bias : ndarray ``(C_out,)`` or None
+    stride, padding, dilation : as in :func:`conv2d`
+        Of the depthwise convolution (the pointwise one has stride 1 and no padding).
+    layout : "NCHW" or "NHWC"
+    out : ndarray, optional
+        C-contiguous, of the output's shape and dtype; written and returned.
+    workspace : dict, optional
+        Scratch arrays kept between calls (the caller keeps the dict; cnnkit fills it).
+
+    Returns
+    -------
+    ndarray, x's dtype
+        ``(N, C_out, Ho, Wo)`` (NHWC: ``(N, Ho, Wo, C_out)``), Ho and Wo as in :func:`conv2d`.
+
+    Examples
+    --------
+    >>> import numpy as np, cnnkit
+    >>> x = np.ones((2, 4, 8, 8), np.float32)
+    >>> dw, pw = np.ones((4, 1, 3, 3), np.float32), np.ones((6, 4, 1, 1), np.float32)
+    >>> y = cnnkit.depthwise_separable_conv2d(x, dw, pw, padding=1)
+    >>> y.shape, float(y[0, 0, 4, 4])  # 4 channels x 9 taps
+    ((2, 6, 8, 8), 36.0)
     """
     C = _separable_checks(x, dw_weight, pw_weight, layout, dw_bias, pw_bias)
-    g = _Geom(x.shape, dw_weight.shape, stride, padding, dilation, C, layout, x.dtype)
-    y_shape = _Geom(g.y_shape(), pw_weight.shape, 1, 0, 1, 1, layout, x.dtype).y_shape()
+    g = _Geom(x.shape, dw_weight.shape, stride, padding, dilation, C, layout, x.dtype, w_name="dw_weight")
+    y_shape = _Geom(g.y_shape(), pw_weight.shape, 1, 0, 1, 1, layout, x.dtype, w_name="pw_weight").y_shape()
     if out is None:
         y = np.empty(y_shape, x.dtype)
     else:
@@ -461,8 +529,14 @@ def depthwise_separable_conv2d(x, dw_weight, pw_weight, dw_bias=None, pw_bias=No
     return y
 
 
-def depthwise_separable_conv2d_backward(grad_out, x, dw_weight, pw_weight, dw_bias=None, stride=1, padding=0,
-                                        dilation=1, *, layout="NCHW", workspace=None):
+@renamed_kwargs(grad_out="grad_output")
+def depthwise_separable_conv2d_backward(grad_output: np.ndarray, x: np.ndarray, dw_weight: np.ndarray,
+                                        pw_weight: np.ndarray, dw_bias: np.ndarray | None = None,
+                                        stride: int | tuple[int, int] = 1,
+                                        padding: int | tuple[int, int] | str = 0,
+                                        dilation: int | tuple[int, int] = 1, *, layout: str = "NCHW",
+                                        workspace: dict | None = None
+                                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Gradients of :func:`depthwise_separable_conv2d`.
 
     Returns ``(grad_x, grad_dw_weight, grad_pw_weight, grad_dw_bias, grad_pw_bias)``. The
@@ -471,15 +545,44 @@ def depthwise_separable_conv2d_backward(grad_out, x, dw_weight, pw_weight, dw_bi
     on the shape only, so results do not depend on the thread count). ``workspace``: as in the
     forward; then all five returned gradients are arrays of the workspace (reused, not copied),
     valid until the next backward call with the same workspace. Copy them to keep them.
+
+    Parameters
+    ----------
+    grad_output : ndarray
+        The gradient of the forward output: its shape, x's dtype.
+    x, dw_weight, pw_weight, dw_bias, stride, padding, dilation, layout, workspace
+        As in :func:`depthwise_separable_conv2d`.
+
+    Returns
+    -------
+    grad_x : ndarray
+        x's shape and dtype.
+    grad_dw_weight, grad_pw_weight : ndarray
+        The weights' shapes, x's dtype.
+    grad_dw_bias, grad_pw_bias : ndarray
+        ``(m*C_in,)`` and ``(C_out,)``, x's dtype (computed whether or not the forward had
+        biases).
+
+    Examples
+    --------
+    >>> import numpy as np, cnnkit
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.standard_normal((2, 4, 8, 8)).astype(np.float32)
+    >>> dw = rng.standard_normal((4, 1, 3, 3)).astype(np.float32)
+    >>> pw = rng.standard_normal((6, 4, 1, 1)).astype(np.float32)
+    >>> gy = np.ones((2, 6, 8, 8), np.float32)
+    >>> grads = cnnkit.depthwise_separable_conv2d_backward(gy, x, dw, pw, padding=1)
+    >>> [g.shape for g in grads]
+    [(2, 4, 8, 8), (4, 1, 3, 3), (6, 4, 1, 1), (4,), (6,)]
     """
     C = _separable_checks(x, dw_weight, pw_weight, layout, dw_bias)
-    g = _Geom(x.shape, dw_weight.shape, stride, padding, dilation, C, layout, x.dtype)
-    pg = _Geom(g.y_shape(), pw_weight.shape, 1, 0, 1, 1, layout, x.dtype)
-    _float_array(grad_out, "grad_out")
-    _same_dtype(grad_out, "grad_out", x.dtype)
-    if tuple(grad_out.shape) != pg.y_shape():
-        raise ValueError(f"grad_out: expected the output shape {pg.y_shape()}, got {grad_out.shape}")
-    x, grad_out = _contig(x), _contig(grad_out)
+    g = _Geom(x.shape, dw_weight.shape, stride, padding, dilation, C, layout, x.dtype, w_name="dw_weight")
+    pg = _Geom(g.y_shape(), pw_weight.shape, 1, 0, 1, 1, layout, x.dtype, w_name="pw_weight")
+    _float_array(grad_output, "grad_output")
+    _same_dtype(grad_output, "grad_output", x.dtype)
+    if tuple(grad_output.shape) != pg.y_shape():
+        raise ValueError(f"grad_output: expected the output shape {pg.y_shape()}, got {grad_output.shape}")
+    x, grad_output = _contig(x), _contig(grad_output)
     chunks = _image_chunks(g.N, g.K * g.Ho * g.Wo * x.itemsize)
     n0 = chunks[0][1] - chunks[0][0]
     t = _work(workspace, "t", (n0,) + g.y_shape()[1:], x.dtype)
@@ -493,7 +596,7 @@ def depthwise_separable_conv2d_backward(grad_out, x, dw_weight, pw_weight, dw_bi
     for a, b in chunks:
         tc, gtc = t[: b - a], gt[: b - a]
         conv2d(x[a:b], dw_weight, dw_bias, stride, padding, dilation, C, layout=layout, out=tc)
-        conv2d_backward(grad_out[a:b], tc, pw_weight, layout=layout, out=(gtc, parts[1], parts[3]))
+        conv2d_backward(grad_output[a:b], tc, pw_weight, layout=layout, out=(gtc, parts[1], parts[3]))
         conv2d_backward(gtc, x[a:b], dw_weight, stride, padding, dilation, C, layout=layout,
                         out=(gx[a:b], parts[0], parts[2]))
         for s_, p_ in zip(sums, parts):

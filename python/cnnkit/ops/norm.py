@@ -13,11 +13,13 @@ for the same reason: the backward pass needs it exactly.
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import numpy as np
 
 from .. import _core
-from .._validate import check_int, check_real
+from .._validate import (check_array, check_bool, check_choice, check_float_array, check_int,
+                         check_layout, check_real, check_subset, renamed_kwargs)
 
 __all__ = ["batch_norm_train", "batch_norm_infer", "batch_norm_backward", "group_norm",
            "group_norm_backward", "fold_batch_norm"]
@@ -29,10 +31,7 @@ _NEEDS = ("input", "weight", "bias", "residual")
 # ---- argument checks ---------------------------------------------------------------------------
 
 def _as_x(x, name="x"):
-    if not isinstance(x, np.ndarray):
-        raise TypeError(f"{name}: expected a numpy.ndarray, got {type(x).__name__}")
-    if x.dtype not in _FLOATS:
-        raise TypeError(f"{name}: expected a float32 or float64 array, got dtype {x.dtype}")
+    check_float_array(name, x)
     if x.ndim < 2:
         raise ValueError(f"{name}: expected shape (N, C) or (N, C, *spatial), got {x.shape}")
     return np.ascontiguousarray(x)
@@ -40,8 +39,7 @@ def _as_x(x, name="x"):
 
 def _geometry(x, layout):
     """(N, C, S, nhwc) of x in `layout`; a 2-D (N, C) input is channels-last by nature."""
-    if layout not in ("NCHW", "NHWC"):
-        raise ValueError(f"layout: expected 'NCHW' or 'NHWC', got {layout!r}")
+    check_layout(layout)
     N = x.shape[0]
     if x.ndim == 2:
         return N, x.shape[1], 1, True
@@ -55,8 +53,7 @@ def _channel_array(name, a, C, dtype, *, writeable=False, required=False):
         if required:
             raise TypeError(f"{name}: expected an array of shape ({C},), got None")
         return None
-    if not isinstance(a, np.ndarray):
-        raise TypeError(f"{name}: expected a numpy.ndarray of shape ({C},), got {type(a).__name__}")
+    check_array(name, a, what=f"of shape ({C},)")
     if a.dtype != dtype:
         raise TypeError(f"{name}: expected dtype {dtype} (the dtype of x), got {a.dtype}")
     if a.shape != (C,):
@@ -73,8 +70,7 @@ def _channel_array(name, a, C, dtype, *, writeable=False, required=False):
 def _like_x(name, a, x, *, out=False):
     if a is None:
         return None
-    if not isinstance(a, np.ndarray):
-        raise TypeError(f"{name}: expected a numpy.ndarray, got {type(a).__name__}")
+    check_array(name, a, what="like x")
     if a.dtype != x.dtype:
         raise TypeError(f"{name}: expected dtype {x.dtype} (the dtype of x), got {a.dtype}")
     if a.shape != x.shape:
@@ -87,9 +83,7 @@ def _like_x(name, a, x, *, out=False):
 
 
 def _activation(activation):
-    if activation not in (None, "relu"):
-        raise ValueError(f"activation: expected None or 'relu', got {activation!r}")
-    return activation == "relu"
+    return check_choice("activation", activation, (None, "relu")) == "relu"
 
 
 def _eps(eps):
@@ -106,19 +100,12 @@ def _chunks(virtual_batch_size, N):
 
 
 def _needs(needs):
-    if isinstance(needs, str):
-        needs = (needs,)
-    needs = tuple(needs)
-    bad = [n for n in needs if n not in _NEEDS]
-    if bad:
-        raise ValueError(f"needs: expected names from {_NEEDS}, got {bad}")
-    return needs
+    return check_subset("needs", needs, _NEEDS)
 
 
 def _stats_shape(name, a, shape):
     """Saved statistics: float64 always (a float32 mean near 1e6 would ruin the backward)."""
-    if not isinstance(a, np.ndarray):
-        raise TypeError(f"{name}: expected a numpy.ndarray, got {type(a).__name__}")
+    check_array(name, a, what=f"of shape {shape}")
     if a.dtype != np.float64:
         raise TypeError(f"{name}: expected the float64 statistics saved by the forward, got dtype "
                         f"{a.dtype}")
@@ -129,9 +116,12 @@ def _stats_shape(name, a, shape):
 
 # ---- batch norm --------------------------------------------------------------------------------
 
-def batch_norm_train(x, weight, bias, running_mean, running_var, *, momentum=0.1, eps=1e-5,
-                     activation=None, residual=None, layout="NCHW", virtual_batch_size=None,
-                     out=None):
+def batch_norm_train(x: np.ndarray, weight: np.ndarray | None = None, bias: np.ndarray | None = None,
+                     running_mean: np.ndarray | None = None, running_var: np.ndarray | None = None, *,
+                     momentum: float = 0.1, eps: float = 1e-5, activation: str | None = None,
+                     residual: np.ndarray | None = None, layout: str = "NCHW",
+                     virtual_batch_size: int | None = None, out: np.ndarray | None = None,
+                     return_stats: bool = True) -> np.ndarray | tuple[np.ndarray, np.ndarray, np.ndarray]:
     r"""Training-mode batch normalization, with fused ReLU and residual.
 
     ``y = act((x - mean) / sqrt(var + eps) * weight + bias [+ residual])`` with per-channel
@@ -140,8 +130,9 @@ def batch_norm_train(x, weight, bias, running_mean, running_var, *, momentum=0.1
 
     Parameters
     ----------
-    x : ndarray, (N, C) or (N, C, *spatial) (NCHW) or (N, *spatial, C) (NHWC), float32/float64
-    weight, bias : ndarray (C,) or None (no affine: 1 and 0)
+    x : ndarray, float32 or float64
+        ``(N, C)`` or ``(N, C, *spatial)`` (NCHW) or ``(N, *spatial, C)`` (NHWC).
+    weight, bias : ndarray (C,) of x's dtype, or None (no affine: 1 and 0)
     running_mean, running_var : ndarray (C,) or None
         Updated in place when given: ``rm = (1 - momentum)*rm + momentum*mean`` and the same for
         ``rv`` with the unbiased variance (torch's conventions; pass ``momentum=1/k`` for a
@@ -156,11 +147,18 @@ def batch_norm_train(x, weight, bias, running_mean, running_var, *, momentum=0.1
         each normalised with its own statistics. The running statistics are updated once with the
         average of the chunk means and of the chunk unbiased variances.
     out : ndarray like x, optional — receives y (may be x itself).
+    return_stats : bool
+        True (the default): return ``(y, save_mean, save_invstd)``; False: ``y`` alone. The same
+        keyword and the same triple as :func:`group_norm` (whose default is False, as torch's).
 
     Returns
     -------
-    y : ndarray like x
-    save_mean, save_invstd : float64 ndarrays, (C,) or (chunks, C) — for :func:`batch_norm_backward`.
+    y : ndarray
+        x's shape and dtype (``out`` when given).
+    save_mean, save_invstd : ndarray, float64
+        ``(C,)``, or ``(N // virtual_batch_size, C)`` for ghost batches: the batch mean and
+        ``1 / sqrt(var + eps)``, for :func:`batch_norm_backward`. Only with
+        ``return_stats=True``.
 
     Examples
     --------
@@ -181,6 +179,7 @@ def batch_norm_train(x, weight, bias, running_mean, running_var, *, momentum=0.1
     momentum = check_real("momentum", momentum, lo=0.0, hi=1.0)
     eps = _eps(eps)
     relu = _activation(activation)
+    return_stats = check_bool("return_stats", return_stats)
     residual = _like_x("residual", residual, x)
     out = _like_x("out", out, x, out=True)
     chunks, v = _chunks(virtual_batch_size, N)
@@ -195,7 +194,7 @@ def batch_norm_train(x, weight, bias, running_mean, running_var, *, momentum=0.1
         invstd = _core.norm_invstd(var, eps)
         _core.norm_apply(x, y, residual, N, C, S, nhwc, False, mean, invstd, weight, bias, relu)
         _core.norm_update_running(running_mean, running_var, mean, var, momentum, unbias)
-        return y, mean, invstd
+        return (y, mean, invstd) if return_stats else y
     means, invstds, vars_ = [], [], []
     for k in range(chunks):
         sl = slice(k * v, (k + 1) * v)
@@ -212,15 +211,38 @@ def batch_norm_train(x, weight, bias, running_mean, running_var, *, momentum=0.1
     mean, invstd = np.stack(means), np.stack(invstds)
     _core.norm_update_running(running_mean, running_var, mean.mean(axis=0),
                               np.stack(vars_).mean(axis=0), momentum, unbias)
-    return y, mean, invstd
+    return (y, mean, invstd) if return_stats else y
 
 
-def batch_norm_infer(x, weight, bias, running_mean, running_var, *, eps=1e-5, activation=None,
-                     residual=None, layout="NCHW", out=None):
+def batch_norm_infer(x: np.ndarray, weight: np.ndarray | None = None, bias: np.ndarray | None = None,
+                     running_mean: np.ndarray | None = None, running_var: np.ndarray | None = None, *,
+                     eps: float = 1e-5, activation: str | None = None, residual: np.ndarray | None = None,
+                     layout: str = "NCHW", out: np.ndarray | None = None) -> np.ndarray:
     r"""Inference-mode batch normalization with the running statistics, one pass over x.
 
     ``y = act((x - running_mean) / sqrt(running_var + eps) * weight + bias [+ residual])``.
-    Arguments as :func:`batch_norm_train`; running_mean and running_var are required.
+
+    Parameters
+    ----------
+    x, weight, bias, eps, activation, residual, layout, out
+        As in :func:`batch_norm_train`.
+    running_mean, running_var : ndarray (C,), x's dtype
+        Required (None raises TypeError); read, not updated. A negative or NaN variance raises
+        ValueError.
+
+    Returns
+    -------
+    ndarray
+        x's shape and dtype (``out`` when given).
+
+    Examples
+    --------
+    >>> import numpy as np, cnnkit
+    >>> x = np.full((2, 3, 4, 4), 3.0, np.float32)
+    >>> rm, rv = np.full(3, 1.0, np.float32), np.full(3, 4.0, np.float32)
+    >>> y = cnnkit.batch_norm_infer(x, None, None, rm, rv, eps=1e-12)
+    >>> float(y[0, 0, 0, 0])  # (3 - 1) / sqrt(4)
+    1.0
     """
     x = _as_x(x)
     N, C, S, nhwc = _geometry(x, layout)
@@ -242,13 +264,17 @@ def batch_norm_infer(x, weight, bias, running_mean, running_var, *, eps=1e-5, ac
     return y
 
 
-def batch_norm_backward(grad_out, x, weight, save_mean, save_invstd, *, y=None, bias=None,
-                        residual=None, activation=None, layout="NCHW",
-                        needs=("input", "weight", "bias"), virtual_batch_size=None, out=None,
-                        out_residual=None):
+@renamed_kwargs(grad_out="grad_output")
+def batch_norm_backward(grad_output: np.ndarray, x: np.ndarray, weight: np.ndarray | None,
+                        save_mean: np.ndarray, save_invstd: np.ndarray, *, y: np.ndarray | None = None,
+                        bias: np.ndarray | None = None, residual: np.ndarray | None = None,
+                        activation: str | None = None, layout: str = "NCHW",
+                        needs: str | Sequence[str] = ("input", "weight", "bias"),
+                        virtual_batch_size: int | None = None, out: np.ndarray | None = None,
+                        out_residual: np.ndarray | None = None) -> tuple[np.ndarray | None, ...]:
     r"""Gradients of :func:`batch_norm_train` (training mode: the statistics depend on x).
 
-    With ``g = grad_out`` (masked by ``y > 0`` for a fused ReLU) and per-channel sums over the
+    With ``g = grad_output`` (masked by ``y > 0`` for a fused ReLU) and per-channel sums over the
     batch and spatial positions::
 
         grad_bias   = sum(g)
@@ -257,13 +283,19 @@ def batch_norm_backward(grad_out, x, weight, save_mean, save_invstd, *, y=None, 
 
     Parameters
     ----------
-    grad_out, x : ndarrays like the forward's x
+    grad_output, x : ndarray
+        The gradient of the forward output, and the forward's input: x's shape and dtype.
     weight : ndarray (C,) or None (no affine: grad_weight and grad_bias are None)
-    save_mean, save_invstd : from :func:`batch_norm_train`
-    y : the forward output, for the ReLU mask; if None with ``activation="relu"`` the mask is
+    save_mean, save_invstd : ndarray, float64
+        As returned by :func:`batch_norm_train`.
+    y : ndarray like x, optional
+        The forward output, for the ReLU mask; if None with ``activation="relu"`` the mask is
         recomputed from x, the statistics, weight, ``bias`` and ``residual``.
-    needs : names from ("input", "weight", "bias", "residual"); others come back as None.
-        With "residual" a 4th value is returned: the residual's gradient (the masked grad_out).
+    bias, residual, activation, layout, virtual_batch_size
+        As given to :func:`batch_norm_train`.
+    needs : names from ("input", "weight", "bias", "residual")
+        Others come back as None.
+        With "residual" a 4th value is returned: the residual's gradient (the masked grad_output).
     out : ndarray like x, optional — receives grad_input (a training loop reuses it every step;
         a fresh 100 MB output costs as much in page faults as the kernel itself).
     out_residual : ndarray like x, optional — receives the residual's gradient (with "residual"
@@ -271,14 +303,30 @@ def batch_norm_backward(grad_out, x, weight, save_mean, save_invstd, *, y=None, 
 
     Returns
     -------
-    (grad_input, grad_weight, grad_bias[, grad_residual])
+    grad_input : ndarray or None
+        x's shape and dtype.
+    grad_weight, grad_bias : ndarray (C,) or None
+        x's dtype.
+    grad_residual : ndarray
+        x's shape and dtype; returned (as a 4th value) only with "residual" in ``needs``.
+
+    Examples
+    --------
+    >>> import numpy as np, cnnkit
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.standard_normal((4, 3, 5, 5)).astype(np.float32)
+    >>> w, b = np.ones(3, np.float32), np.zeros(3, np.float32)
+    >>> y, mean, invstd = cnnkit.batch_norm_train(x, w, b)
+    >>> gx, gw, gb = cnnkit.batch_norm_backward(np.ones_like(x), x, w, mean, invstd)
+    >>> bool(np.abs(gx).max() < 1e-5), gb.tolist()  # a constant gradient is normalized away
+    (True, [100.0, 100.0, 100.0])
     """
     x = _as_x(x)
     N, C, S, nhwc = _geometry(x, layout)
     dt = x.dtype
-    grad_out = _like_x("grad_out", grad_out, x)
-    if grad_out is None:
-        raise TypeError("grad_out: expected an array like x, got None")
+    grad_output = _like_x("grad_output", grad_output, x)
+    if grad_output is None:
+        raise TypeError("grad_output: expected an array like x, got None")
     weight = _channel_array("weight", weight, C, dt)
     bias = _channel_array("bias", bias, C, dt)
     residual = _like_x("residual", residual, x)
@@ -317,22 +365,22 @@ def batch_norm_backward(grad_out, x, weight, save_mean, save_invstd, *, y=None, 
         sl = slice(k * v, (k + 1) * v)
         mk = None if mask is None else mask[sl]
         m, inv = save_mean[k], save_invstd[k]
-        sg, sgx = _core.norm_backward_reduce(grad_out[sl], x[sl], mk, v, C, S, nhwc, False, m)
+        sg, sgx = _core.norm_backward_reduce(grad_output[sl], x[sl], mk, v, C, S, nhwc, False, m)
         sum_g += sg
         sum_gxhat += sgx * inv
         if grad_x is not None:
             A = w * inv
             B = A * sg / count
             D = A * inv * inv * sgx / count
-            _core.norm_backward_apply(grad_out[sl], x[sl], mk, grad_x[sl],
+            _core.norm_backward_apply(grad_output[sl], x[sl], mk, grad_x[sl],
                                       None if grad_res is None else grad_res[sl], v, C, S, nhwc,
                                       False, m, A, B, D)
         elif grad_res is not None:
-            np.copyto(grad_res[sl], grad_out[sl] if mk is None else np.where(mk > 0, grad_out[sl], 0))
+            np.copyto(grad_res[sl], grad_output[sl] if mk is None else np.where(mk > 0, grad_output[sl], 0))
     affine = weight is not None
     gw = sum_gxhat.astype(dt) if affine and "weight" in needs else None
     gb = sum_g.astype(dt) if affine and "bias" in needs else None
-    result = (grad_x, gw, gb)
+    result: tuple[np.ndarray | None, ...] = (grad_x, gw, gb)
     if "residual" in needs:
         result += (grad_res,)
     return result
@@ -366,18 +414,49 @@ def _group_args(x, num_groups, weight, bias, eps, activation, layout):
     return x, N, C, S, nhwc, G, weight, bias, _eps(eps), _activation(activation)
 
 
-def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, activation=None,
-               layout="NCHW", return_stats=False, out=None):
+def group_norm(x: np.ndarray, num_groups: int, weight: np.ndarray | None = None,
+               bias: np.ndarray | None = None, eps: float = 1e-5, *, activation: str | None = None,
+               layout: str = "NCHW", return_stats: bool = False, out: np.ndarray | None = None
+               ) -> np.ndarray | tuple[np.ndarray, np.ndarray, np.ndarray]:
     r"""Group normalization (``torch.nn.functional.group_norm``), the small-batch alternative.
 
     Statistics per sample and group of ``C // num_groups`` channels, over those channels and all
     spatial positions (biased variance); then the per-channel affine and optional ReLU.
 
-    Returns ``y``, or ``(y, save_mean, save_invstd)`` (float64, (N, num_groups)) with
-    ``return_stats=True``, for :func:`group_norm_backward`. ``out`` (like x) receives y.
+    Parameters
+    ----------
+    x : ndarray, float32 or float64
+        ``(N, C)`` or ``(N, C, *spatial)`` (NCHW) or ``(N, *spatial, C)`` (NHWC), not empty.
+    num_groups : int
+        Divides C.
+    weight, bias : ndarray (C,) of x's dtype, or None (no affine: 1 and 0)
+    eps : float > 0
+    activation : None or "relu"
+    layout : "NCHW" or "NHWC"
+    return_stats : bool
+        Also return the statistics, for :func:`group_norm_backward` (the same keyword and triple
+        as :func:`batch_norm_train`, whose default is True).
+    out : ndarray like x, optional
+        Receives y.
+
+    Returns
+    -------
+    y : ndarray
+        x's shape and dtype.
+    save_mean, save_invstd : ndarray, float64 (N, num_groups)
+        Only with ``return_stats=True``: ``(y, save_mean, save_invstd)``.
+
+    Examples
+    --------
+    >>> import numpy as np, cnnkit
+    >>> x = np.random.default_rng(0).standard_normal((2, 4, 3, 3)).astype(np.float32)
+    >>> y = cnnkit.group_norm(x, 2)
+    >>> bool(abs(y[0, :2].mean()) < 1e-5), bool(abs(y[0, :2].std() - 1) < 1e-3)
+    (True, True)
     """
     x, N, C, S, nhwc, G, weight, bias, eps, relu = _group_args(x, num_groups, weight, bias, eps,
                                                               activation, layout)
+    return_stats = check_bool("return_stats", return_stats)
     out = _like_x("out", out, x, out=True)
     if x.size == 0:
         raise ValueError(f"x: expected a non-empty array, got shape {x.shape}")
@@ -388,25 +467,58 @@ def group_norm(x, num_groups, weight=None, bias=None, eps=1e-5, *, activation=No
     return (y, mean, invstd) if return_stats else y
 
 
-def group_norm_backward(grad_out, x, num_groups, weight, save_mean, save_invstd, *, y=None,
-                        bias=None, activation=None, layout="NCHW",
-                        needs=("input", "weight", "bias"), out=None):
+@renamed_kwargs(grad_out="grad_output")
+def group_norm_backward(grad_output: np.ndarray, x: np.ndarray, num_groups: int, weight: np.ndarray | None,
+                        save_mean: np.ndarray, save_invstd: np.ndarray, *, y: np.ndarray | None = None,
+                        bias: np.ndarray | None = None, activation: str | None = None,
+                        layout: str = "NCHW", needs: str | Sequence[str] = ("input", "weight", "bias"),
+                        out: np.ndarray | None = None
+                        ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
     r"""Gradients of :func:`group_norm`.
 
-    With ``g = grad_out`` (masked by ``y > 0`` for a fused ReLU), ``gw = g * weight`` and sums
+    With ``g = grad_output`` (masked by ``y > 0`` for a fused ReLU), ``gw = g * weight`` and sums
     over a sample's group (M values)::
 
         grad_input = invstd * (gw - sum(gw)/M - xhat * sum(gw*xhat)/M)
         grad_weight = sum over n, s of g*xhat;  grad_bias = sum over n, s of g
 
-    Returns ``(grad_input, grad_weight, grad_bias)`` (None for what is not in ``needs``, and for
-    the affine gradients when weight is None); ``out`` (like x) receives grad_input.
+    Parameters
+    ----------
+    grad_output : ndarray
+        The gradient of the forward output: x's shape and dtype.
+    x, num_groups, weight, bias, activation, layout
+        As given to :func:`group_norm`.
+    save_mean, save_invstd : ndarray, float64 (N, num_groups)
+        From ``group_norm(..., return_stats=True)``.
+    y : ndarray like x, optional
+        The forward output, for the ReLU mask (recomputed when None).
+    needs : names from ("input", "weight", "bias")
+    out : ndarray like x, optional
+        Receives grad_input.
+
+    Returns
+    -------
+    grad_input : ndarray or None
+        x's shape and dtype.
+    grad_weight, grad_bias : ndarray (C,) or None
+        x's dtype; None when not in ``needs`` or when weight is None.
+
+    Examples
+    --------
+    >>> import numpy as np, cnnkit
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.standard_normal((2, 4, 3, 3)).astype(np.float32)
+    >>> w = np.ones(4, np.float32)
+    >>> y, mean, invstd = cnnkit.group_norm(x, 2, w, None, return_stats=True)
+    >>> gx, gw, gb = cnnkit.group_norm_backward(np.ones_like(x), x, 2, w, mean, invstd)
+    >>> gx.shape, gw.shape, bool(np.abs(gx).max() < 1e-5)
+    ((2, 4, 3, 3), (4,), True)
     """
     x, N, C, S, nhwc, G, weight, bias, _, relu = _group_args(x, num_groups, weight, bias, 1e-5,
                                                             activation, layout)
-    grad_out = _like_x("grad_out", grad_out, x)
-    if grad_out is None:
-        raise TypeError("grad_out: expected an array like x, got None")
+    grad_output = _like_x("grad_output", grad_output, x)
+    if grad_output is None:
+        raise TypeError("grad_output: expected an array like x, got None")
     y = _like_x("y", y, x)
     needs = _needs(needs)
     out = _like_x("out", out, x, out=True)
@@ -422,7 +534,7 @@ def group_norm_backward(grad_out, x, num_groups, weight, save_mean, save_invstd,
         else:
             mask = np.empty_like(x)
             _core.norm_apply(x, mask, None, N, C, S, nhwc, True, m_nc, i_nc, weight, bias, False)
-    sg, sgx = _core.norm_backward_reduce(grad_out, x, mask, N, C, S, nhwc, True, m_nc)
+    sg, sgx = _core.norm_backward_reduce(grad_output, x, mask, N, C, S, nhwc, True, m_nc)
     sg, sgx = sg.reshape(N, C), sgx.reshape(N, C)
     w = np.ones(C) if weight is None else weight.astype(np.float64)
     grad_x = None
@@ -434,7 +546,7 @@ def group_norm_backward(grad_out, x, num_groups, weight, save_mean, save_invstd,
         B = _expand(invstd * s_gw / M, C, G)
         D = _expand(invstd ** 3 * s_gwx / M, C, G)
         grad_x = np.empty_like(x) if out is None else out
-        _core.norm_backward_apply(grad_out, x, mask, grad_x, None, N, C, S, nhwc, True, m_nc, A,
+        _core.norm_backward_apply(grad_output, x, mask, grad_x, None, N, C, S, nhwc, True, m_nc, A,
                                   B, D)
     affine = weight is not None
     gw = (sgx * i_nc.reshape(N, C)).sum(axis=0).astype(x.dtype) if affine and "weight" in needs else None
@@ -444,8 +556,9 @@ def group_norm_backward(grad_out, x, num_groups, weight, save_mean, save_invstd,
 
 # ---- folding -----------------------------------------------------------------------------------
 
-def fold_batch_norm(conv_weight, conv_bias, bn_weight, bn_bias, running_mean, running_var,
-                    eps=1e-5):
+def fold_batch_norm(conv_weight: np.ndarray, conv_bias: np.ndarray | None, bn_weight: np.ndarray | None,
+                    bn_bias: np.ndarray | None, running_mean: np.ndarray, running_var: np.ndarray,
+                    eps: float = 1e-5) -> tuple[np.ndarray, np.ndarray]:
     r"""Fold an inference batch norm into the preceding convolution.
 
     ``w' = w * s`` per output channel and ``b' = (b - running_mean) * s + bn_bias`` with
@@ -453,9 +566,34 @@ def fold_batch_norm(conv_weight, conv_bias, bn_weight, bn_bias, running_mean, ru
     ``bn_bias`` None mean 1 / 0. Works for grouped and depthwise weights
     ``(C_out, C_in/groups, kH, kW)``: the scale is per output channel. Computed in float64 and
     returned in conv_weight's dtype; the inputs are not modified.
+
+    Parameters
+    ----------
+    conv_weight : ndarray, float32 or float64
+        ``(C_out, C_in/groups, kH, kW)`` (any shape with C_out first).
+    conv_bias : ndarray (C_out,) or None
+    bn_weight, bn_bias : ndarray (C_out,) or None
+    running_mean, running_var : ndarray (C_out,)
+        The batch norm's running statistics (float arrays; variances >= 0).
+    eps : float > 0
+
+    Returns
+    -------
+    weight : ndarray
+        conv_weight's shape and dtype.
+    bias : ndarray (C_out,)
+        conv_weight's dtype.
+
+    Examples
+    --------
+    >>> import numpy as np, cnnkit
+    >>> w = np.ones((2, 1, 1, 1), np.float32)
+    >>> rm, rv = np.array([1.0, 2.0], np.float32), np.array([4.0, 1.0], np.float32)
+    >>> fw, fb = cnnkit.fold_batch_norm(w, None, None, None, rm, rv, eps=1e-12)
+    >>> fw.ravel().tolist(), fb.tolist()
+    ([0.5, 1.0], [-0.5, -2.0])
     """
-    if not isinstance(conv_weight, np.ndarray) or conv_weight.dtype not in _FLOATS:
-        raise TypeError("conv_weight: expected a float32 or float64 numpy.ndarray")
+    check_float_array("conv_weight", conv_weight)
     if conv_weight.ndim < 2:
         raise ValueError(f"conv_weight: expected shape (C_out, C_in/groups, ...), got {conv_weight.shape}")
     C = conv_weight.shape[0]
@@ -466,8 +604,7 @@ def fold_batch_norm(conv_weight, conv_bias, bn_weight, bn_bias, running_mean, ru
             if required:
                 raise TypeError(f"{name}: expected an array of shape ({C},), got None")
             return np.full(C, default, dtype=np.float64)
-        if not isinstance(a, np.ndarray) or a.dtype not in _FLOATS:
-            raise TypeError(f"{name}: expected a float numpy.ndarray of shape ({C},)")
+        check_float_array(name, a, what=f"of shape ({C},)")
         if a.shape != (C,):
             raise ValueError(f"{name}: expected shape ({C},) (C_out of conv_weight), got {a.shape}")
         return a.astype(np.float64)

@@ -3,6 +3,8 @@
 launch over the whole list, with the same per-element math as the CPU kernels."""
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from .. import _core
@@ -10,14 +12,14 @@ from .. import _core
 _DTYPES = {"<f4": 0, "<f8": 1, "=f4": 0, "=f8": 1}
 
 
-def is_device_array(x) -> bool:
+def is_device_array(x: Any) -> bool:
     return hasattr(x, "__cuda_array_interface__")
 
 
 _TORCH_DTYPES = {"torch.float32": 0, "torch.float64": 1}
 
 
-def _describe_torch(name: str, x):
+def _describe_torch(name: str, x: Any) -> tuple[int, tuple[int, ...], int, int]:
     """Fast path for PyTorch CUDA tensors (its __cuda_array_interface__ costs ~10 us a call)."""
     code = _TORCH_DTYPES.get(str(x.dtype))
     if code is None:
@@ -27,7 +29,7 @@ def _describe_torch(name: str, x):
     return int(x.data_ptr()), tuple(x.shape), code, x.numel() * (4 if code == 0 else 8)
 
 
-def _describe(name: str, x, *, writeable: bool):
+def _describe(name: str, x: Any, *, writeable: bool) -> tuple[int, tuple[int, ...], int, int]:
     if type(x).__module__.startswith("torch") and hasattr(x, "data_ptr") and x.is_cuda:
         return _describe_torch(name, x)
     if not is_device_array(x):
@@ -54,7 +56,7 @@ def _describe(name: str, x, *, writeable: bool):
     return int(ptr or 0), shape, code, n * itemsize
 
 
-def run(spec, params, grads, states, steps, group) -> None:
+def run(spec: Any, params: Any, grads: Any, states: Any, steps: np.ndarray, group: dict[str, Any]) -> None:
     """Validate everything, then one fused launch (steps: kernel-convention counts, one each)."""
     hyper = np.array([spec.row(group)], dtype=np.float64)
     needs = spec.needed(group)

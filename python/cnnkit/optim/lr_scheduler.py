@@ -28,7 +28,7 @@ import copy
 import math
 from typing import Any, Dict, List, Optional, Sequence, Union
 
-from .._validate import check_bool, check_int, check_real
+from .._validate import check_bool, check_choice, check_int, check_real
 
 __all__ = [
     "LRScheduler",
@@ -54,25 +54,25 @@ def _check_optimizer(optimizer: Any) -> List[Dict[str, Any]]:
     """Check the duck-typed optimizer and return its ``param_groups``."""
     if not hasattr(optimizer, "param_groups"):
         raise TypeError(
-            "optimizer must have a 'param_groups' attribute (a list of dicts with "
+            "optimizer: expected an object with a 'param_groups' attribute (a list of dicts with "
             f"an 'lr' key), got {type(optimizer).__name__} without one"
         )
     groups = optimizer.param_groups
     if not isinstance(groups, list):
         raise TypeError(
-            "optimizer.param_groups must be a non-empty list of dicts, got "
+            "optimizer.param_groups: expected a non-empty list of dicts, got "
             f"{type(groups).__name__}"
         )
     if not groups:
-        raise ValueError("optimizer.param_groups must be a non-empty list of dicts, got []")
+        raise ValueError("optimizer.param_groups: expected a non-empty list of dicts, got []")
     for i, group in enumerate(groups):
         if not isinstance(group, dict):
             raise TypeError(
-                f"optimizer.param_groups[{i}] must be a dict, got {type(group).__name__}"
+                f"optimizer.param_groups[{i}]: expected a dict, got {type(group).__name__}"
             )
         if "lr" not in group:
             raise ValueError(
-                f"optimizer.param_groups[{i}] must have an 'lr' key, got keys "
+                f"optimizer.param_groups[{i}]: expected an 'lr' key, got keys "
                 f"{sorted(map(str, group))}"
             )
         check_real(f"optimizer.param_groups[{i}]['lr']", group["lr"])
@@ -91,7 +91,7 @@ def _per_group(
     if isinstance(value, (list, tuple)):
         if len(value) != n_groups:
             raise ValueError(
-                f"{name} must be a scalar or have one value per param group "
+                f"{name}: expected a scalar or one value per param group "
                 f"({n_groups}), got {len(value)} values"
             )
         return [
@@ -174,6 +174,11 @@ class LRScheduler:
 
         Called by :meth:`step` after it has advanced ``last_epoch``; to read the
         current learning rates use :meth:`get_last_lr`.
+
+        Returns
+        -------
+        list of float
+            One learning rate per param group.
         """
         raise NotImplementedError
 
@@ -210,7 +215,13 @@ class LRScheduler:
         self._last_lr: List[float] = [float(g["lr"]) for g in groups]
 
     def get_last_lr(self) -> List[float]:
-        """Learning rates of the param groups as set by the latest :meth:`step`."""
+        """Learning rates of the param groups as set by the latest :meth:`step`.
+
+        Returns
+        -------
+        list of float
+            One learning rate per param group.
+        """
         return list(self._last_lr)
 
     def state_dict(self) -> Dict[str, Any]:
@@ -219,6 +230,11 @@ class LRScheduler:
         Per-group values kept in the param groups themselves (``'initial_lr'``,
         and ``'max_lr'`` etc. for :class:`OneCycleLR`) belong to the
         optimizer's state, as in PyTorch.
+
+        Returns
+        -------
+        dict
+            Attribute name -> value (deep copies).
         """
         return {
             k: copy.deepcopy(v) for k, v in self.__dict__.items() if k != "optimizer"
@@ -234,7 +250,7 @@ class LRScheduler:
         """
         if not isinstance(state_dict, dict):
             raise TypeError(
-                f"state_dict must be a dict, got {type(state_dict).__name__}"
+                f"state_dict: expected a dict, got {type(state_dict).__name__}"
             )
         self.__dict__.update(
             {k: copy.deepcopy(v) for k, v in state_dict.items() if k != "optimizer"}
@@ -282,6 +298,13 @@ class StepLR(LRScheduler):
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self) -> List[float]:
+        """Learning rate of every param group at ``self.last_epoch`` (see :meth:`LRScheduler.get_lr`).
+
+        Returns
+        -------
+        list of float
+            One learning rate per param group.
+        """
         if self.last_epoch == 0 or self.last_epoch % self.step_size != 0:
             return self._current_lrs()
         return [lr * self.gamma for lr in self._current_lrs()]
@@ -320,6 +343,13 @@ class ExponentialLR(LRScheduler):
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self) -> List[float]:
+        """Learning rate of every param group at ``self.last_epoch`` (see :meth:`LRScheduler.get_lr`).
+
+        Returns
+        -------
+        list of float
+            One learning rate per param group.
+        """
         if self._is_initial:
             return self._current_lrs()
         return [lr * self.gamma for lr in self._current_lrs()]
@@ -375,6 +405,13 @@ class CosineAnnealingLR(LRScheduler):
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self) -> List[float]:
+        """Learning rate of every param group at ``self.last_epoch`` (see :meth:`LRScheduler.get_lr`).
+
+        Returns
+        -------
+        list of float
+            One learning rate per param group.
+        """
         t, T, eta_min = self.last_epoch, self.T_max, self.eta_min
         if self._is_initial:
             return self._current_lrs()
@@ -445,6 +482,13 @@ class LinearLR(LRScheduler):
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self) -> List[float]:
+        """Learning rate of every param group at ``self.last_epoch`` (see :meth:`LRScheduler.get_lr`).
+
+        Returns
+        -------
+        list of float
+            One learning rate per param group.
+        """
         t, s, e, T = self.last_epoch, self.start_factor, self.end_factor, self.total_iters
         if t == 0:
             return [lr * s for lr in self._current_lrs()]
@@ -547,17 +591,13 @@ class OneCycleLR(LRScheduler):
             )
         else:
             raise ValueError(
-                "total_steps, or both epochs and steps_per_epoch, must be given; got "
+                "total_steps: expected total_steps, or both epochs and steps_per_epoch; got "
                 f"total_steps={total_steps!r}, epochs={epochs!r}, "
                 f"steps_per_epoch={steps_per_epoch!r}"
             )
         self.total_steps = total
         pct = check_real("pct_start", pct_start, lo=0.0, hi=1.0)
-        if anneal_strategy not in ("cos", "linear"):
-            raise ValueError(
-                f"anneal_strategy must be 'cos' or 'linear', got {anneal_strategy!r}"
-            )
-        self._anneal_strategy = anneal_strategy
+        self._anneal_strategy = check_choice("anneal_strategy", anneal_strategy, ("cos", "linear"))
         self.cycle_momentum = check_bool("cycle_momentum", cycle_momentum)
         three_phase = check_bool("three_phase", three_phase)
         self._div_factor = check_real("div_factor", div_factor, lo=0.0, lo_open=True)
@@ -568,6 +608,7 @@ class OneCycleLR(LRScheduler):
         self._max_lr_arg = max_lr
         self._momentum_args = (base_momentum, max_momentum)
 
+        self._schedule_phases: List[Dict[str, Any]]
         if three_phase:
             self._schedule_phases = [
                 {"end_step": float(pct * total) - 1, "start_lr": "initial_lr",
@@ -594,7 +635,8 @@ class OneCycleLR(LRScheduler):
     def _prepare_groups(self, groups: List[Dict[str, Any]], last_epoch: int) -> None:
         n = len(groups)
         max_lrs = _per_group("max_lr", self._max_lr_arg, n, lo=0.0, lo_open=True)
-        base_moms = max_moms = None
+        base_moms: Any = None
+        max_moms: Any = None
         if self.cycle_momentum:
             for i, group in enumerate(groups):
                 if "betas" not in group and "momentum" not in group:
@@ -643,6 +685,13 @@ class OneCycleLR(LRScheduler):
         return (end - start) * pct + start
 
     def get_lr(self) -> List[float]:
+        """Learning rate of every param group at ``self.last_epoch`` (see :meth:`LRScheduler.get_lr`).
+
+        Returns
+        -------
+        list of float
+            One learning rate per param group.
+        """
         step = self.last_epoch
         if step > self.total_steps:
             raise ValueError(
@@ -723,6 +772,13 @@ class ExponentialRangeLR(LRScheduler):
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self) -> List[float]:
+        """Learning rate of every param group at ``self.last_epoch`` (see :meth:`LRScheduler.get_lr`).
+
+        Returns
+        -------
+        list of float
+            One learning rate per param group.
+        """
         t = self.last_epoch / (self.num_steps - 1)
         lr = self.start_lr ** (1.0 - t) * self.end_lr**t
         return [lr] * len(self.optimizer.param_groups)

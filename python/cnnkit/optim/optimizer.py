@@ -8,7 +8,8 @@ follow ``torch.optim``.
 from __future__ import annotations
 
 import json
-from typing import Iterable, Mapping
+import numbers
+from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
@@ -24,6 +25,9 @@ _REQUIRED = object()
 class Optimizer:
     """Base class: subclasses set ``_algo`` and call ``super().__init__(params, defaults)``.
 
+    Users construct a subclass (:class:`~cnnkit.optim.SGD`, :class:`~cnnkit.optim.Adam`, ...);
+    ``param_groups`` (list of dict) and ``defaults`` (dict) are public, as in ``torch.optim``.
+
     Parameters
     ----------
     params : list of ndarray, or list of dict
@@ -35,7 +39,8 @@ class Optimizer:
 
     _algo: str = ""
 
-    def __init__(self, params, defaults: Mapping):
+    def __init__(self, params: Union[Iterable[np.ndarray], Iterable[Mapping[str, Any]]],
+                 defaults: Mapping[str, Any]) -> None:
         self._spec: AlgoSpec = SPECS[self._algo]
         self.defaults = dict(defaults)
         self.param_groups: list[dict] = []
@@ -43,12 +48,12 @@ class Optimizer:
         self._group_of: list[int] = []
         self._states: list[list] = [[] for _ in self._spec.slots]
         self._steps = np.zeros(0, dtype=np.int64)
-        self._plan = None
+        self._plan: Any = None
         self._needs: list = []
         if isinstance(params, np.ndarray):
             raise TypeError("params: expected a list of arrays or of parameter groups (dicts), "
                             "got a single ndarray; wrap it in a list")
-        groups = list(params) if isinstance(params, Iterable) else None
+        groups: list[Any] | None = list(params) if isinstance(params, Iterable) else None
         if groups is None:
             raise TypeError(f"params: expected a list of arrays or dicts, got {type(params).__name__}")
         if len(groups) == 0:
@@ -59,8 +64,21 @@ class Optimizer:
             self.add_param_group(g)
 
     # ---- groups and state -----------------------------------------------------------------
-    def add_param_group(self, param_group: Mapping) -> None:
-        """Add a group of parameters with its own hyperparameters (as ``torch.optim``)."""
+    def add_param_group(self, param_group: Mapping[str, Any]) -> None:
+        """Add a group of parameters with its own hyperparameters (as ``torch.optim``).
+
+        Parameters
+        ----------
+        param_group : dict
+            ``"params"``: an array or a list of arrays not yet in the optimizer (one dtype), and
+            any hyperparameters overriding ``defaults`` for this group.
+
+        Raises
+        ------
+        TypeError, ValueError
+            For a malformed group, a repeated array or an unknown hyperparameter; the optimizer
+            is left unchanged.
+        """
         if not isinstance(param_group, Mapping):
             raise TypeError(f"param_group: expected a dict, got {type(param_group).__name__}")
         group = dict(param_group)
@@ -90,6 +108,8 @@ class Optimizer:
                 raise ValueError(f"param_group: {k!r} must be given for {type(self).__name__}")
             group.setdefault(k, v)
         if "betas" in group:
+            if not isinstance(group["betas"], (tuple, list)):
+                raise TypeError(f"betas: expected a pair (beta1, beta2), got {group['betas']!r}")
             group["betas"] = tuple(group["betas"])
         group["params"] = ps
         self._spec.row(group)  # validate before adding anything
@@ -105,7 +125,7 @@ class Optimizer:
         self._group_of = self._group_of + [gi] * len(ps)
         self._commit(pending)
 
-    def _init_state(self, slot: int, p: np.ndarray, group: Mapping):
+    def _init_state(self, slot: int, p: np.ndarray, group: Mapping[str, Any]) -> float:
         """Initial value of a state slot (0; subclasses override), broadcast into the array."""
         return 0.0
 
@@ -132,7 +152,7 @@ class Optimizer:
         plan = _core.OptimPlan(self._spec.core, params, states, np.asarray(group_of, dtype=np.int32))
         return needs, states, steps, plan
 
-    def _commit(self, pending) -> None:
+    def _commit(self, pending: Any) -> None:
         if pending is not None:
             self._needs, self._states, self._steps, self._plan = pending
 
@@ -171,7 +191,7 @@ class Optimizer:
     def _hyper(self) -> np.ndarray:
         return np.array([self._spec.row(g) for g in self.param_groups], dtype=np.float64)
 
-    def step(self, grads, *, found_inf=None) -> None:
+    def step(self, grads: Sequence[Optional[np.ndarray]], *, found_inf: Optional[bool] = None) -> None:
         """Update every parameter in place from ``grads`` with one fused compiled call.
 
         Parameters
@@ -182,11 +202,16 @@ class Optimizer:
             ``None`` skips that parameter (its state and step count are left as they are).
         found_inf : bool, optional
             When true the step is skipped entirely (e.g. from :func:`cnnkit.optim.found_inf`).
+
+        Returns
+        -------
+        None
+            The parameters and state arrays are updated in place.
         """
         if type(grads) is not list and type(grads) is not tuple:  # one cheap check per step
             grads = check_list("grads", grads)
         hyper = self._hyper()
-        if found_inf is not None and bool(found_inf):
+        if found_inf is not None and _flag(found_inf):
             return
         pending = self._prepare()  # new state slots are committed only if the step succeeds
         if pending is None:
@@ -204,16 +229,28 @@ class Optimizer:
                     self._states[s][i][...] = self._init_state(s, p, group)
         self._steps[:] = 0
 
-    def parameters(self) -> list:
-        """The parameter arrays, in step order."""
+    def parameters(self) -> list[np.ndarray]:
+        """The parameter arrays, in step order.
+
+        Returns
+        -------
+        list of ndarray
+            The optimizer's own arrays (not copies), in the order :meth:`step` expects gradients.
+        """
         return list(self._params)
 
     # ---- state_dict ------------------------------------------------------------------------
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict[str, Any]:
         """``{'state': {i: {'step': int, <slot>: ndarray}}, 'param_groups': [...]}`` (copies).
 
         Parameters that have taken no step have no entry, as in ``torch.optim``. Use
         :func:`flatten_state_dict` to save it with ``np.savez``.
+
+        Returns
+        -------
+        dict
+            ``'state'``: parameter index -> its step count and state arrays (copies);
+            ``'param_groups'``: each group's hyperparameters, ``'params'`` as indices.
         """
         state = {}
         for i in range(len(self._params)):
@@ -232,9 +269,21 @@ class Optimizer:
             groups.append(d)
         return {"state": state, "param_groups": groups}
 
-    def load_state_dict(self, state_dict) -> None:
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         """Restore state from :meth:`state_dict` (or its :func:`flatten_state_dict` form, e.g.
-        an ``np.load`` of a saved file). Everything is checked before anything is changed."""
+        an ``np.load`` of a saved file). Everything is checked before anything is changed.
+
+        Parameters
+        ----------
+        state_dict : dict or mapping
+            From :meth:`state_dict` of an optimizer of the same class with the same groups and
+            parameter shapes, or its flat form.
+
+        Raises
+        ------
+        TypeError, ValueError
+            If it does not match this optimizer; nothing is changed then.
+        """
         sd = _unflatten(state_dict)
         groups = sd["param_groups"]
         if len(groups) != len(self.param_groups):
@@ -302,11 +351,43 @@ class Optimizer:
         return "\n".join(lines) + "\n)"
 
 
-def flatten_state_dict(state_dict: Mapping) -> dict:
+def _flag(found_inf: Any) -> bool:
+    """``found_inf`` as a bool: a bool, 0 or 1, or a 0-d bool/int array (what an amp-style scaler
+    keeps); TypeError for anything else (a string is truthy, but is no flag)."""
+    if isinstance(found_inf, np.ndarray) and found_inf.shape == () and found_inf.dtype.kind in "biu":
+        found_inf = found_inf.item()
+    if isinstance(found_inf, (bool, np.bool_)) or (isinstance(found_inf, numbers.Integral) and found_inf in (0, 1)):
+        return bool(found_inf)
+    raise TypeError(f"found_inf: expected a bool (or 0/1), got {type(found_inf).__name__} {found_inf!r}")
+
+
+def flatten_state_dict(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """A ``state_dict`` as a flat ``{name: ndarray}`` mapping for ``np.savez`` (no pickling).
 
     ``opt.load_state_dict(np.load(path))`` reads it back.
+
+    Parameters
+    ----------
+    state_dict : dict
+        From :meth:`Optimizer.state_dict`.
+
+    Returns
+    -------
+    dict of str to ndarray
+        ``'param_groups'`` (the groups as a JSON string array) and ``'state/<i>/<name>'``.
+
+    Examples
+    --------
+    >>> import numpy as np, cnnkit
+    >>> w = np.ones(2, np.float32)
+    >>> opt = cnnkit.optim.SGD([w], lr=0.1, momentum=0.9)
+    >>> opt.step([np.ones(2, np.float32)])
+    >>> sorted(cnnkit.optim.flatten_state_dict(opt.state_dict()))
+    ['param_groups', 'state/0/momentum_buffer', 'state/0/step']
     """
+    if not isinstance(state_dict, Mapping) or "param_groups" not in state_dict or "state" not in state_dict:
+        raise TypeError(f"state_dict: expected the dict from Optimizer.state_dict() (with 'state' and "
+                        f"'param_groups'), got {type(state_dict).__name__}")
     out = {"param_groups": np.array(json.dumps(state_dict["param_groups"], default=_jsonable))}
     for pid, entry in state_dict["state"].items():
         for name, value in entry.items():
@@ -314,14 +395,14 @@ def flatten_state_dict(state_dict: Mapping) -> dict:
     return out
 
 
-def _jsonable(x):
+def _jsonable(x: Any) -> Any:
     """NumPy scalars (accepted as hyperparameters) as plain Python values."""
     if isinstance(x, np.generic):
         return x.item()
     raise TypeError(f"state_dict: cannot save {type(x).__name__} {x!r} in a flat state dict")
 
 
-def _unflatten(sd) -> dict:
+def _unflatten(sd: Mapping[str, Any]) -> dict[str, Any]:
     if not hasattr(sd, "keys") or "param_groups" not in sd:
         raise TypeError("state_dict: expected a dict from state_dict() or flatten_state_dict()")
     groups = sd["param_groups"]
