@@ -205,3 +205,155 @@ def test_cli_bench_explain_quick_smoke(capsys, tmp_path):
         (m, side) for m in explain.METHODS for _, side in explain.QUICK_SHAPES]
     for s in doc["summary"]:
         assert s["met"] is None and np.isfinite(s["rows"]["cnnkit"]["ms_per_image"])
+
+
+def test_cli_bench_explain_features_quick_checks_against_torch(capsys, tmp_path):
+    # --methods features alone: cnnkit's feature-visualization step agrees with the same step in
+    # torch autograd (gradient with respect to the spectrum, objective) before it is timed
+    # against the truncated twin and the full twin with a forward hook.
+    pytest.importorskip("torch")
+    from cnnkit.bench import explain
+    path = tmp_path / "features.json"
+    argv = ["bench", "explain", "--quick", "--methods", "features", "--threads", "1",
+            "--stream-mib", "4", "--gemm-size", "128", "--probe-reps", "1", "--no-memory",
+            "--json", str(path)]
+    assert cli.main(argv) == 0
+    text = capsys.readouterr().out
+    assert "check (feature visualization)" in text and "all agree" in text
+    assert "torch-lucent:" in text
+    assert "cnnkit.explain vs peers, per image" not in text      # no attribution method ran
+    doc = json.loads(path.read_text())
+    assert doc["results"] == []
+    fv = doc["features"]
+    assert [c["layer"] for c in fv["cases"]] == list(explain.QUICK_FV_LAYERS)
+    for c in fv["cases"]:
+        assert set(c["check"]) == set(explain.FV_PEERS)
+        for grad_err, value_err in c["check"].values():
+            assert 0 <= grad_err <= explain.TOL and 0 <= value_err <= explain.TOL
+        assert set(c["seconds"]) == {"cnnkit", *explain.FV_PEERS}
+    for s in fv["summary"]:
+        assert s["rows"]["cnnkit"]["steps_per_s"] > 0 and s["speedup"] > 0
+
+
+def test_bench_explain_features_check_detects_a_wrong_gradient():
+    # The one-step check can fail: a torch loop on a different channel disagrees with cnnkit's.
+    torch = pytest.importorskip("torch")
+    from cnnkit.bench import explain
+    from cnnkit.bench._fv_torch import TorchFeatureLoop, frozen_copy
+    model, twin = explain.build_models(torch, layout="NHWC", torch_layout="channels_last")
+    k0, k1 = explain.fv_channels(model, "3", 2)
+    spec, tp = explain.fv_check_state(model, "3", k0, 1)
+    v, g = explain.fv_cnnkit_value_and_grad(model, "3", k0, spec, tp)
+    tf = explain._fv_transforms()
+    net = frozen_copy(torch, twin)
+    same = TorchFeatureLoop(torch, net, "3", k0, (64, 64), 4, tf, channels_last=True)
+    other = TorchFeatureLoop(torch, net, "3", k1, (64, 64), 4, tf, channels_last=True)
+    vt, gt = same.value_and_grad(spec, tp)
+    assert explain._compare("features", g, gt)[0] <= explain.TOL
+    assert abs(v - vt) <= explain.TOL * abs(vt)
+    assert explain._compare("features", g, other.value_and_grad(spec, tp)[1])[0] > 0.1
+
+
+# ---- judging a figure against its target (cnnkit.bench._common) -----------------------------------
+@pytest.mark.parametrize("value, threshold, spread, upper, verdict", [
+    (3.5, 3.0, None, False, "met"),              # no spread known: judged as before
+    (2.5, 3.0, None, False, "MISSED"),
+    (3.5, 3.0, 0.10, False, "met"),              # spread 0.35 < margin 0.5
+    (2.5, 3.0, 0.10, False, "MISSED"),           # spread 0.25 < margin 0.5
+    (2.5, 3.0, 0.25, False, "noisy, not judged"),  # spread 0.625 > margin 0.5
+    (3.5, 3.0, 0.20, False, "noisy, not judged"),  # a noisy "met" is not claimed either
+    (3.0, 3.0, 0.0, False, "met"),               # on the threshold, no spread: >= holds
+    (3.0, 3.0, 0.01, False, "noisy, not judged"),
+    (1.2, 1.5, 0.10, True, "met"),               # upper bound
+    (1.8, 1.5, 0.10, True, "MISSED"),
+    (1.8, 1.5, 0.20, True, "noisy, not judged"),  # spread 0.36 > margin 0.3
+    (None, 3.0, 0.10, False, "not measured"),
+])
+def test_judge_is_noisy_when_the_spread_exceeds_the_margin(value, threshold, spread, upper, verdict):
+    from cnnkit.bench._common import judge
+    assert judge(value, threshold, spread, upper=upper) == verdict
+
+
+def test_spread_is_the_interquartile_range_over_the_median(rng):
+    from cnnkit.bench._common import spread
+    assert spread([1.0, 2.0, 3.0, 4.0, 5.0]) == pytest.approx((4.0 - 2.0) / 3.0)
+    x = rng.uniform(1, 2, 101)
+    q25, q50, q75 = np.percentile(x, [25, 50, 75])
+    assert spread(list(x)) == pytest.approx((q75 - q25) / q50)
+    assert spread([2.0, 2.0, 2.0]) == 0.0
+    assert spread([1.0]) is None and spread([]) is None and spread([0.0, 0.0]) is None
+    assert spread([1.0, None, 3.0]) == pytest.approx(1.0 / 2.0)
+
+
+def test_target_text_and_summary_say_noisy_not_judged():
+    from cnnkit.bench._common import target, target_summary, target_text
+    noisy = target("x torch fastest", 2.5, 3.0, [1.0, 2.0, 2.5, 4.0, 9.0])
+    missed = target("x torch fastest", 2.5, 3.0, [2.4, 2.45, 2.5, 2.55, 2.6])
+    met = target("per-param cost / large", 1.2, 1.5, [1.1, 1.15, 1.2, 1.25, 1.3])
+    unmeasured = target("x torch fused", None, 1.1, None)
+    assert noisy[3] is None and missed[3] is False and met[3] is True and unmeasured[3] is None
+    assert noisy[4] == pytest.approx((4.0 - 2.0) / 2.5)
+    assert target_text([noisy]) == "x torch fastest 2.50 ±80% >= 3: noisy, not judged"
+    assert target_text([missed]) == "x torch fastest 2.50 ±4% >= 3: MISSED"
+    assert target_text([met]) == "per-param cost / large 1.20 ±8% <= 1.5: met"
+    assert target_text([unmeasured]) == "x torch fused: not measured"
+    # the 4-tuples of the benchmarks that judge without a spread read as before
+    assert target_text([("speedup", 0.8, 1.0, False)]) == "speedup 0.80 >= 1: MISSED"
+    assert target_text([("% roof", 0.95, 0.9, True)]) == "% roof 95% >= 90%: met"
+    assert target_text([("speedup", None, 1.0, None)]) == "speedup: not measured"
+    assert target_summary([noisy, missed, met, unmeasured]) == (
+        "Targets met: 1 of 2 judged (1 noisy, not judged: the spread of the rounds exceeds the "
+        "margin).")
+    assert target_summary([met]) == "Targets met: 1 of 1 judged."
+
+
+def test_calibrate_inner_fills_the_sample_with_short_calls():
+    import time
+
+    from cnnkit.bench._common import calibrate_inner, run_rounds
+    calls = {"fast": 0, "slow": 0}
+
+    def fast():
+        calls["fast"] += 1
+
+    def slow():
+        calls["slow"] += 1
+        time.sleep(0.02)
+
+    inner = calibrate_inner({"fast": fast, "slow": slow}, 0.005, max_inner=50)
+    assert inner == {"fast": 50, "slow": 1}          # capped; a call longer than the sample: 1
+    calls.update(fast=0, slow=0)
+    times, probes = run_rounds([({"fast": fast, "slow": slow}, lambda: 1.0)], 2, 1, [inner])
+    assert calls == {"fast": 3 * 50, "slow": 3}       # (warm-up + timed rounds) x inner
+    assert len(times[0]["fast"]) == 2 and probes == [[1.0, 1.0]]
+    assert times[0]["slow"][0] >= 0.02 > times[0]["fast"][0]
+    calls.update(fast=0, slow=0)
+    run_rounds([({"fast": fast, "slow": slow}, lambda: 1.0)], 2, 1, [inner], warm_each=True)
+    assert calls == {"fast": 3 * 51, "slow": 3}       # one untimed call before a multi-call sample
+
+
+def test_timed_fills_a_minimum_sample_after_an_untimed_call():
+    import time
+
+    from cnnkit.bench._common import timed
+    calls = []
+
+    def fast():
+        calls.append(time.perf_counter())
+
+    t = timed(fast, 1, min_s=0.003)                   # a count of 1 set while the machine was busy
+    assert len(calls) > 2 and calls[-1] - calls[1] < 0.003 + 0.05
+    assert t < 0.003 / (len(calls) - 2) + 1e-3        # the first (untimed) call is not counted
+    calls.clear()
+
+    def slow():
+        calls.append(1)
+        time.sleep(0.01)
+
+    assert timed(slow, 1, min_s=0.005) >= 0.01 and calls == [1]     # one call fills the sample
+    calls.clear()
+    timed(fast, 7, min_s=1e-9)
+    assert len(calls) == 8                            # at least inner timed calls
+    calls.clear()
+    timed(fast, 5)
+    assert len(calls) == 5                            # without min_s: as before

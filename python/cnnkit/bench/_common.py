@@ -17,8 +17,8 @@ import numpy as np
 
 from .. import _core
 
-__all__ = ["Emitter", "fmt", "import_torch", "med", "peer_header", "probe", "run_rounds", "stream_arrays",
-           "timed"]
+__all__ = ["Emitter", "NOISY", "calibrate_inner", "fmt", "import_torch", "judge", "med", "peer_header",
+           "probe", "run_rounds", "spread", "stream_arrays", "target", "target_summary", "timed"]
 
 
 def probe(kind: str, arrays, reps: int) -> float:
@@ -27,18 +27,98 @@ def probe(kind: str, arrays, reps: int) -> float:
     return nbytes / float(np.median(secs)) / 1e9
 
 
-def timed(fn, inner: int = 1) -> float:
-    """Seconds per call of ``fn()``, over ``inner`` back-to-back calls."""
-    t0 = time.perf_counter()
-    for _ in range(inner):
+def timed(fn, inner: int = 1, warm: bool = False, min_s: float = 0.0,
+          max_calls: int = 1000) -> float:
+    """Seconds per call of ``fn()``, over ``inner`` back-to-back calls (after one untimed call
+    with ``warm``: the thread pool is awake and the caches hold what the call touches).
+
+    With ``min_s`` > 0 the sample adapts to the call: a first call that lasts ``min_s`` or more
+    (and ``inner`` 1) is the sample; a shorter one is the untimed warm-up instead, and the timed
+    calls go on until there are ``inner`` of them and they have lasted ``min_s`` (at most
+    ``max_calls`` calls), so a count set while the machine was busy still fills the sample."""
+    if min_s > 0:
+        t0 = time.perf_counter()
         fn()
-    return (time.perf_counter() - t0) / inner
+        first = time.perf_counter() - t0
+        if first >= min_s and inner <= 1:
+            return first
+    elif warm:
+        fn()
+    t0 = time.perf_counter()
+    if min_s <= 0:
+        for _ in range(inner):
+            fn()
+        return (time.perf_counter() - t0) / inner
+    n = 0
+    while True:
+        fn()
+        n += 1
+        if n >= inner:
+            elapsed = time.perf_counter() - t0
+            if elapsed >= min_s or n >= max_calls:
+                return elapsed / n
+
+
+def calibrate_inner(impls: dict, min_sample_s: float, max_inner: int = 1000) -> dict:
+    """Calls per timed sample for each implementation, so that one sample lasts about
+    ``min_sample_s``.
+
+    A call of a fraction of a millisecond cannot be timed alone on a shared machine: a parallel
+    region waits for every thread of the pool, and a thread that lost its core waits a scheduler
+    slice (milliseconds) for it, so single calls read as that slice instead of their own cost.
+    Back-to-back calls keep the pool's threads running between calls, so a sample of several
+    slices costs the calls plus at most a few waits. Each implementation is called back to back
+    (untimed warm-up first), one timed call at a time, until at least ten calls and
+    ``min_sample_s`` have passed (or ``20 * min_sample_s``: slow calls stop after one); the
+    fastest call, the one no other process interrupted, sets
+    ``inner = ceil(min_sample_s / fastest)``, between 1 and ``max_inner``.
+
+    Parameters
+    ----------
+    impls : dict
+        Name -> callable taking no arguments.
+    min_sample_s : float
+        Target duration of one timed sample, in seconds.
+    max_inner : int
+        Upper bound on the calls per sample.
+
+    Returns
+    -------
+    dict
+        Name -> calls per sample (int >= 1).
+    """
+    out = {}
+    for name, fn in impls.items():
+        fn()
+        fastest, spent, calls = float("inf"), 0.0, 0
+        # the first calls may wait for a sleeping pool thread to get a core: time a few
+        while ((spent < min_sample_s or calls < 10) and spent < 20 * min_sample_s
+               and calls < max_inner):
+            t = timed(fn)
+            fastest, spent, calls = min(fastest, t), spent + t, calls + 1
+        out[name] = int(max(1, min(max_inner, np.ceil(min_sample_s / max(fastest, 1e-9)))))
+    return out
 
 
 def med(xs):
     """Median of the values that are not None, as a float; None if there are none."""
     xs = [x for x in xs if x is not None]
     return float(np.median(xs)) if xs else None
+
+
+def spread(xs):
+    """The spread of repeated measurements: interquartile range over median (0.1 = 10%).
+
+    None when fewer than two values are given or the median is not positive. Values that are
+    None are left out."""
+    xs = np.asarray([x for x in xs if x is not None], dtype=np.float64)
+    if xs.size < 2:
+        return None
+    m = float(np.median(xs))
+    if not m > 0:
+        return None
+    q25, q75 = np.percentile(xs, [25, 75])
+    return float((q75 - q25) / m)
 
 
 def fmt(x, digits: int = 3) -> str:
@@ -49,22 +129,27 @@ def fmt(x, digits: int = 3) -> str:
     return f"{x:.{digits}g}"
 
 
-def run_rounds(blocks, reps: int, warmup: int, inner=None) -> tuple:
+def run_rounds(blocks, reps: int, warmup: int, inner=None, warm_each: bool = False,
+               min_sample_s: float = 0.0) -> tuple:
     """Interleaved timing rounds.
 
     ``blocks`` is a list of ``(impls, probe_fn)``: ``impls`` maps a name to a callable, and
     ``probe_fn()`` returns the GB/s of a STREAM probe. In each round every block runs in turn:
     each implementation once, then the probe. Odd rounds run the blocks, and the implementations in
     each block, in reverse order, probe first. ``inner`` (optional, one int per block) times that
-    many back-to-back calls and divides, for calls too short to time alone. The garbage collector
-    is off while timing.
+    many back-to-back calls and divides, for calls too short to time alone; an entry may also be a
+    dict name -> calls, one count per implementation (see :func:`calibrate_inner`). With
+    ``warm_each``, a sample of more than one call starts after one untimed call (the pool's
+    threads awake, as after the previous kernel of a training step); ``min_sample_s`` > 0 makes
+    every sample of a call shorter than that start with an untimed call and go on until it has
+    lasted that long (see :func:`timed`). The garbage collector is off while timing.
 
     Returns ``(times, probes)``: ``times[b][name]`` the seconds per call in each timed round,
     ``probes[b]`` the probe's GB/s in each timed round.
     """
     inner = list(inner) if inner is not None else [1] * len(blocks)
-    times = [{name: [] for name in impls} for impls, _ in blocks]
-    probes = [[] for _ in blocks]
+    times: list[dict[str, list[float]]] = [{name: [] for name in impls} for impls, _ in blocks]
+    probes: list[list[float]] = [[] for _ in blocks]
     order = list(range(len(blocks)))
     gc.collect()
     gc.disable()
@@ -76,7 +161,10 @@ def run_rounds(blocks, reps: int, warmup: int, inner=None) -> tuple:
                 names = list(impls) if fwd else list(impls)[::-1]
                 if not fwd:
                     bw = probe_fn()
-                row = {name: timed(impls[name], inner[b]) for name in names}
+                k = inner[b]
+                n = {name: k[name] if isinstance(k, dict) else k for name in names}
+                row = {name: timed(impls[name], n[name], warm_each and n[name] > 1, min_sample_s)
+                       for name in names}
                 if fwd:
                     bw = probe_fn()
                 if r >= warmup:
@@ -121,22 +209,97 @@ def peer_header(torch) -> dict:
     return extra
 
 
-def target_text(targets) -> str:
-    """Targets as text: each (name, value, threshold, met) reads "name value >= threshold: met".
+NOISY = "noisy, not judged"
 
-    A name starting with "%" shows percentages; one starting with "per-param" is an upper bound
-    ("<="); met None means not measured."""
+
+def judge(value, threshold, spread=None, *, upper: bool = False) -> str:
+    """The verdict on one figure against its target.
+
+    Parameters
+    ----------
+    value : float or None
+        The figure (a median over rounds); None when it was not measured.
+    threshold : float
+        The target: ``value >= threshold`` is met (``value <= threshold`` with ``upper``).
+    spread : float or None
+        The spread of the figure's repeats as a fraction of ``value`` (:func:`spread`: the
+        interquartile range over the median); None when unknown (then the figure is judged).
+    upper : bool
+        Whether the threshold is an upper bound.
+
+    Returns
+    -------
+    str
+        ``"not measured"`` when ``value`` is None; ``"noisy, not judged"`` (:data:`NOISY`) when the
+        spread, ``spread * |value|``, is larger than the margin ``|value - threshold|`` (the repeats
+        do not say on which side of the target the figure lies); otherwise ``"met"`` or
+        ``"MISSED"``.
+
+    Examples
+    --------
+    >>> judge(2.5, 3.0, 0.05), judge(2.5, 3.0, 0.4), judge(3.5, 3.0, None), judge(None, 3.0)
+    ('MISSED', 'noisy, not judged', 'met', 'not measured')
+    >>> judge(1.2, 1.5, 0.1, upper=True)
+    'met'
+    """
+    if value is None:
+        return "not measured"
+    value, threshold = float(value), float(threshold)
+    if spread is not None and float(spread) * abs(value) > abs(value - threshold):
+        return NOISY
+    ok = value <= threshold if upper else value >= threshold
+    return "met" if ok else "MISSED"
+
+
+def target(name: str, value, threshold: float, series=None, *, rel_spread=None) -> tuple:
+    """One target as ``(name, value, threshold, met, spread)`` for :func:`target_text`.
+
+    ``series`` holds the figure's per-round values (its spread is measured from them), or
+    ``rel_spread`` gives that spread directly; ``met`` is True or False, and None when the figure
+    was not measured or is too noisy to judge (see :func:`judge`). A name starting with
+    "per-param" is an upper bound, one starting with "%" shows percentages."""
+    s = spread(series) if series is not None else rel_spread
+    verdict = judge(value, threshold, s, upper=name.startswith("per-param"))
+    return (name, value, threshold, {"met": True, "MISSED": False}.get(verdict), s)
+
+
+def target_text(targets) -> str:
+    """Targets as text: each reads "name value [spread] >= threshold: verdict".
+
+    An entry is ``(name, value, threshold, met)``, or ``(name, value, threshold, met, spread)``
+    as :func:`target` makes it (then the verdict is :func:`judge`'s and the spread is shown as
+    "±N%", the interquartile range over the median). A name starting with "%" shows percentages;
+    one starting with "per-param" is an upper bound ("<="); met None in a 4-tuple means not
+    measured."""
     parts = []
-    for name, v, thr, met in targets:
-        if met is None:
+    for t in targets:
+        name, v, thr, met = t[:4]
+        s = t[4] if len(t) > 4 else None
+        if v is None or (len(t) == 4 and met is None):
             parts.append(f"{name}: not measured")
             continue
+        upper = name.startswith("per-param")
+        verdict = judge(v, thr, s, upper=upper) if len(t) > 4 else ("met" if met else "MISSED")
         pct = name.startswith("%")
         shown = f"{100 * v:.0f}%" if pct else f"{v:.2f}"
+        if s is not None:
+            shown += f" ±{100 * s:.0f}%"
         thr_s = f"{100 * thr:.0f}%" if pct else f"{thr:g}"
-        op = "<=" if name.startswith("per-param") else ">="
-        parts.append(f"{name} {shown} {op} {thr_s}: {'met' if met else 'MISSED'}")
+        op = "<=" if upper else ">="
+        parts.append(f"{name} {shown} {op} {thr_s}: {verdict}")
     return "; ".join(parts)
+
+
+def target_summary(targets) -> str:
+    """The count line under a table: "Targets met: M of J judged (N noisy, not judged)".
+
+    ``targets`` as for :func:`target_text`; a 5-tuple with a value and met None is noisy."""
+    met = sum(1 for t in targets if t[3])
+    judged = sum(1 for t in targets if t[3] is not None)
+    noisy = sum(1 for t in targets if t[3] is None and len(t) > 4 and t[1] is not None)
+    text = f"Targets met: {met} of {judged} judged"
+    return text + (f" ({noisy} {NOISY}: the spread of the rounds exceeds the margin)." if noisy
+                   else ".")
 
 
 def parse_list(text, allowed, what, *, require=False):

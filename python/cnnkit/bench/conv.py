@@ -68,6 +68,7 @@ import inspect
 import math
 import sys
 import time
+from typing import Any
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
@@ -76,6 +77,7 @@ import cnnkit
 from cnnkit.bench import machine_header, memory_bandwidth
 from cnnkit.bench._common import fmt as _f
 from cnnkit.bench._common import (
+    NOISY,
     add_roof_args,
     import_torch,
     med,
@@ -83,7 +85,10 @@ from cnnkit.bench._common import (
     peer_header,
     probe,
     run_rounds,
+    spread,
     stream_arrays,
+    target,
+    target_summary,
     target_text,
     write_json,
 )
@@ -93,7 +98,7 @@ __all__ = ["main", "SHAPES", "FAMILIES", "ConvSpec", "NumpyIm2col", "gemm_peak",
 
 # The "conv" entry of the project's shared benchmark shapes (kept identical here, so the
 # benchmark runs from an installed package).
-SHAPES = {
+SHAPES: dict[str, Any] = {
     "batch": 32,
     "columns": ["name", "in_channels", "out_channels", "height_width", "stride", "groups",
                 "kernel"],
@@ -450,7 +455,7 @@ def _cnnkit_impls(spec, d, layouts, passes) -> dict:
     """{pass: {name: callable}} for cnnkit, "reuse" (out= buffers kept) and "fresh"."""
     s, p, dl, g = spec.args()
     w = d["w"]
-    impls = {ps: {} for ps in passes}
+    impls: dict[str, dict[str, Any]] = {ps: {} for ps in passes}
     for L in layouts:
         x, dy = d[L]
         if "fwd" in impls:
@@ -474,7 +479,7 @@ def _torch_impls(torch, spec, d, passes) -> dict:
     """{pass: {"torch NCHW"/"torch CL": callable}}; backward graphs are built here, once."""
     F = torch.nn.functional
     s, p, dl, g = spec.args()
-    impls = {ps: {} for ps in passes}
+    impls: dict[str, dict[str, Any]] = {ps: {} for ps in passes}
     for TL in TORCH_LAYOUTS:
         if TL == "NCHW":
             xt, dyt = (torch.from_numpy(a) for a in d["NCHW"])
@@ -613,12 +618,14 @@ def summarize(res: dict, spec: ConvSpec, layouts, peak: float) -> list:
                 tc = t.get(f"cnnkit {L} {var}")
                 if tc is None:
                     continue
-                v = {"ms": 1e3 * med(tc), "gflops": flops / med(tc) / 1e9,
+                v = {"ms": 1e3 * med(tc), "ms_spread": spread(tc),
+                     "gflops": flops / med(tc) / 1e9,
                      "gbs": nbytes / med(tc) / 1e9, "frac_roof": med(floor / tc)}
                 if best is not None:
                     ratio = torch_t[best] / tc
                     v["vs_torch"] = med(ratio)
                     v["vs_torch_iqr"] = [float(q) for q in np.percentile(ratio, [25, 75])]
+                    v["vs_torch_spread"] = spread(ratio)
                 if np_t is not None:
                     v["vs_numpy"] = med(np_t / tc)
                 r[var] = v
@@ -641,21 +648,31 @@ def target_threshold(r: dict):
 
 
 def targets(r: dict) -> list:
-    """[(description, value, threshold, met)] for one summary row; met is None when not
-    measured (no torch). Empty when the row has no target."""
+    """[(description, value, threshold, met, spread)] for one summary row
+    (:func:`cnnkit.bench._common.target`); met is None when not measured (no torch) or when the
+    spread of the rounds exceeds the margin. Empty when the row has no target."""
     thr = target_threshold(r)
     if thr is None:
         return []
     out = []
     for var in VARIANTS:
-        x = r.get(var, {}).get("vs_torch")
-        out.append((f"x torch ({var})", x, thr, None if x is None else x >= thr))
+        v = r.get(var, {})
+        out.append(target(f"x torch ({var})", v.get("vs_torch"), thr,
+                          rel_spread=v.get("vs_torch_spread")))
     return out
 
 
 # ---- printing ----------------------------------------------------------------------------------
 def _pct(x) -> str:
     return "-" if x is None else f"{100 * x:.0f}%"
+
+
+def _ms(v) -> str:
+    """Median ms with the spread of the rounds (interquartile range over median)."""
+    if not v:
+        return "-"
+    sp = v.get("ms_spread")
+    return _f(v["ms"]) + ("" if sp is None else f" ±{100 * sp:.0f}%")
 
 
 def _x(v, key) -> str:
@@ -683,7 +700,7 @@ def render(rows: list, have_torch: bool, markdown: bool = False) -> str:
         tl = targets(r)
         body.append([
             r["name"], r["layout"], r["row"], r["algorithm"] or "",
-            _f(ru["ms"]) if ru else "-", _f(fr["ms"]) if fr else "-",
+            _ms(ru), _ms(fr),
             _f(ru["gflops"]) if ru else "-", _f(ru["gbs"]) if ru else "-",
             f"{_f(r['floor_ms'])} ({r['bound'][:3]})", _pct(ru["frac_roof"]) if ru else "-",
             tb, _x(ru, "vs_torch"), _x(fr, "vs_torch"), _x(ru, "vs_numpy"),
@@ -749,7 +766,19 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
+    """Run the convolution benchmark (``cnnkit bench conv``) and print its table.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        Command-line arguments (default ``sys.argv[1:]``); ``cnnkit bench conv --help`` lists them.
+
+    Returns
+    -------
+    int
+        The exit status: 0 on success, 2 on bad arguments.
+    """
     args = _parser().parse_args(argv)
     try:
         fams = parse_list(args.family, FAMILIES, "--family", require=True)
@@ -878,8 +907,9 @@ def _run(args, torch, blas, threads, specs, layouts, passes, numpy_passes, batch
          f"({min(roofs):.1f}-{max(roofs):.1f} GB/s in this run). Minimum bytes: fwd x+y+w, bwd "
          "x+dy+dx+w+dw; FLOPs: fwd 2*N*Cout*Ho*Wo*(Cin/g)*k^2, bwd 2x fwd. floor = max(bytes/BW, "
          "FLOPs/peak) per round; layers that fit in L3 can beat it.")
-    emit("Columns: ms = median; GFLOP/s, eff GB/s and % of roof are for reuse (out=); x torch = "
-         "median over rounds of torch's faster layout / cnnkit; x numpy = NumPy im2col / cnnkit "
+    emit("Columns: ms = median ±spread (interquartile range of the rounds over the median; a "
+         f"target whose spread exceeds its margin reads '{NOISY}'); GFLOP/s, eff GB/s and % of "
+         "roof are for reuse (out=); x torch = median over rounds of torch's faster layout / cnnkit; x numpy = NumPy im2col / cnnkit "
          "reuse" + ("" if "bwd" in numpy_passes or "bwd" not in passes
                     else " (forward only: the NumPy baseline's backward was not run, --numpy "
                          f"{args.numpy})") + ".")
@@ -891,12 +921,13 @@ def _run(args, torch, blas, threads, specs, layouts, passes, numpy_passes, batch
     print(render(rows, torch is not None, md))
     print()
     all_t = [(r, t) for r in rows for t in targets(r)]
-    met = sum(1 for _, t in all_t if t[3])
-    measured = sum(1 for _, t in all_t if t[3] is not None)
-    print(f"Targets met: {met} of {measured} measured.")
+    print(target_summary([t for _, t in all_t]))
     for r, t in all_t:
         if t[3] is False:
             print(f"  missed: {r['name']} {r['layout']} {r['row']}: {target_text([t])}")
+    for r, t in all_t:
+        if t[3] is None and t[1] is not None:
+            print(f"  {NOISY}: {r['name']} {r['layout']} {r['row']}: {target_text([t])}")
 
     if args.json:
         doc = {"header": header, "argv": list(argv) if argv is not None else sys.argv[1:],
@@ -909,7 +940,8 @@ def _run(args, torch, blas, threads, specs, layouts, passes, numpy_passes, batch
                "peak_source": "--peak-gflops" if args.peak_gflops is not None else "sgemm",
                "shapes": SHAPES, "results": raw, "summary": rows,
                "targets": [{"name": r["name"], "layout": r["layout"], "row": r["row"],
-                            "target": t[0], "value": t[1], "threshold": t[2], "met": t[3]}
+                            "target": t[0], "value": t[1], "threshold": t[2], "met": t[3],
+                            "spread": t[4]}
                            for r, t in all_t]}
         write_json(args.json, doc)
     return 0

@@ -55,6 +55,26 @@ max |peer|, tolerance 1e-3; SmoothGrad with zero noise on both sides, since the 
 different noise; captum's occlusion is compared channel by channel). A cnnkit result outside the
 tolerance stops the benchmark.
 
+Feature visualization (``--methods features``)
+----------------------------------------------
+Adam steps per second of :func:`cnnkit.explain.feature_visualization` with
+``objectives.channel(layer, k)``, the FFT parameterization with colour decorrelation and the
+standard transforms, batch 4 at 64x64 (the model sees 67x67), lr 0.05, 30 steps per call, at the
+last block "4" and the middle block "3", the 3 most active channels of each on the initial images
+(``--fv-steps``, ``--fv-channels``). cnnkit's figure is ``FeatureHistory.seconds`` (the
+optimization loop, not the setup). The peers are the same loop in torch autograd on the twin
+(:mod:`cnnkit.bench._fv_torch`): the spectrum through ``torch.fft.irfft2`` scaled by cnnkit's
+``fft_scale`` / 4, cnnkit's colour basis and a sigmoid, cnnkit's own transform draws and affine maps
+read by ``F.grid_sample``, the channel mean, ``torch.optim.Adam(maximize=True)``; once on the twin
+truncated to the layer (the fair peer) and once on the whole twin with a forward hook at the layer,
+as Lucent runs it. Both start from cnnkit's initial spectrum for the seed and draw the same
+transforms. Before timing, one step from the same spectrum (the images a few cnnkit steps reach)
+and the same draws is compared: the gradient with respect to the spectrum (max |diff| / max
+|torch|) and the objective, each within the tolerance. Target: cnnkit >= 2x the faster torch loop.
+Interleaved rounds as for the methods (5 timed after 1 warm-up round; 1 and none with ``--quick``,
+which runs 2 steps at layer "4", one channel). torch-lucent's version is printed if it imports; it
+is not run.
+
 Timing, roofs, memory
 ---------------------
 cnnkit, torch and numpy's OpenBLAS run at ``--threads`` (default 2). Each method is timed in its
@@ -87,9 +107,11 @@ call of this pass, so its figure includes allocating them. For cnnkit the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import gc
 import sys
+from typing import Any
 import time
 import tracemalloc
 import warnings
@@ -111,7 +133,10 @@ from cnnkit.bench._common import (
     peer_header,
     probe,
     run_rounds,
+    spread,
     stream_arrays,
+    target,
+    target_summary,
     target_text,
     write_json,
 )
@@ -145,6 +170,16 @@ TOL = 1e-3
 KINKED = ("integrated_gradients", "smoothgrad")
 PROBE_KIND = "triad"
 INNER_SECONDS = 0.2
+#: the feature-visualization benchmark (``--methods features``): a channel objective, FFT
+#: parameterization with colour decorrelation, the standard transforms, batch 4 at 64x64, Adam
+FEATURES = "features"
+FV_LAYERS, QUICK_FV_LAYERS = ("4", "3"), ("4",)     # the last block and the middle one
+FV_CHANNELS, QUICK_FV_CHANNELS = 3, 1               # channels per layer (the most active ones)
+FV_STEPS, QUICK_FV_STEPS = 30, 2                    # Adam steps per timed call
+FV_CHECK_STEPS, QUICK_FV_CHECK_STEPS = 8, 2         # cnnkit steps to the checked state
+FV_BATCH, FV_SIDE, FV_LR = 4, 64, 0.05
+FV_TARGET = 2.0                                     # cnnkit steps/s >= 2x the best peer's
+FV_PEERS = ("torch autograd, truncated", "torch autograd, full + hook")
 
 
 # ---- the model and its torch twin ----------------------------------------------------------------
@@ -474,6 +509,346 @@ def _compare(method, got, ref) -> tuple:
     return worst, note
 
 
+# ---- feature visualization: cnnkit's loop against the same loop in torch autograd ----------------
+@contextlib.contextmanager
+def _fv_context(model):
+    """The state :func:`cnnkit.explain.feature_visualization` works in (explaining mode, and
+    where each Sequential's last forward stopped restored afterwards)."""
+    from cnnkit.explain import features as fvm
+    from cnnkit.nn import Sequential
+    ran = [(m, m.__dict__.get("_ran")) for m in model.modules() if isinstance(m, Sequential)]
+    with _explain.explaining(model), fvm._restoring(ran):
+        yield
+
+
+def _fv_transforms():
+    from cnnkit.explain.features import standard_transforms
+    return standard_transforms((FV_SIDE, FV_SIDE))
+
+
+def fv_channels(model, layer: str, count: int) -> list:
+    """The ``count`` channels of ``layer`` with the largest mean activation on the initial images
+    of ``feature_visualization(..., seed=0)`` (a dead channel's gradient is zero and would check
+    nothing), in increasing order."""
+    from cnnkit.explain import objectives
+    from cnnkit.explain.features import _Runner
+    from cnnkit.explain._fv_param import ImageParam
+    layout = _explain._model.layout_of(model)
+    img = ImageParam((FV_BATCH, 3, FV_SIDE, FV_SIDE), "fft", True, np.random.default_rng(0)).image()
+    x = np.ascontiguousarray(img.transpose(0, 2, 3, 1) if layout == "NHWC" else img)
+    with _fv_context(model):
+        a = _Runner(model, objectives.channel(layer, 0), layout).outputs(x)[layer]
+    means = (a.mean(axis=(0, 1, 2)) if layout == "NHWC" else a.mean(axis=(0, 2, 3)))
+    return sorted(int(k) for k in np.argsort(-means, kind="stable")[:count])
+
+
+def fv_cnnkit_value_and_grad(model, layer: str, k: int, spec, tparams) -> tuple:
+    """cnnkit's objective value and gradient with respect to the spectrum for one step of its
+    feature-visualization loop (:func:`cnnkit.explain.features._step`), from the spectrum ``spec``
+    (2, N, 3, H, W // 2 + 1) and the standard transforms' parameters ``tparams``."""
+    from cnnkit.explain import objectives
+    from cnnkit.explain.features import _Runner, _step
+    from cnnkit.explain._fv_param import ImageParam
+    tf = _fv_transforms()
+    hw = (FV_SIDE, FV_SIDE)
+    layout = _explain._model.layout_of(model)
+    in_hw = tf.output_size(hw)
+    n = spec.shape[1]
+    with _fv_context(model):
+        runner = _Runner(model, objectives.channel(layer, k), layout)
+        xbuf = np.empty((n, 3) + in_hw if layout == "NCHW" else (n,) + in_hw + (3,), np.float32)
+        p = ImageParam((n, 3) + hw, "fft", True, np.random.default_rng(0))
+        p.params[...] = spec
+        value, grad = _step(runner, p, tf.plan(tparams, hw), xbuf)
+    return float(value), np.array(grad)
+
+
+def fv_check_state(model, layer: str, k: int, steps: int) -> tuple:
+    """A mid-optimization state to check one step at: (the spectrum of the images that ``steps``
+    of cnnkit's loop reach from seed 1, transform parameters drawn from seed 2)."""
+    from cnnkit.explain import objectives
+    from cnnkit.explain.features import feature_visualization
+    from cnnkit.explain._fv_param import ImageParam
+    img = feature_visualization(model, objectives.channel(layer, k), size=FV_SIDE, batch=FV_BATCH,
+                                steps=steps, seed=1, progress=False)
+    p = ImageParam((FV_BATCH, 3, FV_SIDE, FV_SIDE), "fft", True, np.random.default_rng(0))
+    p.set_image(np.clip(img.transpose(0, 3, 1, 2).astype(np.float64), 1e-6, 1 - 1e-6))
+    tparams = _fv_transforms().sample(np.random.default_rng(2), FV_BATCH, (FV_SIDE, FV_SIDE))
+    return p.params.copy(), tparams
+
+
+class FeatureCase:
+    """One (layer, channel) of the feature-visualization benchmark: cnnkit's call and the torch
+    loops (:class:`cnnkit.bench._fv_torch.TorchFeatureLoop`)."""
+
+    def __init__(self, model, net, torch, layer, k, steps, channels_last):
+        self.model, self.torch, self.layer, self.k, self.steps = model, torch, layer, k, steps
+        self.loops = {}
+        if torch is not None and net is not None:
+            from cnnkit.bench._fv_torch import TorchFeatureLoop
+            for name, full in zip(FV_PEERS, (False, True)):
+                self.loops[name] = TorchFeatureLoop(
+                    torch, net, layer, k, (FV_SIDE, FV_SIDE), FV_BATCH, _fv_transforms(), full=full,
+                    channels_last=channels_last, lr=FV_LR)
+
+    @property
+    def label(self):
+        return f"{self.layer}:{self.k}"
+
+    def calls(self) -> dict:
+        """{name: callable returning (seconds of the optimization loop, objective at the last
+        step)}, cnnkit first."""
+        from cnnkit.explain import objectives
+        from cnnkit.explain.features import feature_visualization
+        m, layer, k, steps = self.model, self.layer, self.k, self.steps
+
+        def ck():
+            _, h = feature_visualization(m, objectives.channel(layer, k), size=FV_SIDE,
+                                         batch=FV_BATCH, steps=steps, lr=FV_LR, seed=0,
+                                         progress=False, return_history=True)
+            return h.seconds, float(h.values[-1])
+        out = {"cnnkit": ck}
+        for name, loop in self.loops.items():
+            out[name] = (lambda lp: lambda: (lambda r: (r[0], float(r[1][-1])))(lp.run(steps, 0)))(loop)
+        return out
+
+    def check(self, check_steps) -> dict:
+        """{peer: (gradient error, value error)}: max |cnnkit - torch| / max |torch| of the
+        gradient with respect to the spectrum, and the objective's relative difference, for one
+        step from the same spectrum and the same transform draws."""
+        spec, tparams = fv_check_state(self.model, self.layer, self.k, check_steps)
+        v, g = fv_cnnkit_value_and_grad(self.model, self.layer, self.k, spec, tparams)
+        if not (np.all(np.isfinite(g)) and np.isfinite(v)):
+            return {"cnnkit": (float("inf"), float("inf"))}
+        out = {}
+        for name, loop in self.loops.items():
+            vt, gt = loop.value_and_grad(spec, tparams)
+            err, _ = _compare(FEATURES, g, gt)
+            out[name] = (err, abs(v - vt) / max(abs(vt), 1e-30))
+        return out
+
+
+def fv_flops_per_step(layer: str) -> float:
+    """Nominal FLOPs of one step: forward to ``layer`` and the input-gradient backward from it
+    (the same count), convolutions only, for the batch at the transformed input's size."""
+    from cnnkit.bench.train import describe, layer_shapes
+    side = _fv_transforms().output_size((FV_SIDE, FV_SIDE))[0]
+    nchw = build_model(0)
+    x = np.zeros((1, 3, side, side), np.float32)
+    with _explain.explaining(nchw):
+        desc = describe(nchw, layer_shapes(nchw, x), "NCHW")
+    fwd = sum(v[1] for name, v in desc.items() if int(name.split(".")[0]) <= int(layer))
+    return 2.0 * FV_BATCH * float(fwd)
+
+
+def fv_rounds(cases, reps, warmup, probe_fn) -> list:
+    """Interleaved rounds over the feature cases (odd rounds in reverse order, a STREAM probe
+    after each case): per case {"seconds": {name: [...]}, "last": {name: value}, "probe_gbs"}."""
+    res: list[dict[str, Any]] = [{"seconds": {n: [] for n in c.calls()}, "last": {},
+                                  "probe_gbs": []} for c in cases]
+    calls = [c.calls() for c in cases]
+    gc.collect()
+    gc.disable()
+    try:
+        for r in range(warmup + reps):
+            fwd = r % 2 == 0
+            for i in (range(len(cases)) if fwd else range(len(cases) - 1, -1, -1)):
+                names = list(calls[i]) if fwd else list(calls[i])[::-1]
+                for n in names:
+                    s, last = calls[i][n]()
+                    if r >= warmup:
+                        res[i]["seconds"][n].append(s)
+                        res[i]["last"][n] = last
+                bw = probe_fn()
+                if r >= warmup:
+                    res[i]["probe_gbs"].append(bw)
+    finally:
+        gc.enable()
+    return res
+
+
+def fv_summarize(case, res, steps, flops, peak, checks) -> dict:
+    """Steps per second (median over rounds), GFLOP/s, the ratios and the target of one case."""
+    secs = res["seconds"]
+    ck = secs["cnnkit"]
+    s = {"layer": case.layer, "channel": case.k, "rows": {}, "target": FV_TARGET,
+         "speedup": None, "met": None, "peer": None, "speedup_spread": None}
+    for name, ts in secs.items():
+        rates = [steps / t for t in ts]
+        row = {"steps_per_s": med(rates), "spread": (min(rates), max(rates)),
+               "ms_per_step": 1e3 * med(ts) / steps, "last_value": res["last"].get(name)}
+        row["gflops"] = flops * row["steps_per_s"] / 1e9
+        if name == "cnnkit":
+            row["pct_peak"] = row["gflops"] / peak if peak else None
+        else:
+            row["x_peer"] = med([a / b for a, b in zip(ts, ck)])
+            row["check"] = checks.get(name)
+        s["rows"][name] = row
+    peers = [n for n in secs if n != "cnnkit"]
+    if peers:
+        best = max(peers, key=lambda n: s["rows"][n]["steps_per_s"])
+        ratios = [a / b for a, b in zip(secs[best], ck)]
+        t = target("speedup", med(ratios), FV_TARGET, ratios)
+        s.update(peer=best, speedup=t[1], met=t[3], speedup_spread=t[4])
+    return s
+
+
+def fv_render(summaries, markdown) -> str:
+    head = ["layer:channel", "side", "steps/s", "[min-max]", "ms/step", "GFLOP/s", "% sgemm peak",
+            "x best peer", "target", "objective at last step", "check err (grad, value)"]
+    body = []
+    for s in summaries:
+        c = s["rows"]["cnnkit"]
+        tgt = ("-" if s["speedup"] is None
+               else target_text([("speedup", s["speedup"], s["target"], s["met"],
+                                  s["speedup_spread"])]).split(" ", 1)[1])
+        body.append([f"{s['layer']}:{s['channel']}", "cnnkit", _f(c["steps_per_s"]),
+                     f"{_f(c['spread'][0])}-{_f(c['spread'][1])}", _f(c["ms_per_step"]),
+                     _f(c["gflops"]), "-" if c["pct_peak"] is None else f"{100 * c['pct_peak']:.1f}%",
+                     "" if s["speedup"] is None else _f(s["speedup"]), tgt,
+                     f"{c['last_value']:.5g}", ""])
+        for name, row in s["rows"].items():
+            if name == "cnnkit":
+                continue
+            ce = row.get("check")
+            body.append(["", name, _f(row["steps_per_s"]),
+                         f"{_f(row['spread'][0])}-{_f(row['spread'][1])}", _f(row["ms_per_step"]),
+                         _f(row["gflops"]), "", f"({_f(row['x_peer'])})", "",
+                         f"{row['last_value']:.5g}",
+                         "-" if ce is None else f"{ce[0]:.1g}, {ce[1]:.1g}"])
+    return _table(head, body, markdown)
+
+
+def _lucent_version() -> str:
+    import importlib
+    try:
+        lucent = importlib.import_module("lucent")
+    except ModuleNotFoundError:
+        return "not installed"
+    except Exception as e:  # noqa: BLE001 - any import failure means: no lucent peer
+        return f"not importable ({type(e).__name__}: {e})"
+    import importlib.metadata as md
+    try:
+        v = md.version("torch-lucent")
+    except md.PackageNotFoundError:
+        v = getattr(lucent, "__version__", "?")
+    return f"{v} (installed; not run as a peer: the torch loops above are the same computation)"
+
+
+def _fv_tf_text(tf) -> str:
+    parts = []
+    for t in tf.transforms:
+        if hasattr(t, "pad"):
+            parts.append(f"pad {t.pad} (fill {t.fill:g})")
+        elif hasattr(t, "d"):
+            parts.append(f"jitter {t.d}")
+        elif hasattr(t, "scales"):
+            parts.append(f"scale {t.scales.min():g}-{t.scales.max():g}")
+        elif hasattr(t, "angles"):
+            parts.append(f"rotate {t.angles.min():g}..{t.angles.max():g} degrees")
+        else:
+            parts.append(repr(t))
+    return ", ".join(parts)
+
+
+def _fv_setup(args, emit, model, twin, torch) -> dict:
+    """The feature cases (layers x their most active channels) and the header line."""
+    q = args.quick
+    layers = QUICK_FV_LAYERS if q else FV_LAYERS
+    nch = args.fv_channels if args.fv_channels is not None else (QUICK_FV_CHANNELS if q
+                                                                 else FV_CHANNELS)
+    steps = args.fv_steps if args.fv_steps is not None else (QUICK_FV_STEPS if q else FV_STEPS)
+    net = None
+    if torch is not None and twin is not None:
+        from cnnkit.bench._fv_torch import frozen_copy
+        net = frozen_copy(torch, twin)
+    cl = args.torch_layout == "channels_last"
+    cases = [FeatureCase(model, net, torch, layer, k, steps, cl)
+             for layer in layers for k in fv_channels(model, layer, nch)]
+    flops = {layer: fv_flops_per_step(layer) for layer in layers}
+    tf = _fv_transforms()
+    in_side = tf.output_size((FV_SIDE, FV_SIDE))[0]
+    emit(f"Feature visualization: objectives.channel(layer, k) maximized, FFT parameterization "
+         f"with colour decorrelation, the standard transforms ({_fv_tf_text(tf)}), batch "
+         f"{FV_BATCH} at "
+         f"{FV_SIDE}x{FV_SIDE} (model input {in_side}x{in_side}), Adam lr {FV_LR:g}, {steps} steps "
+         f"per timed call; layers " + ", ".join(layers) + f", the {nch} most active channels of "
+         f"each on the initial images (" + ", ".join(c.label for c in cases) + "). FLOPs per step "
+         "(forward to the layer + input-gradient backward, batch " + str(FV_BATCH) + "): "
+         + ", ".join(f"layer {k} {v / 1e9:.3g} GFLOP" for k, v in flops.items()) + ".")
+    if net is not None:
+        emit("Feature-visualization peers: the same loop in torch autograd on the twin "
+             "(cnnkit.bench._fv_torch: torch.fft.irfft2 of the spectrum x cnnkit's fft_scale / 4, "
+             "cnnkit's colour basis, sigmoid; cnnkit's transform draws and maps read by "
+             "F.grid_sample; torch.optim.Adam(maximize=True); parameters frozen), on the twin "
+             f"truncated to the layer ({FV_PEERS[0]}) and on the whole twin with a forward hook "
+             f"at the layer as Lucent does ({FV_PEERS[1]}).")
+    return {"cases": cases, "steps": steps, "flops": flops, "layers": layers, "channels": nch,
+            "check_steps": QUICK_FV_CHECK_STEPS if q else FV_CHECK_STEPS, "checks": {}}
+
+
+def _fv_check(args, emit, fvc, failures) -> None:
+    """Checks one step of every case against the torch loops (see :meth:`FeatureCase.check`)."""
+    if args.no_check or not any(c.loops for c in fvc["cases"]):
+        return
+    worst_g = worst_v = 0.0
+    bad = False
+    for c in fvc["cases"]:
+        errs = c.check(fvc["check_steps"])
+        fvc["checks"][c.label] = errs
+        for name, (eg, ev) in errs.items():
+            worst_g, worst_v = max(worst_g, eg), max(worst_v, ev)
+            if not (eg <= TOL and ev <= TOL):
+                bad = True
+                failures.append(f"{FEATURES} {c.label}: cnnkit differs from {name} (gradient "
+                                f"max |diff| / max |ref| = {eg:.2g}, objective relative "
+                                f"difference {ev:.2g})")
+    emit(f"check (feature visualization): one step from the same spectrum (the images "
+         f"{fvc['check_steps']} cnnkit steps reach from seed 1) and the same transform draws: the "
+         f"gradient with respect to the spectrum (max |diff| / max |torch|) and the objective "
+         f"(relative difference) <= {TOL:g}; worst {worst_g:.1g} and {worst_v:.1g}"
+         + ("" if bad else ": all agree") + ".")
+
+
+def _fv_report(fvc, fv_res, peak, md) -> dict:
+    """Prints the feature-visualization table and its targets; returns the JSON part."""
+    steps = fvc["steps"]
+    summaries = [fv_summarize(c, r, steps, fvc["flops"][c.layer], peak,
+                              fvc["checks"].get(c.label, {}))
+                 for c, r in zip(fvc["cases"], fv_res)]
+    print()
+    print(f"### feature visualization: Adam steps per second, batch {FV_BATCH} at "
+          f"{FV_SIDE}x{FV_SIDE}\n" if md else
+          f"feature visualization, Adam steps per second (batch {FV_BATCH} at "
+          f"{FV_SIDE}x{FV_SIDE}, {steps} steps per call):")
+    print(fv_render(summaries, md))
+    print()
+    print(f"steps/s: {steps} steps / the seconds of the optimization loop (cnnkit: "
+          "FeatureHistory.seconds of feature_visualization(..., return_history=True), its setup "
+          "excluded; torch: the loop), median over rounds, [min-max] over rounds; x best peer: "
+          "median over rounds of the faster peer's seconds / cnnkit's (each peer's own ratio in "
+          "brackets); GFLOP/s: nominal FLOPs per step x steps/s; objective at last step: the "
+          "channel mean on the last step's transformed images (all sides start from cnnkit's "
+          "initial spectrum for seed 0 and draw the same transforms); check err: the one-step "
+          "check before timing.")
+    targets = [("speedup", s["speedup"], s["target"], s["met"], s["speedup_spread"])
+               for s in summaries if s["speedup"] is not None]
+    if targets:
+        print(target_summary(targets)[:-1] + f" (cnnkit >= {FV_TARGET:g}x the faster torch loop).")
+        for s in summaries:
+            if s["speedup"] is not None:
+                print(f"  features {s['layer']}:{s['channel']} vs {s['peer']}: "
+                      + target_text([("speedup", s["speedup"], s["target"], s["met"],
+                                      s["speedup_spread"])]))
+    return {"steps": steps, "batch": FV_BATCH, "side": FV_SIDE, "reps": fvc.get("reps"),
+            "warmup": fvc.get("warmup"), "flops_per_step": fvc["flops"],
+            "cases": [{"layer": c.layer, "channel": c.k, "seconds": r["seconds"],
+                       "last": r["last"], "probe_gbs": r["probe_gbs"],
+                       "check": {k: list(v) for k, v in fvc["checks"].get(c.label, {}).items()}}
+                      for c, r in zip(fvc["cases"], fv_res)],
+            "summary": summaries}
+
+
 # ---- memory --------------------------------------------------------------------------------------
 class PeakRSS:
     """The rise of the peak resident set over one call (see the module docstring); None where
@@ -557,7 +932,10 @@ def summarize(res, peak) -> dict:
         main_peer = peers[0]                       # the matched configuration judges the target
         s["peer"] = main_peer
         s["speedup"] = s["rows"][main_peer]["x_peer"]
-        s["met"] = s["speedup"] >= s["target"]
+        # judged only when the rounds' spread is smaller than the margin to the target
+        ratios = [a / b for a, b in zip(times[main_peer], ck)]
+        s["speedup_spread"] = spread(ratios)
+        s["met"] = target("speedup", s["speedup"], s["target"], ratios)[3]
         for k in peers:
             s["rows"][k]["gflops"] = flops / (s["rows"][k]["ms_per_image"] * 1e-3) / 1e9
     return s
@@ -571,8 +949,9 @@ def render(summaries, results, markdown) -> str:
         c = s["rows"]["cnnkit"]
         mem = r.get("memory", {})
         cm = mem.get("cnnkit", (None, None))
-        tgt = ("-" if s["met"] is None
-               else f">= {s['target']:g}: {'met' if s['met'] else 'MISSED'}")
+        tgt = ("-" if s["speedup"] is None
+               else target_text([("speedup", s["speedup"], s["target"], s["met"],
+                                  s.get("speedup_spread"))]).split(" ", 1)[1])
         body.append([s["method"], r["label"], "cnnkit", _f(c["ms_per_image"]),
                      f"{_f(c['spread'][0])}-{_f(c['spread'][1])}", _f(c["gflops"]),
                      "-" if c["pct_peak"] is None else f"{100 * c['pct_peak']:.1f}%",
@@ -598,8 +977,9 @@ def _parser() -> argparse.ArgumentParser:
                     "the same small CNN (resnet_small with batch norm, eval mode) and its torch "
                     "twin with copied weights: seconds per image, ratio to the peer, peak "
                     "memory, interleaved with STREAM probes.")
-    p.add_argument("--methods", default=",".join(METHODS),
-                   help=f"comma-separated subset of {','.join(METHODS)} (default all)")
+    p.add_argument("--methods", default=",".join(METHODS + (FEATURES,)),
+                   help=f"comma-separated subset of {','.join(METHODS + (FEATURES,))} (default "
+                        f"all; {FEATURES}: the feature-visualization loop in steps per second)")
     p.add_argument("--threads", type=int, default=2,
                    help="threads for cnnkit, torch and OpenBLAS (default 2)")
     p.add_argument("--repeats", "--reps", dest="reps", type=int, default=None,
@@ -618,8 +998,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true",
                    help=f"smoke run: batches {QUICK_SHAPES[0][0]} and {QUICK_SHAPES[1][0]}, "
                         f"{QUICK_IG_STEPS} IG steps, {QUICK_SG_SAMPLES} SmoothGrad samples, "
-                        f"{QUICK_RISE_MASKS} RISE masks, 1 round, 64 MiB STREAM arrays, 512^3 "
-                        "sgemm probe; numbers not representative")
+                        f"{QUICK_RISE_MASKS} RISE masks, feature visualization at layer "
+                        f"{QUICK_FV_LAYERS[0]}, {QUICK_FV_CHANNELS} channel, {QUICK_FV_STEPS} "
+                        "steps, 1 round, 64 MiB STREAM arrays, 512^3 sgemm probe; numbers not "
+                        "representative")
+    p.add_argument("--fv-steps", type=int, default=None,
+                   help=f"Adam steps per timed feature-visualization call (default {FV_STEPS}, "
+                        f"{QUICK_FV_STEPS} with --quick)")
+    p.add_argument("--fv-channels", type=int, default=None,
+                   help=f"channels per layer for feature visualization, the most active on the "
+                        f"initial images (default {FV_CHANNELS}, {QUICK_FV_CHANNELS} with --quick)")
     p.add_argument("--layout", choices=("NHWC", "NCHW"), default="NHWC",
                    help="the cnnkit model's layout (default NHWC, its faster one)")
     p.add_argument("--torch-layout", choices=("channels_last", "NCHW"), default="channels_last",
@@ -636,7 +1024,7 @@ def _parser() -> argparse.ArgumentParser:
 def _import_peers(torch) -> dict:
     """{"captum": captum.attr, "gradcam": pytorch_grad_cam, "gradcam_target", versions}."""
     import importlib.metadata as md
-    peers = {"versions": {}}
+    peers: dict[str, Any] = {"versions": {}}
     if torch is None:
         return peers
     try:
@@ -664,10 +1052,22 @@ def _import_peers(torch) -> dict:
     return peers
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
+    """Run the attribution-method benchmark (``cnnkit bench explain``) and print its table.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        Command-line arguments (default ``sys.argv[1:]``); ``cnnkit bench explain --help`` lists them.
+
+    Returns
+    -------
+    int
+        The exit status: 0 on success, 2 on bad arguments.
+    """
     args = _parser().parse_args(argv)
     try:
-        methods = parse_list(args.methods, METHODS, "--methods", require=True)
+        methods = parse_list(args.methods, METHODS + (FEATURES,), "--methods", require=True)
     except ValueError as e:
         print(e, file=sys.stderr)
         return 2
@@ -678,9 +1078,12 @@ def main(argv=None) -> int:
             or (args.reps is not None and args.reps < 1)
             or (args.warmup is not None and args.warmup < 0)
             or (args.batch_size is not None and args.batch_size < 1)
-            or (args.rise_images is not None and args.rise_images < 0)):
-        print("--threads, --repeats, --batch-size, --gemm-size, --stream-mib, --probe-reps must be "
-              ">= 1; --warmup, --rise-images >= 0", file=sys.stderr)
+            or (args.rise_images is not None and args.rise_images < 0)
+            or (args.fv_steps is not None and args.fv_steps < 1)
+            or (args.fv_channels is not None and args.fv_channels < 1)):
+        print("--threads, --repeats, --batch-size, --gemm-size, --stream-mib, --probe-reps, "
+              "--fv-steps, --fv-channels must be >= 1; --warmup, --rise-images >= 0",
+              file=sys.stderr)
         return 2
     from cnnkit.bench.conv import _OpenBLAS
 
@@ -714,9 +1117,13 @@ def _run(args, argv, torch, peers, blas, threads, methods, gemm_n, mib) -> int:
     from cnnkit.bench.train import CpuShare, _share_text
 
     q, md = args.quick, args.markdown
+    fv = FEATURES in methods
+    methods = [m for m in methods if m != FEATURES]
     extra = peer_header(torch)
     for k, v in peers["versions"].items():
         extra[k] = v
+    if fv:
+        extra["torch-lucent"] = _lucent_version()
     extra["numpy BLAS"] = blas.describe()
     header = machine_header(extra)
     emit = Emitter(md)
@@ -747,31 +1154,33 @@ def _run(args, argv, torch, peers, blas, threads, methods, gemm_n, mib) -> int:
              f"running statistics, eval mode, {model.num_parameters():,} parameters.")
     rise_default = RISE_IMAGES
     cases = []
-    for i, (n, side) in enumerate(shapes):
+    for i, (n, side) in enumerate(shapes if methods else ()):
         ri = args.rise_images if args.rise_images is not None else rise_default[i]
         cases.append(Case(model, twin, torch, peers, n, side, counts, ri, args.batch_size,
                           quick=q))
     flops = {c.side: model_flops(model, c.side) for c in cases}
-    emit("FLOPs per image, forward (backward, input gradients only, the same): "
-         + ", ".join(f"{c.side}x{c.side} {flops[c.side] / 1e9:.4g} GFLOP" for c in cases)
-         + "; forward+backward " + ", ".join(f"{2 * flops[c.side] / 1e9:.4g}" for c in cases)
-         + " GFLOP.")
-    emit("Batches: " + "; ".join(f"{c.label}: {c.bs} inputs per forward (B) for the chunked "
-                                 "methods" + (f" (cnnkit's default {c.default_bs})"
-                                              if c.default_bs is not None else " (--batch-size)")
-                                 + f", RISE on the first {c.rise_n} "
-                                 + ("images" if c.rise_n > 1 else "image") for c in cases)
-         + f". Counts: IG {counts['ig']} steps, SmoothGrad {counts['sg']} samples (noise "
-         f"{SG_NOISE:g} x image range), occlusion window {OCC_WINDOW} stride {OCC_STRIDE}, RISE "
-         f"{counts['rise']} masks (cell {RISE_CELL}, p {RISE_P:g}). Target: the predicted class.")
+    if cases:
+        emit("FLOPs per image, forward (backward, input gradients only, the same): "
+             + ", ".join(f"{c.side}x{c.side} {flops[c.side] / 1e9:.4g} GFLOP" for c in cases)
+             + "; forward+backward " + ", ".join(f"{2 * flops[c.side] / 1e9:.4g}" for c in cases)
+             + " GFLOP.")
+        emit("Batches: " + "; ".join(f"{c.label}: {c.bs} inputs per forward (B) for the chunked "
+                                     "methods" + (f" (cnnkit's default {c.default_bs})"
+                                                  if c.default_bs is not None else " (--batch-size)")
+                                     + f", RISE on the first {c.rise_n} "
+                                     + ("images" if c.rise_n > 1 else "image") for c in cases)
+             + f". Counts: IG {counts['ig']} steps, SmoothGrad {counts['sg']} samples (noise "
+             f"{SG_NOISE:g} x image range), occlusion window {OCC_WINDOW} stride {OCC_STRIDE}, RISE "
+             f"{counts['rise']} masks (cell {RISE_CELL}, p {RISE_P:g}). Target: the predicted class.")
     if torch is None:
         emit("torch not used: no peer, no check, no ratio and no target is judged.")
     elif "rise" in methods:
         emit("RISE peer: captum has no RISE; a straightforward torch implementation "
              "(cnnkit.bench.explain.torch_rise) with the same masks and the same batching.")
+    fvc = _fv_setup(args, emit, model, twin, torch) if fv else None
 
     # the check pass (also the first call of every timed function)
-    checks = {}
+    checks: dict[Any, Any] = {}
     check_time = {}
     failures = []
     for mth in methods:
@@ -800,11 +1209,13 @@ def _run(args, argv, torch, peers, blas, threads, methods, gemm_n, mib) -> int:
                                     f"max |ref| = {err:.2g}){'; ' + note if note else ''}")
                 elif note:
                     emit(f"  note: {mth} {c.label}: {note}")
-    if torch is not None and not args.no_check:
+    if torch is not None and not args.no_check and methods:
         emit(f"check: every cnnkit result against its peer's, max |diff| / max |peer| <= {TOL:g} "
              f"(integrated gradients and SmoothGrad: the 99.9th percentile, outliers listed)"
              + (" (SmoothGrad with zero noise on both sides)" if "smoothgrad" in methods else "")
              + ("" if failures else ": all agree") + ".")
+    if fvc is not None:
+        _fv_check(args, emit, fvc, failures)
     if failures:
         flush_header()
         print("\ncheck FAILED (timings would be meaningless):")
@@ -812,7 +1223,7 @@ def _run(args, argv, torch, peers, blas, threads, methods, gemm_n, mib) -> int:
             print("  " + b)
         return 1
 
-    stream = stream_arrays(mib)
+    stream: Any = stream_arrays(mib)
     kinds = ("copy", "triad")
     bw_start = memory_bandwidth(kinds, mib=mib, arrays=stream)
     gemm_start = gemm_peak(gemm_n)
@@ -848,6 +1259,14 @@ def _run(args, argv, torch, peers, blas, threads, methods, gemm_n, mib) -> int:
                             "warmup": warm, "inner": inn, "times_s": ts, "probe_gbs": ps,
                             "flops_per_image": c.flops_per_image(mth, flops[c.side]),
                             "check": checks.get((mth, c.side), {})})
+    fv_res = None
+    if fvc is not None:
+        reps = args.reps if args.reps is not None else (1 if q else 5)
+        warm = args.warmup if args.warmup is not None else (0 if q else 1)
+        fv_res = fv_rounds(fvc["cases"], reps, warm,
+                           lambda: probe(PROBE_KIND, stream, args.probe_reps))
+        fvc.update(reps=reps, warmup=warm)
+        all_probes += [p for r in fv_res for p in r["probe_gbs"]]
     timed_share = share.cores()
     elapsed = time.perf_counter() - t_all
     bw_end = memory_bandwidth(kinds, mib=mib, arrays=stream)
@@ -891,29 +1310,36 @@ def _run(args, argv, torch, peers, blas, threads, methods, gemm_n, mib) -> int:
                                 f"pass, {rss_end / 2 ** 20:.0f} MB after); NumPy traced MB: "
                                 "tracemalloc "
                                 "peak of cnnkit's call")
-    emit("ms/image: median over rounds of one call on the batch / its images; x peer = median over "
-         "rounds of peer time / cnnkit time (in brackets on the peer's row); GFLOP/s: nominal "
-         "model FLOPs (the passes the method needs) per second; check err: max |cnnkit - peer| / "
-         "max |peer| before timing.")
-    if mem_note:
+    if results:
+        emit("ms/image: median over rounds of one call on the batch / its images; x peer = median "
+             "over rounds of peer time / cnnkit time (in brackets on the peer's row); GFLOP/s: "
+             "nominal model FLOPs (the passes the method needs) per second; check err: max "
+             "|cnnkit - peer| / max |peer| before timing.")
+    if mem_note and results:
         emit(mem_note + ".")
     flush_header()
 
     summaries = [summarize(r, peak) for r in results]
-    print()
-    print("### seconds per image: cnnkit.explain vs peers\n" if md
-          else "cnnkit.explain vs peers, per image:")
-    print(render(summaries, results, md))
-    print()
-    measured = [s for s in summaries if s["met"] is not None]
-    print(f"Targets met: {sum(1 for s in measured if s['met'])} of {len(measured)} measured "
-          f"(cnnkit >= 1.5x the peer for grad_cam, grad_cam_pp, saliency, guided_backprop, "
-          f"integrated_gradients, smoothgrad; >= 2x for occlusion, rise, score_cam; matched "
-          f"batching).")
-    for s, r in zip(summaries, results):
-        if s["met"] is not None:
-            print(f"  {s['method']} {r['label']} vs {s['peer']}: "
-                  + target_text([("speedup", s["speedup"], s["target"], s["met"])]))
+    if results:
+        print()
+        print("### seconds per image: cnnkit.explain vs peers\n" if md
+              else "cnnkit.explain vs peers, per image:")
+        print(render(summaries, results, md))
+        print()
+        measured = [s for s in summaries if s["met"] is not None]
+        noisy = sum(1 for s in summaries if s["met"] is None and s["speedup"] is not None)
+        print(f"Targets met: {sum(1 for s in measured if s['met'])} of {len(measured)} judged "
+              + (f"({noisy} noisy, not judged: the rounds' spread exceeds the margin) "
+                 if noisy else "")
+              + f"(cnnkit >= 1.5x the peer for grad_cam, grad_cam_pp, saliency, guided_backprop, "
+              f"integrated_gradients, smoothgrad; >= 2x for occlusion, rise, score_cam; matched "
+              f"batching).")
+        for s, r in zip(summaries, results):
+            if s["speedup"] is not None:
+                print(f"  {s['method']} {r['label']} vs {s['peer']}: "
+                      + target_text([("speedup", s["speedup"], s["target"], s["met"],
+                                      s.get("speedup_spread"))]))
+    fv_doc = _fv_report(fvc, fv_res, peak, md) if fvc is not None else None
     if args.json:
         doc = {"header": header, "argv": list(argv) if argv is not None else sys.argv[1:],
                "threads": threads, "methods": methods, "counts": counts,
@@ -924,7 +1350,8 @@ def _run(args, argv, torch, peers, blas, threads, methods, gemm_n, mib) -> int:
                "stream_mib": mib, "stream_start_gbs": bw_start, "stream_end_gbs": bw_end,
                "gemm_size": gemm_n, "gemm_start_gflops": gemm_start, "gemm_end_gflops": gemm_end,
                "peak_gflops": peak, "other_cores_timed_rounds": timed_share,
-               "results": results, "summary": summaries, "memory_note": mem_note}
+               "results": results, "summary": summaries, "memory_note": mem_note,
+               "features": fv_doc}
         write_json(args.json, doc)
     return 0
 

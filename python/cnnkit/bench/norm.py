@@ -57,6 +57,7 @@ import gc
 import inspect
 import sys
 import time
+from typing import Any
 
 import numpy as np
 
@@ -64,13 +65,17 @@ import cnnkit
 from cnnkit.bench import machine_header, memory_bandwidth
 from cnnkit.bench._common import fmt as _f
 from cnnkit.bench._common import (
+    NOISY,
     import_torch,
     med,
     parse_list,
     peer_header,
     probe,
     run_rounds,
+    spread,
     stream_arrays,
+    target,
+    target_summary,
     target_text,
     write_json,
 )
@@ -79,7 +84,7 @@ __all__ = ["main", "SHAPES", "OPS", "ROWS", "reference_check"]
 
 # The "batch_norm" entry of the project's shared benchmark shapes (kept identical here, so the
 # benchmark runs from an installed package).
-SHAPES = {"columns": ["N", "C", "H", "W"],
+SHAPES: dict[str, Any] = {"columns": ["N", "C", "H", "W"],
           "shapes": [[32, 64, 112, 112], [32, 256, 56, 56], [32, 1024, 14, 14], [8, 32, 7, 7]]}
 LARGE = (0, 1, 2)              # the shapes with DRAM-sized tensors: all targets apply
 QUICK_MAX_BYTES = 64 << 20     # --quick: shapes whose x is at most this (the last two)
@@ -316,7 +321,7 @@ def _cnnkit_impls(d, layouts, blocks) -> dict:
     """{block: {name: callable}} for cnnkit, with the state each call needs prepared once."""
     w, b = d["w"], d["b"]
     c = w.shape[0]
-    impls = {k: {} for k in blocks}
+    impls: dict[str, dict[str, Any]] = {k: {} for k in blocks}
     for L in layouts:
         x, dy = d[L]
         groups = gn_groups(c)
@@ -372,7 +377,7 @@ def _torch_impls(torch, d, blocks) -> dict:
     F = torch.nn.functional
     c = d["w"].shape[0]
     groups = gn_groups(c)
-    impls = {k: {} for k in blocks}
+    impls: dict[str, dict[str, Any]] = {k: {} for k in blocks}
     for TL in TORCH_LAYOUTS:
         if TL == "NCHW":
             xt, dyt = (torch.from_numpy(a) for a in d["NCHW"])
@@ -496,22 +501,26 @@ def summarize(res: dict, layouts) -> list:
                 r["torch_best_ms"] = 1e3 * med(torch_t[best])
             for var in ("fresh", "out=") if with_out else ("fresh",):
                 tc = t[f"cnnkit {L} {var}"]
-                v = {"ms": 1e3 * med(tc), "gbs": nbytes / med(tc) / 1e9,
-                     "frac_roof": med(nbytes / tc / 1e9 / probe_gbs)}
+                frac = nbytes / tc / 1e9 / probe_gbs
+                v = {"ms": 1e3 * med(tc), "ms_spread": spread(tc), "gbs": nbytes / med(tc) / 1e9,
+                     "frac_roof": med(frac), "frac_roof_spread": spread(frac)}
                 if best is not None:
                     ratio = torch_t[best] / tc
                     v["vs_torch"] = med(ratio)
                     v["vs_torch_iqr"] = [float(q) for q in np.percentile(ratio, [25, 75])]
+                    v["vs_torch_spread"] = spread(ratio)
                 r[var] = v
             rows.append(r)
     return rows
 
 
 def targets(r: dict) -> list:
-    """[(description, value, threshold, met)] for one summary row; met is None when not
-    measured. Empty when the row has no target."""
+    """[(description, value, threshold, met, spread)] for one summary row
+    (:func:`cnnkit.bench._common.target`); met is None when not measured or when the spread of
+    the rounds exceeds the margin. Empty when the row has no target."""
     key, large = r["row"], r["index"] in LARGE
-    out = []
+    out: list[Any] = []
+    vr: float | None
     if key in ("step", "step_relu") and large:
         vt, vr = TARGET_STEP_VS_TORCH, TARGET_STEP_ROOF
     elif key in ("infer", "infer_relu"):
@@ -519,11 +528,13 @@ def targets(r: dict) -> list:
     else:
         return out
     for var in ("out=", "fresh"):
-        x = r.get(var, {}).get("vs_torch")
-        out.append((f"x torch ({var})", x, vt, None if x is None else x >= vt))
+        v = r.get(var, {})
+        out.append(target(f"x torch ({var})", v.get("vs_torch"), vt,
+                          rel_spread=v.get("vs_torch_spread")))
     if vr is not None:
-        x = r["out="]["frac_roof"]
-        out.append(("% roof (out=)", x, vr, x >= vr))
+        v = r["out="]
+        out.append(target("% roof (out=)", v["frac_roof"], vr,
+                          rel_spread=v.get("frac_roof_spread")))
     return out
 
 
@@ -536,8 +547,16 @@ def _ratio(v) -> str:
     return "-" if v is None or "vs_torch" not in v else f"{v['vs_torch']:.2f}x"
 
 
+def _ms(v) -> str:
+    """Median ms with the spread of the rounds (interquartile range over median)."""
+    if not v:
+        return "-"
+    sp = v.get("ms_spread")
+    return _f(v["ms"]) + ("" if sp is None else f" ±{100 * sp:.0f}%")
+
+
 def render(rows: list, have_torch: bool) -> str:
-    lines = ["| shape | layout | op | cnnkit ms fresh | cnnkit ms out= | GB/s fresh | GB/s out= | "
+    lines = ["| shape | layout | op | cnnkit ms fresh ±spread | cnnkit ms out= ±spread | GB/s fresh | GB/s out= | "
              "% of roof fresh | % of roof out= (kernel GB/s) | torch best ms (layout) | "
              "vs torch fresh | vs torch out= | targets |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -546,8 +565,8 @@ def render(rows: list, have_torch: bool) -> str:
         tb = f"{_f(r['torch_best_ms'])} ({r['torch_best']})" if "torch_best" in r else "-"
         tl = targets(r)
         lines.append(
-            f"| {shape_name(r['shape'])} | {r['layout']} | {r['label']} | {_f(fr['ms'])} | "
-            f"{_f(ou['ms']) if ou else '-'} | {_f(fr['gbs'])} | {_f(ou['gbs']) if ou else '-'} | "
+            f"| {shape_name(r['shape'])} | {r['layout']} | {r['label']} | {_ms(fr)} | "
+            f"{_ms(ou)} | {_f(fr['gbs'])} | {_f(ou['gbs']) if ou else '-'} | "
             f"{_pct(fr['frac_roof'])} | {_pct(ou['frac_roof']) if ou else '-'} "
             f"({r['roof_kind']} {_f(r['roof_gbs'])}) | {tb} | {_ratio(fr)} | "
             f"{_ratio(ou) if ou else '-'} | {target_text(tl) if tl else ''} |")
@@ -599,7 +618,19 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
+    """Run the normalization benchmark (``cnnkit bench norm``) and print its table.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        Command-line arguments (default ``sys.argv[1:]``); ``cnnkit bench norm --help`` lists them.
+
+    Returns
+    -------
+    int
+        The exit status: 0 on success, 2 on bad arguments.
+    """
     args = _parser().parse_args(argv)
     n_shapes = len(SHAPES["shapes"])
     try:
@@ -673,12 +704,14 @@ def main(argv=None) -> int:
     print(render(rows, torch is not None))
     print()
     all_t = [(r, t) for r in rows for t in targets(r)]
-    met = sum(1 for _, t in all_t if t[3])
-    measured = sum(1 for _, t in all_t if t[3] is not None)
-    print(f"Targets met: {met} of {measured} measured.")
+    print(target_summary([t for _, t in all_t]))
     for r, t in all_t:
         if t[3] is False:
             print(f"  missed: {shape_name(r['shape'])} {r['layout']} {r['label']}: "
+                  f"{target_text([t])}")
+    for r, t in all_t:
+        if t[3] is None and t[1] is not None:
+            print(f"  {NOISY}: {shape_name(r['shape'])} {r['layout']} {r['label']}: "
                   f"{target_text([t])}")
 
     if args.json:
@@ -690,7 +723,8 @@ def main(argv=None) -> int:
                "stream_start_gbs": bw_start, "stream_end_gbs": bw_end, "shapes": SHAPES,
                "results": raw, "summary": rows,
                "targets": [{"shape": r["shape"], "layout": r["layout"], "row": r["label"],
-                            "target": t[0], "value": t[1], "threshold": t[2], "met": t[3]}
+                            "target": t[0], "value": t[1], "threshold": t[2], "met": t[3],
+                            "spread": t[4]}
                            for r, t in all_t]}
         write_json(args.json, doc)
     return 0

@@ -19,6 +19,16 @@ bandwidth drifts by up to 1.5x from one minute to the next, so every ratio (% of
 speedups, small/large cost) is computed within a round and the table shows the median over
 rounds; the millisecond columns are plain medians.
 
+A sample is one step, or, for steps shorter than ``--min-sample-ms`` (10 ms), one untimed step
+(the pool's threads awake, as they are after the backward pass of a training step) and then steps
+back to back until they have lasted that long, divided by their number (at least
+``calls/sample``, set per implementation before the rounds by
+:func:`cnnkit.bench._common.calibrate_inner`). A 0.1 ms step timed alone on a shared 2-core
+machine reads as the time a sleeping pool thread waited for a core (4-8 ms, the same for every
+algorithm; tens of ms under heavy load), not as the step. Every row shows the spread of its
+rounds (interquartile range over median), and a target whose spread is larger than the margin
+between the figure and the threshold reads "noisy, not judged" instead of met or MISSED.
+
 Minimum bytes per float32 parameter: read p, g and every state array, write p and every state
 array: SGD (momentum or Nesterov), Adagrad and RMSprop 20 B; Adadelta, Adam and AdamW 28 B.
 """
@@ -28,6 +38,7 @@ import argparse
 import gc
 import sys
 import time
+from typing import Any
 
 import numpy as np
 
@@ -35,9 +46,15 @@ import cnnkit
 from cnnkit.bench import machine_header, memory_bandwidth
 from cnnkit.bench._common import fmt as _f
 from cnnkit.bench._common import (
+    NOISY,
+    calibrate_inner,
     import_torch,
+    judge,
     peer_header,
     run_rounds,
+    spread,
+    target,
+    target_summary,
     target_text,
     write_json,
 )
@@ -49,7 +66,7 @@ __all__ = ["main", "SHAPES", "ALGOS", "make_large", "make_small"]
 
 # The "optimizer" entry of the project's shared benchmark shapes (kept identical here, so the
 # benchmark runs from an installed package).
-SHAPES = {
+SHAPES: dict[str, Any] = {
     "about": ("A model-like parameter list: 50 tensors, 25,000,000 float32 parameters in all "
               "(10 bias-like vectors of a few hundred to a few thousand elements and 40 weights "
               "with log-uniform sizes up to a few million). Also benchmark 3,000 tensors of "
@@ -67,7 +84,7 @@ LR = 1e-6                      # small, so parameters stay finite over many step
 
 # key: (label, bytes per fp32 param, STREAM kernel, cnnkit/torch class, hyperparameters,
 #       torch has a fused CPU kernel)
-ALGOS = {
+ALGOS: dict[str, tuple[Any, ...]] = {
     "sgd": ("SGD momentum", 20, "rw5", "SGD", dict(lr=LR, momentum=0.9), True),
     "nesterov": ("SGD nesterov", 20, "rw5", "SGD", dict(lr=LR, momentum=0.9, nesterov=True), True),
     "adagrad": ("Adagrad", 20, "rw5", "Adagrad", dict(lr=LR, eps=1e-10), True),
@@ -87,6 +104,11 @@ TARGET_VS_FUSED = 1.1          # algorithms with a fused torch CPU kernel
 TARGET_VS_FASTEST = 2.0        # RMSprop, Adadelta (no fused torch CPU kernel)
 TARGET_SMALL_VS_TORCH = 3.0
 TARGET_SMALL_PER_ELEM = 1.5
+
+# A timed sample lasts at least this long: calls shorter than that are repeated back to back
+# (cnnkit.bench._common.calibrate_inner), at most MAX_INNER times per sample.
+MIN_SAMPLE_MS = 10.0
+MAX_INNER = 200
 
 
 # ---- parameter lists ---------------------------------------------------------------------------
@@ -122,6 +144,11 @@ def make_small(count: int = SHAPES["small_tensors"]["count"],
     rng = np.random.default_rng(seed + 2)
     sizes = [size] * count
     return _alloc(sizes, rng), _alloc(sizes, rng)
+
+
+def _grad_sums(grads) -> list:
+    """A fingerprint of a gradient list (float64 sums), to check that no implementation wrote it."""
+    return [float(np.sum(g, dtype=np.float64)) for g in grads]
 
 
 # ---- the NumPy peer ----------------------------------------------------------------------------
@@ -243,13 +270,17 @@ def _numpy_step(algo, params, grads):
 
 
 def _torch_steps(torch, algo, params_by_variant, grads):
-    """{variant: step callable} for the torch variants this torch supports on CPU."""
+    """{variant: step callable} for the torch variants this torch supports on CPU.
+
+    Each variant gets its own copy of the gradients: torch's foreach SGD with Nesterov momentum
+    adds the momentum buffers into ``p.grad`` in place, which would make the shared gradients of
+    every other implementation grow step by step until they overflow."""
     _, _, _, cls, hyper, has_fused = ALGOS[algo]
-    tg = [torch.from_numpy(g) for g in grads]
     out = {}
     for variant, kw in TORCH_VARIANTS:
         if variant == "fused" and not has_fused:
             continue
+        tg = [torch.from_numpy(g.copy()) for g in grads]
         tp = [torch.from_numpy(p) for p in params_by_variant[variant]]
         for p, g in zip(tp, tg):
             p.grad = g
@@ -303,8 +334,12 @@ def reference_check(torch, algos, steps: int = 3) -> list:
 
 
 # ---- timing ------------------------------------------------------------------------------------
-def run_algo(torch, algo, lists, data, stream_arrays, reps, warmup, probe_reps) -> dict:
-    """Interleaved rounds over every list for one algorithm; raw times and per-round probes."""
+def run_algo(torch, algo, lists, data, stream_arrays, reps, warmup, probe_reps,
+             min_sample_s=MIN_SAMPLE_MS / 1e3) -> dict:
+    """Interleaved rounds over every list for one algorithm; raw times and per-round probes.
+
+    Each implementation's calls per timed sample (``inner``) are set first so that a sample lasts
+    about ``min_sample_s`` (0: one call per sample)."""
     label, nbytes, kind, *_ = ALGOS[algo]
     impls = {}
     for L in lists:
@@ -316,14 +351,17 @@ def run_algo(torch, algo, lists, data, stream_arrays, reps, warmup, probe_reps) 
             for v, fn in _torch_steps(torch, algo, copies, grads).items():
                 steps["torch " + v] = fn
         impls[L] = steps
+    inner = {L: (calibrate_inner(impls[L], min_sample_s, MAX_INNER) if min_sample_s > 0
+                 else dict.fromkeys(impls[L], 1)) for L in lists}
     blocks = [(impls[L], lambda: _probe(kind, stream_arrays, probe_reps)) for L in lists]
-    t, p = run_rounds(blocks, reps, warmup)
+    t, p = run_rounds(blocks, reps, warmup, [inner[L] for L in lists], warm_each=True,
+                      min_sample_s=min_sample_s)
     times = dict(zip(lists, t))
     probes = dict(zip(lists, p))
     del impls
     gc.collect()
     return {"algo": algo, "label": label, "bytes_per_param": nbytes, "stream_kind": kind,
-            "times_s": times, "probe_gbs": probes}
+            "inner": inner, "times_s": times, "probe_gbs": probes}
 
 
 def summarize(res: dict, n_params: dict) -> dict:
@@ -334,10 +372,16 @@ def summarize(res: dict, n_params: dict) -> dict:
         tc = np.array(times["cnnkit"])
         probe = np.array(res["probe_gbs"][L])
         total_bytes = nb * n_params[L]
-        s = {"cnnkit_ms": 1e3 * _med(tc), "gbs": total_bytes / _med(tc) / 1e9,
+        frac = total_bytes / tc / 1e9 / probe
+        # series: the per-round values of every judged figure (their spread decides whether the
+        # figure can be judged against its target)
+        s = {"cnnkit_ms": 1e3 * _med(tc), "cnnkit_spread": spread(tc),
+             "gbs": total_bytes / _med(tc) / 1e9,
              "probe_gbs": _med(probe),
-             "frac_bw": _med(total_bytes / tc / 1e9 / probe),
-             "ns_per_param": 1e9 * _med(tc) / n_params[L]}
+             "frac_bw": _med(frac),
+             "ns_per_param": 1e9 * _med(tc) / n_params[L],
+             "inner": res.get("inner", {}).get(L),
+             "series": {"frac_bw": [float(x) for x in frac]}}
         s["numpy_ms"] = 1e3 * _med(times["numpy"])
         s["vs_numpy"] = _med(np.array(times["numpy"]) / tc)
         tv = {k[len("torch "):]: np.array(v) for k, v in times.items() if k.startswith("torch ")}
@@ -350,11 +394,13 @@ def summarize(res: dict, n_params: dict) -> dict:
             s["vs_torch"] = {v: _med(t / tc) for v, t in tv.items()}
             s["vs_torch_iqr"] = {v: [float(q) for q in np.percentile(t / tc, [25, 75])]
                                  for v, t in tv.items()}
+            s["series"]["vs_torch"] = {v: [float(x) for x in t / tc] for v, t in tv.items()}
         out[L] = s
     if "large" in out and "small" in out:
         tl = np.array(res["times_s"]["large"]["cnnkit"]) / n_params["large"]
         ts = np.array(res["times_s"]["small"]["cnnkit"]) / n_params["small"]
         out["small"]["small_over_large"] = _med(ts / tl)
+        out["small"]["series"]["small_over_large"] = [float(x) for x in ts / tl]
         for v in out["small"].get("torch_ms", {}):
             k = "torch " + v
             r = (np.array(res["times_s"]["small"][k]) / n_params["small"]) / (
@@ -364,35 +410,35 @@ def summarize(res: dict, n_params: dict) -> dict:
 
 
 def targets(algo: str, L: str, s: dict) -> list:
-    """[(description, value, threshold, met)] for one row; met is None when not measured."""
+    """[(description, value, threshold, met, spread)] for one row (see
+    :func:`cnnkit.bench._common.target`); met is None when not measured or too noisy to judge."""
     has_fused = ALGOS[algo][5]
+    ser = s.get("series", {})
+    vs = ser.get("vs_torch", {})
     t = []
     if L == "large":
-        t.append(("% of in-place BW", s["frac_bw"], TARGET_BW, s["frac_bw"] >= TARGET_BW))
+        t.append(target("% of in-place BW", s["frac_bw"], TARGET_BW, ser.get("frac_bw")))
         if has_fused:
-            v = s.get("vs_torch", {}).get("fused")
-            t.append(("x torch fused", v, TARGET_VS_FUSED,
-                      None if v is None else v >= TARGET_VS_FUSED))
+            t.append(target("x torch fused", s.get("vs_torch", {}).get("fused"), TARGET_VS_FUSED,
+                            vs.get("fused")))
         else:
-            v = s.get("vs_torch_best")
-            t.append(("x torch fastest", v, TARGET_VS_FASTEST,
-                      None if v is None else v >= TARGET_VS_FASTEST))
+            t.append(target("x torch fastest", s.get("vs_torch_best"), TARGET_VS_FASTEST,
+                            vs.get(s.get("torch_best"))))
     else:
-        v = s.get("vs_torch_best")
-        t.append(("x torch fastest", v, TARGET_SMALL_VS_TORCH,
-                  None if v is None else v >= TARGET_SMALL_VS_TORCH))
-        v = s.get("small_over_large")
-        t.append(("per-param cost / large", v, TARGET_SMALL_PER_ELEM,
-                  None if v is None else v <= TARGET_SMALL_PER_ELEM))
+        t.append(target("x torch fastest", s.get("vs_torch_best"), TARGET_SMALL_VS_TORCH,
+                        vs.get(s.get("torch_best"))))
+        t.append(target("per-param cost / large", s.get("small_over_large"),
+                        TARGET_SMALL_PER_ELEM, ser.get("small_over_large")))
     return t
 
 
 # ---- printing ----------------------------------------------------------------------------------
 def render(summary: list, lists: list, n_params: dict, have_torch: bool) -> str:
     lines = []
-    lines.append("| list | algorithm | cnnkit ms | GB/s | % of in-place BW (kernel) | numpy ms | "
-                 "torch best ms (variant) | vs torch best | vs numpy | targets |")
-    lines.append("|---|---|---|---|---|---|---|---|---|---|")
+    lines.append("| list | algorithm | cnnkit ms ±spread | calls/sample | GB/s | "
+                 "% of in-place BW (kernel) | numpy ms | torch best ms (variant) | vs torch best | "
+                 "vs numpy | targets |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
     for L in lists:
         for algo, s_all in summary:
             s = s_all[L]
@@ -400,8 +446,11 @@ def render(summary: list, lists: list, n_params: dict, have_torch: bool) -> str:
             tb = (f"{_f(s['torch_best_ms'])} ({s['torch_best']})" if have_torch and "torch_best" in s
                   else "-")
             vt = f"{s['vs_torch_best']:.2f}x" if "vs_torch_best" in s else "-"
+            sp = s.get("cnnkit_spread")
             lines.append(
-                f"| {L} | {ALGOS[algo][0]} | {_f(s['cnnkit_ms'])} | {_f(s['gbs'])} | "
+                f"| {L} | {ALGOS[algo][0]} | {_f(s['cnnkit_ms'])}"
+                f"{'' if sp is None else f' ±{100 * sp:.0f}%'} | "
+                f"{(s.get('inner') or {}).get('cnnkit', '-')} | {_f(s['gbs'])} | "
                 f"{100 * s['frac_bw']:.0f}% ({kind} {_f(s['probe_gbs'])} GB/s) | "
                 f"{_f(s['numpy_ms'])} | {tb} | {vt} | {s['vs_numpy']:.1f}x | "
                 f"{target_text(targets(algo, L, s))} |")
@@ -463,11 +512,27 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-torch", action="store_true", help="skip torch even if importable")
     p.add_argument("--no-check", action="store_true",
                    help="skip the check of cnnkit and NumPy against torch before timing")
+    p.add_argument("--min-sample-ms", type=float, default=MIN_SAMPLE_MS,
+                   help=f"a timed sample lasts at least this long: shorter steps are repeated back "
+                        f"to back, up to {MAX_INNER} per sample (default {MIN_SAMPLE_MS:g}; 0 = "
+                        "one step per sample)")
     p.add_argument("--json", metavar="PATH", help="write raw per-round numbers here")
     return p
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
+    """Run the optimizer benchmark (``cnnkit bench optim``) and print its table.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        Command-line arguments (default ``sys.argv[1:]``); ``cnnkit bench optim --help`` lists them.
+
+    Returns
+    -------
+    int
+        The exit status: 0 on success, 2 on bad arguments.
+    """
     args = _parser().parse_args(argv)
     algos = [a.strip() for a in args.algos.split(",") if a.strip()]
     lists = [x.strip() for x in args.lists.split(",") if x.strip()]
@@ -481,8 +546,9 @@ def main(argv=None) -> int:
             print(f"--lists: unknown list {x!r}; expected large and/or small", file=sys.stderr)
             return 2
     reps = args.reps if args.reps is not None else (5 if args.quick else 21)
-    if reps < 1 or args.warmup < 0 or args.probe_reps < 1:
-        print("--reps and --probe-reps must be >= 1, --warmup >= 0", file=sys.stderr)
+    if reps < 1 or args.warmup < 0 or args.probe_reps < 1 or not args.min_sample_ms >= 0:
+        print("--reps and --probe-reps must be >= 1, --warmup and --min-sample-ms >= 0",
+              file=sys.stderr)
         return 2
     if args.threads is not None:
         cnnkit.set_num_threads(args.threads)
@@ -530,17 +596,25 @@ def main(argv=None) -> int:
         desc.append(f"small = {n_small:,} tensors of {small_size:,}")
     print("Lists: " + "; ".join(desc) + f". {reps} timed rounds after {args.warmup} warm-up "
           f"rounds; STREAM probe of {args.probe_reps} reps per list per round.")
+    print(f"A timed sample lasts at least {args.min_sample_ms:g} ms: shorter steps run back to "
+          "back after an untimed one (at least calls/sample of them). ±spread = interquartile "
+          "range of the rounds over their median; a target whose spread exceeds its margin reads "
+          f"\"{NOISY}\".")
 
     t_start = time.perf_counter()
+    grad_sums = {L: _grad_sums(data[L][1]) for L in lists}
     raw, summary = [], []
     for algo in algos:
         res = run_algo(torch, algo, lists, data, stream_arrays, reps, args.warmup,
-                       args.probe_reps)
+                       args.probe_reps, args.min_sample_ms / 1e3)
         raw.append(res)
         summary.append((algo, summarize(res, n_params)))
         bad_p = [L for L in lists if not all(np.isfinite(p).all() for p in data[L][0][:5])]
         if bad_p:
             print(f"warning: non-finite parameters after {ALGOS[algo][0]} in {bad_p}")
+        bad_g = [L for L in lists if _grad_sums(data[L][1]) != grad_sums[L]]
+        if bad_g:  # every implementation reads these gradients: none may write them
+            print(f"warning: the shared gradients changed during {ALGOS[algo][0]} in {bad_g}")
     elapsed = time.perf_counter() - t_start
     bw_end = memory_bandwidth(kinds, mib=256, arrays=stream_arrays)
     print("STREAM at end (GB/s): " + ", ".join(f"{k} {bw_end[k]:.1f}" for k in kinds)
@@ -549,12 +623,13 @@ def main(argv=None) -> int:
     print(render(summary, lists, n_params, torch is not None))
     print()
     all_t = [(ALGOS[a][0], L, t) for a, s in summary for L in lists for t in targets(a, L, s[L])]
-    met = sum(1 for *_, t in all_t if t[3])
-    measured = sum(1 for *_, t in all_t if t[3] is not None)
-    print(f"Targets met: {met} of {measured} measured.")
-    missed = [f"{L} {name}: {target_text([t])}" for name, L, t in all_t if t[3] is False]
-    for m in missed:
-        print("  missed: " + m)
+    print(target_summary([t for *_, t in all_t]))
+    for name, L, t in all_t:
+        if t[3] is False:
+            print(f"  missed: {L} {name}: {target_text([t])}")
+    for name, L, t in all_t:
+        if t[3] is None and t[1] is not None:
+            print(f"  {NOISY}: {L} {name}: {target_text([t])}")
 
     if args.json:
         doc = {"header": header, "argv": list(argv) if argv is not None else sys.argv[1:],
@@ -564,8 +639,12 @@ def main(argv=None) -> int:
                "lists": {L: [int(p.size) for p in data[L][0]] if L == "large"
                          else {"count": n_small, "size": small_size} for L in lists},
                "results": [dict(r, summary=s) for r, (_, s) in zip(raw, summary)],
+               "min_sample_ms": args.min_sample_ms,
                "targets": [{"algorithm": a, "list": L, "target": t[0], "value": t[1],
-                            "threshold": t[2], "met": t[3]} for a, L, t in all_t]}
+                            "threshold": t[2], "met": t[3], "spread": t[4],
+                            "verdict": judge(t[1], t[2], t[4],
+                                             upper=t[0].startswith("per-param"))}
+                           for a, L, t in all_t]}
         write_json(args.json, doc)
     return 0
 

@@ -16,8 +16,21 @@ FAMILIES = {"optim": "cnnkit.bench.optim", "norm": "cnnkit.bench.norm",
             "train": "cnnkit.bench.train", "explain": "cnnkit.bench.explain"}
 
 
-def run(family: str, argv: list) -> int:
-    """Run benchmark ``family`` with command-line arguments ``argv``; returns the exit status."""
+def run(family: str, argv: list[str]) -> int:
+    """Run benchmark ``family`` with command-line arguments ``argv``; returns the exit status.
+
+    Parameters
+    ----------
+    family : str
+        A key of ``FAMILIES``: "optim", "norm", "augment", "conv", "train" or "explain".
+    argv : list of str
+        The benchmark's own arguments (a leading ``--`` is dropped).
+
+    Returns
+    -------
+    int
+        The exit status (2 for an unknown family).
+    """
     if family not in FAMILIES:
         print(f"family: expected one of {', '.join(sorted(FAMILIES))}, got {family!r}",
               file=sys.stderr)
