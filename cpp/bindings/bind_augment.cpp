@@ -11,7 +11,7 @@ void bind_augment(py::module_& m) {
   // Mixing kernels: x (N, S) float32/float64, out like x (not overlapping); partner indices perm
   // (N,) int64 into an array of M images (x itself, or a pool).
   struct MixArrays {
-    bool f64;
+    DType dt;
     const void* x;
     void* out;
   };
@@ -26,7 +26,7 @@ void bind_augment(py::module_& m) {
                    : static_cast<void*>(checked<float>(out, "out", N * S, true));
     if (overlaps(px, N * S * (f64 ? 8 : 4), po, N * S * (f64 ? 8 : 4)))
       throw py::value_error("out: must not overlap x");
-    return MixArrays{f64, px, po};
+    return MixArrays{f64 ? DType::f64 : DType::f32, px, po};
   };
   auto partners = [](const py::array& perm, int64_t N, int64_t M) {
     const int64_t* pp = checked<int64_t>(perm, "perm", N, false);
@@ -47,16 +47,17 @@ void bind_augment(py::module_& m) {
           if (!py::isinstance<py::array>(pool)) throw py::type_error("pool: expected a numpy.ndarray");
           py::array pa = py::reinterpret_borrow<py::array>(pool);
           if (M < 1) throw py::value_error("pool: expected at least one image");
-          if (py::isinstance<py::array_t<double>>(pa) != a.f64) throw py::type_error("pool: dtype differs from x");
-          src = a.f64 ? static_cast<const void*>(checked<double>(pa, "pool", M * S, false))
-                      : static_cast<const void*>(checked<float>(pa, "pool", M * S, false));
-          if (overlaps(src, M * S * (a.f64 ? 8 : 4), a.out, N * S * (a.f64 ? 8 : 4)))
+          const bool f64 = a.dt == DType::f64;
+          if (py::isinstance<py::array_t<double>>(pa) != f64) throw py::type_error("pool: dtype differs from x");
+          src = f64 ? static_cast<const void*>(checked<double>(pa, "pool", M * S, false))
+                    : static_cast<const void*>(checked<float>(pa, "pool", M * S, false));
+          if (overlaps(src, M * S * (f64 ? 8 : 4), a.out, N * S * (f64 ? 8 : 4)))
             throw py::value_error("out: must not overlap pool");
         }
         const int64_t* pp = partners(perm, N, M);
         const double* pl = checked<double>(lam, "lam", N, false);
         py::gil_scoped_release nogil;
-        augment::blend(a.f64, a.x, src, pp, pl, a.out, N, S);
+        augment::blend(a.dt, a.x, src, pp, pl, a.out, N, S);
       },
       py::arg("x"), py::arg("out"), py::arg("perm"), py::arg("lam"), py::arg("N"), py::arg("S"),
       py::arg("pool") = py::none(), py::arg("M") = 0);
@@ -67,16 +68,16 @@ void bind_augment(py::module_& m) {
         if (N < 0 || H < 1 || W < 1 || C < 1 || C > 64 || K < 0 || (mode != 0 && mode != 1))
           throw py::value_error("shape: expected N >= 0, H, W >= 1, 1 <= C <= 64, K >= 0, mode 0 or 1");
         const int64_t S = H * W * C;
-        int dt;
+        DType dt;
         const void* px;
         void* po;
         int64_t esz;
         if (py::isinstance<py::array_t<uint8_t>>(x)) {
-          dt = 0, esz = 1, px = checked<uint8_t>(x, "images", N * S, false), po = checked<uint8_t>(out, "out", N * S, true);
+          dt = DType::u8, esz = 1, px = checked<uint8_t>(x, "images", N * S, false), po = checked<uint8_t>(out, "out", N * S, true);
         } else if (py::isinstance<py::array_t<float>>(x)) {
-          dt = 1, esz = 4, px = checked<float>(x, "images", N * S, false), po = checked<float>(out, "out", N * S, true);
+          dt = DType::f32, esz = 4, px = checked<float>(x, "images", N * S, false), po = checked<float>(out, "out", N * S, true);
         } else if (py::isinstance<py::array_t<double>>(x)) {
-          dt = 2, esz = 8, px = checked<double>(x, "images", N * S, false), po = checked<double>(out, "out", N * S, true);
+          dt = DType::f64, esz = 8, px = checked<double>(x, "images", N * S, false), po = checked<double>(out, "out", N * S, true);
         } else {
           throw py::type_error("images: expected uint8, float32 or float64");
         }
@@ -121,7 +122,7 @@ void bind_augment(py::module_& m) {
             throw py::value_error("boxes: each (y0, x0, y1, x1) must satisfy 0 <= y0 <= y1 <= H, 0 <= x0 <= x1 <= W");
         }
         py::gil_scoped_release nogil;
-        augment::paste_boxes(a.f64, a.x, pp, pb, a.out, N, C, H, W);
+        augment::paste_boxes(a.dt, a.x, pp, pb, a.out, N, C, H, W);
       },
       py::arg("x"), py::arg("out"), py::arg("perm"), py::arg("boxes"), py::arg("N"), py::arg("C"), py::arg("H"),
       py::arg("W"));

@@ -23,13 +23,13 @@ conv::Geom make_geom(const py::tuple& t) {
 
 struct Arr {
   const void* p;
-  conv::DType dt;
+  DType dt;
 };
 
 Arr arr(const py::object& o, const char* name, int64_t count, bool write, bool optional,
-        const conv::DType* want) {
+        const DType* want) {
   if (o.is_none()) {
-    if (optional) return Arr{nullptr, conv::DType::f32};
+    if (optional) return Arr{nullptr, DType::f32};
     throw py::type_error(std::string(name) + ": expected an array, got None");
   }
   if (!py::isinstance<py::array>(o)) throw py::type_error(std::string(name) + ": expected a numpy.ndarray");

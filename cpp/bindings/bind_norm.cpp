@@ -24,7 +24,7 @@ Geo geo(int64_t N, int64_t C, int64_t S, bool nhwc, bool ps) {
 }
 
 // Pointer to a C-contiguous array of `count` elements of `dt` (or null for None when allowed).
-const void* data(const py::object& o, const char* name, optim::DType dt, int64_t count, bool write,
+const void* data(const py::object& o, const char* name, DType dt, int64_t count, bool write,
                  bool optional = false) {
   if (o.is_none()) {
     if (optional) return nullptr;
@@ -47,7 +47,7 @@ const double* f64(const F64& a, const char* name, int64_t count) {
   return a.data();
 }
 
-optim::DType dtype_of(const py::object& x) {
+DType dtype_of(const py::object& x) {
   if (!py::isinstance<py::array>(x)) throw py::type_error("x: expected a numpy.ndarray");
   return float_dtype(py::reinterpret_borrow<py::array>(x), "x");
 }
@@ -75,7 +75,7 @@ void bind_norm(py::module_& m) {
           py::array a = py::reinterpret_borrow<py::array>(*it.a);
           const auto dt = float_dtype(a, it.name);
           void* p = const_cast<void*>(data(*it.a, it.name, dt, n, true));
-          if (dt == optim::DType::f32)
+          if (dt == DType::f32)
             update_running(static_cast<float*>(p), it.s->data(), n, momentum, it.f);
           else
             update_running(static_cast<double*>(p), it.s->data(), n, momentum, it.f);
@@ -92,7 +92,7 @@ void bind_norm(py::module_& m) {
         F64 out(n);
         double* o = out.mutable_data();
         for (int64_t i = 0; i < n; ++i) {
-          const double x = dt == optim::DType::f32 ? double(static_cast<const float*>(v.data())[i])
+          const double x = dt == DType::f32 ? double(static_cast<const float*>(v.data())[i])
                                                     : static_cast<const double*>(v.data())[i];
           if (!(x >= 0.0) || !(x <= 1.7976931348623157e308))
             throw py::value_error("running_var: expected finite values >= 0, got " + std::to_string(x) +

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "cnnkit/optim.h"
 #include "common.h"
 
 #ifdef CNNKIT_WITH_CUDA
@@ -163,7 +164,7 @@ class OptimPlan {
       if (!(pa->flags & py::detail::npy_api::NPY_ARRAY_WRITEABLE_))
         throw py::value_error(idx("params", i) + ": expected a writeable array, got a read-only one");
       const auto lo = reinterpret_cast<uintptr_t>(ga->data);
-      const auto hi = lo + static_cast<uintptr_t>(r.n * (r.dtype == optim::DType::f32 ? 4 : 8));
+      const auto hi = lo + static_cast<uintptr_t>(r.n * (r.dtype == DType::f32 ? 4 : 8));
       // A gradient buffer reused from the last step (the usual case) was already found to share
       // no memory with the (fixed) parameter and state arrays.
       if (hi > lo && checked_[i] != lo) {
@@ -286,7 +287,7 @@ void bind_optim(py::module_& m) {
           r.g = reinterpret_cast<const void*>(t[1].cast<uintptr_t>());
           for (int k = 0; k < 3; ++k) r.s[k] = reinterpret_cast<void*>(t[2 + k].cast<uintptr_t>());
           r.n = t[5].cast<int64_t>();
-          r.dtype = t[6].cast<int>() == 0 ? optim::DType::f32 : optim::DType::f64;
+          r.dtype = t[6].cast<int>() == 0 ? DType::f32 : DType::f64;
           r.group = t[7].cast<int32_t>();
           r.step = t[8].cast<int64_t>();
           if (r.group < 0 || r.group >= hyper.shape(0)) throw py::value_error("tensors: group out of range");

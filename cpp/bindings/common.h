@@ -7,7 +7,7 @@
 #include <sstream>
 #include <string>
 
-#include "cnnkit/optim.h"
+#include "cnnkit/common.h"
 
 namespace cnnkit::bind {
 namespace py = pybind11;
@@ -23,16 +23,16 @@ inline std::string shape_str(const py::array& a) {
 inline std::string type_str(py::handle h) { return py::str(py::type::of(h).attr("__name__")); }
 
 // Float dtype of a NumPy array, or throws TypeError naming `what`.
-inline optim::DType float_dtype(const py::array& a, const std::string& what) {
+inline DType float_dtype(const py::array& a, const std::string& what) {
   const char kind = a.dtype().kind();
   const auto size = a.itemsize();
-  if (kind == 'f' && size == 4 && a.dtype().byteorder() != '>') return optim::DType::f32;
-  if (kind == 'f' && size == 8 && a.dtype().byteorder() != '>') return optim::DType::f64;
+  if (kind == 'f' && size == 4 && a.dtype().byteorder() != '>') return DType::f32;
+  if (kind == 'f' && size == 8 && a.dtype().byteorder() != '>') return DType::f64;
   throw py::type_error(what + ": expected a float32 or float64 array, got dtype " +
                        std::string(py::str(a.dtype())));
 }
 
-inline const char* dtype_name(optim::DType d) { return d == optim::DType::f32 ? "float32" : "float64"; }
+inline const char* dtype_name(DType d) { return d == DType::f32 ? "float32" : "float64"; }
 
 inline bool c_contiguous(const py::array& a) {
   return (a.flags() & py::array::c_style) != 0;

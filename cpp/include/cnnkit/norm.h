@@ -10,11 +10,8 @@
 #include <cstdint>
 
 #include "cnnkit/common.h"
-#include "cnnkit/optim.h"  // DType
 
 namespace cnnkit::norm {
-
-using optim::DType;
 
 // Element (n, c, s) is at nhwc ? (n*S + s)*C + c : (n*C + c)*S + s.
 struct Shape {

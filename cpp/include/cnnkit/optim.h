@@ -10,7 +10,6 @@
 namespace cnnkit::optim {
 
 enum class Algo : int { sgd = 0, adagrad, rmsprop, adadelta, adam };
-enum class DType : int { f32 = 0, f64 = 1 };
 
 // Columns of the per-group hyperparameter table (double, one row per group).
 namespace col {
