@@ -21,29 +21,6 @@ conv::Geom make_geom(const py::tuple& t) {
   return g;
 }
 
-struct Arr {
-  const void* p;
-  DType dt;
-};
-
-Arr arr(const py::object& o, const char* name, int64_t count, bool write, bool optional,
-        const DType* want) {
-  if (o.is_none()) {
-    if (optional) return Arr{nullptr, DType::f32};
-    throw py::type_error(std::string(name) + ": expected an array, got None");
-  }
-  if (!py::isinstance<py::array>(o)) throw py::type_error(std::string(name) + ": expected a numpy.ndarray");
-  py::array a = py::reinterpret_borrow<py::array>(o);
-  const auto dt = float_dtype(a, name);
-  if (want && dt != *want) throw py::type_error(std::string(name) + ": dtype differs from the input's");
-  if (!c_contiguous(a)) throw py::value_error(std::string(name) + ": expected a C-contiguous array");
-  if (a.size() != count)
-    throw py::value_error(std::string(name) + ": expected " + std::to_string(count) + " elements, got " +
-                          std::to_string(a.size()));
-  if (write && !writeable(a)) throw py::value_error(std::string(name) + ": expected a writeable array");
-  return Arr{a.data(), dt};
-}
-
 int64_t wcount(const conv::Geom& g) { return g.K * g.Cg() * g.kh * g.kw; }
 
 }  // namespace
@@ -65,23 +42,25 @@ void bind_conv(py::module_& m) {
       "conv_forward",
       [](const py::object& x, const py::object& w, const py::object& b, const py::object& y, const py::tuple& geom) {
         const auto g = make_geom(geom);
-        const Arr ax = arr(x, "x", g.N * g.C * g.H * g.W, false, false, nullptr);
-        const Arr aw = arr(w, "weight", wcount(g), false, false, &ax.dt);
-        const Arr ab = arr(b, "bias", g.K, false, true, &ax.dt);
-        const Arr ay = arr(y, "out", g.N * g.K * g.Ho * g.Wo, true, false, &ax.dt);
+        const DType dt = dtype_of(x, "x");
+        const void* px = array_arg(x, "x", dt, g.N * g.C * g.H * g.W);
+        const void* pw = array_arg(w, "weight", dt, wcount(g));
+        const void* pb = array_arg(b, "bias", dt, g.K, kOptional);
+        void* py_ = array_arg(y, "out", dt, g.N * g.K * g.Ho * g.Wo, kWrite);
         py::gil_scoped_release nogil;
-        conv::forward(ax.dt, ax.p, aw.p, ab.p, const_cast<void*>(ay.p), g);
+        conv::forward(dt, px, pw, pb, py_, g);
       },
       py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("out"), py::arg("geom"));
   m.def(
       "conv_backward_input",
       [](const py::object& dy, const py::object& w, const py::object& dx, const py::tuple& geom) {
         const auto g = make_geom(geom);
-        const Arr ady = arr(dy, "grad_out", g.N * g.K * g.Ho * g.Wo, false, false, nullptr);
-        const Arr aw = arr(w, "weight", wcount(g), false, false, &ady.dt);
-        const Arr adx = arr(dx, "grad_input", g.N * g.C * g.H * g.W, true, false, &ady.dt);
+        const DType dt = dtype_of(dy, "grad_out");
+        const void* pdy = array_arg(dy, "grad_out", dt, g.N * g.K * g.Ho * g.Wo);
+        const void* pw = array_arg(w, "weight", dt, wcount(g));
+        void* pdx = array_arg(dx, "grad_input", dt, g.N * g.C * g.H * g.W, kWrite);
         py::gil_scoped_release nogil;
-        conv::backward_input(ady.dt, ady.p, aw.p, const_cast<void*>(adx.p), g);
+        conv::backward_input(dt, pdy, pw, pdx, g);
       },
       py::arg("grad_out"), py::arg("weight"), py::arg("grad_input"), py::arg("geom"));
   m.def(
@@ -89,12 +68,13 @@ void bind_conv(py::module_& m) {
       [](const py::object& dy, const py::object& x, const py::object& dw, const py::object& db,
          const py::tuple& geom) {
         const auto g = make_geom(geom);
-        const Arr ady = arr(dy, "grad_out", g.N * g.K * g.Ho * g.Wo, false, false, nullptr);
-        const Arr ax = arr(x, "x", g.N * g.C * g.H * g.W, false, false, &ady.dt);
-        const Arr adw = arr(dw, "grad_weight", wcount(g), true, true, &ady.dt);
-        const Arr adb = arr(db, "grad_bias", g.K, true, true, &ady.dt);
+        const DType dt = dtype_of(dy, "grad_out");
+        const void* pdy = array_arg(dy, "grad_out", dt, g.N * g.K * g.Ho * g.Wo);
+        const void* px = array_arg(x, "x", dt, g.N * g.C * g.H * g.W);
+        void* pdw = array_arg(dw, "grad_weight", dt, wcount(g), kWrite | kOptional);
+        void* pdb = array_arg(db, "grad_bias", dt, g.K, kWrite | kOptional);
         py::gil_scoped_release nogil;
-        conv::backward_weight(ady.dt, ady.p, ax.p, const_cast<void*>(adw.p), const_cast<void*>(adb.p), g);
+        conv::backward_weight(dt, pdy, px, pdw, pdb, g);
       },
       py::arg("grad_out"), py::arg("x"), py::arg("grad_weight"), py::arg("grad_bias"), py::arg("geom"));
 }

@@ -26,10 +26,10 @@ void bind_nn(py::module_& m) {
          int64_t OH, int64_t OW, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, bool nhwc,
          int mode) {
         const nn::PoolGeom g = geom(N, C, H, W, OH, OW, kh, kw, sh, sw, ph, pw, nhwc, mode);
-        const float* px = checked<float>(x, "x", N * C * H * W, false);
-        float* py_ = checked<float>(y, "y", N * C * OH * OW, true);
+        const float* px = array_arg<float>(x, "x", N * C * H * W);
+        float* py_ = array_arg<float>(y, "y", N * C * OH * OW, kWrite);
         int32_t* pi = nullptr;
-        if (mode == 0) pi = checked<int32_t>(py::cast<py::array>(idx), "idx", N * C * OH * OW, true);
+        if (mode == 0) pi = array_arg<int32_t>(idx, "idx", N * C * OH * OW, kWrite);
         if (overlaps(px, N * C * H * W * 4, py_, N * C * OH * OW * 4)) throw py::value_error("y: must not overlap x");
         py::gil_scoped_release nogil;
         nn::pool2d_forward(px, py_, pi, g, mode);
@@ -43,11 +43,11 @@ void bind_nn(py::module_& m) {
          int64_t OH, int64_t OW, int64_t kh, int64_t kw, int64_t sh, int64_t sw, int64_t ph, int64_t pw, bool nhwc,
          int mode) {
         const nn::PoolGeom g = geom(N, C, H, W, OH, OW, kh, kw, sh, sw, ph, pw, nhwc, mode);
-        const float* pgy = checked<float>(gy, "grad", N * C * OH * OW, false);
-        float* pgx = checked<float>(gx, "gx", N * C * H * W, true);
+        const float* pgy = array_arg<float>(gy, "grad", N * C * OH * OW);
+        float* pgx = array_arg<float>(gx, "gx", N * C * H * W, kWrite);
         const int32_t* pi = nullptr;
         if (mode == 0) {
-          pi = checked<int32_t>(py::cast<py::array>(idx), "idx", N * C * OH * OW, false);
+          pi = array_arg<int32_t>(idx, "idx", N * C * OH * OW);
           for (int64_t i = 0; i < N * C * OH * OW; ++i)
             if (pi[i] < 0 || pi[i] >= H * W) throw py::value_error("idx: position out of range");
         }
@@ -61,8 +61,8 @@ void bind_nn(py::module_& m) {
       "global_avg_pool_forward",
       [](const py::array& x, const py::array& y, int64_t N, int64_t C, int64_t S, bool nhwc) {
         if (N < 0 || C < 1 || S < 1) throw py::value_error("shape: expected N >= 0, C >= 1, S >= 1");
-        const float* px = checked<float>(x, "x", N * C * S, false);
-        float* py_ = checked<float>(y, "y", N * C, true);
+        const float* px = array_arg<float>(x, "x", N * C * S);
+        float* py_ = array_arg<float>(y, "y", N * C, kWrite);
         py::gil_scoped_release nogil;
         nn::global_avg_pool_forward(px, py_, N, C, S, nhwc);
       },
@@ -71,8 +71,8 @@ void bind_nn(py::module_& m) {
       "global_avg_pool_backward",
       [](const py::array& gy, const py::array& gx, int64_t N, int64_t C, int64_t S, bool nhwc) {
         if (N < 0 || C < 1 || S < 1) throw py::value_error("shape: expected N >= 0, C >= 1, S >= 1");
-        const float* pg = checked<float>(gy, "grad", N * C, false);
-        float* px = checked<float>(gx, "gx", N * C * S, true);
+        const float* pg = array_arg<float>(gy, "grad", N * C);
+        float* px = array_arg<float>(gx, "gx", N * C * S, kWrite);
         py::gil_scoped_release nogil;
         nn::global_avg_pool_backward(pg, px, N, C, S, nhwc);
       },
@@ -82,17 +82,17 @@ void bind_nn(py::module_& m) {
       [](const py::array& z, const py::object& labels, const py::object& soft, int64_t N, int64_t K, double eps,
          const py::object& grad, double scale) {
         if (N < 0 || K < 1) throw py::value_error("logits: expected N >= 0 and K >= 1");
-        const float* pz = checked<float>(z, "logits", N * K, false);
+        const float* pz = array_arg<float>(z, "logits", N * K);
         const int64_t* pl = nullptr;
         const float* ps = nullptr;
         if (!labels.is_none()) {
-          pl = checked<int64_t>(py::cast<py::array>(labels), "labels", N, false);
+          pl = array_arg<int64_t>(labels, "labels", N);
           for (int64_t i = 0; i < N; ++i)
             if (pl[i] < 0 || pl[i] >= K) throw py::value_error("labels: class index out of range");
         } else {
-          ps = checked<float>(py::cast<py::array>(soft), "soft", N * K, false);
+          ps = array_arg<float>(soft, "soft", N * K);
         }
-        float* pg = grad.is_none() ? nullptr : checked<float>(py::cast<py::array>(grad), "grad", N * K, true);
+        float* pg = array_arg<float>(grad, "grad", N * K, kWrite | kOptional);
         py::array_t<double> loss(N);
         double* pls = loss.mutable_data();
         {

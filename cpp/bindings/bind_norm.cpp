@@ -23,34 +23,7 @@ Geo geo(int64_t N, int64_t C, int64_t S, bool nhwc, bool ps) {
   return Geo{norm::Shape{N, C, S, nhwc}, ps};
 }
 
-// Pointer to a C-contiguous array of `count` elements of `dt` (or null for None when allowed).
-const void* data(const py::object& o, const char* name, DType dt, int64_t count, bool write,
-                 bool optional = false) {
-  if (o.is_none()) {
-    if (optional) return nullptr;
-    throw py::type_error(std::string(name) + ": expected an array, got None");
-  }
-  if (!py::isinstance<py::array>(o)) throw py::type_error(std::string(name) + ": expected a numpy.ndarray");
-  py::array a = py::reinterpret_borrow<py::array>(o);
-  if (float_dtype(a, name) != dt) throw py::type_error(std::string(name) + ": dtype differs from x");
-  if (!c_contiguous(a)) throw py::value_error(std::string(name) + ": expected a C-contiguous array");
-  if (a.size() != count)
-    throw py::value_error(std::string(name) + ": expected " + std::to_string(count) + " elements, got " +
-                          std::to_string(a.size()));
-  if (write && !writeable(a)) throw py::value_error(std::string(name) + ": expected a writeable array");
-  return a.data();
-}
-
-const double* f64(const F64& a, const char* name, int64_t count) {
-  if (a.size() != count)
-    throw py::value_error(std::string(name) + ": expected " + std::to_string(count) + " float64 values");
-  return a.data();
-}
-
-DType dtype_of(const py::object& x) {
-  if (!py::isinstance<py::array>(x)) throw py::type_error("x: expected a numpy.ndarray");
-  return float_dtype(py::reinterpret_borrow<py::array>(x), "x");
-}
+const double* f64(const F64& a, const char* name, int64_t count) { return array_arg<double>(a, name, count); }
 
 }  // namespace
 
@@ -71,10 +44,8 @@ void bind_norm(py::module_& m) {
             {&rm, &mean, 1.0, "running_mean"}, {&rv, &var, unbias, "running_var"}};
         for (const auto& it : items) {
           if (it.a->is_none()) continue;
-          if (!py::isinstance<py::array>(*it.a)) throw py::type_error(std::string(it.name) + ": expected an array");
-          py::array a = py::reinterpret_borrow<py::array>(*it.a);
-          const auto dt = float_dtype(a, it.name);
-          void* p = const_cast<void*>(data(*it.a, it.name, dt, n, true));
+          const DType dt = dtype_of(*it.a, it.name);
+          void* p = array_arg(*it.a, it.name, dt, n, kWrite);
           if (dt == DType::f32)
             update_running(static_cast<float*>(p), it.s->data(), n, momentum, it.f);
           else
@@ -86,7 +57,7 @@ void bind_norm(py::module_& m) {
   m.def(
       "norm_invstd",
       [](const py::array& var, double eps) {
-        const auto dt = float_dtype(var, "running_var");
+        const auto dt = dtype_of(var, "running_var");
         py::array v = py::array::ensure(var, py::array::c_style);
         const int64_t n = v.size();
         F64 out(n);
@@ -107,8 +78,8 @@ void bind_norm(py::module_& m) {
       "norm_stats",
       [](const py::object& x, int64_t N, int64_t C, int64_t S, bool nhwc, bool ps) {
         const Geo g = geo(N, C, S, nhwc, ps);
-        const auto dt = dtype_of(x);
-        const void* px = data(x, "x", dt, g.total(), false);
+        const DType dt = dtype_of(x, "x");
+        const void* px = array_arg(x, "x", dt, g.total());
         F64 mean(g.stat_count()), var(g.stat_count());
         double* pm = mean.mutable_data();
         double* pv = var.mutable_data();
@@ -126,12 +97,12 @@ void bind_norm(py::module_& m) {
          bool nhwc, bool ps, const F64& mean, const F64& invstd, const py::object& w, const py::object& b,
          bool relu) {
         const Geo g = geo(N, C, S, nhwc, ps);
-        const auto dt = dtype_of(x);
-        const void* px = data(x, "x", dt, g.total(), false);
-        void* py_ = const_cast<void*>(data(y, "out", dt, g.total(), true));
-        const void* pr = data(r, "residual", dt, g.total(), false, true);
-        const void* pw = data(w, "weight", dt, C, false, true);
-        const void* pb = data(b, "bias", dt, C, false, true);
+        const DType dt = dtype_of(x, "x");
+        const void* px = array_arg(x, "x", dt, g.total());
+        void* py_ = array_arg(y, "out", dt, g.total(), kWrite);
+        const void* pr = array_arg(r, "residual", dt, g.total(), kOptional);
+        const void* pw = array_arg(w, "weight", dt, C, kOptional);
+        const void* pb = array_arg(b, "bias", dt, C, kOptional);
         const double* pm = f64(mean, "mean", g.stat_count());
         const double* pi = f64(invstd, "invstd", g.stat_count());
         py::gil_scoped_release nogil;
@@ -146,10 +117,10 @@ void bind_norm(py::module_& m) {
       [](const py::object& dy, const py::object& x, const py::object& mask, int64_t N, int64_t C, int64_t S,
          bool nhwc, bool ps, const F64& mean) {
         const Geo g = geo(N, C, S, nhwc, ps);
-        const auto dt = dtype_of(x);
-        const void* pd = data(dy, "grad_out", dt, g.total(), false);
-        const void* px = data(x, "x", dt, g.total(), false);
-        const void* pk = data(mask, "y", dt, g.total(), false, true);
+        const DType dt = dtype_of(x, "x");
+        const void* pd = array_arg(dy, "grad_out", dt, g.total());
+        const void* px = array_arg(x, "x", dt, g.total());
+        const void* pk = array_arg(mask, "y", dt, g.total(), kOptional);
         const double* pm = f64(mean, "mean", g.stat_count());
         F64 sg(g.stat_count()), sgx(g.stat_count());
         double* a = sg.mutable_data();
@@ -169,12 +140,12 @@ void bind_norm(py::module_& m) {
          const py::object& gres, int64_t N, int64_t C, int64_t S, bool nhwc, bool ps, const F64& mean,
          const F64& A, const F64& B, const F64& D) {
         const Geo g = geo(N, C, S, nhwc, ps);
-        const auto dt = dtype_of(x);
-        const void* pd = data(dy, "grad_out", dt, g.total(), false);
-        const void* px = data(x, "x", dt, g.total(), false);
-        const void* pk = data(mask, "y", dt, g.total(), false, true);
-        void* po = const_cast<void*>(data(dx, "grad_input", dt, g.total(), true));
-        void* pg = const_cast<void*>(data(gres, "grad_residual", dt, g.total(), true, true));
+        const DType dt = dtype_of(x, "x");
+        const void* pd = array_arg(dy, "grad_out", dt, g.total());
+        const void* px = array_arg(x, "x", dt, g.total());
+        const void* pk = array_arg(mask, "y", dt, g.total(), kOptional);
+        void* po = array_arg(dx, "grad_input", dt, g.total(), kWrite);
+        void* pg = array_arg(gres, "grad_residual", dt, g.total(), kWrite | kOptional);
         const int64_t k = g.stat_count();
         const double *pm = f64(mean, "mean", k), *pa = f64(A, "A", k), *pb = f64(B, "B", k), *pc = f64(D, "D", k);
         py::gil_scoped_release nogil;

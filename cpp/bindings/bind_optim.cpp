@@ -65,14 +65,11 @@ class OptimPlan {
     refs_.resize(n);
     keep_.reserve(n * (1 + nslots));
     for (size_t i = 0; i < n; ++i) {
-      if (!py::isinstance<py::array>(params[i]))
-        throw py::type_error(idx("params", i) + ": expected a numpy.ndarray, got " + type_str(params[i]));
-      py::array p = py::reinterpret_borrow<py::array>(params[i]);
+      const ArgName pname("params", int64_t(i));
       optim::TensorRef& r = refs_[i];
-      r.dtype = float_dtype(p, idx("params", i));
-      if (!c_contiguous(p)) throw py::value_error(idx("params", i) + ": expected a C-contiguous array");
-      if (!writeable(p)) throw py::value_error(idx("params", i) + ": expected a writeable array, got a read-only one");
-      r.p = p.mutable_data();
+      r.dtype = dtype_of(params[i], pname);
+      r.p = array_arg(params[i], pname, r.dtype, -1, kWrite);
+      py::array p = py::reinterpret_borrow<py::array>(params[i]);
       r.n = p.size();
       r.g = nullptr;
       r.group = group_index.at(i);
@@ -91,14 +88,8 @@ class OptimPlan {
         py::object o = py::reinterpret_borrow<py::list>(slot)[i];
         if (o.is_none()) continue;
         const std::string what = "states[" + std::to_string(s) + "][" + std::to_string(i) + "]";
-        if (!py::isinstance<py::array>(o)) throw py::type_error(what + ": expected a numpy.ndarray");
-        py::array a = py::reinterpret_borrow<py::array>(o);
-        if (float_dtype(a, what) != r.dtype || a.size() != r.n || !c_contiguous(a) || !writeable(a))
-          throw py::value_error(what + ": expected a writeable C-contiguous " +
-                                std::string(dtype_name(r.dtype)) + " array of " +
-                                std::to_string(r.n) + " elements");
-        r.s[s] = a.mutable_data();
-        keep_.push_back(a);
+        r.s[s] = array_arg(o, what, r.dtype, r.n, kWrite);
+        keep_.push_back(o);
         intervals_.push_back({reinterpret_cast<uintptr_t>(r.s[s]),
                               reinterpret_cast<uintptr_t>(r.s[s]) + static_cast<uintptr_t>(nb),
                               static_cast<int64_t>(i), s});
@@ -129,10 +120,8 @@ class OptimPlan {
                             std::to_string(py::len(grads)));
     if (hyper.ndim() != 2 || hyper.shape(0) < ngroups_ || hyper.shape(1) != K)
       throw py::value_error("hyper: expected shape (" + std::to_string(ngroups_) + ", " + std::to_string(K) + ")");
-    if (static_cast<size_t>(steps.size()) != n || !writeable(steps))
-      throw py::value_error("steps: expected a writeable int64 array of " + std::to_string(n) + " entries");
     const double* H = hyper.data();
-    int64_t* S = steps.mutable_data();
+    int64_t* S = array_arg<int64_t>(steps, "steps", static_cast<int64_t>(n), kWrite);
     // per-group facts, once per step
     std::vector<std::array<bool, 3>> need(static_cast<size_t>(ngroups_));
     for (int gi = 0; gi < ngroups_; ++gi) need[gi] = needed_slots(algo_, H + int64_t(gi) * K);
@@ -153,8 +142,8 @@ class OptimPlan {
         throw py::type_error(idx("grads", i) + ": expected a numpy.ndarray, got " + type_str(o));
       const auto* ga = py::detail::array_proxy(o);
       const auto* pa = py::detail::array_proxy(params_[i].ptr());
-      // Fast path: the same dtype object and the same shape; otherwise the full check names what
-      // differs.
+      // Fast path (this loop runs per tensor per step): the same dtype object and shape as the
+      // parameter; otherwise array_arg's full check names what differs.
       const bool same_dtype = ga->descr == pa->descr;
       bool same_shape = ga->nd == pa->nd;
       for (int d = 0; same_shape && d < ga->nd; ++d) same_shape = ga->dimensions[d] == pa->dimensions[d];
@@ -206,16 +195,7 @@ class OptimPlan {
   // The named error for a gradient whose dtype or shape differs from its parameter's.
   void check_grad_slow(size_t i, const py::array& g) const {
     const py::array& p = params_[i];
-    const optim::TensorRef& r = refs_[i];
-    const char kind = g.dtype().kind();
-    if (kind != 'f' || g.itemsize() != p.itemsize() || g.dtype().byteorder() == '>')
-      throw py::type_error(idx("grads", i) + ": expected dtype " + dtype_name(r.dtype) + " (the dtype of params[" +
-                           std::to_string(i) + "]), got " + std::string(py::str(g.dtype())));
-    bool same = g.ndim() == p.ndim();
-    for (py::ssize_t d = 0; same && d < p.ndim(); ++d) same = g.shape(d) == p.shape(d);
-    if (!same)
-      throw py::value_error(idx("grads", i) + ": expected shape " + shape_str(p) + " (the shape of params[" +
-                            std::to_string(i) + "]), got " + shape_str(g));
+    array_arg(g, ArgName("grads", int64_t(i)), refs_[i].dtype, Extent(p.shape(), p.ndim()));
   }
 
   std::string describe(const Interval& v) const {
@@ -242,15 +222,11 @@ std::vector<optim::ArrayRef> array_refs(const py::sequence& arrays, const char* 
   keep.reserve(n);
   for (size_t i = 0; i < n; ++i) {
     py::handle o = arrays[i];
-    if (!py::isinstance<py::array>(o))
-      throw py::type_error(idx(name, i) + ": expected a numpy.ndarray, got " + type_str(o));
-    py::array a = py::reinterpret_borrow<py::array>(o);
+    const ArgName what(name, int64_t(i));
     optim::ArrayRef r;
-    r.dtype = float_dtype(a, idx(name, i));
-    if (!c_contiguous(a)) throw py::value_error(idx(name, i) + ": expected a C-contiguous array");
-    if (need_write && !writeable(a))
-      throw py::value_error(idx(name, i) + ": expected a writeable array, got a read-only one");
-    r.data = const_cast<void*>(a.data());
+    r.dtype = dtype_of(o, what);
+    r.data = array_arg(o, what, r.dtype, -1, need_write ? kWrite : kRead);
+    py::array a = py::reinterpret_borrow<py::array>(o);
     r.n = a.size();
     out.push_back(r);
     keep.push_back(a);
