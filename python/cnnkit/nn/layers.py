@@ -414,18 +414,16 @@ class _Pool2d(Module):
         shape = (N, C, OH, OW) if self.layout == "NCHW" else (N, OH, OW, C)
         y = self._buf("y", shape)
         self._x = x
-        self._geo = (N, C, H, W, OH, OW)
+        self._geo = _core.PoolGeom(N, C, H, W, OH, OW, *self.kernel_size, *self.stride, *self.padding,
+                                   self.layout == "NHWC")
         idx = self._buf("idx", shape, np.int32) if self._mode == 0 else None
-        _pool_forward(np.ascontiguousarray(x), y, idx, N, C, H, W, OH, OW, *self.kernel_size, *self.stride,
-                      *self.padding, self.layout == "NHWC", self._mode)
+        _pool_forward(np.ascontiguousarray(x), y, idx, self._geo, self._mode)
         self._idx = idx
         return y
 
     def backward(self, grad, input_grad=True):
-        N, C, H, W, OH, OW = self._geo
         gi = self._buf("gx", self._x.shape)
-        _pool_backward(np.ascontiguousarray(grad), gi, self._idx, N, C, H, W, OH, OW, *self.kernel_size,
-                       *self.stride, *self.padding, self.layout == "NHWC", self._mode)
+        _pool_backward(np.ascontiguousarray(grad), gi, self._idx, self._geo, self._mode)
         return gi
 
     def extra_repr(self):

@@ -142,7 +142,7 @@ def _layout_hint(x_name: str, x_shape, c_in: int, nhwc: bool) -> str:
 class _Geom:
     """A checked convolution geometry (shapes in NCHW terms)."""
 
-    __slots__ = ("N", "C", "H", "W", "K", "Ho", "Wo", "G", "kh", "kw", "s", "d", "pad", "nhwc", "dtype")
+    __slots__ = ("N", "C", "H", "W", "K", "Ho", "Wo", "G", "kh", "kw", "s", "d", "pad", "nhwc", "dtype", "_core")
 
     def __init__(self, x_shape, w_shape, stride, padding, dilation, groups, layout, dtype,
                  x_name="x", w_name="weight"):
@@ -193,10 +193,15 @@ class _Geom:
         self.N, self.C, self.H, self.W, self.K, self.Ho, self.Wo, self.G = N, C, H, W, K, Ho, Wo, G
         self.kh, self.kw, self.s, self.d, self.pad = kh, kw, s, d, (pt, pl)
         self.dtype = dtype
+        self._core = None
 
-    def tuple(self):
-        return (self.N, self.C, self.H, self.W, self.K, self.Ho, self.Wo, self.G, self.kh, self.kw,
-                self.s[0], self.s[1], self.d[0], self.d[1], self.pad[0], self.pad[1], self.nhwc)
+    def core(self) -> _core.ConvGeom:
+        """The geometry as the compiled passes take it (built once, shared by every pass)."""
+        if self._core is None:
+            self._core = _core.ConvGeom(self.N, self.C, self.H, self.W, self.K, self.Ho, self.Wo, self.G,
+                                        self.kh, self.kw, self.s[0], self.s[1], self.d[0], self.d[1],
+                                        self.pad[0], self.pad[1], self.nhwc)
+        return self._core
 
     def x_shape(self):
         return (self.N, self.H, self.W, self.C) if self.nhwc else (self.N, self.C, self.H, self.W)
@@ -264,7 +269,7 @@ def conv2d_algorithm(x_shape, weight_shape, stride=1, padding=0, dilation=1, gro
     p = {"forward": 0, "input": 1, "weight": 2}.get(pass_)
     if p is None:
         raise ValueError(f"pass_: expected 'forward', 'input' or 'weight', got {pass_!r}")
-    return _core.conv_algorithm(g.tuple(), p)
+    return _core.conv_algorithm(g.core(), p)
 
 
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout="NCHW", out=None):
@@ -311,7 +316,7 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *, l
         out = np.empty(g.y_shape(), x.dtype)
     else:
         _check_out(out, "out", g.y_shape(), x.dtype, (x, weight, bias))
-    _core.conv_forward(_contig(x), _contig(weight), b, out, g.tuple())
+    _core.conv_forward(_contig(x), _contig(weight), b, out, g.core())
     return out
 
 
@@ -384,9 +389,9 @@ def conv2d_backward(grad_out, x, weight, stride=1, padding=0, dilation=1, groups
             raise ValueError(f"out: {na} buffers overlap")
     dy = _contig(grad_out)
     if gi is not None:
-        _core.conv_backward_input(dy, _contig(weight), gi, g.tuple())
+        _core.conv_backward_input(dy, _contig(weight), gi, g.core())
     if gw is not None or gb is not None:
-        _core.conv_backward_weight(dy, _contig(x), gw, gb, g.tuple())
+        _core.conv_backward_weight(dy, _contig(x), gw, gb, g.core())
     return gi, gw, gb
 
 
