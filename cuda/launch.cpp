@@ -50,6 +50,9 @@ void multi_tensor_step(optim::Algo algo, const optim::TensorRef* refs_in, int64_
       if (static_cast<int>(refs_in[i].dtype) == pass && refs_in[i].n > 0) refs.push_back(refs_in[i]);
   const int64_t n = static_cast<int64_t>(refs.size());
   if (n == 0) return;
+  // Adam's bias corrections, on the host with the CPU path's libm pow (the same bits).
+  for (optim::TensorRef& r : refs)
+    optim::fill_bias_corrections(algo, r, hyper + int64_t(r.group) * optim::hyper_columns(algo));
   std::vector<int64_t> first_chunk(static_cast<size_t>(n) + 1, 0);
   for (int64_t i = 0; i < n; ++i) first_chunk[i + 1] = first_chunk[i] + (refs[i].n + kChunk - 1) / kChunk;
   int64_t n32 = 0;

@@ -27,48 +27,44 @@ const double* f64(const F64& a, const char* name, int64_t count) { return array_
 
 }  // namespace
 
-template <typename T>
-void update_running(T* r, const double* stat, int64_t n, double momentum, double factor) {
-  for (int64_t i = 0; i < n; ++i) r[i] = T((1.0 - momentum) * double(r[i]) + momentum * (stat[i] * factor));
-}
-
 void bind_norm(py::module_& m) {
   m.def(
       "norm_update_running",
       [](const py::object& rm, const py::object& rv, const F64& mean, const F64& var, double momentum,
          double unbias) {
-        // rm <- (1-momentum)*rm + momentum*mean; rv <- (1-momentum)*rv + momentum*var*unbias (in double)
+        // norm::update_running: rm <- (1-momentum)*rm + momentum*mean, rv likewise with var*unbias
         const int64_t n = mean.size();
-        if (var.size() != n) throw py::value_error("var: expected as many values as mean");
-        const struct { const py::object* a; const F64* s; double f; const char* name; } items[2] = {
-            {&rm, &mean, 1.0, "running_mean"}, {&rv, &var, unbias, "running_var"}};
-        for (const auto& it : items) {
-          if (it.a->is_none()) continue;
-          const DType dt = dtype_of(*it.a, it.name);
-          void* p = array_arg(*it.a, it.name, dt, n, kWrite);
-          if (dt == DType::f32)
-            update_running(static_cast<float*>(p), it.s->data(), n, momentum, it.f);
-          else
-            update_running(static_cast<double*>(p), it.s->data(), n, momentum, it.f);
-        }
+        const double* pm = f64(mean, "mean", n);
+        const double* pv = f64(var, "var", n);
+        const DType dm = rm.is_none() ? DType::f32 : dtype_of(rm, "running_mean");
+        const DType dv = rv.is_none() ? DType::f32 : dtype_of(rv, "running_var");
+        void* prm = array_arg(rm, "running_mean", dm, n, kWrite | kOptional);
+        void* prv = array_arg(rv, "running_var", dv, n, kWrite | kOptional);
+        py::gil_scoped_release nogil;
+        if (prm) norm::update_running(dm, prm, pm, n, momentum, 1.0);
+        if (prv) norm::update_running(dv, prv, pv, n, momentum, unbias);
       },
       py::arg("running_mean"), py::arg("running_var"), py::arg("mean"), py::arg("var"), py::arg("momentum"),
       py::arg("unbias"));
   m.def(
       "norm_invstd",
       [](const py::array& var, double eps) {
-        const auto dt = dtype_of(var, "running_var");
+        const DType dt = dtype_of(var, "running_var");
         py::array v = py::array::ensure(var, py::array::c_style);
         const int64_t n = v.size();
+        const void* pv = array_arg(v, "running_var", dt, n);
         F64 out(n);
         double* o = out.mutable_data();
-        for (int64_t i = 0; i < n; ++i) {
-          const double x = dt == DType::f32 ? double(static_cast<const float*>(v.data())[i])
-                                                    : static_cast<const double*>(v.data())[i];
-          if (!(x >= 0.0) || !(x <= 1.7976931348623157e308))
-            throw py::value_error("running_var: expected finite values >= 0, got " + std::to_string(x) +
-                                  " at index " + std::to_string(i));
-          o[i] = 1.0 / std::sqrt(x + eps);
+        int64_t bad;
+        {
+          py::gil_scoped_release nogil;
+          bad = norm::invstd(dt, pv, n, eps, o);
+        }
+        if (bad >= 0) {
+          const double x = dt == DType::f32 ? double(static_cast<const float*>(pv)[bad])
+                                            : static_cast<const double*>(pv)[bad];
+          throw py::value_error("running_var: expected finite values >= 0, got " + std::to_string(x) +
+                                " at index " + std::to_string(bad));
         }
         return out;
       },
