@@ -414,8 +414,9 @@ class _Pool2d(Module):
         shape = (N, C, OH, OW) if self.layout == "NCHW" else (N, OH, OW, C)
         y = self._buf("y", shape)
         self._x = x
-        self._geo = _core.PoolGeom(N, C, H, W, OH, OW, *self.kernel_size, *self.stride, *self.padding,
-                                   self.layout == "NHWC")
+        key = (N, C, H, W, OH, OW, *self.kernel_size, *self.stride, *self.padding, self.layout == "NHWC")
+        if key != getattr(self, "_geo_key", None):  # a training loop sees the same shapes every step
+            self._geo, self._geo_key = _core.PoolGeom(*key), key
         idx = self._buf("idx", shape, np.int32) if self._mode == 0 else None
         _pool_forward(np.ascontiguousarray(x), y, idx, self._geo, self._mode)
         self._idx = idx

@@ -29,6 +29,7 @@ _LAYOUTS = ("NCHW", "NHWC")
 _NEEDS = ("input", "weight", "bias")
 _INT32_MAX = 2**31 - 1
 _INT64_MAX = 2**63 - 1
+_CORE_GEOMS: dict = {}  # ConvGeom objects (immutable) by their 17 values; a model reuses a few
 
 
 def _load_blas() -> None:
@@ -198,9 +199,14 @@ class _Geom:
     def core(self) -> _core.ConvGeom:
         """The geometry as the compiled passes take it (built once, shared by every pass)."""
         if self._core is None:
-            self._core = _core.ConvGeom(self.N, self.C, self.H, self.W, self.K, self.Ho, self.Wo, self.G,
-                                        self.kh, self.kw, self.s[0], self.s[1], self.d[0], self.d[1],
-                                        self.pad[0], self.pad[1], self.nhwc)
+            key = (self.N, self.C, self.H, self.W, self.K, self.Ho, self.Wo, self.G, self.kh, self.kw,
+                   self.s[0], self.s[1], self.d[0], self.d[1], self.pad[0], self.pad[1], self.nhwc)
+            g = _CORE_GEOMS.get(key)
+            if g is None:
+                if len(_CORE_GEOMS) >= 1024:
+                    _CORE_GEOMS.clear()
+                g = _CORE_GEOMS[key] = _core.ConvGeom(*key)
+            self._core = g
         return self._core
 
     def x_shape(self):
