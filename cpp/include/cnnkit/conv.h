@@ -16,11 +16,8 @@
 #include <cstdint>
 
 #include "cnnkit/common.h"
-#include "cnnkit/optim.h"  // DType
 
 namespace cnnkit::conv {
-
-using optim::DType;
 
 struct Geom {
   int64_t N, C, H, W;           // input

@@ -48,17 +48,17 @@ void paste_t(const T* x, const int64_t* perm, const int64_t* boxes, T* out, int6
 
 }  // namespace
 
-void blend(bool f64, const void* x, const void* src, const int64_t* perm, const double* a, void* out, int64_t N,
+void blend(DType dt, const void* x, const void* src, const int64_t* perm, const double* a, void* out, int64_t N,
            int64_t S) {
-  if (f64)
+  if (dt == DType::f64)
     blend_t(static_cast<const double*>(x), static_cast<const double*>(src), perm, a, static_cast<double*>(out), N, S);
   else
     blend_t(static_cast<const float*>(x), static_cast<const float*>(src), perm, a, static_cast<float*>(out), N, S);
 }
 
-void paste_boxes(bool f64, const void* x, const int64_t* perm, const int64_t* boxes, void* out, int64_t N, int64_t C,
+void paste_boxes(DType dt, const void* x, const int64_t* perm, const int64_t* boxes, void* out, int64_t N, int64_t C,
                  int64_t H, int64_t W) {
-  if (f64)
+  if (dt == DType::f64)
     paste_t(static_cast<const double*>(x), perm, boxes, static_cast<double*>(out), N, C, H, W);
   else
     paste_t(static_cast<const float*>(x), perm, boxes, static_cast<float*>(out), N, C, H, W);
@@ -106,16 +106,16 @@ void fill_t(const T* x, T* out, int64_t N, int64_t H, int64_t W, int64_t C, bool
 
 }  // namespace
 
-void fill_boxes(int dtype, const void* x, void* out, int64_t N, int64_t H, int64_t W, int64_t C, bool nhwc,
+void fill_boxes(DType dt, const void* x, void* out, int64_t N, int64_t H, int64_t W, int64_t C, bool nhwc,
                 const int64_t* boxes, int64_t K, int mode, const double* values) {
-  switch (dtype) {
-    case 0:
+  switch (dt) {
+    case DType::u8:
       fill_t(static_cast<const uint8_t*>(x), static_cast<uint8_t*>(out), N, H, W, C, nhwc, boxes, K, mode, values);
       break;
-    case 1:
+    case DType::f32:
       fill_t(static_cast<const float*>(x), static_cast<float*>(out), N, H, W, C, nhwc, boxes, K, mode, values);
       break;
-    default:
+    case DType::f64:
       fill_t(static_cast<const double*>(x), static_cast<double*>(out), N, H, W, C, nhwc, boxes, K, mode, values);
       break;
   }

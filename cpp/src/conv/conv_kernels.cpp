@@ -17,7 +17,6 @@
 
 namespace cnnkit::CNNKIT_ISA_NS {
 namespace {
-using conv::DType;
 using conv::Geom;
 
 // NCHW <-> NHWC: src (N, A, B) -> dst (N, B, A): VL x VL register transposes inside 64 x 64 tiles.

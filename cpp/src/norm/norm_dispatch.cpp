@@ -1,4 +1,7 @@
-// Normalization entry points: forward to the kernels of the active ISA level.
+// Normalization entry points: forward to the kernels of the active ISA level; the per-channel
+// helpers (running statistics, 1/sqrt(var + eps)) run here, on C values.
+#include <cmath>
+
 #include "cnnkit/norm.h"
 
 namespace cnnkit {
@@ -29,6 +32,34 @@ void backward_apply(DType dt, const void* dy, const void* x, const void* mask, v
                     const Shape& sh, bool ps, const double* mean, const double* A, const double* B,
                     const double* D) {
   kernels().backward_apply_fn(dt, dy, x, mask, dx, gres, sh, ps, mean, A, B, D);
+}
+
+namespace {
+template <typename T>
+void update_running_t(T* r, const double* stat, int64_t n, double momentum, double factor) {
+  for (int64_t i = 0; i < n; ++i) r[i] = T((1.0 - momentum) * double(r[i]) + momentum * (stat[i] * factor));
+}
+template <typename T>
+int64_t invstd_t(const T* var, int64_t n, double eps, double* out) {
+  for (int64_t i = 0; i < n; ++i) {
+    const double v = double(var[i]);
+    if (!(v >= 0.0) || !(v <= 1.7976931348623157e308)) return i;
+    out[i] = 1.0 / std::sqrt(v + eps);
+  }
+  return -1;
+}
+}  // namespace
+
+void update_running(DType dt, void* running, const double* stat, int64_t n, double momentum, double factor) {
+  if (dt == DType::f32)
+    update_running_t(static_cast<float*>(running), stat, n, momentum, factor);
+  else
+    update_running_t(static_cast<double*>(running), stat, n, momentum, factor);
+}
+
+int64_t invstd(DType dt, const void* var, int64_t n, double eps, double* out) {
+  return dt == DType::f32 ? invstd_t(static_cast<const float*>(var), n, eps, out)
+                          : invstd_t(static_cast<const double*>(var), n, eps, out);
 }
 
 }  // namespace cnnkit::norm

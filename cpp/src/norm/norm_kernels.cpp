@@ -24,7 +24,6 @@ namespace cnnkit {
 namespace CNNKIT_ISA_NS {
 namespace {
 
-using norm::DType;
 using norm::Shape;
 
 constexpr int64_t kRows = 256;           // NHWC reduction block: rows of C values

@@ -5,7 +5,10 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
+#include <iterator>
+#include <string>
 #include <vector>
 
 #include "cnnkit/optim.h"
@@ -162,6 +165,106 @@ void multi_tensor_scale(const ArrayRef* arrays, int64_t count, double factor) {
   for_each_piece(
       count, [&](int64_t i) { return arrays[i].n; },
       [=](int64_t i, int64_t b, int64_t n) { scale(arrays[i], b, n, factor); });
+}
+
+// ---- Plan --------------------------------------------------------------------------------------
+namespace {
+
+std::string tensor_name(const char* what, int64_t i) { return std::string(what) + "[" + std::to_string(i) + "]"; }
+
+// Which state slots a group's hyperparameters need.
+std::array<bool, 3> needed_slots(Algo algo, const double* h) {
+  using namespace col;
+  switch (algo) {
+    case Algo::sgd: return {h[SGD_MOMENTUM] != 0, false, false};
+    case Algo::adagrad: return {true, false, false};
+    case Algo::rmsprop: return {true, h[RMSPROP_CENTERED] != 0, h[RMSPROP_MOMENTUM] > 0};
+    case Algo::adadelta: return {true, true, false};
+    case Algo::adam: return {true, true, h[ADAM_AMSGRAD] != 0};
+  }
+  return {false, false, false};
+}
+
+}  // namespace
+
+Plan::Plan(Algo algo, std::vector<TensorRef> tensors) : algo_(algo), refs_(std::move(tensors)) {
+  const int nslots = state_slots(algo_);
+  for (size_t i = 0; i < refs_.size(); ++i) {
+    TensorRef& r = refs_[i];
+    if (r.group < 0) throw value_error(tensor_name("group_index", int64_t(i)) + ": expected >= 0");
+    ngroups_ = std::max(ngroups_, r.group + 1);
+    r.g = nullptr;
+    r.step = 0;
+    const auto bytes = static_cast<uintptr_t>(r.n * dtype_size(r.dtype));
+    const auto add = [&](const void* p, int slot) {
+      const auto lo = reinterpret_cast<uintptr_t>(p);
+      if (bytes > 0) intervals_.push_back({lo, lo + bytes, static_cast<int64_t>(i), slot});
+    };
+    add(r.p, -1);
+    for (int s = 0; s < 3; ++s) {
+      if (s >= nslots) r.s[s] = nullptr;
+      if (r.s[s]) add(r.s[s], s);
+    }
+  }
+  std::sort(intervals_.begin(), intervals_.end(), [](const Interval& a, const Interval& b) { return a.lo < b.lo; });
+  for (size_t k = 1; k < intervals_.size(); ++k)
+    if (intervals_[k].lo < intervals_[k - 1].hi)
+      throw value_error(describe(intervals_[k - 1]) + " and " + describe(intervals_[k]) +
+                        " share memory; every parameter and state array must be distinct");
+  active_.reserve(refs_.size());
+  checked_.assign(refs_.size(), 0);
+}
+
+std::string Plan::describe(const Interval& v) const {
+  if (v.slot < 0) return tensor_name("params", v.tensor);
+  return "the optimizer state (slot " + std::to_string(v.slot) + ") of " + tensor_name("params", v.tensor);
+}
+
+void Plan::step(const void* const* grads, const double* hyper, int64_t* steps) {
+  const int K = hyper_columns(algo_);
+  std::vector<std::array<bool, 3>> need(static_cast<size_t>(ngroups_));
+  for (int gi = 0; gi < ngroups_; ++gi) need[gi] = needed_slots(algo_, hyper + int64_t(gi) * K);
+  active_.clear();
+  int last_group = -1;
+  int64_t last_step = -1;
+  double bc1 = 0, bc2 = 0;
+  for (size_t i = 0; i < refs_.size(); ++i) {
+    if (grads[i] == nullptr) continue;
+    const TensorRef& r = refs_[i];
+    const auto lo = reinterpret_cast<uintptr_t>(grads[i]);
+    const auto hi = lo + static_cast<uintptr_t>(r.n * dtype_size(r.dtype));
+    // A gradient buffer reused from the last step (the usual case) was already found to share no
+    // memory with the (fixed) parameter and state arrays.
+    if (hi > lo && checked_[i] != lo) {
+      auto it = std::lower_bound(intervals_.begin(), intervals_.end(), hi,
+                                 [](const Interval& v, uintptr_t x) { return v.lo < x; });
+      if (it != intervals_.begin() && std::prev(it)->hi > lo)
+        throw value_error(tensor_name("grads", int64_t(i)) + ": shares memory with " + describe(*std::prev(it)) +
+                          "; a gradient must not alias a parameter or optimizer state");
+      checked_[i] = lo;
+    }
+    for (int k = 0; k < 3; ++k)
+      if (need[r.group][k] && r.s[k] == nullptr)
+        throw value_error(tensor_name("params", int64_t(i)) + ": optimizer state slot " + std::to_string(k) +
+                          " is needed by the group's hyperparameters but was not allocated");
+    TensorRef a = r;
+    a.g = grads[i];
+    a.step = steps[i] + 1;
+    if (a.group != last_group || a.step != last_step) {  // tensors of a group share a step
+      fill_bias_corrections(algo_, a, hyper + int64_t(r.group) * K);
+      last_group = a.group;
+      last_step = a.step;
+      bc1 = a.bc1;
+      bc2 = a.bc2;
+    } else {
+      a.bc1 = bc1;
+      a.bc2 = bc2;
+    }
+    active_.push_back(a);
+  }
+  multi_tensor_step(algo_, active_.data(), static_cast<int64_t>(active_.size()), hyper);
+  for (size_t i = 0; i < refs_.size(); ++i)
+    if (grads[i] != nullptr) steps[i] += 1;
 }
 
 }  // namespace cnnkit::optim

@@ -33,6 +33,7 @@ _LAYOUTS = ("NCHW", "NHWC")
 _NEEDS = ("input", "weight", "bias")
 _INT32_MAX = 2**31 - 1
 _INT64_MAX = 2**63 - 1
+_CORE_GEOMS: dict = {}  # ConvGeom objects (immutable) by their 17 values; a model reuses a few
 
 
 def _load_blas() -> None:
@@ -121,7 +122,7 @@ def _layout_hint(x_name: str, x_shape: Sequence[int], c_in: int, nhwc: bool) -> 
 class _Geom:
     """A checked convolution geometry (shapes in NCHW terms)."""
 
-    __slots__ = ("N", "C", "H", "W", "K", "Ho", "Wo", "G", "kh", "kw", "s", "d", "pad", "nhwc", "dtype")
+    __slots__ = ("N", "C", "H", "W", "K", "Ho", "Wo", "G", "kh", "kw", "s", "d", "pad", "nhwc", "dtype", "_core")
 
     def __init__(self, x_shape, w_shape, stride, padding, dilation, groups, layout, dtype,
                  x_name="x", w_name="weight"):
@@ -165,10 +166,20 @@ class _Geom:
         self.N, self.C, self.H, self.W, self.K, self.Ho, self.Wo, self.G = N, C, H, W, K, Ho, Wo, G
         self.kh, self.kw, self.s, self.d, self.pad = kh, kw, s, d, (pt, pl)
         self.dtype = dtype
+        self._core = None
 
-    def tuple(self):
-        return (self.N, self.C, self.H, self.W, self.K, self.Ho, self.Wo, self.G, self.kh, self.kw,
-                self.s[0], self.s[1], self.d[0], self.d[1], self.pad[0], self.pad[1], self.nhwc)
+    def core(self) -> _core.ConvGeom:
+        """The geometry as the compiled passes take it (built once, shared by every pass)."""
+        if self._core is None:
+            key = (self.N, self.C, self.H, self.W, self.K, self.Ho, self.Wo, self.G, self.kh, self.kw,
+                   self.s[0], self.s[1], self.d[0], self.d[1], self.pad[0], self.pad[1], self.nhwc)
+            g = _CORE_GEOMS.get(key)
+            if g is None:
+                if len(_CORE_GEOMS) >= 1024:
+                    _CORE_GEOMS.clear()
+                g = _CORE_GEOMS[key] = _core.ConvGeom(*key)
+            self._core = g
+        return self._core
 
     def x_shape(self):
         return (self.N, self.H, self.W, self.C) if self.nhwc else (self.N, self.C, self.H, self.W)
@@ -272,7 +283,7 @@ def conv2d_algorithm(x_shape: Sequence[int], weight_shape: Sequence[int], stride
     g = _Geom(x_shape, weight_shape, stride, padding, dilation, groups, layout, None,
               "x_shape", "weight_shape")
     p = ("forward", "input", "weight").index(check_choice("pass_", pass_, ("forward", "input", "weight")))
-    return _core.conv_algorithm(g.tuple(), p)
+    return _core.conv_algorithm(g.core(), p)
 
 
 def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None, stride: int | tuple[int, int] = 1,
@@ -331,7 +342,7 @@ def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None, st
         out = np.empty(g.y_shape(), x.dtype)
     else:
         _check_out(out, "out", g.y_shape(), x.dtype, (x, weight, bias))
-    _core.conv_forward(_contig(x), _contig(weight), b, out, g.tuple())
+    _core.conv_forward(_contig(x), _contig(weight), b, out, g.core())
     return out
 
 
@@ -417,9 +428,9 @@ def conv2d_backward(grad_output: np.ndarray, x: np.ndarray, weight: np.ndarray,
             raise ValueError(f"out: {na} buffers overlap")
     dy = _contig(grad_output)
     if gi is not None:
-        _core.conv_backward_input(dy, _contig(weight), gi, g.tuple())
+        _core.conv_backward_input(dy, _contig(weight), gi, g.core())
     if gw is not None or gb is not None:
-        _core.conv_backward_weight(dy, _contig(x), gw, gb, g.tuple())
+        _core.conv_backward_weight(dy, _contig(x), gw, gb, g.core())
     return gi, gw, gb
 
 
