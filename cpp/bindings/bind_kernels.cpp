@@ -1,0 +1,76 @@
+// Kernel registry bindings: the tables of cnnkit/<family>.h as Python lists (cnnkit.kernels()).
+// Marshalling only: the tables, their predicates and the selection live in the core.
+#include <pybind11/stl.h>
+
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "cnnkit/conv.h"
+#include "common.h"
+
+namespace cnnkit::bind {
+namespace {
+
+using EntryRow = std::tuple<std::string, std::string, std::vector<std::string>>;  // name, isa, passes
+
+const char* const kConvPasses[] = {"forward", "input", "weight"};
+
+conv::Pass conv_pass(const std::string& s) {
+  for (int i = 0; i < 3; ++i)
+    if (s == kConvPasses[i]) return static_cast<conv::Pass>(i);
+  throw py::value_error("pass_: expected 'forward', 'input' or 'weight', got '" + s + "'");
+}
+
+conv::DType dtype_of(const std::string& s) {
+  if (s == "float32") return conv::DType::f32;
+  if (s == "float64") return conv::DType::f64;
+  throw py::type_error("dtype: expected float32 or float64, got " + s);
+}
+
+// The 17-integer geometry of cnnkit.ops.conv._Geom.tuple() (checked there).
+conv::Problem conv_problem(const py::tuple& t, const std::string& dtype, const std::string& pass) {
+  if (t.size() != 17) throw py::value_error("geometry: expected 17 integers");
+  int64_t v[16];
+  for (int i = 0; i < 16; ++i) v[i] = t[i].cast<int64_t>();
+  const conv::Geom g{v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10], v[11], v[12], v[13],
+                     v[14], v[15], t[16].cast<bool>()};
+  if (g.C < 1 || g.G < 1 || g.K < 1 || g.C % g.G || g.K % g.G)
+    throw py::value_error("geometry: inconsistent convolution geometry");
+  return conv::Problem{g, dtype_of(dtype), conv_pass(pass)};
+}
+
+std::vector<EntryRow> conv_rows() {
+  std::vector<EntryRow> rows;
+  for (int i = 0; i < conv::registry_size(); ++i) {
+    const auto e = conv::registry_entry(i);
+    std::vector<std::string> passes;
+    for (int p = 0; p < 3; ++p)
+      if (e.passes & conv::pass_bit(static_cast<conv::Pass>(p))) passes.emplace_back(kConvPasses[p]);
+    rows.emplace_back(e.name, isa_name(e.isa), passes);
+  }
+  return rows;
+}
+
+}  // namespace
+
+void bind_kernels(py::module_& m) {
+  m.def("conv_registry", &conv_rows,
+        "Every conv kernel entry in priority order: (name, isa, passes).");
+  m.def(
+      "conv_registry_supports",
+      [](int i, const py::tuple& geom, const std::string& dtype, const std::string& pass) {
+        return conv::supports(i, conv_problem(geom, dtype, pass));
+      },
+      py::arg("index"), py::arg("geom"), py::arg("dtype"), py::arg("pass_"));
+  m.def(
+      "conv_registry_select",
+      [](const py::tuple& geom, const std::string& dtype, const std::string& pass) {
+        return conv::select(conv_problem(geom, dtype, pass));
+      },
+      py::arg("geom"), py::arg("dtype"), py::arg("pass_"));
+  m.def("conv_registry_force", &conv::force, py::arg("index"));
+  m.def("conv_registry_forced", &conv::forced);
+}
+
+}  // namespace cnnkit::bind
