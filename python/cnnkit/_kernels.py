@@ -33,6 +33,35 @@ def _conv_problem(*args: Any, **kwargs: Any) -> tuple:
     return _registry_problem(*args, **kwargs)
 
 
+_DTYPES = ("uint8", "float32", "float64")
+
+
+def _op_problem(op: str, dtype: Any = "float32") -> tuple:
+    """(op, [dtype names]) for the one-kernel-per-operation families; dtype may be a list."""
+    if not isinstance(op, str):
+        raise TypeError(f"op: expected a str, got {type(op).__name__}")
+    import numpy as np
+    names = []
+    for d in (dtype if isinstance(dtype, (list, tuple)) else [dtype]):
+        try:
+            name = np.dtype(d).name
+        except TypeError:
+            raise TypeError(f"dtype: expected one of {_DTYPES}, got {d!r}") from None
+        if name not in _DTYPES:
+            raise TypeError(f"dtype: expected one of {_DTYPES}, got {name}")
+        names.append(name)
+    return op, names
+
+
+def _op_family(name: str) -> _Family:
+    return _Family(lambda: _core.registry_entries(name), _op_problem,
+                   lambda i, op, dts: _core.registry_supports(name, i, op, dts),
+                   lambda op, dts: _core.registry_select(name, op, dts),
+                   lambda i: _core.registry_force(name, i), lambda: _core.registry_forced(name),
+                   "problem: (op, dtype='float32'): the operation's name (an entry's passes[0]) "
+                   "and the element type(s)")
+
+
 _FAMILIES: dict[str, _Family] = {
     "conv": _Family(_core.conv_registry, _conv_problem, _core.conv_registry_supports,
                     _core.conv_registry_select, _core.conv_registry_force,
@@ -40,6 +69,7 @@ _FAMILIES: dict[str, _Family] = {
                     "problem: (x_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1, "
                     "layout='NCHW', pass_='forward', dtype=numpy.float32), as "
                     "cnnkit.ops.conv2d_algorithm"),
+    **{name: _op_family(name) for name in ("norm", "optim", "augment", "nn")},
 }
 
 
@@ -56,7 +86,8 @@ class KernelEntry:
     isa : str
         The ISA level the entry was compiled for: ``"scalar"``, ``"avx2"`` or ``"avx512"``.
     passes : tuple of str
-        The passes it implements (conv: ``"forward"``, ``"input"``, ``"weight"``).
+        What it implements: conv, the passes (``"forward"``, ``"input"``, ``"weight"``); the
+        other families, the one operation (``"norm_stats"``, ...).
     index : int
         Its position in the table (the priority order).
     """
@@ -129,6 +160,14 @@ class KernelTable(Sequence):
         """Whether ``entry`` (a KernelEntry or a name) supports the problem."""
         return self._entry(entry).supports(*problem, **kw)
 
+    def hits(self, entry) -> int:
+        """How many times the dispatcher has run ``entry`` (a KernelEntry or a name) so far.
+        Counted for the one-kernel-per-operation families (not conv, which has no counter)."""
+        e = self._entry(entry)
+        if self.family == "conv":
+            raise ValueError("entry: the conv table keeps no counts")
+        return int(_core.registry_hits(self.family, e.index))
+
     def forced(self) -> KernelEntry | None:
         """The entry forced now, or None."""
         i = int(self._f.forced())
@@ -180,13 +219,19 @@ def kernels(family: str | None = None):
 
     * conv: ``(x_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1,
       layout="NCHW", pass_="forward", dtype=numpy.float32)``, as
-      :func:`cnnkit.ops.conv2d_algorithm`.
+      :func:`cnnkit.ops.conv2d_algorithm`. Entries are named
+      ``conv2d_<algorithm>_<dtype>_<layout>[_<how>]__<isa>``; ``passes`` lists the passes
+      (``"forward"``, ``"input"``, ``"weight"``) an entry implements.
+    * norm, optim, augment, nn: ``(op, dtype="float32")`` with ``op`` an operation (the single
+      element of an entry's ``passes``, e.g. ``"norm_stats"``) and ``dtype`` one element type or
+      a list of them. These families compile one kernel per operation and ISA level; entries
+      are named ``<op>_<dtypes>__<isa>`` (``norm_stats_f32f64__avx512``).
 
     Examples
     --------
     >>> import cnnkit
-    >>> "conv" in cnnkit.kernels()
-    True
+    >>> cnnkit.kernels()
+    ('conv', 'norm', 'optim', 'augment', 'nn')
     >>> sorted({e.isa for e in cnnkit.kernels("conv")})
     ['avx2', 'avx512', 'scalar']
     """
