@@ -8,6 +8,8 @@
 // stride 1 without padding reads X directly. GEMMs are single-threaded OpenBLAS calls inside
 // cnnkit's own OpenMP loop, over pieces cut from the shape alone; reductions over pieces run in a
 // fixed order (beta = 1 accumulation in piece order), so results do not depend on the thread count.
+// Compiled once per ISA level (namespace cnnkit::conv::<isa>) like the direct kernels; the copies
+// reach the dispatcher through conv::Kernels (conv_kernels.cpp) and the registry's gemm entries.
 #include <omp.h>
 
 #include <algorithm>
