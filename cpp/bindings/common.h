@@ -145,5 +145,6 @@ void bind_norm(py::module_& m);
 void bind_augment(py::module_& m);
 void bind_conv(py::module_& m);
 void bind_nn(py::module_& m);
+void bind_kernels(py::module_& m);
 
 }  // namespace cnnkit::bind

@@ -86,6 +86,13 @@ struct OpKernels {
   decltype(&clahe_u8) clahe_u8_fn;
 };
 
+struct MixKernels {  // cpp/src/augment/mix.cpp
+  decltype(&blend) blend_fn;
+  decltype(&paste_boxes) paste_boxes_fn;
+  decltype(&fill_boxes) fill_boxes_fn;
+  decltype(&equalize_cv_lut) equalize_cv_lut_fn;
+};
+
 struct Kernels {
   decltype(&normalize_u8) normalize_u8_fn;
   decltype(&image_stats_u8) image_stats_u8_fn;

@@ -1,4 +1,5 @@
-// Mixing kernels for float image batches (Mixup, CutMix, SamplePairing), parallel over images.
+// Mixing kernels for float image batches (Mixup, CutMix, SamplePairing), parallel over images;
+// compiled once per ISA level (namespace cnnkit::<isa>::mix), dispatched by augment_dispatch.cpp.
 // Randomness (lambdas, partners, boxes) comes from the Python samplers; these are deterministic and
 // compute every element the same way at any thread count.
 //   blend:       out[n] = a[n] * x[n] + (1 - a[n]) * src[perm[n]]    (in double, rounded once;
@@ -14,7 +15,11 @@
 
 #include "cnnkit/augment.h"
 
-namespace cnnkit::augment {
+#ifndef CNNKIT_ISA_NS
+#error "CNNKIT_ISA_NS must name the ISA level this file is compiled for"
+#endif
+
+namespace cnnkit::CNNKIT_ISA_NS::mix {
 namespace {
 
 template <typename T>
@@ -64,9 +69,9 @@ void paste_boxes(DType dt, const void* x, const int64_t* perm, const int64_t* bo
     paste_t(static_cast<const float*>(x), perm, boxes, static_cast<float*>(out), N, C, H, W);
 }
 
-}  // namespace cnnkit::augment
+}  // namespace cnnkit::CNNKIT_ISA_NS::mix
 
-namespace cnnkit::augment {
+namespace cnnkit::CNNKIT_ISA_NS::mix {
 namespace {
 
 // Per image: holes (y0, x0, y1, x1) filled with values[c] (mode 0) or the image's own per-channel
@@ -121,9 +126,9 @@ void fill_boxes(DType dt, const void* x, void* out, int64_t N, int64_t H, int64_
   }
 }
 
-}  // namespace cnnkit::augment
+}  // namespace cnnkit::CNNKIT_ISA_NS::mix
 
-namespace cnnkit::augment {
+namespace cnnkit::CNNKIT_ISA_NS::mix {
 
 // OpenCV's equalizeHist table for each of `count` 256-bin histograms: i0 the first non-empty bin,
 // scale = 255.f / float(total - h[i0]), lut[i0] = 0 and lut[i] = saturate(round_half_even(
@@ -153,4 +158,8 @@ void equalize_cv_lut(const int64_t* hist, uint8_t* lut, int64_t count) {
   }
 }
 
-}  // namespace cnnkit::augment
+}  // namespace cnnkit::CNNKIT_ISA_NS::mix
+
+namespace cnnkit::CNNKIT_ISA_NS {
+extern const augment::MixKernels mix_kernels = {mix::blend, mix::paste_boxes, mix::fill_boxes, mix::equalize_cv_lut};
+}  // namespace cnnkit::CNNKIT_ISA_NS

@@ -1,8 +1,10 @@
-// Normalization entry points: forward to the kernels of the active ISA level; the per-channel
-// helpers (running statistics, 1/sqrt(var + eps)) run here, on C values.
+// Normalization entry points: run the kernel that the family's table (cnnkit/registry.h) selects
+// for the operation and dtype at the active ISA level; the per-channel helpers (running
+// statistics, 1/sqrt(var + eps)) run here, on C values.
 #include <cmath>
 
 #include "cnnkit/norm.h"
+#include "cnnkit/registry.h"
 
 namespace cnnkit {
 namespace scalar { extern const norm::Kernels norm_kernels; }
@@ -11,27 +13,37 @@ namespace avx512 { extern const norm::Kernels norm_kernels; }
 }  // namespace cnnkit
 
 namespace cnnkit::norm {
+
+registry::Table& kernel_table() {
+  constexpr unsigned f = registry::f32 | registry::f64;
+  static registry::Table t("norm", {{"norm_stats", f}, {"norm_apply", f}, {"norm_backward_reduce", f},
+                                    {"norm_backward_apply", f}});
+  return t;
+}
+
 namespace {
-const Kernels& kernels() {
-  return by_isa(scalar::norm_kernels, avx2::norm_kernels, avx512::norm_kernels);
+enum Op { kStats, kApply, kBackwardReduce, kBackwardApply };
+const Kernels& kernels(Op op, DType dt) {
+  const Isa isa = kernel_table().isa_for(op, dt == DType::f32 ? registry::f32 : registry::f64);
+  return registry::of_isa(isa, scalar::norm_kernels, avx2::norm_kernels, avx512::norm_kernels);
 }
 }  // namespace
 
 void stats(DType dt, const void* x, const Shape& sh, bool ps, double* mean, double* var) {
-  kernels().stats_fn(dt, x, sh, ps, mean, var);
+  kernels(kStats, dt).stats_fn(dt, x, sh, ps, mean, var);
 }
 void apply(DType dt, const void* x, void* y, const void* r, const Shape& sh, bool ps,
            const double* mean, const double* invstd, const void* w, const void* b, bool relu) {
-  kernels().apply_fn(dt, x, y, r, sh, ps, mean, invstd, w, b, relu);
+  kernels(kApply, dt).apply_fn(dt, x, y, r, sh, ps, mean, invstd, w, b, relu);
 }
 void backward_reduce(DType dt, const void* dy, const void* x, const void* mask, const Shape& sh,
                      bool ps, const double* mean, double* sum_g, double* sum_gx) {
-  kernels().backward_reduce_fn(dt, dy, x, mask, sh, ps, mean, sum_g, sum_gx);
+  kernels(kBackwardReduce, dt).backward_reduce_fn(dt, dy, x, mask, sh, ps, mean, sum_g, sum_gx);
 }
 void backward_apply(DType dt, const void* dy, const void* x, const void* mask, void* dx, void* gres,
                     const Shape& sh, bool ps, const double* mean, const double* A, const double* B,
                     const double* D) {
-  kernels().backward_apply_fn(dt, dy, x, mask, dx, gres, sh, ps, mean, A, B, D);
+  kernels(kBackwardApply, dt).backward_apply_fn(dt, dy, x, mask, dx, gres, sh, ps, mean, A, B, D);
 }
 
 namespace {

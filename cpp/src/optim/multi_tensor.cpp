@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "cnnkit/optim.h"
+#include "cnnkit/registry.h"
 
 namespace cnnkit {
 namespace scalar { extern const optim::Kernels optim_kernels; }
@@ -20,10 +21,30 @@ namespace avx512 { extern const optim::Kernels optim_kernels; }
 }  // namespace cnnkit
 
 namespace cnnkit::optim {
+
+registry::Table& kernel_table() {
+  constexpr unsigned f = registry::f32 | registry::f64;
+  static registry::Table t("optim", {{"optim_sgd", f}, {"optim_adagrad", f}, {"optim_rmsprop", f},
+                                     {"optim_adadelta", f}, {"optim_adam", f}, {"optim_norm", f},
+                                     {"optim_all_finite", f}, {"optim_scale", f}});
+  return t;
+}
+
 namespace {
 
-const Kernels& kernels() {
-  return by_isa(scalar::optim_kernels, avx2::optim_kernels, avx512::optim_kernels);
+// Operations of the table: the five updates (in Algo order), then the list reductions.
+enum Op { kNorm = 5, kAllFinite = 6, kScale = 7 };
+
+// The kernels for operation op over a list whose element types are `elems` (registry::Elem bits).
+const Kernels& kernels(int op, unsigned elems) {
+  const Isa isa = kernel_table().isa_for(op, elems ? elems : unsigned(registry::f32));
+  return registry::of_isa(isa, scalar::optim_kernels, avx2::optim_kernels, avx512::optim_kernels);
+}
+template <typename Ref, typename Count>
+unsigned elems_of(const Ref* refs, Count count, DType Ref::*dtype) {
+  unsigned e = 0;
+  for (Count i = 0; i < count; ++i) e |= refs[i].*dtype == DType::f32 ? registry::f32 : registry::f64;
+  return e;
 }
 
 // Below this many elements in all, one thread does the work (a parallel region costs more).
@@ -107,7 +128,7 @@ void fill_bias_corrections(Algo algo, TensorRef& t, const double* h) {
 }
 
 void multi_tensor_step(Algo algo, const TensorRef* tensors, int64_t count, const double* hyper) {
-  const Kernels& k = kernels();
+  const Kernels& k = kernels(static_cast<int>(algo), elems_of(tensors, count, &TensorRef::dtype));
   auto fn = k.update[static_cast<int>(algo)];
   const int K = hyper_columns(algo);
   for_each_piece(
@@ -119,7 +140,7 @@ void multi_tensor_step(Algo algo, const TensorRef* tensors, int64_t count, const
 }
 
 double multi_tensor_norm(const ArrayRef* arrays, int64_t count, double p) {
-  const Kernels& k = kernels();
+  const Kernels& k = kernels(kNorm, elems_of(arrays, count, &ArrayRef::dtype));
   std::vector<int64_t> first_block(static_cast<size_t>(count) + 1, 0);
   for (int64_t i = 0; i < count; ++i)
     first_block[i + 1] = first_block[i] + (arrays[i].n + kNormBlock - 1) / kNormBlock;
@@ -145,7 +166,7 @@ double multi_tensor_norm(const ArrayRef* arrays, int64_t count, double p) {
 }
 
 bool multi_tensor_all_finite(const ArrayRef* arrays, int64_t count) {
-  auto finite = kernels().all_finite;
+  auto finite = kernels(kAllFinite, elems_of(arrays, count, &ArrayRef::dtype)).all_finite;
   int bad = 0;
   int* const flag = &bad;  // written only when a non-finite value is found
   for_each_piece(
@@ -160,7 +181,7 @@ bool multi_tensor_all_finite(const ArrayRef* arrays, int64_t count) {
 }
 
 void multi_tensor_scale(const ArrayRef* arrays, int64_t count, double factor) {
-  const Kernels& k = kernels();
+  const Kernels& k = kernels(kScale, elems_of(arrays, count, &ArrayRef::dtype));
   auto scale = k.scale;
   for_each_piece(
       count, [&](int64_t i) { return arrays[i].n; },
