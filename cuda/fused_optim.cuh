@@ -21,7 +21,7 @@ constexpr int kThreads = 256;
 // Queues the fused update on `stream` (device pointers throughout). Block b updates chunk b of the
 // concatenated list; first_chunk[i] is tensor i's first chunk (count + 1 entries).
 // All tensors of one launch share `dtype`.
-cudaError_t launch_multi_tensor(optim::Algo algo, optim::DType dtype, const optim::TensorRef* refs,
+cudaError_t launch_multi_tensor(optim::Algo algo, DType dtype, const optim::TensorRef* refs,
                                 const int64_t* first_chunk, int64_t count, int64_t nchunks,
                                 const double* hyper, cudaStream_t stream);
 

@@ -50,10 +50,13 @@ void multi_tensor_step(optim::Algo algo, const optim::TensorRef* refs_in, int64_
       if (static_cast<int>(refs_in[i].dtype) == pass && refs_in[i].n > 0) refs.push_back(refs_in[i]);
   const int64_t n = static_cast<int64_t>(refs.size());
   if (n == 0) return;
+  // Adam's bias corrections, on the host with the CPU path's libm pow (the same bits).
+  for (optim::TensorRef& r : refs)
+    optim::fill_bias_corrections(algo, r, hyper + int64_t(r.group) * optim::hyper_columns(algo));
   std::vector<int64_t> first_chunk(static_cast<size_t>(n) + 1, 0);
   for (int64_t i = 0; i < n; ++i) first_chunk[i + 1] = first_chunk[i] + (refs[i].n + kChunk - 1) / kChunk;
   int64_t n32 = 0;
-  while (n32 < n && refs[n32].dtype == optim::DType::f32) ++n32;
+  while (n32 < n && refs[n32].dtype == DType::f32) ++n32;
 
   const size_t refs_bytes = align_up(sizeof(optim::TensorRef) * n);
   const size_t chunk_bytes = align_up(sizeof(int64_t) * (n + 1));
@@ -89,11 +92,11 @@ void multi_tensor_step(optim::Algo algo, const optim::TensorRef* refs_in, int64_
   const auto* d_first = reinterpret_cast<const int64_t*>(base + refs_bytes);
   const auto* d_hyper = reinterpret_cast<const double*>(base + refs_bytes + chunk_bytes);
   if (n32 > 0)
-    check(launch_multi_tensor(algo, optim::DType::f32, d_refs, d_first, n32, first_chunk[n32], d_hyper, stream),
+    check(launch_multi_tensor(algo, DType::f32, d_refs, d_first, n32, first_chunk[n32], d_hyper, stream),
           "kernel launch (float32)");
   if (n32 < n)
     // the float64 launch sees the tail of the tables; chunk numbers stay global
-    check(launch_multi_tensor(algo, optim::DType::f64, d_refs + n32, d_first + n32, n - n32,
+    check(launch_multi_tensor(algo, DType::f64, d_refs + n32, d_first + n32, n - n32,
                               first_chunk[n] - first_chunk[n32], d_hyper, stream),
           "kernel launch (float64)");
 }

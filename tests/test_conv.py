@@ -16,8 +16,11 @@ Layers (STYLE.md, Tests):
   by side, the depthwise separable conv is two conv2d calls, equivalent spellings of the
   geometry give the same bits; central finite differences of the float64 forward against the
   backward; NHWC and NCHW give the same numbers;
-* the same bits at 1 and 2 threads (forward and every gradient) at every ISA level, and every
-  ISA level against the reference;
+* the same bits at 1 and 2 threads (forward and every gradient) at every ISA level;
+* the kernel registry (cnnkit.kernels("conv")): every entry this CPU runs, forced at its own ISA
+  level, at 1 and 2 threads, against the reference on named geometries that cover every pass it
+  implements and on hypothesis geometries generated from its name; the dispatcher's choice is
+  the first supporting entry at the active level;
 * bad input: the documented exception naming the argument, with nothing modified (out= too);
   out= returned and reusable; int64-sized geometry fails cleanly.
 
@@ -35,11 +38,12 @@ from typing import Any, Optional
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import cnnkit
-from conftest import assert_bitwise, assert_close, assert_unchanged, num_threads, snapshot, tol
+from conftest import (assert_bitwise, assert_close, assert_unchanged, isa_level, num_threads,
+                      snapshot, tol)
 from reference import conv as R
 
 SETTINGS = settings(max_examples=100, deadline=None)
@@ -816,35 +820,6 @@ def test_depthwise_separable_same_bits_at_one_and_two_threads(isa, layout, dtype
         assert_bitwise(b, a, f"depthwise separable output {i} at 2 threads vs 1 ({isa})")
 
 
-ISA_GEOS = [
-    ("dense C17 k3", Geo(2, 17, 17, 7, 6, 3, 3, 1, 1)),
-    ("dense C16 s2", Geo(2, 16, 32, 9, 8, 3, 3, 2, 1)),
-    ("1x1 C33->16", Geo(2, 33, 16, 5, 5, 1, 1)),
-    ("resnext 8/group", Geo(2, 32, 32, 6, 6, 3, 3, 1, 1, groups=4)),
-    ("resnext g32 4/group s2", Geo(1, 128, 128, 7, 7, 3, 3, 2, 1, groups=32)),
-    # rows of 16+ pixels: NCHW grouped rows are transposed inside the kernel
-    ("resnext 4/group W40", Geo(1, 32, 32, 4, 40, 3, 3, 1, 1, groups=8)),
-    ("resnext 16/group W33 s2", Geo(1, 64, 64, 3, 33, 3, 3, 2, 1, groups=4)),
-    ("dw k3 s1 C17", Geo(2, 17, 17, 9, 10, 3, 3, 1, 1, groups=17)),
-    ("dw k3 s2 C32", Geo(2, 32, 32, 9, 10, 3, 3, 2, 1, groups=32)),
-    ("dw k5 s1 C33", Geo(1, 33, 33, 9, 8, 5, 5, 1, 2, groups=33)),
-    ("dw k5 s2 C16", Geo(2, 16, 16, 11, 10, 5, 5, 2, 2, groups=16)),
-    ("dw k7 s1 C16", Geo(1, 16, 16, 10, 9, 7, 7, 1, 3, groups=16)),
-    ("dw k7 s2 C17", Geo(1, 17, 17, 12, 13, 7, 7, 2, 3, groups=17)),
-    ("dw m2 C8", Geo(2, 8, 16, 6, 7, 3, 3, 1, 1, groups=8)),
-    ("d2 grouped", Geo(2, 8, 12, 9, 9, 3, 3, 1, 2, 2, groups=2)),
-    ("same k4x2", Geo(2, 5, 9, 6, 7, 4, 2, 1, "same")),
-    ("k(2,5) s(1,2)", Geo(1, 3, 7, 5, 13, 2, 5, (1, 2), (0, 2))),
-]
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
-@pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("geo", [g for _, g in ISA_GEOS], ids=[n for n, _ in ISA_GEOS])
-def test_every_isa_level_matches_the_reference(isa, geo, layout, dtype, rng):
-    check_all(make_case(rng, geo, layout, dtype))
-
-
 @pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_every_isa_level_depthwise_separable(isa, layout, dtype, rng):
@@ -1201,22 +1176,240 @@ def test_depthwise_separable_backward_rejects_bad_input(name, changes, exc, matc
     _assert_call_unchanged(kw, snap)
 
 
-def test_conv2d_output_shape_and_algorithm_names():
+def test_conv2d_output_shape():
     assert cnnkit.ops.conv2d_output_shape((2, 4, 9, 8), (6, 2, 3, 3), 2, 1, groups=2) == (2, 6, 5, 4)
     assert cnnkit.ops.conv2d_output_shape((2, 9, 8, 4), (6, 4, 1, 1), layout="NHWC") == (2, 9, 8, 6)
-    algo = cnnkit.ops.conv2d_algorithm
-    assert algo((2, 9, 9, 32), (32, 1, 3, 3), 1, 1, 1, 32, "NHWC") == "dw_direct_nhwc"
-    assert algo((2, 32, 9, 9), (32, 1, 3, 3), 1, 1, 1, 32, "NCHW") == "dw_direct_nchw_blocked"
-    assert algo((2, 9, 9, 32), (32, 1, 3, 3), 1, 1, 1, 32, "NHWC", "input") == "dw_direct_nhwc_adjoint"
-    assert algo((2, 20, 20, 64), (64, 4, 3, 3), 1, 1, 1, 16, "NHWC") == "grouped_direct_nhwc"
-    assert algo((2, 64, 20, 20), (64, 4, 3, 3), 1, 1, 1, 16, "NCHW") == "grouped_direct_nchw"
-    assert algo((2, 64, 8, 8), (64, 4, 3, 3), 1, 1, 1, 16, "NCHW") == "grouped_direct_nhwc+transpose"
-    assert algo((2, 16, 8, 8), (8, 16, 1, 1)) == "gemm"
-    assert algo((2, 32, 32, 3), (32, 3, 3, 3), 1, 1, 1, 1, "NHWC") == "small_cin_direct_nhwc"
-    assert algo((2, 32, 32, 3), (32, 3, 3, 3), 1, 1, 1, 1, "NHWC", "weight") == "small_cin_direct_nhwc"
-    assert algo((2, 3, 32, 32), (32, 3, 3, 3), 1, 1) == "gemm_im2col"
-    assert algo((2, 16, 8, 8), (8, 16, 3, 3), 2, 1, pass_="input") == "gemm_col2im"
-    with pytest.raises(ValueError, match="pass_"):
-        algo((2, 16, 8, 8), (8, 16, 3, 3), pass_="backward")
     with pytest.raises(ValueError, match="groups"):
         cnnkit.ops.conv2d_output_shape((2, 6, 8, 8), (8, 3, 3, 3), groups=4)
+
+
+# ---- the kernel registry ------------------------------------------------------------------------
+# Every entry of cnnkit.kernels("conv") that this CPU runs, forced, against the float64 reference
+# at 1 and 2 threads, on geometries generated from the entry (its algorithm, dtype, layout and
+# "how" are in its name); every pass the entry implements is exercised by the named examples.
+
+TABLE = cnnkit.kernels("conv")
+_LEVELS = ("scalar", "avx2", "avx512")
+RUNNABLE = [e for e in TABLE
+            if _LEVELS.index(e.isa) <= _LEVELS.index(cnnkit.build_info()["isa_supported"])]
+PASSES = ("forward", "input", "weight")
+
+
+def parse_name(name):
+    """(algorithm, dtype, layout, how) of ``conv2d_<algorithm>_<dtype>_<layout>[_<how>]__<isa>``."""
+    what, isa = name.split("__")
+    parts = what.split("_")
+    assert parts[0] == "conv2d" and isa in _LEVELS, name
+    alg, dt, layout = parts[1], parts[2], parts[3]
+    how = "_".join(parts[4:])
+    return alg, {"f32": F32, "f64": F64}[dt], layout.upper(), how
+
+
+def geo_args(geo: Geo, layout: str):
+    return (geo.x_shape(layout), geo.weight_shape, geo.stride, geo.padding, geo.dilation,
+            geo.groups, layout)
+
+
+def supported_passes(entry, geo: Geo):
+    alg, dtype, layout, _ = parse_name(entry.name)
+    return [p for p in entry.passes
+            if entry.supports(*geo_args(geo, layout), pass_=p, dtype=dtype)]
+
+
+def examples(entry):
+    """Named geometries for the entry: together they give every pass the entry implements
+    (checked by test_every_registry_pass_has_an_example); stride 1 (the input gradient as the
+    adjoint's forward pass) and stride 2."""
+    alg, dtype, layout, how = parse_name(entry.name)
+    if alg == "dw":
+        if how == "blocked":
+            return [Geo(2, 16, 16, 7, 6, 3, 3, 1, 1, groups=16),
+                    Geo(1, 32, 32, 9, 8, 5, 5, 2, 2, groups=32),
+                    Geo(2, 16, 16, 6, 7, 4, 2, 1, 0, groups=16)]
+        if how == "transposed":
+            return [Geo(2, 17, 17, 7, 6, 3, 3, 1, 1, groups=17),
+                    Geo(1, 3, 3, 9, 8, 5, 5, 2, 2, groups=3),
+                    Geo(2, 15, 15, 6, 7, 2, 3, 1, (1, 0), 2, groups=15)]
+        return [Geo(2, 17, 17, 7, 6, 3, 3, 1, 1, groups=17),
+                Geo(1, 8, 16, 9, 8, 5, 5, 2, 2, groups=8),
+                Geo(2, 3, 9, 11, 12, 7, 7, (2, 1), 3, groups=3),
+                Geo(1, 20, 20, 12, 11, 3, 3, 2, 1, groups=20),
+                Geo(1, 32, 32, 12, 13, 3, 3, 1, 2, 2, groups=32)]
+    if alg == "grouped":
+        if how == "transposed":
+            return [Geo(2, 32, 32, 6, 7, 3, 3, 1, 1, groups=8),
+                    Geo(1, 64, 64, 9, 8, 3, 3, 2, 1, groups=4),
+                    Geo(2, 16, 16, 5, 6, 1, 1, groups=8)]
+        return [Geo(1, 32, 32, 4, 19, 3, 3, 1, 1, groups=8),
+                Geo(1, 64, 64, 5, 34, 3, 3, 2, 1, groups=2),
+                Geo(2, 32, 32, 3, 17, 3, 3, 1, 1, groups=16),
+                Geo(1, 16, 16, 7, 20, 5, 5, 1, 2, groups=4)]
+    if alg == "stem":
+        return [Geo(2, 3, 32, 9, 10, 3, 3, 1, 1), Geo(1, 4, 64, 11, 9, 7, 7, 2, 3),
+                Geo(2, 2, 16, 6, 7, 3, 1, 1, 0)]
+    return [Geo(2, 12, 8, 6, 7, 3, 3, 1, 1), Geo(2, 17, 9, 7, 6, 1, 1, 2),
+            Geo(1, 6, 4, 8, 9, 3, 2, (2, 1), (1, 0), 2, groups=2), Geo(2, 16, 24, 5, 6, 1, 1)]
+
+
+@st.composite
+def entry_geometries(draw, entry):
+    """A geometry of the entry's kind (mostly supported; the caller filters)."""
+    alg, dtype, layout, how = parse_name(entry.name)
+    kh = draw(st.integers(1, 5))
+    kw = kh if draw(st.booleans()) else draw(st.integers(1, 5))
+    stride = _small_pair(draw, 1, 2)
+    dilation = _small_pair(draw, 1, 2)
+    padding = (draw(st.integers(0, 2)), draw(st.integers(0, 2)))
+    n = draw(st.integers(1, 2))
+    h, w = draw(st.integers(1, 9)), draw(st.integers(1, 9))
+    if alg == "dw":
+        if how == "blocked":
+            c, m = draw(st.sampled_from((16, 32))), 1
+        elif how == "transposed":
+            c, m = draw(st.sampled_from((1, 3, 15, 17))), 1
+        else:
+            c, m = draw(st.sampled_from((1, 3, 8, 16, 17))), draw(st.integers(1, 3))
+        ci, co, groups = c, c * m, c
+    elif alg == "grouped":
+        cg, groups = draw(st.sampled_from(((2, 8), (2, 16), (4, 4), (4, 8), (8, 2), (8, 4),
+                                           (16, 2), (16, 3), (32, 2))))
+        ci = co = cg * groups
+        if how != "transposed" and layout == "NCHW":
+            w, stride, padding = draw(st.integers(17, 22)), (R.pair(stride)[0], 1), \
+                (padding[0], R.pair(dilation)[1] * (kw - 1) // 2 + 1)
+    elif alg == "stem":
+        ci, co, groups = draw(st.integers(2, 4)), draw(st.sampled_from((16, 32, 48, 64))), 1
+    else:
+        groups = draw(st.integers(1, 3))
+        ci, co = groups * draw(st.integers(1, 9)), groups * draw(st.integers(1, 9))
+    geo = Geo(n, ci, co, h, w, kh, kw, stride, padding, dilation, groups)
+    (pt, pb), (pl, pr) = geo.pad4
+    (dh, dw) = R.pair(dilation)
+    return replace(geo, h=max(geo.h, dh * (kh - 1) + 1 - pt - pb),
+                   w=max(geo.w, dw * (kw - 1) + 1 - pl - pr))
+
+
+def check_entry(entry, geo: Geo, rng):
+    """Force the entry (at its ISA level) and check every pass it supports here against the
+    reference; the selection must name it for those passes."""
+    alg, dtype, layout, _ = parse_name(entry.name)
+    passes = supported_passes(entry, geo)
+    c = make_case(rng, geo, layout, dtype, bias=bool(rng.integers(2)))
+    with isa_level(entry.isa), TABLE.force(entry):
+        for p in passes:
+            got = TABLE.select(*geo_args(geo, layout), pass_=p, dtype=dtype)
+            assert got is entry, f"{entry.name} forced, {p} of [{geo} {layout}] selects {got.name}"
+        if "forward" in passes:
+            check_forward(c)
+        needs = tuple(n for n, p in (("input", "input"), ("weight", "weight"), ("bias", "weight"))
+                      if p in passes)
+        if needs:
+            check_backward(c, needs=needs)
+    return passes
+
+
+@pytest.mark.parametrize("entry", RUNNABLE, ids=lambda e: e.name)
+def test_every_registry_pass_has_an_example(entry):
+    covered = {p for geo in examples(entry) for p in supported_passes(entry, geo)}
+    assert covered == set(entry.passes), \
+        f"{entry.name}: the examples give {sorted(covered)}, the entry implements {entry.passes}"
+
+
+@pytest.mark.parametrize("entry", RUNNABLE, ids=lambda e: e.name)
+def test_registry_entry_matches_the_reference(entry, threads, rng):
+    for geo in examples(entry):
+        check_entry(entry, geo, rng)
+
+
+@pytest.mark.parametrize("entry", RUNNABLE, ids=lambda e: e.name)
+def test_hypothesis_registry_entry(entry):
+    @settings(max_examples=6, deadline=None)
+    @given(data=st.data(), seed=st.integers(0, 2**32 - 1), threads=st.sampled_from((1, 2)))
+    def run(data, seed, threads):
+        geo = data.draw(entry_geometries(entry))
+        assume(supported_passes(entry, geo))
+        with num_threads(threads):
+            check_entry(entry, geo, np.random.default_rng(seed))
+    run()
+
+
+def test_registry_names_follow_the_grammar():
+    assert "conv" in cnnkit.kernels()
+    names = TABLE.names()
+    assert len(names) == len(set(names))
+    for e in TABLE:
+        alg, dtype, layout, how = parse_name(e.name)
+        assert e.name.endswith("__" + e.isa)
+        assert alg in ("dw", "grouped", "stem", "gemm") and layout in LAYOUTS
+        assert how in ("", "blocked", "transposed")
+        assert e.passes and set(e.passes) <= set(PASSES)
+    # every variant exists at every ISA level
+    strip = {n.split("__")[0] for n in names}
+    assert len(names) == 3 * len(strip)
+
+
+def _first_supported(args, pass_, dtype):
+    isa = cnnkit.build_info()["isa"]
+    return next(e for e in TABLE if e.isa == isa and e.supports(*args, pass_=pass_, dtype=dtype))
+
+
+# The choices the dispatcher made before the registry (one geometry per rule of the decision tree
+# in conv_dispatch.cpp's header), for float32 and float64 where the rule applies to both.
+CHOICES = [
+    (((2, 9, 9, 32), (32, 1, 3, 3), 1, 1, 1, 32, "NHWC"), "forward", "dw_{dt}_nhwc"),
+    (((2, 32, 9, 9), (32, 1, 3, 3), 1, 1, 1, 32, "NCHW"), "forward", "dw_{dt}_nchw_blocked"),
+    (((2, 17, 9, 9), (17, 1, 3, 3), 1, 1, 1, 17, "NCHW"), "forward", "dw_{dt}_nchw_transposed"),
+    (((2, 17, 12, 12), (17, 1, 3, 3), 1, 1, 1, 17, "NCHW"), "forward", "dw_{dt}_nchw"),
+    (((2, 8, 9, 9), (16, 1, 3, 3), 1, 1, 1, 8, "NCHW"), "forward", "dw_{dt}_nchw"),
+    (((2, 9, 9, 32), (32, 1, 3, 3), 1, 1, 1, 32, "NHWC"), "input", "dw_{dt}_nhwc"),
+    (((2, 20, 20, 64), (64, 4, 3, 3), 1, 1, 1, 16, "NHWC"), "forward", "grouped_{dt}_nhwc"),
+    (((2, 64, 20, 20), (64, 4, 3, 3), 1, 1, 1, 16, "NCHW"), "forward", "grouped_{dt}_nchw"),
+    (((2, 64, 8, 8), (64, 4, 3, 3), 1, 1, 1, 16, "NCHW"), "forward", "grouped_{dt}_nchw_transposed"),
+    (((2, 64, 40, 40), (64, 4, 3, 3), 2, 1, 1, 16, "NCHW"), "weight", "grouped_{dt}_nchw"),
+    (((2, 64, 40, 40), (64, 4, 3, 3), 2, 1, 1, 16, "NCHW"), "input", "grouped_{dt}_nchw"),
+    (((2, 64, 20, 20), (64, 4, 3, 3), 2, 1, 1, 16, "NCHW"), "input", "grouped_{dt}_nchw_transposed"),
+    (((2, 16, 8, 8), (8, 16, 1, 1), 1, 0, 1, 1, "NCHW"), "forward", "gemm_{dt}_nchw"),
+    (((2, 3, 32, 32), (32, 3, 3, 3), 1, 1, 1, 1, "NCHW"), "forward", "gemm_{dt}_nchw"),
+    (((2, 16, 8, 8), (8, 16, 3, 3), 2, 1, 1, 1, "NCHW"), "input", "gemm_{dt}_nchw"),
+    (((2, 32, 32, 3), (32, 3, 3, 3), 1, 1, 1, 1, "NHWC"), "forward", "stem_f32_nhwc"),
+    (((2, 32, 32, 3), (32, 3, 3, 3), 1, 1, 1, 1, "NHWC"), "weight", "stem_f32_nhwc"),
+    (((2, 32, 32, 3), (32, 3, 3, 3), 1, 1, 1, 1, "NHWC"), "input", "gemm_f32_nhwc"),
+    (((2, 32, 32, 32), (3, 32, 3, 3), 1, 1, 1, 1, "NHWC"), "input", "stem_f32_nhwc"),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("args,pass_,want", CHOICES, ids=lambda v: str(v))
+def test_selection_is_the_first_supporting_entry(isa, args, pass_, want, dtype):
+    if dtype == F64:  # the stem kernel is float32 only
+        want = want.replace("stem_f32", "gemm_{dt}").replace("f32", "{dt}")
+    dt = {F32: "f32", F64: "f64"}[dtype]
+    got = cnnkit.ops.conv2d_algorithm(*args, pass_=pass_, dtype=dtype)
+    assert got == _first_supported(args, pass_, dtype).name
+    assert got == f"conv2d_{want.format(dt=dt)}__{isa}"
+
+
+def test_conv2d_algorithm_rejects_bad_arguments():
+    algo = cnnkit.ops.conv2d_algorithm
+    with pytest.raises(ValueError, match="pass_"):
+        algo((2, 16, 8, 8), (8, 16, 3, 3), pass_="backward")
+    with pytest.raises(TypeError, match="dtype"):
+        algo((2, 16, 8, 8), (8, 16, 3, 3), dtype=np.int32)
+    with pytest.raises(KeyError, match="no kernel"):
+        TABLE["conv2d_nope__scalar"]
+    with pytest.raises(ValueError, match="family"):
+        cnnkit.kernels("nope")
+
+
+def test_force_is_restored_and_other_problems_dispatch_as_usual():
+    entry = TABLE["conv2d_stem_f32_nhwc__scalar"]
+    args = ((2, 16, 8, 8), (8, 16, 3, 3))
+    before = TABLE.select(*args)
+    with TABLE.force(entry):
+        assert TABLE.forced() is entry
+        assert TABLE.select(*args) is before       # not a stem: the usual choice
+        with pytest.raises(RuntimeError):
+            with TABLE.force("conv2d_gemm_f32_nchw__scalar"):
+                raise RuntimeError
+        assert TABLE.forced() is entry
+    assert TABLE.forced() is None

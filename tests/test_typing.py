@@ -88,6 +88,9 @@ def test_stub_classes_declare_every_public_method():
     for cls in (n for n in _stub_tree().body if isinstance(n, ast.ClassDef) and not n.name.startswith("_")):
         runtime = {m for m in vars(getattr(_core, cls.name)) if not m.startswith("_")}
         stub = {m for m in _stub_functions(cls.body) if not m.startswith("_")}
+        # read-only fields (pybind11 def_readonly / properties) are declared as annotations
+        stub |= {n.target.id for n in cls.body if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)
+                 and not n.target.id.startswith("_")}
         assert runtime == stub, f"{cls.name}: _core has methods {sorted(runtime)}, _core.pyi {sorted(stub)}"
 
 

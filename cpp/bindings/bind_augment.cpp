@@ -11,25 +11,20 @@ void bind_augment(py::module_& m) {
   // Mixing kernels: x (N, S) float32/float64, out like x (not overlapping); partner indices perm
   // (N,) int64 into an array of M images (x itself, or a pool).
   struct MixArrays {
-    bool f64;
+    DType dt;
     const void* x;
     void* out;
   };
   auto mix_arrays = [](const py::array& x, const py::array& out, int64_t N, int64_t S) {
     if (N < 0 || S < 0) throw py::value_error("shape: expected N, S >= 0");
-    const bool f64 = py::isinstance<py::array_t<double>>(x);
-    if (!f64 && !py::isinstance<py::array_t<float>>(x)) throw py::type_error("x: expected float32 or float64");
-    if (py::isinstance<py::array_t<double>>(out) != f64) throw py::type_error("out: dtype differs from x");
-    const void* px = f64 ? static_cast<const void*>(checked<double>(x, "x", N * S, false))
-                         : static_cast<const void*>(checked<float>(x, "x", N * S, false));
-    void* po = f64 ? static_cast<void*>(checked<double>(out, "out", N * S, true))
-                   : static_cast<void*>(checked<float>(out, "out", N * S, true));
-    if (overlaps(px, N * S * (f64 ? 8 : 4), po, N * S * (f64 ? 8 : 4)))
-      throw py::value_error("out: must not overlap x");
-    return MixArrays{f64, px, po};
+    const DType dt = dtype_of(x, "x");
+    const void* px = array_arg(x, "x", dt, N * S);
+    void* po = array_arg(out, "out", dt, N * S, kWrite);
+    if (overlaps(px, N * S * dtype_size(dt), po, N * S * dtype_size(dt))) throw py::value_error("out: must not overlap x");
+    return MixArrays{dt, px, po};
   };
   auto partners = [](const py::array& perm, int64_t N, int64_t M) {
-    const int64_t* pp = checked<int64_t>(perm, "perm", N, false);
+    const int64_t* pp = array_arg<int64_t>(perm, "perm", N);
     for (int64_t i = 0; i < N; ++i)
       if (pp[i] < 0 || pp[i] >= M) throw py::value_error("perm: entries must lie in [0, " + std::to_string(M) + ")");
     return pp;
@@ -44,19 +39,15 @@ void bind_augment(py::module_& m) {
         if (pool.is_none()) {
           M = N;
         } else {
-          if (!py::isinstance<py::array>(pool)) throw py::type_error("pool: expected a numpy.ndarray");
-          py::array pa = py::reinterpret_borrow<py::array>(pool);
           if (M < 1) throw py::value_error("pool: expected at least one image");
-          if (py::isinstance<py::array_t<double>>(pa) != a.f64) throw py::type_error("pool: dtype differs from x");
-          src = a.f64 ? static_cast<const void*>(checked<double>(pa, "pool", M * S, false))
-                      : static_cast<const void*>(checked<float>(pa, "pool", M * S, false));
-          if (overlaps(src, M * S * (a.f64 ? 8 : 4), a.out, N * S * (a.f64 ? 8 : 4)))
+          src = array_arg(pool, "pool", a.dt, M * S);
+          if (overlaps(src, M * S * dtype_size(a.dt), a.out, N * S * dtype_size(a.dt)))
             throw py::value_error("out: must not overlap pool");
         }
         const int64_t* pp = partners(perm, N, M);
-        const double* pl = checked<double>(lam, "lam", N, false);
+        const double* pl = array_arg<double>(lam, "lam", N);
         py::gil_scoped_release nogil;
-        augment::blend(a.f64, a.x, src, pp, pl, a.out, N, S);
+        augment::blend(a.dt, a.x, src, pp, pl, a.out, N, S);
       },
       py::arg("x"), py::arg("out"), py::arg("perm"), py::arg("lam"), py::arg("N"), py::arg("S"),
       py::arg("pool") = py::none(), py::arg("M") = 0);
@@ -67,27 +58,18 @@ void bind_augment(py::module_& m) {
         if (N < 0 || H < 1 || W < 1 || C < 1 || C > 64 || K < 0 || (mode != 0 && mode != 1))
           throw py::value_error("shape: expected N >= 0, H, W >= 1, 1 <= C <= 64, K >= 0, mode 0 or 1");
         const int64_t S = H * W * C;
-        int dt;
-        const void* px;
-        void* po;
-        int64_t esz;
-        if (py::isinstance<py::array_t<uint8_t>>(x)) {
-          dt = 0, esz = 1, px = checked<uint8_t>(x, "images", N * S, false), po = checked<uint8_t>(out, "out", N * S, true);
-        } else if (py::isinstance<py::array_t<float>>(x)) {
-          dt = 1, esz = 4, px = checked<float>(x, "images", N * S, false), po = checked<float>(out, "out", N * S, true);
-        } else if (py::isinstance<py::array_t<double>>(x)) {
-          dt = 2, esz = 8, px = checked<double>(x, "images", N * S, false), po = checked<double>(out, "out", N * S, true);
-        } else {
-          throw py::type_error("images: expected uint8, float32 or float64");
-        }
+        const DType dt = dtype_of(x, "images", /*allow_u8=*/true);
+        const void* px = array_arg(x, "images", dt, N * S);
+        void* po = array_arg(out, "out", dt, N * S, kWrite);
+        const int64_t esz = dtype_size(dt);
         if (px != po && overlaps(px, N * S * esz, po, N * S * esz)) throw py::value_error("out: overlaps images");
-        const int64_t* pb = checked<int64_t>(boxes, "boxes", N * K * 4, false);
+        const int64_t* pb = array_arg<int64_t>(boxes, "boxes", N * K * 4);
         for (int64_t i = 0; i < N * K; ++i) {
           const int64_t* b = pb + 4 * i;
           if (b[0] < 0 || b[1] < 0 || b[2] > H || b[3] > W || b[0] > b[2] || b[1] > b[3])
             throw py::value_error("boxes: each (y0, x0, y1, x1) must satisfy 0 <= y0 <= y1 <= H, 0 <= x0 <= x1 <= W");
         }
-        const double* pv = checked<double>(values, "fill", C, false);
+        const double* pv = array_arg<double>(values, "fill", C);
         py::gil_scoped_release nogil;
         augment::fill_boxes(dt, px, po, N, H, W, C, nhwc, pb, K, mode, pv);
       },
@@ -97,7 +79,7 @@ void bind_augment(py::module_& m) {
       "augment_equalize_cv_lut",
       [](const py::array& hist, int64_t count) {
         if (count < 0) throw py::value_error("count: expected >= 0");
-        const int64_t* ph = checked<int64_t>(hist, "hist", 256 * count, false);
+        const int64_t* ph = array_arg<int64_t>(hist, "hist", 256 * count);
         py::array_t<uint8_t> lut(256 * count);
         uint8_t* pl = lut.mutable_data();
         {
@@ -114,14 +96,14 @@ void bind_augment(py::module_& m) {
         if (C < 1 || H < 1 || W < 1) throw py::value_error("shape: expected C, H, W >= 1");
         const MixArrays a = mix_arrays(x, out, N, C * H * W);
         const int64_t* pp = partners(perm, N, N);
-        const int64_t* pb = checked<int64_t>(boxes, "boxes", 4 * N, false);
+        const int64_t* pb = array_arg<int64_t>(boxes, "boxes", 4 * N);
         for (int64_t i = 0; i < N; ++i) {
           const int64_t* b = pb + 4 * i;
           if (b[0] < 0 || b[1] < 0 || b[2] > H || b[3] > W || b[0] > b[2] || b[1] > b[3])
             throw py::value_error("boxes: each (y0, x0, y1, x1) must satisfy 0 <= y0 <= y1 <= H, 0 <= x0 <= x1 <= W");
         }
         py::gil_scoped_release nogil;
-        augment::paste_boxes(a.f64, a.x, pp, pb, a.out, N, C, H, W);
+        augment::paste_boxes(a.dt, a.x, pp, pb, a.out, N, C, H, W);
       },
       py::arg("x"), py::arg("out"), py::arg("perm"), py::arg("boxes"), py::arg("N"), py::arg("C"), py::arg("H"),
       py::arg("W"));
@@ -130,12 +112,12 @@ void bind_augment(py::module_& m) {
       [](const py::array& x, const py::array& out, int64_t N, int64_t P, int64_t C, bool nchw_out,
          const py::array& scale, const py::array& hi, const py::array& lo, bool per_image) {
         if (N < 0 || P < 0 || C < 1) throw py::value_error("shape: expected N, P >= 0 and C >= 1");
-        const uint8_t* px = checked<uint8_t>(x, "images", N * P * C, false);
-        float* py_ = checked<float>(out, "out", N * P * C, true);
+        const uint8_t* px = array_arg<uint8_t>(x, "images", N * P * C);
+        float* py_ = array_arg<float>(out, "out", N * P * C, kWrite);
         const int64_t k = per_image ? N * C : C;
-        const float* ps = checked<float>(scale, "scale", k, false);
-        const float* ph = checked<float>(hi, "hi", k, false);
-        const float* pl = checked<float>(lo, "lo", k, false);
+        const float* ps = array_arg<float>(scale, "scale", k);
+        const float* ph = array_arg<float>(hi, "hi", k);
+        const float* pl = array_arg<float>(lo, "lo", k);
         py::gil_scoped_release nogil;
         augment::normalize_u8(px, py_, N, P, C, nchw_out, ps, ph, pl, per_image);
       },
@@ -145,7 +127,7 @@ void bind_augment(py::module_& m) {
       "augment_image_stats_u8",
       [](const py::array& x, int64_t N, int64_t PC) {
         if (N < 0 || PC < 0) throw py::value_error("shape: expected N, PC >= 0");
-        const uint8_t* px = checked<uint8_t>(x, "images", N * PC, false);
+        const uint8_t* px = array_arg<uint8_t>(x, "images", N * PC);
         py::array_t<int64_t> s(N), q(N);
         py::array_t<uint8_t> lo(N), hi(N);
         int64_t* ps = s.mutable_data();
@@ -164,7 +146,7 @@ void bind_augment(py::module_& m) {
       "augment_histogram_u8",
       [](const py::array& x, int64_t N, int64_t P, int64_t C) {
         if (N < 0 || P < 0 || C < 1) throw py::value_error("shape: expected N, P >= 0 and C >= 1");
-        const uint8_t* px = checked<uint8_t>(x, "images", N * P * C, false);
+        const uint8_t* px = array_arg<uint8_t>(x, "images", N * P * C);
         py::array_t<int64_t> h({N, C, int64_t(256)});
         int64_t* ph = h.mutable_data();
         {
@@ -179,9 +161,9 @@ void bind_augment(py::module_& m) {
       "augment_lut_u8",
       [](const py::array& x, const py::array& out, int64_t N, int64_t P, int64_t C, const py::array& lut) {
         if (N < 0 || P < 0 || C < 1) throw py::value_error("shape: expected N, P >= 0 and C >= 1");
-        const uint8_t* px = checked<uint8_t>(x, "images", N * P * C, false);
-        uint8_t* po = checked<uint8_t>(out, "out", N * P * C, true);
-        const uint8_t* pl = checked<uint8_t>(lut, "lut", N * C * 256, false);
+        const uint8_t* px = array_arg<uint8_t>(x, "images", N * P * C);
+        uint8_t* po = array_arg<uint8_t>(out, "out", N * P * C, kWrite);
+        const uint8_t* pl = array_arg<uint8_t>(lut, "lut", N * C * 256);
         py::gil_scoped_release nogil;
         augment::lut_u8(px, po, N, P, C, pl);
       },
@@ -192,8 +174,8 @@ void bind_augment(py::module_& m) {
                       int64_t OH, int64_t OW) {
     if (N < 0 || H < 1 || W < 1 || C < 1 || OH < 1 || OW < 1)
       throw py::value_error("shape: expected N >= 0 and positive sizes");
-    const uint8_t* px = checked<uint8_t>(x, "images", N * H * W * C, false);
-    uint8_t* py_ = checked<uint8_t>(y, "out", N * OH * OW * C, true);
+    const uint8_t* px = array_arg<uint8_t>(x, "images", N * H * W * C);
+    uint8_t* py_ = array_arg<uint8_t>(y, "out", N * OH * OW * C, kWrite);
     if (overlaps(px, N * H * W * C, py_, N * OH * OW * C)) throw py::value_error("out: must not overlap images");
     return std::make_pair(px, py_);
   };
@@ -203,16 +185,15 @@ void bind_augment(py::module_& m) {
                   const py::array& codes, const py::array& params, bool bilinear, const py::object& fill) {
         if (K < 0) throw py::value_error("K: expected >= 0");
         auto [px, py_] = u8_images(x, y, N, H, W, C, H, W);
-        const int32_t* pc = checked<int32_t>(codes, "ops", N * K, false);
-        const double* pp = checked<double>(params, "params", N * K * augment::kOpParams, false);
+        const int32_t* pc = array_arg<int32_t>(codes, "ops", N * K);
+        const double* pp = array_arg<double>(params, "params", N * K * augment::kOpParams);
         for (int64_t i = 0; i < N * K; ++i) {
           if (pc[i] < 0 || pc[i] > int32_t(augment::ImageOp::kVFlip)) throw py::value_error("ops: unknown op code");
           if (pc[i] == int32_t(augment::ImageOp::kPosterize) &&
               !(pp[i * augment::kOpParams] >= 0 && pp[i * augment::kOpParams] <= 8))
             throw py::value_error("magnitudes: posterize bits must lie in [0, 8]");
         }
-        const double* pf = nullptr;
-        if (!fill.is_none()) pf = checked<double>(py::cast<py::array>(fill), "fill", C, false);
+        const double* pf = array_arg<double>(fill, "fill", C, kOptional);
         py::gil_scoped_release nogil;
         augment::apply_ops_u8(px, py_, N, H, W, C, K, pc, pp, bilinear, pf);
       },
@@ -223,7 +204,7 @@ void bind_augment(py::module_& m) {
       [u8_images](const py::array& x, const py::array& y, int64_t N, int64_t H, int64_t W, int64_t C,
                   const py::array& boxes, int64_t OH, int64_t OW, bool antialias) {
         auto [px, py_] = u8_images(x, y, N, H, W, C, OH, OW);
-        const int64_t* pb = checked<int64_t>(boxes, "boxes", 4 * N, false);
+        const int64_t* pb = array_arg<int64_t>(boxes, "boxes", 4 * N);
         for (int64_t i = 0; i < N; ++i) {
           const int64_t* b = pb + 4 * i;
           if (b[0] < 0 || b[1] < 0 || b[2] < 1 || b[3] < 1 || b[0] + b[2] > H || b[1] + b[3] > W)
@@ -239,9 +220,9 @@ void bind_augment(py::module_& m) {
       [u8_images](const py::array& x, const py::array& y, int64_t N, int64_t H, int64_t W, int64_t C, int64_t OH,
                   int64_t OW, const py::array& iy, const py::array& ix, const py::array& fill) {
         auto [px, py_] = u8_images(x, y, N, H, W, C, OH, OW);
-        const int64_t* piy = checked<int64_t>(iy, "rows", N * OH, false);
-        const int64_t* pix = checked<int64_t>(ix, "cols", N * OW, false);
-        const uint8_t* pf = checked<uint8_t>(fill, "fill", C, false);
+        const int64_t* piy = array_arg<int64_t>(iy, "rows", N * OH);
+        const int64_t* pix = array_arg<int64_t>(ix, "cols", N * OW);
+        const uint8_t* pf = array_arg<uint8_t>(fill, "fill", C);
         for (int64_t i = 0; i < N * OH; ++i)
           if (piy[i] >= H) throw py::value_error("rows: index out of range");
         for (int64_t i = 0; i < N * OW; ++i)

@@ -23,81 +23,48 @@ Geo geo(int64_t N, int64_t C, int64_t S, bool nhwc, bool ps) {
   return Geo{norm::Shape{N, C, S, nhwc}, ps};
 }
 
-// Pointer to a C-contiguous array of `count` elements of `dt` (or null for None when allowed).
-const void* data(const py::object& o, const char* name, optim::DType dt, int64_t count, bool write,
-                 bool optional = false) {
-  if (o.is_none()) {
-    if (optional) return nullptr;
-    throw py::type_error(std::string(name) + ": expected an array, got None");
-  }
-  if (!py::isinstance<py::array>(o)) throw py::type_error(std::string(name) + ": expected a numpy.ndarray");
-  py::array a = py::reinterpret_borrow<py::array>(o);
-  if (float_dtype(a, name) != dt) throw py::type_error(std::string(name) + ": dtype differs from x");
-  if (!c_contiguous(a)) throw py::value_error(std::string(name) + ": expected a C-contiguous array");
-  if (a.size() != count)
-    throw py::value_error(std::string(name) + ": expected " + std::to_string(count) + " elements, got " +
-                          std::to_string(a.size()));
-  if (write && !writeable(a)) throw py::value_error(std::string(name) + ": expected a writeable array");
-  return a.data();
-}
-
-const double* f64(const F64& a, const char* name, int64_t count) {
-  if (a.size() != count)
-    throw py::value_error(std::string(name) + ": expected " + std::to_string(count) + " float64 values");
-  return a.data();
-}
-
-optim::DType dtype_of(const py::object& x) {
-  if (!py::isinstance<py::array>(x)) throw py::type_error("x: expected a numpy.ndarray");
-  return float_dtype(py::reinterpret_borrow<py::array>(x), "x");
-}
+const double* f64(const F64& a, const char* name, int64_t count) { return array_arg<double>(a, name, count); }
 
 }  // namespace
-
-template <typename T>
-void update_running(T* r, const double* stat, int64_t n, double momentum, double factor) {
-  for (int64_t i = 0; i < n; ++i) r[i] = T((1.0 - momentum) * double(r[i]) + momentum * (stat[i] * factor));
-}
 
 void bind_norm(py::module_& m) {
   m.def(
       "norm_update_running",
       [](const py::object& rm, const py::object& rv, const F64& mean, const F64& var, double momentum,
          double unbias) {
-        // rm <- (1-momentum)*rm + momentum*mean; rv <- (1-momentum)*rv + momentum*var*unbias (in double)
+        // norm::update_running: rm <- (1-momentum)*rm + momentum*mean, rv likewise with var*unbias
         const int64_t n = mean.size();
-        if (var.size() != n) throw py::value_error("var: expected as many values as mean");
-        const struct { const py::object* a; const F64* s; double f; const char* name; } items[2] = {
-            {&rm, &mean, 1.0, "running_mean"}, {&rv, &var, unbias, "running_var"}};
-        for (const auto& it : items) {
-          if (it.a->is_none()) continue;
-          if (!py::isinstance<py::array>(*it.a)) throw py::type_error(std::string(it.name) + ": expected an array");
-          py::array a = py::reinterpret_borrow<py::array>(*it.a);
-          const auto dt = float_dtype(a, it.name);
-          void* p = const_cast<void*>(data(*it.a, it.name, dt, n, true));
-          if (dt == optim::DType::f32)
-            update_running(static_cast<float*>(p), it.s->data(), n, momentum, it.f);
-          else
-            update_running(static_cast<double*>(p), it.s->data(), n, momentum, it.f);
-        }
+        const double* pm = f64(mean, "mean", n);
+        const double* pv = f64(var, "var", n);
+        const DType dm = rm.is_none() ? DType::f32 : dtype_of(rm, "running_mean");
+        const DType dv = rv.is_none() ? DType::f32 : dtype_of(rv, "running_var");
+        void* prm = array_arg(rm, "running_mean", dm, n, kWrite | kOptional);
+        void* prv = array_arg(rv, "running_var", dv, n, kWrite | kOptional);
+        py::gil_scoped_release nogil;
+        if (prm) norm::update_running(dm, prm, pm, n, momentum, 1.0);
+        if (prv) norm::update_running(dv, prv, pv, n, momentum, unbias);
       },
       py::arg("running_mean"), py::arg("running_var"), py::arg("mean"), py::arg("var"), py::arg("momentum"),
       py::arg("unbias"));
   m.def(
       "norm_invstd",
       [](const py::array& var, double eps) {
-        const auto dt = float_dtype(var, "running_var");
+        const DType dt = dtype_of(var, "running_var");
         py::array v = py::array::ensure(var, py::array::c_style);
         const int64_t n = v.size();
+        const void* pv = array_arg(v, "running_var", dt, n);
         F64 out(n);
         double* o = out.mutable_data();
-        for (int64_t i = 0; i < n; ++i) {
-          const double x = dt == optim::DType::f32 ? double(static_cast<const float*>(v.data())[i])
-                                                    : static_cast<const double*>(v.data())[i];
-          if (!(x >= 0.0) || !(x <= 1.7976931348623157e308))
-            throw py::value_error("running_var: expected finite values >= 0, got " + std::to_string(x) +
-                                  " at index " + std::to_string(i));
-          o[i] = 1.0 / std::sqrt(x + eps);
+        int64_t bad;
+        {
+          py::gil_scoped_release nogil;
+          bad = norm::invstd(dt, pv, n, eps, o);
+        }
+        if (bad >= 0) {
+          const double x = dt == DType::f32 ? double(static_cast<const float*>(pv)[bad])
+                                            : static_cast<const double*>(pv)[bad];
+          throw py::value_error("running_var: expected finite values >= 0, got " + std::to_string(x) +
+                                " at index " + std::to_string(bad));
         }
         return out;
       },
@@ -107,8 +74,8 @@ void bind_norm(py::module_& m) {
       "norm_stats",
       [](const py::object& x, int64_t N, int64_t C, int64_t S, bool nhwc, bool ps) {
         const Geo g = geo(N, C, S, nhwc, ps);
-        const auto dt = dtype_of(x);
-        const void* px = data(x, "x", dt, g.total(), false);
+        const DType dt = dtype_of(x, "x");
+        const void* px = array_arg(x, "x", dt, g.total());
         F64 mean(g.stat_count()), var(g.stat_count());
         double* pm = mean.mutable_data();
         double* pv = var.mutable_data();
@@ -126,12 +93,12 @@ void bind_norm(py::module_& m) {
          bool nhwc, bool ps, const F64& mean, const F64& invstd, const py::object& w, const py::object& b,
          bool relu) {
         const Geo g = geo(N, C, S, nhwc, ps);
-        const auto dt = dtype_of(x);
-        const void* px = data(x, "x", dt, g.total(), false);
-        void* py_ = const_cast<void*>(data(y, "out", dt, g.total(), true));
-        const void* pr = data(r, "residual", dt, g.total(), false, true);
-        const void* pw = data(w, "weight", dt, C, false, true);
-        const void* pb = data(b, "bias", dt, C, false, true);
+        const DType dt = dtype_of(x, "x");
+        const void* px = array_arg(x, "x", dt, g.total());
+        void* py_ = array_arg(y, "out", dt, g.total(), kWrite);
+        const void* pr = array_arg(r, "residual", dt, g.total(), kOptional);
+        const void* pw = array_arg(w, "weight", dt, C, kOptional);
+        const void* pb = array_arg(b, "bias", dt, C, kOptional);
         const double* pm = f64(mean, "mean", g.stat_count());
         const double* pi = f64(invstd, "invstd", g.stat_count());
         py::gil_scoped_release nogil;
@@ -146,10 +113,10 @@ void bind_norm(py::module_& m) {
       [](const py::object& dy, const py::object& x, const py::object& mask, int64_t N, int64_t C, int64_t S,
          bool nhwc, bool ps, const F64& mean) {
         const Geo g = geo(N, C, S, nhwc, ps);
-        const auto dt = dtype_of(x);
-        const void* pd = data(dy, "grad_out", dt, g.total(), false);
-        const void* px = data(x, "x", dt, g.total(), false);
-        const void* pk = data(mask, "y", dt, g.total(), false, true);
+        const DType dt = dtype_of(x, "x");
+        const void* pd = array_arg(dy, "grad_out", dt, g.total());
+        const void* px = array_arg(x, "x", dt, g.total());
+        const void* pk = array_arg(mask, "y", dt, g.total(), kOptional);
         const double* pm = f64(mean, "mean", g.stat_count());
         F64 sg(g.stat_count()), sgx(g.stat_count());
         double* a = sg.mutable_data();
@@ -169,12 +136,12 @@ void bind_norm(py::module_& m) {
          const py::object& gres, int64_t N, int64_t C, int64_t S, bool nhwc, bool ps, const F64& mean,
          const F64& A, const F64& B, const F64& D) {
         const Geo g = geo(N, C, S, nhwc, ps);
-        const auto dt = dtype_of(x);
-        const void* pd = data(dy, "grad_out", dt, g.total(), false);
-        const void* px = data(x, "x", dt, g.total(), false);
-        const void* pk = data(mask, "y", dt, g.total(), false, true);
-        void* po = const_cast<void*>(data(dx, "grad_input", dt, g.total(), true));
-        void* pg = const_cast<void*>(data(gres, "grad_residual", dt, g.total(), true, true));
+        const DType dt = dtype_of(x, "x");
+        const void* pd = array_arg(dy, "grad_out", dt, g.total());
+        const void* px = array_arg(x, "x", dt, g.total());
+        const void* pk = array_arg(mask, "y", dt, g.total(), kOptional);
+        void* po = array_arg(dx, "grad_input", dt, g.total(), kWrite);
+        void* pg = array_arg(gres, "grad_residual", dt, g.total(), kWrite | kOptional);
         const int64_t k = g.stat_count();
         const double *pm = f64(mean, "mean", k), *pa = f64(A, "A", k), *pb = f64(B, "B", k), *pc = f64(D, "D", k);
         py::gil_scoped_release nogil;

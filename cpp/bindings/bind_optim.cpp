@@ -1,11 +1,12 @@
-// Optimizer bindings. OptimPlan holds the parameter and state arrays of one optimizer (validated
-// once, at construction); each step() only checks and collects the gradients, so a step over
-// 3,000 tensors costs microseconds of marshalling, then one compiled call with the GIL released.
-#include <algorithm>
-#include <array>
+// Optimizer bindings. OptimPlan holds the parameter and state arrays of one optimizer (checked
+// once, at construction, then kept by an optim::Plan); each step() only checks and collects the
+// gradients, so a step over 3,000 tensors costs microseconds of marshalling, then one compiled
+// call (optim::Plan::step) with the GIL released.
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "cnnkit/optim.h"
 #include "common.h"
 
 #ifdef CNNKIT_WITH_CUDA
@@ -27,62 +28,38 @@ optim::Algo algo_from_name(const std::string& s) {
   throw py::value_error("algo: expected one of sgd, adagrad, rmsprop, adadelta, adam, got '" + s + "'");
 }
 
-// Which state slots a group's hyperparameters need.
-std::array<bool, 3> needed_slots(optim::Algo algo, const double* h) {
-  using namespace optim::col;
-  switch (algo) {
-    case optim::Algo::sgd: return {h[SGD_MOMENTUM] != 0, false, false};
-    case optim::Algo::adagrad: return {true, false, false};
-    case optim::Algo::rmsprop: return {true, h[RMSPROP_CENTERED] != 0, h[RMSPROP_MOMENTUM] > 0};
-    case optim::Algo::adadelta: return {true, true, false};
-    case optim::Algo::adam: return {true, true, h[ADAM_AMSGRAD] != 0};
-  }
-  return {false, false, false};
-}
-
 std::string idx(const char* name, size_t i) { return std::string(name) + "[" + std::to_string(i) + "]"; }
 
-struct Interval {
-  uintptr_t lo, hi;
-  int64_t tensor;
-  int slot;  // -1: the param itself
-};
-
+// Marshals one optimizer's parameter and state arrays into an optim::Plan (which checks that
+// they share no memory), and each step's gradients into pointers for Plan::step (which checks the
+// gradients against them, fills Adam's bias corrections and runs the fused update).
 class OptimPlan {
  public:
   OptimPlan(const std::string& algo, const py::list& params, const py::list& states,
-            const py::array_t<int32_t, py::array::c_style>& group_index)
-      : algo_(algo_from_name(algo)) {
+            const py::array_t<int32_t, py::array::c_style>& group_index) {
+    const optim::Algo a = algo_from_name(algo);
     const size_t n = py::len(params);
-    const int nslots = optim::state_slots(algo_);
+    const int nslots = optim::state_slots(a);
     if (static_cast<int>(py::len(states)) != nslots)
       throw py::value_error("states: expected " + std::to_string(nslots) + " slot lists for '" + algo +
                             "', got " + std::to_string(py::len(states)));
     if (static_cast<size_t>(group_index.size()) != n)
       throw py::value_error("group_index: expected " + std::to_string(n) + " entries, got " +
                             std::to_string(group_index.size()));
-    refs_.resize(n);
+    std::vector<optim::TensorRef> refs(n);
     keep_.reserve(n * (1 + nslots));
     for (size_t i = 0; i < n; ++i) {
-      if (!py::isinstance<py::array>(params[i]))
-        throw py::type_error(idx("params", i) + ": expected a numpy.ndarray, got " + type_str(params[i]));
+      const ArgName pname("params", int64_t(i));
+      optim::TensorRef& r = refs[i];
+      r.dtype = dtype_of(params[i], pname);
+      r.p = array_arg(params[i], pname, r.dtype, -1, kWrite);
       py::array p = py::reinterpret_borrow<py::array>(params[i]);
-      optim::TensorRef& r = refs_[i];
-      r.dtype = float_dtype(p, idx("params", i));
-      if (!c_contiguous(p)) throw py::value_error(idx("params", i) + ": expected a C-contiguous array");
-      if (!writeable(p)) throw py::value_error(idx("params", i) + ": expected a writeable array, got a read-only one");
-      r.p = p.mutable_data();
       r.n = p.size();
       r.g = nullptr;
       r.group = group_index.at(i);
       r.step = 0;
-      if (r.group < 0) throw py::value_error(idx("group_index", i) + ": expected >= 0");
-      ngroups_ = std::max(ngroups_, r.group + 1);
       params_.push_back(p);
       keep_.push_back(p);
-      const int64_t nb = r.n * static_cast<int64_t>(p.itemsize());
-      intervals_.push_back({reinterpret_cast<uintptr_t>(r.p), reinterpret_cast<uintptr_t>(r.p) + nb,
-                            static_cast<int64_t>(i), -1});
       for (int s = 0; s < 3; ++s) r.s[s] = nullptr;
       for (int s = 0; s < nslots; ++s) {
         py::object slot = states[s];
@@ -90,147 +67,61 @@ class OptimPlan {
         py::object o = py::reinterpret_borrow<py::list>(slot)[i];
         if (o.is_none()) continue;
         const std::string what = "states[" + std::to_string(s) + "][" + std::to_string(i) + "]";
-        if (!py::isinstance<py::array>(o)) throw py::type_error(what + ": expected a numpy.ndarray");
-        py::array a = py::reinterpret_borrow<py::array>(o);
-        if (float_dtype(a, what) != r.dtype || a.size() != r.n || !c_contiguous(a) || !writeable(a))
-          throw py::value_error(what + ": expected a writeable C-contiguous " +
-                                std::string(dtype_name(r.dtype)) + " array of " +
-                                std::to_string(r.n) + " elements");
-        r.s[s] = a.mutable_data();
-        keep_.push_back(a);
-        intervals_.push_back({reinterpret_cast<uintptr_t>(r.s[s]),
-                              reinterpret_cast<uintptr_t>(r.s[s]) + static_cast<uintptr_t>(nb),
-                              static_cast<int64_t>(i), s});
+        r.s[s] = array_arg(o, what, r.dtype, r.n, kWrite);
+        keep_.push_back(o);
       }
     }
-    intervals_.erase(std::remove_if(intervals_.begin(), intervals_.end(),
-                                    [](const Interval& v) { return v.hi == v.lo; }),
-                     intervals_.end());
-    std::sort(intervals_.begin(), intervals_.end(),
-              [](const Interval& a, const Interval& b) { return a.lo < b.lo; });
-    for (size_t k = 1; k < intervals_.size(); ++k)
-      if (intervals_[k].lo < intervals_[k - 1].hi)
-        throw py::value_error(describe(intervals_[k - 1]) + " and " + describe(intervals_[k]) +
-                              " share memory; every parameter and state array must be distinct");
-    active_.reserve(n);
-    active_idx_.reserve(n);
-    checked_.assign(n, 0);
+    plan_ = std::make_unique<optim::Plan>(a, std::move(refs));
+    grads_.assign(n, nullptr);
   }
 
-  int64_t size() const { return static_cast<int64_t>(refs_.size()); }
+  int64_t size() const { return plan_->size(); }
 
   void step(const py::sequence& grads, const py::array_t<double, py::array::c_style>& hyper,
             py::array_t<int64_t, py::array::c_style>& steps) {
-    const size_t n = refs_.size();
-    const int K = optim::hyper_columns(algo_);
+    const size_t n = static_cast<size_t>(plan_->size());
+    const int K = optim::hyper_columns(plan_->algo());
+    const int ngroups = plan_->ngroups();
     if (static_cast<size_t>(py::len(grads)) != n)
       throw py::value_error("grads: expected " + std::to_string(n) + " gradients (one per parameter), got " +
                             std::to_string(py::len(grads)));
-    if (hyper.ndim() != 2 || hyper.shape(0) < ngroups_ || hyper.shape(1) != K)
-      throw py::value_error("hyper: expected shape (" + std::to_string(ngroups_) + ", " + std::to_string(K) + ")");
-    if (static_cast<size_t>(steps.size()) != n || !writeable(steps))
-      throw py::value_error("steps: expected a writeable int64 array of " + std::to_string(n) + " entries");
+    if (hyper.ndim() != 2 || hyper.shape(0) < ngroups || hyper.shape(1) != K)
+      throw py::value_error("hyper: expected shape (" + std::to_string(ngroups) + ", " + std::to_string(K) + ")");
     const double* H = hyper.data();
-    int64_t* S = steps.mutable_data();
-    // per-group facts, once per step
-    std::vector<std::array<bool, 3>> need(static_cast<size_t>(ngroups_));
-    for (int gi = 0; gi < ngroups_; ++gi) need[gi] = needed_slots(algo_, H + int64_t(gi) * K);
-    active_.clear();
-    active_idx_.clear();
+    int64_t* S = array_arg<int64_t>(steps, "steps", static_cast<int64_t>(n), kWrite);
     py::object seq = py::reinterpret_steal<py::object>(PySequence_Fast(grads.ptr(), "grads: expected a sequence"));
     if (!seq) throw py::error_already_set();
     PyObject** items = PySequence_Fast_ITEMS(seq.ptr());
     const auto& api = py::detail::npy_api::get();
-    int last_group = -1;
-    int64_t last_step = -1;
-    double bc1 = 0, bc2 = 0;
     for (size_t i = 0; i < n; ++i) {
       PyObject* o = items[i];
+      grads_[i] = nullptr;
       if (o == Py_None) continue;
-      const optim::TensorRef& r = refs_[i];
       if (!api.PyArray_Check_(o))
         throw py::type_error(idx("grads", i) + ": expected a numpy.ndarray, got " + type_str(o));
       const auto* ga = py::detail::array_proxy(o);
       const auto* pa = py::detail::array_proxy(params_[i].ptr());
-      // Fast path: the same dtype object and the same shape; otherwise the full check names what
-      // differs.
-      const bool same_dtype = ga->descr == pa->descr;
-      bool same_shape = ga->nd == pa->nd;
-      for (int d = 0; same_shape && d < ga->nd; ++d) same_shape = ga->dimensions[d] == pa->dimensions[d];
-      if (!same_dtype || !same_shape) check_grad_slow(i, py::reinterpret_borrow<py::array>(o));
-      if (!(ga->flags & py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_))
-        throw py::value_error(idx("grads", i) + ": expected a C-contiguous array");
+      // Fast path (this loop runs per tensor per step): the same dtype object and shape as the
+      // parameter, C-contiguous; otherwise array_arg's full check names what differs.
+      bool same = ga->descr == pa->descr && ga->nd == pa->nd &&
+                  (ga->flags & py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_);
+      for (int d = 0; same && d < ga->nd; ++d) same = ga->dimensions[d] == pa->dimensions[d];
+      if (!same)
+        array_arg(o, ArgName("grads", int64_t(i)), plan_->tensor(int64_t(i)).dtype,
+                  Extent(pa->dimensions, pa->nd));
       if (!(pa->flags & py::detail::npy_api::NPY_ARRAY_WRITEABLE_))
         throw py::value_error(idx("params", i) + ": expected a writeable array, got a read-only one");
-      const auto lo = reinterpret_cast<uintptr_t>(ga->data);
-      const auto hi = lo + static_cast<uintptr_t>(r.n * (r.dtype == optim::DType::f32 ? 4 : 8));
-      // A gradient buffer reused from the last step (the usual case) was already found to share
-      // no memory with the (fixed) parameter and state arrays.
-      if (hi > lo && checked_[i] != lo) {
-        auto it = std::lower_bound(intervals_.begin(), intervals_.end(), hi,
-                                   [](const Interval& v, uintptr_t x) { return v.lo < x; });
-        if (it != intervals_.begin() && std::prev(it)->hi > lo)
-          throw py::value_error(idx("grads", i) + ": shares memory with " + describe(*std::prev(it)) +
-                                "; a gradient must not alias a parameter or optimizer state");
-        checked_[i] = lo;
-      }
-      for (int k = 0; k < 3; ++k)
-        if (need[r.group][k] && r.s[k] == nullptr)
-          throw py::value_error(idx("params", i) + ": optimizer state slot " + std::to_string(k) +
-                                " is needed by the group's hyperparameters but was not allocated");
-      optim::TensorRef a = r;
-      a.g = ga->data;
-      a.step = S[i] + 1;
-      if (a.group != last_group || a.step != last_step) {  // tensors of a group share a step
-        optim::fill_bias_corrections(algo_, a, H + int64_t(r.group) * K);
-        last_group = a.group;
-        last_step = a.step;
-        bc1 = a.bc1;
-        bc2 = a.bc2;
-      } else {
-        a.bc1 = bc1;
-        a.bc2 = bc2;
-      }
-      active_.push_back(a);
-      active_idx_.push_back(static_cast<int64_t>(i));
+      grads_[i] = ga->data;
     }
-    {
-      py::gil_scoped_release nogil;
-      optim::multi_tensor_step(algo_, active_.data(), static_cast<int64_t>(active_.size()), H);
-    }
-    for (int64_t i : active_idx_) S[i] += 1;
+    py::gil_scoped_release nogil;
+    plan_->step(grads_.data(), H, S);
   }
 
  private:
-  // The named error for a gradient whose dtype or shape differs from its parameter's.
-  void check_grad_slow(size_t i, const py::array& g) const {
-    const py::array& p = params_[i];
-    const optim::TensorRef& r = refs_[i];
-    const char kind = g.dtype().kind();
-    if (kind != 'f' || g.itemsize() != p.itemsize() || g.dtype().byteorder() == '>')
-      throw py::type_error(idx("grads", i) + ": expected dtype " + dtype_name(r.dtype) + " (the dtype of params[" +
-                           std::to_string(i) + "]), got " + std::string(py::str(g.dtype())));
-    bool same = g.ndim() == p.ndim();
-    for (py::ssize_t d = 0; same && d < p.ndim(); ++d) same = g.shape(d) == p.shape(d);
-    if (!same)
-      throw py::value_error(idx("grads", i) + ": expected shape " + shape_str(p) + " (the shape of params[" +
-                            std::to_string(i) + "]), got " + shape_str(g));
-  }
-
-  std::string describe(const Interval& v) const {
-    if (v.slot < 0) return idx("params", static_cast<size_t>(v.tensor));
-    return "the optimizer state (slot " + std::to_string(v.slot) + ") of " + idx("params", static_cast<size_t>(v.tensor));
-  }
-
-  optim::Algo algo_;
-  int ngroups_ = 0;
-  std::vector<optim::TensorRef> refs_;
+  std::unique_ptr<optim::Plan> plan_;
   std::vector<py::array> params_;
   std::vector<py::object> keep_;
-  std::vector<Interval> intervals_;
-  std::vector<optim::TensorRef> active_;
-  std::vector<int64_t> active_idx_;
-  std::vector<uintptr_t> checked_;  // per tensor: start of the last gradient found alias-free
+  std::vector<const void*> grads_;  // per step: each tensor's gradient, or null
 };
 
 std::vector<optim::ArrayRef> array_refs(const py::sequence& arrays, const char* name, bool need_write,
@@ -241,15 +132,11 @@ std::vector<optim::ArrayRef> array_refs(const py::sequence& arrays, const char* 
   keep.reserve(n);
   for (size_t i = 0; i < n; ++i) {
     py::handle o = arrays[i];
-    if (!py::isinstance<py::array>(o))
-      throw py::type_error(idx(name, i) + ": expected a numpy.ndarray, got " + type_str(o));
-    py::array a = py::reinterpret_borrow<py::array>(o);
+    const ArgName what(name, int64_t(i));
     optim::ArrayRef r;
-    r.dtype = float_dtype(a, idx(name, i));
-    if (!c_contiguous(a)) throw py::value_error(idx(name, i) + ": expected a C-contiguous array");
-    if (need_write && !writeable(a))
-      throw py::value_error(idx(name, i) + ": expected a writeable array, got a read-only one");
-    r.data = const_cast<void*>(a.data());
+    r.dtype = dtype_of(o, what);
+    r.data = array_arg(o, what, r.dtype, -1, need_write ? kWrite : kRead);
+    py::array a = py::reinterpret_borrow<py::array>(o);
     r.n = a.size();
     out.push_back(r);
     keep.push_back(a);
@@ -286,11 +173,10 @@ void bind_optim(py::module_& m) {
           r.g = reinterpret_cast<const void*>(t[1].cast<uintptr_t>());
           for (int k = 0; k < 3; ++k) r.s[k] = reinterpret_cast<void*>(t[2 + k].cast<uintptr_t>());
           r.n = t[5].cast<int64_t>();
-          r.dtype = t[6].cast<int>() == 0 ? optim::DType::f32 : optim::DType::f64;
+          r.dtype = t[6].cast<int>() == 0 ? DType::f32 : DType::f64;
           r.group = t[7].cast<int32_t>();
           r.step = t[8].cast<int64_t>();
           if (r.group < 0 || r.group >= hyper.shape(0)) throw py::value_error("tensors: group out of range");
-          optim::fill_bias_corrections(a, r, hyper.data() + int64_t(r.group) * K);
           refs.push_back(r);
         }
         py::gil_scoped_release nogil;

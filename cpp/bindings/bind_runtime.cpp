@@ -65,14 +65,10 @@ void bind_runtime(py::module_& m) {
         std::vector<float*> ptrs;
         int64_t n = -1;
         for (int i = 0; i < need; ++i) {
-          py::array a = py::reinterpret_borrow<py::array>(arrays[i]);
-          if (!py::isinstance<py::array_t<float>>(arrays[i]) || !c_contiguous(a) || !writeable(a))
-            throw py::type_error("arrays[" + std::to_string(i) +
-                                 "]: expected a writeable C-contiguous float32 array");
-          if (n >= 0 && a.size() != n)
-            throw py::value_error("arrays: expected equal sizes");
-          n = a.size();
-          ptrs.push_back(static_cast<float*>(a.mutable_data()));
+          // every array has the size of the first
+          float* p = array_arg<float>(arrays[i], ArgName("arrays", i), n, kWrite);
+          if (n < 0) n = py::reinterpret_borrow<py::array>(arrays[i]).size();
+          ptrs.push_back(p);
         }
         std::vector<double> secs(static_cast<size_t>(reps));
         {

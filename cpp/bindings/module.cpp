@@ -19,4 +19,5 @@ PYBIND11_MODULE(_core, m) {
   cnnkit::bind::bind_augment(m);
   cnnkit::bind::bind_conv(m);
   cnnkit::bind::bind_nn(m);
+  cnnkit::bind::bind_kernels(m);
 }

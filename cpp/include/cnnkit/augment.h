@@ -25,20 +25,20 @@ void histogram_u8(const uint8_t* x, int64_t N, int64_t P, int64_t C, int64_t* hi
 // y = lut[n, c, x] with one 256-entry table per (image, channel): lut has N*C*256 entries.
 void lut_u8(const uint8_t* x, uint8_t* y, int64_t N, int64_t P, int64_t C, const uint8_t* lut);
 
-// Mixing (cpp/src/augment/mix.cpp; float32, or float64 when f64), S elements per image:
+// Mixing (cpp/src/augment/mix.cpp; dt f32 or f64), S elements per image:
 // out[n] = a[n]*x[n] + (1 - a[n])*src[perm[n]], computed in double; src is x or a pool of images
 // (perm indexes it). out must not overlap x or src.
-void blend(bool f64, const void* x, const void* src, const int64_t* perm, const double* a, void* out, int64_t N,
+void blend(DType dt, const void* x, const void* src, const int64_t* perm, const double* a, void* out, int64_t N,
            int64_t S);
 // out[n] = x[n] with box (y0, x0, y1, x1) = boxes[4n..4n+3] of every channel plane (NCHW) taken from
 // x[perm[n]]. out must not overlap x.
-void paste_boxes(bool f64, const void* x, const int64_t* perm, const int64_t* boxes, void* out, int64_t N, int64_t C,
+void paste_boxes(DType dt, const void* x, const int64_t* perm, const int64_t* boxes, void* out, int64_t N, int64_t C,
                  int64_t H, int64_t W);
 
 // Cutout / erasing: out[n] = x[n] with K holes per image (boxes[(n*K + k)*4 ..] = y0, x0, y1, x1)
-// filled with values[c] (mode 0) or the image's per-channel mean (mode 1). dtype 0 uint8 (values
-// rounded half to even, clamped), 1 float32, 2 float64; nhwc or NCHW; C <= 64.
-void fill_boxes(int dtype, const void* x, void* out, int64_t N, int64_t H, int64_t W, int64_t C, bool nhwc,
+// filled with values[c] (mode 0) or the image's per-channel mean (mode 1). dt u8 (values rounded
+// half to even, clamped), f32 or f64; nhwc or NCHW; C <= 64.
+void fill_boxes(DType dt, const void* x, void* out, int64_t N, int64_t H, int64_t W, int64_t C, bool nhwc,
                 const int64_t* boxes, int64_t K, int mode, const double* values);
 
 // OpenCV equalizeHist lookup tables from `count` 256-bin histograms (float32 arithmetic as OpenCV).
@@ -84,6 +84,13 @@ struct OpKernels {
   decltype(&resize_u8) resize_u8_fn;
   decltype(&remap_u8) remap_u8_fn;
   decltype(&clahe_u8) clahe_u8_fn;
+};
+
+struct MixKernels {  // cpp/src/augment/mix.cpp
+  decltype(&blend) blend_fn;
+  decltype(&paste_boxes) paste_boxes_fn;
+  decltype(&fill_boxes) fill_boxes_fn;
+  decltype(&equalize_cv_lut) equalize_cv_lut_fn;
 };
 
 struct Kernels {

@@ -30,6 +30,13 @@
 
 namespace cnnkit {
 
+// Element type of the arrays a kernel reads and writes; one enum for every family. The float
+// kernels (optim, conv, norm, mixing) take f32 or f64; the image kernels also take u8. The values
+// are stable (the CUDA launcher sorts tensors by them).
+enum class DType : int { f32 = 0, f64 = 1, u8 = 2 };
+
+constexpr int64_t dtype_size(DType dt) { return dt == DType::f32 ? 4 : dt == DType::f64 ? 8 : 1; }
+
 // ISA levels in increasing order; a level runs only if the CPU supports it.
 enum class Isa : int { scalar = 0, avx2 = 1, avx512 = 2 };
 

@@ -16,11 +16,8 @@
 #include <cstdint>
 
 #include "cnnkit/common.h"
-#include "cnnkit/optim.h"  // DType
 
 namespace cnnkit::conv {
-
-using optim::DType;
 
 struct Geom {
   int64_t N, C, H, W;           // input
@@ -52,7 +49,53 @@ void backward_input(DType dt, const void* dy, const void* w, void* dx, const Geo
 // dw (may be null) and db (may be null) are overwritten.
 void backward_weight(DType dt, const void* dy, const void* x, void* dw, void* db, const Geom& g);
 
-// Name of the algorithm a pass takes for this geometry: pass 0 forward, 1 input grad, 2 weight grad.
+// ---- the kernel registry (conv_dispatch.cpp) ---------------------------------------------------
+// One table lists every kernel variant, at every ISA level, in priority order; the entry points
+// above run the first entry that is compiled for the active ISA level, implements the pass and
+// supports the problem (or the forced entry, for tests). Names follow one grammar:
+//
+//   conv2d_<algorithm>_<dtype>_<layout>[_<how>]__<isa>
+//
+//   algorithm  dw (depthwise: G == C, K = m*C), grouped (direct, Cg == Kg in {2, 4, 8, 16, 32}),
+//              stem (dense, C <= 4 input channels), gemm (im2col / col2im + BLAS GEMM: anything)
+//   dtype      f32 | f64
+//   layout     nchw | nhwc (of x, y, dy and dx; the weight is always (K, C/G, kh, kw))
+//   how        blocked (NCHW planes transposed block by block in cache around the NHWC kernel),
+//              transposed (whole NCHW tensors transposed to NHWC around the NHWC kernel)
+//   isa        scalar | avx2 | avx512 (the copy of the code compiled for that level)
+//
+// What comes before the double underscore says what is computed, what follows says where. Kernel
+// size (3x3, 5x5, 7x7), channel multiplier and channels per group are specialised inside an entry.
+// The input gradient at stride 1 is the forward pass of the adjoint convolution (dy convolved with
+// the flipped, transposed weights, padding (k-1)*d - p): for that pass an entry is asked about,
+// and runs, the forward problem of the adjoint geometry.
+enum class Pass : int { forward = 0, input = 1, weight = 2 };
+constexpr unsigned pass_bit(Pass p) { return 1u << static_cast<int>(p); }
+
+struct Problem {
+  Geom g;
+  DType dt;
+  Pass pass;
+};
+
+struct EntryInfo {
+  const char* name;
+  Isa isa;
+  unsigned passes;  // pass_bit() of each pass the entry implements
+};
+
+int registry_size();
+EntryInfo registry_entry(int i);  // 0 <= i < registry_size(), in priority order
+// Whether entry i implements the pass and supports the problem (geometry and dtype).
+bool supports(int i, const Problem& p);
+// The entry the entry points run for this problem: the forced one where it supports the problem,
+// else the first supporting entry at the active ISA level (the GEMM entries support everything).
+int select(const Problem& p);
+// Prefer entry i (at its own ISA level) wherever it supports the problem (-1: none); other
+// problems are dispatched as usual. Process-wide; for tests.
+void force(int i);
+int forced();
+// Name of the entry select() gives a float32 problem: pass 0 forward, 1 input grad, 2 weight grad.
 const char* algorithm(const Geom& g, int pass);
 
 // ---- per-ISA direct kernels --------------------------------------------------------------------
@@ -81,6 +124,16 @@ struct Kernels {
   // weight (+ bias) gradient.
   void (*small_cin_forward)(const float* x, const float* w, const float* b, float* y, const Geom&);
   void (*small_cin_backward_weight)(const float* dy, const float* x, float* dw, float* db, const Geom&);
+  // Depthwise, NCHW, K == C, C % 16 == 0, planes <= 2^20 pixels (dw_nchw_blocked_shape): the
+  // blocked kernels (the dw_* functions above never take them).
+  DwForwardFn dw_forward_blocked;
+  DwBackwardInputFn dw_backward_input_blocked;
+  DwBackwardWeightFn dw_backward_weight_blocked;
+  // The GEMM path (conv_gemm.cpp): any geometry; the weight gradient writes dw only.
+  DwForwardFn gemm_forward;
+  DwBackwardInputFn gemm_backward_input;
+  void (*gemm_backward_weight)(DType, const void* dy, const void* x, void* dw, const Geom&);
+  void (*bias_grad)(DType, const void* dy, void* db, const Geom&);
 };
 
 }  // namespace cnnkit::conv

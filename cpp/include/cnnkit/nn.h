@@ -32,4 +32,13 @@ void global_avg_pool_backward(const float* gy, float* gx, int64_t N, int64_t C, 
 void softmax_xent(const float* z, const int64_t* labels, const float* soft, int64_t N, int64_t K, double eps,
                   double* loss, float* grad, double scale);
 
+// Per-ISA kernels (cpp/src/nn/layers.cpp, one copy per ISA level).
+struct Kernels {
+  decltype(&pool2d_forward) pool2d_forward_fn;
+  decltype(&pool2d_backward) pool2d_backward_fn;
+  decltype(&global_avg_pool_forward) global_avg_pool_forward_fn;
+  decltype(&global_avg_pool_backward) global_avg_pool_backward_fn;
+  decltype(&softmax_xent) softmax_xent_fn;
+};
+
 }  // namespace cnnkit::nn

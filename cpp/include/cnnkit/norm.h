@@ -10,11 +10,8 @@
 #include <cstdint>
 
 #include "cnnkit/common.h"
-#include "cnnkit/optim.h"  // DType
 
 namespace cnnkit::norm {
-
-using optim::DType;
 
 // Element (n, c, s) is at nhwc ? (n*S + s)*C + c : (n*C + c)*S + s.
 struct Shape {
@@ -40,6 +37,15 @@ void backward_reduce(DType dt, const void* dy, const void* x, const void* mask, 
 void backward_apply(DType dt, const void* dy, const void* x, const void* mask, void* dx, void* gres,
                     const Shape& sh, bool per_sample, const double* mean, const double* A,
                     const double* B, const double* D);
+
+// Running statistics: running[i] <- (1 - momentum) * running[i] + momentum * (stat[i] * factor),
+// in double, rounded once to dt (factor: 1 for the mean, the unbiasing count/(count-1) for the
+// variance). n entries; single-threaded (n is a channel count).
+void update_running(DType dt, void* running, const double* stat, int64_t n, double momentum, double factor);
+
+// invstd[i] = 1 / sqrt(var[i] + eps) in double, for n variances of type dt. Returns -1, or the index
+// of the first variance that is negative, NaN or infinite (invstd is then incomplete).
+int64_t invstd(DType dt, const void* var, int64_t n, double eps, double* invstd);
 
 using StatsFn = decltype(&stats);
 using ApplyFn = decltype(&apply);

@@ -4,13 +4,14 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
+#include <vector>
 
 #include "cnnkit/common.h"
 
 namespace cnnkit::optim {
 
 enum class Algo : int { sgd = 0, adagrad, rmsprop, adadelta, adam };
-enum class DType : int { f32 = 0, f64 = 1 };
 
 // Columns of the per-group hyperparameter table (double, one row per group).
 namespace col {
@@ -66,6 +67,44 @@ constexpr int64_t kNormBlock = 16384;
 double multi_tensor_norm(const ArrayRef* arrays, int64_t count, double norm_type);
 bool multi_tensor_all_finite(const ArrayRef* arrays, int64_t count);
 void multi_tensor_scale(const ArrayRef* arrays, int64_t count, double factor);
+
+// The parameters and state arrays of one optimizer, checked once; step() runs one fused update.
+//
+// Construction takes one TensorRef per parameter with p, s[0..2] (null where a slot is not
+// allocated), n, dtype and group set, and throws value_error if a group is negative or if any two
+// of the parameter and state arrays share memory. step() throws value_error, before anything is
+// written, if a gradient shares memory with a parameter or state array, or if a tensor lacks a
+// state slot its group's hyperparameters need; otherwise it fills Adam's bias corrections, runs
+// multi_tensor_step over the tensors whose gradient is given and increments their step counts.
+// Errors name tensors as the Python layer does: "params[3]", "grads[3]".
+class Plan {
+ public:
+  Plan(Algo algo, std::vector<TensorRef> tensors);
+
+  Algo algo() const { return algo_; }
+  int64_t size() const { return static_cast<int64_t>(refs_.size()); }
+  int ngroups() const { return ngroups_; }  // 1 + the largest group index
+  const TensorRef& tensor(int64_t i) const { return refs_[static_cast<size_t>(i)]; }
+
+  // grads[i]: tensor i's gradient (n elements of its dtype), or null to leave the tensor as it is.
+  // hyper: ngroups() rows of hyper_columns(algo) values. steps[i]: tensor i's step count.
+  void step(const void* const* grads, const double* hyper, int64_t* steps);
+
+ private:
+  struct Interval {
+    uintptr_t lo, hi;
+    int64_t tensor;
+    int slot;  // -1: the parameter itself
+  };
+  std::string describe(const Interval& v) const;
+
+  Algo algo_;
+  int ngroups_ = 0;
+  std::vector<TensorRef> refs_;
+  std::vector<Interval> intervals_;  // sorted, disjoint
+  std::vector<TensorRef> active_;
+  std::vector<uintptr_t> checked_;  // per tensor: start of the last gradient found alias-free
+};
 
 // Per-ISA kernels (defined once per ISA level in cpp/src/optim/optim_update.cpp).
 struct Kernels {

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "cnnkit/augment.h"
+#include "common/isa_vector.h"
 
 #ifndef CNNKIT_ISA_NS
 #error "CNNKIT_ISA_NS must name the ISA level this file is compiled for"
@@ -132,13 +133,13 @@ void histograms(const uint8_t* s, const Geo& g, int64_t* h) {
 
 // Pillow's ImageOps.autocontrast (cutoff 0) and equalize, per channel.
 // Per-channel histograms into h and room for the per-channel tables in lut.
-void prepare_tables(const uint8_t* s, const Geo& g, std::vector<uint8_t>& lut, std::vector<int64_t>& h) {
+void prepare_tables(const uint8_t* s, const Geo& g, isa_vector<uint8_t>& lut, isa_vector<int64_t>& h) {
   h.resize(size_t(g.C * 256));
   lut.resize(size_t(g.C * 256));
   histograms(s, g, h.data());
 }
 
-void autocontrast(const uint8_t* s, uint8_t* d, const Geo& g, std::vector<uint8_t>& lut, std::vector<int64_t>& h) {
+void autocontrast(const uint8_t* s, uint8_t* d, const Geo& g, isa_vector<uint8_t>& lut, isa_vector<int64_t>& h) {
   prepare_tables(s, g, lut, h);
   for (int64_t c = 0; c < g.C; ++c) {
     const int64_t* hc = h.data() + c * 256;
@@ -159,7 +160,7 @@ void autocontrast(const uint8_t* s, uint8_t* d, const Geo& g, std::vector<uint8_
   point_lut(s, d, g, lut.data(), 256);
 }
 
-void equalize(const uint8_t* s, uint8_t* d, const Geo& g, std::vector<uint8_t>& lut, std::vector<int64_t>& h) {
+void equalize(const uint8_t* s, uint8_t* d, const Geo& g, isa_vector<uint8_t>& lut, isa_vector<int64_t>& h) {
   prepare_tables(s, g, lut, h);
   for (int64_t c = 0; c < g.C; ++c) {
     const int64_t* hc = h.data() + c * 256;
@@ -209,9 +210,9 @@ void flip(const uint8_t* __restrict s, uint8_t* __restrict d, const Geo& g, bool
 // (x, y) is sx = ((m0*xc + m1*yc) + m2) + (W-1)/2, sy likewise, xc = x - (W-1)/2. Per row, the
 // coordinates are computed in vector loops into `co`, then the pixels are gathered.
 struct AffineRow {
-  std::vector<double> sx, sy;
-  std::vector<int64_t> idx;
-  std::vector<uint8_t> fill;
+  isa_vector<double> sx, sy;
+  isa_vector<int64_t> idx;
+  isa_vector<uint8_t> fill;
   void resize(int64_t W) {
     sx.resize(size_t(W));
     sy.resize(size_t(W));
@@ -315,8 +316,8 @@ void affine(const uint8_t* __restrict s, uint8_t* __restrict d, const Geo& g, co
 }
 
 struct Scratch {
-  std::vector<uint8_t> buf[2], lut;
-  std::vector<int64_t> hist;
+  isa_vector<uint8_t> buf[2], lut;
+  isa_vector<int64_t> hist;
   AffineRow row;
 };
 
@@ -394,8 +395,8 @@ void apply_ops_u8(const uint8_t* x, uint8_t* y, int64_t N, int64_t H, int64_t W,
 
 // ---- resized crop -----------------------------------------------------------------------------
 struct Taps {
-  std::vector<int64_t> start, count;
-  std::vector<float> w;  // count per output, padded to `width`
+  isa_vector<int64_t> start, count;
+  isa_vector<float> w;  // count per output, padded to `width`
   int64_t width = 0;
 };
 
@@ -409,7 +410,7 @@ void make_taps(Taps& t, int64_t origin, int64_t in, int64_t out, bool antialias)
     const double support = scale >= 1.0 ? scale : 1.0, inv = scale >= 1.0 ? 1.0 / scale : 1.0;
     t.width = int64_t(std::ceil(support)) * 2 + 1;
     t.w.assign(size_t(out * t.width), 0.0f);
-    std::vector<double> tmp(size_t(t.width));
+    isa_vector<double> tmp(size_t(t.width));
     for (int64_t i = 0; i < out; ++i) {
       const double center = scale * (double(i) + 0.5);
       const int64_t lo = std::max<int64_t>(int64_t(center - support + 0.5), 0);
@@ -458,7 +459,7 @@ void resize_u8(const uint8_t* x, uint8_t* y, int64_t N, int64_t H, int64_t W, in
 #pragma omp parallel num_threads(nt)
   {
     Taps tx, ty;
-    std::vector<float> tmp, tmp_row(static_cast<size_t>(OW * C));
+    isa_vector<float> tmp, tmp_row(static_cast<size_t>(OW * C));
 #pragma omp for schedule(dynamic, 1)
     for (int64_t n = 0; n < N; ++n) {
       const int64_t* b = boxes + 4 * n;  // top, left, height, width
@@ -529,8 +530,8 @@ void remap_u8(const uint8_t* x, uint8_t* y, int64_t N, int64_t H, int64_t W, int
     struct Run {
       int64_t out, src, len;  // src < 0: fill
     };
-    std::vector<Run> runs;
-    std::vector<uint8_t> fill_row(static_cast<size_t>(OW * C));
+    isa_vector<Run> runs;
+    isa_vector<uint8_t> fill_row(static_cast<size_t>(OW * C));
     for (int64_t i = 0; i < OW; ++i) std::memcpy(fill_row.data() + i * C, fill, size_t(C));
 #pragma omp for schedule(static)
     for (int64_t n = 0; n < N; ++n) {
@@ -615,8 +616,8 @@ void clahe_u8(const uint8_t* x, uint8_t* y, int64_t N, int64_t H, int64_t W, int
   const float lut_scale = 255.0f / float(area);
   const float inv_tw = 1.0f / float(tw), inv_th = 1.0f / float(th);
   // interpolation geometry shared by every plane: per column the two tile LUT offsets and weights
-  std::vector<int32_t> o1(static_cast<size_t>(W)), o2(static_cast<size_t>(W)), cmap(static_cast<size_t>(Wp));
-  std::vector<float> xa(static_cast<size_t>(W)), xa1(static_cast<size_t>(W));
+  isa_vector<int32_t> o1(static_cast<size_t>(W)), o2(static_cast<size_t>(W)), cmap(static_cast<size_t>(Wp));
+  isa_vector<float> xa(static_cast<size_t>(W)), xa1(static_cast<size_t>(W));
   for (int64_t i = 0; i < W; ++i) {
     const float txf = float(i) * inv_tw - 0.5f;
     const int64_t t1 = int64_t(std::floor(txf));
@@ -630,9 +631,9 @@ void clahe_u8(const uint8_t* x, uint8_t* y, int64_t N, int64_t H, int64_t W, int
   const int nt = N * H * W * C < kSerialBelow || planes < 2 ? 1 : num_threads();
 #pragma omp parallel num_threads(nt)
   {
-    std::vector<uint8_t> lut(static_cast<size_t>(tilesX * tilesY * 256)), plane(static_cast<size_t>(Hp * Wp)),
+    isa_vector<uint8_t> lut(static_cast<size_t>(tilesX * tilesY * 256)), plane(static_cast<size_t>(Hp * Wp)),
         out_row(static_cast<size_t>(W));
-    std::vector<float> lutf(static_cast<size_t>(tilesX * tilesY * 256));  // the tables as floats, for gathers
+    isa_vector<float> lutf(static_cast<size_t>(tilesX * tilesY * 256));  // the tables as floats, for gathers
     alignas(64) int32_t hist[256];
 #pragma omp for schedule(dynamic, 1)
     for (int64_t pl = 0; pl < planes; ++pl) {

@@ -1,4 +1,5 @@
-// Mixing kernels for float image batches (Mixup, CutMix, SamplePairing), parallel over images.
+// Mixing kernels for float image batches (Mixup, CutMix, SamplePairing), parallel over images;
+// compiled once per ISA level (namespace cnnkit::<isa>::mix), dispatched by augment_dispatch.cpp.
 // Randomness (lambdas, partners, boxes) comes from the Python samplers; these are deterministic and
 // compute every element the same way at any thread count.
 //   blend:       out[n] = a[n] * x[n] + (1 - a[n]) * src[perm[n]]    (in double, rounded once;
@@ -14,7 +15,11 @@
 
 #include "cnnkit/augment.h"
 
-namespace cnnkit::augment {
+#ifndef CNNKIT_ISA_NS
+#error "CNNKIT_ISA_NS must name the ISA level this file is compiled for"
+#endif
+
+namespace cnnkit::CNNKIT_ISA_NS::mix {
 namespace {
 
 template <typename T>
@@ -48,25 +53,25 @@ void paste_t(const T* x, const int64_t* perm, const int64_t* boxes, T* out, int6
 
 }  // namespace
 
-void blend(bool f64, const void* x, const void* src, const int64_t* perm, const double* a, void* out, int64_t N,
+void blend(DType dt, const void* x, const void* src, const int64_t* perm, const double* a, void* out, int64_t N,
            int64_t S) {
-  if (f64)
+  if (dt == DType::f64)
     blend_t(static_cast<const double*>(x), static_cast<const double*>(src), perm, a, static_cast<double*>(out), N, S);
   else
     blend_t(static_cast<const float*>(x), static_cast<const float*>(src), perm, a, static_cast<float*>(out), N, S);
 }
 
-void paste_boxes(bool f64, const void* x, const int64_t* perm, const int64_t* boxes, void* out, int64_t N, int64_t C,
+void paste_boxes(DType dt, const void* x, const int64_t* perm, const int64_t* boxes, void* out, int64_t N, int64_t C,
                  int64_t H, int64_t W) {
-  if (f64)
+  if (dt == DType::f64)
     paste_t(static_cast<const double*>(x), perm, boxes, static_cast<double*>(out), N, C, H, W);
   else
     paste_t(static_cast<const float*>(x), perm, boxes, static_cast<float*>(out), N, C, H, W);
 }
 
-}  // namespace cnnkit::augment
+}  // namespace cnnkit::CNNKIT_ISA_NS::mix
 
-namespace cnnkit::augment {
+namespace cnnkit::CNNKIT_ISA_NS::mix {
 namespace {
 
 // Per image: holes (y0, x0, y1, x1) filled with values[c] (mode 0) or the image's own per-channel
@@ -106,24 +111,24 @@ void fill_t(const T* x, T* out, int64_t N, int64_t H, int64_t W, int64_t C, bool
 
 }  // namespace
 
-void fill_boxes(int dtype, const void* x, void* out, int64_t N, int64_t H, int64_t W, int64_t C, bool nhwc,
+void fill_boxes(DType dt, const void* x, void* out, int64_t N, int64_t H, int64_t W, int64_t C, bool nhwc,
                 const int64_t* boxes, int64_t K, int mode, const double* values) {
-  switch (dtype) {
-    case 0:
+  switch (dt) {
+    case DType::u8:
       fill_t(static_cast<const uint8_t*>(x), static_cast<uint8_t*>(out), N, H, W, C, nhwc, boxes, K, mode, values);
       break;
-    case 1:
+    case DType::f32:
       fill_t(static_cast<const float*>(x), static_cast<float*>(out), N, H, W, C, nhwc, boxes, K, mode, values);
       break;
-    default:
+    case DType::f64:
       fill_t(static_cast<const double*>(x), static_cast<double*>(out), N, H, W, C, nhwc, boxes, K, mode, values);
       break;
   }
 }
 
-}  // namespace cnnkit::augment
+}  // namespace cnnkit::CNNKIT_ISA_NS::mix
 
-namespace cnnkit::augment {
+namespace cnnkit::CNNKIT_ISA_NS::mix {
 
 // OpenCV's equalizeHist table for each of `count` 256-bin histograms: i0 the first non-empty bin,
 // scale = 255.f / float(total - h[i0]), lut[i0] = 0 and lut[i] = saturate(round_half_even(
@@ -153,4 +158,8 @@ void equalize_cv_lut(const int64_t* hist, uint8_t* lut, int64_t count) {
   }
 }
 
-}  // namespace cnnkit::augment
+}  // namespace cnnkit::CNNKIT_ISA_NS::mix
+
+namespace cnnkit::CNNKIT_ISA_NS {
+extern const augment::MixKernels mix_kernels = {mix::blend, mix::paste_boxes, mix::fill_boxes, mix::equalize_cv_lut};
+}  // namespace cnnkit::CNNKIT_ISA_NS

@@ -1,19 +1,30 @@
-// Conv entry points: pick the algorithm for a geometry and forward to the kernels of the active ISA
-// level (direct depthwise, grouped and stem kernels) or to the GEMM path.
+// Conv entry points and the kernel registry: one table lists every kernel variant (direct
+// depthwise, grouped and stem kernels, the GEMM path) at every ISA level, in priority order, with
+// the passes it implements and the problems it supports; forward(), backward_input() and
+// backward_weight() run the first entry that supports the problem at the active ISA level.
+// The grammar of the names is documented in cnnkit/conv.h. In priority order:
 //
-//   depthwise (G == C, K = m*C)         direct kernels, both layouts, all three passes (NCHW, m = 1,
-//                                       C % 16 != 0, planes <= 100 pixels: NHWC kernels between transposes)
-//   grouped, 2..32 channels per group   direct kernels (NCHW rows transposed in registers; NCHW
-//                                       with rows narrower than 16 via full-tensor NHWC transposes)
-//   stems: float32 NHWC, G == 1,        the direct kernel of small_cin.h for the forward and weight
-//   C <= 4, K in {16, 32, 48, 64},      passes; their input gradient is GEMM (the adjoint has K >= 16
-//   kh*kw <= 49                         input channels; at stride > 1 GEMM + col2im)
-//   everything else                     im2col + OpenBLAS GEMM
+//   dw_*_nchw_blocked      depthwise, NCHW, m = 1, C % 16 == 0, planes <= 2^20 pixels
+//   dw_*_nchw_transposed   depthwise, NCHW, m = 1, C % 16 != 0, planes <= 100 pixels: the NHWC
+//                          kernels between full-tensor SIMD transposes
+//   dw_*_nchw, dw_*_nhwc   any other depthwise geometry (G == C, K = m*C)
+//   grouped_*_nchw_transposed  grouped direct kernels (Cg == Kg in {2, 4, 8, 16, 32}, C a multiple
+//                          of the vector length, dilated kernel height <= 64) on NCHW rows narrower
+//                          than 16: NHWC kernels between full-tensor transposes
+//   grouped_*_nchw, grouped_*_nhwc   the same geometries otherwise (NCHW rows transposed in
+//                          registers inside the kernel)
+//   stem_f32_nhwc          float32 NHWC, G == 1, C <= 4, K in {16, 32, 48, 64}, kh*kw <= 49:
+//                          forward and weight passes
+//   gemm_*                 everything else: im2col + OpenBLAS GEMM (col2im for the input gradient)
+//
 // The input gradient at stride 1 is the forward pass of the adjoint convolution (dy convolved with
-// the flipped, transposed weights, padding (k-1)*d - p), so it takes the forward kernels.
+// the flipped, transposed weights, padding (k-1)*d - p), so it takes the forward entries.
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <string>
+#include <vector>
 
 #include "conv_internal.h"
 #include "scratch.h"
@@ -25,38 +36,53 @@ namespace avx512 { extern const conv::Kernels conv_kernels; }
 }  // namespace cnnkit
 
 namespace cnnkit::conv {
+
+SgemmFn g_blas_sgemm = nullptr;
+DgemmFn g_blas_dgemm = nullptr;
+
+void set_blas(SgemmFn s, DgemmFn d, BlasThreadsFn set_threads) {
+  if (set_threads) set_threads(1);  // cnnkit's own OpenMP loops give the parallelism
+  g_blas_sgemm = s;
+  g_blas_dgemm = d;
+}
+bool have_blas() { return g_blas_sgemm && g_blas_dgemm; }
+
 namespace {
 
-const Kernels& kernels() { return by_isa(scalar::conv_kernels, avx2::conv_kernels, avx512::conv_kernels); }
+const Kernels& kernels_of(Isa isa) {
+  switch (isa) {
+    case Isa::avx512: return avx512::conv_kernels;
+    case Isa::avx2: return avx2::conv_kernels;
+    default: return scalar::conv_kernels;
+  }
+}
 
 size_t elem(DType dt) { return dt == DType::f32 ? 4 : 8; }
 
-// Grouped direct kernel: few channels per group, where GEMMs per group would be tiny.
-bool grouped_direct(const Geom& g, DType dt = DType::f32) { return kernels().grouped_supported(dt, g); }
+// ---- predicates --------------------------------------------------------------------------------
 
 // A stem: few input channels, where im2col leaves the GEMM only kh*kw*C columns.
-bool small_cin_direct(const Geom& g, DType dt) {
-  return dt == DType::f32 && g.nhwc && g.G == 1 && g.C <= 4 && g.K % 16 == 0 && g.K <= 64 && g.kh * g.kw <= 49;
+bool stem_shape(const Geom& g) {
+  return g.nhwc && g.G == 1 && g.C <= 4 && g.K % 16 == 0 && g.K <= 64 && g.kh * g.kw <= 49;
+}
+
+// Depthwise on small NCHW planes: the per-plane kernels spend more on setting up a plane than on
+// the taps, so these run as NHWC kernels between SIMD layout transposes.
+// (Channel counts that are whole vectors take the blocked kernels instead.)
+bool dw_via_nhwc(const Geom& g) {
+  return !g.nhwc && g.depthwise() && g.K == g.C && g.C % 16 && g.H * g.W <= 100 && g.Ho * g.Wo <= 100;
 }
 
 // NCHW arrays with narrow rows go to the grouped kernels through full-tensor NHWC transposes
 // (tiles across whole planes); wider rows are transposed row by row inside the kernels.
 bool grouped_via_nhwc(const Geom& g) { return !g.nhwc && (g.W < 16 || g.Wo < 16); }
 
-// Depthwise on small NCHW planes: the per-plane kernels spend more on setting up a plane than on
-// the taps, so these run as NHWC kernels between SIMD layout transposes.
-// (Channel counts that are whole vectors take the kernels' own blocked path instead.)
-bool dw_via_nhwc(const Geom& g) {
-  return !g.nhwc && g.depthwise() && g.K == g.C && g.C % 16 && g.H * g.W <= 100 && g.Ho * g.Wo <= 100;
-}
+// ---- helpers of the entries --------------------------------------------------------------------
 
 void* scratch_of(DType dt, int slot, int64_t count) {
   return dt == DType::f32 ? static_cast<void*>(scratch<float>(slot, count))
                           : static_cast<void*>(scratch<double>(slot, count));
 }
-
-// NCHW geometries whose direct kernels run in NHWC between full-tensor transposes.
-bool via_nhwc(const Geom& g, DType dt) { return dw_via_nhwc(g) || (grouped_direct(g, dt) && grouped_via_nhwc(g)); }
 
 Geom as_nhwc_geom(const Geom& g) {
   Geom t = g;
@@ -78,6 +104,8 @@ Geom adjoint(const Geom& g) {
   return a;
 }
 
+bool unit_stride(const Geom& g) { return g.sh == 1 && g.sw == 1; }
+
 // w'[g*Cg + c, ko, i, j] = w[g*Kg + ko, c, kh-1-i, kw-1-j]: shape (C, Kg, kh, kw).
 template <typename T>
 const T* adjoint_weights(const T* w, const Geom& g) {
@@ -91,10 +119,9 @@ const T* adjoint_weights(const T* w, const Geom& g) {
   return out;
 }
 
-void* as_nhwc(DType dt, const void* src, int64_t N, int64_t C, int64_t HW, int slot) {
-  void* dst = dt == DType::f32 ? static_cast<void*>(scratch<float>(slot, N * C * HW))
-                               : static_cast<void*>(scratch<double>(slot, N * C * HW));
-  kernels().transpose(dt, src, dst, N, C, HW);
+void* as_nhwc(const Kernels& k, DType dt, const void* src, int64_t N, int64_t C, int64_t HW, int slot) {
+  void* dst = scratch_of(dt, slot, N * C * HW);
+  k.transpose(dt, src, dst, N, C, HW);
   return dst;
 }
 
@@ -105,68 +132,222 @@ void check_dims(const Geom& g) {
     throw value_error("conv: an image plane or a patch has more than 2^31 - 1 elements");
 }
 
+// ---- the variants (one row of the table per ISA level) ----------------------------------------
+
+struct Args {  // the arrays of one pass (those the pass does not use are null)
+  const void* x;
+  const void* w;
+  const void* b;
+  void* y;
+  const void* dy;
+  void* dx;
+  void* dw;
+  void* db;
+};
+
+struct Variant {
+  const char* what;  // the name before "__<isa>"
+  DType dt;
+  unsigned passes;
+  bool (*supported)(const Kernels&, const Geom&, DType, Pass);
+  void (*run)(const Kernels&, DType, Pass, const Args&, const Geom&);
+};
+
+constexpr unsigned kAll = pass_bit(Pass::forward) | pass_bit(Pass::input) | pass_bit(Pass::weight);
+constexpr unsigned kFwdWeight = pass_bit(Pass::forward) | pass_bit(Pass::weight);
+
+// Direct kernels called in the problem's own layout.
+void run_dw(const Kernels& k, DType dt, Pass p, const Args& a, const Geom& g) {
+  if (p == Pass::forward) return k.dw_forward(dt, a.x, a.w, a.b, a.y, g);
+  if (p == Pass::input) return k.dw_backward_input(dt, a.dy, a.w, a.dx, g);
+  k.dw_backward_weight(dt, a.dy, a.x, a.dw, a.db, g);
+}
+void run_dw_blocked(const Kernels& k, DType dt, Pass p, const Args& a, const Geom& g) {
+  if (p == Pass::forward) return k.dw_forward_blocked(dt, a.x, a.w, a.b, a.y, g);
+  if (p == Pass::input) return k.dw_backward_input_blocked(dt, a.dy, a.w, a.dx, g);
+  k.dw_backward_weight_blocked(dt, a.dy, a.x, a.dw, a.db, g);
+}
+void run_grouped(const Kernels& k, DType dt, Pass p, const Args& a, const Geom& g) {
+  if (p == Pass::forward) return k.grouped_forward(dt, a.x, a.w, a.b, a.y, g);
+  if (p == Pass::input) return k.grouped_backward_input(dt, a.dy, a.w, a.dx, g);
+  if (a.dw) k.grouped_backward_weight(dt, a.dy, a.x, a.dw, nullptr, g);
+  if (a.db) k.bias_grad(dt, a.dy, a.db, g);
+}
+void run_stem(const Kernels& k, DType, Pass p, const Args& a, const Geom& g) {
+  if (p == Pass::forward)
+    return k.small_cin_forward(static_cast<const float*>(a.x), static_cast<const float*>(a.w),
+                               static_cast<const float*>(a.b), static_cast<float*>(a.y), g);
+  k.small_cin_backward_weight(static_cast<const float*>(a.dy), static_cast<const float*>(a.x),
+                              static_cast<float*>(a.dw), static_cast<float*>(a.db), g);
+}
+void run_gemm(const Kernels& k, DType dt, Pass p, const Args& a, const Geom& g) {
+  if (p == Pass::forward) return k.gemm_forward(dt, a.x, a.w, a.b, a.y, g);
+  if (p == Pass::input) return k.gemm_backward_input(dt, a.dy, a.w, a.dx, g);
+  if (a.dw) k.gemm_backward_weight(dt, a.dy, a.x, a.dw, g);
+  if (a.db) k.bias_grad(dt, a.dy, a.db, g);
+}
+
+// NCHW problems run by an NHWC kernel between full-tensor transposes (scratch of this file, apart
+// from the kernels' own).
+template <void (*Run)(const Kernels&, DType, Pass, const Args&, const Geom&), bool Depthwise>
+void run_transposed(const Kernels& k, DType dt, Pass p, const Args& a, const Geom& g) {
+  const Geom t = as_nhwc_geom(g);
+  if (p == Pass::forward) {
+    Args b = a;
+    b.x = as_nhwc(k, dt, a.x, g.N, g.C, g.H * g.W, kXSlot);
+    b.y = scratch_of(dt, kYSlot, g.N * g.K * g.Ho * g.Wo);
+    Run(k, dt, p, b, t);
+    k.transpose(dt, b.y, a.y, g.N, g.Ho * g.Wo, g.K);
+  } else if (p == Pass::input) {
+    Args b = a;
+    b.dy = as_nhwc(k, dt, a.dy, g.N, g.K, g.Ho * g.Wo, kXSlot);
+    b.dx = scratch_of(dt, kYSlot, g.N * g.C * g.H * g.W);
+    Run(k, dt, p, b, t);
+    k.transpose(dt, b.dx, a.dx, g.N, g.H * g.W, g.C);
+  } else if (Depthwise || a.dw) {
+    // The grouped kernels keep their bias gradient on the NCHW dy (the generic reduction).
+    Args b = a;
+    b.x = as_nhwc(k, dt, a.x, g.N, g.C, g.H * g.W, kXSlot);
+    b.dy = as_nhwc(k, dt, a.dy, g.N, g.K, g.Ho * g.Wo, kYSlot);
+    if (!Depthwise) b.db = nullptr;
+    Run(k, dt, p, b, t);
+    if (!Depthwise && a.db) k.bias_grad(dt, a.dy, a.db, g);
+  } else if (a.db) {
+    k.bias_grad(dt, a.dy, a.db, g);
+  }
+}
+
+bool sup_dw_blocked(const Kernels&, const Geom& g, DType, Pass) { return dw_nchw_blocked_shape(g); }
+bool sup_dw_transposed(const Kernels&, const Geom& g, DType, Pass) { return dw_via_nhwc(g); }
+bool sup_dw_nchw(const Kernels&, const Geom& g, DType, Pass) { return !g.nhwc && g.depthwise(); }
+bool sup_dw_nhwc(const Kernels&, const Geom& g, DType, Pass) { return g.nhwc && g.depthwise(); }
+bool sup_grouped_transposed(const Kernels& k, const Geom& g, DType dt, Pass) {
+  return k.grouped_supported(dt, g) && grouped_via_nhwc(g);
+}
+bool sup_grouped_nchw(const Kernels& k, const Geom& g, DType dt, Pass) { return !g.nhwc && k.grouped_supported(dt, g); }
+bool sup_grouped_nhwc(const Kernels& k, const Geom& g, DType dt, Pass) { return g.nhwc && k.grouped_supported(dt, g); }
+bool sup_stem(const Kernels&, const Geom& g, DType, Pass) { return stem_shape(g); }
+bool sup_gemm_nchw(const Kernels&, const Geom& g, DType, Pass) { return !g.nhwc; }
+bool sup_gemm_nhwc(const Kernels&, const Geom& g, DType, Pass) { return g.nhwc; }
+
+#define CNNKIT_CONV_VARIANTS(dt, DT)                                                                        \
+  {"conv2d_dw_" dt "_nchw_blocked", DT, kAll, sup_dw_blocked, run_dw_blocked},                              \
+  {"conv2d_dw_" dt "_nchw_transposed", DT, kAll, sup_dw_transposed, run_transposed<run_dw, true>},          \
+  {"conv2d_dw_" dt "_nchw", DT, kAll, sup_dw_nchw, run_dw},                                                 \
+  {"conv2d_dw_" dt "_nhwc", DT, kAll, sup_dw_nhwc, run_dw},                                                 \
+  {"conv2d_grouped_" dt "_nchw_transposed", DT, kAll, sup_grouped_transposed,                               \
+   run_transposed<run_grouped, false>},                                                                     \
+  {"conv2d_grouped_" dt "_nchw", DT, kAll, sup_grouped_nchw, run_grouped},                                  \
+  {"conv2d_grouped_" dt "_nhwc", DT, kAll, sup_grouped_nhwc, run_grouped}
+
+// Priority order within one ISA level (the dtype is part of the problem, so the order between the
+// float32 and float64 rows does not matter).
+const Variant kVariants[] = {
+    CNNKIT_CONV_VARIANTS("f32", DType::f32),
+    CNNKIT_CONV_VARIANTS("f64", DType::f64),
+    {"conv2d_stem_f32_nhwc", DType::f32, kFwdWeight, sup_stem, run_stem},
+    {"conv2d_gemm_f32_nchw", DType::f32, kAll, sup_gemm_nchw, run_gemm},
+    {"conv2d_gemm_f32_nhwc", DType::f32, kAll, sup_gemm_nhwc, run_gemm},
+    {"conv2d_gemm_f64_nchw", DType::f64, kAll, sup_gemm_nchw, run_gemm},
+    {"conv2d_gemm_f64_nhwc", DType::f64, kAll, sup_gemm_nhwc, run_gemm},
+};
+#undef CNNKIT_CONV_VARIANTS
+
+struct Entry {
+  std::string name;
+  Isa isa;
+  const Variant* v;
+};
+
+// Every variant at every ISA level: the best level first (an entry runs only at its own level).
+const std::vector<Entry>& table() {
+  static const std::vector<Entry> t = [] {
+    std::vector<Entry> out;
+    for (Isa isa : {Isa::avx512, Isa::avx2, Isa::scalar})
+      for (const Variant& v : kVariants) out.push_back(Entry{std::string(v.what) + "__" + isa_name(isa), isa, &v});
+    return out;
+  }();
+  return t;
+}
+
+std::atomic<int> g_forced{-1};
+
+// For the input gradient at stride 1 the entries are asked about the adjoint's forward problem.
+Problem effective(const Problem& p) {
+  if (p.pass == Pass::input && unit_stride(p.g)) return Problem{adjoint(p.g), p.dt, Pass::forward};
+  return p;
+}
+
+bool supports_effective(const Entry& e, const Problem& q) {
+  return (e.v->passes & pass_bit(q.pass)) && e.v->dt == q.dt && e.v->supported(kernels_of(e.isa), q.g, q.dt, q.pass);
+}
+
+int select_effective(const Problem& q) {
+  const auto& t = table();
+  const int f = g_forced.load(std::memory_order_relaxed);
+  if (f >= 0 && supports_effective(t[f], q)) return f;
+  const Isa active = isa_active();
+  for (size_t i = 0; i < t.size(); ++i)
+    if (t[i].isa == active && supports_effective(t[i], q)) return static_cast<int>(i);
+  throw value_error("conv: no kernel supports this problem");  // unreachable: GEMM takes anything
+}
+
+void run(const Problem& q, const Args& a) {
+  const Entry& e = table()[select_effective(q)];
+  e.v->run(kernels_of(e.isa), q.dt, q.pass, a, q.g);
+}
+
 }  // namespace
 
+int registry_size() { return static_cast<int>(table().size()); }
+
+EntryInfo registry_entry(int i) {
+  if (i < 0 || i >= registry_size()) throw value_error("conv: no registry entry " + std::to_string(i));
+  const Entry& e = table()[i];
+  return EntryInfo{e.name.c_str(), e.isa, e.v->passes};
+}
+
+bool supports(int i, const Problem& p) {
+  if (i < 0 || i >= registry_size()) throw value_error("conv: no registry entry " + std::to_string(i));
+  return supports_effective(table()[i], effective(p));
+}
+
+int select(const Problem& p) { return select_effective(effective(p)); }
+
+void force(int i) {
+  if (i >= registry_size()) throw value_error("conv: no registry entry " + std::to_string(i));
+  if (i >= 0 && static_cast<int>(table()[i].isa) > static_cast<int>(isa_supported()))
+    throw value_error("conv: " + table()[i].name + " needs an ISA level this CPU does not have");
+  g_forced.store(i < 0 ? -1 : i);
+}
+
+int forced() { return g_forced.load(); }
+
 const char* algorithm(const Geom& g, int pass) {
-  if (pass == 1 && g.sh == 1 && g.sw == 1) {
-    const Geom a = adjoint(g);
-    if (a.depthwise())
-      return g.nhwc ? "dw_direct_nhwc_adjoint"
-             : dw_via_nhwc(a) ? "dw_direct_nhwc_adjoint+transpose"
-             : dw_nchw_blocked_shape(a) ? "dw_direct_nchw_blocked_adjoint" : "dw_direct_nchw_adjoint";
-    if (!grouped_direct(a)) return "gemm_adjoint";
-    return g.nhwc ? "grouped_direct_nhwc_adjoint"
-                  : grouped_via_nhwc(a) ? "grouped_direct_nhwc_adjoint+transpose" : "grouped_direct_nchw_adjoint";
-  }
-  if (g.depthwise())
-    return g.nhwc ? "dw_direct_nhwc"
-           : dw_via_nhwc(g) ? "dw_direct_nhwc+transpose"
-           : dw_nchw_blocked_shape(g) ? "dw_direct_nchw_blocked" : "dw_direct_nchw";
-  if (grouped_direct(g))
-    return g.nhwc ? "grouped_direct_nhwc" : grouped_via_nhwc(g) ? "grouped_direct_nhwc+transpose" : "grouped_direct_nchw";
-  if (pass != 1 && small_cin_direct(g, DType::f32)) return "small_cin_direct_nhwc";
-  if (pass == 1) return "gemm_col2im";  // (unreachable for grouped_direct shapes)
-  const bool pointwise = g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.pt == 0 && g.pl == 0;
-  return pointwise ? "gemm" : "gemm_im2col";
+  if (pass < 0 || pass > 2) throw value_error("pass: expected 0, 1 or 2, got " + std::to_string(pass));
+  return table()[select(Problem{g, DType::f32, static_cast<Pass>(pass)})].name.c_str();
 }
 
 void forward(DType dt, const void* x, const void* w, const void* b, void* y, const Geom& g) {
   check_dims(g);
   if (g.N == 0 || g.K == 0 || g.Ho * g.Wo == 0) return;
-  if (via_nhwc(g, dt)) {
-    const void* xt = as_nhwc(dt, x, g.N, g.C, g.H * g.W, kXSlot);
-    void* yt = scratch_of(dt, kYSlot, g.N * g.K * g.Ho * g.Wo);
-    forward(dt, xt, w, b, yt, as_nhwc_geom(g));
-    kernels().transpose(dt, yt, y, g.N, g.Ho * g.Wo, g.K);
-    return;
-  }
-  if (g.depthwise()) return kernels().dw_forward(dt, x, w, b, y, g);
-  if (grouped_direct(g, dt)) return kernels().grouped_forward(dt, x, w, b, y, g);  // either layout
-  if (small_cin_direct(g, dt))
-    return kernels().small_cin_forward(static_cast<const float*>(x), static_cast<const float*>(w),
-                                       static_cast<const float*>(b), static_cast<float*>(y), g);
-  gemm_forward(dt, x, w, b, y, g);
+  run(Problem{g, dt, Pass::forward}, Args{x, w, b, y, nullptr, nullptr, nullptr, nullptr});
 }
 
 void backward_input(DType dt, const void* dy, const void* w, void* dx, const Geom& g) {
   check_dims(g);
   if (g.N == 0 || g.C == 0 || g.H * g.W == 0) return;
-  if (g.sh == 1 && g.sw == 1) {
+  if (unit_stride(g)) {  // the forward pass of the adjoint convolution
     const Geom a = adjoint(g);
+    const Problem q{a, dt, Pass::forward};
+    const int i = select_effective(q);  // before the weights are transposed: may throw
     const void* wa = dt == DType::f32 ? static_cast<const void*>(adjoint_weights(static_cast<const float*>(w), g))
                                       : static_cast<const void*>(adjoint_weights(static_cast<const double*>(w), g));
-    return forward(dt, dy, wa, nullptr, dx, a);
+    if (a.N == 0 || a.K == 0 || a.Ho * a.Wo == 0) return;
+    const Entry& e = table()[i];
+    return e.v->run(kernels_of(e.isa), dt, Pass::forward, Args{dy, wa, nullptr, dx, nullptr, nullptr, nullptr, nullptr}, a);
   }
-  if (via_nhwc(g, dt)) {
-    const void* dyt = as_nhwc(dt, dy, g.N, g.K, g.Ho * g.Wo, kXSlot);
-    void* dxt = scratch_of(dt, kYSlot, g.N * g.C * g.H * g.W);
-    backward_input(dt, dyt, w, dxt, as_nhwc_geom(g));
-    kernels().transpose(dt, dxt, dx, g.N, g.H * g.W, g.C);
-    return;
-  }
-  if (g.depthwise()) return kernels().dw_backward_input(dt, dy, w, dx, g);
-  if (grouped_direct(g, dt)) return kernels().grouped_backward_input(dt, dy, w, dx, g);
-  gemm_backward_input(dt, dy, w, dx, g);
+  run(Problem{g, dt, Pass::input}, Args{nullptr, w, nullptr, nullptr, dy, dx, nullptr, nullptr});
 }
 
 void backward_weight(DType dt, const void* dy, const void* x, void* dw, void* db, const Geom& g) {
@@ -178,24 +359,7 @@ void backward_weight(DType dt, const void* dy, const void* x, void* dw, void* db
     if (db) std::memset(db, 0, g.K * elem(dt));
     return;
   }
-  if (via_nhwc(g, dt) && (dw || g.depthwise())) {
-    // The grouped path keeps its bias gradient on the NCHW dy (the generic reduction below).
-    const void* xt = as_nhwc(dt, x, g.N, g.C, g.H * g.W, kXSlot);
-    const void* dyt = as_nhwc(dt, dy, g.N, g.K, g.Ho * g.Wo, kYSlot);
-    backward_weight(dt, dyt, xt, dw, g.depthwise() ? db : nullptr, as_nhwc_geom(g));
-    if (!g.depthwise() && db) bias_grad(dt, dy, db, g);
-    return;
-  }
-  if (g.depthwise()) return kernels().dw_backward_weight(dt, dy, x, dw, db, g);
-  if (small_cin_direct(g, dt))
-    return kernels().small_cin_backward_weight(static_cast<const float*>(dy), static_cast<const float*>(x),
-                                               static_cast<float*>(dw), static_cast<float*>(db), g);
-  if (grouped_direct(g, dt) && dw) {
-    kernels().grouped_backward_weight(dt, dy, x, dw, nullptr, g);
-  } else if (dw) {
-    gemm_backward_weight(dt, dy, x, dw, g);
-  }
-  if (db) bias_grad(dt, dy, db, g);
+  run(Problem{g, dt, Pass::weight}, Args{x, nullptr, nullptr, nullptr, dy, nullptr, dw, db});
 }
 
 }  // namespace cnnkit::conv

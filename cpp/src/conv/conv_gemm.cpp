@@ -8,6 +8,8 @@
 // stride 1 without padding reads X directly. GEMMs are single-threaded OpenBLAS calls inside
 // cnnkit's own OpenMP loop, over pieces cut from the shape alone; reductions over pieces run in a
 // fixed order (beta = 1 accumulation in piece order), so results do not depend on the thread count.
+// Compiled once per ISA level (namespace cnnkit::conv::<isa>) like the direct kernels; the copies
+// reach the dispatcher through conv::Kernels (conv_kernels.cpp) and the registry's gemm entries.
 #include <omp.h>
 
 #include <algorithm>
@@ -17,11 +19,14 @@
 #include "conv_internal.h"
 #include "scratch.h"
 
+#ifndef CNNKIT_ISA_NS
+#error "CNNKIT_ISA_NS must name the ISA level this file is compiled for"
+#endif
+
 namespace cnnkit::conv {
+inline namespace CNNKIT_KERNEL_NS {
 namespace {
 
-SgemmFn g_sgemm = nullptr;
-DgemmFn g_dgemm = nullptr;
 constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112;
 
 // GEMM dimensions are checked against 2^31 - 1 before any kernel starts (check_dims()).
@@ -30,13 +35,13 @@ int to_int(int64_t v) { return static_cast<int>(v); }
 void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
           const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
   if (M == 0 || N == 0) return;
-  g_sgemm(kRowMajor, ta ? kTrans : kNoTrans, tb ? kTrans : kNoTrans, to_int(M), to_int(N), to_int(K),
+  g_blas_sgemm(kRowMajor, ta ? kTrans : kNoTrans, tb ? kTrans : kNoTrans, to_int(M), to_int(N), to_int(K),
           1.0f, A, to_int(lda), B, to_int(ldb), beta, C, to_int(ldc));
 }
 void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const double* A, int64_t lda,
           const double* B, int64_t ldb, double beta, double* C, int64_t ldc) {
   if (M == 0 || N == 0) return;
-  g_dgemm(kRowMajor, ta ? kTrans : kNoTrans, tb ? kTrans : kNoTrans, to_int(M), to_int(N), to_int(K),
+  g_blas_dgemm(kRowMajor, ta ? kTrans : kNoTrans, tb ? kTrans : kNoTrans, to_int(M), to_int(N), to_int(K),
           1.0, A, to_int(lda), B, to_int(ldb), beta, C, to_int(ldc));
 }
 
@@ -440,18 +445,11 @@ void bias_grad_t(const T* dy, T* db, const Geom& g) {
 }
 
 void need_blas() {
-  if (!g_sgemm || !g_dgemm)
+  if (!g_blas_sgemm || !g_blas_dgemm)
     throw std::runtime_error("cnnkit: no BLAS registered (cnnkit's __init__ loads scipy-openblas32)");
 }
 
 }  // namespace
-
-void set_blas(SgemmFn s, DgemmFn d, BlasThreadsFn set_threads) {
-  if (set_threads) set_threads(1);  // cnnkit's own OpenMP loops give the parallelism
-  g_sgemm = s;
-  g_dgemm = d;
-}
-bool have_blas() { return g_sgemm && g_dgemm; }
 
 void gemm_forward(DType dt, const void* x, const void* w, const void* b, void* y, const Geom& g) {
   need_blas();
@@ -493,4 +491,5 @@ void bias_grad(DType dt, const void* dy, void* db, const Geom& g) {
     bias_grad_t(static_cast<const double*>(dy), static_cast<double*>(db), g);
 }
 
+}  // namespace CNNKIT_KERNEL_NS
 }  // namespace cnnkit::conv

@@ -1,17 +1,24 @@
-// Pieces shared by the conv dispatcher and the GEMM-based path (compiled once, not per ISA).
+// Pieces shared by the conv dispatcher, the direct kernels and the GEMM-based path.
 #pragma once
 
 #include "cnnkit/conv.h"
 
 namespace cnnkit::conv {
 
-// The GEMM path (im2col / col2im around OpenBLAS GEMM calls); any geometry.
+// The BLAS entry points registered by set_blas() (conv_dispatch.cpp; one copy for every ISA level).
+extern SgemmFn g_blas_sgemm;
+extern DgemmFn g_blas_dgemm;
+
+// The GEMM path (im2col / col2im around OpenBLAS GEMM calls, conv_gemm.cpp); any geometry. Compiled
+// once per ISA level like the direct kernels (the copies are named by conv::Kernels).
+inline namespace CNNKIT_KERNEL_NS {
 void gemm_forward(DType dt, const void* x, const void* w, const void* b, void* y, const Geom& g);
 // The input gradient by GEMM + col2im (any stride; used when the adjoint forward does not apply).
 void gemm_backward_input(DType dt, const void* dy, const void* w, void* dx, const Geom& g);
 void gemm_backward_weight(DType dt, const void* dy, const void* x, void* dw, const Geom& g);
 // db[k] = sum over n, oh, ow of dy (deterministic; accumulated in double).
 void bias_grad(DType dt, const void* dy, void* db, const Geom& g);
+}  // namespace CNNKIT_KERNEL_NS
 
 // Depthwise on NCHW planes with channels a multiple of 16 (multiplier 1): the blocked kernels,
 // which transpose each (image, 16-channel) block of planes in cache around the NHWC kernels. They

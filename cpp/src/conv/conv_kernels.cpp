@@ -17,7 +17,6 @@
 
 namespace cnnkit::CNNKIT_ISA_NS {
 namespace {
-using conv::DType;
 using conv::Geom;
 
 // NCHW <-> NHWC: src (N, A, B) -> dst (N, B, A): VL x VL register transposes inside 64 x 64 tiles.
@@ -59,16 +58,12 @@ void transpose(DType dt, const void* src, void* dst, int64_t N, int64_t A, int64
 
 
 // Small NCHW planes, channels a multiple of 16 (so of every level's vector length): the blocked
-// kernels (planes transposed in cache around the NHWC band kernels). conv_dispatch.cpp names it.
+// kernels (planes transposed in cache around the NHWC band kernels), taken when `blocked` is set
+// (the registry's conv2d_dw_*_nchw_blocked entries, for shapes that dw_nchw_blocked_shape accepts).
 template <typename T>
-bool dw_nchw_blocked(const Geom& g) {
+void dw_forward_t(const T* x, const T* w, const T* b, T* y, const Geom& g, bool blocked) {
   static_assert(16 % conv::Vec<T>::n == 0, "16 channels must be whole vectors");
-  return conv::dw_nchw_blocked_shape(g);
-}
-
-template <typename T>
-void dw_forward_t(const T* x, const T* w, const T* b, T* y, const Geom& g) {
-  if (dw_nchw_blocked<T>(g))
+  if (blocked)
     CNNKIT_DW_BY_K(conv::dw_forward_nchw_blocked, T, x, w, b, y, g);
   else if (g.nhwc && g.K == g.C)
     CNNKIT_DW_BY_K(conv::dw_forward_nhwc_padded, T, x, w, b, y, g);
@@ -79,11 +74,10 @@ void dw_forward_t(const T* x, const T* w, const T* b, T* y, const Geom& g) {
 }
 
 template <typename T>
-void dw_backward_weight_t(const T* dy, const T* x, T* dw, T* db, const Geom& g) {
+void dw_backward_weight_t(const T* dy, const T* x, T* dw, T* db, const Geom& g, bool blocked) {
   const int64_t k2 = g.kh * g.kw, K = g.K;
   // Pieces: (image) in NCHW, (image, band of output rows) in NHWC; each piece's partial sums are
   // written by one thread, then summed over pieces in order (in double).
-  const bool blocked = dw_nchw_blocked<T>(g);
   const int64_t bands = g.nhwc ? (g.N >= 8 ? 1 : std::min<int64_t>(g.Ho, conv::ceil_div(8, g.N))) : 1;
   const int64_t pieces = g.N * bands;
   T* part = conv::scratch<T>(conv::kPartSlot, pieces * K * (k2 + 1));
@@ -116,34 +110,37 @@ void dw_backward_weight_t(const T* dy, const T* x, T* dw, T* db, const Geom& g) 
     }
 }
 
+template <bool Blocked>
 void dw_forward(DType dt, const void* x, const void* w, const void* b, void* y, const Geom& g) {
   if (dt == DType::f32)
     dw_forward_t(static_cast<const float*>(x), static_cast<const float*>(w), static_cast<const float*>(b),
-                 static_cast<float*>(y), g);
+                 static_cast<float*>(y), g, Blocked);
   else
     dw_forward_t(static_cast<const double*>(x), static_cast<const double*>(w), static_cast<const double*>(b),
-                 static_cast<double*>(y), g);
+                 static_cast<double*>(y), g, Blocked);
 }
 
+template <bool Blocked>
 void dw_backward_input(DType dt, const void* dy, const void* w, void* dx, const Geom& g) {
   if (dt == DType::f32) {
-    auto f = dw_nchw_blocked<float>(g) ? conv::dw_backward_input_nchw_blocked<float>
+    auto f = Blocked ? conv::dw_backward_input_nchw_blocked<float>
              : g.nhwc ? conv::dw_backward_input_nhwc<float> : conv::dw_backward_input_nchw<float>;
     f(static_cast<const float*>(dy), static_cast<const float*>(w), static_cast<float*>(dx), g);
   } else {
-    auto f = dw_nchw_blocked<double>(g) ? conv::dw_backward_input_nchw_blocked<double>
+    auto f = Blocked ? conv::dw_backward_input_nchw_blocked<double>
              : g.nhwc ? conv::dw_backward_input_nhwc<double> : conv::dw_backward_input_nchw<double>;
     f(static_cast<const double*>(dy), static_cast<const double*>(w), static_cast<double*>(dx), g);
   }
 }
 
+template <bool Blocked>
 void dw_backward_weight(DType dt, const void* dy, const void* x, void* dw, void* db, const Geom& g) {
   if (dt == DType::f32)
     dw_backward_weight_t(static_cast<const float*>(dy), static_cast<const float*>(x), static_cast<float*>(dw),
-                         static_cast<float*>(db), g);
+                         static_cast<float*>(db), g, Blocked);
   else
     dw_backward_weight_t(static_cast<const double*>(dy), static_cast<const double*>(x), static_cast<double*>(dw),
-                         static_cast<double*>(db), g);
+                         static_cast<double*>(db), g, Blocked);
 }
 
 template <typename T>
@@ -222,9 +219,11 @@ void grouped_backward_weight(DType dt, const void* dy, const void* x, void* dw, 
 }  // namespace
 
 extern const conv::Kernels conv_kernels = {
-    dw_forward, dw_backward_input, dw_backward_weight,
+    dw_forward<false>, dw_backward_input<false>, dw_backward_weight<false>,
     grouped_supported, grouped_forward, grouped_backward_input, grouped_backward_weight, transpose,
     conv::small_cin_forward, conv::small_cin_backward_weight,
+    dw_forward<true>, dw_backward_input<true>, dw_backward_weight<true>,
+    conv::gemm_forward, conv::gemm_backward_input, conv::gemm_backward_weight, conv::bias_grad,
 };
 
 }  // namespace cnnkit::CNNKIT_ISA_NS

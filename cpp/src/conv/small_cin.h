@@ -18,6 +18,7 @@
 
 #include "cnnkit/common.h"
 #include "conv_internal.h"
+#include "common/isa_vector.h"
 #include "dw_common.h"
 
 namespace cnnkit::conv {
@@ -60,7 +61,7 @@ template <int NV>
 void small_cin_forward_k(const float* x, const float* w, const float* b, float* y, const Geom& g) {
   constexpr int L = Vec<float>::n, K = NV * L, PX = NV <= 2 ? 4 : 2;
   const int64_t C = g.C, taps = g.kh * g.kw;
-  std::vector<float> wt(static_cast<size_t>(taps * C * K));  // [(i*kw + j)*C + c][k]
+  isa_vector<float> wt(static_cast<size_t>(taps * C * K));  // [(i*kw + j)*C + c][k]
   for (int64_t k = 0; k < K; ++k)
     for (int64_t c = 0; c < C; ++c)
       for (int64_t t = 0; t < taps; ++t) wt[size_t((t * C + c) * K + k)] = w[(k * C + c) * taps + t];
@@ -125,7 +126,7 @@ void small_cin_backward_weight_k(const float* dy, const float* x, float* dw, flo
   constexpr int L = Vec<float>::n, K = NV * L, KWB = NV <= 2 ? 7 : 3;  // taps per register block
   const int64_t C = g.C, taps = g.kh * g.kw, rows = g.N * g.Ho, width = taps * C * K + K;
   const int64_t pieces = std::max<int64_t>(1, std::min<int64_t>(16, rows));
-  std::vector<float> part(static_cast<size_t>(pieces * width));
+  isa_vector<float> part(static_cast<size_t>(pieces * width));
 #pragma omp parallel for schedule(static) num_threads(num_threads())
   for (int64_t q = 0; q < pieces; ++q) {
     float* pw = part.data() + q * width;  // [(t*C + c)*K + k], then the bias

@@ -1,4 +1,5 @@
-// Layer kernels for cnnkit.nn (see cnnkit/nn.h).
+// Layer kernels for cnnkit.nn (see cnnkit/nn.h), compiled once per ISA level (namespace
+// cnnkit::<isa>::layers) and dispatched by nn_dispatch.cpp.
 //   pool2d: max / average pooling, forward and backward, one (image, channel) plane per task, so
 //   the scatter in the backward pass is ordered within a plane and results do not depend on the
 //   thread count.
@@ -13,8 +14,14 @@
 
 #include "cnnkit/common.h"
 #include "cnnkit/nn.h"
+#include "common/isa_vector.h"
 
-namespace cnnkit::nn {
+#ifndef CNNKIT_ISA_NS
+#error "CNNKIT_ISA_NS must name the ISA level this file is compiled for"
+#endif
+
+namespace cnnkit::CNNKIT_ISA_NS::layers {
+using nn::PoolGeom;
 namespace {
 
 struct Plane {  // element (h, w) of one (n, c) plane
@@ -123,7 +130,7 @@ void global_avg_pool_forward(const float* x, float* y, int64_t N, int64_t C, int
   }
 #pragma omp parallel num_threads(nt)
   {
-    std::vector<double> acc(static_cast<size_t>(C));
+    isa_vector<double> acc(static_cast<size_t>(C));
 #pragma omp for schedule(static)
     for (int64_t n = 0; n < N; ++n) {
       double* __restrict a = acc.data();
@@ -190,4 +197,9 @@ void softmax_xent(const float* z, const int64_t* labels, const float* soft, int6
   }
 }
 
-}  // namespace cnnkit::nn
+}  // namespace cnnkit::CNNKIT_ISA_NS::layers
+
+namespace cnnkit::CNNKIT_ISA_NS {
+extern const nn::Kernels nn_kernels = {layers::pool2d_forward, layers::pool2d_backward, layers::global_avg_pool_forward,
+                                       layers::global_avg_pool_backward, layers::softmax_xent};
+}  // namespace cnnkit::CNNKIT_ISA_NS

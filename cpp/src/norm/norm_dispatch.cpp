@@ -1,5 +1,10 @@
-// Normalization entry points: forward to the kernels of the active ISA level.
+// Normalization entry points: run the kernel that the family's table (cnnkit/registry.h) selects
+// for the operation and dtype at the active ISA level; the per-channel helpers (running
+// statistics, 1/sqrt(var + eps)) run here, on C values.
+#include <cmath>
+
 #include "cnnkit/norm.h"
+#include "cnnkit/registry.h"
 
 namespace cnnkit {
 namespace scalar { extern const norm::Kernels norm_kernels; }
@@ -8,27 +13,65 @@ namespace avx512 { extern const norm::Kernels norm_kernels; }
 }  // namespace cnnkit
 
 namespace cnnkit::norm {
+
+registry::Table& kernel_table() {
+  constexpr unsigned f = registry::f32 | registry::f64;
+  static registry::Table t("norm", {{"norm_stats", f}, {"norm_apply", f}, {"norm_backward_reduce", f},
+                                    {"norm_backward_apply", f}});
+  return t;
+}
+
 namespace {
-const Kernels& kernels() {
-  return by_isa(scalar::norm_kernels, avx2::norm_kernels, avx512::norm_kernels);
+enum Op { kStats, kApply, kBackwardReduce, kBackwardApply };
+const Kernels& kernels(Op op, DType dt) {
+  const Isa isa = kernel_table().isa_for(op, dt == DType::f32 ? registry::f32 : registry::f64);
+  return registry::of_isa(isa, scalar::norm_kernels, avx2::norm_kernels, avx512::norm_kernels);
 }
 }  // namespace
 
 void stats(DType dt, const void* x, const Shape& sh, bool ps, double* mean, double* var) {
-  kernels().stats_fn(dt, x, sh, ps, mean, var);
+  kernels(kStats, dt).stats_fn(dt, x, sh, ps, mean, var);
 }
 void apply(DType dt, const void* x, void* y, const void* r, const Shape& sh, bool ps,
            const double* mean, const double* invstd, const void* w, const void* b, bool relu) {
-  kernels().apply_fn(dt, x, y, r, sh, ps, mean, invstd, w, b, relu);
+  kernels(kApply, dt).apply_fn(dt, x, y, r, sh, ps, mean, invstd, w, b, relu);
 }
 void backward_reduce(DType dt, const void* dy, const void* x, const void* mask, const Shape& sh,
                      bool ps, const double* mean, double* sum_g, double* sum_gx) {
-  kernels().backward_reduce_fn(dt, dy, x, mask, sh, ps, mean, sum_g, sum_gx);
+  kernels(kBackwardReduce, dt).backward_reduce_fn(dt, dy, x, mask, sh, ps, mean, sum_g, sum_gx);
 }
 void backward_apply(DType dt, const void* dy, const void* x, const void* mask, void* dx, void* gres,
                     const Shape& sh, bool ps, const double* mean, const double* A, const double* B,
                     const double* D) {
-  kernels().backward_apply_fn(dt, dy, x, mask, dx, gres, sh, ps, mean, A, B, D);
+  kernels(kBackwardApply, dt).backward_apply_fn(dt, dy, x, mask, dx, gres, sh, ps, mean, A, B, D);
+}
+
+namespace {
+template <typename T>
+void update_running_t(T* r, const double* stat, int64_t n, double momentum, double factor) {
+  for (int64_t i = 0; i < n; ++i) r[i] = T((1.0 - momentum) * double(r[i]) + momentum * (stat[i] * factor));
+}
+template <typename T>
+int64_t invstd_t(const T* var, int64_t n, double eps, double* out) {
+  for (int64_t i = 0; i < n; ++i) {
+    const double v = double(var[i]);
+    if (!(v >= 0.0) || !(v <= 1.7976931348623157e308)) return i;
+    out[i] = 1.0 / std::sqrt(v + eps);
+  }
+  return -1;
+}
+}  // namespace
+
+void update_running(DType dt, void* running, const double* stat, int64_t n, double momentum, double factor) {
+  if (dt == DType::f32)
+    update_running_t(static_cast<float*>(running), stat, n, momentum, factor);
+  else
+    update_running_t(static_cast<double*>(running), stat, n, momentum, factor);
+}
+
+int64_t invstd(DType dt, const void* var, int64_t n, double eps, double* out) {
+  return dt == DType::f32 ? invstd_t(static_cast<const float*>(var), n, eps, out)
+                          : invstd_t(static_cast<const double*>(var), n, eps, out);
 }
 
 }  // namespace cnnkit::norm

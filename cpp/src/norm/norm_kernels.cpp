@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "cnnkit/norm.h"
+#include "common/isa_vector.h"
 
 #ifndef CNNKIT_ISA_NS
 #error "CNNKIT_ISA_NS must name the ISA level this file is compiled for"
@@ -24,7 +25,6 @@ namespace cnnkit {
 namespace CNNKIT_ISA_NS {
 namespace {
 
-using norm::DType;
 using norm::Shape;
 
 constexpr int64_t kRows = 256;           // NHWC reduction block: rows of C values
@@ -67,8 +67,8 @@ inline int64_t at(const Shape& sh, int64_t n, int64_t c, int64_t s) {
 // Partial sums -> totals, in a fixed order (so the result does not depend on the thread count).
 // NCHW: one partial per (n, c) row, added in n order. NHWC: C partials per block, added in
 // block order. Totals have C entries, or N*C when per_sample; a and b must start at zero.
-void combine_rows(const Shape& sh, bool ps, const std::vector<double>& p1,
-                  const std::vector<double>& p2, double* a, double* b) {
+void combine_rows(const Shape& sh, bool ps, const isa_vector<double>& p1,
+                  const isa_vector<double>& p2, double* a, double* b) {
   const int64_t C = sh.C;
   for (int64_t r = 0; r < sh.N * C; ++r) {
     const int64_t i = ps ? r : r % C;
@@ -76,8 +76,8 @@ void combine_rows(const Shape& sh, bool ps, const std::vector<double>& p1,
     b[i] += p2[r];
   }
 }
-void combine_blocks(const Shape& sh, const Blocks& bl, const std::vector<double>& p1,
-                    const std::vector<double>& p2, double* a, double* b) {
+void combine_blocks(const Shape& sh, const Blocks& bl, const isa_vector<double>& p1,
+                    const isa_vector<double>& p2, double* a, double* b) {
   const int64_t C = sh.C;
   for (int64_t blk = 0; blk < bl.count; ++blk) {
     int64_t n, lo, hi;
@@ -98,11 +98,11 @@ void combine_blocks(const Shape& sh, const Blocks& bl, const std::vector<double>
 template <typename T>
 void stats_t(const T* x, const Shape& sh, bool ps, double* mean, double* var) {
   const int64_t N = sh.N, C = sh.C, S = sh.S, nk = ps ? N * C : C;
-  std::vector<double> K(nk), a(nk, 0.0), b(nk, 0.0);
+  isa_vector<double> K(nk), a(nk, 0.0), b(nk, 0.0);
   for (int64_t i = 0; i < nk; ++i) K[i] = double(x[at(sh, ps ? i / C : 0, i % C, 0)]);
   const int nt = threads_for(sh);
   if (!sh.nhwc) {
-    std::vector<double> p1(N * C), p2(N * C);
+    isa_vector<double> p1(N * C), p2(N * C);
 #pragma omp parallel for schedule(static) num_threads(nt)
     for (int64_t r = 0; r < N * C; ++r) {
       const T* row = x + r * S;
@@ -120,7 +120,7 @@ void stats_t(const T* x, const Shape& sh, bool ps, double* mean, double* var) {
     combine_rows(sh, ps, p1, p2, a.data(), b.data());
   } else {
     const Blocks bl = nhwc_blocks(sh, ps);
-    std::vector<double> p1(bl.count * C), p2(bl.count * C);
+    isa_vector<double> p1(bl.count * C), p2(bl.count * C);
 #pragma omp parallel for schedule(static) num_threads(nt)
     for (int64_t blk = 0; blk < bl.count; ++blk) {
       int64_t n, lo, hi;
@@ -168,7 +168,7 @@ void stats_t(const T* x, const Shape& sh, bool ps, double* mean, double* var) {
 
 template <typename T>
 struct Coef {
-  std::vector<T> hi, lo, p, q, r;
+  isa_vector<T> hi, lo, p, q, r;
 };
 
 // The mean as hi + lo in T.
@@ -239,7 +239,7 @@ void backward_reduce_t(const T* __restrict dy, const T* __restrict x, const T* _
   std::fill(sum_gx, sum_gx + nk, 0.0);
   const int nt = threads_for(sh);
   if (!sh.nhwc) {
-    std::vector<double> p1(N * C), p2(N * C);
+    isa_vector<double> p1(N * C), p2(N * C);
 #pragma omp parallel for schedule(static) num_threads(nt)
     for (int64_t r = 0; r < N * C; ++r) {
       const double m = mean[ps ? r : r % C];
@@ -259,7 +259,7 @@ void backward_reduce_t(const T* __restrict dy, const T* __restrict x, const T* _
     combine_rows(sh, ps, p1, p2, sum_g, sum_gx);
   } else {
     const Blocks bl = nhwc_blocks(sh, ps);
-    std::vector<double> p1(bl.count * C), p2(bl.count * C);
+    isa_vector<double> p1(bl.count * C), p2(bl.count * C);
 #pragma omp parallel for schedule(static) num_threads(nt)
     for (int64_t blk = 0; blk < bl.count; ++blk) {
       int64_t n, lo, hi;

@@ -730,10 +730,11 @@ class _Pool2d(Module):
         shape = (N, C, OH, OW) if self.layout == "NCHW" else (N, OH, OW, C)
         y = self._buf("y", shape)
         self._x = x
-        self._geo = (N, C, H, W, OH, OW)
+        key = (N, C, H, W, OH, OW, *self.kernel_size, *self.stride, *self.padding, self.layout == "NHWC")
+        if key != getattr(self, "_geo_key", None):  # a training loop sees the same shapes every step
+            self._geo, self._geo_key = _core.PoolGeom(*key), key
         idx = self._buf("idx", shape, np.int32) if self._mode == 0 else None
-        _pool_forward(np.ascontiguousarray(x), y, idx, N, C, H, W, OH, OW, *self.kernel_size, *self.stride,
-                      *self.padding, self.layout == "NHWC", self._mode)
+        _pool_forward(np.ascontiguousarray(x), y, idx, self._geo, self._mode)
         self._idx = idx
         return y
 
@@ -755,10 +756,8 @@ class _Pool2d(Module):
             The gradient with respect to the last forward's x (its shape; a reused buffer).
         """
         grad = self._check_grad(grad, self._ws["y"].shape if "y" in self._ws else None)
-        N, C, H, W, OH, OW = self._geo
         gi = self._buf("gx", self._x.shape)
-        _pool_backward(np.ascontiguousarray(grad), gi, self._idx, N, C, H, W, OH, OW, *self.kernel_size,
-                       *self.stride, *self.padding, self.layout == "NHWC", self._mode)
+        _pool_backward(np.ascontiguousarray(grad), gi, self._idx, self._geo, self._mode)
         return gi
 
     def extra_repr(self) -> str:

@@ -4,10 +4,11 @@ Semantics, argument names and defaults are those of ``torch.nn.functional.conv2d
 returns what PyTorch's autograd gives for the same forward call. Arrays may be NCHW (default) or
 NHWC (``layout="NHWC"``, channels-last); the weight is ``(C_out, C_in/groups, kH, kW)`` in both.
 
-Algorithms (see :func:`conv2d_algorithm`): direct kernels for depthwise convolutions (groups ==
-C_in, C_out = m*C_in) and for grouped convolutions whose groups have equal input and output
-channels, 2, 4, 8, 16 or 32 of them, with C_in a multiple of the vector width (16 float32 / 8
-float64 values at AVX-512, 8 / 4 at AVX2, 4 / 2 on the baseline); a direct
+Algorithms (see :func:`conv2d_algorithm` and the registry ``cnnkit.kernels("conv")``): direct
+kernels for depthwise convolutions (groups == C_in, C_out = m*C_in) and for grouped convolutions
+whose groups have equal input and output channels, 2, 4, 8, 16 or 32 of them, with C_in a
+multiple of the vector width (16 float32 / 8 float64 values at AVX-512, 8 / 4 at AVX2, 4 / 2 on
+the baseline); a direct
 float32 NHWC kernel for stems (groups 1, at most 4 input channels, 16 to 64 output channels in
 multiples of 16, kH*kW <= 49) in the forward and weight-gradient passes; im2col + GEMM (OpenBLAS
 from scipy-openblas32, single-threaded inside cnnkit's OpenMP loops) otherwise. The input
@@ -33,6 +34,7 @@ _LAYOUTS = ("NCHW", "NHWC")
 _NEEDS = ("input", "weight", "bias")
 _INT32_MAX = 2**31 - 1
 _INT64_MAX = 2**63 - 1
+_CORE_GEOMS: dict = {}  # ConvGeom objects (immutable) by their 17 values; a model reuses a few
 
 
 def _load_blas() -> None:
@@ -121,7 +123,7 @@ def _layout_hint(x_name: str, x_shape: Sequence[int], c_in: int, nhwc: bool) -> 
 class _Geom:
     """A checked convolution geometry (shapes in NCHW terms)."""
 
-    __slots__ = ("N", "C", "H", "W", "K", "Ho", "Wo", "G", "kh", "kw", "s", "d", "pad", "nhwc", "dtype")
+    __slots__ = ("N", "C", "H", "W", "K", "Ho", "Wo", "G", "kh", "kw", "s", "d", "pad", "nhwc", "dtype", "_core")
 
     def __init__(self, x_shape, w_shape, stride, padding, dilation, groups, layout, dtype,
                  x_name="x", w_name="weight"):
@@ -165,10 +167,20 @@ class _Geom:
         self.N, self.C, self.H, self.W, self.K, self.Ho, self.Wo, self.G = N, C, H, W, K, Ho, Wo, G
         self.kh, self.kw, self.s, self.d, self.pad = kh, kw, s, d, (pt, pl)
         self.dtype = dtype
+        self._core = None
 
-    def tuple(self):
-        return (self.N, self.C, self.H, self.W, self.K, self.Ho, self.Wo, self.G, self.kh, self.kw,
-                self.s[0], self.s[1], self.d[0], self.d[1], self.pad[0], self.pad[1], self.nhwc)
+    def core(self) -> _core.ConvGeom:
+        """The geometry as the compiled passes take it (built once, shared by every pass)."""
+        if self._core is None:
+            key = (self.N, self.C, self.H, self.W, self.K, self.Ho, self.Wo, self.G, self.kh, self.kw,
+                   self.s[0], self.s[1], self.d[0], self.d[1], self.pad[0], self.pad[1], self.nhwc)
+            g = _CORE_GEOMS.get(key)
+            if g is None:
+                if len(_CORE_GEOMS) >= 1024:
+                    _CORE_GEOMS.clear()
+                g = _CORE_GEOMS[key] = _core.ConvGeom(*key)
+            self._core = g
+        return self._core
 
     def x_shape(self):
         return (self.N, self.H, self.W, self.C) if self.nhwc else (self.N, self.C, self.H, self.W)
@@ -236,43 +248,68 @@ def conv2d_output_shape(x_shape: Sequence[int], weight_shape: Sequence[int],
                  "x_shape", "weight_shape").y_shape()
 
 
+_PASSES = ("forward", "input", "weight")
+
+
+def _registry_problem(x_shape: Sequence[int], weight_shape: Sequence[int], stride: Any = 1, padding: Any = 0,
+                      dilation: Any = 1, groups: int = 1, layout: str = "NCHW", pass_: str = "forward",
+                      dtype: Any = np.float32) -> tuple:
+    """(geometry, dtype name, pass) for the conv kernel registry (cnnkit.kernels("conv"))."""
+    x_shape, weight_shape = check_shape("x_shape", x_shape, 4), check_shape("weight_shape", weight_shape, 4)
+    g = _Geom(x_shape, weight_shape, stride, padding, dilation, groups, layout, None,
+              "x_shape", "weight_shape")
+    pass_ = check_choice("pass_", pass_, _PASSES)
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"dtype: expected float32 or float64, got {dtype!r}") from None
+    if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise TypeError(f"dtype: expected float32 or float64, got {dt}")
+    return g.core(), dt.name, pass_
+
+
 def conv2d_algorithm(x_shape: Sequence[int], weight_shape: Sequence[int], stride: int | tuple[int, int] = 1,
                      padding: int | tuple[int, int] | str = 0, dilation: int | tuple[int, int] = 1,
-                     groups: int = 1, layout: str = "NCHW", pass_: str = "forward") -> str:
-    """Name of the algorithm cnnkit runs for this geometry and pass ("forward", "input", "weight").
+                     groups: int = 1, layout: str = "NCHW", pass_: str = "forward",
+                     dtype: Any = np.float32) -> str:
+    """Name of the kernel cnnkit runs for this geometry, pass and dtype at the active ISA level.
 
-    ``dw_direct_*``: depthwise direct kernels; ``grouped_direct_nhwc``: the grouped direct kernel
-    (``+transpose``: NCHW arrays are transposed around it); ``gemm``/``gemm_im2col``: OpenBLAS GEMM,
-    with im2col where the kernel is not 1x1 at stride 1; ``*_adjoint``: an input gradient computed as
-    the forward pass of the adjoint convolution; ``gemm_col2im``: GEMM + col2im scatter;
-    ``small_cin_direct_nhwc``: the direct kernel for stems (float32 NHWC, groups 1, at most 4
-    input channels, 16 to 64 output channels in multiples of 16, kH*kW <= 49), forward and weight
-    passes only (their input gradient takes the adjoint or col2im path). Names are those of
-    float32 arrays.
+    The name is that of the entry of the conv kernel registry (``cnnkit.kernels("conv")``) that
+    the dispatcher selects: ``conv2d_<algorithm>_<dtype>_<layout>[_<how>]__<isa>`` with algorithm
+    ``dw`` (depthwise), ``grouped`` (direct grouped kernels), ``stem`` (few input channels) or
+    ``gemm`` (im2col / col2im + OpenBLAS GEMM), ``how`` ``blocked`` or ``transposed`` (NCHW
+    arrays transposed around an NHWC kernel). The input gradient at stride 1 runs the forward
+    kernel of the adjoint convolution, so ``pass_="input"`` names a forward entry there.
 
     Parameters
     ----------
-    x_shape, weight_shape, stride, padding, dilation, groups, layout
-        As in :func:`conv2d_output_shape`.
+    x_shape, weight_shape : tuple of int
+        Shapes of the input (in ``layout``) and of the weight ``(C_out, C_in/groups, kH, kW)``.
+    stride, padding, dilation, groups
+        As in :func:`conv2d`.
+    layout : {"NCHW", "NHWC"}
+        Layout of the input and output.
     pass_ : {"forward", "input", "weight"}
-        The forward pass, or the input- or weight-gradient pass of :func:`conv2d_backward`.
+        The forward pass, the input gradient or the weight (and bias) gradient.
+    dtype : numpy dtype
+        float32 (default) or float64.
 
     Returns
     -------
     str
-        The algorithm's name.
+        The registry entry's name.
 
     Examples
     --------
-    >>> import cnnkit
-    >>> cnnkit.ops.conv2d_algorithm((1, 8, 16, 16), (8, 1, 3, 3), padding=1, groups=8).startswith("dw_direct")
-    True
+    >>> from cnnkit.ops import conv2d_algorithm
+    >>> conv2d_algorithm((2, 16, 8, 8), (8, 16, 1, 1)).rsplit("__", 1)[0]
+    'conv2d_gemm_f32_nchw'
+    >>> conv2d_algorithm((2, 9, 9, 32), (32, 1, 3, 3), 1, 1, 1, 32, "NHWC").rsplit("__", 1)[0]
+    'conv2d_dw_f32_nhwc'
     """
-    x_shape, weight_shape = check_shape("x_shape", x_shape, 4), check_shape("weight_shape", weight_shape, 4)
-    g = _Geom(x_shape, weight_shape, stride, padding, dilation, groups, layout, None,
-              "x_shape", "weight_shape")
-    p = ("forward", "input", "weight").index(check_choice("pass_", pass_, ("forward", "input", "weight")))
-    return _core.conv_algorithm(g.tuple(), p)
+    from .._kernels import kernels
+    return kernels("conv").select(x_shape, weight_shape, stride, padding, dilation, groups,
+                                  layout, pass_, dtype).name
 
 
 def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None, stride: int | tuple[int, int] = 1,
@@ -331,7 +368,7 @@ def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None, st
         out = np.empty(g.y_shape(), x.dtype)
     else:
         _check_out(out, "out", g.y_shape(), x.dtype, (x, weight, bias))
-    _core.conv_forward(_contig(x), _contig(weight), b, out, g.tuple())
+    _core.conv_forward(_contig(x), _contig(weight), b, out, g.core())
     return out
 
 
@@ -417,9 +454,9 @@ def conv2d_backward(grad_output: np.ndarray, x: np.ndarray, weight: np.ndarray,
             raise ValueError(f"out: {na} buffers overlap")
     dy = _contig(grad_output)
     if gi is not None:
-        _core.conv_backward_input(dy, _contig(weight), gi, g.tuple())
+        _core.conv_backward_input(dy, _contig(weight), gi, g.core())
     if gw is not None or gb is not None:
-        _core.conv_backward_weight(dy, _contig(x), gw, gb, g.tuple())
+        _core.conv_backward_weight(dy, _contig(x), gw, gb, g.core())
     return gi, gw, gb
 
 
