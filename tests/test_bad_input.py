@@ -82,6 +82,7 @@ def _bound(make, method):
 EXAMPLES = {
     # ---- cnnkit / cnnkit.ops -------------------------------------------------------------------
     "cnnkit.set_num_threads": (lambda: cnnkit.set_num_threads, lambda: dict(n=cnnkit.get_num_threads())),
+    "cnnkit.kernels": (lambda: cnnkit.kernels, lambda: dict(family="conv")),
     "cnnkit.ops.conv2d": (lambda: ops.conv2d, lambda: dict(
         x=f32(*X), weight=f32(4, 3, 3, 3, seed=1), bias=f32(4, seed=2), stride=1, padding=1, dilation=1, groups=1,
         layout="NCHW", out=np.empty((2, 4, 5, 6), F32))),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence, overload
 
 from . import _core
 
@@ -135,7 +135,22 @@ class KernelTable(Sequence):
     def __iter__(self) -> Iterator[KernelEntry]:
         return iter(self._entries)
 
-    def __getitem__(self, key):  # type: ignore[override]
+    def __getitem__(self, key: Any) -> Any:
+        """The entry at position ``key`` (an int or a slice) or named ``key`` (a str).
+
+        Parameters
+        ----------
+        key : int, slice or str
+
+        Returns
+        -------
+        KernelEntry or tuple of KernelEntry
+
+        Raises
+        ------
+        KeyError
+            For a name the family does not have.
+        """
         if isinstance(key, str):
             try:
                 return self._by_name[key]
@@ -147,37 +162,89 @@ class KernelTable(Sequence):
         return f"KernelTable({self.family!r}, {len(self)} entries)"
 
     def names(self) -> list:
-        """Every entry's name, in priority order."""
+        """Every entry's name, in priority order.
+
+        Returns
+        -------
+        list of str
+        """
         return [e.name for e in self._entries]
 
     def select(self, *problem: Any, **kw: Any) -> KernelEntry:
         """The entry the dispatcher runs for this problem at the active ISA level (or the forced
-        entry, where it supports the problem). The problem's arguments are the family's:
-        see ``cnnkit.kernels()``'s notes."""
+        entry, where it supports the problem).
+
+        Parameters
+        ----------
+        *problem, **kw
+            The family's problem arguments (see :func:`cnnkit.kernels`' notes).
+
+        Returns
+        -------
+        KernelEntry
+        """
         return self._entries[int(self._f.select(*self._f.problem(*problem, **kw)))]
 
-    def supports(self, entry, *problem: Any, **kw: Any) -> bool:
-        """Whether ``entry`` (a KernelEntry or a name) supports the problem."""
+    def supports(self, entry: "KernelEntry | str", *problem: Any, **kw: Any) -> bool:
+        """Whether ``entry`` supports the problem.
+
+        Parameters
+        ----------
+        entry : KernelEntry or str
+            An entry of this table or its name.
+        *problem, **kw
+            The family's problem arguments (see :func:`cnnkit.kernels`' notes).
+
+        Returns
+        -------
+        bool
+        """
         return self._entry(entry).supports(*problem, **kw)
 
-    def hits(self, entry) -> int:
-        """How many times the dispatcher has run ``entry`` (a KernelEntry or a name) so far.
-        Counted for the one-kernel-per-operation families (not conv, which has no counter)."""
+    def hits(self, entry: "KernelEntry | str") -> int:
+        """How many times the dispatcher has run ``entry`` so far. Counted for the
+        one-kernel-per-operation families (not conv, which has no counter).
+
+        Parameters
+        ----------
+        entry : KernelEntry or str
+            An entry of this table or its name.
+
+        Returns
+        -------
+        int
+        """
         e = self._entry(entry)
         if self.family == "conv":
             raise ValueError("entry: the conv table keeps no counts")
         return int(_core.registry_hits(self.family, e.index))
 
     def forced(self) -> KernelEntry | None:
-        """The entry forced now, or None."""
+        """The entry forced now, or None.
+
+        Returns
+        -------
+        KernelEntry or None
+        """
         i = int(self._f.forced())
         return None if i < 0 else self._entries[i]
 
     @contextlib.contextmanager
-    def force(self, entry) -> Iterator[KernelEntry]:
-        """Within the block, run ``entry`` (a KernelEntry or a name) wherever it supports a
-        problem, at its own ISA level; other problems dispatch as usual. Process-wide; for
-        tests. The previous setting is restored afterwards."""
+    def force(self, entry: "KernelEntry | str") -> Iterator[KernelEntry]:
+        """Within the block, run ``entry`` wherever it supports a problem, at its own ISA level;
+        other problems dispatch as usual. Process-wide; for tests. The previous setting is
+        restored afterwards.
+
+        Parameters
+        ----------
+        entry : KernelEntry or str
+            An entry of this table or its name.
+
+        Yields
+        ------
+        KernelEntry
+            The forced entry.
+        """
         e = self._entry(entry)
         before = int(self._f.forced())
         self._f.force(e.index)
@@ -186,7 +253,7 @@ class KernelTable(Sequence):
         finally:
             self._f.force(before)
 
-    def _entry(self, entry) -> KernelEntry:
+    def _entry(self, entry: Any) -> KernelEntry:
         if isinstance(entry, KernelEntry):
             if entry.family != self.family:
                 raise ValueError(f"entry: expected a {self.family} kernel, got {entry.family}'s "
@@ -200,7 +267,11 @@ class KernelTable(Sequence):
 _TABLES: dict[str, KernelTable] = {}
 
 
-def kernels(family: str | None = None):
+@overload
+def kernels(family: None = None) -> tuple[str, ...]: ...
+@overload
+def kernels(family: str) -> KernelTable: ...
+def kernels(family: str | None = None) -> "tuple[str, ...] | KernelTable":
     """A family's kernel table, or the names of the families.
 
     Parameters
