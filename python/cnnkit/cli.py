@@ -1,4 +1,4 @@
-"""The ``cnnkit`` command: ``cnnkit demo``, ``cnnkit explain``, ``cnnkit info`` and ``cnnkit bench <family>``.
+"""The ``cnnkit`` command: ``cnnkit demo``, ``cnnkit explain``, ``cnnkit info``, ``cnnkit bench <family>`` and ``cnnkit experiment NAME``.
 
 ``cnnkit demo``, ``cnnkit explain`` and ``cnnkit bench <family>`` hand the rest of the command
 line to their own parsers, so ``cnnkit bench conv --help`` lists the conv benchmark's flags;
@@ -27,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     ----------
     argv : list of str, optional
         The arguments after the program name (default ``sys.argv[1:]``): ``demo ...``,
-        ``explain ...``, ``explain features ...``, ``info`` or ``bench FAMILY ...``.
+        ``explain ...``, ``explain features ...``, ``info``, ``bench FAMILY ...`` or
+        ``experiment NAME ...``.
 
     Returns
     -------
@@ -44,11 +45,15 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "explain":  # its own options, parsed by cnnkit.explain.report
         from .explain import report
         return report.run(argv[1:])
+    if argv and argv[0] == "experiment":  # its own options, parsed by cnnkit.experiments.cli
+        from .experiments import cli as experiment_cli
+        return experiment_cli.main(argv[1:])
     if len(argv) > 1 and argv[0] == "bench" and argv[1] in FAMILIES:  # its own options, -h included
         return _bench(argv[1], argv[2:])
     parser = argparse.ArgumentParser(prog="cnnkit", description=plain(__doc__.split("\n\n")[0]),
                                      epilog="cnnkit demo --help, cnnkit explain --help, cnnkit explain features "
-                                            "--help and cnnkit bench FAMILY --help list each command's own "
+                                            "--help, cnnkit bench FAMILY --help and cnnkit experiment --help "
+                                            "list each command's own "
                                             "flags.")
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("info", help="print build_info() as JSON")
@@ -58,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("args", nargs=argparse.REMAINDER,
                    help="see cnnkit explain --help; cnnkit explain features --help: feature visualization and "
                         "neuron groups")
+    x = sub.add_parser("experiment", help="reproduce a claim of the field: train, plot, judge from the data",
+                       add_help=False)
+    x.add_argument("args", nargs=argparse.REMAINDER, help="see cnnkit experiment --help")
     families = ", ".join(sorted(FAMILIES))
     b = sub.add_parser("bench", help="run a kernel family's benchmark and print its table",
                        description="Run a kernel family's benchmark and print its table.",
