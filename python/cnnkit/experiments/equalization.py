@@ -220,7 +220,7 @@ def _figure(names: list[str], means: Any, spreads: Any, examples: dict[str, np.n
     rows = ["original contrast", "low contrast (raw)"] + [m for m in METHODS if m != "none"]
     fig = Figure(figsize=(13, 5.5), layout="constrained")
     fig.suptitle(TITLE)
-    left, right = fig.subfigures(1, 2, width_ratios=[1.1, 1])
+    left, right = fig.subfigures(1, 2, width_ratios=[1.1, 1])  # type: ignore[misc]
     grid = left.subplots(len(rows), 6)
     for r, m in enumerate(rows):
         # one grey scale per row: [0, 1] for images in [0, 1], the row's range for standardized ones

@@ -267,7 +267,7 @@ def run(seed: int = 0, quick: bool = False, progress: bool = True) -> Result:
         flops.append(2 * count_macs(m, (1, 8, 8)))
 
     bar = progress_bar(len(GROUPS) * (len(run_seeds) + 1), f"{NAME}", progress)
-    acc = {g: [] for g in GROUPS}
+    acc: dict[int, list] = {g: [] for g in GROUPS}
     for s in run_seeds:
         tr, te = digits_split(s, train_limit=train_size)
         for g, w in zip(GROUPS, widths):
