@@ -113,7 +113,18 @@ MAX_INNER = 200
 
 # ---- parameter lists ---------------------------------------------------------------------------
 def large_sizes(total: int = SHAPES["total_params"], seed: int = 0) -> list:
-    """Sizes of the model-like list, in model order (seeded; sums exactly to ``total``)."""
+    """Sizes of the model-like list, in model order (seeded; sums exactly to ``total``).
+
+    Parameters
+    ----------
+    total : int
+        Total parameter count.
+    seed : int
+
+    Returns
+    -------
+    list of int
+    """
     rng = np.random.default_rng(seed)
     n_w = SHAPES["tensors"] - N_BIAS
     b = np.rint(np.exp(rng.uniform(np.log(BIAS_RANGE[0]), np.log(BIAS_RANGE[1]), N_BIAS)))
@@ -133,7 +144,18 @@ def _alloc(sizes, rng) -> list:
 
 
 def make_large(total: int = SHAPES["total_params"], seed: int = 0):
-    """(params, grads): separately allocated float32 arrays, standard normal."""
+    """(params, grads): separately allocated float32 arrays, standard normal.
+
+    Parameters
+    ----------
+    total : int
+        Total parameter count.
+    seed : int
+
+    Returns
+    -------
+    (list of numpy.ndarray, list of numpy.ndarray)
+    """
     sizes = large_sizes(total, seed)
     rng = np.random.default_rng(seed + 1)
     return _alloc(sizes, rng), _alloc(sizes, rng)
@@ -141,6 +163,17 @@ def make_large(total: int = SHAPES["total_params"], seed: int = 0):
 
 def make_small(count: int = SHAPES["small_tensors"]["count"],
                size: int = SHAPES["small_tensors"]["size"], seed: int = 0):
+    """(params, grads) of the small-tensor list: ``count`` float32 arrays of ``size`` each.
+
+    Parameters
+    ----------
+    count, size : int
+    seed : int
+
+    Returns
+    -------
+    (list of numpy.ndarray, list of numpy.ndarray)
+    """
     rng = np.random.default_rng(seed + 2)
     sizes = [size] * count
     return _alloc(sizes, rng), _alloc(sizes, rng)

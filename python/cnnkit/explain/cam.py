@@ -89,7 +89,22 @@ CAM_WEIGHTINGS: dict = {"grad_cam": _grad_cam, "grad_cam_pp": _grad_cam_pp, "xgr
 
 def cam_map(A: np.ndarray, G: Optional[np.ndarray], method: str) -> np.ndarray:
     """The layer-resolution map of ``method`` from activations ``A`` and gradients ``G``
-    ((N, K, h, w) each), after the ReLU, float64 (N, h, w)."""
+    ((N, K, h, w) each), after the ReLU.
+
+    Parameters
+    ----------
+    A : numpy.ndarray
+        Activations (N, K, h, w).
+    G : numpy.ndarray or None
+        Their gradients (N, K, h, w); None for gradient-free methods.
+    method : str
+        A key of the CAM weighting table.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 (N, h, w).
+    """
     A = np.asarray(A, np.float64)
     G = None if G is None else np.asarray(G, np.float64)
     return np.maximum(CAM_WEIGHTINGS[method](A, G), 0.0)

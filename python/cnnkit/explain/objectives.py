@@ -60,7 +60,18 @@ def _check_weight(name: str, v: Any) -> float:
 
 
 def planar(a: np.ndarray, layout: str) -> np.ndarray:
-    """A (N, C, H, W) view of a 4-D array in ``layout``; other ranks as they are."""
+    """A (N, C, H, W) view of a 4-D array in ``layout``; other ranks as they are.
+
+    Parameters
+    ----------
+    a : numpy.ndarray
+    layout : {"NCHW", "NHWC"}
+
+    Returns
+    -------
+    numpy.ndarray
+        A view of ``a``.
+    """
     return a.transpose(0, 3, 1, 2) if (a.ndim == 4 and layout == "NHWC") else a
 
 

@@ -25,7 +25,20 @@ def _pair(name: str, v: Any, lo: int) -> tuple:
 def occlusion_windows(H: int, W: int, window: tuple, stride: tuple) -> np.ndarray:
     """int64 (P, 4) windows (y0, x0, y1, x1), half-open, in captum's order (x fastest): start
     ``k * stride`` for ``k < ceil((size - window) / stride) + 1``; the last may run past the
-    edge and is clipped, as captum's padded mask is."""
+    edge and is clipped, as captum's padded mask is.
+
+    Parameters
+    ----------
+    H, W : int
+        The image size.
+    window, stride : (int, int)
+        The occluding window and its step.
+
+    Returns
+    -------
+    numpy.ndarray
+        int64 (P, 4).
+    """
     ny = -(-(H - window[0]) // stride[0]) + 1
     nx = -(-(W - window[1]) // stride[1]) + 1
     ys = np.arange(ny) * stride[0]
@@ -113,7 +126,24 @@ def occlusion(model: Any, x: np.ndarray, target: Target = None, *, window: Any =
 
 def rise_grids(n_masks: int, grid: tuple, p: float, cell: tuple, rng: np.random.Generator) -> tuple:
     """The random part of RISE: binary grids (n_masks, gh + 1, gw + 1), 1 with probability p,
-    and shifts (n_masks, 2) uniform in [0, cell), drawn in that order from ``rng``."""
+    and shifts (n_masks, 2) uniform in [0, cell), drawn in that order from ``rng``.
+
+    Parameters
+    ----------
+    n_masks : int
+    grid : (int, int)
+        (gh, gw) cells per side.
+    p : float
+        Probability that a cell is kept.
+    cell : (int, int)
+        Cell size in pixels.
+    rng : numpy.random.Generator
+
+    Returns
+    -------
+    (numpy.ndarray, numpy.ndarray)
+        float64 grids (n_masks, gh + 1, gw + 1) and int64 shifts (n_masks, 2).
+    """
     grids = (rng.random((n_masks, grid[0] + 1, grid[1] + 1)) < p).astype(np.float64)
     shifts = np.stack([rng.integers(0, cell[0], n_masks), rng.integers(0, cell[1], n_masks)], axis=1)
     return grids, shifts
@@ -121,7 +151,22 @@ def rise_grids(n_masks: int, grid: tuple, p: float, cell: tuple, rng: np.random.
 
 def rise_masks(grids: np.ndarray, shifts: np.ndarray, size: tuple, cell: tuple) -> np.ndarray:
     """Soft masks (M, H, W) float32: each grid upsampled bilinearly (``align_corners=False``) to
-    ((gh + 1) * cell_h, (gw + 1) * cell_w) and cropped to (H, W) at its shift (Petsiuk et al.)."""
+    ((gh + 1) * cell_h, (gw + 1) * cell_w) and cropped to (H, W) at its shift (Petsiuk et al.).
+
+    Parameters
+    ----------
+    grids, shifts : numpy.ndarray
+        As :func:`rise_grids` returns them.
+    size : (int, int)
+        (H, W).
+    cell : (int, int)
+        Cell size in pixels.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 (M, H, W).
+    """
     H, W = size
     gh1, gw1 = grids.shape[1:]
     Ry = interp_matrix(gh1 * cell[0], gh1, "bilinear", False)
