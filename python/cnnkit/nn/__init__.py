@@ -19,8 +19,8 @@ functional signatures and call the same array ``grad_output``.
 from .layers import (AvgPool2d, BatchNorm2d, BottleneckBlock, Conv2d, DepthwiseSeparableConv2d, Dropout, Flatten,
                      GlobalAvgPool2d, GroupNorm, Linear, MaxPool2d, ReLU, ResidualBlock, SpatialDropout2d)
 from .loss import CrossEntropyLoss
-from .module import Capture, Module, Sequential
+from .module import Capture, Module, Sequential, fusion, fusion_enabled
 
 __all__ = ["Module", "Sequential", "Capture", "Conv2d", "DepthwiseSeparableConv2d", "BatchNorm2d", "GroupNorm",
            "ReLU", "MaxPool2d", "AvgPool2d", "GlobalAvgPool2d", "Flatten", "Linear", "Dropout", "SpatialDropout2d",
-           "ResidualBlock", "BottleneckBlock", "CrossEntropyLoss"]
+           "ResidualBlock", "BottleneckBlock", "CrossEntropyLoss", "fusion", "fusion_enabled"]

@@ -17,13 +17,18 @@ from .._validate import check_bool, check_choice, check_int, check_layout, check
 from ..ops.conv import _Geom as _ConvGeom
 from ..ops.conv import _padding as _conv_padding
 from .._core import pool2d_forward as _pool_forward
-from .module import Module, Sequential
+from ..ops import fused as _fused
+from .module import Module, Sequential, fusion_enabled
 
 __all__ = ["Conv2d", "DepthwiseSeparableConv2d", "BatchNorm2d", "GroupNorm", "ReLU", "MaxPool2d", "AvgPool2d",
            "GlobalAvgPool2d", "Flatten", "Linear", "Dropout", "SpatialDropout2d", "ResidualBlock",
            "BottleneckBlock"]
 
 _LAYOUTS = ("NCHW", "NHWC")
+
+#: a batch norm is applied in the next convolution's prologue only while every channel's
+#: |mean| / std is at most this (beyond it scale * x + shift would cancel digits)
+_DEFER_MAX_MEAN_OVER_STD = 16.0
 
 
 def _layout(layout):
@@ -180,12 +185,36 @@ class Conv2d(Module):
             (N, C_out, Ho, Wo) (NHWC: (N, Ho, Wo, C_out)), Ho and Wo as in :func:`cnnkit.conv2d`;
             a buffer reused by the next forward with an input of the same shape.
         """
+        return self._forward(x)
+
+    def _forward(self, x: np.ndarray, pre: tuple | None = None, stats: bool = False) -> np.ndarray:
+        """The forward pass, fused (:func:`cnnkit.ops.conv2d_fused`) when ``pre`` (a batch norm's
+        ``(scale, shift, relu)`` prologue: then ``x`` is the norm's raw input) or ``stats`` (keep
+        the output's batch statistics in ``_stats``) asks for it."""
         _check_input(self, x, self.in_channels, self.layout)
         shape = self._out_shape(x.shape, self.params["weight"].shape, stride=self.stride, padding=self.padding,
                                 dilation=self.dilation, groups=self.groups, layout=self.layout)
-        self._x = x
+        self._x, self._pre, self._a, self._stats = x, pre, None, None
         y = self._buf("y", shape)
-        return ops.conv2d(x, self.params["weight"], self.params.get("bias"), out=y, **self._args())
+        if pre is None and not stats:
+            return ops.conv2d(x, self.params["weight"], self.params.get("bias"), out=y, **self._args())
+        ws = self._ws.setdefault("fused", {})
+        scale, shift, relu = pre if pre is not None else (None, None, False)
+        r = _fused.conv2d_fused(x, self.params["weight"], self.params.get("bias"), pre_scale=scale, pre_shift=shift,
+                                pre_relu=relu, stats=stats, out=y, workspace=ws, **self._args())
+        if stats:
+            y, mean, var = r
+            self._stats = (mean, var)
+        if pre is not None and _fused.last_kernel == "reference":
+            self._a = ws["a"]  # the prologue's output, materialised by the reference path
+        return y
+
+    def _fused_call(self, x: np.ndarray, pre: tuple | None, stats: bool) -> np.ndarray:
+        """:meth:`_forward`, then the captures receive the output (as ``__call__``)."""
+        y = self._forward(x, pre, stats)
+        for c in self._captures:
+            c.output = y.copy()
+        return y
 
     def backward(self, grad: np.ndarray, input_grad: bool = True) -> np.ndarray | None:
         """Write the weight (and bias) gradients into ``grads`` (unless parameter gradients are off,
@@ -217,8 +246,16 @@ class Conv2d(Module):
                 return gi
         gi = self._buf("gx", self._x.shape) if input_grad else None
         pg = self.param_grads
-        out = (gi, self.grads["weight"] if pg else None, self.grads.get("bias") if pg else None)
-        ops.conv2d_backward(grad, self._x, self.params["weight"], needs=needs, out=out, **self._args())
+        gw, gb = self.grads["weight"] if pg else None, self.grads.get("bias") if pg else None
+        pre = getattr(self, "_pre", None)
+        if pre is not None:  # x is a batch norm's input: gi is the gradient at that norm's output
+            fneeds = tuple("conv_input" if k == "input" else k for k in needs)
+            _fused.conv2d_fused_backward(grad, self._x, self.params["weight"], pre_scale=pre[0], pre_shift=pre[1],
+                                         pre_relu=pre[2], needs=fneeds, conv_input=self._a,
+                                         workspace=self._ws.setdefault("fused", {}),
+                                         out=(None, gw, gb, None, None, None, gi), **self._args())
+            return gi
+        ops.conv2d_backward(grad, self._x, self.params["weight"], needs=needs, out=(gi, gw, gb), **self._args())
         return gi
 
     def _channel_sparse_backward(self, grad: np.ndarray) -> np.ndarray | None:
@@ -432,6 +469,63 @@ class BatchNorm2d(_ReLUMode, Module):
         self._y = y
         return y
 
+    def _fused_forward(self, x: np.ndarray, stats: tuple | None, residual: np.ndarray | None,
+                       defer: bool) -> tuple[np.ndarray | None, tuple | None]:
+        """:meth:`forward` with the batch statistics ``(mean, var)`` of x given by the producing
+        convolution's epilogue (training mode; None in eval mode), and, with ``defer``, without
+        materialising the output: returns ``(None, (scale, shift, relu))`` for the next
+        convolution's prologue (``y = relu(scale * x + shift)``), or ``(y, None)``. Running
+        statistics and ``num_batches_tracked`` move exactly as in :meth:`forward`. The prologue
+        is declined (the output materialised) when a channel's ``|mean| * invstd`` exceeds
+        ``_DEFER_MAX_MEAN_OVER_STD``: ``scale * x + shift`` would lose accuracy to cancellation
+        there."""
+        if self.training and stats is None:
+            return self(x, residual), None
+        _check_input(self, x, self.num_features, self.layout)
+        p, b = self.params, self.buffers
+        nhwc = self.layout == "NHWC"
+        N, C, S = x.shape[0], self.num_features, x.shape[1] * x.shape[2] if nhwc else x.shape[2] * x.shape[3]
+        if self.training:
+            count = N * S
+            if count <= 1:  # the error batch_norm_train gives
+                return self(x, residual), None
+            assert stats is not None
+            mean, var = stats
+            b["num_batches_tracked"] += 1
+            momentum = 1.0 / float(b["num_batches_tracked"]) if self.momentum is None else self.momentum
+            invstd = _core.norm_invstd(var, self.eps)
+            _core.norm_update_running(b["running_mean"], b["running_var"], mean, var, momentum, count / (count - 1))
+        else:
+            mean = b["running_mean"].astype(np.float64)
+            invstd = _core.norm_invstd(b["running_var"], self.eps)
+        self._x, self._residual, self._trained = x, residual, self.training
+        self._mean, self._invstd = mean, invstd
+        w = p.get("weight")
+        if defer and residual is None and float(np.max(np.abs(mean) * invstd)) <= _DEFER_MAX_MEAN_OVER_STD:
+            scale = invstd * (1.0 if w is None else w.astype(np.float64))
+            shift = (0.0 if w is None else p["bias"].astype(np.float64)) - mean * scale
+            self._y = None  # the consumer sets it to the prologue's output when it materialises one
+            return None, (scale.astype(np.float32), shift.astype(np.float32), self.activation == "relu")
+        y = self._buf("y", x.shape)
+        if x.size:
+            _core.norm_apply(x, y, residual, N, C, S, nhwc, False, mean, invstd, w, p.get("bias"),
+                             self.activation == "relu")
+        self._y = y
+        for c in self._captures:
+            c.output = y.copy()
+        return y, None
+
+    def _preactivation(self) -> np.ndarray:
+        """The last forward's output before the fused ReLU, recomputed (its sign is the ReLU
+        mask when the output was not materialised)."""
+        x, p = self._x, self.params
+        nhwc = self.layout == "NHWC"
+        N, S = x.shape[0], x.shape[1] * x.shape[2] if nhwc else x.shape[2] * x.shape[3]
+        pre = self._buf("pre", x.shape)
+        _core.norm_apply(x, pre, self._residual, N, self.num_features, S, nhwc, False, self._mean, self._invstd,
+                         p.get("weight"), p.get("bias"), False)
+        return pre
+
     def _eval_backward(self, grad, masked):
         """Gradients in eval mode (fixed running statistics: an affine map per channel), as torch
         gives them; used by interpretability methods on trained models. ``masked``: apply the
@@ -445,7 +539,9 @@ class BatchNorm2d(_ReLUMode, Module):
         b = self.buffers
         invstd = (1.0 / np.sqrt(b["running_var"].astype(np.float64) + self.eps))
         w = self.params["weight"].astype(np.float64) if self.affine else np.ones(C)
-        mask = self._y if (self.activation == "relu" and masked) else None
+        mask = None
+        if self.activation == "relu" and masked:
+            mask = self._y if self._y is not None else self._preactivation()
         grad = np.ascontiguousarray(grad, dtype=np.float32)
         gi = self._buf("gx", x.shape)
         gres = self._buf("gres", x.shape) if self._residual is not None else None
@@ -1144,6 +1240,75 @@ class SpatialDropout2d(_DropoutBase):
         return y
 
 
+# The methods through which _fused_step drives a layer, bypassing its forward. A subclass (or an
+# instance) that overrides any of them computes something else than the base layer (ghost batch
+# norm's per-chunk statistics, a standardized weight, ...) that the fused kernels cannot
+# represent: such a layer always runs on its own.
+_FUSED_VIA = {"Conv2d": ("__call__", "forward", "_forward", "_fused_call", "backward", "_channel_sparse_backward"),
+              "BatchNorm2d": ("__call__", "forward", "_fused_forward", "backward", "_eval_backward",
+                              "_preactivation", "_relu_grad")}
+
+
+def _fusable(m: Module | None, cls: type) -> bool:
+    """Whether ``m`` is a ``cls`` (Conv2d or BatchNorm2d) that the fused path may drive: its
+    methods are ``cls``'s own, and (batch norm) it normalizes with whole-batch statistics (no
+    ``virtual_batch_size``, i.e. no ghost batches)."""
+    if not isinstance(m, cls):
+        return False
+    names = _FUSED_VIA[cls.__name__]
+    t = type(m)
+    if t is not cls and any(getattr(t, k) is not getattr(cls, k) for k in names):
+        return False
+    if any(k in vars(m) for k in names):  # monkeypatched on the instance
+        return False
+    return getattr(m, "virtual_batch_size", None) is None
+
+
+def _fused_step(m: Module, x: np.ndarray, pending: tuple | None, nxt: Module | None,
+                residual: np.ndarray | None = None) -> tuple[np.ndarray, tuple | None]:
+    """Run the layer ``m`` of a chain with fusion: ``(output, what m hands to the next layer)``.
+
+    ``nxt`` is the layer that runs next on m's output (None: none, or not part of the chain).
+    A Conv2d followed by a training-mode BatchNorm2d keeps its output's batch statistics
+    (the epilogue) and hands ``("stats", mean, var)`` on; a BatchNorm2d followed by a Conv2d and
+    not captured hands ``("pre", norm, (scale, shift, relu))`` on and passes its input through
+    (the convolution applies it as its prologue); a BatchNorm2d given statistics uses them.
+    Any other layer runs as ``m(x)``, and so does a Conv2d or BatchNorm2d that is not
+    :func:`_fusable` (e.g. ghost batch norm): the statistics and prologue are only exchanged
+    between two fusable layers."""
+    if _fusable(m, Conv2d):
+        pre_bn, pre = (pending[1], pending[2]) if pending is not None and pending[0] == "pre" else (None, None)
+        stats = (isinstance(nxt, BatchNorm2d) and _fusable(nxt, BatchNorm2d) and nxt.training
+                 and nxt.layout == m.layout and nxt.num_features == m.out_channels)
+        if pre is None and not stats:
+            return m(x), None
+        y = m._fused_call(x, pre, stats)
+        if pre_bn is not None:
+            pre_bn._y = m._a  # the prologue's output if materialised (its sign is the ReLU mask), else None
+        return y, (("stats",) + tuple(m._stats or ())) if stats else None
+    if _fusable(m, BatchNorm2d):
+        given = pending[1:] if pending is not None and pending[0] == "stats" else None
+        defer = (isinstance(nxt, Conv2d) and _fusable(nxt, Conv2d) and residual is None and not m._captures
+                 and nxt.layout == m.layout and nxt.in_channels == m.num_features and x.ndim == 4)
+        if given is None and not defer:
+            return (m(x) if residual is None else m(x, residual)), None
+        out, pre = m._fused_forward(x, given, residual, defer)
+        if pre is not None:
+            return x, ("pre", m, pre)
+        assert out is not None
+        return out, None
+    return m(x), None
+
+
+def _fused_chain(mods: tuple, last: Module, x: np.ndarray, residual: np.ndarray) -> np.ndarray:
+    """The main path ``mods`` then the last norm (given the shortcut's ``residual``), fused."""
+    seq = list(mods) + [last]
+    pending = None
+    for m, nxt in zip(seq, seq[1:] + [None]):
+        x, pending = _fused_step(m, x, pending, nxt, residual if m is last else None)
+    return x
+
+
 def _norm(kind, C, layout, activation=None, groups=8):
     check_choice("norm", kind, ("batch", "group", None))
     if kind == "batch":
@@ -1165,9 +1330,15 @@ def _shortcut(in_channels, out_channels, stride, norm, layout, rng):
 
 class _Residual(Module):
     """The shared tail of the residual blocks: the last norm adds the shortcut ``r`` (fused into
-    batch norm with the ReLU; otherwise an add then a ReLU), and its adjoint."""
+    batch norm with the ReLU; otherwise an add then a ReLU), and its adjoint. With batch norm and
+    ``fuse`` (and :func:`cnnkit.nn.fusion`) on, the main path runs its Conv2d -> BatchNorm2d
+    pairs fused (see :func:`cnnkit.nn.fusion`)."""
 
     _order: tuple[str, ...] = ()  # the main path's sub-modules, in torch's order (absent ones are None)
+    fuse = True  # run Conv2d -> BatchNorm2d pairs fused (with cnnkit.nn.fusion on; batch norm only)
+
+    def _fusing(self) -> bool:
+        return self.norm == "batch" and self.fuse and fusion_enabled()
 
     def children(self) -> list[tuple[str, Module]]:
         """The sub-modules in torch's order and names (``downsample`` for the shortcut).
@@ -1259,6 +1430,8 @@ class ResidualBlock(_Residual):
             (N, out_channels, Ho, Wo) (NHWC likewise), ``Ho = ceil(H / stride)``.
         """
         r = x if self.shortcut is None else self.shortcut(x)
+        if self._fusing() and self.bn2 is not None:
+            return _fused_chain((self.conv1, self.bn1, self.conv2), self.bn2, x, r)
         h = self.bn1(self.conv1(x))
         return self._merge(self.conv2(h), r, self.bn2)
 
@@ -1337,6 +1510,8 @@ class BottleneckBlock(_Residual):
             (N, out_channels, Ho, Wo) (NHWC likewise), ``Ho = ceil(H / stride)``.
         """
         r = x if self.shortcut is None else self.shortcut(x)
+        if self._fusing() and self.bn3 is not None:
+            return _fused_chain((self.conv1, self.bn1, self.conv2, self.bn2, self.conv3), self.bn3, x, r)
         h = self.bn2(self.conv2(self.bn1(self.conv1(x))))
         return self._merge(self.conv3(h), r, self.bn3)
 

@@ -13,18 +13,111 @@ an input of the same shape (copy it to keep it).
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Iterator
 
 import numpy as np
 
-from .._validate import check_array
+from .._validate import check_array, dlpack_methods
 
-__all__ = ["Module", "Sequential", "Capture", "RELU_BACKWARD_MODES"]
+__all__ = ["Module", "Sequential", "Capture", "RELU_BACKWARD_MODES", "fusion", "fusion_enabled"]
 
 RELU_BACKWARD_MODES = ("standard", "guided", "deconvnet")
 
+#: methods whose array arguments accept any CPU object with ``__dlpack__`` (in every subclass)
+_ARRAY_METHODS = ("__call__", "forward", "backward")
+
 #: buffers of other shapes a module keeps per buffer name besides the current one
 SPARE_SHAPES = 2
+
+_FUSION = [True]  # the process-wide switch of fusion(); a list so the context manager can set it
+
+
+def fusion_enabled() -> bool:
+    """Whether Conv2d -> BatchNorm2d fusion is on process-wide (see :func:`fusion`).
+
+    Returns
+    -------
+    bool
+    """
+    return _FUSION[0]
+
+
+def fusion(enabled: bool = True) -> contextlib.AbstractContextManager[None]:
+    """Turn the automatic Conv2d -> BatchNorm2d(+ReLU, +residual) fusion of :mod:`cnnkit.nn` on
+    or off inside a ``with`` block (process-wide; the previous setting comes back on exit).
+
+    With fusion on (the default), :class:`Sequential` and the residual blocks run a Conv2d
+    followed by a BatchNorm2d as one :func:`cnnkit.ops.conv2d_fused` call whose epilogue gives
+    the batch statistics, and a BatchNorm2d followed by a Conv2d as a prologue of that
+    convolution (the normalized tensor is not materialised). Off, every layer runs on its own:
+    the exact unfused path, for debugging. ``container.fuse = False`` (or
+    :meth:`Module.set_fusion`) turns it off for one model or container only.
+
+    What fuses (both in :class:`Sequential` chains and inside :class:`~cnnkit.nn.ResidualBlock` /
+    :class:`~cnnkit.nn.BottleneckBlock` with batch norm): Conv2d -> BatchNorm2d in training mode
+    (statistics from the convolution's epilogue; the norm then applies with its ReLU and
+    residual as before), and BatchNorm2d(+ReLU) -> Conv2d in both modes (training: the batch
+    statistics; eval: the running ones) as the convolution's prologue. Not fused: a norm
+    whose output is captured (:meth:`Module.capture`) or where ``forward(until=)`` stops, a
+    norm followed by anything but a Conv2d, a channel with ``|mean| / std > 16`` (accuracy),
+    across container boundaries, and a Conv2d or BatchNorm2d whose subclass (or instance)
+    overrides its forward or backward or that has a ``virtual_batch_size`` (ghost batch norm:
+    per-chunk statistics, which the epilogue's whole-batch ones cannot represent); such a
+    layer runs on its own, and so do its neighbours' halves of the fusion. Running statistics and ``num_batches_tracked`` move exactly as
+    unfused. The backward is the unfused one's: each norm sees the gradient at its output
+    (captures, ``inject=`` and ``until=`` work there), the ReLU mask is recomputed when the
+    output was not materialised.
+
+    Tolerance (fused vs unfused; the layers are float32, after ``k`` training steps):
+
+    ==========================  ===========================================================
+    loss                        ``|l_f - l_u| <= 1e-5 * k * |l_u|``
+    each gradient tensor g      ``max|g_f - g_u| <= 2e-5 * k * max|g_u| + 1e-6 * G``
+                                (G: the largest gradient magnitude of the model)
+    input gradient              as a gradient tensor
+    running mean / var          ``|r_f - r_u| <= 1e-5 * k * (1 + |r_u|)``
+    ==========================  ===========================================================
+
+    The fused operation itself (:func:`cnnkit.ops.conv2d_fused` and its backward) meets the
+    suite's elementwise table against a float64 reference, ``atol + rtol * |ref|`` scaled by the
+    square root of the reduction length: float32 rtol 2e-5, atol 1e-6; float64 rtol 1e-12,
+    atol 1e-14. Without the compiled kernel (and always in float64) it runs the same kernels as
+    the unfused path, and a Conv2d -> BatchNorm2d pair (statistics) is then bitwise unfused; the
+    prologue ``scale * x + shift`` differs from the norm's ``(x - mean) * invstd * w + b`` by
+    rounding only.
+
+    Parameters
+    ----------
+    enabled : bool
+        Checked at the call (a TypeError before any ``with``).
+
+    Returns
+    -------
+    context manager
+        Sets the switch on entry and restores the previous setting on exit; yields None.
+
+    Examples
+    --------
+    >>> from cnnkit import nn
+    >>> with nn.fusion(False):
+    ...     nn.fusion_enabled()
+    False
+    >>> nn.fusion_enabled()
+    True
+    """
+    from .._validate import check_bool
+    return _fusion(check_bool("enabled", enabled))
+
+
+@contextlib.contextmanager
+def _fusion(enabled: bool) -> Iterator[None]:
+    before = _FUSION[0]
+    _FUSION[0] = enabled
+    try:
+        yield
+    finally:
+        _FUSION[0] = before
 
 
 class Capture:
@@ -52,7 +145,14 @@ class Capture:
 class Module:
     """Base class. Subclasses register parameters with :meth:`_param` and buffers (running
     statistics) with :meth:`_buffer` in ``__init__``, list sub-modules in :meth:`children`, and
-    implement ``forward`` and ``backward``."""
+    implement ``forward`` and ``backward``.
+
+    ``forward``, ``backward`` and ``__call__`` of every subclass (a user's own included) take
+    torch tensors and other CPU objects with ``__dlpack__`` as NumPy views of their memory."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        dlpack_methods(cls, _ARRAY_METHODS)
 
     def __init__(self):
         self._param_names: list[str] = []
@@ -457,6 +557,27 @@ class Module:
                 setattr(m, "relu_mode", mode)  # the ReLU-bearing layers' attribute
         return self
 
+    def set_fusion(self, enabled: bool = True) -> Module:
+        """Turn the Conv2d -> BatchNorm2d fusion of every container in this model (``fuse``
+        attributes of :class:`Sequential` and the residual blocks) on or off; the process-wide
+        switch :func:`fusion` must be on too for fusion to happen.
+
+        Parameters
+        ----------
+        enabled : bool
+
+        Returns
+        -------
+        Module
+            ``self``.
+        """
+        from .._validate import check_bool
+        enabled = check_bool("enabled", enabled)
+        for m in self.modules():
+            if hasattr(m, "fuse"):
+                setattr(m, "fuse", enabled)
+        return self
+
     def set_param_grads(self, enabled: bool = True) -> Module:
         """Whether ``backward`` computes parameter gradients (default True). With ``False``
         every layer computes only the gradient with respect to its input and leaves the gradient
@@ -527,6 +648,9 @@ class Module:
         return ""
 
 
+dlpack_methods(Module, _ARRAY_METHODS)
+
+
 class Sequential(Module):
     """Modules applied in order. ``backward(grad, input_grad=False)`` returns the gradient with
     respect to the input only when asked (the first layer then skips that work otherwise).
@@ -536,6 +660,9 @@ class Sequential(Module):
     *modules : Module
         The layers, in order (or one list or tuple of them); their parameters move into this
         model's arena. ``model[i]`` and ``len(model)`` index them.
+    fuse : bool
+        Run Conv2d -> BatchNorm2d(+ReLU) -> Conv2d chains fused (the attribute ``fuse``; see
+        :func:`cnnkit.nn.fusion` and :meth:`forward`).
 
     Examples
     --------
@@ -557,8 +684,10 @@ class Sequential(Module):
     True
     """
 
-    def __init__(self, *modules: Any):  # Module, ... or one list/tuple of them
+    def __init__(self, *modules: Any, fuse: bool = True):  # Module, ... or one list/tuple of them
         super().__init__()
+        from .._validate import check_bool
+        self.fuse = check_bool("fuse", fuse)
         if len(modules) == 1 and isinstance(modules[0], (list, tuple)):
             modules = tuple(modules[0])
         for i, m in enumerate(modules):
@@ -628,17 +757,32 @@ class Sequential(Module):
         ------
         TypeError, ValueError
             From a layer, with the layer's index and type prepended; ``until`` not a layer name.
+
+        Notes
+        -----
+        Fusion (``fuse`` and :func:`cnnkit.nn.fusion` both on): a Conv2d followed by a
+        BatchNorm2d in training mode gets the batch statistics from the convolution's epilogue,
+        and a BatchNorm2d followed by a Conv2d is applied in that convolution's prologue, its
+        output never materialised, unless its output is requested: a :meth:`capture` on it, or
+        ``until`` naming it (the pass ends there). The batch norm still sees the gradient at its
+        output in :meth:`backward` (captures, ``inject``, ``until`` work on it).
         """
         n = len(self.layers)
         stop, inner = n - 1, ""
         if until is not None:
             stop, inner = self._locate(until, "until")
         partial = bool(inner) and isinstance(self.layers[stop], Sequential)
+        step: Any = None
+        if self.fuse and _FUSION[0]:
+            from .layers import _fused_step as step
+        pending = None  # what a fused layer hands to the next one
         for i in range(stop + 1):
             m = self.layers[i]
             try:
                 if i == stop and partial:   # stops inside m: m's own output is not computed
                     x = m.forward(x, until=inner)
+                elif step is not None:
+                    x, pending = step(m, x, pending, self.layers[i + 1] if i < stop else None)
                 else:
                     x = m(x)
             except (ValueError, TypeError) as e:  # name the layer (nested containers add their own)

@@ -1,0 +1,623 @@
+"""Fused convolution (cnnkit.ops.conv2d_fused and its backward) and the automatic Conv2d ->
+BatchNorm2d fusion of cnnkit.nn.
+
+* conv2d_fused / conv2d_fused_backward against a float64 NumPy reference written here from
+  tests/reference/conv.py (prologue ``relu(s*x + t)``, conv, bias, residual, ReLU, statistics;
+  the chain rule for the backward), over hypothesis geometries (stride, padding, dilation,
+  groups, both layouts) and every option combination, float32 and float64; the conftest
+  tolerance table scaled with the reduction length.
+* dispatch: a fake ``_core.conv2d_fused`` (monkeypatched) is called for float32 with the
+  documented arguments, its ValueError falls back to the reference path, float64 never calls
+  it; the shifted sums it returns become the mean and variance.
+* networks: fused vs unfused Sequential chains, residual and bottleneck blocks and the models
+  of cnnkit.models give the same loss, gradients, input gradient and running statistics over a
+  few training steps to the tolerance table of :func:`cnnkit.nn.fusion` (NETWORK_TOL below),
+  also with the fake kernel (then nothing is materialised and the backward recomputes);
+  fusion off is bitwise the layer-by-layer path; captures, ``until`` and ``inject`` work.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import cnnkit
+from cnnkit import _core, models, nn
+from cnnkit.ops import fused as F
+from cnnkit.optim import SGD
+from conftest import assert_bitwise, assert_close
+from reference.conv import conv2d_backward_ref, conv2d_ref, resolve_padding, to_nchw, to_nhwc
+
+# The network tolerance of cnnkit.nn.fusion's docstring (float32 layers): after step k,
+# |loss_f - loss_u| <= LOSS_RTOL*k*|loss_u|; per gradient tensor
+# max|g_f - g_u| <= GRAD_RTOL*k*max|g_u| + GRAD_ATOL*G (G: the largest gradient magnitude of the
+# model at that step); running statistics |r_f - r_u| <= STAT_TOL*k*(1 + |r_u|).
+LOSS_RTOL, GRAD_RTOL, GRAD_ATOL, STAT_TOL = 1e-5, 2e-5, 1e-6, 1e-5
+
+
+# ---- the float64 reference --------------------------------------------------------------------
+
+def _chan(a, nd=4):
+    return np.asarray(a, np.float64).reshape((1, -1) + (1,) * (nd - 2))
+
+
+def fused_ref(x, w, b, stride, padding, dilation, groups, s, t, pre_relu, res, post_relu):
+    """y (NCHW, float64) and the prologue's output a, plus the batch statistics of y."""
+    x = np.asarray(x, np.float64)
+    a = x * (1.0 if s is None else _chan(s)) + (0.0 if t is None else _chan(t))
+    if pre_relu:
+        a = np.maximum(a, 0)
+    y = conv2d_ref(a, w, b, stride, padding, dilation, groups)
+    if res is not None:
+        y = y + np.asarray(res, np.float64)
+    if post_relu:
+        y = np.maximum(y, 0)
+    return y, a, y.mean(axis=(0, 2, 3)), y.var(axis=(0, 2, 3))
+
+
+def fused_backward_ref(gy, x, w, stride, padding, dilation, groups, s, t, pre_relu, y, post_relu):
+    """(grad_x, grad_w, grad_b, grad_s, grad_t, grad_res, grad_a), NCHW float64."""
+    x = np.asarray(x, np.float64)
+    g = np.asarray(gy, np.float64)
+    if post_relu:
+        g = g * (np.asarray(y) > 0)
+    z = x * (1.0 if s is None else _chan(s)) + (0.0 if t is None else _chan(t))
+    a = np.maximum(z, 0) if pre_relu else z
+    ga, gw, gb = conv2d_backward_ref(g, a, w, stride, padding, dilation, groups)
+    gz = ga * (z > 0) if pre_relu else ga
+    gx = gz * (1.0 if s is None else _chan(s))
+    return gx, gw, gb, (gz * x).sum(axis=(0, 2, 3)), gz.sum(axis=(0, 2, 3)), g, ga
+
+
+# ---- hypothesis cases -------------------------------------------------------------------------
+
+@st.composite
+def cases(draw):
+    groups = draw(st.sampled_from((1, 1, 2, 3)))
+    depthwise = draw(st.booleans()) and groups == 1
+    cig = 1 if depthwise else draw(st.integers(1, 4))
+    C = cig * groups if not depthwise else draw(st.integers(1, 5))
+    if depthwise:
+        groups, K = C, C * draw(st.integers(1, 2))
+    else:
+        K = groups * draw(st.integers(1, 4))
+    kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    return dict(N=draw(st.integers(1, 3)), C=C, K=K, H=draw(st.integers(3, 7)), W=draw(st.integers(3, 7)),
+                kh=kh, kw=kw, groups=groups, stride=draw(st.integers(1, 2)), padding=draw(st.integers(0, 2)),
+                dilation=draw(st.integers(1, 2)), layout=draw(st.sampled_from(("NCHW", "NHWC"))),
+                bias=draw(st.booleans()), scale=draw(st.booleans()), shift=draw(st.booleans()),
+                pre_relu=draw(st.booleans()), epi=draw(st.sampled_from(("none", "stats", "res", "relu", "res_relu"))),
+                dtype=draw(st.sampled_from((np.float32, np.float64))), seed=draw(st.integers(0, 2**31 - 1)))
+
+
+def _fits(c):
+    eh, ew = c["dilation"] * (c["kh"] - 1) + 1, c["dilation"] * (c["kw"] - 1) + 1
+    return c["H"] + 2 * c["padding"] >= eh and c["W"] + 2 * c["padding"] >= ew
+
+
+def _arrays(c):
+    rng = np.random.default_rng(c["seed"])
+    dt = c["dtype"]
+    x = rng.standard_normal((c["N"], c["C"], c["H"], c["W"])).astype(dt)
+    w = rng.standard_normal((c["K"], c["C"] // c["groups"], c["kh"], c["kw"])).astype(dt)
+    b = rng.standard_normal(c["K"]).astype(dt) if c["bias"] else None
+    s = rng.uniform(0.5, 2.0, c["C"]).astype(dt) * rng.choice((-1, 1), c["C"]) if c["scale"] else None
+    t = rng.standard_normal(c["C"]).astype(dt) if c["shift"] else None
+    return rng, x, w, b, (None if s is None else s.astype(dt)), t
+
+
+def _geom_kw(c):
+    return dict(stride=c["stride"], padding=c["padding"], dilation=c["dilation"], groups=c["groups"],
+                layout=c["layout"])
+
+
+def _to(layout, a):
+    return a if layout == "NCHW" else to_nhwc(a)
+
+
+def _from(layout, a):
+    return a if layout == "NCHW" else to_nchw(a)
+
+
+def _check_case(c):
+    if not _fits(c):
+        return
+    rng, x, w, b, s, t = _arrays(c)
+    dt, lay = c["dtype"], c["layout"]
+    y_ref_shape = conv2d_ref(x[:1, :, :, :], w, None, c["stride"], c["padding"], c["dilation"], c["groups"]).shape
+    res = None
+    if c["epi"] in ("res", "res_relu"):
+        res = rng.standard_normal((c["N"],) + y_ref_shape[1:]).astype(dt)
+    post = c["epi"] in ("relu", "res_relu")
+    stats = c["epi"] == "stats"
+    y_ref, a_ref, m_ref, v_ref = fused_ref(x, w, b, c["stride"], c["padding"], c["dilation"], c["groups"], s, t,
+                                           c["pre_relu"], res, post)
+    L = (c["C"] // c["groups"]) * c["kh"] * c["kw"]
+    out = F.conv2d_fused(_to(lay, x), w, b, pre_scale=s, pre_shift=t, pre_relu=c["pre_relu"],
+                         residual=None if res is None else _to(lay, res), post_relu=post, stats=stats,
+                         **_geom_kw(c))
+    y = out[0] if stats else out
+    assert y.dtype == dt
+    assert_close(_from(lay, y), y_ref, dt, length=L, what="y")
+    if stats:
+        assert out[1].dtype == np.float64 and out[2].dtype == np.float64
+        scale = np.abs(y_ref).max() + 1
+        assert_close(out[1] / scale, m_ref / scale, dt, length=L, what="mean")
+        assert_close(out[2] / scale**2, v_ref / scale**2, dt, length=L, what="var")
+    # backward
+    gy = rng.standard_normal(y_ref.shape).astype(dt)
+    needs = ("input", "weight", "bias", "pre_scale", "pre_shift", "residual", "conv_input")
+    gr = F.conv2d_fused_backward(_to(lay, gy), _to(lay, x), w, pre_scale=s, pre_shift=t, pre_relu=c["pre_relu"],
+                                 post_relu=post, y=y if post else None, needs=needs, **_geom_kw(c))
+    ref = fused_backward_ref(gy, x, w, c["stride"], c["padding"], c["dilation"], c["groups"], s, t, c["pre_relu"],
+                             y_ref, post)
+    Lw = c["N"] * y_ref.shape[2] * y_ref.shape[3]
+    Lx = (c["K"] // c["groups"]) * c["kh"] * c["kw"]
+    Ls = Lx * c["N"] * c["H"] * c["W"]
+    for got, want, length, name in ((gr.input, ref[0], Lx, "grad_x"), (gr.weight, ref[1], Lw, "grad_w"),
+                                    (gr.bias, ref[2], Lw, "grad_b"), (gr.pre_scale, ref[3], Ls, "grad_scale"),
+                                    (gr.pre_shift, ref[4], Ls, "grad_shift"), (gr.residual, ref[5], 1, "grad_res"),
+                                    (gr.conv_input, ref[6], Lx, "grad_a")):
+        assert got is not None and got.dtype == dt, name
+        if name in ("grad_x", "grad_res", "grad_a"):
+            got = _from(lay, got)
+        assert_close(got, want, dt, length=length, what=name)
+
+
+@settings(max_examples=60, deadline=None)
+@given(cases())
+def test_conv2d_fused_matches_reference(c):
+    _check_case(c)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_conv2d_fused_every_option(layout, dtype):
+    base = dict(N=2, C=4, K=6, H=5, W=6, kh=3, kw=3, groups=2, stride=1, padding=1, dilation=1, layout=layout,
+                dtype=dtype, seed=3)
+    for bias in (False, True):
+        for scale in (False, True):
+            for shift in (False, True):
+                for pre_relu in (False, True):
+                    for epi in ("none", "stats", "res", "relu", "res_relu"):
+                        _check_case(dict(base, bias=bias, scale=scale, shift=shift, pre_relu=pre_relu, epi=epi))
+
+
+def test_reference_path_is_the_unfused_composition():
+    """Without the compiled kernel the fused op is bitwise the composition of existing ops."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 4, 6, 6)).astype(np.float32)
+    w = rng.standard_normal((5, 4, 3, 3)).astype(np.float32)
+    s, t = rng.standard_normal(4).astype(np.float32), rng.standard_normal(4).astype(np.float32)
+    y, mean, var = F.conv2d_fused(x, w, padding=1, pre_scale=s, pre_shift=t, pre_relu=True, stats=True)
+    if F.last_kernel != "reference":
+        pytest.skip("the compiled kernel ran")
+    a = np.empty_like(x)
+    _core.norm_apply(x, a, None, 2, 4, 36, False, False, np.zeros(4), np.ones(4), s, t, True)
+    assert_bitwise(y, cnnkit.conv2d(a, w, padding=1), "y")
+    m2, v2 = _core.norm_stats(y, 2, 5, 36, False, False)
+    assert_bitwise(mean, m2, "mean")
+    assert_bitwise(var, v2, "var")
+
+
+def test_bad_input():
+    x = np.zeros((1, 2, 4, 4), np.float32)
+    w = np.zeros((3, 2, 3, 3), np.float32)
+    with pytest.raises(ValueError, match="stats"):
+        F.conv2d_fused(x, w, stats=True, post_relu=True)
+    with pytest.raises(ValueError, match="pre_scale"):
+        F.conv2d_fused(x, w, pre_scale=np.ones(3, np.float32))
+    with pytest.raises(TypeError, match="pre_shift"):
+        F.conv2d_fused(x, w, pre_shift=np.ones(2, np.float64))
+    with pytest.raises(ValueError, match="residual"):
+        F.conv2d_fused(x, w, residual=np.zeros((1, 3, 4, 4), np.float32))
+    with pytest.raises(TypeError, match="pre_relu"):
+        F.conv2d_fused(x, w, pre_relu=1)
+    with pytest.raises(ValueError, match="y:"):
+        F.conv2d_fused_backward(np.zeros((1, 3, 2, 2), np.float32), x, w, post_relu=True)
+    with pytest.raises(ValueError, match="needs"):
+        F.conv2d_fused_backward(np.zeros((1, 3, 2, 2), np.float32), x, w, needs=("gamma",))
+
+
+# ---- dispatch to the compiled kernel ----------------------------------------------------------
+
+class FakeKernel:
+    """Stands in for _core.conv2d_fused: float64 NumPy, the documented argument order; raises
+    ValueError (unsupported) for dilation > 1 (as a real kernel may for some combination)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, x, weight, out, geom, bias, pre_scale, pre_shift, pre_relu, residual, post_relu,
+                 stats_sum, stats_sumsq):
+        assert isinstance(geom, _core.ConvGeom)
+        assert x.dtype == weight.dtype == out.dtype == np.float32 and x.flags.c_contiguous
+        self.calls.append(dict(pre_relu=pre_relu, post_relu=post_relu, stats=stats_sum is not None,
+                               residual=residual is not None))
+        if geom.dh != 1 or geom.dw != 1:
+            raise ValueError("conv2d_fused: dilation is not supported")
+        nhwc = bool(geom.nhwc)
+        xn = to_nchw(x) if nhwc else x
+        padding = (geom.pt, geom.pl)  # symmetric in these tests
+        y, _, _, _ = fused_ref(xn, weight, bias, (geom.sh, geom.sw), padding, (1, 1), geom.G, pre_scale, pre_shift,
+                               pre_relu, None if residual is None else (to_nchw(residual) if nhwc else residual),
+                               post_relu)
+        out[...] = to_nhwc(y) if nhwc else y
+        if stats_sum is not None:  # shifted sums, shift 0 (the binding's scheme without a shift array)
+            stats_sum[...] = y.sum(axis=(0, 2, 3))
+            stats_sumsq[...] = (y * y).sum(axis=(0, 2, 3))
+        return "conv2d_fused_fake__test"
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    k = FakeKernel()
+    monkeypatch.setattr(_core, "conv2d_fused", k, raising=False)
+    return k
+
+
+def test_geom_fields_for_fake():
+    g = F._Geom((1, 2, 5, 5), (3, 2, 3, 3), 2, 1, 1, 1, "NCHW", np.float32).core()
+    for name in ("sh", "sw", "dh", "dw", "pt", "pl", "G", "nhwc"):
+        assert hasattr(g, name), name
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_dispatch_to_compiled_kernel(fake, layout):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 4, 6, 6)).astype(np.float32)
+    w = rng.standard_normal((6, 2, 3, 3)).astype(np.float32)
+    s, t = rng.standard_normal(4).astype(np.float32), rng.standard_normal(4).astype(np.float32)
+    xl = _to(layout, x)
+    y, mean, var = F.conv2d_fused(xl, w, padding=1, groups=2, layout=layout, pre_scale=s, pre_shift=t,
+                                  pre_relu=True, stats=True)
+    assert F.last_kernel == "conv2d_fused_fake__test" and len(fake.calls) == 1
+    assert fake.calls[0] == dict(pre_relu=True, post_relu=False, stats=True, residual=False)
+    y_ref, _, m_ref, v_ref = fused_ref(x, w, None, 1, 1, 1, 2, s, t, True, None, False)
+    assert_close(_from(layout, y), y_ref, np.float32, length=18, what="y")
+    assert_close(mean, m_ref, np.float32, length=18, what="mean")
+    assert_close(var, v_ref, np.float32, length=18, what="var")
+    # unsupported (the fake rejects dilation): the reference path runs, same numbers
+    y2 = F.conv2d_fused(xl, w, padding=2, dilation=2, groups=2, layout=layout, pre_scale=s, pre_shift=t)
+    assert F.last_kernel == "reference" and len(fake.calls) == 2
+    y2_ref, _, _, _ = fused_ref(x, w, None, 1, 2, 2, 2, s, t, False, None, False)
+    assert_close(_from(layout, y2), y2_ref, np.float32, length=18, what="fallback y")
+    # float64 never calls the compiled kernel
+    F.conv2d_fused(xl.astype(np.float64), w.astype(np.float64), padding=1, groups=2, layout=layout)
+    assert F.last_kernel == "reference" and len(fake.calls) == 2
+
+
+def test_stats_from_shifted_sums():
+    rng = np.random.default_rng(2)
+    y = 1e3 + rng.standard_normal((50, 3))
+    shift = y[0]
+    sums = {"sum": (y - shift).sum(0), "sumsq": ((y - shift) ** 2).sum(0), "shift": shift}
+    mean, var = F._stats_from_sums(sums, 50)
+    assert_close(mean, y.mean(0), np.float64, length=50)
+    assert_close(var, y.var(0), np.float64, length=50)
+
+
+# ---- networks ---------------------------------------------------------------------------------
+
+def _train(model, xs, labels, fuse, *, eval_after=False, lr=0.05):
+    loss_fn = nn.CrossEntropyLoss()
+    opt = SGD(model.parameters(), lr=lr, momentum=0.9)
+    hist = []
+    with nn.fusion(fuse):
+        for x, lab in zip(xs, labels):
+            loss = loss_fn(model.forward(x), lab)
+            gx = model.backward(loss_fn.backward(), input_grad=True)
+            hist.append((loss, [g.copy() for g in model.gradients()], gx.copy(),
+                         {k: v.copy() for k, v in model.state_dict().items() if "running" in k}))
+            opt.step(model.gradients())
+        if eval_after:
+            model.eval()
+            loss = loss_fn(model.forward(xs[0]), labels[0])
+            gx = model.backward(loss_fn.backward(), input_grad=True)
+            hist.append((loss, [g.copy() for g in model.gradients()], gx.copy(), {}))
+    return hist
+
+
+def _assert_same_training(h_f, h_u):
+    for k, ((lf, gf, xf, sf), (lu, gu, xu, su)) in enumerate(zip(h_f, h_u), start=1):
+        assert abs(lf - lu) <= LOSS_RTOL * k * abs(lu), f"step {k}: loss {lf} vs {lu}"
+        G = max(float(np.abs(g).max()) for g in gu + [xu])
+        for i, (a, b) in enumerate(zip(gf + [xf], gu + [xu])):
+            err = float(np.abs(a - b).max())
+            bound = GRAD_RTOL * k * float(np.abs(b).max()) + GRAD_ATOL * G
+            assert err <= bound, f"step {k}, gradient {i} {b.shape}: error {err:.3g} > {bound:.3g}"
+        for name in su:
+            err = np.abs(sf[name] - su[name])
+            assert np.all(err <= STAT_TOL * k * (1 + np.abs(su[name]))), f"step {k}: {name}"
+
+
+def _data(shape, steps, classes, seed=5):
+    rng = np.random.default_rng(seed)
+    return ([rng.standard_normal(shape).astype(np.float32) for _ in range(steps)],
+            [rng.integers(0, classes, shape[0]) for _ in range(steps)])
+
+
+def _chain(layout, rng):
+    C = (3, 8, 8, 12)
+    return nn.Sequential(
+        nn.Conv2d(C[0], C[1], 3, padding=1, bias=False, layout=layout, rng=rng),
+        nn.BatchNorm2d(C[1], activation="relu", layout=layout),
+        nn.Conv2d(C[1], C[2], 3, 2, 1, groups=2, layout=layout, rng=rng),
+        nn.BatchNorm2d(C[2], layout=layout),  # no ReLU
+        nn.Conv2d(C[2], C[2], 3, 1, 1, groups=C[2], bias=False, layout=layout, rng=rng),
+        nn.BatchNorm2d(C[2], activation="relu", momentum=None, layout=layout),
+        nn.Conv2d(C[2], C[3], 1, layout=layout, rng=rng),
+        nn.BatchNorm2d(C[3], activation="relu", layout=layout),
+        nn.GlobalAvgPool2d(layout=layout), nn.Linear(C[3], 4, rng=rng))
+
+
+def _shape(layout, n, c, h):
+    return (n, c, h, h) if layout == "NCHW" else (n, h, h, c)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_sequential_chain_fused_matches_unfused(layout):
+    xs, ls = _data(_shape(layout, 4, 3, 8), 3, 4)
+    h_f = _train(_chain(layout, np.random.default_rng(0)), xs, ls, True, eval_after=True)
+    h_u = _train(_chain(layout, np.random.default_rng(0)), xs, ls, False, eval_after=True)
+    _assert_same_training(h_f, h_u)
+
+
+@pytest.mark.parametrize("block", ["basic", "bottleneck"])
+def test_residual_blocks_fused_match_unfused(block):
+    def make():
+        rng = np.random.default_rng(1)
+        if block == "basic":
+            blocks = [nn.ResidualBlock(8, 8, rng=rng), nn.ResidualBlock(8, 16, 2, groups=2, rng=rng)]
+        else:
+            blocks = [nn.BottleneckBlock(8, 8, 8, groups=4, rng=rng), nn.BottleneckBlock(8, 16, 8, 2, rng=rng)]
+        return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False, rng=rng), nn.BatchNorm2d(8, activation="relu"),
+                             *blocks, nn.GlobalAvgPool2d(), nn.Linear(16, 3, rng=rng))
+    xs, ls = _data((4, 3, 8, 8), 3, 3)
+    _assert_same_training(_train(make(), xs, ls, True, eval_after=True), _train(make(), xs, ls, False, eval_after=True))
+
+
+@pytest.mark.parametrize("name", ["resnext_small", "mobilenet_small", "resnet_small"])
+def test_models_fused_match_unfused(name):
+    build = getattr(models, name)
+    kw = dict(widths=(8, 16, 32)) if name != "mobilenet_small" else dict(widths=(8, 16, 16, 32))
+    if name == "resnext_small":
+        kw["groups"] = 4
+    xs, ls = _data((4, 3, 8, 8), 3, 5)
+    h_f = _train(build(3, 5, seed=0, **kw), xs, ls, True)
+    h_u = _train(build(3, 5, seed=0, **kw), xs, ls, False)
+    _assert_same_training(h_f, h_u)
+
+
+def test_models_with_compiled_kernel_match_unfused(fake):
+    """With a compiled kernel the normalized tensors are not materialised: the backward
+    recomputes the convolution inputs and the ReLU masks; the numbers stay the same."""
+    kw = dict(widths=(8, 16, 16), groups=4)
+    xs, ls = _data((4, 3, 8, 8), 2, 5)
+    h_f = _train(models.resnext_small(3, 5, seed=0, **kw), xs, ls, True, eval_after=True)
+    assert fake.calls and any(c["pre_relu"] for c in fake.calls) and any(c["stats"] for c in fake.calls)
+    h_u = _train(models.resnext_small(3, 5, seed=0, **kw), xs, ls, False, eval_after=True)
+    _assert_same_training(h_f, h_u)
+
+
+def test_fusion_off_is_the_layer_by_layer_path(monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("conv2d_fused called with fusion off")
+
+    xs, ls = _data((4, 3, 8, 8), 2, 5)
+    m1 = models.resnext_small(3, 5, seed=0, widths=(8, 16, 16), groups=4)
+    m2 = models.resnext_small(3, 5, seed=0, widths=(8, 16, 16), groups=4)
+    monkeypatch.setattr(F, "conv2d_fused", boom)
+    h1 = _train(m1, xs, ls, False)
+    m2.set_fusion(False)
+    assert not m2.fuse and not m2[2].fuse
+    h2 = _train(m2, xs, ls, True)  # fusion on globally, off on the model
+    # the layer-by-layer path by hand
+    m3 = models.resnext_small(3, 5, seed=0, widths=(8, 16, 16), groups=4)
+    x = xs[0]
+    with nn.fusion(False):
+        for layer in m3.layers:
+            x = layer(x)
+    loss_fn = nn.CrossEntropyLoss()
+    assert loss_fn(x, ls[0]) == h1[0][0]
+    for (l1, g1, x1, s1), (l2, g2, x2, s2) in zip(h1, h2):
+        assert l1 == l2
+        for a, b in zip(g1 + [x1], g2 + [x2]):
+            assert_bitwise(a, b, "gradient")
+        for k in s1:
+            assert_bitwise(s1[k], s2[k], k)
+
+
+def test_context_manager_restores():
+    assert nn.fusion_enabled()
+    with pytest.raises(RuntimeError):
+        with nn.fusion(False):
+            assert not nn.fusion_enabled()
+            raise RuntimeError
+    assert nn.fusion_enabled()
+    with pytest.raises(TypeError, match="enabled"):
+        with nn.fusion("no"):  # type: ignore[arg-type]
+            pass
+
+
+def test_captures_until_and_inject_with_fusion():
+    """A captured batch norm is materialised (its output recorded); until= at a norm returns its
+    output; inject= at a norm whose output is not materialised gives the unfused gradients."""
+    xs, _ = _data((4, 3, 8, 8), 1, 4)
+    x = xs[0]
+    results = {}
+    for fuse in (True, False):
+        m = _chain("NCHW", np.random.default_rng(0))
+        with nn.fusion(fuse):
+            cap = m.capture("1")
+            cap6 = m.capture("6")  # a convolution whose input norm (5) is not materialised
+            out = m.forward(x)
+            if fuse:
+                assert m[6]._pre is not None and m[2]._pre is None
+            m.backward(np.ones_like(out))
+            g_cap = [g.copy() for g in m.gradients()]
+            m.release()
+            h = m.forward(x, until="3").copy()
+            m.forward(x)
+            inj = np.random.default_rng(3).standard_normal((4, 8, 8, 8)).astype(np.float32)
+            gx = m.backward(None, input_grad=False, inject={"5": inj[:, :, :4, :4].copy()})
+            g_inj = [g.copy() for g in m.gradients()]
+            m.forward(x)
+            m.backward(np.ones_like(out), until="5")
+            grads_until = [g.copy() for g in m.gradients()]
+        results[fuse] = (cap.output.copy(), cap.grad.copy(), g_cap, h, g_inj, grads_until, gx,
+                         cap6.output.copy(), cap6.grad.copy())
+    f, u = results[True], results[False]
+    assert_bitwise(f[0], u[0], "captured output")  # materialised with the epilogue's statistics
+    assert_close(f[1], u[1], np.float32, length=100, what="captured grad")
+    assert_close(f[3], u[3], np.float32, length=100, what="until output")
+    assert_close(f[7], u[7], np.float32, length=100, what="captured conv output")
+    assert_close(f[8], u[8], np.float32, length=100, what="captured conv grad")
+    for gf, gu in zip(f[2] + f[4] + f[5], u[2] + u[4] + u[5]):
+        G = max(float(np.abs(g).max()) for g in u[2])
+        assert np.abs(gf - gu).max() <= GRAD_RTOL * np.abs(gu).max() + GRAD_ATOL * G
+
+
+def test_guided_backprop_eval_fused():
+    xs, _ = _data((2, 3, 8, 8), 1, 4)
+    grads = {}
+    for fuse in (True, False):
+        m = _chain("NCHW", np.random.default_rng(0))
+        with nn.fusion(fuse):
+            m.forward(xs[0])  # running statistics
+            m.eval().set_guided_backprop(True).set_param_grads(False)
+            out = m.forward(xs[0])
+            grads[fuse] = m.backward(np.ones_like(out), input_grad=True).copy()
+    assert_close(grads[True], grads[False], np.float32, length=1000, what="guided input gradient")
+
+
+def test_large_mean_declines_the_prologue():
+    """A channel whose |mean|/std is huge is normalized unfused (scale*x + shift would cancel)."""
+    rng = np.random.default_rng(0)
+    m = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1, rng=rng), nn.BatchNorm2d(4, activation="relu"),
+                      nn.Conv2d(4, 4, 3, padding=1, rng=rng))
+    m[0].params["bias"][...] = 1e4
+    x = rng.standard_normal((2, 2, 6, 6)).astype(np.float32)
+    y = m.forward(x).copy()
+    assert m[1]._y is not None and m[2]._pre is None
+    with nn.fusion(False):
+        assert_bitwise(y, m.forward(x), "output")
+
+
+# ---- which batch norms fuse: every configuration agrees with the unfused path ----------------
+
+def _ghost(c):
+    from cnnkit.experiments.bn_small_batch import _GhostBatchNorm2d
+    return _GhostBatchNorm2d(c, 2)  # batches of 4 below: two chunks, each with its own statistics
+
+
+_BN_CONFIGS = {
+    "relu": lambda c: nn.BatchNorm2d(c, activation="relu"),
+    "no_activation": lambda c: nn.BatchNorm2d(c),
+    "momentum_none": lambda c: nn.BatchNorm2d(c, momentum=None, activation="relu"),
+    "affine_off": lambda c: nn.BatchNorm2d(c, affine=False, activation="relu"),
+    "affine_off_no_activation": lambda c: nn.BatchNorm2d(c, affine=False),
+    "eps_large": lambda c: nn.BatchNorm2d(c, eps=0.5, momentum=0.9, activation="relu"),
+    "ghost": _ghost,
+}
+
+
+def _pairs(norm, rng):
+    """conv -> norm -> conv -> norm: both the epilogue (statistics) and the prologue fusion."""
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False, rng=rng), norm(8),
+                         nn.Conv2d(8, 6, 3, padding=1, rng=rng), norm(6),
+                         nn.GlobalAvgPool2d(), nn.Linear(6, 4, rng=rng))
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    calls = []
+    real = F.conv2d_fused
+
+    def record(*a, **k):
+        calls.append({"stats": k.get("stats", False), "pre": k.get("pre_scale") is not None})
+        return real(*a, **k)
+
+    monkeypatch.setattr(F, "conv2d_fused", record)
+    return calls
+
+
+@pytest.mark.parametrize("config", list(_BN_CONFIGS))
+def test_every_batch_norm_configuration_fused_matches_unfused(config, spy):
+    """Training steps then an eval step: fused and unfused agree for every batch norm
+    configuration; ghost batch norm (per-chunk statistics) is never fused, so it is bitwise the
+    unfused path (it failed with a (C,) statistic where (chunks, C) was expected)."""
+    xs, ls = _data((4, 3, 8, 8), 3, 4)
+    h_f = _train(_pairs(_BN_CONFIGS[config], np.random.default_rng(0)), xs, ls, True, eval_after=True)
+    fused_calls = list(spy)
+    h_u = _train(_pairs(_BN_CONFIGS[config], np.random.default_rng(0)), xs, ls, False, eval_after=True)
+    assert len(spy) == len(fused_calls)  # nothing fused with fusion off
+    _assert_same_training(h_f, h_u)
+    if config == "ghost":
+        assert not fused_calls
+        for (lf, gf, xf, sf), (lu, gu, xu, su) in zip(h_f, h_u):
+            assert lf == lu
+            for a, b in zip(gf + [xf] + [sf[k] for k in sorted(sf)], gu + [xu] + [su[k] for k in sorted(su)]):
+                assert_bitwise(a, b, "ghost")
+    else:
+        assert any(c["stats"] for c in fused_calls) and any(c["pre"] for c in fused_calls)
+
+
+def test_ghost_batch_norm_beside_plain_ones(spy):
+    """A ghost norm declines both halves (no statistics from its conv, no prologue into the next
+    conv) while a plain pair in the same chain still fuses."""
+    def make():
+        rng = np.random.default_rng(2)
+        return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False, rng=rng), _ghost(8),
+                             nn.Conv2d(8, 6, 3, padding=1, rng=rng), nn.BatchNorm2d(6, activation="relu"),
+                             nn.GlobalAvgPool2d(), nn.Linear(6, 4, rng=rng))
+    xs, ls = _data((4, 3, 8, 8), 2, 4)
+    h_f = _train(make(), xs, ls, True, eval_after=True)
+    train_calls = spy[:2]  # the two training steps: only the plain pair, statistics, no prologue
+    assert train_calls == [{"stats": True, "pre": False}] * 2
+    _assert_same_training(h_f, _train(make(), xs, ls, False, eval_after=True))
+
+
+def test_subclass_overriding_forward_is_not_fused(spy):
+    """A norm subclass with its own forward/backward (here: a scaled output) runs on its own."""
+    class Scaled(nn.BatchNorm2d):
+        def forward(self, x, residual=None):
+            return super().forward(x, residual) * np.float32(2)
+
+        def backward(self, grad, input_grad=True):
+            return super().backward(grad * np.float32(2), input_grad)
+
+    xs, ls = _data((4, 3, 8, 8), 2, 4)
+    h_f = _train(_pairs(Scaled, np.random.default_rng(0)), xs, ls, True, eval_after=True)
+    assert not spy
+    _assert_same_training(h_f, _train(_pairs(Scaled, np.random.default_rng(0)), xs, ls, False, eval_after=True))
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_guided_backprop_fused_matches_unfused(mode):
+    xs, _ = _data((4, 3, 8, 8), 1, 4)
+    grads = {}
+    for fuse in (True, False):
+        m = _pairs(_BN_CONFIGS["relu"], np.random.default_rng(0))
+        with nn.fusion(fuse):
+            m.forward(xs[0])
+            if mode == "eval":
+                m.eval()
+            m.set_guided_backprop(True)
+            out = m.forward(xs[0])
+            gx = m.backward(np.ones_like(out), input_grad=True)
+            grads[fuse] = [gx.copy()] + [g.copy() for g in m.gradients()]
+    for a, b in zip(grads[True], grads[False]):
+        assert_close(a, b, np.float32, length=1000, what=f"guided {mode} gradient")
+
+
+def test_float64_input_same_error_fused_and_unfused():
+    x = np.random.default_rng(0).standard_normal((4, 3, 8, 8))  # float64: layers take float32
+    errors = {}
+    for fuse in (True, False):
+        m = _pairs(_BN_CONFIGS["relu"], np.random.default_rng(0))
+        with nn.fusion(fuse), pytest.raises(TypeError, match="x: expected a float32") as e:
+            m.forward(x)
+        errors[fuse] = str(e.value)
+    assert errors[True] == errors[False]
