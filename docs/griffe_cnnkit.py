@@ -17,10 +17,16 @@ of a name that one of its public submodules exports too (``cnnkit.optim.StepLR``
 ``cnnkit.optim.lr_scheduler``) is left to that submodule's section, and ``__all__`` itself is
 not rendered, nor is an undocumented special method.
 
+The note that ``cnnkit._validate.accepts_dlpack`` adds at run time to the docstring of every
+callable that takes arrays (they also take CPU objects with ``__dlpack__``) is added here too,
+read from the sources: functions and classes decorated with ``accepts_dlpack``, and the methods
+that the base classes wrap in every subclass (``_DLPACK_BASES``), when they take arrays.
+
 Loaded by mkdocs.yml (plugins: mkdocstrings: handlers: python: options: extensions).
 """
 from __future__ import annotations
 
+import ast
 import re
 
 import griffe
@@ -33,6 +39,13 @@ _LITERAL_ALONE = re.compile(r"(?m)^(\s*)::\n(?=\s*\n)")
 _SECTION_RULE = re.compile(r"-{3,}\s*")
 _PARAM_ENTRY = re.compile(r"(?P<names>\*{0,2}\w+(?:\s*,\s*\*{0,2}\w+)*)(?:\s*:\s*(?P<type>.*?))?\s*")
 _PROSE_TYPE = re.compile(r"(?i)(as in|as given|like|see|from)\b|.*:\w+:`")
+# base class -> the methods whose array arguments every subclass's override accepts as __dlpack__
+# objects (each base calls cnnkit._validate.dlpack_methods from __init_subclass__)
+_DLPACK_BASES = {
+    "cnnkit.nn.module.Module": ("__call__", "forward", "backward"),
+    "cnnkit.augment.transforms.Transform": ("__init__", "__call__", "sample", "apply", "backward"),
+    "cnnkit.optim.optimizer.Optimizer": ("__init__", "step"),
+}
 
 
 def _split_parameters(text: str) -> str:
@@ -133,12 +146,56 @@ class CnnkitReference(griffe.Extension):
             if obj.is_alias or id(obj) in seen:
                 return
             seen.add(id(obj))
+            self._dlpack_note(obj, pkg)
             if obj.docstring is not None:
                 obj.docstring.value = self._rewrite(obj, obj.docstring.value, pkg)
             for member in list(obj.members.values()):
                 visit(member)
 
         visit(pkg)
+
+    @staticmethod
+    def _dlpack_note(obj, package) -> None:
+        """Put cnnkit._validate.DLPACK_NOTE where ``accepts_dlpack`` puts it at run time."""
+        def array_params(func):
+            names = []
+            for p in func.parameters:
+                text = str(p.annotation or "")
+                alias = func.module.members.get(text) if text.isidentifier() else None
+                if alias is not None and not alias.is_alias and alias.is_attribute:  # Labels = ...
+                    text += f" {alias.value}"
+                if "ndarray" in text or "Arrays" in text:
+                    names.append(p.name)
+            return names
+
+        def decorated(o):
+            return any(str(d.value).startswith("accepts_dlpack") for d in getattr(o, "decorators", ()))
+
+        if obj.is_function and obj.parent is not None and obj.parent.is_class:
+            cls, name = obj.parent, obj.name
+            try:
+                bases = {c.path for c in cls.mro()} | {cls.path}
+            except Exception:  # a base griffe cannot resolve
+                bases = {cls.path}
+            wrapped = decorated(obj) or any(name in _DLPACK_BASES.get(b, ()) for b in bases)
+            target = cls if name == "__init__" else obj
+        else:
+            wrapped = decorated(obj) and obj.is_function
+            target = obj
+        if obj.is_class and decorated(obj) and "__init__" in obj.members:
+            obj, target, wrapped = obj.members["__init__"], obj, True
+        names = array_params(obj) if wrapped and obj.is_function else []
+        if not names or target.docstring is None or "__dlpack__" in target.docstring.value:
+            return
+        note = ast.literal_eval(str(package["_validate"].members["DLPACK_NOTE"].value))
+        para = note.format(names=", ".join(f"``{n}``" for n in names))
+        lines = target.docstring.value.split("\n")
+        at = next((i for i in range(1, len(lines) - 1) if lines[i].strip() and not lines[i][0].isspace()
+                   and _SECTION_RULE.fullmatch(lines[i + 1])), len(lines))
+        while at > 1 and not lines[at - 1].strip():
+            at -= 1
+        gap = [] if at < len(lines) and not lines[at].strip() else [""]
+        target.docstring.value = "\n".join(lines[:at] + ["", para] + gap + lines[at:]).strip("\n")
 
     @staticmethod
     def _hide_duplicates(package) -> None:

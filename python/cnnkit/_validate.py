@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, TypeVar, overload
 
 import numpy as np
 
 __all__ = ["is_real", "check_real", "check_int", "check_bool", "check_pair", "check_choice",
            "check_shape", "check_subset", "check_interval", "check_reals", "as_reals",
            "check_layout", "check_seed", "check_rng", "check_array", "check_float_array",
-           "check_u8_images", "check_out", "renamed_kwargs", "LAYOUTS", "FLOAT_DTYPES"]
+           "check_u8_images", "check_out", "renamed_kwargs", "LAYOUTS", "FLOAT_DTYPES",
+           "as_array", "as_arrays", "accepts_dlpack", "dlpack_methods", "DLPACK_NOTE"]
 
 
 def is_real(value: Any) -> bool:
@@ -308,3 +309,271 @@ def renamed_kwargs(**renames: str) -> Callable[[Callable[..., Any]], Callable[..
         inner.__renamed_kwargs__ = dict(renames)  # type: ignore[attr-defined]
         return inner
     return wrap
+
+
+# ---- arrays from other frameworks (DLPack) -------------------------------------------------------
+#
+# Every public function that takes arrays is decorated with ``accepts_dlpack``: an argument that is
+# not an ndarray but implements ``__dlpack__`` (a torch tensor, a JAX array on the CPU, ...) is
+# turned into an ndarray view of the same memory with ``np.from_dlpack`` before the function's own
+# checks run, so results, in-place updates and ``out=`` buffers land in the caller's memory.
+
+# DLPack device types whose memory the CPU addresses directly: kDLCPU, kDLCUDAHost, kDLROCMHost
+_HOST_DEVICES = (1, 3, 11)
+_DEVICE_NAMES = {2: "CUDA", 4: "OpenCL", 7: "Vulkan", 8: "Metal", 9: "VPI", 10: "ROCm",
+                 13: "CUDA managed", 14: "oneAPI"}
+# numpy >= 2.1 can be told never to copy (an exporter that cannot share its memory then fails)
+_NO_COPY: dict[str, Any] = {"copy": False} if np.lib.NumpyVersion(np.__version__) >= "2.1.0" else {}
+
+DLPACK_NOTE = ("Array arguments ({names}) may also be any CPU object implementing ``__dlpack__`` (a "
+               "torch tensor, a JAX array on the CPU): they are read, and written when the function "
+               "writes, in their own memory without a copy.")
+
+
+def _on_host(value: Any) -> bool:
+    """Whether an object with ``__dlpack__`` lives in memory the CPU addresses (no
+    ``__dlpack_device__``: assumed so)."""
+    if not hasattr(type(value), "__dlpack_device__"):
+        return True
+    return int(value.__dlpack_device__()[0]) in _HOST_DEVICES
+
+
+def _kind(value: Any) -> str:
+    t = type(value)
+    return f"{t.__module__.split('.')[0]}.{t.__qualname__}"
+
+
+def as_array(name: str, value: Any, *, device_ok: bool = False) -> Any:
+    """``value`` as a NumPy view of its own memory when it is an object with ``__dlpack__`` in
+    CPU memory (a torch tensor, a JAX array on the CPU); anything else (an ndarray included) is
+    returned as it is, for the caller's checks.
+
+    A torch tensor that requires grad is read through ``.detach()`` (the same memory; cnnkit's
+    NumPy functions record no autograd graph: ``cnnkit.torch.functional`` does).
+
+    Parameters
+    ----------
+    name : str
+        The argument's name, for messages.
+    value : object
+        The argument.
+    device_ok : bool, default False
+        Return objects in device memory (CUDA, ...) as they are, for functions that take device
+        arrays; otherwise they are a TypeError.
+
+    Returns
+    -------
+    ndarray or object
+        A view sharing ``value``'s memory (read-only when the exporter says so), or ``value``.
+    """
+    if isinstance(value, np.ndarray) or not hasattr(type(value), "__dlpack__"):
+        return value
+    if not _on_host(value):
+        if device_ok:
+            return value
+        device = int(value.__dlpack_device__()[0])
+        where = _DEVICE_NAMES.get(device, f"DLPack device type {device}")
+        raise TypeError(f"{name}: expected an array in CPU memory (a numpy.ndarray or a CPU object with "
+                        f"__dlpack__), got a {_kind(value)} in {where} memory; move it to the CPU first")
+    try:
+        try:
+            return np.from_dlpack(value, **_NO_COPY)
+        except BufferError:
+            detach = getattr(value, "detach", None)  # a torch tensor that requires grad refuses export
+            if detach is None:
+                raise
+            return np.from_dlpack(detach(), **_NO_COPY)
+    except (BufferError, TypeError, ValueError, RuntimeError) as exc:
+        raise TypeError(f"{name}: expected an array NumPy can read through __dlpack__ without a copy, got "
+                        f"a {_kind(value)} it cannot read ({exc})") from None
+
+
+def as_arrays(name: str, value: Any, *, device_ok: bool = False) -> Any:
+    """:func:`as_array` on ``value``, or on each entry of a list or tuple (a list is returned
+    then, with the entries named ``name[i]``) or each value of a dict (a new dict); a container
+    without foreign arrays is returned as it is.
+
+    Parameters
+    ----------
+    name : str
+        The argument's name, for messages.
+    value : object
+        The argument: an array, an object with ``__dlpack__``, or a list, tuple or dict of them.
+    device_ok : bool, default False
+        Passed to :func:`as_array`.
+
+    Returns
+    -------
+    object
+        ``value`` with every foreign CPU array replaced by its NumPy view.
+    """
+    if isinstance(value, (list, tuple)):
+        first = next((v for v in value if hasattr(type(v), "__dlpack__") and not isinstance(v, np.ndarray)), None)
+        if first is None or (device_ok and not _on_host(first)):
+            return value  # nothing foreign, or device arrays for a function that runs them as they are
+        return [as_array(f"{name}[{i}]", v, device_ok=device_ok) for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        if not any(hasattr(type(v), "__dlpack__") and not isinstance(v, np.ndarray) for v in value.values()):
+            return value
+        return {k: as_array(f"{name}[{k!r}]", v, device_ok=device_ok) for k, v in value.items()}
+    return as_array(name, value, device_ok=device_ok)
+
+
+def _array_params(fn: Callable[..., Any]) -> tuple:
+    """Names of ``fn``'s parameters annotated as arrays (or lists of them): the annotation, as
+    written or through a module-level alias (``Labels = Optional[np.ndarray]``), mentions
+    ``ndarray``, or is cnnkit's ``Arrays`` alias."""
+    import inspect
+
+    names = []
+    for p in inspect.signature(fn).parameters.values():
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.annotation is p.empty:
+            continue
+        text = p.annotation if isinstance(p.annotation, str) else repr(p.annotation)
+        if text.isidentifier() and "ndarray" not in text:  # an alias: what it stands for
+            text += " " + repr(getattr(inspect.unwrap(fn), "__globals__", {}).get(text, ""))
+        if "ndarray" in text or "Arrays" in text:
+            names.append(p.name)
+    return tuple(names)
+
+
+def _with_note(doc: Optional[str], names: tuple) -> Optional[str]:
+    """``doc`` with :data:`DLPACK_NOTE` as the last paragraph before its first NumPy section."""
+    import textwrap
+
+    if not doc or "__dlpack__" in doc:
+        return doc
+    lines = doc.splitlines()
+    indent = min((len(s) - len(s.lstrip()) for s in lines[1:] if s.strip()), default=0)
+    pad = " " * indent
+    note = DLPACK_NOTE.format(names=", ".join(f"``{n}``" for n in names))
+    para = textwrap.wrap(note, width=max(40, 96 - indent))
+    for i in range(1, len(lines) - 1):
+        under = lines[i + 1].strip()
+        if lines[i].strip() and len(under) >= 3 and set(under) == {"-"}:
+            at = i
+            while at > 1 and not lines[at - 1].strip():
+                at -= 1
+            return "\n".join(lines[:at] + [""] + [pad + s for s in para] + [""] + lines[i:])
+    return doc.rstrip() + "\n\n" + "\n".join(pad + s for s in para) + "\n" + pad
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+@overload
+def accepts_dlpack(fn: _F, *, names: Optional[tuple] = None, device_ok: bool = False) -> _F: ...
+
+
+@overload
+def accepts_dlpack(fn: None = None, *, names: Optional[tuple] = None,
+                   device_ok: bool = False) -> Callable[[_F], _F]: ...
+
+
+def accepts_dlpack(fn: Optional[Callable[..., Any]] = None, *, names: Optional[tuple] = None,
+                   device_ok: bool = False) -> Any:
+    """Decorator: the array arguments of ``fn`` accept any CPU object with ``__dlpack__``.
+
+    Each argument named in ``names`` (default: every parameter annotated as an ndarray or a list
+    of them) goes through :func:`as_arrays` before ``fn`` runs; ndarrays pass untouched. The
+    docstring gains :data:`DLPACK_NOTE`, and the wrapper keeps the names in ``__dlpack_args__``.
+
+    Parameters
+    ----------
+    fn : callable or class, optional
+        The function or method (``@accepts_dlpack``), or a class (its ``__init__``, with the note
+        in the class docstring); None to give options (``@accepts_dlpack(device_ok=True)``).
+    names : tuple of str, optional
+        The array parameters, when the annotations do not say.
+    device_ok : bool, default False
+        Pass device arrays through (the function runs them on the device).
+
+    Returns
+    -------
+    callable
+        The wrapped function (the class itself, changed in place; a decorator, when ``fn`` is
+        None).
+    """
+    if fn is None:
+        return lambda f: accepts_dlpack(f, names=names, device_ok=device_ok)
+    if isinstance(fn, type):  # a class: its constructor
+        return dlpack_methods(fn, ("__init__",))
+    if hasattr(fn, "__dlpack_args__"):
+        return fn
+    import functools
+    import inspect
+
+    arrays = tuple(names) if names is not None else _array_params(fn)
+    if not arrays:
+        return fn
+    params = list(inspect.signature(fn).parameters.values())
+    where = [(n, next((i for i, p in enumerate(params) if p.name == n
+                       and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)), None)) for n in arrays]
+
+    ndarray, none = np.ndarray, type(None)
+
+    def foreign(v: Any) -> bool:
+        if type(v) is dict:
+            v = list(v.values())
+        if type(v) is list or type(v) is tuple:
+            kinds = set(map(type, v))  # one C-level pass over a long list of parameters
+            kinds.discard(ndarray)
+            kinds.discard(none)
+            return any(hasattr(k, "__dlpack__") and not issubclass(k, ndarray) for k in kinds)
+        return hasattr(type(v), "__dlpack__") and not isinstance(v, ndarray)
+
+    @functools.wraps(fn)
+    def inner(*args: Any, **kwargs: Any) -> Any:  # runs on every call: ndarrays and None leave at once
+        n = len(args)
+        for name, i in where:
+            if i is not None and i < n:
+                v = args[i]
+                t = type(v)
+                if t is not ndarray and t is not none and foreign(v):
+                    args = args[:i] + (as_arrays(name, v, device_ok=device_ok),) + args[i + 1:]
+            elif kwargs:
+                v = kwargs.get(name)
+                t = type(v)
+                if t is not ndarray and t is not none and foreign(v):
+                    kwargs[name] = as_arrays(name, v, device_ok=device_ok)
+        return fn(*args, **kwargs)
+
+    inner.__dlpack_args__ = arrays  # type: ignore[attr-defined]
+    inner.__doc__ = _with_note(fn.__doc__, arrays)
+    return inner
+
+
+def dlpack_methods(cls: type, names: tuple) -> type:
+    """Wrap the methods ``names`` that ``cls`` itself defines with :func:`accepts_dlpack`; a base
+    class calls this from ``__init_subclass__`` so that every subclass (a user's own included)
+    takes foreign arrays in those methods: the parameters annotated as arrays, or else (a user's
+    unannotated ``forward(self, x)``) the first one. A wrapped ``__init__`` puts
+    :data:`DLPACK_NOTE` in the class docstring, where the constructor's parameters are documented.
+
+    Parameters
+    ----------
+    cls : type
+        The class.
+    names : tuple of str
+        Method names (``"forward"``, ``"backward"``, ``"__call__"``, ...).
+
+    Returns
+    -------
+    type
+        ``cls``, changed in place.
+    """
+    import inspect
+
+    for name in names:
+        fn = vars(cls).get(name)
+        if callable(fn) and not isinstance(fn, type):
+            arrays = _array_params(fn)
+            if not arrays and name != "__init__":  # an unannotated override: its first argument
+                params = [p.name for p in inspect.signature(fn).parameters.values()
+                          if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+                arrays = tuple(params[1:2])
+            wrapped = accepts_dlpack(fn, names=arrays) if arrays else fn
+            setattr(cls, name, wrapped)
+            if name == "__init__" and hasattr(wrapped, "__dlpack_args__"):
+                cls.__doc__ = _with_note(cls.__doc__, wrapped.__dlpack_args__)
+    return cls

@@ -23,7 +23,8 @@ from typing import Any, Optional, Tuple
 import numpy as np
 
 from .. import _core
-from .._validate import as_reals, check_array, check_bool, check_int, check_interval, check_layout, check_shape
+from .._validate import (accepts_dlpack, as_reals, check_array, check_bool, check_int, check_interval, check_layout,
+                         check_shape)
 from ._mix import _batch_size, _check_boxes, _check_rng, _prob
 
 
@@ -141,6 +142,7 @@ def sample_erasing_params(rng: np.random.Generator, batch_size: int, image_size:
     return {"boxes": boxes, "applied": applied}
 
 
+@accepts_dlpack
 def random_fill_noise(rng: np.random.Generator, images: np.ndarray, *, layout: Optional[str] = None) -> np.ndarray:
     """Noise for ``fill="random"``: uniform integers 0..255 for uint8 images, standard normal for
     float images, shaped like ``images``.
@@ -177,6 +179,7 @@ def _images(images, layout):
     return x, layout == "NHWC", single
 
 
+@accepts_dlpack
 def cutout(images: np.ndarray, boxes: Any, fill: Any = 0, *, layout: Optional[str] = None,
            noise: Optional[np.ndarray] = None, out: Optional[np.ndarray] = None) -> np.ndarray:
     """Fill the boxes of each image; see the module docstring for layouts, boxes and fills.

@@ -22,8 +22,8 @@ from typing import Any, Optional, Sequence, Tuple
 import numpy as np
 
 from .. import _core
-from .._validate import (as_reals, check_bool, check_choice, check_float_array, check_int, check_out, check_real,
-                         check_rng, check_shape)
+from .._validate import (accepts_dlpack, as_reals, check_bool, check_choice, check_float_array, check_int, check_out,
+                         check_real, check_rng, check_shape)
 
 _MODES = ("batch", "pair", "elem")
 
@@ -264,6 +264,7 @@ def _mix_labels(rows, perm, lam):
     return lam * rows + (1 - lam) * rows[perm]
 
 
+@accepts_dlpack
 def mixup(x: np.ndarray, labels: Optional[np.ndarray] = None, *, lam: Any, perm: Any,
           num_classes: Optional[int] = None, label_smoothing: float = 0.0,
           out: Optional[np.ndarray] = None) -> Tuple[np.ndarray, Optional[np.ndarray]]:
@@ -312,6 +313,7 @@ def mixup(x: np.ndarray, labels: Optional[np.ndarray] = None, *, lam: Any, perm:
     return out, _mix_labels(rows, perm, lam)
 
 
+@accepts_dlpack
 def cutmix(x: np.ndarray, labels: Optional[np.ndarray] = None, *, boxes: Any, perm: Any,
            num_classes: Optional[int] = None, label_smoothing: float = 0.0,
            out: Optional[np.ndarray] = None) -> Tuple[np.ndarray, Optional[np.ndarray]]:
@@ -434,6 +436,7 @@ def sample_pairing_params(rng: np.random.Generator, batch_size: int, *, pool_siz
     return {"partners": partners.astype(np.int64), "applied": applied}
 
 
+@accepts_dlpack
 def sample_pairing(x: np.ndarray, partners: Any, *, pool: Optional[np.ndarray] = None, applied: Any = None,
                    out: Optional[np.ndarray] = None) -> np.ndarray:
     """SamplePairing (Inoue 2018): ``x'[n] = (x[n] + src[partners[n]]) / 2`` with ``src`` the batch

@@ -26,8 +26,8 @@ from typing import Any, Optional, Tuple, Union
 import numpy as np
 
 from .. import _core
-from .._validate import (as_reals, check_bool, check_choice, check_int, check_out, check_pair, check_real,
-                         check_u8_images)
+from .._validate import (accepts_dlpack, as_reals, check_bool, check_choice, check_int, check_out, check_pair,
+                         check_real, check_u8_images)
 from ._cutout import _image_size
 from ._mix import _batch_size, _check_rng, _prob
 
@@ -193,6 +193,7 @@ def _run(x, single, codes, params, bilinear, fill, out):
     return _result(y, given, single)
 
 
+@accepts_dlpack
 def apply_ops(images: np.ndarray, ops: Any, magnitudes: Any, *, interpolation: str = "nearest", fill: Any = None,
               out: Optional[np.ndarray] = None) -> np.ndarray:
     """Run ``ops[n, 0]``, then ``ops[n, 1]``, ... on image n, all images in one compiled call.
@@ -293,6 +294,7 @@ def _colour(images, op, name, factor, out):
     return y[0] if single and out is None else (out if out is not None else y)
 
 
+@accepts_dlpack
 def adjust_brightness(images: np.ndarray, factor: Any, *, out: Optional[np.ndarray] = None) -> np.ndarray:
     """``torchvision.transforms.functional.adjust_brightness``: ``factor * x`` clamped and truncated
     (float32). factor >= 0, one or one per image.
@@ -314,6 +316,7 @@ def adjust_brightness(images: np.ndarray, factor: Any, *, out: Optional[np.ndarr
     return _colour(images, "Brightness", "factor", factor, out)
 
 
+@accepts_dlpack
 def adjust_contrast(images: np.ndarray, factor: Any, *, out: Optional[np.ndarray] = None) -> np.ndarray:
     """``adjust_contrast``: blend with the image's mean grey level (float32, truncated).
 
@@ -334,6 +337,7 @@ def adjust_contrast(images: np.ndarray, factor: Any, *, out: Optional[np.ndarray
     return _colour(images, "Contrast", "factor", factor, out)
 
 
+@accepts_dlpack
 def adjust_saturation(images: np.ndarray, factor: Any, *, out: Optional[np.ndarray] = None) -> np.ndarray:
     """``adjust_saturation`` (the policies' Color): blend with the grey image; 1 channel: unchanged.
 
@@ -354,6 +358,7 @@ def adjust_saturation(images: np.ndarray, factor: Any, *, out: Optional[np.ndarr
     return _colour(images, "Color", "factor", factor, out)
 
 
+@accepts_dlpack
 def adjust_sharpness(images: np.ndarray, factor: Any, *, out: Optional[np.ndarray] = None) -> np.ndarray:
     """``adjust_sharpness``: blend with the 3x3 smoothed image (border pixels kept).
 
@@ -374,6 +379,7 @@ def adjust_sharpness(images: np.ndarray, factor: Any, *, out: Optional[np.ndarra
     return _colour(images, "Sharpness", "factor", factor, out)
 
 
+@accepts_dlpack
 def hflip(images: np.ndarray, *, out: Optional[np.ndarray] = None) -> np.ndarray:
     """Mirror left-right.
 
@@ -393,6 +399,7 @@ def hflip(images: np.ndarray, *, out: Optional[np.ndarray] = None) -> np.ndarray
     return _run(x, single, np.full((x.shape[0], 1), _K_HFLIP), np.zeros((x.shape[0], 1, 6)), False, None, out)
 
 
+@accepts_dlpack
 def vflip(images: np.ndarray, *, out: Optional[np.ndarray] = None) -> np.ndarray:
     """Mirror top-bottom.
 
@@ -412,6 +419,7 @@ def vflip(images: np.ndarray, *, out: Optional[np.ndarray] = None) -> np.ndarray
     return _run(x, single, np.full((x.shape[0], 1), _K_VFLIP), np.zeros((x.shape[0], 1, 6)), False, None, out)
 
 
+@accepts_dlpack
 def affine(images: np.ndarray, angle: Any = 0.0, translate: Any = (0, 0), scale: Any = 1.0, shear: Any = (0.0, 0.0),
            *, center: Any = None, interpolation: str = "nearest", fill: Any = None,
            out: Optional[np.ndarray] = None) -> np.ndarray:
@@ -462,6 +470,7 @@ def affine(images: np.ndarray, angle: Any = 0.0, translate: Any = (0, 0), scale:
     return _run(x, single, np.full((N, 1), _K_AFFINE), params, bilinear, _fill_values(fill, C), out)
 
 
+@accepts_dlpack
 def rotate(images: np.ndarray, angle: Any, *, interpolation: str = "nearest", fill: Any = None, center: Any = None,
            out: Optional[np.ndarray] = None) -> np.ndarray:
     """``torchvision.transforms.functional.rotate`` (expand=False): ``angle`` degrees counter-clockwise.
@@ -492,6 +501,7 @@ def rotate(images: np.ndarray, angle: Any, *, interpolation: str = "nearest", fi
                   out=out)
 
 
+@accepts_dlpack
 def shear_x(images: np.ndarray, factor: Any, *, interpolation: str = "nearest", fill: Any = None,
             out: Optional[np.ndarray] = None) -> np.ndarray:
     """AutoAugment's ShearX: shear ``degrees(atan(factor))`` about the top-left corner.
@@ -517,6 +527,7 @@ def shear_x(images: np.ndarray, factor: Any, *, interpolation: str = "nearest", 
     return _single_op(images, "ShearX", factor, arg="factor", interpolation=interpolation, fill=fill, out=out)
 
 
+@accepts_dlpack
 def shear_y(images: np.ndarray, factor: Any, *, interpolation: str = "nearest", fill: Any = None,
             out: Optional[np.ndarray] = None) -> np.ndarray:
     """AutoAugment's ShearY.
@@ -542,6 +553,7 @@ def shear_y(images: np.ndarray, factor: Any, *, interpolation: str = "nearest", 
     return _single_op(images, "ShearY", factor, arg="factor", interpolation=interpolation, fill=fill, out=out)
 
 
+@accepts_dlpack
 def translate_x(images: np.ndarray, pixels: Any, *, interpolation: str = "nearest", fill: Any = None,
                 out: Optional[np.ndarray] = None) -> np.ndarray:
     """AutoAugment's TranslateX: shift right by ``int(pixels)``.
@@ -567,6 +579,7 @@ def translate_x(images: np.ndarray, pixels: Any, *, interpolation: str = "neares
     return _single_op(images, "TranslateX", pixels, arg="pixels", interpolation=interpolation, fill=fill, out=out)
 
 
+@accepts_dlpack
 def translate_y(images: np.ndarray, pixels: Any, *, interpolation: str = "nearest", fill: Any = None,
                 out: Optional[np.ndarray] = None) -> np.ndarray:
     """AutoAugment's TranslateY: shift down by ``int(pixels)``.
@@ -618,6 +631,7 @@ def _size2(size):
     return check_pair("size", size, 1)
 
 
+@accepts_dlpack
 def resized_crop(images: np.ndarray, boxes: Any, size: Union[int, Tuple[int, int]], *, antialias: bool = True,
                  out: Optional[np.ndarray] = None) -> np.ndarray:
     """Crop ``boxes`` ((N, 4) ints: top, left, height, width, inside the image) and resize each to
@@ -665,6 +679,7 @@ def _index_map(size, padding, mode, offsets):
     return padded[np.arange(size)[None, :] + offsets[:, None]]
 
 
+@accepts_dlpack
 def pad_crop(images: np.ndarray, offsets: Any, padding: int, *, fill: Any = 0, padding_mode: str = "constant",
              out: Optional[np.ndarray] = None) -> np.ndarray:
     """Pad every side by ``padding`` and crop back to the input size at ``offsets`` ((N, 2) ints:
@@ -710,6 +725,7 @@ def pad_crop(images: np.ndarray, offsets: Any, padding: int, *, fill: Any = 0, p
     return _result(y, given, single)
 
 
+@accepts_dlpack
 def clahe(images: np.ndarray, clip_limit: float = 4.0, tile_grid_size: Union[int, Tuple[int, int]] = (8, 8), *,
           out: Optional[np.ndarray] = None) -> np.ndarray:
     """Contrast-limited adaptive histogram equalization, bit-identical to OpenCV's

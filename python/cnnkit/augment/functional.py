@@ -10,8 +10,8 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from .. import _core
-from .._validate import (as_reals, check_array, check_bool, check_out, check_choice, check_float_array, check_layout, check_real, check_rng,
-                         check_u8_images, renamed_kwargs)
+from .._validate import (accepts_dlpack, as_reals, check_array, check_bool, check_out, check_choice, check_float_array,
+                         check_layout, check_real, check_rng, check_u8_images, renamed_kwargs)
 from ._cutout import cutout, random_fill_noise, sample_cutout_params, sample_erasing_params  # noqa: F401
 from ._mix import (cutmix, mixup, sample_cutmix_params, sample_mixup_params, sample_pairing,  # noqa: F401
                    sample_pairing_params)
@@ -43,6 +43,7 @@ def _per_channel(name, value, C, default):
 
 
 @renamed_kwargs(layout_out="layout")
+@accepts_dlpack
 def to_float_normalize(images: np.ndarray, mean: Optional[Sequence[float]] = None,
                        std: Optional[Sequence[float]] = None, *, mode: str = "channel", layout: str = "NCHW",
                        out: Optional[np.ndarray] = None) -> np.ndarray:
@@ -135,6 +136,7 @@ def to_float_normalize(images: np.ndarray, mean: Optional[Sequence[float]] = Non
     return result
 
 
+@accepts_dlpack
 def denormalize(x: np.ndarray, mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None, *,
                 layout: str = "NCHW", to_uint8: bool = True) -> np.ndarray:
     r"""Undo ``to_float_normalize(..., mode="channel")``: ``(x*std[c] + mean[c]) * 255``.
@@ -235,6 +237,7 @@ def _per_image_ints(name, value, N, single, lo, hi):
     return a
 
 
+@accepts_dlpack
 def equalize(images: np.ndarray, mode: str = "pil", *, out: Optional[np.ndarray] = None) -> np.ndarray:
     r"""Histogram equalization per image and channel, bit-identical to Pillow or to OpenCV.
 
@@ -280,6 +283,7 @@ def equalize(images: np.ndarray, mode: str = "pil", *, out: Optional[np.ndarray]
     return _apply_lut(x, single, lut, out)
 
 
+@accepts_dlpack
 def autocontrast(images: np.ndarray, *, out: Optional[np.ndarray] = None) -> np.ndarray:
     r"""Stretch each channel to the full range, bit-identical to ``PIL.ImageOps.autocontrast``
     (cutoff 0): with lo/hi the darkest/lightest values present, ``lut[i] = clip(int(i*scale +
@@ -309,6 +313,7 @@ def autocontrast(images: np.ndarray, *, out: Optional[np.ndarray] = None) -> np.
     return _apply_lut(x, single, lut, out)
 
 
+@accepts_dlpack
 def invert(images: np.ndarray, *, out: Optional[np.ndarray] = None) -> np.ndarray:
     """``255 - x``, as ``PIL.ImageOps.invert``.
 
@@ -328,6 +333,7 @@ def invert(images: np.ndarray, *, out: Optional[np.ndarray] = None) -> np.ndarra
     return _apply_lut(x, single, 255 - np.arange(256), out)
 
 
+@accepts_dlpack
 def posterize(images: np.ndarray, bits: Union[int, Sequence[int], np.ndarray], *,
               out: Optional[np.ndarray] = None) -> np.ndarray:
     """Keep the top ``bits`` bits of every value (``PIL.ImageOps.posterize``); bits in [1, 8],
@@ -354,6 +360,7 @@ def posterize(images: np.ndarray, bits: Union[int, Sequence[int], np.ndarray], *
     return _apply_lut(x, single, lut[:, None, :], out)
 
 
+@accepts_dlpack
 def solarize(images: np.ndarray, threshold: Union[int, Sequence[int], np.ndarray] = 128, *,
              out: Optional[np.ndarray] = None) -> np.ndarray:
     """Invert the values at or above ``threshold`` (``PIL.ImageOps.solarize``); threshold in
@@ -391,6 +398,7 @@ def _scale_view(scale, layout, dtype):
     return s[:, :, None, None] if layout == "NCHW" else s[:, None, None, :]
 
 
+@accepts_dlpack
 def spatial_dropout(x: np.ndarray, p: float, rng: np.random.Generator, training: bool = True, *,
                     layout: str = "NCHW", out: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
     r"""Drop whole channels (``torch.nn.Dropout2d`` on 4-D input).
@@ -444,6 +452,7 @@ def spatial_dropout(x: np.ndarray, p: float, rng: np.random.Generator, training:
 
 
 @renamed_kwargs(grad_out="grad_output")
+@accepts_dlpack
 def spatial_dropout_backward(grad_output: np.ndarray, scale: np.ndarray, *, layout: str = "NCHW",
                              out: Optional[np.ndarray] = None) -> np.ndarray:
     """The gradient of :func:`spatial_dropout`: ``grad_output`` times the same per-channel scale.

@@ -9,12 +9,14 @@ import numpy as np
 
 from .. import _core
 from .._runtime import build_info
+from .._validate import accepts_dlpack
 
 __all__ = ["memory_bandwidth", "machine_header", "peak_note"]
 
 KINDS = ("copy", "copy_nt", "triad", "triad_nt", "read", "rw5", "rw7", "rw7_nt")
 
 
+@accepts_dlpack
 def memory_bandwidth(kinds: Sequence[str] = ("copy", "triad", "rw5", "rw7", "rw7_nt"), *, mib: int = 256,
                      reps: int = 7, arrays: Sequence[np.ndarray] | None = None) -> dict[str, float]:
     """Median GB/s (bytes read + written per second) of STREAM-like kernels.

@@ -14,7 +14,7 @@ from typing import Any, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .._validate import check_bool, check_int, check_real, check_seed, is_real
+from .._validate import accepts_dlpack, check_bool, check_int, check_real, check_seed, is_real
 
 __all__ = ["ArrayDataset", "load_digits", "load_faces", "make_shapes", "train_test_split", "SHAPES"]
 
@@ -63,6 +63,7 @@ def _check_labels(labels, n):
     return y
 
 
+@accepts_dlpack
 class ArrayDataset:
     """A labelled dataset held in two arrays (plus optional per-sample extras).
 

@@ -27,7 +27,7 @@ from typing import Any, Dict, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 
-from .._validate import check_bool, check_int, check_real
+from .._validate import accepts_dlpack, check_bool, check_int, check_real
 from . import _model
 from ._model import Target
 
@@ -274,6 +274,7 @@ def _project(X: np.ndarray, H: np.ndarray, max_iter: int, tol: float) -> np.ndar
 
 # ---- factorize_activations ---------------------------------------------------------------------------
 
+@accepts_dlpack
 def factorize_activations(model: Any, x: np.ndarray, layer: Optional[str], n_groups: int, *,
                           method: str = "nmf", max_iter: int = 500, tol: float = 1e-4, seed: int = 0,
                           batch_size: Optional[int] = None) -> Factorization:
@@ -376,6 +377,7 @@ def _directions(groups: Any) -> np.ndarray:
     return np.asarray(d, np.float64)
 
 
+@accepts_dlpack
 def group_attribution(model: Any, x: np.ndarray, layer: Optional[str], groups: Union[Factorization, np.ndarray],
                       target: Target = None, *, max_iter: int = 500, tol: float = 1e-4,
                       batch_size: Optional[int] = None) -> GroupAttribution:
@@ -471,6 +473,7 @@ def group_attribution(model: Any, x: np.ndarray, layer: Optional[str], groups: U
 
 # ---- semantic_dictionary -----------------------------------------------------------------------------
 
+@accepts_dlpack
 def semantic_dictionary(model: Any, x: np.ndarray, layer: Optional[str], k: int, *, visualize: bool = True,
                         size: Optional[int] = None, steps: int = 256, seed: Optional[int] = 0,
                         cache: Optional[Dict[Any, np.ndarray]] = None, progress: bool = False,

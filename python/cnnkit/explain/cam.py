@@ -30,7 +30,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .._validate import check_bool
+from .._validate import accepts_dlpack, check_bool
 from . import _model
 from ._model import Target
 from ._resize import minmax_normalize, resize_maps
@@ -144,6 +144,7 @@ def _layer_nchw(a: np.ndarray, layout: str, name: str) -> np.ndarray:
     return _model.to_nchw(a, layout)
 
 
+@accepts_dlpack
 def grad_cam(model: Any, x: np.ndarray, target: Target = None, *, layer: Optional[str] = None,
              upsample: bool = True, normalize: bool = True) -> np.ndarray:
     """Grad-CAM (Selvaraju et al., 2017): ``relu(sum_k mean_ij(G_k) A_k)`` at ``layer``.
@@ -179,6 +180,7 @@ def grad_cam(model: Any, x: np.ndarray, target: Target = None, *, layer: Optiona
     return _run_cam("grad_cam", model, x, target, layer, upsample, normalize)
 
 
+@accepts_dlpack
 def grad_cam_pp(model: Any, x: np.ndarray, target: Target = None, *, layer: Optional[str] = None,
                 upsample: bool = True, normalize: bool = True) -> np.ndarray:
     """Grad-CAM++ (Chattopadhay et al., 2018) with the paper's closed form for the pixel weights
@@ -210,6 +212,7 @@ def grad_cam_pp(model: Any, x: np.ndarray, target: Target = None, *, layer: Opti
     return _run_cam("grad_cam_pp", model, x, target, layer, upsample, normalize)
 
 
+@accepts_dlpack
 def xgrad_cam(model: Any, x: np.ndarray, target: Target = None, *, layer: Optional[str] = None,
               upsample: bool = True, normalize: bool = True) -> np.ndarray:
     """XGrad-CAM (Fu et al., 2020): ``w_k = sum_ij G_kij A_kij / (sum_ij A_kij + 1e-7)``, map
@@ -238,6 +241,7 @@ def xgrad_cam(model: Any, x: np.ndarray, target: Target = None, *, layer: Option
     return _run_cam("xgrad_cam", model, x, target, layer, upsample, normalize)
 
 
+@accepts_dlpack
 def layer_cam(model: Any, x: np.ndarray, target: Target = None, *, layer: Optional[str] = None,
               upsample: bool = True, normalize: bool = True) -> np.ndarray:
     """LayerCAM (Jiang et al., 2021): ``relu(sum_k relu(G_k) * A_k)`` with element-wise weights
@@ -266,6 +270,7 @@ def layer_cam(model: Any, x: np.ndarray, target: Target = None, *, layer: Option
     return _run_cam("layer_cam", model, x, target, layer, upsample, normalize)
 
 
+@accepts_dlpack
 def hires_cam(model: Any, x: np.ndarray, target: Target = None, *, layer: Optional[str] = None,
               upsample: bool = True, normalize: bool = True) -> np.ndarray:
     """HiResCAM (Draelos and Carin, 2020): ``relu(sum_k G_k * A_k)`` (pytorch-grad-cam's
@@ -295,6 +300,7 @@ def hires_cam(model: Any, x: np.ndarray, target: Target = None, *, layer: Option
     return _run_cam("hires_cam", model, x, target, layer, upsample, normalize)
 
 
+@accepts_dlpack
 def eigen_cam(model: Any, x: np.ndarray, target: Target = None, *, layer: Optional[str] = None,
               upsample: bool = True, normalize: bool = True) -> np.ndarray:
     """Eigen-CAM (Muhammad and Yeasin, 2020): the activations at ``layer``, centred over the
@@ -328,6 +334,7 @@ def eigen_cam(model: Any, x: np.ndarray, target: Target = None, *, layer: Option
     return _run_cam("eigen_cam", model, x, target, layer, upsample, normalize)
 
 
+@accepts_dlpack
 def score_cam(model: Any, x: np.ndarray, target: Target = None, *, layer: Optional[str] = None,
               upsample: bool = True, normalize: bool = True, batch_size: Optional[int] = None) -> np.ndarray:
     """Score-CAM (Wang et al., 2020), as pytorch-grad-cam's ``ScoreCAM``: each activation map
@@ -391,6 +398,7 @@ def score_cam(model: Any, x: np.ndarray, target: Target = None, *, layer: Option
     return _finish(maps, (H, W), upsample, normalize)
 
 
+@accepts_dlpack
 def guided_grad_cam(model: Any, x: np.ndarray, target: Target = None, *, layer: Optional[str] = None,
                     interpolate: str = "nearest", batch_size: Optional[int] = None) -> np.ndarray:
     """Guided Grad-CAM (Selvaraju et al.), as captum's ``GuidedGradCam``: the guided-backprop

@@ -12,7 +12,7 @@ from typing import Any, Optional, Tuple, Union
 
 import numpy as np
 
-from .._validate import check_bool, check_int, check_real
+from .._validate import accepts_dlpack, check_bool, check_int, check_real
 from . import _model
 from ._model import Target
 
@@ -64,6 +64,7 @@ def _reduce(g: np.ndarray, layout: str, abs_: bool, reduce: Optional[str]) -> np
     return (np.max(g, axis=axis) if reduce == "max" else np.mean(g, axis=axis)).astype(np.float32)
 
 
+@accepts_dlpack
 def saliency(model: Any, x: np.ndarray, target: Target = None, *, abs: bool = True,
              reduce: Optional[str] = "max", batch_size: Optional[int] = None) -> np.ndarray:
     """Vanilla gradient saliency (Simonyan et al., 2014): ``|d logit_t / d x|``, reduced over
@@ -108,6 +109,7 @@ def saliency(model: Any, x: np.ndarray, target: Target = None, *, abs: bool = Tr
     return _reduce(g, layout, abs_, reduce)
 
 
+@accepts_dlpack
 def gradient_x_input(model: Any, x: np.ndarray, target: Target = None, *,
                      batch_size: Optional[int] = None) -> np.ndarray:
     """Gradient times input (Shrikumar et al.): ``x * d logit_t / d x``, x's shape (captum's
@@ -138,6 +140,7 @@ def gradient_x_input(model: Any, x: np.ndarray, target: Target = None, *,
     return np.multiply(g, x, out=g)
 
 
+@accepts_dlpack
 def smoothgrad(model: Any, x: np.ndarray, target: Target = None, *, n_samples: int = 50, noise: float = 0.15,
                kind: str = "smoothgrad", abs: bool = False, batch_size: Optional[int] = None,
                seed: Union[None, int, np.random.Generator] = None) -> np.ndarray:
@@ -266,6 +269,7 @@ def ig_nodes(steps: int, method: str = "gausslegendre") -> tuple:
     return np.linspace(1.0 / (2 * n), 1.0 - 1.0 / (2 * n), n), w
 
 
+@accepts_dlpack
 def integrated_gradients(model: Any, x: np.ndarray, target: Target = None, *, baseline: Any = 0.0,
                          steps: int = 50, method: str = "gausslegendre", batch_size: Optional[int] = None,
                          return_delta: bool = False) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
@@ -343,6 +347,7 @@ def _relu_rule(model: Any, x: np.ndarray, target: Target, batch_size: Optional[i
         return _model.input_gradients(model, x, spec, _batch(model, x, batch_size))
 
 
+@accepts_dlpack
 def guided_backprop(model: Any, x: np.ndarray, target: Target = None, *,
                     batch_size: Optional[int] = None) -> np.ndarray:
     """Guided backpropagation (Springenberg et al., 2015): the input gradient with every ReLU
@@ -371,6 +376,7 @@ def guided_backprop(model: Any, x: np.ndarray, target: Target = None, *,
     return _relu_rule(model, x, target, batch_size, "guided")
 
 
+@accepts_dlpack
 def deconvnet(model: Any, x: np.ndarray, target: Target = None, *, batch_size: Optional[int] = None) -> np.ndarray:
     """Deconvnet (Zeiler and Fergus, 2014): the input gradient with every ReLU passing back
     ``max(g, 0)`` regardless of its forward activation, as captum's ``Deconvolution``.

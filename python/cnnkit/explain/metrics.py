@@ -21,7 +21,7 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .._validate import check_bool, check_int, check_real
+from .._validate import accepts_dlpack, check_bool, check_int, check_real
 from . import _model
 from ._model import Target
 from .plot import as_maps
@@ -131,6 +131,7 @@ def _softmax_prob(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
 
 # ---- deletion / insertion ---------------------------------------------------------------------------
 
+@accepts_dlpack
 def perturbation_curves(model: Any, x: np.ndarray, maps: Any, target: Target = None, *, mode: str = "deletion",
                         steps: Optional[int] = None, baseline: Any = "zero",
                         batch_size: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
@@ -209,6 +210,7 @@ def _auc(model, x, maps, target, mode, steps, baseline, batch_size, return_curve
     return (auc, curves) if return_curves else auc
 
 
+@accepts_dlpack
 def deletion_auc(model: Any, x: np.ndarray, maps: np.ndarray, target: Target = None, *,
                  steps: Optional[int] = None, baseline: Any = "zero", batch_size: Optional[int] = None,
                  return_curves: bool = False) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
@@ -265,6 +267,7 @@ def deletion_auc(model: Any, x: np.ndarray, maps: np.ndarray, target: Target = N
     return _auc(model, x, maps, target, "deletion", steps, baseline, batch_size, return_curves)
 
 
+@accepts_dlpack
 def insertion_auc(model: Any, x: np.ndarray, maps: np.ndarray, target: Target = None, *,
                   steps: Optional[int] = None, baseline: Any = "zero", batch_size: Optional[int] = None,
                   return_curves: bool = False) -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
@@ -303,6 +306,7 @@ def insertion_auc(model: Any, x: np.ndarray, maps: np.ndarray, target: Target = 
 
 # ---- localization -------------------------------------------------------------------------------------
 
+@accepts_dlpack
 def pointing_game(maps: np.ndarray, masks_or_boxes: np.ndarray, *, tolerance: float = 0) -> np.ndarray:
     """The pointing game (Zhang et al., 2016, "Top-down neural attention by excitation
     backprop"): a hit when the map's maximum lies on the object, or within ``tolerance`` pixels.
@@ -357,6 +361,7 @@ def pointing_game(maps: np.ndarray, masks_or_boxes: np.ndarray, *, tolerance: fl
     return hits
 
 
+@accepts_dlpack
 def energy_pointing_game(maps: np.ndarray, masks_or_boxes: np.ndarray) -> np.ndarray:
     """The energy-based pointing game (Wang et al., 2020, Score-CAM): the share of the map's
     positive mass on the object, ``sum(relu(map) * object) / sum(relu(map))``; 0 for a map with
@@ -478,6 +483,7 @@ def _maps_of(method: Callable, model: Any, x: np.ndarray, targets: np.ndarray, l
     return out.reshape(N, H * W).astype(np.float64)
 
 
+@accepts_dlpack
 def randomization_test(model: Any, method: Union[Callable, str], x: np.ndarray, target: Target = None, *,
                        layers: Optional[Sequence[str]] = None, seed: Union[None, int, np.random.Generator] = 0,
                        **method_kwargs: Any) -> RandomizationResult:

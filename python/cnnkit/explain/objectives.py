@@ -29,6 +29,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .._validate import accepts_dlpack
+
 __all__ = ["Objective", "channel", "neuron", "layer", "class_logit", "direction", "diversity", "total_variation",
            "l1", "l2", "blur"]
 
@@ -169,6 +171,7 @@ class Objective:
             t.check({n: _planar_shape(s, layout) for n, s in shapes.items()})
 
     # ---- evaluation ----
+    @accepts_dlpack
     def evaluate(self, acts: Dict[Optional[str], np.ndarray], image: Optional[np.ndarray] = None, *,
                  layout: str = "NCHW") -> Tuple[float, Dict[Optional[str], np.ndarray], Optional[np.ndarray]]:
         """The value and its gradients.

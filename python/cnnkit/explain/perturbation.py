@@ -7,7 +7,7 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-from .._validate import check_int, check_real
+from .._validate import accepts_dlpack, check_int, check_real
 from . import _model
 from ._model import Target
 from ._resize import interp_matrix
@@ -48,6 +48,7 @@ def occlusion_windows(H: int, W: int, window: tuple, stride: tuple) -> np.ndarra
     return np.stack([y0, x0, np.minimum(y0 + window[0], H), np.minimum(x0 + window[1], W)], axis=1)
 
 
+@accepts_dlpack
 def occlusion(model: Any, x: np.ndarray, target: Target = None, *, window: Any = (8, 8), stride: Any = (4, 4),
               baseline: Any = 0.0, batch_size: Optional[int] = None) -> np.ndarray:
     """Occlusion (Zeiler and Fergus, 2014) with captum's ``Occlusion`` semantics: a window over
@@ -178,6 +179,7 @@ def rise_masks(grids: np.ndarray, shifts: np.ndarray, size: tuple, cell: tuple) 
     return out
 
 
+@accepts_dlpack
 def rise(model: Any, x: np.ndarray, target: Target = None, *, n_masks: int = 2000, cell: Any = 8, p: float = 0.5,
          seed: Union[None, int, np.random.Generator] = None, batch_size: Optional[int] = None) -> np.ndarray:
     """RISE (Petsiuk et al., 2018): the saliency of pixel u is ``sum_i P_t(x * M_i) M_i(u) /

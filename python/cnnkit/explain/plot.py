@@ -5,7 +5,7 @@ from typing import Any, Callable, Dict, Optional, Sequence
 
 import numpy as np
 
-from .._validate import check_real
+from .._validate import accepts_dlpack, check_real
 from . import cam, gradients, perturbation
 
 __all__ = ["overlay", "plot", "METHODS", "as_maps"]
@@ -32,6 +32,7 @@ METHODS: Dict[str, Callable] = {
 }
 
 
+@accepts_dlpack
 def as_maps(attr: np.ndarray, layout: str = "NCHW") -> np.ndarray:
     """(N, H, W) maps from an attribution: (N, H, W) as is, (N, C, H, W) / (N, H, W, C) by the
     maximum of |a| over channels (how input-space attributions are shown).
@@ -89,6 +90,7 @@ def _images_rgb(images: np.ndarray) -> np.ndarray:
     return np.clip(f, 0, 1)
 
 
+@accepts_dlpack
 def overlay(images: np.ndarray, maps: np.ndarray, cmap: str = "jet", alpha: float = 0.5) -> np.ndarray:
     """Heat maps blended over images: ``(1 - alpha) * image + alpha * cmap(map)``, each map
     min-max scaled first.
@@ -133,6 +135,7 @@ def overlay(images: np.ndarray, maps: np.ndarray, cmap: str = "jet", alpha: floa
     return np.clip(np.round(out * 255), 0, 255).astype(np.uint8)
 
 
+@accepts_dlpack
 def plot(images: np.ndarray, attributions: Dict[str, np.ndarray], *, labels: Optional[Sequence[str]] = None,
          cmap: str = "jet", alpha: float = 0.5, layout: str = "NCHW", size: float = 1.6) -> Any:
     """A matplotlib figure: one row per image, the image then one column per method (titled),

@@ -6,6 +6,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from .._validate import accepts_dlpack
+
 __all__ = ["TorchModel"]
 
 
@@ -96,6 +98,7 @@ class TorchModel:
         return self.module.named_modules()
 
     # ---- forward / backward ----
+    @accepts_dlpack
     def forward(self, x: np.ndarray) -> np.ndarray:
         """Run the module on ``x``, keeping the graph for :meth:`backward` when autograd is on.
 
@@ -118,6 +121,7 @@ class TorchModel:
         self._out = out
         return out.detach().numpy()
 
+    @accepts_dlpack
     def backward(self, grad_logits: np.ndarray, input_grad: bool = True, until: Any = None) -> Any:
         """The gradient of ``sum(grad_logits * logits)`` with respect to the input (None unless
         ``input_grad``); with ``until`` (a captured layer's name) autograd stops at that layer's

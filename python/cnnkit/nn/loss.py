@@ -6,7 +6,7 @@ from typing import Any
 import numpy as np
 
 from .. import _core
-from .._validate import check_array, check_choice, check_real
+from .._validate import accepts_dlpack, check_array, check_choice, check_real
 
 __all__ = ["CrossEntropyLoss"]
 
@@ -64,6 +64,7 @@ class CrossEntropyLoss:
         self._grad: np.ndarray | None = None
         self._soft: np.ndarray | None = None
 
+    @accepts_dlpack
     def forward(self, logits: np.ndarray, target: np.ndarray) -> float | np.ndarray:
         """The loss of ``logits`` against ``target``; its gradient is kept for :meth:`backward`.
 

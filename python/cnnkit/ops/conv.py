@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .. import _core
-from .._validate import (check_choice, check_float_array, check_int, check_layout, check_out,
+from .._validate import (accepts_dlpack, check_choice, check_float_array, check_int, check_layout, check_out,
                          check_pair, check_shape, check_subset, renamed_kwargs)
 
 __all__ = ["conv2d", "conv2d_backward", "conv2d_output_shape", "conv2d_algorithm",
@@ -312,6 +312,7 @@ def conv2d_algorithm(x_shape: Sequence[int], weight_shape: Sequence[int], stride
                                   layout, pass_, dtype).name
 
 
+@accepts_dlpack
 def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None, stride: int | tuple[int, int] = 1,
            padding: int | tuple[int, int] | str = 0, dilation: int | tuple[int, int] = 1, groups: int = 1, *,
            layout: str = "NCHW", out: np.ndarray | None = None) -> np.ndarray:
@@ -377,6 +378,7 @@ def _needs(needs: Any) -> set:
 
 
 @renamed_kwargs(grad_out="grad_output")
+@accepts_dlpack
 def conv2d_backward(grad_output: np.ndarray, x: np.ndarray, weight: np.ndarray,
                     stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] | str = 0,
                     dilation: int | tuple[int, int] = 1, groups: int = 1, *, layout: str = "NCHW",
@@ -501,6 +503,7 @@ def _work(workspace, key, shape, dtype):
     return a
 
 
+@accepts_dlpack
 def depthwise_separable_conv2d(x: np.ndarray, dw_weight: np.ndarray, pw_weight: np.ndarray,
                                dw_bias: np.ndarray | None = None, pw_bias: np.ndarray | None = None,
                                stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] | str = 0,
@@ -567,6 +570,7 @@ def depthwise_separable_conv2d(x: np.ndarray, dw_weight: np.ndarray, pw_weight: 
 
 
 @renamed_kwargs(grad_out="grad_output")
+@accepts_dlpack
 def depthwise_separable_conv2d_backward(grad_output: np.ndarray, x: np.ndarray, dw_weight: np.ndarray,
                                         pw_weight: np.ndarray, dw_bias: np.ndarray | None = None,
                                         stride: int | tuple[int, int] = 1,

@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from .. import _core
-from .._validate import (check_array, check_bool, check_choice, check_float_array, check_int,
+from .._validate import (accepts_dlpack, check_array, check_bool, check_choice, check_float_array, check_int,
                          check_layout, check_real, check_subset, renamed_kwargs)
 
 __all__ = ["batch_norm_train", "batch_norm_infer", "batch_norm_backward", "group_norm",
@@ -116,6 +116,7 @@ def _stats_shape(name, a, shape):
 
 # ---- batch norm --------------------------------------------------------------------------------
 
+@accepts_dlpack
 def batch_norm_train(x: np.ndarray, weight: np.ndarray | None = None, bias: np.ndarray | None = None,
                      running_mean: np.ndarray | None = None, running_var: np.ndarray | None = None, *,
                      momentum: float = 0.1, eps: float = 1e-5, activation: str | None = None,
@@ -214,6 +215,7 @@ def batch_norm_train(x: np.ndarray, weight: np.ndarray | None = None, bias: np.n
     return (y, mean, invstd) if return_stats else y
 
 
+@accepts_dlpack
 def batch_norm_infer(x: np.ndarray, weight: np.ndarray | None = None, bias: np.ndarray | None = None,
                      running_mean: np.ndarray | None = None, running_var: np.ndarray | None = None, *,
                      eps: float = 1e-5, activation: str | None = None, residual: np.ndarray | None = None,
@@ -265,6 +267,7 @@ def batch_norm_infer(x: np.ndarray, weight: np.ndarray | None = None, bias: np.n
 
 
 @renamed_kwargs(grad_out="grad_output")
+@accepts_dlpack
 def batch_norm_backward(grad_output: np.ndarray, x: np.ndarray, weight: np.ndarray | None,
                         save_mean: np.ndarray, save_invstd: np.ndarray, *, y: np.ndarray | None = None,
                         bias: np.ndarray | None = None, residual: np.ndarray | None = None,
@@ -414,6 +417,7 @@ def _group_args(x, num_groups, weight, bias, eps, activation, layout):
     return x, N, C, S, nhwc, G, weight, bias, _eps(eps), _activation(activation)
 
 
+@accepts_dlpack
 def group_norm(x: np.ndarray, num_groups: int, weight: np.ndarray | None = None,
                bias: np.ndarray | None = None, eps: float = 1e-5, *, activation: str | None = None,
                layout: str = "NCHW", return_stats: bool = False, out: np.ndarray | None = None
@@ -468,6 +472,7 @@ def group_norm(x: np.ndarray, num_groups: int, weight: np.ndarray | None = None,
 
 
 @renamed_kwargs(grad_out="grad_output")
+@accepts_dlpack
 def group_norm_backward(grad_output: np.ndarray, x: np.ndarray, num_groups: int, weight: np.ndarray | None,
                         save_mean: np.ndarray, save_invstd: np.ndarray, *, y: np.ndarray | None = None,
                         bias: np.ndarray | None = None, activation: str | None = None,
@@ -556,6 +561,7 @@ def group_norm_backward(grad_output: np.ndarray, x: np.ndarray, num_groups: int,
 
 # ---- folding -----------------------------------------------------------------------------------
 
+@accepts_dlpack
 def fold_batch_norm(conv_weight: np.ndarray, conv_bias: np.ndarray | None, bn_weight: np.ndarray | None,
                     bn_bias: np.ndarray | None, running_mean: np.ndarray, running_var: np.ndarray,
                     eps: float = 1e-5) -> tuple[np.ndarray, np.ndarray]:

@@ -7,7 +7,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from .. import _core
-from .._validate import check_bool, check_real
+from .._validate import accepts_dlpack, check_bool, check_real
 from ._arrays import check_list
 
 __all__ = ["clip_grad_norm_", "global_norm", "found_inf"]
@@ -31,6 +31,7 @@ def _norm_type(norm_type: Union[float, str]) -> float:
     return v
 
 
+@accepts_dlpack
 def global_norm(grads: Grads, norm_type: Union[float, str] = 2.0) -> float:
     """The ``norm_type``-norm of all elements of all arrays (None entries skipped).
 
@@ -57,6 +58,7 @@ def global_norm(grads: Grads, norm_type: Union[float, str] = 2.0) -> float:
     return float(_core.global_norm(_present(grads), _norm_type(norm_type)))
 
 
+@accepts_dlpack
 def clip_grad_norm_(grads: Grads, max_norm: float, norm_type: Union[float, str] = 2.0,
                     error_if_nonfinite: bool = False) -> float:
     """Scale ``grads`` in place so their global norm is at most ``max_norm``.
@@ -106,6 +108,7 @@ def clip_grad_norm_(grads: Grads, max_norm: float, norm_type: Union[float, str] 
     return total
 
 
+@accepts_dlpack
 def found_inf(grads: Grads) -> bool:
     """True when any element of any array is inf or NaN (pass it to ``step(found_inf=...)``).
 

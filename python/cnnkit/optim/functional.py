@@ -16,7 +16,7 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 
 from .. import _core
-from .._validate import check_real
+from .._validate import accepts_dlpack, check_real
 from . import _cuda
 from ._arrays import check_list, check_param
 from ._spec import SPECS
@@ -94,6 +94,7 @@ def _run(algo: str, params: Arrays, grads: Arrays, states: list[Optional[Arrays]
     plan.step(grads, hyper, steps)
 
 
+@accepts_dlpack(device_ok=True)
 def sgd_(params: Arrays, grads: Arrays, momentum_buffers: Optional[Arrays], *, step: Step, lr: float,
          momentum: float = 0.0, dampening: float = 0.0, weight_decay: float = 0.0,
          nesterov: bool = False, maximize: bool = False) -> None:
@@ -142,6 +143,7 @@ def sgd_(params: Arrays, grads: Arrays, momentum_buffers: Optional[Arrays], *, s
               nesterov=nesterov, maximize=maximize))
 
 
+@accepts_dlpack(device_ok=True)
 def adagrad_(params: Arrays, grads: Arrays, state_sums: Arrays, *, step: Step, lr: float,
              lr_decay: float = 0.0, weight_decay: float = 0.0, eps: float = 1e-10,
              maximize: bool = False) -> None:
@@ -178,6 +180,7 @@ def adagrad_(params: Arrays, grads: Arrays, state_sums: Arrays, *, step: Step, l
          dict(lr=lr, lr_decay=lr_decay, weight_decay=weight_decay, eps=eps, maximize=maximize))
 
 
+@accepts_dlpack(device_ok=True)
 def rmsprop_(params: Arrays, grads: Arrays, square_avgs: Arrays, grad_avgs: Optional[Arrays] = None,
              momentum_buffers: Optional[Arrays] = None, *, step: Step, lr: float, alpha: float,
              eps: float, weight_decay: float = 0.0, momentum: float = 0.0, centered: bool = False,
@@ -227,6 +230,7 @@ def rmsprop_(params: Arrays, grads: Arrays, square_avgs: Arrays, grad_avgs: Opti
               centered=centered, maximize=maximize))
 
 
+@accepts_dlpack(device_ok=True)
 def adadelta_(params: Arrays, grads: Arrays, square_avgs: Arrays, acc_deltas: Arrays, *, step: Step,
               lr: float, rho: float, eps: float, weight_decay: float = 0.0,
               maximize: bool = False) -> None:
@@ -265,6 +269,7 @@ def adadelta_(params: Arrays, grads: Arrays, square_avgs: Arrays, acc_deltas: Ar
          dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize))
 
 
+@accepts_dlpack(device_ok=True)
 def adam_(params: Arrays, grads: Arrays, exp_avgs: Arrays, exp_avg_sqs: Arrays, *, step: Step, lr: float,
           beta1: float, beta2: float, eps: float, weight_decay: float = 0.0, amsgrad: bool = False,
           max_exp_avg_sqs: Optional[Arrays] = None, maximize: bool = False) -> None:
@@ -311,6 +316,7 @@ def adam_(params: Arrays, grads: Arrays, exp_avgs: Arrays, exp_avg_sqs: Arrays, 
               maximize=maximize))
 
 
+@accepts_dlpack(device_ok=True)
 def adamw_(params: Arrays, grads: Arrays, exp_avgs: Arrays, exp_avg_sqs: Arrays, *, step: Step, lr: float,
            beta1: float, beta2: float, eps: float, weight_decay: float = 1e-2, amsgrad: bool = False,
            max_exp_avg_sqs: Optional[Arrays] = None, maximize: bool = False) -> None:

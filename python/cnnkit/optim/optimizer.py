@@ -14,6 +14,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from .. import _core
+from .._validate import as_arrays, dlpack_methods
 from ._arrays import check_list, check_param
 from ._spec import SPECS, AlgoSpec
 
@@ -38,6 +39,10 @@ class Optimizer:
     """
 
     _algo: str = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        dlpack_methods(cls, ("__init__", "step"))
 
     def __init__(self, params: Union[Iterable[np.ndarray], Iterable[Mapping[str, Any]]],
                  defaults: Mapping[str, Any]) -> None:
@@ -84,7 +89,7 @@ class Optimizer:
         group = dict(param_group)
         if "params" not in group:
             raise ValueError("param_group: expected a 'params' entry")
-        ps = group["params"]
+        ps = as_arrays("param_group['params']", group["params"])  # torch tensors: views of their memory
         ps = [ps] if isinstance(ps, np.ndarray) else check_list("param_group['params']", ps)
         if not ps:
             raise ValueError("param_group['params']: expected at least one array")
@@ -349,6 +354,9 @@ class Optimizer:
                 if k != "params":
                     lines.append(f"    {k}: {g[k]}")
         return "\n".join(lines) + "\n)"
+
+
+dlpack_methods(Optimizer, ("__init__", "step"))
 
 
 def _flag(found_inf: Any) -> bool:
