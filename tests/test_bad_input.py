@@ -325,6 +325,78 @@ EXAMPLES = {
         rng=gen(), batch_size=2, p=0.5, same_on_batch=False)),
 }
 
+# ---- fused convolution, nn.fusion ------------------------------------------------------------------
+EXAMPLES.update({
+    "cnnkit.ops.conv2d_fused": (lambda: ops.conv2d_fused, lambda: dict(
+        x=f32(*X), weight=f32(4, 3, 3, 3, seed=1), bias=f32(4, seed=2), stride=1, padding=1, dilation=1,
+        groups=1, layout="NCHW", pre_scale=f32(3, seed=3), pre_shift=f32(3, seed=4), pre_relu=True,
+        residual=f32(2, 4, 5, 6, seed=5), post_relu=True, stats=False, out=np.empty((2, 4, 5, 6), F32),
+        workspace={})),
+    "cnnkit.ops.conv2d_fused_backward": (lambda: ops.conv2d_fused_backward, lambda: dict(
+        grad_output=f32(2, 4, 5, 6, seed=6), x=f32(*X), weight=f32(4, 3, 3, 3, seed=1), stride=1, padding=1,
+        dilation=1, groups=1, layout="NCHW", pre_scale=f32(3, seed=3), pre_shift=f32(3, seed=4), pre_relu=True,
+        post_relu=True, y=f32(2, 4, 5, 6, seed=7), needs=("input", "weight", "bias", "pre_scale", "pre_shift"),
+        conv_input=np.maximum(f32(*X) * f32(3, seed=3)[:, None, None] + f32(3, seed=4)[:, None, None], F32(0)),
+        workspace={}, out=(np.empty(X, F32), np.empty((4, 3, 3, 3), F32), np.empty(4, F32), None, None, None,
+                           None))),
+    "cnnkit.nn.fusion": (lambda: nn.fusion, lambda: dict(enabled=True)),
+})
+
+
+# ---- cnnkit.augment: Smart Augmentation, policy search -------------------------------------------
+def _smart(**kw):
+    return A.SmartAugmentation(in_channels=1, num_classes=3, k=2, seed=0, **kw)
+
+
+def _smart_batch():
+    """images (4, 1, 6, 6), labels, groups (2, k=2, 1, 6, 6), targets (2, 1, 6, 6), group labels."""
+    return dict(images=f32(4, 1, 6, 6, seed=1), labels=np.array([0, 1, 2, 1]), groups=f32(2, 2, 1, 6, 6, seed=2),
+                targets=f32(2, 1, 6, 6, seed=3), group_labels=np.array([2, 0]))
+
+
+def _u8_dataset(n=6, seed=0):
+    from cnnkit.data import ArrayDataset
+    return ArrayDataset(u8(n, 6, 6, 3, seed=seed), np.arange(n) % 2)
+
+
+def _choice():
+    return A.PolicyController(2, seed=0).sample()[1]
+
+
+EXAMPLES.update({
+    "cnnkit.augment.generator_network": (lambda: A.generator_network, lambda: dict(
+        in_channels=1, k=2, width=4, depth=2, seed=0)),
+    "cnnkit.augment.classifier_network": (lambda: A.classifier_network, lambda: dict(
+        in_channels=1, num_classes=3, widths=(4, 8), seed=0)),
+    "cnnkit.augment.SmartAugmentation": (lambda: A.SmartAugmentation, lambda: dict(
+        classifier=A.classifier_network(1, 3, widths=(4,), seed=0), generator=A.generator_network(1, 2, width=4),
+        in_channels=1, num_classes=3, k=2, alpha=0.3, beta=0.7, optimizer_a=None, optimizer_b=None, seed=0)),
+    "cnnkit.augment.SmartAugmentation.gradients": (_bound(_smart, "gradients"), _smart_batch),
+    "cnnkit.augment.SmartAugmentation.step": (_bound(_smart, "step"), _smart_batch),
+    "cnnkit.augment.SmartAugmentation.merge": (_bound(_smart, "merge"), lambda: dict(
+        groups=f32(2, 2, 1, 6, 6, seed=2))),
+    "cnnkit.augment.PolicyController": (lambda: A.PolicyController, lambda: dict(
+        num_sub_policies=2, lr=0.05, baseline_decay=0.8, entropy_weight=1e-5, learn=True, seed=0)),
+    "cnnkit.augment.PolicyController.update": (_bound(lambda: A.PolicyController(2, seed=0), "update"),
+                                               lambda: dict(choice=_choice(), reward=0.5)),
+    "cnnkit.augment.PolicyController.log_prob": (_bound(lambda: A.PolicyController(2, seed=0), "log_prob"),
+                                                 lambda: dict(choice=_choice())),
+    "cnnkit.augment.PolicyController.policy_of": (lambda: A.PolicyController.policy_of,
+                                                  lambda: dict(choice=_choice())),
+    "cnnkit.augment.ProxyConfig": (lambda: A.ProxyConfig, lambda: dict(
+        epochs=1, batch_size=4, lr=0.1, momentum=0.9, weight_decay=5e-4, widths=(4, 8),
+        build=lambda seed, c, k: A.classifier_network(c, k, widths=(4,), seed=seed))),
+    "cnnkit.augment.search_policy": (lambda: A.search_policy, lambda: dict(
+        train=_u8_dataset(), val=_u8_dataset(seed=1), method="reinforce", budget=2,
+        proxy=dict(epochs=0, batch_size=2, widths=(2,)), seed=0, num_sub_policies=2, top_k=1,
+        controller=dict(lr=0.1), reward_fn=lambda p: float(len(p)), progress=False)),
+    "cnnkit.augment.policy_to_json": (lambda: A.policy_to_json, lambda: dict(
+        policy=[[("Invert", 0.1, None), ("Contrast", 0.2, 6)]], indent=2)),
+    "cnnkit.augment.policy_from_json": (lambda: A.policy_from_json, lambda: dict(
+        text='[[["Invert", 0.1, null], ["Contrast", 0.2, 6]]]')),
+})
+
+
 # ---- cnnkit.nn: backward(grad) after a forward (grad checked against the last output) ------------
 def _after_forward(make, x_shape=X):
     def bound():
@@ -394,6 +466,8 @@ NOT_CALLED = {
     "cnnkit.optim.Optimizer": "abstract base: the concrete optimizers are called",
     "cnnkit.optim.LRScheduler": "abstract base: the concrete schedulers are called",
     "cnnkit.augment.Transform": "abstract base: the concrete transforms are called",
+    "cnnkit.nn.fusion_enabled": "no parameters",
+    "cnnkit.ops.FusedConvGrads": "a result NamedTuple (conv2d_fused_backward's), not an entry point",
 }
 
 PACKAGES = ["cnnkit", "cnnkit.ops", "cnnkit.nn", "cnnkit.optim", "cnnkit.optim.functional",
@@ -464,6 +538,7 @@ ZERO_OK = {
     "lr": "a zero learning rate freezes the parameters (torch allows it)",
     "max_norm": "clip to norm 0, as torch", "rho": "torch allows rho 0",
     "total_iters": "no warm-up: the end factor at once", "last_epoch": "the first epoch",
+    "epochs": "no training (the initial network is evaluated)", "indent": "json.dumps: newlines only",
 }
 NEGATIVE_OK = {
     "chain_depth": "<= 0 draws a random depth", "ignore_index": "torch's default is -100",
@@ -489,6 +564,8 @@ VALID = {
     ("cnnkit.augment.SamplePairing", "pool", "layout"): "a pool of any image shape (checked against the batch)",
     ("cnnkit.augment.cutout", "fill", "tuple short"): "one value for every channel",
     ("cnnkit.augment.spatial_dropout_backward", "scale", "dtype float16"): "scale values, converted",
+    ("cnnkit.augment.classifier_network", "widths", "tuple short"): "one convolution is a valid network",
+    ("cnnkit.augment.ProxyConfig", "widths", "tuple short"): "one convolution is a valid network",
 }
 for _fn in ("adjust_brightness", "adjust_contrast", "adjust_saturation", "adjust_sharpness"):
     VALID[(f"cnnkit.augment.functional.{_fn}", "factor", "dtype float16")] = "factors, converted to float64"
@@ -505,7 +582,8 @@ for _m in ("MaxPool2d", "AvgPool2d", "GlobalAvgPool2d", "ReLU"):
 # Weights are (C_out, C_in/groups, kH, kW) in both layouts: there is no other layout to pass.
 for _fn, _w in (("conv2d", "weight"), ("conv2d_backward", "weight"), ("depthwise_separable_conv2d", "dw_weight"),
                 ("depthwise_separable_conv2d", "pw_weight"), ("depthwise_separable_conv2d_backward", "dw_weight"),
-                ("depthwise_separable_conv2d_backward", "pw_weight"), ("fold_batch_norm", "conv_weight")):
+                ("depthwise_separable_conv2d_backward", "pw_weight"), ("fold_batch_norm", "conv_weight"),
+                ("conv2d_fused", "weight"), ("conv2d_fused_backward", "weight")):
     VALID[(f"cnnkit.ops.{_fn}", _w, "layout")] = "weights have one layout"
 
 

@@ -20,7 +20,8 @@ from cnnkit.experiments import _runner as R
 from cnnkit.experiments import cli as xcli
 
 NAMES = ["bn-lr-stress", "bn-init", "bn-small-batch", "bn-train-test", "bn-weight-decay", "optimizers",
-         "gd-variants", "samplepairing", "regularization", "group-conv", "depthwise-separable", "equalization"]
+         "gd-variants", "samplepairing", "regularization", "group-conv", "depthwise-separable", "equalization",
+         "policy-search", "smart-augmentation"]
 
 
 # ---- the judge on synthetic numbers -------------------------------------------------------

@@ -33,18 +33,20 @@ Semantics follow torchvision (``torchvision.transforms.autoaugment``, v0.28):
 from __future__ import annotations
 
 import functools
+import json
 import math
 import numbers
 from fractions import Fraction
-from typing import Any, Optional, Tuple
+from typing import Any, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .._validate import check_bool, check_choice, check_int, check_real, check_rng
+from .._validate import accepts_dlpack, check_bool, check_choice, check_int, check_real, check_rng
 from ._cutout import _image_size
 from ._mix import _alpha, _batch_size, _check_rng
 
-__all__ = ["OPS", "POLICIES", "augmentation_space", "sample_autoaugment_params", "sample_randaugment_params",
+__all__ = ["OPS", "POLICIES", "AUTOAUGMENT_OPS", "check_policy", "policy_to_json", "policy_from_json",
+           "augmentation_space", "sample_autoaugment_params", "sample_randaugment_params",
            "sample_trivialaugment_params", "sample_augmix_params", "augmix", "sample_affine_params",
            "sample_color_jitter_params"]
 
@@ -145,6 +147,156 @@ _AUTOAUGMENT_BINS = 10  # torchvision's AutoAugment calls _augmentation_space(10
 _AUGMIX_BINS = 10       # AugMix's _PARAMETER_MAX
 _SIGNED = frozenset(("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness", "Color", "Contrast",
                      "Sharpness"))
+
+# ---- policy tables: validation and JSON ----------------------------------------------------------
+
+#: The 14 ops of AutoAugment's search space, in the order of its augmentation space (the order
+#: of ``augmentation_space("autoaugment", 10)``); ``AutoContrast``, ``Equalize`` and ``Invert``
+#: have no magnitude (bin None in a policy table).
+AUTOAUGMENT_OPS = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness", "Color", "Contrast",
+                   "Sharpness", "Posterize", "Solarize", "AutoContrast", "Equalize", "Invert")
+_NO_MAGNITUDE = frozenset(("AutoContrast", "Equalize", "Invert"))
+
+#: A policy table: sub-policies of two ``(op name, probability, magnitude bin or None)`` entries.
+PolicyTable = Tuple[Tuple[Tuple[str, float, Optional[int]], ...], ...]
+
+
+def check_policy(policy: Any, name: str = "policy") -> PolicyTable:
+    """Validate an AutoAugment policy table and return it as nested tuples.
+
+    A table is a non-empty sequence of sub-policies; each sub-policy is a sequence of exactly two
+    entries ``(op, probability, magnitude_bin)``: ``op`` one of :data:`AUTOAUGMENT_OPS`,
+    ``probability`` a number in [0, 1], ``magnitude_bin`` an int in [0, 9] (AutoAugment's 10
+    bins), or None for the ops without a magnitude (AutoContrast, Equalize, Invert) and only
+    for them. Lists are accepted wherever tuples are (the JSON-decoded form).
+
+    Parameters
+    ----------
+    policy : sequence of sub-policies
+        The table, as :data:`POLICIES` stores the published ones.
+    name : str, default "policy"
+        The argument's name in error messages.
+
+    Returns
+    -------
+    tuple of tuples
+        ``((op, float probability, int bin or None), (...)), ...``.
+
+    Raises
+    ------
+    TypeError
+        ``policy`` is a str, or not a sequence.
+    ValueError
+        An entry is malformed; the message names it (``policy[3][1]: ...``).
+
+    Examples
+    --------
+    >>> from cnnkit.augment._policy import check_policy
+    >>> check_policy([[["Rotate", 0.5, 3], ["Equalize", 1, None]]])
+    ((('Rotate', 0.5, 3), ('Equalize', 1.0, None)),)
+    >>> check_policy([[["Rotate", 1.5, 3], ["Equalize", 1, None]]])
+    Traceback (most recent call last):
+    ...
+    ValueError: policy[0][0]: expected a probability in [0, 1], got 1.5
+    """
+    if isinstance(policy, (str, bytes)) or not isinstance(policy, Sequence):
+        raise TypeError(f"{name}: expected a published policy name or a sequence of sub-policies, "
+                        f"got {type(policy).__name__}")
+    if len(policy) == 0:
+        raise ValueError(f"{name}: expected at least one sub-policy, got none")
+    out = []
+    for i, sub in enumerate(policy):
+        if isinstance(sub, (str, bytes)) or not isinstance(sub, Sequence) or len(sub) != 2:
+            raise ValueError(f"{name}[{i}]: expected a sub-policy of 2 (op, probability, magnitude_bin) entries, "
+                             f"got {sub!r}")
+        entries = []
+        for j, entry in enumerate(sub):
+            where = f"{name}[{i}][{j}]"
+            if isinstance(entry, (str, bytes)) or not isinstance(entry, Sequence) or len(entry) != 3:
+                raise ValueError(f"{where}: expected an (op, probability, magnitude_bin) triple, got {entry!r}")
+            op, p, b = entry
+            if not isinstance(op, str) or op not in AUTOAUGMENT_OPS:
+                raise ValueError(f"{where}: unknown op {op!r} (expected one of {', '.join(AUTOAUGMENT_OPS)})")
+            if isinstance(p, (bool, np.bool_)) or not isinstance(p, numbers.Real) or not 0.0 <= float(p) <= 1.0:
+                raise ValueError(f"{where}: expected a probability in [0, 1], got {p!r}")
+            if op in _NO_MAGNITUDE:
+                if b is not None:
+                    raise ValueError(f"{where}: {op} has no magnitude, expected magnitude_bin None, got {b!r}")
+            elif b is None:
+                raise ValueError(f"{where}: {op} needs a magnitude_bin in [0, {_AUTOAUGMENT_BINS - 1}], got None")
+            elif (isinstance(b, (bool, np.bool_)) or not isinstance(b, numbers.Integral)
+                  or not 0 <= int(b) < _AUTOAUGMENT_BINS):
+                raise ValueError(f"{where}: expected a magnitude_bin in [0, {_AUTOAUGMENT_BINS - 1}], got {b!r}")
+            entries.append((op, float(p), None if b is None else int(b)))
+        out.append(tuple(entries))
+    return tuple(out)
+
+
+def policy_to_json(policy: Union[str, Sequence[Any]], *, indent: Optional[int] = None) -> str:
+    """A policy table as JSON text (a list of sub-policies, each a list of two
+    ``[op, probability, magnitude_bin]`` lists, ``null`` for no magnitude).
+
+    Parameters
+    ----------
+    policy : str or sequence of sub-policies
+        A published name ("imagenet", "cifar10", "svhn") or a table (:func:`check_policy`).
+    indent : int >= 0, optional
+        As ``json.dumps`` (0: newlines only; None: one line).
+
+    Returns
+    -------
+    str
+        JSON that :func:`policy_from_json` reads back to the same table.
+
+    Examples
+    --------
+    >>> from cnnkit.augment import policy_from_json, policy_to_json
+    >>> text = policy_to_json([[("Invert", 0.1, None), ("Contrast", 0.2, 6)]])
+    >>> text
+    '[[["Invert", 0.1, null], ["Contrast", 0.2, 6]]]'
+    >>> policy_from_json(text)
+    ((('Invert', 0.1, None), ('Contrast', 0.2, 6)),)
+    """
+    table = _as_table(policy)
+    indent = None if indent is None else check_int("indent", indent, 0, "None or an int >= 0")
+    return json.dumps([[list(e) for e in sub] for sub in table], indent=indent)
+
+
+def policy_from_json(text: Union[str, bytes]) -> PolicyTable:
+    """Read a policy table written by :func:`policy_to_json` (validated by :func:`check_policy`).
+
+    Parameters
+    ----------
+    text : str or bytes
+        The JSON text.
+
+    Returns
+    -------
+    tuple of tuples
+        The table, ready for ``AutoAugment(policy=...)``.
+
+    Examples
+    --------
+    >>> from cnnkit.augment import POLICIES, policy_from_json, policy_to_json
+    >>> policy_from_json(policy_to_json("cifar10")) == POLICIES["cifar10"]
+    True
+    """
+    if not isinstance(text, (str, bytes)):
+        raise TypeError(f"text: expected JSON text (str or bytes), got {type(text).__name__}")
+    try:
+        decoded = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"text: expected JSON, got a decoding error: {e}") from None
+    if not isinstance(decoded, list):
+        raise ValueError(f"text: expected a JSON list of sub-policies, got {type(decoded).__name__}")
+    return check_policy(decoded)
+
+
+def _as_table(policy: Any) -> Any:
+    """A published name (checked) or a validated table (nested tuples, hashable)."""
+    if isinstance(policy, str):
+        return POLICIES[check_choice("policy", policy, tuple(POLICIES))]
+    return check_policy(policy)
 
 
 # ---- magnitude bins ------------------------------------------------------------------------------
@@ -283,13 +435,15 @@ def _draw(rng, codes, mags, signed, idx, bins):
 # ---- the policy samplers ---------------------------------------------------------------------------
 
 def sample_autoaugment_params(rng: np.random.Generator, batch_size: int, image_size: Tuple[int, int],
-                              policy: str = "imagenet", *, same_on_batch: bool = False) -> dict[str, np.ndarray]:
+                              policy: Union[str, Sequence[Any]] = "imagenet", *,
+                              same_on_batch: bool = False) -> dict[str, np.ndarray]:
     """AutoAugment parameters: ``{"ops": (N, 2) int64, "magnitudes": (N, 2) float64,
     "policy": (N,) int64}`` (``policy``: the sub-policy drawn for each image).
 
-    ``policy``: "imagenet", "cifar10" or "svhn" (the published tables, as torchvision has them).
-    Per image a sub-policy uniformly; each of its two ops applied with its probability (else
-    Identity); magnitudes from torchvision's 10 bins with ``image_size = (H, W)`` setting the
+    ``policy``: "imagenet", "cifar10" or "svhn" (the published tables, as torchvision has them),
+    or a table of the same form (:func:`check_policy`; e.g. one found by
+    :func:`cnnkit.augment.search_policy`), any number of sub-policies. Per image a sub-policy
+    uniformly; each of its two ops applied with its probability (else Identity); magnitudes from torchvision's 10 bins with ``image_size = (H, W)`` setting the
     translation range; signed ops negated with probability 1/2.
 
     Parameters
@@ -300,8 +454,8 @@ def sample_autoaugment_params(rng: np.random.Generator, batch_size: int, image_s
         N, the number of images.
     image_size : tuple of 2 ints
         (H, W) of the images (sets the translation range).
-    policy : {"imagenet", "cifar10", "svhn"}, default "imagenet"
-        The published policy.
+    policy : {"imagenet", "cifar10", "svhn"} or sequence of sub-policies, default "imagenet"
+        The published policy, or a policy table.
     same_on_batch : bool, default False
         One draw, repeated for every image.
 
@@ -312,7 +466,7 @@ def sample_autoaugment_params(rng: np.random.Generator, batch_size: int, image_s
     """
     _check_rng(rng)
     N = _batch_size(batch_size)
-    check_choice("policy", policy, tuple(POLICIES))
+    policy = policy if isinstance(policy, str) and policy in POLICIES else _as_table(policy)
     image_size = _image_size(image_size)
     same_on_batch = check_bool("same_on_batch", same_on_batch)
     if same_on_batch:
@@ -329,11 +483,12 @@ def sample_autoaugment_params(rng: np.random.Generator, batch_size: int, image_s
     return {"ops": ops.astype(np.int64), "magnitudes": m.astype(np.float64), "policy": pid.astype(np.int64)}
 
 
-@functools.cache
+@functools.lru_cache(maxsize=256)
 def _policy_arrays(policy):
-    """A policy as arrays (25, 2): rows into the AutoAugment space, probabilities, bins (-1: None)."""
+    """A policy (a published name or a validated, hashable table) as arrays (S, 2): rows into the
+    AutoAugment space, probabilities, bins (-1: None)."""
     names = list(_space("autoaugment", _AUTOAUGMENT_BINS, (1, 1), True))
-    table = POLICIES[policy]
+    table = POLICIES[policy] if isinstance(policy, str) else policy
     rows = np.array([[names.index(op) for op, _, _ in sub] for sub in table], dtype=np.int64)
     probs = np.array([[p for _, p, _ in sub] for sub in table])
     bins = np.array([[-1 if b is None else b for _, _, b in sub] for sub in table], dtype=np.int64)
@@ -502,6 +657,7 @@ def sample_augmix_params(rng: np.random.Generator, batch_size: int, image_size: 
             "weights": d.astype(np.float32) * m1[:, None]}
 
 
+@accepts_dlpack
 def augmix(images: np.ndarray, params: dict[str, Any], *, interpolation: str = "bilinear",
            fill: Any = None) -> np.ndarray:
     r"""AugMix (Hendrycks et al. 2020) with parameters from :func:`sample_augmix_params`.

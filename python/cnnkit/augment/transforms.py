@@ -12,7 +12,7 @@ from typing import Any, Dict, Iterable, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .._validate import (as_reals, check_bool, check_choice, check_float_array, check_int, check_layout, check_pair,
-                         check_interval, check_real, check_reals, check_seed, renamed_kwargs)
+                         check_interval, check_real, check_reals, check_seed, dlpack_methods, renamed_kwargs)
 from . import _cutout, _mix, _ops, _policy
 from . import functional as F
 
@@ -24,6 +24,8 @@ __all__ = ["Transform", "Compose", "MixUp", "CutMix", "SamplePairing", "Cutout",
 Params = Dict[str, Any]  # what a sampler draws: named arrays with a leading batch axis
 Labels = Optional[np.ndarray]
 Seed = Union[int, np.random.SeedSequence, None]
+# methods whose array arguments accept any CPU object with ``__dlpack__`` (in every subclass)
+_ARRAY_METHODS = ("__init__", "__call__", "sample", "apply", "backward")
 
 
 class Transform:
@@ -32,11 +34,22 @@ class Transform:
     A subclass implements :meth:`sample` (draw parameters) and :meth:`apply` (use them);
     :meth:`__call__` wires the two and keeps the parameters in ``last_params``.
 
+    The array arguments of every subclass's methods (a user's own included) take torch tensors
+    and other CPU objects with ``__dlpack__`` as NumPy views of their memory.
+
+    Transforms pickle with their generator's state, so every process that unpickles one (each
+    worker of a torch DataLoader) continues the *same* stream: reseed them per worker, with
+    ``DataLoader(..., worker_init_fn=cnnkit.torch.worker_init_fn)`` or :meth:`seed`.
+
     Parameters
     ----------
     seed : int, numpy.random.SeedSequence or None, default None
         Seed of the transform's own ``numpy.random.Generator`` (``self.rng``).
     """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        dlpack_methods(cls, _ARRAY_METHODS)
 
     def __init__(self, seed: Seed = None) -> None:
         self.seed(seed)
@@ -113,6 +126,9 @@ class Transform:
         self.last_params = params
         out, new_labels = self.apply(images, params, labels)
         return out if labels is None else (out, new_labels)
+
+
+dlpack_methods(Transform, _ARRAY_METHODS)
 
 
 class Compose(Transform):
@@ -642,8 +658,13 @@ class AutoAugment(_PolicyTransform):
 
     Parameters
     ----------
-    policy : {"imagenet", "cifar10", "svhn"}, default "imagenet"
-        The published policy.
+    policy : {"imagenet", "cifar10", "svhn"} or sequence of sub-policies, default "imagenet"
+        The published policy, or a policy table of the same form: sub-policies of two
+        ``(op, probability, magnitude_bin)`` entries (:func:`cnnkit.augment._policy.check_policy`;
+        lists accepted, so a table read back from JSON works), e.g. one found by
+        :func:`cnnkit.augment.search_policy`. A malformed table raises ValueError naming the
+        entry (``policy[3][1]: ...``). The attribute ``policy`` keeps the name, or the validated
+        table as nested tuples.
     interpolation : {"nearest", "bilinear"}, default "nearest"
         Resampling of the geometric ops.
     fill : float or sequence of float, optional
@@ -652,11 +673,22 @@ class AutoAugment(_PolicyTransform):
         The same draw for every image.
     seed : int, numpy.random.SeedSequence or None, default None
         Seed of the transform's Generator.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from cnnkit import augment
+    >>> table = [[("Rotate", 0.8, 3), ("Equalize", 0.5, None)], [("Solarize", 0.3, 6), ("ShearX", 0.6, 2)]]
+    >>> t = augment.AutoAugment(policy=augment.policy_from_json(augment.policy_to_json(table)), seed=0)
+    >>> x = np.random.default_rng(0).integers(0, 256, (4, 8, 8, 1), dtype=np.uint8)
+    >>> t(x).shape, t.last_params["policy"].tolist()  # the sub-policy drawn for each image
+    ((4, 8, 8, 1), [1, 1, 1, 0])
     """
 
-    def __init__(self, policy: str = "imagenet", interpolation: str = "nearest", fill: Any = None, *,
-                 same_on_batch: bool = False, seed: Seed = None) -> None:
-        self.policy = check_choice("policy", policy, tuple(_policy.POLICIES))
+    def __init__(self, policy: Union[str, Sequence[Any]] = "imagenet", interpolation: str = "nearest",
+                 fill: Any = None, *, same_on_batch: bool = False, seed: Seed = None) -> None:
+        self.policy: Any = (policy if isinstance(policy, str) and policy in _policy.POLICIES
+                            else _policy._as_table(policy))
         self.same_on_batch = check_bool("same_on_batch", same_on_batch)
         super().__init__(interpolation, fill, seed)
 

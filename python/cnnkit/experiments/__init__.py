@@ -24,7 +24,8 @@ __all__ = ["EXPERIMENTS", "available", "load", "run", "run_all"]
 #: Every experiment's name -> the module that implements it (imported on first use).
 EXPERIMENTS: dict[str, str] = {name: f"{__name__}.{name.replace('-', '_')}" for name in (
     "bn-lr-stress", "bn-init", "bn-small-batch", "bn-train-test", "bn-weight-decay", "optimizers", "gd-variants",
-    "samplepairing", "regularization", "group-conv", "depthwise-separable", "equalization")}
+    "samplepairing", "regularization", "group-conv", "depthwise-separable", "equalization", "policy-search",
+    "smart-augmentation")}
 
 
 def _check_name(name: Any) -> str:
