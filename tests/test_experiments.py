@@ -116,7 +116,7 @@ def test_small_cnn_init_scale_and_norms():
 
 
 # ---- the registry, files and CLI with a fake experiment ------------------------------------
-def test_registry_lists_all_twelve():
+def test_registry_lists_every_experiment():
     assert list(experiments.EXPERIMENTS) == NAMES
     assert set(experiments.available()) <= set(NAMES)
     with pytest.raises(ValueError, match="name"):
