@@ -1247,6 +1247,10 @@ def examples(entry):
     if alg == "stem":
         return [Geo(2, 3, 32, 9, 10, 3, 3, 1, 1), Geo(1, 4, 64, 11, 9, 7, 7, 2, 3),
                 Geo(2, 2, 16, 6, 7, 3, 1, 1, 0)]
+    if how == "packed":  # dense, and 16 or 32 channels per group
+        return [Geo(2, 12, 8, 6, 7, 3, 3, 1, 1), Geo(2, 17, 9, 7, 6, 1, 1, 2), Geo(2, 16, 24, 5, 6, 1, 1),
+                Geo(1, 33, 40, 9, 8, 3, 3, 2, 1), Geo(2, 32, 32, 5, 6, 3, 3, 1, 1, groups=2),
+                Geo(1, 64, 64, 6, 5, 3, 3, 2, 1, groups=2)]
     return [Geo(2, 12, 8, 6, 7, 3, 3, 1, 1), Geo(2, 17, 9, 7, 6, 1, 1, 2),
             Geo(1, 6, 4, 8, 9, 3, 2, (2, 1), (1, 0), 2, groups=2), Geo(2, 16, 24, 5, 6, 1, 1)]
 
@@ -1341,7 +1345,7 @@ def test_registry_names_follow_the_grammar():
         alg, dtype, layout, how = parse_name(e.name)
         assert e.name.endswith("__" + e.isa)
         assert alg in ("dw", "grouped", "stem", "gemm") and layout in LAYOUTS
-        assert how in ("", "blocked", "transposed")
+        assert how in ("", "blocked", "transposed", "packed")
         assert e.passes and set(e.passes) <= set(PASSES)
     # every variant exists at every ISA level
     strip = {n.split("__")[0] for n in names}
@@ -1383,6 +1387,8 @@ CHOICES = [
 def test_selection_is_the_first_supporting_entry(isa, args, pass_, want, dtype):
     if dtype == F64:  # the stem kernel is float32 only
         want = want.replace("stem_f32", "gemm_{dt}").replace("f32", "{dt}")
+    elif want.startswith("gemm_"):  # float32 dense GEMM problems run on cnnkit's own sgemm
+        want += "_packed"
     dt = {F32: "f32", F64: "f64"}[dtype]
     got = cnnkit.ops.conv2d_algorithm(*args, pass_=pass_, dtype=dtype)
     assert got == _first_supported(args, pass_, dtype).name
