@@ -1247,10 +1247,9 @@ def examples(entry):
     if alg == "stem":
         return [Geo(2, 3, 32, 9, 10, 3, 3, 1, 1), Geo(1, 4, 64, 11, 9, 7, 7, 2, 3),
                 Geo(2, 2, 16, 6, 7, 3, 1, 1, 0)]
-    if how == "packed":  # dense, and 16 or 32 channels per group
+    if how == "packed":  # dense (G == 1); sizes across the register blocks
         return [Geo(2, 12, 8, 6, 7, 3, 3, 1, 1), Geo(2, 17, 9, 7, 6, 1, 1, 2), Geo(2, 16, 24, 5, 6, 1, 1),
-                Geo(1, 33, 40, 9, 8, 3, 3, 2, 1), Geo(2, 32, 32, 5, 6, 3, 3, 1, 1, groups=2),
-                Geo(1, 64, 64, 6, 5, 3, 3, 2, 1, groups=2)]
+                Geo(1, 33, 40, 9, 8, 3, 3, 2, 1), Geo(1, 20, 70, 11, 13, 3, 3, 1, 1, 2)]
     return [Geo(2, 12, 8, 6, 7, 3, 3, 1, 1), Geo(2, 17, 9, 7, 6, 1, 1, 2),
             Geo(1, 6, 4, 8, 9, 3, 2, (2, 1), (1, 0), 2, groups=2), Geo(2, 16, 24, 5, 6, 1, 1)]
 

@@ -15,9 +15,9 @@
 //                          registers inside the kernel)
 //   stem_f32_nhwc          float32 NHWC, G == 1, C <= 4, K in {16, 32, 48, 64}, kh*kw <= 49:
 //                          forward and weight passes
-//   gemm_f32_*_packed      float32 dense convolutions (not the stem's) and grouped ones with 16 or
-//                          32 channels per group: the GEMM path on cnnkit's own packed sgemm
-//                          (sgemm.cpp) in place of OpenBLAS (packed_shape(): the measured rule)
+//   gemm_f32_*_packed      float32 dense convolutions (G == 1) the stem kernel does not take: the
+//                          GEMM path on cnnkit's own packed sgemm (sgemm.cpp) in place of OpenBLAS
+//                          (packed_shape(): the measured rule)
 //   gemm_*                 everything else: im2col + OpenBLAS GEMM (col2im for the input gradient)
 //
 // The input gradient at stride 1 is the forward pass of the adjoint convolution (dy convolved with
@@ -109,13 +109,15 @@ Geom adjoint(const Geom& g) {
 
 bool unit_stride(const Geom& g) { return g.sh == 1 && g.sw == 1; }
 
-// Where cnnkit's own packed sgemm runs the GEMM path instead of OpenBLAS (measured on the Zen 4
-// development machine; see the conv2d_gemm_f32_*_packed rows of BENCHMARKS.md): every dense
-// convolution the stem kernel does not take, and grouped ones with 16 or 32 channels per group.
-bool packed_shape(const Geom& g, Pass p) {
-  if (g.G == 1) return !(stem_shape(g) && p != Pass::input);
-  return g.Cg() == g.Kg() && (g.Cg() == 16 || g.Cg() == 32);
-}
+// Where cnnkit's own packed sgemm runs the GEMM path instead of OpenBLAS: every dense (G == 1)
+// convolution the stem kernel does not take. Measured on the Zen 4 development machine (one
+// thread, same process, interleaved; sgemm alone): the own kernels match or beat OpenBLAS on the
+// shapes the dense conv GEMMs have (NHWC 1x1: 1024x64x256 115 vs 100 GFLOP/s, 1024x24x144 83 vs
+// 80; NCHW 1x1: 64x3136x256 and 24x3136x144 within 5%; 3x3 im2col 455x64x576 108 vs 96), but lose
+// on the small GEMMs of grouped convolutions in NCHW (16x196x144: 75 vs 113), and the direct
+// grouped kernels beat both GEMMs on g32 C512@14 and C1024@7 (conv fwd+bwd), so grouped
+// convolutions keep their direct kernels and OpenBLAS.
+bool packed_shape(const Geom& g, Pass p) { return g.G == 1 && !(stem_shape(g) && p != Pass::input); }
 
 // w'[g*Cg + c, ko, i, j] = w[g*Kg + ko, c, kh-1-i, kw-1-j]: shape (C, Kg, kh, kw).
 template <typename T>

@@ -487,7 +487,11 @@ void backward_weight_gemm(const T* dy, const T* x, T* dw, const Geom& g) {
   const int64_t chunk = g.nhwc ? std::max<int64_t>(16, std::min<int64_t>(1024, (int64_t(1) << 18) / KK))
                                : std::max<int64_t>(64, (int64_t(1) << 19) / KK);
   // Partials [piece][group][Kg][KK]; with one piece in NCHW the GEMMs write dw directly (same layout).
-  const bool in_place = pieces == 1 && !g.nhwc;
+  // The own GEMM computes NCHW partials transposed, [piece][group][KK][Kg] = col . dY^T: it reads
+  // the im2col rows in place (a narrow C) and packs only dY, where dW = dY . col^T would gather
+  // all of col^T into panels for a C only Kg rows high.
+  const bool transposed = Own && !g.nhwc;
+  const bool in_place = pieces == 1 && !g.nhwc && !transposed;
   T* part = in_place ? dw : scratch<T>(kAccSlot, pieces * g.K * KK);
   const int64_t units = g.G * pieces;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads())
@@ -522,7 +526,12 @@ void backward_weight_gemm(const T* dy, const T* x, T* dw, const Geom& g) {
           B = col;
           ldb = np;
         }
-        gemm_t<Own>(false, true, Kg, KK, np, dy + (n * g.K + gi * Kg) * P + p0, P, B, ldb, first ? T(0) : T(1), acc, KK);
+        if (transposed)
+          gemm_t<Own>(false, true, KK, Kg, np, B, ldb, dy + (n * g.K + gi * Kg) * P + p0, P, first ? T(0) : T(1), acc,
+                      Kg);
+        else
+          gemm_t<Own>(false, true, Kg, KK, np, dy + (n * g.K + gi * Kg) * P + p0, P, B, ldb, first ? T(0) : T(1),
+                      acc, KK);
       }
       first = false;
       r += np;
@@ -537,7 +546,12 @@ void backward_weight_gemm(const T* dy, const T* x, T* dw, const Geom& g) {
     const int64_t k = e / KK, ct = e % KK, c = ct / k2, t = ct % k2;
     const int64_t col = g.nhwc ? t * Cg + c : ct;
     double s = 0;
-    for (int64_t pc = 0; pc < pieces; ++pc) s += double(part[(pc * g.K + k) * KK + col]);
+    if (transposed) {
+      const int64_t gi = k / Kg, kk = k % Kg;
+      for (int64_t pc = 0; pc < pieces; ++pc) s += double(part[((pc * g.G + gi) * KK + col) * Kg + kk]);
+    } else {
+      for (int64_t pc = 0; pc < pieces; ++pc) s += double(part[(pc * g.K + k) * KK + col]);
+    }
     dw[e] = T(s);
   }
 }

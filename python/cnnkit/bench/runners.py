@@ -13,7 +13,8 @@ __all__ = ["FAMILIES", "run"]
 
 FAMILIES = {"optim": "cnnkit.bench.optim", "norm": "cnnkit.bench.norm",
             "augment": "cnnkit.bench.augment", "conv": "cnnkit.bench.conv",
-            "train": "cnnkit.bench.train", "explain": "cnnkit.bench.explain"}
+            "train": "cnnkit.bench.train", "explain": "cnnkit.bench.explain",
+            "gemm": "cnnkit.bench.gemm"}
 
 
 def run(family: str, argv: list[str]) -> int:
@@ -22,7 +23,7 @@ def run(family: str, argv: list[str]) -> int:
     Parameters
     ----------
     family : str
-        A key of ``FAMILIES``: "optim", "norm", "augment", "conv", "train" or "explain".
+        A key of ``FAMILIES``: "optim", "norm", "augment", "conv", "train", "explain" or "gemm".
     argv : list of str
         The benchmark's own arguments (a leading ``--`` is dropped).
 
