@@ -1282,6 +1282,9 @@ def entry_geometries(draw, entry):
                 (padding[0], R.pair(dilation)[1] * (kw - 1) // 2 + 1)
     elif alg == "stem":
         ci, co, groups = draw(st.integers(2, 4)), draw(st.sampled_from((16, 32, 48, 64))), 1
+    elif how == "packed":  # dense, reductions (C*kh*kw) of 64 or more
+        groups = 1
+        ci, co = draw(st.sampled_from((8, 16, 33, 64, 70))), draw(st.sampled_from((7, 16, 33, 64, 70)))
     else:
         groups = draw(st.integers(1, 3))
         ci, co = groups * draw(st.integers(1, 9)), groups * draw(st.integers(1, 9))
@@ -1351,6 +1354,14 @@ def test_registry_names_follow_the_grammar():
     assert len(names) == 3 * len(strip)
 
 
+def _gemm_reduction(args, pass_):
+    """The reduction length of a dense problem's GEMM: C*kh*kw, or K*kh*kw for the input gradient
+    at stride 1 (the adjoint's forward pass)."""
+    (_, w_shape, stride, *_rest) = args
+    k, c, kh, kw = w_shape
+    return (k if pass_ == "input" and stride == 1 else c) * kh * kw
+
+
 def _first_supported(args, pass_, dtype):
     isa = cnnkit.build_info()["isa"]
     return next(e for e in TABLE if e.isa == isa and e.supports(*args, pass_=pass_, dtype=dtype))
@@ -1372,6 +1383,8 @@ CHOICES = [
     (((2, 64, 40, 40), (64, 4, 3, 3), 2, 1, 1, 16, "NCHW"), "input", "grouped_{dt}_nchw"),
     (((2, 64, 20, 20), (64, 4, 3, 3), 2, 1, 1, 16, "NCHW"), "input", "grouped_{dt}_nchw_transposed"),
     (((2, 16, 8, 8), (8, 16, 1, 1), 1, 0, 1, 1, "NCHW"), "forward", "gemm_{dt}_nchw"),
+    (((2, 64, 8, 8), (32, 64, 3, 3), 1, 1, 1, 1, "NCHW"), "forward", "gemm_{dt}_nchw"),
+    (((2, 8, 8, 64), (32, 64, 1, 1), 1, 0, 1, 1, "NHWC"), "weight", "gemm_{dt}_nhwc"),
     (((2, 3, 32, 32), (32, 3, 3, 3), 1, 1, 1, 1, "NCHW"), "forward", "gemm_{dt}_nchw"),
     (((2, 16, 8, 8), (8, 16, 3, 3), 2, 1, 1, 1, "NCHW"), "input", "gemm_{dt}_nchw"),
     (((2, 32, 32, 3), (32, 3, 3, 3), 1, 1, 1, 1, "NHWC"), "forward", "stem_f32_nhwc"),
@@ -1386,8 +1399,8 @@ CHOICES = [
 def test_selection_is_the_first_supporting_entry(isa, args, pass_, want, dtype):
     if dtype == F64:  # the stem kernel is float32 only
         want = want.replace("stem_f32", "gemm_{dt}").replace("f32", "{dt}")
-    elif want.startswith("gemm_"):  # float32 dense GEMM problems run on cnnkit's own sgemm
-        want += "_packed"
+    elif want.startswith("gemm_") and _gemm_reduction(args, pass_) >= 64:
+        want += "_packed"  # float32 dense GEMMs with a long reduction run on cnnkit's own sgemm
     dt = {F32: "f32", F64: "f64"}[dtype]
     got = cnnkit.ops.conv2d_algorithm(*args, pass_=pass_, dtype=dtype)
     assert got == _first_supported(args, pass_, dtype).name

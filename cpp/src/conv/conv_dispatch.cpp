@@ -15,9 +15,10 @@
 //                          registers inside the kernel)
 //   stem_f32_nhwc          float32 NHWC, G == 1, C <= 4, K in {16, 32, 48, 64}, kh*kw <= 49:
 //                          forward and weight passes
-//   gemm_f32_*_packed      float32 dense convolutions (G == 1) the stem kernel does not take: the
-//                          GEMM path on cnnkit's own packed sgemm (sgemm.cpp) in place of OpenBLAS
-//                          (packed_shape(): the measured rule)
+//   gemm_f32_*_packed      float32 dense convolutions (G == 1) with a reduction of 64 or more
+//                          (C*kh*kw) that the stem kernel does not take: the GEMM path on cnnkit's
+//                          own packed sgemm (sgemm.cpp) in place of OpenBLAS (packed_shape(): the
+//                          measured rule)
 //   gemm_*                 everything else: im2col + OpenBLAS GEMM (col2im for the input gradient)
 //
 // The input gradient at stride 1 is the forward pass of the adjoint convolution (dy convolved with
@@ -116,8 +117,12 @@ bool unit_stride(const Geom& g) { return g.sh == 1 && g.sw == 1; }
 // 80; NCHW 1x1: 64x3136x256 and 24x3136x144 within 5%; 3x3 im2col 455x64x576 108 vs 96), but lose
 // on the small GEMMs of grouped convolutions in NCHW (16x196x144: 75 vs 113), and the direct
 // grouped kernels beat both GEMMs on g32 C512@14 and C1024@7 (conv fwd+bwd), so grouped
-// convolutions keep their direct kernels and OpenBLAS.
-bool packed_shape(const Geom& g, Pass p) { return g.G == 1 && !(stem_shape(g) && p != Pass::input); }
+// convolutions keep their direct kernels and OpenBLAS. Reductions shorter than 64 (Cg*kh*kw; for
+// the input gradient at stride 1, that of the adjoint) stay with OpenBLAS too: the input gradient
+// of the 1x1 144->24 layer (a 24-long reduction) ran 4.5 vs 3.4 ms (1 thread, N = 8).
+bool packed_shape(const Geom& g, Pass p) {
+  return g.G == 1 && g.Cg() * g.kh * g.kw >= 64 && !(stem_shape(g) && p != Pass::input);
+}
 
 // w'[g*Cg + c, ko, i, j] = w[g*Kg + ko, c, kh-1-i, kw-1-j]: shape (C, Kg, kh, kw).
 template <typename T>

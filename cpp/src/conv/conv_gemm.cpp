@@ -346,7 +346,8 @@ void forward_nchw(const T* x, const T* w, const T* b, T* y, const Geom& g, const
   const int64_t P = g.Ho * g.Wo, Cg = g.Cg(), Kg = g.Kg(), KK = Cg * g.kh * g.kw, HW = g.H * g.W;
   const bool direct = reads_x_directly(g);
   // Enough pieces to feed the threads (from the shape alone), each im2col buffer <= 2 MiB.
-  int64_t chunk = std::max<int64_t>(64, (int64_t(1) << 19) / KK);
+  // The own GEMM reads im2col blocks of <= 512 KiB (they stay in L2 between im2col and packing).
+  int64_t chunk = std::max<int64_t>(64, (int64_t(1) << (Own ? 17 : 19)) / KK);
   const int64_t ng = g.N * g.G;
   if (ng < 16) chunk = std::min(chunk, std::max<int64_t>(256, ceil_div(P, ceil_div(16, ng))));
   if (direct) chunk = std::max<int64_t>(chunk, ng >= 16 ? P : chunk);
@@ -408,7 +409,8 @@ void forward_nhwc(const T* x, const T* w, const T* b, T* y, const Geom& g, const
   const int64_t P = g.Ho * g.Wo, Cg = g.Cg(), Kg = g.Kg(), KK = Cg * g.kh * g.kw, R = g.N * P;
   const bool direct = reads_x_directly(g);
   const T* wt = weights_ijc_k(w, g);
-  int64_t rows = std::max<int64_t>(16, std::min<int64_t>(512, (int64_t(1) << 18) / KK));
+  // The own GEMM reads the im2col rows in place (a narrow C): blocks of <= 256 KiB stay in L2.
+  int64_t rows = std::max<int64_t>(16, std::min<int64_t>(512, (int64_t(1) << (Own ? 16 : 18)) / KK));
   if (direct) rows = 1024;
   const Split s = split(R, rows);
   const int64_t units = s.count * g.G;
