@@ -269,8 +269,9 @@ void sgemm(int64_t M, int64_t N, int64_t K, Operand A, Operand B, float* C, int6
 void sgemm_parallel(int64_t M, int64_t N, int64_t K, Operand A, Operand B, float* C, int64_t ldc,
                     bool accumulate) {
   if (M <= 0 || N <= 0) return;
-  // Tiles from the shape alone; the bits do not depend on them anyway (see the header).
-  const int64_t tm = round_up(std::max<int64_t>(MR, std::min<int64_t>(MC, (M + 7) / 8)), MR);
+  // Tiles of up to MC x NC from the shape alone (the bits do not depend on them anyway, see the
+  // header); each tile packs its own B block, so tiles are never cut thinner than that.
+  const int64_t tm = M <= MC ? M : MC;
   const int64_t tn = N <= NC ? N : NC;
   const int64_t bm = (M + tm - 1) / tm, bn = (N + tn - 1) / tn;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads())

@@ -4,8 +4,11 @@ The shapes are the GEMMs the 1x1 convolutions of ``shared/bench_shapes.json`` ru
 per unit of work as the conv path cuts them (NHWC: 1024 output pixels x C_out x C_in; NCHW: one
 image, C_out x H*W x C_in) and whole layers (N*H*W x C_out x C_in), plus a square 1024^3.
 
-Method: every implementation is called in rounds (one call of each per round, the order reversed
-on odd rounds), after warm-up, at each thread count asked for; the table gives medians. The
+Method: at one thread every implementation is called in rounds (one call of each per round, the
+order reversed on odd rounds), after warm-up; the table gives medians. At more threads each
+implementation runs its own block of calls instead: cnnkit, OpenBLAS and torch keep three
+different thread pools whose idle threads spin for a while after a call, and interleaved calls
+then starve each other (all three fell below 2 GFLOP/s on the small shapes). The
 machine's limit beside each figure is the *single-core sgemm peak* measured in the same process
 (the best rate of cnnkit's and OpenBLAS's 1-thread 1024^3 GEMMs), times the thread count; the
 ratio is to the best peer (OpenBLAS called through cnnkit's own scipy-openblas32 at the same thread
@@ -134,12 +137,19 @@ def main(argv: list[str] | None = None) -> int:
                 if blas:
                     blas[1](t)
                 times = {key: [] for key in impls}
-                for r in range(args.warmup + reps):
-                    order = list(impls) if r % 2 == 0 else list(reversed(impls))
-                    for key in order:
-                        dt = _time(impls[key])
-                        if r >= args.warmup:
-                            times[key].append(dt)
+                if t == 1:
+                    for r in range(args.warmup + reps):
+                        order = list(impls) if r % 2 == 0 else list(reversed(impls))
+                        for key in order:
+                            dt = _time(impls[key])
+                            if r >= args.warmup:
+                                times[key].append(dt)
+                else:  # one block per implementation: see the module docstring
+                    for key in impls:
+                        for r in range(args.warmup + reps):
+                            dt = _time(impls[key])
+                            if r >= args.warmup:
+                                times[key].append(dt)
                 if blas:
                     blas[1](1)
                 gf = {key: flop / med(v) / 1e9 for key, v in times.items()}
