@@ -46,7 +46,7 @@ def _sgemm(a, b, c, isa, threads, **kw):
 def test_sgemm_matches_the_reference_and_threads_agree(isa):
     sh = SHAPE[isa]
 
-    @settings(max_examples=20, deadline=None)
+    @settings(max_examples=40, deadline=None)
     @given(m=st.one_of(_around(sh["mr"]), _around(2 * sh["mr"])),
            n=st.one_of(_around(sh["nr"]), _around(_vl(isa))),
            k=st.sampled_from([1, 2, 7, 16, 17, sh["kc"] - 1, sh["kc"], sh["kc"] + 1, 2 * sh["kc"] + 3]),
@@ -177,7 +177,7 @@ def fused_problems(draw):
 
 @pytest.mark.parametrize("isa", ISA_LEVELS)
 def test_conv2d_fused_matches_the_reference_and_threads_agree(isa):
-    @settings(max_examples=12, deadline=None)
+    @settings(max_examples=30, deadline=None)
     @given(prob=fused_problems(), seed=st.integers(0, 2**32 - 1))
     def run(prob, seed):
         rng = np.random.default_rng(seed)

@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
                     impls["torch"] = lambda: torch.mm(ta, tb, out=tc)
                 if blas:
                     blas[1](t)
-                times = {key: [] for key in impls}
+                times: dict[str, list[float]] = {key: [] for key in impls}
                 if t == 1:
                     for r in range(args.warmup + reps):
                         order = list(impls) if r % 2 == 0 else list(reversed(impls))
