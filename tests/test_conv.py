@@ -1247,6 +1247,9 @@ def examples(entry):
     if alg == "stem":
         return [Geo(2, 3, 32, 9, 10, 3, 3, 1, 1), Geo(1, 4, 64, 11, 9, 7, 7, 2, 3),
                 Geo(2, 2, 16, 6, 7, 3, 1, 1, 0)]
+    if how == "packed":  # dense (G == 1); sizes across the register blocks
+        return [Geo(2, 12, 8, 6, 7, 3, 3, 1, 1), Geo(2, 17, 9, 7, 6, 1, 1, 2), Geo(2, 16, 24, 5, 6, 1, 1),
+                Geo(1, 33, 40, 9, 8, 3, 3, 2, 1), Geo(1, 20, 70, 11, 13, 3, 3, 1, 1, 2)]
     return [Geo(2, 12, 8, 6, 7, 3, 3, 1, 1), Geo(2, 17, 9, 7, 6, 1, 1, 2),
             Geo(1, 6, 4, 8, 9, 3, 2, (2, 1), (1, 0), 2, groups=2), Geo(2, 16, 24, 5, 6, 1, 1)]
 
@@ -1279,6 +1282,9 @@ def entry_geometries(draw, entry):
                 (padding[0], R.pair(dilation)[1] * (kw - 1) // 2 + 1)
     elif alg == "stem":
         ci, co, groups = draw(st.integers(2, 4)), draw(st.sampled_from((16, 32, 48, 64))), 1
+    elif how == "packed":  # dense, reductions (C*kh*kw) of 64 or more
+        groups = 1
+        ci, co = draw(st.sampled_from((8, 16, 33, 64, 70))), draw(st.sampled_from((7, 16, 33, 64, 70)))
     else:
         groups = draw(st.integers(1, 3))
         ci, co = groups * draw(st.integers(1, 9)), groups * draw(st.integers(1, 9))
@@ -1341,11 +1347,19 @@ def test_registry_names_follow_the_grammar():
         alg, dtype, layout, how = parse_name(e.name)
         assert e.name.endswith("__" + e.isa)
         assert alg in ("dw", "grouped", "stem", "gemm") and layout in LAYOUTS
-        assert how in ("", "blocked", "transposed")
+        assert how in ("", "blocked", "transposed", "packed")
         assert e.passes and set(e.passes) <= set(PASSES)
     # every variant exists at every ISA level
     strip = {n.split("__")[0] for n in names}
     assert len(names) == 3 * len(strip)
+
+
+def _gemm_reduction(args, pass_):
+    """The reduction length of a dense problem's GEMM: C*kh*kw, or K*kh*kw for the input gradient
+    at stride 1 (the adjoint's forward pass)."""
+    (_, w_shape, stride, *_rest) = args
+    k, c, kh, kw = w_shape
+    return (k if pass_ == "input" and stride == 1 else c) * kh * kw
 
 
 def _first_supported(args, pass_, dtype):
@@ -1369,6 +1383,8 @@ CHOICES = [
     (((2, 64, 40, 40), (64, 4, 3, 3), 2, 1, 1, 16, "NCHW"), "input", "grouped_{dt}_nchw"),
     (((2, 64, 20, 20), (64, 4, 3, 3), 2, 1, 1, 16, "NCHW"), "input", "grouped_{dt}_nchw_transposed"),
     (((2, 16, 8, 8), (8, 16, 1, 1), 1, 0, 1, 1, "NCHW"), "forward", "gemm_{dt}_nchw"),
+    (((2, 64, 8, 8), (32, 64, 3, 3), 1, 1, 1, 1, "NCHW"), "forward", "gemm_{dt}_nchw"),
+    (((2, 8, 8, 64), (32, 64, 1, 1), 1, 0, 1, 1, "NHWC"), "weight", "gemm_{dt}_nhwc"),
     (((2, 3, 32, 32), (32, 3, 3, 3), 1, 1, 1, 1, "NCHW"), "forward", "gemm_{dt}_nchw"),
     (((2, 16, 8, 8), (8, 16, 3, 3), 2, 1, 1, 1, "NCHW"), "input", "gemm_{dt}_nchw"),
     (((2, 32, 32, 3), (32, 3, 3, 3), 1, 1, 1, 1, "NHWC"), "forward", "stem_f32_nhwc"),
@@ -1383,6 +1399,8 @@ CHOICES = [
 def test_selection_is_the_first_supporting_entry(isa, args, pass_, want, dtype):
     if dtype == F64:  # the stem kernel is float32 only
         want = want.replace("stem_f32", "gemm_{dt}").replace("f32", "{dt}")
+    elif want.startswith("gemm_") and _gemm_reduction(args, pass_) >= 64:
+        want += "_packed"  # float32 dense GEMMs with a long reduction run on cnnkit's own sgemm
     dt = {F32: "f32", F64: "f64"}[dtype]
     got = cnnkit.ops.conv2d_algorithm(*args, pass_=pass_, dtype=dtype)
     assert got == _first_supported(args, pass_, dtype).name

@@ -109,6 +109,89 @@ void bind_conv(py::module_& m) {
         conv::backward_weight(dt, pdy, px, pdw, pdb, g);
       },
       py::arg("grad_out"), py::arg("x"), py::arg("grad_weight"), py::arg("grad_bias"), py::arg("geom"));
+  m.def(
+      "conv2d_fused",
+      [](const py::object& x, const py::object& w, const py::object& y, const conv::Geom& g, const py::object& b,
+         const py::object& pre_scale, const py::object& pre_shift, bool pre_relu, const py::object& residual,
+         bool post_relu, const py::object& stats_sum, const py::object& stats_sumsq) {
+        const int64_t xn = g.N * g.C * g.H * g.W, yn = g.N * g.K * g.Ho * g.Wo;
+        const auto* px = array_arg<float>(x, "x", xn);
+        const auto* pw = array_arg<float>(w, "weight", wcount(g));
+        auto* py_ = array_arg<float>(y, "out", yn, kWrite);
+        const auto* pb = array_arg<float>(b, "bias", g.K, kOptional);
+        const auto* ps = array_arg<float>(pre_scale, "pre_scale", g.C, kOptional);
+        const auto* pt = array_arg<float>(pre_shift, "pre_shift", g.C, kOptional);
+        const auto* pr = array_arg<float>(residual, "residual", yn, kOptional);
+        auto* s1 = array_arg<double>(stats_sum, "stats_sum", g.K, kWrite | kOptional);
+        auto* s2 = array_arg<double>(stats_sumsq, "stats_sumsq", g.K, kWrite | kOptional);
+        const int64_t yb = yn * 4;
+        if (overlaps(py_, yb, px, xn * 4) || overlaps(py_, yb, pw, wcount(g) * 4) || (pr && overlaps(py_, yb, pr, yb)))
+          throw py::value_error("out: must not overlap x, weight or residual");
+        const conv::Fused fu{ps, pt, pre_relu, pr, post_relu, s1, s2};
+        const char* name;
+        {
+          py::gil_scoped_release nogil;
+          name = conv::forward_fused(px, pw, pb, py_, g, fu);
+        }
+        return std::string(name);
+      },
+      py::arg("x"), py::arg("weight"), py::arg("out"), py::arg("geom"), py::arg("bias"), py::arg("pre_scale"),
+      py::arg("pre_shift"), py::arg("pre_relu"), py::arg("residual"), py::arg("post_relu"), py::arg("stats_sum"),
+      py::arg("stats_sumsq"),
+      "Forward convolution with the fused prologue (x -> max(pre_scale[c]*x + pre_shift[c], 0)) and epilogue "
+      "(bias, per-channel shifted sums of y = conv + bias about y's first value, residual, ReLU) on cnnkit's own "
+      "GEMM; returns the registry name of the entry that ran.");
+  m.def(
+      "sgemm",
+      [](const py::object& a, const py::object& b, const py::object& c, bool trans_a, bool trans_b, bool accumulate,
+         const py::object& isa) {
+        auto shape2 = [](const py::object& o, const char* name, int64_t& r, int64_t& cl) {
+          const py::array arr = py::reinterpret_borrow<py::array>(o);
+          if (arr.ndim() != 2) throw py::value_error(std::string(name) + ": expected a 2-D array");
+          r = arr.shape(0);
+          cl = arr.shape(1);
+        };
+        int64_t ar, ac, br, bc, cr, cc;
+        array_arg<float>(a, "a", -1);
+        array_arg<float>(b, "b", -1);
+        array_arg<float>(c, "c", -1, kWrite);
+        shape2(a, "a", ar, ac);
+        shape2(b, "b", br, bc);
+        shape2(c, "c", cr, cc);
+        const int64_t M = trans_a ? ac : ar, K = trans_a ? ar : ac;
+        const int64_t Kb = trans_b ? bc : br, N = trans_b ? br : bc;
+        if (K != Kb || cr != M || cc != N)
+          throw py::value_error("c: shapes do not match (a " + std::to_string(ar) + "x" + std::to_string(ac) + ", b " +
+                                std::to_string(br) + "x" + std::to_string(bc) + ", c " + std::to_string(cr) + "x" +
+                                std::to_string(cc) + ")");
+        const Isa level = isa.is_none() ? isa_active() : isa_from_name(py::cast<std::string>(isa));
+        const auto* pa = array_arg<float>(a, "a", -1);
+        const auto* pb = array_arg<float>(b, "b", -1);
+        auto* pc = array_arg<float>(c, "c", -1, kWrite);
+        if (overlaps(pc, M * N * 4, pa, ar * ac * 4) || overlaps(pc, M * N * 4, pb, br * bc * 4))
+          throw py::value_error("c: must not overlap a or b");
+        py::gil_scoped_release nogil;
+        conv::sgemm(level, M, N, K, pa, trans_a ? 1 : K, trans_a ? M : 1, pb, trans_b ? 1 : N, trans_b ? K : 1, pc, N,
+                    accumulate);
+      },
+      py::arg("a"), py::arg("b"), py::arg("c"), py::arg("trans_a") = false, py::arg("trans_b") = false,
+      py::arg("accumulate") = false, py::arg("isa") = py::none(),
+      "c = [c +] op(a) @ op(b) in float32 with cnnkit's own packed GEMM at ISA level `isa` (default: the active "
+      "one); op transposes when trans_a / trans_b. The bits do not depend on the thread count.");
+  m.def(
+      "sgemm_shape",
+      [](const std::string& isa) {
+        int mr, nr, kc, mc, nc;
+        conv::sgemm_shape(isa_from_name(isa), &mr, &nr, &kc, &mc, &nc);
+        py::dict d;
+        d["mr"] = mr;
+        d["nr"] = nr;
+        d["kc"] = kc;
+        d["mc"] = mc;
+        d["nc"] = nc;
+        return d;
+      },
+      py::arg("isa"), "The register block (mr x nr) and cache blocks (kc, mc, nc) of the sgemm at ISA level `isa`.");
 }
 
 }  // namespace cnnkit::bind

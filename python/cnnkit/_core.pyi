@@ -84,6 +84,14 @@ def conv_forward(x: _Array, weight: _Array, bias: _OptArray, out: _Array, geom: 
 def conv_backward_input(grad_out: _Array, weight: _Array, grad_input: _Array, geom: ConvGeom) -> None: ...
 def conv_backward_weight(grad_out: _Array, x: _Array, grad_weight: _OptArray, grad_bias: _OptArray,
                          geom: ConvGeom) -> None: ...
+def conv2d_fused(x: _Array, weight: _Array, out: _Array, geom: ConvGeom, bias: _OptArray,
+                 pre_scale: _OptArray, pre_shift: _OptArray, pre_relu: bool, residual: _OptArray,
+                 post_relu: bool, stats_sum: _OptArray, stats_sumsq: _OptArray) -> str:
+    """Fused forward convolution on cnnkit's own GEMM; returns the registry entry's name."""
+def sgemm(a: _Array, b: _Array, c: _Array, trans_a: bool = False, trans_b: bool = False,
+          accumulate: bool = False, isa: str | None = None) -> None:
+    """c = [c +] op(a) @ op(b), float32, cnnkit's own packed GEMM at ISA level `isa`."""
+def sgemm_shape(isa: str) -> dict[str, int]: ...
 
 # --- normalisation (bind_norm.cpp); statistics are float64 -----------------------------------
 

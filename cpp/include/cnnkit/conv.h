@@ -19,6 +19,23 @@
 
 namespace cnnkit::conv {
 
+// The fused prologue and epilogue of a float32 forward pass (forward_fused()):
+//   a = x, then a = pre_scale[c] * a + pre_shift[c] (when pre_scale), then max(a, 0) (pre_relu),
+//       applied to x before the zero padding (padded positions are 0 after the prologue);
+//   y = conv(a) + bias; stats_sum[k] = sum (y - s_k), stats_sumsq[k] = sum (y - s_k)^2 over n, oh, ow
+//       in double, s_k = y[0, k, 0, 0] (the first value of the reduction, as the norm kernels);
+//   out = y (+ residual), then max(out, 0) (post_relu).
+// Every pointer may be null; stats only with residual null and post_relu false.
+struct Fused {
+  const float* pre_scale;
+  const float* pre_shift;
+  bool pre_relu;
+  const float* residual;
+  bool post_relu;
+  double* stats_sum;
+  double* stats_sumsq;
+};
+
 struct Geom {
   int64_t N, C, H, W;           // input
   int64_t K, Ho, Wo;            // output channels and size
@@ -48,6 +65,20 @@ void forward(DType dt, const void* x, const void* w, const void* b, void* y, con
 void backward_input(DType dt, const void* dy, const void* w, void* dx, const Geom& g);
 // dw (may be null) and db (may be null) are overwritten.
 void backward_weight(DType dt, const void* dy, const void* x, void* dw, void* db, const Geom& g);
+
+// The forward pass with the fused prologue / epilogue of `fu` (float32; the GEMM path on cnnkit's
+// own sgemm). Returns the registry name of the entry that ran; throws value_error where the
+// registry would not run a GEMM entry for the plain forward pass (depthwise, the direct grouped
+// and stem kernels) or for an unsupported combination (stats with residual or post_relu).
+const char* forward_fused(const float* x, const float* w, const float* b, float* y, const Geom& g, const Fused& fu);
+
+// cnnkit's own sgemm at ISA level `isa` (tests and benchmarks): C (M x N, row-major, row stride
+// ldc) = [C +] A . B with A (i, k) at a[i*ars + k*acs] and B (k, j) at b[k*brs + j*bcs], on
+// cnnkit's threads; the bits do not depend on the thread count.
+void sgemm(Isa isa, int64_t M, int64_t N, int64_t K, const float* a, int64_t ars, int64_t acs, const float* b,
+           int64_t brs, int64_t bcs, float* c, int64_t ldc, bool accumulate);
+// Its register block (mr x nr) and cache blocks (kc, mc, nc) at that level.
+void sgemm_shape(Isa isa, int* mr, int* nr, int* kc, int* mc, int* nc);
 
 // ---- the kernel registry (conv_dispatch.cpp) ---------------------------------------------------
 // One table lists every kernel variant, at every ISA level, in priority order; the entry points
@@ -134,6 +165,18 @@ struct Kernels {
   DwBackwardInputFn gemm_backward_input;
   void (*gemm_backward_weight)(DType, const void* dy, const void* x, void* dw, const Geom&);
   void (*bias_grad)(DType, const void* dy, void* db, const Geom&);
+  // The GEMM path on cnnkit's own packed sgemm (float32): the conv2d_gemm_f32_*_packed entries,
+  // and the fused forward pass (forward_fused()).
+  DwForwardFn packed_forward;
+  DwBackwardInputFn packed_backward_input;
+  void (*packed_backward_weight)(DType, const void* dy, const void* x, void* dw, const Geom&);
+  void (*fused_forward)(const float* x, const float* w, const float* b, float* y, const Geom&, const Fused&);
+  // The register block of the level's sgemm microkernel (mr x nr) and its cache blocks.
+  void (*sgemm_shape)(int* mr, int* nr, int* kc, int* mc, int* nc);
+  // C (M x N, row-major, ldc) = [C +] A . B, A (i, k) at a[i*ars + k*acs], B (k, j) at b[k*brs + j*bcs],
+  // over cnnkit's threads (bits independent of the thread count).
+  void (*sgemm)(int64_t M, int64_t N, int64_t K, const float* a, int64_t ars, int64_t acs, const float* b,
+                int64_t brs, int64_t bcs, float* c, int64_t ldc, bool accumulate);
 };
 
 }  // namespace cnnkit::conv

@@ -15,6 +15,10 @@
 //                          registers inside the kernel)
 //   stem_f32_nhwc          float32 NHWC, G == 1, C <= 4, K in {16, 32, 48, 64}, kh*kw <= 49:
 //                          forward and weight passes
+//   gemm_f32_*_packed      float32 dense convolutions (G == 1) with a reduction of 64 or more
+//                          (C*kh*kw) that the stem kernel does not take: the GEMM path on cnnkit's
+//                          own packed sgemm (sgemm.cpp) in place of OpenBLAS (packed_shape(): the
+//                          measured rule)
 //   gemm_*                 everything else: im2col + OpenBLAS GEMM (col2im for the input gradient)
 //
 // The input gradient at stride 1 is the forward pass of the adjoint convolution (dy convolved with
@@ -106,6 +110,20 @@ Geom adjoint(const Geom& g) {
 
 bool unit_stride(const Geom& g) { return g.sh == 1 && g.sw == 1; }
 
+// Where cnnkit's own packed sgemm runs the GEMM path instead of OpenBLAS: every dense (G == 1)
+// convolution the stem kernel does not take. Measured on the Zen 4 development machine (one
+// thread, same process, interleaved; sgemm alone): the own kernels match or beat OpenBLAS on the
+// shapes the dense conv GEMMs have (NHWC 1x1: 1024x64x256 115 vs 100 GFLOP/s, 1024x24x144 83 vs
+// 80; NCHW 1x1: 64x3136x256 and 24x3136x144 within 5%; 3x3 im2col 455x64x576 108 vs 96), but lose
+// on the small GEMMs of grouped convolutions in NCHW (16x196x144: 75 vs 113), and the direct
+// grouped kernels beat both GEMMs on g32 C512@14 and C1024@7 (conv fwd+bwd), so grouped
+// convolutions keep their direct kernels and OpenBLAS. Reductions shorter than 64 (Cg*kh*kw; for
+// the input gradient at stride 1, that of the adjoint) stay with OpenBLAS too: the input gradient
+// of the 1x1 144->24 layer (a 24-long reduction) ran 4.5 vs 3.4 ms (1 thread, N = 8).
+bool packed_shape(const Geom& g, Pass p) {
+  return g.G == 1 && g.Cg() * g.kh * g.kw >= 64 && !(stem_shape(g) && p != Pass::input);
+}
+
 // w'[g*Cg + c, ko, i, j] = w[g*Kg + ko, c, kh-1-i, kw-1-j]: shape (C, Kg, kh, kw).
 template <typename T>
 const T* adjoint_weights(const T* w, const Geom& g) {
@@ -180,6 +198,12 @@ void run_stem(const Kernels& k, DType, Pass p, const Args& a, const Geom& g) {
   k.small_cin_backward_weight(static_cast<const float*>(a.dy), static_cast<const float*>(a.x),
                               static_cast<float*>(a.dw), static_cast<float*>(a.db), g);
 }
+void run_packed(const Kernels& k, DType dt, Pass p, const Args& a, const Geom& g) {
+  if (p == Pass::forward) return k.packed_forward(dt, a.x, a.w, a.b, a.y, g);
+  if (p == Pass::input) return k.packed_backward_input(dt, a.dy, a.w, a.dx, g);
+  if (a.dw) k.packed_backward_weight(dt, a.dy, a.x, a.dw, g);
+  if (a.db) k.bias_grad(dt, a.dy, a.db, g);
+}
 void run_gemm(const Kernels& k, DType dt, Pass p, const Args& a, const Geom& g) {
   if (p == Pass::forward) return k.gemm_forward(dt, a.x, a.w, a.b, a.y, g);
   if (p == Pass::input) return k.gemm_backward_input(dt, a.dy, a.w, a.dx, g);
@@ -227,14 +251,17 @@ bool sup_grouped_transposed(const Kernels& k, const Geom& g, DType dt, Pass) {
 bool sup_grouped_nchw(const Kernels& k, const Geom& g, DType dt, Pass) { return !g.nhwc && k.grouped_supported(dt, g); }
 bool sup_grouped_nhwc(const Kernels& k, const Geom& g, DType dt, Pass) { return g.nhwc && k.grouped_supported(dt, g); }
 bool sup_stem(const Kernels&, const Geom& g, DType, Pass) { return stem_shape(g); }
+bool sup_packed_nchw(const Kernels&, const Geom& g, DType, Pass p) { return !g.nhwc && packed_shape(g, p); }
+bool sup_packed_nhwc(const Kernels&, const Geom& g, DType, Pass p) { return g.nhwc && packed_shape(g, p); }
 bool sup_gemm_nchw(const Kernels&, const Geom& g, DType, Pass) { return !g.nhwc; }
 bool sup_gemm_nhwc(const Kernels&, const Geom& g, DType, Pass) { return g.nhwc; }
 
-#define CNNKIT_CONV_VARIANTS(dt, DT)                                                                        \
+#define CNNKIT_CONV_DW(dt, DT)                                                                              \
   {"conv2d_dw_" dt "_nchw_blocked", DT, kAll, sup_dw_blocked, run_dw_blocked},                              \
   {"conv2d_dw_" dt "_nchw_transposed", DT, kAll, sup_dw_transposed, run_transposed<run_dw, true>},          \
   {"conv2d_dw_" dt "_nchw", DT, kAll, sup_dw_nchw, run_dw},                                                 \
-  {"conv2d_dw_" dt "_nhwc", DT, kAll, sup_dw_nhwc, run_dw},                                                 \
+  {"conv2d_dw_" dt "_nhwc", DT, kAll, sup_dw_nhwc, run_dw}
+#define CNNKIT_CONV_GROUPED(dt, DT)                                                                         \
   {"conv2d_grouped_" dt "_nchw_transposed", DT, kAll, sup_grouped_transposed,                               \
    run_transposed<run_grouped, false>},                                                                     \
   {"conv2d_grouped_" dt "_nchw", DT, kAll, sup_grouped_nchw, run_grouped},                                  \
@@ -243,15 +270,20 @@ bool sup_gemm_nhwc(const Kernels&, const Geom& g, DType, Pass) { return g.nhwc; 
 // Priority order within one ISA level (the dtype is part of the problem, so the order between the
 // float32 and float64 rows does not matter).
 const Variant kVariants[] = {
-    CNNKIT_CONV_VARIANTS("f32", DType::f32),
-    CNNKIT_CONV_VARIANTS("f64", DType::f64),
+    CNNKIT_CONV_DW("f32", DType::f32),
+    {"conv2d_gemm_f32_nchw_packed", DType::f32, kAll, sup_packed_nchw, run_packed},
+    {"conv2d_gemm_f32_nhwc_packed", DType::f32, kAll, sup_packed_nhwc, run_packed},
+    CNNKIT_CONV_GROUPED("f32", DType::f32),
+    CNNKIT_CONV_DW("f64", DType::f64),
+    CNNKIT_CONV_GROUPED("f64", DType::f64),
     {"conv2d_stem_f32_nhwc", DType::f32, kFwdWeight, sup_stem, run_stem},
     {"conv2d_gemm_f32_nchw", DType::f32, kAll, sup_gemm_nchw, run_gemm},
     {"conv2d_gemm_f32_nhwc", DType::f32, kAll, sup_gemm_nhwc, run_gemm},
     {"conv2d_gemm_f64_nchw", DType::f64, kAll, sup_gemm_nchw, run_gemm},
     {"conv2d_gemm_f64_nhwc", DType::f64, kAll, sup_gemm_nhwc, run_gemm},
 };
-#undef CNNKIT_CONV_VARIANTS
+#undef CNNKIT_CONV_DW
+#undef CNNKIT_CONV_GROUPED
 
 struct Entry {
   std::string name;
@@ -326,6 +358,47 @@ int forced() { return g_forced.load(); }
 const char* algorithm(const Geom& g, int pass) {
   if (pass < 0 || pass > 2) throw value_error("pass: expected 0, 1 or 2, got " + std::to_string(pass));
   return table()[select(Problem{g, DType::f32, static_cast<Pass>(pass)})].name.c_str();
+}
+
+const char* forward_fused(const float* x, const float* w, const float* b, float* y, const Geom& g, const Fused& fu) {
+  check_dims(g);
+  if (fu.stats_sum && (fu.residual || fu.post_relu))
+    throw value_error("conv2d_fused: statistics are computed only without residual and post_relu");
+  if (!fu.stats_sum != !fu.stats_sumsq)
+    throw value_error("conv2d_fused: stats_sum and stats_sumsq go together");
+  if (!fu.pre_scale != !fu.pre_shift)
+    throw value_error("conv2d_fused: pre_scale and pre_shift go together");
+  // The fused pass runs on the GEMM path: where the registry would run a GEMM entry (packed or
+  // OpenBLAS) or the stem kernel for the plain forward pass, the packed entry of the same level runs
+  // it fused (the direct depthwise and grouped kernels have no fused form).
+  const auto& t = table();
+  const Entry& plain = t[select_effective(Problem{g, DType::f32, Pass::forward})];
+  if (plain.v->run != run_gemm && plain.v->run != run_packed && plain.v->run != run_stem)
+    throw value_error(std::string("conv2d_fused: no fused kernel for this problem (the registry runs ") + plain.name +
+                      ")");
+  const std::string want = std::string(g.nhwc ? "conv2d_gemm_f32_nhwc_packed__" : "conv2d_gemm_f32_nchw_packed__") +
+                           isa_name(plain.isa);
+  const Entry* e = nullptr;
+  for (const Entry& c : t)
+    if (c.name == want) e = &c;
+  if (g.N == 0 || g.K == 0 || g.Ho * g.Wo == 0) {
+    if (fu.stats_sum)
+      for (int64_t k = 0; k < g.K; ++k) fu.stats_sum[k] = fu.stats_sumsq[k] = 0;
+    return e->name.c_str();
+  }
+  kernels_of(e->isa).fused_forward(x, w, b, y, g, fu);
+  return e->name.c_str();
+}
+
+void sgemm(Isa isa, int64_t M, int64_t N, int64_t K, const float* a, int64_t ars, int64_t acs, const float* b,
+           int64_t brs, int64_t bcs, float* c, int64_t ldc, bool accumulate) {
+  if (static_cast<int>(isa) > static_cast<int>(isa_supported()))
+    throw value_error(std::string("sgemm: this CPU does not run ") + isa_name(isa));
+  kernels_of(isa).sgemm(M, N, K, a, ars, acs, b, brs, bcs, c, ldc, accumulate);
+}
+
+void sgemm_shape(Isa isa, int* mr, int* nr, int* kc, int* mc, int* nc) {
+  kernels_of(isa).sgemm_shape(mr, nr, kc, mc, nc);
 }
 
 void forward(DType dt, const void* x, const void* w, const void* b, void* y, const Geom& g) {

@@ -15,9 +15,13 @@
 #include <algorithm>
 #include <climits>
 #include <cstring>
+#include <type_traits>
+
+#include "common/isa_vector.h"
 
 #include "conv_internal.h"
 #include "scratch.h"
+#include "sgemm.h"
 
 #ifndef CNNKIT_ISA_NS
 #error "CNNKIT_ISA_NS must name the ISA level this file is compiled for"
@@ -45,6 +49,28 @@ void gemm(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const double* A, in
           1.0, A, to_int(lda), B, to_int(ldb), beta, C, to_int(ldc));
 }
 
+// The GEMM of a pass: OpenBLAS, or cnnkit's own packed sgemm (Own; float32 only), which also
+// applies the fused prologue while it packs (pa on A's columns, pb on B's rows).
+template <bool Own, typename T>
+void gemm_t(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, int64_t lda, const T* B, int64_t ldb,
+            T beta, T* C, int64_t ldc, const Prologue* pa = nullptr, const Prologue* pb = nullptr) {
+  if constexpr (Own && std::is_same_v<T, float>) {
+    const Operand a = ta ? Operand{A, 1, lda} : Operand{A, lda, 1};
+    const Operand b = tb ? Operand{B, 1, ldb} : Operand{B, ldb, 1};
+    sgemm(M, N, K, a, b, C, ldc, beta != T(0), pa, pb);
+  } else {
+    (void)pa;
+    (void)pb;
+    gemm(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc);
+  }
+}
+
+template <typename T>
+T apply(T v, const Prologue* f, int64_t c) {
+  if (f->scale) v = T(f->scale[c]) * v + T(f->shift[c]);
+  return f->relu ? std::max(v, T(0)) : v;
+}
+
 bool reads_x_directly(const Geom& g) {
   return g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.pt == 0 && g.pl == 0 && g.Ho == g.H &&
          g.Wo == g.W;
@@ -52,8 +78,11 @@ bool reads_x_directly(const Geom& g) {
 
 // NCHW im2col of channels [c0, c0+cc) of one image/group (xn points at its first channel) for output
 // pixels [p0, p1): col is (cc*kh*kw) x (p1-p0), rows ordered (c, i, j).
+// With f, every value read from x goes through the prologue (channel c0 + c of f's arrays);
+// padding stays zero.
 template <typename T>
-void im2col_nchw(const T* xn, const Geom& g, int64_t c0, int64_t cc, int64_t p0, int64_t p1, T* col) {
+void im2col_nchw(const T* xn, const Geom& g, int64_t c0, int64_t cc, int64_t p0, int64_t p1, T* col,
+                 const Prologue* f = nullptr) {
   const int64_t np = p1 - p0, HW = g.H * g.W;
   for (int64_t c = 0; c < cc; ++c) {
     const T* plane = xn + (c0 + c) * HW;
@@ -77,10 +106,12 @@ void im2col_nchw(const T* xn, const Geom& g, int64_t c0, int64_t cc, int64_t p0,
               std::fill(dst, dst + lo, T(0));
               if (hi > lo) std::memcpy(dst + lo, src + iw0 + lo, (hi - lo) * sizeof(T));
               std::fill(dst + hi, dst + len, T(0));
+              if (f)
+                for (int64_t t = lo; t < hi; ++t) dst[t] = apply(dst[t], f, c0 + c);
             } else {
               for (int64_t t = 0; t < len; ++t) {
                 const int64_t iw = iw0 + t * g.sw;
-                dst[t] = (iw >= 0 && iw < g.W) ? src[iw] : T(0);
+                dst[t] = (iw >= 0 && iw < g.W) ? (f ? apply(src[iw], f, c0 + c) : src[iw]) : T(0);
               }
             }
           }
@@ -123,7 +154,7 @@ void col2im_nchw(const T* col, const Geom& g, int64_t c0, int64_t cc, int64_t p0
 // (p1-p0) x (kh*kw*cc), columns ordered (i, j, c).
 template <typename T>
 void im2col_nhwc(const T* x, const Geom& g, int64_t n, int64_t gi, int64_t c0, int64_t cc, int64_t p0,
-                 int64_t p1, T* col) {
+                 int64_t p1, T* col, const Prologue* f = nullptr) {
   const int64_t ld = g.kh * g.kw * cc;
   const T* xn = x + n * g.H * g.W * g.C + gi * g.Cg() + c0;
   for (int64_t p = p0; p < p1; ++p) {
@@ -134,10 +165,14 @@ void im2col_nhwc(const T* x, const Geom& g, int64_t n, int64_t gi, int64_t c0, i
       for (int64_t j = 0; j < g.kw; ++j) {
         T* dst = row + (i * g.kw + j) * cc;
         const int64_t iw = ow * g.sw + j * g.dw - g.pl;
-        if (ih < 0 || ih >= g.H || iw < 0 || iw >= g.W)
+        if (ih < 0 || ih >= g.H || iw < 0 || iw >= g.W) {
           std::fill(dst, dst + cc, T(0));
-        else
+        } else if (f) {
+          const T* src = xn + (ih * g.W + iw) * g.C;
+          for (int64_t c = 0; c < cc; ++c) dst[c] = apply(src[c], f, c0 + c);
+        } else {
           std::memcpy(dst, xn + (ih * g.W + iw) * g.C, cc * sizeof(T));
+        }
       }
     }
   }
@@ -174,38 +209,185 @@ Split split(int64_t len, int64_t chunk) {
   return Split{chunk, (len + chunk - 1) / chunk};
 }
 
+// ---- the forward pass and its fused epilogue -------------------------------------------------
+
+// Per-(unit, channel) partial statistics of the fused forward: sums of (y - s) and (y - s)^2 in
+// double about s, the unit's first value of the channel (a shift close to the data, as the norm
+// kernels use), and the unit's pixel count. Combined in unit order by combine_stats().
+struct StatParts {
+  double* s1 = nullptr;
+  double* s2 = nullptr;
+  double* sh = nullptr;
+  int64_t* cnt = nullptr;
+};
+
+StatParts stat_parts(int64_t units, int64_t Kg) {
+  double* d = scratch<double>(kPartSlot, 3 * units * Kg + units);
+  StatParts p;
+  p.s1 = d;
+  p.s2 = d + units * Kg;
+  p.sh = d + 2 * units * Kg;
+  p.cnt = reinterpret_cast<int64_t*>(d + 3 * units * Kg);
+  return p;
+}
+
+// Channel k of the units `order` (in that order; the first holds the channel's first value, y at
+// image 0, pixel 0): sum and sum of squares of (y - K), K = that first value.
+void combine_stats(const StatParts& p, int64_t Kg, const int64_t* order, int64_t count, int64_t kk, double* sum,
+                   double* sumsq) {
+  const double K0 = p.sh[order[0] * Kg + kk];
+  double s = 0, q = 0;
+  for (int64_t i = 0; i < count; ++i) {
+    const int64_t u = order[i];
+    const double d = p.sh[u * Kg + kk] - K0, n = double(p.cnt[u]), s1 = p.s1[u * Kg + kk];
+    s += s1 + n * d;
+    q += p.s2[u * Kg + kk] + 2 * d * s1 + n * d * d;
+  }
+  *sum = s;
+  *sumsq = q;
+}
+
+// Shifted sums of one contiguous run of values (eight independent lanes, so the loop vectorises
+// without reassociation; the lane order is fixed).
 template <typename T>
-void forward_nchw(const T* x, const T* w, const T* b, T* y, const Geom& g) {
+void run_stats(const T* r, int64_t n, double shift, double* s1, double* s2) {
+  double a1[8] = {}, a2[8] = {};
+  int64_t p = 0;
+  for (; p + 8 <= n; p += 8)
+    for (int l = 0; l < 8; ++l) {
+      const double d = double(r[p + l]) - shift;
+      a1[l] += d;
+      a2[l] += d * d;
+    }
+  double t1 = 0, t2 = 0;
+  for (; p < n; ++p) {
+    const double d = double(r[p]) - shift;
+    t1 += d;
+    t2 += d * d;
+  }
+  for (int l = 0; l < 8; ++l) {
+    t1 += a1[l];
+    t2 += a2[l];
+  }
+  *s1 = t1;
+  *s2 = t2;
+}
+
+// The epilogue of one output block in channel-major order (NCHW): nk channels of np pixels, row
+// stride ld: y += bias; statistics of y; y += residual; y = max(y, 0). st: this unit's partials.
+template <typename T>
+void epilogue_cm(T* y, int64_t ld, int64_t nk, int64_t np, const T* b, const T* res, bool relu, double* s1,
+                 double* s2, double* sh) {
+  for (int64_t k = 0; k < nk; ++k) {
+    T* r = y + k * ld;
+    if (b) {
+      const T bk = b[k];
+      for (int64_t p = 0; p < np; ++p) r[p] += bk;
+    }
+    if (s1) {
+      sh[k] = double(r[0]);
+      run_stats(r, np, sh[k], s1 + k, s2 + k);
+    }
+    if (res) {
+      const T* q = res + k * ld;
+      for (int64_t p = 0; p < np; ++p) r[p] += q[p];
+    }
+    if (relu)
+      for (int64_t p = 0; p < np; ++p) r[p] = std::max(r[p], T(0));
+  }
+}
+
+// The same in pixel-major order (NHWC): nr rows of nk channels, row stride ld.
+template <typename T>
+void epilogue_pm(T* y, int64_t ld, int64_t nr, int64_t nk, const T* b, const T* res, bool relu, double* s1,
+                 double* s2, double* sh) {
+  if (b)
+    for (int64_t r = 0; r < nr; ++r)
+      for (int64_t k = 0; k < nk; ++k) y[r * ld + k] += b[k];
+  if (s1) {
+    for (int64_t k = 0; k < nk; ++k) {
+      sh[k] = double(y[k]);
+      s1[k] = s2[k] = 0;
+    }
+    for (int64_t r = 0; r < nr; ++r)
+      for (int64_t k = 0; k < nk; ++k) {
+        const double d = double(y[r * ld + k]) - sh[k];
+        s1[k] += d;
+        s2[k] += d * d;
+      }
+  }
+  if (res)
+    for (int64_t r = 0; r < nr; ++r)
+      for (int64_t k = 0; k < nk; ++k) y[r * ld + k] += res[r * ld + k];
+  if (relu)
+    for (int64_t r = 0; r < nr; ++r)
+      for (int64_t k = 0; k < nk; ++k) y[r * ld + k] = std::max(y[r * ld + k], T(0));
+}
+
+// The prologue of group gi (channels gi*Cg ...), or null.
+const Prologue* group_prologue(const Fused* fu, int64_t gi, int64_t Cg, Prologue* store) {
+  if (!fu || (!fu->pre_scale && !fu->pre_relu)) return nullptr;
+  *store = Prologue{fu->pre_scale ? fu->pre_scale + gi * Cg : nullptr, fu->pre_shift ? fu->pre_shift + gi * Cg : nullptr,
+                    fu->pre_relu};
+  return store;
+}
+
+template <typename T>
+const T* residual_of(const Fused* fu) {
+  if constexpr (std::is_same_v<T, float>)
+    return fu ? fu->residual : nullptr;
+  else
+    return nullptr;
+}
+
+// fu (float32, Own only): the fused prologue and epilogue; null for a plain forward pass.
+template <typename T, bool Own>
+void forward_nchw(const T* x, const T* w, const T* b, T* y, const Geom& g, const Fused* fu) {
   const int64_t P = g.Ho * g.Wo, Cg = g.Cg(), Kg = g.Kg(), KK = Cg * g.kh * g.kw, HW = g.H * g.W;
   const bool direct = reads_x_directly(g);
   // Enough pieces to feed the threads (from the shape alone), each im2col buffer <= 2 MiB.
-  int64_t chunk = std::max<int64_t>(64, (int64_t(1) << 19) / KK);
+  // The own GEMM reads im2col blocks of <= 512 KiB (they stay in L2 between im2col and packing).
+  int64_t chunk = std::max<int64_t>(64, (int64_t(1) << (Own ? 17 : 19)) / KK);
   const int64_t ng = g.N * g.G;
   if (ng < 16) chunk = std::min(chunk, std::max<int64_t>(256, ceil_div(P, ceil_div(16, ng))));
   if (direct) chunk = std::max<int64_t>(chunk, ng >= 16 ? P : chunk);
   const Split s = split(P, chunk);
   const int64_t units = ng * s.count;
+  const bool stats = fu && fu->stats_sum;
+  const StatParts st = stats ? stat_parts(units, Kg) : StatParts{};
+  const T* residual = residual_of<T>(fu);
+  const bool relu = fu && fu->post_relu;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads())
   for (int64_t u = 0; u < units; ++u) {
     const int64_t q = u % s.count, gi = (u / s.count) % g.G, n = u / s.count / g.G;
     const int64_t p0 = q * s.chunk, p1 = std::min(P, p0 + s.chunk), np = p1 - p0;
     const T* xn = x + (n * g.C + gi * Cg) * HW;
     T* yg = y + (n * g.K + gi * Kg) * P;
+    Prologue pstore;
+    const Prologue* pf = group_prologue(fu, gi, Cg, &pstore);
     const T* B = xn + p0;
     int64_t ldb = HW;
     if (!direct) {
       T* col = scratch<T>(kColSlot, KK * np);
-      im2col_nchw(xn, g, 0, Cg, p0, p1, col);
+      im2col_nchw(xn, g, 0, Cg, p0, p1, col, pf);
       B = col;
       ldb = np;
     }
-    gemm(false, false, Kg, np, KK, w + gi * Kg * KK, KK, B, ldb, T(0), yg + p0, P);
-    if (b)
-      for (int64_t k = 0; k < Kg; ++k) {
-        T* r = yg + k * P;
-        const T bk = b[gi * Kg + k];
-        for (int64_t p = p0; p < p1; ++p) r[p] += bk;
-      }
+    gemm_t<Own>(false, false, Kg, np, KK, w + gi * Kg * KK, KK, B, ldb, T(0), yg + p0, P, nullptr,
+                direct ? pf : nullptr);
+    if (stats) st.cnt[u] = np;
+    epilogue_cm(yg + p0, P, Kg, np, b ? b + gi * Kg : nullptr,
+                residual ? residual + (n * g.K + gi * Kg) * P + p0 : nullptr, relu, stats ? st.s1 + u * Kg : nullptr,
+                stats ? st.s2 + u * Kg : nullptr, stats ? st.sh + u * Kg : nullptr);
+  }
+  if (!stats) return;
+  isa_vector<int64_t> order(g.N * s.count);
+  for (int64_t gi = 0; gi < g.G; ++gi) {
+    for (int64_t n = 0; n < g.N; ++n)
+      for (int64_t q = 0; q < s.count; ++q) order[n * s.count + q] = (n * g.G + gi) * s.count + q;
+    for (int64_t kk = 0; kk < Kg; ++kk)
+      combine_stats(st, Kg, order.data(), int64_t(order.size()), kk, fu->stats_sum + gi * Kg + kk,
+                    fu->stats_sumsq + gi * Kg + kk);
   }
 }
 
@@ -222,19 +404,26 @@ const T* weights_ijc_k(const T* w, const Geom& g) {
   return wt;
 }
 
-template <typename T>
-void forward_nhwc(const T* x, const T* w, const T* b, T* y, const Geom& g) {
+template <typename T, bool Own>
+void forward_nhwc(const T* x, const T* w, const T* b, T* y, const Geom& g, const Fused* fu) {
   const int64_t P = g.Ho * g.Wo, Cg = g.Cg(), Kg = g.Kg(), KK = Cg * g.kh * g.kw, R = g.N * P;
   const bool direct = reads_x_directly(g);
   const T* wt = weights_ijc_k(w, g);
-  int64_t rows = std::max<int64_t>(16, std::min<int64_t>(512, (int64_t(1) << 18) / KK));
+  // The own GEMM reads the im2col rows in place (a narrow C): blocks of <= 256 KiB stay in L2.
+  int64_t rows = std::max<int64_t>(16, std::min<int64_t>(512, (int64_t(1) << (Own ? 16 : 18)) / KK));
   if (direct) rows = 1024;
   const Split s = split(R, rows);
   const int64_t units = s.count * g.G;
+  const bool stats = fu && fu->stats_sum;
+  const StatParts st = stats ? stat_parts(units, Kg) : StatParts{};
+  const T* residual = residual_of<T>(fu);
+  const bool relu = fu && fu->post_relu;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads())
   for (int64_t u = 0; u < units; ++u) {
     const int64_t gi = u % g.G, q = u / g.G;
     const int64_t r0 = q * s.chunk, r1 = std::min(R, r0 + s.chunk), nr = r1 - r0;
+    Prologue pstore;
+    const Prologue* pf = group_prologue(fu, gi, Cg, &pstore);
     const T* A;
     int64_t lda;
     if (direct) {
@@ -245,17 +434,26 @@ void forward_nhwc(const T* x, const T* w, const T* b, T* y, const Geom& g) {
       // Rows may span images: im2col each image's part.
       for (int64_t r = r0; r < r1;) {
         const int64_t n = r / P, p0 = r % P, p1 = std::min(P, p0 + (r1 - r));
-        im2col_nhwc(x, g, n, gi, 0, Cg, p0, p1, col + (r - r0) * KK);
+        im2col_nhwc(x, g, n, gi, 0, Cg, p0, p1, col + (r - r0) * KK, pf);
         r += p1 - p0;
       }
       A = col;
       lda = KK;
     }
     T* yr = y + r0 * g.K + gi * Kg;
-    gemm(false, false, nr, Kg, KK, A, lda, wt + gi * KK * Kg, Kg, T(0), yr, g.K);
-    if (b)
-      for (int64_t r = 0; r < nr; ++r)
-        for (int64_t k = 0; k < Kg; ++k) yr[r * g.K + k] += b[gi * Kg + k];
+    gemm_t<Own>(false, false, nr, Kg, KK, A, lda, wt + gi * KK * Kg, Kg, T(0), yr, g.K, direct ? pf : nullptr,
+                nullptr);
+    if (stats) st.cnt[u] = nr;
+    epilogue_pm(yr, g.K, nr, Kg, b ? b + gi * Kg : nullptr, residual ? residual + r0 * g.K + gi * Kg : nullptr, relu,
+                stats ? st.s1 + u * Kg : nullptr, stats ? st.s2 + u * Kg : nullptr,
+                stats ? st.sh + u * Kg : nullptr);
+  }
+  if (!stats) return;
+  isa_vector<int64_t> order(s.count);
+  for (int64_t gi = 0; gi < g.G; ++gi) {
+    for (int64_t q = 0; q < s.count; ++q) order[q] = q * g.G + gi;
+    for (int64_t kk = 0; kk < Kg; ++kk)
+      combine_stats(st, Kg, order.data(), s.count, kk, fu->stats_sum + gi * Kg + kk, fu->stats_sumsq + gi * Kg + kk);
   }
 }
 
@@ -282,7 +480,7 @@ int64_t wgrad_pieces(const Geom& g, size_t elem) {
   return p;
 }
 
-template <typename T>
+template <typename T, bool Own>
 void backward_weight_gemm(const T* dy, const T* x, T* dw, const Geom& g) {
   const int64_t P = g.Ho * g.Wo, Cg = g.Cg(), Kg = g.Kg(), k2 = g.kh * g.kw, KK = Cg * k2, HW = g.H * g.W;
   const bool direct = reads_x_directly(g);
@@ -291,7 +489,11 @@ void backward_weight_gemm(const T* dy, const T* x, T* dw, const Geom& g) {
   const int64_t chunk = g.nhwc ? std::max<int64_t>(16, std::min<int64_t>(1024, (int64_t(1) << 18) / KK))
                                : std::max<int64_t>(64, (int64_t(1) << 19) / KK);
   // Partials [piece][group][Kg][KK]; with one piece in NCHW the GEMMs write dw directly (same layout).
-  const bool in_place = pieces == 1 && !g.nhwc;
+  // The own GEMM computes NCHW partials transposed, [piece][group][KK][Kg] = col . dY^T: it reads
+  // the im2col rows in place (a narrow C) and packs only dY, where dW = dY . col^T would gather
+  // all of col^T into panels for a C only Kg rows high.
+  const bool transposed = Own && !g.nhwc;
+  const bool in_place = pieces == 1 && !g.nhwc && !transposed;
   T* part = in_place ? dw : scratch<T>(kAccSlot, pieces * g.K * KK);
   const int64_t units = g.G * pieces;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads())
@@ -314,7 +516,7 @@ void backward_weight_gemm(const T* dy, const T* x, T* dw, const Geom& g) {
           B = col;
           ldb = KK;
         }
-        gemm(true, false, Kg, KK, np, dy + (n * P + p0) * g.K + gi * Kg, g.K, B, ldb, first ? T(0) : T(1), acc, KK);
+        gemm_t<Own>(true, false, Kg, KK, np, dy + (n * P + p0) * g.K + gi * Kg, g.K, B, ldb, first ? T(0) : T(1), acc, KK);
       } else {
         const T* xn = x + (n * g.C + gi * Cg) * HW;
         if (direct) {
@@ -326,7 +528,12 @@ void backward_weight_gemm(const T* dy, const T* x, T* dw, const Geom& g) {
           B = col;
           ldb = np;
         }
-        gemm(false, true, Kg, KK, np, dy + (n * g.K + gi * Kg) * P + p0, P, B, ldb, first ? T(0) : T(1), acc, KK);
+        if (transposed)
+          gemm_t<Own>(false, true, KK, Kg, np, B, ldb, dy + (n * g.K + gi * Kg) * P + p0, P, first ? T(0) : T(1), acc,
+                      Kg);
+        else
+          gemm_t<Own>(false, true, Kg, KK, np, dy + (n * g.K + gi * Kg) * P + p0, P, B, ldb, first ? T(0) : T(1),
+                      acc, KK);
       }
       first = false;
       r += np;
@@ -341,12 +548,17 @@ void backward_weight_gemm(const T* dy, const T* x, T* dw, const Geom& g) {
     const int64_t k = e / KK, ct = e % KK, c = ct / k2, t = ct % k2;
     const int64_t col = g.nhwc ? t * Cg + c : ct;
     double s = 0;
-    for (int64_t pc = 0; pc < pieces; ++pc) s += double(part[(pc * g.K + k) * KK + col]);
+    if (transposed) {
+      const int64_t gi = k / Kg, kk = k % Kg;
+      for (int64_t pc = 0; pc < pieces; ++pc) s += double(part[((pc * g.G + gi) * KK + col) * Kg + kk]);
+    } else {
+      for (int64_t pc = 0; pc < pieces; ++pc) s += double(part[(pc * g.K + k) * KK + col]);
+    }
     dw[e] = T(s);
   }
 }
 
-template <typename T>
+template <typename T, bool Own>
 void backward_input_nchw(const T* dy, const T* w, T* dx, const Geom& g) {
   const int64_t P = g.Ho * g.Wo, Cg = g.Cg(), Kg = g.Kg(), k2 = g.kh * g.kw, KK = Cg * k2, HW = g.H * g.W;
   const Split cs = split(Cg, channel_chunk(g));
@@ -363,13 +575,13 @@ void backward_input_nchw(const T* dy, const T* w, T* dx, const Geom& g) {
     for (int64_t q = 0; q < ps.count; ++q) {
       const int64_t p0 = q * ps.chunk, p1 = std::min(P, p0 + ps.chunk), np = p1 - p0;
       T* col = scratch<T>(kColSlot, cc * k2 * np);
-      gemm(true, false, cc * k2, np, Kg, w + gi * Kg * KK + c0 * k2, KK, dyn + p0, P, T(0), col, np);
+      gemm_t<Own>(true, false, cc * k2, np, Kg, w + gi * Kg * KK + c0 * k2, KK, dyn + p0, P, T(0), col, np);
       col2im_nchw(col, g, c0, cc, p0, p1, dxn);
     }
   }
 }
 
-template <typename T>
+template <typename T, bool Own>
 void backward_input_nhwc(const T* dy, const T* w, T* dx, const Geom& g) {
   const int64_t P = g.Ho * g.Wo, Cg = g.Cg(), Kg = g.Kg(), k2 = g.kh * g.kw, KK = Cg * k2;
   const Split cs = split(Cg, channel_chunk(g));
@@ -398,7 +610,7 @@ void backward_input_nhwc(const T* dy, const T* w, T* dx, const Geom& g) {
     for (int64_t q = 0; q < ps.count; ++q) {
       const int64_t p0 = q * ps.chunk, p1 = std::min(P, p0 + ps.chunk), np = p1 - p0;
       T* col = scratch<T>(kColSlot, np * ld);
-      gemm(false, false, np, ld, Kg, dy + (n * P + p0) * g.K + gi * Kg, g.K, blk, ld, T(0), col, ld);
+      gemm_t<Own>(false, false, np, ld, Kg, dy + (n * P + p0) * g.K + gi * Kg, g.K, blk, ld, T(0), col, ld);
       col2im_nhwc(col, g, n, gi, c0, cc, p0, p1, dx);
     }
   }
@@ -454,23 +666,23 @@ void need_blas() {
 void gemm_forward(DType dt, const void* x, const void* w, const void* b, void* y, const Geom& g) {
   need_blas();
   if (dt == DType::f32) {
-    auto f = g.nhwc ? forward_nhwc<float> : forward_nchw<float>;
+    auto f = g.nhwc ? forward_nhwc<float, false> : forward_nchw<float, false>;
     f(static_cast<const float*>(x), static_cast<const float*>(w), static_cast<const float*>(b),
-      static_cast<float*>(y), g);
+      static_cast<float*>(y), g, nullptr);
   } else {
-    auto f = g.nhwc ? forward_nhwc<double> : forward_nchw<double>;
+    auto f = g.nhwc ? forward_nhwc<double, false> : forward_nchw<double, false>;
     f(static_cast<const double*>(x), static_cast<const double*>(w), static_cast<const double*>(b),
-      static_cast<double*>(y), g);
+      static_cast<double*>(y), g, nullptr);
   }
 }
 
 void gemm_backward_input(DType dt, const void* dy, const void* w, void* dx, const Geom& g) {
   need_blas();
   if (dt == DType::f32) {
-    auto f = g.nhwc ? backward_input_nhwc<float> : backward_input_nchw<float>;
+    auto f = g.nhwc ? backward_input_nhwc<float, false> : backward_input_nchw<float, false>;
     f(static_cast<const float*>(dy), static_cast<const float*>(w), static_cast<float*>(dx), g);
   } else {
-    auto f = g.nhwc ? backward_input_nhwc<double> : backward_input_nchw<double>;
+    auto f = g.nhwc ? backward_input_nhwc<double, false> : backward_input_nchw<double, false>;
     f(static_cast<const double*>(dy), static_cast<const double*>(w), static_cast<double*>(dx), g);
   }
 }
@@ -478,10 +690,35 @@ void gemm_backward_input(DType dt, const void* dy, const void* w, void* dx, cons
 void gemm_backward_weight(DType dt, const void* dy, const void* x, void* dw, const Geom& g) {
   need_blas();
   if (dt == DType::f32) {
-    backward_weight_gemm(static_cast<const float*>(dy), static_cast<const float*>(x), static_cast<float*>(dw), g);
+    backward_weight_gemm<float, false>(static_cast<const float*>(dy), static_cast<const float*>(x),
+                                       static_cast<float*>(dw), g);
   } else {
-    backward_weight_gemm(static_cast<const double*>(dy), static_cast<const double*>(x), static_cast<double*>(dw), g);
+    backward_weight_gemm<double, false>(static_cast<const double*>(dy), static_cast<const double*>(x),
+                                        static_cast<double*>(dw), g);
   }
+}
+
+// cnnkit's own packed GEMM (sgemm.cpp) in place of OpenBLAS: float32 only (the registry's
+// conv2d_gemm_f32_*_packed entries).
+void packed_forward(DType, const void* x, const void* w, const void* b, void* y, const Geom& g) {
+  auto f = g.nhwc ? forward_nhwc<float, true> : forward_nchw<float, true>;
+  f(static_cast<const float*>(x), static_cast<const float*>(w), static_cast<const float*>(b), static_cast<float*>(y),
+    g, nullptr);
+}
+
+void packed_backward_input(DType, const void* dy, const void* w, void* dx, const Geom& g) {
+  auto f = g.nhwc ? backward_input_nhwc<float, true> : backward_input_nchw<float, true>;
+  f(static_cast<const float*>(dy), static_cast<const float*>(w), static_cast<float*>(dx), g);
+}
+
+void packed_backward_weight(DType, const void* dy, const void* x, void* dw, const Geom& g) {
+  backward_weight_gemm<float, true>(static_cast<const float*>(dy), static_cast<const float*>(x),
+                                    static_cast<float*>(dw), g);
+}
+
+void fused_forward(const float* x, const float* w, const float* b, float* y, const Geom& g, const Fused& fu) {
+  auto f = g.nhwc ? forward_nhwc<float, true> : forward_nchw<float, true>;
+  f(x, w, b, y, g, &fu);
 }
 
 void bias_grad(DType dt, const void* dy, void* db, const Geom& g) {

@@ -18,6 +18,12 @@ void gemm_backward_input(DType dt, const void* dy, const void* w, void* dx, cons
 void gemm_backward_weight(DType dt, const void* dy, const void* x, void* dw, const Geom& g);
 // db[k] = sum over n, oh, ow of dy (deterministic; accumulated in double).
 void bias_grad(DType dt, const void* dy, void* db, const Geom& g);
+// The same three passes with cnnkit's own packed sgemm (sgemm.cpp) in place of OpenBLAS; float32.
+void packed_forward(DType dt, const void* x, const void* w, const void* b, void* y, const Geom& g);
+void packed_backward_input(DType dt, const void* dy, const void* w, void* dx, const Geom& g);
+void packed_backward_weight(DType dt, const void* dy, const void* x, void* dw, const Geom& g);
+// The forward pass with the fused prologue and epilogue of cnnkit::conv::Fused (own sgemm).
+void fused_forward(const float* x, const float* w, const float* b, float* y, const Geom& g, const Fused& fu);
 }  // namespace CNNKIT_KERNEL_NS
 
 // Depthwise on NCHW planes with channels a multiple of 16 (multiplier 1): the blocked kernels,

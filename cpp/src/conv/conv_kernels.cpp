@@ -9,6 +9,7 @@
 #include "dw_nhwc.h"
 #include "grouped.h"
 #include "scratch.h"
+#include "sgemm.h"
 #include "small_cin.h"
 
 #ifndef CNNKIT_ISA_NS
@@ -224,6 +225,8 @@ extern const conv::Kernels conv_kernels = {
     conv::small_cin_forward, conv::small_cin_backward_weight,
     dw_forward<true>, dw_backward_input<true>, dw_backward_weight<true>,
     conv::gemm_forward, conv::gemm_backward_input, conv::gemm_backward_weight, conv::bias_grad,
+    conv::packed_forward, conv::packed_backward_input, conv::packed_backward_weight, conv::fused_forward,
+    conv::sgemm_shape_of, conv::sgemm_strided,
 };
 
 }  // namespace cnnkit::CNNKIT_ISA_NS

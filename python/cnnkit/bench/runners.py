@@ -14,7 +14,7 @@ __all__ = ["FAMILIES", "run"]
 FAMILIES = {"optim": "cnnkit.bench.optim", "norm": "cnnkit.bench.norm",
             "augment": "cnnkit.bench.augment", "conv": "cnnkit.bench.conv",
             "train": "cnnkit.bench.train", "explain": "cnnkit.bench.explain",
-            "torch": "cnnkit.bench.torch"}
+            "torch": "cnnkit.bench.torch", "gemm": "cnnkit.bench.gemm"}
 
 
 def run(family: str, argv: list[str]) -> int:
@@ -23,8 +23,8 @@ def run(family: str, argv: list[str]) -> int:
     Parameters
     ----------
     family : str
-        A key of ``FAMILIES``: "optim", "norm", "augment", "conv", "train", "explain" or
-        "torch".
+        A key of ``FAMILIES``: "optim", "norm", "augment", "conv", "train", "explain", "torch"
+        or "gemm".
     argv : list of str
         The benchmark's own arguments (a leading ``--`` is dropped).
 

@@ -1,0 +1,300 @@
+// cnnkit's own float32 GEMM: C = [C +] A . B with A (M x K) and B (K x N) strided, C row-major.
+//
+//   C[i, j] (+)= sum_k pa(A[i, k]) * pb(B[k, j])      pa, pb: optional per-k scale/shift/ReLU
+//
+// The structure is the one of BLIS / GotoBLAS (Goto & van de Geijn, "Anatomy of high-performance
+// matrix multiplication", 2008; Van Zee & van de Geijn, "BLIS", 2015): B is packed KC x NC into
+// column panels NR wide, A is packed MC x KC into row panels MR high (zero-padded to whole
+// panels), and a microkernel keeps an MR x NR block of C in registers while it runs one FMA chain
+// per element over the KC packed values. Loop order jc (NC) -> pc (KC) -> ic (MC) -> ir (MR) ->
+// jr (NR): the microkernel's A panel (MR x KC) stays in L1, the packed B block (KC x NC) in L2.
+//
+// Register blocks (Zen 4: 32 vector registers at AVX-512, 16 at AVX2; a 512-bit FMA issues at one
+// per cycle, double-pumped, with 4 cycles of latency, so 16 independent chains hide it):
+//   avx512  MR 8 x NR 32 (16 zmm accumulators + 2 zmm of B + a broadcast)
+//   avx2    MR 6 x NR 16 (12 ymm accumulators + 2 ymm of B + a broadcast)
+//   scalar  MR 4 x NR 8  (GCC vector extensions lowered to SSE2; the portable path)
+// and, for C at most one vector wide (N <= VL: the 16-channel groups), MR2 x VL kernels (16 x 16,
+// 12 x 8, 8 x 4) with the same number of accumulators.
+// Each element of C is a sum over k in increasing order, KC values at a time, every block a
+// chain started at zero and then added to C: its bits depend on K and the level only, never on
+// the M/N tiling, so callers can cut M and N by the thread count and still get the same bits.
+// This file is compiled with -ffp-contract=fast (a*b+c is one FMA where the level has FMA).
+#include "sgemm.h"
+
+#include <immintrin.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "scratch.h"
+
+#ifndef CNNKIT_ISA_NS
+#error "CNNKIT_ISA_NS must name the ISA level this file is compiled for"
+#endif
+
+namespace cnnkit::conv {
+inline namespace CNNKIT_KERNEL_NS {
+namespace {
+
+#if defined(__AVX512F__)
+constexpr int VL = 16, MR = 8, NV = 2, MR2 = 16, KC = 256, MC = 256, NC = 512;
+#elif defined(__AVX2__)
+constexpr int VL = 8, MR = 6, NV = 2, MR2 = 12, KC = 256, MC = 240, NC = 512;
+#else
+constexpr int VL = 4, MR = 4, NV = 2, MR2 = 8, KC = 256, MC = 256, NC = 512;
+#endif
+constexpr int NR = VL * NV;
+
+typedef float V __attribute__((vector_size(VL * sizeof(float))));
+typedef float Vu __attribute__((vector_size(VL * sizeof(float)), aligned(4), may_alias));
+
+#if defined(__AVX512F__)
+inline V vbroadcast(float s) { return (V)_mm512_set1_ps(s); }
+#elif defined(__AVX2__)
+inline V vbroadcast(float s) { return (V)_mm256_set1_ps(s); }
+#else
+inline V vbroadcast(float s) { return (V)_mm_set1_ps(s); }
+#endif
+inline V vload(const float* p) { return *reinterpret_cast<const Vu*>(p); }
+inline void vstore(float* p, V v) { *reinterpret_cast<Vu*>(p) = v; }
+
+inline float pro(float v, const Prologue* f, int64_t k) {
+  v = f->scale[k] * v + f->shift[k];
+  return f->relu ? std::max(v, 0.0f) : v;
+}
+
+bool active(const Prologue* f) { return f && (f->scale || f->relu); }
+
+// A rows [i0, i0+mc) x columns [k0, k0+kc) -> panels of R rows: dst[(p*kc + k)*R + i].
+template <int R>
+void pack_a(Operand A, int64_t i0, int64_t mc, int64_t k0, int64_t kc, const Prologue* f, float* dst) {
+  const int64_t panels = (mc + R - 1) / R;
+  const bool has = active(f);
+  for (int64_t p = 0; p < panels; ++p) {
+    float* d = dst + p * kc * R;
+    const int64_t rows = std::min<int64_t>(R, mc - p * R);
+    if (rows < R)
+      for (int64_t k = 0; k < kc; ++k)
+        for (int64_t i = rows; i < R; ++i) d[k * R + i] = 0.0f;
+    if (A.rs == 1 && !has) {  // columns contiguous: read along i
+      for (int64_t k = 0; k < kc; ++k) {
+        const float* s = A.p + i0 + p * R + (k0 + k) * A.cs;
+        for (int64_t i = 0; i < rows; ++i) d[k * R + i] = s[i];
+      }
+      continue;
+    }
+    for (int64_t i = 0; i < rows; ++i) {
+      const float* s = A.p + (i0 + p * R + i) * A.rs + k0 * A.cs;
+      if (!has)
+        for (int64_t k = 0; k < kc; ++k) d[k * R + i] = s[k * A.cs];
+      else if (f->scale)
+        for (int64_t k = 0; k < kc; ++k) d[k * R + i] = pro(s[k * A.cs], f, k0 + k);
+      else
+        for (int64_t k = 0; k < kc; ++k) d[k * R + i] = std::max(s[k * A.cs], 0.0f);
+    }
+  }
+}
+
+// B rows [k0, k0+kc) x columns [j0, j0+nc) -> panels of W columns: dst[(p*kc + k)*W + j].
+template <int W>
+void pack_b(Operand B, int64_t k0, int64_t kc, int64_t j0, int64_t nc, const Prologue* f, float* dst) {
+  const int64_t panels = (nc + W - 1) / W;
+  const bool has = active(f);
+  if (B.cs == 1) {  // rows contiguous: each row of B read once, front to back, into every panel
+    for (int64_t k = 0; k < kc; ++k) {
+      const float* s = B.p + (k0 + k) * B.rs + j0;
+      float sc = 1.0f, sh = 0.0f;
+      if (has && f->scale) {
+        sc = f->scale[k0 + k];
+        sh = f->shift[k0 + k];
+      }
+      for (int64_t p = 0; p < panels; ++p) {
+        float* o = dst + (p * kc + k) * W;
+        const float* q = s + p * W;
+        const int64_t cols = std::min<int64_t>(W, nc - p * W);
+        if (!has) {
+          if (cols == W)
+            std::memcpy(o, q, W * sizeof(float));
+          else
+            for (int64_t j = 0; j < cols; ++j) o[j] = q[j];
+        } else if (f->scale) {
+          if (f->relu)
+            for (int64_t j = 0; j < cols; ++j) o[j] = std::max(sc * q[j] + sh, 0.0f);
+          else
+            for (int64_t j = 0; j < cols; ++j) o[j] = sc * q[j] + sh;
+        } else {
+          for (int64_t j = 0; j < cols; ++j) o[j] = std::max(q[j], 0.0f);
+        }
+        for (int64_t j = cols; j < W; ++j) o[j] = 0.0f;
+      }
+    }
+    return;
+  }
+  for (int64_t p = 0; p < panels; ++p) {
+    float* d = dst + p * kc * W;
+    const int64_t cols = std::min<int64_t>(W, nc - p * W);
+    const float* base = B.p + k0 * B.rs + (j0 + p * W) * B.cs;
+    if (cols < W)
+      for (int64_t k = 0; k < kc; ++k)
+        for (int64_t j = cols; j < W; ++j) d[k * W + j] = 0.0f;
+    for (int64_t j = 0; j < cols; ++j) {
+      const float* s = base + j * B.cs;
+      if (!has)
+        for (int64_t k = 0; k < kc; ++k) d[k * W + j] = s[k * B.rs];
+      else if (f->scale)
+        for (int64_t k = 0; k < kc; ++k) d[k * W + j] = pro(s[k * B.rs], f, k0 + k);
+      else
+        for (int64_t k = 0; k < kc; ++k) d[k * W + j] = std::max(s[k * B.rs], 0.0f);
+    }
+  }
+}
+
+// c (mr x nr valid of an R x (U*VL) block, row stride ldc) (+)= a panel . b panel over kc.
+// Direct: a is A itself (row i at a + i*lda, k contiguous) instead of a packed panel.
+template <int R, int U, bool Direct = false>
+void ukernel(int64_t kc, const float* __restrict a, const float* __restrict b, float* c, int64_t ldc, bool acc,
+             int64_t mr, int64_t nr, int64_t lda = 0) {
+  constexpr int W = U * VL;
+  V r[R][U];
+#pragma GCC unroll 16
+  for (int i = 0; i < R; ++i)
+#pragma GCC unroll 4
+    for (int v = 0; v < U; ++v) r[i][v] = V{};
+  for (int64_t k = 0; k < kc; ++k) {
+    V bv[U];
+#pragma GCC unroll 4
+    for (int v = 0; v < U; ++v) bv[v] = vload(b + v * VL);
+#pragma GCC unroll 16
+    for (int i = 0; i < R; ++i) {
+      const V ai = vbroadcast(Direct ? a[i * lda] : a[i]);
+#pragma GCC unroll 4
+      for (int v = 0; v < U; ++v) r[i][v] = ai * bv[v] + r[i][v];
+    }
+    a += Direct ? 1 : R;
+    b += W;
+  }
+  if (mr == R && nr == W) {
+#pragma GCC unroll 16
+    for (int i = 0; i < R; ++i)
+#pragma GCC unroll 4
+      for (int v = 0; v < U; ++v) {
+        float* p = c + i * ldc + v * VL;
+        vstore(p, acc ? vload(p) + r[i][v] : r[i][v]);
+      }
+    return;
+  }
+  alignas(64) float t[R * W];
+#pragma GCC unroll 16
+  for (int i = 0; i < R; ++i)
+#pragma GCC unroll 4
+    for (int v = 0; v < U; ++v) vstore(t + i * W + v * VL, r[i][v]);
+  for (int64_t i = 0; i < mr; ++i) {
+    float* p = c + i * ldc;
+    const float* s = t + i * W;
+    if (acc)
+      for (int64_t j = 0; j < nr; ++j) p[j] += s[j];
+    else
+      for (int64_t j = 0; j < nr; ++j) p[j] = s[j];
+  }
+}
+
+int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+// The blocked loops for one microkernel shape (R x U vectors).
+template <int R, int U>
+void sgemm_blocked(int64_t M, int64_t N, int64_t K, Operand A, Operand B, float* C, int64_t ldc, bool accumulate,
+                   const Prologue* pa, const Prologue* pb) {
+  constexpr int W = U * VL;
+  const int64_t mcb = MC / R * R;
+  // Packing A costs M*K moves against 2*M*N*K flops: for narrow C (N within two register blocks)
+  // it costs as much as the arithmetic, so A rows with unit column stride are read in place.
+  const bool direct_a = A.cs == 1 && !active(pa) && N <= 2 * W;
+  float* bp = scratch<float>(kPackBSlot, KC * round_up(std::min<int64_t>(N, NC), W));
+  float* ap = scratch<float>(kPackASlot, KC * round_up(std::min<int64_t>(M, mcb), R));
+  for (int64_t jc = 0; jc < N; jc += NC) {
+    const int64_t nc = std::min<int64_t>(NC, N - jc);
+    for (int64_t pc = 0; pc < K; pc += KC) {
+      const int64_t kc = std::min<int64_t>(KC, K - pc);
+      const bool acc = accumulate || pc > 0;
+      pack_b<W>(B, pc, kc, jc, nc, pb, bp);
+      if (direct_a) {  // A read in place; only a last partial panel of rows is packed
+        for (int64_t ir = 0; ir < M; ir += R) {
+          const int64_t mr = std::min<int64_t>(R, M - ir);
+          if (mr < R) pack_a<R>(A, ir, mr, pc, kc, pa, ap);
+          for (int64_t jr = 0; jr < nc; jr += W) {
+            float* c = C + ir * ldc + jc + jr;
+            const int64_t nr = std::min<int64_t>(W, nc - jr);
+            if (mr == R)
+              ukernel<R, U, true>(kc, A.p + ir * A.rs + pc, bp + jr * kc, c, ldc, acc, mr, nr, A.rs);
+            else
+              ukernel<R, U>(kc, ap, bp + jr * kc, c, ldc, acc, mr, nr);
+          }
+        }
+        continue;
+      }
+      for (int64_t ic = 0; ic < M; ic += mcb) {
+        const int64_t mc = std::min<int64_t>(mcb, M - ic);
+        pack_a<R>(A, ic, mc, pc, kc, pa, ap);
+        for (int64_t ir = 0; ir < mc; ir += R)
+          for (int64_t jr = 0; jr < nc; jr += W)
+            ukernel<R, U>(kc, ap + ir * kc, bp + jr * kc, C + (ic + ir) * ldc + jc + jr, ldc, acc,
+                          std::min<int64_t>(R, mc - ir), std::min<int64_t>(W, nc - jr));
+      }
+    }
+  }
+}
+
+}  // namespace
+
+SgemmShape sgemm_shape() { return SgemmShape{MR, NR, KC, MC, NC}; }
+
+void sgemm(int64_t M, int64_t N, int64_t K, Operand A, Operand B, float* C, int64_t ldc, bool accumulate,
+           const Prologue* pa, const Prologue* pb) {
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0) {
+    if (!accumulate)
+      for (int64_t i = 0; i < M; ++i) std::fill(C + i * ldc, C + i * ldc + N, 0.0f);
+    return;
+  }
+  // Narrow C (N <= one vector): the MR2 x VL kernel, so that a 16-column C does not run a
+  // half-empty 32-wide block. Both kernels give the same bits (one FMA chain per element).
+  if (N <= VL)
+    sgemm_blocked<MR2, 1>(M, N, K, A, B, C, ldc, accumulate, pa, pb);
+  else
+    sgemm_blocked<MR, NV>(M, N, K, A, B, C, ldc, accumulate, pa, pb);
+}
+
+void sgemm_parallel(int64_t M, int64_t N, int64_t K, Operand A, Operand B, float* C, int64_t ldc,
+                    bool accumulate) {
+  if (M <= 0 || N <= 0) return;
+  // Tiles of up to MC x NC from the shape alone (the bits do not depend on them anyway, see the
+  // header); each tile packs its own B block, so tiles are never cut thinner than that.
+  const int64_t tm = M <= MC ? M : MC;
+  const int64_t tn = N <= NC ? N : NC;
+  const int64_t bm = (M + tm - 1) / tm, bn = (N + tn - 1) / tn;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads())
+  for (int64_t u = 0; u < bm * bn; ++u) {
+    const int64_t i0 = (u / bn) * tm, j0 = (u % bn) * tn;
+    const int64_t m = std::min(tm, M - i0), n = std::min(tn, N - j0);
+    sgemm(m, n, K, Operand{A.p + i0 * A.rs, A.rs, A.cs}, Operand{B.p + j0 * B.cs, B.rs, B.cs}, C + i0 * ldc + j0,
+          ldc, accumulate);
+  }
+}
+
+void sgemm_shape_of(int* mr, int* nr, int* kc, int* mc, int* nc) {
+  *mr = MR;
+  *nr = NR;
+  *kc = KC;
+  *mc = MC;
+  *nc = NC;
+}
+
+void sgemm_strided(int64_t M, int64_t N, int64_t K, const float* a, int64_t ars, int64_t acs, const float* b,
+                   int64_t brs, int64_t bcs, float* c, int64_t ldc, bool accumulate) {
+  sgemm_parallel(M, N, K, Operand{a, ars, acs}, Operand{b, brs, bcs}, c, ldc, accumulate);
+}
+
+}  // namespace CNNKIT_KERNEL_NS
+}  // namespace cnnkit::conv

@@ -1,0 +1,50 @@
+// cnnkit's own float32 GEMM (sgemm.cpp): packed panels, a register-blocked microkernel per ISA
+// level, cache blocking. Compiled once per ISA level like the conv kernels (namespace
+// cnnkit::conv::<isa>); the conv GEMM path (conv_gemm.cpp) calls it inside its own parallel loops.
+#pragma once
+
+#include <cstdint>
+
+#include "cnnkit/common.h"
+
+namespace cnnkit::conv {
+inline namespace CNNKIT_KERNEL_NS {
+
+// A strided matrix operand: element (r, c) at p[r * rs + c * cs].
+struct Operand {
+  const float* p;
+  int64_t rs, cs;
+};
+
+// A per-reduction-index transform applied while an operand is packed (the fused batch-norm
+// prologue): v -> scale[k] * v + shift[k], then max(v, 0) when relu. scale and shift are both set
+// or both null.
+struct Prologue {
+  const float* scale;
+  const float* shift;
+  bool relu;
+};
+
+// The microkernel of this ISA level: MR x NR register block, KC x NC x MC cache blocks.
+struct SgemmShape {
+  int mr, nr, kc, mc, nc;
+};
+SgemmShape sgemm_shape();
+
+// C (M x N, row stride ldc, unit column stride) = [C +] A (M x K) . B (K x N), single-threaded.
+// Every element of C is one sum over k in increasing order, in blocks of KC (each block a plain
+// FMA chain added to the running value), so its bits depend on K and the ISA level only, never on
+// where the element lies or how callers cut M and N. pa transforms A's columns, pb B's rows.
+void sgemm(int64_t M, int64_t N, int64_t K, Operand A, Operand B, float* C, int64_t ldc, bool accumulate,
+           const Prologue* pa = nullptr, const Prologue* pb = nullptr);
+
+// The same over C cut into fixed tiles run on cnnkit's OpenMP threads (bits as sgemm()).
+void sgemm_parallel(int64_t M, int64_t N, int64_t K, Operand A, Operand B, float* C, int64_t ldc, bool accumulate);
+
+// The two as conv::Kernels members (plain arguments).
+void sgemm_shape_of(int* mr, int* nr, int* kc, int* mc, int* nc);
+void sgemm_strided(int64_t M, int64_t N, int64_t K, const float* a, int64_t ars, int64_t acs, const float* b,
+                   int64_t brs, int64_t bcs, float* c, int64_t ldc, bool accumulate);
+
+}  // namespace CNNKIT_KERNEL_NS
+}  // namespace cnnkit::conv

@@ -1,0 +1,166 @@
+"""``cnnkit bench gemm``: cnnkit's own float32 GEMM (``_core.sgemm``) against OpenBLAS and torch.
+
+The shapes are the GEMMs the 1x1 convolutions of ``shared/bench_shapes.json`` run (batch 32):
+per unit of work as the conv path cuts them (NHWC: 1024 output pixels x C_out x C_in; NCHW: one
+image, C_out x H*W x C_in) and whole layers (N*H*W x C_out x C_in), plus a square 1024^3.
+
+Method: at one thread every implementation is called in rounds (one call of each per round, the
+order reversed on odd rounds), after warm-up; the table gives medians. At more threads each
+implementation runs its own block of calls instead: cnnkit, OpenBLAS and torch keep three
+different thread pools whose idle threads spin for a while after a call, and interleaved calls
+then starve each other (all three fell below 2 GFLOP/s on the small shapes). The
+machine's limit beside each figure is the *single-core sgemm peak* measured in the same process
+(the best rate of cnnkit's and OpenBLAS's 1-thread 1024^3 GEMMs), times the thread count; the
+ratio is to the best peer (OpenBLAS called through cnnkit's own scipy-openblas32 at the same thread
+count, or torch.mm) measured in the same rounds.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import sys
+import time
+
+import numpy as np
+
+from .. import _core, build_info, get_num_threads, set_num_threads
+from ._common import import_torch, med
+
+__all__ = ["SHAPES", "main"]
+
+# (name, M, N, K): C (M x N) = A (M x K) . B (K x N)
+SHAPES = [
+    ("mbv2 1x1 144->24 NHWC unit", 1024, 24, 144),
+    ("mbv2 1x1 144->24 NCHW image", 24, 56 * 56, 144),
+    ("resnet 1x1 256->64 NHWC unit", 1024, 64, 256),
+    ("resnet 1x1 256->64 NCHW image", 64, 56 * 56, 256),
+    ("mbv2 1x1 144->24 layer", 32 * 56 * 56, 24, 144),
+    ("resnet 1x1 256->64 layer", 32 * 56 * 56, 64, 256),
+    ("square 1024", 1024, 1024, 1024),
+]
+
+
+def _openblas():
+    """(sgemm(a, b, c), set_threads(n)) of the scipy-openblas32 cnnkit registered, or None."""
+    from ..ops import conv as _conv
+
+    lib = getattr(_conv._load_blas, "lib", None)
+    if lib is None:
+        return None
+    fn = lib.scipy_cblas_sgemm
+    fn.restype = None
+    p = ctypes.c_void_p
+
+    def sgemm(a, b, c):
+        m, k = a.shape
+        n = b.shape[1]
+        fn(101, 111, 111, m, n, k, ctypes.c_float(1.0), p(a.ctypes.data), k, p(b.ctypes.data), n,
+           ctypes.c_float(0.0), p(c.ctypes.data), n)
+
+    return sgemm, lib.scipy_openblas_set_num_threads
+
+
+def _time(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cnnkit bench gemm", description=__doc__.split("\n\n")[0])
+    p.add_argument("--threads", default="1,2", help="thread counts, comma-separated (default 1,2)")
+    p.add_argument("--repeats", type=int, default=15, help="timed rounds per shape (default 15)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed rounds first (default 2)")
+    p.add_argument("--quick", action="store_true", help="the per-unit shapes only, 5 rounds")
+    p.add_argument("--no-torch", action="store_true", help="leave torch.mm out")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the GEMM benchmark (``cnnkit bench gemm``) and print its table.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        Command-line arguments (default ``sys.argv[1:]``); ``cnnkit bench gemm --help`` lists them.
+
+    Returns
+    -------
+    int
+        The exit status: 0 on success, 2 on bad arguments.
+    """
+    args = _parser().parse_args(argv)
+    try:
+        threads = [int(t) for t in args.threads.split(",")]
+        if not threads or min(threads) < 1:
+            raise ValueError
+    except ValueError:
+        print(f"--threads: expected positive integers, got {args.threads!r}", file=sys.stderr)
+        return 2
+    reps = 5 if args.quick else max(1, args.repeats)
+    shapes = SHAPES[:4] if args.quick else SHAPES
+    blas = _openblas()
+    torch = None if args.no_torch else import_torch(False, max(threads))
+    before = get_num_threads()
+    rng = np.random.default_rng(0)
+    info = build_info()
+    print(f"cnnkit {info.get('git_commit', '?')} isa {info['isa']}  sgemm block {_core.sgemm_shape(info['isa'])}")
+    try:
+        # The machine limit: the best 1-thread 1024^3 rate of the own kernel and OpenBLAS.
+        set_num_threads(1)
+        a = rng.standard_normal((1024, 1024), dtype=np.float32)
+        c = np.empty((1024, 1024), np.float32)
+        rates = []
+        for _ in range(3):
+            rates.append(2 * 1024**3 / _time(lambda: _core.sgemm(a, a, c)) / 1e9)
+            if blas:
+                blas[1](1)
+                rates.append(2 * 1024**3 / _time(lambda: blas[0](a, a, c)) / 1e9)
+        peak1 = max(rates)
+        print(f"single-core sgemm peak (best of own/OpenBLAS 1024^3, this process): {peak1:.0f} GFLOP/s")
+        print(f"{'shape':32s} {'M x N x K':>20s} {'thr':>3s} {'own GF/s':>9s} {'% peak':>7s} "
+              f"{'OpenBLAS':>9s} {'torch.mm':>9s} {'own/best peer':>13s}")
+        for name, m, n, k in shapes:
+            a = rng.standard_normal((m, k), dtype=np.float32)
+            b = rng.standard_normal((k, n), dtype=np.float32)
+            c = np.empty((m, n), np.float32)
+            flop = 2.0 * m * n * k
+            for t in threads:
+                set_num_threads(t)
+                impls = {"own": lambda: _core.sgemm(a, b, c)}
+                if blas:
+                    impls["openblas"] = lambda: blas[0](a, b, c)
+                if torch is not None:
+                    ta, tb, tc = torch.from_numpy(a), torch.from_numpy(b), torch.from_numpy(c)
+                    torch.set_num_threads(t)
+                    impls["torch"] = lambda: torch.mm(ta, tb, out=tc)
+                if blas:
+                    blas[1](t)
+                times: dict[str, list[float]] = {key: [] for key in impls}
+                if t == 1:
+                    for r in range(args.warmup + reps):
+                        order = list(impls) if r % 2 == 0 else list(reversed(impls))
+                        for key in order:
+                            dt = _time(impls[key])
+                            if r >= args.warmup:
+                                times[key].append(dt)
+                else:  # one block per implementation: see the module docstring
+                    for key in impls:
+                        for r in range(args.warmup + reps):
+                            dt = _time(impls[key])
+                            if r >= args.warmup:
+                                times[key].append(dt)
+                if blas:
+                    blas[1](1)
+                gf = {key: flop / med(v) / 1e9 for key, v in times.items()}
+                peers = [v for key, v in gf.items() if key != "own"]
+                ratio = f"{gf['own'] / max(peers):.2f}" if peers else "-"
+                print(f"{name:32s} {f'{m}x{n}x{k}':>20s} {t:3d} {gf['own']:9.1f} "
+                      f"{100 * gf['own'] / (peak1 * t):6.0f}% {gf.get('openblas', float('nan')):9.1f} "
+                      f"{gf.get('torch', float('nan')):9.1f} {ratio:>13s}")
+                sys.stdout.flush()
+    finally:
+        set_num_threads(before)
+        if blas:
+            blas[1](1)  # cnnkit calls OpenBLAS single-threaded inside its own loops
+    return 0

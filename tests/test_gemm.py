@@ -1,0 +1,245 @@
+"""cnnkit's own float32 GEMM (cpp/src/conv/sgemm.cpp, ``_core.sgemm``) and the fused forward
+convolution built on it (``_core.conv2d_fused``), against float64 NumPy references.
+
+* sgemm: shapes drawn around every level's register block (M, N = 0..3 blocks + remainders, for
+  the wide MR x NR and the narrow MR2 x VL kernels) and its KC block, both transposes, with and
+  without accumulation, at every ISA level this CPU runs; 1 and 2 threads give the same bits, and
+  so do every way of cutting M and N (the claim the conv path's determinism rests on).
+* conv2d_fused: every combination of the prologue (scale/shift, ReLU), bias and the epilogue
+  (statistics, or residual and ReLU) on drawn geometries, both layouts, dense and 16-channel
+  groups, at every ISA level and at 1 and 2 threads (bitwise across threads).
+The packed conv entries themselves (conv2d_gemm_f32_*_packed) are exercised pass by pass with the
+rest of the registry in test_conv.py.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cnnkit import _core
+from conftest import ISA_LEVELS, assert_bitwise, assert_close, isa_level, num_threads
+from reference import conv as R
+
+F32 = np.float32
+SHAPE = {isa: _core.sgemm_shape(isa) for isa in ISA_LEVELS}
+
+
+def _vl(isa):
+    return SHAPE[isa]["nr"] // 2
+
+
+def _around(block):
+    """0..3 whole blocks plus a remainder in [-1, 2] (at least 1)."""
+    return st.builds(lambda m, r: max(1, m * block + r), st.integers(0, 3), st.integers(-1, 2))
+
+
+def _sgemm(a, b, c, isa, threads, **kw):
+    out = c.copy()
+    with num_threads(threads):
+        _core.sgemm(a, b, out, isa=isa, **kw)
+    return out
+
+
+@pytest.mark.parametrize("isa", ISA_LEVELS)
+def test_sgemm_matches_the_reference_and_threads_agree(isa):
+    sh = SHAPE[isa]
+
+    @settings(max_examples=40, deadline=None)
+    @given(m=st.one_of(_around(sh["mr"]), _around(2 * sh["mr"])),
+           n=st.one_of(_around(sh["nr"]), _around(_vl(isa))),
+           k=st.sampled_from([1, 2, 7, 16, 17, sh["kc"] - 1, sh["kc"], sh["kc"] + 1, 2 * sh["kc"] + 3]),
+           ta=st.booleans(), tb=st.booleans(), acc=st.booleans(), seed=st.integers(0, 2**32 - 1))
+    def run(m, n, k, ta, tb, acc, seed):
+        rng = np.random.default_rng(seed)
+        a = rng.standard_normal((k, m) if ta else (m, k)).astype(F32)
+        b = rng.standard_normal((n, k) if tb else (k, n)).astype(F32)
+        c0 = rng.standard_normal((m, n)).astype(F32)
+        one = _sgemm(a, b, c0, isa, 1, trans_a=ta, trans_b=tb, accumulate=acc)
+        two = _sgemm(a, b, c0, isa, 2, trans_a=ta, trans_b=tb, accumulate=acc)
+        assert_bitwise(two, one, f"sgemm {m}x{n}x{k} at 2 threads vs 1 ({isa})")
+        A = (a.T if ta else a).astype(np.float64)
+        B = (b.T if tb else b).astype(np.float64)
+        ref = A @ B + (c0.astype(np.float64) if acc else 0.0)
+        assert_close(one, ref, F32, length=k + 1, what=f"sgemm {m}x{n}x{k} ta={ta} tb={tb} acc={acc} ({isa})")
+
+    run()
+
+
+@pytest.mark.parametrize("isa", ISA_LEVELS)
+def test_sgemm_bits_do_not_depend_on_tiling_layout_or_kernel(isa, rng):
+    """Row blocks, column blocks, a transposed A (packed instead of read in place) and a narrow C
+    (the MR2 x VL kernel instead of MR x NR) all give the bits of the whole product."""
+    sh = SHAPE[isa]
+    m, n, k = 3 * sh["mr"] + 5, 2 * sh["nr"] + 3, sh["kc"] + 9
+    a = rng.standard_normal((m, k)).astype(F32)
+    b = rng.standard_normal((k, n)).astype(F32)
+    c = np.zeros((m, n), F32)
+    whole = _sgemm(a, b, c, isa, 1)
+    at = np.ascontiguousarray(a.T)
+    assert_bitwise(_sgemm(at, b, c, isa, 1, trans_a=True), whole, "transposed A")
+    bt = np.ascontiguousarray(b.T)
+    assert_bitwise(_sgemm(a, bt, c, isa, 1, trans_b=True), whole, "transposed B")
+    i0 = sh["mr"] + 1
+    assert_bitwise(_sgemm(a[i0:], b, c[i0:], isa, 1), whole[i0:], "a row block")
+    for j0, j1 in ((0, 1), (1, 1 + _vl(isa)), (3, n)):
+        bb = np.ascontiguousarray(b[:, j0:j1])
+        assert_bitwise(_sgemm(a, bb, c[:, j0:j1], isa, 1), whole[:, j0:j1], f"columns {j0}:{j1}")
+
+
+def test_sgemm_rejects_bad_input():
+    a = np.ones((3, 4), F32)
+    with pytest.raises(ValueError, match="c"):
+        _core.sgemm(a, np.ones((5, 2), F32), np.empty((3, 2), F32))
+    with pytest.raises(TypeError, match="a"):
+        _core.sgemm(a.astype(np.float64), np.ones((4, 2), F32), np.empty((3, 2), F32))
+    with pytest.raises(ValueError):
+        _core.sgemm(a, np.ones((4, 2), F32), np.empty((3, 2), F32), isa="nope")
+    c = np.empty((4, 4), F32)
+    with pytest.raises(ValueError, match="overlap"):
+        _core.sgemm(c, c, c)
+
+
+# ---- conv2d_fused ---------------------------------------------------------------------------
+
+
+def _geom(n, c, k, h, w, kh, s, p, g, nhwc):
+    ho, wo = (h + 2 * p - kh) // s + 1, (w + 2 * p - kh) // s + 1
+    return _core.ConvGeom(n, c, h, w, k, ho, wo, g, kh, kh, s, s, 1, 1, p, p, nhwc), ho, wo
+
+
+def _fused_case(rng, n, c, k, h, w, kh, s, p, g, nhwc, bias, pro, pre_relu, stats, residual, post_relu):
+    geom, ho, wo = _geom(n, c, k, h, w, kh, s, p, g, nhwc)
+    x = rng.standard_normal((n, c, h, w)).astype(F32)
+    wt = (rng.standard_normal((k, c // g, kh, kh)) / np.sqrt(c // g * kh * kh)).astype(F32)
+    arrays = dict(
+        x=R.to_nhwc(x) if nhwc else x, weight=wt,
+        bias=rng.standard_normal(k).astype(F32) if bias else None,
+        pre_scale=rng.uniform(0.5, 2.0, c).astype(F32) if pro else None,
+        pre_shift=rng.standard_normal(c).astype(F32) if pro else None,
+        residual=rng.standard_normal((n, ho, wo, k) if nhwc else (n, k, ho, wo)).astype(F32) if residual else None,
+    )
+    flags = dict(pre_relu=pre_relu, post_relu=post_relu, stats=stats)
+    return geom, x, arrays, flags
+
+
+def _run_fused(geom, arrays, flags, threads):
+    k = geom.K
+    out = np.full((geom.N, geom.Ho, geom.Wo, k) if geom.nhwc else (geom.N, k, geom.Ho, geom.Wo), np.nan, F32)
+    s1 = np.full(k, np.nan) if flags["stats"] else None
+    s2 = np.full(k, np.nan) if flags["stats"] else None
+    with num_threads(threads):
+        name = _core.conv2d_fused(arrays["x"], arrays["weight"], out, geom, arrays["bias"], arrays["pre_scale"],
+                                  arrays["pre_shift"], flags["pre_relu"], arrays["residual"], flags["post_relu"],
+                                  s1, s2)
+    return name, out, s1, s2
+
+
+def _reference(geom, x, arrays, flags, p, s):
+    a = x.astype(np.float64)
+    if arrays["pre_scale"] is not None:
+        a = a * arrays["pre_scale"].astype(np.float64)[None, :, None, None] \
+            + arrays["pre_shift"].astype(np.float64)[None, :, None, None]
+    if flags["pre_relu"]:
+        a = np.maximum(a, 0)
+    y = R.conv2d_ref(a, arrays["weight"], arrays["bias"], stride=(s, s), padding=(p, p), groups=geom.G)
+    out = y.copy()
+    if arrays["residual"] is not None:
+        out += (R.to_nchw(arrays["residual"]) if geom.nhwc else arrays["residual"]).astype(np.float64)
+    if flags["post_relu"]:
+        out = np.maximum(out, 0)
+    return y, out
+
+
+@st.composite
+def fused_problems(draw):
+    nhwc = draw(st.booleans())
+    if draw(st.integers(0, 3)) == 0:  # grouped, on the GEMM path (no direct kernel for 6 or 5)
+        g = draw(st.sampled_from((2, 3)))
+        c, k = 6 * g, 5 * g
+    else:
+        g = 1
+        c = draw(st.sampled_from((2, 3, 8, 16, 17, 33)))  # C = 1 with G = 1 is depthwise
+        k = draw(st.sampled_from((1, 7, 8, 9, 16, 17, 31, 32, 33)))
+    kh = draw(st.sampled_from((1, 3)))
+    s = draw(st.integers(1, 2))
+    p = draw(st.integers(0, 1)) if kh == 3 else 0
+    n = draw(st.integers(1, 2))
+    h, w = draw(st.integers(kh, 9)), draw(st.integers(kh, 9))
+    stats = draw(st.booleans())
+    residual = (not stats) and draw(st.booleans())
+    post_relu = (not stats) and draw(st.booleans())
+    return dict(n=n, c=c, k=k, h=h, w=w, kh=kh, s=s, p=p, g=g, nhwc=nhwc, bias=draw(st.booleans()),
+                pro=draw(st.booleans()), pre_relu=draw(st.booleans()), stats=stats, residual=residual,
+                post_relu=post_relu)
+
+
+@pytest.mark.parametrize("isa", ISA_LEVELS)
+def test_conv2d_fused_matches_the_reference_and_threads_agree(isa):
+    @settings(max_examples=30, deadline=None)
+    @given(prob=fused_problems(), seed=st.integers(0, 2**32 - 1))
+    def run(prob, seed):
+        rng = np.random.default_rng(seed)
+        geom, x, arrays, flags = _fused_case(rng, **prob)
+        with isa_level(isa):
+            name, out, s1, s2 = _run_fused(geom, arrays, flags, 1)
+            name2, out2, t1, t2 = _run_fused(geom, arrays, flags, 2)
+        layout = "nhwc" if prob["nhwc"] else "nchw"
+        assert name == name2 == f"conv2d_gemm_f32_{layout}_packed__{isa}"
+        assert_bitwise(out2, out, f"fused output at 2 threads vs 1 ({isa})")
+        y, ref = _reference(geom, x, arrays, flags, prob["p"], prob["s"])
+        got = R.to_nchw(out) if prob["nhwc"] else out
+        length = prob["c"] // prob["g"] * prob["kh"] ** 2 + 2
+        assert_close(got, ref, F32, length=length, what=f"fused output {prob}")
+        if not flags["stats"]:
+            return
+        assert_bitwise(t1, s1, "stats_sum at 2 threads vs 1")
+        assert_bitwise(t2, s2, "stats_sumsq at 2 threads vs 1")
+        # The sums are those of the returned output about its first value, in double.
+        o = got.astype(np.float64)
+        shift = o[0, :, 0, 0]
+        d = o - shift[None, :, None, None]
+        cnt = o.shape[0] * o.shape[2] * o.shape[3]
+        scale = np.abs(d).sum(axis=(0, 2, 3)) + 1e-300
+        assert np.all(np.abs(s1 - d.sum(axis=(0, 2, 3))) <= 1e-12 * scale), (s1, d.sum(axis=(0, 2, 3)))
+        scale2 = (d * d).sum(axis=(0, 2, 3)) + 1e-300
+        assert np.all(np.abs(s2 - (d * d).sum(axis=(0, 2, 3))) <= 1e-12 * scale2)
+        # ... and they give the mean and variance of the exact y.
+        mean = shift + s1 / cnt
+        var = s2 / cnt - (s1 / cnt) ** 2
+        assert_close(mean, y.mean(axis=(0, 2, 3)), F32, length=length, what="mean from the fused stats")
+        assert_close(var, y.var(axis=(0, 2, 3)), F32, length=length, what="variance from the fused stats")
+
+    run()
+
+
+def test_conv2d_fused_padding_is_zero_after_the_prologue(rng):
+    """A shift of +5 would turn padded zeros into 5s if the prologue ran after padding."""
+    geom, x, arrays, flags = _fused_case(rng, 1, 4, 4, 5, 5, 3, 1, 1, 1, False, False, True, False, False,
+                                         False, False)
+    arrays["pre_shift"][:] = 5.0
+    _, out, _, _ = _run_fused(geom, arrays, flags, 1)
+    y, _ = _reference(geom, x, arrays, flags, 1, 1)
+    assert_close(out, y, F32, length=36, what="fused output with a large shift")
+
+
+def test_conv2d_fused_rejects_unsupported_combinations(rng):
+    geom, x, arrays, flags = _fused_case(rng, 1, 8, 8, 5, 5, 3, 1, 1, 1, False, True, False, False, True,
+                                         True, False)
+    with pytest.raises(ValueError, match="statistics"):
+        _run_fused(geom, arrays, flags, 1)
+    flags.update(stats=False)
+    arrays["pre_scale"] = np.ones(8, F32)
+    with pytest.raises(ValueError, match="pre_scale"):
+        _run_fused(geom, arrays, flags, 1)
+    # depthwise: the registry runs a direct kernel, there is no fused one
+    dgeom, _, _, _ = _fused_case(rng, 1, 8, 8, 5, 5, 3, 1, 1, 8, False, False, False, False, False,
+                                 False, False)
+    out = np.empty((1, 8, 5, 5), F32)
+    with pytest.raises(ValueError, match="no fused kernel"):
+        _core.conv2d_fused(np.ones((1, 8, 5, 5), F32), np.ones((8, 1, 3, 3), F32), out, dgeom, None, None, None,
+                           False, None, False, None, None)
+    with pytest.raises(ValueError, match="overlap"):
+        _core.conv2d_fused(out, np.ones((8, 1, 3, 3), F32), out, dgeom, None, None, None, False, None, False,
+                           None, None)
