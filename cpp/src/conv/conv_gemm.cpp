@@ -71,6 +71,35 @@ T apply(T v, const Prologue* f, int64_t c) {
   return f->relu ? std::max(v, T(0)) : v;
 }
 
+// d[t] = prologue(d[t]) for t < n, one channel c (branch-free loops the compiler vectorises).
+template <typename T>
+void apply_run(T* d, int64_t n, const Prologue* f, int64_t c) {
+  if (f->scale) {
+    const T sc = T(f->scale[c]), sh = T(f->shift[c]);
+    if (f->relu)
+      for (int64_t t = 0; t < n; ++t) d[t] = std::max(sc * d[t] + sh, T(0));
+    else
+      for (int64_t t = 0; t < n; ++t) d[t] = sc * d[t] + sh;
+  } else if (f->relu) {
+    for (int64_t t = 0; t < n; ++t) d[t] = std::max(d[t], T(0));
+  }
+}
+
+// d[c] = prologue(s[c]) for channels c0 + c, c < n.
+template <typename T>
+void apply_channels(T* d, const T* s, int64_t n, const Prologue* f, int64_t c0) {
+  if (f->scale) {
+    const float* sc = f->scale + c0;
+    const float* sh = f->shift + c0;
+    if (f->relu)
+      for (int64_t c = 0; c < n; ++c) d[c] = std::max(T(sc[c]) * s[c] + T(sh[c]), T(0));
+    else
+      for (int64_t c = 0; c < n; ++c) d[c] = T(sc[c]) * s[c] + T(sh[c]);
+  } else {
+    for (int64_t c = 0; c < n; ++c) d[c] = f->relu ? std::max(s[c], T(0)) : s[c];
+  }
+}
+
 bool reads_x_directly(const Geom& g) {
   return g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.pt == 0 && g.pl == 0 && g.Ho == g.H &&
          g.Wo == g.W;
@@ -106,8 +135,7 @@ void im2col_nchw(const T* xn, const Geom& g, int64_t c0, int64_t cc, int64_t p0,
               std::fill(dst, dst + lo, T(0));
               if (hi > lo) std::memcpy(dst + lo, src + iw0 + lo, (hi - lo) * sizeof(T));
               std::fill(dst + hi, dst + len, T(0));
-              if (f)
-                for (int64_t t = lo; t < hi; ++t) dst[t] = apply(dst[t], f, c0 + c);
+              if (f) apply_run(dst + lo, hi - lo, f, c0 + c);
             } else {
               for (int64_t t = 0; t < len; ++t) {
                 const int64_t iw = iw0 + t * g.sw;
@@ -168,8 +196,7 @@ void im2col_nhwc(const T* x, const Geom& g, int64_t n, int64_t gi, int64_t c0, i
         if (ih < 0 || ih >= g.H || iw < 0 || iw >= g.W) {
           std::fill(dst, dst + cc, T(0));
         } else if (f) {
-          const T* src = xn + (ih * g.W + iw) * g.C;
-          for (int64_t c = 0; c < cc; ++c) dst[c] = apply(src[c], f, c0 + c);
+          apply_channels(dst, xn + (ih * g.W + iw) * g.C, cc, f, c0);
         } else {
           std::memcpy(dst, xn + (ih * g.W + iw) * g.C, cc * sizeof(T));
         }
