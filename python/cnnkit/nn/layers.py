@@ -596,7 +596,10 @@ class BatchNorm2d(_ReLUMode, Module):
             needs.append("residual")
         gi = self._buf("gx", self._x.shape)
         gres = self._buf("gres", self._x.shape) if self._residual is not None else None
-        res = ops.batch_norm_backward(grad, self._x, self.params.get("weight"), self._mean, self._invstd, y=self._y,
+        y = self._y
+        if y is None and self.activation is not None:  # fused: the output was never written
+            y = self._preactivation()  # its sign is the ReLU mask; kept in a buffer, not allocated
+        res = ops.batch_norm_backward(grad, self._x, self.params.get("weight"), self._mean, self._invstd, y=y,
                                       bias=self.params.get("bias"), residual=self._residual,
                                       activation=self.activation, layout=self.layout, needs=tuple(needs), out=gi,
                                       out_residual=gres)

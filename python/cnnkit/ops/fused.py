@@ -43,8 +43,9 @@ from .conv import _contig, _float_array, _Geom, _same_dtype, _work, conv2d, conv
 __all__ = ["conv2d_fused", "conv2d_fused_backward", "FusedConvGrads"]
 
 #: Output arrays the compiled epilogue fills with the statistics, in the order it takes them
-#: (float64 (C_out,) each). The norm kernels' scheme: sums of (y - shift) and (y - shift)^2.
-#: When the binding also returns the shift it uses, add "shift" here (the conversion reads it).
+#: (float64 (C_out,) each). The norm kernels' scheme: sums of (y - shift) and (y - shift)^2 with
+#: shift_k = y[0, k, 0, 0], the first value of channel k's reduction (cpp/include/cnnkit/conv.h);
+#: with stats there is no residual or ReLU, so the shift is read back from the output.
 _CORE_STATS = ("sum", "sumsq")
 
 _NEEDS = ("input", "weight", "bias", "pre_scale", "pre_shift", "residual", "conv_input")
@@ -243,6 +244,7 @@ def conv2d_fused(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = No
         if kernel is not None:
             last_kernel = str(kernel)
             if stats:
+                sums["shift"] = (y[0, 0, 0, :] if g.nhwc else y[0, :, 0, 0]).astype(np.float64)
                 mean, var = _stats_from_sums(sums, count)
                 return y, mean, var
             return y
