@@ -1247,6 +1247,10 @@ def examples(entry):
     if alg == "stem":
         return [Geo(2, 3, 32, 9, 10, 3, 3, 1, 1), Geo(1, 4, 64, 11, 9, 7, 7, 2, 3),
                 Geo(2, 2, 16, 6, 7, 3, 1, 1, 0)]
+    if how == "packed" and layout == "NCHW":  # output planes of 256 pixels or more
+        return [Geo(2, 12, 8, 16, 17, 3, 3, 1, 1), Geo(1, 17, 9, 32, 33, 1, 1, 2),
+                Geo(1, 16, 24, 16, 16, 1, 1), Geo(1, 33, 40, 33, 32, 3, 3, 2, 1),
+                Geo(1, 20, 70, 18, 20, 3, 3, 1, 1, 2)]
     if how == "packed":  # dense (G == 1); sizes across the register blocks
         return [Geo(2, 12, 8, 6, 7, 3, 3, 1, 1), Geo(2, 17, 9, 7, 6, 1, 1, 2), Geo(2, 16, 24, 5, 6, 1, 1),
                 Geo(1, 33, 40, 9, 8, 3, 3, 2, 1), Geo(1, 20, 70, 11, 13, 3, 3, 1, 1, 2)]
@@ -1285,6 +1289,9 @@ def entry_geometries(draw, entry):
     elif how == "packed":  # dense, reductions (C*kh*kw) of 64 or more
         groups = 1
         ci, co = draw(st.sampled_from((8, 16, 33, 64, 70))), draw(st.sampled_from((7, 16, 33, 64, 70)))
+        if layout == "NCHW":  # output planes of 256 pixels or more
+            n, stride, dilation = 1, 1, 1
+            h, w = draw(st.integers(16, 20)), draw(st.integers(16, 20))
     else:
         groups = draw(st.integers(1, 3))
         ci, co = groups * draw(st.integers(1, 9)), groups * draw(st.integers(1, 9))
@@ -1362,6 +1369,18 @@ def _gemm_reduction(args, pass_):
     return (k if pass_ == "input" and stride == 1 else c) * kh * kw
 
 
+def _gemm_plane(args, pass_):
+    """The pixels per image of the GEMM's output plane: Ho*Wo, or H*W for the input gradient at
+    stride 1 (the adjoint's forward pass writes the input plane)."""
+    (x_shape, w_shape, stride, padding, dilation, groups, layout) = args
+    h, w = (x_shape[2], x_shape[3]) if layout == "NCHW" else (x_shape[1], x_shape[2])
+    if pass_ == "input" and stride == 1:
+        return h * w
+    kh, kw = w_shape[2], w_shape[3]
+    return ((h + 2 * padding - dilation * (kh - 1) - 1) // stride + 1) * \
+        ((w + 2 * padding - dilation * (kw - 1) - 1) // stride + 1)
+
+
 def _first_supported(args, pass_, dtype):
     isa = cnnkit.build_info()["isa"]
     return next(e for e in TABLE if e.isa == isa and e.supports(*args, pass_=pass_, dtype=dtype))
@@ -1399,8 +1418,11 @@ CHOICES = [
 def test_selection_is_the_first_supporting_entry(isa, args, pass_, want, dtype):
     if dtype == F64:  # the stem kernel is float32 only
         want = want.replace("stem_f32", "gemm_{dt}").replace("f32", "{dt}")
-    elif want.startswith("gemm_") and _gemm_reduction(args, pass_) >= 64:
-        want += "_packed"  # float32 dense GEMMs with a long reduction run on cnnkit's own sgemm
+    elif want.startswith("gemm_") and _gemm_reduction(args, pass_) >= 64 and \
+            (args[-1] == "NHWC" or _gemm_plane(args, pass_) >= 256):
+        # float32 dense GEMMs with a long reduction run on cnnkit's own sgemm (NCHW: on output
+        # planes of 256 pixels or more, one GEMM per image)
+        want += "_packed"
     dt = {F32: "f32", F64: "f64"}[dtype]
     got = cnnkit.ops.conv2d_algorithm(*args, pass_=pass_, dtype=dtype)
     assert got == _first_supported(args, pass_, dtype).name

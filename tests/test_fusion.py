@@ -595,6 +595,33 @@ def test_subclass_overriding_forward_is_not_fused(spy):
     _assert_same_training(h_f, _train(_pairs(Scaled, np.random.default_rng(0)), xs, ls, False, eval_after=True))
 
 
+@pytest.mark.parametrize("block", ["basic", "bottleneck"])
+def test_instance_wrapped_modules_in_residual_blocks(block):
+    """A profiler wraps every module's forward/backward on the instance: those layers run on
+    their own (a wrapped last norm still takes the shortcut's residual) and the block gives the
+    unfused numbers (the wrapped last norm lost the residual before the fix: no residual gradient)."""
+    from cnnkit import models
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((4, 8, 8, 3)).astype(np.float32)
+    out = {}
+    for fuse in (True, False):
+        model = models.resnext_small(in_channels=3, num_classes=5, norm="batch", layout="NHWC", seed=0)
+        for name, m in model.named_modules():
+            if name and (block == "basic" or name.endswith("bn3")):
+                def fwd(*a, _f=m.forward, **k):
+                    return _f(*a, **k)
+
+                def bwd(*a, _f=m.backward, **k):
+                    return _f(*a, **k)
+                m.forward, m.backward = fwd, bwd
+        with nn.fusion(fuse):
+            y = model.forward(x)
+            gx = model.backward(np.ones_like(y), input_grad=True)
+        out[fuse] = [y.copy(), gx.copy()] + [g.copy() for g in model.gradients()]
+    for a, b in zip(out[True], out[False]):
+        assert_close(a, b, np.float32, length=1000, what=f"wrapped {block}")
+
+
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_guided_backprop_fused_matches_unfused(mode):
     xs, _ = _data((4, 3, 8, 8), 1, 4)

@@ -1054,7 +1054,9 @@ def _run(args, torch, blas, threads, names, batch, reps, warmup, psteps, gemm_n,
             print()
             title = (f"Where the time goes, {MODELS[n]} (profiling pass: {psteps} steps per "
                      f"configuration, round-robin, timers on every module; self times, median ms "
-                     f"per step, sorted by {cc}; x torch = {tc or 'torch'} / {cc})")
+                     f"per step, sorted by {cc}; x torch = {tc or 'torch'} / {cc}; the timers wrap "
+                     f"each layer, so cnnkit's layers run unfused here (cnnkit.nn.fusion applies only "
+                     f"to layers that are not wrapped): this is the unfused path's breakdown)")
             print(f"### {title}\n" if md else title)
             print(render_breakdown(rows, prof[cc], prof.get(tc), cc, tc, args.top, md))
             print()

@@ -1300,7 +1300,7 @@ def _fused_step(m: Module, x: np.ndarray, pending: tuple | None, nxt: Module | N
             return x, ("pre", m, pre)
         assert out is not None
         return out, None
-    return m(x), None
+    return (m(x) if residual is None else m(x, residual)), None
 
 
 def _fused_chain(mods: tuple, last: Module, x: np.ndarray, residual: np.ndarray) -> np.ndarray:
