@@ -2,7 +2,7 @@
 
 The public API is what a user reaches through ``__all__``: cnnkit's own, and recursively that of
 every module it lists (subpackages, and submodules such as ``cnnkit.augment.functional``), plus
-the console-script entry point ``cnnkit.cli.main``. For every public function, every public class
+``cnnkit.torch`` where torch is installed and the console-script entry point ``cnnkit.cli.main``. For every public function, every public class
 (its constructor) and every public method or property of those classes (inherited ones included,
 checked once where they are defined; ``__call__`` counts as public), the rules are:
 
@@ -131,6 +131,12 @@ def _public_api():
                     add(path, obj)
 
     walk(cnnkit)
+    try:  # the PyTorch backend: public where torch is installed (methods inherited from torch skip)
+        import cnnkit.torch as backend
+    except ImportError:
+        backend = None
+    if backend is not None:
+        walk(backend)
     for dotted in EXTRA:
         mod, name = dotted.rsplit(".", 1)
         add(dotted, getattr(importlib.import_module(mod), name))
