@@ -35,6 +35,13 @@ inline bool dw_nchw_blocked_shape(const Geom& g) {
          g.Ho * g.Wo <= (int64_t(1) << 20);
 }
 
+// Dense convolutions on small output planes (under 256 pixels: the deep layers of ImageNet
+// networks at small inputs). There one GEMM per image is a thin GEMM that re-reads the whole
+// weight tensor for a handful of rows, so the packed (own sgemm) entries run every pass as GEMMs
+// over the whole batch, cut into tiles of the output (conv_gemm.cpp, batched_*), and NCHW arrays
+// reach them through layout transposes.
+inline bool small_planes(const Geom& g) { return g.G == 1 && g.Ho * g.Wo < 256; }
+
 // Number of pieces a loop of `work` items is cut into, from the shape alone (never from the
 // thread count), so that reductions give the same bits at any thread count.
 inline int64_t pieces_for(int64_t items, int64_t min_per_piece, int64_t want = 32) {
