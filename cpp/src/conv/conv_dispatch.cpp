@@ -20,7 +20,8 @@
 //                          own packed sgemm (sgemm.cpp) in place of OpenBLAS (packed_shape(): the
 //                          measured rule)
 //   gemm_f32_nchw_transposed  the same on NCHW arrays with output planes under 256 pixels
-//                          (small_planes()): the NHWC packed entry between full-tensor transposes
+//                          (kh*kw > 1, or 1x1 where small_planes()): the NHWC packed entry
+//                          between full-tensor transposes
 //   gemm_*                 everything else: im2col + OpenBLAS GEMM (col2im for the input gradient)
 //
 // The input gradient at stride 1 is the forward pass of the adjoint convolution (dy convolved with
@@ -128,12 +129,13 @@ bool packed_shape(const Geom& g, Pass p) {
   return g.G == 1 && g.Cg() * g.kh * g.kw >= 64 && !(stem_shape(g) && p != Pass::input);
 }
 
-// Float32 dense problems whose stride-1 input gradient runs as GEMM + col2im on the whole batch
+// Float32 dense problems whose stride-1 input gradient runs as GEMM (+ col2im) on the whole batch
 // (conv_gemm.cpp, batched_backward_input) instead of as the adjoint's forward pass, which would
 // first lay out the flipped, transposed weights (9.4 MB for 3x3 512->512) on one thread.
+// (For 1x1 kernels the GEMM writes dx directly, with w as it is; the adjoint would transpose w.)
 bool scatter_input(const Geom& g) {
   const int64_t k2 = g.kh * g.kw;
-  return k2 > 1 && small_planes(g) && g.Cg() * k2 >= 64 && g.Kg() * k2 >= 64;
+  return small_planes(g) && g.Cg() * k2 >= 64 && g.Kg() * k2 >= 64;
 }
 
 // w'[g*Cg + c, ko, i, j] = w[g*Kg + ko, c, kh-1-i, kw-1-j]: shape (C, Kg, kh, kw).
@@ -275,8 +277,11 @@ bool sup_packed_nhwc(const Kernels&, const Geom& g, DType, Pass p) { return g.nh
 // OpenBLAS GEMM per image that re-read all the weights (2 threads, N = 16, median ms, forward /
 // input / weight gradient: 3x3 512@2x2 6.0 / 8.0 / 7.3 -> 2.7 / 2.2 / 1.9; 256@4x4 2.8 / 3.3 /
 // 4.6 -> 1.8 / 1.7 / 1.9).
+// 1x1 convolutions keep the per-image OpenBLAS GEMMs unless small_planes() (N = 64, 128->256 at
+// 8x8, 1 thread: forward 3.5 against 5.4 ms through the transposes; at stride 2 from 16x16, 4.7
+// against 11.5).
 bool sup_packed_nchw_transposed(const Kernels&, const Geom& g, DType, Pass p) {
-  return !g.nhwc && packed_shape(g, p) && small_planes(g);
+  return !g.nhwc && g.G == 1 && packed_shape(g, p) && g.Ho * g.Wo < 256 && (g.kh * g.kw > 1 || small_planes(g));
 }
 bool sup_gemm_nchw(const Kernels&, const Geom& g, DType, Pass) { return !g.nhwc; }
 bool sup_gemm_nhwc(const Kernels&, const Geom& g, DType, Pass) { return g.nhwc; }

@@ -517,11 +517,13 @@ void batched_backward_weight(const float* dy, const float* x, float* dw, const G
 }
 
 // Input gradient (any stride): dcol (rows x KK) = dY (rows x K) . w (K x KK, as it is), then col2im
-// by images (each image's rows by one thread, in row order).
+// by images (each image's rows by one thread, in row order); a 1x1 kernel at stride 1 without
+// padding writes dx directly.
 void batched_backward_input(const float* dy, const float* w, float* dx, const Geom& g) {
   const int64_t P = g.Ho * g.Wo, K = g.K, KK = g.C * g.kh * g.kw, img = g.H * g.W * g.C;
-  const int64_t nb = batch_images(g, KK), blocks = ceil_div(g.N, nb);
-  float* col = scratch<float>(kBatchSlot, nb * P * KK);
+  const bool direct = reads_x_directly(g);
+  const int64_t nb = direct ? g.N : batch_images(g, KK), blocks = ceil_div(g.N, nb);
+  float* col = direct ? dx : scratch<float>(kBatchSlot, nb * P * KK);
   for (int64_t blk = 0; blk < blocks; ++blk) {
     const int64_t n0 = blk * nb, nn = std::min(nb, g.N - n0), R0 = n0 * P, rows = nn * P;
     const Tiles t = tiles(rows, KK);
@@ -529,8 +531,10 @@ void batched_backward_input(const float* dy, const float* w, float* dx, const Ge
     for (int64_t u = 0; u < t.count(); ++u) {
       const int64_t i0 = (u / t.n.count) * t.m.chunk, nr = std::min(rows - i0, t.m.chunk);
       const int64_t j0 = (u % t.n.count) * t.n.chunk, nj = std::min(KK - j0, t.n.chunk);
-      gemm_t<true>(false, false, nr, nj, K, dy + (R0 + i0) * K, K, w + j0, KK, 0.0f, col + i0 * KK + j0, KK);
+      gemm_t<true>(false, false, nr, nj, K, dy + (R0 + i0) * K, K, w + j0, KK, 0.0f,
+                   (direct ? dx + R0 * KK : col) + i0 * KK + j0, KK);
     }
+    if (direct) continue;
 #pragma omp parallel for schedule(static) num_threads(num_threads())
     for (int64_t n = n0; n < n0 + nn; ++n) {
       std::fill(dx + n * img, dx + (n + 1) * img, 0.0f);
