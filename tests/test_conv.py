@@ -1251,9 +1251,22 @@ def examples(entry):
         return [Geo(2, 12, 8, 16, 17, 3, 3, 1, 1), Geo(1, 17, 9, 32, 33, 1, 1, 2),
                 Geo(1, 16, 24, 16, 16, 1, 1), Geo(1, 33, 40, 33, 32, 3, 3, 2, 1),
                 Geo(1, 20, 70, 18, 20, 3, 3, 1, 1, 2)]
-    if how == "packed":  # dense (G == 1); sizes across the register blocks
-        return [Geo(2, 12, 8, 6, 7, 3, 3, 1, 1), Geo(2, 17, 9, 7, 6, 1, 1, 2), Geo(2, 16, 24, 5, 6, 1, 1),
-                Geo(1, 33, 40, 9, 8, 3, 3, 2, 1), Geo(1, 20, 70, 11, 13, 3, 3, 1, 1, 2)]
+    if how == "transposed":  # dense, NCHW output planes under 256 pixels (whole-batch GEMMs)
+        # (kh*kw > 1, or 1x1 with C >= 1024 or 2^18 weights); C*kh*kw >= 1024 or 2^18 weights run
+        # whole-batch GEMMs in the NHWC entry
+        return [Geo(2, 12, 8, 6, 7, 3, 3, 1, 1), Geo(3, 1024, 40, 2, 2, 1, 1), Geo(2, 16, 24, 5, 6, 3, 1),
+                Geo(1, 33, 40, 9, 8, 3, 3, 2, 1), Geo(2, 20, 70, 11, 13, 3, 3, 1, 1, 2),
+                Geo(5, 64, 36, 2, 3, 3, 3, 1, 1), Geo(20, 128, 100, 4, 4, 3, 3, 1, 1),
+                Geo(2, 120, 70, 9, 8, 3, 3, 2, 1), Geo(3, 400, 16, 14, 14, 3, 3, 1, 1)]
+    if how == "packed":  # dense (G == 1); sizes across the register blocks; planes under 256
+        # pixels with C*kh*kw >= 1024 or 2^18 weights run as whole-batch GEMMs (row and column
+        # tiles, blocks of images, 1x1 in place, stride 2), the rest as one GEMM per row chunk
+        return [Geo(2, 12, 8, 6, 7, 3, 3, 1, 1), Geo(3, 17, 9, 7, 6, 1, 1, 2), Geo(2, 16, 24, 5, 6, 1, 1),
+                Geo(1, 33, 40, 9, 8, 3, 3, 2, 1), Geo(2, 20, 70, 11, 13, 3, 3, 1, 1, 2),
+                Geo(5, 64, 36, 2, 3, 3, 3, 1, 1), Geo(2, 80, 300, 4, 4, 3, 3, 1, 1),
+                Geo(20, 128, 100, 4, 4, 3, 3, 1, 1), Geo(3, 400, 16, 14, 14, 3, 3, 1, 1),
+                Geo(3, 1024, 40, 2, 2, 1, 1), Geo(2, 120, 70, 9, 8, 3, 3, 2, 1), Geo(2, 64, 4096, 3, 2, 1, 1),
+                Geo(1, 12, 40, 16, 17, 3, 3, 1, 1), Geo(1, 16, 24, 16, 16, 1, 1)]
     return [Geo(2, 12, 8, 6, 7, 3, 3, 1, 1), Geo(2, 17, 9, 7, 6, 1, 1, 2),
             Geo(1, 6, 4, 8, 9, 3, 2, (2, 1), (1, 0), 2, groups=2), Geo(2, 16, 24, 5, 6, 1, 1)]
 
@@ -1286,12 +1299,16 @@ def entry_geometries(draw, entry):
                 (padding[0], R.pair(dilation)[1] * (kw - 1) // 2 + 1)
     elif alg == "stem":
         ci, co, groups = draw(st.integers(2, 4)), draw(st.sampled_from((16, 32, 48, 64))), 1
-    elif how == "packed":  # dense, reductions (C*kh*kw) of 64 or more
+    elif how == "packed":  # dense, reductions (C*kh*kw) of 64 or more (1024 or more: whole batch)
         groups = 1
-        ci, co = draw(st.sampled_from((8, 16, 33, 64, 70))), draw(st.sampled_from((7, 16, 33, 64, 70)))
+        ci, co = draw(st.sampled_from((8, 16, 33, 64, 70, 128))), draw(st.sampled_from((7, 16, 33, 64, 70)))
         if layout == "NCHW":  # output planes of 256 pixels or more
             n, stride, dilation = 1, 1, 1
             h, w = draw(st.integers(16, 20)), draw(st.integers(16, 20))
+    elif alg == "gemm" and how == "transposed":  # dense, reductions of 64 or more, small planes
+        groups = 1
+        ci, co = draw(st.sampled_from((8, 16, 33, 64, 70, 128))), draw(st.sampled_from((7, 16, 33, 64, 70)))
+        n = draw(st.integers(1, 5))
     else:
         groups = draw(st.integers(1, 3))
         ci, co = groups * draw(st.integers(1, 9)), groups * draw(st.integers(1, 9))
@@ -1404,6 +1421,11 @@ CHOICES = [
     (((2, 16, 8, 8), (8, 16, 1, 1), 1, 0, 1, 1, "NCHW"), "forward", "gemm_{dt}_nchw"),
     (((2, 64, 8, 8), (32, 64, 3, 3), 1, 1, 1, 1, "NCHW"), "forward", "gemm_{dt}_nchw"),
     (((2, 8, 8, 64), (32, 64, 1, 1), 1, 0, 1, 1, "NHWC"), "weight", "gemm_{dt}_nhwc"),
+    (((2, 64, 8, 8), (32, 64, 3, 3), 1, 1, 1, 1, "NCHW"), "input", "gemm_{dt}_nchw"),
+    (((2, 64, 8, 8), (32, 64, 3, 3), 1, 1, 1, 1, "NCHW"), "weight", "gemm_{dt}_nchw"),
+    (((2, 512, 2, 2), (2048, 512, 1, 1), 1, 0, 1, 1, "NCHW"), "forward", "gemm_{dt}_nchw"),
+    (((2, 512, 2, 2), (2048, 512, 1, 1), 1, 0, 1, 1, "NCHW"), "input", "gemm_{dt}_nchw"),
+    (((2, 128, 8, 8), (256, 128, 1, 1), 1, 0, 1, 1, "NCHW"), "forward", "gemm_{dt}_nchw"),
     (((2, 3, 32, 32), (32, 3, 3, 3), 1, 1, 1, 1, "NCHW"), "forward", "gemm_{dt}_nchw"),
     (((2, 16, 8, 8), (8, 16, 3, 3), 2, 1, 1, 1, "NCHW"), "input", "gemm_{dt}_nchw"),
     (((2, 32, 32, 3), (32, 3, 3, 3), 1, 1, 1, 1, "NHWC"), "forward", "stem_f32_nhwc"),
@@ -1418,11 +1440,20 @@ CHOICES = [
 def test_selection_is_the_first_supporting_entry(isa, args, pass_, want, dtype):
     if dtype == F64:  # the stem kernel is float32 only
         want = want.replace("stem_f32", "gemm_{dt}").replace("f32", "{dt}")
-    elif want.startswith("gemm_") and _gemm_reduction(args, pass_) >= 64 and \
-            (args[-1] == "NHWC" or _gemm_plane(args, pass_) >= 256):
+    elif want.startswith("gemm_") and _gemm_reduction(args, pass_) >= 64:
         # float32 dense GEMMs with a long reduction run on cnnkit's own sgemm (NCHW: on output
-        # planes of 256 pixels or more, one GEMM per image)
-        want += "_packed"
+        # planes of 256 pixels or more, one GEMM per image; smaller planes through transposes
+        # around the NHWC entry's whole-batch GEMMs)
+        # (and only for kh*kw > 1, or 1x1 with a reduction of 1024 or more or 2^18 weights)
+        k, c, kh, kw = args[1]
+
+        def small(ci, co):
+            return ci * kh * kw >= 1024 or co * ci * kh * kw >= 2**18
+
+        if args[-1] == "NHWC" or _gemm_plane(args, pass_) >= 256:
+            want += "_packed"
+        elif kh * kw > 1 or small(c, k) or (pass_ == "input" and args[2] == 1 and small(k, c)):
+            want += "_transposed"
     dt = {F32: "f32", F64: "f64"}[dtype]
     got = cnnkit.ops.conv2d_algorithm(*args, pass_=pass_, dtype=dtype)
     assert got == _first_supported(args, pass_, dtype).name

@@ -184,6 +184,18 @@ def test_conv2d_fused_every_option(layout, dtype):
                         _check_case(dict(base, bias=bias, scale=scale, shift=shift, pre_relu=pre_relu, epi=epi))
 
 
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("shape", [dict(N=20, C=128, K=100, H=4, W=4), dict(N=3, C=400, K=16, H=14, W=14)],
+                         ids=["tiles", "blocks"])
+def test_conv2d_fused_whole_batch_path(layout, shape):
+    """Small planes with long reductions run whole-batch GEMMs (conv_gemm.cpp, batched_forward):
+    several row and column tiles, and (C = 400 at 14x14) more than one block of images."""
+    base = dict(kh=3, kw=3, groups=1, stride=1, padding=1, dilation=1, layout=layout, dtype=np.float32, seed=5,
+                bias=True, scale=True, shift=True, pre_relu=True, **shape)
+    for epi in ("stats", "res_relu"):
+        _check_case(dict(base, epi=epi))
+
+
 def test_reference_path_is_the_unfused_composition(monkeypatch):
     """Without the compiled kernel the fused op is bitwise the composition of existing ops."""
     monkeypatch.delattr(_core, "conv2d_fused", raising=False)

@@ -19,10 +19,15 @@
 //                          (C*kh*kw) that the stem kernel does not take: the GEMM path on cnnkit's
 //                          own packed sgemm (sgemm.cpp) in place of OpenBLAS (packed_shape(): the
 //                          measured rule)
+//   gemm_f32_nchw_transposed  the same on NCHW arrays with output planes under 256 pixels
+//                          (kh*kw > 1, or 1x1 where small_planes()): the NHWC packed entry
+//                          between full-tensor transposes
 //   gemm_*                 everything else: im2col + OpenBLAS GEMM (col2im for the input gradient)
 //
 // The input gradient at stride 1 is the forward pass of the adjoint convolution (dy convolved with
-// the flipped, transposed weights, padding (k-1)*d - p), so it takes the forward entries.
+// the flipped, transposed weights, padding (k-1)*d - p), so it takes the forward entries; except
+// for float32 dense kh x kw > 1 problems on small planes (scatter_input()), where the packed
+// entries compute it as one GEMM with the weights as they are plus col2im.
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
@@ -122,6 +127,15 @@ bool unit_stride(const Geom& g) { return g.sh == 1 && g.sw == 1; }
 // of the 1x1 144->24 layer (a 24-long reduction) ran 4.5 vs 3.4 ms (1 thread, N = 8).
 bool packed_shape(const Geom& g, Pass p) {
   return g.G == 1 && g.Cg() * g.kh * g.kw >= 64 && !(stem_shape(g) && p != Pass::input);
+}
+
+// Float32 dense problems whose stride-1 input gradient runs as GEMM (+ col2im) on the whole batch
+// (conv_gemm.cpp, batched_backward_input) instead of as the adjoint's forward pass, which would
+// first lay out the flipped, transposed weights (9.4 MB for 3x3 512->512) on one thread.
+// (For 1x1 kernels the GEMM writes dx directly, with w as it is; the adjoint would transpose w.)
+bool scatter_input(const Geom& g) {
+  const int64_t k2 = g.kh * g.kw;
+  return small_planes(g) && g.Cg() * k2 >= 64 && g.Kg() * k2 >= 64;
 }
 
 // w'[g*Cg + c, ko, i, j] = w[g*Kg + ko, c, kh-1-i, kw-1-j]: shape (C, Kg, kh, kw).
@@ -259,6 +273,16 @@ bool sup_packed_nchw(const Kernels&, const Geom& g, DType, Pass p) {
   return !g.nhwc && packed_shape(g, p) && g.Ho * g.Wo >= 256;
 }
 bool sup_packed_nhwc(const Kernels&, const Geom& g, DType, Pass p) { return g.nhwc && packed_shape(g, p); }
+// Smaller planes: the NHWC entry's whole-batch GEMMs between layout transposes, in place of one
+// OpenBLAS GEMM per image that re-read all the weights (2 threads, N = 16, median ms, forward /
+// input / weight gradient: 3x3 512@2x2 6.0 / 8.0 / 7.3 -> 2.7 / 2.2 / 1.9; 256@4x4 2.8 / 3.3 /
+// 4.6 -> 1.8 / 1.7 / 1.9).
+// 1x1 convolutions keep the per-image OpenBLAS GEMMs unless small_planes() (N = 64, 128->256 at
+// 8x8, 1 thread: forward 3.5 against 5.4 ms through the transposes; at stride 2 from 16x16, 4.7
+// against 11.5).
+bool sup_packed_nchw_transposed(const Kernels&, const Geom& g, DType, Pass p) {
+  return !g.nhwc && g.G == 1 && packed_shape(g, p) && g.Ho * g.Wo < 256 && (g.kh * g.kw > 1 || small_planes(g));
+}
 bool sup_gemm_nchw(const Kernels&, const Geom& g, DType, Pass) { return !g.nhwc; }
 bool sup_gemm_nhwc(const Kernels&, const Geom& g, DType, Pass) { return g.nhwc; }
 
@@ -279,6 +303,8 @@ const Variant kVariants[] = {
     CNNKIT_CONV_DW("f32", DType::f32),
     {"conv2d_gemm_f32_nchw_packed", DType::f32, kAll, sup_packed_nchw, run_packed},
     {"conv2d_gemm_f32_nhwc_packed", DType::f32, kAll, sup_packed_nhwc, run_packed},
+    {"conv2d_gemm_f32_nchw_transposed", DType::f32, kAll, sup_packed_nchw_transposed,
+     run_transposed<run_packed, false>},
     CNNKIT_CONV_GROUPED("f32", DType::f32),
     CNNKIT_CONV_DW("f64", DType::f64),
     CNNKIT_CONV_GROUPED("f64", DType::f64),
@@ -312,7 +338,7 @@ std::atomic<int> g_forced{-1};
 
 // For the input gradient at stride 1 the entries are asked about the adjoint's forward problem.
 Problem effective(const Problem& p) {
-  if (p.pass == Pass::input && unit_stride(p.g)) return Problem{adjoint(p.g), p.dt, Pass::forward};
+  if (p.pass == Pass::input && unit_stride(p.g) && !(p.dt == DType::f32 && scatter_input(p.g))) return Problem{adjoint(p.g), p.dt, Pass::forward};
   return p;
 }
 
@@ -379,7 +405,8 @@ const char* forward_fused(const float* x, const float* w, const float* b, float*
   // it fused (the direct depthwise and grouped kernels have no fused form).
   const auto& t = table();
   const Entry& plain = t[select_effective(Problem{g, DType::f32, Pass::forward})];
-  if (plain.v->run != run_gemm && plain.v->run != run_packed && plain.v->run != run_stem)
+  if (plain.v->run != run_gemm && plain.v->run != run_packed && plain.v->run != run_stem &&
+      plain.v->run != run_transposed<run_packed, false>)
     throw value_error(std::string("conv2d_fused: no fused kernel for this problem (the registry runs ") + plain.name +
                       ")");
   const std::string want = std::string(g.nhwc ? "conv2d_gemm_f32_nhwc_packed__" : "conv2d_gemm_f32_nchw_packed__") +
@@ -416,7 +443,7 @@ void forward(DType dt, const void* x, const void* w, const void* b, void* y, con
 void backward_input(DType dt, const void* dy, const void* w, void* dx, const Geom& g) {
   check_dims(g);
   if (g.N == 0 || g.C == 0 || g.H * g.W == 0) return;
-  if (unit_stride(g)) {  // the forward pass of the adjoint convolution
+  if (unit_stride(g) && !(dt == DType::f32 && scatter_input(g))) {  // the adjoint's forward pass
     const Geom a = adjoint(g);
     const Problem q{a, dt, Pass::forward};
     const int i = select_effective(q);  // before the weights are transposed: may throw

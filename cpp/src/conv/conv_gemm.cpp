@@ -367,6 +367,182 @@ const T* residual_of(const Fused* fu) {
     return nullptr;
 }
 
+// ---- small output planes: whole-batch GEMMs over fixed tiles (small_planes(), G == 1) ----------
+// One GEMM per image (or per 16-row chunk) re-reads and re-packs the whole weight tensor for a
+// handful of rows: the NHWC forward of 3x3 512->512 at 2x2 (N = 16) packed its 9.4 MB of weights
+// four times after laying them out once more, and the weight gradient ran on one thread. Here the
+// N*P pixels of the batch are the rows of one GEMM per pass, taken in blocks of whole images:
+// each block's im2col is built by all threads into one shared buffer, with columns ordered
+// (c, i, j) like w's rows, so the weights are read in place; then the block's GEMM is cut into
+// tiles of its output, from the shape alone, that the threads share. Every output element is one
+// sgemm sum (its bits depend on the reduction length and the ISA level only), so the results do
+// not depend on the thread count.
+
+// Rows [r0, r1) of the batch (row r: image r / P, pixel r % P):
+// col[(r - r0)*KK + c*kh*kw + i*kw + j] = prologue(x[n, ih, iw, c]) (0 in the padding).
+void im2col_cij(const float* x, const Geom& g, int64_t r0, int64_t r1, float* col, const Prologue* f) {
+  const int64_t P = g.Ho * g.Wo, C = g.C, k2 = g.kh * g.kw, KK = C * k2;
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t n = r / P, p = r % P, oh = p / g.Wo, ow = p % g.Wo;
+    float* row = col + (r - r0) * KK;
+    const float* xn = x + n * g.H * g.W * C;
+    for (int64_t i = 0; i < g.kh; ++i) {
+      const int64_t ih = oh * g.sh + i * g.dh - g.pt;
+      for (int64_t j = 0; j < g.kw; ++j) {
+        const int64_t iw = ow * g.sw + j * g.dw - g.pl;
+        float* d = row + i * g.kw + j;
+        if (ih < 0 || ih >= g.H || iw < 0 || iw >= g.W) {
+          for (int64_t c = 0; c < C; ++c) d[c * k2] = 0.0f;
+          continue;
+        }
+        const float* s = xn + (ih * g.W + iw) * C;
+        if (f)
+          for (int64_t c = 0; c < C; ++c) d[c * k2] = apply(s[c], f, c);
+        else
+          for (int64_t c = 0; c < C; ++c) d[c * k2] = s[c];
+      }
+    }
+  }
+}
+
+// The adjoint: dx[n, ih, iw, c] += col[...] over rows [r0, r1) (same shape and order).
+void col2im_cij(const float* col, const Geom& g, int64_t r0, int64_t r1, float* dx) {
+  const int64_t P = g.Ho * g.Wo, C = g.C, k2 = g.kh * g.kw, KK = C * k2;
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t n = r / P, p = r % P, oh = p / g.Wo, ow = p % g.Wo;
+    const float* row = col + (r - r0) * KK;
+    float* dxn = dx + n * g.H * g.W * C;
+    for (int64_t i = 0; i < g.kh; ++i) {
+      const int64_t ih = oh * g.sh + i * g.dh - g.pt;
+      if (ih < 0 || ih >= g.H) continue;
+      for (int64_t j = 0; j < g.kw; ++j) {
+        const int64_t iw = ow * g.sw + j * g.dw - g.pl;
+        if (iw < 0 || iw >= g.W) continue;
+        const float* s = row + i * g.kw + j;
+        float* d = dxn + (ih * g.W + iw) * C;
+        for (int64_t c = 0; c < C; ++c) d[c] += s[c * k2];
+      }
+    }
+  }
+}
+
+// Images per block: the block's im2col (P*KK floats an image) within 8 MiB, at least one image.
+int64_t batch_images(const Geom& g, int64_t KK) {
+  return std::max<int64_t>(1, std::min<int64_t>(g.N, (int64_t(2) << 20) / std::max<int64_t>(1, g.Ho * g.Wo * KK)));
+}
+
+// Tiles of an M x N output: rows in pieces of at most 256 (the sgemm's MC), columns in pieces of
+// a multiple of 32 (two register blocks) and at least 64, about 8 tiles in all.
+struct Tiles {
+  Split m, n;
+  int64_t count() const { return m.count * n.count; }
+};
+Tiles tiles(int64_t M, int64_t N) {
+  const Split m = split(M, 256);
+  const int64_t want = ceil_div(8, m.count);
+  const int64_t cn = std::max<int64_t>(64, (ceil_div(N, want) + 31) / 32 * 32);
+  return Tiles{m, split(N, cn)};
+}
+
+// Forward: Y (rows x K) = col (rows x KK) . w^T, w read in place as B = (KK x K) with unit row
+// stride; the fused prologue/epilogue of fu as in forward_nhwc.
+void batched_forward(const float* x, const float* w, const float* b, float* y, const Geom& g, const Fused* fu) {
+  const int64_t P = g.Ho * g.Wo, K = g.K, KK = g.C * g.kh * g.kw;
+  const bool direct = reads_x_directly(g);
+  const int64_t nb = direct ? g.N : batch_images(g, KK), blocks = ceil_div(g.N, nb);
+  const int64_t mt_max = split(nb * P, 256).count;  // row tiles of a full block
+  const bool stats = fu && fu->stats_sum;
+  const StatParts st = stats ? stat_parts(blocks * mt_max, K) : StatParts{};
+  const float* residual = residual_of<float>(fu);
+  const bool relu = fu && fu->post_relu;
+  Prologue pstore;
+  const Prologue* pf = group_prologue(fu, 0, g.C, &pstore);
+  float* col = direct ? nullptr : scratch<float>(kBatchSlot, nb * P * KK);
+  isa_vector<int64_t> order;
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    const int64_t R0 = blk * nb * P, rows = std::min(nb, g.N - blk * nb) * P;
+    if (!direct) {
+      const int64_t pieces = ceil_div(rows, 16);
+#pragma omp parallel for schedule(static) num_threads(num_threads())
+      for (int64_t q = 0; q < pieces; ++q)
+        im2col_cij(x, g, R0 + q * 16, R0 + std::min(rows, q * 16 + 16), col + q * 16 * KK, pf);
+    }
+    const Tiles t = tiles(rows, K);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads())
+    for (int64_t u = 0; u < t.count(); ++u) {
+      const int64_t im = u / t.n.count, jn = u % t.n.count;
+      const int64_t i0 = im * t.m.chunk, nr = std::min(rows - i0, t.m.chunk);
+      const int64_t k0 = jn * t.n.chunk, nk = std::min(K - k0, t.n.chunk);
+      const float* A = direct ? x + (R0 + i0) * g.C : col + i0 * KK;
+      float* yr = y + (R0 + i0) * K + k0;
+      gemm_t<true>(false, true, nr, nk, KK, A, KK, w + k0 * KK, KK, 0.0f, yr, K, direct ? pf : nullptr, nullptr);
+      const int64_t su = blk * mt_max + im;  // the statistics unit: this row tile
+      if (stats && jn == 0) st.cnt[su] = nr;
+      epilogue_pm(yr, K, nr, nk, b ? b + k0 : nullptr, residual ? residual + (R0 + i0) * K + k0 : nullptr, relu,
+                  stats ? st.s1 + su * K + k0 : nullptr, stats ? st.s2 + su * K + k0 : nullptr,
+                  stats ? st.sh + su * K + k0 : nullptr);
+    }
+    if (stats)
+      for (int64_t im = 0; im < t.m.count; ++im) order.push_back(blk * mt_max + im);
+  }
+  if (!stats) return;
+  for (int64_t kk = 0; kk < K; ++kk)
+    combine_stats(st, K, order.data(), int64_t(order.size()), kk, fu->stats_sum + kk, fu->stats_sumsq + kk);
+}
+
+// Weight gradient: dW (K x KK, w's own layout) = sum over blocks of dY^T (K x rows) . col.
+void batched_backward_weight(const float* dy, const float* x, float* dw, const Geom& g) {
+  const int64_t P = g.Ho * g.Wo, K = g.K, KK = g.C * g.kh * g.kw;
+  const bool direct = reads_x_directly(g);
+  const int64_t nb = direct ? g.N : batch_images(g, KK), blocks = ceil_div(g.N, nb);
+  float* col = direct ? nullptr : scratch<float>(kBatchSlot, nb * P * KK);
+  const Tiles t = tiles(K, KK);
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    const int64_t R0 = blk * nb * P, rows = std::min(nb, g.N - blk * nb) * P;
+    if (!direct) {
+      const int64_t pieces = ceil_div(rows, 16);
+#pragma omp parallel for schedule(static) num_threads(num_threads())
+      for (int64_t q = 0; q < pieces; ++q)
+        im2col_cij(x, g, R0 + q * 16, R0 + std::min(rows, q * 16 + 16), col + q * 16 * KK, nullptr);
+    }
+    const float* B = direct ? x + R0 * g.C : col;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads())
+    for (int64_t u = 0; u < t.count(); ++u) {
+      const int64_t k0 = (u / t.n.count) * t.m.chunk, nk = std::min(K - k0, t.m.chunk);
+      const int64_t j0 = (u % t.n.count) * t.n.chunk, nj = std::min(KK - j0, t.n.chunk);
+      gemm_t<true>(true, false, nk, nj, rows, dy + R0 * K + k0, K, B + j0, KK, blk ? 1.0f : 0.0f,
+                   dw + k0 * KK + j0, KK);
+    }
+  }
+}
+
+// Input gradient (any stride): dcol (rows x KK) = dY (rows x K) . w (K x KK, as it is), then col2im
+// by images (each image's rows by one thread, in row order); a 1x1 kernel at stride 1 without
+// padding writes dx directly.
+void batched_backward_input(const float* dy, const float* w, float* dx, const Geom& g) {
+  const int64_t P = g.Ho * g.Wo, K = g.K, KK = g.C * g.kh * g.kw, img = g.H * g.W * g.C;
+  const bool direct = reads_x_directly(g);
+  const int64_t nb = direct ? g.N : batch_images(g, KK), blocks = ceil_div(g.N, nb);
+  float* col = direct ? dx : scratch<float>(kBatchSlot, nb * P * KK);
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    const int64_t n0 = blk * nb, nn = std::min(nb, g.N - n0), R0 = n0 * P, rows = nn * P;
+    const Tiles t = tiles(rows, KK);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads())
+    for (int64_t u = 0; u < t.count(); ++u) {
+      const int64_t i0 = (u / t.n.count) * t.m.chunk, nr = std::min(rows - i0, t.m.chunk);
+      const int64_t j0 = (u % t.n.count) * t.n.chunk, nj = std::min(KK - j0, t.n.chunk);
+      gemm_t<true>(false, false, nr, nj, K, dy + (R0 + i0) * K, K, w + j0, KK, 0.0f,
+                   (direct ? dx + R0 * KK : col) + i0 * KK + j0, KK);
+    }
+    if (direct) continue;
+#pragma omp parallel for schedule(static) num_threads(num_threads())
+    for (int64_t n = n0; n < n0 + nn; ++n) {
+      std::fill(dx + n * img, dx + (n + 1) * img, 0.0f);
+      col2im_cij(col + (n - n0) * P * KK, g, n * P, (n + 1) * P, dx);
+    }
+  }
+}
+
 // fu (float32, Own only): the fused prologue and epilogue; null for a plain forward pass.
 template <typename T, bool Own>
 void forward_nchw(const T* x, const T* w, const T* b, T* y, const Geom& g, const Fused* fu) {
@@ -433,6 +609,8 @@ const T* weights_ijc_k(const T* w, const Geom& g) {
 
 template <typename T, bool Own>
 void forward_nhwc(const T* x, const T* w, const T* b, T* y, const Geom& g, const Fused* fu) {
+  if constexpr (Own && std::is_same_v<T, float>)
+    if (small_planes(g)) return batched_forward(x, w, b, y, g, fu);
   const int64_t P = g.Ho * g.Wo, Cg = g.Cg(), Kg = g.Kg(), KK = Cg * g.kh * g.kw, R = g.N * P;
   const bool direct = reads_x_directly(g);
   const T* wt = weights_ijc_k(w, g);
@@ -509,6 +687,8 @@ int64_t wgrad_pieces(const Geom& g, size_t elem) {
 
 template <typename T, bool Own>
 void backward_weight_gemm(const T* dy, const T* x, T* dw, const Geom& g) {
+  if constexpr (Own && std::is_same_v<T, float>)
+    if (g.nhwc && small_planes(g)) return batched_backward_weight(dy, x, dw, g);
   const int64_t P = g.Ho * g.Wo, Cg = g.Cg(), Kg = g.Kg(), k2 = g.kh * g.kw, KK = Cg * k2, HW = g.H * g.W;
   const bool direct = reads_x_directly(g);
   const int64_t rows = g.N * P, pieces = wgrad_pieces(g, sizeof(T));
@@ -610,6 +790,8 @@ void backward_input_nchw(const T* dy, const T* w, T* dx, const Geom& g) {
 
 template <typename T, bool Own>
 void backward_input_nhwc(const T* dy, const T* w, T* dx, const Geom& g) {
+  if constexpr (Own && std::is_same_v<T, float>)
+    if (small_planes(g)) return batched_backward_input(dy, w, dx, g);
   const int64_t P = g.Ho * g.Wo, Cg = g.Cg(), Kg = g.Kg(), k2 = g.kh * g.kw, KK = Cg * k2;
   const Split cs = split(Cg, channel_chunk(g));
   // Weights per (group, channel chunk) as a Kg x (kh*kw*cc) block, columns ordered (i, j, c).

@@ -35,6 +35,20 @@ inline bool dw_nchw_blocked_shape(const Geom& g) {
          g.Ho * g.Wo <= (int64_t(1) << 20);
 }
 
+// Dense convolutions on small output planes (under 256 pixels) with long reductions (C*kh*kw of
+// 1024 or more) or large weights (2^18 values or more): the deep layers of ImageNet networks at
+// small inputs. There the GEMM of one image or of one L2-sized row chunk (at most 64 rows) is a
+// thin GEMM that re-packs the whole weight tensor for a handful of rows, after a scalar re-layout
+// of the weights (1x1 512->2048 at 2x2, N = 16, 1 thread: 8.1 ms forward, 2.7 in whole-batch
+// GEMMs), so the packed (own sgemm) entries run every pass as GEMMs over the whole batch, cut into
+// tiles of the output (conv_gemm.cpp, batched_*). The rest keep the row chunks: at C*kh*kw = 576
+// and 288 with 37K weights (N = 64, 8x8, 1 thread) the whole-batch GEMMs were 1.2-1.35x slower
+// (the im2col block leaves L2).
+inline bool small_planes(const Geom& g) {
+  const int64_t kk = g.Cg() * g.kh * g.kw;
+  return g.G == 1 && g.Ho * g.Wo < 256 && (kk >= 1024 || g.K * kk >= (int64_t(1) << 18));
+}
+
 // Number of pieces a loop of `work` items is cut into, from the shape alone (never from the
 // thread count), so that reductions give the same bits at any thread count.
 inline int64_t pieces_for(int64_t items, int64_t min_per_piece, int64_t want = 32) {

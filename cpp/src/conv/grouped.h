@@ -332,8 +332,11 @@ void grouped_backward_input_direct(const T* dy, const T* w, T* dx, const Geom& g
 // part[p] laid out [tap][cv][ci][VL]. The piece is walked in chunks of up to R output rows of one
 // image whose filled input rows fit in about 512 KiB; within a chunk, register accumulators for
 // (channel vectors) x (3 taps of a kernel row) x (in-group indices) run over the chunk's pixels.
+// Each piece is further cut into `cblocks` ranges of channel vectors (disjoint outputs, same sums),
+// so that tiny planes, with too few pixels for many pieces, still give the threads work.
 template <typename T, int CPG>
-void grouped_weight_partials_direct(const T* dy, const T* x, T* part, int64_t pieces, const Geom& g) {
+void grouped_weight_partials_direct(const T* dy, const T* x, T* part, int64_t pieces, int64_t cblocks,
+                                    const Geom& g) {
   using Tr = GroupedTraits<T, CPG>;
   constexpr int VL = Tr::VL;
   using V = vec_t<T>;
@@ -354,10 +357,14 @@ void grouped_weight_partials_direct(const T* dy, const T* x, T* part, int64_t pi
     T* buf = scratch<T>(kPlaneSlot, max_in * pitch);
     const T** rowp = reinterpret_cast<const T**>(scratch<char>(kColSlot, sizeof(T*) * max_in));
     T* dybuf = g.nhwc ? nullptr : scratch<T>(kAccSlot, R * g.Wo * C);  // NCHW dy rows as pixels x C
+    const int64_t cper = ceil_div(ncv / NCV, cblocks) * NCV;  // channel vectors of a block
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t p = 0; p < pieces; ++p) {
+    for (int64_t u = 0; u < pieces * cblocks; ++u) {
+      const int64_t p = u / cblocks, cv0 = (u % cblocks) * cper, cv1 = std::min(ncv, cv0 + cper);
+      if (cv0 >= cv1) continue;
       T* acc_mem = part + p * psize;
-      std::fill(acc_mem, acc_mem + psize, T(0));
+      for (int64_t t = 0; t < k2; ++t)  // layout [tap][cv][ci][VL]
+        std::fill(acc_mem + (t * ncv + cv0) * CPG * VL, acc_mem + (t * ncv + cv1) * CPG * VL, T(0));
       const int64_t pr1 = std::min(rows, (p + 1) * per);
       for (int64_t r = p * per; r < pr1;) {
         const int64_t n = r / g.Ho, oh0 = r % g.Ho;
@@ -380,7 +387,7 @@ void grouped_weight_partials_direct(const T* dy, const T* x, T* part, int64_t pi
             gather_row_nchw(dy + n * C * g.Ho * g.Wo, g.Ho * g.Wo, oh, g.Wo, C, 0, g.Wo, dybuf + (oh - oh0) * g.Wo * C);
           dyc = dybuf;
         }
-        for (int64_t cv = 0; cv < ncv; cv += NCV)
+        for (int64_t cv = cv0; cv < cv1; cv += NCV)
           for (int ci0 = 0; ci0 < CPG; ci0 += CB)
             for (int64_t i = 0; i < kh; ++i)
               for (int64_t j0 = 0; j0 < kw; j0 += 3) {

@@ -269,10 +269,13 @@ void sgemm(int64_t M, int64_t N, int64_t K, Operand A, Operand B, float* C, int6
 void sgemm_parallel(int64_t M, int64_t N, int64_t K, Operand A, Operand B, float* C, int64_t ldc,
                     bool accumulate) {
   if (M <= 0 || N <= 0) return;
-  // Tiles of up to MC x NC from the shape alone (the bits do not depend on them anyway, see the
-  // header); each tile packs its own B block, so tiles are never cut thinner than that.
+  // Tiles from the shape alone (the bits do not depend on them anyway, see the header): rows in
+  // pieces of up to MC, columns in pieces of a multiple of NR (at least two register blocks, at
+  // most NC) so that there are about 8 tiles: MC x NC tiles left M, N <= 256 (256 x 2304 x 256)
+  // as one tile on one thread.
   const int64_t tm = M <= MC ? M : MC;
-  const int64_t tn = N <= NC ? N : NC;
+  const int64_t want = (8 + (M + tm - 1) / tm - 1) / ((M + tm - 1) / tm);
+  const int64_t tn = std::min<int64_t>(std::max<int64_t>(N, 1), std::min<int64_t>(NC, std::max<int64_t>(2 * NR, round_up((N + want - 1) / want, NR))));
   const int64_t bm = (M + tm - 1) / tm, bn = (N + tn - 1) / tn;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads())
   for (int64_t u = 0; u < bm * bn; ++u) {
