@@ -460,41 +460,58 @@ def _spy(monkeypatch, name):
     return calls
 
 
+def _spy_core(monkeypatch, name):
+    """Calls of the compiled pass cnnkit._core.<name> (what cnnkit.torch hands the kernels)."""
+    calls = []
+    real = getattr(cnnkit._core, name)
+
+    def spy(*args):
+        calls.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(cnnkit._core, name, spy)
+    return calls
+
+
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_zero_copy_conv(monkeypatch, channels_last):
-    fwd, bwd = _spy(monkeypatch, "conv2d"), _spy(monkeypatch, "conv2d_backward")
+    fwd = _spy_core(monkeypatch, "conv_forward")
+    bwd_x, bwd_w = _spy_core(monkeypatch, "conv_backward_input"), _spy_core(monkeypatch, "conv_backward_weight")
     x = make((2, 3, 6, 6), torch.float32, channels_last, requires_grad=True)
     w = make((5, 3, 3, 3), torch.float32, seed=1, requires_grad=True)
     b = make((5,), torch.float32, seed=2, requires_grad=True)
     y = F.conv2d(x, w, b, padding=1)
-    (args, kwargs), = fwd
-    assert kwargs["layout"] == ("NHWC" if channels_last else "NCHW")
-    assert _addr(args[0]) == x.data_ptr() and _addr(args[1]) == w.data_ptr()
-    assert _addr(args[2]) == b.data_ptr() and _addr(kwargs["out"]) == y.data_ptr()
+    (xa, wa, ba, out, geom), = fwd
+    assert geom.nhwc == channels_last
+    assert _addr(xa) == x.data_ptr() and _addr(wa) == w.data_ptr()
+    assert _addr(ba) == b.data_ptr() and _addr(out) == y.data_ptr()
     gy = torch.randn_like(y)  # same memory format as y
     y.backward(gy)
-    (args, kwargs), = bwd
-    assert _addr(args[0]) == gy.data_ptr() and _addr(args[1]) == x.data_ptr()
-    assert [_addr(o) for o in kwargs["out"]] == [x.grad.data_ptr(), w.grad.data_ptr(), b.grad.data_ptr()]
+    (dy, wa, gi, _), = bwd_x
+    (dy2, xa, gw, gb, _), = bwd_w
+    assert _addr(dy) == _addr(dy2) == gy.data_ptr() and _addr(xa) == x.data_ptr() and _addr(wa) == w.data_ptr()
+    assert [_addr(o) for o in (gi, gw, gb)] == [x.grad.data_ptr(), w.grad.data_ptr(), b.grad.data_ptr()]
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_zero_copy_batch_norm(monkeypatch, channels_last):
-    fwd, bwd = _spy(monkeypatch, "batch_norm_train"), _spy(monkeypatch, "batch_norm_backward")
+    fwd, running = _spy_core(monkeypatch, "norm_apply"), _spy_core(monkeypatch, "norm_update_running")
+    bwd = _spy_core(monkeypatch, "norm_backward_apply")
     x = make((4, 3, 5, 5), torch.float32, channels_last, requires_grad=True)
     res = make((4, 3, 5, 5), torch.float32, channels_last, seed=1, requires_grad=True)
     w, b = torch.ones(3, requires_grad=True), torch.zeros(3, requires_grad=True)
     rm, rv = torch.zeros(3), torch.ones(3)
     y = F.batch_norm_add_relu(x, res, rm, rv, w, b, True)
-    (args, kwargs), = fwd
-    assert [_addr(a) for a in args] == [t.data_ptr() for t in (x, w, b, rm, rv)]
-    assert _addr(kwargs["residual"]) == res.data_ptr() and _addr(kwargs["out"]) == y.data_ptr()
+    (xa, out, ra, *_, wa, ba, relu), = fwd
+    assert relu and [_addr(a) for a in (xa, out, ra, wa, ba)] == [
+        t.data_ptr() for t in (x, y, res, w, b)]
+    (rma, rva, *_), = running
+    assert (_addr(rma), _addr(rva)) == (rm.data_ptr(), rv.data_ptr())
     gy = torch.randn_like(y)
     y.backward(gy)
-    (args, kwargs), = bwd
-    assert _addr(args[0]) == gy.data_ptr() and _addr(args[1]) == x.data_ptr()
-    assert _addr(kwargs["y"]) == y.data_ptr()
-    assert _addr(kwargs["out"]) == x.grad.data_ptr() and _addr(kwargs["out_residual"]) == res.grad.data_ptr()
+    (ga, xa, mask, gi, gr, *_), = bwd
+    assert [_addr(a) for a in (ga, xa, mask, gi, gr)] == [
+        t.data_ptr() for t in (gy, x, y, x.grad, res.grad)]
 
 
 def test_zero_copy_group_norm(monkeypatch):
@@ -506,3 +523,37 @@ def test_zero_copy_group_norm(monkeypatch):
     y.backward(torch.randn_like(y))
     (args, kwargs), = bwd
     assert _addr(args[1]) == x.data_ptr() and _addr(kwargs["out"]) == x.grad.data_ptr()
+
+
+def test_cached_plans_follow_shapes_layouts_and_dtypes():
+    """conv2d and batch_norm cache their checks per call signature (shapes, strides,
+    arguments) and then call the compiled passes directly: calls that alternate between shapes,
+    memory formats, dtypes and hyperparameters each give torch's float64 result (outputs, running
+    statistics and gradients), and a signature cnnkit rejects still falls back."""
+    cases = [((2, 3, 8, 8), False, torch.float64, 0.1), ((1, 3, 5, 7), False, torch.float64, 0.1),
+             ((2, 3, 8, 8), True, torch.float64, 0.5), ((2, 3, 8, 8), False, torch.float32, 0.1),
+             ((1, 3, 5, 7), True, torch.float32, 0.1), ((2, 3, 8, 8), False, torch.float64, 0.1)]
+    for i, (shape, cl, dt, momentum) in enumerate(cases):
+        x = make(shape, dt, cl, seed=i, requires_grad=True)
+        w = make((4, 3, 3, 3), dt, seed=10 + i, requires_grad=True)
+        bw, bb = make((4,), dt, seed=20 + i, requires_grad=True), make((4,), dt, seed=30 + i, requires_grad=True)
+        rm, rv = torch.zeros(4, dtype=dt), torch.ones(4, dtype=dt)
+        rrm, rrv = rm.double(), rv.double()
+        xr, wr, bwr, bbr = ref(x), ref(w), ref(bw), ref(bb)
+        y = F.batch_norm_relu(F.conv2d(x, w, None, 1, 1), rm, rv, bw, bb, True, momentum)
+        yr = torch.relu(TF.batch_norm(TF.conv2d(xr, wr, None, 1, 1), rrm, rrv, bwr, bbr, True, momentum))
+        assert y.is_contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
+        assert_rel(y, yr, dt, f"case {i}: output")
+        assert_rel(rm, rrm, dt, f"case {i}: running_mean")
+        assert_rel(rv, rrv, dt, f"case {i}: running_var")
+        gy = make(y.shape, dt, seed=40 + i)
+        y.backward(gy)
+        yr.backward(gy.double())
+        for name, a, b in (("x", x, xr), ("w", w, wr), ("bn weight", bw, bwr), ("bn bias", bb, bbr)):
+            assert_rel(a.grad, b.grad, dt, f"case {i}: {name}.grad")
+    # the same shapes with an argument cnnkit rejects: torch's result through the fallback
+    x = make((2, 3, 8, 8), torch.float64)
+    assert F.fallback_reason(F.batch_norm, x, torch.zeros(3, dtype=torch.float64),
+                             torch.ones(3, dtype=torch.float64), training=True, momentum=2.0)
+    assert F.fallback_reason(F.batch_norm, x, torch.zeros(3, dtype=torch.float64),
+                             torch.ones(3, dtype=torch.float64), training=True) is None

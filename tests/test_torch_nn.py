@@ -48,15 +48,28 @@ def make(shape, dtype, channels_last=False, seed=0, requires_grad=False):
 
 @pytest.fixture
 def ops_calls(monkeypatch):
-    """Names of the cnnkit.ops functions called during the test (the modules ran cnnkit)."""
+    """Names of the cnnkit.ops functions whose work ran during the test (the modules ran
+    cnnkit): the ops themselves, or the compiled passes and ops.norm's cores that
+    cnnkit.torch.functional calls directly on its cached plans."""
+    import cnnkit._core
     import cnnkit.ops
+    import cnnkit.torch.functional as tf
     calls = []
-    for name in ("conv2d", "conv2d_backward", "batch_norm_train", "batch_norm_infer",
-                 "batch_norm_backward", "group_norm", "group_norm_backward"):
-        def spy(*args, _real=getattr(cnnkit.ops, name), _name=name, **kwargs):
-            calls.append(_name)
+
+    def spy_on(module, attr, name):
+        def spy(*args, _real=getattr(module, attr), **kwargs):
+            calls.append(name)
             return _real(*args, **kwargs)
-        monkeypatch.setattr(cnnkit.ops, name, spy)
+        monkeypatch.setattr(module, attr, spy)
+
+    for name in ("batch_norm_infer", "batch_norm_backward", "group_norm", "group_norm_backward"):
+        spy_on(cnnkit.ops, name, name)
+    for attr, name in (("conv_forward", "conv2d"), ("conv_backward_input", "conv2d_backward"),
+                       ("conv_backward_weight", "conv2d_backward")):
+        spy_on(cnnkit._core, attr, name)
+    for attr, name in (("_bn_train_core", "batch_norm_train"), ("_bn_infer_core", "batch_norm_infer"),
+                       ("_bn_backward_chunk", "batch_norm_backward")):
+        spy_on(tf, attr, name)
     return calls
 
 

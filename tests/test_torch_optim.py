@@ -9,6 +9,8 @@ torch's fallback).
 """
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 
@@ -42,6 +44,13 @@ def calls(monkeypatch):
             log[_name].append((len(params), [a.dtype for a in params]))
             return _fn(params, *args, **kwargs)
         monkeypatch.setattr(F, name, counting)
+    run_plan = O._run_plan
+
+    def counting_plan(plan, grads, row):  # a cached group's step: the same one compiled call
+        log[plan.func].append((sum(g is not None for g in grads),
+                               [g.dtype for g in grads if g is not None]))
+        return run_plan(plan, grads, row)
+    monkeypatch.setattr(O, "_run_plan", counting_plan)
     return log
 
 
@@ -336,3 +345,82 @@ def test_float64_default_dtype_step_state():
         assert opt.state[w]["step"].dtype == topt.state[v]["step"].dtype == torch.float64
     finally:
         torch.set_default_dtype(prev)
+
+
+def _replace_data(opt, ps, rng):
+    ps[1].data = ps[1].data.clone() * 0.5  # new storage, same shape: the old view must not be used
+
+
+def _new_shape(opt, ps, rng):
+    ps[2].data = torch.from_numpy(np.full((3, 5), 0.25, dtype=np.float64))
+    del opt.state[ps[2]]  # torch then creates fresh state of the new shape
+
+
+def _reassign_state(opt, ps, rng):
+    for p in ps[:2]:
+        for k, t in list(opt.state[p].items()):
+            if k != "step":
+                opt.state[p][k] = t.clone() * 0.5
+
+
+def _resize_state(opt, ps, rng):
+    for k, t in list(opt.state[ps[3]].items()):
+        if k != "step":
+            t.set_(t.clone() * 2.0)  # same tensor object, new storage
+
+
+def _step_in_place(opt, ps, rng):
+    st = opt.state[ps[0]]
+    if "step" in st:
+        st["step"].fill_(1.0)
+
+
+MUTATIONS = {"param_data": _replace_data, "param_new_shape": _new_shape,
+             "state_reassigned": _reassign_state, "state_set_": _resize_state,
+             "step_in_place": _step_in_place}
+
+
+@pytest.mark.parametrize("what", [*MUTATIONS, "load_state_dict", "grad_none"])
+@pytest.mark.parametrize("algo", ALGOS)
+def test_cached_plan_invalidates(algo, what, rng, calls):
+    """A group's cached plan (views, compiled plan, 'step' buffer) is dropped whenever what it was
+    made from changes: the same change applied to torch's optimizer gives the same trajectory,
+    and every step still ran the cnnkit path."""
+    if algo == "adagrad" and what == "param_new_shape":
+        pytest.skip("torch's Adagrad creates state only in __init__")
+    cls, tcls = PAIRS[algo]
+    hyper = FULL[algo]
+    a, b = twins(rng, SHAPES, np.float64)
+    opt, topt = cls(a, **hyper), tcls(b, **hyper)
+    run_both(rng, opt, topt, a, b, 1)
+    saved = copy.deepcopy(topt.state_dict())
+    run_both(rng, opt, topt, a, b, 2)  # the plan is cached from here on
+    assert opt._cnnkit_plans
+    if what == "load_state_dict":
+        opt.load_state_dict(copy.deepcopy(saved))
+        topt.load_state_dict(copy.deepcopy(saved))
+    elif what == "grad_none":
+        run_both(rng, opt, topt, a, b, 1, skip=(0, 3))
+    else:
+        g = np.random.default_rng(5)
+        MUTATIONS[what](opt, a, g)
+        MUTATIONS[what](topt, b, g)
+    run_both(rng, opt, topt, a, b, 3)
+    check_same(opt, topt, a, b, np.float64, what=f"{what}: ")
+    assert len(calls[FUNC[algo]]) == 6 + (what == "grad_none")
+    assert opt._cnnkit_plans  # cached again
+
+
+def test_cached_plan_gradient_layout_change_falls_back(rng, calls):
+    """After the plan is cached, a gradient whose strides differ from its parameter's takes
+    torch's step for that parameter (the fallback rule), and the trajectory stays torch's."""
+    a, b = twins(rng, SHAPES, np.float32)
+    opt, topt = O.Adam(a, lr=0.1), torch.optim.Adam(b, lr=0.1)
+    run_both(rng, opt, topt, a, b, 2)
+    set_grads(rng, a, b)
+    a[4].grad = a[4].grad.contiguous(memory_format=torch.channels_last)
+    opt.step()
+    topt.step()
+    run_both(rng, opt, topt, a, b, 2)
+    check_same(opt, topt, a, b, np.float32)
+    assert [n for n, _ in calls["adam_"]] == [5, 5, 4, 5, 5]

@@ -248,6 +248,16 @@ def conv2d_output_shape(x_shape: Sequence[int], weight_shape: Sequence[int],
                  "x_shape", "weight_shape").y_shape()
 
 
+def _conv_core_geom(x_shape: Sequence[int], weight_shape: Sequence[int], stride: Any, padding: Any,
+                    dilation: Any, groups: Any, layout: str) -> tuple:
+    """``(output shape, _core.ConvGeom)`` after :func:`conv2d`'s checks of these shapes and
+    arguments (raising what it raises), for callers that check their arrays themselves, cache
+    this per call signature and call the compiled passes directly (cnnkit.torch.functional)."""
+    x_shape, weight_shape = check_shape("x_shape", x_shape, 4), check_shape("weight_shape", weight_shape, 4)
+    g = _Geom(x_shape, weight_shape, stride, padding, dilation, groups, layout, None, "x_shape", "weight_shape")
+    return g.y_shape(), g.core()
+
+
 _PASSES = ("forward", "input", "weight")
 
 

@@ -115,6 +115,42 @@ def _stats_shape(name, a, shape):
 
 
 # ---- batch norm --------------------------------------------------------------------------------
+# The _bn_*_core functions are the compiled passes on arrays already checked (by the public
+# functions below, or by a caller that caches its checks per call signature: cnnkit.torch).
+
+def _bn_train_core(x, y, residual, N, C, S, nhwc, weight, bias, running_mean, running_var,
+                   momentum, eps, relu):
+    """batch_norm_train without ghost batches: writes y, updates the running statistics,
+    returns the float64 (mean, invstd)."""
+    mean, var = _core.norm_stats(x, N, C, S, nhwc, False)
+    invstd = _core.norm_invstd(var, eps)
+    _core.norm_apply(x, y, residual, N, C, S, nhwc, False, mean, invstd, weight, bias, relu)
+    count = N * S
+    _core.norm_update_running(running_mean, running_var, mean, var, momentum, count / (count - 1))
+    return mean, invstd
+
+
+def _bn_infer_core(x, y, residual, N, C, S, nhwc, weight, bias, running_mean, running_var, eps, relu):
+    """batch_norm_infer: ValueError (before writing y) for a negative or NaN running variance."""
+    mean = running_mean.astype(np.float64)
+    invstd = _core.norm_invstd(running_var, eps)
+    if x.size:
+        _core.norm_apply(x, y, residual, N, C, S, nhwc, False, mean, invstd, weight, bias, relu)
+
+
+def _bn_backward_chunk(g, x, mask, grad_x, grad_res, v, C, S, nhwc, mean, invstd, w, count):
+    """batch_norm_backward over one chunk of v samples: writes grad_x and grad_res (where not
+    None) and returns (sum g, sum g*xhat) per channel (float64); w is the float64 weight."""
+    sg, sgx = _core.norm_backward_reduce(g, x, mask, v, C, S, nhwc, False, mean)
+    if grad_x is not None:
+        A = w * invstd
+        B = A * sg / count
+        D = A * invstd * invstd * sgx / count
+        _core.norm_backward_apply(g, x, mask, grad_x, grad_res, v, C, S, nhwc, False, mean, A, B, D)
+    elif grad_res is not None:
+        np.copyto(grad_res, g if mask is None else np.where(mask > 0, g, 0))
+    return sg, sgx * invstd
+
 
 @accepts_dlpack
 def batch_norm_train(x: np.ndarray, weight: np.ndarray | None = None, bias: np.ndarray | None = None,
@@ -191,10 +227,8 @@ def batch_norm_train(x: np.ndarray, weight: np.ndarray | None = None, bias: np.n
     y = np.empty_like(x) if out is None else out
     unbias = count / (count - 1)
     if virtual_batch_size is None:
-        mean, var = _core.norm_stats(x, N, C, S, nhwc, False)
-        invstd = _core.norm_invstd(var, eps)
-        _core.norm_apply(x, y, residual, N, C, S, nhwc, False, mean, invstd, weight, bias, relu)
-        _core.norm_update_running(running_mean, running_var, mean, var, momentum, unbias)
+        mean, invstd = _bn_train_core(x, y, residual, N, C, S, nhwc, weight, bias, running_mean,
+                                      running_var, momentum, eps, relu)
         return (y, mean, invstd) if return_stats else y
     means, invstds, vars_ = [], [], []
     for k in range(chunks):
@@ -257,12 +291,8 @@ def batch_norm_infer(x: np.ndarray, weight: np.ndarray | None = None, bias: np.n
     relu = _activation(activation)
     residual = _like_x("residual", residual, x)
     out = _like_x("out", out, x, out=True)
-    mean = running_mean.astype(np.float64)
-    invstd = _core.norm_invstd(running_var, eps)  # ValueError for a negative or NaN variance
     y = np.empty_like(x) if out is None else out
-    if x.size == 0:
-        return y
-    _core.norm_apply(x, y, residual, N, C, S, nhwc, False, mean, invstd, weight, bias, relu)
+    _bn_infer_core(x, y, residual, N, C, S, nhwc, weight, bias, running_mean, running_var, eps, relu)
     return y
 
 
@@ -367,19 +397,12 @@ def batch_norm_backward(grad_output: np.ndarray, x: np.ndarray, weight: np.ndarr
     for k in range(chunks):
         sl = slice(k * v, (k + 1) * v)
         mk = None if mask is None else mask[sl]
-        m, inv = save_mean[k], save_invstd[k]
-        sg, sgx = _core.norm_backward_reduce(grad_output[sl], x[sl], mk, v, C, S, nhwc, False, m)
+        sg, sgxhat = _bn_backward_chunk(grad_output[sl], x[sl], mk,
+                                        None if grad_x is None else grad_x[sl],
+                                        None if grad_res is None else grad_res[sl], v, C, S, nhwc,
+                                        save_mean[k], save_invstd[k], w, count)
         sum_g += sg
-        sum_gxhat += sgx * inv
-        if grad_x is not None:
-            A = w * inv
-            B = A * sg / count
-            D = A * inv * inv * sgx / count
-            _core.norm_backward_apply(grad_output[sl], x[sl], mk, grad_x[sl],
-                                      None if grad_res is None else grad_res[sl], v, C, S, nhwc,
-                                      False, m, A, B, D)
-        elif grad_res is not None:
-            np.copyto(grad_res[sl], grad_output[sl] if mk is None else np.where(mk > 0, grad_output[sl], 0))
+        sum_gxhat += sgxhat
     affine = weight is not None
     gw = sum_gxhat.astype(dt) if affine and "weight" in needs else None
     gb = sum_g.astype(dt) if affine and "bias" in needs else None

@@ -52,7 +52,10 @@ import torch.nn.functional as TF
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .. import ops
+from .. import _core, ops
+from ..ops.conv import _conv_core_geom
+from ..ops.norm import _bn_backward_chunk, _bn_infer_core, _bn_train_core
+from ..ops.norm import _geometry as _norm_geometry
 
 __all__ = ["conv2d", "batch_norm", "batch_norm_relu", "batch_norm_add_relu", "group_norm",
            "can_run", "fallback_reason"]
@@ -111,8 +114,24 @@ def _dense(g: Tensor, layout: str) -> Tensor:
 
 # ---- the fallback rule ---------------------------------------------------------------------------
 
+_PLAIN = (Tensor, torch.nn.Parameter)
+_STRIDED = torch.strided
+
+
 def _tensors_reason(tensors: tuple[Any, ...]) -> str | None:
     """Why these tensors (None entries skipped) cannot go to cnnkit, or None if they can."""
+    dtype = None
+    for t in tensors:  # the usual case first, in cheap attribute checks; the reason below
+        if t is None:
+            continue
+        if (type(t) not in _PLAIN or not t.is_cpu or t.layout is not _STRIDED or t.is_nested
+                or (dtype is not None and t.dtype is not dtype)):
+            break
+        dtype = t.dtype
+    else:
+        if (dtype in _FLOATS and not torch.is_autocast_enabled("cpu") and not _functorch_active()
+                and not torch.jit.is_tracing() and not torch.compiler.is_compiling()):
+            return None
     present = [t for t in tensors if t is not None]
     for t in present:
         if type(t) is not Tensor and type(t) is not torch.nn.Parameter:
@@ -163,6 +182,7 @@ class _ConvPlan(NamedTuple):
     layout: str
     unbatched: bool
     out_shape: tuple[int, int, int, int]  # NCHW order
+    geom: Any  # the checked _core.ConvGeom: cached calls go straight to the compiled passes
 
 
 # plans by (shapes, strides, arguments): a model calls each convolution with the same ones
@@ -175,7 +195,8 @@ def _conv_plan(input: Any, weight: Any, bias: Any, stride: Any, padding: Any, di
     if reason:
         return reason
     key: tuple | None = (input.shape, input.stride(), weight.shape,
-                         None if bias is None else bias.shape, stride, padding, dilation, groups)
+                         None if bias is None else bias.shape, stride, padding, dilation, groups,
+                         type(stride), type(padding), type(dilation), type(groups))
     try:
         plan = _CONV_PLANS.get(key)  # type: ignore[arg-type]
     except TypeError:  # an unhashable argument (a list): no caching
@@ -204,16 +225,20 @@ def _conv_geometry(input: Tensor, weight: Tensor, bias: Tensor | None, stride: A
         return "bias does not match the weight's output channels"
     shape = x.shape if layout == "NCHW" else (x.shape[0], x.shape[2], x.shape[3], x.shape[1])
     try:
-        y = ops.conv2d_output_shape(tuple(shape), tuple(weight.shape), stride, padding, dilation,
-                                    groups, layout=layout)
+        y, geom = _conv_core_geom(tuple(shape), tuple(weight.shape), stride, padding, dilation,
+                                  groups, layout)
     except (TypeError, ValueError) as exc:
         return f"cnnkit rejects the arguments ({exc})"
     out = (y[0], y[1], y[2], y[3]) if layout == "NCHW" else (y[0], y[3], y[1], y[2])
-    return _ConvPlan(layout, unbatched, out)
+    return _ConvPlan(layout, unbatched, out, geom)
 
 
 class _NormPlan(NamedTuple):
     layout: str
+
+
+# batch-norm plans by (shapes, strides, arguments), as the convolution's
+_BN_PLANS: dict[tuple, _NormPlan | str] = {}
 
 
 def _bn_plan(input: Any, running_mean: Any, running_var: Any, weight: Any, bias: Any,
@@ -221,6 +246,28 @@ def _bn_plan(input: Any, running_mean: Any, running_var: Any, weight: Any, bias:
     reason = _tensors_reason((input, residual, running_mean, running_var, weight, bias))
     if reason:
         return reason
+    # type(...) in the key: True == 1 and 0.1 == numpy.float64(0.1) hash alike, not check alike
+    key: tuple | None = (input.shape, input.stride(), training, momentum, eps, type(training),
+                         type(momentum), type(eps),
+                         *((None, None) if t is None else (t.shape, t.stride())
+                           for t in (residual, running_mean, running_var, weight, bias)))
+    try:
+        plan = _BN_PLANS.get(key)  # type: ignore[arg-type]
+    except TypeError:  # an unhashable argument: no caching
+        key, plan = None, None
+    if plan is None:
+        plan = _bn_checks(input, running_mean, running_var, weight, bias, training, momentum, eps,
+                          residual)
+        if key is not None:
+            if len(_BN_PLANS) >= 4096:
+                _BN_PLANS.clear()
+            _BN_PLANS[key] = plan
+    return plan
+
+
+def _bn_checks(input: Tensor, running_mean: Tensor | None, running_var: Tensor | None,
+               weight: Tensor | None, bias: Tensor | None, training: Any, momentum: Any, eps: Any,
+               residual: Tensor | None) -> _NormPlan | str:
     if input.dim() < 2:
         return "the input has fewer than 2 dimensions"
     if input.numel() == 0:
@@ -279,11 +326,22 @@ def _needs_graph(*tensors: Tensor | None) -> bool:
 
 # ---- conv2d --------------------------------------------------------------------------------------
 
+def _cnp(t: Tensor) -> np.ndarray:
+    """The NumPy view of ``t`` made contiguous (a copy only where it is not)."""
+    t = t.detach()
+    return (t if t.is_contiguous() else t.contiguous()).numpy()
+
+
 def _conv_forward(input: Tensor, weight: Tensor, bias: Tensor | None, stride: Any, padding: Any,
                   dilation: Any, groups: int, plan: _ConvPlan) -> Tensor:
-    y = _empty(plan.out_shape, input.dtype, plan.layout)
-    ops.conv2d(_np(input, plan.layout), weight.detach().contiguous().numpy(), _np_opt(bias),
-               stride, padding, dilation, groups, layout=plan.layout, out=_np(y, plan.layout))
+    # the plan holds conv2d's checks of these shapes and arguments (its cache key: the shapes,
+    # the input's strides and the arguments), the tensors passed the fallback rule (one float
+    # dtype, CPU, strided) and the views are C-contiguous: the compiled pass runs directly
+    # (it checks each array's dtype and size against the geometry once more)
+    lay = plan.layout
+    y = _empty(plan.out_shape, input.dtype, lay)
+    _core.conv_forward(_np(input, lay), _cnp(weight), None if bias is None else _cnp(bias),
+                       _np(y, lay), plan.geom)
     return y
 
 
@@ -308,24 +366,15 @@ class _Conv2dFunction(torch.autograd.Function):
         gx = _empty(x_shape, g.dtype, lay) if need_x else None
         gw = torch.empty(w_shape, dtype=g.dtype) if need_w else None
         gb = torch.empty(w_shape[0], dtype=g.dtype) if need_b else None
-        needs = [n for n, want in zip(("input", "weight", "bias"), (need_x, need_w, need_b)) if want]
-        # conv2d_backward reads x only for the weight and bias gradients and the weight only for
-        # the input gradient (the forward saved only what is read); a read-only zero-stride array
-        # of the right shape stands in for the other
-        zero = np.zeros((), _NP_DTYPES[g.dtype])
-        x_np = (_np(input, lay) if input is not None
-                else np.broadcast_to(zero, _nhwc(x_shape, lay)))
-        w_np = (weight.detach().contiguous().numpy() if weight is not None
-                else np.broadcast_to(zero, w_shape))
-        ops.conv2d_backward(_np(g, lay), x_np, w_np, stride, padding, dilation, groups, layout=lay,
-                            needs=needs, out=(None if gx is None else _np(gx, lay),
-                                              None if gw is None else gw.numpy(),
-                                              None if gb is None else gb.numpy()))
+        # the input pass reads the weight, the weight pass x (the forward saved only what is
+        # read); the forward's plan checked the geometry (see _conv_forward)
+        dy = _np(g, lay)
+        if gx is not None:
+            _core.conv_backward_input(dy, _cnp(weight), _np(gx, lay), plan.geom)
+        if gw is not None or gb is not None:
+            _core.conv_backward_weight(dy, _np(input, lay), None if gw is None else gw.numpy(),
+                                       None if gb is None else gb.numpy(), plan.geom)
         return gx, gw, gb, None, None, None, None, None
-
-
-def _nhwc(shape: Any, layout: str) -> tuple[int, ...]:
-    return tuple(shape) if layout == "NCHW" else (shape[0], shape[2], shape[3], shape[1])
 
 
 def conv2d(input: Tensor, weight: Tensor, bias: Tensor | None = None, stride: IntPair = 1,
@@ -380,7 +429,7 @@ def _bn_weight(weight: Tensor | None, bias: Tensor | None, C: int, dtype: torch.
     """The weight cnnkit takes: None without affine; ones when only a bias is given (cnnkit's
     bias gradient comes with the weight's)."""
     if weight is not None:
-        return weight.detach().numpy()
+        return _cnp(weight)
     if bias is not None:
         return np.ones(C, _NP_DTYPES[dtype])
     return None
@@ -393,16 +442,18 @@ def _bn_forward(ctx: Any, input: Tensor, residual: Tensor | None, running_mean: 
     y = _empty(input.shape, input.dtype, layout)
     x, y_np = _np(input, layout), _np(y, layout)
     w = _bn_weight(weight, bias, input.shape[1], input.dtype)
-    act = "relu" if relu else None
+    b = None if bias is None else _cnp(bias)
     res = None if residual is None else _np(residual, layout)
+    # _bn_plan checked what ops.batch_norm_train/_infer check (one float dtype, per-channel
+    # shapes, contiguous running statistics, momentum, eps, more than one value per channel),
+    # so their compiled passes run directly
+    N, C, S, nhwc = _norm_geometry(x, layout)
     if training:
-        _, mean, invstd = ops.batch_norm_train(
-            x, w, _np_opt(bias), _np_opt(running_mean), _np_opt(running_var),
-            momentum=float(momentum), eps=float(eps), activation=act, residual=res, layout=layout,
-            out=y_np, return_stats=True)
+        mean, invstd = _bn_train_core(x, y_np, res, N, C, S, nhwc, w, b, _np_opt(running_mean),
+                                      _np_opt(running_var), float(momentum), float(eps), relu)
     else:
-        ops.batch_norm_infer(x, w, _np_opt(bias), _np_opt(running_mean), _np_opt(running_var),
-                             eps=float(eps), activation=act, residual=res, layout=layout, out=y_np)
+        _bn_infer_core(x, y_np, res, N, C, S, nhwc, w, b, _np_opt(running_mean),
+                       _np_opt(running_var), float(eps), relu)
     if ctx is not None:
         need_w = ctx.needs_input_grad[2]  # (input, residual, weight, ...)
         if training:
@@ -441,23 +492,24 @@ class _BatchNormFunction(torch.autograd.Function):
         gr = _empty(g.shape, g.dtype, layout) if need_r else None
         gw_t: Tensor | None = None
         gb_t: Tensor | None = None
-        w = None if weight is None else weight.detach().numpy()
+        w = None if weight is None else _cnp(weight)
         if training:
+            # ops.batch_norm_backward's passes on the forward's checked arrays
             mean, invstd = ctx.stats
-            if w is None and need_b:
-                w = np.ones(C, _NP_DTYPES[g.dtype])
-            needs = [n for n, want in zip(("input", "weight", "bias", "residual"),
-                                          (need_x, need_w, need_b, need_r)) if want]
             x_np = _np(input, layout)
-            res = ops.batch_norm_backward(
-                _np(g, layout), x_np, w, mean, invstd, y=None if y is None else _np(y, layout),
-                activation="relu" if relu else None, layout=layout, needs=needs,
-                out=None if gx is None else _np(gx, layout),
-                out_residual=None if gr is None else _np(gr, layout))
+            N, C, S, nhwc = _norm_geometry(x_np, layout)
+            sum_g, sum_gxhat = np.zeros(C), np.zeros(C)
+            sg, sgxhat = _bn_backward_chunk(
+                _np(g, layout), x_np, None if y is None else _np(y, layout),
+                None if gx is None else _np(gx, layout), None if gr is None else _np(gr, layout),
+                N, C, S, nhwc, mean, invstd, np.ones(C) if w is None else w.astype(np.float64), N * S)
+            sum_g += sg
+            sum_gxhat += sgxhat
+            dt = _NP_DTYPES[g.dtype]
             if need_w:
-                gw_t = torch.from_numpy(res[1])
+                gw_t = torch.from_numpy(sum_gxhat.astype(dt))
             if need_b:
-                gb_t = torch.from_numpy(res[2])
+                gb_t = torch.from_numpy(sum_g.astype(dt))
         else:
             # eval mode: y = (x - rm) * w * invstd + b is affine in x, so grad_input is
             # g * w * invstd, a batch_norm_infer of the (ReLU-masked) gradient with mean 0; the

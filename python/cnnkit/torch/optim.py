@@ -13,6 +13,14 @@ under torch's keys, types and layouts (``'step'`` a 0-d float tensor, ``'exp_avg
 ``'acc_delta'``, ``'grad_avg'``), created lazily exactly when torch creates it, so a state dict
 saved from either optimizer loads into the other and training continues identically.
 
+After a step in which every parameter of a group with a gradient took the cnnkit path, the
+group's views and compiled plan are kept for the next steps (only the gradients are viewed anew),
+until anything they were made from changes: a parameter replaced (``p.data = ...``), a state
+tensor replaced, resized or written by torch, ``load_state_dict``, the group's parameter list or
+options, a gradient appearing or in another layout (the full checks then run again). The
+``'step'`` tensors of such a group are 0-d views of one buffer (same values and dtype), so the
+step counts advance in one operation.
+
 Fallback rule
 -------------
 torch's own ``step`` runs (for exactly those parameters, with the group's hyperparameters):
@@ -44,11 +52,13 @@ tensor([0.9000, 1.1000, 0.9000])
 """
 from __future__ import annotations
 
+import operator
 from typing import Any, Callable, ClassVar, Optional
 
 import numpy as np
 import torch
 
+from .. import _core
 from ..optim import functional as _F
 from ..optim._spec import SPECS
 
@@ -142,14 +152,22 @@ class _CnnkitStep:
             with torch.enable_grad():
                 loss = closure()
         fallback: list = []
+        plans = self.__dict__.setdefault("_cnnkit_plans", {})
         with torch.no_grad():
             for group in self.param_groups:
-                if not self._group_supported(group):
+                row = self._group_row(group)
+                if row is None:
                     fallback.append(group)
                     continue
+                keys = self._state_keys(group)
+                plan = plans.get(id(group))
+                if plan is not None and plan.group is group and plan.keys == keys:
+                    grads = plan.grads(self.state)
+                    if grads is not None:  # nothing changed since the plan was made
+                        _run_plan(plan, grads, row)
+                        continue
                 fast: list = []
                 slow: list = []
-                keys = self._state_keys(group)
                 for p in group["params"]:
                     if p.grad is not None:
                         (fast if self._param_supported(p, keys) else slow).append(p)
@@ -157,6 +175,7 @@ class _CnnkitStep:
                     self._cnnkit_step(group, fast)
                 if slow:
                     fallback.append(dict(group, params=slow))
+                self._replan(plans, group, keys, fast if fast and not slow else None)
         if fallback:
             self._torch_step(fallback)
         return loss
@@ -164,26 +183,30 @@ class _CnnkitStep:
     # ---- which groups and parameters cnnkit takes -----------------------------------------
 
     def _group_supported(self, group: dict) -> bool:
+        return self._group_row(group) is not None
+
+    def _group_row(self, group: dict) -> Optional[list]:
+        """The group's checked hyperparameter row for the kernel, or None if torch must step it."""
         if group.get("fused") or group.get("capturable") or group.get("differentiable"):
-            return False
+            return None
         algo = self._algo
         if not all(_real(group[k]) for k in _HYPER[algo]):
-            return False
+            return None
         if algo == "adam":
             betas = group["betas"]
             if not (isinstance(betas, (tuple, list)) and len(betas) == 2 and all(_real(b) for b in betas)):
-                return False
+                return None
             if group.get("decoupled_weight_decay"):
                 algo = "adamw"
         if algo == "sgd" and (getattr(self, "grad_scale", None) is not None
                               or getattr(self, "found_inf", None) is not None):
-            return False
+            return None
         try:
-            SPECS[algo].row(group)  # the values the kernels accept (torch may accept more)
+            row = SPECS[algo].row(group)  # the values the kernels accept (torch may accept more)
         except (TypeError, ValueError, KeyError):
-            return False
+            return None
         params = group["params"]
-        return len({id(p) for p in params}) == len(params)
+        return row if len({id(p) for p in params}) == len(params) else None
 
     def _param_supported(self, p: torch.Tensor, keys: tuple) -> bool:
         g = p.grad
@@ -277,6 +300,18 @@ class _CnnkitStep:
         if _increment_version is not None:  # tell autograd the parameters changed in place
             _increment_version(params)
 
+    def _replan(self, plans: dict, group: dict, keys: tuple, fast: Optional[list]) -> None:
+        """After a full (checked) step of ``group``: cache its plan when every parameter with a
+        gradient took the cnnkit path, else drop it. Plans of groups no longer present go too."""
+        plans.pop(id(group), None)
+        live = {id(g) for g in self.param_groups}
+        for k in [k for k in plans if k not in live]:
+            del plans[k]
+        if fast is not None:
+            plan = _GroupPlan.make(self, group, keys, fast)
+            if plan is not None:
+                plans[id(group)] = plan
+
     def _torch_step(self, groups: list) -> None:
         """torch's own step over ``groups`` (whole groups or copies holding some parameters)."""
         saved = self.param_groups
@@ -285,6 +320,137 @@ class _CnnkitStep:
             _torch_step_of(self._torch_base)(self)
         finally:
             self.param_groups = saved
+
+
+class _GroupPlan:
+    """One parameter group's cnnkit path, prepared after a fully checked step and reused while
+    nothing it was made from changes.
+
+    It keeps the NumPy views of the parameters and state tensors and the compiled
+    ``_core.OptimPlan`` built from them (which checked them once), and the key that makes it
+    stale: the optimizer's ``state`` object, the group's parameter list (identity), per parameter
+    its ``data_ptr``/shape/strides (``p.data = t`` changes them) and its state dict, per state
+    tensor its identity and ``_version`` (``resize_``, ``set_`` and torch's in-place updates bump
+    it; cnnkit writes through NumPy and does not). The ``'step'`` tensors of a cached group are
+    rehomed, with their values, into 0-d views of one buffer, so reading and advancing them is one
+    NumPy operation instead of ``.item()`` and ``_foreach_add_`` per tensor. Gradients are new
+    tensors at every step (``zero_grad(set_to_none=True)``): their views are made and checked
+    against the parameter's (dtype, shape, strides) each step; anything else that differs sends
+    the group through the full checked path, which makes a new plan.
+    """
+
+    __slots__ = ("group", "keys", "state", "all_params", "others", "params", "rows", "plan",
+                 "func", "step_buf", "step_np", "step_ver", "sgd_step")
+    group: dict
+    keys: tuple
+    state: Any
+    all_params: tuple
+    others: list
+    params: list
+    rows: list
+    plan: Any  # _core.OptimPlan
+    func: str  # the cnnkit.optim.functional function it stands in for
+    step_buf: Optional[torch.Tensor]  # the 'step' values (None for SGD)
+    step_np: Optional[np.ndarray]
+    step_ver: int
+    sgd_step: int
+
+    @classmethod
+    def make(cls, opt: Any, group: dict, keys: tuple, fast: list) -> Optional["_GroupPlan"]:
+        algo = opt._algo
+        name = "adamw" if algo == "adam" and group.get("decoupled_weight_decay") else algo
+        spec = SPECS[name]
+        state = opt.state
+        sdicts = [state.get(p) for p in fast]
+        self = cls()
+        self.step_buf = self.step_np = None
+        self.step_ver = 0
+        self.sgd_step = 1 if keys else 0
+        if algo != "sgd":
+            ts = [sd["step"] for sd in sdicts]
+            dt = ts[0].dtype
+            if not all(t.dim() == 0 and t.dtype is dt and t.is_cpu and not t.requires_grad for t in ts) \
+                    or not dt.is_floating_point:
+                return None
+            buf = torch.stack(ts)
+            for sd, view in zip(sdicts, buf.unbind()):
+                sd["step"] = view
+            self.step_buf, self.step_np, self.step_ver = buf, buf.numpy(), buf._version
+        P = [_view(p) for p in fast]
+        slots: list = [[_view(sd[k]) for sd in sdicts] if k in keys else None for k in spec.slots]
+        try:
+            self.plan = _core.OptimPlan(spec.core, P, slots, np.zeros(len(P), dtype=np.int32))
+        except (TypeError, ValueError):
+            return None
+        self.group, self.keys, self.state, self.func = group, keys, state, _FUNC[name]
+        self.all_params = tuple(group["params"])
+        self.others = [p for p in self.all_params if p.grad is None]
+        self.params = fast
+        rows = []
+        for p, pv, sd in zip(fast, P, sdicts):
+            sts = tuple((k, sd[k]) for k in keys)
+            # (None, None) for channels-last: its gradient is checked with torch, then viewed flat
+            nshape, nstrides = (pv.shape, pv.strides) if p.is_contiguous() else (None, None)
+            rows.append((p, p.data_ptr(), p.shape, p.stride(), pv.dtype, nshape, nstrides, sd, sts,
+                         tuple(t._version for _, t in sts)))
+        self.rows = rows
+        return self
+
+    def grads(self, state: Any) -> Optional[list]:
+        """This step's gradient views, or None when the plan is stale (or a gradient must fall back)."""
+        if state is not self.state or (self.step_buf is not None and self.step_buf._version != self.step_ver):
+            return None
+        gp = self.group["params"]
+        if len(gp) != len(self.all_params) or not all(map(_is, gp, self.all_params)):
+            return None
+        for p in self.others:
+            if p.grad is not None:
+                return None
+        out: list = []
+        for p, ptr, shape, stride, dt, nshape, nstrides, sd, sts, vers in self.rows:
+            if p.data_ptr() != ptr or p.stride() != stride or p.shape != shape or state.get(p) is not sd:
+                return None
+            for (k, t), v in zip(sts, vers):
+                if sd.get(k) is not t or t._version != v:
+                    return None
+            g = p.grad
+            if g is None:
+                out.append(None)
+                continue
+            if nshape is None:  # channels-last parameter: the full check, then a flat view
+                if (g.layout is not _STRIDED or g.dtype is not p.dtype or not g.is_cpu or g.is_neg()
+                        or g.stride() != stride or g.shape != shape):
+                    return None
+                out.append(_view(g))
+                continue
+            try:
+                ga = g.numpy()  # raises for CUDA, sparse, negative-bit and grad-requiring tensors
+            except (TypeError, RuntimeError):
+                return None
+            if ga.dtype != dt or ga.strides != nstrides or ga.shape != nshape:
+                return None
+            out.append(ga)
+        return out
+
+
+_is = operator.is_
+_FUNC = {"sgd": "sgd_", "adam": "adam_", "adamw": "adamw_", "rmsprop": "rmsprop_",
+         "adagrad": "adagrad_", "adadelta": "adadelta_"}
+
+
+def _run_plan(plan: _GroupPlan, grads: list, row: list) -> None:
+    """One compiled multi-tensor update of a cached group (the checked twin of the
+    :mod:`cnnkit.optim.functional` call its plan was made after), then its step counts."""
+    hyper = np.array([row], dtype=np.float64)
+    if plan.step_np is None:  # SGD: 0-based step 1 once momentum buffers exist (0 without momentum)
+        plan.plan.step(grads, hyper, np.full(len(grads), plan.sgd_step, dtype=np.int64))
+    else:
+        steps = plan.step_np.astype(np.int64)  # as int(step.item()): steps taken before this one
+        plan.plan.step(grads, hyper, steps)  # advances steps[i] where grads[i] is not None
+        plan.step_np[...] = steps
+    if _increment_version is not None:  # tell autograd the parameters changed in place
+        _increment_version(plan.params if all(g is not None for g in grads)
+                           else [p for p, g in zip(plan.params, grads) if g is not None])
 
 
 _DOC = """{summary}
