@@ -380,14 +380,17 @@ MUTATIONS = {"param_data": _replace_data, "param_new_shape": _new_shape,
              "step_in_place": _step_in_place}
 
 
-@pytest.mark.parametrize("what", [*MUTATIONS, "load_state_dict", "grad_none"])
-@pytest.mark.parametrize("algo", ALGOS)
+# torch's Adagrad creates its state only in __init__, so a parameter of a new shape has no
+# matching state there: that pair is not a case
+_INVALIDATIONS = [(algo, what) for what in [*MUTATIONS, "load_state_dict", "grad_none"] for algo in ALGOS
+                  if not (algo == "adagrad" and what == "param_new_shape")]
+
+
+@pytest.mark.parametrize("algo,what", _INVALIDATIONS)
 def test_cached_plan_invalidates(algo, what, rng, calls):
     """A group's cached plan (views, compiled plan, 'step' buffer) is dropped whenever what it was
     made from changes: the same change applied to torch's optimizer gives the same trajectory,
     and every step still ran the cnnkit path."""
-    if algo == "adagrad" and what == "param_new_shape":
-        pytest.skip("torch's Adagrad creates state only in __init__")
     cls, tcls = PAIRS[algo]
     hyper = FULL[algo]
     a, b = twins(rng, SHAPES, np.float64)
