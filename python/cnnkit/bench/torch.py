@@ -94,8 +94,23 @@ FORMATS = ("NCHW", "CL")
 
 # ---- models and configurations -------------------------------------------------------------------
 def build_model(tv: Any, name: str, seed: int = 0) -> Any:
-    """torchvision's ``name`` (one of :data:`MODELS`), randomly initialised with ``seed``, 1000
-    classes, dropout off (so that the two sides' training steps compute the same thing)."""
+    """torchvision's ``name``, randomly initialised, 1000 classes, dropout off (so that the two
+    sides' training steps compute the same thing).
+
+    Parameters
+    ----------
+    tv : module
+        torchvision (from :func:`cnnkit.bench._common.import_torchvision`).
+    name : str
+        One of :data:`MODELS`.
+    seed : int
+        torch's seed for the initialisation.
+
+    Returns
+    -------
+    torch.nn.Module
+        The model, in training mode.
+    """
     import torch
 
     if name not in MODELS:
@@ -109,8 +124,23 @@ def build_model(tv: Any, name: str, seed: int = 0) -> Any:
 
 
 def model_flops(torch: Any, model: Any, x: Any) -> tuple:
-    """(forward FLOPs, training-step FLOPs) of the convolutions and linear layers of ``model`` on
-    ``x``: forward 2*MACs; backward 2x forward, except the first convolution (no input gradient)."""
+    """FLOPs of the convolutions and linear layers of ``model`` on ``x``: forward 2*MACs; backward
+    2x forward, except the first convolution (no input gradient).
+
+    Parameters
+    ----------
+    torch : module
+        The torch module.
+    model : torch.nn.Module
+        The model (run once on ``x`` with forward hooks).
+    x : torch.Tensor
+        The input batch.
+
+    Returns
+    -------
+    tuple of float
+        (forward FLOPs, training-step FLOPs).
+    """
     flops: list = []
 
     def hook(m, inp, out):

@@ -265,9 +265,7 @@ def _registry_problem(x_shape: Sequence[int], weight_shape: Sequence[int], strid
                       dilation: Any = 1, groups: int = 1, layout: str = "NCHW", pass_: str = "forward",
                       dtype: Any = np.float32) -> tuple:
     """(geometry, dtype name, pass) for the conv kernel registry (cnnkit.kernels("conv"))."""
-    x_shape, weight_shape = check_shape("x_shape", x_shape, 4), check_shape("weight_shape", weight_shape, 4)
-    g = _Geom(x_shape, weight_shape, stride, padding, dilation, groups, layout, None,
-              "x_shape", "weight_shape")
+    _, geom = _conv_core_geom(x_shape, weight_shape, stride, padding, dilation, groups, layout)
     pass_ = check_choice("pass_", pass_, _PASSES)
     try:
         dt = np.dtype(dtype)
@@ -275,7 +273,7 @@ def _registry_problem(x_shape: Sequence[int], weight_shape: Sequence[int], strid
         raise TypeError(f"dtype: expected float32 or float64, got {dtype!r}") from None
     if dt not in (np.dtype(np.float32), np.dtype(np.float64)):
         raise TypeError(f"dtype: expected float32 or float64, got {dt}")
-    return g.core(), dt.name, pass_
+    return geom, dt.name, pass_
 
 
 def conv2d_algorithm(x_shape: Sequence[int], weight_shape: Sequence[int], stride: int | tuple[int, int] = 1,
