@@ -453,261 +453,142 @@ def _run_plan(plan: _GroupPlan, grads: list, row: list) -> None:
                            else [p for p, g in zip(plan.params, grads) if g is not None])
 
 
+# The classes' docstrings are set from this template after the class statements: written into the
+# class bodies, the static API reference (griffe, which cannot see torch's constructors) fails its
+# strict build on every documented constructor parameter.
+_DOC = """{summary}
+
+A subclass of ``torch.optim.{name}``: same constructor arguments, defaults and errors, parameter
+groups, state dict and scheduler support; ``step`` runs one fused cnnkit call per parameter
+group on CPU float32/float64 tensors and torch's own step otherwise (the rule:
+:mod:`cnnkit.torch.optim`).
+
+Parameters
+----------
+params : iterable of Tensor or dict
+    Parameters, or parameter groups (dicts with a ``'params'`` entry and any option below).
+{params}
+{flags} : bool or None
+    As torch's; set, any but ``foreach`` selects torch's own step.
+
+Examples
+--------
+>>> import torch
+>>> from cnnkit.torch.optim import {name}
+>>> w = torch.nn.Parameter(torch.ones(2, dtype=torch.float64))
+>>> opt = {name}([w]{example})
+>>> w.grad = torch.tensor([0.5, -0.5], dtype=torch.float64)
+>>> opt.step()
+>>> bool((w.detach() != 1).all())
+True
+"""
+
+
 class SGD(_CnnkitStep, torch.optim.SGD):
-    """Stochastic gradient descent with optional (Nesterov) momentum, state ``'momentum_buffer'``.
-
-    A subclass of ``torch.optim.SGD``: same constructor arguments, defaults and errors, parameter
-    groups, state dict and scheduler support; ``step`` runs one fused cnnkit call per parameter
-    group on CPU float32/float64 tensors and torch's own step otherwise (the rule:
-    :mod:`cnnkit.torch.optim`).
-
-    Parameters
-    ----------
-    params : iterable of Tensor or dict
-        Parameters, or parameter groups (dicts with a ``'params'`` entry and any option below).
-    lr : float, default 1e-3
-        Learning rate.
-    momentum : float, default 0
-        Momentum factor.
-    dampening : float, default 0
-        Dampening for momentum.
-    weight_decay : float, default 0
-        L2 penalty added to the gradient.
-    nesterov : bool, default False
-        Nesterov momentum.
-    maximize : bool, default False
-        Maximise the objective.
-    foreach, differentiable, fused : bool or None
-        As torch's; set, any but ``foreach`` selects torch's own step.
-
-    Examples
-    --------
-    >>> import torch
-    >>> from cnnkit.torch.optim import SGD
-    >>> w = torch.nn.Parameter(torch.ones(2, dtype=torch.float64))
-    >>> opt = SGD([w], lr=0.1, momentum=0.9)
-    >>> w.grad = torch.tensor([0.5, -0.5], dtype=torch.float64)
-    >>> opt.step()
-    >>> bool((w.detach() != 1).all())
-    True
-    """
-
     _algo = "sgd"
     _torch_base = torch.optim.SGD
 
 
 class Adam(_CnnkitStep, torch.optim.Adam):
-    """Adam, state ``'step'``, ``'exp_avg'``, ``'exp_avg_sq'`` (and ``'max_exp_avg_sq'``).
-
-    A subclass of ``torch.optim.Adam``: same constructor arguments, defaults and errors, parameter
-    groups, state dict and scheduler support; ``step`` runs one fused cnnkit call per parameter
-    group on CPU float32/float64 tensors and torch's own step otherwise (the rule:
-    :mod:`cnnkit.torch.optim`).
-
-    Parameters
-    ----------
-    params : iterable of Tensor or dict
-        Parameters, or parameter groups (dicts with a ``'params'`` entry and any option below).
-    lr : float, default 1e-3
-        Learning rate.
-    betas : tuple of float, default (0.9, 0.999)
-        Decay rates of the first and second moment averages.
-    eps : float, default 1e-8
-        Added to the denominator.
-    weight_decay : float, default 0
-        L2 penalty added to the gradient (decoupled with decoupled_weight_decay).
-    amsgrad : bool, default False
-        Use the running maximum of the second moment (state ``'max_exp_avg_sq'``).
-    maximize : bool, default False
-        Maximise the objective.
-    decoupled_weight_decay : bool, default False
-        Decay as AdamW does.
-    foreach, capturable, differentiable, fused : bool or None
-        As torch's; set, any but ``foreach`` selects torch's own step.
-
-    Examples
-    --------
-    >>> import torch
-    >>> from cnnkit.torch.optim import Adam
-    >>> w = torch.nn.Parameter(torch.ones(2, dtype=torch.float64))
-    >>> opt = Adam([w], lr=0.1)
-    >>> w.grad = torch.tensor([0.5, -0.5], dtype=torch.float64)
-    >>> opt.step()
-    >>> bool((w.detach() != 1).all())
-    True
-    """
-
     _algo = "adam"
     _torch_base = torch.optim.Adam
 
 
 class AdamW(_CnnkitStep, torch.optim.AdamW):
-    """AdamW (decoupled weight decay), state as :class:`Adam`'s.
-
-    A subclass of ``torch.optim.AdamW``: same constructor arguments, defaults and errors, parameter
-    groups, state dict and scheduler support; ``step`` runs one fused cnnkit call per parameter
-    group on CPU float32/float64 tensors and torch's own step otherwise (the rule:
-    :mod:`cnnkit.torch.optim`).
-
-    Parameters
-    ----------
-    params : iterable of Tensor or dict
-        Parameters, or parameter groups (dicts with a ``'params'`` entry and any option below).
-    lr : float, default 1e-3
-        Learning rate.
-    betas : tuple of float, default (0.9, 0.999)
-        Decay rates of the first and second moment averages.
-    eps : float, default 1e-8
-        Added to the denominator.
-    weight_decay : float, default 1e-2
-        Decoupled weight decay: ``p *= 1 - lr * weight_decay`` first.
-    amsgrad : bool, default False
-        Use the running maximum of the second moment (state ``'max_exp_avg_sq'``).
-    maximize : bool, default False
-        Maximise the objective.
-    foreach, capturable, differentiable, fused : bool or None
-        As torch's; set, any but ``foreach`` selects torch's own step.
-
-    Examples
-    --------
-    >>> import torch
-    >>> from cnnkit.torch.optim import AdamW
-    >>> w = torch.nn.Parameter(torch.ones(2, dtype=torch.float64))
-    >>> opt = AdamW([w], lr=0.1)
-    >>> w.grad = torch.tensor([0.5, -0.5], dtype=torch.float64)
-    >>> opt.step()
-    >>> bool((w.detach() != 1).all())
-    True
-    """
-
     _algo = "adam"
     _torch_base = torch.optim.AdamW
 
 
 class RMSprop(_CnnkitStep, torch.optim.RMSprop):
-    """RMSprop, state ``'step'``, ``'square_avg'`` (and ``'momentum_buffer'``, ``'grad_avg'``).
-
-    A subclass of ``torch.optim.RMSprop``: same constructor arguments, defaults and errors, parameter
-    groups, state dict and scheduler support; ``step`` runs one fused cnnkit call per parameter
-    group on CPU float32/float64 tensors and torch's own step otherwise (the rule:
-    :mod:`cnnkit.torch.optim`).
-
-    Parameters
-    ----------
-    params : iterable of Tensor or dict
-        Parameters, or parameter groups (dicts with a ``'params'`` entry and any option below).
-    lr : float, default 1e-2
-        Learning rate.
-    alpha : float, default 0.99
-        Smoothing constant.
-    eps : float, default 1e-8
-        Added to the denominator.
-    weight_decay : float, default 0
-        L2 penalty added to the gradient.
-    momentum : float, default 0
-        Momentum factor.
-    centered : bool, default False
-        Normalise by the estimated variance of the gradient.
-    maximize : bool, default False
-        Maximise the objective.
-    foreach, capturable, differentiable : bool or None
-        As torch's; set, any but ``foreach`` selects torch's own step.
-
-    Examples
-    --------
-    >>> import torch
-    >>> from cnnkit.torch.optim import RMSprop
-    >>> w = torch.nn.Parameter(torch.ones(2, dtype=torch.float64))
-    >>> opt = RMSprop([w], lr=0.1)
-    >>> w.grad = torch.tensor([0.5, -0.5], dtype=torch.float64)
-    >>> opt.step()
-    >>> bool((w.detach() != 1).all())
-    True
-    """
-
     _algo = "rmsprop"
     _torch_base = torch.optim.RMSprop
 
 
 class Adagrad(_CnnkitStep, torch.optim.Adagrad):
-    """Adagrad, state ``'step'`` and ``'sum'`` (created by the constructor, as torch does).
-
-    A subclass of ``torch.optim.Adagrad``: same constructor arguments, defaults and errors, parameter
-    groups, state dict and scheduler support; ``step`` runs one fused cnnkit call per parameter
-    group on CPU float32/float64 tensors and torch's own step otherwise (the rule:
-    :mod:`cnnkit.torch.optim`).
-
-    Parameters
-    ----------
-    params : iterable of Tensor or dict
-        Parameters, or parameter groups (dicts with a ``'params'`` entry and any option below).
-    lr : float, default 1e-2
-        Learning rate.
-    lr_decay : float, default 0
-        Learning-rate decay per step.
-    weight_decay : float, default 0
-        L2 penalty added to the gradient.
-    initial_accumulator_value : float, default 0
-        Initial value of ``'sum'``.
-    eps : float, default 1e-10
-        Added to the denominator.
-    maximize : bool, default False
-        Maximise the objective.
-    foreach, differentiable, fused : bool or None
-        As torch's; set, any but ``foreach`` selects torch's own step.
-
-    Examples
-    --------
-    >>> import torch
-    >>> from cnnkit.torch.optim import Adagrad
-    >>> w = torch.nn.Parameter(torch.ones(2, dtype=torch.float64))
-    >>> opt = Adagrad([w], lr=0.1)
-    >>> w.grad = torch.tensor([0.5, -0.5], dtype=torch.float64)
-    >>> opt.step()
-    >>> bool((w.detach() != 1).all())
-    True
-    """
-
     _algo = "adagrad"
     _torch_base = torch.optim.Adagrad
 
 
 class Adadelta(_CnnkitStep, torch.optim.Adadelta):
-    """Adadelta, state ``'step'``, ``'square_avg'`` and ``'acc_delta'``.
-
-    A subclass of ``torch.optim.Adadelta``: same constructor arguments, defaults and errors, parameter
-    groups, state dict and scheduler support; ``step`` runs one fused cnnkit call per parameter
-    group on CPU float32/float64 tensors and torch's own step otherwise (the rule:
-    :mod:`cnnkit.torch.optim`).
-
-    Parameters
-    ----------
-    params : iterable of Tensor or dict
-        Parameters, or parameter groups (dicts with a ``'params'`` entry and any option below).
-    lr : float, default 1.0
-        Scale of the update.
-    rho : float, default 0.9
-        Smoothing constant.
-    eps : float, default 1e-6
-        Added inside the square roots.
-    weight_decay : float, default 0
-        L2 penalty added to the gradient.
-    maximize : bool, default False
-        Maximise the objective.
-    foreach, capturable, differentiable : bool or None
-        As torch's; set, any but ``foreach`` selects torch's own step.
-
-    Examples
-    --------
-    >>> import torch
-    >>> from cnnkit.torch.optim import Adadelta
-    >>> w = torch.nn.Parameter(torch.ones(2, dtype=torch.float64))
-    >>> opt = Adadelta([w])
-    >>> w.grad = torch.tensor([0.5, -0.5], dtype=torch.float64)
-    >>> opt.step()
-    >>> bool((w.detach() != 1).all())
-    True
-    """
-
     _algo = "adadelta"
     _torch_base = torch.optim.Adadelta
+
+
+_ADAM_PARAMS = """lr : float, default 1e-3
+    Learning rate.
+betas : tuple of float, default (0.9, 0.999)
+    Decay rates of the first and second moment averages.
+eps : float, default 1e-8
+    Added to the denominator.
+weight_decay : float, default {wd}
+    {wd_text}
+amsgrad : bool, default False
+    Use the running maximum of the second moment (state ``'max_exp_avg_sq'``).
+maximize : bool, default False
+    Maximise the objective."""
+
+SGD.__doc__ = _DOC.format(
+    summary="Stochastic gradient descent with optional (Nesterov) momentum, state ``'momentum_buffer'``.",
+    name="SGD", flags="foreach, differentiable, fused", example=", lr=0.1, momentum=0.9", params="""lr : float, default 1e-3
+    Learning rate.
+momentum : float, default 0
+    Momentum factor.
+dampening : float, default 0
+    Dampening for momentum.
+weight_decay : float, default 0
+    L2 penalty added to the gradient.
+nesterov : bool, default False
+    Nesterov momentum.
+maximize : bool, default False
+    Maximise the objective.""")
+Adam.__doc__ = _DOC.format(
+    summary="Adam, state ``'step'``, ``'exp_avg'``, ``'exp_avg_sq'`` (and ``'max_exp_avg_sq'``).",
+    name="Adam", flags="foreach, capturable, differentiable, fused", example=", lr=0.1", params=_ADAM_PARAMS.format(
+        wd="0", wd_text="L2 penalty added to the gradient (decoupled with decoupled_weight_decay).")
+    + "\ndecoupled_weight_decay : bool, default False\n    Decay as AdamW does.")
+AdamW.__doc__ = _DOC.format(
+    summary="AdamW (decoupled weight decay), state as :class:`Adam`'s.",
+    name="AdamW", flags="foreach, capturable, differentiable, fused", example=", lr=0.1", params=_ADAM_PARAMS.format(
+        wd="1e-2", wd_text="Decoupled weight decay: ``p *= 1 - lr * weight_decay`` first."))
+RMSprop.__doc__ = _DOC.format(
+    summary="RMSprop, state ``'step'``, ``'square_avg'`` (and ``'momentum_buffer'``, ``'grad_avg'``).",
+    name="RMSprop", flags="foreach, capturable, differentiable", example=", lr=0.1", params="""lr : float, default 1e-2
+    Learning rate.
+alpha : float, default 0.99
+    Smoothing constant.
+eps : float, default 1e-8
+    Added to the denominator.
+weight_decay : float, default 0
+    L2 penalty added to the gradient.
+momentum : float, default 0
+    Momentum factor.
+centered : bool, default False
+    Normalise by the estimated variance of the gradient.
+maximize : bool, default False
+    Maximise the objective.""")
+Adagrad.__doc__ = _DOC.format(
+    summary="Adagrad, state ``'step'`` and ``'sum'`` (created by the constructor, as torch does).",
+    name="Adagrad", flags="foreach, differentiable, fused", example=", lr=0.1", params="""lr : float, default 1e-2
+    Learning rate.
+lr_decay : float, default 0
+    Learning-rate decay per step.
+weight_decay : float, default 0
+    L2 penalty added to the gradient.
+initial_accumulator_value : float, default 0
+    Initial value of ``'sum'``.
+eps : float, default 1e-10
+    Added to the denominator.
+maximize : bool, default False
+    Maximise the objective.""")
+Adadelta.__doc__ = _DOC.format(
+    summary="Adadelta, state ``'step'``, ``'square_avg'`` and ``'acc_delta'``.",
+    name="Adadelta", flags="foreach, capturable, differentiable", example="", params="""lr : float, default 1.0
+    Scale of the update.
+rho : float, default 0.9
+    Smoothing constant.
+eps : float, default 1e-6
+    Added inside the square roots.
+weight_decay : float, default 0
+    L2 penalty added to the gradient.
+maximize : bool, default False
+    Maximise the objective.""")
