@@ -72,6 +72,14 @@ void backward_weight(DType dt, const void* dy, const void* x, void* dw, void* db
 // and stem kernels) or for an unsupported combination (stats with residual or post_relu).
 const char* forward_fused(const float* x, const float* w, const float* b, float* y, const Geom& g, const Fused& fu);
 
+// The weight (dw) and bias (db) gradients of conv(prologue(x)) with the prologue of `fu`
+// (pre_scale, pre_shift, pre_relu; the other fields must be null/false), float32, recomputing the
+// normalized input while the GEMM path lays x out (it is never stored whole). dw and db may be
+// null. Returns the registry name of the entry that ran; throws value_error where the registry
+// would run a direct kernel (depthwise, grouped, stem) for the plain weight gradient.
+const char* backward_weight_fused(const float* dy, const float* x, float* dw, float* db, const Geom& g,
+                                  const Fused& fu);
+
 // cnnkit's own sgemm at ISA level `isa` (tests and benchmarks): C (M x N, row-major, row stride
 // ldc) = [C +] A . B with A (i, k) at a[i*ars + k*acs] and B (k, j) at b[k*brs + j*bcs], on
 // cnnkit's threads; the bits do not depend on the thread count.
@@ -171,6 +179,9 @@ struct Kernels {
   DwBackwardInputFn packed_backward_input;
   void (*packed_backward_weight)(DType, const void* dy, const void* x, void* dw, const Geom&);
   void (*fused_forward)(const float* x, const float* w, const float* b, float* y, const Geom&, const Fused&);
+  // The weight gradient of conv(prologue(x)) (the prologue of Fused; the other fields unused), on
+  // the own sgemm (own) or OpenBLAS.
+  void (*fused_backward_weight)(const float* dy, const float* x, float* dw, const Geom&, const Fused&, bool own);
   // The register block of the level's sgemm microkernel (mr x nr) and its cache blocks.
   void (*sgemm_shape)(int* mr, int* nr, int* kc, int* mc, int* nc);
   // C (M x N, row-major, ldc) = [C +] A . B, A (i, k) at a[i*ars + k*acs], B (k, j) at b[k*brs + j*bcs],

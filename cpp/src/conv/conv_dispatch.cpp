@@ -423,6 +423,41 @@ const char* forward_fused(const float* x, const float* w, const float* b, float*
   return e->name.c_str();
 }
 
+const char* backward_weight_fused(const float* dy, const float* x, float* dw, float* db, const Geom& g,
+                                  const Fused& fu) {
+  check_dims(g);
+  if (fu.residual || fu.post_relu || fu.stats_sum || fu.stats_sumsq)
+    throw value_error("conv2d_fused backward: only the prologue applies to the weight gradient");
+  if (!fu.pre_scale != !fu.pre_shift)
+    throw value_error("conv2d_fused backward: pre_scale and pre_shift go together");
+  const auto& t = table();
+  const Entry& e = t[select_effective(Problem{g, DType::f32, Pass::weight})];
+  const bool own = e.v->run == run_packed, blas = e.v->run == run_gemm,
+             transposed = e.v->run == run_transposed<run_packed, false>;
+  if (!own && !blas && !transposed)
+    throw value_error(std::string("conv2d_fused backward: no fused weight gradient for this problem (the registry "
+                                  "runs ") + e.name + ")");
+  const int64_t wcount = g.K * g.Cg() * g.kh * g.kw;
+  if (g.N == 0 || g.Ho * g.Wo == 0 || g.K == 0) {
+    if (dw) std::fill(dw, dw + wcount, 0.0f);
+    if (db) std::fill(db, db + g.K, 0.0f);
+    return e.name.c_str();
+  }
+  const Kernels& k = kernels_of(e.isa);
+  if (dw) {
+    if (transposed) {  // as run_transposed: the NHWC packed pass on transposed x and dy
+      const Geom tg = as_nhwc_geom(g);
+      const void* xt = as_nhwc(k, DType::f32, x, g.N, g.C, g.H * g.W, kXSlot);
+      const void* dyt = as_nhwc(k, DType::f32, dy, g.N, g.K, g.Ho * g.Wo, kYSlot);
+      k.fused_backward_weight(static_cast<const float*>(dyt), static_cast<const float*>(xt), dw, tg, fu, true);
+    } else {
+      k.fused_backward_weight(dy, x, dw, g, fu, own);
+    }
+  }
+  if (db) k.bias_grad(DType::f32, dy, db, g);
+  return e.name.c_str();
+}
+
 void sgemm(Isa isa, int64_t M, int64_t N, int64_t K, const float* a, int64_t ars, int64_t acs, const float* b,
            int64_t brs, int64_t bcs, float* c, int64_t ldc, bool accumulate) {
   if (static_cast<int>(isa) > static_cast<int>(isa_supported()))

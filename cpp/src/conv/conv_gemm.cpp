@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <cmath>
 #include <cstring>
 #include <type_traits>
 
@@ -65,9 +66,12 @@ void gemm_t(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, int64
   }
 }
 
+// The prologue's affine map is one fma (a single rounding) everywhere it is evaluated (here, the
+// sgemm's packing, and the batch-norm backward's recomputed ReLU mask), so every path computes
+// the same normalized values and the backward's mask is the forward's exactly.
 template <typename T>
 T apply(T v, const Prologue* f, int64_t c) {
-  if (f->scale) v = T(f->scale[c]) * v + T(f->shift[c]);
+  if (f->scale) v = std::fma(T(f->scale[c]), v, T(f->shift[c]));
   return f->relu ? std::max(v, T(0)) : v;
 }
 
@@ -77,9 +81,9 @@ void apply_run(T* d, int64_t n, const Prologue* f, int64_t c) {
   if (f->scale) {
     const T sc = T(f->scale[c]), sh = T(f->shift[c]);
     if (f->relu)
-      for (int64_t t = 0; t < n; ++t) d[t] = std::max(sc * d[t] + sh, T(0));
+      for (int64_t t = 0; t < n; ++t) d[t] = std::max(std::fma(sc, d[t], sh), T(0));
     else
-      for (int64_t t = 0; t < n; ++t) d[t] = sc * d[t] + sh;
+      for (int64_t t = 0; t < n; ++t) d[t] = std::fma(sc, d[t], sh);
   } else if (f->relu) {
     for (int64_t t = 0; t < n; ++t) d[t] = std::max(d[t], T(0));
   }
@@ -92,9 +96,9 @@ void apply_channels(T* d, const T* s, int64_t n, const Prologue* f, int64_t c0) 
     const float* sc = f->scale + c0;
     const float* sh = f->shift + c0;
     if (f->relu)
-      for (int64_t c = 0; c < n; ++c) d[c] = std::max(T(sc[c]) * s[c] + T(sh[c]), T(0));
+      for (int64_t c = 0; c < n; ++c) d[c] = std::max(std::fma(T(sc[c]), s[c], T(sh[c])), T(0));
     else
-      for (int64_t c = 0; c < n; ++c) d[c] = T(sc[c]) * s[c] + T(sh[c]);
+      for (int64_t c = 0; c < n; ++c) d[c] = std::fma(T(sc[c]), s[c], T(sh[c]));
   } else {
     for (int64_t c = 0; c < n; ++c) d[c] = f->relu ? std::max(s[c], T(0)) : s[c];
   }
@@ -490,10 +494,14 @@ void batched_forward(const float* x, const float* w, const float* b, float* y, c
     combine_stats(st, K, order.data(), int64_t(order.size()), kk, fu->stats_sum + kk, fu->stats_sumsq + kk);
 }
 
-// Weight gradient: dW (K x KK, w's own layout) = sum over blocks of dY^T (K x rows) . col.
-void batched_backward_weight(const float* dy, const float* x, float* dw, const Geom& g) {
+// Weight gradient: dW (K x KK, w's own layout) = sum over blocks of dY^T (K x rows) . col, col
+// built from prologue(x) when fu has a prologue (the normalized input recomputed while it is laid
+// out, never stored whole).
+void batched_backward_weight(const float* dy, const float* x, float* dw, const Geom& g, const Fused* fu) {
   const int64_t P = g.Ho * g.Wo, K = g.K, KK = g.C * g.kh * g.kw;
-  const bool direct = reads_x_directly(g);
+  Prologue pstore;
+  const Prologue* pf = group_prologue(fu, 0, g.C, &pstore);
+  const bool direct = reads_x_directly(g) && !pf;
   const int64_t nb = direct ? g.N : batch_images(g, KK), blocks = ceil_div(g.N, nb);
   float* col = direct ? nullptr : scratch<float>(kBatchSlot, nb * P * KK);
   const Tiles t = tiles(K, KK);
@@ -503,7 +511,7 @@ void batched_backward_weight(const float* dy, const float* x, float* dw, const G
       const int64_t pieces = ceil_div(rows, 16);
 #pragma omp parallel for schedule(static) num_threads(num_threads())
       for (int64_t q = 0; q < pieces; ++q)
-        im2col_cij(x, g, R0 + q * 16, R0 + std::min(rows, q * 16 + 16), col + q * 16 * KK, nullptr);
+        im2col_cij(x, g, R0 + q * 16, R0 + std::min(rows, q * 16 + 16), col + q * 16 * KK, pf);
     }
     const float* B = direct ? x + R0 * g.C : col;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads())
@@ -685,12 +693,15 @@ int64_t wgrad_pieces(const Geom& g, size_t elem) {
   return p;
 }
 
+// fu (float32 only): a fused prologue on x (the weight gradient of conv(prologue(x))), applied
+// while x is laid out as im2col rows (a 1x1 kernel then takes the im2col path too); null: plain.
 template <typename T, bool Own>
-void backward_weight_gemm(const T* dy, const T* x, T* dw, const Geom& g) {
+void backward_weight_gemm(const T* dy, const T* x, T* dw, const Geom& g, const Fused* fu = nullptr) {
   if constexpr (Own && std::is_same_v<T, float>)
-    if (g.nhwc && small_planes(g)) return batched_backward_weight(dy, x, dw, g);
+    if (g.nhwc && small_planes(g)) return batched_backward_weight(dy, x, dw, g, fu);
   const int64_t P = g.Ho * g.Wo, Cg = g.Cg(), Kg = g.Kg(), k2 = g.kh * g.kw, KK = Cg * k2, HW = g.H * g.W;
-  const bool direct = reads_x_directly(g);
+  const bool pro = fu && (fu->pre_scale || fu->pre_relu);
+  const bool direct = reads_x_directly(g) && !pro;
   const int64_t rows = g.N * P, pieces = wgrad_pieces(g, sizeof(T));
   const int64_t per = ceil_div(rows, pieces);
   const int64_t chunk = g.nhwc ? std::max<int64_t>(16, std::min<int64_t>(1024, (int64_t(1) << 18) / KK))
@@ -707,6 +718,8 @@ void backward_weight_gemm(const T* dy, const T* x, T* dw, const Geom& g) {
   for (int64_t u = 0; u < units; ++u) {
     const int64_t gi = u % g.G, pc = u / g.G;
     T* acc = part + (pc * g.G + gi) * Kg * KK;
+    Prologue pstore;
+    const Prologue* pf = group_prologue(fu, gi, Cg, &pstore);
     const int64_t r1 = std::min(rows, (pc + 1) * per);
     bool first = true;
     for (int64_t r = pc * per; r < r1;) {
@@ -719,7 +732,7 @@ void backward_weight_gemm(const T* dy, const T* x, T* dw, const Geom& g) {
           ldb = g.C;
         } else {
           T* col = scratch<T>(kColSlot, np * KK);
-          im2col_nhwc(x, g, n, gi, 0, Cg, p0, p1, col);
+          im2col_nhwc(x, g, n, gi, 0, Cg, p0, p1, col, pf);
           B = col;
           ldb = KK;
         }
@@ -731,7 +744,7 @@ void backward_weight_gemm(const T* dy, const T* x, T* dw, const Geom& g) {
           ldb = HW;
         } else {
           T* col = scratch<T>(kColSlot, KK * np);
-          im2col_nchw(xn, g, 0, Cg, p0, p1, col);
+          im2col_nchw(xn, g, 0, Cg, p0, p1, col, pf);
           B = col;
           ldb = np;
         }
@@ -928,6 +941,13 @@ void packed_backward_weight(DType, const void* dy, const void* x, void* dw, cons
 void fused_forward(const float* x, const float* w, const float* b, float* y, const Geom& g, const Fused& fu) {
   auto f = g.nhwc ? forward_nhwc<float, true> : forward_nchw<float, true>;
   f(x, w, b, y, g, &fu);
+}
+
+void fused_backward_weight(const float* dy, const float* x, float* dw, const Geom& g, const Fused& fu, bool own) {
+  if (own)
+    backward_weight_gemm<float, true>(dy, x, dw, g, &fu);
+  else
+    backward_weight_gemm<float, false>(dy, x, dw, g, &fu);
 }
 
 void bias_grad(DType dt, const void* dy, void* db, const Geom& g) {

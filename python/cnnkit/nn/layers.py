@@ -18,6 +18,7 @@ from ..ops.conv import _Geom as _ConvGeom
 from ..ops.conv import _padding as _conv_padding
 from .._core import pool2d_forward as _pool_forward
 from ..ops import fused as _fused
+from ..ops.norm import _bn_backward_chunk
 from .module import Module, Sequential, fusion_enabled
 
 __all__ = ["Conv2d", "DepthwiseSeparableConv2d", "BatchNorm2d", "GroupNorm", "ReLU", "MaxPool2d", "AvgPool2d",
@@ -452,7 +453,7 @@ class BatchNorm2d(_ReLUMode, Module):
         _check_input(self, x, self.num_features, self.layout)
         p, b = self.params, self.buffers
         y = self._buf("y", x.shape)
-        self._x, self._residual = x, residual
+        self._x, self._residual, self._pre_affine = x, residual, None
         if self.training:
             b["num_batches_tracked"] += 1
             # momentum None: torch's cumulative moving average, factor 1 / batches seen
@@ -499,13 +500,16 @@ class BatchNorm2d(_ReLUMode, Module):
             mean = b["running_mean"].astype(np.float64)
             invstd = _core.norm_invstd(b["running_var"], self.eps)
         self._x, self._residual, self._trained = x, residual, self.training
-        self._mean, self._invstd = mean, invstd
+        self._mean, self._invstd, self._pre_affine = mean, invstd, None
         w = p.get("weight")
         if defer and residual is None and float(np.max(np.abs(mean) * invstd)) <= _DEFER_MAX_MEAN_OVER_STD:
-            scale = invstd * (1.0 if w is None else w.astype(np.float64))
-            shift = (0.0 if w is None else p["bias"].astype(np.float64)) - mean * scale
+            scale = (invstd * (1.0 if w is None else w.astype(np.float64))).astype(np.float32)
+            shift = ((0.0 if w is None else p["bias"].astype(np.float64)) - mean * scale).astype(np.float32)
             self._y = None  # the consumer sets it to the prologue's output when it materialises one
-            return None, (scale.astype(np.float32), shift.astype(np.float32), self.activation == "relu")
+            # The backward's ReLU mask, fma(scale, x, shift) > 0: the compiled prologue's value
+            # (one fma in float32), so nothing of the normalized tensor is kept or recomputed.
+            self._pre_affine = np.concatenate([scale, shift])
+            return None, (scale, shift, self.activation == "relu")
         y = self._buf("y", x.shape)
         if x.size:
             _core.norm_apply(x, y, residual, N, C, S, nhwc, False, mean, invstd, w, p.get("bias"),
@@ -514,6 +518,25 @@ class BatchNorm2d(_ReLUMode, Module):
         for c in self._captures:
             c.output = y.copy()
         return y, None
+
+    def _fused_backward(self, grad: np.ndarray, gi: np.ndarray, pre_affine: np.ndarray) -> np.ndarray:
+        """The training-mode backward of a norm whose output was the next convolution's compiled
+        prologue: the ReLU mask is ``fma(scale, x, shift) > 0`` with the prologue's float32
+        ``concat(scale, shift)`` (``pre_affine``), evaluated inside the two norm backward passes."""
+        x, p = self._x, self.params
+        nhwc = self.layout == "NHWC"
+        N, C = x.shape[0], self.num_features
+        S = x.shape[1] * x.shape[2] if nhwc else x.shape[2] * x.shape[3]
+        w = p.get("weight")
+        w64 = np.ones(C) if w is None else w.astype(np.float64)
+        grad = np.ascontiguousarray(grad, dtype=np.float32)
+        sg, sgxhat = _bn_backward_chunk(grad, x, None, gi, None, N, C, S, nhwc, self._mean, self._invstd, w64,
+                                        N * S, mask_affine=pre_affine)
+        if self.affine and self.param_grads:
+            self.grads["weight"][...] = sgxhat
+            self.grads["bias"][...] = sg
+        self.residual_grad = None
+        return gi
 
     def _preactivation(self) -> np.ndarray:
         """The last forward's output before the fused ReLU, recomputed (its sign is the ReLU
@@ -597,6 +620,11 @@ class BatchNorm2d(_ReLUMode, Module):
         gi = self._buf("gx", self._x.shape)
         gres = self._buf("gres", self._x.shape) if self._residual is not None else None
         y = self._y
+        pre_affine = getattr(self, "_pre_affine", None)
+        if y is None and self.activation is not None and pre_affine is not None and self._residual is None:
+            # fused into the next convolution's compiled prologue: the mask is recomputed from x
+            # inside the backward kernels (see _fused_forward)
+            return self._fused_backward(grad, gi, pre_affine)
         if y is None and self.activation is not None:  # fused: the output was never written
             y = self._preactivation()  # its sign is the ReLU mask; kept in a buffer, not allocated
         res = ops.batch_norm_backward(grad, self._x, self.params.get("weight"), self._mean, self._invstd, y=y,
@@ -1249,7 +1277,7 @@ class SpatialDropout2d(_DropoutBase):
 # represent: such a layer always runs on its own.
 _FUSED_VIA = {"Conv2d": ("__call__", "forward", "_forward", "_fused_call", "backward", "_channel_sparse_backward"),
               "BatchNorm2d": ("__call__", "forward", "_fused_forward", "backward", "_eval_backward",
-                              "_preactivation", "_relu_grad")}
+                              "_preactivation", "_fused_backward", "_relu_grad")}
 
 
 def _fusable(m: Module | None, cls: type) -> bool:
