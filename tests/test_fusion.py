@@ -794,11 +794,78 @@ def test_dense_chain_never_materialises_the_normalized_tensor(layout, monkeypatc
             nn.GlobalAvgPool2d(layout=layout), nn.Linear(16, 4, rng=rng))
 
     xs, ls = _data(_shape(layout, 4, 3, 16), 3, 4)
-    real = F._prologue
+    real, real_reduce = F._prologue, _core.norm_backward_reduce
+    reduces = []
     monkeypatch.setattr(F, "_prologue", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(_core, "norm_backward_reduce", lambda *a, **k: reduces.append(1) or real_reduce(*a, **k))
     monkeypatch.setattr(nn.BatchNorm2d, "_preactivation", no_preactivation)
     h_f = _train(model(), xs, ls, True)
     assert not calls, "the prologue's output was materialised"
+    # every norm's backward sums came from the consumer's input-gradient epilogue
+    assert not reduces, f"{len(reduces)} batch-norm reduction passes ran"
     monkeypatch.undo()
     h_u = _train(model(), xs, ls, False)
     _assert_same_training(h_f, h_u)
+
+
+# (N, C, K, H, W, k, pad, groups) at stride 1: the adjoint's packed NHWC/NCHW passes, OpenBLAS (a
+# short reduction, groups), the whole-batch path of small NHWC planes (1x1).
+_DGRAD_CASES = [(2, 24, 64, 17, 17, 1, 0, 1), (3, 70, 33, 16, 16, 3, 1, 1), (2, 16, 20, 9, 9, 3, 1, 1),
+                (20, 100, 128, 4, 4, 1, 0, 1), (2, 6, 9, 7, 7, 3, 1, 3), (1, 33, 65, 5, 16, 3, 2, 1)]
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("case", _DGRAD_CASES)
+def test_fused_backward_input_compiled(layout, case):
+    """``_core.conv2d_fused_backward_input``: the input gradient masked by the prologue's ReLU
+    and the two batch-norm sums, against float64; bitwise equal at 1 and 2 threads."""
+    from conftest import num_threads
+    N, C, K, H, W, k, p, G = case
+    rng = np.random.default_rng(sum(case) + 7)
+    x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+    w = rng.standard_normal((K, C // G, k, k)).astype(np.float32)
+    sc = (rng.uniform(0.5, 2, C) * rng.choice((-1, 1), C)).astype(np.float32)
+    sh = rng.standard_normal(C).astype(np.float32)
+    center = rng.standard_normal(C)
+    g = F._Geom(_to(layout, x).shape, w.shape, 1, p, 1, G, layout, np.float32)
+    gy = rng.standard_normal((N, K, g.Ho, g.Wo)).astype(np.float32)
+    Lx = (K // G) * k * k
+    for scale, relu in ((True, True), (True, False), (False, True)):
+        got = {}
+        for t in (1, 2):
+            dx = np.full(_to(layout, x).shape, np.nan, np.float32)
+            with num_threads(t):
+                name, s1, s2 = _core.conv2d_fused_backward_input(_to(layout, gy), w, dx, g.core(), _to(layout, x),
+                                                                 sc if scale else None, sh if scale else None, relu,
+                                                                 center)
+            got[t] = (_from(layout, dx), s1, s2)
+        assert "gemm" in name, name
+        for u, v in zip(got[1], got[2]):
+            assert_bitwise(u, v, "threads")
+        ref = fused_backward_ref(gy, x, w, 1, p, 1, G, sc if scale else None, sh if scale else None, relu, None,
+                                 False)
+        ga = ref[6]
+        z = x.astype(np.float64) * (_chan(sc) if scale else 1.0) + (_chan(sh) if scale else 0.0)
+        gz = ga * (z > 0) if relu else ga
+        dx, s1, s2 = got[1]
+        assert_close(dx, gz, np.float32, length=Lx, what=f"masked grad {scale} {relu}")
+        if relu:
+            assert np.all(dx[z <= 0] == 0)
+        L = Lx * N * H * W
+        assert_close(s1, gz.sum(axis=(0, 2, 3)), np.float32, length=L, what="sum")
+        assert_close(s2, (gz * (x - _chan(center))).sum(axis=(0, 2, 3)), np.float32, length=L, what="sumxc")
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_fused_backward_input_declines(layout):
+    """Stride 2, depthwise and the whole-batch scatter of small planes: ValueError, dx untouched."""
+    rng = np.random.default_rng(0)
+    for (N, C, K, H, k, s, G) in ((2, 64, 64, 8, 3, 2, 1), (2, 16, 16, 8, 3, 1, 16), (16, 128, 128, 2, 3, 1, 1)):
+        x = rng.standard_normal((N, C, H, H)).astype(np.float32)
+        w = rng.standard_normal((K, C // G, k, k)).astype(np.float32)
+        g = F._Geom(_to(layout, x).shape, w.shape, s, 1, 1, G, layout, np.float32)
+        gy = rng.standard_normal(_to(layout, np.zeros((N, K, g.Ho, g.Wo))).shape).astype(np.float32)
+        dx = np.zeros(_to(layout, x).shape, np.float32)
+        with pytest.raises(ValueError, match="no fused input gradient"):
+            _core.conv2d_fused_backward_input(gy, w, dx, g.core(), _to(layout, x), None, None, True, np.zeros(C))
+        assert not dx.any()

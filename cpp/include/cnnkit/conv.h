@@ -34,6 +34,19 @@ struct Fused {
   bool post_relu;
   double* stats_sum;
   double* stats_sumsq;
+  // The gradient epilogue (backward_input_fused(), nothing above set): the output o here is the
+  // gradient at a prologue's output a = max(fma(gscale[c], gx, gshift[c]), 0) (the ReLU with
+  // grelu), gx that prologue's input (the output's shape and layout). o becomes
+  // o * [fma(gscale, gx, gshift) > 0] (masked where grelu), and grad_sum[c] = sum of o,
+  // grad_sumxc[c] = sum of o * (gx - center[c]) over n, h, w in double (the two sums the batch-norm
+  // backward needs, in a fixed order).
+  const float* gx = nullptr;
+  const float* gscale = nullptr;
+  const float* gshift = nullptr;
+  bool grelu = false;
+  const double* center = nullptr;
+  double* grad_sum = nullptr;
+  double* grad_sumxc = nullptr;
 };
 
 struct Geom {
@@ -79,6 +92,13 @@ const char* forward_fused(const float* x, const float* w, const float* b, float*
 // would run a direct kernel (depthwise, grouped, stem) for the plain weight gradient.
 const char* backward_weight_fused(const float* dy, const float* x, float* dw, float* db, const Geom& g,
                                   const Fused& fu);
+
+// The input gradient dx of conv(prologue(x)) at stride 1 with the gradient epilogue of `fu` (gx,
+// gscale, gshift, grelu, center, grad_sum, grad_sumxc; the forward fields null): dx is written
+// already masked by the prologue's ReLU, with the batch-norm backward's two sums, as the adjoint's
+// forward pass on the GEMM path. Throws value_error where that pass would not run on a GEMM entry
+// (depthwise, grouped, small-plane scatter, stride > 1).
+const char* backward_input_fused(const float* dy, const float* w, float* dx, const Geom& g, const Fused& fu);
 
 // cnnkit's own sgemm at ISA level `isa` (tests and benchmarks): C (M x N, row-major, row stride
 // ldc) = [C +] A . B with A (i, k) at a[i*ars + k*acs] and B (k, j) at b[k*brs + j*bcs], on
@@ -182,6 +202,10 @@ struct Kernels {
   // The weight gradient of conv(prologue(x)) (the prologue of Fused; the other fields unused), on
   // the own sgemm (own) or OpenBLAS.
   void (*fused_backward_weight)(const float* dy, const float* x, float* dw, const Geom&, const Fused&, bool own);
+  // The forward pass of the GEMM path with any Fused (own sgemm or OpenBLAS): the adjoint pass of
+  // backward_input_fused().
+  void (*fused_forward_any)(const float* x, const float* w, const float* b, float* y, const Geom&, const Fused&,
+                            bool own);
   // The register block of the level's sgemm microkernel (mr x nr) and its cache blocks.
   void (*sgemm_shape)(int* mr, int* nr, int* kc, int* mc, int* nc);
   // C (M x N, row-major, ldc) = [C +] A . B, A (i, k) at a[i*ars + k*acs], B (k, j) at b[k*brs + j*bcs],

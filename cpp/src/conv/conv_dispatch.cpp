@@ -458,6 +458,47 @@ const char* backward_weight_fused(const float* dy, const float* x, float* dw, fl
   return e.name.c_str();
 }
 
+const char* backward_input_fused(const float* dy, const float* w, float* dx, const Geom& g, const Fused& fu) {
+  check_dims(g);
+  if (fu.pre_scale || fu.pre_shift || fu.pre_relu || fu.residual || fu.post_relu || fu.stats_sum || fu.stats_sumsq)
+    throw value_error("conv2d_fused backward: only the gradient epilogue applies to the input gradient");
+  if (!fu.gx || !fu.center || !fu.grad_sum || !fu.grad_sumxc)
+    throw value_error("conv2d_fused backward: the gradient epilogue needs x, center and both sums");
+  if (!fu.gscale != !fu.gshift) throw value_error("conv2d_fused backward: scale and shift go together");
+  if (!unit_stride(g) || scatter_input(g))
+    throw value_error("conv2d_fused backward: no fused input gradient for this problem (stride > 1, or the "
+                      "whole-batch scatter of small planes)");
+  const Geom a = adjoint(g);
+  const auto& t = table();
+  const Entry& e = t[select_effective(Problem{a, DType::f32, Pass::forward})];
+  const bool own = e.v->run == run_packed, blas = e.v->run == run_gemm,
+             transposed = e.v->run == run_transposed<run_packed, false>;
+  if (!own && !blas && !transposed)
+    throw value_error(std::string("conv2d_fused backward: no fused input gradient for this problem (the registry "
+                                  "runs ") + e.name + ")");
+  if (g.N == 0 || g.C == 0 || g.H * g.W == 0 || g.K == 0) {
+    std::fill(dx, dx + g.N * g.C * g.H * g.W, 0.0f);
+    std::fill(fu.grad_sum, fu.grad_sum + g.C, 0.0);
+    std::fill(fu.grad_sumxc, fu.grad_sumxc + g.C, 0.0);
+    return e.name.c_str();
+  }
+  const float* wa = adjoint_weights(w, g);
+  const Kernels& k = kernels_of(e.isa);
+  if (!transposed) {
+    k.fused_forward_any(dy, wa, nullptr, dx, a, fu, own);
+    return e.name.c_str();
+  }
+  // As run_transposed: the NHWC packed pass between layout transposes (x too, for the mask).
+  const int64_t HW = g.H * g.W;
+  Fused ft = fu;
+  ft.gx = static_cast<const float*>(as_nhwc(k, DType::f32, fu.gx, g.N, g.C, HW, kXSlot));
+  const void* dyt = as_nhwc(k, DType::f32, dy, g.N, g.K, g.Ho * g.Wo, kYSlot);
+  float* out = static_cast<float*>(scratch_of(DType::f32, kAccSlot, g.N * g.C * HW));
+  k.fused_forward_any(static_cast<const float*>(dyt), wa, nullptr, out, as_nhwc_geom(a), ft, true);
+  k.transpose(DType::f32, out, dx, g.N, HW, g.C);
+  return e.name.c_str();
+}
+
 void sgemm(Isa isa, int64_t M, int64_t N, int64_t K, const float* a, int64_t ars, int64_t acs, const float* b,
            int64_t brs, int64_t bcs, float* c, int64_t ldc, bool accumulate) {
   if (static_cast<int>(isa) > static_cast<int>(isa_supported()))

@@ -355,6 +355,82 @@ void epilogue_pm(T* y, int64_t ld, int64_t nr, int64_t nk, const T* b, const T* 
       for (int64_t k = 0; k < nk; ++k) y[r * ld + k] = std::max(y[r * ld + k], T(0));
 }
 
+// ---- the gradient epilogue (backward_input_fused(): the adjoint's forward pass) -----------------
+// The output here is the gradient at a prologue's output; xb holds the prologue's input at the
+// same positions. o = o * [fma(sc, x, sh) > 0] (relu; sc null: x > 0), then the partial sums of o
+// and o * (x - ctr) in double: per channel, over the block, in a fixed order.
+
+inline bool grad_keep(bool relu, const float* sc, const float* sh, int64_t k, float x) {
+  if (!relu) return true;
+  return sc ? std::fma(sc[k], x, sh[k]) > 0.0f : x > 0.0f;
+}
+
+// Channel-major block (NCHW): nk channels of np pixels, row stride ld.
+void grad_epilogue_cm(float* y, const float* xb, int64_t ld, int64_t nk, int64_t np, const float* sc,
+                      const float* sh, bool relu, const double* ctr, double* s1, double* s2) {
+  for (int64_t k = 0; k < nk; ++k) {
+    float* r = y + k * ld;
+    const float* xr = xb + k * ld;
+    const float a = sc ? sc[k] : 1.0f, b = sc ? sh[k] : 0.0f;
+    const double c = ctr[k];
+    double a1[8] = {}, a2[8] = {};  // eight independent lanes (vectorisable, fixed order)
+    int64_t p = 0;
+    for (; p + 8 <= np; p += 8)
+      for (int l = 0; l < 8; ++l) {
+        const float xv = xr[p + l];
+        const float v = (!relu || std::fma(a, xv, b) > 0.0f) ? r[p + l] : 0.0f;
+        r[p + l] = v;
+        a1[l] += double(v);
+        a2[l] += double(v) * (double(xv) - c);
+      }
+    double t1 = 0, t2 = 0;
+    for (; p < np; ++p) {
+      const float xv = xr[p];
+      const float v = (!relu || std::fma(a, xv, b) > 0.0f) ? r[p] : 0.0f;
+      r[p] = v;
+      t1 += double(v);
+      t2 += double(v) * (double(xv) - c);
+    }
+    for (int l = 0; l < 8; ++l) {
+      t1 += a1[l];
+      t2 += a2[l];
+    }
+    s1[k] = t1;
+    s2[k] = t2;
+  }
+}
+
+// Pixel-major block (NHWC): nr rows of nk channels, row stride ld.
+void grad_epilogue_pm(float* y, const float* xb, int64_t ld, int64_t nr, int64_t nk, const float* sc,
+                      const float* sh, bool relu, const double* ctr, double* s1, double* s2) {
+  for (int64_t k = 0; k < nk; ++k) s1[k] = s2[k] = 0;
+  for (int64_t r = 0; r < nr; ++r) {
+    float* yr = y + r * ld;
+    const float* xr = xb + r * ld;
+    for (int64_t k = 0; k < nk; ++k) {
+      const float xv = xr[k];
+      const float v = grad_keep(relu, sc, sh, k, xv) ? yr[k] : 0.0f;
+      yr[k] = v;
+      s1[k] += double(v);
+      s2[k] += double(v) * (double(xv) - ctr[k]);
+    }
+  }
+}
+
+// grad_sum / grad_sumxc of channels [c0, c0 + n) from the partials of the units `order` (in order).
+void combine_grad(const StatParts& p, int64_t ld, const int64_t* order, int64_t count, int64_t c0, int64_t n,
+                  const Fused* fu) {
+  for (int64_t k = 0; k < n; ++k) {
+    double a = 0, b = 0;
+    for (int64_t i = 0; i < count; ++i) {
+      a += p.s1[order[i] * ld + k];
+      b += p.s2[order[i] * ld + k];
+    }
+    fu->grad_sum[c0 + k] = a;
+    fu->grad_sumxc[c0 + k] = b;
+  }
+}
+
 // The prologue of group gi (channels gi*Cg ...), or null.
 const Prologue* group_prologue(const Fused* fu, int64_t gi, int64_t Cg, Prologue* store) {
   if (!fu || (!fu->pre_scale && !fu->pre_relu)) return nullptr;
@@ -455,8 +531,8 @@ void batched_forward(const float* x, const float* w, const float* b, float* y, c
   const bool direct = reads_x_directly(g);
   const int64_t nb = direct ? g.N : batch_images(g, KK), blocks = ceil_div(g.N, nb);
   const int64_t mt_max = split(nb * P, 256).count;  // row tiles of a full block
-  const bool stats = fu && fu->stats_sum;
-  const StatParts st = stats ? stat_parts(blocks * mt_max, K) : StatParts{};
+  const bool stats = fu && fu->stats_sum, grad = fu && fu->grad_sum;
+  const StatParts st = stats || grad ? stat_parts(blocks * mt_max, K) : StatParts{};
   const float* residual = residual_of<float>(fu);
   const bool relu = fu && fu->post_relu;
   Prologue pstore;
@@ -485,10 +561,15 @@ void batched_forward(const float* x, const float* w, const float* b, float* y, c
       epilogue_pm(yr, K, nr, nk, b ? b + k0 : nullptr, residual ? residual + (R0 + i0) * K + k0 : nullptr, relu,
                   stats ? st.s1 + su * K + k0 : nullptr, stats ? st.s2 + su * K + k0 : nullptr,
                   stats ? st.sh + su * K + k0 : nullptr);
+      if (grad)
+        grad_epilogue_pm(yr, fu->gx + (R0 + i0) * K + k0, K, nr, nk, fu->gscale ? fu->gscale + k0 : nullptr,
+                         fu->gshift ? fu->gshift + k0 : nullptr, fu->grelu, fu->center + k0, st.s1 + su * K + k0,
+                         st.s2 + su * K + k0);
     }
-    if (stats)
+    if (stats || grad)
       for (int64_t im = 0; im < t.m.count; ++im) order.push_back(blk * mt_max + im);
   }
+  if (grad) combine_grad(st, K, order.data(), int64_t(order.size()), 0, K, fu);
   if (!stats) return;
   for (int64_t kk = 0; kk < K; ++kk)
     combine_stats(st, K, order.data(), int64_t(order.size()), kk, fu->stats_sum + kk, fu->stats_sumsq + kk);
@@ -564,8 +645,8 @@ void forward_nchw(const T* x, const T* w, const T* b, T* y, const Geom& g, const
   if (direct) chunk = std::max<int64_t>(chunk, ng >= 16 ? P : chunk);
   const Split s = split(P, chunk);
   const int64_t units = ng * s.count;
-  const bool stats = fu && fu->stats_sum;
-  const StatParts st = stats ? stat_parts(units, Kg) : StatParts{};
+  const bool stats = fu && fu->stats_sum, grad = fu && fu->grad_sum;
+  const StatParts st = stats || grad ? stat_parts(units, Kg) : StatParts{};
   const T* residual = residual_of<T>(fu);
   const bool relu = fu && fu->post_relu;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads())
@@ -590,6 +671,21 @@ void forward_nchw(const T* x, const T* w, const T* b, T* y, const Geom& g, const
     epilogue_cm(yg + p0, P, Kg, np, b ? b + gi * Kg : nullptr,
                 residual ? residual + (n * g.K + gi * Kg) * P + p0 : nullptr, relu, stats ? st.s1 + u * Kg : nullptr,
                 stats ? st.s2 + u * Kg : nullptr, stats ? st.sh + u * Kg : nullptr);
+    if constexpr (std::is_same_v<T, float>)
+      if (grad) {
+        const int64_t c0 = gi * Kg;
+        grad_epilogue_cm(yg + p0, fu->gx + (n * g.K + c0) * P + p0, P, Kg, np, fu->gscale ? fu->gscale + c0 : nullptr,
+                         fu->gshift ? fu->gshift + c0 : nullptr, fu->grelu, fu->center + c0, st.s1 + u * Kg,
+                         st.s2 + u * Kg);
+      }
+  }
+  if (grad) {
+    isa_vector<int64_t> order(g.N * s.count);
+    for (int64_t gi = 0; gi < g.G; ++gi) {
+      for (int64_t n = 0; n < g.N; ++n)
+        for (int64_t q = 0; q < s.count; ++q) order[n * s.count + q] = (n * g.G + gi) * s.count + q;
+      combine_grad(st, Kg, order.data(), int64_t(order.size()), gi * Kg, Kg, fu);
+    }
   }
   if (!stats) return;
   isa_vector<int64_t> order(g.N * s.count);
@@ -627,8 +723,8 @@ void forward_nhwc(const T* x, const T* w, const T* b, T* y, const Geom& g, const
   if (direct) rows = 1024;
   const Split s = split(R, rows);
   const int64_t units = s.count * g.G;
-  const bool stats = fu && fu->stats_sum;
-  const StatParts st = stats ? stat_parts(units, Kg) : StatParts{};
+  const bool stats = fu && fu->stats_sum, grad = fu && fu->grad_sum;
+  const StatParts st = stats || grad ? stat_parts(units, Kg) : StatParts{};
   const T* residual = residual_of<T>(fu);
   const bool relu = fu && fu->post_relu;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads())
@@ -660,6 +756,20 @@ void forward_nhwc(const T* x, const T* w, const T* b, T* y, const Geom& g, const
     epilogue_pm(yr, g.K, nr, Kg, b ? b + gi * Kg : nullptr, residual ? residual + r0 * g.K + gi * Kg : nullptr, relu,
                 stats ? st.s1 + u * Kg : nullptr, stats ? st.s2 + u * Kg : nullptr,
                 stats ? st.sh + u * Kg : nullptr);
+    if constexpr (std::is_same_v<T, float>)
+      if (grad) {
+        const int64_t c0 = gi * Kg;
+        grad_epilogue_pm(yr, fu->gx + r0 * g.K + c0, g.K, nr, Kg, fu->gscale ? fu->gscale + c0 : nullptr,
+                         fu->gshift ? fu->gshift + c0 : nullptr, fu->grelu, fu->center + c0, st.s1 + u * Kg,
+                         st.s2 + u * Kg);
+      }
+  }
+  if (grad) {
+    isa_vector<int64_t> order(s.count);
+    for (int64_t gi = 0; gi < g.G; ++gi) {
+      for (int64_t q = 0; q < s.count; ++q) order[q] = q * g.G + gi;
+      combine_grad(st, Kg, order.data(), s.count, gi * Kg, Kg, fu);
+    }
   }
   if (!stats) return;
   isa_vector<int64_t> order(s.count);
@@ -941,6 +1051,14 @@ void packed_backward_weight(DType, const void* dy, const void* x, void* dw, cons
 void fused_forward(const float* x, const float* w, const float* b, float* y, const Geom& g, const Fused& fu) {
   auto f = g.nhwc ? forward_nhwc<float, true> : forward_nchw<float, true>;
   f(x, w, b, y, g, &fu);
+}
+
+void fused_forward_any(const float* x, const float* w, const float* b, float* y, const Geom& g, const Fused& fu,
+                       bool own) {
+  if (own)
+    (g.nhwc ? forward_nhwc<float, true> : forward_nchw<float, true>)(x, w, b, y, g, &fu);
+  else
+    (g.nhwc ? forward_nhwc<float, false> : forward_nchw<float, false>)(x, w, b, y, g, &fu);
 }
 
 void fused_backward_weight(const float* dy, const float* x, float* dw, const Geom& g, const Fused& fu, bool own) {

@@ -45,7 +45,33 @@ and weight gradients), except the first convolution, which computes no input gra
 
 Where the time goes
 -------------------
-After the timed rounds, a separate profiling pass runs a few more steps of each configuration,
+After the timed rounds, profiling passes break a step down (``--breakdown fused,modules``, both
+by default, the fused one first).
+
+*The step as it runs (fused)*: :class:`KernelProfiler` leaves the model alone (timers on a
+Conv2d or BatchNorm2d would turn its fusion off) and times what the layers call instead: every
+compiled function of ``cnnkit._core``, the public functions of the ``cnnkit.ops`` submodules and
+NumPy's elementwise glue, replaced where cnnkit's modules hold them for the duration of one step
+and put back after it, also when it raises. Each call is attributed to the innermost module of
+the model on the Python stack (the layer a fused chain is running, or the block whose glue makes
+the call) and classified by the compiled function's name (:func:`kernel_kind`) and the fusion
+flags of the ``cnnkit.ops`` call around it. Self times give the compiled kernels, the Python
+inside ``cnnkit.ops`` and the NumPy glue per layer; the loss and the optimizer are whole phases;
+the rest of the profiled step is untimed Python (the layers' and containers' own code, array
+methods and operators), and the timers' own cost is measured and shown apart. A plain step of the
+same configuration runs before every profiled one, so the table says how close the timed parts
+come to the step without timers. The parts shown are those of the profiled step of median time,
+so they add up to it (medians of each part over the steps need not: another process stalls a
+different kernel in every step). Every part gets its roofline floor, ``max(FLOPs / sgemm peak,
+bytes / best STREAM rate)``, with bytes = each array argument once (the traffic the call cannot
+avoid; an activation small enough for the caches can beat the STREAM rate) and FLOPs for
+convolutions (their layer's forward FLOPs per GEMM) and ``numpy.matmul``; Adam's floor is 28 bytes
+per parameter. The table also checks that fusion ran: ``cnnkit.ops.conv2d_fused`` calls per step
+against the Conv2d layers, and which implementation each call ran
+(``cnnkit.ops.fused.last_kernel``).
+
+*Per module, unfused, torch side by side*: a separate profiling pass runs a few more steps of
+each configuration,
 round-robin, with timers around every module (for cnnkit: the instance's ``forward``/``backward``
 wrapped; for torch: forward pre/post hooks and full backward pre/post hooks, with the stem
 convolution's backward ending at its weight's gradient accumulation, since its input needs no
@@ -91,8 +117,8 @@ from cnnkit.bench._common import (
     write_json,
 )
 
-__all__ = ["CONFIGS", "MODELS", "build_torch_twin", "check_step", "copy_weights", "main",
-           "profile_configs", "step_flops"]
+__all__ = ["CONFIGS", "MODELS", "KernelProfiler", "build_torch_twin", "check_step", "copy_weights",
+           "fused_summary", "kernel_kind", "main", "profile_configs", "profile_fused", "step_flops"]
 
 MODELS = {"resnext": "resnext_small", "mobilenet": "mobilenet_small"}
 CONFIGS = ("cnnkit NCHW", "cnnkit NHWC", "torch NCHW", "torch CL")
@@ -104,6 +130,7 @@ LR = 1e-3
 BATCH = 64
 QUICK_BATCH = 8
 TARGET = 2.0                   # issue: at least 2x PyTorch's faster configuration
+BREAKDOWNS = ("fused", "modules")
 RTOL = 1e-3
 PROBE_KIND = "triad"
 
@@ -703,6 +730,8 @@ def profile_configs(torch, steps: dict, nsteps: int) -> dict:
 #: Every callable of the module is timed (a kernel added later too); one that matches none is
 #: "other compiled (name)".
 KERNEL_KINDS = (
+    (r"^conv.*fused.*(backward_input|dgrad)", "conv input grad, fused"),
+    (r"^conv.*fused.*(backward_weight|wgrad)", "conv weight grad, fused"),
     (r"^conv.*(fused.*backward|backward.*fused)", "conv bwd, fused"),
     (r"^conv.*fused", "conv fwd, fused"),
     (r"^conv.*(backward_input|dgrad)", "conv input grad"),
@@ -748,6 +777,8 @@ def kernel_kind(name: str) -> str:
     >>> from cnnkit.bench.train import kernel_kind
     >>> kernel_kind("conv_backward_weight"), kernel_kind("conv2d_fused_backward")
     ('conv weight grad', 'conv bwd, fused')
+    >>> kernel_kind("conv2d_fused_backward_weight"), kernel_kind("conv2d_fused")
+    ('conv weight grad, fused', 'conv fwd, fused')
     >>> kernel_kind("norm_backward_reduce"), kernel_kind("stream_run")
     ('bn bwd reduce', 'other compiled (stream_run)')
     """
@@ -807,11 +838,12 @@ class KernelProfiler:
     """Timers on the kernels a cnnkit training step calls, attributed to the running layer,
     without touching the model: fusion decisions see the layers exactly as in the timed step.
 
-    While :meth:`run` executes a step, every callable of ``cnnkit._core`` (classes excepted), every
-    function in the ``__all__`` of the ``cnnkit.ops`` submodules, every ufunc of the ``numpy``
-    namespace and the functions in :data:`NUMPY_GLUE` are replaced, wherever a ``cnnkit`` module
-    (or ``numpy``) holds them, by a timer; the originals are put back when the step ends, also when
-    it raises. A call is attributed to the innermost module of ``model`` on the Python stack (the
+    While :meth:`run` executes a step, every callable of ``cnnkit._core`` (classes excepted) and
+    every function in the ``__all__`` of the ``cnnkit.ops`` submodules are replaced, wherever a
+    ``cnnkit`` module holds them, by a timer, and cnnkit's modules see, instead of ``numpy``, a
+    copy of its namespace whose ufuncs and :data:`NUMPY_GLUE` functions are timed (numpy's own
+    modules keep the real ones); the originals are put back when the step ends, also when it
+    raises. A call is attributed to the innermost module of ``model`` on the Python stack (the
     ``self`` of a method frame: the Conv2d or BatchNorm2d a fused chain is running, or the block
     whose glue makes the call), or to the step's phase outside the model (loss, optimizer), and to
     the forward or backward pass by the phase running. Nested timed calls give self times: a
@@ -888,7 +920,7 @@ class KernelProfiler:
                 proxy.__dict__[n] = wraps[id(v)][1]
         wraps[id(np)] = (np, proxy)
         spaces = [mod for mname, mod in list(sys.modules.items()) if mod is not None
-                  and (mname == "cnnkit" or mname.startswith("cnnkit."))]
+                  and (mname == "cnnkit" or mname.startswith("cnnkit.")) and mname != __name__]
         for mod in spaces:
             for attr, v in list(vars(mod).items()):
                 w = wraps.get(id(v))
@@ -910,6 +942,7 @@ class KernelProfiler:
         self.overhead = {p: 0.0 for p in _PHASES}
         self.calls: dict[str, int] = {}
         self.fused_kernels: dict[str, int] = {}
+        self.reference_layers: set[str] = set()
 
     def _resolve(self):
         """The innermost module of the model on the Python stack (by its methods' ``self``)."""
@@ -942,18 +975,22 @@ class KernelProfiler:
         elif role == "kernel":
             kind = kernel_kind(name) + (f" · {tag}" if tag else "")
         else:
-            kind = f"NumPy {name}" + (f" · {tag}" if tag else "")
+            kind = f"NumPy {name}"
         call = _Call(role, name, kind, layer, tag, needs)
         phase = self.phase
         stack.append(call)
         t0 = now()
         r = None
+        raised = True
         try:
             r = f(*a, **k)
+            raised = False
             return r
         finally:
             t1 = now()
             stack.pop()
+            if raised:   # e.g. a compiled kernel declining a combination: the fallback runs next
+                kind += " (raised)"
             shape = next((x.shape for x in a if isinstance(x, np.ndarray)), ())
             key = (layer, _PASS[phase], kind, shape, "python" if role == "op" else role)
             rec = self.rec.get(key)
@@ -963,12 +1000,13 @@ class KernelProfiler:
             rec[1] += 1
             if role == "kernel":
                 self.calls["_core." + name] = self.calls.get("_core." + name, 0) + 1
-                rec[3] += _arg_bytes(a, k, r, distinct=True)
-                if kind.startswith("conv") and layer in self.desc:
+                rec[3] += 0 if raised else _arg_bytes(a, k, r, distinct=True)
+                if kind.startswith("conv") and layer in self.desc and not raised:
                     mult = _needs_count(needs) if kind.startswith("conv bwd, fused") else 1
                     rec[2] += mult * self.desc[layer][1]
             elif role == "numpy":
-                if name not in _NUMPY_ALLOC:
+                if name not in _NUMPY_ALLOC and not (
+                        "out" not in k and any(r is x for x in a)):   # no copy made
                     rec[3] += _arg_bytes(a, k, r, distinct=False)
                 if name == "matmul" and isinstance(r, np.ndarray) and a and np.ndim(a[0]):
                     rec[2] += 2.0 * r.size * np.shape(a[0])[-1]
@@ -977,6 +1015,8 @@ class KernelProfiler:
                 if name == "conv2d_fused":     # which implementation ran (ops.fused.last_kernel)
                     lk = str(getattr(sys.modules.get("cnnkit.ops.fused"), "last_kernel", "?"))
                     self.fused_kernels[lk] = self.fused_kernels.get(lk, 0) + 1
+                    if lk == "reference":
+                        self.reference_layers.add(layer)
             t2 = now()
             if stack:
                 stack[-1].child += t2 - t_in
@@ -999,7 +1039,8 @@ class KernelProfiler:
             ({(layer, pass, kind, shape, role): [self s, calls, FLOPs, bytes]}),
             ``"overhead_s"`` ({phase: s} spent in the timers), ``"calls"`` ({``_core`` or
             ``cnnkit.ops`` function: calls}), ``"fused_kernels"`` ({what ``conv2d_fused`` ran:
-            calls}).
+            calls}), ``"reference_layers"`` (the layers whose ``conv2d_fused`` call ran the
+            reference path).
         """
         self._reset()
         phases: dict[str, float] = {}
@@ -1022,7 +1063,7 @@ class KernelProfiler:
             self.active = True
             t[0] = t0 = time.perf_counter()
             step.phases(clock)
-            total = time.perf_counter() - t0
+            total = (t[0] if phases else time.perf_counter()) - t0   # the phases' sum
         finally:
             self.active = False
             for mod, attr, v in reversed(done):
@@ -1030,7 +1071,8 @@ class KernelProfiler:
             self.stack.clear()
         return {"total_s": total, "phases_s": phases, "rec": self.rec,
                 "overhead_s": dict(self.overhead), "calls": dict(self.calls),
-                "fused_kernels": dict(self.fused_kernels)}
+                "fused_kernels": dict(self.fused_kernels),
+                "reference_layers": sorted(self.reference_layers)}
 
 
 def _arg_bytes(a, k, r, distinct: bool) -> int:
@@ -1065,11 +1107,14 @@ def profile_fused(steps: dict, nsteps: int, desc: dict) -> dict:
     Returns
     -------
     dict
-        ``{config: {"steps", "step_ms", "plain_step_ms", "step_ms_all", "plain_step_ms_all",
+        ``{config: {"steps", "median_step" (its index), "step_ms" (the profiled step of median
+        time), "plain_step_ms" (the median plain step), "step_ms_all", "plain_step_ms_all",
         "phases_ms", "instrumentation_ms" ({phase: ms}), "records" (a list of {"layer", "pass",
-        "kind", "shape", "role", "ms", "calls", "flops", "bytes"}, medians per step),
+        "kind", "shape", "role", "ms", "calls", "flops", "bytes"}: the self times of the median
+        step, which add up to it),
         "calls" ({"_core.<name>" or "ops.<name>": calls per step}), "fused_kernels" ({what
-        conv2d_fused ran: calls per step}), "conv_layers", "params", "fusion_enabled"}}``.
+        conv2d_fused ran: calls per step}), "reference_layers" (those whose conv2d_fused ran the
+        reference path), "conv_layers", "params", "fusion_enabled"}}``.
     """
     profs = {c: KernelProfiler(st.model, desc) for c, st in steps.items()}
     runs: dict[str, list[Any]] = {c: [] for c in steps}
@@ -1083,28 +1128,28 @@ def profile_fused(steps: dict, nsteps: int, desc: dict) -> dict:
             runs[c].append((plain, profs[c].run(st)))
     out = {}
     for c, rr in runs.items():
-        keys = {key for _, r in rr for key in r["rec"]}
+        # the parts of one step, the profiled step of median time, so that they add up to it
+        # (per-part medians over steps do not, when other processes stall a different kernel in
+        # every step)
+        totals = [r["total_s"] for _, r in rr]
+        mid = sorted(range(len(rr)), key=totals.__getitem__)[(len(rr) - 1) // 2]
+        run = rr[mid][1]
         records = []
-        for key in keys:
-            vals = [r["rec"].get(key) for _, r in rr]
-            last = next(v for v in reversed(vals) if v is not None)
-            layer, pas, kind, shape, role = key
+        for (layer, pas, kind, shape, role), v in run["rec"].items():
             records.append({"layer": layer, "pass": pas, "kind": kind, "shape": list(shape),
-                            "role": role, "ms": 1e3 * med([v[0] if v else 0.0 for v in vals]),
-                            "calls": last[1], "flops": last[2], "bytes": last[3]})
+                            "role": role, "ms": 1e3 * v[0], "calls": v[1], "flops": v[2],
+                            "bytes": v[3]})
         records.sort(key=lambda d: -d["ms"])
-        last_run = rr[-1][1]
-        out[c] = {"steps": nsteps,
-                  "step_ms": 1e3 * med([r["total_s"] for _, r in rr]),
+        out[c] = {"steps": nsteps, "median_step": mid,
+                  "step_ms": 1e3 * run["total_s"],
                   "plain_step_ms": 1e3 * med([p for p, _ in rr]),
-                  "step_ms_all": [1e3 * r["total_s"] for _, r in rr],
+                  "step_ms_all": [1e3 * t for t in totals],
                   "plain_step_ms_all": [1e3 * p for p, _ in rr],
-                  "phases_ms": {k: 1e3 * med([r["phases_s"].get(k, 0.0) for _, r in rr])
-                                for k in _PHASES},
-                  "instrumentation_ms": {k: 1e3 * med([r["overhead_s"][k] for _, r in rr])
-                                         for k in _PHASES},
-                  "records": records, "calls": last_run["calls"],
-                  "fused_kernels": last_run["fused_kernels"],
+                  "phases_ms": {k: 1e3 * run["phases_s"].get(k, 0.0) for k in _PHASES},
+                  "instrumentation_ms": {k: 1e3 * run["overhead_s"][k] for k in _PHASES},
+                  "records": records, "calls": run["calls"],
+                  "fused_kernels": run["fused_kernels"],
+                  "reference_layers": run["reference_layers"],
                   "conv_layers": profs[c].conv_layers,
                   "params": int(steps[c].model.num_parameters()),
                   "fusion_enabled": bool(_cnn.fusion_enabled())}
@@ -1176,12 +1221,14 @@ def fused_summary(prof: dict, peak_gflops: float, bw_gbs: float) -> dict:
     loss_floor = sum(floor_ms(r["flops"], r["bytes"]) for r in prof["records"]
                      if r["pass"] == "loss")
     adam_floor = floor_ms(0.0, ADAM_BYTES_PER_PARAM * prof["params"])
-    phases = {"loss": {"ms": ph["loss"], "timed_kernels_ms": loss_kernels, "floor_ms": loss_floor},
-              "optimizer": {"ms": ph["optimizer"], "floor_ms": adam_floor,
+    # the loss and the optimizer: whole phases, less the timers' own cost in them
+    phases = {"loss": {"ms": ph["loss"] - inst["loss"], "timed_kernels_ms": loss_kernels,
+                       "floor_ms": loss_floor},
+              "optimizer": {"ms": ph["optimizer"] - inst["optimizer"], "floor_ms": adam_floor,
                             "bytes": ADAM_BYTES_PER_PARAM * prof["params"]}}
     untimed = {"forward": ph["forward"] - passes["fwd"] - inst["forward"],
                "backward": ph["backward"] - passes["bwd"] - inst["backward"]}
-    timed = passes["fwd"] + passes["bwd"] + ph["loss"] + ph["optimizer"]
+    timed = passes["fwd"] + passes["bwd"] + phases["loss"]["ms"] + phases["optimizer"]["ms"]
     floor = (sum(d["floor_ms"] for d in layers.values()) + loss_floor + adam_floor)
     flops = sum(d["flops"] for d in layers.values())
     fused_calls = prof["calls"].get("ops.conv2d_fused", 0)
@@ -1418,14 +1465,15 @@ def render_fused_layers(fs: dict, prof: dict, desc: dict, cfg: str, top: int,
                  "-", v(fs["floor_ms"]), v(step / fs["floor_ms"]) if fs["floor_ms"] else "-"])
     plain = prof["plain_step_ms"]
     body.append(["[plain step]", "the same step without timers, same pass", "", "", v(plain),
-                 pct(plain), "", "", "", "-", v(fs["floor_ms"]),
+                 "-", "", "", "", "-", v(fs["floor_ms"]),
                  v(plain / fs["floor_ms"]) if fs["floor_ms"] else "-"])
     return _table(head, body, markdown)
 
 
-def render_fused_kinds(fs: dict, prof: dict, markdown: bool) -> str:
+def render_fused_kinds(fs: dict, prof: dict, top: int, markdown: bool) -> str:
     """The fused step's time by kind of call (kernel, NumPy function, Python in an op), each
-    with its FLOPs, bytes, rates and roofline floor; the forward and backward passes."""
+    with its FLOPs, bytes, rates and roofline floor; the forward and backward passes; the
+    ``top`` kinds by time, then one row for the rest."""
     def v(x):
         return "-" if x is None else _f(x)
 
@@ -1433,7 +1481,14 @@ def render_fused_kinds(fs: dict, prof: dict, markdown: bool) -> str:
     head = ["kind", "calls/step", "ms", "% of step", "GFLOP", "MB moved", "GFLOP/s", "GB/s",
             "floor ms", "bound", "x floor"]
     body = []
-    for k in fs["kinds"]:
+    kinds = list(fs["kinds"][:top])
+    rest = fs["kinds"][top:]
+    if rest:
+        kinds.append({"kind": f"({len(rest)} more)", "calls": sum(k["calls"] for k in rest),
+                      "ms": sum(k["ms"] for k in rest), "flops": sum(k["flops"] for k in rest),
+                      "bytes": sum(k["bytes"] for k in rest),
+                      "floor_ms": sum(k["floor_ms"] for k in rest), "bound": "-"})
+    for k in kinds:
         s = k["ms"] * 1e-3
         body.append([k["kind"], str(k["calls"]), v(k["ms"]),
                      f"{100 * k['ms'] / step:.1f}%" if step else "-",
@@ -1453,7 +1508,10 @@ def fused_notes(fs: dict, prof: dict) -> list[str]:
     lines = [f"Fusion while profiling: cnnkit.nn.fusion "
              f"{'on' if prof['fusion_enabled'] else 'OFF'}; cnnkit.ops.conv2d_fused called "
              f"{fs['fused_calls']} times per step for {fs['conv_layers']} Conv2d layers "
-             f"(implementation per call, cnnkit.ops.fused.last_kernel: {fk}); compiled calls "
+             f"(implementation per call, cnnkit.ops.fused.last_kernel: {fk}"
+             + (f"; the reference path in {', '.join(prof['reference_layers'])}"
+                if prof.get("reference_layers") else "")
+             + "); compiled calls "
              "per step: " + ", ".join(f"{k[6:]} {n}" for k, n in sorted(prof["calls"].items())
                                       if k.startswith("_core.")) + "."]
     un = fs["untimed_ms"]["forward"] + fs["untimed_ms"]["backward"]
@@ -1506,6 +1564,11 @@ def _parser() -> argparse.ArgumentParser:
                         "with --quick; 0 skips the breakdown)")
     p.add_argument("--top", type=int, default=15,
                    help="layers shown in the breakdown table (default 15)")
+    p.add_argument("--breakdown", default="fused,modules",
+                   help="the breakdowns of the profiling pass, comma-separated: fused (timers on "
+                        "the kernels, the step as it runs, fused; cnnkit only), modules (timers "
+                        "on every module, which runs cnnkit's layers unfused, torch side by "
+                        "side); default both")
     p.add_argument("--quick", action="store_true",
                    help=f"smoke run: batch {QUICK_BATCH}, 1 round after 1 warm-up, 1 profiling "
                         "step, 64 MiB STREAM arrays, 512^3 sgemm probe; numbers not "
@@ -1533,6 +1596,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         names = parse_list(args.models, tuple(MODELS), "--models", require=True)
+        args.breakdown = parse_list(args.breakdown, BREAKDOWNS, "--breakdown")
     except ValueError as e:
         print(e, file=sys.stderr)
         return 2
@@ -1562,6 +1626,39 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if blas_threads0 is not None:
             blas.set_threads(blas_threads0)
+
+
+def _fused_breakdown(res, s, desc, n, steps, psteps, peak, bw, top, md) -> None:
+    """Profile the cnnkit configurations of model ``n`` as they run (fused), print the tables of
+    the faster one, and store everything in ``res`` (the model's JSON result)."""
+    ck = {c: st for c, st in steps.items() if c in CNNKIT_CONFIGS}
+    share = CpuShare()
+    prof = profile_fused(ck, psteps, desc)
+    res["other_cores_fused_profile"] = share.cores()
+    pshare = _share_text(res["other_cores_fused_profile"], "this profiling pass")
+    summ = {c: fused_summary(p, peak, bw) for c, p in prof.items()}
+    res["fused_profile"] = prof
+    res["fused_breakdown"] = summ
+    cc = s["best_cnnkit"]
+    p, fs = prof[cc], summ[cc]
+    on = "fusion on" if p["fusion_enabled"] else "fusion OFF (cnnkit.nn.fusion(False))"
+    print()
+    title = (f"Where the time goes in the step as it runs ({on}), {MODELS[n]}, {cc} (kernel-level "
+             f"profiling pass: {psteps} steps per cnnkit configuration, round-robin, each after "
+             "a plain step; timers on the compiled kernels, the cnnkit.ops functions and NumPy's "
+             "glue functions, attributed to the layer running; the layers themselves untouched, "
+             "so fusion applies; self times in ms of the profiled step of median time, so the "
+             "parts add up to it; floor = max(FLOPs / sgemm peak, "
+             "bytes / STREAM), x floor = time / floor)")
+    print(f"### {title}\n" if md else title)
+    print(render_fused_layers(fs, p, desc, cc, top, md))
+    print()
+    head = f"By kind of call ({MODELS[n]}, {cc}, forward and backward, same profiling pass):"
+    print(head + "\n" if md else head)
+    print(render_fused_kinds(fs, p, top, md))
+    print()
+    for line in fused_notes(fs, p) + ([pshare[0].upper() + pshare[1:] + "."] if pshare else []):
+        print(line + "\n" if md else line)
 
 
 def _run(args, torch, blas, threads, names, batch, reps, warmup, psteps, gemm_n, mib,
@@ -1673,11 +1770,17 @@ def _run(args, torch, blas, threads, names, batch, reps, warmup, psteps, gemm_n,
                   + target_text([("speedup", s["speedup"], TARGET, s["met"],
                                   s.get("speedup_spread"))]))
 
-    # the per-layer breakdown, separate from the timed rounds
+    # the per-layer breakdowns, separate from the timed rounds
+    bw_best = max(max(bw_start.values()), max(bw_end.values()))
     if psteps > 0:
         for i, n in enumerate(names):
             s = summaries[i]
             st = cfgs[n]["steps"]
+            if "fused" in args.breakdown:
+                _fused_breakdown(results[i], s, desc[n], n, st, psteps, peak, bw_best, args.top,
+                                 md)
+            if "modules" not in args.breakdown:
+                continue
             share = CpuShare()
             prof = profile_configs(torch, st, psteps)
             results[i]["other_cores_profile"] = share.cores()
@@ -1727,7 +1830,8 @@ def _run(args, torch, blas, threads, names, batch, reps, warmup, psteps, gemm_n,
                "profile_steps": psteps, "torch_adam": adam, "lr": LR,
                "stream_mib": mib, "stream_start_gbs": bw_start, "stream_end_gbs": bw_end,
                "probe_kind": PROBE_KIND, "gemm_size": gemm_n, "gemm_start_gflops": gemm_start,
-               "gemm_end_gflops": gemm_end, "peak_gflops": peak,
+               "gemm_end_gflops": gemm_end, "peak_gflops": peak, "stream_best_gbs": bw_best,
+               "breakdowns": args.breakdown,
                "layers": {n: {k: list(v) for k, v in desc[n].items()} for n in names},
                "other_cores_timed_rounds": timed_share,
                "results": results, "summary": summaries}

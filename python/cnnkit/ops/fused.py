@@ -286,8 +286,11 @@ def conv2d_fused_backward(grad_output: np.ndarray, x: np.ndarray, weight: np.nda
         grad_pre_shift  = sum over N, H, W of grad_z
 
     composed from :func:`cnnkit.conv2d_backward` and the norm backward kernels (sums in float64,
-    in blocks fixed by the shape: the same bits at any thread count). ``a`` is recomputed from
-    x unless given as ``conv_input``.
+    in blocks fixed by the shape: the same bits at any thread count). ``a`` is not needed whole:
+    in float32, where the registry runs the weight gradient on a GEMM entry, the compiled kernel
+    applies the prologue while it lays x out, and the ReLU mask ``z > 0`` is evaluated inside
+    the norm kernels as ``fma(pre_scale, x, pre_shift) > 0``, the compiled prologue's own value;
+    elsewhere ``a`` is recomputed from x (unless given as ``conv_input``).
 
     Parameters
     ----------
