@@ -869,3 +869,33 @@ def test_fused_backward_input_declines(layout):
         with pytest.raises(ValueError, match="no fused input gradient"):
             _core.conv2d_fused_backward_input(gy, w, dx, g.core(), _to(layout, x), None, None, True, np.zeros(C))
         assert not dx.any()
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("shape", [(4, 64, 64, 16, 1), (4, 64, 96, 8, 1), (4, 64, 64, 6, 3), (3, 72, 64, 20, 3),
+                                   (4, 16, 32, 8, 1), (2, 6, 16, 9, 3)])
+def test_fused_forward_runs_where_the_plain_pass_runs(layout, shape):
+    """The fused forward takes the plain forward's registry entry (OpenBLAS on small NCHW planes,
+    the NHWC packed pass between transposes for the transposed entry, packed otherwise), with
+    every epilogue, and matches float64."""
+    N, C, K, H, k = shape
+    rng = np.random.default_rng(H * k)
+    x = rng.standard_normal((N, C, H, H)).astype(np.float32)
+    w = rng.standard_normal((K, C, k, k)).astype(np.float32)
+    s = rng.uniform(0.5, 2, C).astype(np.float32)
+    t = rng.standard_normal(C).astype(np.float32)
+    g = F._Geom(_to(layout, x).shape, w.shape, 1, k // 2, 1, 1, layout, np.float32)
+    plain = _core.conv_algorithm(g.core(), 0)
+    y_ref, _, m_ref, v_ref = fused_ref(x, w, None, 1, k // 2, 1, 1, s, t, True, None, False)
+    L = C * k * k
+    y, mean, var = F.conv2d_fused(_to(layout, x), w, padding=k // 2, layout=layout, pre_scale=s, pre_shift=t,
+                                  pre_relu=True, stats=True)
+    want = plain  # (no stem here: the stem's problems run fused on the packed entry)
+    assert F.last_kernel == want, (F.last_kernel, plain)
+    assert_close(_from(layout, y), y_ref, np.float32, length=L, what="y")
+    assert_close(mean, m_ref, np.float32, length=L * N * H * H, what="mean")
+    res = rng.standard_normal(y_ref.shape).astype(np.float32)
+    y2 = F.conv2d_fused(_to(layout, x), w, padding=k // 2, layout=layout, pre_scale=s, pre_shift=t, pre_relu=True,
+                        residual=_to(layout, res), post_relu=True)
+    assert F.last_kernel == want
+    assert_close(_from(layout, y2), np.maximum(y_ref + res, 0), np.float32, length=L, what="y residual relu")

@@ -409,17 +409,35 @@ const char* forward_fused(const float* x, const float* w, const float* b, float*
       plain.v->run != run_transposed<run_packed, false>)
     throw value_error(std::string("conv2d_fused: no fused kernel for this problem (the registry runs ") + plain.name +
                       ")");
-  const std::string want = std::string(g.nhwc ? "conv2d_gemm_f32_nhwc_packed__" : "conv2d_gemm_f32_nchw_packed__") +
-                           isa_name(plain.isa);
-  const Entry* e = nullptr;
-  for (const Entry& c : t)
-    if (c.name == want) e = &c;
+  // It follows the plain pass's entry: OpenBLAS where the registry runs OpenBLAS (NCHW planes under
+  // 256 pixels: the per-image own GEMMs lost there), the NHWC packed pass between transposes for
+  // the transposed entry, the packed entry of the layout otherwise (the stem's problems too).
+  const bool blas = plain.v->run == run_gemm, transposed = plain.v->run == run_transposed<run_packed, false>;
+  const Entry* e = &plain;
+  if (!blas && !transposed) {
+    const std::string want = std::string(g.nhwc ? "conv2d_gemm_f32_nhwc_packed__" : "conv2d_gemm_f32_nchw_packed__") +
+                             isa_name(plain.isa);
+    for (const Entry& c : t)
+      if (c.name == want) e = &c;
+  }
   if (g.N == 0 || g.K == 0 || g.Ho * g.Wo == 0) {
     if (fu.stats_sum)
       for (int64_t k = 0; k < g.K; ++k) fu.stats_sum[k] = fu.stats_sumsq[k] = 0;
     return e->name.c_str();
   }
-  kernels_of(e->isa).fused_forward(x, w, b, y, g, fu);
+  const Kernels& k = kernels_of(e->isa);
+  if (!transposed) {
+    k.fused_forward_any(x, w, b, y, g, fu, !blas);
+    return e->name.c_str();
+  }
+  const int64_t HW = g.H * g.W, P = g.Ho * g.Wo;
+  Fused ft = fu;
+  if (fu.residual)
+    ft.residual = static_cast<const float*>(as_nhwc(k, DType::f32, fu.residual, g.N, g.K, P, kAccSlot));
+  const float* xt = static_cast<const float*>(as_nhwc(k, DType::f32, x, g.N, g.C, HW, kXSlot));
+  float* yt = static_cast<float*>(scratch_of(DType::f32, kYSlot, g.N * g.K * P));
+  k.fused_forward_any(xt, w, b, yt, as_nhwc_geom(g), ft, true);
+  k.transpose(DType::f32, yt, y, g.N, P, g.K);
   return e->name.c_str();
 }
 

@@ -636,7 +636,8 @@ void batched_backward_input(const float* dy, const float* w, float* dx, const Ge
 template <typename T, bool Own>
 void forward_nchw(const T* x, const T* w, const T* b, T* y, const Geom& g, const Fused* fu) {
   const int64_t P = g.Ho * g.Wo, Cg = g.Cg(), Kg = g.Kg(), KK = Cg * g.kh * g.kw, HW = g.H * g.W;
-  const bool direct = reads_x_directly(g);
+  // OpenBLAS cannot apply a prologue while it packs: x then goes through im2col, which applies it.
+  const bool direct = reads_x_directly(g) && (Own || !(fu && (fu->pre_scale || fu->pre_relu)));
   // Enough pieces to feed the threads (from the shape alone), each im2col buffer <= 2 MiB.
   // The own GEMM reads im2col blocks of <= 512 KiB (they stay in L2 between im2col and packing).
   int64_t chunk = std::max<int64_t>(64, (int64_t(1) << (Own ? 17 : 19)) / KK);
@@ -716,7 +717,8 @@ void forward_nhwc(const T* x, const T* w, const T* b, T* y, const Geom& g, const
   if constexpr (Own && std::is_same_v<T, float>)
     if (small_planes(g)) return batched_forward(x, w, b, y, g, fu);
   const int64_t P = g.Ho * g.Wo, Cg = g.Cg(), Kg = g.Kg(), KK = Cg * g.kh * g.kw, R = g.N * P;
-  const bool direct = reads_x_directly(g);
+  // OpenBLAS cannot apply a prologue while it packs: x then goes through im2col, which applies it.
+  const bool direct = reads_x_directly(g) && (Own || !(fu && (fu->pre_scale || fu->pre_relu)));
   const T* wt = weights_ijc_k(w, g);
   // The own GEMM reads the im2col rows in place (a narrow C): blocks of <= 256 KiB stay in L2.
   int64_t rows = std::max<int64_t>(16, std::min<int64_t>(512, (int64_t(1) << (Own ? 16 : 18)) / KK));
