@@ -400,18 +400,19 @@ const char* forward_fused(const float* x, const float* w, const float* b, float*
     throw value_error("conv2d_fused: stats_sum and stats_sumsq go together");
   if (!fu.pre_scale != !fu.pre_shift)
     throw value_error("conv2d_fused: pre_scale and pre_shift go together");
-  // The fused pass runs on the GEMM path: where the registry would run a GEMM entry (packed or
-  // OpenBLAS) or the stem kernel for the plain forward pass, the packed entry of the same level runs
-  // it fused (the direct depthwise and grouped kernels have no fused form).
+  // The fused pass runs on the GEMM path, where the registry would run a GEMM entry (packed or
+  // OpenBLAS) for the plain forward pass (the direct depthwise, grouped and stem kernels have no
+  // fused form).
   const auto& t = table();
   const Entry& plain = t[select_effective(Problem{g, DType::f32, Pass::forward})];
-  if (plain.v->run != run_gemm && plain.v->run != run_packed && plain.v->run != run_stem &&
-      plain.v->run != run_transposed<run_packed, false>)
+  // (The stem kernel's problems are declined too: the packed pass ran them 2.7x slower than the
+  // stem kernel plus a separate statistics pass, 3->32 3x3 NHWC at 32x32, N = 64.)
+  if (plain.v->run != run_gemm && plain.v->run != run_packed && plain.v->run != run_transposed<run_packed, false>)
     throw value_error(std::string("conv2d_fused: no fused kernel for this problem (the registry runs ") + plain.name +
                       ")");
   // It follows the plain pass's entry: OpenBLAS where the registry runs OpenBLAS (NCHW planes under
   // 256 pixels: the per-image own GEMMs lost there), the NHWC packed pass between transposes for
-  // the transposed entry, the packed entry of the layout otherwise (the stem's problems too).
+  // the transposed entry, the packed entry of the layout otherwise.
   const bool blas = plain.v->run == run_gemm, transposed = plain.v->run == run_transposed<run_packed, false>;
   const Entry* e = &plain;
   if (!blas && !transposed) {

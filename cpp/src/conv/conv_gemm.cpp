@@ -91,7 +91,7 @@ void apply_run(T* d, int64_t n, const Prologue* f, int64_t c) {
 
 // d[c] = prologue(s[c]) for channels c0 + c, c < n.
 template <typename T>
-void apply_channels(T* d, const T* s, int64_t n, const Prologue* f, int64_t c0) {
+void apply_channels(T* __restrict d, const T* __restrict s, int64_t n, const Prologue* f, int64_t c0) {
   if (f->scale) {
     const float* sc = f->scale + c0;
     const float* sh = f->shift + c0;
@@ -102,6 +102,36 @@ void apply_channels(T* d, const T* s, int64_t n, const Prologue* f, int64_t c0) 
   } else {
     for (int64_t c = 0; c < n; ++c) d[c] = f->relu ? std::max(s[c], T(0)) : s[c];
   }
+}
+
+// Rows [r0, r1) of a pixel-major input read directly (a 1x1 kernel at stride 1, no padding; row
+// stride ldx) through the prologue into col ((r1-r0) x cc, channels [c0, c0+cc) of each row): the
+// prologue's pass of such a problem, without im2col's per-pixel index arithmetic.
+template <typename T>
+void prologue_rows(const T* x, int64_t ldx, int64_t r0, int64_t r1, int64_t c0, int64_t cc, T* col,
+                   const Prologue* f) {
+  if (ldx == cc && f->scale && cc <= 128) {
+    // Contiguous rows of few channels: one flat pass over pieces of m whole rows, with the
+    // per-channel scale and shift laid out m times (a call per row of 16 channels cost more than
+    // the arithmetic).
+    const int64_t m = 256 / cc, L = m * cc, total = (r1 - r0) * cc;
+    alignas(64) T a[256], b[256];
+    for (int64_t j = 0; j < L; ++j) {
+      a[j] = T(f->scale[j % cc]);
+      b[j] = T(f->shift[j % cc]);
+    }
+    const T* __restrict s = x + r0 * ldx;
+    T* __restrict d = col;
+    for (int64_t e0 = 0; e0 < total; e0 += L) {
+      const int64_t n = std::min(L, total - e0);
+      if (f->relu)
+        for (int64_t j = 0; j < n; ++j) d[e0 + j] = std::max(std::fma(a[j], s[e0 + j], b[j]), T(0));
+      else
+        for (int64_t j = 0; j < n; ++j) d[e0 + j] = std::fma(a[j], s[e0 + j], b[j]);
+    }
+    return;
+  }
+  for (int64_t r = r0; r < r1; ++r) apply_channels(col + (r - r0) * cc, x + r * ldx + c0, cc, f, 0);
 }
 
 bool reads_x_directly(const Geom& g) {
@@ -278,30 +308,48 @@ void combine_stats(const StatParts& p, int64_t Kg, const int64_t* order, int64_t
   *sumsq = q;
 }
 
-// Shifted sums of one contiguous run of values (eight independent lanes, so the loop vectorises
-// without reassociation; the lane order is fixed).
+// Shifted sums of one contiguous run of values: a SIMD reduction (its lanes and their final
+// combination fixed by the ISA level, never by the thread count), as the norm kernels' statistics.
 template <typename T>
-void run_stats(const T* r, int64_t n, double shift, double* s1, double* s2) {
-  double a1[8] = {}, a2[8] = {};
-  int64_t p = 0;
-  for (; p + 8 <= n; p += 8)
-    for (int l = 0; l < 8; ++l) {
-      const double d = double(r[p + l]) - shift;
-      a1[l] += d;
-      a2[l] += d * d;
-    }
+void run_stats(const T* __restrict r, int64_t n, double shift, double* s1, double* s2) {
   double t1 = 0, t2 = 0;
-  for (; p < n; ++p) {
+#pragma omp simd reduction(+ : t1, t2)
+  for (int64_t p = 0; p < n; ++p) {
     const double d = double(r[p]) - shift;
     t1 += d;
     t2 += d * d;
   }
-  for (int l = 0; l < 8; ++l) {
-    t1 += a1[l];
-    t2 += a2[l];
-  }
   *s1 = t1;
   *s2 = t2;
+}
+
+// Shifted sums per channel of a pixel-major block (nr rows of nk channels, row stride ld) about
+// sh[k]: channels in pieces of 64 with local accumulators (vectorised across channels; each
+// channel's sum runs over the rows in order).
+template <typename T>
+void block_stats_pm(const T* __restrict y, int64_t ld, int64_t nr, int64_t nk, const double* sh, double* s1,
+                    double* s2) {
+  for (int64_t k0 = 0; k0 < nk; k0 += 64) {
+    const int64_t n = std::min<int64_t>(64, nk - k0);
+    double a1[64], a2[64], c[64];
+    for (int64_t k = 0; k < n; ++k) {
+      a1[k] = a2[k] = 0;
+      c[k] = sh[k0 + k];
+    }
+    for (int64_t r = 0; r < nr; ++r) {
+      const T* __restrict yr = y + r * ld + k0;
+#pragma omp simd
+      for (int64_t k = 0; k < n; ++k) {
+        const double d = double(yr[k]) - c[k];
+        a1[k] += d;
+        a2[k] += d * d;
+      }
+    }
+    for (int64_t k = 0; k < n; ++k) {
+      s1[k0 + k] = a1[k];
+      s2[k0 + k] = a2[k];
+    }
+  }
 }
 
 // The epilogue of one output block in channel-major order (NCHW): nk channels of np pixels, row
@@ -336,16 +384,8 @@ void epilogue_pm(T* y, int64_t ld, int64_t nr, int64_t nk, const T* b, const T* 
     for (int64_t r = 0; r < nr; ++r)
       for (int64_t k = 0; k < nk; ++k) y[r * ld + k] += b[k];
   if (s1) {
-    for (int64_t k = 0; k < nk; ++k) {
-      sh[k] = double(y[k]);
-      s1[k] = s2[k] = 0;
-    }
-    for (int64_t r = 0; r < nr; ++r)
-      for (int64_t k = 0; k < nk; ++k) {
-        const double d = double(y[r * ld + k]) - sh[k];
-        s1[k] += d;
-        s2[k] += d * d;
-      }
+    for (int64_t k = 0; k < nk; ++k) sh[k] = double(y[k]);
+    block_stats_pm(y, ld, nr, nk, sh, s1, s2);
   }
   if (res)
     for (int64_t r = 0; r < nr; ++r)
@@ -360,11 +400,6 @@ void epilogue_pm(T* y, int64_t ld, int64_t nr, int64_t nk, const T* b, const T* 
 // same positions. o = o * [fma(sc, x, sh) > 0] (relu; sc null: x > 0), then the partial sums of o
 // and o * (x - ctr) in double: per channel, over the block, in a fixed order.
 
-inline bool grad_keep(bool relu, const float* sc, const float* sh, int64_t k, float x) {
-  if (!relu) return true;
-  return sc ? std::fma(sc[k], x, sh[k]) > 0.0f : x > 0.0f;
-}
-
 // Channel-major block (NCHW): nk channels of np pixels, row stride ld.
 void grad_epilogue_cm(float* y, const float* xb, int64_t ld, int64_t nk, int64_t np, const float* sc,
                       const float* sh, bool relu, const double* ctr, double* s1, double* s2) {
@@ -373,27 +408,14 @@ void grad_epilogue_cm(float* y, const float* xb, int64_t ld, int64_t nk, int64_t
     const float* xr = xb + k * ld;
     const float a = sc ? sc[k] : 1.0f, b = sc ? sh[k] : 0.0f;
     const double c = ctr[k];
-    double a1[8] = {}, a2[8] = {};  // eight independent lanes (vectorisable, fixed order)
-    int64_t p = 0;
-    for (; p + 8 <= np; p += 8)
-      for (int l = 0; l < 8; ++l) {
-        const float xv = xr[p + l];
-        const float v = (!relu || std::fma(a, xv, b) > 0.0f) ? r[p + l] : 0.0f;
-        r[p + l] = v;
-        a1[l] += double(v);
-        a2[l] += double(v) * (double(xv) - c);
-      }
-    double t1 = 0, t2 = 0;
-    for (; p < np; ++p) {
+    double t1 = 0, t2 = 0;  // a SIMD reduction: lanes fixed by the ISA level
+#pragma omp simd reduction(+ : t1, t2)
+    for (int64_t p = 0; p < np; ++p) {
       const float xv = xr[p];
       const float v = (!relu || std::fma(a, xv, b) > 0.0f) ? r[p] : 0.0f;
       r[p] = v;
       t1 += double(v);
       t2 += double(v) * (double(xv) - c);
-    }
-    for (int l = 0; l < 8; ++l) {
-      t1 += a1[l];
-      t2 += a2[l];
     }
     s1[k] = t1;
     s2[k] = t2;
@@ -403,16 +425,31 @@ void grad_epilogue_cm(float* y, const float* xb, int64_t ld, int64_t nk, int64_t
 // Pixel-major block (NHWC): nr rows of nk channels, row stride ld.
 void grad_epilogue_pm(float* y, const float* xb, int64_t ld, int64_t nr, int64_t nk, const float* sc,
                       const float* sh, bool relu, const double* ctr, double* s1, double* s2) {
-  for (int64_t k = 0; k < nk; ++k) s1[k] = s2[k] = 0;
-  for (int64_t r = 0; r < nr; ++r) {
-    float* yr = y + r * ld;
-    const float* xr = xb + r * ld;
-    for (int64_t k = 0; k < nk; ++k) {
-      const float xv = xr[k];
-      const float v = grad_keep(relu, sc, sh, k, xv) ? yr[k] : 0.0f;
-      yr[k] = v;
-      s1[k] += double(v);
-      s2[k] += double(v) * (double(xv) - ctr[k]);
+  for (int64_t k0 = 0; k0 < nk; k0 += 64) {  // channels in pieces of 64, local accumulators
+    const int64_t n = std::min<int64_t>(64, nk - k0);
+    double a1[64], a2[64], c[64];
+    float ka[64], kb[64];
+    for (int64_t k = 0; k < n; ++k) {
+      a1[k] = a2[k] = 0;
+      c[k] = ctr[k0 + k];
+      ka[k] = sc ? sc[k0 + k] : 1.0f;
+      kb[k] = sc ? sh[k0 + k] : 0.0f;
+    }
+    for (int64_t r = 0; r < nr; ++r) {
+      float* __restrict yr = y + r * ld + k0;
+      const float* __restrict xr = xb + r * ld + k0;
+#pragma omp simd
+      for (int64_t k = 0; k < n; ++k) {
+        const float xv = xr[k];
+        const float v = (!relu || std::fma(ka[k], xv, kb[k]) > 0.0f) ? yr[k] : 0.0f;
+        yr[k] = v;
+        a1[k] += double(v);
+        a2[k] += double(v) * (double(xv) - c[k]);
+      }
+    }
+    for (int64_t k = 0; k < n; ++k) {
+      s1[k0 + k] = a1[k];
+      s2[k0 + k] = a2[k];
     }
   }
 }
@@ -528,7 +565,8 @@ Tiles tiles(int64_t M, int64_t N) {
 // stride; the fused prologue/epilogue of fu as in forward_nhwc.
 void batched_forward(const float* x, const float* w, const float* b, float* y, const Geom& g, const Fused* fu) {
   const int64_t P = g.Ho * g.Wo, K = g.K, KK = g.C * g.kh * g.kw;
-  const bool direct = reads_x_directly(g);
+  // With a prologue x goes through im2col (a vectorised pass into L2), not the sgemm's A packing.
+  const bool direct = reads_x_directly(g) && !(fu && (fu->pre_scale || fu->pre_relu));
   const int64_t nb = direct ? g.N : batch_images(g, KK), blocks = ceil_div(g.N, nb);
   const int64_t mt_max = split(nb * P, 256).count;  // row tiles of a full block
   const bool stats = fu && fu->stats_sum, grad = fu && fu->grad_sum;
@@ -544,8 +582,13 @@ void batched_forward(const float* x, const float* w, const float* b, float* y, c
     if (!direct) {
       const int64_t pieces = ceil_div(rows, 16);
 #pragma omp parallel for schedule(static) num_threads(num_threads())
-      for (int64_t q = 0; q < pieces; ++q)
-        im2col_cij(x, g, R0 + q * 16, R0 + std::min(rows, q * 16 + 16), col + q * 16 * KK, pf);
+      for (int64_t q = 0; q < pieces; ++q) {
+        const int64_t a0 = R0 + q * 16, a1 = R0 + std::min(rows, q * 16 + 16);
+        if (reads_x_directly(g))  // only the prologue to apply
+          prologue_rows(x, g.C, a0, a1, 0, g.C, col + q * 16 * KK, pf);
+        else
+          im2col_cij(x, g, a0, a1, col + q * 16 * KK, pf);
+      }
     }
     const Tiles t = tiles(rows, K);
 #pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads())
@@ -591,8 +634,13 @@ void batched_backward_weight(const float* dy, const float* x, float* dw, const G
     if (!direct) {
       const int64_t pieces = ceil_div(rows, 16);
 #pragma omp parallel for schedule(static) num_threads(num_threads())
-      for (int64_t q = 0; q < pieces; ++q)
-        im2col_cij(x, g, R0 + q * 16, R0 + std::min(rows, q * 16 + 16), col + q * 16 * KK, pf);
+      for (int64_t q = 0; q < pieces; ++q) {
+        const int64_t a0 = R0 + q * 16, a1 = R0 + std::min(rows, q * 16 + 16);
+        if (reads_x_directly(g))  // only the prologue to apply
+          prologue_rows(x, g.C, a0, a1, 0, g.C, col + q * 16 * KK, pf);
+        else
+          im2col_cij(x, g, a0, a1, col + q * 16 * KK, pf);
+      }
     }
     const float* B = direct ? x + R0 * g.C : col;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads())
@@ -632,7 +680,7 @@ void batched_backward_input(const float* dy, const float* w, float* dx, const Ge
   }
 }
 
-// fu (float32, Own only): the fused prologue and epilogue; null for a plain forward pass.
+// fu (float32): the fused prologue and epilogues; null for a plain forward pass.
 template <typename T, bool Own>
 void forward_nchw(const T* x, const T* w, const T* b, T* y, const Geom& g, const Fused* fu) {
   const int64_t P = g.Ho * g.Wo, Cg = g.Cg(), Kg = g.Kg(), KK = Cg * g.kh * g.kw, HW = g.H * g.W;
@@ -717,8 +765,9 @@ void forward_nhwc(const T* x, const T* w, const T* b, T* y, const Geom& g, const
   if constexpr (Own && std::is_same_v<T, float>)
     if (small_planes(g)) return batched_forward(x, w, b, y, g, fu);
   const int64_t P = g.Ho * g.Wo, Cg = g.Cg(), Kg = g.Kg(), KK = Cg * g.kh * g.kw, R = g.N * P;
-  // OpenBLAS cannot apply a prologue while it packs: x then goes through im2col, which applies it.
-  const bool direct = reads_x_directly(g) && (Own || !(fu && (fu->pre_scale || fu->pre_relu)));
+  // With a prologue x goes through im2col, which applies it per pixel into an L2-sized block:
+  // OpenBLAS cannot apply it, and the sgemm's A packing would apply it one element at a time.
+  const bool direct = reads_x_directly(g) && !(fu && (fu->pre_scale || fu->pre_relu));
   const T* wt = weights_ijc_k(w, g);
   // The own GEMM reads the im2col rows in place (a narrow C): blocks of <= 256 KiB stay in L2.
   int64_t rows = std::max<int64_t>(16, std::min<int64_t>(512, (int64_t(1) << (Own ? 16 : 18)) / KK));
@@ -742,8 +791,10 @@ void forward_nhwc(const T* x, const T* w, const T* b, T* y, const Geom& g, const
       lda = g.C;
     } else {
       T* col = scratch<T>(kColSlot, nr * KK);
-      // Rows may span images: im2col each image's part.
-      for (int64_t r = r0; r < r1;) {
+      // Rows may span images: im2col each image's part (a 1x1 kernel read directly: only the
+      // prologue to apply, row by row).
+      if (reads_x_directly(g)) prologue_rows(x, g.C, r0, r1, gi * Cg, Cg, col, pf);
+      for (int64_t r = reads_x_directly(g) ? r1 : r0; r < r1;) {
         const int64_t n = r / P, p0 = r % P, p1 = std::min(P, p0 + (r1 - r));
         im2col_nhwc(x, g, n, gi, 0, Cg, p0, p1, col + (r - r0) * KK, pf);
         r += p1 - p0;
@@ -844,7 +895,10 @@ void backward_weight_gemm(const T* dy, const T* x, T* dw, const Geom& g, const F
           ldb = g.C;
         } else {
           T* col = scratch<T>(kColSlot, np * KK);
-          im2col_nhwc(x, g, n, gi, 0, Cg, p0, p1, col, pf);
+          if (reads_x_directly(g))  // a 1x1 kernel with a prologue: only the prologue to apply
+            prologue_rows(x, g.C, n * P + p0, n * P + p1, gi * Cg, Cg, col, pf);
+          else
+            im2col_nhwc(x, g, n, gi, 0, Cg, p0, p1, col, pf);
           B = col;
           ldb = KK;
         }
