@@ -674,7 +674,7 @@ def _fma_sign_mask(a, b, x, C, nhwc):
 
 @pytest.mark.parametrize("nhwc", [False, True])
 @pytest.mark.parametrize("C,S", [(1, 7), (15, 16), (16, 17), (17, 1), (33, 9)])
-def test_norm_backward_mask_affine_is_the_fma_mask(nhwc, C, S):
+def test_norm_backward_mask_affine_is_the_fma_mask(nhwc, C, S, isa):
     """``mask_affine`` masks g by fma(a, x, b) > 0: bitwise the results of the stored mask with
     that sign, at 1 and 2 threads. Ties are planted where a*x + b rounded twice is exactly 0 but
     the fma is not: a kernel that multiplies and adds fails."""
@@ -730,10 +730,10 @@ _WGRAD_CASES = [(2, 64, 24, 17, 17, 1, 1, 0, 1), (3, 70, 33, 16, 16, 3, 1, 1, 1)
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("case", _WGRAD_CASES)
-def test_fused_backward_weight_compiled(layout, case):
+def test_fused_backward_weight_compiled(layout, case, isa):
     """``_core.conv2d_fused_backward_weight``: the weight and bias gradients of
     conv(prologue(x)) against float64, bitwise equal at 1 and 2 threads, with and without the
-    ReLU and the affine map."""
+    ReLU and the affine map, at every ISA level."""
     from conftest import num_threads
     N, C, K, H, W, k, s, p, G = case
     rng = np.random.default_rng(sum(case))
@@ -816,9 +816,10 @@ _DGRAD_CASES = [(2, 24, 64, 17, 17, 1, 0, 1), (3, 70, 33, 16, 16, 3, 1, 1), (2, 
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("case", _DGRAD_CASES)
-def test_fused_backward_input_compiled(layout, case):
+def test_fused_backward_input_compiled(layout, case, isa):
     """``_core.conv2d_fused_backward_input``: the input gradient masked by the prologue's ReLU
-    and the two batch-norm sums, against float64; bitwise equal at 1 and 2 threads."""
+    and the two batch-norm sums, against float64; bitwise equal at 1 and 2 threads, at every
+    ISA level."""
     from conftest import num_threads
     N, C, K, H, W, k, p, G = case
     rng = np.random.default_rng(sum(case) + 7)

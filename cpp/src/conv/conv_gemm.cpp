@@ -543,6 +543,20 @@ void col2im_cij(const float* col, const Geom& g, int64_t r0, int64_t r1, float* 
   }
 }
 
+// The im2col of batch rows [R0, R0 + rows) into col (rows x C*kh*kw), built by all threads in
+// pieces of 16 rows (a 1x1 kernel read directly: only the prologue to apply).
+void block_col(const float* x, const Geom& g, int64_t R0, int64_t rows, float* col, const Prologue* pf) {
+  const int64_t pieces = ceil_div(rows, 16), KK = g.C * g.kh * g.kw;
+#pragma omp parallel for schedule(static) num_threads(num_threads())
+  for (int64_t q = 0; q < pieces; ++q) {
+    const int64_t a0 = R0 + q * 16, a1 = R0 + std::min(rows, q * 16 + 16);
+    if (reads_x_directly(g))
+      prologue_rows(x, g.C, a0, a1, 0, g.C, col + q * 16 * KK, pf);
+    else
+      im2col_cij(x, g, a0, a1, col + q * 16 * KK, pf);
+  }
+}
+
 // Images per block: the block's im2col (P*KK floats an image) within 8 MiB, at least one image.
 int64_t batch_images(const Geom& g, int64_t KK) {
   return std::max<int64_t>(1, std::min<int64_t>(g.N, (int64_t(2) << 20) / std::max<int64_t>(1, g.Ho * g.Wo * KK)));
@@ -579,17 +593,7 @@ void batched_forward(const float* x, const float* w, const float* b, float* y, c
   isa_vector<int64_t> order;
   for (int64_t blk = 0; blk < blocks; ++blk) {
     const int64_t R0 = blk * nb * P, rows = std::min(nb, g.N - blk * nb) * P;
-    if (!direct) {
-      const int64_t pieces = ceil_div(rows, 16);
-#pragma omp parallel for schedule(static) num_threads(num_threads())
-      for (int64_t q = 0; q < pieces; ++q) {
-        const int64_t a0 = R0 + q * 16, a1 = R0 + std::min(rows, q * 16 + 16);
-        if (reads_x_directly(g))  // only the prologue to apply
-          prologue_rows(x, g.C, a0, a1, 0, g.C, col + q * 16 * KK, pf);
-        else
-          im2col_cij(x, g, a0, a1, col + q * 16 * KK, pf);
-      }
-    }
+    if (!direct) block_col(x, g, R0, rows, col, pf);
     const Tiles t = tiles(rows, K);
 #pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads())
     for (int64_t u = 0; u < t.count(); ++u) {
@@ -631,17 +635,7 @@ void batched_backward_weight(const float* dy, const float* x, float* dw, const G
   const Tiles t = tiles(K, KK);
   for (int64_t blk = 0; blk < blocks; ++blk) {
     const int64_t R0 = blk * nb * P, rows = std::min(nb, g.N - blk * nb) * P;
-    if (!direct) {
-      const int64_t pieces = ceil_div(rows, 16);
-#pragma omp parallel for schedule(static) num_threads(num_threads())
-      for (int64_t q = 0; q < pieces; ++q) {
-        const int64_t a0 = R0 + q * 16, a1 = R0 + std::min(rows, q * 16 + 16);
-        if (reads_x_directly(g))  // only the prologue to apply
-          prologue_rows(x, g.C, a0, a1, 0, g.C, col + q * 16 * KK, pf);
-        else
-          im2col_cij(x, g, a0, a1, col + q * 16 * KK, pf);
-      }
-    }
+    if (!direct) block_col(x, g, R0, rows, col, pf);
     const float* B = direct ? x + R0 * g.C : col;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads())
     for (int64_t u = 0; u < t.count(); ++u) {
