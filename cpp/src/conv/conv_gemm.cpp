@@ -614,9 +614,24 @@ void forward_nhwc(const T* x, const T* w, const T* b, T* y, const Geom& g, const
   const int64_t P = g.Ho * g.Wo, Cg = g.Cg(), Kg = g.Kg(), KK = Cg * g.kh * g.kw, R = g.N * P;
   const bool direct = reads_x_directly(g);
   const T* wt = weights_ijc_k(w, g);
+  // Without a prologue, the own GEMM reads the patches straight from x (sgemm_patches: no im2col
+  // matrix, the same bits) where a tap's run of channels is long enough to pay for its pointers.
+  const bool patches = Own && std::is_same_v<T, float> && !direct && Cg >= 16 &&
+                       !(fu && (fu->pre_scale || fu->pre_relu));
+  float* bp = nullptr;  // patches: the packed weights of every group, then Cg zeros
+  int64_t bsize = 0;
+  if constexpr (Own && std::is_same_v<T, float>)
+    if (patches) {
+      bsize = sgemm_patches_b_size(KK, Kg);
+      bp = scratch<float>(kBatchSlot, g.G * bsize + Cg);
+      std::fill(bp + g.G * bsize, bp + g.G * bsize + Cg, 0.0f);
+      for (int64_t gi = 0; gi < g.G; ++gi)
+        sgemm_patches_pack_b(KK, Kg, Operand{wt + gi * KK * Kg, Kg, 1}, bp + gi * bsize);
+    }
   // The own GEMM reads the im2col rows in place (a narrow C): blocks of <= 256 KiB stay in L2.
   int64_t rows = std::max<int64_t>(16, std::min<int64_t>(512, (int64_t(1) << (Own ? 16 : 18)) / KK));
   if (direct) rows = 1024;
+  if (patches) rows = 240;  // a multiple of every level's MR (8, 6, 4); the output tile in L2
   const Split s = split(R, rows);
   const int64_t units = s.count * g.G;
   const bool stats = fu && fu->stats_sum;
@@ -629,25 +644,32 @@ void forward_nhwc(const T* x, const T* w, const T* b, T* y, const Geom& g, const
     const int64_t r0 = q * s.chunk, r1 = std::min(R, r0 + s.chunk), nr = r1 - r0;
     Prologue pstore;
     const Prologue* pf = group_prologue(fu, gi, Cg, &pstore);
-    const T* A;
-    int64_t lda;
-    if (direct) {
-      A = x + r0 * g.C + gi * Cg;
-      lda = g.C;
-    } else {
-      T* col = scratch<T>(kColSlot, nr * KK);
-      // Rows may span images: im2col each image's part.
-      for (int64_t r = r0; r < r1;) {
-        const int64_t n = r / P, p0 = r % P, p1 = std::min(P, p0 + (r1 - r));
-        im2col_nhwc(x, g, n, gi, 0, Cg, p0, p1, col + (r - r0) * KK, pf);
-        r += p1 - p0;
-      }
-      A = col;
-      lda = KK;
-    }
     T* yr = y + r0 * g.K + gi * Kg;
-    gemm_t<Own>(false, false, nr, Kg, KK, A, lda, wt + gi * KK * Kg, Kg, T(0), yr, g.K, direct ? pf : nullptr,
-                nullptr);
+    if (patches) {
+      if constexpr (Own && std::is_same_v<T, float>)
+        sgemm_patches(Patches{x + gi * Cg, bp + g.G * bsize, g.H, g.W, g.C, g.Ho, g.Wo, g.kh, g.kw, g.sh, g.sw, g.dh,
+                              g.dw, g.pt, g.pl, Cg},
+                      r0, nr, Kg, bp + gi * bsize, yr, g.K);
+    } else {
+      const T* A;
+      int64_t lda;
+      if (direct) {
+        A = x + r0 * g.C + gi * Cg;
+        lda = g.C;
+      } else {
+        T* col = scratch<T>(kColSlot, nr * KK);
+        // Rows may span images: im2col each image's part.
+        for (int64_t r = r0; r < r1;) {
+          const int64_t n = r / P, p0 = r % P, p1 = std::min(P, p0 + (r1 - r));
+          im2col_nhwc(x, g, n, gi, 0, Cg, p0, p1, col + (r - r0) * KK, pf);
+          r += p1 - p0;
+        }
+        A = col;
+        lda = KK;
+      }
+      gemm_t<Own>(false, false, nr, Kg, KK, A, lda, wt + gi * KK * Kg, Kg, T(0), yr, g.K, direct ? pf : nullptr,
+                  nullptr);
+    }
     if (stats) st.cnt[u] = nr;
     epilogue_pm(yr, g.K, nr, Kg, b ? b + gi * Kg : nullptr, residual ? residual + r0 * g.K + gi * Kg : nullptr, relu,
                 stats ? st.s1 + u * Kg : nullptr, stats ? st.s2 + u * Kg : nullptr,

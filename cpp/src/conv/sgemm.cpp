@@ -26,6 +26,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <climits>
 #include <cstring>
 
 #include "scratch.h"
@@ -246,7 +247,130 @@ void sgemm_blocked(int64_t M, int64_t N, int64_t K, Operand A, Operand B, float*
   }
 }
 
+// ---- the implicit-im2col A operand (sgemm_patches) ----------------------------------------------
+// A block of R output pixels keeps its accumulators in registers across the taps: per KC block of
+// the reduction, one chain per element over the block's values in (tap, channel) order, each
+// tap's run of channels read through one pointer per pixel (into x, or into the zeros of the
+// padding), then stored (first block) or added to C: the chains and the order of sgemm() on the
+// im2col matrix, without building that matrix.
+
+// Row i of the block: the pixel's image (img) and the input coordinates of its tap (0, 0).
+template <int R>
+struct PatchRows {
+  const float* img[R];
+  int64_t ih0[R], iw0[R];
+};
+
+template <int R, int U>
+void patch_kernel(const Patches& a, const PatchRows<R>& rows, int64_t K, const float* __restrict b, float* c,
+                  int64_t ldc, int64_t mr, int64_t nr) {
+  constexpr int W = U * VL;
+  for (int64_t pc = 0; pc < K; pc += KC) {
+    const int64_t kend = std::min<int64_t>(K, pc + KC);
+    V r[R][U];
+#pragma GCC unroll 16
+    for (int i = 0; i < R; ++i)
+#pragma GCC unroll 4
+      for (int v = 0; v < U; ++v) r[i][v] = V{};
+    for (int64_t k = pc; k < kend;) {
+      const int64_t t = k / a.cg, c0 = k - t * a.cg, len = std::min(a.cg - c0, kend - k);
+      const int64_t ti = t / a.kw, tj = t - ti * a.kw;
+      const float* p[R];
+#pragma GCC unroll 16
+      for (int i = 0; i < R; ++i) {
+        const int64_t ih = rows.ih0[i] + ti * a.dh, iw = rows.iw0[i] + tj * a.dw;
+        p[i] = (ih >= 0 && ih < a.H && iw >= 0 && iw < a.W ? rows.img[i] + (ih * a.W + iw) * a.ldp : a.zeros) + c0;
+      }
+      for (int64_t q = 0; q < len; ++q) {
+        V bv[U];
+#pragma GCC unroll 4
+        for (int v = 0; v < U; ++v) bv[v] = vload(b + v * VL);
+#pragma GCC unroll 16
+        for (int i = 0; i < R; ++i) {
+          const V ai = vbroadcast(p[i][q]);
+#pragma GCC unroll 4
+          for (int v = 0; v < U; ++v) r[i][v] = ai * bv[v] + r[i][v];
+        }
+        b += W;
+      }
+      k += len;
+    }
+    const bool acc = pc > 0;
+    if (mr == R && nr == W) {
+#pragma GCC unroll 16
+      for (int i = 0; i < R; ++i)
+#pragma GCC unroll 4
+        for (int v = 0; v < U; ++v) {
+          float* q = c + i * ldc + v * VL;
+          vstore(q, acc ? vload(q) + r[i][v] : r[i][v]);
+        }
+      continue;
+    }
+    alignas(64) float tmp[R * W];
+#pragma GCC unroll 16
+    for (int i = 0; i < R; ++i)
+#pragma GCC unroll 4
+      for (int v = 0; v < U; ++v) vstore(tmp + i * W + v * VL, r[i][v]);
+    for (int64_t i = 0; i < mr; ++i) {
+      float* q = c + i * ldc;
+      const float* s = tmp + i * W;
+      if (acc)
+        for (int64_t j = 0; j < nr; ++j) q[j] += s[j];
+      else
+        for (int64_t j = 0; j < nr; ++j) q[j] = s[j];
+    }
+  }
+}
+
+template <int R, int U>
+void patches_blocked(const Patches& a, int64_t r0, int64_t M, int64_t N, const float* bp, float* C, int64_t ldc) {
+  constexpr int W = U * VL;
+  const int64_t P = a.Ho * a.Wo, K = a.kh * a.kw * a.cg, panels = (N + W - 1) / W;
+  for (int64_t ir = 0; ir < M; ir += R) {
+    const int64_t mr = std::min<int64_t>(R, M - ir);
+    PatchRows<R> rows;
+    for (int i = 0; i < R; ++i) {
+      if (i >= mr) {  // past the last row: every tap in the "padding"
+        rows.img[i] = a.x;
+        rows.ih0[i] = INT64_MIN / 4;
+        rows.iw0[i] = 0;
+        continue;
+      }
+      const int64_t r = r0 + ir + i, n = r / P, px = r - n * P, oh = px / a.Wo, ow = px - oh * a.Wo;
+      rows.img[i] = a.x + n * a.H * a.W * a.ldp;
+      rows.ih0[i] = oh * a.sh - a.pt;
+      rows.iw0[i] = ow * a.sw - a.pl;
+    }
+    for (int64_t p = 0; p < panels; ++p)
+      patch_kernel<R, U>(a, rows, K, bp + p * K * W, C + ir * ldc + p * W, ldc, mr, std::min<int64_t>(W, N - p * W));
+  }
+}
+
 }  // namespace
+
+int64_t sgemm_patches_b_size(int64_t K, int64_t N) {
+  const int64_t W = N <= VL ? VL : NR;
+  return K * round_up(N, W);
+}
+
+void sgemm_patches_pack_b(int64_t K, int64_t N, Operand B, float* dst) {
+  if (N <= VL)
+    pack_b<VL>(B, 0, K, 0, N, nullptr, dst);
+  else
+    pack_b<NR>(B, 0, K, 0, N, nullptr, dst);
+}
+
+void sgemm_patches(const Patches& a, int64_t r0, int64_t M, int64_t N, const float* bp, float* C, int64_t ldc) {
+  if (M <= 0 || N <= 0) return;
+  if (a.kh * a.kw * a.cg <= 0) {
+    for (int64_t i = 0; i < M; ++i) std::fill(C + i * ldc, C + i * ldc + N, 0.0f);
+    return;
+  }
+  if (N <= VL)  // one vector of columns (MR x VL: the bits do not depend on the block shape)
+    patches_blocked<MR, 1>(a, r0, M, N, bp, C, ldc);
+  else
+    patches_blocked<MR, NV>(a, r0, M, N, bp, C, ldc);
+}
 
 SgemmShape sgemm_shape() { return SgemmShape{MR, NR, KC, MC, NC}; }
 
