@@ -346,6 +346,111 @@ void patches_blocked(const Patches& a, int64_t r0, int64_t M, int64_t N, const f
   }
 }
 
+// ---- the transposed patches as A (sgemm_patches_t: the NHWC weight gradient) -------------------
+// A(i, k) = column i of pixel r0 + k's patch. Per KC block of pixels a table holds each pixel's
+// pointer for every tap (into x, or the zeros); a block of R rows inside one tap reads its R
+// values of pixel k as R consecutive floats at table[k][tap] + c0, so A is never packed. Rows
+// that straddle a tap boundary (or pass M) are packed into one panel first. Chains as sgemm():
+// one per element and KC block of pixels, started at zero, then stored or added to C.
+
+// c (R x U*VL block, mr x nr valid) (+)= A rows [c0, c0+R) of tap t . b panel, over kc pixels.
+template <int R, int U>
+void ind_kernel(int64_t kc, const float* const* ind, int64_t k2, int64_t t, int64_t c0, const float* __restrict b,
+                float* c, int64_t ldc, bool acc, int64_t mr, int64_t nr) {
+  constexpr int W = U * VL;
+  V r[R][U];
+#pragma GCC unroll 16
+  for (int i = 0; i < R; ++i)
+#pragma GCC unroll 4
+    for (int v = 0; v < U; ++v) r[i][v] = V{};
+  const float* const* q = ind + t;
+  for (int64_t k = 0; k < kc; ++k) {
+    const float* a = q[k * k2] + c0;
+    V bv[U];
+#pragma GCC unroll 4
+    for (int v = 0; v < U; ++v) bv[v] = vload(b + v * VL);
+#pragma GCC unroll 16
+    for (int i = 0; i < R; ++i) {
+      const V ai = vbroadcast(a[i]);
+#pragma GCC unroll 4
+      for (int v = 0; v < U; ++v) r[i][v] = ai * bv[v] + r[i][v];
+    }
+    b += W;
+  }
+  if (mr == R && nr == W) {
+#pragma GCC unroll 16
+    for (int i = 0; i < R; ++i)
+#pragma GCC unroll 4
+      for (int v = 0; v < U; ++v) {
+        float* p = c + i * ldc + v * VL;
+        vstore(p, acc ? vload(p) + r[i][v] : r[i][v]);
+      }
+    return;
+  }
+  alignas(64) float tmp[R * W];
+#pragma GCC unroll 16
+  for (int i = 0; i < R; ++i)
+#pragma GCC unroll 4
+    for (int v = 0; v < U; ++v) vstore(tmp + i * W + v * VL, r[i][v]);
+  for (int64_t i = 0; i < mr; ++i) {
+    float* p = c + i * ldc;
+    const float* s = tmp + i * W;
+    if (acc)
+      for (int64_t j = 0; j < nr; ++j) p[j] += s[j];
+    else
+      for (int64_t j = 0; j < nr; ++j) p[j] = s[j];
+  }
+}
+
+template <int R, int U>
+void patches_t_blocked(int64_t M, int64_t N, int64_t K, const Patches& a, int64_t r0, Operand B, float* C,
+                       int64_t ldc, bool accumulate) {
+  constexpr int W = U * VL;
+  const int64_t k2 = a.kh * a.kw, P = a.Ho * a.Wo;
+  float* bp = scratch<float>(kPackBSlot, KC * round_up(std::min<int64_t>(N, NC), W));
+  // The pointer table (KC pixels x k2 taps), then one packed panel (KC x R floats).
+  const float** ind = scratch<const float*>(kPackASlot, KC * k2 + KC * R / 2 + 16);
+  float* panel = reinterpret_cast<float*>(ind + KC * k2 + 8);
+  for (int64_t pc = 0; pc < K; pc += KC) {
+    const int64_t kc = std::min<int64_t>(KC, K - pc);
+    const bool acc = accumulate || pc > 0;
+    for (int64_t k = 0; k < kc; ++k) {
+      const int64_t r = r0 + pc + k, n = r / P, px = r - n * P, oh = px / a.Wo, ow = px - oh * a.Wo;
+      const float* img = a.x + n * a.H * a.W * a.ldp;
+      for (int64_t ti = 0; ti < a.kh; ++ti) {
+        const int64_t ih = oh * a.sh - a.pt + ti * a.dh;
+        for (int64_t tj = 0; tj < a.kw; ++tj) {
+          const int64_t iw = ow * a.sw - a.pl + tj * a.dw;
+          ind[k * k2 + ti * a.kw + tj] =
+              ih >= 0 && ih < a.H && iw >= 0 && iw < a.W ? img + (ih * a.W + iw) * a.ldp : a.zeros;
+        }
+      }
+    }
+    for (int64_t jc = 0; jc < N; jc += NC) {
+      const int64_t nc = std::min<int64_t>(NC, N - jc);
+      pack_b<W>(B, pc, kc, jc, nc, nullptr, bp);
+      for (int64_t ir = 0; ir < M; ir += R) {
+        const int64_t mr = std::min<int64_t>(R, M - ir), t = ir / a.cg, c0 = ir - t * a.cg;
+        const bool direct = mr == R && c0 + R <= a.cg;
+        if (!direct)  // rows across a tap boundary or past M: pack them
+          for (int64_t k = 0; k < kc; ++k)
+            for (int i = 0; i < R; ++i) {
+              const int64_t row = ir + i, tt = row / a.cg;
+              panel[k * R + i] = row < M ? ind[k * k2 + tt][row - tt * a.cg] : 0.0f;
+            }
+        for (int64_t jr = 0; jr < nc; jr += W) {
+          float* c = C + ir * ldc + jc + jr;
+          const int64_t nr = std::min<int64_t>(W, nc - jr);
+          if (direct)
+            ind_kernel<R, U>(kc, ind, k2, t, c0, bp + jr * kc, c, ldc, acc, mr, nr);
+          else
+            ukernel<R, U>(kc, panel, bp + jr * kc, c, ldc, acc, mr, nr);
+        }
+      }
+    }
+  }
+}
+
 }  // namespace
 
 int64_t sgemm_patches_b_size(int64_t K, int64_t N) {
@@ -388,6 +493,20 @@ void sgemm(int64_t M, int64_t N, int64_t K, Operand A, Operand B, float* C, int6
     sgemm_blocked<MR2, 1>(M, N, K, A, B, C, ldc, accumulate, pa, pb);
   else
     sgemm_blocked<MR, NV>(M, N, K, A, B, C, ldc, accumulate, pa, pb);
+}
+
+void sgemm_patches_t(int64_t M, int64_t N, int64_t K, const Patches& a, int64_t r0, Operand B, float* C, int64_t ldc,
+                     bool accumulate) {
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0) {
+    if (!accumulate)
+      for (int64_t i = 0; i < M; ++i) std::fill(C + i * ldc, C + i * ldc + N, 0.0f);
+    return;
+  }
+  if (N <= VL)
+    patches_t_blocked<MR, 1>(M, N, K, a, r0, B, C, ldc, accumulate);
+  else
+    patches_t_blocked<MR, NV>(M, N, K, a, r0, B, C, ldc, accumulate);
 }
 
 void sgemm_parallel(int64_t M, int64_t N, int64_t K, Operand A, Operand B, float* C, int64_t ldc,

@@ -60,6 +60,12 @@ void sgemm_patches_pack_b(int64_t K, int64_t N, Operand B, float* dst);
 // chains), so this path and the im2col path agree exactly.
 void sgemm_patches(const Patches& a, int64_t r0, int64_t M, int64_t N, const float* bp, float* C, int64_t ldc);
 
+// C (M x N) = [C +] A (M x K) . B (K x N), A(i, k) = column i of the patch of pixel r0 + k (the
+// transposed im2col matrix of the NHWC weight gradient, M = kh*kw*cg), packed straight from x:
+// the bits of sgemm() on that matrix.
+void sgemm_patches_t(int64_t M, int64_t N, int64_t K, const Patches& a, int64_t r0, Operand B, float* C, int64_t ldc,
+                     bool accumulate);
+
 // The two as conv::Kernels members (plain arguments).
 void sgemm_shape_of(int* mr, int* nr, int* kc, int* mc, int* nc);
 void sgemm_strided(int64_t M, int64_t N, int64_t K, const float* a, int64_t ars, int64_t acs, const float* b,
