@@ -319,8 +319,9 @@ def test_conv_patch_paths_every_pass(isa):
     (conv2d_gemm_f32_nhwc_patches: the transposed patches packed per pixel through a pointer
     table, rows of a block inside one tap read in place, across a tap packed), over channels
     around MR (16, 17, 33: row blocks that straddle taps), kernels around NR and VL, pixel counts
-    around the KC block and past one 1024-pixel piece, strides, padding, dilation, both layouts:
-    1 and 2 threads give the same bits, and every pass matches the float64 reference."""
+    around the KC block and past one 1024-pixel piece, strides, padding, dilation, both layouts
+    (NCHW planes of 256+ pixels: the NCHW form, same bits as NHWC): 1 and 2 threads give the
+    same bits, and every pass matches the float64 reference."""
     sh = SHAPE[isa]
 
     def check(c, k, n, h, w, kh, kw, s, p, d, layout, seed):
@@ -336,6 +337,10 @@ def test_conv_patch_paths_every_pass(isa):
             one = _grads(xl, wt, dyl, s, p, d, layout, 1)
             two = _grads(xl, wt, dyl, s, p, d, layout, 2)
             algo = cnnkit.ops.conv2d_algorithm(xl.shape, wt.shape, s, p, d, 1, layout, pass_="weight")
+            if layout == "NCHW" and c >= 16 and c * kh * kw >= 64 and ho * wo >= 256:
+                # the NCHW form of the patches forward (same reduction order and chains as NHWC)
+                y_nhwc = cnnkit.conv2d(R.to_nhwc(x), wt, None, s, p, d, 1, layout="NHWC")
+                assert_bitwise(one[0], R.to_nchw(y_nhwc), f"NCHW vs NHWC patches forward, c={c} k={k} {h}x{w}")
         what = f"c={c} k={k} n={n} {h}x{w} k{kh}x{kw} s{s} p{p} d{d} {layout} ({isa})"
         if layout == "NHWC" and c >= 16 and c * kh * kw >= 64 and (kh * kw > 1 or s > 1 or p > 0):
             assert algo == f"conv2d_gemm_f32_nhwc_patches__{isa}", (algo, what)
@@ -351,13 +356,16 @@ def test_conv_patch_paths_every_pass(isa):
     # past one 1024-pixel piece, several KC blocks per piece
     check(16, 2 * sh["nr"] + 3, 3, 28, 28, 3, 3, 1, 1, 1, "NHWC", 1)
     check(17, _vl(isa) + 1, 2, 30, 26, 3, 3, 1, 1, 1, "NCHW", 2)
+    check(33, 2 * sh["nr"] - 1, 1, 17, 19, 3, 2, 1, (1), 2, "NCHW", 3)
 
     @settings(max_examples=12, deadline=None)
     @given(c=st.sampled_from((16, 17, 33)), k=st.one_of(_around(sh["nr"]), _around(_vl(isa))),
            n=st.integers(1, 2), h=st.integers(2, 12), w=st.integers(2, 12), kh=st.sampled_from((1, 3)),
            kw=st.sampled_from((2, 3)), s=st.integers(1, 2), p=st.integers(0, 2), d=st.integers(1, 2),
-           layout=st.sampled_from(("NHWC", "NCHW")), seed=st.integers(0, 2**32 - 1))
-    def run(c, k, n, h, w, kh, kw, s, p, d, layout, seed):
+           layout=st.sampled_from(("NHWC", "NCHW")), big=st.booleans(), seed=st.integers(0, 2**32 - 1))
+    def run(c, k, n, h, w, kh, kw, s, p, d, layout, big, seed):
+        if big:  # NCHW output planes of 256 pixels or more: the NCHW form of the forward
+            h, w = h + 12, w + 12
         check(c, k, n, h, w, kh, kw, s, p, d, layout, seed)
 
     run()

@@ -23,9 +23,8 @@
 //                          that are not a plain 1x1 and not small_planes(): the own sgemm reading
 //                          the patches of x through a pointer table (no im2col matrix)
 //   gemm_f32_nchw_transposed  the same on NCHW arrays with output planes under 256 pixels
-//                          (kh*kw > 1, or 1x1 where small_planes()), and the forward passes of
-//                          kh x kw > 1 kernels with 16+ channels: the NHWC packed entry between
-//                          full-tensor transposes
+//                          (kh*kw > 1, or 1x1 where small_planes()): the NHWC packed entry
+//                          between full-tensor transposes
 //   gemm_*                 everything else: im2col + OpenBLAS GEMM (col2im for the input gradient)
 //
 // The input gradient at stride 1 is the forward pass of the adjoint convolution (dy convolved with
@@ -273,14 +272,8 @@ bool sup_stem(const Kernels&, const Geom& g, DType, Pass) { return stem_shape(g)
 // pixels the own GEMM lost to OpenBLAS (2 threads, N = 16: weight gradient of 3x3 512@2x2 0.45x,
 // of 3x3 256@4x4 0.64x; 1x1 128->256@8x8 (N = 64) 0.6x in every pass), and at 256 or more it
 // was level or ahead (3x3 64@16x16 1.01-1.07x, 1x1 256->64@16x16 0.99-1.25x).
-// Forward passes (and so stride-1 input gradients, the adjoint's forward) of kh x kw > 1 kernels
-// with 16 or more channels: the NHWC entry reads each pixel's patch in place (sgemm_patches, no
-// im2col matrix), which beats the per-image im2col GEMMs even with the two layout transposes
-// around it (3x3 64@56, N = 32, 2 threads, one run against torch's channels-last: forward 0.81x
-// -> 0.97x torch at load 4-7; 46.8 ms against NHWC's 37.7 at load 3: the transposes cost 9 ms).
-bool nchw_via_patches(const Geom& g, Pass p) { return p == Pass::forward && g.kh * g.kw > 1 && g.Cg() >= 16; }
 bool sup_packed_nchw(const Kernels&, const Geom& g, DType, Pass p) {
-  return !g.nhwc && packed_shape(g, p) && g.Ho * g.Wo >= 256 && !nchw_via_patches(g, p);
+  return !g.nhwc && packed_shape(g, p) && g.Ho * g.Wo >= 256;
 }
 bool sup_packed_nhwc(const Kernels&, const Geom& g, DType, Pass p) { return g.nhwc && packed_shape(g, p); }
 // Smaller planes: the NHWC entry's whole-batch GEMMs between layout transposes, in place of one
@@ -291,8 +284,7 @@ bool sup_packed_nhwc(const Kernels&, const Geom& g, DType, Pass p) { return g.nh
 // 8x8, 1 thread: forward 3.5 against 5.4 ms through the transposes; at stride 2 from 16x16, 4.7
 // against 11.5).
 bool sup_packed_nchw_transposed(const Kernels&, const Geom& g, DType, Pass p) {
-  return !g.nhwc && g.G == 1 && packed_shape(g, p) &&
-         ((g.Ho * g.Wo < 256 && (g.kh * g.kw > 1 || small_planes(g))) || nchw_via_patches(g, p));
+  return !g.nhwc && g.G == 1 && packed_shape(g, p) && g.Ho * g.Wo < 256 && (g.kh * g.kw > 1 || small_planes(g));
 }
 // The NHWC weight gradient with 16+ channels a group, not a plain 1x1 (x read as it is) and not on
 // small planes (the whole-batch GEMMs): the transposed patches read through a pointer table

@@ -5,7 +5,10 @@
 // Weight gradient:           dW_g = sum_n dY_g[n] . col(X_g[n])^T
 // Input gradient (scatter):  dX_g = col2im(W_g^T . dY_g)
 // with P = Ho*Wo output pixels and KK = Cg*kh*kw patch entries. col() is im2col; a 1x1 kernel at
-// stride 1 without padding reads X directly. GEMMs are single-threaded OpenBLAS calls inside
+// stride 1 without padding reads X directly. On cnnkit's own sgemm, without a fused prologue and
+// with 16+ channels a group, the forward pass (both layouts) and the NHWC weight gradient never
+// build col(): the sgemm reads each pixel's patch from X (sgemm_patches*, sgemm.cpp), with the
+// reduction in (i, j, c) order. GEMMs are single-threaded OpenBLAS calls inside
 // cnnkit's own OpenMP loop, over pieces cut from the shape alone; reductions over pieces run in a
 // fixed order (beta = 1 accumulation in piece order), so results do not depend on the thread count.
 // Compiled once per ISA level (namespace cnnkit::conv::<isa>) like the direct kernels; the copies
@@ -543,6 +546,20 @@ void batched_backward_input(const float* dy, const float* w, float* dx, const Ge
   }
 }
 
+// Weights as (G, kh*kw*Cg, Kg) with rows ordered (i, j, c): the B operand of the NHWC forward
+// and of the patches paths.
+template <typename T>
+const T* weights_ijc_k(const T* w, const Geom& g) {
+  const int64_t Cg = g.Cg(), Kg = g.Kg(), k2 = g.kh * g.kw, KK = Cg * k2;
+  T* wt = scratch<T>(kWeightSlot, g.G * KK * Kg);
+  for (int64_t gi = 0; gi < g.G; ++gi)
+    for (int64_t ko = 0; ko < Kg; ++ko)
+      for (int64_t c = 0; c < Cg; ++c)
+        for (int64_t t = 0; t < k2; ++t)
+          wt[(gi * KK + t * Cg + c) * Kg + ko] = w[((gi * Kg + ko) * Cg + c) * k2 + t];
+  return wt;
+}
+
 // fu (float32, Own only): the fused prologue and epilogue; null for a plain forward pass.
 template <typename T, bool Own>
 void forward_nchw(const T* x, const T* w, const T* b, T* y, const Geom& g, const Fused* fu) {
@@ -554,6 +571,22 @@ void forward_nchw(const T* x, const T* w, const T* b, T* y, const Geom& g, const
   const int64_t ng = g.N * g.G;
   if (ng < 16) chunk = std::min(chunk, std::max<int64_t>(256, ceil_div(P, ceil_div(16, ng))));
   if (direct) chunk = std::max<int64_t>(chunk, ng >= 16 ? P : chunk);
+  // Without a prologue, the own GEMM reads the patches straight from x as forward_nhwc does
+  // (sgemm_patches in its NCHW form: each tap's R pixels packed per channel, the output tile
+  // written transposed), in units of 240 pixels (a multiple of every level's MR).
+  const bool patches = Own && std::is_same_v<T, float> && !direct && Cg >= 16 &&
+                       !(fu && (fu->pre_scale || fu->pre_relu));
+  float* bp = nullptr;  // patches: the packed weights of every group
+  int64_t bsize = 0;
+  if constexpr (Own && std::is_same_v<T, float>)
+    if (patches) {
+      const float* wt = weights_ijc_k(w, g);
+      bsize = sgemm_patches_b_size(KK, Kg);
+      bp = scratch<float>(kBatchSlot, g.G * bsize);
+      for (int64_t gi = 0; gi < g.G; ++gi)
+        sgemm_patches_pack_b(KK, Kg, Operand{wt + gi * KK * Kg, Kg, 1}, bp + gi * bsize);
+      chunk = 240;
+    }
   const Split s = split(P, chunk);
   const int64_t units = ng * s.count;
   const bool stats = fu && fu->stats_sum;
@@ -568,16 +601,25 @@ void forward_nchw(const T* x, const T* w, const T* b, T* y, const Geom& g, const
     T* yg = y + (n * g.K + gi * Kg) * P;
     Prologue pstore;
     const Prologue* pf = group_prologue(fu, gi, Cg, &pstore);
-    const T* B = xn + p0;
-    int64_t ldb = HW;
-    if (!direct) {
-      T* col = scratch<T>(kColSlot, KK * np);
-      im2col_nchw(xn, g, 0, Cg, p0, p1, col, pf);
-      B = col;
-      ldb = np;
+    if (patches) {
+      if constexpr (Own && std::is_same_v<T, float>) {
+        Patches a{xn, nullptr, g.H, g.W, 1, g.Ho, g.Wo, g.kh, g.kw, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, Cg};
+        a.ldn = g.C * HW;
+        a.ldc = HW;
+        sgemm_patches(a, p0, np, Kg, bp + gi * bsize, yg + p0, P, true);
+      }
+    } else {
+      const T* B = xn + p0;
+      int64_t ldb = HW;
+      if (!direct) {
+        T* col = scratch<T>(kColSlot, KK * np);
+        im2col_nchw(xn, g, 0, Cg, p0, p1, col, pf);
+        B = col;
+        ldb = np;
+      }
+      gemm_t<Own>(false, false, Kg, np, KK, w + gi * Kg * KK, KK, B, ldb, T(0), yg + p0, P, nullptr,
+                  direct ? pf : nullptr);
     }
-    gemm_t<Own>(false, false, Kg, np, KK, w + gi * Kg * KK, KK, B, ldb, T(0), yg + p0, P, nullptr,
-                direct ? pf : nullptr);
     if (stats) st.cnt[u] = np;
     epilogue_cm(yg + p0, P, Kg, np, b ? b + gi * Kg : nullptr,
                 residual ? residual + (n * g.K + gi * Kg) * P + p0 : nullptr, relu, stats ? st.s1 + u * Kg : nullptr,
@@ -592,19 +634,6 @@ void forward_nchw(const T* x, const T* w, const T* b, T* y, const Geom& g, const
       combine_stats(st, Kg, order.data(), int64_t(order.size()), kk, fu->stats_sum + gi * Kg + kk,
                     fu->stats_sumsq + gi * Kg + kk);
   }
-}
-
-// Weights as (G, kh*kw*Cg, Kg) with rows ordered (i, j, c): the B operand of the NHWC forward.
-template <typename T>
-const T* weights_ijc_k(const T* w, const Geom& g) {
-  const int64_t Cg = g.Cg(), Kg = g.Kg(), k2 = g.kh * g.kw, KK = Cg * k2;
-  T* wt = scratch<T>(kWeightSlot, g.G * KK * Kg);
-  for (int64_t gi = 0; gi < g.G; ++gi)
-    for (int64_t ko = 0; ko < Kg; ++ko)
-      for (int64_t c = 0; c < Cg; ++c)
-        for (int64_t t = 0; t < k2; ++t)
-          wt[(gi * KK + t * Cg + c) * Kg + ko] = w[((gi * Kg + ko) * Cg + c) * k2 + t];
-  return wt;
 }
 
 template <typename T, bool Own>

@@ -254,17 +254,46 @@ void sgemm_blocked(int64_t M, int64_t N, int64_t K, Operand A, Operand B, float*
 // padding), then stored (first block) or added to C: the chains and the order of sgemm() on the
 // im2col matrix, without building that matrix.
 
-// Row i of the block: the pixel's image (img) and the input coordinates of its tap (0, 0).
+// Row i of the block: the pixel's image (img) and the input coordinates of its tap (0, 0);
+// run: the R rows are R pixels of one output row at stride 1 (NCHW: R consecutive floats a tap).
 template <int R>
 struct PatchRows {
   const float* img[R];
   int64_t ih0[R], iw0[R];
+  bool run;
 };
 
-template <int R, int U>
+// NCHW (channel stride a.ldc): rows' values of channels [c0, c0+len) of tap (ti, tj) -> panel[q*R + i].
+template <int R>
+void pack_tap_nchw(const Patches& a, const PatchRows<R>& rows, int64_t ti, int64_t tj, int64_t c0, int64_t len,
+                   float* panel) {
+  const int64_t ih = rows.ih0[0] + ti * a.dh, iw = rows.iw0[0] + tj * a.dw;
+  if (rows.run && ih >= 0 && ih < a.H && iw >= 0 && iw + R <= a.W) {
+    const float* s = rows.img[0] + ih * a.W + iw + c0 * a.ldc;
+    for (int64_t q = 0; q < len; ++q, s += a.ldc)
+#pragma GCC unroll 16
+      for (int i = 0; i < R; ++i) panel[q * R + i] = s[i];
+    return;
+  }
+  for (int i = 0; i < R; ++i) {
+    const int64_t h = rows.ih0[i] + ti * a.dh, w = rows.iw0[i] + tj * a.dw;
+    if (h >= 0 && h < a.H && w >= 0 && w < a.W) {
+      const float* s = rows.img[i] + h * a.W + w + c0 * a.ldc;
+      for (int64_t q = 0; q < len; ++q) panel[q * R + i] = s[q * a.ldc];
+    } else {
+      for (int64_t q = 0; q < len; ++q) panel[q * R + i] = 0.0f;
+    }
+  }
+}
+
+// NCHW: the tile is kept row-major across the KC blocks and written out transposed
+// (C(i, j) at c[j*ldc + i]) at the end: the same adds, so the same bits.
+template <int R, int U, bool Nchw>
 void patch_kernel(const Patches& a, const PatchRows<R>& rows, int64_t K, const float* __restrict b, float* c,
                   int64_t ldc, int64_t mr, int64_t nr) {
   constexpr int W = U * VL;
+  alignas(64) float tile[Nchw ? R * W : 1];
+  alignas(64) float panel[Nchw ? KC * R : 1];
   for (int64_t pc = 0; pc < K; pc += KC) {
     const int64_t kend = std::min<int64_t>(K, pc + KC);
     V r[R][U];
@@ -275,33 +304,53 @@ void patch_kernel(const Patches& a, const PatchRows<R>& rows, int64_t K, const f
     for (int64_t k = pc; k < kend;) {
       const int64_t t = k / a.cg, c0 = k - t * a.cg, len = std::min(a.cg - c0, kend - k);
       const int64_t ti = t / a.kw, tj = t - ti * a.kw;
-      const float* p[R];
-#pragma GCC unroll 16
-      for (int i = 0; i < R; ++i) {
-        const int64_t ih = rows.ih0[i] + ti * a.dh, iw = rows.iw0[i] + tj * a.dw;
-        p[i] = (ih >= 0 && ih < a.H && iw >= 0 && iw < a.W ? rows.img[i] + (ih * a.W + iw) * a.ldp : a.zeros) + c0;
-      }
-      for (int64_t q = 0; q < len; ++q) {
-        V bv[U];
+      if constexpr (Nchw) {
+        pack_tap_nchw<R>(a, rows, ti, tj, c0, len, panel);
+        const float* pp = panel;
+        for (int64_t q = 0; q < len; ++q) {
+          V bv[U];
 #pragma GCC unroll 4
-        for (int v = 0; v < U; ++v) bv[v] = vload(b + v * VL);
+          for (int v = 0; v < U; ++v) bv[v] = vload(b + v * VL);
+#pragma GCC unroll 16
+          for (int i = 0; i < R; ++i) {
+            const V ai = vbroadcast(pp[i]);
+#pragma GCC unroll 4
+            for (int v = 0; v < U; ++v) r[i][v] = ai * bv[v] + r[i][v];
+          }
+          pp += R;
+          b += W;
+        }
+      } else {
+        const float* p[R];
 #pragma GCC unroll 16
         for (int i = 0; i < R; ++i) {
-          const V ai = vbroadcast(p[i][q]);
-#pragma GCC unroll 4
-          for (int v = 0; v < U; ++v) r[i][v] = ai * bv[v] + r[i][v];
+          const int64_t ih = rows.ih0[i] + ti * a.dh, iw = rows.iw0[i] + tj * a.dw;
+          p[i] = (ih >= 0 && ih < a.H && iw >= 0 && iw < a.W ? rows.img[i] + (ih * a.W + iw) * a.ldp : a.zeros) + c0;
         }
-        b += W;
+        for (int64_t q = 0; q < len; ++q) {
+          V bv[U];
+#pragma GCC unroll 4
+          for (int v = 0; v < U; ++v) bv[v] = vload(b + v * VL);
+#pragma GCC unroll 16
+          for (int i = 0; i < R; ++i) {
+            const V ai = vbroadcast(p[i][q]);
+#pragma GCC unroll 4
+            for (int v = 0; v < U; ++v) r[i][v] = ai * bv[v] + r[i][v];
+          }
+          b += W;
+        }
       }
       k += len;
     }
     const bool acc = pc > 0;
-    if (mr == R && nr == W) {
+    if (Nchw || (mr == R && nr == W)) {
+      float* cc = Nchw ? tile : c;
+      const int64_t ld = Nchw ? W : ldc;
 #pragma GCC unroll 16
       for (int i = 0; i < R; ++i)
 #pragma GCC unroll 4
         for (int v = 0; v < U; ++v) {
-          float* q = c + i * ldc + v * VL;
+          float* q = cc + i * ld + v * VL;
           vstore(q, acc ? vload(q) + r[i][v] : r[i][v]);
         }
       continue;
@@ -320,15 +369,20 @@ void patch_kernel(const Patches& a, const PatchRows<R>& rows, int64_t K, const f
         for (int64_t j = 0; j < nr; ++j) q[j] = s[j];
     }
   }
+  if constexpr (Nchw)
+    for (int64_t j = 0; j < nr; ++j)
+      for (int64_t i = 0; i < mr; ++i) c[j * ldc + i] = tile[i * W + j];
 }
 
-template <int R, int U>
+template <int R, int U, bool Nchw>
 void patches_blocked(const Patches& a, int64_t r0, int64_t M, int64_t N, const float* bp, float* C, int64_t ldc) {
   constexpr int W = U * VL;
   const int64_t P = a.Ho * a.Wo, K = a.kh * a.kw * a.cg, panels = (N + W - 1) / W;
+  const int64_t ldn = a.ldn ? a.ldn : a.H * a.W * a.ldp;
   for (int64_t ir = 0; ir < M; ir += R) {
     const int64_t mr = std::min<int64_t>(R, M - ir);
     PatchRows<R> rows;
+    rows.run = mr == R && a.sw == 1;
     for (int i = 0; i < R; ++i) {
       if (i >= mr) {  // past the last row: every tap in the "padding"
         rows.img[i] = a.x;
@@ -337,12 +391,19 @@ void patches_blocked(const Patches& a, int64_t r0, int64_t M, int64_t N, const f
         continue;
       }
       const int64_t r = r0 + ir + i, n = r / P, px = r - n * P, oh = px / a.Wo, ow = px - oh * a.Wo;
-      rows.img[i] = a.x + n * a.H * a.W * a.ldp;
+      rows.img[i] = a.x + n * ldn;
       rows.ih0[i] = oh * a.sh - a.pt;
       rows.iw0[i] = ow * a.sw - a.pl;
+      if (i > 0 && (rows.img[i] != rows.img[0] || rows.ih0[i] != rows.ih0[0] || rows.iw0[i] != rows.iw0[0] + i))
+        rows.run = false;
     }
-    for (int64_t p = 0; p < panels; ++p)
-      patch_kernel<R, U>(a, rows, K, bp + p * K * W, C + ir * ldc + p * W, ldc, mr, std::min<int64_t>(W, N - p * W));
+    for (int64_t p = 0; p < panels; ++p) {
+      const int64_t nr = std::min<int64_t>(W, N - p * W);
+      if (Nchw)  // C(i, j) at C[j*ldc + i]
+        patch_kernel<R, U, true>(a, rows, K, bp + p * K * W, C + ir + p * W * ldc, ldc, mr, nr);
+      else
+        patch_kernel<R, U, false>(a, rows, K, bp + p * K * W, C + ir * ldc + p * W, ldc, mr, nr);
+    }
   }
 }
 
@@ -416,7 +477,7 @@ void patches_t_blocked(int64_t M, int64_t N, int64_t K, const Patches& a, int64_
     const bool acc = accumulate || pc > 0;
     for (int64_t k = 0; k < kc; ++k) {
       const int64_t r = r0 + pc + k, n = r / P, px = r - n * P, oh = px / a.Wo, ow = px - oh * a.Wo;
-      const float* img = a.x + n * a.H * a.W * a.ldp;
+      const float* img = a.x + n * (a.ldn ? a.ldn : a.H * a.W * a.ldp);
       for (int64_t ti = 0; ti < a.kh; ++ti) {
         const int64_t ih = oh * a.sh - a.pt + ti * a.dh;
         for (int64_t tj = 0; tj < a.kw; ++tj) {
@@ -465,16 +526,25 @@ void sgemm_patches_pack_b(int64_t K, int64_t N, Operand B, float* dst) {
     pack_b<NR>(B, 0, K, 0, N, nullptr, dst);
 }
 
-void sgemm_patches(const Patches& a, int64_t r0, int64_t M, int64_t N, const float* bp, float* C, int64_t ldc) {
+void sgemm_patches(const Patches& a, int64_t r0, int64_t M, int64_t N, const float* bp, float* C, int64_t ldc,
+                   bool nchw) {
   if (M <= 0 || N <= 0) return;
   if (a.kh * a.kw * a.cg <= 0) {
-    for (int64_t i = 0; i < M; ++i) std::fill(C + i * ldc, C + i * ldc + N, 0.0f);
+    for (int64_t i = 0; i < M; ++i)
+      for (int64_t j = 0; j < N; ++j) C[nchw ? j * ldc + i : i * ldc + j] = 0.0f;
     return;
   }
-  if (N <= VL)  // one vector of columns (MR x VL: the bits do not depend on the block shape)
-    patches_blocked<MR, 1>(a, r0, M, N, bp, C, ldc);
-  else
-    patches_blocked<MR, NV>(a, r0, M, N, bp, C, ldc);
+  if (N <= VL) {  // one vector of columns (MR x VL: the bits do not depend on the block shape)
+    if (nchw)
+      patches_blocked<MR, 1, true>(a, r0, M, N, bp, C, ldc);
+    else
+      patches_blocked<MR, 1, false>(a, r0, M, N, bp, C, ldc);
+  } else {
+    if (nchw)
+      patches_blocked<MR, NV, true>(a, r0, M, N, bp, C, ldc);
+    else
+      patches_blocked<MR, NV, false>(a, r0, M, N, bp, C, ldc);
+  }
 }
 
 SgemmShape sgemm_shape() { return SgemmShape{MR, NR, KC, MC, NC}; }
