@@ -286,14 +286,10 @@ void pack_tap_nchw(const Patches& a, const PatchRows<R>& rows, int64_t ti, int64
   }
 }
 
-// NCHW: the tile is kept row-major across the KC blocks and written out transposed
-// (C(i, j) at c[j*ldc + i]) at the end: the same adds, so the same bits.
-template <int R, int U, bool Nchw>
+template <int R, int U>
 void patch_kernel(const Patches& a, const PatchRows<R>& rows, int64_t K, const float* __restrict b, float* c,
                   int64_t ldc, int64_t mr, int64_t nr) {
   constexpr int W = U * VL;
-  alignas(64) float tile[Nchw ? R * W : 1];
-  alignas(64) float panel[Nchw ? KC * R : 1];
   for (int64_t pc = 0; pc < K; pc += KC) {
     const int64_t kend = std::min<int64_t>(K, pc + KC);
     V r[R][U];
@@ -304,53 +300,33 @@ void patch_kernel(const Patches& a, const PatchRows<R>& rows, int64_t K, const f
     for (int64_t k = pc; k < kend;) {
       const int64_t t = k / a.cg, c0 = k - t * a.cg, len = std::min(a.cg - c0, kend - k);
       const int64_t ti = t / a.kw, tj = t - ti * a.kw;
-      if constexpr (Nchw) {
-        pack_tap_nchw<R>(a, rows, ti, tj, c0, len, panel);
-        const float* pp = panel;
-        for (int64_t q = 0; q < len; ++q) {
-          V bv[U];
-#pragma GCC unroll 4
-          for (int v = 0; v < U; ++v) bv[v] = vload(b + v * VL);
+      const float* p[R];
 #pragma GCC unroll 16
-          for (int i = 0; i < R; ++i) {
-            const V ai = vbroadcast(pp[i]);
+      for (int i = 0; i < R; ++i) {
+        const int64_t ih = rows.ih0[i] + ti * a.dh, iw = rows.iw0[i] + tj * a.dw;
+        p[i] = (ih >= 0 && ih < a.H && iw >= 0 && iw < a.W ? rows.img[i] + (ih * a.W + iw) * a.ldp : a.zeros) + c0;
+      }
+      for (int64_t q = 0; q < len; ++q) {
+        V bv[U];
 #pragma GCC unroll 4
-            for (int v = 0; v < U; ++v) r[i][v] = ai * bv[v] + r[i][v];
-          }
-          pp += R;
-          b += W;
-        }
-      } else {
-        const float* p[R];
+        for (int v = 0; v < U; ++v) bv[v] = vload(b + v * VL);
 #pragma GCC unroll 16
         for (int i = 0; i < R; ++i) {
-          const int64_t ih = rows.ih0[i] + ti * a.dh, iw = rows.iw0[i] + tj * a.dw;
-          p[i] = (ih >= 0 && ih < a.H && iw >= 0 && iw < a.W ? rows.img[i] + (ih * a.W + iw) * a.ldp : a.zeros) + c0;
-        }
-        for (int64_t q = 0; q < len; ++q) {
-          V bv[U];
+          const V ai = vbroadcast(p[i][q]);
 #pragma GCC unroll 4
-          for (int v = 0; v < U; ++v) bv[v] = vload(b + v * VL);
-#pragma GCC unroll 16
-          for (int i = 0; i < R; ++i) {
-            const V ai = vbroadcast(p[i][q]);
-#pragma GCC unroll 4
-            for (int v = 0; v < U; ++v) r[i][v] = ai * bv[v] + r[i][v];
-          }
-          b += W;
+          for (int v = 0; v < U; ++v) r[i][v] = ai * bv[v] + r[i][v];
         }
+        b += W;
       }
       k += len;
     }
     const bool acc = pc > 0;
-    if (Nchw || (mr == R && nr == W)) {
-      float* cc = Nchw ? tile : c;
-      const int64_t ld = Nchw ? W : ldc;
+    if (mr == R && nr == W) {
 #pragma GCC unroll 16
       for (int i = 0; i < R; ++i)
 #pragma GCC unroll 4
         for (int v = 0; v < U; ++v) {
-          float* q = cc + i * ld + v * VL;
+          float* q = c + i * ldc + v * VL;
           vstore(q, acc ? vload(q) + r[i][v] : r[i][v]);
         }
       continue;
@@ -369,9 +345,6 @@ void patch_kernel(const Patches& a, const PatchRows<R>& rows, int64_t K, const f
         for (int64_t j = 0; j < nr; ++j) q[j] = s[j];
     }
   }
-  if constexpr (Nchw)
-    for (int64_t j = 0; j < nr; ++j)
-      for (int64_t i = 0; i < mr; ++i) c[j * ldc + i] = tile[i * W + j];
 }
 
 template <int R, int U, bool Nchw>
@@ -379,6 +352,7 @@ void patches_blocked(const Patches& a, int64_t r0, int64_t M, int64_t N, const f
   constexpr int W = U * VL;
   const int64_t P = a.Ho * a.Wo, K = a.kh * a.kw * a.cg, panels = (N + W - 1) / W;
   const int64_t ldn = a.ldn ? a.ldn : a.H * a.W * a.ldp;
+  float* panel = Nchw ? scratch<float>(kPackASlot, K * R) : nullptr;
   for (int64_t ir = 0; ir < M; ir += R) {
     const int64_t mr = std::min<int64_t>(R, M - ir);
     PatchRows<R> rows;
@@ -397,12 +371,27 @@ void patches_blocked(const Patches& a, int64_t r0, int64_t M, int64_t N, const f
       if (i > 0 && (rows.img[i] != rows.img[0] || rows.ih0[i] != rows.ih0[0] || rows.iw0[i] != rows.iw0[0] + i))
         rows.run = false;
     }
-    for (int64_t p = 0; p < panels; ++p) {
-      const int64_t nr = std::min<int64_t>(W, N - p * W);
-      if (Nchw)  // C(i, j) at C[j*ldc + i]
-        patch_kernel<R, U, true>(a, rows, K, bp + p * K * W, C + ir + p * W * ldc, ldc, mr, nr);
-      else
-        patch_kernel<R, U, false>(a, rows, K, bp + p * K * W, C + ir * ldc + p * W, ldc, mr, nr);
+    if constexpr (Nchw) {
+      // The block's A (K x R: every tap's R pixels per channel) packed once for all column
+      // panels; then per panel and KC block the packed microkernel (the chains of sgemm()) into a
+      // row-major tile, written out transposed: C(i, j) at C[j*ldc + i].
+      for (int64_t k = 0; k < K;) {
+        const int64_t t = k / a.cg, len = a.cg, ti = t / a.kw, tj = t - ti * a.kw;
+        pack_tap_nchw<R>(a, rows, ti, tj, 0, len, panel + k * R);
+        k += len;
+      }
+      alignas(64) float tile[R * W];
+      for (int64_t p = 0; p < panels; ++p) {
+        const int64_t nr = std::min<int64_t>(W, N - p * W);
+        for (int64_t pc = 0; pc < K; pc += KC)
+          ukernel<R, U>(std::min<int64_t>(KC, K - pc), panel + pc * R, bp + p * K * W + pc * W, tile, W, pc > 0, R, W);
+        float* c = C + ir + p * W * ldc;
+        for (int64_t j = 0; j < nr; ++j)
+          for (int64_t i = 0; i < mr; ++i) c[j * ldc + i] = tile[i * W + j];
+      }
+    } else {
+      for (int64_t p = 0; p < panels; ++p)
+        patch_kernel<R, U>(a, rows, K, bp + p * K * W, C + ir * ldc + p * W, ldc, mr, std::min<int64_t>(W, N - p * W));
     }
   }
 }
