@@ -5,8 +5,13 @@ A thin wrapper around :func:`cnnkit.bench.train.main`, also available as ``cnnki
 
     python benchmarks/bench_train.py [--models resnext,mobilenet] [--threads N] [--batch N]
                                      [--repeats N] [--warmup N] [--profile-steps N] [--top N]
-                                     [--quick] [--markdown] [--no-torch] [--no-check]
-                                     [--json PATH]
+                                     [--breakdown fused,modules] [--quick] [--markdown]
+                                     [--no-torch] [--no-check] [--json PATH]
+
+The per-layer breakdowns after the timed rounds (--breakdown, both by default): "fused" times the
+compiled kernels, cnnkit.ops calls and NumPy glue of the step as it runs (fusion on), with each
+part's roofline floor; "modules" times every module (cnnkit's layers then run unfused) beside the
+same modules of the torch twin.
 """
 import sys
 

@@ -175,7 +175,122 @@ def test_cli_bench_train_quick_smoke(capsys, tmp_path):
     text = capsys.readouterr().out
     assert "resnext_small" in text and "mobilenet_small" in text
     assert "cnnkit NHWC" in text and "cnnkit NCHW" in text
-    assert json.loads(path.read_text())
+    doc = json.loads(path.read_text())
+    assert doc["breakdowns"] == ["fused", "modules"]
+    # both breakdowns, the fused one (the step as it runs) first
+    fused_at = text.index("Where the time goes in the step as it runs (fusion on), resnext_small")
+    assert fused_at < text.index("Where the time goes, resnext_small")
+    assert "Fusion while profiling: cnnkit.nn.fusion on" in text and "Roofline (" in text
+    for res in doc["results"]:
+        assert set(res["fused_profile"]) == {"cnnkit NCHW", "cnnkit NHWC"}
+        assert res["breakdown"] and res["profile"]
+        for fs in res["fused_breakdown"].values():
+            assert fs["fused_calls"] == fs["conv_layers"] > 0      # every conv ran fused
+            assert fs["layers"] and fs["kinds"] and fs["floor_ms"] > 0
+            assert 0 < fs["coverage"] <= 1 + 1e-9
+
+
+def test_cli_bench_train_breakdown_flag_selects_the_tables(capsys, tmp_path):
+    path = tmp_path / "train.json"
+    argv = ["bench", "train", "--quick", "--no-torch", "--models", "mobilenet", "--no-check",
+            "--batch", "2", "--stream-mib", "4", "--gemm-size", "64", "--probe-reps", "1",
+            "--breakdown", "fused", "--json", str(path)]
+    assert cli.main(argv) == 0
+    text = capsys.readouterr().out
+    assert "Where the time goes in the step as it runs" in text
+    assert "Where the time goes, mobilenet_small" not in text
+    res = json.loads(path.read_text())["results"][0]
+    assert "fused_breakdown" in res and "breakdown" not in res
+    assert cli.main(argv[:-2] + ["--breakdown", "kernels"]) == 2
+    assert "--breakdown: unknown entry 'kernels'" in capsys.readouterr().err
+
+
+def _train_setup(model, batch):
+    from cnnkit.bench import train
+    cfg = train.build_configs(None, model, batch)
+    m = cfg["cnnkit"]["NCHW"]
+    desc = train.describe(m, train.layer_shapes(m, cfg["steps"]["cnnkit NCHW"].x), "NCHW")
+    return train, cfg, desc
+
+
+@pytest.mark.parametrize("model", ["resnext", "mobilenet"])
+def test_bench_train_fused_profile_sees_every_layer_of_the_fused_step(model):
+    # The kernel-level profile leaves fusion on (every Conv2d runs through conv2d_fused, as in
+    # the plain step), attributes compiled time to every convolution in both passes, and its
+    # parts fit in the step: timed parts + untimed Python + timers = the profiled step.
+    from cnnkit import nn
+    train, cfg, desc = _train_setup(model, 4)
+    layout = "NHWC" if model == "resnext" else "NCHW"
+    step = cfg["steps"][f"cnnkit {layout}"]
+    prof = train.profile_fused({"c": step}, 1, desc)["c"]
+    fs = train.fused_summary(prof, 100.0, 10.0)
+    convs = [n for n, m in step.model.named_modules() if isinstance(m, nn.Conv2d)]
+    assert prof["fusion_enabled"] and fs["conv_layers"] == len(convs) > 0
+    assert fs["fused_calls"] == len(convs)
+    assert fs["fused_compiled"] + fs["fused_reference"] == len(convs)
+    if hasattr(_core, "conv2d_fused"):
+        assert prof["calls"]["_core.conv2d_fused"] >= fs["fused_compiled"] > 0
+    kernel_layers = {(r["layer"], r["pass"]) for r in prof["records"] if r["role"] == "kernel"}
+    for n in convs:
+        assert (n, "fwd") in kernel_layers and (n, "bwd") in kernel_layers, n
+    assert any(r["kind"].startswith("conv fwd, fused") for r in prof["records"])
+    assert any(r["layer"] == "[loss]" and r["kind"] == "loss kernel" for r in prof["records"])
+    conv_flops = sum(r["flops"] for r in prof["records"] if r["kind"].startswith("conv"))
+    f_fwd, f_bwd = train.step_flops(desc)
+    linear = sum(d[1] + d[2] for d in desc.values() if d[3] == "linear")
+    assert conv_flops == pytest.approx(f_fwd + f_bwd - linear, rel=1e-9)
+    step_ms = prof["step_ms"]
+    parts = (fs["timed_ms"] + fs["untimed_ms"]["forward"] + fs["untimed_ms"]["backward"]
+             + fs["instrumentation_ms"])
+    assert parts == pytest.approx(step_ms, rel=1e-9)
+    assert min(fs["untimed_ms"].values()) >= -0.05 and 0 < fs["timed_ms"] <= step_ms
+    assert prof["plain_step_ms"] > 0
+    # the same profile with fusion off sees no fused call: the check can fail
+    with nn.fusion(False):
+        off = train.fused_summary(train.profile_fused({"c": step}, 1, desc)["c"], 100.0, 10.0)
+    assert off["fused_calls"] == 0 and off["conv_layers"] == len(convs)
+
+
+def test_bench_train_kernel_profiler_restores_every_function_even_if_the_step_raises(monkeypatch):
+    # A compiled function that did not exist when the benchmark was written is timed too, and
+    # every replaced function is the original object again after a step that raised.
+    import cnnkit.ops.fused as fused_mod
+    from cnnkit.bench import train as tr
+    calls = []
+
+    def conv_brand_new_kernel(x):
+        calls.append(x.shape)
+        return x
+
+    monkeypatch.setattr(_core, "conv_brand_new_kernel", conv_brand_new_kernel, raising=False)
+    _, cfg, desc = _train_setup("resnext", 2)
+    step = cfg["steps"]["cnnkit NCHW"]
+    originals = {n: getattr(_core, n) for n in dir(_core) if not n.startswith("_")}
+    prof = tr.KernelProfiler(step.model, desc)
+    replaced = prof.originals()
+    assert {a for m, a, _ in replaced if m is _core} >= {"conv2d_fused", "norm_apply",
+                                                         "conv_brand_new_kernel"}
+    assert any(m is fused_mod and a == "np" for m, a, _ in replaced)
+
+    class Raising:
+        def phases(self, clock):
+            assert _core.norm_apply is not originals["norm_apply"] and prof.installed()
+            step.model.forward(step.x)
+            clock("forward")
+            _core.conv_brand_new_kernel(np.ones((2, 3), np.float32))
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        prof.run(Raising())
+    assert calls == [(2, 3)]
+    assert not prof.installed()
+    assert all(getattr(_core, n) is v for n, v in originals.items())
+    assert all(getattr(m, a) is v for m, a, v in replaced)
+    assert fused_mod.np is np and not prof.active
+    # a step after the failed one runs normally, and timed again
+    rec = prof.run(step)
+    assert rec["calls"]["_core.norm_invstd"] > 0 and all(
+        getattr(_core, n) is v for n, v in originals.items())
 
 
 def test_cli_bench_augment_quick_smoke(capsys, tmp_path):

@@ -661,3 +661,242 @@ def test_float64_input_same_error_fused_and_unfused():
             m.forward(x)
         errors[fuse] = str(e.value)
     assert errors[True] == errors[False]
+
+
+# ---- the backward fusions: the ReLU mask recomputed from x, the weight gradient with the prologue
+
+def _fma_sign_mask(a, b, x, C, nhwc):
+    """The exact sign of a*x + b (a float32 product is exact in float64; one rounding keeps the
+    sign), i.e. of the float32 fma the compiled prologue computes."""
+    shape = (1, 1, 1, C) if nhwc else (1, C, 1, 1)
+    return (a.astype(np.float64).reshape(shape) * x.astype(np.float64) + b.astype(np.float64).reshape(shape)) > 0
+
+
+@pytest.mark.parametrize("nhwc", [False, True])
+@pytest.mark.parametrize("C,S", [(1, 7), (15, 16), (16, 17), (17, 1), (33, 9)])
+def test_norm_backward_mask_affine_is_the_fma_mask(nhwc, C, S, isa):
+    """``mask_affine`` masks g by fma(a, x, b) > 0: bitwise the results of the stored mask with
+    that sign, at 1 and 2 threads. Ties are planted where a*x + b rounded twice is exactly 0 but
+    the fma is not: a kernel that multiplies and adds fails."""
+    from conftest import num_threads
+    rng = np.random.default_rng(C * 100 + S)
+    N = 3
+    shape = (N, S, 1, C) if nhwc else (N, C, S, 1)
+    x = rng.standard_normal(shape).astype(np.float32)
+    g = rng.standard_normal(shape).astype(np.float32)
+    a = (rng.uniform(0.5, 2, C) * rng.choice((-1, 1), C)).astype(np.float32)
+    b = rng.standard_normal(C).astype(np.float32)
+    x0 = x[0, 0, 0, :] if nhwc else x[0, :, 0, 0]
+    b[: (C + 1) // 2] = -(a * x0)[: (C + 1) // 2]  # float32 product: a*x0 + b is 0 only without fma
+    mask = _fma_sign_mask(a, b, x, C, nhwc)
+    ties = mask[0, 0, 0, : (C + 1) // 2] if nhwc else mask[0, : (C + 1) // 2, 0, 0]
+    two_roundings = (a * x0 + b)[: (C + 1) // 2] > 0  # float32 multiply, then add
+    assert np.any(ties != two_roundings) or C < 4, "the planted ties do not separate fma from mul+add"
+    y = mask.astype(np.float32)  # a stored mask with the same sign
+    mean = rng.standard_normal(C)
+    A, B, D = rng.standard_normal(C), rng.standard_normal(C), rng.standard_normal(C)
+    ab = np.concatenate([a, b])
+    outs = {}
+    for t in (1, 2):
+        with num_threads(t):
+            r_aff = _core.norm_backward_reduce(g, x, None, N, C, S, nhwc, False, mean, ab)
+            r_arr = _core.norm_backward_reduce(g, x, y, N, C, S, nhwc, False, mean)
+            dx_aff, dx_arr, gr = np.empty_like(x), np.empty_like(x), np.empty_like(x)
+            _core.norm_backward_apply(g, x, None, dx_aff, gr, N, C, S, nhwc, False, mean, A, B, D, ab)
+            _core.norm_backward_apply(g, x, y, dx_arr, None, N, C, S, nhwc, False, mean, A, B, D)
+        for u, v in zip(r_aff, r_arr):
+            assert_bitwise(u, v, "sums")
+        assert_bitwise(dx_aff, dx_arr, "grad_input")
+        assert_bitwise(gr, np.where(mask, g, np.float32(0)), "masked g")
+        outs[t] = (r_aff, dx_aff)
+    assert_bitwise(outs[1][1], outs[2][1], "threads")
+    gm = np.where(mask, g.astype(np.float64), 0)
+    axes = (0, 1, 2) if nhwc else (0, 2, 3)
+    m = mean.reshape((1, 1, 1, C) if nhwc else (1, C, 1, 1))
+    assert_close(outs[1][0][0], gm.sum(axis=axes), np.float32, length=N * S, what="sum g")
+    assert_close(outs[1][0][1], (gm * (x - m)).sum(axis=axes), np.float32, length=N * S, what="sum g(x-mean)")
+    with pytest.raises(ValueError, match="mask_affine"):
+        _core.norm_backward_reduce(g, x, y, N, C, S, nhwc, False, mean, ab)
+    with pytest.raises(ValueError, match="mask_affine"):
+        _core.norm_backward_reduce(g, x, None, N, C, S, nhwc, False, mean, ab[:-1])
+
+
+# (N, C, K, H, W, k, stride, pad, groups): the NHWC/NCHW packed paths (1x1 reads x through the
+# im2col path when a prologue applies), the whole-batch path of small planes, the NCHW entry on
+# small planes (NHWC kernels between transposes), OpenBLAS for a grouped GEMM problem.
+_WGRAD_CASES = [(2, 64, 24, 17, 17, 1, 1, 0, 1), (3, 70, 33, 16, 16, 3, 1, 1, 1), (2, 48, 40, 9, 9, 3, 2, 1, 1),
+                (20, 128, 100, 4, 4, 3, 1, 1, 1), (5, 96, 64, 6, 6, 1, 1, 0, 1), (2, 6, 9, 7, 7, 3, 1, 1, 3)]
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("case", _WGRAD_CASES)
+def test_fused_backward_weight_compiled(layout, case, isa):
+    """``_core.conv2d_fused_backward_weight``: the weight and bias gradients of
+    conv(prologue(x)) against float64, bitwise equal at 1 and 2 threads, with and without the
+    ReLU and the affine map, at every ISA level."""
+    from conftest import num_threads
+    N, C, K, H, W, k, s, p, G = case
+    rng = np.random.default_rng(sum(case))
+    x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+    w = rng.standard_normal((K, C // G, k, k)).astype(np.float32)
+    sc = (rng.uniform(0.5, 2, C) * rng.choice((-1, 1), C)).astype(np.float32)
+    sh = rng.standard_normal(C).astype(np.float32)
+    g = F._Geom(_to(layout, x).shape, w.shape, s, p, 1, G, layout, np.float32)
+    Ho, Wo = g.Ho, g.Wo
+    gy = rng.standard_normal((N, K, Ho, Wo)).astype(np.float32)
+    for scale, relu in ((True, True), (True, False), (False, True)):
+        got = {}
+        for t in (1, 2):
+            dw, db = np.empty(w.shape, np.float32), np.empty(K, np.float32)
+            with num_threads(t):
+                name = _core.conv2d_fused_backward_weight(_to(layout, gy), _to(layout, x), dw, db, g.core(),
+                                                          sc if scale else None, sh if scale else None, relu)
+            got[t] = (dw, db)
+        assert "gemm" in name, name
+        assert_bitwise(got[1][0], got[2][0], "grad_w threads")
+        ref = fused_backward_ref(gy, x, w, s, p, 1, G, sc if scale else None, sh if scale else None, relu, None,
+                                 False)
+        assert_close(got[1][0], ref[1], np.float32, length=N * Ho * Wo, what=f"grad_w {scale} {relu}")
+        assert_close(got[1][1], ref[2], np.float32, length=N * Ho * Wo, what="grad_b")
+
+
+def test_fused_backward_weight_declines_direct_kernels():
+    x = np.ones((2, 16, 6, 6), np.float32)
+    w = np.ones((16, 1, 3, 3), np.float32)
+    g = F._Geom(x.shape, w.shape, 1, 1, 1, 16, "NCHW", np.float32)
+    dw = np.zeros(w.shape, np.float32)
+    with pytest.raises(ValueError, match="no fused weight gradient"):
+        _core.conv2d_fused_backward_weight(np.ones((2, 16, 6, 6), np.float32), x, dw, None, g.core(),
+                                           np.ones(16, np.float32), np.zeros(16, np.float32), True)
+    assert not dw.any()
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_dense_chain_never_materialises_the_normalized_tensor(layout, monkeypatch):
+    """Conv -> BN+ReLU -> Conv chains on the compiled kernels: neither the forward nor the backward
+    writes the normalized tensor (no prologue pass, no recomputed pre-activation), and training
+    matches the unfused path."""
+    calls = []
+
+    def no_preactivation(self):
+        raise AssertionError("the pre-activation was recomputed")
+
+    def model():
+        rng = np.random.default_rng(3)
+        return nn.Sequential(
+            nn.Conv2d(3, 64, 3, padding=1, bias=False, layout=layout, rng=rng),
+            nn.BatchNorm2d(64, activation="relu", layout=layout),
+            nn.Conv2d(64, 64, 3, padding=1, bias=False, layout=layout, rng=rng),
+            nn.BatchNorm2d(64, activation="relu", layout=layout),
+            nn.Conv2d(64, 80, 1, bias=False, layout=layout, rng=rng),
+            nn.BatchNorm2d(80, layout=layout),
+            nn.Conv2d(80, 16, 1, layout=layout, rng=rng),
+            nn.GlobalAvgPool2d(layout=layout), nn.Linear(16, 4, rng=rng))
+
+    xs, ls = _data(_shape(layout, 4, 3, 16), 3, 4)
+    real, real_reduce = F._prologue, _core.norm_backward_reduce
+    reduces = []
+    monkeypatch.setattr(F, "_prologue", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(_core, "norm_backward_reduce", lambda *a, **k: reduces.append(1) or real_reduce(*a, **k))
+    monkeypatch.setattr(nn.BatchNorm2d, "_preactivation", no_preactivation)
+    h_f = _train(model(), xs, ls, True)
+    assert not calls, "the prologue's output was materialised"
+    # every norm's backward sums came from the consumer's input-gradient epilogue
+    assert not reduces, f"{len(reduces)} batch-norm reduction passes ran"
+    monkeypatch.undo()
+    h_u = _train(model(), xs, ls, False)
+    _assert_same_training(h_f, h_u)
+
+
+# (N, C, K, H, W, k, pad, groups) at stride 1: the adjoint's packed NHWC/NCHW passes, OpenBLAS (a
+# short reduction, groups), the whole-batch path of small NHWC planes (1x1).
+_DGRAD_CASES = [(2, 24, 64, 17, 17, 1, 0, 1), (3, 70, 33, 16, 16, 3, 1, 1), (2, 16, 20, 9, 9, 3, 1, 1),
+                (20, 100, 128, 4, 4, 1, 0, 1), (2, 6, 9, 7, 7, 3, 1, 3), (1, 33, 65, 5, 16, 3, 2, 1)]
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("case", _DGRAD_CASES)
+def test_fused_backward_input_compiled(layout, case, isa):
+    """``_core.conv2d_fused_backward_input``: the input gradient masked by the prologue's ReLU
+    and the two batch-norm sums, against float64; bitwise equal at 1 and 2 threads, at every
+    ISA level."""
+    from conftest import num_threads
+    N, C, K, H, W, k, p, G = case
+    rng = np.random.default_rng(sum(case) + 7)
+    x = rng.standard_normal((N, C, H, W)).astype(np.float32)
+    w = rng.standard_normal((K, C // G, k, k)).astype(np.float32)
+    sc = (rng.uniform(0.5, 2, C) * rng.choice((-1, 1), C)).astype(np.float32)
+    sh = rng.standard_normal(C).astype(np.float32)
+    center = rng.standard_normal(C)
+    g = F._Geom(_to(layout, x).shape, w.shape, 1, p, 1, G, layout, np.float32)
+    gy = rng.standard_normal((N, K, g.Ho, g.Wo)).astype(np.float32)
+    Lx = (K // G) * k * k
+    for scale, relu in ((True, True), (True, False), (False, True)):
+        got = {}
+        for t in (1, 2):
+            dx = np.full(_to(layout, x).shape, np.nan, np.float32)
+            with num_threads(t):
+                name, s1, s2 = _core.conv2d_fused_backward_input(_to(layout, gy), w, dx, g.core(), _to(layout, x),
+                                                                 sc if scale else None, sh if scale else None, relu,
+                                                                 center)
+            got[t] = (_from(layout, dx), s1, s2)
+        assert "gemm" in name, name
+        for u, v in zip(got[1], got[2]):
+            assert_bitwise(u, v, "threads")
+        ref = fused_backward_ref(gy, x, w, 1, p, 1, G, sc if scale else None, sh if scale else None, relu, None,
+                                 False)
+        ga = ref[6]
+        z = x.astype(np.float64) * (_chan(sc) if scale else 1.0) + (_chan(sh) if scale else 0.0)
+        gz = ga * (z > 0) if relu else ga
+        dx, s1, s2 = got[1]
+        assert_close(dx, gz, np.float32, length=Lx, what=f"masked grad {scale} {relu}")
+        if relu:
+            assert np.all(dx[z <= 0] == 0)
+        L = Lx * N * H * W
+        assert_close(s1, gz.sum(axis=(0, 2, 3)), np.float32, length=L, what="sum")
+        assert_close(s2, (gz * (x - _chan(center))).sum(axis=(0, 2, 3)), np.float32, length=L, what="sumxc")
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_fused_backward_input_declines(layout):
+    """Stride 2, depthwise and the whole-batch scatter of small planes: ValueError, dx untouched."""
+    rng = np.random.default_rng(0)
+    for (N, C, K, H, k, s, G) in ((2, 64, 64, 8, 3, 2, 1), (2, 16, 16, 8, 3, 1, 16), (16, 128, 128, 2, 3, 1, 1)):
+        x = rng.standard_normal((N, C, H, H)).astype(np.float32)
+        w = rng.standard_normal((K, C // G, k, k)).astype(np.float32)
+        g = F._Geom(_to(layout, x).shape, w.shape, s, 1, 1, G, layout, np.float32)
+        gy = rng.standard_normal(_to(layout, np.zeros((N, K, g.Ho, g.Wo))).shape).astype(np.float32)
+        dx = np.zeros(_to(layout, x).shape, np.float32)
+        with pytest.raises(ValueError, match="no fused input gradient"):
+            _core.conv2d_fused_backward_input(gy, w, dx, g.core(), _to(layout, x), None, None, True, np.zeros(C))
+        assert not dx.any()
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("shape", [(4, 64, 64, 16, 1), (4, 64, 96, 8, 1), (4, 64, 64, 6, 3), (3, 72, 64, 20, 3),
+                                   (4, 16, 32, 8, 1), (2, 6, 16, 9, 3)])
+def test_fused_forward_runs_where_the_plain_pass_runs(layout, shape):
+    """The fused forward takes the plain forward's registry entry (OpenBLAS on small NCHW planes,
+    the NHWC packed pass between transposes for the transposed entry, packed otherwise), with
+    every epilogue, and matches float64."""
+    N, C, K, H, k = shape
+    rng = np.random.default_rng(H * k)
+    x = rng.standard_normal((N, C, H, H)).astype(np.float32)
+    w = rng.standard_normal((K, C, k, k)).astype(np.float32)
+    s = rng.uniform(0.5, 2, C).astype(np.float32)
+    t = rng.standard_normal(C).astype(np.float32)
+    g = F._Geom(_to(layout, x).shape, w.shape, 1, k // 2, 1, 1, layout, np.float32)
+    plain = _core.conv_algorithm(g.core(), 0)
+    y_ref, _, m_ref, v_ref = fused_ref(x, w, None, 1, k // 2, 1, 1, s, t, True, None, False)
+    L = C * k * k
+    y, mean, var = F.conv2d_fused(_to(layout, x), w, padding=k // 2, layout=layout, pre_scale=s, pre_shift=t,
+                                  pre_relu=True, stats=True)
+    want = plain  # (no stem here: the stem's problems run fused on the packed entry)
+    assert F.last_kernel == want, (F.last_kernel, plain)
+    assert_close(_from(layout, y), y_ref, np.float32, length=L, what="y")
+    assert_close(mean, m_ref, np.float32, length=L * N * H * H, what="mean")
+    res = rng.standard_normal(y_ref.shape).astype(np.float32)
+    y2 = F.conv2d_fused(_to(layout, x), w, padding=k // 2, layout=layout, pre_scale=s, pre_shift=t, pre_relu=True,
+                        residual=_to(layout, res), post_relu=True)
+    assert F.last_kernel == want
+    assert_close(_from(layout, y2), np.maximum(y_ref + res, 0), np.float32, length=L, what="y residual relu")

@@ -142,6 +142,69 @@ void bind_conv(py::module_& m) {
       "(bias, per-channel shifted sums of y = conv + bias about y's first value, residual, ReLU) on cnnkit's own "
       "GEMM; returns the registry name of the entry that ran.");
   m.def(
+      "conv2d_fused_backward_weight",
+      [](const py::object& dy, const py::object& x, const py::object& dw, const py::object& db, const conv::Geom& g,
+         const py::object& pre_scale, const py::object& pre_shift, bool pre_relu) {
+        const int64_t xn = g.N * g.C * g.H * g.W, yn = g.N * g.K * g.Ho * g.Wo;
+        const auto* pdy = array_arg<float>(dy, "grad_out", yn);
+        const auto* px = array_arg<float>(x, "x", xn);
+        auto* pdw = array_arg<float>(dw, "grad_weight", wcount(g), kWrite | kOptional);
+        auto* pdb = array_arg<float>(db, "grad_bias", g.K, kWrite | kOptional);
+        const auto* ps = array_arg<float>(pre_scale, "pre_scale", g.C, kOptional);
+        const auto* pt = array_arg<float>(pre_shift, "pre_shift", g.C, kOptional);
+        if ((pdw && (overlaps(pdw, wcount(g) * 4, px, xn * 4) || overlaps(pdw, wcount(g) * 4, pdy, yn * 4))) ||
+            (pdb && (overlaps(pdb, g.K * 4, px, xn * 4) || overlaps(pdb, g.K * 4, pdy, yn * 4))))
+          throw py::value_error("grad_weight, grad_bias: must not overlap x or grad_out");
+        const conv::Fused fu{ps, pt, pre_relu, nullptr, false, nullptr, nullptr};
+        const char* name;
+        {
+          py::gil_scoped_release nogil;
+          name = conv::backward_weight_fused(pdy, px, pdw, pdb, g, fu);
+        }
+        return std::string(name);
+      },
+      py::arg("grad_out"), py::arg("x"), py::arg("grad_weight"), py::arg("grad_bias"), py::arg("geom"),
+      py::arg("pre_scale"), py::arg("pre_shift"), py::arg("pre_relu"),
+      "Weight and bias gradients of conv(max(pre_scale[c]*x + pre_shift[c], 0)) (the ReLU with pre_relu) on the "
+      "GEMM path, the prologue applied while x is laid out; returns the registry name of the entry that ran "
+      "(ValueError where the registry runs a direct kernel).");
+  m.def(
+      "conv2d_fused_backward_input",
+      [](const py::object& dy, const py::object& w, const py::object& dx, const conv::Geom& g, const py::object& x,
+         const py::object& scale, const py::object& shift, bool relu, const py::object& center) {
+        const int64_t xn = g.N * g.C * g.H * g.W, yn = g.N * g.K * g.Ho * g.Wo;
+        const auto* pdy = array_arg<float>(dy, "grad_out", yn);
+        const auto* pw = array_arg<float>(w, "weight", wcount(g));
+        auto* pdx = array_arg<float>(dx, "grad_input", xn, kWrite);
+        const auto* px = array_arg<float>(x, "x", xn);
+        const auto* ps = array_arg<float>(scale, "scale", g.C, kOptional);
+        const auto* pt = array_arg<float>(shift, "shift", g.C, kOptional);
+        const auto* pc = array_arg<double>(center, "center", g.C);
+        if (overlaps(pdx, xn * 4, px, xn * 4) || overlaps(pdx, xn * 4, pdy, yn * 4) ||
+            overlaps(pdx, xn * 4, pw, wcount(g) * 4))
+          throw py::value_error("grad_input: must not overlap x, grad_out or weight");
+        py::array_t<double> s1(g.C), s2(g.C);
+        conv::Fused fu{};
+        fu.gx = px;
+        fu.gscale = ps;
+        fu.gshift = pt;
+        fu.grelu = relu;
+        fu.center = pc;
+        fu.grad_sum = s1.mutable_data();
+        fu.grad_sumxc = s2.mutable_data();
+        const char* name;
+        {
+          py::gil_scoped_release nogil;
+          name = conv::backward_input_fused(pdy, pw, pdx, g, fu);
+        }
+        return py::make_tuple(std::string(name), s1, s2);
+      },
+      py::arg("grad_out"), py::arg("weight"), py::arg("grad_input"), py::arg("geom"), py::arg("x"), py::arg("scale"),
+      py::arg("shift"), py::arg("relu"), py::arg("center"),
+      "Input gradient of conv(prologue(x)) at stride 1, written masked by the prologue's ReLU (fma(scale, x, shift) "
+      "> 0 with relu), with the sums of it and of it * (x - center) per channel (float64): returns (name, sum, "
+      "sumxc). ValueError where the adjoint pass would not run on a GEMM entry.");
+  m.def(
       "sgemm",
       [](const py::object& a, const py::object& b, const py::object& c, bool trans_a, bool trans_b, bool accumulate,
          const py::object& isa) {

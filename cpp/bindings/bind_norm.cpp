@@ -111,45 +111,53 @@ void bind_norm(py::module_& m) {
   m.def(
       "norm_backward_reduce",
       [](const py::object& dy, const py::object& x, const py::object& mask, int64_t N, int64_t C, int64_t S,
-         bool nhwc, bool ps, const F64& mean) {
+         bool nhwc, bool ps, const F64& mean, const py::object& mask_affine) {
         const Geo g = geo(N, C, S, nhwc, ps);
         const DType dt = dtype_of(x, "x");
         const void* pd = array_arg(dy, "grad_out", dt, g.total());
         const void* px = array_arg(x, "x", dt, g.total());
         const void* pk = array_arg(mask, "y", dt, g.total(), kOptional);
+        const void* pa = array_arg(mask_affine, "mask_affine", dt, 2 * C, kOptional);
+        if (pk && pa) throw py::value_error("mask_affine: expected None when mask is given");
         const double* pm = f64(mean, "mean", g.stat_count());
         F64 sg(g.stat_count()), sgx(g.stat_count());
         double* a = sg.mutable_data();
         double* b = sgx.mutable_data();
         {
           py::gil_scoped_release nogil;
-          norm::backward_reduce(dt, pd, px, pk, g.sh, g.ps, pm, a, b);
+          norm::backward_reduce(dt, pd, px, pk, pa, g.sh, g.ps, pm, a, b);
         }
         return py::make_tuple(sg, sgx);
       },
       py::arg("grad_out"), py::arg("x"), py::arg("mask"), py::arg("N"), py::arg("C"), py::arg("S"),
-      py::arg("nhwc"), py::arg("per_sample"), py::arg("mean"));
+      py::arg("nhwc"), py::arg("per_sample"), py::arg("mean"), py::arg("mask_affine") = py::none(),
+      "Sums of g and g*(x - mean), g = grad_out masked by mask > 0, or by fma(a[c], x, b[c]) > 0 with "
+      "mask_affine = concat(a, b) (x's dtype, 2*C values).");
 
   m.def(
       "norm_backward_apply",
       [](const py::object& dy, const py::object& x, const py::object& mask, const py::object& dx,
          const py::object& gres, int64_t N, int64_t C, int64_t S, bool nhwc, bool ps, const F64& mean,
-         const F64& A, const F64& B, const F64& D) {
+         const F64& A, const F64& B, const F64& D, const py::object& mask_affine) {
         const Geo g = geo(N, C, S, nhwc, ps);
         const DType dt = dtype_of(x, "x");
         const void* pd = array_arg(dy, "grad_out", dt, g.total());
         const void* px = array_arg(x, "x", dt, g.total());
         const void* pk = array_arg(mask, "y", dt, g.total(), kOptional);
+        const void* pma = array_arg(mask_affine, "mask_affine", dt, 2 * C, kOptional);
+        if (pk && pma) throw py::value_error("mask_affine: expected None when mask is given");
         void* po = array_arg(dx, "grad_input", dt, g.total(), kWrite);
         void* pg = array_arg(gres, "grad_residual", dt, g.total(), kWrite | kOptional);
         const int64_t k = g.stat_count();
         const double *pm = f64(mean, "mean", k), *pa = f64(A, "A", k), *pb = f64(B, "B", k), *pc = f64(D, "D", k);
         py::gil_scoped_release nogil;
-        norm::backward_apply(dt, pd, px, pk, po, pg, g.sh, g.ps, pm, pa, pb, pc);
+        norm::backward_apply(dt, pd, px, pk, pma, po, pg, g.sh, g.ps, pm, pa, pb, pc);
       },
       py::arg("grad_out"), py::arg("x"), py::arg("mask"), py::arg("grad_input"), py::arg("grad_residual"),
       py::arg("N"), py::arg("C"), py::arg("S"), py::arg("nhwc"), py::arg("per_sample"), py::arg("mean"),
-      py::arg("A"), py::arg("B"), py::arg("D"));
+      py::arg("A"), py::arg("B"), py::arg("D"), py::arg("mask_affine") = py::none(),
+      "dx = A*g - B - (x - mean)*D per channel, g masked as in norm_backward_reduce; grad_residual "
+      "(optional) receives g.");
 }
 
 }  // namespace cnnkit::bind

@@ -34,6 +34,19 @@ struct Fused {
   bool post_relu;
   double* stats_sum;
   double* stats_sumsq;
+  // The gradient epilogue (backward_input_fused(), nothing above set): the output o here is the
+  // gradient at a prologue's output a = max(fma(gscale[c], gx, gshift[c]), 0) (the ReLU with
+  // grelu), gx that prologue's input (the output's shape and layout). o becomes
+  // o * [fma(gscale, gx, gshift) > 0] (masked where grelu), and grad_sum[c] = sum of o,
+  // grad_sumxc[c] = sum of o * (gx - center[c]) over n, h, w in double (the two sums the batch-norm
+  // backward needs, in a fixed order).
+  const float* gx = nullptr;
+  const float* gscale = nullptr;
+  const float* gshift = nullptr;
+  bool grelu = false;
+  const double* center = nullptr;
+  double* grad_sum = nullptr;
+  double* grad_sumxc = nullptr;
 };
 
 struct Geom {
@@ -71,6 +84,21 @@ void backward_weight(DType dt, const void* dy, const void* x, void* dw, void* db
 // registry would not run a GEMM entry for the plain forward pass (depthwise, the direct grouped
 // and stem kernels) or for an unsupported combination (stats with residual or post_relu).
 const char* forward_fused(const float* x, const float* w, const float* b, float* y, const Geom& g, const Fused& fu);
+
+// The weight (dw) and bias (db) gradients of conv(prologue(x)) with the prologue of `fu`
+// (pre_scale, pre_shift, pre_relu; the other fields must be null/false), float32, recomputing the
+// normalized input while the GEMM path lays x out (it is never stored whole). dw and db may be
+// null. Returns the registry name of the entry that ran; throws value_error where the registry
+// would run a direct kernel (depthwise, grouped, stem) for the plain weight gradient.
+const char* backward_weight_fused(const float* dy, const float* x, float* dw, float* db, const Geom& g,
+                                  const Fused& fu);
+
+// The input gradient dx of conv(prologue(x)) at stride 1 with the gradient epilogue of `fu` (gx,
+// gscale, gshift, grelu, center, grad_sum, grad_sumxc; the forward fields null): dx is written
+// already masked by the prologue's ReLU, with the batch-norm backward's two sums, as the adjoint's
+// forward pass on the GEMM path. Throws value_error where that pass would not run on a GEMM entry
+// (depthwise, grouped, small-plane scatter, stride > 1).
+const char* backward_input_fused(const float* dy, const float* w, float* dx, const Geom& g, const Fused& fu);
 
 // cnnkit's own sgemm at ISA level `isa` (tests and benchmarks): C (M x N, row-major, row stride
 // ldc) = [C +] A . B with A (i, k) at a[i*ars + k*acs] and B (k, j) at b[k*brs + j*bcs], on
@@ -171,6 +199,13 @@ struct Kernels {
   DwBackwardInputFn packed_backward_input;
   void (*packed_backward_weight)(DType, const void* dy, const void* x, void* dw, const Geom&);
   void (*fused_forward)(const float* x, const float* w, const float* b, float* y, const Geom&, const Fused&);
+  // The weight gradient of conv(prologue(x)) (the prologue of Fused; the other fields unused), on
+  // the own sgemm (own) or OpenBLAS.
+  void (*fused_backward_weight)(const float* dy, const float* x, float* dw, const Geom&, const Fused&, bool own);
+  // The forward pass of the GEMM path with any Fused (own sgemm or OpenBLAS): the adjoint pass of
+  // backward_input_fused().
+  void (*fused_forward_any)(const float* x, const float* w, const float* b, float* y, const Geom&, const Fused&,
+                            bool own);
   // The register block of the level's sgemm microkernel (mr x nr) and its cache blocks.
   void (*sgemm_shape)(int* mr, int* nr, int* kc, int* mc, int* nc);
   // C (M x N, row-major, ldc) = [C +] A . B, A (i, k) at a[i*ars + k*acs], B (k, j) at b[k*brs + j*bcs],

@@ -29,13 +29,16 @@ void apply(DType dt, const void* x, void* y, const void* r, const Shape& sh, boo
            const double* mean, const double* invstd, const void* w, const void* b, bool relu);
 
 // Sums over the reduced positions of g and g*(x - mean), g = dy masked by (mask > 0) when mask is
-// given (the forward output of a fused ReLU). Outputs have C or N*C entries.
-void backward_reduce(DType dt, const void* dy, const void* x, const void* mask, const Shape& sh,
-                     bool per_sample, const double* mean, double* sum_g, double* sum_gx);
+// given (the forward output of a fused ReLU), or, when mask_affine is given (2*C values of dt: a
+// then b), by fma(a[c], x, b[c]) > 0: the ReLU of a convolution's fused prologue, recomputed from
+// x with the prologue's own rounding, so the normalized tensor need not exist. Outputs have C or
+// N*C entries.
+void backward_reduce(DType dt, const void* dy, const void* x, const void* mask, const void* mask_affine,
+                     const Shape& sh, bool per_sample, const double* mean, double* sum_g, double* sum_gx);
 
 // dx = A*g - B - (x - mean)*D per (n?, c), g as above; if gres is given it receives g.
-void backward_apply(DType dt, const void* dy, const void* x, const void* mask, void* dx, void* gres,
-                    const Shape& sh, bool per_sample, const double* mean, const double* A,
+void backward_apply(DType dt, const void* dy, const void* x, const void* mask, const void* mask_affine, void* dx,
+                    void* gres, const Shape& sh, bool per_sample, const double* mean, const double* A,
                     const double* B, const double* D);
 
 // Running statistics: running[i] <- (1 - momentum) * running[i] + momentum * (stat[i] * factor),

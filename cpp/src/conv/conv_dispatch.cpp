@@ -417,27 +417,123 @@ const char* forward_fused(const float* x, const float* w, const float* b, float*
     throw value_error("conv2d_fused: stats_sum and stats_sumsq go together");
   if (!fu.pre_scale != !fu.pre_shift)
     throw value_error("conv2d_fused: pre_scale and pre_shift go together");
-  // The fused pass runs on the GEMM path: where the registry would run a GEMM entry (packed or
-  // OpenBLAS) or the stem kernel for the plain forward pass, the packed entry of the same level runs
-  // it fused (the direct depthwise and grouped kernels have no fused form).
+  // The fused pass runs on the GEMM path, where the registry would run a GEMM entry (packed or
+  // OpenBLAS) for the plain forward pass (the direct depthwise, grouped and stem kernels have no
+  // fused form).
   const auto& t = table();
   const Entry& plain = t[select_effective(Problem{g, DType::f32, Pass::forward})];
-  if (plain.v->run != run_gemm && plain.v->run != run_packed && plain.v->run != run_stem &&
-      plain.v->run != run_transposed<run_packed, false>)
+  // (The stem kernel's problems are declined too: the packed pass ran them 2.7x slower than the
+  // stem kernel plus a separate statistics pass, 3->32 3x3 NHWC at 32x32, N = 64.)
+  if (plain.v->run != run_gemm && plain.v->run != run_packed && plain.v->run != run_transposed<run_packed, false>)
     throw value_error(std::string("conv2d_fused: no fused kernel for this problem (the registry runs ") + plain.name +
                       ")");
-  const std::string want = std::string(g.nhwc ? "conv2d_gemm_f32_nhwc_packed__" : "conv2d_gemm_f32_nchw_packed__") +
-                           isa_name(plain.isa);
-  const Entry* e = nullptr;
-  for (const Entry& c : t)
-    if (c.name == want) e = &c;
+  // It follows the plain pass's entry: OpenBLAS where the registry runs OpenBLAS (NCHW planes under
+  // 256 pixels: the per-image own GEMMs lost there), the NHWC packed pass between transposes for
+  // the transposed entry, the packed entry of the layout otherwise.
+  const bool blas = plain.v->run == run_gemm, transposed = plain.v->run == run_transposed<run_packed, false>;
+  const Entry* e = &plain;
+  if (!blas && !transposed) {
+    const std::string want = std::string(g.nhwc ? "conv2d_gemm_f32_nhwc_packed__" : "conv2d_gemm_f32_nchw_packed__") +
+                             isa_name(plain.isa);
+    for (const Entry& c : t)
+      if (c.name == want) e = &c;
+  }
   if (g.N == 0 || g.K == 0 || g.Ho * g.Wo == 0) {
     if (fu.stats_sum)
       for (int64_t k = 0; k < g.K; ++k) fu.stats_sum[k] = fu.stats_sumsq[k] = 0;
     return e->name.c_str();
   }
-  kernels_of(e->isa).fused_forward(x, w, b, y, g, fu);
+  const Kernels& k = kernels_of(e->isa);
+  if (!transposed) {
+    k.fused_forward_any(x, w, b, y, g, fu, !blas);
+    return e->name.c_str();
+  }
+  const int64_t HW = g.H * g.W, P = g.Ho * g.Wo;
+  Fused ft = fu;
+  if (fu.residual)
+    ft.residual = static_cast<const float*>(as_nhwc(k, DType::f32, fu.residual, g.N, g.K, P, kAccSlot));
+  const float* xt = static_cast<const float*>(as_nhwc(k, DType::f32, x, g.N, g.C, HW, kXSlot));
+  float* yt = static_cast<float*>(scratch_of(DType::f32, kYSlot, g.N * g.K * P));
+  k.fused_forward_any(xt, w, b, yt, as_nhwc_geom(g), ft, true);
+  k.transpose(DType::f32, yt, y, g.N, P, g.K);
   return e->name.c_str();
+}
+
+const char* backward_weight_fused(const float* dy, const float* x, float* dw, float* db, const Geom& g,
+                                  const Fused& fu) {
+  check_dims(g);
+  if (fu.residual || fu.post_relu || fu.stats_sum || fu.stats_sumsq)
+    throw value_error("conv2d_fused backward: only the prologue applies to the weight gradient");
+  if (!fu.pre_scale != !fu.pre_shift)
+    throw value_error("conv2d_fused backward: pre_scale and pre_shift go together");
+  const auto& t = table();
+  const Entry& e = t[select_effective(Problem{g, DType::f32, Pass::weight})];
+  // (The patches entry reads x as it is; with a prologue its problems run the own packed pass.)
+  const bool own = e.v->run == run_packed || e.v->run == run_patches, blas = e.v->run == run_gemm,
+             transposed = e.v->run == run_transposed<run_packed, false>;
+  if (!own && !blas && !transposed)
+    throw value_error(std::string("conv2d_fused backward: no fused weight gradient for this problem (the registry "
+                                  "runs ") + e.name + ")");
+  const int64_t wcount = g.K * g.Cg() * g.kh * g.kw;
+  if (g.N == 0 || g.Ho * g.Wo == 0 || g.K == 0) {
+    if (dw) std::fill(dw, dw + wcount, 0.0f);
+    if (db) std::fill(db, db + g.K, 0.0f);
+    return e.name.c_str();
+  }
+  const Kernels& k = kernels_of(e.isa);
+  if (dw) {
+    if (transposed) {  // as run_transposed: the NHWC packed pass on transposed x and dy
+      const Geom tg = as_nhwc_geom(g);
+      const void* xt = as_nhwc(k, DType::f32, x, g.N, g.C, g.H * g.W, kXSlot);
+      const void* dyt = as_nhwc(k, DType::f32, dy, g.N, g.K, g.Ho * g.Wo, kYSlot);
+      k.fused_backward_weight(static_cast<const float*>(dyt), static_cast<const float*>(xt), dw, tg, fu, true);
+    } else {
+      k.fused_backward_weight(dy, x, dw, g, fu, own);
+    }
+  }
+  if (db) k.bias_grad(DType::f32, dy, db, g);
+  return e.name.c_str();
+}
+
+const char* backward_input_fused(const float* dy, const float* w, float* dx, const Geom& g, const Fused& fu) {
+  check_dims(g);
+  if (fu.pre_scale || fu.pre_shift || fu.pre_relu || fu.residual || fu.post_relu || fu.stats_sum || fu.stats_sumsq)
+    throw value_error("conv2d_fused backward: only the gradient epilogue applies to the input gradient");
+  if (!fu.gx || !fu.center || !fu.grad_sum || !fu.grad_sumxc)
+    throw value_error("conv2d_fused backward: the gradient epilogue needs x, center and both sums");
+  if (!fu.gscale != !fu.gshift) throw value_error("conv2d_fused backward: scale and shift go together");
+  if (!unit_stride(g) || scatter_input(g))
+    throw value_error("conv2d_fused backward: no fused input gradient for this problem (stride > 1, or the "
+                      "whole-batch scatter of small planes)");
+  const Geom a = adjoint(g);
+  const auto& t = table();
+  const Entry& e = t[select_effective(Problem{a, DType::f32, Pass::forward})];
+  const bool own = e.v->run == run_packed, blas = e.v->run == run_gemm,
+             transposed = e.v->run == run_transposed<run_packed, false>;
+  if (!own && !blas && !transposed)
+    throw value_error(std::string("conv2d_fused backward: no fused input gradient for this problem (the registry "
+                                  "runs ") + e.name + ")");
+  if (g.N == 0 || g.C == 0 || g.H * g.W == 0 || g.K == 0) {
+    std::fill(dx, dx + g.N * g.C * g.H * g.W, 0.0f);
+    std::fill(fu.grad_sum, fu.grad_sum + g.C, 0.0);
+    std::fill(fu.grad_sumxc, fu.grad_sumxc + g.C, 0.0);
+    return e.name.c_str();
+  }
+  const float* wa = adjoint_weights(w, g);
+  const Kernels& k = kernels_of(e.isa);
+  if (!transposed) {
+    k.fused_forward_any(dy, wa, nullptr, dx, a, fu, own);
+    return e.name.c_str();
+  }
+  // As run_transposed: the NHWC packed pass between layout transposes (x too, for the mask).
+  const int64_t HW = g.H * g.W;
+  Fused ft = fu;
+  ft.gx = static_cast<const float*>(as_nhwc(k, DType::f32, fu.gx, g.N, g.C, HW, kXSlot));
+  const void* dyt = as_nhwc(k, DType::f32, dy, g.N, g.K, g.Ho * g.Wo, kYSlot);
+  float* out = static_cast<float*>(scratch_of(DType::f32, kAccSlot, g.N * g.C * HW));
+  k.fused_forward_any(static_cast<const float*>(dyt), wa, nullptr, out, as_nhwc_geom(a), ft, true);
+  k.transpose(DType::f32, out, dx, g.N, HW, g.C);
+  return e.name.c_str();
 }
 
 void sgemm(Isa isa, int64_t M, int64_t N, int64_t K, const float* a, int64_t ars, int64_t acs, const float* b,

@@ -17,6 +17,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <cmath>
 #include <cstring>
 #include <type_traits>
 
@@ -68,9 +69,12 @@ void gemm_t(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const T* A, int64
   }
 }
 
+// The prologue's affine map is one fma (a single rounding) everywhere it is evaluated (here, the
+// sgemm's packing, and the batch-norm backward's recomputed ReLU mask), so every path computes
+// the same normalized values and the backward's mask is the forward's exactly.
 template <typename T>
 T apply(T v, const Prologue* f, int64_t c) {
-  if (f->scale) v = T(f->scale[c]) * v + T(f->shift[c]);
+  if (f->scale) v = std::fma(T(f->scale[c]), v, T(f->shift[c]));
   return f->relu ? std::max(v, T(0)) : v;
 }
 
@@ -80,9 +84,9 @@ void apply_run(T* d, int64_t n, const Prologue* f, int64_t c) {
   if (f->scale) {
     const T sc = T(f->scale[c]), sh = T(f->shift[c]);
     if (f->relu)
-      for (int64_t t = 0; t < n; ++t) d[t] = std::max(sc * d[t] + sh, T(0));
+      for (int64_t t = 0; t < n; ++t) d[t] = std::max(std::fma(sc, d[t], sh), T(0));
     else
-      for (int64_t t = 0; t < n; ++t) d[t] = sc * d[t] + sh;
+      for (int64_t t = 0; t < n; ++t) d[t] = std::fma(sc, d[t], sh);
   } else if (f->relu) {
     for (int64_t t = 0; t < n; ++t) d[t] = std::max(d[t], T(0));
   }
@@ -90,17 +94,47 @@ void apply_run(T* d, int64_t n, const Prologue* f, int64_t c) {
 
 // d[c] = prologue(s[c]) for channels c0 + c, c < n.
 template <typename T>
-void apply_channels(T* d, const T* s, int64_t n, const Prologue* f, int64_t c0) {
+void apply_channels(T* __restrict d, const T* __restrict s, int64_t n, const Prologue* f, int64_t c0) {
   if (f->scale) {
     const float* sc = f->scale + c0;
     const float* sh = f->shift + c0;
     if (f->relu)
-      for (int64_t c = 0; c < n; ++c) d[c] = std::max(T(sc[c]) * s[c] + T(sh[c]), T(0));
+      for (int64_t c = 0; c < n; ++c) d[c] = std::max(std::fma(T(sc[c]), s[c], T(sh[c])), T(0));
     else
-      for (int64_t c = 0; c < n; ++c) d[c] = T(sc[c]) * s[c] + T(sh[c]);
+      for (int64_t c = 0; c < n; ++c) d[c] = std::fma(T(sc[c]), s[c], T(sh[c]));
   } else {
     for (int64_t c = 0; c < n; ++c) d[c] = f->relu ? std::max(s[c], T(0)) : s[c];
   }
+}
+
+// Rows [r0, r1) of a pixel-major input read directly (a 1x1 kernel at stride 1, no padding; row
+// stride ldx) through the prologue into col ((r1-r0) x cc, channels [c0, c0+cc) of each row): the
+// prologue's pass of such a problem, without im2col's per-pixel index arithmetic.
+template <typename T>
+void prologue_rows(const T* x, int64_t ldx, int64_t r0, int64_t r1, int64_t c0, int64_t cc, T* col,
+                   const Prologue* f) {
+  if (ldx == cc && f->scale && cc <= 128) {
+    // Contiguous rows of few channels: one flat pass over pieces of m whole rows, with the
+    // per-channel scale and shift laid out m times (a call per row of 16 channels cost more than
+    // the arithmetic).
+    const int64_t m = 256 / cc, L = m * cc, total = (r1 - r0) * cc;
+    alignas(64) T a[256], b[256];
+    for (int64_t j = 0; j < L; ++j) {
+      a[j] = T(f->scale[j % cc]);
+      b[j] = T(f->shift[j % cc]);
+    }
+    const T* __restrict s = x + r0 * ldx;
+    T* __restrict d = col;
+    for (int64_t e0 = 0; e0 < total; e0 += L) {
+      const int64_t n = std::min(L, total - e0);
+      if (f->relu)
+        for (int64_t j = 0; j < n; ++j) d[e0 + j] = std::max(std::fma(a[j], s[e0 + j], b[j]), T(0));
+      else
+        for (int64_t j = 0; j < n; ++j) d[e0 + j] = std::fma(a[j], s[e0 + j], b[j]);
+    }
+    return;
+  }
+  for (int64_t r = r0; r < r1; ++r) apply_channels(col + (r - r0) * cc, x + r * ldx + c0, cc, f, 0);
 }
 
 bool reads_x_directly(const Geom& g) {
@@ -277,30 +311,48 @@ void combine_stats(const StatParts& p, int64_t Kg, const int64_t* order, int64_t
   *sumsq = q;
 }
 
-// Shifted sums of one contiguous run of values (eight independent lanes, so the loop vectorises
-// without reassociation; the lane order is fixed).
+// Shifted sums of one contiguous run of values: a SIMD reduction (its lanes and their final
+// combination fixed by the ISA level, never by the thread count), as the norm kernels' statistics.
 template <typename T>
-void run_stats(const T* r, int64_t n, double shift, double* s1, double* s2) {
-  double a1[8] = {}, a2[8] = {};
-  int64_t p = 0;
-  for (; p + 8 <= n; p += 8)
-    for (int l = 0; l < 8; ++l) {
-      const double d = double(r[p + l]) - shift;
-      a1[l] += d;
-      a2[l] += d * d;
-    }
+void run_stats(const T* __restrict r, int64_t n, double shift, double* s1, double* s2) {
   double t1 = 0, t2 = 0;
-  for (; p < n; ++p) {
+#pragma omp simd reduction(+ : t1, t2)
+  for (int64_t p = 0; p < n; ++p) {
     const double d = double(r[p]) - shift;
     t1 += d;
     t2 += d * d;
   }
-  for (int l = 0; l < 8; ++l) {
-    t1 += a1[l];
-    t2 += a2[l];
-  }
   *s1 = t1;
   *s2 = t2;
+}
+
+// Shifted sums per channel of a pixel-major block (nr rows of nk channels, row stride ld) about
+// sh[k]: channels in pieces of 64 with local accumulators (vectorised across channels; each
+// channel's sum runs over the rows in order).
+template <typename T>
+void block_stats_pm(const T* __restrict y, int64_t ld, int64_t nr, int64_t nk, const double* sh, double* s1,
+                    double* s2) {
+  for (int64_t k0 = 0; k0 < nk; k0 += 64) {
+    const int64_t n = std::min<int64_t>(64, nk - k0);
+    double a1[64], a2[64], c[64];
+    for (int64_t k = 0; k < n; ++k) {
+      a1[k] = a2[k] = 0;
+      c[k] = sh[k0 + k];
+    }
+    for (int64_t r = 0; r < nr; ++r) {
+      const T* __restrict yr = y + r * ld + k0;
+#pragma omp simd
+      for (int64_t k = 0; k < n; ++k) {
+        const double d = double(yr[k]) - c[k];
+        a1[k] += d;
+        a2[k] += d * d;
+      }
+    }
+    for (int64_t k = 0; k < n; ++k) {
+      s1[k0 + k] = a1[k];
+      s2[k0 + k] = a2[k];
+    }
+  }
 }
 
 // The epilogue of one output block in channel-major order (NCHW): nk channels of np pixels, row
@@ -335,16 +387,8 @@ void epilogue_pm(T* y, int64_t ld, int64_t nr, int64_t nk, const T* b, const T* 
     for (int64_t r = 0; r < nr; ++r)
       for (int64_t k = 0; k < nk; ++k) y[r * ld + k] += b[k];
   if (s1) {
-    for (int64_t k = 0; k < nk; ++k) {
-      sh[k] = double(y[k]);
-      s1[k] = s2[k] = 0;
-    }
-    for (int64_t r = 0; r < nr; ++r)
-      for (int64_t k = 0; k < nk; ++k) {
-        const double d = double(y[r * ld + k]) - sh[k];
-        s1[k] += d;
-        s2[k] += d * d;
-      }
+    for (int64_t k = 0; k < nk; ++k) sh[k] = double(y[k]);
+    block_stats_pm(y, ld, nr, nk, sh, s1, s2);
   }
   if (res)
     for (int64_t r = 0; r < nr; ++r)
@@ -352,6 +396,79 @@ void epilogue_pm(T* y, int64_t ld, int64_t nr, int64_t nk, const T* b, const T* 
   if (relu)
     for (int64_t r = 0; r < nr; ++r)
       for (int64_t k = 0; k < nk; ++k) y[r * ld + k] = std::max(y[r * ld + k], T(0));
+}
+
+// ---- the gradient epilogue (backward_input_fused(): the adjoint's forward pass) -----------------
+// The output here is the gradient at a prologue's output; xb holds the prologue's input at the
+// same positions. o = o * [fma(sc, x, sh) > 0] (relu; sc null: x > 0), then the partial sums of o
+// and o * (x - ctr) in double: per channel, over the block, in a fixed order.
+
+// Channel-major block (NCHW): nk channels of np pixels, row stride ld.
+void grad_epilogue_cm(float* y, const float* xb, int64_t ld, int64_t nk, int64_t np, const float* sc,
+                      const float* sh, bool relu, const double* ctr, double* s1, double* s2) {
+  for (int64_t k = 0; k < nk; ++k) {
+    float* r = y + k * ld;
+    const float* xr = xb + k * ld;
+    const float a = sc ? sc[k] : 1.0f, b = sc ? sh[k] : 0.0f;
+    const double c = ctr[k];
+    double t1 = 0, t2 = 0;  // a SIMD reduction: lanes fixed by the ISA level
+#pragma omp simd reduction(+ : t1, t2)
+    for (int64_t p = 0; p < np; ++p) {
+      const float xv = xr[p];
+      const float v = (!relu || std::fma(a, xv, b) > 0.0f) ? r[p] : 0.0f;
+      r[p] = v;
+      t1 += double(v);
+      t2 += double(v) * (double(xv) - c);
+    }
+    s1[k] = t1;
+    s2[k] = t2;
+  }
+}
+
+// Pixel-major block (NHWC): nr rows of nk channels, row stride ld.
+void grad_epilogue_pm(float* y, const float* xb, int64_t ld, int64_t nr, int64_t nk, const float* sc,
+                      const float* sh, bool relu, const double* ctr, double* s1, double* s2) {
+  for (int64_t k0 = 0; k0 < nk; k0 += 64) {  // channels in pieces of 64, local accumulators
+    const int64_t n = std::min<int64_t>(64, nk - k0);
+    double a1[64], a2[64], c[64];
+    float ka[64], kb[64];
+    for (int64_t k = 0; k < n; ++k) {
+      a1[k] = a2[k] = 0;
+      c[k] = ctr[k0 + k];
+      ka[k] = sc ? sc[k0 + k] : 1.0f;
+      kb[k] = sc ? sh[k0 + k] : 0.0f;
+    }
+    for (int64_t r = 0; r < nr; ++r) {
+      float* __restrict yr = y + r * ld + k0;
+      const float* __restrict xr = xb + r * ld + k0;
+#pragma omp simd
+      for (int64_t k = 0; k < n; ++k) {
+        const float xv = xr[k];
+        const float v = (!relu || std::fma(ka[k], xv, kb[k]) > 0.0f) ? yr[k] : 0.0f;
+        yr[k] = v;
+        a1[k] += double(v);
+        a2[k] += double(v) * (double(xv) - c[k]);
+      }
+    }
+    for (int64_t k = 0; k < n; ++k) {
+      s1[k0 + k] = a1[k];
+      s2[k0 + k] = a2[k];
+    }
+  }
+}
+
+// grad_sum / grad_sumxc of channels [c0, c0 + n) from the partials of the units `order` (in order).
+void combine_grad(const StatParts& p, int64_t ld, const int64_t* order, int64_t count, int64_t c0, int64_t n,
+                  const Fused* fu) {
+  for (int64_t k = 0; k < n; ++k) {
+    double a = 0, b = 0;
+    for (int64_t i = 0; i < count; ++i) {
+      a += p.s1[order[i] * ld + k];
+      b += p.s2[order[i] * ld + k];
+    }
+    fu->grad_sum[c0 + k] = a;
+    fu->grad_sumxc[c0 + k] = b;
+  }
 }
 
 // The prologue of group gi (channels gi*Cg ...), or null.
@@ -429,6 +546,20 @@ void col2im_cij(const float* col, const Geom& g, int64_t r0, int64_t r1, float* 
   }
 }
 
+// The im2col of batch rows [R0, R0 + rows) into col (rows x C*kh*kw), built by all threads in
+// pieces of 16 rows (a 1x1 kernel read directly: only the prologue to apply).
+void block_col(const float* x, const Geom& g, int64_t R0, int64_t rows, float* col, const Prologue* pf) {
+  const int64_t pieces = ceil_div(rows, 16), KK = g.C * g.kh * g.kw;
+#pragma omp parallel for schedule(static) num_threads(num_threads())
+  for (int64_t q = 0; q < pieces; ++q) {
+    const int64_t a0 = R0 + q * 16, a1 = R0 + std::min(rows, q * 16 + 16);
+    if (reads_x_directly(g))
+      prologue_rows(x, g.C, a0, a1, 0, g.C, col + q * 16 * KK, pf);
+    else
+      im2col_cij(x, g, a0, a1, col + q * 16 * KK, pf);
+  }
+}
+
 // Images per block: the block's im2col (P*KK floats an image) within 8 MiB, at least one image.
 int64_t batch_images(const Geom& g, int64_t KK) {
   return std::max<int64_t>(1, std::min<int64_t>(g.N, (int64_t(2) << 20) / std::max<int64_t>(1, g.Ho * g.Wo * KK)));
@@ -451,11 +582,12 @@ Tiles tiles(int64_t M, int64_t N) {
 // stride; the fused prologue/epilogue of fu as in forward_nhwc.
 void batched_forward(const float* x, const float* w, const float* b, float* y, const Geom& g, const Fused* fu) {
   const int64_t P = g.Ho * g.Wo, K = g.K, KK = g.C * g.kh * g.kw;
-  const bool direct = reads_x_directly(g);
+  // With a prologue x goes through im2col (a vectorised pass into L2), not the sgemm's A packing.
+  const bool direct = reads_x_directly(g) && !(fu && (fu->pre_scale || fu->pre_relu));
   const int64_t nb = direct ? g.N : batch_images(g, KK), blocks = ceil_div(g.N, nb);
   const int64_t mt_max = split(nb * P, 256).count;  // row tiles of a full block
-  const bool stats = fu && fu->stats_sum;
-  const StatParts st = stats ? stat_parts(blocks * mt_max, K) : StatParts{};
+  const bool stats = fu && fu->stats_sum, grad = fu && fu->grad_sum;
+  const StatParts st = stats || grad ? stat_parts(blocks * mt_max, K) : StatParts{};
   const float* residual = residual_of<float>(fu);
   const bool relu = fu && fu->post_relu;
   Prologue pstore;
@@ -464,12 +596,7 @@ void batched_forward(const float* x, const float* w, const float* b, float* y, c
   isa_vector<int64_t> order;
   for (int64_t blk = 0; blk < blocks; ++blk) {
     const int64_t R0 = blk * nb * P, rows = std::min(nb, g.N - blk * nb) * P;
-    if (!direct) {
-      const int64_t pieces = ceil_div(rows, 16);
-#pragma omp parallel for schedule(static) num_threads(num_threads())
-      for (int64_t q = 0; q < pieces; ++q)
-        im2col_cij(x, g, R0 + q * 16, R0 + std::min(rows, q * 16 + 16), col + q * 16 * KK, pf);
-    }
+    if (!direct) block_col(x, g, R0, rows, col, pf);
     const Tiles t = tiles(rows, K);
 #pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads())
     for (int64_t u = 0; u < t.count(); ++u) {
@@ -484,30 +611,34 @@ void batched_forward(const float* x, const float* w, const float* b, float* y, c
       epilogue_pm(yr, K, nr, nk, b ? b + k0 : nullptr, residual ? residual + (R0 + i0) * K + k0 : nullptr, relu,
                   stats ? st.s1 + su * K + k0 : nullptr, stats ? st.s2 + su * K + k0 : nullptr,
                   stats ? st.sh + su * K + k0 : nullptr);
+      if (grad)
+        grad_epilogue_pm(yr, fu->gx + (R0 + i0) * K + k0, K, nr, nk, fu->gscale ? fu->gscale + k0 : nullptr,
+                         fu->gshift ? fu->gshift + k0 : nullptr, fu->grelu, fu->center + k0, st.s1 + su * K + k0,
+                         st.s2 + su * K + k0);
     }
-    if (stats)
+    if (stats || grad)
       for (int64_t im = 0; im < t.m.count; ++im) order.push_back(blk * mt_max + im);
   }
+  if (grad) combine_grad(st, K, order.data(), int64_t(order.size()), 0, K, fu);
   if (!stats) return;
   for (int64_t kk = 0; kk < K; ++kk)
     combine_stats(st, K, order.data(), int64_t(order.size()), kk, fu->stats_sum + kk, fu->stats_sumsq + kk);
 }
 
-// Weight gradient: dW (K x KK, w's own layout) = sum over blocks of dY^T (K x rows) . col.
-void batched_backward_weight(const float* dy, const float* x, float* dw, const Geom& g) {
+// Weight gradient: dW (K x KK, w's own layout) = sum over blocks of dY^T (K x rows) . col, col
+// built from prologue(x) when fu has a prologue (the normalized input recomputed while it is laid
+// out, never stored whole).
+void batched_backward_weight(const float* dy, const float* x, float* dw, const Geom& g, const Fused* fu) {
   const int64_t P = g.Ho * g.Wo, K = g.K, KK = g.C * g.kh * g.kw;
-  const bool direct = reads_x_directly(g);
+  Prologue pstore;
+  const Prologue* pf = group_prologue(fu, 0, g.C, &pstore);
+  const bool direct = reads_x_directly(g) && !pf;
   const int64_t nb = direct ? g.N : batch_images(g, KK), blocks = ceil_div(g.N, nb);
   float* col = direct ? nullptr : scratch<float>(kBatchSlot, nb * P * KK);
   const Tiles t = tiles(K, KK);
   for (int64_t blk = 0; blk < blocks; ++blk) {
     const int64_t R0 = blk * nb * P, rows = std::min(nb, g.N - blk * nb) * P;
-    if (!direct) {
-      const int64_t pieces = ceil_div(rows, 16);
-#pragma omp parallel for schedule(static) num_threads(num_threads())
-      for (int64_t q = 0; q < pieces; ++q)
-        im2col_cij(x, g, R0 + q * 16, R0 + std::min(rows, q * 16 + 16), col + q * 16 * KK, nullptr);
-    }
+    if (!direct) block_col(x, g, R0, rows, col, pf);
     const float* B = direct ? x + R0 * g.C : col;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads())
     for (int64_t u = 0; u < t.count(); ++u) {
@@ -560,11 +691,12 @@ const T* weights_ijc_k(const T* w, const Geom& g) {
   return wt;
 }
 
-// fu (float32, Own only): the fused prologue and epilogue; null for a plain forward pass.
+// fu (float32): the fused prologue and epilogues; null for a plain forward pass.
 template <typename T, bool Own>
 void forward_nchw(const T* x, const T* w, const T* b, T* y, const Geom& g, const Fused* fu) {
   const int64_t P = g.Ho * g.Wo, Cg = g.Cg(), Kg = g.Kg(), KK = Cg * g.kh * g.kw, HW = g.H * g.W;
-  const bool direct = reads_x_directly(g);
+  // OpenBLAS cannot apply a prologue while it packs: x then goes through im2col, which applies it.
+  const bool direct = reads_x_directly(g) && (Own || !(fu && (fu->pre_scale || fu->pre_relu)));
   // Enough pieces to feed the threads (from the shape alone), each im2col buffer <= 2 MiB.
   // The own GEMM reads im2col blocks of <= 512 KiB (they stay in L2 between im2col and packing).
   int64_t chunk = std::max<int64_t>(64, (int64_t(1) << (Own ? 17 : 19)) / KK);
@@ -589,8 +721,8 @@ void forward_nchw(const T* x, const T* w, const T* b, T* y, const Geom& g, const
     }
   const Split s = split(P, chunk);
   const int64_t units = ng * s.count;
-  const bool stats = fu && fu->stats_sum;
-  const StatParts st = stats ? stat_parts(units, Kg) : StatParts{};
+  const bool stats = fu && fu->stats_sum, grad = fu && fu->grad_sum;
+  const StatParts st = stats || grad ? stat_parts(units, Kg) : StatParts{};
   const T* residual = residual_of<T>(fu);
   const bool relu = fu && fu->post_relu;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads())
@@ -624,6 +756,21 @@ void forward_nchw(const T* x, const T* w, const T* b, T* y, const Geom& g, const
     epilogue_cm(yg + p0, P, Kg, np, b ? b + gi * Kg : nullptr,
                 residual ? residual + (n * g.K + gi * Kg) * P + p0 : nullptr, relu, stats ? st.s1 + u * Kg : nullptr,
                 stats ? st.s2 + u * Kg : nullptr, stats ? st.sh + u * Kg : nullptr);
+    if constexpr (std::is_same_v<T, float>)
+      if (grad) {
+        const int64_t c0 = gi * Kg;
+        grad_epilogue_cm(yg + p0, fu->gx + (n * g.K + c0) * P + p0, P, Kg, np, fu->gscale ? fu->gscale + c0 : nullptr,
+                         fu->gshift ? fu->gshift + c0 : nullptr, fu->grelu, fu->center + c0, st.s1 + u * Kg,
+                         st.s2 + u * Kg);
+      }
+  }
+  if (grad) {
+    isa_vector<int64_t> order(g.N * s.count);
+    for (int64_t gi = 0; gi < g.G; ++gi) {
+      for (int64_t n = 0; n < g.N; ++n)
+        for (int64_t q = 0; q < s.count; ++q) order[n * s.count + q] = (n * g.G + gi) * s.count + q;
+      combine_grad(st, Kg, order.data(), int64_t(order.size()), gi * Kg, Kg, fu);
+    }
   }
   if (!stats) return;
   isa_vector<int64_t> order(g.N * s.count);
@@ -641,7 +788,9 @@ void forward_nhwc(const T* x, const T* w, const T* b, T* y, const Geom& g, const
   if constexpr (Own && std::is_same_v<T, float>)
     if (small_planes(g)) return batched_forward(x, w, b, y, g, fu);
   const int64_t P = g.Ho * g.Wo, Cg = g.Cg(), Kg = g.Kg(), KK = Cg * g.kh * g.kw, R = g.N * P;
-  const bool direct = reads_x_directly(g);
+  // With a prologue x goes through im2col, which applies it per pixel into an L2-sized block:
+  // OpenBLAS cannot apply it, and the sgemm's A packing would apply it one element at a time.
+  const bool direct = reads_x_directly(g) && !(fu && (fu->pre_scale || fu->pre_relu));
   const T* wt = weights_ijc_k(w, g);
   // Without a prologue, the own GEMM reads the patches straight from x (sgemm_patches: no im2col
   // matrix, the same bits) where a tap's run of channels is long enough to pay for its pointers.
@@ -663,8 +812,8 @@ void forward_nhwc(const T* x, const T* w, const T* b, T* y, const Geom& g, const
   if (patches) rows = 240;  // a multiple of every level's MR (8, 6, 4); the output tile in L2
   const Split s = split(R, rows);
   const int64_t units = s.count * g.G;
-  const bool stats = fu && fu->stats_sum;
-  const StatParts st = stats ? stat_parts(units, Kg) : StatParts{};
+  const bool stats = fu && fu->stats_sum, grad = fu && fu->grad_sum;
+  const StatParts st = stats || grad ? stat_parts(units, Kg) : StatParts{};
   const T* residual = residual_of<T>(fu);
   const bool relu = fu && fu->post_relu;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads())
@@ -687,8 +836,10 @@ void forward_nhwc(const T* x, const T* w, const T* b, T* y, const Geom& g, const
         lda = g.C;
       } else {
         T* col = scratch<T>(kColSlot, nr * KK);
-        // Rows may span images: im2col each image's part.
-        for (int64_t r = r0; r < r1;) {
+        // Rows may span images: im2col each image's part (a 1x1 kernel read directly: only the
+        // prologue to apply, row by row).
+        if (reads_x_directly(g)) prologue_rows(x, g.C, r0, r1, gi * Cg, Cg, col, pf);
+        for (int64_t r = reads_x_directly(g) ? r1 : r0; r < r1;) {
           const int64_t n = r / P, p0 = r % P, p1 = std::min(P, p0 + (r1 - r));
           im2col_nhwc(x, g, n, gi, 0, Cg, p0, p1, col + (r - r0) * KK, pf);
           r += p1 - p0;
@@ -703,6 +854,20 @@ void forward_nhwc(const T* x, const T* w, const T* b, T* y, const Geom& g, const
     epilogue_pm(yr, g.K, nr, Kg, b ? b + gi * Kg : nullptr, residual ? residual + r0 * g.K + gi * Kg : nullptr, relu,
                 stats ? st.s1 + u * Kg : nullptr, stats ? st.s2 + u * Kg : nullptr,
                 stats ? st.sh + u * Kg : nullptr);
+    if constexpr (std::is_same_v<T, float>)
+      if (grad) {
+        const int64_t c0 = gi * Kg;
+        grad_epilogue_pm(yr, fu->gx + r0 * g.K + c0, g.K, nr, Kg, fu->gscale ? fu->gscale + c0 : nullptr,
+                         fu->gshift ? fu->gshift + c0 : nullptr, fu->grelu, fu->center + c0, st.s1 + u * Kg,
+                         st.s2 + u * Kg);
+      }
+  }
+  if (grad) {
+    isa_vector<int64_t> order(s.count);
+    for (int64_t gi = 0; gi < g.G; ++gi) {
+      for (int64_t q = 0; q < s.count; ++q) order[q] = q * g.G + gi;
+      combine_grad(st, Kg, order.data(), s.count, gi * Kg, Kg, fu);
+    }
   }
   if (!stats) return;
   isa_vector<int64_t> order(s.count);
@@ -780,12 +945,15 @@ int64_t wgrad_pieces(const Geom& g, size_t elem) {
   return p;
 }
 
+// fu (float32 only): a fused prologue on x (the weight gradient of conv(prologue(x))), applied
+// while x is laid out as im2col rows (a 1x1 kernel then takes the im2col path too); null: plain.
 template <typename T, bool Own>
-void backward_weight_gemm(const T* dy, const T* x, T* dw, const Geom& g) {
+void backward_weight_gemm(const T* dy, const T* x, T* dw, const Geom& g, const Fused* fu = nullptr) {
   if constexpr (Own && std::is_same_v<T, float>)
-    if (g.nhwc && small_planes(g)) return batched_backward_weight(dy, x, dw, g);
+    if (g.nhwc && small_planes(g)) return batched_backward_weight(dy, x, dw, g, fu);
   const int64_t P = g.Ho * g.Wo, Cg = g.Cg(), Kg = g.Kg(), k2 = g.kh * g.kw, KK = Cg * k2, HW = g.H * g.W;
-  const bool direct = reads_x_directly(g);
+  const bool pro = fu && (fu->pre_scale || fu->pre_relu);
+  const bool direct = reads_x_directly(g) && !pro;
   const int64_t rows = g.N * P, pieces = wgrad_pieces(g, sizeof(T));
   const int64_t per = ceil_div(rows, pieces);
   const int64_t chunk = g.nhwc ? std::max<int64_t>(16, std::min<int64_t>(1024, (int64_t(1) << 18) / KK))
@@ -802,6 +970,8 @@ void backward_weight_gemm(const T* dy, const T* x, T* dw, const Geom& g) {
   for (int64_t u = 0; u < units; ++u) {
     const int64_t gi = u % g.G, pc = u / g.G;
     T* acc = part + (pc * g.G + gi) * Kg * KK;
+    Prologue pstore;
+    const Prologue* pf = group_prologue(fu, gi, Cg, &pstore);
     const int64_t r1 = std::min(rows, (pc + 1) * per);
     bool first = true;
     for (int64_t r = pc * per; r < r1;) {
@@ -814,7 +984,10 @@ void backward_weight_gemm(const T* dy, const T* x, T* dw, const Geom& g) {
           ldb = g.C;
         } else {
           T* col = scratch<T>(kColSlot, np * KK);
-          im2col_nhwc(x, g, n, gi, 0, Cg, p0, p1, col);
+          if (reads_x_directly(g))  // a 1x1 kernel with a prologue: only the prologue to apply
+            prologue_rows(x, g.C, n * P + p0, n * P + p1, gi * Cg, Cg, col, pf);
+          else
+            im2col_nhwc(x, g, n, gi, 0, Cg, p0, p1, col, pf);
           B = col;
           ldb = KK;
         }
@@ -826,7 +999,7 @@ void backward_weight_gemm(const T* dy, const T* x, T* dw, const Geom& g) {
           ldb = HW;
         } else {
           T* col = scratch<T>(kColSlot, KK * np);
-          im2col_nchw(xn, g, 0, Cg, p0, p1, col);
+          im2col_nchw(xn, g, 0, Cg, p0, p1, col, pf);
           B = col;
           ldb = np;
         }
@@ -1023,6 +1196,21 @@ void packed_backward_weight(DType, const void* dy, const void* x, void* dw, cons
 void fused_forward(const float* x, const float* w, const float* b, float* y, const Geom& g, const Fused& fu) {
   auto f = g.nhwc ? forward_nhwc<float, true> : forward_nchw<float, true>;
   f(x, w, b, y, g, &fu);
+}
+
+void fused_forward_any(const float* x, const float* w, const float* b, float* y, const Geom& g, const Fused& fu,
+                       bool own) {
+  if (own)
+    (g.nhwc ? forward_nhwc<float, true> : forward_nchw<float, true>)(x, w, b, y, g, &fu);
+  else
+    (g.nhwc ? forward_nhwc<float, false> : forward_nchw<float, false>)(x, w, b, y, g, &fu);
+}
+
+void fused_backward_weight(const float* dy, const float* x, float* dw, const Geom& g, const Fused& fu, bool own) {
+  if (own)
+    backward_weight_gemm<float, true>(dy, x, dw, g, &fu);
+  else
+    backward_weight_gemm<float, false>(dy, x, dw, g, &fu);
 }
 
 void bias_grad(DType dt, const void* dy, void* db, const Geom& g) {

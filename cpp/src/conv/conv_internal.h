@@ -27,6 +27,10 @@ void packed_backward_weight(DType dt, const void* dy, const void* x, void* dw, c
 void patches_backward_weight(DType dt, const void* dy, const void* x, void* dw, const Geom& g);
 // The forward pass with the fused prologue and epilogue of cnnkit::conv::Fused (own sgemm).
 void fused_forward(const float* x, const float* w, const float* b, float* y, const Geom& g, const Fused& fu);
+// The weight gradient of conv(prologue(x)) (own: cnnkit's sgemm, else OpenBLAS).
+void fused_backward_weight(const float* dy, const float* x, float* dw, const Geom& g, const Fused& fu, bool own);
+void fused_forward_any(const float* x, const float* w, const float* b, float* y, const Geom& g, const Fused& fu,
+                       bool own);
 }  // namespace CNNKIT_KERNEL_NS
 
 // Depthwise on NCHW planes with channels a multiple of 16 (multiplier 1): the blocked kernels,

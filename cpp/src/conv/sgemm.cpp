@@ -27,6 +27,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <cmath>
 #include <cstring>
 
 #include "scratch.h"
@@ -61,8 +62,9 @@ inline V vbroadcast(float s) { return (V)_mm_set1_ps(s); }
 inline V vload(const float* p) { return *reinterpret_cast<const Vu*>(p); }
 inline void vstore(float* p, V v) { *reinterpret_cast<Vu*>(p) = v; }
 
+// The prologue's affine map as one fma, as conv_gemm.cpp and the norm kernels evaluate it.
 inline float pro(float v, const Prologue* f, int64_t k) {
-  v = f->scale[k] * v + f->shift[k];
+  v = std::fma(f->scale[k], v, f->shift[k]);
   return f->relu ? std::max(v, 0.0f) : v;
 }
 
@@ -122,9 +124,9 @@ void pack_b(Operand B, int64_t k0, int64_t kc, int64_t j0, int64_t nc, const Pro
             for (int64_t j = 0; j < cols; ++j) o[j] = q[j];
         } else if (f->scale) {
           if (f->relu)
-            for (int64_t j = 0; j < cols; ++j) o[j] = std::max(sc * q[j] + sh, 0.0f);
+            for (int64_t j = 0; j < cols; ++j) o[j] = std::max(std::fma(sc, q[j], sh), 0.0f);
           else
-            for (int64_t j = 0; j < cols; ++j) o[j] = sc * q[j] + sh;
+            for (int64_t j = 0; j < cols; ++j) o[j] = std::fma(sc, q[j], sh);
         } else {
           for (int64_t j = 0; j < cols; ++j) o[j] = std::max(q[j], 0.0f);
         }

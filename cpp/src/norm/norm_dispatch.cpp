@@ -36,14 +36,14 @@ void apply(DType dt, const void* x, void* y, const void* r, const Shape& sh, boo
            const double* mean, const double* invstd, const void* w, const void* b, bool relu) {
   kernels(kApply, dt).apply_fn(dt, x, y, r, sh, ps, mean, invstd, w, b, relu);
 }
-void backward_reduce(DType dt, const void* dy, const void* x, const void* mask, const Shape& sh,
-                     bool ps, const double* mean, double* sum_g, double* sum_gx) {
-  kernels(kBackwardReduce, dt).backward_reduce_fn(dt, dy, x, mask, sh, ps, mean, sum_g, sum_gx);
+void backward_reduce(DType dt, const void* dy, const void* x, const void* mask, const void* mask_affine,
+                     const Shape& sh, bool ps, const double* mean, double* sum_g, double* sum_gx) {
+  kernels(kBackwardReduce, dt).backward_reduce_fn(dt, dy, x, mask, mask_affine, sh, ps, mean, sum_g, sum_gx);
 }
-void backward_apply(DType dt, const void* dy, const void* x, const void* mask, void* dx, void* gres,
-                    const Shape& sh, bool ps, const double* mean, const double* A, const double* B,
+void backward_apply(DType dt, const void* dy, const void* x, const void* mask, const void* mask_affine, void* dx,
+                    void* gres, const Shape& sh, bool ps, const double* mean, const double* A, const double* B,
                     const double* D) {
-  kernels(kBackwardApply, dt).backward_apply_fn(dt, dy, x, mask, dx, gres, sh, ps, mean, A, B, D);
+  kernels(kBackwardApply, dt).backward_apply_fn(dt, dy, x, mask, mask_affine, dx, gres, sh, ps, mean, A, B, D);
 }
 
 namespace {

@@ -231,9 +231,21 @@ void apply_t(const T* __restrict x, T* __restrict y, const T* __restrict res, co
 
 // ---- backward ---------------------------------------------------------------------------------
 
-template <typename T, bool MASK>
+// Whether position i of g passes the ReLU mask: MK 0 no mask; 1 mask array m (m[i] > 0, the
+// forward output); 2 the affine mask of a fused prologue, fma(a, x, b) > 0 with x the norm's
+// input: the value the convolution's prologue computed, with its single rounding (conv_gemm.cpp
+// and sgemm.cpp evaluate the prologue as the same fma), so the mask is the forward's exactly.
+template <int MK, typename T>
+inline bool kept(const T* __restrict m, int64_t i, T a, T b, T x) {
+  if constexpr (MK == 1) return m[i] > T(0);
+  if constexpr (MK == 2) return std::fma(a, x, b) > T(0);
+  (void)m, (void)i, (void)a, (void)b, (void)x;
+  return true;
+}
+
+template <typename T, int MK>
 void backward_reduce_t(const T* __restrict dy, const T* __restrict x, const T* __restrict mk,
-                       const Shape& sh, bool ps, const double* mean, double* sum_g, double* sum_gx) {
+                       const T* __restrict ma, const Shape& sh, bool ps, const double* mean, double* sum_g, double* sum_gx) {
   const int64_t N = sh.N, C = sh.C, S = sh.S, nk = ps ? N * C : C;
   std::fill(sum_g, sum_g + nk, 0.0);
   std::fill(sum_gx, sum_gx + nk, 0.0);
@@ -245,11 +257,12 @@ void backward_reduce_t(const T* __restrict dy, const T* __restrict x, const T* _
       const double m = mean[ps ? r : r % C];
       const T* __restrict d = dy + r * S;
       const T* __restrict xr = x + r * S;
-      const T* __restrict mr = MASK ? mk + r * S : nullptr;
+      const T* __restrict mr = MK == 1 ? mk + r * S : nullptr;
+      const T as = MK == 2 ? ma[r % C] : T(0), at = MK == 2 ? ma[C + r % C] : T(0);
       double s1 = 0.0, s2 = 0.0;
 #pragma omp simd reduction(+ : s1, s2)
       for (int64_t s = 0; s < S; ++s) {
-        const double g = (MASK && !(mr[s] > T(0))) ? 0.0 : double(d[s]);
+        const double g = !kept<MK>(mr, s, as, at, xr[s]) ? 0.0 : double(d[s]);
         s1 += g;
         s2 += g * (double(xr[s]) - m);
       }
@@ -273,13 +286,15 @@ void backward_reduce_t(const T* __restrict dy, const T* __restrict x, const T* _
       for (; m + 4 <= hi; m += 4) {  // four rows per pass: a quarter of the partial-sum traffic
         const T* __restrict db = dy + m * C;
         const T* __restrict xb = x + m * C;
-        const T* __restrict mb = MASK ? mk + m * C : nullptr;
+        const T* __restrict mb = MK == 1 ? mk + m * C : nullptr;
 #pragma omp simd
         for (int64_t c = 0; c < C; ++c) {
           const double mc = mn[c];
           double g[4], e[4];
           for (int j = 0; j < 4; ++j) {
-            g[j] = (MASK && !(mb[j * C + c] > T(0))) ? 0.0 : double(db[j * C + c]);
+            g[j] = !kept<MK>(mb, j * C + c, MK == 2 ? ma[c] : T(0), MK == 2 ? ma[C + c] : T(0), xb[j * C + c])
+                       ? 0.0
+                       : double(db[j * C + c]);
             e[j] = g[j] * (double(xb[j * C + c]) - mc);
           }
           q1[c] += (g[0] + g[1]) + (g[2] + g[3]);
@@ -289,10 +304,10 @@ void backward_reduce_t(const T* __restrict dy, const T* __restrict x, const T* _
       for (; m < hi; ++m) {
         const T* __restrict d = dy + m * C;
         const T* __restrict xr = x + m * C;
-        const T* __restrict mr = MASK ? mk + m * C : nullptr;
+        const T* __restrict mr = MK == 1 ? mk + m * C : nullptr;
 #pragma omp simd
         for (int64_t c = 0; c < C; ++c) {
-          const double g = (MASK && !(mr[c] > T(0))) ? 0.0 : double(d[c]);
+          const double g = !kept<MK>(mr, c, MK == 2 ? ma[c] : T(0), MK == 2 ? ma[C + c] : T(0), xr[c]) ? 0.0 : double(d[c]);
           q1[c] += g;
           q2[c] += g * (double(xr[c]) - mn[c]);
         }
@@ -302,9 +317,9 @@ void backward_reduce_t(const T* __restrict dy, const T* __restrict x, const T* _
   }
 }
 
-template <typename T, bool MASK, bool GRES>
+template <typename T, int MK, bool GRES>
 void backward_apply_t(const T* __restrict dy, const T* __restrict x, const T* __restrict mk,
-                      T* __restrict dx, T* __restrict gres, const Shape& sh, bool ps,
+                      const T* __restrict ma, T* __restrict dx, T* __restrict gres, const Shape& sh, bool ps,
                       const double* mean, const double* A, const double* B, const double* D) {
   const int64_t N = sh.N, C = sh.C, S = sh.S, nk = ps ? N * C : C;
   Coef<T> k;
@@ -323,12 +338,13 @@ void backward_apply_t(const T* __restrict dy, const T* __restrict x, const T* __
       const T hi = k.hi[i], lo = k.lo[i], a = k.p[i], bq = k.q[i], dd = k.r[i];
       const T* __restrict d = dy + rr * S;
       const T* __restrict xr = x + rr * S;
-      const T* __restrict mr = MASK ? mk + rr * S : nullptr;
+      const T* __restrict mr = MK == 1 ? mk + rr * S : nullptr;
+      const T as = MK == 2 ? ma[rr % C] : T(0), at = MK == 2 ? ma[C + rr % C] : T(0);
       T* __restrict o = dx + rr * S;
       T* __restrict gr = GRES ? gres + rr * S : nullptr;
 #pragma omp simd
       for (int64_t s = 0; s < S; ++s) {
-        const T g = (MASK && !(mr[s] > T(0))) ? T(0) : d[s];
+        const T g = !kept<MK>(mr, s, as, at, xr[s]) ? T(0) : d[s];
         o[s] = a * g - bq - ((xr[s] - hi) - lo) * dd;
         if (GRES) gr[s] = g;
       }
@@ -344,12 +360,12 @@ void backward_apply_t(const T* __restrict dy, const T* __restrict x, const T* __
       const T* __restrict dd = k.r.data() + base;
       const T* __restrict d = dy + m * C;
       const T* __restrict xr = x + m * C;
-      const T* __restrict mr = MASK ? mk + m * C : nullptr;
+      const T* __restrict mr = MK == 1 ? mk + m * C : nullptr;
       T* __restrict o = dx + m * C;
       T* __restrict gr = GRES ? gres + m * C : nullptr;
 #pragma omp simd
       for (int64_t c = 0; c < C; ++c) {
-        const T g = (MASK && !(mr[c] > T(0))) ? T(0) : d[c];
+        const T g = !kept<MK>(mr, c, MK == 2 ? ma[c] : T(0), MK == 2 ? ma[C + c] : T(0), xr[c]) ? T(0) : d[c];
         o[c] = a[c] * g - bq[c] - ((xr[c] - hi[c]) - lo[c]) * dd[c];
         if (GRES) gr[c] = g;
       }
@@ -389,47 +405,59 @@ void apply(DType dt, const void* x, void* y, const void* r, const Shape& sh, boo
 }
 
 template <typename T>
-void backward_reduce_d(const void* dy, const void* x, const void* mask, const Shape& sh, bool ps,
-                       const double* mean, double* sg, double* sgx) {
+void backward_reduce_d(const void* dy, const void* x, const void* mask, const void* mask_affine, const Shape& sh,
+                       bool ps, const double* mean, double* sg, double* sgx) {
   auto G = static_cast<const T*>(dy);
   auto X = static_cast<const T*>(x);
   auto M = static_cast<const T*>(mask);
-  if (mask)
-    backward_reduce_t<T, true>(G, X, M, sh, ps, mean, sg, sgx);
+  auto A = static_cast<const T*>(mask_affine);
+  if (mask_affine)
+    backward_reduce_t<T, 2>(G, X, M, A, sh, ps, mean, sg, sgx);
+  else if (mask)
+    backward_reduce_t<T, 1>(G, X, M, A, sh, ps, mean, sg, sgx);
   else
-    backward_reduce_t<T, false>(G, X, M, sh, ps, mean, sg, sgx);
+    backward_reduce_t<T, 0>(G, X, M, A, sh, ps, mean, sg, sgx);
 }
 
-void backward_reduce(DType dt, const void* dy, const void* x, const void* mask, const Shape& sh,
-                     bool ps, const double* mean, double* sg, double* sgx) {
+void backward_reduce(DType dt, const void* dy, const void* x, const void* mask, const void* mask_affine,
+                     const Shape& sh, bool ps, const double* mean, double* sg, double* sgx) {
   if (dt == DType::f32)
-    backward_reduce_d<float>(dy, x, mask, sh, ps, mean, sg, sgx);
+    backward_reduce_d<float>(dy, x, mask, mask_affine, sh, ps, mean, sg, sgx);
   else
-    backward_reduce_d<double>(dy, x, mask, sh, ps, mean, sg, sgx);
+    backward_reduce_d<double>(dy, x, mask, mask_affine, sh, ps, mean, sg, sgx);
+}
+
+template <typename T, int MK>
+void backward_apply_m(const T* G, const T* X, const T* M, const T* MA, T* O, T* R, const Shape& sh, bool ps,
+                      const double* mean, const double* A, const double* B, const double* D) {
+  if (R)
+    backward_apply_t<T, MK, true>(G, X, M, MA, O, R, sh, ps, mean, A, B, D);
+  else
+    backward_apply_t<T, MK, false>(G, X, M, MA, O, R, sh, ps, mean, A, B, D);
 }
 
 template <typename T>
-void backward_apply_d(const void* dy, const void* x, const void* mask, void* dx, void* gres,
+void backward_apply_d(const void* dy, const void* x, const void* mask, const void* mask_affine, void* dx, void* gres,
                       const Shape& sh, bool ps, const double* mean, const double* A, const double* B,
                       const double* D) {
   auto G = static_cast<const T*>(dy);
   auto X = static_cast<const T*>(x);
   auto M = static_cast<const T*>(mask);
+  auto MA = static_cast<const T*>(mask_affine);
   auto O = static_cast<T*>(dx);
   auto R = static_cast<T*>(gres);
-  if (mask && gres) backward_apply_t<T, true, true>(G, X, M, O, R, sh, ps, mean, A, B, D);
-  else if (mask) backward_apply_t<T, true, false>(G, X, M, O, R, sh, ps, mean, A, B, D);
-  else if (gres) backward_apply_t<T, false, true>(G, X, M, O, R, sh, ps, mean, A, B, D);
-  else backward_apply_t<T, false, false>(G, X, M, O, R, sh, ps, mean, A, B, D);
+  if (mask_affine) backward_apply_m<T, 2>(G, X, M, MA, O, R, sh, ps, mean, A, B, D);
+  else if (mask) backward_apply_m<T, 1>(G, X, M, MA, O, R, sh, ps, mean, A, B, D);
+  else backward_apply_m<T, 0>(G, X, M, MA, O, R, sh, ps, mean, A, B, D);
 }
 
-void backward_apply(DType dt, const void* dy, const void* x, const void* mask, void* dx, void* gres,
-                    const Shape& sh, bool ps, const double* mean, const double* A, const double* B,
+void backward_apply(DType dt, const void* dy, const void* x, const void* mask, const void* mask_affine, void* dx,
+                    void* gres, const Shape& sh, bool ps, const double* mean, const double* A, const double* B,
                     const double* D) {
   if (dt == DType::f32)
-    backward_apply_d<float>(dy, x, mask, dx, gres, sh, ps, mean, A, B, D);
+    backward_apply_d<float>(dy, x, mask, mask_affine, dx, gres, sh, ps, mean, A, B, D);
   else
-    backward_apply_d<double>(dy, x, mask, dx, gres, sh, ps, mean, A, B, D);
+    backward_apply_d<double>(dy, x, mask, mask_affine, dx, gres, sh, ps, mean, A, B, D);
 }
 
 }  // namespace

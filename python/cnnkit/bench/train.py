@@ -45,7 +45,33 @@ and weight gradients), except the first convolution, which computes no input gra
 
 Where the time goes
 -------------------
-After the timed rounds, a separate profiling pass runs a few more steps of each configuration,
+After the timed rounds, profiling passes break a step down (``--breakdown fused,modules``, both
+by default, the fused one first).
+
+*The step as it runs (fused)*: :class:`KernelProfiler` leaves the model alone (timers on a
+Conv2d or BatchNorm2d would turn its fusion off) and times what the layers call instead: every
+compiled function of ``cnnkit._core``, the public functions of the ``cnnkit.ops`` submodules and
+NumPy's elementwise glue, replaced where cnnkit's modules hold them for the duration of one step
+and put back after it, also when it raises. Each call is attributed to the innermost module of
+the model on the Python stack (the layer a fused chain is running, or the block whose glue makes
+the call) and classified by the compiled function's name (:func:`kernel_kind`) and the fusion
+flags of the ``cnnkit.ops`` call around it. Self times give the compiled kernels, the Python
+inside ``cnnkit.ops`` and the NumPy glue per layer; the loss and the optimizer are whole phases;
+the rest of the profiled step is untimed Python (the layers' and containers' own code, array
+methods and operators), and the timers' own cost is measured and shown apart. A plain step of the
+same configuration runs before every profiled one, so the table says how close the timed parts
+come to the step without timers. The parts shown are those of the profiled step of median time,
+so they add up to it (medians of each part over the steps need not: another process stalls a
+different kernel in every step). Every part gets its roofline floor, ``max(FLOPs / sgemm peak,
+bytes / best STREAM rate)``, with bytes = each array argument once (the traffic the call cannot
+avoid; an activation small enough for the caches can beat the STREAM rate) and FLOPs for
+convolutions (their layer's forward FLOPs per GEMM) and ``numpy.matmul``; Adam's floor is 28 bytes
+per parameter. The table also checks that fusion ran: ``cnnkit.ops.conv2d_fused`` calls per step
+against the Conv2d layers, and which implementation each call ran
+(``cnnkit.ops.fused.last_kernel``).
+
+*Per module, unfused, torch side by side*: a separate profiling pass runs a few more steps of
+each configuration,
 round-robin, with timers around every module (for cnnkit: the instance's ``forward``/``backward``
 wrapped; for torch: forward pre/post hooks and full backward pre/post hooks, with the stem
 convolution's backward ending at its weight's gradient accumulation, since its input needs no
@@ -61,8 +87,10 @@ from __future__ import annotations
 
 import argparse
 import copy
+import re
 import sys
 import time
+import types
 import warnings
 from typing import Any
 
@@ -89,8 +117,8 @@ from cnnkit.bench._common import (
     write_json,
 )
 
-__all__ = ["CONFIGS", "MODELS", "build_torch_twin", "check_step", "copy_weights", "main",
-           "profile_configs", "step_flops"]
+__all__ = ["CONFIGS", "MODELS", "KernelProfiler", "build_torch_twin", "check_step", "copy_weights",
+           "fused_summary", "kernel_kind", "main", "profile_configs", "profile_fused", "step_flops"]
 
 MODELS = {"resnext": "resnext_small", "mobilenet": "mobilenet_small"}
 CONFIGS = ("cnnkit NCHW", "cnnkit NHWC", "torch NCHW", "torch CL")
@@ -102,6 +130,7 @@ LR = 1e-3
 BATCH = 64
 QUICK_BATCH = 8
 TARGET = 2.0                   # issue: at least 2x PyTorch's faster configuration
+BREAKDOWNS = ("fused", "modules")
 RTOL = 1e-3
 PROBE_KIND = "triad"
 
@@ -696,6 +725,529 @@ def profile_configs(torch, steps: dict, nsteps: int) -> dict:
     return out
 
 
+# ---- the fused step's breakdown: timers on the kernels, the layers left alone --------------------
+#: Kind of a compiled ``cnnkit._core`` function, by its name: the first pattern that matches.
+#: Every callable of the module is timed (a kernel added later too); one that matches none is
+#: "other compiled (name)".
+KERNEL_KINDS = (
+    (r"^conv.*fused.*(backward_input|dgrad)", "conv input grad, fused"),
+    (r"^conv.*fused.*(backward_weight|wgrad)", "conv weight grad, fused"),
+    (r"^conv.*(fused.*backward|backward.*fused)", "conv bwd, fused"),
+    (r"^conv.*fused", "conv fwd, fused"),
+    (r"^conv.*(backward_input|dgrad)", "conv input grad"),
+    (r"^conv.*(backward_weight|wgrad)", "conv weight grad"),
+    (r"^conv.*(forward|fwd)", "conv fwd"),
+    (r"^norm_stats", "bn statistics"),
+    (r"^norm_apply", "bn apply"),
+    (r"^norm_backward_reduce", "bn bwd reduce"),
+    (r"^norm_backward_apply", "bn bwd apply"),
+    (r"^norm_", "bn small (invstd, running stats)"),
+    (r"pool", "pooling"),
+    (r"softmax|xent", "loss kernel"),
+    (r"gemm", "sgemm"),
+)
+#: NumPy functions timed as glue, besides every ufunc of the ``numpy`` namespace (``np.add``,
+#: ``np.maximum``, ``np.matmul``, ...). Array methods and operators (``a.astype``, ``a * b``) cannot
+#: be wrapped: their time stays in the untimed Python remainder.
+NUMPY_GLUE = ("where", "copyto", "ascontiguousarray", "empty", "empty_like", "zeros",
+              "zeros_like", "ones", "full", "sum", "mean", "max", "min", "any", "all", "take",
+              "concatenate", "stack", "einsum", "dot", "tensordot")
+_NUMPY_ALLOC = ("empty", "empty_like", "zeros", "zeros_like")    # no bytes moved by the call
+#: Adam's compulsory traffic per float32 parameter: read p, g, m, v; write p, m, v
+ADAM_BYTES_PER_PARAM = 7 * 4
+_PHASES = ("forward", "loss", "backward", "optimizer")
+_PASS = {"forward": "fwd", "backward": "bwd", "loss": "loss", "optimizer": "optimizer"}
+
+
+def kernel_kind(name: str) -> str:
+    """The kind of work a compiled ``cnnkit._core`` function does, from its name.
+
+    Parameters
+    ----------
+    name : str
+        The attribute name in ``cnnkit._core`` (``"conv2d_fused"``, ``"norm_apply"``, ...).
+
+    Returns
+    -------
+    str
+        The first :data:`KERNEL_KINDS` match, else ``"other compiled (<name>)"``.
+
+    Examples
+    --------
+    >>> from cnnkit.bench.train import kernel_kind
+    >>> kernel_kind("conv_backward_weight"), kernel_kind("conv2d_fused_backward")
+    ('conv weight grad', 'conv bwd, fused')
+    >>> kernel_kind("conv2d_fused_backward_weight"), kernel_kind("conv2d_fused")
+    ('conv weight grad, fused', 'conv fwd, fused')
+    >>> kernel_kind("norm_backward_reduce"), kernel_kind("stream_run")
+    ('bn bwd reduce', 'other compiled (stream_run)')
+    """
+    for pattern, kind in KERNEL_KINDS:
+        if re.search(pattern, name):
+            return kind
+    return f"other compiled ({name})"
+
+
+def _op_tag(name: str, kw: dict) -> str:
+    """``name(flags)`` of a ``cnnkit.ops`` call: the fusion flags it was given (keywords)."""
+    flags = []
+    if (kw.get("pre_scale") is not None or kw.get("pre_shift") is not None
+            or kw.get("pre_relu")):
+        flags.append("prologue")
+    if kw.get("stats"):
+        flags.append("stats")
+    if kw.get("residual") is not None:
+        flags.append("residual")
+    if kw.get("post_relu") or kw.get("activation") == "relu":
+        flags.append("relu")
+    return f"{name}({'+'.join(flags)})" if flags else name
+
+
+def _needs_count(needs: Any) -> int:
+    """How many convolution GEMMs a backward's ``needs`` asks for (input/conv_input, weight)."""
+    if needs is None:
+        return 2
+    needs = (needs,) if isinstance(needs, str) else tuple(needs)
+    return int(any(n in needs for n in ("input", "conv_input"))) + int("weight" in needs)
+
+
+class _TimedUfunc:
+    """A ufunc's timed call; its attributes (``reduce``, ``at``, ``nin``, ...) are the ufunc's."""
+    __slots__ = ("_ufunc", "_timed")
+
+    def __init__(self, ufunc, timed):
+        self._ufunc, self._timed = ufunc, timed
+
+    def __call__(self, *a, **k):
+        return self._timed(*a, **k)
+
+    def __getattr__(self, name):
+        return getattr(self._ufunc, name)
+
+
+class _Call:
+    """One open timed call: its kind, layer, the innermost op's tag and needs, children's time."""
+    __slots__ = ("role", "name", "kind", "layer", "tag", "needs", "child")
+
+    def __init__(self, role, name, kind, layer, tag, needs):
+        self.role, self.name, self.kind, self.layer = role, name, kind, layer
+        self.tag, self.needs, self.child = tag, needs, 0.0
+
+
+class KernelProfiler:
+    """Timers on the kernels a cnnkit training step calls, attributed to the running layer,
+    without touching the model: fusion decisions see the layers exactly as in the timed step.
+
+    While :meth:`run` executes a step, every callable of ``cnnkit._core`` (classes excepted) and
+    every function in the ``__all__`` of the ``cnnkit.ops`` submodules are replaced, wherever a
+    ``cnnkit`` module holds them, by a timer, and cnnkit's modules see, instead of ``numpy``, a
+    copy of its namespace whose ufuncs and :data:`NUMPY_GLUE` functions are timed (numpy's own
+    modules keep the real ones); the originals are put back when the step ends, also when it
+    raises. A call is attributed to the innermost module of ``model`` on the Python stack (the
+    ``self`` of a method frame: the Conv2d or BatchNorm2d a fused chain is running, or the block
+    whose glue makes the call), or to the step's phase outside the model (loss, optimizer), and to
+    the forward or backward pass by the phase running. Nested timed calls give self times: a
+    ``cnnkit.ops`` function's own time is its Python (checks, allocation, the work it does with
+    array methods); a kernel's is the compiled code.
+
+    Parameters
+    ----------
+    model : cnnkit.nn.Module
+        The model whose step is profiled (its modules name the layers).
+    desc : dict
+        :func:`describe`'s ``{layer: (text, forward FLOPs, backward FLOPs, kind)}`` of the model;
+        a convolution kernel's FLOPs are its layer's forward FLOPs per GEMM it computes.
+
+    Notes
+    -----
+    Bytes moved per call: every array argument once (a NumPy call: its inputs and its result,
+    so an in-place update counts read and write), the traffic a kernel cannot avoid; FLOPs:
+    convolutions (layer forward FLOPs, times the number of gradients a fused backward computes)
+    and ``numpy.matmul``. A timer costs about a microsecond plus a walk up the Python stack when
+    the call is not inside another timed call; that instrumentation is timed separately.
+    """
+
+    def __init__(self, model: Any, desc: dict):
+        self.model, self.desc = model, desc
+        self.names = {id(m): (n or "(model)") for n, m in model.named_modules()}
+        self.conv_layers = sum(1 for m in model.modules() if isinstance(m, _cnn.Conv2d))
+        self.active = False
+        self.phase = "forward"
+        self._self_code: dict[Any, bool] = {}
+        self._plan: list[tuple[Any, str, Any, Any]] = []
+        self._build_plan()
+        self._reset()
+
+    # -- the replacements --------------------------------------------------------------------------
+    def _wrap(self, f, role: str, name: str):
+        prof = self
+
+        def timed(*a, **k):
+            if not prof.active:
+                return f(*a, **k)
+            return prof._call(f, role, name, a, k)
+        timed.__name__ = getattr(f, "__name__", name)
+        timed.__doc__ = getattr(f, "__doc__", None)
+        timed.__wrapped__ = f  # type: ignore[attr-defined]
+        return _TimedUfunc(f, timed) if isinstance(f, np.ufunc) else timed
+
+    def _build_plan(self):
+        from cnnkit import _core
+        wraps: dict[int, tuple[Any, Any]] = {}     # id(original) -> (original, wrapper)
+
+        def add(v, role, name):
+            if id(v) not in wraps:
+                wraps[id(v)] = (v, self._wrap(v, role, name))
+
+        for n in dir(_core):
+            v = getattr(_core, n)
+            if not n.startswith("_") and callable(v) and not isinstance(v, type):
+                add(v, "kernel", n)
+        for mname, mod in list(sys.modules.items()):
+            if mname.startswith("cnnkit.ops.") and mod is not None:
+                for n in getattr(mod, "__all__", ()):
+                    v = getattr(mod, n, None)
+                    if callable(v) and not isinstance(v, type):
+                        add(v, "op", n)
+        # NumPy: cnnkit's modules see a copy of the numpy namespace with timed glue functions
+        # (numpy's own modules keep the real one: its internals use np.maximum.reduce & co.)
+        proxy = types.ModuleType(np.__name__, np.__doc__)
+        proxy.__dict__.update(vars(np))
+        for n in dir(np):
+            v = getattr(np, n, None)
+            if isinstance(v, np.ufunc) or (n in NUMPY_GLUE and callable(v)):
+                add(v, "numpy", getattr(v, "__name__", n) if isinstance(v, np.ufunc) else n)
+                proxy.__dict__[n] = wraps[id(v)][1]
+        wraps[id(np)] = (np, proxy)
+        spaces = [mod for mname, mod in list(sys.modules.items()) if mod is not None
+                  and (mname == "cnnkit" or mname.startswith("cnnkit.")) and mname != __name__]
+        for mod in spaces:
+            for attr, v in list(vars(mod).items()):
+                w = wraps.get(id(v))
+                if w is not None and w[0] is v:
+                    self._plan.append((mod, attr, v, w[1]))
+
+    def installed(self) -> bool:
+        """Whether the timers are in place (only while :meth:`run` executes a step)."""
+        return any(getattr(mod, attr) is w for mod, attr, _, w in self._plan)
+
+    def originals(self) -> list[tuple[Any, str, Any]]:
+        """``(module, attribute, original object)`` of every replacement the timers make."""
+        return [(mod, attr, v) for mod, attr, v, _ in self._plan]
+
+    # -- one timed call ----------------------------------------------------------------------------
+    def _reset(self):
+        self.stack: list[_Call] = []
+        self.rec: dict[tuple, list] = {}          # (layer, pass, kind, shape, role) -> [s, calls, flops, bytes]
+        self.overhead = {p: 0.0 for p in _PHASES}
+        self.calls: dict[str, int] = {}
+        self.fused_kernels: dict[str, int] = {}
+        self.reference_layers: set[str] = set()
+
+    def _resolve(self):
+        """The innermost module of the model on the Python stack (by its methods' ``self``)."""
+        f = sys._getframe(2)
+        names, codes = self.names, self._self_code
+        while f is not None:
+            code = f.f_code
+            has_self = codes.get(code)
+            if has_self is None:
+                has_self = codes[code] = code.co_argcount > 0 and code.co_varnames[0] == "self"
+            if has_self:
+                n = names.get(id(f.f_locals.get("self")))
+                if n is not None:
+                    return n
+            f = f.f_back
+        return None
+
+    def _call(self, f, role, name, a, k):
+        now = time.perf_counter
+        t_in = now()
+        stack = self.stack
+        top = stack[-1] if stack else None
+        layer = top.layer if top is not None else self._resolve()
+        if layer is None:
+            layer = f"[{self.phase}]"
+        tag, needs = (top.tag, top.needs) if top is not None else (None, None)
+        if role == "op":
+            tag, needs = _op_tag(name, k), k.get("needs")
+            kind = "Python in cnnkit.ops " + tag
+        elif role == "kernel":
+            kind = kernel_kind(name) + (f" · {tag}" if tag else "")
+        else:
+            kind = f"NumPy {name}"
+        call = _Call(role, name, kind, layer, tag, needs)
+        phase = self.phase
+        stack.append(call)
+        t0 = now()
+        r = None
+        raised = True
+        try:
+            r = f(*a, **k)
+            raised = False
+            return r
+        finally:
+            t1 = now()
+            stack.pop()
+            if raised:   # e.g. a compiled kernel declining a combination: the fallback runs next
+                kind += " (raised)"
+            shape = next((x.shape for x in a if isinstance(x, np.ndarray)), ())
+            key = (layer, _PASS[phase], kind, shape, "python" if role == "op" else role)
+            rec = self.rec.get(key)
+            if rec is None:
+                rec = self.rec[key] = [0.0, 0, 0.0, 0]
+            rec[0] += (t1 - t0) - call.child
+            rec[1] += 1
+            if role == "kernel":
+                self.calls["_core." + name] = self.calls.get("_core." + name, 0) + 1
+                rec[3] += 0 if raised else _arg_bytes(a, k, r, distinct=True)
+                if kind.startswith("conv") and layer in self.desc and not raised:
+                    mult = _needs_count(needs) if kind.startswith("conv bwd, fused") else 1
+                    rec[2] += mult * self.desc[layer][1]
+            elif role == "numpy":
+                if name not in _NUMPY_ALLOC and not (
+                        "out" not in k and any(r is x for x in a)):   # no copy made
+                    rec[3] += _arg_bytes(a, k, r, distinct=False)
+                if name == "matmul" and isinstance(r, np.ndarray) and a and np.ndim(a[0]):
+                    rec[2] += 2.0 * r.size * np.shape(a[0])[-1]
+            else:
+                self.calls["ops." + name] = self.calls.get("ops." + name, 0) + 1
+                if name == "conv2d_fused":     # which implementation ran (ops.fused.last_kernel)
+                    lk = str(getattr(sys.modules.get("cnnkit.ops.fused"), "last_kernel", "?"))
+                    self.fused_kernels[lk] = self.fused_kernels.get(lk, 0) + 1
+                    if lk == "reference":
+                        self.reference_layers.add(layer)
+            t2 = now()
+            if stack:
+                stack[-1].child += t2 - t_in
+            self.overhead[phase] += (t0 - t_in) + (t2 - t1)
+
+    # -- one profiled step -------------------------------------------------------------------------
+    def run(self, step: Any) -> dict:
+        """Run ``step.phases(clock)`` once with the timers in place, and remove them.
+
+        Parameters
+        ----------
+        step : object
+            A configuration of this benchmark (``_CnnkitStep``): its ``phases(clock)`` runs one
+            training step and calls ``clock(phase)`` at the end of each phase.
+
+        Returns
+        -------
+        dict
+            ``"total_s"`` (the step), ``"phases_s"`` ({phase: s}), ``"rec"``
+            ({(layer, pass, kind, shape, role): [self s, calls, FLOPs, bytes]}),
+            ``"overhead_s"`` ({phase: s} spent in the timers), ``"calls"`` ({``_core`` or
+            ``cnnkit.ops`` function: calls}), ``"fused_kernels"`` ({what ``conv2d_fused`` ran:
+            calls}), ``"reference_layers"`` (the layers whose ``conv2d_fused`` call ran the
+            reference path).
+        """
+        self._reset()
+        phases: dict[str, float] = {}
+        order = list(_PHASES)
+        t = [0.0]
+
+        def clock(name):
+            now = time.perf_counter()
+            phases[name] = phases.get(name, 0.0) + now - t[0]
+            t[0] = now
+            i = order.index(name) if name in order else -1
+            self.phase = order[i + 1] if 0 <= i < len(order) - 1 else "optimizer"
+
+        done: list[tuple[Any, str, Any]] = []
+        try:
+            for mod, attr, v, w in self._plan:
+                setattr(mod, attr, w)
+                done.append((mod, attr, v))
+            self.phase = "forward"
+            self.active = True
+            t[0] = t0 = time.perf_counter()
+            step.phases(clock)
+            total = (t[0] if phases else time.perf_counter()) - t0   # the phases' sum
+        finally:
+            self.active = False
+            for mod, attr, v in reversed(done):
+                setattr(mod, attr, v)
+            self.stack.clear()
+        return {"total_s": total, "phases_s": phases, "rec": self.rec,
+                "overhead_s": dict(self.overhead), "calls": dict(self.calls),
+                "fused_kernels": dict(self.fused_kernels),
+                "reference_layers": sorted(self.reference_layers)}
+
+
+def _arg_bytes(a, k, r, distinct: bool) -> int:
+    """Bytes of the array arguments and result of one call (``distinct``: each array once)."""
+    seen: set[int] = set()
+    n = 0
+    for x in (*a, *k.values()):
+        if isinstance(x, np.ndarray) and (not distinct or id(x) not in seen):
+            seen.add(id(x))
+            n += x.nbytes
+    for x in (r if isinstance(r, tuple) else (r,)):
+        if isinstance(x, np.ndarray) and (not distinct or id(x) not in seen):
+            seen.add(id(x))
+            n += x.nbytes
+    return n
+
+
+def profile_fused(steps: dict, nsteps: int, desc: dict) -> dict:
+    """Kernel-level breakdown of the cnnkit configurations in ``steps`` as they run (fused),
+    over ``nsteps`` profiled steps per configuration, round-robin, each after a plain step of the
+    same configuration timed without the timers.
+
+    Parameters
+    ----------
+    steps : dict
+        ``{config: step}``, cnnkit configurations (see :func:`build_configs`).
+    nsteps : int >= 1
+        Profiled steps per configuration (after one untimed step with the timers on).
+    desc : dict
+        :func:`describe` of the model (layer names, what each layer is, forward FLOPs).
+
+    Returns
+    -------
+    dict
+        ``{config: {"steps", "median_step" (its index), "step_ms" (the profiled step of median
+        time), "plain_step_ms" (the median plain step), "step_ms_all", "plain_step_ms_all",
+        "phases_ms", "instrumentation_ms" ({phase: ms}), "records" (a list of {"layer", "pass",
+        "kind", "shape", "role", "ms", "calls", "flops", "bytes"}: the self times of the median
+        step, which add up to it),
+        "calls" ({"_core.<name>" or "ops.<name>": calls per step}), "fused_kernels" ({what
+        conv2d_fused ran: calls per step}), "reference_layers" (those whose conv2d_fused ran the
+        reference path), "conv_layers", "params", "fusion_enabled"}}``.
+    """
+    profs = {c: KernelProfiler(st.model, desc) for c, st in steps.items()}
+    runs: dict[str, list[Any]] = {c: [] for c in steps}
+    for c, st in steps.items():
+        profs[c].run(st)                        # warm-up, timers on (their caches filled)
+    for _ in range(nsteps):
+        for c, st in steps.items():
+            t0 = time.perf_counter()
+            st()
+            plain = time.perf_counter() - t0
+            runs[c].append((plain, profs[c].run(st)))
+    out = {}
+    for c, rr in runs.items():
+        # the parts of one step, the profiled step of median time, so that they add up to it
+        # (per-part medians over steps do not, when other processes stall a different kernel in
+        # every step)
+        totals = [r["total_s"] for _, r in rr]
+        mid = sorted(range(len(rr)), key=totals.__getitem__)[(len(rr) - 1) // 2]
+        run = rr[mid][1]
+        records = []
+        for (layer, pas, kind, shape, role), v in run["rec"].items():
+            records.append({"layer": layer, "pass": pas, "kind": kind, "shape": list(shape),
+                            "role": role, "ms": 1e3 * v[0], "calls": v[1], "flops": v[2],
+                            "bytes": v[3]})
+        records.sort(key=lambda d: -d["ms"])
+        out[c] = {"steps": nsteps, "median_step": mid,
+                  "step_ms": 1e3 * run["total_s"],
+                  "plain_step_ms": 1e3 * med([p for p, _ in rr]),
+                  "step_ms_all": [1e3 * t for t in totals],
+                  "plain_step_ms_all": [1e3 * p for p, _ in rr],
+                  "phases_ms": {k: 1e3 * run["phases_s"].get(k, 0.0) for k in _PHASES},
+                  "instrumentation_ms": {k: 1e3 * run["overhead_s"][k] for k in _PHASES},
+                  "records": records, "calls": run["calls"],
+                  "fused_kernels": run["fused_kernels"],
+                  "reference_layers": run["reference_layers"],
+                  "conv_layers": profs[c].conv_layers,
+                  "params": int(steps[c].model.num_parameters()),
+                  "fusion_enabled": bool(_cnn.fusion_enabled())}
+    return out
+
+
+def fused_summary(prof: dict, peak_gflops: float, bw_gbs: float) -> dict:
+    """Per-layer and per-kind rows of one configuration's :func:`profile_fused` result, with the
+    roofline floor of every part (``max(FLOPs / peak, bytes / bandwidth)``).
+
+    Parameters
+    ----------
+    prof : dict
+        One configuration's entry of :func:`profile_fused`.
+    peak_gflops : float
+        The compute roof, GFLOP/s (the best sgemm rate).
+    bw_gbs : float
+        The memory roof, GB/s (the best STREAM rate).
+
+    Returns
+    -------
+    dict
+        ``"layers"``: rows {"layer", "fwd_ms", "bwd_ms", "ms", "kernel_ms", "numpy_ms",
+        "python_ms", "flops", "bytes", "floor_ms"} of the forward and backward passes, by time;
+        ``"kinds"``: rows {"kind", "calls", "ms", "flops", "bytes", "floor_ms", "bound"} of those
+        passes, by time; ``"phases"``: {"loss", "optimizer"} rows with their floors;
+        ``"untimed_ms"`` ({"forward", "backward"}: Python the timers do not see);
+        ``"instrumentation_ms"``, ``"timed_ms"`` (kernels, NumPy, ops Python, loss and
+        optimizer phases), ``"coverage"`` (timed / profiled step), ``"floor_ms"`` (the sum of
+        every part's floor), ``"compute_floor_ms"`` (the FLOPs alone), and the fusion check
+        ``"fused_calls"``, ``"fused_compiled"``, ``"conv_layers"``.
+    """
+    peak, bw = peak_gflops * 1e9, bw_gbs * 1e9
+
+    def floor_ms(flops, nbytes):
+        return 1e3 * max(flops / peak if peak else 0.0, nbytes / bw if bw else 0.0)
+
+    layers: dict[str, dict] = {}
+    kinds: dict[str, dict] = {}
+    passes = {"fwd": 0.0, "bwd": 0.0}
+    for r in prof["records"]:
+        if r["pass"] not in passes:
+            continue
+        passes[r["pass"]] += r["ms"]
+        fl = floor_ms(r["flops"], r["bytes"])
+        d = layers.setdefault(r["layer"], {"layer": r["layer"], "fwd_ms": 0.0, "bwd_ms": 0.0,
+                                           "ms": 0.0, "kernel_ms": 0.0, "numpy_ms": 0.0,
+                                           "python_ms": 0.0, "flops": 0.0, "bytes": 0,
+                                           "floor_ms": 0.0})
+        d[r["pass"] + "_ms"] += r["ms"]
+        d["ms"] += r["ms"]
+        d[r["role"] + "_ms"] += r["ms"]
+        d["flops"] += r["flops"]
+        d["bytes"] += r["bytes"]
+        d["floor_ms"] += fl
+        k = kinds.setdefault(r["kind"], {"kind": r["kind"], "role": r["role"], "calls": 0,
+                                         "ms": 0.0, "flops": 0.0, "bytes": 0, "floor_ms": 0.0})
+        k["calls"] += r["calls"]
+        k["ms"] += r["ms"]
+        k["flops"] += r["flops"]
+        k["bytes"] += r["bytes"]
+        k["floor_ms"] += fl
+    for k in kinds.values():
+        fc = k["flops"] / peak if peak else 0.0
+        fm = k["bytes"] / bw if bw else 0.0
+        k["bound"] = "compute" if fc > fm else ("memory" if fm > 0 else "-")
+    ph, inst = prof["phases_ms"], prof["instrumentation_ms"]
+    loss_kernels = sum(r["ms"] for r in prof["records"] if r["pass"] == "loss")
+    loss_floor = sum(floor_ms(r["flops"], r["bytes"]) for r in prof["records"]
+                     if r["pass"] == "loss")
+    adam_floor = floor_ms(0.0, ADAM_BYTES_PER_PARAM * prof["params"])
+    # the loss and the optimizer: whole phases, less the timers' own cost in them
+    phases = {"loss": {"ms": ph["loss"] - inst["loss"], "timed_kernels_ms": loss_kernels,
+                       "floor_ms": loss_floor},
+              "optimizer": {"ms": ph["optimizer"] - inst["optimizer"], "floor_ms": adam_floor,
+                            "bytes": ADAM_BYTES_PER_PARAM * prof["params"]}}
+    untimed = {"forward": ph["forward"] - passes["fwd"] - inst["forward"],
+               "backward": ph["backward"] - passes["bwd"] - inst["backward"]}
+    timed = passes["fwd"] + passes["bwd"] + phases["loss"]["ms"] + phases["optimizer"]["ms"]
+    floor = (sum(d["floor_ms"] for d in layers.values()) + loss_floor + adam_floor)
+    flops = sum(d["flops"] for d in layers.values())
+    fused_calls = prof["calls"].get("ops.conv2d_fused", 0)
+    fk = prof["fused_kernels"]
+    return {"layers": sorted(layers.values(), key=lambda d: -d["ms"]),
+            "kinds": sorted(kinds.values(), key=lambda d: -d["ms"]),
+            "phases": phases, "untimed_ms": untimed,
+            "instrumentation_ms": sum(inst.values()), "timed_ms": timed,
+            "coverage": timed / prof["step_ms"] if prof["step_ms"] else None,
+            "floor_ms": floor, "compute_floor_ms": 1e3 * flops / peak if peak else None,
+            "kernel_ms": sum(d["kernel_ms"] for d in layers.values()),
+            "numpy_ms": sum(d["numpy_ms"] for d in layers.values()),
+            "python_ms": sum(d["python_ms"] for d in layers.values()),
+            "fused_calls": fused_calls,
+            "fused_compiled": sum(v for k, v in fk.items() if k != "reference"),
+            "fused_reference": fk.get("reference", 0),
+            "conv_layers": prof["conv_layers"], "peak_gflops": peak_gflops, "bw_gbs": bw_gbs}
+
+
 # ---- summaries and rendering ---------------------------------------------------------------------
 def summarize(model, res, flops, peak) -> dict:
     """Per-configuration medians, the speedup over rounds and the target of one model."""
@@ -847,6 +1399,147 @@ def render_kinds(rows, prof_c, prof_t, cfg_c, cfg_t, markdown) -> str:
     return _table(head, body, markdown)
 
 
+def _what(layer: str, desc: dict) -> str:
+    if layer in desc:
+        return desc[layer][0]
+    if layer == "(model)":
+        return "the model's own code (outside its layers)"
+    if layer.startswith("["):
+        return "outside the model"
+    return "block glue (residual add, shortcut gradient sum)"
+
+
+def render_fused_layers(fs: dict, prof: dict, desc: dict, cfg: str, top: int,
+                        markdown: bool) -> str:
+    """The fused step's per-layer table: self times of the compiled kernels, the NumPy glue and
+    the Python inside ``cnnkit.ops`` each layer runs, its roofline floor, then the phases and the
+    untimed remainder, summing to the profiled step."""
+    def v(x):
+        return "-" if x is None else _f(x)
+
+    step = prof["step_ms"]
+
+    def pct(x):
+        return f"{100 * x / step:.1f}%" if step else "-"
+
+    head = ["layer", "what", f"{cfg} fwd ms", "bwd ms", "total ms", "% of step", "kernels ms",
+            "NumPy ms", "ops Python ms", "GFLOP/s", "floor ms", "x floor"]
+    body = []
+    rows = fs["layers"]
+    for r in rows[:top]:
+        body.append([r["layer"], _what(r["layer"], desc), v(r["fwd_ms"]), v(r["bwd_ms"]),
+                     v(r["ms"]), pct(r["ms"]), v(r["kernel_ms"]), v(r["numpy_ms"]),
+                     v(r["python_ms"]),
+                     v(r["flops"] / (r["ms"] * 1e-3) / 1e9) if r["flops"] and r["ms"] > 0
+                     else "-", v(r["floor_ms"]),
+                     v(r["ms"] / r["floor_ms"]) if r["floor_ms"] > 0 else "-"])
+    rest = rows[top:]
+    if rest:
+        ms = sum(r["ms"] for r in rest)
+        fl = sum(r["floor_ms"] for r in rest)
+        body.append([f"({len(rest)} more)", "", v(sum(r["fwd_ms"] for r in rest)),
+                     v(sum(r["bwd_ms"] for r in rest)), v(ms), pct(ms),
+                     v(sum(r["kernel_ms"] for r in rest)), v(sum(r["numpy_ms"] for r in rest)),
+                     v(sum(r["python_ms"] for r in rest)), "-", v(fl),
+                     v(ms / fl) if fl > 0 else "-"])
+    ph = fs["phases"]
+    body.append(["[loss]", "softmax cross-entropy fwd+bwd (whole phase)", "", "",
+                 v(ph["loss"]["ms"]), pct(ph["loss"]["ms"]), v(ph["loss"]["timed_kernels_ms"]),
+                 "", "", "-", v(ph["loss"]["floor_ms"]),
+                 v(ph["loss"]["ms"] / ph["loss"]["floor_ms"]) if ph["loss"]["floor_ms"] else "-"])
+    body.append(["[optimizer]", "Adam, one fused call (whole phase; floor: 28 B/parameter)", "",
+                 "", v(ph["optimizer"]["ms"]), pct(ph["optimizer"]["ms"]), "", "", "", "-",
+                 v(ph["optimizer"]["floor_ms"]),
+                 v(ph["optimizer"]["ms"] / ph["optimizer"]["floor_ms"])
+                 if ph["optimizer"]["floor_ms"] else "-"])
+    un = fs["untimed_ms"]
+    body.append(["[Python]", "untimed: layer and container code, array methods",
+                 v(un["forward"]), v(un["backward"]), v(un["forward"] + un["backward"]),
+                 pct(un["forward"] + un["backward"]), "", "", "", "-", "0", "-"])
+    inst = fs["instrumentation_ms"]
+    body.append(["[timers]", "the instrumentation itself (timers, stack walks)", "", "", v(inst),
+                 pct(inst), "", "", "", "-", "0", "-"])
+    pc = prof["phases_ms"]
+    body.append(["[step]", "profiled step (timers on)", v(pc["forward"]), v(pc["backward"]),
+                 v(step), "100%", v(fs["kernel_ms"]), v(fs["numpy_ms"]), v(fs["python_ms"]),
+                 "-", v(fs["floor_ms"]), v(step / fs["floor_ms"]) if fs["floor_ms"] else "-"])
+    plain = prof["plain_step_ms"]
+    body.append(["[plain step]", "the same step without timers, same pass", "", "", v(plain),
+                 "-", "", "", "", "-", v(fs["floor_ms"]),
+                 v(plain / fs["floor_ms"]) if fs["floor_ms"] else "-"])
+    return _table(head, body, markdown)
+
+
+def render_fused_kinds(fs: dict, prof: dict, top: int, markdown: bool) -> str:
+    """The fused step's time by kind of call (kernel, NumPy function, Python in an op), each
+    with its FLOPs, bytes, rates and roofline floor; the forward and backward passes; the
+    ``top`` kinds by time, then one row for the rest."""
+    def v(x):
+        return "-" if x is None else _f(x)
+
+    step = prof["step_ms"]
+    head = ["kind", "calls/step", "ms", "% of step", "GFLOP", "MB moved", "GFLOP/s", "GB/s",
+            "floor ms", "bound", "x floor"]
+    body = []
+    kinds = list(fs["kinds"][:top])
+    rest = fs["kinds"][top:]
+    if rest:
+        kinds.append({"kind": f"({len(rest)} more)", "calls": sum(k["calls"] for k in rest),
+                      "ms": sum(k["ms"] for k in rest), "flops": sum(k["flops"] for k in rest),
+                      "bytes": sum(k["bytes"] for k in rest),
+                      "floor_ms": sum(k["floor_ms"] for k in rest), "bound": "-"})
+    for k in kinds:
+        s = k["ms"] * 1e-3
+        body.append([k["kind"], str(k["calls"]), v(k["ms"]),
+                     f"{100 * k['ms'] / step:.1f}%" if step else "-",
+                     v(k["flops"] / 1e9) if k["flops"] else "-",
+                     v(k["bytes"] / 1e6) if k["bytes"] else "-",
+                     v(k["flops"] / s / 1e9) if (k["flops"] and s > 0) else "-",
+                     v(k["bytes"] / s / 1e9) if (k["bytes"] and s > 0) else "-",
+                     v(k["floor_ms"]) if k["floor_ms"] else "-", k["bound"],
+                     v(k["ms"] / k["floor_ms"]) if k["floor_ms"] else "-"])
+    return _table(head, body, markdown)
+
+
+def fused_notes(fs: dict, prof: dict) -> list[str]:
+    """The lines under the fused tables: the fusion check, the coverage, the roofline gap."""
+    step, plain = prof["step_ms"], prof["plain_step_ms"]
+    fk = ", ".join(f"{k} {n}" for k, n in sorted(prof["fused_kernels"].items())) or "none"
+    lines = [f"Fusion while profiling: cnnkit.nn.fusion "
+             f"{'on' if prof['fusion_enabled'] else 'OFF'}; cnnkit.ops.conv2d_fused called "
+             f"{fs['fused_calls']} times per step for {fs['conv_layers']} Conv2d layers "
+             f"(implementation per call, cnnkit.ops.fused.last_kernel: {fk}"
+             + (f"; the reference path in {', '.join(prof['reference_layers'])}"
+                if prof.get("reference_layers") else "")
+             + "); compiled calls "
+             "per step: " + ", ".join(f"{k[6:]} {n}" for k, n in sorted(prof["calls"].items())
+                                      if k.startswith("_core.")) + "."]
+    un = fs["untimed_ms"]["forward"] + fs["untimed_ms"]["backward"]
+    ph = fs["phases"]
+    lines.append(
+        f"Coverage: the timed parts take {_f(fs['timed_ms'])} ms = "
+        f"{100 * (fs['coverage'] or 0):.0f}% of the profiled step ({_f(step)} ms): compiled "
+        f"kernels {_f(fs['kernel_ms'])}, NumPy glue {_f(fs['numpy_ms'])}, Python inside "
+        f"cnnkit.ops {_f(fs['python_ms'])}, loss {_f(ph['loss']['ms'])} and optimizer "
+        f"{_f(ph['optimizer']['ms'])} (whole phases); untimed Python overhead {_f(un)} ms, the "
+        f"timers themselves {_f(fs['instrumentation_ms'])} ms. The plain step in the same pass: "
+        f"{_f(plain)} ms (timed parts / plain step = "
+        f"{100 * fs['timed_ms'] / plain:.0f}%)." if plain else "")
+    floor = fs["floor_ms"]
+    kernel_floor = sum(r["floor_ms"] for r in fs["layers"])
+    kernel_gap = sum(r["ms"] for r in fs["layers"]) - kernel_floor
+    lines.append(
+        f"Roofline (sgemm peak {fs['peak_gflops']:.0f} GFLOP/s, best STREAM {fs['bw_gbs']:.1f} "
+        f"GB/s): every timed call at its own floor (max(FLOPs / peak, bytes / bandwidth), the "
+        f"data movement as it is now), the loss and Adam at theirs: {_f(floor)} ms "
+        f"(the FLOPs alone {_f(fs['compute_floor_ms'])} ms). The plain step is {_f(plain)} ms = "
+        f"{plain / floor:.1f}x that floor; left between them: layers above their floors "
+        f"{_f(kernel_gap)} ms, loss and optimizer above theirs "
+        f"{_f(ph['loss']['ms'] - ph['loss']['floor_ms'] + ph['optimizer']['ms'] - ph['optimizer']['floor_ms'])} ms, "
+        f"untimed Python {_f(un)} ms." if floor and plain else "")
+    return [ln for ln in lines if ln]
+
+
 # ---- entry point ---------------------------------------------------------------------------------
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -871,6 +1564,11 @@ def _parser() -> argparse.ArgumentParser:
                         "with --quick; 0 skips the breakdown)")
     p.add_argument("--top", type=int, default=15,
                    help="layers shown in the breakdown table (default 15)")
+    p.add_argument("--breakdown", default="fused,modules",
+                   help="the breakdowns of the profiling pass, comma-separated: fused (timers on "
+                        "the kernels, the step as it runs, fused; cnnkit only), modules (timers "
+                        "on every module, which runs cnnkit's layers unfused, torch side by "
+                        "side); default both")
     p.add_argument("--quick", action="store_true",
                    help=f"smoke run: batch {QUICK_BATCH}, 1 round after 1 warm-up, 1 profiling "
                         "step, 64 MiB STREAM arrays, 512^3 sgemm probe; numbers not "
@@ -898,6 +1596,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         names = parse_list(args.models, tuple(MODELS), "--models", require=True)
+        args.breakdown = parse_list(args.breakdown, BREAKDOWNS, "--breakdown")
     except ValueError as e:
         print(e, file=sys.stderr)
         return 2
@@ -927,6 +1626,39 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if blas_threads0 is not None:
             blas.set_threads(blas_threads0)
+
+
+def _fused_breakdown(res, s, desc, n, steps, psteps, peak, bw, top, md) -> None:
+    """Profile the cnnkit configurations of model ``n`` as they run (fused), print the tables of
+    the faster one, and store everything in ``res`` (the model's JSON result)."""
+    ck = {c: st for c, st in steps.items() if c in CNNKIT_CONFIGS}
+    share = CpuShare()
+    prof = profile_fused(ck, psteps, desc)
+    res["other_cores_fused_profile"] = share.cores()
+    pshare = _share_text(res["other_cores_fused_profile"], "this profiling pass")
+    summ = {c: fused_summary(p, peak, bw) for c, p in prof.items()}
+    res["fused_profile"] = prof
+    res["fused_breakdown"] = summ
+    cc = s["best_cnnkit"]
+    p, fs = prof[cc], summ[cc]
+    on = "fusion on" if p["fusion_enabled"] else "fusion OFF (cnnkit.nn.fusion(False))"
+    print()
+    title = (f"Where the time goes in the step as it runs ({on}), {MODELS[n]}, {cc} (kernel-level "
+             f"profiling pass: {psteps} steps per cnnkit configuration, round-robin, each after "
+             "a plain step; timers on the compiled kernels, the cnnkit.ops functions and NumPy's "
+             "glue functions, attributed to the layer running; the layers themselves untouched, "
+             "so fusion applies; self times in ms of the profiled step of median time, so the "
+             "parts add up to it; floor = max(FLOPs / sgemm peak, "
+             "bytes / STREAM), x floor = time / floor)")
+    print(f"### {title}\n" if md else title)
+    print(render_fused_layers(fs, p, desc, cc, top, md))
+    print()
+    head = f"By kind of call ({MODELS[n]}, {cc}, forward and backward, same profiling pass):"
+    print(head + "\n" if md else head)
+    print(render_fused_kinds(fs, p, top, md))
+    print()
+    for line in fused_notes(fs, p) + ([pshare[0].upper() + pshare[1:] + "."] if pshare else []):
+        print(line + "\n" if md else line)
 
 
 def _run(args, torch, blas, threads, names, batch, reps, warmup, psteps, gemm_n, mib,
@@ -1038,11 +1770,17 @@ def _run(args, torch, blas, threads, names, batch, reps, warmup, psteps, gemm_n,
                   + target_text([("speedup", s["speedup"], TARGET, s["met"],
                                   s.get("speedup_spread"))]))
 
-    # the per-layer breakdown, separate from the timed rounds
+    # the per-layer breakdowns, separate from the timed rounds
+    bw_best = max(max(bw_start.values()), max(bw_end.values()))
     if psteps > 0:
         for i, n in enumerate(names):
             s = summaries[i]
             st = cfgs[n]["steps"]
+            if "fused" in args.breakdown:
+                _fused_breakdown(results[i], s, desc[n], n, st, psteps, peak, bw_best, args.top,
+                                 md)
+            if "modules" not in args.breakdown:
+                continue
             share = CpuShare()
             prof = profile_configs(torch, st, psteps)
             results[i]["other_cores_profile"] = share.cores()
@@ -1092,7 +1830,8 @@ def _run(args, torch, blas, threads, names, batch, reps, warmup, psteps, gemm_n,
                "profile_steps": psteps, "torch_adam": adam, "lr": LR,
                "stream_mib": mib, "stream_start_gbs": bw_start, "stream_end_gbs": bw_end,
                "probe_kind": PROBE_KIND, "gemm_size": gemm_n, "gemm_start_gflops": gemm_start,
-               "gemm_end_gflops": gemm_end, "peak_gflops": peak,
+               "gemm_end_gflops": gemm_end, "peak_gflops": peak, "stream_best_gbs": bw_best,
+               "breakdowns": args.breakdown,
                "layers": {n: {k: list(v) for k, v in desc[n].items()} for n in names},
                "other_cores_timed_rounds": timed_share,
                "results": results, "summary": summaries}

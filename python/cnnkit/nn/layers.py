@@ -18,6 +18,7 @@ from ..ops.conv import _Geom as _ConvGeom
 from ..ops.conv import _padding as _conv_padding
 from .._core import pool2d_forward as _pool_forward
 from ..ops import fused as _fused
+from ..ops.norm import _bn_backward_chunk
 from .module import Module, Sequential, fusion_enabled
 
 __all__ = ["Conv2d", "DepthwiseSeparableConv2d", "BatchNorm2d", "GroupNorm", "ReLU", "MaxPool2d", "AvgPool2d",
@@ -194,7 +195,7 @@ class Conv2d(Module):
         _check_input(self, x, self.in_channels, self.layout)
         shape = self._out_shape(x.shape, self.params["weight"].shape, stride=self.stride, padding=self.padding,
                                 dilation=self.dilation, groups=self.groups, layout=self.layout)
-        self._x, self._pre, self._a, self._stats = x, pre, None, None
+        self._x, self._pre, self._a, self._stats, self._pre_bn = x, pre, None, None, None
         y = self._buf("y", shape)
         if pre is None and not stats:
             return ops.conv2d(x, self.params["weight"], self.params.get("bias"), out=y, **self._args())
@@ -248,6 +249,17 @@ class Conv2d(Module):
         pg = self.param_grads
         gw, gb = self.grads["weight"] if pg else None, self.grads.get("bias") if pg else None
         pre = getattr(self, "_pre", None)
+        if pre is not None and gi is not None and self._fused_input_backward(grad, gi, pre):
+            # gi (the gradient at the norm's pre-activation, already masked) and its batch-norm
+            # sums were handed to the norm; the weight gradient as below
+            needs = tuple(k for k in needs if k != "input")
+            if not needs:
+                return gi
+            _fused.conv2d_fused_backward(grad, self._x, self.params["weight"], pre_scale=pre[0], pre_shift=pre[1],
+                                         pre_relu=pre[2], needs=needs, conv_input=self._a,
+                                         workspace=self._ws.setdefault("fused", {}),
+                                         out=(None, gw, gb, None, None, None, None), **self._args())
+            return gi
         if pre is not None:  # x is a batch norm's input: gi is the gradient at that norm's output
             fneeds = tuple("conv_input" if k == "input" else k for k in needs)
             _fused.conv2d_fused_backward(grad, self._x, self.params["weight"], pre_scale=pre[0], pre_shift=pre[1],
@@ -257,6 +269,29 @@ class Conv2d(Module):
             return gi
         ops.conv2d_backward(grad, self._x, self.params["weight"], needs=needs, out=(gi, gw, gb), **self._args())
         return gi
+
+    def _fused_input_backward(self, grad: np.ndarray, gi: np.ndarray, pre: tuple) -> bool:
+        """The input gradient through a compiled prologue whose norm (``_pre_bn``, training mode,
+        standard ReLU rule) takes it next: one compiled pass writes into ``gi`` the gradient at
+        the norm's pre-activation (masked by the prologue's ReLU) and the two sums of the norm's
+        backward, which the norm receives with it (:meth:`BatchNorm2d._fused_backward`), so its
+        own reduction pass is skipped. False (nothing written) where it does not apply: the
+        forward materialised the prologue, the norm is in eval mode or another ReLU rule, float64,
+        or the registry runs no GEMM for the adjoint pass (depthwise, grouped, stride 2, ...)."""
+        bn = getattr(self, "_pre_bn", None)
+        fn = getattr(_core, "conv2d_fused_backward_input", None)
+        if (bn is None or fn is None or self._a is not None or not bn._trained or bn.relu_mode != "standard"
+                or getattr(bn, "_pre_affine", None) is None or grad.dtype != np.float32):
+            return False
+        g = _ConvGeom(self._x.shape, self.params["weight"].shape, self.stride, self.padding, self.dilation,
+                      self.groups, self.layout, np.float32)
+        grad = np.ascontiguousarray(grad)
+        try:
+            _, sg, sgxc = fn(grad, self.params["weight"], gi, g.core(), self._x, pre[0], pre[1], pre[2], bn._mean)
+        except ValueError:
+            return False
+        bn._pending_grad = (gi, sg, sgxc)
+        return True
 
     def _channel_sparse_backward(self, grad: np.ndarray) -> np.ndarray | None:
         """The input gradient from only the output channels whose gradient is not zero, when at
@@ -452,7 +487,7 @@ class BatchNorm2d(_ReLUMode, Module):
         _check_input(self, x, self.num_features, self.layout)
         p, b = self.params, self.buffers
         y = self._buf("y", x.shape)
-        self._x, self._residual = x, residual
+        self._x, self._residual, self._pre_affine, self._pending_grad = x, residual, None, None
         if self.training:
             b["num_batches_tracked"] += 1
             # momentum None: torch's cumulative moving average, factor 1 / batches seen
@@ -499,13 +534,16 @@ class BatchNorm2d(_ReLUMode, Module):
             mean = b["running_mean"].astype(np.float64)
             invstd = _core.norm_invstd(b["running_var"], self.eps)
         self._x, self._residual, self._trained = x, residual, self.training
-        self._mean, self._invstd = mean, invstd
+        self._mean, self._invstd, self._pre_affine, self._pending_grad = mean, invstd, None, None
         w = p.get("weight")
         if defer and residual is None and float(np.max(np.abs(mean) * invstd)) <= _DEFER_MAX_MEAN_OVER_STD:
-            scale = invstd * (1.0 if w is None else w.astype(np.float64))
-            shift = (0.0 if w is None else p["bias"].astype(np.float64)) - mean * scale
+            scale = (invstd * (1.0 if w is None else w.astype(np.float64))).astype(np.float32)
+            shift = ((0.0 if w is None else p["bias"].astype(np.float64)) - mean * scale).astype(np.float32)
             self._y = None  # the consumer sets it to the prologue's output when it materialises one
-            return None, (scale.astype(np.float32), shift.astype(np.float32), self.activation == "relu")
+            # The backward's ReLU mask, fma(scale, x, shift) > 0: the compiled prologue's value
+            # (one fma in float32), so nothing of the normalized tensor is kept or recomputed.
+            self._pre_affine = np.concatenate([scale, shift])
+            return None, (scale, shift, self.activation == "relu")
         y = self._buf("y", x.shape)
         if x.size:
             _core.norm_apply(x, y, residual, N, C, S, nhwc, False, mean, invstd, w, p.get("bias"),
@@ -514,6 +552,39 @@ class BatchNorm2d(_ReLUMode, Module):
         for c in self._captures:
             c.output = y.copy()
         return y, None
+
+    def _fused_backward(self, grad: np.ndarray, gi: np.ndarray, pre_affine: np.ndarray | None) -> np.ndarray:
+        """The training-mode backward of a norm whose output was the next convolution's compiled
+        prologue: the ReLU mask is ``fma(scale, x, shift) > 0`` with the prologue's float32
+        ``concat(scale, shift)`` (``pre_affine``; None without a ReLU), evaluated inside the two
+        norm backward passes; or, when that convolution's compiled input gradient already masked
+        ``grad`` and reduced its sums (``_pending_grad``), only the apply pass."""
+        x, p = self._x, self.params
+        nhwc = self.layout == "NHWC"
+        N, C = x.shape[0], self.num_features
+        S = x.shape[1] * x.shape[2] if nhwc else x.shape[2] * x.shape[3]
+        w = p.get("weight")
+        w64 = np.ones(C) if w is None else w.astype(np.float64)
+        pending, self._pending_grad = getattr(self, "_pending_grad", None), None
+        if pending is not None and pending[0] is grad:
+            # the consumer's compiled input gradient: grad is already masked, and the sums of g and
+            # g*(x - mean) came from its epilogue: only the apply pass is left
+            sg, sgxc = pending[1], pending[2]
+            invstd, count = self._invstd, N * S
+            A = w64 * invstd
+            if gi.size:
+                _core.norm_backward_apply(grad, x, None, gi, None, N, C, S, nhwc, False, self._mean, A,
+                                          A * sg / count, A * invstd * invstd * sgxc / count)
+            sgxhat = sgxc * invstd
+        else:
+            grad = np.ascontiguousarray(grad, dtype=np.float32)
+            sg, sgxhat = _bn_backward_chunk(grad, x, None, gi, None, N, C, S, nhwc, self._mean, self._invstd,
+                                            w64, N * S, mask_affine=pre_affine)
+        if self.affine and self.param_grads:
+            self.grads["weight"][...] = sgxhat
+            self.grads["bias"][...] = sg
+        self.residual_grad = None
+        return gi
 
     def _preactivation(self) -> np.ndarray:
         """The last forward's output before the fused ReLU, recomputed (its sign is the ReLU
@@ -597,6 +668,11 @@ class BatchNorm2d(_ReLUMode, Module):
         gi = self._buf("gx", self._x.shape)
         gres = self._buf("gres", self._x.shape) if self._residual is not None else None
         y = self._y
+        pre_affine = getattr(self, "_pre_affine", None)
+        if y is None and pre_affine is not None and self._residual is None:
+            # fused into the next convolution's compiled prologue: the ReLU mask is recomputed from
+            # x inside the backward kernels (see _fused_forward)
+            return self._fused_backward(grad, gi, pre_affine if self.activation is not None else None)
         if y is None and self.activation is not None:  # fused: the output was never written
             y = self._preactivation()  # its sign is the ReLU mask; kept in a buffer, not allocated
         res = ops.batch_norm_backward(grad, self._x, self.params.get("weight"), self._mean, self._invstd, y=y,
@@ -1247,9 +1323,10 @@ class SpatialDropout2d(_DropoutBase):
 # instance) that overrides any of them computes something else than the base layer (ghost batch
 # norm's per-chunk statistics, a standardized weight, ...) that the fused kernels cannot
 # represent: such a layer always runs on its own.
-_FUSED_VIA = {"Conv2d": ("__call__", "forward", "_forward", "_fused_call", "backward", "_channel_sparse_backward"),
+_FUSED_VIA = {"Conv2d": ("__call__", "forward", "_forward", "_fused_call", "backward", "_channel_sparse_backward",
+                         "_fused_input_backward"),
               "BatchNorm2d": ("__call__", "forward", "_fused_forward", "backward", "_eval_backward",
-                              "_preactivation", "_relu_grad")}
+                              "_preactivation", "_fused_backward", "_relu_grad")}
 
 
 def _fusable(m: Module | None, cls: type) -> bool:
@@ -1288,6 +1365,7 @@ def _fused_step(m: Module, x: np.ndarray, pending: tuple | None, nxt: Module | N
         y = m._fused_call(x, pre, stats)
         if pre_bn is not None:
             pre_bn._y = m._a  # the prologue's output if materialised (its sign is the ReLU mask), else None
+            m._pre_bn = pre_bn  # the norm that takes m's input gradient (and may take its sums)
         return y, (("stats",) + tuple(m._stats or ())) if stats else None
     if _fusable(m, BatchNorm2d):
         given = pending[1:] if pending is not None and pending[0] == "stats" else None

@@ -65,9 +65,14 @@ def fusion(enabled: bool = True) -> contextlib.AbstractContextManager[None]:
     overrides its forward or backward or that has a ``virtual_batch_size`` (ghost batch norm:
     per-chunk statistics, which the epilogue's whole-batch ones cannot represent); such a
     layer runs on its own, and so do its neighbours' halves of the fusion. Running statistics and ``num_batches_tracked`` move exactly as
-    unfused. The backward is the unfused one's: each norm sees the gradient at its output
-    (captures, ``inject=`` and ``until=`` work there), the ReLU mask is recomputed when the
-    output was not materialised.
+    unfused. The backward mirrors the fusions (float32, where the compiled kernels run the
+    convolution on a GEMM entry): the weight gradient of a convolution with a prologue lays out
+    ``prologue(x)`` while it packs (the normalized tensor is not recomputed into memory); its
+    input gradient (stride 1, training mode, the standard ReLU rule) is written already masked
+    by the prologue's ReLU, ``fma(scale, x, shift) > 0``, with the two sums of the norm's
+    backward reduced in its epilogue, so the norm runs only its apply pass; elsewhere the norm
+    recomputes the mask from x inside its own two passes. Each norm still receives the gradient
+    at its output (captures, ``inject=`` and ``until=`` work there).
 
     Tolerance (fused vs unfused; the layers are float32, after ``k`` training steps):
 

@@ -286,8 +286,11 @@ def conv2d_fused_backward(grad_output: np.ndarray, x: np.ndarray, weight: np.nda
         grad_pre_shift  = sum over N, H, W of grad_z
 
     composed from :func:`cnnkit.conv2d_backward` and the norm backward kernels (sums in float64,
-    in blocks fixed by the shape: the same bits at any thread count). ``a`` is recomputed from
-    x unless given as ``conv_input``.
+    in blocks fixed by the shape: the same bits at any thread count). ``a`` is not needed whole:
+    in float32, where the registry runs the weight gradient on a GEMM entry, the compiled kernel
+    applies the prologue while it lays x out, and the ReLU mask ``z > 0`` is evaluated inside
+    the norm kernels as ``fma(pre_scale, x, pre_shift) > 0``, the compiled prologue's own value;
+    elsewhere ``a`` is recomputed from x (unless given as ``conv_input``).
 
     Parameters
     ----------
@@ -374,33 +377,52 @@ def conv2d_fused_backward(grad_output: np.ndarray, x: np.ndarray, weight: np.nda
         gy = np.where(y_ > 0, grad_output, np.zeros((), dt))
     pro = sc is not None or sh is not None or pre_relu
     through = want & {"input", "pre_scale", "pre_shift"}
-    conv_needs = tuple(k for k in ("weight", "bias") if k in want)
+    compiled = dt == np.float32 and hasattr(_core, "conv2d_fused_backward_weight")
+    gw = gb = None
+    if pro and a is None and "weight" in want and compiled:
+        # The weight gradient on the GEMM path, which recomputes a while it lays x out (a is
+        # never stored); ValueError where the registry runs a direct kernel: then a is made below.
+        gw = bufs.get("weight")
+        gw = np.empty(g.w_shape(), dt) if gw is None else gw
+        gb = (bufs.get("bias") if bufs.get("bias") is not None else np.empty(g.K, dt)) if "bias" in want else None
+        try:
+            _core.conv2d_fused_backward_weight(gy, x, gw, gb, g.core(), sc, sh, pre_relu)
+        except ValueError:
+            gw = gb = None
+    conv_needs = tuple(k for k in ("weight", "bias") if k in want and gw is None)
     if through or "conv_input" in want:
         conv_needs = ("input",) + conv_needs
     if a is None:
-        a = x if not pro or "weight" not in want else _prologue(
+        a = x if not pro or "weight" not in conv_needs else _prologue(
             x, g, sc, sh, pre_relu, _work(workspace, "a", x.shape, dt))
-    ga = gw = gb = None
+    ga = None
     if conv_needs:
         ga_out = bufs.get("conv_input")
         if ga_out is None and "input" in conv_needs and "conv_input" not in want:  # an intermediate
             ga_out = _work(workspace, "grad_a", g.x_shape(), dt)
-        ga, gw, gb = conv2d_backward(gy, a, weight, stride, padding, dilation, groups, layout=layout,
-                                     needs=conv_needs,
-                                     out=(ga_out if "input" in conv_needs else None,
-                                          bufs.get("weight") if "weight" in conv_needs else None,
-                                          bufs.get("bias") if "bias" in conv_needs else None))
+        ga, gw_, gb_ = conv2d_backward(gy, a, weight, stride, padding, dilation, groups, layout=layout,
+                                       needs=conv_needs,
+                                       out=(ga_out if "input" in conv_needs else None,
+                                            bufs.get("weight") if "weight" in conv_needs else None,
+                                            bufs.get("bias") if "bias" in conv_needs else None))
+        gw = gw_ if "weight" in conv_needs else gw
+        gb = gb_ if "bias" in conv_needs else gb
     gx = gs = gt = None
     if through:
         assert ga is not None
         N, C, S, _ = _nhw(g)
-        mask = None
+        mask = mask_affine = None
         if pre_relu:  # a > 0 exactly where z > 0
-            mask = a if (a is not x or not pro) else _prologue(
-                x, g, sc, sh, True, _work(workspace, "a", x.shape, dt))
+            if a is not x or not pro:
+                mask = a
+            elif compiled:  # z recomputed in the kernels as the compiled prologue computes it (one fma)
+                mask_affine = np.concatenate([np.ones(C, dt) if sc is None else sc,
+                                              np.zeros(C, dt) if sh is None else sh])
+            else:
+                mask = _prologue(x, g, sc, sh, True, _work(workspace, "a", x.shape, dt))
         zeros = np.zeros(C)
         if want & {"pre_scale", "pre_shift"}:
-            s_g, s_gx = _core.norm_backward_reduce(ga, x, mask, N, C, S, g.nhwc, False, zeros)
+            s_g, s_gx = _core.norm_backward_reduce(ga, x, mask, N, C, S, g.nhwc, False, zeros, mask_affine)
             gs = s_gx.astype(dt) if "pre_scale" in want else None
             gt = s_g.astype(dt) if "pre_shift" in want else None
         if "input" in want:
@@ -408,6 +430,7 @@ def conv2d_fused_backward(grad_output: np.ndarray, x: np.ndarray, weight: np.nda
             if gx is None:
                 gx = np.empty(x.shape, dt)
             A = np.ones(C) if sc is None else sc.astype(np.float64)
-            _core.norm_backward_apply(ga, x, mask, gx, None, N, C, S, g.nhwc, False, zeros, A, zeros, zeros)
+            _core.norm_backward_apply(ga, x, mask, gx, None, N, C, S, g.nhwc, False, zeros, A, zeros, zeros,
+                                      mask_affine)
     gres = (gy.copy() if gy is grad_output else gy) if "residual" in want else None
     return FusedConvGrads(gx, gw, gb, gs, gt, gres, ga if "conv_input" in want else None)
