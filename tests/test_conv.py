@@ -1258,6 +1258,10 @@ def examples(entry):
                 Geo(1, 33, 40, 9, 8, 3, 3, 2, 1), Geo(2, 20, 70, 11, 13, 3, 3, 1, 1, 2),
                 Geo(5, 64, 36, 2, 3, 3, 3, 1, 1), Geo(20, 128, 100, 4, 4, 3, 3, 1, 1),
                 Geo(2, 120, 70, 9, 8, 3, 3, 2, 1), Geo(3, 400, 16, 14, 14, 3, 3, 1, 1)]
+    if how == "patches":  # NHWC weight gradient, 16+ channels, not a plain 1x1, not small planes
+        return [Geo(2, 16, 24, 5, 6, 3, 3, 1, 1), Geo(1, 33, 40, 9, 8, 3, 3, 2, 1),
+                Geo(2, 20, 70, 11, 13, 3, 3, 1, 1, 2), Geo(3, 64, 9, 7, 6, 1, 1, 2),
+                Geo(2, 17, 33, 16, 17, 3, 2, 1, (1, 0))]
     if how == "packed":  # dense (G == 1); sizes across the register blocks; planes under 256
         # pixels with C*kh*kw >= 1024 or 2^18 weights run as whole-batch GEMMs (row and column
         # tiles, blocks of images, 1x1 in place, stride 2), the rest as one GEMM per row chunk
@@ -1305,6 +1309,10 @@ def entry_geometries(draw, entry):
         if layout == "NCHW":  # output planes of 256 pixels or more
             n, stride, dilation = 1, 1, 1
             h, w = draw(st.integers(16, 20)), draw(st.integers(16, 20))
+    elif how == "patches":  # dense NHWC, 16+ channels, reductions of 64 or more
+        groups = 1
+        ci, co = draw(st.sampled_from((16, 17, 33, 64))), draw(st.sampled_from((7, 16, 33, 64, 70)))
+        kh = max(kh, 2)
     elif alg == "gemm" and how == "transposed":  # dense, reductions of 64 or more, small planes
         groups = 1
         ci, co = draw(st.sampled_from((8, 16, 33, 64, 70, 128))), draw(st.sampled_from((7, 16, 33, 64, 70)))
@@ -1371,7 +1379,7 @@ def test_registry_names_follow_the_grammar():
         alg, dtype, layout, how = parse_name(e.name)
         assert e.name.endswith("__" + e.isa)
         assert alg in ("dw", "grouped", "stem", "gemm") and layout in LAYOUTS
-        assert how in ("", "blocked", "transposed", "packed")
+        assert how in ("", "blocked", "transposed", "packed", "patches")
         assert e.passes and set(e.passes) <= set(PASSES)
     # every variant exists at every ISA level
     strip = {n.split("__")[0] for n in names}

@@ -18,6 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import cnnkit
 from cnnkit import _core
 from conftest import ISA_LEVELS, assert_bitwise, assert_close, isa_level, num_threads
 from reference import conv as R
@@ -248,3 +249,128 @@ def test_conv2d_fused_rejects_unsupported_combinations(rng):
     with pytest.raises(ValueError, match="overlap"):
         _core.conv2d_fused(out, np.ones((8, 1, 3, 3), F32), out, dgeom, None, None, None, False, None, False,
                            None, None)
+
+
+# ---- the NHWC forward with patches read in place (sgemm_patches, no im2col matrix) -------------
+
+
+@pytest.mark.parametrize("isa", ISA_LEVELS)
+def test_conv_nhwc_patches_give_the_im2col_bits(isa):
+    """Without a prologue the NHWC forward reads each pixel's patch straight from x (16+ channels
+    a group); with an identity prologue (scale 1, shift 0: the same values) it builds the im2col
+    matrix. Both must give the same bits (same KC blocks and chains) over rows around MR and the
+    240-row units, channels around NR and VL, strides, padding (taps in the padding), dilation and
+    16-channel groups; 1 and 2 threads agree; both match the float64 reference, and so does a real
+    prologue (the im2col path)."""
+    sh = SHAPE[isa]
+
+    @settings(max_examples=25, deadline=None)
+    @given(c=st.sampled_from((16, 17, 33, 64)), k=st.one_of(_around(sh["nr"]), _around(_vl(isa))),
+           g=st.sampled_from((1, 1, 2)), n=st.integers(1, 2), h=st.integers(1, 13), w=st.integers(1, 13),
+           kh=st.sampled_from((1, 2, 3)), kw=st.sampled_from((1, 3)), s=st.integers(1, 2), p=st.integers(0, 2),
+           d=st.integers(1, 2), bias=st.booleans(), stats=st.booleans(), seed=st.integers(0, 2**32 - 1))
+    def run(c, k, g, n, h, w, kh, kw, s, p, d, bias, stats, seed):
+        c, k = c * g, k * g
+        ho, wo = (h + 2 * p - d * (kh - 1) - 1) // s + 1, (w + 2 * p - d * (kw - 1) - 1) // s + 1
+        if ho < 1 or wo < 1:
+            return
+        rng = np.random.default_rng(seed)
+        geom = _core.ConvGeom(n, c, h, w, k, ho, wo, g, kh, kw, s, s, d, d, p, p, True)
+        x = rng.standard_normal((n, c, h, w)).astype(F32)
+        arrays = dict(x=R.to_nhwc(x), weight=rng.standard_normal((k, c // g, kh, kw)).astype(F32),
+                      bias=rng.standard_normal(k).astype(F32) if bias else None, pre_scale=None, pre_shift=None,
+                      residual=None)
+        flags = dict(pre_relu=False, post_relu=False, stats=stats)
+        with isa_level(isa):
+            _, out, s1, s2 = _run_fused(geom, arrays, flags, 1)
+            _, out2, t1, t2 = _run_fused(geom, arrays, flags, 2)
+            ident = dict(arrays, pre_scale=np.ones(c, F32), pre_shift=np.zeros(c, F32))
+            _, out_i, _, _ = _run_fused(geom, ident, flags, 2)
+            pro = dict(arrays, pre_scale=rng.uniform(0.5, 2.0, c).astype(F32),
+                       pre_shift=rng.standard_normal(c).astype(F32))
+            _, out_p, _, _ = _run_fused(geom, pro, dict(flags, pre_relu=True), 1)
+            _, out_p2, _, _ = _run_fused(geom, pro, dict(flags, pre_relu=True), 2)
+        what = f"c={c} k={k} g={g} n={n} {h}x{w} k{kh}x{kw} s{s} p{p} d{d} ({isa})"
+        assert_bitwise(out2, out, f"2 threads vs 1, {what}")
+        assert_bitwise(out_i, out, f"patches vs im2col, {what}")
+        assert_bitwise(out_p2, out_p, f"prologue, 2 threads vs 1, {what}")
+        if stats:
+            assert_bitwise(t1, s1, f"stats_sum at 2 threads vs 1, {what}")
+            assert_bitwise(t2, s2, f"stats_sumsq at 2 threads vs 1, {what}")
+        length = c // g * kh * kw + 1
+        ref = R.conv2d_ref(x, arrays["weight"], arrays["bias"], stride=(s, s), padding=(p, p), dilation=(d, d),
+                           groups=g)
+        assert_close(R.to_nchw(out), ref, F32, length=length, what=what)
+        a = np.maximum(x * pro["pre_scale"].astype(np.float64)[None, :, None, None]
+                       + pro["pre_shift"].astype(np.float64)[None, :, None, None], 0)
+        ref_p = R.conv2d_ref(a, arrays["weight"], arrays["bias"], stride=(s, s), padding=(p, p), dilation=(d, d),
+                             groups=g)
+        assert_close(R.to_nchw(out_p), ref_p, F32, length=length, what=f"prologue, {what}")
+
+    run()
+
+
+def _grads(x, w, dy, s, p, d, layout, threads):
+    with num_threads(threads):
+        gx, gw, _ = cnnkit.conv2d_backward(dy, x, w, s, p, d, 1, layout=layout, needs=("input", "weight"))
+        y = cnnkit.conv2d(x, w, None, s, p, d, 1, layout=layout)
+    return y, gx, gw
+
+
+@pytest.mark.parametrize("isa", ISA_LEVELS)
+def test_conv_patch_paths_every_pass(isa):
+    """The dense passes that read patches in place: the NHWC forward, the stride-1 input gradient
+    (the adjoint's forward; NCHW through transposes) and the NHWC weight gradient
+    (conv2d_gemm_f32_nhwc_patches: the transposed patches packed per pixel through a pointer
+    table, rows of a block inside one tap read in place, across a tap packed), over channels
+    around MR (16, 17, 33: row blocks that straddle taps), kernels around NR and VL, pixel counts
+    around the KC block and past one 1024-pixel piece, strides, padding, dilation, both layouts
+    (NCHW planes of 256+ pixels: the NCHW form, same bits as NHWC): 1 and 2 threads give the
+    same bits, and every pass matches the float64 reference."""
+    sh = SHAPE[isa]
+
+    def check(c, k, n, h, w, kh, kw, s, p, d, layout, seed):
+        ho, wo = (h + 2 * p - d * (kh - 1) - 1) // s + 1, (w + 2 * p - d * (kw - 1) - 1) // s + 1
+        if ho < 1 or wo < 1:
+            return
+        rng = np.random.default_rng(seed)
+        x = rng.standard_normal((n, c, h, w)).astype(F32)
+        wt = rng.standard_normal((k, c, kh, kw)).astype(F32)
+        dy = rng.standard_normal((n, k, ho, wo)).astype(F32)
+        xl, dyl = (R.to_nhwc(x), R.to_nhwc(dy)) if layout == "NHWC" else (x, dy)
+        with isa_level(isa):
+            one = _grads(xl, wt, dyl, s, p, d, layout, 1)
+            two = _grads(xl, wt, dyl, s, p, d, layout, 2)
+            algo = cnnkit.ops.conv2d_algorithm(xl.shape, wt.shape, s, p, d, 1, layout, pass_="weight")
+            if layout == "NCHW" and c >= 16 and c * kh * kw >= 64 and ho * wo >= 256:
+                # the NCHW form of the patches forward (same reduction order and chains as NHWC)
+                y_nhwc = cnnkit.conv2d(R.to_nhwc(x), wt, None, s, p, d, 1, layout="NHWC")
+                assert_bitwise(one[0], R.to_nchw(y_nhwc), f"NCHW vs NHWC patches forward, c={c} k={k} {h}x{w}")
+        what = f"c={c} k={k} n={n} {h}x{w} k{kh}x{kw} s{s} p{p} d{d} {layout} ({isa})"
+        if layout == "NHWC" and c >= 16 and c * kh * kw >= 64 and (kh * kw > 1 or s > 1 or p > 0):
+            assert algo == f"conv2d_gemm_f32_nhwc_patches__{isa}", (algo, what)
+        for a, b, name in zip(two, one, ("y", "grad_x", "grad_w")):
+            assert_bitwise(a, b, f"{name} at 2 threads vs 1, {what}")
+        to = R.to_nchw if layout == "NHWC" else (lambda v: v)
+        ref = R.conv2d_backward_ref(dy, x, wt, (s, s), (p, p), (d, d), 1)
+        y_ref = R.conv2d_ref(x, wt, None, (s, s), (p, p), (d, d), 1)
+        assert_close(to(one[0]), y_ref, F32, length=c * kh * kw, what=f"y, {what}")
+        assert_close(to(one[1]), ref.grad_x, F32, length=k * kh * kw, what=f"grad_x, {what}")
+        assert_close(one[2], ref.grad_w, F32, length=n * ho * wo, what=f"grad_w, {what}")
+
+    # past one 1024-pixel piece, several KC blocks per piece
+    check(16, 2 * sh["nr"] + 3, 3, 28, 28, 3, 3, 1, 1, 1, "NHWC", 1)
+    check(17, _vl(isa) + 1, 2, 30, 26, 3, 3, 1, 1, 1, "NCHW", 2)
+    check(33, 2 * sh["nr"] - 1, 1, 17, 19, 3, 2, 1, (1), 2, "NCHW", 3)
+
+    @settings(max_examples=12, deadline=None)
+    @given(c=st.sampled_from((16, 17, 33)), k=st.one_of(_around(sh["nr"]), _around(_vl(isa))),
+           n=st.integers(1, 2), h=st.integers(2, 12), w=st.integers(2, 12), kh=st.sampled_from((1, 3)),
+           kw=st.sampled_from((2, 3)), s=st.integers(1, 2), p=st.integers(0, 2), d=st.integers(1, 2),
+           layout=st.sampled_from(("NHWC", "NCHW")), big=st.booleans(), seed=st.integers(0, 2**32 - 1))
+    def run(c, k, n, h, w, kh, kw, s, p, d, layout, big, seed):
+        if big:  # NCHW output planes of 256 pixels or more: the NCHW form of the forward
+            h, w = h + 12, w + 12
+        check(c, k, n, h, w, kh, kw, s, p, d, layout, seed)
+
+    run()

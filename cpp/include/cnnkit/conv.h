@@ -212,6 +212,8 @@ struct Kernels {
   // over cnnkit's threads (bits independent of the thread count).
   void (*sgemm)(int64_t M, int64_t N, int64_t K, const float* a, int64_t ars, int64_t acs, const float* b,
                 int64_t brs, int64_t bcs, float* c, int64_t ldc, bool accumulate);
+  // The weight gradient of the conv2d_gemm_f32_nhwc_patches entry (conv_gemm.cpp).
+  void (*patches_backward_weight)(DType, const void* dy, const void* x, void* dw, const Geom&);
 };
 
 }  // namespace cnnkit::conv

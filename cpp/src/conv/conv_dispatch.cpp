@@ -19,6 +19,9 @@
 //                          (C*kh*kw) that the stem kernel does not take: the GEMM path on cnnkit's
 //                          own packed sgemm (sgemm.cpp) in place of OpenBLAS (packed_shape(): the
 //                          measured rule)
+//   gemm_f32_nhwc_patches  the weight pass of float32 dense NHWC problems with 16+ channels
+//                          that are not a plain 1x1 and not small_planes(): the own sgemm reading
+//                          the patches of x through a pointer table (no im2col matrix)
 //   gemm_f32_nchw_transposed  the same on NCHW arrays with output planes under 256 pixels
 //                          (kh*kw > 1, or 1x1 where small_planes()): the NHWC packed entry
 //                          between full-tensor transposes
@@ -283,6 +286,19 @@ bool sup_packed_nhwc(const Kernels&, const Geom& g, DType, Pass p) { return g.nh
 bool sup_packed_nchw_transposed(const Kernels&, const Geom& g, DType, Pass p) {
   return !g.nhwc && g.G == 1 && packed_shape(g, p) && g.Ho * g.Wo < 256 && (g.kh * g.kw > 1 || small_planes(g));
 }
+// The NHWC weight gradient with 16+ channels a group, not a plain 1x1 (x read as it is) and not on
+// small planes (the whole-batch GEMMs): the transposed patches read through a pointer table
+// (sgemm_patches_t) instead of an im2col matrix that the sgemm then packs again (3x3 64@56, N = 4,
+// 1 thread, best of 15 at load 5: 11.2-15.2 ms against 16.0).
+bool sup_patches_nhwc(const Kernels&, const Geom& g, DType, Pass p) {
+  const bool plain_1x1 = g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.pt == 0 && g.pl == 0 &&
+                         g.Ho == g.H && g.Wo == g.W;
+  return g.nhwc && p == Pass::weight && packed_shape(g, p) && g.Cg() >= 16 && !plain_1x1 && !small_planes(g);
+}
+void run_patches(const Kernels& k, DType dt, Pass, const Args& a, const Geom& g) {
+  if (a.dw) k.patches_backward_weight(dt, a.dy, a.x, a.dw, g);
+  if (a.db) k.bias_grad(dt, a.dy, a.db, g);
+}
 bool sup_gemm_nchw(const Kernels&, const Geom& g, DType, Pass) { return !g.nhwc; }
 bool sup_gemm_nhwc(const Kernels&, const Geom& g, DType, Pass) { return g.nhwc; }
 
@@ -302,6 +318,7 @@ bool sup_gemm_nhwc(const Kernels&, const Geom& g, DType, Pass) { return g.nhwc; 
 const Variant kVariants[] = {
     CNNKIT_CONV_DW("f32", DType::f32),
     {"conv2d_gemm_f32_nchw_packed", DType::f32, kAll, sup_packed_nchw, run_packed},
+    {"conv2d_gemm_f32_nhwc_patches", DType::f32, pass_bit(Pass::weight), sup_patches_nhwc, run_patches},
     {"conv2d_gemm_f32_nhwc_packed", DType::f32, kAll, sup_packed_nhwc, run_packed},
     {"conv2d_gemm_f32_nchw_transposed", DType::f32, kAll, sup_packed_nchw_transposed,
      run_transposed<run_packed, false>},
@@ -451,7 +468,8 @@ const char* backward_weight_fused(const float* dy, const float* x, float* dw, fl
     throw value_error("conv2d_fused backward: pre_scale and pre_shift go together");
   const auto& t = table();
   const Entry& e = t[select_effective(Problem{g, DType::f32, Pass::weight})];
-  const bool own = e.v->run == run_packed, blas = e.v->run == run_gemm,
+  // (The patches entry reads x as it is; with a prologue its problems run the own packed pass.)
+  const bool own = e.v->run == run_packed || e.v->run == run_patches, blas = e.v->run == run_gemm,
              transposed = e.v->run == run_transposed<run_packed, false>;
   if (!own && !blas && !transposed)
     throw value_error(std::string("conv2d_fused backward: no fused weight gradient for this problem (the registry "

@@ -5,7 +5,10 @@
 // Weight gradient:           dW_g = sum_n dY_g[n] . col(X_g[n])^T
 // Input gradient (scatter):  dX_g = col2im(W_g^T . dY_g)
 // with P = Ho*Wo output pixels and KK = Cg*kh*kw patch entries. col() is im2col; a 1x1 kernel at
-// stride 1 without padding reads X directly. GEMMs are single-threaded OpenBLAS calls inside
+// stride 1 without padding reads X directly. On cnnkit's own sgemm, without a fused prologue and
+// with 16+ channels a group, the forward pass (both layouts) and the NHWC weight gradient never
+// build col(): the sgemm reads each pixel's patch from X (sgemm_patches*, sgemm.cpp), with the
+// reduction in (i, j, c) order. GEMMs are single-threaded OpenBLAS calls inside
 // cnnkit's own OpenMP loop, over pieces cut from the shape alone; reductions over pieces run in a
 // fixed order (beta = 1 accumulation in piece order), so results do not depend on the thread count.
 // Compiled once per ISA level (namespace cnnkit::conv::<isa>) like the direct kernels; the copies
@@ -674,6 +677,20 @@ void batched_backward_input(const float* dy, const float* w, float* dx, const Ge
   }
 }
 
+// Weights as (G, kh*kw*Cg, Kg) with rows ordered (i, j, c): the B operand of the NHWC forward
+// and of the patches paths.
+template <typename T>
+const T* weights_ijc_k(const T* w, const Geom& g) {
+  const int64_t Cg = g.Cg(), Kg = g.Kg(), k2 = g.kh * g.kw, KK = Cg * k2;
+  T* wt = scratch<T>(kWeightSlot, g.G * KK * Kg);
+  for (int64_t gi = 0; gi < g.G; ++gi)
+    for (int64_t ko = 0; ko < Kg; ++ko)
+      for (int64_t c = 0; c < Cg; ++c)
+        for (int64_t t = 0; t < k2; ++t)
+          wt[(gi * KK + t * Cg + c) * Kg + ko] = w[((gi * Kg + ko) * Cg + c) * k2 + t];
+  return wt;
+}
+
 // fu (float32): the fused prologue and epilogues; null for a plain forward pass.
 template <typename T, bool Own>
 void forward_nchw(const T* x, const T* w, const T* b, T* y, const Geom& g, const Fused* fu) {
@@ -686,6 +703,22 @@ void forward_nchw(const T* x, const T* w, const T* b, T* y, const Geom& g, const
   const int64_t ng = g.N * g.G;
   if (ng < 16) chunk = std::min(chunk, std::max<int64_t>(256, ceil_div(P, ceil_div(16, ng))));
   if (direct) chunk = std::max<int64_t>(chunk, ng >= 16 ? P : chunk);
+  // Without a prologue, the own GEMM reads the patches straight from x as forward_nhwc does
+  // (sgemm_patches in its NCHW form: each tap's R pixels packed per channel, the output tile
+  // written transposed), in units of 240 pixels (a multiple of every level's MR).
+  const bool patches = Own && std::is_same_v<T, float> && !direct && Cg >= 16 &&
+                       !(fu && (fu->pre_scale || fu->pre_relu));
+  float* bp = nullptr;  // patches: the packed weights of every group
+  int64_t bsize = 0;
+  if constexpr (Own && std::is_same_v<T, float>)
+    if (patches) {
+      const float* wt = weights_ijc_k(w, g);
+      bsize = sgemm_patches_b_size(KK, Kg);
+      bp = scratch<float>(kBatchSlot, g.G * bsize);
+      for (int64_t gi = 0; gi < g.G; ++gi)
+        sgemm_patches_pack_b(KK, Kg, Operand{wt + gi * KK * Kg, Kg, 1}, bp + gi * bsize);
+      chunk = 240;
+    }
   const Split s = split(P, chunk);
   const int64_t units = ng * s.count;
   const bool stats = fu && fu->stats_sum, grad = fu && fu->grad_sum;
@@ -700,16 +733,25 @@ void forward_nchw(const T* x, const T* w, const T* b, T* y, const Geom& g, const
     T* yg = y + (n * g.K + gi * Kg) * P;
     Prologue pstore;
     const Prologue* pf = group_prologue(fu, gi, Cg, &pstore);
-    const T* B = xn + p0;
-    int64_t ldb = HW;
-    if (!direct) {
-      T* col = scratch<T>(kColSlot, KK * np);
-      im2col_nchw(xn, g, 0, Cg, p0, p1, col, pf);
-      B = col;
-      ldb = np;
+    if (patches) {
+      if constexpr (Own && std::is_same_v<T, float>) {
+        Patches a{xn, nullptr, g.H, g.W, 1, g.Ho, g.Wo, g.kh, g.kw, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, Cg};
+        a.ldn = g.C * HW;
+        a.ldc = HW;
+        sgemm_patches(a, p0, np, Kg, bp + gi * bsize, yg + p0, P, true);
+      }
+    } else {
+      const T* B = xn + p0;
+      int64_t ldb = HW;
+      if (!direct) {
+        T* col = scratch<T>(kColSlot, KK * np);
+        im2col_nchw(xn, g, 0, Cg, p0, p1, col, pf);
+        B = col;
+        ldb = np;
+      }
+      gemm_t<Own>(false, false, Kg, np, KK, w + gi * Kg * KK, KK, B, ldb, T(0), yg + p0, P, nullptr,
+                  direct ? pf : nullptr);
     }
-    gemm_t<Own>(false, false, Kg, np, KK, w + gi * Kg * KK, KK, B, ldb, T(0), yg + p0, P, nullptr,
-                direct ? pf : nullptr);
     if (stats) st.cnt[u] = np;
     epilogue_cm(yg + p0, P, Kg, np, b ? b + gi * Kg : nullptr,
                 residual ? residual + (n * g.K + gi * Kg) * P + p0 : nullptr, relu, stats ? st.s1 + u * Kg : nullptr,
@@ -741,19 +783,6 @@ void forward_nchw(const T* x, const T* w, const T* b, T* y, const Geom& g, const
   }
 }
 
-// Weights as (G, kh*kw*Cg, Kg) with rows ordered (i, j, c): the B operand of the NHWC forward.
-template <typename T>
-const T* weights_ijc_k(const T* w, const Geom& g) {
-  const int64_t Cg = g.Cg(), Kg = g.Kg(), k2 = g.kh * g.kw, KK = Cg * k2;
-  T* wt = scratch<T>(kWeightSlot, g.G * KK * Kg);
-  for (int64_t gi = 0; gi < g.G; ++gi)
-    for (int64_t ko = 0; ko < Kg; ++ko)
-      for (int64_t c = 0; c < Cg; ++c)
-        for (int64_t t = 0; t < k2; ++t)
-          wt[(gi * KK + t * Cg + c) * Kg + ko] = w[((gi * Kg + ko) * Cg + c) * k2 + t];
-  return wt;
-}
-
 template <typename T, bool Own>
 void forward_nhwc(const T* x, const T* w, const T* b, T* y, const Geom& g, const Fused* fu) {
   if constexpr (Own && std::is_same_v<T, float>)
@@ -763,9 +792,24 @@ void forward_nhwc(const T* x, const T* w, const T* b, T* y, const Geom& g, const
   // OpenBLAS cannot apply it, and the sgemm's A packing would apply it one element at a time.
   const bool direct = reads_x_directly(g) && !(fu && (fu->pre_scale || fu->pre_relu));
   const T* wt = weights_ijc_k(w, g);
+  // Without a prologue, the own GEMM reads the patches straight from x (sgemm_patches: no im2col
+  // matrix, the same bits) where a tap's run of channels is long enough to pay for its pointers.
+  const bool patches = Own && std::is_same_v<T, float> && !direct && Cg >= 16 &&
+                       !(fu && (fu->pre_scale || fu->pre_relu));
+  float* bp = nullptr;  // patches: the packed weights of every group, then Cg zeros
+  int64_t bsize = 0;
+  if constexpr (Own && std::is_same_v<T, float>)
+    if (patches) {
+      bsize = sgemm_patches_b_size(KK, Kg);
+      bp = scratch<float>(kBatchSlot, g.G * bsize + Cg);
+      std::fill(bp + g.G * bsize, bp + g.G * bsize + Cg, 0.0f);
+      for (int64_t gi = 0; gi < g.G; ++gi)
+        sgemm_patches_pack_b(KK, Kg, Operand{wt + gi * KK * Kg, Kg, 1}, bp + gi * bsize);
+    }
   // The own GEMM reads the im2col rows in place (a narrow C): blocks of <= 256 KiB stay in L2.
   int64_t rows = std::max<int64_t>(16, std::min<int64_t>(512, (int64_t(1) << (Own ? 16 : 18)) / KK));
   if (direct) rows = 1024;
+  if (patches) rows = 240;  // a multiple of every level's MR (8, 6, 4); the output tile in L2
   const Split s = split(R, rows);
   const int64_t units = s.count * g.G;
   const bool stats = fu && fu->stats_sum, grad = fu && fu->grad_sum;
@@ -778,27 +822,34 @@ void forward_nhwc(const T* x, const T* w, const T* b, T* y, const Geom& g, const
     const int64_t r0 = q * s.chunk, r1 = std::min(R, r0 + s.chunk), nr = r1 - r0;
     Prologue pstore;
     const Prologue* pf = group_prologue(fu, gi, Cg, &pstore);
-    const T* A;
-    int64_t lda;
-    if (direct) {
-      A = x + r0 * g.C + gi * Cg;
-      lda = g.C;
-    } else {
-      T* col = scratch<T>(kColSlot, nr * KK);
-      // Rows may span images: im2col each image's part (a 1x1 kernel read directly: only the
-      // prologue to apply, row by row).
-      if (reads_x_directly(g)) prologue_rows(x, g.C, r0, r1, gi * Cg, Cg, col, pf);
-      for (int64_t r = reads_x_directly(g) ? r1 : r0; r < r1;) {
-        const int64_t n = r / P, p0 = r % P, p1 = std::min(P, p0 + (r1 - r));
-        im2col_nhwc(x, g, n, gi, 0, Cg, p0, p1, col + (r - r0) * KK, pf);
-        r += p1 - p0;
-      }
-      A = col;
-      lda = KK;
-    }
     T* yr = y + r0 * g.K + gi * Kg;
-    gemm_t<Own>(false, false, nr, Kg, KK, A, lda, wt + gi * KK * Kg, Kg, T(0), yr, g.K, direct ? pf : nullptr,
-                nullptr);
+    if (patches) {
+      if constexpr (Own && std::is_same_v<T, float>)
+        sgemm_patches(Patches{x + gi * Cg, bp + g.G * bsize, g.H, g.W, g.C, g.Ho, g.Wo, g.kh, g.kw, g.sh, g.sw, g.dh,
+                              g.dw, g.pt, g.pl, Cg},
+                      r0, nr, Kg, bp + gi * bsize, yr, g.K);
+    } else {
+      const T* A;
+      int64_t lda;
+      if (direct) {
+        A = x + r0 * g.C + gi * Cg;
+        lda = g.C;
+      } else {
+        T* col = scratch<T>(kColSlot, nr * KK);
+        // Rows may span images: im2col each image's part (a 1x1 kernel read directly: only the
+        // prologue to apply, row by row).
+        if (reads_x_directly(g)) prologue_rows(x, g.C, r0, r1, gi * Cg, Cg, col, pf);
+        for (int64_t r = reads_x_directly(g) ? r1 : r0; r < r1;) {
+          const int64_t n = r / P, p0 = r % P, p1 = std::min(P, p0 + (r1 - r));
+          im2col_nhwc(x, g, n, gi, 0, Cg, p0, p1, col + (r - r0) * KK, pf);
+          r += p1 - p0;
+        }
+        A = col;
+        lda = KK;
+      }
+      gemm_t<Own>(false, false, nr, Kg, KK, A, lda, wt + gi * KK * Kg, Kg, T(0), yr, g.K, direct ? pf : nullptr,
+                  nullptr);
+    }
     if (stats) st.cnt[u] = nr;
     epilogue_pm(yr, g.K, nr, Kg, b ? b + gi * Kg : nullptr, residual ? residual + r0 * g.K + gi * Kg : nullptr, relu,
                 stats ? st.s1 + u * Kg : nullptr, stats ? st.s2 + u * Kg : nullptr,
@@ -826,6 +877,50 @@ void forward_nhwc(const T* x, const T* w, const T* b, T* y, const Geom& g, const
       combine_stats(st, Kg, order.data(), s.count, kk, fu->stats_sum + gi * Kg + kk, fu->stats_sumsq + gi * Kg + kk);
   }
 }
+
+// Weight gradient of an NHWC problem that forward_nhwc runs on patches (16+ channels a group, not a
+// plain 1x1): dW_g^T (KK x Kg, rows (i, j, c)) = sum over pieces of the N*P output pixels of
+// patches^T . dY_g, one sgemm per (group, piece) whose A panels are packed straight from x
+// (sgemm_patches_t: no im2col matrix), into a partial per piece; the partials are added in piece
+// order in double. (Transposed because the own sgemm runs a tall KK x Kg product 1.5x faster
+// than the wide Kg x KK one: 72 against 46 GFLOP/s at 576 x 64 x 6272, 1 thread.) Pieces are cut from the shape alone (about 16, of whole 1024-pixel runs), so
+// the bits do not depend on the thread count.
+void backward_weight_patches(const float* dy, const float* x, float* dw, const Geom& g) {
+  const int64_t P = g.Ho * g.Wo, Cg = g.Cg(), Kg = g.Kg(), k2 = g.kh * g.kw, KK = Cg * k2, rows = g.N * P;
+  int64_t pieces = std::max<int64_t>(1, std::min<int64_t>(ceil_div(16, g.G), rows / 1024));
+  while (pieces > 1 && pieces * g.K * KK * int64_t(sizeof(float)) > (int64_t(64) << 20)) --pieces;
+  const int64_t per = ceil_div(rows, pieces);
+  float* part = scratch<float>(kAccSlot, pieces * g.K * KK);
+  float* zeros = scratch<float>(kBatchSlot, Cg);
+  std::fill(zeros, zeros + Cg, 0.0f);
+  const int64_t units = g.G * pieces;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads())
+  for (int64_t u = 0; u < units; ++u) {
+    const int64_t gi = u % g.G, pc = u / g.G;
+    const int64_t r0 = std::min(rows, pc * per), r1 = std::min(rows, r0 + per);
+    const Patches b{x + gi * Cg, zeros, g.H, g.W, g.C, g.Ho, g.Wo, g.kh, g.kw, g.sh, g.sw, g.dh, g.dw, g.pt, g.pl, Cg};
+    sgemm_patches_t(KK, Kg, r1 - r0, b, r0, Operand{dy + r0 * g.K + gi * Kg, g.K, 1},
+                    part + (pc * g.G + gi) * KK * Kg, Kg, false);
+  }
+  // dw[k][c][t] = sum over pieces of part[piece][group][t*Cg + c][k in the group].
+  const int64_t total = g.K * KK;
+#pragma omp parallel for schedule(static) num_threads(num_threads())
+  for (int64_t e = 0; e < total; ++e) {
+    const int64_t k = e / KK, ct = e % KK, c = ct / k2, t = ct % k2, gi = k / Kg, kk = k % Kg;
+    double sum = 0;
+    for (int64_t pc = 0; pc < pieces; ++pc) sum += double(part[((pc * g.G + gi) * KK + t * Cg + c) * Kg + kk]);
+    dw[e] = float(sum);
+  }
+}
+
+}  // namespace
+
+// The registry's conv2d_gemm_f32_nhwc_patches entry (the weight pass; float32, NHWC).
+void patches_backward_weight(DType, const void* dy, const void* x, void* dw, const Geom& g) {
+  backward_weight_patches(static_cast<const float*>(dy), static_cast<const float*>(x), static_cast<float*>(dw), g);
+}
+
+namespace {
 
 // Channel pieces for the weight gradient and the scatter input gradient: about 8+ pieces over
 // (group, channel chunk), from the shape alone.

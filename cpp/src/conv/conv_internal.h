@@ -22,6 +22,9 @@ void bias_grad(DType dt, const void* dy, void* db, const Geom& g);
 void packed_forward(DType dt, const void* x, const void* w, const void* b, void* y, const Geom& g);
 void packed_backward_input(DType dt, const void* dy, const void* w, void* dx, const Geom& g);
 void packed_backward_weight(DType dt, const void* dy, const void* x, void* dw, const Geom& g);
+// The weight gradient of an NHWC problem with 16+ channels a group (not a plain 1x1) on the own
+// sgemm with its B operand packed straight from x (no im2col matrix); float32.
+void patches_backward_weight(DType dt, const void* dy, const void* x, void* dw, const Geom& g);
 // The forward pass with the fused prologue and epilogue of cnnkit::conv::Fused (own sgemm).
 void fused_forward(const float* x, const float* w, const float* b, float* y, const Geom& g, const Fused& fu);
 // The weight gradient of conv(prologue(x)) (own: cnnkit's sgemm, else OpenBLAS).

@@ -233,7 +233,7 @@ extern const conv::Kernels conv_kernels = {
     conv::gemm_forward, conv::gemm_backward_input, conv::gemm_backward_weight, conv::bias_grad,
     conv::packed_forward, conv::packed_backward_input, conv::packed_backward_weight, conv::fused_forward,
     conv::fused_backward_weight, conv::fused_forward_any,
-    conv::sgemm_shape_of, conv::sgemm_strided,
+    conv::sgemm_shape_of, conv::sgemm_strided, conv::patches_backward_weight,
 };
 
 }  // namespace cnnkit::CNNKIT_ISA_NS

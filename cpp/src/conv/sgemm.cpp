@@ -26,6 +26,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <climits>
 #include <cmath>
 #include <cstring>
 
@@ -248,7 +249,294 @@ void sgemm_blocked(int64_t M, int64_t N, int64_t K, Operand A, Operand B, float*
   }
 }
 
+// ---- the implicit-im2col A operand (sgemm_patches) ----------------------------------------------
+// A block of R output pixels keeps its accumulators in registers across the taps: per KC block of
+// the reduction, one chain per element over the block's values in (tap, channel) order, each
+// tap's run of channels read through one pointer per pixel (into x, or into the zeros of the
+// padding), then stored (first block) or added to C: the chains and the order of sgemm() on the
+// im2col matrix, without building that matrix.
+
+// Row i of the block: the pixel's image (img) and the input coordinates of its tap (0, 0);
+// run: the R rows are R pixels of one output row at stride 1 (NCHW: R consecutive floats a tap).
+template <int R>
+struct PatchRows {
+  const float* img[R];
+  int64_t ih0[R], iw0[R];
+  bool run;
+};
+
+// NCHW (channel stride a.ldc): rows' values of channels [c0, c0+len) of tap (ti, tj) -> panel[q*R + i].
+template <int R>
+void pack_tap_nchw(const Patches& a, const PatchRows<R>& rows, int64_t ti, int64_t tj, int64_t c0, int64_t len,
+                   float* panel) {
+  const int64_t ih = rows.ih0[0] + ti * a.dh, iw = rows.iw0[0] + tj * a.dw;
+  if (rows.run && ih >= 0 && ih < a.H && iw >= 0 && iw + R <= a.W) {
+    const float* s = rows.img[0] + ih * a.W + iw + c0 * a.ldc;
+    for (int64_t q = 0; q < len; ++q, s += a.ldc)
+#pragma GCC unroll 16
+      for (int i = 0; i < R; ++i) panel[q * R + i] = s[i];
+    return;
+  }
+  for (int i = 0; i < R; ++i) {
+    const int64_t h = rows.ih0[i] + ti * a.dh, w = rows.iw0[i] + tj * a.dw;
+    if (h >= 0 && h < a.H && w >= 0 && w < a.W) {
+      const float* s = rows.img[i] + h * a.W + w + c0 * a.ldc;
+      for (int64_t q = 0; q < len; ++q) panel[q * R + i] = s[q * a.ldc];
+    } else {
+      for (int64_t q = 0; q < len; ++q) panel[q * R + i] = 0.0f;
+    }
+  }
+}
+
+template <int R, int U>
+void patch_kernel(const Patches& a, const PatchRows<R>& rows, int64_t K, const float* __restrict b, float* c,
+                  int64_t ldc, int64_t mr, int64_t nr) {
+  constexpr int W = U * VL;
+  for (int64_t pc = 0; pc < K; pc += KC) {
+    const int64_t kend = std::min<int64_t>(K, pc + KC);
+    V r[R][U];
+#pragma GCC unroll 16
+    for (int i = 0; i < R; ++i)
+#pragma GCC unroll 4
+      for (int v = 0; v < U; ++v) r[i][v] = V{};
+    for (int64_t k = pc; k < kend;) {
+      const int64_t t = k / a.cg, c0 = k - t * a.cg, len = std::min(a.cg - c0, kend - k);
+      const int64_t ti = t / a.kw, tj = t - ti * a.kw;
+      const float* p[R];
+#pragma GCC unroll 16
+      for (int i = 0; i < R; ++i) {
+        const int64_t ih = rows.ih0[i] + ti * a.dh, iw = rows.iw0[i] + tj * a.dw;
+        p[i] = (ih >= 0 && ih < a.H && iw >= 0 && iw < a.W ? rows.img[i] + (ih * a.W + iw) * a.ldp : a.zeros) + c0;
+      }
+      for (int64_t q = 0; q < len; ++q) {
+        V bv[U];
+#pragma GCC unroll 4
+        for (int v = 0; v < U; ++v) bv[v] = vload(b + v * VL);
+#pragma GCC unroll 16
+        for (int i = 0; i < R; ++i) {
+          const V ai = vbroadcast(p[i][q]);
+#pragma GCC unroll 4
+          for (int v = 0; v < U; ++v) r[i][v] = ai * bv[v] + r[i][v];
+        }
+        b += W;
+      }
+      k += len;
+    }
+    const bool acc = pc > 0;
+    if (mr == R && nr == W) {
+#pragma GCC unroll 16
+      for (int i = 0; i < R; ++i)
+#pragma GCC unroll 4
+        for (int v = 0; v < U; ++v) {
+          float* q = c + i * ldc + v * VL;
+          vstore(q, acc ? vload(q) + r[i][v] : r[i][v]);
+        }
+      continue;
+    }
+    alignas(64) float tmp[R * W];
+#pragma GCC unroll 16
+    for (int i = 0; i < R; ++i)
+#pragma GCC unroll 4
+      for (int v = 0; v < U; ++v) vstore(tmp + i * W + v * VL, r[i][v]);
+    for (int64_t i = 0; i < mr; ++i) {
+      float* q = c + i * ldc;
+      const float* s = tmp + i * W;
+      if (acc)
+        for (int64_t j = 0; j < nr; ++j) q[j] += s[j];
+      else
+        for (int64_t j = 0; j < nr; ++j) q[j] = s[j];
+    }
+  }
+}
+
+template <int R, int U, bool Nchw>
+void patches_blocked(const Patches& a, int64_t r0, int64_t M, int64_t N, const float* bp, float* C, int64_t ldc) {
+  constexpr int W = U * VL;
+  const int64_t P = a.Ho * a.Wo, K = a.kh * a.kw * a.cg, panels = (N + W - 1) / W;
+  const int64_t ldn = a.ldn ? a.ldn : a.H * a.W * a.ldp;
+  float* panel = Nchw ? scratch<float>(kPackASlot, K * R) : nullptr;
+  for (int64_t ir = 0; ir < M; ir += R) {
+    const int64_t mr = std::min<int64_t>(R, M - ir);
+    PatchRows<R> rows;
+    rows.run = mr == R && a.sw == 1;
+    for (int i = 0; i < R; ++i) {
+      if (i >= mr) {  // past the last row: every tap in the "padding"
+        rows.img[i] = a.x;
+        rows.ih0[i] = INT64_MIN / 4;
+        rows.iw0[i] = 0;
+        continue;
+      }
+      const int64_t r = r0 + ir + i, n = r / P, px = r - n * P, oh = px / a.Wo, ow = px - oh * a.Wo;
+      rows.img[i] = a.x + n * ldn;
+      rows.ih0[i] = oh * a.sh - a.pt;
+      rows.iw0[i] = ow * a.sw - a.pl;
+      if (i > 0 && (rows.img[i] != rows.img[0] || rows.ih0[i] != rows.ih0[0] || rows.iw0[i] != rows.iw0[0] + i))
+        rows.run = false;
+    }
+    if constexpr (Nchw) {
+      // The block's A (K x R: every tap's R pixels per channel) packed once for all column
+      // panels; then per panel and KC block the packed microkernel (the chains of sgemm()) into a
+      // row-major tile, written out transposed: C(i, j) at C[j*ldc + i].
+      for (int64_t k = 0; k < K;) {
+        const int64_t t = k / a.cg, len = a.cg, ti = t / a.kw, tj = t - ti * a.kw;
+        pack_tap_nchw<R>(a, rows, ti, tj, 0, len, panel + k * R);
+        k += len;
+      }
+      alignas(64) float tile[R * W];
+      for (int64_t p = 0; p < panels; ++p) {
+        const int64_t nr = std::min<int64_t>(W, N - p * W);
+        for (int64_t pc = 0; pc < K; pc += KC)
+          ukernel<R, U>(std::min<int64_t>(KC, K - pc), panel + pc * R, bp + p * K * W + pc * W, tile, W, pc > 0, R, W);
+        float* c = C + ir + p * W * ldc;
+        for (int64_t j = 0; j < nr; ++j)
+          for (int64_t i = 0; i < mr; ++i) c[j * ldc + i] = tile[i * W + j];
+      }
+    } else {
+      for (int64_t p = 0; p < panels; ++p)
+        patch_kernel<R, U>(a, rows, K, bp + p * K * W, C + ir * ldc + p * W, ldc, mr, std::min<int64_t>(W, N - p * W));
+    }
+  }
+}
+
+// ---- the transposed patches as A (sgemm_patches_t: the NHWC weight gradient) -------------------
+// A(i, k) = column i of pixel r0 + k's patch. Per KC block of pixels a table holds each pixel's
+// pointer for every tap (into x, or the zeros); a block of R rows inside one tap reads its R
+// values of pixel k as R consecutive floats at table[k][tap] + c0, so A is never packed. Rows
+// that straddle a tap boundary (or pass M) are packed into one panel first. Chains as sgemm():
+// one per element and KC block of pixels, started at zero, then stored or added to C.
+
+// c (R x U*VL block, mr x nr valid) (+)= A rows [c0, c0+R) of tap t . b panel, over kc pixels.
+template <int R, int U>
+void ind_kernel(int64_t kc, const float* const* ind, int64_t k2, int64_t t, int64_t c0, const float* __restrict b,
+                float* c, int64_t ldc, bool acc, int64_t mr, int64_t nr) {
+  constexpr int W = U * VL;
+  V r[R][U];
+#pragma GCC unroll 16
+  for (int i = 0; i < R; ++i)
+#pragma GCC unroll 4
+    for (int v = 0; v < U; ++v) r[i][v] = V{};
+  const float* const* q = ind + t;
+  for (int64_t k = 0; k < kc; ++k) {
+    const float* a = q[k * k2] + c0;
+    V bv[U];
+#pragma GCC unroll 4
+    for (int v = 0; v < U; ++v) bv[v] = vload(b + v * VL);
+#pragma GCC unroll 16
+    for (int i = 0; i < R; ++i) {
+      const V ai = vbroadcast(a[i]);
+#pragma GCC unroll 4
+      for (int v = 0; v < U; ++v) r[i][v] = ai * bv[v] + r[i][v];
+    }
+    b += W;
+  }
+  if (mr == R && nr == W) {
+#pragma GCC unroll 16
+    for (int i = 0; i < R; ++i)
+#pragma GCC unroll 4
+      for (int v = 0; v < U; ++v) {
+        float* p = c + i * ldc + v * VL;
+        vstore(p, acc ? vload(p) + r[i][v] : r[i][v]);
+      }
+    return;
+  }
+  alignas(64) float tmp[R * W];
+#pragma GCC unroll 16
+  for (int i = 0; i < R; ++i)
+#pragma GCC unroll 4
+    for (int v = 0; v < U; ++v) vstore(tmp + i * W + v * VL, r[i][v]);
+  for (int64_t i = 0; i < mr; ++i) {
+    float* p = c + i * ldc;
+    const float* s = tmp + i * W;
+    if (acc)
+      for (int64_t j = 0; j < nr; ++j) p[j] += s[j];
+    else
+      for (int64_t j = 0; j < nr; ++j) p[j] = s[j];
+  }
+}
+
+template <int R, int U>
+void patches_t_blocked(int64_t M, int64_t N, int64_t K, const Patches& a, int64_t r0, Operand B, float* C,
+                       int64_t ldc, bool accumulate) {
+  constexpr int W = U * VL;
+  const int64_t k2 = a.kh * a.kw, P = a.Ho * a.Wo;
+  float* bp = scratch<float>(kPackBSlot, KC * round_up(std::min<int64_t>(N, NC), W));
+  // The pointer table (KC pixels x k2 taps), then one packed panel (KC x R floats).
+  const float** ind = scratch<const float*>(kPackASlot, KC * k2 + KC * R / 2 + 16);
+  float* panel = reinterpret_cast<float*>(ind + KC * k2 + 8);
+  for (int64_t pc = 0; pc < K; pc += KC) {
+    const int64_t kc = std::min<int64_t>(KC, K - pc);
+    const bool acc = accumulate || pc > 0;
+    for (int64_t k = 0; k < kc; ++k) {
+      const int64_t r = r0 + pc + k, n = r / P, px = r - n * P, oh = px / a.Wo, ow = px - oh * a.Wo;
+      const float* img = a.x + n * (a.ldn ? a.ldn : a.H * a.W * a.ldp);
+      for (int64_t ti = 0; ti < a.kh; ++ti) {
+        const int64_t ih = oh * a.sh - a.pt + ti * a.dh;
+        for (int64_t tj = 0; tj < a.kw; ++tj) {
+          const int64_t iw = ow * a.sw - a.pl + tj * a.dw;
+          ind[k * k2 + ti * a.kw + tj] =
+              ih >= 0 && ih < a.H && iw >= 0 && iw < a.W ? img + (ih * a.W + iw) * a.ldp : a.zeros;
+        }
+      }
+    }
+    for (int64_t jc = 0; jc < N; jc += NC) {
+      const int64_t nc = std::min<int64_t>(NC, N - jc);
+      pack_b<W>(B, pc, kc, jc, nc, nullptr, bp);
+      for (int64_t ir = 0; ir < M; ir += R) {
+        const int64_t mr = std::min<int64_t>(R, M - ir), t = ir / a.cg, c0 = ir - t * a.cg;
+        const bool direct = mr == R && c0 + R <= a.cg;
+        if (!direct)  // rows across a tap boundary or past M: pack them
+          for (int64_t k = 0; k < kc; ++k)
+            for (int i = 0; i < R; ++i) {
+              const int64_t row = ir + i, tt = row / a.cg;
+              panel[k * R + i] = row < M ? ind[k * k2 + tt][row - tt * a.cg] : 0.0f;
+            }
+        for (int64_t jr = 0; jr < nc; jr += W) {
+          float* c = C + ir * ldc + jc + jr;
+          const int64_t nr = std::min<int64_t>(W, nc - jr);
+          if (direct)
+            ind_kernel<R, U>(kc, ind, k2, t, c0, bp + jr * kc, c, ldc, acc, mr, nr);
+          else
+            ukernel<R, U>(kc, panel, bp + jr * kc, c, ldc, acc, mr, nr);
+        }
+      }
+    }
+  }
+}
+
 }  // namespace
+
+int64_t sgemm_patches_b_size(int64_t K, int64_t N) {
+  const int64_t W = N <= VL ? VL : NR;
+  return K * round_up(N, W);
+}
+
+void sgemm_patches_pack_b(int64_t K, int64_t N, Operand B, float* dst) {
+  if (N <= VL)
+    pack_b<VL>(B, 0, K, 0, N, nullptr, dst);
+  else
+    pack_b<NR>(B, 0, K, 0, N, nullptr, dst);
+}
+
+void sgemm_patches(const Patches& a, int64_t r0, int64_t M, int64_t N, const float* bp, float* C, int64_t ldc,
+                   bool nchw) {
+  if (M <= 0 || N <= 0) return;
+  if (a.kh * a.kw * a.cg <= 0) {
+    for (int64_t i = 0; i < M; ++i)
+      for (int64_t j = 0; j < N; ++j) C[nchw ? j * ldc + i : i * ldc + j] = 0.0f;
+    return;
+  }
+  if (N <= VL) {  // one vector of columns (MR x VL: the bits do not depend on the block shape)
+    if (nchw)
+      patches_blocked<MR, 1, true>(a, r0, M, N, bp, C, ldc);
+    else
+      patches_blocked<MR, 1, false>(a, r0, M, N, bp, C, ldc);
+  } else {
+    if (nchw)
+      patches_blocked<MR, NV, true>(a, r0, M, N, bp, C, ldc);
+    else
+      patches_blocked<MR, NV, false>(a, r0, M, N, bp, C, ldc);
+  }
+}
 
 SgemmShape sgemm_shape() { return SgemmShape{MR, NR, KC, MC, NC}; }
 
@@ -266,6 +554,20 @@ void sgemm(int64_t M, int64_t N, int64_t K, Operand A, Operand B, float* C, int6
     sgemm_blocked<MR2, 1>(M, N, K, A, B, C, ldc, accumulate, pa, pb);
   else
     sgemm_blocked<MR, NV>(M, N, K, A, B, C, ldc, accumulate, pa, pb);
+}
+
+void sgemm_patches_t(int64_t M, int64_t N, int64_t K, const Patches& a, int64_t r0, Operand B, float* C, int64_t ldc,
+                     bool accumulate) {
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0) {
+    if (!accumulate)
+      for (int64_t i = 0; i < M; ++i) std::fill(C + i * ldc, C + i * ldc + N, 0.0f);
+    return;
+  }
+  if (N <= VL)
+    patches_t_blocked<MR, 1>(M, N, K, a, r0, B, C, ldc, accumulate);
+  else
+    patches_t_blocked<MR, NV>(M, N, K, a, r0, B, C, ldc, accumulate);
 }
 
 void sgemm_parallel(int64_t M, int64_t N, int64_t K, Operand A, Operand B, float* C, int64_t ldc,

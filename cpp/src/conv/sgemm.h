@@ -41,6 +41,37 @@ void sgemm(int64_t M, int64_t N, int64_t K, Operand A, Operand B, float* C, int6
 // The same over C cut into fixed tiles run on cnnkit's OpenMP threads (bits as sgemm()).
 void sgemm_parallel(int64_t M, int64_t N, int64_t K, Operand A, Operand B, float* C, int64_t ldc, bool accumulate);
 
+// The A operand of a convolution's NHWC forward pass read in place (an implicit im2col, the
+// "indirect GEMM" of XNNPACK): row r of A (r counts output pixels over the batch, image-major)
+// is the patch of that pixel, kh*kw runs of cg channels in (i, j, c) order, each run read from x
+// where the tap lies inside the image and from `zeros` (cg zeros) in the padding.
+// NCHW (sgemm_patches with nchw): ldp = 1, ldc = H*W, ldn = C*H*W.
+struct Patches {
+  const float* x;  // image 0, pixel (0, 0), the first channel of the group
+  const float* zeros;
+  int64_t H, W, ldp;  // input plane; ldp: floats from one pixel to the next (all channels)
+  int64_t Ho, Wo, kh, kw, sh, sw, dh, dw, pt, pl, cg;
+  int64_t ldn = 0;  // floats from one image to the next (0: H*W*ldp)
+  int64_t ldc = 1;  // floats from one channel to the next (NCHW only; NHWC reads runs of channels)
+};
+
+// Floats of the packed B that sgemm_patches() reads (B: K x N, K = kh*kw*cg).
+int64_t sgemm_patches_b_size(int64_t K, int64_t N);
+void sgemm_patches_pack_b(int64_t K, int64_t N, Operand B, float* dst);
+// C (M x N, row stride ldc) = A . B, A the rows [r0, r0+M) of the patches of a, B packed by
+// sgemm_patches_pack_b(). Bits: those of sgemm() on the im2col matrix (same KC blocks, same
+// chains), so this path and the im2col path agree exactly.
+// nchw: x in NCHW (a.ldc, a.ldn set) and C column-major (C(i, j) at C[j*ldc + i]: an NCHW output
+// plane of pixels i, channels j).
+void sgemm_patches(const Patches& a, int64_t r0, int64_t M, int64_t N, const float* bp, float* C, int64_t ldc,
+                   bool nchw = false);
+
+// C (M x N) = [C +] A (M x K) . B (K x N), A(i, k) = column i of the patch of pixel r0 + k (the
+// transposed im2col matrix of the NHWC weight gradient, M = kh*kw*cg), packed straight from x:
+// the bits of sgemm() on that matrix.
+void sgemm_patches_t(int64_t M, int64_t N, int64_t K, const Patches& a, int64_t r0, Operand B, float* C, int64_t ldc,
+                     bool accumulate);
+
 // The two as conv::Kernels members (plain arguments).
 void sgemm_shape_of(int* mr, int* nr, int* kc, int* mc, int* nc);
 void sgemm_strided(int64_t M, int64_t N, int64_t K, const float* a, int64_t ars, int64_t acs, const float* b,
