@@ -72,7 +72,8 @@ def fusion(enabled: bool = True) -> contextlib.AbstractContextManager[None]:
     by the prologue's ReLU, ``fma(scale, x, shift) > 0``, with the two sums of the norm's
     backward reduced in its epilogue, so the norm runs only its apply pass; elsewhere the norm
     recomputes the mask from x inside its own two passes. Each norm still receives the gradient
-    at its output (captures, ``inject=`` and ``until=`` work there).
+    at its output (masked by its ReLU already where the input-gradient epilogue ran; a captured
+    norm is never fused, so captures, ``inject=`` and ``until=`` see the unfused gradients).
 
     Tolerance (fused vs unfused; the layers are float32, after ``k`` training steps):
 
