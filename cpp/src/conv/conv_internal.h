@@ -49,6 +49,16 @@ inline bool small_planes(const Geom& g) {
   return g.G == 1 && g.Ho * g.Wo < 256 && (kk >= 1024 || g.K * kk >= (int64_t(1) << 18));
 }
 
+// The grouped weight gradient by channel blocks (grouped.h, grouped_weight_blocks_direct) in
+// place of per-image chunks with float partials of the whole dw per piece: output planes under 100
+// pixels. Measured (1 thread, N = 32, NHWC, CPU time, load 3-4): g32 C1024@7 12.2-12.8 ms against
+// 14-25 (the per-image chunks are 49-pixel reductions that re-read a 1.2 MB partial); at 14x14 and
+// above the per-image chunks were level or ahead (g32 C512@14 10.5-11 against 10.9-21, C128@56
+// 23 against 61-86: a block reads 64-256 bytes of every pixel, which the prefetchers follow badly).
+// It reads NCHW directly (a block's planes are contiguous), so the NCHW weight pass on these planes
+// skips the full-tensor transposes (conv_dispatch.cpp).
+inline bool grouped_weight_by_blocks(const Geom& g) { return g.Ho * g.Wo < 100; }
+
 // Number of pieces a loop of `work` items is cut into, from the shape alone (never from the
 // thread count), so that reductions give the same bits at any thread count.
 inline int64_t pieces_for(int64_t items, int64_t min_per_piece, int64_t want = 32) {
