@@ -1236,11 +1236,10 @@ def examples(entry):
                 Geo(1, 20, 20, 12, 11, 3, 3, 2, 1, groups=20),
                 Geo(1, 32, 32, 12, 13, 3, 3, 1, 2, 2, groups=32)]
     if alg == "grouped":
-        if how == "transposed":  # (the weight pass only on output planes of 100 pixels or more)
+        if how == "transposed":
             return [Geo(2, 32, 32, 6, 7, 3, 3, 1, 1, groups=8),
                     Geo(1, 64, 64, 9, 8, 3, 3, 2, 1, groups=4),
-                    Geo(2, 16, 16, 5, 6, 1, 1, groups=8),
-                    Geo(1, 32, 32, 12, 10, 3, 3, 1, 1, groups=4)]
+                    Geo(2, 16, 16, 5, 6, 1, 1, groups=8)]
         return [Geo(1, 32, 32, 4, 19, 3, 3, 1, 1, groups=8),
                 Geo(1, 64, 64, 5, 34, 3, 3, 2, 1, groups=2),
                 Geo(2, 32, 32, 3, 17, 3, 3, 1, 1, groups=16),
@@ -1419,8 +1418,9 @@ CHOICES = [
     (((2, 64, 40, 40), (64, 4, 3, 3), 2, 1, 1, 16, "NCHW"), "weight", "grouped_{dt}_nchw"),
     (((2, 64, 40, 40), (64, 4, 3, 3), 2, 1, 1, 16, "NCHW"), "input", "grouped_{dt}_nchw"),
     (((2, 64, 20, 20), (64, 4, 3, 3), 2, 1, 1, 16, "NCHW"), "input", "grouped_{dt}_nchw_transposed"),
-    (((2, 64, 8, 8), (64, 4, 3, 3), 1, 1, 1, 16, "NCHW"), "weight", "grouped_{dt}_nchw"),
-    (((2, 64, 12, 10), (64, 4, 3, 3), 1, 1, 1, 16, "NCHW"), "weight", "grouped_{dt}_nchw_transposed"),
+    (((2, 512, 7, 7), (512, 32, 3, 3), 1, 1, 1, 16, "NCHW"), "weight", "grouped_{dt}_nchw"),
+    (((2, 512, 10, 10), (512, 32, 3, 3), 1, 1, 1, 16, "NCHW"), "weight", "grouped_{dt}_nchw_transposed"),
+    (((2, 64, 8, 8), (64, 4, 3, 3), 1, 1, 1, 16, "NCHW"), "weight", "grouped_{dt}_nchw_transposed"),
     (((2, 16, 8, 8), (8, 16, 1, 1), 1, 0, 1, 1, "NCHW"), "forward", "gemm_{dt}_nchw"),
     (((2, 64, 8, 8), (32, 64, 3, 3), 1, 1, 1, 1, "NCHW"), "forward", "gemm_{dt}_nchw"),
     (((2, 8, 8, 64), (32, 64, 1, 1), 1, 0, 1, 1, "NHWC"), "weight", "gemm_{dt}_nhwc"),

@@ -11,7 +11,7 @@
 //   grouped_*_nchw_transposed  grouped direct kernels (Cg == Kg in {2, 4, 8, 16, 32}, C a multiple
 //                          of the vector length, dilated kernel height <= 64) on NCHW rows narrower
 //                          than 16: NHWC kernels between full-tensor transposes (not the weight
-//                          pass on output planes under 100 pixels, which reads NCHW directly)
+//                          pass where grouped_weight_by_blocks(), which reads NCHW directly)
 //   grouped_*_nchw, grouped_*_nhwc   the same geometries otherwise (NCHW rows transposed in
 //                          registers inside the kernel)
 //   stem_f32_nhwc          float32 NHWC, G == 1, C <= 4, K in {16, 32, 48, 64}, kh*kw <= 49:

@@ -16,8 +16,9 @@
 //                  time, with the taps that land on it (stride 1 is the adjoint forward);
 //   weight grad:   per fixed piece of output rows, dw[k, ci, i, j] += dy[pix][k] * operand, with
 //                  register accumulators per (j, ci); pieces summed in order. On small planes
-//                  (grouped_weight_by_blocks()) by channel blocks instead: one block's pixels of
-//                  many images in compact buffers, reductions that span images, double sums.
+//                  with large weights (grouped_weight_by_blocks()) by channel blocks instead: one
+//                  block's pixels of many images in compact buffers, reductions that span
+//                  images, double sums.
 #pragma once
 
 #include <algorithm>
