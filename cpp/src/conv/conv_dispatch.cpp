@@ -10,7 +10,8 @@
 //   dw_*_nchw, dw_*_nhwc   any other depthwise geometry (G == C, K = m*C)
 //   grouped_*_nchw_transposed  grouped direct kernels (Cg == Kg in {2, 4, 8, 16, 32}, C a multiple
 //                          of the vector length, dilated kernel height <= 64) on NCHW rows narrower
-//                          than 16: NHWC kernels between full-tensor transposes
+//                          than 16: NHWC kernels between full-tensor transposes (not the weight
+//                          pass where grouped_weight_by_blocks(), which reads NCHW directly)
 //   grouped_*_nchw, grouped_*_nhwc   the same geometries otherwise (NCHW rows transposed in
 //                          registers inside the kernel)
 //   stem_f32_nhwc          float32 NHWC, G == 1, C <= 4, K in {16, 32, 48, 64}, kh*kw <= 49:
@@ -262,8 +263,9 @@ bool sup_dw_blocked(const Kernels&, const Geom& g, DType, Pass) { return dw_nchw
 bool sup_dw_transposed(const Kernels&, const Geom& g, DType, Pass) { return dw_via_nhwc(g); }
 bool sup_dw_nchw(const Kernels&, const Geom& g, DType, Pass) { return !g.nhwc && g.depthwise(); }
 bool sup_dw_nhwc(const Kernels&, const Geom& g, DType, Pass) { return g.nhwc && g.depthwise(); }
-bool sup_grouped_transposed(const Kernels& k, const Geom& g, DType dt, Pass) {
-  return k.grouped_supported(dt, g) && grouped_via_nhwc(g);
+// (The weight pass by channel blocks reads NCHW planes directly: grouped_weight_by_blocks().)
+bool sup_grouped_transposed(const Kernels& k, const Geom& g, DType dt, Pass p) {
+  return k.grouped_supported(dt, g) && grouped_via_nhwc(g) && !(p == Pass::weight && grouped_weight_by_blocks(g));
 }
 bool sup_grouped_nchw(const Kernels& k, const Geom& g, DType dt, Pass) { return !g.nhwc && k.grouped_supported(dt, g); }
 bool sup_grouped_nhwc(const Kernels& k, const Geom& g, DType dt, Pass) { return g.nhwc && k.grouped_supported(dt, g); }

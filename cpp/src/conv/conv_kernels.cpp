@@ -177,6 +177,10 @@ void grouped_backward_input_t(const T* dy, const T* w, T* dx, const Geom& g) {
 template <typename T>
 void grouped_backward_weight_t(const T* dy, const T* x, T* dw, const Geom& g) {
   constexpr int64_t VL = conv::Vec<T>::n;
+  if (conv::grouped_weight_by_blocks(g)) {  // small planes (conv_internal.h)
+    CNNKIT_BY_CPG(conv::grouped_weight_blocks_direct, T, dy, x, dw, g);
+    return;
+  }
   const int64_t k2 = g.kh * g.kw, C = g.C, cpg = g.Cg(), ncv = C / VL;
   // Eight units of work (from the shape alone): eight pieces of the output rows (with a batch
   // divisible by 8 they cut at image boundaries), but no fewer than 64 output pixels a piece;

@@ -15,7 +15,10 @@
 //   input grad at stride > 1: the same gather over the padded dy rows, one column phase of dx at a
 //                  time, with the taps that land on it (stride 1 is the adjoint forward);
 //   weight grad:   per fixed piece of output rows, dw[k, ci, i, j] += dy[pix][k] * operand, with
-//                  register accumulators per (j, ci); pieces summed in order.
+//                  register accumulators per (j, ci); pieces summed in order. On small planes
+//                  with large weights (grouped_weight_by_blocks()) by channel blocks instead: one
+//                  block's pixels of many images in compact buffers, reductions that span
+//                  images, double sums.
 #pragma once
 
 #include <algorithm>
@@ -194,12 +197,32 @@ CNNKIT_HD void grouped_block(T* out, int64_t ostride, int64_t v, int64_t step, c
 }
 
 template <typename T, int CPG, int NCV, int PB>
+void grouped_row_tail(T* out, int64_t ostride, int64_t v, int64_t count, int64_t step, const RowTap* taps, int ntaps,
+                      const T* wt, const T* b, int64_t C, int64_t cv);
+
+template <typename T, int CPG, int NCV, int PB>
 void grouped_row_blocks(T* out, int64_t ostride, int64_t nv, int64_t step, const RowTap* taps, int ntaps,
                         const T* wt, const T* b, int64_t C, int64_t cv) {
+  // Whole blocks of PB pixels, then the rest in at most two blocks: a short rest (at most PB / 2
+  // pixels) is joined with the last whole block and the two split about evenly (7 = 4 + 3, not
+  // 6 + 1), so that no block runs on few accumulator chains (FMA latency bound).
+  const int64_t rest = nv % PB;
+  const int64_t stop = nv - rest - (nv > PB && rest && 2 * rest <= PB ? PB : 0);
   int64_t v = 0;
-  for (; v + PB <= nv; v += PB) grouped_block<T, CPG, PB, NCV>(out, ostride, v, step, taps, ntaps, wt, b, C, cv);
-  // The rest in one block, so that no pixel runs on a single accumulator chain.
-  switch (nv - v) {
+  for (; v < stop; v += PB) grouped_block<T, CPG, PB, NCV>(out, ostride, v, step, taps, ntaps, wt, b, C, cv);
+  if (nv - v > PB) {
+    const int64_t first = (nv - v + 1) / 2;
+    grouped_row_tail<T, CPG, NCV, PB>(out, ostride, v, first, step, taps, ntaps, wt, b, C, cv);
+    v += first;
+  }
+  grouped_row_tail<T, CPG, NCV, PB>(out, ostride, v, nv - v, step, taps, ntaps, wt, b, C, cv);
+}
+
+// A block of `count` < PB pixels at v (one instantiation per size).
+template <typename T, int CPG, int NCV, int PB>
+void grouped_row_tail(T* out, int64_t ostride, int64_t v, int64_t count, int64_t step, const RowTap* taps, int ntaps,
+                      const T* wt, const T* b, int64_t C, int64_t cv) {
+  switch (count) {
     case 7: if constexpr (PB > 7) grouped_block<T, CPG, 7, NCV>(out, ostride, v, step, taps, ntaps, wt, b, C, cv); break;
     case 6: if constexpr (PB > 6) grouped_block<T, CPG, 6, NCV>(out, ostride, v, step, taps, ntaps, wt, b, C, cv); break;
     case 5: grouped_block<T, CPG, 5, NCV>(out, ostride, v, step, taps, ntaps, wt, b, C, cv); break;
@@ -435,6 +458,189 @@ void grouped_weight_partials_direct(const T* dy, const T* x, T* part, int64_t pi
                     for (int c = 0; c < CB; ++c) vstore(at(q, j, c), acc[q][j][c]);
               }
         r += oh1 - oh0;
+      }
+    }
+  }
+}
+
+// Weight gradient by channel blocks (whole groups and whole vectors: CW = max(CPG, VL) channels).
+// Unit (block range, piece): NB consecutive blocks (NB * CW values of a pixel, about 512 bytes, read
+// contiguously) over the piece's output rows, which are rows of the N*Ho rows of the batch, so a
+// piece spans images. The rows are walked in chunks of Rc rows (about 256 pixels, fixed by the
+// shape); a chunk's input rows (zero-padded along W; rows in the padding are skipped) and dy rows
+// are copied into compact per-block buffers, then every register block (NCV channel vectors x 3
+// taps of a kernel row x CB in-group indices) runs one float FMA chain per accumulator over all the
+// chunk's pixels, and is added to the unit's double accumulators. Chunks in order, pieces summed in
+// order (in double): the bits depend on the shape only. Against grouped_weight_partials_direct
+// (chunks of at most one image, float partials of the whole dw per piece, re-read every chunk):
+// a block's data and sums stay in L1/L2, and on small planes (7x7) one reduction spans images.
+template <typename T, int CPG>
+void grouped_weight_blocks_direct(const T* dy, const T* x, T* dw, const Geom& g) {
+  using Tr = GroupedTraits<T, CPG>;
+  constexpr int VL = Tr::VL;
+  constexpr int CW = CPG > VL ? CPG : VL;
+  constexpr int NV = CW / VL;
+  constexpr int NCV = CPG >= 2 * VL ? 2 : 1;
+  constexpr int CB = NCV == 2 ? 4 : (CPG < 8 ? CPG : 8);
+  using V = vec_t<T>;
+  const int64_t C = g.C, kh = g.kh, kw = g.kw, k2 = kh * kw, nblk = C / CW;
+  const int64_t width = (g.Wo - 1) * g.sw + (kw - 1) * g.dw + 1;
+  const int64_t span = (kh - 1) * g.dh + 1;
+  const int64_t rows = g.N * g.Ho;
+  const int64_t Rc = std::max<int64_t>(1, std::min<int64_t>(rows, ceil_div(256, g.Wo)));
+  const int64_t nchunks = ceil_div(rows, Rc);
+  // Blocks per unit: about 512 contiguous bytes of a pixel, but at least 8 block ranges.
+  const int64_t NB = std::max<int64_t>(1, std::min<int64_t>(512 / int64_t(CW * sizeof(T)), nblk / 8));
+  const int64_t nbg = ceil_div(nblk, NB);
+  const int64_t pieces = std::min<int64_t>(nchunks, ceil_div(8, nbg));
+  const int64_t cper = ceil_div(nchunks, pieces);
+  const int64_t bsize = k2 * CW * CPG;  // one block's dw, laid out [tap][v][ci][VL]
+  double* part = pieces > 1 ? scratch<double>(kPartSlot, pieces * nblk * bsize) : nullptr;
+  // Input rows of a chunk: each image segment of it needs (rows - 1) * sh + span.
+  const int64_t nseg = std::min<int64_t>(Rc, Rc / g.Ho + 2);
+  const int64_t max_in = Rc * g.sh + nseg * span;
+  const int64_t xbs = max_in * width * CW, dybs = Rc * g.Wo * CW;  // per block
+  const bool nchw = !g.nhwc;
+#pragma omp parallel num_threads(num_threads())
+  {
+    T* xb = scratch<T>(kPlaneSlot, NB * xbs);
+    T* dyb = scratch<T>(kYbSlot, NB * dybs);
+    int64_t* xoff = scratch<int64_t>(kColSlot, Rc * kh);
+    double* dacc = scratch<double>(kAccSlot, NB * bsize);
+    T* xt = nchw ? scratch<T>(kXbSlot, max_in * g.W * CW) : nullptr;  // NCHW rows, pixel-major
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t u = 0; u < nbg * pieces; ++u) {
+      const int64_t bg = u % nbg, p = u / nbg, b0 = bg * NB, nb = std::min(NB, nblk - b0), c0 = b0 * CW;
+      std::fill(dacc, dacc + nb * bsize, 0.0);
+      const int64_t q1 = std::min(nchunks, (p + 1) * cper);
+      for (int64_t q = p * cper; q < q1; ++q) {
+        const int64_t r0 = q * Rc, r1 = std::min(rows, r0 + Rc);
+        // Copy the chunk: per image segment, its input rows, then the dy rows.
+        int64_t used = 0;
+        for (int64_t r = r0; r < r1;) {
+          const int64_t n = r / g.Ho, oh0 = r % g.Ho, oh1 = std::min(g.Ho, oh0 + (r1 - r));
+          const int64_t in0 = oh0 * g.sh - g.pt, in1 = (oh1 - 1) * g.sh + span - g.pt;
+          const int64_t lo = std::min(width, std::max<int64_t>(0, g.pl));
+          const int64_t hi = std::max(lo, std::min(width, g.pl + g.W));
+          const int64_t ir0 = std::max<int64_t>(in0, 0), ir1 = std::min(in1, g.H);
+          for (int64_t ir = ir0; ir < ir1; ++ir)
+            for (int64_t k = 0; k < nb; ++k) {
+              T* dst = xb + k * xbs + (used + ir - in0) * width * CW;
+              std::fill(dst, dst + lo * CW, T(0));
+              std::fill(dst + hi * CW, dst + width * CW, T(0));
+            }
+          if (nchw) {
+            // Rows [ir0, ir1) of a plane are contiguous: a block's CW planes are read as one
+            // CW x (rows * W) matrix, transposed in registers into xt, then placed row by row.
+            for (int64_t k = 0; k < nb && ir1 > ir0 && hi > lo; ++k) {
+              gather_row_nchw(x + (n * C + c0 + k * CW) * g.H * g.W, g.H * g.W, ir0, g.W, int64_t(CW), 0,
+                              (ir1 - ir0) * g.W, xt);
+              for (int64_t ir = ir0; ir < ir1; ++ir)
+                std::memcpy(xb + k * xbs + (used + ir - in0) * width * CW + lo * CW,
+                            xt + ((ir - ir0) * g.W + lo - g.pl) * CW, (hi - lo) * CW * sizeof(T));
+            }
+            for (int64_t k = 0; k < nb; ++k)
+              gather_row_nchw(dy + (n * C + c0 + k * CW) * g.Ho * g.Wo, g.Ho * g.Wo, oh0, g.Wo, int64_t(CW), 0,
+                              (oh1 - oh0) * g.Wo, dyb + k * dybs + (r - r0) * g.Wo * CW);
+          } else {
+            for (int64_t ir = ir0; ir < ir1; ++ir)
+              for (int64_t c = lo; c < hi; ++c) {
+                const T* src = x + ((n * g.H + ir) * g.W + c - g.pl) * C + c0;
+                T* dst = xb + (used + ir - in0) * width * CW + c * CW;
+                for (int64_t k = 0; k < nb; ++k) std::memcpy(dst + k * xbs, src + k * CW, CW * sizeof(T));
+              }
+            for (int64_t oh = oh0; oh < oh1; ++oh)
+              for (int64_t ow = 0; ow < g.Wo; ++ow) {
+                const T* src = dy + ((n * g.Ho + oh) * g.Wo + ow) * C + c0;
+                T* dst = dyb + ((r - r0 + oh - oh0) * g.Wo + ow) * CW;
+                for (int64_t k = 0; k < nb; ++k) std::memcpy(dst + k * dybs, src + k * CW, CW * sizeof(T));
+              }
+          }
+          for (int64_t oh = oh0; oh < oh1; ++oh)
+            for (int64_t i = 0; i < kh; ++i) {
+              const int64_t ir = oh * g.sh + i * g.dh - g.pt;
+              xoff[(r - r0 + oh - oh0) * kh + i] = ir < 0 || ir >= g.H ? -1 : (used + ir - in0) * width * CW;
+            }
+          used += in1 - in0;
+          r += oh1 - oh0;
+        }
+        const int64_t nr = r1 - r0;
+        for (int64_t k = 0; k < nb; ++k) {
+          const T* xk = xb + k * xbs;
+          const T* dyk = dyb + k * dybs;
+          double* dk = dacc + k * bsize;
+          for (int v = 0; v < NV; v += NCV)
+            for (int ci0 = 0; ci0 < CPG; ci0 += CB)
+              for (int64_t i = 0; i < kh; ++i)
+                for (int64_t j0 = 0; j0 < kw; j0 += 3) {
+                  const int64_t nj = std::min<int64_t>(3, kw - j0);
+                  V acc[NCV][3][CB];
+                  for (int a = 0; a < NCV; ++a)
+                    for (int j = 0; j < 3; ++j)
+                      for (int c = 0; c < CB; ++c) acc[a][j][c] = V{};
+                  auto pixels = [&](auto njc) {
+                    constexpr int NJ = decltype(njc)::value;
+                    for (int64_t rl = 0; rl < nr; ++rl) {
+                      const int64_t off = xoff[rl * kh + i];
+                      if (off < 0) continue;
+                      const T* row = xk + off;
+                      const T* dyr = dyk + rl * g.Wo * CW + v * VL;
+                      for (int64_t ow = 0; ow < g.Wo; ++ow) {
+                        V gv[NCV];
+                        for (int a = 0; a < NCV; ++a) gv[a] = vload(dyr + ow * CW + a * VL);
+                        const int64_t col = ow * g.sw + j0 * g.dw;
+                        for (int j = 0; j < NJ; ++j) {
+                          if constexpr (Tr::permute) {
+                            static_assert(NCV == 1 && CB == CPG, "one block of all in-group indices");
+                            const V xv = vload(row + (col + j * g.dw) * CW);
+                            permute_fma_copies<T, CPG>(acc[0][j], gv[0], xv, std::make_integer_sequence<int, CPG>{});
+                          } else {
+                            for (int c = 0; c < CB; ++c) {
+                              const V xo = operand<T, CPG>(row, col + j * g.dw, CW, v, ci0 + c);
+                              for (int a = 0; a < NCV; ++a) acc[a][j][c] += gv[a] * xo;
+                            }
+                          }
+                        }
+                      }
+                    }
+                  };
+                  if (nj == 3)
+                    pixels(std::integral_constant<int, 3>{});
+                  else if (nj == 2)
+                    pixels(std::integral_constant<int, 2>{});
+                  else
+                    pixels(std::integral_constant<int, 1>{});
+                  alignas(64) T fl[NCV][3][CB][VL];  // (a stored copy: lane reads would keep acc in memory)
+                  for (int a = 0; a < NCV; ++a)
+                    for (int j = 0; j < 3; ++j)
+                      for (int c = 0; c < CB; ++c) vstore(fl[a][j][c], acc[a][j][c]);
+                  for (int a = 0; a < NCV; ++a)
+                    for (int64_t j = 0; j < nj; ++j)
+                      for (int c = 0; c < CB; ++c) {
+                        double* d = dk + (((i * kw + j0 + j) * NV + v + a) * CPG + ci0 + c) * VL;
+                        for (int l = 0; l < VL; ++l) d[l] += double(fl[a][j][c][l]);
+                      }
+                }
+        }
+      }
+      if (part) {
+        std::copy(dacc, dacc + nb * bsize, part + (p * nblk + b0) * bsize);
+        continue;
+      }
+      for (int64_t e = 0; e < nb * bsize; ++e) {
+        const int64_t f = e % bsize, b = b0 + e / bsize;
+        const int64_t l = f % VL, ci = (f / VL) % CPG, v = (f / VL / CPG) % NV, t = f / VL / CPG / NV;
+        dw[((b * CW + v * VL + l) * CPG + ci) * k2 + t] = T(dacc[e]);
+      }
+    }
+    if (part) {  // (after the loop's barrier)
+#pragma omp for schedule(static)
+      for (int64_t e = 0; e < nblk * bsize; ++e) {
+        double s = 0;
+        for (int64_t p = 0; p < pieces; ++p) s += part[p * nblk * bsize + e];
+        const int64_t b = e / bsize, f = e % bsize;
+        const int64_t l = f % VL, ci = (f / VL) % CPG, v = (f / VL / CPG) % NV, t = f / VL / CPG / NV;
+        dw[((b * CW + v * VL + l) * CPG + ci) * k2 + t] = T(s);
       }
     }
   }
