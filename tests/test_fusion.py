@@ -900,3 +900,21 @@ def test_fused_forward_runs_where_the_plain_pass_runs(layout, shape):
                         residual=_to(layout, res), post_relu=True)
     assert F.last_kernel == want
     assert_close(_from(layout, y2), np.maximum(y_ref + res, 0), np.float32, length=L, what="y residual relu")
+
+
+def test_geometry_cache_keeps_the_checks():
+    """The per-signature geometry cache of the conv functions: a cached signature does not let an
+    argument of another type through (True == 1, np.int64(1) == 1), and a rejected one is not stored."""
+    x = np.ones((1, 4, 5, 5), np.float32)
+    w = np.ones((4, 2, 3, 3), np.float32)
+    cnnkit.conv2d(x, w, groups=2, padding=1)
+    with pytest.raises(TypeError, match="groups"):
+        cnnkit.conv2d(x, w, groups=True, padding=1)
+    with pytest.raises(TypeError, match="stride"):
+        cnnkit.conv2d(x, w, stride=(True, 1), groups=2, padding=1)
+    with pytest.raises(ValueError, match="groups"):
+        F.conv2d_fused(x, w, groups=3, padding=1)
+    with pytest.raises(ValueError, match="groups"):
+        F.conv2d_fused(x, w, groups=3, padding=1)
+    y = F.conv2d_fused(x, w, groups=2, padding=1, stats=True)[0]
+    assert_close(y, conv2d_ref(x, w, None, 1, 1, 1, 2), np.float32, length=18)

@@ -14,7 +14,7 @@ import numpy as np
 from .. import _core, ops
 from .._core import pool2d_backward as _pool_backward
 from .._validate import check_bool, check_choice, check_int, check_layout, check_pair, check_real, check_rng, check_seed
-from ..ops.conv import _Geom as _ConvGeom
+from ..ops.conv import _geom as _conv_geom
 from ..ops.conv import _padding as _conv_padding
 from .._core import pool2d_forward as _pool_forward
 from ..ops import fused as _fused
@@ -64,8 +64,8 @@ def _conv_geometry(kernel_size, stride, padding, dilation):
 
 def _conv_out_shape(x_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1, *, layout="NCHW"):
     """:func:`cnnkit.ops.conv2d_output_shape` with errors naming ``x`` and ``weight``, as forward's."""
-    return _ConvGeom(tuple(x_shape), tuple(weight_shape), stride, padding, dilation, groups, layout,
-                     None).y_shape()
+    return _conv_geom(tuple(x_shape), tuple(weight_shape), stride, padding, dilation, groups, layout,
+                      None).y_shape()
 
 
 def _check_input(module, x, C, layout, ndim=4):
@@ -283,8 +283,8 @@ class Conv2d(Module):
         if (bn is None or fn is None or self._a is not None or not bn._trained or bn.relu_mode != "standard"
                 or getattr(bn, "_pre_affine", None) is None or grad.dtype != np.float32):
             return False
-        g = _ConvGeom(self._x.shape, self.params["weight"].shape, self.stride, self.padding, self.dilation,
-                      self.groups, self.layout, np.float32)
+        g = _conv_geom(self._x.shape, self.params["weight"].shape, self.stride, self.padding, self.dilation,
+                       self.groups, self.layout, np.dtype(np.float32))
         grad = np.ascontiguousarray(grad)
         try:
             _, sg, sgxc = fn(grad, self.params["weight"], gi, g.core(), self._x, pre[0], pre[1], pre[2], bn._mean)

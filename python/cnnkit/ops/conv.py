@@ -192,6 +192,34 @@ class _Geom:
         return (self.K, self.C // self.G, self.kh, self.kw)
 
 
+_GEOMS: dict = {}
+
+
+def _plain(v: Any) -> bool:
+    """An argument whose equality is its identity of meaning: an int or str, or a tuple of ints (a
+    bool or a NumPy integer compares equal to an int but is checked differently)."""
+    t = type(v)
+    return t is int or t is str or (t is tuple and all(type(e) is int for e in v))
+
+
+def _geom(x_shape: Any, w_shape: Any, stride: Any, padding: Any, dilation: Any, groups: Any, layout: Any,
+          dtype: Any) -> _Geom:
+    """``_Geom(...)`` for the arrays' shapes, cached per call signature when every argument is a
+    plain int/str/tuple of ints (a training loop builds the same few geometries every step; the
+    checks ran when the entry was made, and a failing signature is never stored)."""
+    args = (stride, padding, dilation, groups, layout)
+    if not all(_plain(v) for v in args):
+        return _Geom(x_shape, w_shape, stride, padding, dilation, groups, layout, dtype)
+    key = (tuple(x_shape), tuple(w_shape), args, dtype)
+    g = _GEOMS.get(key)
+    if g is None:
+        g = _Geom(x_shape, w_shape, stride, padding, dilation, groups, layout, dtype)
+        if len(_GEOMS) >= 1024:
+            _GEOMS.clear()
+        _GEOMS[key] = g
+    return g
+
+
 def _contig(a: np.ndarray) -> np.ndarray:
     return a if a.flags.c_contiguous else np.ascontiguousarray(a)
 
@@ -371,7 +399,7 @@ def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None, st
     _float_array(x, "x")
     _float_array(weight, "weight")
     _same_dtype(weight, "weight", x.dtype)
-    g = _Geom(x.shape, weight.shape, stride, padding, dilation, groups, layout, x.dtype)
+    g = _geom(x.shape, weight.shape, stride, padding, dilation, groups, layout, x.dtype)
     b = _bias(bias, g.K, x.dtype)
     if out is None:
         out = np.empty(g.y_shape(), x.dtype)
@@ -438,7 +466,7 @@ def conv2d_backward(grad_output: np.ndarray, x: np.ndarray, weight: np.ndarray,
     _float_array(weight, "weight")
     _same_dtype(weight, "weight", x.dtype)
     _same_dtype(grad_output, "grad_output", x.dtype)
-    g = _Geom(x.shape, weight.shape, stride, padding, dilation, groups, layout, x.dtype)
+    g = _geom(x.shape, weight.shape, stride, padding, dilation, groups, layout, x.dtype)
     if tuple(grad_output.shape) != g.y_shape():
         raise ValueError(f"grad_output: expected the output shape {g.y_shape()}, got {grad_output.shape}")
     want = _needs(needs)

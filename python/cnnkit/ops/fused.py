@@ -38,7 +38,7 @@ import numpy as np
 
 from .. import _core
 from .._validate import accepts_dlpack, check_bool, check_float_array, check_out, check_subset
-from .conv import _contig, _float_array, _Geom, _same_dtype, _work, conv2d, conv2d_backward
+from .conv import _contig, _float_array, _geom, _Geom, _same_dtype, _work, conv2d, conv2d_backward
 
 __all__ = ["conv2d_fused", "conv2d_fused_backward", "FusedConvGrads"]
 
@@ -211,7 +211,7 @@ def conv2d_fused(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = No
     _float_array(x, "x")
     _float_array(weight, "weight")
     _same_dtype(weight, "weight", x.dtype)
-    g = _Geom(x.shape, weight.shape, stride, padding, dilation, groups, layout, x.dtype)
+    g = _geom(x.shape, weight.shape, stride, padding, dilation, groups, layout, x.dtype)
     dt = x.dtype
     b = _channels("bias", bias, g.K, dt, "the output channels")
     sc = _channels("pre_scale", pre_scale, g.C, dt)
@@ -342,7 +342,7 @@ def conv2d_fused_backward(grad_output: np.ndarray, x: np.ndarray, weight: np.nda
     _float_array(weight, "weight")
     _same_dtype(weight, "weight", x.dtype)
     _same_dtype(grad_output, "grad_output", x.dtype)
-    g = _Geom(x.shape, weight.shape, stride, padding, dilation, groups, layout, x.dtype)
+    g = _geom(x.shape, weight.shape, stride, padding, dilation, groups, layout, x.dtype)
     dt = x.dtype
     if tuple(grad_output.shape) != g.y_shape():
         raise ValueError(f"grad_output: expected the output shape {g.y_shape()}, got {grad_output.shape}")
