@@ -1339,7 +1339,7 @@ def _fusable(m: Module | None, cls: type) -> bool:
     t = type(m)
     if t is not cls and any(getattr(t, k) is not getattr(cls, k) for k in names):
         return False
-    if any(k in vars(m) for k in names):  # monkeypatched on the instance
+    if not vars(m).keys().isdisjoint(names):  # monkeypatched on the instance
         return False
     return getattr(m, "virtual_batch_size", None) is None
 
