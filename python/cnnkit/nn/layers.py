@@ -450,6 +450,10 @@ class BatchNorm2d(_ReLUMode, Module):
     _mean: np.ndarray    # the last training forward's statistics, for backward
     _invstd: np.ndarray
 
+    # the fused path's state (see _fused_forward / _fused_backward)
+    _pre_affine: np.ndarray | None = None
+    _pending_grad: tuple | None = None
+
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True, *,
                  activation: str | None = None, layout: str = "NCHW"):
         super().__init__()
@@ -1365,7 +1369,7 @@ def _fused_step(m: Module, x: np.ndarray, pending: tuple | None, nxt: Module | N
         y = m._fused_call(x, pre, stats)
         if pre_bn is not None:
             pre_bn._y = m._a  # the prologue's output if materialised (its sign is the ReLU mask), else None
-            m._pre_bn = pre_bn  # the norm that takes m's input gradient (and may take its sums)
+            setattr(m, "_pre_bn", pre_bn)  # the norm that takes m's input gradient (and may take its sums)
         return y, (("stats",) + tuple(m._stats or ())) if stats else None
     if _fusable(m, BatchNorm2d):
         given = pending[1:] if pending is not None and pending[0] == "stats" else None
