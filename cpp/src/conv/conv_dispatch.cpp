@@ -8,6 +8,9 @@
 //   dw_*_nchw_transposed   depthwise, NCHW, m = 1, C % 16 != 0, planes <= 100 pixels: the NHWC
 //                          kernels between full-tensor SIMD transposes
 //   dw_*_nchw, dw_*_nhwc   any other depthwise geometry (G == C, K = m*C)
+//   (inside dw_*_nhwc and dw_*_nchw_blocked, 3x3 stride-1 problems with C % 16 == 0 on planes of at
+//   most 64 pixels, and NCHW forward / NHWC weight gradient up to 256, run the register-row
+//   kernels dw3_* of dw_nhwc.h)
 //   grouped_*_nchw_transposed  grouped direct kernels (Cg == Kg in {2, 4, 8, 16, 32}, C a multiple
 //                          of the vector length, dilated kernel height <= 64) on NCHW rows narrower
 //                          than 16: NHWC kernels between full-tensor transposes (not the weight

@@ -64,7 +64,9 @@ void transpose(DType dt, const void* src, void* dst, int64_t N, int64_t A, int64
 template <typename T>
 void dw_forward_t(const T* x, const T* w, const T* b, T* y, const Geom& g, bool blocked) {
   static_assert(16 % conv::Vec<T>::n == 0, "16 channels must be whole vectors");
-  if (blocked)
+  if ((blocked || g.nhwc) && conv::dw3_forward_shape(g))  // 3x3 stride 1 on small planes
+    conv::dw3_forward(x, w, b, y, g);
+  else if (blocked)
     CNNKIT_DW_BY_K(conv::dw_forward_nchw_blocked, T, x, w, b, y, g);
   else if (g.nhwc && g.K == g.C)
     CNNKIT_DW_BY_K(conv::dw_forward_nhwc_padded, T, x, w, b, y, g);
@@ -76,6 +78,7 @@ void dw_forward_t(const T* x, const T* w, const T* b, T* y, const Geom& g, bool 
 
 template <typename T>
 void dw_backward_weight_t(const T* dy, const T* x, T* dw, T* db, const Geom& g, bool blocked) {
+  if ((blocked || g.nhwc) && conv::dw3_weight_shape(g)) return conv::dw3_backward_weight(dy, x, dw, db, g);
   const int64_t k2 = g.kh * g.kw, K = g.K;
   // Pieces: (image) in NCHW, (image, band of output rows) in NHWC; each piece's partial sums are
   // written by one thread, then summed over pieces in order (in double).
