@@ -154,30 +154,21 @@ void pack_b(Operand B, int64_t k0, int64_t kc, int64_t j0, int64_t nc, const Pro
   }
 }
 
-// c (mr x nr valid of an R x (U*VL) block, row stride ldc) (+)= a panel . b panel over kc.
-// Direct: a is A itself (row i at a + i*lda, k contiguous) instead of a packed panel.
-template <int R, int U, bool Direct = false>
-void ukernel(int64_t kc, const float* __restrict a, const float* __restrict b, float* c, int64_t ldc, bool acc,
-             int64_t mr, int64_t nr, int64_t lda = 0) {
-  constexpr int W = U * VL;
-  V r[R][U];
+// The R x U block of accumulators every microkernel keeps in registers: zeroed, and stored into
+// C (mr x nr of it valid, row stride ldc; acc adds it to C). Always inlined, so r stays in
+// registers.
+template <int R, int U>
+__attribute__((always_inline)) inline void zero_block(V (&r)[R][U]) {
 #pragma GCC unroll 16
   for (int i = 0; i < R; ++i)
 #pragma GCC unroll 4
     for (int v = 0; v < U; ++v) r[i][v] = V{};
-  for (int64_t k = 0; k < kc; ++k) {
-    V bv[U];
-#pragma GCC unroll 4
-    for (int v = 0; v < U; ++v) bv[v] = vload(b + v * VL);
-#pragma GCC unroll 16
-    for (int i = 0; i < R; ++i) {
-      const V ai = vbroadcast(Direct ? a[i * lda] : a[i]);
-#pragma GCC unroll 4
-      for (int v = 0; v < U; ++v) r[i][v] = ai * bv[v] + r[i][v];
-    }
-    a += Direct ? 1 : R;
-    b += W;
-  }
+}
+
+template <int R, int U>
+__attribute__((always_inline)) inline void store_block(V (&r)[R][U], float* c, int64_t ldc, bool acc, int64_t mr,
+                                                       int64_t nr) {
+  constexpr int W = U * VL;
   if (mr == R && nr == W) {
 #pragma GCC unroll 16
     for (int i = 0; i < R; ++i)
@@ -201,6 +192,30 @@ void ukernel(int64_t kc, const float* __restrict a, const float* __restrict b, f
     else
       for (int64_t j = 0; j < nr; ++j) p[j] = s[j];
   }
+}
+
+// c (mr x nr valid of an R x (U*VL) block, row stride ldc) (+)= a panel . b panel over kc.
+// Direct: a is A itself (row i at a + i*lda, k contiguous) instead of a packed panel.
+template <int R, int U, bool Direct = false>
+void ukernel(int64_t kc, const float* __restrict a, const float* __restrict b, float* c, int64_t ldc, bool acc,
+             int64_t mr, int64_t nr, int64_t lda = 0) {
+  constexpr int W = U * VL;
+  V r[R][U];
+  zero_block<R, U>(r);
+  for (int64_t k = 0; k < kc; ++k) {
+    V bv[U];
+#pragma GCC unroll 4
+    for (int v = 0; v < U; ++v) bv[v] = vload(b + v * VL);
+#pragma GCC unroll 16
+    for (int i = 0; i < R; ++i) {
+      const V ai = vbroadcast(Direct ? a[i * lda] : a[i]);
+#pragma GCC unroll 4
+      for (int v = 0; v < U; ++v) r[i][v] = ai * bv[v] + r[i][v];
+    }
+    a += Direct ? 1 : R;
+    b += W;
+  }
+  store_block<R, U>(r, c, ldc, acc, mr, nr);
 }
 
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
@@ -295,10 +310,7 @@ void patch_kernel(const Patches& a, const PatchRows<R>& rows, int64_t K, const f
   for (int64_t pc = 0; pc < K; pc += KC) {
     const int64_t kend = std::min<int64_t>(K, pc + KC);
     V r[R][U];
-#pragma GCC unroll 16
-    for (int i = 0; i < R; ++i)
-#pragma GCC unroll 4
-      for (int v = 0; v < U; ++v) r[i][v] = V{};
+    zero_block<R, U>(r);
     for (int64_t k = pc; k < kend;) {
       const int64_t t = k / a.cg, c0 = k - t * a.cg, len = std::min(a.cg - c0, kend - k);
       const int64_t ti = t / a.kw, tj = t - ti * a.kw;
@@ -322,30 +334,7 @@ void patch_kernel(const Patches& a, const PatchRows<R>& rows, int64_t K, const f
       }
       k += len;
     }
-    const bool acc = pc > 0;
-    if (mr == R && nr == W) {
-#pragma GCC unroll 16
-      for (int i = 0; i < R; ++i)
-#pragma GCC unroll 4
-        for (int v = 0; v < U; ++v) {
-          float* q = c + i * ldc + v * VL;
-          vstore(q, acc ? vload(q) + r[i][v] : r[i][v]);
-        }
-      continue;
-    }
-    alignas(64) float tmp[R * W];
-#pragma GCC unroll 16
-    for (int i = 0; i < R; ++i)
-#pragma GCC unroll 4
-      for (int v = 0; v < U; ++v) vstore(tmp + i * W + v * VL, r[i][v]);
-    for (int64_t i = 0; i < mr; ++i) {
-      float* q = c + i * ldc;
-      const float* s = tmp + i * W;
-      if (acc)
-        for (int64_t j = 0; j < nr; ++j) q[j] += s[j];
-      else
-        for (int64_t j = 0; j < nr; ++j) q[j] = s[j];
-    }
+    store_block<R, U>(r, c, ldc, pc > 0, mr, nr);
   }
 }
 
@@ -411,10 +400,7 @@ void ind_kernel(int64_t kc, const float* const* ind, int64_t k2, int64_t t, int6
                 float* c, int64_t ldc, bool acc, int64_t mr, int64_t nr) {
   constexpr int W = U * VL;
   V r[R][U];
-#pragma GCC unroll 16
-  for (int i = 0; i < R; ++i)
-#pragma GCC unroll 4
-    for (int v = 0; v < U; ++v) r[i][v] = V{};
+  zero_block<R, U>(r);
   const float* const* q = ind + t;
   for (int64_t k = 0; k < kc; ++k) {
     const float* a = q[k * k2] + c0;
@@ -429,29 +415,7 @@ void ind_kernel(int64_t kc, const float* const* ind, int64_t k2, int64_t t, int6
     }
     b += W;
   }
-  if (mr == R && nr == W) {
-#pragma GCC unroll 16
-    for (int i = 0; i < R; ++i)
-#pragma GCC unroll 4
-      for (int v = 0; v < U; ++v) {
-        float* p = c + i * ldc + v * VL;
-        vstore(p, acc ? vload(p) + r[i][v] : r[i][v]);
-      }
-    return;
-  }
-  alignas(64) float tmp[R * W];
-#pragma GCC unroll 16
-  for (int i = 0; i < R; ++i)
-#pragma GCC unroll 4
-    for (int v = 0; v < U; ++v) vstore(tmp + i * W + v * VL, r[i][v]);
-  for (int64_t i = 0; i < mr; ++i) {
-    float* p = c + i * ldc;
-    const float* s = tmp + i * W;
-    if (acc)
-      for (int64_t j = 0; j < nr; ++j) p[j] += s[j];
-    else
-      for (int64_t j = 0; j < nr; ++j) p[j] = s[j];
-  }
+  store_block<R, U>(r, c, ldc, acc, mr, nr);
 }
 
 template <int R, int U>
