@@ -217,8 +217,26 @@ class _Infer:
 
 
 def build_configs(torch, tv, name: str, batch: int, image: int, adam_kw: dict) -> dict:
-    """{"train": {config: callable}, "infer": {config: callable}, "x", "y", "base"} for one
-    model; every configuration holds its own copy of the same starting weights."""
+    """The timed configurations of one model, each on its own copy of the same starting weights.
+
+    Parameters
+    ----------
+    torch, tv : module
+        ``torch`` and torchvision (imported by the caller; see :mod:`cnnkit.bench._common`).
+    name : str
+        A torchvision model name (``"resnext50_32x4d"``, ``"mobilenet_v2"``, ...).
+    batch, image : int
+        Images per step and their side in pixels.
+    adam_kw : dict
+        Extra keyword arguments of torch's Adam (``{"fused": True}`` where available).
+
+    Returns
+    -------
+    dict
+        ``{"train": {config: callable}, "infer": {config: callable}, "x", "y", "base"}``:
+        configurations "torch NCHW/CL" and "cnnkit NCHW/CL", the input batch, the labels and the
+        model they were copied from.
+    """
     import cnnkit.torch as ct
 
     base = build_model(tv, name)
@@ -250,8 +268,18 @@ def check(torch, cfg: dict) -> tuple:
     """Each cnnkit configuration's training-mode logits and inference output against stock
     torch NCHW's on the configuration's own (identical) weights, before any step is taken.
 
-    Returns (failures, {config: (training logits error, inference error)}); an error is
-    max |diff| / max |ref|."""
+    Parameters
+    ----------
+    torch : module
+    cfg : dict
+        As :func:`build_configs` returns it.
+
+    Returns
+    -------
+    tuple
+        ``(failures, {config: (training logits error, inference error)})``: the failing
+        configurations' descriptions (a list of str) and each error as max |diff| / max |ref|.
+    """
     ref_t = cfg["train"]["torch NCHW"]
     ref_i = cfg["infer"]["torch NCHW"]
     with torch.no_grad():
