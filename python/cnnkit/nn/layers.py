@@ -18,7 +18,7 @@ from ..ops.conv import _geom as _conv_geom
 from ..ops.conv import _padding as _conv_padding
 from .._core import pool2d_forward as _pool_forward
 from ..ops import fused as _fused
-from ..ops.norm import _bn_backward_chunk
+from ..ops.norm import _bn_backward_apply, _bn_backward_chunk
 from .module import Module, Sequential, fusion_enabled
 
 __all__ = ["Conv2d", "DepthwiseSeparableConv2d", "BatchNorm2d", "GroupNorm", "ReLU", "MaxPool2d", "AvgPool2d",
@@ -281,7 +281,7 @@ class Conv2d(Module):
         bn = getattr(self, "_pre_bn", None)
         fn = getattr(_core, "conv2d_fused_backward_input", None)
         if (bn is None or fn is None or self._a is not None or not bn._trained or bn.relu_mode != "standard"
-                or getattr(bn, "_pre_affine", None) is None or grad.dtype != np.float32):
+                or bn._pre_affine is None or grad.dtype != np.float32):
             return False
         g = _conv_geom(self._x.shape, self.params["weight"].shape, self.stride, self.padding, self.dilation,
                        self.groups, self.layout, np.dtype(np.float32))
@@ -569,17 +569,15 @@ class BatchNorm2d(_ReLUMode, Module):
         S = x.shape[1] * x.shape[2] if nhwc else x.shape[2] * x.shape[3]
         w = p.get("weight")
         w64 = np.ones(C) if w is None else w.astype(np.float64)
-        pending, self._pending_grad = getattr(self, "_pending_grad", None), None
+        pending, self._pending_grad = self._pending_grad, None
         if pending is not None and pending[0] is grad:
             # the consumer's compiled input gradient: grad is already masked, and the sums of g and
             # g*(x - mean) came from its epilogue: only the apply pass is left
             sg, sgxc = pending[1], pending[2]
-            invstd, count = self._invstd, N * S
-            A = w64 * invstd
             if gi.size:
-                _core.norm_backward_apply(grad, x, None, gi, None, N, C, S, nhwc, False, self._mean, A,
-                                          A * sg / count, A * invstd * invstd * sgxc / count)
-            sgxhat = sgxc * invstd
+                _bn_backward_apply(grad, x, None, gi, None, N, C, S, nhwc, self._mean, self._invstd, w64, N * S,
+                                   sg, sgxc)
+            sgxhat = sgxc * self._invstd
         else:
             grad = np.ascontiguousarray(grad, dtype=np.float32)
             sg, sgxhat = _bn_backward_chunk(grad, x, None, gi, None, N, C, S, nhwc, self._mean, self._invstd,
@@ -672,7 +670,7 @@ class BatchNorm2d(_ReLUMode, Module):
         gi = self._buf("gx", self._x.shape)
         gres = self._buf("gres", self._x.shape) if self._residual is not None else None
         y = self._y
-        pre_affine = getattr(self, "_pre_affine", None)
+        pre_affine = self._pre_affine
         if y is None and pre_affine is not None and self._residual is None:
             # fused into the next convolution's compiled prologue: the ReLU mask is recomputed from
             # x inside the backward kernels (see _fused_forward)

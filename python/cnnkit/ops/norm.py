@@ -138,6 +138,16 @@ def _bn_infer_core(x, y, residual, N, C, S, nhwc, weight, bias, running_mean, ru
         _core.norm_apply(x, y, residual, N, C, S, nhwc, False, mean, invstd, weight, bias, relu)
 
 
+def _bn_backward_apply(g, x, mask, grad_x, grad_res, v, C, S, nhwc, mean, invstd, w, count, sg, sgx,
+                       mask_affine=None):
+    """The apply pass of batch_norm_backward given the sums ``sg`` = sum g and ``sgx`` =
+    sum g*(x - mean) (float64, per channel): grad_x = A*g - A*sg/count - (x - mean)*A*invstd^2*sgx/count
+    with A = w*invstd (g masked as in :func:`_bn_backward_chunk`)."""
+    A = w * invstd
+    _core.norm_backward_apply(g, x, mask, grad_x, grad_res, v, C, S, nhwc, False, mean, A, A * sg / count,
+                              A * invstd * invstd * sgx / count, mask_affine)
+
+
 def _bn_backward_chunk(g, x, mask, grad_x, grad_res, v, C, S, nhwc, mean, invstd, w, count, mask_affine=None):
     """batch_norm_backward over one chunk of v samples: writes grad_x and grad_res (where not
     None) and returns (sum g, sum g*xhat) per channel (float64); w is the float64 weight.
@@ -146,10 +156,8 @@ def _bn_backward_chunk(g, x, mask, grad_x, grad_res, v, C, S, nhwc, mean, invstd
     (:mod:`cnnkit.nn`'s fusion), instead of by a stored output."""
     sg, sgx = _core.norm_backward_reduce(g, x, mask, v, C, S, nhwc, False, mean, mask_affine)
     if grad_x is not None:
-        A = w * invstd
-        B = A * sg / count
-        D = A * invstd * invstd * sgx / count
-        _core.norm_backward_apply(g, x, mask, grad_x, grad_res, v, C, S, nhwc, False, mean, A, B, D, mask_affine)
+        _bn_backward_apply(g, x, mask, grad_x, grad_res, v, C, S, nhwc, mean, invstd, w, count, sg, sgx,
+                           mask_affine)
     elif grad_res is not None:
         assert mask_affine is None
         np.copyto(grad_res, g if mask is None else np.where(mask > 0, g, 0))
