@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import cnnkit
-from cnnkit import augment, nn, optim
+from cnnkit import _core, augment, nn, optim
 from cnnkit.augment import functional as F
 from conftest import assert_bitwise, assert_close, isa_level, num_threads
 
@@ -102,6 +102,13 @@ def _gap(dtype):
     return [y, layer.backward(_rng(7).standard_normal(y.shape).astype(dtype))]
 
 
+def _affine_pool(dtype):
+    x = _nchw(dtype)
+    out = np.empty((2, 3), dtype)
+    _core.norm_affine_pool(x, out, 2, 3, 72, False, np.array([1.5, -0.5, 2.0, 0.1, 0.2, -0.3], dtype), True)
+    return [out]
+
+
 def _xent(dtype):
     loss = nn.CrossEntropyLoss()
     z = _rng(8).standard_normal((4, 10)).astype(dtype)
@@ -120,6 +127,7 @@ EXERCISE = {
     "norm_apply": lambda dt: _bn(dt, False),
     "norm_backward_reduce": lambda dt: _bn(dt, True),
     "norm_backward_apply": lambda dt: _bn(dt, True),
+    "norm_affine_pool": _affine_pool,
     "optim_sgd": _optim(optim.SGD, lr=0.1, momentum=0.9),
     "optim_adagrad": _optim(optim.Adagrad, lr=0.1),
     "optim_rmsprop": _optim(optim.RMSprop, lr=0.01, momentum=0.5),

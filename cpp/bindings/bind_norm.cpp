@@ -111,10 +111,10 @@ void bind_norm(py::module_& m) {
   m.def(
       "norm_backward_reduce",
       [](const py::object& dy, const py::object& x, const py::object& mask, int64_t N, int64_t C, int64_t S,
-         bool nhwc, bool ps, const F64& mean, const py::object& mask_affine) {
+         bool nhwc, bool ps, const F64& mean, const py::object& mask_affine, bool pooled) {
         const Geo g = geo(N, C, S, nhwc, ps);
         const DType dt = dtype_of(x, "x");
-        const void* pd = array_arg(dy, "grad_out", dt, g.total());
+        const void* pd = array_arg(dy, "grad_out", dt, pooled ? N * C : g.total());
         const void* px = array_arg(x, "x", dt, g.total());
         const void* pk = array_arg(mask, "y", dt, g.total(), kOptional);
         const void* pa = array_arg(mask_affine, "mask_affine", dt, 2 * C, kOptional);
@@ -125,23 +125,25 @@ void bind_norm(py::module_& m) {
         double* b = sgx.mutable_data();
         {
           py::gil_scoped_release nogil;
-          norm::backward_reduce(dt, pd, px, pk, pa, g.sh, g.ps, pm, a, b);
+          norm::backward_reduce(dt, pd, px, pk, pa, pooled, g.sh, g.ps, pm, a, b);
         }
         return py::make_tuple(sg, sgx);
       },
       py::arg("grad_out"), py::arg("x"), py::arg("mask"), py::arg("N"), py::arg("C"), py::arg("S"),
       py::arg("nhwc"), py::arg("per_sample"), py::arg("mean"), py::arg("mask_affine") = py::none(),
+      py::arg("pooled") = false,
       "Sums of g and g*(x - mean), g = grad_out masked by mask > 0, or by fma(a[c], x, b[c]) > 0 with "
-      "mask_affine = concat(a, b) (x's dtype, 2*C values).");
+      "mask_affine = concat(a, b) (x's dtype, 2*C values); pooled: grad_out holds N*C values, "
+      "g[n, c, s] = grad_out[n*C + c] at every s.");
 
   m.def(
       "norm_backward_apply",
       [](const py::object& dy, const py::object& x, const py::object& mask, const py::object& dx,
          const py::object& gres, int64_t N, int64_t C, int64_t S, bool nhwc, bool ps, const F64& mean,
-         const F64& A, const F64& B, const F64& D, const py::object& mask_affine) {
+         const F64& A, const F64& B, const F64& D, const py::object& mask_affine, bool pooled) {
         const Geo g = geo(N, C, S, nhwc, ps);
         const DType dt = dtype_of(x, "x");
-        const void* pd = array_arg(dy, "grad_out", dt, g.total());
+        const void* pd = array_arg(dy, "grad_out", dt, pooled ? N * C : g.total());
         const void* px = array_arg(x, "x", dt, g.total());
         const void* pk = array_arg(mask, "y", dt, g.total(), kOptional);
         const void* pma = array_arg(mask_affine, "mask_affine", dt, 2 * C, kOptional);
@@ -151,13 +153,32 @@ void bind_norm(py::module_& m) {
         const int64_t k = g.stat_count();
         const double *pm = f64(mean, "mean", k), *pa = f64(A, "A", k), *pb = f64(B, "B", k), *pc = f64(D, "D", k);
         py::gil_scoped_release nogil;
-        norm::backward_apply(dt, pd, px, pk, pma, po, pg, g.sh, g.ps, pm, pa, pb, pc);
+        norm::backward_apply(dt, pd, px, pk, pma, pooled, po, pg, g.sh, g.ps, pm, pa, pb, pc);
       },
       py::arg("grad_out"), py::arg("x"), py::arg("mask"), py::arg("grad_input"), py::arg("grad_residual"),
       py::arg("N"), py::arg("C"), py::arg("S"), py::arg("nhwc"), py::arg("per_sample"), py::arg("mean"),
-      py::arg("A"), py::arg("B"), py::arg("D"), py::arg("mask_affine") = py::none(),
-      "dx = A*g - B - (x - mean)*D per channel, g masked as in norm_backward_reduce; grad_residual "
-      "(optional) receives g.");
+      py::arg("A"), py::arg("B"), py::arg("D"), py::arg("mask_affine") = py::none(), py::arg("pooled") = false,
+      "dx = A*g - B - (x - mean)*D per channel, g masked as in norm_backward_reduce (pooled as there); "
+      "grad_residual (optional) receives g.");
+
+  m.def(
+      "norm_affine_pool",
+      [](const py::object& x, const py::object& out, int64_t N, int64_t C, int64_t S, bool nhwc,
+         const py::object& affine, bool relu) {
+        const Geo g = geo(N, C, S, nhwc, false);
+        const DType dt = dtype_of(x, "x");
+        const void* px = array_arg(x, "x", dt, g.total());
+        const void* pa = array_arg(affine, "affine", dt, 2 * C);
+        void* po = array_arg(out, "out", dt, N * C, kWrite);
+        if (overlaps(po, N * C * dtype_size(dt), px, g.total() * dtype_size(dt)))
+          throw py::value_error("out: must not overlap x");
+        py::gil_scoped_release nogil;
+        norm::affine_pool(dt, px, pa, relu, g.sh, po);
+      },
+      py::arg("x"), py::arg("out"), py::arg("N"), py::arg("C"), py::arg("S"), py::arg("nhwc"), py::arg("affine"),
+      py::arg("relu"),
+      "out[n, c] = mean over s of act(fma(a[c], x, b[c])) (affine = concat(a, b), x's dtype; act the ReLU with "
+      "relu), summed in double: a batch norm's output, global-average-pooled without being written.");
 }
 
 }  // namespace cnnkit::bind

@@ -32,14 +32,20 @@ void apply(DType dt, const void* x, void* y, const void* r, const Shape& sh, boo
 // given (the forward output of a fused ReLU), or, when mask_affine is given (2*C values of dt: a
 // then b), by fma(a[c], x, b[c]) > 0: the ReLU of a convolution's fused prologue, recomputed from
 // x with the prologue's own rounding, so the normalized tensor need not exist. Outputs have C or
-// N*C entries.
-void backward_reduce(DType dt, const void* dy, const void* x, const void* mask, const void* mask_affine,
+// N*C entries. With pooled, dy holds N*C values: the gradient at every position s of sample n and
+// channel c is dy[n*C + c] (a global average pool's adjoint, never written out whole).
+void backward_reduce(DType dt, const void* dy, const void* x, const void* mask, const void* mask_affine, bool pooled,
                      const Shape& sh, bool per_sample, const double* mean, double* sum_g, double* sum_gx);
 
 // dx = A*g - B - (x - mean)*D per (n?, c), g as above; if gres is given it receives g.
-void backward_apply(DType dt, const void* dy, const void* x, const void* mask, const void* mask_affine, void* dx,
-                    void* gres, const Shape& sh, bool per_sample, const double* mean, const double* A,
+void backward_apply(DType dt, const void* dy, const void* x, const void* mask, const void* mask_affine, bool pooled,
+                    void* dx, void* gres, const Shape& sh, bool per_sample, const double* mean, const double* A,
                     const double* B, const double* D);
+
+// out[n*C + c] = the mean over s of act(fma(a[c], x, b[c])) (affine = a then b, 2*C values of dt;
+// act the ReLU with relu), summed in double per (n, c): a batch norm's output in the single-fma form
+// of a convolution's fused prologue, averaged as global_avg_pool_forward averages it, never written.
+void affine_pool(DType dt, const void* x, const void* affine, bool relu, const Shape& sh, void* out);
 
 // Running statistics: running[i] <- (1 - momentum) * running[i] + momentum * (stat[i] * factor),
 // in double, rounded once to dt (factor: 1 for the mean, the unbiasing count/(count-1) for the
@@ -54,11 +60,13 @@ using StatsFn = decltype(&stats);
 using ApplyFn = decltype(&apply);
 using BackwardReduceFn = decltype(&backward_reduce);
 using BackwardApplyFn = decltype(&backward_apply);
+using AffinePoolFn = decltype(&affine_pool);
 struct Kernels {
   StatsFn stats_fn;
   ApplyFn apply_fn;
   BackwardReduceFn backward_reduce_fn;
   BackwardApplyFn backward_apply_fn;
+  AffinePoolFn affine_pool_fn;
 };
 
 }  // namespace cnnkit::norm

@@ -17,12 +17,12 @@ namespace cnnkit::norm {
 registry::Table& kernel_table() {
   constexpr unsigned f = registry::f32 | registry::f64;
   static registry::Table t("norm", {{"norm_stats", f}, {"norm_apply", f}, {"norm_backward_reduce", f},
-                                    {"norm_backward_apply", f}});
+                                    {"norm_backward_apply", f}, {"norm_affine_pool", f}});
   return t;
 }
 
 namespace {
-enum Op { kStats, kApply, kBackwardReduce, kBackwardApply };
+enum Op { kStats, kApply, kBackwardReduce, kBackwardApply, kAffinePool };
 const Kernels& kernels(Op op, DType dt) {
   const Isa isa = kernel_table().isa_for(op, dt == DType::f32 ? registry::f32 : registry::f64);
   return registry::of_isa(isa, scalar::norm_kernels, avx2::norm_kernels, avx512::norm_kernels);
@@ -36,14 +36,18 @@ void apply(DType dt, const void* x, void* y, const void* r, const Shape& sh, boo
            const double* mean, const double* invstd, const void* w, const void* b, bool relu) {
   kernels(kApply, dt).apply_fn(dt, x, y, r, sh, ps, mean, invstd, w, b, relu);
 }
-void backward_reduce(DType dt, const void* dy, const void* x, const void* mask, const void* mask_affine,
+void backward_reduce(DType dt, const void* dy, const void* x, const void* mask, const void* mask_affine, bool pooled,
                      const Shape& sh, bool ps, const double* mean, double* sum_g, double* sum_gx) {
-  kernels(kBackwardReduce, dt).backward_reduce_fn(dt, dy, x, mask, mask_affine, sh, ps, mean, sum_g, sum_gx);
+  kernels(kBackwardReduce, dt).backward_reduce_fn(dt, dy, x, mask, mask_affine, pooled, sh, ps, mean, sum_g, sum_gx);
 }
-void backward_apply(DType dt, const void* dy, const void* x, const void* mask, const void* mask_affine, void* dx,
-                    void* gres, const Shape& sh, bool ps, const double* mean, const double* A, const double* B,
-                    const double* D) {
-  kernels(kBackwardApply, dt).backward_apply_fn(dt, dy, x, mask, mask_affine, dx, gres, sh, ps, mean, A, B, D);
+void backward_apply(DType dt, const void* dy, const void* x, const void* mask, const void* mask_affine, bool pooled,
+                    void* dx, void* gres, const Shape& sh, bool ps, const double* mean, const double* A,
+                    const double* B, const double* D) {
+  kernels(kBackwardApply, dt).backward_apply_fn(dt, dy, x, mask, mask_affine, pooled, dx, gres, sh, ps, mean, A, B,
+                                                D);
+}
+void affine_pool(DType dt, const void* x, const void* affine, bool relu, const Shape& sh, void* out) {
+  kernels(kAffinePool, dt).affine_pool_fn(dt, x, affine, relu, sh, out);
 }
 
 namespace {

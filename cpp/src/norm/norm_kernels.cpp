@@ -243,7 +243,9 @@ inline bool kept(const T* __restrict m, int64_t i, T a, T b, T x) {
   return true;
 }
 
-template <typename T, int MK>
+// PL (pooled): dy holds one value per (n, c), the gradient at every position s of that sample and
+// channel (a global average pool's adjoint, never written out whole).
+template <typename T, int MK, bool PL>
 void backward_reduce_t(const T* __restrict dy, const T* __restrict x, const T* __restrict mk,
                        const T* __restrict ma, const Shape& sh, bool ps, const double* mean, double* sum_g, double* sum_gx) {
   const int64_t N = sh.N, C = sh.C, S = sh.S, nk = ps ? N * C : C;
@@ -255,14 +257,14 @@ void backward_reduce_t(const T* __restrict dy, const T* __restrict x, const T* _
 #pragma omp parallel for schedule(static) num_threads(nt)
     for (int64_t r = 0; r < N * C; ++r) {
       const double m = mean[ps ? r : r % C];
-      const T* __restrict d = dy + r * S;
+      const T* __restrict d = PL ? dy + r : dy + r * S;
       const T* __restrict xr = x + r * S;
       const T* __restrict mr = MK == 1 ? mk + r * S : nullptr;
       const T as = MK == 2 ? ma[r % C] : T(0), at = MK == 2 ? ma[C + r % C] : T(0);
       double s1 = 0.0, s2 = 0.0;
 #pragma omp simd reduction(+ : s1, s2)
       for (int64_t s = 0; s < S; ++s) {
-        const double g = !kept<MK>(mr, s, as, at, xr[s]) ? 0.0 : double(d[s]);
+        const double g = !kept<MK>(mr, s, as, at, xr[s]) ? 0.0 : double(d[PL ? 0 : s]);
         s1 += g;
         s2 += g * (double(xr[s]) - m);
       }
@@ -287,6 +289,9 @@ void backward_reduce_t(const T* __restrict dy, const T* __restrict x, const T* _
         const T* __restrict db = dy + m * C;
         const T* __restrict xb = x + m * C;
         const T* __restrict mb = MK == 1 ? mk + m * C : nullptr;
+        const T* __restrict dp[4] = {};  // PL: the rows' samples' gradients
+        if (PL)
+          for (int j = 0; j < 4; ++j) dp[j] = dy + ((m + j) / S) * C;
 #pragma omp simd
         for (int64_t c = 0; c < C; ++c) {
           const double mc = mn[c];
@@ -294,7 +299,7 @@ void backward_reduce_t(const T* __restrict dy, const T* __restrict x, const T* _
           for (int j = 0; j < 4; ++j) {
             g[j] = !kept<MK>(mb, j * C + c, MK == 2 ? ma[c] : T(0), MK == 2 ? ma[C + c] : T(0), xb[j * C + c])
                        ? 0.0
-                       : double(db[j * C + c]);
+                       : double(PL ? dp[j][c] : db[j * C + c]);
             e[j] = g[j] * (double(xb[j * C + c]) - mc);
           }
           q1[c] += (g[0] + g[1]) + (g[2] + g[3]);
@@ -302,7 +307,7 @@ void backward_reduce_t(const T* __restrict dy, const T* __restrict x, const T* _
         }
       }
       for (; m < hi; ++m) {
-        const T* __restrict d = dy + m * C;
+        const T* __restrict d = dy + (PL ? m / S : m) * C;
         const T* __restrict xr = x + m * C;
         const T* __restrict mr = MK == 1 ? mk + m * C : nullptr;
 #pragma omp simd
@@ -317,7 +322,7 @@ void backward_reduce_t(const T* __restrict dy, const T* __restrict x, const T* _
   }
 }
 
-template <typename T, int MK, bool GRES>
+template <typename T, int MK, bool GRES, bool PL>
 void backward_apply_t(const T* __restrict dy, const T* __restrict x, const T* __restrict mk,
                       const T* __restrict ma, T* __restrict dx, T* __restrict gres, const Shape& sh, bool ps,
                       const double* mean, const double* A, const double* B, const double* D) {
@@ -336,7 +341,7 @@ void backward_apply_t(const T* __restrict dy, const T* __restrict x, const T* __
     for (int64_t rr = 0; rr < N * C; ++rr) {
       const int64_t i = ps ? rr : rr % C;
       const T hi = k.hi[i], lo = k.lo[i], a = k.p[i], bq = k.q[i], dd = k.r[i];
-      const T* __restrict d = dy + rr * S;
+      const T* __restrict d = PL ? dy + rr : dy + rr * S;
       const T* __restrict xr = x + rr * S;
       const T* __restrict mr = MK == 1 ? mk + rr * S : nullptr;
       const T as = MK == 2 ? ma[rr % C] : T(0), at = MK == 2 ? ma[C + rr % C] : T(0);
@@ -344,7 +349,7 @@ void backward_apply_t(const T* __restrict dy, const T* __restrict x, const T* __
       T* __restrict gr = GRES ? gres + rr * S : nullptr;
 #pragma omp simd
       for (int64_t s = 0; s < S; ++s) {
-        const T g = !kept<MK>(mr, s, as, at, xr[s]) ? T(0) : d[s];
+        const T g = !kept<MK>(mr, s, as, at, xr[s]) ? T(0) : d[PL ? 0 : s];
         o[s] = a * g - bq - ((xr[s] - hi) - lo) * dd;
         if (GRES) gr[s] = g;
       }
@@ -358,7 +363,7 @@ void backward_apply_t(const T* __restrict dy, const T* __restrict x, const T* __
       const T* __restrict a = k.p.data() + base;
       const T* __restrict bq = k.q.data() + base;
       const T* __restrict dd = k.r.data() + base;
-      const T* __restrict d = dy + m * C;
+      const T* __restrict d = dy + (PL ? m / S : m) * C;
       const T* __restrict xr = x + m * C;
       const T* __restrict mr = MK == 1 ? mk + m * C : nullptr;
       T* __restrict o = dx + m * C;
@@ -369,6 +374,55 @@ void backward_apply_t(const T* __restrict dy, const T* __restrict x, const T* __
         o[c] = a[c] * g - bq[c] - ((xr[c] - hi[c]) - lo[c]) * dd[c];
         if (GRES) gr[c] = g;
       }
+    }
+  }
+}
+
+// ---- affine + activation + global average pool -------------------------------------------------
+
+// out[n*C + c] = T(sum over s of act(fma(a[c], x, b[c])) * (1/S)), summed in double per sample (n, c):
+// a batch norm's output, in the single-fma form of a convolution's fused prologue, averaged as
+// global_avg_pool_forward (cpp/src/nn/layers.cpp) averages it, without writing it.
+template <typename T, bool RELU>
+void affine_pool_t(const T* __restrict x, const T* __restrict ab, const Shape& sh, T* __restrict out) {
+  const int64_t N = sh.N, C = sh.C, S = sh.S;
+  const T* __restrict a = ab;
+  const T* __restrict b = ab + C;
+  const double inv = 1.0 / double(S);
+  const int nt = threads_for(sh);
+  if (!sh.nhwc) {
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int64_t r = 0; r < N * C; ++r) {
+      const T* __restrict xr = x + r * S;
+      const T ac = a[r % C], bc = b[r % C];
+      double s1 = 0.0;
+#pragma omp simd reduction(+ : s1)
+      for (int64_t s = 0; s < S; ++s) {
+        T v = std::fma(ac, xr[s], bc);
+        if (RELU) v = v > T(0) ? v : T(0);
+        s1 += double(v);
+      }
+      out[r] = T(s1 * inv);
+    }
+    return;
+  }
+#pragma omp parallel num_threads(nt)
+  {
+    isa_vector<double> acc(static_cast<size_t>(C));
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < N; ++n) {
+      double* __restrict q = acc.data();
+      std::fill(q, q + C, 0.0);
+      for (int64_t s = 0; s < S; ++s) {
+        const T* __restrict xr = x + (n * S + s) * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) {
+          T v = std::fma(a[c], xr[c], b[c]);
+          if (RELU) v = v > T(0) ? v : T(0);
+          q[c] += double(v);
+        }
+      }
+      for (int64_t c = 0; c < C; ++c) out[n * C + c] = T(q[c] * inv);
     }
   }
 }
@@ -404,41 +458,54 @@ void apply(DType dt, const void* x, void* y, const void* r, const Shape& sh, boo
     apply_d<double>(x, y, r, sh, ps, mean, invstd, w, b, relu);
 }
 
-template <typename T>
-void backward_reduce_d(const void* dy, const void* x, const void* mask, const void* mask_affine, const Shape& sh,
+template <typename T, bool PL>
+void backward_reduce_p(const void* dy, const void* x, const void* mask, const void* mask_affine, const Shape& sh,
                        bool ps, const double* mean, double* sg, double* sgx) {
   auto G = static_cast<const T*>(dy);
   auto X = static_cast<const T*>(x);
   auto M = static_cast<const T*>(mask);
   auto A = static_cast<const T*>(mask_affine);
   if (mask_affine)
-    backward_reduce_t<T, 2>(G, X, M, A, sh, ps, mean, sg, sgx);
+    backward_reduce_t<T, 2, PL>(G, X, M, A, sh, ps, mean, sg, sgx);
   else if (mask)
-    backward_reduce_t<T, 1>(G, X, M, A, sh, ps, mean, sg, sgx);
+    backward_reduce_t<T, 1, PL>(G, X, M, A, sh, ps, mean, sg, sgx);
   else
-    backward_reduce_t<T, 0>(G, X, M, A, sh, ps, mean, sg, sgx);
-}
-
-void backward_reduce(DType dt, const void* dy, const void* x, const void* mask, const void* mask_affine,
-                     const Shape& sh, bool ps, const double* mean, double* sg, double* sgx) {
-  if (dt == DType::f32)
-    backward_reduce_d<float>(dy, x, mask, mask_affine, sh, ps, mean, sg, sgx);
-  else
-    backward_reduce_d<double>(dy, x, mask, mask_affine, sh, ps, mean, sg, sgx);
-}
-
-template <typename T, int MK>
-void backward_apply_m(const T* G, const T* X, const T* M, const T* MA, T* O, T* R, const Shape& sh, bool ps,
-                      const double* mean, const double* A, const double* B, const double* D) {
-  if (R)
-    backward_apply_t<T, MK, true>(G, X, M, MA, O, R, sh, ps, mean, A, B, D);
-  else
-    backward_apply_t<T, MK, false>(G, X, M, MA, O, R, sh, ps, mean, A, B, D);
+    backward_reduce_t<T, 0, PL>(G, X, M, A, sh, ps, mean, sg, sgx);
 }
 
 template <typename T>
-void backward_apply_d(const void* dy, const void* x, const void* mask, const void* mask_affine, void* dx, void* gres,
-                      const Shape& sh, bool ps, const double* mean, const double* A, const double* B,
+void backward_reduce_d(const void* dy, const void* x, const void* mask, const void* mask_affine, bool pooled,
+                       const Shape& sh, bool ps, const double* mean, double* sg, double* sgx) {
+  if (pooled)
+    backward_reduce_p<T, true>(dy, x, mask, mask_affine, sh, ps, mean, sg, sgx);
+  else
+    backward_reduce_p<T, false>(dy, x, mask, mask_affine, sh, ps, mean, sg, sgx);
+}
+
+void backward_reduce(DType dt, const void* dy, const void* x, const void* mask, const void* mask_affine, bool pooled,
+                     const Shape& sh, bool ps, const double* mean, double* sg, double* sgx) {
+  if (dt == DType::f32)
+    backward_reduce_d<float>(dy, x, mask, mask_affine, pooled, sh, ps, mean, sg, sgx);
+  else
+    backward_reduce_d<double>(dy, x, mask, mask_affine, pooled, sh, ps, mean, sg, sgx);
+}
+
+template <typename T, int MK>
+void backward_apply_m(const T* G, const T* X, const T* M, const T* MA, T* O, T* R, bool pooled, const Shape& sh,
+                      bool ps, const double* mean, const double* A, const double* B, const double* D) {
+  if (R && pooled)
+    backward_apply_t<T, MK, true, true>(G, X, M, MA, O, R, sh, ps, mean, A, B, D);
+  else if (R)
+    backward_apply_t<T, MK, true, false>(G, X, M, MA, O, R, sh, ps, mean, A, B, D);
+  else if (pooled)
+    backward_apply_t<T, MK, false, true>(G, X, M, MA, O, R, sh, ps, mean, A, B, D);
+  else
+    backward_apply_t<T, MK, false, false>(G, X, M, MA, O, R, sh, ps, mean, A, B, D);
+}
+
+template <typename T>
+void backward_apply_d(const void* dy, const void* x, const void* mask, const void* mask_affine, bool pooled, void* dx,
+                      void* gres, const Shape& sh, bool ps, const double* mean, const double* A, const double* B,
                       const double* D) {
   auto G = static_cast<const T*>(dy);
   auto X = static_cast<const T*>(x);
@@ -446,24 +513,38 @@ void backward_apply_d(const void* dy, const void* x, const void* mask, const voi
   auto MA = static_cast<const T*>(mask_affine);
   auto O = static_cast<T*>(dx);
   auto R = static_cast<T*>(gres);
-  if (mask_affine) backward_apply_m<T, 2>(G, X, M, MA, O, R, sh, ps, mean, A, B, D);
-  else if (mask) backward_apply_m<T, 1>(G, X, M, MA, O, R, sh, ps, mean, A, B, D);
-  else backward_apply_m<T, 0>(G, X, M, MA, O, R, sh, ps, mean, A, B, D);
+  if (mask_affine) backward_apply_m<T, 2>(G, X, M, MA, O, R, pooled, sh, ps, mean, A, B, D);
+  else if (mask) backward_apply_m<T, 1>(G, X, M, MA, O, R, pooled, sh, ps, mean, A, B, D);
+  else backward_apply_m<T, 0>(G, X, M, MA, O, R, pooled, sh, ps, mean, A, B, D);
 }
 
-void backward_apply(DType dt, const void* dy, const void* x, const void* mask, const void* mask_affine, void* dx,
-                    void* gres, const Shape& sh, bool ps, const double* mean, const double* A, const double* B,
-                    const double* D) {
+void backward_apply(DType dt, const void* dy, const void* x, const void* mask, const void* mask_affine, bool pooled,
+                    void* dx, void* gres, const Shape& sh, bool ps, const double* mean, const double* A,
+                    const double* B, const double* D) {
   if (dt == DType::f32)
-    backward_apply_d<float>(dy, x, mask, mask_affine, dx, gres, sh, ps, mean, A, B, D);
+    backward_apply_d<float>(dy, x, mask, mask_affine, pooled, dx, gres, sh, ps, mean, A, B, D);
   else
-    backward_apply_d<double>(dy, x, mask, mask_affine, dx, gres, sh, ps, mean, A, B, D);
+    backward_apply_d<double>(dy, x, mask, mask_affine, pooled, dx, gres, sh, ps, mean, A, B, D);
+}
+
+void affine_pool(DType dt, const void* x, const void* affine, bool relu, const Shape& sh, void* out) {
+  if (dt == DType::f32) {
+    auto X = static_cast<const float*>(x);
+    auto A = static_cast<const float*>(affine);
+    auto O = static_cast<float*>(out);
+    relu ? affine_pool_t<float, true>(X, A, sh, O) : affine_pool_t<float, false>(X, A, sh, O);
+  } else {
+    auto X = static_cast<const double*>(x);
+    auto A = static_cast<const double*>(affine);
+    auto O = static_cast<double*>(out);
+    relu ? affine_pool_t<double, true>(X, A, sh, O) : affine_pool_t<double, false>(X, A, sh, O);
+  }
 }
 
 }  // namespace
 
 extern const norm::Kernels norm_kernels;
-const norm::Kernels norm_kernels = {stats, apply, backward_reduce, backward_apply};
+const norm::Kernels norm_kernels = {stats, apply, backward_reduce, backward_apply, affine_pool};
 
 }  // namespace CNNKIT_ISA_NS
 }  // namespace cnnkit

@@ -559,10 +559,13 @@ class BatchNorm2d(_ReLUMode, Module):
 
     def _fused_backward(self, grad: np.ndarray, gi: np.ndarray, pre_affine: np.ndarray | None) -> np.ndarray:
         """The training-mode backward of a norm whose output was the next convolution's compiled
-        prologue: the ReLU mask is ``fma(scale, x, shift) > 0`` with the prologue's float32
+        prologue (or was averaged by the next global average pool without being written): the
+        ReLU mask is ``fma(scale, x, shift) > 0`` with the prologue's float32
         ``concat(scale, shift)`` (``pre_affine``; None without a ReLU), evaluated inside the two
         norm backward passes; or, when that convolution's compiled input gradient already masked
-        ``grad`` and reduced its sums (``_pending_grad``), only the apply pass."""
+        ``grad`` and reduced its sums (``_pending_grad``), only the apply pass. A ``grad`` that is
+        constant over H and W by construction (zero strides there: the pool's adjoint) is read as
+        its ``(N, C)`` values."""
         x, p = self._x, self.params
         nhwc = self.layout == "NHWC"
         N, C = x.shape[0], self.num_features
@@ -578,6 +581,11 @@ class BatchNorm2d(_ReLUMode, Module):
                 _bn_backward_apply(grad, x, None, gi, None, N, C, S, nhwc, self._mean, self._invstd, w64, N * S,
                                    sg, sgxc)
             sgxhat = sgxc * self._invstd
+        elif (pooled := _pooled_grad(grad, nhwc)) is not None:
+            # the next layer is a global average pool fused with this norm: grad is its (N, C)
+            # adjoint broadcast over H and W, read once per (n, c) inside the kernels
+            sg, sgxhat = _bn_backward_chunk(pooled, x, None, gi, None, N, C, S, nhwc, self._mean, self._invstd,
+                                            w64, N * S, mask_affine=pre_affine, pooled=True)
         else:
             grad = np.ascontiguousarray(grad, dtype=np.float32)
             sg, sgxhat = _bn_backward_chunk(grad, x, None, gi, None, N, C, S, nhwc, self._mean, self._invstd,
@@ -1006,6 +1014,9 @@ class GlobalAvgPool2d(Module):
         The layout of the input.
     """
 
+    # the batch norm whose output the last forward averaged without its being written (fusion)
+    _pre_norm: BatchNorm2d | None = None
+
     def __init__(self, *, layout: str = "NCHW"):
         super().__init__()
         self.layout = _layout(layout)
@@ -1024,10 +1035,25 @@ class GlobalAvgPool2d(Module):
             A reused buffer.
         """
         _check_input(self, x, None, self.layout)
-        self._shape = x.shape
+        self._shape, self._pre_norm = x.shape, None
         N, C, S = self._geometry()
         y = self._buf("y", (N, C))
         _core.global_avg_pool_forward(np.ascontiguousarray(x), y, N, C, S, self.layout == "NHWC")
+        return y
+
+    def _fused_pool(self, x: np.ndarray, norm: BatchNorm2d, relu: bool) -> np.ndarray:
+        """The pool of ``norm``'s output, ``relu(scale * x + shift)`` with the float32
+        ``concat(scale, shift)`` that ``norm`` deferred (``norm._pre_affine``; one fma per value,
+        as a convolution's prologue), from its input ``x``, without writing that output; then the
+        captures receive the result (as ``__call__``). :meth:`backward` then returns the adjoint
+        as a broadcast view, which ``norm``'s backward reads per (n, c)."""
+        _check_input(self, x, None, self.layout)
+        self._shape, self._pre_norm = x.shape, norm
+        N, C, S = self._geometry()
+        y = self._buf("y", (N, C))
+        _core.norm_affine_pool(np.ascontiguousarray(x), y, N, C, S, self.layout == "NHWC", norm._pre_affine, relu)
+        for c in self._captures:
+            c.output = y.copy()
         return y
 
     def _geometry(self):
@@ -1050,10 +1076,18 @@ class GlobalAvgPool2d(Module):
         Returns
         -------
         float32 ndarray
-            The gradient with respect to the last forward's x (its shape; a reused buffer).
+            The gradient with respect to the last forward's x (its shape; a reused buffer, or,
+            after a forward fused with the batch norm before it, a read-only view broadcast over
+            H and W that the norm reads per (n, c)).
         """
         grad = self._check_grad(grad, self._ws["y"].shape if "y" in self._ws else None)
         N, C, S = self._geometry()
+        if self._pre_norm is not None:
+            # grad[n, c] * float32(1/S): the values global_avg_pool_backward writes, not written out
+            g = self._buf("gq", (N, C))
+            np.multiply(grad, np.float32(1.0 / S), out=g)
+            view = (N, 1, 1, C) if self.layout == "NHWC" else (N, C, 1, 1)
+            return np.broadcast_to(g.reshape(view), self._shape)
         gi = self._buf("gx", self._shape)
         _core.global_avg_pool_backward(np.ascontiguousarray(grad, dtype=np.float32), gi, N, C, S,
                                        self.layout == "NHWC")
@@ -1328,7 +1362,18 @@ class SpatialDropout2d(_DropoutBase):
 _FUSED_VIA = {"Conv2d": ("__call__", "forward", "_forward", "_fused_call", "backward", "_channel_sparse_backward",
                          "_fused_input_backward"),
               "BatchNorm2d": ("__call__", "forward", "_fused_forward", "backward", "_eval_backward",
-                              "_preactivation", "_fused_backward", "_relu_grad")}
+                              "_preactivation", "_fused_backward", "_relu_grad"),
+              "GlobalAvgPool2d": ("__call__", "forward", "_fused_pool", "backward")}
+
+
+def _pooled_grad(grad: np.ndarray, nhwc: bool) -> np.ndarray | None:
+    """``grad``'s ``(N, C)`` values (C-contiguous float32) when it is constant over the spatial
+    axes by construction, i.e. has zero strides there (:meth:`GlobalAvgPool2d.backward` after a
+    fused forward gives such a view); else None."""
+    axes = (1, 2) if nhwc else (2, 3)
+    if grad.ndim != 4 or grad.dtype != np.float32 or any(grad.strides[a] != 0 for a in axes):
+        return None
+    return np.ascontiguousarray(grad[:, 0, 0, :] if nhwc else grad[:, :, 0, 0])
 
 
 def _fusable(m: Module | None, cls: type) -> bool:
@@ -1352,9 +1397,10 @@ def _fused_step(m: Module, x: np.ndarray, pending: tuple | None, nxt: Module | N
 
     ``nxt`` is the layer that runs next on m's output (None: none, or not part of the chain).
     A Conv2d followed by a training-mode BatchNorm2d keeps its output's batch statistics
-    (the epilogue) and hands ``("stats", mean, var)`` on; a BatchNorm2d followed by a Conv2d and
-    not captured hands ``("pre", norm, (scale, shift, relu))`` on and passes its input through
-    (the convolution applies it as its prologue); a BatchNorm2d given statistics uses them.
+    (the epilogue) and hands ``("stats", mean, var)`` on; a BatchNorm2d followed by a Conv2d or
+    a GlobalAvgPool2d and not captured hands ``("pre", norm, (scale, shift, relu))`` on and
+    passes its input through (the convolution applies it as its prologue; the pool averages
+    ``relu(scale * x + shift)`` without writing it); a BatchNorm2d given statistics uses them.
     Any other layer runs as ``m(x)``, and so does a Conv2d or BatchNorm2d that is not
     :func:`_fusable` (e.g. ghost batch norm): the statistics and prologue are only exchanged
     between two fusable layers."""
@@ -1371,8 +1417,10 @@ def _fused_step(m: Module, x: np.ndarray, pending: tuple | None, nxt: Module | N
         return y, (("stats",) + tuple(m._stats or ())) if stats else None
     if _fusable(m, BatchNorm2d):
         given = pending[1:] if pending is not None and pending[0] == "stats" else None
-        defer = (isinstance(nxt, Conv2d) and _fusable(nxt, Conv2d) and residual is None and not m._captures
-                 and nxt.layout == m.layout and nxt.in_channels == m.num_features and x.ndim == 4)
+        into_conv = isinstance(nxt, Conv2d) and _fusable(nxt, Conv2d) and nxt.in_channels == m.num_features
+        into_pool = _fusable(nxt, GlobalAvgPool2d)
+        defer = ((into_conv or into_pool) and residual is None and not m._captures and x.ndim == 4
+                 and getattr(nxt, "layout", None) == m.layout)
         if given is None and not defer:
             return (m(x) if residual is None else m(x, residual)), None
         out, pre = m._fused_forward(x, given, residual, defer)
@@ -1380,6 +1428,9 @@ def _fused_step(m: Module, x: np.ndarray, pending: tuple | None, nxt: Module | N
             return x, ("pre", m, pre)
         assert out is not None
         return out, None
+    if pending is not None and pending[0] == "pre" and _fusable(m, GlobalAvgPool2d):
+        norm, (_, _, relu) = pending[1], pending[2]
+        return m._fused_pool(x, norm, relu), None
     return (m(x) if residual is None else m(x, residual)), None
 
 

@@ -58,9 +58,13 @@ def fusion(enabled: bool = True) -> contextlib.AbstractContextManager[None]:
     :class:`~cnnkit.nn.BottleneckBlock` with batch norm): Conv2d -> BatchNorm2d in training mode
     (statistics from the convolution's epilogue; the norm then applies with its ReLU and
     residual as before), and BatchNorm2d(+ReLU) -> Conv2d in both modes (training: the batch
-    statistics; eval: the running ones) as the convolution's prologue. Not fused: a norm
+    statistics; eval: the running ones) as the convolution's prologue, and BatchNorm2d(+ReLU)
+    -> GlobalAvgPool2d (a :class:`Sequential` chain, both modes): the pool averages the
+    normalized values without their being written, and its backward hands the norm its
+    ``(N, C)`` adjoint as a view broadcast over H and W, which the norm's kernels read per
+    sample and channel. Not fused: a norm
     whose output is captured (:meth:`Module.capture`) or where ``forward(until=)`` stops, a
-    norm followed by anything but a Conv2d, a channel with ``|mean| / std > 16`` (accuracy),
+    norm followed by anything but a Conv2d or a GlobalAvgPool2d, a channel with ``|mean| / std > 16`` (accuracy),
     across container boundaries, and a Conv2d or BatchNorm2d whose subclass (or instance)
     overrides its forward or backward or that has a ``virtual_batch_size`` (ghost batch norm:
     per-chunk statistics, which the epilogue's whole-batch ones cannot represent); such a

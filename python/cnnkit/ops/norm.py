@@ -139,27 +139,30 @@ def _bn_infer_core(x, y, residual, N, C, S, nhwc, weight, bias, running_mean, ru
 
 
 def _bn_backward_apply(g, x, mask, grad_x, grad_res, v, C, S, nhwc, mean, invstd, w, count, sg, sgx,
-                       mask_affine=None):
+                       mask_affine=None, pooled=False):
     """The apply pass of batch_norm_backward given the sums ``sg`` = sum g and ``sgx`` =
     sum g*(x - mean) (float64, per channel): grad_x = A*g - A*sg/count - (x - mean)*A*invstd^2*sgx/count
-    with A = w*invstd (g masked as in :func:`_bn_backward_chunk`)."""
+    with A = w*invstd (g masked, and ``pooled``, as in :func:`_bn_backward_chunk`)."""
     A = w * invstd
     _core.norm_backward_apply(g, x, mask, grad_x, grad_res, v, C, S, nhwc, False, mean, A, A * sg / count,
-                              A * invstd * invstd * sgx / count, mask_affine)
+                              A * invstd * invstd * sgx / count, mask_affine, pooled)
 
 
-def _bn_backward_chunk(g, x, mask, grad_x, grad_res, v, C, S, nhwc, mean, invstd, w, count, mask_affine=None):
+def _bn_backward_chunk(g, x, mask, grad_x, grad_res, v, C, S, nhwc, mean, invstd, w, count, mask_affine=None,
+                       pooled=False):
     """batch_norm_backward over one chunk of v samples: writes grad_x and grad_res (where not
     None) and returns (sum g, sum g*xhat) per channel (float64); w is the float64 weight.
     ``mask_affine`` (x's dtype, ``concat(a, b)``, mask None): g is masked by
     ``fma(a[c], x, b[c]) > 0``, the ReLU of a convolution's fused prologue recomputed from x
-    (:mod:`cnnkit.nn`'s fusion), instead of by a stored output."""
-    sg, sgx = _core.norm_backward_reduce(g, x, mask, v, C, S, nhwc, False, mean, mask_affine)
+    (:mod:`cnnkit.nn`'s fusion), instead of by a stored output. ``pooled``: g is ``(v, C)``, the
+    gradient at every spatial position of that sample and channel (a global average pool's
+    adjoint, never broadcast in memory)."""
+    sg, sgx = _core.norm_backward_reduce(g, x, mask, v, C, S, nhwc, False, mean, mask_affine, pooled)
     if grad_x is not None:
         _bn_backward_apply(g, x, mask, grad_x, grad_res, v, C, S, nhwc, mean, invstd, w, count, sg, sgx,
-                           mask_affine)
+                           mask_affine, pooled)
     elif grad_res is not None:
-        assert mask_affine is None
+        assert mask_affine is None and not pooled
         np.copyto(grad_res, g if mask is None else np.where(mask > 0, g, 0))
     return sg, sgx * invstd
 

@@ -1,0 +1,224 @@
+"""A batch norm (+ReLU) fused with the global average pool after it (cnnkit.nn's fusion).
+
+* ``_core.norm_affine_pool``: the mean over H and W of ``act(fma(a, x, b))`` without writing it,
+  against a float64 reference and bitwise against ``global_avg_pool_forward`` of the written
+  ``act(fma(a, x, b))`` (whose values the kernel sums in the same order), both layouts, channel
+  counts around the SIMD width, every ISA level, 1 and 2 threads bitwise.
+* ``pooled=True`` of the norm backward kernels (the gradient given per (n, c), the same at every
+  position): bitwise the results on the gradient broadcast in memory, with every mask mode.
+* networks: a Conv -> BN(+ReLU) -> GlobalAvgPool2d -> Linear chain and mobilenet_small train the
+  same fused and unfused (cnnkit.nn.fusion's tolerance table, tests/test_fusion.py), with spies
+  that assert the norm's output, the pool's passes and the broadcast gradient were never
+  written; captures, ``until=`` and ``inject=`` at the norm still see unfused values.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cnnkit import _core, models, nn
+from conftest import assert_bitwise, assert_close, num_threads
+from test_fusion import _assert_same_training, _data, _train
+
+
+def _affine_ref(x, a, b, relu, nhwc):
+    """act(a*x + b) per channel in float64 from float32 values (a*x exact in float64)."""
+    shape = (1, 1, 1, -1) if nhwc else (1, -1, 1, 1)
+    v = a.astype(np.float64).reshape(shape) * x.astype(np.float64) + b.astype(np.float64).reshape(shape)
+    return np.maximum(v, 0) if relu else v
+
+
+def _fma32(x, a, b, nhwc):
+    """float32 fma(a, x, b): a*x + b in float64 (the product exact) rounded once to float32
+    (double rounding could differ from one rounding only at exact float64 ties, which these
+    random values avoid: the float64 sum is inexact with probability ~2^-29 per value)."""
+    shape = (1, 1, 1, -1) if nhwc else (1, -1, 1, 1)
+    return (a.astype(np.float64).reshape(shape) * x.astype(np.float64)
+            + b.astype(np.float64).reshape(shape)).astype(np.float32)
+
+
+@pytest.mark.parametrize("nhwc", [False, True])
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("N,C,H,W", [(1, 1, 1, 1), (2, 15, 3, 5), (3, 16, 4, 4), (2, 17, 7, 1), (4, 33, 5, 6),
+                                     (64, 8, 16, 16)])
+def test_affine_pool_matches_pool_of_the_written_values(nhwc, relu, N, C, H, W, isa):
+    rng = np.random.default_rng(N * 1000 + C * 10 + H)
+    shape = (N, H, W, C) if nhwc else (N, C, H, W)
+    x = (rng.standard_normal(shape) * 3 + 1).astype(np.float32)
+    a = (rng.uniform(0.2, 2, C) * rng.choice((-1, 1), C)).astype(np.float32)
+    b = rng.standard_normal(C).astype(np.float32)
+    S = H * W
+    outs = {}
+    for t in (1, 2):
+        with num_threads(t):
+            out = np.full((N, C), np.nan, np.float32)
+            _core.norm_affine_pool(x, out, N, C, S, nhwc, np.concatenate([a, b]), relu)
+            outs[t] = out
+    assert_bitwise(outs[1], outs[2], "threads")
+    z = _fma32(x, a, b, nhwc)
+    if relu:
+        z = np.maximum(z, 0)
+    pooled = np.empty((N, C), np.float32)
+    _core.global_avg_pool_forward(z, pooled, N, C, S, nhwc)
+    if nhwc:  # the pool's own per-channel order: the same bits
+        assert_bitwise(outs[1], pooled, "pool of the written values")
+    else:  # a vectorised reduction of the row in both: its order is the compiler's, equal to rounding
+        assert_close(outs[1], pooled, np.float32, length=S, what="pool of the written values")
+    ref = _affine_ref(x, a, b, relu, nhwc).mean(axis=(1, 2) if nhwc else (2, 3))
+    assert_close(outs[1], ref, np.float32, length=S, what="float64 reference")
+
+
+def test_affine_pool_float64_and_bad_input():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 5, 3, 4))
+    ab = rng.standard_normal(10)
+    out = np.empty((2, 5))
+    _core.norm_affine_pool(x, out, 2, 5, 12, False, ab, True)
+    ref = _affine_ref(x, ab[:5], ab[5:], True, False).mean(axis=(2, 3))
+    assert_close(out, ref, np.float64, length=12, what="float64")
+    with pytest.raises(ValueError, match="affine"):
+        _core.norm_affine_pool(x, out, 2, 5, 12, False, ab[:-1], True)
+    with pytest.raises(ValueError, match="out"):
+        _core.norm_affine_pool(x, np.empty((2, 4)), 2, 5, 12, False, ab, True)
+    with pytest.raises(ValueError, match="out"):
+        _core.norm_affine_pool(x, x.reshape(-1)[:10], 2, 5, 12, False, ab, True)
+    with pytest.raises(TypeError):
+        _core.norm_affine_pool(x.astype(np.float32), out, 2, 5, 12, False, ab, True)
+
+
+@pytest.mark.parametrize("nhwc", [False, True])
+@pytest.mark.parametrize("mode", ["none", "mask", "affine"])
+@pytest.mark.parametrize("N,C,S", [(1, 1, 1), (3, 15, 7), (2, 16, 65), (5, 17, 9), (4, 40, 300)])
+def test_pooled_gradient_is_the_broadcast_gradient(nhwc, mode, N, C, S, isa):
+    """``pooled=True`` reads g[n, c] at every position: the kernels' results on g broadcast in
+    memory (bitwise, but for the NCHW sums: equal to rounding), for every mask mode, with the
+    residual's gradient, the same bits at 1 and 2 threads."""
+    rng = np.random.default_rng(N * 100 + C + S)
+    shape = (N, S, C) if nhwc else (N, C, S)
+    x = rng.standard_normal(shape).astype(np.float32)
+    gp = rng.standard_normal((N, C)).astype(np.float32)
+    full = np.ascontiguousarray(np.broadcast_to(gp[:, None, :] if nhwc else gp[:, :, None], shape))
+    y = np.maximum(x + np.float32(0.3), 0) if mode == "mask" else None
+    ab = np.concatenate([rng.uniform(0.5, 2, C), rng.standard_normal(C)]).astype(np.float32) \
+        if mode == "affine" else None
+    mean = rng.standard_normal(C)
+    A, B, D = rng.standard_normal(C), rng.standard_normal(C), rng.standard_normal(C)
+    for t in (1, 2):
+        with num_threads(t):
+            r_p = _core.norm_backward_reduce(gp, x, y, N, C, S, nhwc, False, mean, ab, True)
+            r_f = _core.norm_backward_reduce(full, x, y, N, C, S, nhwc, False, mean, ab)
+            dx_p, dx_f, gr_p, gr_f = (np.empty_like(x) for _ in range(4))
+            _core.norm_backward_apply(gp, x, y, dx_p, gr_p, N, C, S, nhwc, False, mean, A, B, D, ab, True)
+            _core.norm_backward_apply(full, x, y, dx_f, gr_f, N, C, S, nhwc, False, mean, A, B, D, ab)
+        for u, v in zip(r_p, r_f):
+            if nhwc:  # the same partial sums in the same order
+                assert_bitwise(u, v, f"sums, {t} threads")
+            else:  # a vectorised reduction of each row, its order the compiler's: equal to rounding
+                assert_close(u, v, np.float32, length=S, what=f"sums, {t} threads")
+        if t == 2:
+            for u, v in zip(r_p, r_p1):
+                assert_bitwise(u, v, "sums at 1 and 2 threads")
+        r_p1 = r_p
+        assert_bitwise(dx_p, dx_f, f"grad_input, {t} threads")
+        assert_bitwise(gr_p, gr_f, f"masked g, {t} threads")
+    with pytest.raises(ValueError, match="grad_out"):  # pooled wants N*C values, not more or fewer
+        _core.norm_backward_reduce(gp[:, :-1] if C > 1 else gp[:-1], x, y, N, C, S, nhwc, False, mean, ab, True)
+
+
+# ---- networks ---------------------------------------------------------------------------------
+
+def _head(layout, rng, relu=True):
+    return nn.Sequential(
+        nn.Conv2d(3, 12, 3, padding=1, bias=False, layout=layout, rng=rng),
+        nn.BatchNorm2d(12, activation="relu" if relu else None, layout=layout),
+        nn.GlobalAvgPool2d(layout=layout), nn.Linear(12, 4, rng=rng))
+
+
+@pytest.fixture
+def spies(monkeypatch):
+    """Counts of the passes that fusion removes: the norm's apply, the pool and its adjoint."""
+    calls = {"norm_apply": 0, "global_avg_pool_forward": 0, "global_avg_pool_backward": 0, "norm_affine_pool": 0}
+    for name in calls:
+        real = getattr(_core, name)
+
+        def spy(*a, _real=real, _name=name, **k):
+            calls[_name] += 1
+            return _real(*a, **k)
+        monkeypatch.setattr(_core, name, spy)
+    return calls
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("relu", [True, False])
+def test_norm_pool_chain_fused_matches_unfused(layout, relu, spies):
+    shape = (4, 3, 8, 8) if layout == "NCHW" else (4, 8, 8, 3)
+    xs, ls = _data(shape, 3, 4)
+    h_f = _train(_head(layout, np.random.default_rng(0), relu), xs, ls, True, eval_after=True)
+    # 3 training steps and an eval step: the pool's passes never ran, the norm's output was
+    # written once with a ReLU, by the eval-mode backward (its pre-activation: the ReLU mask of
+    # torch's eval-mode gradient, see BatchNorm2d._eval_backward)
+    assert spies["norm_affine_pool"] == 4
+    assert spies["global_avg_pool_forward"] == spies["global_avg_pool_backward"] == 0
+    assert spies["norm_apply"] == (1 if relu else 0)
+    h_u = _train(_head(layout, np.random.default_rng(0), relu), xs, ls, False, eval_after=True)
+    assert spies["global_avg_pool_forward"] == 4 and spies["global_avg_pool_backward"] == 4
+    _assert_same_training(h_f, h_u)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_mobilenet_fuses_its_last_norm_into_the_pool(layout, spies):
+    kw = dict(widths=(8, 16, 16, 32))
+    shape = (4, 3, 8, 8) if layout == "NCHW" else (4, 8, 8, 3)
+    xs, ls = _data(shape, 2, 5)
+    h_f = _train(models.mobilenet_small(3, 5, seed=0, layout=layout, **kw), xs, ls, True)
+    assert spies["norm_affine_pool"] == 2 and spies["global_avg_pool_backward"] == 0
+    h_u = _train(models.mobilenet_small(3, 5, seed=0, layout=layout, **kw), xs, ls, False)
+    _assert_same_training(h_f, h_u)
+
+
+def test_pool_gradient_is_a_broadcast_view_only_when_fused():
+    m = _head("NHWC", np.random.default_rng(0))
+    x = np.random.default_rng(1).standard_normal((2, 5, 5, 3)).astype(np.float32)
+    g = np.random.default_rng(2).standard_normal((2, 12)).astype(np.float32)
+    with nn.fusion(True):
+        m.forward(x)
+    pool = m[2]
+    gi = pool.backward(g)
+    assert gi.shape == (2, 5, 5, 12) and gi.strides[1] == gi.strides[2] == 0 and not gi.flags.writeable
+    assert_bitwise(np.ascontiguousarray(gi), np.broadcast_to((g * np.float32(1 / 25))[:, None, None, :], gi.shape),
+                   "adjoint")
+    with nn.fusion(False):
+        m.forward(x)
+    gi_u = pool.backward(g)
+    assert gi_u.flags.c_contiguous and gi_u.flags.writeable
+    assert_bitwise(gi_u, np.ascontiguousarray(gi), "unfused adjoint")
+
+
+def test_captures_until_and_inject_at_the_norm():
+    """A captured norm is materialised (the pool runs on it); until= at the norm returns its
+    output; inject= at the norm (whose output the pool averaged unwritten) gives the unfused
+    gradients."""
+    x = np.random.default_rng(1).standard_normal((4, 3, 6, 6)).astype(np.float32)
+    inj = np.random.default_rng(3).standard_normal((4, 12, 6, 6)).astype(np.float32)
+    out = {}
+    for fuse in (True, False):
+        m = _head("NCHW", np.random.default_rng(0))
+        with nn.fusion(fuse):
+            cap = m.capture("1")
+            y = m.forward(x)
+            assert m[2]._pre_norm is None  # captured: not fused
+            m.backward(np.ones_like(y))
+            m.release()
+            until = m.forward(x, until="1").copy()
+            y = m.forward(x)
+            assert (m[2]._pre_norm is not None) == fuse
+            m.backward(np.ones_like(y), inject={"1": inj})
+            g_inj = [g.copy() for g in m.gradients()]
+        out[fuse] = (cap.output.copy(), cap.grad.copy(), until, g_inj)
+    f, u = out[True], out[False]
+    assert_close(f[0], u[0], np.float32, length=100, what="captured output")
+    assert_close(f[1], u[1], np.float32, length=100, what="captured grad")
+    assert_close(f[2], u[2], np.float32, length=100, what="until output")
+    G = max(float(np.abs(g).max()) for g in u[3])
+    for gf, gu in zip(f[3], u[3]):
+        assert np.abs(gf - gu).max() <= 2e-5 * np.abs(gu).max() + 1e-6 * G
