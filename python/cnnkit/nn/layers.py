@@ -1048,10 +1048,12 @@ class GlobalAvgPool2d(Module):
         captures receive the result (as ``__call__``). :meth:`backward` then returns the adjoint
         as a broadcast view, which ``norm``'s backward reads per (n, c)."""
         _check_input(self, x, None, self.layout)
+        affine = norm._pre_affine
+        assert affine is not None  # set by the norm's deferral (BatchNorm2d._fused_forward)
         self._shape, self._pre_norm = x.shape, norm
         N, C, S = self._geometry()
         y = self._buf("y", (N, C))
-        _core.norm_affine_pool(np.ascontiguousarray(x), y, N, C, S, self.layout == "NHWC", norm._pre_affine, relu)
+        _core.norm_affine_pool(np.ascontiguousarray(x), y, N, C, S, self.layout == "NHWC", affine, relu)
         for c in self._captures:
             c.output = y.copy()
         return y
