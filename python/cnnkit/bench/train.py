@@ -739,6 +739,7 @@ KERNEL_KINDS = (
     (r"^conv.*(forward|fwd)", "conv fwd"),
     (r"^norm_stats", "bn statistics"),
     (r"^norm_apply", "bn apply"),
+    (r"^norm_affine_pool", "bn apply + global avg pool"),
     (r"^norm_backward_reduce", "bn bwd reduce"),
     (r"^norm_backward_apply", "bn bwd apply"),
     (r"^norm_", "bn small (invstd, running stats)"),
