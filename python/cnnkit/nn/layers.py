@@ -270,6 +270,36 @@ class Conv2d(Module):
         ops.conv2d_backward(grad, self._x, self.params["weight"], needs=needs, out=(gi, gw, gb), **self._args())
         return gi
 
+    def _backward_add(self, grad: np.ndarray, add: np.ndarray) -> np.ndarray | None:
+        """:meth:`_backward` (the input gradient) plus ``add`` (an array of the input's shape), in
+        one pass, for a dense 1x1 convolution with stride 1 and no padding or prologue, float32:
+        the input gradient is the adjoint's forward pass, a 1x1 convolution with the transposed
+        weight, whose residual epilogue adds ``add`` (:func:`cnnkit.ops.conv2d_fused`); the weight
+        and bias gradients as :meth:`backward` writes them. A residual block's first
+        convolution so adds the shortcut's gradient without a pass of its own. None (nothing done,
+        nothing consumed) where it does not apply."""
+        x = getattr(self, "_x", None)
+        if (x is None or self.kernel_size != (1, 1) or self.groups != 1 or getattr(self, "_pre", None) is not None
+                or grad.dtype != np.float32 or add.dtype != np.float32 or add.shape != x.shape
+                or x.dtype != np.float32 or not _fusable(self, Conv2d)):
+            return None
+        shape = self._ws.get("out_shape")
+        spatial = (1, 2) if self.layout == "NHWC" else (2, 3)
+        if shape is None or any(shape[a] != x.shape[a] for a in spatial):  # stride or padding: not the plain adjoint
+            return None
+        grad = self._check_grad(self._grad_in(grad), shape)
+        self._note_grad(grad)
+        w = self.params["weight"]
+        if self.param_grads:
+            needs = ("weight", "bias") if self.has_bias else ("weight",)
+            ops.conv2d_backward(grad, x, w, needs=needs, out=(None, self.grads["weight"], self.grads.get("bias")),
+                                **self._args())
+        wa = self._buf("weight_adjoint", (self.in_channels, self.out_channels, 1, 1))
+        wa[:, :, 0, 0] = w[:, :, 0, 0].T
+        gi = self._buf("gx", x.shape)
+        _fused.conv2d_fused(np.ascontiguousarray(grad), wa, layout=self.layout, residual=add, out=gi)
+        return gi
+
     def _fused_input_backward(self, grad: np.ndarray, gi: np.ndarray, pre: tuple) -> bool:
         """The input gradient through a compiled prologue whose norm (``_pre_bn``, training mode,
         standard ReLU rule) takes it next: one compiled pass writes into ``gi`` the gradient at
@@ -1361,8 +1391,8 @@ class SpatialDropout2d(_DropoutBase):
 # instance) that overrides any of them computes something else than the base layer (ghost batch
 # norm's per-chunk statistics, a standardized weight, ...) that the fused kernels cannot
 # represent: such a layer always runs on its own.
-_FUSED_VIA = {"Conv2d": ("__call__", "forward", "_forward", "_fused_call", "backward", "_channel_sparse_backward",
-                         "_fused_input_backward"),
+_FUSED_VIA = {"Conv2d": ("__call__", "forward", "_forward", "_fused_call", "backward", "_backward_add",
+                         "_channel_sparse_backward", "_fused_input_backward"),
               "BatchNorm2d": ("__call__", "forward", "_fused_forward", "backward", "_eval_backward",
                               "_preactivation", "_fused_backward", "_relu_grad"),
               "GlobalAvgPool2d": ("__call__", "forward", "_fused_pool", "backward")}
@@ -1503,9 +1533,17 @@ class _Residual(Module):
         gs = self.post._backward(grad)
         return (last_norm._backward(gs) if last_norm is not None else gs), gs
 
-    def _add_shortcut_grad(self, gi, gr):
+    def _input_grad(self, conv1, g, gr):
+        """The block's input gradient: ``conv1``'s (from ``g``, the gradient at its output) plus
+        the shortcut's (from ``gr``). With fusion on, a 1x1 stride-1 ``conv1`` adds the shortcut's
+        gradient in the epilogue of its own input gradient (:meth:`Conv2d._backward_add`), so the
+        sum is written once; otherwise the two are added."""
         gsc = gr if self.shortcut is None else self.shortcut._backward(gr, input_grad=True)
-        return np.add(gi, gsc, out=self._buf("gx", gi.shape))
+        if self._fusing():
+            gi = conv1._backward_add(g, gsc)
+            if gi is not None:
+                return gi
+        return np.add(conv1._backward(g), gsc, out=self._buf("gx", gsc.shape))
 
 
 class ResidualBlock(_Residual):
@@ -1591,7 +1629,7 @@ class ResidualBlock(_Residual):
         g, gr = self._unmerge(grad, self.bn2)
         g = self.conv2._backward(g)
         g = self.bn1._backward(g)
-        return self._add_shortcut_grad(self.conv1._backward(g), gr)
+        return self._input_grad(self.conv1, g, gr)
 
 
 class BottleneckBlock(_Residual):
@@ -1671,4 +1709,4 @@ class BottleneckBlock(_Residual):
         g, gr = self._unmerge(grad, self.bn3)
         g = self.conv3._backward(g)
         g = self.conv2._backward(self.bn2._backward(g))
-        return self._add_shortcut_grad(self.conv1._backward(self.bn1._backward(g)), gr)
+        return self._input_grad(self.conv1, self.bn1._backward(g), gr)

@@ -62,7 +62,9 @@ def fusion(enabled: bool = True) -> contextlib.AbstractContextManager[None]:
     -> GlobalAvgPool2d (a :class:`Sequential` chain, both modes): the pool averages the
     normalized values without their being written, and its backward hands the norm its
     ``(N, C)`` adjoint as a view broadcast over H and W, which the norm's kernels read per
-    sample and channel. Not fused: a norm
+    sample and channel. In a residual block whose first convolution is a dense 1x1 with stride
+    1 (the bottleneck's), that convolution's input gradient adds the shortcut's gradient in its
+    epilogue instead of a separate pass. Not fused: a norm
     whose output is captured (:meth:`Module.capture`) or where ``forward(until=)`` stops, a
     norm followed by anything but a Conv2d or a GlobalAvgPool2d, a channel with ``|mean| / std > 16`` (accuracy),
     across container boundaries, and a Conv2d or BatchNorm2d whose subclass (or instance)
