@@ -255,6 +255,120 @@ CNNKIT_HD void dw_pad_block(const T* const* rows, T* yo, int64_t ow, const T* wt
     }
 }
 
+// ---- 3x3, dilation 1, stride S in {1, 2}, multiplier 1, on zero-padded rows --------------------
+// Register rows: per channel vector, a row's output pixels in chunks of NP with the chunk's
+// accumulators, the input vectors of each of the three rows it reads ((NP - 1)*S + 3) and the nine
+// weight vectors in registers (AVX-512: 8 + 10 + 9 of 32 at S = 1; 6 + 13 + 9 at S = 2), the
+// pixel pointers stepped by C. Each output sums its taps in the order (i, j), as dw_pad_block, and
+// each weight-gradient tap its pixels in row order, as dw_wgrad_band's per-pixel loop: the same
+// bits. (dw_pad_block's eight runtime pixel offsets per tap spilled to the stack: 1.0 ms against
+// ... at 1 thread, N = 64, C = 128, 16x16.)
+inline bool dw33_shape(const Geom& g) {
+  return g.kh == 3 && g.kw == 3 && g.dh == 1 && g.dw == 1 && (g.sw == 1 || g.sw == 2);
+}
+
+// f(std::integral_constant<int, NP>{}, ow0) for the chunks of a row of Wo pixels: chunks of NPMAX,
+// then one of the rest.
+template <int NPMAX, typename F>
+CNNKIT_HD void dw_row_chunks(int64_t Wo, F&& f) {
+  int64_t ow = 0;
+  for (; ow + NPMAX <= Wo; ow += NPMAX) f(std::integral_constant<int, NPMAX>{}, ow);
+  const int64_t r = Wo - ow;
+  if constexpr (NPMAX > 7) if (r == 7) return f(std::integral_constant<int, 7>{}, ow);
+  if constexpr (NPMAX > 6) if (r == 6) return f(std::integral_constant<int, 6>{}, ow);
+  if constexpr (NPMAX > 5) if (r == 5) return f(std::integral_constant<int, 5>{}, ow);
+  if constexpr (NPMAX > 4) if (r == 4) return f(std::integral_constant<int, 4>{}, ow);
+  if constexpr (NPMAX > 3) if (r == 3) return f(std::integral_constant<int, 3>{}, ow);
+  if constexpr (NPMAX > 2) if (r == 2) return f(std::integral_constant<int, 2>{}, ow);
+  if constexpr (NPMAX > 1) if (r == 1) return f(std::integral_constant<int, 1>{}, ow);
+}
+
+// One output row yr (Wo pixels of C channels) from the padded rows rows[0..2] (Wp pixels each).
+template <typename T, int S>
+void dw33_fwd_row(const T* const* rows, T* yr, const T* wt, const T* b, const Geom& g) {
+  constexpr int VL = Vec<T>::n;
+  using V = vec_t<T>;
+  constexpr int NPMAX = S == 1 ? 8 : 6;
+  const int64_t C = g.C, cv = C / VL * VL;
+  for (int64_t c = 0; c < cv; c += VL) {
+    V wv[9];
+#pragma GCC unroll 9
+    for (int t = 0; t < 9; ++t) wv[t] = vload(wt + t * C + c);
+    const V bv = b ? vload(b + c) : V{};
+    dw_row_chunks<NPMAX>(g.Wo, [&](auto npc, int64_t ow0) __attribute__((always_inline)) {
+      constexpr int NP = decltype(npc)::value, NX = (NP - 1) * S + 3;
+      V a[NP];
+#pragma GCC unroll 8
+      for (int p = 0; p < NP; ++p) a[p] = bv;
+#pragma GCC unroll 3
+      for (int i = 0; i < 3; ++i) {
+        const T* q = rows[i] + ow0 * S * C + c;
+        V xv[NX];
+#pragma GCC unroll 24
+        for (int u = 0; u < NX; ++u, q += C) xv[u] = vload(q);
+#pragma GCC unroll 3
+        for (int j = 0; j < 3; ++j)
+#pragma GCC unroll 8
+          for (int p = 0; p < NP; ++p) a[p] += xv[p * S + j] * wv[i * 3 + j];
+      }
+      T* yo = yr + ow0 * C + c;
+#pragma GCC unroll 8
+      for (int p = 0; p < NP; ++p, yo += C) vstore(yo, a[p]);
+    });
+  }
+  for (int64_t c = cv; c < C; ++c)
+    for (int64_t ow = 0; ow < g.Wo; ++ow) {
+      T a = b ? b[c] : T(0);
+      for (int i = 0; i < 3; ++i)
+        for (int j = 0; j < 3; ++j) a += rows[i][(ow * S + j) * C + c] * wt[(i * 3 + j) * C + c];
+      yr[ow * C + c] = a;
+    }
+}
+
+// The channel vectors of dw_wgrad_band's partials (pwu[tap][C], pbu[C]) for output rows
+// [oh0, oh1) from the padded rows in buf (row r at (r - r0) * Wp * C).
+template <typename T, int S>
+void dw33_wgrad_vectors(const T* buf, const T* dyn, T* pwu, T* pbu, const Geom& g, int64_t oh0, int64_t oh1,
+                        int64_t r0, int64_t Wp) {
+  constexpr int VL = Vec<T>::n;
+  using V = vec_t<T>;
+  constexpr int NPMAX = S == 1 ? 8 : 6;
+  const int64_t C = g.C, cv = C / VL * VL;
+  for (int64_t c = 0; c < cv; c += VL) {
+    V acc[9];
+#pragma GCC unroll 9
+    for (int t = 0; t < 9; ++t) acc[t] = V{};
+    V sb{};
+    for (int64_t oh = oh0; oh < oh1; ++oh) {
+      const T* xr = buf + (oh * g.sh - g.pt - r0) * Wp * C + c;
+      const T* dr = dyn + oh * g.Wo * C + c;
+      dw_row_chunks<NPMAX>(g.Wo, [&](auto npc, int64_t ow0) __attribute__((always_inline)) {
+        constexpr int NP = decltype(npc)::value, NX = (NP - 1) * S + 3;
+        V d[NP];
+        const T* dq = dr + ow0 * C;
+#pragma GCC unroll 8
+        for (int p = 0; p < NP; ++p, dq += C) d[p] = vload(dq);
+#pragma GCC unroll 8
+        for (int p = 0; p < NP; ++p) sb += d[p];
+#pragma GCC unroll 3
+        for (int i = 0; i < 3; ++i) {
+          const T* q = xr + (i * Wp + ow0 * S) * C;
+          V xv[NX];
+#pragma GCC unroll 24
+          for (int u = 0; u < NX; ++u, q += C) xv[u] = vload(q);
+#pragma GCC unroll 3
+          for (int j = 0; j < 3; ++j)
+#pragma GCC unroll 8
+            for (int p = 0; p < NP; ++p) acc[i * 3 + j] += d[p] * xv[p * S + j];
+        }
+      });
+    }
+#pragma GCC unroll 9
+    for (int t = 0; t < 9; ++t) vstore(pwu + t * C + c, acc[t]);
+    vstore(pbu + c, sb);
+  }
+}
+
 // Output rows [oh0, oh1) of one image (xn, yn: NHWC with g.C channels), multiplier 1, from
 // zero-padded copies of the input rows they read (no edge cases in the inner loops).
 template <typename T, int KH, int KW>
@@ -266,6 +380,15 @@ void dw_fwd_band(const T* xn, const T* wt, const T* b, T* yn, const Geom& g, int
   for (int64_t oh = oh0; oh < oh1; ++oh) {
     for (int64_t i = 0; i < kh; ++i) rows[i] = buf + (oh * g.sh + i * g.dh - g.pt - r0) * Wp * C;
     T* yr = yn + oh * g.Wo * C;
+    if constexpr (KH == 3 && KW == 3) {
+      if (dw33_shape(g)) {
+        if (g.sw == 1)
+          dw33_fwd_row<T, 1>(rows, yr, wt, b, g);
+        else
+          dw33_fwd_row<T, 2>(rows, yr, wt, b, g);
+        continue;
+      }
+    }
     int64_t ow = 0;
     for (; ow + 8 <= g.Wo; ow += 8) dw_pad_block<T, KH, KW, 8>(rows, yr + ow * C, ow, wt, b, g, kh, kw);
     switch (g.Wo - ow) {  // the rest in one block
@@ -319,7 +442,15 @@ void dw_wgrad_band(const T* xn, const T* dyn, T* pwu, T* pbu, const Geom& g, int
   }
   const int64_t r0 = oh0 * g.sh - g.pt, r1 = (oh1 - 1) * g.sh + (kh - 1) * g.dh - g.pt + 1;
   pad_rows_nhwc(xn, g, r0, r1, Wp, buf, pro);
-  for (int64_t c = 0; c < cv; c += VL) {
+  if constexpr (KH == 3 && KW == 3) {
+    if (dw33_shape(g)) {
+      if (g.sw == 1)
+        dw33_wgrad_vectors<T, 1>(buf, dyn, pwu, pbu, g, oh0, oh1, r0, Wp);
+      else
+        dw33_wgrad_vectors<T, 2>(buf, dyn, pwu, pbu, g, oh0, oh1, r0, Wp);
+    }
+  }
+  for (int64_t c = (KH == 3 && KW == 3 && dw33_shape(g)) ? cv : 0; c < cv; c += VL) {
     V accs[NA];
     V* acc = (KH && KW) ? accs : dyn_acc;
     for (int64_t t = 0; t < k2; ++t) acc[t] = V{};
