@@ -427,6 +427,16 @@ const char* forward_fused(const float* x, const float* w, const float* b, float*
   // fused form).
   const auto& t = table();
   const Entry& plain = t[select_effective(Problem{g, DType::f32, Pass::forward})];
+  if (plain.v->supported == sup_dw_nhwc) {
+    // Depthwise NHWC: the direct kernels' fused form (dw_nhwc.h), every combination.
+    if (g.N == 0 || g.K == 0 || g.Ho * g.Wo == 0) {
+      if (fu.stats_sum)
+        for (int64_t k = 0; k < g.K; ++k) fu.stats_sum[k] = fu.stats_sumsq[k] = 0;
+      return plain.name.c_str();
+    }
+    kernels_of(plain.isa).dw_fused_forward(x, w, b, y, g, fu);
+    return plain.name.c_str();
+  }
   // (The stem kernel's problems are declined too: the packed pass ran them 2.7x slower than the
   // stem kernel plus a separate statistics pass, 3->32 3x3 NHWC at 32x32, N = 64.)
   if (plain.v->run != run_gemm && plain.v->run != run_packed && plain.v->run != run_transposed<run_packed, false>)
@@ -473,6 +483,16 @@ const char* backward_weight_fused(const float* dy, const float* x, float* dw, fl
     throw value_error("conv2d_fused backward: pre_scale and pre_shift go together");
   const auto& t = table();
   const Entry& e = t[select_effective(Problem{g, DType::f32, Pass::weight})];
+  if (e.v->supported == sup_dw_nhwc) {
+    // Depthwise NHWC: the direct kernels with the prologue applied as they read x (dw_nhwc.h).
+    if (g.N == 0 || g.Ho * g.Wo == 0 || g.K == 0) {
+      if (dw) std::fill(dw, dw + g.K * g.Cg() * g.kh * g.kw, 0.0f);
+      if (db) std::fill(db, db + g.K, 0.0f);
+      return e.name.c_str();
+    }
+    kernels_of(e.isa).dw_fused_backward_weight(dy, x, dw, db, g, fu);
+    return e.name.c_str();
+  }
   // (The patches entry reads x as it is; with a prologue its problems run the own packed pass.)
   const bool own = e.v->run == run_packed || e.v->run == run_patches, blas = e.v->run == run_gemm,
              transposed = e.v->run == run_transposed<run_packed, false>;

@@ -76,9 +76,12 @@ void dw_forward_t(const T* x, const T* w, const T* b, T* y, const Geom& g, bool 
     CNNKIT_DW_BY_K(conv::dw_forward_nchw, T, x, w, b, y, g);
 }
 
+// pro (NHWC only): the weight gradient of conv(prologue(x)), x going through the prologue as the
+// kernels read it (the same bits as the plain pass on the prologue's output).
 template <typename T>
-void dw_backward_weight_t(const T* dy, const T* x, T* dw, T* db, const Geom& g, bool blocked) {
-  if ((blocked || g.nhwc) && conv::dw3_weight_shape(g)) return conv::dw3_backward_weight(dy, x, dw, db, g);
+void dw_backward_weight_t(const T* dy, const T* x, T* dw, T* db, const Geom& g, bool blocked,
+                          const conv::DwPro<T>* pro = nullptr) {
+  if ((blocked || g.nhwc) && conv::dw3_weight_shape(g)) return conv::dw3_backward_weight(dy, x, dw, db, g, pro);
   const int64_t k2 = g.kh * g.kw, K = g.K;
   // Pieces: (image) in NCHW, (image, band of output rows) in NHWC; each piece's partial sums are
   // written by one thread, then summed over pieces in order (in double).
@@ -90,9 +93,9 @@ void dw_backward_weight_t(const T* dy, const T* x, T* dw, T* db, const Geom& g, 
   if (blocked)
     CNNKIT_DW_BY_K(conv::dw_weight_partials_nchw_blocked, T, dy, x, pw, pb, g);
   else if (g.nhwc && g.K == g.C)
-    CNNKIT_DW_BY_K(conv::dw_weight_partials_nhwc_padded, T, dy, x, pw, pb, bands, g);
+    CNNKIT_DW_BY_K(conv::dw_weight_partials_nhwc_padded, T, dy, x, pw, pb, bands, g, pro);
   else if (g.nhwc)
-    CNNKIT_DW_BY_K(conv::dw_weight_partials_nhwc, T, dy, x, pw, pb, bands, g);
+    CNNKIT_DW_BY_K(conv::dw_weight_partials_nhwc, T, dy, x, pw, pb, bands, g, pro);
   else
     CNNKIT_DW_BY_K(conv::dw_weight_partials_nchw, T, dy, x, pw, pb, g);
   // NCHW plane partials are [n][k][tap], NHWC and blocked ones [piece][tap][k]: walk them in their own layout
@@ -145,6 +148,20 @@ void dw_backward_weight(DType dt, const void* dy, const void* x, void* dw, void*
   else
     dw_backward_weight_t(static_cast<const double*>(dy), static_cast<const double*>(x), static_cast<double*>(dw),
                          static_cast<double*>(db), g, Blocked);
+}
+
+// Depthwise NHWC with the fused prologue / epilogue of conv::Fused (float32): the forward pass and
+// the weight (+ bias) gradient of conv(prologue(x)) (dw_nhwc.h).
+void dw_fused_forward(const float* x, const float* w, const float* b, float* y, const Geom& g,
+                      const conv::Fused& fu) {
+  const conv::DwPro<float> pro{fu.pre_scale, fu.pre_shift, fu.pre_relu};
+  CNNKIT_DW_BY_K(conv::dw_fused_forward_nhwc, float, x, w, b, y, g, pro, fu.residual, fu.post_relu, fu.stats_sum,
+                 fu.stats_sumsq);
+}
+void dw_fused_backward_weight(const float* dy, const float* x, float* dw, float* db, const Geom& g,
+                              const conv::Fused& fu) {
+  const conv::DwPro<float> pro{fu.pre_scale, fu.pre_shift, fu.pre_relu};
+  dw_backward_weight_t(dy, x, dw, db, g, false, pro.any() ? &pro : nullptr);
 }
 
 template <typename T>
@@ -241,6 +258,7 @@ extern const conv::Kernels conv_kernels = {
     conv::packed_forward, conv::packed_backward_input, conv::packed_backward_weight, conv::fused_forward,
     conv::fused_backward_weight, conv::fused_forward_any,
     conv::sgemm_shape_of, conv::sgemm_strided, conv::patches_backward_weight,
+    dw_fused_forward, dw_fused_backward_weight,
 };
 
 }  // namespace cnnkit::CNNKIT_ISA_NS

@@ -9,6 +9,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <type_traits>
 
@@ -63,96 +64,147 @@ int64_t landing_taps(const Geom& g, int64_t ih, int64_t iw, int64_t scale, I* ou
   return nt;
 }
 
+// Interior output columns [ow_lo, ow_hi): every tap inside the row.
+inline void dw_interior_cols(const Geom& g, int64_t kw, int64_t& ow_lo, int64_t& ow_hi) {
+  ow_lo = g.pl > 0 ? ceil_div(g.pl, g.sw) : 0;
+  ow_hi = g.W - 1 - (kw - 1) * g.dw + g.pl >= 0 ? (g.W - 1 - (kw - 1) * g.dw + g.pl) / g.sw + 1 : 0;
+  ow_hi = std::min(ow_hi, g.Wo);
+  if (ow_lo > ow_hi) ow_lo = ow_hi;
+}
+
+// Output row oh of one image (xn: the image, NHWC; yr: the row, Wo x K), any multiplier.
 template <typename T, int KH, int KW>
-void dw_forward_nhwc(const T* x, const T* w, const T* b, T* y, const Geom& g) {
+void dw_fwd_row_nhwc(const T* xn, const T* wt, const T* b, T* yr, const Geom& g, int64_t oh, int64_t ow_lo,
+                     int64_t ow_hi) {
   constexpr int VL = Vec<T>::n;
   using V = vec_t<T>;
   const int64_t kh = KH ? KH : g.kh, kw = KW ? KW : g.kw, C = g.C, K = g.K, m = K / C;
-  const T* wt = dw_weights_tk(w, g);
   const int64_t cv = C / VL * VL;  // channels in full vectors
-  // Interior columns: every tap inside the row.
-  int64_t ow_lo = g.pl > 0 ? ceil_div(g.pl, g.sw) : 0;
-  int64_t ow_hi = g.W - 1 - (kw - 1) * g.dw + g.pl >= 0 ? (g.W - 1 - (kw - 1) * g.dw + g.pl) / g.sw + 1 : 0;
-  ow_hi = std::min(ow_hi, g.Wo);
-  if (ow_lo > ow_hi) ow_lo = ow_hi;
-#pragma omp parallel for schedule(static) num_threads(num_threads())
-  for (int64_t u = 0; u < g.N * g.Ho; ++u) {
-    const int64_t n = u / g.Ho, oh = u % g.Ho;
-    int64_t i0, i1;
-    tap_range(oh, g.sh, g.dh, g.pt, kh, g.H, i0, i1);
-    const T* xn = x + n * g.H * g.W * C;
-    T* yr = y + u * g.Wo * K;
-    if (m != 1) {
-      for (int64_t ow = 0; ow < g.Wo; ++ow) {
-        int64_t j0, j1;
-        tap_range(ow, g.sw, g.dw, g.pl, kw, g.W, j0, j1);
-        for (int64_t k = 0; k < K; ++k) {
-          T a = b ? b[k] : T(0);
-          for (int64_t i = i0; i < i1; ++i)
-            for (int64_t j = j0; j < j1; ++j)
-              a += xn[((oh * g.sh + i * g.dh - g.pt) * g.W + ow * g.sw + j * g.dw - g.pl) * C + k / m] *
-                   wt[(i * kw + j) * K + k];
-          yr[ow * K + k] = a;
-        }
-      }
-      continue;
-    }
-    auto pixel = [&](int64_t ow) {
+  int64_t i0, i1;
+  tap_range(oh, g.sh, g.dh, g.pt, kh, g.H, i0, i1);
+  if (m != 1) {
+    for (int64_t ow = 0; ow < g.Wo; ++ow) {
       int64_t j0, j1;
       tap_range(ow, g.sw, g.dw, g.pl, kw, g.W, j0, j1);
-      T* yo = yr + ow * K;
-      for (int64_t c = 0; c < cv; c += VL) {
-        V a = b ? vload(b + c) : V{};
-        for (int64_t i = i0; i < i1; ++i) {
-          const T* xr = xn + ((oh * g.sh + i * g.dh - g.pt) * g.W + ow * g.sw - g.pl) * C + c;
-          for (int64_t j = j0; j < j1; ++j) a += vload(xr + j * g.dw * C) * vload(wt + (i * kw + j) * K + c);
-        }
-        vstore(yo + c, a);
-      }
-      for (int64_t c = cv; c < C; ++c) {
-        T a = b ? b[c] : T(0);
+      for (int64_t k = 0; k < K; ++k) {
+        T a = b ? b[k] : T(0);
         for (int64_t i = i0; i < i1; ++i)
           for (int64_t j = j0; j < j1; ++j)
-            a += xn[((oh * g.sh + i * g.dh - g.pt) * g.W + ow * g.sw + j * g.dw - g.pl) * C + c] *
-                 wt[(i * kw + j) * K + c];
-        yo[c] = a;
-      }
-    };
-    for (int64_t ow = 0; ow < ow_lo; ++ow) pixel(ow);
-    int64_t ow = ow_lo;
-    if (cv == C) {
-      const int64_t xs = g.sw * C;
-      for (; ow + 4 <= ow_hi; ow += 4) {
-        T* yo = yr + ow * K;
-        for (int64_t c = 0; c < C; c += VL) {
-          V a0 = b ? vload(b + c) : V{};
-          V a1 = a0, a2 = a0, a3 = a0;
-          for (int64_t i = i0; i < i1; ++i) {
-            const T* xr = xn + ((oh * g.sh + i * g.dh - g.pt) * g.W + ow * g.sw - g.pl) * C + c;
-            for (int64_t j = 0; j < kw; ++j) {
-              const V wv = vload(wt + (i * kw + j) * K + c);
-              const T* p = xr + j * g.dw * C;
-              a0 += vload(p) * wv;
-              a1 += vload(p + xs) * wv;
-              a2 += vload(p + 2 * xs) * wv;
-              a3 += vload(p + 3 * xs) * wv;
-            }
-          }
-          vstore(yo + c, a0);
-          vstore(yo + K + c, a1);
-          vstore(yo + 2 * K + c, a2);
-          vstore(yo + 3 * K + c, a3);
-        }
+            a += xn[((oh * g.sh + i * g.dh - g.pt) * g.W + ow * g.sw + j * g.dw - g.pl) * C + k / m] *
+                 wt[(i * kw + j) * K + k];
+        yr[ow * K + k] = a;
       }
     }
-    for (; ow < g.Wo; ++ow) pixel(ow);
+    return;
+  }
+  auto pixel = [&](int64_t ow) {
+    int64_t j0, j1;
+    tap_range(ow, g.sw, g.dw, g.pl, kw, g.W, j0, j1);
+    T* yo = yr + ow * K;
+    for (int64_t c = 0; c < cv; c += VL) {
+      V a = b ? vload(b + c) : V{};
+      for (int64_t i = i0; i < i1; ++i) {
+        const T* xr = xn + ((oh * g.sh + i * g.dh - g.pt) * g.W + ow * g.sw - g.pl) * C + c;
+        for (int64_t j = j0; j < j1; ++j) a += vload(xr + j * g.dw * C) * vload(wt + (i * kw + j) * K + c);
+      }
+      vstore(yo + c, a);
+    }
+    for (int64_t c = cv; c < C; ++c) {
+      T a = b ? b[c] : T(0);
+      for (int64_t i = i0; i < i1; ++i)
+        for (int64_t j = j0; j < j1; ++j)
+          a += xn[((oh * g.sh + i * g.dh - g.pt) * g.W + ow * g.sw + j * g.dw - g.pl) * C + c] *
+               wt[(i * kw + j) * K + c];
+      yo[c] = a;
+    }
+  };
+  for (int64_t ow = 0; ow < ow_lo; ++ow) pixel(ow);
+  int64_t ow = ow_lo;
+  if (cv == C) {
+    const int64_t xs = g.sw * C;
+    for (; ow + 4 <= ow_hi; ow += 4) {
+      T* yo = yr + ow * K;
+      for (int64_t c = 0; c < C; c += VL) {
+        V a0 = b ? vload(b + c) : V{};
+        V a1 = a0, a2 = a0, a3 = a0;
+        for (int64_t i = i0; i < i1; ++i) {
+          const T* xr = xn + ((oh * g.sh + i * g.dh - g.pt) * g.W + ow * g.sw - g.pl) * C + c;
+          for (int64_t j = 0; j < kw; ++j) {
+            const V wv = vload(wt + (i * kw + j) * K + c);
+            const T* p = xr + j * g.dw * C;
+            a0 += vload(p) * wv;
+            a1 += vload(p + xs) * wv;
+            a2 += vload(p + 2 * xs) * wv;
+            a3 += vload(p + 3 * xs) * wv;
+          }
+        }
+        vstore(yo + c, a0);
+        vstore(yo + K + c, a1);
+        vstore(yo + 2 * K + c, a2);
+        vstore(yo + 3 * K + c, a3);
+      }
+    }
+  }
+  for (; ow < g.Wo; ++ow) pixel(ow);
+}
+
+template <typename T, int KH, int KW>
+void dw_forward_nhwc(const T* x, const T* w, const T* b, T* y, const Geom& g) {
+  const T* wt = dw_weights_tk(w, g);
+  int64_t ow_lo, ow_hi;
+  dw_interior_cols(g, KW ? KW : g.kw, ow_lo, ow_hi);
+#pragma omp parallel for schedule(static) num_threads(num_threads())
+  for (int64_t u = 0; u < g.N * g.Ho; ++u)
+    dw_fwd_row_nhwc<T, KH, KW>(x + u / g.Ho * g.H * g.W * g.C, wt, b, y + u * g.Wo * g.K, g, u % g.Ho, ow_lo, ow_hi);
+}
+
+// The fused prologue of conv::Fused on the input channels: a = max(fma(scale[c], x, shift[c]), 0)
+// (the fma when scale, the ReLU when relu). One fma, a single rounding, as the GEMM path packs it
+// and as the norm kernels recompute the ReLU mask (fma(...) > 0) in the backward pass.
+template <typename T>
+struct DwPro {
+  const T* scale = nullptr;
+  const T* shift = nullptr;
+  bool relu = false;
+  bool any() const { return scale || relu; }
+};
+
+// d[p*C + c] = prologue(s[p*C + c]) for np pixels of C channels (branch-free loops the compiler
+// vectorises; std::fma is the fused instruction where the level has one, else libm's exact fma).
+template <typename T>
+void dw_prologue_px(const T* __restrict s, T* __restrict d, int64_t np, int64_t C, const DwPro<T>& pro) {
+  const T* __restrict sc = pro.scale;
+  const T* __restrict sh = pro.shift;
+  if (sc && pro.relu) {
+    for (int64_t p = 0; p < np; ++p, s += C, d += C)
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) d[c] = std::max(std::fma(sc[c], s[c], sh[c]), T(0));
+  } else if (sc) {
+    for (int64_t p = 0; p < np; ++p, s += C, d += C)
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) d[c] = std::fma(sc[c], s[c], sh[c]);
+  } else if (pro.relu) {
+    for (int64_t e = 0; e < np * C; ++e) d[e] = std::max(s[e], T(0));
+  } else {
+    std::memcpy(d, s, np * C * sizeof(T));
   }
 }
 
-// Zero-padded copy of input rows [r0, r1) of image xn: row r - r0 has Wp*C entries, column c
-// holding pixel c - pl (zeros outside the image).
+// Rows [r0, r1) (clipped to the image) of image xn through the prologue into buf, at the same
+// offsets as in xn (buf holds a whole image; only those rows are written).
 template <typename T>
-void pad_rows_nhwc(const T* xn, const Geom& g, int64_t r0, int64_t r1, int64_t Wp, T* buf) {
+void dw_stage_rows(const T* xn, const Geom& g, int64_t r0, int64_t r1, T* buf, const DwPro<T>& pro) {
+  r0 = std::max<int64_t>(r0, 0);
+  r1 = std::min(r1, g.H);
+  if (r1 > r0) dw_prologue_px(xn + r0 * g.W * g.C, buf + r0 * g.W * g.C, (r1 - r0) * g.W, g.C, pro);
+}
+
+// Zero-padded copy of input rows [r0, r1) of image xn: row r - r0 has Wp*C entries, column c
+// holding pixel c - pl (zeros outside the image). With pro, the pixels go through the prologue
+// (the padding stays 0: it applies after the prologue).
+template <typename T>
+void pad_rows_nhwc(const T* xn, const Geom& g, int64_t r0, int64_t r1, int64_t Wp, T* buf,
+                   const DwPro<T>* pro = nullptr) {
   const int64_t C = g.C;
   const int64_t lo = std::min(Wp, std::max<int64_t>(0, g.pl));
   const int64_t hi = std::max(lo, std::min(Wp, g.pl + g.W));
@@ -163,7 +215,12 @@ void pad_rows_nhwc(const T* xn, const Geom& g, int64_t r0, int64_t r1, int64_t W
       continue;
     }
     std::fill(d, d + lo * C, T(0));
-    if (hi > lo) std::memcpy(d + lo * C, xn + (r * g.W + (lo - g.pl)) * C, (hi - lo) * C * sizeof(T));
+    if (hi > lo) {
+      if (pro)
+        dw_prologue_px(xn + (r * g.W + (lo - g.pl)) * C, d + lo * C, hi - lo, C, *pro);
+      else
+        std::memcpy(d + lo * C, xn + (r * g.W + (lo - g.pl)) * C, (hi - lo) * C * sizeof(T));
+    }
     std::fill(d + hi * C, d + Wp * C, T(0));
   }
 }
@@ -198,17 +255,140 @@ CNNKIT_HD void dw_pad_block(const T* const* rows, T* yo, int64_t ow, const T* wt
     }
 }
 
+// ---- 3x3, dilation 1, stride S in {1, 2}, multiplier 1, on zero-padded rows --------------------
+// Register rows: per channel vector, a row's output pixels in chunks of NP with the chunk's
+// accumulators, the input vectors of each of the three rows it reads ((NP - 1)*S + 3) and the nine
+// weight vectors in registers (AVX-512: 8 + 10 + 9 of 32 at S = 1; 6 + 13 + 9 at S = 2), the
+// pixel pointers stepped by C. Each output sums its taps in the order (i, j), as dw_pad_block, and
+// each weight-gradient tap its pixels in row order, as dw_wgrad_band's per-pixel loop: the same
+// bits. (dw_pad_block's eight runtime pixel offsets per tap spilled to the stack: 1.0 ms against
+// ... at 1 thread, N = 64, C = 128, 16x16.)
+inline bool dw33_shape(const Geom& g) {
+  return g.kh == 3 && g.kw == 3 && g.dh == 1 && g.dw == 1 && (g.sw == 1 || g.sw == 2);
+}
+
+// f(std::integral_constant<int, NP>{}, ow0) for the chunks of a row of Wo pixels: chunks of NPMAX,
+// then one of the rest.
+template <int NPMAX, typename F>
+CNNKIT_HD void dw_row_chunks(int64_t Wo, F&& f) {
+  int64_t ow = 0;
+  for (; ow + NPMAX <= Wo; ow += NPMAX) f(std::integral_constant<int, NPMAX>{}, ow);
+  const int64_t r = Wo - ow;
+  if constexpr (NPMAX > 7) if (r == 7) return f(std::integral_constant<int, 7>{}, ow);
+  if constexpr (NPMAX > 6) if (r == 6) return f(std::integral_constant<int, 6>{}, ow);
+  if constexpr (NPMAX > 5) if (r == 5) return f(std::integral_constant<int, 5>{}, ow);
+  if constexpr (NPMAX > 4) if (r == 4) return f(std::integral_constant<int, 4>{}, ow);
+  if constexpr (NPMAX > 3) if (r == 3) return f(std::integral_constant<int, 3>{}, ow);
+  if constexpr (NPMAX > 2) if (r == 2) return f(std::integral_constant<int, 2>{}, ow);
+  if constexpr (NPMAX > 1) if (r == 1) return f(std::integral_constant<int, 1>{}, ow);
+}
+
+// One output row yr (Wo pixels of C channels) from the padded rows rows[0..2] (Wp pixels each).
+template <typename T, int S>
+void dw33_fwd_row(const T* const* rows, T* yr, const T* wt, const T* b, const Geom& g) {
+  constexpr int VL = Vec<T>::n;
+  using V = vec_t<T>;
+  constexpr int NPMAX = S == 1 ? 8 : 6;
+  const int64_t C = g.C, cv = C / VL * VL;
+  for (int64_t c = 0; c < cv; c += VL) {
+    V wv[9];
+#pragma GCC unroll 9
+    for (int t = 0; t < 9; ++t) wv[t] = vload(wt + t * C + c);
+    const V bv = b ? vload(b + c) : V{};
+    dw_row_chunks<NPMAX>(g.Wo, [&](auto npc, int64_t ow0) __attribute__((always_inline)) {
+      constexpr int NP = decltype(npc)::value, NX = (NP - 1) * S + 3;
+      V a[NP];
+#pragma GCC unroll 8
+      for (int p = 0; p < NP; ++p) a[p] = bv;
+#pragma GCC unroll 3
+      for (int i = 0; i < 3; ++i) {
+        const T* q = rows[i] + ow0 * S * C + c;
+        V xv[NX];
+#pragma GCC unroll 24
+        for (int u = 0; u < NX; ++u, q += C) xv[u] = vload(q);
+#pragma GCC unroll 3
+        for (int j = 0; j < 3; ++j)
+#pragma GCC unroll 8
+          for (int p = 0; p < NP; ++p) a[p] += xv[p * S + j] * wv[i * 3 + j];
+      }
+      T* yo = yr + ow0 * C + c;
+#pragma GCC unroll 8
+      for (int p = 0; p < NP; ++p, yo += C) vstore(yo, a[p]);
+    });
+  }
+  for (int64_t c = cv; c < C; ++c)
+    for (int64_t ow = 0; ow < g.Wo; ++ow) {
+      T a = b ? b[c] : T(0);
+      for (int i = 0; i < 3; ++i)
+        for (int j = 0; j < 3; ++j) a += rows[i][(ow * S + j) * C + c] * wt[(i * 3 + j) * C + c];
+      yr[ow * C + c] = a;
+    }
+}
+
+// The channel vectors of dw_wgrad_band's partials (pwu[tap][C], pbu[C]) for output rows
+// [oh0, oh1) from the padded rows in buf (row r at (r - r0) * Wp * C).
+template <typename T, int S>
+void dw33_wgrad_vectors(const T* buf, const T* dyn, T* pwu, T* pbu, const Geom& g, int64_t oh0, int64_t oh1,
+                        int64_t r0, int64_t Wp) {
+  constexpr int VL = Vec<T>::n;
+  using V = vec_t<T>;
+  constexpr int NPMAX = S == 1 ? 8 : 6;
+  const int64_t C = g.C, cv = C / VL * VL;
+  for (int64_t c = 0; c < cv; c += VL) {
+    V acc[9];
+#pragma GCC unroll 9
+    for (int t = 0; t < 9; ++t) acc[t] = V{};
+    V sb{};
+    for (int64_t oh = oh0; oh < oh1; ++oh) {
+      const T* xr = buf + (oh * g.sh - g.pt - r0) * Wp * C + c;
+      const T* dr = dyn + oh * g.Wo * C + c;
+      dw_row_chunks<NPMAX>(g.Wo, [&](auto npc, int64_t ow0) __attribute__((always_inline)) {
+        constexpr int NP = decltype(npc)::value, NX = (NP - 1) * S + 3;
+        V d[NP];
+        const T* dq = dr + ow0 * C;
+#pragma GCC unroll 8
+        for (int p = 0; p < NP; ++p, dq += C) d[p] = vload(dq);
+#pragma GCC unroll 8
+        for (int p = 0; p < NP; ++p) sb += d[p];
+#pragma GCC unroll 3
+        for (int i = 0; i < 3; ++i) {
+          const T* q = xr + (i * Wp + ow0 * S) * C;
+          V xv[NX];
+#pragma GCC unroll 24
+          for (int u = 0; u < NX; ++u, q += C) xv[u] = vload(q);
+#pragma GCC unroll 3
+          for (int j = 0; j < 3; ++j)
+#pragma GCC unroll 8
+            for (int p = 0; p < NP; ++p) acc[i * 3 + j] += d[p] * xv[p * S + j];
+        }
+      });
+    }
+#pragma GCC unroll 9
+    for (int t = 0; t < 9; ++t) vstore(pwu + t * C + c, acc[t]);
+    vstore(pbu + c, sb);
+  }
+}
+
 // Output rows [oh0, oh1) of one image (xn, yn: NHWC with g.C channels), multiplier 1, from
 // zero-padded copies of the input rows they read (no edge cases in the inner loops).
 template <typename T, int KH, int KW>
 void dw_fwd_band(const T* xn, const T* wt, const T* b, T* yn, const Geom& g, int64_t oh0, int64_t oh1, int64_t Wp,
-                 T* buf, const T** rows) {
+                 T* buf, const T** rows, const DwPro<T>* pro = nullptr) {
   const int64_t kh = KH ? KH : g.kh, kw = KW ? KW : g.kw, C = g.C;
   const int64_t r0 = oh0 * g.sh - g.pt, r1 = (oh1 - 1) * g.sh + (kh - 1) * g.dh - g.pt + 1;
-  pad_rows_nhwc(xn, g, r0, r1, Wp, buf);
+  pad_rows_nhwc(xn, g, r0, r1, Wp, buf, pro);
   for (int64_t oh = oh0; oh < oh1; ++oh) {
     for (int64_t i = 0; i < kh; ++i) rows[i] = buf + (oh * g.sh + i * g.dh - g.pt - r0) * Wp * C;
     T* yr = yn + oh * g.Wo * C;
+    if constexpr (KH == 3 && KW == 3) {
+      if (dw33_shape(g)) {
+        if (g.sw == 1)
+          dw33_fwd_row<T, 1>(rows, yr, wt, b, g);
+        else
+          dw33_fwd_row<T, 2>(rows, yr, wt, b, g);
+        continue;
+      }
+    }
     int64_t ow = 0;
     for (; ow + 8 <= g.Wo; ow += 8) dw_pad_block<T, KH, KW, 8>(rows, yr + ow * C, ow, wt, b, g, kh, kw);
     switch (g.Wo - ow) {  // the rest in one block
@@ -249,7 +429,7 @@ void dw_forward_nhwc_padded(const T* x, const T* w, const T* b, T* y, const Geom
 // channels), multiplier 1: pwu[tap][C] and pbu[C].
 template <typename T, int KH, int KW>
 void dw_wgrad_band(const T* xn, const T* dyn, T* pwu, T* pbu, const Geom& g, int64_t oh0, int64_t oh1, int64_t Wp,
-                   T* buf, vec_t<T>* dyn_acc) {
+                   T* buf, vec_t<T>* dyn_acc, const DwPro<T>* pro = nullptr) {
   constexpr int VL = Vec<T>::n;
   using V = vec_t<T>;
   const int64_t kh = KH ? KH : g.kh, kw = KW ? KW : g.kw, k2 = kh * kw, C = g.C;
@@ -261,8 +441,16 @@ void dw_wgrad_band(const T* xn, const T* dyn, T* pwu, T* pbu, const Geom& g, int
     return;
   }
   const int64_t r0 = oh0 * g.sh - g.pt, r1 = (oh1 - 1) * g.sh + (kh - 1) * g.dh - g.pt + 1;
-  pad_rows_nhwc(xn, g, r0, r1, Wp, buf);
-  for (int64_t c = 0; c < cv; c += VL) {
+  pad_rows_nhwc(xn, g, r0, r1, Wp, buf, pro);
+  if constexpr (KH == 3 && KW == 3) {
+    if (dw33_shape(g)) {
+      if (g.sw == 1)
+        dw33_wgrad_vectors<T, 1>(buf, dyn, pwu, pbu, g, oh0, oh1, r0, Wp);
+      else
+        dw33_wgrad_vectors<T, 2>(buf, dyn, pwu, pbu, g, oh0, oh1, r0, Wp);
+    }
+  }
+  for (int64_t c = (KH == 3 && KW == 3 && dw33_shape(g)) ? cv : 0; c < cv; c += VL) {
     V accs[NA];
     V* acc = (KH && KW) ? accs : dyn_acc;
     for (int64_t t = 0; t < k2; ++t) acc[t] = V{};
@@ -297,9 +485,10 @@ void dw_wgrad_band(const T* xn, const T* dyn, T* pwu, T* pbu, const Geom& g, int
 }
 
 // Weight-gradient partials (multiplier 1), NHWC: piece (n, band) writes pw[piece][tap][C] and
-// pb[piece][C].
+// pb[piece][C]. With pro, x goes through the prologue as its rows are padded.
 template <typename T, int KH, int KW>
-void dw_weight_partials_nhwc_padded(const T* dy, const T* x, T* pw, T* pb, int64_t bands, const Geom& g) {
+void dw_weight_partials_nhwc_padded(const T* dy, const T* x, T* pw, T* pb, int64_t bands, const Geom& g,
+                                    const DwPro<T>* pro = nullptr) {
   constexpr int VL = Vec<T>::n;
   const int64_t kh = KH ? KH : g.kh, kw = KW ? KW : g.kw, k2 = kh * kw, C = g.C;
   const int64_t Wp = (g.Wo - 1) * g.sw + (kw - 1) * g.dw + 1;
@@ -313,7 +502,7 @@ void dw_weight_partials_nhwc_padded(const T* dy, const T* x, T* pw, T* pb, int64
     for (int64_t u = 0; u < g.N * bands; ++u) {
       const int64_t n = u / bands, oh0 = (u % bands) * band, oh1 = std::min(g.Ho, oh0 + band);
       dw_wgrad_band<T, KH, KW>(x + n * g.H * g.W * C, dy + n * g.Ho * g.Wo * C, pw + u * k2 * C, pb + u * C, g, oh0,
-                               oh1, Wp, buf, dyn_acc);
+                               oh1, Wp, buf, dyn_acc, pro);
     }
   }
 }
@@ -490,9 +679,11 @@ void dw_backward_input_nhwc(const T* dy, const T* w, T* dx, const Geom& g) {
 }
 
 // Weight-gradient partials: piece p = (image n, band of output rows) writes pw[p][tap][K] and
-// pb[p][K]; the caller sums pieces in order.
+// pb[p][K]; the caller sums pieces in order. With pro, the rows of x a piece reads go through the
+// prologue into a per-thread image first.
 template <typename T, int KH, int KW>
-void dw_weight_partials_nhwc(const T* dy, const T* x, T* pw, T* pb, int64_t bands, const Geom& g) {
+void dw_weight_partials_nhwc(const T* dy, const T* x, T* pw, T* pb, int64_t bands, const Geom& g,
+                             const DwPro<T>* pro = nullptr) {
   constexpr int VL = Vec<T>::n;
   using V = vec_t<T>;
   const int64_t kh = KH ? KH : g.kh, kw = KW ? KW : g.kw, k2 = kh * kw, C = g.C, K = g.K, m = K / C;
@@ -505,6 +696,11 @@ void dw_weight_partials_nhwc(const T* dy, const T* x, T* pw, T* pb, int64_t band
     T* pwu = pw + u * k2 * K;
     T* pbu = pb + u * K;
     const T* xn = x + n * g.H * g.W * C;
+    if (pro && oh1 > oh0) {
+      T* st = scratch<T>(kXbSlot, g.H * g.W * C);
+      dw_stage_rows(xn, g, oh0 * g.sh - g.pt, (oh1 - 1) * g.sh + (kh - 1) * g.dh - g.pt + 1, st, *pro);
+      xn = st;
+    }
     const T* dyn = dy + n * g.Ho * g.Wo * K;
     int64_t ow_lo = g.pl > 0 ? ceil_div(g.pl, g.sw) : 0;
     int64_t ow_hi = g.W - 1 - (kw - 1) * g.dw + g.pl >= 0 ? (g.W - 1 - (kw - 1) * g.dw + g.pl) / g.sw + 1 : 0;
@@ -764,9 +960,10 @@ void dw3_forward(const T* x, const T* w, const T* b, T* y, const Geom& g) {
   }
 }
 
-// dw [C][9] and db [C] (either may be null).
+// dw [C][9] and db [C] (either may be null). With pro (NHWC), each image goes through the
+// prologue into a per-thread copy before its sums (the same sums as on the prologue's output).
 template <typename T>
-void dw3_backward_weight(const T* dy, const T* x, T* dw, T* db, const Geom& g) {
+void dw3_backward_weight(const T* dy, const T* x, T* dw, T* db, const Geom& g, const DwPro<T>* pro = nullptr) {
   constexpr int VL = Vec<T>::n;
   using V = vec_t<T>;
   const int64_t C = g.C, ncv = C / VL, HW = g.H * g.W, P = g.Ho * g.Wo;
@@ -783,12 +980,17 @@ void dw3_backward_weight(const T* dy, const T* x, T* dw, T* db, const Geom& g) {
 #pragma omp parallel num_threads(num_threads())
     {
       V* facc = reinterpret_cast<V*>(scratch<T>(kAccSlot, ncv * 10 * VL));
+      T* st = pro ? scratch<T>(kXbSlot, HW * C) : nullptr;
 #pragma omp for schedule(static)
       for (int64_t blk = 0; blk < nblk; ++blk) {
         double* dacc = part + blk * ncv * 10 * VL;
         std::fill(dacc, dacc + ncv * 10 * VL, 0.0);
         for (int64_t n = blk * ib; n < std::min(g.N, (blk + 1) * ib); ++n) {
           const T* xn = x + n * HW * C;
+          if (pro) {
+            dw_prologue_px(xn, st, HW, C, *pro);
+            xn = st;
+          }
           const T* dyn = dy + n * P * C;
           for (int64_t t = 0; t < ncv * 10; ++t) facc[t] = V{};
           for (int64_t oh = 0; oh < g.Ho; ++oh)
@@ -846,6 +1048,113 @@ void dw3_backward_weight(const T* dy, const T* x, T* dw, T* db, const Geom& g) {
       for (int64_t blk = 0; blk < nblk; ++blk) v += part[((blk * ncv + c / VL) * 10 + 9) * VL + c % VL];
       db[c] = T(v);
     }
+}
+
+// ---- the fused forward pass (conv::forward_fused on the conv2d_dw_f32_nhwc entry) ---------------
+//   a = prologue(x) (DwPro), y = conv(a) + b with the plain kernels' arithmetic on a (the same bits
+//   as the plain pass on the materialised a), then per output channel the shifted double sums of y
+//   (stats), or y += residual and then y = max(y, 0).
+// Work units (image, band of output rows), from the shape alone. A unit stages the input rows it
+// reads through the prologue (the band kernel into its zero-padded rows, the others into a
+// per-thread image), computes its rows, and runs the epilogue on them while they are in cache.
+// Statistics: per unit, sums of (y - s_u) and (y - s_u)^2 in double over its pixels in order (s_u
+// the unit's first value of the channel); combined in unit order about s = y[0, 0, 0, k] (as
+// conv_gemm.cpp's combine_stats), so the bits do not depend on the thread count.
+
+// s1[k] += sum_p (y[p][k] - sh[k]), s2[k] += sum_p (y[p][k] - sh[k])^2 over np pixels in order.
+template <typename T>
+void dw_stats_px(const T* __restrict y, int64_t np, int64_t K, double* __restrict s1, double* __restrict s2,
+                 const double* __restrict sh) {
+  for (int64_t p = 0; p < np; ++p, y += K)
+#pragma omp simd
+    for (int64_t k = 0; k < K; ++k) {
+      const double d = double(y[k]) - sh[k];
+      s1[k] += d;
+      s2[k] += d * d;
+    }
+}
+
+template <typename T, int KH, int KW>
+void dw_fused_forward_nhwc(const T* x, const T* w, const T* b, T* y, const Geom& g, const DwPro<T>& pro,
+                           const T* res, bool post_relu, double* sum, double* sumsq) {
+  constexpr int VL = Vec<T>::n;
+  using V = vec_t<T>;
+  const int64_t kh = KH ? KH : g.kh, kw = KW ? KW : g.kw, C = g.C, K = g.K, HW = g.H * g.W, P = g.Ho * g.Wo;
+  const T* wt = dw_weights_tk(w, g);  // [tap][K]
+  const bool small3 = dw3_forward_shape(g), padded = !small3 && K == C;
+  const int64_t per_img = g.N >= 16 ? 1 : std::min<int64_t>(g.Ho, ceil_div(16, g.N));
+  const int64_t band = ceil_div(g.Ho, per_img), nb = ceil_div(g.Ho, band), units = g.N * nb;
+  const int64_t Wp = (g.Wo - 1) * g.sw + (kw - 1) * g.dw + 1;
+  const int64_t max_rows = (band - 1) * g.sh + (kh - 1) * g.dh + 1;
+  int64_t ow_lo, ow_hi;
+  dw_interior_cols(g, kw, ow_lo, ow_hi);
+  double* part = sum ? scratch<double>(kPartSlot, 3 * units * K) : nullptr;  // [s1 | s2 | shift][unit][K]
+  const DwPro<T>* pp = pro.any() ? &pro : nullptr;
+#pragma omp parallel num_threads(num_threads())
+  {
+    T* buf = padded ? scratch<T>(kPlaneSlot, max_rows * Wp * C) : pp ? scratch<T>(kXbSlot, HW * C) : nullptr;
+    const T** rows = reinterpret_cast<const T**>(scratch<char>(kColSlot, sizeof(T*) * kh));
+#pragma omp for schedule(static)
+    for (int64_t u = 0; u < units; ++u) {
+      const int64_t n = u / nb, oh0 = (u % nb) * band, oh1 = std::min(g.Ho, oh0 + band);
+      const T* xn = x + n * HW * C;
+      T* yn = y + n * P * K;
+      if (padded) {
+        dw_fwd_band<T, KH, KW>(xn, wt, b, yn, g, oh0, oh1, Wp, buf, rows, pp);
+      } else {
+        if (pp) {
+          dw_stage_rows(xn, g, oh0 * g.sh - g.pt, (oh1 - 1) * g.sh + (kh - 1) * g.dh - g.pt + 1, buf, pro);
+          xn = buf;
+        }
+        for (int64_t oh = oh0; oh < oh1; ++oh) {
+          if (small3) {
+            dw3_for_row_chunks(g, oh, [&](auto np, int64_t oh_, int64_t ow0) __attribute__((always_inline)) {
+              for (int64_t c = 0; c < C; c += VL) {
+                V wv[9];
+#pragma GCC unroll 9
+                for (int t = 0; t < 9; ++t) wv[t] = vload(wt + t * C + c);
+                dw3_fwd_chunk<T, decltype(np)::value>(xn + c, C, yn + c, C, g, wv, b ? vload(b + c) : V{}, oh_, ow0);
+              }
+            });
+          } else {
+            dw_fwd_row_nhwc<T, KH, KW>(xn, wt, b, yn + oh * g.Wo * K, g, oh, ow_lo, ow_hi);
+          }
+        }
+      }
+      T* yb = yn + oh0 * g.Wo * K;
+      const int64_t np = (oh1 - oh0) * g.Wo;
+      if (sum) {
+        double* s1 = part + u * K;
+        double* s2 = part + (units + u) * K;
+        double* sh = part + (2 * units + u) * K;
+        for (int64_t k = 0; k < K; ++k) {
+          sh[k] = double(yb[k]);
+          s1[k] = s2[k] = 0;
+        }
+        dw_stats_px(yb, np, K, s1, s2, sh);
+      }
+      if (res) {
+        const T* rb = res + n * P * K + oh0 * g.Wo * K;
+        for (int64_t e = 0; e < np * K; ++e) yb[e] += rb[e];
+      }
+      if (post_relu)
+        for (int64_t e = 0; e < np * K; ++e) yb[e] = std::max(yb[e], T(0));
+    }
+  }
+  if (!sum) return;
+  for (int64_t k = 0; k < K; ++k) {
+    const double s0 = part[2 * units * K + k];
+    double s = 0, q = 0;
+    for (int64_t u = 0; u < units; ++u) {
+      const int64_t oh0 = (u % nb) * band, oh1 = std::min(g.Ho, oh0 + band);
+      const double cnt = double((oh1 - oh0) * g.Wo), d = part[(2 * units + u) * K + k] - s0;
+      const double a1 = part[u * K + k], a2 = part[(units + u) * K + k];
+      s += a1 + cnt * d;
+      q += a2 + 2 * d * a1 + cnt * d * d;
+    }
+    sum[k] = s;
+    sumsq[k] = q;
+  }
 }
 
 }  // namespace CNNKIT_KERNEL_NS

@@ -1,0 +1,191 @@
+"""The fused depthwise NHWC kernels (cpp/src/conv/dw_nhwc.h, dw_fused_forward_nhwc and the
+prologue paths of the weight gradient): ``_core.conv2d_fused`` and
+``_core.conv2d_fused_backward_weight`` on the problems the registry runs on conv2d_dw_f32_nhwc.
+
+* hypothesis shapes around the SIMD width (C 1..40, planes 1..12, stride 1 and 2, padding 0 and 1,
+  kernels 3 and 5, multiplier 1 and 2; every prologue and epilogue combination), at every ISA
+  level: against the float64 reference of test_fusion.py, bitwise equal at 1 and 2 threads, and
+  bitwise the plain depthwise pass on the materialised prologue output ``a`` (the kernels apply the
+  prologue as they read x and then run the plain arithmetic);
+* ``cnnkit.ops.fused.last_kernel`` names the dw entry (not "reference") and the backward's weight
+  gradient runs compiled;
+* planted ties: ``fma(s, x, t)`` where ``s*x + t`` rounded twice is exactly 0, so a kernel that
+  multiplies and adds separately fails.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cnnkit import _core
+from cnnkit.ops import conv2d, conv2d_backward
+from cnnkit.ops import fused as F
+from conftest import ISA_LEVELS, assert_bitwise, assert_close, isa_level, num_threads
+from reference.conv import to_nchw, to_nhwc
+from test_fusion import fused_backward_ref, fused_ref
+
+
+def _exact_prologue(x, s, t, relu):
+    """float32 ``max(fma(s, x, t), 0)`` in NHWC: the float32 product is exact in float64 and the
+    one rounding of the sum to float32 is the fma's (up to double rounding, which these random
+    values do not hit)."""
+    a = x.astype(np.float64)
+    if s is not None:
+        a = a * s.astype(np.float64) + t.astype(np.float64)
+    a = a.astype(np.float32)
+    return np.maximum(a, np.float32(0)) if relu else a
+
+
+def _case(rng, N, C, m, H, W, k, stride, pad):
+    x = rng.standard_normal((N, H, W, C)).astype(np.float32)
+    w = rng.standard_normal((C * m, 1, k, k)).astype(np.float32)
+    s = (rng.uniform(0.5, 2.0, C) * rng.choice((-1, 1), C)).astype(np.float32)
+    t = rng.standard_normal(C).astype(np.float32)
+    g = F._Geom(x.shape, w.shape, stride, pad, 1, C, "NHWC", np.float32)
+    return x, w, s, t, g
+
+
+def _check(N, C, m, H, W, k, stride, pad, bias, scale, relu, epi, seed):
+    rng = np.random.default_rng(seed)
+    H, W = max(H, k - 2 * pad), max(W, k - 2 * pad)
+    x, w, s, t, g = _case(rng, N, C, m, H, W, k, stride, pad)
+    b = rng.standard_normal(C * m).astype(np.float32) if bias else None
+    sc, sh = (s, t) if scale else (None, None)
+    plain = _core.conv_algorithm(g.core(), 0)
+    assert plain.startswith("conv2d_dw_f32_nhwc__"), plain
+    yshape = (N, g.Ho, g.Wo, C * m)
+    res = rng.standard_normal(yshape).astype(np.float32) if epi in ("res", "res_relu") else None
+    post, stats = epi in ("relu", "res_relu"), epi == "stats"
+    kw = dict(stride=stride, padding=pad, groups=C, layout="NHWC")
+    outs = {}
+    for threads in (1, 2):
+        with num_threads(threads):
+            out = F.conv2d_fused(x, w, b, pre_scale=sc, pre_shift=sh, pre_relu=relu, residual=res,
+                                 post_relu=post, stats=stats, **kw)
+            assert F.last_kernel == plain, F.last_kernel
+            outs[threads] = out if stats else (out,)
+    for u, v in zip(outs[1], outs[2]):
+        assert_bitwise(v, u, "fused forward at 2 threads vs 1")
+    y = outs[1][0]
+    # the plain pass on the materialised a: the same bits
+    a = _exact_prologue(x, sc, sh, relu)
+    y_plain = conv2d(a, w, b, **kw)
+    if res is not None:
+        y_plain = y_plain + res
+    if post:
+        y_plain = np.maximum(y_plain, np.float32(0))
+    assert_bitwise(y, y_plain, "fused forward vs plain on a")
+    y_ref, _, m_ref, v_ref = fused_ref(to_nchw(x), w, b, stride, pad, 1, C, sc, sh, relu,
+                                       None if res is None else to_nchw(res), post)
+    L = k * k
+    assert_close(to_nchw(y), y_ref, np.float32, length=L, what="y")
+    if stats:
+        scl = np.abs(y_ref).max() + 1
+        assert_close(outs[1][1] / scl, m_ref / scl, np.float32, length=L, what="mean")
+        assert_close(outs[1][2] / scl**2, v_ref / scl**2, np.float32, length=L, what="var")
+    # the weight gradient of conv(prologue(x))
+    gy = rng.standard_normal(yshape).astype(np.float32)
+    got = {}
+    for threads in (1, 2):
+        dw, db = np.full(w.shape, np.nan, np.float32), np.full(C * m, np.nan, np.float32)
+        with num_threads(threads):
+            name = _core.conv2d_fused_backward_weight(gy, x, dw, db, g.core(), sc, sh, relu)
+        assert name == _core.conv_algorithm(g.core(), 2), name
+        got[threads] = (dw, db)
+    for u, v in zip(got[1], got[2]):
+        assert_bitwise(v, u, "fused weight gradient at 2 threads vs 1")
+    _, dw_plain, db_plain = conv2d_backward(gy, a, w, **kw, needs=("weight", "bias"))
+    assert_bitwise(got[1][0], dw_plain, "fused weight gradient vs plain on a")
+    assert_bitwise(got[1][1], db_plain, "bias gradient")
+    ref = fused_backward_ref(to_nchw(gy), to_nchw(x), w, stride, pad, 1, C, sc, sh, relu, None, False)
+    Lw = N * g.Ho * g.Wo
+    assert_close(got[1][0], ref[1], np.float32, length=Lw, what="grad_w")
+    assert_close(got[1][1], ref[2], np.float32, length=Lw, what="grad_b")
+
+
+# Named shapes: the three kernels of the entry (register rows: 3x3 stride 1, C % 16 == 0, planes
+# <= 64 pixels; padded row bands: other multiplier-1 problems; per-row: multiplier 2), batches on
+# both sides of 16 (the units: whole images, or row bands of an image).
+NAMED = [(3, 16, 1, 7, 7, 3, 1, 1), (2, 32, 1, 8, 8, 3, 1, 0), (2, 17, 1, 9, 6, 3, 1, 1), (17, 16, 1, 5, 5, 3, 1, 1),
+         (2, 33, 1, 12, 11, 3, 2, 1), (1, 16, 1, 10, 10, 5, 1, 1), (2, 5, 2, 6, 7, 3, 1, 1), (18, 3, 2, 4, 5, 3, 2, 0)]
+
+
+@pytest.mark.parametrize("case", NAMED, ids=["x".join(map(str, c)) for c in NAMED])
+def test_fused_dw_named(case, isa):
+    _check(*case, bias=True, scale=True, relu=True, epi="stats", seed=sum(case))
+
+
+@settings(max_examples=30, deadline=None)
+@given(N=st.integers(1, 3), C=st.integers(1, 40), m=st.sampled_from((1, 1, 1, 2)), H=st.integers(1, 12),
+       W=st.integers(1, 12), k=st.sampled_from((3, 3, 3, 5)), stride=st.integers(1, 2), pad=st.integers(0, 1),
+       bias=st.booleans(), scale=st.booleans(), relu=st.booleans(),
+       epi=st.sampled_from(("none", "stats", "stats", "res", "relu", "res_relu")),
+       level=st.sampled_from(ISA_LEVELS), seed=st.integers(0, 2**31 - 1))
+def test_fused_dw_hypothesis(N, C, m, H, W, k, stride, pad, bias, scale, relu, epi, level, seed):
+    with isa_level(level):
+        _check(N, C, m, H, W, k, stride, pad, bias, scale, relu, epi, seed)
+
+
+def test_fused_dw_backward_runs_compiled(monkeypatch):
+    """conv2d_fused_backward on a dw NHWC problem takes the compiled weight gradient: the
+    prologue's output is never materialised for it."""
+    rng = np.random.default_rng(1)
+    x, w, s, t, g = _case(rng, 2, 24, 1, 6, 6, 3, 1, 1)
+    gy = rng.standard_normal((2, 6, 6, 24)).astype(np.float32)
+    monkeypatch.setattr(F, "_prologue", lambda *a, **k: pytest.fail("the prologue was materialised"))
+    gr = F.conv2d_fused_backward(gy, x, w, padding=1, groups=24, layout="NHWC", pre_scale=s, pre_shift=t,
+                                 pre_relu=True, needs=("weight", "bias"))
+    ref = fused_backward_ref(to_nchw(gy), to_nchw(x), w, 1, 1, 1, 24, s, t, True, None, False)
+    assert_close(gr.weight, ref[1], np.float32, length=72, what="grad_w")
+    assert_close(gr.bias, ref[2], np.float32, length=72, what="grad_b")
+
+
+@pytest.mark.parametrize("C,H,k", [(16, 7, 3), (20, 9, 3), (32, 3, 1)])
+def test_fused_dw_planted_ties(C, H, k, isa):
+    """Every pixel of the first half of the channels is x0 with t = -(s*x0) rounded to float32:
+    s*x + t is exactly 0 with two roundings, the float32 rounding error of s*x0 with one. The
+    forward (weight: the centre tap 1, the rest 0) returns prologue(x) itself, and the weight
+    gradient with grad_output 1 sums it: a multiply-then-add kernel gives 0 for those channels."""
+    rng = np.random.default_rng(C + H + k)
+    N = 2
+    x = rng.standard_normal((N, H, H, C)).astype(np.float32)
+    s = (rng.uniform(0.5, 2.0, C) * rng.choice((-1, 1), C)).astype(np.float32)
+    t = rng.standard_normal(C).astype(np.float32)
+    half = C // 2
+    x[..., :half] = x[0, 0, 0, :half]
+    t[:half] = -(s * x[0, 0, 0, :])[:half]
+    err = (s.astype(np.float64) * x[0, 0, 0].astype(np.float64) + t)[:half]  # exact: the product's rounding error
+    assert np.count_nonzero(err) >= half // 2, "the planted ties do not separate fma from mul+add"
+    w = np.zeros((C, 1, k, k), np.float32)
+    w[:, 0, k // 2, k // 2] = 1
+    for relu in (False, True):
+        y = F.conv2d_fused(x, w, padding=k // 2, groups=C, layout="NHWC", pre_scale=s, pre_shift=t, pre_relu=relu)
+        assert F.last_kernel.startswith("conv2d_dw_f32_nhwc__")
+        a = _exact_prologue(x, s, t, relu)
+        assert_bitwise(y, a, f"forward = prologue(x), relu={relu}")
+        want = np.maximum(err, 0) if relu else err
+        assert_bitwise(y[0, 0, 0, :half], want.astype(np.float32), "ties")
+        g = F._Geom(x.shape, w.shape, 1, k // 2, 1, C, "NHWC", np.float32)
+        dw = np.empty(w.shape, np.float32)
+        _core.conv2d_fused_backward_weight(np.ones_like(y), x, dw, None, g.core(), s, t, relu)
+        count = N * H * H
+        got = dw[:half, 0, k // 2, k // 2]
+        assert_close(got, count * want, np.float32, length=count, what="weight gradient of the ties")
+        assert np.all((got != 0) == (want != 0))
+
+
+def test_fused_dw_nchw_still_declines():
+    """NCHW depthwise problems keep the reference path (ValueError from the compiled entry)."""
+    x = np.ones((2, 16, 6, 6), np.float32)
+    w = np.ones((16, 1, 3, 3), np.float32)
+    g = F._Geom(x.shape, w.shape, 1, 1, 1, 16, "NCHW", np.float32)
+    with pytest.raises(ValueError, match="no fused kernel"):
+        _core.conv2d_fused(x, w, np.empty_like(x), g.core(), None, np.ones(16, np.float32),
+                           np.zeros(16, np.float32), True, None, False, None, None)
+    F.conv2d_fused(x, w, padding=1, groups=16, pre_scale=np.ones(16, np.float32), pre_shift=np.zeros(16, np.float32))
+    assert F.last_kernel == "reference"
+    F.conv2d_fused(to_nhwc(x), w, padding=1, groups=16, layout="NHWC", pre_scale=np.ones(16, np.float32),
+                   pre_shift=np.zeros(16, np.float32))
+    assert F.last_kernel.startswith("conv2d_dw_f32_nhwc__")
