@@ -80,16 +80,18 @@ void backward_input(DType dt, const void* dy, const void* w, void* dx, const Geo
 void backward_weight(DType dt, const void* dy, const void* x, void* dw, void* db, const Geom& g);
 
 // The forward pass with the fused prologue / epilogue of `fu` (float32; the GEMM path on cnnkit's
-// own sgemm). Returns the registry name of the entry that ran; throws value_error where the
-// registry would not run a GEMM entry for the plain forward pass (depthwise, the direct grouped
-// and stem kernels) or for an unsupported combination (stats with residual or post_relu).
+// own sgemm, or the direct grouped kernels where the registry runs them). Returns the registry
+// name of the entry that ran; throws value_error where the registry would run another direct
+// kernel for the plain forward pass (depthwise, stem) or for an unsupported combination (stats
+// with residual or post_relu).
 const char* forward_fused(const float* x, const float* w, const float* b, float* y, const Geom& g, const Fused& fu);
 
 // The weight (dw) and bias (db) gradients of conv(prologue(x)) with the prologue of `fu`
 // (pre_scale, pre_shift, pre_relu; the other fields must be null/false), float32, recomputing the
-// normalized input while the GEMM path lays x out (it is never stored whole). dw and db may be
-// null. Returns the registry name of the entry that ran; throws value_error where the registry
-// would run a direct kernel (depthwise, grouped, stem) for the plain weight gradient.
+// normalized input while the GEMM path (or the direct grouped kernel) lays x out (it is never
+// stored whole). dw and db may be null. Returns the registry name of the entry that ran; throws
+// value_error where the registry would run another direct kernel (depthwise, stem) for the plain
+// weight gradient.
 const char* backward_weight_fused(const float* dy, const float* x, float* dw, float* db, const Geom& g,
                                   const Fused& fu);
 
@@ -214,6 +216,10 @@ struct Kernels {
                 int64_t brs, int64_t bcs, float* c, int64_t ldc, bool accumulate);
   // The weight gradient of the conv2d_gemm_f32_nhwc_patches entry (conv_gemm.cpp).
   void (*patches_backward_weight)(DType, const void* dy, const void* x, void* dw, const Geom&);
+  // The direct grouped kernels with the Fused prologue (and, forward, the epilogue: statistics,
+  // residual, post ReLU), float32, either layout; the weight gradient writes dw only.
+  void (*grouped_forward_fused)(const float* x, const float* w, const float* b, float* y, const Geom&, const Fused&);
+  void (*grouped_backward_weight_fused)(const float* dy, const float* x, float* dw, const Geom&, const Fused&);
 };
 
 }  // namespace cnnkit::conv
