@@ -80,17 +80,17 @@ void backward_input(DType dt, const void* dy, const void* w, void* dx, const Geo
 void backward_weight(DType dt, const void* dy, const void* x, void* dw, void* db, const Geom& g);
 
 // The forward pass with the fused prologue / epilogue of `fu` (float32; the GEMM path on cnnkit's
-// own sgemm, or the depthwise NHWC kernels). Returns the registry name of the entry that ran;
-// throws value_error where the registry would run neither a GEMM entry nor conv2d_dw_f32_nhwc for
-// the plain forward pass (depthwise NCHW, the direct grouped and stem kernels) or for an
+// own sgemm, the depthwise NHWC kernels, or the direct grouped kernels where the registry runs
+// them). Returns the registry name of the entry that ran; throws value_error where the registry
+// would run another direct kernel for the plain forward pass (depthwise NCHW, stem) or for an
 // unsupported combination (stats with residual or post_relu).
 const char* forward_fused(const float* x, const float* w, const float* b, float* y, const Geom& g, const Fused& fu);
 
 // The weight (dw) and bias (db) gradients of conv(prologue(x)) with the prologue of `fu`
 // (pre_scale, pre_shift, pre_relu; the other fields must be null/false), float32, recomputing the
-// normalized input while the GEMM path lays x out (it is never stored whole). dw and db may be
-// null. Returns the registry name of the entry that ran; throws value_error where the registry
-// would run a direct kernel other than conv2d_dw_f32_nhwc (depthwise NCHW, grouped, stem) for the
+// normalized input while the GEMM path (or the direct grouped kernel) lays x out (it is never
+// stored whole). dw and db may be null. Returns the registry name of the entry that ran; throws
+// value_error where the registry would run another direct kernel (depthwise NCHW, stem) for the
 // plain weight gradient. On conv2d_dw_f32_nhwc the prologue is applied as the kernel reads x: the
 // same bits as the plain weight gradient of the prologue's output.
 const char* backward_weight_fused(const float* dy, const float* x, float* dw, float* db, const Geom& g,
@@ -222,6 +222,10 @@ struct Kernels {
   // conv(prologue(x)) with the prologue of Fused (dw_nhwc.h).
   void (*dw_fused_forward)(const float* x, const float* w, const float* b, float* y, const Geom&, const Fused&);
   void (*dw_fused_backward_weight)(const float* dy, const float* x, float* dw, float* db, const Geom&, const Fused&);
+  // The direct grouped kernels with the Fused prologue (and, forward, the epilogue: statistics,
+  // residual, post ReLU), float32, either layout; the weight gradient writes dw only.
+  void (*grouped_forward_fused)(const float* x, const float* w, const float* b, float* y, const Geom&, const Fused&);
+  void (*grouped_backward_weight_fused)(const float* dy, const float* x, float* dw, const Geom&, const Fused&);
 };
 
 }  // namespace cnnkit::conv

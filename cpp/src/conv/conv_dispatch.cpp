@@ -422,19 +422,39 @@ const char* forward_fused(const float* x, const float* w, const float* b, float*
     throw value_error("conv2d_fused: stats_sum and stats_sumsq go together");
   if (!fu.pre_scale != !fu.pre_shift)
     throw value_error("conv2d_fused: pre_scale and pre_shift go together");
-  // The fused pass runs on the GEMM path, where the registry would run a GEMM entry (packed or
-  // OpenBLAS) for the plain forward pass (the direct depthwise, grouped and stem kernels have no
-  // fused form).
+  // The fused pass runs where the plain forward pass runs: the depthwise NHWC and the direct
+  // grouped kernels have fused forms; otherwise the GEMM path, where the registry would run a GEMM
+  // entry (packed or OpenBLAS); the depthwise NCHW and stem kernels have none.
   const auto& t = table();
   const Entry& plain = t[select_effective(Problem{g, DType::f32, Pass::forward})];
+  const bool empty = g.N == 0 || g.K == 0 || g.Ho * g.Wo == 0;
+  if (empty && (plain.v->supported == sup_dw_nhwc || plain.v->run == run_grouped ||
+                plain.v->run == run_transposed<run_grouped, false>)) {
+    if (fu.stats_sum)
+      for (int64_t k = 0; k < g.K; ++k) fu.stats_sum[k] = fu.stats_sumsq[k] = 0;
+    return plain.name.c_str();
+  }
   if (plain.v->supported == sup_dw_nhwc) {
     // Depthwise NHWC: the direct kernels' fused form (dw_nhwc.h), every combination.
-    if (g.N == 0 || g.K == 0 || g.Ho * g.Wo == 0) {
-      if (fu.stats_sum)
-        for (int64_t k = 0; k < g.K; ++k) fu.stats_sum[k] = fu.stats_sumsq[k] = 0;
+    kernels_of(plain.isa).dw_fused_forward(x, w, b, y, g, fu);
+    return plain.name.c_str();
+  }
+  // The direct grouped kernels (grouped.h): the prologue as input rows are read, the epilogue on
+  // each output row; the transposed NCHW entry runs them between layout transposes as its plain pass.
+  if (plain.v->run == run_grouped || plain.v->run == run_transposed<run_grouped, false>) {
+    const Kernels& k = kernels_of(plain.isa);
+    if (plain.v->run == run_grouped) {
+      k.grouped_forward_fused(x, w, b, y, g, fu);
       return plain.name.c_str();
     }
-    kernels_of(plain.isa).dw_fused_forward(x, w, b, y, g, fu);
+    const int64_t HW = g.H * g.W, P = g.Ho * g.Wo;
+    Fused ft = fu;
+    if (fu.residual)
+      ft.residual = static_cast<const float*>(as_nhwc(k, DType::f32, fu.residual, g.N, g.K, P, kAccSlot));
+    const float* xt = static_cast<const float*>(as_nhwc(k, DType::f32, x, g.N, g.C, HW, kXSlot));
+    float* yt = static_cast<float*>(scratch_of(DType::f32, kYSlot, g.N * g.K * P));
+    k.grouped_forward_fused(xt, w, b, yt, as_nhwc_geom(g), ft);
+    k.transpose(DType::f32, yt, y, g.N, P, g.K);
     return plain.name.c_str();
   }
   // (The stem kernel's problems are declined too: the packed pass ran them 2.7x slower than the
@@ -483,14 +503,31 @@ const char* backward_weight_fused(const float* dy, const float* x, float* dw, fl
     throw value_error("conv2d_fused backward: pre_scale and pre_shift go together");
   const auto& t = table();
   const Entry& e = t[select_effective(Problem{g, DType::f32, Pass::weight})];
+  const bool direct = e.v->supported == sup_dw_nhwc || e.v->run == run_grouped ||
+                      e.v->run == run_transposed<run_grouped, false>;
+  if (direct && (g.N == 0 || g.Ho * g.Wo == 0 || g.K == 0)) {
+    if (dw) std::fill(dw, dw + g.K * g.Cg() * g.kh * g.kw, 0.0f);
+    if (db) std::fill(db, db + g.K, 0.0f);
+    return e.name.c_str();
+  }
   if (e.v->supported == sup_dw_nhwc) {
     // Depthwise NHWC: the direct kernels with the prologue applied as they read x (dw_nhwc.h).
-    if (g.N == 0 || g.Ho * g.Wo == 0 || g.K == 0) {
-      if (dw) std::fill(dw, dw + g.K * g.Cg() * g.kh * g.kw, 0.0f);
-      if (db) std::fill(db, db + g.K, 0.0f);
-      return e.name.c_str();
-    }
     kernels_of(e.isa).dw_fused_backward_weight(dy, x, dw, db, g, fu);
+    return e.name.c_str();
+  }
+  // The direct grouped kernels: the prologue applied as x's rows are read (as run_grouped and
+  // run_transposed: the bias gradient is the generic reduction on dy as given).
+  if (e.v->run == run_grouped || e.v->run == run_transposed<run_grouped, false>) {
+    const Kernels& k = kernels_of(e.isa);
+    if (dw && e.v->run == run_grouped) {
+      k.grouped_backward_weight_fused(dy, x, dw, g, fu);
+    } else if (dw) {
+      const void* xt = as_nhwc(k, DType::f32, x, g.N, g.C, g.H * g.W, kXSlot);
+      const void* dyt = as_nhwc(k, DType::f32, dy, g.N, g.K, g.Ho * g.Wo, kYSlot);
+      k.grouped_backward_weight_fused(static_cast<const float*>(dyt), static_cast<const float*>(xt), dw,
+                                      as_nhwc_geom(g), fu);
+    }
+    if (db) k.bias_grad(DType::f32, dy, db, g);
     return e.name.c_str();
   }
   // (The patches entry reads x as it is; with a prologue its problems run the own packed pass.)

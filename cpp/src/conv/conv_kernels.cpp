@@ -195,10 +195,10 @@ void grouped_backward_input_t(const T* dy, const T* w, T* dx, const Geom& g) {
   CNNKIT_BY_CPG(conv::grouped_backward_input_direct, T, dy, w, dx, g);
 }
 template <typename T>
-void grouped_backward_weight_t(const T* dy, const T* x, T* dw, const Geom& g) {
+void grouped_backward_weight_t(const T* dy, const T* x, T* dw, const Geom& g, const conv::Fused* fu = nullptr) {
   constexpr int64_t VL = conv::Vec<T>::n;
   if (conv::grouped_weight_by_blocks(g)) {  // small planes (conv_internal.h)
-    CNNKIT_BY_CPG(conv::grouped_weight_blocks_direct, T, dy, x, dw, g);
+    CNNKIT_BY_CPG(conv::grouped_weight_blocks_direct, T, dy, x, dw, g, fu);
     return;
   }
   const int64_t k2 = g.kh * g.kw, C = g.C, cpg = g.Cg(), ncv = C / VL;
@@ -212,7 +212,7 @@ void grouped_backward_weight_t(const T* dy, const T* x, T* dw, const Geom& g) {
   const int64_t nb = (cpg >= 2 * VL ? 2 : 1);  // channel vectors the kernel takes together
   const int64_t cblocks = std::max<int64_t>(1, std::min<int64_t>(conv::ceil_div(8, pieces), ncv / nb));
   T* part = conv::scratch<T>(conv::kPartSlot, pieces * psize);
-  CNNKIT_BY_CPG(conv::grouped_weight_partials_direct, T, dy, x, part, pieces, cblocks, g);
+  CNNKIT_BY_CPG(conv::grouped_weight_partials_direct, T, dy, x, part, pieces, cblocks, g, fu);
   // Walk the partials in their own layout (contiguous streams), scattering into dw.
 #pragma omp parallel for schedule(static) num_threads(num_threads())
   for (int64_t e = 0; e < psize; ++e) {
@@ -247,6 +247,16 @@ void grouped_backward_weight(DType dt, const void* dy, const void* x, void* dw, 
   (void)db;  // the bias gradient is the generic reduction (conv_dispatch.cpp)
 }
 
+// The fused passes of the grouped kernels (conv::Fused; float32): the forward with prologue and
+// epilogue, the weight gradient of conv(prologue(x)).
+void grouped_forward_fused(const float* x, const float* w, const float* b, float* y, const Geom& g,
+                           const conv::Fused& fu) {
+  CNNKIT_BY_CPG(conv::grouped_forward_direct, float, x, w, b, y, g, &fu);
+}
+void grouped_backward_weight_fused(const float* dy, const float* x, float* dw, const Geom& g, const conv::Fused& fu) {
+  grouped_backward_weight_t(dy, x, dw, g, &fu);
+}
+
 }  // namespace
 
 extern const conv::Kernels conv_kernels = {
@@ -259,6 +269,7 @@ extern const conv::Kernels conv_kernels = {
     conv::fused_backward_weight, conv::fused_forward_any,
     conv::sgemm_shape_of, conv::sgemm_strided, conv::patches_backward_weight,
     dw_fused_forward, dw_fused_backward_weight,
+    grouped_forward_fused, grouped_backward_weight_fused,
 };
 
 }  // namespace cnnkit::CNNKIT_ISA_NS

@@ -19,12 +19,20 @@
 //                  with large weights (grouped_weight_by_blocks()) by channel blocks instead: one
 //                  block's pixels of many images in compact buffers, reductions that span
 //                  images, double sums.
+// Fused (float32, conv::Fused): the prologue a = max(fma(pre_scale[c], x, pre_shift[c]), 0) is
+// applied to each input row as it is filled into the ring or a block buffer (the padding stays 0,
+// as after the prologue), so the forward pass and the weight gradient never see x itself. The
+// forward epilogue works on each output row as it is written (in cache): the statistics as shifted
+// double sums per band of rows about the band's first value (bands fixed by the shape), combined
+// in band order about y[0, 0, 0, k]; then residual and ReLU.
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <type_traits>
 
+#include "cnnkit/conv.h"
 #include "dw_common.h"
 #include "scratch.h"
 
@@ -85,16 +93,58 @@ void scatter_row_nchw(const T* src, int64_t Wn, int64_t C, T* out, int64_t P) {
     for (int64_t c = 0; c < C; ++c) out[c * P + w] = src[w * C + c];
 }
 
-// Padded row r of an image in either layout (hw: plane size, for NCHW).
+// The fused prologue in place on npix pixels of cc channels (pitch cc, cc a multiple of VL): with
+// sc (and sh) v = fma(sc[c], v, sh[c]) (one rounding, as everywhere the prologue is evaluated: the
+// backward's ReLU mask is recomputed as fma(...) > 0), then with relu v = max(v, 0) as std::max
+// (v < 0 ? 0 : v). Float32 only.
+inline vec_t<float> prologue_vec(vec_t<float> v, const float* sc, const float* sh, bool relu) {
+  using V = vec_t<float>;
+#if defined(__AVX512F__)
+  if (sc) v = (V)_mm512_fmadd_ps((__m512)vload(sc), (__m512)v, (__m512)vload(sh));
+  if (relu) v = (V)_mm512_max_ps(_mm512_setzero_ps(), (__m512)v);
+#elif defined(__AVX2__) && defined(__FMA__)
+  if (sc) v = (V)_mm256_fmadd_ps((__m256)vload(sc), (__m256)v, (__m256)vload(sh));
+  if (relu) v = (V)_mm256_max_ps(_mm256_setzero_ps(), (__m256)v);
+#else
+  if (sc)
+    for (int l = 0; l < Vec<float>::n; ++l) v[l] = std::fma(sc[l], v[l], sh[l]);
+  if (relu) v = (V)_mm_max_ps(_mm_setzero_ps(), (__m128)v);
+#endif
+  return v;
+}
+template <typename T>
+void prologue_pixels(T* d, int64_t npix, int64_t cc, const float* sc, const float* sh, bool relu) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (!sc && !relu) return;
+    constexpr int VL = Vec<float>::n;
+    for (int64_t p = 0; p < npix; ++p)
+      for (int64_t c = 0; c < cc; c += VL)
+        vstore(d + p * cc + c, prologue_vec(vload(d + p * cc + c), sc ? sc + c : nullptr, sh ? sh + c : nullptr, relu));
+  }
+}
+// The prologue of fu (null: none) on pixels of the channels [c0, c0 + cc).
+template <typename T>
+void prologue_of(const Fused* fu, T* d, int64_t npix, int64_t cc, int64_t c0) {
+  if (fu && (fu->pre_scale || fu->pre_relu))
+    prologue_pixels(d, npix, cc, fu->pre_scale ? fu->pre_scale + c0 : nullptr,
+                    fu->pre_shift ? fu->pre_shift + c0 : nullptr, fu->pre_relu);
+}
+
+// Padded row r of an image in either layout (hw: plane size, for NCHW), through the prologue of fu
+// (null: none).
 template <typename T, int CPG>
 void fill_row_src(const T* img, bool nchw, int64_t hw, int64_t r, int64_t Wsrc, int64_t C, int64_t left,
-                  int64_t width, T* dst) {
-  if (!nchw) return fill_row<T, CPG>(img + r * Wsrc * C, Wsrc, C, left, width, dst);
+                  int64_t width, T* dst, const Fused* fu = nullptr) {
   const int64_t lo = std::min(width, std::max<int64_t>(0, left));
   const int64_t hi = std::max(lo, std::min(width, left + Wsrc));
-  std::fill(dst, dst + lo * C, T(0));
-  gather_row_nchw(img, hw, r, Wsrc, C, lo - left, hi - lo, dst + lo * C);
-  std::fill(dst + hi * C, dst + width * C, T(0));
+  if (!nchw) {
+    fill_row<T, CPG>(img + r * Wsrc * C, Wsrc, C, left, width, dst);
+  } else {
+    std::fill(dst, dst + lo * C, T(0));
+    gather_row_nchw(img, hw, r, Wsrc, C, lo - left, hi - lo, dst + lo * C);
+    std::fill(dst + hi * C, dst + width * C, T(0));
+  }
+  prologue_of(fu, dst + lo * C, hi - lo, C, 0);
 }
 
 // The broadcast operand (CPG >= VL) of channel vector cv, in-group index ci, at padded column
@@ -252,24 +302,29 @@ void grouped_row(T* out, int64_t ostride, int64_t nv, int64_t step, const RowTap
 // [0, nrows).
 template <typename T, int CPG>
 const T* ring_row(RowRing<T>& ring, const T* src_img, int64_t n, int64_t r, int64_t nrows, int64_t Wsrc,
-                  int64_t C, int64_t left, int64_t width, bool nchw) {
+                  int64_t C, int64_t left, int64_t width, bool nchw, const Fused* fu = nullptr) {
   if (r < 0 || r >= nrows) return nullptr;
   const int64_t s = r % ring.slots;
   T* dst = ring.buf + s * ring.pitch;
   if (ring.tag[s] != r || ring.tag_n[s] != n) {
-    fill_row_src<T, CPG>(src_img, nchw, nrows * Wsrc, r, Wsrc, C, left, width, dst);
+    fill_row_src<T, CPG>(src_img, nchw, nrows * Wsrc, r, Wsrc, C, left, width, dst, fu);
     ring.tag[s] = r;
     ring.tag_n[s] = n;
   }
   return dst;
 }
 
-// Runs body(ring, taps, r) for rows r in [0, rows) in parallel bands (about 16 per call, at most
-// one image of `per_image` rows each), every band with a fresh ring of `slots` padded rows of
-// `pitch` elements and room for `ntaps` taps.
+// Rows of a band of for_row_bands (from the shape alone).
+inline int64_t row_band(int64_t rows, int64_t per_image) {
+  return std::max<int64_t>(1, std::min<int64_t>(per_image, ceil_div(rows, 16)));
+}
+
+// Runs body(ring, taps, r, bi) for rows r in [0, rows) in parallel bands bi (about 16 per call, at
+// most one image of `per_image` rows each: row_band()), every band with a fresh ring of `slots`
+// padded rows of `pitch` elements and room for `ntaps` taps; a band's rows run in order.
 template <typename T, typename F>
 void for_row_bands(int64_t rows, int64_t per_image, int64_t slots, int64_t pitch, int64_t ntaps, F&& body) {
-  const int64_t band = std::max<int64_t>(1, std::min<int64_t>(per_image, ceil_div(rows, 16)));
+  const int64_t band = row_band(rows, per_image);
   const int64_t nb = ceil_div(rows, band);
 #pragma omp parallel num_threads(num_threads())
   {
@@ -281,34 +336,104 @@ void for_row_bands(int64_t rows, int64_t per_image, int64_t slots, int64_t pitch
 #pragma omp for schedule(dynamic, 1)
     for (int64_t bi = 0; bi < nb; ++bi) {
       ring.reset();
-      for (int64_t r = bi * band; r < std::min(rows, (bi + 1) * band); ++r) body(ring, taps, r);
+      for (int64_t r = bi * band; r < std::min(rows, (bi + 1) * band); ++r) body(ring, taps, r, bi);
     }
   }
 }
 
+// Shifted sums of one pixel-major row (np pixels of C channels) about sh[k], added to s1, s2 (each
+// channel's sum runs over the pixels in order).
+template <typename T>
+void row_stats_pm(const T* __restrict y, int64_t np, int64_t C, const double* __restrict sh, double* __restrict s1,
+                  double* __restrict s2) {
+  for (int64_t p = 0; p < np; ++p) {
+    const T* __restrict yr = y + p * C;
+#pragma omp simd
+    for (int64_t k = 0; k < C; ++k) {
+      const double d = double(yr[k]) - sh[k];
+      s1[k] += d;
+      s2[k] += d * d;
+    }
+  }
+}
+
+// The forward pass; with fu (float32) the fused prologue on x, and the epilogue of conv::Fused on
+// y (statistics, residual, post ReLU).
 template <typename T, int CPG>
-void grouped_forward_direct(const T* x, const T* w, const T* b, T* y, const Geom& g) {
+void grouped_forward_direct(const T* x, const T* w, const T* b, T* y, const Geom& g, const Fused* fu = nullptr) {
   const int64_t C = g.C, kh = g.kh, kw = g.kw;
   const T* wt = grouped_weights<T, CPG>(w, g, false);
   const int64_t width = (g.Wo - 1) * g.sw + (kw - 1) * g.dw + 1;
   const int64_t slots = (kh - 1) * g.dh + 1;
   const int64_t pitch = width * C;
+  const int64_t rows = g.N * g.Ho, P = g.Ho * g.Wo;
+  const int64_t band = row_band(rows, g.Ho), nb = ceil_div(rows, band);
+  const bool stats = fu && fu->stats_sum, relu = fu && fu->post_relu;
+  const T* res = nullptr;
+  if constexpr (std::is_same_v<T, float>) res = fu ? fu->residual : nullptr;
+  // Per band: s1, s2 (C each) about sh (C), the band's first output pixel.
+  double* part = stats ? scratch<double>(kPartSlot, nb * 3 * C) : nullptr;
   // Work items: bands of output rows (the ring makes each input row filled about once per band).
-  for_row_bands<T>(g.N * g.Ho, g.Ho, slots, pitch, kh * kw, [&](RowRing<T>& ring, RowTap* taps, int64_t r) {
+  for_row_bands<T>(rows, g.Ho, slots, pitch, kh * kw, [&](RowRing<T>& ring, RowTap* taps, int64_t r, int64_t bi) {
     const int64_t n = r / g.Ho, oh = r % g.Ho;
     const T* xn = x + n * g.H * g.W * C;
     int nt = 0;
     for (int64_t i = 0; i < kh; ++i) {
-      const T* row = ring_row<T, CPG>(ring, xn, n, oh * g.sh + i * g.dh - g.pt, g.H, g.W, C, g.pl, width, !g.nhwc);
+      const T* row =
+          ring_row<T, CPG>(ring, xn, n, oh * g.sh + i * g.dh - g.pt, g.H, g.W, C, g.pl, width, !g.nhwc, fu);
       if (!row) continue;
       for (int64_t j = 0; j < kw; ++j) taps[nt++] = RowTap{row, j * g.dw, i * kw + j};
     }
-    if (g.nhwc) return grouped_row<T, CPG>(y + r * g.Wo * C, C, g.Wo, g.sw, taps, nt, wt, b, C);
-    // NCHW: the row as pixels x channels, then transposed out in registers.
-    T* rowbuf = scratch<T>(kAccSlot, g.Wo * C);
-    grouped_row<T, CPG>(rowbuf, C, g.Wo, g.sw, taps, nt, wt, b, C);
-    scatter_row_nchw(rowbuf, g.Wo, C, y + n * C * g.Ho * g.Wo + oh * g.Wo, g.Ho * g.Wo);
+    // The row as pixels x channels: in place (NHWC), else in a buffer transposed out below.
+    T* yrow = g.nhwc ? y + r * g.Wo * C : scratch<T>(kAccSlot, g.Wo * C);
+    grouped_row<T, CPG>(yrow, C, g.Wo, g.sw, taps, nt, wt, b, C);
+    if (stats) {
+      double* s1 = part + bi * 3 * C;
+      double* s2 = s1 + C;
+      double* sh = s2 + C;
+      if (r == bi * band)
+        for (int64_t k = 0; k < C; ++k) {
+          sh[k] = double(yrow[k]);
+          s1[k] = s2[k] = 0;
+        }
+      row_stats_pm(yrow, g.Wo, C, sh, s1, s2);
+    }
+    if (g.nhwc) {
+      if (res) {
+        const T* rr = res + r * g.Wo * C;
+        for (int64_t e = 0; e < g.Wo * C; ++e) yrow[e] += rr[e];
+      }
+      if (relu)
+        for (int64_t e = 0; e < g.Wo * C; ++e) yrow[e] = std::max(yrow[e], T(0));
+      return;
+    }
+    T* yo = y + n * C * P + oh * g.Wo;
+    scatter_row_nchw(yrow, g.Wo, C, yo, P);
+    if (res || relu)
+      for (int64_t c = 0; c < C; ++c) {
+        T* yc = yo + c * P;
+        if (res) {
+          const T* rc = res + n * C * P + c * P + oh * g.Wo;
+          for (int64_t e = 0; e < g.Wo; ++e) yc[e] += rc[e];
+        }
+        if (relu)
+          for (int64_t e = 0; e < g.Wo; ++e) yc[e] = std::max(yc[e], T(0));
+      }
   });
+  if (!stats) return;
+  // Bands in order, re-centred about the first band's shift (y[0, 0, 0, k]).
+  for (int64_t k = 0; k < C; ++k) {
+    const double K0 = part[2 * C + k];
+    double s = 0, q = 0;
+    for (int64_t bi = 0; bi < nb; ++bi) {
+      const double* pb = part + bi * 3 * C;
+      const double d = pb[2 * C + k] - K0, cnt = double((std::min(rows, (bi + 1) * band) - bi * band) * g.Wo);
+      s += pb[k] + cnt * d;
+      q += pb[C + k] + 2 * d * pb[k] + cnt * d * d;
+    }
+    fu->stats_sum[k] = s;
+    fu->stats_sumsq[k] = q;
+  }
 }
 
 // Input gradient at any stride by gather over padded dy rows (used at stride > 1).
@@ -320,7 +445,7 @@ void grouped_backward_input_direct(const T* dy, const T* w, T* dx, const Geom& g
   const int64_t width = PADL + std::max(g.Wo, ceil_div(g.W + g.pl, sw) + 1) + 1;
   const int64_t slots = (kh - 1) * g.dh + 1;
   const int64_t pitch = width * C;
-  for_row_bands<T>(g.N * g.H, g.H, slots, pitch, kh * kw, [&](RowRing<T>& ring, RowTap* taps, int64_t r) {
+  for_row_bands<T>(g.N * g.H, g.H, slots, pitch, kh * kw, [&](RowRing<T>& ring, RowTap* taps, int64_t r, int64_t) {
     const int64_t n = r / g.H, ih = r % g.H;
     const T* dyn = dy + n * g.Ho * g.Wo * C;
     T* dxr = g.nhwc ? dx + r * g.W * C : scratch<T>(kAccSlot, g.W * C);  // NCHW: transposed out below
@@ -359,7 +484,7 @@ void grouped_backward_input_direct(const T* dy, const T* w, T* dx, const Geom& g
 // so that tiny planes, with too few pixels for many pieces, still give the threads work.
 template <typename T, int CPG>
 void grouped_weight_partials_direct(const T* dy, const T* x, T* part, int64_t pieces, int64_t cblocks,
-                                    const Geom& g) {
+                                    const Geom& g, const Fused* fu = nullptr) {
   using Tr = GroupedTraits<T, CPG>;
   constexpr int VL = Tr::VL;
   using V = vec_t<T>;
@@ -400,7 +525,7 @@ void grouped_weight_partials_direct(const T* dy, const T* x, T* part, int64_t pi
             continue;
           }
           T* dst = buf + (ir - in0) * pitch;
-          fill_row_src<T, CPG>(xn, !g.nhwc, g.H * g.W, ir, g.W, C, g.pl, width, dst);
+          fill_row_src<T, CPG>(xn, !g.nhwc, g.H * g.W, ir, g.W, C, g.pl, width, dst, fu);
           rowp[ir - in0] = dst;
         }
         // dy rows oh0..oh1 as pixels x C: in place (NHWC) or transposed into dybuf (NCHW).
@@ -475,7 +600,7 @@ void grouped_weight_partials_direct(const T* dy, const T* x, T* part, int64_t pi
 // (chunks of at most one image, float partials of the whole dw per piece, re-read every chunk):
 // a block's data and sums stay in L1/L2, and on small planes (7x7) one reduction spans images.
 template <typename T, int CPG>
-void grouped_weight_blocks_direct(const T* dy, const T* x, T* dw, const Geom& g) {
+void grouped_weight_blocks_direct(const T* dy, const T* x, T* dw, const Geom& g, const Fused* fu = nullptr) {
   using Tr = GroupedTraits<T, CPG>;
   constexpr int VL = Tr::VL;
   constexpr int CW = CPG > VL ? CPG : VL;
@@ -535,20 +660,25 @@ void grouped_weight_blocks_direct(const T* dy, const T* x, T* dw, const Geom& g)
             for (int64_t k = 0; k < nb && ir1 > ir0 && hi > lo; ++k) {
               gather_row_nchw(x + (n * C + c0 + k * CW) * g.H * g.W, g.H * g.W, ir0, g.W, int64_t(CW), 0,
                               (ir1 - ir0) * g.W, xt);
-              for (int64_t ir = ir0; ir < ir1; ++ir)
-                std::memcpy(xb + k * xbs + (used + ir - in0) * width * CW + lo * CW,
-                            xt + ((ir - ir0) * g.W + lo - g.pl) * CW, (hi - lo) * CW * sizeof(T));
+              for (int64_t ir = ir0; ir < ir1; ++ir) {
+                T* dst = xb + k * xbs + (used + ir - in0) * width * CW + lo * CW;
+                std::memcpy(dst, xt + ((ir - ir0) * g.W + lo - g.pl) * CW, (hi - lo) * CW * sizeof(T));
+                prologue_of(fu, dst, hi - lo, CW, c0 + k * CW);
+              }
             }
             for (int64_t k = 0; k < nb; ++k)
               gather_row_nchw(dy + (n * C + c0 + k * CW) * g.Ho * g.Wo, g.Ho * g.Wo, oh0, g.Wo, int64_t(CW), 0,
                               (oh1 - oh0) * g.Wo, dyb + k * dybs + (r - r0) * g.Wo * CW);
           } else {
-            for (int64_t ir = ir0; ir < ir1; ++ir)
+            for (int64_t ir = ir0; ir < ir1; ++ir) {
               for (int64_t c = lo; c < hi; ++c) {
                 const T* src = x + ((n * g.H + ir) * g.W + c - g.pl) * C + c0;
                 T* dst = xb + (used + ir - in0) * width * CW + c * CW;
                 for (int64_t k = 0; k < nb; ++k) std::memcpy(dst + k * xbs, src + k * CW, CW * sizeof(T));
               }
+              for (int64_t k = 0; k < nb; ++k)
+                prologue_of(fu, xb + k * xbs + (used + ir - in0) * width * CW + lo * CW, hi - lo, CW, c0 + k * CW);
+            }
             for (int64_t oh = oh0; oh < oh1; ++oh)
               for (int64_t ow = 0; ow < g.Wo; ++ow) {
                 const T* src = dy + ((n * g.Ho + oh) * g.Wo + ow) * C + c0;
