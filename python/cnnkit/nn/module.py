@@ -64,17 +64,22 @@ def fusion(enabled: bool = True) -> contextlib.AbstractContextManager[None]:
     ``(N, C)`` adjoint as a view broadcast over H and W, which the norm's kernels read per
     sample and channel. In a residual block whose first convolution is a dense 1x1 with stride
     1 (the bottleneck's), that convolution's input gradient adds the shortcut's gradient in its
-    epilogue instead of a separate pass. Not fused: a norm
-    whose output is captured (:meth:`Module.capture`) or where ``forward(until=)`` stops, a
-    norm followed by anything but a Conv2d or a GlobalAvgPool2d, a channel with ``|mean| / std > 16`` (accuracy),
-    across container boundaries, and a Conv2d or BatchNorm2d whose subclass (or instance)
-    overrides its forward or backward or that has a ``virtual_batch_size`` (ghost batch norm:
-    per-chunk statistics, which the epilogue's whole-batch ones cannot represent); such a
-    layer runs on its own, and so do its neighbours' halves of the fusion. Running statistics and ``num_batches_tracked`` move exactly as
-    unfused. The backward mirrors the fusions (float32, where the compiled kernels run the
-    convolution on a GEMM entry): the weight gradient of a convolution with a prologue lays out
-    ``prologue(x)`` while it packs (the normalized tensor is not recomputed into memory); its
-    input gradient (stride 1, training mode, the standard ReLU rule) is written already masked
+    epilogue instead of a separate pass. Not fused: a norm whose output is captured
+    (:meth:`Module.capture`) or where ``forward(until=)`` stops, a norm followed by anything
+    but a Conv2d or a GlobalAvgPool2d, a channel with ``|mean| / std > 16`` (accuracy), across
+    container boundaries, and a Conv2d or BatchNorm2d whose subclass (or instance) overrides
+    its forward or backward or that has a ``virtual_batch_size`` (ghost batch norm: per-chunk
+    statistics, which the epilogue's whole-batch ones cannot represent); such a layer runs on
+    its own, and so do its neighbours' halves of the fusion. Running statistics and
+    ``num_batches_tracked`` move exactly as unfused. The compiled forward (float32) runs where
+    the plain convolution runs: the GEMM entries, the depthwise NHWC kernels and the direct
+    grouped kernels apply the prologue as they read x and reduce the statistics per fixed unit
+    of output rows (the depthwise NCHW and the stem kernels do not: there the prologue is
+    materialised and the statistics are a separate pass). The backward mirrors the fusions
+    (float32): the weight gradient of a convolution with a prologue applies it while it lays x
+    out or reads it (GEMM, depthwise NHWC and grouped kernels; the normalized tensor is not
+    recomputed into memory); its input gradient (stride 1, on a GEMM entry, training mode, the
+    standard ReLU rule) is written already masked
     by the prologue's ReLU, ``fma(scale, x, shift) > 0``, with the two sums of the norm's
     backward reduced in its epilogue, so the norm runs only its apply pass; elsewhere the norm
     recomputes the mask from x inside its own two passes. Each norm still receives the gradient

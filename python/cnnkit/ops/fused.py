@@ -17,8 +17,10 @@ Two implementations:
 
 * the compiled kernel ``cnnkit._core.conv2d_fused`` (float32, where the extension has it and the
   combination is supported: it raises ValueError otherwise and the reference path runs), which
-  packs the prologue into the GEMM panels and reduces the statistics in the epilogue as shifted
-  double sums (``mean = K + s1/n``, ``var = (s2 - s1^2/n)/n``, the norm kernels' scheme);
+  runs where the plain convolution runs (a GEMM entry, the depthwise NHWC kernels, the direct
+  grouped kernels; not the depthwise NCHW or stem kernels), applies the prologue as it packs or
+  reads x, and reduces the statistics in the epilogue as shifted double sums per fixed unit of
+  the output (``mean = K + s1/n``, ``var = (s2 - s1^2/n)/n``, the norm kernels' scheme);
 * the reference path (always for float64), composed of existing kernels: the prologue is one
   pass of the norm apply kernel (``x * pre_scale + pre_shift``, ReLU) into a scratch array, then
   :func:`cnnkit.conv2d`, the residual add and ReLU in NumPy, and the statistics from the norm
@@ -287,8 +289,9 @@ def conv2d_fused_backward(grad_output: np.ndarray, x: np.ndarray, weight: np.nda
 
     composed from :func:`cnnkit.conv2d_backward` and the norm backward kernels (sums in float64,
     in blocks fixed by the shape: the same bits at any thread count). ``a`` is not needed whole:
-    in float32, where the registry runs the weight gradient on a GEMM entry, the compiled kernel
-    applies the prologue while it lays x out, and the ReLU mask ``z > 0`` is evaluated inside
+    in float32, where the registry runs the weight gradient on a GEMM entry, the depthwise NHWC
+    kernels or the direct grouped kernels, the compiled kernel applies the prologue while it lays
+    x out or reads it, and the ReLU mask ``z > 0`` is evaluated inside
     the norm kernels as ``fma(pre_scale, x, pre_shift) > 0``, the compiled prologue's own value;
     elsewhere ``a`` is recomputed from x (unless given as ``conv_input``).
 
@@ -380,8 +383,9 @@ def conv2d_fused_backward(grad_output: np.ndarray, x: np.ndarray, weight: np.nda
     compiled = dt == np.float32 and hasattr(_core, "conv2d_fused_backward_weight")
     gw = gb = None
     if pro and a is None and "weight" in want and compiled:
-        # The weight gradient on the GEMM path, which recomputes a while it lays x out (a is
-        # never stored); ValueError where the registry runs a direct kernel: then a is made below.
+        # The compiled weight gradient, which recomputes a while it lays x out or reads it (a is
+        # never stored); ValueError where the registry runs a kernel without that form (the
+        # depthwise NCHW and stem kernels): then a is made below.
         gw = bufs.get("weight")
         gw = np.empty(g.w_shape(), dt) if gw is None else gw
         gb = (bufs.get("bias") if bufs.get("bias") is not None else np.empty(g.K, dt)) if "bias" in want else None
