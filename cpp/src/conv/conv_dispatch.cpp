@@ -414,6 +414,14 @@ const char* algorithm(const Geom& g, int pass) {
   return table()[select(Problem{g, DType::f32, static_cast<Pass>(pass)})].name.c_str();
 }
 
+// Whether the entry is a direct kernel with a fused form (forward_fused(), backward_weight_fused()):
+// the depthwise NHWC kernels and the direct grouped kernels (also between NCHW transposes).
+namespace {
+bool direct_fused(const Entry& e) {
+  return e.v->supported == sup_dw_nhwc || e.v->run == run_grouped || e.v->run == run_transposed<run_grouped, false>;
+}
+}  // namespace
+
 const char* forward_fused(const float* x, const float* w, const float* b, float* y, const Geom& g, const Fused& fu) {
   check_dims(g);
   if (fu.stats_sum && (fu.residual || fu.post_relu))
@@ -427,9 +435,7 @@ const char* forward_fused(const float* x, const float* w, const float* b, float*
   // entry (packed or OpenBLAS); the depthwise NCHW and stem kernels have none.
   const auto& t = table();
   const Entry& plain = t[select_effective(Problem{g, DType::f32, Pass::forward})];
-  const bool empty = g.N == 0 || g.K == 0 || g.Ho * g.Wo == 0;
-  if (empty && (plain.v->supported == sup_dw_nhwc || plain.v->run == run_grouped ||
-                plain.v->run == run_transposed<run_grouped, false>)) {
+  if (direct_fused(plain) && (g.N == 0 || g.K == 0 || g.Ho * g.Wo == 0)) {
     if (fu.stats_sum)
       for (int64_t k = 0; k < g.K; ++k) fu.stats_sum[k] = fu.stats_sumsq[k] = 0;
     return plain.name.c_str();
@@ -503,9 +509,7 @@ const char* backward_weight_fused(const float* dy, const float* x, float* dw, fl
     throw value_error("conv2d_fused backward: pre_scale and pre_shift go together");
   const auto& t = table();
   const Entry& e = t[select_effective(Problem{g, DType::f32, Pass::weight})];
-  const bool direct = e.v->supported == sup_dw_nhwc || e.v->run == run_grouped ||
-                      e.v->run == run_transposed<run_grouped, false>;
-  if (direct && (g.N == 0 || g.Ho * g.Wo == 0 || g.K == 0)) {
+  if (direct_fused(e) && (g.N == 0 || g.Ho * g.Wo == 0 || g.K == 0)) {
     if (dw) std::fill(dw, dw + g.K * g.Cg() * g.kh * g.kw, 0.0f);
     if (db) std::fill(db, db + g.K, 0.0f);
     return e.name.c_str();

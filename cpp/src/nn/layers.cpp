@@ -14,6 +14,7 @@
 
 #include "cnnkit/common.h"
 #include "cnnkit/nn.h"
+#include "common/channel_mean.h"
 #include "common/isa_vector.h"
 
 #ifndef CNNKIT_ISA_NS
@@ -116,33 +117,7 @@ void pool2d_backward(const float* gy, float* gx, const int32_t* idx, const PoolG
 
 void global_avg_pool_forward(const float* x, float* y, int64_t N, int64_t C, int64_t S, bool nhwc) {
   const int nt = N * C * S < (1 << 15) ? 1 : num_threads();
-  const double inv = 1.0 / double(S);
-  if (!nhwc) {
-#pragma omp parallel for schedule(static) num_threads(nt)
-    for (int64_t pl = 0; pl < N * C; ++pl) {
-      const float* __restrict p = x + pl * S;
-      double s = 0.0;
-#pragma omp simd reduction(+ : s)
-      for (int64_t i = 0; i < S; ++i) s += double(p[i]);
-      y[pl] = float(s * inv);
-    }
-    return;
-  }
-#pragma omp parallel num_threads(nt)
-  {
-    isa_vector<double> acc(static_cast<size_t>(C));
-#pragma omp for schedule(static)
-    for (int64_t n = 0; n < N; ++n) {
-      double* __restrict a = acc.data();
-      std::fill(a, a + C, 0.0);
-      for (int64_t i = 0; i < S; ++i) {
-        const float* __restrict p = x + (n * S + i) * C;
-#pragma omp simd
-        for (int64_t c = 0; c < C; ++c) a[c] += double(p[c]);
-      }
-      for (int64_t c = 0; c < C; ++c) y[n * C + c] = float(a[c] * inv);
-    }
-  }
+  channel_means(x, N, C, S, nhwc, nt, [](int64_t, float v) { return v; }, y);
 }
 
 void global_avg_pool_backward(const float* gy, float* gx, int64_t N, int64_t C, int64_t S, bool nhwc) {

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "cnnkit/norm.h"
+#include "common/channel_mean.h"
 #include "common/isa_vector.h"
 
 #ifndef CNNKIT_ISA_NS
@@ -384,47 +385,15 @@ void backward_apply_t(const T* __restrict dy, const T* __restrict x, const T* __
 // a batch norm's output, in the single-fma form of a convolution's fused prologue, averaged as
 // global_avg_pool_forward (cpp/src/nn/layers.cpp) averages it, without writing it.
 template <typename T, bool RELU>
-void affine_pool_t(const T* __restrict x, const T* __restrict ab, const Shape& sh, T* __restrict out) {
-  const int64_t N = sh.N, C = sh.C, S = sh.S;
+void affine_pool_t(const T* x, const T* ab, const Shape& sh, T* out) {
   const T* __restrict a = ab;
-  const T* __restrict b = ab + C;
-  const double inv = 1.0 / double(S);
-  const int nt = threads_for(sh);
-  if (!sh.nhwc) {
-#pragma omp parallel for schedule(static) num_threads(nt)
-    for (int64_t r = 0; r < N * C; ++r) {
-      const T* __restrict xr = x + r * S;
-      const T ac = a[r % C], bc = b[r % C];
-      double s1 = 0.0;
-#pragma omp simd reduction(+ : s1)
-      for (int64_t s = 0; s < S; ++s) {
-        T v = std::fma(ac, xr[s], bc);
-        if (RELU) v = v > T(0) ? v : T(0);
-        s1 += double(v);
-      }
-      out[r] = T(s1 * inv);
-    }
-    return;
-  }
-#pragma omp parallel num_threads(nt)
-  {
-    isa_vector<double> acc(static_cast<size_t>(C));
-#pragma omp for schedule(static)
-    for (int64_t n = 0; n < N; ++n) {
-      double* __restrict q = acc.data();
-      std::fill(q, q + C, 0.0);
-      for (int64_t s = 0; s < S; ++s) {
-        const T* __restrict xr = x + (n * S + s) * C;
-#pragma omp simd
-        for (int64_t c = 0; c < C; ++c) {
-          T v = std::fma(a[c], xr[c], b[c]);
-          if (RELU) v = v > T(0) ? v : T(0);
-          q[c] += double(v);
-        }
-      }
-      for (int64_t c = 0; c < C; ++c) out[n * C + c] = T(q[c] * inv);
-    }
-  }
+  const T* __restrict b = ab + sh.C;
+  channel_means(x, sh.N, sh.C, sh.S, sh.nhwc, threads_for(sh),
+                [=](int64_t c, T v) {
+                  const T t = std::fma(a[c], v, b[c]);
+                  return RELU ? (t > T(0) ? t : T(0)) : t;
+                },
+                out);
 }
 
 // ---- dtype and flag dispatch ------------------------------------------------------------------
