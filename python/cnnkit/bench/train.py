@@ -974,7 +974,12 @@ class KernelProfiler:
             tag, needs = _op_tag(name, k), k.get("needs")
             kind = "Python in cnnkit.ops " + tag
         elif role == "kernel":
-            kind = kernel_kind(name) + (f" · {tag}" if tag else "")
+            kind = kernel_kind(name)
+            if self.phase == "backward" and kind == "conv fwd, fused":
+                # a forward pass that computes an input gradient: the adjoint (1x1) convolution
+                # whose residual epilogue adds a shortcut's gradient (Conv2d._backward_add)
+                kind = "conv input grad, fused (adjoint + shortcut)"
+            kind += f" · {tag}" if tag else ""
         else:
             kind = f"NumPy {name}"
         call = _Call(role, name, kind, layer, tag, needs)
@@ -1012,8 +1017,10 @@ class KernelProfiler:
                 if name == "matmul" and isinstance(r, np.ndarray) and a and np.ndim(a[0]):
                     rec[2] += 2.0 * r.size * np.shape(a[0])[-1]
             else:
-                self.calls["ops." + name] = self.calls.get("ops." + name, 0) + 1
-                if name == "conv2d_fused":     # which implementation ran (ops.fused.last_kernel)
+                # (conv2d_fused in the backward: an input gradient, counted apart from the layers' forward calls)
+                key = "ops." + name + (" in the backward" if phase == "backward" and name == "conv2d_fused" else "")
+                self.calls[key] = self.calls.get(key, 0) + 1
+                if name == "conv2d_fused" and phase != "backward":  # which implementation ran (ops.fused.last_kernel)
                     lk = str(getattr(sys.modules.get("cnnkit.ops.fused"), "last_kernel", "?"))
                     self.fused_kernels[lk] = self.fused_kernels.get(lk, 0) + 1
                     if lk == "reference":
@@ -1181,7 +1188,8 @@ def fused_summary(prof: dict, peak_gflops: float, bw_gbs: float) -> dict:
         ``"instrumentation_ms"``, ``"timed_ms"`` (kernels, NumPy, ops Python, loss and
         optimizer phases), ``"coverage"`` (timed / profiled step), ``"floor_ms"`` (the sum of
         every part's floor), ``"compute_floor_ms"`` (the FLOPs alone), and the fusion check
-        ``"fused_calls"``, ``"fused_compiled"``, ``"conv_layers"``.
+        ``"fused_calls"`` (in the forward), ``"fused_backward_calls"``, ``"fused_compiled"``,
+        ``"conv_layers"``.
     """
     peak, bw = peak_gflops * 1e9, bw_gbs * 1e9
 
@@ -1233,6 +1241,7 @@ def fused_summary(prof: dict, peak_gflops: float, bw_gbs: float) -> dict:
     floor = (sum(d["floor_ms"] for d in layers.values()) + loss_floor + adam_floor)
     flops = sum(d["flops"] for d in layers.values())
     fused_calls = prof["calls"].get("ops.conv2d_fused", 0)
+    fused_backward_calls = prof["calls"].get("ops.conv2d_fused in the backward", 0)
     fk = prof["fused_kernels"]
     return {"layers": sorted(layers.values(), key=lambda d: -d["ms"]),
             "kinds": sorted(kinds.values(), key=lambda d: -d["ms"]),
@@ -1243,7 +1252,7 @@ def fused_summary(prof: dict, peak_gflops: float, bw_gbs: float) -> dict:
             "kernel_ms": sum(d["kernel_ms"] for d in layers.values()),
             "numpy_ms": sum(d["numpy_ms"] for d in layers.values()),
             "python_ms": sum(d["python_ms"] for d in layers.values()),
-            "fused_calls": fused_calls,
+            "fused_calls": fused_calls, "fused_backward_calls": fused_backward_calls,
             "fused_compiled": sum(v for k, v in fk.items() if k != "reference"),
             "fused_reference": fk.get("reference", 0),
             "conv_layers": prof["conv_layers"], "peak_gflops": peak_gflops, "bw_gbs": bw_gbs}
@@ -1508,8 +1517,10 @@ def fused_notes(fs: dict, prof: dict) -> list[str]:
     fk = ", ".join(f"{k} {n}" for k, n in sorted(prof["fused_kernels"].items())) or "none"
     lines = [f"Fusion while profiling: cnnkit.nn.fusion "
              f"{'on' if prof['fusion_enabled'] else 'OFF'}; cnnkit.ops.conv2d_fused called "
-             f"{fs['fused_calls']} times per step for {fs['conv_layers']} Conv2d layers "
-             f"(implementation per call, cnnkit.ops.fused.last_kernel: {fk}"
+             f"{fs['fused_calls']} times per step in the forward for {fs['conv_layers']} Conv2d layers "
+             + (f"(and {fs['fused_backward_calls']} times in the backward: input gradients with a "
+                f"shortcut's gradient added in the epilogue) " if fs.get("fused_backward_calls") else "")
+             + f"(implementation per call, cnnkit.ops.fused.last_kernel: {fk}"
              + (f"; the reference path in {', '.join(prof['reference_layers'])}"
                 if prof.get("reference_layers") else "")
              + "); compiled calls "
