@@ -81,8 +81,9 @@ void backward_weight(DType dt, const void* dy, const void* x, void* dw, void* db
 
 // The forward pass with the fused prologue / epilogue of `fu` (float32; the GEMM path on cnnkit's
 // own sgemm, the depthwise NHWC kernels, or the direct grouped kernels where the registry runs
-// them). Returns the registry name of the entry that ran; throws value_error where the registry
-// would run another direct kernel for the plain forward pass (depthwise NCHW, stem) or for an
+// them; the stem kernel with the statistics epilogue only). Returns the registry name of the entry
+// that ran; throws value_error where the registry would run another direct kernel for the plain
+// forward pass (depthwise NCHW), for a prologue, residual or ReLU on the stem kernel, or for an
 // unsupported combination (stats with residual or post_relu).
 const char* forward_fused(const float* x, const float* w, const float* b, float* y, const Geom& g, const Fused& fu);
 
@@ -184,7 +185,10 @@ struct Kernels {
   void (*transpose)(DType, const void* src, void* dst, int64_t N, int64_t A, int64_t B);
   // Dense, C <= 4 input channels, NHWC float32, K % 16 == 0 and K <= 64 (a stem): forward and
   // weight (+ bias) gradient.
-  void (*small_cin_forward)(const float* x, const float* w, const float* b, float* y, const Geom&);
+  // The forward pass takes the shifted statistics of y (conv::Fused's stats_sum / stats_sumsq; both
+  // or neither, null for the plain pass).
+  void (*small_cin_forward)(const float* x, const float* w, const float* b, float* y, const Geom&, double* sum,
+                            double* sumsq);
   void (*small_cin_backward_weight)(const float* dy, const float* x, float* dw, float* db, const Geom&);
   // Depthwise, NCHW, K == C, C % 16 == 0, planes <= 2^20 pixels (dw_nchw_blocked_shape): the
   // blocked kernels (the dw_* functions above never take them).

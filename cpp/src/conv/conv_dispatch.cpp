@@ -215,7 +215,7 @@ void run_grouped(const Kernels& k, DType dt, Pass p, const Args& a, const Geom& 
 void run_stem(const Kernels& k, DType, Pass p, const Args& a, const Geom& g) {
   if (p == Pass::forward)
     return k.small_cin_forward(static_cast<const float*>(a.x), static_cast<const float*>(a.w),
-                               static_cast<const float*>(a.b), static_cast<float*>(a.y), g);
+                               static_cast<const float*>(a.b), static_cast<float*>(a.y), g, nullptr, nullptr);
   k.small_cin_backward_weight(static_cast<const float*>(a.dy), static_cast<const float*>(a.x),
                               static_cast<float*>(a.dw), static_cast<float*>(a.db), g);
 }
@@ -463,8 +463,19 @@ const char* forward_fused(const float* x, const float* w, const float* b, float*
     k.transpose(DType::f32, yt, y, g.N, P, g.K);
     return plain.name.c_str();
   }
-  // (The stem kernel's problems are declined too: the packed pass ran them 2.7x slower than the
-  // stem kernel plus a separate statistics pass, 3->32 3x3 NHWC at 32x32, N = 64.)
+  // The stem kernel (a few input channels, NHWC): the statistics epilogue per unit of output rows
+  // (small_cin.h); no prologue, residual or ReLU (a network's first convolution reads the image).
+  // (On the GEMM path instead, the packed pass ran these problems 2.7x slower than the stem kernel
+  // plus a separate statistics pass, 3->32 3x3 NHWC at 32x32, N = 64.)
+  if (plain.v->run == run_stem && !fu.pre_scale && !fu.pre_relu && !fu.residual && !fu.post_relu) {
+    if (g.N == 0 || g.K == 0 || g.Ho * g.Wo == 0) {
+      if (fu.stats_sum)
+        for (int64_t k = 0; k < g.K; ++k) fu.stats_sum[k] = fu.stats_sumsq[k] = 0;
+      return plain.name.c_str();
+    }
+    kernels_of(plain.isa).small_cin_forward(x, w, b, y, g, fu.stats_sum, fu.stats_sumsq);
+    return plain.name.c_str();
+  }
   if (plain.v->run != run_gemm && plain.v->run != run_packed && plain.v->run != run_transposed<run_packed, false>)
     throw value_error(std::string("conv2d_fused: no fused kernel for this problem (the registry runs ") + plain.name +
                       ")");

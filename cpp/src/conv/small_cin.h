@@ -20,6 +20,7 @@
 #include "conv_internal.h"
 #include "common/isa_vector.h"
 #include "dw_common.h"
+#include "unit_stats.h"
 
 namespace cnnkit::conv {
 inline namespace CNNKIT_KERNEL_NS {
@@ -57,8 +58,12 @@ inline void small_cin_pixels(const float* xn, const float* W, const float* b, fl
     for (int v = 0; v < NV; ++v) vstore(yp + p * K + v * L, acc[p][v]);
 }
 
+// With sum/sumsq (the fused forward's statistics, conv::Fused): the work items are units of output
+// rows fixed by the shape (an image, or a band of its rows for small batches), each reducing its
+// rows' shifted sums while they are in cache (unit_stats.h); else one item per output row.
 template <int NV>
-void small_cin_forward_k(const float* x, const float* w, const float* b, float* y, const Geom& g) {
+void small_cin_forward_k(const float* x, const float* w, const float* b, float* y, const Geom& g, double* sum,
+                         double* sumsq) {
   constexpr int L = Vec<float>::n, K = NV * L, PX = NV <= 2 ? 4 : 2;
   const int64_t C = g.C, taps = g.kh * g.kw;
   isa_vector<float> wt(static_cast<size_t>(taps * C * K));  // [(i*kw + j)*C + c][k]
@@ -70,9 +75,7 @@ void small_cin_forward_k(const float* x, const float* w, const float* b, float* 
   int64_t hi = lo;
   while (hi < g.Wo && hi * g.sw + (g.kw - 1) * g.dw - g.pl < g.W) ++hi;
   const float* W = wt.data();
-  const int64_t rows = g.N * g.Ho;
-#pragma omp parallel for schedule(static) num_threads(num_threads())
-  for (int64_t r = 0; r < rows; ++r) {
+  auto row = [&](int64_t r) {
     const int64_t n = r / g.Ho, oh = r % g.Ho;
     const float* xn = x + n * g.H * g.W * C;
     float* yr = y + r * g.Wo * K;
@@ -80,7 +83,31 @@ void small_cin_forward_k(const float* x, const float* w, const float* b, float* 
     for (; ow < lo; ++ow) small_cin_pixels<NV, 1>(xn, W, b, yr + ow * K, g, oh, ow);
     for (; ow + PX <= hi; ow += PX) small_cin_pixels<NV, PX>(xn, W, b, yr + ow * K, g, oh, ow);
     for (; ow < g.Wo; ++ow) small_cin_pixels<NV, 1>(xn, W, b, yr + ow * K, g, oh, ow);
+  };
+  const int64_t rows = g.N * g.Ho;
+  if (!sum) {
+#pragma omp parallel for schedule(static) num_threads(num_threads())
+    for (int64_t r = 0; r < rows; ++r) row(r);
+    return;
   }
+  const int64_t per_img = g.N >= 16 ? 1 : std::min<int64_t>(g.Ho, ceil_div(16, g.N));
+  const int64_t band = ceil_div(g.Ho, per_img), nb = ceil_div(g.Ho, band);
+  const UnitStats st = unit_stats(g.N * nb, K);
+#pragma omp parallel for schedule(static) num_threads(num_threads())
+  for (int64_t u = 0; u < g.N * nb; ++u) {
+    const int64_t n = u / nb, oh0 = (u % nb) * band, oh1 = std::min(g.Ho, oh0 + band);
+    for (int64_t oh = oh0; oh < oh1; ++oh) {
+      row(n * g.Ho + oh);
+      unit_stats_add(st, u, y + (n * g.Ho + oh) * g.Wo * K, g.Wo, oh == oh0);
+    }
+  }
+  unit_stats_combine(
+      st,
+      [&](int64_t u) {
+        const int64_t oh0 = (u % nb) * band;
+        return (std::min(g.Ho, oh0 + band) - oh0) * g.Wo;
+      },
+      sum, sumsq);
 }
 
 // Weight gradient: for one input channel c and one kernel row i, the kw taps' accumulators
@@ -180,8 +207,10 @@ inline void by_vectors(int64_t K, F&& f) {
   }
 }
 
-inline void small_cin_forward(const float* x, const float* w, const float* b, float* y, const Geom& g) {
-  by_vectors(g.K, [&](auto nv) { small_cin_forward_k<decltype(nv)::value>(x, w, b, y, g); });
+// sum/sumsq (either both or neither): the shifted statistics of y (conv::Fused), else null.
+inline void small_cin_forward(const float* x, const float* w, const float* b, float* y, const Geom& g, double* sum,
+                              double* sumsq) {
+  by_vectors(g.K, [&](auto nv) { small_cin_forward_k<decltype(nv)::value>(x, w, b, y, g, sum, sumsq); });
 }
 
 inline void small_cin_backward_weight(const float* dy, const float* x, float* dw, float* db, const Geom& g) {

@@ -74,8 +74,9 @@ def fusion(enabled: bool = True) -> contextlib.AbstractContextManager[None]:
     ``num_batches_tracked`` move exactly as unfused. The compiled forward (float32) runs where
     the plain convolution runs: the GEMM entries, the depthwise NHWC kernels and the direct
     grouped kernels apply the prologue as they read x and reduce the statistics per fixed unit
-    of output rows (the depthwise NCHW and the stem kernels do not: there the prologue is
-    materialised and the statistics are a separate pass). The backward mirrors the fusions
+    of output rows (the stem kernel reduces the statistics but takes no prologue; the depthwise
+    NCHW kernels neither: there the prologue is materialised and the statistics are a separate
+    pass). The backward mirrors the fusions
     (float32): the weight gradient of a convolution with a prologue applies it while it lays x
     out or reads it (GEMM, depthwise NHWC and grouped kernels; the normalized tensor is not
     recomputed into memory); its input gradient (stride 1, on a GEMM entry, training mode, the

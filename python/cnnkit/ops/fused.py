@@ -18,9 +18,9 @@ Two implementations:
 * the compiled kernel ``cnnkit._core.conv2d_fused`` (float32, where the extension has it and the
   combination is supported: it raises ValueError otherwise and the reference path runs), which
   runs where the plain convolution runs (a GEMM entry, the depthwise NHWC kernels, the direct
-  grouped kernels; not the depthwise NCHW or stem kernels), applies the prologue as it packs or
-  reads x, and reduces the statistics in the epilogue as shifted double sums per fixed unit of
-  the output (``mean = K + s1/n``, ``var = (s2 - s1^2/n)/n``, the norm kernels' scheme);
+  grouped kernels; the stem kernel for the statistics alone; not the depthwise NCHW kernels),
+  applies the prologue as it packs or reads x, and reduces the statistics in the epilogue as
+  shifted double sums per fixed unit of the output (``mean = K + s1/n``, ``var = (s2 - s1^2/n)/n``, the norm kernels' scheme);
 * the reference path (always for float64), composed of existing kernels: the prologue is one
   pass of the norm apply kernel (``x * pre_scale + pre_shift``, ReLU) into a scratch array, then
   :func:`cnnkit.conv2d`, the residual add and ReLU in NumPy, and the statistics from the norm

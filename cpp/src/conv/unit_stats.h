@@ -1,0 +1,69 @@
+// Batch statistics of a convolution's output reduced in its epilogue (conv::Fused's stats), per
+// work unit fixed by the shape: sums of (y - s_u) and (y - s_u)^2 in double over the unit's
+// pixels in order, s_u the unit's first value of each channel; combined in unit order about the
+// first unit's shift (y at image 0, pixel 0: the norm kernels' shift), so the bits do not depend
+// on the thread count. Pixel-major (NHWC) rows of K channels.
+#pragma once
+
+#include <cstdint>
+
+#include "cnnkit/common.h"
+#include "scratch.h"
+
+namespace cnnkit::conv {
+inline namespace CNNKIT_KERNEL_NS {
+
+// The partials of `units` units of K channels, [s1 | s2 | shift][unit][K], in the calling thread's
+// kPartSlot (taken before the parallel region; each unit is written by the thread that runs it).
+struct UnitStats {
+  double* p;
+  int64_t units, K;
+  double* s1(int64_t u) const { return p + u * K; }
+  double* s2(int64_t u) const { return p + (units + u) * K; }
+  double* sh(int64_t u) const { return p + (2 * units + u) * K; }
+};
+
+inline UnitStats unit_stats(int64_t units, int64_t K) {
+  return UnitStats{scratch<double>(kPartSlot, static_cast<size_t>(3 * units * K)), units, K};
+}
+
+// Adds np pixels of unit u (y: np rows of K values); `start` (the unit's first pixels) resets its
+// sums and takes its shift from y's first row.
+template <typename T>
+void unit_stats_add(const UnitStats& st, int64_t u, const T* __restrict y, int64_t np, bool start) {
+  const int64_t K = st.K;
+  double* __restrict s1 = st.s1(u);
+  double* __restrict s2 = st.s2(u);
+  double* __restrict sh = st.sh(u);
+  if (start)
+    for (int64_t k = 0; k < K; ++k) {
+      sh[k] = double(y[k]);
+      s1[k] = s2[k] = 0;
+    }
+  for (int64_t p = 0; p < np; ++p, y += K)
+#pragma omp simd
+    for (int64_t k = 0; k < K; ++k) {
+      const double d = double(y[k]) - sh[k];
+      s1[k] += d;
+      s2[k] += d * d;
+    }
+}
+
+// sum[k], sumsq[k]: the units in order about unit 0's shift; count(u) is unit u's pixel count.
+template <typename F>
+void unit_stats_combine(const UnitStats& st, F&& count, double* sum, double* sumsq) {
+  for (int64_t k = 0; k < st.K; ++k) {
+    const double k0 = st.sh(0)[k];
+    double s = 0, q = 0;
+    for (int64_t u = 0; u < st.units; ++u) {
+      const double d = st.sh(u)[k] - k0, n = double(count(u)), a1 = st.s1(u)[k];
+      s += a1 + n * d;
+      q += st.s2(u)[k] + 2 * d * a1 + n * d * d;
+    }
+    sum[k] = s;
+    sumsq[k] = q;
+  }
+}
+
+}  // namespace CNNKIT_KERNEL_NS
+}  // namespace cnnkit::conv
