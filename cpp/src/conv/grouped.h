@@ -342,6 +342,24 @@ const T* ring_row(RowRing<T>& ring, const T* src_img, int64_t n, int64_t r, int6
   return dst;
 }
 
+// Software prefetch of up to two byte ranges, a few lines per step() (spread over a loop so the
+// DRAM reads of the next piece of work overlap this one's FMAs); hint 2: into L2.
+struct Prefetcher {
+  const char* p[2] = {nullptr, nullptr};
+  int64_t left[2] = {0, 0};
+  int64_t per = 0;  // lines per step
+  void add(int s, const void* a, int64_t bytes) {
+    p[s] = static_cast<const char*>(a);
+    left[s] = bytes;
+  }
+  void spread(int64_t steps) { per = ceil_div(ceil_div(left[0], 64) + ceil_div(left[1], 64), std::max<int64_t>(steps, 1)); }
+  void step() {
+    int64_t k = per;
+    for (int s = 0; s < 2; ++s)
+      for (; left[s] > 0 && k > 0; --k, p[s] += 64, left[s] -= 64) __builtin_prefetch(p[s], 0, 2);
+  }
+};
+
 // Rows of a band of for_row_bands (from the shape alone).
 inline int64_t row_band(int64_t rows, int64_t per_image) {
   return std::max<int64_t>(1, std::min<int64_t>(per_image, ceil_div(rows, 16)));
@@ -369,19 +387,28 @@ void for_row_bands(int64_t rows, int64_t per_image, int64_t slots, int64_t pitch
   }
 }
 
-// Shifted sums of one pixel-major row (np pixels of C channels) about sh[k], added to s1, s2 (each
-// channel's sum runs over the pixels in order).
+// Shifted sums of one pixel-major row (np pixels of C channels, C a multiple of the float vector
+// length) about sh[k], added to s1, s2: double vectors of channels held in registers over the
+// pixels, each channel's sum in pixel order.
 template <typename T>
 void row_stats_pm(const T* __restrict y, int64_t np, int64_t C, const double* __restrict sh, double* __restrict s1,
                   double* __restrict s2) {
-  for (int64_t p = 0; p < np; ++p) {
-    const T* __restrict yr = y + p * C;
-#pragma omp simd
-    for (int64_t k = 0; k < C; ++k) {
-      const double d = double(yr[k]) - sh[k];
-      s1[k] += d;
-      s2[k] += d * d;
+  constexpr int VD = Vec<double>::n;
+  using D = vec_t<double>;
+  typedef T H __attribute__((vector_size(VD * sizeof(T))));  // VD values of T
+  for (int64_t k0 = 0; k0 < C; k0 += VD) {
+    D a1 = vload(s1 + k0), a2 = vload(s2 + k0);
+    const D c = vload(sh + k0);
+    const T* q = y + k0;
+    for (int64_t p = 0; p < np; ++p, q += C) {
+      H h;
+      std::memcpy(&h, q, sizeof h);
+      const D d = __builtin_convertvector(h, D) - c;
+      a1 += d;
+      a2 += d * d;
     }
+    vstore(s1 + k0, a1);
+    vstore(s2 + k0, a2);
   }
 }
 
@@ -422,6 +449,9 @@ void grouped_forward_direct(const T* x, const T* w, const T* b, T* y, const Geom
         const int64_t bytes = (a1 - a0 + 1) * g.W * C * int64_t(sizeof(T));
         for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(p0 + o, 0, 3);
       }
+      // and the next output row for writing
+      const char* p1 = reinterpret_cast<const char*>(y + (r + 1) * g.Wo * C);
+      for (int64_t o = 0; o < g.Wo * C * int64_t(sizeof(T)); o += 64) __builtin_prefetch(p1 + o, 1, 3);
     }
     // The row as pixels x channels: in place (NHWC), else in a buffer transposed out below.
     T* yrow = g.nhwc ? y + r * g.Wo * C : scratch<T>(kAccSlot, g.Wo * C);
@@ -487,6 +517,18 @@ void grouped_backward_input_direct(const T* dy, const T* w, T* dx, const Geom& g
   for_row_bands<T>(g.N * g.H, g.H, slots, pitch, kh * kw, [&](RowRing<T>& ring, RowTap* taps, int64_t r, int64_t) {
     const int64_t n = r / g.H, ih = r % g.H;
     const T* dyn = dy + n * g.Ho * g.Wo * C;
+    if (g.nhwc) {  // the dy row the next input rows reach first, into L1 ahead of its copy; the next
+                   // dx row for writing (its stores, a column phase at a time, waited on the RFOs)
+      const int64_t nr = (ih + 1 + g.pt) / g.sh + 1;
+      if (nr < g.Ho) {
+        const char* p0 = reinterpret_cast<const char*>(dyn + nr * g.Wo * C);
+        for (int64_t o = 0; o < g.Wo * C * int64_t(sizeof(T)); o += 64) __builtin_prefetch(p0 + o, 0, 3);
+      }
+      if (r + 1 < g.N * g.H) {
+        const char* p1 = reinterpret_cast<const char*>(dx + (r + 1) * g.W * C);
+        for (int64_t o = 0; o < g.W * C * int64_t(sizeof(T)); o += 64) __builtin_prefetch(p1 + o, 1, 3);
+      }
+    }
     T* dxr = g.nhwc ? dx + r * g.W * C : scratch<T>(kAccSlot, g.W * C);  // NCHW: transposed out below
     for (int64_t ph = 0; ph < sw; ++ph) {
       const int64_t iw0 = ((ph - g.pl) % sw + sw) % sw;
@@ -574,6 +616,17 @@ void grouped_weight_partials_direct(const T* dy, const T* x, T* part, int64_t pi
             gather_row_nchw(dy + n * C * g.Ho * g.Wo, g.Ho * g.Wo, oh, g.Wo, C, 0, g.Wo, dybuf + (oh - oh0) * g.Wo * C);
           dyc = dybuf;
         }
+        // NHWC: the next chunk's input and dy rows (contiguous) prefetched over this chunk's
+        // register blocks (the copy of a chunk's rows waited on DRAM for a third of the time).
+        Prefetcher pf;
+        if (g.nhwc && r + (oh1 - oh0) < pr1) {
+          const int64_t rn = r + (oh1 - oh0), nn = rn / g.Ho, q0 = rn % g.Ho;
+          const int64_t q1 = std::min({g.Ho, q0 + R, q0 + (pr1 - rn)});
+          const int64_t a0 = std::max<int64_t>(q0 * g.sh - g.pt, 0), a1 = std::min((q1 - 1) * g.sh + span - g.pt, g.H);
+          if (a1 > a0) pf.add(0, x + (nn * g.H + a0) * g.W * C, (a1 - a0) * g.W * C * int64_t(sizeof(T)));
+          pf.add(1, dy + (nn * g.Ho + q0) * g.Wo * C, (q1 - q0) * g.Wo * C * int64_t(sizeof(T)));
+          pf.spread((cv1 - cv0 + NCV - 1) / NCV * ceil_div(CPG, CB) * kh * ceil_div(kw, 3) * (oh1 - oh0));
+        }
         for (int64_t cv = cv0; cv < cv1; cv += NCV)
           for (int ci0 = 0; ci0 < CPG; ci0 += CB)
             for (int64_t i = 0; i < kh; ++i)
@@ -587,6 +640,7 @@ void grouped_weight_partials_direct(const T* dy, const T* x, T* part, int64_t pi
                   for (int64_t j = 0; j < 3; ++j)
                     for (int c = 0; c < CB; ++c) acc[q][j][c] = j < nj ? vload(at(q, j, c)) : V{};
                 for (int64_t oh = oh0; oh < oh1; ++oh) {
+                  pf.step();
                   const T* row = rowp[oh * g.sh + i * g.dh - g.pt - in0];
                   if (!row) continue;
                   const T* dyr = dyc + (oh - oh0) * g.Wo * C + cv * VL;
