@@ -517,16 +517,11 @@ void grouped_backward_input_direct(const T* dy, const T* w, T* dx, const Geom& g
   for_row_bands<T>(g.N * g.H, g.H, slots, pitch, kh * kw, [&](RowRing<T>& ring, RowTap* taps, int64_t r, int64_t) {
     const int64_t n = r / g.H, ih = r % g.H;
     const T* dyn = dy + n * g.Ho * g.Wo * C;
-    if (g.nhwc) {  // the dy row the next input rows reach first, into L1 ahead of its copy; the next
-                   // dx row for writing (its stores, a column phase at a time, waited on the RFOs)
+    if (g.nhwc) {  // the dy row the next input rows reach first, into L1 ahead of its copy
       const int64_t nr = (ih + 1 + g.pt) / g.sh + 1;
-      if (nr < g.Ho) {
+      if (nr < g.Ho && (ih + 1 + g.pt) % g.sh == 0) {
         const char* p0 = reinterpret_cast<const char*>(dyn + nr * g.Wo * C);
         for (int64_t o = 0; o < g.Wo * C * int64_t(sizeof(T)); o += 64) __builtin_prefetch(p0 + o, 0, 3);
-      }
-      if (r + 1 < g.N * g.H) {
-        const char* p1 = reinterpret_cast<const char*>(dx + (r + 1) * g.W * C);
-        for (int64_t o = 0; o < g.W * C * int64_t(sizeof(T)); o += 64) __builtin_prefetch(p1 + o, 1, 3);
       }
     }
     T* dxr = g.nhwc ? dx + r * g.W * C : scratch<T>(kAccSlot, g.W * C);  // NCHW: transposed out below
