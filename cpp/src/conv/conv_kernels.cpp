@@ -218,7 +218,8 @@ void grouped_backward_weight_t(const T* dy, const T* x, T* dw, const Geom& g, co
   for (int64_t e = 0; e < psize; ++e) {
     double s = 0;
     for (int64_t p = 0; p < pieces; ++p) s += double(part[p * psize + e]);
-    const int64_t l = e % VL, ci = (e / VL) % cpg, cv = (e / VL / cpg) % ncv, t = e / VL / cpg / ncv;
+    const int64_t l = e % VL, r = (e / VL) % cpg, cv = (e / VL / cpg) % ncv, t = e / VL / cpg / ncv;
+    const int64_t ci = cpg < VL ? (l % cpg + r) % cpg : r;  // (rotations: permute_fma_copies)
     dw[((cv * VL + l) * cpg + ci) * k2 + t] = T(s);
   }
 }

@@ -122,6 +122,19 @@ void prologue_pixels(T* d, int64_t npix, int64_t cc, const float* sc, const floa
         vstore(d + p * cc + c, prologue_vec(vload(d + p * cc + c), sc ? sc + c : nullptr, sh ? sh + c : nullptr, relu));
   }
 }
+// d = prologue(s) on npix pixels of cc channels (pitch cc): the copy and the prologue in one pass.
+template <typename T>
+void prologue_copy(T* __restrict d, const T* __restrict s, int64_t npix, int64_t cc, const float* sc,
+                   const float* sh, bool relu) {
+  if constexpr (std::is_same_v<T, float>) {
+    constexpr int VL = Vec<float>::n;
+    for (int64_t p = 0; p < npix; ++p)
+      for (int64_t c = 0; c < cc; c += VL)
+        vstore(d + p * cc + c, prologue_vec(vload(s + p * cc + c), sc ? sc + c : nullptr, sh ? sh + c : nullptr, relu));
+  }
+}
+inline bool has_prologue(const Fused* fu) { return fu && (fu->pre_scale || fu->pre_relu); }
+
 // The prologue of fu (null: none) on pixels of the channels [c0, c0 + cc).
 template <typename T>
 void prologue_of(const Fused* fu, T* d, int64_t npix, int64_t cc, int64_t c0) {
@@ -137,6 +150,13 @@ void fill_row_src(const T* img, bool nchw, int64_t hw, int64_t r, int64_t Wsrc, 
                   int64_t width, T* dst, const Fused* fu = nullptr) {
   const int64_t lo = std::min(width, std::max<int64_t>(0, left));
   const int64_t hi = std::max(lo, std::min(width, left + Wsrc));
+  if (!nchw && has_prologue(fu)) {  // (the copy through the prologue)
+    std::fill(dst, dst + lo * C, T(0));
+    prologue_copy(dst + lo * C, img + (r * Wsrc + lo - left) * C, hi - lo, C, fu->pre_scale, fu->pre_shift,
+                  fu->pre_relu);
+    std::fill(dst + hi * C, dst + width * C, T(0));
+    return;
+  }
   if (!nchw) {
     fill_row<T, CPG>(img + r * Wsrc * C, Wsrc, C, left, width, dst);
   } else {
@@ -156,17 +176,16 @@ CNNKIT_HD vec_t<T> operand(const T* row, int64_t col, int64_t C, int64_t cv, int
   return vsplat<T>(row[col * C + grp * CPG + ci]);
 }
 
-// Lane l of copy CI of an input vector: lane (l / CPG) * CPG + CI (a constant shuffle).
-template <typename T, int CPG, int CI, int... L>
-CNNKIT_HD vec_t<T> lane_copy(vec_t<T> x, std::integer_sequence<int, L...>) {
-  return __builtin_shufflevector(x, x, ((L / CPG) * CPG + CI)...);
-}
-template <typename T, int CPG, int CI>
-CNNKIT_HD vec_t<T> lane_copy(vec_t<T> x) {
-  return lane_copy<T, CPG, CI>(x, std::make_integer_sequence<int, Vec<T>::n>{});
+// Lane l of rotation R of an input vector: lane (l / CPG) * CPG + (l % CPG + R) % CPG, the input
+// channel of in-group index (l % CPG + R) % CPG of lane l's group (R = 0: the vector itself).
+template <typename T, int CPG, int R, int... L>
+CNNKIT_HD vec_t<T> lane_rot(vec_t<T> x, std::integer_sequence<int, L...>) {
+  if constexpr (R == 0) return x;
+  else return __builtin_shufflevector(x, x, ((L / CPG) * CPG + (L % CPG + R) % CPG)...);
 }
 
-// acc[p] += copy_CI(xv[p]) * w[CI] for every in-group index CI.
+// acc[p] += rot_R(xv[p]) * w[R] for every rotation R (the forward's weights are laid out by
+// rotation: grouped_weights()), so one operand in CPG needs no shuffle.
 template <typename T, int CPG, int NP, int... CI>
 CNNKIT_HD void permute_fma(vec_t<T> (&acc)[NP], const vec_t<T> (&xv)[NP], const T* wtp,
                            std::integer_sequence<int, CI...>) {
@@ -174,19 +193,22 @@ CNNKIT_HD void permute_fma(vec_t<T> (&acc)[NP], const vec_t<T> (&xv)[NP], const 
   auto one = [&](auto cic) {
     constexpr int c = decltype(cic)::value;
     const vec_t<T> wv = vload(wtp + c * VL);
-    for (int p = 0; p < NP; ++p) acc[p] += lane_copy<T, CPG, c>(xv[p]) * wv;
+    for (int p = 0; p < NP; ++p)
+      acc[p] += lane_rot<T, CPG, c>(xv[p], std::make_integer_sequence<int, Vec<T>::n>{}) * wv;
   };
   (one(std::integral_constant<int, CI>{}), ...);
 }
 
-// acc[CI] += g * copy_CI(xv) for every in-group index CI (the weight gradient's inner step).
+// acc[R] += g * rot_R(xv) for every rotation R (the weight gradient's inner step): lane l of acc[R]
+// sums dw[l, (l % CPG + R) % CPG] (grouped_backward_weight_t maps it back).
 template <typename T, int CPG, int... CI>
 CNNKIT_HD void permute_fma_copies(vec_t<T>* acc, vec_t<T> g, vec_t<T> xv, std::integer_sequence<int, CI...>) {
-  ((acc[CI] += g * lane_copy<T, CPG, CI>(xv)), ...);
+  ((acc[CI] += g * lane_rot<T, CPG, CI>(xv, std::make_integer_sequence<int, Vec<T>::n>{})), ...);
 }
 
-// Weights as wt[tap][cv][ci][VL]: lane l of (tap, cv, ci) is w[cv*VL + l, ci, tap] (forward), or,
-// for the input gradient (adjoint = true), w[group(c)*CPG + ci, c % CPG, tap] with c = cv*VL + l.
+// Weights as wt[tap][cv][ci][VL]: lane l of (tap, cv, ci) is w[cv*VL + l, ci', tap] (forward), or,
+// for the input gradient (adjoint = true), w[group(c)*CPG + ci', c % CPG, tap] with c = cv*VL + l;
+// ci' = ci for broadcast operands (CPG >= VL), the rotation (c % CPG + ci) % CPG for permuted ones.
 template <typename T, int CPG>
 const T* grouped_weights(const T* w, const Geom& g, bool adjoint) {
   const int64_t k2 = g.kh * g.kw, C = g.C;
@@ -195,7 +217,8 @@ const T* grouped_weights(const T* w, const Geom& g, bool adjoint) {
     for (int64_t c = 0; c < C; ++c)
       for (int64_t ci = 0; ci < CPG; ++ci) {
         const int64_t cv = c / GroupedTraits<T, CPG>::VL, l = c % GroupedTraits<T, CPG>::VL;
-        const int64_t src = adjoint ? (((c / CPG) * CPG + ci) * CPG + c % CPG) * k2 + t : (c * CPG + ci) * k2 + t;
+        const int64_t cs = GroupedTraits<T, CPG>::permute ? (c % CPG + ci) % CPG : ci;
+        const int64_t src = adjoint ? (((c / CPG) * CPG + cs) * CPG + c % CPG) * k2 + t : (c * CPG + cs) * k2 + t;
         wt[((t * (C / GroupedTraits<T, CPG>::VL) + cv) * CPG + ci) * GroupedTraits<T, CPG>::VL + l] = w[src];
       }
   return wt;
@@ -222,23 +245,28 @@ CNNKIT_HD void grouped_block(T* out, int64_t ostride, int64_t v, int64_t step, c
     const V bias = b ? vload(b + (cv + q) * VL) : V{};
     for (int p = 0; p < NP; ++p) acc[q][p] = bias;
   }
+  // Operand addresses by pointer increments of one pixel (step * C): per-pixel index products
+  // cost more integer work than the FMAs (and spilled the pointers).
+  const int64_t ps = step * C;
   for (int t = 0; t < ntaps; ++t) {
-    const T* row = static_cast<const T*>(taps[t].row);
     const T* wtp = wt + (taps[t].tap * ncv + cv) * CPG * VL;
-    const int64_t c0 = v * step + taps[t].col_off;
+    const T* px = static_cast<const T*>(taps[t].row) + (v * step + taps[t].col_off) * C;
     if constexpr (GroupedTraits<T, CPG>::permute) {
       static_assert(NCV == 1, "permuted operands come one channel vector at a time");
       V xv[NP];
-      for (int p = 0; p < NP; ++p) xv[p] = vload(row + (c0 + p * step) * C + cv * VL);
+      const T* q = px + cv * VL;
+      for (int p = 0; p < NP; ++p, q += ps) xv[p] = vload(q);
       permute_fma<T, CPG, NP>(acc[0], xv, wtp, std::make_integer_sequence<int, CPG>{});
       continue;
     }
+    px += (cv * VL) / CPG * CPG;  // the group's first channel
     for (int ci = 0; ci < CPG; ++ci) {
       V wv[NCV];
       for (int q = 0; q < NCV; ++q) wv[q] = vload(wtp + (q * CPG + ci) * VL);
-      for (int p = 0; p < NP; ++p) {
-        const V x = operand<T, CPG>(row, c0 + p * step, C, cv, ci);
-        for (int q = 0; q < NCV; ++q) acc[q][p] += x * wv[q];
+      const T* q = px + ci;
+      for (int p = 0; p < NP; ++p, q += ps) {
+        const V x = vsplat<T>(*q);
+        for (int u = 0; u < NCV; ++u) acc[u][p] += x * wv[u];
       }
     }
   }
@@ -314,6 +342,24 @@ const T* ring_row(RowRing<T>& ring, const T* src_img, int64_t n, int64_t r, int6
   return dst;
 }
 
+// Software prefetch of up to two byte ranges, a few lines per step() (spread over a loop so the
+// DRAM reads of the next piece of work overlap this one's FMAs); hint 2: into L2.
+struct Prefetcher {
+  const char* p[2] = {nullptr, nullptr};
+  int64_t left[2] = {0, 0};
+  int64_t per = 0;  // lines per step
+  void add(int s, const void* a, int64_t bytes) {
+    p[s] = static_cast<const char*>(a);
+    left[s] = bytes;
+  }
+  void spread(int64_t steps) { per = ceil_div(ceil_div(left[0], 64) + ceil_div(left[1], 64), std::max<int64_t>(steps, 1)); }
+  void step() {
+    int64_t k = per;
+    for (int s = 0; s < 2; ++s)
+      for (; left[s] > 0 && k > 0; --k, p[s] += 64, left[s] -= 64) __builtin_prefetch(p[s], 0, 2);
+  }
+};
+
 // Rows of a band of for_row_bands (from the shape alone).
 inline int64_t row_band(int64_t rows, int64_t per_image) {
   return std::max<int64_t>(1, std::min<int64_t>(per_image, ceil_div(rows, 16)));
@@ -341,19 +387,28 @@ void for_row_bands(int64_t rows, int64_t per_image, int64_t slots, int64_t pitch
   }
 }
 
-// Shifted sums of one pixel-major row (np pixels of C channels) about sh[k], added to s1, s2 (each
-// channel's sum runs over the pixels in order).
+// Shifted sums of one pixel-major row (np pixels of C channels, C a multiple of the float vector
+// length) about sh[k], added to s1, s2: double vectors of channels held in registers over the
+// pixels, each channel's sum in pixel order.
 template <typename T>
 void row_stats_pm(const T* __restrict y, int64_t np, int64_t C, const double* __restrict sh, double* __restrict s1,
                   double* __restrict s2) {
-  for (int64_t p = 0; p < np; ++p) {
-    const T* __restrict yr = y + p * C;
-#pragma omp simd
-    for (int64_t k = 0; k < C; ++k) {
-      const double d = double(yr[k]) - sh[k];
-      s1[k] += d;
-      s2[k] += d * d;
+  constexpr int VD = Vec<double>::n;
+  using D = vec_t<double>;
+  typedef T H __attribute__((vector_size(VD * sizeof(T))));  // VD values of T
+  for (int64_t k0 = 0; k0 < C; k0 += VD) {
+    D a1 = vload(s1 + k0), a2 = vload(s2 + k0);
+    const D c = vload(sh + k0);
+    const T* q = y + k0;
+    for (int64_t p = 0; p < np; ++p, q += C) {
+      H h;
+      std::memcpy(&h, q, sizeof h);
+      const D d = __builtin_convertvector(h, D) - c;
+      a1 += d;
+      a2 += d * d;
     }
+    vstore(s1 + k0, a1);
+    vstore(s2 + k0, a2);
   }
 }
 
@@ -383,6 +438,20 @@ void grouped_forward_direct(const T* x, const T* w, const T* b, T* y, const Geom
           ring_row<T, CPG>(ring, xn, n, oh * g.sh + i * g.dh - g.pt, g.H, g.W, C, g.pl, width, !g.nhwc, fu);
       if (!row) continue;
       for (int64_t j = 0; j < kw; ++j) taps[nt++] = RowTap{row, j * g.dw, i * kw + j};
+    }
+    // Prefetch the input rows the next output row adds to the ring (NHWC rows are contiguous), so
+    // that their DRAM reads overlap this row's FMAs.
+    if (g.nhwc && oh + 1 < g.Ho) {
+      const int64_t last = oh * g.sh + (kh - 1) * g.dh - g.pt;
+      const int64_t a0 = std::max<int64_t>(last + 1, 0), a1 = std::min(last + g.sh, g.H - 1);
+      if (a1 >= a0) {
+        const char* p0 = reinterpret_cast<const char*>(xn + a0 * g.W * C);
+        const int64_t bytes = (a1 - a0 + 1) * g.W * C * int64_t(sizeof(T));
+        for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(p0 + o, 0, 3);
+      }
+      // and the next output row for writing
+      const char* p1 = reinterpret_cast<const char*>(y + (r + 1) * g.Wo * C);
+      for (int64_t o = 0; o < g.Wo * C * int64_t(sizeof(T)); o += 64) __builtin_prefetch(p1 + o, 1, 3);
     }
     // The row as pixels x channels: in place (NHWC), else in a buffer transposed out below.
     T* yrow = g.nhwc ? y + r * g.Wo * C : scratch<T>(kAccSlot, g.Wo * C);
@@ -448,6 +517,13 @@ void grouped_backward_input_direct(const T* dy, const T* w, T* dx, const Geom& g
   for_row_bands<T>(g.N * g.H, g.H, slots, pitch, kh * kw, [&](RowRing<T>& ring, RowTap* taps, int64_t r, int64_t) {
     const int64_t n = r / g.H, ih = r % g.H;
     const T* dyn = dy + n * g.Ho * g.Wo * C;
+    if (g.nhwc) {  // the dy row the next input rows reach first, into L1 ahead of its copy
+      const int64_t nr = (ih + 1 + g.pt) / g.sh + 1;
+      if (nr < g.Ho && (ih + 1 + g.pt) % g.sh == 0) {
+        const char* p0 = reinterpret_cast<const char*>(dyn + nr * g.Wo * C);
+        for (int64_t o = 0; o < g.Wo * C * int64_t(sizeof(T)); o += 64) __builtin_prefetch(p0 + o, 0, 3);
+      }
+    }
     T* dxr = g.nhwc ? dx + r * g.W * C : scratch<T>(kAccSlot, g.W * C);  // NCHW: transposed out below
     for (int64_t ph = 0; ph < sw; ++ph) {
       const int64_t iw0 = ((ph - g.pl) % sw + sw) % sw;
@@ -535,6 +611,17 @@ void grouped_weight_partials_direct(const T* dy, const T* x, T* part, int64_t pi
             gather_row_nchw(dy + n * C * g.Ho * g.Wo, g.Ho * g.Wo, oh, g.Wo, C, 0, g.Wo, dybuf + (oh - oh0) * g.Wo * C);
           dyc = dybuf;
         }
+        // NHWC: the next chunk's input and dy rows (contiguous) prefetched over this chunk's
+        // register blocks (the copy of a chunk's rows waited on DRAM for a third of the time).
+        Prefetcher pf;
+        if (g.nhwc && r + (oh1 - oh0) < pr1) {
+          const int64_t rn = r + (oh1 - oh0), nn = rn / g.Ho, q0 = rn % g.Ho;
+          const int64_t q1 = std::min({g.Ho, q0 + R, q0 + (pr1 - rn)});
+          const int64_t a0 = std::max<int64_t>(q0 * g.sh - g.pt, 0), a1 = std::min((q1 - 1) * g.sh + span - g.pt, g.H);
+          if (a1 > a0) pf.add(0, x + (nn * g.H + a0) * g.W * C, (a1 - a0) * g.W * C * int64_t(sizeof(T)));
+          pf.add(1, dy + (nn * g.Ho + q0) * g.Wo * C, (q1 - q0) * g.Wo * C * int64_t(sizeof(T)));
+          pf.spread((cv1 - cv0 + NCV - 1) / NCV * ceil_div(CPG, CB) * kh * ceil_div(kw, 3) * (oh1 - oh0));
+        }
         for (int64_t cv = cv0; cv < cv1; cv += NCV)
           for (int ci0 = 0; ci0 < CPG; ci0 += CB)
             for (int64_t i = 0; i < kh; ++i)
@@ -548,23 +635,27 @@ void grouped_weight_partials_direct(const T* dy, const T* x, T* part, int64_t pi
                   for (int64_t j = 0; j < 3; ++j)
                     for (int c = 0; c < CB; ++c) acc[q][j][c] = j < nj ? vload(at(q, j, c)) : V{};
                 for (int64_t oh = oh0; oh < oh1; ++oh) {
+                  pf.step();
                   const T* row = rowp[oh * g.sh + i * g.dh - g.pt - in0];
                   if (!row) continue;
                   const T* dyr = dyc + (oh - oh0) * g.Wo * C + cv * VL;
                   auto pixels = [&](auto njc) {
                     constexpr int NJ = decltype(njc)::value;
-                    for (int64_t ow = 0; ow < g.Wo; ++ow) {
+                    // (pointer increments, not per-pixel index products: see grouped_block)
+                    const int64_t xs = g.sw * C, js = g.dw * C;
+                    const T* xq = row + j0 * js + (Tr::permute ? cv * VL : (cv * VL) / CPG * CPG + ci0);
+                    const T* gq = dyr;
+                    for (int64_t ow = 0; ow < g.Wo; ++ow, xq += xs, gq += C) {
                       V gv[NCV];
-                      for (int q = 0; q < NCV; ++q) gv[q] = vload(dyr + ow * C + q * VL);
-                      const int64_t col = ow * g.sw + j0 * g.dw;
+                      for (int q = 0; q < NCV; ++q) gv[q] = vload(gq + q * VL);
                       for (int j = 0; j < NJ; ++j) {
                         if constexpr (Tr::permute) {
                           static_assert(NCV == 1 && CB == CPG, "one block of all in-group indices");
-                          const V xv = vload(row + (col + j * g.dw) * C + cv * VL);
+                          const V xv = vload(xq + j * js);
                           permute_fma_copies<T, CPG>(acc[0][j], gv[0], xv, std::make_integer_sequence<int, CPG>{});
                         } else {
                           for (int c = 0; c < CB; ++c) {
-                            const V xo = operand<T, CPG>(row, col + j * g.dw, C, cv, ci0 + c);
+                            const V xo = vsplat<T>(xq[j * js + c]);
                             for (int q = 0; q < NCV; ++q) acc[q][j][c] += gv[q] * xo;
                           }
                         }
@@ -715,18 +806,19 @@ void grouped_weight_blocks_direct(const T* dy, const T* x, T* dw, const Geom& g,
                       if (off < 0) continue;
                       const T* row = xk + off;
                       const T* dyr = dyk + rl * g.Wo * CW + v * VL;
-                      for (int64_t ow = 0; ow < g.Wo; ++ow) {
+                      const int64_t xs = g.sw * CW, js = g.dw * CW;
+                      const T* xq = row + j0 * js + (Tr::permute ? 0 : (v * VL) / CPG * CPG + ci0);
+                      for (int64_t ow = 0; ow < g.Wo; ++ow, xq += xs, dyr += CW) {
                         V gv[NCV];
-                        for (int a = 0; a < NCV; ++a) gv[a] = vload(dyr + ow * CW + a * VL);
-                        const int64_t col = ow * g.sw + j0 * g.dw;
+                        for (int a = 0; a < NCV; ++a) gv[a] = vload(dyr + a * VL);
                         for (int j = 0; j < NJ; ++j) {
                           if constexpr (Tr::permute) {
                             static_assert(NCV == 1 && CB == CPG, "one block of all in-group indices");
-                            const V xv = vload(row + (col + j * g.dw) * CW);
+                            const V xv = vload(xq + j * js);
                             permute_fma_copies<T, CPG>(acc[0][j], gv[0], xv, std::make_integer_sequence<int, CPG>{});
                           } else {
                             for (int c = 0; c < CB; ++c) {
-                              const V xo = operand<T, CPG>(row, col + j * g.dw, CW, v, ci0 + c);
+                              const V xo = vsplat<T>(xq[j * js + c]);
                               for (int a = 0; a < NCV; ++a) acc[a][j][c] += gv[a] * xo;
                             }
                           }
