@@ -33,11 +33,17 @@ def _vl(isa):
 
 def _channels(isa, least):
     """1..3 vectors of the level, +-1, and a few network widths; at least `least` (one channel
-    makes a depthwise problem, of the forward or of the adjoint; 4 or fewer input channels with
-    16-64 outputs go to the stem kernel, which has no fused form)."""
+    makes a depthwise problem; 4 or fewer input channels with 16-64 outputs go to the stem kernel)."""
     v = _vl(isa)
     return st.one_of(st.builds(lambda m, r: max(least, m * v + r), st.integers(1, 3), st.integers(-1, 1)),
                      st.sampled_from([least, 16, 24, 32, 64]))
+
+
+def _wide():
+    """Channel counts the registry runs on these kernels in every pass (32 or more on both sides):
+    around 2, 3 and 4 vectors of 16 (every AVX-512 block width, whole and partial panels), and
+    any up to 72."""
+    return st.one_of(st.sampled_from([32, 33, 47, 48, 49, 63, 64, 65]), st.integers(32, 72))
 
 
 def _geom(x, w):
@@ -125,7 +131,7 @@ def _check(N, H, W, Cin, K, relu, seed, isa):
 @pytest.mark.parametrize("isa", ISA_LEVELS)
 def test_every_pass_matches_the_reference_and_threads_agree(isa):
     @settings(max_examples=12, deadline=None)
-    @given(N=st.integers(1, 3), H=st.integers(1, 7), W=st.integers(1, 9), Cin=_channels(isa, 5), K=_channels(isa, 5),
+    @given(N=st.integers(1, 3), H=st.integers(1, 7), W=st.integers(1, 9), Cin=_wide(), K=_wide(),
            relu=st.booleans(), seed=st.integers(0, 2**31 - 1))
     def run(N, H, W, Cin, K, relu, seed):
         _check(N, H, W, Cin, K, relu, seed, isa)
@@ -134,9 +140,46 @@ def test_every_pass_matches_the_reference_and_threads_agree(isa):
 
 
 @pytest.mark.parametrize("isa", ISA_LEVELS)
+def test_weight_gradient_every_channel_count(isa):
+    """The weight pass takes these kernels at any channel count (both orientations of the
+    partials, every register block and its remainders): plain and through the prologue, against
+    float64, bitwise at 1 and 2 threads."""
+    @settings(max_examples=15, deadline=None)
+    @given(N=st.integers(1, 3), H=st.integers(1, 7), W=st.integers(1, 9), Cin=_channels(isa, 5),
+           K=_channels(isa, 2), relu=st.booleans(), seed=st.integers(0, 2**31 - 1))
+    def run(N, H, W, Cin, K, relu, seed):
+        rng = np.random.default_rng(seed)
+        x = rng.standard_normal((N, H, W, Cin)).astype(F32)
+        w = rng.standard_normal((K, Cin, 1, 1)).astype(F32)
+        dy = rng.standard_normal((N, H, W, K)).astype(F32)
+        sc = (rng.uniform(0.5, 2, Cin) * rng.choice((-1, 1), Cin)).astype(F32)
+        sh = rng.standard_normal(Cin).astype(F32)
+        g = _geom(x, w)
+        got = []
+        with isa_level(isa):
+            for t in (1, 2):
+                with num_threads(t):
+                    dw, dwf = np.empty_like(w), np.empty_like(w)
+                    _core.conv_backward_weight(dy, x, dw, None, g)
+                    name = _core.conv2d_fused_backward_weight(dy, x, dwf, None, g, sc, sh, relu)
+                    got.append((dw, dwf))
+        assert "gemm_f32_nhwc_packed" in name, name
+        for u, v in zip(*got):
+            assert_bitwise(v, u, f"threads ({isa}, {Cin}->{K})")
+        M = N * H * W
+        xc, dyc = to_nchw(x), to_nchw(dy)
+        assert_close(got[0][0], conv2d_backward_ref(dyc, xc, w).grad_w, F32, length=M, what=f"dw {Cin}->{K}")
+        a = xc.astype(np.float64) * _chan(sc) + _chan(sh)
+        a = np.maximum(a, 0) if relu else a
+        assert_close(got[0][1], conv2d_backward_ref(dyc, a, w).grad_w, F32, length=M, what=f"fused dw {Cin}->{K}")
+
+    run()
+
+
+@pytest.mark.parametrize("isa", ISA_LEVELS)
 def test_several_units_and_pieces(isa):
     """Enough pixels for several row units (1024), row blocks and weight-gradient pieces."""
-    _check(3, 23, 31, 2 * _vl(isa) + 1, 3 * _vl(isa), True, 7, isa)
+    _check(3, 23, 31, 33, 48, True, 7, isa)
 
 
 @pytest.mark.parametrize("isa", ISA_LEVELS)
@@ -144,7 +187,7 @@ def test_bits_are_those_of_sgemm(isa, rng):
     """Forward and one-piece weight gradient: bitwise _core.sgemm on the same operands (the same
     FMA chains, in the same KC blocks), with a reduction longer than KC."""
     kc = _core.sgemm_shape(isa)["kc"]
-    for Cin, K, M in ((kc + 5, 3 * _vl(isa) - 1, 37), (17, 2 * _vl(isa) + 3, 300), (5, 70, 129)):
+    for Cin, K, M in ((kc + 5, 3 * _vl(isa) - 1 + 32, 37), (33, 2 * _vl(isa) + 35, 300), (40, 70, 129)):
         x = rng.standard_normal((1, 1, M, Cin)).astype(F32)
         w = rng.standard_normal((K, Cin, 1, 1)).astype(F32)
         dy = rng.standard_normal((1, 1, M, K)).astype(F32)
@@ -162,18 +205,23 @@ def test_bits_are_those_of_sgemm(isa, rng):
         assert_bitwise(dw.reshape(K, Cin), refw, f"weight gradient vs sgemm ({isa}, {Cin}->{K}, M={M})")
 
 
-@pytest.mark.parametrize("cin,k", [(2, 8), (8, 2), (16, 16), (24, 40), (32, 64), (64, 32), (5, 16), (3, 32)])
+@pytest.mark.parametrize("cin,k", [(2, 8), (8, 2), (16, 16), (24, 40), (32, 64), (64, 32), (5, 16), (3, 32),
+                                   (16, 32), (32, 16), (32, 32), (128, 256)])
 def test_registry_runs_the_packed_entry(cin, k):
-    """NHWC 1x1 stride-1 float32 problems go to the packed entry in every pass at any channel
-    count; the stem kernel keeps forward and weight passes of 4 or fewer input channels with 16,
-    32, 48 or 64 outputs; other strides and float64 keep their entries."""
+    """NHWC 1x1 stride-1 float32 problems go to the packed entry in the weight pass at any channel
+    count, and in the forward and input passes with 32 or more channels on both sides (OpenBLAS
+    keeps narrower ones unless the reduction is 64 or more); the stem kernel keeps forward and
+    weight passes of 4 or fewer input channels with 16, 32, 48 or 64 outputs; float64 keeps its
+    entry."""
     names = [e[0] for e in _core.conv_registry()]
     x_shape, w_shape = (2, 8, 8, cin), (k, cin, 1, 1)
     g = C._geom(x_shape, w_shape, 1, 0, 1, 1, "NHWC", F32).core()
     stem = cin <= 4 and k % 16 == 0 and k <= 64
     for p in ("forward", "input", "weight"):
         name = names[_core.conv_registry_select(g, "float32", p)]
-        want = "stem_f32_nhwc" if stem and p != "input" else "gemm_f32_nhwc_packed"
+        red = k if p == "input" else cin
+        rows = p == "weight" or min(cin, k) >= 32 or red >= 64
+        want = "stem_f32_nhwc" if stem and p != "input" else "gemm_f32_nhwc_packed" if rows else "gemm_f32_nhwc__"
         assert want in name, (p, name)
         assert "gemm_f64_nhwc" in names[_core.conv_registry_select(
             C._geom(x_shape, w_shape, 1, 0, 1, 1, "NHWC", np.float64).core(), "float64", p)]

@@ -378,6 +378,35 @@ inline F16v fma16(F16v a, F16v x, F16v b) {
 #endif
 }
 
+// block_stats_pm on P*16 channels at a time (P independent sets of chains per row), the sums in
+// registers: per channel, the same additions in the same order as the loop below.
+template <int P>
+void stats16(const float* y, int64_t ld, int64_t nr, const double* sh, double* s1, double* s2, bool cont) {
+  D8v a1[2 * P], a2[2 * P], c[2 * P];
+#pragma GCC unroll 4
+  for (int q = 0; q < 2 * P; ++q) {
+    a1[q] = cont ? load8d(s1 + 8 * q) : D8v{};
+    a2[q] = cont ? load8d(s2 + 8 * q) : D8v{};
+    c[q] = load8d(sh + 8 * q);
+  }
+  for (int64_t r = 0; r < nr; ++r) {
+#pragma GCC unroll 2
+    for (int q = 0; q < P; ++q) {
+      const F16v v = load16(y + r * ld + 16 * q);
+      const D8v dl = lo8(v) - c[2 * q], dh = hi8(v) - c[2 * q + 1];
+      a1[2 * q] += dl;
+      a1[2 * q + 1] += dh;
+      a2[2 * q] += dl * dl;
+      a2[2 * q + 1] += dh * dh;
+    }
+  }
+#pragma GCC unroll 4
+  for (int q = 0; q < 2 * P; ++q) {
+    store8d(s1 + 8 * q, a1[q]);
+    store8d(s2 + 8 * q, a2[q]);
+  }
+}
+
 // Shifted sums per channel of a pixel-major block (nr rows of nk channels, row stride ld) about
 // sh[k]: channels in pieces of 64 with local accumulators (vectorised across channels; each
 // channel's sum runs over the rows in order). cont: the sums continue from s1, s2 (a block of rows
@@ -386,25 +415,10 @@ template <typename T>
 void block_stats_pm(const T* __restrict y, int64_t ld, int64_t nr, int64_t nk, const double* sh, double* s1,
                     double* s2, bool cont = false) {
   int64_t kv = 0;
-  if constexpr (std::is_same_v<T, float>)
-    for (; kv + 16 <= nk; kv += 16) {  // 16 channels at a time, the sums in registers
-      D8v a1l = {}, a1h = {}, a2l = {}, a2h = {};
-      if (cont) {
-        a1l = load8d(s1 + kv), a1h = load8d(s1 + kv + 8);
-        a2l = load8d(s2 + kv), a2h = load8d(s2 + kv + 8);
-      }
-      const D8v cl = load8d(sh + kv), ch = load8d(sh + kv + 8);
-      for (int64_t r = 0; r < nr; ++r) {
-        const F16v v = load16(y + r * ld + kv);
-        const D8v dl = lo8(v) - cl, dh = hi8(v) - ch;
-        a1l += dl;
-        a1h += dh;
-        a2l += dl * dl;
-        a2h += dh * dh;
-      }
-      store8d(s1 + kv, a1l), store8d(s1 + kv + 8, a1h);
-      store8d(s2 + kv, a2l), store8d(s2 + kv + 8, a2h);
-    }
+  if constexpr (std::is_same_v<T, float>) {
+    for (; kv + 32 <= nk; kv += 32) stats16<2>(y + kv, ld, nr, sh + kv, s1 + kv, s2 + kv, cont);
+    for (; kv + 16 <= nk; kv += 16) stats16<1>(y + kv, ld, nr, sh + kv, s1 + kv, s2 + kv, cont);
+  }
   for (int64_t k0 = kv; k0 < nk; k0 += 64) {
     const int64_t n = std::min<int64_t>(64, nk - k0);
     double a1[64], a2[64], c[64];
@@ -501,39 +515,58 @@ void grad_epilogue_cm(float* y, const float* xb, int64_t ld, int64_t nk, int64_t
   }
 }
 
+// grad_epilogue_pm on P*16 channels at a time, the sums in registers (per channel the same
+// operations in the same order as the loop there).
+template <int P>
+void grad16(float* y, const float* xb, int64_t ld, int64_t nr, const float* sc, const float* sh, bool relu,
+            const double* ctr, double* s1, double* s2, bool cont) {
+  D8v a1[2 * P], a2[2 * P], c[2 * P];
+  F16v ka[P], kb[P];
+#pragma GCC unroll 4
+  for (int q = 0; q < 2 * P; ++q) {
+    a1[q] = cont ? load8d(s1 + 8 * q) : D8v{};
+    a2[q] = cont ? load8d(s2 + 8 * q) : D8v{};
+    c[q] = load8d(ctr + 8 * q);
+  }
+  for (int q = 0; q < P; ++q)
+    for (int k = 0; k < 16; ++k) {
+      ka[q][k] = sc ? sc[16 * q + k] : 1.0f;
+      kb[q][k] = sc ? sh[16 * q + k] : 0.0f;
+    }
+  const F16v zero = {};
+  for (int64_t r = 0; r < nr; ++r) {
+#pragma GCC unroll 2
+    for (int q = 0; q < P; ++q) {
+      float* yr = y + r * ld + 16 * q;
+      const F16v xv = load16(xb + r * ld + 16 * q);
+      F16v v = load16(yr);
+      if (relu) v = fma16(ka[q], xv, kb[q]) > zero ? v : zero;
+      store16(yr, v);
+      const D8v vl = lo8(v), vh = hi8(v);
+      a1[2 * q] += vl;
+      a1[2 * q + 1] += vh;
+      a2[2 * q] += vl * (lo8(xv) - c[2 * q]);
+      a2[2 * q + 1] += vh * (hi8(xv) - c[2 * q + 1]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int q = 0; q < 2 * P; ++q) {
+    store8d(s1 + 8 * q, a1[q]);
+    store8d(s2 + 8 * q, a2[q]);
+  }
+}
+
 // Pixel-major block (NHWC): nr rows of nk channels, row stride ld (cont: the sums continue from
 // s1, s2, as block_stats_pm).
 void grad_epilogue_pm(float* y, const float* xb, int64_t ld, int64_t nr, int64_t nk, const float* sc,
                       const float* sh, bool relu, const double* ctr, double* s1, double* s2, bool cont = false) {
   int64_t kv = 0;
-  for (; kv + 16 <= nk; kv += 16) {  // 16 channels at a time, the sums in registers
-    D8v a1l = {}, a1h = {}, a2l = {}, a2h = {};
-    if (cont) {
-      a1l = load8d(s1 + kv), a1h = load8d(s1 + kv + 8);
-      a2l = load8d(s2 + kv), a2h = load8d(s2 + kv + 8);
-    }
-    const D8v cl = load8d(ctr + kv), ch = load8d(ctr + kv + 8);
-    F16v ka, kb;
-    for (int k = 0; k < 16; ++k) {
-      ka[k] = sc ? sc[kv + k] : 1.0f;
-      kb[k] = sc ? sh[kv + k] : 0.0f;
-    }
-    const F16v zero = {};
-    for (int64_t r = 0; r < nr; ++r) {
-      float* yr = y + r * ld + kv;
-      const F16v xv = load16(xb + r * ld + kv);
-      F16v v = load16(yr);
-      if (relu) v = fma16(ka, xv, kb) > zero ? v : zero;
-      store16(yr, v);
-      const D8v vl = lo8(v), vh = hi8(v);
-      a1l += vl;
-      a1h += vh;
-      a2l += vl * (lo8(xv) - cl);
-      a2h += vh * (hi8(xv) - ch);
-    }
-    store8d(s1 + kv, a1l), store8d(s1 + kv + 8, a1h);
-    store8d(s2 + kv, a2l), store8d(s2 + kv + 8, a2h);
-  }
+  for (; kv + 32 <= nk; kv += 32)
+    grad16<2>(y + kv, xb + kv, ld, nr, sc ? sc + kv : nullptr, sc ? sh + kv : nullptr, relu, ctr + kv, s1 + kv,
+              s2 + kv, cont);
+  for (; kv + 16 <= nk; kv += 16)
+    grad16<1>(y + kv, xb + kv, ld, nr, sc ? sc + kv : nullptr, sc ? sh + kv : nullptr, relu, ctr + kv, s1 + kv,
+              s2 + kv, cont);
   for (int64_t k0 = kv; k0 < nk; k0 += 64) {  // channels in pieces of 64, local accumulators
     const int64_t n = std::min<int64_t>(64, nk - k0);
     double a1[64], a2[64], c[64];
@@ -1202,16 +1235,23 @@ void backward_weight_1x1_nhwc(const float* dy, const float* x, float* dw, const 
   const int64_t rows = g.N * g.H * g.W, K = g.K, C = g.C, pieces = wgrad_pieces(g, sizeof(float));
   const int64_t per = ceil_div(rows, pieces);
   float* part = scratch<float>(kAccSlot, pieces * K * C);
+  // Without a prologue the partials may be dW^T (x^T . dY) where its register blocks fit the
+  // shape better (32->16: 16 x 32 takes blocks of 12 or 8 rows by 32, 32 x 16 two of 16 by 16).
+  const bool tr = !pf && sgemm_tn_padded(C, K) < sgemm_tn_padded(K, C);
 #pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads())
   for (int64_t pc = 0; pc < pieces; ++pc) {
     const int64_t r0 = std::min(rows, pc * per), r1 = std::min(rows, r0 + per);
-    sgemm_tn(K, C, r1 - r0, dy + r0 * K, K, x + r0 * C, C, part + pc * K * C, C, false, pf);
+    if (tr)
+      sgemm_tn(C, K, r1 - r0, x + r0 * C, C, dy + r0 * K, K, part + pc * K * C, K, false);
+    else
+      sgemm_tn(K, C, r1 - r0, dy + r0 * K, K, x + r0 * C, C, part + pc * K * C, C, false, pf);
   }
   const int64_t total = K * C;
 #pragma omp parallel for schedule(static) num_threads(num_threads())
   for (int64_t e = 0; e < total; ++e) {
+    const int64_t at = tr ? (e % C) * K + e / C : e;
     double s = 0;
-    for (int64_t pc = 0; pc < pieces; ++pc) s += double(part[pc * total + e]);
+    for (int64_t pc = 0; pc < pieces; ++pc) s += double(part[pc * total + at]);
     dw[e] = float(s);
   }
 }

@@ -518,6 +518,38 @@ int64_t rows_width(int64_t N) { return N <= VL ? VL : 2 * VL; }
 int64_t rows_width(int64_t N) { return N <= VL ? VL : 2 * VL; }
 #endif
 
+// sgemm_tn's block also looks at M (the rows of a small result, dW): of R1 and R2 rows, the one
+// that pads M less (R1 on a tie).
+int64_t pad_to(int64_t M, int64_t R) { return (M + R - 1) / R * R; }
+#define CNNKIT_PICK_R(M, R1, R2, U, FN, ...) \
+  (pad_to(M, R2) < pad_to(M, R1) ? FN<R2, U>(__VA_ARGS__) : FN<R1, U>(__VA_ARGS__))
+#if defined(__AVX512F__)
+#define CNNKIT_WITH_TN_BLOCK(M, N, FN, ...)                                                     \
+  ((N) <= VL       ? CNNKIT_PICK_R(M, 16, 8, 1, FN, __VA_ARGS__)                               \
+   : (N) <= 2 * VL ? CNNKIT_PICK_R(M, 12, 8, 2, FN, __VA_ARGS__)                               \
+   : (N) <= 3 * VL ? FN<8, 3>(__VA_ARGS__)                                                      \
+                   : CNNKIT_PICK_R(M, 6, 4, 4, FN, __VA_ARGS__))
+int64_t tn_rows(int64_t M, int64_t N) {
+  const int64_t r1 = N <= VL ? 16 : N <= 2 * VL ? 12 : N <= 3 * VL ? 8 : 6;
+  const int64_t r2 = N <= VL ? 8 : N <= 2 * VL ? 8 : N <= 3 * VL ? 8 : 4;
+  return pad_to(M, r2) < pad_to(M, r1) ? r2 : r1;
+}
+#elif defined(__AVX2__)
+#define CNNKIT_WITH_TN_BLOCK(M, N, FN, ...) \
+  ((N) <= VL ? CNNKIT_PICK_R(M, 12, 8, 1, FN, __VA_ARGS__) : CNNKIT_PICK_R(M, 6, 4, 2, FN, __VA_ARGS__))
+int64_t tn_rows(int64_t M, int64_t N) {
+  const int64_t r1 = N <= VL ? 12 : 6, r2 = N <= VL ? 8 : 4;
+  return pad_to(M, r2) < pad_to(M, r1) ? r2 : r1;
+}
+#else
+#define CNNKIT_WITH_TN_BLOCK(M, N, FN, ...) \
+  ((N) <= VL ? CNNKIT_PICK_R(M, 8, 4, 1, FN, __VA_ARGS__) : FN<4, 2>(__VA_ARGS__))
+int64_t tn_rows(int64_t M, int64_t N) {
+  const int64_t r1 = N <= VL ? 8 : 4, r2 = 4;
+  return pad_to(M, r2) < pad_to(M, r1) ? r2 : r1;
+}
+#endif
+
 template <int R, int U>
 void rows_pack_b(int64_t K, int64_t N, Operand B, float* dst) {
   pack_b<U * VL>(B, 0, K, 0, N, nullptr, dst);
@@ -653,10 +685,11 @@ void tn_blocked(int64_t M, int64_t N, int64_t K, const float* P, int64_t lp, con
           ldb = W;
         }
         float* c = C + ir * ldc + p * W;
-        if (mr == R)
+        if (mr == R) {
           ukernel_s<R, U, 2>(kc, P + pc * lp + ir, lp, b, ldb, c, ldc, acc, mr, nr);
-        else
+        } else {
           ukernel_s<R, U, 0>(kc, pt, R, b, ldb, c, ldc, acc, mr, nr);
+        }
       }
     }
   }
@@ -721,7 +754,12 @@ void sgemm_tn(int64_t M, int64_t N, int64_t K, const float* P, int64_t lp, const
       for (int64_t i = 0; i < M; ++i) std::fill(C + i * ldc, C + i * ldc + N, 0.0f);
     return;
   }
-  CNNKIT_WITH_BLOCK(N, tn_blocked, M, N, K, P, lp, Q, lq, C, ldc, accumulate, pq);
+  CNNKIT_WITH_TN_BLOCK(M, N, tn_blocked, M, N, K, P, lp, Q, lq, C, ldc, accumulate, pq);
+}
+
+int64_t sgemm_tn_padded(int64_t M, int64_t N) {
+  const int64_t w = rows_width(N);
+  return pad_to(M, tn_rows(M, N)) * pad_to(N, w);
 }
 
 SgemmShape sgemm_shape() { return SgemmShape{MR, NR, KC, MC, NC}; }

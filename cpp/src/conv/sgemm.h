@@ -88,6 +88,9 @@ void sgemm_rows(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, co
 // block of Q is laid out in panels. The bits of sgemm() with A = P^T, B = pq(Q).
 void sgemm_tn(int64_t M, int64_t N, int64_t K, const float* P, int64_t lp, const float* Q, int64_t lq, float* C,
               int64_t ldc, bool accumulate, const Prologue* pq = nullptr);
+// The elements sgemm_tn() computes for an M x N result (its register blocks, padded): a caller
+// that may compute C or C^T takes the orientation with fewer.
+int64_t sgemm_tn_padded(int64_t M, int64_t N);
 
 // The two as conv::Kernels members (plain arguments).
 void sgemm_shape_of(int* mr, int* nr, int* kc, int* mc, int* nc);
