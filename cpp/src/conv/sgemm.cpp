@@ -479,16 +479,36 @@ void patches_t_blocked(int64_t M, int64_t N, int64_t K, const Patches& a, int64_
 // AM 0: A a packed panel, a[k*R + i]; AM 1: A row-major, a[i*lda + k]; AM 2: A^T row-major,
 // a[k*lda + i].
 // pf: a region of pfl lines to prefetch into L1, one line a step.
-template <int R, int U, int AM>
+// Pro (1: affine, 2: affine + ReLU): each B vector goes through fma(psc, b, psh) (one rounding, as
+// std::fma) and max(., 0) as it is loaded (psc, psh: U*VL columns).
+#if defined(__AVX512F__)
+inline V vfma(V a, V b, V c) { return (V)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c); }
+#elif defined(__AVX2__)
+inline V vfma(V a, V b, V c) { return (V)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c); }
+#endif
+template <int R, int U, int AM, int Pro = 0>
 void ukernel_s(int64_t kc, const float* __restrict a, int64_t lda, const float* __restrict b, int64_t ldb, float* c,
-               int64_t ldc, bool acc, int64_t mr, int64_t nr, const char* pf = nullptr, int64_t pfl = 0) {
+               int64_t ldc, bool acc, int64_t mr, int64_t nr, const char* pf = nullptr, int64_t pfl = 0,
+               const float* psc = nullptr, const float* psh = nullptr) {
   V r[R][U];
   zero_block<R, U>(r);
+  V sv[U], hv[U];
+  if constexpr (Pro > 0)
+    for (int v = 0; v < U; ++v) {
+      sv[v] = vload(psc + v * VL);
+      hv[v] = vload(psh + v * VL);
+    }
   for (int64_t k = 0; k < kc; ++k) {
     if (k < pfl) __builtin_prefetch(pf + 64 * k, 0, 3);
     V bv[U];
 #pragma GCC unroll 4
-    for (int v = 0; v < U; ++v) bv[v] = vload(b + v * VL);
+    for (int v = 0; v < U; ++v) {
+      bv[v] = vload(b + v * VL);
+#if defined(__AVX2__)
+      if constexpr (Pro > 0) bv[v] = vfma(sv[v], bv[v], hv[v]);
+      if constexpr (Pro > 1) bv[v] = bv[v] < V{} ? V{} : bv[v];  // std::max(v, 0)
+#endif
+    }
 #pragma GCC unroll 24
     for (int i = 0; i < R; ++i) {
       const V ai = vbroadcast(AM == 1 ? a[i * lda] : a[i]);
@@ -658,16 +678,25 @@ void tn_blocked(int64_t M, int64_t N, int64_t K, const float* P, int64_t lp, con
   const int64_t panels = (N + W - 1) / W, nw = panels * W;
   const bool has = active(pq), tail = N % W != 0;
   const int64_t kcm = std::min<int64_t>(K, KC);
+  // With FMA hardware and up to two vectors of columns (room in the registers), the prologue runs
+  // on Q's vectors inside the kernel instead of laying out a copy of Q: the same values.
+#if defined(__AVX2__)
+  const bool inkernel = has && U <= 2;
+#else
+  const bool inkernel = false;
+#endif
+  alignas(64) float ones[W], zeros[W];
+  for (int j = 0; j < W; ++j) ones[j] = 1.0f, zeros[j] = 0.0f;
   // [ the prologue's block of Q (kcm x nw) | Q's last partial panel (kcm x W) ] [ P's last panel ]
   float* qb = scratch<float>(kPackBSlot, kcm * (has ? nw : W));
   float* pt = scratch<float>(kPackASlot, kcm * R);
   for (int64_t pc = 0; pc < K; pc += KC) {
     const int64_t kc = std::min<int64_t>(KC, K - pc);
     const bool acc = accumulate || pc > 0;
-    if (has)
+    if (has && !inkernel)
       pack_cols<W>(Q, lq, pc, kc, 0, N, pq, qb);  // panels of W: qb[(p*kc + k)*W + j]
-    else if (tail)
-      pack_cols<W>(Q, lq, pc, kc, (panels - 1) * W, N - (panels - 1) * W, nullptr, qb);
+    else if (tail)  // (the in-kernel prologue reads whole panels of Q: the last one is laid out)
+      pack_cols<W>(Q, lq, pc, kc, (panels - 1) * W, N - (panels - 1) * W, pq, qb);
     for (int64_t ir = 0; ir < M; ir += R) {
       const int64_t mr = std::min<int64_t>(R, M - ir);
       if (mr < R)
@@ -677,7 +706,7 @@ void tn_blocked(int64_t M, int64_t N, int64_t K, const float* P, int64_t lp, con
         const int64_t nr = std::min<int64_t>(W, N - p * W);
         const float* b = Q + pc * lq + p * W;
         int64_t ldb = lq;
-        if (has) {
+        if (has && !inkernel) {
           b = qb + p * kc * W;
           ldb = W;
         } else if (nr < W) {
@@ -685,7 +714,23 @@ void tn_blocked(int64_t M, int64_t N, int64_t K, const float* P, int64_t lp, con
           ldb = W;
         }
         float* c = C + ir * ldc + p * W;
-        if (mr == R) {
+        if (inkernel && nr == W) {  // U <= 2 here
+          if constexpr (U <= 2) {
+            const float* sc = pq->scale ? pq->scale + p * W : ones;
+            const float* sh = pq->scale ? pq->shift + p * W : zeros;
+            if (pq->relu) {
+              if (mr == R)
+                ukernel_s<R, U, 2, 2>(kc, P + pc * lp + ir, lp, b, ldb, c, ldc, acc, mr, nr, nullptr, 0, sc, sh);
+              else
+                ukernel_s<R, U, 0, 2>(kc, pt, R, b, ldb, c, ldc, acc, mr, nr, nullptr, 0, sc, sh);
+            } else {
+              if (mr == R)
+                ukernel_s<R, U, 2, 1>(kc, P + pc * lp + ir, lp, b, ldb, c, ldc, acc, mr, nr, nullptr, 0, sc, sh);
+              else
+                ukernel_s<R, U, 0, 1>(kc, pt, R, b, ldb, c, ldc, acc, mr, nr, nullptr, 0, sc, sh);
+            }
+          }
+        } else if (mr == R) {
           ukernel_s<R, U, 2>(kc, P + pc * lp + ir, lp, b, ldb, c, ldc, acc, mr, nr);
         } else {
           ukernel_s<R, U, 0>(kc, pt, R, b, ldb, c, ldc, acc, mr, nr);
