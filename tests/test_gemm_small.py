@@ -225,3 +225,46 @@ def test_registry_runs_the_packed_entry(cin, k):
         assert want in name, (p, name)
         assert "gemm_f64_nhwc" in names[_core.conv_registry_select(
             C._geom(x_shape, w_shape, 1, 0, 1, 1, "NHWC", np.float64).core(), "float64", p)]
+
+
+@pytest.mark.parametrize("isa", ISA_LEVELS)
+def test_strided_forward(isa):
+    """A 1x1 kernel at stride 2 or 3 without padding (the strided pixels gathered into blocks for
+    the same kernels): plain and fused (prologue and statistics) against float64, bitwise at 1
+    and 2 threads, on the packed entry."""
+    @settings(max_examples=10, deadline=None)
+    @given(N=st.integers(1, 3), H=st.integers(1, 12), W=st.integers(1, 12), s=st.sampled_from([2, 3]),
+           Cin=_wide(), K=_wide(), relu=st.booleans(), seed=st.integers(0, 2**31 - 1))
+    def run(N, H, W, s, Cin, K, relu, seed):
+        rng = np.random.default_rng(seed)
+        x = rng.standard_normal((N, H, W, Cin)).astype(F32)
+        w = rng.standard_normal((K, Cin, 1, 1)).astype(F32)
+        sc = (rng.uniform(0.5, 2, Cin) * rng.choice((-1, 1), Cin)).astype(F32)
+        sh = rng.standard_normal(Cin).astype(F32)
+        geo = C._geom(x.shape, w.shape, s, 0, 1, 1, "NHWC", F32)
+        g = geo.core()
+        shape = (N, geo.Ho, geo.Wo, K)
+        got = []
+        with isa_level(isa):
+            for t in (1, 2):
+                with num_threads(t):
+                    y, yf = np.empty(shape, F32), np.empty(shape, F32)
+                    s1, s2 = np.zeros(K), np.zeros(K)
+                    _core.conv_forward(x, w, None, y, g)
+                    name = _core.conv2d_fused(x, w, yf, g, None, sc, sh, relu, None, False, s1, s2)
+                    got.append((y, yf, s1, s2))
+        assert "gemm_f32_nhwc_packed" in name, name
+        for u, v in zip(*got):
+            assert_bitwise(v, u, f"threads ({isa}, stride {s}, {Cin}->{K})")
+        xc = to_nchw(x)
+        assert_close(to_nchw(got[0][0]), conv2d_ref(xc, w, None, (s, s)), F32, length=Cin, what="y")
+        a = xc.astype(np.float64) * _chan(sc) + _chan(sh)
+        a = np.maximum(a, 0) if relu else a
+        yr = conv2d_ref(a, w, None, (s, s))
+        assert_close(to_nchw(got[0][1]), yr, F32, length=Cin, what="fused y")
+        d = yr - got[0][1][0, 0, 0, :].astype(np.float64).reshape(1, -1, 1, 1)
+        M = d.size // K
+        assert_close(got[0][2], d.sum(axis=(0, 2, 3)), F32, length=M * Cin, what="sum")
+        assert_close(got[0][3], (d * d).sum(axis=(0, 2, 3)), F32, length=M * Cin, what="sumsq")
+
+    run()

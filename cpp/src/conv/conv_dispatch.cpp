@@ -290,10 +290,15 @@ bool sup_packed_nchw(const Kernels&, const Geom& g, DType, Pass p) {
 // weight gradient 1.61 vs 2.72; 32->64 forward 2.65 vs 3.99; but with 16 channels on either side
 // OpenBLAS stays ahead in the forward pass (16->32 0.72 vs 0.65, 32->16 0.72 vs 0.65), so those
 // keep it there (and in the adjoint's).
+// At a stride above 1 (no padding) the forward pass gathers the strided pixels into L1 blocks for
+// the same kernels (32->64 at stride 2 from 32x32 left OpenBLAS's im2col path).
 bool nhwc_1x1_rows(const Geom& g, Pass p) {
-  return g.nhwc && g.G == 1 && g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.pt == 0 && g.pl == 0 &&
-         g.Ho == g.H && g.Wo == g.W && !(stem_shape(g) && p != Pass::input) &&
-         (p == Pass::weight || std::min(g.C, g.K) >= 32);
+  const bool one = g.nhwc && g.G == 1 && g.kh == 1 && g.kw == 1 && g.pt == 0 && g.pl == 0 &&
+                   !(stem_shape(g) && p != Pass::input);
+  if (one && g.sh == 1 && g.sw == 1 && g.Ho == g.H && g.Wo == g.W)
+    return p == Pass::weight || std::min(g.C, g.K) >= 32;
+  return one && p == Pass::forward && g.Ho == (g.H - 1) / g.sh + 1 && g.Wo == (g.W - 1) / g.sw + 1 &&
+         std::min(g.C, g.K) >= 32;
 }
 bool sup_packed_nhwc(const Kernels&, const Geom& g, DType, Pass p) {
   return g.nhwc && (packed_shape(g, p) || nhwc_1x1_rows(g, p));

@@ -839,8 +839,18 @@ const T* weights_ijc_k(const T* w, const Geom& g) {
 // while it is still in cache; the weight gradient reduces dY^T . x over fixed pieces of pixels
 // with sgemm_tn(), which reads both in place. The units, their order and the per-element chains
 // are forward_nhwc's and backward_weight_gemm's, so the bits are theirs.
+// A 1x1 kernel without padding at any stride (output pixel (oh, ow) reads input pixel
+// (oh*sh, ow*sw)), on G == 1: the problems forward_1x1_nhwc takes.
+bool one_by_one(const Geom& g) {
+  return g.G == 1 && g.kh == 1 && g.kw == 1 && g.pt == 0 && g.pl == 0 && g.Ho == (g.H - 1) / g.sh + 1 &&
+         g.Wo == (g.W - 1) / g.sw + 1;
+}
+
+// At a stride above 1 the rows of x a block needs are gathered (through the prologue) into an L1
+// block first, then read in place like a stride-1 problem's.
 void forward_1x1_nhwc(const float* x, const float* w, const float* b, float* y, const Geom& g, const Fused* fu) {
-  const int64_t R = g.N * g.H * g.W, C = g.C, K = g.K;
+  const int64_t R = g.N * g.Ho * g.Wo, C = g.C, K = g.K, P = g.Ho * g.Wo;
+  const bool strided = !reads_x_directly(g);
   Prologue pstore;
   const Prologue* pf = group_prologue(fu, 0, C, &pstore);
   float* bp = scratch<float>(kBatchSlot, sgemm_rows_b_size(C, K));
@@ -861,7 +871,20 @@ void forward_1x1_nhwc(const float* x, const float* w, const float* b, float* y, 
       const int64_t nr = std::min(sub, r1 - a);
       const bool cont = a > r0;
       float* yr = y + a * K;
-      sgemm_rows(nr, K, C, x + a * C, C, bp, yr, K, pf);
+      if (strided) {
+        float* blk = scratch<float>(kColSlot, sub * C);
+        for (int64_t r = a; r < a + nr; ++r) {
+          const int64_t n = r / P, px = r - n * P, oh = px / g.Wo, ow = px - oh * g.Wo;
+          const float* src = x + ((n * g.H + oh * g.sh) * g.W + ow * g.sw) * C;
+          if (pf)
+            apply_channels(blk + (r - a) * C, src, C, pf, 0);
+          else
+            std::memcpy(blk + (r - a) * C, src, C * sizeof(float));
+        }
+        sgemm_rows(nr, K, C, blk, C, bp, yr, K, nullptr);
+      } else {
+        sgemm_rows(nr, K, C, x + a * C, C, bp, yr, K, pf);
+      }
       epilogue_pm(yr, K, nr, K, b, residual ? residual + a * K : nullptr, relu, stats ? st.s1 + u * K : nullptr,
                   stats ? st.s2 + u * K : nullptr, stats ? st.sh + u * K : nullptr, cont);
       if (grad)
@@ -978,7 +1001,7 @@ template <typename T, bool Own>
 void forward_nhwc(const T* x, const T* w, const T* b, T* y, const Geom& g, const Fused* fu) {
   if constexpr (Own && std::is_same_v<T, float>) {
     if (small_planes(g)) return batched_forward(x, w, b, y, g, fu);
-    if (g.G == 1 && reads_x_directly(g)) return forward_1x1_nhwc(x, w, b, y, g, fu);
+    if (one_by_one(g)) return forward_1x1_nhwc(x, w, b, y, g, fu);
   }
   const int64_t P = g.Ho * g.Wo, Cg = g.Cg(), Kg = g.Kg(), KK = Cg * g.kh * g.kw, R = g.N * P;
   // With a prologue x goes through im2col, which applies it per pixel into an L2-sized block:
