@@ -526,7 +526,7 @@ void ukernel_s(int64_t kc, const float* __restrict a, int64_t lda, const float* 
 #if defined(__AVX512F__)
 #define CNNKIT_WITH_BLOCK(N, FN, ...)                                                            \
   ((N) <= VL       ? FN<16, 1>(__VA_ARGS__)                                                       \
-   : (N) <= 2 * VL ? FN<12, 2>(__VA_ARGS__)                                                       \
+   : (N) <= 2 * VL ? FN<8, 2>(__VA_ARGS__)                                                        \
    : (N) <= 3 * VL ? FN<8, 3>(__VA_ARGS__)                                                        \
                    : FN<6, 4>(__VA_ARGS__))
 int64_t rows_width(int64_t N) { return N <= VL ? VL : N <= 2 * VL ? 2 * VL : N <= 3 * VL ? 3 * VL : 4 * VL; }
