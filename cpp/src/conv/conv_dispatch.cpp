@@ -22,7 +22,8 @@
 //   gemm_f32_*_packed      float32 dense convolutions (G == 1) with a reduction of 64 or more
 //                          (C*kh*kw) that the stem kernel does not take: the GEMM path on cnnkit's
 //                          own packed sgemm (sgemm.cpp) in place of OpenBLAS (packed_shape(): the
-//                          measured rule)
+//                          measured rule); NHWC also every 1x1 at stride 1 without padding, at any
+//                          channel count (nhwc_1x1_rows(): kernels that read x and dy in place)
 //   gemm_f32_nhwc_patches  the weight pass of float32 dense NHWC problems with 16+ channels
 //                          that are not a plain 1x1 and not small_planes(): the own sgemm reading
 //                          the patches of x through a pointer table (no im2col matrix)
@@ -280,7 +281,28 @@ bool sup_stem(const Kernels&, const Geom& g, DType, Pass) { return stem_shape(g)
 bool sup_packed_nchw(const Kernels&, const Geom& g, DType, Pass p) {
   return !g.nhwc && packed_shape(g, p) && g.Ho * g.Wo >= 256;
 }
-bool sup_packed_nhwc(const Kernels&, const Geom& g, DType, Pass p) { return g.nhwc && packed_shape(g, p); }
+// NHWC 1x1 convolutions at stride 1 without padding run on the own kernels that read x and dy in
+// place (conv_gemm.cpp, forward_1x1_nhwc / backward_weight_1x1_nhwc) at any channel count (the
+// stem kernel keeps its few-channel problems): no packing of A is left for OpenBLAS to win on
+// with a short reduction. (The input gradient at stride 1 is asked about as the adjoint's
+// forward, itself such a 1x1.)
+// Measured (1 thread, CPU time, N = 64 at 32x32, against OpenBLAS): 32->32 forward 1.42 vs 2.26 ms,
+// weight gradient 1.61 vs 2.72; 32->64 forward 2.65 vs 3.99; but with 16 channels on either side
+// OpenBLAS stays ahead in the forward pass (16->32 0.72 vs 0.65, 32->16 0.72 vs 0.65), so those
+// keep it there (and in the adjoint's).
+// At a stride above 1 (no padding) the forward pass gathers the strided pixels into L1 blocks for
+// the same kernels (32->64 at stride 2 from 32x32 left OpenBLAS's im2col path).
+bool nhwc_1x1_rows(const Geom& g, Pass p) {
+  const bool one = g.nhwc && g.G == 1 && g.kh == 1 && g.kw == 1 && g.pt == 0 && g.pl == 0 &&
+                   !(stem_shape(g) && p != Pass::input);
+  if (one && g.sh == 1 && g.sw == 1 && g.Ho == g.H && g.Wo == g.W)
+    return p == Pass::weight || std::min(g.C, g.K) >= 32;
+  return one && p == Pass::forward && g.Ho == (g.H - 1) / g.sh + 1 && g.Wo == (g.W - 1) / g.sw + 1 &&
+         std::min(g.C, g.K) >= 32;
+}
+bool sup_packed_nhwc(const Kernels&, const Geom& g, DType, Pass p) {
+  return g.nhwc && (packed_shape(g, p) || nhwc_1x1_rows(g, p));
+}
 // Smaller planes: the NHWC entry's whole-batch GEMMs between layout transposes, in place of one
 // OpenBLAS GEMM per image that re-read all the weights (2 threads, N = 16, median ms, forward /
 // input / weight gradient: 3x3 512@2x2 6.0 / 8.0 / 7.3 -> 2.7 / 2.2 / 1.9; 256@4x4 2.8 / 3.3 /

@@ -21,6 +21,8 @@
 #include <cstring>
 #include <type_traits>
 
+#include <immintrin.h>
+
 #include "common/isa_vector.h"
 
 #include "conv_internal.h"
@@ -326,17 +328,103 @@ void run_stats(const T* __restrict r, int64_t n, double shift, double* s1, doubl
   *s2 = t2;
 }
 
+// 16 channels of float32 as one vector, and its halves in double (GCC vector extensions: one zmm
+// at AVX-512, two ymm at AVX2, SSE2 pieces at the scalar level). The statistics epilogues keep
+// their double accumulators in these (registers, across all rows of a block) instead of arrays
+// that every row loads and stores.
+typedef float F16v __attribute__((vector_size(64)));
+typedef double D8v __attribute__((vector_size(64)));
+
+inline F16v load16(const float* p) {
+  F16v v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline void store16(float* p, F16v v) { std::memcpy(p, &v, sizeof v); }
+inline D8v load8d(const double* p) {
+  D8v v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline void store8d(double* p, D8v v) { std::memcpy(p, &v, sizeof v); }
+#if defined(__AVX512F__)
+inline D8v lo8(F16v v) { return (D8v)_mm512_cvtps_pd(_mm512_castps512_ps256((__m512)v)); }
+inline D8v hi8(F16v v) { return (D8v)_mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd((__m512)v), 1))); }
+#else
+inline D8v lo8(F16v v) {
+  return __builtin_convertvector(__builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7), D8v);
+}
+inline D8v hi8(F16v v) {
+  return __builtin_convertvector(__builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15), D8v);
+}
+#endif
+// fma(a, x, b) per lane, one rounding (as std::fma).
+inline F16v fma16(F16v a, F16v x, F16v b) {
+#if defined(__AVX512F__)
+  return (F16v)_mm512_fmadd_ps((__m512)a, (__m512)x, (__m512)b);
+#elif defined(__FMA__)
+  typedef float F8v __attribute__((vector_size(32)));
+  const F8v l = (F8v)_mm256_fmadd_ps((__m256)__builtin_shufflevector(a, a, 0, 1, 2, 3, 4, 5, 6, 7),
+                                     (__m256)__builtin_shufflevector(x, x, 0, 1, 2, 3, 4, 5, 6, 7),
+                                     (__m256)__builtin_shufflevector(b, b, 0, 1, 2, 3, 4, 5, 6, 7));
+  const F8v h = (F8v)_mm256_fmadd_ps((__m256)__builtin_shufflevector(a, a, 8, 9, 10, 11, 12, 13, 14, 15),
+                                     (__m256)__builtin_shufflevector(x, x, 8, 9, 10, 11, 12, 13, 14, 15),
+                                     (__m256)__builtin_shufflevector(b, b, 8, 9, 10, 11, 12, 13, 14, 15));
+  return __builtin_shufflevector(l, h, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+#else
+  F16v r;
+  for (int k = 0; k < 16; ++k) r[k] = std::fma(a[k], x[k], b[k]);
+  return r;
+#endif
+}
+
+// block_stats_pm on P*16 channels at a time (P independent sets of chains per row), the sums in
+// registers: per channel, the same additions in the same order as the loop below.
+template <int P>
+void stats16(const float* y, int64_t ld, int64_t nr, const double* sh, double* s1, double* s2, bool cont) {
+  D8v a1[2 * P], a2[2 * P], c[2 * P];
+#pragma GCC unroll 4
+  for (int q = 0; q < 2 * P; ++q) {
+    a1[q] = cont ? load8d(s1 + 8 * q) : D8v{};
+    a2[q] = cont ? load8d(s2 + 8 * q) : D8v{};
+    c[q] = load8d(sh + 8 * q);
+  }
+  for (int64_t r = 0; r < nr; ++r) {
+#pragma GCC unroll 2
+    for (int q = 0; q < P; ++q) {
+      const F16v v = load16(y + r * ld + 16 * q);
+      const D8v dl = lo8(v) - c[2 * q], dh = hi8(v) - c[2 * q + 1];
+      a1[2 * q] += dl;
+      a1[2 * q + 1] += dh;
+      a2[2 * q] += dl * dl;
+      a2[2 * q + 1] += dh * dh;
+    }
+  }
+#pragma GCC unroll 4
+  for (int q = 0; q < 2 * P; ++q) {
+    store8d(s1 + 8 * q, a1[q]);
+    store8d(s2 + 8 * q, a2[q]);
+  }
+}
+
 // Shifted sums per channel of a pixel-major block (nr rows of nk channels, row stride ld) about
 // sh[k]: channels in pieces of 64 with local accumulators (vectorised across channels; each
-// channel's sum runs over the rows in order).
+// channel's sum runs over the rows in order). cont: the sums continue from s1, s2 (a block of rows
+// that follows the block that started them: the same sums as over both blocks at once).
 template <typename T>
 void block_stats_pm(const T* __restrict y, int64_t ld, int64_t nr, int64_t nk, const double* sh, double* s1,
-                    double* s2) {
-  for (int64_t k0 = 0; k0 < nk; k0 += 64) {
+                    double* s2, bool cont = false) {
+  int64_t kv = 0;
+  if constexpr (std::is_same_v<T, float>) {
+    for (; kv + 32 <= nk; kv += 32) stats16<2>(y + kv, ld, nr, sh + kv, s1 + kv, s2 + kv, cont);
+    for (; kv + 16 <= nk; kv += 16) stats16<1>(y + kv, ld, nr, sh + kv, s1 + kv, s2 + kv, cont);
+  }
+  for (int64_t k0 = kv; k0 < nk; k0 += 64) {
     const int64_t n = std::min<int64_t>(64, nk - k0);
     double a1[64], a2[64], c[64];
     for (int64_t k = 0; k < n; ++k) {
-      a1[k] = a2[k] = 0;
+      a1[k] = cont ? s1[k0 + k] : 0;
+      a2[k] = cont ? s2[k0 + k] : 0;
       c[k] = sh[k0 + k];
     }
     for (int64_t r = 0; r < nr; ++r) {
@@ -379,16 +467,18 @@ void epilogue_cm(T* y, int64_t ld, int64_t nk, int64_t np, const T* b, const T* 
   }
 }
 
-// The same in pixel-major order (NHWC): nr rows of nk channels, row stride ld.
+// The same in pixel-major order (NHWC): nr rows of nk channels, row stride ld. cont: these rows
+// continue a unit whose statistics (shift and sums) an earlier block of rows started.
 template <typename T>
 void epilogue_pm(T* y, int64_t ld, int64_t nr, int64_t nk, const T* b, const T* res, bool relu, double* s1,
-                 double* s2, double* sh) {
+                 double* s2, double* sh, bool cont = false) {
   if (b)
     for (int64_t r = 0; r < nr; ++r)
       for (int64_t k = 0; k < nk; ++k) y[r * ld + k] += b[k];
   if (s1) {
-    for (int64_t k = 0; k < nk; ++k) sh[k] = double(y[k]);
-    block_stats_pm(y, ld, nr, nk, sh, s1, s2);
+    if (!cont)
+      for (int64_t k = 0; k < nk; ++k) sh[k] = double(y[k]);
+    block_stats_pm(y, ld, nr, nk, sh, s1, s2, cont);
   }
   if (res)
     for (int64_t r = 0; r < nr; ++r)
@@ -425,15 +515,65 @@ void grad_epilogue_cm(float* y, const float* xb, int64_t ld, int64_t nk, int64_t
   }
 }
 
-// Pixel-major block (NHWC): nr rows of nk channels, row stride ld.
+// grad_epilogue_pm on P*16 channels at a time, the sums in registers (per channel the same
+// operations in the same order as the loop there).
+template <int P>
+void grad16(float* y, const float* xb, int64_t ld, int64_t nr, const float* sc, const float* sh, bool relu,
+            const double* ctr, double* s1, double* s2, bool cont) {
+  D8v a1[2 * P], a2[2 * P], c[2 * P];
+  F16v ka[P], kb[P];
+#pragma GCC unroll 4
+  for (int q = 0; q < 2 * P; ++q) {
+    a1[q] = cont ? load8d(s1 + 8 * q) : D8v{};
+    a2[q] = cont ? load8d(s2 + 8 * q) : D8v{};
+    c[q] = load8d(ctr + 8 * q);
+  }
+  for (int q = 0; q < P; ++q)
+    for (int k = 0; k < 16; ++k) {
+      ka[q][k] = sc ? sc[16 * q + k] : 1.0f;
+      kb[q][k] = sc ? sh[16 * q + k] : 0.0f;
+    }
+  const F16v zero = {};
+  for (int64_t r = 0; r < nr; ++r) {
+#pragma GCC unroll 2
+    for (int q = 0; q < P; ++q) {
+      float* yr = y + r * ld + 16 * q;
+      const F16v xv = load16(xb + r * ld + 16 * q);
+      F16v v = load16(yr);
+      if (relu) v = fma16(ka[q], xv, kb[q]) > zero ? v : zero;
+      store16(yr, v);
+      const D8v vl = lo8(v), vh = hi8(v);
+      a1[2 * q] += vl;
+      a1[2 * q + 1] += vh;
+      a2[2 * q] += vl * (lo8(xv) - c[2 * q]);
+      a2[2 * q + 1] += vh * (hi8(xv) - c[2 * q + 1]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int q = 0; q < 2 * P; ++q) {
+    store8d(s1 + 8 * q, a1[q]);
+    store8d(s2 + 8 * q, a2[q]);
+  }
+}
+
+// Pixel-major block (NHWC): nr rows of nk channels, row stride ld (cont: the sums continue from
+// s1, s2, as block_stats_pm).
 void grad_epilogue_pm(float* y, const float* xb, int64_t ld, int64_t nr, int64_t nk, const float* sc,
-                      const float* sh, bool relu, const double* ctr, double* s1, double* s2) {
-  for (int64_t k0 = 0; k0 < nk; k0 += 64) {  // channels in pieces of 64, local accumulators
+                      const float* sh, bool relu, const double* ctr, double* s1, double* s2, bool cont = false) {
+  int64_t kv = 0;
+  for (; kv + 32 <= nk; kv += 32)
+    grad16<2>(y + kv, xb + kv, ld, nr, sc ? sc + kv : nullptr, sc ? sh + kv : nullptr, relu, ctr + kv, s1 + kv,
+              s2 + kv, cont);
+  for (; kv + 16 <= nk; kv += 16)
+    grad16<1>(y + kv, xb + kv, ld, nr, sc ? sc + kv : nullptr, sc ? sh + kv : nullptr, relu, ctr + kv, s1 + kv,
+              s2 + kv, cont);
+  for (int64_t k0 = kv; k0 < nk; k0 += 64) {  // channels in pieces of 64, local accumulators
     const int64_t n = std::min<int64_t>(64, nk - k0);
     double a1[64], a2[64], c[64];
     float ka[64], kb[64];
     for (int64_t k = 0; k < n; ++k) {
-      a1[k] = a2[k] = 0;
+      a1[k] = cont ? s1[k0 + k] : 0;
+      a2[k] = cont ? s2[k0 + k] : 0;
       c[k] = ctr[k0 + k];
       ka[k] = sc ? sc[k0 + k] : 1.0f;
       kb[k] = sc ? sh[k0 + k] : 0.0f;
@@ -691,6 +831,80 @@ const T* weights_ijc_k(const T* w, const Geom& g) {
   return wt;
 }
 
+// ---- NHWC 1x1 convolutions at stride 1 without padding (G == 1) on the in-place kernels -------
+// x (and dy) are row-major matrices of pixels by channels as they lie, so no pass lays them out:
+// the forward pass (and the input gradient, the adjoint's forward) reads x in place through
+// sgemm_rows() against the weights packed once per call, in blocks of rows small enough that the
+// epilogue (bias, statistics, residual, ReLU, or the gradient mask and sums) runs on each block
+// while it is still in cache; the weight gradient reduces dY^T . x over fixed pieces of pixels
+// with sgemm_tn(), which reads both in place. The units, their order and the per-element chains
+// are forward_nhwc's and backward_weight_gemm's, so the bits are theirs.
+// A 1x1 kernel without padding at any stride (output pixel (oh, ow) reads input pixel
+// (oh*sh, ow*sw)), on G == 1: the problems forward_1x1_nhwc takes.
+bool one_by_one(const Geom& g) {
+  return g.G == 1 && g.kh == 1 && g.kw == 1 && g.pt == 0 && g.pl == 0 && g.Ho == (g.H - 1) / g.sh + 1 &&
+         g.Wo == (g.W - 1) / g.sw + 1;
+}
+
+// At a stride above 1 the rows of x a block needs are gathered (through the prologue) into an L1
+// block first, then read in place like a stride-1 problem's.
+void forward_1x1_nhwc(const float* x, const float* w, const float* b, float* y, const Geom& g, const Fused* fu) {
+  const int64_t R = g.N * g.Ho * g.Wo, C = g.C, K = g.K, P = g.Ho * g.Wo;
+  const bool strided = !reads_x_directly(g);
+  Prologue pstore;
+  const Prologue* pf = group_prologue(fu, 0, C, &pstore);
+  float* bp = scratch<float>(kBatchSlot, sgemm_rows_b_size(C, K));
+  sgemm_rows_pack_b(C, K, Operand{w, 1, C}, bp);  // B = w^T (C x K)
+  // forward_nhwc's units: 1024 rows, or with a prologue the rows of its im2col block.
+  const Split s = split(R, pf ? std::max<int64_t>(16, std::min<int64_t>(512, (int64_t(1) << 16) / C)) : 1024);
+  // Blocks of rows: x's rows and y's within about 48 KiB, a multiple of every register block.
+  const int64_t sub = std::max<int64_t>(48, 12288 / (C + K) / 48 * 48);
+  const bool stats = fu && fu->stats_sum, grad = fu && fu->grad_sum;
+  const StatParts st = stats || grad ? stat_parts(s.count, K) : StatParts{};
+  const float* residual = fu ? fu->residual : nullptr;
+  const bool relu = fu && fu->post_relu;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads())
+  for (int64_t u = 0; u < s.count; ++u) {
+    const int64_t r0 = u * s.chunk, r1 = std::min(R, r0 + s.chunk);
+    if (stats) st.cnt[u] = r1 - r0;
+    for (int64_t a = r0; a < r1; a += sub) {
+      const int64_t nr = std::min(sub, r1 - a);
+      const bool cont = a > r0;
+      float* yr = y + a * K;
+      if (strided) {
+        float* blk = scratch<float>(kColSlot, sub * C);
+        for (int64_t r = a; r < a + nr; ++r) {
+          const int64_t n = r / P, px = r - n * P, oh = px / g.Wo, ow = px - oh * g.Wo;
+          const float* src = x + ((n * g.H + oh * g.sh) * g.W + ow * g.sw) * C;
+          if (pf)
+            apply_channels(blk + (r - a) * C, src, C, pf, 0);
+          else
+            std::memcpy(blk + (r - a) * C, src, C * sizeof(float));
+        }
+        sgemm_rows(nr, K, C, blk, C, bp, yr, K, nullptr);
+      } else {
+        sgemm_rows(nr, K, C, x + a * C, C, bp, yr, K, pf);
+      }
+      epilogue_pm(yr, K, nr, K, b, residual ? residual + a * K : nullptr, relu, stats ? st.s1 + u * K : nullptr,
+                  stats ? st.s2 + u * K : nullptr, stats ? st.sh + u * K : nullptr, cont);
+      if (grad)
+        grad_epilogue_pm(yr, fu->gx + a * K, K, nr, K, fu->gscale, fu->gshift, fu->grelu, fu->center, st.s1 + u * K,
+                         st.s2 + u * K, cont);
+    }
+  }
+  if (!stats && !grad) return;
+  isa_vector<int64_t> order(s.count);
+  for (int64_t q = 0; q < s.count; ++q) order[q] = q;
+  if (grad) combine_grad(st, K, order.data(), s.count, 0, K, fu);
+  if (stats)
+    for (int64_t kk = 0; kk < K; ++kk)
+      combine_stats(st, K, order.data(), s.count, kk, fu->stats_sum + kk, fu->stats_sumsq + kk);
+}
+
+// dW (K x C) = sum over pieces of the N*H*W pixels (backward_weight_gemm's pieces) of
+// dY^T . pf(x) over the piece, each piece's partial added in piece order in double.
+void backward_weight_1x1_nhwc(const float* dy, const float* x, float* dw, const Geom& g, const Prologue* pf);
+
 // fu (float32): the fused prologue and epilogues; null for a plain forward pass.
 template <typename T, bool Own>
 void forward_nchw(const T* x, const T* w, const T* b, T* y, const Geom& g, const Fused* fu) {
@@ -785,8 +999,10 @@ void forward_nchw(const T* x, const T* w, const T* b, T* y, const Geom& g, const
 
 template <typename T, bool Own>
 void forward_nhwc(const T* x, const T* w, const T* b, T* y, const Geom& g, const Fused* fu) {
-  if constexpr (Own && std::is_same_v<T, float>)
+  if constexpr (Own && std::is_same_v<T, float>) {
     if (small_planes(g)) return batched_forward(x, w, b, y, g, fu);
+    if (one_by_one(g)) return forward_1x1_nhwc(x, w, b, y, g, fu);
+  }
   const int64_t P = g.Ho * g.Wo, Cg = g.Cg(), Kg = g.Kg(), KK = Cg * g.kh * g.kw, R = g.N * P;
   // With a prologue x goes through im2col, which applies it per pixel into an L2-sized block:
   // OpenBLAS cannot apply it, and the sgemm's A packing would apply it one element at a time.
@@ -949,8 +1165,13 @@ int64_t wgrad_pieces(const Geom& g, size_t elem) {
 // while x is laid out as im2col rows (a 1x1 kernel then takes the im2col path too); null: plain.
 template <typename T, bool Own>
 void backward_weight_gemm(const T* dy, const T* x, T* dw, const Geom& g, const Fused* fu = nullptr) {
-  if constexpr (Own && std::is_same_v<T, float>)
+  if constexpr (Own && std::is_same_v<T, float>) {
     if (g.nhwc && small_planes(g)) return batched_backward_weight(dy, x, dw, g, fu);
+    if (g.nhwc && g.G == 1 && reads_x_directly(g)) {
+      Prologue pstore;
+      return backward_weight_1x1_nhwc(dy, x, dw, g, group_prologue(fu, 0, g.C, &pstore));
+    }
+  }
   const int64_t P = g.Ho * g.Wo, Cg = g.Cg(), Kg = g.Kg(), k2 = g.kh * g.kw, KK = Cg * k2, HW = g.H * g.W;
   const bool pro = fu && (fu->pre_scale || fu->pre_relu);
   const bool direct = reads_x_directly(g) && !pro;
@@ -1030,6 +1251,31 @@ void backward_weight_gemm(const T* dy, const T* x, T* dw, const Geom& g, const F
       for (int64_t pc = 0; pc < pieces; ++pc) s += double(part[(pc * g.K + k) * KK + col]);
     }
     dw[e] = T(s);
+  }
+}
+
+void backward_weight_1x1_nhwc(const float* dy, const float* x, float* dw, const Geom& g, const Prologue* pf) {
+  const int64_t rows = g.N * g.H * g.W, K = g.K, C = g.C, pieces = wgrad_pieces(g, sizeof(float));
+  const int64_t per = ceil_div(rows, pieces);
+  float* part = scratch<float>(kAccSlot, pieces * K * C);
+  // Without a prologue the partials may be dW^T (x^T . dY) where its register blocks fit the
+  // shape better (32->16: 16 x 32 takes blocks of 12 or 8 rows by 32, 32 x 16 two of 16 by 16).
+  const bool tr = !pf && sgemm_tn_padded(C, K) < sgemm_tn_padded(K, C);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads())
+  for (int64_t pc = 0; pc < pieces; ++pc) {
+    const int64_t r0 = std::min(rows, pc * per), r1 = std::min(rows, r0 + per);
+    if (tr)
+      sgemm_tn(C, K, r1 - r0, x + r0 * C, C, dy + r0 * K, K, part + pc * K * C, K, false);
+    else
+      sgemm_tn(K, C, r1 - r0, dy + r0 * K, K, x + r0 * C, C, part + pc * K * C, C, false, pf);
+  }
+  const int64_t total = K * C;
+#pragma omp parallel for schedule(static) num_threads(num_threads())
+  for (int64_t e = 0; e < total; ++e) {
+    const int64_t at = tr ? (e % C) * K + e / C : e;
+    double s = 0;
+    for (int64_t pc = 0; pc < pieces; ++pc) s += double(part[pc * total + at]);
+    dw[e] = float(s);
   }
 }
 

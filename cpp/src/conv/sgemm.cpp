@@ -467,6 +467,279 @@ void patches_t_blocked(int64_t M, int64_t N, int64_t K, const Patches& a, int64_
   }
 }
 
+
+// ---- operands read in place, B resident (sgemm_rows, sgemm_tn: the NHWC 1x1 convolutions) ------
+// In an NHWC 1x1 convolution every operand is already a row-major matrix (x: pixels x channels),
+// and the reductions are short (16-256 channels), so packing A costs about as much as the
+// arithmetic. These kernels read A in place (broadcasts from R rows, or from R consecutive
+// columns of A^T), B from a panel packed once per call (forward) or in place (weight gradient),
+// with register blocks sized by N (VL..4*VL columns). Same chains as sgemm(): the same bits.
+
+// c (mr x nr of an R x U*VL block, row stride ldc) (+)= A . B over kc, B at b[k*ldb + v*VL]:
+// AM 0: A a packed panel, a[k*R + i]; AM 1: A row-major, a[i*lda + k]; AM 2: A^T row-major,
+// a[k*lda + i].
+// pf: a region of pfl lines to prefetch into L1, one line a step.
+// Pro (1: affine, 2: affine + ReLU): each B vector goes through fma(psc, b, psh) (one rounding, as
+// std::fma) and max(., 0) as it is loaded (psc, psh: U*VL columns).
+#if defined(__AVX512F__)
+inline V vfma(V a, V b, V c) { return (V)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c); }
+#elif defined(__AVX2__)
+inline V vfma(V a, V b, V c) { return (V)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c); }
+#endif
+template <int R, int U, int AM, int Pro = 0>
+void ukernel_s(int64_t kc, const float* __restrict a, int64_t lda, const float* __restrict b, int64_t ldb, float* c,
+               int64_t ldc, bool acc, int64_t mr, int64_t nr, const char* pf = nullptr, int64_t pfl = 0,
+               const float* psc = nullptr, const float* psh = nullptr) {
+  V r[R][U];
+  zero_block<R, U>(r);
+  V sv[U], hv[U];
+  if constexpr (Pro > 0)
+    for (int v = 0; v < U; ++v) {
+      sv[v] = vload(psc + v * VL);
+      hv[v] = vload(psh + v * VL);
+    }
+  for (int64_t k = 0; k < kc; ++k) {
+    if (k < pfl) __builtin_prefetch(pf + 64 * k, 0, 3);
+    V bv[U];
+#pragma GCC unroll 4
+    for (int v = 0; v < U; ++v) {
+      bv[v] = vload(b + v * VL);
+#if defined(__AVX2__)
+      if constexpr (Pro > 0) bv[v] = vfma(sv[v], bv[v], hv[v]);
+      if constexpr (Pro > 1) bv[v] = bv[v] < V{} ? V{} : bv[v];  // std::max(v, 0)
+#endif
+    }
+#pragma GCC unroll 24
+    for (int i = 0; i < R; ++i) {
+      const V ai = vbroadcast(AM == 1 ? a[i * lda] : a[i]);
+#pragma GCC unroll 4
+      for (int v = 0; v < U; ++v) r[i][v] = ai * bv[v] + r[i][v];
+    }
+    a += AM == 0 ? R : AM == 1 ? 1 : lda;
+    b += ldb;
+  }
+  store_block<R, U>(r, c, ldc, acc, mr, nr);
+}
+
+// The register block for a C of N columns: U vectors wide (up to 4 at AVX-512), R rows, about
+// 24 accumulators at AVX-512 and 12 at AVX2 (as the MR x NR kernels). FN<R, U>(args...).
+#if defined(__AVX512F__)
+#define CNNKIT_WITH_BLOCK(N, FN, ...)                                                            \
+  ((N) <= VL       ? FN<16, 1>(__VA_ARGS__)                                                       \
+   : (N) <= 2 * VL ? FN<8, 2>(__VA_ARGS__)                                                        \
+   : (N) <= 3 * VL ? FN<8, 3>(__VA_ARGS__)                                                        \
+                   : FN<6, 4>(__VA_ARGS__))
+int64_t rows_width(int64_t N) { return N <= VL ? VL : N <= 2 * VL ? 2 * VL : N <= 3 * VL ? 3 * VL : 4 * VL; }
+#elif defined(__AVX2__)
+#define CNNKIT_WITH_BLOCK(N, FN, ...) ((N) <= VL ? FN<12, 1>(__VA_ARGS__) : FN<6, 2>(__VA_ARGS__))
+int64_t rows_width(int64_t N) { return N <= VL ? VL : 2 * VL; }
+#else
+#define CNNKIT_WITH_BLOCK(N, FN, ...) ((N) <= VL ? FN<8, 1>(__VA_ARGS__) : FN<4, 2>(__VA_ARGS__))
+int64_t rows_width(int64_t N) { return N <= VL ? VL : 2 * VL; }
+#endif
+
+// sgemm_tn's block also looks at M (the rows of a small result, dW): of R1 and R2 rows, the one
+// that pads M less (R1 on a tie).
+int64_t pad_to(int64_t M, int64_t R) { return (M + R - 1) / R * R; }
+#define CNNKIT_PICK_R(M, R1, R2, U, FN, ...) \
+  (pad_to(M, R2) < pad_to(M, R1) ? FN<R2, U>(__VA_ARGS__) : FN<R1, U>(__VA_ARGS__))
+#if defined(__AVX512F__)
+#define CNNKIT_WITH_TN_BLOCK(M, N, FN, ...)                                                     \
+  ((N) <= VL       ? CNNKIT_PICK_R(M, 16, 8, 1, FN, __VA_ARGS__)                               \
+   : (N) <= 2 * VL ? CNNKIT_PICK_R(M, 12, 8, 2, FN, __VA_ARGS__)                               \
+   : (N) <= 3 * VL ? FN<8, 3>(__VA_ARGS__)                                                      \
+                   : CNNKIT_PICK_R(M, 6, 4, 4, FN, __VA_ARGS__))
+int64_t tn_rows(int64_t M, int64_t N) {
+  const int64_t r1 = N <= VL ? 16 : N <= 2 * VL ? 12 : N <= 3 * VL ? 8 : 6;
+  const int64_t r2 = N <= VL ? 8 : N <= 2 * VL ? 8 : N <= 3 * VL ? 8 : 4;
+  return pad_to(M, r2) < pad_to(M, r1) ? r2 : r1;
+}
+#elif defined(__AVX2__)
+#define CNNKIT_WITH_TN_BLOCK(M, N, FN, ...) \
+  ((N) <= VL ? CNNKIT_PICK_R(M, 12, 8, 1, FN, __VA_ARGS__) : CNNKIT_PICK_R(M, 6, 4, 2, FN, __VA_ARGS__))
+int64_t tn_rows(int64_t M, int64_t N) {
+  const int64_t r1 = N <= VL ? 12 : 6, r2 = N <= VL ? 8 : 4;
+  return pad_to(M, r2) < pad_to(M, r1) ? r2 : r1;
+}
+#else
+#define CNNKIT_WITH_TN_BLOCK(M, N, FN, ...) \
+  ((N) <= VL ? CNNKIT_PICK_R(M, 8, 4, 1, FN, __VA_ARGS__) : FN<4, 2>(__VA_ARGS__))
+int64_t tn_rows(int64_t M, int64_t N) {
+  const int64_t r1 = N <= VL ? 8 : 4, r2 = 4;
+  return pad_to(M, r2) < pad_to(M, r1) ? r2 : r1;
+}
+#endif
+
+template <int R, int U>
+void rows_pack_b(int64_t K, int64_t N, Operand B, float* dst) {
+  pack_b<U * VL>(B, 0, K, 0, N, nullptr, dst);
+}
+
+// The prologue of rows [0, mr) of A (row stride lda), columns [k0, k0 + kc), into d (R x kc,
+// rows past mr zero): vectorised along the columns, one fma (and max) per value as pro().
+void prologue_block(const float* A, int64_t lda, int64_t mr, int R, int64_t k0, int64_t kc, const Prologue* f,
+                    float* __restrict d) {
+  for (int64_t i = 0; i < R; ++i) {
+    float* __restrict o = d + i * kc;
+    if (i >= mr) {
+      std::fill(o, o + kc, 0.0f);
+      continue;
+    }
+    const float* __restrict s = A + i * lda + k0;
+    if (!active(f)) {
+      std::memcpy(o, s, kc * sizeof(float));
+    } else if (f->scale) {
+      const float* __restrict sc = f->scale + k0;
+      const float* __restrict sh = f->shift + k0;
+      if (f->relu)
+        for (int64_t k = 0; k < kc; ++k) o[k] = std::max(std::fma(sc[k], s[k], sh[k]), 0.0f);
+      else
+        for (int64_t k = 0; k < kc; ++k) o[k] = std::fma(sc[k], s[k], sh[k]);
+    } else {
+      for (int64_t k = 0; k < kc; ++k) o[k] = std::max(s[k], 0.0f);
+    }
+  }
+}
+
+template <int R, int U>
+void rows_blocked(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* bp, float* C,
+                  int64_t ldc, const Prologue* pa) {
+  constexpr int W = U * VL;
+  const int64_t panels = (N + W - 1) / W;
+  const bool has = active(pa);
+  float* buf = scratch<float>(kPackASlot, R * std::min<int64_t>(K, KC));
+  for (int64_t ir = 0; ir < M; ir += R) {
+    const int64_t mr = std::min<int64_t>(R, M - ir);
+    // The broadcasts walk R rows at once, a pattern the hardware prefetchers follow poorly when A
+    // comes from memory (sgemm 65536 x 32 x 128, 1 thread: 66 GFLOP/s against 111 with A in L2):
+    // the first panel's kernel fetches the next block of rows (contiguous when lda == K), a line
+    // per step of its loop (prefetches past the end of A do not fault).
+    const char* pf = lda == K ? reinterpret_cast<const char*>(A + (ir + R) * lda) : nullptr;
+    for (int64_t pc = 0; pc < K; pc += KC) {
+      const int64_t kc = std::min<int64_t>(KC, K - pc);
+      const float* a = A + ir * lda + pc;
+      int64_t la = lda;
+      if (has || mr < R) {  // the prologue, or a last partial block of rows: an R x kc copy
+        prologue_block(A + ir * lda, lda, mr, R, pc, kc, pa, buf);
+        a = buf;
+        la = kc;
+      }
+      for (int64_t p = 0; p < panels; ++p)
+        ukernel_s<R, U, 1>(kc, a, la, bp + p * K * W + pc * W, W, C + ir * ldc + p * W, ldc, pc > 0, mr,
+                           std::min<int64_t>(W, N - p * W), p == 0 && pf ? pf + pc * R * 4 : nullptr,
+                           p == 0 && pf ? (R * kc * 4 + 63) / 64 : 0);
+    }
+  }
+}
+
+// Q rows [k0, k0 + kc) x columns [j0, j0 + n) into panels of W columns, dst[(p*kc + k)*W + j]
+// (zero past n), through a per-column prologue f (column j0 + j of f's arrays) when given.
+template <int W>
+void pack_cols(const float* Q, int64_t lq, int64_t k0, int64_t kc, int64_t j0, int64_t n, const Prologue* f,
+               float* dst) {
+  const int64_t panels = (n + W - 1) / W;
+  const bool has = active(f);
+  for (int64_t k = 0; k < kc; ++k) {
+    const float* s = Q + (k0 + k) * lq + j0;
+    for (int64_t p = 0; p < panels; ++p) {
+      float* __restrict o = dst + (p * kc + k) * W;
+      const float* __restrict q = s + p * W;
+      const int64_t cols = std::min<int64_t>(W, n - p * W), c0 = j0 + p * W;
+      if (cols == W && has && f->scale) {  // a whole panel: a loop of W the compiler unrolls
+        const float* __restrict sc = f->scale + c0;
+        const float* __restrict sh = f->shift + c0;
+        if (f->relu)
+          for (int j = 0; j < W; ++j) o[j] = std::max(std::fma(sc[j], q[j], sh[j]), 0.0f);
+        else
+          for (int j = 0; j < W; ++j) o[j] = std::fma(sc[j], q[j], sh[j]);
+        continue;
+      }
+      if (!has) {
+        for (int64_t j = 0; j < cols; ++j) o[j] = q[j];
+      } else if (f->scale) {
+        const float* __restrict sc = f->scale + c0;
+        const float* __restrict sh = f->shift + c0;
+        if (f->relu)
+          for (int64_t j = 0; j < cols; ++j) o[j] = std::max(std::fma(sc[j], q[j], sh[j]), 0.0f);
+        else
+          for (int64_t j = 0; j < cols; ++j) o[j] = std::fma(sc[j], q[j], sh[j]);
+      } else {
+        for (int64_t j = 0; j < cols; ++j) o[j] = std::max(q[j], 0.0f);
+      }
+      for (int64_t j = cols; j < W; ++j) o[j] = 0.0f;
+    }
+  }
+}
+
+template <int R, int U>
+void tn_blocked(int64_t M, int64_t N, int64_t K, const float* P, int64_t lp, const float* Q, int64_t lq, float* C,
+                int64_t ldc, bool accumulate, const Prologue* pq) {
+  constexpr int W = U * VL;
+  const int64_t panels = (N + W - 1) / W, nw = panels * W;
+  const bool has = active(pq), tail = N % W != 0;
+  const int64_t kcm = std::min<int64_t>(K, KC);
+  // With FMA hardware and up to two vectors of columns (room in the registers), the prologue runs
+  // on Q's vectors inside the kernel instead of laying out a copy of Q: the same values.
+#if defined(__AVX2__)
+  const bool inkernel = has && U <= 2;
+#else
+  const bool inkernel = false;
+#endif
+  alignas(64) float ones[W], zeros[W];
+  for (int j = 0; j < W; ++j) ones[j] = 1.0f, zeros[j] = 0.0f;
+  // [ the prologue's block of Q (kcm x nw) | Q's last partial panel (kcm x W) ] [ P's last panel ]
+  float* qb = scratch<float>(kPackBSlot, kcm * (has ? nw : W));
+  float* pt = scratch<float>(kPackASlot, kcm * R);
+  for (int64_t pc = 0; pc < K; pc += KC) {
+    const int64_t kc = std::min<int64_t>(KC, K - pc);
+    const bool acc = accumulate || pc > 0;
+    if (has && !inkernel)
+      pack_cols<W>(Q, lq, pc, kc, 0, N, pq, qb);  // panels of W: qb[(p*kc + k)*W + j]
+    else if (tail)  // (the in-kernel prologue reads whole panels of Q: the last one is laid out)
+      pack_cols<W>(Q, lq, pc, kc, (panels - 1) * W, N - (panels - 1) * W, pq, qb);
+    for (int64_t ir = 0; ir < M; ir += R) {
+      const int64_t mr = std::min<int64_t>(R, M - ir);
+      if (mr < R)
+        for (int64_t k = 0; k < kc; ++k)
+          for (int i = 0; i < R; ++i) pt[k * R + i] = i < mr ? P[(pc + k) * lp + ir + i] : 0.0f;
+      for (int64_t p = 0; p < panels; ++p) {
+        const int64_t nr = std::min<int64_t>(W, N - p * W);
+        const float* b = Q + pc * lq + p * W;
+        int64_t ldb = lq;
+        if (has && !inkernel) {
+          b = qb + p * kc * W;
+          ldb = W;
+        } else if (nr < W) {
+          b = qb;
+          ldb = W;
+        }
+        float* c = C + ir * ldc + p * W;
+        if (inkernel && nr == W) {  // U <= 2 here
+          if constexpr (U <= 2) {
+            const float* sc = pq->scale ? pq->scale + p * W : ones;
+            const float* sh = pq->scale ? pq->shift + p * W : zeros;
+            if (pq->relu) {
+              if (mr == R)
+                ukernel_s<R, U, 2, 2>(kc, P + pc * lp + ir, lp, b, ldb, c, ldc, acc, mr, nr, nullptr, 0, sc, sh);
+              else
+                ukernel_s<R, U, 0, 2>(kc, pt, R, b, ldb, c, ldc, acc, mr, nr, nullptr, 0, sc, sh);
+            } else {
+              if (mr == R)
+                ukernel_s<R, U, 2, 1>(kc, P + pc * lp + ir, lp, b, ldb, c, ldc, acc, mr, nr, nullptr, 0, sc, sh);
+              else
+                ukernel_s<R, U, 0, 1>(kc, pt, R, b, ldb, c, ldc, acc, mr, nr, nullptr, 0, sc, sh);
+            }
+          }
+        } else if (mr == R) {
+          ukernel_s<R, U, 2>(kc, P + pc * lp + ir, lp, b, ldb, c, ldc, acc, mr, nr);
+        } else {
+          ukernel_s<R, U, 0>(kc, pt, R, b, ldb, c, ldc, acc, mr, nr);
+        }
+      }
+    }
+  }
+}
+
 }  // namespace
 
 int64_t sgemm_patches_b_size(int64_t K, int64_t N) {
@@ -500,6 +773,38 @@ void sgemm_patches(const Patches& a, int64_t r0, int64_t M, int64_t N, const flo
     else
       patches_blocked<MR, NV, false>(a, r0, M, N, bp, C, ldc);
   }
+}
+
+int64_t sgemm_rows_b_size(int64_t K, int64_t N) { return K * round_up(N, rows_width(N)); }
+
+void sgemm_rows_pack_b(int64_t K, int64_t N, Operand B, float* dst) {
+  CNNKIT_WITH_BLOCK(N, rows_pack_b, K, N, B, dst);
+}
+
+void sgemm_rows(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* bp, float* C, int64_t ldc,
+                const Prologue* pa) {
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0) {
+    for (int64_t i = 0; i < M; ++i) std::fill(C + i * ldc, C + i * ldc + N, 0.0f);
+    return;
+  }
+  CNNKIT_WITH_BLOCK(N, rows_blocked, M, N, K, A, lda, bp, C, ldc, pa);
+}
+
+void sgemm_tn(int64_t M, int64_t N, int64_t K, const float* P, int64_t lp, const float* Q, int64_t lq, float* C,
+              int64_t ldc, bool accumulate, const Prologue* pq) {
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0) {
+    if (!accumulate)
+      for (int64_t i = 0; i < M; ++i) std::fill(C + i * ldc, C + i * ldc + N, 0.0f);
+    return;
+  }
+  CNNKIT_WITH_TN_BLOCK(M, N, tn_blocked, M, N, K, P, lp, Q, lq, C, ldc, accumulate, pq);
+}
+
+int64_t sgemm_tn_padded(int64_t M, int64_t N) {
+  const int64_t w = rows_width(N);
+  return pad_to(M, tn_rows(M, N)) * pad_to(N, w);
 }
 
 SgemmShape sgemm_shape() { return SgemmShape{MR, NR, KC, MC, NC}; }

@@ -72,6 +72,26 @@ void sgemm_patches(const Patches& a, int64_t r0, int64_t M, int64_t N, const flo
 void sgemm_patches_t(int64_t M, int64_t N, int64_t K, const Patches& a, int64_t r0, Operand B, float* C, int64_t ldc,
                      bool accumulate);
 
+// NHWC 1x1 convolutions: operands read in place (no packing of A), B resident, register blocks
+// sized by N (up to 4 vectors wide). Bits: those of sgemm() on the same operands (one FMA chain
+// per element and KC block of the reduction, started at zero, then added to C).
+// B (K x N) packed once for sgemm_rows(): sgemm_rows_b_size(K, N) floats.
+int64_t sgemm_rows_b_size(int64_t K, int64_t N);
+void sgemm_rows_pack_b(int64_t K, int64_t N, Operand B, float* dst);
+// C (M x N, row stride ldc) = pa(A) . B, A (M x K) row-major with row stride lda (read in place;
+// with a prologue, R rows at a time through it into an L1 block), B packed by sgemm_rows_pack_b().
+void sgemm_rows(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* bp, float* C, int64_t ldc,
+                const Prologue* pa = nullptr);
+// C (M x N) (+)= P^T . pq(Q): P (K x M) and Q (K x N) row-major with row strides lp, lq, both read
+// in place (the weight gradient dW = dY^T . x of an NHWC 1x1 convolution: K pixels). pq: a
+// per-column prologue on Q (each column j through scale[j], shift[j], ReLU), applied while a KC
+// block of Q is laid out in panels. The bits of sgemm() with A = P^T, B = pq(Q).
+void sgemm_tn(int64_t M, int64_t N, int64_t K, const float* P, int64_t lp, const float* Q, int64_t lq, float* C,
+              int64_t ldc, bool accumulate, const Prologue* pq = nullptr);
+// The elements sgemm_tn() computes for an M x N result (its register blocks, padded): a caller
+// that may compute C or C^T takes the orientation with fewer.
+int64_t sgemm_tn_padded(int64_t M, int64_t N);
+
 // The two as conv::Kernels members (plain arguments).
 void sgemm_shape_of(int* mr, int* nr, int* kc, int* mc, int* nc);
 void sgemm_strided(int64_t M, int64_t N, int64_t K, const float* a, int64_t ars, int64_t acs, const float* b,

@@ -1,0 +1,270 @@
+"""The NHWC 1x1 convolution kernels that read their operands in place (cpp/src/conv/sgemm.cpp:
+sgemm_rows, sgemm_tn; conv_gemm.cpp: forward_1x1_nhwc, backward_weight_1x1_nhwc), against float64
+NumPy references.
+
+* Every pass (forward, input gradient as the adjoint's forward, weight gradient), plain and fused
+  (batch-norm prologue with statistics; the input gradient's mask-and-sums epilogue; the weight
+  gradient through the prologue), over drawn channel counts around every level's register blocks
+  and vector widths (1..3 vectors of 4, 8 or 16, +-1) and row counts that leave partial register
+  blocks, at every ISA level, bitwise equal at 1 and 2 threads.
+* The kernels keep sgemm()'s chains: the forward pass is bitwise ``_core.sgemm(x, w, trans_b=True)``
+  and a weight gradient of one piece (under 512 pixels) is bitwise ``_core.sgemm(dy, x, trans_a=True)``.
+* The registry runs these problems on the packed entry at every channel count (the stem kernel
+  keeps its few-channel problems).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cnnkit import _core
+from cnnkit.ops import conv as C
+from conftest import ISA_LEVELS, assert_bitwise, assert_close, isa_level, num_threads
+from reference.conv import conv2d_backward_ref, conv2d_ref, to_nchw, to_nhwc
+
+F32 = np.float32
+
+
+def _vl(isa):
+    return _core.sgemm_shape(isa)["nr"] // 2
+
+
+def _channels(isa, least):
+    """1..3 vectors of the level, +-1, and a few network widths; at least `least` (one channel
+    makes a depthwise problem; 4 or fewer input channels with 16-64 outputs go to the stem kernel)."""
+    v = _vl(isa)
+    return st.one_of(st.builds(lambda m, r: max(least, m * v + r), st.integers(1, 3), st.integers(-1, 1)),
+                     st.sampled_from([least, 16, 24, 32, 64]))
+
+
+def _wide():
+    """Channel counts the registry runs on these kernels in every pass (32 or more on both sides):
+    around 2, 3 and 4 vectors of 16 (every AVX-512 block width, whole and partial panels), and
+    any up to 72."""
+    return st.one_of(st.sampled_from([32, 33, 47, 48, 49, 63, 64, 65]), st.integers(32, 72))
+
+
+def _geom(x, w):
+    return C._geom(x.shape, w.shape, 1, 0, 1, 1, "NHWC", F32).core()
+
+
+def _chan(a):
+    return np.asarray(a, np.float64).reshape(1, -1, 1, 1)
+
+
+def _passes(x, w, dy, sc, sh, relu, center):
+    """Every pass, plain and fused, at the current ISA level and thread count (NHWC arrays)."""
+    g = _geom(x, w)
+    K, Cin = w.shape[:2]
+    out = {}
+    y = np.empty(dy.shape, F32)
+    _core.conv_forward(x, w, None, y, g)
+    out["y"] = y
+    dx = np.empty_like(x)
+    _core.conv_backward_input(dy, w, dx, g)
+    out["dx"] = dx
+    dw, db = np.empty_like(w), np.empty(K, F32)
+    _core.conv_backward_weight(dy, x, dw, db, g)
+    out["dw"], out["db"] = dw, db
+    yf = np.empty(dy.shape, F32)
+    s1, s2 = np.zeros(K), np.zeros(K)
+    out["fwd_entry"] = _core.conv2d_fused(x, w, yf, g, None, sc, sh, relu, None, False, s1, s2)
+    out["yf"], out["s1"], out["s2"] = yf, s1, s2
+    dxf = np.empty_like(x)
+    _, g1, g2 = _core.conv2d_fused_backward_input(dy, w, dxf, g, x, sc, sh, relu, center)
+    out["dxf"], out["g1"], out["g2"] = dxf, g1, g2
+    dwf = np.empty_like(w)
+    _core.conv2d_fused_backward_weight(dy, x, dwf, None, g, sc, sh, relu)
+    out["dwf"] = dwf
+    return out
+
+
+def _check(N, H, W, Cin, K, relu, seed, isa):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((N, H, W, Cin)).astype(F32)
+    w = rng.standard_normal((K, Cin, 1, 1)).astype(F32)
+    dy = rng.standard_normal((N, H, W, K)).astype(F32)
+    sc = (rng.uniform(0.5, 2, Cin) * rng.choice((-1, 1), Cin)).astype(F32)
+    sh = rng.standard_normal(Cin).astype(F32)
+    center = rng.standard_normal(Cin)
+    with isa_level(isa):
+        runs = []
+        for t in (1, 2):
+            with num_threads(t):
+                runs.append(_passes(x, w, dy, sc, sh, relu, center))
+    one, two = runs
+    for k in one:
+        if k != "fwd_entry":
+            assert_bitwise(two[k], one[k], f"{k} at 2 threads vs 1 ({isa}, {N}x{H}x{W}, {Cin}->{K})")
+    assert "gemm_f32_nhwc_packed" in one["fwd_entry"], one["fwd_entry"]
+    what = f"({isa}, {N}x{H}x{W}, {Cin}->{K}, relu={relu})"
+    xc, dyc = to_nchw(x), to_nchw(dy)
+    M = N * H * W
+    assert_close(to_nchw(one["y"]), conv2d_ref(xc, w), F32, length=Cin, what="y " + what)
+    ref = conv2d_backward_ref(dyc, xc, w)
+    assert_close(to_nchw(one["dx"]), ref.grad_x, F32, length=K, what="dx " + what)
+    assert_close(one["dw"], ref.grad_w, F32, length=M, what="dw " + what)
+    assert_close(one["db"], ref.grad_b, F32, length=M, what="db " + what)
+    # fused: a = prologue(x); y = conv(a) with the statistics of y
+    a = xc.astype(np.float64) * _chan(sc) + _chan(sh)
+    if relu:
+        a = np.maximum(a, 0)
+    yr = conv2d_ref(a, w)
+    assert_close(to_nchw(one["yf"]), yr, F32, length=Cin, what="fused y " + what)
+    # the statistics are sums of (y - s) and (y - s)^2 about s, the first pixel's value per channel
+    shift = one["yf"][0, 0, 0, :].astype(np.float64)
+    d = yr - shift.reshape(1, -1, 1, 1)
+    assert_close(one["s1"], d.sum(axis=(0, 2, 3)), F32, length=M * Cin, what="sum " + what)
+    assert_close(one["s2"], (d * d).sum(axis=(0, 2, 3)), F32, length=M * Cin, what="sumsq " + what)
+    # fused input gradient: g = conv^T(dy) masked by prologue(x) > 0, with sum g and sum g (x - c)
+    z = xc.astype(np.float64) * _chan(sc) + _chan(sh)
+    gz = ref.grad_x * (z > 0) if relu else ref.grad_x
+    assert_close(to_nchw(one["dxf"]), gz, F32, length=K, what="fused dx " + what)
+    assert_close(one["g1"], gz.sum(axis=(0, 2, 3)), F32, length=K * M, what="grad sum " + what)
+    assert_close(one["g2"], (gz * (xc - _chan(center))).sum(axis=(0, 2, 3)), F32, length=K * M,
+                 what="grad sumxc " + what)
+    assert_close(one["dwf"], conv2d_backward_ref(dyc, a, w).grad_w, F32, length=M, what="fused dw " + what)
+
+
+@pytest.mark.parametrize("isa", ISA_LEVELS)
+def test_every_pass_matches_the_reference_and_threads_agree(isa):
+    @settings(max_examples=12, deadline=None)
+    @given(N=st.integers(1, 3), H=st.integers(1, 7), W=st.integers(1, 9), Cin=_wide(), K=_wide(),
+           relu=st.booleans(), seed=st.integers(0, 2**31 - 1))
+    def run(N, H, W, Cin, K, relu, seed):
+        _check(N, H, W, Cin, K, relu, seed, isa)
+
+    run()
+
+
+@pytest.mark.parametrize("isa", ISA_LEVELS)
+def test_weight_gradient_every_channel_count(isa):
+    """The weight pass takes these kernels at any channel count (both orientations of the
+    partials, every register block and its remainders): plain and through the prologue, against
+    float64, bitwise at 1 and 2 threads."""
+    @settings(max_examples=15, deadline=None)
+    @given(N=st.integers(1, 3), H=st.integers(1, 7), W=st.integers(1, 9), Cin=_channels(isa, 5),
+           K=_channels(isa, 2), relu=st.booleans(), seed=st.integers(0, 2**31 - 1))
+    def run(N, H, W, Cin, K, relu, seed):
+        rng = np.random.default_rng(seed)
+        x = rng.standard_normal((N, H, W, Cin)).astype(F32)
+        w = rng.standard_normal((K, Cin, 1, 1)).astype(F32)
+        dy = rng.standard_normal((N, H, W, K)).astype(F32)
+        sc = (rng.uniform(0.5, 2, Cin) * rng.choice((-1, 1), Cin)).astype(F32)
+        sh = rng.standard_normal(Cin).astype(F32)
+        g = _geom(x, w)
+        got = []
+        with isa_level(isa):
+            for t in (1, 2):
+                with num_threads(t):
+                    dw, dwf = np.empty_like(w), np.empty_like(w)
+                    _core.conv_backward_weight(dy, x, dw, None, g)
+                    name = _core.conv2d_fused_backward_weight(dy, x, dwf, None, g, sc, sh, relu)
+                    got.append((dw, dwf))
+        assert "gemm_f32_nhwc_packed" in name, name
+        for u, v in zip(*got):
+            assert_bitwise(v, u, f"threads ({isa}, {Cin}->{K})")
+        M = N * H * W
+        xc, dyc = to_nchw(x), to_nchw(dy)
+        assert_close(got[0][0], conv2d_backward_ref(dyc, xc, w).grad_w, F32, length=M, what=f"dw {Cin}->{K}")
+        a = xc.astype(np.float64) * _chan(sc) + _chan(sh)
+        a = np.maximum(a, 0) if relu else a
+        assert_close(got[0][1], conv2d_backward_ref(dyc, a, w).grad_w, F32, length=M, what=f"fused dw {Cin}->{K}")
+
+    run()
+
+
+@pytest.mark.parametrize("isa", ISA_LEVELS)
+def test_several_units_and_pieces(isa):
+    """Enough pixels for several row units (1024), row blocks and weight-gradient pieces."""
+    _check(3, 23, 31, 33, 48, True, 7, isa)
+
+
+@pytest.mark.parametrize("isa", ISA_LEVELS)
+def test_bits_are_those_of_sgemm(isa, rng):
+    """Forward and one-piece weight gradient: bitwise _core.sgemm on the same operands (the same
+    FMA chains, in the same KC blocks), with a reduction longer than KC."""
+    kc = _core.sgemm_shape(isa)["kc"]
+    for Cin, K, M in ((kc + 5, 3 * _vl(isa) - 1 + 32, 37), (33, 2 * _vl(isa) + 35, 300), (40, 70, 129)):
+        x = rng.standard_normal((1, 1, M, Cin)).astype(F32)
+        w = rng.standard_normal((K, Cin, 1, 1)).astype(F32)
+        dy = rng.standard_normal((1, 1, M, K)).astype(F32)
+        g = _geom(x, w)
+        with isa_level(isa):
+            y = np.empty(dy.shape, F32)
+            _core.conv_forward(x, w, None, y, g)
+            dw = np.empty_like(w)
+            _core.conv_backward_weight(dy, x, dw, None, g)
+        ref = np.empty((M, K), F32)
+        _core.sgemm(x.reshape(M, Cin), w.reshape(K, Cin), ref, trans_b=True, isa=isa)
+        assert_bitwise(y.reshape(M, K), ref, f"forward vs sgemm ({isa}, {Cin}->{K}, M={M})")
+        refw = np.empty((K, Cin), F32)
+        _core.sgemm(dy.reshape(M, K), x.reshape(M, Cin), refw, trans_a=True, isa=isa)
+        assert_bitwise(dw.reshape(K, Cin), refw, f"weight gradient vs sgemm ({isa}, {Cin}->{K}, M={M})")
+
+
+@pytest.mark.parametrize("cin,k", [(2, 8), (8, 2), (16, 16), (24, 40), (32, 64), (64, 32), (5, 16), (3, 32),
+                                   (16, 32), (32, 16), (32, 32), (128, 256)])
+def test_registry_runs_the_packed_entry(cin, k):
+    """NHWC 1x1 stride-1 float32 problems go to the packed entry in the weight pass at any channel
+    count, and in the forward and input passes with 32 or more channels on both sides (OpenBLAS
+    keeps narrower ones unless the reduction is 64 or more); the stem kernel keeps forward and
+    weight passes of 4 or fewer input channels with 16, 32, 48 or 64 outputs; float64 keeps its
+    entry."""
+    names = [e[0] for e in _core.conv_registry()]
+    x_shape, w_shape = (2, 8, 8, cin), (k, cin, 1, 1)
+    g = C._geom(x_shape, w_shape, 1, 0, 1, 1, "NHWC", F32).core()
+    stem = cin <= 4 and k % 16 == 0 and k <= 64
+    for p in ("forward", "input", "weight"):
+        name = names[_core.conv_registry_select(g, "float32", p)]
+        red = k if p == "input" else cin
+        rows = p == "weight" or min(cin, k) >= 32 or red >= 64
+        want = "stem_f32_nhwc" if stem and p != "input" else "gemm_f32_nhwc_packed" if rows else "gemm_f32_nhwc__"
+        assert want in name, (p, name)
+        assert "gemm_f64_nhwc" in names[_core.conv_registry_select(
+            C._geom(x_shape, w_shape, 1, 0, 1, 1, "NHWC", np.float64).core(), "float64", p)]
+
+
+@pytest.mark.parametrize("isa", ISA_LEVELS)
+def test_strided_forward(isa):
+    """A 1x1 kernel at stride 2 or 3 without padding (the strided pixels gathered into blocks for
+    the same kernels): plain and fused (prologue and statistics) against float64, bitwise at 1
+    and 2 threads, on the packed entry."""
+    @settings(max_examples=10, deadline=None)
+    @given(N=st.integers(1, 3), H=st.integers(1, 12), W=st.integers(1, 12), s=st.sampled_from([2, 3]),
+           Cin=_wide(), K=_wide(), relu=st.booleans(), seed=st.integers(0, 2**31 - 1))
+    def run(N, H, W, s, Cin, K, relu, seed):
+        rng = np.random.default_rng(seed)
+        x = rng.standard_normal((N, H, W, Cin)).astype(F32)
+        w = rng.standard_normal((K, Cin, 1, 1)).astype(F32)
+        sc = (rng.uniform(0.5, 2, Cin) * rng.choice((-1, 1), Cin)).astype(F32)
+        sh = rng.standard_normal(Cin).astype(F32)
+        geo = C._geom(x.shape, w.shape, s, 0, 1, 1, "NHWC", F32)
+        g = geo.core()
+        shape = (N, geo.Ho, geo.Wo, K)
+        got = []
+        with isa_level(isa):
+            for t in (1, 2):
+                with num_threads(t):
+                    y, yf = np.empty(shape, F32), np.empty(shape, F32)
+                    s1, s2 = np.zeros(K), np.zeros(K)
+                    _core.conv_forward(x, w, None, y, g)
+                    name = _core.conv2d_fused(x, w, yf, g, None, sc, sh, relu, None, False, s1, s2)
+                    got.append((y, yf, s1, s2))
+        assert "gemm_f32_nhwc_packed" in name, name
+        for u, v in zip(*got):
+            assert_bitwise(v, u, f"threads ({isa}, stride {s}, {Cin}->{K})")
+        xc = to_nchw(x)
+        assert_close(to_nchw(got[0][0]), conv2d_ref(xc, w, None, (s, s)), F32, length=Cin, what="y")
+        a = xc.astype(np.float64) * _chan(sc) + _chan(sh)
+        a = np.maximum(a, 0) if relu else a
+        yr = conv2d_ref(a, w, None, (s, s))
+        assert_close(to_nchw(got[0][1]), yr, F32, length=Cin, what="fused y")
+        d = yr - got[0][1][0, 0, 0, :].astype(np.float64).reshape(1, -1, 1, 1)
+        M = d.size // K
+        assert_close(got[0][2], d.sum(axis=(0, 2, 3)), F32, length=M * Cin, what="sum")
+        assert_close(got[0][3], (d * d).sum(axis=(0, 2, 3)), F32, length=M * Cin, what="sumsq")
+
+    run()
