@@ -199,6 +199,58 @@ void dw_stage_rows(const T* xn, const Geom& g, int64_t r0, int64_t r1, T* buf, c
   if (r1 > r0) dw_prologue_px(xn + r0 * g.W * g.C, buf + r0 * g.W * g.C, (r1 - r0) * g.W, g.C, pro);
 }
 
+// The fused statistics of one channel vector (s1, s2, sh point at its first channel): running
+// sums of (y - sh) and (y - sh)^2 in double over the unit's pixels in order; init: this chunk
+// holds the unit's first pixel (sh is set from it and the sums start at 0).
+struct DwStat {
+  double* s1 = nullptr;
+  double* s2 = nullptr;
+  double* sh = nullptr;
+  bool init = false;
+};
+
+template <int Off, typename V, int... L>
+CNNKIT_HD auto dw_half(V v, std::integer_sequence<int, L...>) {
+  return __builtin_shufflevector(v, v, (Off + L)...);
+}
+
+// The sums over NP pixels of one channel vector, from the accumulators a[p] (in registers: the
+// output is not read back). The order per channel is the pixels' (dw_stats_px's; the same bits).
+template <typename T, int NP>
+CNNKIT_HD void dw_stats_regs(const vec_t<T>* a, const DwStat& st) {
+  constexpr int VL = Vec<T>::n, H = VL / 2;
+  using D = vec_t<double>;
+  static_assert(sizeof(T) == 4 && Vec<double>::n == H, "float vectors of two double vectors");
+  using Seq = std::make_integer_sequence<int, H>;
+  D s1[2], s2[2], c[2];
+  if (st.init) {
+    c[0] = __builtin_convertvector(dw_half<0>(a[0], Seq{}), D);
+    c[1] = __builtin_convertvector(dw_half<H>(a[0], Seq{}), D);
+    vstore(st.sh, c[0]);
+    vstore(st.sh + H, c[1]);
+    s1[0] = s1[1] = s2[0] = s2[1] = D{};
+  } else {
+    for (int h = 0; h < 2; ++h) {
+      c[h] = vload(st.sh + h * H);
+      s1[h] = vload(st.s1 + h * H);
+      s2[h] = vload(st.s2 + h * H);
+    }
+  }
+#pragma GCC unroll 8
+  for (int p = 0; p < NP; ++p) {
+    const D d0 = __builtin_convertvector(dw_half<0>(a[p], Seq{}), D) - c[0];
+    const D d1 = __builtin_convertvector(dw_half<H>(a[p], Seq{}), D) - c[1];
+    s1[0] += d0;
+    s2[0] += d0 * d0;
+    s1[1] += d1;
+    s2[1] += d1 * d1;
+  }
+  for (int h = 0; h < 2; ++h) {
+    vstore(st.s1 + h * H, s1[h]);
+    vstore(st.s2 + h * H, s2[h]);
+  }
+}
+
 // Zero-padded copy of input rows [r0, r1) of image xn: row r - r0 has Wp*C entries, column c
 // holding pixel c - pl (zeros outside the image). With pro, the pixels go through the prologue
 // (the padding stays 0: it applies after the prologue).
@@ -261,8 +313,9 @@ CNNKIT_HD void dw_pad_block(const T* const* rows, T* yo, int64_t ow, const T* wt
 // weight vectors in registers (AVX-512: 8 + 10 + 9 of 32 at S = 1; 6 + 13 + 9 at S = 2), the
 // pixel pointers stepped by C. Each output sums its taps in the order (i, j), as dw_pad_block, and
 // each weight-gradient tap its pixels in row order, as dw_wgrad_band's per-pixel loop: the same
-// bits. (dw_pad_block's eight runtime pixel offsets per tap spilled to the stack: 1.0 ms against
-// ... at 1 thread, N = 64, C = 128, 16x16.)
+// bits. (dw_pad_block's eight runtime pixel offsets per tap spilled to the stack. N = 64, C = 128,
+// 16x16, forward: 1 thread 0.92 -> 0.77 ms (min, separate runs on a loaded machine); 2 threads,
+// against torch's channels_last forward in the same run, 0.77x -> 0.59x its time.)
 inline bool dw33_shape(const Geom& g) {
   return g.kh == 3 && g.kw == 3 && g.dh == 1 && g.dw == 1 && (g.sw == 1 || g.sw == 2);
 }
@@ -284,8 +337,9 @@ CNNKIT_HD void dw_row_chunks(int64_t Wo, F&& f) {
 }
 
 // One output row yr (Wo pixels of C channels) from the padded rows rows[0..2] (Wp pixels each).
+// With st (the unit's sums at channel 0; init: this row is the unit's first), the statistics.
 template <typename T, int S>
-void dw33_fwd_row(const T* const* rows, T* yr, const T* wt, const T* b, const Geom& g) {
+void dw33_fwd_row(const T* const* rows, T* yr, const T* wt, const T* b, const Geom& g, const DwStat* st = nullptr) {
   constexpr int VL = Vec<T>::n;
   using V = vec_t<T>;
   constexpr int NPMAX = S == 1 ? 8 : 6;
@@ -314,15 +368,32 @@ void dw33_fwd_row(const T* const* rows, T* yr, const T* wt, const T* b, const Ge
       T* yo = yr + ow0 * C + c;
 #pragma GCC unroll 8
       for (int p = 0; p < NP; ++p, yo += C) vstore(yo, a[p]);
+      if constexpr (sizeof(T) == 4)
+        if (st) dw_stats_regs<T, NP>(a, DwStat{st->s1 + c, st->s2 + c, st->sh + c, st->init && ow0 == 0});
     });
   }
-  for (int64_t c = cv; c < C; ++c)
+  for (int64_t c = cv; c < C; ++c) {
     for (int64_t ow = 0; ow < g.Wo; ++ow) {
       T a = b ? b[c] : T(0);
       for (int i = 0; i < 3; ++i)
         for (int j = 0; j < 3; ++j) a += rows[i][(ow * S + j) * C + c] * wt[(i * 3 + j) * C + c];
       yr[ow * C + c] = a;
     }
+    if (st) {  // the remainder channels' sums, in pixel order
+      if (st->init) {
+        st->sh[c] = double(yr[c]);
+        st->s1[c] = st->s2[c] = 0;
+      }
+      double a1 = st->s1[c], a2 = st->s2[c];
+      for (int64_t ow = 0; ow < g.Wo; ++ow) {
+        const double d = double(yr[ow * C + c]) - st->sh[c];
+        a1 += d;
+        a2 += d * d;
+      }
+      st->s1[c] = a1;
+      st->s2[c] = a2;
+    }
+  }
 }
 
 // The channel vectors of dw_wgrad_band's partials (pwu[tap][C], pbu[C]) for output rows
@@ -371,21 +442,33 @@ void dw33_wgrad_vectors(const T* buf, const T* dyn, T* pwu, T* pbu, const Geom& 
 
 // Output rows [oh0, oh1) of one image (xn, yn: NHWC with g.C channels), multiplier 1, from
 // zero-padded copies of the input rows they read (no edge cases in the inner loops).
-template <typename T, int KH, int KW>
+// (With after, after(oh, row) is called on each output row once it is written.)
+// (With st, the 3x3 register rows accumulate the statistics from their registers instead.)
+template <typename T, int KH, int KW, typename After = std::nullptr_t>
 void dw_fwd_band(const T* xn, const T* wt, const T* b, T* yn, const Geom& g, int64_t oh0, int64_t oh1, int64_t Wp,
-                 T* buf, const T** rows, const DwPro<T>* pro = nullptr) {
+                 T* buf, const T** rows, const DwPro<T>* pro = nullptr, After after = nullptr,
+                 const DwStat* st = nullptr) {
   const int64_t kh = KH ? KH : g.kh, kw = KW ? KW : g.kw, C = g.C;
-  const int64_t r0 = oh0 * g.sh - g.pt, r1 = (oh1 - 1) * g.sh + (kh - 1) * g.dh - g.pt + 1;
-  pad_rows_nhwc(xn, g, r0, r1, Wp, buf, pro);
+  const int64_t r0 = oh0 * g.sh - g.pt;
+  int64_t done = r0;  // rows [r0, done) are padded: each output row pads the rows it newly reads
   for (int64_t oh = oh0; oh < oh1; ++oh) {
+    const int64_t need = oh * g.sh + (kh - 1) * g.dh - g.pt + 1;
+    if (need > done) {
+      pad_rows_nhwc(xn, g, done, need, Wp, buf + (done - r0) * Wp * C, pro);
+      done = need;
+    }
     for (int64_t i = 0; i < kh; ++i) rows[i] = buf + (oh * g.sh + i * g.dh - g.pt - r0) * Wp * C;
     T* yr = yn + oh * g.Wo * C;
     if constexpr (KH == 3 && KW == 3) {
       if (dw33_shape(g)) {
+        DwStat rs;
+        if (st) rs = DwStat{st->s1, st->s2, st->sh, oh == oh0};
         if (g.sw == 1)
-          dw33_fwd_row<T, 1>(rows, yr, wt, b, g);
+          dw33_fwd_row<T, 1>(rows, yr, wt, b, g, st ? &rs : nullptr);
         else
-          dw33_fwd_row<T, 2>(rows, yr, wt, b, g);
+          dw33_fwd_row<T, 2>(rows, yr, wt, b, g, st ? &rs : nullptr);
+        if constexpr (!std::is_same_v<After, std::nullptr_t>)
+          if (!st) after(oh, yr);
         continue;
       }
     }
@@ -401,6 +484,7 @@ void dw_fwd_band(const T* xn, const T* wt, const T* b, T* yn, const Geom& g, int
       case 1: dw_pad_block<T, KH, KW, 1>(rows, yr + ow * C, ow, wt, b, g, kh, kw); break;
       default: break;
     }
+    if constexpr (!std::is_same_v<After, std::nullptr_t>) after(oh, yr);
   }
 }
 
@@ -808,7 +892,7 @@ CNNKIT_HD void dw3_load_row(const T* xr, int64_t xs, int64_t c0, int64_t W, vec_
 
 template <typename T, int NP>
 CNNKIT_HD void dw3_fwd_chunk(const T* x, int64_t xs, T* y, int64_t ys, const Geom& g, const vec_t<T>* wv,
-                             vec_t<T> bias, int64_t oh, int64_t ow0) {
+                             vec_t<T> bias, int64_t oh, int64_t ow0, const DwStat* st = nullptr) {
   using V = vec_t<T>;
   V a[NP];
 #pragma GCC unroll 16
@@ -827,6 +911,8 @@ CNNKIT_HD void dw3_fwd_chunk(const T* x, int64_t xs, T* y, int64_t ys, const Geo
   T* yo = y + (oh * g.Wo + ow0) * ys;
 #pragma GCC unroll 16
   for (int p = 0; p < NP; ++p) vstore(yo + p * ys, a[p]);
+  if constexpr (sizeof(T) == 4)
+    if (st) dw_stats_regs<T, NP>(a, *st);
 }
 
 // acc[0..8] += the chunk's tap sums, acc[9] += its dy.
@@ -1099,34 +1185,58 @@ void dw_fused_forward_nhwc(const T* x, const T* w, const T* b, T* y, const Geom&
       const int64_t n = u / nb, oh0 = (u % nb) * band, oh1 = std::min(g.Ho, oh0 + band);
       const T* xn = x + n * HW * C;
       T* yn = y + n * P * K;
+      double *s1 = nullptr, *s2 = nullptr, *sh = nullptr;
+      if (sum) {
+        s1 = part + u * K;
+        s2 = part + (units + u) * K;
+        sh = part + (2 * units + u) * K;
+      }
+      auto row_stats = [&](int64_t oh, const T* yr) __attribute__((always_inline)) {
+        if (!sum) return;  // the row while it is in cache
+        if (oh == oh0)
+          for (int64_t k = 0; k < K; ++k) {
+            sh[k] = double(yr[k]);
+            s1[k] = s2[k] = 0;
+          }
+        dw_stats_px(yr, g.Wo, K, s1, s2, sh);
+      };
       if (padded) {
-        dw_fwd_band<T, KH, KW>(xn, wt, b, yn, g, oh0, oh1, Wp, buf, rows, pp);
+        const DwStat st{s1, s2, sh, true};
+        dw_fwd_band<T, KH, KW>(xn, wt, b, yn, g, oh0, oh1, Wp, buf, rows, pp, row_stats, sum ? &st : nullptr);
       } else {
-        if (pp) {
-          dw_stage_rows(xn, g, oh0 * g.sh - g.pt, (oh1 - 1) * g.sh + (kh - 1) * g.dh - g.pt + 1, buf, pro);
-          xn = buf;
-        }
+        const T* xs = xn;
+        int64_t done = oh0 * g.sh - g.pt;  // rows [.., done) are staged
         for (int64_t oh = oh0; oh < oh1; ++oh) {
+          if (pp) {  // stage the rows this output row newly reads
+            const int64_t need = oh * g.sh + (kh - 1) * g.dh - g.pt + 1;
+            if (need > done) {
+              dw_stage_rows(xn, g, done, need, buf, pro);
+              done = need;
+            }
+            xs = buf;
+          }
           if (small3) {
             dw3_for_row_chunks(g, oh, [&](auto np, int64_t oh_, int64_t ow0) __attribute__((always_inline)) {
               for (int64_t c = 0; c < C; c += VL) {
                 V wv[9];
 #pragma GCC unroll 9
                 for (int t = 0; t < 9; ++t) wv[t] = vload(wt + t * C + c);
-                dw3_fwd_chunk<T, decltype(np)::value>(xn + c, C, yn + c, C, g, wv, b ? vload(b + c) : V{}, oh_, ow0);
+                dw3_fwd_chunk<T, decltype(np)::value>(xs + c, C, yn + c, C, g, wv, b ? vload(b + c) : V{}, oh_, ow0);
               }
             });
           } else {
-            dw_fwd_row_nhwc<T, KH, KW>(xn, wt, b, yn + oh * g.Wo * K, g, oh, ow_lo, ow_hi);
+            dw_fwd_row_nhwc<T, KH, KW>(xs, wt, b, yn + oh * g.Wo * K, g, oh, ow_lo, ow_hi);
+            row_stats(oh, yn + oh * g.Wo * K);
           }
         }
       }
       T* yb = yn + oh0 * g.Wo * K;
       const int64_t np = (oh1 - oh0) * g.Wo;
-      if (sum) {
-        double* s1 = part + u * K;
-        double* s2 = part + (units + u) * K;
-        double* sh = part + (2 * units + u) * K;
+      if (sum && small3) {
+        // Small planes: one pass over the unit's output (in L2) after it. (Sums taken from the
+        // chunks' registers, with their per-chunk loads and stores, cost as much.) Open: at
+        // C960@7, N = 32 the statistics still cost about as much as the convolution (1 thread,
+        // loaded machine: 0.74 ms against 0.50 without them).
         for (int64_t k = 0; k < K; ++k) {
           sh[k] = double(yb[k]);
           s1[k] = s2[k] = 0;
@@ -1142,18 +1252,21 @@ void dw_fused_forward_nhwc(const T* x, const T* w, const T* b, T* y, const Geom&
     }
   }
   if (!sum) return;
-  for (int64_t k = 0; k < K; ++k) {
-    const double s0 = part[2 * units * K + k];
-    double s = 0, q = 0;
-    for (int64_t u = 0; u < units; ++u) {
-      const int64_t oh0 = (u % nb) * band, oh1 = std::min(g.Ho, oh0 + band);
-      const double cnt = double((oh1 - oh0) * g.Wo), d = part[(2 * units + u) * K + k] - s0;
-      const double a1 = part[u * K + k], a2 = part[(units + u) * K + k];
-      s += a1 + cnt * d;
-      q += a2 + 2 * d * a1 + cnt * d * d;
+  // Units in order, channels inner (each channel's combination runs over the units in order).
+  const double* s0 = part + 2 * units * K;
+  std::fill(sum, sum + K, 0.0);
+  std::fill(sumsq, sumsq + K, 0.0);
+  for (int64_t u = 0; u < units; ++u) {
+    const int64_t oh0 = (u % nb) * band, oh1 = std::min(g.Ho, oh0 + band);
+    const double cnt = double((oh1 - oh0) * g.Wo);
+    const double* a1 = part + u * K;
+    const double* a2 = part + (units + u) * K;
+    const double* su = part + (2 * units + u) * K;
+    for (int64_t k = 0; k < K; ++k) {
+      const double d = su[k] - s0[k];
+      sum[k] += a1[k] + cnt * d;
+      sumsq[k] += a2[k] + 2 * d * a1[k] + cnt * d * d;
     }
-    sum[k] = s;
-    sumsq[k] = q;
   }
 }
 
