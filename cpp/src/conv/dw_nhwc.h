@@ -14,6 +14,7 @@
 #include <type_traits>
 
 #include "dw_common.h"
+#include "unit_stats.h"
 #include "scratch.h"
 
 namespace cnnkit::conv {
@@ -215,7 +216,7 @@ CNNKIT_HD auto dw_half(V v, std::integer_sequence<int, L...>) {
 }
 
 // The sums over NP pixels of one channel vector, from the accumulators a[p] (in registers: the
-// output is not read back). The order per channel is the pixels' (dw_stats_px's; the same bits).
+// output is not read back). The order per channel is the pixels' (unit_stats_add's; the same bits).
 template <typename T, int NP>
 CNNKIT_HD void dw_stats_regs(const vec_t<T>* a, const DwStat& st) {
   constexpr int VL = Vec<T>::n, H = VL / 2;
@@ -1147,19 +1148,6 @@ void dw3_backward_weight(const T* dy, const T* x, T* dw, T* db, const Geom& g, c
 // the unit's first value of the channel); combined in unit order about s = y[0, 0, 0, k] (as
 // conv_gemm.cpp's combine_stats), so the bits do not depend on the thread count.
 
-// s1[k] += sum_p (y[p][k] - sh[k]), s2[k] += sum_p (y[p][k] - sh[k])^2 over np pixels in order.
-template <typename T>
-void dw_stats_px(const T* __restrict y, int64_t np, int64_t K, double* __restrict s1, double* __restrict s2,
-                 const double* __restrict sh) {
-  for (int64_t p = 0; p < np; ++p, y += K)
-#pragma omp simd
-    for (int64_t k = 0; k < K; ++k) {
-      const double d = double(y[k]) - sh[k];
-      s1[k] += d;
-      s2[k] += d * d;
-    }
-}
-
 template <typename T, int KH, int KW>
 void dw_fused_forward_nhwc(const T* x, const T* w, const T* b, T* y, const Geom& g, const DwPro<T>& pro,
                            const T* res, bool post_relu, double* sum, double* sumsq) {
@@ -1174,7 +1162,7 @@ void dw_fused_forward_nhwc(const T* x, const T* w, const T* b, T* y, const Geom&
   const int64_t max_rows = (band - 1) * g.sh + (kh - 1) * g.dh + 1;
   int64_t ow_lo, ow_hi;
   dw_interior_cols(g, kw, ow_lo, ow_hi);
-  double* part = sum ? scratch<double>(kPartSlot, 3 * units * K) : nullptr;  // [s1 | s2 | shift][unit][K]
+  const UnitStats stp = sum ? unit_stats(units, K) : UnitStats{nullptr, units, K};
   const DwPro<T>* pp = pro.any() ? &pro : nullptr;
 #pragma omp parallel num_threads(num_threads())
   {
@@ -1187,18 +1175,12 @@ void dw_fused_forward_nhwc(const T* x, const T* w, const T* b, T* y, const Geom&
       T* yn = y + n * P * K;
       double *s1 = nullptr, *s2 = nullptr, *sh = nullptr;
       if (sum) {
-        s1 = part + u * K;
-        s2 = part + (units + u) * K;
-        sh = part + (2 * units + u) * K;
+        s1 = stp.s1(u);
+        s2 = stp.s2(u);
+        sh = stp.sh(u);
       }
       auto row_stats = [&](int64_t oh, const T* yr) __attribute__((always_inline)) {
-        if (!sum) return;  // the row while it is in cache
-        if (oh == oh0)
-          for (int64_t k = 0; k < K; ++k) {
-            sh[k] = double(yr[k]);
-            s1[k] = s2[k] = 0;
-          }
-        dw_stats_px(yr, g.Wo, K, s1, s2, sh);
+        if (sum) unit_stats_add(stp, u, yr, g.Wo, oh == oh0);  // the row while it is in cache
       };
       if (padded) {
         const DwStat st{s1, s2, sh, true};
@@ -1237,11 +1219,7 @@ void dw_fused_forward_nhwc(const T* x, const T* w, const T* b, T* y, const Geom&
         // chunks' registers, with their per-chunk loads and stores, cost as much.) Open: at
         // C960@7, N = 32 the statistics still cost about as much as the convolution (1 thread,
         // loaded machine: 0.74 ms against 0.50 without them).
-        for (int64_t k = 0; k < K; ++k) {
-          sh[k] = double(yb[k]);
-          s1[k] = s2[k] = 0;
-        }
-        dw_stats_px(yb, np, K, s1, s2, sh);
+        unit_stats_add(stp, u, yb, np, true);
       }
       if (res) {
         const T* rb = res + n * P * K + oh0 * g.Wo * K;
@@ -1252,22 +1230,13 @@ void dw_fused_forward_nhwc(const T* x, const T* w, const T* b, T* y, const Geom&
     }
   }
   if (!sum) return;
-  // Units in order, channels inner (each channel's combination runs over the units in order).
-  const double* s0 = part + 2 * units * K;
-  std::fill(sum, sum + K, 0.0);
-  std::fill(sumsq, sumsq + K, 0.0);
-  for (int64_t u = 0; u < units; ++u) {
-    const int64_t oh0 = (u % nb) * band, oh1 = std::min(g.Ho, oh0 + band);
-    const double cnt = double((oh1 - oh0) * g.Wo);
-    const double* a1 = part + u * K;
-    const double* a2 = part + (units + u) * K;
-    const double* su = part + (2 * units + u) * K;
-    for (int64_t k = 0; k < K; ++k) {
-      const double d = su[k] - s0[k];
-      sum[k] += a1[k] + cnt * d;
-      sumsq[k] += a2[k] + 2 * d * a1[k] + cnt * d * d;
-    }
-  }
+  unit_stats_combine(
+      stp,
+      [&](int64_t u) {
+        const int64_t oh0 = (u % nb) * band;
+        return (std::min(g.Ho, oh0 + band) - oh0) * g.Wo;
+      },
+      sum, sumsq);
 }
 
 }  // namespace CNNKIT_KERNEL_NS

@@ -49,19 +49,24 @@ void unit_stats_add(const UnitStats& st, int64_t u, const T* __restrict y, int64
     }
 }
 
-// sum[k], sumsq[k]: the units in order about unit 0's shift; count(u) is unit u's pixel count.
+// sum[k], sumsq[k]: the units in order about unit 0's shift; count(u) is unit u's pixel count. (Units
+// outer, channels inner: the partials are read in address order; each channel's terms still come
+// in unit order.)
 template <typename F>
 void unit_stats_combine(const UnitStats& st, F&& count, double* sum, double* sumsq) {
-  for (int64_t k = 0; k < st.K; ++k) {
-    const double k0 = st.sh(0)[k];
-    double s = 0, q = 0;
-    for (int64_t u = 0; u < st.units; ++u) {
-      const double d = st.sh(u)[k] - k0, n = double(count(u)), a1 = st.s1(u)[k];
-      s += a1 + n * d;
-      q += st.s2(u)[k] + 2 * d * a1 + n * d * d;
+  const int64_t K = st.K;
+  const double* __restrict k0 = st.sh(0);
+  for (int64_t k = 0; k < K; ++k) sum[k] = sumsq[k] = 0;
+  for (int64_t u = 0; u < st.units; ++u) {
+    const double n = double(count(u));
+    const double* __restrict a1 = st.s1(u);
+    const double* __restrict a2 = st.s2(u);
+    const double* __restrict su = st.sh(u);
+    for (int64_t k = 0; k < K; ++k) {
+      const double d = su[k] - k0[k];
+      sum[k] += a1[k] + n * d;
+      sumsq[k] += a2[k] + 2 * d * a1[k] + n * d * d;
     }
-    sum[k] = s;
-    sumsq[k] = q;
   }
 }
 
