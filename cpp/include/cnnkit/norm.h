@@ -45,6 +45,8 @@ void backward_apply(DType dt, const void* dy, const void* x, const void* mask, c
 // out[n*C + c] = the mean over s of act(fma(a[c], x, b[c])) (affine = a then b, 2*C values of dt;
 // act the ReLU with relu), summed in double per (n, c): a batch norm's output in the single-fma form
 // of a convolution's fused prologue, averaged as global_avg_pool_forward averages it, never written.
+// (Its NCHW form and the pooled NCHW backward passes are correct but do not vectorise with GCC 12,
+// 15-20x slower than the plain passes at 256 channels of 16x16: cnnkit.nn fuses NHWC only.)
 void affine_pool(DType dt, const void* x, const void* affine, bool relu, const Shape& sh, void* out);
 
 // Running statistics: running[i] <- (1 - momentum) * running[i] + momentum * (stat[i] * factor),

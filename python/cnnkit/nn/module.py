@@ -59,7 +59,7 @@ def fusion(enabled: bool = True) -> contextlib.AbstractContextManager[None]:
     (statistics from the convolution's epilogue; the norm then applies with its ReLU and
     residual as before), and BatchNorm2d(+ReLU) -> Conv2d in both modes (training: the batch
     statistics; eval: the running ones) as the convolution's prologue, and BatchNorm2d(+ReLU)
-    -> GlobalAvgPool2d (a :class:`Sequential` chain, both modes): the pool averages the
+    -> GlobalAvgPool2d (a :class:`Sequential` chain, NHWC, both modes): the pool averages the
     normalized values without their being written, and its backward hands the norm its
     ``(N, C)`` adjoint as a view broadcast over H and W, which the norm's kernels read per
     sample and channel. In a residual block whose first convolution is a dense 1x1 with stride
