@@ -40,10 +40,35 @@ void unit_stats_add(const UnitStats& st, int64_t u, const T* __restrict y, int64
       sh[k] = double(y[k]);
       s1[k] = s2[k] = 0;
     }
-  for (int64_t p = 0; p < np; ++p, y += K)
+  // Channels in blocks of 32 whose sums stay in registers over the pixels (per channel the pixels
+  // still add in order: the same sums as one pass per pixel); the rest one pass per pixel.
+  constexpr int KB = 32;
+  int64_t k0 = 0;
+  for (; k0 + KB <= K; k0 += KB) {
+    double a1[KB], a2[KB], c[KB];
+    for (int k = 0; k < KB; ++k) {
+      a1[k] = s1[k0 + k];
+      a2[k] = s2[k0 + k];
+      c[k] = sh[k0 + k];
+    }
+    const T* __restrict yp = y + k0;
+    for (int64_t p = 0; p < np; ++p, yp += K)
 #pragma omp simd
-    for (int64_t k = 0; k < K; ++k) {
-      const double d = double(y[k]) - sh[k];
+      for (int k = 0; k < KB; ++k) {
+        const double d = double(yp[k]) - c[k];
+        a1[k] += d;
+        a2[k] += d * d;
+      }
+    for (int k = 0; k < KB; ++k) {
+      s1[k0 + k] = a1[k];
+      s2[k0 + k] = a2[k];
+    }
+  }
+  if (k0 == K) return;
+  for (int64_t p = 0; p < np; ++p)
+#pragma omp simd
+    for (int64_t k = k0; k < K; ++k) {
+      const double d = double(y[p * K + k]) - sh[k];
       s1[k] += d;
       s2[k] += d * d;
     }
