@@ -24,7 +24,7 @@
 // as after the prologue), so the forward pass and the weight gradient never see x itself. The
 // forward epilogue works on each output row as it is written (in cache): the statistics as shifted
 // double sums per band of rows about the band's first value (bands fixed by the shape), combined
-// in band order about y[0, 0, 0, k]; then residual and ReLU.
+// in band order about y[0, 0, 0, k] (unit_stats.h, the bands as units); then residual and ReLU.
 #pragma once
 
 #include <algorithm>
@@ -35,6 +35,7 @@
 #include "cnnkit/conv.h"
 #include "dw_common.h"
 #include "scratch.h"
+#include "unit_stats.h"
 
 namespace cnnkit::conv {
 inline namespace CNNKIT_KERNEL_NS {
@@ -426,8 +427,8 @@ void grouped_forward_direct(const T* x, const T* w, const T* b, T* y, const Geom
   const bool stats = fu && fu->stats_sum, relu = fu && fu->post_relu;
   const T* res = nullptr;
   if constexpr (std::is_same_v<T, float>) res = fu ? fu->residual : nullptr;
-  // Per band: s1, s2 (C each) about sh (C), the band's first output pixel.
-  double* part = stats ? scratch<double>(kPartSlot, nb * 3 * C) : nullptr;
+  // Per band (the statistics' units): s1, s2 about sh, the band's first output pixel.
+  const UnitStats st = stats ? unit_stats(nb, C) : UnitStats{nullptr, nb, C};
   // Work items: bands of output rows (the ring makes each input row filled about once per band).
   for_row_bands<T>(rows, g.Ho, slots, pitch, kh * kw, [&](RowRing<T>& ring, RowTap* taps, int64_t r, int64_t bi) {
     const int64_t n = r / g.Ho, oh = r % g.Ho;
@@ -457,15 +458,8 @@ void grouped_forward_direct(const T* x, const T* w, const T* b, T* y, const Geom
     T* yrow = g.nhwc ? y + r * g.Wo * C : scratch<T>(kAccSlot, g.Wo * C);
     grouped_row<T, CPG>(yrow, C, g.Wo, g.sw, taps, nt, wt, b, C);
     if (stats) {
-      double* s1 = part + bi * 3 * C;
-      double* s2 = s1 + C;
-      double* sh = s2 + C;
-      if (r == bi * band)
-        for (int64_t k = 0; k < C; ++k) {
-          sh[k] = double(yrow[k]);
-          s1[k] = s2[k] = 0;
-        }
-      row_stats_pm(yrow, g.Wo, C, sh, s1, s2);
+      if (r == bi * band) unit_stats_add(st, bi, yrow, 0, true);  // the band's shift, sums reset
+      row_stats_pm(yrow, g.Wo, C, st.sh(bi), st.s1(bi), st.s2(bi));
     }
     if (g.nhwc) {
       if (res) {
@@ -491,18 +485,9 @@ void grouped_forward_direct(const T* x, const T* w, const T* b, T* y, const Geom
   });
   if (!stats) return;
   // Bands in order, re-centred about the first band's shift (y[0, 0, 0, k]).
-  for (int64_t k = 0; k < C; ++k) {
-    const double K0 = part[2 * C + k];
-    double s = 0, q = 0;
-    for (int64_t bi = 0; bi < nb; ++bi) {
-      const double* pb = part + bi * 3 * C;
-      const double d = pb[2 * C + k] - K0, cnt = double((std::min(rows, (bi + 1) * band) - bi * band) * g.Wo);
-      s += pb[k] + cnt * d;
-      q += pb[C + k] + 2 * d * pb[k] + cnt * d * d;
-    }
-    fu->stats_sum[k] = s;
-    fu->stats_sumsq[k] = q;
-  }
+  unit_stats_combine(
+      st, [&](int64_t bi) { return (std::min(rows, (bi + 1) * band) - bi * band) * g.Wo; }, fu->stats_sum,
+      fu->stats_sumsq);
 }
 
 // Input gradient at any stride by gather over padded dy rows (used at stride > 1).
