@@ -319,8 +319,11 @@ void grouped_row(T* out, int64_t ostride, int64_t nv, int64_t step, const RowTap
   constexpr int VL = Vec<T>::n;
   const int64_t ncv = C / VL;
   if constexpr (CPG >= 2 * VL) {
+    // 2 x PB accumulators: 6 pixels with 16 vector registers; 8 with 32 (AVX-512), so that a 7-pixel
+    // row (7x7 planes) runs as one block on 14 chains instead of 4 + 3 pixels (6 to 8 chains).
+    constexpr int PB = Vec<T>::n * sizeof(T) >= 64 ? 8 : 6;
     for (int64_t cv = 0; cv < ncv; cv += 2)
-      grouped_row_blocks<T, CPG, 2, 6>(out, ostride, nv, step, taps, ntaps, wt, b, C, cv);
+      grouped_row_blocks<T, CPG, 2, PB>(out, ostride, nv, step, taps, ntaps, wt, b, C, cv);
   } else {
     for (int64_t cv = 0; cv < ncv; ++cv)
       grouped_row_blocks<T, CPG, 1, 8>(out, ostride, nv, step, taps, ntaps, wt, b, C, cv);
