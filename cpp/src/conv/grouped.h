@@ -705,6 +705,14 @@ void grouped_weight_blocks_direct(const T* dy, const T* x, T* dw, const Geom& g,
   const int64_t max_in = Rc * g.sh + nseg * span;
   const int64_t xbs = max_in * width * CW, dybs = Rc * g.Wo * CW;  // per block
   const bool nchw = !g.nhwc;
+  // dw's contiguous row of channel c of block b (CPG x k2 values) from the [tap][v][ci][VL] sums
+  // (no per-element divisions: they cost more than the rest of the write-out).
+  auto put_row = [&](int64_t b, int64_t c, auto&& sum) {
+    const int64_t v = c / VL, l = c % VL;
+    T* d = dw + (b * CW + c) * CPG * k2;
+    for (int64_t ci = 0; ci < CPG; ++ci)
+      for (int64_t t = 0; t < k2; ++t) d[ci * k2 + t] = T(sum(((t * NV + v) * CPG + ci) * VL + l));
+  };
 #pragma omp parallel num_threads(num_threads())
   {
     T* xb = scratch<T>(kPlaneSlot, NB * xbs);
@@ -837,21 +845,17 @@ void grouped_weight_blocks_direct(const T* dy, const T* x, T* dw, const Geom& g,
         std::copy(dacc, dacc + nb * bsize, part + (p * nblk + b0) * bsize);
         continue;
       }
-      for (int64_t e = 0; e < nb * bsize; ++e) {
-        const int64_t f = e % bsize, b = b0 + e / bsize;
-        const int64_t l = f % VL, ci = (f / VL) % CPG, v = (f / VL / CPG) % NV, t = f / VL / CPG / NV;
-        dw[((b * CW + v * VL + l) * CPG + ci) * k2 + t] = T(dacc[e]);
-      }
+      for (int64_t k = 0; k < nb; ++k)
+        for (int64_t c = 0; c < CW; ++c) put_row(b0 + k, c, [&](int64_t f) { return dacc[k * bsize + f]; });
     }
     if (part) {  // (after the loop's barrier)
 #pragma omp for schedule(static)
-      for (int64_t e = 0; e < nblk * bsize; ++e) {
-        double s = 0;
-        for (int64_t p = 0; p < pieces; ++p) s += part[p * nblk * bsize + e];
-        const int64_t b = e / bsize, f = e % bsize;
-        const int64_t l = f % VL, ci = (f / VL) % CPG, v = (f / VL / CPG) % NV, t = f / VL / CPG / NV;
-        dw[((b * CW + v * VL + l) * CPG + ci) * k2 + t] = T(s);
-      }
+      for (int64_t e = 0; e < nblk * CW; ++e)
+        put_row(e / CW, e % CW, [&](int64_t f) {
+          double s = 0;
+          for (int64_t p = 0; p < pieces; ++p) s += part[(p * nblk + e / CW) * bsize + f];
+          return s;
+        });
     }
   }
 }
