@@ -24,7 +24,7 @@
 // as after the prologue), so the forward pass and the weight gradient never see x itself. The
 // forward epilogue works on each output row as it is written (in cache): the statistics as shifted
 // double sums per band of rows about the band's first value (bands fixed by the shape), combined
-// in band order about y[0, 0, 0, k]; then residual and ReLU.
+// in band order about y[0, 0, 0, k] (unit_stats.h, the bands as units); then residual and ReLU.
 #pragma once
 
 #include <algorithm>
@@ -35,6 +35,7 @@
 #include "cnnkit/conv.h"
 #include "dw_common.h"
 #include "scratch.h"
+#include "unit_stats.h"
 
 namespace cnnkit::conv {
 inline namespace CNNKIT_KERNEL_NS {
@@ -318,8 +319,11 @@ void grouped_row(T* out, int64_t ostride, int64_t nv, int64_t step, const RowTap
   constexpr int VL = Vec<T>::n;
   const int64_t ncv = C / VL;
   if constexpr (CPG >= 2 * VL) {
+    // 2 x PB accumulators: 6 pixels with 16 vector registers; 8 with 32 (AVX-512), so that a 7-pixel
+    // row (7x7 planes) runs as one block on 14 chains instead of 4 + 3 pixels (6 to 8 chains).
+    constexpr int PB = Vec<T>::n * sizeof(T) >= 64 ? 8 : 6;
     for (int64_t cv = 0; cv < ncv; cv += 2)
-      grouped_row_blocks<T, CPG, 2, 6>(out, ostride, nv, step, taps, ntaps, wt, b, C, cv);
+      grouped_row_blocks<T, CPG, 2, PB>(out, ostride, nv, step, taps, ntaps, wt, b, C, cv);
   } else {
     for (int64_t cv = 0; cv < ncv; ++cv)
       grouped_row_blocks<T, CPG, 1, 8>(out, ostride, nv, step, taps, ntaps, wt, b, C, cv);
@@ -426,8 +430,8 @@ void grouped_forward_direct(const T* x, const T* w, const T* b, T* y, const Geom
   const bool stats = fu && fu->stats_sum, relu = fu && fu->post_relu;
   const T* res = nullptr;
   if constexpr (std::is_same_v<T, float>) res = fu ? fu->residual : nullptr;
-  // Per band: s1, s2 (C each) about sh (C), the band's first output pixel.
-  double* part = stats ? scratch<double>(kPartSlot, nb * 3 * C) : nullptr;
+  // Per band (the statistics' units): s1, s2 about sh, the band's first output pixel.
+  const UnitStats st = stats ? unit_stats(nb, C) : UnitStats{nullptr, nb, C};
   // Work items: bands of output rows (the ring makes each input row filled about once per band).
   for_row_bands<T>(rows, g.Ho, slots, pitch, kh * kw, [&](RowRing<T>& ring, RowTap* taps, int64_t r, int64_t bi) {
     const int64_t n = r / g.Ho, oh = r % g.Ho;
@@ -457,15 +461,8 @@ void grouped_forward_direct(const T* x, const T* w, const T* b, T* y, const Geom
     T* yrow = g.nhwc ? y + r * g.Wo * C : scratch<T>(kAccSlot, g.Wo * C);
     grouped_row<T, CPG>(yrow, C, g.Wo, g.sw, taps, nt, wt, b, C);
     if (stats) {
-      double* s1 = part + bi * 3 * C;
-      double* s2 = s1 + C;
-      double* sh = s2 + C;
-      if (r == bi * band)
-        for (int64_t k = 0; k < C; ++k) {
-          sh[k] = double(yrow[k]);
-          s1[k] = s2[k] = 0;
-        }
-      row_stats_pm(yrow, g.Wo, C, sh, s1, s2);
+      if (r == bi * band) unit_stats_add(st, bi, yrow, 0, true);  // the band's shift, sums reset
+      row_stats_pm(yrow, g.Wo, C, st.sh(bi), st.s1(bi), st.s2(bi));
     }
     if (g.nhwc) {
       if (res) {
@@ -491,18 +488,9 @@ void grouped_forward_direct(const T* x, const T* w, const T* b, T* y, const Geom
   });
   if (!stats) return;
   // Bands in order, re-centred about the first band's shift (y[0, 0, 0, k]).
-  for (int64_t k = 0; k < C; ++k) {
-    const double K0 = part[2 * C + k];
-    double s = 0, q = 0;
-    for (int64_t bi = 0; bi < nb; ++bi) {
-      const double* pb = part + bi * 3 * C;
-      const double d = pb[2 * C + k] - K0, cnt = double((std::min(rows, (bi + 1) * band) - bi * band) * g.Wo);
-      s += pb[k] + cnt * d;
-      q += pb[C + k] + 2 * d * pb[k] + cnt * d * d;
-    }
-    fu->stats_sum[k] = s;
-    fu->stats_sumsq[k] = q;
-  }
+  unit_stats_combine(
+      st, [&](int64_t bi) { return (std::min(rows, (bi + 1) * band) - bi * band) * g.Wo; }, fu->stats_sum,
+      fu->stats_sumsq);
 }
 
 // Input gradient at any stride by gather over padded dy rows (used at stride > 1).
@@ -717,6 +705,14 @@ void grouped_weight_blocks_direct(const T* dy, const T* x, T* dw, const Geom& g,
   const int64_t max_in = Rc * g.sh + nseg * span;
   const int64_t xbs = max_in * width * CW, dybs = Rc * g.Wo * CW;  // per block
   const bool nchw = !g.nhwc;
+  // dw's contiguous row of channel c of block b (CPG x k2 values) from the [tap][v][ci][VL] sums
+  // (no per-element divisions: they cost more than the rest of the write-out).
+  auto put_row = [&](int64_t b, int64_t c, auto&& sum) {
+    const int64_t v = c / VL, l = c % VL;
+    T* d = dw + (b * CW + c) * CPG * k2;
+    for (int64_t ci = 0; ci < CPG; ++ci)
+      for (int64_t t = 0; t < k2; ++t) d[ci * k2 + t] = T(sum(((t * NV + v) * CPG + ci) * VL + l));
+  };
 #pragma omp parallel num_threads(num_threads())
   {
     T* xb = scratch<T>(kPlaneSlot, NB * xbs);
@@ -849,21 +845,17 @@ void grouped_weight_blocks_direct(const T* dy, const T* x, T* dw, const Geom& g,
         std::copy(dacc, dacc + nb * bsize, part + (p * nblk + b0) * bsize);
         continue;
       }
-      for (int64_t e = 0; e < nb * bsize; ++e) {
-        const int64_t f = e % bsize, b = b0 + e / bsize;
-        const int64_t l = f % VL, ci = (f / VL) % CPG, v = (f / VL / CPG) % NV, t = f / VL / CPG / NV;
-        dw[((b * CW + v * VL + l) * CPG + ci) * k2 + t] = T(dacc[e]);
-      }
+      for (int64_t k = 0; k < nb; ++k)
+        for (int64_t c = 0; c < CW; ++c) put_row(b0 + k, c, [&](int64_t f) { return dacc[k * bsize + f]; });
     }
     if (part) {  // (after the loop's barrier)
 #pragma omp for schedule(static)
-      for (int64_t e = 0; e < nblk * bsize; ++e) {
-        double s = 0;
-        for (int64_t p = 0; p < pieces; ++p) s += part[p * nblk * bsize + e];
-        const int64_t b = e / bsize, f = e % bsize;
-        const int64_t l = f % VL, ci = (f / VL) % CPG, v = (f / VL / CPG) % NV, t = f / VL / CPG / NV;
-        dw[((b * CW + v * VL + l) * CPG + ci) * k2 + t] = T(s);
-      }
+      for (int64_t e = 0; e < nblk * CW; ++e)
+        put_row(e / CW, e % CW, [&](int64_t f) {
+          double s = 0;
+          for (int64_t p = 0; p < pieces; ++p) s += part[(p * nblk + e / CW) * bsize + f];
+          return s;
+        });
     }
   }
 }
