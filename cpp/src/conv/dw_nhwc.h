@@ -1156,8 +1156,8 @@ void dw_fused_forward_nhwc(const T* x, const T* w, const T* b, T* y, const Geom&
   const int64_t kh = KH ? KH : g.kh, kw = KW ? KW : g.kw, C = g.C, K = g.K, HW = g.H * g.W, P = g.Ho * g.Wo;
   const T* wt = dw_weights_tk(w, g);  // [tap][K]
   const bool small3 = dw3_forward_shape(g), padded = !small3 && K == C;
-  const int64_t per_img = g.N >= 16 ? 1 : std::min<int64_t>(g.Ho, ceil_div(16, g.N));
-  const int64_t band = ceil_div(g.Ho, per_img), nb = ceil_div(g.Ho, band), units = g.N * nb;
+  const RowUnits ru(g);
+  const int64_t band = ru.band, units = ru.units;
   const int64_t Wp = (g.Wo - 1) * g.sw + (kw - 1) * g.dw + 1;
   const int64_t max_rows = (band - 1) * g.sh + (kh - 1) * g.dh + 1;
   int64_t ow_lo, ow_hi;
@@ -1170,7 +1170,8 @@ void dw_fused_forward_nhwc(const T* x, const T* w, const T* b, T* y, const Geom&
     const T** rows = reinterpret_cast<const T**>(scratch<char>(kColSlot, sizeof(T*) * kh));
 #pragma omp for schedule(static)
     for (int64_t u = 0; u < units; ++u) {
-      const int64_t n = u / nb, oh0 = (u % nb) * band, oh1 = std::min(g.Ho, oh0 + band);
+      int64_t n, oh0, oh1;
+      ru.rows(u, n, oh0, oh1);
       const T* xn = x + n * HW * C;
       T* yn = y + n * P * K;
       double *s1 = nullptr, *s2 = nullptr, *sh = nullptr;
@@ -1230,13 +1231,7 @@ void dw_fused_forward_nhwc(const T* x, const T* w, const T* b, T* y, const Geom&
     }
   }
   if (!sum) return;
-  unit_stats_combine(
-      stp,
-      [&](int64_t u) {
-        const int64_t oh0 = (u % nb) * band;
-        return (std::min(g.Ho, oh0 + band) - oh0) * g.Wo;
-      },
-      sum, sumsq);
+  unit_stats_combine(stp, [&](int64_t u) { return ru.pixels(u); }, sum, sumsq);
 }
 
 }  // namespace CNNKIT_KERNEL_NS

@@ -90,24 +90,18 @@ void small_cin_forward_k(const float* x, const float* w, const float* b, float* 
     for (int64_t r = 0; r < rows; ++r) row(r);
     return;
   }
-  const int64_t per_img = g.N >= 16 ? 1 : std::min<int64_t>(g.Ho, ceil_div(16, g.N));
-  const int64_t band = ceil_div(g.Ho, per_img), nb = ceil_div(g.Ho, band);
-  const UnitStats st = unit_stats(g.N * nb, K);
+  const RowUnits ru(g);
+  const UnitStats st = unit_stats(ru.units, K);
 #pragma omp parallel for schedule(static) num_threads(num_threads())
-  for (int64_t u = 0; u < g.N * nb; ++u) {
-    const int64_t n = u / nb, oh0 = (u % nb) * band, oh1 = std::min(g.Ho, oh0 + band);
+  for (int64_t u = 0; u < ru.units; ++u) {
+    int64_t n, oh0, oh1;
+    ru.rows(u, n, oh0, oh1);
     for (int64_t oh = oh0; oh < oh1; ++oh) {
       row(n * g.Ho + oh);
       unit_stats_add(st, u, y + (n * g.Ho + oh) * g.Wo * K, g.Wo, oh == oh0);
     }
   }
-  unit_stats_combine(
-      st,
-      [&](int64_t u) {
-        const int64_t oh0 = (u % nb) * band;
-        return (std::min(g.Ho, oh0 + band) - oh0) * g.Wo;
-      },
-      sum, sumsq);
+  unit_stats_combine(st, [&](int64_t u) { return ru.pixels(u); }, sum, sumsq);
 }
 
 // Weight gradient: for one input channel c and one kernel row i, the kw taps' accumulators

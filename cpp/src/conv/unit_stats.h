@@ -5,13 +5,37 @@
 // on the thread count. Pixel-major (NHWC) rows of K channels.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 
 #include "cnnkit/common.h"
+#include "cnnkit/conv.h"
 #include "scratch.h"
 
 namespace cnnkit::conv {
 inline namespace CNNKIT_KERNEL_NS {
+
+// The work units of a pass over output rows: an image each, or bands of an image's rows when the
+// batch is small (at least 16 units while rows last); fixed by the shape alone.
+struct RowUnits {
+  int64_t band, nb, units, Ho, Wo;
+  RowUnits(const Geom& g) : Ho(g.Ho), Wo(g.Wo) {
+    const int64_t per_img = g.N >= 16 ? 1 : std::min<int64_t>(g.Ho, ceil_div(16, g.N));
+    band = ceil_div(g.Ho, per_img);
+    nb = ceil_div(g.Ho, band);
+    units = g.N * nb;
+  }
+  // Unit u: image n, output rows [oh0, oh1).
+  void rows(int64_t u, int64_t& n, int64_t& oh0, int64_t& oh1) const {
+    n = u / nb;
+    oh0 = (u % nb) * band;
+    oh1 = std::min(Ho, oh0 + band);
+  }
+  int64_t pixels(int64_t u) const {
+    const int64_t oh0 = (u % nb) * band;
+    return (std::min(Ho, oh0 + band) - oh0) * Wo;
+  }
+};
 
 // The partials of `units` units of K channels, [s1 | s2 | shift][unit][K], in the calling thread's
 // kPartSlot (taken before the parallel region; each unit is written by the thread that runs it).
