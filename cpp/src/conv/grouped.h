@@ -513,15 +513,6 @@ void grouped_backward_input_direct(const T* dy, const T* w, T* dx, const Geom& g
       }
     }
     T* dxr = g.nhwc ? dx + r * g.W * C : scratch<T>(kAccSlot, g.W * C);  // NCHW: transposed out below
-    // At stride > 1 a phase writes every sw-th pixel of the row (sw * C apart), so the row's
-    // lines are first written in several strided passes, which the hardware prefetchers follow
-    // badly: the next row is prefetched for writing. Measured (NHWC, N = 64, 1 thread, CPU time,
-    // interleaved with the build before, load 4-10): g8 32->32 s2 @32 1.08x (median of 23 runs,
-    // 0.83-1.30), g8 64->64 s2 @16 unchanged; at stride 1 (contiguous writes) it cost 5-15%.
-    if (g.nhwc && sw > 1 && ih + 1 < g.H) {
-      const char* p1 = reinterpret_cast<const char*>(dxr + g.W * C);
-      for (int64_t o = 0; o < g.W * C * int64_t(sizeof(T)); o += 64) __builtin_prefetch(p1 + o, 1, 3);
-    }
     for (int64_t ph = 0; ph < sw; ++ph) {
       const int64_t iw0 = ((ph - g.pl) % sw + sw) % sw;
       if (iw0 >= g.W) continue;
