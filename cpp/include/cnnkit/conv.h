@@ -230,6 +230,11 @@ struct Kernels {
   // residual, post ReLU), float32, either layout; the weight gradient writes dw only.
   void (*grouped_forward_fused)(const float* x, const float* w, const float* b, float* y, const Geom&, const Fused&);
   void (*grouped_backward_weight_fused)(const float* dy, const float* x, float* dw, const Geom&, const Fused&);
+  // The gradient epilogue of Fused (gx, gscale, gshift, grelu, center; the sums unused) over one
+  // image: o (its P pixels of C channels, NHWC or NCHW) masked in place, s1[c] = sum of o and
+  // s2[c] = sum of o * (gx - center[c]) in double (conv_gemm.cpp; backward_input_fused()'s units).
+  void (*grad_epilogue_image)(float* o, const float* gx, int64_t C, int64_t P, bool nhwc, const Fused&, double* s1,
+                              double* s2);
 };
 
 }  // namespace cnnkit::conv

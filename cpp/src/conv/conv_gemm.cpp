@@ -1459,6 +1459,14 @@ void fused_backward_weight(const float* dy, const float* x, float* dw, const Geo
     backward_weight_gemm<float, false>(dy, x, dw, g, &fu);
 }
 
+void grad_epilogue_image(float* o, const float* gx, int64_t C, int64_t P, bool nhwc, const Fused& fu, double* s1,
+                         double* s2) {
+  if (nhwc)
+    grad_epilogue_pm(o, gx, C, P, C, fu.gscale, fu.gshift, fu.grelu, fu.center, s1, s2);
+  else
+    grad_epilogue_cm(o, gx, P, C, P, fu.gscale, fu.gshift, fu.grelu, fu.center, s1, s2);
+}
+
 void bias_grad(DType dt, const void* dy, void* db, const Geom& g) {
   if (dt == DType::f32)
     bias_grad_t(static_cast<const float*>(dy), static_cast<float*>(db), g);
