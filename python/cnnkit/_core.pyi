@@ -113,7 +113,8 @@ def norm_apply(x: _Array, out: _Array, residual: _OptArray, N: _Int, C: _Int, S:
                relu: bool) -> None: ...
 def norm_backward_reduce(grad_out: _Array, x: _Array, mask: _OptArray, N: _Int, C: _Int, S: _Int, nhwc: bool,
                          per_sample: bool, mean: ArrayLike, mask_affine: _OptArray = None,
-                         pooled: bool = False) -> tuple[NDArray[np.float64], NDArray[np.float64]]: ...
+                         pooled: bool = False,
+                         grad_residual: _OptArray = None) -> tuple[NDArray[np.float64], NDArray[np.float64]]: ...
 def norm_backward_apply(grad_out: _Array, x: _Array, mask: _OptArray, grad_input: _Array,
                         grad_residual: _OptArray, N: _Int, C: _Int, S: _Int, nhwc: bool, per_sample: bool,
                         mean: ArrayLike, A: ArrayLike, B: ArrayLike, D: ArrayLike,
