@@ -619,9 +619,13 @@ static const char* backward_input_units(const float* dy, const float* w, float* 
   for (int64_t u = 0; u < units; ++u) {
     const int64_t n0 = u * per;
     backward_input(DType::f32, dy + n0 * oimg, w, dx + n0 * img, u == units - 1 ? gl : gu);
-    for (int64_t n = n0; n < std::min(g.N, n0 + per); ++n)
-      k.grad_epilogue_image(dx + n * img, fu.gx + n * img, g.C, P, g.nhwc, fu, part.data() + 2 * n * g.C,
-                            part.data() + (2 * n + 1) * g.C);
+    for (int64_t n = n0; n < std::min(g.N, n0 + per); ++n) {
+      float* o = dx + n * img;
+      if (fu.residual)
+        for (int64_t i = 0; i < img; ++i) o[i] += fu.residual[n * img + i];
+      k.grad_epilogue_image(o, fu.gx + n * img, fu.gmask ? fu.gmask + n * img : nullptr, g.C, P, g.nhwc, fu,
+                            part.data() + 2 * n * g.C, part.data() + (2 * n + 1) * g.C);
+    }
   }
   for (int64_t c = 0; c < g.C; ++c) {
     double a = 0, b = 0;
@@ -637,15 +641,34 @@ static const char* backward_input_units(const float* dy, const float* w, float* 
 
 const char* backward_input_fused(const float* dy, const float* w, float* dx, const Geom& g, const Fused& fu) {
   check_dims(g);
-  if (fu.pre_scale || fu.pre_shift || fu.pre_relu || fu.residual || fu.post_relu || fu.stats_sum || fu.stats_sumsq)
-    throw value_error("conv2d_fused backward: only the gradient epilogue applies to the input gradient");
+  if (fu.pre_scale || fu.pre_shift || fu.pre_relu || fu.post_relu || fu.stats_sum || fu.stats_sumsq)
+    throw value_error("conv2d_fused backward: only the gradient epilogue (and a residual) applies to the input "
+                      "gradient");
+  if (fu.gmask && !fu.grelu) throw value_error("conv2d_fused backward: a stored mask needs relu");
   if (!fu.gx || !fu.center || !fu.grad_sum || !fu.grad_sumxc)
     throw value_error("conv2d_fused backward: the gradient epilogue needs x, center and both sums");
   if (!fu.gscale != !fu.gshift) throw value_error("conv2d_fused backward: scale and shift go together");
-  if (g.N == 0 || g.C == 0 || g.H * g.W == 0 || g.K == 0) {
-    std::fill(dx, dx + g.N * g.C * g.H * g.W, 0.0f);
-    std::fill(fu.grad_sum, fu.grad_sum + g.C, 0.0);
-    std::fill(fu.grad_sumxc, fu.grad_sumxc + g.C, 0.0);
+  if (g.N == 0 || g.C == 0 || g.H * g.W == 0 || g.K == 0 || g.Ho * g.Wo == 0) {
+    // No convolution terms: dx = the residual (or 0), through the epilogue image by image.
+    const int64_t img = g.C * g.H * g.W;
+    std::vector<double> part(static_cast<size_t>(2 * std::max<int64_t>(1, g.N) * g.C), 0.0);
+    const Kernels& k = kernels_of(isa_active());
+    for (int64_t n = 0; n < g.N; ++n) {
+      float* o = dx + n * img;
+      for (int64_t i = 0; i < img; ++i) o[i] = fu.residual ? fu.residual[n * img + i] : 0.0f;
+      if (img)
+        k.grad_epilogue_image(o, fu.gx + n * img, fu.gmask ? fu.gmask + n * img : nullptr, g.C, g.H * g.W, g.nhwc,
+                              fu, part.data() + 2 * n * g.C, part.data() + (2 * n + 1) * g.C);
+    }
+    for (int64_t c = 0; c < g.C; ++c) {
+      double a = 0, b = 0;
+      for (int64_t n = 0; n < g.N; ++n) {
+        a += part[size_t(2 * n * g.C + c)];
+        b += part[size_t((2 * n + 1) * g.C + c)];
+      }
+      fu.grad_sum[c] = a;
+      fu.grad_sumxc[c] = b;
+    }
     return table()[select_effective(effective(Problem{g, DType::f32, Pass::input}))].name.c_str();
   }
   if (!unit_stride(g) || scatter_input(g)) return backward_input_units(dy, w, dx, g, fu);
@@ -654,7 +677,9 @@ const char* backward_input_fused(const float* dy, const float* w, float* dx, con
   const Entry& e = t[select_effective(Problem{a, DType::f32, Pass::forward})];
   const bool own = e.v->run == run_packed, blas = e.v->run == run_gemm,
              transposed = e.v->run == run_transposed<run_packed, false>;
-  if (!own && !blas && !transposed) return backward_input_units(dy, w, dx, g, fu);
+  // (The transposed entry would need the residual and the mask transposed too: units instead.)
+  if ((!own && !blas && !transposed) || (transposed && (fu.residual || fu.gmask)))
+    return backward_input_units(dy, w, dx, g, fu);
   const float* wa = adjoint_weights(w, g);
   const Kernels& k = kernels_of(e.isa);
   if (!transposed) {
