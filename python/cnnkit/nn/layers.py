@@ -347,9 +347,10 @@ class Conv2d(Module):
         standard ReLU rule) takes it next: one compiled pass writes into ``gi`` the gradient at
         the norm's pre-activation (masked by the prologue's ReLU) and the two sums of the norm's
         backward, which the norm receives with it (:meth:`BatchNorm2d._fused_backward`), so its
-        own reduction pass is skipped. False (nothing written) where it does not apply: the
-        forward materialised the prologue, the norm is in eval mode or another ReLU rule, float64,
-        or the registry runs no GEMM for the adjoint pass (depthwise, grouped, stride 2, ...)."""
+        own reduction pass is skipped (the adjoint's GEMM pass at stride 1, else the plain kernel
+        over units of images with the epilogue per image). False (nothing written) where it does
+        not apply: the forward materialised the prologue, the norm is in eval mode or another ReLU
+        rule, or float64."""
         bn = getattr(self, "_pre_bn", None)
         fn = getattr(_core, "conv2d_fused_backward_input", None)
         if (bn is None or fn is None or self._a is not None or not bn._trained or bn.relu_mode != "standard"
