@@ -814,13 +814,28 @@ _DGRAD_CASES = [(2, 24, 64, 17, 17, 1, 0, 1), (3, 70, 33, 16, 16, 3, 1, 1), (2, 
                 (20, 100, 128, 4, 4, 1, 0, 1), (2, 6, 9, 7, 7, 3, 1, 3), (1, 33, 65, 5, 16, 3, 2, 1)]
 
 
+def _fused_input_twice(layout, gy, w, g, x, sc, sh, relu, center):
+    """``_core.conv2d_fused_backward_input`` at 1 and 2 threads: (name, [(dx, s1, s2)] * 2) with dx
+    in NCHW; asserts the two runs bitwise equal."""
+    from conftest import num_threads
+    got = []
+    for t in (1, 2):
+        dx = np.full(_to(layout, x).shape, np.nan, np.float32)
+        with num_threads(t):
+            name, s1, s2 = _core.conv2d_fused_backward_input(_to(layout, gy), w, dx, g.core(), _to(layout, x), sc,
+                                                             sh, relu, center)
+        got.append((_from(layout, dx), s1, s2))
+    for u, v in zip(*got):
+        assert_bitwise(u, v, "threads")
+    return name, got[0]
+
+
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("case", _DGRAD_CASES)
 def test_fused_backward_input_compiled(layout, case, isa):
     """``_core.conv2d_fused_backward_input``: the input gradient masked by the prologue's ReLU
     and the two batch-norm sums, against float64; bitwise equal at 1 and 2 threads, at every
     ISA level."""
-    from conftest import num_threads
     N, C, K, H, W, k, p, G = case
     rng = np.random.default_rng(sum(case) + 7)
     x = rng.standard_normal((N, C, H, W)).astype(np.float32)
@@ -832,23 +847,14 @@ def test_fused_backward_input_compiled(layout, case, isa):
     gy = rng.standard_normal((N, K, g.Ho, g.Wo)).astype(np.float32)
     Lx = (K // G) * k * k
     for scale, relu in ((True, True), (True, False), (False, True)):
-        got = {}
-        for t in (1, 2):
-            dx = np.full(_to(layout, x).shape, np.nan, np.float32)
-            with num_threads(t):
-                name, s1, s2 = _core.conv2d_fused_backward_input(_to(layout, gy), w, dx, g.core(), _to(layout, x),
-                                                                 sc if scale else None, sh if scale else None, relu,
-                                                                 center)
-            got[t] = (_from(layout, dx), s1, s2)
+        name, (dx, s1, s2) = _fused_input_twice(layout, gy, w, g, x, sc if scale else None,
+                                                sh if scale else None, relu, center)
         assert "gemm" in name, name
-        for u, v in zip(got[1], got[2]):
-            assert_bitwise(u, v, "threads")
         ref = fused_backward_ref(gy, x, w, 1, p, 1, G, sc if scale else None, sh if scale else None, relu, None,
                                  False)
         ga = ref[6]
         z = x.astype(np.float64) * (_chan(sc) if scale else 1.0) + (_chan(sh) if scale else 0.0)
         gz = ga * (z > 0) if relu else ga
-        dx, s1, s2 = got[1]
         assert_close(dx, gz, np.float32, length=Lx, what=f"masked grad {scale} {relu}")
         if relu:
             assert np.all(dx[z <= 0] == 0)
@@ -872,7 +878,6 @@ def test_fused_backward_input_units(layout, case, isa):
     images with the gradient epilogue on each image (conv_dispatch.cpp, backward_input_units):
     the plain kernel's name and dx bits, the masked gradient and sums against float64, bitwise
     at 1 and 2 threads, at every ISA level."""
-    from conftest import num_threads
     N, C, K, H, k, s, G = case
     rng = np.random.default_rng(sum(case))
     x = rng.standard_normal((N, C, H, H)).astype(np.float32)
@@ -886,20 +891,11 @@ def test_fused_backward_input_units(layout, case, isa):
     _core.conv_backward_input(_to(layout, gy), w, plain, g.core())
     plain_name = _core.conv_algorithm(g.core(), 1)
     for scale, relu in ((True, True), (False, True), (True, False)):
-        got = {}
-        for t in (1, 2):
-            dx = np.full(_to(layout, x).shape, np.nan, np.float32)
-            with num_threads(t):
-                name, s1, s2 = _core.conv2d_fused_backward_input(_to(layout, gy), w, dx, g.core(), _to(layout, x),
-                                                                 sc if scale else None, sh if scale else None, relu,
-                                                                 center)
-            got[t] = (_from(layout, dx), s1, s2)
+        name, (dx, s1, s2) = _fused_input_twice(layout, gy, w, g, x, sc if scale else None,
+                                                sh if scale else None, relu, center)
         assert name == plain_name, (name, plain_name)
-        for u, v in zip(got[1], got[2]):
-            assert_bitwise(u, v, "threads")
         z = x.astype(np.float64) * (_chan(sc) if scale else 1.0) + (_chan(sh) if scale else 0.0)
         keep = (z > 0) if relu else np.ones(z.shape, bool)
-        dx, s1, s2 = got[1]
         assert_bitwise(dx, np.where(keep, _from(layout, plain), np.float32(0)), "the plain kernel's dx, masked")
         ga = fused_backward_ref(gy, x, w, s, 1, 1, G, sc if scale else None, sh if scale else None, relu, None,
                                 False)[6]

@@ -43,7 +43,7 @@ def _producing_norm(x: np.ndarray) -> Any:
     (that very array), or None."""
     bn = _NORM_OUTPUTS.get(id(x))
     if (bn is None or bn._y is not x or not bn._trained or bn.activation != "relu" or bn.relu_mode != "standard"
-            or x.dtype != np.float32 or bn._captures or bn._inject is not None):
+            or x.dtype != np.float32 or bn._captures or bn._inject is not None or not _fusable(bn, BatchNorm2d)):
         return None  # (captures and injected gradients want the unmasked gradient at the output)
     return bn
 
@@ -1463,7 +1463,7 @@ class SpatialDropout2d(_DropoutBase):
 _FUSED_VIA = {"Conv2d": ("__call__", "forward", "_forward", "_fused_call", "backward", "_backward_add",
                          "_channel_sparse_backward", "_fused_input_backward"),
               "BatchNorm2d": ("__call__", "forward", "_fused_forward", "backward", "_eval_backward",
-                              "_preactivation", "_fused_backward", "_relu_grad"),
+                              "_preactivation", "_fused_backward", "_pending_backward", "_relu_grad"),
               "GlobalAvgPool2d": ("__call__", "forward", "_fused_pool", "backward")}
 
 
