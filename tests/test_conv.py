@@ -481,6 +481,10 @@ EDGE = [
     ("stem C3 K32 wide rows", Geo(1, 3, 32, 5, 41, 3, 3, 1, 1)),
     ("stem C3 K16 k9", Geo(1, 3, 16, 12, 13, 9, 9, 1, 4)),
     ("stem C3 K32 s2 even", Geo(2, 3, 32, 16, 16, 3, 3, 2, 1)),
+    # 3x3 RGB at dilation 1 and column stride 1 or 2: the unrolled interior kernels (blocks of 6
+    # pixels and their remainders; the nine-tap weight gradient for K <= 32)
+    *[(f"stem C3 K{k} 3x3 s{s} p{p} W{w}", Geo(2, 3, k, 7, w, 3, 3, s, p))
+      for k in (16, 32, 64) for s in (1, 2, (2, 1), (1, 2)) for p in (0, 1, 2) for w in (8, 15)],
 ]
 
 
@@ -775,6 +779,7 @@ def test_depthwise_separable_backward_matches_finite_differences(layout, rng):
 THREAD_GEOS = [
     ("dense", Geo(4, 32, 32, 20, 20, 3, 3, 1, 1)),
     ("stem C3 K32", Geo(4, 3, 32, 20, 21, 3, 3, 1, 1)),
+    ("stem C3 K16 s2", Geo(4, 3, 16, 20, 21, 3, 3, 2, 1)),
     ("dense C17->33 s2 d2", Geo(4, 17, 33, 20, 19, 3, 3, 2, 2, 2)),
     ("1x1", Geo(4, 32, 48, 20, 20, 1, 1)),
     ("grouped g8", Geo(4, 32, 32, 20, 20, 3, 3, 1, 1, groups=8)),

@@ -814,13 +814,28 @@ _DGRAD_CASES = [(2, 24, 64, 17, 17, 1, 0, 1), (3, 70, 33, 16, 16, 3, 1, 1), (2, 
                 (20, 100, 128, 4, 4, 1, 0, 1), (2, 6, 9, 7, 7, 3, 1, 3), (1, 33, 65, 5, 16, 3, 2, 1)]
 
 
+def _fused_input_twice(layout, gy, w, g, x, sc, sh, relu, center):
+    """``_core.conv2d_fused_backward_input`` at 1 and 2 threads: (name, [(dx, s1, s2)] * 2) with dx
+    in NCHW; asserts the two runs bitwise equal."""
+    from conftest import num_threads
+    got = []
+    for t in (1, 2):
+        dx = np.full(_to(layout, x).shape, np.nan, np.float32)
+        with num_threads(t):
+            name, s1, s2 = _core.conv2d_fused_backward_input(_to(layout, gy), w, dx, g.core(), _to(layout, x), sc,
+                                                             sh, relu, center)
+        got.append((_from(layout, dx), s1, s2))
+    for u, v in zip(*got):
+        assert_bitwise(u, v, "threads")
+    return name, got[0]
+
+
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("case", _DGRAD_CASES)
 def test_fused_backward_input_compiled(layout, case, isa):
     """``_core.conv2d_fused_backward_input``: the input gradient masked by the prologue's ReLU
     and the two batch-norm sums, against float64; bitwise equal at 1 and 2 threads, at every
     ISA level."""
-    from conftest import num_threads
     N, C, K, H, W, k, p, G = case
     rng = np.random.default_rng(sum(case) + 7)
     x = rng.standard_normal((N, C, H, W)).astype(np.float32)
@@ -832,23 +847,14 @@ def test_fused_backward_input_compiled(layout, case, isa):
     gy = rng.standard_normal((N, K, g.Ho, g.Wo)).astype(np.float32)
     Lx = (K // G) * k * k
     for scale, relu in ((True, True), (True, False), (False, True)):
-        got = {}
-        for t in (1, 2):
-            dx = np.full(_to(layout, x).shape, np.nan, np.float32)
-            with num_threads(t):
-                name, s1, s2 = _core.conv2d_fused_backward_input(_to(layout, gy), w, dx, g.core(), _to(layout, x),
-                                                                 sc if scale else None, sh if scale else None, relu,
-                                                                 center)
-            got[t] = (_from(layout, dx), s1, s2)
+        name, (dx, s1, s2) = _fused_input_twice(layout, gy, w, g, x, sc if scale else None,
+                                                sh if scale else None, relu, center)
         assert "gemm" in name, name
-        for u, v in zip(got[1], got[2]):
-            assert_bitwise(u, v, "threads")
         ref = fused_backward_ref(gy, x, w, 1, p, 1, G, sc if scale else None, sh if scale else None, relu, None,
                                  False)
         ga = ref[6]
         z = x.astype(np.float64) * (_chan(sc) if scale else 1.0) + (_chan(sh) if scale else 0.0)
         gz = ga * (z > 0) if relu else ga
-        dx, s1, s2 = got[1]
         assert_close(dx, gz, np.float32, length=Lx, what=f"masked grad {scale} {relu}")
         if relu:
             assert np.all(dx[z <= 0] == 0)
@@ -857,19 +863,48 @@ def test_fused_backward_input_compiled(layout, case, isa):
         assert_close(s2, (gz * (x - _chan(center))).sum(axis=(0, 2, 3)), np.float32, length=L, what="sumxc")
 
 
+# (N, C, K, H, k, stride, groups): stride 2 (dense and depthwise), depthwise, grouped (2, 4 and 8
+# channels a group), the whole-batch scatter of small planes: the units-of-images path, with
+# several images a unit and a shorter last unit (N = 17 at 2 images a unit).
+_UNIT_CASES = [(2, 64, 64, 8, 3, 2, 1), (2, 16, 16, 8, 3, 1, 16), (16, 128, 128, 2, 3, 1, 1),
+               (17, 32, 32, 6, 3, 2, 32), (9, 16, 16, 7, 3, 1, 8), (17, 32, 32, 5, 3, 2, 8),
+               (3, 64, 64, 6, 3, 1, 8), (20, 24, 24, 4, 3, 1, 24)]
+
+
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
-def test_fused_backward_input_declines(layout):
-    """Stride 2, depthwise and the whole-batch scatter of small planes: ValueError, dx untouched."""
-    rng = np.random.default_rng(0)
-    for (N, C, K, H, k, s, G) in ((2, 64, 64, 8, 3, 2, 1), (2, 16, 16, 8, 3, 1, 16), (16, 128, 128, 2, 3, 1, 1)):
-        x = rng.standard_normal((N, C, H, H)).astype(np.float32)
-        w = rng.standard_normal((K, C // G, k, k)).astype(np.float32)
-        g = F._Geom(_to(layout, x).shape, w.shape, s, 1, 1, G, layout, np.float32)
-        gy = rng.standard_normal(_to(layout, np.zeros((N, K, g.Ho, g.Wo))).shape).astype(np.float32)
-        dx = np.zeros(_to(layout, x).shape, np.float32)
-        with pytest.raises(ValueError, match="no fused input gradient"):
-            _core.conv2d_fused_backward_input(gy, w, dx, g.core(), _to(layout, x), None, None, True, np.zeros(C))
-        assert not dx.any()
+@pytest.mark.parametrize("case", _UNIT_CASES)
+def test_fused_backward_input_units(layout, case, isa):
+    """Problems the adjoint GEMM pass does not take run the plain input gradient per unit of whole
+    images with the gradient epilogue on each image (conv_dispatch.cpp, backward_input_units):
+    the plain kernel's name and dx bits, the masked gradient and sums against float64, bitwise
+    at 1 and 2 threads, at every ISA level."""
+    N, C, K, H, k, s, G = case
+    rng = np.random.default_rng(sum(case))
+    x = rng.standard_normal((N, C, H, H)).astype(np.float32)
+    w = rng.standard_normal((K, C // G, k, k)).astype(np.float32)
+    sc = (rng.uniform(0.5, 2, C) * rng.choice((-1, 1), C)).astype(np.float32)
+    sh = rng.standard_normal(C).astype(np.float32)
+    center = rng.standard_normal(C)
+    g = F._Geom(_to(layout, x).shape, w.shape, s, 1, 1, G, layout, np.float32)
+    gy = rng.standard_normal((N, K, g.Ho, g.Wo)).astype(np.float32)
+    plain = np.empty(_to(layout, x).shape, np.float32)
+    _core.conv_backward_input(_to(layout, gy), w, plain, g.core())
+    plain_name = _core.conv_algorithm(g.core(), 1)
+    for scale, relu in ((True, True), (False, True), (True, False)):
+        name, (dx, s1, s2) = _fused_input_twice(layout, gy, w, g, x, sc if scale else None,
+                                                sh if scale else None, relu, center)
+        assert name == plain_name, (name, plain_name)
+        z = x.astype(np.float64) * (_chan(sc) if scale else 1.0) + (_chan(sh) if scale else 0.0)
+        keep = (z > 0) if relu else np.ones(z.shape, bool)
+        assert_bitwise(dx, np.where(keep, _from(layout, plain), np.float32(0)), "the plain kernel's dx, masked")
+        ga = fused_backward_ref(gy, x, w, s, 1, 1, G, sc if scale else None, sh if scale else None, relu, None,
+                                False)[6]
+        gz = ga * keep
+        Lx = (K // G) * k * k
+        assert_close(dx, gz, np.float32, length=Lx, what=f"masked grad {scale} {relu}")
+        L = Lx * N * H * H
+        assert_close(s1, gz.sum(axis=(0, 2, 3)), np.float32, length=L, what="sum")
+        assert_close(s2, (gz * (x - _chan(center))).sum(axis=(0, 2, 3)), np.float32, length=L, what="sumxc")
 
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
@@ -920,41 +955,43 @@ def test_geometry_cache_keeps_the_checks():
     assert_close(y, conv2d_ref(x, w, None, 1, 1, 1, 2), np.float32, length=18)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(N=st.integers(1, 3), C=st.integers(1, 40), K=st.integers(1, 40), H=st.integers(1, 9), W=st.integers(1, 20),
-       k=st.sampled_from((1, 3)), layout=st.sampled_from(("NCHW", "NHWC")), relu=st.booleans(),
-       seed=st.integers(0, 2**31 - 1))
-def test_fused_backward_input_hypothesis(N, C, K, H, W, k, layout, relu, seed):
+       k=st.sampled_from((1, 3)), s=st.sampled_from((1, 2)), kind=st.sampled_from(("dense", "depthwise", "grouped")),
+       layout=st.sampled_from(("NCHW", "NHWC")), relu=st.booleans(), seed=st.integers(0, 2**31 - 1))
+def test_fused_backward_input_hypothesis(N, C, K, H, W, k, s, kind, layout, relu, seed):
     """The compiled input gradient with the mask-and-sums epilogue over drawn shapes around the
-    SIMD width (or its ValueError, with dx untouched, where no GEMM entry runs the adjoint pass),
-    against float64, bitwise at 1 and 2 threads."""
+    SIMD width, dense, depthwise and grouped, at strides 1 and 2 (the adjoint GEMM pass or the
+    units of images), against float64, bitwise at 1 and 2 threads."""
     from conftest import num_threads
+    G = 1
+    if kind == "depthwise":
+        G = K = C
+    elif kind == "grouped":
+        G = 4
+        C, K = 4 * max(1, C // 4), 4 * max(1, K // 4)
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((N, C, H, W)).astype(np.float32)
-    w = rng.standard_normal((K, C, k, k)).astype(np.float32)
+    w = rng.standard_normal((K, C // G, k, k)).astype(np.float32)
     sc = (rng.uniform(0.5, 2, C) * rng.choice((-1, 1), C)).astype(np.float32)
     sh = rng.standard_normal(C).astype(np.float32)
     center = rng.standard_normal(C)
-    g = F._Geom(_to(layout, x).shape, w.shape, 1, k // 2, 1, 1, layout, np.float32)
+    g = F._Geom(_to(layout, x).shape, w.shape, s, k // 2, 1, G, layout, np.float32)
     gy = rng.standard_normal((N, K, g.Ho, g.Wo)).astype(np.float32)
     got = []
     for t in (1, 2):
         dx = np.zeros(_to(layout, x).shape, np.float32)
         with num_threads(t):
-            try:
-                _, s1, s2 = _core.conv2d_fused_backward_input(_to(layout, gy), w, dx, g.core(), _to(layout, x),
-                                                              sc, sh, relu, center)
-            except ValueError as e:
-                assert "no fused input gradient" in str(e) and not dx.any()
-                return
+            _, s1, s2 = _core.conv2d_fused_backward_input(_to(layout, gy), w, dx, g.core(), _to(layout, x),
+                                                          sc, sh, relu, center)
         got.append((_from(layout, dx), s1, s2))
     for u, v in zip(*got):
         assert_bitwise(u, v, "threads")
-    ga = fused_backward_ref(gy, x, w, 1, k // 2, 1, 1, sc, sh, relu, None, False)[6]
+    ga = fused_backward_ref(gy, x, w, s, k // 2, 1, G, sc, sh, relu, None, False)[6]
     z = x.astype(np.float64) * _chan(sc) + _chan(sh)
     gz = ga * (z > 0) if relu else ga
     dx, s1, s2 = got[0]
-    L = K * k * k
+    L = (K // G) * k * k
     assert_close(dx, gz, np.float32, length=L, what="masked grad")
     assert_close(s1, gz.sum(axis=(0, 2, 3)), np.float32, length=L * N * H * W, what="sum")
     assert_close(s2, (gz * (x - _chan(center))).sum(axis=(0, 2, 3)), np.float32, length=L * N * H * W,

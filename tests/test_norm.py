@@ -1124,6 +1124,51 @@ def test_same_bits_at_one_and_two_threads(isa, layout, dtype, rng):
         assert_bitwise(b, a, f"output {i} at 2 threads vs 1 ({isa})")
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("shape", [(3, 5, 4, 7), (2, 37, 3, 3), (5, 16, 1, 9)])
+def test_backward_reduce_writes_the_masked_gradient(isa, shape, layout, dtype, rng):
+    """``norm_backward_reduce(..., grad_residual=r)``: r receives the masked gradient (exactly
+    ``where(mask > 0, g, 0)``, or the affine mask's), the sums are those without r, bitwise at 1
+    and 2 threads; pooled with r, or r overlapping an input, is a ValueError with r untouched."""
+    from cnnkit import _core
+    x = rng.standard_normal(shape).astype(dtype)
+    g = rng.standard_normal(shape).astype(dtype)
+    y = np.where(rng.random(shape) < 0.4, 0, rng.random(shape)).astype(dtype)
+    nhwc = layout == "NHWC"
+    N, C, S = shape[0], shape[3] if nhwc else shape[1], shape[1] * shape[2] if nhwc else shape[2] * shape[3]
+    mean = rng.standard_normal(C)
+    aff = np.concatenate([rng.uniform(-2, 2, C), rng.standard_normal(C)]).astype(dtype)
+    a_, b_ = (aff[:C], aff[C:])
+    cshape = (1, C, 1, 1) if not nhwc else (1, 1, 1, C)
+    for mask, ma, want in ((y, None, np.where(y > 0, g, 0)),
+                           (None, aff, np.where(a_.reshape(cshape) * x + b_.reshape(cshape) > 0, g, 0)),
+                           (None, None, g)):
+        sums = _core.norm_backward_reduce(g, x, mask, N, C, S, nhwc, False, mean, ma)
+        got = []
+        for t in (1, 2):
+            r = np.full(shape, np.nan, dtype)
+            with num_threads(t):
+                s1, s2 = _core.norm_backward_reduce(g, x, mask, N, C, S, nhwc, False, mean, ma, False, r)
+            got.append((r, s1, s2))
+        for u, v in zip(got[0], got[1]):
+            assert_bitwise(u, v, "threads")
+        r, s1, s2 = got[0]
+        if ma is None:
+            assert_bitwise(r, want.astype(dtype), "masked gradient")
+        else:  # the compiled fma's single rounding decides ties at 0: compare away from them
+            far = np.abs(a_.reshape(cshape) * x + b_.reshape(cshape)) > 1e-3
+            assert_bitwise(r[far], want.astype(dtype)[far], "affine-masked gradient")
+        assert_bitwise(s1, sums[0], "sum g")
+        assert_bitwise(s2, sums[1], "sum g(x - mean)")
+    r = np.full(shape, 7, dtype)
+    with pytest.raises(ValueError, match="grad_residual"):
+        _core.norm_backward_reduce(np.zeros(N * C, dtype), x, None, N, C, S, nhwc, False, mean, None, True, r)
+    with pytest.raises(ValueError, match="grad_residual"):
+        _core.norm_backward_reduce(g, x, y, N, C, S, nhwc, False, mean, None, False, g)
+    assert np.all(r == 7)
+
+
 ISA_CASES = [((2, 17, 3, 5), "NCHW"), ((4, 33, 2, 2), "NHWC"), ((9, 40), "NCHW"),
              ((3, 16, 4, 4), "NHWC"), ((2, 8, 31, 1), "NCHW")]
 

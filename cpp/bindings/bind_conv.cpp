@@ -171,7 +171,8 @@ void bind_conv(py::module_& m) {
   m.def(
       "conv2d_fused_backward_input",
       [](const py::object& dy, const py::object& w, const py::object& dx, const conv::Geom& g, const py::object& x,
-         const py::object& scale, const py::object& shift, bool relu, const py::object& center) {
+         const py::object& scale, const py::object& shift, bool relu, const py::object& center,
+         const py::object& residual, const py::object& mask) {
         const int64_t xn = g.N * g.C * g.H * g.W, yn = g.N * g.K * g.Ho * g.Wo;
         const auto* pdy = array_arg<float>(dy, "grad_out", yn);
         const auto* pw = array_arg<float>(w, "weight", wcount(g));
@@ -180,15 +181,21 @@ void bind_conv(py::module_& m) {
         const auto* ps = array_arg<float>(scale, "scale", g.C, kOptional);
         const auto* pt = array_arg<float>(shift, "shift", g.C, kOptional);
         const auto* pc = array_arg<double>(center, "center", g.C);
+        const auto* pr = array_arg<float>(residual, "residual", xn, kOptional);
+        const auto* pm = array_arg<float>(mask, "mask", xn, kOptional);
+        if (pm && !relu) throw py::value_error("mask: expected None with relu=False, got an array");
         if (overlaps(pdx, xn * 4, px, xn * 4) || overlaps(pdx, xn * 4, pdy, yn * 4) ||
-            overlaps(pdx, xn * 4, pw, wcount(g) * 4))
-          throw py::value_error("grad_input: must not overlap x, grad_out or weight");
+            overlaps(pdx, xn * 4, pw, wcount(g) * 4) || (pr && overlaps(pdx, xn * 4, pr, xn * 4)) ||
+            (pm && overlaps(pdx, xn * 4, pm, xn * 4)))
+          throw py::value_error("grad_input: must not overlap x, grad_out, weight, residual or mask");
         py::array_t<double> s1(g.C), s2(g.C);
         conv::Fused fu{};
+        fu.residual = pr;
         fu.gx = px;
         fu.gscale = ps;
         fu.gshift = pt;
         fu.grelu = relu;
+        fu.gmask = pm;
         fu.center = pc;
         fu.grad_sum = s1.mutable_data();
         fu.grad_sumxc = s2.mutable_data();
@@ -200,10 +207,12 @@ void bind_conv(py::module_& m) {
         return py::make_tuple(std::string(name), s1, s2);
       },
       py::arg("grad_out"), py::arg("weight"), py::arg("grad_input"), py::arg("geom"), py::arg("x"), py::arg("scale"),
-      py::arg("shift"), py::arg("relu"), py::arg("center"),
-      "Input gradient of conv(prologue(x)) at stride 1, written masked by the prologue's ReLU (fma(scale, x, shift) "
-      "> 0 with relu), with the sums of it and of it * (x - center) per channel (float64): returns (name, sum, "
-      "sumxc). ValueError where the adjoint pass would not run on a GEMM entry.");
+      py::arg("shift"), py::arg("relu"), py::arg("center"), py::arg("residual") = py::none(),
+      py::arg("mask") = py::none(),
+      "Input gradient of conv(prologue(x)) (+ residual), written masked by the prologue's ReLU "
+      "(fma(scale, x, shift) > 0 with relu; with mask, a stored ReLU output: mask > 0), with the sums of it and "
+      "of it * (x - center) per channel (float64): returns (name, sum, sumxc), name the kernel that ran the "
+      "convolution (the adjoint GEMM pass, or the plain input-gradient kernel over units of images).");
   m.def(
       "sgemm",
       [](const py::object& a, const py::object& b, const py::object& c, bool trans_a, bool trans_b, bool accumulate,

@@ -111,30 +111,37 @@ void bind_norm(py::module_& m) {
   m.def(
       "norm_backward_reduce",
       [](const py::object& dy, const py::object& x, const py::object& mask, int64_t N, int64_t C, int64_t S,
-         bool nhwc, bool ps, const F64& mean, const py::object& mask_affine, bool pooled) {
+         bool nhwc, bool ps, const F64& mean, const py::object& mask_affine, bool pooled,
+         const py::object& grad_residual) {
         const Geo g = geo(N, C, S, nhwc, ps);
         const DType dt = dtype_of(x, "x");
         const void* pd = array_arg(dy, "grad_out", dt, pooled ? N * C : g.total());
         const void* px = array_arg(x, "x", dt, g.total());
         const void* pk = array_arg(mask, "y", dt, g.total(), kOptional);
         const void* pa = array_arg(mask_affine, "mask_affine", dt, 2 * C, kOptional);
+        void* pr = array_arg(grad_residual, "grad_residual", dt, g.total(), kWrite | kOptional);
         if (pk && pa) throw py::value_error("mask_affine: expected None when mask is given");
+        if (pr && pooled) throw py::value_error("grad_residual: expected None with pooled=True");
+        const size_t bytes = g.total() * dtype_size(dt);
+        if (pr && (overlaps(pr, bytes, pd, bytes) || overlaps(pr, bytes, px, bytes) ||
+                   (pk && overlaps(pr, bytes, pk, bytes))))
+          throw py::value_error("grad_residual: must not overlap grad_out, x or mask");
         const double* pm = f64(mean, "mean", g.stat_count());
         F64 sg(g.stat_count()), sgx(g.stat_count());
         double* a = sg.mutable_data();
         double* b = sgx.mutable_data();
         {
           py::gil_scoped_release nogil;
-          norm::backward_reduce(dt, pd, px, pk, pa, pooled, g.sh, g.ps, pm, a, b);
+          norm::backward_reduce(dt, pd, px, pk, pa, pooled, pr, g.sh, g.ps, pm, a, b);
         }
         return py::make_tuple(sg, sgx);
       },
       py::arg("grad_out"), py::arg("x"), py::arg("mask"), py::arg("N"), py::arg("C"), py::arg("S"),
       py::arg("nhwc"), py::arg("per_sample"), py::arg("mean"), py::arg("mask_affine") = py::none(),
-      py::arg("pooled") = false,
+      py::arg("pooled") = false, py::arg("grad_residual") = py::none(),
       "Sums of g and g*(x - mean), g = grad_out masked by mask > 0, or by fma(a[c], x, b[c]) > 0 with "
       "mask_affine = concat(a, b) (x's dtype, 2*C values); pooled: grad_out holds N*C values, "
-      "g[n, c, s] = grad_out[n*C + c] at every s.");
+      "g[n, c, s] = grad_out[n*C + c] at every s. grad_residual (optional, not with pooled) receives g.");
 
   m.def(
       "norm_backward_apply",

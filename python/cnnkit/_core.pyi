@@ -89,9 +89,11 @@ def conv2d_fused(x: _Array, weight: _Array, out: _Array, geom: ConvGeom, bias: _
                  post_relu: bool, stats_sum: _OptArray, stats_sumsq: _OptArray) -> str:
     """Fused forward convolution on cnnkit's own GEMM; returns the registry entry's name."""
 def conv2d_fused_backward_input(grad_out: _Array, weight: _Array, grad_input: _Array, geom: ConvGeom, x: _Array,
-                                scale: _OptArray, shift: _OptArray, relu: bool,
-                                center: ArrayLike) -> tuple[str, NDArray[np.float64], NDArray[np.float64]]:
-    """Masked input gradient of conv(prologue(x)) with the batch-norm backward's sums; (name, sum, sumxc)."""
+                                scale: _OptArray, shift: _OptArray, relu: bool, center: ArrayLike,
+                                residual: _OptArray = None,
+                                mask: _OptArray = None) -> tuple[str, NDArray[np.float64], NDArray[np.float64]]:
+    """Masked input gradient of conv(prologue(x)) (+ residual; mask: a stored ReLU output's) with the
+    batch-norm backward's sums; (name, sum, sumxc)."""
 def conv2d_fused_backward_weight(grad_out: _Array, x: _Array, grad_weight: _OptArray, grad_bias: _OptArray,
                                  geom: ConvGeom, pre_scale: _OptArray, pre_shift: _OptArray, pre_relu: bool) -> str:
     """Weight/bias gradients of conv(prologue(x)) on the GEMM path; returns the registry entry's name."""
@@ -113,7 +115,8 @@ def norm_apply(x: _Array, out: _Array, residual: _OptArray, N: _Int, C: _Int, S:
                relu: bool) -> None: ...
 def norm_backward_reduce(grad_out: _Array, x: _Array, mask: _OptArray, N: _Int, C: _Int, S: _Int, nhwc: bool,
                          per_sample: bool, mean: ArrayLike, mask_affine: _OptArray = None,
-                         pooled: bool = False) -> tuple[NDArray[np.float64], NDArray[np.float64]]: ...
+                         pooled: bool = False,
+                         grad_residual: _OptArray = None) -> tuple[NDArray[np.float64], NDArray[np.float64]]: ...
 def norm_backward_apply(grad_out: _Array, x: _Array, mask: _OptArray, grad_input: _Array,
                         grad_residual: _OptArray, N: _Int, C: _Int, S: _Int, nhwc: bool, per_sample: bool,
                         mean: ArrayLike, A: ArrayLike, B: ArrayLike, D: ArrayLike,

@@ -47,6 +47,11 @@ struct Fused {
   const double* center = nullptr;
   double* grad_sum = nullptr;
   double* grad_sumxc = nullptr;
+  // With grelu: the mask from a stored ReLU output at the positions of o instead (o * [gmask > 0]:
+  // a batch norm whose output was written, e.g. a residual block's last), gscale/gshift unused
+  // for it; gx still the norm's input for the second sum. The residual above may come with it:
+  // o = conv + residual, then masked (a block's input gradient plus its shortcut's).
+  const float* gmask = nullptr;
 };
 
 struct Geom {
@@ -230,6 +235,12 @@ struct Kernels {
   // residual, post ReLU), float32, either layout; the weight gradient writes dw only.
   void (*grouped_forward_fused)(const float* x, const float* w, const float* b, float* y, const Geom&, const Fused&);
   void (*grouped_backward_weight_fused)(const float* dy, const float* x, float* dw, const Geom&, const Fused&);
+  // The gradient epilogue of Fused (gx, gscale, gshift, grelu, center; the sums unused) over one
+  // image: o (its P pixels of C channels, NHWC or NCHW) masked in place (by mask > 0 where mask,
+  // the image's part of gmask, is given), s1[c] = sum of o and s2[c] = sum of o * (gx - center[c])
+  // in double (conv_gemm.cpp; backward_input_fused()'s units).
+  void (*grad_epilogue_image)(float* o, const float* gx, const float* mask, int64_t C, int64_t P, bool nhwc,
+                              const Fused&, double* s1, double* s2);
 };
 
 }  // namespace cnnkit::conv

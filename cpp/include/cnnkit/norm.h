@@ -33,9 +33,11 @@ void apply(DType dt, const void* x, void* y, const void* r, const Shape& sh, boo
 // then b), by fma(a[c], x, b[c]) > 0: the ReLU of a convolution's fused prologue, recomputed from
 // x with the prologue's own rounding, so the normalized tensor need not exist. Outputs have C or
 // N*C entries. With pooled, dy holds N*C values: the gradient at every position s of sample n and
-// channel c is dy[n*C + c] (a global average pool's adjoint, never written out whole).
+// channel c is dy[n*C + c] (a global average pool's adjoint, never written out whole). gres (not
+// with pooled; may be null) receives g, which the apply pass can then read as dy without a mask.
 void backward_reduce(DType dt, const void* dy, const void* x, const void* mask, const void* mask_affine, bool pooled,
-                     const Shape& sh, bool per_sample, const double* mean, double* sum_g, double* sum_gx);
+                     void* gres, const Shape& sh, bool per_sample, const double* mean, double* sum_g,
+                     double* sum_gx);
 
 // dx = A*g - B - (x - mean)*D per (n?, c), g as above; if gres is given it receives g.
 void backward_apply(DType dt, const void* dy, const void* x, const void* mask, const void* mask_affine, bool pooled,

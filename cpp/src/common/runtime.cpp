@@ -86,7 +86,11 @@ void set_isa(Isa isa) {
   g_isa.store(static_cast<int>(isa));
 }
 
+// 1 inside a parallel region: a kernel called from a parallel loop (the units of images of
+// backward_input_fused(), conv_dispatch.cpp) runs on its caller's thread, whatever the nesting
+// settings.
 int num_threads() {
+  if (omp_in_parallel()) return 1;
   int v = g_threads.load(std::memory_order_relaxed);
   if (v <= 0) {
     int init = initial_threads();

@@ -594,30 +594,92 @@ const char* backward_weight_fused(const float* dy, const float* x, float* dw, fl
   return e.name.c_str();
 }
 
+// Image n of a fused input gradient: dx += the residual, then the gradient epilogue (mask, and
+// the image's two sums into part[2n*C ...]).
+static void image_epilogue(const Kernels& k, float* dx, const Geom& g, const Fused& fu, int64_t n,
+                           std::vector<double>& part) {
+  const int64_t P = g.H * g.W, img = g.C * P;
+  float* o = dx + n * img;
+  if (fu.residual)
+    for (int64_t i = 0; i < img; ++i) o[i] += fu.residual[n * img + i];
+  k.grad_epilogue_image(o, fu.gx + n * img, fu.gmask ? fu.gmask + n * img : nullptr, g.C, P, g.nhwc, fu,
+                        part.data() + 2 * n * g.C, part.data() + (2 * n + 1) * g.C);
+}
+
+// grad_sum / grad_sumxc from the per-image sums, added in image order.
+static void combine_image_sums(const std::vector<double>& part, const Geom& g, const Fused& fu) {
+  for (int64_t c = 0; c < g.C; ++c) {
+    double a = 0, b = 0;
+    for (int64_t n = 0; n < g.N; ++n) {
+      a += part[size_t(2 * n * g.C + c)];
+      b += part[size_t((2 * n + 1) * g.C + c)];
+    }
+    fu.grad_sum[c] = a;
+    fu.grad_sumxc[c] = b;
+  }
+}
+
+// The fused input gradient of problems the adjoint GEMM pass does not take (depthwise, grouped,
+// stride > 1, the small-plane scatter): units of whole images, each the plain input gradient of
+// its images (whose kernels run on the unit's thread alone: num_threads() is 1 inside a parallel
+// region) followed by the gradient epilogue of every image while the unit's dx is still in cache.
+// The units (about 256 KiB of dx, at least 8 of them) and the per-image sums, added in image
+// order, follow from the shape alone, so the bits do not depend on the thread count; dx's values
+// are the plain kernels' (thread-invariant themselves). Returns the plain kernel's name.
+static const char* backward_input_units(const float* dy, const float* w, float* dx, const Geom& g, const Fused& fu) {
+  const int64_t img = g.C * g.H * g.W, oimg = g.K * g.Ho * g.Wo;
+  const int64_t per = std::clamp<int64_t>((int64_t(1) << 16) / std::max<int64_t>(1, img), 1,
+                                          std::max<int64_t>(1, g.N / 8));
+  const int64_t units = ceil_div(g.N, per);
+  Geom gu = g, gl = g;
+  gu.N = std::min(per, g.N);
+  gl.N = g.N - (units - 1) * per;
+  // The entries the units run (chosen here, so that nothing throws inside the parallel region).
+  const auto& t = table();
+  const Entry& e = t[select_effective(effective(Problem{gu, DType::f32, Pass::input}))];
+  (void)select_effective(effective(Problem{gl, DType::f32, Pass::input}));
+  const Kernels& k = kernels_of(isa_active());
+  std::vector<double> part(static_cast<size_t>(2 * g.N * g.C));
+#pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads())
+  for (int64_t u = 0; u < units; ++u) {
+    const int64_t n0 = u * per;
+    backward_input(DType::f32, dy + n0 * oimg, w, dx + n0 * img, u == units - 1 ? gl : gu);
+    for (int64_t n = n0; n < std::min(g.N, n0 + per); ++n) image_epilogue(k, dx, g, fu, n, part);
+  }
+  combine_image_sums(part, g, fu);
+  return e.name.c_str();
+}
+
 const char* backward_input_fused(const float* dy, const float* w, float* dx, const Geom& g, const Fused& fu) {
   check_dims(g);
-  if (fu.pre_scale || fu.pre_shift || fu.pre_relu || fu.residual || fu.post_relu || fu.stats_sum || fu.stats_sumsq)
-    throw value_error("conv2d_fused backward: only the gradient epilogue applies to the input gradient");
+  if (fu.pre_scale || fu.pre_shift || fu.pre_relu || fu.post_relu || fu.stats_sum || fu.stats_sumsq)
+    throw value_error("conv2d_fused backward: only the gradient epilogue (and a residual) applies to the input "
+                      "gradient");
+  if (fu.gmask && !fu.grelu) throw value_error("conv2d_fused backward: a stored mask needs relu");
   if (!fu.gx || !fu.center || !fu.grad_sum || !fu.grad_sumxc)
     throw value_error("conv2d_fused backward: the gradient epilogue needs x, center and both sums");
   if (!fu.gscale != !fu.gshift) throw value_error("conv2d_fused backward: scale and shift go together");
-  if (!unit_stride(g) || scatter_input(g))
-    throw value_error("conv2d_fused backward: no fused input gradient for this problem (stride > 1, or the "
-                      "whole-batch scatter of small planes)");
+  if (g.N == 0 || g.C == 0 || g.H * g.W == 0 || g.K == 0 || g.Ho * g.Wo == 0) {
+    // No convolution terms: dx = the residual (or 0), through the epilogue image by image.
+    const int64_t img = g.C * g.H * g.W;
+    std::vector<double> part(static_cast<size_t>(2 * g.N * g.C), 0.0);
+    const Kernels& k = kernels_of(isa_active());
+    for (int64_t n = 0; n < g.N; ++n) {
+      std::fill(dx + n * img, dx + (n + 1) * img, 0.0f);
+      if (img) image_epilogue(k, dx, g, fu, n, part);
+    }
+    combine_image_sums(part, g, fu);
+    return table()[select_effective(effective(Problem{g, DType::f32, Pass::input}))].name.c_str();
+  }
+  if (!unit_stride(g) || scatter_input(g)) return backward_input_units(dy, w, dx, g, fu);
   const Geom a = adjoint(g);
   const auto& t = table();
   const Entry& e = t[select_effective(Problem{a, DType::f32, Pass::forward})];
   const bool own = e.v->run == run_packed, blas = e.v->run == run_gemm,
              transposed = e.v->run == run_transposed<run_packed, false>;
-  if (!own && !blas && !transposed)
-    throw value_error(std::string("conv2d_fused backward: no fused input gradient for this problem (the registry "
-                                  "runs ") + e.name + ")");
-  if (g.N == 0 || g.C == 0 || g.H * g.W == 0 || g.K == 0) {
-    std::fill(dx, dx + g.N * g.C * g.H * g.W, 0.0f);
-    std::fill(fu.grad_sum, fu.grad_sum + g.C, 0.0);
-    std::fill(fu.grad_sumxc, fu.grad_sumxc + g.C, 0.0);
-    return e.name.c_str();
-  }
+  // (The transposed entry would need the residual and the mask transposed too: units instead.)
+  if ((!own && !blas && !transposed) || (transposed && (fu.residual || fu.gmask)))
+    return backward_input_units(dy, w, dx, g, fu);
   const float* wa = adjoint_weights(w, g);
   const Kernels& k = kernels_of(e.isa);
   if (!transposed) {

@@ -490,22 +490,27 @@ void epilogue_pm(T* y, int64_t ld, int64_t nr, int64_t nk, const T* b, const T* 
 
 // ---- the gradient epilogue (backward_input_fused(): the adjoint's forward pass) -----------------
 // The output here is the gradient at a prologue's output; xb holds the prologue's input at the
-// same positions. o = o * [fma(sc, x, sh) > 0] (relu; sc null: x > 0), then the partial sums of o
-// and o * (x - ctr) in double: per channel, over the block, in a fixed order.
+// same positions. o = o * [fma(sc, x, sh) > 0] (relu; sc null: x > 0; with mb, the mask of a
+// stored ReLU output at the same positions: o * [mb > 0]), then the partial sums of o and
+// o * (x - ctr) in double: per channel, over the block, in a fixed order.
+
+// The stored-mask block at element offset off of the output (Fused::gmask), or null.
+inline const float* grad_mask(const Fused* fu, int64_t off) { return fu->gmask ? fu->gmask + off : nullptr; }
 
 // Channel-major block (NCHW): nk channels of np pixels, row stride ld.
-void grad_epilogue_cm(float* y, const float* xb, int64_t ld, int64_t nk, int64_t np, const float* sc,
-                      const float* sh, bool relu, const double* ctr, double* s1, double* s2) {
+void grad_epilogue_cm(float* y, const float* xb, const float* mb, int64_t ld, int64_t nk, int64_t np,
+                      const float* sc, const float* sh, bool relu, const double* ctr, double* s1, double* s2) {
   for (int64_t k = 0; k < nk; ++k) {
     float* r = y + k * ld;
     const float* xr = xb + k * ld;
+    const float* mr = mb ? mb + k * ld : nullptr;
     const float a = sc ? sc[k] : 1.0f, b = sc ? sh[k] : 0.0f;
     const double c = ctr[k];
     double t1 = 0, t2 = 0;  // a SIMD reduction: lanes fixed by the ISA level
 #pragma omp simd reduction(+ : t1, t2)
     for (int64_t p = 0; p < np; ++p) {
       const float xv = xr[p];
-      const float v = (!relu || std::fma(a, xv, b) > 0.0f) ? r[p] : 0.0f;
+      const float v = (!relu || (mr ? mr[p] > 0.0f : std::fma(a, xv, b) > 0.0f)) ? r[p] : 0.0f;
       r[p] = v;
       t1 += double(v);
       t2 += double(v) * (double(xv) - c);
@@ -518,8 +523,8 @@ void grad_epilogue_cm(float* y, const float* xb, int64_t ld, int64_t nk, int64_t
 // grad_epilogue_pm on P*16 channels at a time, the sums in registers (per channel the same
 // operations in the same order as the loop there).
 template <int P>
-void grad16(float* y, const float* xb, int64_t ld, int64_t nr, const float* sc, const float* sh, bool relu,
-            const double* ctr, double* s1, double* s2, bool cont) {
+void grad16(float* y, const float* xb, const float* mb, int64_t ld, int64_t nr, const float* sc, const float* sh,
+            bool relu, const double* ctr, double* s1, double* s2, bool cont) {
   D8v a1[2 * P], a2[2 * P], c[2 * P];
   F16v ka[P], kb[P];
 #pragma GCC unroll 4
@@ -540,7 +545,8 @@ void grad16(float* y, const float* xb, int64_t ld, int64_t nr, const float* sc, 
       float* yr = y + r * ld + 16 * q;
       const F16v xv = load16(xb + r * ld + 16 * q);
       F16v v = load16(yr);
-      if (relu) v = fma16(ka[q], xv, kb[q]) > zero ? v : zero;
+      if (relu && mb) v = load16(mb + r * ld + 16 * q) > zero ? v : zero;
+      else if (relu) v = fma16(ka[q], xv, kb[q]) > zero ? v : zero;
       store16(yr, v);
       const D8v vl = lo8(v), vh = hi8(v);
       a1[2 * q] += vl;
@@ -558,15 +564,16 @@ void grad16(float* y, const float* xb, int64_t ld, int64_t nr, const float* sc, 
 
 // Pixel-major block (NHWC): nr rows of nk channels, row stride ld (cont: the sums continue from
 // s1, s2, as block_stats_pm).
-void grad_epilogue_pm(float* y, const float* xb, int64_t ld, int64_t nr, int64_t nk, const float* sc,
-                      const float* sh, bool relu, const double* ctr, double* s1, double* s2, bool cont = false) {
+void grad_epilogue_pm(float* y, const float* xb, const float* mb, int64_t ld, int64_t nr, int64_t nk,
+                      const float* sc, const float* sh, bool relu, const double* ctr, double* s1, double* s2,
+                      bool cont = false) {
   int64_t kv = 0;
   for (; kv + 32 <= nk; kv += 32)
-    grad16<2>(y + kv, xb + kv, ld, nr, sc ? sc + kv : nullptr, sc ? sh + kv : nullptr, relu, ctr + kv, s1 + kv,
-              s2 + kv, cont);
+    grad16<2>(y + kv, xb + kv, mb ? mb + kv : nullptr, ld, nr, sc ? sc + kv : nullptr, sc ? sh + kv : nullptr,
+              relu, ctr + kv, s1 + kv, s2 + kv, cont);
   for (; kv + 16 <= nk; kv += 16)
-    grad16<1>(y + kv, xb + kv, ld, nr, sc ? sc + kv : nullptr, sc ? sh + kv : nullptr, relu, ctr + kv, s1 + kv,
-              s2 + kv, cont);
+    grad16<1>(y + kv, xb + kv, mb ? mb + kv : nullptr, ld, nr, sc ? sc + kv : nullptr, sc ? sh + kv : nullptr,
+              relu, ctr + kv, s1 + kv, s2 + kv, cont);
   for (int64_t k0 = kv; k0 < nk; k0 += 64) {  // channels in pieces of 64, local accumulators
     const int64_t n = std::min<int64_t>(64, nk - k0);
     double a1[64], a2[64], c[64];
@@ -581,10 +588,11 @@ void grad_epilogue_pm(float* y, const float* xb, int64_t ld, int64_t nr, int64_t
     for (int64_t r = 0; r < nr; ++r) {
       float* __restrict yr = y + r * ld + k0;
       const float* __restrict xr = xb + r * ld + k0;
+      const float* __restrict mr = mb ? mb + r * ld + k0 : nullptr;
 #pragma omp simd
       for (int64_t k = 0; k < n; ++k) {
         const float xv = xr[k];
-        const float v = (!relu || std::fma(ka[k], xv, kb[k]) > 0.0f) ? yr[k] : 0.0f;
+        const float v = (!relu || (mr ? mr[k] > 0.0f : std::fma(ka[k], xv, kb[k]) > 0.0f)) ? yr[k] : 0.0f;
         yr[k] = v;
         a1[k] += double(v);
         a2[k] += double(v) * (double(xv) - c[k]);
@@ -752,7 +760,8 @@ void batched_forward(const float* x, const float* w, const float* b, float* y, c
                   stats ? st.s1 + su * K + k0 : nullptr, stats ? st.s2 + su * K + k0 : nullptr,
                   stats ? st.sh + su * K + k0 : nullptr);
       if (grad)
-        grad_epilogue_pm(yr, fu->gx + (R0 + i0) * K + k0, K, nr, nk, fu->gscale ? fu->gscale + k0 : nullptr,
+        grad_epilogue_pm(yr, fu->gx + (R0 + i0) * K + k0, grad_mask(fu, (R0 + i0) * K + k0), K, nr, nk,
+                         fu->gscale ? fu->gscale + k0 : nullptr,
                          fu->gshift ? fu->gshift + k0 : nullptr, fu->grelu, fu->center + k0, st.s1 + su * K + k0,
                          st.s2 + su * K + k0);
     }
@@ -888,8 +897,8 @@ void forward_1x1_nhwc(const float* x, const float* w, const float* b, float* y, 
       epilogue_pm(yr, K, nr, K, b, residual ? residual + a * K : nullptr, relu, stats ? st.s1 + u * K : nullptr,
                   stats ? st.s2 + u * K : nullptr, stats ? st.sh + u * K : nullptr, cont);
       if (grad)
-        grad_epilogue_pm(yr, fu->gx + a * K, K, nr, K, fu->gscale, fu->gshift, fu->grelu, fu->center, st.s1 + u * K,
-                         st.s2 + u * K, cont);
+        grad_epilogue_pm(yr, fu->gx + a * K, grad_mask(fu, a * K), K, nr, K, fu->gscale, fu->gshift, fu->grelu,
+                         fu->center, st.s1 + u * K, st.s2 + u * K, cont);
     }
   }
   if (!stats && !grad) return;
@@ -973,7 +982,8 @@ void forward_nchw(const T* x, const T* w, const T* b, T* y, const Geom& g, const
     if constexpr (std::is_same_v<T, float>)
       if (grad) {
         const int64_t c0 = gi * Kg;
-        grad_epilogue_cm(yg + p0, fu->gx + (n * g.K + c0) * P + p0, P, Kg, np, fu->gscale ? fu->gscale + c0 : nullptr,
+        grad_epilogue_cm(yg + p0, fu->gx + (n * g.K + c0) * P + p0, grad_mask(fu, (n * g.K + c0) * P + p0), P, Kg,
+                         np, fu->gscale ? fu->gscale + c0 : nullptr,
                          fu->gshift ? fu->gshift + c0 : nullptr, fu->grelu, fu->center + c0, st.s1 + u * Kg,
                          st.s2 + u * Kg);
       }
@@ -1073,7 +1083,8 @@ void forward_nhwc(const T* x, const T* w, const T* b, T* y, const Geom& g, const
     if constexpr (std::is_same_v<T, float>)
       if (grad) {
         const int64_t c0 = gi * Kg;
-        grad_epilogue_pm(yr, fu->gx + r0 * g.K + c0, g.K, nr, Kg, fu->gscale ? fu->gscale + c0 : nullptr,
+        grad_epilogue_pm(yr, fu->gx + r0 * g.K + c0, grad_mask(fu, r0 * g.K + c0), g.K, nr, Kg,
+                         fu->gscale ? fu->gscale + c0 : nullptr,
                          fu->gshift ? fu->gshift + c0 : nullptr, fu->grelu, fu->center + c0, st.s1 + u * Kg,
                          st.s2 + u * Kg);
       }
@@ -1457,6 +1468,14 @@ void fused_backward_weight(const float* dy, const float* x, float* dw, const Geo
     backward_weight_gemm<float, true>(dy, x, dw, g, &fu);
   else
     backward_weight_gemm<float, false>(dy, x, dw, g, &fu);
+}
+
+void grad_epilogue_image(float* o, const float* gx, const float* mask, int64_t C, int64_t P, bool nhwc,
+                         const Fused& fu, double* s1, double* s2) {
+  if (nhwc)
+    grad_epilogue_pm(o, gx, mask, C, P, C, fu.gscale, fu.gshift, fu.grelu, fu.center, s1, s2);
+  else
+    grad_epilogue_cm(o, gx, mask, P, C, P, fu.gscale, fu.gshift, fu.grelu, fu.center, s1, s2);
 }
 
 void bias_grad(DType dt, const void* dy, void* db, const Geom& g) {

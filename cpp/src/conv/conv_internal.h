@@ -31,6 +31,9 @@ void fused_forward(const float* x, const float* w, const float* b, float* y, con
 void fused_backward_weight(const float* dy, const float* x, float* dw, const Geom& g, const Fused& fu, bool own);
 void fused_forward_any(const float* x, const float* w, const float* b, float* y, const Geom& g, const Fused& fu,
                        bool own);
+// The gradient epilogue of fu over one image's input gradient o (Kernels::grad_epilogue_image).
+void grad_epilogue_image(float* o, const float* gx, const float* mask, int64_t C, int64_t P, bool nhwc,
+                         const Fused& fu, double* s1, double* s2);
 }  // namespace CNNKIT_KERNEL_NS
 
 // Depthwise on NCHW planes with channels a multiple of 16 (multiplier 1): the blocked kernels,

@@ -271,6 +271,7 @@ extern const conv::Kernels conv_kernels = {
     conv::sgemm_shape_of, conv::sgemm_strided, conv::patches_backward_weight,
     dw_fused_forward, dw_fused_backward_weight,
     grouped_forward_fused, grouped_backward_weight_fused,
+    conv::grad_epilogue_image,
 };
 
 }  // namespace cnnkit::CNNKIT_ISA_NS

@@ -58,6 +58,52 @@ inline void small_cin_pixels(const float* xn, const float* W, const float* b, fl
     for (int v = 0; v < NV; ++v) vstore(yp + p * K + v * L, acc[p][v]);
 }
 
+// The same for a window that lies wholly inside the image, with the kernel size, the input
+// channels and the column stride fixed at compile time (dilation 1): the KH*KW*CC steps unroll
+// into straight-line code whose input values are broadcast from a row pointer plus a constant
+// offset (the general loops spend as much on index arithmetic as on the FMAs for 3x3 RGB). The
+// same products added in the same order as small_cin_pixels, so the same bits.
+template <int NV, int PX, int KH, int KW, int CC, int SW>
+inline void small_cin_fixed(const float* xn, const float* W, const float* b, float* yp, const Geom& g, int64_t oh,
+                            int64_t ow0) {
+  using V = vec_t<float>;
+  constexpr int L = Vec<float>::n, K = NV * L;
+  V acc[PX][NV];
+  for (int p = 0; p < PX; ++p)
+    for (int v = 0; v < NV; ++v) acc[p][v] = b ? vload(b + v * L) : vsplat(0.0f);
+  const int64_t rs = g.W * CC;
+  const float* x0 = xn + (oh * g.sh - g.pt) * rs + (ow0 * SW - g.pl) * CC;
+#pragma GCC unroll 8
+  for (int i = 0; i < KH; ++i) {
+    const float* xr = x0 + i * rs;
+#pragma GCC unroll 8
+    for (int j = 0; j < KW; ++j)
+#pragma GCC unroll 4
+      for (int c = 0; c < CC; ++c) {
+        V wv[NV];
+        for (int v = 0; v < NV; ++v) wv[v] = vload(W + ((i * KW + j) * CC + c) * K + v * L);
+        for (int p = 0; p < PX; ++p) {
+          const V xv = vsplat(xr[(p * SW + j) * CC + c]);
+          for (int v = 0; v < NV; ++v) acc[p][v] += xv * wv[v];
+        }
+      }
+  }
+  for (int p = 0; p < PX; ++p)
+    for (int v = 0; v < NV; ++v) vstore(yp + p * K + v * L, acc[p][v]);
+}
+
+// One output row's columns [lo, hi) (windows inside the image, rows checked by the caller) on
+// small_cin_fixed in blocks of PX, the rest one pixel at a time; returns the first column not done.
+template <int NV, int PX, int SW>
+inline int64_t small_cin_fixed_row(const float* xn, const float* W, const float* b, float* yr, const Geom& g,
+                                   int64_t oh, int64_t lo, int64_t hi) {
+  constexpr int K = NV * Vec<float>::n;
+  int64_t ow = lo;
+  for (; ow + PX <= hi; ow += PX) small_cin_fixed<NV, PX, 3, 3, 3, SW>(xn, W, b, yr + ow * K, g, oh, ow);
+  for (; ow < hi; ++ow) small_cin_fixed<NV, 1, 3, 3, 3, SW>(xn, W, b, yr + ow * K, g, oh, ow);
+  return ow;
+}
+
 // With sum/sumsq (the fused forward's statistics, conv::Fused): the work items are units of output
 // rows fixed by the shape (an image, or a band of its rows for small batches), each reducing its
 // rows' shifted sums while they are in cache (unit_stats.h); else one item per output row.
@@ -75,12 +121,19 @@ void small_cin_forward_k(const float* x, const float* w, const float* b, float* 
   int64_t hi = lo;
   while (hi < g.Wo && hi * g.sw + (g.kw - 1) * g.dw - g.pl < g.W) ++hi;
   const float* W = wt.data();
+  // 3x3 RGB at column stride 1 or 2, dilation 1: interior rows take small_cin_fixed.
+  const bool fixed = C == 3 && g.kh == 3 && g.kw == 3 && g.dh == 1 && g.dw == 1 && (g.sw == 1 || g.sw == 2);
+  constexpr int PXF = NV <= 2 ? 6 : 2;
   auto row = [&](int64_t r) {
     const int64_t n = r / g.Ho, oh = r % g.Ho;
     const float* xn = x + n * g.H * g.W * C;
     float* yr = y + r * g.Wo * K;
     int64_t ow = 0;
     for (; ow < lo; ++ow) small_cin_pixels<NV, 1>(xn, W, b, yr + ow * K, g, oh, ow);
+    const int64_t ih0 = oh * g.sh - g.pt;
+    if (fixed && ih0 >= 0 && ih0 + 2 < g.H)
+      ow = g.sw == 1 ? small_cin_fixed_row<NV, PXF, 1>(xn, W, b, yr, g, oh, ow, hi)
+                     : small_cin_fixed_row<NV, PXF, 2>(xn, W, b, yr, g, oh, ow, hi);
     for (; ow + PX <= hi; ow += PX) small_cin_pixels<NV, PX>(xn, W, b, yr + ow * K, g, oh, ow);
     for (; ow < g.Wo; ++ow) small_cin_pixels<NV, 1>(xn, W, b, yr + ow * K, g, oh, ow);
   };
@@ -141,6 +194,50 @@ inline void small_cin_wgrad_row(const float* dy, const float* x, float* pw, cons
     }
 }
 
+// 3x3 kernels at dilation 1, column stride SW, K <= 32 outputs (NV <= 2): the nine taps of input
+// channel c at once (9*NV accumulators), so each dy vector is loaded once per pixel instead of
+// once per kernel row, and the loops over taps unroll. Per tap the same products in the same
+// order (rows, then columns, out-of-image taps skipped) as small_cin_wgrad_row, so the same bits.
+template <int NV, int SW>
+inline void small_cin_wgrad_33(const float* dy, const float* x, float* pw, const Geom& g, int64_t r0, int64_t r1,
+                               int64_t c, int64_t lo, int64_t hi) {
+  using V = vec_t<float>;
+  constexpr int L = Vec<float>::n, K = NV * L;
+  const int64_t C = g.C, rs = g.W * C;
+  V acc[9][NV];
+  for (int t = 0; t < 9; ++t)
+    for (int v = 0; v < NV; ++v) acc[t][v] = vsplat(0.0f);
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t n = r / g.Ho, oh = r % g.Ho, ih0 = oh * g.sh - g.pt;
+    const float* xr = x + (n * g.H + ih0) * rs + c;  // kernel row 0 (may lie outside: not read then)
+    const float* dr = dy + r * g.Wo * K;
+    bool in[3];
+    for (int i = 0; i < 3; ++i) in[i] = ih0 + i >= 0 && ih0 + i < g.H;
+    for (int64_t ow = 0; ow < g.Wo; ++ow) {
+      V dv[NV];
+      for (int v = 0; v < NV; ++v) dv[v] = vload(dr + ow * K + v * L);
+      const int64_t iw0 = ow * SW - g.pl;
+      const bool inner = ow >= lo && ow < hi;
+#pragma GCC unroll 3
+      for (int i = 0; i < 3; ++i) {
+        if (!in[i]) continue;
+        const float* xi = xr + i * rs + iw0 * C;
+#pragma GCC unroll 3
+        for (int j = 0; j < 3; ++j) {
+          if (!inner && (iw0 + j < 0 || iw0 + j >= g.W)) continue;
+          const V xv = vsplat(xi[j * C]);
+          for (int v = 0; v < NV; ++v) acc[i * 3 + j][v] += xv * dv[v];
+        }
+      }
+    }
+  }
+  for (int t = 0; t < 9; ++t)
+    for (int v = 0; v < NV; ++v) {
+      float* dst = pw + (t * C + c) * K + v * L;
+      vstore(dst, vload(dst) + acc[t][v]);
+    }
+}
+
 template <int NV>
 void small_cin_backward_weight_k(const float* dy, const float* x, float* dw, float* db, const Geom& g) {
   using V = vec_t<float>;
@@ -148,6 +245,12 @@ void small_cin_backward_weight_k(const float* dy, const float* x, float* dw, flo
   const int64_t C = g.C, taps = g.kh * g.kw, rows = g.N * g.Ho, width = taps * C * K + K;
   const int64_t pieces = std::max<int64_t>(1, std::min<int64_t>(16, rows));
   isa_vector<float> part(static_cast<size_t>(pieces * width));
+  // 3x3 at dilation 1 and column stride 1 or 2: small_cin_wgrad_33 (output columns [lo, hi) read
+  // only columns inside the image).
+  const bool nine = g.kh == 3 && g.kw == 3 && g.dh == 1 && g.dw == 1 && (g.sw == 1 || g.sw == 2);
+  const int64_t lo = std::min<int64_t>(g.Wo, (g.pl + g.sw - 1) / g.sw);
+  int64_t hi = lo;
+  while (hi < g.Wo && hi * g.sw + 2 - g.pl < g.W) ++hi;
 #pragma omp parallel for schedule(static) num_threads(num_threads())
   for (int64_t q = 0; q < pieces; ++q) {
     float* pw = part.data() + q * width;  // [(t*C + c)*K + k], then the bias
@@ -159,6 +262,17 @@ void small_cin_backward_weight_k(const float* dy, const float* x, float* dw, flo
     for (int64_t p = r0 * g.Wo; p < r1 * g.Wo; ++p)
       for (int v = 0; v < NV; ++v) bacc[v] += vload(dy + p * K + v * L);
     for (int v = 0; v < NV; ++v) vstore(pb + v * L, bacc[v]);
+    if constexpr (NV <= 2) {
+      if (nine) {
+        for (int64_t c = 0; c < C; ++c) {
+          if (g.sw == 1)
+            small_cin_wgrad_33<NV, 1>(dy, x, pw, g, r0, r1, c, lo, hi);
+          else
+            small_cin_wgrad_33<NV, 2>(dy, x, pw, g, r0, r1, c, lo, hi);
+        }
+        continue;
+      }
+    }
     for (int64_t c = 0; c < C; ++c)
       for (int64_t i = 0; i < g.kh; ++i)
         for (int64_t j0 = 0; j0 < g.kw; j0 += KWB) {

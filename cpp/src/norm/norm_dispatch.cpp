@@ -37,8 +37,9 @@ void apply(DType dt, const void* x, void* y, const void* r, const Shape& sh, boo
   kernels(kApply, dt).apply_fn(dt, x, y, r, sh, ps, mean, invstd, w, b, relu);
 }
 void backward_reduce(DType dt, const void* dy, const void* x, const void* mask, const void* mask_affine, bool pooled,
-                     const Shape& sh, bool ps, const double* mean, double* sum_g, double* sum_gx) {
-  kernels(kBackwardReduce, dt).backward_reduce_fn(dt, dy, x, mask, mask_affine, pooled, sh, ps, mean, sum_g, sum_gx);
+                     void* gres, const Shape& sh, bool ps, const double* mean, double* sum_g, double* sum_gx) {
+  kernels(kBackwardReduce, dt).backward_reduce_fn(dt, dy, x, mask, mask_affine, pooled, gres, sh, ps, mean, sum_g,
+                                                  sum_gx);
 }
 void backward_apply(DType dt, const void* dy, const void* x, const void* mask, const void* mask_affine, bool pooled,
                     void* dx, void* gres, const Shape& sh, bool ps, const double* mean, const double* A,

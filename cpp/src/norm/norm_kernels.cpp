@@ -245,10 +245,13 @@ inline bool kept(const T* __restrict m, int64_t i, T a, T b, T x) {
 }
 
 // PL (pooled): dy holds one value per (n, c), the gradient at every position s of that sample and
-// channel (a global average pool's adjoint, never written out whole).
-template <typename T, int MK, bool PL>
+// channel (a global average pool's adjoint, never written out whole). GR: gres receives g (the
+// masked gradient; not with PL), so that the apply pass can read it instead of dy and the mask.
+template <typename T, int MK, bool PL, bool GR = false>
 void backward_reduce_t(const T* __restrict dy, const T* __restrict x, const T* __restrict mk,
-                       const T* __restrict ma, const Shape& sh, bool ps, const double* mean, double* sum_g, double* sum_gx) {
+                       const T* __restrict ma, T* __restrict gres, const Shape& sh, bool ps, const double* mean,
+                       double* sum_g, double* sum_gx) {
+  static_assert(!(PL && GR), "a pooled gradient is not written out");
   const int64_t N = sh.N, C = sh.C, S = sh.S, nk = ps ? N * C : C;
   std::fill(sum_g, sum_g + nk, 0.0);
   std::fill(sum_gx, sum_gx + nk, 0.0);
@@ -262,10 +265,13 @@ void backward_reduce_t(const T* __restrict dy, const T* __restrict x, const T* _
       const T* __restrict xr = x + r * S;
       const T* __restrict mr = MK == 1 ? mk + r * S : nullptr;
       const T as = MK == 2 ? ma[r % C] : T(0), at = MK == 2 ? ma[C + r % C] : T(0);
+      T* __restrict gr = GR ? gres + r * S : nullptr;
       double s1 = 0.0, s2 = 0.0;
 #pragma omp simd reduction(+ : s1, s2)
       for (int64_t s = 0; s < S; ++s) {
-        const double g = !kept<MK>(mr, s, as, at, xr[s]) ? 0.0 : double(d[PL ? 0 : s]);
+        const T gv = !kept<MK>(mr, s, as, at, xr[s]) ? T(0) : d[PL ? 0 : s];
+        if (GR) gr[s] = gv;
+        const double g = double(gv);
         s1 += g;
         s2 += g * (double(xr[s]) - m);
       }
@@ -290,6 +296,7 @@ void backward_reduce_t(const T* __restrict dy, const T* __restrict x, const T* _
         const T* __restrict db = dy + m * C;
         const T* __restrict xb = x + m * C;
         const T* __restrict mb = MK == 1 ? mk + m * C : nullptr;
+        T* __restrict gb = GR ? gres + m * C : nullptr;
         const T* __restrict dp[4] = {};  // PL: the rows' samples' gradients
         if (PL)
           for (int j = 0; j < 4; ++j) dp[j] = dy + ((m + j) / S) * C;
@@ -298,9 +305,11 @@ void backward_reduce_t(const T* __restrict dy, const T* __restrict x, const T* _
           const double mc = mn[c];
           double g[4], e[4];
           for (int j = 0; j < 4; ++j) {
-            g[j] = !kept<MK>(mb, j * C + c, MK == 2 ? ma[c] : T(0), MK == 2 ? ma[C + c] : T(0), xb[j * C + c])
-                       ? 0.0
-                       : double(PL ? dp[j][c] : db[j * C + c]);
+            const T gv = !kept<MK>(mb, j * C + c, MK == 2 ? ma[c] : T(0), MK == 2 ? ma[C + c] : T(0), xb[j * C + c])
+                             ? T(0)
+                             : (PL ? dp[j][c] : db[j * C + c]);
+            if (GR) gb[j * C + c] = gv;
+            g[j] = double(gv);
             e[j] = g[j] * (double(xb[j * C + c]) - mc);
           }
           q1[c] += (g[0] + g[1]) + (g[2] + g[3]);
@@ -311,9 +320,12 @@ void backward_reduce_t(const T* __restrict dy, const T* __restrict x, const T* _
         const T* __restrict d = dy + (PL ? m / S : m) * C;
         const T* __restrict xr = x + m * C;
         const T* __restrict mr = MK == 1 ? mk + m * C : nullptr;
+        T* __restrict gr = GR ? gres + m * C : nullptr;
 #pragma omp simd
         for (int64_t c = 0; c < C; ++c) {
-          const double g = !kept<MK>(mr, c, MK == 2 ? ma[c] : T(0), MK == 2 ? ma[C + c] : T(0), xr[c]) ? 0.0 : double(d[c]);
+          const T gv = !kept<MK>(mr, c, MK == 2 ? ma[c] : T(0), MK == 2 ? ma[C + c] : T(0), xr[c]) ? T(0) : d[c];
+          if (GR) gr[c] = gv;
+          const double g = double(gv);
           q1[c] += g;
           q2[c] += g * (double(xr[c]) - mn[c]);
         }
@@ -427,36 +439,39 @@ void apply(DType dt, const void* x, void* y, const void* r, const Shape& sh, boo
     apply_d<double>(x, y, r, sh, ps, mean, invstd, w, b, relu);
 }
 
-template <typename T, bool PL>
-void backward_reduce_p(const void* dy, const void* x, const void* mask, const void* mask_affine, const Shape& sh,
-                       bool ps, const double* mean, double* sg, double* sgx) {
+template <typename T, bool PL, bool GR>
+void backward_reduce_p(const void* dy, const void* x, const void* mask, const void* mask_affine, void* gres,
+                       const Shape& sh, bool ps, const double* mean, double* sg, double* sgx) {
   auto G = static_cast<const T*>(dy);
   auto X = static_cast<const T*>(x);
   auto M = static_cast<const T*>(mask);
   auto A = static_cast<const T*>(mask_affine);
+  auto R = static_cast<T*>(gres);
   if (mask_affine)
-    backward_reduce_t<T, 2, PL>(G, X, M, A, sh, ps, mean, sg, sgx);
+    backward_reduce_t<T, 2, PL, GR>(G, X, M, A, R, sh, ps, mean, sg, sgx);
   else if (mask)
-    backward_reduce_t<T, 1, PL>(G, X, M, A, sh, ps, mean, sg, sgx);
+    backward_reduce_t<T, 1, PL, GR>(G, X, M, A, R, sh, ps, mean, sg, sgx);
   else
-    backward_reduce_t<T, 0, PL>(G, X, M, A, sh, ps, mean, sg, sgx);
+    backward_reduce_t<T, 0, PL, GR>(G, X, M, A, R, sh, ps, mean, sg, sgx);
 }
 
 template <typename T>
 void backward_reduce_d(const void* dy, const void* x, const void* mask, const void* mask_affine, bool pooled,
-                       const Shape& sh, bool ps, const double* mean, double* sg, double* sgx) {
+                       void* gres, const Shape& sh, bool ps, const double* mean, double* sg, double* sgx) {
   if (pooled)
-    backward_reduce_p<T, true>(dy, x, mask, mask_affine, sh, ps, mean, sg, sgx);
+    backward_reduce_p<T, true, false>(dy, x, mask, mask_affine, nullptr, sh, ps, mean, sg, sgx);
+  else if (gres)
+    backward_reduce_p<T, false, true>(dy, x, mask, mask_affine, gres, sh, ps, mean, sg, sgx);
   else
-    backward_reduce_p<T, false>(dy, x, mask, mask_affine, sh, ps, mean, sg, sgx);
+    backward_reduce_p<T, false, false>(dy, x, mask, mask_affine, nullptr, sh, ps, mean, sg, sgx);
 }
 
 void backward_reduce(DType dt, const void* dy, const void* x, const void* mask, const void* mask_affine, bool pooled,
-                     const Shape& sh, bool ps, const double* mean, double* sg, double* sgx) {
+                     void* gres, const Shape& sh, bool ps, const double* mean, double* sg, double* sgx) {
   if (dt == DType::f32)
-    backward_reduce_d<float>(dy, x, mask, mask_affine, pooled, sh, ps, mean, sg, sgx);
+    backward_reduce_d<float>(dy, x, mask, mask_affine, pooled, gres, sh, ps, mean, sg, sgx);
   else
-    backward_reduce_d<double>(dy, x, mask, mask_affine, pooled, sh, ps, mean, sg, sgx);
+    backward_reduce_d<double>(dy, x, mask, mask_affine, pooled, gres, sh, ps, mean, sg, sgx);
 }
 
 template <typename T, int MK>

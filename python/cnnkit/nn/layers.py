@@ -7,6 +7,7 @@ biases in +-1/sqrt(fan_in); batch/group norm weight 1, bias 0), drawn from the `
 from __future__ import annotations
 
 import math
+import weakref
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,21 @@ _LAYOUTS = ("NCHW", "NHWC")
 #: a batch norm is applied in the next convolution's prologue only while every channel's
 #: |mean| / std is at most this (beyond it scale * x + shift would cancel digits)
 _DEFER_MAX_MEAN_OVER_STD = 16.0
+
+# The batch norm that last wrote each output buffer (by id; checked with ``bn._y is x``): a residual
+# block finds the norm that produced its input, whose backward its first convolution's input
+# gradient can then take over (Conv2d._backward_add).
+_NORM_OUTPUTS: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
+
+
+def _producing_norm(x: np.ndarray) -> Any:
+    """The training-mode BatchNorm2d with a fused standard ReLU whose last forward output is ``x``
+    (that very array), or None."""
+    bn = _NORM_OUTPUTS.get(id(x))
+    if (bn is None or bn._y is not x or not bn._trained or bn.activation != "relu" or bn.relu_mode != "standard"
+            or x.dtype != np.float32 or bn._captures or bn._inject is not None or not _fusable(bn, BatchNorm2d)):
+        return None  # (captures and injected gradients want the unmasked gradient at the output)
+    return bn
 
 
 def _layout(layout):
@@ -270,15 +286,41 @@ class Conv2d(Module):
         ops.conv2d_backward(grad, self._x, self.params["weight"], needs=needs, out=(gi, gw, gb), **self._args())
         return gi
 
-    def _backward_add(self, grad: np.ndarray, add: np.ndarray) -> np.ndarray | None:
+    def _backward_add(self, grad: np.ndarray, add: np.ndarray, in_bn: Any = None) -> np.ndarray | None:
         """:meth:`_backward` (the input gradient) plus ``add`` (an array of the input's shape), in
         one pass, for a dense 1x1 convolution with stride 1 and no padding or prologue, float32:
         the input gradient is the adjoint's forward pass, a 1x1 convolution with the transposed
         weight, whose residual epilogue adds ``add`` (:func:`cnnkit.ops.conv2d_fused`); the weight
         and bias gradients as :meth:`backward` writes them. A residual block's first
         convolution so adds the shortcut's gradient without a pass of its own. None (nothing done,
-        nothing consumed) where it does not apply."""
+        nothing consumed) where it does not apply.
+
+        ``in_bn``: the training-mode batch norm (fused ReLU) whose written output was this
+        convolution's input. Then one compiled pass (any geometry) writes the input gradient plus
+        ``add`` already masked by that output's ReLU, with the two sums of the norm's backward,
+        which the norm receives as its pending gradient (:meth:`BatchNorm2d._pending_backward`): its
+        reduction pass and its mask are skipped."""
         x = getattr(self, "_x", None)
+        if (in_bn is not None and x is not None and _producing_norm(x) is in_bn and getattr(self, "_pre", None) is None
+                and grad.dtype == np.float32 and add.dtype == np.float32 and add.shape == x.shape
+                and x.dtype == np.float32 and _fusable(self, Conv2d)
+                and in_bn._x.shape == x.shape and in_bn.layout == self.layout):
+            g = _conv_geom(x.shape, self.params["weight"].shape, self.stride, self.padding, self.dilation,
+                           self.groups, self.layout, np.dtype(np.float32))
+            shape = g.y_shape()
+            grad = self._check_grad(self._grad_in(grad), shape)
+            self._note_grad(grad)
+            grad = np.ascontiguousarray(grad)
+            w = self.params["weight"]
+            if self.param_grads:
+                needs = ("weight", "bias") if self.has_bias else ("weight",)
+                ops.conv2d_backward(grad, x, w, needs=needs, out=(None, self.grads["weight"], self.grads.get("bias")),
+                                    **self._args())
+            gi = self._buf("gx", x.shape)
+            _, sg, sgxc = _core.conv2d_fused_backward_input(grad, w, gi, g.core(), in_bn._x, None, None, True,
+                                                            in_bn._mean, np.ascontiguousarray(add), x)
+            in_bn._pending_grad = (gi, sg, sgxc)
+            return gi
         if (x is None or self.kernel_size != (1, 1) or self.groups != 1 or getattr(self, "_pre", None) is not None
                 or grad.dtype != np.float32 or add.dtype != np.float32 or add.shape != x.shape
                 or x.dtype != np.float32 or not _fusable(self, Conv2d)):
@@ -305,9 +347,10 @@ class Conv2d(Module):
         standard ReLU rule) takes it next: one compiled pass writes into ``gi`` the gradient at
         the norm's pre-activation (masked by the prologue's ReLU) and the two sums of the norm's
         backward, which the norm receives with it (:meth:`BatchNorm2d._fused_backward`), so its
-        own reduction pass is skipped. False (nothing written) where it does not apply: the
-        forward materialised the prologue, the norm is in eval mode or another ReLU rule, float64,
-        or the registry runs no GEMM for the adjoint pass (depthwise, grouped, stride 2, ...)."""
+        own reduction pass is skipped (the adjoint's GEMM pass at stride 1, else the plain kernel
+        over units of images with the epilogue per image). False (nothing written) where it does
+        not apply: the forward materialised the prologue, the norm is in eval mode or another ReLU
+        rule, or float64."""
         bn = getattr(self, "_pre_bn", None)
         fn = getattr(_core, "conv2d_fused_backward_input", None)
         if (bn is None or fn is None or self._a is not None or not bn._trained or bn.relu_mode != "standard"
@@ -536,6 +579,7 @@ class BatchNorm2d(_ReLUMode, Module):
                                      out=y)
             self._trained = False
         self._y = y
+        _NORM_OUTPUTS[id(y)] = self
         return y
 
     def _fused_forward(self, x: np.ndarray, stats: tuple | None, residual: np.ndarray | None,
@@ -583,6 +627,7 @@ class BatchNorm2d(_ReLUMode, Module):
             _core.norm_apply(x, y, residual, N, C, S, nhwc, False, mean, invstd, w, p.get("bias"),
                              self.activation == "relu")
         self._y = y
+        _NORM_OUTPUTS[id(y)] = self
         for c in self._captures:
             c.output = y.copy()
         return y, None
@@ -624,6 +669,27 @@ class BatchNorm2d(_ReLUMode, Module):
             self.grads["weight"][...] = sgxhat
             self.grads["bias"][...] = sg
         self.residual_grad = None
+        return gi
+
+    def _pending_backward(self, grad: np.ndarray, gi: np.ndarray) -> np.ndarray:
+        """The training-mode backward when the consumer of this norm's written output (a residual
+        block's first convolution, :meth:`Conv2d._backward_add`) computed ``grad`` already masked by
+        ``y > 0`` together with the sums of g and g*(x - mean) (``_pending_grad``): only the apply
+        pass is left, and the residual's gradient is ``grad`` itself (the masked gradient)."""
+        _, sg, sgxc = self._pending_grad
+        self._pending_grad = None
+        x = self._x
+        nhwc = self.layout == "NHWC"
+        N, C = x.shape[0], self.num_features
+        S = x.shape[1] * x.shape[2] if nhwc else x.shape[2] * x.shape[3]
+        w = self.params.get("weight")
+        w64 = np.ones(C) if w is None else w.astype(np.float64)
+        if gi.size:
+            _bn_backward_apply(grad, x, None, gi, None, N, C, S, nhwc, self._mean, self._invstd, w64, N * S, sg, sgxc)
+        if self.affine and self.param_grads:
+            self.grads["weight"][...] = sgxc * self._invstd
+            self.grads["bias"][...] = sg
+        self.residual_grad = grad if self._residual is not None else None
         return gi
 
     def _preactivation(self) -> np.ndarray:
@@ -706,6 +772,9 @@ class BatchNorm2d(_ReLUMode, Module):
         if self._residual is not None:
             needs.append("residual")
         gi = self._buf("gx", self._x.shape)
+        pending = self._pending_grad
+        if pending is not None and pending[0] is grad and self._y is not None:
+            return self._pending_backward(grad, gi)
         gres = self._buf("gres", self._x.shape) if self._residual is not None else None
         y = self._y
         pre_affine = self._pre_affine
@@ -1394,7 +1463,7 @@ class SpatialDropout2d(_DropoutBase):
 _FUSED_VIA = {"Conv2d": ("__call__", "forward", "_forward", "_fused_call", "backward", "_backward_add",
                          "_channel_sparse_backward", "_fused_input_backward"),
               "BatchNorm2d": ("__call__", "forward", "_fused_forward", "backward", "_eval_backward",
-                              "_preactivation", "_fused_backward", "_relu_grad"),
+                              "_preactivation", "_fused_backward", "_pending_backward", "_relu_grad"),
               "GlobalAvgPool2d": ("__call__", "forward", "_fused_pool", "backward")}
 
 
@@ -1542,7 +1611,7 @@ class _Residual(Module):
         sum is written once; otherwise the two are added."""
         gsc = gr if self.shortcut is None else self.shortcut._backward(gr, input_grad=True)
         if self._fusing():
-            gi = conv1._backward_add(g, gsc)
+            gi = conv1._backward_add(g, gsc, getattr(self, "_in_bn", None))
             if gi is not None:
                 return gi
         return np.add(conv1._backward(g), gsc, out=self._buf("gx", gsc.shape))
@@ -1605,6 +1674,7 @@ class ResidualBlock(_Residual):
         float32 ndarray
             (N, out_channels, Ho, Wo) (NHWC likewise), ``Ho = ceil(H / stride)``.
         """
+        self._in_bn = _producing_norm(x) if self._fusing() else None
         r = x if self.shortcut is None else self.shortcut(x)
         if self._fusing() and self.bn2 is not None:
             return _fused_chain((self.conv1, self.bn1, self.conv2), self.bn2, x, r)
@@ -1685,6 +1755,7 @@ class BottleneckBlock(_Residual):
         float32 ndarray
             (N, out_channels, Ho, Wo) (NHWC likewise), ``Ho = ceil(H / stride)``.
         """
+        self._in_bn = _producing_norm(x) if self._fusing() else None
         r = x if self.shortcut is None else self.shortcut(x)
         if self._fusing() and self.bn3 is not None:
             return _fused_chain((self.conv1, self.bn1, self.conv2, self.bn2, self.conv3), self.bn3, x, r)

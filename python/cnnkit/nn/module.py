@@ -64,7 +64,11 @@ def fusion(enabled: bool = True) -> contextlib.AbstractContextManager[None]:
     ``(N, C)`` adjoint as a view broadcast over H and W, which the norm's kernels read per
     sample and channel. In a residual block whose first convolution is a dense 1x1 with stride
     1 (the bottleneck's), that convolution's input gradient adds the shortcut's gradient in its
-    epilogue instead of a separate pass. Not fused: a norm whose output is captured
+    epilogue instead of a separate pass; where the block's input is the written output of a
+    training-mode BatchNorm2d with a ReLU (the stem's, the previous block's last), that epilogue
+    (any geometry) also masks the sum by the output's ReLU and reduces the norm's two backward
+    sums, and the norm runs only its apply pass (its residual's gradient is the masked gradient
+    itself). Not fused: a norm whose output is captured
     (:meth:`Module.capture`) or where ``forward(until=)`` stops, a norm followed by anything
     but a Conv2d or a GlobalAvgPool2d, a channel with ``|mean| / std > 16`` (accuracy), across
     container boundaries, and a Conv2d or BatchNorm2d whose subclass (or instance) overrides
@@ -79,11 +83,12 @@ def fusion(enabled: bool = True) -> contextlib.AbstractContextManager[None]:
     pass). The backward mirrors the fusions
     (float32): the weight gradient of a convolution with a prologue applies it while it lays x
     out or reads it (GEMM, depthwise NHWC and grouped kernels; the normalized tensor is not
-    recomputed into memory); its input gradient (stride 1, on a GEMM entry, training mode, the
-    standard ReLU rule) is written already masked
-    by the prologue's ReLU, ``fma(scale, x, shift) > 0``, with the two sums of the norm's
-    backward reduced in its epilogue, so the norm runs only its apply pass; elsewhere the norm
-    recomputes the mask from x inside its own two passes. Each norm still receives the gradient
+    recomputed into memory); its input gradient (training mode, the standard ReLU rule) is
+    written already masked by the prologue's ReLU, ``fma(scale, x, shift) > 0``, with the two
+    sums of the norm's backward reduced in its epilogue, so the norm runs only its apply pass:
+    at stride 1 on a GEMM entry in the adjoint's forward pass, elsewhere (depthwise, grouped,
+    strided) as the plain input-gradient kernel over units of whole images followed by the
+    epilogue on each image while it is in cache. Each norm still receives the gradient
     at its output (masked by its ReLU already where the input-gradient epilogue ran; a captured
     norm is never fused, so captures, ``inject=`` and ``until=`` see the unfused gradients).
 

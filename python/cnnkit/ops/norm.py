@@ -156,7 +156,13 @@ def _bn_backward_chunk(g, x, mask, grad_x, grad_res, v, C, S, nhwc, mean, invstd
     ``fma(a[c], x, b[c]) > 0``, the ReLU of a convolution's fused prologue recomputed from x
     (:mod:`cnnkit.nn`'s fusion), instead of by a stored output. ``pooled``: g is ``(v, C)``, the
     gradient at every spatial position of that sample and channel (a global average pool's
-    adjoint, never broadcast in memory)."""
+    adjoint, never broadcast in memory). With ``mask`` and ``grad_res`` both given, the reduction
+    pass writes the masked gradient into ``grad_res`` and the apply pass reads it in place of
+    ``g`` and the mask (one pass over the mask fewer; the same values)."""
+    if mask is not None and grad_res is not None and grad_x is not None:
+        sg, sgx = _core.norm_backward_reduce(g, x, mask, v, C, S, nhwc, False, mean, None, False, grad_res)
+        _bn_backward_apply(grad_res, x, None, grad_x, None, v, C, S, nhwc, mean, invstd, w, count, sg, sgx)
+        return sg, sgx * invstd
     sg, sgx = _core.norm_backward_reduce(g, x, mask, v, C, S, nhwc, False, mean, mask_affine, pooled)
     if grad_x is not None:
         _bn_backward_apply(g, x, mask, grad_x, grad_res, v, C, S, nhwc, mean, invstd, w, count, sg, sgx,
