@@ -268,3 +268,52 @@ def test_strided_forward(isa):
         assert_close(got[0][3], (d * d).sum(axis=(0, 2, 3)), F32, length=M * Cin, what="sumsq")
 
     run()
+
+
+@pytest.mark.parametrize("isa", ISA_LEVELS)
+def test_output_epilogue_in_the_store(isa):
+    """Bias, residual and ReLU applied to each register block as it is stored (sgemm_rows'
+    RowsEpilogue), at any channel count: the fused forms without a prologue or statistics of the
+    16-channel problems that the plain pass leaves to OpenBLAS run here too. Against float64,
+    bitwise at 1 and 2 threads, on the packed entry; and bitwise the plain output plus the
+    epilogue in float32 (one rounding per addition, in the order bias, residual)."""
+    @settings(max_examples=12, deadline=None)
+    @given(N=st.integers(1, 3), H=st.integers(1, 7), W=st.integers(1, 9), Cin=_channels(isa, 5),
+           K=_channels(isa, 5), bias=st.booleans(), res=st.booleans(), relu=st.booleans(),
+           seed=st.integers(0, 2**31 - 1))
+    def run(N, H, W, Cin, K, bias, res, relu, seed):
+        if not (bias or res or relu):
+            res = True
+        rng = np.random.default_rng(seed)
+        x = rng.standard_normal((N, H, W, Cin)).astype(F32)
+        w = rng.standard_normal((K, Cin, 1, 1)).astype(F32)
+        b = rng.standard_normal(K).astype(F32) if bias else None
+        r = rng.standard_normal((N, H, W, K)).astype(F32) if res else None
+        g = _geom(x, w)
+        got = []
+        with isa_level(isa):
+            for t in (1, 2):
+                with num_threads(t):
+                    y, yp = np.empty((N, H, W, K), F32), np.empty((N, H, W, K), F32)
+                    name = _core.conv2d_fused(x, w, y, g, b, None, None, False, r, relu, None, None)
+                    _core.conv2d_fused(x, w, yp, g, None, None, None, False, None, False, None, None)
+                    got.append((y, yp))
+        assert "gemm_f32_nhwc_packed" in name, name
+        assert_bitwise(got[1][0], got[0][0], f"2 threads vs 1 ({isa}, {Cin}->{K})")
+        y, yp = got[0]
+        want = yp
+        if bias:
+            want = want + b
+        if res:
+            want = want + r
+        if relu:
+            want = np.maximum(want, F32(0))
+        assert_bitwise(y, want, f"epilogue vs plain + epilogue ({isa}, {Cin}->{K})")
+        ref = conv2d_ref(to_nchw(x), w, b)
+        if res:
+            ref = ref + to_nchw(r)
+        if relu:
+            ref = np.maximum(ref, 0)
+        assert_close(to_nchw(y), ref, F32, length=Cin + 2, what=f"y ({isa}, {Cin}->{K})")
+
+    run()

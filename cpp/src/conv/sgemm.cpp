@@ -486,10 +486,55 @@ inline V vfma(V a, V b, V c) { return (V)_mm512_fmadd_ps((__m512)a, (__m512)b, (
 #elif defined(__AVX2__)
 inline V vfma(V a, V b, V c) { return (V)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c); }
 #endif
+// The epilogue of one panel of W columns (sgemm_rows' RowsEpilogue, its pointers moved to the
+// panel and to the block's first row).
+struct PanelEp {
+  const float* bias;
+  const float* res;
+  int64_t ldres;
+  bool relu;
+};
+
+// store_block() through the epilogue (see RowsEpilogue in sgemm.h): a whole block with the values
+// in registers; a partial one (mr < R or nr < W) through a tile, the same operations per value.
+template <int R, int U>
+__attribute__((always_inline)) inline void store_block_ep(V (&r)[R][U], float* c, int64_t ldc, bool acc, int64_t mr,
+                                                          int64_t nr, const PanelEp& e) {
+  constexpr int W = U * VL;
+  if (mr == R && nr == W) {
+#pragma GCC unroll 16
+    for (int i = 0; i < R; ++i)
+#pragma GCC unroll 4
+      for (int v = 0; v < U; ++v) {
+        float* p = c + i * ldc + v * VL;
+        V x = acc ? vload(p) + r[i][v] : r[i][v];
+        if (e.bias) x = x + vload(e.bias + v * VL);
+        if (e.res) x = x + vload(e.res + i * e.ldres + v * VL);
+        if (e.relu) x = x < V{} ? V{} : x;  // std::max(x, 0)
+        vstore(p, x);
+      }
+    return;
+  }
+  alignas(64) float t[R * W];
+#pragma GCC unroll 16
+  for (int i = 0; i < R; ++i)
+#pragma GCC unroll 4
+    for (int v = 0; v < U; ++v) vstore(t + i * W + v * VL, r[i][v]);
+  for (int64_t i = 0; i < mr; ++i)
+    for (int64_t j = 0; j < nr; ++j) {
+      float x = t[i * W + j];
+      if (acc) x = c[i * ldc + j] + x;
+      if (e.bias) x = x + e.bias[j];
+      if (e.res) x = x + e.res[i * e.ldres + j];
+      if (e.relu) x = std::max(x, 0.0f);
+      c[i * ldc + j] = x;
+    }
+}
+
 template <int R, int U, int AM, int Pro = 0>
 void ukernel_s(int64_t kc, const float* __restrict a, int64_t lda, const float* __restrict b, int64_t ldb, float* c,
                int64_t ldc, bool acc, int64_t mr, int64_t nr, const char* pf = nullptr, int64_t pfl = 0,
-               const float* psc = nullptr, const float* psh = nullptr) {
+               const float* psc = nullptr, const float* psh = nullptr, const PanelEp* ep = nullptr) {
   V r[R][U];
   zero_block<R, U>(r);
   V sv[U], hv[U];
@@ -518,7 +563,10 @@ void ukernel_s(int64_t kc, const float* __restrict a, int64_t lda, const float* 
     a += AM == 0 ? R : AM == 1 ? 1 : lda;
     b += ldb;
   }
-  store_block<R, U>(r, c, ldc, acc, mr, nr);
+  if (ep)
+    store_block_ep<R, U>(r, c, ldc, acc, mr, nr, *ep);
+  else
+    store_block<R, U>(r, c, ldc, acc, mr, nr);
 }
 
 // The register block for a C of N columns: U vectors wide (up to 4 at AVX-512), R rows, about
@@ -603,11 +651,11 @@ void prologue_block(const float* A, int64_t lda, int64_t mr, int R, int64_t k0, 
 
 template <int R, int U>
 void rows_blocked(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* bp, float* C,
-                  int64_t ldc, const Prologue* pa) {
+                  int64_t ldc, const Prologue* pa, const RowsEpilogue* ep) {
   constexpr int W = U * VL;
   const int64_t panels = (N + W - 1) / W;
   const bool has = active(pa);
-  float* buf = scratch<float>(kPackASlot, R * std::min<int64_t>(K, KC));
+  float* buf = scratch<float>(kPackASlot, R * std::max<int64_t>(1, std::min<int64_t>(K, KC)));
   for (int64_t ir = 0; ir < M; ir += R) {
     const int64_t mr = std::min<int64_t>(R, M - ir);
     // The broadcasts walk R rows at once, a pattern the hardware prefetchers follow poorly when A
@@ -615,7 +663,7 @@ void rows_blocked(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, 
     // the first panel's kernel fetches the next block of rows (contiguous when lda == K), a line
     // per step of its loop (prefetches past the end of A do not fault).
     const char* pf = lda == K ? reinterpret_cast<const char*>(A + (ir + R) * lda) : nullptr;
-    for (int64_t pc = 0; pc < K; pc += KC) {
+    for (int64_t pc = 0; pc < K || pc == 0; pc += KC) {  // (K == 0: one empty block, for the epilogue)
       const int64_t kc = std::min<int64_t>(KC, K - pc);
       const float* a = A + ir * lda + pc;
       int64_t la = lda;
@@ -624,10 +672,16 @@ void rows_blocked(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, 
         a = buf;
         la = kc;
       }
-      for (int64_t p = 0; p < panels; ++p)
+      const bool last = pc + kc == K;
+      for (int64_t p = 0; p < panels; ++p) {
+        PanelEp pe{};
+        if (ep && last)
+          pe = PanelEp{ep->bias ? ep->bias + p * W : nullptr, ep->res ? ep->res + ir * ep->ldres + p * W : nullptr,
+                       ep->ldres, ep->relu};
         ukernel_s<R, U, 1>(kc, a, la, bp + p * K * W + pc * W, W, C + ir * ldc + p * W, ldc, pc > 0, mr,
                            std::min<int64_t>(W, N - p * W), p == 0 && pf ? pf + pc * R * 4 : nullptr,
-                           p == 0 && pf ? (R * kc * 4 + 63) / 64 : 0);
+                           p == 0 && pf ? (R * kc * 4 + 63) / 64 : 0, nullptr, nullptr, ep && last ? &pe : nullptr);
+      }
     }
   }
 }
@@ -782,13 +836,14 @@ void sgemm_rows_pack_b(int64_t K, int64_t N, Operand B, float* dst) {
 }
 
 void sgemm_rows(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* bp, float* C, int64_t ldc,
-                const Prologue* pa) {
+                const Prologue* pa, const RowsEpilogue* ep) {
   if (M <= 0 || N <= 0) return;
-  if (K <= 0) {
+  if (K <= 0 && !ep) {
     for (int64_t i = 0; i < M; ++i) std::fill(C + i * ldc, C + i * ldc + N, 0.0f);
     return;
   }
-  CNNKIT_WITH_BLOCK(N, rows_blocked, M, N, K, A, lda, bp, C, ldc, pa);
+  // (K == 0 with an epilogue: one empty KC block, zero register blocks through the epilogue.)
+  CNNKIT_WITH_BLOCK(N, rows_blocked, M, N, std::max<int64_t>(K, 0), A, lda, bp, C, ldc, pa, ep);
 }
 
 void sgemm_tn(int64_t M, int64_t N, int64_t K, const float* P, int64_t lp, const float* Q, int64_t lq, float* C,

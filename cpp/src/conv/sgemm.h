@@ -78,10 +78,21 @@ void sgemm_patches_t(int64_t M, int64_t N, int64_t K, const Patches& a, int64_t 
 // B (K x N) packed once for sgemm_rows(): sgemm_rows_b_size(K, N) floats.
 int64_t sgemm_rows_b_size(int64_t K, int64_t N);
 void sgemm_rows_pack_b(int64_t K, int64_t N, Operand B, float* dst);
+// The epilogue sgemm_rows() applies to each register block of C while it is still in registers
+// (after the reduction's last KC block): C[i, j] = max(C[i, j] + bias[j] + res[i, j], 0), each
+// part optional, added in that order (one rounding each, as a pass over C would).
+struct RowsEpilogue {
+  const float* bias = nullptr;  // N values
+  const float* res = nullptr;   // M x N, row stride ldres
+  int64_t ldres = 0;
+  bool relu = false;
+};
+
 // C (M x N, row stride ldc) = pa(A) . B, A (M x K) row-major with row stride lda (read in place;
-// with a prologue, R rows at a time through it into an L1 block), B packed by sgemm_rows_pack_b().
+// with a prologue, R rows at a time through it into an L1 block), B packed by sgemm_rows_pack_b();
+// then the epilogue ep on each register block as it is stored.
 void sgemm_rows(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* bp, float* C, int64_t ldc,
-                const Prologue* pa = nullptr);
+                const Prologue* pa = nullptr, const RowsEpilogue* ep = nullptr);
 // C (M x N) (+)= P^T . pq(Q): P (K x M) and Q (K x N) row-major with row strides lp, lq, both read
 // in place (the weight gradient dW = dY^T . x of an NHWC 1x1 convolution: K pixels). pq: a
 // per-column prologue on Q (each column j through scale[j], shift[j], ReLU), applied while a KC
