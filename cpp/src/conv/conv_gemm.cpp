@@ -884,8 +884,9 @@ void forward_1x1_nhwc(const float* x, const float* w, const float* b, float* y, 
       // much as the GEMM's own pass: 32->32 at 32x32, N = 64, 1 thread, 1.85 -> 1.39 ms with a
       // residual); the statistics and the gradient epilogue as passes over the block of y (in L1).
       // (The statistics on the register blocks ran 4-8% slower than this pass: in double, they are
-      // the same arithmetic, competing with the block's FMAs.)
-      const bool in_store = !stats && !grad;
+      // the same arithmetic, competing with the block's FMAs.) With the gradient epilogue the
+      // residual (the shortcut's gradient) is added in the store too, and the epilogue reads the sum.
+      const bool in_store = !stats;
       RowsEpilogue ep;
       ep.bias = in_store ? b : nullptr;
       ep.res = in_store && residual ? residual + a * K : nullptr;
