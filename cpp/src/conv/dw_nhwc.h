@@ -463,11 +463,12 @@ void dw33_wgrad_vectors(const T* buf, const T* dyn, T* pwu, T* pbu, const Geom& 
 
 // Output rows [oh0, oh1) of one image (xn, yn: NHWC with g.C channels), multiplier 1, from
 // zero-padded copies of the input rows they read (no edge cases in the inner loops).
-// With N > 1, each output row prefetches the input rows the next one adds and the next output row
-// for writing (with next, also past the band: the next unit's rows follow in memory). Measured (1
+// With N > 1, each output row prefetches into L2 the input rows the next one adds and the next
+// output row (with next, also past the band: the next unit's rows follow in memory). Measured (1
 // thread, CPU time, N = 64, interleaved with the build before, load 4-8): the fused forward of
-// mobilenet_small's 3x3 layers 1.16-1.24x faster with the tensors in L3, 1.1-1.2x from DRAM; on
-// tensors already in L2 (N = 4) the prefetches cost 6-13%.
+// mobilenet_small's 3x3 layers 1.16-1.24x faster with the tensors in L3, 1.1-1.2x from DRAM with
+// prefetchw of the output row, 1.3-1.4x with a read prefetch of it into L2 instead; on tensors
+// already in L2 (N = 4) the prefetches cost 0-6%.
 // (With after, after(oh, row) is called on each output row once it is written.)
 // (With st, the 3x3 register rows accumulate the statistics from their registers instead.)
 template <typename T, int KH, int KW, typename After = std::nullptr_t>
@@ -490,7 +491,7 @@ void dw_fwd_band(const T* xn, const T* wt, const T* b, T* yn, const Geom& g, int
     // stalling the row copy and the stores.
     if (g.N > 1 && (next || oh + 1 < oh1)) {
       prefetch_bytes(xn + need * g.W * C, g.sh * g.W * C * int64_t(sizeof(T)), false);
-      prefetch_bytes(yr + g.Wo * C, g.Wo * C * int64_t(sizeof(T)), true);
+      prefetch_bytes(yr + g.Wo * C, g.Wo * C * int64_t(sizeof(T)), false);
     }
     if constexpr (KH == 3 && KW == 3) {
       if (dw33_shape(g)) {
@@ -801,12 +802,15 @@ void dw_bwdin_row(const T* dyn, const T* wt, T* dxr, int64_t ih, const Geom& g, 
 // per-pixel tap lists (the gather below spent more on listing a pixel's taps than on its FMAs).
 // Dy vectors outside the row are zeros and dx columns outside [0, W) are not stored, so the edges
 // need no separate loops; each dx element sums its taps in (i, j) order, as the gather did.
+// Chunks outermost and channel vectors inside, so dx is written in address order, and the same
+// columns of the next dx row are prefetched into L2 (1 thread, C64 32x32 s2, N = 64: 1.4-1.47x
+// the gather from DRAM; N = 4, in cache: 2.4-2.9x).
 inline bool dw33s2_input_shape(const Geom& g) {
   return g.kh == 3 && g.kw == 3 && g.sh == 2 && g.sw == 2 && g.dh == 1 && g.dw == 1 && g.K == g.C;
 }
 
 template <typename T>
-void dw33s2_bwdin_row(const T* dyn, const T* wt, T* dxr, int64_t ih, const Geom& g) {
+void dw33s2_bwdin_row(const T* dyn, const T* wt, T* dxr, int64_t ih, const Geom& g, bool next) {
   constexpr int VL = Vec<T>::n;
   using V = vec_t<T>;
   constexpr int NPMAX = 6;
@@ -829,6 +833,9 @@ void dw33s2_bwdin_row(const T* dyn, const T* wt, T* dxr, int64_t ih, const Geom&
   const int64_t npairs = (g.W - e0 + 1) / 2;       // pairs covering columns [e0, W)
   const int64_t m0 = (e0 + g.pl) / 2;              // the dy column of the first pair's taps j = 0, 1
   dw_row_chunks<NPMAX>(npairs, [&](auto npc, int64_t q0) __attribute__((always_inline)) {
+    if (next)  // the same columns of the next dx row, into L2 ahead of their stores
+      prefetch_bytes(dxr + (g.W + std::max<int64_t>(e0 + 2 * q0, 0)) * C,
+                     2 * decltype(npc)::value * C * int64_t(sizeof(T)), false);
     for (int64_t c = 0; c < cv; c += VL) {
       constexpr int NP = decltype(npc)::value;
       V ae[NP], ao[NP];
@@ -893,7 +900,7 @@ void dw_backward_input_nhwc(const T* dy, const T* w, T* dx, const Geom& g) {
 #pragma omp parallel for schedule(static) num_threads(num_threads())
     for (int64_t u = 0; u < g.N * g.H; ++u) {
       const int64_t n = u / g.H, ih = u % g.H;
-      dw33s2_bwdin_row(dy + n * g.Ho * g.Wo * g.C, wt, dx + u * g.W * g.C, ih, g);
+      dw33s2_bwdin_row(dy + n * g.Ho * g.Wo * g.C, wt, dx + u * g.W * g.C, ih, g, u + 1 < g.N * g.H);
     }
     return;
   }
