@@ -376,13 +376,15 @@ CNNKIT_HD void dw33_taps(const T* const* rows, int64_t off, int64_t C, F&& f) {
 // One output row yr (Wo pixels of C channels) from the padded rows rows[0..2] (Wp pixels each).
 // With st (the unit's sums at channel 0; init: this row is the unit's first), the statistics.
 template <typename T, int S>
-void dw33_fwd_row(const T* const* rows, T* yr, const T* wt, const T* b, const Geom& g, const DwStat* st = nullptr) {
+void dw33_fwd_row(const T* const* rows, T* yr, const T* wt, const T* b, const Geom& g, const DwStat* st = nullptr,
+                  SpreadPrefetch* pf = nullptr) {
   constexpr int VL = Vec<T>::n;
   using V = vec_t<T>;
   constexpr int NPMAX = S == 1 ? 8 : 6;
   const int64_t C = g.C, cv = C / VL * VL;
   dw_row_chunks<NPMAX>(g.Wo, [&](auto npc, int64_t ow0) __attribute__((always_inline)) {
     for (int64_t c = 0; c < cv; c += VL) {
+      if (pf) pf->step();
       V wv[9];
 #pragma GCC unroll 9
       for (int t = 0; t < 9; ++t) wv[t] = vload(wt + t * C + c);
@@ -464,11 +466,12 @@ void dw33_wgrad_vectors(const T* buf, const T* dyn, T* pwu, T* pbu, const Geom& 
 // Output rows [oh0, oh1) of one image (xn, yn: NHWC with g.C channels), multiplier 1, from
 // zero-padded copies of the input rows they read (no edge cases in the inner loops).
 // With N > 1, each output row prefetches into L2 the input rows the next one adds and the next
-// output row (with next, also past the band: the next unit's rows follow in memory). Measured (1
-// thread, CPU time, N = 64, interleaved with the build before, load 4-8): the fused forward of
-// mobilenet_small's 3x3 layers 1.16-1.24x faster with the tensors in L3, 1.1-1.2x from DRAM with
-// prefetchw of the output row, 1.3-1.4x with a read prefetch of it into L2 instead; on tensors
-// already in L2 (N = 4) the prefetches cost 0-6%.
+// output row (with next, also past the band: the next unit's rows follow in memory), spread over
+// the register rows' chunks. Measured (1 thread, CPU time, N = 64, interleaved with the build
+// before, load 3-8): the fused forward of mobilenet_small's 3x3 layers 1.1-1.2x faster from DRAM
+// with a burst of prefetchw of the output row, 1.3-1.4x with a burst of read prefetches into L2,
+// 1.44-1.79x with those spread over the chunks (C384 14x14 plain forward 1.09-1.21x). On tensors
+// already in L2 (N = 4) they cost 8-20%, so inputs under 2 MiB (twice a core's L2) take none.
 // (With after, after(oh, row) is called on each output row once it is written.)
 // (With st, the 3x3 register rows accumulate the statistics from their registers instead.)
 template <typename T, int KH, int KW, typename After = std::nullptr_t>
@@ -478,6 +481,7 @@ void dw_fwd_band(const T* xn, const T* wt, const T* b, T* yn, const Geom& g, int
   const int64_t kh = KH ? KH : g.kh, kw = KW ? KW : g.kw, C = g.C;
   const int64_t r0 = oh0 * g.sh - g.pt;
   int64_t done = r0;  // rows [r0, done) are padded: each output row pads the rows it newly reads
+  const bool big = g.N > 1 && g.N * g.H * g.W * C * int64_t(sizeof(T)) >= (int64_t(2) << 20);
   for (int64_t oh = oh0; oh < oh1; ++oh) {
     const int64_t need = oh * g.sh + (kh - 1) * g.dh - g.pt + 1;
     if (need > done) {
@@ -489,22 +493,29 @@ void dw_fwd_band(const T* xn, const T* wt, const T* b, T* yn, const Geom& g, int
     // The input rows the next output row adds and that row of y (past the band: the next unit's,
     // at the following addresses), so their DRAM traffic overlaps this row's FMAs instead of
     // stalling the row copy and the stores.
-    if (g.N > 1 && (next || oh + 1 < oh1)) {
-      prefetch_bytes(xn + need * g.W * C, g.sh * g.W * C * int64_t(sizeof(T)), false);
-      prefetch_bytes(yr + g.Wo * C, g.Wo * C * int64_t(sizeof(T)), false);
-    }
+    const bool pf_next = big && (next || oh + 1 < oh1);
     if constexpr (KH == 3 && KW == 3) {
       if (dw33_shape(g)) {
+        // (The register rows spread the prefetches over their chunks: in one burst they stalled
+        // as long as the row's FMAs took.)
+        const int64_t VL0 = Vec<T>::n;
+        SpreadPrefetch pf(xn + need * g.W * C, pf_next ? g.sh * g.W * C * int64_t(sizeof(T)) : 0, yr + g.Wo * C,
+                          pf_next ? g.Wo * C * int64_t(sizeof(T)) : 0,
+                          ceil_div(g.Wo, int64_t(g.sw == 1 ? 8 : 6)) * (C / VL0));
         DwStat rs;
         if (st) rs = DwStat{st->s1, st->s2, st->sh, oh == oh0};
         if (g.sw == 1)
-          dw33_fwd_row<T, 1>(rows, yr, wt, b, g, st ? &rs : nullptr);
+          dw33_fwd_row<T, 1>(rows, yr, wt, b, g, st ? &rs : nullptr, pf_next ? &pf : nullptr);
         else
-          dw33_fwd_row<T, 2>(rows, yr, wt, b, g, st ? &rs : nullptr);
+          dw33_fwd_row<T, 2>(rows, yr, wt, b, g, st ? &rs : nullptr, pf_next ? &pf : nullptr);
         if constexpr (!std::is_same_v<After, std::nullptr_t>)
           if (!st) after(oh, yr);
         continue;
       }
+    }
+    if (pf_next) {
+      prefetch_bytes(xn + need * g.W * C, g.sh * g.W * C * int64_t(sizeof(T)), false);
+      prefetch_bytes(yr + g.Wo * C, g.Wo * C * int64_t(sizeof(T)), false);
     }
     int64_t ow = 0;
     for (; ow + 8 <= g.Wo; ow += 8) dw_pad_block<T, KH, KW, 8>(rows, yr + ow * C, ow, wt, b, g, kh, kw);
