@@ -8,6 +8,11 @@ kernels) and around the row chunks (widths 1 to 9, 14 = 7 + 7, 16 = 8 + 8; plane
 289 pixels), padding 0, 1 and 2, batches 1 to 3, both layouts and dtypes, every ISA level: the
 forward pass and every gradient against the float64 reference, bitwise equal at 1 and 2 threads;
 then hypothesis over the same space.
+
+The 3x3 stride-2 input gradient (dw33s2_bwdin_row, NHWC, multiplier 1, any channel count): named
+shapes and hypothesis over channels around the vector widths (8/16/32 and their neighbours),
+even and odd planes, padding 0 to 2 and batches up to 9, against the float64 reference and
+bitwise at 1 and 2 threads.
 """
 from __future__ import annotations
 
@@ -71,3 +76,35 @@ def test_dw3_hypothesis(n, c, h, w, padding, layout, dtype, level, seed):
     h, w = max(h, 3 - 2 * padding), max(w, 3 - 2 * padding)
     with isa_level(level):
         _check(dw3(n, c, h, w, padding), layout, dtype, np.random.default_rng(seed))
+
+
+def dw3s2(n, c, h, w, padding=1):
+    return Geo(n, c, c, h, w, 3, 3, 2, padding, groups=c)
+
+
+NAMED_S2 = [
+    ("C16 8x8 N2", dw3s2(2, 16, 8, 8)),
+    ("C17 9x7 N2", dw3s2(2, 17, 9, 7)),
+    ("C8 5x6 N3 pad 0", dw3s2(3, 8, 5, 6, 0)),
+    ("C33 7x10 N1 pad 2", dw3s2(1, 33, 7, 10, 2)),
+    ("C32 1x1 N2", dw3s2(2, 32, 1, 1)),
+    ("C64 16x16 N2 (mobilenet's stride-2 layer, small)", dw3s2(2, 64, 16, 16)),
+    ("C15 14x3 N9", dw3s2(9, 15, 14, 3)),
+    ("C1 4x4 N2 pad 0", dw3s2(2, 1, 4, 4, 0)),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("geo", [g for _, g in NAMED_S2], ids=[n for n, _ in NAMED_S2])
+def test_dw3s2_named(isa, geo, dtype, rng):
+    _check(geo, "NHWC", dtype, rng)
+
+
+@SETTINGS
+@given(n=st.sampled_from((1, 2, 3, 9)), c=st.sampled_from((1, 7, 8, 9, 15, 16, 17, 31, 32, 33)),
+       h=st.integers(1, 12), w=st.integers(1, 12), padding=st.integers(0, 2), dtype=st.sampled_from(DTYPES),
+       level=st.sampled_from(ISA_LEVELS), seed=st.integers(0, 2**31))
+def test_dw3s2_hypothesis(n, c, h, w, padding, dtype, level, seed):
+    h, w = max(h, 3 - 2 * padding), max(w, 3 - 2 * padding)
+    with isa_level(level):
+        _check(dw3s2(n, c, h, w, padding), "NHWC", dtype, np.random.default_rng(seed))

@@ -93,6 +93,41 @@ CNNKIT_HD void transpose_block(const T* src, int64_t lds, T* dst, int64_t ldd) {
   for (int i = 0; i < VL; ++i) vstore(dst + i * ldd, r[i]);
 }
 
+// Software prefetch of the 64-byte lines of [p, p + bytes): for reading (into L2, hint 2) or for
+// writing (prefetchw, into L1 exclusive, so a store does not wait for its line's read for ownership).
+// Addresses past an array's end are harmless: a prefetch never faults.
+CNNKIT_HD void prefetch_bytes(const void* p, int64_t bytes, bool write) {
+  const char* c = static_cast<const char*>(p);
+  const char* e = c + bytes;
+  c = reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(c) & ~uintptr_t(63));
+  if (write)
+    for (; c < e; c += 64) __builtin_prefetch(c, 1, 3);
+  else
+    for (; c < e; c += 64) __builtin_prefetch(c, 0, 2);
+}
+
+// Read prefetch of up to two byte ranges (into L2), spread over the steps of a loop: a few lines per
+// step(), so that the DRAM reads of the next piece of work overlap this one's FMAs.
+struct SpreadPrefetch {
+  const char* p[2] = {nullptr, nullptr};
+  int64_t left[2] = {0, 0};
+  int64_t per = 0;  // lines per step
+  SpreadPrefetch() = default;
+  SpreadPrefetch(const void* a, int64_t abytes, const void* b, int64_t bbytes, int64_t steps) {
+    p[0] = static_cast<const char*>(a);
+    p[1] = static_cast<const char*>(b);
+    left[0] = abytes;
+    left[1] = bbytes;
+    const int64_t lines = (abytes + 63) / 64 + (bbytes + 63) / 64;
+    per = steps > 0 ? (lines + steps - 1) / steps : lines;
+  }
+  CNNKIT_HD void step() {
+    int64_t k = per;
+    for (int s = 0; s < 2; ++s)
+      for (; left[s] > 0 && k > 0; --k, p[s] += 64, left[s] -= 64) __builtin_prefetch(p[s], 0, 2);
+  }
+};
+
 // Stores lanes [0, n) of v (n <= lane count).
 template <typename T>
 CNNKIT_HD void vstore_n(T* p, vec_t<T> v, int64_t n) {
