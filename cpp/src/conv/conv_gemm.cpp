@@ -498,25 +498,37 @@ void epilogue_pm(T* y, int64_t ld, int64_t nr, int64_t nk, const T* b, const T* 
 inline const float* grad_mask(const Fused* fu, int64_t off) { return fu->gmask ? fu->gmask + off : nullptr; }
 
 // Channel-major block (NCHW): nk channels of np pixels, row stride ld.
+// One channel's row of grad_epilogue_cm: M 0 no mask, 1 fma(a, x, b) > 0, 2 m > 0 (the mask
+// kind fixed per loop, so that the loop vectorises).
+template <int M>
+inline void grad_row_cm(float* __restrict r, const float* __restrict xr, const float* __restrict mr, int64_t np,
+                        float a, float b, double c, double* s1, double* s2) {
+  double t1 = 0, t2 = 0;  // a SIMD reduction: lanes fixed by the ISA level
+#pragma omp simd reduction(+ : t1, t2)
+  for (int64_t p = 0; p < np; ++p) {
+    const float xv = xr[p];
+    const bool keep = M == 0 || (M == 1 ? std::fma(a, xv, b) > 0.0f : mr[p] > 0.0f);
+    const float v = keep ? r[p] : 0.0f;
+    r[p] = v;
+    t1 += double(v);
+    t2 += double(v) * (double(xv) - c);
+  }
+  *s1 = t1;
+  *s2 = t2;
+}
+
 void grad_epilogue_cm(float* y, const float* xb, const float* mb, int64_t ld, int64_t nk, int64_t np,
                       const float* sc, const float* sh, bool relu, const double* ctr, double* s1, double* s2) {
   for (int64_t k = 0; k < nk; ++k) {
     float* r = y + k * ld;
     const float* xr = xb + k * ld;
-    const float* mr = mb ? mb + k * ld : nullptr;
     const float a = sc ? sc[k] : 1.0f, b = sc ? sh[k] : 0.0f;
-    const double c = ctr[k];
-    double t1 = 0, t2 = 0;  // a SIMD reduction: lanes fixed by the ISA level
-#pragma omp simd reduction(+ : t1, t2)
-    for (int64_t p = 0; p < np; ++p) {
-      const float xv = xr[p];
-      const float v = (!relu || (mr ? mr[p] > 0.0f : std::fma(a, xv, b) > 0.0f)) ? r[p] : 0.0f;
-      r[p] = v;
-      t1 += double(v);
-      t2 += double(v) * (double(xv) - c);
-    }
-    s1[k] = t1;
-    s2[k] = t2;
+    if (!relu)
+      grad_row_cm<0>(r, xr, nullptr, np, a, b, ctr[k], s1 + k, s2 + k);
+    else if (mb)
+      grad_row_cm<2>(r, xr, mb + k * ld, np, a, b, ctr[k], s1 + k, s2 + k);
+    else
+      grad_row_cm<1>(r, xr, nullptr, np, a, b, ctr[k], s1 + k, s2 + k);
   }
 }
 
@@ -582,17 +594,18 @@ void grad_epilogue_pm(float* y, const float* xb, const float* mb, int64_t ld, in
       a1[k] = cont ? s1[k0 + k] : 0;
       a2[k] = cont ? s2[k0 + k] : 0;
       c[k] = ctr[k0 + k];
-      ka[k] = sc ? sc[k0 + k] : 1.0f;
-      kb[k] = sc ? sh[k0 + k] : 0.0f;
+      ka[k] = sc && !mb ? sc[k0 + k] : 1.0f;
+      kb[k] = sc && !mb ? sh[k0 + k] : 0.0f;
     }
     for (int64_t r = 0; r < nr; ++r) {
       float* __restrict yr = y + r * ld + k0;
       const float* __restrict xr = xb + r * ld + k0;
-      const float* __restrict mr = mb ? mb + r * ld + k0 : nullptr;
+      // (with a stored mask: the fma form's a = 1, b = 0 on the mask's values, same rule m > 0)
+      const float* __restrict mr = mb ? mb + r * ld + k0 : xr;
 #pragma omp simd
       for (int64_t k = 0; k < n; ++k) {
         const float xv = xr[k];
-        const float v = (!relu || (mr ? mr[k] > 0.0f : std::fma(ka[k], xv, kb[k]) > 0.0f)) ? yr[k] : 0.0f;
+        const float v = (!relu || std::fma(ka[k], mr[k], kb[k]) > 0.0f) ? yr[k] : 0.0f;
         yr[k] = v;
         a1[k] += double(v);
         a2[k] += double(v) * (double(xv) - c[k]);

@@ -301,7 +301,8 @@ class Conv2d(Module):
         which the norm receives as its pending gradient (:meth:`BatchNorm2d._pending_backward`): its
         reduction pass and its mask are skipped."""
         x = getattr(self, "_x", None)
-        if (in_bn is not None and x is not None and _producing_norm(x) is in_bn and getattr(self, "_pre", None) is None
+        if (in_bn is not None and x is not None and _producing_norm(x) is in_bn
+                and getattr(self, "_pre", None) is None
                 and grad.dtype == np.float32 and add.dtype == np.float32 and add.shape == x.shape
                 and x.dtype == np.float32 and _fusable(self, Conv2d)
                 and in_bn._x.shape == x.shape and in_bn.layout == self.layout):
