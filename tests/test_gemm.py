@@ -292,17 +292,23 @@ def test_conv_nhwc_patches_give_the_im2col_bits(isa):
                       residual=None)
         flags = dict(pre_relu=False, post_relu=False, stats=stats)
         with isa_level(isa):
-            _, out, s1, s2 = _run_fused(geom, arrays, flags, 1)
+            name, out, s1, s2 = _run_fused(geom, arrays, flags, 1)
             _, out2, t1, t2 = _run_fused(geom, arrays, flags, 2)
             ident = dict(arrays, pre_scale=np.ones(c, F32), pre_shift=np.zeros(c, F32))
-            _, out_i, _, _ = _run_fused(geom, ident, flags, 2)
+            name_i, out_i, _, _ = _run_fused(geom, ident, flags, 2)
             pro = dict(arrays, pre_scale=rng.uniform(0.5, 2.0, c).astype(F32),
                        pre_shift=rng.standard_normal(c).astype(F32))
             _, out_p, _, _ = _run_fused(geom, pro, dict(flags, pre_relu=True), 1)
             _, out_p2, _, _ = _run_fused(geom, pro, dict(flags, pre_relu=True), 2)
         what = f"c={c} k={k} g={g} n={n} {h}x{w} k{kh}x{kw} s{s} p{p} d{d} ({isa})"
         assert_bitwise(out2, out, f"2 threads vs 1, {what}")
-        assert_bitwise(out_i, out, f"patches vs im2col, {what}")
+        # (a 1x1 without a prologue or statistics, whose plain entry is OpenBLAS, runs on the in-place
+        # rows kernels with its epilogue in the store, and the prologue form stays on OpenBLAS:
+        # different entries, different chains; both still meet the reference below)
+        if name_i == name:
+            assert_bitwise(out_i, out, f"patches vs im2col, {what}")
+        else:
+            assert kh == kw == 1 and s == 1 and p == 0 and not stats and g == 1, (name, name_i, what)
         assert_bitwise(out_p2, out_p, f"prologue, 2 threads vs 1, {what}")
         if stats:
             assert_bitwise(t1, s1, f"stats_sum at 2 threads vs 1, {what}")

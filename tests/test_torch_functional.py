@@ -496,7 +496,7 @@ def test_zero_copy_conv(monkeypatch, channels_last):
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_zero_copy_batch_norm(monkeypatch, channels_last):
     fwd, running = _spy_core(monkeypatch, "norm_apply"), _spy_core(monkeypatch, "norm_update_running")
-    bwd = _spy_core(monkeypatch, "norm_backward_apply")
+    red, bwd = _spy_core(monkeypatch, "norm_backward_reduce"), _spy_core(monkeypatch, "norm_backward_apply")
     x = make((4, 3, 5, 5), torch.float32, channels_last, requires_grad=True)
     res = make((4, 3, 5, 5), torch.float32, channels_last, seed=1, requires_grad=True)
     w, b = torch.ones(3, requires_grad=True), torch.zeros(3, requires_grad=True)
@@ -509,9 +509,13 @@ def test_zero_copy_batch_norm(monkeypatch, channels_last):
     assert (_addr(rma), _addr(rva)) == (rm.data_ptr(), rv.data_ptr())
     gy = torch.randn_like(y)
     y.backward(gy)
+    # the reduction reads gy and y's mask and writes the masked gradient into res.grad; the apply
+    # pass reads it there (no mask) and writes x.grad
+    (ga, xa, mask, *rest), = red
+    assert [_addr(a) for a in (ga, xa, mask, rest[-1])] == [t.data_ptr() for t in (gy, x, y, res.grad)]
     (ga, xa, mask, gi, gr, *_), = bwd
-    assert [_addr(a) for a in (ga, xa, mask, gi, gr)] == [
-        t.data_ptr() for t in (gy, x, y, x.grad, res.grad)]
+    assert mask is None and gr is None
+    assert [_addr(a) for a in (ga, xa, gi)] == [t.data_ptr() for t in (res.grad, x, x.grad)]
 
 
 def test_zero_copy_group_norm(monkeypatch):
