@@ -78,6 +78,10 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
             _train(ddp, make(ddp.parameters()), slice(rank * half, (rank + 1) * half))
             if rank == 0:
                 torch.save(model.state_dict(), os.path.join(out_dir, f"{name}.pt"))
+        # Both ranks done before either tears gloo down: a rank that destroyed its process group
+        # while the other was still in its last collective aborted now and then ("terminate
+        # called without an active exception", SIGABRT in CI).
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
