@@ -527,6 +527,7 @@ class BatchNorm2d(_ReLUMode, Module):
     # the fused path's state (see _fused_forward / _fused_backward)
     _pre_affine: np.ndarray | None = None
     _pending_grad: tuple | None = None
+    residual_grad: np.ndarray | None = None  # the residual's gradient after backward
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True, *,
                  activation: str | None = None, layout: str = "NCHW"):
@@ -677,8 +678,9 @@ class BatchNorm2d(_ReLUMode, Module):
         block's first convolution, :meth:`Conv2d._backward_add`) computed ``grad`` already masked by
         ``y > 0`` together with the sums of g and g*(x - mean) (``_pending_grad``): only the apply
         pass is left, and the residual's gradient is ``grad`` itself (the masked gradient)."""
-        _, sg, sgxc = self._pending_grad
-        self._pending_grad = None
+        pending, self._pending_grad = self._pending_grad, None
+        assert pending is not None
+        _, sg, sgxc = pending
         x = self._x
         nhwc = self.layout == "NHWC"
         N, C = x.shape[0], self.num_features
