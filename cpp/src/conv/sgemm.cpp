@@ -165,9 +165,20 @@ __attribute__((always_inline)) inline void zero_block(V (&r)[R][U]) {
     for (int v = 0; v < U; ++v) r[i][v] = V{};
 }
 
+// The epilogue of one panel of W columns (sgemm_rows' RowsEpilogue, its pointers moved to the
+// panel and to the block's first row).
+struct PanelEp {
+  const float* bias;
+  const float* res;
+  int64_t ldres;
+  bool relu;
+};
+
+// store_block() through the epilogue (see RowsEpilogue in sgemm.h): a whole block with the values
+// in registers; a partial one (mr < R or nr < W) through a tile, the same operations per value.
 template <int R, int U>
-__attribute__((always_inline)) inline void store_block(V (&r)[R][U], float* c, int64_t ldc, bool acc, int64_t mr,
-                                                       int64_t nr) {
+__attribute__((always_inline)) inline void store_block_ep(V (&r)[R][U], float* c, int64_t ldc, bool acc, int64_t mr,
+                                                          int64_t nr, const PanelEp& e) {
   constexpr int W = U * VL;
   if (mr == R && nr == W) {
 #pragma GCC unroll 16
@@ -175,7 +186,11 @@ __attribute__((always_inline)) inline void store_block(V (&r)[R][U], float* c, i
 #pragma GCC unroll 4
       for (int v = 0; v < U; ++v) {
         float* p = c + i * ldc + v * VL;
-        vstore(p, acc ? vload(p) + r[i][v] : r[i][v]);
+        V x = acc ? vload(p) + r[i][v] : r[i][v];
+        if (e.bias) x = x + vload(e.bias + v * VL);
+        if (e.res) x = x + vload(e.res + i * e.ldres + v * VL);
+        if (e.relu) x = x < V{} ? V{} : x;  // std::max(x, 0)
+        vstore(p, x);
       }
     return;
   }
@@ -184,14 +199,22 @@ __attribute__((always_inline)) inline void store_block(V (&r)[R][U], float* c, i
   for (int i = 0; i < R; ++i)
 #pragma GCC unroll 4
     for (int v = 0; v < U; ++v) vstore(t + i * W + v * VL, r[i][v]);
-  for (int64_t i = 0; i < mr; ++i) {
-    float* p = c + i * ldc;
-    const float* s = t + i * W;
-    if (acc)
-      for (int64_t j = 0; j < nr; ++j) p[j] += s[j];
-    else
-      for (int64_t j = 0; j < nr; ++j) p[j] = s[j];
-  }
+  for (int64_t i = 0; i < mr; ++i)
+    for (int64_t j = 0; j < nr; ++j) {
+      float x = t[i * W + j];
+      if (acc) x = c[i * ldc + j] + x;
+      if (e.bias) x = x + e.bias[j];
+      if (e.res) x = x + e.res[i * e.ldres + j];
+      if (e.relu) x = std::max(x, 0.0f);
+      c[i * ldc + j] = x;
+    }
+}
+
+// store_block_ep() without an epilogue (the values as they are, or added to C with acc).
+template <int R, int U>
+__attribute__((always_inline)) inline void store_block(V (&r)[R][U], float* c, int64_t ldc, bool acc, int64_t mr,
+                                                       int64_t nr) {
+  store_block_ep<R, U>(r, c, ldc, acc, mr, nr, PanelEp{nullptr, nullptr, 0, false});
 }
 
 // c (mr x nr valid of an R x (U*VL) block, row stride ldc) (+)= a panel . b panel over kc.
@@ -486,50 +509,6 @@ inline V vfma(V a, V b, V c) { return (V)_mm512_fmadd_ps((__m512)a, (__m512)b, (
 #elif defined(__AVX2__)
 inline V vfma(V a, V b, V c) { return (V)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c); }
 #endif
-// The epilogue of one panel of W columns (sgemm_rows' RowsEpilogue, its pointers moved to the
-// panel and to the block's first row).
-struct PanelEp {
-  const float* bias;
-  const float* res;
-  int64_t ldres;
-  bool relu;
-};
-
-// store_block() through the epilogue (see RowsEpilogue in sgemm.h): a whole block with the values
-// in registers; a partial one (mr < R or nr < W) through a tile, the same operations per value.
-template <int R, int U>
-__attribute__((always_inline)) inline void store_block_ep(V (&r)[R][U], float* c, int64_t ldc, bool acc, int64_t mr,
-                                                          int64_t nr, const PanelEp& e) {
-  constexpr int W = U * VL;
-  if (mr == R && nr == W) {
-#pragma GCC unroll 16
-    for (int i = 0; i < R; ++i)
-#pragma GCC unroll 4
-      for (int v = 0; v < U; ++v) {
-        float* p = c + i * ldc + v * VL;
-        V x = acc ? vload(p) + r[i][v] : r[i][v];
-        if (e.bias) x = x + vload(e.bias + v * VL);
-        if (e.res) x = x + vload(e.res + i * e.ldres + v * VL);
-        if (e.relu) x = x < V{} ? V{} : x;  // std::max(x, 0)
-        vstore(p, x);
-      }
-    return;
-  }
-  alignas(64) float t[R * W];
-#pragma GCC unroll 16
-  for (int i = 0; i < R; ++i)
-#pragma GCC unroll 4
-    for (int v = 0; v < U; ++v) vstore(t + i * W + v * VL, r[i][v]);
-  for (int64_t i = 0; i < mr; ++i)
-    for (int64_t j = 0; j < nr; ++j) {
-      float x = t[i * W + j];
-      if (acc) x = c[i * ldc + j] + x;
-      if (e.bias) x = x + e.bias[j];
-      if (e.res) x = x + e.res[i * e.ldres + j];
-      if (e.relu) x = std::max(x, 0.0f);
-      c[i * ldc + j] = x;
-    }
-}
 
 template <int R, int U, int AM, int Pro = 0>
 void ukernel_s(int64_t kc, const float* __restrict a, int64_t lda, const float* __restrict b, int64_t ldb, float* c,
