@@ -286,6 +286,17 @@ class Conv2d(Module):
         ops.conv2d_backward(grad, self._x, self.params["weight"], needs=needs, out=(gi, gw, gb), **self._args())
         return gi
 
+    def _param_grads_of(self, grad: np.ndarray, shape: tuple) -> np.ndarray:
+        """The checked gradient at the output (with any injected one, given to the captures), after
+        writing the weight and bias gradients from it (parameter gradients on)."""
+        grad = self._check_grad(self._grad_in(grad), shape)
+        self._note_grad(grad)
+        if self.param_grads:
+            needs = ("weight", "bias") if self.has_bias else ("weight",)
+            ops.conv2d_backward(grad, self._x, self.params["weight"], needs=needs,
+                                out=(None, self.grads["weight"], self.grads.get("bias")), **self._args())
+        return grad
+
     def _backward_add(self, grad: np.ndarray, add: np.ndarray, in_bn: Any = None) -> np.ndarray | None:
         """:meth:`_backward` (the input gradient) plus ``add`` (an array of the input's shape), in
         one pass, for a dense 1x1 convolution with stride 1 and no padding or prologue, float32:
@@ -308,18 +319,11 @@ class Conv2d(Module):
                 and in_bn._x.shape == x.shape and in_bn.layout == self.layout):
             g = _conv_geom(x.shape, self.params["weight"].shape, self.stride, self.padding, self.dilation,
                            self.groups, self.layout, np.dtype(np.float32))
-            shape = g.y_shape()
-            grad = self._check_grad(self._grad_in(grad), shape)
-            self._note_grad(grad)
-            grad = np.ascontiguousarray(grad)
-            w = self.params["weight"]
-            if self.param_grads:
-                needs = ("weight", "bias") if self.has_bias else ("weight",)
-                ops.conv2d_backward(grad, x, w, needs=needs, out=(None, self.grads["weight"], self.grads.get("bias")),
-                                    **self._args())
+            grad = np.ascontiguousarray(self._param_grads_of(grad, g.y_shape()))
             gi = self._buf("gx", x.shape)
-            _, sg, sgxc = _core.conv2d_fused_backward_input(grad, w, gi, g.core(), in_bn._x, None, None, True,
-                                                            in_bn._mean, np.ascontiguousarray(add), x)
+            _, sg, sgxc = _core.conv2d_fused_backward_input(grad, self.params["weight"], gi, g.core(), in_bn._x,
+                                                            None, None, True, in_bn._mean,
+                                                            np.ascontiguousarray(add), x)
             in_bn._pending_grad = (gi, sg, sgxc)
             return gi
         if (x is None or self.kernel_size != (1, 1) or self.groups != 1 or getattr(self, "_pre", None) is not None
@@ -330,13 +334,8 @@ class Conv2d(Module):
         spatial = (1, 2) if self.layout == "NHWC" else (2, 3)
         if shape is None or any(shape[a] != x.shape[a] for a in spatial):  # stride or padding: not the plain adjoint
             return None
-        grad = self._check_grad(self._grad_in(grad), shape)
-        self._note_grad(grad)
+        grad = self._param_grads_of(grad, shape)
         w = self.params["weight"]
-        if self.param_grads:
-            needs = ("weight", "bias") if self.has_bias else ("weight",)
-            ops.conv2d_backward(grad, x, w, needs=needs, out=(None, self.grads["weight"], self.grads.get("bias")),
-                                **self._args())
         wa = self._buf("weight_adjoint", (self.in_channels, self.out_channels, 1, 1))
         wa[:, :, 0, 0] = w[:, :, 0, 0].T
         gi = self._buf("gx", x.shape)
