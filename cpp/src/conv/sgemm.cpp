@@ -720,8 +720,13 @@ void tn_blocked(int64_t M, int64_t N, int64_t K, const float* P, int64_t lp, con
   // rows) both are laid out first: Q's block in panels (its prologue applied there), P's strip R
   // wide. With one or two panels the lines are used whole or half and the copies cost more than
   // they save (measured at AVX2: 32->16 ... 64->32 slower by 5-35%; 64x64, 128x64, 256x128
-  // faster by 1.3x, 1.3x, 1.7x). The same products in the same order: the same bits.
+  // faster by 1.3x, 1.3x, 1.7x). The same products in the same order: the same bits. Measured at
+  // AVX2 only (the machine of that session had no AVX-512): AVX-512 keeps the in-place reads.
+#if defined(__AVX512F__)
+  const bool packp = false, packq = false;
+#else
   const bool packp = panels >= 3, packq = packp && (M + R - 1) / R >= 3;
+#endif
 #if defined(__AVX2__)
   const bool inkernel = has && U <= 2 && !packq;
 #else
