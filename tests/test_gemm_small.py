@@ -286,6 +286,43 @@ def test_strided_forward(isa):
 
 
 @pytest.mark.parametrize("isa", ISA_LEVELS)
+def test_strided_input_gradient(isa):
+    """A 1x1 kernel at stride 2 or 3 without padding: the input gradient written row by row (the
+    product into the strided pixels, zeros between, sizes that leave pixels past the last output
+    pixel), on the packed entry from 32 channels on both sides, against float64, bitwise at 1 and
+    2 threads; the fused input gradient (its units path) over it."""
+    @settings(max_examples=10, deadline=None)
+    @given(N=st.integers(1, 3), H=st.integers(1, 12), W=st.integers(1, 12), s=st.sampled_from([2, 3]),
+           Cin=_wide(), K=_wide(), seed=st.integers(0, 2**31 - 1))
+    def run(N, H, W, s, Cin, K, seed):
+        rng = np.random.default_rng(seed)
+        x = rng.standard_normal((N, H, W, Cin)).astype(F32)
+        w = rng.standard_normal((K, Cin, 1, 1)).astype(F32)
+        geo = C._geom(x.shape, w.shape, s, 0, 1, 1, "NHWC", F32)
+        g = geo.core()
+        dy = rng.standard_normal((N, geo.Ho, geo.Wo, K)).astype(F32)
+        center = rng.standard_normal(Cin)
+        got = []
+        with isa_level(isa):
+            for t in (1, 2):
+                with num_threads(t):
+                    dx = np.full(x.shape, np.nan, F32)      # every element must be written
+                    _core.conv_backward_input(dy, w, dx, g)
+                    dxf = np.full(x.shape, np.nan, F32)
+                    _, g1, g2 = _core.conv2d_fused_backward_input(dy, w, dxf, g, x, None, None, True, center)
+                    got.append((dx, dxf, g1, g2))
+        if min(Cin, K) >= 32:
+            assert "gemm_f32_nhwc_packed" in _core.conv_algorithm(g, 1)
+        for u, v in zip(*got):
+            assert_bitwise(v, u, f"threads ({isa}, stride {s}, {Cin}->{K})")
+        ref = conv2d_backward_ref(to_nchw(dy), to_nchw(x), w, (s, s)).grad_x
+        assert_close(to_nchw(got[0][0]), ref, F32, length=K, what=f"dx stride {s} {Cin}->{K}")
+        assert_bitwise(got[0][1], np.where(x > 0, got[0][0], np.float32(0)), "fused dx: the plain dx, masked")
+
+    run()
+
+
+@pytest.mark.parametrize("isa", ISA_LEVELS)
 def test_output_epilogue_in_the_store(isa):
     """Bias, residual and ReLU applied to each register block as it is stored (sgemm_rows'
     RowsEpilogue), at any channel count: the fused forms without a prologue or statistics of the

@@ -291,13 +291,15 @@ bool sup_packed_nchw(const Kernels&, const Geom& g, DType, Pass p) {
 // OpenBLAS stays ahead in the forward pass (16->32 0.72 vs 0.65, 32->16 0.72 vs 0.65), so those
 // keep it there (and in the adjoint's).
 // At a stride above 1 (no padding) the forward pass gathers the strided pixels into L1 blocks for
-// the same kernels (32->64 at stride 2 from 32x32 left OpenBLAS's im2col path).
+// the same kernels (32->64 at stride 2 from 32x32 left OpenBLAS's im2col path), and the input
+// gradient writes each row of dx once, the product into its strided pixels and zeros between
+// (backward_input_1x1_strided_nhwc; in place of zeroing dx, a column block and a scatter-add).
 bool nhwc_1x1_rows(const Geom& g, Pass p) {
   const bool one = g.nhwc && g.G == 1 && g.kh == 1 && g.kw == 1 && g.pt == 0 && g.pl == 0 &&
                    !(stem_shape(g) && p != Pass::input);
   if (one && g.sh == 1 && g.sw == 1 && g.Ho == g.H && g.Wo == g.W)
     return p == Pass::weight || std::min(g.C, g.K) >= 32;
-  return one && p == Pass::forward && g.Ho == (g.H - 1) / g.sh + 1 && g.Wo == (g.W - 1) / g.sw + 1 &&
+  return one && p != Pass::weight && g.Ho == (g.H - 1) / g.sh + 1 && g.Wo == (g.W - 1) / g.sw + 1 &&
          std::min(g.C, g.K) >= 32;
 }
 bool sup_packed_nhwc(const Kernels&, const Geom& g, DType, Pass p) {

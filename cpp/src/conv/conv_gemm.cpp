@@ -1044,6 +1044,29 @@ void forward_1x1_nhwc(const float* x, const float* w, const float* b, float* y, 
 // dY^T . pf(x) over the piece, each piece's partial added in piece order in double.
 void backward_weight_1x1_nhwc(const float* dy, const float* x, float* dw, const Geom& g, const Prologue* pf);
 
+// The input gradient of an NHWC 1x1 convolution at a stride above 1 (no padding): dx is zero but
+// at the pixels (oh*sh, ow*sw), where it is dy's row of that output pixel times w (K x C). Each
+// image row is written once, the sgemm_rows product straight into its strided pixels and zeros
+// between them, in place of zeroing dx, a product into a column block and a scatter-add pass
+// over dx. Bits: sgemm()'s on the same operands, as the column block's.
+void backward_input_1x1_strided_nhwc(const float* dy, const float* w, float* dx, const Geom& g) {
+  const int64_t C = g.C, K = g.K, rowlen = g.W * C;
+  float* bp = scratch<float>(kBatchSlot, sgemm_rows_b_size(K, C));
+  sgemm_rows_pack_b(K, C, Operand{w, C, 1}, bp);  // B = w (K x C)
+#pragma omp parallel for schedule(static) num_threads(num_threads())
+  for (int64_t r = 0; r < g.N * g.H; ++r) {
+    const int64_t n = r / g.H, h = r - n * g.H;
+    float* xr = dx + r * rowlen;
+    if (h % g.sh != 0 || h / g.sh >= g.Ho) {
+      std::fill(xr, xr + rowlen, 0.0f);
+      continue;
+    }
+    for (int64_t c = 0; c < g.W; ++c)
+      if (c % g.sw != 0 || c / g.sw >= g.Wo) std::fill(xr + c * C, xr + (c + 1) * C, 0.0f);
+    sgemm_rows(g.Wo, C, K, dy + (n * g.Ho + h / g.sh) * g.Wo * K, K, bp, xr, g.sw * C);
+  }
+}
+
 // fu (float32): the fused prologue and epilogues; null for a plain forward pass.
 template <typename T, bool Own>
 void forward_nchw(const T* x, const T* w, const T* b, T* y, const Geom& g, const Fused* fu) {
@@ -1445,8 +1468,10 @@ void backward_input_nchw(const T* dy, const T* w, T* dx, const Geom& g) {
 
 template <typename T, bool Own>
 void backward_input_nhwc(const T* dy, const T* w, T* dx, const Geom& g) {
-  if constexpr (Own && std::is_same_v<T, float>)
+  if constexpr (Own && std::is_same_v<T, float>) {
     if (small_planes(g)) return batched_backward_input(dy, w, dx, g);
+    if (one_by_one(g) && !reads_x_directly(g)) return backward_input_1x1_strided_nhwc(dy, w, dx, g);
+  }
   const int64_t P = g.Ho * g.Wo, Cg = g.Cg(), Kg = g.Kg(), k2 = g.kh * g.kw, KK = Cg * k2;
   const Split cs = split(Cg, channel_chunk(g));
   // Weights per (group, channel chunk) as a Kg x (kh*kw*cc) block, columns ordered (i, j, c).
