@@ -113,6 +113,70 @@ def test_fused_grouped_hypothesis(c):
         _run(c)
 
 
+@st.composite
+def input_cases(draw):
+    isa = draw(st.sampled_from(ISA_LEVELS))
+    cg = draw(st.sampled_from((2, 4, 8, 16, 32)))
+    G = draw(st.sampled_from([G for G in (2, 3, 4, 8) if (G * cg) % VL[isa] == 0 and (G <= 4 or cg <= 4)]))
+    return dict(isa=isa, N=draw(st.sampled_from((1, 2, 3, 17))), cg=cg, G=G, H=draw(st.integers(1, 12)),
+                W=draw(st.integers(1, 12)), k=draw(st.sampled_from((3, 5))), stride=draw(st.sampled_from((2, 3))),
+                affine=draw(st.booleans()), relu=draw(st.booleans()), residual=draw(st.booleans()),
+                stored=draw(st.booleans()), seed=draw(st.integers(0, 2**31 - 1)))
+
+
+@settings(max_examples=40, deadline=None)
+@given(c=input_cases())
+def test_fused_input_gradient_grouped_rows(c):
+    """``_core.conv2d_fused_backward_input`` on NHWC grouped problems at a stride above 1: the
+    direct grouped kernel with the residual and the gradient epilogue on each dx row as it is
+    finished, the sums per band of rows added in band order (grouped.h,
+    grouped_backward_input_direct). The plain pass's name; dx equal to the plain kernel's dx plus
+    the residual, masked (by the prologue's fma or a stored mask), bit for bit; the sums against
+    float64; batches with a band per image (17) and with several bands an image (1 to 3); bitwise
+    at 1 and 2 threads; at the drawn ISA level."""
+    with isa_level(c["isa"]):
+        _run_input(c)
+
+
+def _run_input(c):
+    N, cg, G, k, s = c["N"], c["cg"], c["G"], c["k"], c["stride"]
+    C = cg * G
+    rng = np.random.default_rng(c["seed"])
+    x = rng.standard_normal((N, c["H"], c["W"], C)).astype(np.float32)
+    w = rng.standard_normal((C, cg, k, k)).astype(np.float32)
+    sc = (rng.uniform(0.5, 2, C) * rng.choice((-1, 1), C)).astype(np.float32) if c["affine"] else None
+    sh = rng.standard_normal(C).astype(np.float32) if c["affine"] else None
+    center = rng.standard_normal(C)
+    res = rng.standard_normal(x.shape).astype(np.float32) if c["residual"] else None
+    relu = c["relu"]
+    mask = np.maximum(rng.standard_normal(x.shape), 0).astype(np.float32) if c["stored"] and relu else None
+    g = F._Geom(x.shape, w.shape, s, k // 2, 1, G, "NHWC", np.float32)
+    plain_name = _core.conv_algorithm(g.core(), 1)
+    assert plain_name.startswith("conv2d_grouped_f32_nhwc"), (plain_name, c)
+    gy = rng.standard_normal((N, g.Ho, g.Wo, C)).astype(np.float32)
+    plain = np.empty(x.shape, np.float32)
+    _core.conv_backward_input(gy, w, plain, g.core())
+    got = []
+    for t in (1, 2):
+        dx = np.full(x.shape, np.nan, np.float32)
+        with num_threads(t):
+            name, s1, s2 = _core.conv2d_fused_backward_input(gy, w, dx, g.core(), x, sc, sh, relu, center, res, mask)
+        assert name == plain_name, (name, plain_name)
+        got.append((dx, s1, s2))
+    for u, v in zip(*got):
+        assert_bitwise(u, v, "input gradient at 2 threads vs 1")
+    dx, s1, s2 = got[0]
+    z = x.astype(np.float64) * (sc if c["affine"] else 1.0) + (sh if c["affine"] else 0.0)
+    keep = ((mask > 0) if mask is not None else (z > 0)) if relu else np.ones(x.shape, bool)
+    summed = plain + res if res is not None else plain
+    assert_bitwise(dx, np.where(keep, summed, np.float32(0)), "the plain kernel's dx (+ residual), masked")
+    ga = to_nhwc(fused_backward_ref(to_nchw(gy), to_nchw(x), w, s, k // 2, 1, G, None, None, False, None, False)[6])
+    gz = (ga + (res if res is not None else 0.0)) * keep
+    L = cg * k * k * N * c["H"] * c["W"]
+    assert_close(s1, gz.sum(axis=(0, 1, 2)), np.float32, length=L, what="sum")
+    assert_close(s2, (gz * (x - center)).sum(axis=(0, 1, 2)), np.float32, length=L, what="sumxc")
+
+
 # resnext_small's grouped layers (NHWC, 3x3, pad 1, 8 groups) at a small batch, a shape on the
 # channel blocks of the weight gradient (16+ channels a group, planes under 100 pixels, 2^17
 # weights) and NCHW rows of 16 or more (the entry that transposes rows in registers).

@@ -241,6 +241,11 @@ struct Kernels {
   // in double (conv_gemm.cpp; backward_input_fused()'s units).
   void (*grad_epilogue_image)(float* o, const float* gx, const float* mask, int64_t C, int64_t P, bool nhwc,
                               const Fused&, double* s1, double* s2);
+  // The fused input gradient of an NHWC problem of the direct grouped kernels at a stride above 1
+  // (float32): dx as grouped_backward_input, then, on each dx row while it is in cache, the
+  // residual and the gradient epilogue of Fused; the sums per band of rows, added in band order
+  // into grad_sum and grad_sumxc (grouped.h).
+  void (*grouped_backward_input_fused)(const float* dy, const float* w, float* dx, const Geom&, const Fused&);
 };
 
 }  // namespace cnnkit::conv

@@ -1627,6 +1627,11 @@ void grad_epilogue_image(float* o, const float* gx, const float* mask, int64_t C
     grad_epilogue_cm(o, gx, mask, P, C, P, fu.gscale, fu.gshift, fu.grelu, fu.center, s1, s2);
 }
 
+void grad_epilogue_rows(float* o, const float* gx, const float* mask, int64_t C, int64_t nr, const Fused& fu,
+                        double* s1, double* s2, bool cont) {
+  grad_epilogue_pm(o, gx, mask, C, nr, C, fu.gscale, fu.gshift, fu.grelu, fu.center, s1, s2, cont);
+}
+
 void bias_grad(DType dt, const void* dy, void* db, const Geom& g) {
   if (dt == DType::f32)
     bias_grad_t(static_cast<const float*>(dy), static_cast<float*>(db), g);

@@ -257,6 +257,9 @@ void grouped_forward_fused(const float* x, const float* w, const float* b, float
 void grouped_backward_weight_fused(const float* dy, const float* x, float* dw, const Geom& g, const conv::Fused& fu) {
   grouped_backward_weight_t(dy, x, dw, g, &fu);
 }
+void grouped_backward_input_fused(const float* dy, const float* w, float* dx, const Geom& g, const conv::Fused& fu) {
+  CNNKIT_BY_CPG(conv::grouped_backward_input_direct, float, dy, w, dx, g, &fu);
+}
 
 }  // namespace
 
@@ -271,7 +274,7 @@ extern const conv::Kernels conv_kernels = {
     conv::sgemm_shape_of, conv::sgemm_strided, conv::patches_backward_weight,
     dw_fused_forward, dw_fused_backward_weight,
     grouped_forward_fused, grouped_backward_weight_fused,
-    conv::grad_epilogue_image,
+    conv::grad_epilogue_image, grouped_backward_input_fused,
 };
 
 }  // namespace cnnkit::CNNKIT_ISA_NS

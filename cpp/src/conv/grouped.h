@@ -31,8 +31,10 @@
 #include <cmath>
 #include <cstring>
 #include <type_traits>
+#include <vector>
 
 #include "cnnkit/conv.h"
+#include "conv_internal.h"
 #include "dw_common.h"
 #include "scratch.h"
 #include "unit_stats.h"
@@ -391,6 +393,31 @@ void for_row_bands(int64_t rows, int64_t per_image, int64_t slots, int64_t pitch
   }
 }
 
+// The gradient epilogue's operands (x, the stored mask, the residual) of `len` elements from
+// element `off`, prefetched (the next dx row's, read from DRAM while this row is computed).
+inline void prefetch_grad_operands(const Fused& fu, int64_t off, int64_t len) {
+  const float* ops[3] = {fu.gx, fu.gmask, fu.residual};
+  for (const float* q : ops)
+    if (q) {
+      const char* p0 = reinterpret_cast<const char*>(q + off);
+      for (int64_t o = 0; o < len * int64_t(sizeof(float)); o += 64) __builtin_prefetch(p0 + o, 0, 3);
+    }
+}
+
+// grad_sum, grad_sumxc of fu from per-band sums part[2 * bi * C + c] (sum of o) and
+// part[(2 * bi + 1) * C + c] (sum of o * (x - center)), the nb bands added in order.
+inline void combine_band_grads(const std::vector<double>& part, int64_t nb, int64_t C, const Fused& fu) {
+  for (int64_t c = 0; c < C; ++c) {
+    double a = 0, b = 0;
+    for (int64_t bi = 0; bi < nb; ++bi) {
+      a += part[size_t(2 * bi * C + c)];
+      b += part[size_t((2 * bi + 1) * C + c)];
+    }
+    fu.grad_sum[c] = a;
+    fu.grad_sumxc[c] = b;
+  }
+}
+
 // Shifted sums of one pixel-major row (np pixels of C channels, C a multiple of the float vector
 // length) about sh[k], added to s1, s2: double vectors of channels held in registers over the
 // pixels, each channel's sum in pixel order.
@@ -493,16 +520,25 @@ void grouped_forward_direct(const T* x, const T* w, const T* b, T* y, const Geom
       fu->stats_sumsq);
 }
 
-// Input gradient at any stride by gather over padded dy rows (used at stride > 1).
+// Input gradient at any stride by gather over padded dy rows (used at stride > 1). With fu (float32,
+// NHWC): the fused input gradient, each finished dx row (in L1) through the residual and the
+// gradient epilogue of fu, its sums per band of rows (a band's rows in order: with a band per
+// image the same sums as the per-image epilogue of backward_input_units), the bands added in order
+// into fu->grad_sum and fu->grad_sumxc; bands come from the shape, so the bits do not depend on the
+// thread count.
 template <typename T, int CPG>
-void grouped_backward_input_direct(const T* dy, const T* w, T* dx, const Geom& g) {
+void grouped_backward_input_direct(const T* dy, const T* w, T* dx, const Geom& g, const Fused* fu = nullptr) {
   const int64_t C = g.C, kh = g.kh, kw = g.kw, sw = g.sw;
   const T* wt = grouped_weights<T, CPG>(w, g, true);
   const int64_t PADL = ceil_div((kw - 1) * g.dw, sw) + 1;
   const int64_t width = PADL + std::max(g.Wo, ceil_div(g.W + g.pl, sw) + 1) + 1;
   const int64_t slots = (kh - 1) * g.dh + 1;
   const int64_t pitch = width * C;
-  for_row_bands<T>(g.N * g.H, g.H, slots, pitch, kh * kw, [&](RowRing<T>& ring, RowTap* taps, int64_t r, int64_t) {
+  const int64_t rows = g.N * g.H, band = row_band(rows, g.H), nb = ceil_div(rows, band);
+  const bool grad = std::is_same_v<T, float> && fu && g.nhwc;
+  std::vector<double> part(grad ? static_cast<size_t>(2 * nb * C) : 0);
+  const int64_t rowlen = g.W * C;
+  for_row_bands<T>(rows, g.H, slots, pitch, kh * kw, [&](RowRing<T>& ring, RowTap* taps, int64_t r, int64_t bi) {
     const int64_t n = r / g.H, ih = r % g.H;
     const T* dyn = dy + n * g.Ho * g.Wo * C;
     if (g.nhwc) {  // the dy row the next input rows reach first, into L1 ahead of its copy
@@ -511,7 +547,12 @@ void grouped_backward_input_direct(const T* dy, const T* w, T* dx, const Geom& g
         const char* p0 = reinterpret_cast<const char*>(dyn + nr * g.Wo * C);
         for (int64_t o = 0; o < g.Wo * C * int64_t(sizeof(T)); o += 64) __builtin_prefetch(p0 + o, 0, 3);
       }
+      if (r + 1 < rows) {  // and the next dx row for writing
+        const char* p1 = reinterpret_cast<const char*>(dx + (r + 1) * rowlen);
+        for (int64_t o = 0; o < rowlen * int64_t(sizeof(T)); o += 64) __builtin_prefetch(p1 + o, 1, 3);
+      }
     }
+    if (grad && r + 1 < rows) prefetch_grad_operands(*fu, (r + 1) * rowlen, rowlen);
     T* dxr = g.nhwc ? dx + r * g.W * C : scratch<T>(kAccSlot, g.W * C);  // NCHW: transposed out below
     for (int64_t ph = 0; ph < sw; ++ph) {
       const int64_t iw0 = ((ph - g.pl) % sw + sw) % sw;
@@ -536,8 +577,18 @@ void grouped_backward_input_direct(const T* dy, const T* w, T* dx, const Geom& g
       }
       grouped_row<T, CPG>(dxr + iw0 * C, sw * C, nu, 1, taps, nt, wt, nullptr, C);
     }
+    if constexpr (std::is_same_v<T, float>) {
+      if (grad) {
+        const int64_t o = r * rowlen;
+        if (fu->residual)
+          for (int64_t e = 0; e < rowlen; ++e) dxr[e] += fu->residual[o + e];
+        grad_epilogue_rows(dxr, fu->gx + o, fu->gmask ? fu->gmask + o : nullptr, C, g.W, *fu,
+                           part.data() + 2 * bi * C, part.data() + (2 * bi + 1) * C, r != bi * band);
+      }
+    }
     if (!g.nhwc) scatter_row_nchw(dxr, g.W, C, dx + n * C * g.H * g.W + ih * g.W, g.H * g.W);
   });
+  if (grad) combine_band_grads(part, nb, C, *fu);
 }
 
 // Weight-gradient partials: piece p (a fixed range of the N*Ho output rows) accumulates into
