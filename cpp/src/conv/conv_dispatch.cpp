@@ -622,19 +622,6 @@ static void image_epilogue(const Kernels& k, float* dx, const Geom& g, const Fus
                         part.data() + 2 * n * g.C, part.data() + (2 * n + 1) * g.C);
 }
 
-// grad_sum / grad_sumxc from the per-image sums, added in image order.
-static void combine_image_sums(const std::vector<double>& part, const Geom& g, const Fused& fu) {
-  for (int64_t c = 0; c < g.C; ++c) {
-    double a = 0, b = 0;
-    for (int64_t n = 0; n < g.N; ++n) {
-      a += part[size_t(2 * n * g.C + c)];
-      b += part[size_t((2 * n + 1) * g.C + c)];
-    }
-    fu.grad_sum[c] = a;
-    fu.grad_sumxc[c] = b;
-  }
-}
-
 // The fused input gradient of problems the adjoint GEMM pass does not take (depthwise, grouped,
 // stride > 1, the small-plane scatter): units of whole images, each the plain input gradient of
 // its images (whose kernels run on the unit's thread alone: num_threads() is 1 inside a parallel
@@ -662,7 +649,7 @@ static const char* backward_input_units(const float* dy, const float* w, float* 
     backward_input(DType::f32, dy + n0 * oimg, w, dx + n0 * img, u == units - 1 ? gl : gu);
     for (int64_t n = n0; n < std::min(g.N, n0 + per); ++n) image_epilogue(k, dx, g, fu, n, part);
   }
-  combine_image_sums(part, g, fu);
+  combine_grad_parts(part, g.N, g.C, fu);
   return e.name.c_str();
 }
 
@@ -684,7 +671,7 @@ const char* backward_input_fused(const float* dy, const float* w, float* dx, con
       std::fill(dx + n * img, dx + (n + 1) * img, 0.0f);
       if (img) image_epilogue(k, dx, g, fu, n, part);
     }
-    combine_image_sums(part, g, fu);
+    combine_grad_parts(part, g.N, g.C, fu);
     return table()[select_effective(effective(Problem{g, DType::f32, Pass::input}))].name.c_str();
   }
   if (!unit_stride(g) && g.nhwc) {

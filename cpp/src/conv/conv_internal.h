@@ -1,6 +1,8 @@
 // Pieces shared by the conv dispatcher, the direct kernels and the GEMM-based path.
 #pragma once
 
+#include <vector>
+
 #include "cnnkit/conv.h"
 
 namespace cnnkit::conv {
@@ -39,6 +41,21 @@ void grad_epilogue_image(float* o, const float* gx, const float* mask, int64_t C
 void grad_epilogue_rows(float* o, const float* gx, const float* mask, int64_t C, int64_t nr, const Fused& fu,
                         double* s1, double* s2, bool cont);
 }  // namespace CNNKIT_KERNEL_NS
+
+// grad_sum, grad_sumxc of fu from the per-unit sums of a fused input gradient's units (images or
+// bands of rows): part[2 * u * C + c] the sum of o, part[(2 * u + 1) * C + c] the sum of
+// o * (x - center), the units added in order.
+inline void combine_grad_parts(const std::vector<double>& part, int64_t units, int64_t C, const Fused& fu) {
+  for (int64_t c = 0; c < C; ++c) {
+    double a = 0, b = 0;
+    for (int64_t u = 0; u < units; ++u) {
+      a += part[size_t(2 * u * C + c)];
+      b += part[size_t((2 * u + 1) * C + c)];
+    }
+    fu.grad_sum[c] = a;
+    fu.grad_sumxc[c] = b;
+  }
+}
 
 // Depthwise on NCHW planes with channels a multiple of 16 (multiplier 1): the blocked kernels,
 // which transpose each (image, 16-channel) block of planes in cache around the NHWC kernels. They

@@ -404,20 +404,6 @@ inline void prefetch_grad_operands(const Fused& fu, int64_t off, int64_t len) {
     }
 }
 
-// grad_sum, grad_sumxc of fu from per-band sums part[2 * bi * C + c] (sum of o) and
-// part[(2 * bi + 1) * C + c] (sum of o * (x - center)), the nb bands added in order.
-inline void combine_band_grads(const std::vector<double>& part, int64_t nb, int64_t C, const Fused& fu) {
-  for (int64_t c = 0; c < C; ++c) {
-    double a = 0, b = 0;
-    for (int64_t bi = 0; bi < nb; ++bi) {
-      a += part[size_t(2 * bi * C + c)];
-      b += part[size_t((2 * bi + 1) * C + c)];
-    }
-    fu.grad_sum[c] = a;
-    fu.grad_sumxc[c] = b;
-  }
-}
-
 // Shifted sums of one pixel-major row (np pixels of C channels, C a multiple of the float vector
 // length) about sh[k], added to s1, s2: double vectors of channels held in registers over the
 // pixels, each channel's sum in pixel order.
@@ -553,7 +539,7 @@ void grouped_backward_input_direct(const T* dy, const T* w, T* dx, const Geom& g
       }
     }
     if (grad && r + 1 < rows) prefetch_grad_operands(*fu, (r + 1) * rowlen, rowlen);
-    T* dxr = g.nhwc ? dx + r * g.W * C : scratch<T>(kAccSlot, g.W * C);  // NCHW: transposed out below
+    T* dxr = g.nhwc ? dx + r * rowlen : scratch<T>(kAccSlot, rowlen);  // NCHW: transposed out below
     for (int64_t ph = 0; ph < sw; ++ph) {
       const int64_t iw0 = ((ph - g.pl) % sw + sw) % sw;
       if (iw0 >= g.W) continue;
@@ -588,7 +574,7 @@ void grouped_backward_input_direct(const T* dy, const T* w, T* dx, const Geom& g
     }
     if (!g.nhwc) scatter_row_nchw(dxr, g.W, C, dx + n * C * g.H * g.W + ih * g.W, g.H * g.W);
   });
-  if (grad) combine_band_grads(part, nb, C, *fu);
+  if (grad) combine_grad_parts(part, nb, C, *fu);
 }
 
 // Weight-gradient partials: piece p (a fixed range of the N*Ho output rows) accumulates into
