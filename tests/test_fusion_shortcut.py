@@ -11,11 +11,19 @@ residual, instead of a separate add.
 """
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from cnnkit import nn
-from conftest import assert_bitwise, assert_close
+import cnnkit
+from cnnkit import _core, nn
+from cnnkit.ops import fused as F
+from conftest import ISA_LEVELS, assert_bitwise, assert_close, isa_level, num_threads
+from reference.conv import conv2d_backward_ref
+from test_fusion import _chan, _from, _to
 
 
 def _input(layout, N, C, H, seed=0):
@@ -202,3 +210,163 @@ def test_fused_backward_input_residual_and_stored_mask(layout, case):
     with pytest.raises(ValueError, match="mask"):
         _core.conv2d_fused_backward_input(_to(layout, gy), w, dx, g.core(), _to(layout, z), None, None, False,
                                           center, None, _to(layout, m))
+
+
+# ---- a strided projection's gradient kept compact ----------------------------------------------------
+# A stride-s 1x1 shortcut's input gradient is zero but at the pixels whose row and column are
+# multiples of s: with conv1 a 1x1 (NHWC) whose input a batch norm wrote, the shortcut computes it
+# at those pixels only (Conv2d._strided_input_backward) and conv1's fused input gradient adds it
+# there (residual_stride=s; conv_gemm.cpp add_strided_rows), instead of writing and reading it whole.
+
+TABLE = cnnkit.kernels("conv")
+
+
+@st.composite
+def _strided_cases(draw):
+    kind = draw(st.sampled_from(("rows", "rows", "1x1", "3x3", "grouped 3x3", "1x1 s2")))
+    rows = kind == "rows"  # the NHWC 1x1 pass that adds the compact residual itself (32+ channels)
+    chans = (32, 33, 40, 64) if rows else (4, 8, 15, 16, 17, 32, 40)
+    return dict(isa=draw(st.sampled_from(ISA_LEVELS)),
+                layout="NHWC" if rows else draw(st.sampled_from(("NHWC", "NCHW"))), kind=kind,
+                N=draw(st.integers(1, 3)), C=draw(st.sampled_from(chans)), K=draw(st.sampled_from(chans if rows else (3, 8, 16, 24, 33))),
+                H=draw(st.integers(1, 13)), W=draw(st.integers(1, 13)), s=draw(st.sampled_from((2, 3))),
+                mode=draw(st.sampled_from(("stored", "fma", "none"))),
+                force="packed" if rows else draw(st.sampled_from((None, "packed", "gemm"))),
+                seed=draw(st.integers(0, 2**31 - 1)))
+
+
+def _strided_check(c):
+    lay, N, C, K, H, W, s = c["layout"], c["N"], c["C"], c["K"], c["H"], c["W"], c["s"]
+    G = 2 if c["kind"] == "grouped 3x3" and C % 2 == 0 and K % 2 == 0 else 1
+    k = 3 if "3x3" in c["kind"] else 1
+    if c["kind"] == "rows":  # the adjoint (a 1x1 of K -> C) runs on the packed entry: the rows pass
+        adj = F._Geom((N, H, W, K), (C, K, 1, 1), 1, 0, 1, 1, "NHWC", np.float32)
+        assert _core.conv_algorithm(adj.core(), 0).startswith("conv2d_gemm_f32_nhwc_packed"), c
+    cs = 2 if c["kind"] == "1x1 s2" else 1
+    rng = np.random.default_rng(c["seed"])
+    z = rng.standard_normal((N, C, H, W)).astype(np.float32)
+    w = rng.standard_normal((K, C // G, k, k)).astype(np.float32)
+    g = F._Geom(_to(lay, z).shape, w.shape, cs, k // 2, 1, G, lay, np.float32)
+    gy = rng.standard_normal((N, K, g.Ho, g.Wo)).astype(np.float32)
+    Hr, Wr = -(-H // s), -(-W // s)
+    rc = rng.standard_normal((N, C, Hr, Wr)).astype(np.float32)
+    whole = np.zeros(z.shape, np.float32)
+    whole[:, :, ::s, ::s] = rc
+    center = rng.standard_normal(C)
+    mode = c["mode"]
+    m = np.where(rng.random(z.shape) < 0.4, 0, rng.random(z.shape)).astype(np.float32) if mode == "stored" else None
+    sc = (rng.uniform(0.5, 2, C) * rng.choice((-1, 1), C)).astype(np.float32) if mode == "fma" else None
+    sh = rng.standard_normal(C).astype(np.float32) if mode == "fma" else None
+    relu = mode != "none"
+
+    def call(res, stride, t):
+        dx = np.full(_to(lay, z).shape, np.nan, np.float32)
+        with num_threads(t):
+            name, s1, s2 = _core.conv2d_fused_backward_input(_to(lay, gy), w, dx, g.core(), _to(lay, z), sc, sh, relu,
+                                                             center, _to(lay, res), None if m is None else _to(lay, m),
+                                                             stride)
+        return name, _from(lay, dx), s1, s2
+    compact = [call(rc, s, t) for t in (1, 2)]
+    for u, v in zip(compact[0][1:], compact[1][1:]):
+        assert_bitwise(u, v, "compact residual at 2 threads vs 1")
+    name, dx, s1, s2 = compact[0]
+    wname, wdx, ws1, ws2 = call(whole, 1, 2)
+    assert name == wname, (name, wname)
+    # the same values as with the residual laid out whole (a skipped add of 0 may keep a -0)
+    assert np.array_equal(dx, wdx), "input gradient: compact residual vs whole"
+    assert_bitwise(s1, ws1, "sum: compact residual vs whole")
+    assert_bitwise(s2, ws2, "sumxc: compact residual vs whole")
+    ga = conv2d_backward_ref(gy.astype(np.float64), z.astype(np.float64), w.astype(np.float64), (cs, cs),
+                             (k // 2, k // 2), (1, 1), G)[0]
+    if mode == "stored":
+        keep = m > 0
+    elif mode == "fma":
+        keep = z.astype(np.float64) * _chan(sc) + _chan(sh) > 0
+    else:
+        keep = np.ones(z.shape, bool)
+    want = (ga + whole) * keep
+    L = (K // G) * k * k + 1
+    assert_close(dx, want, np.float32, length=L, what="masked gradient + strided residual")
+    assert_close(s1, want.sum(axis=(0, 2, 3)), np.float32, length=L * N * H * W, what="sum")
+    assert_close(s2, (want * (z - _chan(center))).sum(axis=(0, 2, 3)), np.float32, length=L * N * H * W,
+                 what="sumxc")
+
+
+@settings(max_examples=60, deadline=None)
+@given(c=_strided_cases())
+def test_fused_backward_input_strided_residual_hypothesis(c):
+    """``conv2d_fused_backward_input(..., residual_stride=s)``: the residual given at the pixels of
+    multiples of s only equals the whole residual with zeros between (dx to the value, the sums
+    bit for bit, the same kernel), against float64 too, bitwise at 1 and 2 threads; the NHWC 1x1
+    pass (adds it at its rows) and the paths that lay it out whole (NCHW, 3x3, grouped, strided
+    conv), every mask kind, channels around the vector widths, at the drawn ISA level, with the
+    adjoint's own packed GEMM (the rows pass for NHWC 1x1) or OpenBLAS forced, or as dispatched."""
+    entry = f"conv2d_gemm_f32_{c['layout'].lower()}{'_packed' if c['force'] == 'packed' else ''}__{c['isa']}"
+    with isa_level(c["isa"]), (TABLE.force(entry) if c["force"] else contextlib.nullcontext()):
+        _strided_check(c)
+
+
+@pytest.mark.parametrize("shape", [(64, 32, 32, 32, 32, 2), (4, 64, 64, 16, 16, 2), (2, 16, 8, 9, 7, 3)])
+def test_fused_backward_input_strided_residual_shapes(shape):
+    """resnext_small's 3.conv1 and 4.conv1 (NHWC, the rows pass), and odd planes at stride 3."""
+    N, C, K, H, W, s = shape
+    _strided_check(dict(layout="NHWC", kind="1x1", N=N, C=C, K=K, H=H, W=W, s=s, mode="stored", seed=N + C))
+
+
+def test_fused_backward_input_strided_residual_bad_input():
+    from cnnkit import _core
+    from cnnkit.ops import fused as F
+    x = np.ones((2, 6, 6, 8), np.float32)
+    w = np.ones((8, 8, 1, 1), np.float32)
+    g = F._Geom(x.shape, w.shape, 1, 0, 1, 1, "NHWC", np.float32)
+    dx = np.empty_like(x)
+    with pytest.raises(ValueError, match="residual_stride"):
+        _core.conv2d_fused_backward_input(x, w, dx, g.core(), x, None, None, True, np.zeros(8), x, None, 0)
+    with pytest.raises(ValueError, match="residual"):  # the whole shape given with a stride
+        _core.conv2d_fused_backward_input(x, w, dx, g.core(), x, None, None, True, np.zeros(8), x, None, 2)
+
+
+def _strided_model(layout, seed=1):
+    rng = np.random.default_rng(seed)
+    return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False, layout=layout, rng=rng),
+                         nn.BatchNorm2d(16, activation="relu", layout=layout),
+                         nn.BottleneckBlock(16, 32, 8, 2, groups=2, layout=layout, rng=rng),
+                         nn.BottleneckBlock(32, 48, 16, 3, groups=4, layout=layout, rng=rng),
+                         nn.GlobalAvgPool2d(layout=layout), nn.Linear(48, 5, rng=rng))
+
+
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+def test_blocks_keep_the_strided_shortcut_gradient_compact(layout, monkeypatch):
+    """Strided bottleneck blocks (stride 2 and 3, odd planes) after a written norm: NHWC passes the
+    shortcut's gradient compact (residual_stride), NCHW does not; the input and parameter
+    gradients, a capture at the shortcut's convolution and an injection there, against the same
+    model with the compact path declined (the shortcut's own backward) to float32 rounding."""
+    from cnnkit import _core
+    from cnnkit.nn import layers as L
+    x = _input(layout, 3, 3, 11)
+    inj = np.random.default_rng(5).standard_normal(
+        (3, 32, 6, 6) if layout == "NCHW" else (3, 6, 6, 32)).astype(np.float32)
+    real_core = _core.conv2d_fused_backward_input
+    out = {}
+    for decline in (False, True):
+        strides = []
+
+        def spy(*a, **k):
+            strides.append(a[11] if len(a) > 11 else k.get("residual_stride", 1))
+            return real_core(*a, **k)
+        monkeypatch.setattr(_core, "conv2d_fused_backward_input", spy)
+        if decline:
+            monkeypatch.setattr(L._Residual, "_compact_shortcut_grad", lambda self, *a: None)
+        m = _strided_model(layout)
+        with nn.fusion(True):
+            cap = m.capture("2.downsample.0")
+            y = m.forward(x)
+            g = np.random.default_rng(7).standard_normal(y.shape).astype(np.float32)
+            gx = m.backward(g, input_grad=True, inject={"2.downsample.0": inj})
+        out[decline] = (gx.copy(), cap.grad.copy(), [p.copy() for p in m.gradients()])
+        monkeypatch.undo()
+        assert sorted(s for s in strides if s != 1) == ([] if decline or layout == "NCHW" else [2, 3]), strides
+    assert_close(out[False][0], out[True][0], np.float32, length=64, what="input gradient")
+    assert_bitwise(out[False][1], out[True][1], "captured gradient at the shortcut's output (with the injection)")
+    for a, r in zip(out[False][2], out[True][2]):
+        assert_close(a, r, np.float32, length=64 * 3 * 11 * 11, what="parameter gradient")

@@ -172,8 +172,11 @@ void bind_conv(py::module_& m) {
       "conv2d_fused_backward_input",
       [](const py::object& dy, const py::object& w, const py::object& dx, const conv::Geom& g, const py::object& x,
          const py::object& scale, const py::object& shift, bool relu, const py::object& center,
-         const py::object& residual, const py::object& mask) {
+         const py::object& residual, const py::object& mask, int64_t residual_stride) {
         const int64_t xn = g.N * g.C * g.H * g.W, yn = g.N * g.K * g.Ho * g.Wo;
+        if (residual_stride < 1)
+          throw py::value_error("residual_stride: expected an int >= 1, got " + std::to_string(residual_stride));
+        const int64_t rstr = residual_stride, rn = g.N * g.C * ((g.H + rstr - 1) / rstr) * ((g.W + rstr - 1) / rstr);
         const auto* pdy = array_arg<float>(dy, "grad_out", yn);
         const auto* pw = array_arg<float>(w, "weight", wcount(g));
         auto* pdx = array_arg<float>(dx, "grad_input", xn, kWrite);
@@ -181,16 +184,17 @@ void bind_conv(py::module_& m) {
         const auto* ps = array_arg<float>(scale, "scale", g.C, kOptional);
         const auto* pt = array_arg<float>(shift, "shift", g.C, kOptional);
         const auto* pc = array_arg<double>(center, "center", g.C);
-        const auto* pr = array_arg<float>(residual, "residual", xn, kOptional);
+        const auto* pr = array_arg<float>(residual, "residual", rn, kOptional);
         const auto* pm = array_arg<float>(mask, "mask", xn, kOptional);
         if (pm && !relu) throw py::value_error("mask: expected None with relu=False, got an array");
         if (overlaps(pdx, xn * 4, px, xn * 4) || overlaps(pdx, xn * 4, pdy, yn * 4) ||
-            overlaps(pdx, xn * 4, pw, wcount(g) * 4) || (pr && overlaps(pdx, xn * 4, pr, xn * 4)) ||
+            overlaps(pdx, xn * 4, pw, wcount(g) * 4) || (pr && overlaps(pdx, xn * 4, pr, rn * 4)) ||
             (pm && overlaps(pdx, xn * 4, pm, xn * 4)))
           throw py::value_error("grad_input: must not overlap x, grad_out, weight, residual or mask");
         py::array_t<double> s1(g.C), s2(g.C);
         conv::Fused fu{};
         fu.residual = pr;
+        fu.res_stride = rstr;
         fu.gx = px;
         fu.gscale = ps;
         fu.gshift = pt;
@@ -208,11 +212,13 @@ void bind_conv(py::module_& m) {
       },
       py::arg("grad_out"), py::arg("weight"), py::arg("grad_input"), py::arg("geom"), py::arg("x"), py::arg("scale"),
       py::arg("shift"), py::arg("relu"), py::arg("center"), py::arg("residual") = py::none(),
-      py::arg("mask") = py::none(),
+      py::arg("mask") = py::none(), py::arg("residual_stride") = 1,
       "Input gradient of conv(prologue(x)) (+ residual), written masked by the prologue's ReLU "
       "(fma(scale, x, shift) > 0 with relu; with mask, a stored ReLU output: mask > 0), with the sums of it and "
       "of it * (x - center) per channel (float64): returns (name, sum, sumxc), name the kernel that ran the "
-      "convolution (the adjoint GEMM pass, or the plain input-gradient kernel over units of images).");
+      "convolution (the adjoint GEMM pass, or the plain input-gradient kernel over units of images). "
+      "residual_stride s > 1: the residual holds only the pixels (h, w) with h and w multiples of s, as an "
+      "(N, ceil(H/s), ceil(W/s), C) array (NCHW likewise), zero elsewhere.");
   m.def(
       "sgemm",
       [](const py::object& a, const py::object& b, const py::object& c, bool trans_a, bool trans_b, bool accumulate,

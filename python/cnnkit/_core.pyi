@@ -91,9 +91,11 @@ def conv2d_fused(x: _Array, weight: _Array, out: _Array, geom: ConvGeom, bias: _
 def conv2d_fused_backward_input(grad_out: _Array, weight: _Array, grad_input: _Array, geom: ConvGeom, x: _Array,
                                 scale: _OptArray, shift: _OptArray, relu: bool, center: ArrayLike,
                                 residual: _OptArray = None,
-                                mask: _OptArray = None) -> tuple[str, NDArray[np.float64], NDArray[np.float64]]:
-    """Masked input gradient of conv(prologue(x)) (+ residual; mask: a stored ReLU output's) with the
-    batch-norm backward's sums; (name, sum, sumxc)."""
+                                mask: _OptArray = None,
+                                residual_stride: int = 1) -> tuple[str, NDArray[np.float64], NDArray[np.float64]]:
+    """Masked input gradient of conv(prologue(x)) (+ residual, given at the pixels of multiples of
+    residual_stride only when that is above 1; mask: a stored ReLU output's) with the batch-norm
+    backward's sums; (name, sum, sumxc)."""
 def conv2d_fused_backward_weight(grad_out: _Array, x: _Array, grad_weight: _OptArray, grad_bias: _OptArray,
                                  geom: ConvGeom, pre_scale: _OptArray, pre_shift: _OptArray, pre_relu: bool) -> str:
     """Weight/bias gradients of conv(prologue(x)) on the GEMM path; returns the registry entry's name."""

@@ -52,6 +52,11 @@ struct Fused {
   // for it; gx still the norm's input for the second sum. The residual above may come with it:
   // o = conv + residual, then masked (a block's input gradient plus its shortcut's).
   const float* gmask = nullptr;
+  // The residual of the gradient epilogue given at the strided pixels only (res_stride s > 1): an
+  // (N, ceil(H / s), ceil(W / s), C) array (NCHW likewise) holding its values at the pixels (h, w)
+  // with h and w multiples of s, zero elsewhere (a stride-s 1x1 shortcut's input gradient, which
+  // is zero between them, kept compact instead of written and read whole).
+  int64_t res_stride = 1;
 };
 
 struct Geom {

@@ -653,8 +653,42 @@ static const char* backward_input_units(const float* dy, const float* w, float* 
   return e.name.c_str();
 }
 
+// A residual given at the strided pixels only (Fused::res_stride) laid out whole, zero between
+// them (kResSlot), for the paths that read it whole.
+static const float* expand_residual(const float* res, int64_t s, const Geom& g) {
+  const int64_t Hr = ceil_div(g.H, s), Wr = ceil_div(g.W, s), C = g.C;
+  float* out = scratch<float>(kResSlot, g.N * C * g.H * g.W);
+  const int64_t rows = g.nhwc ? g.N * g.H : g.N * C * g.H;  // rows of W pixels (NHWC: of W * C values)
+  const int64_t px = g.nhwc ? C : 1, len = g.W * px;
+#pragma omp parallel for schedule(static) num_threads(num_threads())
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t h = r % g.H, q = r / g.H;  // q: the image (NHWC) or the image's channel plane (NCHW)
+    float* o = out + r * len;
+    std::fill(o, o + len, 0.0f);
+    if (h % s) continue;
+    const float* src = res + ((q * Hr + h / s) * Wr) * px;
+    for (int64_t j = 0; j < Wr; ++j) std::copy(src + j * px, src + (j + 1) * px, o + j * s * px);
+  }
+  return out;
+}
+
 const char* backward_input_fused(const float* dy, const float* w, float* dx, const Geom& g, const Fused& fu) {
   check_dims(g);
+  if (fu.res_stride < 1) throw value_error("conv2d_fused backward: the residual's stride must be at least 1");
+  if (fu.residual && fu.res_stride > 1 && g.N * g.C * g.H * g.W > 0) {
+    // The compact residual is added by the NHWC 1x1 rows pass (forward_1x1_nhwc, the adjoint's
+    // forward) at its strided pixels; every other path reads it laid out whole.
+    const Geom a = adjoint(g);
+    const bool rows_pass = g.nhwc && g.G == 1 && g.kh == 1 && g.kw == 1 && g.pt == 0 && g.pl == 0 &&
+                           unit_stride(g) && g.K > 0 && g.Ho * g.Wo > 0 && !small_planes(a) &&
+                           table()[select_effective(Problem{a, DType::f32, Pass::forward})].v->run == run_packed;
+    if (!rows_pass) {
+      Fused fw = fu;
+      fw.residual = expand_residual(fu.residual, fu.res_stride, g);
+      fw.res_stride = 1;
+      return backward_input_fused(dy, w, dx, g, fw);
+    }
+  }
   if (fu.pre_scale || fu.pre_shift || fu.pre_relu || fu.post_relu || fu.stats_sum || fu.stats_sumsq)
     throw value_error("conv2d_fused backward: only the gradient epilogue (and a residual) applies to the input "
                       "gradient");

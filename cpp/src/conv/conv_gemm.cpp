@@ -965,6 +965,27 @@ bool one_by_one(const Geom& g) {
          g.Wo == (g.W - 1) / g.sw + 1;
 }
 
+// Rows [r0, r0 + nr) of y (pixel-major, K channels, images of H x W pixels) += the residual given
+// at the pixels (h, w) with h and w multiples of s only (res: N x ceil(H/s) x ceil(W/s) x K).
+// (One float add per element, as the register blocks' store adds a whole residual: the same bits.)
+void add_strided_rows(float* y, const float* res, int64_t r0, int64_t nr, int64_t K, int64_t H, int64_t W,
+                      int64_t s) {
+  const int64_t Hr = ceil_div(H, s), Wr = ceil_div(W, s);
+  int64_t n = r0 / (H * W), h = (r0 / W) % H, x = r0 % W;
+  for (int64_t r = 0; r < nr; ++r) {
+    if (h % s == 0 && x % s == 0) {
+      float* __restrict yr = y + r * K;
+      const float* __restrict q = res + ((n * Hr + h / s) * Wr + x / s) * K;
+#pragma omp simd
+      for (int64_t k = 0; k < K; ++k) yr[k] += q[k];
+    }
+    if (++x == W) {
+      x = 0;
+      if (++h == H) h = 0, ++n;
+    }
+  }
+}
+
 // At a stride above 1 the rows of x a block needs are gathered (through the prologue) into an L1
 // block first, then read in place like a stride-1 problem's.
 void forward_1x1_nhwc(const float* x, const float* w, const float* b, float* y, const Geom& g, const Fused* fu) {
@@ -981,6 +1002,9 @@ void forward_1x1_nhwc(const float* x, const float* w, const float* b, float* y, 
   const bool stats = fu && fu->stats_sum, grad = fu && fu->grad_sum;
   const StatParts st = stats || grad ? stat_parts(s.count, K) : StatParts{};
   const float* residual = fu ? fu->residual : nullptr;
+  // A gradient's residual given at the strided pixels only (Fused::res_stride; g here is the
+  // adjoint, y the input gradient): added to those rows of each block before its epilogue.
+  const int64_t rs = residual && grad ? fu->res_stride : 1;
   const bool relu = fu && fu->post_relu;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads())
   for (int64_t u = 0; u < s.count; ++u) {
@@ -999,7 +1023,7 @@ void forward_1x1_nhwc(const float* x, const float* w, const float* b, float* y, 
       const bool in_store = !stats;
       RowsEpilogue ep;
       ep.bias = in_store ? b : nullptr;
-      ep.res = in_store && residual ? residual + a * K : nullptr;
+      ep.res = in_store && residual && rs == 1 ? residual + a * K : nullptr;
       ep.ldres = K;
       ep.relu = in_store && relu;
       const RowsEpilogue* epp = ep.bias || ep.res || ep.relu ? &ep : nullptr;
@@ -1017,6 +1041,7 @@ void forward_1x1_nhwc(const float* x, const float* w, const float* b, float* y, 
       } else {
         sgemm_rows(nr, K, C, x + a * C, C, bp, yr, K, pf, epp);
       }
+      if (rs > 1) add_strided_rows(yr, residual, a, nr, K, g.Ho, g.Wo, rs);
       if (!in_store)
         epilogue_pm(yr, K, nr, K, b, residual ? residual + a * K : nullptr, relu, stats ? st.s1 + u * K : nullptr,
                     stats ? st.s2 + u * K : nullptr, stats ? st.sh + u * K : nullptr, cont);
