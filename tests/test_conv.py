@@ -482,7 +482,7 @@ EDGE = [
     ("stem C3 K16 k9", Geo(1, 3, 16, 12, 13, 9, 9, 1, 4)),
     ("stem C3 K32 s2 even", Geo(2, 3, 32, 16, 16, 3, 3, 2, 1)),
     # 3x3 RGB at dilation 1 and column stride 1 or 2: the unrolled interior kernels (blocks of 6
-    # pixels and their remainders; the nine-tap weight gradient for K <= 32)
+    # pixels and their remainders; the nine-tap weight gradient in slices of K, on x padded with zeros)
     *[(f"stem C3 K{k} 3x3 s{s} p{p} W{w}", Geo(2, 3, k, 7, w, 3, 3, s, p))
       for k in (16, 32, 64) for s in (1, 2, (2, 1), (1, 2)) for p in (0, 1, 2) for w in (8, 15)],
 ]
