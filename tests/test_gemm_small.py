@@ -224,18 +224,19 @@ def test_bits_are_those_of_sgemm(isa, rng):
                                    (16, 32), (32, 16), (32, 32), (128, 256)])
 def test_registry_runs_the_packed_entry(cin, k):
     """NHWC 1x1 stride-1 float32 problems go to the packed entry in the weight pass at any channel
-    count, and in the forward and input passes with 32 or more channels on both sides (OpenBLAS
-    keeps narrower ones unless the reduction is 64 or more); the stem kernel keeps forward and
-    weight passes of 4 or fewer input channels with 16, 32, 48 or 64 outputs; float64 keeps its
-    entry."""
+    count, and in the forward and input passes with 32 or more channels on both sides, 16 at the
+    AVX2 level (OpenBLAS keeps narrower ones unless the reduction is 64 or more); the stem kernel
+    keeps forward and weight passes of 4 or fewer input channels with 16, 32, 48 or 64 outputs;
+    float64 keeps its entry."""
     names = [e[0] for e in _core.conv_registry()]
+    bound = 16 if _core.isa_active() == "avx2" else 32
     x_shape, w_shape = (2, 8, 8, cin), (k, cin, 1, 1)
     g = C._geom(x_shape, w_shape, 1, 0, 1, 1, "NHWC", F32).core()
     stem = cin <= 4 and k % 16 == 0 and k <= 64
     for p in ("forward", "input", "weight"):
         name = names[_core.conv_registry_select(g, "float32", p)]
         red = k if p == "input" else cin
-        rows = p == "weight" or min(cin, k) >= 32 or red >= 64
+        rows = p == "weight" or min(cin, k) >= bound or red >= 64
         want = "stem_f32_nhwc" if stem and p != "input" else "gemm_f32_nhwc_packed" if rows else "gemm_f32_nhwc__"
         assert want in name, (p, name)
         assert "gemm_f64_nhwc" in names[_core.conv_registry_select(

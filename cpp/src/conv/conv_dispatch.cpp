@@ -22,8 +22,9 @@
 //   gemm_f32_*_packed      float32 dense convolutions (G == 1) with a reduction of 64 or more
 //                          (C*kh*kw) that the stem kernel does not take: the GEMM path on cnnkit's
 //                          own packed sgemm (sgemm.cpp) in place of OpenBLAS (packed_shape(): the
-//                          measured rule); NHWC also every 1x1 at stride 1 without padding, at any
-//                          channel count (nhwc_1x1_rows(): kernels that read x and dy in place)
+//                          measured rule); NHWC also every 1x1 at stride 1 without padding with
+//                          32 channels or more on both sides (16 at AVX2), and its weight pass at
+//                          any channel count (nhwc_1x1_rows(): kernels that read x and dy in place)
 //   gemm_f32_nhwc_patches  the weight pass of float32 dense NHWC problems with 16+ channels
 //                          that are not a plain 1x1 and not small_planes(): the own sgemm reading
 //                          the patches of x through a pointer table (no im2col matrix)
@@ -289,26 +290,31 @@ bool sup_packed_nchw(const Kernels&, const Geom& g, DType, Pass p) {
 // Measured (1 thread, CPU time, N = 64 at 32x32, against OpenBLAS): 32->32 forward 1.42 vs 2.26 ms,
 // weight gradient 1.61 vs 2.72; 32->64 forward 2.65 vs 3.99; but with 16 channels on either side
 // OpenBLAS stays ahead in the forward pass (16->32 0.72 vs 0.65, 32->16 0.72 vs 0.65), so those
-// keep it there (and in the adjoint's).
+// keep it there (and in the adjoint's) at AVX-512 (those figures are the Zen 4 machine's). At
+// AVX2 (Zen 3, in-process A/B alternating calls, N = 64 at 32x32) the in-place kernels are ahead
+// with 16 channels too, at 1 and 2 threads: forward 0.71-0.74x, input gradient 0.70-0.78x, the
+// fused forms 0.78-0.84x (statistics, prologue and statistics, the gradient epilogue with a
+// prologue mask or a residual and stored mask); so there the bound is 16 channels.
+int rows_min_channels(const Kernels& k) { return &k == &kernels_of(Isa::avx2) ? 16 : 32; }
 // At a stride above 1 (no padding) the forward pass gathers the strided pixels into L1 blocks for
 // the same kernels (32->64 at stride 2 from 32x32 left OpenBLAS's im2col path), and the input
 // gradient writes each row of dx once, the product into its strided pixels and zeros between
 // (backward_input_1x1_strided_nhwc; in place of zeroing dx, a column block and a scatter-add).
-bool nhwc_1x1_rows(const Geom& g, Pass p) {
+bool nhwc_1x1_rows(const Kernels& k, const Geom& g, Pass p) {
   const bool one = g.nhwc && g.G == 1 && g.kh == 1 && g.kw == 1 && g.pt == 0 && g.pl == 0 &&
                    !(stem_shape(g) && p != Pass::input);
   if (one && g.sh == 1 && g.sw == 1 && g.Ho == g.H && g.Wo == g.W)
-    return p == Pass::weight || std::min(g.C, g.K) >= 32;
+    return p == Pass::weight || std::min(g.C, g.K) >= rows_min_channels(k);
   return one && p != Pass::weight && g.Ho == (g.H - 1) / g.sh + 1 && g.Wo == (g.W - 1) / g.sw + 1 &&
          std::min(g.C, g.K) >= 32;
 }
-bool sup_packed_nhwc(const Kernels&, const Geom& g, DType, Pass p) {
-  return g.nhwc && (packed_shape(g, p) || nhwc_1x1_rows(g, p));
+bool sup_packed_nhwc(const Kernels& k, const Geom& g, DType, Pass p) {
+  return g.nhwc && (packed_shape(g, p) || nhwc_1x1_rows(k, g, p));
 }
 // The fused forms with only an output epilogue (bias, residual, ReLU) of the NHWC 1x1 stride-1
-// problems that nhwc_1x1_rows() leaves to OpenBLAS in their plain form (16 channels on one side)
-// run on the in-place kernels too, which apply that epilogue to each register block as they store
-// it, where the OpenBLAS path makes passes over y. Measured (N = 64 at 32x32, 1 thread, CPU time,
+// problems that nhwc_1x1_rows() leaves to OpenBLAS in their plain form (16 channels on one side at
+// AVX-512, fewer at AVX2) run on the in-place kernels too, which apply that epilogue to each
+// register block as they store it, where the OpenBLAS path makes passes over y. Measured (N = 64 at 32x32, 1 thread, CPU time,
 // interleaved, min of 150-200 calls): 16->32 with a residual 0.77 against 1.08 ms (load 2; 0.99
 // against 1.26 at load 5-7). With a prologue or statistics (passes on both paths) OpenBLAS stays
 // ahead (load 5-7): 32->16 with statistics 0.93 against 0.79, 16->32 prologue and statistics 1.62
