@@ -228,7 +228,8 @@ def _strided_cases(draw):
     chans = (32, 33, 40, 64) if rows else (4, 8, 15, 16, 17, 32, 40)
     return dict(isa=draw(st.sampled_from(ISA_LEVELS)),
                 layout="NHWC" if rows else draw(st.sampled_from(("NHWC", "NCHW"))), kind=kind,
-                N=draw(st.integers(1, 3)), C=draw(st.sampled_from(chans)), K=draw(st.sampled_from(chans if rows else (3, 8, 16, 24, 33))),
+                N=draw(st.integers(1, 3)), C=draw(st.sampled_from(chans)),
+                K=draw(st.sampled_from(chans if rows else (3, 8, 16, 24, 33))),
                 H=draw(st.integers(1, 13)), W=draw(st.integers(1, 13)), s=draw(st.sampled_from((2, 3))),
                 mode=draw(st.sampled_from(("stored", "fma", "none"))),
                 force="packed" if rows else draw(st.sampled_from((None, "packed", "gemm"))),

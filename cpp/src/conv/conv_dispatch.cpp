@@ -314,8 +314,8 @@ bool sup_packed_nhwc(const Kernels& k, const Geom& g, DType, Pass p) {
 // The fused forms with only an output epilogue (bias, residual, ReLU) of the NHWC 1x1 stride-1
 // problems that nhwc_1x1_rows() leaves to OpenBLAS in their plain form (16 channels on one side at
 // AVX-512, fewer at AVX2) run on the in-place kernels too, which apply that epilogue to each
-// register block as they store it, where the OpenBLAS path makes passes over y. Measured (N = 64 at 32x32, 1 thread, CPU time,
-// interleaved, min of 150-200 calls): 16->32 with a residual 0.77 against 1.08 ms (load 2; 0.99
+// register block as they store it, where the OpenBLAS path makes passes over y. Measured (N = 64
+// at 32x32, 1 thread, CPU time, interleaved, min of 150-200 calls): 16->32 with a residual 0.77 against 1.08 ms (load 2; 0.99
 // against 1.26 at load 5-7). With a prologue or statistics (passes on both paths) OpenBLAS stays
 // ahead (load 5-7): 32->16 with statistics 0.93 against 0.79, 16->32 prologue and statistics 1.62
 // against 1.45, the 16->32 gradient epilogue 1.32 against 1.12.

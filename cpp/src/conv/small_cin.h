@@ -20,6 +20,7 @@
 #include "conv_internal.h"
 #include "common/isa_vector.h"
 #include "dw_common.h"
+#include "scratch.h"
 #include "unit_stats.h"
 
 namespace cnnkit::conv {
@@ -270,12 +271,13 @@ void small_cin_backward_weight_k(const float* dy, const float* x, float* dw, flo
                     g.pl >= 0;
   // nine: x with its padding as zeros, the rows and columns the output's windows span
   const int64_t Hp = nine ? (g.Ho - 1) * g.sh + 3 : 0, Wp = nine ? (g.Wo - 1) * g.sw + 3 : 0;
-  isa_vector<float> xpad(static_cast<size_t>(nine ? g.N * Hp * Wp * C : 0));
+  // (every element written below; the calling thread's shared block, kept between calls)
+  float* xpad = nine ? scratch<float>(kBatchSlot, g.N * Hp * Wp * C) : nullptr;
   if (nine) {
 #pragma omp parallel for schedule(static) num_threads(num_threads())
     for (int64_t rr = 0; rr < g.N * Hp; ++rr) {
       const int64_t n = rr / Hp, ih = rr % Hp - g.pt;
-      float* o = xpad.data() + rr * Wp * C;
+      float* o = xpad + rr * Wp * C;
       std::fill(o, o + Wp * C, 0.0f);
       if (ih < 0 || ih >= g.H) continue;
       const int64_t w0 = std::min(Wp, g.pl), w1 = std::min(Wp, g.pl + g.W);
@@ -300,9 +302,9 @@ void small_cin_backward_weight_k(const float* dy, const float* x, float* dw, flo
       for (int64_t c = 0; c < C; ++c)
         for (int64_t k0 = 0; k0 < K; k0 += NS * L) {
           if (g.sw == 1)
-            small_cin_wgrad_33<NS, 1>(dy, xpad.data(), Hp, Wp, pw, g, K, k0, r0, r1, c);
+            small_cin_wgrad_33<NS, 1>(dy, xpad, Hp, Wp, pw, g, K, k0, r0, r1, c);
           else
-            small_cin_wgrad_33<NS, 2>(dy, xpad.data(), Hp, Wp, pw, g, K, k0, r0, r1, c);
+            small_cin_wgrad_33<NS, 2>(dy, xpad, Hp, Wp, pw, g, K, k0, r0, r1, c);
         }
       continue;
     }

@@ -313,12 +313,11 @@ class Conv2d(Module):
         which the norm receives as its pending gradient (:meth:`BatchNorm2d._pending_backward`): its
         reduction pass and its mask are skipped.
 
-        ``add_stride`` s > 1 (that compiled pass only): ``add`` holds the values at the pixels whose
+        ``add_stride`` s > 1 (that compiled pass only; else None): ``add`` holds the values at the pixels whose
         row and column are multiples of s only (:meth:`_strided_input_backward`'s compact gradient
         of a stride-s 1x1 shortcut), zero elsewhere."""
         x = getattr(self, "_x", None)
-        want = x.shape if x is not None and add_stride == 1 else (
-            _strided_shape(x.shape, add_stride, self.layout) if x is not None else None)
+        want = None if x is None else x.shape if add_stride == 1 else _strided_shape(x.shape, add_stride, self.layout)
         if (in_bn is not None and x is not None and _producing_norm(x) is in_bn
                 and getattr(self, "_pre", None) is None
                 and grad.dtype == np.float32 and add.dtype == np.float32 and add.shape == want
@@ -333,16 +332,14 @@ class Conv2d(Module):
                                                             np.ascontiguousarray(add), x, add_stride)
             in_bn._pending_grad = (gi, sg, sgxc)
             return gi
-        if (x is None or self.kernel_size != (1, 1) or self.groups != 1 or getattr(self, "_pre", None) is not None
-                or grad.dtype != np.float32 or add.dtype != np.float32 or add.shape != want
-                or x.dtype != np.float32 or not _fusable(self, Conv2d)):
+        if (x is None or add_stride != 1 or self.kernel_size != (1, 1) or self.groups != 1
+                or getattr(self, "_pre", None) is not None or grad.dtype != np.float32 or add.dtype != np.float32
+                or add.shape != x.shape or x.dtype != np.float32 or not _fusable(self, Conv2d)):
             return None
         shape = self._ws.get("out_shape")
         spatial = (1, 2) if self.layout == "NHWC" else (2, 3)
         if shape is None or any(shape[a] != x.shape[a] for a in spatial):  # stride or padding: not the plain adjoint
             return None
-        if add_stride != 1:  # this epilogue reads the residual whole
-            add = _strided_to_whole(add, add_stride, self._buf("add_whole", x.shape), self.layout)
         grad = self._param_grads_of(grad, shape)
         w = self.params["weight"]
         wa = self._buf("weight_adjoint", (self.in_channels, self.out_channels, 1, 1))
