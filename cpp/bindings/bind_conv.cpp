@@ -169,6 +169,39 @@ void bind_conv(py::module_& m) {
       "GEMM path, the prologue applied while x is laid out; returns the registry name of the entry that ran "
       "(ValueError where the registry runs a direct kernel).");
   m.def(
+      "conv2d_backward_weight_bn",
+      [](const py::object& grad, const py::object& z, const py::object& mean, const py::object& A,
+         const py::object& B, const py::object& D, const py::object& x, const py::object& dw, const py::object& db,
+         const conv::Geom& g) {
+        const int64_t xn = g.N * g.C * g.H * g.W, yn = g.N * g.K * g.Ho * g.Wo;
+        const auto* pg = array_arg<float>(grad, "grad", yn);
+        const auto* pz = array_arg<float>(z, "z", yn);
+        const auto* pm = array_arg<double>(mean, "mean", g.K);
+        const auto* pa = array_arg<double>(A, "A", g.K);
+        const auto* pb = array_arg<double>(B, "B", g.K);
+        const auto* pd = array_arg<double>(D, "D", g.K);
+        const auto* px = array_arg<float>(x, "x", xn);
+        auto* pdw = array_arg<float>(dw, "grad_weight", wcount(g), kWrite | kOptional);
+        auto* pdb = array_arg<float>(db, "grad_bias", g.K, kWrite | kOptional);
+        const int64_t wb = wcount(g) * 4;
+        if ((pdw && (overlaps(pdw, wb, px, xn * 4) || overlaps(pdw, wb, pg, yn * 4) || overlaps(pdw, wb, pz, yn * 4))) ||
+            (pdb && (overlaps(pdb, g.K * 4, px, xn * 4) || overlaps(pdb, g.K * 4, pg, yn * 4) ||
+                     overlaps(pdb, g.K * 4, pz, yn * 4))))
+          throw py::value_error("grad_weight, grad_bias: must not overlap x, grad or z");
+        const char* name;
+        {
+          py::gil_scoped_release nogil;
+          name = conv::backward_weight_bn_apply(pg, pz, pm, pa, pb, pd, px, pdw, pdb, g);
+        }
+        return std::string(name);
+      },
+      py::arg("grad"), py::arg("z"), py::arg("mean"), py::arg("A"), py::arg("B"), py::arg("D"), py::arg("x"),
+      py::arg("grad_weight"), py::arg("grad_bias"), py::arg("geom"),
+      "Weight and bias gradients of a convolution whose output z a training-mode batch norm took, from the gradient "
+      "at the norm's output (grad, already masked by its ReLU) and the coefficients of the norm backward's apply pass "
+      "(float64 per output channel: dy = A*grad - B - (z - mean)*D, as norm_backward_apply evaluates it), without "
+      "writing dy; the stem kernel only (ValueError where the registry runs another); returns the entry's name.");
+  m.def(
       "conv2d_fused_backward_input",
       [](const py::object& dy, const py::object& w, const py::object& dx, const conv::Geom& g, const py::object& x,
          const py::object& scale, const py::object& shift, bool relu, const py::object& center,

@@ -99,6 +99,10 @@ def conv2d_fused_backward_input(grad_out: _Array, weight: _Array, grad_input: _A
 def conv2d_fused_backward_weight(grad_out: _Array, x: _Array, grad_weight: _OptArray, grad_bias: _OptArray,
                                  geom: ConvGeom, pre_scale: _OptArray, pre_shift: _OptArray, pre_relu: bool) -> str:
     """Weight/bias gradients of conv(prologue(x)) on the GEMM path; returns the registry entry's name."""
+def conv2d_backward_weight_bn(grad: _Array, z: _Array, mean: _Array, A: _Array, B: _Array, D: _Array, x: _Array,
+                              grad_weight: _OptArray, grad_bias: _OptArray, geom: ConvGeom) -> str:
+    """Weight/bias gradients with dy the batch-norm backward's apply pass A*grad - B - (z - mean)*D
+    evaluated as read (the stem kernel only); returns the registry entry's name."""
 def sgemm(a: _Array, b: _Array, c: _Array, trans_a: bool = False, trans_b: bool = False,
           accumulate: bool = False, isa: str | None = None) -> None:
     """c = [c +] op(a) @ op(b), float32, cnnkit's own packed GEMM at ISA level `isa`."""

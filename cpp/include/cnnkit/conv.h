@@ -59,6 +59,23 @@ struct Fused {
   int64_t res_stride = 1;
 };
 
+// The batch-norm backward's apply pass evaluated where a weight gradient reads dy, so that the
+// gradient at the norm's input is never written: dy = a[k]*g - b[k] - ((z - hi[k]) - lo[k])*d[k]
+// per output channel k, the float expression of the norm kernels' apply pass (norm_kernels.cpp,
+// backward_apply_t) on the same float coefficients, so the same values: g the gradient at the
+// norm's output (already masked by its ReLU), z the norm's input (this convolution's output), hi +
+// lo the batch mean split in two floats, a = w*invstd, b = a*sum(g)/count, d = a*invstd^2*sum(g*(z -
+// mean))/count.
+struct DyApply {
+  const float* g;
+  const float* z;
+  const float* a;
+  const float* b;
+  const float* hi;
+  const float* lo;
+  const float* d;
+};
+
 struct Geom {
   int64_t N, C, H, W;           // input
   int64_t K, Ho, Wo;            // output channels and size
@@ -106,6 +123,15 @@ const char* forward_fused(const float* x, const float* w, const float* b, float*
 // same bits as the plain weight gradient of the prologue's output.
 const char* backward_weight_fused(const float* dy, const float* x, float* dw, float* db, const Geom& g,
                                   const Fused& fu);
+
+// The weight (dw) and bias (db) gradients with dy the batch-norm backward's apply pass (DyApply:
+// the gradient at the norm's input, never written), from the norm's float64 statistics and
+// coefficients per output channel (mean, A, B, D of its apply pass, converted to float as that pass
+// converts them). Only where the registry runs the stem kernel for the weight gradient; throws
+// value_error elsewhere (the caller writes dy with the norm's pass and runs the plain gradient).
+const char* backward_weight_bn_apply(const float* g_out, const float* z, const double* mean, const double* A,
+                                     const double* B, const double* D, const float* x, float* dw, float* db,
+                                     const Geom& g);
 
 // The input gradient dx of conv(prologue(x)) at stride 1 with the gradient epilogue of `fu` (gx,
 // gscale, gshift, grelu, center, grad_sum, grad_sumxc; the forward fields null): dx is written
@@ -199,7 +225,9 @@ struct Kernels {
   // or neither, null for the plain pass).
   void (*small_cin_forward)(const float* x, const float* w, const float* b, float* y, const Geom&, double* sum,
                             double* sumsq);
-  void (*small_cin_backward_weight)(const float* dy, const float* x, float* dw, float* db, const Geom&);
+  // The weight gradient reads dy through ap (null: dy as given; else dy is unused, see DyApply).
+  void (*small_cin_backward_weight)(const float* dy, const float* x, float* dw, float* db, const Geom&,
+                                    const DyApply* ap);
   // Depthwise, NCHW, K == C, C % 16 == 0, planes <= 2^20 pixels (dw_nchw_blocked_shape): the
   // blocked kernels (the dw_* functions above never take them).
   DwForwardFn dw_forward_blocked;

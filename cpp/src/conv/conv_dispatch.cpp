@@ -219,7 +219,7 @@ void run_stem(const Kernels& k, DType, Pass p, const Args& a, const Geom& g) {
     return k.small_cin_forward(static_cast<const float*>(a.x), static_cast<const float*>(a.w),
                                static_cast<const float*>(a.b), static_cast<float*>(a.y), g, nullptr, nullptr);
   k.small_cin_backward_weight(static_cast<const float*>(a.dy), static_cast<const float*>(a.x),
-                              static_cast<float*>(a.dw), static_cast<float*>(a.db), g);
+                              static_cast<float*>(a.dw), static_cast<float*>(a.db), g, nullptr);
 }
 void run_packed(const Kernels& k, DType dt, Pass p, const Args& a, const Geom& g) {
   if (p == Pass::forward) return k.packed_forward(dt, a.x, a.w, a.b, a.y, g);
@@ -613,6 +613,34 @@ const char* backward_weight_fused(const float* dy, const float* x, float* dw, fl
     }
   }
   if (db) k.bias_grad(DType::f32, dy, db, g);
+  return e.name.c_str();
+}
+
+const char* backward_weight_bn_apply(const float* g_out, const float* z, const double* mean, const double* A,
+                                     const double* B, const double* D, const float* x, float* dw, float* db,
+                                     const Geom& g) {
+  check_dims(g);
+  const Entry& e = table()[select_effective(Problem{g, DType::f32, Pass::weight})];
+  if (e.v->run != run_stem)
+    throw value_error(std::string("conv2d_backward_weight_bn: only the stem kernel reads the norm's apply pass (the "
+                                  "registry runs ") + e.name + ")");
+  if (g.N == 0 || g.Ho * g.Wo == 0 || g.K == 0) {
+    if (dw) std::fill(dw, dw + g.K * g.Cg() * g.kh * g.kw, 0.0f);
+    if (db) std::fill(db, db + g.K, 0.0f);
+    return e.name.c_str();
+  }
+  // The float coefficients of the norm's apply pass (norm_kernels.cpp, backward_apply_t).
+  std::vector<float> co(size_t(5 * g.K));
+  float *a = co.data(), *b = a + g.K, *hi = b + g.K, *lo = hi + g.K, *d = lo + g.K;
+  for (int64_t k = 0; k < g.K; ++k) {
+    hi[k] = float(mean[k]);
+    lo[k] = float(mean[k] - double(hi[k]));
+    a[k] = float(A[k]);
+    b[k] = float(B[k]);
+    d[k] = float(D[k]);
+  }
+  const DyApply ap{g_out, z, a, b, hi, lo, d};
+  kernels_of(e.isa).small_cin_backward_weight(nullptr, x, dw, db, g, &ap);
   return e.name.c_str();
 }
 

@@ -16,6 +16,7 @@
 
 #include "cnnkit/norm.h"
 #include "common/channel_mean.h"
+#include "norm/bn_apply.h"
 #include "common/isa_vector.h"
 
 #ifndef CNNKIT_ISA_NS
@@ -335,6 +336,12 @@ void backward_reduce_t(const T* __restrict dy, const T* __restrict x, const T* _
   }
 }
 
+// The apply pass's value (this file is compiled without contraction: five roundings).
+template <typename T>
+inline T apply_value(T g, T x, T a, T bq, T hi, T lo, T dd) {
+  return a * g - bq - ((x - hi) - lo) * dd;
+}
+
 template <typename T, int MK, bool GRES, bool PL>
 void backward_apply_t(const T* __restrict dy, const T* __restrict x, const T* __restrict mk,
                       const T* __restrict ma, T* __restrict dx, T* __restrict gres, const Shape& sh, bool ps,
@@ -363,7 +370,7 @@ void backward_apply_t(const T* __restrict dy, const T* __restrict x, const T* __
 #pragma omp simd
       for (int64_t s = 0; s < S; ++s) {
         const T g = !kept<MK>(mr, s, as, at, xr[s]) ? T(0) : d[PL ? 0 : s];
-        o[s] = a * g - bq - ((xr[s] - hi) - lo) * dd;
+        o[s] = apply_value(g, xr[s], a, bq, hi, lo, dd);
         if (GRES) gr[s] = g;
       }
     }
@@ -384,7 +391,7 @@ void backward_apply_t(const T* __restrict dy, const T* __restrict x, const T* __
 #pragma omp simd
       for (int64_t c = 0; c < C; ++c) {
         const T g = !kept<MK>(mr, c, MK == 2 ? ma[c] : T(0), MK == 2 ? ma[C + c] : T(0), xr[c]) ? T(0) : d[c];
-        o[c] = a[c] * g - bq[c] - ((xr[c] - hi[c]) - lo[c]) * dd[c];
+        o[c] = apply_value(g, xr[c], a[c], bq[c], hi[c], lo[c], dd[c]);
         if (GRES) gr[c] = g;
       }
     }
@@ -526,6 +533,17 @@ void affine_pool(DType dt, const void* x, const void* affine, bool relu, const S
 }
 
 }  // namespace
+
+void bn_apply_pixels(const float* __restrict g, const float* __restrict z, float* __restrict out, int64_t npix,
+                     int64_t C, const float* a, const float* bq, const float* hi, const float* lo, const float* dd) {
+  for (int64_t m = 0; m < npix; ++m) {
+    const float* __restrict gr = g + m * C;
+    const float* __restrict zr = z + m * C;
+    float* __restrict o = out + m * C;
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) o[c] = apply_value(gr[c], zr[c], a[c], bq[c], hi[c], lo[c], dd[c]);
+  }
+}
 
 extern const norm::Kernels norm_kernels;
 const norm::Kernels norm_kernels = {stats, apply, backward_reduce, backward_apply, affine_pool};

@@ -19,7 +19,7 @@ from ..ops.conv import _geom as _conv_geom
 from ..ops.conv import _padding as _conv_padding
 from .._core import pool2d_forward as _pool_forward
 from ..ops import fused as _fused
-from ..ops.norm import _bn_backward_apply, _bn_backward_chunk
+from ..ops.norm import _bn_apply_coefs, _bn_backward_chunk
 from .module import Module, Sequential, fusion_enabled
 
 __all__ = ["Conv2d", "DepthwiseSeparableConv2d", "BatchNorm2d", "GroupNorm", "ReLU", "MaxPool2d", "AvgPool2d",
@@ -212,7 +212,7 @@ class Conv2d(Module):
         shape = self._out_shape(x.shape, self.params["weight"].shape, stride=self.stride, padding=self.padding,
                                 dilation=self.dilation, groups=self.groups, layout=self.layout)
         self._x, self._pre, self._a, self._stats, self._pre_bn = x, pre, None, None, None
-        y = self._buf("y", shape)
+        y = self._y_last = self._buf("y", shape)
         if pre is None and not stats:
             return ops.conv2d(x, self.params["weight"], self.params.get("bias"), out=y, **self._args())
         ws = self._ws.setdefault("fused", {})
@@ -257,6 +257,11 @@ class Conv2d(Module):
             needs += ("weight", "bias") if self.has_bias else ("weight",)
         if not needs:
             return None
+        d = self._deferred_grad
+        if d is not None and d[0] is grad and "input" not in needs and self._weight_grad_bn(d[2]):
+            self._deferred_grad = None
+            return None
+        self._grad_ready(grad)
         if needs == ("input",) and self.groups == 1:
             gi = self._channel_sparse_backward(grad)
             if gi is not None:
@@ -286,9 +291,28 @@ class Conv2d(Module):
         ops.conv2d_backward(grad, self._x, self.params["weight"], needs=needs, out=(gi, gw, gb), **self._args())
         return gi
 
+    def _weight_grad_bn(self, apply: tuple) -> bool:
+        """The weight (and bias) gradients where the gradient at the output is a batch norm's
+        apply pass handed over unwritten (``apply``: the norm's masked output gradient, its input
+        (this convolution's output), mean and the pass's A, B, D;
+        :meth:`BatchNorm2d._apply_or_defer`): the stem kernel evaluates the pass as it reads it
+        (the same values as the norm's pass writes). False (nothing written) where the registry
+        runs another kernel."""
+        g, z, mean, A, B, D = apply
+        x = self._x
+        geo = _conv_geom(x.shape, self.params["weight"].shape, self.stride, self.padding, self.dilation,
+                         self.groups, self.layout, np.dtype(np.float32))
+        try:
+            _core.conv2d_backward_weight_bn(g, z, mean, A, B, D, x, self.grads["weight"], self.grads.get("bias"),
+                                            geo.core())
+        except ValueError:
+            return False
+        return True
+
     def _param_grads_of(self, grad: np.ndarray, shape: tuple) -> np.ndarray:
         """The checked gradient at the output (with any injected one, given to the captures), after
         writing the weight and bias gradients from it (parameter gradients on)."""
+        self._grad_ready(grad)
         grad = self._check_grad(self._grad_in(grad), shape)
         self._note_grad(grad)
         if self.param_grads:
@@ -316,6 +340,7 @@ class Conv2d(Module):
         ``add_stride`` s > 1 (that compiled pass only; else None): ``add`` holds the values at the pixels whose
         row and column are multiples of s only (:meth:`_strided_input_backward`'s compact gradient
         of a stride-s 1x1 shortcut), zero elsewhere."""
+        self._grad_ready(grad)
         x = getattr(self, "_x", None)
         want = None if x is None else x.shape if add_stride == 1 else _strided_shape(x.shape, add_stride, self.layout)
         if (in_bn is not None and x is not None and _producing_norm(x) is in_bn
@@ -564,6 +589,7 @@ class BatchNorm2d(_ReLUMode, Module):
     # the fused path's state (see _fused_forward / _fused_backward)
     _pre_affine: np.ndarray | None = None
     _pending_grad: tuple | None = None
+    _producer: Any = None  # the Conv2d that handed this norm its input's statistics (_fused_step)
     residual_grad: np.ndarray | None = None  # the residual's gradient after backward
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True, *,
@@ -692,8 +718,7 @@ class BatchNorm2d(_ReLUMode, Module):
             # g*(x - mean) came from its epilogue: only the apply pass is left
             sg, sgxc = pending[1], pending[2]
             if gi.size:
-                _bn_backward_apply(grad, x, None, gi, None, N, C, S, nhwc, self._mean, self._invstd, w64, N * S,
-                                   sg, sgxc)
+                self._apply_or_defer(grad, gi, N, C, S, nhwc, w64, sg, sgxc)
             sgxhat = sgxc * self._invstd
         elif (pooled := _pooled_grad(grad, nhwc)) is not None:
             # the next layer is a global average pool fused with this norm: grad is its (N, C)
@@ -725,12 +750,44 @@ class BatchNorm2d(_ReLUMode, Module):
         w = self.params.get("weight")
         w64 = np.ones(C) if w is None else w.astype(np.float64)
         if gi.size:
-            _bn_backward_apply(grad, x, None, gi, None, N, C, S, nhwc, self._mean, self._invstd, w64, N * S, sg, sgxc)
+            self._apply_or_defer(grad, gi, N, C, S, nhwc, w64, sg, sgxc)
         if self.affine and self.param_grads:
             self.grads["weight"][...] = sgxc * self._invstd
             self.grads["bias"][...] = sg
         self.residual_grad = grad if self._residual is not None else None
         return gi
+
+    def _apply_or_defer(self, grad: np.ndarray, gi: np.ndarray, N: int, C: int, S: int, nhwc: bool,
+                        w64: np.ndarray, sg: np.ndarray, sgxc: np.ndarray) -> None:
+        """The apply pass of the training-mode backward into ``gi`` from the masked ``grad`` and
+        the sums ``sg``, ``sgxc``; or, where the convolution that wrote this norm's input takes
+        the pass into its weight gradient (:meth:`_apply_taker`), handed to it unwritten as its
+        ``_deferred_grad``: ``gi`` is written by the first reader that needs it written
+        (:meth:`Module._grad_ready`), or never (the weight gradient evaluated the pass itself)."""
+        x, mean = self._x, self._mean
+        A, B, D = _bn_apply_coefs(self._invstd, w64, N * S, sg, sgxc)
+
+        def write() -> None:
+            _core.norm_backward_apply(grad, x, None, gi, None, N, C, S, nhwc, False, mean, A, B, D)
+
+        taker = self._apply_taker()
+        if taker is None:
+            write()
+        else:
+            taker._deferred_grad = (gi, write, (grad, x, mean, A, B, D))
+
+    def _apply_taker(self) -> Conv2d | None:
+        """The convolution that wrote this norm's input in the last forward (the fused path:
+        ``_producer``), where its weight gradient can evaluate the norm's apply pass itself: a
+        network's stem (NHWC, float32, one group, at most 4 input channels, no prologue; the stem
+        kernel, :meth:`Conv2d._weight_grad_bn`); else None."""
+        c = self._producer
+        x = self._x
+        if (c is None or getattr(c, "_y_last", None) is not x or not _fusable(c, Conv2d) or c.layout != "NHWC"
+                or c.groups != 1 or c.in_channels > 4 or getattr(c, "_pre", None) is not None
+                or x.dtype != np.float32 or not c.param_grads):
+            return None
+        return c
 
     def _preactivation(self) -> np.ndarray:
         """The last forward's output before the fused ReLU, recomputed (its sign is the ReLU
@@ -1502,9 +1559,10 @@ class SpatialDropout2d(_DropoutBase):
 # represent: such a layer always runs on its own.
 _FUSED_VIA = {"Conv2d": ("__call__", "forward", "_forward", "_fused_call", "backward", "_backward_add",
                          "_channel_sparse_backward", "_fused_input_backward", "_strided_input_stride",
-                         "_strided_input_backward"),
+                         "_strided_input_backward", "_weight_grad_bn", "_param_grads_of"),
               "BatchNorm2d": ("__call__", "forward", "_fused_forward", "backward", "_eval_backward",
-                              "_preactivation", "_fused_backward", "_pending_backward", "_relu_grad"),
+                              "_preactivation", "_fused_backward", "_pending_backward", "_relu_grad",
+                              "_apply_or_defer", "_apply_taker"),
               "GlobalAvgPool2d": ("__call__", "forward", "_fused_pool", "backward")}
 
 
@@ -1553,6 +1611,8 @@ def _fused_step(m: Module, x: np.ndarray, pending: tuple | None, nxt: Module | N
         if pre is None and not stats:
             return m(x), None
         y = m._fused_call(x, pre, stats)
+        if stats:
+            nxt._producer = m  # (whose weight gradient may take the norm's apply pass: _apply_taker)
         if pre_bn is not None:
             pre_bn._y = m._a  # the prologue's output if materialised (its sign is the ReLU mask), else None
             setattr(m, "_pre_bn", pre_bn)  # the norm that takes m's input gradient (and may take its sums)

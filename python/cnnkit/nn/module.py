@@ -200,6 +200,10 @@ class Module:
         self.param_grads = True  # False: backward computes only input gradients (interpretability)
         self._inject_used = False
         self._inject = None  # a gradient added to this module's output gradient (Sequential.backward(inject=))
+        # (gradient, write): the gradient at this module's output handed over unwritten by the
+        # layer above (a batch norm whose apply pass this module's weight gradient may evaluate
+        # itself: BatchNorm2d._defer_apply); write() writes it, see _grad_ready
+        self._deferred_grad: tuple | None = None
 
     # ---- registration ----
     def _param(self, name, value):
@@ -487,8 +491,20 @@ class Module:
 
     def _note_grad(self, grad):
         """Give this module's captures the gradient reaching its output."""
+        if self._captures:
+            self._grad_ready(grad)
         for c in self._captures:
             c.grad = grad.copy()
+
+    def _grad_ready(self, grad):
+        """``grad``, written now if the layer above handed it over unwritten
+        (``_deferred_grad``): every reader of the gradient at this module's output but the
+        one that evaluates it itself calls this first."""
+        d = self._deferred_grad
+        if d is not None and d[0] is grad:
+            self._deferred_grad = None
+            d[1]()
+        return grad
 
     def _grad_in(self, grad):
         """The gradient reaching this module's output: ``grad`` from the layers above plus the
@@ -496,6 +512,7 @@ class Module:
         inj = self._inject
         if inj is None:
             return grad
+        self._grad_ready(grad)
         self._inject_used = True
         if inj.shape != grad.shape:
             raise ValueError(f"inject: expected a gradient of the layer's output shape {grad.shape}, "

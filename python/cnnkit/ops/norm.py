@@ -138,14 +138,21 @@ def _bn_infer_core(x, y, residual, N, C, S, nhwc, weight, bias, running_mean, ru
         _core.norm_apply(x, y, residual, N, C, S, nhwc, False, mean, invstd, weight, bias, relu)
 
 
+def _bn_apply_coefs(invstd, w, count, sg, sgx):
+    """``(A, B, D)`` of the apply pass, ``grad_x = A*g - B - (x - mean)*D`` (float64, per channel):
+    A = w*invstd, B = A*sg/count, D = A*invstd^2*sgx/count, from the sums ``sg`` = sum g and
+    ``sgx`` = sum g*(x - mean)."""
+    A = w * invstd
+    return A, A * sg / count, A * invstd * invstd * sgx / count
+
+
 def _bn_backward_apply(g, x, mask, grad_x, grad_res, v, C, S, nhwc, mean, invstd, w, count, sg, sgx,
                        mask_affine=None, pooled=False):
     """The apply pass of batch_norm_backward given the sums ``sg`` = sum g and ``sgx`` =
-    sum g*(x - mean) (float64, per channel): grad_x = A*g - A*sg/count - (x - mean)*A*invstd^2*sgx/count
-    with A = w*invstd (g masked, and ``pooled``, as in :func:`_bn_backward_chunk`)."""
-    A = w * invstd
-    _core.norm_backward_apply(g, x, mask, grad_x, grad_res, v, C, S, nhwc, False, mean, A, A * sg / count,
-                              A * invstd * invstd * sgx / count, mask_affine, pooled)
+    sum g*(x - mean) (float64, per channel), on the coefficients of :func:`_bn_apply_coefs` (g
+    masked, and ``pooled``, as in :func:`_bn_backward_chunk`)."""
+    A, B, D = _bn_apply_coefs(invstd, w, count, sg, sgx)
+    _core.norm_backward_apply(g, x, mask, grad_x, grad_res, v, C, S, nhwc, False, mean, A, B, D, mask_affine, pooled)
 
 
 def _bn_backward_chunk(g, x, mask, grad_x, grad_res, v, C, S, nhwc, mean, invstd, w, count, mask_affine=None,
