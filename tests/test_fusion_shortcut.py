@@ -7,7 +7,11 @@ residual, instead of a separate add.
   equal to float32 rounding (the sum is rounded once instead of twice), identity and projection
   shortcuts, both layouts; nothing is added separately (spy on ``numpy.add``);
 * where it does not apply (a 3x3 or strided convolution, fusion off) the separate add runs;
-* ``inject=`` and captures at ``conv1`` still see the gradient at its output.
+* ``inject=`` and captures at ``conv1`` still see the gradient at its output;
+* ``dy_apply``: the gradient given as a batch norm's backward apply pass, which the pass writes
+  into ``grad_out`` (the NHWC 1x1 rows pass a block of rows at a time, other paths whole first),
+  bitwise the apply pass followed by the plain call, on every drawn case of the strided-residual
+  hypothesis test (NHWC), with its bad input.
 """
 from __future__ import annotations
 
@@ -249,6 +253,14 @@ def _strided_check(c):
     w = rng.standard_normal((K, C // G, k, k)).astype(np.float32)
     g = F._Geom(_to(lay, z).shape, w.shape, cs, k // 2, 1, G, lay, np.float32)
     gy = rng.standard_normal((N, K, g.Ho, g.Wo)).astype(np.float32)
+    if lay == "NHWC":  # gy as a batch norm's backward apply pass, for the dy_apply check below
+        zb = (rng.standard_normal(gy.shape) * 2 + 0.3).astype(np.float32)
+        gb = np.where(zb > 0, gy, 0).astype(np.float32)
+        ap = (_to(lay, gb), _to(lay, zb), zb.astype(np.float64).mean(axis=(0, 2, 3)), rng.random(K) + 0.5,
+              rng.standard_normal(K) * 0.1, rng.standard_normal(K) * 0.1)
+        dyn = np.empty_like(ap[0])
+        _core.norm_backward_apply(ap[0], ap[1], None, dyn, None, N, K, g.Ho * g.Wo, True, False, *ap[2:])
+        gy = _from(lay, dyn)
     Hr, Wr = -(-H // s), -(-W // s)
     rc = rng.standard_normal((N, C, Hr, Wr)).astype(np.float32)
     whole = np.zeros(z.shape, np.float32)
@@ -271,6 +283,21 @@ def _strided_check(c):
     for u, v in zip(compact[0][1:], compact[1][1:]):
         assert_bitwise(u, v, "compact residual at 2 threads vs 1")
     name, dx, s1, s2 = compact[0]
+    if lay == "NHWC":
+        # dy given as the norm's apply pass (dy_apply): written into grad_out (by the rows pass a
+        # block at a time, elsewhere whole first), the same bits as the pass then the call
+        for t in (1, 2):
+            out = np.full(ap[0].shape, np.nan, np.float32)
+            dxa = np.full(_to(lay, z).shape, np.nan, np.float32)
+            with num_threads(t):
+                r = _core.conv2d_fused_backward_input(out, w, dxa, g.core(), _to(lay, z), sc, sh, relu, center,
+                                                      _to(lay, rc), None if m is None else _to(lay, m), s,
+                                                      dy_apply=ap)
+            assert r[0] == name
+            assert_bitwise(out, _to(lay, gy), f"dy written by dy_apply ({t} threads)")
+            assert_bitwise(_from(lay, dxa), dx, f"input gradient with dy_apply ({t} threads)")
+            assert_bitwise(r[1], s1, "sum with dy_apply")
+            assert_bitwise(r[2], s2, "sumxc with dy_apply")
     wname, wdx, ws1, ws2 = call(whole, 1, 2)
     assert name == wname, (name, wname)
     # the same values as with the residual laid out whole (a skipped add of 0 may keep a -0)
@@ -325,6 +352,22 @@ def test_fused_backward_input_strided_residual_bad_input():
         _core.conv2d_fused_backward_input(x, w, dx, g.core(), x, None, None, True, np.zeros(8), x, None, 0)
     with pytest.raises(ValueError, match="residual"):  # the whole shape given with a stride
         _core.conv2d_fused_backward_input(x, w, dx, g.core(), x, None, None, True, np.zeros(8), x, None, 2)
+    k = np.zeros(8)
+    out = np.zeros_like(x)
+    with pytest.raises(TypeError, match="dy_apply"):
+        _core.conv2d_fused_backward_input(out, w, dx, g.core(), x, None, None, True, k, dy_apply=(x, x))
+    with pytest.raises(ValueError, match="dy_apply z"):
+        _core.conv2d_fused_backward_input(out, w, dx, g.core(), x, None, None, True, k,
+                                          dy_apply=(x, x[:1], k, k, k, k))
+    with pytest.raises(ValueError, match="grad_out"):  # written: must not be the apply pass's own input
+        _core.conv2d_fused_backward_input(x, w, dx, g.core(), np.ones_like(x), None, None, True, k,
+                                          dy_apply=(x, np.ones_like(x), k, k, k, k))
+    gc = F._Geom((2, 8, 6, 6), w.shape, 1, 0, 1, 1, "NCHW", np.float32)
+    xc = np.ones((2, 8, 6, 6), np.float32)
+    with pytest.raises(ValueError, match="NHWC"):
+        _core.conv2d_fused_backward_input(np.zeros_like(xc), w, np.empty_like(xc), gc.core(), xc, None, None, True, k,
+                                          dy_apply=(xc, np.ones_like(xc), k, k, k, k))
+    assert not out.any()
 
 
 def _strided_model(layout, seed=1):

@@ -205,12 +205,26 @@ void bind_conv(py::module_& m) {
       "conv2d_fused_backward_input",
       [](const py::object& dy, const py::object& w, const py::object& dx, const conv::Geom& g, const py::object& x,
          const py::object& scale, const py::object& shift, bool relu, const py::object& center,
-         const py::object& residual, const py::object& mask, int64_t residual_stride) {
+         const py::object& residual, const py::object& mask, int64_t residual_stride, const py::object& dy_apply) {
         const int64_t xn = g.N * g.C * g.H * g.W, yn = g.N * g.K * g.Ho * g.Wo;
         if (residual_stride < 1)
           throw py::value_error("residual_stride: expected an int >= 1, got " + std::to_string(residual_stride));
         const int64_t rstr = residual_stride, rn = g.N * g.C * ((g.H + rstr - 1) / rstr) * ((g.W + rstr - 1) / rstr);
-        const auto* pdy = array_arg<float>(dy, "grad_out", yn);
+        // dy_apply (g, z, mean, A, B, D): grad_out is written with the norm's apply pass of them
+        const bool apply = !dy_apply.is_none();
+        py::tuple ap_t;
+        if (apply) {
+          if (!py::isinstance<py::tuple>(dy_apply) || py::len(dy_apply) != 6)
+            throw py::type_error("dy_apply: expected a tuple (g, z, mean, A, B, D) or None");
+          ap_t = py::reinterpret_borrow<py::tuple>(dy_apply);
+        }
+        const auto* pdy = array_arg<float>(dy, "grad_out", yn, apply ? unsigned(kWrite) : unsigned(kRead));
+        const float* ag = apply ? array_arg<float>(ap_t[0], "dy_apply g", yn) : nullptr;
+        const float* az = apply ? array_arg<float>(ap_t[1], "dy_apply z", yn) : nullptr;
+        const double* am = apply ? array_arg<double>(ap_t[2], "dy_apply mean", g.K) : nullptr;
+        const double* aA = apply ? array_arg<double>(ap_t[3], "dy_apply A", g.K) : nullptr;
+        const double* aB = apply ? array_arg<double>(ap_t[4], "dy_apply B", g.K) : nullptr;
+        const double* aD = apply ? array_arg<double>(ap_t[5], "dy_apply D", g.K) : nullptr;
         const auto* pw = array_arg<float>(w, "weight", wcount(g));
         auto* pdx = array_arg<float>(dx, "grad_input", xn, kWrite);
         const auto* px = array_arg<float>(x, "x", xn);
@@ -224,6 +238,13 @@ void bind_conv(py::module_& m) {
             overlaps(pdx, xn * 4, pw, wcount(g) * 4) || (pr && overlaps(pdx, xn * 4, pr, rn * 4)) ||
             (pm && overlaps(pdx, xn * 4, pm, xn * 4)))
           throw py::value_error("grad_input: must not overlap x, grad_out, weight, residual or mask");
+        if (apply && (overlaps(pdy, yn * 4, ag, yn * 4) || overlaps(pdy, yn * 4, az, yn * 4) ||
+                      overlaps(pdy, yn * 4, px, xn * 4) || overlaps(pdy, yn * 4, pw, wcount(g) * 4) ||
+                      (pr && overlaps(pdy, yn * 4, pr, rn * 4)) || (pm && overlaps(pdy, yn * 4, pm, xn * 4))))
+          throw py::value_error("grad_out: written with dy_apply, must not overlap its g or z, x, weight, residual or mask");
+        std::vector<float> co;
+        conv::DyApply dya{};
+        if (apply) dya = conv::make_dy_apply(ag, az, am, aA, aB, aD, g.K, co);
         py::array_t<double> s1(g.C), s2(g.C);
         conv::Fused fu{};
         fu.residual = pr;
@@ -236,6 +257,7 @@ void bind_conv(py::module_& m) {
         fu.center = pc;
         fu.grad_sum = s1.mutable_data();
         fu.grad_sumxc = s2.mutable_data();
+        fu.dy_apply = apply ? &dya : nullptr;
         const char* name;
         {
           py::gil_scoped_release nogil;
@@ -245,13 +267,16 @@ void bind_conv(py::module_& m) {
       },
       py::arg("grad_out"), py::arg("weight"), py::arg("grad_input"), py::arg("geom"), py::arg("x"), py::arg("scale"),
       py::arg("shift"), py::arg("relu"), py::arg("center"), py::arg("residual") = py::none(),
-      py::arg("mask") = py::none(), py::arg("residual_stride") = 1,
+      py::arg("mask") = py::none(), py::arg("residual_stride") = 1, py::arg("dy_apply") = py::none(),
       "Input gradient of conv(prologue(x)) (+ residual), written masked by the prologue's ReLU "
       "(fma(scale, x, shift) > 0 with relu; with mask, a stored ReLU output: mask > 0), with the sums of it and "
       "of it * (x - center) per channel (float64): returns (name, sum, sumxc), name the kernel that ran the "
       "convolution (the adjoint GEMM pass, or the plain input-gradient kernel over units of images). "
       "residual_stride s > 1: the residual holds only the pixels (h, w) with h and w multiples of s, as an "
-      "(N, ceil(H/s), ceil(W/s), C) array (NCHW likewise), zero elsewhere.");
+      "(N, ceil(H/s), ceil(W/s), C) array (NCHW likewise), zero elsewhere. dy_apply (g, z, mean, A, B, D): "
+      "grad_out is the output to write with a batch norm's backward apply pass A*g - B - (z - mean)*D (float64 "
+      "per channel, as norm_backward_apply evaluates it), evaluated by the NHWC 1x1 pass a block of rows at a "
+      "time as it reads them (elsewhere written whole first).");
   m.def(
       "sgemm",
       [](const py::object& a, const py::object& b, const py::object& c, bool trans_a, bool trans_b, bool accumulate,

@@ -92,10 +92,13 @@ def conv2d_fused_backward_input(grad_out: _Array, weight: _Array, grad_input: _A
                                 scale: _OptArray, shift: _OptArray, relu: bool, center: ArrayLike,
                                 residual: _OptArray = None,
                                 mask: _OptArray = None,
-                                residual_stride: int = 1) -> tuple[str, NDArray[np.float64], NDArray[np.float64]]:
+                                residual_stride: int = 1,
+                                dy_apply: tuple[_Array, _Array, ArrayLike, ArrayLike, ArrayLike, ArrayLike] | None = None,
+                                ) -> tuple[str, NDArray[np.float64], NDArray[np.float64]]:
     """Masked input gradient of conv(prologue(x)) (+ residual, given at the pixels of multiples of
     residual_stride only when that is above 1; mask: a stored ReLU output's) with the batch-norm
-    backward's sums; (name, sum, sumxc)."""
+    backward's sums; (name, sum, sumxc). dy_apply (g, z, mean, A, B, D): grad_out is written with
+    a batch norm's backward apply pass A*g - B - (z - mean)*D first (NHWC)."""
 def conv2d_fused_backward_weight(grad_out: _Array, x: _Array, grad_weight: _OptArray, grad_bias: _OptArray,
                                  geom: ConvGeom, pre_scale: _OptArray, pre_shift: _OptArray, pre_relu: bool) -> str:
     """Weight/bias gradients of conv(prologue(x)) on the GEMM path; returns the registry entry's name."""

@@ -14,10 +14,28 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "cnnkit/common.h"
 
 namespace cnnkit::conv {
+
+// The batch-norm backward's apply pass evaluated where a weight gradient reads dy, so that the
+// gradient at the norm's input is never written: dy = a[k]*g - b[k] - ((z - hi[k]) - lo[k])*d[k]
+// per output channel k, the float expression of the norm kernels' apply pass (norm_kernels.cpp,
+// backward_apply_t) on the same float coefficients, so the same values: g the gradient at the
+// norm's output (already masked by its ReLU), z the norm's input (this convolution's output), hi +
+// lo the batch mean split in two floats, a = w*invstd, b = a*sum(g)/count, d = a*invstd^2*sum(g*(z -
+// mean))/count.
+struct DyApply {
+  const float* g;
+  const float* z;
+  const float* a;
+  const float* b;
+  const float* hi;
+  const float* lo;
+  const float* d;
+};
 
 // The fused prologue and epilogue of a float32 forward pass (forward_fused()):
 //   a = x, then a = pre_scale[c] * a + pre_shift[c] (when pre_scale), then max(a, 0) (pre_relu),
@@ -57,23 +75,11 @@ struct Fused {
   // with h and w multiples of s, zero elsewhere (a stride-s 1x1 shortcut's input gradient, which
   // is zero between them, kept compact instead of written and read whole).
   int64_t res_stride = 1;
-};
-
-// The batch-norm backward's apply pass evaluated where a weight gradient reads dy, so that the
-// gradient at the norm's input is never written: dy = a[k]*g - b[k] - ((z - hi[k]) - lo[k])*d[k]
-// per output channel k, the float expression of the norm kernels' apply pass (norm_kernels.cpp,
-// backward_apply_t) on the same float coefficients, so the same values: g the gradient at the
-// norm's output (already masked by its ReLU), z the norm's input (this convolution's output), hi +
-// lo the batch mean split in two floats, a = w*invstd, b = a*sum(g)/count, d = a*invstd^2*sum(g*(z -
-// mean))/count.
-struct DyApply {
-  const float* g;
-  const float* z;
-  const float* a;
-  const float* b;
-  const float* hi;
-  const float* lo;
-  const float* d;
+  // The input gradient's dy given as a batch norm's backward apply pass (DyApply) instead, the dy
+  // pointer passed being where that pass is written: the NHWC 1x1 rows pass evaluates it a block of
+  // rows at a time as it reads dy (writing those rows for the weight gradient); every other path
+  // writes it whole first (dy_apply_rows).
+  const DyApply* dy_apply = nullptr;
 };
 
 struct Geom {
@@ -123,6 +129,12 @@ const char* forward_fused(const float* x, const float* w, const float* b, float*
 // same bits as the plain weight gradient of the prologue's output.
 const char* backward_weight_fused(const float* dy, const float* x, float* dw, float* db, const Geom& g,
                                   const Fused& fu);
+
+// A DyApply of the norm's output gradient g_out and input z from its float64 mean and apply
+// coefficients A, B, D per channel (K), converted to float as its apply pass converts them, into
+// `store` (which must outlive the result).
+DyApply make_dy_apply(const float* g_out, const float* z, const double* mean, const double* A, const double* B,
+                      const double* D, int64_t K, std::vector<float>& store);
 
 // The weight (dw) and bias (db) gradients with dy the batch-norm backward's apply pass (DyApply:
 // the gradient at the norm's input, never written), from the norm's float64 statistics and
@@ -279,6 +291,8 @@ struct Kernels {
   // residual and the gradient epilogue of Fused; the sums per band of rows, added in band order
   // into grad_sum and grad_sumxc (grouped.h).
   void (*grouped_backward_input_fused)(const float* dy, const float* w, float* dx, const Geom&, const Fused&);
+  // out (rows x C, pixel-major) = the apply pass of ap, in parallel (the norm kernels' arithmetic).
+  void (*dy_apply_rows)(const DyApply& ap, float* out, int64_t rows, int64_t C);
 };
 
 }  // namespace cnnkit::conv

@@ -616,6 +616,21 @@ const char* backward_weight_fused(const float* dy, const float* x, float* dw, fl
   return e.name.c_str();
 }
 
+DyApply make_dy_apply(const float* g_out, const float* z, const double* mean, const double* A, const double* B,
+                      const double* D, int64_t K, std::vector<float>& store) {
+  // as norm_kernels.cpp's backward_apply_t converts them
+  store.assign(size_t(5 * K), 0.0f);
+  float *a = store.data(), *b = a + K, *hi = b + K, *lo = hi + K, *d = lo + K;
+  for (int64_t k = 0; k < K; ++k) {
+    hi[k] = float(mean[k]);
+    lo[k] = float(mean[k] - double(hi[k]));
+    a[k] = float(A[k]);
+    b[k] = float(B[k]);
+    d[k] = float(D[k]);
+  }
+  return DyApply{g_out, z, a, b, hi, lo, d};
+}
+
 const char* backward_weight_bn_apply(const float* g_out, const float* z, const double* mean, const double* A,
                                      const double* B, const double* D, const float* x, float* dw, float* db,
                                      const Geom& g) {
@@ -629,17 +644,8 @@ const char* backward_weight_bn_apply(const float* g_out, const float* z, const d
     if (db) std::fill(db, db + g.K, 0.0f);
     return e.name.c_str();
   }
-  // The float coefficients of the norm's apply pass (norm_kernels.cpp, backward_apply_t).
-  std::vector<float> co(size_t(5 * g.K));
-  float *a = co.data(), *b = a + g.K, *hi = b + g.K, *lo = hi + g.K, *d = lo + g.K;
-  for (int64_t k = 0; k < g.K; ++k) {
-    hi[k] = float(mean[k]);
-    lo[k] = float(mean[k] - double(hi[k]));
-    a[k] = float(A[k]);
-    b[k] = float(B[k]);
-    d[k] = float(D[k]);
-  }
-  const DyApply ap{g_out, z, a, b, hi, lo, d};
+  std::vector<float> co;
+  const DyApply ap = make_dy_apply(g_out, z, mean, A, B, D, g.K, co);
   kernels_of(e.isa).small_cin_backward_weight(nullptr, x, dw, db, g, &ap);
   return e.name.c_str();
 }
@@ -706,17 +712,29 @@ static const float* expand_residual(const float* res, int64_t s, const Geom& g) 
   return out;
 }
 
+// Whether backward_input_fused runs on the NHWC 1x1 rows pass (forward_1x1_nhwc, the adjoint's
+// forward reading dy in place).
+static bool rows_input_pass(const Geom& g) {
+  return g.nhwc && g.G == 1 && g.kh == 1 && g.kw == 1 && g.pt == 0 && g.pl == 0 && unit_stride(g) && g.K > 0 &&
+         g.Ho * g.Wo > 0 && g.N * g.C * g.H * g.W > 0 && !small_planes(adjoint(g)) &&
+         table()[select_effective(Problem{adjoint(g), DType::f32, Pass::forward})].v->run == run_packed;
+}
+
 const char* backward_input_fused(const float* dy, const float* w, float* dx, const Geom& g, const Fused& fu) {
   check_dims(g);
   if (fu.res_stride < 1) throw value_error("conv2d_fused backward: the residual's stride must be at least 1");
+  if (fu.dy_apply && !g.nhwc) throw value_error("dy_apply: the apply pass reads NHWC rows; expected layout NHWC");
+  if (fu.dy_apply && !rows_input_pass(g)) {
+    // dy as the norm's apply pass: written whole here (the rows pass evaluates it per block)
+    kernels_of(isa_active()).dy_apply_rows(*fu.dy_apply, const_cast<float*>(dy), g.N * g.Ho * g.Wo, g.K);
+    Fused fw = fu;
+    fw.dy_apply = nullptr;
+    return backward_input_fused(dy, w, dx, g, fw);
+  }
   if (fu.residual && fu.res_stride > 1 && g.N * g.C * g.H * g.W > 0) {
     // The compact residual is added by the NHWC 1x1 rows pass (forward_1x1_nhwc, the adjoint's
     // forward) at its strided pixels; every other path reads it laid out whole.
-    const Geom a = adjoint(g);
-    const bool rows_pass = g.nhwc && g.G == 1 && g.kh == 1 && g.kw == 1 && g.pt == 0 && g.pl == 0 &&
-                           unit_stride(g) && g.K > 0 && g.Ho * g.Wo > 0 && !small_planes(a) &&
-                           table()[select_effective(Problem{a, DType::f32, Pass::forward})].v->run == run_packed;
-    if (!rows_pass) {
+    if (!rows_input_pass(g)) {
       Fused fw = fu;
       fw.residual = expand_residual(fu.residual, fu.res_stride, g);
       fw.res_stride = 1;

@@ -26,6 +26,7 @@
 #include "common/isa_vector.h"
 
 #include "conv_internal.h"
+#include "norm/bn_apply.h"
 #include "scratch.h"
 #include "sgemm.h"
 
@@ -1006,6 +1007,10 @@ void forward_1x1_nhwc(const float* x, const float* w, const float* b, float* y, 
   // adjoint, y the input gradient): added to those rows of each block before its epilogue.
   const int64_t rs = residual && grad ? fu->res_stride : 1;
   const bool relu = fu && fu->post_relu;
+  // x (the adjoint's input: the gradient dy) as a batch norm's apply pass (Fused::dy_apply): each
+  // block's rows evaluated into x's own rows (x is then where the pass is written), read back from
+  // L1 by the block's product.
+  const DyApply* dya = fu && !strided ? fu->dy_apply : nullptr;  // (backward_input_fused: never strided)
 #pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads())
   for (int64_t u = 0; u < s.count; ++u) {
     const int64_t r0 = u * s.chunk, r1 = std::min(R, r0 + s.chunk);
@@ -1039,6 +1044,9 @@ void forward_1x1_nhwc(const float* x, const float* w, const float* b, float* y, 
         }
         sgemm_rows(nr, K, C, blk, C, bp, yr, K, nullptr, epp);
       } else {
+        if (dya)
+          ::cnnkit::CNNKIT_ISA_NS::bn_apply_pixels(dya->g + a * C, dya->z + a * C, const_cast<float*>(x) + a * C, nr,
+                                                   C, dya->a, dya->b, dya->hi, dya->lo, dya->d);
         sgemm_rows(nr, K, C, x + a * C, C, bp, yr, K, pf, epp);
       }
       if (rs > 1) add_strided_rows(yr, residual, a, nr, K, g.Ho, g.Wo, rs);

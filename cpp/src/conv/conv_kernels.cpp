@@ -261,6 +261,15 @@ void grouped_backward_input_fused(const float* dy, const float* w, float* dx, co
   CNNKIT_BY_CPG(conv::grouped_backward_input_direct, float, dy, w, dx, g, &fu);
 }
 
+void dy_apply_rows(const conv::DyApply& ap, float* out, int64_t rows, int64_t C) {
+  const int64_t blk = 256;
+#pragma omp parallel for schedule(static) num_threads(num_threads())
+  for (int64_t r0 = 0; r0 < rows; r0 += blk) {
+    const int64_t n = std::min(blk, rows - r0);
+    bn_apply_pixels(ap.g + r0 * C, ap.z + r0 * C, out + r0 * C, n, C, ap.a, ap.b, ap.hi, ap.lo, ap.d);
+  }
+}
+
 }  // namespace
 
 extern const conv::Kernels conv_kernels = {
@@ -274,7 +283,7 @@ extern const conv::Kernels conv_kernels = {
     conv::sgemm_shape_of, conv::sgemm_strided, conv::patches_backward_weight,
     dw_fused_forward, dw_fused_backward_weight,
     grouped_forward_fused, grouped_backward_weight_fused,
-    conv::grad_epilogue_image, grouped_backward_input_fused,
+    conv::grad_epilogue_image, grouped_backward_input_fused, dy_apply_rows,
 };
 
 }  // namespace cnnkit::CNNKIT_ISA_NS

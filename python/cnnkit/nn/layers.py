@@ -261,7 +261,9 @@ class Conv2d(Module):
         if d is not None and d[0] is grad and "input" not in needs and self._weight_grad_bn(d[2]):
             self._deferred_grad = None
             return None
-        self._grad_ready(grad)
+        pre = getattr(self, "_pre", None)
+        if pre is None or "input" not in needs or needs == ("input",):
+            self._grad_ready(grad)  # (else _fused_input_backward takes a deferred gradient or writes it)
         if needs == ("input",) and self.groups == 1:
             gi = self._channel_sparse_backward(grad)
             if gi is not None:
@@ -269,7 +271,6 @@ class Conv2d(Module):
         gi = self._buf("gx", self._x.shape) if input_grad else None
         pg = self.param_grads
         gw, gb = self.grads["weight"] if pg else None, self.grads.get("bias") if pg else None
-        pre = getattr(self, "_pre", None)
         if pre is not None and gi is not None and self._fused_input_backward(grad, gi, pre):
             # gi (the gradient at the norm's pre-activation, already masked) and its batch-norm
             # sums were handed to the norm; the weight gradient as below
@@ -340,7 +341,6 @@ class Conv2d(Module):
         ``add_stride`` s > 1 (that compiled pass only; else None): ``add`` holds the values at the pixels whose
         row and column are multiples of s only (:meth:`_strided_input_backward`'s compact gradient
         of a stride-s 1x1 shortcut), zero elsewhere."""
-        self._grad_ready(grad)
         x = getattr(self, "_x", None)
         want = None if x is None else x.shape if add_stride == 1 else _strided_shape(x.shape, add_stride, self.layout)
         if (in_bn is not None and x is not None and _producing_norm(x) is in_bn
@@ -350,13 +350,24 @@ class Conv2d(Module):
                 and in_bn._x.shape == x.shape and in_bn.layout == self.layout):
             g = _conv_geom(x.shape, self.params["weight"].shape, self.stride, self.padding, self.dilation,
                            self.groups, self.layout, np.dtype(np.float32))
-            grad = np.ascontiguousarray(self._param_grads_of(grad, g.y_shape()))
             gi = self._buf("gx", x.shape)
+            # a batch norm's apply pass handed over for grad (no injection or capture here, which
+            # write it first): evaluated by the input gradient as it reads grad, which it writes;
+            # the weight gradient after it reads the written grad
+            apply = self._take_apply(grad) if self._inject is None and not self._captures else None
+            if apply is None:
+                grad = np.ascontiguousarray(self._param_grads_of(grad, g.y_shape()))
+            else:
+                self._check_grad(grad, g.y_shape())
             _, sg, sgxc = _core.conv2d_fused_backward_input(grad, self.params["weight"], gi, g.core(), in_bn._x,
                                                             None, None, True, in_bn._mean,
-                                                            np.ascontiguousarray(add), x, add_stride)
+                                                            np.ascontiguousarray(add), x, add_stride, apply)
+            if apply is not None:
+                self._deferred_grad = None
+                self._param_grads_of(grad, g.y_shape())
             in_bn._pending_grad = (gi, sg, sgxc)
             return gi
+        self._grad_ready(grad)
         if (x is None or add_stride != 1 or self.kernel_size != (1, 1) or self.groups != 1
                 or getattr(self, "_pre", None) is not None or grad.dtype != np.float32 or add.dtype != np.float32
                 or add.shape != x.shape or x.dtype != np.float32 or not _fusable(self, Conv2d)):
@@ -418,16 +429,27 @@ class Conv2d(Module):
         fn = getattr(_core, "conv2d_fused_backward_input", None)
         if (bn is None or fn is None or self._a is not None or not bn._trained or bn.relu_mode != "standard"
                 or bn._pre_affine is None or grad.dtype != np.float32):
+            self._grad_ready(grad)
             return False
         g = _conv_geom(self._x.shape, self.params["weight"].shape, self.stride, self.padding, self.dilation,
                        self.groups, self.layout, np.dtype(np.float32))
-        grad = np.ascontiguousarray(grad)
+        apply = self._take_apply(grad)
         try:
-            _, sg, sgxc = fn(grad, self.params["weight"], gi, g.core(), self._x, pre[0], pre[1], pre[2], bn._mean)
+            _, sg, sgxc = fn(grad if apply else np.ascontiguousarray(grad), self.params["weight"], gi, g.core(),
+                             self._x, pre[0], pre[1], pre[2], bn._mean, dy_apply=apply)
         except ValueError:
+            self._grad_ready(grad)
             return False
+        self._deferred_grad = None  # (grad written by the pass, where it was deferred)
         bn._pending_grad = (gi, sg, sgxc)
         return True
+
+    def _take_apply(self, grad: np.ndarray) -> tuple | None:
+        """The batch norm's apply pass handed over for ``grad`` (``_deferred_grad``: ``(g, z,
+        mean, A, B, D)``, which the compiled input gradient evaluates as it reads ``grad`` and
+        writes into it), or None (``grad`` is written)."""
+        d = self._deferred_grad
+        return d[2] if d is not None and d[0] is grad else None
 
     def _channel_sparse_backward(self, grad: np.ndarray) -> np.ndarray | None:
         """The input gradient from only the output channels whose gradient is not zero, when at
@@ -784,10 +806,13 @@ class BatchNorm2d(_ReLUMode, Module):
         c = self._producer
         x = self._x
         if (c is None or getattr(c, "_y_last", None) is not x or not _fusable(c, Conv2d) or c.layout != "NHWC"
-                or c.groups != 1 or c.in_channels > 4 or getattr(c, "_pre", None) is not None
-                or x.dtype != np.float32 or not c.param_grads):
+                or c.groups != 1 or x.dtype != np.float32 or not c.param_grads):
             return None
-        return c
+        if c.in_channels <= 4 and getattr(c, "_pre", None) is None:
+            return c  # the stem: its weight gradient
+        if c.kernel_size == (1, 1) and c._x.shape[1:3] == x.shape[1:3]:  # (stride 1, no padding)
+            return c  # a 1x1: its compiled input gradient (the rows pass)
+        return None
 
     def _preactivation(self) -> np.ndarray:
         """The last forward's output before the fused ReLU, recomputed (its sign is the ReLU
@@ -1564,6 +1589,8 @@ _FUSED_VIA = {"Conv2d": ("__call__", "forward", "_forward", "_fused_call", "back
                               "_preactivation", "_fused_backward", "_pending_backward", "_relu_grad",
                               "_apply_or_defer", "_apply_taker"),
               "GlobalAvgPool2d": ("__call__", "forward", "_fused_pool", "backward")}
+_FUSED_VIA_SETS: dict[type, frozenset[str]] = {c: frozenset(_FUSED_VIA[c.__name__])
+                                                for c in (Conv2d, BatchNorm2d, GlobalAvgPool2d)}
 
 
 def _pooled_grad(grad: np.ndarray, nhwc: bool) -> np.ndarray | None:
@@ -1582,13 +1609,24 @@ def _fusable(m: Module | None, cls: type) -> bool:
     ``virtual_batch_size``, i.e. no ghost batches)."""
     if not isinstance(m, cls):
         return False
-    names = _FUSED_VIA[cls.__name__]
+    names = _FUSED_VIA_SETS[cls]
     t = type(m)
     if t is not cls and any(getattr(t, k) is not getattr(cls, k) for k in names):
         return False
-    if not vars(m).keys().isdisjoint(names):  # monkeypatched on the instance
+    d = vars(m)
+    if not d.keys().isdisjoint(names):  # monkeypatched on the instance
         return False
-    return getattr(m, "virtual_batch_size", None) is None
+    # (getattr on an instance without it would go through Module.__getattr__ and raise: a few
+    # microseconds a call, and the fused path asks on every layer of every step)
+    in_class = _HAS_VBS.get(t)
+    if in_class is None:
+        in_class = _HAS_VBS[t] = hasattr(t, "virtual_batch_size")
+    if in_class or "virtual_batch_size" in d or "virtual_batch_size" in m.params or "virtual_batch_size" in m.buffers:
+        return getattr(m, "virtual_batch_size", None) is None
+    return True
+
+
+_HAS_VBS: dict[type, bool] = {}  # whether a class defines virtual_batch_size (_fusable)
 
 
 def _fused_step(m: Module, x: np.ndarray, pending: tuple | None, nxt: Module | None,
