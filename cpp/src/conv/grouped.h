@@ -413,7 +413,33 @@ void row_stats_pm(const T* __restrict y, int64_t np, int64_t C, const double* __
   constexpr int VD = Vec<double>::n;
   using D = vec_t<double>;
   typedef T H __attribute__((vector_size(VD * sizeof(T))));  // VD values of T
-  for (int64_t k0 = 0; k0 < C; k0 += VD) {
+  // NB double vectors of channels at once, 2*NB independent chains per pixel (one vector at a time
+  // waited on its add and fma every pixel: g8 16->16 at 32x32, N = 64, forward with statistics
+  // 0.91-0.95x the time); per channel the same additions in the same order
+  constexpr int NB = 4;
+  int64_t k0 = 0;
+  for (; k0 + NB * VD <= C; k0 += NB * VD) {
+    D a1[NB], a2[NB], c[NB];
+    for (int b = 0; b < NB; ++b) {
+      a1[b] = vload(s1 + k0 + b * VD);
+      a2[b] = vload(s2 + k0 + b * VD);
+      c[b] = vload(sh + k0 + b * VD);
+    }
+    const T* q = y + k0;
+    for (int64_t p = 0; p < np; ++p, q += C)
+      for (int b = 0; b < NB; ++b) {
+        H h;
+        std::memcpy(&h, q + b * VD, sizeof h);
+        const D d = __builtin_convertvector(h, D) - c[b];
+        a1[b] += d;
+        a2[b] += d * d;
+      }
+    for (int b = 0; b < NB; ++b) {
+      vstore(s1 + k0 + b * VD, a1[b]);
+      vstore(s2 + k0 + b * VD, a2[b]);
+    }
+  }
+  for (; k0 < C; k0 += VD) {
     D a1 = vload(s1 + k0), a2 = vload(s2 + k0);
     const D c = vload(sh + k0);
     const T* q = y + k0;

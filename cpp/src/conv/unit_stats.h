@@ -51,22 +51,12 @@ inline UnitStats unit_stats(int64_t units, int64_t K) {
   return UnitStats{scratch<double>(kPartSlot, static_cast<size_t>(3 * units * K)), units, K};
 }
 
-// Adds np pixels of unit u (y: np rows of K values); `start` (the unit's first pixels) resets its
-// sums and takes its shift from y's first row.
-template <typename T>
-void unit_stats_add(const UnitStats& st, int64_t u, const T* __restrict y, int64_t np, bool start) {
-  const int64_t K = st.K;
-  double* __restrict s1 = st.s1(u);
-  double* __restrict s2 = st.s2(u);
-  double* __restrict sh = st.sh(u);
-  if (start)
-    for (int64_t k = 0; k < K; ++k) {
-      sh[k] = double(y[k]);
-      s1[k] = s2[k] = 0;
-    }
-  // Channels in blocks of 32 whose sums stay in registers over the pixels (per channel the pixels
-  // still add in order: the same sums as one pass per pixel); the rest one pass per pixel.
-  constexpr int KB = 32;
+// s1, s2 += the shifted sums (about sh) of np pixel-major rows of K channels: channels in blocks of
+// KB whose sums stay in registers over the pixels (per channel the pixels still add in order: the
+// same sums as one pass per pixel); the rest one pass per pixel.
+template <typename T, int KB>
+void unit_stats_blocks(double* __restrict s1, double* __restrict s2, const double* __restrict sh, const T* __restrict y,
+                       int64_t np, int64_t K) {
   int64_t k0 = 0;
   for (; k0 + KB <= K; k0 += KB) {
     double a1[KB], a2[KB], c[KB];
@@ -96,6 +86,26 @@ void unit_stats_add(const UnitStats& st, int64_t u, const T* __restrict y, int64
       s1[k] += d;
       s2[k] += d * d;
     }
+}
+
+// Adds np pixels of unit u (y: np rows of K values); `start` (the unit's first pixels) resets its
+// sums and takes its shift from y's first row.
+template <typename T>
+void unit_stats_add(const UnitStats& st, int64_t u, const T* __restrict y, int64_t np, bool start) {
+  const int64_t K = st.K;
+  double* __restrict s1 = st.s1(u);
+  double* __restrict s2 = st.s2(u);
+  double* __restrict sh = st.sh(u);
+  if (start)
+    for (int64_t k = 0; k < K; ++k) {
+      sh[k] = double(y[k]);
+      s1[k] = s2[k] = 0;
+    }
+  // Channels in blocks whose sums stay in registers over the pixels: 16 (8 ymm accumulators and
+  // 4 shifts) below AVX-512, where blocks of 32 spilled (3x3 RGB -> 32 forward with statistics,
+  // N = 64: 0.97-0.98x the time), 32 with AVX-512's 32 registers.
+  constexpr int KB = Vec<double>::n >= 8 ? 32 : 16;
+  unit_stats_blocks<T, KB>(s1, s2, sh, y, np, K);
 }
 
 // sum[k], sumsq[k]: the units in order about unit 0's shift; count(u) is unit u's pixel count. (Units
