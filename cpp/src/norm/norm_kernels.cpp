@@ -180,9 +180,17 @@ void split(double m, T& hi, T& lo) {
   lo = T(m - double(hi));
 }
 
-template <typename T, bool RELU, bool RES>
+// The residual term: r, or with RA fma(a, r, b) (one rounding, the prologue's form).
+template <bool RA, typename T>
+inline T res_term(T r, T a, T b) {
+  if constexpr (RA) return std::fma(a, r, b);
+  else return r;
+}
+
+template <typename T, bool RELU, bool RES, bool RA = false>
 void apply_t(const T* __restrict x, T* __restrict y, const T* __restrict res, const Shape& sh,
-             bool ps, const double* mean, const double* invstd, const T* w, const T* b) {
+             bool ps, const double* mean, const double* invstd, const T* w, const T* b,
+             const T* __restrict ra = nullptr) {
   const int64_t N = sh.N, C = sh.C, S = sh.S, nk = ps ? N * C : C;
   Coef<T> k;
   k.hi.resize(nk), k.lo.resize(nk), k.p.resize(nk), k.q.resize(nk);
@@ -201,10 +209,11 @@ void apply_t(const T* __restrict x, T* __restrict y, const T* __restrict res, co
       const T* __restrict xr = x + rr * S;
       T* __restrict yr = y + rr * S;
       const T* __restrict rs = RES ? res + rr * S : nullptr;
+      const T ras = RA ? ra[rr % C] : T(0), rat = RA ? ra[C + rr % C] : T(0);
 #pragma omp simd
       for (int64_t s = 0; s < S; ++s) {
         T v = ((xr[s] - hi) - lo) * p + q;
-        if (RES) v = v + rs[s];
+        if (RES) v = v + res_term<RA>(rs[s], ras, rat);
         if (RELU) v = v > T(0) ? v : T(0);
         yr[s] = v;
       }
@@ -223,7 +232,7 @@ void apply_t(const T* __restrict x, T* __restrict y, const T* __restrict res, co
 #pragma omp simd
       for (int64_t c = 0; c < C; ++c) {
         T v = ((xr[c] - hi[c]) - lo[c]) * p[c] + q[c];
-        if (RES) v = v + rs[c];
+        if (RES) v = v + res_term<RA>(rs[c], RA ? ra[c] : T(0), RA ? ra[C + c] : T(0));
         if (RELU) v = v > T(0) ? v : T(0);
         yr[c] = v;
       }
@@ -426,24 +435,28 @@ void stats(DType dt, const void* x, const Shape& sh, bool ps, double* mean, doub
 
 template <typename T>
 void apply_d(const void* x, void* y, const void* r, const Shape& sh, bool ps, const double* mean,
-             const double* invstd, const void* w, const void* b, bool relu) {
+             const double* invstd, const void* w, const void* b, bool relu, const void* r_affine) {
   auto X = static_cast<const T*>(x);
   auto Y = static_cast<T*>(y);
   auto R = static_cast<const T*>(r);
   auto W = static_cast<const T*>(w);
   auto B = static_cast<const T*>(b);
-  if (relu && r) apply_t<T, true, true>(X, Y, R, sh, ps, mean, invstd, W, B);
+  auto RA = static_cast<const T*>(r_affine);
+  if (r && RA) {
+    if (relu) apply_t<T, true, true, true>(X, Y, R, sh, ps, mean, invstd, W, B, RA);
+    else apply_t<T, false, true, true>(X, Y, R, sh, ps, mean, invstd, W, B, RA);
+  } else if (relu && r) apply_t<T, true, true>(X, Y, R, sh, ps, mean, invstd, W, B);
   else if (relu) apply_t<T, true, false>(X, Y, R, sh, ps, mean, invstd, W, B);
   else if (r) apply_t<T, false, true>(X, Y, R, sh, ps, mean, invstd, W, B);
   else apply_t<T, false, false>(X, Y, R, sh, ps, mean, invstd, W, B);
 }
 
 void apply(DType dt, const void* x, void* y, const void* r, const Shape& sh, bool ps,
-           const double* mean, const double* invstd, const void* w, const void* b, bool relu) {
+           const double* mean, const double* invstd, const void* w, const void* b, bool relu, const void* r_affine) {
   if (dt == DType::f32)
-    apply_d<float>(x, y, r, sh, ps, mean, invstd, w, b, relu);
+    apply_d<float>(x, y, r, sh, ps, mean, invstd, w, b, relu, r_affine);
   else
-    apply_d<double>(x, y, r, sh, ps, mean, invstd, w, b, relu);
+    apply_d<double>(x, y, r, sh, ps, mean, invstd, w, b, relu, r_affine);
 }
 
 template <typename T, bool PL, bool GR>

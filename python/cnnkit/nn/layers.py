@@ -611,6 +611,7 @@ class BatchNorm2d(_ReLUMode, Module):
     # the fused path's state (see _fused_forward / _fused_backward)
     _pre_affine: np.ndarray | None = None
     _pending_grad: tuple | None = None
+    _residual_affine: np.ndarray | None = None  # the residual's affine map (_fused_forward), or None
     _producer: Any = None  # the Conv2d that handed this norm its input's statistics (_fused_step)
     residual_grad: np.ndarray | None = None  # the residual's gradient after backward
 
@@ -652,6 +653,7 @@ class BatchNorm2d(_ReLUMode, Module):
         p, b = self.params, self.buffers
         y = self._buf("y", x.shape)
         self._x, self._residual, self._pre_affine, self._pending_grad = x, residual, None, None
+        self._residual_affine = None
         if self.training:
             b["num_batches_tracked"] += 1
             # momentum None: torch's cumulative moving average, factor 1 / batches seen
@@ -670,7 +672,7 @@ class BatchNorm2d(_ReLUMode, Module):
         return y
 
     def _fused_forward(self, x: np.ndarray, stats: tuple | None, residual: np.ndarray | None,
-                       defer: bool) -> tuple[np.ndarray | None, tuple | None]:
+                       defer: bool, residual_affine: np.ndarray | None = None) -> tuple[np.ndarray | None, tuple | None]:
         """:meth:`forward` with the batch statistics ``(mean, var)`` of x given by the producing
         convolution's epilogue (training mode; None in eval mode), and, with ``defer``, without
         materialising the output: returns ``(None, (scale, shift, relu))`` for the next
@@ -678,8 +680,16 @@ class BatchNorm2d(_ReLUMode, Module):
         statistics and ``num_batches_tracked`` move exactly as in :meth:`forward`. The prologue
         is declined (the output materialised) when a channel's ``|mean| * invstd`` exceeds
         ``_DEFER_MAX_MEAN_OVER_STD``: ``scale * x + shift`` would lose accuracy to cancellation
-        there."""
+        there.
+
+        ``residual_affine`` (float32 ``concat(a, b)``, with ``residual``): the residual term is
+        ``fma(a, residual, b)`` per channel, another norm's output never written (a projection
+        shortcut's, :meth:`_Residual._shortcut_forward`), ``residual`` that norm's input."""
         if self.training and stats is None:
+            if residual_affine is not None:  # (the block only defers with statistics given; kept correct)
+                C = self.num_features
+                r = _prologue_of(residual, residual_affine[:C], residual_affine[C:], self.layout)
+                return self(x, r), None
             return self(x, residual), None
         _check_input(self, x, self.num_features, self.layout)
         p, b = self.params, self.buffers
@@ -699,6 +709,7 @@ class BatchNorm2d(_ReLUMode, Module):
             mean = b["running_mean"].astype(np.float64)
             invstd = _core.norm_invstd(b["running_var"], self.eps)
         self._x, self._residual, self._trained = x, residual, self.training
+        self._residual_affine = residual_affine if residual is not None else None
         self._mean, self._invstd, self._pre_affine, self._pending_grad = mean, invstd, None, None
         w = p.get("weight")
         if defer and residual is None and float(np.max(np.abs(mean) * invstd)) <= _DEFER_MAX_MEAN_OVER_STD:
@@ -712,7 +723,7 @@ class BatchNorm2d(_ReLUMode, Module):
         y = self._buf("y", x.shape)
         if x.size:
             _core.norm_apply(x, y, residual, N, C, S, nhwc, False, mean, invstd, w, p.get("bias"),
-                             self.activation == "relu")
+                             self.activation == "relu", self._residual_affine)
         self._y = y
         _NORM_OUTPUTS[id(y)] = self
         for c in self._captures:
@@ -822,7 +833,7 @@ class BatchNorm2d(_ReLUMode, Module):
         N, S = x.shape[0], x.shape[1] * x.shape[2] if nhwc else x.shape[2] * x.shape[3]
         pre = self._buf("pre", x.shape)
         _core.norm_apply(x, pre, self._residual, N, self.num_features, S, nhwc, False, self._mean, self._invstd,
-                         p.get("weight"), p.get("bias"), False)
+                         p.get("weight"), p.get("bias"), False, self._residual_affine)
         return pre
 
     def _eval_backward(self, grad, masked):
@@ -1630,7 +1641,8 @@ _HAS_VBS: dict[type, bool] = {}  # whether a class defines virtual_batch_size (_
 
 
 def _fused_step(m: Module, x: np.ndarray, pending: tuple | None, nxt: Module | None,
-                residual: np.ndarray | None = None) -> tuple[np.ndarray, tuple | None]:
+                residual: np.ndarray | None = None,
+                residual_affine: np.ndarray | None = None) -> tuple[np.ndarray, tuple | None]:
     """Run the layer ``m`` of a chain with fusion: ``(output, what m hands to the next layer)``.
 
     ``nxt`` is the layer that runs next on m's output (None: none, or not part of the chain).
@@ -1663,9 +1675,9 @@ def _fused_step(m: Module, x: np.ndarray, pending: tuple | None, nxt: Module | N
         into_pool = _fusable(nxt, GlobalAvgPool2d) and m.layout == "NHWC"
         defer = ((into_conv or into_pool) and residual is None and not m._captures and x.ndim == 4
                  and getattr(nxt, "layout", None) == m.layout)
-        if given is None and not defer:
+        if given is None and not defer and residual_affine is None:
             return (m(x) if residual is None else m(x, residual)), None
-        out, pre = m._fused_forward(x, given, residual, defer)
+        out, pre = m._fused_forward(x, given, residual, defer, residual_affine)
         if pre is not None:
             return x, ("pre", m, pre)
         assert out is not None
@@ -1676,13 +1688,23 @@ def _fused_step(m: Module, x: np.ndarray, pending: tuple | None, nxt: Module | N
     return (m(x) if residual is None else m(x, residual)), None
 
 
-def _fused_chain(mods: tuple, last: Module, x: np.ndarray, residual: np.ndarray) -> np.ndarray:
-    """The main path ``mods`` then the last norm (given the shortcut's ``residual``), fused."""
+def _fused_chain(mods: tuple, last: Module, x: np.ndarray, residual: np.ndarray,
+                 residual_affine: np.ndarray | None = None) -> np.ndarray:
+    """The main path ``mods`` then the last norm (given the shortcut's ``residual``, through
+    ``residual_affine`` if not None: :meth:`BatchNorm2d._fused_forward`), fused."""
     seq = list(mods) + [last]
     pending = None
     for m, nxt in zip(seq, seq[1:] + [None]):
-        x, pending = _fused_step(m, x, pending, nxt, residual if m is last else None)
+        last_one = m is last
+        x, pending = _fused_step(m, x, pending, nxt, residual if last_one else None,
+                                 residual_affine if last_one else None)
     return x
+
+
+def _prologue_of(x: np.ndarray, scale: np.ndarray, shift: np.ndarray, layout: str) -> np.ndarray:
+    """``scale * x + shift`` per channel (a new array; the declined path of a residual affine)."""
+    shape = (1, -1, 1, 1) if layout == "NCHW" else (1, 1, 1, -1)
+    return (x * scale.reshape(shape) + shift.reshape(shape)).astype(np.float32)
 
 
 def _norm(kind, C, layout, activation=None, groups=8):
@@ -1753,6 +1775,37 @@ class _Residual(Module):
         s = self._buf("sum", h.shape)
         np.add(h, r, out=s)
         return self.post(s)
+
+    def _shortcut_forward(self, x, last_conv, last_norm):
+        """The shortcut's output ``(r, None)``; or, fused, ``(z, affine)``: a projection shortcut
+        (``Sequential(Conv2d, BatchNorm2d)`` without activation, nothing captured) whose norm is
+        not written, its output ``fma(affine[:C], z, affine[C:])`` left to the block's last norm
+        (``z`` the shortcut convolution's output, which also gives the norm its statistics), which
+        adds it in its own pass (:meth:`BatchNorm2d._fused_forward` ``residual_affine``): a pass
+        over the shortcut's output fewer. The norm declines as a prologue's norm does (a channel's
+        ``|mean| / std`` too large), and then writes its output."""
+        sc = self.shortcut
+        if sc is None:
+            return x, None
+        if not (self._fusing() and type(sc) is Sequential and len(sc.layers) == 2 and sc.fuse
+                and not sc._captures and not any(m._captures for m in sc.layers)
+                and _fusable(sc.layers[0], Conv2d) and _fusable(sc.layers[1], BatchNorm2d)
+                and sc.layers[1].activation is None and _fusable(last_conv, Conv2d)
+                and _fusable(last_norm, BatchNorm2d) and last_norm.training == sc.layers[1].training
+                and last_norm.layout == sc.layers[1].layout and isinstance(x, np.ndarray) and x.ndim == 4):
+            return sc(x), None
+        conv, bn = sc.layers
+        z, pending = _fused_step(conv, x, None, bn)
+        given = pending[1:] if pending is not None and pending[0] == "stats" else None
+        if bn.training and given is None:
+            r = bn(z)
+            sc._ran = (1, False, r.shape)
+            return r, None
+        out, pre = bn._fused_forward(z, given, None, True)
+        sc._ran = (1, False, z.shape)
+        if pre is None:
+            return out, None
+        return z, np.concatenate([pre[0], pre[1]])
 
     def _unmerge(self, grad, last_norm):
         """(gradient into the last norm's input, gradient into the shortcut)."""
@@ -1876,9 +1929,9 @@ class ResidualBlock(_Residual):
             (N, out_channels, Ho, Wo) (NHWC likewise), ``Ho = ceil(H / stride)``.
         """
         self._in_bn = _producing_norm(x) if self._fusing() else None
-        r = x if self.shortcut is None else self.shortcut(x)
+        r, ra = self._shortcut_forward(x, self.conv2, self.bn2)
         if self._fusing() and self.bn2 is not None:
-            return _fused_chain((self.conv1, self.bn1, self.conv2), self.bn2, x, r)
+            return _fused_chain((self.conv1, self.bn1, self.conv2), self.bn2, x, r, ra)
         h = self.bn1(self.conv1(x))
         return self._merge(self.conv2(h), r, self.bn2)
 
@@ -1957,9 +2010,9 @@ class BottleneckBlock(_Residual):
             (N, out_channels, Ho, Wo) (NHWC likewise), ``Ho = ceil(H / stride)``.
         """
         self._in_bn = _producing_norm(x) if self._fusing() else None
-        r = x if self.shortcut is None else self.shortcut(x)
+        r, ra = self._shortcut_forward(x, self.conv3, self.bn3)
         if self._fusing() and self.bn3 is not None:
-            return _fused_chain((self.conv1, self.bn1, self.conv2, self.bn2, self.conv3), self.bn3, x, r)
+            return _fused_chain((self.conv1, self.bn1, self.conv2, self.bn2, self.conv3), self.bn3, x, r, ra)
         h = self.bn2(self.conv2(self.bn1(self.conv1(x))))
         return self._merge(self.conv3(h), r, self.bn3)
 
