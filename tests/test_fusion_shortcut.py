@@ -149,15 +149,30 @@ def _model(layout, seed=1):
 def test_written_norm_backward_from_the_epilogue(layout, monkeypatch):
     """Fused training steps with the pending-gradient path against the same model with it declined
     (and against fusion off): the same losses and parameters to float32 rounding; the norms whose
-    output a block read run no reduction pass of their own."""
+    output a block read run no reduction pass of their own: the two written ones (before the
+    projection block and before the last identity block, whose input is a block's output) take
+    the pending gradient of the block's conv1 epilogue, the stem's norm (never written: the first
+    identity block takes it as its prologue, BottleneckBlock._forward_pre) that of conv1's
+    prologue pass."""
     from test_fusion import _assert_same_training, _data, _shape, _train
     xs, ls = _data(_shape(layout, 4, 3, 8), 3, 5)
-    pend = []
+    pend, pro = [], []
     real_pb = nn.BatchNorm2d._pending_backward
+    real_fb = nn.BatchNorm2d._fused_backward
     monkeypatch.setattr(nn.BatchNorm2d, "_pending_backward",
                         lambda self, g, gi: pend.append(1) or real_pb(self, g, gi))
-    h_p = _train(_model(layout), xs, ls, True)
-    assert len(pend) == 3 * 3, f"{len(pend)} norms took the pending gradient (3 blocks x 3 steps expected)"
+
+    def fused_backward(self, g, gi, pre_affine):
+        if self._pending_grad is not None and self._pending_grad[0] is g:
+            pro.append(self)
+        return real_fb(self, g, gi, pre_affine)
+
+    monkeypatch.setattr(nn.BatchNorm2d, "_fused_backward", fused_backward)
+    model = _model(layout)
+    h_p = _train(model, xs, ls, True)
+    assert len(pend) == 2 * 3, f"{len(pend)} written norms took the pending gradient (2 blocks x 3 steps expected)"
+    stem_norm = model.layers[1]
+    assert sum(m is stem_norm for m in pro) == 3, "the stem's norm took conv1's pending gradient every step"
     monkeypatch.undo()
     real = nn.Conv2d._backward_add
     monkeypatch.setattr(nn.Conv2d, "_backward_add", lambda self, g, a, *rest: real(self, g, a))

@@ -91,7 +91,7 @@ void bind_norm(py::module_& m) {
       "norm_apply",
       [](const py::object& x, const py::object& y, const py::object& r, int64_t N, int64_t C, int64_t S,
          bool nhwc, bool ps, const F64& mean, const F64& invstd, const py::object& w, const py::object& b,
-         bool relu, const py::object& residual_affine) {
+         bool relu, const py::object& residual_affine, bool residual_relu) {
         const Geo g = geo(N, C, S, nhwc, ps);
         const DType dt = dtype_of(x, "x");
         const void* px = array_arg(x, "x", dt, g.total());
@@ -99,16 +99,17 @@ void bind_norm(py::module_& m) {
         const void* pr = array_arg(r, "residual", dt, g.total(), kOptional);
         const void* pra = array_arg(residual_affine, "residual_affine", dt, 2 * C, kOptional);
         if (pra && !pr) throw py::value_error("residual_affine: expected None without a residual, got an array");
+        if (residual_relu && !pra) throw py::value_error("residual_relu: expected False without residual_affine");
         const void* pw = array_arg(w, "weight", dt, C, kOptional);
         const void* pb = array_arg(b, "bias", dt, C, kOptional);
         const double* pm = f64(mean, "mean", g.stat_count());
         const double* pi = f64(invstd, "invstd", g.stat_count());
         py::gil_scoped_release nogil;
-        norm::apply(dt, px, py_, pr, g.sh, g.ps, pm, pi, pw, pb, relu, pra);
+        norm::apply(dt, px, py_, pr, g.sh, g.ps, pm, pi, pw, pb, relu, pra, residual_relu);
       },
       py::arg("x"), py::arg("out"), py::arg("residual"), py::arg("N"), py::arg("C"), py::arg("S"),
       py::arg("nhwc"), py::arg("per_sample"), py::arg("mean"), py::arg("invstd"), py::arg("weight"),
-      py::arg("bias"), py::arg("relu"), py::arg("residual_affine") = py::none());
+      py::arg("bias"), py::arg("relu"), py::arg("residual_affine") = py::none(), py::arg("residual_relu") = false);
 
   m.def(
       "norm_backward_reduce",

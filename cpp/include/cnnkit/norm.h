@@ -26,11 +26,12 @@ void stats(DType dt, const void* x, const Shape& sh, bool per_sample, double* me
 // y = act(((x - mean) * invstd) * w + b + r): the subtraction is done in extended precision
 // (hi/lo pair), w/b/r may be null (1, 0, 0). mean/invstd have C or (per_sample) N*C entries.
 // r_affine (2*C values of dt, a then b; with r only): the residual term is fma(a[c], r, b[c]), one
-// rounding (another norm's output in the single-fma form of a convolution's fused prologue, r that
-// norm's input: a projection shortcut's batch norm never written).
+// rounding, then with r_relu max(., 0) (another norm's output in the single-fma form of a
+// convolution's fused prologue, r that norm's input: a norm never written, e.g. a projection
+// shortcut's, or a network's stem before an identity block).
 void apply(DType dt, const void* x, void* y, const void* r, const Shape& sh, bool per_sample,
            const double* mean, const double* invstd, const void* w, const void* b, bool relu,
-           const void* r_affine = nullptr);
+           const void* r_affine = nullptr, bool r_relu = false);
 
 // Sums over the reduced positions of g and g*(x - mean), g = dy masked by (mask > 0) when mask is
 // given (the forward output of a fused ReLU), or, when mask_affine is given (2*C values of dt: a

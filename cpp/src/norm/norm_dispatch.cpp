@@ -33,8 +33,9 @@ void stats(DType dt, const void* x, const Shape& sh, bool ps, double* mean, doub
   kernels(kStats, dt).stats_fn(dt, x, sh, ps, mean, var);
 }
 void apply(DType dt, const void* x, void* y, const void* r, const Shape& sh, bool ps,
-           const double* mean, const double* invstd, const void* w, const void* b, bool relu, const void* r_affine) {
-  kernels(kApply, dt).apply_fn(dt, x, y, r, sh, ps, mean, invstd, w, b, relu, r_affine);
+           const double* mean, const double* invstd, const void* w, const void* b, bool relu, const void* r_affine,
+           bool r_relu) {
+  kernels(kApply, dt).apply_fn(dt, x, y, r, sh, ps, mean, invstd, w, b, relu, r_affine, r_relu);
 }
 void backward_reduce(DType dt, const void* dy, const void* x, const void* mask, const void* mask_affine, bool pooled,
                      void* gres, const Shape& sh, bool ps, const double* mean, double* sum_g, double* sum_gx) {

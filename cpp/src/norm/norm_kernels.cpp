@@ -180,14 +180,21 @@ void split(double m, T& hi, T& lo) {
   lo = T(m - double(hi));
 }
 
-// The residual term: r, or with RA fma(a, r, b) (one rounding, the prologue's form).
-template <bool RA, typename T>
+// The residual term: r, or with RA fma(a, r, b) (one rounding, the prologue's form), with RAR then
+// max(., 0) as the prologue's ReLU (t < 0 ? 0 : t).
+template <int RA, typename T>
 inline T res_term(T r, T a, T b) {
-  if constexpr (RA) return std::fma(a, r, b);
-  else return r;
+  if constexpr (RA == 0) {
+    return r;
+  } else {
+    const T t = std::fma(a, r, b);
+    if constexpr (RA == 2) return t < T(0) ? T(0) : t;
+    return t;
+  }
 }
 
-template <typename T, bool RELU, bool RES, bool RA = false>
+// RA: 0 the residual as given, 1 through its affine map, 2 and a ReLU.
+template <typename T, bool RELU, bool RES, int RA = 0>
 void apply_t(const T* __restrict x, T* __restrict y, const T* __restrict res, const Shape& sh,
              bool ps, const double* mean, const double* invstd, const T* w, const T* b,
              const T* __restrict ra = nullptr) {
@@ -435,16 +442,19 @@ void stats(DType dt, const void* x, const Shape& sh, bool ps, double* mean, doub
 
 template <typename T>
 void apply_d(const void* x, void* y, const void* r, const Shape& sh, bool ps, const double* mean,
-             const double* invstd, const void* w, const void* b, bool relu, const void* r_affine) {
+             const double* invstd, const void* w, const void* b, bool relu, const void* r_affine, bool r_relu) {
   auto X = static_cast<const T*>(x);
   auto Y = static_cast<T*>(y);
   auto R = static_cast<const T*>(r);
   auto W = static_cast<const T*>(w);
   auto B = static_cast<const T*>(b);
   auto RA = static_cast<const T*>(r_affine);
-  if (r && RA) {
-    if (relu) apply_t<T, true, true, true>(X, Y, R, sh, ps, mean, invstd, W, B, RA);
-    else apply_t<T, false, true, true>(X, Y, R, sh, ps, mean, invstd, W, B, RA);
+  if (r && RA && r_relu) {
+    if (relu) apply_t<T, true, true, 2>(X, Y, R, sh, ps, mean, invstd, W, B, RA);
+    else apply_t<T, false, true, 2>(X, Y, R, sh, ps, mean, invstd, W, B, RA);
+  } else if (r && RA) {
+    if (relu) apply_t<T, true, true, 1>(X, Y, R, sh, ps, mean, invstd, W, B, RA);
+    else apply_t<T, false, true, 1>(X, Y, R, sh, ps, mean, invstd, W, B, RA);
   } else if (relu && r) apply_t<T, true, true>(X, Y, R, sh, ps, mean, invstd, W, B);
   else if (relu) apply_t<T, true, false>(X, Y, R, sh, ps, mean, invstd, W, B);
   else if (r) apply_t<T, false, true>(X, Y, R, sh, ps, mean, invstd, W, B);
@@ -452,11 +462,12 @@ void apply_d(const void* x, void* y, const void* r, const Shape& sh, bool ps, co
 }
 
 void apply(DType dt, const void* x, void* y, const void* r, const Shape& sh, bool ps,
-           const double* mean, const double* invstd, const void* w, const void* b, bool relu, const void* r_affine) {
+           const double* mean, const double* invstd, const void* w, const void* b, bool relu, const void* r_affine,
+           bool r_relu) {
   if (dt == DType::f32)
-    apply_d<float>(x, y, r, sh, ps, mean, invstd, w, b, relu, r_affine);
+    apply_d<float>(x, y, r, sh, ps, mean, invstd, w, b, relu, r_affine, r_relu);
   else
-    apply_d<double>(x, y, r, sh, ps, mean, invstd, w, b, relu, r_affine);
+    apply_d<double>(x, y, r, sh, ps, mean, invstd, w, b, relu, r_affine, r_relu);
 }
 
 template <typename T, bool PL, bool GR>

@@ -416,7 +416,8 @@ class Conv2d(Module):
         _core.conv_backward_input(grad, w, out, gc.core())
         return out
 
-    def _fused_input_backward(self, grad: np.ndarray, gi: np.ndarray, pre: tuple) -> bool:
+    def _fused_input_backward(self, grad: np.ndarray, gi: np.ndarray, pre: tuple,
+                              residual: np.ndarray | None = None) -> bool:
         """The input gradient through a compiled prologue whose norm (``_pre_bn``, training mode,
         standard ReLU rule) takes it next: one compiled pass writes into ``gi`` the gradient at
         the norm's pre-activation (masked by the prologue's ReLU) and the two sums of the norm's
@@ -436,13 +437,36 @@ class Conv2d(Module):
         apply = self._take_apply(grad)
         try:
             _, sg, sgxc = fn(grad if apply else np.ascontiguousarray(grad), self.params["weight"], gi, g.core(),
-                             self._x, pre[0], pre[1], pre[2], bn._mean, dy_apply=apply)
+                             self._x, pre[0], pre[1], pre[2], bn._mean, residual, dy_apply=apply)
         except ValueError:
             self._grad_ready(grad)
             return False
         self._deferred_grad = None  # (grad written by the pass, where it was deferred)
         bn._pending_grad = (gi, sg, sgxc)
         return True
+
+    def _prologue_backward_add(self, grad: np.ndarray, add: np.ndarray) -> np.ndarray | None:
+        """:meth:`backward` (input, weight and bias gradients) where the input is a batch norm's
+        prologue, plus ``add`` (the gradient at the prologue's output from elsewhere: an identity
+        shortcut's) in the same compiled pass: the input gradient plus ``add``, masked by the
+        prologue's ReLU, with the norm's two sums handed to it (:meth:`_fused_input_backward`).
+        None (nothing done, nothing consumed) where that pass does not apply."""
+        pre = getattr(self, "_pre", None)
+        x = getattr(self, "_x", None)
+        if (pre is None or x is None or add.dtype != np.float32 or add.shape != x.shape or not self.param_grads
+                or self._inject is not None or self._captures):
+            return None
+        grad = self._check_grad(grad, self._ws.get("out_shape"))
+        gi = self._buf("gx", x.shape)
+        if not self._fused_input_backward(grad, gi, pre, residual=np.ascontiguousarray(add)):
+            return None
+        needs = ("weight", "bias") if self.has_bias else ("weight",)
+        _fused.conv2d_fused_backward(grad, x, self.params["weight"], pre_scale=pre[0], pre_shift=pre[1],
+                                     pre_relu=pre[2], needs=needs, conv_input=self._a,
+                                     workspace=self._ws.setdefault("fused", {}),
+                                     out=(None, self.grads["weight"], self.grads.get("bias"), None, None, None, None),
+                                     **self._args())
+        return gi
 
     def _take_apply(self, grad: np.ndarray) -> tuple | None:
         """The batch norm's apply pass handed over for ``grad`` (``_deferred_grad``: ``(g, z,
@@ -612,6 +636,7 @@ class BatchNorm2d(_ReLUMode, Module):
     _pre_affine: np.ndarray | None = None
     _pending_grad: tuple | None = None
     _residual_affine: np.ndarray | None = None  # the residual's affine map (_fused_forward), or None
+    _residual_relu = False  # and its ReLU
     _producer: Any = None  # the Conv2d that handed this norm its input's statistics (_fused_step)
     residual_grad: np.ndarray | None = None  # the residual's gradient after backward
 
@@ -653,7 +678,7 @@ class BatchNorm2d(_ReLUMode, Module):
         p, b = self.params, self.buffers
         y = self._buf("y", x.shape)
         self._x, self._residual, self._pre_affine, self._pending_grad = x, residual, None, None
-        self._residual_affine = None
+        self._residual_affine, self._residual_relu = None, False
         if self.training:
             b["num_batches_tracked"] += 1
             # momentum None: torch's cumulative moving average, factor 1 / batches seen
@@ -672,7 +697,8 @@ class BatchNorm2d(_ReLUMode, Module):
         return y
 
     def _fused_forward(self, x: np.ndarray, stats: tuple | None, residual: np.ndarray | None,
-                       defer: bool, residual_affine: np.ndarray | None = None) -> tuple[np.ndarray | None, tuple | None]:
+                       defer: bool, residual_affine: np.ndarray | None = None,
+                       residual_relu: bool = False) -> tuple[np.ndarray | None, tuple | None]:
         """:meth:`forward` with the batch statistics ``(mean, var)`` of x given by the producing
         convolution's epilogue (training mode; None in eval mode), and, with ``defer``, without
         materialising the output: returns ``(None, (scale, shift, relu))`` for the next
@@ -683,13 +709,14 @@ class BatchNorm2d(_ReLUMode, Module):
         there.
 
         ``residual_affine`` (float32 ``concat(a, b)``, with ``residual``): the residual term is
-        ``fma(a, residual, b)`` per channel, another norm's output never written (a projection
-        shortcut's, :meth:`_Residual._shortcut_forward`), ``residual`` that norm's input."""
+        ``fma(a, residual, b)`` per channel (then ``max(., 0)`` with ``residual_relu``), another
+        norm's output never written (a projection shortcut's, :meth:`_Residual._shortcut_forward`;
+        a block input's, :meth:`BottleneckBlock._forward_pre`), ``residual`` that norm's input."""
         if self.training and stats is None:
-            if residual_affine is not None:  # (the block only defers with statistics given; kept correct)
+            if residual_affine is not None:  # (the blocks only defer with statistics given; kept correct)
                 C = self.num_features
                 r = _prologue_of(residual, residual_affine[:C], residual_affine[C:], self.layout)
-                return self(x, r), None
+                return self(x, np.maximum(r, 0) if residual_relu else r), None
             return self(x, residual), None
         _check_input(self, x, self.num_features, self.layout)
         p, b = self.params, self.buffers
@@ -710,6 +737,7 @@ class BatchNorm2d(_ReLUMode, Module):
             invstd = _core.norm_invstd(b["running_var"], self.eps)
         self._x, self._residual, self._trained = x, residual, self.training
         self._residual_affine = residual_affine if residual is not None else None
+        self._residual_relu = residual_relu and self._residual_affine is not None
         self._mean, self._invstd, self._pre_affine, self._pending_grad = mean, invstd, None, None
         w = p.get("weight")
         if defer and residual is None and float(np.max(np.abs(mean) * invstd)) <= _DEFER_MAX_MEAN_OVER_STD:
@@ -723,7 +751,7 @@ class BatchNorm2d(_ReLUMode, Module):
         y = self._buf("y", x.shape)
         if x.size:
             _core.norm_apply(x, y, residual, N, C, S, nhwc, False, mean, invstd, w, p.get("bias"),
-                             self.activation == "relu", self._residual_affine)
+                             self.activation == "relu", self._residual_affine, self._residual_relu)
         self._y = y
         _NORM_OUTPUTS[id(y)] = self
         for c in self._captures:
@@ -833,7 +861,7 @@ class BatchNorm2d(_ReLUMode, Module):
         N, S = x.shape[0], x.shape[1] * x.shape[2] if nhwc else x.shape[2] * x.shape[3]
         pre = self._buf("pre", x.shape)
         _core.norm_apply(x, pre, self._residual, N, self.num_features, S, nhwc, False, self._mean, self._invstd,
-                         p.get("weight"), p.get("bias"), False, self._residual_affine)
+                         p.get("weight"), p.get("bias"), False, self._residual_affine, self._residual_relu)
         return pre
 
     def _eval_backward(self, grad, masked):
@@ -1595,7 +1623,8 @@ class SpatialDropout2d(_DropoutBase):
 # represent: such a layer always runs on its own.
 _FUSED_VIA = {"Conv2d": ("__call__", "forward", "_forward", "_fused_call", "backward", "_backward_add",
                          "_channel_sparse_backward", "_fused_input_backward", "_strided_input_stride",
-                         "_strided_input_backward", "_weight_grad_bn", "_param_grads_of"),
+                         "_strided_input_backward", "_weight_grad_bn", "_param_grads_of",
+                         "_prologue_backward_add"),
               "BatchNorm2d": ("__call__", "forward", "_fused_forward", "backward", "_eval_backward",
                               "_preactivation", "_fused_backward", "_pending_backward", "_relu_grad",
                               "_apply_or_defer", "_apply_taker"),
@@ -1641,8 +1670,8 @@ _HAS_VBS: dict[type, bool] = {}  # whether a class defines virtual_batch_size (_
 
 
 def _fused_step(m: Module, x: np.ndarray, pending: tuple | None, nxt: Module | None,
-                residual: np.ndarray | None = None,
-                residual_affine: np.ndarray | None = None) -> tuple[np.ndarray, tuple | None]:
+                residual: np.ndarray | None = None, residual_affine: np.ndarray | None = None,
+                residual_relu: bool = False) -> tuple[np.ndarray, tuple | None]:
     """Run the layer ``m`` of a chain with fusion: ``(output, what m hands to the next layer)``.
 
     ``nxt`` is the layer that runs next on m's output (None: none, or not part of the chain).
@@ -1673,11 +1702,12 @@ def _fused_step(m: Module, x: np.ndarray, pending: tuple | None, nxt: Module | N
         # (NHWC only: the NCHW forms of norm_affine_pool and of the pooled backward kernels do not
         # vectorise (measured 15-20x slower than the unfused passes at 256 channels of 16x16))
         into_pool = _fusable(nxt, GlobalAvgPool2d) and m.layout == "NHWC"
-        defer = ((into_conv or into_pool) and residual is None and not m._captures and x.ndim == 4
-                 and getattr(nxt, "layout", None) == m.layout)
+        into_block = isinstance(nxt, _Residual) and nxt._takes_prologue(m)
+        defer = ((into_conv or into_pool or into_block) and residual is None and not m._captures and x.ndim == 4
+                 and (into_block or getattr(nxt, "layout", None) == m.layout))  # (_takes_prologue: conv1's)
         if given is None and not defer and residual_affine is None:
             return (m(x) if residual is None else m(x, residual)), None
-        out, pre = m._fused_forward(x, given, residual, defer, residual_affine)
+        out, pre = m._fused_forward(x, given, residual, defer, residual_affine, residual_relu)
         if pre is not None:
             return x, ("pre", m, pre)
         assert out is not None
@@ -1685,6 +1715,11 @@ def _fused_step(m: Module, x: np.ndarray, pending: tuple | None, nxt: Module | N
     if pending is not None and pending[0] == "pre" and _fusable(m, GlobalAvgPool2d):
         norm, (_, _, relu) = pending[1], pending[2]
         return m._fused_pool(x, norm, relu), None
+    if pending is not None and pending[0] == "pre" and isinstance(m, _Residual):
+        y = m._forward_pre(x, pending[1], pending[2])  # (_takes_prologue said yes)
+        for c in m._captures:
+            c.output = y.copy()
+        return y, None
     return (m(x) if residual is None else m(x, residual)), None
 
 
@@ -1776,6 +1811,20 @@ class _Residual(Module):
         np.add(h, r, out=s)
         return self.post(s)
 
+    def _takes_prologue(self, norm: BatchNorm2d) -> bool:
+        """Whether the block runs on the input ``relu(scale * x + shift)`` of the batch norm
+        ``norm`` without it being written (:meth:`BottleneckBlock._forward_pre`): a bottleneck
+        block with an identity shortcut, fusing, whose conv1 is a fusable 1x1 at stride 1 without
+        padding taking the norm's channels (its prologue, and the block's last norm adds the
+        residual through the norm's affine map and ReLU)."""
+        c = getattr(self, "conv1", None)
+        return (type(self) is BottleneckBlock and self._fusing() and self.shortcut is None and self.bn3 is not None
+                and norm.activation == "relu" and norm.relu_mode == "standard" and _fusable(c, Conv2d)
+                and c.kernel_size == (1, 1) and c.groups == 1 and c.in_channels == norm.num_features
+                and c.layout == norm.layout and c.padding in (0, (0, 0), "valid", "same")
+                and _pair("stride", c.stride, 1) == (1, 1) and _fusable(self.bn3, BatchNorm2d)
+                and _fusable(self.conv3, Conv2d))
+
     def _shortcut_forward(self, x, last_conv, last_norm):
         """The shortcut's output ``(r, None)``; or, fused, ``(z, affine)``: a projection shortcut
         (``Sequential(Conv2d, BatchNorm2d)`` without activation, nothing captured) whose norm is
@@ -1823,6 +1872,10 @@ class _Residual(Module):
         (:meth:`_compact_shortcut_grad`), which that epilogue adds there (laid out whole only if
         the epilogue declines)."""
         in_bn = getattr(self, "_in_bn", None)
+        if self._fusing() and self.shortcut is None and getattr(conv1, "_pre", None) is not None:
+            gi = conv1._prologue_backward_add(g, gr)  # (the block ran on a norm's prologue: _forward_pre)
+            if gi is not None:
+                return gi
         if self._fusing() and self.shortcut is not None:
             compact = self._compact_shortcut_grad(gr, conv1, in_bn)
             if compact is not None:
@@ -2015,6 +2068,23 @@ class BottleneckBlock(_Residual):
             return _fused_chain((self.conv1, self.bn1, self.conv2, self.bn2, self.conv3), self.bn3, x, r, ra)
         h = self.bn2(self.conv2(self.bn1(self.conv1(x))))
         return self._merge(self.conv3(h), r, self.bn3)
+
+    def _forward_pre(self, z: np.ndarray, norm: BatchNorm2d, pre: tuple) -> np.ndarray:
+        """:meth:`forward` on the input ``relu(scale * z + shift)`` (``pre``: the batch norm
+        ``norm``'s prologue, :meth:`_takes_prologue`), which is never written: conv1 applies it as
+        its prologue, and the last norm adds it as the residual through that affine map and ReLU
+        (:meth:`BatchNorm2d._fused_forward` ``residual_affine``). In the backward, conv1's fused
+        input gradient adds the shortcut's gradient and masks the sum with the prologue's ReLU
+        (:meth:`Conv2d._prologue_backward_add`), the norm's pending gradient."""
+        scale, shift, _ = pre
+        self._in_bn = None
+        seq = [self.conv1, self.bn1, self.conv2, self.bn2, self.conv3, self.bn3]
+        x, pending = z, ("pre", norm, pre)
+        for m, nxt in zip(seq, seq[1:] + [None]):
+            last = m is self.bn3
+            x, pending = _fused_step(m, x, pending, nxt, z if last else None,
+                                     np.concatenate([scale, shift]) if last else None, last)
+        return x
 
     def backward(self, grad: np.ndarray, input_grad: bool = True) -> np.ndarray:
         """Backpropagate through the main path and the shortcut, writing every sub-module's parameter
