@@ -713,7 +713,7 @@ class BatchNorm2d(_ReLUMode, Module):
         norm's output never written (a projection shortcut's, :meth:`_Residual._shortcut_forward`;
         a block input's, :meth:`BottleneckBlock._forward_pre`), ``residual`` that norm's input."""
         if self.training and stats is None:
-            if residual_affine is not None:  # (the blocks only defer with statistics given; kept correct)
+            if residual_affine is not None and residual is not None:  # (the blocks defer with statistics only)
                 C = self.num_features
                 r = _prologue_of(residual, residual_affine[:C], residual_affine[C:], self.layout)
                 return self(x, np.maximum(r, 0) if residual_relu else r), None
@@ -839,9 +839,11 @@ class BatchNorm2d(_ReLUMode, Module):
 
     def _apply_taker(self) -> Conv2d | None:
         """The convolution that wrote this norm's input in the last forward (the fused path:
-        ``_producer``), where its weight gradient can evaluate the norm's apply pass itself: a
-        network's stem (NHWC, float32, one group, at most 4 input channels, no prologue; the stem
-        kernel, :meth:`Conv2d._weight_grad_bn`); else None."""
+        ``_producer``), where it can evaluate the norm's apply pass itself (NHWC, float32, one
+        group): a network's stem (at most 4 input channels, no prologue) in its weight gradient
+        (the stem kernel, :meth:`Conv2d._weight_grad_bn`), a 1x1 at stride 1 without padding in
+        its compiled input gradient (the rows pass: :meth:`Conv2d._fused_input_backward`,
+        :meth:`Conv2d._backward_add`); else None. Any other reader writes the pass first."""
         c = self._producer
         x = self._x
         if (c is None or getattr(c, "_y_last", None) is not x or not _fusable(c, Conv2d) or c.layout != "NHWC"
@@ -1661,7 +1663,8 @@ def _fusable(m: Module | None, cls: type) -> bool:
     in_class = _HAS_VBS.get(t)
     if in_class is None:
         in_class = _HAS_VBS[t] = hasattr(t, "virtual_batch_size")
-    if in_class or "virtual_batch_size" in d or "virtual_batch_size" in m.params or "virtual_batch_size" in m.buffers:
+    if (in_class or "virtual_batch_size" in d or "virtual_batch_size" in d.get("params", ())
+            or "virtual_batch_size" in d.get("buffers", ())):
         return getattr(m, "virtual_batch_size", None) is None
     return True
 
@@ -1691,7 +1694,7 @@ def _fused_step(m: Module, x: np.ndarray, pending: tuple | None, nxt: Module | N
             return m(x), None
         y = m._fused_call(x, pre, stats)
         if stats:
-            nxt._producer = m  # (whose weight gradient may take the norm's apply pass: _apply_taker)
+            setattr(nxt, "_producer", m)  # (whose weight gradient may take the norm's apply pass: _apply_taker)
         if pre_bn is not None:
             pre_bn._y = m._a  # the prologue's output if materialised (its sign is the ReLU mask), else None
             setattr(m, "_pre_bn", pre_bn)  # the norm that takes m's input gradient (and may take its sums)
@@ -1702,7 +1705,7 @@ def _fused_step(m: Module, x: np.ndarray, pending: tuple | None, nxt: Module | N
         # (NHWC only: the NCHW forms of norm_affine_pool and of the pooled backward kernels do not
         # vectorise (measured 15-20x slower than the unfused passes at 256 channels of 16x16))
         into_pool = _fusable(nxt, GlobalAvgPool2d) and m.layout == "NHWC"
-        into_block = isinstance(nxt, _Residual) and nxt._takes_prologue(m)
+        into_block = isinstance(nxt, _Residual) and isinstance(m, BatchNorm2d) and nxt._takes_prologue(m)
         defer = ((into_conv or into_pool or into_block) and residual is None and not m._captures and x.ndim == 4
                  and (into_block or getattr(nxt, "layout", None) == m.layout))  # (_takes_prologue: conv1's)
         if given is None and not defer and residual_affine is None:
@@ -1817,7 +1820,7 @@ class _Residual(Module):
         block with an identity shortcut, fusing, whose conv1 is a fusable 1x1 at stride 1 without
         padding taking the norm's channels (its prologue, and the block's last norm adds the
         residual through the norm's affine map and ReLU)."""
-        c = getattr(self, "conv1", None)
+        c: Any = getattr(self, "conv1", None)
         return (type(self) is BottleneckBlock and self._fusing() and self.shortcut is None and self.bn3 is not None
                 and norm.activation == "relu" and norm.relu_mode == "standard" and _fusable(c, Conv2d)
                 and c.kernel_size == (1, 1) and c.groups == 1 and c.in_channels == norm.num_features
@@ -2078,8 +2081,9 @@ class BottleneckBlock(_Residual):
         (:meth:`Conv2d._prologue_backward_add`), the norm's pending gradient."""
         scale, shift, _ = pre
         self._in_bn = None
-        seq = [self.conv1, self.bn1, self.conv2, self.bn2, self.conv3, self.bn3]
-        x, pending = z, ("pre", norm, pre)
+        seq: list[Any] = [self.conv1, self.bn1, self.conv2, self.bn2, self.conv3, self.bn3]
+        x = z
+        pending: tuple | None = ("pre", norm, pre)
         for m, nxt in zip(seq, seq[1:] + [None]):
             last = m is self.bn3
             x, pending = _fused_step(m, x, pending, nxt, z if last else None,

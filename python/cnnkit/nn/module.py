@@ -68,7 +68,17 @@ def fusion(enabled: bool = True) -> contextlib.AbstractContextManager[None]:
     training-mode BatchNorm2d with a ReLU (the stem's, the previous block's last), that epilogue
     (any geometry) also masks the sum by the output's ReLU and reduces the norm's two backward
     sums, and the norm runs only its apply pass (its residual's gradient is the masked gradient
-    itself). Not fused: a norm whose output is captured
+    itself). A training-mode BatchNorm2d(+ReLU) before a :class:`~cnnkit.nn.BottleneckBlock`
+    with an identity shortcut and a 1x1 stride-1 first convolution (a :class:`Sequential`
+    chain) is not written either: that convolution takes it as its prologue, the block's last
+    norm adds ``relu(fma(scale, x, shift))`` as its residual, and the convolution's input
+    gradient adds the shortcut's gradient and masks the sum by the prologue's ReLU. A projection
+    shortcut's BatchNorm2d (``Sequential(Conv2d, BatchNorm2d)``, no activation) is not written
+    either: the block's last norm adds ``fma(scale, z, shift)`` of the shortcut convolution's
+    output ``z``. NHWC, the apply pass of a norm's backward is evaluated where its gradient is read
+    rather than written first: by a network's stem (at most 4 input channels) in its weight
+    gradient, and by a dense 1x1 stride-1 convolution in its input gradient's GEMM, a block of
+    rows at a time. Not fused: a norm whose output is captured
     (:meth:`Module.capture`) or where ``forward(until=)`` stops, a norm followed by anything
     but a Conv2d or a GlobalAvgPool2d, a channel with ``|mean| / std > 16`` (accuracy), across
     container boundaries, and a Conv2d or BatchNorm2d whose subclass (or instance) overrides
