@@ -715,9 +715,11 @@ static const float* expand_residual(const float* res, int64_t s, const Geom& g) 
 // Whether backward_input_fused runs on the NHWC 1x1 rows pass (forward_1x1_nhwc, the adjoint's
 // forward reading dy in place).
 static bool rows_input_pass(const Geom& g) {
-  return g.nhwc && g.G == 1 && g.kh == 1 && g.kw == 1 && g.pt == 0 && g.pl == 0 && unit_stride(g) && g.K > 0 &&
-         g.Ho * g.Wo > 0 && g.N * g.C * g.H * g.W > 0 && !small_planes(adjoint(g)) &&
-         table()[select_effective(Problem{adjoint(g), DType::f32, Pass::forward})].v->run == run_packed;
+  if (!(g.nhwc && g.G == 1 && g.kh == 1 && g.kw == 1 && g.pt == 0 && g.pl == 0 && unit_stride(g) && g.K > 0 &&
+        g.Ho * g.Wo > 0 && g.N * g.C * g.H * g.W > 0))
+    return false;
+  const Geom a = adjoint(g);
+  return !small_planes(a) && table()[select_effective(Problem{a, DType::f32, Pass::forward})].v->run == run_packed;
 }
 
 const char* backward_input_fused(const float* dy, const float* w, float* dx, const Geom& g, const Fused& fu) {

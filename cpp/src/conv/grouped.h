@@ -404,55 +404,47 @@ inline void prefetch_grad_operands(const Fused& fu, int64_t off, int64_t len) {
     }
 }
 
+// NB double vectors of channels from k0 (NB independent pairs of chains per pixel).
+template <typename T, int NB>
+void row_stats_block(const T* __restrict y, int64_t np, int64_t C, int64_t k0, const double* __restrict sh,
+                     double* __restrict s1, double* __restrict s2) {
+  constexpr int VD = Vec<double>::n;
+  using D = vec_t<double>;
+  typedef T H __attribute__((vector_size(VD * sizeof(T))));  // VD values of T
+  D a1[NB], a2[NB], c[NB];
+  for (int b = 0; b < NB; ++b) {
+    a1[b] = vload(s1 + k0 + b * VD);
+    a2[b] = vload(s2 + k0 + b * VD);
+    c[b] = vload(sh + k0 + b * VD);
+  }
+  const T* q = y + k0;
+  for (int64_t p = 0; p < np; ++p, q += C)
+    for (int b = 0; b < NB; ++b) {
+      H h;
+      std::memcpy(&h, q + b * VD, sizeof h);
+      const D d = __builtin_convertvector(h, D) - c[b];
+      a1[b] += d;
+      a2[b] += d * d;
+    }
+  for (int b = 0; b < NB; ++b) {
+    vstore(s1 + k0 + b * VD, a1[b]);
+    vstore(s2 + k0 + b * VD, a2[b]);
+  }
+}
+
 // Shifted sums of one pixel-major row (np pixels of C channels, C a multiple of the float vector
 // length) about sh[k], added to s1, s2: double vectors of channels held in registers over the
 // pixels, each channel's sum in pixel order.
 template <typename T>
 void row_stats_pm(const T* __restrict y, int64_t np, int64_t C, const double* __restrict sh, double* __restrict s1,
                   double* __restrict s2) {
-  constexpr int VD = Vec<double>::n;
-  using D = vec_t<double>;
-  typedef T H __attribute__((vector_size(VD * sizeof(T))));  // VD values of T
-  // NB double vectors of channels at once, 2*NB independent chains per pixel (one vector at a time
+  // Four double vectors of channels at once, 8 independent chains per pixel (one vector at a time
   // waited on its add and fma every pixel: g8 16->16 at 32x32, N = 64, forward with statistics
-  // 0.91-0.95x the time); per channel the same additions in the same order
-  constexpr int NB = 4;
+  // 0.91-0.95x the time); per channel the same additions in the same order.
+  constexpr int VD = Vec<double>::n, NB = 4;
   int64_t k0 = 0;
-  for (; k0 + NB * VD <= C; k0 += NB * VD) {
-    D a1[NB], a2[NB], c[NB];
-    for (int b = 0; b < NB; ++b) {
-      a1[b] = vload(s1 + k0 + b * VD);
-      a2[b] = vload(s2 + k0 + b * VD);
-      c[b] = vload(sh + k0 + b * VD);
-    }
-    const T* q = y + k0;
-    for (int64_t p = 0; p < np; ++p, q += C)
-      for (int b = 0; b < NB; ++b) {
-        H h;
-        std::memcpy(&h, q + b * VD, sizeof h);
-        const D d = __builtin_convertvector(h, D) - c[b];
-        a1[b] += d;
-        a2[b] += d * d;
-      }
-    for (int b = 0; b < NB; ++b) {
-      vstore(s1 + k0 + b * VD, a1[b]);
-      vstore(s2 + k0 + b * VD, a2[b]);
-    }
-  }
-  for (; k0 < C; k0 += VD) {
-    D a1 = vload(s1 + k0), a2 = vload(s2 + k0);
-    const D c = vload(sh + k0);
-    const T* q = y + k0;
-    for (int64_t p = 0; p < np; ++p, q += C) {
-      H h;
-      std::memcpy(&h, q, sizeof h);
-      const D d = __builtin_convertvector(h, D) - c;
-      a1 += d;
-      a2 += d * d;
-    }
-    vstore(s1 + k0, a1);
-    vstore(s2 + k0, a2);
-  }
+  for (; k0 + NB * VD <= C; k0 += NB * VD) row_stats_block<T, NB>(y, np, C, k0, sh, s1, s2);
+  for (; k0 < C; k0 += VD) row_stats_block<T, 1>(y, np, C, k0, sh, s1, s2);
 }
 
 // The forward pass; with fu (float32) the fused prologue on x, and the epilogue of conv::Fused on

@@ -257,8 +257,8 @@ class Conv2d(Module):
             needs += ("weight", "bias") if self.has_bias else ("weight",)
         if not needs:
             return None
-        d = self._deferred_grad
-        if d is not None and d[0] is grad and "input" not in needs and self._weight_grad_bn(d[2]):
+        apply = self._take_apply(grad)
+        if apply is not None and "input" not in needs and self._weight_grad_bn(apply):
             self._deferred_grad = None
             return None
         pre = getattr(self, "_pre", None)
@@ -1727,15 +1727,16 @@ def _fused_step(m: Module, x: np.ndarray, pending: tuple | None, nxt: Module | N
 
 
 def _fused_chain(mods: tuple, last: Module, x: np.ndarray, residual: np.ndarray,
-                 residual_affine: np.ndarray | None = None) -> np.ndarray:
+                 residual_affine: np.ndarray | None = None, residual_relu: bool = False,
+                 pending: tuple | None = None) -> np.ndarray:
     """The main path ``mods`` then the last norm (given the shortcut's ``residual``, through
-    ``residual_affine`` if not None: :meth:`BatchNorm2d._fused_forward`), fused."""
+    ``residual_affine`` and ``residual_relu`` if given: :meth:`BatchNorm2d._fused_forward`),
+    fused; ``pending``: what the layer before hands the first one (a norm's prologue)."""
     seq = list(mods) + [last]
-    pending = None
     for m, nxt in zip(seq, seq[1:] + [None]):
         last_one = m is last
         x, pending = _fused_step(m, x, pending, nxt, residual if last_one else None,
-                                 residual_affine if last_one else None)
+                                 residual_affine if last_one else None, residual_relu and last_one)
     return x
 
 
@@ -2079,16 +2080,10 @@ class BottleneckBlock(_Residual):
         (:meth:`BatchNorm2d._fused_forward` ``residual_affine``). In the backward, conv1's fused
         input gradient adds the shortcut's gradient and masks the sum with the prologue's ReLU
         (:meth:`Conv2d._prologue_backward_add`), the norm's pending gradient."""
-        scale, shift, _ = pre
         self._in_bn = None
-        seq: list[Any] = [self.conv1, self.bn1, self.conv2, self.bn2, self.conv3, self.bn3]
-        x = z
-        pending: tuple | None = ("pre", norm, pre)
-        for m, nxt in zip(seq, seq[1:] + [None]):
-            last = m is self.bn3
-            x, pending = _fused_step(m, x, pending, nxt, z if last else None,
-                                     np.concatenate([scale, shift]) if last else None, last)
-        return x
+        assert self.bn3 is not None  # (_takes_prologue)
+        return _fused_chain((self.conv1, self.bn1, self.conv2, self.bn2, self.conv3), self.bn3, z, z,
+                            np.concatenate([pre[0], pre[1]]), True, ("pre", norm, pre))
 
     def backward(self, grad: np.ndarray, input_grad: bool = True) -> np.ndarray:
         """Backpropagate through the main path and the shortcut, writing every sub-module's parameter
