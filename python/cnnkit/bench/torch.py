@@ -388,12 +388,27 @@ class _Split:
 
 
 def profile_split(torch, steps: dict, n: int) -> dict:
-    """Where the time of each configuration of ``steps`` (name -> step object) goes.
+    """Where the time of each configuration of ``steps`` goes.
 
     ``n`` steps per configuration, round-robin, with the timers of :class:`_Split` installed.
-    Returns {config: {"step_ms", "phases_ms": {phase: ms}, and for cnnkit configurations
-    "kernels_ms", "boundary_ms", "torch_ms", "per_kernel": {name: (calls, ms) per step}}}, every
-    figure the median over the ``n`` steps (per_kernel: the mean)."""
+
+    Parameters
+    ----------
+    torch : module
+        The imported ``torch`` (an optional peer, passed in rather than imported here).
+    steps : dict
+        ``{configuration name: step object}``; each step has ``phases(clock)``, and a cnnkit
+        configuration's an ``opt``.
+    n : int
+        Steps per configuration.
+
+    Returns
+    -------
+    dict
+        ``{config: {"step_ms", "phases_ms": {phase: ms}, and for cnnkit configurations
+        "kernels_ms", "boundary_ms", "torch_ms", "per_kernel": {name: (calls, ms) per step}}}``,
+        every figure the median over the ``n`` steps (per_kernel: the mean).
+    """
     split = _Split()
     opts = [s.opt for c, s in steps.items() if c.startswith("cnnkit") and hasattr(s, "opt")]
     rec: dict = {c: {"step": [], "kernels": [], "boundary": [], "torch": [], "phases": {},
@@ -442,8 +457,22 @@ def _best(times: dict, side: str):
 
 
 def summarize(times: dict, flops: float) -> dict:
-    """Medians, each side's faster configuration, the speedup (median over rounds of
-    torch-best / cnnkit-best) and its spread, GFLOP/s of each side's faster configuration."""
+    """Medians, each side's faster configuration, the speedup and GFLOP/s.
+
+    Parameters
+    ----------
+    times : dict
+        ``{configuration name: [seconds per round]}``, names starting with "torch" or "cnnkit".
+    flops : float
+        FLOPs of one step.
+
+    Returns
+    -------
+    dict
+        ``ms`` (median ms per configuration), ``best_torch`` and ``best_cnnkit`` (each side's
+        faster configuration, or None), ``speedup`` (median over rounds of torch-best /
+        cnnkit-best), ``speedup_spread``, ``ratios``, ``gflops_torch`` and ``gflops_cnnkit``.
+    """
     bt, bc = _best(times, "torch"), _best(times, "cnnkit")
     ms = {c: 1e3 * med(v) for c, v in times.items() if v}
     out: dict = {"ms": ms, "best_torch": bt, "best_cnnkit": bc, "speedup": None,
