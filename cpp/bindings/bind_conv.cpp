@@ -205,7 +205,8 @@ void bind_conv(py::module_& m) {
       "conv2d_fused_backward_input",
       [](const py::object& dy, const py::object& w, const py::object& dx, const conv::Geom& g, const py::object& x,
          const py::object& scale, const py::object& shift, bool relu, const py::object& center,
-         const py::object& residual, const py::object& mask, int64_t residual_stride, const py::object& dy_apply) {
+         const py::object& residual, const py::object& mask, int64_t residual_stride, const py::object& dy_apply,
+         const py::object& grad_weight) {
         const int64_t xn = g.N * g.C * g.H * g.W, yn = g.N * g.K * g.Ho * g.Wo;
         if (residual_stride < 1)
           throw py::value_error("residual_stride: expected an int >= 1, got " + std::to_string(residual_stride));
@@ -258,6 +259,34 @@ void bind_conv(py::module_& m) {
         fu.grad_sum = s1.mutable_data();
         fu.grad_sumxc = s2.mutable_data();
         fu.dy_apply = apply ? &dya : nullptr;
+        // grad_weight (dw, x, scale, shift, relu): the convolution's weight gradient from the same dy
+        // and its input prologue(x), written by the same call
+        if (!grad_weight.is_none()) {
+          if (!py::isinstance<py::tuple>(grad_weight) || py::len(grad_weight) != 5)
+            throw py::type_error("grad_weight: expected a tuple (grad_weight, x, scale, shift, relu) or None");
+          const auto gw_t = py::reinterpret_borrow<py::tuple>(grad_weight);
+          float* pgw = array_arg<float>(gw_t[0], "grad_weight[0] (the weight gradient)", wcount(g), kWrite);
+          const float* pwx = array_arg<float>(gw_t[1], "grad_weight[1] (the convolution's input)", xn);
+          const float* pws = array_arg<float>(gw_t[2], "grad_weight[2] (scale)", g.C, kOptional);
+          const float* pwt = array_arg<float>(gw_t[3], "grad_weight[3] (shift)", g.C, kOptional);
+          if (!pws != !pwt) throw py::value_error("grad_weight: scale and shift go together (both or neither)");
+          if (!py::isinstance<py::bool_>(gw_t[4]))
+            throw py::type_error("grad_weight[4] (relu): expected a bool");
+          const int64_t wb = wcount(g) * 4;
+          if (overlaps(pgw, wb, pdy, yn * 4) || overlaps(pgw, wb, pdx, xn * 4) || overlaps(pgw, wb, px, xn * 4) ||
+              overlaps(pgw, wb, pwx, xn * 4) || overlaps(pgw, wb, pw, wb) || (pr && overlaps(pgw, wb, pr, rn * 4)) ||
+              (pm && overlaps(pgw, wb, pm, xn * 4)) || (ag && overlaps(pgw, wb, ag, yn * 4)) ||
+              (az && overlaps(pgw, wb, az, yn * 4)))
+            throw py::value_error("grad_weight: the weight gradient must not overlap any other array");
+          if (overlaps(pdx, xn * 4, pwx, xn * 4) || (apply && overlaps(pdy, yn * 4, pwx, xn * 4)))
+            throw py::value_error("grad_weight: the convolution's input must not overlap grad_input or the written "
+                                  "grad_out");
+          fu.wgrad_dw = pgw;
+          fu.wgrad_x = pwx;
+          fu.wgrad_scale = pws;
+          fu.wgrad_shift = pwt;
+          fu.wgrad_relu = gw_t[4].cast<bool>();
+        }
         const char* name;
         {
           py::gil_scoped_release nogil;
@@ -268,6 +297,7 @@ void bind_conv(py::module_& m) {
       py::arg("grad_out"), py::arg("weight"), py::arg("grad_input"), py::arg("geom"), py::arg("x"), py::arg("scale"),
       py::arg("shift"), py::arg("relu"), py::arg("center"), py::arg("residual") = py::none(),
       py::arg("mask") = py::none(), py::arg("residual_stride") = 1, py::arg("dy_apply") = py::none(),
+      py::arg("grad_weight") = py::none(),
       "Input gradient of conv(prologue(x)) (+ residual), written masked by the prologue's ReLU "
       "(fma(scale, x, shift) > 0 with relu; with mask, a stored ReLU output: mask > 0), with the sums of it and "
       "of it * (x - center) per channel (float64): returns (name, sum, sumxc), name the kernel that ran the "
@@ -276,7 +306,10 @@ void bind_conv(py::module_& m) {
       "(N, ceil(H/s), ceil(W/s), C) array (NCHW likewise), zero elsewhere. dy_apply (g, z, mean, A, B, D): "
       "grad_out is the output to write with a batch norm's backward apply pass A*g - B - (z - mean)*D (float64 "
       "per channel, as norm_backward_apply evaluates it), evaluated by the NHWC 1x1 pass a block of rows at a "
-      "time as it reads them (elsewhere written whole first).");
+      "time as it reads them (elsewhere written whole first). grad_weight (dw, x_in, scale, shift, relu): also writes "
+      "the convolution's weight gradient (no bias) from the same grad_out and its input "
+      "max(fma(scale, x_in, shift), 0) (scale and shift optional, the max with relu), with the bits of "
+      "conv2d_fused_backward_weight on them: the NHWC 1x1 pass reduces each block of rows while it is in cache.");
   m.def(
       "sgemm",
       [](const py::object& a, const py::object& b, const py::object& c, bool trans_a, bool trans_b, bool accumulate,

@@ -94,11 +94,14 @@ def conv2d_fused_backward_input(grad_out: _Array, weight: _Array, grad_input: _A
                                 mask: _OptArray = None,
                                 residual_stride: int = 1,
                                 dy_apply: tuple[_Array, _Array, ArrayLike, ArrayLike, ArrayLike, ArrayLike] | None = None,
+                                grad_weight: tuple[_Array, _Array, _OptArray, _OptArray, bool] | None = None,
                                 ) -> tuple[str, NDArray[np.float64], NDArray[np.float64]]:
     """Masked input gradient of conv(prologue(x)) (+ residual, given at the pixels of multiples of
     residual_stride only when that is above 1; mask: a stored ReLU output's) with the batch-norm
     backward's sums; (name, sum, sumxc). dy_apply (g, z, mean, A, B, D): grad_out is written with
-    a batch norm's backward apply pass A*g - B - (z - mean)*D first (NHWC)."""
+    a batch norm's backward apply pass A*g - B - (z - mean)*D first (NHWC). grad_weight (dw, x_in,
+    scale, shift, relu): the convolution's weight gradient from the same grad_out and
+    max(fma(scale, x_in, shift), 0) too, with conv2d_fused_backward_weight's bits."""
 def conv2d_fused_backward_weight(grad_out: _Array, x: _Array, grad_weight: _OptArray, grad_bias: _OptArray,
                                  geom: ConvGeom, pre_scale: _OptArray, pre_shift: _OptArray, pre_relu: bool) -> str:
     """Weight/bias gradients of conv(prologue(x)) on the GEMM path; returns the registry entry's name."""

@@ -80,6 +80,17 @@ struct Fused {
   // rows at a time as it reads dy (writing those rows for the weight gradient); every other path
   // writes it whole first (dy_apply_rows).
   const DyApply* dy_apply = nullptr;
+  // The input gradient's pass also writes the convolution's weight gradient (wgrad_dw, K x C, no
+  // bias) from the same dy (after dy_apply) and the convolution's input wgrad_x through the
+  // prologue max(fma(wgrad_scale[c], x, wgrad_shift[c]), 0) (the scale/shift pair optional, the
+  // ReLU with wgrad_relu): the NHWC 1x1 rows pass reduces each block of rows into the weight
+  // gradient's partials while the block is in cache, with the pieces, order and bits of the
+  // weight gradient's own pass (backward_weight_fused()), which every other path runs after it.
+  float* wgrad_dw = nullptr;
+  const float* wgrad_x = nullptr;
+  const float* wgrad_scale = nullptr;
+  const float* wgrad_shift = nullptr;
+  bool wgrad_relu = false;
 };
 
 struct Geom {

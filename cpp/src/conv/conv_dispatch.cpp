@@ -725,7 +725,40 @@ static bool rows_input_pass(const Geom& g) {
 const char* backward_input_fused(const float* dy, const float* w, float* dx, const Geom& g, const Fused& fu) {
   check_dims(g);
   if (fu.res_stride < 1) throw value_error("conv2d_fused backward: the residual's stride must be at least 1");
+  if (fu.pre_scale || fu.pre_shift || fu.pre_relu || fu.post_relu || fu.stats_sum || fu.stats_sumsq)
+    throw value_error("conv2d_fused backward: only the gradient epilogue (and a residual) applies to the input "
+                      "gradient");
+  if (fu.gmask && !fu.grelu) throw value_error("conv2d_fused backward: a stored mask needs relu");
+  if (!fu.gx || !fu.center || !fu.grad_sum || !fu.grad_sumxc)
+    throw value_error("conv2d_fused backward: the gradient epilogue needs x, center and both sums");
+  if (!fu.gscale != !fu.gshift) throw value_error("conv2d_fused backward: scale and shift go together");
   if (fu.dy_apply && !g.nhwc) throw value_error("dy_apply: the apply pass reads NHWC rows; expected layout NHWC");
+  if (fu.wgrad_dw) {
+    if (!fu.wgrad_x) throw value_error("conv2d_fused backward: the weight gradient needs the convolution's input");
+    if (!fu.wgrad_scale != !fu.wgrad_shift)
+      throw value_error("conv2d_fused backward: the weight gradient's scale and shift go together");
+    // In the rows pass where the weight gradient's own pass is the same ISA's NHWC 1x1 kernel
+    // (backward_weight_1x1_nhwc, whose pieces and bits the rows pass keeps); else its own pass.
+    const Entry& we = table()[select_effective(Problem{g, DType::f32, Pass::weight})];
+    const bool in_rows = rows_input_pass(g) && !scatter_input(g) && we.v->run == run_packed && !small_planes(g) &&
+                         we.isa == table()[select_effective(Problem{adjoint(g), DType::f32, Pass::forward})].isa;
+    if (!in_rows) {
+      // The weight gradient first (where the registry has no fused form for it, it raises before
+      // dx is touched), from dy as the apply pass writes it whole; then the input gradient.
+      Fused fi = fu;
+      if (fu.dy_apply) {
+        kernels_of(isa_active()).dy_apply_rows(*fu.dy_apply, const_cast<float*>(dy), g.N * g.Ho * g.Wo, g.K);
+        fi.dy_apply = nullptr;
+      }
+      const Fused fw{fu.wgrad_scale, fu.wgrad_shift, fu.wgrad_relu, nullptr, false, nullptr, nullptr};
+      backward_weight_fused(dy, fu.wgrad_x, fu.wgrad_dw, nullptr, g, fw);
+      fi.wgrad_dw = nullptr;
+      fi.wgrad_x = nullptr;
+      fi.wgrad_scale = fi.wgrad_shift = nullptr;
+      fi.wgrad_relu = false;
+      return backward_input_fused(dy, w, dx, g, fi);
+    }
+  }
   if (fu.dy_apply && !rows_input_pass(g)) {
     // dy as the norm's apply pass: written whole here (the rows pass evaluates it per block)
     kernels_of(isa_active()).dy_apply_rows(*fu.dy_apply, const_cast<float*>(dy), g.N * g.Ho * g.Wo, g.K);
@@ -743,13 +776,6 @@ const char* backward_input_fused(const float* dy, const float* w, float* dx, con
       return backward_input_fused(dy, w, dx, g, fw);
     }
   }
-  if (fu.pre_scale || fu.pre_shift || fu.pre_relu || fu.post_relu || fu.stats_sum || fu.stats_sumsq)
-    throw value_error("conv2d_fused backward: only the gradient epilogue (and a residual) applies to the input "
-                      "gradient");
-  if (fu.gmask && !fu.grelu) throw value_error("conv2d_fused backward: a stored mask needs relu");
-  if (!fu.gx || !fu.center || !fu.grad_sum || !fu.grad_sumxc)
-    throw value_error("conv2d_fused backward: the gradient epilogue needs x, center and both sums");
-  if (!fu.gscale != !fu.gshift) throw value_error("conv2d_fused backward: scale and shift go together");
   if (g.N == 0 || g.C == 0 || g.H * g.W == 0 || g.K == 0 || g.Ho * g.Wo == 0) {
     // No convolution terms: dx = the residual (or 0), through the epilogue image by image.
     const int64_t img = g.C * g.H * g.W;

@@ -987,6 +987,26 @@ void add_strided_rows(float* y, const float* res, int64_t r0, int64_t nr, int64_
   }
 }
 
+// The weight gradient of an NHWC 1x1 convolution at stride 1 (backward_weight_1x1_nhwc): dW (K x C)
+// = the sum over fixed pieces of the N*H*W pixels (backward_weight_gemm's) of dY^T . pf(x) over the
+// piece (float, sgemm_tn), the pieces' partials added in piece order in double. A piece may be
+// reduced a range of rows at a time (wgrad_1x1_rows), each range after the first continuing the
+// piece's partial: where every range starts a multiple of the sgemm's KC rows into its piece the
+// partial has the bits of one call over the whole piece.
+struct Wgrad1x1 {
+  int64_t rows, K, C, pieces, per;
+  // Without a prologue the partials may be dW^T (x^T . dY) where its register blocks fit the
+  // shape better (32->16: 16 x 32 takes blocks of 12 or 8 rows by 32, 32 x 16 two of 16 by 16).
+  bool tr;
+  const Prologue* pf;
+  float* part;  // [piece][K*C] (the calling thread's scratch)
+};
+Wgrad1x1 wgrad_1x1_plan(const Geom& g, const Prologue* pf);
+void wgrad_1x1_rows(const Wgrad1x1& p, const float* dy, const float* x, int64_t r0, int64_t r1);
+void wgrad_1x1_pieces(const Wgrad1x1& p, const float* dy, const float* x);  // every piece, threads over them
+void wgrad_1x1_finish(const Wgrad1x1& p, float* dw);
+void backward_weight_1x1_nhwc(const float* dy, const float* x, float* dw, const Geom& g, const Prologue* pf);
+
 // At a stride above 1 the rows of x a block needs are gathered (through the prologue) into an L1
 // block first, then read in place like a stride-1 problem's.
 void forward_1x1_nhwc(const float* x, const float* w, const float* b, float* y, const Geom& g, const Fused* fu) {
@@ -1011,8 +1031,36 @@ void forward_1x1_nhwc(const float* x, const float* w, const float* b, float* y, 
   // block's rows evaluated into x's own rows (x is then where the pass is written), read back from
   // L1 by the block's product.
   const DyApply* dya = fu && !strided ? fu->dy_apply : nullptr;  // (backward_input_fused: never strided)
-#pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads())
+  // The convolution's weight gradient from the same rows (Fused::wgrad_dw; g here is the adjoint,
+  // x the gradient dy): each unit's rows reduced into the weight gradient's partials once the unit
+  // is done, while its dy rows (written by the apply pass) and the input's rows are in cache. The
+  // work items are runs of units that no piece of the weight gradient crosses, so each piece's
+  // ranges are reduced in order by one thread; where a unit would start a piece's range off the
+  // sgemm's KC grid (other bits than the weight gradient's own pass), the pass runs after.
+  const bool wgrad = fu && fu->wgrad_dw && !strided && !pf && R > 0;
+  Prologue wstore{fu ? fu->wgrad_scale : nullptr, fu ? fu->wgrad_shift : nullptr, fu && fu->wgrad_relu};
+  const Prologue* wpf = wstore.scale || wstore.relu ? &wstore : nullptr;
+  Geom gc = g;  // the convolution's own geometry (1x1, stride 1: the adjoint's channels swapped)
+  gc.C = g.K;
+  gc.K = g.C;
+  Wgrad1x1 wp{};
+  bool in_pass = false;
+  if (wgrad) {
+    wp = wgrad_1x1_plan(gc, wpf);
+    in_pass = true;
+    for (int64_t u = 0; u < s.count && in_pass; ++u)
+      in_pass = (u * s.chunk) % wp.per % sgemm_shape().kc == 0;
+  }
+  isa_vector<int64_t> items;  // the first unit of each work item, then s.count
+  items.push_back(0);
   for (int64_t u = 0; u < s.count; ++u) {
+    const int64_t r1 = std::min(R, (u + 1) * s.chunk);
+    if (!in_pass || r1 % wp.per == 0 || r1 == R) items.push_back(u + 1);
+  }
+  const int64_t n_items = int64_t(items.size()) - 1;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads())
+  for (int64_t it = 0; it < n_items; ++it)
+  for (int64_t u = items[it]; u < items[it + 1]; ++u) {  // (an item's units, in order, by one thread)
     const int64_t r0 = u * s.chunk, r1 = std::min(R, r0 + s.chunk);
     if (stats) st.cnt[u] = r1 - r0;
     for (int64_t a = r0; a < r1; a += sub) {
@@ -1057,6 +1105,11 @@ void forward_1x1_nhwc(const float* x, const float* w, const float* b, float* y, 
         grad_epilogue_pm(yr, fu->gx + a * K, grad_mask(fu, a * K), K, nr, K, fu->gscale, fu->gshift, fu->grelu,
                          fu->center, st.s1 + u * K, st.s2 + u * K, cont);
     }
+    if (in_pass) wgrad_1x1_rows(wp, x, fu->wgrad_x, r0, r1);
+  }
+  if (wgrad) {
+    if (!in_pass) wgrad_1x1_pieces(wp, x, fu->wgrad_x);
+    wgrad_1x1_finish(wp, fu->wgrad_dw);
   }
   if (!stats && !grad) return;
   isa_vector<int64_t> order(s.count);
@@ -1066,10 +1119,6 @@ void forward_1x1_nhwc(const float* x, const float* w, const float* b, float* y, 
     for (int64_t kk = 0; kk < K; ++kk)
       combine_stats(st, K, order.data(), s.count, kk, fu->stats_sum + kk, fu->stats_sumsq + kk);
 }
-
-// dW (K x C) = sum over pieces of the N*H*W pixels (backward_weight_gemm's pieces) of
-// dY^T . pf(x) over the piece, each piece's partial added in piece order in double.
-void backward_weight_1x1_nhwc(const float* dy, const float* x, float* dw, const Geom& g, const Prologue* pf);
 
 // The input gradient of an NHWC 1x1 convolution at a stride above 1 (no padding): dx is zero but
 // at the pixels (oh*sh, ow*sw), where it is dy's row of that output pixel times w (K x C). Each
@@ -1445,29 +1494,59 @@ void backward_weight_gemm(const T* dy, const T* x, T* dw, const Geom& g, const F
   }
 }
 
-void backward_weight_1x1_nhwc(const float* dy, const float* x, float* dw, const Geom& g, const Prologue* pf) {
-  const int64_t rows = g.N * g.H * g.W, K = g.K, C = g.C, pieces = wgrad_pieces(g, sizeof(float));
-  const int64_t per = ceil_div(rows, pieces);
-  float* part = scratch<float>(kAccSlot, pieces * K * C);
-  // Without a prologue the partials may be dW^T (x^T . dY) where its register blocks fit the
-  // shape better (32->16: 16 x 32 takes blocks of 12 or 8 rows by 32, 32 x 16 two of 16 by 16).
-  const bool tr = !pf && sgemm_tn_padded(C, K) < sgemm_tn_padded(K, C);
-#pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads())
-  for (int64_t pc = 0; pc < pieces; ++pc) {
-    const int64_t r0 = std::min(rows, pc * per), r1 = std::min(rows, r0 + per);
-    if (tr)
-      sgemm_tn(C, K, r1 - r0, x + r0 * C, C, dy + r0 * K, K, part + pc * K * C, K, false);
+Wgrad1x1 wgrad_1x1_plan(const Geom& g, const Prologue* pf) {
+  Wgrad1x1 p;
+  p.rows = g.N * g.H * g.W;
+  p.K = g.K;
+  p.C = g.C;
+  p.pieces = wgrad_pieces(g, sizeof(float));
+  p.per = ceil_div(p.rows, p.pieces);
+  p.tr = !pf && sgemm_tn_padded(g.C, g.K) < sgemm_tn_padded(g.K, g.C);
+  p.pf = pf;
+  p.part = scratch<float>(kAccSlot, p.pieces * g.K * g.C);
+  return p;
+}
+
+void wgrad_1x1_rows(const Wgrad1x1& p, const float* dy, const float* x, int64_t r0, int64_t r1) {
+  const int64_t K = p.K, C = p.C;
+  for (int64_t pc = r0 / p.per; pc < p.pieces && pc * p.per < r1; ++pc) {
+    const int64_t a = std::max(r0, pc * p.per), b = std::min(r1, (pc + 1) * p.per);
+    if (a >= b) continue;
+    const bool acc = a > pc * p.per;  // (a range after the piece's first continues its partial)
+    float* out = p.part + pc * K * C;
+    if (p.tr)
+      sgemm_tn(C, K, b - a, x + a * C, C, dy + a * K, K, out, K, acc);
     else
-      sgemm_tn(K, C, r1 - r0, dy + r0 * K, K, x + r0 * C, C, part + pc * K * C, C, false, pf);
+      sgemm_tn(K, C, b - a, dy + a * K, K, x + a * C, C, out, C, acc, p.pf);
   }
-  const int64_t total = K * C;
+}
+
+void wgrad_1x1_finish(const Wgrad1x1& p, float* dw) {
+  const int64_t total = p.K * p.C, C = p.C, K = p.K;
+  // (a piece without rows, possible where pieces * per overshoots rows: zeros, as its empty call)
+  for (int64_t pc = 0; pc < p.pieces; ++pc)
+    if (pc * p.per >= p.rows) std::fill(p.part + pc * total, p.part + (pc + 1) * total, 0.0f);
 #pragma omp parallel for schedule(static) num_threads(num_threads())
   for (int64_t e = 0; e < total; ++e) {
-    const int64_t at = tr ? (e % C) * K + e / C : e;
+    const int64_t at = p.tr ? (e % C) * K + e / C : e;
     double s = 0;
-    for (int64_t pc = 0; pc < pieces; ++pc) s += double(part[pc * total + at]);
+    for (int64_t pc = 0; pc < p.pieces; ++pc) s += double(p.part[pc * total + at]);
     dw[e] = float(s);
   }
+}
+
+void wgrad_1x1_pieces(const Wgrad1x1& p, const float* dy, const float* x) {
+#pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads())
+  for (int64_t pc = 0; pc < p.pieces; ++pc) {
+    const int64_t r0 = std::min(p.rows, pc * p.per), r1 = std::min(p.rows, r0 + p.per);
+    wgrad_1x1_rows(p, dy, x, r0, r1);
+  }
+}
+
+void backward_weight_1x1_nhwc(const float* dy, const float* x, float* dw, const Geom& g, const Prologue* pf) {
+  const Wgrad1x1 p = wgrad_1x1_plan(g, pf);
+  wgrad_1x1_pieces(p, dy, x);
+  wgrad_1x1_finish(p, dw);
 }
 
 template <typename T, bool Own>

@@ -975,6 +975,10 @@ class KernelProfiler:
             kind = "Python in cnnkit.ops " + tag
         elif role == "kernel":
             kind = kernel_kind(name)
+            with_weight = name == "conv2d_fused_backward_input" and (
+                k.get("grad_weight") is not None or (len(a) > 13 and a[13] is not None))
+            if with_weight:  # the weight gradient written by the same pass (Conv2d._weight_in_pass)
+                kind = "conv input + weight grad, fused"
             if self.phase == "backward" and kind == "conv fwd, fused":
                 # a forward pass that computes an input gradient: the adjoint (1x1) convolution
                 # whose residual epilogue adds a shortcut's gradient (Conv2d._backward_add)
@@ -1008,7 +1012,8 @@ class KernelProfiler:
                 self.calls["_core." + name] = self.calls.get("_core." + name, 0) + 1
                 rec[3] += 0 if raised else _arg_bytes(a, k, r, distinct=True)
                 if kind.startswith("conv") and layer in self.desc and not raised:
-                    mult = _needs_count(needs) if kind.startswith("conv bwd, fused") else 1
+                    mult = (_needs_count(needs) if kind.startswith("conv bwd, fused")
+                            else 2 if kind.startswith("conv input + weight grad") else 1)
                     rec[2] += mult * self.desc[layer][1]
             elif role == "numpy":
                 if name not in _NUMPY_ALLOC and not (

@@ -271,10 +271,11 @@ class Conv2d(Module):
         gi = self._buf("gx", self._x.shape) if input_grad else None
         pg = self.param_grads
         gw, gb = self.grads["weight"] if pg else None, self.grads.get("bias") if pg else None
-        if pre is not None and gi is not None and self._fused_input_backward(grad, gi, pre):
+        if pre is not None and gi is not None and (done := self._fused_input_backward(grad, gi, pre, weight=pg)):
             # gi (the gradient at the norm's pre-activation, already masked) and its batch-norm
-            # sums were handed to the norm; the weight gradient as below
-            needs = tuple(k for k in needs if k != "input")
+            # sums were handed to the norm; the weight gradient by the same pass (done == 2) or
+            # as below
+            needs = tuple(k for k in needs if k != "input" and not (done == 2 and k == "weight"))
             if not needs:
                 return gi
             _fused.conv2d_fused_backward(grad, self._x, self.params["weight"], pre_scale=pre[0], pre_shift=pre[1],
@@ -353,18 +354,25 @@ class Conv2d(Module):
             gi = self._buf("gx", x.shape)
             # a batch norm's apply pass handed over for grad (no injection or capture here, which
             # write it first): evaluated by the input gradient as it reads grad, which it writes;
-            # the weight gradient after it reads the written grad
+            # the weight gradient in the same pass (_weight_in_pass) or after it reads the written grad
             apply = self._take_apply(grad) if self._inject is None and not self._captures else None
-            if apply is None:
+            gw = self._weight_in_pass(g, x, None)
+            if gw is not None:  # (no injection or capture: the gradient is grad as it comes)
+                if apply is None:
+                    self._grad_ready(grad)
+                    grad = np.ascontiguousarray(grad)
+                self._check_grad(grad, g.y_shape())
+            elif apply is None:
                 grad = np.ascontiguousarray(self._param_grads_of(grad, g.y_shape()))
             else:
                 self._check_grad(grad, g.y_shape())
             _, sg, sgxc = _core.conv2d_fused_backward_input(grad, self.params["weight"], gi, g.core(), in_bn._x,
                                                             None, None, True, in_bn._mean,
-                                                            np.ascontiguousarray(add), x, add_stride, apply)
+                                                            np.ascontiguousarray(add), x, add_stride, apply, gw)
             if apply is not None:
                 self._deferred_grad = None
-                self._param_grads_of(grad, g.y_shape())
+                if gw is None:
+                    self._param_grads_of(grad, g.y_shape())
             in_bn._pending_grad = (gi, sg, sgxc)
             return gi
         self._grad_ready(grad)
@@ -416,34 +424,52 @@ class Conv2d(Module):
         _core.conv_backward_input(grad, w, out, gc.core())
         return out
 
+    def _weight_in_pass(self, g: Any, x: np.ndarray, pre: tuple | None) -> tuple | None:
+        """The ``grad_weight`` argument of the compiled input gradient (``(dw, x, scale, shift,
+        relu)``: the weight gradient written by the same call, from the same gradient and
+        ``prologue(x)``, ``pre`` the prologue or None) where that call gives the weight gradient's
+        own bits: a dense 1x1 NHWC convolution (geometry ``g``) without bias, parameter gradients
+        on, float32, and no capture or injection that reads the gradient at the output; else None.
+        The NHWC 1x1 rows pass reduces the weight gradient's pieces a block of rows at a time while
+        the block is in cache (no second pass over the gradient and the input)."""
+        if (not self.param_grads or self.has_bias or self._inject is not None or self._captures
+                or not g.nhwc or g.G != 1 or (g.kh, g.kw) != (1, 1) or x.dtype != np.float32
+                or getattr(self, "_a", None) is not None):
+            return None
+        if pre is None:
+            return (self.grads["weight"], x, None, None, False)
+        return (self.grads["weight"], x, pre[0], pre[1], bool(pre[2]))
+
     def _fused_input_backward(self, grad: np.ndarray, gi: np.ndarray, pre: tuple,
-                              residual: np.ndarray | None = None) -> bool:
+                              residual: np.ndarray | None = None, weight: bool = False) -> int:
         """The input gradient through a compiled prologue whose norm (``_pre_bn``, training mode,
         standard ReLU rule) takes it next: one compiled pass writes into ``gi`` the gradient at
         the norm's pre-activation (masked by the prologue's ReLU) and the two sums of the norm's
         backward, which the norm receives with it (:meth:`BatchNorm2d._fused_backward`), so its
         own reduction pass is skipped (the adjoint's GEMM pass at stride 1, else the plain kernel
-        over units of images with the epilogue per image). False (nothing written) where it does
+        over units of images with the epilogue per image). 0 (nothing written) where it does
         not apply: the forward materialised the prologue, the norm is in eval mode or another ReLU
-        rule, or float64."""
+        rule, or float64. With ``weight``, the same call also writes the weight gradient where
+        :meth:`_weight_in_pass` allows: then 2, else 1 (the weight gradient is the caller's)."""
         bn = getattr(self, "_pre_bn", None)
         fn = getattr(_core, "conv2d_fused_backward_input", None)
         if (bn is None or fn is None or self._a is not None or not bn._trained or bn.relu_mode != "standard"
                 or bn._pre_affine is None or grad.dtype != np.float32):
             self._grad_ready(grad)
-            return False
+            return 0
         g = _conv_geom(self._x.shape, self.params["weight"].shape, self.stride, self.padding, self.dilation,
                        self.groups, self.layout, np.dtype(np.float32))
         apply = self._take_apply(grad)
+        gw = self._weight_in_pass(g, self._x, pre) if weight else None
         try:
             _, sg, sgxc = fn(grad if apply else np.ascontiguousarray(grad), self.params["weight"], gi, g.core(),
-                             self._x, pre[0], pre[1], pre[2], bn._mean, residual, dy_apply=apply)
+                             self._x, pre[0], pre[1], pre[2], bn._mean, residual, dy_apply=apply, grad_weight=gw)
         except ValueError:
             self._grad_ready(grad)
-            return False
+            return 0
         self._deferred_grad = None  # (grad written by the pass, where it was deferred)
         bn._pending_grad = (gi, sg, sgxc)
-        return True
+        return 1 if gw is None else 2
 
     def _prologue_backward_add(self, grad: np.ndarray, add: np.ndarray) -> np.ndarray | None:
         """:meth:`backward` (input, weight and bias gradients) where the input is a batch norm's
@@ -458,8 +484,11 @@ class Conv2d(Module):
             return None
         grad = self._check_grad(grad, self._ws.get("out_shape"))
         gi = self._buf("gx", x.shape)
-        if not self._fused_input_backward(grad, gi, pre, residual=np.ascontiguousarray(add)):
+        done = self._fused_input_backward(grad, gi, pre, residual=np.ascontiguousarray(add), weight=True)
+        if not done:
             return None
+        if done == 2:  # (the weight gradient written by the same pass)
+            return gi
         needs = ("weight", "bias") if self.has_bias else ("weight",)
         _fused.conv2d_fused_backward(grad, x, self.params["weight"], pre_scale=pre[0], pre_shift=pre[1],
                                      pre_relu=pre[2], needs=needs, conv_input=self._a,

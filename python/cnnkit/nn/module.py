@@ -98,7 +98,10 @@ def fusion(enabled: bool = True) -> contextlib.AbstractContextManager[None]:
     sums of the norm's backward reduced in its epilogue, so the norm runs only its apply pass:
     at stride 1 on a GEMM entry in the adjoint's forward pass, elsewhere (depthwise, grouped,
     strided) as the plain input-gradient kernel over units of whole images followed by the
-    epilogue on each image while it is in cache. Each norm still receives the gradient
+    epilogue on each image while it is in cache. A dense 1x1 NHWC convolution without bias
+    (parameter gradients on, no capture or injection at it) writes its weight gradient in the same
+    pass as that input gradient, each block of rows reduced while it is in cache, with the bits of
+    its own pass. Each norm still receives the gradient
     at its output (masked by its ReLU already where the input-gradient epilogue ran; a captured
     norm is never fused, so captures, ``inject=`` and ``until=`` see the unfused gradients).
 

@@ -1,0 +1,274 @@
+"""A 1x1 convolution's weight gradient written by its fused input gradient's pass
+(``conv2d_fused_backward_input(..., grad_weight=(dw, x_in, scale, shift, relu))``, used by
+``Conv2d._weight_in_pass``): the NHWC 1x1 rows pass reduces each block of rows into the weight
+gradient's pieces while the block (dy as the apply pass wrote it, and the convolution's input) is
+in cache, instead of a second pass over dy and x.
+
+* bitwise the separate calls it replaces (the input gradient, then
+  ``conv2d_fused_backward_weight`` on the written dy, or ``conv_backward_weight`` without a
+  prologue), every output (dx, both sums, the written dy, dw), at 1 and 2 threads, at every ISA
+  level, on hypothesis-drawn shapes around the register blocks and the rows pass's units (rows
+  across 256 and 1024), every mask kind, with and without the apply pass and a (strided)
+  residual; the paths that cannot reduce in the pass (OpenBLAS forced, 3x3, strided, a piece
+  grid off the units, NCHW) run the weight gradient's own pass, the same bits;
+* dw against the float64 reference;
+* bad input (the tuple, sizes, overlaps) raises before anything is written;
+* networks: resnext_small and mobilenet_small give bitwise the same gradients with the hand-over
+  on and off (plain, with a capture and with ``inject=``), and the pass is taken.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import cnnkit
+from cnnkit import _core, nn
+from cnnkit.ops import fused as F
+from conftest import ISA_LEVELS, assert_bitwise, assert_close, isa_level, num_threads
+from test_fusion import _chan, _from, _to
+
+TABLE = cnnkit.kernels("conv")
+
+
+def _forced(entry):
+    """The registry forced to ``entry`` (None: as dispatched)."""
+    return contextlib.nullcontext() if entry is None else TABLE.force(entry)
+
+
+def _case(c):
+    """The operands of one drawn case (NCHW float32 arrays; converted per layout by the caller)."""
+    N, C, K, H, W = c["N"], c["C"], c["K"], c["H"], c["W"]
+    rng = np.random.default_rng(c["seed"])
+    k = 3 if c["kind"] == "3x3" else 1
+    G = 2 if c["kind"] == "3x3" and C % 2 == 0 and K % 2 == 0 else 1
+    s = 2 if c["kind"] == "1x1 s2" else 1
+    z = (rng.standard_normal((N, C, H, W)) * 1.5 + 0.2).astype(np.float32)  # the norm's input (gx)
+    w = rng.standard_normal((K, C // G, k, k)).astype(np.float32)
+    g = F._Geom(_to(c["layout"], z).shape, w.shape, s, k // 2, 1, G, c["layout"], np.float32)
+    gy = rng.standard_normal((N, K, g.Ho, g.Wo)).astype(np.float32)
+    mode = c["mode"]
+    m = np.where(rng.random(z.shape) < 0.4, 0, rng.random(z.shape)).astype(np.float32) if mode == "stored" else None
+    sc = (rng.uniform(0.5, 2, C) * rng.choice((-1, 1), C)).astype(np.float32) if mode == "fma" else None
+    sh = rng.standard_normal(C).astype(np.float32) if mode == "fma" else None
+    ap = None
+    if c["apply"] and c["layout"] == "NHWC":  # dy as a batch norm's backward apply pass
+        zb = (rng.standard_normal(gy.shape) * 2 + 0.3).astype(np.float32)
+        gb = np.where(zb > 0, gy, 0).astype(np.float32)
+        ap = (_to("NHWC", gb), _to("NHWC", zb), zb.astype(np.float64).mean(axis=(0, 2, 3)), rng.random(K) + 0.5,
+              rng.standard_normal(K) * 0.1, rng.standard_normal(K) * 0.1)
+    res = rs = None
+    if c["residual"]:
+        rs = c["residual"]
+        res = rng.standard_normal((N, C, -(-H // rs), -(-W // rs))).astype(np.float32)
+    center = rng.standard_normal(C)
+    # the convolution's input: the stored ReLU output, or the prologue's input through (scale,
+    # shift[, ReLU]) (the weight gradient's prologue is the gradient epilogue's), or z itself
+    xin = m if mode == "stored" else z
+    pro = (sc, sh, bool(c["wrelu"])) if mode == "fma" else (None, None, False)
+    return dict(z=z, w=w, g=g, gy=gy, m=m, sc=sc, sh=sh, relu=mode != "none", ap=ap, res=res, rs=rs,
+                center=center, xin=xin, pro=pro)
+
+
+def _separate(c, o, t):
+    """The input gradient, then the weight gradient's own call on the written dy (the calls the
+    hand-over replaces), at t threads: (name, dx, s1, s2, dy, dw)."""
+    lay = c["layout"]
+    dy = np.full(_to(lay, o["gy"]).shape, np.nan, np.float32) if o["ap"] is not None else _to(lay, o["gy"])
+    dx = np.full(_to(lay, o["z"]).shape, np.nan, np.float32)
+    dw = np.full(o["w"].shape, np.nan, np.float32)
+    with num_threads(t):
+        name, s1, s2 = _core.conv2d_fused_backward_input(
+            dy, o["w"], dx, o["g"].core(), _to(lay, o["z"]), o["sc"], o["sh"], o["relu"], o["center"],
+            None if o["res"] is None else _to(lay, o["res"]), None if o["m"] is None else _to(lay, o["m"]),
+            o["rs"] or 1, dy_apply=o["ap"])
+        try:
+            _core.conv2d_fused_backward_weight(dy, _to(lay, o["xin"]), dw, None, o["g"].core(), *o["pro"])
+        except ValueError:  # no fused weight gradient for this problem (a direct kernel without it)
+            return None
+    return name, dx, s1, s2, dy, dw
+
+
+def _together(c, o, t):
+    """The same with grad_weight: one call."""
+    lay = c["layout"]
+    dy = np.full(_to(lay, o["gy"]).shape, np.nan, np.float32) if o["ap"] is not None else _to(lay, o["gy"])
+    dx = np.full(_to(lay, o["z"]).shape, np.nan, np.float32)
+    dw = np.full(o["w"].shape, np.nan, np.float32)
+    with num_threads(t):
+        try:
+            name, s1, s2 = _core.conv2d_fused_backward_input(
+                dy, o["w"], dx, o["g"].core(), _to(lay, o["z"]), o["sc"], o["sh"], o["relu"], o["center"],
+                None if o["res"] is None else _to(lay, o["res"]), None if o["m"] is None else _to(lay, o["m"]),
+                o["rs"] or 1, dy_apply=o["ap"], grad_weight=(dw, _to(lay, o["xin"]), *o["pro"]))
+        except ValueError:
+            assert np.isnan(dx).all() and np.isnan(dw).all(), "written before the error"
+            return None
+    return name, dx, s1, s2, dy, dw
+
+
+def _check(c):
+    o = _case(c)
+    ref = _separate(c, o, 1)
+    for t in (1, 2):
+        got = _together(c, o, t)
+        if ref is None or got is None:  # both raise, nothing but grad_out written
+            assert ref is None and got is None, "one of the two raised"
+            return
+        assert got[0] == ref[0], (got[0], ref[0])
+        for what, a, b in zip(("dx", "sum", "sumxc", "dy", "dw"), got[1:], ref[1:]):
+            assert_bitwise(a, b, f"{what}: in the pass vs separate ({t} threads, {c})")
+    # dw against float64: dy (as written) x prologue(x_in) over the pixels
+    dy = _from(c["layout"], ref[4]).astype(np.float64)
+    a = o["xin"].astype(np.float64)
+    sc, sh, relu = o["pro"]
+    if sc is not None:
+        a = a * _chan(sc) + _chan(sh)
+    if relu:
+        a = np.maximum(a, 0)
+    g = o["g"]
+    if (g.kh, g.kw) == (1, 1):
+        s = g.s[0]
+        want = np.einsum("nkhw,nchw->kc", dy, a[:, :, ::s, ::s])
+        want = want.reshape(o["w"].shape[0], -1)[:, :, None, None] if g.G == 1 else None
+        if want is not None:
+            assert_close(ref[5], want, np.float32, length=g.N * g.Ho * g.Wo, what="dw vs float64")
+
+
+@st.composite
+def _cases(draw):
+    kind = draw(st.sampled_from(("1x1", "1x1", "1x1", "3x3", "1x1 s2")))
+    layout = "NHWC" if kind == "1x1" else draw(st.sampled_from(("NHWC", "NCHW")))
+    chans = (1, 3, 8, 15, 16, 17, 24, 32, 33, 40, 64)
+    mode = draw(st.sampled_from(("stored", "fma", "none")))
+    return dict(isa=draw(st.sampled_from(ISA_LEVELS)), layout=layout, kind=kind,
+                N=draw(st.integers(1, 3)), C=draw(st.sampled_from(chans)), K=draw(st.sampled_from(chans)),
+                H=draw(st.integers(1, 40)), W=draw(st.integers(1, 40)), mode=mode,
+                wrelu=draw(st.booleans()) if mode == "fma" else False,
+                apply=draw(st.booleans()), residual=draw(st.sampled_from((None, 1, 2))) if kind == "1x1" else None,
+                force=draw(st.sampled_from((None, "packed", "gemm"))),
+                seed=draw(st.integers(0, 2**31 - 1)))
+
+
+@settings(max_examples=80, deadline=None)
+@given(c=_cases())
+def test_weight_gradient_in_the_input_pass_hypothesis(c):
+    """Bitwise the separate calls, every output, 1 and 2 threads, the drawn ISA level, as
+    dispatched or with the adjoint's own packed GEMM (the rows pass) or OpenBLAS forced."""
+    entry = None
+    if c["force"]:
+        entry = f"conv2d_gemm_f32_{c['layout'].lower()}{'_packed' if c['force'] == 'packed' else ''}__{c['isa']}"
+        if c["kind"] == "3x3":
+            entry = None  # (a grouped 3x3: as dispatched)
+    with isa_level(c["isa"]), _forced(entry):
+        _check(c)
+
+
+@pytest.mark.parametrize("isa", ISA_LEVELS)
+@pytest.mark.parametrize("shape", [
+    (64, 32, 32, 32, 32),    # resnext_small 3.conv1 (rows 65536: 16 pieces of 4096, units of 1024)
+    (64, 32, 16, 32, 32),    # 2.conv3
+    (64, 16, 32, 32, 16),    # 2.conv1
+    (64, 64, 64, 16, 16),    # 4.conv1 (a piece per unit)
+    (64, 64, 128, 8, 8),     # 4.conv3 (four pieces per unit)
+    (5, 32, 32, 40, 25),     # 5000 rows: pieces of 313, off the units' grid (its own pass after)
+    (3, 48, 40, 23, 31),     # 2139 rows
+])
+@pytest.mark.parametrize("mode", ["stored", "fma"])
+def test_weight_gradient_in_the_input_pass_shapes(isa, shape, mode):
+    N, C, K, H, W = shape
+    with isa_level(isa):
+        _check(dict(layout="NHWC", kind="1x1", N=N, C=C, K=K, H=H, W=W, mode=mode, wrelu=True, apply=True,
+                    residual=2 if mode == "stored" else None, force=None, seed=N * C + K))
+
+
+def test_weight_gradient_in_the_input_pass_bad_input():
+    rng = np.random.default_rng(0)
+    N, C, K, H = 2, 8, 16, 5
+    z = rng.standard_normal((N, H, H, C)).astype(np.float32)
+    w = rng.standard_normal((K, C, 1, 1)).astype(np.float32)
+    g = F._Geom(z.shape, w.shape, 1, 0, 1, 1, "NHWC", np.float32)
+    dy = rng.standard_normal((N, H, H, K)).astype(np.float32)
+    center = np.zeros(C)
+    sc, sh = np.ones(C, np.float32), np.zeros(C, np.float32)
+
+    def call(gw):
+        dx = np.full(z.shape, 7.0, np.float32)
+        before = dy.copy()
+        try:
+            _core.conv2d_fused_backward_input(dy, w, dx, g.core(), z, None, None, True, center, grad_weight=gw)
+        finally:
+            assert np.all(dx == 7.0), "grad_input written before the error"
+            assert_bitwise(dy, before, "grad_out")
+    dw = np.full(w.shape, 5.0, np.float32)
+    with pytest.raises(TypeError, match="grad_weight"):
+        call((dw, z))
+    with pytest.raises(TypeError, match="grad_weight"):
+        call([dw, z, None, None, False])
+    with pytest.raises(ValueError, match="grad_weight"):
+        call((np.zeros((K, C), np.float32).reshape(-1)[:-1], z, None, None, False))
+    with pytest.raises(ValueError, match="grad_weight"):
+        call((dw, z[:1], None, None, False))
+    with pytest.raises(ValueError, match="scale and shift"):
+        call((dw, z, sc, None, False))
+    with pytest.raises(ValueError, match="grad_weight"):
+        call((dw, z, sc[:3], sh, False))
+    with pytest.raises(TypeError, match="relu"):
+        call((dw, z, sc, sh, 1))
+    with pytest.raises(ValueError, match="overlap"):
+        call((dy.reshape(-1)[:K * C].reshape(w.shape), z, None, None, False))
+    with pytest.raises(TypeError):
+        call((dw.astype(np.float64), z, None, None, False))
+    assert np.all(dw == 5.0), "grad_weight written before an error"
+
+
+def _model_grads(model, on, how):
+    import cnnkit.bench.train as T
+    real = nn.Conv2d._weight_in_pass
+    calls = []
+    real_fn = _core.conv2d_fused_backward_input
+
+    def spy(*a, **k):
+        calls.append(k.get("grad_weight") is not None or (len(a) > 13 and a[13] is not None))
+        return real_fn(*a, **k)
+    if not on:
+        nn.Conv2d._weight_in_pass = lambda self, g, x, pre: None  # type: ignore[method-assign]
+    _core.conv2d_fused_backward_input = spy
+    try:
+        cfg = T.build_configs(None, model, 4)
+        s = cfg["steps"]["cnnkit NHWC"]
+        m = s.model
+        cap = None
+        names = [n for n, mod in m.named_modules() if isinstance(mod, nn.Conv2d) and mod.kernel_size == (1, 1)]
+        if how == "capture":
+            cap = m.capture(names[1])
+        out = m.forward(s.x)
+        s.loss.forward(out, s.labels)
+        g = s.loss.backward()
+        if how == "inject":
+            mod = dict(m.named_modules())[names[1]]
+            inj = np.random.default_rng(3).standard_normal(mod._ws["out_shape"]).astype(np.float32)
+            m.backward(g, inject={names[1]: inj})
+        else:
+            m.backward(g)
+        if cap is not None:
+            m.release()
+        return [p.copy() for p in m.gradients()], calls
+    finally:
+        nn.Conv2d._weight_in_pass = real  # type: ignore[method-assign]
+        _core.conv2d_fused_backward_input = real_fn
+
+
+@pytest.mark.parametrize("model", ["resnext", "mobilenet"])
+@pytest.mark.parametrize("how", ["plain", "capture", "inject"])
+def test_networks_same_gradients_with_the_weight_gradient_in_the_pass(model, how):
+    on, calls_on = _model_grads(model, True, how)
+    off, calls_off = _model_grads(model, False, how)
+    assert len(on) == len(off) > 0
+    for i, (a, b) in enumerate(zip(on, off)):
+        assert_bitwise(a, b, f"{model} gradient {i} ({how})")
+    assert not any(calls_off)
+    assert sum(calls_on) >= 2, calls_on  # the pass is taken (not at the captured or injected layer)
