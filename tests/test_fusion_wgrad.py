@@ -2,11 +2,13 @@
 (``conv2d_fused_backward_input(..., grad_weight=(dw, x_in, scale, shift, relu))``, used by
 ``Conv2d._weight_in_pass``): the NHWC 1x1 rows pass reduces each block of rows into the weight
 gradient's pieces while the block (dy as the apply pass wrote it, and the convolution's input) is
-in cache, instead of a second pass over dy and x.
+in cache, instead of a second pass over dy and x; with the apply pass and ``grad_out=None`` its
+values are not kept (the rows pass evaluates each unit into a block of the worker's).
 
 * bitwise the separate calls it replaces (the input gradient, then
   ``conv2d_fused_backward_weight`` on the written dy, or ``conv_backward_weight`` without a
-  prologue), every output (dx, both sums, the written dy, dw), at 1 and 2 threads, at every ISA
+  prologue), every output (dx, both sums, the written dy, dw; with grad_out None, not kept, the
+  others), at 1 and 2 threads, at every ISA
   level, on hypothesis-drawn shapes around the register blocks and the rows pass's units (rows
   across 256 and 1024), every mask kind, with and without the apply pass and a (strided)
   residual; the paths that cannot reduce in the pass (OpenBLAS forced, 3x3, strided, a piece
@@ -92,10 +94,14 @@ def _separate(c, o, t):
     return name, dx, s1, s2, dy, dw
 
 
-def _together(c, o, t):
-    """The same with grad_weight: one call."""
+def _together(c, o, t, keep=True):
+    """The same with grad_weight: one call (``keep=False``: with the apply pass, grad_out None, its
+    values not kept; dy is then returned as None)."""
     lay = c["layout"]
     dy = np.full(_to(lay, o["gy"]).shape, np.nan, np.float32) if o["ap"] is not None else _to(lay, o["gy"])
+    if not keep:
+        assert o["ap"] is not None
+        dy = None
     dx = np.full(_to(lay, o["z"]).shape, np.nan, np.float32)
     dw = np.full(o["w"].shape, np.nan, np.float32)
     with num_threads(t):
@@ -114,13 +120,15 @@ def _check(c):
     o = _case(c)
     ref = _separate(c, o, 1)
     for t in (1, 2):
-        got = _together(c, o, t)
-        if ref is None or got is None:  # both raise, nothing but grad_out written
-            assert ref is None and got is None, "one of the two raised"
-            return
-        assert got[0] == ref[0], (got[0], ref[0])
-        for what, a, b in zip(("dx", "sum", "sumxc", "dy", "dw"), got[1:], ref[1:]):
-            assert_bitwise(a, b, f"{what}: in the pass vs separate ({t} threads, {c})")
+        for keep in (True, False) if o["ap"] is not None else (True,):
+            got = _together(c, o, t, keep)
+            if ref is None or got is None:  # both raise, nothing but grad_out written
+                assert ref is None and got is None, "one of the two raised"
+                return
+            assert got[0] == ref[0], (got[0], ref[0])
+            for what, a, b in zip(("dx", "sum", "sumxc", "dy", "dw"), got[1:], ref[1:]):
+                if a is not None:
+                    assert_bitwise(a, b, f"{what}: in the pass vs separate ({t} threads, keep={keep}, {c})")
     # dw against float64: dy (as written) x prologue(x_in) over the pixels
     dy = _from(c["layout"], ref[4]).astype(np.float64)
     a = o["xin"].astype(np.float64)
@@ -223,6 +231,15 @@ def test_weight_gradient_in_the_input_pass_bad_input():
     with pytest.raises(TypeError):
         call((dw.astype(np.float64), z, None, None, False))
     assert np.all(dw == 5.0), "grad_weight written before an error"
+    # grad_out None (not kept) only with dy_apply and grad_weight
+    ap = (dy, dy.copy(), np.zeros(K), np.ones(K), np.zeros(K), np.zeros(K))
+    dx = np.full(z.shape, 7.0, np.float32)
+    with pytest.raises(TypeError, match="grad_out.*None only with dy_apply and grad_weight"):
+        _core.conv2d_fused_backward_input(None, w, dx, g.core(), z, None, None, True, center, dy_apply=ap)
+    with pytest.raises(TypeError, match="grad_out.*None only with dy_apply and grad_weight"):
+        _core.conv2d_fused_backward_input(None, w, dx, g.core(), z, None, None, True, center,
+                                          grad_weight=(dw, z, None, None, False))
+    assert np.all(dx == 7.0) and np.all(dw == 5.0), "written before an error"
 
 
 def _model_grads(model, on, how):

@@ -219,7 +219,12 @@ void bind_conv(py::module_& m) {
             throw py::type_error("dy_apply: expected a tuple (g, z, mean, A, B, D) or None");
           ap_t = py::reinterpret_borrow<py::tuple>(dy_apply);
         }
-        const auto* pdy = array_arg<float>(dy, "grad_out", yn, apply ? unsigned(kWrite) : unsigned(kRead));
+        // grad_out None with dy_apply and grad_weight: the apply pass's values are not kept
+        const bool keep = !(apply && !grad_weight.is_none() && dy.is_none());
+        if (keep && dy.is_none())
+          throw py::type_error("grad_out: expected a float32 array (None only with dy_apply and grad_weight), got None");
+        const auto* pdy = keep ? array_arg<float>(dy, "grad_out", yn, apply ? unsigned(kWrite) : unsigned(kRead))
+                               : nullptr;
         const float* ag = apply ? array_arg<float>(ap_t[0], "dy_apply g", yn) : nullptr;
         const float* az = apply ? array_arg<float>(ap_t[1], "dy_apply z", yn) : nullptr;
         const double* am = apply ? array_arg<double>(ap_t[2], "dy_apply mean", g.K) : nullptr;
@@ -306,7 +311,8 @@ void bind_conv(py::module_& m) {
       "(N, ceil(H/s), ceil(W/s), C) array (NCHW likewise), zero elsewhere. dy_apply (g, z, mean, A, B, D): "
       "grad_out is the output to write with a batch norm's backward apply pass A*g - B - (z - mean)*D (float64 "
       "per channel, as norm_backward_apply evaluates it), evaluated by the NHWC 1x1 pass a block of rows at a "
-      "time as it reads them (elsewhere written whole first). grad_weight (dw, x_in, scale, shift, relu): also writes "
+      "time as it reads them (elsewhere written whole first); grad_out may then be None (with grad_weight: the pass's "
+      "values are not kept). grad_weight (dw, x_in, scale, shift, relu): also writes "
       "the convolution's weight gradient (no bias) from the same grad_out and its input "
       "max(fma(scale, x_in, shift), 0) (scale and shift optional, the max with relu), with the bits of "
       "conv2d_fused_backward_weight on them: the NHWC 1x1 pass reduces each block of rows while it is in cache.");

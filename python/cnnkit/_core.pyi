@@ -88,7 +88,7 @@ def conv2d_fused(x: _Array, weight: _Array, out: _Array, geom: ConvGeom, bias: _
                  pre_scale: _OptArray, pre_shift: _OptArray, pre_relu: bool, residual: _OptArray,
                  post_relu: bool, stats_sum: _OptArray, stats_sumsq: _OptArray) -> str:
     """Fused forward convolution on cnnkit's own GEMM; returns the registry entry's name."""
-def conv2d_fused_backward_input(grad_out: _Array, weight: _Array, grad_input: _Array, geom: ConvGeom, x: _Array,
+def conv2d_fused_backward_input(grad_out: _OptArray, weight: _Array, grad_input: _Array, geom: ConvGeom, x: _Array,
                                 scale: _OptArray, shift: _OptArray, relu: bool, center: ArrayLike,
                                 residual: _OptArray = None,
                                 mask: _OptArray = None,
@@ -101,7 +101,8 @@ def conv2d_fused_backward_input(grad_out: _Array, weight: _Array, grad_input: _A
     backward's sums; (name, sum, sumxc). dy_apply (g, z, mean, A, B, D): grad_out is written with
     a batch norm's backward apply pass A*g - B - (z - mean)*D first (NHWC). grad_weight (dw, x_in,
     scale, shift, relu): the convolution's weight gradient from the same grad_out and
-    max(fma(scale, x_in, shift), 0) too, with conv2d_fused_backward_weight's bits."""
+    max(fma(scale, x_in, shift), 0) too, with conv2d_fused_backward_weight's bits; with both,
+    grad_out may be None (the apply pass's values are not kept)."""
 def conv2d_fused_backward_weight(grad_out: _Array, x: _Array, grad_weight: _OptArray, grad_bias: _OptArray,
                                  geom: ConvGeom, pre_scale: _OptArray, pre_shift: _OptArray, pre_relu: bool) -> str:
     """Weight/bias gradients of conv(prologue(x)) on the GEMM path; returns the registry entry's name."""

@@ -91,6 +91,10 @@ struct Fused {
   const float* wgrad_scale = nullptr;
   const float* wgrad_shift = nullptr;
   bool wgrad_relu = false;
+  // With dy_apply and wgrad_dw: nothing reads dy after the call (the dy pointer is the calling
+  // thread's scratch), so the rows pass may evaluate each unit's rows into a block of the worker's
+  // instead of dy's own rows (no pass over memory writes them).
+  bool dy_discard = false;
 };
 
 struct Geom {

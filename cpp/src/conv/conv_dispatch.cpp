@@ -733,6 +733,13 @@ const char* backward_input_fused(const float* dy, const float* w, float* dx, con
     throw value_error("conv2d_fused backward: the gradient epilogue needs x, center and both sums");
   if (!fu.gscale != !fu.gshift) throw value_error("conv2d_fused backward: scale and shift go together");
   if (fu.dy_apply && !g.nhwc) throw value_error("dy_apply: the apply pass reads NHWC rows; expected layout NHWC");
+  if (!dy) {  // dy not kept: the apply pass into a scratch of this thread (or blocks of the rows pass)
+    if (!fu.dy_apply || !fu.wgrad_dw)
+      throw value_error("grad_out: None (not kept) only with dy_apply and a weight gradient in the same call");
+    Fused fd = fu;
+    fd.dy_discard = true;
+    return backward_input_fused(scratch<float>(kDySlot, g.N * g.K * g.Ho * g.Wo), w, dx, g, fd);
+  }
   if (fu.wgrad_dw) {
     if (!fu.wgrad_x) throw value_error("conv2d_fused backward: the weight gradient needs the convolution's input");
     if (!fu.wgrad_scale != !fu.wgrad_shift)

@@ -1002,7 +1002,8 @@ struct Wgrad1x1 {
   float* part;  // [piece][K*C] (the calling thread's scratch)
 };
 Wgrad1x1 wgrad_1x1_plan(const Geom& g, const Prologue* pf);
-void wgrad_1x1_rows(const Wgrad1x1& p, const float* dy, const float* x, int64_t r0, int64_t r1);
+// (dy row r at dy + (r - dy_base) * K: a block holding rows [dy_base, ...) only)
+void wgrad_1x1_rows(const Wgrad1x1& p, const float* dy, const float* x, int64_t r0, int64_t r1, int64_t dy_base = 0);
 void wgrad_1x1_pieces(const Wgrad1x1& p, const float* dy, const float* x);  // every piece, threads over them
 void wgrad_1x1_finish(const Wgrad1x1& p, float* dw);
 void backward_weight_1x1_nhwc(const float* dy, const float* x, float* dw, const Geom& g, const Prologue* pf);
@@ -1058,11 +1059,15 @@ void forward_1x1_nhwc(const float* x, const float* w, const float* b, float* y, 
     if (!in_pass || r1 % wp.per == 0 || r1 == R) items.push_back(u + 1);
   }
   const int64_t n_items = int64_t(items.size()) - 1;
+  // dy not kept (Fused::dy_discard): each unit's apply pass into a block of the worker (in L2 for
+  // the unit's product and its weight-gradient ranges) instead of dy's rows.
+  const bool unit_dy = dya && in_pass && fu->dy_discard;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads())
   for (int64_t it = 0; it < n_items; ++it)
   for (int64_t u = items[it]; u < items[it + 1]; ++u) {  // (an item's units, in order, by one thread)
     const int64_t r0 = u * s.chunk, r1 = std::min(R, r0 + s.chunk);
     if (stats) st.cnt[u] = r1 - r0;
+    float* du = unit_dy ? scratch<float>(kYbSlot, s.chunk * C) : nullptr;  // rows [r0, r1) of dy
     for (int64_t a = r0; a < r1; a += sub) {
       const int64_t nr = std::min(sub, r1 - a);
       const bool cont = a > r0;
@@ -1092,10 +1097,11 @@ void forward_1x1_nhwc(const float* x, const float* w, const float* b, float* y, 
         }
         sgemm_rows(nr, K, C, blk, C, bp, yr, K, nullptr, epp);
       } else {
+        float* xa = du ? du + (a - r0) * C : const_cast<float*>(x) + a * C;
         if (dya)
-          ::cnnkit::CNNKIT_ISA_NS::bn_apply_pixels(dya->g + a * C, dya->z + a * C, const_cast<float*>(x) + a * C, nr,
-                                                   C, dya->a, dya->b, dya->hi, dya->lo, dya->d);
-        sgemm_rows(nr, K, C, x + a * C, C, bp, yr, K, pf, epp);
+          ::cnnkit::CNNKIT_ISA_NS::bn_apply_pixels(dya->g + a * C, dya->z + a * C, xa, nr, C, dya->a, dya->b,
+                                                   dya->hi, dya->lo, dya->d);
+        sgemm_rows(nr, K, C, xa, C, bp, yr, K, pf, epp);
       }
       if (rs > 1) add_strided_rows(yr, residual, a, nr, K, g.Ho, g.Wo, rs);
       if (!in_store)
@@ -1105,7 +1111,7 @@ void forward_1x1_nhwc(const float* x, const float* w, const float* b, float* y, 
         grad_epilogue_pm(yr, fu->gx + a * K, grad_mask(fu, a * K), K, nr, K, fu->gscale, fu->gshift, fu->grelu,
                          fu->center, st.s1 + u * K, st.s2 + u * K, cont);
     }
-    if (in_pass) wgrad_1x1_rows(wp, x, fu->wgrad_x, r0, r1);
+    if (in_pass) wgrad_1x1_rows(wp, du ? du : x, fu->wgrad_x, r0, r1, du ? r0 : 0);
   }
   if (wgrad) {
     if (!in_pass) wgrad_1x1_pieces(wp, x, fu->wgrad_x);
@@ -1507,8 +1513,9 @@ Wgrad1x1 wgrad_1x1_plan(const Geom& g, const Prologue* pf) {
   return p;
 }
 
-void wgrad_1x1_rows(const Wgrad1x1& p, const float* dy, const float* x, int64_t r0, int64_t r1) {
+void wgrad_1x1_rows(const Wgrad1x1& p, const float* dy, const float* x, int64_t r0, int64_t r1, int64_t dy_base) {
   const int64_t K = p.K, C = p.C;
+  dy -= dy_base * K;  // (rows are addressed from r0 >= dy_base on)
   for (int64_t pc = r0 / p.per; pc < p.pieces && pc * p.per < r1; ++pc) {
     const int64_t a = std::max(r0, pc * p.per), b = std::min(r1, (pc + 1) * p.per);
     if (a >= b) continue;

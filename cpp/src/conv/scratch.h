@@ -20,7 +20,7 @@ T* scratch(int slot, size_t count) {
     size_t bytes = 0;
     ~Buf() { std::free(p); }
   };
-  static thread_local Buf bufs[14];
+  static thread_local Buf bufs[15];
   Buf& b = bufs[slot];
   const size_t need = (count * sizeof(T) + 63) / 64 * 64;
   if (need > b.bytes) {
@@ -52,6 +52,7 @@ constexpr int kPackASlot = 10;  // worker: the packed A block of cnnkit's own GE
 constexpr int kPackBSlot = 11;  // worker: its packed B block
 constexpr int kBatchSlot = 12;  // calling thread: the im2col block the threads share (small planes)
 constexpr int kResSlot = 13;    // calling thread: a fused input gradient's strided residual laid out whole
+constexpr int kDySlot = 14;     // calling thread: a fused input gradient's dy where grad_out is not kept
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 

@@ -366,7 +366,9 @@ class Conv2d(Module):
                 grad = np.ascontiguousarray(self._param_grads_of(grad, g.y_shape()))
             else:
                 self._check_grad(grad, g.y_shape())
-            _, sg, sgxc = _core.conv2d_fused_backward_input(grad, self.params["weight"], gi, g.core(), in_bn._x,
+            # (the apply pass read by both gradients here: its values are not kept, grad_out None)
+            keep = None if apply is not None and gw is not None else grad
+            _, sg, sgxc = _core.conv2d_fused_backward_input(keep, self.params["weight"], gi, g.core(), in_bn._x,
                                                             None, None, True, in_bn._mean,
                                                             np.ascontiguousarray(add), x, add_stride, apply, gw)
             if apply is not None:
@@ -462,7 +464,9 @@ class Conv2d(Module):
         apply = self._take_apply(grad)
         gw = self._weight_in_pass(g, self._x, pre) if weight else None
         try:
-            _, sg, sgxc = fn(grad if apply else np.ascontiguousarray(grad), self.params["weight"], gi, g.core(),
+            # (with the weight gradient in the pass nothing else reads the apply pass: not kept)
+            keep = None if apply and gw is not None else grad if apply else np.ascontiguousarray(grad)
+            _, sg, sgxc = fn(keep, self.params["weight"], gi, g.core(),
                              self._x, pre[0], pre[1], pre[2], bn._mean, residual, dy_apply=apply, grad_weight=gw)
         except ValueError:
             self._grad_ready(grad)
