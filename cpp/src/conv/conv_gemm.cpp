@@ -1037,7 +1037,8 @@ void forward_1x1_nhwc(const float* x, const float* w, const float* b, float* y, 
   // is done, while its dy rows (written by the apply pass) and the input's rows are in cache. The
   // work items are runs of units that no piece of the weight gradient crosses, so each piece's
   // ranges are reduced in order by one thread; where a unit would start a piece's range off the
-  // sgemm's KC grid (other bits than the weight gradient's own pass), the pass runs after.
+  // sgemm's KC grid (other bits than the weight gradient's own pass), or where there are fewer
+  // such runs than threads, the weight gradient's own pass runs after.
   const bool wgrad = fu && fu->wgrad_dw && !strided && !pf && R > 0;
   Prologue wstore{fu ? fu->wgrad_scale : nullptr, fu ? fu->wgrad_shift : nullptr, fu && fu->wgrad_relu};
   const Prologue* wpf = wstore.scale || wstore.relu ? &wstore : nullptr;
@@ -1049,8 +1050,13 @@ void forward_1x1_nhwc(const float* x, const float* w, const float* b, float* y, 
   if (wgrad) {
     wp = wgrad_1x1_plan(gc, wpf);
     in_pass = true;
-    for (int64_t u = 0; u < s.count && in_pass; ++u)
+    int64_t runs = 0;  // (work items in the pass: fewer than the threads leave one idle, as at batch 1)
+    for (int64_t u = 0; u < s.count && in_pass; ++u) {
       in_pass = (u * s.chunk) % wp.per % sgemm_shape().kc == 0;
+      const int64_t r1 = std::min(R, (u + 1) * s.chunk);
+      runs += r1 % wp.per == 0 || r1 == R;
+    }
+    in_pass = in_pass && runs >= num_threads();
   }
   isa_vector<int64_t> items;  // the first unit of each work item, then s.count
   items.push_back(0);
