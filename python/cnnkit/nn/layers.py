@@ -430,13 +430,16 @@ class Conv2d(Module):
         """The ``grad_weight`` argument of the compiled input gradient (``(dw, x, scale, shift,
         relu)``: the weight gradient written by the same call, from the same gradient and
         ``prologue(x)``, ``pre`` the prologue or None) where that call gives the weight gradient's
-        own bits: a dense 1x1 NHWC convolution (geometry ``g``) without bias, parameter gradients
-        on, float32, and no capture or injection that reads the gradient at the output; else None.
-        The NHWC 1x1 rows pass reduces the weight gradient's pieces a block of rows at a time while
-        the block is in cache (no second pass over the gradient and the input)."""
+        own bits: a dense 1x1 NHWC convolution (geometry ``g``) without bias whose weight gradient
+        the registry runs on a GEMM entry (not the few-channel stem kernel, which has no fused
+        form), parameter gradients on, float32, and no capture or injection that reads the
+        gradient at the output; else None. The NHWC 1x1 rows pass reduces the weight gradient's
+        pieces a block of rows at a time while the block is in cache (no second pass over the
+        gradient and the input)."""
         if (not self.param_grads or self.has_bias or self._inject is not None or self._captures
                 or not g.nhwc or g.G != 1 or (g.kh, g.kw) != (1, 1) or x.dtype != np.float32
-                or getattr(self, "_a", None) is not None):
+                or getattr(self, "_a", None) is not None
+                or not _core.conv_algorithm(g.core(), 2).startswith("conv2d_gemm")):
             return None
         if pre is None:
             return (self.grads["weight"], x, None, None, False)
