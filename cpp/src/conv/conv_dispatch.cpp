@@ -722,6 +722,14 @@ static bool rows_input_pass(const Geom& g) {
   return !small_planes(a) && table()[select_effective(Problem{a, DType::f32, Pass::forward})].v->run == run_packed;
 }
 
+// fu's dy_apply written whole into dy (the rows pass evaluates it per block instead): fu without it.
+static Fused apply_whole(const float* dy, const Geom& g, const Fused& fu) {
+  kernels_of(isa_active()).dy_apply_rows(*fu.dy_apply, const_cast<float*>(dy), g.N * g.Ho * g.Wo, g.K);
+  Fused fw = fu;
+  fw.dy_apply = nullptr;
+  return fw;
+}
+
 const char* backward_input_fused(const float* dy, const float* w, float* dx, const Geom& g, const Fused& fu) {
   check_dims(g);
   if (fu.res_stride < 1) throw value_error("conv2d_fused backward: the residual's stride must be at least 1");
@@ -752,11 +760,7 @@ const char* backward_input_fused(const float* dy, const float* w, float* dx, con
     if (!in_rows) {
       // The weight gradient first (where the registry has no fused form for it, it raises before
       // dx is touched), from dy as the apply pass writes it whole; then the input gradient.
-      Fused fi = fu;
-      if (fu.dy_apply) {
-        kernels_of(isa_active()).dy_apply_rows(*fu.dy_apply, const_cast<float*>(dy), g.N * g.Ho * g.Wo, g.K);
-        fi.dy_apply = nullptr;
-      }
+      Fused fi = fu.dy_apply ? apply_whole(dy, g, fu) : fu;
       const Fused fw{fu.wgrad_scale, fu.wgrad_shift, fu.wgrad_relu, nullptr, false, nullptr, nullptr};
       backward_weight_fused(dy, fu.wgrad_x, fu.wgrad_dw, nullptr, g, fw);
       fi.wgrad_dw = nullptr;
@@ -766,13 +770,7 @@ const char* backward_input_fused(const float* dy, const float* w, float* dx, con
       return backward_input_fused(dy, w, dx, g, fi);
     }
   }
-  if (fu.dy_apply && !rows_input_pass(g)) {
-    // dy as the norm's apply pass: written whole here (the rows pass evaluates it per block)
-    kernels_of(isa_active()).dy_apply_rows(*fu.dy_apply, const_cast<float*>(dy), g.N * g.Ho * g.Wo, g.K);
-    Fused fw = fu;
-    fw.dy_apply = nullptr;
-    return backward_input_fused(dy, w, dx, g, fw);
-  }
+  if (fu.dy_apply && !rows_input_pass(g)) return backward_input_fused(dy, w, dx, g, apply_whole(dy, g, fu));
   if (fu.residual && fu.res_stride > 1 && g.N * g.C * g.H * g.W > 0) {
     // The compact residual is added by the NHWC 1x1 rows pass (forward_1x1_nhwc, the adjoint's
     // forward) at its strided pixels; every other path reads it laid out whole.

@@ -1040,30 +1040,28 @@ void forward_1x1_nhwc(const float* x, const float* w, const float* b, float* y, 
   // sgemm's KC grid (other bits than the weight gradient's own pass), or where there are fewer
   // such runs than threads, the weight gradient's own pass runs after.
   const bool wgrad = fu && fu->wgrad_dw && !strided && !pf && R > 0;
-  Prologue wstore{fu ? fu->wgrad_scale : nullptr, fu ? fu->wgrad_shift : nullptr, fu && fu->wgrad_relu};
-  const Prologue* wpf = wstore.scale || wstore.relu ? &wstore : nullptr;
-  Geom gc = g;  // the convolution's own geometry (1x1, stride 1: the adjoint's channels swapped)
-  gc.C = g.K;
-  gc.K = g.C;
+  Prologue wstore{};
   Wgrad1x1 wp{};
-  bool in_pass = false;
   if (wgrad) {
-    wp = wgrad_1x1_plan(gc, wpf);
-    in_pass = true;
-    int64_t runs = 0;  // (work items in the pass: fewer than the threads leave one idle, as at batch 1)
-    for (int64_t u = 0; u < s.count && in_pass; ++u) {
-      in_pass = (u * s.chunk) % wp.per % sgemm_shape().kc == 0;
-      const int64_t r1 = std::min(R, (u + 1) * s.chunk);
-      runs += r1 % wp.per == 0 || r1 == R;
-    }
-    in_pass = in_pass && runs >= num_threads();
+    wstore = Prologue{fu->wgrad_scale, fu->wgrad_shift, fu->wgrad_relu};
+    Geom gc = g;  // the convolution's own geometry (1x1, stride 1: the adjoint's channels swapped)
+    gc.C = g.K;
+    gc.K = g.C;
+    wp = wgrad_1x1_plan(gc, wstore.scale || wstore.relu ? &wstore : nullptr);
   }
+  // whether unit u ends a piece of the weight gradient (or the rows)
+  auto ends_piece = [&](int64_t u) { return std::min(R, (u + 1) * s.chunk) % wp.per == 0 || (u + 1) * s.chunk >= R; };
+  bool in_pass = wgrad;
+  int64_t runs = 0;  // (work items in the pass: fewer than the threads leave one idle, as at batch 1)
+  for (int64_t u = 0; u < s.count && in_pass; ++u) {
+    in_pass = (u * s.chunk) % wp.per % sgemm_shape().kc == 0;
+    runs += ends_piece(u);
+  }
+  in_pass = in_pass && runs >= num_threads();
   isa_vector<int64_t> items;  // the first unit of each work item, then s.count
   items.push_back(0);
-  for (int64_t u = 0; u < s.count; ++u) {
-    const int64_t r1 = std::min(R, (u + 1) * s.chunk);
-    if (!in_pass || r1 % wp.per == 0 || r1 == R) items.push_back(u + 1);
-  }
+  for (int64_t u = 0; u < s.count; ++u)
+    if (!in_pass || ends_piece(u)) items.push_back(u + 1);
   const int64_t n_items = int64_t(items.size()) - 1;
   // dy not kept (Fused::dy_discard): each unit's apply pass into a block of the worker (in L2 for
   // the unit's product and its weight-gradient ranges) instead of dy's rows.
