@@ -497,7 +497,24 @@ def _table(head, rows, markdown: bool) -> str:
 
 
 def render_steps(kind: str, summaries: dict, peak: float, markdown: bool) -> tuple:
-    """The training or inference table and its targets."""
+    """The training or inference table and its targets.
+
+    Parameters
+    ----------
+    kind : str
+        ``"training"`` or ``"inference"`` (a key of ``TARGETS``).
+    summaries : dict
+        ``{model: summary}`` as :func:`summarize` gives them.
+    peak : float
+        The compute roof in GFLOP/s that the "% roof" columns use.
+    markdown : bool
+        A markdown table instead of aligned text.
+
+    Returns
+    -------
+    tuple
+        ``(table text, targets)``, the targets one per judged model.
+    """
     head = ["model", "torch NCHW ms", "torch CL ms", "cnnkit NCHW ms", "cnnkit CL ms",
             "torch best GFLOP/s (% roof)", "cnnkit best GFLOP/s (% roof)", "x torch (±spread)",
             f"target >= {TARGETS[kind]:g}"]
@@ -527,7 +544,23 @@ def render_steps(kind: str, summaries: dict, peak: float, markdown: bool) -> tup
 
 
 def render_optim(res: dict, rw7: float, markdown: bool) -> tuple:
-    """The optimizer-alone table (Adam over each model's parameters) and its targets."""
+    """The optimizer-alone table (Adam over each model's parameters) and its targets.
+
+    Parameters
+    ----------
+    res : dict
+        ``{model: result}`` of the optimizer benchmark (``"ms"``, ``"speedup"``, ``"n_params"``,
+        ``"n_tensors"`` and optionally ``"speedup_spread"``).
+    rw7 : float
+        The STREAM rw7 bandwidth in GB/s that the "% of STREAM rw7" column uses.
+    markdown : bool
+        A markdown table instead of aligned text.
+
+    Returns
+    -------
+    tuple
+        ``(table text, targets)``, the targets one per judged model.
+    """
     head = ["model", "parameters", "cnnkit ms", "torch fused ms", "torch foreach ms",
             "cnnkit GB/s (% of STREAM rw7)", "x torch fused", f"target >= {TARGETS['optimizer']:g}"]
     rows, targets = [], []
