@@ -465,6 +465,37 @@ def test_linear_forward(N, I, O, bias, rng):
     assert_close(m.forward(x), R.linear(x, m.params["weight"], m.params.get("bias")), F32, length=I, what="linear")
 
 
+@settings(max_examples=25, deadline=None)
+@given(N=st.integers(1, 40), I=st.integers(1, 70), O=st.integers(1, 40), bias=st.booleans(),
+       strided=st.booleans(), seed=st.integers(0, 2**31 - 1))
+def test_linear_on_cnnkit_gemm(N, I, O, bias, strided, seed):
+    """Linear runs on cnnkit's own GEMM (no numpy.matmul, whose OpenBLAS threads spin on the cores
+    cnnkit's threads use): forward, input and parameter gradients against float64, sizes on both
+    sides of the register block, views with strides as x and grad, the same bits at 1 and 2 threads."""
+    rng = np.random.default_rng(seed)
+    m = nn.Linear(I, O, bias=bias, rng=rng)
+    x = randn(rng, N, 2 * I)[:, ::2] if strided else randn(rng, N, I)
+    g = randn(rng, N, 2 * O)[:, 1::2] if strided else randn(rng, N, O)
+    w64, x64, g64 = m.params["weight"].astype(F64), x.astype(F64), g.astype(F64)
+    out = {}
+    for n in (1, 2):
+        with num_threads(n):
+            y = m.forward(x).copy()
+            gx = m.backward(g).copy()
+            out[n] = (y, gx, {k: v.copy() for k, v in m.grads.items()})
+    y, gx, grads = out[1]
+    ref = x64 @ w64.T + (m.params["bias"].astype(F64) if bias else 0)
+    assert_close(y, ref, F32, length=I, what="linear forward")
+    assert_close(gx, g64 @ w64, F32, length=O, what="linear input gradient")
+    assert_close(grads["weight"], g64.T @ x64, F32, length=N, what="linear weight gradient")
+    if bias:
+        assert_close(grads["bias"], g64.sum(0), F32, length=N, what="linear bias gradient")
+    for a, b, what in zip(out[1][:2], out[2][:2], ("forward", "input gradient")):
+        assert_bitwise(b, a, f"linear {what}, 2 threads against 1")
+    for k in grads:
+        assert_bitwise(out[2][2][k], grads[k], f"linear {k} gradient, 2 threads against 1")
+
+
 def test_init_follows_torch_bounds(rng):
     """Kaiming-uniform(a=sqrt(5)) weights and biases lie in +-1/sqrt(fan_in); norms start at 1, 0."""
     c = nn.Conv2d(6, 8, 3, groups=2, rng=rng)

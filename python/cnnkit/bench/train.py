@@ -28,8 +28,8 @@ twin in float64: logits, loss and the logits after the Adam step elementwise wit
 norm scale in front of a depthwise conv, and are rounding noise in every float32 implementation).
 A cnnkit configuration outside that stops the benchmark; a torch one is printed as a note.
 
-cnnkit, torch and numpy's OpenBLAS (cnnkit's ``Linear`` calls ``numpy.matmul``) run at the same
-thread count (``--threads``, default 2).
+cnnkit, torch and numpy's OpenBLAS run at the same thread count (``--threads``, default 2). cnnkit's
+step makes no numpy.matmul call: ``Linear`` runs on cnnkit's own GEMM (``_core.sgemm``).
 
 Rounds, roofs and FLOPs
 -----------------------
@@ -65,8 +65,8 @@ so they add up to it (medians of each part over the steps need not: another proc
 different kernel in every step). Every part gets its roofline floor, ``max(FLOPs / sgemm peak,
 bytes / best STREAM rate)``, with bytes = each array argument once (the traffic the call cannot
 avoid; an activation small enough for the caches can beat the STREAM rate) and FLOPs for
-convolutions (their layer's forward FLOPs per GEMM) and ``numpy.matmul``; Adam's floor is 28 bytes
-per parameter. The table also checks that fusion ran: ``cnnkit.ops.conv2d_fused`` calls per step
+convolutions (their layer's forward FLOPs per GEMM), ``_core.sgemm`` (``Linear``) and
+``numpy.matmul``; Adam's floor is 28 bytes per parameter. The table also checks that fusion ran: ``cnnkit.ops.conv2d_fused`` calls per step
 against the Conv2d layers, and which implementation each call ran
 (``cnnkit.ops.fused.last_kernel``).
 
@@ -1015,6 +1015,9 @@ class KernelProfiler:
                     mult = (_needs_count(needs) if kind.startswith("conv bwd, fused")
                             else 2 if kind.startswith("conv input + weight grad") else 1)
                     rec[2] += mult * self.desc[layer][1]
+                elif name == "sgemm" and not raised and len(a) >= 3:   # Linear's GEMMs: 2 M N K
+                    ta = a[3] if len(a) > 3 else k.get("trans_a", False)
+                    rec[2] += 2.0 * np.size(a[2]) * np.shape(a[0])[0 if ta else 1]
             elif role == "numpy":
                 if name not in _NUMPY_ALLOC and not (
                         "out" not in k and any(r is x for x in a)):   # no copy made
