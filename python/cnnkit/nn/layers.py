@@ -1911,21 +1911,23 @@ class _Residual(Module):
         gs = self.post._backward(grad)
         return (last_norm._backward(gs) if last_norm is not None else gs), gs
 
-    def _input_grad(self, conv1, g, gr):
+    def _input_grad(self, conv1, g, gr, compact=None):
         """The block's input gradient: ``conv1``'s (from ``g``, the gradient at its output) plus
         the shortcut's (from ``gr``). With fusion on, a 1x1 stride-1 ``conv1`` adds the shortcut's
         gradient in the epilogue of its own input gradient (:meth:`Conv2d._backward_add`), so the
         sum is written once; otherwise the two are added. A projection shortcut at a stride
         (1x1, no padding) then gives its input gradient at the strided pixels only
         (:meth:`_compact_shortcut_grad`), which that epilogue adds there (laid out whole only if
-        the epilogue declines)."""
+        the epilogue declines). ``compact``: that shortcut gradient, already computed by the caller
+        (:meth:`_compact_shortcut_grad`'s result), or None."""
         in_bn = getattr(self, "_in_bn", None)
         if self._fusing() and self.shortcut is None and getattr(conv1, "_pre", None) is not None:
             gi = conv1._prologue_backward_add(g, gr)  # (the block ran on a norm's prologue: _forward_pre)
             if gi is not None:
                 return gi
         if self._fusing() and self.shortcut is not None:
-            compact = self._compact_shortcut_grad(gr, conv1, in_bn)
+            if compact is None:
+                compact = self._compact_shortcut_grad(gr, conv1, in_bn)
             if compact is not None:
                 gc, s = compact
                 gi = conv1._backward_add(g, gc, in_bn, s)
@@ -2147,6 +2149,12 @@ class BottleneckBlock(_Residual):
             The gradient with respect to the last forward's x (its shape; a reused buffer).
         """
         g, gr = self._unmerge(grad, self.bn3)
+        # A projection shortcut's compact gradient first (the same values): conv1's input gradient
+        # then reads conv2's, written just before, while much of it is still in the caches
+        # (resnext_small's step 1.01x at 2 threads, 1.02x at 1).
+        compact = None
+        if self._fusing() and self.shortcut is not None:
+            compact = self._compact_shortcut_grad(gr, self.conv1, getattr(self, "_in_bn", None))
         g = self.conv3._backward(g)
         g = self.conv2._backward(self.bn2._backward(g))
-        return self._input_grad(self.conv1, self.bn1._backward(g), gr)
+        return self._input_grad(self.conv1, self.bn1._backward(g), gr, compact)
