@@ -48,8 +48,9 @@ def test_sgemm_matches_the_reference_and_threads_agree(isa):
     sh = SHAPE[isa]
 
     @settings(max_examples=40, deadline=None)
-    @given(m=st.one_of(_around(sh["mr"]), _around(2 * sh["mr"])),
-           n=st.one_of(_around(sh["nr"]), _around(_vl(isa))),
+    # (also around the AVX2 4 x 3-vector block, which C widths that 3-vector panels pad less take)
+    @given(m=st.one_of(_around(sh["mr"]), _around(2 * sh["mr"]), _around(4)),
+           n=st.one_of(_around(sh["nr"]), _around(_vl(isa)), _around(3 * _vl(isa))),
            k=st.sampled_from([1, 2, 7, 16, 17, sh["kc"] - 1, sh["kc"], sh["kc"] + 1, 2 * sh["kc"] + 3]),
            ta=st.booleans(), tb=st.booleans(), acc=st.booleans(), seed=st.integers(0, 2**32 - 1))
     def run(m, n, k, ta, tb, acc, seed):
@@ -70,8 +71,9 @@ def test_sgemm_matches_the_reference_and_threads_agree(isa):
 
 @pytest.mark.parametrize("isa", ISA_LEVELS)
 def test_sgemm_bits_do_not_depend_on_tiling_layout_or_kernel(isa, rng):
-    """Row blocks, column blocks, a transposed A (packed instead of read in place) and a narrow C
-    (the MR2 x VL kernel instead of MR x NR) all give the bits of the whole product."""
+    """Row blocks, column blocks, a transposed A (packed instead of read in place), a narrow C
+    (the MR2 x VL kernel instead of MR x NR) and a C three vectors wide (AVX2: the 4 x 3-vector
+    kernel) all give the bits of the whole product."""
     sh = SHAPE[isa]
     m, n, k = 3 * sh["mr"] + 5, 2 * sh["nr"] + 3, sh["kc"] + 9
     a = rng.standard_normal((m, k)).astype(F32)
@@ -84,7 +86,7 @@ def test_sgemm_bits_do_not_depend_on_tiling_layout_or_kernel(isa, rng):
     assert_bitwise(_sgemm(a, bt, c, isa, 1, trans_b=True), whole, "transposed B")
     i0 = sh["mr"] + 1
     assert_bitwise(_sgemm(a[i0:], b, c[i0:], isa, 1), whole[i0:], "a row block")
-    for j0, j1 in ((0, 1), (1, 1 + _vl(isa)), (3, n)):
+    for j0, j1 in ((0, 1), (1, 1 + _vl(isa)), (3, n), (2, 2 + 3 * _vl(isa))):
         bb = np.ascontiguousarray(b[:, j0:j1])
         assert_bitwise(_sgemm(a, bb, c[:, j0:j1], isa, 1), whole[:, j0:j1], f"columns {j0}:{j1}")
 
