@@ -323,6 +323,77 @@ def test_strided_input_gradient(isa):
     run()
 
 
+def _strided_weight_grads(x, dy, w, s, sc, sh, relu, threads):
+    """(plain dW, fused dW with the prologue, the entry's name) of the 1x1 at stride s."""
+    geo = C._geom(x.shape, w.shape, s, 0, 1, 1, "NHWC", F32)
+    g = geo.core()
+    with num_threads(threads):
+        dw, dwf = np.full(w.shape, np.nan, F32), np.full(w.shape, np.nan, F32)
+        _core.conv_backward_weight(dy, x, dw, None, g)
+        _core.conv2d_fused_backward_weight(dy, x, dwf, None, g, sc, sh, relu)
+    return dw, dwf, _core.conv_algorithm(g, 2)
+
+
+def _check_strided_weight_gradient(isa, x, dy, w, s, sc, sh, relu):
+    """Against float64; bitwise at 1 and 2 threads; and bitwise the stride-1 pass over the strided
+    pixels laid out first (the same pieces, each reduced from blocks of gathered rows)."""
+    K, Cin = w.shape[:2]
+    with isa_level(isa):
+        one = _strided_weight_grads(x, dy, w, s, sc, sh, relu, 1)
+        two = _strided_weight_grads(x, dy, w, s, sc, sh, relu, 2)
+        xs = np.ascontiguousarray(x[:, ::s, ::s, :])
+        flat = _strided_weight_grads(xs, dy, w, 1, sc, sh, relu, 2)
+    if min(Cin, K) >= (16 if isa == "avx2" else 32):
+        assert "gemm_f32_nhwc_packed" in one[2], one[2]
+    for u, v, what in zip(one[:2], two[:2], ("plain", "fused")):
+        assert_bitwise(v, u, f"{what} dW, 2 threads against 1 ({isa}, stride {s}, {Cin}->{K})")
+    if one[2] == flat[2]:
+        for u, v, what in zip(one[:2], flat[:2], ("plain", "fused")):
+            assert_bitwise(u, v, f"{what} dW against the stride-1 pass on the gathered pixels ({isa})")
+    d64, x64 = dy.astype(np.float64), xs.astype(np.float64)
+    M = d64.size // K
+    assert_close(one[0][:, :, 0, 0], np.einsum("nhwk,nhwc->kc", d64, x64), F32, length=M, what="dW")
+    a = x64 * sc.astype(np.float64) + sh.astype(np.float64)
+    a = np.maximum(a, 0) if relu else a
+    assert_close(one[1][:, :, 0, 0], np.einsum("nhwk,nhwc->kc", d64, a), F32, length=M, what="fused dW")
+
+
+@pytest.mark.parametrize("isa", ISA_LEVELS)
+def test_strided_weight_gradient(isa):
+    """A 1x1 kernel at stride 2 or 3 without padding: the weight gradient from blocks of the
+    strided pixels gathered per piece (backward_weight_1x1_strided), plain and with the fused
+    prologue, on the packed entry from 16 channels on both sides at AVX2 (32 elsewhere)."""
+    @settings(max_examples=10, deadline=None)
+    @given(N=st.integers(1, 3), H=st.integers(1, 12), W=st.integers(1, 12), s=st.sampled_from([2, 3]),
+           Cin=_wide(), K=_wide(), relu=st.booleans(), seed=st.integers(0, 2**31 - 1))
+    def run(N, H, W, s, Cin, K, relu, seed):
+        rng = np.random.default_rng(seed)
+        x = rng.standard_normal((N, H, W, Cin)).astype(F32)
+        w = rng.standard_normal((K, Cin, 1, 1)).astype(F32)
+        geo = C._geom(x.shape, w.shape, s, 0, 1, 1, "NHWC", F32)
+        dy = rng.standard_normal((N, geo.Ho, geo.Wo, K)).astype(F32)
+        sc = (rng.uniform(0.5, 2, Cin) * rng.choice((-1, 1), Cin)).astype(F32)
+        sh = rng.standard_normal(Cin).astype(F32)
+        _check_strided_weight_gradient(isa, x, dy, w, s, sc, sh, relu)
+
+    run()
+
+
+@pytest.mark.parametrize("isa", ISA_LEVELS)
+@pytest.mark.parametrize("N,H,s,Cin,K", [(64, 32, 2, 32, 64), (5, 127, 2, 16, 32), (2, 97, 3, 48, 24)])
+def test_strided_weight_gradient_pieces_of_several_blocks(isa, N, H, s, Cin, K):
+    """Pieces of 1024 output rows (resnext_small's 3.downsample.0), of 1280 (a block of 1024 and
+    one of 256) and an odd split: the gathered blocks continue each piece's partial."""
+    rng = np.random.default_rng(N * H + K)
+    x = rng.standard_normal((N, H, H, Cin)).astype(F32)
+    w = rng.standard_normal((K, Cin, 1, 1)).astype(F32)
+    Ho = (H - 1) // s + 1
+    dy = rng.standard_normal((N, Ho, Ho, K)).astype(F32)
+    sc = rng.uniform(0.5, 2, Cin).astype(F32)
+    sh = rng.standard_normal(Cin).astype(F32)
+    _check_strided_weight_gradient(isa, x, dy, w, s, sc, sh, True)
+
+
 @pytest.mark.parametrize("isa", ISA_LEVELS)
 def test_output_epilogue_in_the_store(isa):
     """Bias, residual and ReLU applied to each register block as it is stored (sgemm_rows'

@@ -305,8 +305,9 @@ bool nhwc_1x1_rows(const Kernels& k, const Geom& g, Pass p) {
                    !(stem_shape(g) && p != Pass::input);
   if (one && g.sh == 1 && g.sw == 1 && g.Ho == g.H && g.Wo == g.W)
     return p == Pass::weight || std::min(g.C, g.K) >= rows_min_channels(k);
-  return one && p != Pass::weight && g.Ho == (g.H - 1) / g.sh + 1 && g.Wo == (g.W - 1) / g.sw + 1 &&
-         std::min(g.C, g.K) >= 32;
+  // (the weight pass gathers each block of strided rows: backward_weight_1x1_strided)
+  return one && g.Ho == (g.H - 1) / g.sh + 1 && g.Wo == (g.W - 1) / g.sw + 1 &&
+         std::min(g.C, g.K) >= (p == Pass::weight ? rows_min_channels(k) : 32);
 }
 bool sup_packed_nhwc(const Kernels& k, const Geom& g, DType, Pass p) {
   return g.nhwc && (packed_shape(g, p) || nhwc_1x1_rows(k, g, p));
@@ -338,10 +339,11 @@ bool sup_packed_nchw_transposed(const Kernels&, const Geom& g, DType, Pass p) {
 // small planes (the whole-batch GEMMs): the transposed patches read through a pointer table
 // (sgemm_patches_t) instead of an im2col matrix that the sgemm then packs again (3x3 64@56, N = 4,
 // 1 thread, best of 15 at load 5: 11.2-15.2 ms against 16.0).
-bool sup_patches_nhwc(const Kernels&, const Geom& g, DType, Pass p) {
+bool sup_patches_nhwc(const Kernels& k, const Geom& g, DType, Pass p) {
   const bool plain_1x1 = g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.pt == 0 && g.pl == 0 &&
                          g.Ho == g.H && g.Wo == g.W;
-  return g.nhwc && p == Pass::weight && packed_shape(g, p) && g.Cg() >= 16 && !plain_1x1 && !small_planes(g);
+  return g.nhwc && p == Pass::weight && packed_shape(g, p) && g.Cg() >= 16 && !plain_1x1 && !small_planes(g) &&
+         !nhwc_1x1_rows(k, g, p);
 }
 void run_patches(const Kernels& k, DType dt, Pass, const Args& a, const Geom& g) {
   if (a.dw) k.patches_backward_weight(dt, a.dy, a.x, a.dw, g);

@@ -1002,11 +1002,19 @@ struct Wgrad1x1 {
   float* part;  // [piece][K*C] (the calling thread's scratch)
 };
 Wgrad1x1 wgrad_1x1_plan(const Geom& g, const Prologue* pf);
-// (dy row r at dy + (r - dy_base) * K: a block holding rows [dy_base, ...) only)
-void wgrad_1x1_rows(const Wgrad1x1& p, const float* dy, const float* x, int64_t r0, int64_t r1, int64_t dy_base = 0);
+// (dy row r at dy + (r - dy_base) * K, x row r at x + (r - x_base) * C: blocks holding rows
+// [dy_base, ...) or [x_base, ...) only)
+void wgrad_1x1_rows(const Wgrad1x1& p, const float* dy, const float* x, int64_t r0, int64_t r1, int64_t dy_base = 0,
+                    int64_t x_base = 0);
 void wgrad_1x1_pieces(const Wgrad1x1& p, const float* dy, const float* x);  // every piece, threads over them
 void wgrad_1x1_finish(const Wgrad1x1& p, float* dw);
 void backward_weight_1x1_nhwc(const float* dy, const float* x, float* dw, const Geom& g, const Prologue* pf);
+// A 1x1 convolution at a stride, without padding (NHWC, G == 1): the pixels x is read at.
+bool strided_1x1(const Geom& g) {
+  return g.G == 1 && g.kh == 1 && g.kw == 1 && g.pt == 0 && g.pl == 0 && (g.sh > 1 || g.sw > 1) &&
+         g.Ho == (g.H - 1) / g.sh + 1 && g.Wo == (g.W - 1) / g.sw + 1;
+}
+void backward_weight_1x1_strided(const float* dy, const float* x, float* dw, const Geom& g, const Prologue* pf);
 
 // At a stride above 1 the rows of x a block needs are gathered (through the prologue) into an L1
 // block first, then read in place like a stride-1 problem's.
@@ -1421,6 +1429,10 @@ void backward_weight_gemm(const T* dy, const T* x, T* dw, const Geom& g, const F
       Prologue pstore;
       return backward_weight_1x1_nhwc(dy, x, dw, g, group_prologue(fu, 0, g.C, &pstore));
     }
+    if (g.nhwc && strided_1x1(g)) {
+      Prologue pstore;
+      return backward_weight_1x1_strided(dy, x, dw, g, group_prologue(fu, 0, g.C, &pstore));
+    }
   }
   const int64_t P = g.Ho * g.Wo, Cg = g.Cg(), Kg = g.Kg(), k2 = g.kh * g.kw, KK = Cg * k2, HW = g.H * g.W;
   const bool pro = fu && (fu->pre_scale || fu->pre_relu);
@@ -1506,7 +1518,7 @@ void backward_weight_gemm(const T* dy, const T* x, T* dw, const Geom& g, const F
 
 Wgrad1x1 wgrad_1x1_plan(const Geom& g, const Prologue* pf) {
   Wgrad1x1 p;
-  p.rows = g.N * g.H * g.W;
+  p.rows = g.N * g.Ho * g.Wo;  // (the output pixels: N*H*W at stride 1)
   p.K = g.K;
   p.C = g.C;
   p.pieces = wgrad_pieces(g, sizeof(float));
@@ -1517,9 +1529,11 @@ Wgrad1x1 wgrad_1x1_plan(const Geom& g, const Prologue* pf) {
   return p;
 }
 
-void wgrad_1x1_rows(const Wgrad1x1& p, const float* dy, const float* x, int64_t r0, int64_t r1, int64_t dy_base) {
+void wgrad_1x1_rows(const Wgrad1x1& p, const float* dy, const float* x, int64_t r0, int64_t r1, int64_t dy_base,
+                    int64_t x_base) {
   const int64_t K = p.K, C = p.C;
   dy -= dy_base * K;  // (rows are addressed from r0 >= dy_base on)
+  x -= x_base * C;
   for (int64_t pc = r0 / p.per; pc < p.pieces && pc * p.per < r1; ++pc) {
     const int64_t a = std::max(r0, pc * p.per), b = std::min(r1, (pc + 1) * p.per);
     if (a >= b) continue;
@@ -1557,6 +1571,35 @@ void wgrad_1x1_pieces(const Wgrad1x1& p, const float* dy, const float* x) {
 void backward_weight_1x1_nhwc(const float* dy, const float* x, float* dw, const Geom& g, const Prologue* pf) {
   const Wgrad1x1 p = wgrad_1x1_plan(g, pf);
   wgrad_1x1_pieces(p, dy, x);
+  wgrad_1x1_finish(p, dw);
+}
+
+// strided_1x1(g): the pieces and partials of backward_weight_1x1_nhwc over the N*Ho*Wo output
+// pixels, each piece's rows of x gathered from the strided pixels into a worker block of 1024 rows
+// at a time (a multiple of the sgemm's KC, so every block starts on that grid within its piece:
+// the bits of one call over the piece) and reduced from there, where the registry ran OpenBLAS
+// on an im2col copy (32 -> 64 at stride 2 from 32x32) or the patch pointers (64 -> 128).
+void backward_weight_1x1_strided(const float* dy, const float* x, float* dw, const Geom& g, const Prologue* pf) {
+  const Wgrad1x1 p = wgrad_1x1_plan(g, pf);
+  constexpr int64_t kBlock = 1024;
+  const int64_t C = g.C, P = g.Ho * g.Wo;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads())
+  for (int64_t pc = 0; pc < p.pieces; ++pc) {
+    const int64_t r0 = std::min(p.rows, pc * p.per), r1 = std::min(p.rows, r0 + p.per);
+    float* xb = scratch<float>(kXbSlot, kBlock * C);
+    for (int64_t a = r0; a < r1; a += kBlock) {
+      const int64_t b = std::min(r1, a + kBlock);
+      int64_t n = a / P, oh = (a % P) / g.Wo, ow = a % g.Wo;
+      for (int64_t r = a; r < b; ++r) {
+        std::memcpy(xb + (r - a) * C, x + ((n * g.H + oh * g.sh) * g.W + ow * g.sw) * C, C * sizeof(float));
+        if (++ow == g.Wo) {
+          ow = 0;
+          if (++oh == g.Ho) oh = 0, ++n;
+        }
+      }
+      wgrad_1x1_rows(p, dy, xb, a, b, 0, a);
+    }
+  }
   wgrad_1x1_finish(p, dw);
 }
 
