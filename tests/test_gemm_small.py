@@ -243,21 +243,30 @@ def test_registry_runs_the_packed_entry(cin, k):
             C._geom(x_shape, w_shape, 1, 0, 1, 1, "NHWC", np.float64).core(), "float64", p)]
 
 
+# The strided 1x1 problems' draws (stride 2 or 3, no padding, 32+ channels) and their arrays.
+_STRIDED = dict(N=st.integers(1, 3), H=st.integers(1, 12), W=st.integers(1, 12), s=st.sampled_from([2, 3]),
+                Cin=_wide(), K=_wide(), seed=st.integers(0, 2**31 - 1))
+
+
+def _strided_problem(N, H, W, s, Cin, K, seed):
+    """(rng, x, w, geometry, prologue scale, prologue shift) of a drawn strided 1x1 problem."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((N, H, W, Cin)).astype(F32)
+    w = rng.standard_normal((K, Cin, 1, 1)).astype(F32)
+    sc = (rng.uniform(0.5, 2, Cin) * rng.choice((-1, 1), Cin)).astype(F32)
+    sh = rng.standard_normal(Cin).astype(F32)
+    return rng, x, w, C._geom(x.shape, w.shape, s, 0, 1, 1, "NHWC", F32), sc, sh
+
+
 @pytest.mark.parametrize("isa", ISA_LEVELS)
 def test_strided_forward(isa):
     """A 1x1 kernel at stride 2 or 3 without padding (the strided pixels gathered into blocks for
     the same kernels): plain and fused (prologue and statistics) against float64, bitwise at 1
     and 2 threads, on the packed entry."""
     @settings(max_examples=10, deadline=None)
-    @given(N=st.integers(1, 3), H=st.integers(1, 12), W=st.integers(1, 12), s=st.sampled_from([2, 3]),
-           Cin=_wide(), K=_wide(), relu=st.booleans(), seed=st.integers(0, 2**31 - 1))
+    @given(relu=st.booleans(), **_STRIDED)
     def run(N, H, W, s, Cin, K, relu, seed):
-        rng = np.random.default_rng(seed)
-        x = rng.standard_normal((N, H, W, Cin)).astype(F32)
-        w = rng.standard_normal((K, Cin, 1, 1)).astype(F32)
-        sc = (rng.uniform(0.5, 2, Cin) * rng.choice((-1, 1), Cin)).astype(F32)
-        sh = rng.standard_normal(Cin).astype(F32)
-        geo = C._geom(x.shape, w.shape, s, 0, 1, 1, "NHWC", F32)
+        _, x, w, geo, sc, sh = _strided_problem(N, H, W, s, Cin, K, seed)
         g = geo.core()
         shape = (N, geo.Ho, geo.Wo, K)
         got = []
@@ -293,13 +302,9 @@ def test_strided_input_gradient(isa):
     pixel), on the packed entry from 32 channels on both sides, against float64, bitwise at 1 and
     2 threads; the fused input gradient (its units path) over it."""
     @settings(max_examples=10, deadline=None)
-    @given(N=st.integers(1, 3), H=st.integers(1, 12), W=st.integers(1, 12), s=st.sampled_from([2, 3]),
-           Cin=_wide(), K=_wide(), seed=st.integers(0, 2**31 - 1))
+    @given(**_STRIDED)
     def run(N, H, W, s, Cin, K, seed):
-        rng = np.random.default_rng(seed)
-        x = rng.standard_normal((N, H, W, Cin)).astype(F32)
-        w = rng.standard_normal((K, Cin, 1, 1)).astype(F32)
-        geo = C._geom(x.shape, w.shape, s, 0, 1, 1, "NHWC", F32)
+        rng, x, w, geo, _, _ = _strided_problem(N, H, W, s, Cin, K, seed)
         g = geo.core()
         dy = rng.standard_normal((N, geo.Ho, geo.Wo, K)).astype(F32)
         center = rng.standard_normal(Cin)
@@ -364,16 +369,10 @@ def test_strided_weight_gradient(isa):
     strided pixels gathered per piece (backward_weight_1x1_strided), plain and with the fused
     prologue, on the packed entry from 16 channels on both sides at AVX2 (32 elsewhere)."""
     @settings(max_examples=10, deadline=None)
-    @given(N=st.integers(1, 3), H=st.integers(1, 12), W=st.integers(1, 12), s=st.sampled_from([2, 3]),
-           Cin=_wide(), K=_wide(), relu=st.booleans(), seed=st.integers(0, 2**31 - 1))
+    @given(relu=st.booleans(), **_STRIDED)
     def run(N, H, W, s, Cin, K, relu, seed):
-        rng = np.random.default_rng(seed)
-        x = rng.standard_normal((N, H, W, Cin)).astype(F32)
-        w = rng.standard_normal((K, Cin, 1, 1)).astype(F32)
-        geo = C._geom(x.shape, w.shape, s, 0, 1, 1, "NHWC", F32)
+        rng, x, w, geo, sc, sh = _strided_problem(N, H, W, s, Cin, K, seed)
         dy = rng.standard_normal((N, geo.Ho, geo.Wo, K)).astype(F32)
-        sc = (rng.uniform(0.5, 2, Cin) * rng.choice((-1, 1), Cin)).astype(F32)
-        sh = rng.standard_normal(Cin).astype(F32)
         _check_strided_weight_gradient(isa, x, dy, w, s, sc, sh, relu)
 
     run()
