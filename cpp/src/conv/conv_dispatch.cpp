@@ -24,10 +24,13 @@
 //                          own packed sgemm (sgemm.cpp) in place of OpenBLAS (packed_shape(): the
 //                          measured rule); NHWC also every 1x1 at stride 1 without padding with
 //                          32 channels or more on both sides (16 at AVX2), and its weight pass at
-//                          any channel count (nhwc_1x1_rows(): kernels that read x and dy in place)
+//                          any channel count (nhwc_1x1_rows(): kernels that read x and dy in place);
+//                          and the weight pass of a 1x1 at a stride without padding (16+ channels
+//                          at AVX2, 32+ elsewhere: backward_weight_1x1_strided gathers the rows)
 //   gemm_f32_nhwc_patches  the weight pass of float32 dense NHWC problems with 16+ channels
-//                          that are not a plain 1x1 and not small_planes(): the own sgemm reading
-//                          the patches of x through a pointer table (no im2col matrix)
+//                          that are not a 1x1 the packed entry takes and not small_planes(): the
+//                          own sgemm reading the patches of x through a pointer table (no im2col
+//                          matrix)
 //   gemm_f32_nchw_transposed  the same on NCHW arrays with output planes under 256 pixels
 //                          (kh*kw > 1, or 1x1 where small_planes()): the NHWC packed entry
 //                          between full-tensor transposes

@@ -243,11 +243,13 @@ void ukernel(int64_t kc, const float* __restrict a, const float* __restrict b, f
 
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
-// The blocked loops for one microkernel shape (R x U vectors).
+// (the in-place kernels, defined below: sgemm_blocked reads B in place through them for short C)
 template <int R, int U, int AM, int Pro = 0>
 void ukernel_s(int64_t kc, const float* __restrict a, int64_t lda, const float* __restrict b, int64_t ldb, float* c,
                int64_t ldc, bool acc, int64_t mr, int64_t nr, const char* pf = nullptr, int64_t pfl = 0,
                const float* psc = nullptr, const float* psh = nullptr, const PanelEp* ep = nullptr);
+
+// The blocked loops for one microkernel shape (R x U vectors).
 template <int R, int U>
 void sgemm_blocked(int64_t M, int64_t N, int64_t K, Operand A, Operand B, float* C, int64_t ldc, bool accumulate,
                    const Prologue* pa, const Prologue* pb) {
