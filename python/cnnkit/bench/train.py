@@ -66,9 +66,9 @@ different kernel in every step). Every part gets its roofline floor, ``max(FLOPs
 bytes / best STREAM rate)``, with bytes = each array argument once (the traffic the call cannot
 avoid; an activation small enough for the caches can beat the STREAM rate) and FLOPs for
 convolutions (their layer's forward FLOPs per GEMM), ``_core.sgemm`` (``Linear``) and
-``numpy.matmul``; Adam's floor is 28 bytes per parameter. The table also checks that fusion ran: ``cnnkit.ops.conv2d_fused`` calls per step
-against the Conv2d layers, and which implementation each call ran
-(``cnnkit.ops.fused.last_kernel``).
+``numpy.matmul``; Adam's floor is 28 bytes per parameter. The table also checks that fusion ran:
+``cnnkit.ops.conv2d_fused`` calls per step against the Conv2d layers, and which implementation
+each call ran (``cnnkit.ops.fused.last_kernel``).
 
 *Per module, unfused, torch side by side*: a separate profiling pass runs a few more steps of
 each configuration,
