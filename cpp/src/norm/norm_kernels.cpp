@@ -10,8 +10,11 @@
 // the usual batch-norm gradient (Ioffe & Szegedy 2015), evaluated as A*g - B - (x - mean)*D.
 #include <omp.h>
 
+#include <immintrin.h>
+
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "cnnkit/norm.h"
@@ -261,6 +264,77 @@ inline bool kept(const T* __restrict m, int64_t i, T a, T b, T x) {
   return true;
 }
 
+#if defined(__AVX2__) && defined(__FMA__) && !defined(__AVX512F__)
+// backward_reduce_t's four-row passes over NHWC rows [lo, hi) of float32 (AVX2), eight channels
+// at a time, for the channels that fill whole vectors; returns the first row left (the rest, and
+// the channels past the last whole vector of every pass, go to the generic loops). The same
+// operations per channel in the same order as those loops: the mask and the pooled or stored
+// gradient in float32 (the mask's fma as std::fma, a value not kept +0), then per row
+// g = double(gv), e = g * (double(x) - mean) (no contraction), and q1 += (g0 + g1) + (g2 + g3),
+// q2 likewise: the same bits. The compiler's vectorisation of those loops masked in double
+// (sign-extended compares, 64-bit ands) and spilled. Pooled, 256 channels at 16x16, N = 64
+// (mobilenet_small's last norm), alternating calls: 1.16x on one thread, 1.32x on two.
+template <int MK, bool PL, bool GR>
+int64_t reduce4_rows_avx2(const float* dy, const float* x, const float* mk, const float* ma, float* gres,
+                          int64_t C, int64_t S, int64_t lo, int64_t hi, const double* mn, double* q1, double* q2) {
+  const int64_t cw = C / 8 * 8;
+  const __m256 zero = _mm256_setzero_ps();
+  int64_t m = lo;
+  for (; m + 4 <= hi; m += 4) {
+    const float* dp[4];
+    for (int j = 0; j < 4; ++j) dp[j] = PL ? dy + ((m + j) / S) * C : dy + (m + j) * C;
+    const float* xb = x + m * C;
+    for (int64_t c = 0; c < cw; c += 8) {
+      __m256 gv[4], xv[4];
+      for (int j = 0; j < 4; ++j) {
+        xv[j] = _mm256_loadu_ps(xb + j * C + c);
+        __m256 v = _mm256_loadu_ps(dp[j] + c);
+        if constexpr (MK == 1)
+          v = _mm256_and_ps(_mm256_cmp_ps(_mm256_loadu_ps(mk + (m + j) * C + c), zero, _CMP_GT_OQ), v);
+        if constexpr (MK == 2)
+          v = _mm256_and_ps(
+              _mm256_cmp_ps(_mm256_fmadd_ps(_mm256_loadu_ps(ma + c), xv[j], _mm256_loadu_ps(ma + C + c)), zero,
+                            _CMP_GT_OQ),
+              v);
+        if constexpr (GR) _mm256_storeu_ps(gres + (m + j) * C + c, v);
+        gv[j] = v;
+      }
+      for (int h = 0; h < 2; ++h) {
+        const __m256d mc = _mm256_loadu_pd(mn + c + 4 * h);
+        __m256d g[4], e[4];
+        for (int j = 0; j < 4; ++j) {
+          const __m128 gh = h ? _mm256_extractf128_ps(gv[j], 1) : _mm256_castps256_ps128(gv[j]);
+          const __m128 xh = h ? _mm256_extractf128_ps(xv[j], 1) : _mm256_castps256_ps128(xv[j]);
+          g[j] = _mm256_cvtps_pd(gh);
+          e[j] = _mm256_mul_pd(g[j], _mm256_sub_pd(_mm256_cvtps_pd(xh), mc));
+        }
+        double* a1 = q1 + c + 4 * h;
+        double* a2 = q2 + c + 4 * h;
+        _mm256_storeu_pd(a1, _mm256_add_pd(_mm256_loadu_pd(a1), _mm256_add_pd(_mm256_add_pd(g[0], g[1]),
+                                                                               _mm256_add_pd(g[2], g[3]))));
+        _mm256_storeu_pd(a2, _mm256_add_pd(_mm256_loadu_pd(a2), _mm256_add_pd(_mm256_add_pd(e[0], e[1]),
+                                                                               _mm256_add_pd(e[2], e[3]))));
+      }
+    }
+    for (int64_t c = cw; c < C; ++c) {  // (the channels past the last whole vector, as the generic loop)
+      const double mcs = mn[c];
+      double g[4], e[4];
+      for (int j = 0; j < 4; ++j) {
+        const float xs = xb[j * C + c];
+        const bool keep = MK == 0 || (MK == 1 ? mk[(m + j) * C + c] > 0.0f : std::fma(ma[c], xs, ma[C + c]) > 0.0f);
+        const float gs = keep ? dp[j][c] : 0.0f;
+        if constexpr (GR) gres[(m + j) * C + c] = gs;
+        g[j] = double(gs);
+        e[j] = g[j] * (double(xs) - mcs);
+      }
+      q1[c] += (g[0] + g[1]) + (g[2] + g[3]);
+      q2[c] += (e[0] + e[1]) + (e[2] + e[3]);
+    }
+  }
+  return m;
+}
+#endif
+
 // PL (pooled): dy holds one value per (n, c), the gradient at every position s of that sample and
 // channel (a global average pool's adjoint, never written out whole). GR: gres receives g (the
 // masked gradient; not with PL), so that the apply pass can read it instead of dy and the mask.
@@ -309,6 +383,10 @@ void backward_reduce_t(const T* __restrict dy, const T* __restrict x, const T* _
       std::fill(q1, q1 + C, 0.0);
       std::fill(q2, q2 + C, 0.0);
       int64_t m = lo;
+#if defined(__AVX2__) && defined(__FMA__) && !defined(__AVX512F__)
+      if constexpr (std::is_same_v<T, float>)
+        m = reduce4_rows_avx2<MK, PL, GR>(dy, x, mk, ma, gres, C, S, lo, hi, mn, q1, q2);
+#endif
       for (; m + 4 <= hi; m += 4) {  // four rows per pass: a quarter of the partial-sum traffic
         const T* __restrict db = dy + m * C;
         const T* __restrict xb = x + m * C;
