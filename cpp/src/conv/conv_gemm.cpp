@@ -966,6 +966,24 @@ bool one_by_one(const Geom& g) {
          g.Wo == (g.W - 1) / g.sw + 1;
 }
 
+// Rows [r0, r0 + nr) of a strided one_by_one(g) problem's input (output pixel (n, oh, ow) reads
+// x's pixel (n, oh*sh, ow*sw)) into dst (nr x C), through the prologue pf when given.
+void gather_strided_rows(const float* x, const Geom& g, int64_t r0, int64_t nr, const Prologue* pf, float* dst) {
+  const int64_t C = g.C, P = g.Ho * g.Wo;
+  int64_t n = r0 / P, oh = (r0 % P) / g.Wo, ow = r0 % g.Wo;
+  for (int64_t i = 0; i < nr; ++i) {
+    const float* src = x + ((n * g.H + oh * g.sh) * g.W + ow * g.sw) * C;
+    if (pf)
+      apply_channels(dst + i * C, src, C, pf, 0);
+    else
+      std::memcpy(dst + i * C, src, C * sizeof(float));
+    if (++ow == g.Wo) {
+      ow = 0;
+      if (++oh == g.Ho) oh = 0, ++n;
+    }
+  }
+}
+
 // Rows [r0, r0 + nr) of y (pixel-major, K channels, images of H x W pixels) += the residual given
 // at the pixels (h, w) with h and w multiples of s only (res: N x ceil(H/s) x ceil(W/s) x K).
 // (One float add per element, as the register blocks' store adds a whole residual: the same bits.)
@@ -1009,17 +1027,12 @@ void wgrad_1x1_rows(const Wgrad1x1& p, const float* dy, const float* x, int64_t 
 void wgrad_1x1_pieces(const Wgrad1x1& p, const float* dy, const float* x);  // every piece, threads over them
 void wgrad_1x1_finish(const Wgrad1x1& p, float* dw);
 void backward_weight_1x1_nhwc(const float* dy, const float* x, float* dw, const Geom& g, const Prologue* pf);
-// A 1x1 convolution at a stride, without padding (NHWC, G == 1): the pixels x is read at.
-bool strided_1x1(const Geom& g) {
-  return g.G == 1 && g.kh == 1 && g.kw == 1 && g.pt == 0 && g.pl == 0 && (g.sh > 1 || g.sw > 1) &&
-         g.Ho == (g.H - 1) / g.sh + 1 && g.Wo == (g.W - 1) / g.sw + 1;
-}
 void backward_weight_1x1_strided(const float* dy, const float* x, float* dw, const Geom& g, const Prologue* pf);
 
 // At a stride above 1 the rows of x a block needs are gathered (through the prologue) into an L1
 // block first, then read in place like a stride-1 problem's.
 void forward_1x1_nhwc(const float* x, const float* w, const float* b, float* y, const Geom& g, const Fused* fu) {
-  const int64_t R = g.N * g.Ho * g.Wo, C = g.C, K = g.K, P = g.Ho * g.Wo;
+  const int64_t R = g.N * g.Ho * g.Wo, C = g.C, K = g.K;
   const bool strided = !reads_x_directly(g);
   Prologue pstore;
   const Prologue* pf = group_prologue(fu, 0, C, &pstore);
@@ -1099,14 +1112,7 @@ void forward_1x1_nhwc(const float* x, const float* w, const float* b, float* y, 
       const RowsEpilogue* epp = ep.bias || ep.res || ep.relu ? &ep : nullptr;
       if (strided) {
         float* blk = scratch<float>(kColSlot, sub * C);
-        for (int64_t r = a; r < a + nr; ++r) {
-          const int64_t n = r / P, px = r - n * P, oh = px / g.Wo, ow = px - oh * g.Wo;
-          const float* src = x + ((n * g.H + oh * g.sh) * g.W + ow * g.sw) * C;
-          if (pf)
-            apply_channels(blk + (r - a) * C, src, C, pf, 0);
-          else
-            std::memcpy(blk + (r - a) * C, src, C * sizeof(float));
-        }
+        gather_strided_rows(x, g, a, nr, pf, blk);
         sgemm_rows(nr, K, C, blk, C, bp, yr, K, nullptr, epp);
       } else {
         float* xa = du ? du + (a - r0) * C : const_cast<float*>(x) + a * C;
@@ -1429,7 +1435,7 @@ void backward_weight_gemm(const T* dy, const T* x, T* dw, const Geom& g, const F
       Prologue pstore;
       return backward_weight_1x1_nhwc(dy, x, dw, g, group_prologue(fu, 0, g.C, &pstore));
     }
-    if (g.nhwc && strided_1x1(g)) {
+    if (g.nhwc && one_by_one(g) && !reads_x_directly(g)) {
       Prologue pstore;
       return backward_weight_1x1_strided(dy, x, dw, g, group_prologue(fu, 0, g.C, &pstore));
     }
@@ -1574,7 +1580,7 @@ void backward_weight_1x1_nhwc(const float* dy, const float* x, float* dw, const 
   wgrad_1x1_finish(p, dw);
 }
 
-// strided_1x1(g): the pieces and partials of backward_weight_1x1_nhwc over the N*Ho*Wo output
+// one_by_one(g) at a stride: the pieces and partials of backward_weight_1x1_nhwc over the N*Ho*Wo output
 // pixels, each piece's rows of x gathered from the strided pixels into a worker block of 1024 rows
 // at a time (a multiple of the sgemm's KC, so every block starts on that grid within its piece:
 // the bits of one call over the piece) and reduced from there, where the registry ran OpenBLAS
@@ -1582,21 +1588,14 @@ void backward_weight_1x1_nhwc(const float* dy, const float* x, float* dw, const 
 void backward_weight_1x1_strided(const float* dy, const float* x, float* dw, const Geom& g, const Prologue* pf) {
   const Wgrad1x1 p = wgrad_1x1_plan(g, pf);
   constexpr int64_t kBlock = 1024;
-  const int64_t C = g.C, P = g.Ho * g.Wo;
+  const int64_t C = g.C;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads())
   for (int64_t pc = 0; pc < p.pieces; ++pc) {
     const int64_t r0 = std::min(p.rows, pc * p.per), r1 = std::min(p.rows, r0 + p.per);
     float* xb = scratch<float>(kXbSlot, kBlock * C);
     for (int64_t a = r0; a < r1; a += kBlock) {
       const int64_t b = std::min(r1, a + kBlock);
-      int64_t n = a / P, oh = (a % P) / g.Wo, ow = a % g.Wo;
-      for (int64_t r = a; r < b; ++r) {
-        std::memcpy(xb + (r - a) * C, x + ((n * g.H + oh * g.sh) * g.W + ow * g.sw) * C, C * sizeof(float));
-        if (++ow == g.Wo) {
-          ow = 0;
-          if (++oh == g.Ho) oh = 0, ++n;
-        }
-      }
+      gather_strided_rows(x, g, a, b - a, nullptr, xb);  // (pf: applied by sgemm_tn)
       wgrad_1x1_rows(p, dy, xb, a, b, 0, a);
     }
   }

@@ -321,8 +321,9 @@ int64_t reduce4_rows_avx2(const float* dy, const float* x, const float* mk, cons
       double g[4], e[4];
       for (int j = 0; j < 4; ++j) {
         const float xs = xb[j * C + c];
-        const bool keep = MK == 0 || (MK == 1 ? mk[(m + j) * C + c] > 0.0f : std::fma(ma[c], xs, ma[C + c]) > 0.0f);
-        const float gs = keep ? dp[j][c] : 0.0f;
+        const float gs = kept<MK>(mk + (m + j) * C, c, MK == 2 ? ma[c] : 0.0f, MK == 2 ? ma[C + c] : 0.0f, xs)
+                             ? dp[j][c]
+                             : 0.0f;
         if constexpr (GR) gres[(m + j) * C + c] = gs;
         g[j] = double(gs);
         e[j] = g[j] * (double(xs) - mcs);

@@ -200,6 +200,13 @@ class NumpyOpt:
         self.y = [scratch[1][:p.size].reshape(p.shape) for p in params]
 
     def step(self, grads: list) -> None:
+        """One update of every parameter in place.
+
+        Parameters
+        ----------
+        grads : list of float32 ndarray
+            The gradients, one per parameter, of its shape.
+        """
         self.t += 1
         getattr(self, "_" + ("sgd" if self.algo == "nesterov" else self.algo))(grads)
 

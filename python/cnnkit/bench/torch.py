@@ -584,7 +584,30 @@ def render_optim(res: dict, rw7: float, markdown: bool) -> tuple:
 
 def render_split(name: str, kind: str, prof: dict, best_t: str, best_c: str, markdown: bool,
                  top: int = 6) -> str:
-    """Where the time of cnnkit's faster configuration goes, beside torch's faster one."""
+    """Where the time of cnnkit's faster configuration goes, beside torch's faster one.
+
+    Parameters
+    ----------
+    name : str
+        The model (the caller's heading; not shown in the table).
+    kind : str
+        ``"training"`` or ``"inference"`` (likewise).
+    prof : dict
+        ``{configuration: profile}`` of the profiling pass (``"step_ms"``, ``"phases_ms"``,
+        ``"kernels_ms"``, ``"boundary_ms"``, ``"torch_ms"``, ``"per_kernel"``).
+    best_t, best_c : str
+        torch's and cnnkit's faster configurations.
+    markdown : bool
+        A markdown table instead of aligned text.
+    top : int
+        Kernels listed by time.
+
+    Returns
+    -------
+    str
+        The table: the step's phases, cnnkit's kernels, the boundary and torch's own time, the
+        ``top`` kernels, and the profiled step's total.
+    """
     pc, pt = prof[best_c], prof.get(best_t)
     step = pc["step_ms"]
     head = ["", f"{best_c} ms", "% of step", f"{best_t} ms"]
