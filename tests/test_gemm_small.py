@@ -220,6 +220,25 @@ def test_bits_are_those_of_sgemm(isa, rng):
         assert_bitwise(dw.reshape(K, Cin), refw, f"weight gradient vs sgemm ({isa}, {Cin}->{K}, M={M})")
 
 
+@pytest.mark.parametrize("isa", ISA_LEVELS)
+def test_narrow_weight_gradient_bits_are_those_of_sgemm(isa, rng):
+    """A one-piece weight gradient of one or two register panels (read in place; at AVX2 each KC
+    block's chains split over calls of 64 rows, the registers kept between them): bitwise
+    _core.sgemm on the same operands, the reduction within one KC block and across two."""
+    kc = _core.sgemm_shape(isa)["kc"]
+    for Cin, K, M in ((24, 20, 300), (16, 32, kc + 70), (32, 16, 130), (7, 13, 511), (32, 32, 64),
+                      (12, 40, 65)):
+        x = rng.standard_normal((1, 1, M, Cin)).astype(F32)
+        dy = rng.standard_normal((1, 1, M, K)).astype(F32)
+        w = np.empty((K, Cin, 1, 1), F32)
+        dw = np.empty_like(w)
+        with isa_level(isa):
+            _core.conv_backward_weight(dy, x, dw, None, _geom(x, w))
+        ref = np.empty((K, Cin), F32)
+        _core.sgemm(dy.reshape(M, K), x.reshape(M, Cin), ref, trans_a=True, isa=isa)
+        assert_bitwise(dw.reshape(K, Cin), ref, f"weight gradient vs sgemm ({isa}, {Cin}->{K}, M={M})")
+
+
 @pytest.mark.parametrize("cin,k", [(2, 8), (8, 2), (16, 16), (24, 40), (32, 64), (64, 32), (5, 16), (3, 32),
                                    (16, 32), (32, 16), (32, 32), (128, 256)])
 def test_registry_runs_the_packed_entry(cin, k):

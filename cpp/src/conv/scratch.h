@@ -20,7 +20,7 @@ T* scratch(int slot, size_t count) {
     size_t bytes = 0;
     ~Buf() { std::free(p); }
   };
-  static thread_local Buf bufs[15];
+  static thread_local Buf bufs[16];
   Buf& b = bufs[slot];
   const size_t need = (count * sizeof(T) + 63) / 64 * 64;
   if (need > b.bytes) {
@@ -53,6 +53,7 @@ constexpr int kPackBSlot = 11;  // worker: its packed B block
 constexpr int kBatchSlot = 12;  // calling thread: the im2col block the threads share (small planes)
 constexpr int kResSlot = 13;    // calling thread: a fused input gradient's strided residual laid out whole
 constexpr int kDySlot = 14;     // calling thread: a fused input gradient's dy where grad_out is not kept
+constexpr int kTnKeepSlot = 15; // worker: sgemm_tn's register blocks between the sub-blocks of a KC block
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 

@@ -247,7 +247,8 @@ int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 template <int R, int U, int AM, int Pro = 0>
 void ukernel_s(int64_t kc, const float* __restrict a, int64_t lda, const float* __restrict b, int64_t ldb, float* c,
                int64_t ldc, bool acc, int64_t mr, int64_t nr, const char* pf = nullptr, int64_t pfl = 0,
-               const float* psc = nullptr, const float* psh = nullptr, const PanelEp* ep = nullptr);
+               const float* psc = nullptr, const float* psh = nullptr, const PanelEp* ep = nullptr,
+               const float* init = nullptr, float* keep = nullptr);
 
 // The blocked loops for one microkernel shape (R x U vectors).
 template <int R, int U>
@@ -537,6 +538,8 @@ void patches_t_blocked(int64_t M, int64_t N, int64_t K, const Patches& a, int64_
 // pf: a region of pfl lines to prefetch into L1, one line a step.
 // Pro (1: affine, 2: affine + ReLU): each B vector goes through fma(psc, b, psh) (one rounding, as
 // std::fma) and max(., 0) as it is loaded (psc, psh: U*VL columns).
+// init: the registers start from the R x U*VL block at init instead of zero; keep: they are stored
+// there as they are instead of into c (a chain split over calls, each continuing the last one's).
 #if defined(__AVX512F__)
 inline V vfma(V a, V b, V c) { return (V)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c); }
 #elif defined(__AVX2__)
@@ -546,9 +549,17 @@ inline V vfma(V a, V b, V c) { return (V)_mm256_fmadd_ps((__m256)a, (__m256)b, (
 template <int R, int U, int AM, int Pro>
 void ukernel_s(int64_t kc, const float* __restrict a, int64_t lda, const float* __restrict b, int64_t ldb, float* c,
                int64_t ldc, bool acc, int64_t mr, int64_t nr, const char* pf, int64_t pfl, const float* psc,
-               const float* psh, const PanelEp* ep) {
+               const float* psh, const PanelEp* ep, const float* init, float* keep) {
+  constexpr int W = U * VL;
   V r[R][U];
-  zero_block<R, U>(r);
+  if (init) {
+#pragma GCC unroll 16
+    for (int i = 0; i < R; ++i)
+#pragma GCC unroll 4
+      for (int v = 0; v < U; ++v) r[i][v] = vload(init + i * W + v * VL);
+  } else {
+    zero_block<R, U>(r);
+  }
   V sv[U], hv[U];
   if constexpr (Pro > 0)
     for (int v = 0; v < U; ++v) {
@@ -574,6 +585,13 @@ void ukernel_s(int64_t kc, const float* __restrict a, int64_t lda, const float* 
     }
     a += AM == 0 ? R : AM == 1 ? 1 : lda;
     b += ldb;
+  }
+  if (keep) {
+#pragma GCC unroll 16
+    for (int i = 0; i < R; ++i)
+#pragma GCC unroll 4
+      for (int v = 0; v < U; ++v) vstore(keep + i * W + v * VL, r[i][v]);
+    return;
   }
   if (ep)
     store_block_ep<R, U>(r, c, ldc, acc, mr, nr, *ep);
@@ -782,6 +800,20 @@ void tn_blocked(int64_t M, int64_t N, int64_t K, const float* P, int64_t lp, con
   // [ Q's block in panels (kcm x nw) | Q's last partial panel (kcm x W) ] [ P's strip ]
   float* qb = scratch<float>(kPackBSlot, kcm * (qpanels ? nw : W));
   float* pt = scratch<float>(kPackASlot, kcm * R);
+  // Read in place, a KC block of P's and Q's rows (256 rows of 32 + 32 channels: 64 KiB) does not
+  // stay in L1 while every block of C goes over it. At AVX2 the chains then run in sub-blocks of
+  // 64 rows: every block of C goes over one sub-block (16 KiB at 32 + 32 channels) before the
+  // next, its registers kept in t in between, so each chain is still one kernel call's, the same
+  // bits. AVX2, 1 thread, dW over 65536 pixels: 32->32 with the prologue 37-47 -> 48-60
+  // GFLOP/s, 32->16 without it 46-56 -> 59-77; with packed operands (3+ panels) level, and
+  // not used there. AVX-512 (not measured) keeps whole KC blocks.
+#if defined(__AVX2__) && !defined(__AVX512F__)
+  const int64_t ksub = packp ? KC : 64;
+#else
+  const int64_t ksub = KC;
+#endif
+  const int64_t rblocks = (M + R - 1) / R;
+  float* t = ksub < kcm ? scratch<float>(kTnKeepSlot, rblocks * panels * R * W) : nullptr;
   for (int64_t pc = 0; pc < K; pc += KC) {
     const int64_t kc = std::min<int64_t>(KC, K - pc);
     const bool acc = accumulate || pc > 0;
@@ -789,44 +821,46 @@ void tn_blocked(int64_t M, int64_t N, int64_t K, const float* P, int64_t lp, con
       pack_cols<W>(Q, lq, pc, kc, 0, N, pq, qb);  // panels of W: qb[(p*kc + k)*W + j]
     else if (tail)  // (the in-kernel prologue reads whole panels of Q: the last one is laid out)
       pack_cols<W>(Q, lq, pc, kc, (panels - 1) * W, N - (panels - 1) * W, pq, qb);
-    for (int64_t ir = 0; ir < M; ir += R) {
-      const int64_t mr = std::min<int64_t>(R, M - ir);
-      const bool direct = mr == R && !packp;  // the kernel reads P in place
-      if (!direct)
-        for (int64_t k = 0; k < kc; ++k)
-          for (int i = 0; i < R; ++i) pt[k * R + i] = i < mr ? P[(pc + k) * lp + ir + i] : 0.0f;
-      for (int64_t p = 0; p < panels; ++p) {
-        const int64_t nr = std::min<int64_t>(W, N - p * W);
-        const float* b = Q + pc * lq + p * W;
-        int64_t ldb = lq;
-        if (qpanels) {
-          b = qb + p * kc * W;
-          ldb = W;
-        } else if (nr < W) {
-          b = qb;
-          ldb = W;
-        }
-        float* c = C + ir * ldc + p * W;
-        if (inkernel && nr == W) {  // U <= 2 here
-          if constexpr (U <= 2) {
-            const float* sc = pq->scale ? pq->scale + p * W : ones;
-            const float* sh = pq->scale ? pq->shift + p * W : zeros;
-            if (pq->relu) {
-              if (direct)
-                ukernel_s<R, U, 2, 2>(kc, P + pc * lp + ir, lp, b, ldb, c, ldc, acc, mr, nr, nullptr, 0, sc, sh);
-              else
-                ukernel_s<R, U, 0, 2>(kc, pt, R, b, ldb, c, ldc, acc, mr, nr, nullptr, 0, sc, sh);
-            } else {
-              if (direct)
-                ukernel_s<R, U, 2, 1>(kc, P + pc * lp + ir, lp, b, ldb, c, ldc, acc, mr, nr, nullptr, 0, sc, sh);
-              else
-                ukernel_s<R, U, 0, 1>(kc, pt, R, b, ldb, c, ldc, acc, mr, nr, nullptr, 0, sc, sh);
-            }
+    for (int64_t k0 = 0; k0 < kc; k0 += ksub) {
+      const int64_t kn = std::min<int64_t>(ksub, kc - k0);
+      const bool first = k0 == 0, last = k0 + kn == kc;
+      for (int64_t ir = 0; ir < M; ir += R) {
+        const int64_t mr = std::min<int64_t>(R, M - ir);
+        const bool direct = mr == R && !packp;  // the kernel reads P in place
+        if (!direct)
+          for (int64_t k = 0; k < kn; ++k)
+            for (int i = 0; i < R; ++i) pt[k * R + i] = i < mr ? P[(pc + k0 + k) * lp + ir + i] : 0.0f;
+        for (int64_t p = 0; p < panels; ++p) {
+          const int64_t nr = std::min<int64_t>(W, N - p * W);
+          const float* b = Q + (pc + k0) * lq + p * W;
+          int64_t ldb = lq;
+          if (qpanels) {
+            b = qb + p * kc * W + k0 * W;
+            ldb = W;
+          } else if (nr < W) {
+            b = qb + k0 * W;
+            ldb = W;
           }
-        } else if (direct) {
-          ukernel_s<R, U, 2>(kc, P + pc * lp + ir, lp, b, ldb, c, ldc, acc, mr, nr);
-        } else {
-          ukernel_s<R, U, 0>(kc, pt, R, b, ldb, c, ldc, acc, mr, nr);
+          float* c = C + ir * ldc + p * W;
+          float* tb = t ? t + ((ir / R) * panels + p) * R * W : nullptr;
+          const float* init = first ? nullptr : tb;
+          float* keep = last ? nullptr : tb;
+          // (a packed strip is P^T read in place with a row stride of R: the same kernel)
+          const float* pa = direct ? P + (pc + k0) * lp + ir : pt;
+          const int64_t la = direct ? lp : R;
+          if (inkernel && nr == W) {  // U <= 2 here
+            if constexpr (U <= 2) {
+              const float* sc = pq->scale ? pq->scale + p * W : ones;
+              const float* sh = pq->scale ? pq->shift + p * W : zeros;
+              if (pq->relu)
+                ukernel_s<R, U, 2, 2>(kn, pa, la, b, ldb, c, ldc, acc, mr, nr, nullptr, 0, sc, sh, nullptr, init, keep);
+              else
+                ukernel_s<R, U, 2, 1>(kn, pa, la, b, ldb, c, ldc, acc, mr, nr, nullptr, 0, sc, sh, nullptr, init, keep);
+            }
+          } else {
+            ukernel_s<R, U, 2>(kn, pa, la, b, ldb, c, ldc, acc, mr, nr, nullptr, 0, nullptr, nullptr, nullptr, init,
+                               keep);
+          }
         }
       }
     }
