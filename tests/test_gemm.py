@@ -75,8 +75,9 @@ def test_sgemm_matches_the_reference_and_threads_agree(isa):
 @pytest.mark.parametrize("isa", ISA_LEVELS)
 def test_sgemm_bits_do_not_depend_on_tiling_layout_or_kernel(isa, rng):
     """Row blocks, column blocks, a transposed A (packed instead of read in place), a narrow C
-    (the MR2 x VL kernel instead of MR x NR) and a C three vectors wide (AVX2: the 4 x 3-vector
-    kernel) all give the bits of the whole product."""
+    (the MR2 x VL kernel instead of MR x NR), a C three vectors wide (AVX2: the 4 x 3-vector
+    kernel) and a B whose rows lie 4 KiB apart (packed where few rows of C read B in place) all
+    give the bits of the whole product."""
     sh = SHAPE[isa]
     m, n, k = 3 * sh["mr"] + 5, 2 * sh["nr"] + 3, sh["kc"] + 9
     a = rng.standard_normal((m, k)).astype(F32)
@@ -92,6 +93,9 @@ def test_sgemm_bits_do_not_depend_on_tiling_layout_or_kernel(isa, rng):
     for j0, j1 in ((0, 1), (1, 1 + _vl(isa)), (3, n), (2, 2 + 3 * _vl(isa))):
         bb = np.ascontiguousarray(b[:, j0:j1])
         assert_bitwise(_sgemm(a, bb, c[:, j0:j1], isa, 1), whole[:, j0:j1], f"columns {j0}:{j1}")
+    wide = np.zeros((k, 1024), F32)
+    wide[:, :n] = b
+    assert_bitwise(_sgemm(a, wide, np.zeros((m, 1024), F32), isa, 1)[:, :n], whole, "B rows 4 KiB apart")
 
 
 def test_sgemm_rejects_bad_input():

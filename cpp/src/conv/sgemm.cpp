@@ -267,7 +267,11 @@ void sgemm_blocked(int64_t M, int64_t N, int64_t K, Operand A, Operand B, float*
   // KC block; only a last partial panel is laid out (its in-place reads would run past B). AVX2,
   // alternating call by call: 24 x 3136 x 144 1.17x (1 thread) and 1.27x (2), 48 x 784 x 96
   // 1.05x; at M = 64 (K = 256) 0.94-1.02x, so not there. The same chains: the same bits.
-  if (!direct_a && B.cs == 1 && !active(pb) && M <= 48) {
+  // Not where B's rows lie a multiple of 4 KiB apart (N = 1024, 2048, 3072, 4096: 32x32 and 64x64
+  // images): a panel's kc lines then fall into a few sets of the caches and evict each other
+  // (AVX2, 1 thread, 24 x N x 144: in place 58, 60, 61, 50 GFLOP/s against 65, 66, 66, 67
+  // packed). Other strides keep the in-place reads (N = 512 ... 12544: 1.02-1.13x packed).
+  if (!direct_a && B.cs == 1 && !active(pb) && M <= 48 && (B.rs * int64_t(sizeof(float))) % 4096 != 0) {
     for (int64_t pc = 0; pc < K; pc += KC) {
       const int64_t kc = std::min<int64_t>(KC, K - pc);
       const bool acc = accumulate || pc > 0;
