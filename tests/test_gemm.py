@@ -50,7 +50,9 @@ def test_sgemm_matches_the_reference_and_threads_agree(isa):
 
     @settings(max_examples=40, deadline=None)
     # (also around the AVX2 4 x 3-vector block, which C widths that 3-vector panels pad less take)
-    @given(m=st.one_of(_around(sh["mr"]), _around(2 * sh["mr"]), _around(4)),
+    # (and past 48 rows, where B is packed by the first block of rows, and past MC)
+    @given(m=st.one_of(_around(sh["mr"]), _around(2 * sh["mr"]), _around(4), st.integers(49, 62),
+                       st.sampled_from([sh["mc"] - 1, sh["mc"] + 5])),
            n=st.one_of(_around(sh["nr"]), _around(_vl(isa)), _around(3 * _vl(isa))),
            k=st.sampled_from([1, 2, 7, 16, 17, sh["kc"] - 1, sh["kc"], sh["kc"] + 1, 2 * sh["kc"] + 3]),
            ta=st.booleans(), tb=st.booleans(), acc=st.booleans(), seed=st.integers(0, 2**32 - 1))
