@@ -333,8 +333,22 @@ def _torch_steps(torch, algo, params_by_variant, grads):
 
 
 def reference_check(torch, algos, steps: int = 3) -> list:
-    """cnnkit and the NumPy peer against torch's for-loop step over ``steps`` steps on a few
-    odd sizes with lr = 1e-2. Returns failure messages (empty when all agree)."""
+    """cnnkit and the NumPy peer against torch's for-loop step on a few odd sizes, lr = 1e-2.
+
+    Parameters
+    ----------
+    torch : module or None
+        The imported ``torch``; None compares cnnkit with the NumPy peer only.
+    algos : iterable of str
+        Keys of ``ALGOS``.
+    steps : int
+        Optimizer steps taken by each implementation.
+
+    Returns
+    -------
+    list of str
+        One message per tensor that differs beyond the tolerance (empty when all agree).
+    """
     rng = np.random.default_rng(123)
     sizes = [1, 7, 33, 1000, 4099]
     base = [rng.standard_normal(n, dtype=np.float32) for n in sizes]
@@ -379,7 +393,34 @@ def run_algo(torch, algo, lists, data, stream_arrays, reps, warmup, probe_reps,
     """Interleaved rounds over every list for one algorithm; raw times and per-round probes.
 
     Each implementation's calls per timed sample (``inner``) are set first so that a sample lasts
-    about ``min_sample_s`` (0: one call per sample)."""
+    about ``min_sample_s`` (0: one call per sample).
+
+    Parameters
+    ----------
+    torch : module or None
+        The imported ``torch``; None leaves its variants out.
+    algo : str
+        A key of ``ALGOS``.
+    lists : iterable
+        The parameter lists to time, keys of ``data``.
+    data : dict
+        ``{list: (params, grads)}``.
+    stream_arrays : object
+        The STREAM probe's arrays (``cnnkit.bench._common.stream_arrays``).
+    reps, warmup : int
+        Timed and untimed rounds.
+    probe_reps : int
+        STREAM repetitions per probe.
+    min_sample_s : float
+        The shortest timed sample in seconds.
+
+    Returns
+    -------
+    dict
+        ``"algo"``, ``"label"``, ``"bytes_per_param"``, ``"stream_kind"``, and per list the calls per
+        sample (``"inner"``), the raw times in seconds per implementation (``"times_s"``) and the
+        per-round probe bandwidths (``"probe_gbs"``).
+    """
     label, nbytes, kind, *_ = ALGOS[algo]
     impls = {}
     for L in lists:
