@@ -1169,6 +1169,64 @@ def test_backward_reduce_writes_the_masked_gradient(isa, shape, layout, dtype, r
     assert np.all(r == 7)
 
 
+@pytest.mark.parametrize("C", [15, 16, 32, 64, 128])
+def test_nhwc_passes_at_the_fixed_channel_counts_give_the_nchw_bits(isa, C, rng, threads):
+    """The NHWC per-pixel loops run with C as a compile-time constant at 16, 32, 64 and 128
+    channels (common/channel_count.h). The apply and backward-apply passes are elementwise, so
+    given the same coefficients they must give the NCHW loops' bits at every such count (15: the
+    run-time count), with every residual, mask and gradient-output form; the backward reduce's
+    masked gradient too, and its sums stay within the tolerance of a float64 reference."""
+    from cnnkit import _core
+    N, H, W = 3, 5, 7
+    S = H * W
+    x, g, r, y = (rng.standard_normal((N, C, H, W)).astype(np.float32) for _ in range(4))
+    y[rng.random(y.shape) < 0.4] = 0
+    mean, invstd = rng.standard_normal(C), rng.random(C) + 0.5
+    w, b = rng.standard_normal(C).astype(np.float32), rng.standard_normal(C).astype(np.float32)
+    A, B, D = rng.standard_normal(C), rng.standard_normal(C), rng.standard_normal(C)
+    aff = np.concatenate([rng.uniform(-2, 2, C), rng.standard_normal(C)]).astype(np.float32)
+    t = lambda a: np.ascontiguousarray(a.transpose(0, 2, 3, 1))  # noqa: E731 (NCHW -> NHWC)
+    for res, ra, relu in ((None, None, False), (r, None, True), (r, aff, True), (r, aff, False)):
+        out = {}
+        for nhwc in (False, True):
+            o = np.full(x.shape if not nhwc else t(x).shape, np.nan, np.float32)
+            cv = t if nhwc else (lambda a: a)
+            _core.norm_apply(cv(x), o, None if res is None else cv(res), N, C, S, nhwc, False, mean, invstd, w,
+                             b, relu, ra, ra is not None)
+            out[nhwc] = o.transpose(0, 3, 1, 2) if nhwc else o
+        assert_bitwise(out[True], out[False], f"norm_apply NHWC vs NCHW (C={C}, residual={res is not None})")
+    for mask, ma in ((None, None), (y, None), (None, aff)):
+        for gres in (False, True):
+            got = {}
+            for nhwc in (False, True):
+                cv = t if nhwc else (lambda a: a)
+                dx = np.full(cv(x).shape, np.nan, np.float32)
+                gr = np.full(cv(x).shape, np.nan, np.float32) if gres else None
+                _core.norm_backward_apply(cv(g), cv(x), None if mask is None else cv(mask), dx, gr, N, C, S, nhwc,
+                                          False, mean, A, B, D, ma)
+                back = (lambda a: a.transpose(0, 3, 1, 2)) if nhwc else (lambda a: a)
+                got[nhwc] = (back(dx), None if gr is None else back(gr))
+            assert_bitwise(got[True][0], got[False][0], f"norm_backward_apply dx (C={C}, mask={mask is not None})")
+            if gres:
+                assert_bitwise(got[True][1], got[False][1], f"norm_backward_apply grad_residual (C={C})")
+        rr = np.full(t(x).shape, np.nan, np.float32)
+        s1, s2 = _core.norm_backward_reduce(t(g), t(x), None if mask is None else t(mask), N, C, S, True, False,
+                                            mean, ma, False, rr)
+        got_g = rr.transpose(0, 3, 1, 2)
+        if ma is None:
+            want_g = g if mask is None else np.where(mask > 0, g, 0).astype(np.float32)
+            assert_bitwise(got_g, want_g, f"masked gradient (C={C})")
+        else:  # the compiled fma's single rounding decides ties at 0: compare away from them
+            v = aff[:C].reshape(1, C, 1, 1) * x + aff[C:].reshape(1, C, 1, 1)
+            far = np.abs(v) > 1e-3
+            assert_bitwise(got_g[far], np.where(v > 0, g, 0).astype(np.float32)[far], f"affine mask (C={C})")
+        # the sums in double, of the masked gradient as written: within a few roundings per term
+        g64, xc = got_g.astype(np.float64), x.astype(np.float64) - mean.reshape(1, C, 1, 1)
+        for got, terms in ((s1, g64), (s2, g64 * xc)):
+            err = np.abs(got - terms.sum(axis=(0, 2, 3)))
+            assert np.all(err <= 1e-12 * np.abs(terms).sum(axis=(0, 2, 3)) + 1e-300), f"sums (C={C})"
+
+
 ISA_CASES = [((2, 17, 3, 5), "NCHW"), ((4, 33, 2, 2), "NHWC"), ((9, 40), "NCHW"),
              ((3, 16, 4, 4), "NHWC"), ((2, 8, 31, 1), "NCHW")]
 

@@ -30,6 +30,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "common/channel_count.h"
 #include "scratch.h"
 
 #ifndef CNNKIT_ISA_NS
@@ -689,26 +690,30 @@ void rows_pack_b(int64_t K, int64_t N, Operand B, float* dst) {
 // rows past mr zero): vectorised along the columns, one fma (and max) per value as pro().
 void prologue_block(const float* A, int64_t lda, int64_t mr, int R, int64_t k0, int64_t kc, const Prologue* f,
                     float* __restrict d) {
-  for (int64_t i = 0; i < R; ++i) {
-    float* __restrict o = d + i * kc;
-    if (i >= mr) {
-      std::fill(o, o + kc, 0.0f);
-      continue;
+  with_channels<float>(kc, [&](auto cc) {
+    constexpr int64_t CC = decltype(cc)::value;
+    const int64_t n = CC ? CC : kc;
+    for (int64_t i = 0; i < R; ++i) {
+      float* __restrict o = d + i * n;
+      if (i >= mr) {
+        std::fill(o, o + n, 0.0f);
+        continue;
+      }
+      const float* __restrict s = A + i * lda + k0;
+      if (!active(f)) {
+        std::memcpy(o, s, n * sizeof(float));
+      } else if (f->scale) {
+        const float* __restrict sc = f->scale + k0;
+        const float* __restrict sh = f->shift + k0;
+        if (f->relu)
+          for (int64_t k = 0; k < n; ++k) o[k] = std::max(std::fma(sc[k], s[k], sh[k]), 0.0f);
+        else
+          for (int64_t k = 0; k < n; ++k) o[k] = std::fma(sc[k], s[k], sh[k]);
+      } else {
+        for (int64_t k = 0; k < n; ++k) o[k] = std::max(s[k], 0.0f);
+      }
     }
-    const float* __restrict s = A + i * lda + k0;
-    if (!active(f)) {
-      std::memcpy(o, s, kc * sizeof(float));
-    } else if (f->scale) {
-      const float* __restrict sc = f->scale + k0;
-      const float* __restrict sh = f->shift + k0;
-      if (f->relu)
-        for (int64_t k = 0; k < kc; ++k) o[k] = std::max(std::fma(sc[k], s[k], sh[k]), 0.0f);
-      else
-        for (int64_t k = 0; k < kc; ++k) o[k] = std::fma(sc[k], s[k], sh[k]);
-    } else {
-      for (int64_t k = 0; k < kc; ++k) o[k] = std::max(s[k], 0.0f);
-    }
-  }
+  });
 }
 
 template <int R, int U>
