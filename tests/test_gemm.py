@@ -53,7 +53,7 @@ def test_sgemm_matches_the_reference_and_threads_agree(isa):
     # (and past 48 rows, where B is packed by the first block of rows, and past MC)
     @given(m=st.one_of(_around(sh["mr"]), _around(2 * sh["mr"]), _around(4), st.integers(49, 62),
                        st.sampled_from([sh["mc"] - 1, sh["mc"] + 5])),
-           n=st.one_of(_around(sh["nr"]), _around(_vl(isa)), _around(3 * _vl(isa))),
+           n=st.one_of(_around(sh["nr"]), _around(_vl(isa)), _around(3 * _vl(isa)), _around(_vl(isa) + 8)),
            k=st.sampled_from([1, 2, 7, 16, 17, sh["kc"] - 1, sh["kc"], sh["kc"] + 1, 2 * sh["kc"] + 3]),
            ta=st.booleans(), tb=st.booleans(), acc=st.booleans(), seed=st.integers(0, 2**32 - 1))
     def run(m, n, k, ta, tb, acc, seed):
@@ -78,7 +78,8 @@ def test_sgemm_matches_the_reference_and_threads_agree(isa):
 def test_sgemm_bits_do_not_depend_on_tiling_layout_or_kernel(isa, rng):
     """Row blocks, column blocks, a transposed A (packed instead of read in place), a narrow C
     (the MR2 x VL kernel instead of MR x NR), a C three vectors wide (AVX2: the 4 x 3-vector
-    kernel) and a B whose rows lie 4 KiB apart (packed where few rows of C read B in place) all
+    kernel), a C whose last panel ends in the first half of a vector (AVX-512: that vector in 8
+    lanes) and a B whose rows lie 4 KiB apart (packed where few rows of C read B in place) all
     give the bits of the whole product."""
     sh = SHAPE[isa]
     m, n, k = 3 * sh["mr"] + 5, 2 * sh["nr"] + 3, sh["kc"] + 9
@@ -92,7 +93,8 @@ def test_sgemm_bits_do_not_depend_on_tiling_layout_or_kernel(isa, rng):
     assert_bitwise(_sgemm(a, bt, c, isa, 1, trans_b=True), whole, "transposed B")
     i0 = sh["mr"] + 1
     assert_bitwise(_sgemm(a[i0:], b, c[i0:], isa, 1), whole[i0:], "a row block")
-    for j0, j1 in ((0, 1), (1, 1 + _vl(isa)), (3, n), (2, 2 + 3 * _vl(isa))):
+    for j0, j1 in ((0, 1), (1, 1 + _vl(isa)), (3, n), (2, 2 + 3 * _vl(isa)), (0, _vl(isa) + 8),
+                   (5, 5 + _vl(isa) + 3), (3, 3 + 3 * _vl(isa) + 8)):
         bb = np.ascontiguousarray(b[:, j0:j1])
         assert_bitwise(_sgemm(a, bb, c[:, j0:j1], isa, 1), whole[:, j0:j1], f"columns {j0}:{j1}")
     wide = np.zeros((k, 1024), F32)
