@@ -325,7 +325,8 @@ template <int R, int U, int AM, int Pro = 0, bool Copy = false>
 void ukernel_s(int64_t kc, const float* __restrict a, int64_t lda, const float* __restrict b, int64_t ldb, float* c,
                int64_t ldc, bool acc, int64_t mr, int64_t nr, const char* pf = nullptr, int64_t pfl = 0,
                const float* psc = nullptr, const float* psh = nullptr, const PanelEp* ep = nullptr,
-               const float* init = nullptr, float* keep = nullptr, float* __restrict bcopy = nullptr);
+               const float* init = nullptr, float* keep = nullptr, float* __restrict bcopy = nullptr,
+               const char* pf2 = nullptr, int64_t pfl2 = 0);
 
 // The blocked loops for one microkernel shape (R x U vectors).
 template <int R, int U>
@@ -632,7 +633,8 @@ void patches_t_blocked(int64_t M, int64_t N, int64_t K, const Patches& a, int64_
 // c (mr x nr of an R x U*VL block, row stride ldc) (+)= A . B over kc, B at b[k*ldb + v*VL]:
 // AM 0: A a packed panel, a[k*R + i]; AM 1: A row-major, a[i*lda + k]; AM 2: A^T row-major,
 // a[k*lda + i].
-// pf: a region of pfl lines to prefetch into L1, one line a step.
+// pf: a region of pfl lines to prefetch into L1, one line a step; pf2: one of pfl2 lines (at most
+// 2*kc) to prefetch into L2, two lines a step.
 // Pro (1: affine, 2: affine + ReLU): each B vector goes through fma(psc, b, psh) (one rounding, as
 // std::fma) and max(., 0) as it is loaded (psc, psh: U*VL columns).
 // init: the registers start from the R x U*VL block at init instead of zero; keep: they are stored
@@ -646,7 +648,8 @@ inline V vfma(V a, V b, V c) { return (V)_mm256_fmadd_ps((__m256)a, (__m256)b, (
 template <int R, int U, int AM, int Pro, bool Copy>
 void ukernel_s(int64_t kc, const float* __restrict a, int64_t lda, const float* __restrict b, int64_t ldb, float* c,
                int64_t ldc, bool acc, int64_t mr, int64_t nr, const char* pf, int64_t pfl, const float* psc,
-               const float* psh, const PanelEp* ep, const float* init, float* keep, float* __restrict bcopy) {
+               const float* psh, const PanelEp* ep, const float* init, float* keep, float* __restrict bcopy,
+               const char* pf2, int64_t pfl2) {
   constexpr int W = U * VL;
   V r[R][U];
   if (init) {
@@ -665,6 +668,8 @@ void ukernel_s(int64_t kc, const float* __restrict a, int64_t lda, const float* 
     }
   for (int64_t k = 0; k < kc; ++k) {
     if (k < pfl) __builtin_prefetch(pf + 64 * k, 0, 3);
+    if (2 * k < pfl2) __builtin_prefetch(pf2 + 128 * k, 0, 2);
+    if (2 * k + 1 < pfl2) __builtin_prefetch(pf2 + 128 * k + 64, 0, 2);
     V bv[U];
 #pragma GCC unroll 4
     for (int v = 0; v < U; ++v) {
@@ -794,7 +799,7 @@ void prologue_block(const float* A, int64_t lda, int64_t mr, int R, int64_t k0, 
 
 template <int R, int U>
 void rows_blocked(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* bp, float* C,
-                  int64_t ldc, const Prologue* pa, const RowsEpilogue* ep) {
+                  int64_t ldc, const Prologue* pa, const RowsEpilogue* ep, RowsPrefetch* pre) {
   constexpr int W = U * VL;
   const int64_t panels = (N + W - 1) / W;
   const bool has = active(pa);
@@ -821,9 +826,23 @@ void rows_blocked(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, 
         if (ep && last)
           pe = PanelEp{ep->bias ? ep->bias + p * W : nullptr, ep->res ? ep->res + ir * ep->ldres + p * W : nullptr,
                        ep->ldres, ep->relu};
+        // The caller's prefetch: the next 2*kc lines of its last region, from the first panel's calls.
+        const char* pf2 = nullptr;
+        int64_t pfl2 = 0;
+        if (pre && p == 0) {
+          while (pre->n > 0 && pre->lines[pre->n - 1] == 0) --pre->n;
+          if (pre->n > 0) {
+            const int i = pre->n - 1;
+            pfl2 = std::min<int64_t>(2 * kc, pre->lines[i]);
+            pf2 = pre->p[i];
+            pre->p[i] += 64 * pfl2;
+            pre->lines[i] -= pfl2;
+          }
+        }
         ukernel_s<R, U, 1>(kc, a, la, bp + p * K * W + pc * W, W, C + ir * ldc + p * W, ldc, pc > 0, mr,
                            std::min<int64_t>(W, N - p * W), p == 0 && pf ? pf + pc * R * 4 : nullptr,
-                           p == 0 && pf ? (R * kc * 4 + 63) / 64 : 0, nullptr, nullptr, ep && last ? &pe : nullptr);
+                           p == 0 && pf ? (R * kc * 4 + 63) / 64 : 0, nullptr, nullptr, ep && last ? &pe : nullptr,
+                           nullptr, nullptr, nullptr, pf2, pfl2);
       }
     }
   }
@@ -1021,14 +1040,14 @@ void sgemm_rows_pack_b(int64_t K, int64_t N, Operand B, float* dst) {
 }
 
 void sgemm_rows(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* bp, float* C, int64_t ldc,
-                const Prologue* pa, const RowsEpilogue* ep) {
+                const Prologue* pa, const RowsEpilogue* ep, RowsPrefetch* pre) {
   if (M <= 0 || N <= 0) return;
   if (K <= 0 && !ep) {
     for (int64_t i = 0; i < M; ++i) std::fill(C + i * ldc, C + i * ldc + N, 0.0f);
     return;
   }
   // (K == 0 with an epilogue: one empty KC block, zero register blocks through the epilogue.)
-  CNNKIT_WITH_BLOCK(N, rows_blocked, M, N, std::max<int64_t>(K, 0), A, lda, bp, C, ldc, pa, ep);
+  CNNKIT_WITH_BLOCK(N, rows_blocked, M, N, std::max<int64_t>(K, 0), A, lda, bp, C, ldc, pa, ep, pre);
 }
 
 void sgemm_tn(int64_t M, int64_t N, int64_t K, const float* P, int64_t lp, const float* Q, int64_t lq, float* C,

@@ -88,11 +88,27 @@ struct RowsEpilogue {
   bool relu = false;
 };
 
+// Memory a caller will read after sgemm_rows(), brought into L2 while its kernels run: up to
+// two cache lines a reduction step of the first panel's kernel calls, the regions from the last
+// one added. Each region's pointer and count advance as its lines are requested (what is left
+// when the product ends is not requested). Only a hint: nothing is read into any result.
+struct RowsPrefetch {
+  static constexpr int kMax = 6;
+  const char* p[kMax] = {};
+  int64_t lines[kMax] = {};
+  int n = 0;
+  void add(const float* base, int64_t count) {  // count floats from base
+    if (!base || count <= 0 || n == kMax) return;
+    p[n] = reinterpret_cast<const char*>(base);
+    lines[n++] = (count * int64_t(sizeof(float)) + 63) / 64;
+  }
+};
+
 // C (M x N, row stride ldc) = pa(A) . B, A (M x K) row-major with row stride lda (read in place;
 // with a prologue, R rows at a time through it into an L1 block), B packed by sgemm_rows_pack_b();
-// then the epilogue ep on each register block as it is stored.
+// then the epilogue ep on each register block as it is stored. pre: memory to prefetch meanwhile.
 void sgemm_rows(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* bp, float* C, int64_t ldc,
-                const Prologue* pa = nullptr, const RowsEpilogue* ep = nullptr);
+                const Prologue* pa = nullptr, const RowsEpilogue* ep = nullptr, RowsPrefetch* pre = nullptr);
 // C (M x N) (+)= P^T . pq(Q): P (K x M) and Q (K x N) row-major with row strides lp, lq, both read
 // in place (the weight gradient dW = dY^T . x of an NHWC 1x1 convolution: K pixels). pq: a
 // per-column prologue on Q (each column j through scale[j], shift[j], ReLU), applied while a KC
