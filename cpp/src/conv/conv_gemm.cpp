@@ -1123,7 +1123,7 @@ void forward_1x1_nhwc(const float* x, const float* w, const float* b, float* y, 
         // epilogue's x and mask, the residual) into L2 while this block's product runs: the
         // passes over them otherwise wait on memory while the product leaves it idle. AVX-512,
         // resnext_small's fused 1x1 input + weight gradient passes, alternating calls: 32->32 @32,
-        // 64->64 @16, 64->32 @16 1.06x, 1.10x, 1.11x on 2 threads, 1.09-1.15x on 1; the step
+        // 64->64 @16, 32->64 @16 1.06x, 1.10x, 1.11x on 2 threads, 1.09-1.15x on 1; the step
         // 1.016-1.045x on 2 threads, 1.025x on 1. Measured at AVX-512 only (the session's
         // machine had no AVX2-only CPU): AVX2 keeps the product without it.
         // (Within the unit: the next unit may run on the other thread.)
