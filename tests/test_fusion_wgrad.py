@@ -26,13 +26,14 @@ import contextlib
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import cnnkit
 from cnnkit import _core, nn
 from cnnkit.ops import fused as F
-from conftest import ISA_LEVELS, assert_bitwise, assert_close, isa_level, num_threads
+from conftest import ISA_LEVELS, assert_bitwise, isa_level, num_threads
+from test_conv import assert_close_terms
 from test_fusion import _chan, _from, _to
 
 TABLE = cnnkit.kernels("conv")
@@ -143,7 +144,11 @@ def _check(c):
     if (g.kh, g.kw) == (1, 1):
         s = g.s[0]
         want = np.einsum("nkhw,nchw->kc", dy, a[:, :, ::s, ::s])[:, :, None, None]  # (1x1: one group)
-        assert_close(ref[5], want, np.float32, length=g.N * g.Ho * g.Wo, what="dw vs float64")
+        # bounded by the terms' magnitudes, not |dw| alone: a sum over the pixels may cancel (this
+        # failed at random with the |ref| rule: 33 -> 33 at 10x20, seed 20, error 2.5e-5 against a
+        # bound of 2.0e-5 on dw = 0.0206, the same bits before and after the session's changes)
+        terms = np.einsum("nkhw,nchw->kc", np.abs(dy), np.abs(a[:, :, ::s, ::s]))[:, :, None, None]
+        assert_close_terms(ref[5], want, np.float32, terms, length=g.N * g.Ho * g.Wo, what="dw vs float64")
 
 
 @st.composite
@@ -163,6 +168,8 @@ def _cases(draw):
 
 @settings(max_examples=80, deadline=None)
 @given(c=_cases())
+@example(c={"isa": "scalar", "layout": "NHWC", "kind": "1x1", "N": 1, "C": 33, "K": 33, "H": 10, "W": 20,
+            "mode": "fma", "wrelu": False, "apply": False, "residual": None, "force": None, "seed": 20})
 def test_weight_gradient_in_the_input_pass_hypothesis(c):
     """Bitwise the separate calls, every output, 1 and 2 threads, the drawn ISA level, as
     dispatched or with the adjoint's own packed GEMM (the rows pass) or OpenBLAS forced."""
