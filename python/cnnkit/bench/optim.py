@@ -446,7 +446,25 @@ def run_algo(torch, algo, lists, data, stream_arrays, reps, warmup, probe_reps,
 
 
 def summarize(res: dict, n_params: dict) -> dict:
-    """Medians and per-round ratios for one algorithm (all lists)."""
+    """Medians and per-round ratios of one algorithm's timings, per list of parameters.
+
+    Parameters
+    ----------
+    res : dict
+        One algorithm's result as :func:`run_algo` returns it: ``times_s[list][impl]`` (seconds
+        per round), ``probe_gbs[list]`` (the STREAM probe of each round) and
+        ``bytes_per_param``.
+    n_params : dict
+        The number of parameters in each list (``"large"``, ``"small"``).
+
+    Returns
+    -------
+    dict
+        Per list: cnnkit's median time and its spread, GB/s and the fraction of the probed
+        bandwidth, ns per parameter, the NumPy and torch medians and ratios (torch's fastest
+        variant as ``torch_best``), and ``series`` with the per-round values of every judged
+        figure; on ``"small"`` also the per-parameter cost against ``"large"``.
+    """
     out = {}
     nb = res["bytes_per_param"]
     for L, times in res["times_s"].items():
@@ -491,8 +509,25 @@ def summarize(res: dict, n_params: dict) -> dict:
 
 
 def targets(algo: str, L: str, s: dict) -> list:
-    """[(description, value, threshold, met, spread)] for one row (see
-    :func:`cnnkit.bench._common.target`); met is None when not measured or too noisy to judge."""
+    """The targets of one row of the table, judged.
+
+    Parameters
+    ----------
+    algo : str
+        The algorithm's name (a key of ``ALGOS``; its fused flag picks the torch peer).
+    L : str
+        The list: ``"large"`` (bandwidth and torch targets) or ``"small"`` (torch and the
+        per-parameter cost against the large list).
+    s : dict
+        The list's summary from :func:`summarize`.
+
+    Returns
+    -------
+    list of tuple
+        ``(description, value, threshold, met, spread)`` per target, as
+        :func:`cnnkit.bench._common.target` makes them; ``met`` is None when the figure was not
+        measured or is too noisy to judge.
+    """
     has_fused = ALGOS[algo][5]
     ser = s.get("series", {})
     vs = ser.get("vs_torch", {})
