@@ -812,7 +812,10 @@ def test_dense_chain_never_materialises_the_normalized_tensor(layout, monkeypatc
 # (N, C, K, H, W, k, pad, groups) at stride 1: the adjoint's packed NHWC/NCHW passes, OpenBLAS (a
 # short reduction, groups), the whole-batch path of small NHWC planes (1x1).
 _DGRAD_CASES = [(2, 24, 64, 17, 17, 1, 0, 1), (3, 70, 33, 16, 16, 3, 1, 1), (2, 16, 20, 9, 9, 3, 1, 1),
-                (20, 100, 128, 4, 4, 1, 0, 1), (2, 6, 9, 7, 7, 3, 1, 3), (1, 33, 65, 5, 16, 3, 2, 1)]
+                (20, 100, 128, 4, 4, 1, 0, 1), (2, 6, 9, 7, 7, 3, 1, 3), (1, 33, 65, 5, 16, 3, 2, 1),
+                # 1x1 with 16-31 channels on a side: at AVX-512 the fused pass takes the rows pass
+                # (the packed entry) where the plain forward keeps OpenBLAS
+                (2, 16, 32, 9, 13, 1, 0, 1), (2, 32, 16, 9, 13, 1, 0, 1), (3, 31, 17, 7, 11, 1, 0, 1)]
 
 
 def _fused_input_twice(layout, gy, w, g, x, sc, sh, relu, center):
@@ -851,6 +854,8 @@ def test_fused_backward_input_compiled(layout, case, isa):
         name, (dx, s1, s2) = _fused_input_twice(layout, gy, w, g, x, sc if scale else None,
                                                 sh if scale else None, relu, center)
         assert "gemm" in name, name
+        if layout == "NHWC" and k == 1 and min(C, K) >= 16 and isa in ("avx2", "avx512"):
+            assert name == f"conv2d_gemm_f32_nhwc_packed__{isa}", name
         ref = fused_backward_ref(gy, x, w, 1, p, 1, G, sc if scale else None, sh if scale else None, relu, None,
                                  False)
         ga = ref[6]

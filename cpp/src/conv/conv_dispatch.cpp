@@ -293,7 +293,8 @@ bool sup_packed_nchw(const Kernels&, const Geom& g, DType, Pass p) {
 // Measured (1 thread, CPU time, N = 64 at 32x32, against OpenBLAS): 32->32 forward 1.42 vs 2.26 ms,
 // weight gradient 1.61 vs 2.72; 32->64 forward 2.65 vs 3.99; but with 16 channels on either side
 // OpenBLAS stays ahead in the forward pass (16->32 0.72 vs 0.65, 32->16 0.72 vs 0.65), so those
-// keep it there (and in the adjoint's) at AVX-512 (those figures are the Zen 4 machine's). At
+// keep it there (and in the adjoint's: the plain input gradient) at AVX-512 (those figures are the
+// Zen 4 machine's; the fused input gradient takes the rows pass from 16: fused_input_entry()). At
 // AVX2 (Zen 3, in-process A/B alternating calls, N = 64 at 32x32) the in-place kernels are ahead
 // with 16 channels too, at 1 and 2 threads: forward 0.71-0.74x, input gradient 0.70-0.78x, the
 // fused forms 0.78-0.84x (statistics, prologue and statistics, the gradient epilogue with a
@@ -717,6 +718,29 @@ static const float* expand_residual(const float* res, int64_t s, const Geom& g) 
   return out;
 }
 
+// The entry whose pass the fused input gradient runs (backward_input_fused: the adjoint's forward
+// with the gradient epilogue, and the weight gradient in the same pass where that is the same
+// level's packed entry), for the adjoint geometry a: the adjoint's forward entry, except at
+// AVX-512 for an NHWC 1x1 stride-1 problem with 16 to 31 channels on a side, whose plain forward
+// stays with OpenBLAS (rows_min_channels) but whose fused form runs on the rows pass: OpenBLAS's
+// form makes separate passes over dy (the norm's apply, written whole), dx (the residual, the
+// epilogue) and x (the weight gradient's prologue), the rows pass one. Measured (Zen 4, N = 64 at
+// 32x32, the apply pass, the weight gradient and the epilogue, alternating calls): 32->16 (dx of
+// 32 channels, a residual) 1.25x on 2 threads and 1.23x on 1, 16->32 1.04x and 1.06x;
+// resnext_small's step 1.026x and 1.023x. (Before the rows pass prefetched its C blocks, 6f37d1d,
+// the same change measured 0.98-1.04x on 1 thread.)
+static const Entry& fused_input_entry(const Geom& a) {
+  const auto& t = table();
+  const Entry& e = t[select_effective(Problem{a, DType::f32, Pass::forward})];
+  const bool rows16 = a.nhwc && a.G == 1 && a.kh == 1 && a.kw == 1 && a.pt == 0 && a.pl == 0 && unit_stride(a) &&
+                      a.Ho == a.H && a.Wo == a.W && std::min(a.C, a.K) >= 16 && !stem_shape(a) && !small_planes(a);
+  if (e.isa != Isa::avx512 || e.v->run != run_gemm || !rows16 || g_forced.load(std::memory_order_relaxed) >= 0)
+    return e;
+  for (const Entry& p : t)
+    if (p.isa == e.isa && p.v->dt == DType::f32 && p.v->supported == sup_packed_nhwc) return p;
+  return e;
+}
+
 // Whether backward_input_fused runs on the NHWC 1x1 rows pass (forward_1x1_nhwc, the adjoint's
 // forward reading dy in place).
 static bool rows_input_pass(const Geom& g) {
@@ -724,7 +748,7 @@ static bool rows_input_pass(const Geom& g) {
         g.Ho * g.Wo > 0 && g.N * g.C * g.H * g.W > 0))
     return false;
   const Geom a = adjoint(g);
-  return !small_planes(a) && table()[select_effective(Problem{a, DType::f32, Pass::forward})].v->run == run_packed;
+  return !small_planes(a) && fused_input_entry(a).v->run == run_packed;
 }
 
 // fu's dy_apply written whole into dy (the rows pass evaluates it per block instead): fu without it.
@@ -761,7 +785,7 @@ const char* backward_input_fused(const float* dy, const float* w, float* dx, con
     // (backward_weight_1x1_nhwc, whose pieces and bits the rows pass keeps); else its own pass.
     const Entry& we = table()[select_effective(Problem{g, DType::f32, Pass::weight})];
     const bool in_rows = rows_input_pass(g) && !scatter_input(g) && we.v->run == run_packed && !small_planes(g) &&
-                         we.isa == table()[select_effective(Problem{adjoint(g), DType::f32, Pass::forward})].isa;
+                         we.isa == fused_input_entry(adjoint(g)).isa;
     if (!in_rows) {
       // The weight gradient first (where the registry has no fused form for it, it raises before
       // dx is touched), from dy as the apply pass writes it whole; then the input gradient.
@@ -810,8 +834,7 @@ const char* backward_input_fused(const float* dy, const float* w, float* dx, con
   }
   if (!unit_stride(g) || scatter_input(g)) return backward_input_units(dy, w, dx, g, fu);
   const Geom a = adjoint(g);
-  const auto& t = table();
-  const Entry& e = t[select_effective(Problem{a, DType::f32, Pass::forward})];
+  const Entry& e = fused_input_entry(a);
   const bool own = e.v->run == run_packed, blas = e.v->run == run_gemm,
              transposed = e.v->run == run_transposed<run_packed, false>;
   // (The transposed entry would need the residual and the mask transposed too: units instead.)
