@@ -138,6 +138,18 @@ def has_out(key: str) -> bool:
 
 
 def gn_groups(c: int) -> int:
+    """The group count the benchmark gives group norm on ``c`` channels.
+
+    Parameters
+    ----------
+    c : int
+        Channels.
+
+    Returns
+    -------
+    int
+        ``GN_GROUPS``, or ``c`` (one channel a group) where there are fewer channels than that.
+    """
     return GN_GROUPS if c >= GN_GROUPS else c
 
 

@@ -550,6 +550,27 @@ def targets(algo: str, L: str, s: dict) -> list:
 
 # ---- printing ----------------------------------------------------------------------------------
 def render(summary: list, lists: list, n_params: dict, have_torch: bool) -> str:
+    """The benchmark's Markdown tables.
+
+    Parameters
+    ----------
+    summary : list of (str, dict)
+        Per algorithm, its summary per parameter list (:func:`summarize`).
+    lists : list of str
+        The parameter lists measured ("large", "small").
+    n_params : dict
+        Parameters in each list, by list name.
+    have_torch : bool
+        Whether torch ran (its columns and the torch.optim variants' table).
+
+    Returns
+    -------
+    str
+        The tables, one line each, ready to print: the main table (time, bandwidth, fraction of
+        the in-place bandwidth, the peers' times and ratios, the targets), then the torch.optim
+        variants' table and the per-parameter cost of the small list against the large one
+        where those were measured.
+    """
     lines = []
     lines.append("| list | algorithm | cnnkit ms ±spread | calls/sample | GB/s | "
                  "% of in-place BW (kernel) | numpy ms | torch best ms (variant) | vs torch best | "
