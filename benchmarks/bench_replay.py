@@ -1,0 +1,148 @@
+"""One training step's compiled calls, each replayed warm and cold (see BENCHMARKS.md, issue 17).
+
+    python benchmarks/bench_replay.py [--model resnext|mobilenet] [--threads 2] [--reps 9] [--top 30]
+
+This is a diagnostic, not a race against a peer. It captures every ``cnnkit._core`` call of one
+NHWC training step of ``cnnkit bench train``'s model (batch 64 of 3x32x32), with copies of its
+arguments. It then times each call three ways (medians over ``--reps``):
+
+- **in step:** with a timer around every compiled call of further steps, as they run;
+- **cold:** replayed with its own arguments after a 64 MiB array is updated, which evicts the
+  caches, so its operands come from memory as they do in the step;
+- **warm:** replayed right after its arguments are copied in, so they sit in cache. This is what
+  a plain replay measures.
+
+Each row also gives the bytes of the call's array arguments and the rate they make at the cold
+time, beside the machine's memory bandwidth measured here (``cnnkit.bench.memory_bandwidth``:
+STREAM copy and triad on 256 MiB arrays, at the same thread count).
+The last line gives the step's time, the sum of its compiled calls, and the time outside them (the
+Python between the calls).
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+import cnnkit
+import cnnkit._core as core
+from cnnkit.bench import memory_bandwidth
+from cnnkit.bench import train as bench_train
+
+_SKIP = {"isa_active", "isa_supported", "set_isa", "set_num_threads", "get_num_threads"}
+
+
+def _copy(v: Any) -> Any:
+    if isinstance(v, np.ndarray):
+        return v.copy()
+    if isinstance(v, (list, tuple)):
+        return type(v)(_copy(u) for u in v)
+    return v
+
+
+def _refill(dst: Any, src: Any) -> None:
+    if isinstance(dst, np.ndarray):
+        np.copyto(dst, src)
+    elif isinstance(dst, (list, tuple)):
+        for d, s in zip(dst, src):
+            _refill(d, s)
+
+
+def _nbytes(v: Any) -> int:
+    if isinstance(v, np.ndarray):
+        return v.nbytes
+    if isinstance(v, (list, tuple)):
+        return sum(_nbytes(u) for u in v)
+    return 0
+
+
+def _core_functions() -> dict[str, Callable[..., Any]]:
+    return {n: getattr(core, n) for n in dir(core)
+            if not n.startswith("_") and n not in _SKIP and callable(getattr(core, n))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the replay and print its table; returns the exit status."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="resnext", choices=["resnext", "mobilenet"])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--reps", type=int, default=9)
+    ap.add_argument("--top", type=int, default=30, help="rows shown, by in-step time (0: all)")
+    args = ap.parse_args(argv)
+    cnnkit.set_num_threads(args.threads)
+    step = bench_train.build_configs(None, args.model, 64)["steps"]["cnnkit NHWC"]
+    for _ in range(3):
+        step()
+    orig = _core_functions()
+    calls: list[tuple[str, Any, dict]] = []
+    live: list[list[float]] = []
+    totals: list[float] = []
+
+    def capturing(name: str, f: Callable[..., Any]) -> Callable[..., Any]:
+        def g(*a: Any, **k: Any) -> Any:
+            calls.append((name, _copy(a), {kk: _copy(v) for kk, v in k.items()}))
+            return f(*a, **k)
+        return g
+
+    def timing(f: Callable[..., Any], rec: list[float]) -> Callable[..., Any]:
+        def g(*a: Any, **k: Any) -> Any:
+            t = time.perf_counter()
+            r = f(*a, **k)
+            rec.append(time.perf_counter() - t)
+            return r
+        return g
+
+    try:
+        for n, f in orig.items():
+            setattr(core, n, capturing(n, f))
+        step()
+        for _ in range(args.reps):
+            rec: list[float] = []
+            for n, f in orig.items():
+                setattr(core, n, timing(f, rec))
+            t = time.perf_counter()
+            step()
+            totals.append(time.perf_counter() - t)
+            if len(rec) == len(calls):
+                live.append(rec)
+    finally:
+        for n, f in orig.items():
+            setattr(core, n, f)
+    in_step = np.median(np.array(live), axis=0) if live else np.full(len(calls), np.nan)
+    junk = np.zeros(16 << 20, np.float32)  # 64 MiB, more than the L3
+    rows = []
+    for i, (name, a, k) in enumerate(calls):
+        a2, k2 = _copy(a), {kk: _copy(v) for kk, v in k.items()}
+        warm: list[float] = []
+        cold: list[float] = []
+        for _ in range(args.reps):
+            for lst, evict in ((warm, False), (cold, True)):
+                _refill(a2, a)
+                _refill(list(k2.values()), list(k.values()))
+                if evict:
+                    junk += 1.0
+                t = time.perf_counter()
+                orig[name](*a2, **k2)
+                lst.append(time.perf_counter() - t)
+        shapes = [tuple(v.shape) for v in a if isinstance(v, np.ndarray)][:3]
+        nb = _nbytes(a) + _nbytes(list(k.values()))
+        rows.append((in_step[i] * 1e3, float(np.median(cold)) * 1e3, float(np.median(warm)) * 1e3, nb, i, name,
+                     shapes))
+    bw = memory_bandwidth(("copy", "triad"), reps=5)
+    print(f"{args.model}_small, cnnkit NHWC, batch 64, {args.threads} threads, {args.reps} reps; memory: STREAM "
+          f"copy {bw['copy']:.1f}, triad {bw['triad']:.1f} GB/s (256 MiB arrays, bytes read + written)")
+    print(f"{'#':>3} {'in step':>8} {'cold':>8} {'warm':>8} {'MB args':>8} {'GB/s cold':>9}  call")
+    order = sorted(rows, key=lambda r: -r[0] if np.isfinite(r[0]) else 0)
+    for s, c, w, nb, i, name, shapes in order[:args.top or None]:
+        print(f"{i:3d} {s:8.3f} {c:8.3f} {w:8.3f} {nb / 1e6:8.1f} {nb / c / 1e6:9.1f}  {name} {shapes}")
+    step_ms = float(np.median(totals)) * 1e3
+    in_calls = float(np.nansum(in_step)) * 1e3
+    print(f"step {step_ms:.2f} ms; its {len(calls)} compiled calls {in_calls:.2f} ms (replayed: cold "
+          f"{sum(r[1] for r in rows):.2f}, warm {sum(r[2] for r in rows):.2f}); outside them {step_ms - in_calls:.2f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,36 @@
+"""Smoke test of benchmarks/bench_replay.py: it captures a step's compiled calls and times them."""
+import importlib.util
+import pathlib
+import re
+
+import pytest
+
+_PATH = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "bench_replay.py"
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("bench_replay", _PATH)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_replay_lists_calls_and_the_step(capsys):
+    pytest.importorskip("cnnkit.bench.train")
+    import cnnkit
+    import cnnkit._core as core
+
+    before = {n: getattr(core, n) for n in dir(core) if not n.startswith("_")}
+    threads = cnnkit.get_num_threads()
+    try:
+        assert _load().main(["--reps", "1", "--top", "4", "--threads", "1"]) == 0
+    finally:
+        cnnkit.set_num_threads(threads)
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if re.match(r"\s*\d+\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+\w", line)]
+    assert len(rows) == 4, out
+    assert all("conv2d" in r or "norm" in r for r in rows), out
+    m = re.search(r"step ([\d.]+) ms; its (\d+) compiled calls ([\d.]+) ms", out)
+    assert m and int(m.group(2)) > 50 and 0 < float(m.group(3)) < float(m.group(1)), out
+    # the wrappers are gone: every _core function is the original object again
+    assert all(getattr(core, n) is f for n, f in before.items())
