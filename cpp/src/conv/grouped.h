@@ -552,10 +552,10 @@ void grouped_backward_input_direct(const T* dy, const T* w, T* dx, const Geom& g
         for (int64_t o = 0; o < g.Wo * C * int64_t(sizeof(T)); o += 64) __builtin_prefetch(p0 + o, 0, 3);
       }
       // and the next four dx rows for writing, all four again at every row. The stores wait on
-      // reading the lines they overwrite. With only the next row prefetched, the fused s2 input
-      // gradients of resnext_small (cold operands, 2 threads) ran 1.13-1.25x slower while other
-      // tenants loaded the machine's memory, 1.02x slower on a quiet machine; with only the row
-      // four ahead (each line prefetched once), 1.06-1.18x slower under load (perhaps a burst of
+      // reading the lines they overwrite. Against prefetching only the next row, the fused s2
+      // input gradients of resnext_small (cold operands, 2 threads) ran 1.13-1.25x faster while
+      // other tenants loaded the machine's memory, 1.02x on a quiet machine; prefetching only the
+      // row four ahead (each line once) gained 1.06-1.18x under load (perhaps a burst of
       // prefetches is partly dropped once the misses in flight run out, and later attempts land).
       for (int64_t d = 1; d <= 4 && r + d < rows; ++d) {
         const char* p1 = reinterpret_cast<const char*>(dx + (r + d) * rowlen);
