@@ -71,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=9)
     ap.add_argument("--top", type=int, default=30, help="rows shown, by in-step time (0: all)")
     args = ap.parse_args(argv)
+    for name, low in (("threads", 1), ("reps", 1), ("top", 0)):
+        if getattr(args, name) < low:
+            ap.error(f"--{name}: expected an int >= {low}, got {getattr(args, name)}")
     cnnkit.set_num_threads(args.threads)
     step = bench_train.build_configs(None, args.model, 64)["steps"]["cnnkit NHWC"]
     for _ in range(3):

@@ -34,3 +34,11 @@ def test_replay_lists_calls_and_the_step(capsys):
     assert m and int(m.group(2)) > 50 and 0 < float(m.group(3)) < float(m.group(1)), out
     # the wrappers are gone: every _core function is the original object again
     assert all(getattr(core, n) is f for n, f in before.items())
+
+
+@pytest.mark.parametrize("flag, value", [("--reps", "0"), ("--threads", "0"), ("--top", "-1")])
+def test_replay_rejects_bad_counts(flag, value, capsys):
+    with pytest.raises(SystemExit) as e:
+        _load().main([flag, value])
+    assert e.value.code == 2
+    assert f"{flag}: expected an int >=" in capsys.readouterr().err

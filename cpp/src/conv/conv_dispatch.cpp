@@ -300,6 +300,12 @@ bool sup_packed_nchw(const Kernels&, const Geom& g, DType, Pass p) {
 // fused forms 0.78-0.84x (statistics, prologue and statistics, the gradient epilogue with a
 // prologue mask or a residual and stored mask); so there the bound is 16 channels.
 int rows_min_channels(const Kernels& k) { return &k == &kernels_of(Isa::avx2) ? 16 : 32; }
+// A dense NHWC 1x1 convolution at stride 1 without padding (its output plane the input's): the
+// problems whose passes the rows kernels run on the rows of x and dy as they are.
+bool nhwc_1x1_unit(const Geom& g) {
+  return g.nhwc && g.G == 1 && g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.pt == 0 && g.pl == 0 &&
+         g.Ho == g.H && g.Wo == g.W;
+}
 // At a stride above 1 (no padding) the forward pass gathers the strided pixels into L1 blocks for
 // the same kernels (32->64 at stride 2 from 32x32 left OpenBLAS's im2col path), and the input
 // gradient writes each row of dx once, the product into its strided pixels and zeros between
@@ -307,7 +313,7 @@ int rows_min_channels(const Kernels& k) { return &k == &kernels_of(Isa::avx2) ? 
 bool nhwc_1x1_rows(const Kernels& k, const Geom& g, Pass p) {
   const bool one = g.nhwc && g.G == 1 && g.kh == 1 && g.kw == 1 && g.pt == 0 && g.pl == 0 &&
                    !(stem_shape(g) && p != Pass::input);
-  if (one && g.sh == 1 && g.sw == 1 && g.Ho == g.H && g.Wo == g.W)
+  if (one && nhwc_1x1_unit(g))
     return p == Pass::weight || std::min(g.C, g.K) >= rows_min_channels(k);
   // (the weight pass gathers each block of strided rows: backward_weight_1x1_strided)
   return one && g.Ho == (g.H - 1) / g.sh + 1 && g.Wo == (g.W - 1) / g.sw + 1 &&
@@ -325,9 +331,7 @@ bool sup_packed_nhwc(const Kernels& k, const Geom& g, DType, Pass p) {
 // ahead (load 5-7): 32->16 with statistics 0.93 against 0.79, 16->32 prologue and statistics 1.62
 // against 1.45, the 16->32 gradient epilogue 1.32 against 1.12.
 bool fused_1x1_rows(const Geom& g, const Fused& fu) {
-  return g.nhwc && g.G == 1 && g.kh == 1 && g.kw == 1 && g.sh == 1 && g.sw == 1 && g.pt == 0 && g.pl == 0 &&
-         g.Ho == g.H && g.Wo == g.W && !stem_shape(g) && !fu.pre_scale && !fu.pre_relu && !fu.stats_sum &&
-         !fu.grad_sum;
+  return nhwc_1x1_unit(g) && !stem_shape(g) && !fu.pre_scale && !fu.pre_relu && !fu.stats_sum && !fu.grad_sum;
 }
 // Smaller planes: the NHWC entry's whole-batch GEMMs between layout transposes, in place of one
 // OpenBLAS GEMM per image that re-read all the weights (2 threads, N = 16, median ms, forward /
@@ -732,8 +736,7 @@ static const float* expand_residual(const float* res, int64_t s, const Geom& g) 
 static const Entry& fused_input_entry(const Geom& a) {
   const auto& t = table();
   const Entry& e = t[select_effective(Problem{a, DType::f32, Pass::forward})];
-  const bool rows16 = a.nhwc && a.G == 1 && a.kh == 1 && a.kw == 1 && a.pt == 0 && a.pl == 0 && unit_stride(a) &&
-                      a.Ho == a.H && a.Wo == a.W && std::min(a.C, a.K) >= 16 && !stem_shape(a) && !small_planes(a);
+  const bool rows16 = nhwc_1x1_unit(a) && std::min(a.C, a.K) >= 16 && !stem_shape(a) && !small_planes(a);
   if (e.isa != Isa::avx512 || e.v->run != run_gemm || !rows16 || g_forced.load(std::memory_order_relaxed) >= 0)
     return e;
   for (const Entry& p : t)
@@ -744,8 +747,7 @@ static const Entry& fused_input_entry(const Geom& a) {
 // Whether backward_input_fused runs on the NHWC 1x1 rows pass (forward_1x1_nhwc, the adjoint's
 // forward reading dy in place).
 static bool rows_input_pass(const Geom& g) {
-  if (!(g.nhwc && g.G == 1 && g.kh == 1 && g.kw == 1 && g.pt == 0 && g.pl == 0 && unit_stride(g) && g.K > 0 &&
-        g.Ho * g.Wo > 0 && g.N * g.C * g.H * g.W > 0))
+  if (!(nhwc_1x1_unit(g) && g.K > 0 && g.Ho * g.Wo > 0 && g.N * g.C * g.H * g.W > 0))
     return false;
   const Geom a = adjoint(g);
   return !small_planes(a) && fused_input_entry(a).v->run == run_packed;

@@ -154,6 +154,18 @@ def gn_groups(c: int) -> int:
 
 
 def shape_name(shape) -> str:
+    """The table's name of a shape.
+
+    Parameters
+    ----------
+    shape : sequence of int
+        The dimensions.
+
+    Returns
+    -------
+    str
+        The dimensions joined by ``x`` (``(4, 6, 5, 7)`` -> ``"4x6x5x7"``).
+    """
     return "x".join(str(s) for s in shape)
 
 
@@ -240,8 +252,24 @@ def _references(torch, x, w, b, dy, groups):
 
 
 def reference_check(torch, layouts=LAYOUTS, shape=(4, 6, 5, 7)) -> list:
-    """Every timed cnnkit call on one small shape against torch in float64 (or a NumPy float64
-    reference without torch). Returns failure messages (empty when all agree)."""
+    """Every timed cnnkit call on one small shape against torch in float64, or against a NumPy
+    float64 reference without torch.
+
+    Parameters
+    ----------
+    torch : module or None
+        The torch module, or None to check against the NumPy references.
+    layouts : sequence of str, default LAYOUTS
+        The cnnkit layouts to check ("NCHW", "NHWC").
+    shape : tuple of int, default (4, 6, 5, 7)
+        The NCHW shape (N, C, H, W) of the input.
+
+    Returns
+    -------
+    list of str
+        One message per call that disagrees beyond ``1e-4 * (1 + max |reference|)`` or has the
+        wrong shape; empty when all agree.
+    """
     rng = np.random.default_rng(7)
     n, c, h, wd = shape
     groups = 3
