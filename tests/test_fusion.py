@@ -302,14 +302,82 @@ def test_dispatch_to_compiled_kernel(fake, layout):
     assert F.last_kernel == "reference" and len(fake.calls) == 2
 
 
-def test_stats_from_shifted_sums():
+@pytest.mark.parametrize("nhwc", [False, True])
+def test_stats_from_shifted_sums(nhwc):
+    # an offset of 1e3 over a spread of 1: the sums about each channel's first value keep the variance
     rng = np.random.default_rng(2)
-    y = 1e3 + rng.standard_normal((50, 3))
-    shift = y[0]
-    sums = {"sum": (y - shift).sum(0), "sumsq": ((y - shift) ** 2).sum(0), "shift": shift}
-    mean, var = F._stats_from_sums(sums, 50)
-    assert_close(mean, y.mean(0), np.float64, length=50)
-    assert_close(var, y.var(0), np.float64, length=50)
+    N, S, C = 5, 10, 3
+    y64 = 1e3 + rng.standard_normal((N, S, C))
+    y = (y64 if nhwc else y64.transpose(0, 2, 1)).astype(np.float32)
+    yc = (y if nhwc else y.transpose(0, 2, 1)).reshape(-1, C).astype(np.float64)
+    d = yc - yc[0]
+    mean, var = _core.norm_finish_sums(np.ascontiguousarray(y), d.sum(0), (d * d).sum(0), N, C, S, nhwc)
+    assert_close(mean, yc.mean(0), np.float64, length=N * S)
+    assert_close(var, yc.var(0), np.float64, length=N * S)
+
+
+def _f64(draw, n, lo=-1e3, hi=1e3):
+    return np.array(draw(st.lists(st.floats(lo, hi), min_size=n, max_size=n)), np.float64)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_norm_finishing_steps_match_numpy_bitwise(data):
+    """The three per-channel finishing steps (norm_finish_sums, norm_prologue_coefs,
+    norm_backward_coefs) give the bits of the NumPy expressions they replace."""
+    C = data.draw(st.integers(1, 40), label="C")
+    N, S = data.draw(st.integers(1, 4), label="N"), data.draw(st.integers(1, 9), label="S")
+    nhwc = data.draw(st.booleans(), label="nhwc")
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
+    y = rng.standard_normal((N, S, C) if nhwc else (N, C, S)).astype(np.float32) * 5
+    s1 = _f64(data.draw, C)
+    s2 = np.abs(_f64(data.draw, C)) * 50
+    s2[: C // 3] = s1[: C // 3] ** 2 / (N * S)  # variance 0, or a rounding below it
+    shift = (y[0, 0, :] if nhwc else y[0, :, 0]).astype(np.float64)
+    count = N * S
+    mean_ref = shift + s1 / count
+    var_ref = np.maximum(0.0, (s2 - s1 * s1 / count) / count)
+    mean, var = _core.norm_finish_sums(y, s1, s2, N, C, S, nhwc)
+    assert_bitwise(mean, mean_ref)
+    assert_bitwise(var, var_ref)
+    invstd = 1.0 / np.sqrt(np.abs(_f64(data.draw, C, 0.0, 1e2)) + 1e-5)
+    m = _f64(data.draw, C, -20.0, 20.0)
+    affine = data.draw(st.booleans(), label="affine")
+    w = rng.standard_normal(C).astype(np.float32) if affine else None
+    b = rng.standard_normal(C).astype(np.float32) if affine else None
+    limit = data.draw(st.sampled_from([1.0, 16.0, 1e9]), label="limit")
+    got = _core.norm_prologue_coefs(m, invstd, w, b, limit)
+    if float(np.max(np.abs(m) * invstd)) <= limit:
+        scale = (invstd * (1.0 if w is None else w.astype(np.float64))).astype(np.float32)
+        shift_ref = ((0.0 if b is None else b.astype(np.float64)) - m * scale).astype(np.float32)
+        assert got is not None and got.dtype == np.float32
+        assert_bitwise(got, np.concatenate([scale, shift_ref]))
+    else:
+        assert got is None
+    w64 = np.ones(C) if w is None else w.astype(np.float64)
+    A = w64 * invstd
+    for wa in (w, w64):
+        got3 = _core.norm_backward_coefs(invstd, wa, float(count), s1, s2)
+        for a, r in zip(got3, (A, A * s1 / count, A * invstd * invstd * s2 / count)):
+            assert_bitwise(a, r)
+
+
+def test_norm_finishing_steps_nan_and_bad_input():
+    C = 4
+    inv, m = np.ones(C), np.zeros(C)
+    m[2] = np.nan  # a NaN mean declines the prologue, as numpy.max propagates it
+    assert _core.norm_prologue_coefs(m, inv, None, None, 16.0) is None
+    y = np.zeros((1, 1, 1, C), np.float32)
+    s2 = np.array([np.nan, 0.0, -1.0, 1.0])
+    _, var = _core.norm_finish_sums(y, np.zeros(C), s2, 1, C, 1, True)
+    assert np.isnan(var[0]) and list(var[1:]) == [0.0, 0.0, 1.0]
+    assert not np.signbit(var[2])
+    with pytest.raises(ValueError, match="weight"):
+        _core.norm_prologue_coefs(np.zeros(C), inv, np.ones(C + 1, np.float32), None, 16.0)
+    with pytest.raises(TypeError, match="weight"):
+        _core.norm_backward_coefs(inv, [1.0] * C, 2.0, inv, inv)
+    with pytest.raises(ValueError, match="y"):
+        _core.norm_finish_sums(np.zeros(C - 1, np.float32), inv, inv, 1, C, 1, True)
 
 
 # ---- networks ---------------------------------------------------------------------------------
@@ -423,6 +491,7 @@ def test_fusion_off_is_the_layer_by_layer_path(monkeypatch):
     m1 = models.resnext_small(3, 5, seed=0, widths=(8, 16, 16), groups=4)
     m2 = models.resnext_small(3, 5, seed=0, widths=(8, 16, 16), groups=4)
     monkeypatch.setattr(F, "conv2d_fused", boom)
+    monkeypatch.setattr(F, "_compiled_forward", boom)
     h1 = _train(m1, xs, ls, False)
     m2.set_fusion(False)
     assert not m2.fuse and not m2[2].fuse
@@ -546,14 +615,28 @@ def _pairs(norm, rng):
 
 @pytest.fixture
 def spy(monkeypatch):
+    """The fused forwards the layers ask for: calls of conv2d_fused, and the layers' direct runs
+    of its compiled kernel (``_compiled_forward``; a run that declines is not one), each once."""
     calls = []
-    real = F.conv2d_fused
+    real, real_compiled = F.conv2d_fused, F._compiled_forward
+    inside = [0]
 
     def record(*a, **k):
         calls.append({"stats": k.get("stats", False), "pre": k.get("pre_scale") is not None})
-        return real(*a, **k)
+        inside[0] += 1
+        try:
+            return real(*a, **k)
+        finally:
+            inside[0] -= 1
+
+    def record_compiled(x, w, y, g, b, sc, sh, pre_relu, res, post_relu, stats):
+        r = real_compiled(x, w, y, g, b, sc, sh, pre_relu, res, post_relu, stats)
+        if r is not None and not inside[0]:
+            calls.append({"stats": stats, "pre": sc is not None})
+        return r
 
     monkeypatch.setattr(F, "conv2d_fused", record)
+    monkeypatch.setattr(F, "_compiled_forward", record_compiled)
     return calls
 
 

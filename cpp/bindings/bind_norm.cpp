@@ -25,6 +25,17 @@ Geo geo(int64_t N, int64_t C, int64_t S, bool nhwc, bool ps) {
 
 const double* f64(const F64& a, const char* name, int64_t count) { return array_arg<double>(a, name, count); }
 
+using F64C = py::array_t<double, py::array::c_style | py::array::forcecast>;
+
+// An optional per-channel parameter of any real dtype as float64 (None: null); TypeError for a
+// non-array, ValueError for a wrong size.
+const double* widen(const py::object& o, const char* name, int64_t count, F64C& keep) {
+  if (o.is_none()) return nullptr;
+  dtype_of(o, name);
+  keep = F64C::ensure(o);
+  return array_arg<double>(keep, name, count);
+}
+
 }  // namespace
 
 void bind_norm(py::module_& m) {
@@ -69,6 +80,53 @@ void bind_norm(py::module_& m) {
         return out;
       },
       py::arg("var"), py::arg("eps"), "1/sqrt(var + eps) in float64; ValueError for a negative, NaN or inf var.");
+
+  m.def(
+      "norm_finish_sums",
+      [](const py::object& y, const F64& sum, const F64& sumsq, int64_t N, int64_t C, int64_t S, bool nhwc) {
+        // the batch statistics of a convolution's output from its epilogue's sums about the output's
+        // first value per channel (y[0, 0, 0, c] NHWC, y[0, c, 0, 0] NCHW)
+        const Geo g = geo(N, C, S, nhwc, false);
+        const auto* py_ = array_arg<float>(y, "y", g.total());
+        const double* s1 = f64(sum, "sum", C);
+        const double* s2 = f64(sumsq, "sumsq", C);
+        F64 mean(C), var(C);
+        norm::finish_sums(py_, nhwc ? 1 : S, s1, s2, C, double(N * S), mean.mutable_data(), var.mutable_data());
+        return py::make_tuple(mean, var);
+      },
+      py::arg("y"), py::arg("sum"), py::arg("sumsq"), py::arg("N"), py::arg("C"), py::arg("S"), py::arg("nhwc"),
+      "(mean, biased var), float64, from the shifted sums of a fused convolution's statistics epilogue.");
+  m.def(
+      "norm_prologue_coefs",
+      [](const F64& mean, const F64& invstd, const py::object& w, const py::object& b, double limit) -> py::object {
+        const int64_t C = mean.size();
+        const double* pm = f64(mean, "mean", C);
+        const double* pi = f64(invstd, "invstd", C);
+        F64C w64, b64;  // float32 parameters widened exactly, as .astype(numpy.float64)
+        const double* pw = widen(w, "weight", C, w64);
+        const double* pb = widen(b, "bias", C, b64);
+        py::array_t<float> out(2 * C);
+        if (!norm::prologue_coefs(C, pm, pi, pw, pb, limit, out.mutable_data())) return py::none();
+        return std::move(out);
+      },
+      py::arg("mean"), py::arg("invstd"), py::arg("weight"), py::arg("bias"), py::arg("limit"),
+      "float32 concat(scale, shift) of a batch norm's output as the next convolution's prologue, or None when "
+      "a channel's |mean| * invstd exceeds limit (or is NaN).");
+  m.def(
+      "norm_backward_coefs",
+      [](const F64& invstd, const py::object& w, double count, const F64& sg, const F64& sgx) {
+        const int64_t C = invstd.size();
+        const double* pi = f64(invstd, "invstd", C);
+        F64C w64;
+        const double* pw = widen(w, "weight", C, w64);
+        const double* p1 = f64(sg, "sum_g", C);
+        const double* p2 = f64(sgx, "sum_gx", C);
+        F64 A(C), B(C), D(C);
+        norm::backward_coefs(C, pi, pw, count, p1, p2, A.mutable_data(), B.mutable_data(), D.mutable_data());
+        return py::make_tuple(A, B, D);
+      },
+      py::arg("invstd"), py::arg("weight"), py::arg("count"), py::arg("sum_g"), py::arg("sum_gx"),
+      "(A, B, D) of the batch-norm backward's apply pass, float64.");
 
   m.def(
       "norm_stats",

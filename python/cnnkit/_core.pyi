@@ -121,6 +121,16 @@ def norm_update_running(running_mean: _OptArray, running_var: _OptArray, mean: A
                         momentum: _Float, unbias: _Float) -> None: ...
 def norm_invstd(var: _Array, eps: _Float) -> NDArray[np.float64]:
     """1/sqrt(var + eps) in float64; ValueError for a negative, NaN or inf var."""
+def norm_finish_sums(y: _Array, sum: ArrayLike, sumsq: ArrayLike, N: _Int, C: _Int, S: _Int,
+                     nhwc: bool) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """(mean, biased var), float64, from the shifted sums of a fused convolution's statistics epilogue."""
+def norm_prologue_coefs(mean: ArrayLike, invstd: ArrayLike, weight: _OptArray, bias: _OptArray,
+                        limit: _Float) -> NDArray[np.float32] | None:
+    """float32 concat(scale, shift) of a batch norm's output as the next convolution's prologue, or
+    None when a channel's |mean| * invstd exceeds limit (or is NaN)."""
+def norm_backward_coefs(invstd: ArrayLike, weight: _OptArray, count: _Float, sum_g: ArrayLike,
+                        sum_gx: ArrayLike) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+    """(A, B, D) of the batch-norm backward's apply pass, float64."""
 def norm_stats(x: _Array, N: _Int, C: _Int, S: _Int, nhwc: bool,
                per_sample: bool) -> tuple[NDArray[np.float64], NDArray[np.float64]]: ...
 def norm_apply(x: _Array, out: _Array, residual: _OptArray, N: _Int, C: _Int, S: _Int, nhwc: bool,

@@ -65,6 +65,25 @@ void update_running(DType dt, void* running, const double* stat, int64_t n, doub
 // of the first variance that is negative, NaN or infinite (invstd is then incomplete).
 int64_t invstd(DType dt, const void* var, int64_t n, double eps, double* invstd);
 
+// The small per-channel finishing steps between the passes (single-threaded: C is a channel
+// count), in double with the rounding order of the NumPy expressions they replace, so the bits
+// are the same (this file is compiled without FMA contraction).
+//
+// finish_sums: the batch statistics from a convolution epilogue's sums about a shift, the first
+// output value of each channel (shift[c * shift_stride], float32): mean = shift + s1 / count,
+// var = max(0, (s2 - s1 * s1 / count) / count), a NaN kept.
+void finish_sums(const float* shift, int64_t shift_stride, const double* s1, const double* s2, int64_t C,
+                 double count, double* mean, double* var);
+// prologue_coefs: whether every channel's |mean| * invstd is <= limit (a NaN is not); if so,
+// scale_shift = (scale, shift) for the next convolution's prologue: scale = float(invstd * w),
+// shift = float(b - mean * double(scale)), w and b null meaning 1 and 0.
+bool prologue_coefs(int64_t C, const double* mean, const double* invstd, const double* w, const double* b,
+                    double limit, float* scale_shift);
+// backward_coefs: A = w * invstd, B = A * sg / count, D = A * invstd * invstd * sgx / count, the
+// coefficients of the apply pass (grad_x = A * g - B - (x - mean) * D); w null meaning 1.
+void backward_coefs(int64_t C, const double* invstd, const double* w, double count, const double* sg,
+                    const double* sgx, double* A, double* B, double* D);
+
 using StatsFn = decltype(&stats);
 using ApplyFn = decltype(&apply);
 using BackwardReduceFn = decltype(&backward_reduce);

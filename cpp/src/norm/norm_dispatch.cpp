@@ -80,4 +80,35 @@ int64_t invstd(DType dt, const void* var, int64_t n, double eps, double* out) {
                           : invstd_t(static_cast<const double*>(var), n, eps, out);
 }
 
+void finish_sums(const float* shift, int64_t shift_stride, const double* s1, const double* s2, int64_t C,
+                 double count, double* mean, double* var) {
+  for (int64_t c = 0; c < C; ++c) {
+    mean[c] = double(shift[c * shift_stride]) + s1[c] / count;
+    const double v = (s2[c] - s1[c] * s1[c] / count) / count;
+    var[c] = v > 0.0 || std::isnan(v) ? v : 0.0;  // (numpy.maximum(0.0, v): -0.0 gives 0.0)
+  }
+}
+
+bool prologue_coefs(int64_t C, const double* mean, const double* invstd, const double* w, const double* b,
+                    double limit, float* scale_shift) {
+  for (int64_t c = 0; c < C; ++c)
+    if (!(std::fabs(mean[c]) * invstd[c] <= limit)) return false;
+  for (int64_t c = 0; c < C; ++c) {
+    const float scale = float(invstd[c] * (w ? w[c] : 1.0));
+    scale_shift[c] = scale;
+    scale_shift[C + c] = float((b ? b[c] : 0.0) - mean[c] * double(scale));
+  }
+  return true;
+}
+
+void backward_coefs(int64_t C, const double* invstd, const double* w, double count, const double* sg,
+                    const double* sgx, double* A, double* B, double* D) {
+  for (int64_t c = 0; c < C; ++c) {
+    const double a = (w ? w[c] : 1.0) * invstd[c];
+    A[c] = a;
+    B[c] = a * sg[c] / count;
+    D[c] = a * invstd[c] * invstd[c] * sgx[c] / count;
+  }
+}
+
 }  // namespace cnnkit::norm

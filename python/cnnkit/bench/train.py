@@ -910,6 +910,9 @@ class KernelProfiler:
                     v = getattr(mod, n, None)
                     if callable(v) and not isinstance(v, type):
                         add(v, "op", n)
+        fused = sys.modules.get("cnnkit.ops.fused")
+        if fused is not None:  # the layers' direct runs of conv2d_fused's compiled kernel (Conv2d._forward)
+            add(fused._compiled_forward, "op", "conv2d_fused")
         # NumPy: cnnkit's modules see a copy of the numpy namespace with timed glue functions
         # (numpy's own modules keep the real one: its internals use np.maximum.reduce & co.)
         proxy = types.ModuleType(np.__name__, np.__doc__)
@@ -970,8 +973,12 @@ class KernelProfiler:
         if layer is None:
             layer = f"[{self.phase}]"
         tag, needs = (top.tag, top.needs) if top is not None else (None, None)
+        direct = role == "op" and getattr(f, "__name__", "") == "_compiled_forward"
+        kw = k
+        if direct:  # (x, w, y, geom, bias, pre_scale, pre_shift, pre_relu, residual, post_relu, stats)
+            kw = dict(zip(("pre_scale", "pre_shift", "pre_relu", "residual", "post_relu", "stats"), a[5:11]))
         if role == "op":
-            tag, needs = _op_tag(name, k), k.get("needs")
+            tag, needs = _op_tag(name, kw), kw.get("needs")
             kind = "Python in cnnkit.ops " + tag
         elif role == "kernel":
             kind = kernel_kind(name)
@@ -1024,8 +1031,10 @@ class KernelProfiler:
                     rec[3] += _arg_bytes(a, k, r, distinct=False)
                 if name == "matmul" and isinstance(r, np.ndarray) and a and np.ndim(a[0]):
                     rec[2] += 2.0 * r.size * np.shape(a[0])[-1]
-            else:
-                # (conv2d_fused in the backward: an input gradient, counted apart from the layers' forward calls)
+            elif not (direct and (r is None or (top is not None and top.role == "op" and top.name == name))):
+                # (a direct run counts as the call unless it declined, the public call following, or
+                # runs inside conv2d_fused itself; conv2d_fused in the backward: an input gradient,
+                # counted apart from the layers' forward calls)
                 key = "ops." + name + (" in the backward" if phase == "backward" and name == "conv2d_fused" else "")
                 self.calls[key] = self.calls.get(key, 0) + 1
                 if name == "conv2d_fused" and phase != "backward":  # which implementation ran (ops.fused.last_kernel)

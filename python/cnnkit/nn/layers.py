@@ -181,6 +181,18 @@ class Conv2d(Module):
         return dict(stride=self.stride, padding=self.padding, dilation=self.dilation, groups=self.groups,
                     layout=self.layout)
 
+    def _geom_of(self, x_shape: tuple) -> Any:
+        """The float32 geometry (``cnnkit.ops.conv``'s ``_Geom``) of this layer on an input of
+        ``x_shape``, kept per shape and configuration (the fused paths ask for it several times a
+        step)."""
+        key = (tuple(x_shape), self.params["weight"].shape, self.stride, self.padding, self.dilation, self.groups,
+               self.layout)
+        got = self._ws.get("geom")
+        if got is None or got[0] != key:
+            got = self._ws["geom"] = (key, _conv_geom(key[0], key[1], self.stride, self.padding, self.dilation,
+                                                      self.groups, self.layout, np.dtype(np.float32)))
+        return got[1]
+
     def _out_shape(self, x_shape, weight_shape, **kw):
         """The output shape for this input shape, computed once per input shape."""
         key = tuple(x_shape)
@@ -215,15 +227,24 @@ class Conv2d(Module):
         y = self._y_last = self._buf("y", shape)
         if pre is None and not stats:
             return ops.conv2d(x, self.params["weight"], self.params.get("bias"), out=y, **self._args())
-        ws = self._ws.setdefault("fused", {})
         scale, shift, relu = pre if pre is not None else (None, None, False)
-        r = _fused.conv2d_fused(x, self.params["weight"], self.params.get("bias"), pre_scale=scale, pre_shift=shift,
-                                pre_relu=relu, stats=stats, out=y, workspace=ws, **self._args())
+        w, b = self.params["weight"], self.params.get("bias")
+        r = None
+        if x.size and y.size and x.flags.c_contiguous:
+            # the compiled kernel straight away: what conv2d_fused checks holds here (x checked
+            # above; the layer's own weight, bias and output buffer; the norm's prologue), and the
+            # binding re-checks sizes, dtypes and overlaps (it declines: the public path runs)
+            g = self._geom_of(x.shape)
+            r = _fused._compiled_forward(x, w, y, g, b, scale, shift, bool(relu), None, False, stats)
+        if r is None:
+            ws = self._ws.setdefault("fused", {})
+            r = _fused.conv2d_fused(x, w, b, pre_scale=scale, pre_shift=shift, pre_relu=relu, stats=stats, out=y,
+                                    workspace=ws, **self._args())
         if stats:
             y, mean, var = r
             self._stats = (mean, var)
         if pre is not None and _fused.last_kernel == "reference":
-            self._a = ws["a"]  # the prologue's output, materialised by the reference path
+            self._a = self._ws["fused"]["a"]  # the prologue's output, materialised by the reference path
         return y
 
     def _fused_call(self, x: np.ndarray, pre: tuple | None, stats: bool) -> np.ndarray:
@@ -276,7 +297,7 @@ class Conv2d(Module):
             # sums were handed to the norm; the weight gradient by the same pass (done == 2) or
             # as below
             needs = tuple(k for k in needs if k != "input" and not (done == 2 and k == "weight"))
-            if not needs:
+            if not needs or self._fused_weight_grad(grad, pre, needs):
                 return gi
             _fused.conv2d_fused_backward(grad, self._x, self.params["weight"], pre_scale=pre[0], pre_shift=pre[1],
                                          pre_relu=pre[2], needs=needs, conv_input=self._a,
@@ -293,6 +314,24 @@ class Conv2d(Module):
         ops.conv2d_backward(grad, self._x, self.params["weight"], needs=needs, out=(gi, gw, gb), **self._args())
         return gi
 
+    def _fused_weight_grad(self, grad: np.ndarray, pre: tuple, needs: tuple) -> bool:
+        """The weight (and bias) gradients through the compiled prologue ``pre`` that the forward
+        did not materialise, as :func:`cnnkit.ops.conv2d_fused_backward` computes them: its
+        compiled weight gradient called directly (``grad`` checked and written, the layer's own
+        buffers; the binding re-checks sizes, dtypes and layouts). False (nothing written) where
+        that does not apply or the registry runs a kernel without the fused form."""
+        if needs not in (("weight",), ("weight", "bias")) or getattr(self, "_a", None) is not None:
+            return False
+        x, w = self._x, self.params["weight"]
+        g = self._geom_of(x.shape)
+        try:
+            _core.conv2d_fused_backward_weight(grad, x, self.grads["weight"],
+                                               self.grads["bias"] if "bias" in needs else None, g.core(),
+                                               pre[0], pre[1], bool(pre[2]))
+        except (ValueError, TypeError):
+            return False
+        return True
+
     def _weight_grad_bn(self, apply: tuple) -> bool:
         """The weight (and bias) gradients where the gradient at the output is a batch norm's
         apply pass handed over unwritten (``apply``: the norm's masked output gradient, its input
@@ -302,8 +341,7 @@ class Conv2d(Module):
         runs another kernel."""
         g, z, mean, A, B, D = apply
         x = self._x
-        geo = _conv_geom(x.shape, self.params["weight"].shape, self.stride, self.padding, self.dilation,
-                         self.groups, self.layout, np.dtype(np.float32))
+        geo = self._geom_of(x.shape)
         try:
             _core.conv2d_backward_weight_bn(g, z, mean, A, B, D, x, self.grads["weight"], self.grads.get("bias"),
                                             geo.core())
@@ -349,8 +387,7 @@ class Conv2d(Module):
                 and grad.dtype == np.float32 and add.dtype == np.float32 and add.shape == want
                 and x.dtype == np.float32 and _fusable(self, Conv2d)
                 and in_bn._x.shape == x.shape and in_bn.layout == self.layout):
-            g = _conv_geom(x.shape, self.params["weight"].shape, self.stride, self.padding, self.dilation,
-                           self.groups, self.layout, np.dtype(np.float32))
+            g = self._geom_of(x.shape)
             gi = self._buf("gx", x.shape)
             # a batch norm's apply pass handed over for grad (no injection or capture here, which
             # write it first): evaluated by the input gradient as it reads grad, which it writes;
@@ -402,8 +439,7 @@ class Conv2d(Module):
         if (x is None or x.dtype != np.float32 or self.groups != 1 or self.kernel_size != (1, 1)
                 or getattr(self, "_pre", None) is not None or not _fusable(self, Conv2d)):
             return 0
-        g = _conv_geom(x.shape, self.params["weight"].shape, self.stride, self.padding, self.dilation,
-                       self.groups, self.layout, np.dtype(np.float32))
+        g = self._geom_of(x.shape)
         s = g.s[0]
         if (s < 2 or g.s[1] != s or g.pad != (0, 0) or g.Ho != -(-g.H // s)
                 or g.Wo != -(-g.W // s)):
@@ -462,8 +498,7 @@ class Conv2d(Module):
                 or bn._pre_affine is None or grad.dtype != np.float32):
             self._grad_ready(grad)
             return 0
-        g = _conv_geom(self._x.shape, self.params["weight"].shape, self.stride, self.padding, self.dilation,
-                       self.groups, self.layout, np.dtype(np.float32))
+        g = self._geom_of(self._x.shape)
         apply = self._take_apply(grad)
         gw = self._weight_in_pass(g, self._x, pre) if weight else None
         try:
@@ -776,14 +811,15 @@ class BatchNorm2d(_ReLUMode, Module):
         self._residual_relu = residual_relu and self._residual_affine is not None
         self._mean, self._invstd, self._pre_affine, self._pending_grad = mean, invstd, None, None
         w = p.get("weight")
-        if defer and residual is None and float(np.max(np.abs(mean) * invstd)) <= _DEFER_MAX_MEAN_OVER_STD:
-            scale = (invstd * (1.0 if w is None else w.astype(np.float64))).astype(np.float32)
-            shift = ((0.0 if w is None else p["bias"].astype(np.float64)) - mean * scale).astype(np.float32)
+        # scale = invstd * w and shift = b - mean * scale (float32), or None where a channel's
+        # |mean| * invstd exceeds the bound
+        if defer and residual is None and (pre := _core.norm_prologue_coefs(
+                mean, invstd, w, p.get("bias"), _DEFER_MAX_MEAN_OVER_STD)) is not None:
             self._y = None  # the consumer sets it to the prologue's output when it materialises one
             # The backward's ReLU mask, fma(scale, x, shift) > 0: the compiled prologue's value
             # (one fma in float32), so nothing of the normalized tensor is kept or recomputed.
-            self._pre_affine = np.concatenate([scale, shift])
-            return None, (scale, shift, self.activation == "relu")
+            self._pre_affine = pre
+            return None, (pre[:C], pre[C:], self.activation == "relu")
         y = self._buf("y", x.shape)
         if x.size:
             _core.norm_apply(x, y, residual, N, C, S, nhwc, False, mean, invstd, w, p.get("bias"),
@@ -983,6 +1019,22 @@ class BatchNorm2d(_ReLUMode, Module):
             return self._fused_backward(grad, gi, pre_affine if self.activation is not None else None)
         if y is None and self.activation is not None:  # fused: the output was never written
             y = self._preactivation()  # its sign is the ReLU mask; kept in a buffer, not allocated
+        x = self._x
+        mask = y if self.activation is not None else None
+        if (grad.dtype == np.float32 and grad.flags.c_contiguous and x.flags.c_contiguous and x.size
+                and (mask is None or mask.flags.c_contiguous) and self._mean.shape == (self.num_features,)):
+            # batch_norm_backward's one chunk on the layer's own checked arrays (its checks hold)
+            nhwc = self.layout == "NHWC"
+            N, C = x.shape[0], self.num_features
+            S = x.shape[1] * x.shape[2] if nhwc else x.shape[2] * x.shape[3]
+            w = self.params.get("weight")
+            sg, sgxhat = _bn_backward_chunk(grad, x, mask, gi, gres, N, C, S, nhwc, self._mean, self._invstd,
+                                            np.ones(C) if w is None else w.astype(np.float64), N * S)
+            if self.affine and self.param_grads:
+                self.grads["weight"][...] = sgxhat + 0.0  # (+ 0.0: the bits of the sum batch_norm_backward
+                self.grads["bias"][...] = sg + 0.0        # starts from zeros, -0.0 made 0.0)
+            self.residual_grad = gres
+            return gi
         res = ops.batch_norm_backward(grad, self._x, self.params.get("weight"), self._mean, self._invstd, y=y,
                                       bias=self.params.get("bias"), residual=self._residual,
                                       activation=self.activation, layout=self.layout, needs=tuple(needs), out=gi,

@@ -44,12 +44,6 @@ from .conv import _contig, _float_array, _geom, _Geom, _same_dtype, _work, conv2
 
 __all__ = ["conv2d_fused", "conv2d_fused_backward", "FusedConvGrads"]
 
-#: Output arrays the compiled epilogue fills with the statistics, in the order it takes them
-#: (float64 (C_out,) each). The norm kernels' scheme: sums of (y - shift) and (y - shift)^2 with
-#: shift_k = y[0, k, 0, 0], the first value of channel k's reduction (cpp/include/cnnkit/conv.h);
-#: with stats there is no residual or ReLU, so the shift is read back from the output.
-_CORE_STATS = ("sum", "sumsq")
-
 _NEEDS = ("input", "weight", "bias", "pre_scale", "pre_shift", "residual", "conv_input")
 
 #: the implementation the last conv2d_fused call ran: "reference" or the compiled kernel's name
@@ -119,13 +113,33 @@ def _prologue(x: np.ndarray, g: _Geom, scale: np.ndarray | None, shift: np.ndarr
     return out
 
 
-def _stats_from_sums(sums: dict[str, np.ndarray], count: int) -> tuple[np.ndarray, np.ndarray]:
-    """(mean, biased var) from the epilogue's shifted sums, as the norm kernels finish them."""
-    shift = sums.get("shift", 0.0)
-    s1, s2 = sums["sum"], sums["sumsq"]
-    mean = shift + s1 / count
-    var = np.maximum(0.0, (s2 - s1 * s1 / count) / count)
-    return np.asarray(mean, np.float64), var
+def _compiled_forward(x: np.ndarray, w: np.ndarray, y: np.ndarray, g: _Geom, b: np.ndarray | None,
+                      sc: np.ndarray | None, sh: np.ndarray | None, pre_relu: bool, res: np.ndarray | None,
+                      post_relu: bool, stats: bool) -> np.ndarray | tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The compiled ``conv2d_fused`` on arguments checked as :func:`conv2d_fused` checks them
+    (float32 only): ``y``, or ``(y, mean, var)`` with ``stats`` (the epilogue's sums about each
+    channel's first output value, finished by ``norm_finish_sums``); None where ``_core`` has no
+    such kernel or the kernel declines the combination (or, called without the checks, the
+    arguments: the binding re-checks them). :data:`last_kernel` names the entry that ran.
+
+    The statistics follow the norm kernels' scheme: the kernel fills the sums of (y - shift) and
+    (y - shift)^2 (float64 ``(C_out,)`` each) with shift_k = y[0, k, 0, 0], the first value of
+    channel k's reduction (cpp/include/cnnkit/conv.h); with stats there is no residual or ReLU, so
+    the shift is read back from the output."""
+    global last_kernel
+    fn = getattr(_core, "conv2d_fused", None)
+    if fn is None or x.dtype != np.float32:
+        return None
+    s1, s2 = (np.zeros(g.K), np.zeros(g.K)) if stats else (None, None)
+    try:
+        kernel = fn(x, w, y, g.core(), b, sc, sh, pre_relu, res, post_relu, s1, s2)
+    except (ValueError, TypeError):  # a combination the compiled kernel does not support
+        return None
+    last_kernel = str(kernel)
+    if s1 is not None and s2 is not None:
+        mean, var = _core.norm_finish_sums(y, s1, s2, g.N, g.K, g.Ho * g.Wo, g.nhwc)
+        return y, mean, var
+    return y
 
 
 @accepts_dlpack
@@ -235,21 +249,9 @@ def conv2d_fused(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = No
     if workspace is not None and not isinstance(workspace, dict):
         raise TypeError(f"workspace: expected a dict (reused across calls) or None, got {type(workspace).__name__}")
     x, w = _contig(x), _contig(weight)
-    fn = getattr(_core, "conv2d_fused", None)
-    if fn is not None and dt == np.float32:
-        sums = {k: np.zeros(g.K, np.float64) for k in _CORE_STATS} if stats else {}
-        arrays = tuple(sums.values()) if stats else (None,) * len(_CORE_STATS)
-        try:
-            kernel = fn(x, w, y, g.core(), b, sc, sh, pre_relu, res, post_relu, *arrays)
-        except ValueError:  # a combination the compiled kernel does not support
-            kernel = None
-        if kernel is not None:
-            last_kernel = str(kernel)
-            if stats:
-                sums["shift"] = (y[0, 0, 0, :] if g.nhwc else y[0, :, 0, 0]).astype(np.float64)
-                mean, var = _stats_from_sums(sums, count)
-                return y, mean, var
-            return y
+    done = _compiled_forward(x, w, y, g, b, sc, sh, pre_relu, res, post_relu, stats)
+    if done is not None:
+        return done
     last_kernel = "reference"
     a = x
     if sc is not None or sh is not None or pre_relu:

@@ -141,9 +141,8 @@ def _bn_infer_core(x, y, residual, N, C, S, nhwc, weight, bias, running_mean, ru
 def _bn_apply_coefs(invstd, w, count, sg, sgx):
     """``(A, B, D)`` of the apply pass, ``grad_x = A*g - B - (x - mean)*D`` (float64, per channel):
     A = w*invstd, B = A*sg/count, D = A*invstd^2*sgx/count, from the sums ``sg`` = sum g and
-    ``sgx`` = sum g*(x - mean)."""
-    A = w * invstd
-    return A, A * sg / count, A * invstd * invstd * sgx / count
+    ``sgx`` = sum g*(x - mean) (``w`` None: 1; one compiled call, NumPy's rounding order)."""
+    return _core.norm_backward_coefs(invstd, w, float(count), sg, sgx)
 
 
 def _bn_backward_apply(g, x, mask, grad_x, grad_res, v, C, S, nhwc, mean, invstd, w, count, sg, sgx,
