@@ -316,6 +316,20 @@ def test_stats_from_shifted_sums(nhwc):
     assert_close(var, yc.var(0), np.float64, length=N * S)
 
 
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_layer_backward_refuses_a_gradient_overlapping_its_buffer(layout):
+    """The layers call the compiled backward passes directly (no public checks): a gradient that
+    is the layer's own input-gradient buffer (from its previous backward) is still refused, as
+    cnnkit.ops.conv2d_backward refuses it, never read while it is written."""
+    rng = np.random.default_rng(3)
+    conv = nn.Conv2d(4, 4, 1, layout=layout, rng=rng)
+    x = rng.standard_normal((2, 4, 3, 3) if layout == "NCHW" else (2, 3, 3, 4)).astype(np.float32)
+    conv(x)
+    g1 = conv.backward(rng.standard_normal(x.shape).astype(np.float32))
+    with pytest.raises(ValueError, match="overlapping"):
+        conv.backward(g1)
+
+
 def _f64(draw, n, lo=-1e3, hi=1e3):
     return np.array(draw(st.lists(st.floats(lo, hi), min_size=n, max_size=n)), np.float64)
 

@@ -311,7 +311,7 @@ class Conv2d(Module):
                                          workspace=self._ws.setdefault("fused", {}),
                                          out=(None, gw, gb, None, None, None, gi), **self._args())
             return gi
-        ops.conv2d_backward(grad, self._x, self.params["weight"], needs=needs, out=(gi, gw, gb), **self._args())
+        self._conv_backward(grad, gi, gw, gb)
         return gi
 
     def _fused_weight_grad(self, grad: np.ndarray, pre: tuple, needs: tuple) -> bool:
@@ -349,6 +349,28 @@ class Conv2d(Module):
             return False
         return True
 
+    def _conv_backward(self, grad: np.ndarray, gi: np.ndarray | None, gw: np.ndarray | None,
+                       gb: np.ndarray | None) -> None:
+        """:func:`cnnkit.ops.conv2d_backward` of the last forward into the layer's own buffers
+        ``gi`` (the input gradient), ``gw``, ``gb`` (None: not wanted), ``grad`` checked at the
+        output's shape: the compiled passes called directly (the binding re-checks sizes, dtypes
+        and layouts; where it declines, the public function runs)."""
+        x, w = self._x, self.params["weight"]
+        if (grad.dtype == np.float32 and grad.flags.c_contiguous and x.flags.c_contiguous
+                and not any(o is not None and (np.may_share_memory(o, grad) or np.may_share_memory(o, x))
+                            for o in (gi, gw, gb))):  # (the public function refuses an overlap)
+            g = self._geom_of(x.shape)
+            try:
+                if gi is not None:
+                    _core.conv_backward_input(grad, w, gi, g.core())
+                if gw is not None or gb is not None:
+                    _core.conv_backward_weight(grad, x, gw, gb, g.core())
+                return
+            except (ValueError, TypeError):
+                pass
+        needs = tuple(k for k, o in (("input", gi), ("weight", gw), ("bias", gb)) if o is not None)
+        ops.conv2d_backward(grad, x, w, needs=needs, out=(gi, gw, gb), **self._args())
+
     def _param_grads_of(self, grad: np.ndarray, shape: tuple) -> np.ndarray:
         """The checked gradient at the output (with any injected one, given to the captures), after
         writing the weight and bias gradients from it (parameter gradients on)."""
@@ -356,9 +378,7 @@ class Conv2d(Module):
         grad = self._check_grad(self._grad_in(grad), shape)
         self._note_grad(grad)
         if self.param_grads:
-            needs = ("weight", "bias") if self.has_bias else ("weight",)
-            ops.conv2d_backward(grad, self._x, self.params["weight"], needs=needs,
-                                out=(None, self.grads["weight"], self.grads.get("bias")), **self._args())
+            self._conv_backward(grad, None, self.grads["weight"], self.grads.get("bias") if self.has_bias else None)
         return grad
 
     def _backward_add(self, grad: np.ndarray, add: np.ndarray, in_bn: Any = None,
