@@ -7,8 +7,9 @@ way whichever API received it.
 """
 from __future__ import annotations
 
+import collections.abc
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping
 
 from .._validate import check_bool, check_real
 
@@ -59,7 +60,7 @@ class AlgoSpec:
 
 def _betas(group):
     b = group["betas"]
-    if not isinstance(b, Sequence) or isinstance(b, str) or len(b) != 2:
+    if not isinstance(b, collections.abc.Sequence) or isinstance(b, str) or len(b) != 2:  # (typing's alias: slower)
         raise TypeError(f"betas: expected a pair (beta1, beta2), got {b!r}")
     return b
 
