@@ -20,6 +20,8 @@ import numpy as np
 
 from .._validate import check_array, dlpack_methods
 
+_F32 = np.dtype(np.float32)
+
 __all__ = ["Module", "Sequential", "Capture", "RELU_BACKWARD_MODES", "fusion", "fusion_enabled"]
 
 RELU_BACKWARD_MODES = ("standard", "guided", "deconvnet")
@@ -543,6 +545,8 @@ class Module:
         last forward output's ``shape`` (``...``: any shape; None: no forward yet)."""
         if shape is None:
             raise ValueError(f"grad: expected a forward call of {type(self).__name__} first, got none")
+        if type(grad) is np.ndarray and grad.dtype == _F32 and (shape is ... or grad.shape == tuple(shape)):
+            return grad  # (the common case, as the checks below would pass it)
         check_array("grad", grad, dtypes=(np.float32, np.float64), what="(the gradient at the output)")
         if shape is not ... and grad.shape != tuple(shape):
             raise ValueError(f"grad: expected shape {tuple(shape)} (the last output of {type(self).__name__}), "
