@@ -864,24 +864,23 @@ class BatchNorm2d(_ReLUMode, Module):
         N, C = x.shape[0], self.num_features
         S = x.shape[1] * x.shape[2] if nhwc else x.shape[2] * x.shape[3]
         w = p.get("weight")
-        w64 = np.ones(C) if w is None else w.astype(np.float64)
         pending, self._pending_grad = self._pending_grad, None
         if pending is not None and pending[0] is grad:
             # the consumer's compiled input gradient: grad is already masked, and the sums of g and
             # g*(x - mean) came from its epilogue: only the apply pass is left
             sg, sgxc = pending[1], pending[2]
             if gi.size:
-                self._apply_or_defer(grad, gi, N, C, S, nhwc, w64, sg, sgxc)
+                self._apply_or_defer(grad, gi, N, C, S, nhwc, w, sg, sgxc)
             sgxhat = sgxc * self._invstd
         elif (pooled := _pooled_grad(grad, nhwc)) is not None:
             # the next layer is a global average pool fused with this norm: grad is its (N, C)
             # adjoint broadcast over H and W, read once per (n, c) inside the kernels
             sg, sgxhat = _bn_backward_chunk(pooled, x, None, gi, None, N, C, S, nhwc, self._mean, self._invstd,
-                                            w64, N * S, mask_affine=pre_affine, pooled=True)
+                                            w, N * S, mask_affine=pre_affine, pooled=True)
         else:
             grad = np.ascontiguousarray(grad, dtype=np.float32)
             sg, sgxhat = _bn_backward_chunk(grad, x, None, gi, None, N, C, S, nhwc, self._mean, self._invstd,
-                                            w64, N * S, mask_affine=pre_affine)
+                                            w, N * S, mask_affine=pre_affine)
         if self.affine and self.param_grads:
             self.grads["weight"][...] = sgxhat
             self.grads["bias"][...] = sg
@@ -901,9 +900,8 @@ class BatchNorm2d(_ReLUMode, Module):
         N, C = x.shape[0], self.num_features
         S = x.shape[1] * x.shape[2] if nhwc else x.shape[2] * x.shape[3]
         w = self.params.get("weight")
-        w64 = np.ones(C) if w is None else w.astype(np.float64)
         if gi.size:
-            self._apply_or_defer(grad, gi, N, C, S, nhwc, w64, sg, sgxc)
+            self._apply_or_defer(grad, gi, N, C, S, nhwc, w, sg, sgxc)
         if self.affine and self.param_grads:
             self.grads["weight"][...] = sgxc * self._invstd
             self.grads["bias"][...] = sg
@@ -911,14 +909,14 @@ class BatchNorm2d(_ReLUMode, Module):
         return gi
 
     def _apply_or_defer(self, grad: np.ndarray, gi: np.ndarray, N: int, C: int, S: int, nhwc: bool,
-                        w64: np.ndarray, sg: np.ndarray, sgxc: np.ndarray) -> None:
+                        w: np.ndarray | None, sg: np.ndarray, sgxc: np.ndarray) -> None:
         """The apply pass of the training-mode backward into ``gi`` from the masked ``grad`` and
         the sums ``sg``, ``sgxc``; or, where the convolution that wrote this norm's input takes
         the pass into its weight gradient (:meth:`_apply_taker`), handed to it unwritten as its
         ``_deferred_grad``: ``gi`` is written by the first reader that needs it written
         (:meth:`Module._grad_ready`), or never (the weight gradient evaluated the pass itself)."""
         x, mean = self._x, self._mean
-        A, B, D = _bn_apply_coefs(self._invstd, w64, N * S, sg, sgxc)
+        A, B, D = _bn_apply_coefs(self._invstd, w, N * S, sg, sgxc)
 
         def write() -> None:
             _core.norm_backward_apply(grad, x, None, gi, None, N, C, S, nhwc, False, mean, A, B, D)
@@ -1048,8 +1046,8 @@ class BatchNorm2d(_ReLUMode, Module):
             N, C = x.shape[0], self.num_features
             S = x.shape[1] * x.shape[2] if nhwc else x.shape[2] * x.shape[3]
             w = self.params.get("weight")
-            sg, sgxhat = _bn_backward_chunk(grad, x, mask, gi, gres, N, C, S, nhwc, self._mean, self._invstd,
-                                            np.ones(C) if w is None else w.astype(np.float64), N * S)
+            sg, sgxhat = _bn_backward_chunk(grad, x, mask, gi, gres, N, C, S, nhwc, self._mean, self._invstd, w,
+                                            N * S)
             if self.affine and self.param_grads:
                 self.grads["weight"][...] = sgxhat + 0.0  # (+ 0.0: the bits of the sum batch_norm_backward
                 self.grads["bias"][...] = sg + 0.0        # starts from zeros, -0.0 made 0.0)
