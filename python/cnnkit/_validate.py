@@ -16,6 +16,8 @@ __all__ = ["is_real", "check_real", "check_int", "check_bool", "check_pair", "ch
 
 
 def is_real(value: Any) -> bool:
+    if type(value) is float or type(value) is int:  # (no ABC isinstance hook in the common case)
+        return True
     return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
 
 
@@ -49,7 +51,7 @@ def check_real(name: str, value: Any, *, lo: Optional[float] = None, hi: Optiona
 
 def check_int(name: str, value: Any, minimum: int, what: str) -> int:
     """``int(value)``; TypeError unless an integer (not bool), ValueError below ``minimum``."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+    if type(value) is not int and (isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral)):
         raise TypeError(f"{name}: expected {what}, got {type(value).__name__} {value!r}")
     if value < minimum:
         raise ValueError(f"{name}: expected {what}, got {value!r}")
@@ -77,6 +79,8 @@ def _got(value: Any) -> str:
 
 
 def _is_int(value: Any) -> bool:
+    if type(value) is int:  # (the common case, without the ABC's Python-level isinstance hook)
+        return True
     return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
 
 

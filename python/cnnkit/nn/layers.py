@@ -1940,7 +1940,8 @@ class _Residual(Module):
                 and norm.activation == "relu" and norm.relu_mode == "standard" and _fusable(c, Conv2d)
                 and c.kernel_size == (1, 1) and c.groups == 1 and c.in_channels == norm.num_features
                 and c.layout == norm.layout and c.padding in (0, (0, 0), "valid", "same")
-                and _pair("stride", c.stride, 1) == (1, 1) and _fusable(self.bn3, BatchNorm2d)
+                and (c.stride if type(c.stride) is tuple else _pair("stride", c.stride, 1)) == (1, 1)
+                and _fusable(self.bn3, BatchNorm2d)
                 and _fusable(self.conv3, Conv2d))
 
     def _shortcut_forward(self, x, last_conv, last_norm):
