@@ -330,6 +330,28 @@ def test_layer_backward_refuses_a_gradient_overlapping_its_buffer(layout):
         conv.backward(g1)
 
 
+def test_norm_output_registry_stays_bounded(monkeypatch):
+    """The registry of which batch norm wrote which buffer (weak references by buffer id) drops
+    dead norms, then the oldest entries, past its bound; the norm that wrote a buffer last is
+    still found, and a dropped or dead entry only means no fusion (None), never a wrong norm."""
+    from cnnkit.nn import layers as L
+    monkeypatch.setattr(L, "_NORM_OUTPUTS", {})
+    monkeypatch.setattr(L, "_NORM_OUTPUTS_PRUNE", 8)
+    rng = np.random.default_rng(4)
+    keep = []
+    for i in range(30):
+        bn = nn.BatchNorm2d(3, activation="relu", layout="NHWC")
+        y = bn(rng.standard_normal((2, 4, 4, 3)).astype(np.float32))
+        assert L._producing_norm(y) is bn
+        if i % 3 == 0:
+            keep.append((bn, y))  # the others die, with their buffers
+        assert len(L._NORM_OUTPUTS) <= 8
+    bn, y = keep[-1]
+    assert L._producing_norm(y) is bn
+    for bn, y in keep[:-1]:
+        assert L._producing_norm(y) in (bn, None)
+
+
 def _f64(draw, n, lo=-1e3, hi=1e3):
     return np.array(draw(st.lists(st.floats(lo, hi), min_size=n, max_size=n)), np.float64)
 

@@ -32,16 +32,31 @@ _LAYOUTS = ("NCHW", "NHWC")
 #: |mean| / std is at most this (beyond it scale * x + shift would cancel digits)
 _DEFER_MAX_MEAN_OVER_STD = 16.0
 
-# The batch norm that last wrote each output buffer (by id; checked with ``bn._y is x``): a residual
-# block finds the norm that produced its input, whose backward its first convolution's input
-# gradient can then take over (Conv2d._backward_add).
-_NORM_OUTPUTS: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
+# The batch norm that last wrote each output buffer (by id, as a weak reference; checked with
+# ``bn._y is x``): a residual block finds the norm that produced its input, whose backward its first
+# convolution's input gradient can then take over (Conv2d._backward_add). A plain dict of
+# weakref.ref (C-level lookups: a WeakValueDictionary runs Python code on every access), pruned
+# of dead norms when it grows past _NORM_OUTPUTS_PRUNE entries.
+_NORM_OUTPUTS: dict[int, weakref.ref] = {}
+_NORM_OUTPUTS_PRUNE = 4096
+
+
+def _note_norm_output(y: np.ndarray, bn: Any) -> None:
+    """Record ``bn`` as the writer of ``y`` (see ``_NORM_OUTPUTS``)."""
+    if len(_NORM_OUTPUTS) >= _NORM_OUTPUTS_PRUNE and id(y) not in _NORM_OUTPUTS:
+        for k in [k for k, r in _NORM_OUTPUTS.items() if r() is None]:
+            del _NORM_OUTPUTS[k]
+        if len(_NORM_OUTPUTS) >= _NORM_OUTPUTS_PRUNE:  # all alive: forget the oldest half
+            for k in list(_NORM_OUTPUTS)[: _NORM_OUTPUTS_PRUNE // 2]:
+                del _NORM_OUTPUTS[k]
+    _NORM_OUTPUTS[id(y)] = weakref.ref(bn)  # (CPython hands out the object's one plain ref again)
 
 
 def _producing_norm(x: np.ndarray) -> Any:
     """The training-mode BatchNorm2d with a fused standard ReLU whose last forward output is ``x``
     (that very array), or None."""
-    bn = _NORM_OUTPUTS.get(id(x))
+    ref = _NORM_OUTPUTS.get(id(x))
+    bn = None if ref is None else ref()
     if (bn is None or bn._y is not x or not bn._trained or bn.activation != "relu" or bn.relu_mode != "standard"
             or x.dtype != np.float32 or bn._captures or bn._inject is not None or not _fusable(bn, BatchNorm2d)):
         return None  # (captures and injected gradients want the unmasked gradient at the output)
@@ -784,7 +799,7 @@ class BatchNorm2d(_ReLUMode, Module):
                                      out=y)
             self._trained = False
         self._y = y
-        _NORM_OUTPUTS[id(y)] = self
+        _note_norm_output(y, self)
         return y
 
     def _fused_forward(self, x: np.ndarray, stats: tuple | None, residual: np.ndarray | None,
@@ -845,7 +860,7 @@ class BatchNorm2d(_ReLUMode, Module):
             _core.norm_apply(x, y, residual, N, C, S, nhwc, False, mean, invstd, w, p.get("bias"),
                              self.activation == "relu", self._residual_affine, self._residual_relu)
         self._y = y
-        _NORM_OUTPUTS[id(y)] = self
+        _note_norm_output(y, self)
         for c in self._captures:
             c.output = y.copy()
         return y, None
@@ -2031,8 +2046,7 @@ class _Residual(Module):
                 or conv1.layout != "NHWC" or conv1.kernel_size != (1, 1) or conv1.groups != 1 or x1 is None
                 or in_bn is None or _producing_norm(x1) is not in_bn):
             return None
-        g1 = _conv_geom(x1.shape, conv1.params["weight"].shape, conv1.stride, conv1.padding, conv1.dilation, 1,
-                        "NHWC", np.dtype(np.float32))
+        g1 = conv1._geom_of(x1.shape)  # (groups 1, NHWC: checked above)
         if g1.s != (1, 1) or g1.pad != (0, 0) or (g1.Ho, g1.Wo) != (g1.H, g1.W):
             return None
         conv, norm = sc.layers
