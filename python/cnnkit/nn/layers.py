@@ -1622,7 +1622,7 @@ class Linear(Module):
         if self.param_grads:
             _core.sgemm(grad, self._x, self.grads["weight"], trans_a=True)
             if self.has_bias:
-                np.sum(grad, axis=0, out=self.grads["bias"])
+                np.add.reduce(grad, axis=0, out=self.grads["bias"])  # (np.sum's reduction, without its Python wrapper)
         if not input_grad:
             return None
         gx = self._buf("gx", self._x.shape)
@@ -1988,7 +1988,7 @@ class _Residual(Module):
         sc._ran = (1, False, z.shape)
         if pre is None:
             return out, None
-        return z, np.concatenate([pre[0], pre[1]])
+        return z, bn._pre_affine  # concat(scale, shift) (read only)
 
     def _unmerge(self, grad, last_norm):
         """(gradient into the last norm's input, gradient into the shortcut)."""
@@ -2214,7 +2214,7 @@ class BottleneckBlock(_Residual):
         self._in_bn = None
         assert self.bn3 is not None  # (_takes_prologue)
         return _fused_chain((self.conv1, self.bn1, self.conv2, self.bn2, self.conv3), self.bn3, z, z,
-                            np.concatenate([pre[0], pre[1]]), True, ("pre", norm, pre))
+                            norm._pre_affine, True, ("pre", norm, pre))  # (concat(scale, shift), read only)
 
     def backward(self, grad: np.ndarray, input_grad: bool = True) -> np.ndarray:
         """Backpropagate through the main path and the shortcut, writing every sub-module's parameter

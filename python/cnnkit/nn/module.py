@@ -33,6 +33,7 @@ _ARRAY_METHODS = ("__call__", "forward", "backward")
 SPARE_SHAPES = 2
 
 _FUSION = [True]  # the process-wide switch of fusion(); a list so the context manager can set it
+_FUSED_STEP: list = [None]  # layers._fused_step, imported on first use (layers imports this module)
 
 
 def fusion_enabled() -> bool:
@@ -842,7 +843,10 @@ class Sequential(Module):
         partial = bool(inner) and isinstance(self.layers[stop], Sequential)
         step: Any = None
         if self.fuse and _FUSION[0]:
-            from .layers import _fused_step as step
+            step = _FUSED_STEP[0]
+            if step is None:
+                from .layers import _fused_step as step
+                _FUSED_STEP[0] = step
         pending = None  # what a fused layer hands to the next one
         for i in range(stop + 1):
             m = self.layers[i]

@@ -60,7 +60,8 @@ class AlgoSpec:
 
 def _betas(group):
     b = group["betas"]
-    if not isinstance(b, collections.abc.Sequence) or isinstance(b, str) or len(b) != 2:  # (typing's alias: slower)
+    if ((type(b) is not tuple and type(b) is not list  # (the common kinds without the ABC's isinstance hook)
+            and (not isinstance(b, collections.abc.Sequence) or isinstance(b, str))) or len(b) != 2):
         raise TypeError(f"betas: expected a pair (beta1, beta2), got {b!r}")
     return b
 
