@@ -1971,7 +1971,7 @@ class _Residual(Module):
         if sc is None:
             return x, None
         if not (self._fusing() and type(sc) is Sequential and len(sc.layers) == 2 and sc.fuse
-                and not sc._captures and not any(m._captures for m in sc.layers)
+                and not sc._captures and not sc.layers[0]._captures and not sc.layers[1]._captures
                 and _fusable(sc.layers[0], Conv2d) and _fusable(sc.layers[1], BatchNorm2d)
                 and sc.layers[1].activation is None and _fusable(last_conv, Conv2d)
                 and _fusable(last_norm, BatchNorm2d) and last_norm.training == sc.layers[1].training
