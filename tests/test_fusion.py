@@ -398,6 +398,38 @@ def test_norm_finishing_steps_match_numpy_bitwise(data):
             assert_bitwise(a, r)
 
 
+@pytest.mark.parametrize("affine", [False, True])
+@pytest.mark.parametrize("limit", [-1.0, 0.5, 16.0])
+def test_norm_train_finish_is_the_three_steps(affine, limit):
+    """norm_train_finish gives the bits of norm_invstd, norm_update_running and (limit >= 0)
+    norm_prologue_coefs called one after the other; a bad variance raises before the running
+    statistics are touched."""
+    rng = np.random.default_rng(5)
+    C = 37
+    mean, var = rng.standard_normal(C) * 3, np.abs(rng.standard_normal(C)) * 2
+    w = rng.standard_normal(C).astype(np.float32) if affine else None
+    b = rng.standard_normal(C).astype(np.float32) if affine else None
+    rm0, rv0 = rng.standard_normal(C).astype(np.float32), np.abs(rng.standard_normal(C)).astype(np.float32)
+    rm, rv, rm2, rv2 = rm0.copy(), rv0.copy(), rm0.copy(), rv0.copy()
+    inv, pre = _core.norm_train_finish(mean, var, 1e-5, rm, rv, 0.1, 1.25, w, b, limit)
+    inv_ref = _core.norm_invstd(var, 1e-5)
+    _core.norm_update_running(rm2, rv2, mean, var, 0.1, 1.25)
+    assert_bitwise(inv, inv_ref)
+    assert_bitwise(rm, rm2)
+    assert_bitwise(rv, rv2)
+    ref = _core.norm_prologue_coefs(mean, inv_ref, w, b, limit) if limit >= 0 else None
+    if ref is None:
+        assert pre is None
+    else:
+        assert_bitwise(pre, ref)
+    bad = var.copy()
+    bad[3] = -1.0
+    with pytest.raises(ValueError, match="running_var"):
+        _core.norm_train_finish(mean, bad, 1e-5, rm, rv, 0.1, 1.25, w, b, limit)
+    assert_bitwise(rm, rm2)
+    assert_bitwise(rv, rv2)
+
+
 def test_norm_finishing_steps_nan_and_bad_input():
     C = 4
     inv, m = np.ones(C), np.zeros(C)

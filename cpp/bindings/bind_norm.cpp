@@ -36,50 +36,81 @@ const double* widen(const py::object& o, const char* name, int64_t count, F64C& 
   return array_arg<double>(keep, name, count);
 }
 
+// 1/sqrt(var + eps) in float64; ValueError naming the first negative, NaN or infinite variance.
+F64 invstd_of(const py::array& var, double eps) {
+  const DType dt = dtype_of(var, "running_var");
+  py::array v = py::array::ensure(var, py::array::c_style);
+  const int64_t n = v.size();
+  const void* pv = array_arg(v, "running_var", dt, n);
+  F64 out(n);
+  double* o = out.mutable_data();
+  int64_t bad;
+  {
+    py::gil_scoped_release nogil;
+    bad = norm::invstd(dt, pv, n, eps, o);
+  }
+  if (bad >= 0) {
+    const double x =
+        dt == DType::f32 ? double(static_cast<const float*>(pv)[bad]) : static_cast<const double*>(pv)[bad];
+    throw py::value_error("running_var: expected finite values >= 0, got " + std::to_string(x) + " at index " +
+                          std::to_string(bad));
+  }
+  return out;
+}
+
+// norm::update_running on the running statistics (either may be None) from a batch's mean and var.
+void update_running_of(const py::object& rm, const py::object& rv, const F64& mean, const F64& var,
+                       double momentum, double unbias) {
+  const int64_t n = mean.size();
+  const double* pm = f64(mean, "mean", n);
+  const double* pv = f64(var, "var", n);
+  const DType dm = rm.is_none() ? DType::f32 : dtype_of(rm, "running_mean");
+  const DType dv = rv.is_none() ? DType::f32 : dtype_of(rv, "running_var");
+  void* prm = array_arg(rm, "running_mean", dm, n, kWrite | kOptional);
+  void* prv = array_arg(rv, "running_var", dv, n, kWrite | kOptional);
+  py::gil_scoped_release nogil;
+  if (prm) norm::update_running(dm, prm, pm, n, momentum, 1.0);
+  if (prv) norm::update_running(dv, prv, pv, n, momentum, unbias);
+}
+
+// float32 concat(scale, shift) of a norm's output as a convolution's prologue, or None (a channel's
+// |mean| * invstd above limit, or NaN).
+py::object prologue_of(const F64& mean, const F64& invstd, const py::object& w, const py::object& b, double limit) {
+  const int64_t C = mean.size();
+  const double* pm = f64(mean, "mean", C);
+  const double* pi = f64(invstd, "invstd", C);
+  F64C w64, b64;  // float32 parameters widened exactly, as .astype(numpy.float64)
+  const double* pw = widen(w, "weight", C, w64);
+  const double* pb = widen(b, "bias", C, b64);
+  py::array_t<float> out(2 * C);
+  if (!norm::prologue_coefs(C, pm, pi, pw, pb, limit, out.mutable_data())) return py::none();
+  return std::move(out);
+}
+
 }  // namespace
 
 void bind_norm(py::module_& m) {
+  m.def("norm_update_running", &update_running_of, py::arg("running_mean"), py::arg("running_var"), py::arg("mean"),
+        py::arg("var"), py::arg("momentum"), py::arg("unbias"),
+        "running <- (1 - momentum) * running + momentum * stat (the variance times unbias), in double.");
+  m.def("norm_invstd", &invstd_of, py::arg("var"), py::arg("eps"),
+        "1/sqrt(var + eps) in float64; ValueError for a negative, NaN or inf var.");
   m.def(
-      "norm_update_running",
-      [](const py::object& rm, const py::object& rv, const F64& mean, const F64& var, double momentum,
-         double unbias) {
-        // norm::update_running: rm <- (1-momentum)*rm + momentum*mean, rv likewise with var*unbias
-        const int64_t n = mean.size();
-        const double* pm = f64(mean, "mean", n);
-        const double* pv = f64(var, "var", n);
-        const DType dm = rm.is_none() ? DType::f32 : dtype_of(rm, "running_mean");
-        const DType dv = rv.is_none() ? DType::f32 : dtype_of(rv, "running_var");
-        void* prm = array_arg(rm, "running_mean", dm, n, kWrite | kOptional);
-        void* prv = array_arg(rv, "running_var", dv, n, kWrite | kOptional);
-        py::gil_scoped_release nogil;
-        if (prm) norm::update_running(dm, prm, pm, n, momentum, 1.0);
-        if (prv) norm::update_running(dv, prv, pv, n, momentum, unbias);
+      "norm_train_finish",
+      [](const F64& mean, const F64& var, double eps, const py::object& rm, const py::object& rv, double momentum,
+         double unbias, const py::object& w, const py::object& b, double limit) {
+        // a training-mode batch norm's per-channel steps after its batch statistics, in one call:
+        // invstd (checked first: nothing is written for a bad variance), the running statistics,
+        // and with limit >= 0 the prologue coefficients (None where the bound declines them)
+        F64 inv = invstd_of(var, eps);
+        update_running_of(rm, rv, mean, var, momentum, unbias);
+        py::object pre = limit >= 0.0 ? prologue_of(mean, inv, w, b, limit) : py::object(py::none());
+        return py::make_tuple(inv, pre);
       },
-      py::arg("running_mean"), py::arg("running_var"), py::arg("mean"), py::arg("var"), py::arg("momentum"),
-      py::arg("unbias"));
-  m.def(
-      "norm_invstd",
-      [](const py::array& var, double eps) {
-        const DType dt = dtype_of(var, "running_var");
-        py::array v = py::array::ensure(var, py::array::c_style);
-        const int64_t n = v.size();
-        const void* pv = array_arg(v, "running_var", dt, n);
-        F64 out(n);
-        double* o = out.mutable_data();
-        int64_t bad;
-        {
-          py::gil_scoped_release nogil;
-          bad = norm::invstd(dt, pv, n, eps, o);
-        }
-        if (bad >= 0) {
-          const double x = dt == DType::f32 ? double(static_cast<const float*>(pv)[bad])
-                                            : static_cast<const double*>(pv)[bad];
-          throw py::value_error("running_var: expected finite values >= 0, got " + std::to_string(x) +
-                                " at index " + std::to_string(bad));
-        }
-        return out;
-      },
-      py::arg("var"), py::arg("eps"), "1/sqrt(var + eps) in float64; ValueError for a negative, NaN or inf var.");
+      py::arg("mean"), py::arg("var"), py::arg("eps"), py::arg("running_mean"), py::arg("running_var"),
+      py::arg("momentum"), py::arg("unbias"), py::arg("weight"), py::arg("bias"), py::arg("limit"),
+      "(invstd, prologue) of a training-mode batch norm: norm_invstd, norm_update_running, then with limit >= 0 "
+      "norm_prologue_coefs (else None).");
 
   m.def(
       "norm_finish_sums",
@@ -96,22 +127,10 @@ void bind_norm(py::module_& m) {
       },
       py::arg("y"), py::arg("sum"), py::arg("sumsq"), py::arg("N"), py::arg("C"), py::arg("S"), py::arg("nhwc"),
       "(mean, biased var), float64, from the shifted sums of a fused convolution's statistics epilogue.");
-  m.def(
-      "norm_prologue_coefs",
-      [](const F64& mean, const F64& invstd, const py::object& w, const py::object& b, double limit) -> py::object {
-        const int64_t C = mean.size();
-        const double* pm = f64(mean, "mean", C);
-        const double* pi = f64(invstd, "invstd", C);
-        F64C w64, b64;  // float32 parameters widened exactly, as .astype(numpy.float64)
-        const double* pw = widen(w, "weight", C, w64);
-        const double* pb = widen(b, "bias", C, b64);
-        py::array_t<float> out(2 * C);
-        if (!norm::prologue_coefs(C, pm, pi, pw, pb, limit, out.mutable_data())) return py::none();
-        return std::move(out);
-      },
-      py::arg("mean"), py::arg("invstd"), py::arg("weight"), py::arg("bias"), py::arg("limit"),
-      "float32 concat(scale, shift) of a batch norm's output as the next convolution's prologue, or None when "
-      "a channel's |mean| * invstd exceeds limit (or is NaN).");
+  m.def("norm_prologue_coefs", &prologue_of, py::arg("mean"), py::arg("invstd"), py::arg("weight"), py::arg("bias"),
+        py::arg("limit"),
+        "float32 concat(scale, shift) of a batch norm's output as the next convolution's prologue, or None when "
+        "a channel's |mean| * invstd exceeds limit (or is NaN).");
   m.def(
       "norm_backward_coefs",
       [](const F64& invstd, const py::object& w, double count, const F64& sg, const F64& sgx) {

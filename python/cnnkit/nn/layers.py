@@ -828,28 +828,32 @@ class BatchNorm2d(_ReLUMode, Module):
         p, b = self.params, self.buffers
         nhwc = self.layout == "NHWC"
         N, C, S = x.shape[0], self.num_features, x.shape[1] * x.shape[2] if nhwc else x.shape[2] * x.shape[3]
+        w = p.get("weight")
+        # the prologue's scale = invstd * w and shift = b - mean * scale (float32) when deferred,
+        # None where a channel's |mean| * invstd exceeds the bound
+        limit = _DEFER_MAX_MEAN_OVER_STD if defer and residual is None else -1.0
         if self.training:
             count = N * S
             if count <= 1:  # the error batch_norm_train gives
                 return self(x, residual), None
             assert stats is not None
             mean, var = stats
-            b["num_batches_tracked"] += 1
-            momentum = 1.0 / float(b["num_batches_tracked"]) if self.momentum is None else self.momentum
-            invstd = _core.norm_invstd(var, self.eps)
-            _core.norm_update_running(b["running_mean"], b["running_var"], mean, var, momentum, count / (count - 1))
+            nbt = b["num_batches_tracked"]
+            momentum = 1.0 / float(nbt + 1) if self.momentum is None else self.momentum
+            # invstd (a bad variance raises before anything is written), the running statistics
+            # and the prologue in one call
+            invstd, pre = _core.norm_train_finish(mean, var, self.eps, b["running_mean"], b["running_var"],
+                                                  momentum, count / (count - 1), w, p.get("bias"), limit)
+            nbt += 1
         else:
             mean = b["running_mean"].astype(np.float64)
             invstd = _core.norm_invstd(b["running_var"], self.eps)
+            pre = _core.norm_prologue_coefs(mean, invstd, w, p.get("bias"), limit) if limit >= 0 else None
         self._x, self._residual, self._trained = x, residual, self.training
         self._residual_affine = residual_affine if residual is not None else None
         self._residual_relu = residual_relu and self._residual_affine is not None
         self._mean, self._invstd, self._pre_affine, self._pending_grad = mean, invstd, None, None
-        w = p.get("weight")
-        # scale = invstd * w and shift = b - mean * scale (float32), or None where a channel's
-        # |mean| * invstd exceeds the bound
-        if defer and residual is None and (pre := _core.norm_prologue_coefs(
-                mean, invstd, w, p.get("bias"), _DEFER_MAX_MEAN_OVER_STD)) is not None:
+        if pre is not None:
             self._y = None  # the consumer sets it to the prologue's output when it materialises one
             # The backward's ReLU mask, fma(scale, x, shift) > 0: the compiled prologue's value
             # (one fma in float32), so nothing of the normalized tensor is kept or recomputed.
