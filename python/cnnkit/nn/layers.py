@@ -492,7 +492,12 @@ class Conv2d(Module):
         w = self.params["weight"]
         grad = np.ascontiguousarray(self._param_grads_of(grad, self._ws["out_shape"]))
         shape = _strided_shape(x.shape, s, self.layout)
-        gc = _conv_geom(shape, w.shape, 1, 0, 1, 1, self.layout, np.dtype(np.float32))
+        key = (shape, w.shape, self.layout)
+        got = self._ws.get("geom_strided")  # (kept per shape, as _geom_of keeps the layer's own)
+        if got is None or got[0] != key:
+            got = self._ws["geom_strided"] = (key, _conv_geom(shape, w.shape, 1, 0, 1, 1, self.layout,
+                                                              np.dtype(np.float32)))
+        gc = got[1]
         out = self._buf("gx_strided", shape)
         _core.conv_backward_input(grad, w, out, gc.core())
         return out
@@ -1834,12 +1839,14 @@ def _fused_step(m: Module, x: np.ndarray, pending: tuple | None, nxt: Module | N
         return y, (("stats",) + tuple(m._stats or ())) if stats else None
     if _fusable(m, BatchNorm2d):
         given = pending[1:] if pending is not None and pending[0] == "stats" else None
-        into_conv = isinstance(nxt, Conv2d) and _fusable(nxt, Conv2d) and nxt.in_channels == m.num_features
-        # (NHWC only: the NCHW forms of norm_affine_pool and of the pooled backward kernels do not
-        # vectorise (measured 15-20x slower than the unfused passes at 256 channels of 16x16))
-        into_pool = _fusable(nxt, GlobalAvgPool2d) and m.layout == "NHWC"
-        into_block = isinstance(nxt, _Residual) and isinstance(m, BatchNorm2d) and nxt._takes_prologue(m)
-        defer = ((into_conv or into_pool or into_block) and residual is None and not m._captures and x.ndim == 4
+        # into a convolution, a pool or a block: exclusive kinds of nxt, asked in turn
+        into = isinstance(nxt, Conv2d) and _fusable(nxt, Conv2d) and nxt.in_channels == m.num_features
+        # (the pool: NHWC only; the NCHW forms of norm_affine_pool and of the pooled backward kernels
+        # do not vectorise (measured 15-20x slower than the unfused passes at 256 channels of 16x16))
+        into = into or (isinstance(nxt, GlobalAvgPool2d) and _fusable(nxt, GlobalAvgPool2d) and m.layout == "NHWC")
+        into_block = (not into and isinstance(nxt, _Residual) and isinstance(m, BatchNorm2d)
+                      and nxt._takes_prologue(m))
+        defer = ((into or into_block) and residual is None and not m._captures and x.ndim == 4
                  and (into_block or getattr(nxt, "layout", None) == m.layout))  # (_takes_prologue: conv1's)
         if given is None and not defer and residual_affine is None:
             return (m(x) if residual is None else m(x, residual)), None
