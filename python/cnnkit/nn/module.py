@@ -536,8 +536,9 @@ class Module:
         return np.add(grad, inj, out=self._buf("grad_in", grad.shape, grad.dtype))
 
     def _backward(self, grad, **kwargs):
-        grad = self._grad_in(grad)
-        self._note_grad(grad)
+        if self._inject is not None or self._captures:  # (else both are no-ops: no calls)
+            grad = self._grad_in(grad)
+            self._note_grad(grad)
         return self.backward(grad, **kwargs)
 
     def _check_grad(self, grad, shape):
