@@ -1793,7 +1793,7 @@ def _fusable(m: Module | None, cls: type) -> bool:
     t = type(m)
     if t is not cls and any(getattr(t, k) is not getattr(cls, k) for k in names):
         return False
-    d = vars(m)
+    d = m.__dict__
     if not d.keys().isdisjoint(names):  # monkeypatched on the instance
         return False
     # (getattr on an instance without it would go through Module.__getattr__ and raise: a few
@@ -1824,7 +1824,7 @@ def _fused_step(m: Module, x: np.ndarray, pending: tuple | None, nxt: Module | N
     Any other layer runs as ``m(x)``, and so does a Conv2d or BatchNorm2d that is not
     :func:`_fusable` (e.g. ghost batch norm): the statistics and prologue are only exchanged
     between two fusable layers."""
-    if _fusable(m, Conv2d):
+    if isinstance(m, Conv2d) and _fusable(m, Conv2d):  # (isinstance first: no call for other layers)
         pre_bn, pre = (pending[1], pending[2]) if pending is not None and pending[0] == "pre" else (None, None)
         stats = (isinstance(nxt, BatchNorm2d) and _fusable(nxt, BatchNorm2d) and nxt.training
                  and nxt.layout == m.layout and nxt.num_features == m.out_channels)
@@ -1837,7 +1837,7 @@ def _fused_step(m: Module, x: np.ndarray, pending: tuple | None, nxt: Module | N
             pre_bn._y = m._a  # the prologue's output if materialised (its sign is the ReLU mask), else None
             setattr(m, "_pre_bn", pre_bn)  # the norm that takes m's input gradient (and may take its sums)
         return y, (("stats",) + tuple(m._stats or ())) if stats else None
-    if _fusable(m, BatchNorm2d):
+    if isinstance(m, BatchNorm2d) and _fusable(m, BatchNorm2d):
         given = pending[1:] if pending is not None and pending[0] == "stats" else None
         # into a convolution, a pool or a block: exclusive kinds of nxt, asked in turn
         into = isinstance(nxt, Conv2d) and _fusable(nxt, Conv2d) and nxt.in_channels == m.num_features
