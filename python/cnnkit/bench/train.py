@@ -742,7 +742,7 @@ KERNEL_KINDS = (
     (r"^norm_affine_pool", "bn apply + global avg pool"),
     (r"^norm_backward_reduce", "bn bwd reduce"),
     (r"^norm_backward_apply", "bn bwd apply"),
-    (r"^norm_", "bn small (invstd, running stats)"),
+    (r"^norm_", "bn small (per-channel finishing: statistics, running statistics, coefficients)"),
     (r"pool", "pooling"),
     (r"softmax|xent", "loss kernel"),
     (r"gemm", "sgemm"),
