@@ -1777,8 +1777,8 @@ def _pooled_grad(grad: np.ndarray, nhwc: bool) -> np.ndarray | None:
     """``grad``'s ``(N, C)`` values (C-contiguous float32) when it is constant over the spatial
     axes by construction, i.e. has zero strides there (:meth:`GlobalAvgPool2d.backward` after a
     fused forward gives such a view); else None."""
-    axes = (1, 2) if nhwc else (2, 3)
-    if grad.ndim != 4 or grad.dtype != np.float32 or any(grad.strides[a] != 0 for a in axes):
+    a, b = (1, 2) if nhwc else (2, 3)
+    if grad.ndim != 4 or grad.dtype != np.float32 or grad.strides[a] != 0 or grad.strides[b] != 0:
         return None
     return np.ascontiguousarray(grad[:, 0, 0, :] if nhwc else grad[:, :, 0, 0])
 
@@ -1966,7 +1966,8 @@ class _Residual(Module):
                 and norm.activation == "relu" and norm.relu_mode == "standard" and _fusable(c, Conv2d)
                 and c.kernel_size == (1, 1) and c.groups == 1 and c.in_channels == norm.num_features
                 and c.layout == norm.layout and c.padding in (0, (0, 0), "valid", "same")
-                and (c.stride if type(c.stride) is tuple else _pair("stride", c.stride, 1)) == (1, 1)
+                and (c.stride == 1 if type(c.stride) is int else c.stride == (1, 1) if type(c.stride) is tuple
+                     else _pair("stride", c.stride, 1) == (1, 1))
                 and _fusable(self.bn3, BatchNorm2d)
                 and _fusable(self.conv3, Conv2d))
 
