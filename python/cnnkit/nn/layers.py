@@ -1798,11 +1798,11 @@ def _fusable(m: Module | None, cls: type) -> bool:
         return False
     # (getattr on an instance without it would go through Module.__getattr__ and raise: a few
     # microseconds a call, and the fused path asks on every layer of every step)
-    in_class = _HAS_VBS.get(t)
-    if in_class is None:
-        in_class = _HAS_VBS[t] = hasattr(t, "virtual_batch_size")
-    if (in_class or "virtual_batch_size" in d or "virtual_batch_size" in d.get("params", ())
-            or "virtual_batch_size" in d.get("buffers", ())):
+    # (subscripts and membership tests rather than dict.get: this runs several times per layer and step)
+    in_class = _HAS_VBS[t] if t in _HAS_VBS else _HAS_VBS.setdefault(t, hasattr(t, "virtual_batch_size"))
+    if (in_class or "virtual_batch_size" in d
+            or ("params" in d and "virtual_batch_size" in d["params"])
+            or ("buffers" in d and "virtual_batch_size" in d["buffers"])):
         return getattr(m, "virtual_batch_size", None) is None
     return True
 
