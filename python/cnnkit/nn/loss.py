@@ -94,10 +94,16 @@ class CrossEntropyLoss:
         if target.ndim == 1 and target.dtype.kind in "iu":
             if target.shape[0] != N:
                 raise ValueError(f"target: expected {N} labels (one per logits row), got {target.shape[0]}")
-            kept = target != self.ignore_index
-            if N and kept.any() and (target[kept].min() < 0 or target[kept].max() >= K):
-                raise ValueError(f"target: class indices must lie in [0, {K}) (or be ignore_index="
-                                 f"{self.ignore_index}), got {target[kept].min()}..{target[kept].max()}")
+            lo = int(np.minimum.reduce(target)) if N else 0
+            hi = int(np.maximum.reduce(target)) if N else -1
+            if 0 <= lo and hi < K and not lo <= self.ignore_index <= hi:
+                all_kept = True  # every label a class index, none ignore_index (the common case)
+            else:
+                kept = target != self.ignore_index
+                if N and kept.any() and (target[kept].min() < 0 or target[kept].max() >= K):
+                    raise ValueError(f"target: class indices must lie in [0, {K}) (or be ignore_index="
+                                     f"{self.ignore_index}), got {target[kept].min()}..{target[kept].max()}")
+                all_kept = bool(kept.all())
             labels = np.ascontiguousarray(target, dtype=np.int64)
         elif target.ndim == 2 and target.dtype.kind == "f":
             if target.shape != (N, K):
@@ -115,7 +121,7 @@ class CrossEntropyLoss:
             raise ValueError(f"weight: expected {K} class weights (one per logit), got {self.weight.shape[0]}")
         if self._grad is None or self._grad.shape != (N, K):
             self._grad = np.empty((N, K), np.float32)
-        if self.weight is not None or (labels is not None and not kept.all()):
+        if self.weight is not None or (labels is not None and not all_kept):
             return self._general(logits, labels, target if labels is None else None)
         scale = 1.0 / N if self.reduction == "mean" and N else 1.0
         per = _core.softmax_xent(np.ascontiguousarray(logits), labels, soft, N, K,
