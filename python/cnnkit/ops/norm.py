@@ -158,11 +158,11 @@ def _bn_backward_chunk(g, x, mask, grad_x, grad_res, v, C, S, nhwc, mean, invstd
                        pooled=False):
     """batch_norm_backward over one chunk of v samples: writes grad_x and grad_res (where not
     None) and returns (sum g, sum g*xhat) per channel (float64); w is the weight (any float
-    dtype, widened exactly; None: 1). ``mask_affine`` (x's dtype, ``concat(a, b)``, mask None): g is masked by
-    ``fma(a[c], x, b[c]) > 0``, the ReLU of a convolution's fused prologue recomputed from x
-    (:mod:`cnnkit.nn`'s fusion), instead of by a stored output. ``pooled``: g is ``(v, C)``, the
-    gradient at every spatial position of that sample and channel (a global average pool's
-    adjoint, never broadcast in memory). With ``mask`` and ``grad_res`` both given, the reduction
+    dtype, widened exactly; None: 1). ``mask_affine`` (x's dtype, ``concat(a, b)``, mask None):
+    g is masked by ``fma(a[c], x, b[c]) > 0``, the ReLU of a convolution's fused prologue
+    recomputed from x (:mod:`cnnkit.nn`'s fusion), instead of by a stored output. ``pooled``: g is
+    ``(v, C)``, the gradient at every spatial position of that sample and channel (a global
+    average pool's adjoint, never broadcast in memory). With ``mask`` and ``grad_res`` both given, the reduction
     pass writes the masked gradient into ``grad_res`` and the apply pass reads it in place of
     ``g`` and the mask (one pass over the mask fewer; the same values)."""
     if mask is not None and grad_res is not None and grad_x is not None:
