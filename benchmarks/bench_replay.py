@@ -15,8 +15,11 @@ arguments. It then times each call three ways (medians over ``--reps``):
 Each row also gives the bytes of the call's array arguments and the rate they make at the cold
 time, beside the machine's memory bandwidth measured here (``cnnkit.bench.memory_bandwidth``:
 STREAM copy and triad on 256 MiB arrays, at the same thread count).
-The last line gives the step's time, the sum of its compiled calls, and the time outside them (the
-Python between the calls).
+The step line gives the step's time, the sum of its compiled calls, and the time outside them (the
+Python between the calls). The last line times that Python alone: further steps with every
+compiled call replaced by the result it returned in the captured step, warm, and with a
+``--evict-mib`` array updated before each replaced call (its own time excluded), as the kernels
+evict the caches between the gaps of a real step.
 """
 from __future__ import annotations
 
@@ -70,23 +73,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=9)
     ap.add_argument("--top", type=int, default=30, help="rows shown, by in-step time (0: all)")
+    ap.add_argument("--evict-mib", type=int, default=16,
+                    help="MiB updated before each replaced call when timing the Python alone (0: none)")
     args = ap.parse_args(argv)
-    for name, low in (("threads", 1), ("reps", 1), ("top", 0)):
+    for name, low in (("threads", 1), ("reps", 1), ("top", 0), ("evict_mib", 0)):
         if getattr(args, name) < low:
-            ap.error(f"--{name}: expected an int >= {low}, got {getattr(args, name)}")
+            ap.error(f"--{name.replace('_', '-')}: expected an int >= {low}, got {getattr(args, name)}")
     cnnkit.set_num_threads(args.threads)
     step = bench_train.build_configs(None, args.model, 64)["steps"]["cnnkit NHWC"]
     for _ in range(3):
         step()
     orig = _core_functions()
     calls: list[tuple[str, Any, dict]] = []
+    results: list[Any] = []
     live: list[list[float]] = []
     totals: list[float] = []
 
     def capturing(name: str, f: Callable[..., Any]) -> Callable[..., Any]:
         def g(*a: Any, **k: Any) -> Any:
             calls.append((name, _copy(a), {kk: _copy(v) for kk, v in k.items()}))
-            return f(*a, **k)
+            r = f(*a, **k)
+            results.append(r)
+            return r
         return g
 
     def timing(f: Callable[..., Any], rec: list[float]) -> Callable[..., Any]:
@@ -113,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for n, f in orig.items():
             setattr(core, n, f)
+    python_alone = _python_alone(step, orig, [c[0] for c in calls], results, args.reps, args.evict_mib)
     in_step = np.median(np.array(live), axis=0) if live else np.full(len(calls), np.nan)
     junk = np.zeros(16 << 20, np.float32)  # 64 MiB, more than the L3
     rows = []
@@ -144,7 +153,60 @@ def main(argv: list[str] | None = None) -> int:
     in_calls = float(np.nansum(in_step)) * 1e3
     print(f"step {step_ms:.2f} ms; its {len(calls)} compiled calls {in_calls:.2f} ms (replayed: cold "
           f"{sum(r[1] for r in rows):.2f}, warm {sum(r[2] for r in rows):.2f}); outside them {step_ms - in_calls:.2f} ms")
+    if python_alone is None:
+        print("Python alone: not measured (a step's compiled calls came in another order)")
+    else:
+        warm_ms, evicted_ms = python_alone
+        print(f"Python alone (each compiled call replaced by its recorded result): warm {warm_ms:.3f} ms; with "
+              f"{args.evict_mib} MiB updated before each replaced call (its time excluded) {evicted_ms:.3f} ms")
     return 0
+
+
+def _python_alone(step: Callable[[], Any], orig: dict[str, Callable[..., Any]], names: list[str],
+                  results: list[Any], reps: int, evict_mib: int) -> tuple[float, float] | None:
+    """Median ms of ``step`` with every ``_core`` function returning, call by call, what the
+    captured step's call returned (``names``, ``results``), warm and with ``evict_mib`` MiB
+    updated before each replaced call (excluded); None if a step calls them in another order."""
+    junk = np.zeros(max(evict_mib, 0) << 18, np.float32)
+    pos = [0]
+    evict = [False]
+    excluded = [0.0]
+
+    def replaced(name: str) -> Callable[..., Any]:
+        def g(*a: Any, **k: Any) -> Any:
+            if evict[0] and junk.size:
+                t = time.perf_counter()
+                np.add(junk, 1.0, out=junk)
+                excluded[0] += time.perf_counter() - t
+            i = pos[0]
+            if i >= len(names) or names[i] != name:
+                raise _OrderChanged
+            pos[0] = i + 1
+            return results[i]
+        return g
+
+    times: dict[bool, list[float]] = {False: [], True: []}
+    try:
+        for n in orig:
+            setattr(core, n, replaced(n))
+        for _ in range(max(reps, 5)):
+            for ev in (False, True):
+                pos[0], evict[0], excluded[0] = 0, ev, 0.0
+                t = time.perf_counter()
+                step()
+                times[ev].append(time.perf_counter() - t - excluded[0])
+                if pos[0] != len(names):
+                    return None
+    except _OrderChanged:
+        return None
+    finally:
+        for n, f in orig.items():
+            setattr(core, n, f)
+    return float(np.median(times[False])) * 1e3, float(np.median(times[True])) * 1e3
+
+
+class _OrderChanged(Exception):
+    """A replaced call came out of the captured order."""
 
 
 if __name__ == "__main__":

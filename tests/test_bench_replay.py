@@ -32,11 +32,16 @@ def test_replay_lists_calls_and_the_step(capsys):
     assert all("conv2d" in r or "norm" in r for r in rows), out
     m = re.search(r"step ([\d.]+) ms; its (\d+) compiled calls ([\d.]+) ms", out)
     assert m and int(m.group(2)) > 50 and 0 < float(m.group(3)) < float(m.group(1)), out
+    step_ms = float(m.group(1))
+    # the step's Python alone, its compiled calls replaced by their recorded results
+    m = re.search(r"Python alone .*: warm ([\d.]+) ms; with 16 MiB .* ([\d.]+) ms", out)
+    assert m and 0 < float(m.group(1)) < step_ms and 0 < float(m.group(2)), out
     # the wrappers are gone: every _core function is the original object again
     assert all(getattr(core, n) is f for n, f in before.items())
 
 
-@pytest.mark.parametrize("flag, value", [("--reps", "0"), ("--threads", "0"), ("--top", "-1")])
+@pytest.mark.parametrize("flag, value", [("--reps", "0"), ("--threads", "0"), ("--top", "-1"),
+                                         ("--evict-mib", "-1")])
 def test_replay_rejects_bad_counts(flag, value, capsys):
     with pytest.raises(SystemExit) as e:
         _load().main([flag, value])
