@@ -470,7 +470,30 @@ def _torch_impls(torch, d, blocks) -> dict:
 
 
 def run_shape(torch, idx, layouts, blocks, stream, reps, warmup, probe_reps) -> dict:
-    """Interleaved rounds over every block of one shape; raw per-round times and probes."""
+    """Interleaved rounds over every block of one shape; raw per-round times and probes.
+
+    Parameters
+    ----------
+    torch : module or None
+        The imported torch (its implementations join each block), or None for cnnkit alone.
+    idx : int
+        The shape's index in ``SHAPES["shapes"]``.
+    layouts : sequence of str
+        The cnnkit layouts timed ("NCHW", "NHWC").
+    blocks : sequence of str
+        The ``OPS`` keys timed, each a block of implementations run round-robin.
+    stream : object
+        The STREAM probe's arrays (:func:`cnnkit.bench._common.probe`'s ``arrays``).
+    reps, warmup, probe_reps : int
+        Timed rounds, untimed rounds first, and repetitions of each bandwidth probe.
+
+    Returns
+    -------
+    dict
+        ``shape``, ``index``, ``numel``, ``inner`` (calls per timed sample), ``seconds`` (wall
+        time of the rounds), ``times_s`` ({block: {implementation: per-round seconds}}) and
+        ``probe_gbs`` ({block: per-round probe GB/s}).
+    """
     shape = tuple(SHAPES["shapes"][idx])
     numel = int(np.prod(shape))
     inner = max(1, min(MAX_INNER, MIN_CALL_ELEMS // numel))
@@ -520,7 +543,23 @@ def _series(res, key):
 
 
 def summarize(res: dict, layouts) -> list:
-    """One dict per (row, cnnkit layout) of one shape."""
+    """One dict per (row, cnnkit layout) of one shape.
+
+    Parameters
+    ----------
+    res : dict
+        :func:`run_shape`'s result.
+    layouts : sequence of str
+        The cnnkit layouts it timed.
+
+    Returns
+    -------
+    list of dict
+        Per row of ``ROWS`` that ran and layout: its label, bytes per element, the roof (kind and
+        median probe GB/s), torch's times and best implementation, and per variant ("fresh", and
+        "out=" where timed) the median ms, GB/s, fraction of the roof and ratio to torch's best,
+        with their spreads.
+    """
     rows = []
     numel = res["numel"]
     for key in ROWS:

@@ -198,22 +198,19 @@ class Conv2d(Module):
 
     def _geom_of(self, x_shape: tuple) -> Any:
         """The float32 geometry (``cnnkit.ops.conv``'s ``_Geom``) of this layer on an input of
-        ``x_shape``, kept per shape and configuration (the fused paths ask for it several times a
-        step)."""
-        key = (tuple(x_shape), self.params["weight"].shape, self.stride, self.padding, self.dilation, self.groups,
-               self.layout)
-        got = self._ws.get("geom")
-        if got is None or got[0] != key:
-            got = self._ws["geom"] = (key, _conv_geom(key[0], key[1], self.stride, self.padding, self.dilation,
-                                                      self.groups, self.layout, np.dtype(np.float32)))
-        return got[1]
+        ``x_shape``, kept per shape and configuration (the forward and the fused paths ask for it
+        several times a step)."""
+        return self._kept_geom("geom", x_shape, self.stride, self.padding, self.dilation, self.groups)
 
-    def _out_shape(self, x_shape, weight_shape, **kw):
-        """The output shape for this input shape, computed once per input shape."""
-        key = tuple(x_shape)
-        if self._ws.get("shape_of") != key:
-            self._ws["shape_of"], self._ws["out_shape"] = key, _conv_out_shape(key, weight_shape, **kw)
-        return self._ws["out_shape"]
+    def _kept_geom(self, slot: str, x_shape: tuple, stride: Any, padding: Any, dilation: Any, groups: int) -> Any:
+        """The float32 geometry of this layer's weight on ``x_shape`` with this configuration, kept
+        in ``_ws[slot]`` while the arguments stay the same (a tuple comparison instead of
+        ``_conv_geom``'s checks of its arguments on every call)."""
+        key = (tuple(x_shape), self.params["weight"].shape, stride, padding, dilation, groups, self.layout)
+        got = self._ws.get(slot)
+        if got is None or got[0] != key:
+            got = self._ws[slot] = (key, _conv_geom(*key, np.dtype(np.float32)))
+        return got[1]
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         """The convolution of ``x`` (kept for :meth:`backward`).
@@ -236,8 +233,8 @@ class Conv2d(Module):
         ``(scale, shift, relu)`` prologue: then ``x`` is the norm's raw input) or ``stats`` (keep
         the output's batch statistics in ``_stats``) asks for it."""
         _check_input(self, x, self.in_channels, self.layout)
-        shape = self._out_shape(x.shape, self.params["weight"].shape, stride=self.stride, padding=self.padding,
-                                dilation=self.dilation, groups=self.groups, layout=self.layout)
+        g = self._geom_of(x.shape)
+        shape = self._ws["out_shape"] = g.y_shape()  # (the backward checks its gradient against it)
         self._x, self._pre, self._a, self._stats, self._pre_bn = x, pre, None, None, None
         y = self._y_last = self._buf("y", shape)
         if pre is None and not stats:
@@ -249,7 +246,6 @@ class Conv2d(Module):
             # the compiled kernel straight away: what conv2d_fused checks holds here (x checked
             # above; the layer's own weight, bias and output buffer; the norm's prologue), and the
             # binding re-checks sizes, dtypes and overlaps (it declines: the public path runs)
-            g = self._geom_of(x.shape)
             r = _fused._compiled_forward(x, w, y, g, b, scale, shift, bool(relu), None, False, stats)
         if r is None:
             ws = self._ws.setdefault("fused", {})
@@ -337,7 +333,7 @@ class Conv2d(Module):
         that does not apply or the registry runs a kernel without the fused form."""
         if needs not in (("weight",), ("weight", "bias")) or getattr(self, "_a", None) is not None:
             return False
-        x, w = self._x, self.params["weight"]
+        x = self._x
         g = self._geom_of(x.shape)
         try:
             _core.conv2d_fused_backward_weight(grad, x, self.grads["weight"],
@@ -492,12 +488,7 @@ class Conv2d(Module):
         w = self.params["weight"]
         grad = np.ascontiguousarray(self._param_grads_of(grad, self._ws["out_shape"]))
         shape = _strided_shape(x.shape, s, self.layout)
-        key = (shape, w.shape, self.layout)
-        got = self._ws.get("geom_strided")  # (kept per shape, as _geom_of keeps the layer's own)
-        if got is None or got[0] != key:
-            got = self._ws["geom_strided"] = (key, _conv_geom(shape, w.shape, 1, 0, 1, 1, self.layout,
-                                                              np.dtype(np.float32)))
-        gc = got[1]
+        gc = self._kept_geom("geom_strided", shape, 1, 0, 1, 1)
         out = self._buf("gx_strided", shape)
         _core.conv_backward_input(grad, w, out, gc.core())
         return out
