@@ -422,12 +422,26 @@ def test_norm_train_finish_is_the_three_steps(affine, limit):
         assert pre is None
     else:
         assert_bitwise(pre, ref)
+    # a negative batch variance (no statistics pass gives one: a misuse) raises, named as the
+    # argument it is, before the running statistics are touched
     bad = var.copy()
     bad[3] = -1.0
-    with pytest.raises(ValueError, match="running_var"):
+    with pytest.raises(ValueError, match=r"^var: expected values >= 0, got -1"):
         _core.norm_train_finish(mean, bad, 1e-5, rm, rv, 0.1, 1.25, w, b, limit)
     assert_bitwise(rm, rm2)
     assert_bitwise(rv, rv2)
+    # a NaN one (a NaN or infinite input) propagates, as torch's batch norm: NaN invstd and running
+    # statistics at that channel, the others as before, and no prologue (the output is written)
+    nan_var = var.copy()
+    nan_var[3] = np.nan
+    inv, pre = _core.norm_train_finish(mean, nan_var, 1e-5, rm, rv, 0.1, 1.25, w, b, limit)
+    ref_inv = _core.norm_invstd(nan_var, 1e-5, True)
+    assert_bitwise(inv, ref_inv)
+    assert np.isnan(inv[3]) and not np.isnan(np.delete(inv, 3)).any()
+    assert np.isnan(rv[3]) and not np.isnan(np.delete(rv, 3)).any()
+    assert pre is None
+    with pytest.raises(ValueError, match=r"^running_var: expected finite values >= 0, got nan at index 3"):
+        _core.norm_invstd(nan_var, 1e-5)  # (a running variance: eval mode refuses it)
 
 
 def test_norm_finishing_steps_nan_and_bad_input():
@@ -449,6 +463,46 @@ def test_norm_finishing_steps_nan_and_bad_input():
 
 
 # ---- networks ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+def test_nan_input_propagates_fused_and_unfused_as_in_torch(layout):
+    """A NaN in the input of Conv2d -> BatchNorm2d(relu) -> Conv2d in training mode gives NaN
+    where torch gives it, fused and unfused alike: the batch statistics, the output, the running
+    statistics and the gradients. (Before, the fused path raised an error naming the batch
+    variance "running_var", and the unfused one turned the NaN variance into 0 and the NaN outputs
+    into zeros through the norm's ReLU: a silent wrong answer.)"""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 4, 6, 6)).astype(np.float32)
+    x[0, 1, 2, 3] = np.nan
+    got = []
+    for fuse in (True, False):
+        m = nn.Sequential(nn.Conv2d(4, 8, 3, 1, 1, layout=layout, rng=np.random.default_rng(0)),
+                          nn.BatchNorm2d(8, activation="relu", layout=layout),
+                          nn.Conv2d(8, 8, 1, layout=layout, rng=np.random.default_rng(1)))
+        with nn.fusion(fuse):
+            y = m(_to(layout, x))
+            gx = m.backward(np.ones_like(y), input_grad=True)
+        bn = m.layers[1]
+        got.append([_from(layout, y), bn.buffers["running_mean"].copy(), bn.buffers["running_var"].copy(),
+                    _from(layout, gx), m.layers[0].grads["weight"].copy(), bn.grads["weight"].copy()])
+    for a, b in zip(*got):
+        np.testing.assert_array_equal(np.isnan(a), np.isnan(b))
+    y, rm, rv = got[0][:3]
+    assert np.isnan(y).all() and np.isnan(rm).all() and np.isnan(rv).all()  # every channel saw the NaN
+    try:
+        import torch
+    except ImportError:
+        return
+    t = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3, 1, 1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                            torch.nn.Conv2d(8, 8, 1))
+    xt = torch.from_numpy(x).requires_grad_(True)
+    yt = t(xt)
+    yt.backward(torch.ones_like(yt))
+    ref = [yt.detach().numpy(), t[1].running_mean.numpy(), t[1].running_var.numpy(), xt.grad.numpy(),
+           t[0].weight.grad.numpy(), t[1].weight.grad.numpy()]
+    for a, r in zip(got[0], ref):
+        np.testing.assert_array_equal(np.isnan(a), np.isnan(r))
+
 
 def _train(model, xs, labels, fuse, *, eval_after=False, lr=0.05):
     loss_fn = nn.CrossEntropyLoss()

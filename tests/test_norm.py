@@ -1606,3 +1606,53 @@ def test_fold_batch_norm_rejects_bad_input(name, changes, exc, match):
     with pytest.raises(exc, match=match):
         cnnkit.fold_batch_norm(**kw)
     _assert_call_unchanged(kw, snap)
+
+
+# ---- NaN inputs propagate, as in torch ---------------------------------------------------------
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("virtual_batch_size", [None, 2])
+def test_batch_norm_train_nan_input_propagates(layout, virtual_batch_size):
+    """A NaN in x makes its channel's batch statistics NaN, so that channel's output (through the
+    fused ReLU too: NaN stays NaN, as torch.relu keeps it) and running statistics are NaN, and the
+    other channels are untouched by it (torch.nn.functional.batch_norm's behaviour). Before, the
+    variance's clamp at 0 and the ReLU turned the NaN into a zero variance and zero outputs."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((4, 5, 3, 7)).astype(np.float32)
+    x[1, 2, 1, 4] = np.nan
+    clean = x.copy()
+    clean[1, 2, 1, 4] = 0.0
+    xs = to_layout(x, layout)
+    rm, rv = np.zeros(5, np.float32), np.ones(5, np.float32)
+    y, mean, invstd = cnnkit.batch_norm_train(xs, None, None, rm, rv, activation="relu", layout=layout,
+                                              virtual_batch_size=virtual_batch_size)
+    y = from_layout(y, layout)
+    nan_c = np.zeros(5, bool)
+    nan_c[2] = True
+    if virtual_batch_size is None:
+        assert np.isnan(y[:, 2]).all() and not np.isnan(y[:, ~nan_c]).any()
+        assert list(np.isnan(mean)) == list(nan_c) and list(np.isnan(invstd)) == list(nan_c)
+    else:  # only the NaN's chunk (images 0-1) of channel 2
+        assert np.isnan(y[:2, 2]).all() and not np.isnan(y[2:]).any() and not np.isnan(y[:, ~nan_c]).any()
+    assert list(np.isnan(rm)) == list(nan_c) and list(np.isnan(rv)) == list(nan_c)
+    # the other channels as without the NaN
+    rm2, rv2 = np.zeros(5, np.float32), np.ones(5, np.float32)
+    y2 = from_layout(cnnkit.batch_norm_train(to_layout(clean, layout), None, None, rm2, rv2, activation="relu",
+                                             layout=layout, virtual_batch_size=virtual_batch_size)[0], layout)
+    assert_bitwise(y[:, ~nan_c], y2[:, ~nan_c])
+    assert_bitwise(rv[~nan_c], rv2[~nan_c])
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_norm_relu_keeps_nan_and_group_norm_propagates(layout):
+    """The norms' fused ReLU is max(v, 0) as torch.relu: a NaN input stays NaN where it is (eval
+    mode, finite running statistics), and group norm's NaN stays in its (sample, group)."""
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((3, 8, 4, 5)).astype(np.float32)
+    x[2, 5, 3, 1] = np.nan
+    y = from_layout(cnnkit.batch_norm_infer(to_layout(x, layout), None, None, np.zeros(8, np.float32),
+                                            np.ones(8, np.float32), activation="relu", layout=layout), layout)
+    assert np.isnan(y[2, 5, 3, 1]) and np.isnan(y).sum() == 1
+    assert (y[~np.isnan(y)] >= 0).all()
+    g = from_layout(cnnkit.group_norm(to_layout(x, layout), 4, activation="relu", layout=layout), layout)
+    assert np.isnan(g[2, 4:6]).all() and np.isnan(g).sum() == 2 * 4 * 5

@@ -36,24 +36,27 @@ const double* widen(const py::object& o, const char* name, int64_t count, F64C& 
   return array_arg<double>(keep, name, count);
 }
 
-// 1/sqrt(var + eps) in float64; ValueError naming the first negative, NaN or infinite variance.
-F64 invstd_of(const py::array& var, double eps) {
-  const DType dt = dtype_of(var, "running_var");
+// 1/sqrt(var + eps) in float64; ValueError naming the first negative, NaN or infinite variance (a
+// running variance). batch: a batch's own variance ("var"), where only a negative one is refused
+// and a NaN (from a NaN or infinite input) gives a NaN invstd, as torch propagates it.
+F64 invstd_of(const py::array& var, double eps, bool batch) {
+  const char* name = batch ? "var" : "running_var";
+  const DType dt = dtype_of(var, name);
   py::array v = py::array::ensure(var, py::array::c_style);
   const int64_t n = v.size();
-  const void* pv = array_arg(v, "running_var", dt, n);
+  const void* pv = array_arg(v, name, dt, n);
   F64 out(n);
   double* o = out.mutable_data();
   int64_t bad;
   {
     py::gil_scoped_release nogil;
-    bad = norm::invstd(dt, pv, n, eps, o);
+    bad = norm::invstd(dt, pv, n, eps, o, batch);
   }
   if (bad >= 0) {
     const double x =
         dt == DType::f32 ? double(static_cast<const float*>(pv)[bad]) : static_cast<const double*>(pv)[bad];
-    throw py::value_error("running_var: expected finite values >= 0, got " + std::to_string(x) + " at index " +
-                          std::to_string(bad));
+    throw py::value_error(std::string(name) + (batch ? ": expected values >= 0, got " : ": expected finite values >= 0, got ") +
+                          std::to_string(x) + " at index " + std::to_string(bad));
   }
   return out;
 }
@@ -93,8 +96,9 @@ void bind_norm(py::module_& m) {
   m.def("norm_update_running", &update_running_of, py::arg("running_mean"), py::arg("running_var"), py::arg("mean"),
         py::arg("var"), py::arg("momentum"), py::arg("unbias"),
         "running <- (1 - momentum) * running + momentum * stat (the variance times unbias), in double.");
-  m.def("norm_invstd", &invstd_of, py::arg("var"), py::arg("eps"),
-        "1/sqrt(var + eps) in float64; ValueError for a negative, NaN or inf var.");
+  m.def("norm_invstd", &invstd_of, py::arg("var"), py::arg("eps"), py::arg("batch") = false,
+        "1/sqrt(var + eps) in float64; ValueError for a negative, NaN or inf var (batch: a batch's own "
+        "variance, only a negative one refused, a NaN giving a NaN).");
   m.def(
       "norm_train_finish",
       [](const F64& mean, const F64& var, double eps, const py::object& rm, const py::object& rv, double momentum,
@@ -102,14 +106,15 @@ void bind_norm(py::module_& m) {
         // a training-mode batch norm's per-channel steps after its batch statistics, in one call:
         // invstd (checked first: nothing is written for a bad variance), the running statistics,
         // and with limit >= 0 the prologue coefficients (None where the bound declines them)
-        F64 inv = invstd_of(var, eps);
+        F64 inv = invstd_of(var, eps, true);  // (the batch's variance: a NaN propagates)
         update_running_of(rm, rv, mean, var, momentum, unbias);
         py::object pre = limit >= 0.0 ? prologue_of(mean, inv, w, b, limit) : py::object(py::none());
         return py::make_tuple(inv, pre);
       },
       py::arg("mean"), py::arg("var"), py::arg("eps"), py::arg("running_mean"), py::arg("running_var"),
       py::arg("momentum"), py::arg("unbias"), py::arg("weight"), py::arg("bias"), py::arg("limit"),
-      "(invstd, prologue) of a training-mode batch norm: norm_invstd, norm_update_running, then with limit >= 0 "
+      "(invstd, prologue) of a training-mode batch norm: norm_invstd (batch=True), norm_update_running, then with "
+      "limit >= 0 "
       "norm_prologue_coefs (else None).");
 
   m.def(

@@ -119,13 +119,14 @@ def sgemm_shape(isa: str) -> dict[str, int]: ...
 
 def norm_update_running(running_mean: _OptArray, running_var: _OptArray, mean: ArrayLike, var: ArrayLike,
                         momentum: _Float, unbias: _Float) -> None: ...
-def norm_invstd(var: _Array, eps: _Float) -> NDArray[np.float64]:
-    """1/sqrt(var + eps) in float64; ValueError for a negative, NaN or inf var."""
+def norm_invstd(var: _Array, eps: _Float, batch: bool = ...) -> NDArray[np.float64]:
+    """1/sqrt(var + eps) in float64; ValueError for a negative, NaN or inf var (batch: a batch's own
+    variance, only a negative one refused, a NaN giving a NaN)."""
 def norm_train_finish(mean: ArrayLike, var: ArrayLike, eps: _Float, running_mean: _OptArray,
                       running_var: _OptArray, momentum: _Float, unbias: _Float, weight: _OptArray,
                       bias: _OptArray, limit: _Float) -> tuple[NDArray[np.float64], NDArray[np.float32] | None]:
-    """(invstd, prologue) of a training-mode batch norm: norm_invstd, norm_update_running, then with
-    limit >= 0 norm_prologue_coefs (else None)."""
+    """(invstd, prologue) of a training-mode batch norm: norm_invstd (batch=True),
+    norm_update_running, then with limit >= 0 norm_prologue_coefs (else None)."""
 def norm_finish_sums(y: _Array, sum: ArrayLike, sumsq: ArrayLike, N: _Int, C: _Int, S: _Int,
                      nhwc: bool) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """(mean, biased var), float64, from the shifted sums of a fused convolution's statistics epilogue."""

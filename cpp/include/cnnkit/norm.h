@@ -62,8 +62,10 @@ void affine_pool(DType dt, const void* x, const void* affine, bool relu, const S
 void update_running(DType dt, void* running, const double* stat, int64_t n, double momentum, double factor);
 
 // invstd[i] = 1 / sqrt(var[i] + eps) in double, for n variances of type dt. Returns -1, or the index
-// of the first variance that is negative, NaN or infinite (invstd is then incomplete).
-int64_t invstd(DType dt, const void* var, int64_t n, double eps, double* invstd);
+// of the first variance that is negative, NaN or infinite (invstd is then incomplete). With batch
+// (a batch's own variance, which a NaN or infinite input makes NaN) only a negative one is refused;
+// a NaN gives a NaN invstd (as torch's batch norm propagates it).
+int64_t invstd(DType dt, const void* var, int64_t n, double eps, double* invstd, bool batch = false);
 
 // The small per-channel finishing steps between the passes (single-threaded: C is a channel
 // count), in double with the rounding order of the NumPy expressions they replace, so the bits

@@ -58,10 +58,10 @@ void update_running_t(T* r, const double* stat, int64_t n, double momentum, doub
   for (int64_t i = 0; i < n; ++i) r[i] = T((1.0 - momentum) * double(r[i]) + momentum * (stat[i] * factor));
 }
 template <typename T>
-int64_t invstd_t(const T* var, int64_t n, double eps, double* out) {
+int64_t invstd_t(const T* var, int64_t n, double eps, double* out, bool batch) {
   for (int64_t i = 0; i < n; ++i) {
     const double v = double(var[i]);
-    if (!(v >= 0.0) || !(v <= 1.7976931348623157e308)) return i;
+    if (batch ? v < 0.0 : !(v >= 0.0) || !(v <= 1.7976931348623157e308)) return i;
     out[i] = 1.0 / std::sqrt(v + eps);
   }
   return -1;
@@ -75,9 +75,9 @@ void update_running(DType dt, void* running, const double* stat, int64_t n, doub
     update_running_t(static_cast<double*>(running), stat, n, momentum, factor);
 }
 
-int64_t invstd(DType dt, const void* var, int64_t n, double eps, double* out) {
-  return dt == DType::f32 ? invstd_t(static_cast<const float*>(var), n, eps, out)
-                          : invstd_t(static_cast<const double*>(var), n, eps, out);
+int64_t invstd(DType dt, const void* var, int64_t n, double eps, double* out, bool batch) {
+  return dt == DType::f32 ? invstd_t(static_cast<const float*>(var), n, eps, out, batch)
+                          : invstd_t(static_cast<const double*>(var), n, eps, out, batch);
 }
 
 void finish_sums(const float* shift, int64_t shift_stride, const double* s1, const double* s2, int64_t C,

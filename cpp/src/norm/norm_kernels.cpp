@@ -166,7 +166,10 @@ void stats_t(const T* x, const Shape& sh, bool ps, double* mean, double* var) {
   const double cnt = double(ps ? S : N * S);
   for (int64_t i = 0; i < nk; ++i) {
     mean[i] = K[i] + a[i] / cnt;
-    var[i] = std::max(0.0, (b[i] - a[i] * a[i] / cnt) / cnt);
+    // (numpy.maximum(0.0, v): a NaN variance, from a NaN or infinite input, stays NaN, as in torch;
+    // -0.0 gives 0.0)
+    const double v = (b[i] - a[i] * a[i] / cnt) / cnt;
+    var[i] = v > 0.0 || std::isnan(v) ? v : 0.0;
   }
 }
 
@@ -225,7 +228,7 @@ void apply_t(const T* __restrict x, T* __restrict y, const T* __restrict res, co
       for (int64_t s = 0; s < S; ++s) {
         T v = ((xr[s] - hi) - lo) * p + q;
         if (RES) v = v + res_term<RA>(rs[s], ras, rat);
-        if (RELU) v = v > T(0) ? v : T(0);
+        if (RELU) v = v < T(0) ? T(0) : v;  // (std::max(v, 0), torch.relu: NaN stays NaN)
         yr[s] = v;
       }
     }
@@ -247,7 +250,7 @@ void apply_t(const T* __restrict x, T* __restrict y, const T* __restrict res, co
         for (int64_t c = 0; c < Cn; ++c) {
           T v = ((xr[c] - hi[c]) - lo[c]) * p[c] + q[c];
           if (RES) v = v + res_term<RA>(rs[c], RA ? ra[c] : T(0), RA ? ra[Cn + c] : T(0));
-          if (RELU) v = v > T(0) ? v : T(0);
+          if (RELU) v = v < T(0) ? T(0) : v;  // (std::max(v, 0), torch.relu: NaN stays NaN)
           yr[c] = v;
         }
       }
@@ -520,7 +523,7 @@ void affine_pool_t(const T* x, const T* ab, const Shape& sh, T* out) {
   channel_means(x, sh.N, sh.C, sh.S, sh.nhwc, threads_for(sh),
                 [=](int64_t c, T v) {
                   const T t = std::fma(a[c], v, b[c]);
-                  return RELU ? (t > T(0) ? t : T(0)) : t;
+                  return RELU ? (t < T(0) ? T(0) : t) : t;
                 },
                 out);
 }

@@ -123,7 +123,7 @@ def _bn_train_core(x, y, residual, N, C, S, nhwc, weight, bias, running_mean, ru
     """batch_norm_train without ghost batches: writes y, updates the running statistics,
     returns the float64 (mean, invstd)."""
     mean, var = _core.norm_stats(x, N, C, S, nhwc, False)
-    invstd = _core.norm_invstd(var, eps)
+    invstd = _core.norm_invstd(var, eps, True)  # (a NaN variance, from a NaN input, propagates as in torch)
     _core.norm_apply(x, y, residual, N, C, S, nhwc, False, mean, invstd, weight, bias, relu)
     count = N * S
     _core.norm_update_running(running_mean, running_var, mean, var, momentum, count / (count - 1))
@@ -190,7 +190,8 @@ def batch_norm_train(x: np.ndarray, weight: np.ndarray | None = None, bias: np.n
 
     ``y = act((x - mean) / sqrt(var + eps) * weight + bias [+ residual])`` with per-channel
     statistics over the batch and spatial positions (biased variance), as
-    ``torch.nn.functional.batch_norm(training=True)``.
+    ``torch.nn.functional.batch_norm(training=True)``. As there, a NaN or infinite value in x
+    makes its channel's statistics, output (the ReLU keeps a NaN) and running statistics NaN.
 
     Parameters
     ----------
@@ -262,7 +263,7 @@ def batch_norm_train(x: np.ndarray, weight: np.ndarray | None = None, bias: np.n
         sl = slice(k * v, (k + 1) * v)
         xk = x[sl]
         mean, var = _core.norm_stats(xk, v, C, S, nhwc, False)
-        invstd = _core.norm_invstd(var, eps)
+        invstd = _core.norm_invstd(var, eps, True)
         _core.norm_apply(xk, y[sl], None if residual is None else residual[sl], v, C, S, nhwc,
                          False, mean, invstd, weight, bias, relu)
         means.append(mean)
