@@ -55,8 +55,8 @@ F64 invstd_of(const py::array& var, double eps, bool batch) {
   if (bad >= 0) {
     const double x =
         dt == DType::f32 ? double(static_cast<const float*>(pv)[bad]) : static_cast<const double*>(pv)[bad];
-    throw py::value_error(std::string(name) + (batch ? ": expected values >= 0, got " : ": expected finite values >= 0, got ") +
-                          std::to_string(x) + " at index " + std::to_string(bad));
+    const char* expected = batch ? ": expected values >= 0, got " : ": expected finite values >= 0, got ";
+    throw py::value_error(name + std::string(expected) + std::to_string(x) + " at index " + std::to_string(bad));
   }
   return out;
 }

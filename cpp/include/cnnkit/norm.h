@@ -13,6 +13,14 @@
 
 namespace cnnkit::norm {
 
+// The biased variance of a reduction of `count` values from its sums s1 and s2 of (x - shift) and
+// (x - shift)^2: (s2 - s1*s1/count)/count, clamped at 0 as numpy.maximum(0.0, v) clamps it (-0.0
+// gives 0.0; a NaN, from a NaN or infinite input, stays NaN, as torch's batch norm propagates it).
+inline double shifted_var(double s1, double s2, double count) {
+  const double v = (s2 - s1 * s1 / count) / count;
+  return v > 0.0 || v != v ? v : 0.0;
+}
+
 // Element (n, c, s) is at nhwc ? (n*S + s)*C + c : (n*C + c)*S + s.
 struct Shape {
   int64_t N, C, S;

@@ -84,8 +84,7 @@ void finish_sums(const float* shift, int64_t shift_stride, const double* s1, con
                  double count, double* mean, double* var) {
   for (int64_t c = 0; c < C; ++c) {
     mean[c] = double(shift[c * shift_stride]) + s1[c] / count;
-    const double v = (s2[c] - s1[c] * s1[c] / count) / count;
-    var[c] = v > 0.0 || std::isnan(v) ? v : 0.0;  // (numpy.maximum(0.0, v): -0.0 gives 0.0)
+    var[c] = shifted_var(s1[c], s2[c], count);
   }
 }
 

@@ -166,10 +166,7 @@ void stats_t(const T* x, const Shape& sh, bool ps, double* mean, double* var) {
   const double cnt = double(ps ? S : N * S);
   for (int64_t i = 0; i < nk; ++i) {
     mean[i] = K[i] + a[i] / cnt;
-    // (numpy.maximum(0.0, v): a NaN variance, from a NaN or infinite input, stays NaN, as in torch;
-    // -0.0 gives 0.0)
-    const double v = (b[i] - a[i] * a[i] / cnt) / cnt;
-    var[i] = v > 0.0 || std::isnan(v) ? v : 0.0;
+    var[i] = norm::shifted_var(a[i], b[i], cnt);
   }
 }
 
@@ -187,15 +184,22 @@ void split(double m, T& hi, T& lo) {
   lo = T(m - double(hi));
 }
 
+// The ReLU of every pass here: std::max(v, 0) as the convolutions' prologue and epilogues and
+// torch.relu (v < 0 ? 0 : v: a NaN stays NaN).
+template <typename T>
+inline T relu_of(T v) {
+  return v < T(0) ? T(0) : v;
+}
+
 // The residual term: r, or with RA fma(a, r, b) (one rounding, the prologue's form), with RAR then
-// max(., 0) as the prologue's ReLU (t < 0 ? 0 : t).
+// max(., 0) as the prologue's ReLU (relu_of).
 template <int RA, typename T>
 inline T res_term(T r, T a, T b) {
   if constexpr (RA == 0) {
     return r;
   } else {
     const T t = std::fma(a, r, b);
-    if constexpr (RA == 2) return t < T(0) ? T(0) : t;
+    if constexpr (RA == 2) return relu_of(t);
     return t;
   }
 }
@@ -228,7 +232,7 @@ void apply_t(const T* __restrict x, T* __restrict y, const T* __restrict res, co
       for (int64_t s = 0; s < S; ++s) {
         T v = ((xr[s] - hi) - lo) * p + q;
         if (RES) v = v + res_term<RA>(rs[s], ras, rat);
-        if (RELU) v = v < T(0) ? T(0) : v;  // (std::max(v, 0), torch.relu: NaN stays NaN)
+        if (RELU) v = relu_of(v);
         yr[s] = v;
       }
     }
@@ -250,7 +254,7 @@ void apply_t(const T* __restrict x, T* __restrict y, const T* __restrict res, co
         for (int64_t c = 0; c < Cn; ++c) {
           T v = ((xr[c] - hi[c]) - lo[c]) * p[c] + q[c];
           if (RES) v = v + res_term<RA>(rs[c], RA ? ra[c] : T(0), RA ? ra[Cn + c] : T(0));
-          if (RELU) v = v < T(0) ? T(0) : v;  // (std::max(v, 0), torch.relu: NaN stays NaN)
+          if (RELU) v = relu_of(v);
           yr[c] = v;
         }
       }
@@ -523,7 +527,7 @@ void affine_pool_t(const T* x, const T* ab, const Shape& sh, T* out) {
   channel_means(x, sh.N, sh.C, sh.S, sh.nhwc, threads_for(sh),
                 [=](int64_t c, T v) {
                   const T t = std::fma(a[c], v, b[c]);
-                  return RELU ? (t < T(0) ? T(0) : t) : t;
+                  return RELU ? relu_of(t) : t;
                 },
                 out);
 }
