@@ -26,7 +26,7 @@ import cnnkit
 from cnnkit import _core, models, nn
 from cnnkit.ops import fused as F
 from cnnkit.optim import SGD
-from conftest import assert_bitwise, assert_close
+from conftest import ISA_LEVELS, assert_bitwise, assert_close, isa_level, num_threads
 from test_conv import assert_close_terms
 from reference.conv import conv2d_backward_ref, conv2d_ref, resolve_padding, to_nchw, to_nhwc
 
@@ -183,6 +183,34 @@ def test_conv2d_fused_every_option(layout, dtype):
                 for pre_relu in (False, True):
                     for epi in ("none", "stats", "res", "relu", "res_relu"):
                         _check_case(dict(base, bias=bias, scale=scale, shift=shift, pre_relu=pre_relu, epi=epi))
+
+
+@settings(max_examples=12, deadline=None)
+@given(st.data())
+def test_nhwc_1x1_forward_across_row_blocks(data):
+    """The NHWC 1x1 forward pass (forward_1x1_nhwc: units of rows cut into blocks of about 192 KiB
+    of x and y rows, 48 KiB for the fused input gradient) on shapes whose units hold several blocks
+    and a remainder, at stride 1 and 2, plain, with statistics (continued across a unit's blocks)
+    and with a prologue or a residual and ReLU: against the float64 reference at every ISA level,
+    and bitwise the same at 1 and 2 threads."""
+    C, K = data.draw(st.integers(32, 96)), data.draw(st.integers(32, 160))
+    c = dict(N=data.draw(st.integers(1, 3)), C=C, K=K, H=data.draw(st.integers(9, 41)),
+             W=data.draw(st.integers(9, 41)), kh=1, kw=1, groups=1, stride=data.draw(st.integers(1, 2)), padding=0,
+             dilation=1, layout="NHWC", dtype=np.float32, seed=data.draw(st.integers(0, 2**16)),
+             bias=data.draw(st.booleans()), scale=data.draw(st.booleans()), shift=False,
+             pre_relu=data.draw(st.booleans()), epi=data.draw(st.sampled_from(("none", "stats", "res_relu"))))
+    c["shift"] = c["scale"]
+    for level in ISA_LEVELS:
+        with isa_level(level):
+            _check_case(c)
+            _, x, w, b, s, t = _arrays(c)
+            outs = []
+            for n in (1, 2):
+                with num_threads(n):
+                    outs.append(F.conv2d_fused(_to("NHWC", x), w, b, pre_scale=s, pre_shift=t, pre_relu=c["pre_relu"],
+                                               stats=True, **_geom_kw(c)))
+            for a, r, name in zip(outs[0], outs[1], ("y", "mean", "var")):
+                assert_bitwise(a, r, name)
 
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
