@@ -186,7 +186,22 @@ FV_PEERS = ("torch autograd, truncated", "torch autograd, full + hook")
 def build_model(seed: int = 0, widths=(16, 32, 64), blocks=(1, 1, 1), layout: str = "NCHW"):
     """``resnet_small(3, 10)`` in eval mode with randomized batch-norm statistics and affine
     parameters (running mean N(0, 0.2), running var U(0.5, 2), scale U(0.5, 1.5), shift
-    N(0, 0.2), seeded); ``layout`` NCHW or NHWC (the same weights either way)."""
+    N(0, 0.2), seeded).
+
+    Parameters
+    ----------
+    seed : int
+        Seeds the weights and the batch-norm randomization.
+    widths, blocks : sequence of int
+        As :func:`cnnkit.models.resnet_small`.
+    layout : "NCHW" or "NHWC"
+        The model's layout (the same weights either way).
+
+    Returns
+    -------
+    cnnkit.nn.Sequential
+        The model, in eval mode.
+    """
     m = _models.resnet_small(3, NUM_CLASSES, widths=widths, blocks=blocks, seed=seed, layout=layout)
     rng = np.random.default_rng(seed + 7)
     for _, mod in m.named_modules():

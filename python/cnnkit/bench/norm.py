@@ -635,6 +635,21 @@ def _ms(v) -> str:
 
 
 def render(rows: list, have_torch: bool) -> str:
+    """The results as a markdown table for BENCHMARKS.md.
+
+    Parameters
+    ----------
+    rows : list of dict
+        One result row per (shape, layout, op): its cnnkit timings (fresh and ``out=``), roof,
+        torch's best and its targets.
+    have_torch : bool
+        Whether torch ran: then a second table gives torch's time per layout.
+
+    Returns
+    -------
+    str
+        The tables, one line per row.
+    """
     lines = ["| shape | layout | op | cnnkit ms fresh ±spread | cnnkit ms out= ±spread | GB/s fresh | GB/s out= | "
              "% of roof fresh | % of roof out= (kernel GB/s) | torch best ms (layout) | "
              "vs torch fresh | vs torch out= | targets |",
