@@ -663,13 +663,13 @@ const char* backward_weight_bn_apply(const float* g_out, const float* z, const d
 // Image n of a fused input gradient: dx += the residual, then the gradient epilogue (mask, and
 // the image's two sums into part[2n*C ...]).
 static void image_epilogue(const Kernels& k, float* dx, const Geom& g, const Fused& fu, int64_t n,
-                           std::vector<double>& part) {
+                           const GradParts& part) {
   const int64_t P = g.H * g.W, img = g.C * P;
   float* o = dx + n * img;
   if (fu.residual)
     for (int64_t i = 0; i < img; ++i) o[i] += fu.residual[n * img + i];
   k.grad_epilogue_image(o, fu.gx + n * img, fu.gmask ? fu.gmask + n * img : nullptr, g.C, P, g.nhwc, fu,
-                        part.data() + 2 * n * g.C, part.data() + (2 * n + 1) * g.C);
+                        part.s1(n), part.s2(n));
 }
 
 // The fused input gradient of problems the adjoint GEMM pass does not take (depthwise, grouped,
@@ -692,14 +692,14 @@ static const char* backward_input_units(const float* dy, const float* w, float* 
   const Entry& e = t[select_effective(effective(Problem{gu, DType::f32, Pass::input}))];
   (void)select_effective(effective(Problem{gl, DType::f32, Pass::input}));
   const Kernels& k = kernels_of(isa_active());
-  std::vector<double> part(static_cast<size_t>(2 * g.N * g.C));
+  const GradParts part(g.N, g.C);
 #pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads())
   for (int64_t u = 0; u < units; ++u) {
     const int64_t n0 = u * per;
     backward_input(DType::f32, dy + n0 * oimg, w, dx + n0 * img, u == units - 1 ? gl : gu);
     for (int64_t n = n0; n < std::min(g.N, n0 + per); ++n) image_epilogue(k, dx, g, fu, n, part);
   }
-  combine_grad_parts(part, g.N, g.C, fu);
+  part.combine(fu);
   return e.name.c_str();
 }
 
@@ -815,13 +815,13 @@ const char* backward_input_fused(const float* dy, const float* w, float* dx, con
   if (g.N == 0 || g.C == 0 || g.H * g.W == 0 || g.K == 0 || g.Ho * g.Wo == 0) {
     // No convolution terms: dx = the residual (or 0), through the epilogue image by image.
     const int64_t img = g.C * g.H * g.W;
-    std::vector<double> part(static_cast<size_t>(2 * g.N * g.C), 0.0);
+    const GradParts part(g.N, g.C);
     const Kernels& k = kernels_of(isa_active());
     for (int64_t n = 0; n < g.N; ++n) {
       std::fill(dx + n * img, dx + (n + 1) * img, 0.0f);
       if (img) image_epilogue(k, dx, g, fu, n, part);
     }
-    combine_grad_parts(part, g.N, g.C, fu);
+    part.combine(fu);
     return table()[select_effective(effective(Problem{g, DType::f32, Pass::input}))].name.c_str();
   }
   if (!unit_stride(g) && g.nhwc) {

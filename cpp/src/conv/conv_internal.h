@@ -1,6 +1,7 @@
 // Pieces shared by the conv dispatcher, the direct kernels and the GEMM-based path.
 #pragma once
 
+#include <cstdint>
 #include <vector>
 
 #include "cnnkit/conv.h"
@@ -42,20 +43,42 @@ void grad_epilogue_rows(float* o, const float* gx, const float* mask, int64_t C,
                         double* s1, double* s2, bool cont);
 }  // namespace CNNKIT_KERNEL_NS
 
-// grad_sum, grad_sumxc of fu from the per-unit sums of a fused input gradient's units (images or
-// bands of rows): part[2 * u * C + c] the sum of o, part[(2 * u + 1) * C + c] the sum of
-// o * (x - center), the units added in order.
-inline void combine_grad_parts(const std::vector<double>& part, int64_t units, int64_t C, const Fused& fu) {
-  for (int64_t c = 0; c < C; ++c) {
-    double a = 0, b = 0;
-    for (int64_t u = 0; u < units; ++u) {
-      a += part[size_t(2 * u * C + c)];
-      b += part[size_t((2 * u + 1) * C + c)];
-    }
-    fu.grad_sum[c] = a;
-    fu.grad_sumxc[c] = b;
+// The per-unit sums of a fused input gradient's units (images or bands of rows): s1(u)[c] the sum
+// of o, s2(u)[c] the sum of o * (x - center), zeroed. Each unit's pair of rows starts on its own
+// cache line (rows of C rounded up to 8 doubles, a 64-byte aligned start): units run on different
+// threads, and the strided grouped path adds into its band's sums after every dx row; with rows of
+// C doubles from a 16-byte aligned start, neighbouring bands shared the lines at their ends (cold
+// replays, the calls alternating: resnext_small's s2 grouped input gradients 1.03-1.06x faster
+// aligned). The layout does not change any sum.
+class GradParts {
+ public:
+  GradParts(int64_t units, int64_t C)
+      : units_(units), C_(C), ld_((C + 7) / 8 * 8), buf_(static_cast<size_t>(2 * units * ld_ + 8), 0.0) {
+    const auto a = reinterpret_cast<std::uintptr_t>(buf_.data());
+    p_ = buf_.data() + ((64 - a % 64) % 64) / sizeof(double);
   }
-}
+  GradParts(const GradParts&) = delete;  // (p_ points into buf_)
+  GradParts& operator=(const GradParts&) = delete;
+  double* s1(int64_t u) const { return p_ + 2 * u * ld_; }
+  double* s2(int64_t u) const { return p_ + (2 * u + 1) * ld_; }
+  // grad_sum, grad_sumxc of fu: the units added in order.
+  void combine(const Fused& fu) const {
+    for (int64_t c = 0; c < C_; ++c) {
+      double a = 0, b = 0;
+      for (int64_t u = 0; u < units_; ++u) {
+        a += s1(u)[c];
+        b += s2(u)[c];
+      }
+      fu.grad_sum[c] = a;
+      fu.grad_sumxc[c] = b;
+    }
+  }
+
+ private:
+  int64_t units_, C_, ld_;
+  std::vector<double> buf_;
+  double* p_;
+};
 
 // Depthwise on NCHW planes with channels a multiple of 16 (multiplier 1): the blocked kernels,
 // which transpose each (image, 16-channel) block of planes in cache around the NHWC kernels. They

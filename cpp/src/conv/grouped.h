@@ -540,7 +540,7 @@ void grouped_backward_input_direct(const T* dy, const T* w, T* dx, const Geom& g
   const int64_t pitch = width * C;
   const int64_t rows = g.N * g.H, band = row_band(rows, g.H), nb = ceil_div(rows, band);
   const bool grad = std::is_same_v<T, float> && fu && g.nhwc;
-  std::vector<double> part(grad ? static_cast<size_t>(2 * nb * C) : 0);
+  GradParts part(grad ? nb : 0, C);
   const int64_t rowlen = g.W * C;
   for_row_bands<T>(rows, g.H, slots, pitch, kh * kw, [&](RowRing<T>& ring, RowTap* taps, int64_t r, int64_t bi) {
     const int64_t n = r / g.H, ih = r % g.H;
@@ -591,12 +591,12 @@ void grouped_backward_input_direct(const T* dy, const T* w, T* dx, const Geom& g
         if (fu->residual)
           for (int64_t e = 0; e < rowlen; ++e) dxr[e] += fu->residual[o + e];
         grad_epilogue_rows(dxr, fu->gx + o, fu->gmask ? fu->gmask + o : nullptr, C, g.W, *fu,
-                           part.data() + 2 * bi * C, part.data() + (2 * bi + 1) * C, r != bi * band);
+                           part.s1(bi), part.s2(bi), r != bi * band);
       }
     }
     if (!g.nhwc) scatter_row_nchw(dxr, g.W, C, dx + n * C * g.H * g.W + ih * g.W, g.H * g.W);
   });
-  if (grad) combine_grad_parts(part, nb, C, *fu);
+  if (grad) part.combine(*fu);
 }
 
 // Weight-gradient partials: piece p (a fixed range of the N*Ho output rows) accumulates into
