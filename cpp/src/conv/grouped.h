@@ -348,24 +348,6 @@ const T* ring_row(RowRing<T>& ring, const T* src_img, int64_t n, int64_t r, int6
   return dst;
 }
 
-// Software prefetch of up to two byte ranges, a few lines per step() (spread over a loop so the
-// DRAM reads of the next piece of work overlap this one's FMAs); hint 2: into L2.
-struct Prefetcher {
-  const char* p[2] = {nullptr, nullptr};
-  int64_t left[2] = {0, 0};
-  int64_t per = 0;  // lines per step
-  void add(int s, const void* a, int64_t bytes) {
-    p[s] = static_cast<const char*>(a);
-    left[s] = bytes;
-  }
-  void spread(int64_t steps) { per = ceil_div(ceil_div(left[0], 64) + ceil_div(left[1], 64), std::max<int64_t>(steps, 1)); }
-  void step() {
-    int64_t k = per;
-    for (int s = 0; s < 2; ++s)
-      for (; left[s] > 0 && k > 0; --k, p[s] += 64, left[s] -= 64) __builtin_prefetch(p[s], 0, 2);
-  }
-};
-
 // Rows of a band of for_row_bands (from the shape alone).
 inline int64_t row_band(int64_t rows, int64_t per_image) {
   return std::max<int64_t>(1, std::min<int64_t>(per_image, ceil_div(rows, 16)));
@@ -660,14 +642,14 @@ void grouped_weight_partials_direct(const T* dy, const T* x, T* part, int64_t pi
         }
         // NHWC: the next chunk's input and dy rows (contiguous) prefetched over this chunk's
         // register blocks (the copy of a chunk's rows waited on DRAM for a third of the time).
-        Prefetcher pf;
+        SpreadPrefetch pf;
         if (g.nhwc && r + (oh1 - oh0) < pr1) {
           const int64_t rn = r + (oh1 - oh0), nn = rn / g.Ho, q0 = rn % g.Ho;
           const int64_t q1 = std::min({g.Ho, q0 + R, q0 + (pr1 - rn)});
           const int64_t a0 = std::max<int64_t>(q0 * g.sh - g.pt, 0), a1 = std::min((q1 - 1) * g.sh + span - g.pt, g.H);
-          if (a1 > a0) pf.add(0, x + (nn * g.H + a0) * g.W * C, (a1 - a0) * g.W * C * int64_t(sizeof(T)));
-          pf.add(1, dy + (nn * g.Ho + q0) * g.Wo * C, (q1 - q0) * g.Wo * C * int64_t(sizeof(T)));
-          pf.spread((cv1 - cv0 + NCV - 1) / NCV * ceil_div(CPG, CB) * kh * ceil_div(kw, 3) * (oh1 - oh0));
+          pf = SpreadPrefetch(x + (nn * g.H + a0) * g.W * C, a1 > a0 ? (a1 - a0) * g.W * C * int64_t(sizeof(T)) : 0,
+                              dy + (nn * g.Ho + q0) * g.Wo * C, (q1 - q0) * g.Wo * C * int64_t(sizeof(T)),
+                              (cv1 - cv0 + NCV - 1) / NCV * ceil_div(CPG, CB) * kh * ceil_div(kw, 3) * (oh1 - oh0));
         }
         for (int64_t cv = cv0; cv < cv1; cv += NCV)
           for (int ci0 = 0; ci0 < CPG; ci0 += CB)
