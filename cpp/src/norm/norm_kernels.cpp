@@ -184,6 +184,40 @@ void split(double m, T& hi, T& lo) {
   lo = T(m - double(hi));
 }
 
+// The per-(sample,) channel coefficients of an element-wise pass: the mean as hi + lo, and the
+// pass's own p, q (and r) that fill(i, k) sets for each of the nk entries.
+template <typename T, typename F>
+Coef<T> coef_of(int64_t nk, const double* mean, bool with_r, F&& fill) {
+  Coef<T> k;
+  k.hi.resize(nk), k.lo.resize(nk), k.p.resize(nk), k.q.resize(nk);
+  if (with_r) k.r.resize(nk);
+  for (int64_t i = 0; i < nk; ++i) {
+    split(mean[i], k.hi[i], k.lo[i]);
+    fill(i, k);
+  }
+  return k;
+}
+
+// The element-wise passes' loops (apply_t, backward_apply_t), in parallel: NCHW, row(rr, i) for
+// every (sample, channel) row rr of S values, i its coefficients' index; NHWC, pixel(m, base, cc)
+// for every pixel m of C values, base its coefficients' offset (per sample: the sample's C), cc the
+// channel count as with_channels() gives it (a compile-time constant where it has one, else 0).
+template <typename T, typename Row, typename Pixel>
+void for_each_row(const Shape& sh, bool ps, Row&& row, Pixel&& pixel) {
+  const int64_t N = sh.N, C = sh.C, S = sh.S;
+  const int nt = threads_for(sh);
+  if (!sh.nhwc) {
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int64_t rr = 0; rr < N * C; ++rr) row(rr, ps ? rr : rr % C);
+    return;
+  }
+  with_channels<T>(C, [&](auto cc) {
+    const int64_t Cn = decltype(cc)::value ? decltype(cc)::value : C;
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int64_t m = 0; m < N * S; ++m) pixel(m, ps ? (m / S) * Cn : 0, cc);
+  });
+}
+
 // The ReLU of every pass here: std::max(v, 0) as the convolutions' prologue and epilogues and
 // torch.relu (v < 0 ? 0 : v: a NaN stays NaN).
 template <typename T>
@@ -209,40 +243,31 @@ template <typename T, bool RELU, bool RES, int RA = 0>
 void apply_t(const T* __restrict x, T* __restrict y, const T* __restrict res, const Shape& sh,
              bool ps, const double* mean, const double* invstd, const T* w, const T* b,
              const T* __restrict ra = nullptr) {
-  const int64_t N = sh.N, C = sh.C, S = sh.S, nk = ps ? N * C : C;
-  Coef<T> k;
-  k.hi.resize(nk), k.lo.resize(nk), k.p.resize(nk), k.q.resize(nk);
-  for (int64_t i = 0; i < nk; ++i) {
+  const int64_t C = sh.C, S = sh.S;
+  const Coef<T> k = coef_of<T>(ps ? sh.N * C : C, mean, false, [&](int64_t i, Coef<T>& e) {
     const int64_t c = i % C;
-    split(mean[i], k.hi[i], k.lo[i]);
-    k.p[i] = T(invstd[i] * (w ? double(w[c]) : 1.0));
-    k.q[i] = b ? b[c] : T(0);
-  }
-  const int nt = threads_for(sh);
-  if (!sh.nhwc) {
-#pragma omp parallel for schedule(static) num_threads(nt)
-    for (int64_t rr = 0; rr < N * C; ++rr) {
-      const int64_t i = ps ? rr : rr % C;
-      const T hi = k.hi[i], lo = k.lo[i], p = k.p[i], q = k.q[i];
-      const T* __restrict xr = x + rr * S;
-      T* __restrict yr = y + rr * S;
-      const T* __restrict rs = RES ? res + rr * S : nullptr;
-      const T ras = RA ? ra[rr % C] : T(0), rat = RA ? ra[C + rr % C] : T(0);
+    e.p[i] = T(invstd[i] * (w ? double(w[c]) : 1.0));
+    e.q[i] = b ? b[c] : T(0);
+  });
+  for_each_row<T>(
+      sh, ps,
+      [&](int64_t rr, int64_t i) {
+        const T hi = k.hi[i], lo = k.lo[i], p = k.p[i], q = k.q[i];
+        const T* __restrict xr = x + rr * S;
+        T* __restrict yr = y + rr * S;
+        const T* __restrict rs = RES ? res + rr * S : nullptr;
+        const T ras = RA ? ra[rr % C] : T(0), rat = RA ? ra[C + rr % C] : T(0);
 #pragma omp simd
-      for (int64_t s = 0; s < S; ++s) {
-        T v = ((xr[s] - hi) - lo) * p + q;
-        if (RES) v = v + res_term<RA>(rs[s], ras, rat);
-        if (RELU) v = relu_of(v);
-        yr[s] = v;
-      }
-    }
-  } else {
-    with_channels<T>(C, [&](auto cc) {
-      constexpr int64_t CC = decltype(cc)::value;
-      const int64_t Cn = CC ? CC : C;
-#pragma omp parallel for schedule(static) num_threads(nt)
-      for (int64_t m = 0; m < N * S; ++m) {
-        const int64_t base = ps ? (m / S) * Cn : 0;
+        for (int64_t s = 0; s < S; ++s) {
+          T v = ((xr[s] - hi) - lo) * p + q;
+          if (RES) v = v + res_term<RA>(rs[s], ras, rat);
+          if (RELU) v = relu_of(v);
+          yr[s] = v;
+        }
+      },
+      [&](int64_t m, int64_t base, auto cc) {
+        constexpr int64_t CC = decltype(cc)::value;
+        const int64_t Cn = CC ? CC : C;
         const T* __restrict hi = k.hi.data() + base;
         const T* __restrict lo = k.lo.data() + base;
         const T* __restrict p = k.p.data() + base;
@@ -257,9 +282,7 @@ void apply_t(const T* __restrict x, T* __restrict y, const T* __restrict res, co
           if (RELU) v = relu_of(v);
           yr[c] = v;
         }
-      }
-    });
-  }
+      });
 }
 
 // ---- backward ---------------------------------------------------------------------------------
@@ -459,41 +482,32 @@ template <typename T, int MK, bool GRES, bool PL>
 void backward_apply_t(const T* __restrict dy, const T* __restrict x, const T* __restrict mk,
                       const T* __restrict ma, T* __restrict dx, T* __restrict gres, const Shape& sh, bool ps,
                       const double* mean, const double* A, const double* B, const double* D) {
-  const int64_t N = sh.N, C = sh.C, S = sh.S, nk = ps ? N * C : C;
-  Coef<T> k;
-  k.hi.resize(nk), k.lo.resize(nk), k.p.resize(nk), k.q.resize(nk), k.r.resize(nk);
-  for (int64_t i = 0; i < nk; ++i) {
-    split(mean[i], k.hi[i], k.lo[i]);
-    k.p[i] = T(A[i]);
-    k.q[i] = T(B[i]);
-    k.r[i] = T(D[i]);
-  }
-  const int nt = threads_for(sh);
-  if (!sh.nhwc) {
-#pragma omp parallel for schedule(static) num_threads(nt)
-    for (int64_t rr = 0; rr < N * C; ++rr) {
-      const int64_t i = ps ? rr : rr % C;
-      const T hi = k.hi[i], lo = k.lo[i], a = k.p[i], bq = k.q[i], dd = k.r[i];
-      const T* __restrict d = PL ? dy + rr : dy + rr * S;
-      const T* __restrict xr = x + rr * S;
-      const T* __restrict mr = MK == 1 ? mk + rr * S : nullptr;
-      const T as = MK == 2 ? ma[rr % C] : T(0), at = MK == 2 ? ma[C + rr % C] : T(0);
-      T* __restrict o = dx + rr * S;
-      T* __restrict gr = GRES ? gres + rr * S : nullptr;
+  const int64_t C = sh.C, S = sh.S;
+  const Coef<T> k = coef_of<T>(ps ? sh.N * C : C, mean, true, [&](int64_t i, Coef<T>& e) {
+    e.p[i] = T(A[i]);
+    e.q[i] = T(B[i]);
+    e.r[i] = T(D[i]);
+  });
+  for_each_row<T>(
+      sh, ps,
+      [&](int64_t rr, int64_t i) {
+        const T hi = k.hi[i], lo = k.lo[i], a = k.p[i], bq = k.q[i], dd = k.r[i];
+        const T* __restrict d = PL ? dy + rr : dy + rr * S;
+        const T* __restrict xr = x + rr * S;
+        const T* __restrict mr = MK == 1 ? mk + rr * S : nullptr;
+        const T as = MK == 2 ? ma[rr % C] : T(0), at = MK == 2 ? ma[C + rr % C] : T(0);
+        T* __restrict o = dx + rr * S;
+        T* __restrict gr = GRES ? gres + rr * S : nullptr;
 #pragma omp simd
-      for (int64_t s = 0; s < S; ++s) {
-        const T g = !kept<MK>(mr, s, as, at, xr[s]) ? T(0) : d[PL ? 0 : s];
-        o[s] = apply_value(g, xr[s], a, bq, hi, lo, dd);
-        if (GRES) gr[s] = g;
-      }
-    }
-  } else {
-    with_channels<T>(C, [&](auto cc) {
-      constexpr int64_t CC = decltype(cc)::value;
-      const int64_t Cn = CC ? CC : C;
-#pragma omp parallel for schedule(static) num_threads(nt)
-      for (int64_t m = 0; m < N * S; ++m) {
-        const int64_t base = ps ? (m / S) * Cn : 0;
+        for (int64_t s = 0; s < S; ++s) {
+          const T g = !kept<MK>(mr, s, as, at, xr[s]) ? T(0) : d[PL ? 0 : s];
+          o[s] = apply_value(g, xr[s], a, bq, hi, lo, dd);
+          if (GRES) gr[s] = g;
+        }
+      },
+      [&](int64_t m, int64_t base, auto cc) {
+        constexpr int64_t CC = decltype(cc)::value;
+        const int64_t Cn = CC ? CC : C;
         const T* __restrict hi = k.hi.data() + base;
         const T* __restrict lo = k.lo.data() + base;
         const T* __restrict a = k.p.data() + base;
@@ -510,9 +524,7 @@ void backward_apply_t(const T* __restrict dy, const T* __restrict x, const T* __
           o[c] = apply_value(g, xr[c], a[c], bq[c], hi[c], lo[c], dd[c]);
           if (GRES) gr[c] = g;
         }
-      }
-    });
-  }
+      });
 }
 
 // ---- affine + activation + global average pool -------------------------------------------------
