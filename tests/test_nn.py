@@ -752,6 +752,33 @@ def test_conv2d_weight_attribute_is_the_parameter(rng):
         "Conv2d.weight is not the parameter (a stale copy left behind by _pack)"
 
 
+@pytest.mark.parametrize("kwargs, stride, padding, dilation", [
+    ({}, (1, 1), (0, 0), (1, 1)),
+    ({"stride": 2, "padding": 1, "dilation": 2}, (2, 2), (1, 1), (2, 2)),
+    ({"stride": (2, 1), "padding": (1, 0), "dilation": (1, 3)}, (2, 1), (1, 0), (1, 3)),
+    ({"padding": "same"}, (1, 1), "same", (1, 1)),
+    ({"padding": "valid", "stride": 3}, (3, 3), "valid", (1, 1)),
+])
+def test_conv2d_geometry_attributes_are_pairs(kwargs, stride, padding, dilation):
+    # As torch.nn.Conv2d keeps them: stride, padding (unless a string) and dilation as pairs, so
+    # that `conv.stride == (2, 2)` holds for Conv2d(..., stride=2) as it does in torch (the layer
+    # kept an int as given, while kernel_size was already a pair).
+    c = nn.Conv2d(4, 6, 3, **kwargs)
+    assert (c.kernel_size, c.stride, c.padding, c.dilation) == ((3, 3), stride, padding, dilation)
+    assert all(type(v) is int for t in (c.stride, c.dilation) for v in t)
+
+
+@pytest.mark.parametrize("kwargs, stride, padding", [
+    ({}, (1, 1), (1, 1)),
+    ({"stride": 2, "padding": 0}, (2, 2), (0, 0)),
+    ({"stride": (1, 2), "padding": (1, 0)}, (1, 2), (1, 0)),
+    ({"padding": "same"}, (1, 1), "same"),
+])
+def test_separable_conv_geometry_attributes_are_pairs(kwargs, stride, padding):
+    d = nn.DepthwiseSeparableConv2d(4, 6, 3, **kwargs)
+    assert (d.kernel_size, d.stride, d.padding) == ((3, 3), stride, padding)
+
+
 # ---- train / eval and running statistics --------------------------------------------------------
 
 @pytest.mark.parametrize("layout", LAYOUTS)

@@ -353,6 +353,15 @@ def test_torch_state_dict_loads(rng):
         assert_rel(ck.forward(to_layout(x, "NHWC")), ty, f"{name}: eval output")
 
 
+@pytest.mark.parametrize("kwargs", [{}, {"stride": 2, "padding": 1, "dilation": 2},
+                                    {"stride": (2, 1), "padding": (0, 1), "dilation": (3, 1)},
+                                    {"padding": "same", "dilation": 2}, {"padding": "valid", "stride": 2}])
+def test_conv2d_geometry_attributes_match_torch(kwargs):
+    c, t = nn.Conv2d(4, 6, (3, 5), **kwargs), torch.nn.Conv2d(4, 6, (3, 5), **kwargs)
+    for a in ("kernel_size", "stride", "padding", "dilation"):
+        assert getattr(c, a) == getattr(t, a), a
+
+
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("smoothing", [0.0, 0.1])
 @pytest.mark.parametrize("weighted", [False, True])

@@ -93,6 +93,11 @@ def _conv_geometry(kernel_size, stride, padding, dilation):
     return k, s, d
 
 
+def _padding_attr(padding: int | tuple[int, int] | str) -> tuple[int, int] | str:
+    """A checked ``padding`` as a layer keeps it: a pair, or the string ("same" or "valid")."""
+    return padding if isinstance(padding, str) else check_pair("padding", padding, 0)
+
+
 def _conv_out_shape(x_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1, *, layout="NCHW"):
     """:func:`cnnkit.ops.conv2d_output_shape` with errors naming ``x`` and ``weight``, as forward's."""
     return _conv_geom(tuple(x_shape), tuple(weight_shape), stride, padding, dilation, groups, layout,
@@ -181,8 +186,9 @@ class Conv2d(Module):
         self.groups = _positive_int("groups", groups)
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"groups: {groups} must divide in_channels {in_channels} and out_channels {out_channels}")
-        k, _, _ = _conv_geometry(kernel_size, stride, padding, dilation)
-        self.kernel_size, self.stride, self.padding, self.dilation = k, stride, padding, dilation
+        k, s, d = _conv_geometry(kernel_size, stride, padding, dilation)
+        # pairs (and padding's "same"/"valid" as given), as torch.nn.Conv2d keeps them
+        self.kernel_size, self.stride, self.padding, self.dilation = k, s, _padding_attr(padding), d
         self.layout = _layout(layout)
         rng = _rng(rng)
         fan_in = (in_channels // groups) * k[0] * k[1]
@@ -642,8 +648,8 @@ class DepthwiseSeparableConv2d(Module):
         super().__init__()
         self.in_channels = _positive_int("in_channels", in_channels)
         self.out_channels = _positive_int("out_channels", out_channels)
-        k, _, _ = _conv_geometry(kernel_size, stride, padding, 1)
-        self.kernel_size, self.stride, self.padding = k, stride, padding
+        k, s, _ = _conv_geometry(kernel_size, stride, padding, 1)
+        self.kernel_size, self.stride, self.padding = k, s, _padding_attr(padding)
         self.layout = _layout(layout)
         self.has_bias = check_bool("bias", bias)
         rng = _rng(rng)
