@@ -661,7 +661,7 @@ const char* backward_weight_bn_apply(const float* g_out, const float* z, const d
 }
 
 // Image n of a fused input gradient: dx += the residual, then the gradient epilogue (mask, and
-// the image's two sums into part[2n*C ...]).
+// the image's two sums into part.s1(n), part.s2(n)).
 static void image_epilogue(const Kernels& k, float* dx, const Geom& g, const Fused& fu, int64_t n,
                            const GradParts& part) {
   const int64_t P = g.H * g.W, img = g.C * P;

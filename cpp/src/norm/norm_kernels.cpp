@@ -184,8 +184,8 @@ void split(double m, T& hi, T& lo) {
   lo = T(m - double(hi));
 }
 
-// The per-(sample,) channel coefficients of an element-wise pass: the mean as hi + lo, and the
-// pass's own p, q (and r) that fill(i, k) sets for each of the nk entries.
+// The coefficients of an element-wise pass, one entry per channel (or per sample and channel):
+// the mean as hi + lo, and the pass's own p, q (and r), which fill(i, k) sets for entry i.
 template <typename T, typename F>
 Coef<T> coef_of(int64_t nk, const double* mean, bool with_r, F&& fill) {
   Coef<T> k;
