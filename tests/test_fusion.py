@@ -1104,10 +1104,12 @@ def test_fused_backward_input_compiled(layout, case, isa):
 
 # (N, C, K, H, k, stride, groups): stride 2 (dense and depthwise), depthwise, grouped (2, 4 and 8
 # channels a group), the whole-batch scatter of small planes: the units-of-images path, with
-# several images a unit and a shorter last unit (N = 17 at 2 images a unit).
+# several images a unit and a shorter last unit (N = 17 at 2 images a unit); channel counts that
+# are not a multiple of 8 (each image's sums in rows padded to whole cache lines: GradParts).
 _UNIT_CASES = [(2, 64, 64, 8, 3, 2, 1), (2, 16, 16, 8, 3, 1, 16), (16, 128, 128, 2, 3, 1, 1),
                (17, 32, 32, 6, 3, 2, 32), (9, 16, 16, 7, 3, 1, 8), (17, 32, 32, 5, 3, 2, 8),
-               (3, 64, 64, 6, 3, 1, 8), (20, 24, 24, 4, 3, 1, 24)]
+               (3, 64, 64, 6, 3, 1, 8), (20, 24, 24, 4, 3, 1, 24), (17, 12, 12, 6, 3, 2, 12),
+               (5, 5, 10, 5, 3, 2, 5), (9, 20, 20, 4, 3, 2, 1)]
 
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
