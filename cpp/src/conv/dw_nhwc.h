@@ -1328,7 +1328,7 @@ void dw_fused_forward_nhwc(const T* x, const T* w, const T* b, T* y, const Geom&
   const int64_t max_rows = (band - 1) * g.sh + (kh - 1) * g.dh + 1;
   int64_t ow_lo, ow_hi;
   dw_interior_cols(g, kw, ow_lo, ow_hi);
-  const UnitStats stp = sum ? unit_stats(units, K) : UnitStats{nullptr, units, K};
+  const UnitStats stp = sum ? unit_stats(units, K) : UnitStats{nullptr, units, K, K};
   const DwPro<T>* pp = pro.any() ? &pro : nullptr;
 #pragma omp parallel num_threads(num_threads())
   {

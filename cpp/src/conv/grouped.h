@@ -444,7 +444,7 @@ void grouped_forward_direct(const T* x, const T* w, const T* b, T* y, const Geom
   const T* res = nullptr;
   if constexpr (std::is_same_v<T, float>) res = fu ? fu->residual : nullptr;
   // Per band (the statistics' units): s1, s2 about sh, the band's first output pixel.
-  const UnitStats st = stats ? unit_stats(nb, C) : UnitStats{nullptr, nb, C};
+  const UnitStats st = stats ? unit_stats(nb, C) : UnitStats{nullptr, nb, C, C};
   // Work items: bands of output rows (the ring makes each input row filled about once per band).
   for_row_bands<T>(rows, g.Ho, slots, pitch, kh * kw, [&](RowRing<T>& ring, RowTap* taps, int64_t r, int64_t bi) {
     const int64_t n = r / g.Ho, oh = r % g.Ho;

@@ -37,18 +37,21 @@ struct RowUnits {
   }
 };
 
-// The partials of `units` units of K channels, [s1 | s2 | shift][unit][K], in the calling thread's
-// kPartSlot (taken before the parallel region; each unit is written by the thread that runs it).
+// The partials of `units` units of K channels, [s1 | s2 | shift][unit][ld] (ld: K rounded up to 8
+// doubles, so that each unit's rows start on their own cache line: units run on different threads
+// and add into their sums row by row), in the calling thread's kPartSlot (taken before the parallel
+// region; each unit is written by the thread that runs it).
 struct UnitStats {
   double* p;
-  int64_t units, K;
-  double* s1(int64_t u) const { return p + u * K; }
-  double* s2(int64_t u) const { return p + (units + u) * K; }
-  double* sh(int64_t u) const { return p + (2 * units + u) * K; }
+  int64_t units, K, ld;
+  double* s1(int64_t u) const { return p + u * ld; }
+  double* s2(int64_t u) const { return p + (units + u) * ld; }
+  double* sh(int64_t u) const { return p + (2 * units + u) * ld; }
 };
 
 inline UnitStats unit_stats(int64_t units, int64_t K) {
-  return UnitStats{scratch<double>(kPartSlot, static_cast<size_t>(3 * units * K)), units, K};
+  const int64_t ld = (K + 7) / 8 * 8;
+  return UnitStats{scratch<double>(kPartSlot, static_cast<size_t>(3 * units * ld)), units, K, ld};
 }
 
 // s1, s2 += the shifted sums (about sh) of np pixel-major rows of K channels: channels in blocks of
