@@ -280,35 +280,35 @@ Split split(int64_t len, int64_t chunk) {
 
 // Per-(unit, channel) partial statistics of the fused forward: sums of (y - s) and (y - s)^2 in
 // double about s, the unit's first value of the channel (a shift close to the data, as the norm
-// kernels use), and the unit's pixel count. Combined in unit order by combine_stats().
+// kernels use), and the unit's pixel count. Combined in unit order by combine_stats(). Each unit's
+// rows (Kg channels, rounded up to 8 doubles) start on their own cache line: units run on
+// different threads and add into their sums block by block (as GradParts, UnitStats).
 struct StatParts {
-  double* s1 = nullptr;
-  double* s2 = nullptr;
-  double* sh = nullptr;
+  double* p = nullptr;
   int64_t* cnt = nullptr;
+  int64_t units = 0, ld = 0;
+  double* s1(int64_t u) const { return p + u * ld; }
+  double* s2(int64_t u) const { return p + (units + u) * ld; }
+  double* sh(int64_t u) const { return p + (2 * units + u) * ld; }
 };
 
 StatParts stat_parts(int64_t units, int64_t Kg) {
-  double* d = scratch<double>(kPartSlot, 3 * units * Kg + units);
-  StatParts p;
-  p.s1 = d;
-  p.s2 = d + units * Kg;
-  p.sh = d + 2 * units * Kg;
-  p.cnt = reinterpret_cast<int64_t*>(d + 3 * units * Kg);
-  return p;
+  const int64_t ld = (Kg + 7) / 8 * 8;
+  double* d = scratch<double>(kPartSlot, 3 * units * ld + units);
+  return StatParts{d, reinterpret_cast<int64_t*>(d + 3 * units * ld), units, ld};
 }
 
 // Channel k of the units `order` (in that order; the first holds the channel's first value, y at
 // image 0, pixel 0): sum and sum of squares of (y - K), K = that first value.
-void combine_stats(const StatParts& p, int64_t Kg, const int64_t* order, int64_t count, int64_t kk, double* sum,
+void combine_stats(const StatParts& p, const int64_t* order, int64_t count, int64_t kk, double* sum,
                    double* sumsq) {
-  const double K0 = p.sh[order[0] * Kg + kk];
+  const double K0 = p.sh(order[0])[kk];
   double s = 0, q = 0;
   for (int64_t i = 0; i < count; ++i) {
     const int64_t u = order[i];
-    const double d = p.sh[u * Kg + kk] - K0, n = double(p.cnt[u]), s1 = p.s1[u * Kg + kk];
+    const double d = p.sh(u)[kk] - K0, n = double(p.cnt[u]), s1 = p.s1(u)[kk];
     s += s1 + n * d;
-    q += p.s2[u * Kg + kk] + 2 * d * s1 + n * d * d;
+    q += p.s2(u)[kk] + 2 * d * s1 + n * d * d;
   }
   *sum = s;
   *sumsq = q;
@@ -720,13 +720,12 @@ void grad_epilogue_pm(float* y, const float* xb, const float* mb, int64_t ld, in
 }
 
 // grad_sum / grad_sumxc of channels [c0, c0 + n) from the partials of the units `order` (in order).
-void combine_grad(const StatParts& p, int64_t ld, const int64_t* order, int64_t count, int64_t c0, int64_t n,
-                  const Fused* fu) {
+void combine_grad(const StatParts& p, const int64_t* order, int64_t count, int64_t c0, int64_t n, const Fused* fu) {
   for (int64_t k = 0; k < n; ++k) {
     double a = 0, b = 0;
     for (int64_t i = 0; i < count; ++i) {
-      a += p.s1[order[i] * ld + k];
-      b += p.s2[order[i] * ld + k];
+      a += p.s1(order[i])[k];
+      b += p.s2(order[i])[k];
     }
     fu->grad_sum[c0 + k] = a;
     fu->grad_sumxc[c0 + k] = b;
@@ -871,21 +870,21 @@ void batched_forward(const float* x, const float* w, const float* b, float* y, c
       const int64_t su = blk * mt_max + im;  // the statistics unit: this row tile
       if (stats && jn == 0) st.cnt[su] = nr;
       epilogue_pm(yr, K, nr, nk, b ? b + k0 : nullptr, residual ? residual + (R0 + i0) * K + k0 : nullptr, relu,
-                  stats ? st.s1 + su * K + k0 : nullptr, stats ? st.s2 + su * K + k0 : nullptr,
-                  stats ? st.sh + su * K + k0 : nullptr);
+                  stats ? st.s1(su) + k0 : nullptr, stats ? st.s2(su) + k0 : nullptr,
+                  stats ? st.sh(su) + k0 : nullptr);
       if (grad)
         grad_epilogue_pm(yr, fu->gx + (R0 + i0) * K + k0, grad_mask(fu, (R0 + i0) * K + k0), K, nr, nk,
                          fu->gscale ? fu->gscale + k0 : nullptr,
-                         fu->gshift ? fu->gshift + k0 : nullptr, fu->grelu, fu->center + k0, st.s1 + su * K + k0,
-                         st.s2 + su * K + k0);
+                         fu->gshift ? fu->gshift + k0 : nullptr, fu->grelu, fu->center + k0, st.s1(su) + k0,
+                         st.s2(su) + k0);
     }
     if (stats || grad)
       for (int64_t im = 0; im < t.m.count; ++im) order.push_back(blk * mt_max + im);
   }
-  if (grad) combine_grad(st, K, order.data(), int64_t(order.size()), 0, K, fu);
+  if (grad) combine_grad(st, order.data(), int64_t(order.size()), 0, K, fu);
   if (!stats) return;
   for (int64_t kk = 0; kk < K; ++kk)
-    combine_stats(st, K, order.data(), int64_t(order.size()), kk, fu->stats_sum + kk, fu->stats_sumsq + kk);
+    combine_stats(st, order.data(), int64_t(order.size()), kk, fu->stats_sum + kk, fu->stats_sumsq + kk);
 }
 
 // Weight gradient: dW (K x KK, w's own layout) = sum over blocks of dY^T (K x rows) . col, col
@@ -1158,11 +1157,11 @@ void forward_1x1_nhwc(const float* x, const float* w, const float* b, float* y, 
       }
       if (rs > 1) add_strided_rows(yr, residual, a, nr, K, g.Ho, g.Wo, rs);
       if (!in_store)
-        epilogue_pm(yr, K, nr, K, b, residual ? residual + a * K : nullptr, relu, stats ? st.s1 + u * K : nullptr,
-                    stats ? st.s2 + u * K : nullptr, stats ? st.sh + u * K : nullptr, cont);
+        epilogue_pm(yr, K, nr, K, b, residual ? residual + a * K : nullptr, relu, stats ? st.s1(u) : nullptr,
+                    stats ? st.s2(u) : nullptr, stats ? st.sh(u) : nullptr, cont);
       if (grad)
         grad_epilogue_pm(yr, fu->gx + a * K, grad_mask(fu, a * K), K, nr, K, fu->gscale, fu->gshift, fu->grelu,
-                         fu->center, st.s1 + u * K, st.s2 + u * K, cont);
+                         fu->center, st.s1(u), st.s2(u), cont);
     }
     if (in_pass) wgrad_1x1_rows(wp, du ? du : x, fu->wgrad_x, r0, r1, du ? r0 : 0);
   }
@@ -1173,10 +1172,10 @@ void forward_1x1_nhwc(const float* x, const float* w, const float* b, float* y, 
   if (!stats && !grad) return;
   isa_vector<int64_t> order(s.count);
   for (int64_t q = 0; q < s.count; ++q) order[q] = q;
-  if (grad) combine_grad(st, K, order.data(), s.count, 0, K, fu);
+  if (grad) combine_grad(st, order.data(), s.count, 0, K, fu);
   if (stats)
     for (int64_t kk = 0; kk < K; ++kk)
-      combine_stats(st, K, order.data(), s.count, kk, fu->stats_sum + kk, fu->stats_sumsq + kk);
+      combine_stats(st, order.data(), s.count, kk, fu->stats_sum + kk, fu->stats_sumsq + kk);
 }
 
 // The input gradient of an NHWC 1x1 convolution at a stride above 1 (no padding): dx is zero but
@@ -1265,15 +1264,15 @@ void forward_nchw(const T* x, const T* w, const T* b, T* y, const Geom& g, const
     }
     if (stats) st.cnt[u] = np;
     epilogue_cm(yg + p0, P, Kg, np, b ? b + gi * Kg : nullptr,
-                residual ? residual + (n * g.K + gi * Kg) * P + p0 : nullptr, relu, stats ? st.s1 + u * Kg : nullptr,
-                stats ? st.s2 + u * Kg : nullptr, stats ? st.sh + u * Kg : nullptr);
+                residual ? residual + (n * g.K + gi * Kg) * P + p0 : nullptr, relu, stats ? st.s1(u) : nullptr,
+                stats ? st.s2(u) : nullptr, stats ? st.sh(u) : nullptr);
     if constexpr (std::is_same_v<T, float>)
       if (grad) {
         const int64_t c0 = gi * Kg;
         grad_epilogue_cm(yg + p0, fu->gx + (n * g.K + c0) * P + p0, grad_mask(fu, (n * g.K + c0) * P + p0), P, Kg,
                          np, fu->gscale ? fu->gscale + c0 : nullptr,
-                         fu->gshift ? fu->gshift + c0 : nullptr, fu->grelu, fu->center + c0, st.s1 + u * Kg,
-                         st.s2 + u * Kg);
+                         fu->gshift ? fu->gshift + c0 : nullptr, fu->grelu, fu->center + c0, st.s1(u),
+                         st.s2(u));
       }
   }
   if (grad) {
@@ -1281,7 +1280,7 @@ void forward_nchw(const T* x, const T* w, const T* b, T* y, const Geom& g, const
     for (int64_t gi = 0; gi < g.G; ++gi) {
       for (int64_t n = 0; n < g.N; ++n)
         for (int64_t q = 0; q < s.count; ++q) order[n * s.count + q] = (n * g.G + gi) * s.count + q;
-      combine_grad(st, Kg, order.data(), int64_t(order.size()), gi * Kg, Kg, fu);
+      combine_grad(st, order.data(), int64_t(order.size()), gi * Kg, Kg, fu);
     }
   }
   if (!stats) return;
@@ -1290,7 +1289,7 @@ void forward_nchw(const T* x, const T* w, const T* b, T* y, const Geom& g, const
     for (int64_t n = 0; n < g.N; ++n)
       for (int64_t q = 0; q < s.count; ++q) order[n * s.count + q] = (n * g.G + gi) * s.count + q;
     for (int64_t kk = 0; kk < Kg; ++kk)
-      combine_stats(st, Kg, order.data(), int64_t(order.size()), kk, fu->stats_sum + gi * Kg + kk,
+      combine_stats(st, order.data(), int64_t(order.size()), kk, fu->stats_sum + gi * Kg + kk,
                     fu->stats_sumsq + gi * Kg + kk);
   }
 }
@@ -1366,22 +1365,22 @@ void forward_nhwc(const T* x, const T* w, const T* b, T* y, const Geom& g, const
     }
     if (stats) st.cnt[u] = nr;
     epilogue_pm(yr, g.K, nr, Kg, b ? b + gi * Kg : nullptr, residual ? residual + r0 * g.K + gi * Kg : nullptr, relu,
-                stats ? st.s1 + u * Kg : nullptr, stats ? st.s2 + u * Kg : nullptr,
-                stats ? st.sh + u * Kg : nullptr);
+                stats ? st.s1(u) : nullptr, stats ? st.s2(u) : nullptr,
+                stats ? st.sh(u) : nullptr);
     if constexpr (std::is_same_v<T, float>)
       if (grad) {
         const int64_t c0 = gi * Kg;
         grad_epilogue_pm(yr, fu->gx + r0 * g.K + c0, grad_mask(fu, r0 * g.K + c0), g.K, nr, Kg,
                          fu->gscale ? fu->gscale + c0 : nullptr,
-                         fu->gshift ? fu->gshift + c0 : nullptr, fu->grelu, fu->center + c0, st.s1 + u * Kg,
-                         st.s2 + u * Kg);
+                         fu->gshift ? fu->gshift + c0 : nullptr, fu->grelu, fu->center + c0, st.s1(u),
+                         st.s2(u));
       }
   }
   if (grad) {
     isa_vector<int64_t> order(s.count);
     for (int64_t gi = 0; gi < g.G; ++gi) {
       for (int64_t q = 0; q < s.count; ++q) order[q] = q * g.G + gi;
-      combine_grad(st, Kg, order.data(), s.count, gi * Kg, Kg, fu);
+      combine_grad(st, order.data(), s.count, gi * Kg, Kg, fu);
     }
   }
   if (!stats) return;
@@ -1389,7 +1388,7 @@ void forward_nhwc(const T* x, const T* w, const T* b, T* y, const Geom& g, const
   for (int64_t gi = 0; gi < g.G; ++gi) {
     for (int64_t q = 0; q < s.count; ++q) order[q] = q * g.G + gi;
     for (int64_t kk = 0; kk < Kg; ++kk)
-      combine_stats(st, Kg, order.data(), s.count, kk, fu->stats_sum + gi * Kg + kk, fu->stats_sumsq + gi * Kg + kk);
+      combine_stats(st, order.data(), s.count, kk, fu->stats_sum + gi * Kg + kk, fu->stats_sumsq + gi * Kg + kk);
   }
 }
 
