@@ -113,9 +113,8 @@ void bind_norm(py::module_& m) {
       },
       py::arg("mean"), py::arg("var"), py::arg("eps"), py::arg("running_mean"), py::arg("running_var"),
       py::arg("momentum"), py::arg("unbias"), py::arg("weight"), py::arg("bias"), py::arg("limit"),
-      "(invstd, prologue) of a training-mode batch norm: norm_invstd (batch=True), norm_update_running, then with "
-      "limit >= 0 "
-      "norm_prologue_coefs (else None).");
+      "(invstd, prologue) of a training-mode batch norm: norm_invstd (batch=True), norm_update_running, then "
+      "with limit >= 0 norm_prologue_coefs (else None).");
 
   m.def(
       "norm_finish_sums",

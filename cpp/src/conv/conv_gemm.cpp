@@ -29,6 +29,7 @@
 #include "norm/bn_apply.h"
 #include "scratch.h"
 #include "sgemm.h"
+#include "unit_stats.h"
 
 #ifndef CNNKIT_ISA_NS
 #error "CNNKIT_ISA_NS must name the ISA level this file is compiled for"
@@ -280,22 +281,15 @@ Split split(int64_t len, int64_t chunk) {
 
 // Per-(unit, channel) partial statistics of the fused forward: sums of (y - s) and (y - s)^2 in
 // double about s, the unit's first value of the channel (a shift close to the data, as the norm
-// kernels use), and the unit's pixel count. Combined in unit order by combine_stats(). Each unit's
-// rows (Kg channels, rounded up to 8 doubles) start on their own cache line: units run on
-// different threads and add into their sums block by block (as GradParts, UnitStats).
-struct StatParts {
-  double* p = nullptr;
-  int64_t* cnt = nullptr;
-  int64_t units = 0, ld = 0;
-  double* s1(int64_t u) const { return p + u * ld; }
-  double* s2(int64_t u) const { return p + (units + u) * ld; }
-  double* sh(int64_t u) const { return p + (2 * units + u) * ld; }
+// kernels use), and the unit's pixel count. UnitStats' rows (each unit's on its own cache lines)
+// and the counts after them. Combined in unit order by combine_stats().
+struct StatParts : UnitStats {
+  int64_t* cnt;
 };
 
 StatParts stat_parts(int64_t units, int64_t Kg) {
-  const int64_t ld = (Kg + 7) / 8 * 8;
-  double* d = scratch<double>(kPartSlot, 3 * units * ld + units);
-  return StatParts{d, reinterpret_cast<int64_t*>(d + 3 * units * ld), units, ld};
+  const UnitStats u = unit_stats(units, Kg, units);
+  return StatParts{u, reinterpret_cast<int64_t*>(u.p + 3 * units * u.ld)};
 }
 
 // Channel k of the units `order` (in that order; the first holds the channel's first value, y at

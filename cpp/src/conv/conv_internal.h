@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "cnnkit/conv.h"
+#include "scratch.h"
 
 namespace cnnkit::conv {
 
@@ -44,16 +45,16 @@ void grad_epilogue_rows(float* o, const float* gx, const float* mask, int64_t C,
 }  // namespace CNNKIT_KERNEL_NS
 
 // The per-unit sums of a fused input gradient's units (images or bands of rows): s1(u)[c] the sum
-// of o, s2(u)[c] the sum of o * (x - center), zeroed. Each unit's pair of rows starts on its own
-// cache line (rows of C rounded up to 8 doubles, a 64-byte aligned start): units run on different
-// threads, and the strided grouped path adds into its band's sums after every dx row; with rows of
-// C doubles from a 16-byte aligned start, neighbouring bands shared the lines at their ends (cold
-// replays, the calls alternating: resnext_small's s2 grouped input gradients 1.03-1.06x faster
-// aligned). The layout does not change any sum.
+// of o, s2(u)[c] the sum of o * (x - center), zeroed. Each unit's rows start on their own cache
+// line (line_rows(): the strided grouped path adds into its band's sums after every dx row; with
+// rows of C doubles from a 16-byte aligned start, neighbouring bands shared the lines at their
+// ends: cold replays, the calls alternating, resnext_small's s2 grouped input gradients 1.03-1.06x
+// faster aligned). Owned here rather than in kPartSlot: the units-of-images path runs other
+// kernels in between. The layout does not change any sum.
 class GradParts {
  public:
   GradParts(int64_t units, int64_t C)
-      : units_(units), C_(C), ld_((C + 7) / 8 * 8), buf_(static_cast<size_t>(2 * units * ld_ + 8), 0.0) {
+      : units_(units), C_(C), ld_(line_rows(C)), buf_(static_cast<size_t>(2 * units * ld_ + 8), 0.0) {
     const auto a = reinterpret_cast<std::uintptr_t>(buf_.data());
     p_ = buf_.data() + ((64 - a % 64) % 64) / sizeof(double);
   }

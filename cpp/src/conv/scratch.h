@@ -57,5 +57,11 @@ constexpr int kTnKeepSlot = 15; // worker: sgemm_tn's register blocks between th
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// The stride, in doubles, of per-unit rows of n double sums that each start on their own cache
+// line (from a 64-byte aligned base): units run on different threads and add into their rows as
+// they go, so rows that shared a line at their ends made the threads trade it (false sharing).
+// Used by GradParts (conv_internal.h), UnitStats (unit_stats.h) and StatParts (conv_gemm.cpp).
+inline int64_t line_rows(int64_t n) { return ceil_div(n, 8) * 8; }
+
 }  // namespace CNNKIT_KERNEL_NS
 }  // namespace cnnkit::conv

@@ -10,6 +10,7 @@
 
 #include "cnnkit/common.h"
 #include "cnnkit/conv.h"
+#include "dw_common.h"
 #include "scratch.h"
 
 namespace cnnkit::conv {
@@ -37,10 +38,10 @@ struct RowUnits {
   }
 };
 
-// The partials of `units` units of K channels, [s1 | s2 | shift][unit][ld] (ld: K rounded up to 8
-// doubles, so that each unit's rows start on their own cache line: units run on different threads
-// and add into their sums row by row), in the calling thread's kPartSlot (taken before the parallel
-// region; each unit is written by the thread that runs it).
+// The partials of `units` units of K channels, [s1 | s2 | shift][unit][ld] (ld = line_rows(K):
+// each unit's rows on their own cache lines), in the calling thread's kPartSlot (taken before the
+// parallel region; each unit is written by the thread that runs it). `extra` doubles follow them
+// there (StatParts' pixel counts).
 struct UnitStats {
   double* p;
   int64_t units, K, ld;
@@ -49,9 +50,9 @@ struct UnitStats {
   double* sh(int64_t u) const { return p + (2 * units + u) * ld; }
 };
 
-inline UnitStats unit_stats(int64_t units, int64_t K) {
-  const int64_t ld = (K + 7) / 8 * 8;
-  return UnitStats{scratch<double>(kPartSlot, static_cast<size_t>(3 * units * ld)), units, K, ld};
+inline UnitStats unit_stats(int64_t units, int64_t K, int64_t extra = 0) {
+  const int64_t ld = line_rows(K);
+  return UnitStats{scratch<double>(kPartSlot, static_cast<size_t>(3 * units * ld + extra)), units, K, ld};
 }
 
 // s1, s2 += the shifted sums (about sh) of np pixel-major rows of K channels: channels in blocks of

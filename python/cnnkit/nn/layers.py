@@ -83,19 +83,15 @@ def _positive_int(name, v):
 
 
 def _conv_geometry(kernel_size, stride, padding, dilation):
-    """(kernel_size, stride, dilation) as pairs, checked as :func:`cnnkit.conv2d` checks them
-    (ints or pairs of ints >= 1; TypeError / ValueError naming the argument), and ``padding``
-    too (an int or pair >= 0, "same" (stride 1 only) or "valid"), at construction."""
+    """(kernel_size, stride, padding, dilation) as a layer keeps them, checked as
+    :func:`cnnkit.conv2d` checks them (TypeError / ValueError naming the argument), at
+    construction: kernel_size, stride and dilation as pairs of ints >= 1, padding as a pair of
+    ints >= 0 or the string "same" (stride 1 only) or "valid", as ``torch.nn.Conv2d`` keeps them."""
     k = check_pair("kernel_size", kernel_size, 1)
     s = check_pair("stride", stride, 1)
     d = check_pair("dilation", dilation, 1)
     _conv_padding(padding, k, d, s)
-    return k, s, d
-
-
-def _padding_attr(padding: int | tuple[int, int] | str) -> tuple[int, int] | str:
-    """A checked ``padding`` as a layer keeps it: a pair, or the string ("same" or "valid")."""
-    return padding if isinstance(padding, str) else check_pair("padding", padding, 0)
+    return k, s, padding if isinstance(padding, str) else check_pair("padding", padding, 0), d
 
 
 def _conv_out_shape(x_shape, weight_shape, stride=1, padding=0, dilation=1, groups=1, *, layout="NCHW"):
@@ -186,9 +182,8 @@ class Conv2d(Module):
         self.groups = _positive_int("groups", groups)
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"groups: {groups} must divide in_channels {in_channels} and out_channels {out_channels}")
-        k, s, d = _conv_geometry(kernel_size, stride, padding, dilation)
-        # pairs (and padding's "same"/"valid" as given), as torch.nn.Conv2d keeps them
-        self.kernel_size, self.stride, self.padding, self.dilation = k, s, _padding_attr(padding), d
+        k, self.stride, self.padding, self.dilation = _conv_geometry(kernel_size, stride, padding, dilation)
+        self.kernel_size = k
         self.layout = _layout(layout)
         rng = _rng(rng)
         fan_in = (in_channels // groups) * k[0] * k[1]
@@ -648,8 +643,8 @@ class DepthwiseSeparableConv2d(Module):
         super().__init__()
         self.in_channels = _positive_int("in_channels", in_channels)
         self.out_channels = _positive_int("out_channels", out_channels)
-        k, s, _ = _conv_geometry(kernel_size, stride, padding, 1)
-        self.kernel_size, self.stride, self.padding = k, s, _padding_attr(padding)
+        k, self.stride, self.padding, _ = _conv_geometry(kernel_size, stride, padding, 1)
+        self.kernel_size = k
         self.layout = _layout(layout)
         self.has_bias = check_bool("bias", bias)
         rng = _rng(rng)

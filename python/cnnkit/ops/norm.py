@@ -162,9 +162,9 @@ def _bn_backward_chunk(g, x, mask, grad_x, grad_res, v, C, S, nhwc, mean, invstd
     g is masked by ``fma(a[c], x, b[c]) > 0``, the ReLU of a convolution's fused prologue
     recomputed from x (:mod:`cnnkit.nn`'s fusion), instead of by a stored output. ``pooled``: g is
     ``(v, C)``, the gradient at every spatial position of that sample and channel (a global
-    average pool's adjoint, never broadcast in memory). With ``mask`` and ``grad_res`` both given, the reduction
-    pass writes the masked gradient into ``grad_res`` and the apply pass reads it in place of
-    ``g`` and the mask (one pass over the mask fewer; the same values)."""
+    average pool's adjoint, never broadcast in memory). With ``mask`` and ``grad_res`` both given,
+    the reduction pass writes the masked gradient into ``grad_res`` and the apply pass reads it in
+    place of ``g`` and the mask (one pass over the mask fewer; the same values)."""
     if mask is not None and grad_res is not None and grad_x is not None:
         sg, sgx = _core.norm_backward_reduce(g, x, mask, v, C, S, nhwc, False, mean, None, False, grad_res)
         _bn_backward_apply(grad_res, x, None, grad_x, None, v, C, S, nhwc, mean, invstd, w, count, sg, sgx)
