@@ -217,7 +217,20 @@ def build_model(seed: int = 0, widths=(16, 32, 64), blocks=(1, 1, 1), layout: st
 def build_torch_twin(torch, widths=(16, 32, 64), blocks=(1, 1, 1)):
     """``resnet_small`` (norm="batch") in torch.nn, module indices as cnnkit's (0 stem conv, 1 its
     batch norm + ReLU, 2.. the blocks, then pooling and the classifier), a distinct ``nn.ReLU`` for
-    every ReLU cnnkit fuses into a batch norm, and parameters in cnnkit's order."""
+    every ReLU cnnkit fuses into a batch norm, and parameters in cnnkit's order.
+
+    Parameters
+    ----------
+    torch : module
+        The imported torch.
+    widths, blocks : sequence of int
+        As :func:`build_model` (and :func:`cnnkit.models.resnet_small`).
+
+    Returns
+    -------
+    torch.nn.Sequential
+        The twin, with torch's default initialization (:func:`copy_weights` gives it cnnkit's).
+    """
     tnn = torch.nn
 
     class BNReLU(tnn.Module):
@@ -267,8 +280,28 @@ def build_torch_twin(torch, widths=(16, 32, 64), blocks=(1, 1, 1)):
 
 def copy_weights(torch, cnn, twin) -> tuple:
     """cnnkit's parameters into the twin in parameter order, its buffers (running statistics,
-    batch counts) in buffer order; returns (parameters, buffers) copied. ValueError on any count
-    or shape mismatch."""
+    batch counts) in buffer order.
+
+    Parameters
+    ----------
+    torch : module
+        The imported torch.
+    cnn : cnnkit.nn.Module
+        The source model.
+    twin : torch.nn.Module
+        The destination, with the same parameter and buffer arrays in the same order
+        (:func:`build_torch_twin`).
+
+    Returns
+    -------
+    tuple of int
+        The numbers of parameter and buffer arrays copied.
+
+    Raises
+    ------
+    ValueError
+        On any count or shape mismatch (nothing is copied on a count mismatch).
+    """
     cp, tp = cnn.parameters(), list(twin.parameters())
     cb = [b for m in cnn.modules() for b in m.buffers.values()]
     tb = list(twin.buffers())
