@@ -18,7 +18,12 @@ values are not kept (the rows pass evaluates each unit into a block of the worke
 * networks: resnext_small and mobilenet_small give bitwise the same gradients with the hand-over
   on and off (plain, with a capture and with ``inject=``), and the pass is taken; so do small
   networks whose 1x1 convolutions read 3-4 channels (their weight gradient runs on the stem
-  kernel, which has no fused form: the hand-over is not offered there).
+  kernel, which has no fused form: the hand-over is not offered there);
+* a projection shortcut's strided 1x1 (``weight_geom``, no gradient epilogue: ``x`` and ``center``
+  None): the norm's apply pass, the compact input gradient and the strided weight gradient from
+  one pass, bitwise the three separate calls at 1 and 2 threads on hypothesis-drawn shapes at
+  every ISA level (the pieces on and off the units' grid), against float64 too, with its bad
+  input; in networks the same gradients with the pass on and declined, and the pass taken.
 """
 from __future__ import annotations
 
@@ -32,7 +37,7 @@ from hypothesis import strategies as st
 import cnnkit
 from cnnkit import _core, nn
 from cnnkit.ops import fused as F
-from conftest import ISA_LEVELS, assert_bitwise, isa_level, num_threads
+from conftest import ISA_LEVELS, assert_bitwise, assert_close, isa_level, num_threads
 from test_conv import assert_close_terms
 from test_fusion import _chan, _from, _to
 
@@ -330,3 +335,238 @@ def test_few_channel_1x1_keeps_its_own_weight_gradient(c0, kind):
     on, off = _small_grads(make, x, True), _small_grads(make, x, False)
     for i, (a, b) in enumerate(zip(on, off)):
         assert_bitwise(a, b, f"gradient {i}")
+
+
+# ---- a projection shortcut's strided 1x1 backward in one pass ------------------------------------
+# ``conv2d_fused_backward_input(None, w, dx, compact_geom, None, None, None, False, None,
+# dy_apply=..., grad_weight=(dw, x, None, None, False), weight_geom=strided_geom)`` (used by
+# ``Conv2d._strided_in_pass``): the norm's apply pass, the compact input gradient and the strided
+# weight gradient from one pass over the rows, where they were the apply pass, then
+# ``conv_backward_weight`` and ``conv_backward_input``.
+
+def _shortcut_case(c):
+    N, C, K, H, W, s = c["N"], c["C"], c["K"], c["H"], c["W"], c["s"]
+    rng = np.random.default_rng(c["seed"])
+    x = rng.standard_normal((N, H, W, C)).astype(np.float32)
+    w = rng.standard_normal((K, C, 1, 1)).astype(np.float32)
+    g = F._Geom(x.shape, w.shape, s, 0, 1, 1, "NHWC", np.float32)  # the shortcut's convolution
+    gc = F._Geom((N, g.Ho, g.Wo, C), w.shape, 1, 0, 1, 1, "NHWC", np.float32)  # at stride 1 on its pixels
+    zb = (rng.standard_normal((N, g.Ho, g.Wo, K)) * 2 + 0.3).astype(np.float32)  # the norm's input
+    gb = rng.standard_normal(zb.shape).astype(np.float32)  # the gradient at its output
+    ap = (gb, zb, zb.astype(np.float64).mean(axis=(0, 1, 2)), rng.random(K) + 0.5, rng.standard_normal(K) * 0.1,
+          rng.standard_normal(K) * 0.1)
+    return dict(x=x, w=w, g=g, gc=gc, ap=ap if c["apply"] else None, gy=gb)
+
+
+def _shortcut_separate(o, t):
+    """The calls the pass replaces, at t threads: (dy, dx, dw)."""
+    dy = o["gy"]
+    if o["ap"] is not None:
+        dy = np.full(o["gy"].shape, np.nan, np.float32)
+        N, Ho, Wo, K = dy.shape
+        _core.norm_backward_apply(o["ap"][0], o["ap"][1], None, dy, None, N, K, Ho * Wo, True, False, *o["ap"][2:])
+    dx = np.full(dy.shape[:3] + (o["x"].shape[3],), np.nan, np.float32)
+    dw = np.full(o["w"].shape, np.nan, np.float32)
+    with num_threads(t):
+        _core.conv_backward_weight(dy, o["x"], dw, None, o["g"].core())
+        _core.conv_backward_input(dy, o["w"], dx, o["gc"].core())
+    return dy, dx, dw
+
+
+def _shortcut_together(o, t, keep, weight=True):
+    """The one call (keep False: grad_out None, the apply pass's values not kept)."""
+    dy = None if not keep else np.full(o["gy"].shape, np.nan, np.float32) if o["ap"] is not None else o["gy"]
+    dx = np.full(o["gy"].shape[:3] + (o["x"].shape[3],), np.nan, np.float32)
+    dw = np.full(o["w"].shape, np.nan, np.float32)
+    with num_threads(t):
+        try:
+            name, s1, s2 = _core.conv2d_fused_backward_input(
+                dy, o["w"], dx, o["gc"].core(), None, None, None, False, None, dy_apply=o["ap"],
+                grad_weight=(dw, o["x"], None, None, False) if weight else None,
+                weight_geom=o["g"].core() if weight else None)
+        except ValueError:  # no fused weight gradient (the stem kernel's problems): nothing written
+            assert np.isnan(dx).all() and np.isnan(dw).all(), "written before the error"
+            assert dy is None or o["ap"] is None or np.isnan(dy).all(), "grad_out written before the error"
+            return None
+    assert s1 is None and s2 is None and isinstance(name, str)
+    return dy, dx, dw
+
+
+def _shortcut_check(c):
+    o = _shortcut_case(c)
+    ref_dy, ref_dx, ref_dw = _shortcut_separate(o, 1)
+    # (the weight gradient in the pass where its own pass is a GEMM entry: Conv2d._weight_in_pass)
+    gemm = _core.conv_algorithm(o["g"].core(), 2).startswith("conv2d_gemm")
+    for t in (1, 2):
+        for keep in (True, False) if o["ap"] is not None else (True,):
+            got = _shortcut_together(o, t, keep)
+            assert got is not None or not gemm, _core.conv_algorithm(o["g"].core(), 2)
+            if got is None:
+                continue
+            dy, dx, dw = got
+            assert_bitwise(dx, ref_dx, f"compact input gradient: one pass vs separate ({t} threads, {c})")
+            assert_bitwise(dw, ref_dw, f"weight gradient: one pass vs separate ({t} threads, {c})")
+            if keep and o["ap"] is not None:
+                assert_bitwise(dy, ref_dy, f"dy written by the apply pass ({t} threads)")
+        if o["ap"] is not None:  # the apply pass and the input gradient only (no weight gradient)
+            got = _shortcut_together(o, t, True, weight=False)
+            assert got is not None
+            dy, dx, _ = got
+            assert_bitwise(dx, ref_dx, f"compact input gradient, no weight gradient ({t} threads)")
+            assert_bitwise(dy, ref_dy, "dy written, no weight gradient")
+    # against float64: dx at the strided pixels = dy . w, dw = sum over them of dy x^T
+    s = c["s"]
+    dy64, x64, w64 = ref_dy.astype(np.float64), o["x"][:, ::s, ::s].astype(np.float64), o["w"][:, :, 0, 0]
+    assert_close(ref_dx, np.einsum("nhwk,kc->nhwc", dy64, w64), np.float32, length=c["K"], what="dx vs float64")
+    terms = np.einsum("nhwk,nhwc->kc", np.abs(dy64), np.abs(x64))[:, :, None, None]
+    assert_close_terms(ref_dw, np.einsum("nhwk,nhwc->kc", dy64, x64)[:, :, None, None], np.float32, terms,
+                       length=dy64.shape[0] * dy64.shape[1] * dy64.shape[2], what="dw vs float64")
+
+
+@st.composite
+def _shortcut_cases(draw):
+    chans = (1, 3, 8, 15, 16, 17, 24, 32, 33, 40, 64)
+    return dict(isa=draw(st.sampled_from(ISA_LEVELS)), N=draw(st.integers(1, 3)), C=draw(st.sampled_from(chans)),
+                K=draw(st.sampled_from(chans)), H=draw(st.integers(1, 48)), W=draw(st.integers(1, 48)),
+                s=draw(st.sampled_from((2, 3))), apply=draw(st.booleans()),
+                force=draw(st.sampled_from((None, None, "packed", "gemm"))), seed=draw(st.integers(0, 2**31 - 1)))
+
+
+@settings(max_examples=60, deadline=None)
+@given(c=_shortcut_cases())
+def test_strided_shortcut_in_one_pass_hypothesis(c):
+    """Bitwise the separate calls (the apply pass, the strided weight gradient, the compact input
+    gradient), every output, 1 and 2 threads, the drawn ISA level, as dispatched or with the packed
+    GEMM or OpenBLAS forced (then its own passes run); against float64 too. Rows cross the units
+    (1024) and the pieces' grid, or miss it (the weight gradient's own pass after)."""
+    entry = None if c["force"] is None else \
+        f"conv2d_gemm_f32_nhwc{'_packed' if c['force'] == 'packed' else ''}__{c['isa']}"
+    with isa_level(c["isa"]), _forced(entry):
+        _shortcut_check(c)
+
+
+@pytest.mark.parametrize("isa", ISA_LEVELS)
+@pytest.mark.parametrize("shape", [
+    (64, 32, 64, 32, 32, 2),   # resnext_small's 3.downsample.0 (16 pieces of 1024 rows: a unit each)
+    (64, 64, 128, 16, 16, 2),  # 4.downsample.0 (pieces of 256 rows, four to a unit)
+    (5, 32, 40, 33, 31, 2),    # 1360 rows: pieces of 272, off the grid (the weight gradient's own pass)
+    (3, 48, 24, 40, 23, 3),
+])
+def test_strided_shortcut_in_one_pass_shapes(isa, shape):
+    N, C, K, H, W, s = shape
+    with isa_level(isa):
+        _shortcut_check(dict(N=N, C=C, K=K, H=H, W=W, s=s, apply=True, seed=N * C + K))
+
+
+def test_strided_shortcut_in_one_pass_bad_input():
+    rng = np.random.default_rng(0)
+    N, C, K, H = 2, 8, 16, 6
+    x = rng.standard_normal((N, H, H, C)).astype(np.float32)
+    w = rng.standard_normal((K, C, 1, 1)).astype(np.float32)
+    g = F._Geom(x.shape, w.shape, 2, 0, 1, 1, "NHWC", np.float32)
+    gc = F._Geom((N, 3, 3, C), w.shape, 1, 0, 1, 1, "NHWC", np.float32)
+    dy = rng.standard_normal((N, 3, 3, K)).astype(np.float32)
+    before = dy.copy()
+    dx = np.full((N, 3, 3, C), 7.0, np.float32)
+    dw = np.full(w.shape, 5.0, np.float32)
+    k, kc = np.zeros(K), np.zeros(C)
+
+    def call(**kw):
+        a = dict(grad_out=dy, weight=w, grad_input=dx, geom=gc.core(), x=None, scale=None, shift=None, relu=False,
+                 center=None, grad_weight=(dw, x, None, None, False), weight_geom=g.core())
+        a.update(kw)
+        return _core.conv2d_fused_backward_input(**a)
+    with pytest.raises(TypeError, match="weight_geom"):
+        call(weight_geom=(2, 2))
+    with pytest.raises(ValueError, match="weight_geom: given without grad_weight"):
+        call(grad_weight=None)
+    with pytest.raises(ValueError, match="weight gradient's geometry"):  # the stride-1 geometry
+        call(weight_geom=F._Geom((N, 3, 3, C), w.shape, 1, 0, 1, 1, "NHWC", np.float32).core(),
+             grad_weight=(dw, x[:, ::2, ::2].copy(), None, None, False))
+    with pytest.raises(ValueError, match="weight gradient's geometry"):  # other output pixels
+        call(weight_geom=F._Geom((N, 8, 8, C), w.shape, 2, 0, 1, 1, "NHWC", np.float32).core(),
+             grad_weight=(dw, np.ones((N, 8, 8, C), np.float32), None, None, False))
+    with pytest.raises(ValueError, match="weight gradient's geometry"):  # padded
+        call(weight_geom=F._Geom(x.shape, w.shape, 2, 1, 1, 1, "NHWC", np.float32).core())
+    with pytest.raises(ValueError, match=r"grad_weight\[1\]"):  # the compact input, not the whole one
+        call(grad_weight=(dw, x[:, ::2, ::2].copy(), None, None, False))
+    with pytest.raises(ValueError, match="x, center"):
+        call(scale=np.ones(C, np.float32), shift=kc.astype(np.float32))
+    with pytest.raises(ValueError, match="x, center"):
+        call(relu=True)
+    with pytest.raises(ValueError, match="x, center"):
+        call(residual=dx.copy())
+    with pytest.raises(TypeError, match="center"):  # x without center
+        call(x=dx.copy())
+    assert np.all(dx == 7.0) and np.all(dw == 5.0), "written before an error"
+    assert_bitwise(dy, before, "grad_out")
+    # the geometry check in the compiled pass too (a weight geometry of a stride-1 call's own size)
+    with pytest.raises(ValueError, match="weight gradient's geometry"):
+        call(geom=g.core(), grad_input=np.empty_like(x),
+             grad_weight=(dw, x, None, None, False), weight_geom=g.core(), grad_out=dy)
+    assert np.all(dw == 5.0)
+
+
+def _strided_net_grads(on, capture=False):
+    """Gradients of a small NHWC network with strided projection blocks (stride 2 and 3, odd
+    planes), with the shortcut's one pass on or declined, and the calls that carried weight_geom."""
+    real = nn.Conv2d._strided_in_pass
+    real_fn = _core.conv2d_fused_backward_input
+    calls = []
+
+    def spy(*a, **k):
+        calls.append(k.get("weight_geom") is not None)
+        return real_fn(*a, **k)
+    if not on:
+        nn.Conv2d._strided_in_pass = lambda self, *a: False  # type: ignore[method-assign]
+    _core.conv2d_fused_backward_input = spy
+    try:
+        rng = np.random.default_rng(1)
+        m = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False, layout="NHWC", rng=rng),
+                          nn.BatchNorm2d(16, activation="relu", layout="NHWC"),
+                          nn.BottleneckBlock(16, 32, 8, 2, groups=2, layout="NHWC", rng=rng),
+                          nn.BottleneckBlock(32, 48, 16, 3, groups=4, layout="NHWC", rng=rng),
+                          nn.GlobalAvgPool2d(layout="NHWC"), nn.Linear(48, 5, rng=rng))
+        x = np.random.default_rng(3).standard_normal((3, 11, 11, 3)).astype(np.float32)
+        with nn.fusion(True):
+            cap = m.capture("2.downsample.0") if capture else None
+            y = m.forward(x)
+            gx = m.backward(np.random.default_rng(7).standard_normal(y.shape).astype(np.float32), input_grad=True)
+            grads = [gx.copy()] + [p.copy() for p in m.gradients()]
+            if cap is not None:
+                grads.append(cap.grad.copy())
+                m.release()
+        return grads, calls
+    finally:
+        nn.Conv2d._strided_in_pass = real  # type: ignore[method-assign]
+        _core.conv2d_fused_backward_input = real_fn
+
+
+@pytest.mark.parametrize("capture", [False, True])
+def test_network_strided_shortcut_in_one_pass(capture):
+    """Both strided shortcuts take the one pass (a capture at one of their convolutions: that one
+    runs its own passes), and every gradient is bitwise the same as with the pass declined."""
+    on, calls_on = _strided_net_grads(True, capture)
+    off, calls_off = _strided_net_grads(False, capture)
+    assert len(on) == len(off)
+    for i, (a, b) in enumerate(zip(on, off)):
+        assert_bitwise(a, b, f"gradient {i} (capture={capture})")
+    assert not any(calls_off)
+    assert sum(calls_on) == (1 if capture else 2), calls_on
+
+
+def test_resnext_takes_the_strided_shortcut_pass():
+    """resnext_small's two projection shortcuts (3.downsample, 4.downsample) run in one pass each."""
+    import cnnkit.bench.train as T
+    real_fn = _core.conv2d_fused_backward_input
+    calls = []
+
+    def spy(*a, **k):
+        calls.append(k.get("weight_geom") is not None)
+        return real_fn(*a, **k)
+    _core.conv2d_fused_backward_input = spy
+    try:
+        T.build_configs(None, "resnext", 4)["steps"]["cnnkit NHWC"]()
+    finally:
+        _core.conv2d_fused_backward_input = real_fn
+    assert sum(calls) == 2, calls

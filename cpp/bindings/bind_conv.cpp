@@ -206,8 +206,18 @@ void bind_conv(py::module_& m) {
       [](const py::object& dy, const py::object& w, const py::object& dx, const conv::Geom& g, const py::object& x,
          const py::object& scale, const py::object& shift, bool relu, const py::object& center,
          const py::object& residual, const py::object& mask, int64_t residual_stride, const py::object& dy_apply,
-         const py::object& grad_weight) {
+         const py::object& grad_weight, const py::object& weight_geom) -> py::tuple {
         const int64_t xn = g.N * g.C * g.H * g.W, yn = g.N * g.K * g.Ho * g.Wo;
+        // weight_geom: the weight gradient's own geometry (a strided 1x1; backward_input_fused checks it)
+        conv::Geom wgeom = g;
+        const bool wg_given = !weight_geom.is_none();
+        if (wg_given) {
+          if (!py::isinstance<conv::Geom>(weight_geom))
+            throw py::type_error("weight_geom: expected a ConvGeom or None");
+          if (grad_weight.is_none()) throw py::value_error("weight_geom: given without grad_weight");
+          wgeom = weight_geom.cast<conv::Geom>();
+        }
+        const int64_t wxn = wgeom.N * wgeom.C * wgeom.H * wgeom.W;  // the weight gradient's input
         if (residual_stride < 1)
           throw py::value_error("residual_stride: expected an int >= 1, got " + std::to_string(residual_stride));
         const int64_t rstr = residual_stride, rn = g.N * g.C * ((g.H + rstr - 1) / rstr) * ((g.W + rstr - 1) / rstr);
@@ -233,10 +243,15 @@ void bind_conv(py::module_& m) {
         const double* aD = apply ? array_arg<double>(ap_t[5], "dy_apply D", g.K) : nullptr;
         const auto* pw = array_arg<float>(w, "weight", wcount(g));
         auto* pdx = array_arg<float>(dx, "grad_input", xn, kWrite);
-        const auto* px = array_arg<float>(x, "x", xn);
+        // x and center None: no gradient epilogue (the plain input gradient; nothing else of it given)
+        const bool epi = !x.is_none() || !center.is_none();
+        if (!epi && (!scale.is_none() || !shift.is_none() || relu || !residual.is_none() || !mask.is_none()))
+          throw py::value_error("x, center: None (no gradient epilogue) only without scale, shift, relu, residual and "
+                                "mask");
+        const auto* px = epi ? array_arg<float>(x, "x", xn) : nullptr;
         const auto* ps = array_arg<float>(scale, "scale", g.C, kOptional);
         const auto* pt = array_arg<float>(shift, "shift", g.C, kOptional);
-        const auto* pc = array_arg<double>(center, "center", g.C);
+        const auto* pc = epi ? array_arg<double>(center, "center", g.C) : nullptr;
         const auto* pr = array_arg<float>(residual, "residual", rn, kOptional);
         const auto* pm = array_arg<float>(mask, "mask", xn, kOptional);
         if (pm && !relu) throw py::value_error("mask: expected None with relu=False, got an array");
@@ -251,7 +266,7 @@ void bind_conv(py::module_& m) {
         std::vector<float> co;
         conv::DyApply dya{};
         if (apply) dya = conv::make_dy_apply(ag, az, am, aA, aB, aD, g.K, co);
-        py::array_t<double> s1(g.C), s2(g.C);
+        py::array_t<double> s1(epi ? g.C : 0), s2(epi ? g.C : 0);
         conv::Fused fu{};
         fu.residual = pr;
         fu.res_stride = rstr;
@@ -261,8 +276,8 @@ void bind_conv(py::module_& m) {
         fu.grelu = relu;
         fu.gmask = pm;
         fu.center = pc;
-        fu.grad_sum = s1.mutable_data();
-        fu.grad_sumxc = s2.mutable_data();
+        fu.grad_sum = epi ? s1.mutable_data() : nullptr;
+        fu.grad_sumxc = epi ? s2.mutable_data() : nullptr;
         fu.dy_apply = apply ? &dya : nullptr;
         // grad_weight (dw, x, scale, shift, relu): the convolution's weight gradient from the same dy
         // and its input prologue(x), written by the same call
@@ -271,7 +286,7 @@ void bind_conv(py::module_& m) {
             throw py::type_error("grad_weight: expected a tuple (grad_weight, x, scale, shift, relu) or None");
           const auto gw_t = py::reinterpret_borrow<py::tuple>(grad_weight);
           float* pgw = array_arg<float>(gw_t[0], "grad_weight[0] (the weight gradient)", wcount(g), kWrite);
-          const float* pwx = array_arg<float>(gw_t[1], "grad_weight[1] (the convolution's input)", xn);
+          const float* pwx = array_arg<float>(gw_t[1], "grad_weight[1] (the convolution's input)", wxn);
           const float* pws = array_arg<float>(gw_t[2], "grad_weight[2] (scale)", g.C, kOptional);
           const float* pwt = array_arg<float>(gw_t[3], "grad_weight[3] (shift)", g.C, kOptional);
           if (!pws != !pwt) throw py::value_error("grad_weight: scale and shift go together (both or neither)");
@@ -279,11 +294,11 @@ void bind_conv(py::module_& m) {
             throw py::type_error("grad_weight[4] (relu): expected a bool");
           const int64_t wb = wcount(g) * 4;
           if (overlaps(pgw, wb, pdy, yn * 4) || overlaps(pgw, wb, pdx, xn * 4) || overlaps(pgw, wb, px, xn * 4) ||
-              overlaps(pgw, wb, pwx, xn * 4) || overlaps(pgw, wb, pw, wb) || (pr && overlaps(pgw, wb, pr, rn * 4)) ||
+              overlaps(pgw, wb, pwx, wxn * 4) || overlaps(pgw, wb, pw, wb) || (pr && overlaps(pgw, wb, pr, rn * 4)) ||
               (pm && overlaps(pgw, wb, pm, xn * 4)) || (ag && overlaps(pgw, wb, ag, yn * 4)) ||
               (az && overlaps(pgw, wb, az, yn * 4)))
             throw py::value_error("grad_weight: the weight gradient must not overlap any other array");
-          if (overlaps(pdx, xn * 4, pwx, xn * 4) || (apply && overlaps(pdy, yn * 4, pwx, xn * 4)))
+          if (overlaps(pdx, xn * 4, pwx, wxn * 4) || (apply && overlaps(pdy, yn * 4, pwx, wxn * 4)))
             throw py::value_error("grad_weight: the convolution's input must not overlap grad_input or the written "
                                   "grad_out");
           fu.wgrad_dw = pgw;
@@ -291,18 +306,20 @@ void bind_conv(py::module_& m) {
           fu.wgrad_scale = pws;
           fu.wgrad_shift = pwt;
           fu.wgrad_relu = gw_t[4].cast<bool>();
+          if (wg_given) fu.wgrad_geom = &wgeom;
         }
         const char* name;
         {
           py::gil_scoped_release nogil;
           name = conv::backward_input_fused(pdy, pw, pdx, g, fu);
         }
+        if (!epi) return py::make_tuple(std::string(name), py::none(), py::none());
         return py::make_tuple(std::string(name), s1, s2);
       },
       py::arg("grad_out"), py::arg("weight"), py::arg("grad_input"), py::arg("geom"), py::arg("x"), py::arg("scale"),
       py::arg("shift"), py::arg("relu"), py::arg("center"), py::arg("residual") = py::none(),
       py::arg("mask") = py::none(), py::arg("residual_stride") = 1, py::arg("dy_apply") = py::none(),
-      py::arg("grad_weight") = py::none(),
+      py::arg("grad_weight") = py::none(), py::arg("weight_geom") = py::none(),
       "Input gradient of conv(prologue(x)) (+ residual), written masked by the prologue's ReLU "
       "(fma(scale, x, shift) > 0 with relu; with mask, a stored ReLU output: mask > 0), with the sums of it and "
       "of it * (x - center) per channel (float64): returns (name, sum, sumxc), name the kernel that ran the "
@@ -315,7 +332,12 @@ void bind_conv(py::module_& m) {
       "values are not kept). grad_weight (dw, x_in, scale, shift, relu): also writes "
       "the convolution's weight gradient (no bias) from the same grad_out and its input "
       "max(fma(scale, x_in, shift), 0) (scale and shift optional, the max with relu), with the bits of "
-      "conv2d_fused_backward_weight on them: the NHWC 1x1 pass reduces each block of rows while it is in cache.");
+      "conv2d_fused_backward_weight on them: the NHWC 1x1 pass reduces each block of rows while it is in cache. "
+      "weight_geom (with grad_weight): the weight gradient's own geometry, a 1x1 convolution at a stride above 1 "
+      "without padding whose output pixels are geom's input (geom: the same convolution at stride 1 on those "
+      "pixels, NHWC), x_in its whole input: the call gives the input gradient at the strided pixels only. "
+      "x and center None: no gradient epilogue (scale, shift, residual and mask None, relu False): the plain "
+      "input gradient, returning (name, None, None).");
   m.def(
       "sgemm",
       [](const py::object& a, const py::object& b, const py::object& c, bool trans_a, bool trans_b, bool accumulate,

@@ -132,10 +132,11 @@ inline DType dtype_of(py::handle o, const ArgName& name, bool allow_u8 = false) 
                        std::string(py::str(dt)));
 }
 
-// True when [a, a + abytes) and [b, b + bbytes) share a byte.
+// True when [a, a + abytes) and [b, b + bbytes) share a byte (a null pointer, an array not given,
+// shares none).
 inline bool overlaps(const void* a, int64_t abytes, const void* b, int64_t bbytes) {
   auto x = reinterpret_cast<uintptr_t>(a), y = reinterpret_cast<uintptr_t>(b);
-  return abytes > 0 && bbytes > 0 && x < y + static_cast<uintptr_t>(bbytes) &&
+  return a && b && abytes > 0 && bbytes > 0 && x < y + static_cast<uintptr_t>(bbytes) &&
          y < x + static_cast<uintptr_t>(abytes);
 }
 

@@ -88,21 +88,27 @@ def conv2d_fused(x: _Array, weight: _Array, out: _Array, geom: ConvGeom, bias: _
                  pre_scale: _OptArray, pre_shift: _OptArray, pre_relu: bool, residual: _OptArray,
                  post_relu: bool, stats_sum: _OptArray, stats_sumsq: _OptArray) -> str:
     """Fused forward convolution on cnnkit's own GEMM; returns the registry entry's name."""
-def conv2d_fused_backward_input(grad_out: _OptArray, weight: _Array, grad_input: _Array, geom: ConvGeom, x: _Array,
-                                scale: _OptArray, shift: _OptArray, relu: bool, center: ArrayLike,
+def conv2d_fused_backward_input(grad_out: _OptArray, weight: _Array, grad_input: _Array, geom: ConvGeom,
+                                x: _OptArray, scale: _OptArray, shift: _OptArray, relu: bool,
+                                center: ArrayLike | None,
                                 residual: _OptArray = None,
                                 mask: _OptArray = None,
                                 residual_stride: int = 1,
                                 dy_apply: tuple[_Array, _Array, ArrayLike, ArrayLike, ArrayLike, ArrayLike] | None = None,
                                 grad_weight: tuple[_Array, _Array, _OptArray, _OptArray, bool] | None = None,
-                                ) -> tuple[str, NDArray[np.float64], NDArray[np.float64]]:
+                                weight_geom: ConvGeom | None = None,
+                                ) -> tuple[str, NDArray[np.float64] | None, NDArray[np.float64] | None]:
     """Masked input gradient of conv(prologue(x)) (+ residual, given at the pixels of multiples of
     residual_stride only when that is above 1; mask: a stored ReLU output's) with the batch-norm
     backward's sums; (name, sum, sumxc). dy_apply (g, z, mean, A, B, D): grad_out is written with
     a batch norm's backward apply pass A*g - B - (z - mean)*D first (NHWC). grad_weight (dw, x_in,
     scale, shift, relu): the convolution's weight gradient from the same grad_out and
     max(fma(scale, x_in, shift), 0) too, with conv2d_fused_backward_weight's bits; with both,
-    grad_out may be None (the apply pass's values are not kept)."""
+    grad_out may be None (the apply pass's values are not kept). weight_geom: the weight
+    gradient's own geometry, a 1x1 at a stride above 1 without padding whose output pixels are
+    geom's input (geom: the same convolution at stride 1 on them; x_in the whole input): the input
+    gradient at the strided pixels only. x and center None: no gradient epilogue (the plain input
+    gradient; scale, shift, residual, mask None, relu False), returning (name, None, None)."""
 def conv2d_fused_backward_weight(grad_out: _Array, x: _Array, grad_weight: _OptArray, grad_bias: _OptArray,
                                  geom: ConvGeom, pre_scale: _OptArray, pre_shift: _OptArray, pre_relu: bool) -> str:
     """Weight/bias gradients of conv(prologue(x)) on the GEMM path; returns the registry entry's name."""

@@ -20,6 +20,8 @@
 
 namespace cnnkit::conv {
 
+struct Geom;
+
 // The batch-norm backward's apply pass evaluated where a weight gradient reads dy, so that the
 // gradient at the norm's input is never written: dy = a[k]*g - b[k] - ((z - hi[k]) - lo[k])*d[k]
 // per output channel k, the float expression of the norm kernels' apply pass (norm_kernels.cpp,
@@ -95,6 +97,12 @@ struct Fused {
   // thread's scratch), so the rows pass may evaluate each unit's rows into a block of the worker's
   // instead of dy's own rows (no pass over memory writes them).
   bool dy_discard = false;
+  // The weight gradient's own geometry where it is not the call's: a 1x1 convolution at a stride
+  // above 1 without padding (a projection shortcut), wgrad_x its whole input, whose input gradient
+  // the call computes at the strided pixels only (the call's geometry: the same convolution at
+  // stride 1 on those pixels, N x Ho x Wo). The rows pass gathers each unit's strided rows of
+  // wgrad_x; the pieces, order and bits are the strided weight gradient's own pass's.
+  const Geom* wgrad_geom = nullptr;
 };
 
 struct Geom {
@@ -164,7 +172,10 @@ const char* backward_weight_bn_apply(const float* g_out, const float* z, const d
 // gscale, gshift, grelu, center, grad_sum, grad_sumxc; the forward fields null): dx is written
 // already masked by the prologue's ReLU, with the batch-norm backward's two sums, as the adjoint's
 // forward pass on the GEMM path. Throws value_error where that pass would not run on a GEMM entry
-// (depthwise, grouped, small-plane scatter, stride > 1).
+// (depthwise, grouped, small-plane scatter, stride > 1). Without the epilogue (gx, center and the
+// sums null, and with them gscale, gshift, grelu, gmask and residual) dx is the plain input
+// gradient, dy given by dy_apply and the weight gradient written by the same pass where fu asks
+// for them.
 const char* backward_input_fused(const float* dy, const float* w, float* dx, const Geom& g, const Fused& fu);
 
 // cnnkit's own sgemm at ISA level `isa` (tests and benchmarks): C (M x N, row-major, row stride

@@ -768,10 +768,30 @@ const char* backward_input_fused(const float* dy, const float* w, float* dx, con
     throw value_error("conv2d_fused backward: only the gradient epilogue (and a residual) applies to the input "
                       "gradient");
   if (fu.gmask && !fu.grelu) throw value_error("conv2d_fused backward: a stored mask needs relu");
-  if (!fu.gx || !fu.center || !fu.grad_sum || !fu.grad_sumxc)
+  // (without the gradient epilogue: the plain input gradient, with dy_apply and the weight gradient)
+  const bool epi = fu.gx || fu.center || fu.grad_sum || fu.grad_sumxc || fu.gscale || fu.gshift || fu.grelu ||
+                   fu.gmask || fu.residual;
+  if (epi && (!fu.gx || !fu.center || !fu.grad_sum || !fu.grad_sumxc))
     throw value_error("conv2d_fused backward: the gradient epilogue needs x, center and both sums");
   if (!fu.gscale != !fu.gshift) throw value_error("conv2d_fused backward: scale and shift go together");
   if (fu.dy_apply && !g.nhwc) throw value_error("dy_apply: the apply pass reads NHWC rows; expected layout NHWC");
+  if (fu.wgrad_geom) {
+    const Geom& s = *fu.wgrad_geom;
+    check_dims(s);
+    if (!fu.wgrad_dw) throw value_error("conv2d_fused backward: a weight gradient's geometry needs the weight gradient");
+    const bool one_by_one = s.G == 1 && s.kh == 1 && s.kw == 1 && s.pt == 0 && s.pl == 0 && s.sh > 0 && s.sw > 0 &&
+                            s.Ho == (s.H - 1) / s.sh + 1 && s.Wo == (s.W - 1) / s.sw + 1;
+    if (!nhwc_1x1_unit(g) || !one_by_one || unit_stride(s) || s.nhwc != g.nhwc || s.N != g.N || s.C != g.C ||
+        s.K != g.K || s.Ho != g.H || s.Wo != g.W || s.dh != 1 || s.dw != 1)
+      throw value_error("conv2d_fused backward: the weight gradient's geometry must be a 1x1 convolution at a stride "
+                        "above 1 without padding whose output pixels are the call's (a 1x1 at stride 1, NHWC)");
+  }
+  const Geom& wg = fu.wgrad_geom ? *fu.wgrad_geom : g;  // the weight gradient's geometry
+  // Without the epilogue the rows pass runs where it is the plain input gradient's own entry (the
+  // plain pass's bits: not at AVX-512's 16-31 channels, whose plain pass stays with OpenBLAS).
+  const bool rows_plain = epi || (rows_input_pass(g) && !scatter_input(g) &&
+                                  &fused_input_entry(adjoint(g)) ==
+                                      &table()[select_effective(Problem{adjoint(g), DType::f32, Pass::forward})]);
   if (!dy) {  // dy not kept: the apply pass into a scratch of this thread (or blocks of the rows pass)
     if (!fu.dy_apply || !fu.wgrad_dw)
       throw value_error("grad_out: None (not kept) only with dy_apply and a weight gradient in the same call");
@@ -785,21 +805,29 @@ const char* backward_input_fused(const float* dy, const float* w, float* dx, con
       throw value_error("conv2d_fused backward: the weight gradient's scale and shift go together");
     // In the rows pass where the weight gradient's own pass is the same ISA's NHWC 1x1 kernel
     // (backward_weight_1x1_nhwc, whose pieces and bits the rows pass keeps); else its own pass.
-    const Entry& we = table()[select_effective(Problem{g, DType::f32, Pass::weight})];
-    const bool in_rows = rows_input_pass(g) && !scatter_input(g) && we.v->run == run_packed && !small_planes(g) &&
-                         we.isa == fused_input_entry(adjoint(g)).isa;
+    const Entry& we = table()[select_effective(Problem{wg, DType::f32, Pass::weight})];
+    const bool in_rows = rows_plain && rows_input_pass(g) && !scatter_input(g) && we.v->run == run_packed &&
+                         !small_planes(g) && !small_planes(wg) && we.isa == fused_input_entry(adjoint(g)).isa;
     if (!in_rows) {
       // The weight gradient first (where the registry has no fused form for it, it raises before
       // dx is touched), from dy as the apply pass writes it whole; then the input gradient.
       Fused fi = fu.dy_apply ? apply_whole(dy, g, fu) : fu;
       const Fused fw{fu.wgrad_scale, fu.wgrad_shift, fu.wgrad_relu, nullptr, false, nullptr, nullptr};
-      backward_weight_fused(dy, fu.wgrad_x, fu.wgrad_dw, nullptr, g, fw);
+      backward_weight_fused(dy, fu.wgrad_x, fu.wgrad_dw, nullptr, wg, fw);
       fi.wgrad_dw = nullptr;
       fi.wgrad_x = nullptr;
       fi.wgrad_scale = fi.wgrad_shift = nullptr;
       fi.wgrad_relu = false;
+      fi.wgrad_geom = nullptr;
       return backward_input_fused(dy, w, dx, g, fi);
     }
+  }
+  if (!epi && !(rows_plain && (fu.dy_apply || fu.wgrad_dw))) {
+    // The plain input gradient (dy written whole first where it comes as the apply pass).
+    const Entry& e = table()[select_effective(effective(Problem{g, DType::f32, Pass::input}))];
+    if (fu.dy_apply) apply_whole(dy, g, fu);
+    backward_input(DType::f32, dy, w, dx, g);
+    return e.name.c_str();
   }
   if (fu.dy_apply && !rows_input_pass(g)) return backward_input_fused(dy, w, dx, g, apply_whole(dy, g, fu));
   if (fu.residual && fu.res_stride > 1 && g.N * g.C * g.H * g.W > 0) {

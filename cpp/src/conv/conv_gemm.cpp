@@ -1067,12 +1067,16 @@ void forward_1x1_nhwc(const float* x, const float* w, const float* b, float* y, 
   const bool wgrad = fu && fu->wgrad_dw && !strided && !pf && R > 0;
   Prologue wstore{};
   Wgrad1x1 wp{};
+  // A strided convolution's weight gradient (Fused::wgrad_geom; this pass its input gradient at
+  // the strided pixels): each unit's rows of its input gathered from those pixels into a block of
+  // the worker, as its own pass gathers them (backward_weight_1x1_strided: the same plan).
+  const Geom* wg = wgrad ? fu->wgrad_geom : nullptr;
   if (wgrad) {
     wstore = Prologue{fu->wgrad_scale, fu->wgrad_shift, fu->wgrad_relu};
     Geom gc = g;  // the convolution's own geometry (1x1, stride 1: the adjoint's channels swapped)
     gc.C = g.K;
     gc.K = g.C;
-    wp = wgrad_1x1_plan(gc, wstore.scale || wstore.relu ? &wstore : nullptr);
+    wp = wgrad_1x1_plan(wg ? *wg : gc, wstore.scale || wstore.relu ? &wstore : nullptr);
   }
   // whether unit u ends a piece of the weight gradient (or the rows)
   auto ends_piece = [&](int64_t u) { return std::min(R, (u + 1) * s.chunk) % wp.per == 0 || (u + 1) * s.chunk >= R; };
@@ -1157,9 +1161,17 @@ void forward_1x1_nhwc(const float* x, const float* w, const float* b, float* y, 
         grad_epilogue_pm(yr, fu->gx + a * K, grad_mask(fu, a * K), K, nr, K, fu->gscale, fu->gshift, fu->grelu,
                          fu->center, st.s1(u), st.s2(u), cont);
     }
-    if (in_pass) wgrad_1x1_rows(wp, du ? du : x, fu->wgrad_x, r0, r1, du ? r0 : 0);
+    if (in_pass && wg) {
+      float* xb = scratch<float>(kXbSlot, s.chunk * wg->C);
+      gather_strided_rows(fu->wgrad_x, *wg, r0, r1 - r0, nullptr, xb);  // (the prologue: by sgemm_tn)
+      wgrad_1x1_rows(wp, du ? du : x, xb, r0, r1, du ? r0 : 0, r0);
+    } else if (in_pass) {
+      wgrad_1x1_rows(wp, du ? du : x, fu->wgrad_x, r0, r1, du ? r0 : 0);
+    }
   }
-  if (wgrad) {
+  if (wgrad && !in_pass && wg) {
+    backward_weight_1x1_strided(x, fu->wgrad_x, fu->wgrad_dw, *wg, wp.pf);
+  } else if (wgrad) {
     if (!in_pass) wgrad_1x1_pieces(wp, x, fu->wgrad_x);
     wgrad_1x1_finish(wp, fu->wgrad_dw);
   }

@@ -487,12 +487,37 @@ class Conv2d(Module):
         writes, and none of its zeros read back."""
         x = self._x
         w = self.params["weight"]
-        grad = np.ascontiguousarray(self._param_grads_of(grad, self._ws["out_shape"]))
         shape = _strided_shape(x.shape, s, self.layout)
         gc = self._kept_geom("geom_strided", shape, 1, 0, 1, 1)
         out = self._buf("gx_strided", shape)
+        apply = self._take_apply(grad)
+        if apply is not None and self._strided_in_pass(apply, x, w, gc, out):
+            return out
+        grad = np.ascontiguousarray(self._param_grads_of(grad, self._ws["out_shape"]))
         _core.conv_backward_input(grad, w, out, gc.core())
         return out
+
+    def _strided_in_pass(self, apply: tuple, x: np.ndarray, w: np.ndarray, gc: Any, out: np.ndarray) -> bool:
+        """:meth:`_strided_input_backward` as one compiled pass where the gradient at the output is
+        a batch norm's apply pass handed over unwritten (``apply``, :meth:`BatchNorm2d._apply_or_defer`)
+        and the weight gradient runs on the NHWC 1x1 kernels (:meth:`_weight_in_pass`'s conditions):
+        the rows pass evaluates the apply pass a block of rows at a time, writes the compact input
+        gradient into ``out`` (geometry ``gc``: the convolution at stride 1 on the strided pixels)
+        and reduces the weight gradient from the same rows and x's strided rows, so the gradient at
+        the output is never written. The same values as the separate passes (the weight
+        gradient's pieces and order are its own pass's). False (nothing written) where that does
+        not apply."""
+        g = self._geom_of(x.shape)
+        gw = self._weight_in_pass(g, x, None)
+        if gw is None:
+            return False
+        try:
+            _core.conv2d_fused_backward_input(None, w, out, gc.core(), None, None, None, False, None,
+                                              dy_apply=apply, grad_weight=gw, weight_geom=g.core())
+        except ValueError:
+            return False
+        self._deferred_grad = None
+        return True
 
     def _weight_in_pass(self, g: Any, x: np.ndarray, pre: tuple | None) -> tuple | None:
         """The ``grad_weight`` argument of the compiled input gradient (``(dw, x, scale, shift,
@@ -893,6 +918,14 @@ class BatchNorm2d(_ReLUMode, Module):
             # adjoint broadcast over H and W, read once per (n, c) inside the kernels
             sg, sgxhat = _bn_backward_chunk(pooled, x, None, gi, None, N, C, S, nhwc, self._mean, self._invstd,
                                             w, N * S, mask_affine=pre_affine, pooled=True)
+        elif pre_affine is None:
+            # no ReLU (a projection shortcut's norm): the reduction, then the apply pass written or
+            # handed to the convolution that wrote x (_apply_or_defer)
+            grad = np.ascontiguousarray(grad, dtype=np.float32)
+            sg, sgxc = _core.norm_backward_reduce(grad, x, None, N, C, S, nhwc, False, self._mean, None, False)
+            if gi.size:
+                self._apply_or_defer(grad, gi, N, C, S, nhwc, w, sg, sgxc)
+            sgxhat = sgxc * self._invstd
         else:
             grad = np.ascontiguousarray(grad, dtype=np.float32)
             sg, sgxhat = _bn_backward_chunk(grad, x, None, gi, None, N, C, S, nhwc, self._mean, self._invstd,
@@ -949,7 +982,9 @@ class BatchNorm2d(_ReLUMode, Module):
         group): a network's stem (at most 4 input channels, no prologue) in its weight gradient
         (the stem kernel, :meth:`Conv2d._weight_grad_bn`), a 1x1 at stride 1 without padding in
         its compiled input gradient (the rows pass: :meth:`Conv2d._fused_input_backward`,
-        :meth:`Conv2d._backward_add`); else None. Any other reader writes the pass first."""
+        :meth:`Conv2d._backward_add`), a 1x1 at a stride without padding (a projection shortcut's)
+        in its compact input gradient (the rows pass too: :meth:`Conv2d._strided_input_backward`);
+        else None. Any other reader writes the pass first."""
         c = self._producer
         x = self._x
         if (c is None or getattr(c, "_y_last", None) is not x or not _fusable(c, Conv2d) or c.layout != "NHWC"
@@ -959,6 +994,8 @@ class BatchNorm2d(_ReLUMode, Module):
             return c  # the stem: its weight gradient
         if c.kernel_size == (1, 1) and c._x.shape[1:3] == x.shape[1:3]:  # (stride 1, no padding)
             return c  # a 1x1: its compiled input gradient (the rows pass)
+        if c.kernel_size == (1, 1) and c._strided_input_stride():
+            return c  # a projection shortcut's 1x1 at a stride: its compact input gradient (the rows pass)
         return None
 
     def _preactivation(self) -> np.ndarray:
