@@ -24,6 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import cnnkit
+from cnnkit.ops import fused as F
 from conftest import assert_bitwise, num_threads
 from test_conv import Geo, check_backward, check_forward, make_case
 
@@ -137,3 +138,107 @@ def test_hypothesis_grouped_kernels(geo, layout, dtype, seed):
             outs.append(_outputs(c))
     for u, v in zip(outs[1], outs[0]):
         assert_bitwise(u, v, f"2 threads vs 1 [{geo} {layout}]")
+
+
+# ---- weights larger than L2: bands a chunk of channels at a time -----------------------------------
+# grouped.h's forward (and the stride-1 input gradient, its adjoint's forward) computes an NHWC band
+# of output rows a chunk of channel vectors at a time where all the groups' weights exceed 1 MiB
+# (band within one image, at most 64 input rows). Groups are independent, so the same convolution on
+# each half of the groups (weights under 1 MiB: row by row) must give the same bits, channel for
+# channel: the statistics, the prologue, the residual and the ReLU of the fused forward too.
+
+def _band(N, Ho):
+    """grouped.h's row_band(): the rows of a band."""
+    return max(1, min(Ho, -(-(N * Ho) // 16)))
+
+
+BIG = [  # (cg, groups, k, stride, dilation, H, W, N): cg * cg * groups * k * k * 4 bytes > 1 MiB
+    (32, 36, 3, 1, 1, 7, 7, 16),   # bands of 7 rows (an image)
+    (32, 18, 5, 1, 1, 6, 5, 6),    # 5x5 taps, bands of 3
+    (16, 128, 3, 2, 1, 8, 9, 8),   # stride 2, bands of 2
+    (8, 512, 3, 1, 2, 6, 7, 6),    # dilation 2
+    (4, 2048, 3, 1, 1, 5, 4, 1),   # bands of one row
+    (2, 8192, 3, 1, 1, 3, 5, 2),
+]
+
+
+def _big_case(case, rng):
+    cg, G, k, s, d, H, W, N = case
+    C = cg * G
+    assert C * cg * k * k * 4 > 2**20 >= (C // 2) * cg * k * k * 4, "the halves must fall under the rule"
+    p = d * (k // 2)
+    Ho = (H + 2 * p - d * (k - 1) - 1) // s + 1
+    assert Ho % _band(N, Ho) == 0, "a band must lie within an image"
+    x = rng.standard_normal((N, H, W, C)).astype(np.float32)
+    w = rng.standard_normal((C, cg, k, k)).astype(np.float32)
+    return dict(x=x, w=w, C=C, G=G, kw=dict(stride=s, padding=p, dilation=d, layout="NHWC"), Ho=Ho)
+
+
+def _halves(fn, c, *arrays_by_channel):
+    """fn on each half of the groups: the channel slices of the NHWC arrays, the weights (their
+    first axis) and the per-channel vectors; a list of the two results."""
+    h = c["C"] // 2
+    outs = []
+    for sl in (slice(0, h), slice(h, None)):
+        outs.append(fn(*[np.ascontiguousarray(a[sl] if a is c["w"] or a.ndim == 1 else a[..., sl])
+                         for a in arrays_by_channel], groups=c["G"] // 2))
+    return outs
+
+
+@pytest.mark.parametrize("case", BIG, ids=[f"cg{c[0]} G{c[1]} k{c[2]} s{c[3]} d{c[4]} N{c[7]}" for c in BIG])
+def test_grouped_large_weights_by_bands_same_bits(isa, case, rng):
+    c = _big_case(case, rng)
+    x, w, C = c["x"], c["w"], c["C"]
+    alg = cnnkit.ops.conv2d_algorithm(x.shape, w.shape, groups=c["G"], **c["kw"])
+    assert alg.startswith("conv2d_grouped_f32_nhwc"), alg
+    b = rng.standard_normal(C).astype(np.float32)
+
+    def fwd(x_, w_, b_, groups):
+        return cnnkit.conv2d(x_, w_, b_, groups=groups, **c["kw"])
+    whole = {t: None for t in (1, 2)}
+    for t in (1, 2):
+        with num_threads(t):
+            whole[t] = fwd(x, w, b, c["G"])
+    assert_bitwise(whole[2], whole[1], "forward at 2 threads vs 1")
+    parts = _halves(fwd, c, x, w, b)
+    assert_bitwise(whole[1], np.concatenate(parts, axis=3), "forward: all groups (bands) vs halves (rows)")
+    # the fused forward: prologue, statistics (their own call), residual and ReLU
+    sc = (rng.uniform(0.5, 2, C) * rng.choice((-1, 1), C)).astype(np.float32)
+    sh = rng.standard_normal(C).astype(np.float32)
+    res = rng.standard_normal(whole[1].shape).astype(np.float32)
+
+    def fused_stats(x_, w_, sc_, sh_, groups):
+        return F.conv2d_fused(x_, w_, groups=groups, pre_scale=sc_, pre_shift=sh_, pre_relu=True, stats=True,
+                              **c["kw"])
+
+    def fused_res(x_, w_, sc_, sh_, r_, groups):
+        return F.conv2d_fused(x_, w_, groups=groups, pre_scale=sc_, pre_shift=sh_, residual=r_, post_relu=True,
+                              **c["kw"])
+    for t in (1, 2):
+        with num_threads(t):
+            y, mean, var = fused_stats(x, w, sc, sh, c["G"])
+            yr = fused_res(x, w, sc, sh, res, c["G"])
+        (y0, m0, v0), (y1, m1, v1) = _halves(fused_stats, c, x, w, sc, sh)
+        assert_bitwise(y, np.concatenate([y0, y1], axis=3), f"fused forward with statistics ({t} threads)")
+        assert_bitwise(mean, np.concatenate([m0, m1]), f"mean ({t} threads)")
+        assert_bitwise(var, np.concatenate([v0, v1]), f"var ({t} threads)")
+        assert_bitwise(yr, np.concatenate(_halves(fused_res, c, x, w, sc, sh, res), axis=3),
+                       f"fused forward with residual and ReLU ({t} threads)")
+    # the input gradient at stride 1 (the adjoint's forward)
+    if c["kw"]["stride"] == 1:
+        gy = rng.standard_normal(whole[1].shape).astype(np.float32)
+
+        def dx(gy_, x_, w_, groups):
+            return cnnkit.conv2d_backward(gy_, x_, w_, groups=groups, needs=("input",), **c["kw"])[0]
+        for t in (1, 2):
+            with num_threads(t):
+                got = dx(gy, x, w, c["G"])
+            assert_bitwise(got, np.concatenate(_halves(dx, c, gy, x, w), axis=3), f"input gradient ({t} threads)")
+
+
+def test_grouped_large_weights_against_the_reference(rng):
+    """One banded case against the float64 reference too (forward and backward)."""
+    geo = Geo(16, 1152, 1152, 7, 7, 3, 3, 1, 1, groups=36)
+    c = make_case(rng, geo, "NHWC", F32)
+    check_forward(c)
+    check_backward(c)
