@@ -167,11 +167,11 @@ def _big_case(case, rng):
     C = cg * G
     assert C * cg * k * k * 4 > 2**20 >= (C // 2) * cg * k * k * 4, "the halves must fall under the rule"
     p = d * (k // 2)
-    Ho = (H + 2 * p - d * (k - 1) - 1) // s + 1
+    Ho, Wo = ((n + 2 * p - d * (k - 1) - 1) // s + 1 for n in (H, W))
     assert Ho % _band(N, Ho) == 0, "a band must lie within an image"
     x = rng.standard_normal((N, H, W, C)).astype(np.float32)
     w = rng.standard_normal((C, cg, k, k)).astype(np.float32)
-    return dict(x=x, w=w, C=C, G=G, kw=dict(stride=s, padding=p, dilation=d, layout="NHWC"), Ho=Ho)
+    return dict(x=x, w=w, C=C, G=G, kw=dict(stride=s, padding=p, dilation=d, layout="NHWC"), Ho=Ho, Wo=Wo)
 
 
 def _halves(fn, c, *arrays_by_channel):
@@ -242,3 +242,32 @@ def test_grouped_large_weights_against_the_reference(rng):
     c = make_case(rng, geo, "NHWC", F32)
     check_forward(c)
     check_backward(c)
+
+
+@pytest.mark.parametrize("case", [BIG[0], BIG[3]], ids=["cg32 G36 k3", "cg8 G512 k3 d2"])
+def test_grouped_large_weights_by_bands_float64(isa, case, rng):
+    """float64 (the rule counts bytes, so half the channels cross it): forward and stride-1 input
+    gradient, all groups against each half of them, bit for bit, at 1 and 2 threads."""
+    cg, G, k, s, d, H, W, N = case
+    G //= 2  # float64: half the channels for the same bytes of weights
+    c = _big_case((cg, G * 2, k, s, d, H, W, N), rng)  # (checks the rule on the float32 bytes)
+    C = cg * G
+    x = c["x"][..., :C].astype(np.float64)
+    w = c["w"][:C].astype(np.float64)
+    c = dict(c, x=x, w=w, C=C, G=G)
+    assert C * cg * k * k * 8 > 2**20 >= (C // 2) * cg * k * k * 8
+    alg = cnnkit.ops.conv2d_algorithm(x.shape, w.shape, groups=G, dtype=np.float64, **c["kw"])
+    assert alg.startswith("conv2d_grouped_f64_nhwc"), alg
+    gy = rng.standard_normal((N, c["Ho"], c["Wo"], C))
+
+    def fwd(x_, w_, groups):
+        return cnnkit.conv2d(x_, w_, None, groups=groups, **c["kw"])
+
+    def dx(gy_, x_, w_, groups):
+        return cnnkit.conv2d_backward(gy_, x_, w_, groups=groups, needs=("input",), **c["kw"])[0]
+    for t in (1, 2):
+        with num_threads(t):
+            y = fwd(x, w, G)
+            gi = dx(gy, x, w, G)
+        assert_bitwise(y, np.concatenate(_halves(fwd, c, x, w), axis=3), f"float64 forward ({t} threads)")
+        assert_bitwise(gi, np.concatenate(_halves(dx, c, gy, x, w), axis=3), f"float64 input gradient ({t} threads)")
