@@ -434,6 +434,13 @@ def _shortcut_cases(draw):
 
 @settings(max_examples=60, deadline=None)
 @given(c=_shortcut_cases())
+# a weight gradient on the patches entry (K = 1): without a prologue its plain pass, as
+# conv_backward_weight (it ran the own packed pass, other bits)
+@example(c={"isa": "scalar", "N": 3, "C": 64, "K": 1, "H": 25, "W": 27, "s": 2, "apply": False, "force": None,
+            "seed": 0})
+# no fused weight gradient (the stem kernel's problem): raises before the apply pass writes grad_out
+@example(c={"isa": "scalar", "N": 1, "C": 3, "K": 16, "H": 1, "W": 1, "s": 2, "apply": True, "force": None,
+            "seed": 0})
 def test_strided_shortcut_in_one_pass_hypothesis(c):
     """Bitwise the separate calls (the apply pass, the strided weight gradient, the compact input
     gradient), every output, 1 and 2 threads, the drawn ISA level, as dispatched or with the packed
@@ -456,6 +463,31 @@ def test_strided_shortcut_in_one_pass_shapes(isa, shape):
     N, C, K, H, W, s = shape
     with isa_level(isa):
         _shortcut_check(dict(N=N, C=C, K=K, H=H, W=W, s=s, apply=True, seed=N * C + K))
+
+
+@pytest.mark.parametrize("isa", ISA_LEVELS)
+@pytest.mark.parametrize("shape", [(3, 64, 1, 25, 27, 2, 1), (2, 64, 3, 9, 9, 2, 1), (2, 16, 16, 9, 9, 1, 3),
+                                   (2, 32, 8, 11, 7, 1, 3), (2, 64, 4, 9, 10, 2, 3)])
+def test_fused_weight_gradient_without_prologue_on_the_patches_entry(isa, shape):
+    """conv2d_fused_backward_weight without a prologue where the registry runs the patches entry
+    (strided 1x1s with few outputs, dense 3x3s): the plain weight gradient's pass
+    (conv_backward_weight's bits; it ran the own packed pass, other bits), which the fused input
+    gradient's weight gradient also runs where it cannot reduce in its own pass."""
+    N, C, K, H, W, s, k = shape
+    rng = np.random.default_rng(N * C + K)
+    x = rng.standard_normal((N, H, W, C)).astype(np.float32)
+    w = np.zeros((K, C, k, k), np.float32)
+    g = F._Geom(x.shape, w.shape, s, k // 2, 1, 1, "NHWC", np.float32)
+    dy = rng.standard_normal((N, g.Ho, g.Wo, K)).astype(np.float32)
+    with isa_level(isa):
+        alg = _core.conv_algorithm(g.core(), 2)
+        assert "patches" in alg, alg
+        a, b = np.full(w.shape, np.nan, np.float32), np.full(w.shape, np.nan, np.float32)
+        ga, gb = np.full(K, np.nan, np.float32), np.full(K, np.nan, np.float32)
+        _core.conv2d_fused_backward_weight(dy, x, a, ga, g.core(), None, None, False)
+        _core.conv_backward_weight(dy, x, b, gb, g.core())
+    assert_bitwise(a, b, f"fused weight gradient without a prologue vs the plain one ({alg})")
+    assert_bitwise(ga, gb, "bias gradient")
 
 
 def test_strided_shortcut_in_one_pass_bad_input():

@@ -473,6 +473,18 @@ namespace {
 bool direct_fused(const Entry& e) {
   return e.v->supported == sup_dw_nhwc || e.v->run == run_grouped || e.v->run == run_transposed<run_grouped, false>;
 }
+
+// Whether backward_weight_fused() has a form for the weight-gradient entry e (else it raises, and
+// the fused input gradient raises before writing anything).
+bool fused_weight_form(const Entry& e) {
+  return direct_fused(e) || e.v->run == run_packed || e.v->run == run_patches || e.v->run == run_gemm ||
+         e.v->run == run_transposed<run_packed, false>;
+}
+
+void no_fused_weight(const Entry& e) {
+  throw value_error(std::string("conv2d_fused backward: no fused weight gradient for this problem (the registry "
+                                "runs ") + e.name + ")");
+}
 }  // namespace
 
 const char* forward_fused(const float* x, const float* w, const float* b, float* y, const Geom& g, const Fused& fu) {
@@ -574,6 +586,7 @@ const char* backward_weight_fused(const float* dy, const float* x, float* dw, fl
     throw value_error("conv2d_fused backward: pre_scale and pre_shift go together");
   const auto& t = table();
   const Entry& e = t[select_effective(Problem{g, DType::f32, Pass::weight})];
+  if (!fused_weight_form(e)) no_fused_weight(e);
   if (direct_fused(e) && (g.N == 0 || g.Ho * g.Wo == 0 || g.K == 0)) {
     if (dw) std::fill(dw, dw + g.K * g.Cg() * g.kh * g.kw, 0.0f);
     if (db) std::fill(db, db + g.K, 0.0f);
@@ -599,12 +612,14 @@ const char* backward_weight_fused(const float* dy, const float* x, float* dw, fl
     if (db) k.bias_grad(DType::f32, dy, db, g);
     return e.name.c_str();
   }
-  // (The patches entry reads x as it is; with a prologue its problems run the own packed pass.)
-  const bool own = e.v->run == run_packed || e.v->run == run_patches, blas = e.v->run == run_gemm,
+  // The patches entry reads x as it is: without a prologue its own pass, the plain weight
+  // gradient's (the same bits); with a prologue its problems run the own packed pass.
+  if (e.v->run == run_patches && !fu.pre_scale && !fu.pre_relu) {
+    backward_weight(DType::f32, dy, x, dw, db, g);
+    return e.name.c_str();
+  }
+  const bool own = e.v->run == run_packed || e.v->run == run_patches,
              transposed = e.v->run == run_transposed<run_packed, false>;
-  if (!own && !blas && !transposed)
-    throw value_error(std::string("conv2d_fused backward: no fused weight gradient for this problem (the registry "
-                                  "runs ") + e.name + ")");
   const int64_t wcount = g.K * g.Cg() * g.kh * g.kw;
   if (g.N == 0 || g.Ho * g.Wo == 0 || g.K == 0) {
     if (dw) std::fill(dw, dw + wcount, 0.0f);
@@ -809,8 +824,9 @@ const char* backward_input_fused(const float* dy, const float* w, float* dx, con
     const bool in_rows = rows_plain && rows_input_pass(g) && !scatter_input(g) && we.v->run == run_packed &&
                          !small_planes(g) && !small_planes(wg) && we.isa == fused_input_entry(adjoint(g)).isa;
     if (!in_rows) {
-      // The weight gradient first (where the registry has no fused form for it, it raises before
-      // dx is touched), from dy as the apply pass writes it whole; then the input gradient.
+      // The weight gradient first, from dy as the apply pass writes it whole; then the input
+      // gradient. Where the registry has no fused form for it, this raises before anything is written.
+      if (!fused_weight_form(we)) no_fused_weight(we);
       Fused fi = fu.dy_apply ? apply_whole(dy, g, fu) : fu;
       const Fused fw{fu.wgrad_scale, fu.wgrad_shift, fu.wgrad_relu, nullptr, false, nullptr, nullptr};
       backward_weight_fused(dy, fu.wgrad_x, fu.wgrad_dw, nullptr, wg, fw);
