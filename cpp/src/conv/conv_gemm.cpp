@@ -955,12 +955,6 @@ const T* weights_ijc_k(const T* w, const Geom& g) {
 // while it is still in cache; the weight gradient reduces dY^T . x over fixed pieces of pixels
 // with sgemm_tn(), which reads both in place. The units, their order and the per-element chains
 // are forward_nhwc's and backward_weight_gemm's, so the bits are theirs.
-// A 1x1 kernel without padding at any stride (output pixel (oh, ow) reads input pixel
-// (oh*sh, ow*sw)), on G == 1: the problems forward_1x1_nhwc takes.
-bool one_by_one(const Geom& g) {
-  return g.G == 1 && g.kh == 1 && g.kw == 1 && g.pt == 0 && g.pl == 0 && g.Ho == (g.H - 1) / g.sh + 1 &&
-         g.Wo == (g.W - 1) / g.sw + 1;
-}
 
 // Rows [r0, r0 + nr) of a strided one_by_one(g) problem's input (output pixel (n, oh, ow) reads
 // x's pixel (n, oh*sh, ow*sw)) into dst (nr x C), through the prologue pf when given.
@@ -1021,6 +1015,11 @@ Wgrad1x1 wgrad_1x1_plan(const Geom& g, const Prologue* pf);
 void wgrad_1x1_rows(const Wgrad1x1& p, const float* dy, const float* x, int64_t r0, int64_t r1, int64_t dy_base = 0,
                     int64_t x_base = 0);
 void wgrad_1x1_pieces(const Wgrad1x1& p, const float* dy, const float* x);  // every piece, threads over them
+// The same for a strided one_by_one(g) (p: its plan): rows [a, b) of the output pixels, x's rows
+// gathered from the strided pixels into a block of the calling worker first; every piece.
+void wgrad_1x1_strided_rows(const Wgrad1x1& p, const float* dy, const float* x, const Geom& g, int64_t a, int64_t b,
+                            int64_t dy_base = 0);
+void wgrad_1x1_strided_pieces(const Wgrad1x1& p, const float* dy, const float* x, const Geom& g);
 void wgrad_1x1_finish(const Wgrad1x1& p, float* dw);
 void backward_weight_1x1_nhwc(const float* dy, const float* x, float* dw, const Geom& g, const Prologue* pf);
 void backward_weight_1x1_strided(const float* dy, const float* x, float* dw, const Geom& g, const Prologue* pf);
@@ -1161,18 +1160,16 @@ void forward_1x1_nhwc(const float* x, const float* w, const float* b, float* y, 
         grad_epilogue_pm(yr, fu->gx + a * K, grad_mask(fu, a * K), K, nr, K, fu->gscale, fu->gshift, fu->grelu,
                          fu->center, st.s1(u), st.s2(u), cont);
     }
-    if (in_pass && wg) {
-      float* xb = scratch<float>(kXbSlot, s.chunk * wg->C);
-      gather_strided_rows(fu->wgrad_x, *wg, r0, r1 - r0, nullptr, xb);  // (the prologue: by sgemm_tn)
-      wgrad_1x1_rows(wp, du ? du : x, xb, r0, r1, du ? r0 : 0, r0);
-    } else if (in_pass) {
+    if (in_pass && wg)
+      wgrad_1x1_strided_rows(wp, du ? du : x, fu->wgrad_x, *wg, r0, r1, du ? r0 : 0);
+    else if (in_pass)
       wgrad_1x1_rows(wp, du ? du : x, fu->wgrad_x, r0, r1, du ? r0 : 0);
-    }
   }
-  if (wgrad && !in_pass && wg) {
-    backward_weight_1x1_strided(x, fu->wgrad_x, fu->wgrad_dw, *wg, wp.pf);
-  } else if (wgrad) {
-    if (!in_pass) wgrad_1x1_pieces(wp, x, fu->wgrad_x);
+  if (wgrad) {
+    if (!in_pass && wg)
+      wgrad_1x1_strided_pieces(wp, x, fu->wgrad_x, *wg);
+    else if (!in_pass)
+      wgrad_1x1_pieces(wp, x, fu->wgrad_x);
     wgrad_1x1_finish(wp, fu->wgrad_dw);
   }
   if (!stats && !grad) return;
@@ -1625,20 +1622,25 @@ void backward_weight_1x1_nhwc(const float* dy, const float* x, float* dw, const 
 // at a time (a multiple of the sgemm's KC, so every block starts on that grid within its piece:
 // the bits of one call over the piece) and reduced from there, where the registry ran OpenBLAS
 // on an im2col copy (32 -> 64 at stride 2 from 32x32) or the patch pointers (64 -> 128).
-void backward_weight_1x1_strided(const float* dy, const float* x, float* dw, const Geom& g, const Prologue* pf) {
-  const Wgrad1x1 p = wgrad_1x1_plan(g, pf);
+void wgrad_1x1_strided_rows(const Wgrad1x1& p, const float* dy, const float* x, const Geom& g, int64_t a, int64_t b,
+                            int64_t dy_base) {
+  float* xb = scratch<float>(kXbSlot, (b - a) * g.C);
+  gather_strided_rows(x, g, a, b - a, nullptr, xb);  // (p.pf: applied by sgemm_tn)
+  wgrad_1x1_rows(p, dy, xb, a, b, dy_base, a);
+}
+
+void wgrad_1x1_strided_pieces(const Wgrad1x1& p, const float* dy, const float* x, const Geom& g) {
   constexpr int64_t kBlock = 1024;
-  const int64_t C = g.C;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads())
   for (int64_t pc = 0; pc < p.pieces; ++pc) {
     const int64_t r0 = std::min(p.rows, pc * p.per), r1 = std::min(p.rows, r0 + p.per);
-    float* xb = scratch<float>(kXbSlot, kBlock * C);
-    for (int64_t a = r0; a < r1; a += kBlock) {
-      const int64_t b = std::min(r1, a + kBlock);
-      gather_strided_rows(x, g, a, b - a, nullptr, xb);  // (pf: applied by sgemm_tn)
-      wgrad_1x1_rows(p, dy, xb, a, b, 0, a);
-    }
+    for (int64_t a = r0; a < r1; a += kBlock) wgrad_1x1_strided_rows(p, dy, x, g, a, std::min(r1, a + kBlock));
   }
+}
+
+void backward_weight_1x1_strided(const float* dy, const float* x, float* dw, const Geom& g, const Prologue* pf) {
+  const Wgrad1x1 p = wgrad_1x1_plan(g, pf);
+  wgrad_1x1_strided_pieces(p, dy, x, g);
   wgrad_1x1_finish(p, dw);
 }
 

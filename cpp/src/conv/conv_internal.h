@@ -99,6 +99,13 @@ inline bool dw_nchw_blocked_shape(const Geom& g) {
 // tiles of the output (conv_gemm.cpp, batched_*). The rest keep the row chunks: at C*kh*kw = 576
 // and 288 with 37K weights (N = 64, 8x8, 1 thread) the whole-batch GEMMs were 1.2-1.35x slower
 // (the im2col block leaves L2).
+// A 1x1 kernel without padding at any stride (output pixel (oh, ow) reads input pixel
+// (oh*sh, ow*sw)), on G == 1: the problems conv_gemm.cpp's forward_1x1_nhwc takes (sh, sw > 0).
+inline bool one_by_one(const Geom& g) {
+  return g.G == 1 && g.kh == 1 && g.kw == 1 && g.pt == 0 && g.pl == 0 && g.Ho == (g.H - 1) / g.sh + 1 &&
+         g.Wo == (g.W - 1) / g.sw + 1;
+}
+
 inline bool small_planes(const Geom& g) {
   const int64_t kk = g.Cg() * g.kh * g.kw;
   return g.G == 1 && g.Ho * g.Wo < 256 && (kk >= 1024 || g.K * kk >= (int64_t(1) << 18));
