@@ -320,8 +320,25 @@ def copy_weights(torch, cnn, twin) -> tuple:
 
 
 def build_models(torch, seed: int = 0, layout: str = "NCHW", torch_layout: str = "NCHW") -> tuple:
-    """(cnnkit model in ``layout``, torch twin in eval mode (channels_last memory format with
-    ``torch_layout="channels_last"``) or None)."""
+    """The benchmark's cnnkit model and its torch twin with the same weights.
+
+    Parameters
+    ----------
+    torch : module or None
+        The imported torch; None: no twin.
+    seed : int
+        As :func:`build_model`.
+    layout : "NCHW" or "NHWC"
+        The cnnkit model's layout.
+    torch_layout : "NCHW" or "channels_last"
+        The twin's memory format.
+
+    Returns
+    -------
+    tuple
+        ``(model, twin)``: the cnnkit model (:func:`build_model`) and the torch twin in eval mode
+        with its weights (:func:`build_torch_twin`, :func:`copy_weights`), or None without torch.
+    """
     m = build_model(seed, layout=layout)
     if torch is None:
         return m, None
@@ -333,7 +350,21 @@ def build_models(torch, seed: int = 0, layout: str = "NCHW", torch_layout: str =
 
 
 def model_flops(model, side: int) -> float:
-    """Forward FLOPs of one side x side image (convolutions and the linear layer, 2*MACs)."""
+    """Forward FLOPs of one image (convolutions and the linear layer, 2*MACs).
+
+    Parameters
+    ----------
+    model : cnnkit.nn.Module
+        The benchmark's model. The count runs on the same architecture built here in NCHW
+        (:func:`build_model`), so the model's layout does not matter.
+    side : int
+        The image's height and width.
+
+    Returns
+    -------
+    float
+        FLOPs of one ``side`` x ``side`` image.
+    """
     from cnnkit.bench.train import describe, layer_shapes
     nchw = build_model(0)              # the same architecture, counted in NCHW
     x = np.zeros((1, 3, side, side), np.float32)
