@@ -138,6 +138,17 @@ def test_fused_input_gradient_grouped_rows(c):
         _run_input(c)
 
 
+def _nan_array(shape, offset):
+    """A NaN-filled float32 array of ``shape`` whose data starts ``offset`` bytes (a multiple of 4)
+    past a 64-byte boundary."""
+    n = int(np.prod(shape))
+    raw = np.full(n + 32, np.nan, np.float32)
+    first = (-raw.ctypes.data % 64 + offset) // 4
+    out = raw[first:first + n].reshape(shape)
+    assert out.ctypes.data % 64 == offset
+    return out
+
+
 def _run_input(c):
     N, cg, G, k, s = c["N"], c["cg"], c["G"], c["k"], c["stride"]
     C = cg * G
@@ -157,14 +168,17 @@ def _run_input(c):
     plain = np.empty(x.shape, np.float32)
     _core.conv_backward_input(gy, w, plain, g.core())
     got = []
-    for t in (1, 2):
-        dx = np.full(x.shape, np.nan, np.float32)
+    # dx on a 64-byte line (its rows written by non-temporal stores where they start on lines too)
+    # and 16 bytes past one (regular stores)
+    for t, on_line in ((1, True), (2, True), (1, False), (2, False)):
+        dx = _nan_array(x.shape, 0 if on_line else 16)
         with num_threads(t):
             name, s1, s2 = _core.conv2d_fused_backward_input(gy, w, dx, g.core(), x, sc, sh, relu, center, res, mask)
         assert name == plain_name, (name, plain_name)
         got.append((dx, s1, s2))
-    for u, v in zip(*got):
-        assert_bitwise(u, v, "input gradient at 2 threads vs 1")
+    for other, what in zip(got[1:], ("2 threads", "dx off a 64-byte line", "2 threads, off the line")):
+        for u, v in zip(got[0], other):
+            assert_bitwise(v, u, f"input gradient: {what} vs 1 thread on the line")
     dx, s1, s2 = got[0]
     z = x.astype(np.float64) * (sc if c["affine"] else 1.0) + (sh if c["affine"] else 0.0)
     keep = ((mask > 0) if mask is not None else (z > 0)) if relu else np.ones(x.shape, bool)

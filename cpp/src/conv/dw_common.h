@@ -106,6 +106,27 @@ CNNKIT_HD void prefetch_bytes(const void* p, int64_t bytes, bool write) {
     for (; c < e; c += 64) __builtin_prefetch(c, 0, 2);
 }
 
+// Whether n values at p can go through stream_floats(): float32, p on a 64-byte line, n a multiple
+// of 16.
+template <typename T>
+bool streamable(const T* p, int64_t n) {
+  return std::is_same_v<T, float> && (reinterpret_cast<uintptr_t>(p) & 63) == 0 && n % 16 == 0;
+}
+// dst[0, n) = src[0, n) by non-temporal stores: the lines go to memory without being read first
+// (a store that misses reads its line before writing it) and without displacing cached data.
+// streamable(dst, n) must hold; src is any float array. The stores are weakly ordered: an sfence
+// (store_fence()) before other threads read dst.
+inline void stream_floats(float* __restrict dst, const float* __restrict src, int64_t n) {
+#if defined(__AVX512F__)
+  for (int64_t e = 0; e < n; e += 16) _mm512_stream_ps(dst + e, _mm512_loadu_ps(src + e));
+#elif defined(__AVX__)
+  for (int64_t e = 0; e < n; e += 8) _mm256_stream_ps(dst + e, _mm256_loadu_ps(src + e));
+#else
+  for (int64_t e = 0; e < n; e += 4) _mm_stream_ps(dst + e, _mm_loadu_ps(src + e));
+#endif
+}
+inline void store_fence() { _mm_sfence(); }
+
 // Read prefetch of up to two byte ranges (into L2), spread over the steps of a loop: a few lines per
 // step(), so that the DRAM reads of the next piece of work overlap this one's FMAs.
 struct SpreadPrefetch {

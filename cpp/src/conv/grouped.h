@@ -583,6 +583,16 @@ void grouped_backward_input_direct(const T* dy, const T* w, T* dx, const Geom& g
   const bool grad = std::is_same_v<T, float> && fu && g.nhwc;
   GradParts part(grad ? nb : 0, C);
   const int64_t rowlen = g.W * C;
+  // With the epilogue (the training step's fused pass), each dx row is computed in a row buffer
+  // (in L1) and written out by non-temporal stores, where dx's rows start on 64-byte lines. At
+  // stride 2 dx is four times dy, so this pass is mostly writes: regular stores first read every
+  // line they overwrite (8 MiB for g8 32->32 s2 at 32x32, N = 64), and its consumer (the norm's
+  // backward, two calls later) finds it in memory either way. Measured in the step (resnext_small,
+  // 2 threads, per-call medians, the two forms alternating in one process): g8 32->32 s2 1.29-1.32x
+  // and g8 64->64 s2 1.22x, their consumers 0.97-0.99x, the step 1.009-1.016x. (The same buffer
+  // written out by regular stores: 0.95-1.03x. Non-temporal stores of the NHWC 1x1 passes' outputs,
+  // which the next call reads: those calls 0.79-0.97x.)
+  const bool stream = grad && streamable(dx, rowlen);
   for_row_bands<T>(rows, g.H, slots, pitch, kh * kw, [&](RowRing<T>& ring, RowTap* taps, int64_t r, int64_t bi) {
     const int64_t n = r / g.H, ih = r % g.H;
     const T* dyn = dy + n * g.Ho * g.Wo * C;
@@ -598,11 +608,12 @@ void grouped_backward_input_direct(const T* dy, const T* w, T* dx, const Geom& g
       // other tenants loaded the machine's memory, 1.02x on a quiet machine; prefetching only the
       // row four ahead (each line once) gained 1.06-1.18x under load (perhaps a burst of
       // prefetches is partly dropped once the misses in flight run out, and later attempts land).
-      for (int64_t d = 1; d <= 4 && r + d < rows; ++d)
+      for (int64_t d = 1; d <= 4 && r + d < rows && !stream; ++d)
         prefetch_bytes(dx + (r + d) * rowlen, rowlen * int64_t(sizeof(T)), true);
     }
     if (grad && r + 1 < rows) prefetch_grad_operands(*fu, (r + 1) * rowlen, rowlen);
-    T* dxr = g.nhwc ? dx + r * rowlen : scratch<T>(kAccSlot, rowlen);  // NCHW: transposed out below
+    // (NCHW: transposed out below; streamed: written out below)
+    T* dxr = g.nhwc && !stream ? dx + r * rowlen : scratch<T>(kAccSlot, rowlen);
     for (int64_t ph = 0; ph < sw; ++ph) {
       const int64_t iw0 = ((ph - g.pl) % sw + sw) % sw;
       if (iw0 >= g.W) continue;
@@ -636,6 +647,12 @@ void grouped_backward_input_direct(const T* dy, const T* w, T* dx, const Geom& g
       }
     }
     if (!g.nhwc) scatter_row_nchw(dxr, g.W, C, dx + n * C * g.H * g.W + ih * g.W, g.H * g.W);
+    if constexpr (std::is_same_v<T, float>) {
+      if (stream) {
+        stream_floats(dx + r * rowlen, dxr, rowlen);
+        if (r + 1 == std::min(rows, (bi + 1) * band)) store_fence();  // the band's last row
+      }
+    }
   });
   if (grad) part.combine(*fu);
 }
