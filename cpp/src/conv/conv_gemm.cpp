@@ -1594,12 +1594,29 @@ void wgrad_1x1_finish(const Wgrad1x1& p, float* dw) {
   // (a piece without rows, possible where pieces * per overshoots rows: zeros, as its empty call)
   for (int64_t pc = 0; pc < p.pieces; ++pc)
     if (pc * p.per >= p.rows) std::fill(p.part + pc * total, p.part + (pc + 1) * total, 0.0f);
+  // The partials read in their own order, in blocks of 8 entries whose double sums stay in
+  // registers over the pieces (each entry's sum over the pieces in piece order, as before); dw
+  // written at each entry's place (transposed where p.tr). Summed per dw element, the transposed
+  // partials were read a line per piece and element: 64 -> 128 at 8x8 (16 pieces, 512 KiB of
+  // partials) spent 9% of its fused input + weight gradient pass here. Measured in the step
+  // (resnext_small, 2 threads, per-call medians, the two orders alternating in one process):
+  // 64 -> 128 1.07x and 1.13x (the shortcut's and 4.conv3's passes), 64 -> 64 1.02x; in
+  // mobilenet_small 256 -> 128 1.02x.
+  constexpr int64_t B = 8;
+  const int64_t blocks = ceil_div(total, B);
 #pragma omp parallel for schedule(static) num_threads(num_threads())
-  for (int64_t e = 0; e < total; ++e) {
-    const int64_t at = p.tr ? (e % C) * K + e / C : e;
-    double s = 0;
-    for (int64_t pc = 0; pc < p.pieces; ++pc) s += double(p.part[pc * total + at]);
-    dw[e] = float(s);
+  for (int64_t bi = 0; bi < blocks; ++bi) {
+    const int64_t a0 = bi * B, n = std::min(B, total - a0);
+    double s[B] = {};
+    for (int64_t pc = 0; pc < p.pieces; ++pc) {
+      const float* q = p.part + pc * total + a0;
+#pragma omp simd
+      for (int64_t j = 0; j < B; ++j) s[j] += double(j < n ? q[j] : 0.0f);
+    }
+    for (int64_t j = 0; j < n; ++j) {
+      const int64_t at = a0 + j;
+      dw[p.tr ? (at % K) * C + at / K : at] = float(s[j]);
+    }
   }
 }
 
