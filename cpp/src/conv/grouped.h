@@ -588,12 +588,12 @@ void grouped_backward_input_direct(const T* dy, const T* w, T* dx, const Geom& g
   // With the epilogue (the training step's fused pass), each dx row is computed in a row buffer
   // (in L1) and written out by non-temporal stores, where dx's rows start on 64-byte lines. At
   // stride 2 dx is four times dy, so this pass is mostly writes: regular stores first read every
-  // line they overwrite (8 MiB for g8 32->32 s2 at 32x32, N = 64), and its consumer (the norm's
-  // backward, two calls later) finds it in memory either way. Measured in the step (resnext_small,
-  // 2 threads, per-call medians, the two forms alternating in one process): g8 32->32 s2 1.29-1.32x
-  // and g8 64->64 s2 1.22x, their consumers 0.97-0.99x, the step 1.009-1.016x. (The same buffer
-  // written out by regular stores: 0.95-1.03x. Non-temporal stores of the NHWC 1x1 passes' outputs,
-  // which the next call reads: those calls 0.79-0.97x.)
+  // line they overwrite (8 MiB for g8 32->32 s2 at 32x32, N = 64), and its consumer (the block's
+  // 1x1 conv1 backward, four calls later) finds it in memory either way. Measured in the step
+  // (resnext_small, 2 threads, per-call medians, the two forms alternating in one process): g8
+  // 32->32 s2 1.29-1.32x and g8 64->64 s2 1.22x, their consumers 0.97-0.99x, the step
+  // 1.009-1.016x. (The same buffer written out by regular stores: 0.95-1.03x. Non-temporal stores
+  // of the NHWC 1x1 passes' outputs, which the next call reads: those calls 0.79-0.97x.)
   const bool stream = grad && streamable(dx, rowlen);
   for_row_bands<T>(rows, g.H, slots, pitch, kh * kw, [&](RowRing<T>& ring, RowTap* taps, int64_t r, int64_t bi) {
     const int64_t n = r / g.H, ih = r % g.H;
