@@ -376,10 +376,39 @@ def model_flops(model, side: int) -> float:
 # ---- the torch RISE peer -------------------------------------------------------------------------
 def torch_rise(torch, model, x, targets, *, n_masks, cell, p, seed, batch_size):
     """RISE in plain torch, as the usual PyTorch port of Petsiuk et al. writes it, batched as
-    cnnkit batches it: draw the grids (:func:`cnnkit.explain.perturbation.rise_grids`, so a seed
-    gives cnnkit's masks), upsample them with ``F.interpolate`` (bilinear, align_corners=False),
-    crop at the shifts; then chunks of ``batch_size // N`` masks times every image, softmax,
-    ``saliency += probs^T @ masks``; finally / (n_masks * p). Returns an (N, H, W) tensor."""
+    cnnkit batches it.
+
+    Draws the grids (:func:`cnnkit.explain.perturbation.rise_grids`, so a seed gives cnnkit's
+    masks), upsamples them with ``F.interpolate`` (bilinear, align_corners=False) and crops them at
+    the shifts; then runs chunks of ``batch_size // N`` masks times every image, softmax,
+    ``saliency += probs^T @ masks``; finally divides by ``n_masks * p``.
+
+    Parameters
+    ----------
+    torch : module
+        The imported ``torch`` package.
+    model : torch.nn.Module
+        The classifier (eval mode).
+    x : torch.Tensor
+        The images, (N, C, H, W).
+    targets : array_like of int
+        The class to explain for each image, (N,).
+    n_masks : int
+        Masks drawn.
+    cell : int
+        The grid cell's size in pixels.
+    p : float
+        Probability that a grid cell is kept.
+    seed : int
+        Seed of the masks' generator.
+    batch_size : int
+        Masked images per forward pass: ``max(1, batch_size // N)`` masks times the N images.
+
+    Returns
+    -------
+    torch.Tensor
+        The saliency maps, (N, H, W).
+    """
     from cnnkit.explain.perturbation import rise_grids
     F = torch.nn.functional
     N, C, H, W = x.shape
@@ -445,7 +474,14 @@ class Case:
             self.tt = torch.from_numpy(self.targets)
 
     @property
-    def label(self):
+    def label(self) -> str:
+        """The case's batch shape as the tables show it.
+
+        Returns
+        -------
+        str
+            ``"{N}x3x{side}x{side}"``.
+        """
         return f"{self.N}x3x{self.side}x{self.side}"
 
     # cnnkit --------------------------------------------------------------------------------------
