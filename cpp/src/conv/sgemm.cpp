@@ -855,18 +855,8 @@ void rows_blocked(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, 
           pe = PanelEp{ep->bias ? ep->bias + p * W : nullptr, ep->res ? ep->res + ir * ep->ldres + p * W : nullptr,
                        ep->ldres, ep->relu};
         // The caller's prefetch: the next 2*kc lines of its last region, from the first panel's calls.
-        const char* pf2 = nullptr;
         int64_t pfl2 = 0;
-        if (pre && p == 0) {
-          while (pre->n > 0 && pre->lines[pre->n - 1] == 0) --pre->n;
-          if (pre->n > 0) {
-            const int i = pre->n - 1;
-            pfl2 = std::min<int64_t>(2 * kc, pre->lines[i]);
-            pf2 = pre->p[i];
-            pre->p[i] += 64 * pfl2;
-            pre->lines[i] -= pfl2;
-          }
-        }
+        const char* pf2 = pre && p == 0 ? pre->take(2 * kc, &pfl2) : nullptr;
         ukernel_s<R, U, 1>(kc, a, la, bp + p * K * W + pc * W, W, C + ir * ldc + p * W, ldc, pc > 0, mr,
                            std::min<int64_t>(W, N - p * W), p == 0 && pf ? pf + pc * R * 4 : nullptr,
                            p == 0 && pf ? (R * kc * 4 + 63) / 64 : 0, nullptr, nullptr, ep && last ? &pe : nullptr,
@@ -929,7 +919,7 @@ void pack_cols(const float* Q, int64_t lq, int64_t k0, int64_t kc, int64_t j0, i
 
 template <int R, int U>
 void tn_blocked(int64_t M, int64_t N, int64_t K, const float* P, int64_t lp, const float* Q, int64_t lq, float* C,
-                int64_t ldc, bool accumulate, const Prologue* pq) {
+                int64_t ldc, bool accumulate, const Prologue* pq, RowsPrefetch* pre) {
   constexpr int W = U * VL;
   const int64_t panels = (N + W - 1) / W, nw = panels * W;
   const bool has = active(pq), tail = N % W != 0;
@@ -1009,18 +999,22 @@ void tn_blocked(int64_t M, int64_t N, int64_t K, const float* P, int64_t lp, con
           // (a packed strip is P^T read in place with a row stride of R: the same kernel)
           const float* pa = direct ? P + (pc + k0) * lp + ir : pt;
           const int64_t la = direct ? lp : R;
+          int64_t pfl2 = 0;  // (the caller's prefetch, as in rows_blocked)
+          const char* pf2 = pre && p == 0 ? pre->take(2 * kn, &pfl2) : nullptr;
           if (inkernel && nr == W) {  // U <= 2 here
             if constexpr (U <= 2) {
               const float* sc = pq->scale ? pq->scale + p * W : ones;
               const float* sh = pq->scale ? pq->shift + p * W : zeros;
               if (pq->relu)
-                ukernel_s<R, U, 2, 2>(kn, pa, la, b, ldb, c, ldc, acc, mr, nr, nullptr, 0, sc, sh, nullptr, init, keep);
+                ukernel_s<R, U, 2, 2>(kn, pa, la, b, ldb, c, ldc, acc, mr, nr, nullptr, 0, sc, sh, nullptr, init, keep,
+                                      nullptr, pf2, pfl2);
               else
-                ukernel_s<R, U, 2, 1>(kn, pa, la, b, ldb, c, ldc, acc, mr, nr, nullptr, 0, sc, sh, nullptr, init, keep);
+                ukernel_s<R, U, 2, 1>(kn, pa, la, b, ldb, c, ldc, acc, mr, nr, nullptr, 0, sc, sh, nullptr, init, keep,
+                                      nullptr, pf2, pfl2);
             }
           } else {
             ukernel_s<R, U, 2>(kn, pa, la, b, ldb, c, ldc, acc, mr, nr, nullptr, 0, nullptr, nullptr, nullptr, init,
-                               keep);
+                               keep, nullptr, pf2, pfl2);
           }
         }
       }
@@ -1081,14 +1075,14 @@ void sgemm_rows(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, co
 }
 
 void sgemm_tn(int64_t M, int64_t N, int64_t K, const float* P, int64_t lp, const float* Q, int64_t lq, float* C,
-              int64_t ldc, bool accumulate, const Prologue* pq) {
+              int64_t ldc, bool accumulate, const Prologue* pq, RowsPrefetch* pre) {
   if (M <= 0 || N <= 0) return;
   if (K <= 0) {
     if (!accumulate)
       for (int64_t i = 0; i < M; ++i) std::fill(C + i * ldc, C + i * ldc + N, 0.0f);
     return;
   }
-  CNNKIT_WITH_TN_BLOCK(M, N, tn_blocked, M, N, K, P, lp, Q, lq, C, ldc, accumulate, pq);
+  CNNKIT_WITH_TN_BLOCK(M, N, tn_blocked, M, N, K, P, lp, Q, lq, C, ldc, accumulate, pq, pre);
 }
 
 int64_t sgemm_tn_padded(int64_t M, int64_t N) {

@@ -3,6 +3,7 @@
 // cnnkit::conv::<isa>); the conv GEMM path (conv_gemm.cpp) calls it inside its own parallel loops.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 
 #include "cnnkit/common.h"
@@ -97,10 +98,28 @@ struct RowsPrefetch {
   const char* p[kMax] = {};
   int64_t lines[kMax] = {};
   int n = 0;
+  int64_t budget = -1;  // lines that may still be requested (-1: no limit)
   void add(const float* base, int64_t count) {  // count floats from base
     if (!base || count <= 0 || n == kMax) return;
     p[n] = reinterpret_cast<const char*>(base);
     lines[n++] = (count * int64_t(sizeof(float)) + 63) / 64;
+  }
+  // The next lines to request, at most max of the last region with lines left, within the budget:
+  // their start, and their count in *got (0 and nullptr when none are left).
+  const char* take(int64_t max, int64_t* got) {
+    *got = 0;
+    while (n > 0 && lines[n - 1] == 0) --n;
+    if (n == 0 || budget == 0) return nullptr;
+    int64_t l = std::min(max, lines[n - 1]);
+    if (budget > 0) {
+      l = std::min(l, budget);
+      budget -= l;
+    }
+    const char* start = p[n - 1];
+    p[n - 1] += 64 * l;
+    lines[n - 1] -= l;
+    *got = l;
+    return start;
   }
 };
 
@@ -113,8 +132,10 @@ void sgemm_rows(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, co
 // in place (the weight gradient dW = dY^T . x of an NHWC 1x1 convolution: K pixels). pq: a
 // per-column prologue on Q (each column j through scale[j], shift[j], ReLU), applied while a KC
 // block of Q is laid out in panels. The bits of sgemm() with A = P^T, B = pq(Q).
+// pre: memory to prefetch meanwhile, as sgemm_rows() takes it (into L2, from the first panel's
+// kernel calls).
 void sgemm_tn(int64_t M, int64_t N, int64_t K, const float* P, int64_t lp, const float* Q, int64_t lq, float* C,
-              int64_t ldc, bool accumulate, const Prologue* pq = nullptr);
+              int64_t ldc, bool accumulate, const Prologue* pq = nullptr, RowsPrefetch* pre = nullptr);
 // The elements sgemm_tn() computes for an M x N result (its register blocks, padded): a caller
 // that may compute C or C^T takes the orientation with fewer.
 int64_t sgemm_tn_padded(int64_t M, int64_t N);
