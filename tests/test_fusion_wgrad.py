@@ -196,6 +196,7 @@ def test_weight_gradient_in_the_input_pass_hypothesis(c):
     (64, 64, 128, 8, 8),     # 4.conv3 (four pieces per unit)
     (5, 32, 32, 40, 25),     # 5000 rows: pieces of 313, off the units' grid (its own pass after)
     (3, 48, 40, 23, 31),     # 2139 rows
+    (1, 8, 64, 20, 29),      # 580 rows: two pieces of 290 (the second off a grid of 256 from row 0)
 ])
 @pytest.mark.parametrize("mode", ["stored", "fma"])
 def test_weight_gradient_in_the_input_pass_shapes(isa, shape, mode):
