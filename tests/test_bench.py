@@ -181,6 +181,11 @@ def test_cli_bench_train_quick_smoke(capsys, tmp_path):
     fused_at = text.index("Where the time goes in the step as it runs (fusion on), resnext_small")
     assert fused_at < text.index("Where the time goes, resnext_small")
     assert "Fusion while profiling: cnnkit.nn.fusion on" in text and "Roofline (" in text
+    # the page faults each step took in the timed rounds (cnnkit's steps reuse their buffers)
+    assert "Minor page faults per step (median over the timed rounds): cnnkit NCHW" in text
+    for res in doc["results"]:
+        assert set(res["minor_faults"]) == {"cnnkit NCHW", "cnnkit NHWC"}
+        assert all(len(v) == doc["reps"] and min(v) >= 0 for v in res["minor_faults"].values())
     for res in doc["results"]:
         assert set(res["fused_profile"]) == {"cnnkit NCHW", "cnnkit NHWC"}
         assert res["breakdown"] and res["profile"]
