@@ -186,7 +186,6 @@ def test_cli_bench_train_quick_smoke(capsys, tmp_path):
     for res in doc["results"]:
         assert set(res["minor_faults"]) == {"cnnkit NCHW", "cnnkit NHWC"}
         assert all(len(v) == doc["reps"] and min(v) >= 0 for v in res["minor_faults"].values())
-    for res in doc["results"]:
         assert set(res["fused_profile"]) == {"cnnkit NCHW", "cnnkit NHWC"}
         assert res["breakdown"] and res["profile"]
         for fs in res["fused_breakdown"].values():

@@ -1059,8 +1059,8 @@ void forward_1x1_nhwc(const float* x, const float* w, const float* b, float* y, 
   // The convolution's weight gradient from the same rows (Fused::wgrad_dw; g here is the adjoint,
   // x the gradient dy): each unit's rows reduced into the weight gradient's partials as the unit
   // goes (spans of whole KC blocks between its blocks of rows, below), while its dy rows (written
-  // by the apply pass) and the input's rows are in cache. The
-  // work items are runs of units that no piece of the weight gradient crosses, so each piece's
+  // by the apply pass) and the input's rows are in cache. The work items are runs of units that no
+  // piece of the weight gradient crosses, so each piece's
   // ranges are reduced in order by one thread; where a unit would start a piece's range off the
   // sgemm's KC grid (other bits than the weight gradient's own pass), or where there are fewer
   // such runs than threads, the weight gradient's own pass runs after.
@@ -1098,9 +1098,9 @@ void forward_1x1_nhwc(const float* x, const float* w, const float* b, float* y, 
   // In the pass, a unit's weight gradient is reduced a span at a time between its blocks of rows:
   // after each block, the rows done up to a point of the sgemm's KC grid within their piece (the
   // unit's last span to its end), so each piece's chains are those of one call over its rows (the
-  // same bits). The next block's operands are prefetched half over
-  // the block's product and half over the span's (sgemm_tn's kernel calls). Run once at the unit's
-  // end, the weight gradient's products left the memory idle: in resnext_small's step, removing
+  // same bits). The next block's operands are prefetched half over the block's product and half
+  // over the span's (sgemm_tn's kernel calls). Run once at the unit's end, the weight gradient's
+  // products left the memory idle: in resnext_small's step, removing
   // them took 0.42-0.62 ms off each 1x1 backward at 32x32 and 16x16 (32->32 @32: 2.16 -> 1.56 ms),
   // their whole time at the FMA peak. AVX-512, 2 threads, in the step, alternating blocks of steps,
   // two runs of 10 and 20 rounds: 2.conv3 (32->16 adjoint) 1.03x / 1.05x, 2.conv1 1.07x / 1.03x,
@@ -1172,11 +1172,7 @@ void forward_1x1_nhwc(const float* x, const float* w, const float* b, float* y, 
           }
         }
 #endif
-        if (wnext > wdone) {  // a span follows: half the lines for the product, the rest for the span
-          int64_t total = 0;
-          for (int q = 0; q < pre.n; ++q) total += pre.lines[q];
-          pre.budget = (total + 1) / 2;
-        }
+        if (wnext > wdone) pre.budget = (pre.lines_left() + 1) / 2;  // (a span follows: the rest for it)
         sgemm_rows(nr, K, C, xa, C, bp, yr, K, pf, epp, pre.n ? &pre : nullptr);
         pre.budget = -1;
       }

@@ -99,6 +99,11 @@ struct RowsPrefetch {
   int64_t lines[kMax] = {};
   int n = 0;
   int64_t budget = -1;  // lines that may still be requested (-1: no limit)
+  int64_t lines_left() const {  // lines not yet requested, over all regions
+    int64_t t = 0;
+    for (int i = 0; i < n; ++i) t += lines[i];
+    return t;
+  }
   void add(const float* base, int64_t count) {  // count floats from base
     if (!base || count <= 0 || n == kMax) return;
     p[n] = reinterpret_cast<const char*>(base);

@@ -486,6 +486,21 @@ class Case:
 
     # cnnkit --------------------------------------------------------------------------------------
     def cnnkit_call(self, method, check=False):
+        """cnnkit's call of ``method`` on this case.
+
+        Parameters
+        ----------
+        method : str
+            One of the benchmark's methods (``"saliency"``, ``"grad_cam"``, ``"rise"``, ...).
+        check : bool
+            For the correctness check rather than the timing: SmoothGrad without noise, and an
+            NHWC case's 4-D result returned in NCHW (outside the timed call).
+
+        Returns
+        -------
+        callable
+            Takes no argument and returns the attribution as a NumPy array.
+        """
         call = self._cnnkit_call(method, check)
         if not (check and self.nhwc):
             return call
@@ -522,8 +537,21 @@ class Case:
 
     # peers ---------------------------------------------------------------------------------------
     def peer_calls(self, method, check=False) -> dict:
-        """{peer name: callable returning a NumPy result} for ``method`` (empty without the
-        peer's library)."""
+        """The peers' calls of ``method`` on this case.
+
+        Parameters
+        ----------
+        method : str
+            As :meth:`cnnkit_call`.
+        check : bool
+            As :meth:`cnnkit_call`: the settings of the correctness check.
+
+        Returns
+        -------
+        dict
+            Peer name -> callable taking no argument and returning a NumPy result; empty without
+            torch, and without a peer's library for that peer.
+        """
         torch, P, twin = self.torch, self.peers, self.twin
         if torch is None:
             return {}

@@ -104,6 +104,11 @@ from typing import Any
 
 import numpy as np
 
+try:
+    import resource as _resource
+except ImportError:  # (not POSIX: no page-fault counts)
+    _resource = None  # type: ignore[assignment]
+
 import cnnkit
 from cnnkit import models as _models
 from cnnkit import nn as _cnn
@@ -386,11 +391,9 @@ class CpuShare:
 def _minor_faults() -> int | None:
     """The process's minor page faults so far (``getrusage``, every thread), or None where the
     ``resource`` module is missing (not POSIX)."""
-    try:
-        import resource
-    except ImportError:
+    if _resource is None:
         return None
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_minflt)
+    return int(_resource.getrusage(_resource.RUSAGE_SELF).ru_minflt)
 
 
 class _FaultCounter:
