@@ -26,7 +26,11 @@ twin in float64: logits, loss and the logits after the Adam step elementwise wit
 1e-3 times the largest reference value), every parameter gradient within rtol 1e-3 of itself plus
 1e-3 times the model's largest gradient (some gradients are zero in exact arithmetic, e.g. a batch
 norm scale in front of a depthwise conv, and are rounding noise in every float32 implementation).
-A cnnkit configuration outside that stops the benchmark; a torch one is printed as a note.
+Gradients outside that are compared again after the ReLU kink flips they contain: a ReLU input
+within float32 rounding of zero that the configuration put on the other side stops or lets through
+one element's gradient, about 1e-3 of the largest at batch 64 (``_Kinks``; the check line names
+each flip). A cnnkit configuration outside that too stops the benchmark; a torch one is printed as
+a note.
 
 cnnkit, torch and numpy's OpenBLAS run at the same thread count (``--threads``, default 2). cnnkit's
 step makes no numpy.matmul call: ``Linear`` runs on cnnkit's own GEMM (``_core.sgemm``).
@@ -146,18 +150,24 @@ TARGET = 2.0                   # issue: at least 2x PyTorch's faster configurati
 BREAKDOWNS = ("fused", "modules")
 RTOL = 1e-3
 PROBE_KIND = "triad"
+#: the check's kink analysis (_Kinks): a ReLU input within KINK_DELTA times its site's rms of
+#: zero may be on either side in float32; at most KINK_MAX of them (by the gradient reaching them)
+KINK_DELTA = 2.0 ** -16
+KINK_MAX = 128
 
 
 # ---- the torch twins -----------------------------------------------------------------------------
-def _torch_classes(torch):
-    """torch.nn modules that mirror cnnkit.nn's blocks, with cnnkit's module names."""
+def _torch_classes(torch, act=None):
+    """torch.nn modules that mirror cnnkit.nn's blocks, with cnnkit's module names; ``act``: the
+    ReLU they call (default ``torch.relu``; the check's kink analysis passes a recording one)."""
     tnn = torch.nn
+    relu = torch.relu if act is None else act
 
     class BNReLU(tnn.BatchNorm2d):
         """cnnkit ``BatchNorm2d(activation="relu")``: batch norm, then ReLU."""
 
         def forward(self, x):
-            return torch.relu(super().forward(x))
+            return relu(super().forward(x))
 
     class Bottleneck(tnn.Module):
         """cnnkit ``BottleneckBlock`` (norm="batch"): conv1x1-BN-ReLU, grouped conv3x3(stride)-BN-
@@ -180,7 +190,7 @@ def _torch_classes(torch):
             # shortcut first, as cnnkit does (its autograd nodes then run after the main branch's)
             r = x if self.downsample is None else self.downsample(x)
             h = self.conv3(self.bn2(self.conv2(self.bn1(self.conv1(x)))))
-            return torch.relu(self.bn3(h) + r)
+            return relu(self.bn3(h) + r)
 
     class GlobalAvgPool(tnn.Module):
         def forward(self, x):
@@ -190,9 +200,9 @@ def _torch_classes(torch):
 
 
 def _torch_resnext_small(torch, in_channels=3, num_classes=10, widths=(32, 64, 128),
-                         blocks=(1, 1, 1), groups=8):
+                         blocks=(1, 1, 1), groups=8, act=None):
     """cnnkit.models.resnext_small (norm="batch") in torch.nn, layer for layer."""
-    BNReLU, Bottleneck, GAP = _torch_classes(torch)
+    BNReLU, Bottleneck, GAP = _torch_classes(torch, act)
     tnn = torch.nn
     layers = [tnn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False), BNReLU(widths[0])]
     c = widths[0]
@@ -205,9 +215,10 @@ def _torch_resnext_small(torch, in_channels=3, num_classes=10, widths=(32, 64, 1
     return tnn.Sequential(*layers)
 
 
-def _torch_mobilenet_small(torch, in_channels=3, num_classes=10, widths=(32, 64, 128, 256)):
+def _torch_mobilenet_small(torch, in_channels=3, num_classes=10, widths=(32, 64, 128, 256),
+                           act=None):
     """cnnkit.models.mobilenet_small (norm="batch") in torch.nn, layer for layer."""
-    BNReLU, _, GAP = _torch_classes(torch)
+    BNReLU, _, GAP = _torch_classes(torch, act)
     tnn = torch.nn
     layers = [tnn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False), BNReLU(widths[0])]
     c = widths[0]
@@ -220,12 +231,13 @@ def _torch_mobilenet_small(torch, in_channels=3, num_classes=10, widths=(32, 64,
     return tnn.Sequential(*layers)
 
 
-def build_torch_twin(torch, model: str):
-    """The torch.nn twin of ``cnnkit.models.<MODELS[model]>()`` (default arguments)."""
+def build_torch_twin(torch, model: str, act=None):
+    """The torch.nn twin of ``cnnkit.models.<MODELS[model]>()`` (default arguments); ``act``: the
+    ReLU its blocks call (default ``torch.relu``)."""
     if model == "resnext":
-        return _torch_resnext_small(torch)
+        return _torch_resnext_small(torch, act=act)
     if model == "mobilenet":
-        return _torch_mobilenet_small(torch)
+        return _torch_mobilenet_small(torch, act=act)
     raise ValueError(f"model: expected one of {', '.join(MODELS)}, got {model!r}")
 
 
@@ -338,8 +350,9 @@ def build_configs(torch, model: str, batch: int, seed: int = 0) -> dict:
     pb[...] = pa
     steps: dict[str, Any] = {"cnnkit NCHW": _CnnkitStep(m_nchw, "NCHW", x, labels),
              "cnnkit NHWC": _CnnkitStep(m_nhwc, "NHWC", x, labels)}
-    out = {"steps": steps, "cnnkit": {"NCHW": m_nchw, "NHWC": m_nhwc}, "x": x, "labels": labels,
-           "adam": None, "params": m_nchw.num_parameters(), "param_arrays": len(m_nchw.parameters())}
+    out = {"model": model, "steps": steps, "cnnkit": {"NCHW": m_nchw, "NHWC": m_nhwc}, "x": x,
+           "labels": labels, "adam": None, "params": m_nchw.num_parameters(),
+           "param_arrays": len(m_nchw.parameters())}
     if torch is not None:
         kw, desc = torch_adam_kwargs(torch)
         twin = build_torch_twin(torch, model)
@@ -490,6 +503,181 @@ def reference_step(torch, cfgs, adam_kw):
         return _TorchStep(torch, twin, False, cfgs["x"].astype(np.float64), cfgs["labels"], {})
 
 
+class _KinkReLU:
+    """The ReLU of the kink analysis's float64 twin (:class:`_Kinks`): records each call's input
+    (a *site*, numbered in call order, named by the module that ran it) and the gradient that
+    reaches its output in the first backward, and flips its backward's mask where ``flip`` says:
+    ``{site: boolean tensor}``."""
+
+    def __init__(self, torch):
+        self.pre: list = []
+        self.where: list[str] = []
+        self.dy: dict[int, Any] = {}
+        self.flip: dict[int, Any] = {}
+        self.module = ""
+        rec = self
+
+        class Fn(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, x):
+                ctx.site = len(rec.pre)
+                rec.pre.append(x.detach())
+                rec.where.append(rec.module)
+                ctx.save_for_backward(x)
+                return x.clamp_min(0)
+
+            @staticmethod
+            def backward(ctx, g):
+                (x,) = ctx.saved_tensors
+                rec.dy.setdefault(ctx.site, g.detach())
+                mask = x > 0                       # torch.relu's: the gradient where the output > 0
+                f = rec.flip.get(ctx.site)
+                return g * (mask if f is None else mask ^ f)
+
+        self._fn = Fn
+
+    def __call__(self, x):
+        return self._fn.apply(x)
+
+
+class _Kinks:
+    """ReLU kinks of the float64 reference step, and what flipping each one's mask does to the
+    gradients.
+
+    A ReLU's gradient jumps where its input crosses zero. An input within float32 rounding of zero
+    (``|pre| <= KINK_DELTA`` times its site's rms) may land on either side in a float32 step, and
+    the gradient that reaches it then goes through or stops: a *kink flip*, one element's whole
+    gradient added or removed, which a batch norm below spreads over its channel. At batch 64 one
+    flip moves a gradient by about 1e-3 of the model's largest (resnext_small: 0.0017), beyond the
+    check's rtol, in any float32 implementation (torch channels_last's steps show it too).
+
+    :meth:`explain` tells such a step from a wrong one: it subtracts from a configuration's
+    gradient error, one at a time, the exact effect of flipping a kink (a float64 backward with that
+    one mask flipped), but only an effect that the error contains whole (coefficient 1 +- 0.25),
+    for at most KINK_MAX candidate kinks (those with the largest gradient at the ReLU's output).
+    The configuration passes if what is left is within the check's tolerance."""
+
+    def __init__(self, torch, cfgs: dict):
+        self.torch = torch
+        self.rec = _KinkReLU(torch)
+        self.twin = build_torch_twin(torch, cfgs["model"], act=self.rec)
+        # the starting weights (check_step builds this before any configuration steps)
+        self.twin.load_state_dict(cfgs["steps"]["torch NCHW"].model.state_dict())
+        self.twin.double()
+        self.model = cfgs["model"]
+        self.x = cfgs["x"].astype(np.float64)
+        self.labels = cfgs["labels"]
+        self.effects: list | None = None
+        self.candidates = 0                   # kinks found (effects: the first KINK_MAX of them)
+
+    def _where(self):
+        """Forward pre-hooks that name the module running each site."""
+        hooks = []
+        for name, m in self.twin.named_modules():
+            kind = type(m).__name__
+            if kind == "BNReLU":
+                hooks.append(m.register_forward_pre_hook(lambda mod, a, n=name: setattr(self.rec, "module", n)))
+            elif kind == "Bottleneck":
+                hooks.append(m.bn3.register_forward_pre_hook(
+                    lambda mod, a, n=name: setattr(self.rec, "module", f"{n} (output)")))
+        return hooks
+
+    def _compute(self) -> list:
+        """[(site, index, pre, effect on each gradient)] for the candidate kinks (run once)."""
+        if self.effects is not None:
+            return self.effects
+        torch, rec = self.torch, self.rec
+        hooks = self._where()
+        try:
+            out = self.twin(torch.from_numpy(self.x))
+        finally:
+            for h in hooks:
+                h.remove()
+        loss = torch.nn.functional.cross_entropy(out, torch.from_numpy(self.labels.astype(np.int64)))
+        params = list(self.twin.parameters())
+        g0 = [g.numpy() for g in torch.autograd.grad(loss, params, retain_graph=True)]
+        cands = []
+        for site, pre in enumerate(rec.pre):
+            dy = rec.dy.get(site)
+            if dy is None:
+                continue
+            p, d = pre.numpy(), dy.numpy()
+            rms = float(np.sqrt(np.mean(np.square(p)))) if p.size else 0.0
+            for idx in np.argwhere((np.abs(p) <= KINK_DELTA * rms) & (d != 0)):
+                i = tuple(int(v) for v in idx)
+                cands.append((abs(float(d[i])), site, i, float(p[i])))
+        cands.sort(key=lambda c: -c[0])
+        effects = []
+        for _, site, i, pre in cands[:KINK_MAX]:
+            f = torch.zeros(rec.pre[site].shape, dtype=torch.bool)
+            f[i] = True
+            rec.flip = {site: f}
+            try:
+                gi = torch.autograd.grad(loss, params, retain_graph=True)
+            finally:
+                rec.flip = {}
+            effects.append((site, i, pre, [g.numpy() - r for g, r in zip(gi, g0)]))
+        self.candidates = len(cands)
+        self.effects = effects
+        return effects
+
+    def explain(self, got: list, ref: list, gscale: float) -> tuple[list, list]:
+        """(the kinks whose flips ``got`` contains, ``ref`` plus their effects): ``got`` and
+        ``ref`` a configuration's and the float64 reference's gradients (arrays in the same
+        order)."""
+        effects = self._compute()
+        r = [np.asarray(a, np.float64) - b for a, b in zip(got, ref)]
+        chosen: list = []
+        left = list(range(len(effects)))
+        while left:
+            best = None
+            for k in left:
+                v = effects[k][3]
+                vv = sum(float(np.vdot(e, e)) for e in v)
+                if vv == 0.0:
+                    continue
+                c = sum(float(np.vdot(a, e)) for a, e in zip(r, v)) / vv
+                gain = c * c * vv             # how much the error's squared norm drops
+                if 0.75 <= c <= 1.25 and (best is None or gain > best[0]):
+                    best = (gain, k)
+            if best is None:
+                break
+            k = best[1]
+            r = [a - e for a, e in zip(r, effects[k][3])]
+            chosen.append(k)
+            left.remove(k)
+        adj = [b + sum((effects[k][3][j] for k in chosen), np.zeros_like(b)) for j, b in enumerate(ref)]
+        return [effects[k][:3] for k in chosen], adj
+
+    def after_adam(self, grads: list, adam_kw) -> np.ndarray:
+        """The float64 twin's logits after an Adam step from the starting weights with the
+        gradients ``grads`` (the reference's plus the flips' effects)."""
+        torch = self.torch
+        twin = build_torch_twin(torch, self.model)
+        twin.load_state_dict(self.twin.state_dict())
+        twin.double()
+        for p, g in zip(twin.parameters(), grads):
+            p.grad = torch.from_numpy(np.ascontiguousarray(g, np.float64))
+        try:
+            torch.optim.Adam(twin.parameters(), lr=LR, **(adam_kw or {})).step()
+        except RuntimeError:
+            torch.optim.Adam(twin.parameters(), lr=LR).step()
+        with torch.no_grad():
+            return twin(torch.from_numpy(self.x)).numpy().copy()
+
+    def describe(self, flips: list) -> str:
+        """Where the flipped kinks are: module, (n, c, h, w), the float64 input there."""
+        return "; ".join(f"{self.rec.where[s]} at {i}, {p:.1e} in float64" for s, i, p in flips)
+
+
+def _grad_worst(w: dict) -> str:
+    """A check entry's gradient error as printed: with kink flips, the error after them too."""
+    if not w.get("kink flips"):
+        return f"{w['gradients']:.1g}"
+    k = w["kink flips"]
+    return f"{w['gradients']:.1g} ({w['gradients after the flips']:.1g} after {k} kink flip{'s' * (k > 1)})"
+
+
 def check_step(torch, cfgs: dict, adam_kw=None) -> tuple:
     """One training step of every configuration against the torch twin in float64 (against
     cnnkit NCHW without torch). Each model takes that step; the timed steps start from there.
@@ -500,11 +688,21 @@ def check_step(torch, cfgs: dict, adam_kw=None) -> tuple:
     depthwise conv: the next batch norm cancels any per-channel scale) and are rounding noise in
     float32 in every implementation, torch's included.
 
+    Gradients outside that are compared again against the reference plus the effects of the ReLU
+    kink flips they contain (:class:`_Kinks`; with torch only): a configuration whose rounding put
+    a ReLU input within float32 rounding of zero on the other side passes with those flips named
+    (and the logits after its Adam step compared against the reference's Adam step from the same
+    gradients); one whose error is anything else fails.
+
     Returns (cnnkit failures, torch failures, {config: {what: worst error}}, reference name); an
-    error is max |diff| / max |ref| (logits) or / the largest gradient (gradients)."""
+    error is max |diff| / max |ref| (logits) or / the largest gradient (gradients). A configuration
+    explained by kink flips has "kink flips" (the count), "gradients after the flips" (its error
+    against the adjusted reference) and "kinks" (where) in its entry."""
     steps = cfgs["steps"]
+    kinks = None
     if torch is not None and "torch NCHW" in steps:
         ref_name = "torch NCHW float64"
+        kinks = _Kinks(torch, cfgs) if "model" in cfgs else None
         ref = _observe(reference_step(torch, cfgs, adam_kw or {}), "torch", torch)
         names = list(steps)
     else:
@@ -518,18 +716,32 @@ def check_step(torch, cfgs: dict, adam_kw=None) -> tuple:
     for c in names:
         got = _observe(steps[c], c, torch)
         side = bad["cnnkit" if c.startswith("cnnkit") else "torch"]
-        w = {}
+        w: dict[str, Any] = {}
+        fails = []
         for what, i in (("logits", 0), ("loss", 1), ("logits after the Adam step", 3)):
             a, b = np.asarray(got[i]), np.asarray(ref[i])
             w[what] = _err(a, b)
             if not _allclose(a, b, float(np.abs(b).max())):
-                side.append(f"{c}: {what} differ from {ref_name} (max |diff| / max |ref| = "
-                            f"{w[what]:.2g})")
+                fails.append((what, f"{c}: {what} differ from {ref_name} (max |diff| / max |ref| = "
+                                    f"{w[what]:.2g})"))
         w["gradients"] = max(_err(a, b, gscale) for a, b in zip(got[2], ref[2]))
         for i, (a, b) in enumerate(zip(got[2], ref[2])):
             if not _allclose(a, b, gscale):
-                side.append(f"{c}: gradient of {pnames[i]} differs from {ref_name} (max |diff| "
-                            f"/ largest gradient = {_err(a, b, gscale):.2g})")
+                fails.append(("gradients", f"{c}: gradient of {pnames[i]} differs from {ref_name} "
+                                           f"(max |diff| / largest gradient = {_err(a, b, gscale):.2g})"))
+        whats = {f[0] for f in fails}
+        if kinks is not None and "gradients" in whats and not whats & {"logits", "loss"}:
+            flips, adj = kinks.explain(got[2], ref[2], gscale)
+            ok = flips and all(_allclose(a, b, gscale) for a, b in zip(got[2], adj))
+            if ok and "logits after the Adam step" in whats:
+                after = kinks.after_adam(adj, adam_kw)
+                ok = _allclose(got[3], after, float(np.abs(after).max()))
+            if ok:
+                w["kink flips"] = len(flips)
+                w["gradients after the flips"] = max(_err(a, b, gscale) for a, b in zip(got[2], adj))
+                w["kinks"] = kinks.describe(flips)
+                fails = []
+        side += [f[1] for f in fails]
         worst[c] = w
     return bad["cnnkit"], bad["torch"], worst, ref_name
 
@@ -1772,9 +1984,14 @@ def _run(args, torch, blas, threads, names, batch, reps, warmup, psteps, gemm_n,
             failures += [f"{n}: {b}" for b in bad]
             emit(f"check {MODELS[n]} (one step against {ref}; worst logits / gradients / "
                  "logits after Adam): "
-                 + ", ".join(f"{c} {w['logits']:.1g} / {w['gradients']:.1g} / "
+                 + ", ".join(f"{c} {w['logits']:.1g} / {_grad_worst(w)} / "
                              f"{w['logits after the Adam step']:.1g}" for c, w in worst.items())
                  + (": every cnnkit configuration within rtol " f"{RTOL:g}" if not bad else ""))
+            for c, w in worst.items():
+                if w.get("kink flips"):
+                    emit(f"  {c}: gradients within rtol {RTOL:g} of the reference with the ReLU mask "
+                         f"flipped at {w['kinks']} (inputs within {KINK_DELTA:.1e} x their rms of "
+                         "zero: float32 rounding may put them on either side)")
             for b in bad_torch:
                 emit(f"  note, the torch peer itself: {b} (float32 rounding of torch, not judged)")
         if failures:
