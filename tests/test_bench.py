@@ -496,35 +496,70 @@ def test_bench_train_check_at_the_bench_batch_passes_with_resnexts_kink_flip_nam
     assert worst["cnnkit NHWC"]["kink flips"] >= 1 and "4.bn1" in worst["cnnkit NHWC"]["kinks"]
 
 
+def test_bench_train_ref64_is_the_torch_twin_in_float64():
+    # The NumPy float64 step (the check's reference without torch, the kink analysis's engine)
+    # against the torch twin in float64: logits, loss, every gradient and the logits after Adam.
+    torch = pytest.importorskip("torch")
+    from cnnkit.bench import train
+    from cnnkit.bench._ref64 import Ref64
+    for model in train.MODELS:
+        cfgs = train.build_configs(torch, model, 4)
+        r = Ref64(cfgs["cnnkit"]["NCHW"])
+        ref = train._observe(train.reference_step(torch, cfgs, train.torch_adam_kwargs(torch)[0]), "torch", torch)
+        logits, loss = r.forward(cfgs["x"], cfgs["labels"])
+        g = r.backward()
+        assert np.abs(logits - ref[0]).max() <= 1e-12 * np.abs(ref[0]).max() and abs(loss - ref[1]) <= 1e-12
+        gscale = max(float(np.abs(a).max()) for a in ref[2])
+        for name, a, b in zip(r.names, g, ref[2]):
+            assert a.shape == b.shape and np.abs(a - b).max() <= 1e-12 * gscale, name
+        after = r.after_adam(g, cfgs["x"], cfgs["labels"], train.LR)
+        assert np.abs(after - ref[3]).max() <= 1e-12 * np.abs(ref[3]).max()
+        assert len(r.sites) == (10 if model == "resnext" else 7)
+
+
+def test_bench_train_check_without_torch_uses_the_float64_numpy_reference():
+    # Without torch the check's reference is Ref64 (float64), not cnnkit NCHW: both cnnkit
+    # configurations are judged, and resnext_small's NHWC step passes with its kink flip named.
+    from cnnkit.bench import train
+    cfgs = train.build_configs(None, "resnext", train.BATCH)
+    bad, bad_torch, worst, ref = train.check_step(None, cfgs)
+    assert ref == "float64 NumPy reference" and bad == [] and bad_torch == []
+    assert set(worst) == set(train.CNNKIT_CONFIGS)
+    assert worst["cnnkit NHWC"]["kink flips"] >= 1 and "4.bn1" in worst["cnnkit NHWC"]["kinks"]
+    assert worst["cnnkit NHWC"]["gradients after the flips"] < 1e-5
+
+
 def test_bench_train_kink_analysis_accepts_whole_flips_only():
     # _Kinks.explain on gradients made from the float64 reference: plus one kink's exact effect
     # (and float32-level noise), the flip is found and what is left passes; plus half an effect,
     # plus the effect moved to other elements, or plus random noise of the same size, nothing is
     # explained and the gradients still fail the check's tolerance.
-    torch = pytest.importorskip("torch")
     from cnnkit.bench import train
-    cfgs = train.build_configs(torch, "resnext", train.QUICK_BATCH)
-    kinks = train._Kinks(torch, cfgs)
-    ref = train._observe(train.reference_step(torch, cfgs, {}), "torch", torch)[2]
-    effects = kinks._compute()
-    # the recording twin is the reference: the same float64 gradients
-    out = kinks.twin(torch.from_numpy(kinks.x))
-    assert kinks.candidates >= len(effects) >= 1
+    from cnnkit.bench._ref64 import Ref64
+    cfgs = train.build_configs(None, "resnext", train.QUICK_BATCH)
+    kinks = train._Kinks(Ref64(cfgs["cnnkit"]["NCHW"]), cfgs)
+    ref = kinks._base()
     gscale = max(float(np.abs(g).max()) for g in ref)
     passes = lambda got, r: all(train._allclose(a, b, gscale) for a, b in zip(got, r))  # noqa: E731
-    assert out.shape == (train.QUICK_BATCH, train.NUM_CLASSES)
-    big = max(range(len(effects)), key=lambda k: max(float(np.abs(e).max()) for e in effects[k][3]))
-    v = effects[big][3]
+    # the kink whose flip moves a gradient most
+    cands = []
+    for k, site in enumerate(kinks.ref.sites):
+        rms = float(np.sqrt(np.mean(np.square(site.pre))))
+        cands += [(k, tuple(int(v) for v in i))
+                  for i in np.argwhere((np.abs(site.pre) <= train.KINK_DELTA * rms) & (site.dy != 0))]
+    assert cands
+    k, i = max(cands, key=lambda c: max(float(np.abs(e).max()) for e in kinks._effect(*c)))
+    v = kinks._effect(k, i)
     assert max(float(np.abs(e).max()) for e in v) > 2 * train.RTOL * gscale   # one flip fails the check
     rng = np.random.default_rng(0)
-    noise = [rng.standard_normal(g.shape) * 1e-7 * gscale for g in ref]
-    got = [r + e + z for r, e, z in zip(ref, v, noise)]
+    got = [r + e + rng.standard_normal(r.shape) * 1e-7 * gscale for r, e in zip(ref, v)]
     assert not passes(got, ref)
-    flips, adj = kinks.explain(got, ref, gscale)
-    assert [f[:2] for f in flips] == [effects[big][:2]] and passes(got, adj)
-    assert "at (" in kinks.describe(flips)
+    flips, adj = kinks.explain(got, gscale)
+    assert [f[:2] for f in flips] == [(k, i)] and passes(got, adj)
+    assert f"at {i}" in kinks.describe(flips)
     for wrong in ([r + 0.5 * e for r, e in zip(ref, v)],
                   [r + np.roll(e, 1) for r, e in zip(ref, v)],
-                  [r + rng.standard_normal(g.shape) * float(np.abs(e).max()) for r, e, g in zip(ref, v, ref)]):
-        flips, adj = kinks.explain(wrong, ref, gscale)
+                  [r + rng.standard_normal(r.shape) * float(np.abs(e).max()) for r, e in zip(ref, v)]):
+        assert not passes(wrong, ref)
+        flips, adj = kinks.explain(wrong, gscale)
         assert not passes(wrong, adj)

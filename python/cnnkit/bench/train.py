@@ -19,18 +19,19 @@ four configurations:
   ``torch.nn.CrossEntropyLoss``, ``backward``, ``torch.optim.Adam(fused=True)`` (``foreach=True``
   where this torch has no fused CPU Adam; the header says which).
 
-All four start from the same weights: the cnnkit NCHW model's parameters are copied one to one
-into the NHWC model and into the torch twin (``zip(parameters(), parameters())``, every shape
-asserted equal). Before timing, one step of every configuration is checked against the torch
-twin in float64: logits, loss and the logits after the Adam step elementwise within rtol 1e-3 (plus
-1e-3 times the largest reference value), every parameter gradient within rtol 1e-3 of itself plus
-1e-3 times the model's largest gradient (some gradients are zero in exact arithmetic, e.g. a batch
-norm scale in front of a depthwise conv, and are rounding noise in every float32 implementation).
+All four start from the same weights: the cnnkit NCHW model's parameters are copied one to one into
+the NHWC model and into the torch twin (``zip(parameters(), parameters())``, every shape asserted
+equal). Before timing, one step of every configuration is checked against the torch twin in float64
+(without torch, against ``cnnkit.bench._ref64.Ref64``, the same step in float64 NumPy; the two agree
+to 1e-14): logits, loss and the logits after the Adam step elementwise within rtol 1e-3 (plus 1e-3
+times the largest reference value), every parameter gradient within rtol 1e-3 of itself plus 1e-3
+times the model's largest gradient (some gradients are zero in exact arithmetic, e.g. a batch norm
+scale in front of a depthwise conv, and are rounding noise in every float32 implementation).
 Gradients outside that are compared again after the ReLU kink flips they contain: a ReLU input
 within float32 rounding of zero that the configuration put on the other side stops or lets through
-one element's gradient, about 1e-3 of the largest at batch 64 (``_Kinks``; the check line names
-each flip). A cnnkit configuration outside that too stops the benchmark; a torch one is printed as
-a note.
+one element's gradient, about 1e-3 of the largest at batch 64 (``_Kinks``, on ``Ref64``; the check
+line names each flip). A cnnkit configuration outside that too stops the benchmark; a torch one is
+printed as a note.
 
 cnnkit, torch and numpy's OpenBLAS run at the same thread count (``--threads``, default 2). cnnkit's
 step makes no numpy.matmul call: ``Linear`` runs on cnnkit's own GEMM (``_core.sgemm``).
@@ -117,6 +118,7 @@ import cnnkit
 from cnnkit import models as _models
 from cnnkit import nn as _cnn
 from cnnkit.bench import machine_header, memory_bandwidth
+from cnnkit.bench._ref64 import Ref64
 from cnnkit.bench._common import fmt as _f
 from cnnkit.bench._common import (
     Emitter,
@@ -151,23 +153,21 @@ BREAKDOWNS = ("fused", "modules")
 RTOL = 1e-3
 PROBE_KIND = "triad"
 #: the check's kink analysis (_Kinks): a ReLU input within KINK_DELTA times its site's rms of
-#: zero may be on either side in float32; at most KINK_MAX of them (by the gradient reaching them)
+#: zero may be on either side in float32; at most KINK_MAX float64 backwards try candidates
 KINK_DELTA = 2.0 ** -16
-KINK_MAX = 128
+KINK_MAX = 32
 
 
 # ---- the torch twins -----------------------------------------------------------------------------
-def _torch_classes(torch, act=None):
-    """torch.nn modules that mirror cnnkit.nn's blocks, with cnnkit's module names; ``act``: the
-    ReLU they call (default ``torch.relu``; the check's kink analysis passes a recording one)."""
+def _torch_classes(torch):
+    """torch.nn modules that mirror cnnkit.nn's blocks, with cnnkit's module names."""
     tnn = torch.nn
-    relu = torch.relu if act is None else act
 
     class BNReLU(tnn.BatchNorm2d):
         """cnnkit ``BatchNorm2d(activation="relu")``: batch norm, then ReLU."""
 
         def forward(self, x):
-            return relu(super().forward(x))
+            return torch.relu(super().forward(x))
 
     class Bottleneck(tnn.Module):
         """cnnkit ``BottleneckBlock`` (norm="batch"): conv1x1-BN-ReLU, grouped conv3x3(stride)-BN-
@@ -190,7 +190,7 @@ def _torch_classes(torch, act=None):
             # shortcut first, as cnnkit does (its autograd nodes then run after the main branch's)
             r = x if self.downsample is None else self.downsample(x)
             h = self.conv3(self.bn2(self.conv2(self.bn1(self.conv1(x)))))
-            return relu(self.bn3(h) + r)
+            return torch.relu(self.bn3(h) + r)
 
     class GlobalAvgPool(tnn.Module):
         def forward(self, x):
@@ -200,9 +200,9 @@ def _torch_classes(torch, act=None):
 
 
 def _torch_resnext_small(torch, in_channels=3, num_classes=10, widths=(32, 64, 128),
-                         blocks=(1, 1, 1), groups=8, act=None):
+                         blocks=(1, 1, 1), groups=8):
     """cnnkit.models.resnext_small (norm="batch") in torch.nn, layer for layer."""
-    BNReLU, Bottleneck, GAP = _torch_classes(torch, act)
+    BNReLU, Bottleneck, GAP = _torch_classes(torch)
     tnn = torch.nn
     layers = [tnn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False), BNReLU(widths[0])]
     c = widths[0]
@@ -215,10 +215,9 @@ def _torch_resnext_small(torch, in_channels=3, num_classes=10, widths=(32, 64, 1
     return tnn.Sequential(*layers)
 
 
-def _torch_mobilenet_small(torch, in_channels=3, num_classes=10, widths=(32, 64, 128, 256),
-                           act=None):
+def _torch_mobilenet_small(torch, in_channels=3, num_classes=10, widths=(32, 64, 128, 256)):
     """cnnkit.models.mobilenet_small (norm="batch") in torch.nn, layer for layer."""
-    BNReLU, _, GAP = _torch_classes(torch, act)
+    BNReLU, _, GAP = _torch_classes(torch)
     tnn = torch.nn
     layers = [tnn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False), BNReLU(widths[0])]
     c = widths[0]
@@ -231,13 +230,12 @@ def _torch_mobilenet_small(torch, in_channels=3, num_classes=10, widths=(32, 64,
     return tnn.Sequential(*layers)
 
 
-def build_torch_twin(torch, model: str, act=None):
-    """The torch.nn twin of ``cnnkit.models.<MODELS[model]>()`` (default arguments); ``act``: the
-    ReLU its blocks call (default ``torch.relu``)."""
+def build_torch_twin(torch, model: str):
+    """The torch.nn twin of ``cnnkit.models.<MODELS[model]>()`` (default arguments)."""
     if model == "resnext":
-        return _torch_resnext_small(torch, act=act)
+        return _torch_resnext_small(torch)
     if model == "mobilenet":
-        return _torch_mobilenet_small(torch, act=act)
+        return _torch_mobilenet_small(torch)
     raise ValueError(f"model: expected one of {', '.join(MODELS)}, got {model!r}")
 
 
@@ -350,9 +348,8 @@ def build_configs(torch, model: str, batch: int, seed: int = 0) -> dict:
     pb[...] = pa
     steps: dict[str, Any] = {"cnnkit NCHW": _CnnkitStep(m_nchw, "NCHW", x, labels),
              "cnnkit NHWC": _CnnkitStep(m_nhwc, "NHWC", x, labels)}
-    out = {"model": model, "steps": steps, "cnnkit": {"NCHW": m_nchw, "NHWC": m_nhwc}, "x": x,
-           "labels": labels, "adam": None, "params": m_nchw.num_parameters(),
-           "param_arrays": len(m_nchw.parameters())}
+    out = {"steps": steps, "cnnkit": {"NCHW": m_nchw, "NHWC": m_nhwc}, "x": x, "labels": labels,
+           "adam": None, "params": m_nchw.num_parameters(), "param_arrays": len(m_nchw.parameters())}
     if torch is not None:
         kw, desc = torch_adam_kwargs(torch)
         twin = build_torch_twin(torch, model)
@@ -503,171 +500,101 @@ def reference_step(torch, cfgs, adam_kw):
         return _TorchStep(torch, twin, False, cfgs["x"].astype(np.float64), cfgs["labels"], {})
 
 
-class _KinkReLU:
-    """The ReLU of the kink analysis's float64 twin (:class:`_Kinks`): records each call's input
-    (a *site*, numbered in call order, named by the module that ran it) and the gradient that
-    reaches its output in the first backward, and flips its backward's mask where ``flip`` says:
-    ``{site: boolean tensor}``."""
-
-    def __init__(self, torch):
-        self.pre: list = []
-        self.where: list[str] = []
-        self.dy: dict[int, Any] = {}
-        self.flip: dict[int, Any] = {}
-        self.module = ""
-        rec = self
-
-        class Fn(torch.autograd.Function):
-            @staticmethod
-            def forward(ctx, x):
-                ctx.site = len(rec.pre)
-                rec.pre.append(x.detach())
-                rec.where.append(rec.module)
-                ctx.save_for_backward(x)
-                return x.clamp_min(0)
-
-            @staticmethod
-            def backward(ctx, g):
-                (x,) = ctx.saved_tensors
-                rec.dy.setdefault(ctx.site, g.detach())
-                mask = x > 0                       # torch.relu's: the gradient where the output > 0
-                f = rec.flip.get(ctx.site)
-                return g * (mask if f is None else mask ^ f)
-
-        self._fn = Fn
-
-    def __call__(self, x):
-        return self._fn.apply(x)
-
-
 class _Kinks:
-    """ReLU kinks of the float64 reference step, and what flipping each one's mask does to the
-    gradients.
+    """ReLU kinks of the float64 reference step (:class:`cnnkit.bench._ref64.Ref64`), and which
+    of them a configuration's float32 step put on the other side.
 
     A ReLU's gradient jumps where its input crosses zero. An input within float32 rounding of zero
     (``|pre| <= KINK_DELTA`` times its site's rms) may land on either side in a float32 step, and
     the gradient that reaches it then goes through or stops: a *kink flip*, one element's whole
-    gradient added or removed, which a batch norm below spreads over its channel. At batch 64 one
-    flip moves a gradient by about 1e-3 of the model's largest (resnext_small: 0.0017), beyond the
-    check's rtol, in any float32 implementation (torch channels_last's steps show it too).
+    gradient added to or taken from the batch norm's bias gradient of its channel, and spread by
+    that norm over the channel's input gradient. At batch 64 one flip moves a gradient by about
+    1e-3 of the model's largest (resnext_small: 0.0017), beyond the check's rtol, in any float32
+    implementation (torch channels_last's steps show it too).
 
-    :meth:`explain` tells such a step from a wrong one: it subtracts from a configuration's
-    gradient error, one at a time, the exact effect of flipping a kink (a float64 backward with that
-    one mask flipped), but only an effect that the error contains whole (coefficient 1 +- 0.25),
-    for at most KINK_MAX candidate kinks (those with the largest gradient at the ReLU's output).
-    The configuration passes if what is left is within the check's tolerance."""
+    :meth:`explain` tells such a step from a wrong one. From the sites nearest the loss down, a
+    kink is a candidate where the configuration's gradient error holds its flip's signature whole:
+    the error of that norm's bias gradient in the kink's channel within half of ``+-dy`` (the
+    gradient reaching the kink, added where the reference's mask is 0, taken where it is 1). Each
+    candidate's exact effect on every gradient (a float64 backward with that one mask flipped) is
+    subtracted from the error only where the error contains it whole (coefficient 1 +- 0.25); at
+    most KINK_MAX backwards. The configuration passes if what is left is within the check's
+    tolerance."""
 
-    def __init__(self, torch, cfgs: dict):
-        self.torch = torch
-        self.rec = _KinkReLU(torch)
-        self.twin = build_torch_twin(torch, cfgs["model"], act=self.rec)
-        # the starting weights (check_step builds this before any configuration steps)
-        self.twin.load_state_dict(cfgs["steps"]["torch NCHW"].model.state_dict())
-        self.twin.double()
-        self.model = cfgs["model"]
-        self.x = cfgs["x"].astype(np.float64)
+    def __init__(self, ref64: Any, cfgs: dict):
+        self.ref = ref64
+        self.x = cfgs["x"]
         self.labels = cfgs["labels"]
-        self.effects: list | None = None
-        self.candidates = 0                   # kinks found (effects: the first KINK_MAX of them)
+        self.g0: list | None = None
+        self.logits: np.ndarray | None = None
+        self.loss = 0.0
+        self.cache: dict[tuple, list] = {}
 
-    def _where(self):
-        """Forward pre-hooks that name the module running each site."""
-        hooks = []
-        for name, m in self.twin.named_modules():
-            kind = type(m).__name__
-            if kind == "BNReLU":
-                hooks.append(m.register_forward_pre_hook(lambda mod, a, n=name: setattr(self.rec, "module", n)))
-            elif kind == "Bottleneck":
-                hooks.append(m.bn3.register_forward_pre_hook(
-                    lambda mod, a, n=name: setattr(self.rec, "module", f"{n} (output)")))
-        return hooks
+    def _base(self) -> list:
+        """The reference gradients (the first call runs the float64 step and records the kinks)."""
+        if self.g0 is None:
+            self.ref.flip = {}
+            self.logits, self.loss = self.ref.forward(self.x, self.labels)
+            self.g0 = self.ref.backward()
+        return self.g0
 
-    def _compute(self) -> list:
-        """[(site, index, pre, effect on each gradient)] for the candidate kinks (run once)."""
-        if self.effects is not None:
-            return self.effects
-        torch, rec = self.torch, self.rec
-        hooks = self._where()
-        try:
-            out = self.twin(torch.from_numpy(self.x))
-        finally:
-            for h in hooks:
-                h.remove()
-        loss = torch.nn.functional.cross_entropy(out, torch.from_numpy(self.labels.astype(np.int64)))
-        params = list(self.twin.parameters())
-        g0 = [g.numpy() for g in torch.autograd.grad(loss, params, retain_graph=True)]
-        cands = []
-        for site, pre in enumerate(rec.pre):
-            dy = rec.dy.get(site)
-            if dy is None:
-                continue
-            p, d = pre.numpy(), dy.numpy()
-            rms = float(np.sqrt(np.mean(np.square(p)))) if p.size else 0.0
-            for idx in np.argwhere((np.abs(p) <= KINK_DELTA * rms) & (d != 0)):
-                i = tuple(int(v) for v in idx)
-                cands.append((abs(float(d[i])), site, i, float(p[i])))
-        cands.sort(key=lambda c: -c[0])
-        effects = []
-        for _, site, i, pre in cands[:KINK_MAX]:
-            f = torch.zeros(rec.pre[site].shape, dtype=torch.bool)
-            f[i] = True
-            rec.flip = {site: f}
+    def _effect(self, site: int, idx: tuple) -> list:
+        """What flipping the mask of ``site`` at ``idx`` does to every gradient (cached)."""
+        key = (site, idx)
+        if key not in self.cache:
+            g0 = self._base()
+            f = np.zeros(self.ref.sites[site].pre.shape, bool)
+            f[idx] = True
+            self.ref.flip = {site: f}
             try:
-                gi = torch.autograd.grad(loss, params, retain_graph=True)
+                g = self.ref.backward()
             finally:
-                rec.flip = {}
-            effects.append((site, i, pre, [g.numpy() - r for g, r in zip(gi, g0)]))
-        self.candidates = len(cands)
-        self.effects = effects
-        return effects
+                self.ref.flip = {}
+            self.cache[key] = [a - b for a, b in zip(g, g0)]
+        return self.cache[key]
 
-    def explain(self, got: list, ref: list, gscale: float) -> tuple[list, list]:
-        """(the kinks whose flips ``got`` contains, ``ref`` plus their effects): ``got`` and
-        ``ref`` a configuration's and the float64 reference's gradients (arrays in the same
+    def explain(self, got: list, gscale: float) -> tuple[list, list]:
+        """(the kinks whose flips ``got`` holds: (site, index, float64 input), the reference
+        gradients plus their effects), ``got`` a configuration's gradients (``Ref64.names``
         order)."""
-        effects = self._compute()
-        r = [np.asarray(a, np.float64) - b for a, b in zip(got, ref)]
+        g0 = self._base()
+        names = self.ref.names
+        r = [np.asarray(a, np.float64) - b for a, b in zip(got, g0)]
         chosen: list = []
-        left = list(range(len(effects)))
-        while left:
-            best = None
-            for k in left:
-                v = effects[k][3]
-                vv = sum(float(np.vdot(e, e)) for e in v)
-                if vv == 0.0:
+        tried = 0
+        for k in range(len(self.ref.sites) - 1, -1, -1):
+            site = self.ref.sites[k]
+            if site.dy is None:
+                continue
+            pre, dy = site.pre, site.dy
+            rms = float(np.sqrt(np.mean(np.square(pre)))) if pre.size else 0.0
+            bias = names.index(site.biases[0])
+            for idx in np.argwhere((np.abs(pre) <= KINK_DELTA * rms) & (dy != 0)):
+                i = tuple(int(v) for v in idx)
+                e = dy[i] if pre[i] <= 0 else -dy[i]          # the flip's change of the bias gradient
+                if abs(e) < 0.05 * RTOL * gscale or abs(r[bias][i[1]] - e) > 0.5 * abs(e):
                     continue
-                c = sum(float(np.vdot(a, e)) for a, e in zip(r, v)) / vv
-                gain = c * c * vv             # how much the error's squared norm drops
-                if 0.75 <= c <= 1.25 and (best is None or gain > best[0]):
-                    best = (gain, k)
-            if best is None:
-                break
-            k = best[1]
-            r = [a - e for a, e in zip(r, effects[k][3])]
-            chosen.append(k)
-            left.remove(k)
-        adj = [b + sum((effects[k][3][j] for k in chosen), np.zeros_like(b)) for j, b in enumerate(ref)]
-        return [effects[k][:3] for k in chosen], adj
+                if tried >= KINK_MAX:
+                    break
+                tried += 1
+                v = self._effect(k, i)
+                vv = sum(float(np.vdot(a, a)) for a in v)
+                c = sum(float(np.vdot(a, b)) for a, b in zip(r, v)) / vv if vv else 0.0
+                if 0.75 <= c <= 1.25:
+                    r = [a - b for a, b in zip(r, v)]
+                    chosen.append((k, i, float(pre[i])))
+        adj = [b + sum((self._effect(k, i)[j] for k, i, _ in chosen), np.zeros_like(b))
+               for j, b in enumerate(g0)]
+        return chosen, adj
 
-    def after_adam(self, grads: list, adam_kw) -> np.ndarray:
-        """The float64 twin's logits after an Adam step from the starting weights with the
-        gradients ``grads`` (the reference's plus the flips' effects)."""
-        torch = self.torch
-        twin = build_torch_twin(torch, self.model)
-        twin.load_state_dict(self.twin.state_dict())
-        twin.double()
-        for p, g in zip(twin.parameters(), grads):
-            p.grad = torch.from_numpy(np.ascontiguousarray(g, np.float64))
-        try:
-            torch.optim.Adam(twin.parameters(), lr=LR, **(adam_kw or {})).step()
-        except RuntimeError:
-            torch.optim.Adam(twin.parameters(), lr=LR).step()
-        with torch.no_grad():
-            return twin(torch.from_numpy(self.x)).numpy().copy()
+    def after_adam(self, grads: list) -> np.ndarray:
+        """The float64 logits after Adam's first step with ``grads`` from the starting weights."""
+        self._base()
+        return self.ref.after_adam(grads, self.x, self.labels, LR)
 
     def describe(self, flips: list) -> str:
         """Where the flipped kinks are: module, (n, c, h, w), the float64 input there."""
-        return "; ".join(f"{self.rec.where[s]} at {i}, {p:.1e} in float64" for s, i, p in flips)
+        return "; ".join(f"{self.ref.sites[k].where} at {i}, {p:.1e} in float64" for k, i, p in flips)
 
 
 def _grad_worst(w: dict) -> str:
@@ -679,8 +606,9 @@ def _grad_worst(w: dict) -> str:
 
 
 def check_step(torch, cfgs: dict, adam_kw=None) -> tuple:
-    """One training step of every configuration against the torch twin in float64 (against
-    cnnkit NCHW without torch). Each model takes that step; the timed steps start from there.
+    """One training step of every configuration against a float64 reference: the torch twin in
+    float64, or without torch :class:`cnnkit.bench._ref64.Ref64` (NumPy; the two agree to 1e-14).
+    Each model takes that step; the timed steps start from there.
 
     Logits, loss and the logits after the Adam step must agree elementwise within
     rtol*(|ref| + max|ref|) (rtol 1e-3); the gradients within rtol*(|ref| + the largest gradient
@@ -689,26 +617,25 @@ def check_step(torch, cfgs: dict, adam_kw=None) -> tuple:
     float32 in every implementation, torch's included.
 
     Gradients outside that are compared again against the reference plus the effects of the ReLU
-    kink flips they contain (:class:`_Kinks`; with torch only): a configuration whose rounding put
-    a ReLU input within float32 rounding of zero on the other side passes with those flips named
-    (and the logits after its Adam step compared against the reference's Adam step from the same
-    gradients); one whose error is anything else fails.
+    kink flips they hold (:class:`_Kinks`): a configuration whose rounding put a ReLU input within
+    float32 rounding of zero on the other side passes with those flips named (and the logits after
+    its Adam step compared against Adam's step from the same gradients in float64); one whose
+    error is anything else fails.
 
     Returns (cnnkit failures, torch failures, {config: {what: worst error}}, reference name); an
     error is max |diff| / max |ref| (logits) or / the largest gradient (gradients). A configuration
     explained by kink flips has "kink flips" (the count), "gradients after the flips" (its error
     against the adjusted reference) and "kinks" (where) in its entry."""
     steps = cfgs["steps"]
-    kinks = None
+    kinks = _Kinks(Ref64(cfgs["cnnkit"]["NCHW"]), cfgs)      # the starting weights, copied now
     if torch is not None and "torch NCHW" in steps:
         ref_name = "torch NCHW float64"
-        kinks = _Kinks(torch, cfgs) if "model" in cfgs else None
         ref = _observe(reference_step(torch, cfgs, adam_kw or {}), "torch", torch)
-        names = list(steps)
     else:
-        ref_name = "cnnkit NCHW"
-        ref = _observe(steps["cnnkit NCHW"], "cnnkit NCHW", torch)
-        names = [c for c in steps if c != "cnnkit NCHW"]
+        ref_name = "float64 NumPy reference"
+        g = kinks._base()
+        ref = (kinks.logits, kinks.loss, g, kinks.after_adam(g))
+    names = list(steps)
     pnames = [n for n, _ in cfgs["cnnkit"]["NCHW"].named_parameters()]
     gscale = max(float(np.abs(g).max()) for g in ref[2])
     bad: dict[str, list[Any]] = {"cnnkit": [], "torch": []}
@@ -730,11 +657,11 @@ def check_step(torch, cfgs: dict, adam_kw=None) -> tuple:
                 fails.append(("gradients", f"{c}: gradient of {pnames[i]} differs from {ref_name} "
                                            f"(max |diff| / largest gradient = {_err(a, b, gscale):.2g})"))
         whats = {f[0] for f in fails}
-        if kinks is not None and "gradients" in whats and not whats & {"logits", "loss"}:
-            flips, adj = kinks.explain(got[2], ref[2], gscale)
-            ok = flips and all(_allclose(a, b, gscale) for a, b in zip(got[2], adj))
+        if "gradients" in whats and not whats & {"logits", "loss"}:
+            flips, adj = kinks.explain(got[2], gscale)
+            ok = bool(flips) and all(_allclose(a, b, gscale) for a, b in zip(got[2], adj))
             if ok and "logits after the Adam step" in whats:
-                after = kinks.after_adam(adj, adam_kw)
+                after = kinks.after_adam(adj)
                 ok = _allclose(got[3], after, float(np.abs(after).max()))
             if ok:
                 w["kink flips"] = len(flips)
