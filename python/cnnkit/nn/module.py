@@ -18,6 +18,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from .._memory import empty_aligned
 from .._validate import check_array, dlpack_methods
 
 _F32 = np.dtype(np.float32)
@@ -180,17 +181,6 @@ class Capture:
         shape = None if self.output is None else self.output.shape
         return f"Capture({self.name!r}, output shape {shape}, grad {'set' if self.grad is not None else 'None'})"
 
-
-
-def _aligned(shape: tuple, dtype: Any, zero: bool = False) -> np.ndarray:
-    """A C-contiguous array of ``shape`` and ``dtype`` whose data starts on a 64-byte boundary
-    (NumPy's allocator gives 16-byte alignment: every AVX-512 load of the kernels would then span
-    two cache lines); zeroed with ``zero``."""
-    dt = np.dtype(dtype)
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
-    raw = np.zeros(nbytes + 64, np.uint8) if zero else np.empty(nbytes + 64, np.uint8)
-    off = -raw.ctypes.data % 64
-    return raw[off:off + nbytes].view(dt).reshape(shape)
 
 class Module:
     """Base class. Subclasses register parameters with :meth:`_param` and buffers (running
@@ -477,7 +467,7 @@ class Module:
                 del spare[i]
                 break
         else:
-            b = _aligned(shape, dtype, zero)
+            b = empty_aligned(shape, dtype, zero)
         if a is not None:
             spare.insert(0, a)
             del spare[SPARE_SHAPES:]

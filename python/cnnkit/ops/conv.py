@@ -24,6 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .. import _core
+from .._memory import empty_aligned
 from .._validate import (accepts_dlpack, check_choice, check_float_array, check_int, check_layout, check_out,
                          check_pair, check_shape, check_subset, renamed_kwargs)
 
@@ -535,7 +536,7 @@ def _work(workspace, key, shape, dtype):
         raise TypeError(f"workspace: expected a dict (reused across calls) or None, got {type(workspace).__name__}")
     a = workspace.get(key)
     if a is None or a.shape != tuple(shape) or a.dtype != dtype:
-        a = workspace[key] = np.empty(shape, dtype)
+        a = workspace[key] = empty_aligned(shape, dtype)   # (kept: large ones on huge pages)
     return a
 
 
