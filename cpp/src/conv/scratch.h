@@ -6,6 +6,9 @@
 #include <cstddef>
 #include <cstdlib>
 #include <new>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 #include "cnnkit/common.h"
 
@@ -27,10 +30,19 @@ T* scratch(int slot, size_t count) {
     std::free(b.p);
     b.p = nullptr;
     b.bytes = 0;
-    void* p = std::aligned_alloc(64, need < 64 ? 64 : need);
+    // From 1 MiB on (whole-tensor slots: a strided residual, a dy not kept), whole 2 MiB pages
+    // advised for transparent huge pages, as cnnkit._memory does for the layers' buffers: fewer
+    // TLB entries and page boundaries for the streams through them.
+    const size_t huge = size_t{2} << 20;
+    const bool big = need >= (size_t{1} << 20);
+    const size_t bytes = big ? (need + huge - 1) / huge * huge : (need < 64 ? 64 : need);
+    void* p = std::aligned_alloc(big ? huge : 64, bytes);
     if (!p) throw std::bad_alloc();
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    if (big) madvise(p, bytes, MADV_HUGEPAGE);  // advice only: a refusal leaves 4 KiB pages
+#endif
     b.p = p;
-    b.bytes = need;
+    b.bytes = bytes;
   }
   return static_cast<T*>(b.p);
 }
