@@ -75,6 +75,8 @@ class Ref64:
 
     # ---- layers: each returns (output, backward); backward adds its parameter gradients ----------
     def _conv(self, name: str, m: Any, x: np.ndarray) -> tuple[np.ndarray, _Back]:
+        """torch.nn.functional.conv2d (stride, padding, dilation, groups) tap by tap: a batched
+        GEMM over the groups per tap (an elementwise product for depthwise)."""
         w = self.params[f"{name}.weight"]
         b = self.params.get(f"{name}.bias")
         K, Cg, kh, kw = w.shape
@@ -157,6 +159,7 @@ class Ref64:
         return y, back
 
     def _relu(self, x: np.ndarray, biases: tuple[str, ...]) -> tuple[np.ndarray, _Back]:
+        """A ReLU site: its backward masks by ``x > 0``, flipped where :attr:`flip` says."""
         k = len(self.sites)
         site = _Site(x, self._where, biases)
         self.sites.append(site)
@@ -171,6 +174,7 @@ class Ref64:
         return np.maximum(x, 0.0), back
 
     def _module(self, name: str, m: Any, x: np.ndarray) -> tuple[np.ndarray, _Back]:
+        """The layer ``m`` (named ``name``) on ``x``: (output, its backward)."""
         kind = type(m)
         if kind is _nn.Conv2d:
             return self._conv(name, m, x)
@@ -203,6 +207,7 @@ class Ref64:
                         f"GlobalAvgPool2d and Linear; got {kind.__name__} at {name!r}")
 
     def _chain(self, mods: list, x: np.ndarray) -> tuple[np.ndarray, _Back]:
+        """The (name, module) pairs one after the other."""
         backs = []
         for name, m in mods:
             x, b = self._module(name, m, x)
@@ -238,6 +243,7 @@ class Ref64:
         return y, back
 
     def _add(self, name: str, g: np.ndarray) -> None:
+        """Accumulate a parameter's gradient (a block's input feeds two paths)."""
         self._grads[name] = self._grads[name] + g if name in self._grads else g
 
     # ---- the step ---------------------------------------------------------------------------------
