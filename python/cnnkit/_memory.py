@@ -8,7 +8,7 @@ restart; on 2 MiB pages it crosses two. NumPy asks for huge pages only for alloc
 its allocations do not start on a 2 MiB boundary, so most of a step's buffers got none (resnext_small
 at batch 64: 64 MiB of about 190 on huge pages). Every buffer of :data:`HUGE_MIN_BYTES` or more now
 gets its own private anonymous mapping, starting on a 2 MiB boundary and advised
-``MADV_HUGEPAGE``: the training step 1.035-1.055x (resnext_small), 1.01-1.04x (mobilenet_small),
+``MADV_HUGEPAGE``: the training step 1.02-1.055x (resnext_small), 1.01-1.04x (mobilenet_small),
 alternating with the old buffers in one process (BENCHMARKS.md, twenty-first session). The
 kernels' own large scratch (``cpp/src/conv/scratch.h``) takes the same advice.
 """
