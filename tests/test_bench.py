@@ -478,8 +478,8 @@ def test_timed_fills_a_minimum_sample_after_an_untimed_call():
     assert len(calls) == 5                            # without min_s: as before
 
 
-def test_bench_train_check_at_the_bench_batch_passes_with_resnexts_kink_flip_named():
-    # The bench's default check (batch 64): cnnkit NHWC's resnext_small gradients are 0.0017 of
+def test_bench_train_check_at_the_bench_batch_passes_naming_its_kink_flips():
+    # The bench's default check (batch 64). Here cnnkit NHWC's resnext_small gradients are 0.0017 of
     # the largest off torch's float64 twin because float32 rounding put one ReLU input (4.bn1,
     # -7.7e-7 in float64) on the other side of zero. The check names that flip and passes; after
     # it the gradients agree at rounding level. (Before the kink analysis the check stopped the
@@ -493,7 +493,12 @@ def test_bench_train_check_at_the_bench_batch_passes_with_resnexts_kink_flip_nam
         w = worst[c]
         assert w["logits"] < 1e-5
         assert w.get("gradients after the flips", w["gradients"]) < 1e-5
-    assert worst["cnnkit NHWC"]["kink flips"] >= 1 and "4.bn1" in worst["cnnkit NHWC"]["kinks"]
+    # (which kinks flip depends on the kernels' rounding: on this project's machines, at every ISA
+    # level, cnnkit NHWC flips 4.bn1's at (19, 17, 2, 7); a CPU whose kernels round otherwise may
+    # flip another or none)
+    for w in worst.values():          # flips are named only where the plain comparison failed
+        assert "kink flips" not in w or (w["gradients"] > train.RTOL and w["kink flips"] >= 1
+                                         and w["kinks"].count(" at (") == w["kink flips"])
 
 
 def test_bench_train_ref64_is_the_torch_twin_in_float64():
@@ -525,8 +530,8 @@ def test_bench_train_check_without_torch_uses_the_float64_numpy_reference():
     bad, bad_torch, worst, ref = train.check_step(None, cfgs)
     assert ref == "float64 NumPy reference" and bad == [] and bad_torch == []
     assert set(worst) == set(train.CNNKIT_CONFIGS)
-    assert worst["cnnkit NHWC"]["kink flips"] >= 1 and "4.bn1" in worst["cnnkit NHWC"]["kinks"]
-    assert worst["cnnkit NHWC"]["gradients after the flips"] < 1e-5
+    for w in worst.values():          # (flips or none: see the test above)
+        assert w["logits"] < 1e-5 and w.get("gradients after the flips", w["gradients"]) < 1e-5
 
 
 def test_bench_train_kink_analysis_accepts_whole_flips_only():
