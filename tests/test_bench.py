@@ -547,11 +547,10 @@ def test_bench_train_kink_analysis_accepts_whole_flips_only():
     gscale = max(float(np.abs(g).max()) for g in ref)
     passes = lambda got, r: all(train._allclose(a, b, gscale) for a, b in zip(got, r))  # noqa: E731
     # the kink whose flip moves a gradient most
-    cands = []
-    for k, site in enumerate(kinks.ref.sites):
-        rms = float(np.sqrt(np.mean(np.square(site.pre))))
-        cands += [(k, tuple(int(v) for v in i))
-                  for i in np.argwhere((np.abs(site.pre) <= train.KINK_DELTA * rms) & (site.dy != 0))]
+    cands = [kk[:2] for kk in kinks.kinks]
+    for k, i, pre, _, _ in kinks.kinks:
+        site = kinks.ref.sites[k]
+        assert pre == site.pre[i] and abs(pre) <= train.KINK_DELTA * np.sqrt(np.mean(np.square(site.pre)))
     assert cands
     k, i = max(cands, key=lambda c: max(float(np.abs(e).max()) for e in kinks._effect(*c)))
     v = kinks._effect(k, i)

@@ -77,3 +77,10 @@ def test_a_refused_advice_still_gives_an_aligned_zeroed_array(monkeypatch):
     monkeypatch.setattr(_memory, "_CAN_ADVISE", True)
     a = empty_aligned((HUGE_MIN_BYTES // 4,), np.float32)
     assert a.ctypes.data % (2 << 20) == 0 and not a.any()
+
+
+def test_negative_sizes_are_refused_before_anything_is_mapped():
+    # (-1024, -1024) has a positive product: it must not reach the huge-page mapping either.
+    for shape in [(-1,), (-1024, -1024), (4, -2)]:
+        with pytest.raises(ValueError, match="shape"):
+            empty_aligned(shape, np.float32)

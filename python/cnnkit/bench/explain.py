@@ -610,11 +610,38 @@ class Case:
                 batch_size=bs).numpy()
         return out
 
-    def images(self, method):
+    def images(self, method) -> int:
+        """How many images one call of ``method`` explains.
+
+        Parameters
+        ----------
+        method : str
+            As :meth:`cnnkit_call`.
+
+        Returns
+        -------
+        int
+            The case's batch; RISE explains its first ``rise_n`` images only.
+        """
         return self.rise_n if method == "rise" else self.N
 
-    def flops_per_image(self, method, f):
-        """Nominal model FLOPs per image: the model passes the method needs (b = f)."""
+    def flops_per_image(self, method, f) -> float:
+        """Nominal model FLOPs per image of ``method``: the model passes it needs times ``f``.
+
+        Parameters
+        ----------
+        method : str
+            As :meth:`cnnkit_call`.
+        f : float
+            FLOPs of one forward pass per image (a backward pass counts as one more).
+
+        Returns
+        -------
+        float
+            ``passes * f``: 2 for the gradient methods, 2 per step for integrated gradients and
+            SmoothGrad, one per occlusion window or RISE mask plus one, one per channel plus one
+            for Score-CAM.
+        """
         c = self.counts
         windows = (-(-(self.side - OCC_WINDOW) // OCC_STRIDE) + 1) ** 2
         passes = {"grad_cam": 2, "grad_cam_pp": 2, "saliency": 2, "guided_backprop": 2,

@@ -528,14 +528,28 @@ class _Kinks:
         self.g0: list | None = None
         self.logits: np.ndarray | None = None
         self.loss = 0.0
+        #: the kinks, from the sites nearest the loss down: (site, index, float64 input, the flip's
+        #: change of its norm's bias gradient, that gradient's index in the parameter list)
+        self.kinks: list[tuple] = []
         self.cache: dict[tuple, list] = {}
 
     def _base(self) -> list:
-        """The reference gradients (the first call runs the float64 step and records the kinks)."""
+        """The reference gradients (the first call runs the float64 step and finds the kinks)."""
         if self.g0 is None:
             self.ref.flip = {}
             self.logits, self.loss = self.ref.forward(self.x, self.labels)
             self.g0 = self.ref.backward()
+            for k in range(len(self.ref.sites) - 1, -1, -1):
+                site = self.ref.sites[k]
+                if site.dy is None:
+                    continue
+                pre, dy = site.pre, site.dy
+                rms = float(np.sqrt(np.mean(np.square(pre)))) if pre.size else 0.0
+                bias = self.ref.names.index(site.biases[0])
+                for idx in np.argwhere((np.abs(pre) <= KINK_DELTA * rms) & (dy != 0)):
+                    i = tuple(int(v) for v in idx)
+                    e = float(dy[i] if pre[i] <= 0 else -dy[i])  # flipped: dy let through, or stopped
+                    self.kinks.append((k, i, float(pre[i]), e, bias))
         return self.g0
 
     def _effect(self, site: int, idx: tuple) -> list:
@@ -558,34 +572,23 @@ class _Kinks:
         gradients plus their effects), ``got`` a configuration's gradients (``Ref64.names``
         order)."""
         g0 = self._base()
-        names = self.ref.names
         r = [np.asarray(a, np.float64) - b for a, b in zip(got, g0)]
         chosen: list = []
         tried = 0
-        for k in range(len(self.ref.sites) - 1, -1, -1):
-            site = self.ref.sites[k]
-            if site.dy is None:
+        for k, i, pre, e, bias in self.kinks:
+            if abs(e) < 0.05 * RTOL * gscale or abs(r[bias][i[1]] - e) > 0.5 * abs(e):
                 continue
-            pre, dy = site.pre, site.dy
-            rms = float(np.sqrt(np.mean(np.square(pre)))) if pre.size else 0.0
-            bias = names.index(site.biases[0])
-            for idx in np.argwhere((np.abs(pre) <= KINK_DELTA * rms) & (dy != 0)):
-                i = tuple(int(v) for v in idx)
-                e = dy[i] if pre[i] <= 0 else -dy[i]          # the flip's change of the bias gradient
-                if abs(e) < 0.05 * RTOL * gscale or abs(r[bias][i[1]] - e) > 0.5 * abs(e):
-                    continue
-                if tried >= KINK_MAX:
-                    break
-                tried += 1
-                v = self._effect(k, i)
-                vv = sum(float(np.vdot(a, a)) for a in v)
-                c = sum(float(np.vdot(a, b)) for a, b in zip(r, v)) / vv if vv else 0.0
-                if 0.75 <= c <= 1.25:
-                    r = [a - b for a, b in zip(r, v)]
-                    chosen.append((k, i, float(pre[i])))
-        adj = [b + sum((self._effect(k, i)[j] for k, i, _ in chosen), np.zeros_like(b))
-               for j, b in enumerate(g0)]
-        return chosen, adj
+            if tried == KINK_MAX:
+                break
+            tried += 1
+            v = self._effect(k, i)
+            vv = sum(float(np.vdot(a, a)) for a in v)
+            c = sum(float(np.vdot(a, b)) for a, b in zip(r, v)) / vv if vv else 0.0
+            if 0.75 <= c <= 1.25:
+                r = [a - b for a, b in zip(r, v)]
+                chosen.append((k, i, pre))
+        # the reference plus the chosen effects: what got is, less the error they leave
+        return chosen, [np.asarray(a, np.float64) - b for a, b in zip(got, r)]
 
     def after_adam(self, grads: list) -> np.ndarray:
         """The float64 logits after Adam's first step with ``grads`` from the starting weights."""
