@@ -1139,6 +1139,8 @@ def test_fused_backward_input_compiled(layout, case, isa):
 # channels a group), the whole-batch scatter of small planes: the units-of-images path, with
 # several images a unit and a shorter last unit (N = 17 at 2 images a unit); channel counts that
 # are not a multiple of 8 (each image's sums in rows padded to whole cache lines: GradParts).
+# (Depthwise NHWC at stride 1 runs the same kernels a row at a time with the epilogue on each row,
+# dw_nhwc.h: the same dx and sums; test_fusion_dw.py checks the sums' order bitwise.)
 _UNIT_CASES = [(2, 64, 64, 8, 3, 2, 1), (2, 16, 16, 8, 3, 1, 16), (16, 128, 128, 2, 3, 1, 1),
                (17, 32, 32, 6, 3, 2, 32), (9, 16, 16, 7, 3, 1, 8), (17, 32, 32, 5, 3, 2, 8),
                (3, 64, 64, 6, 3, 1, 8), (20, 24, 24, 4, 3, 1, 24), (17, 12, 12, 6, 3, 2, 12),

@@ -189,3 +189,95 @@ def test_fused_dw_nchw_still_declines():
     F.conv2d_fused(to_nhwc(x), w, padding=1, groups=16, layout="NHWC", pre_scale=np.ones(16, np.float32),
                    pre_shift=np.zeros(16, np.float32))
     assert F.last_kernel.startswith("conv2d_dw_f32_nhwc__")
+
+
+def _sequential_sums(v, d):
+    """Per channel: the sum of ``v`` and of ``v * d`` over each image's pixels in row-major order,
+    one double at a time (a sequential sum, as each SIMD lane of the gradient epilogue adds its
+    channel), then over the images in order: the order backward_input_fused promises."""
+    N, C = v.shape[0], v.shape[-1]
+    v64 = v.astype(np.float64).reshape(N, -1, C)
+    p64 = v64 * d.reshape(N, -1, C)
+    s1, s2 = np.zeros(C), np.zeros(C)
+    for n in range(N):
+        if v64.shape[1]:
+            s1 += np.cumsum(v64[n], axis=0)[-1]
+            s2 += np.cumsum(p64[n], axis=0)[-1]
+    return s1, s2
+
+
+def _check_input_rows(N, C, H, W, k, pad, dil, epi, seed):
+    rng = np.random.default_rng(seed)
+    H, W = max(H, (k - 1) * dil + 1 - 2 * pad), max(W, (k - 1) * dil + 1 - 2 * pad)
+    x = rng.standard_normal((N, H, W, C)).astype(np.float32)
+    w = rng.standard_normal((C, 1, k, k)).astype(np.float32)
+    sc = (rng.uniform(0.5, 2.0, C) * rng.choice((-1, 1), C)).astype(np.float32)
+    sh = rng.standard_normal(C).astype(np.float32)
+    center = rng.standard_normal(C)
+    g = F._Geom(x.shape, w.shape, 1, pad, dil, C, "NHWC", np.float32)
+    gy = rng.standard_normal((N, g.Ho, g.Wo, C)).astype(np.float32)
+    res = rng.standard_normal(x.shape).astype(np.float32) if "res" in epi else None
+    mask = rng.standard_normal(x.shape).astype(np.float32) if "mask" in epi else None
+    scale = "noscale" not in epi
+    s, t = (sc, sh) if scale else (None, None)
+    plain = np.empty_like(x)
+    _core.conv_backward_input(gy, w, plain, g.core())
+    plain_name = _core.conv_algorithm(g.core(), 1)
+    assert plain_name.startswith("conv2d_dw_f32_nhwc__"), plain_name
+    got = []
+    for threads in (1, 2):
+        dx = np.full(x.shape, np.nan, np.float32)
+        with num_threads(threads):
+            name, s1, s2 = _core.conv2d_fused_backward_input(gy, w, dx, g.core(), x, s, t, True, center, res, mask)
+        assert name == plain_name, (name, plain_name)
+        got.append((dx, s1, s2))
+    for u, v in zip(*got):
+        assert_bitwise(v, u, "fused input gradient at 2 threads vs 1")
+    dx, s1, s2 = got[0]
+    # dx: the plain kernel's bits, plus the residual, masked
+    z = mask.astype(np.float64) if mask is not None else (
+        x.astype(np.float64) * sc + sh if scale else x.astype(np.float64))
+    keep = z > 0
+    pre = plain + res if res is not None else plain
+    assert_bitwise(dx, np.where(keep, pre, np.float32(0)), "the plain kernel's dx (+ residual), masked")
+    # the sums: bitwise in the promised order, and against float64 from the float64 gradient
+    want1, want2 = _sequential_sums(dx, x.astype(np.float64) - center)
+    assert_bitwise(s1, want1, "grad_sum in image, row, pixel order")
+    assert_bitwise(s2, want2, "grad_sumxc in image, row, pixel order")
+    ga = to_nhwc(fused_backward_ref(to_nchw(gy), to_nchw(x), w, 1, pad, dil, C, None, None, False, None,
+                                    False)[6])
+    gz = (ga + (res if res is not None else 0)) * keep
+    assert_close(dx, gz, np.float32, length=k * k + 1, what="masked input gradient")
+    L = (k * k + 1) * N * H * W
+    assert_close(s1, gz.sum(axis=(0, 1, 2)), np.float32, length=L, what="sum")
+    assert_close(s2, (gz * (x - center)).sum(axis=(0, 1, 2)), np.float32, length=L, what="sumxc")
+
+
+# (N, C, H, W, k, pad, dilation): the stride-1 depthwise input gradient with the epilogue on each
+# dx row (dw_nhwc.h, dw_backward_input_fused_nhwc): the band kernel (planes over 64 pixels, C not a
+# multiple of 16, 5x5, dilation 2) and the register rows (3x3, C % 16 == 0, planes <= 64 pixels),
+# batches on both sides of 16, channels on both sides of the vector widths; mobilenet_small's
+# shapes at a smaller batch.
+_INPUT_ROWS = [(2, 16, 8, 8, 3, 1, 1), (17, 16, 5, 7, 3, 1, 1), (3, 24, 9, 9, 3, 1, 1), (1, 40, 12, 11, 5, 2, 1),
+               (2, 33, 10, 6, 3, 2, 2), (3, 7, 6, 13, 3, 0, 1), (2, 128, 16, 16, 3, 1, 1), (2, 32, 32, 32, 3, 1, 1),
+               (1, 64, 1, 1, 3, 1, 1)]
+
+
+@pytest.mark.parametrize("case", _INPUT_ROWS, ids=["x".join(map(str, c)) for c in _INPUT_ROWS])
+@pytest.mark.parametrize("epi", ["scale", "noscale", "mask", "res_scale", "res_mask"])
+def test_fused_dw_input_gradient_rows(case, epi, isa):
+    """``_core.conv2d_fused_backward_input`` on stride-1 depthwise NHWC problems: the plain
+    kernel's name and dx bits (plus the residual, masked by the prologue's ReLU or a stored mask),
+    both sums bitwise in image, row, pixel order and close to float64; bitwise at 1 and 2
+    threads; at every ISA level."""
+    _check_input_rows(*case, epi=epi, seed=sum(case) + len(epi))
+
+
+@settings(max_examples=40, deadline=None)
+@given(N=st.integers(1, 18), C=st.integers(1, 40), H=st.integers(1, 12), W=st.integers(1, 12),
+       k=st.sampled_from((1, 3, 3, 5)), pad=st.integers(0, 2), dil=st.sampled_from((1, 1, 2)),
+       epi=st.sampled_from(("scale", "noscale", "mask", "res_scale", "res_mask")),
+       level=st.sampled_from(ISA_LEVELS), seed=st.integers(0, 2**31 - 1))
+def test_fused_dw_input_gradient_rows_hypothesis(N, C, H, W, k, pad, dil, epi, level, seed):
+    with isa_level(level):
+        _check_input_rows(N, C, H, W, k, min(pad, k // 2 * dil), dil, epi, seed)

@@ -319,6 +319,11 @@ struct Kernels {
   void (*grouped_backward_input_fused)(const float* dy, const float* w, float* dx, const Geom&, const Fused&);
   // out (rows x C, pixel-major) = the apply pass of ap, in parallel (the norm kernels' arithmetic).
   void (*dy_apply_rows)(const DyApply& ap, float* out, int64_t rows, int64_t C);
+  // The fused input gradient of a depthwise NHWC problem with multiplier 1 at stride 1 (float32):
+  // dx as the adjoint's forward pass (w: the adjoint's weights), then, on each dx row while it is
+  // in cache, the residual and the gradient epilogue of Fused; the sums per image, added in image
+  // order into grad_sum and grad_sumxc (dw_nhwc.h).
+  void (*dw_backward_input_fused)(const float* dy, const float* w, float* dx, const Geom&, const Fused&);
 };
 
 }  // namespace cnnkit::conv

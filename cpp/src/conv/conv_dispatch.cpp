@@ -876,6 +876,16 @@ const char* backward_input_fused(const float* dy, const float* w, float* dx, con
       return e.name.c_str();
     }
   }
+  if (g.nhwc && g.depthwise() && g.K == g.C && unit_stride(g)) {
+    // Depthwise at stride 1: the adjoint's depthwise forward with the epilogue on each dx row as
+    // it is written (in L1), the next row's operands prefetched, instead of units of images whose
+    // epilogue re-read dx from L2 and x from memory after the kernel. The same bits (dw_nhwc.h).
+    const Entry& e = table()[select_effective(effective(Problem{g, DType::f32, Pass::input}))];
+    if (e.v->run == run_dw) {
+      kernels_of(e.isa).dw_backward_input_fused(dy, adjoint_weights(w, g), dx, g, fu);
+      return e.name.c_str();
+    }
+  }
   if (!unit_stride(g) || scatter_input(g)) return backward_input_units(dy, w, dx, g, fu);
   const Geom a = adjoint(g);
   const Entry& e = fused_input_entry(a);

@@ -261,6 +261,12 @@ void grouped_backward_input_fused(const float* dy, const float* w, float* dx, co
   CNNKIT_BY_CPG(conv::grouped_backward_input_direct, float, dy, w, dx, g, &fu);
 }
 
+void dw_backward_input_fused(const float* dy, const float* w, float* dx, const Geom& g, const conv::Fused& fu) {
+  const conv::GradParts part(g.N, g.C);
+  CNNKIT_DW_BY_K(conv::dw_backward_input_fused_nhwc, float, dy, w, dx, g, fu, part);
+  part.combine(fu);
+}
+
 void dy_apply_rows(const conv::DyApply& ap, float* out, int64_t rows, int64_t C) {
   const int64_t blk = 256;
 #pragma omp parallel for schedule(static) num_threads(num_threads())
@@ -283,7 +289,7 @@ extern const conv::Kernels conv_kernels = {
     conv::sgemm_shape_of, conv::sgemm_strided, conv::patches_backward_weight,
     dw_fused_forward, dw_fused_backward_weight,
     grouped_forward_fused, grouped_backward_weight_fused,
-    conv::grad_epilogue_image, grouped_backward_input_fused, dy_apply_rows,
+    conv::grad_epilogue_image, grouped_backward_input_fused, dy_apply_rows, dw_backward_input_fused,
 };
 
 }  // namespace cnnkit::CNNKIT_ISA_NS

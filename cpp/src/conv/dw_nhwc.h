@@ -1303,6 +1303,75 @@ void dw3_backward_weight(const T* dy, const T* x, T* dw, T* db, const Geom& g, c
     }
 }
 
+// ---- the fused input gradient at stride 1 (conv::backward_input_fused, conv2d_dw_f32_nhwc) ------
+// NHWC, multiplier 1, stride 1, float32: dx = the adjoint's forward pass (wa: the adjoint's
+// weights), a row at a time by the plain pass's own kernels (the band kernel, or the register rows
+// on small planes). Each dx row then goes through the residual and the gradient epilogue of fu
+// while it is still in L1, and the next row's epilogue operands (x, a stored mask, the residual)
+// are prefetched into L2 (into L1 they evicted the band kernel's input rows).
+// Work units are whole images, in row order on one thread. Each image's sums continue row by row
+// (grad_epilogue_rows) into part (one unit per image), and the caller adds the images in order. So
+// dx and both sums have the bits of backward_input_units: the plain kernel on units of images,
+// then the epilogue image by image, which re-read the unit's dx from L2 and x from memory after
+// the kernel, with nothing to overlap with. Cold replays of mobilenet_small's fused depthwise input
+// gradients (2 threads, N = 64, the calls alternating in one process, loaded machine): C128 @16
+// 1.15-1.3x, C32 @32 1.1-1.3x faster. (At stride 2 the rows of dw33s2_bwdin_row with the same
+// per-row epilogue ran 0.7-0.9x: those keep backward_input_units.)
+template <typename T, int KH, int KW>
+void dw_backward_input_fused_nhwc(const T* dy, const T* wa, T* dx, const Geom& g, const Fused& fu,
+                                  const GradParts& part) {
+  static_assert(std::is_same_v<T, float>, "the gradient epilogue is float32");
+  constexpr int VL = Vec<T>::n;
+  using V = vec_t<T>;
+  const int64_t C = g.C, rowlen = g.W * C, img = g.H * rowlen, kh = KH ? KH : g.kh, kw = KW ? KW : g.kw;
+  Geom a = g;  // the adjoint: the forward pass whose output is dx
+  a.H = g.Ho;
+  a.W = g.Wo;
+  a.Ho = g.H;
+  a.Wo = g.W;
+  a.pt = (kh - 1) * g.dh - g.pt;
+  a.pl = (kw - 1) * g.dw - g.pl;
+  const T* wt = dw_weights_tk(wa, a);
+  const bool small3 = dw3_forward_shape(a);
+  const int64_t Wp = (a.Wo - 1) + (kw - 1) * a.dw + 1, max_rows = (a.Ho - 1) + (kh - 1) * a.dh + 1;
+#pragma omp parallel num_threads(num_threads())
+  {
+    T* buf = small3 ? nullptr : scratch<T>(kPlaneSlot, max_rows * Wp * C);
+    const T** rows = small3 ? nullptr : reinterpret_cast<const T**>(scratch<char>(kColSlot, sizeof(T*) * kh));
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < g.N; ++n) {
+      const T* dyn = dy + n * g.Ho * g.Wo * C;
+      T* dxn = dx + n * img;
+      auto epilogue = [&](int64_t ih, T* row) __attribute__((always_inline)) {
+        const int64_t o = n * img + ih * rowlen;
+        if (ih + 1 < g.H)
+          for (const T* q : {fu.gx, fu.gmask, fu.residual})
+            if (q) prefetch_bytes(q + o + rowlen, rowlen * int64_t(sizeof(T)), false);
+        if (fu.residual)
+          for (int64_t e = 0; e < rowlen; ++e) row[e] += fu.residual[o + e];
+        grad_epilogue_rows(row, fu.gx + o, fu.gmask ? fu.gmask + o : nullptr, C, g.W, fu, part.s1(n), part.s2(n),
+                           ih > 0);
+      };
+      if (!small3) {
+        dw_fwd_band<T, KH, KW>(dyn, wt, nullptr, dxn, a, 0, a.Ho, Wp, buf, rows, nullptr, epilogue, nullptr,
+                               n + 1 < g.N);
+        continue;
+      }
+      for (int64_t oh = 0; oh < a.Ho; ++oh) {
+        dw3_for_row_chunks(a, oh, [&](auto np, int64_t oh_, int64_t ow0) __attribute__((always_inline)) {
+          for (int64_t c = 0; c < C; c += VL) {
+            V wv[9];
+#pragma GCC unroll 9
+            for (int t = 0; t < 9; ++t) wv[t] = vload(wt + t * C + c);
+            dw3_fwd_chunk<T, decltype(np)::value>(dyn + c, C, dxn + c, C, a, wv, V{}, oh_, ow0);
+          }
+        });
+        epilogue(oh, dxn + oh * rowlen);
+      }
+    }
+  }
+}
+
 // ---- the fused forward pass (conv::forward_fused on the conv2d_dw_f32_nhwc entry) ---------------
 //   a = prologue(x) (DwPro), y = conv(a) + b with the plain kernels' arithmetic on a (the same bits
 //   as the plain pass on the materialised a), then per output channel the shifted double sums of y
