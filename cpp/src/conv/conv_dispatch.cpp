@@ -111,20 +111,6 @@ Geom as_nhwc_geom(const Geom& g) {
   return t;
 }
 
-// The convolution whose forward pass is the input gradient of g (stride 1 only).
-Geom adjoint(const Geom& g) {
-  Geom a = g;
-  a.C = g.K;
-  a.K = g.C;
-  a.H = g.Ho;
-  a.W = g.Wo;
-  a.Ho = g.H;
-  a.Wo = g.W;
-  a.pt = (g.kh - 1) * g.dh - g.pt;
-  a.pl = (g.kw - 1) * g.dw - g.pl;
-  return a;
-}
-
 bool unit_stride(const Geom& g) { return g.sh == 1 && g.sw == 1; }
 
 // Where cnnkit's own packed sgemm runs the GEMM path instead of OpenBLAS: every dense (G == 1)

@@ -44,6 +44,20 @@ void grad_epilogue_rows(float* o, const float* gx, const float* mask, int64_t C,
                         double* s1, double* s2, bool cont);
 }  // namespace CNNKIT_KERNEL_NS
 
+// The convolution whose forward pass is the input gradient of g (stride 1 only).
+inline Geom adjoint(const Geom& g) {
+  Geom a = g;
+  a.C = g.K;
+  a.K = g.C;
+  a.H = g.Ho;
+  a.W = g.Wo;
+  a.Ho = g.H;
+  a.Wo = g.W;
+  a.pt = (g.kh - 1) * g.dh - g.pt;
+  a.pl = (g.kw - 1) * g.dw - g.pl;
+  return a;
+}
+
 // The per-unit sums of a fused input gradient's units (images or bands of rows): s1(u)[c] the sum
 // of o, s2(u)[c] the sum of o * (x - center), zeroed. Each unit's rows start on their own cache
 // line (line_rows(): the strided grouped path adds into its band's sums after every dx row; with

@@ -1324,13 +1324,7 @@ void dw_backward_input_fused_nhwc(const T* dy, const T* wa, T* dx, const Geom& g
   constexpr int VL = Vec<T>::n;
   using V = vec_t<T>;
   const int64_t C = g.C, rowlen = g.W * C, img = g.H * rowlen, kh = KH ? KH : g.kh, kw = KW ? KW : g.kw;
-  Geom a = g;  // the adjoint: the forward pass whose output is dx
-  a.H = g.Ho;
-  a.W = g.Wo;
-  a.Ho = g.H;
-  a.Wo = g.W;
-  a.pt = (kh - 1) * g.dh - g.pt;
-  a.pl = (kw - 1) * g.dw - g.pl;
+  const Geom a = adjoint(g);  // the forward pass whose output is dx
   const T* wt = dw_weights_tk(wa, a);
   const bool small3 = dw3_forward_shape(a);
   const int64_t Wp = (a.Wo - 1) + (kw - 1) * a.dw + 1, max_rows = (a.Ho - 1) + (kh - 1) * a.dh + 1;
