@@ -281,3 +281,68 @@ def test_fused_dw_input_gradient_rows(case, epi, isa):
 def test_fused_dw_input_gradient_rows_hypothesis(N, C, H, W, k, pad, dil, epi, level, seed):
     with isa_level(level):
         _check_input_rows(N, C, H, W, k, min(pad, k // 2 * dil), dil, epi, seed)
+
+
+def _check_weight_in_pass(N, C, H, W, k, pad, dil, epi, seed):
+    rng = np.random.default_rng(seed)
+    H, W = max(H, (k - 1) * dil + 1 - 2 * pad), max(W, (k - 1) * dil + 1 - 2 * pad)
+    x = rng.standard_normal((N, H, W, C)).astype(np.float32)
+    w = rng.standard_normal((C, 1, k, k)).astype(np.float32)
+    sc = (rng.uniform(0.5, 2.0, C) * rng.choice((-1, 1), C)).astype(np.float32)
+    sh = rng.standard_normal(C).astype(np.float32)
+    center = rng.standard_normal(C)
+    g = F._Geom(x.shape, w.shape, 1, pad, dil, C, "NHWC", np.float32)
+    gy = rng.standard_normal((N, g.Ho, g.Wo, C)).astype(np.float32)
+    res = rng.standard_normal(x.shape).astype(np.float32) if "res" in epi else None
+    scale, relu = "noscale" not in epi, "norelu" not in epi
+    s, t = (sc, sh) if scale else (None, None)
+    # the weight gradient's own pass, and the input gradient's without it
+    dw_own = np.full(w.shape, np.nan, np.float32)
+    _core.conv2d_fused_backward_weight(gy, x, dw_own, None, g.core(), s, t, relu)
+    dx_own = np.full(x.shape, np.nan, np.float32)
+    _, s1_own, s2_own = _core.conv2d_fused_backward_input(gy, w, dx_own, g.core(), x, s, t, True, center, res)
+    for threads in (1, 2):
+        dx = np.full(x.shape, np.nan, np.float32)
+        dw = np.full(w.shape, np.nan, np.float32)
+        with num_threads(threads):
+            name, s1, s2 = _core.conv2d_fused_backward_input(gy, w, dx, g.core(), x, s, t, True, center, res,
+                                                             grad_weight=(dw, x, s, t, relu))
+        assert name.startswith("conv2d_dw_f32_nhwc__"), name
+        assert_bitwise(dw, dw_own, f"the weight gradient in the pass vs its own pass ({threads} threads)")
+        assert_bitwise(dx, dx_own, f"dx with the weight gradient in the pass ({threads} threads)")
+        assert_bitwise(s1, s1_own, "sum")
+        assert_bitwise(s2, s2_own, "sumxc")
+    a = _exact_prologue(x, s, t, relu)
+    ref = fused_backward_ref(to_nchw(gy), to_nchw(a), w, 1, pad, dil, C, None, None, False, None, False)
+    assert_close(dw, ref[1], np.float32, length=N * g.Ho * g.Wo, what="grad_w")
+
+
+# (N, C, H, W, k, pad, dilation): the fused input gradient of stride-1 depthwise problems asked for
+# the weight gradient too (grad_weight): both weight-gradient kernels of the entry (dw3's sums: 3x3,
+# C % 16 == 0, planes <= 256 pixels; the band kernel's: 5x5, dilation 2, no padding, a channel tail
+# past the vectors), batches on both sides of 8 (one band an image, or several).
+_WEIGHT_IN_PASS = [(3, 16, 8, 8, 3, 1, 1), (2, 32, 16, 16, 3, 1, 1), (9, 16, 5, 7, 3, 1, 1),
+                   (8, 24, 9, 9, 3, 1, 1), (8, 20, 17, 17, 3, 1, 1), (9, 16, 12, 11, 5, 2, 1),
+                   (8, 33, 10, 6, 3, 2, 2), (8, 7, 6, 13, 3, 0, 1), (2, 24, 9, 9, 3, 1, 1),
+                   (8, 16, 3, 3, 5, 2, 1), (8, 32, 32, 32, 3, 1, 1)]
+
+
+@pytest.mark.parametrize("case", _WEIGHT_IN_PASS, ids=["x".join(map(str, c)) for c in _WEIGHT_IN_PASS])
+@pytest.mark.parametrize("epi", ["relu", "noscale", "norelu", "res_relu"])
+def test_fused_dw_weight_gradient_in_the_input_pass(case, epi, isa):
+    """``_core.conv2d_fused_backward_input`` with ``grad_weight`` on stride-1 depthwise NHWC
+    problems: the weight gradient bitwise its own pass's (``conv2d_fused_backward_weight``), dx
+    and the sums bitwise the call's without it, at 1 and 2 threads and every ISA level; dw close
+    to float64. (The call runs the weight gradient's own pass first: in one pass with the input
+    gradient's rows it ran level in the step, BENCHMARKS.md.)"""
+    _check_weight_in_pass(*case, epi=epi, seed=sum(case) + len(epi))
+
+
+@settings(max_examples=40, deadline=None)
+@given(N=st.integers(1, 12), C=st.integers(1, 40), H=st.integers(1, 18), W=st.integers(1, 18),
+       k=st.sampled_from((1, 3, 3, 5)), pad=st.integers(0, 2), dil=st.sampled_from((1, 1, 2)),
+       epi=st.sampled_from(("relu", "noscale", "norelu", "res_relu")),
+       level=st.sampled_from(ISA_LEVELS), seed=st.integers(0, 2**31 - 1))
+def test_fused_dw_weight_gradient_in_the_input_pass_hypothesis(N, C, H, W, k, pad, dil, epi, level, seed):
+    with isa_level(level):
+        _check_weight_in_pass(N, C, H, W, k, min(pad, k // 2 * dil), dil, epi, seed)
