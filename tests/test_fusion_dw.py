@@ -206,7 +206,10 @@ def _sequential_sums(v, d):
     return s1, s2
 
 
-def _check_input_rows(N, C, H, W, k, pad, dil, epi, seed):
+def _input_case(N, C, H, W, k, pad, dil, epi, seed):
+    """A stride-1 depthwise NHWC problem for the fused input gradient: ``(rng, x, w, scale,
+    shift, center, geometry, grad_out, residual)`` (the residual where ``epi`` names it; planes
+    at least one tap wide)."""
     rng = np.random.default_rng(seed)
     H, W = max(H, (k - 1) * dil + 1 - 2 * pad), max(W, (k - 1) * dil + 1 - 2 * pad)
     x = rng.standard_normal((N, H, W, C)).astype(np.float32)
@@ -217,6 +220,11 @@ def _check_input_rows(N, C, H, W, k, pad, dil, epi, seed):
     g = F._Geom(x.shape, w.shape, 1, pad, dil, C, "NHWC", np.float32)
     gy = rng.standard_normal((N, g.Ho, g.Wo, C)).astype(np.float32)
     res = rng.standard_normal(x.shape).astype(np.float32) if "res" in epi else None
+    return rng, x, w, sc, sh, center, g, gy, res
+
+
+def _check_input_rows(N, C, H, W, k, pad, dil, epi, seed):
+    rng, x, w, sc, sh, center, g, gy, res = _input_case(N, C, H, W, k, pad, dil, epi, seed)
     mask = rng.standard_normal(x.shape).astype(np.float32) if "mask" in epi else None
     scale = "noscale" not in epi
     s, t = (sc, sh) if scale else (None, None)
@@ -284,16 +292,7 @@ def test_fused_dw_input_gradient_rows_hypothesis(N, C, H, W, k, pad, dil, epi, l
 
 
 def _check_weight_in_pass(N, C, H, W, k, pad, dil, epi, seed):
-    rng = np.random.default_rng(seed)
-    H, W = max(H, (k - 1) * dil + 1 - 2 * pad), max(W, (k - 1) * dil + 1 - 2 * pad)
-    x = rng.standard_normal((N, H, W, C)).astype(np.float32)
-    w = rng.standard_normal((C, 1, k, k)).astype(np.float32)
-    sc = (rng.uniform(0.5, 2.0, C) * rng.choice((-1, 1), C)).astype(np.float32)
-    sh = rng.standard_normal(C).astype(np.float32)
-    center = rng.standard_normal(C)
-    g = F._Geom(x.shape, w.shape, 1, pad, dil, C, "NHWC", np.float32)
-    gy = rng.standard_normal((N, g.Ho, g.Wo, C)).astype(np.float32)
-    res = rng.standard_normal(x.shape).astype(np.float32) if "res" in epi else None
+    _, x, w, sc, sh, center, g, gy, res = _input_case(N, C, H, W, k, pad, dil, epi, seed)
     scale, relu = "noscale" not in epi, "norelu" not in epi
     s, t = (sc, sh) if scale else (None, None)
     # the weight gradient's own pass, and the input gradient's without it
