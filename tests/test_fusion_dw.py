@@ -265,10 +265,10 @@ def _check_input_rows(N, C, H, W, k, pad, dil, epi, seed):
 # dx row (dw_nhwc.h, dw_backward_input_fused_nhwc): the band kernel (planes over 64 pixels, C not a
 # multiple of 16, 5x5, dilation 2) and the register rows (3x3, C % 16 == 0, planes <= 64 pixels),
 # batches on both sides of 16, channels on both sides of the vector widths; mobilenet_small's
-# shapes at a smaller batch.
+# shapes at a smaller batch; images whose padded rows pass 1 MiB (several bands an image).
 _INPUT_ROWS = [(2, 16, 8, 8, 3, 1, 1), (17, 16, 5, 7, 3, 1, 1), (3, 24, 9, 9, 3, 1, 1), (1, 40, 12, 11, 5, 2, 1),
                (2, 33, 10, 6, 3, 2, 2), (3, 7, 6, 13, 3, 0, 1), (2, 128, 16, 16, 3, 1, 1), (2, 32, 32, 32, 3, 1, 1),
-               (1, 64, 1, 1, 3, 1, 1)]
+               (1, 64, 1, 1, 3, 1, 1), (1, 64, 150, 62, 3, 1, 1), (2, 48, 75, 80, 5, 2, 1)]
 
 
 @pytest.mark.parametrize("case", _INPUT_ROWS, ids=["x".join(map(str, c)) for c in _INPUT_ROWS])

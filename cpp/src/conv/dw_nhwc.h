@@ -1327,7 +1327,11 @@ void dw_backward_input_fused_nhwc(const T* dy, const T* wa, T* dx, const Geom& g
   const Geom a = adjoint(g);  // the forward pass whose output is dx
   const T* wt = dw_weights_tk(wa, a);
   const bool small3 = dw3_forward_shape(a);
-  const int64_t Wp = (a.Wo - 1) + (kw - 1) * a.dw + 1, max_rows = (a.Ho - 1) + (kh - 1) * a.dh + 1;
+  // The band kernel's padded rows: an image's dx rows in bands of at most about 1 MiB of them (the
+  // whole image at mobilenet_small's sizes), in order on the image's thread.
+  const int64_t Wp = (a.Wo - 1) + (kw - 1) * a.dw + 1;
+  const int64_t band = std::clamp<int64_t>((int64_t(1) << 20) / (Wp * C * int64_t(sizeof(T))), 8, std::max<int64_t>(8, a.Ho));
+  const int64_t max_rows = (std::min(band, a.Ho) - 1) + (kh - 1) * a.dh + 1;
 #pragma omp parallel num_threads(num_threads())
   {
     T* buf = small3 ? nullptr : scratch<T>(kPlaneSlot, max_rows * Wp * C);
@@ -1347,8 +1351,11 @@ void dw_backward_input_fused_nhwc(const T* dy, const T* wa, T* dx, const Geom& g
                            ih > 0);
       };
       if (!small3) {
-        dw_fwd_band<T, KH, KW>(dyn, wt, nullptr, dxn, a, 0, a.Ho, Wp, buf, rows, nullptr, epilogue, nullptr,
-                               n + 1 < g.N);
+        for (int64_t oh0 = 0; oh0 < a.Ho; oh0 += band) {
+          const int64_t oh1 = std::min(a.Ho, oh0 + band);
+          dw_fwd_band<T, KH, KW>(dyn, wt, nullptr, dxn, a, oh0, oh1, Wp, buf, rows, nullptr, epilogue, nullptr,
+                                 n + 1 < g.N || oh1 < a.Ho);
+        }
         continue;
       }
       for (int64_t oh = 0; oh < a.Ho; ++oh) {
