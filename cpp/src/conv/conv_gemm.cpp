@@ -1879,9 +1879,12 @@ void grad_epilogue_image(float* o, const float* gx, const float* mask, int64_t C
     grad_epilogue_cm(o, gx, mask, P, C, P, fu.gscale, fu.gshift, fu.grelu, fu.center, s1, s2);
 }
 
-void grad_epilogue_rows(float* o, const float* gx, const float* mask, int64_t C, int64_t nr, const Fused& fu,
-                        double* s1, double* s2, bool cont) {
-  grad_epilogue_pm(o, gx, mask, C, nr, C, fu.gscale, fu.gshift, fu.grelu, fu.center, s1, s2, cont);
+void grad_epilogue_rows(float* o, int64_t off, int64_t C, int64_t nr, const Fused& fu, double* s1, double* s2,
+                        bool cont) {
+  if (fu.residual)
+    for (int64_t e = 0; e < nr * C; ++e) o[e] += fu.residual[off + e];
+  grad_epilogue_pm(o, fu.gx + off, fu.gmask ? fu.gmask + off : nullptr, C, nr, C, fu.gscale, fu.gshift, fu.grelu,
+                   fu.center, s1, s2, cont);
 }
 
 void bias_grad(DType dt, const void* dy, void* db, const Geom& g) {

@@ -38,10 +38,12 @@ void fused_forward_any(const float* x, const float* w, const float* b, float* y,
 // The gradient epilogue of fu over one image's input gradient o (Kernels::grad_epilogue_image).
 void grad_epilogue_image(float* o, const float* gx, const float* mask, int64_t C, int64_t P, bool nhwc,
                          const Fused& fu, double* s1, double* s2);
-// The same on nr pixel-major rows of C channels (NHWC); cont: the sums continue from s1, s2 (rows
-// that follow the rows that started them: the same sums as over all of them in one call).
-void grad_epilogue_rows(float* o, const float* gx, const float* mask, int64_t C, int64_t nr, const Fused& fu,
-                        double* s1, double* s2, bool cont);
+// The same on nr pixel-major rows of C channels (NHWC) that start at element off of the input
+// gradient: fu's residual there added first (where given), then the mask and sums from fu's gx
+// (and gmask) there; cont: the sums continue from s1, s2 (rows that follow the rows that started
+// them: the same sums as over all of them in one call).
+void grad_epilogue_rows(float* o, int64_t off, int64_t C, int64_t nr, const Fused& fu, double* s1, double* s2,
+                        bool cont);
 }  // namespace CNNKIT_KERNEL_NS
 
 // The convolution whose forward pass is the input gradient of g (stride 1 only).

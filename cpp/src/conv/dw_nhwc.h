@@ -1308,15 +1308,15 @@ void dw3_backward_weight(const T* dy, const T* x, T* dw, T* db, const Geom& g, c
 // weights), a row at a time by the plain pass's own kernels (the band kernel, or the register rows
 // on small planes). Each dx row then goes through the residual and the gradient epilogue of fu
 // while it is still in L1, and the next row's epilogue operands (x, a stored mask, the residual)
-// are prefetched into L2 (into L1 they evicted the band kernel's input rows).
+// are prefetched into L2 (prefetched into L1 instead, the calls ran 0.77-0.90x).
 // Work units are whole images, in row order on one thread. Each image's sums continue row by row
 // (grad_epilogue_rows) into part (one unit per image), and the caller adds the images in order. So
 // dx and both sums have the bits of backward_input_units: the plain kernel on units of images,
 // then the epilogue image by image, which re-read the unit's dx from L2 and x from memory after
 // the kernel, with nothing to overlap with. Cold replays of mobilenet_small's fused depthwise input
 // gradients (2 threads, N = 64, the calls alternating in one process, loaded machine): C128 @16
-// 1.15-1.3x, C32 @32 1.1-1.3x faster. (At stride 2 the rows of dw33s2_bwdin_row with the same
-// per-row epilogue ran 0.7-0.9x: those keep backward_input_units.)
+// 1.17-1.26x, C32 @32 1.21-1.27x faster; in the step 1.20x and 1.21x. (At stride 2 the rows of
+// dw33s2_bwdin_row with the same per-row epilogue ran 0.85-1.04x: those keep backward_input_units.)
 template <typename T, int KH, int KW>
 void dw_backward_input_fused_nhwc(const T* dy, const T* wa, T* dx, const Geom& g, const Fused& fu,
                                   const GradParts& part) {
@@ -1330,7 +1330,8 @@ void dw_backward_input_fused_nhwc(const T* dy, const T* wa, T* dx, const Geom& g
   // The band kernel's padded rows: an image's dx rows in bands of at most about 1 MiB of them (the
   // whole image at mobilenet_small's sizes), in order on the image's thread.
   const int64_t Wp = (a.Wo - 1) + (kw - 1) * a.dw + 1;
-  const int64_t band = std::clamp<int64_t>((int64_t(1) << 20) / (Wp * C * int64_t(sizeof(T))), 8, std::max<int64_t>(8, a.Ho));
+  const int64_t band =
+      std::clamp<int64_t>((int64_t(1) << 20) / (Wp * C * int64_t(sizeof(T))), 8, std::max<int64_t>(8, a.Ho));
   const int64_t max_rows = (std::min(band, a.Ho) - 1) + (kh - 1) * a.dh + 1;
 #pragma omp parallel num_threads(num_threads())
   {
@@ -1345,10 +1346,7 @@ void dw_backward_input_fused_nhwc(const T* dy, const T* wa, T* dx, const Geom& g
         if (ih + 1 < g.H)
           for (const T* q : {fu.gx, fu.gmask, fu.residual})
             if (q) prefetch_bytes(q + o + rowlen, rowlen * int64_t(sizeof(T)), false);
-        if (fu.residual)
-          for (int64_t e = 0; e < rowlen; ++e) row[e] += fu.residual[o + e];
-        grad_epilogue_rows(row, fu.gx + o, fu.gmask ? fu.gmask + o : nullptr, C, g.W, fu, part.s1(n), part.s2(n),
-                           ih > 0);
+        grad_epilogue_rows(row, o, C, g.W, fu, part.s1(n), part.s2(n), ih > 0);
       };
       if (!small3) {
         for (int64_t oh0 = 0; oh0 < a.Ho; oh0 += band) {

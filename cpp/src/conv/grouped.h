@@ -641,11 +641,7 @@ void grouped_backward_input_direct(const T* dy, const T* w, T* dx, const Geom& g
     }
     if constexpr (std::is_same_v<T, float>) {
       if (grad) {
-        const int64_t o = r * rowlen;
-        if (fu->residual)
-          for (int64_t e = 0; e < rowlen; ++e) dxr[e] += fu->residual[o + e];
-        grad_epilogue_rows(dxr, fu->gx + o, fu->gmask ? fu->gmask + o : nullptr, C, g.W, *fu,
-                           part.s1(bi), part.s2(bi), r != bi * band);
+        grad_epilogue_rows(dxr, r * rowlen, C, g.W, *fu, part.s1(bi), part.s2(bi), r != bi * band);
       }
     }
     if (!g.nhwc) scatter_row_nchw(dxr, g.W, C, dx + n * C * g.H * g.W + ih * g.W, g.H * g.W);

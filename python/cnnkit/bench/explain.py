@@ -697,9 +697,24 @@ def _fv_transforms():
 
 
 def fv_channels(model, layer: str, count: int) -> list:
-    """The ``count`` channels of ``layer`` with the largest mean activation on the initial images
-    of ``feature_visualization(..., seed=0)`` (a dead channel's gradient is zero and would check
-    nothing), in increasing order."""
+    """The channels of ``layer`` with the largest mean activation on the initial images of
+    ``feature_visualization(..., seed=0)`` (a dead channel's gradient is zero and would check
+    nothing).
+
+    Parameters
+    ----------
+    model : cnnkit.nn.Module
+        The model whose layer is visualized.
+    layer : str
+        The layer's name in ``model``.
+    count : int
+        How many channels.
+
+    Returns
+    -------
+    list of int
+        The ``count`` channel indices, in increasing order.
+    """
     from cnnkit.explain import objectives
     from cnnkit.explain.features import _Runner
     from cnnkit.explain._fv_param import ImageParam
@@ -714,8 +729,26 @@ def fv_channels(model, layer: str, count: int) -> list:
 
 def fv_cnnkit_value_and_grad(model, layer: str, k: int, spec, tparams) -> tuple:
     """cnnkit's objective value and gradient with respect to the spectrum for one step of its
-    feature-visualization loop (:func:`cnnkit.explain.features._step`), from the spectrum ``spec``
-    (2, N, 3, H, W // 2 + 1) and the standard transforms' parameters ``tparams``."""
+    feature-visualization loop (:func:`cnnkit.explain.features._step`).
+
+    Parameters
+    ----------
+    model : cnnkit.nn.Module
+        The model whose layer is visualized.
+    layer : str
+        The layer's name in ``model``.
+    k : int
+        The channel of ``layer`` whose mean activation is the objective.
+    spec : ndarray
+        The images' spectrum, ``(2, N, 3, H, W // 2 + 1)``.
+    tparams : object
+        The standard transforms' parameters for this step.
+
+    Returns
+    -------
+    tuple of (float, ndarray)
+        The objective's value and its gradient with respect to ``spec``.
+    """
     from cnnkit.explain import objectives
     from cnnkit.explain.features import _Runner, _step
     from cnnkit.explain._fv_param import ImageParam

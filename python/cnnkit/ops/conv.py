@@ -536,7 +536,7 @@ def _work(workspace, key, shape, dtype):
         raise TypeError(f"workspace: expected a dict (reused across calls) or None, got {type(workspace).__name__}")
     a = workspace.get(key)
     if a is None or a.shape != tuple(shape) or a.dtype != dtype:
-        a = workspace[key] = empty_aligned(shape, dtype)   # (kept: large ones on huge pages)
+        a = workspace[key] = empty_aligned(shape, dtype)  # (kept: large ones on huge pages)
     return a
 
 
