@@ -41,6 +41,27 @@ def assert_close(actual, ref, dtype, *, length=1, steps=1, what="value"):
                              f"(bound {bound[idx]:.3g})")
 
 
+def assert_stats(s1, s2, y, y_exact, dtype, *, length=1, what="statistics"):
+    """A fused forward's statistics (NCHW ``y``, the output it returned; ``y_exact`` the float64
+    reference): the sums of ``y`` about its first pixel's value per channel, in double, to 1e-12
+    of the terms' magnitudes; then the mean and variance they give against ``y_exact``'s to the
+    table's tolerance. (Compared with the exact output's sums directly, the differences inherit
+    y's own rounding error, which scales with |y|, not with the shifted terms: at one output pixel
+    the kernel's sum is exactly 0 and such a reference was -6.3e-6 with a bound of 5.7e-6.)"""
+    o = np.asarray(y, np.float64)
+    shift = o[0, :, 0, 0]
+    d = o - shift[None, :, None, None]
+    cnt = o.shape[0] * o.shape[2] * o.shape[3]
+    scale = np.abs(d).sum(axis=(0, 2, 3)) + 1e-300
+    assert np.all(np.abs(s1 - d.sum(axis=(0, 2, 3))) <= 1e-12 * scale), f"{what}: sum {s1} vs {d.sum(axis=(0, 2, 3))}"
+    scale2 = (d * d).sum(axis=(0, 2, 3)) + 1e-300
+    assert np.all(np.abs(s2 - (d * d).sum(axis=(0, 2, 3))) <= 1e-12 * scale2), f"{what}: sum of squares"
+    mean = shift + s1 / cnt
+    var = s2 / cnt - (s1 / cnt) ** 2
+    assert_close(mean, y_exact.mean(axis=(0, 2, 3)), dtype, length=length, what=f"mean from the sums, {what}")
+    assert_close(var, y_exact.var(axis=(0, 2, 3)), dtype, length=length, what=f"variance from the sums, {what}")
+
+
 ISA_LEVELS = [lvl for lvl in ("scalar", "avx2", "avx512")
               if ["scalar", "avx2", "avx512"].index(lvl)
               <= ["scalar", "avx2", "avx512"].index(_core.isa_supported())]

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 import cnnkit
 from cnnkit import _core
-from conftest import ISA_LEVELS, assert_bitwise, assert_close, isa_level, num_threads
+from conftest import ISA_LEVELS, assert_bitwise, assert_close, assert_stats, isa_level, num_threads
 from reference import conv as R
 from test_conv import absf, assert_close_terms
 
@@ -230,20 +230,9 @@ def test_conv2d_fused_matches_the_reference_and_threads_agree(isa):
             return
         assert_bitwise(t1, s1, "stats_sum at 2 threads vs 1")
         assert_bitwise(t2, s2, "stats_sumsq at 2 threads vs 1")
-        # The sums are those of the returned output about its first value, in double.
-        o = got.astype(np.float64)
-        shift = o[0, :, 0, 0]
-        d = o - shift[None, :, None, None]
-        cnt = o.shape[0] * o.shape[2] * o.shape[3]
-        scale = np.abs(d).sum(axis=(0, 2, 3)) + 1e-300
-        assert np.all(np.abs(s1 - d.sum(axis=(0, 2, 3))) <= 1e-12 * scale), (s1, d.sum(axis=(0, 2, 3)))
-        scale2 = (d * d).sum(axis=(0, 2, 3)) + 1e-300
-        assert np.all(np.abs(s2 - (d * d).sum(axis=(0, 2, 3))) <= 1e-12 * scale2)
-        # ... and they give the mean and variance of the exact y.
-        mean = shift + s1 / cnt
-        var = s2 / cnt - (s1 / cnt) ** 2
-        assert_close(mean, y.mean(axis=(0, 2, 3)), F32, length=length, what="mean from the fused stats")
-        assert_close(var, y.var(axis=(0, 2, 3)), F32, length=length, what="variance from the fused stats")
+        # The sums are those of the returned output about its first value, in double, and they
+        # give the mean and variance of the exact y.
+        assert_stats(s1, s2, got, y, F32, length=length, what="fused stats")
 
     run()
 

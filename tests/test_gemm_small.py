@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 
 from cnnkit import _core
 from cnnkit.ops import conv as C
-from conftest import ISA_LEVELS, assert_bitwise, assert_close, isa_level, num_threads, tol
-from reference.conv import conv2d_backward_ref, conv2d_ref, to_nchw, to_nhwc
+from conftest import ISA_LEVELS, assert_bitwise, assert_close, assert_stats, isa_level, num_threads, tol
+from reference.conv import conv2d_backward_ref, conv2d_ref, to_nchw
 
 F32 = np.float32
 
@@ -96,27 +96,6 @@ def _assert_sum_close(actual, ref, ref_abs, length, what):
                            f"{float(np.max(err - bound)):.3g}")
 
 
-def _assert_stats(s1, s2, y, y_exact, length, what):
-    """A fused forward's statistics: the sums of its returned output ``y`` (NHWC float32) about
-    the first pixel's value per channel, in double (to 1e-12 of the terms' magnitudes), and the
-    mean and variance they give against those of the exact output ``y_exact`` (NCHW float64) to
-    the table's tolerance. (Against the exact output directly, the differences inherit y's own
-    float32 error, which scales with |y|, not with the shifted terms: at one output pixel the
-    sum is exactly 0 and the reference -6.3e-6 with a bound of 5.7e-6.)"""
-    o = to_nchw(y).astype(np.float64)
-    shift = o[0, :, 0, 0]
-    d = o - shift[None, :, None, None]
-    cnt = o.shape[0] * o.shape[2] * o.shape[3]
-    scale = np.abs(d).sum(axis=(0, 2, 3)) + 1e-300
-    assert np.all(np.abs(s1 - d.sum(axis=(0, 2, 3))) <= 1e-12 * scale), f"sum {what}"
-    scale2 = (d * d).sum(axis=(0, 2, 3)) + 1e-300
-    assert np.all(np.abs(s2 - (d * d).sum(axis=(0, 2, 3))) <= 1e-12 * scale2), f"sumsq {what}"
-    mean = shift + s1 / cnt
-    var = s2 / cnt - (s1 / cnt) ** 2
-    assert_close(mean, y_exact.mean(axis=(0, 2, 3)), F32, length=length, what="mean from the sums " + what)
-    assert_close(var, y_exact.var(axis=(0, 2, 3)), F32, length=length, what="variance from the sums " + what)
-
-
 def _check(N, H, W, Cin, K, relu, seed, isa):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((N, H, W, Cin)).astype(F32)
@@ -151,7 +130,7 @@ def _check(N, H, W, Cin, K, relu, seed, isa):
     yr = conv2d_ref(a, w)
     assert_close(to_nchw(one["yf"]), yr, F32, length=Cin, what="fused y " + what)
     # the statistics are sums of (y - s) and (y - s)^2 about s, the first pixel's value per channel
-    _assert_stats(one["s1"], one["s2"], one["yf"], yr, Cin, what)
+    assert_stats(one["s1"], one["s2"], to_nchw(one["yf"]), yr, F32, length=Cin, what=what)
     # fused input gradient: g = conv^T(dy) masked by prologue(x) > 0, with sum g and sum g (x - c)
     z = xc.astype(np.float64) * _chan(sc) + _chan(sh)
     gz = ref.grad_x * (z > 0) if relu else ref.grad_x
@@ -329,7 +308,8 @@ def test_strided_forward(isa):
         a = np.maximum(a, 0) if relu else a
         yr = conv2d_ref(a, w, None, (s, s))
         assert_close(to_nchw(got[0][1]), yr, F32, length=Cin, what="fused y")
-        _assert_stats(got[0][2], got[0][3], got[0][1], yr, Cin, f"({isa}, stride {s}, {Cin}->{K})")
+        assert_stats(got[0][2], got[0][3], to_nchw(got[0][1]), yr, F32, length=Cin,
+                     what=f"({isa}, stride {s}, {Cin}->{K})")
 
     run()
 
