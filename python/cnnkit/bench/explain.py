@@ -767,8 +767,25 @@ def fv_cnnkit_value_and_grad(model, layer: str, k: int, spec, tparams) -> tuple:
 
 
 def fv_check_state(model, layer: str, k: int, steps: int) -> tuple:
-    """A mid-optimization state to check one step at: (the spectrum of the images that ``steps``
-    of cnnkit's loop reach from seed 1, transform parameters drawn from seed 2)."""
+    """A mid-optimization state to check one step of feature visualization at.
+
+    Parameters
+    ----------
+    model : cnnkit.nn.Module
+        The model whose layer is visualized.
+    layer : str
+        The layer's name in ``model``.
+    k : int
+        The channel of ``layer`` whose mean activation is the objective.
+    steps : int
+        How many steps of cnnkit's loop lead to the state.
+
+    Returns
+    -------
+    tuple
+        ``(spectrum, tparams)``: the spectrum of the images that ``steps`` of cnnkit's loop reach
+        from seed 1, and the standard transforms' parameters drawn from seed 2.
+    """
     from cnnkit.explain import objectives
     from cnnkit.explain.features import feature_visualization
     from cnnkit.explain._fv_param import ImageParam
@@ -795,7 +812,14 @@ class FeatureCase:
                     channels_last=channels_last, lr=FV_LR)
 
     @property
-    def label(self):
+    def label(self) -> str:
+        """The case's name in the tables.
+
+        Returns
+        -------
+        str
+            ``"layer:channel"``.
+        """
         return f"{self.layer}:{self.k}"
 
     def calls(self) -> dict:
