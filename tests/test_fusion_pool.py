@@ -18,6 +18,7 @@ import pytest
 
 from cnnkit import _core, models, nn
 from conftest import assert_bitwise, assert_close, num_threads
+from test_conv import assert_close_terms
 from test_fusion import _assert_same_training, _data, _train
 
 
@@ -66,6 +67,76 @@ def test_affine_pool_matches_pool_of_the_written_values(nhwc, relu, N, C, H, W, 
         assert_close(outs[1], pooled, np.float32, length=S, what="pool of the written values")
     ref = _affine_ref(x, a, b, relu, nhwc).mean(axis=(1, 2) if nhwc else (2, 3))
     assert_close(outs[1], ref, np.float32, length=S, what="float64 reference")
+
+
+@pytest.mark.parametrize("nhwc", [False, True])
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("N,C,H,W", [(1, 1, 1, 1), (2, 15, 3, 5), (3, 16, 4, 4), (2, 17, 7, 1), (4, 33, 5, 6),
+                                     (64, 8, 16, 16)])
+def test_affine_pool_sums_for_the_pooled_backward(nhwc, relu, N, C, H, W, isa):
+    """With ``mean`` and ``sums``: the same pooled values (bitwise), and per (n, c) the count of
+    the positions the ReLU keeps (fma(a, x, b) > 0; all without) and the float64 sum of x - mean
+    over them, against a float64 reference, the same bits at 1 and 2 threads; with them, the
+    norm backward's two sums for a pooled gradient match norm_backward_reduce's."""
+    rng = np.random.default_rng(N * 1000 + C * 10 + H + 7)
+    shape = (N, H, W, C) if nhwc else (N, C, H, W)
+    x = (rng.standard_normal(shape) * 3 + 1).astype(np.float32)
+    a = (rng.uniform(0.2, 2, C) * rng.choice((-1, 1), C)).astype(np.float32)
+    b = rng.standard_normal(C).astype(np.float32)
+    ab = np.concatenate([a, b])
+    mean = rng.standard_normal(C) + 1
+    S = H * W
+    plain = np.empty((N, C), np.float32)
+    _core.norm_affine_pool(x, plain, N, C, S, nhwc, ab, relu)
+    got = {}
+    for t in (1, 2):
+        with num_threads(t):
+            out = np.full((N, C), np.nan, np.float32)
+            sums = np.full((2, N, C), np.nan)
+            _core.norm_affine_pool(x, out, N, C, S, nhwc, ab, relu, mean, sums)
+        assert_bitwise(out, plain, f"pooled values with the sums, {t} threads")
+        got[t] = sums
+    assert_bitwise(got[1], got[2], "sums at 1 and 2 threads")
+    # float64 reference, positions last
+    xs = x.reshape(N, S, C).transpose(0, 2, 1) if nhwc else x.reshape(N, C, S)
+    keep = _fma32(x, a, b, nhwc) > 0 if relu else np.ones(shape, bool)
+    ks = keep.reshape(N, S, C).transpose(0, 2, 1) if nhwc else keep.reshape(N, C, S)
+    d = np.where(ks, xs.astype(np.float64) - mean[None, :, None], 0.0)
+    assert_bitwise(got[1][0], ks.sum(axis=2).astype(np.float64), "counts")
+    assert_close_terms(got[1][1], d.sum(axis=2), np.float64, np.abs(d).sum(axis=2), length=S, what="sum of x - mean")
+    # the backward's sums for a gradient given per (n, c): g*count and g*sum, against the reduction
+    gp = rng.standard_normal((N, C)).astype(np.float32)
+    sg, sgx = _core.norm_backward_reduce(gp, x, None, N, C, S, nhwc, False, mean, ab if relu else None, True)
+    g64 = gp.astype(np.float64)
+    assert_close_terms(np.einsum("nc,nc->c", g64, got[1][0]), sg, np.float64, np.abs(g64 * got[1][0]).sum(0),
+                       length=N * S, what="sum g")
+    terms = np.einsum("nc,ncs->c", np.abs(g64), np.abs(d))
+    assert_close_terms(np.einsum("nc,nc->c", g64, got[1][1]), sgx, np.float64, terms, length=N * S,
+                       what="sum g*(x - mean)")
+
+
+def test_affine_pool_sums_bad_input():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 4, 5)).astype(np.float32)
+    ab = rng.standard_normal(10).astype(np.float32)
+    out = np.empty((2, 5), np.float32)
+    mean, sums = np.zeros(5), np.zeros((2, 2, 5))
+    with pytest.raises(ValueError, match="both or neither"):
+        _core.norm_affine_pool(x, out, 2, 5, 12, True, ab, True, mean, None)
+    with pytest.raises(ValueError, match="both or neither"):
+        _core.norm_affine_pool(x, out, 2, 5, 12, True, ab, True, None, sums)
+    with pytest.raises(ValueError, match="mean"):
+        _core.norm_affine_pool(x, out, 2, 5, 12, True, ab, True, mean[:-1], sums)
+    with pytest.raises(ValueError, match="sums"):
+        _core.norm_affine_pool(x, out, 2, 5, 12, True, ab, True, mean, sums[:, :1])
+    with pytest.raises(TypeError):
+        _core.norm_affine_pool(x, out, 2, 5, 12, True, ab, True, mean.astype(np.float32), sums)
+    both = np.zeros(2 * 2 * 5)
+    with pytest.raises(ValueError, match="overlap"):  # sums over the mean
+        _core.norm_affine_pool(x, out, 2, 5, 12, True, ab, True, both[:5], both.reshape(2, 2, 5))
+    with pytest.raises(ValueError, match="overlap"):  # sums over x
+        _core.norm_affine_pool(x, out, 2, 5, 12, True, ab, True, mean, x.reshape(-1)[:40].view(np.float64).reshape(2, 2, 5))
+    assert not sums.any()  # nothing written before the errors
 
 
 def test_affine_pool_float64_and_bad_input():
@@ -178,6 +249,29 @@ def test_mobilenet_fuses_its_last_norm_into_the_pool(layout, spies):
     assert spies["norm_affine_pool"] == (2 if fused else 0)
     assert spies["global_avg_pool_backward"] == (0 if fused else 2)
     h_u = _train(models.mobilenet_small(3, 5, seed=0, layout=layout, **kw), xs, ls, False)
+    _assert_same_training(h_f, h_u)
+
+
+@pytest.mark.parametrize("width", [32, 24])
+def test_pooled_norm_backward_has_no_pass_of_its_own(width, monkeypatch):
+    """mobilenet_small, NHWC, fused: the last norm's backward takes its two sums from the pool's
+    forward pass (no reduction pass over its input) and hands its apply pass, with the per-sample
+    gradient and the ReLU mask, to the 1x1 convolution that wrote its input (never written): no
+    pooled norm_backward_reduce or norm_backward_apply call while training; the unfused model
+    trains the same (the tolerance table)."""
+    pooled = {"norm_backward_reduce": 0, "norm_backward_apply": 0}
+    for name, at in (("norm_backward_reduce", 10), ("norm_backward_apply", 15)):
+        real = getattr(_core, name)
+
+        def spy(*a, _real=real, _name=name, _at=at, **k):
+            pooled[_name] += bool(a[_at] if len(a) > _at else k.get("pooled", False))
+            return _real(*a, **k)
+        monkeypatch.setattr(_core, name, spy)
+    kw = dict(widths=(8, 16, 16, width))
+    xs, ls = _data((4, 8, 8, 3), 2, 5)
+    h_f = _train(models.mobilenet_small(3, 5, seed=0, layout="NHWC", **kw), xs, ls, True)
+    assert pooled == {"norm_backward_reduce": 0, "norm_backward_apply": 0}, pooled
+    h_u = _train(models.mobilenet_small(3, 5, seed=0, layout="NHWC", **kw), xs, ls, False)
     _assert_same_training(h_f, h_u)
 
 

@@ -64,12 +64,30 @@ def _case(c):
     m = np.where(rng.random(z.shape) < 0.4, 0, rng.random(z.shape)).astype(np.float32) if mode == "stored" else None
     sc = (rng.uniform(0.5, 2, C) * rng.choice((-1, 1), C)).astype(np.float32) if mode == "fma" else None
     sh = rng.standard_normal(C).astype(np.float32) if mode == "fma" else None
-    ap = None
+    ap = ap6 = None
+    pool = c.get("pool")
     if c["apply"] and c["layout"] == "NHWC":  # dy as a batch norm's backward apply pass
         zb = (rng.standard_normal(gy.shape) * 2 + 0.3).astype(np.float32)
-        gb = np.where(zb > 0, gy, 0).astype(np.float32)
-        ap = (_to("NHWC", gb), _to("NHWC", zb), zb.astype(np.float64).mean(axis=(0, 2, 3)), rng.random(K) + 0.5,
-              rng.standard_normal(K) * 0.1, rng.standard_normal(K) * 0.1)
+        coefs = (zb.astype(np.float64).mean(axis=(0, 2, 3)), rng.random(K) + 0.5, rng.standard_normal(K) * 0.1,
+                 rng.standard_normal(K) * 0.1)
+        if pool:
+            # the norm's output gradient from a global average pool (one value per sample and
+            # channel), masked by the norm's ReLU recomputed as fma(a, z, b) > 0 ("mask") or not;
+            # ap6: the same pass on that gradient broadcast and masked in memory
+            gp = rng.standard_normal((N, K)).astype(np.float32)
+            ma = None
+            keep = np.ones(zb.shape, bool)
+            if pool == "mask":
+                a_, b_ = (rng.uniform(0.5, 2, K) * rng.choice((-1, 1), K)).astype(np.float32), \
+                    rng.standard_normal(K).astype(np.float32)
+                ma = np.concatenate([a_, b_])
+                keep = _fma32_nchw(zb, a_, b_) > 0
+            gb = np.where(keep, np.broadcast_to(gp[:, :, None, None], zb.shape), 0).astype(np.float32)
+            ap = (gp, _to("NHWC", zb), *coefs, ma, True)
+            ap6 = (_to("NHWC", gb), _to("NHWC", zb), *coefs)
+        else:
+            gb = np.where(zb > 0, gy, 0).astype(np.float32)
+            ap = (_to("NHWC", gb), _to("NHWC", zb), *coefs)
     res = rs = None
     if c["residual"]:
         rs = c["residual"]
@@ -79,8 +97,16 @@ def _case(c):
     # shift[, ReLU]) (the weight gradient's prologue is the gradient epilogue's), or z itself
     xin = m if mode == "stored" else z
     pro = (sc, sh, bool(c["wrelu"])) if mode == "fma" else (None, None, False)
-    return dict(z=z, w=w, g=g, gy=gy, m=m, sc=sc, sh=sh, relu=mode != "none", ap=ap, res=res, rs=rs,
+    return dict(z=z, w=w, g=g, gy=gy, m=m, sc=sc, sh=sh, relu=mode != "none", ap=ap, ap6=ap6, res=res, rs=rs,
                 center=center, xin=xin, pro=pro)
+
+
+def _fma32_nchw(z, a, b):
+    """float32 fma(a[k], z, b[k]) per channel of an NCHW array: the product exact in float64,
+    the sum rounded once to float32 (a double rounding could differ only at an exact float64 tie,
+    which random values avoid)."""
+    return (a.astype(np.float64)[None, :, None, None] * z.astype(np.float64)
+            + b.astype(np.float64)[None, :, None, None]).astype(np.float32)
 
 
 def _separate(c, o, t):
@@ -127,6 +153,18 @@ def _together(c, o, t, keep=True):
 def _check(c):
     o = _case(c)
     ref = _separate(c, o, 1)
+    if o["ap6"] is not None and ref is not None:
+        # the per-sample (and masked) gradient: the same bits as that gradient broadcast and
+        # masked in memory, and the dy written is norm_backward_apply's pooled pass
+        ref6 = _separate(c, dict(o, ap=o["ap6"]), 1)
+        assert ref6 is not None
+        for what, a, b in zip(("dx", "sum", "sumxc", "dy", "dw"), ref[1:], ref6[1:]):
+            assert_bitwise(a, b, f"{what}: pooled apply vs the gradient written ({c})")
+        gp, zn, mean, A, B, D, ma, _ = o["ap"]
+        N, Ho, Wo, K = zn.shape
+        want = np.full_like(zn, np.nan)
+        _core.norm_backward_apply(gp, zn, None, want, None, N, K, Ho * Wo, True, False, mean, A, B, D, ma, True)
+        assert_bitwise(ref[4], want, f"dy: norm_backward_apply's pooled pass ({c})")
     for t in (1, 2):
         for keep in (True, False) if o["ap"] is not None else (True,):
             got = _together(c, o, t, keep)
@@ -166,7 +204,8 @@ def _cases(draw):
                 N=draw(st.integers(1, 3)), C=draw(st.sampled_from(chans)), K=draw(st.sampled_from(chans)),
                 H=draw(st.integers(1, 40)), W=draw(st.integers(1, 40)), mode=mode,
                 wrelu=draw(st.booleans()) if mode == "fma" else False,
-                apply=draw(st.booleans()), residual=draw(st.sampled_from((None, 1, 2))) if kind == "1x1" else None,
+                apply=draw(st.booleans()), pool=draw(st.sampled_from((None, None, "plain", "mask"))),
+                residual=draw(st.sampled_from((None, 1, 2))) if kind == "1x1" else None,
                 force=draw(st.sampled_from((None, "packed", "gemm"))),
                 seed=draw(st.integers(0, 2**31 - 1)))
 
@@ -199,11 +238,12 @@ def test_weight_gradient_in_the_input_pass_hypothesis(c):
     (1, 8, 64, 20, 29),      # 580 rows: two pieces of 290 (the second off a grid of 256 from row 0)
 ])
 @pytest.mark.parametrize("mode", ["stored", "fma"])
-def test_weight_gradient_in_the_input_pass_shapes(isa, shape, mode):
+@pytest.mark.parametrize("pool", [None, "mask"])
+def test_weight_gradient_in_the_input_pass_shapes(isa, shape, mode, pool):
     N, C, K, H, W = shape
     with isa_level(isa):
         _check(dict(layout="NHWC", kind="1x1", N=N, C=C, K=K, H=H, W=W, mode=mode, wrelu=True, apply=True,
-                    residual=2 if mode == "stored" else None, force=None, seed=N * C + K))
+                    pool=pool, residual=2 if mode == "stored" else None, force=None, seed=N * C + K))
 
 
 def test_weight_gradient_in_the_input_pass_bad_input():

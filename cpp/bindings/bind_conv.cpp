@@ -221,21 +221,30 @@ void bind_conv(py::module_& m) {
         if (residual_stride < 1)
           throw py::value_error("residual_stride: expected an int >= 1, got " + std::to_string(residual_stride));
         const int64_t rstr = residual_stride, rn = g.N * g.C * ((g.H + rstr - 1) / rstr) * ((g.W + rstr - 1) / rstr);
-        // dy_apply (g, z, mean, A, B, D): grad_out is written with the norm's apply pass of them
+        // dy_apply (g, z, mean, A, B, D[, mask_affine, pooled]): grad_out is written with the norm's
+        // apply pass of them (norm_backward_apply's; with pooled, g holds one value per sample and
+        // channel; with mask_affine = concat(scale, shift), g masked by fma(scale, z, shift) > 0)
         const bool apply = !dy_apply.is_none();
         py::tuple ap_t;
         if (apply) {
-          if (!py::isinstance<py::tuple>(dy_apply) || py::len(dy_apply) != 6)
-            throw py::type_error("dy_apply: expected a tuple (g, z, mean, A, B, D) or None");
+          if (!py::isinstance<py::tuple>(dy_apply) || (py::len(dy_apply) != 6 && py::len(dy_apply) != 8))
+            throw py::type_error("dy_apply: expected a tuple (g, z, mean, A, B, D) or (g, z, mean, A, B, D, "
+                                 "mask_affine, pooled), or None");
           ap_t = py::reinterpret_borrow<py::tuple>(dy_apply);
         }
+        const bool ap_ext = apply && py::len(ap_t) == 8;
+        if (ap_ext && !py::isinstance<py::bool_>(ap_t[7]))
+          throw py::type_error("dy_apply[7] (pooled): expected a bool");
+        const bool ap_pooled = ap_ext && ap_t[7].cast<bool>();
         // grad_out None with dy_apply and grad_weight: the apply pass's values are not kept
         const bool keep = !(apply && !grad_weight.is_none() && dy.is_none());
         if (keep && dy.is_none())
           throw py::type_error("grad_out: expected a float32 array (None only with dy_apply and grad_weight), got None");
         const auto* pdy = keep ? array_arg<float>(dy, "grad_out", yn, apply ? unsigned(kWrite) : unsigned(kRead))
                                : nullptr;
-        const float* ag = apply ? array_arg<float>(ap_t[0], "dy_apply g", yn) : nullptr;
+        const int64_t agn = ap_pooled ? g.N * g.K : yn;  // the values of the apply pass's g
+        const float* ag = apply ? array_arg<float>(ap_t[0], "dy_apply g", agn) : nullptr;
+        const float* amask = ap_ext ? array_arg<float>(ap_t[6], "dy_apply mask_affine", 2 * g.K, kOptional) : nullptr;
         const float* az = apply ? array_arg<float>(ap_t[1], "dy_apply z", yn) : nullptr;
         const double* am = apply ? array_arg<double>(ap_t[2], "dy_apply mean", g.K) : nullptr;
         const double* aA = apply ? array_arg<double>(ap_t[3], "dy_apply A", g.K) : nullptr;
@@ -259,13 +268,14 @@ void bind_conv(py::module_& m) {
             overlaps(pdx, xn * 4, pw, wcount(g) * 4) || (pr && overlaps(pdx, xn * 4, pr, rn * 4)) ||
             (pm && overlaps(pdx, xn * 4, pm, xn * 4)))
           throw py::value_error("grad_input: must not overlap x, grad_out, weight, residual or mask");
-        if (apply && (overlaps(pdy, yn * 4, ag, yn * 4) || overlaps(pdy, yn * 4, az, yn * 4) ||
+        if (apply && (overlaps(pdy, yn * 4, ag, agn * 4) || overlaps(pdy, yn * 4, az, yn * 4) ||
+                      (amask && overlaps(pdy, yn * 4, amask, 2 * g.K * 4)) ||
                       overlaps(pdy, yn * 4, px, xn * 4) || overlaps(pdy, yn * 4, pw, wcount(g) * 4) ||
                       (pr && overlaps(pdy, yn * 4, pr, rn * 4)) || (pm && overlaps(pdy, yn * 4, pm, xn * 4))))
           throw py::value_error("grad_out: written with dy_apply, must not overlap its g or z, x, weight, residual or mask");
         std::vector<float> co;
         conv::DyApply dya{};
-        if (apply) dya = conv::make_dy_apply(ag, az, am, aA, aB, aD, g.K, co);
+        if (apply) dya = conv::make_dy_apply(ag, az, am, aA, aB, aD, g.K, co, ap_pooled ? g.Ho * g.Wo : 0, amask);
         py::array_t<double> s1(epi ? g.C : 0), s2(epi ? g.C : 0);
         conv::Fused fu{};
         fu.residual = pr;
@@ -295,7 +305,7 @@ void bind_conv(py::module_& m) {
           const int64_t wb = wcount(g) * 4;
           if (overlaps(pgw, wb, pdy, yn * 4) || overlaps(pgw, wb, pdx, xn * 4) || overlaps(pgw, wb, px, xn * 4) ||
               overlaps(pgw, wb, pwx, wxn * 4) || overlaps(pgw, wb, pw, wb) || (pr && overlaps(pgw, wb, pr, rn * 4)) ||
-              (pm && overlaps(pgw, wb, pm, xn * 4)) || (ag && overlaps(pgw, wb, ag, yn * 4)) ||
+              (pm && overlaps(pgw, wb, pm, xn * 4)) || (ag && overlaps(pgw, wb, ag, agn * 4)) ||
               (az && overlaps(pgw, wb, az, yn * 4)))
             throw py::value_error("grad_weight: the weight gradient must not overlap any other array");
           if (overlaps(pdx, xn * 4, pwx, wxn * 4) || (apply && overlaps(pdy, yn * 4, pwx, wxn * 4)))
@@ -329,7 +339,9 @@ void bind_conv(py::module_& m) {
       "grad_out is the output to write with a batch norm's backward apply pass A*g - B - (z - mean)*D (float64 "
       "per channel, as norm_backward_apply evaluates it), evaluated by the NHWC 1x1 pass a block of rows at a "
       "time as it reads them (elsewhere written whole first); grad_out may then be None (with grad_weight: the pass's "
-      "values are not kept). grad_weight (dw, x_in, scale, shift, relu): also writes "
+      "values are not kept). dy_apply (g, z, mean, A, B, D, mask_affine, pooled): the same with "
+      "norm_backward_apply's mask_affine (None, or concat(scale, shift): g masked by fma(scale, z, shift) > 0) and "
+      "pooled (g holds one value per sample and channel, the gradient at every pixel). grad_weight (dw, x_in, scale, shift, relu): also writes "
       "the convolution's weight gradient (no bias) from the same grad_out and its input "
       "max(fma(scale, x_in, shift), 0) (scale and shift optional, the max with relu), with the bits of "
       "conv2d_fused_backward_weight on them: the NHWC 1x1 pass reduces each block of rows while it is in cache. "

@@ -255,21 +255,30 @@ void bind_norm(py::module_& m) {
   m.def(
       "norm_affine_pool",
       [](const py::object& x, const py::object& out, int64_t N, int64_t C, int64_t S, bool nhwc,
-         const py::object& affine, bool relu) {
+         const py::object& affine, bool relu, const py::object& mean, const py::object& sums) {
         const Geo g = geo(N, C, S, nhwc, false);
         const DType dt = dtype_of(x, "x");
         const void* px = array_arg(x, "x", dt, g.total());
         const void* pa = array_arg(affine, "affine", dt, 2 * C);
         void* po = array_arg(out, "out", dt, N * C, kWrite);
-        if (overlaps(po, N * C * dtype_size(dt), px, g.total() * dtype_size(dt)))
-          throw py::value_error("out: must not overlap x");
+        if (mean.is_none() != sums.is_none()) throw py::value_error("mean, sums: both or neither");
+        const double* pm = mean.is_none() ? nullptr : array_arg<double>(mean, "mean", C);
+        double* ps = sums.is_none() ? nullptr : array_arg<double>(sums, "sums", 2 * N * C, kWrite);
+        const size_t ob = N * C * dtype_size(dt), xb = g.total() * dtype_size(dt);
+        if (overlaps(po, ob, px, xb)) throw py::value_error("out: must not overlap x");
+        if (ps && (overlaps(ps, 2 * N * C * 8, px, xb) || overlaps(ps, 2 * N * C * 8, po, ob) ||
+                   overlaps(ps, 2 * N * C * 8, pa, 2 * C * dtype_size(dt)) || overlaps(ps, 2 * N * C * 8, pm, C * 8)))
+          throw py::value_error("sums: must not overlap x, out, affine or mean");
         py::gil_scoped_release nogil;
-        norm::affine_pool(dt, px, pa, relu, g.sh, po);
+        norm::affine_pool(dt, px, pa, relu, g.sh, po, pm, ps, ps ? ps + N * C : nullptr);
       },
       py::arg("x"), py::arg("out"), py::arg("N"), py::arg("C"), py::arg("S"), py::arg("nhwc"), py::arg("affine"),
-      py::arg("relu"),
+      py::arg("relu"), py::arg("mean") = py::none(), py::arg("sums") = py::none(),
       "out[n, c] = mean over s of act(fma(a[c], x, b[c])) (affine = concat(a, b), x's dtype; act the ReLU with "
-      "relu), summed in double: a batch norm's output, global-average-pooled without being written.");
+      "relu), summed in double: a batch norm's output, global-average-pooled without being written. With mean "
+      "(float64, C) and sums (float64, 2*N*C values, written): sums[0, n, c] = the count of positions act keeps "
+      "(fma(a, x, b) > 0 with relu, all without) and sums[1, n, c] = the sum over them of x - mean[c] in double, "
+      "in position order (the norm backward's two sums for a gradient constant over the positions).");
 }
 
 }  // namespace cnnkit::bind

@@ -94,7 +94,9 @@ def conv2d_fused_backward_input(grad_out: _OptArray, weight: _Array, grad_input:
                                 residual: _OptArray = None,
                                 mask: _OptArray = None,
                                 residual_stride: int = 1,
-                                dy_apply: tuple[_Array, _Array, ArrayLike, ArrayLike, ArrayLike, ArrayLike] | None = None,
+                                dy_apply: tuple[_Array, _Array, ArrayLike, ArrayLike, ArrayLike, ArrayLike]
+                                | tuple[_Array, _Array, ArrayLike, ArrayLike, ArrayLike, ArrayLike, _OptArray, bool]
+                                | None = None,
                                 grad_weight: tuple[_Array, _Array, _OptArray, _OptArray, bool] | None = None,
                                 weight_geom: ConvGeom | None = None,
                                 ) -> tuple[str, NDArray[np.float64] | None, NDArray[np.float64] | None]:
@@ -157,7 +159,7 @@ def norm_backward_apply(grad_out: _Array, x: _Array, mask: _OptArray, grad_input
                         mean: ArrayLike, A: ArrayLike, B: ArrayLike, D: ArrayLike,
                         mask_affine: _OptArray = None, pooled: bool = False) -> None: ...
 def norm_affine_pool(x: _Array, out: _Array, N: _Int, C: _Int, S: _Int, nhwc: bool, affine: _Array,
-                     relu: bool) -> None: ...
+                     relu: bool, mean: ArrayLike | None = None, sums: _OptArray = None) -> None: ...
 
 # --- layers (bind_nn.cpp) ---------------------------------------------------------------------
 

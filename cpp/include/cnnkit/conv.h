@@ -29,6 +29,12 @@ struct Geom;
 // norm's output (already masked by its ReLU), z the norm's input (this convolution's output), hi +
 // lo the batch mean split in two floats, a = w*invstd, b = a*sum(g)/count, d = a*invstd^2*sum(g*(z -
 // mean))/count.
+// With pooled_s > 0, g holds one value per sample and output channel instead (a global average
+// pool's adjoint: the gradient at every pixel of that sample and channel, never broadcast in
+// memory), row r of dy taking sample r / pooled_s's; with mask, g is masked by fma(mask[k], z,
+// mask[K + k]) > 0 (a +0 where not: the ReLU of the norm's output as a convolution's fused prologue
+// or the pool's computed it, recomputed from z) instead of coming masked. The values of
+// norm_backward_apply's pass with pooled and mask_affine.
 struct DyApply {
   const float* g;
   const float* z;
@@ -37,6 +43,8 @@ struct DyApply {
   const float* hi;
   const float* lo;
   const float* d;
+  int64_t pooled_s = 0;
+  const float* mask = nullptr;
 };
 
 // The fused prologue and epilogue of a float32 forward pass (forward_fused()):
@@ -155,9 +163,10 @@ const char* backward_weight_fused(const float* dy, const float* x, float* dw, fl
 
 // A DyApply of the norm's output gradient g_out and input z from its float64 mean and apply
 // coefficients A, B, D per channel (K), converted to float as its apply pass converts them, into
-// `store` (which must outlive the result).
+// `store` (which must outlive the result); pooled_s and mask as in DyApply.
 DyApply make_dy_apply(const float* g_out, const float* z, const double* mean, const double* A, const double* B,
-                      const double* D, int64_t K, std::vector<float>& store);
+                      const double* D, int64_t K, std::vector<float>& store, int64_t pooled_s = 0,
+                      const float* mask = nullptr);
 
 // The weight (dw) and bias (db) gradients with dy the batch-norm backward's apply pass (DyApply:
 // the gradient at the norm's input, never written), from the norm's float64 statistics and

@@ -62,7 +62,13 @@ void backward_apply(DType dt, const void* dy, const void* x, const void* mask, c
 // of a convolution's fused prologue, averaged as global_avg_pool_forward averages it, never written.
 // (Its NCHW form and the pooled NCHW backward passes are correct but do not vectorise with GCC 12,
 // 15-20x slower than the plain passes at 256 channels of 16x16: cnnkit.nn fuses NHWC only.)
-void affine_pool(DType dt, const void* x, const void* affine, bool relu, const Shape& sh, void* out);
+// With mean (C values; m1 and m2 N*C each), in the same pass the two sums per (n, c) that the
+// norm's backward needs when the gradient comes from this pool (the same value at every position
+// of a sample and channel): m1 = the count of positions that act keeps (fma(a, x, b) > 0 with the
+// ReLU, every position without), m2 = the sum over them of double(x) - mean[c], in position order.
+// (sum of g = g*m1 and sum of g*(x - mean) = g*m2 for such a g.)
+void affine_pool(DType dt, const void* x, const void* affine, bool relu, const Shape& sh, void* out,
+                 const double* mean = nullptr, double* m1 = nullptr, double* m2 = nullptr);
 
 // Running statistics: running[i] <- (1 - momentum) * running[i] + momentum * (stat[i] * factor),
 // in double, rounded once to dt (factor: 1 for the mean, the unbiasing count/(count-1) for the

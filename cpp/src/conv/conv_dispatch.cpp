@@ -628,7 +628,7 @@ const char* backward_weight_fused(const float* dy, const float* x, float* dw, fl
 }
 
 DyApply make_dy_apply(const float* g_out, const float* z, const double* mean, const double* A, const double* B,
-                      const double* D, int64_t K, std::vector<float>& store) {
+                      const double* D, int64_t K, std::vector<float>& store, int64_t pooled_s, const float* mask) {
   // as norm_kernels.cpp's backward_apply_t converts them
   store.assign(size_t(5 * K), 0.0f);
   float *a = store.data(), *b = a + K, *hi = b + K, *lo = hi + K, *d = lo + K;
@@ -639,7 +639,7 @@ DyApply make_dy_apply(const float* g_out, const float* z, const double* mean, co
     b[k] = float(B[k]);
     d[k] = float(D[k]);
   }
-  return DyApply{g_out, z, a, b, hi, lo, d};
+  return DyApply{g_out, z, a, b, hi, lo, d, pooled_s, mask};
 }
 
 const char* backward_weight_bn_apply(const float* g_out, const float* z, const double* mean, const double* A,

@@ -1146,9 +1146,7 @@ void forward_1x1_nhwc(const float* x, const float* w, const float* b, float* y, 
         sgemm_rows(nr, K, C, blk, C, bp, yr, K, nullptr, epp);
       } else {
         float* xa = du ? du + (a - r0) * C : const_cast<float*>(x) + a * C;
-        if (dya)
-          ::cnnkit::CNNKIT_ISA_NS::bn_apply_pixels(dya->g + a * C, dya->z + a * C, xa, nr, C, dya->a, dya->b,
-                                                   dya->hi, dya->lo, dya->d);
+        if (dya) ::cnnkit::CNNKIT_ISA_NS::bn_apply_rows(*dya, a, xa, nr, C);
         // The next block's operands from memory (the apply pass's g and z, the gradient
         // epilogue's x and mask, the residual) into L2 while this block's product runs: the
         // passes over them otherwise wait on memory while the product leaves it idle. AVX-512,
@@ -1168,7 +1166,7 @@ void forward_1x1_nhwc(const float* x, const float* w, const float* b, float* y, 
           }
           if (dya) {
             pre.add(dya->z + na * C, nn * C);
-            pre.add(dya->g + na * C, nn * C);
+            if (dya->pooled_s == 0) pre.add(dya->g + na * C, nn * C);  // (per sample: a few lines, in cache)
           }
         }
 #endif

@@ -272,7 +272,7 @@ void dy_apply_rows(const conv::DyApply& ap, float* out, int64_t rows, int64_t C)
 #pragma omp parallel for schedule(static) num_threads(num_threads())
   for (int64_t r0 = 0; r0 < rows; r0 += blk) {
     const int64_t n = std::min(blk, rows - r0);
-    bn_apply_pixels(ap.g + r0 * C, ap.z + r0 * C, out + r0 * C, n, C, ap.a, ap.b, ap.hi, ap.lo, ap.d);
+    bn_apply_rows(ap, r0, out + r0 * C, n, C);
   }
 }
 

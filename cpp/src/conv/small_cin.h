@@ -311,9 +311,7 @@ void small_cin_backward_weight_k(const float* dy, const float* x, float* dw, flo
       const int64_t c1 = std::min(r1, c0 + RC);
       const float* dyc = dy + c0 * g.Wo * K;
       if (ap) {
-        const int64_t o = c0 * g.Wo * K;
-        ::cnnkit::CNNKIT_ISA_NS::bn_apply_pixels(ap->g + o, ap->z + o, dzb, (c1 - c0) * g.Wo, K, ap->a, ap->b,
-                                                 ap->hi, ap->lo, ap->d);
+        ::cnnkit::CNNKIT_ISA_NS::bn_apply_rows(*ap, c0 * g.Wo, dzb, (c1 - c0) * g.Wo, K);
         dyc = dzb;
       }
       for (int64_t p = 0; p < (c1 - c0) * g.Wo; ++p)
@@ -326,7 +324,8 @@ void small_cin_backward_weight_k(const float* dy, const float* x, float* dw, flo
         SpreadPrefetch pf;
         if (c1 < r1) {
           const int64_t o = c1 * g.Wo * K, n = (std::min(r1, c1 + RC) - c1) * g.Wo * K * int64_t(sizeof(float));
-          pf = ap ? SpreadPrefetch(ap->g + o, n, ap->z + o, n, C * (K / (NS * L)) * (c1 - c0))
+          pf = ap ? SpreadPrefetch(ap->z + o, n, ap->pooled_s ? nullptr : ap->g + o, ap->pooled_s ? 0 : n,
+                                   C * (K / (NS * L)) * (c1 - c0))
                   : SpreadPrefetch(dy + o, n, nullptr, 0, C * (K / (NS * L)) * (c1 - c0));
         }
         for (int64_t c = 0; c < C; ++c)

@@ -48,8 +48,9 @@ void backward_apply(DType dt, const void* dy, const void* x, const void* mask, c
   kernels(kBackwardApply, dt).backward_apply_fn(dt, dy, x, mask, mask_affine, pooled, dx, gres, sh, ps, mean, A, B,
                                                 D);
 }
-void affine_pool(DType dt, const void* x, const void* affine, bool relu, const Shape& sh, void* out) {
-  kernels(kAffinePool, dt).affine_pool_fn(dt, x, affine, relu, sh, out);
+void affine_pool(DType dt, const void* x, const void* affine, bool relu, const Shape& sh, void* out,
+                 const double* mean, double* m1, double* m2) {
+  kernels(kAffinePool, dt).affine_pool_fn(dt, x, affine, relu, sh, out, mean, m1, m2);
 }
 
 namespace {

@@ -544,6 +544,64 @@ void affine_pool_t(const T* x, const T* ab, const Shape& sh, T* out) {
                 out);
 }
 
+// affine_pool_t and, per (n, c), m1 = the count of positions whose act keeps them (t > 0 with the
+// ReLU, all without) and m2 = the sum over them of double(x) - mean[c] in position order (the
+// pooled norm backward's sums, see norm.h). NHWC in one pass, the pool's sums as channel_means
+// forms them (the same bits); NCHW by channel_means, then the two sums in a second pass.
+template <typename T, bool RELU>
+void affine_pool_sums_t(const T* x, const T* ab, const Shape& sh, T* out, const double* mean, double* m1,
+                        double* m2) {
+  const int64_t N = sh.N, C = sh.C, S = sh.S;
+  const T* __restrict a = ab;
+  const T* __restrict b = ab + C;
+  const int nt = threads_for(sh);
+  if (!sh.nhwc) {
+    affine_pool_t<T, RELU>(x, ab, sh, out);
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int64_t r = 0; r < N * C; ++r) {
+      const T* __restrict p = x + r * S;
+      const int64_t c = r % C;
+      double k = 0.0, q = 0.0;
+      for (int64_t i = 0; i < S; ++i) {
+        const bool kp = !RELU || std::fma(a[c], p[i], b[c]) > T(0);
+        k += kp ? 1.0 : 0.0;
+        q += kp ? double(p[i]) - mean[c] : 0.0;
+      }
+      m1[r] = k;
+      m2[r] = q;
+    }
+    return;
+  }
+  const double inv = 1.0 / double(S);
+#pragma omp parallel num_threads(nt)
+  {
+    isa_vector<double> acc(static_cast<size_t>(3 * C));
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < N; ++n) {
+      double* __restrict s1 = acc.data();
+      double* __restrict k = s1 + C;
+      double* __restrict q = k + C;
+      std::fill(s1, s1 + 3 * C, 0.0);
+      for (int64_t i = 0; i < S; ++i) {
+        const T* __restrict p = x + (n * S + i) * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) {
+          const T t = std::fma(a[c], p[c], b[c]);
+          s1[c] += double(RELU ? relu_of(t) : t);
+          const bool kp = !RELU || t > T(0);
+          k[c] += kp ? 1.0 : 0.0;
+          q[c] += kp ? double(p[c]) - mean[c] : 0.0;
+        }
+      }
+      for (int64_t c = 0; c < C; ++c) {
+        out[n * C + c] = T(s1[c] * inv);
+        m1[n * C + c] = k[c];
+        m2[n * C + c] = q[c];
+      }
+    }
+  }
+}
+
 // ---- dtype and flag dispatch ------------------------------------------------------------------
 
 void stats(DType dt, const void* x, const Shape& sh, bool ps, double* mean, double* var) {
@@ -655,18 +713,24 @@ void backward_apply(DType dt, const void* dy, const void* x, const void* mask, c
     backward_apply_d<double>(dy, x, mask, mask_affine, pooled, dx, gres, sh, ps, mean, A, B, D);
 }
 
-void affine_pool(DType dt, const void* x, const void* affine, bool relu, const Shape& sh, void* out) {
-  if (dt == DType::f32) {
-    auto X = static_cast<const float*>(x);
-    auto A = static_cast<const float*>(affine);
-    auto O = static_cast<float*>(out);
-    relu ? affine_pool_t<float, true>(X, A, sh, O) : affine_pool_t<float, false>(X, A, sh, O);
-  } else {
-    auto X = static_cast<const double*>(x);
-    auto A = static_cast<const double*>(affine);
-    auto O = static_cast<double*>(out);
-    relu ? affine_pool_t<double, true>(X, A, sh, O) : affine_pool_t<double, false>(X, A, sh, O);
-  }
+template <typename T>
+void affine_pool_d(const void* x, const void* affine, bool relu, const Shape& sh, void* out, const double* mean,
+                   double* m1, double* m2) {
+  auto X = static_cast<const T*>(x);
+  auto A = static_cast<const T*>(affine);
+  auto O = static_cast<T*>(out);
+  if (mean)
+    relu ? affine_pool_sums_t<T, true>(X, A, sh, O, mean, m1, m2) : affine_pool_sums_t<T, false>(X, A, sh, O, mean, m1, m2);
+  else
+    relu ? affine_pool_t<T, true>(X, A, sh, O) : affine_pool_t<T, false>(X, A, sh, O);
+}
+
+void affine_pool(DType dt, const void* x, const void* affine, bool relu, const Shape& sh, void* out,
+                 const double* mean, double* m1, double* m2) {
+  if (dt == DType::f32)
+    affine_pool_d<float>(x, affine, relu, sh, out, mean, m1, m2);
+  else
+    affine_pool_d<double>(x, affine, relu, sh, out, mean, m1, m2);
 }
 
 }  // namespace
@@ -684,6 +748,33 @@ void bn_apply_pixels(const float* __restrict g, const float* __restrict z, float
       for (int64_t c = 0; c < Cn; ++c) o[c] = apply_value(gr[c], zr[c], a[c], bq[c], hi[c], lo[c], dd[c]);
     }
   });
+}
+
+void bn_apply_pixels_masked(const float* gp, int64_t gs, int64_t r0, const float* __restrict z, float* __restrict out,
+                            int64_t npix, int64_t C, const float* a, const float* bq, const float* hi, const float* lo,
+                            const float* dd, const float* ms, const float* mh) {
+  // (backward_apply_t's per-pixel loop: the same mask and value per element)
+  auto rows = [&](auto masked) {
+    constexpr bool MASKED = decltype(masked)::value;
+    with_channels<float>(C, [&](auto cc) {
+      constexpr int64_t CC = decltype(cc)::value;
+      const int64_t Cn = CC ? CC : C;
+      for (int64_t m = 0; m < npix; ++m) {
+        const float* __restrict gr = gs > 0 ? gp + ((r0 + m) / gs) * Cn : gp + (r0 + m) * Cn;
+        const float* __restrict zr = z + m * Cn;
+        float* __restrict o = out + m * Cn;
+#pragma omp simd
+        for (int64_t c = 0; c < Cn; ++c) {
+          const float g = MASKED && !kept<2, float>(nullptr, c, ms[c], mh[c], zr[c]) ? 0.0f : gr[c];
+          o[c] = apply_value(g, zr[c], a[c], bq[c], hi[c], lo[c], dd[c]);
+        }
+      }
+    });
+  };
+  if (ms)
+    rows(std::true_type{});
+  else
+    rows(std::false_type{});
 }
 
 extern const norm::Kernels norm_kernels;

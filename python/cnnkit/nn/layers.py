@@ -351,6 +351,8 @@ class Conv2d(Module):
         :meth:`BatchNorm2d._apply_or_defer`): the stem kernel evaluates the pass as it reads it
         (the same values as the norm's pass writes). False (nothing written) where the registry
         runs another kernel."""
+        if len(apply) != 6:  # (a masked or per-sample gradient: the stem kernel reads written rows only)
+            return False
         g, z, mean, A, B, D = apply
         x = self._x
         geo = self._geom_of(x.shape)
@@ -598,8 +600,9 @@ class Conv2d(Module):
 
     def _take_apply(self, grad: np.ndarray) -> tuple | None:
         """The batch norm's apply pass handed over for ``grad`` (``_deferred_grad``: ``(g, z,
-        mean, A, B, D)``, which the compiled input gradient evaluates as it reads ``grad`` and
-        writes into it), or None (``grad`` is written)."""
+        mean, A, B, D)``, or ``(g, z, mean, A, B, D, mask_affine, pooled)``, which the compiled
+        input gradient evaluates as it reads ``grad`` and writes into it), or None (``grad`` is
+        written)."""
         d = self._deferred_grad
         return d[2] if d is not None and d[0] is grad else None
 
@@ -875,6 +878,7 @@ class BatchNorm2d(_ReLUMode, Module):
         self._residual_affine = residual_affine if residual is not None else None
         self._residual_relu = residual_relu and self._residual_affine is not None
         self._mean, self._invstd, self._pre_affine, self._pending_grad = mean, invstd, None, None
+        self._pool_sums = None  # (set by a fused global average pool of this forward's output)
         if pre is not None:
             self._y = None  # the consumer sets it to the prologue's output when it materialises one
             # The backward's ReLU mask, fma(scale, x, shift) > 0: the compiled prologue's value
@@ -915,9 +919,22 @@ class BatchNorm2d(_ReLUMode, Module):
             sgxhat = sgxc * self._invstd
         elif (pooled := _pooled_grad(grad, nhwc)) is not None:
             # the next layer is a global average pool fused with this norm: grad is its (N, C)
-            # adjoint broadcast over H and W, read once per (n, c) inside the kernels
-            sg, sgxhat = _bn_backward_chunk(pooled, x, None, gi, None, N, C, S, nhwc, self._mean, self._invstd,
-                                            w, N * S, mask_affine=pre_affine, pooled=True)
+            # adjoint broadcast over H and W, read once per (n, c) inside the kernels; the apply
+            # pass written, or handed to the convolution that wrote x (_apply_or_defer)
+            sums, self._pool_sums = getattr(self, "_pool_sums", None), None
+            if sums is not None:
+                # the pool's pass gave, per (n, c), the count of positions the mask keeps and the
+                # sum of x - mean over them: sum g = sum over n of g*count, sum g*(x - mean) = sum
+                # over n of g*(that sum), in double in sample order (no pass over x)
+                g64 = pooled.astype(np.float64)
+                sg = np.einsum("nc,nc->c", g64, sums[0])
+                sgxc = np.einsum("nc,nc->c", g64, sums[1])
+            else:
+                sg, sgxc = _core.norm_backward_reduce(pooled, x, None, N, C, S, nhwc, False, self._mean,
+                                                      pre_affine, True)
+            if gi.size:
+                self._apply_or_defer(pooled, gi, N, C, S, nhwc, w, sg, sgxc, pre_affine, True)
+            sgxhat = sgxc * self._invstd
         elif pre_affine is None:
             # no ReLU (a projection shortcut's norm): the reduction, then the apply pass written or
             # handed to the convolution that wrote x (_apply_or_defer)
@@ -958,23 +975,34 @@ class BatchNorm2d(_ReLUMode, Module):
         return gi
 
     def _apply_or_defer(self, grad: np.ndarray, gi: np.ndarray, N: int, C: int, S: int, nhwc: bool,
-                        w: np.ndarray | None, sg: np.ndarray, sgxc: np.ndarray) -> None:
+                        w: np.ndarray | None, sg: np.ndarray, sgxc: np.ndarray,
+                        mask_affine: np.ndarray | None = None, pooled: bool = False) -> None:
         """The apply pass of the training-mode backward into ``gi`` from the masked ``grad`` and
         the sums ``sg``, ``sgxc``; or, where the convolution that wrote this norm's input takes
         the pass into its weight gradient (:meth:`_apply_taker`), handed to it unwritten as its
         ``_deferred_grad``: ``gi`` is written by the first reader that needs it written
-        (:meth:`Module._grad_ready`), or never (the weight gradient evaluated the pass itself)."""
+        (:meth:`Module._grad_ready`), or never (the weight gradient evaluated the pass itself).
+        ``mask_affine`` and ``pooled`` as :func:`cnnkit._core.norm_backward_apply` takes them (a
+        fused prologue's or pool's ReLU mask recomputed from x; ``grad`` the ``(N, C)`` adjoint of
+        a global average pool): the pass handed over then carries them too."""
         x, mean = self._x, self._mean
         A, B, D = _bn_apply_coefs(self._invstd, w, N * S, sg, sgxc)
+        plain = mask_affine is None and not pooled
 
         def write() -> None:
-            _core.norm_backward_apply(grad, x, None, gi, None, N, C, S, nhwc, False, mean, A, B, D)
+            if plain:
+                _core.norm_backward_apply(grad, x, None, gi, None, N, C, S, nhwc, False, mean, A, B, D)
+            else:
+                _core.norm_backward_apply(grad, x, None, gi, None, N, C, S, nhwc, False, mean, A, B, D,
+                                          mask_affine, pooled)
 
         taker = self._apply_taker()
         if taker is None:
             write()
-        else:
+        elif plain:
             taker._deferred_grad = (gi, write, (grad, x, mean, A, B, D))
+        else:
+            taker._deferred_grad = (gi, write, (grad, x, mean, A, B, D, mask_affine, pooled))
 
     def _apply_taker(self) -> Conv2d | None:
         """The convolution that wrote this norm's input in the last forward (the fused path:
@@ -1474,7 +1502,15 @@ class GlobalAvgPool2d(Module):
         self._shape, self._pre_norm = x.shape, norm
         N, C, S = self._geometry()
         y = self._buf("y", (N, C))
-        _core.norm_affine_pool(np.ascontiguousarray(x), y, N, C, S, self.layout == "NHWC", affine, relu)
+        nhwc = self.layout == "NHWC"
+        if norm._trained and nhwc:
+            # the norm backward's two sums per (n, c) from the same pass (the pool's adjoint is
+            # constant over the positions): its reduction pass over x is then skipped
+            sums = self._buf("norm_sums", (2, N, C), np.float64)
+            _core.norm_affine_pool(np.ascontiguousarray(x), y, N, C, S, nhwc, affine, relu, norm._mean, sums)
+            norm._pool_sums = sums
+        else:
+            _core.norm_affine_pool(np.ascontiguousarray(x), y, N, C, S, nhwc, affine, relu)
         for c in self._captures:
             c.output = y.copy()
         return y
