@@ -275,6 +275,38 @@ def test_pooled_norm_backward_has_no_pass_of_its_own(width, monkeypatch):
     _assert_same_training(h_f, h_u)
 
 
+def test_apply_pass_in_place_gives_the_same_gradients(monkeypatch):
+    """mobilenet_small (NHWC, fused): the norms after its depthwise convolutions (which do not
+    evaluate the apply pass themselves) write it over the masked gradient their consumer's
+    compiled pass wrote, in place; the gradients are bitwise those written into a buffer of the
+    norm's own, over two training steps."""
+    inplace = []
+    real = _core.norm_backward_apply
+
+    def spy(*a, **k):
+        inplace.append(a[3] is a[0])
+        return real(*a, **k)
+    monkeypatch.setattr(_core, "norm_backward_apply", spy)
+    kw = dict(widths=(8, 16, 16, 32))
+    xs, ls = _data((4, 8, 8, 3), 2, 5)
+    h_in = _train(models.mobilenet_small(3, 5, seed=0, layout="NHWC", **kw), xs, ls, True)
+    assert sum(inplace) >= 2 * 3, inplace  # the three norms after depthwise layers, each step
+    real_defer = nn.BatchNorm2d._apply_or_defer
+
+    def out_of_place(self, *a, **k):
+        k["inplace"] = False
+        return real_defer(self, *a, **k)
+    monkeypatch.setattr(nn.BatchNorm2d, "_apply_or_defer", out_of_place)
+    inplace.clear()
+    h_out = _train(models.mobilenet_small(3, 5, seed=0, layout="NHWC", **kw), xs, ls, True)
+    assert not any(inplace)
+    for (la, ga, xa, _), (lb, gb, xb, _) in zip(h_in, h_out):
+        assert la == lb
+        for u, v in zip(ga, gb):
+            assert_bitwise(u, v, "parameter gradient")
+        assert_bitwise(xa, xb, "input gradient")
+
+
 def test_pool_gradient_is_a_broadcast_view_only_when_fused():
     m = _head("NHWC", np.random.default_rng(0))
     x = np.random.default_rng(1).standard_normal((2, 5, 5, 3)).astype(np.float32)

@@ -1169,6 +1169,54 @@ def test_backward_reduce_writes_the_masked_gradient(isa, shape, layout, dtype, r
     assert np.all(r == 7)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("shape", [(3, 5, 4, 7), (2, 37, 3, 3), (5, 16, 1, 9), (2, 64, 8, 8)])
+def test_backward_apply_in_place(isa, shape, layout, dtype, rng):
+    """``norm_backward_apply`` with grad_input = grad_out (or x) itself: the bits written out of
+    place, every mask form, with the residual's gradient, at 1 and 2 threads (cnnkit.nn writes the
+    apply pass over the masked gradient of a consumer's compiled pass); a grad_input that overlaps
+    grad_out, x, the mask or mask_affine without being it, or a grad_residual that overlaps any,
+    is a ValueError before anything is written."""
+    from cnnkit import _core
+    x = rng.standard_normal(shape).astype(dtype)
+    g = rng.standard_normal(shape).astype(dtype)
+    y = np.where(rng.random(shape) < 0.4, 0, rng.random(shape)).astype(dtype)
+    nhwc = layout == "NHWC"
+    N, C, S = shape[0], shape[3] if nhwc else shape[1], shape[1] * shape[2] if nhwc else shape[2] * shape[3]
+    mean, A, B, D = (rng.standard_normal(C) for _ in range(4))
+    aff = np.concatenate([rng.uniform(-2, 2, C), rng.standard_normal(C)]).astype(dtype)
+    for mask, ma in ((None, None), (y, None), (None, aff)):
+        for gres in (False, True):
+            want = np.full(shape, np.nan, dtype)
+            wr = np.full(shape, np.nan, dtype) if gres else None
+            _core.norm_backward_apply(g, x, mask, want, wr, N, C, S, nhwc, False, mean, A, B, D, ma)
+            for t in (1, 2):
+                for over in ("grad_out", "x"):
+                    gi, xi = g.copy(), x.copy()
+                    r = np.full(shape, np.nan, dtype) if gres else None
+                    with num_threads(t):
+                        _core.norm_backward_apply(gi, xi, mask, gi if over == "grad_out" else xi, r, N, C, S, nhwc,
+                                                  False, mean, A, B, D, ma)
+                    assert_bitwise(gi if over == "grad_out" else xi, want, f"in place over {over}, {t} threads")
+                    if gres:
+                        assert_bitwise(r, wr, f"grad_residual, in place over {over}, {t} threads")
+    flat = np.concatenate([g.reshape(-1), np.zeros(8, dtype)])
+    gs = flat[:g.size].reshape(shape)
+    shifted = flat[8:].reshape(shape)  # overlaps gs, not the same array
+    keep = flat.copy()
+    with pytest.raises(ValueError, match="grad_input"):
+        _core.norm_backward_apply(gs, x, None, shifted, None, N, C, S, nhwc, False, mean, A, B, D)
+    with pytest.raises(ValueError, match="grad_input"):
+        _core.norm_backward_apply(g, x, y, y, None, N, C, S, nhwc, False, mean, A, B, D)
+    with pytest.raises(ValueError, match="grad_residual"):
+        _core.norm_backward_apply(gs, x, y, np.empty_like(x), gs, N, C, S, nhwc, False, mean, A, B, D)
+    with pytest.raises(ValueError, match="grad_residual"):
+        out = np.empty_like(x)
+        _core.norm_backward_apply(g, x, y, out, out, N, C, S, nhwc, False, mean, A, B, D)
+    assert_bitwise(flat, keep, "nothing written before the errors")
+
+
 @pytest.mark.parametrize("C", [15, 16, 32, 64, 128])
 def test_nhwc_passes_at_the_fixed_channel_counts_give_the_nchw_bits(isa, C, rng, threads):
     """The NHWC per-pixel loops run with C as a compile-time constant at 16, 32, 64 and 128

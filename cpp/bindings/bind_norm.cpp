@@ -243,6 +243,19 @@ void bind_norm(py::module_& m) {
         void* pg = array_arg(gres, "grad_residual", dt, g.total(), kWrite | kOptional);
         const int64_t k = g.stat_count();
         const double *pm = f64(mean, "mean", k), *pa = f64(A, "A", k), *pb = f64(B, "B", k), *pc = f64(D, "D", k);
+        // grad_input may be grad_out or x itself (each value read before it is written, at the same
+        // position), not overlap them otherwise; grad_residual overlaps nothing
+        const size_t es = dtype_size(dt), tb = g.total() * es, db = (pooled ? N * C : g.total()) * es;
+        auto part = [&](const void* a, size_t an, const void* b, size_t bn) {
+          return overlaps(a, an, b, bn) && !(a == b && an == bn);
+        };
+        if (part(po, tb, pd, db) || part(po, tb, px, tb) || (pk && overlaps(po, tb, pk, tb)) ||
+            (pma && overlaps(po, tb, pma, 2 * C * es)))
+          throw py::value_error("grad_input: must be grad_out or x itself or not overlap them, and not overlap mask "
+                                "or mask_affine");
+        if (pg && (overlaps(pg, tb, pd, db) || overlaps(pg, tb, px, tb) || overlaps(pg, tb, po, tb) ||
+                   (pk && overlaps(pg, tb, pk, tb)) || (pma && overlaps(pg, tb, pma, 2 * C * es))))
+          throw py::value_error("grad_residual: must not overlap grad_out, x, grad_input, mask or mask_affine");
         py::gil_scoped_release nogil;
         norm::backward_apply(dt, pd, px, pk, pma, pooled, po, pg, g.sh, g.ps, pm, pa, pb, pc);
       },
@@ -250,7 +263,7 @@ void bind_norm(py::module_& m) {
       py::arg("N"), py::arg("C"), py::arg("S"), py::arg("nhwc"), py::arg("per_sample"), py::arg("mean"),
       py::arg("A"), py::arg("B"), py::arg("D"), py::arg("mask_affine") = py::none(), py::arg("pooled") = false,
       "dx = A*g - B - (x - mean)*D per channel, g masked as in norm_backward_reduce (pooled as there); "
-      "grad_residual (optional) receives g.");
+      "grad_residual (optional) receives g. grad_input may be grad_out (not pooled) or x itself: in place.");
 
   m.def(
       "norm_affine_pool",

@@ -478,10 +478,12 @@ inline T apply_value(T g, T x, T a, T bq, T hi, T lo, T dd) {
   return a * g - bq - ((x - hi) - lo) * dd;
 }
 
+// dx may be dy itself (in place: each value is read before it is written, at the same position;
+// not restrict-qualified for that), or x (likewise).
 template <typename T, int MK, bool GRES, bool PL>
-void backward_apply_t(const T* __restrict dy, const T* __restrict x, const T* __restrict mk,
-                      const T* __restrict ma, T* __restrict dx, T* __restrict gres, const Shape& sh, bool ps,
-                      const double* mean, const double* A, const double* B, const double* D) {
+void backward_apply_t(const T* dy, const T* x, const T* __restrict mk, const T* __restrict ma, T* dx,
+                      T* __restrict gres, const Shape& sh, bool ps, const double* mean, const double* A,
+                      const double* B, const double* D) {
   const int64_t C = sh.C, S = sh.S;
   const Coef<T> k = coef_of<T>(ps ? sh.N * C : C, mean, true, [&](int64_t i, Coef<T>& e) {
     e.p[i] = T(A[i]);
@@ -492,11 +494,11 @@ void backward_apply_t(const T* __restrict dy, const T* __restrict x, const T* __
       sh, ps,
       [&](int64_t rr, int64_t i) {
         const T hi = k.hi[i], lo = k.lo[i], a = k.p[i], bq = k.q[i], dd = k.r[i];
-        const T* __restrict d = PL ? dy + rr : dy + rr * S;
-        const T* __restrict xr = x + rr * S;
+        const T* d = PL ? dy + rr : dy + rr * S;
+        const T* xr = x + rr * S;
         const T* __restrict mr = MK == 1 ? mk + rr * S : nullptr;
         const T as = MK == 2 ? ma[rr % C] : T(0), at = MK == 2 ? ma[C + rr % C] : T(0);
-        T* __restrict o = dx + rr * S;
+        T* o = dx + rr * S;
         T* __restrict gr = GRES ? gres + rr * S : nullptr;
 #pragma omp simd
         for (int64_t s = 0; s < S; ++s) {
@@ -513,10 +515,10 @@ void backward_apply_t(const T* __restrict dy, const T* __restrict x, const T* __
         const T* __restrict a = k.p.data() + base;
         const T* __restrict bq = k.q.data() + base;
         const T* __restrict dd = k.r.data() + base;
-        const T* __restrict d = dy + (PL ? m / S : m) * Cn;
-        const T* __restrict xr = x + m * Cn;
+        const T* d = dy + (PL ? m / S : m) * Cn;
+        const T* xr = x + m * Cn;
         const T* __restrict mr = MK == 1 ? mk + m * Cn : nullptr;
-        T* __restrict o = dx + m * Cn;
+        T* o = dx + m * Cn;
         T* __restrict gr = GRES ? gres + m * Cn : nullptr;
 #pragma omp simd
         for (int64_t c = 0; c < Cn; ++c) {
