@@ -65,8 +65,8 @@ void backward_apply(DType dt, const void* dy, const void* x, const void* mask, c
 // With mean (C values; m1 and m2 N*C each), in the same pass the two sums per (n, c) that the
 // norm's backward needs when the gradient comes from this pool (the same value at every position
 // of a sample and channel): m1 = the count of positions that act keeps (fma(a, x, b) > 0 with the
-// ReLU, every position without), m2 = the sum over them of double(x) - mean[c], in position order.
-// (sum of g = g*m1 and sum of g*(x - mean) = g*m2 for such a g.)
+// ReLU, every position without), m2 = the sum of m*(double(x) - mean[c]) with m = 1 there and 0
+// elsewhere, in a fixed order (sum of g = g*m1 and sum of g*(x - mean) = g*m2 for such a g).)
 void affine_pool(DType dt, const void* x, const void* affine, bool relu, const Shape& sh, void* out,
                  const double* mean = nullptr, double* m1 = nullptr, double* m2 = nullptr);
 

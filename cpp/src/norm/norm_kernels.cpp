@@ -547,9 +547,10 @@ void affine_pool_t(const T* x, const T* ab, const Shape& sh, T* out) {
 }
 
 // affine_pool_t and, per (n, c), m1 = the count of positions whose act keeps them (t > 0 with the
-// ReLU, all without) and m2 = the sum over them of double(x) - mean[c] in position order (the
-// pooled norm backward's sums, see norm.h). NHWC in one pass, the pool's sums as channel_means
-// forms them (the same bits); NCHW by channel_means, then the two sums in a second pass.
+// ReLU, all without) and m2 = the sum over them of double(x) - mean[c] (the pooled norm
+// backward's sums, see norm.h). NHWC in one pass, the pool's sums as channel_means forms them (the
+// same bits), m1 and m2 over groups of four positions in order; NCHW by channel_means, then the
+// two sums position by position in a second pass.
 template <typename T, bool RELU>
 void affine_pool_sums_t(const T* x, const T* ab, const Shape& sh, T* out, const double* mean, double* m1,
                         double* m2) {
@@ -565,9 +566,9 @@ void affine_pool_sums_t(const T* x, const T* ab, const Shape& sh, T* out, const 
       const int64_t c = r % C;
       double k = 0.0, q = 0.0;
       for (int64_t i = 0; i < S; ++i) {
-        const bool kp = !RELU || std::fma(a[c], p[i], b[c]) > T(0);
-        k += kp ? 1.0 : 0.0;
-        q += kp ? double(p[i]) - mean[c] : 0.0;
+        const double m = !RELU || std::fma(a[c], p[i], b[c]) > T(0) ? 1.0 : 0.0;
+        k += m;
+        q += m * (double(p[i]) - mean[c]);
       }
       m1[r] = k;
       m2[r] = q;
@@ -584,15 +585,36 @@ void affine_pool_sums_t(const T* x, const T* ab, const Shape& sh, T* out, const 
       double* __restrict k = s1 + C;
       double* __restrict q = k + C;
       std::fill(s1, s1 + 3 * C, 0.0);
-      for (int64_t i = 0; i < S; ++i) {
+      // Four positions per pass: the pool's sum still adds them one at a time (its bits), the two
+      // new sums add each group's (m0 + m1) + (m2 + m3); m = 0 or 1 times (x - mean), as the
+      // reduction multiplies a masked g (a NaN or inf x stays NaN where masked, as there).
+      int64_t i = 0;
+      for (; i + 4 <= S; i += 4) {
+        const T* __restrict p = x + (n * S + i) * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) {
+          double s = s1[c], m[4], e[4];
+          for (int j = 0; j < 4; ++j) {
+            const T v = p[j * C + c];
+            const T t = std::fma(a[c], v, b[c]);
+            s += double(RELU ? relu_of(t) : t);
+            m[j] = !RELU || t > T(0) ? 1.0 : 0.0;
+            e[j] = m[j] * (double(v) - mean[c]);
+          }
+          s1[c] = s;
+          k[c] += (m[0] + m[1]) + (m[2] + m[3]);
+          q[c] += (e[0] + e[1]) + (e[2] + e[3]);
+        }
+      }
+      for (; i < S; ++i) {
         const T* __restrict p = x + (n * S + i) * C;
 #pragma omp simd
         for (int64_t c = 0; c < C; ++c) {
           const T t = std::fma(a[c], p[c], b[c]);
           s1[c] += double(RELU ? relu_of(t) : t);
-          const bool kp = !RELU || t > T(0);
-          k[c] += kp ? 1.0 : 0.0;
-          q[c] += kp ? double(p[c]) - mean[c] : 0.0;
+          const double m = !RELU || t > T(0) ? 1.0 : 0.0;
+          k[c] += m;
+          q[c] += m * (double(p[c]) - mean[c]);
         }
       }
       for (int64_t c = 0; c < C; ++c) {
