@@ -275,11 +275,13 @@ def test_pooled_norm_backward_has_no_pass_of_its_own(width, monkeypatch):
     _assert_same_training(h_f, h_u)
 
 
-def test_apply_pass_in_place_gives_the_same_gradients(monkeypatch):
-    """mobilenet_small (NHWC, fused): the norms after its depthwise convolutions (which do not
-    evaluate the apply pass themselves) write it over the masked gradient their consumer's
-    compiled pass wrote, in place; the gradients are bitwise those written into a buffer of the
-    norm's own, over two training steps."""
+@pytest.mark.parametrize("model", ["mobilenet", "resnext"])
+def test_apply_pass_in_place_gives_the_same_gradients(model, monkeypatch):
+    """Fused NHWC training: a norm whose apply pass no convolution evaluates writes it in place,
+    over the masked gradient its consumer's compiled pass wrote (mobilenet_small's norms after its
+    depthwise layers, resnext_small's after its grouped layers), where that gradient is not also a
+    residual's; the gradients are bitwise those written into a buffer of the norm's own, over two
+    steps."""
     inplace = []
     real = _core.norm_backward_apply
 
@@ -287,10 +289,13 @@ def test_apply_pass_in_place_gives_the_same_gradients(monkeypatch):
         inplace.append(a[3] is a[0])
         return real(*a, **k)
     monkeypatch.setattr(_core, "norm_backward_apply", spy)
-    kw = dict(widths=(8, 16, 16, 32))
+    if model == "mobilenet":
+        make = lambda: models.mobilenet_small(3, 5, seed=0, layout="NHWC", widths=(8, 16, 16, 32))  # noqa: E731
+    else:
+        make = lambda: models.resnext_small(3, 5, seed=0, layout="NHWC", widths=(16, 32, 32))  # noqa: E731
     xs, ls = _data((4, 8, 8, 3), 2, 5)
-    h_in = _train(models.mobilenet_small(3, 5, seed=0, layout="NHWC", **kw), xs, ls, True)
-    assert sum(inplace) >= 2 * 3, inplace  # the three norms after depthwise layers, each step
+    h_in = _train(make(), xs, ls, True)
+    assert sum(inplace) >= 2 * 3, inplace  # three norms each step
     real_defer = nn.BatchNorm2d._apply_or_defer
 
     def out_of_place(self, *a, **k):
@@ -298,7 +303,7 @@ def test_apply_pass_in_place_gives_the_same_gradients(monkeypatch):
         return real_defer(self, *a, **k)
     monkeypatch.setattr(nn.BatchNorm2d, "_apply_or_defer", out_of_place)
     inplace.clear()
-    h_out = _train(models.mobilenet_small(3, 5, seed=0, layout="NHWC", **kw), xs, ls, True)
+    h_out = _train(make(), xs, ls, True)
     assert not any(inplace)
     for (la, ga, xa, _), (lb, gb, xb, _) in zip(h_in, h_out):
         assert la == lb
