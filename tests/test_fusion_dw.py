@@ -259,6 +259,17 @@ def _check_input_rows(N, C, H, W, k, pad, dil, epi, seed):
     L = (k * k + 1) * N * H * W
     assert_close(s1, gz.sum(axis=(0, 1, 2)), np.float32, length=L, what="sum")
     assert_close(s2, (gz * (x - center)).sum(axis=(0, 1, 2)), np.float32, length=L, what="sumxc")
+    if gy.shape == x.shape:
+        # in place over grad_out (cnnkit.nn's depthwise layers): the same bits, through one band
+        # an image, several, or the register rows (which read a copy of the image's gradient)
+        for threads in (1, 2):
+            gi = gy.copy()
+            with num_threads(threads):
+                _, s1i, s2i = _core.conv2d_fused_backward_input(gi, w, gi, g.core(), x, s, t, True, center, res,
+                                                                mask)
+            assert_bitwise(gi, dx, f"dx written over grad_out, {threads} threads")
+            assert_bitwise(s1i, s1, "grad_sum in place")
+            assert_bitwise(s2i, s2, "grad_sumxc in place")
 
 
 # (N, C, H, W, k, pad, dilation): the stride-1 depthwise input gradient with the epilogue on each
@@ -279,6 +290,28 @@ def test_fused_dw_input_gradient_rows(case, epi, isa):
     both sums bitwise in image, row, pixel order and close to float64; bitwise at 1 and 2
     threads; at every ISA level."""
     _check_input_rows(*case, epi=epi, seed=sum(case) + len(epi))
+
+
+def test_input_gradient_in_place_only_where_the_kernel_reads_ahead():
+    """grad_input = grad_out is a ValueError before anything is written, but for a depthwise
+    convolution at stride 1 whose output is the input's size: a dense 3x3 and a dense 1x1
+    (16 -> 16, the same size) are refused; a depthwise 3x3 at stride 2 by its size."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 8, 8, 16)).astype(np.float32)
+    center = np.zeros(16)
+    for k in (3, 1):  # a dense 3x3 and a dense 1x1, 16 -> 16, the same size
+        w = rng.standard_normal((16, 16, k, k)).astype(np.float32)
+        g = F._Geom(x.shape, w.shape, 1, k // 2, 1, 1, "NHWC", np.float32)
+        gy = rng.standard_normal(x.shape).astype(np.float32)
+        keep = gy.copy()
+        with pytest.raises(ValueError, match="in place over grad_out only"):
+            _core.conv2d_fused_backward_input(gy, w, gy, g.core(), x, None, None, True, center)
+        assert_bitwise(gy, keep, "nothing written")
+    w = rng.standard_normal((16, 1, 3, 3)).astype(np.float32)
+    g2 = F._Geom(x.shape, w.shape, 2, 1, 1, 16, "NHWC", np.float32)
+    gy = rng.standard_normal((2, g2.Ho, g2.Wo, 16)).astype(np.float32)
+    with pytest.raises(ValueError, match="grad_input"):  # (a different size: not the same array)
+        _core.conv2d_fused_backward_input(gy, w, gy, g2.core(), x, None, None, True, center)
 
 
 @settings(max_examples=40, deadline=None)

@@ -280,15 +280,22 @@ def test_apply_pass_in_place_gives_the_same_gradients(model, monkeypatch):
     """Fused NHWC training: a norm whose apply pass no convolution evaluates writes it in place,
     over the masked gradient its consumer's compiled pass wrote (mobilenet_small's norms after its
     depthwise layers, resnext_small's after its grouped layers), where that gradient is not also a
-    residual's; the gradients are bitwise those written into a buffer of the norm's own, over two
-    steps."""
-    inplace = []
+    residual's; a depthwise layer at stride 1 then writes its input gradient over that, after its
+    weight gradient. The gradients are bitwise those written into buffers of the layers' own, over
+    two steps."""
+    inplace, dw_inplace = [], []
     real = _core.norm_backward_apply
+    real_in = _core.conv2d_fused_backward_input
 
     def spy(*a, **k):
         inplace.append(a[3] is a[0])
         return real(*a, **k)
+
+    def spy_in(*a, **k):
+        dw_inplace.append(a[2] is a[0])
+        return real_in(*a, **k)
     monkeypatch.setattr(_core, "norm_backward_apply", spy)
+    monkeypatch.setattr(_core, "conv2d_fused_backward_input", spy_in)
     if model == "mobilenet":
         make = lambda: models.mobilenet_small(3, 5, seed=0, layout="NHWC", widths=(8, 16, 16, 32))  # noqa: E731
     else:
@@ -296,15 +303,19 @@ def test_apply_pass_in_place_gives_the_same_gradients(model, monkeypatch):
     xs, ls = _data((4, 8, 8, 3), 2, 5)
     h_in = _train(make(), xs, ls, True)
     assert sum(inplace) >= 2 * 3, inplace  # three norms each step
+    if model == "mobilenet":  # and its two depthwise layers at stride 1 write dx over their grad
+        assert sum(dw_inplace) >= 2 * 2, dw_inplace
     real_defer = nn.BatchNorm2d._apply_or_defer
 
     def out_of_place(self, *a, **k):
         k["inplace"] = False
         return real_defer(self, *a, **k)
     monkeypatch.setattr(nn.BatchNorm2d, "_apply_or_defer", out_of_place)
+    monkeypatch.setattr(nn.Conv2d, "_in_place_backward", lambda self, *a: None)
     inplace.clear()
+    dw_inplace.clear()
     h_out = _train(make(), xs, ls, True)
-    assert not any(inplace)
+    assert not any(inplace) and not any(dw_inplace)
     for (la, ga, xa, _), (lb, gb, xb, _) in zip(h_in, h_out):
         assert la == lb
         for u, v in zip(ga, gb):

@@ -264,7 +264,8 @@ void bind_conv(py::module_& m) {
         const auto* pr = array_arg<float>(residual, "residual", rn, kOptional);
         const auto* pm = array_arg<float>(mask, "mask", xn, kOptional);
         if (pm && !relu) throw py::value_error("mask: expected None with relu=False, got an array");
-        if (overlaps(pdx, xn * 4, px, xn * 4) || overlaps(pdx, xn * 4, pdy, yn * 4) ||
+        // (grad_input may be grad_out itself where the kernel allows it: backward_input_fused checks)
+        if (overlaps(pdx, xn * 4, px, xn * 4) || (overlaps(pdx, xn * 4, pdy, yn * 4) && !(pdx == pdy && xn == yn)) ||
             overlaps(pdx, xn * 4, pw, wcount(g) * 4) || (pr && overlaps(pdx, xn * 4, pr, rn * 4)) ||
             (pm && overlaps(pdx, xn * 4, pm, xn * 4)))
           throw py::value_error("grad_input: must not overlap x, grad_out, weight, residual or mask");

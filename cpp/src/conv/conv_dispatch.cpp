@@ -776,6 +776,16 @@ const char* backward_input_fused(const float* dy, const float* w, float* dx, con
     throw value_error("conv2d_fused backward: the gradient epilogue needs x, center and both sums");
   if (!fu.gscale != !fu.gshift) throw value_error("conv2d_fused backward: scale and shift go together");
   if (fu.dy_apply && !g.nhwc) throw value_error("dy_apply: the apply pass reads NHWC rows; expected layout NHWC");
+  if (dx == dy && dy) {
+    // In place: only the depthwise kernel at stride 1 of the same size (dw_nhwc.h) reads each dy
+    // row before the dx row over it is written (or takes a copy of the image first).
+    const bool dw1 = g.nhwc && g.depthwise() && g.K == g.C && unit_stride(g) && g.Ho == g.H && g.Wo == g.W &&
+                     !fu.wgrad_dw &&
+                     table()[select_effective(effective(Problem{g, DType::f32, Pass::input}))].v->run == run_dw;
+    if (!dw1)
+      throw value_error("grad_input: in place over grad_out only for a depthwise convolution (NHWC, stride 1, the "
+                        "output the input's size) on the depthwise kernel, without grad_weight");
+  }
   if (fu.wgrad_geom) {
     const Geom& s = *fu.wgrad_geom;
     check_dims(s);

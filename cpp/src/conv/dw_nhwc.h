@@ -1333,14 +1333,25 @@ void dw_backward_input_fused_nhwc(const T* dy, const T* wa, T* dx, const Geom& g
   const int64_t band =
       std::clamp<int64_t>((int64_t(1) << 20) / (Wp * C * int64_t(sizeof(T))), 8, std::max<int64_t>(8, a.Ho));
   const int64_t max_rows = (std::min(band, a.Ho) - 1) + (kh - 1) * a.dh + 1;
+  // In place (dx == dy, the same shape at stride 1): one band per image pads each dy row before
+  // the dx row over it is written (row oh pads the dy rows up to oh + (kh - 1)*dh - pt, which
+  // covers row oh itself since pt <= (kh - 1)*dh at stride 1 with the same size), so it reads
+  // dy as given; the register rows and later bands would read overwritten rows, and take a copy
+  // of the image's dy first.
+  const bool stage = dx == dy && (small3 || band < a.Ho || a.pt > (kh - 1) * a.dh);
 #pragma omp parallel num_threads(num_threads())
   {
     T* buf = small3 ? nullptr : scratch<T>(kPlaneSlot, max_rows * Wp * C);
     const T** rows = small3 ? nullptr : reinterpret_cast<const T**>(scratch<char>(kColSlot, sizeof(T*) * kh));
+    T* copy = stage ? scratch<T>(kYbSlot, g.Ho * g.Wo * C) : nullptr;
 #pragma omp for schedule(static)
     for (int64_t n = 0; n < g.N; ++n) {
       const T* dyn = dy + n * g.Ho * g.Wo * C;
       T* dxn = dx + n * img;
+      if (stage) {
+        std::copy(dyn, dyn + g.Ho * g.Wo * C, copy);
+        dyn = copy;
+      }
       auto epilogue = [&](int64_t ih, T* row) __attribute__((always_inline)) {
         const int64_t o = n * img + ih * rowlen;
         if (ih + 1 < g.H)

@@ -172,6 +172,10 @@ class Conv2d(Module):
     (2, 3, 16, 16)
     """
 
+    # the output gradient the norm after this layer handed over as read by nothing else
+    # (BatchNorm2d._hand_to_producer): the input gradient may be written over it
+    _grad_owned: Any = None
+
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
                  stride: int | tuple[int, int] = 1, padding: int | tuple[int, int] | str = 0,
                  dilation: int | tuple[int, int] = 1, groups: int = 1, bias: bool = True, *,
@@ -301,6 +305,10 @@ class Conv2d(Module):
             gi = self._channel_sparse_backward(grad)
             if gi is not None:
                 return gi
+        owned, self._grad_owned = self._grad_owned, None
+        if (pre is not None and input_grad and owned is grad and needs[0] == "input"
+                and (gi := self._in_place_backward(grad, pre, needs[1:])) is not None):
+            return gi
         gi = self._buf("gx", self._x.shape) if input_grad else None
         pg = self.param_grads
         gw, gb = self.grads["weight"] if pg else None, self.grads.get("bias") if pg else None
@@ -325,6 +333,26 @@ class Conv2d(Module):
             return gi
         self._conv_backward(grad, gi, gw, gb)
         return gi
+
+    def _in_place_backward(self, grad: np.ndarray, pre: tuple, wneeds: tuple) -> np.ndarray | None:
+        """A depthwise convolution at stride 1 whose output gradient ``grad`` the norm after it
+        handed over as read by nothing else (``_grad_owned``): the weight (and bias) gradients
+        ``wneeds`` first, from ``grad``, then the input gradient written over ``grad`` itself
+        (the compiled depthwise pass reads each row of it before the row over it is written), so
+        no cold buffer's lines are fetched to be overwritten. Returns ``grad`` (now the input
+        gradient), or None where that does not apply (nothing written over ``grad``; the weight
+        gradient may be, with the values the normal path writes again)."""
+        x = self._x
+        if (self.layout != "NHWC" or self.groups != self.in_channels or self.out_channels != self.in_channels
+                or self.stride != (1, 1) or grad.shape != x.shape or grad.dtype != np.float32
+                or not grad.flags.c_contiguous or not grad.flags.writeable or getattr(self, "_a", None) is not None):
+            return None
+        self._grad_ready(grad)
+        if wneeds and not self._fused_weight_grad(grad, pre, wneeds):
+            return None
+        if self._fused_input_backward(grad, grad, pre, weight=False) == 0:
+            return None
+        return grad
 
     def _fused_weight_grad(self, grad: np.ndarray, pre: tuple, needs: tuple) -> bool:
         """The weight (and bias) gradients through the compiled prologue ``pre`` that the forward
@@ -1001,6 +1029,7 @@ class BatchNorm2d(_ReLUMode, Module):
         if (taker is None and inplace and plain and grad.dtype == gi.dtype and grad.shape == gi.shape
                 and grad.flags.c_contiguous and grad.flags.writeable):
             _core.norm_backward_apply(grad, x, None, grad, None, N, C, S, nhwc, False, mean, A, B, D)
+            self._hand_to_producer(grad)
             return grad
 
         def write() -> None:
@@ -1012,11 +1041,20 @@ class BatchNorm2d(_ReLUMode, Module):
 
         if taker is None:
             write()
+            self._hand_to_producer(gi)
         elif plain:
             taker._deferred_grad = (gi, write, (grad, x, mean, A, B, D))
         else:
             taker._deferred_grad = (gi, write, (grad, x, mean, A, B, D, mask_affine, pooled))
         return gi
+
+    def _hand_to_producer(self, gi: np.ndarray) -> None:
+        """Tell the convolution that wrote this norm's input (``_producer``) that ``gi``, the
+        input gradient just written, is read by nothing after that convolution's backward, which
+        may then write its own input gradient over it (:meth:`Conv2d._in_place_backward`)."""
+        c = self._producer
+        if c is not None and getattr(c, "_y_last", None) is self._x:
+            c._grad_owned = gi
 
     def _apply_taker(self) -> Conv2d | None:
         """The convolution that wrote this norm's input in the last forward (the fused path:
