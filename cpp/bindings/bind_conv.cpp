@@ -350,7 +350,9 @@ void bind_conv(py::module_& m) {
       "without padding whose output pixels are geom's input (geom: the same convolution at stride 1 on those "
       "pixels, NHWC), x_in its whole input: the call gives the input gradient at the strided pixels only. "
       "x and center None: no gradient epilogue (scale, shift, residual and mask None, relu False): the plain "
-      "input gradient, returning (name, None, None).");
+      "input gradient, returning (name, None, None). grad_input may be grad_out itself (written over it) for a "
+      "depthwise convolution at stride 1 whose output is the input's size (NHWC), without grad_weight; "
+      "elsewhere that is a ValueError.");
   m.def(
       "sgemm",
       [](const py::object& a, const py::object& b, const py::object& c, bool trans_a, bool trans_b, bool accumulate,
