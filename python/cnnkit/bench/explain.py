@@ -869,8 +869,26 @@ def fv_flops_per_step(layer: str) -> float:
 
 
 def fv_rounds(cases, reps, warmup, probe_fn) -> list:
-    """Interleaved rounds over the feature cases (odd rounds in reverse order, a STREAM probe
-    after each case): per case {"seconds": {name: [...]}, "last": {name: value}, "probe_gbs"}."""
+    """Interleaved timing rounds over the feature-visualization cases (odd rounds in reverse
+    order, a STREAM probe after each case; the garbage collector off while they run).
+
+    Parameters
+    ----------
+    cases : sequence of FeatureCase
+        The cases; each one's ``calls()`` gives its timed callables by name.
+    reps : int
+        Rounds kept.
+    warmup : int
+        Rounds run first and not kept.
+    probe_fn : callable
+        Runs a STREAM probe and returns its bandwidth in GB/s.
+
+    Returns
+    -------
+    list of dict
+        Per case: ``{"seconds": {name: [...]}, "last": {name: value}, "probe_gbs": [...]}``,
+        the kept rounds' seconds, the last objective value of each call and the probes.
+    """
     res: list[dict[str, Any]] = [{"seconds": {n: [] for n in c.calls()}, "last": {},
                                   "probe_gbs": []} for c in cases]
     calls = [c.calls() for c in cases]
@@ -895,7 +913,31 @@ def fv_rounds(cases, reps, warmup, probe_fn) -> list:
 
 
 def fv_summarize(case, res, steps, flops, peak, checks) -> dict:
-    """Steps per second (median over rounds), GFLOP/s, the ratios and the target of one case."""
+    """One feature-visualization case's figures: steps per second (median over rounds), GFLOP/s,
+    the ratios to the peers and the speedup target.
+
+    Parameters
+    ----------
+    case : FeatureCase
+        The case (its layer and channel).
+    res : dict
+        The case's entry of :func:`fv_rounds`.
+    steps : int
+        Optimization steps per timed call.
+    flops : float
+        FLOPs of one step.
+    peak : float or None
+        The machine's sgemm peak in GFLOP/s (None: no percentage).
+    checks : dict
+        Per peer, its check of one step against cnnkit's (shown beside its row).
+
+    Returns
+    -------
+    dict
+        ``layer``, ``channel``, ``rows`` (per implementation: steps/s, spread, ms/step, GFLOP/s,
+        the last objective value, and the fraction of the peak or the ratio to cnnkit),
+        ``target``, ``peer`` (the fastest peer), ``speedup``, ``met`` and ``speedup_spread``.
+    """
     secs = res["seconds"]
     ck = secs["cnnkit"]
     s = {"layer": case.layer, "channel": case.k, "rows": {}, "target": FV_TARGET,

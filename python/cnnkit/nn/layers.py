@@ -797,6 +797,7 @@ class BatchNorm2d(_ReLUMode, Module):
     _residual_affine: np.ndarray | None = None  # the residual's affine map (_fused_forward), or None
     _residual_relu = False  # and its ReLU
     _producer: Any = None  # the Conv2d that handed this norm its input's statistics (_fused_step)
+    _pool_sums: Any = None  # the backward's sums from a fused global average pool (its _fused_pool)
     residual_grad: np.ndarray | None = None  # the residual's gradient after backward
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True, *,
@@ -906,7 +907,7 @@ class BatchNorm2d(_ReLUMode, Module):
         self._residual_affine = residual_affine if residual is not None else None
         self._residual_relu = residual_relu and self._residual_affine is not None
         self._mean, self._invstd, self._pre_affine, self._pending_grad = mean, invstd, None, None
-        self._pool_sums = None  # (set by a fused global average pool of this forward's output)
+        self._pool_sums = None
         if pre is not None:
             self._y = None  # the consumer sets it to the prologue's output when it materialises one
             # The backward's ReLU mask, fma(scale, x, shift) > 0: the compiled prologue's value
@@ -950,7 +951,7 @@ class BatchNorm2d(_ReLUMode, Module):
             # the next layer is a global average pool fused with this norm: grad is its (N, C)
             # adjoint broadcast over H and W, read once per (n, c) inside the kernels; the apply
             # pass written, or handed to the convolution that wrote x (_apply_or_defer)
-            sums, self._pool_sums = getattr(self, "_pool_sums", None), None
+            sums, self._pool_sums = self._pool_sums, None
             if sums is not None:
                 # the pool's pass gave, per (n, c), the count of positions the mask keeps and the
                 # sum of x - mean over them: sum g = sum over n of g*count, sum g*(x - mean) = sum
@@ -1033,11 +1034,8 @@ class BatchNorm2d(_ReLUMode, Module):
             return grad
 
         def write() -> None:
-            if plain:
-                _core.norm_backward_apply(grad, x, None, gi, None, N, C, S, nhwc, False, mean, A, B, D)
-            else:
-                _core.norm_backward_apply(grad, x, None, gi, None, N, C, S, nhwc, False, mean, A, B, D,
-                                          mask_affine, pooled)
+            _core.norm_backward_apply(grad, x, None, gi, None, N, C, S, nhwc, False, mean, A, B, D, mask_affine,
+                                      pooled)
 
         if taker is None:
             write()
