@@ -100,6 +100,18 @@ def test_sgemm_bits_do_not_depend_on_tiling_layout_or_kernel(isa, rng):
     wide = np.zeros((k, 1024), F32)
     wide[:, :n] = b
     assert_bitwise(_sgemm(a, wide, np.zeros((m, 1024), F32), isa, 1)[:, :n], whole, "B rows 4 KiB apart")
+    # Few rows of C read B in place (row blocks of 8 or 12 at AVX-512, as M pads less), B's rows
+    # starting on a line or not: the bits of the packed path (B rows 4 KiB apart).
+    for rows in (24, 36, 16, 5):
+        ar = rng.standard_normal((rows, k)).astype(F32)
+        buf = rng.standard_normal(k * n + 1).astype(F32)
+        for off in (0, 1):
+            bo = buf[off:off + k * n].reshape(k, n)
+            wide = np.zeros((k, 1024), F32)
+            wide[:, :n] = bo
+            packed = _sgemm(ar, wide, np.zeros((rows, 1024), F32), isa, 1)[:, :n]
+            assert_bitwise(_sgemm(ar, bo, np.zeros((rows, n), F32), isa, 1), packed,
+                           f"{rows} rows, B in place (offset {off})")
 
 
 def test_sgemm_rejects_bad_input():

@@ -322,6 +322,7 @@ void ukernel(int64_t kc, const float* __restrict a, const float* __restrict b, f
 }
 
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+int64_t pad_to(int64_t M, int64_t R) { return (M + R - 1) / R * R; }
 
 // (the in-place kernels, defined below: sgemm_blocked reads B in place through them for short C)
 template <int R, int U, int AM, int Pro = 0, bool Copy = false>
@@ -330,6 +331,84 @@ void ukernel_s(int64_t kc, const float* __restrict a, int64_t lda, const float* 
                const float* psc = nullptr, const float* psh = nullptr, const PanelEp* ep = nullptr,
                const float* init = nullptr, float* keep = nullptr, float* __restrict bcopy = nullptr,
                const char* pf2 = nullptr, int64_t pfl2 = 0, const char* pfc = nullptr, int64_t pfc_ld = 0);
+
+// ---- few rows, B read in place (NCHW 1x1 convolutions per image: 24 x 3136 x 144) -------------
+// Packing B moves each of its values once for only 2*M flops, about as long as the arithmetic, so
+// for M <= 48 B's panels are read in place (kc lines, in L1 for every block of rows after the
+// first) and A is packed once per KC block; only a last partial panel is laid out (its in-place
+// reads would run past B). B's rows lie a page or more apart, kc streams that the hardware
+// prefetchers do not follow: the first block of rows prefetches B's row pfd steps ahead into L1
+// (its lines, one more where the row does not start on a line), running on into the next panel's
+// first rows (nb) over its last pfd steps, as MKL's unpacked kernels do. AVX-512, 1 thread, against
+// torch.mm (MKL) in the same process: 24 x 3136 x 144 0.70-0.73x -> 0.95-0.98x, 16 x 3136 x 96
+// 0.82 -> 0.92x, 8 x 12544 x 64 0.60 -> 0.91-0.99x, 48 x 784 x 96 0.82 -> 0.79x, others level.
+// Not for M = 64 (K = 256): 0.75 -> 0.79-0.80x at N = 3136 but 0.78 -> 0.75x at N = 784.
+// Not where B's rows lie a multiple of 4 KiB apart (N = 1024, 2048, 3072, 4096: 32x32 and 64x64
+// images): a panel's kc lines then fall into a few sets of the caches and evict each other
+// (AVX2, 1 thread, 24 x N x 144: in place 58, 60, 61, 50 GFLOP/s against 65, 66, 66, 67
+// packed). The chains are sgemm_blocked's: the same bits.
+template <int R, int U>
+void ukernel_fr(int64_t kc, const float* __restrict a, const float* __restrict b, int64_t ldb, float* c, int64_t ldc,
+                bool acc, int64_t mr, int64_t nr, int64_t pfd, const float* nb) {
+  V r[R][U];
+  zero_block<R, U>(r);
+  const int64_t step = ldb * int64_t(sizeof(float));
+  const bool split = (reinterpret_cast<uintptr_t>(b) & 63) != 0;  // U + 1 lines a row
+  const char* pf = reinterpret_cast<const char*>(b + pfd * ldb);
+  for (int64_t k = 0; k < kc; ++k) {
+    if (pfd > 0) {
+      if (k == kc - pfd) pf = reinterpret_cast<const char*>(nb);
+#pragma GCC unroll 4
+      for (int v = 0; v < U; ++v) __builtin_prefetch(pf + 64 * v, 0, 3);
+      if (split) __builtin_prefetch(pf + 64 * U - 4, 0, 3);
+      pf += step;
+    }
+    V bv[U];
+#pragma GCC unroll 4
+    for (int v = 0; v < U; ++v) bv[v] = vload(b + v * VL);
+#pragma GCC unroll 24
+    for (int i = 0; i < R; ++i) {
+      const V ai = vbroadcast(a[i]);
+#pragma GCC unroll 4
+      for (int v = 0; v < U; ++v) r[i][v] = ai * bv[v] + r[i][v];
+    }
+    a += R;
+    b += ldb;
+  }
+  store_block<R, U>(r, c, ldc, acc, mr, nr);
+}
+
+// Whether sgemm() takes few_rows(): B row-major without a prologue, rows not 4 KiB apart.
+bool few_rows_ok(int64_t M, Operand B, const Prologue* pb) {
+  return M <= 48 && B.cs == 1 && !active(pb) && (B.rs * int64_t(sizeof(float))) % 4096 != 0;
+}
+
+template <int R, int U>
+void few_rows(int64_t M, int64_t N, int64_t K, Operand A, Operand B, float* C, int64_t ldc, bool accumulate,
+              const Prologue* pa) {
+  constexpr int W = U * VL;
+  constexpr int64_t D = 8;  // steps ahead (AVX-512, 24 x 3136 x 144: 8 and 16 alike, 4 slower)
+  float* bp = scratch<float>(kPackBSlot, KC * W);
+  float* ap = scratch<float>(kPackASlot, KC * round_up(M, R));
+  for (int64_t pc = 0; pc < K; pc += KC) {
+    const int64_t kc = std::min<int64_t>(KC, K - pc);
+    const bool acc = accumulate || pc > 0;
+    pack_a<R>(A, 0, M, pc, kc, pa, ap);
+    for (int64_t jr = 0; jr < N; jr += W) {
+      const int64_t nr = std::min<int64_t>(W, N - jr);
+      const float* b = B.p + pc * B.rs + jr;
+      int64_t ldb = B.rs;
+      if (nr < W) {
+        pack_b<W>(B, pc, kc, jr, nr, nullptr, bp);
+        b = bp;
+        ldb = W;
+      }
+      for (int64_t ir = 0; ir < M; ir += R)
+        ukernel_fr<R, U>(kc, ap + ir * kc, b, ldb, C + ir * ldc + jr, ldc, acc, std::min<int64_t>(R, M - ir), nr,
+                         ir == 0 && nr == W ? std::min<int64_t>(D, kc) : 0, b + W);
+    }
+  }
+}
 
 // The blocked loops for one microkernel shape (R x U vectors).
 template <int R, int U>
@@ -342,37 +421,6 @@ void sgemm_blocked(int64_t M, int64_t N, int64_t K, Operand A, Operand B, float*
   const bool direct_a = A.cs == 1 && !active(pa) && N <= 2 * W;
   float* bp = scratch<float>(kPackBSlot, KC * round_up(std::min<int64_t>(N, NC), W));
   float* ap = scratch<float>(kPackASlot, KC * round_up(std::min<int64_t>(M, mcb), R));
-  // Few rows (M <= 48) and B row-major without a prologue: packing B moves each of its values once
-  // for only 2*M flops, about as long as the arithmetic (NCHW 1x1 per image, 24 x 3136 x 144). B's
-  // panels are read in place instead (kc lines, in L1 for every block of rows), A packed once per
-  // KC block; only a last partial panel is laid out (its in-place reads would run past B). AVX2,
-  // alternating call by call: 24 x 3136 x 144 1.17x (1 thread) and 1.27x (2), 48 x 784 x 96
-  // 1.05x; at M = 64 (K = 256) 0.94-1.02x, so not there. The same chains: the same bits.
-  // Not where B's rows lie a multiple of 4 KiB apart (N = 1024, 2048, 3072, 4096: 32x32 and 64x64
-  // images): a panel's kc lines then fall into a few sets of the caches and evict each other
-  // (AVX2, 1 thread, 24 x N x 144: in place 58, 60, 61, 50 GFLOP/s against 65, 66, 66, 67
-  // packed). Other strides keep the in-place reads (N = 512 ... 12544: 1.02-1.13x packed).
-  if (!direct_a && B.cs == 1 && !active(pb) && M <= 48 && (B.rs * int64_t(sizeof(float))) % 4096 != 0) {
-    for (int64_t pc = 0; pc < K; pc += KC) {
-      const int64_t kc = std::min<int64_t>(KC, K - pc);
-      const bool acc = accumulate || pc > 0;
-      pack_a<R>(A, 0, M, pc, kc, pa, ap);
-      for (int64_t jr = 0; jr < N; jr += W) {
-        const int64_t nr = std::min<int64_t>(W, N - jr);
-        const float* b = B.p + pc * B.rs + jr;
-        int64_t ldb = B.rs;
-        if (nr < W) {
-          pack_b<W>(B, pc, kc, jr, nr, pb, bp);
-          b = bp;
-          ldb = W;
-        }
-        for (int64_t ir = 0; ir < M; ir += R)
-          ukernel_s<R, U, 0>(kc, ap + ir * kc, R, b, ldb, C + ir * ldc + jr, ldc, acc, std::min<int64_t>(R, M - ir),
-                             nr);
-      }
-    }
-    return;
-  }
   for (int64_t jc = 0; jc < N; jc += NC) {
     const int64_t nc = std::min<int64_t>(NC, N - jc);
     for (int64_t pc = 0; pc < K; pc += KC) {
@@ -721,8 +769,6 @@ void ukernel_s(int64_t kc, const float* __restrict a, int64_t lda, const float* 
   else
     store_block<R, U>(r, c, ldc, acc, mr, nr);
 }
-
-int64_t pad_to(int64_t M, int64_t R) { return (M + R - 1) / R * R; }
 
 // AVX2: a C of N columns that 3-vector panels pad less than 2-vector ones (N = 24, 72, 120 ...
 // but not 48 or 96): a 4 x 3-vector register block (12 accumulators, as 6 x 2) instead of 6 x 2,
@@ -1118,6 +1164,27 @@ void sgemm(int64_t M, int64_t N, int64_t K, Operand A, Operand B, float* C, int6
   if (K <= 0) {
     if (!accumulate)
       for (int64_t i = 0; i < M; ++i) std::fill(C + i * ldc, C + i * ldc + N, 0.0f);
+    return;
+  }
+  const bool direct_a = A.cs == 1 && !active(pa) && N <= 2 * NR;  // (sgemm_blocked's)
+  if (!direct_a && few_rows_ok(M, B, pb)) {
+    if (N <= VL)
+      few_rows<MR2, 1>(M, N, K, A, B, C, ldc, accumulate, pa);
+#if defined(__AVX512F__)
+    // 12 x 2 vectors (24 accumulators), or 8 x 2 where that pads M less (M = 16, 32).
+    else if (pad_to(M, 8) < pad_to(M, 12))
+      few_rows<8, 2>(M, N, K, A, B, C, ldc, accumulate, pa);
+    else
+      few_rows<12, 2>(M, N, K, A, B, C, ldc, accumulate, pa);
+#elif defined(__AVX2__)
+    else if (three_wide(N))
+      few_rows<4, 3>(M, N, K, A, B, C, ldc, accumulate, pa);
+    else
+      few_rows<MR, NV>(M, N, K, A, B, C, ldc, accumulate, pa);
+#else
+    else
+      few_rows<MR, NV>(M, N, K, A, B, C, ldc, accumulate, pa);
+#endif
     return;
   }
   // Narrow C (N <= one vector): the MR2 x VL kernel, so that a 16-column C does not run a
