@@ -280,6 +280,185 @@ void ukernel_half(int64_t kc, const float* __restrict a, const float* __restrict
 }
 #endif
 
+#if defined(__AVX512F__)
+// ---- C 17 to 24 columns wide, rows in pairs (AVX-512: 1024 x 24 x 144, the NHWC 1x1 144 -> 24) --
+// 24 columns are a vector and a half a row. A core with two 512-bit FMA pipes spends a whole FMA
+// on the half (ukernel_half's 8 lanes) and caps such a block at 75% of its peak. Two rows of 24
+// columns are three whole vectors: lane 2m of vector j holds row 2p's column 8j + m, lane 2m + 1
+// row 2p + 1's. Each step broadcasts the pair (A[2p, k], A[2p + 1, k]) as one 64-bit value and
+// multiplies it into B's row k with every value twice (bd[k*48 + 16j + 2m + {0, 1}] = B[k, 8j + m]).
+// A is laid out pair-major (pairs[p][k][2], two permutes per 16 values of a pair); the block's
+// stores take the lanes apart again. Per element the chain of sgemm_blocked: the same bits.
+constexpr int kPairs = 8;  // 16 rows: 24 accumulators, 3 of B, a broadcast
+inline bool pairs_n(int64_t N) { return N > VL && N <= 24; }
+
+// Rows [0, mr) of A (row-major, lda; A[i, k0 + k] at a[i*lda + k]) over kc steps, pair-major into
+// dst[p*2*kc + 2*k + {0, 1}]; rows past mr zero.
+void pack_pairs(const float* a, int64_t lda, int64_t mr, int64_t kc, float* dst) {
+  const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  const __m512i hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+  for (int p = 0; p < kPairs; ++p) {
+    const float* r0 = 2 * p < mr ? a + 2 * p * lda : nullptr;
+    const float* r1 = 2 * p + 1 < mr ? a + (2 * p + 1) * lda : nullptr;
+    float* d = dst + p * 2 * kc;
+    int64_t k = 0;
+    for (; k + VL <= kc; k += VL) {
+      const __m512 x = r0 ? _mm512_loadu_ps(r0 + k) : _mm512_setzero_ps();
+      const __m512 y = r1 ? _mm512_loadu_ps(r1 + k) : _mm512_setzero_ps();
+      _mm512_storeu_ps(d + 2 * k, _mm512_permutex2var_ps(x, lo, y));
+      _mm512_storeu_ps(d + 2 * k + VL, _mm512_permutex2var_ps(x, hi, y));
+    }
+    for (; k < kc; ++k) {
+      d[2 * k] = r0 ? r0[k] : 0.0f;
+      d[2 * k + 1] = r1 ? r1[k] : 0.0f;
+    }
+  }
+}
+
+// B rows [k0, k0 + kc), its n <= 24 columns, every value twice: dst[k*48 + 16j + 2m + {0, 1}].
+void pack_b_twice(Operand B, int64_t k0, int64_t kc, int64_t n, float* dst) {
+  if (B.cs != 1) {
+    for (int64_t k = 0; k < kc; ++k)
+      for (int64_t j = 0; j < 24; ++j) {
+        const float v = j < n ? B.p[(k0 + k) * B.rs + j * B.cs] : 0.0f;
+        dst[k * 48 + (j / 8) * 16 + (j % 8) * 2] = v;
+        dst[k * 48 + (j / 8) * 16 + (j % 8) * 2 + 1] = v;
+      }
+    return;
+  }
+  const __m512i dlo = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+  const __m512i dhi = _mm512_setr_epi32(8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 15);
+  const __mmask16 m = __mmask16((1u << (n - VL)) - 1);  // (VL < n <= 24)
+  const float* b = B.p + k0 * B.rs;
+  for (int64_t k = 0; k < kc; ++k, b += B.rs, dst += 48) {
+    const __m512 v0 = _mm512_loadu_ps(b), v1 = _mm512_maskz_loadu_ps(m, b + VL);
+    _mm512_storeu_ps(dst, _mm512_permutexvar_ps(dlo, v0));
+    _mm512_storeu_ps(dst + VL, _mm512_permutexvar_ps(dhi, v0));
+    _mm512_storeu_ps(dst + 2 * VL, _mm512_permutexvar_ps(dlo, v1));
+  }
+}
+
+// c (mr x nr of 16 x 24, row stride ldc) (+)= the pairs . bd over kc steps.
+// pf: pfl lines to prefetch into L1, one a step; pf2: pfl2 (at most 2*kc) into L2, two a step;
+// ep: the epilogue, in store_block_ep's order (the same operations per value).
+void ukernel_pairs(int64_t kc, const float* __restrict ap, const float* __restrict bd, float* c, int64_t ldc,
+                   bool acc, int64_t mr, int64_t nr, const char* pf, int64_t pfl, const PanelEp* ep = nullptr,
+                   const char* pf2 = nullptr, int64_t pfl2 = 0) {
+  V r[kPairs][3];
+#pragma GCC unroll 8
+  for (int p = 0; p < kPairs; ++p)
+#pragma GCC unroll 3
+    for (int j = 0; j < 3; ++j) r[p][j] = V{};
+  for (int64_t k = 0; k < kc; ++k) {
+    if (k < pfl) __builtin_prefetch(pf + 64 * k, 0, 3);
+    if (2 * k < pfl2) __builtin_prefetch(pf2 + 128 * k, 0, 2);
+    if (2 * k + 1 < pfl2) __builtin_prefetch(pf2 + 128 * k + 64, 0, 2);
+    const V b0 = vload(bd), b1 = vload(bd + VL), b2 = vload(bd + 2 * VL);
+#pragma GCC unroll 8
+    for (int p = 0; p < kPairs; ++p) {
+      double d;
+      std::memcpy(&d, ap + p * 2 * kc + 2 * k, sizeof d);
+      const V a = (V)_mm512_castpd_ps(_mm512_set1_pd(d));
+      r[p][0] = a * b0 + r[p][0];
+      r[p][1] = a * b1 + r[p][1];
+      r[p][2] = a * b2 + r[p][2];
+    }
+    bd += 48;
+  }
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+  const __m512i split = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
+  const __mmask16 m0 = nr >= VL ? __mmask16(0xFFFF) : __mmask16((1u << nr) - 1);
+  const __mmask16 m1 = nr > VL ? __mmask16((1u << (nr - VL)) - 1) : __mmask16(0);
+  auto row = [&](int64_t i, __m512 v0, __m256 v1) {
+    float* q = c + i * ldc;
+    if (acc) {
+      v0 = _mm512_add_ps(_mm512_maskz_loadu_ps(m0, q), v0);
+      v1 = _mm256_add_ps(_mm256_maskz_loadu_ps(__mmask8(m1), q + VL), v1);
+    }
+    if (ep) {
+      if (ep->bias) {
+        v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, ep->bias));
+        v1 = _mm256_add_ps(v1, _mm256_maskz_loadu_ps(__mmask8(m1), ep->bias + VL));
+      }
+      if (ep->res) {
+        const float* e = ep->res + i * ep->ldres;
+        v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, e));
+        v1 = _mm256_add_ps(v1, _mm256_maskz_loadu_ps(__mmask8(m1), e + VL));
+      }
+      if (ep->relu) {  // std::max(x, 0): x < 0 -> 0 (a NaN stays)
+        v0 = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v0, _mm512_setzero_ps(), _CMP_LT_OQ), v0, _mm512_setzero_ps());
+        v1 = _mm256_mask_blend_ps(_mm256_cmp_ps_mask(v1, _mm256_setzero_ps(), _CMP_LT_OQ), v1, _mm256_setzero_ps());
+      }
+    }
+    _mm512_mask_storeu_ps(q, m0, v0);
+    _mm256_mask_storeu_ps(q + VL, __mmask8(m1), v1);
+  };
+#pragma GCC unroll 8
+  for (int p = 0; p < kPairs; ++p) {
+    if (2 * p >= mr) break;
+    const __m512 x0 = (__m512)r[p][0], x1 = (__m512)r[p][1];
+    const __m512 t = _mm512_permutexvar_ps(split, (__m512)r[p][2]);
+    row(2 * p, _mm512_permutex2var_ps(x0, even, x1), _mm512_castps512_ps256(t));
+    if (2 * p + 1 < mr) row(2 * p + 1, _mm512_permutex2var_ps(x0, odd, x1), _mm512_extractf32x8_ps(t, 1));
+  }
+}
+
+void prologue_block(const float* A, int64_t lda, int64_t mr, int R, int64_t k0, int64_t kc, const Prologue* f,
+                    float* __restrict d);
+
+// sgemm_rows() for 16 < N <= 24: A row-major (lda), through the prologue pa where given (an R x kc
+// copy first), B packed by pack_b_twice() over the whole K (bd[k*48 ...]).
+void pairs_rows(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* bd, float* C,
+                int64_t ldc, const Prologue* pa, const RowsEpilogue* ep, RowsPrefetch* pre) {
+  constexpr int R = 2 * kPairs;
+  const bool has = active(pa);
+  const int64_t kcm = std::max<int64_t>(1, std::min<int64_t>(K, KC));
+  float* buf = scratch<float>(kPackASlot, R * kcm);
+  float* ap = scratch<float>(kPackBSlot, R * kcm);
+  for (int64_t ir = 0; ir < M; ir += R) {
+    const int64_t mr = std::min<int64_t>(R, M - ir);
+    // The next block of rows, a line a step (contiguous where lda == K), as rows_blocked.
+    const char* pf = lda == K ? reinterpret_cast<const char*>(A + (ir + R) * lda) : nullptr;
+    for (int64_t pc = 0; pc < K || pc == 0; pc += KC) {  // (K == 0: one empty block, for the epilogue)
+      const int64_t kc = std::min<int64_t>(KC, K - pc);
+      if (has) {
+        prologue_block(A + ir * lda, lda, mr, R, pc, kc, pa, buf);
+        pack_pairs(buf, kc, R, kc, ap);
+      } else {
+        pack_pairs(A + ir * lda + pc, lda, mr, kc, ap);
+      }
+      const bool last = pc + kc == K;
+      PanelEp pe{};
+      if (ep && last) pe = PanelEp{ep->bias, ep->res ? ep->res + ir * ep->ldres : nullptr, ep->ldres, ep->relu};
+      int64_t pfl2 = 0;
+      const char* pf2 = pre ? pre->take(2 * kc, &pfl2) : nullptr;
+      ukernel_pairs(kc, ap, bd + pc * 48, C + ir * ldc, ldc, pc > 0, mr, N, pf ? pf + pc * R * 4 : nullptr,
+                    pf ? (R * kc * 4 + 63) / 64 : 0, ep && last ? &pe : nullptr, pf2, pfl2);
+    }
+  }
+}
+
+// C (M x N, 16 < N <= 24) (+)= A . B, A row-major (unit column stride).
+void pairs_blocked(int64_t M, int64_t N, int64_t K, Operand A, Operand B, float* C, int64_t ldc, bool accumulate) {
+  constexpr int R = 2 * kPairs;
+  float* bd = scratch<float>(kPackBSlot, KC * 48);
+  float* ap = scratch<float>(kPackASlot, KC * R);
+  for (int64_t pc = 0; pc < K; pc += KC) {
+    const int64_t kc = std::min<int64_t>(KC, K - pc);
+    const bool acc = accumulate || pc > 0;
+    pack_b_twice(B, pc, kc, N, bd);
+    for (int64_t ir = 0; ir < M; ir += R) {
+      const int64_t mr = std::min<int64_t>(R, M - ir);
+      pack_pairs(A.p + ir * A.rs + pc, A.rs, mr, kc, ap);
+      // The next block of rows, a line a step (contiguous where A's rows are K long).
+      const char* pf = A.rs == K ? reinterpret_cast<const char*>(A.p + (ir + R) * A.rs + pc) : nullptr;
+      ukernel_pairs(kc, ap, bd, C + ir * ldc, ldc, acc, mr, N, pf, pf ? (R * kc * 4 + 63) / 64 : 0);
+    }
+  }
+}
+#endif
+
 // Whether an nr-column block of a W = U*VL panel takes ukernel_half (its last vector half empty;
 // not a one-vector block: 1024 x 8 x 144, 1 thread, ran 0.96x in 8 lanes).
 template <int U>
@@ -1119,9 +1298,17 @@ void sgemm_patches(const Patches& a, int64_t r0, int64_t M, int64_t N, const flo
   }
 }
 
-int64_t sgemm_rows_b_size(int64_t K, int64_t N) { return K * round_up(N, rows_width(N)); }
+int64_t sgemm_rows_b_size(int64_t K, int64_t N) {
+#if defined(__AVX512F__)
+  if (pairs_n(N)) return std::max<int64_t>(K, 1) * 48;
+#endif
+  return K * round_up(N, rows_width(N));
+}
 
 void sgemm_rows_pack_b(int64_t K, int64_t N, Operand B, float* dst) {
+#if defined(__AVX512F__)
+  if (pairs_n(N)) return pack_b_twice(B, 0, K, N, dst);
+#endif
   CNNKIT_WITH_BLOCK(N, rows_pack_b, K, N, B, dst);
 }
 
@@ -1133,6 +1320,9 @@ void sgemm_rows(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, co
     return;
   }
   // (K == 0 with an epilogue: one empty KC block, zero register blocks through the epilogue.)
+#if defined(__AVX512F__)
+  if (pairs_n(N)) return pairs_rows(M, N, std::max<int64_t>(K, 0), A, lda, bp, C, ldc, pa, ep, pre);
+#endif
   CNNKIT_WITH_BLOCK(N, rows_blocked, M, N, std::max<int64_t>(K, 0), A, lda, bp, C, ldc, pa, ep, pre);
 }
 
@@ -1187,6 +1377,12 @@ void sgemm(int64_t M, int64_t N, int64_t K, Operand A, Operand B, float* C, int6
 #endif
     return;
   }
+#if defined(__AVX512F__)
+  if (direct_a && pairs_n(N)) {
+    pairs_blocked(M, N, K, A, B, C, ldc, accumulate);
+    return;
+  }
+#endif
   // Narrow C (N <= one vector): the MR2 x VL kernel, so that a 16-column C does not run a
   // half-empty 32-wide block. Both kernels give the same bits (one FMA chain per element).
   if (N <= VL)
