@@ -509,7 +509,8 @@ void ukernel_s(int64_t kc, const float* __restrict a, int64_t lda, const float* 
                int64_t ldc, bool acc, int64_t mr, int64_t nr, const char* pf = nullptr, int64_t pfl = 0,
                const float* psc = nullptr, const float* psh = nullptr, const PanelEp* ep = nullptr,
                const float* init = nullptr, float* keep = nullptr, float* __restrict bcopy = nullptr,
-               const char* pf2 = nullptr, int64_t pfl2 = 0, const char* pfc = nullptr, int64_t pfc_ld = 0);
+               const char* pf2 = nullptr, int64_t pfl2 = 0, const char* pfc = nullptr, int64_t pfc_ld = 0,
+               int64_t pfd = 0, const float* pfn = nullptr);
 
 // ---- few rows, B read in place (NCHW 1x1 convolutions per image: 24 x 3136 x 144) -------------
 // Packing B moves each of its values once for only 2*M flops, about as long as the arithmetic, so
@@ -636,10 +637,15 @@ void sgemm_blocked(int64_t M, int64_t N, int64_t K, Operand A, Operand B, float*
         pack_a<R>(A, ic, mc, pc, kc, pa, ap);
         for (int64_t ir = 0; ir < mc; ir += R)
           for (int64_t jr = 0; jr < nc; jr += W) {
+            // (B's rows read in place: each step prefetches the row 8 steps ahead into L1, as
+            // few_rows. AVX-512, 1 thread, against torch.mm: 64 x 3136 x 256 0.76-0.77x ->
+            // 0.82-0.83x; 64 x 784 x 256, 96 x 3136 x 96 and 1024^3 1.01-1.03x; 256 x 3136 x 64
+            // level.)
             if (lazy && ic == 0 && ir == 0 && jr < whole)
               ukernel_s<R, U, 0, 0, true>(kc, ap, R, B.p + pc * B.rs + jc + jr, B.rs, C + jc + jr, ldc, acc,
                                           std::min<int64_t>(R, mc), W, nullptr, 0, nullptr, nullptr, nullptr,
-                                          nullptr, nullptr, bp + jr * kc);
+                                          nullptr, nullptr, bp + jr * kc, nullptr, 0, nullptr, 0,
+                                          std::min<int64_t>(8, kc), B.p + pc * B.rs + jc + jr + W);
             else {
               // The C block the next call stores, prefetched for writing in the first reduction
               // block, where its lines are cold (AVX-512, 1 thread: 16384 x 256 x 128 1.02-1.06x,
@@ -894,9 +900,14 @@ template <int R, int U, int AM, int Pro, bool Copy>
 void ukernel_s(int64_t kc, const float* __restrict a, int64_t lda, const float* __restrict b, int64_t ldb, float* c,
                int64_t ldc, bool acc, int64_t mr, int64_t nr, const char* pf, int64_t pfl, const float* psc,
                const float* psh, const PanelEp* ep, const float* init, float* keep, float* __restrict bcopy,
-               const char* pf2, int64_t pfl2, const char* pfc, int64_t pfc_ld) {
+               const char* pf2, int64_t pfl2, const char* pfc, int64_t pfc_ld, int64_t pfd, const float* pfn) {
   constexpr int W = U * VL;
   constexpr int CL = (W * int(sizeof(float)) + 63) / 64;  // lines of a row of the C block
+  // pfd > 0 (Copy): B's row pfd steps ahead into L1, on into the next panel's rows (pfn) over the
+  // last pfd steps, as ukernel_fr (B read in place, rows a page apart).
+  const bool split = (reinterpret_cast<uintptr_t>(b) & 63) != 0;
+  const char* pb = reinterpret_cast<const char*>(b + pfd * ldb);
+  const int64_t pstep = ldb * int64_t(sizeof(float));
   V r[R][U];
   if (init) {
 #pragma GCC unroll 16
@@ -917,6 +928,13 @@ void ukernel_s(int64_t kc, const float* __restrict a, int64_t lda, const float* 
     if (2 * k < pfl2) __builtin_prefetch(pf2 + 128 * k, 0, 2);
     if (2 * k + 1 < pfl2) __builtin_prefetch(pf2 + 128 * k + 64, 0, 2);
     if (pfc && k < R * CL) __builtin_prefetch(pfc + (k / CL) * pfc_ld + (k % CL) * 64, 1, 3);
+    if (Copy && pfd > 0) {  // (only the lazy packing's calls take it)
+      if (k == kc - pfd) pb = reinterpret_cast<const char*>(pfn);
+#pragma GCC unroll 4
+      for (int v = 0; v < U; ++v) __builtin_prefetch(pb + 64 * v, 0, 3);
+      if (split) __builtin_prefetch(pb + 64 * U - 4, 0, 3);
+      pb += pstep;
+    }
     V bv[U];
 #pragma GCC unroll 4
     for (int v = 0; v < U; ++v) {
