@@ -304,6 +304,14 @@ template <typename T, int CPG, int NCV, int PB>
 void grouped_row_tail(T* out, int64_t ostride, int64_t v, int64_t count, int64_t step, const RowTap* taps, int ntaps,
                       const T* wt, const T* b, int64_t C, int64_t cv) {
   switch (count) {
+    case 15: if constexpr (PB > 15) grouped_block<T, CPG, 15, NCV>(out, ostride, v, step, taps, ntaps, wt, b, C, cv); break;
+    case 14: if constexpr (PB > 14) grouped_block<T, CPG, 14, NCV>(out, ostride, v, step, taps, ntaps, wt, b, C, cv); break;
+    case 13: if constexpr (PB > 13) grouped_block<T, CPG, 13, NCV>(out, ostride, v, step, taps, ntaps, wt, b, C, cv); break;
+    case 12: if constexpr (PB > 12) grouped_block<T, CPG, 12, NCV>(out, ostride, v, step, taps, ntaps, wt, b, C, cv); break;
+    case 11: if constexpr (PB > 11) grouped_block<T, CPG, 11, NCV>(out, ostride, v, step, taps, ntaps, wt, b, C, cv); break;
+    case 10: if constexpr (PB > 10) grouped_block<T, CPG, 10, NCV>(out, ostride, v, step, taps, ntaps, wt, b, C, cv); break;
+    case 9: if constexpr (PB > 9) grouped_block<T, CPG, 9, NCV>(out, ostride, v, step, taps, ntaps, wt, b, C, cv); break;
+    case 8: if constexpr (PB > 8) grouped_block<T, CPG, 8, NCV>(out, ostride, v, step, taps, ntaps, wt, b, C, cv); break;
     case 7: if constexpr (PB > 7) grouped_block<T, CPG, 7, NCV>(out, ostride, v, step, taps, ntaps, wt, b, C, cv); break;
     case 6: if constexpr (PB > 6) grouped_block<T, CPG, 6, NCV>(out, ostride, v, step, taps, ntaps, wt, b, C, cv); break;
     case 5: grouped_block<T, CPG, 5, NCV>(out, ostride, v, step, taps, ntaps, wt, b, C, cv); break;
@@ -327,8 +335,9 @@ void grouped_row_range(T* out, int64_t ostride, int64_t nv, int64_t step, const 
     for (int64_t cv = cv0; cv < cv1; cv += 2)
       grouped_row_blocks<T, CPG, 2, PB>(out, ostride, nv, step, taps, ntaps, wt, b, C, cv);
   } else {
+    constexpr int PB1 = (!GroupedTraits<T, CPG>::permute && Vec<T>::n * sizeof(T) >= 64) ? 16 : 8;
     for (int64_t cv = cv0; cv < cv1; ++cv)
-      grouped_row_blocks<T, CPG, 1, 8>(out, ostride, nv, step, taps, ntaps, wt, b, C, cv);
+      grouped_row_blocks<T, CPG, 1, PB1>(out, ostride, nv, step, taps, ntaps, wt, b, C, cv);
   }
 }
 
@@ -748,21 +757,35 @@ void grouped_weight_partials_direct(const T* dy, const T* x, T* part, int64_t pi
                     const int64_t xs = g.sw * C, js = g.dw * C;
                     const T* xq = row + j0 * js + (Tr::permute ? cv * VL : (cv * VL) / CPG * CPG + ci0);
                     const T* gq = dyr;
-                    for (int64_t ow = 0; ow < g.Wo; ++ow, xq += xs, gq += C) {
+                    // One pointer a tap, so that a tap's CB operands are immediate offsets from it:
+                    // with xq[j * js + c] GCC kept the 16 offsets of taps 1 and 2 on the stack and
+                    // reloaded 7 of them a pixel (32 loads for 24 FMAs). The empty asm keeps GCC
+                    // from folding the pointers back into one.
+                    const T* x1 = xq + js;
+                    const T* x2 = xq + 2 * js;
+                    for (int64_t ow = 0; ow < g.Wo; ++ow, gq += C) {
                       V gv[NCV];
                       for (int q = 0; q < NCV; ++q) gv[q] = vload(gq + q * VL);
-                      for (int j = 0; j < NJ; ++j) {
+                      auto tap = [&](auto jc, const T* xp) {
+                        constexpr int j = decltype(jc)::value;
                         if constexpr (Tr::permute) {
                           static_assert(NCV == 1 && CB == CPG, "one block of all in-group indices");
-                          const V xv = vload(xq + j * js);
+                          const V xv = vload(xp);
                           permute_fma_copies<T, CPG>(acc[0][j], gv[0], xv, std::make_integer_sequence<int, CPG>{});
                         } else {
                           for (int c = 0; c < CB; ++c) {
-                            const V xo = vsplat<T>(xq[j * js + c]);
+                            const V xo = vsplat<T>(xp[c]);
                             for (int q = 0; q < NCV; ++q) acc[q][j][c] += gv[q] * xo;
                           }
                         }
-                      }
+                      };
+                      tap(std::integral_constant<int, 0>{}, xq);
+                      if constexpr (NJ > 1) tap(std::integral_constant<int, 1>{}, x1);
+                      if constexpr (NJ > 2) tap(std::integral_constant<int, 2>{}, x2);
+                      xq += xs;
+                      x1 += xs;
+                      x2 += xs;
+                      __asm__("" : "+r"(x1), "+r"(x2));
                     }
                   };
                   if (nj == 3)
@@ -919,21 +942,32 @@ void grouped_weight_blocks_direct(const T* dy, const T* x, T* dw, const Geom& g,
                       const T* dyr = dyk + rl * g.Wo * CW + v * VL;
                       const int64_t xs = g.sw * CW, js = g.dw * CW;
                       const T* xq = row + j0 * js + (Tr::permute ? 0 : (v * VL) / CPG * CPG + ci0);
-                      for (int64_t ow = 0; ow < g.Wo; ++ow, xq += xs, dyr += CW) {
+                      // One pointer a tap (see grouped_weight_partials_direct).
+                      const T* x1 = xq + js;
+                      const T* x2 = xq + 2 * js;
+                      for (int64_t ow = 0; ow < g.Wo; ++ow, dyr += CW) {
                         V gv[NCV];
                         for (int a = 0; a < NCV; ++a) gv[a] = vload(dyr + a * VL);
-                        for (int j = 0; j < NJ; ++j) {
+                        auto tap = [&](auto jc, const T* xp) {
+                          constexpr int j = decltype(jc)::value;
                           if constexpr (Tr::permute) {
                             static_assert(NCV == 1 && CB == CPG, "one block of all in-group indices");
-                            const V xv = vload(xq + j * js);
+                            const V xv = vload(xp);
                             permute_fma_copies<T, CPG>(acc[0][j], gv[0], xv, std::make_integer_sequence<int, CPG>{});
                           } else {
                             for (int c = 0; c < CB; ++c) {
-                              const V xo = vsplat<T>(xq[j * js + c]);
+                              const V xo = vsplat<T>(xp[c]);
                               for (int a = 0; a < NCV; ++a) acc[a][j][c] += gv[a] * xo;
                             }
                           }
-                        }
+                        };
+                        tap(std::integral_constant<int, 0>{}, xq);
+                        if constexpr (NJ > 1) tap(std::integral_constant<int, 1>{}, x1);
+                        if constexpr (NJ > 2) tap(std::integral_constant<int, 2>{}, x2);
+                        xq += xs;
+                        x1 += xs;
+                        x2 += xs;
+                        __asm__("" : "+r"(x1), "+r"(x2));
                       }
                     }
                   };
