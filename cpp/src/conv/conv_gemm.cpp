@@ -1445,14 +1445,13 @@ void backward_weight_patches(const float* dy, const float* x, float* dw, const G
     sgemm_patches_t(KK, Kg, r1 - r0, b, r0, Operand{dy + r0 * g.K + gi * Kg, g.K, 1},
                     part + (pc * g.G + gi) * KK * Kg, Kg, false);
   }
-  // dw[k][c][t] = sum over pieces of part[piece][group][t*Cg + c][k in the group].
-  const int64_t total = g.K * KK;
+  // dw[k][c][t] = sum over pieces of part[piece][group][t*Cg + c][k in the group], a row (group,
+  // t*Cg + c) of Kg values at a time.
 #pragma omp parallel for schedule(static) num_threads(num_threads())
-  for (int64_t e = 0; e < total; ++e) {
-    const int64_t k = e / KK, ct = e % KK, c = ct / k2, t = ct % k2, gi = k / Kg, kk = k % Kg;
-    double sum = 0;
-    for (int64_t pc = 0; pc < pieces; ++pc) sum += double(part[((pc * g.G + gi) * KK + t * Cg + c) * Kg + kk]);
-    dw[e] = float(sum);
+  for (int64_t row = 0; row < g.G * KK; ++row) {
+    const int64_t gi = row / KK, tc = row % KK, t = tc / Cg, c = tc % Cg;
+    sum_pieces(part + row * Kg, pieces, g.G * KK * Kg, Kg,
+               [&](int64_t kk, double s) { dw[(gi * Kg + kk) * KK + c * k2 + t] = float(s); });
   }
 }
 
@@ -1568,20 +1567,22 @@ void backward_weight_gemm(const T* dy, const T* x, T* dw, const Geom& g, const F
     if (first) std::fill(acc, acc + Kg * KK, T(0));
   }
   if (in_place) return;
-  // dw[k][c][t] = sum over pieces of part[piece][k][col], col = c*k2 + t (NCHW) or t*Cg + c (NHWC).
-  const int64_t total = g.K * KK;
+  // dw[k][c][t] = sum over pieces of part[piece][k][col], col = c*k2 + t (NCHW) or t*Cg + c (NHWC)
+  // (transposed: part[piece][group][col][k in the group]), a contiguous row of a piece at a time.
+  auto at = [&](int64_t k, int64_t col) {
+    return k * KK + (g.nhwc ? (col % Cg) * k2 + col / Cg : col);
+  };
+  if (transposed) {
 #pragma omp parallel for schedule(static) num_threads(num_threads())
-  for (int64_t e = 0; e < total; ++e) {
-    const int64_t k = e / KK, ct = e % KK, c = ct / k2, t = ct % k2;
-    const int64_t col = g.nhwc ? t * Cg + c : ct;
-    double s = 0;
-    if (transposed) {
-      const int64_t gi = k / Kg, kk = k % Kg;
-      for (int64_t pc = 0; pc < pieces; ++pc) s += double(part[((pc * g.G + gi) * KK + col) * Kg + kk]);
-    } else {
-      for (int64_t pc = 0; pc < pieces; ++pc) s += double(part[(pc * g.K + k) * KK + col]);
+    for (int64_t row = 0; row < g.G * KK; ++row) {
+      const int64_t gi = row / KK, col = row % KK;
+      sum_pieces(part + row * Kg, pieces, g.G * KK * Kg, Kg,
+                 [&](int64_t kk, double s) { dw[at(gi * Kg + kk, col)] = T(s); });
     }
-    dw[e] = T(s);
+  } else {
+#pragma omp parallel for schedule(static) num_threads(num_threads())
+    for (int64_t k = 0; k < g.K; ++k)
+      sum_pieces(part + k * KK, pieces, g.K * KK, KK, [&](int64_t col, double s) { dw[at(k, col)] = T(s); });
   }
 }
 

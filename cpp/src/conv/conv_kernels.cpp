@@ -103,11 +103,11 @@ void dw_backward_weight_t(const T* dy, const T* x, T* dw, T* db, const Geom& g, 
   const int64_t per_piece = K * k2;
   if (dw) {
 #pragma omp parallel for schedule(static) num_threads(num_threads())
-    for (int64_t e = 0; e < per_piece; ++e) {
-      double s = 0;
-      for (int64_t p = 0; p < pieces; ++p) s += double(pw[p * per_piece + e]);
-      dw[g.nhwc || blocked ? (e % K) * k2 + e / K : e] = T(s);
-    }
+    for (int64_t e0 = 0; e0 < per_piece; e0 += 256)
+      conv::sum_pieces(pw + e0, pieces, per_piece, std::min<int64_t>(256, per_piece - e0), [&](int64_t i, double s) {
+        const int64_t e = e0 + i;
+        dw[g.nhwc || blocked ? (e % K) * k2 + e / K : e] = T(s);
+      });
   }
   if (db)
     for (int64_t k = 0; k < K; ++k) {
@@ -215,13 +215,13 @@ void grouped_backward_weight_t(const T* dy, const T* x, T* dw, const Geom& g, co
   CNNKIT_BY_CPG(conv::grouped_weight_partials_direct, T, dy, x, part, pieces, cblocks, g, fu);
   // Walk the partials in their own layout (contiguous streams), scattering into dw.
 #pragma omp parallel for schedule(static) num_threads(num_threads())
-  for (int64_t e = 0; e < psize; ++e) {
-    double s = 0;
-    for (int64_t p = 0; p < pieces; ++p) s += double(part[p * psize + e]);
-    const int64_t l = e % VL, r = (e / VL) % cpg, cv = (e / VL / cpg) % ncv, t = e / VL / cpg / ncv;
-    const int64_t ci = cpg < VL ? (l % cpg + r) % cpg : r;  // (rotations: permute_fma_copies)
-    dw[((cv * VL + l) * cpg + ci) * k2 + t] = T(s);
-  }
+  for (int64_t e0 = 0; e0 < psize; e0 += 256)
+    conv::sum_pieces(part + e0, pieces, psize, std::min<int64_t>(256, psize - e0), [&](int64_t i, double s) {
+      const int64_t e = e0 + i;
+      const int64_t l = e % VL, r = (e / VL) % cpg, cv = (e / VL / cpg) % ncv, t = e / VL / cpg / ncv;
+      const int64_t ci = cpg < VL ? (l % cpg + r) % cpg : r;  // (rotations: permute_fma_copies)
+      dw[((cv * VL + l) * cpg + ci) * k2 + t] = T(s);
+    });
 }
 
 void grouped_forward(DType dt, const void* x, const void* w, const void* b, void* y, const Geom& g) {
