@@ -155,17 +155,18 @@ inline bool small_planes(const Geom& g) {
 
 // The grouped weight gradient by channel blocks (grouped.h, grouped_weight_blocks_direct) in
 // place of per-image chunks with float partials of the whole dw per piece: 16 or more channels per
-// group, output planes under 100 pixels and 2^17 weights or more (whose partial leaves L2).
-// Measured (1 thread, CPU time, NHWC, load 3-8): g32 C1024@7 (N = 32) 12.1-13.5 ms against 14-25
-// (49-pixel chunks, each re-reading a 1.2 MB partial); with small weights the per-image chunks
-// won (g16 C256@7 1.9 vs 2.3, g8 C128@7 N = 64 1.5-1.8 vs 1.9, g8 C64 16->8 s2 0.64 vs 0.85: the
-// partial stays in cache and the blocks' copies cost more), as on larger planes (g32 C512@14
-// 10.5-16 vs 14-21, C128@56 23 vs 61-86: a block reads 64-256 bytes of every pixel, which the
-// prefetchers follow badly). It reads NCHW planes directly (a block's planes are contiguous), so
-// the NCHW weight pass on these shapes skips the full-tensor transposes (conv_dispatch.cpp).
-inline bool grouped_weight_by_blocks(const Geom& g) {
-  return g.Cg() >= 16 && g.Ho * g.Wo < 100 && g.K * g.Cg() * g.kh * g.kw >= (int64_t(1) << 17);
-}
+// group and output planes under 256 pixels. A group's channels of a pixel lie C floats apart, so
+// per-image chunks read each pixel's slice from its own line, 2 KiB apart at C = 512: a few sets
+// of L1 hold them all; the blocks copy them together first.
+// Measured on an Intel AVX-512 core (2 FMA pipes; 2 threads, N = 32, NHWC, processes alternating):
+// g32 C1024@14 14.7-17.2 ms against 22.4-25.6, g32 C512@14 3.6-4.2 against 4.7-4.9, g16 C256@14
+// 1.9-2.2 against 2.2, g16 C256@7 0.48-0.58 against 0.74-0.75; on 28x28 planes the per-image
+// chunks won (g32 C512@28 22.4-24.3 against 25.0-26.2, g8 C128@28 3.3 against 4.1). Zen 4 had
+// favoured the chunks where the weights were small (g16 C256@7 1.9 vs 2.3 ms, 1 thread) and on
+// g32 C512@14 (10.5-16 vs 14-21), before both loops took one pointer a tap; not measured since.
+// It reads NCHW planes directly (a block's planes are contiguous), so the NCHW weight pass on
+// these shapes skips the full-tensor transposes (conv_dispatch.cpp).
+inline bool grouped_weight_by_blocks(const Geom& g) { return g.Cg() >= 16 && g.Ho * g.Wo < 256; }
 
 // Number of pieces a loop of `work` items is cut into, from the shape alone (never from the
 // thread count), so that reductions give the same bits at any thread count.
