@@ -664,6 +664,40 @@ void grouped_backward_input_direct(const T* dy, const T* w, T* dx, const Geom& g
   if (grad) part.combine(*fu);
 }
 
+// The weight gradients' inner step: one pixel's dy vectors gv into the register block acc (NCV
+// channel vectors x 3 taps x CB in-group indices), the input of tap j at xj[j]: broadcasts of CB
+// in-group channels (CPG >= VL) or the rotations of one vector (permute_fma_copies). Each tap has
+// a pointer of its own, so that its CB operands are immediate offsets from it: indexed from one
+// pointer (xq[j * js + c]) GCC kept the 16 offsets of taps 1 and 2 on the stack and reloaded 7 of
+// them a pixel (32 loads for 24 FMAs).
+template <typename T, int CPG, int NCV, int CB, int NJ>
+CNNKIT_HD void wgrad_pixel(vec_t<T> (&acc)[NCV][3][CB], const vec_t<T> (&gv)[NCV], const T* const (&xj)[3]) {
+  using V = vec_t<T>;
+  for (int j = 0; j < NJ; ++j) {
+    if constexpr (GroupedTraits<T, CPG>::permute) {
+      static_assert(NCV == 1 && CB == CPG, "one block of all in-group indices");
+      permute_fma_copies<T, CPG>(acc[0][j], gv[0], vload(xj[j]), std::make_integer_sequence<int, CPG>{});
+    } else {
+      for (int c = 0; c < CB; ++c) {
+        const V xo = vsplat<T>(xj[j][c]);
+        for (int q = 0; q < NCV; ++q) acc[q][j][c] += gv[q] * xo;
+      }
+    }
+  }
+}
+
+// The tap pointers one pixel on (xs floats); the empty asm keeps GCC from folding them back
+// into one pointer and offsets.
+template <typename T>
+CNNKIT_HD void wgrad_advance(const T* (&xj)[3], int64_t xs) {
+  xj[0] += xs;
+  xj[1] += xs;
+  xj[2] += xs;
+#if !defined(__CUDA_ARCH__)
+  __asm__("" : "+r"(xj[1]), "+r"(xj[2]));
+#endif
+}
+
 // Weight-gradient partials: piece p (a fixed range of the N*Ho output rows) accumulates into
 // part[p] laid out [tap][cv][ci][VL]. The piece is walked in chunks of up to R output rows of one
 // image whose filled input rows fit in about 512 KiB; within a chunk, register accumulators for
@@ -757,35 +791,12 @@ void grouped_weight_partials_direct(const T* dy, const T* x, T* part, int64_t pi
                     const int64_t xs = g.sw * C, js = g.dw * C;
                     const T* xq = row + j0 * js + (Tr::permute ? cv * VL : (cv * VL) / CPG * CPG + ci0);
                     const T* gq = dyr;
-                    // One pointer a tap, so that a tap's CB operands are immediate offsets from it:
-                    // with xq[j * js + c] GCC kept the 16 offsets of taps 1 and 2 on the stack and
-                    // reloaded 7 of them a pixel (32 loads for 24 FMAs). The empty asm keeps GCC
-                    // from folding the pointers back into one.
-                    const T* x1 = xq + js;
-                    const T* x2 = xq + 2 * js;
+                    const T* xj[3] = {xq, xq + js, xq + 2 * js};  // (one pointer a tap: wgrad_pixel)
                     for (int64_t ow = 0; ow < g.Wo; ++ow, gq += C) {
                       V gv[NCV];
                       for (int q = 0; q < NCV; ++q) gv[q] = vload(gq + q * VL);
-                      auto tap = [&](auto jc, const T* xp) {
-                        constexpr int j = decltype(jc)::value;
-                        if constexpr (Tr::permute) {
-                          static_assert(NCV == 1 && CB == CPG, "one block of all in-group indices");
-                          const V xv = vload(xp);
-                          permute_fma_copies<T, CPG>(acc[0][j], gv[0], xv, std::make_integer_sequence<int, CPG>{});
-                        } else {
-                          for (int c = 0; c < CB; ++c) {
-                            const V xo = vsplat<T>(xp[c]);
-                            for (int q = 0; q < NCV; ++q) acc[q][j][c] += gv[q] * xo;
-                          }
-                        }
-                      };
-                      tap(std::integral_constant<int, 0>{}, xq);
-                      if constexpr (NJ > 1) tap(std::integral_constant<int, 1>{}, x1);
-                      if constexpr (NJ > 2) tap(std::integral_constant<int, 2>{}, x2);
-                      xq += xs;
-                      x1 += xs;
-                      x2 += xs;
-                      __asm__("" : "+r"(x1), "+r"(x2));
+                      wgrad_pixel<T, CPG, NCV, CB, NJ>(acc, gv, xj);
+                      wgrad_advance(xj, xs);
                     }
                   };
                   if (nj == 3)
@@ -942,32 +953,12 @@ void grouped_weight_blocks_direct(const T* dy, const T* x, T* dw, const Geom& g,
                       const T* dyr = dyk + rl * g.Wo * CW + v * VL;
                       const int64_t xs = g.sw * CW, js = g.dw * CW;
                       const T* xq = row + j0 * js + (Tr::permute ? 0 : (v * VL) / CPG * CPG + ci0);
-                      // One pointer a tap (see grouped_weight_partials_direct).
-                      const T* x1 = xq + js;
-                      const T* x2 = xq + 2 * js;
+                      const T* xj[3] = {xq, xq + js, xq + 2 * js};  // (one pointer a tap: wgrad_pixel)
                       for (int64_t ow = 0; ow < g.Wo; ++ow, dyr += CW) {
                         V gv[NCV];
                         for (int a = 0; a < NCV; ++a) gv[a] = vload(dyr + a * VL);
-                        auto tap = [&](auto jc, const T* xp) {
-                          constexpr int j = decltype(jc)::value;
-                          if constexpr (Tr::permute) {
-                            static_assert(NCV == 1 && CB == CPG, "one block of all in-group indices");
-                            const V xv = vload(xp);
-                            permute_fma_copies<T, CPG>(acc[0][j], gv[0], xv, std::make_integer_sequence<int, CPG>{});
-                          } else {
-                            for (int c = 0; c < CB; ++c) {
-                              const V xo = vsplat<T>(xp[c]);
-                              for (int a = 0; a < NCV; ++a) acc[a][j][c] += gv[a] * xo;
-                            }
-                          }
-                        };
-                        tap(std::integral_constant<int, 0>{}, xq);
-                        if constexpr (NJ > 1) tap(std::integral_constant<int, 1>{}, x1);
-                        if constexpr (NJ > 2) tap(std::integral_constant<int, 2>{}, x2);
-                        xq += xs;
-                        x1 += xs;
-                        x2 += xs;
-                        __asm__("" : "+r"(x1), "+r"(x2));
+                        wgrad_pixel<T, CPG, NCV, CB, NJ>(acc, gv, xj);
+                        wgrad_advance(xj, xs);
                       }
                     }
                   };

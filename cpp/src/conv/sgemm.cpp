@@ -167,6 +167,21 @@ __attribute__((always_inline)) inline void zero_block(V (&r)[R][U]) {
     for (int v = 0; v < U; ++v) r[i][v] = V{};
 }
 
+// One step of a microkernel whose A values of the step lie together: r[i][v] += a[i] * b[v*VL ..]
+// (one FMA per element, as every kernel here).
+template <int R, int U>
+__attribute__((always_inline)) inline void rank1_step(V (&r)[R][U], const float* a, const float* b) {
+  V bv[U];
+#pragma GCC unroll 4
+  for (int v = 0; v < U; ++v) bv[v] = vload(b + v * VL);
+#pragma GCC unroll 24
+  for (int i = 0; i < R; ++i) {
+    const V ai = vbroadcast(a[i]);
+#pragma GCC unroll 4
+    for (int v = 0; v < U; ++v) r[i][v] = ai * bv[v] + r[i][v];
+  }
+}
+
 // The epilogue of one panel of W columns (sgemm_rows' RowsEpilogue, its pointers moved to the
 // panel and to the block's first row).
 struct PanelEp {
@@ -543,15 +558,7 @@ void ukernel_fr(int64_t kc, const float* __restrict a, const float* __restrict b
       if (split) __builtin_prefetch(pf + 64 * U - 4, 0, 3);
       pf += step;
     }
-    V bv[U];
-#pragma GCC unroll 4
-    for (int v = 0; v < U; ++v) bv[v] = vload(b + v * VL);
-#pragma GCC unroll 24
-    for (int i = 0; i < R; ++i) {
-      const V ai = vbroadcast(a[i]);
-#pragma GCC unroll 4
-      for (int v = 0; v < U; ++v) r[i][v] = ai * bv[v] + r[i][v];
-    }
+    rank1_step<R, U>(r, a, b);
     a += R;
     b += ldb;
   }
@@ -806,16 +813,7 @@ void ind_kernel(int64_t kc, const float* const* ind, int64_t t, int64_t c0, cons
   zero_block<R, U>(r);
   const float* const* q = ind + t * KC;
   for (int64_t k = 0; k < kc; ++k) {
-    const float* a = q[k] + c0;
-    V bv[U];
-#pragma GCC unroll 4
-    for (int v = 0; v < U; ++v) bv[v] = vload(b + v * VL);
-#pragma GCC unroll 16
-    for (int i = 0; i < R; ++i) {
-      const V ai = vbroadcast(a[i]);
-#pragma GCC unroll 4
-      for (int v = 0; v < U; ++v) r[i][v] = ai * bv[v] + r[i][v];
-    }
+    rank1_step<R, U>(r, q[k] + c0, b);
     b += W;
   }
   store_block<R, U>(r, c, ldc, acc, mr, nr);
