@@ -335,6 +335,8 @@ void grouped_row_range(T* out, int64_t ostride, int64_t nv, int64_t step, const 
     for (int64_t cv = cv0; cv < cv1; cv += 2)
       grouped_row_blocks<T, CPG, 2, PB>(out, ostride, nv, step, taps, ntaps, wt, b, C, cv);
   } else {
+    // Broadcast operands with 32 vector registers: 16 pixels a block, so that a 14-wide row (g32
+    // C512@14) runs as one block on 14 chains instead of 8 + 6 (forward about 1.04x, Intel).
     constexpr int PB1 = (!GroupedTraits<T, CPG>::permute && Vec<T>::n * sizeof(T) >= 64) ? 16 : 8;
     for (int64_t cv = cv0; cv < cv1; ++cv)
       grouped_row_blocks<T, CPG, 1, PB1>(out, ostride, nv, step, taps, ntaps, wt, b, C, cv);

@@ -597,15 +597,20 @@ void few_rows(int64_t M, int64_t N, int64_t K, Operand A, Operand B, float* C, i
   }
 }
 
+// Whether A is read in place rather than packed, for a C of N columns in panels of W: packing A
+// costs M*K moves against 2*M*N*K flops, as much as the arithmetic for narrow C (N within two
+// register blocks), so A rows with unit column stride and no prologue are read in place.
+inline bool reads_a_in_place(Operand A, const Prologue* pa, int64_t N, int64_t W) {
+  return A.cs == 1 && !active(pa) && N <= 2 * W;
+}
+
 // The blocked loops for one microkernel shape (R x U vectors).
 template <int R, int U>
 void sgemm_blocked(int64_t M, int64_t N, int64_t K, Operand A, Operand B, float* C, int64_t ldc, bool accumulate,
                    const Prologue* pa, const Prologue* pb) {
   constexpr int W = U * VL;
   const int64_t mcb = MC / R * R;
-  // Packing A costs M*K moves against 2*M*N*K flops: for narrow C (N within two register blocks)
-  // it costs as much as the arithmetic, so A rows with unit column stride are read in place.
-  const bool direct_a = A.cs == 1 && !active(pa) && N <= 2 * W;
+  const bool direct_a = reads_a_in_place(A, pa, N, W);
   float* bp = scratch<float>(kPackBSlot, KC * round_up(std::min<int64_t>(N, NC), W));
   float* ap = scratch<float>(kPackASlot, KC * round_up(std::min<int64_t>(M, mcb), R));
   for (int64_t jc = 0; jc < N; jc += NC) {
@@ -1372,7 +1377,9 @@ void sgemm(int64_t M, int64_t N, int64_t K, Operand A, Operand B, float* C, int6
       for (int64_t i = 0; i < M; ++i) std::fill(C + i * ldc, C + i * ldc + N, 0.0f);
     return;
   }
-  const bool direct_a = A.cs == 1 && !active(pa) && N <= 2 * NR;  // (sgemm_blocked's)
+  // (N <= VL runs sgemm_blocked<MR2, 1>, whose panels are VL wide: A in place there as with NR,
+  // since N <= 2 * VL as well.)
+  const bool direct_a = reads_a_in_place(A, pa, N, NR);
   if (!direct_a && few_rows_ok(M, B, pb)) {
     if (N <= VL)
       few_rows<MR2, 1>(M, N, K, A, B, C, ldc, accumulate, pa);

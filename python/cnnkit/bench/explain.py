@@ -963,6 +963,20 @@ def fv_summarize(case, res, steps, flops, peak, checks) -> dict:
 
 
 def fv_render(summaries, markdown) -> str:
+    """The feature-visualization table: one row for cnnkit and one for each peer per layer.
+
+    Parameters
+    ----------
+    summaries : list of dict
+        One summary per layer and channel, as ``fv_summarize`` returns them.
+    markdown : bool
+        A Markdown table instead of aligned text.
+
+    Returns
+    -------
+    str
+        The table.
+    """
     head = ["layer:channel", "side", "steps/s", "[min-max]", "ms/step", "GFLOP/s", "% sgemm peak",
             "x best peer", "target", "objective at last step", "check err (grad, value)"]
     body = []
@@ -1150,7 +1164,21 @@ class PeakRSS:
             return False
 
     def measure(self, fn, trace=False) -> tuple:
-        """(peak RSS rise in bytes or None, tracemalloc peak in bytes or None)."""
+        """Run ``fn`` once and measure the memory it took.
+
+        Parameters
+        ----------
+        fn : callable
+            Called with no arguments.
+        trace : bool, optional
+            Also trace Python allocations with :mod:`tracemalloc` (slower).
+
+        Returns
+        -------
+        tuple of (int or None, int or None)
+            The peak RSS rise in bytes (None where ``/proc/self/clear_refs`` cannot be written)
+            and the tracemalloc peak in bytes (None without ``trace``).
+        """
         gc.collect()
         if self._libc is not None:
             self._libc.malloc_trim(0)
