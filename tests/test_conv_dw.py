@@ -1,7 +1,6 @@
 """Depthwise 3x3 stride-1 convolutions on small planes: the register-row kernels (dw3_* in
 cpp/src/conv/dw_nhwc.h), taken inside the conv2d_dw_*_nhwc and conv2d_dw_*_nchw_blocked entries
-for multiplier 1, channels a multiple of 16 and planes up to 64 pixels (NCHW forward and NHWC
-weight gradient: up to 256).
+for multiplier 1, channels a multiple of 16 and planes up to 256 pixels (NCHW: up to 64).
 
 Named shapes around the SIMD width (channels 15, 16, 17, 32, 33: the neighbours run the other
 kernels) and around the row chunks (widths 1 to 9, 14 = 7 + 7, 16 = 8 + 8; planes of 64, 256 and
@@ -13,6 +12,10 @@ The 3x3 stride-2 input gradient (dw33s2_bwdin_row, NHWC, multiplier 1, any chann
 shapes and hypothesis over channels around the vector widths (8/16/32 and their neighbours),
 even and odd planes, padding 0 to 2 and batches up to 9, against the float64 reference and
 bitwise at 1 and 2 threads.
+
+Both NHWC gradients in one pass over the images (conv_backward: dw3_backward_both): where its
+rule says, with the bits of the input and weight passes run separately, at 1 and 2 threads, every
+level; outputs that overlap an input or each other are refused before anything is written.
 """
 from __future__ import annotations
 
@@ -21,6 +24,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from cnnkit import _core
+from cnnkit.ops.conv import _Geom
 from conftest import assert_bitwise, isa_level, num_threads
 from conftest import ISA_LEVELS
 from test_conv import DTYPES, LAYOUTS, Geo, _conv_outputs, check_backward, check_forward, dtype_id, make_case
@@ -108,3 +113,72 @@ def test_dw3s2_hypothesis(n, c, h, w, padding, dtype, level, seed):
     h, w = max(h, 3 - 2 * padding), max(w, 3 - 2 * padding)
     with isa_level(level):
         _check(dw3s2(n, c, h, w, padding), "NHWC", dtype, np.random.default_rng(seed))
+
+
+# ---- both gradients in one pass (conv::backward; dw3_backward_both in dw_nhwc.h) ------------------
+
+ONE_PASS = [
+    ("C16 7x7 N8", dw3(8, 16, 7, 7)),
+    ("C32 14x14 N4", dw3(4, 32, 14, 14)),
+    ("C16 16x16 N2 (256 pixels)", dw3(2, 16, 16, 16)),
+    ("C48 5x6 N3 pad 2", dw3(3, 48, 5, 6, 2)),
+    ("C32 9x3 N9 pad 0", dw3(9, 32, 9, 3, 0)),
+    ("C16 1x1 N16", dw3(16, 16, 1, 1)),
+    ("C17 7x7 N8 (the separate passes)", dw3(8, 17, 7, 7)),
+    ("C16 17x17 N2 (the separate passes)", dw3(2, 16, 17, 17)),
+]
+
+
+def _one_pass_expected(geo, threads):
+    """The rule of dw3_both_shape: the weight gradient's register-row shapes (channels a multiple of
+    16, planes up to 256 pixels), with as many of its blocks of images (at most 8) on every thread."""
+    ho, wo = geo.y_shape("NCHW")[2:]
+    if geo.ci % 16 or geo.h * geo.w > 256 or ho * wo > 256:
+        return False
+    per = -(-geo.n // min(geo.n, 8))
+    return -(-geo.n // per) % threads == 0
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("geo", [g for _, g in ONE_PASS], ids=[n for n, _ in ONE_PASS])
+def test_both_gradients_in_one_pass_have_the_separate_passes_bits(isa, geo, dtype, rng):
+    """conv_backward with grad_input and grad_weight (and grad_bias) runs the one-pass kernel where
+    its rule says (it returns True), and gives the bits of the input pass and the weight pass run
+    separately, at 1 and 2 threads, with every subset of (grad_weight, grad_bias)."""
+    c = make_case(rng, geo, "NHWC", dtype)
+    g = _Geom(c.x.shape, c.weight.shape, 1, geo.padding, 1, geo.ci, "NHWC", dtype).core()
+    want_gi = np.empty_like(c.x)
+    want_gw, want_gb = np.empty_like(c.weight), np.empty(geo.co, dtype)
+    with num_threads(1):
+        _core.conv_backward_input(c.grad_out, c.weight, want_gi, g)
+        _core.conv_backward_weight(c.grad_out, c.x, want_gw, want_gb, g)
+    for threads in (1, 2):
+        with num_threads(threads):
+            for keep_w, keep_b in ((True, True), (True, False), (False, True)):
+                gi = np.full_like(c.x, np.nan)
+                gw = np.full_like(c.weight, np.nan) if keep_w else None
+                gb = np.full(geo.co, np.nan, dtype) if keep_b else None
+                one = _core.conv_backward(c.grad_out, c.x, c.weight, gi, gw, gb, g)
+                what = f"{c} at {threads} threads, grad_weight {keep_w}, grad_bias {keep_b}"
+                assert one == _one_pass_expected(geo, threads), f"{what}: one pass {one}"
+                assert_bitwise(gi, want_gi, f"grad_input: {what}")
+                if keep_w:
+                    assert_bitwise(gw, want_gw, f"grad_weight: {what}")
+                if keep_b:
+                    assert_bitwise(gb, want_gb, f"grad_bias: {what}")
+
+
+def test_both_gradients_refuse_overlapping_outputs(rng):
+    c = make_case(rng, dw3(2, 16, 7, 7), "NHWC", np.float32)
+    g = _Geom(c.x.shape, c.weight.shape, 1, 1, 1, 16, "NHWC", np.float32).core()
+    gi, gw, gb = np.empty_like(c.x), np.empty_like(c.weight), np.empty(16, np.float32)
+    before = [a.copy() for a in (c.grad_out, c.x, c.weight)]
+    for args, msg in (((c.grad_out, c.x, c.weight, c.x, gw, gb), "grad_input: must not overlap x"),
+                      ((c.grad_out, c.x, c.weight, c.grad_out, gw, gb), "grad_input: must not overlap grad_out"),
+                      ((c.grad_out, c.x, c.weight, gi, c.weight, gb), "grad_weight: must not overlap weight"),
+                      ((c.grad_out, c.x, c.weight, gi, gw, gw.reshape(-1)[:16]),
+                       "grad_weight: must not overlap grad_bias")):
+        with pytest.raises(ValueError, match=msg):
+            _core.conv_backward(*args, g)
+    for a, b in zip((c.grad_out, c.x, c.weight), before):
+        assert_bitwise(a, b, "an input after a refused call")

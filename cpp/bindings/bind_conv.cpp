@@ -2,6 +2,7 @@
 // allocation; these re-check every array against the geometry so a misuse can never read or write
 // out of bounds.
 #include <string>
+#include <utility>
 
 #include "cnnkit/conv.h"
 #include "common.h"
@@ -109,6 +110,38 @@ void bind_conv(py::module_& m) {
         conv::backward_weight(dt, pdy, px, pdw, pdb, g);
       },
       py::arg("grad_out"), py::arg("x"), py::arg("grad_weight"), py::arg("grad_bias"), py::arg("geom"));
+  m.def(
+      "conv_backward",
+      [](const py::object& dy, const py::object& x, const py::object& w, const py::object& dx, const py::object& dw,
+         const py::object& db, const conv::Geom& g) {
+        const DType dt = dtype_of(dy, "grad_out");
+        const void* pdy = array_arg(dy, "grad_out", dt, g.N * g.K * g.Ho * g.Wo);
+        const void* px = array_arg(x, "x", dt, g.N * g.C * g.H * g.W);
+        const void* pw = array_arg(w, "weight", dt, wcount(g));
+        void* pdx = array_arg(dx, "grad_input", dt, g.N * g.C * g.H * g.W, kWrite | kOptional);
+        void* pdw = array_arg(dw, "grad_weight", dt, wcount(g), kWrite | kOptional);
+        void* pdb = array_arg(db, "grad_bias", dt, g.K, kWrite | kOptional);
+        // (the outputs written in one pass over the images must not overlap an input or each other)
+        const int64_t e = dtype_size(dt);
+        const std::pair<const void*, int64_t> in[] = {
+            {pdy, g.N * g.K * g.Ho * g.Wo * e}, {px, g.N * g.C * g.H * g.W * e}, {pw, wcount(g) * e}};
+        const std::pair<const void*, int64_t> out[] = {
+            {pdx, g.N * g.C * g.H * g.W * e}, {pdw, wcount(g) * e}, {pdb, g.K * e}};
+        const char* in_name[] = {"grad_out", "x", "weight"};
+        const char* out_name[] = {"grad_input", "grad_weight", "grad_bias"};
+        for (int o = 0; o < 3; ++o) {
+          for (int i = 0; i < 3; ++i)
+            if (out[o].first && overlaps(out[o].first, out[o].second, in[i].first, in[i].second))
+              throw py::value_error(std::string(out_name[o]) + ": must not overlap " + in_name[i]);
+          for (int i = o + 1; i < 3; ++i)
+            if (out[o].first && out[i].first && overlaps(out[o].first, out[o].second, out[i].first, out[i].second))
+              throw py::value_error(std::string(out_name[o]) + ": must not overlap " + out_name[i]);
+        }
+        py::gil_scoped_release nogil;
+        return conv::backward(dt, pdy, px, pw, pdx, pdw, pdb, g);  // (true: in one pass)
+      },
+      py::arg("grad_out"), py::arg("x"), py::arg("weight"), py::arg("grad_input"), py::arg("grad_weight"),
+      py::arg("grad_bias"), py::arg("geom"));
   m.def(
       "conv2d_fused",
       [](const py::object& x, const py::object& w, const py::object& y, const conv::Geom& g, const py::object& b,

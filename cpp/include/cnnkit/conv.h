@@ -142,6 +142,11 @@ void forward(DType dt, const void* x, const void* w, const void* b, void* y, con
 void backward_input(DType dt, const void* dy, const void* w, void* dx, const Geom& g);
 // dw (may be null) and db (may be null) are overwritten.
 void backward_weight(DType dt, const void* dy, const void* x, void* dw, void* db, const Geom& g);
+// Both: dx as backward_input (where not null), then dw and db as backward_weight (where not null),
+// the same bits; in one pass over the images where a kernel has one (Kernels::dw_backward_both),
+// and then returns true. None of dx, dw, db may overlap an input or each other (the binding
+// checks).
+bool backward(DType dt, const void* dy, const void* x, const void* w, void* dx, void* dw, void* db, const Geom& g);
 
 // The forward pass with the fused prologue / epilogue of `fu` (float32; the GEMM path on cnnkit's
 // own sgemm, the depthwise NHWC kernels, or the direct grouped kernels where the registry runs
@@ -333,6 +338,12 @@ struct Kernels {
   // in cache, the residual and the gradient epilogue of Fused; the sums per image, added in image
   // order into grad_sum and grad_sumxc (dw_nhwc.h).
   void (*dw_backward_input_fused)(const float* dy, const float* w, float* dx, const Geom&, const Fused&);
+  // Both gradients of a depthwise NHWC problem in one pass over the images (dw_nhwc.h's
+  // dw3_backward_both: 3x3, stride 1, the shapes of the conv2d_dw_*_nhwc entry's register-row weight
+  // gradient): dx (wa: the adjoint's weights) and dw, db (either may be null), with the bits of
+  // the two passes. Returns false, having written nothing, where it does not take the shape.
+  bool (*dw_backward_both)(DType, const void* dy, const void* x, const void* wa, void* dx, void* dw, void* db,
+                           const Geom&);
 };
 
 }  // namespace cnnkit::conv

@@ -940,6 +940,24 @@ void backward_input(DType dt, const void* dy, const void* w, void* dx, const Geo
   run(Problem{g, dt, Pass::input}, Args{nullptr, w, nullptr, nullptr, dy, dx, nullptr, nullptr});
 }
 
+bool backward(DType dt, const void* dy, const void* x, const void* w, void* dx, void* dw, void* db, const Geom& g) {
+  check_dims(g);
+  if (dx && (dw || db) && g.nhwc && g.depthwise() && g.K == g.C && unit_stride(g) && g.N > 0 && g.C > 0 &&
+      g.H * g.W > 0 && g.Ho * g.Wo > 0) {
+    // One pass where both gradients' own entries are the same level's depthwise NHWC kernels.
+    const Entry& ie = table()[select_effective(effective(Problem{g, dt, Pass::input}))];
+    const Entry& we = table()[select_effective(Problem{g, dt, Pass::weight})];
+    if (ie.v->supported == sup_dw_nhwc && we.v->supported == sup_dw_nhwc && ie.isa == we.isa) {
+      const void* wa = dt == DType::f32 ? static_cast<const void*>(adjoint_weights(static_cast<const float*>(w), g))
+                                        : static_cast<const void*>(adjoint_weights(static_cast<const double*>(w), g));
+      if (kernels_of(ie.isa).dw_backward_both(dt, dy, x, wa, dx, dw, db, g)) return true;
+    }
+  }
+  if (dx) backward_input(dt, dy, w, dx, g);
+  if (dw || db) backward_weight(dt, dy, x, dw, db, g);
+  return false;
+}
+
 void backward_weight(DType dt, const void* dy, const void* x, void* dw, void* db, const Geom& g) {
   check_dims(g);
   if (g.K == 0) return;

@@ -267,6 +267,20 @@ void dw_backward_input_fused(const float* dy, const float* w, float* dx, const G
   part.combine(fu);
 }
 
+bool dw_backward_both(DType dt, const void* dy, const void* x, const void* wa, void* dx, void* dw, void* db,
+                      const Geom& g) {
+  if (!conv::dw3_both_shape(g)) return false;
+  if (dt == DType::f32)
+    conv::dw3_backward_both(static_cast<const float*>(dy), static_cast<const float*>(x),
+                            static_cast<const float*>(wa), static_cast<float*>(dx), static_cast<float*>(dw),
+                            static_cast<float*>(db), g);
+  else
+    conv::dw3_backward_both(static_cast<const double*>(dy), static_cast<const double*>(x),
+                            static_cast<const double*>(wa), static_cast<double*>(dx), static_cast<double*>(dw),
+                            static_cast<double*>(db), g);
+  return true;
+}
+
 void dy_apply_rows(const conv::DyApply& ap, float* out, int64_t rows, int64_t C) {
   const int64_t blk = 256;
 #pragma omp parallel for schedule(static) num_threads(num_threads())
@@ -290,6 +304,7 @@ extern const conv::Kernels conv_kernels = {
     dw_fused_forward, dw_fused_backward_weight,
     grouped_forward_fused, grouped_backward_weight_fused,
     conv::grad_epilogue_image, grouped_backward_input_fused, dy_apply_rows, dw_backward_input_fused,
+    dw_backward_both,
 };
 
 }  // namespace cnnkit::CNNKIT_ISA_NS

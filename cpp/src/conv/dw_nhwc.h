@@ -474,6 +474,13 @@ void dw33_wgrad_vectors(const T* buf, const T* dyn, T* pwu, T* pbu, const Geom& 
 // already in L2 (N = 4) they cost 8-20%, so inputs under 2 MiB (twice a core's L2) take none.
 // (With after, after(oh, row) is called on each output row once it is written.)
 // (With st, the 3x3 register rows accumulate the statistics from their registers instead.)
+// Whether the forward kernels prefetch their next rows into L2: more than one image and an input
+// of at least 2 MiB (twice a core's L2). On tensors already in L2 (N = 4) the prefetches cost 8-20%.
+template <typename T>
+inline bool dw_prefetch_worthy(const Geom& g) {
+  return g.N > 1 && g.N * g.H * g.W * g.C * int64_t(sizeof(T)) >= (int64_t(2) << 20);
+}
+
 template <typename T, int KH, int KW, typename After = std::nullptr_t>
 void dw_fwd_band(const T* xn, const T* wt, const T* b, T* yn, const Geom& g, int64_t oh0, int64_t oh1, int64_t Wp,
                  T* buf, const T** rows, const DwPro<T>* pro = nullptr, After after = nullptr,
@@ -481,7 +488,7 @@ void dw_fwd_band(const T* xn, const T* wt, const T* b, T* yn, const Geom& g, int
   const int64_t kh = KH ? KH : g.kh, kw = KW ? KW : g.kw, C = g.C;
   const int64_t r0 = oh0 * g.sh - g.pt;
   int64_t done = r0;  // rows [r0, done) are padded: each output row pads the rows it newly reads
-  const bool big = g.N > 1 && g.N * g.H * g.W * C * int64_t(sizeof(T)) >= (int64_t(2) << 20);
+  const bool big = dw_prefetch_worthy<T>(g);
   for (int64_t oh = oh0; oh < oh1; ++oh) {
     const int64_t need = oh * g.sh + (kh - 1) * g.dh - g.pt + 1;
     if (need > done) {
@@ -1035,7 +1042,10 @@ inline bool dw3_small_plane(const Geom& g) { return g.Ho * g.Wo <= kDw3SmallPlan
 // stride-1 input gradient) NHWC 7x7 1.3-1.5x faster, 14x14 0.75-0.8x (the padded band kernel
 // keeps it); NCHW blocked 1.1-1.45x at both sizes. Weight gradient NHWC 2.2x at 7x7 and 1.45x at
 // 14x14; NCHW blocked 1.25x at 7x7, 0.96x at 14x14 (kept on the band kernel).
-inline bool dw3_forward_shape(const Geom& g) { return dw3_shape(g) && (!g.nhwc || dw3_small_plane(g)); }
+// NHWC forward at 14x14 (and up to kDw3MaxPlane pixels) too, since the register rows prefetch their
+// next rows (dw3_fwd_row_nhwc): 2 threads, N = 32, the two kernels alternating in one process
+// (Sapphire Rapids class), C384@14 0.65-0.74 ms on the band kernel, 0.53-0.61 on the register rows.
+inline bool dw3_forward_shape(const Geom& g) { return dw3_shape(g) && (g.nhwc || dw3_small_plane(g)); }
 inline bool dw3_weight_shape(const Geom& g) { return dw3_shape(g) && (g.nhwc || dw3_small_plane(g)); }
 
 // xv[q] = pixel c0 + q of the row (pixel stride xs) for q < NP + 2; zero outside [0, W).
@@ -1126,6 +1136,44 @@ CNNKIT_HD void dw3_for_chunks(const Geom& g, F&& f) {
   for (int64_t oh = 0; oh < g.Ho; ++oh) dw3_for_row_chunks(g, oh, f);
 }
 
+// Output row oh of one NHWC image (xs: its input, yn: its output; wt: the weights as [tap][C], b
+// the bias or null) by the register rows, channel vectors innermost. With pfx (the image's input
+// in memory, which xs may be a staged copy of; null: none) and an input worth it
+// (dw_prefetch_worthy), the input row the next output row adds and that output row are prefetched
+// into L2, spread over the row's chunks and channel vectors (past the image's last row: the next
+// image's, at the following addresses). The 7x7 and 14x14 rows waited on both: 2 threads,
+// N = 32, the prefetch on and off alternating in one process (Sapphire Rapids class), C384@14
+// 0.65-0.74 -> 0.53-0.61 ms, C960@7 0.36-0.38 -> 0.34-0.36 ms; most of it from the output row's
+// lines, which the stores otherwise wait on. And each chunk's output lines two channel vectors
+// ahead are prefetched for writing into L1: a chunk stores NP vectors C apart, each a line of its
+// own, and the stores (the store buffer full, waiting on their lines) had most of the samples.
+// Alternating in one process: 1 thread, N = 4 (in L2) C384@14 1.76-1.82x, C960@7 1.35-1.43x
+// faster (one to four vectors ahead alike); 2 threads, N = 32, 1.08-1.12x.
+template <typename T>
+void dw3_fwd_row_nhwc(const T* xs, const T* wt, const T* b, T* yn, const Geom& g, int64_t oh, const T* pfx) {
+  constexpr int VL = Vec<T>::n;
+  using V = vec_t<T>;
+  const int64_t C = g.C, rowlen = g.W * C, orow = g.Wo * C, sz = int64_t(sizeof(T));
+  SpreadPrefetch pf;
+  if (pfx && dw_prefetch_worthy<T>(g)) {
+    const int64_t r = oh + 3 - g.pt;  // the input row output row oh + 1 adds (>= H: the next image's)
+    pf = SpreadPrefetch(pfx + r * rowlen, r >= 0 && r < 2 * g.H ? rowlen * sz : 0, yn + (oh + 1) * orow, orow * sz,
+                        ceil_div(g.Wo, int64_t(8)) * (C / VL));
+  }
+  dw3_for_row_chunks(g, oh, [&](auto np, int64_t oh_, int64_t ow0) __attribute__((always_inline)) {
+    for (int64_t c = 0; c < C; c += VL) {
+      pf.step();
+      const T* yo = yn + (oh_ * g.Wo + ow0) * C + c + 2 * VL;
+#pragma GCC unroll 8
+      for (int p = 0; p < decltype(np)::value; ++p) __builtin_prefetch(yo + p * C, 1, 3);
+      V wv[9];
+#pragma GCC unroll 9
+      for (int t = 0; t < 9; ++t) wv[t] = vload(wt + t * C + c);
+      dw3_fwd_chunk<T, decltype(np)::value>(xs + c, C, yn + c, C, g, wv, b ? vload(b + c) : V{}, oh_, ow0);
+    }
+  });
+}
+
 // One plane: taps w[t * wst] (t < 9), bias vector bias.
 template <typename T>
 void dw3_plane_fwd(const T* x, int64_t xs, T* y, int64_t ys, const T* w, int64_t wst, vec_t<T> bias,
@@ -1180,15 +1228,7 @@ void dw3_forward(const T* x, const T* w, const T* b, T* y, const Geom& g) {
     for (int64_t u = 0; u < g.N * g.Ho; ++u) {
       const int64_t n = u / g.Ho, oh = u % g.Ho;
       const T* xn = x + n * HW * C;
-      T* yn = y + n * P * C;
-      dw3_for_row_chunks(g, oh, [&](auto np, int64_t oh_, int64_t ow0) __attribute__((always_inline)) {
-        for (int64_t c = 0; c < C; c += VL) {
-          V wv[9];
-#pragma GCC unroll 9
-          for (int t = 0; t < 9; ++t) wv[t] = vload(wt + t * C + c);
-          dw3_fwd_chunk<T, decltype(np)::value>(xn + c, C, yn + c, C, g, wv, b ? vload(b + c) : V{}, oh_, ow0);
-        }
-      });
+      dw3_fwd_row_nhwc(xn, wt, b, y + n * P * C, g, oh, n + 1 < g.N || oh + 1 < g.Ho ? xn : nullptr);
     }
     return;
   }
@@ -1207,6 +1247,71 @@ void dw3_forward(const T* x, const T* w, const T* b, T* y, const Geom& g) {
   }
 }
 
+// The NHWC weight gradient's blocks of images, ib images each (the last may have fewer): from the
+// shape alone, so the order of the sums does not depend on the thread count.
+inline int64_t dw3_weight_blocks(const Geom& g, int64_t& ib) {
+  const int64_t nblk = std::min<int64_t>(g.N, 8);
+  ib = ceil_div(g.N, nblk);
+  return ceil_div(g.N, ib);
+}
+
+// One NHWC image's weight-gradient sums (xn, dyn: the image's x and dy) added into dacc (ncv x 10
+// x VL doubles): rows outermost and channel vectors innermost with their tap sums in facc (ncv x 10
+// vectors, in memory; a plane per channel vector at a time reads pixels C apart, out of the
+// prefetchers' reach: 2.5 against 1.0 ms at C = 960, 7x7, one thread); pf steps once a row.
+template <typename T>
+void dw3_wgrad_image(const T* xn, const T* dyn, vec_t<T>* facc, double* dacc, const Geom& g, SpreadPrefetch& pf) {
+  using V = vec_t<T>;
+  const int64_t C = g.C, ncv = C / Vec<T>::n;
+  for (int64_t t = 0; t < ncv * 10; ++t) facc[t] = V{};
+  for (int64_t oh = 0; oh < g.Ho; ++oh) {
+    pf.step();
+    dw3_for_row_chunks(g, oh, [&](auto np, int64_t oh_, int64_t ow0) __attribute__((always_inline)) {
+      for (int64_t cb = 0; cb < ncv; ++cb) {
+        V acc[10];
+#pragma GCC unroll 10
+        for (int t = 0; t < 10; ++t) acc[t] = facc[cb * 10 + t];
+        dw3_wgrad_chunk<T, decltype(np)::value>(xn + cb * Vec<T>::n, C, dyn + cb * Vec<T>::n, C, g, acc, oh_, ow0);
+#pragma GCC unroll 10
+        for (int t = 0; t < 10; ++t) facc[cb * 10 + t] = acc[t];
+      }
+    });
+  }
+  for (int64_t cb = 0; cb < ncv; ++cb) dw3_add_double<T>(dacc + cb * 10 * Vec<T>::n, facc + cb * 10);
+}
+
+// The NHWC weight gradient's prefetch over image n's rows (dw3_wgrad_image): the next image's x
+// and dy (at the following addresses) where wgrad_prefetch_next(), else none.
+template <typename T>
+SpreadPrefetch dw3_next_image_prefetch(const T* x, const T* dy, int64_t n, const Geom& g) {
+  if (n + 1 >= g.N || !wgrad_prefetch_next()) return SpreadPrefetch{};
+  const int64_t HW = g.H * g.W, P = g.Ho * g.Wo, sz = int64_t(sizeof(T));
+  return SpreadPrefetch(x + (n + 1) * HW * g.C, HW * g.C * sz, dy + (n + 1) * P * g.C, P * g.C * sz, g.Ho);
+}
+
+// dw [C][9] and db [C] (either may be null) from the blocks' sums part[block][channel
+// vector][10][VL], added over the blocks in order.
+template <typename T>
+void dw3_weight_finish(const double* part, int64_t nblk, T* dw, T* db, const Geom& g) {
+  constexpr int VL = Vec<T>::n;
+  const int64_t C = g.C, ncv = C / VL;
+  if (dw) {
+#pragma omp parallel for schedule(static) num_threads(num_threads())
+    for (int64_t c = 0; c < C; ++c)
+      for (int t = 0; t < 9; ++t) {
+        double v = 0;
+        for (int64_t blk = 0; blk < nblk; ++blk) v += part[((blk * ncv + c / VL) * 10 + t) * VL + c % VL];
+        dw[c * 9 + t] = T(v);
+      }
+  }
+  if (db)
+    for (int64_t c = 0; c < C; ++c) {
+      double v = 0;
+      for (int64_t blk = 0; blk < nblk; ++blk) v += part[((blk * ncv + c / VL) * 10 + 9) * VL + c % VL];
+      db[c] = T(v);
+    }
+}
+
 // dw [C][9] and db [C] (either may be null). With pro (NHWC), each image goes through the
 // prologue into a per-thread copy before its sums (the same sums as on the prologue's output).
 template <typename T>
@@ -1217,12 +1322,9 @@ void dw3_backward_weight(const T* dy, const T* x, T* dw, T* db, const Geom& g, c
   double* part;
   int64_t nblk;
   if (g.nhwc) {
-    // Work items: blocks of images; per image, rows outermost and channel vectors innermost with
-    // their tap sums in memory (a plane per channel vector at a time reads pixels C apart, out of
-    // the prefetchers' reach: 2.5 against 1.0 ms at C = 960, 7x7, one thread).
-    nblk = std::min<int64_t>(g.N, 8);
-    const int64_t ib = ceil_div(g.N, nblk);
-    nblk = ceil_div(g.N, ib);
+    // Work items: blocks of images (dw3_weight_blocks), each image by dw3_wgrad_image.
+    int64_t ib;
+    nblk = dw3_weight_blocks(g, ib);
     part = scratch<double>(kPartSlot, nblk * C * 10);  // [block][channel vector][10][VL]
 #pragma omp parallel num_threads(num_threads())
     {
@@ -1238,26 +1340,8 @@ void dw3_backward_weight(const T* dy, const T* x, T* dw, T* db, const Geom& g, c
             dw_prologue_px(xn, st, HW, C, *pro);
             xn = st;
           }
-          const T* dyn = dy + n * P * C;
-          for (int64_t t = 0; t < ncv * 10; ++t) facc[t] = V{};
-          // The next image's x and dy (at the following addresses) over this one's rows.
-          const int64_t nn = n + 1 < g.N ? HW * C : 0;
-          SpreadPrefetch pf(x + (n + 1) * HW * C, nn * int64_t(sizeof(T)), dy + (n + 1) * P * C,
-                            (nn ? P * C : 0) * int64_t(sizeof(T)), g.Ho);
-          for (int64_t oh = 0; oh < g.Ho; ++oh) {
-            pf.step();
-            dw3_for_row_chunks(g, oh, [&](auto np, int64_t oh_, int64_t ow0) __attribute__((always_inline)) {
-              for (int64_t cb = 0; cb < ncv; ++cb) {
-                V acc[10];
-#pragma GCC unroll 10
-                for (int t = 0; t < 10; ++t) acc[t] = facc[cb * 10 + t];
-                dw3_wgrad_chunk<T, decltype(np)::value>(xn + cb * VL, C, dyn + cb * VL, C, g, acc, oh_, ow0);
-#pragma GCC unroll 10
-                for (int t = 0; t < 10; ++t) facc[cb * 10 + t] = acc[t];
-              }
-            });
-          }
-          for (int64_t cb = 0; cb < ncv; ++cb) dw3_add_double<T>(dacc + cb * 10 * VL, facc + cb * 10);
+          SpreadPrefetch pf = dw3_next_image_prefetch(x, dy, n, g);
+          dw3_wgrad_image(xn, dy + n * P * C, facc, dacc, g, pf);
         }
       }
     }
@@ -1286,21 +1370,7 @@ void dw3_backward_weight(const T* dy, const T* x, T* dw, T* db, const Geom& g, c
       }
     }
   }
-  if (dw) {
-#pragma omp parallel for schedule(static) num_threads(num_threads())
-    for (int64_t c = 0; c < C; ++c)
-      for (int t = 0; t < 9; ++t) {
-        double v = 0;
-        for (int64_t blk = 0; blk < nblk; ++blk) v += part[((blk * ncv + c / VL) * 10 + t) * VL + c % VL];
-        dw[c * 9 + t] = T(v);
-      }
-  }
-  if (db)
-    for (int64_t c = 0; c < C; ++c) {
-      double v = 0;
-      for (int64_t blk = 0; blk < nblk; ++blk) v += part[((blk * ncv + c / VL) * 10 + 9) * VL + c % VL];
-      db[c] = T(v);
-    }
+  dw3_weight_finish(part, nblk, dw, db, g);
 }
 
 // ---- the fused input gradient at stride 1 (conv::backward_input_fused, conv2d_dw_f32_nhwc) ------
@@ -1317,32 +1387,65 @@ void dw3_backward_weight(const T* dy, const T* x, T* dw, T* db, const Geom& g, c
 // gradients (2 threads, N = 64, the calls alternating in one process, loaded machine): C128 @16
 // 1.17-1.26x, C32 @32 1.21-1.27x faster; in the step 1.20x and 1.21x. (At stride 2 the rows of
 // dw33s2_bwdin_row with the same per-row epilogue ran 0.85-1.04x: those keep backward_input_units.)
+// How an image's dx rows are computed as the adjoint's forward pass a: the register rows on small
+// 3x3 planes (small3, as dw_forward_t), else the band kernel on padded rows in bands of at most
+// about 1 MiB of them (the whole image at mobilenet_small's sizes), in order on the image's thread.
+struct DwAdjointRows {
+  bool small3;
+  int64_t Wp, band, max_rows;
+};
+template <typename T>
+DwAdjointRows dw_adjoint_rows(const Geom& a) {
+  DwAdjointRows L;
+  L.small3 = dw3_forward_shape(a);
+  L.Wp = (a.Wo - 1) + (a.kw - 1) * a.dw + 1;
+  L.band = std::clamp<int64_t>((int64_t(1) << 20) / (L.Wp * a.C * int64_t(sizeof(T))), 8, std::max<int64_t>(8, a.Ho));
+  L.max_rows = (std::min(L.band, a.Ho) - 1) + (a.kh - 1) * a.dh + 1;
+  return L;
+}
+
+// One image's dx (dxn) from its dy (dyn) as the adjoint's forward pass a (stride 1, multiplier 1;
+// wt its weights as [tap][C]), a row at a time by the plain pass's kernels, with after(ih, row) on
+// each dx row once it is written; buf and rows: the band kernel's (null on small3); next: the band
+// kernel prefetches past the image (the next image's rows follow in memory).
+template <typename T, int KH, int KW, typename After = std::nullptr_t>
+void dw_adjoint_image(const T* dyn, const T* wt, T* dxn, const Geom& a, const DwAdjointRows& L, T* buf,
+                      const T** rows, After after = nullptr, bool next = false) {
+  constexpr int VL = Vec<T>::n;
+  using V = vec_t<T>;
+  const int64_t C = a.K;
+  if (!L.small3) {
+    for (int64_t oh0 = 0; oh0 < a.Ho; oh0 += L.band) {
+      const int64_t oh1 = std::min(a.Ho, oh0 + L.band);
+      dw_fwd_band<T, KH, KW>(dyn, wt, nullptr, dxn, a, oh0, oh1, L.Wp, buf, rows, nullptr, after, nullptr,
+                             next || oh1 < a.Ho);
+    }
+    return;
+  }
+  for (int64_t oh = 0; oh < a.Ho; ++oh) {
+    dw3_fwd_row_nhwc<T>(dyn, wt, nullptr, dxn, a, oh, next || oh + 1 < a.Ho ? dyn : nullptr);
+    if constexpr (!std::is_same_v<After, std::nullptr_t>) after(oh, dxn + oh * a.Wo * C);
+  }
+}
+
 template <typename T, int KH, int KW>
 void dw_backward_input_fused_nhwc(const T* dy, const T* wa, T* dx, const Geom& g, const Fused& fu,
                                   const GradParts& part) {
   static_assert(std::is_same_v<T, float>, "the gradient epilogue is float32");
-  constexpr int VL = Vec<T>::n;
-  using V = vec_t<T>;
-  const int64_t C = g.C, rowlen = g.W * C, img = g.H * rowlen, kh = KH ? KH : g.kh, kw = KW ? KW : g.kw;
+  const int64_t C = g.C, rowlen = g.W * C, img = g.H * rowlen, kh = KH ? KH : g.kh;
   const Geom a = adjoint(g);  // the forward pass whose output is dx
   const T* wt = dw_weights_tk(wa, a);
-  const bool small3 = dw3_forward_shape(a);
-  // The band kernel's padded rows: an image's dx rows in bands of at most about 1 MiB of them (the
-  // whole image at mobilenet_small's sizes), in order on the image's thread.
-  const int64_t Wp = (a.Wo - 1) + (kw - 1) * a.dw + 1;
-  const int64_t band =
-      std::clamp<int64_t>((int64_t(1) << 20) / (Wp * C * int64_t(sizeof(T))), 8, std::max<int64_t>(8, a.Ho));
-  const int64_t max_rows = (std::min(band, a.Ho) - 1) + (kh - 1) * a.dh + 1;
+  const DwAdjointRows L = dw_adjoint_rows<T>(a);
   // In place (dx == dy, the same shape at stride 1): one band per image pads each dy row before
   // the dx row over it is written (row oh pads the dy rows up to oh + (kh - 1)*dh - pt, which
   // covers row oh itself since pt <= (kh - 1)*dh at stride 1 with the same size), so it reads
   // dy as given; the register rows and later bands would read overwritten rows, and take a copy
   // of the image's dy first.
-  const bool stage = dx == dy && (small3 || band < a.Ho || a.pt > (kh - 1) * a.dh);
+  const bool stage = dx == dy && (L.small3 || L.band < a.Ho || a.pt > (kh - 1) * a.dh);
 #pragma omp parallel num_threads(num_threads())
   {
-    T* buf = small3 ? nullptr : scratch<T>(kPlaneSlot, max_rows * Wp * C);
-    const T** rows = small3 ? nullptr : reinterpret_cast<const T**>(scratch<char>(kColSlot, sizeof(T*) * kh));
+    T* buf = L.small3 ? nullptr : scratch<T>(kPlaneSlot, L.max_rows * L.Wp * C);
+    const T** rows = L.small3 ? nullptr : reinterpret_cast<const T**>(scratch<char>(kColSlot, sizeof(T*) * kh));
     T* copy = stage ? scratch<T>(kYbSlot, g.Ho * g.Wo * C) : nullptr;
 #pragma omp for schedule(static)
     for (int64_t n = 0; n < g.N; ++n) {
@@ -1359,27 +1462,55 @@ void dw_backward_input_fused_nhwc(const T* dy, const T* wa, T* dx, const Geom& g
             if (q) prefetch_bytes(q + o + rowlen, rowlen * int64_t(sizeof(T)), false);
         grad_epilogue_rows(row, o, C, g.W, fu, part.s1(n), part.s2(n), ih > 0);
       };
-      if (!small3) {
-        for (int64_t oh0 = 0; oh0 < a.Ho; oh0 += band) {
-          const int64_t oh1 = std::min(a.Ho, oh0 + band);
-          dw_fwd_band<T, KH, KW>(dyn, wt, nullptr, dxn, a, oh0, oh1, Wp, buf, rows, nullptr, epilogue, nullptr,
-                                 n + 1 < g.N || oh1 < a.Ho);
-        }
-        continue;
-      }
-      for (int64_t oh = 0; oh < a.Ho; ++oh) {
-        dw3_for_row_chunks(a, oh, [&](auto np, int64_t oh_, int64_t ow0) __attribute__((always_inline)) {
-          for (int64_t c = 0; c < C; c += VL) {
-            V wv[9];
-#pragma GCC unroll 9
-            for (int t = 0; t < 9; ++t) wv[t] = vload(wt + t * C + c);
-            dw3_fwd_chunk<T, decltype(np)::value>(dyn + c, C, dxn + c, C, a, wv, V{}, oh_, ow0);
-          }
-        });
-        epilogue(oh, dxn + oh * rowlen);
+      dw_adjoint_image<T, KH, KW>(dyn, wt, dxn, a, L, buf, rows, epilogue, n + 1 < g.N);
+    }
+  }
+}
+
+// ---- both gradients in one pass (conv::backward; conv2d_dw_*_nhwc at 3x3, stride 1) -------------
+// dx (the adjoint's forward pass; wa its weights) and dw, db (either may be null) of the shapes of
+// dw3_backward_weight's NHWC pass, over its blocks of images: per image, its dx rows by
+// dw_adjoint_image, then its weight sums by dw3_wgrad_image while its dy is still in L2. The two
+// passes one after the other read dy twice from memory (or L3), and between them read x and write
+// dx: 4 tensors' traffic against 3. Each image's weight sums prefetch the next image's x, dy and dx
+// into L2 over their rows, so the band kernel runs without its own prefetches (a.N = 1; on rows
+// already in L2 they cost it 8-20%). The same bits as the two passes: every dx row is the same
+// kernel's on the same rows, and the weight sums run the same blocks in the same order.
+template <typename T>
+void dw3_backward_both(const T* dy, const T* x, const T* wa, T* dx, T* dw, T* db, const Geom& g) {
+  constexpr int VL = Vec<T>::n;
+  using V = vec_t<T>;
+  const int64_t C = g.C, ncv = C / VL, HW = g.H * g.W, P = g.Ho * g.Wo;
+  const Geom a = adjoint(g);
+  const T* wt = dw_weights_tk(wa, a);
+  const DwAdjointRows L = dw_adjoint_rows<T>(a);
+  int64_t ib;
+  const int64_t nblk = dw3_weight_blocks(g, ib);
+  double* part = scratch<double>(kPartSlot, nblk * C * 10);  // [block][channel vector][10][VL]
+#pragma omp parallel num_threads(num_threads())
+  {
+    V* facc = reinterpret_cast<V*>(scratch<T>(kAccSlot, ncv * 10 * VL));
+    T* buf = L.small3 ? nullptr : scratch<T>(kPlaneSlot, L.max_rows * L.Wp * C);
+    const T** rows = L.small3 ? nullptr : reinterpret_cast<const T**>(scratch<char>(kColSlot, sizeof(T*) * 3));
+#pragma omp for schedule(static)
+    for (int64_t blk = 0; blk < nblk; ++blk) {
+      double* dacc = part + blk * ncv * 10 * VL;
+      std::fill(dacc, dacc + ncv * 10 * VL, 0.0);
+      for (int64_t n = blk * ib; n < std::min(g.N, (blk + 1) * ib); ++n) {
+        dw_adjoint_image<T, 3, 3>(dy + n * P * C, wt, dx + n * HW * C, a, L, buf, rows);
+        SpreadPrefetch pf = dw3_next_image_prefetch(x, dy, n, g);
+        dw3_wgrad_image(x + n * HW * C, dy + n * P * C, facc, dacc, g, pf);
       }
     }
   }
+  dw3_weight_finish(part, nblk, dw, db, g);
+}
+
+// Whether dw3_backward_both takes g: dw3_backward_weight's NHWC shapes, with as many blocks of
+// images on every thread (its work items; the two passes split finer).
+inline bool dw3_both_shape(const Geom& g) {
+  int64_t ib;
+  return g.nhwc && dw3_weight_shape(g) && g.N > 0 && dw3_weight_blocks(g, ib) % num_threads() == 0;
 }
 
 // ---- the fused forward pass (conv::forward_fused on the conv2d_dw_f32_nhwc entry) ---------------
@@ -1445,14 +1576,7 @@ void dw_fused_forward_nhwc(const T* x, const T* w, const T* b, T* y, const Geom&
             xs = buf;
           }
           if (small3) {
-            dw3_for_row_chunks(g, oh, [&](auto np, int64_t oh_, int64_t ow0) __attribute__((always_inline)) {
-              for (int64_t c = 0; c < C; c += VL) {
-                V wv[9];
-#pragma GCC unroll 9
-                for (int t = 0; t < 9; ++t) wv[t] = vload(wt + t * C + c);
-                dw3_fwd_chunk<T, decltype(np)::value>(xs + c, C, yn + c, C, g, wv, b ? vload(b + c) : V{}, oh_, ow0);
-              }
-            });
+            dw3_fwd_row_nhwc(xs, wt, b, yn, g, oh, u + 1 < units || oh + 1 < oh1 ? xn : nullptr);
           } else {
             dw_fwd_row_nhwc<T, KH, KW>(xs, wt, b, yn + oh * g.Wo * K, g, oh, ow_lo, ow_hi);
             row_stats(oh, yn + oh * g.Wo * K);

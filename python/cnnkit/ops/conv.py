@@ -492,9 +492,12 @@ def conv2d_backward(grad_output: np.ndarray, x: np.ndarray, weight: np.ndarray,
         if a is not None and b_ is not None and np.may_share_memory(a, b_):
             raise ValueError(f"out: {na} buffers overlap")
     dy = _contig(grad_output)
-    if gi is not None:
+    if gi is not None and (gw is not None or gb is not None):
+        # (one pass over the images where a kernel has one: the depthwise NHWC 3x3 stride 1)
+        _core.conv_backward(dy, _contig(x), _contig(weight), gi, gw, gb, g.core())
+    elif gi is not None:
         _core.conv_backward_input(dy, _contig(weight), gi, g.core())
-    if gw is not None or gb is not None:
+    elif gw is not None or gb is not None:
         _core.conv_backward_weight(dy, _contig(x), gw, gb, g.core())
     return gi, gw, gb
 
