@@ -64,8 +64,8 @@ def ops_calls(monkeypatch):
 
     for name in ("batch_norm_infer", "batch_norm_backward", "group_norm", "group_norm_backward"):
         spy_on(cnnkit.ops, name, name)
-    for attr, name in (("conv_forward", "conv2d"), ("conv_backward_input", "conv2d_backward"),
-                       ("conv_backward_weight", "conv2d_backward")):
+    for attr, name in (("conv_forward", "conv2d"), ("conv_backward", "conv2d_backward"),
+                       ("conv_backward_input", "conv2d_backward"), ("conv_backward_weight", "conv2d_backward")):
         spy_on(cnnkit._core, attr, name)
     for attr, name in (("_bn_train_core", "batch_norm_train"), ("_bn_infer_core", "batch_norm_infer"),
                        ("_bn_backward_chunk", "batch_norm_backward")):

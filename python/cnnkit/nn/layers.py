@@ -403,9 +403,11 @@ class Conv2d(Module):
                             for o in (gi, gw, gb))):  # (the public function refuses an overlap)
             g = self._geom_of(x.shape)
             try:
-                if gi is not None:
+                if gi is not None and (gw is not None or gb is not None):
+                    _core.conv_backward(grad, x, w, gi, gw, gb, g.core())  # (one pass where a kernel has one)
+                elif gi is not None:
                     _core.conv_backward_input(grad, w, gi, g.core())
-                if gw is not None or gb is not None:
+                elif gw is not None or gb is not None:
                     _core.conv_backward_weight(grad, x, gw, gb, g.core())
                 return
             except (ValueError, TypeError):

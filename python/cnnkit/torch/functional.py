@@ -369,11 +369,14 @@ class _Conv2dFunction(torch.autograd.Function):
         # the input pass reads the weight, the weight pass x (the forward saved only what is
         # read); the forward's plan checked the geometry (see _conv_forward)
         dy = _np(g, lay)
-        if gx is not None:
+        gw_np = None if gw is None else gw.numpy()
+        gb_np = None if gb is None else gb.numpy()
+        if gx is not None and (gw is not None or gb is not None):  # (one pass where a kernel has one)
+            _core.conv_backward(dy, _np(input, lay), _cnp(weight), _np(gx, lay), gw_np, gb_np, plan.geom)
+        elif gx is not None:
             _core.conv_backward_input(dy, _cnp(weight), _np(gx, lay), plan.geom)
-        if gw is not None or gb is not None:
-            _core.conv_backward_weight(dy, _np(input, lay), None if gw is None else gw.numpy(),
-                                       None if gb is None else gb.numpy(), plan.geom)
+        elif gw is not None or gb is not None:
+            _core.conv_backward_weight(dy, _np(input, lay), gw_np, gb_np, plan.geom)
         return gx, gw, gb, None, None, None, None, None
 
 
