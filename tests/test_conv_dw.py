@@ -1,11 +1,13 @@
 """Depthwise 3x3 stride-1 convolutions on small planes: the register-row kernels (dw3_* in
 cpp/src/conv/dw_nhwc.h), taken inside the conv2d_dw_*_nhwc and conv2d_dw_*_nchw_blocked entries
-for multiplier 1, channels a multiple of 16 and planes up to 256 pixels (NCHW: up to 64).
+for multiplier 1, channels a multiple of 16 and planes up to 256 pixels (the NCHW weight gradient:
+up to 64).
 
 Named shapes around the SIMD width (channels 15, 16, 17, 32, 33: the neighbours run the other
-kernels) and around the row chunks (widths 1 to 9, 14 = 7 + 7, 16 = 8 + 8; planes of 64, 256 and
-289 pixels), padding 0, 1 and 2, batches 1 to 3, both layouts and dtypes, every ISA level: the
-forward pass and every gradient against the float64 reference, bitwise equal at 1 and 2 threads;
+kernels), around the row chunks (widths 1 to 9, 14 = 7 + 7, 16 = 8 + 8; planes of 64, 256 and
+289 pixels) and past 16 channel vectors (272, 528: the weight sums run in parts), padding 0, 1
+and 2, batches 1 to 3, both layouts and dtypes, every ISA level: the forward pass and every
+gradient against the float64 reference, bitwise equal at 1 and 2 threads;
 then hypothesis over the same space.
 
 The 3x3 stride-2 input gradient (dw33s2_bwdin_row, NHWC, multiplier 1, any channel count): named
@@ -51,6 +53,8 @@ NAMED = [
     ("C15 7x7 N2", dw3(2, 15, 7, 7)),
     ("C17 7x7 N2", dw3(2, 17, 7, 7)),
     ("C33 9x9 N1", dw3(1, 33, 9, 9)),
+    ("C272 5x5 N2 (weight sums in parts of 16 vectors)", dw3(2, 272, 5, 5)),
+    ("C528 3x4 N3 pad 2", dw3(3, 528, 3, 4, 2)),
 ]
 
 
@@ -124,6 +128,7 @@ ONE_PASS = [
     ("C48 5x6 N3 pad 2", dw3(3, 48, 5, 6, 2)),
     ("C32 9x3 N9 pad 0", dw3(9, 32, 9, 3, 0)),
     ("C16 1x1 N16", dw3(16, 16, 1, 1)),
+    ("C272 7x7 N4", dw3(4, 272, 7, 7)),
     ("C17 7x7 N8 (the separate passes)", dw3(8, 17, 7, 7)),
     ("C16 17x17 N2 (the separate passes)", dw3(2, 16, 17, 17)),
 ]
