@@ -127,40 +127,36 @@ inline void stream_floats(float* __restrict dst, const float* __restrict src, in
 }
 inline void store_fence() { _mm_sfence(); }
 
-// Read prefetch of up to three byte ranges (into L2), spread over the steps of a loop: a few lines
-// per step(), so that the DRAM reads of the next piece of work overlap this one's FMAs.
+// Read prefetch of up to two byte ranges (into L2), spread over the steps of a loop: a few lines per
+// step(), so that the DRAM reads of the next piece of work overlap this one's FMAs.
 struct SpreadPrefetch {
-  const char* p[3] = {nullptr, nullptr, nullptr};
-  int64_t left[3] = {0, 0, 0};
+  const char* p[2] = {nullptr, nullptr};
+  int64_t left[2] = {0, 0};
   int64_t per = 0;  // lines per step
   SpreadPrefetch() = default;
-  SpreadPrefetch(const void* a, int64_t abytes, const void* b, int64_t bbytes, int64_t steps)
-      : SpreadPrefetch(a, abytes, b, bbytes, nullptr, 0, steps) {}
-  SpreadPrefetch(const void* a, int64_t abytes, const void* b, int64_t bbytes, const void* c, int64_t cbytes,
-                 int64_t steps) {
+  SpreadPrefetch(const void* a, int64_t abytes, const void* b, int64_t bbytes, int64_t steps) {
     p[0] = static_cast<const char*>(a);
     p[1] = static_cast<const char*>(b);
-    p[2] = static_cast<const char*>(c);
     left[0] = abytes;
     left[1] = bbytes;
-    left[2] = cbytes;
-    const int64_t lines = (abytes + 63) / 64 + (bbytes + 63) / 64 + (cbytes + 63) / 64;
+    const int64_t lines = (abytes + 63) / 64 + (bbytes + 63) / 64;
     per = steps > 0 ? (lines + steps - 1) / steps : lines;
   }
   CNNKIT_HD void step() {
     int64_t k = per;
-    for (int s = 0; s < 3; ++s)
+    for (int s = 0; s < 2; ++s)
       for (; left[s] > 0 && k > 0; --k, p[s] += 64, left[s] -= 64) __builtin_prefetch(p[s], 0, 2);
   }
 };
 
-// Whether the weight gradients prefetch the next image's operands into L2 over the current image's
-// rows (a SpreadPrefetch burst a row). On AMD, where it was measured (Zen 4, N = 64,
-// mobilenet_small's 3x3 weight gradients: 1.04-1.54x faster with it). Not on Intel: 2 threads, the
-// calls alternating in one process (Sapphire Rapids class), dw3_backward_weight ran 1.33-1.46x
-// faster without it at C384@14 and C960@7 for N = 32 and 128, and 1.14-1.22x from DRAM (N = 1024).
-// (Spread over every channel vector instead of every row, from DRAM it beat none by 1.05-1.15x,
-// from L3 it lost 0.9x.)
+// Whether the depthwise weight gradients (dw3_wgrad_image; dw_wgrad_band's register rows) prefetch
+// the next image's operands into L2 over the current image's rows (SpreadPrefetch). On AMD, where
+// it was measured (Zen 4, N = 64, mobilenet_small's 3x3 weight gradients: 1.04-1.54x faster with
+// it). Not on Intel: 2 threads, the calls alternating in one process (Sapphire Rapids class),
+// dw3_backward_weight ran 1.33-1.46x faster without it at C384@14 and C960@7 for N = 32 and 128,
+// and 1.14-1.22x from DRAM (N = 1024); spread over every channel vector instead of every row, from
+// DRAM it beat none by 1.05-1.15x, from L3 it lost 0.9x. dw_wgrad_band (N = 64): C32@32, C64@32
+// stride 2, C96@24, C128@32 1.06-1.17x faster without.
 inline bool wgrad_prefetch_next() {
   static const bool amd = __builtin_cpu_is("amd");
   return amd;

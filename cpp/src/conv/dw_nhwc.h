@@ -463,6 +463,13 @@ void dw33_wgrad_vectors(const T* buf, const T* dyn, T* pwu, T* pbu, const Geom& 
   }
 }
 
+// Whether the forward kernels prefetch their next rows into L2: more than one image and an input
+// of at least 2 MiB (twice a core's L2). On tensors already in L2 (N = 4) the prefetches cost 8-20%.
+template <typename T>
+inline bool dw_prefetch_worthy(const Geom& g) {
+  return g.N > 1 && g.N * g.H * g.W * g.C * int64_t(sizeof(T)) >= (int64_t(2) << 20);
+}
+
 // Output rows [oh0, oh1) of one image (xn, yn: NHWC with g.C channels), multiplier 1, from
 // zero-padded copies of the input rows they read (no edge cases in the inner loops).
 // With N > 1, each output row prefetches into L2 the input rows the next one adds and the next
@@ -474,13 +481,6 @@ void dw33_wgrad_vectors(const T* buf, const T* dyn, T* pwu, T* pbu, const Geom& 
 // already in L2 (N = 4) they cost 8-20%, so inputs under 2 MiB (twice a core's L2) take none.
 // (With after, after(oh, row) is called on each output row once it is written.)
 // (With st, the 3x3 register rows accumulate the statistics from their registers instead.)
-// Whether the forward kernels prefetch their next rows into L2: more than one image and an input
-// of at least 2 MiB (twice a core's L2). On tensors already in L2 (N = 4) the prefetches cost 8-20%.
-template <typename T>
-inline bool dw_prefetch_worthy(const Geom& g) {
-  return g.N > 1 && g.N * g.H * g.W * g.C * int64_t(sizeof(T)) >= (int64_t(2) << 20);
-}
-
 template <typename T, int KH, int KW, typename After = std::nullptr_t>
 void dw_fwd_band(const T* xn, const T* wt, const T* b, T* yn, const Geom& g, int64_t oh0, int64_t oh1, int64_t Wp,
                  T* buf, const T** rows, const DwPro<T>* pro = nullptr, After after = nullptr,
@@ -582,10 +582,11 @@ void dw_wgrad_band(const T* xn, const T* dyn, T* pwu, T* pbu, const Geom& g, int
   if constexpr (KH == 3 && KW == 3) {
     if (dw33_shape(g)) {
       // With next (a whole image per piece, another after it): the next image's x and dy (the
-      // next piece's on this thread, at the following addresses) prefetched over this one's rows.
+      // next piece's on this thread, at the following addresses) prefetched over this one's rows,
+      // where wgrad_prefetch_next().
       const int64_t C0 = g.C, VL0 = Vec<T>::n;
       SpreadPrefetch pf;
-      const bool whole = next && oh0 == 0 && oh1 == g.Ho && C0 >= VL0;
+      const bool whole = next && oh0 == 0 && oh1 == g.Ho && C0 >= VL0 && wgrad_prefetch_next();
       if (whole)
         pf = SpreadPrefetch(xn + g.H * g.W * C0, g.H * g.W * C0 * int64_t(sizeof(T)), dyn + g.Ho * g.Wo * C0,
                             g.Ho * g.Wo * C0 * int64_t(sizeof(T)), (C0 / VL0) * g.Ho);
@@ -1039,8 +1040,8 @@ inline bool dw3_shape(const Geom& g) {
 inline bool dw3_small_plane(const Geom& g) { return g.Ho * g.Wo <= kDw3SmallPlane && g.H * g.W <= kDw3SmallPlane; }
 // Measured against the band kernels (one thread, N = 32, C = 384 at 14x14 and C = 960 at 7x7,
 // cnnkit's old and new kernels interleaved in one process on a loaded machine): forward (and the
-// stride-1 input gradient) NHWC 7x7 1.3-1.5x faster, 14x14 0.75-0.8x (the padded band kernel
-// keeps it); NCHW blocked 1.1-1.45x at both sizes. Weight gradient NHWC 2.2x at 7x7 and 1.45x at
+// stride-1 input gradient) NHWC 7x7 1.3-1.5x faster, 14x14 0.75-0.8x (then without their
+// prefetches: see below); NCHW blocked 1.1-1.45x at both sizes. Weight gradient NHWC 2.2x at 7x7 and 1.45x at
 // 14x14; NCHW blocked 1.25x at 7x7, 0.96x at 14x14 (kept on the band kernel).
 // NHWC forward at 14x14 (and up to kDw3MaxPlane pixels) too, since the register rows prefetch their
 // next rows (dw3_fwd_row_nhwc): 2 threads, N = 32, the two kernels alternating in one process
@@ -1381,23 +1382,10 @@ void dw3_backward_weight(const T* dy, const T* x, T* dw, T* db, const Geom& g, c
   dw3_weight_finish(part, nblk, dw, db, g);
 }
 
-// ---- the fused input gradient at stride 1 (conv::backward_input_fused, conv2d_dw_f32_nhwc) ------
-// NHWC, multiplier 1, stride 1, float32: dx = the adjoint's forward pass (wa: the adjoint's
-// weights), a row at a time by the plain pass's own kernels (the band kernel, or the register rows
-// on small planes). Each dx row then goes through the residual and the gradient epilogue of fu
-// while it is still in L1, and the next row's epilogue operands (x, a stored mask, the residual)
-// are prefetched into L2 (prefetched into L1 instead, the calls ran 0.77-0.90x).
-// Work units are whole images, in row order on one thread. Each image's sums continue row by row
-// (grad_epilogue_rows) into part (one unit per image), and the caller adds the images in order. So
-// dx and both sums have the bits of backward_input_units: the plain kernel on units of images,
-// then the epilogue image by image, which re-read the unit's dx from L2 and x from memory after
-// the kernel, with nothing to overlap with. Cold replays of mobilenet_small's fused depthwise input
-// gradients (2 threads, N = 64, the calls alternating in one process, loaded machine): C128 @16
-// 1.17-1.26x, C32 @32 1.21-1.27x faster; in the step 1.20x and 1.21x. (At stride 2 the rows of
-// dw33s2_bwdin_row with the same per-row epilogue ran 0.85-1.04x: those keep backward_input_units.)
-// How an image's dx rows are computed as the adjoint's forward pass a: the register rows on small
-// 3x3 planes (small3, as dw_forward_t), else the band kernel on padded rows in bands of at most
-// about 1 MiB of them (the whole image at mobilenet_small's sizes), in order on the image's thread.
+// How an image's dx rows are computed as the adjoint's forward pass a: the register rows on the
+// 3x3 planes of dw3_forward_shape (small3, as dw_forward_t), else the band kernel on padded rows in
+// bands of at most about 1 MiB of them (the whole image at mobilenet_small's sizes), in order on
+// the image's thread.
 struct DwAdjointRows {
   bool small3;
   int64_t Wp, band, max_rows;
@@ -1414,8 +1402,8 @@ DwAdjointRows dw_adjoint_rows(const Geom& a) {
 
 // One image's dx (dxn) from its dy (dyn) as the adjoint's forward pass a (stride 1, multiplier 1;
 // wt its weights as [tap][C]), a row at a time by the plain pass's kernels, with after(ih, row) on
-// each dx row once it is written; buf and rows: the band kernel's (null on small3); next: the band
-// kernel prefetches past the image (the next image's rows follow in memory).
+// each dx row once it is written; buf and rows: the band kernel's (null on small3); next: the
+// kernels prefetch past the image (the next image's rows follow in memory).
 template <typename T, int KH, int KW, typename After = std::nullptr_t>
 void dw_adjoint_image(const T* dyn, const T* wt, T* dxn, const Geom& a, const DwAdjointRows& L, T* buf,
                       const T** rows, After after = nullptr, bool next = false) {
@@ -1436,6 +1424,20 @@ void dw_adjoint_image(const T* dyn, const T* wt, T* dxn, const Geom& a, const Dw
   }
 }
 
+// ---- the fused input gradient at stride 1 (conv::backward_input_fused, conv2d_dw_f32_nhwc) ------
+// NHWC, multiplier 1, stride 1, float32: dx = the adjoint's forward pass (wa: the adjoint's
+// weights), a row at a time by the plain pass's own kernels (the band kernel, or the register rows
+// on small planes). Each dx row then goes through the residual and the gradient epilogue of fu
+// while it is still in L1, and the next row's epilogue operands (x, a stored mask, the residual)
+// are prefetched into L2 (prefetched into L1 instead, the calls ran 0.77-0.90x).
+// Work units are whole images, in row order on one thread. Each image's sums continue row by row
+// (grad_epilogue_rows) into part (one unit per image), and the caller adds the images in order. So
+// dx and both sums have the bits of backward_input_units: the plain kernel on units of images,
+// then the epilogue image by image, which re-read the unit's dx from L2 and x from memory after
+// the kernel, with nothing to overlap with. Cold replays of mobilenet_small's fused depthwise input
+// gradients (2 threads, N = 64, the calls alternating in one process, loaded machine): C128 @16
+// 1.17-1.26x, C32 @32 1.21-1.27x faster; in the step 1.20x and 1.21x. (At stride 2 the rows of
+// dw33s2_bwdin_row with the same per-row epilogue ran 0.85-1.04x: those keep backward_input_units.)
 template <typename T, int KH, int KW>
 void dw_backward_input_fused_nhwc(const T* dy, const T* wa, T* dx, const Geom& g, const Fused& fu,
                                   const GradParts& part) {
@@ -1478,12 +1480,13 @@ void dw_backward_input_fused_nhwc(const T* dy, const T* wa, T* dx, const Geom& g
 // ---- both gradients in one pass (conv::backward; conv2d_dw_*_nhwc at 3x3, stride 1) -------------
 // dx (the adjoint's forward pass; wa its weights) and dw, db (either may be null) of the shapes of
 // dw3_backward_weight's NHWC pass, over its blocks of images: per image, its dx rows by
-// dw_adjoint_image, then its weight sums by dw3_wgrad_image while its dy is still in L2. The two
-// passes one after the other read dy twice from memory (or L3), and between them read x and write
-// dx: 4 tensors' traffic against 3. Each image's weight sums prefetch the next image's x, dy and dx
-// into L2 over their rows, so the band kernel runs without its own prefetches (a.N = 1; on rows
-// already in L2 they cost it 8-20%). The same bits as the two passes: every dx row is the same
-// kernel's on the same rows, and the weight sums run the same blocks in the same order.
+// dw_adjoint_image, then its weight sums by dw3_wgrad_image while its dy is still in L2 (each with
+// the prefetches of its own pass). The two passes one after the other read dy twice from memory
+// (or L3), and between them read x and write dx: 4 tensors' traffic against 3. 2 threads, the
+// calls alternating in one process (Sapphire Rapids class), against the two passes: N = 32
+// C384@14 1.03-1.05x, C960@7 1.07-1.08x; N = 128 1.00-1.04x (this machine's L3 holds all of it;
+// prefetching x during the dx rows lost 0.92-0.95x). The same bits as the two passes: every dx row
+// is the same kernel's on the same rows, and the weight sums run the same blocks in the same order.
 template <typename T>
 void dw3_backward_both(const T* dy, const T* x, const T* wa, T* dx, T* dw, T* db, const Geom& g) {
   constexpr int VL = Vec<T>::n;

@@ -928,6 +928,7 @@ KERNEL_KINDS = (
     (r"^conv.*(backward_input|dgrad)", "conv input grad"),
     (r"^conv.*(backward_weight|wgrad)", "conv weight grad"),
     (r"^conv.*(forward|fwd)", "conv fwd"),
+    (r"^conv_backward$", "conv input + weight grad"),
     (r"^norm_stats", "bn statistics"),
     (r"^norm_apply", "bn apply"),
     (r"^norm_affine_pool", "bn apply + global avg pool"),
@@ -969,6 +970,8 @@ def kernel_kind(name: str) -> str:
     >>> from cnnkit.bench.train import kernel_kind
     >>> kernel_kind("conv_backward_weight"), kernel_kind("conv2d_fused_backward")
     ('conv weight grad', 'conv bwd, fused')
+    >>> kernel_kind("conv_backward")
+    'conv input + weight grad'
     >>> kernel_kind("conv2d_fused_backward_weight"), kernel_kind("conv2d_fused")
     ('conv weight grad, fused', 'conv fwd, fused')
     >>> kernel_kind("norm_backward_reduce"), kernel_kind("stream_run")
@@ -1211,6 +1214,7 @@ class KernelProfiler:
                 rec[3] += 0 if raised else _arg_bytes(a, k, r, distinct=True)
                 if kind.startswith("conv") and layer in self.desc and not raised:
                     mult = (_needs_count(needs) if kind.startswith("conv bwd, fused")
+                            else 1 + (len(a) > 4 and a[4] is not None) if name == "conv_backward"  # (grad_weight)
                             else 2 if kind.startswith("conv input + weight grad") else 1)
                     rec[2] += mult * self.desc[layer][1]
                 elif name == "sgemm" and not raised and len(a) >= 3:   # Linear's GEMMs: 2 M N K
