@@ -431,6 +431,10 @@ def conv2d_backward(grad_output: np.ndarray, x: np.ndarray, weight: np.ndarray,
     * ``grad_weight[k, c, i, j] = sum_{n, oh, ow} grad_output[n, k, oh, ow] * xp[n, ., oh*sH + i*dH, ow*sW + j*dW]``,
     * ``grad_bias[k] = sum_{n, oh, ow} grad_output[n, k, oh, ow]``.
 
+    Where both grad_input and grad_weight (or grad_bias) are needed for a depthwise 3x3 stride-1
+    NHWC convolution, they are computed in one pass over the images (each image's weight sums while
+    its ``grad_output`` is still in cache), with the bits of asking for each alone.
+
     Parameters
     ----------
     grad_output : ndarray of the forward output's shape and x's dtype
