@@ -1321,61 +1321,67 @@ void dw3_weight_finish(const double* part, int64_t nblk, T* dw, T* db, const Geo
     }
 }
 
-// dw [C][9] and db [C] (either may be null). With pro (NHWC), each image goes through the
-// prologue into a per-thread copy before its sums (the same sums as on the prologue's output).
-template <typename T>
-void dw3_backward_weight(const T* dy, const T* x, T* dw, T* db, const Geom& g, const DwPro<T>* pro = nullptr) {
+// The NHWC weight gradient: dw [C][9] and db [C] (either may be null) over blocks of images
+// (dw3_weight_blocks) on the threads, each image's sums by dw3_wgrad_image after before(n) has run
+// on the image's thread. With pro, each image goes through the prologue into a per-thread copy
+// before its sums (the same sums as on the prologue's output).
+template <typename T, typename Before>
+void dw3_weight_nhwc(const T* dy, const T* x, T* dw, T* db, const Geom& g, const DwPro<T>* pro, Before&& before) {
   constexpr int VL = Vec<T>::n;
   using V = vec_t<T>;
   const int64_t C = g.C, ncv = C / VL, HW = g.H * g.W, P = g.Ho * g.Wo;
-  double* part;
-  int64_t nblk;
-  if (g.nhwc) {
-    // Work items: blocks of images (dw3_weight_blocks), each image by dw3_wgrad_image.
-    int64_t ib;
-    nblk = dw3_weight_blocks(g, ib);
-    part = scratch<double>(kPartSlot, nblk * C * 10);  // [block][channel vector][10][VL]
+  int64_t ib;
+  const int64_t nblk = dw3_weight_blocks(g, ib);
+  double* part = scratch<double>(kPartSlot, nblk * C * 10);  // [block][channel vector][10][VL]
 #pragma omp parallel num_threads(num_threads())
-    {
-      V* facc = reinterpret_cast<V*>(scratch<T>(kAccSlot, ncv * 10 * VL));
-      T* st = pro ? scratch<T>(kXbSlot, HW * C) : nullptr;
+  {
+    V* facc = reinterpret_cast<V*>(scratch<T>(kAccSlot, ncv * 10 * VL));
+    T* st = pro ? scratch<T>(kXbSlot, HW * C) : nullptr;
 #pragma omp for schedule(static)
-      for (int64_t blk = 0; blk < nblk; ++blk) {
-        double* dacc = part + blk * ncv * 10 * VL;
-        std::fill(dacc, dacc + ncv * 10 * VL, 0.0);
-        for (int64_t n = blk * ib; n < std::min(g.N, (blk + 1) * ib); ++n) {
-          const T* xn = x + n * HW * C;
-          if (pro) {
-            dw_prologue_px(xn, st, HW, C, *pro);
-            xn = st;
-          }
-          SpreadPrefetch pf = dw3_next_image_prefetch(x, dy, n, g);
-          dw3_wgrad_image(xn, dy + n * P * C, facc, dacc, g, pf);
+    for (int64_t blk = 0; blk < nblk; ++blk) {
+      double* dacc = part + blk * ncv * 10 * VL;
+      std::fill(dacc, dacc + ncv * 10 * VL, 0.0);
+      for (int64_t n = blk * ib; n < std::min(g.N, (blk + 1) * ib); ++n) {
+        before(n);
+        const T* xn = x + n * HW * C;
+        if (pro) {
+          dw_prologue_px(xn, st, HW, C, *pro);
+          xn = st;
         }
+        SpreadPrefetch pf = dw3_next_image_prefetch(x, dy, n, g);
+        dw3_wgrad_image(xn, dy + n * P * C, facc, dacc, g, pf);
       }
     }
-  } else {
-    // Work items (image block, 16-channel block): the blocks' planes are contiguous.
-    nblk = std::min<int64_t>(g.N, ceil_div(16, ncv));
-    const int64_t ib = ceil_div(g.N, nblk);
-    nblk = ceil_div(g.N, ib);
-    part = scratch<double>(kPartSlot, nblk * C * 10);
+  }
+  dw3_weight_finish(part, nblk, dw, db, g);
+}
+
+// dw [C][9] and db [C] (either may be null); pro (NHWC only): as dw3_weight_nhwc.
+template <typename T>
+void dw3_backward_weight(const T* dy, const T* x, T* dw, T* db, const Geom& g, const DwPro<T>* pro = nullptr) {
+  if (g.nhwc) return dw3_weight_nhwc(dy, x, dw, db, g, pro, [](int64_t) {});
+  // NCHW: work items (image block, 16-channel block): the blocks' planes are contiguous.
+  constexpr int VL = Vec<T>::n;
+  using V = vec_t<T>;
+  const int64_t C = g.C, ncv = C / VL, HW = g.H * g.W, P = g.Ho * g.Wo;
+  const int64_t ib = ceil_div(g.N, std::min<int64_t>(g.N, ceil_div(16, ncv)));
+  const int64_t nblk = ceil_div(g.N, ib);
+  double* part = scratch<double>(kPartSlot, nblk * C * 10);
 #pragma omp parallel num_threads(num_threads())
-    {
-      T* xb = scratch<T>(kXbSlot, HW * VL);
-      T* dyb = scratch<T>(kYbSlot, P * VL);
+  {
+    T* xb = scratch<T>(kXbSlot, HW * VL);
+    T* dyb = scratch<T>(kYbSlot, P * VL);
 #pragma omp for schedule(static)
-      for (int64_t u = 0; u < nblk * ncv; ++u) {
-        const int64_t blk = u / ncv, cb = u % ncv, c = cb * VL;
-        double* acc = part + (blk * ncv + cb) * 10 * VL;
-        std::fill(acc, acc + 10 * VL, 0.0);
-        V s[10];
-        for (int64_t n = blk * ib; n < std::min(g.N, (blk + 1) * ib); ++n) {
-          block_to_px(x + (n * C + c) * HW, HW, HW, xb);
-          block_to_px(dy + (n * C + c) * P, P, P, dyb);
-          dw3_plane_wgrad(xb, VL, dyb, VL, g, s);
-          dw3_add_double<T>(acc, s);
-        }
+    for (int64_t u = 0; u < nblk * ncv; ++u) {
+      const int64_t blk = u / ncv, cb = u % ncv, c = cb * VL;
+      double* acc = part + (blk * ncv + cb) * 10 * VL;
+      std::fill(acc, acc + 10 * VL, 0.0);
+      V s[10];
+      for (int64_t n = blk * ib; n < std::min(g.N, (blk + 1) * ib); ++n) {
+        block_to_px(x + (n * C + c) * HW, HW, HW, xb);
+        block_to_px(dy + (n * C + c) * P, P, P, dyb);
+        dw3_plane_wgrad(xb, VL, dyb, VL, g, s);
+        dw3_add_double<T>(acc, s);
       }
     }
   }
@@ -1489,32 +1495,16 @@ void dw_backward_input_fused_nhwc(const T* dy, const T* wa, T* dx, const Geom& g
 // is the same kernel's on the same rows, and the weight sums run the same blocks in the same order.
 template <typename T>
 void dw3_backward_both(const T* dy, const T* x, const T* wa, T* dx, T* dw, T* db, const Geom& g) {
-  constexpr int VL = Vec<T>::n;
-  using V = vec_t<T>;
-  const int64_t C = g.C, ncv = C / VL, HW = g.H * g.W, P = g.Ho * g.Wo;
+  const int64_t C = g.C, HW = g.H * g.W, P = g.Ho * g.Wo;
   const Geom a = adjoint(g);
   const T* wt = dw_weights_tk(wa, a);
   const DwAdjointRows L = dw_adjoint_rows<T>(a);
-  int64_t ib;
-  const int64_t nblk = dw3_weight_blocks(g, ib);
-  double* part = scratch<double>(kPartSlot, nblk * C * 10);  // [block][channel vector][10][VL]
-#pragma omp parallel num_threads(num_threads())
-  {
-    V* facc = reinterpret_cast<V*>(scratch<T>(kAccSlot, ncv * 10 * VL));
+  dw3_weight_nhwc<T>(dy, x, dw, db, g, nullptr, [&](int64_t n) {
+    // (the band kernel's padded rows and row pointers: this thread's)
     T* buf = L.small3 ? nullptr : scratch<T>(kPlaneSlot, L.max_rows * L.Wp * C);
     const T** rows = L.small3 ? nullptr : reinterpret_cast<const T**>(scratch<char>(kColSlot, sizeof(T*) * 3));
-#pragma omp for schedule(static)
-    for (int64_t blk = 0; blk < nblk; ++blk) {
-      double* dacc = part + blk * ncv * 10 * VL;
-      std::fill(dacc, dacc + ncv * 10 * VL, 0.0);
-      for (int64_t n = blk * ib; n < std::min(g.N, (blk + 1) * ib); ++n) {
-        dw_adjoint_image<T, 3, 3>(dy + n * P * C, wt, dx + n * HW * C, a, L, buf, rows);
-        SpreadPrefetch pf = dw3_next_image_prefetch(x, dy, n, g);
-        dw3_wgrad_image(x + n * HW * C, dy + n * P * C, facc, dacc, g, pf);
-      }
-    }
-  }
-  dw3_weight_finish(part, nblk, dw, db, g);
+    dw_adjoint_image<T, 3, 3>(dy + n * P * C, wt, dx + n * HW * C, a, L, buf, rows);
+  });
 }
 
 // Whether dw3_backward_both takes g: dw3_backward_weight's NHWC shapes, with as many blocks of

@@ -1208,7 +1208,24 @@ def _mb(b):
 
 
 def summarize(res, peak) -> dict:
-    """Medians, ratios and the target of one (method, batch) result."""
+    """Medians, ratios and the target of one (method, batch) result.
+
+    Parameters
+    ----------
+    res : dict
+        One timed result: ``method``, ``batch``, ``images``, ``flops_per_image`` and
+        ``times_s`` (seconds per round for ``"cnnkit"`` and each peer, the rounds in order).
+    peak : float or None
+        The single-run sgemm peak in GFLOP/s that ``pct_peak`` divides by (None: not computed).
+
+    Returns
+    -------
+    dict
+        ``rows`` (per side: ms per image, its spread, GFLOP/s, and the peer's time over cnnkit's
+        as ``x_peer``), the first peer as ``peer`` with its ``speedup`` and ``speedup_spread``,
+        the method's ``target`` and whether it was ``met`` (None where there is no peer or the
+        spread exceeds the margin).
+    """
     times = res["times_s"]
     n = res["images"]
     ck = times["cnnkit"]
@@ -1239,6 +1256,22 @@ def summarize(res, peak) -> dict:
 
 
 def render(summaries, results, markdown) -> str:
+    """The attribution table: one row for cnnkit and one for each peer per (method, batch).
+
+    Parameters
+    ----------
+    summaries : list of dict
+        As ``summarize`` returns them, in the order of ``results``.
+    results : list of dict
+        The timed results they summarize (their batch label, peak memory and check errors).
+    markdown : bool
+        A Markdown table instead of aligned text.
+
+    Returns
+    -------
+    str
+        The table.
+    """
     head = ["method", "batch", "side", "ms/image", "[min-max]", "GFLOP/s", "% sgemm peak",
             "x peer", "target", "peak MB RSS", "NumPy traced MB", "check err"]
     body = []

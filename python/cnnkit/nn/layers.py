@@ -15,6 +15,7 @@ import numpy as np
 from .. import _core, ops
 from .._core import pool2d_backward as _pool_backward
 from .._validate import check_bool, check_choice, check_int, check_layout, check_pair, check_real, check_rng, check_seed
+from ..ops.conv import _backward_core as _conv_backward_core
 from ..ops.conv import _geom as _conv_geom
 from ..ops.conv import _padding as _conv_padding
 from .._core import pool2d_forward as _pool_forward
@@ -403,12 +404,7 @@ class Conv2d(Module):
                             for o in (gi, gw, gb))):  # (the public function refuses an overlap)
             g = self._geom_of(x.shape)
             try:
-                if gi is not None and (gw is not None or gb is not None):
-                    _core.conv_backward(grad, x, w, gi, gw, gb, g.core())  # (one pass where a kernel has one)
-                elif gi is not None:
-                    _core.conv_backward_input(grad, w, gi, g.core())
-                elif gw is not None or gb is not None:
-                    _core.conv_backward_weight(grad, x, gw, gb, g.core())
+                _conv_backward_core(grad, x, w, gi, gw, gb, g.core())
                 return
             except (ValueError, TypeError):
                 pass

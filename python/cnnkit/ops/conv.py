@@ -495,15 +495,26 @@ def conv2d_backward(grad_output: np.ndarray, x: np.ndarray, weight: np.ndarray,
     for a, b_, na in ((gi, gw, "grad_input/grad_weight"), (gi, gb, "grad_input/grad_bias"), (gw, gb, "grad_weight/grad_bias")):
         if a is not None and b_ is not None and np.may_share_memory(a, b_):
             raise ValueError(f"out: {na} buffers overlap")
-    dy = _contig(grad_output)
-    if gi is not None and (gw is not None or gb is not None):
-        # (one pass over the images where a kernel has one: the depthwise NHWC 3x3 stride 1)
-        _core.conv_backward(dy, _contig(x), _contig(weight), gi, gw, gb, g.core())
-    elif gi is not None:
-        _core.conv_backward_input(dy, _contig(weight), gi, g.core())
-    elif gw is not None or gb is not None:
-        _core.conv_backward_weight(dy, _contig(x), gw, gb, g.core())
+    _backward_core(_contig(grad_output), _contig(x), _contig(weight), gi, gw, gb, g.core())
     return gi, gw, gb
+
+
+def _backward_core(dy: np.ndarray, x: np.ndarray | None, w: np.ndarray | None, gi: np.ndarray | None,
+                   gw: np.ndarray | None, gb: np.ndarray | None, geom: Any) -> None:
+    """The compiled passes that write the given gradients (None: not wanted) for ``geom`` (a
+    ``_core.ConvGeom``): both in one call where the input gradient and another are wanted (one pass
+    over the images where a kernel has one, the depthwise NHWC 3x3 stride 1), else the one pass
+    needed. x is read only for grad_weight and grad_bias, w only for grad_input (either may be None
+    where it is not read). The binding checks the sizes, dtypes and overlaps."""
+    if gi is not None and (gw is not None or gb is not None):
+        assert x is not None and w is not None
+        _core.conv_backward(dy, x, w, gi, gw, gb, geom)
+    elif gi is not None:
+        assert w is not None
+        _core.conv_backward_input(dy, w, gi, geom)
+    elif gw is not None or gb is not None:
+        assert x is not None
+        _core.conv_backward_weight(dy, x, gw, gb, geom)
 
 
 def _separable_checks(x, dw_weight, pw_weight, layout, dw_bias=None, pw_bias=None):

@@ -53,6 +53,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .. import _core, ops
+from ..ops.conv import _backward_core as _conv_backward_core
 from ..ops.conv import _conv_core_geom
 from ..ops.norm import _bn_backward_chunk, _bn_infer_core, _bn_train_core
 from ..ops.norm import _geometry as _norm_geometry
@@ -368,15 +369,9 @@ class _Conv2dFunction(torch.autograd.Function):
         gb = torch.empty(w_shape[0], dtype=g.dtype) if need_b else None
         # the input pass reads the weight, the weight pass x (the forward saved only what is
         # read); the forward's plan checked the geometry (see _conv_forward)
-        dy = _np(g, lay)
-        gw_np = None if gw is None else gw.numpy()
-        gb_np = None if gb is None else gb.numpy()
-        if gx is not None and (gw is not None or gb is not None):  # (one pass where a kernel has one)
-            _core.conv_backward(dy, _np(input, lay), _cnp(weight), _np(gx, lay), gw_np, gb_np, plan.geom)
-        elif gx is not None:
-            _core.conv_backward_input(dy, _cnp(weight), _np(gx, lay), plan.geom)
-        elif gw is not None or gb is not None:
-            _core.conv_backward_weight(dy, _np(input, lay), gw_np, gb_np, plan.geom)
+        _conv_backward_core(_np(g, lay), None if input is None else _np(input, lay),
+                            None if weight is None else _cnp(weight), None if gx is None else _np(gx, lay),
+                            _np_opt(gw), _np_opt(gb), plan.geom)
         return gx, gw, gb, None, None, None, None, None
 
 
