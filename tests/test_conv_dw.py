@@ -144,12 +144,11 @@ def _one_pass_expected(geo, threads):
     return -(-geo.n // per) % threads == 0
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
-@pytest.mark.parametrize("geo", [g for _, g in ONE_PASS], ids=[n for n, _ in ONE_PASS])
-def test_both_gradients_in_one_pass_have_the_separate_passes_bits(isa, geo, dtype, rng):
+def _check_one_pass(geo, dtype, rng):
     """conv_backward with grad_input and grad_weight (and grad_bias) runs the one-pass kernel where
     its rule says (it returns True), and gives the bits of the input pass and the weight pass run
-    separately, at 1 and 2 threads, with every subset of (grad_weight, grad_bias)."""
+    separately, at 1 and 2 threads, with every subset of (grad_weight, grad_bias); conv2d_backward
+    (the one pass where it runs) matches the float64 reference."""
     c = make_case(rng, geo, "NHWC", dtype)
     g = _Geom(c.x.shape, c.weight.shape, 1, geo.padding, 1, geo.ci, "NHWC", dtype).core()
     want_gi = np.empty_like(c.x)
@@ -159,6 +158,7 @@ def test_both_gradients_in_one_pass_have_the_separate_passes_bits(isa, geo, dtyp
         _core.conv_backward_weight(c.grad_out, c.x, want_gw, want_gb, g)
     for threads in (1, 2):
         with num_threads(threads):
+            check_backward(c)
             for keep_w, keep_b in ((True, True), (True, False), (False, True)):
                 gi = np.full_like(c.x, np.nan)
                 gw = np.full_like(c.weight, np.nan) if keep_w else None
@@ -171,6 +171,25 @@ def test_both_gradients_in_one_pass_have_the_separate_passes_bits(isa, geo, dtyp
                     assert_bitwise(gw, want_gw, f"grad_weight: {what}")
                 if keep_b:
                     assert_bitwise(gb, want_gb, f"grad_bias: {what}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("geo", [g for _, g in ONE_PASS], ids=[n for n, _ in ONE_PASS])
+def test_both_gradients_in_one_pass_have_the_separate_passes_bits(isa, geo, dtype, rng):
+    _check_one_pass(geo, dtype, rng)
+
+
+@SETTINGS
+@given(n=st.integers(1, 9), c=st.sampled_from((15, 16, 32, 256, 272)), h=st.integers(1, 16),
+       w=st.integers(1, 16), padding=st.integers(0, 2), dtype=st.sampled_from(DTYPES),
+       level=st.sampled_from(ISA_LEVELS), seed=st.integers(0, 2**31))
+def test_both_gradients_in_one_pass_hypothesis(n, c, h, w, padding, dtype, level, seed):
+    """The one pass over batches up to 9 (blocks that do and do not divide among 2 threads),
+    channels on both sides of 16 vectors (the weight sums' parts; 15: the separate passes) and
+    planes up to 16x16."""
+    h, w = max(h, 3 - 2 * padding), max(w, 3 - 2 * padding)
+    with isa_level(level):
+        _check_one_pass(dw3(n, c, h, w, padding), dtype, np.random.default_rng(seed))
 
 
 def test_both_gradients_refuse_overlapping_outputs(rng):
@@ -187,3 +206,21 @@ def test_both_gradients_refuse_overlapping_outputs(rng):
             _core.conv_backward(*args, g)
     for a, b in zip((c.grad_out, c.x, c.weight), before):
         assert_bitwise(a, b, "an input after a refused call")
+
+
+def test_both_gradients_bad_arrays_name_the_argument(rng):
+    c = make_case(rng, dw3(2, 16, 7, 7), "NHWC", np.float32)
+    g = _Geom(c.x.shape, c.weight.shape, 1, 1, 1, 16, "NHWC", np.float32).core()
+    gi, gw, gb = np.empty_like(c.x), np.empty_like(c.weight), np.empty(16, np.float32)
+    cases = (
+        ((c.grad_out, c.x, c.weight, gi, gw.astype(np.float64), gb), TypeError, "grad_weight"),
+        ((c.grad_out, c.x.astype(np.float64), c.weight, gi, gw, gb), TypeError, "x"),
+        ((c.grad_out, c.x, c.weight, gi[:1], gw, gb), ValueError, "grad_input"),
+        ((c.grad_out, c.x, c.weight[:8], gi, gw, gb), ValueError, "weight"),
+        ((c.grad_out, c.x, c.weight, gi, gw, np.empty(15, np.float32)), ValueError, "grad_bias"),
+    )
+    for args, err, name in cases:
+        gi.fill(np.nan)
+        with pytest.raises(err, match=f"^{name}:"):
+            _core.conv_backward(*args, g)
+        assert np.isnan(gi).all(), f"grad_input written before {name} was refused"
