@@ -5,7 +5,8 @@
 // The structure is the one of BLIS / GotoBLAS (Goto & van de Geijn, "Anatomy of high-performance
 // matrix multiplication", 2008; Van Zee & van de Geijn, "BLIS", 2015): B is packed KC x NC into
 // column panels NR wide, A is packed MC x KC into row panels MR high (zero-padded to whole
-// panels), and a microkernel keeps an MR x NR block of C in registers while it runs one FMA chain
+// panels; a row-major A without a prologue is read in place, its last partial panel packed), and
+// a microkernel keeps an MR x NR block of C in registers while it runs one FMA chain
 // per element over the KC packed values. Loop order jc (NC) -> pc (KC) -> ic (MC) -> ir (MR) ->
 // jr (NR): the microkernel's A panel (MR x KC) stays in L1, the packed B block (KC x NC) in L2.
 //
@@ -646,19 +647,35 @@ void sgemm_blocked(int64_t M, int64_t N, int64_t K, Operand A, Operand B, float*
       }
       for (int64_t ic = 0; ic < M; ic += mcb) {
         const int64_t mc = std::min<int64_t>(mcb, M - ic);
-        pack_a<R>(A, ic, mc, pc, kc, pa, ap);
-        for (int64_t ir = 0; ir < mc; ir += R)
+        // A row-major without a prologue: its whole panels of rows are read in place (the
+        // broadcasts load from R rows instead of one packed panel), and only a last partial panel
+        // is laid out, where it would lie in the packed block. Packing A moved every value once
+        // per column block and sgemm_parallel's tiles each packed it again, scalar stores R floats
+        // apart: Intel AVX-512, 1 thread, processes alternating, x torch.mm: 64 x 3136 x 256
+        // 0.82-0.83x -> 0.86-0.89x, 64 x 784 x 256 0.79-0.80x -> 0.93-0.94x, 64 x 1024 x 256
+        // 0.77x -> 0.92-0.96x, 1024^3 0.89x -> 0.94-0.96x, 96 x 3136 x 96 and 256 x 3136 x 64
+        // level or better. The same values in the same chains: the same bits.
+        const int64_t whole_rows = A.cs == 1 && !active(pa) ? mc / R * R : 0;
+        if (whole_rows < mc) pack_a<R>(A, ic + whole_rows, mc - whole_rows, pc, kc, pa, ap + whole_rows * kc);
+        for (int64_t ir = 0; ir < mc; ir += R) {
+          const bool in_place = ir < whole_rows;
+          const float* a = in_place ? A.p + (ic + ir) * A.rs + pc : ap + ir * kc;
           for (int64_t jr = 0; jr < nc; jr += W) {
             // (B's rows read in place: each step prefetches the row 8 steps ahead into L1, as
             // few_rows. AVX-512, 1 thread, against torch.mm: 64 x 3136 x 256 0.76-0.77x ->
             // 0.82-0.83x; 64 x 784 x 256, 96 x 3136 x 96 and 1024^3 1.01-1.03x; 256 x 3136 x 64
             // level.)
-            if (lazy && ic == 0 && ir == 0 && jr < whole)
-              ukernel_s<R, U, 0, 0, true>(kc, ap, R, B.p + pc * B.rs + jc + jr, B.rs, C + jc + jr, ldc, acc,
-                                          std::min<int64_t>(R, mc), W, nullptr, 0, nullptr, nullptr, nullptr,
-                                          nullptr, nullptr, bp + jr * kc, nullptr, 0, nullptr, 0,
-                                          std::min<int64_t>(8, kc), B.p + pc * B.rs + jc + jr + W);
-            else {
+            if (lazy && ic == 0 && ir == 0 && jr < whole) {
+              const float* b = B.p + pc * B.rs + jc + jr;
+              float* bc = bp + jr * kc;
+              const int64_t pfd = std::min<int64_t>(8, kc), mr = std::min<int64_t>(R, mc);
+              if (in_place)
+                ukernel_s<R, U, 1, 0, true>(kc, a, A.rs, b, B.rs, C + jc + jr, ldc, acc, mr, W, nullptr, 0, nullptr,
+                                            nullptr, nullptr, nullptr, nullptr, bc, nullptr, 0, nullptr, 0, pfd, b + W);
+              else
+                ukernel_s<R, U, 0, 0, true>(kc, a, R, b, B.rs, C + jc + jr, ldc, acc, mr, W, nullptr, 0, nullptr,
+                                            nullptr, nullptr, nullptr, nullptr, bc, nullptr, 0, nullptr, 0, pfd, b + W);
+            } else {
               // The C block the next call stores, prefetched for writing in the first reduction
               // block, where its lines are cold (AVX-512, 1 thread: 16384 x 256 x 128 1.02-1.06x,
               // others 1.00-1.02x; in the direct-A path above it ran 0.94x at 65536 x 32 x 64).
@@ -667,10 +684,15 @@ void sgemm_blocked(int64_t M, int64_t N, int64_t K, Operand A, Operand B, float*
                 const int64_t ni = jr + W < nc ? ir : ir + R, nj = jr + W < nc ? jr + W : 0;
                 if (ni < mc) nxt = reinterpret_cast<const char*>(C + (ic + ni) * ldc + jc + nj);
               }
-              ukernel<R, U>(kc, ap + ir * kc, bp + jr * kc, C + (ic + ir) * ldc + jc + jr, ldc, acc,
-                            std::min<int64_t>(R, mc - ir), std::min<int64_t>(W, nc - jr), 0, nxt);
+              float* c = C + (ic + ir) * ldc + jc + jr;
+              const int64_t mr = std::min<int64_t>(R, mc - ir), nr = std::min<int64_t>(W, nc - jr);
+              if (in_place)
+                ukernel<R, U, true>(kc, a, bp + jr * kc, c, ldc, acc, mr, nr, A.rs, nxt);
+              else
+                ukernel<R, U>(kc, a, bp + jr * kc, c, ldc, acc, mr, nr, 0, nxt);
             }
           }
+        }
       }
     }
   }
