@@ -741,13 +741,23 @@ template <int R, int U>
 void patch_kernel(const Patches& a, const PatchRows<R>& rows, int64_t K, const float* __restrict b, float* c,
                   int64_t ldc, int64_t mr, int64_t nr) {
   constexpr int W = U * VL;
+  // A dense NHWC convolution at dilation 1 (the group all of the pixel's channels) whose R pixels
+  // run along one output row with every tap inside it horizontally: the taps (ti, tj..kw-1) of a
+  // pixel lie together in x, so one run covers the rest of the kernel row (3 x 64 values at 64
+  // channels) instead of one tap's channels, a third of the pointer set-ups and loop starts (the
+  // same values in the same order: the same chains). Intel AVX-512, 3x3 64 -> 64 at 56x56,
+  // variants alternating in one process: forward and input gradient 1.02-1.06x.
+  const bool merge = rows.run && a.dw == 1 && a.cg == a.ldp && rows.iw0[0] >= 0 &&
+                     rows.iw0[0] + R - 1 + (a.kw - 1) < a.W;
   for (int64_t pc = 0; pc < K; pc += KC) {
     const int64_t kend = std::min<int64_t>(K, pc + KC);
     V r[R][U];
     zero_block<R, U>(r);
     for (int64_t k = pc; k < kend;) {
-      const int64_t t = k / a.cg, c0 = k - t * a.cg, len = std::min(a.cg - c0, kend - k);
+      const int64_t t = k / a.cg, c0 = k - t * a.cg;
       const int64_t ti = t / a.kw, tj = t - ti * a.kw;
+      const int64_t ihm = rows.ih0[0] + ti * a.dh;
+      const int64_t len = std::min((merge && ihm >= 0 && ihm < a.H ? (a.kw - tj) * a.cg : a.cg) - c0, kend - k);
       const float* p[R];
 #pragma GCC unroll 16
       for (int i = 0; i < R; ++i) {
@@ -831,15 +841,19 @@ void patches_blocked(const Patches& a, int64_t r0, int64_t M, int64_t N, const f
 // that straddle a tap boundary (or pass M) are packed into one panel first. Chains as sgemm():
 // one per element and KC block of pixels, started at zero, then stored or added to C.
 
-// c (R x U*VL block, mr x nr valid) (+)= A rows [c0, c0+R) of tap t . b panel, over kc pixels.
+// c (R x U*VL block, mr x nr valid) (+)= A rows [c0, c0+R) of tap t . b panel, over kc pixels;
+// meanwhile up to pfn lines taken from pre (when given) prefetched into L2, one a step.
 template <int R, int U>
 void ind_kernel(int64_t kc, const float* const* ind, int64_t t, int64_t c0, const float* __restrict b, float* c,
-                int64_t ldc, bool acc, int64_t mr, int64_t nr) {
+                int64_t ldc, bool acc, int64_t mr, int64_t nr, RowsPrefetch* pre, int64_t pfn) {
   constexpr int W = U * VL;
   V r[R][U];
   zero_block<R, U>(r);
   const float* const* q = ind + t * KC;
+  int64_t pfl = 0;
+  const char* pf = pre ? pre->take(std::min<int64_t>(kc, pfn), &pfl) : nullptr;
   for (int64_t k = 0; k < kc; ++k) {
+    if (k < pfl) __builtin_prefetch(pf + 64 * k, 0, 2);
     rank1_step<R, U>(r, q[k] + c0, b);
     b += W;
   }
@@ -870,6 +884,29 @@ void patches_t_blocked(int64_t M, int64_t N, int64_t K, const Patches& a, int64_
         }
       }
     }
+    // The next KC block of pixels brought into L2 while this one runs: B's rows (dy, which the
+    // next block packs first) and, for a dense convolution (the pixels hold only the group's
+    // channels), the input rows its patches read, from the first tap row of its first pixel to
+    // the last tap row of its last, within one image. Each kernel call requests its share twice
+    // over, a line a step, so the lines are asked for over the first half of the block. Intel
+    // AVX-512, 3x3 64 -> 64 at 56x56, N = 32, 2 threads, variants alternating in one process:
+    // 1.09x (N = 4, 1 thread: 1.03-1.04x; 128 at 28x28 and 256 at 14x14 level).
+    RowsPrefetch pst, *pre = nullptr;
+    int64_t pfn = 0;
+    if (pc + KC < K && B.cs == 1) {
+      const int64_t kn = std::min<int64_t>(KC, K - pc - KC);
+      const int64_t f = r0 + pc + KC, n = f / P, oh = (f - n * P) / a.Wo;
+      const int64_t l = f + kn - 1, nl = l / P, ohl = (l - nl * P) / a.Wo;
+      if (a.cg == a.ldp && nl == n) {
+        const int64_t h0 = std::max<int64_t>(0, oh * a.sh - a.pt);
+        const int64_t h1 = std::min<int64_t>(a.H - 1, ohl * a.sh - a.pt + (a.kh - 1) * a.dh);
+        if (h1 >= h0) pst.add(a.x + n * (a.ldn ? a.ldn : a.H * a.W * a.ldp) + h0 * a.W * a.ldp, (h1 - h0 + 1) * a.W * a.ldp);
+      }
+      if (B.rs == N) pst.add(B.p + (pc + KC) * B.rs, kn * B.rs);
+      const int64_t calls = (M + R - 1) / R * ((std::min<int64_t>(N, NC) + W - 1) / W);
+      pfn = 2 * ((pst.lines_left() + calls - 1) / calls);
+      pre = &pst;
+    }
     for (int64_t jc = 0; jc < N; jc += NC) {
       const int64_t nc = std::min<int64_t>(NC, N - jc);
       pack_b<W>(B, pc, kc, jc, nc, nullptr, bp);
@@ -886,7 +923,7 @@ void patches_t_blocked(int64_t M, int64_t N, int64_t K, const Patches& a, int64_
           float* c = C + ir * ldc + jc + jr;
           const int64_t nr = std::min<int64_t>(W, nc - jr);
           if (direct)
-            ind_kernel<R, U>(kc, ind, t, c0, bp + jr * kc, c, ldc, acc, mr, nr);
+            ind_kernel<R, U>(kc, ind, t, c0, bp + jr * kc, c, ldc, acc, mr, nr, pre, pfn);
           else
             ukernel<R, U>(kc, panel, bp + jr * kc, c, ldc, acc, mr, nr);
         }
