@@ -299,6 +299,9 @@ def test_conv_nhwc_patches_give_the_im2col_bits(isa):
            kh=st.sampled_from((1, 2, 3)), kw=st.sampled_from((1, 3)), s=st.integers(1, 2), p=st.integers(0, 2),
            d=st.integers(1, 2), bias=st.booleans(), stats=st.booleans(), seed=st.integers(0, 2**32 - 1))
     @example(c=64, k=16, g=1, n=2, h=6, w=10, kh=2, kw=3, s=1, p=0, d=1, bias=False, stats=False, seed=735)
+    # 64 output channels (AVX-512: one 6 x 4-vector block across them), runs over a kernel row
+    @example(c=64, k=64, g=1, n=2, h=5, w=13, kh=3, kw=3, s=1, p=0, d=1, bias=True, stats=True, seed=11)
+    @example(c=64, k=64, g=1, n=1, h=7, w=9, kh=3, kw=3, s=1, p=1, d=1, bias=False, stats=True, seed=12)
     def run(c, k, g, n, h, w, kh, kw, s, p, d, bias, stats, seed):
         c, k = c * g, k * g
         ho, wo = (h + 2 * p - d * (kh - 1) - 1) // s + 1, (w + 2 * p - d * (kw - 1) - 1) // s + 1
@@ -404,6 +407,9 @@ def test_conv_patch_paths_every_pass(isa):
     check(16, 2 * sh["nr"] + 3, 3, 28, 28, 3, 3, 1, 1, 1, "NHWC", 1)
     check(17, _vl(isa) + 1, 2, 30, 26, 3, 3, 1, 1, 1, "NCHW", 2)
     check(33, 2 * sh["nr"] - 1, 1, 17, 19, 3, 2, 1, (1), 2, "NCHW", 3)
+    # four vectors of output channels (AVX-512: the forward's 6 x 4-vector block, NHWC only)
+    check(64, 4 * _vl(isa), 2, 9, 14, 3, 3, 1, 1, 1, "NHWC", 4)
+    check(64, 4 * _vl(isa), 1, 16, 17, 3, 3, 1, 1, 1, "NCHW", 5)
 
     @settings(max_examples=12, deadline=None)
     @given(c=st.sampled_from((16, 17, 33)), k=st.one_of(_around(sh["nr"]), _around(_vl(isa))),

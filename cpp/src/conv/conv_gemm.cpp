@@ -1252,10 +1252,10 @@ void forward_nchw(const T* x, const T* w, const T* b, T* y, const Geom& g, const
   if constexpr (Own && std::is_same_v<T, float>)
     if (patches) {
       const float* wt = weights_ijc_k(w, g);
-      bsize = sgemm_patches_b_size(KK, Kg);
+      bsize = sgemm_patches_b_size(KK, Kg, true);
       bp = scratch<float>(kBatchSlot, g.G * bsize);
       for (int64_t gi = 0; gi < g.G; ++gi)
-        sgemm_patches_pack_b(KK, Kg, Operand{wt + gi * KK * Kg, Kg, 1}, bp + gi * bsize);
+        sgemm_patches_pack_b(KK, Kg, Operand{wt + gi * KK * Kg, Kg, 1}, bp + gi * bsize, true);
       chunk = 240;
     }
   const Split s = split(P, chunk);

@@ -56,9 +56,10 @@ struct Patches {
   int64_t ldc = 1;  // floats from one channel to the next (NCHW only; NHWC reads runs of channels)
 };
 
-// Floats of the packed B that sgemm_patches() reads (B: K x N, K = kh*kw*cg).
-int64_t sgemm_patches_b_size(int64_t K, int64_t N);
-void sgemm_patches_pack_b(int64_t K, int64_t N, Operand B, float* dst);
+// Floats of the packed B that sgemm_patches() reads (B: K x N, K = kh*kw*cg); its panels' width
+// depends on N and the layout (nchw as sgemm_patches() will be called).
+int64_t sgemm_patches_b_size(int64_t K, int64_t N, bool nchw = false);
+void sgemm_patches_pack_b(int64_t K, int64_t N, Operand B, float* dst, bool nchw = false);
 // C (M x N, row stride ldc) = A . B, A the rows [r0, r0+M) of the patches of a, B packed by
 // sgemm_patches_pack_b(). Bits: those of sgemm() on the im2col matrix (same KC blocks, same
 // chains), so this path and the im2col path agree exactly.
