@@ -287,6 +287,72 @@ CNNKIT_HD void grouped_block(T* out, int64_t ostride, int64_t v, int64_t step, c
     for (int p = 0; p < NP; ++p) vstore(out + (v + p) * ostride + (cv + q) * VL, acc[q][p]);
 }
 
+// grouped_block (NCV = 2) for two output rows at once, rows a and b with the same taps in the same
+// order (ta[t].tap == tb[t].tap): each weight load feeds 4 * NP FMAs instead of 2 * NP (28
+// accumulators at NP = 7). Every output's chain is grouped_block's: the same bits.
+template <typename T, int CPG, int NP>
+void grouped_block_rows2(T* outa, T* outb, int64_t ostride, int64_t v, int64_t step, const RowTap* ta,
+                         const RowTap* tb, int ntaps, const T* wt, const T* b, int64_t C, int64_t cv) {
+  constexpr int VL = Vec<T>::n;
+  using V = vec_t<T>;
+  const int64_t ncv = C / VL;
+  V acc[2][2][NP];
+#pragma GCC unroll 2
+  for (int q = 0; q < 2; ++q) {
+    const V bias = b ? vload(b + (cv + q) * VL) : V{};
+#pragma GCC unroll 8
+    for (int p = 0; p < NP; ++p) acc[0][q][p] = acc[1][q][p] = bias;
+  }
+  const int64_t ps = step * C;
+  for (int t = 0; t < ntaps; ++t) {
+    const T* wtp = wt + (ta[t].tap * ncv + cv) * CPG * VL;
+    const int64_t goff = (cv * VL) / CPG * CPG;
+    const T* pa = static_cast<const T*>(ta[t].row) + (v * step + ta[t].col_off) * C + goff;
+    const T* pb = static_cast<const T*>(tb[t].row) + (v * step + tb[t].col_off) * C + goff;
+    for (int ci = 0; ci < CPG; ++ci) {
+      const V w0 = vload(wtp + ci * VL), w1 = vload(wtp + (CPG + ci) * VL);
+      const T* qa = pa + ci;
+      const T* qb = pb + ci;
+#pragma GCC unroll 8
+      for (int p = 0; p < NP; ++p, qa += ps, qb += ps) {
+        const V xa = vsplat<T>(*qa), xb = vsplat<T>(*qb);
+        acc[0][0][p] += xa * w0;
+        acc[0][1][p] += xa * w1;
+        acc[1][0][p] += xb * w0;
+        acc[1][1][p] += xb * w1;
+      }
+    }
+  }
+#pragma GCC unroll 2
+  for (int q = 0; q < 2; ++q)
+#pragma GCC unroll 8
+    for (int p = 0; p < NP; ++p) {
+      vstore(outa + (v + p) * ostride + (cv + q) * VL, acc[0][q][p]);
+      vstore(outb + (v + p) * ostride + (cv + q) * VL, acc[1][q][p]);
+    }
+}
+
+// Whether grouped_row_range_rows2 takes rows of nv pixels (one block of at most 7 pixels a row, two
+// channel vectors of one group, 32 vector registers).
+template <typename T, int CPG>
+constexpr bool rows2_level() {
+  return !GroupedTraits<T, CPG>::permute && CPG >= 2 * Vec<T>::n && Vec<T>::n * sizeof(T) >= 64;
+}
+inline bool rows2_width(int64_t nv) { return nv >= 4 && nv <= 7; }
+
+template <typename T, int CPG>
+void grouped_row_range_rows2(T* outa, T* outb, int64_t ostride, int64_t nv, int64_t step, const RowTap* ta,
+                             const RowTap* tb, int ntaps, const T* wt, const T* b, int64_t C, int64_t cv0,
+                             int64_t cv1) {
+  for (int64_t cv = cv0; cv < cv1; cv += 2) switch (nv) {
+      case 7: grouped_block_rows2<T, CPG, 7>(outa, outb, ostride, 0, step, ta, tb, ntaps, wt, b, C, cv); break;
+      case 6: grouped_block_rows2<T, CPG, 6>(outa, outb, ostride, 0, step, ta, tb, ntaps, wt, b, C, cv); break;
+      case 5: grouped_block_rows2<T, CPG, 5>(outa, outb, ostride, 0, step, ta, tb, ntaps, wt, b, C, cv); break;
+      case 4: grouped_block_rows2<T, CPG, 4>(outa, outb, ostride, 0, step, ta, tb, ntaps, wt, b, C, cv); break;
+      default: break;
+    }
+}
+
 template <typename T, int CPG, int NCV, int PB>
 void grouped_row_tail(T* out, int64_t ostride, int64_t v, int64_t count, int64_t step, const RowTap* taps, int ntaps,
                       const T* wt, const T* b, int64_t C, int64_t cv);
@@ -535,6 +601,10 @@ void grouped_forward_direct(const T* x, const T* w, const T* b, T* y, const Geom
     const int64_t per_vec = kh * kw * CPG * VL * int64_t(sizeof(T));
     const int64_t chv = std::max<int64_t>(vg, (int64_t(288) << 10) / per_vec / vg * vg);
     const int64_t ntb = kh * kw;
+    // Rows of 4 to 7 pixels whose taps are all inside the image run in pairs
+    // (grouped_block_rows2): Intel AVX-512, g32 C1024@7, N = 32, the two alternating in one
+    // process: forward 1.02-1.05x, input gradient 1.01-1.04x, at 1 and 2 threads.
+    const bool pairs = rows2_width(g.Wo);
 #pragma omp parallel num_threads(num_threads())
     {
       RowRing<T> ring;
@@ -549,9 +619,19 @@ void grouped_forward_direct(const T* x, const T* w, const T* b, T* y, const Geom
         const int64_t r0 = bi * band, r1 = std::min(rows, r0 + band);
         for (int64_t r = r0; r < r1; ++r) nts[r - r0] = row_taps(ring, taps + (r - r0) * ntb, r);
         for (int64_t cv0 = 0; cv0 < ncv; cv0 += chv)
-          for (int64_t r = r0; r < r1; ++r)
-            grouped_row_range<T, CPG>(y + r * g.Wo * C, C, g.Wo, g.sw, taps + (r - r0) * ntb, nts[r - r0], wt, b, C,
-                                      cv0, std::min(ncv, cv0 + chv));
+          for (int64_t r = r0; r < r1; ++r) {
+            const RowTap* ta = taps + (r - r0) * ntb;
+            const int64_t cv1 = std::min(ncv, cv0 + chv);
+            if constexpr (rows2_level<T, CPG>()) {
+              if (pairs && r + 1 < r1 && nts[r - r0] == ntb && nts[r + 1 - r0] == ntb) {
+                grouped_row_range_rows2<T, CPG>(y + r * g.Wo * C, y + (r + 1) * g.Wo * C, C, g.Wo, g.sw, ta, ta + ntb,
+                                                int(ntb), wt, b, C, cv0, cv1);
+                ++r;
+                continue;
+              }
+            }
+            grouped_row_range<T, CPG>(y + r * g.Wo * C, C, g.Wo, g.sw, ta, nts[r - r0], wt, b, C, cv0, cv1);
+          }
         for (int64_t r = r0; r < r1; ++r) row_epilogue(y + r * g.Wo * C, r, bi);
       }
     }
