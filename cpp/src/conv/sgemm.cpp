@@ -934,6 +934,20 @@ void patches_t_blocked(int64_t M, int64_t N, int64_t K, const Patches& a, int64_
     for (int64_t jc = 0; jc < N; jc += NC) {
       const int64_t nc = std::min<int64_t>(NC, N - jc);
       pack_b<W>(B, pc, kc, jc, nc, nullptr, bp);
+      // Every block of rows inside one tap (R divides cg): the column panels outside the rows, so
+      // that a panel of B (KC x W, 32 KiB) stays in L1 over all the row blocks instead of the
+      // panels alternating through L2 (Intel AVX-512, N = 32, the two orders alternating in one
+      // process: 3x3 64 -> 64 at 56x56 1.02-1.05x, at 32x32 1.04x, 128 at 28x28 1.01-1.08x, 256
+      // at 14x14 level).
+      if (a.cg % R == 0) {
+        for (int64_t jr = 0; jr < nc; jr += W)
+          for (int64_t ir = 0; ir < M; ir += R) {
+            const int64_t t = ir / a.cg, c0 = ir - t * a.cg;
+            ind_kernel<R, U>(kc, ind, t, c0, bp + jr * kc, C + ir * ldc + jc + jr, ldc, acc, R,
+                             std::min<int64_t>(W, nc - jr), pre, pfn);
+          }
+        continue;
+      }
       for (int64_t ir = 0; ir < M; ir += R) {
         const int64_t mr = std::min<int64_t>(R, M - ir), t = ir / a.cg, c0 = ir - t * a.cg;
         const bool direct = mr == R && c0 + R <= a.cg;
