@@ -812,6 +812,9 @@ void patches_blocked(const Patches& a, int64_t r0, int64_t M, int64_t N, const f
   const int64_t P = a.Ho * a.Wo, K = a.kh * a.kw * a.cg, panels = (N + W - 1) / W;
   const int64_t ldn = a.ldn ? a.ldn : a.H * a.W * a.ldp;
   float* panel = Nchw ? scratch<float>(kPackASlot, K * R) : nullptr;
+  // The pixel of the next row (image n, output row oh, column ow), stepped along instead of two
+  // divisions a row.
+  int64_t n = r0 / P, oh = (r0 - n * P) / a.Wo, ow = r0 - n * P - oh * a.Wo;
   for (int64_t ir = 0; ir < M; ir += R) {
     const int64_t mr = std::min<int64_t>(R, M - ir);
     PatchRows<R> rows;
@@ -823,12 +826,18 @@ void patches_blocked(const Patches& a, int64_t r0, int64_t M, int64_t N, const f
         rows.iw0[i] = 0;
         continue;
       }
-      const int64_t r = r0 + ir + i, n = r / P, px = r - n * P, oh = px / a.Wo, ow = px - oh * a.Wo;
       rows.img[i] = a.x + n * ldn;
       rows.ih0[i] = oh * a.sh - a.pt;
       rows.iw0[i] = ow * a.sw - a.pl;
       if (i > 0 && (rows.img[i] != rows.img[0] || rows.ih0[i] != rows.ih0[0] || rows.iw0[i] != rows.iw0[0] + i))
         rows.run = false;
+      if (++ow == a.Wo) {
+        ow = 0;
+        if (++oh == a.Ho) {
+          oh = 0;
+          ++n;
+        }
+      }
     }
     if constexpr (Nchw) {
       // The block's A (K x R: every tap's R pixels per channel) packed once for all column
@@ -896,8 +905,9 @@ void patches_t_blocked(int64_t M, int64_t N, int64_t K, const Patches& a, int64_
   for (int64_t pc = 0; pc < K; pc += KC) {
     const int64_t kc = std::min<int64_t>(KC, K - pc);
     const bool acc = accumulate || pc > 0;
+    // (the pixel stepped along from the block's first: two divisions a block, not a pixel)
+    int64_t n = (r0 + pc) / P, oh = (r0 + pc - n * P) / a.Wo, ow = r0 + pc - n * P - oh * a.Wo;
     for (int64_t k = 0; k < kc; ++k) {
-      const int64_t r = r0 + pc + k, n = r / P, px = r - n * P, oh = px / a.Wo, ow = px - oh * a.Wo;
       const float* img = a.x + n * (a.ldn ? a.ldn : a.H * a.W * a.ldp);
       for (int64_t ti = 0; ti < a.kh; ++ti) {
         const int64_t ih = oh * a.sh - a.pt + ti * a.dh;
@@ -905,6 +915,13 @@ void patches_t_blocked(int64_t M, int64_t N, int64_t K, const Patches& a, int64_
           const int64_t iw = ow * a.sw - a.pl + tj * a.dw;
           ind[(ti * a.kw + tj) * KC + k] =
               ih >= 0 && ih < a.H && iw >= 0 && iw < a.W ? img + (ih * a.W + iw) * a.ldp : a.zeros;
+        }
+      }
+      if (++ow == a.Wo) {
+        ow = 0;
+        if (++oh == a.Ho) {
+          oh = 0;
+          ++n;
         }
       }
     }
