@@ -552,6 +552,12 @@ void ukernel_fr(int64_t kc, const float* __restrict a, const float* __restrict b
   const int64_t step = ldb * int64_t(sizeof(float));
   const bool split = (reinterpret_cast<uintptr_t>(b) & 63) != 0;  // U + 1 lines a row
   const char* pf = reinterpret_cast<const char*>(b + pfd * ldb);
+  // Direct: row i read at ar[i / 3][(i % 3) * lda], one pointer per three rows (base + lda scaled
+  // by 4 or 8 bytes), so that the addresses fit in the registers (twelve row offsets spilled four
+  // of them, reloaded every step).
+  const float* ar[(R + 2) / 3];
+#pragma GCC unroll 8
+  for (int j = 0; j < (R + 2) / 3; ++j) ar[j] = a + 3 * j * lda;
   for (int64_t k = 0; k < kc; ++k) {
     if (pfd > 0) {
       if (k == kc - pfd) pf = reinterpret_cast<const char*>(nb);
@@ -566,11 +572,12 @@ void ukernel_fr(int64_t kc, const float* __restrict a, const float* __restrict b
       for (int v = 0; v < U; ++v) bv[v] = vload(b + v * VL);
 #pragma GCC unroll 24
       for (int i = 0; i < R; ++i) {
-        const V ai = vbroadcast(a[i * lda]);
+        const V ai = vbroadcast(ar[i / 3][(i % 3) * lda]);
 #pragma GCC unroll 4
         for (int v = 0; v < U; ++v) r[i][v] = ai * bv[v] + r[i][v];
       }
-      a += 1;
+#pragma GCC unroll 8
+      for (int j = 0; j < (R + 2) / 3; ++j) ++ar[j];
     } else {
       rank1_step<R, U>(r, a, b);
       a += R;
