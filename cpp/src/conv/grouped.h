@@ -223,6 +223,28 @@ const T* grouped_weights(const T* w, const Geom& g, bool adjoint) {
   constexpr int VL = GroupedTraits<T, CPG>::VL;
   const int64_t k2 = g.kh * g.kw, C = g.C, ncv = C / VL, plane = ncv * CPG * VL;
   T* wt = scratch<T>(kWeightSlot, k2 * C * CPG);
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float> && !GroupedTraits<T, CPG>::permute) {
+    // A vector's lanes are VL channels of one group: lane l reads w at base + l * stride (stride
+    // CPG * k2 forward, k2 for the adjoint), one gather per (tap, channel vector, ci), stored whole
+    // (the per-value loop below ran about 3 cycles a value; g32 C1024@7, N = 32, the two
+    // alternating in one process: forward 1.005-1.02x, input gradient 1.03-1.05x).
+    static_assert(VL == 16, "one zmm of floats per channel vector");
+    const int64_t stride = adjoint ? k2 : CPG * k2;
+    const __m512i lanes = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                             _mm512_set1_epi32(int(stride)));
+#pragma omp parallel for num_threads(num_threads()) if (k2 * C * CPG >= (int64_t(1) << 16))
+    for (int64_t cv = 0; cv < ncv; ++cv) {
+      const int64_t c = cv * VL;
+      for (int64_t ci = 0; ci < CPG; ++ci) {
+        const T* s = w + (adjoint ? (((c / CPG) * CPG + ci) * CPG + c % CPG) * k2 : (c * CPG + ci) * k2);
+        T* d = wt + (cv * CPG + ci) * VL;
+        for (int64_t t = 0; t < k2; ++t) _mm512_storeu_ps(d + t * plane, _mm512_i32gather_ps(lanes, s + t, 4));
+      }
+    }
+    return wt;
+  }
+#endif
 #pragma omp parallel for num_threads(num_threads()) if (k2 * C * CPG >= (int64_t(1) << 16))
   for (int64_t cv = 0; cv < ncv; ++cv)
     for (int64_t l = 0; l < VL; ++l) {
