@@ -943,12 +943,13 @@ void patches_t_blocked(int64_t M, int64_t N, int64_t K, const Patches& a, int64_
     int64_t pfn = 0;
     if (pc + KC < K && B.cs == 1) {
       const int64_t kn = std::min<int64_t>(KC, K - pc - KC);
-      const int64_t f = r0 + pc + KC, n = f / P, oh = (f - n * P) / a.Wo;
+      const int64_t f = r0 + pc + KC, nf = f / P, ohf = (f - nf * P) / a.Wo;
       const int64_t l = f + kn - 1, nl = l / P, ohl = (l - nl * P) / a.Wo;
-      if (a.cg == a.ldp && nl == n) {
-        const int64_t h0 = std::max<int64_t>(0, oh * a.sh - a.pt);
+      if (a.cg == a.ldp && nl == nf) {
+        const int64_t h0 = std::max<int64_t>(0, ohf * a.sh - a.pt);
         const int64_t h1 = std::min<int64_t>(a.H - 1, ohl * a.sh - a.pt + (a.kh - 1) * a.dh);
-        if (h1 >= h0) pst.add(a.x + n * (a.ldn ? a.ldn : a.H * a.W * a.ldp) + h0 * a.W * a.ldp, (h1 - h0 + 1) * a.W * a.ldp);
+        const float* img = a.x + nf * (a.ldn ? a.ldn : a.H * a.W * a.ldp);
+        if (h1 >= h0) pst.add(img + h0 * a.W * a.ldp, (h1 - h0 + 1) * a.W * a.ldp);
       }
       if (B.rs == N) pst.add(B.p + (pc + KC) * B.rs, kn * B.rs);
       const int64_t calls = (M + R - 1) / R * ((std::min<int64_t>(N, NC) + W - 1) / W);
