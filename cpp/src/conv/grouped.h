@@ -37,6 +37,7 @@
 #include "conv_internal.h"
 #include "dw_common.h"
 #include "scratch.h"
+#include "sgemm.h"
 #include "unit_stats.h"
 
 namespace cnnkit::conv {
@@ -265,44 +266,16 @@ struct RowTap {
   int64_t tap;      // index into the weight layout
 };
 
-// Lines to bring into L1 while a row's blocks run, a share per block spread over its steps (the
-// next output row's input rows and the row itself): one burst of them before the row stalled on
-// the line fill buffers (9.7% of a 2-thread g32 C512@14 forward on the burst's prefetches).
-struct RowLines {
-  const char* p[2] = {};
-  int64_t lines[2] = {};
-  int n = 0;
-  int64_t per = 0;  // lines a block takes
-  void add(const void* base, int64_t bytes) {
-    if (bytes <= 0) return;
-    p[n] = static_cast<const char*>(base);
-    lines[n++] = (bytes + 63) / 64;
-  }
-  // The next share, at most max lines: its first line, and its count in *got (0: none left).
-  const char* take(int64_t max, int64_t* got) {
-    *got = 0;
-    while (n > 0 && lines[0] == 0) {
-      p[0] = p[1];
-      lines[0] = lines[1];
-      --n;
-    }
-    if (n == 0) return nullptr;
-    const int64_t l = std::min(std::min(per, max), lines[0]);
-    const char* start = p[0];
-    p[0] += 64 * l;
-    lines[0] -= l;
-    *got = l;
-    return start;
-  }
-};
-
 // out[v * ostride + ...] for v in [0, nv): sum over taps and ci of operand(row, v*step + col_off)
 // * wt[tap]; plus bias.
 // NP output pixels x NCV channel vectors (NCV = 2 only when both vectors are in one group, so a
 // broadcast operand feeds two FMAs).
+// pre (the row-by-row forward): the next row's lines, of which the block takes its share and
+// requests it into L1 a line a step of its loop (permuted operands: at once). One burst of them
+// before the row had stalled on the line fill buffers (9.7% of a 2-thread g32 C512@14 forward).
 template <typename T, int CPG, int NP, int NCV>
 CNNKIT_HD void grouped_block(T* out, int64_t ostride, int64_t v, int64_t step, const RowTap* taps, int ntaps,
-                             const T* wt, const T* b, int64_t C, int64_t cv, RowLines* pre = nullptr) {
+                             const T* wt, const T* b, int64_t C, int64_t cv, RowsPrefetch* pre = nullptr) {
   constexpr int VL = Vec<T>::n;
   using V = vec_t<T>;
   const int64_t ncv = C / VL;
@@ -316,7 +289,7 @@ CNNKIT_HD void grouped_block(T* out, int64_t ostride, int64_t v, int64_t step, c
   const int64_t ps = step * C;
   int64_t pfl = 0, it = 0;
   // (a line a step of the broadcast loop below, ntaps * CPG steps; permuted operands: at once)
-  const char* pf = pre ? pre->take(GroupedTraits<T, CPG>::permute ? pre->per : int64_t(ntaps) * CPG, &pfl) : nullptr;
+  const char* pf = pre ? pre->take(GroupedTraits<T, CPG>::permute ? pre->share : int64_t(ntaps) * CPG, &pfl) : nullptr;
   if constexpr (GroupedTraits<T, CPG>::permute)
     for (int64_t l = 0; l < pfl; ++l) __builtin_prefetch(pf + 64 * l, 0, 3);
   for (int t = 0; t < ntaps; ++t) {
@@ -415,11 +388,11 @@ void grouped_row_range_rows2(T* outa, T* outb, int64_t ostride, int64_t nv, int6
 
 template <typename T, int CPG, int NCV, int PB>
 void grouped_row_tail(T* out, int64_t ostride, int64_t v, int64_t count, int64_t step, const RowTap* taps, int ntaps,
-                      const T* wt, const T* b, int64_t C, int64_t cv, RowLines* pre = nullptr);
+                      const T* wt, const T* b, int64_t C, int64_t cv, RowsPrefetch* pre = nullptr);
 
 template <typename T, int CPG, int NCV, int PB>
 void grouped_row_blocks(T* out, int64_t ostride, int64_t nv, int64_t step, const RowTap* taps, int ntaps,
-                        const T* wt, const T* b, int64_t C, int64_t cv, RowLines* pre = nullptr) {
+                        const T* wt, const T* b, int64_t C, int64_t cv, RowsPrefetch* pre = nullptr) {
   // Whole blocks of PB pixels, then the rest in at most two blocks: a short rest (at most PB / 2
   // pixels) is joined with the last whole block and the two split about evenly (7 = 4 + 3, not
   // 6 + 1), so that no block runs on few accumulator chains (FMA latency bound).
@@ -438,7 +411,7 @@ void grouped_row_blocks(T* out, int64_t ostride, int64_t nv, int64_t step, const
 // A block of `count` < PB pixels at v (one instantiation per size).
 template <typename T, int CPG, int NCV, int PB>
 void grouped_row_tail(T* out, int64_t ostride, int64_t v, int64_t count, int64_t step, const RowTap* taps, int ntaps,
-                      const T* wt, const T* b, int64_t C, int64_t cv, RowLines* pre) {
+                      const T* wt, const T* b, int64_t C, int64_t cv, RowsPrefetch* pre) {
   switch (count) {
     case 15: if constexpr (PB > 15) grouped_block<T, CPG, 15, NCV>(out, ostride, v, step, taps, ntaps, wt, b, C, cv, pre); break;
     case 14: if constexpr (PB > 14) grouped_block<T, CPG, 14, NCV>(out, ostride, v, step, taps, ntaps, wt, b, C, cv, pre); break;
@@ -462,7 +435,7 @@ void grouped_row_tail(T* out, int64_t ostride, int64_t v, int64_t count, int64_t
 // The channel vectors [cv0, cv1) of a row (cv0 and cv1 multiples of 2 where CPG >= 2 * VL).
 template <typename T, int CPG>
 void grouped_row_range(T* out, int64_t ostride, int64_t nv, int64_t step, const RowTap* taps, int ntaps,
-                       const T* wt, const T* b, int64_t C, int64_t cv0, int64_t cv1, RowLines* pre = nullptr) {
+                       const T* wt, const T* b, int64_t C, int64_t cv0, int64_t cv1, RowsPrefetch* pre = nullptr) {
   constexpr int VL = Vec<T>::n;
   if constexpr (CPG >= 2 * VL) {
     // 2 x PB accumulators: 6 pixels with 16 vector registers; 8 with 32 (AVX-512), so that a 7-pixel
@@ -481,7 +454,7 @@ void grouped_row_range(T* out, int64_t ostride, int64_t nv, int64_t step, const 
 
 template <typename T, int CPG>
 void grouped_row(T* out, int64_t ostride, int64_t nv, int64_t step, const RowTap* taps, int ntaps, const T* wt,
-                 const T* b, int64_t C, RowLines* pre = nullptr) {
+                 const T* b, int64_t C, RowsPrefetch* pre = nullptr) {
   grouped_row_range<T, CPG>(out, ostride, nv, step, taps, ntaps, wt, b, C, 0, C / Vec<T>::n, pre);
 }
 
@@ -703,19 +676,20 @@ void grouped_forward_direct(const T* x, const T* w, const T* b, T* y, const Geom
     const int nt = row_taps(ring, taps, r);
     // Prefetch the input rows the next output row adds to the ring (NHWC rows are contiguous), so
     // that their DRAM reads overlap this row's FMAs.
-    RowLines lines;
+    RowsPrefetch lines;
     if (g.nhwc && oh + 1 < g.Ho) {
       const int64_t last = oh * g.sh + (kh - 1) * g.dh - g.pt;
       const int64_t a0 = std::max<int64_t>(last + 1, 0), a1 = std::min(last + g.sh, g.H - 1);
-      if (a1 >= a0) lines.add(xn + a0 * g.W * C, (a1 - a0 + 1) * g.W * C * int64_t(sizeof(T)));
-      // and the next output row
-      lines.add(y + (r + 1) * g.Wo * C, g.Wo * C * int64_t(sizeof(T)));
+      // the next output row, and (taken first: the last region added) the input rows it adds
+      lines.add_bytes(y + (r + 1) * g.Wo * C, g.Wo * C * int64_t(sizeof(T)));
+      if (a1 >= a0) lines.add_bytes(xn + a0 * g.W * C, (a1 - a0 + 1) * g.W * C * int64_t(sizeof(T)));
       // A share per block, each spread a line a step over the block's loop, sized so that the
       // row's first half of channel vectors takes them all (grouped_row_range steps two vectors
       // at a time where a group spans two). Against the burst, 2 threads, N = 32, alternating in
       // one process: g32 C512@14 forward 1.06-1.10x, input gradient 1.06-1.12x; g32 C256@28
       // 1.04x / 1.06x; g32 C128@56 1.03x / 1.02x; 1 thread C512@14 1.12x.
-      lines.per = (lines.lines[0] + lines.lines[1] + C / Vec<T>::n / 2 - 1) / std::max<int64_t>(1, C / Vec<T>::n / 2);
+      const int64_t takers = std::max<int64_t>(1, C / Vec<T>::n / 2);
+      lines.share = (lines.lines_left() + takers - 1) / takers;
     }
     // The row as pixels x channels: in place (NHWC), else in a buffer transposed out below.
     T* yrow = g.nhwc ? y + r * g.Wo * C : scratch<T>(kAccSlot, g.Wo * C);

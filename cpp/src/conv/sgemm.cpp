@@ -736,6 +736,18 @@ void sgemm_blocked(int64_t M, int64_t N, int64_t K, Operand A, Operand B, float*
 // padding), then stored (first block) or added to C: the chains and the order of sgemm() on the
 // im2col matrix, without building that matrix.
 
+// The output pixel after (image n, row oh, column ow) of the patches' geometry, in place (stepped
+// along a run of pixels instead of two 64-bit divisions a pixel).
+inline void next_pixel(int64_t& n, int64_t& oh, int64_t& ow, const Patches& a) {
+  if (++ow == a.Wo) {
+    ow = 0;
+    if (++oh == a.Ho) {
+      oh = 0;
+      ++n;
+    }
+  }
+}
+
 // Row i of the block: the pixel's image (img) and the input coordinates of its tap (0, 0);
 // run: the R rows are R pixels of one output row at stride 1 (NCHW: R consecutive floats a tap).
 template <int R>
@@ -819,8 +831,7 @@ void patches_blocked(const Patches& a, int64_t r0, int64_t M, int64_t N, const f
   const int64_t P = a.Ho * a.Wo, K = a.kh * a.kw * a.cg, panels = (N + W - 1) / W;
   const int64_t ldn = a.ldn ? a.ldn : a.H * a.W * a.ldp;
   float* panel = Nchw ? scratch<float>(kPackASlot, K * R) : nullptr;
-  // The pixel of the next row (image n, output row oh, column ow), stepped along instead of two
-  // divisions a row.
+  // The pixel of the next row (image n, output row oh, column ow), stepped along (next_pixel).
   int64_t n = r0 / P, oh = (r0 - n * P) / a.Wo, ow = r0 - n * P - oh * a.Wo;
   for (int64_t ir = 0; ir < M; ir += R) {
     const int64_t mr = std::min<int64_t>(R, M - ir);
@@ -838,13 +849,7 @@ void patches_blocked(const Patches& a, int64_t r0, int64_t M, int64_t N, const f
       rows.iw0[i] = ow * a.sw - a.pl;
       if (i > 0 && (rows.img[i] != rows.img[0] || rows.ih0[i] != rows.ih0[0] || rows.iw0[i] != rows.iw0[0] + i))
         rows.run = false;
-      if (++ow == a.Wo) {
-        ow = 0;
-        if (++oh == a.Ho) {
-          oh = 0;
-          ++n;
-        }
-      }
+      next_pixel(n, oh, ow, a);
     }
     if constexpr (Nchw) {
       // The block's A (K x R: every tap's R pixels per channel) packed once for all column
@@ -882,16 +887,16 @@ void patches_blocked(const Patches& a, int64_t r0, int64_t M, int64_t N, const f
 // one per element and KC block of pixels, started at zero, then stored or added to C.
 
 // c (R x U*VL block, mr x nr valid) (+)= A rows [c0, c0+R) of tap t . b panel, over kc pixels;
-// meanwhile up to pfn lines taken from pre (when given) prefetched into L2, one a step.
+// meanwhile a share of pre's lines (when given) prefetched into L2, one a step.
 template <int R, int U>
 void ind_kernel(int64_t kc, const float* const* ind, int64_t t, int64_t c0, const float* __restrict b, float* c,
-                int64_t ldc, bool acc, int64_t mr, int64_t nr, RowsPrefetch* pre, int64_t pfn) {
+                int64_t ldc, bool acc, int64_t mr, int64_t nr, RowsPrefetch* pre) {
   constexpr int W = U * VL;
   V r[R][U];
   zero_block<R, U>(r);
   const float* const* q = ind + t * KC;
   int64_t pfl = 0;
-  const char* pf = pre ? pre->take(std::min<int64_t>(kc, pfn), &pfl) : nullptr;
+  const char* pf = pre ? pre->take(kc, &pfl) : nullptr;
   for (int64_t k = 0; k < kc; ++k) {
     if (k < pfl) __builtin_prefetch(pf + 64 * k, 0, 2);
     rank1_step<R, U>(r, q[k] + c0, b);
@@ -912,7 +917,7 @@ void patches_t_blocked(int64_t M, int64_t N, int64_t K, const Patches& a, int64_
   for (int64_t pc = 0; pc < K; pc += KC) {
     const int64_t kc = std::min<int64_t>(KC, K - pc);
     const bool acc = accumulate || pc > 0;
-    // (the pixel stepped along from the block's first: two divisions a block, not a pixel)
+    // (the pixel stepped along from the block's first: next_pixel)
     int64_t n = (r0 + pc) / P, oh = (r0 + pc - n * P) / a.Wo, ow = r0 + pc - n * P - oh * a.Wo;
     for (int64_t k = 0; k < kc; ++k) {
       const float* img = a.x + n * (a.ldn ? a.ldn : a.H * a.W * a.ldp);
@@ -924,13 +929,7 @@ void patches_t_blocked(int64_t M, int64_t N, int64_t K, const Patches& a, int64_
               ih >= 0 && ih < a.H && iw >= 0 && iw < a.W ? img + (ih * a.W + iw) * a.ldp : a.zeros;
         }
       }
-      if (++ow == a.Wo) {
-        ow = 0;
-        if (++oh == a.Ho) {
-          oh = 0;
-          ++n;
-        }
-      }
+      next_pixel(n, oh, ow, a);
     }
     // The next KC block of pixels brought into L2 while this one runs: B's rows (dy, which the
     // next block packs first) and, for a dense convolution (the pixels hold only the group's
@@ -940,7 +939,6 @@ void patches_t_blocked(int64_t M, int64_t N, int64_t K, const Patches& a, int64_
     // AVX-512, 3x3 64 -> 64 at 56x56, N = 32, 2 threads, variants alternating in one process:
     // 1.09x (N = 4, 1 thread: 1.03-1.04x; 128 at 28x28 and 256 at 14x14 level).
     RowsPrefetch pst, *pre = nullptr;
-    int64_t pfn = 0;
     if (pc + KC < K && B.cs == 1) {
       const int64_t kn = std::min<int64_t>(KC, K - pc - KC);
       const int64_t f = r0 + pc + KC, nf = f / P, ohf = (f - nf * P) / a.Wo;
@@ -953,7 +951,7 @@ void patches_t_blocked(int64_t M, int64_t N, int64_t K, const Patches& a, int64_
       }
       if (B.rs == N) pst.add(B.p + (pc + KC) * B.rs, kn * B.rs);
       const int64_t calls = (M + R - 1) / R * ((std::min<int64_t>(N, NC) + W - 1) / W);
-      pfn = 2 * ((pst.lines_left() + calls - 1) / calls);
+      pst.share = 2 * ((pst.lines_left() + calls - 1) / calls);
       pre = &pst;
     }
     for (int64_t jc = 0; jc < N; jc += NC) {
@@ -969,7 +967,7 @@ void patches_t_blocked(int64_t M, int64_t N, int64_t K, const Patches& a, int64_
           for (int64_t ir = 0; ir < M; ir += R) {
             const int64_t t = ir / a.cg, c0 = ir - t * a.cg;
             ind_kernel<R, U>(kc, ind, t, c0, bp + jr * kc, C + ir * ldc + jc + jr, ldc, acc, R,
-                             std::min<int64_t>(W, nc - jr), pre, pfn);
+                             std::min<int64_t>(W, nc - jr), pre);
           }
         continue;
       }
@@ -986,7 +984,7 @@ void patches_t_blocked(int64_t M, int64_t N, int64_t K, const Patches& a, int64_
           float* c = C + ir * ldc + jc + jr;
           const int64_t nr = std::min<int64_t>(W, nc - jr);
           if (direct)
-            ind_kernel<R, U>(kc, ind, t, c0, bp + jr * kc, c, ldc, acc, mr, nr, pre, pfn);
+            ind_kernel<R, U>(kc, ind, t, c0, bp + jr * kc, c, ldc, acc, mr, nr, pre);
           else
             ukernel<R, U>(kc, panel, bp + jr * kc, c, ldc, acc, mr, nr);
         }

@@ -93,30 +93,34 @@ struct RowsEpilogue {
 // Memory a caller will read after sgemm_rows(), brought into L2 while its kernels run: up to
 // two cache lines a reduction step of the first panel's kernel calls, the regions from the last
 // one added. Each region's pointer and count advance as its lines are requested (what is left
-// when the product ends is not requested). Only a hint: nothing is read into any result.
+// when the product ends is not requested). Only a hint: nothing is read into any result. (The
+// dense weight gradient and the grouped forward's rows take shares of regions the same way.)
 struct RowsPrefetch {
   static constexpr int kMax = 6;
   const char* p[kMax] = {};
   int64_t lines[kMax] = {};
   int n = 0;
   int64_t budget = -1;  // lines that may still be requested (-1: no limit)
+  int64_t share = -1;   // lines one take() gives at most (-1: no limit)
   int64_t lines_left() const {  // lines not yet requested, over all regions
     int64_t t = 0;
     for (int i = 0; i < n; ++i) t += lines[i];
     return t;
   }
-  void add(const float* base, int64_t count) {  // count floats from base
-    if (!base || count <= 0 || n == kMax) return;
-    p[n] = reinterpret_cast<const char*>(base);
-    lines[n++] = (count * int64_t(sizeof(float)) + 63) / 64;
+  void add(const float* base, int64_t count) { add_bytes(base, count * int64_t(sizeof(float))); }
+  void add_bytes(const void* base, int64_t bytes) {
+    if (!base || bytes <= 0 || n == kMax) return;
+    p[n] = static_cast<const char*>(base);
+    lines[n++] = (bytes + 63) / 64;
   }
-  // The next lines to request, at most max of the last region with lines left, within the budget:
-  // their start, and their count in *got (0 and nullptr when none are left).
+  // The next lines to request, at most max (and the share) of the last region with lines left,
+  // within the budget: their start, and their count in *got (0 and nullptr when none are left).
   const char* take(int64_t max, int64_t* got) {
     *got = 0;
     while (n > 0 && lines[n - 1] == 0) --n;
     if (n == 0 || budget == 0) return nullptr;
     int64_t l = std::min(max, lines[n - 1]);
+    if (share >= 0) l = std::min(l, share);
     if (budget > 0) {
       l = std::min(l, budget);
       budget -= l;

@@ -167,11 +167,35 @@ class ConvSpec:
         self.ho = (hw + 2 * self.pad - eff) // stride + 1
         self.wo = (hw + 2 * self.pad - eff) // stride + 1
 
-    def x_shape(self, layout):
+    def x_shape(self, layout: str) -> tuple:
+        """The input's shape in ``layout``.
+
+        Parameters
+        ----------
+        layout : {"NCHW", "NHWC"}
+            The memory layout.
+
+        Returns
+        -------
+        tuple of int
+            ``(N, C, H, W)`` or ``(N, H, W, C)``.
+        """
         return ((self.n, self.cin, self.h, self.w) if layout == "NCHW"
                 else (self.n, self.h, self.w, self.cin))
 
-    def y_shape(self, layout):
+    def y_shape(self, layout: str) -> tuple:
+        """The output's shape in ``layout``.
+
+        Parameters
+        ----------
+        layout : {"NCHW", "NHWC"}
+            The memory layout.
+
+        Returns
+        -------
+        tuple of int
+            ``(N, K, Ho, Wo)`` or ``(N, Ho, Wo, K)``.
+        """
         return ((self.n, self.cout, self.ho, self.wo) if layout == "NCHW"
                 else (self.n, self.ho, self.wo, self.cout))
 
