@@ -741,14 +741,22 @@ void grouped_backward_input_direct(const T* dy, const T* w, T* dx, const Geom& g
         const char* p0 = reinterpret_cast<const char*>(dyn + nr * g.Wo * C);
         for (int64_t o = 0; o < g.Wo * C * int64_t(sizeof(T)); o += 64) __builtin_prefetch(p0 + o, 0, 3);
       }
-      // and the next four dx rows for writing, all four again at every row. The stores wait on
-      // reading the lines they overwrite. Against prefetching only the next row, the fused s2
-      // input gradients of resnext_small (cold operands, 2 threads) ran 1.13-1.25x faster while
-      // other tenants loaded the machine's memory, 1.02x on a quiet machine; prefetching only the
-      // row four ahead (each line once) gained 1.06-1.18x under load (perhaps a burst of
-      // prefetches is partly dropped once the misses in flight run out, and later attempts land).
-      for (int64_t d = 1; d <= 4 && r + d < rows && !stream; ++d)
-        prefetch_bytes(dx + (r + d) * rowlen, rowlen * int64_t(sizeof(T)), true);
+    }
+    // The next dx row (written by regular stores, which wait on reading the lines they overwrite),
+    // requested a share per block, a line a step of the blocks' loops (RowsPrefetch, as the
+    // forward's rows), sized so that the first half of the row's blocks takes it all. It replaced
+    // a burst of the next four rows before every row (all four again each time: 256 requests a
+    // row at g8 32->32, where the burst took 29% of the call's samples, waiting on the fill
+    // buffers). 2 threads, the two alternating in one process (Sapphire Rapids class), the plain
+    // input gradient: g8 32->32 s2 at 32x32, N = 64, 1.36x (1 thread 1.32x; cold operands 1.20x);
+    // g8 64->64 s2 at 16x16 1.38x; g32 C256@56 s2, N = 32, 1.41x; no prefetch at all 0.97-1.43x
+    // (cold 0.97x). The same bits (prefetches only).
+    RowsPrefetch lines;
+    if (g.nhwc && !stream && r + 1 < rows) {
+      lines.add_bytes(dx + (r + 1) * rowlen, rowlen * int64_t(sizeof(T)));
+      const int64_t blocks = sw * (C / Vec<T>::n) * ceil_div(ceil_div(g.W, sw), int64_t(8));
+      const int64_t takers = std::max<int64_t>(1, blocks / 2);
+      lines.share = (lines.lines_left() + takers - 1) / takers;
     }
     if (grad && r + 1 < rows) prefetch_grad_operands(*fu, (r + 1) * rowlen, rowlen);
     // (NCHW: transposed out below; streamed: written out below)
@@ -774,7 +782,7 @@ void grouped_backward_input_direct(const T* dy, const T* w, T* dx, const Geom& g
         for (int64_t v = 0; v < nu; ++v) std::fill(dxr + (iw0 + v * sw) * C, dxr + (iw0 + v * sw + 1) * C, T(0));
         continue;
       }
-      grouped_row<T, CPG>(dxr + iw0 * C, sw * C, nu, 1, taps, nt, wt, nullptr, C);
+      grouped_row<T, CPG>(dxr + iw0 * C, sw * C, nu, 1, taps, nt, wt, nullptr, C, lines.n ? &lines : nullptr);
     }
     if constexpr (std::is_same_v<T, float>) {
       if (grad) {
