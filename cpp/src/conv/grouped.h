@@ -501,17 +501,6 @@ void for_row_bands(int64_t rows, int64_t per_image, int64_t slots, int64_t pitch
   }
 }
 
-// The gradient epilogue's operands (x, the stored mask, the residual) of `len` elements from
-// element `off`, prefetched (the next dx row's, read from DRAM while this row is computed).
-inline void prefetch_grad_operands(const Fused& fu, int64_t off, int64_t len) {
-  const float* ops[3] = {fu.gx, fu.gmask, fu.residual};
-  for (const float* q : ops)
-    if (q) {
-      const char* p0 = reinterpret_cast<const char*>(q + off);
-      for (int64_t o = 0; o < len * int64_t(sizeof(float)); o += 64) __builtin_prefetch(p0 + o, 0, 3);
-    }
-}
-
 // NB double vectors of channels from k0 (NB independent pairs of chains per pixel).
 template <typename T, int NB>
 void row_stats_block(const T* __restrict y, int64_t np, int64_t C, int64_t k0, const double* __restrict sh,
@@ -742,23 +731,27 @@ void grouped_backward_input_direct(const T* dy, const T* w, T* dx, const Geom& g
         for (int64_t o = 0; o < g.Wo * C * int64_t(sizeof(T)); o += 64) __builtin_prefetch(p0 + o, 0, 3);
       }
     }
-    // The next dx row (written by regular stores, which wait on reading the lines they overwrite),
+    // The next dx row (written by regular stores, which wait on reading the lines they overwrite)
+    // and, with the epilogue, the next row's epilogue operands (x, the stored mask, the residual),
     // requested a share per block, a line a step of the blocks' loops (RowsPrefetch, as the
-    // forward's rows), sized so that the first half of the row's blocks takes it all. It replaced
-    // a burst of the next four rows before every row (all four again each time: 256 requests a
-    // row at g8 32->32, where the burst took 29% of the call's samples, waiting on the fill
-    // buffers). 2 threads, the two alternating in one process (Sapphire Rapids class), the plain
-    // input gradient: g8 32->32 s2 at 32x32, N = 64, 1.36x (1 thread 1.32x; cold operands 1.20x);
-    // g8 64->64 s2 at 16x16 1.38x; g32 C256@56 s2, N = 32, 1.41x; no prefetch at all 0.97-1.43x
-    // (cold 0.97x). The same bits (prefetches only).
+    // forward's rows), sized so that the first half of the row's blocks takes them all. They
+    // replaced bursts before every row: of the next four dx rows (all four again each time: 256
+    // requests a row at g8 32->32, where the burst took 29% of the call's samples, waiting on the
+    // fill buffers), and of the operands. 2 threads, alternating in one process (Sapphire Rapids
+    // class): the plain input gradient, g8 32->32 s2 at 32x32, N = 64, 1.36x (1 thread 1.32x; cold
+    // operands 1.20x), g8 64->64 s2 at 16x16 1.38x, g32 C256@56 s2 (N = 32) 1.41x, against no
+    // prefetch at all 0.97-1.43x (cold 0.97x); the operands spread in resnext_small's step (its
+    // fused s2 calls, dx streamed), alternating steps: 1.04-1.07x. The same bits (prefetches only).
     RowsPrefetch lines;
-    if (g.nhwc && !stream && r + 1 < rows) {
-      lines.add_bytes(dx + (r + 1) * rowlen, rowlen * int64_t(sizeof(T)));
+    if (g.nhwc && grad && r + 1 < rows)
+      for (const float* q : {fu->gx, fu->gmask, fu->residual})
+        if (q) lines.add_bytes(q + (r + 1) * rowlen, rowlen * int64_t(sizeof(T)));
+    if (g.nhwc && !stream && r + 1 < rows) lines.add_bytes(dx + (r + 1) * rowlen, rowlen * int64_t(sizeof(T)));
+    if (lines.n) {
       const int64_t blocks = sw * (C / Vec<T>::n) * ceil_div(ceil_div(g.W, sw), int64_t(8));
       const int64_t takers = std::max<int64_t>(1, blocks / 2);
       lines.share = (lines.lines_left() + takers - 1) / takers;
     }
-    if (grad && r + 1 < rows) prefetch_grad_operands(*fu, (r + 1) * rowlen, rowlen);
     // (NCHW: transposed out below; streamed: written out below)
     T* dxr = g.nhwc && !stream ? dx + r * rowlen : scratch<T>(kAccSlot, rowlen);
     for (int64_t ph = 0; ph < sw; ++ph) {
