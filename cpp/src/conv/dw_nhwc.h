@@ -1054,7 +1054,7 @@ inline bool dw3_weight_shape(const Geom& g) { return dw3_shape(g) && (g.nhwc || 
 // 7, padding 1: every chunk at 7x7 and 14x14), the NP inner ones load unconditionally, stepping a
 // pointer, and only the two ends are chosen: the general form compiled to a compare, a branch and
 // a multiply per vector, and its loads waited behind them (2 threads, N = 32, alternating in one
-// process, Sapphire Rapids class: C960@7 forward 1.05-1.13x, forward + backward 1.11-1.20x;
+// process, Sapphire Rapids class: C960@7 forward 1.08x, the one-pass backward 1.11-1.20x;
 // C384@14 1.08x, 1.09-1.16x).
 template <typename T, int NP>
 CNNKIT_HD void dw3_load_row(const T* xr, int64_t xs, int64_t c0, int64_t W, vec_t<T>* xv) {
