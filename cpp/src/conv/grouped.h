@@ -743,10 +743,13 @@ void grouped_backward_input_direct(const T* dy, const T* w, T* dx, const Geom& g
     // prefetch at all 0.97-1.43x (cold 0.97x); the operands spread in resnext_small's step (its
     // fused s2 calls, dx streamed), alternating steps: 1.04-1.07x. The same bits (prefetches only).
     RowsPrefetch lines;
-    if (g.nhwc && grad && r + 1 < rows)
-      for (const float* q : {fu->gx, fu->gmask, fu->residual})
-        if (q) lines.add_bytes(q + (r + 1) * rowlen, rowlen * int64_t(sizeof(T)));
-    if (g.nhwc && !stream && r + 1 < rows) lines.add_bytes(dx + (r + 1) * rowlen, rowlen * int64_t(sizeof(T)));
+    if (g.nhwc && r + 1 < rows) {
+      const int64_t next = (r + 1) * rowlen, bytes = rowlen * int64_t(sizeof(T));
+      if (grad)
+        for (const float* q : {fu->gx, fu->gmask, fu->residual})
+          if (q) lines.add_bytes(q + next, bytes);
+      if (!stream) lines.add_bytes(dx + next, bytes);
+    }
     if (lines.n) {
       const int64_t blocks = sw * (C / Vec<T>::n) * ceil_div(ceil_div(g.W, sw), int64_t(8));
       const int64_t takers = std::max<int64_t>(1, blocks / 2);

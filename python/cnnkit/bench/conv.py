@@ -200,19 +200,47 @@ class ConvSpec:
                 else (self.n, self.ho, self.wo, self.cout))
 
     @property
-    def w_shape(self):
+    def w_shape(self) -> tuple:
+        """The weight's shape.
+
+        Returns
+        -------
+        tuple of int
+            ``(K, C / groups, k, k)``.
+        """
         return (self.cout, self.cin // self.groups, self.k, self.k)
 
     @property
-    def x_elems(self):
+    def x_elems(self) -> int:
+        """The input's element count.
+
+        Returns
+        -------
+        int
+            ``N * C * H * W``.
+        """
         return self.n * self.cin * self.h * self.w
 
     @property
-    def y_elems(self):
+    def y_elems(self) -> int:
+        """The output's element count.
+
+        Returns
+        -------
+        int
+            ``N * K * Ho * Wo``.
+        """
         return self.n * self.cout * self.ho * self.wo
 
     @property
-    def w_elems(self):
+    def w_elems(self) -> int:
+        """The weight's element count.
+
+        Returns
+        -------
+        int
+            The product of :attr:`w_shape`.
+        """
         return int(np.prod(self.w_shape))
 
     def flops(self, pas: str) -> float:
