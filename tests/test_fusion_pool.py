@@ -115,6 +115,37 @@ def test_affine_pool_sums_for_the_pooled_backward(nhwc, relu, N, C, H, W, isa):
                        what="sum g*(x - mean)")
 
 
+@pytest.mark.parametrize("relu", [False, True])
+def test_affine_pool_sums_with_nan_and_inf(relu, isa):
+    """A NaN or infinite x, kept or masked by the ReLU, makes its (n, c)'s sum of x - mean NaN or
+    infinite as the float64 reference's m * (x - mean) does (0 * inf is NaN), and leaves the counts
+    exact; the pooled values NaN or infinite where the reference's are (NHWC, channel vectors and
+    a remainder, a last group of positions shorter than four)."""
+    rng = np.random.default_rng(5)
+    N, H, W, C = 3, 3, 3, 19
+    x = (rng.standard_normal((N, H, W, C)) * 3).astype(np.float32)
+    flat = x.reshape(-1)
+    flat[::37], flat[5::41], flat[11::43] = np.nan, np.inf, -np.inf
+    a = (rng.uniform(0.2, 2, C) * rng.choice((-1, 1), C)).astype(np.float32)
+    b = rng.standard_normal(C).astype(np.float32)
+    mean = rng.standard_normal(C)
+    out = np.empty((N, C), np.float32)
+    sums = np.empty((2, N, C))
+    _core.norm_affine_pool(x, out, N, C, H * W, True, np.concatenate([a, b]), relu, mean, sums)
+    xs = x.reshape(N, H * W, C).astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        t = _fma32(x, a, b, True).reshape(N, H * W, C)
+        m = (t > 0) if relu else np.ones(t.shape, bool)
+        ref_q = (m * (xs - mean)).sum(axis=1)
+        ref_pool = (np.maximum(t, 0) if relu else t).astype(np.float64).mean(axis=1)
+    assert_bitwise(sums[0], m.sum(axis=1).astype(np.float64), "counts")
+    for got, ref, what in ((sums[1], ref_q, "sum of x - mean"), (out, ref_pool, "pooled values")):
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(ref), err_msg=f"{what}: NaN positions")
+        np.testing.assert_array_equal(np.isposinf(got), np.isposinf(ref), err_msg=f"{what}: +inf positions")
+        np.testing.assert_array_equal(np.isneginf(got), np.isneginf(ref), err_msg=f"{what}: -inf positions")
+    assert np.isnan(sums[1]).any() and np.isfinite(sums[1]).any()
+
+
 def test_affine_pool_sums_bad_input():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 3, 4, 5)).astype(np.float32)
