@@ -796,6 +796,20 @@ void grouped_backward_input_direct(const T* dy, const T* w, T* dx, const Geom& g
   if (grad) part.combine(*fu);
 }
 
+// The weight gradients' register block: NCV channel vectors x 3 taps x CB in-group indices, CB
+// from this (permuted operands: all CPG). 24 accumulators with 32 vector registers; with 16
+// (AVX2) 12, where 24 had spilled the accumulators to the stack, reloaded and stored every FMA
+// (Zen 3, 2 threads, NHWC weight gradients against torch in the same process, two builds
+// alternating: see BENCHMARKS.md). Each accumulator is one chain over the same pixels in the same
+// order whichever block holds it: the same bits.
+template <typename T, int CPG, int NCV>
+constexpr int wgrad_block_indices() {
+  constexpr bool wide = Vec<T>::n * sizeof(T) >= 64;
+  if constexpr (GroupedTraits<T, CPG>::permute) return CPG;
+  else if constexpr (NCV == 2) return wide ? 4 : 2;
+  else return CPG < 8 ? CPG : (wide ? 8 : 4);
+}
+
 // The weight gradients' inner step: one pixel's dy vectors gv into the register block acc (NCV
 // channel vectors x 3 taps x CB in-group indices), the input of tap j at xj[j]: broadcasts of CB
 // in-group channels (CPG >= VL) or the rotations of one vector (permute_fma_copies). Each tap has
@@ -845,7 +859,7 @@ void grouped_weight_partials_direct(const T* dy, const T* x, T* part, int64_t pi
   // Register block: NCV channel vectors (2 when both are in one group, so a broadcast operand
   // feeds two FMAs) x 3 taps x CB in-group indices.
   constexpr int NCV = CPG >= 2 * VL ? 2 : 1;
-  constexpr int CB = NCV == 2 ? 4 : (CPG < 8 ? CPG : 8);
+  constexpr int CB = wgrad_block_indices<T, CPG, NCV>();
   const int64_t C = g.C, kh = g.kh, kw = g.kw, k2 = kh * kw, ncv = C / VL;
   const int64_t width = (g.Wo - 1) * g.sw + (kw - 1) * g.dw + 1;
   const int64_t pitch = width * C;
@@ -966,7 +980,7 @@ void grouped_weight_blocks_direct(const T* dy, const T* x, T* dw, const Geom& g,
   constexpr int CW = CPG > VL ? CPG : VL;
   constexpr int NV = CW / VL;
   constexpr int NCV = CPG >= 2 * VL ? 2 : 1;
-  constexpr int CB = NCV == 2 ? 4 : (CPG < 8 ? CPG : 8);
+  constexpr int CB = wgrad_block_indices<T, CPG, NCV>();
   using V = vec_t<T>;
   const int64_t C = g.C, kh = g.kh, kw = g.kw, k2 = kh * kw, nblk = C / CW;
   const int64_t width = (g.Wo - 1) * g.sw + (kw - 1) * g.dw + 1;
