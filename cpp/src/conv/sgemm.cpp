@@ -1159,8 +1159,10 @@ inline bool tn_six(int64_t M, int64_t N, bool pro) {
   if (pro && !(pad_to(N, 2 * VL) / (2 * VL) >= 3 && (M + 5) / 6 >= 3)) return pad_to(M, 6) <= pad_to(M, 4);
   return 4 * pad_to(M, 6) <= 5 * pad_to(M, 4);
 }
-#define CNNKIT_WITH_TN_BLOCK(M, N, PRO, FN, ...) \
-  ((N) <= VL ? CNNKIT_PICK_R(M, 12, 8, 1, FN, __VA_ARGS__) : tn_six(M, N, PRO) ? FN<6, 2>(__VA_ARGS__) : FN<4, 2>(__VA_ARGS__))
+#define CNNKIT_WITH_TN_BLOCK(M, N, PRO, FN, ...)               \
+  ((N) <= VL             ? CNNKIT_PICK_R(M, 12, 8, 1, FN, __VA_ARGS__) \
+   : tn_six(M, N, PRO) ? FN<6, 2>(__VA_ARGS__)                         \
+                         : FN<4, 2>(__VA_ARGS__))
 int64_t tn_rows(int64_t M, int64_t N) {
   if (N > VL) return tn_six(M, N, false) ? 6 : 4;
   return pad_to(M, 8) < pad_to(M, 12) ? 8 : 12;

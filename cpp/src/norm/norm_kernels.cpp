@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <type_traits>
 #include <vector>
 
@@ -639,7 +640,8 @@ void affine_pool_sums_t(const T* x, const T* ab, const Shape& sh, T* out, const 
   {
     isa_vector<double> acc(static_cast<size_t>(3 * C));
 #if defined(__AVX2__) && !defined(__AVX512F__)
-    const int64_t cv = RELU && std::is_same_v<T, float> ? C / 8 * 8 : 0;  // (pool_sums_relu_vectors' channels)
+    // (pool_sums_relu_vectors' channels; its int32 counts hold at most S)
+    const int64_t cv = RELU && std::is_same_v<T, float> && S <= INT32_MAX ? C / 8 * 8 : 0;
     isa_vector<int32_t> counts(static_cast<size_t>(cv));
 #else
     const int64_t cv = 0;
