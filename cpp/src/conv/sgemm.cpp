@@ -64,6 +64,18 @@ inline V vbroadcast(float s) { return (V)_mm_set1_ps(s); }
 #endif
 inline V vload(const float* p) { return *reinterpret_cast<const Vu*>(p); }
 inline void vstore(float* p, V v) { *reinterpret_cast<Vu*>(p) = v; }
+// std::max(x, 0) lane by lane: x < 0 ? 0 : x (a NaN stays NaN, -0 stays -0). At AVX2 one vmaxps
+// with x as its second operand, which MAXPS returns for a NaN or a pair of zeros: the same values as
+// the compare and the and GCC makes of the select. (In sgemm_tn's in-kernel prologue, Zen 3, dW of
+// 32->16, 16->32, 32->32 @32 and 32->64 @16, @32 over 64 images, alternating in one process: 1.03-1.08x
+// on 2 threads, 1.03-1.05x on 1; the training steps level.)
+inline V vrelu(V x) {
+#if defined(__AVX2__) && !defined(__AVX512F__)
+  return (V)_mm256_max_ps(_mm256_setzero_ps(), (__m256)x);
+#else
+  return x < V{} ? V{} : x;
+#endif
+}
 
 // The prologue's affine map as one fma, as conv_gemm.cpp and the norm kernels evaluate it.
 inline float pro(float v, const Prologue* f, int64_t k) {
@@ -1066,7 +1078,7 @@ void ukernel_s(int64_t kc, const float* __restrict a, int64_t lda, const float* 
       bv[v] = vload(b + v * VL);
 #if defined(__AVX2__)
       if constexpr (Pro > 0) bv[v] = vfma(sv[v], bv[v], hv[v]);
-      if constexpr (Pro > 1) bv[v] = bv[v] < V{} ? V{} : bv[v];  // std::max(v, 0)
+      if constexpr (Pro > 1) bv[v] = vrelu(bv[v]);  // std::max(v, 0)
 #endif
       if constexpr (Copy) vstore(bcopy + k * W + v * VL, bv[v]);
     }
