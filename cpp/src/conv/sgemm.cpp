@@ -531,6 +531,12 @@ void ukernel(int64_t kc, const float* __restrict a, const float* __restrict b, f
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 int64_t pad_to(int64_t M, int64_t R) { return (M + R - 1) / R * R; }
 
+// Whether tn_blocked (below AVX-512) lays out Q's block in panels, and P's strips: 3+ panels of W
+// columns and 3+ blocks of R rows of C. Otherwise a prologue runs inside its kernel.
+inline bool tn_lays_out_q(int64_t M, int64_t N, int64_t R, int64_t W) {
+  return (N + W - 1) / W >= 3 && (M + R - 1) / R >= 3;
+}
+
 // (the in-place kernels, defined below: sgemm_blocked reads B in place through them for short C)
 template <int R, int U, int AM, int Pro = 0, bool Copy = false>
 void ukernel_s(int64_t kc, const float* __restrict a, int64_t lda, const float* __restrict b, int64_t ldb, float* c,
@@ -1168,7 +1174,7 @@ int64_t tn_rows(int64_t M, int64_t N) {
 // its 4 vectors of scale and shift) 6 x 2 spills and keeps the rule (32->32 @32 0.96x). One chain
 // per element either way: the same bits.
 inline bool tn_six(int64_t M, int64_t N, bool pro) {
-  if (pro && !(pad_to(N, 2 * VL) / (2 * VL) >= 3 && (M + 5) / 6 >= 3)) return pad_to(M, 6) <= pad_to(M, 4);
+  if (pro && !tn_lays_out_q(M, N, 6, 2 * VL)) return pad_to(M, 6) <= pad_to(M, 4);
   return 4 * pad_to(M, 6) <= 5 * pad_to(M, 4);
 }
 #define CNNKIT_WITH_TN_BLOCK(M, N, PRO, FN, ...)               \
@@ -1360,7 +1366,7 @@ void tn_blocked(int64_t M, int64_t N, int64_t K, const float* P, int64_t lp, con
 #if defined(__AVX512F__)
   const bool packp = false, packq = false;
 #else
-  const bool packp = panels >= 3, packq = packp && (M + R - 1) / R >= 3;
+  const bool packp = panels >= 3, packq = tn_lays_out_q(M, N, R, W);
 #endif
 #if defined(__AVX2__)
   const bool inkernel = has && U <= 2 && !packq;
