@@ -244,10 +244,34 @@ class ConvSpec:
         return int(np.prod(self.w_shape))
 
     def flops(self, pas: str) -> float:
+        """The pass's floating-point operations (a multiply and an add count two).
+
+        Parameters
+        ----------
+        pas : str
+            ``"fwd"``, or any other pass name for the backward (input and weight gradients).
+
+        Returns
+        -------
+        float
+            ``2 * N * K * Ho * Wo * (C / groups) * k**2`` forward, twice that backward.
+        """
         f = 2.0 * self.n * self.cout * self.ho * self.wo * (self.cin // self.groups) * self.k ** 2
         return f if pas == "fwd" else 2 * f
 
     def nbytes(self, pas: str) -> float:
+        """The least bytes the pass moves in float32 (each operand read or written once).
+
+        Parameters
+        ----------
+        pas : str
+            ``"fwd"`` (x, y, w), or any other pass name for the backward (x, dy, dx, w, dw).
+
+        Returns
+        -------
+        float
+            Four bytes per element of those operands.
+        """
         if pas == "fwd":
             return 4.0 * (self.x_elems + self.y_elems + self.w_elems)
         return 4.0 * (2 * self.x_elems + self.y_elems + 2 * self.w_elems)
