@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from cnnkit import _core, models, nn
-from conftest import assert_bitwise, assert_close, num_threads
+from cnnkit import _core, _runtime, models, nn
+from conftest import ISA_LEVELS, assert_bitwise, assert_close, num_threads
 from test_conv import assert_close_terms
 from test_fusion import _assert_same_training, _data, _train
 
@@ -113,6 +115,46 @@ def test_affine_pool_sums_for_the_pooled_backward(nhwc, relu, N, C, H, W, isa):
     terms = np.einsum("nc,ncs->c", np.abs(g64), np.abs(d))
     assert_close_terms(np.einsum("nc,nc->c", g64, got[1][1]), sgx, np.float64, terms, length=N * S,
                        what="sum g*(x - mean)")
+
+
+@settings(max_examples=25, deadline=None)
+@given(N=st.integers(1, 3), C=st.integers(1, 41), H=st.integers(1, 6), W=st.integers(1, 7), relu=st.booleans(),
+       seed=st.integers(0, 2**32 - 1))
+def test_affine_pool_sums_hypothesis(N, C, H, W, relu, seed):
+    """NHWC with ``mean`` and ``sums`` over drawn shapes (channels on both sides of the vector
+    widths, position counts with and without a last group shorter than four): the pooled values
+    bitwise those without the sums, the counts exact, the sums of x - mean against float64, at
+    every ISA level, bitwise at 1 and 2 threads."""
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((N, H, W, C)) * 3 + 1).astype(np.float32)
+    a = (rng.uniform(0.2, 2, C) * rng.choice((-1, 1), C)).astype(np.float32)
+    b = rng.standard_normal(C).astype(np.float32)
+    ab = np.concatenate([a, b])
+    mean = rng.standard_normal(C) + 1
+    S = H * W
+    xs = x.reshape(N, S, C).astype(np.float64)
+    keep = (_fma32(x, a, b, True) > 0 if relu else np.ones(x.shape, bool)).reshape(N, S, C)
+    d = np.where(keep, xs - mean, 0.0)
+    before = _core.isa_active()
+    try:
+        for level in ISA_LEVELS:
+            _runtime._set_isa(level)
+            plain = np.empty((N, C), np.float32)
+            _core.norm_affine_pool(x, plain, N, C, S, True, ab, relu)
+            got = {}
+            for t in (1, 2):
+                with num_threads(t):
+                    out = np.full((N, C), np.nan, np.float32)
+                    sums = np.full((2, N, C), np.nan)
+                    _core.norm_affine_pool(x, out, N, C, S, True, ab, relu, mean, sums)
+                assert_bitwise(out, plain, f"{level}: pooled values with the sums, {t} threads")
+                got[t] = sums
+            assert_bitwise(got[1], got[2], f"{level}: sums at 1 and 2 threads")
+            assert_bitwise(got[1][0], keep.sum(axis=1).astype(np.float64), f"{level}: counts")
+            assert_close_terms(got[1][1], d.sum(axis=1), np.float64, np.abs(d).sum(axis=1), length=S,
+                               what=f"{level}: sum of x - mean")
+    finally:
+        _runtime._set_isa(before)
 
 
 @pytest.mark.parametrize("relu", [False, True])
