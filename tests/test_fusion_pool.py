@@ -40,6 +40,24 @@ def _fma32(x, a, b, nhwc):
             + b.astype(np.float64).reshape(shape)).astype(np.float32)
 
 
+def _sums_at_threads(x, N, C, S, nhwc, ab, relu, mean, what=""):
+    """``norm_affine_pool`` with ``mean`` and ``sums`` at 1 and 2 threads: asserts its pooled
+    values are bitwise those without the sums and its sums bitwise the same at both; returns
+    {threads: sums}."""
+    plain = np.empty((N, C), np.float32)
+    _core.norm_affine_pool(x, plain, N, C, S, nhwc, ab, relu)
+    got = {}
+    for t in (1, 2):
+        with num_threads(t):
+            out = np.full((N, C), np.nan, np.float32)
+            sums = np.full((2, N, C), np.nan)
+            _core.norm_affine_pool(x, out, N, C, S, nhwc, ab, relu, mean, sums)
+        assert_bitwise(out, plain, f"{what} pooled values with the sums, {t} threads")
+        got[t] = sums
+    assert_bitwise(got[1], got[2], f"{what} sums at 1 and 2 threads")
+    return got
+
+
 @pytest.mark.parametrize("nhwc", [False, True])
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("N,C,H,W", [(1, 1, 1, 1), (2, 15, 3, 5), (3, 16, 4, 4), (2, 17, 7, 1), (4, 33, 5, 6),
@@ -88,17 +106,7 @@ def test_affine_pool_sums_for_the_pooled_backward(nhwc, relu, N, C, H, W, isa):
     ab = np.concatenate([a, b])
     mean = rng.standard_normal(C) + 1
     S = H * W
-    plain = np.empty((N, C), np.float32)
-    _core.norm_affine_pool(x, plain, N, C, S, nhwc, ab, relu)
-    got = {}
-    for t in (1, 2):
-        with num_threads(t):
-            out = np.full((N, C), np.nan, np.float32)
-            sums = np.full((2, N, C), np.nan)
-            _core.norm_affine_pool(x, out, N, C, S, nhwc, ab, relu, mean, sums)
-        assert_bitwise(out, plain, f"pooled values with the sums, {t} threads")
-        got[t] = sums
-    assert_bitwise(got[1], got[2], "sums at 1 and 2 threads")
+    got = _sums_at_threads(x, N, C, S, nhwc, ab, relu, mean)
     # float64 reference, positions last
     xs = x.reshape(N, S, C).transpose(0, 2, 1) if nhwc else x.reshape(N, C, S)
     keep = _fma32(x, a, b, nhwc) > 0 if relu else np.ones(shape, bool)
@@ -139,17 +147,7 @@ def test_affine_pool_sums_hypothesis(N, C, H, W, relu, seed):
     try:
         for level in ISA_LEVELS:
             _runtime._set_isa(level)
-            plain = np.empty((N, C), np.float32)
-            _core.norm_affine_pool(x, plain, N, C, S, True, ab, relu)
-            got = {}
-            for t in (1, 2):
-                with num_threads(t):
-                    out = np.full((N, C), np.nan, np.float32)
-                    sums = np.full((2, N, C), np.nan)
-                    _core.norm_affine_pool(x, out, N, C, S, True, ab, relu, mean, sums)
-                assert_bitwise(out, plain, f"{level}: pooled values with the sums, {t} threads")
-                got[t] = sums
-            assert_bitwise(got[1], got[2], f"{level}: sums at 1 and 2 threads")
+            got = _sums_at_threads(x, N, C, S, True, ab, relu, mean, level)
             assert_bitwise(got[1][0], keep.sum(axis=1).astype(np.float64), f"{level}: counts")
             assert_close_terms(got[1][1], d.sum(axis=1), np.float64, np.abs(d).sum(axis=1), length=S,
                                what=f"{level}: sum of x - mean")
