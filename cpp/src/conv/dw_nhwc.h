@@ -373,6 +373,26 @@ CNNKIT_HD void dw33_taps(const T* const* rows, int64_t off, int64_t C, F&& f) {
   }
 }
 
+// dw33_taps' sums a[p] += x[p + j] * w[i*3 + j] of NP outputs at stride 1, each input vector
+// loaded once and added at once into the (at most three) outputs that read it: u = p + j in
+// increasing order, so each output still takes its taps in (i, j) order (the same bits). Live:
+// the NP sums, one input vector and the weights; dw33_taps holds a row's NP + 2 inputs as well
+// (27 vectors at NP = 8, which AVX2's 16 registers spilled).
+template <typename T, int NP>
+CNNKIT_HD void dw33_slide(const T* const* rows, int64_t off, int64_t C, vec_t<T> (&a)[NP], const vec_t<T> (&wv)[9]) {
+#pragma GCC unroll 3
+  for (int i = 0; i < 3; ++i) {
+    const T* q = rows[i] + off;
+#pragma GCC unroll 10
+    for (int u = 0; u < NP + 2; ++u) {
+      const vec_t<T> x = vload(q + u * C);
+#pragma GCC unroll 3
+      for (int j = 0; j < 3; ++j)
+        if (u >= j && u - j < NP) a[u - j] += x * wv[i * 3 + j];
+    }
+  }
+}
+
 // One output row yr (Wo pixels of C channels) from the padded rows rows[0..2] (Wp pixels each).
 // With st (the unit's sums at channel 0; init: this row is the unit's first), the statistics.
 template <typename T, int S>
@@ -393,8 +413,13 @@ void dw33_fwd_row(const T* const* rows, T* yr, const T* wt, const T* b, const Ge
       V a[NP];
 #pragma GCC unroll 8
       for (int p = 0; p < NP; ++p) a[p] = bv;
-      dw33_taps<T, S, NP>(rows, ow0 * S * C + c, C,
-                          [&](int t, int p, V xv) __attribute__((always_inline)) { a[p] += xv * wv[t]; });
+#if defined(__AVX2__) && !defined(__AVX512F__)
+      if constexpr (S == 1)
+        dw33_slide<T, NP>(rows, ow0 * C + c, C, a, wv);
+      else
+#endif
+        dw33_taps<T, S, NP>(rows, ow0 * S * C + c, C,
+                            [&](int t, int p, V xv) __attribute__((always_inline)) { a[p] += xv * wv[t]; });
       T* yo = yr + ow0 * C + c;
 #pragma GCC unroll 8
       for (int p = 0; p < NP; ++p, yo += C) vstore(yo, a[p]);
@@ -433,8 +458,51 @@ void dw33_wgrad_vectors(const T* buf, const T* dyn, T* pwu, T* pbu, const Geom& 
                         int64_t r0, int64_t Wp, SpreadPrefetch* pf = nullptr) {
   constexpr int VL = Vec<T>::n;
   using V = vec_t<T>;
-  constexpr int NPMAX = S == 1 ? 8 : 6;
   const int64_t C = g.C, cv = C / VL * VL;
+#if defined(__AVX2__) && !defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float>) {
+    // AVX2: rows outermost, then the channel vectors of a span whose three padded rows fit in
+    // about 16 KiB, then the row's pixels, each tap's x a memory operand of its FMA; the sums
+    // live in pwu and pbu between rows. Channel vectors outermost (below) stream the whole band
+    // once per vector, reading a vector of every line (of 128 at C = 32): L2-bound at about 12
+    // cycles a pixel and vector. Here the rows come from L2 once, then from L1. Each sum still
+    // takes the pixels in row order (the same bits).
+    for (int64_t c = 0; c < cv; c += VL) {
+#pragma GCC unroll 9
+      for (int t = 0; t < 9; ++t) vstore(pwu + t * C + c, V{});
+      vstore(pbu + c, V{});
+    }
+    const int64_t span = std::max<int64_t>(VL, (int64_t(16) << 10) / (3 * Wp * int64_t(sizeof(T))) / VL * VL);
+    for (int64_t c0 = 0; c0 < cv; c0 += span) {
+      const int64_t c1 = std::min(cv, c0 + span);
+      for (int64_t oh = oh0; oh < oh1; ++oh) {
+        const T* xr = buf + (oh * g.sh - g.pt - r0) * Wp * C;
+        const T* dr = dyn + oh * g.Wo * C;
+        for (int64_t c = c0; c < c1; c += VL) {
+          if (pf) pf->step();  // (once a row and vector, as below)
+          V acc[9];
+#pragma GCC unroll 9
+          for (int t = 0; t < 9; ++t) acc[t] = vload(pwu + t * C + c);
+          V sb = vload(pbu + c);
+          for (int64_t ow = 0; ow < g.Wo; ++ow) {
+            const V d = vload(dr + ow * C + c);
+            sb += d;
+            const T* q = xr + ow * S * C + c;
+#pragma GCC unroll 3
+            for (int i = 0; i < 3; ++i)
+#pragma GCC unroll 3
+              for (int j = 0; j < 3; ++j) acc[i * 3 + j] += d * vload(q + (i * Wp + j) * C);
+          }
+#pragma GCC unroll 9
+          for (int t = 0; t < 9; ++t) vstore(pwu + t * C + c, acc[t]);
+          vstore(pbu + c, sb);
+        }
+      }
+    }
+    return;
+  }
+#endif
+  constexpr int NPMAX = S == 1 ? 8 : 6;
   for (int64_t c = 0; c < cv; c += VL) {
     V acc[9];
 #pragma GCC unroll 9
