@@ -15,6 +15,11 @@ shapes and hypothesis over channels around the vector widths (8/16/32 and their 
 even and odd planes, padding 0 to 2 and batches up to 9, against the float64 reference and
 bitwise at 1 and 2 threads.
 
+The padded band kernels of larger planes (NHWC, strides 1 and 2, multiplier 1): named shapes and
+hypothesis over channels with and without whole vectors and over several of the weight sums'
+spans, widths with every chunk tail, padding 0 to 2, against the float64 reference and bitwise at 1
+and 2 threads, every level.
+
 Both NHWC gradients in one pass over the images (conv_backward: dw3_backward_both): where its
 rule says, with the bits of the input and weight passes run separately, at 1 and 2 threads, every
 level; outputs that overlap an input or each other are refused before anything is written.
@@ -117,6 +122,47 @@ def test_dw3s2_hypothesis(n, c, h, w, padding, dtype, level, seed):
     h, w = max(h, 3 - 2 * padding), max(w, 3 - 2 * padding)
     with isa_level(level):
         _check(dw3s2(n, c, h, w, padding), "NHWC", dtype, np.random.default_rng(seed))
+
+
+# ---- the padded band kernels (planes above 256 pixels: dw33_fwd_row, dw33_wgrad_vectors) ---------
+# At AVX2 the stride-1 rows add each input vector into its three outputs as it is loaded, and the
+# weight sums run rows outermost over spans of channel vectors whose three padded rows fit in about
+# 16 KiB (several spans: C64 at 33 wide, C203 at 18); the shapes take both strides, chunk tails of
+# 1 to 7 pixels, channels past the last whole vector and one vector or none.
+
+def dwb(n, c, h, w, stride=1, padding=1):
+    return Geo(n, c, c, h, w, 3, 3, stride, padding, groups=c)
+
+
+NAMED_BAND = [
+    ("C32 32x32 N2 (mobilenet's C32 layer)", dwb(2, 32, 32, 32)),
+    ("C64 17x33 N2 (weight sums in two spans)", dwb(2, 64, 17, 33)),
+    ("C203 18x18 N1 (four spans and 3 channels past them)", dwb(1, 203, 18, 18)),
+    ("C13 20x21 N2 (one vector and 5 channels)", dwb(2, 13, 20, 21)),
+    ("C7 16x19 N3 pad 0 (no whole vector)", dwb(3, 7, 16, 19, 1, 0)),
+    ("C16 17x19 N2 (a tail of 3 pixels)", dwb(2, 16, 17, 19)),
+    ("C9 18x20 N1 (a tail of 4)", dwb(1, 9, 18, 20)),
+    ("C16 13x22 N2 (a tail of 6)", dwb(2, 16, 13, 22)),
+    ("C8 17x23 N1 (a tail of 7)", dwb(1, 8, 17, 23)),
+    ("C24 19x30 N3 stride 2", dwb(3, 24, 19, 30, 2)),
+    ("C64 32x32 N2 stride 2 (mobilenet's stride-2 layer)", dwb(2, 64, 32, 32, 2)),
+    ("C40 23x17 N1 stride 2 pad 2", dwb(1, 40, 23, 17, 2, 2)),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=dtype_id)
+@pytest.mark.parametrize("geo", [g for _, g in NAMED_BAND], ids=[n for n, _ in NAMED_BAND])
+def test_dw_band_named(isa, geo, dtype, rng):
+    _check(geo, "NHWC", dtype, rng)
+
+
+@SETTINGS
+@given(n=st.integers(1, 3), c=st.sampled_from((1, 7, 8, 9, 16, 33, 72, 136)), h=st.integers(17, 34),
+       w=st.integers(16, 40), stride=st.sampled_from((1, 2)), padding=st.integers(0, 2),
+       dtype=st.sampled_from(DTYPES), level=st.sampled_from(ISA_LEVELS), seed=st.integers(0, 2**31))
+def test_dw_band_hypothesis(n, c, h, w, stride, padding, dtype, level, seed):
+    with isa_level(level):
+        _check(dwb(n, c, h, w, stride, padding), "NHWC", dtype, np.random.default_rng(seed))
 
 
 # ---- both gradients in one pass (conv::backward; dw3_backward_both in dw_nhwc.h) ------------------
