@@ -464,9 +464,9 @@ void dw33_wgrad_vectors(const T* buf, const T* dyn, T* pwu, T* pbu, const Geom& 
     // AVX2: rows outermost, then the channel vectors of a span whose three padded rows fit in
     // about 16 KiB, then the row's pixels, each tap's x a memory operand of its FMA; the sums
     // live in pwu and pbu between rows. Channel vectors outermost (below) stream the whole band
-    // once per vector, reading a vector of every line (of 128 at C = 32): L2-bound at about 12
-    // cycles a pixel and vector. Here the rows come from L2 once, then from L1. Each sum still
-    // takes the pixels in row order (the same bits).
+    // once per vector, using one vector of each line they touch (at C = 32 each pixel's two lines
+    // come four times): L2-bound at about 12 cycles a pixel and vector. Here the rows come from
+    // L2 once, then from L1. Each sum still takes the pixels in row order (the same bits).
     for (int64_t c = 0; c < cv; c += VL) {
 #pragma GCC unroll 9
       for (int t = 0; t < 9; ++t) vstore(pwu + t * C + c, V{});

@@ -1281,7 +1281,8 @@ void rows_blocked(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, 
     // The broadcasts walk R rows at once, a pattern the hardware prefetchers follow poorly when A
     // comes from memory (sgemm 65536 x 32 x 128, 1 thread: 66 GFLOP/s against 111 with A in L2):
     // the first panel's kernel fetches the next block of rows (contiguous when lda == K), a line
-    // per step of its loop (prefetches past the end of A do not fault).
+    // per step of its loop, at AVX2 all at once before it (prefetches past the end of A do not
+    // fault).
     const char* pf = lda == K ? reinterpret_cast<const char*>(A + (ir + R) * lda) : nullptr;
     for (int64_t pc = 0; pc < K || pc == 0; pc += KC) {  // (K == 0: one empty block, for the epilogue)
       const int64_t kc = std::min<int64_t>(KC, K - pc);
