@@ -432,6 +432,38 @@ void grouped_row_tail(T* out, int64_t ostride, int64_t v, int64_t count, int64_t
   }
 }
 
+#if defined(__AVX2__) && !defined(__AVX512F__)
+// grouped_row_blocks' blocks for the channel vectors [cv, cv + 4) of one group (CPG >= 4 * VL) at
+// AVX2: the same blocks of pixels for both pairs of vectors, except a last block of 2 or 3 pixels
+// (a 7-pixel row's 4 + 3), which takes all four vectors at once: 8 or 12 FMA chains instead of 4
+// or 6 a pair, which two pipes of latency 4 left a quarter idle or more. Every output's chain is
+// one grouped_block call's, as there: the same bits. Zen 3, g32 C1024@7 (CPG 32), N = 32, the two
+// alternating in one process: forward 1.11x, input gradient 1.08x on 2 threads, 1.07x / 1.08x on 1.
+template <typename T, int CPG, int PB>
+void grouped_row_blocks4(T* out, int64_t ostride, int64_t nv, int64_t step, const RowTap* taps, int ntaps,
+                         const T* wt, const T* b, int64_t C, int64_t cv, RowsPrefetch* pre) {
+  const int64_t rest = nv % PB;
+  const int64_t stop = nv - rest - (nv > PB && rest && 2 * rest <= PB ? PB : 0);
+  int64_t v = 0;
+  for (; v < stop; v += PB)
+    for (int64_t q = 0; q < 4; q += 2) grouped_block<T, CPG, PB, 2>(out, ostride, v, step, taps, ntaps, wt, b, C, cv + q, pre);
+  if (nv - v > PB) {
+    const int64_t first = (nv - v + 1) / 2;
+    for (int64_t q = 0; q < 4; q += 2)
+      grouped_row_tail<T, CPG, 2, PB>(out, ostride, v, first, step, taps, ntaps, wt, b, C, cv + q, pre);
+    v += first;
+  }
+  const int64_t last = nv - v;
+  if (last == 3)
+    grouped_block<T, CPG, 3, 4>(out, ostride, v, step, taps, ntaps, wt, b, C, cv, pre);
+  else if (last == 2)
+    grouped_block<T, CPG, 2, 4>(out, ostride, v, step, taps, ntaps, wt, b, C, cv, pre);
+  else
+    for (int64_t q = 0; q < 4; q += 2)
+      grouped_row_tail<T, CPG, 2, PB>(out, ostride, v, last, step, taps, ntaps, wt, b, C, cv + q, pre);
+}
+#endif
+
 // The channel vectors [cv0, cv1) of a row (cv0 and cv1 multiples of 2 where CPG >= 2 * VL).
 template <typename T, int CPG>
 void grouped_row_range(T* out, int64_t ostride, int64_t nv, int64_t step, const RowTap* taps, int ntaps,
@@ -441,6 +473,20 @@ void grouped_row_range(T* out, int64_t ostride, int64_t nv, int64_t step, const 
     // 2 x PB accumulators: 6 pixels with 16 vector registers; 8 with 32 (AVX-512), so that a 7-pixel
     // row (7x7 planes) runs as one block on 14 chains instead of 4 + 3 pixels (6 to 8 chains).
     constexpr int PB = Vec<T>::n * sizeof(T) >= 64 ? 8 : 6;
+#if defined(__AVX2__) && !defined(__AVX512F__)
+    if constexpr (CPG >= 4 * VL) {
+      for (int64_t cv = cv0; cv < cv1;) {
+        if (cv % 4 == 0 && cv + 4 <= cv1) {
+          grouped_row_blocks4<T, CPG, PB>(out, ostride, nv, step, taps, ntaps, wt, b, C, cv, pre);
+          cv += 4;
+        } else {
+          grouped_row_blocks<T, CPG, 2, PB>(out, ostride, nv, step, taps, ntaps, wt, b, C, cv, pre);
+          cv += 2;
+        }
+      }
+      return;
+    }
+#endif
     for (int64_t cv = cv0; cv < cv1; cv += 2)
       grouped_row_blocks<T, CPG, 2, PB>(out, ostride, nv, step, taps, ntaps, wt, b, C, cv, pre);
   } else {
