@@ -390,21 +390,28 @@ template <typename T, int CPG, int NCV, int PB>
 void grouped_row_tail(T* out, int64_t ostride, int64_t v, int64_t count, int64_t step, const RowTap* taps, int ntaps,
                       const T* wt, const T* b, int64_t C, int64_t cv, RowsPrefetch* pre = nullptr);
 
+// The blocks of a row of nv pixels: whole blocks of PB pixels up to `whole`, then `mid` pixels (0:
+// no such block), then the last nv - whole - mid. A short rest (at most PB / 2 pixels) is joined
+// with the last whole block and the two split about evenly (7 = 4 + 3, not 6 + 1), so that no
+// block runs on few accumulator chains (FMA latency bound).
+struct RowSplit {
+  int64_t whole, mid;
+};
+template <int PB>
+inline RowSplit row_split(int64_t nv) {
+  const int64_t rest = nv % PB;
+  const int64_t whole = nv - rest - (nv > PB && rest && 2 * rest <= PB ? PB : 0);
+  return RowSplit{whole, nv - whole > PB ? (nv - whole + 1) / 2 : 0};
+}
+
 template <typename T, int CPG, int NCV, int PB>
 void grouped_row_blocks(T* out, int64_t ostride, int64_t nv, int64_t step, const RowTap* taps, int ntaps,
                         const T* wt, const T* b, int64_t C, int64_t cv, RowsPrefetch* pre = nullptr) {
-  // Whole blocks of PB pixels, then the rest in at most two blocks: a short rest (at most PB / 2
-  // pixels) is joined with the last whole block and the two split about evenly (7 = 4 + 3, not
-  // 6 + 1), so that no block runs on few accumulator chains (FMA latency bound).
-  const int64_t rest = nv % PB;
-  const int64_t stop = nv - rest - (nv > PB && rest && 2 * rest <= PB ? PB : 0);
-  int64_t v = 0;
-  for (; v < stop; v += PB) grouped_block<T, CPG, PB, NCV>(out, ostride, v, step, taps, ntaps, wt, b, C, cv, pre);
-  if (nv - v > PB) {
-    const int64_t first = (nv - v + 1) / 2;
-    grouped_row_tail<T, CPG, NCV, PB>(out, ostride, v, first, step, taps, ntaps, wt, b, C, cv, pre);
-    v += first;
-  }
+  const RowSplit sp = row_split<PB>(nv);
+  for (int64_t v = 0; v < sp.whole; v += PB)
+    grouped_block<T, CPG, PB, NCV>(out, ostride, v, step, taps, ntaps, wt, b, C, cv, pre);
+  if (sp.mid) grouped_row_tail<T, CPG, NCV, PB>(out, ostride, sp.whole, sp.mid, step, taps, ntaps, wt, b, C, cv, pre);
+  const int64_t v = sp.whole + sp.mid;
   grouped_row_tail<T, CPG, NCV, PB>(out, ostride, v, nv - v, step, taps, ntaps, wt, b, C, cv, pre);
 }
 
@@ -442,18 +449,14 @@ void grouped_row_tail(T* out, int64_t ostride, int64_t v, int64_t count, int64_t
 template <typename T, int CPG, int PB>
 void grouped_row_blocks4(T* out, int64_t ostride, int64_t nv, int64_t step, const RowTap* taps, int ntaps,
                          const T* wt, const T* b, int64_t C, int64_t cv, RowsPrefetch* pre) {
-  const int64_t rest = nv % PB;
-  const int64_t stop = nv - rest - (nv > PB && rest && 2 * rest <= PB ? PB : 0);
-  int64_t v = 0;
-  for (; v < stop; v += PB)
-    for (int64_t q = 0; q < 4; q += 2) grouped_block<T, CPG, PB, 2>(out, ostride, v, step, taps, ntaps, wt, b, C, cv + q, pre);
-  if (nv - v > PB) {
-    const int64_t first = (nv - v + 1) / 2;
+  const RowSplit sp = row_split<PB>(nv);
+  for (int64_t v = 0; v < sp.whole; v += PB)
     for (int64_t q = 0; q < 4; q += 2)
-      grouped_row_tail<T, CPG, 2, PB>(out, ostride, v, first, step, taps, ntaps, wt, b, C, cv + q, pre);
-    v += first;
-  }
-  const int64_t last = nv - v;
+      grouped_block<T, CPG, PB, 2>(out, ostride, v, step, taps, ntaps, wt, b, C, cv + q, pre);
+  if (sp.mid)
+    for (int64_t q = 0; q < 4; q += 2)
+      grouped_row_tail<T, CPG, 2, PB>(out, ostride, sp.whole, sp.mid, step, taps, ntaps, wt, b, C, cv + q, pre);
+  const int64_t v = sp.whole + sp.mid, last = nv - v;
   if (last == 3)
     grouped_block<T, CPG, 3, 4>(out, ostride, v, step, taps, ntaps, wt, b, C, cv, pre);
   else if (last == 2)
