@@ -282,6 +282,18 @@ class ConvSpec:
 
 
 def all_specs(batch: int) -> list:
+    """Every layer of the benchmark's shape table, family by family.
+
+    Parameters
+    ----------
+    batch : int
+        The batch size of each layer.
+
+    Returns
+    -------
+    list of ConvSpec
+        One spec per row of ``SHAPES``, in the order of ``FAMILIES``.
+    """
     return [ConvSpec(fam, row, batch) for fam in FAMILIES for row in SHAPES[fam]]
 
 
@@ -338,7 +350,20 @@ class _OpenBLAS:
 
 def gemm_peak(n: int = 2048, reps: int = 5) -> list:
     """GFLOP/s of ``reps`` float32 ``numpy.matmul`` calls of size n^3 (after one warm-up call),
-    with OpenBLAS at whatever thread count it has. An achievable GEMM rate, not an FMA peak."""
+    with OpenBLAS at whatever thread count it has. An achievable GEMM rate, not an FMA peak.
+
+    Parameters
+    ----------
+    n : int
+        The size of the square matrices.
+    reps : int
+        Timed calls.
+
+    Returns
+    -------
+    list of float
+        The rate of each timed call, in GFLOP/s.
+    """
     rng = np.random.default_rng(1)
     a = rng.standard_normal((n, n), dtype=np.float32)
     b = rng.standard_normal((n, n), dtype=np.float32)
