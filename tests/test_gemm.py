@@ -114,6 +114,46 @@ def test_sgemm_bits_do_not_depend_on_tiling_layout_or_kernel(isa, rng):
                            f"{rows} rows, B in place (offset {off})")
 
 
+@pytest.mark.parametrize("isa", ISA_LEVELS)
+def test_sgemm_few_rows_over_many_panels(isa):
+    """Few rows of C (M <= 48) with C wider than 256 columns, so that each thread's tile holds
+    several whole panels and the few-row kernels read B in place (AVX2: the first block of rows
+    lays each panel out for the others; the small tiles of the tests above take other paths): A in
+    place or packed (transposed), B's rows starting on a line or not, a KC block or more, with and
+    without accumulation. Against the float64 reference, bitwise at 1 and 2 threads and against
+    the packed path (B's rows 4 KiB apart)."""
+    sh = SHAPE[isa]
+
+    @settings(max_examples=25, deadline=None)
+    @example(m=24, n=3 * 256 + 40, k=144, ta=False, off=0, acc=False, seed=0)
+    @example(m=2 * sh["mr"] + 1, n=257, k=sh["kc"] + 9, ta=True, off=1, acc=True, seed=1)
+    @given(m=st.one_of(_around(sh["mr"]), _around(4), _around(8), st.integers(1, 48)).filter(lambda v: v <= 48),
+           n=st.integers(257, 1000).filter(lambda v: v != 1024),
+           k=st.sampled_from([1, 7, 16, 40, sh["kc"] - 1, sh["kc"] + 9]),
+           ta=st.booleans(), off=st.integers(0, 1), acc=st.booleans(), seed=st.integers(0, 2**32 - 1))
+    def run(m, n, k, ta, off, acc, seed):
+        rng = np.random.default_rng(seed)
+        a = rng.standard_normal((k, m) if ta else (m, k)).astype(F32)
+        b = rng.standard_normal(k * n + 1).astype(F32)[off:off + k * n].reshape(k, n)
+        c0 = rng.standard_normal((m, n)).astype(F32)
+        what = f"{m}x{n}x{k} ta={ta} offset {off} acc={acc} ({isa})"
+        one = _sgemm(a, b, c0, isa, 1, trans_a=ta, accumulate=acc)
+        assert_bitwise(_sgemm(a, b, c0, isa, 2, trans_a=ta, accumulate=acc), one, f"2 threads vs 1, {what}")
+        wide = np.zeros((k, 1024), F32)
+        wide[:, :n] = b
+        cw = np.zeros((m, 1024), F32)
+        cw[:, :n] = c0
+        assert_bitwise(_sgemm(a, wide, cw, isa, 1, trans_a=ta, accumulate=acc)[:, :n], one,
+                       f"B in place vs packed, {what}")
+        A = (a.T if ta else a).astype(np.float64)
+        B = b.astype(np.float64)
+        ref = A @ B + (c0.astype(np.float64) if acc else 0.0)
+        terms = np.abs(A) @ np.abs(B) + (np.abs(c0.astype(np.float64)) if acc else 0.0)
+        assert_close_terms(one, ref, F32, terms, length=k + 1, what=f"sgemm {what}")
+
+    run()
+
+
 def test_sgemm_rejects_bad_input():
     a = np.ones((3, 4), F32)
     with pytest.raises(ValueError, match="c"):
