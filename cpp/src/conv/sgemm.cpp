@@ -550,7 +550,8 @@ void ukernel_s(int64_t kc, const float* __restrict a, int64_t lda, const float* 
 // Packing B moves each of its values once for only 2*M flops, about as long as the arithmetic, so
 // for M <= 48 B's panels are read in place (kc lines, in L1 for every block of rows after the
 // first) and A is packed once per KC block; only a last partial panel is laid out (its in-place
-// reads would run past B). B's rows lie a page or more apart, kc streams that the hardware
+// reads would run past B), and at AVX2 each whole panel by the first block of rows as it reads it
+// (few_rows below). B's rows lie a page or more apart, kc streams that the hardware
 // prefetchers do not follow: the first block of rows prefetches B's row pfd steps ahead into L1
 // (its lines, one more where the row does not start on a line), running on into the next panel's
 // first rows (nb) over its last pfd steps, as MKL's unpacked kernels do. AVX-512, 1 thread, against
