@@ -417,14 +417,39 @@ class NumpyIm2col:
         return self.col
 
     def forward(self, x, y):
-        """x (N, C_in, H, W) -> y (N, C_out, Ho, Wo), in place."""
+        """The convolution of ``x`` written into ``y``, image by image (im2col, then one matmul).
+
+        Parameters
+        ----------
+        x : numpy.ndarray
+            The input, float32 (N, C_in, H, W), of this layer's geometry.
+        y : numpy.ndarray
+            The output, float32 (N, C_out, Ho, Wo), overwritten.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``y``.
+        """
         y4 = y.reshape(x.shape[0], self.g, -1, self.hw)
         for n in range(x.shape[0]):
             np.matmul(self.w3, self._im2col(x[n]), out=y4[n])
         return y
 
     def backward(self, dy, x, gx, gw):
-        """grad_x into gx (N, C_in, H, W) and grad_weight into gw, in place."""
+        """The input and weight gradients of the convolution, written in place.
+
+        Parameters
+        ----------
+        dy : numpy.ndarray
+            The gradient at the output, float32 (N, C_out, Ho, Wo).
+        x : numpy.ndarray
+            The forward pass's input, float32 (N, C_in, H, W).
+        gx : numpy.ndarray
+            The input gradient, float32 (N, C_in, H, W), overwritten.
+        gw : numpy.ndarray
+            The weight gradient, float32 of the weight's shape, overwritten.
+        """
         sp = self.spec
         dy4 = dy.reshape(x.shape[0], self.g, -1, self.hw)
         gw3 = gw.reshape(self.w3.shape)
