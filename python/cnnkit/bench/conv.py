@@ -449,6 +449,11 @@ class NumpyIm2col:
             The input gradient, float32 (N, C_in, H, W), overwritten.
         gw : numpy.ndarray
             The weight gradient, float32 of the weight's shape, overwritten.
+
+        Returns
+        -------
+        tuple of numpy.ndarray
+            ``(gx, gw)``.
         """
         sp = self.spec
         dy4 = dy.reshape(x.shape[0], self.g, -1, self.hw)
