@@ -225,6 +225,11 @@ CNNKIT_HD vec_t<double> dw_half_pd(V v) {
   const __m512 x = (__m512)v;
   const __m256 h = Off == 0 ? _mm512_castps512_ps256(x) : _mm512_extractf32x8_ps(x, 1);
   return (vec_t<double>)_mm512_cvtps_pd(h);
+#elif defined(__AVX2__) && !defined(__AVX512F__)
+  // (the same at AVX2: GCC converted pairs, xmm to xmm, and inserted them)
+  const __m256 x = (__m256)v;
+  const __m128 h = Off == 0 ? _mm256_castps256_ps128(x) : _mm256_extractf128_ps(x, 1);
+  return (vec_t<double>)_mm256_cvtps_pd(h);
 #else
   return __builtin_convertvector(dw_half<Off>(v, std::make_integer_sequence<int, H>{}), vec_t<double>);
 #endif
