@@ -671,7 +671,7 @@ void dw_wgrad_band(const T* xn, const T* dyn, T* pwu, T* pbu, const Geom& g, int
   // copy (mobilenet_small's stride-2 layer, 64 channels at 32x32: 279 KiB) and the image it comes
   // from filled Zen 3's 512 KiB L2 before the sums read the copy back. Each sum still takes the rows
   // in order: the same bits. Replays of that call alternating in one process, 2 threads:
-  // 1.04-1.09x; mobilenet_small's stride-1 32-channel layer (148 KiB) level.
+  // 1.04-1.17x (three runs); mobilenet_small's stride-1 32-channel layer (148 KiB) level.
   if constexpr (KH == 3 && KW == 3 && std::is_same_v<T, float>) {
     const int64_t B = (r1 - r0) * Wp * C * int64_t(sizeof(T)) > (int64_t(128) << 10) ? 8 : 0;
     if (B > 0 && dw33_shape(g) && cv == C) {
