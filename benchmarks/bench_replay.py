@@ -1,6 +1,7 @@
 """One training step's compiled calls, each replayed warm and cold (see BENCHMARKS.md, issue 17).
 
     python benchmarks/bench_replay.py [--model resnext|mobilenet] [--threads 2] [--reps 9] [--top 30]
+    python benchmarks/bench_replay.py --model mobilenet --overlap 35:38,39,46,45 [--reps 30]
 
 This is a diagnostic, not a race against a peer. It captures every ``cnnkit._core`` call of one
 NHWC training step of ``cnnkit bench train``'s model (batch 64 of 3x32x32), with copies of its
@@ -20,10 +21,18 @@ Python between the calls). The last line times that Python alone: further steps 
 compiled call replaced by the result it returned in the captured step, warm, and with a
 ``--evict-mib`` array updated before each replaced call (its own time excluded), as the kernels
 evict the caches between the gaps of a real step.
+
+``--overlap A:B`` (call numbers of the table's ``#`` column, comma-separated on each side) asks
+instead whether two groups of calls gain from running side by side. It times them one group after
+the other on ``--threads`` threads each, and concurrently, each group on one thread of its own.
+The concurrent run uses two Python threads; the compiled calls release the GIL. Rounds alternate
+the two ways, with the arguments copied in before each. It prints the medians and their ratio
+(above 1: concurrent is faster).
 """
 from __future__ import annotations
 
 import argparse
+import threading
 import time
 from typing import Any, Callable
 
@@ -75,10 +84,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--top", type=int, default=30, help="rows shown, by in-step time (0: all)")
     ap.add_argument("--evict-mib", type=int, default=16,
                     help="MiB updated before each replaced call when timing the Python alone (0: none)")
+    ap.add_argument("--overlap", metavar="A:B",
+                    help="time call groups A and B (call numbers, comma-separated) one after the other on "
+                         "--threads threads, and side by side on one thread each, instead of the table")
     args = ap.parse_args(argv)
     for name, low in (("threads", 1), ("reps", 1), ("top", 0), ("evict_mib", 0)):
         if getattr(args, name) < low:
             ap.error(f"--{name.replace('_', '-')}: expected an int >= {low}, got {getattr(args, name)}")
+    groups = _overlap_groups(ap, args.overlap) if args.overlap is not None else None
     cnnkit.set_num_threads(args.threads)
     step = bench_train.build_configs(None, args.model, 64)["steps"]["cnnkit NHWC"]
     for _ in range(3):
@@ -105,6 +118,19 @@ def main(argv: list[str] | None = None) -> int:
             return r
         return g
 
+    if groups is not None:
+        try:
+            for n, f in orig.items():
+                setattr(core, n, capturing(n, f))
+            step()
+        finally:
+            for n, f in orig.items():
+                setattr(core, n, f)
+        for i in groups[0] + groups[1]:
+            if i >= len(calls):
+                ap.error(f"--overlap: expected call numbers below {len(calls)} (this step's calls), got {i}")
+        _overlap(args.model, orig, calls, groups, args.threads, args.reps)
+        return 0
     try:
         for n, f in orig.items():
             setattr(core, n, capturing(n, f))
@@ -203,6 +229,74 @@ def _python_alone(step: Callable[[], Any], orig: dict[str, Callable[..., Any]], 
         for n, f in orig.items():
             setattr(core, n, f)
     return float(np.median(times[False])) * 1e3, float(np.median(times[True])) * 1e3
+
+
+def _overlap_groups(ap: argparse.ArgumentParser, text: str) -> tuple[list[int], list[int]]:
+    """The two groups of call numbers of ``--overlap A:B``; errors through ``ap``."""
+    parts = text.split(":")
+    try:
+        groups = tuple([int(v) for v in p.split(",")] for p in parts)
+    except ValueError:
+        groups = ()
+    if len(groups) != 2 or any(not g or min(g) < 0 for g in groups):
+        ap.error(f"--overlap: expected two comma-separated lists of call numbers >= 0 joined by ':', got {text!r}")
+    return groups[0], groups[1]
+
+
+def _overlap(model: str, orig: dict[str, Callable[..., Any]], calls: list[tuple[str, Any, dict]],
+             groups: tuple[list[int], list[int]], threads: int, reps: int) -> None:
+    """Print the medians of groups A and B run one after the other on ``threads`` threads each and
+    side by side on one thread each (see the module's docstring)."""
+    def prep(ids: list[int]) -> list[tuple[Callable[..., Any], Any, dict, Any, dict]]:
+        out = []
+        for i in ids:
+            name, a, k = calls[i]
+            out.append((orig[name], _copy(a), {kk: _copy(v) for kk, v in k.items()}, a, k))
+        return out
+
+    sides = [prep(g) for g in groups]
+
+    def refill() -> None:
+        for side in sides:
+            for _, a, k, a0, k0 in side:
+                _refill(a, a0)
+                _refill(list(k.values()), list(k0.values()))
+
+    def run(side: list[tuple[Callable[..., Any], Any, dict, Any, dict]], out: list[float]) -> None:
+        t = time.perf_counter()
+        for f, a, k, _, _ in side:
+            f(*a, **k)
+        out.append(time.perf_counter() - t)
+
+    seq: list[float] = []
+    par: list[float] = []
+    alone: list[list[float]] = [[], []]
+    try:
+        for r in range(reps):
+            for way in ((0, 1) if r % 2 == 0 else (1, 0)):
+                refill()
+                if way == 0:
+                    cnnkit.set_num_threads(threads)
+                    t = time.perf_counter()
+                    run(sides[0], [])
+                    run(sides[1], [])
+                    seq.append(time.perf_counter() - t)
+                else:
+                    cnnkit.set_num_threads(1)
+                    workers = [threading.Thread(target=run, args=(sides[j], alone[j])) for j in (0, 1)]
+                    t = time.perf_counter()
+                    for w in workers:
+                        w.start()
+                    for w in workers:
+                        w.join()
+                    par.append(time.perf_counter() - t)
+    finally:
+        cnnkit.set_num_threads(threads)
+    ms = [float(np.median(v)) * 1e3 for v in (seq, par, alone[0], alone[1])]
+    names = [", ".join(f"{i} {calls[i][0]}" for i in g) for g in groups]
+    print(f"{model}_small, overlap of A = [{names[0]}] and B = [{names[1]}], {reps} rounds")
+    print(f"one after the other on {threads} threads {ms[0]:.3f} ms; side by side on one thread each "
+          f"{ms[1]:.3f} ms (A {ms[2]:.3f}, B {ms[3]:.3f}); sequential / side by side {ms[0] / ms[1]:.3f}")
 
 
 class _OrderChanged(Exception):
