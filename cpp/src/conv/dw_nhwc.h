@@ -636,19 +636,6 @@ void dw_forward_nhwc_padded(const T* x, const T* w, const T* b, T* y, const Geom
   }
 }
 
-// dw_wgrad_band's prefetch with next (a whole image per piece, another after it): the next
-// image's x and dy (the next piece's on this thread, at the following addresses) over this one's
-// rows, where wgrad_prefetch_next(); whole says whether it runs.
-template <typename T>
-SpreadPrefetch dw_wgrad_next_prefetch(const T* xn, const T* dyn, const Geom& g, int64_t oh0, int64_t oh1, bool next,
-                                      bool& whole) {
-  const int64_t C = g.C, VL = Vec<T>::n, sz = int64_t(sizeof(T));
-  whole = next && oh0 == 0 && oh1 == g.Ho && C >= VL && wgrad_prefetch_next();
-  if (!whole) return SpreadPrefetch{};
-  return SpreadPrefetch(xn + g.H * g.W * C, g.H * g.W * C * sz, dyn + g.Ho * g.Wo * C, g.Ho * g.Wo * C * sz,
-                        (C / VL) * g.Ho);
-}
-
 // Weight-gradient partials of output rows [oh0, oh1) of one image (xn, dyn: NHWC with g.C
 // channels), multiplier 1: pwu[tap][C] and pbu[C].
 template <typename T, int KH, int KW>
@@ -665,18 +652,32 @@ void dw_wgrad_band(const T* xn, const T* dyn, T* pwu, T* pbu, const Geom& g, int
     return;
   }
   const int64_t r0 = oh0 * g.sh - g.pt, r1 = (oh1 - 1) * g.sh + (kh - 1) * g.dh - g.pt + 1;
+  bool padded = false;  // (whether the 3x3 sums below padded the rows the loops after them read)
+  if constexpr (KH == 3 && KW == 3) {
+    if (dw33_shape(g)) {
+      // With next (a whole image per piece, another after it): the next image's x and dy (the
+      // next piece's on this thread, at the following addresses) prefetched over this one's rows,
+      // where wgrad_prefetch_next().
+      const int64_t C0 = g.C, VL0 = Vec<T>::n;
+      SpreadPrefetch pf;
+      const bool whole = next && oh0 == 0 && oh1 == g.Ho && C0 >= VL0 && wgrad_prefetch_next();
+      if (whole)
+        pf = SpreadPrefetch(xn + g.H * g.W * C0, g.H * g.W * C0 * int64_t(sizeof(T)), dyn + g.Ho * g.Wo * C0,
+                            g.Ho * g.Wo * C0 * int64_t(sizeof(T)), (C0 / VL0) * g.Ho);
+      // The band padded whole, then summed; at AVX2 (its weight sums take the rows outermost, the
+      // sums in pwu and pbu between rows), a band whose padded rows pass 128 KiB is padded and
+      // summed 8 output rows at a time: padded whole, the copy (mobilenet_small's stride-2 layer,
+      // 64 channels at 32x32: 279 KiB) and the image it comes from filled Zen 3's 512 KiB L2
+      // before the sums read the copy back. Each sum still takes the rows in order: the same bits.
+      // Replays of that call alternating in one process, 2 threads: 1.04-1.17x in three runs with
+      // a switch, 1.00x in three later runs of the two builds loaded side by side (within the
+      // noise, then); mobilenet_small's stride-1 32-channel layer (148 KiB) level. (Without whole
+      // vectors only: the remainder channels below read the whole band.)
+      int64_t B = oh1 - oh0;
 #if defined(__AVX2__) && !defined(__AVX512F__)
-  // At AVX2 (its weight sums take the rows outermost, the sums in pwu and pbu between rows), a band
-  // whose padded rows pass 128 KiB is padded and summed 8 output rows at a time: padded whole, the
-  // copy (mobilenet_small's stride-2 layer, 64 channels at 32x32: 279 KiB) and the image it comes
-  // from filled Zen 3's 512 KiB L2 before the sums read the copy back. Each sum still takes the rows
-  // in order: the same bits. Replays of that call alternating in one process, 2 threads:
-  // 1.04-1.17x (three runs); mobilenet_small's stride-1 32-channel layer (148 KiB) level.
-  if constexpr (KH == 3 && KW == 3 && std::is_same_v<T, float>) {
-    const int64_t B = (r1 - r0) * Wp * C * int64_t(sizeof(T)) > (int64_t(128) << 10) ? 8 : 0;
-    if (B > 0 && dw33_shape(g) && cv == C) {
-      bool whole;
-      SpreadPrefetch pf = dw_wgrad_next_prefetch(xn, dyn, g, oh0, oh1, next, whole);
+      if (std::is_same_v<T, float> && cv == C && (r1 - r0) * Wp * C * int64_t(sizeof(T)) > (int64_t(128) << 10))
+        B = 8;
+#endif
       for (int64_t a = oh0; a < oh1; a += B) {
         const int64_t b = std::min(oh1, a + B);
         const int64_t ra = a * g.sh - g.pt, rb = (b - 1) * g.sh + (kh - 1) * g.dh - g.pt + 1;
@@ -686,21 +687,10 @@ void dw_wgrad_band(const T* xn, const T* dyn, T* pwu, T* pbu, const Geom& g, int
         else
           dw33_wgrad_vectors<T, 2>(buf, dyn, pwu, pbu, g, a, b, ra, Wp, whole ? &pf : nullptr, a > oh0);
       }
-      return;
+      padded = true;
     }
   }
-#endif
-  pad_rows_nhwc(xn, g, r0, r1, Wp, buf, pro);
-  if constexpr (KH == 3 && KW == 3) {
-    if (dw33_shape(g)) {
-      bool whole;
-      SpreadPrefetch pf = dw_wgrad_next_prefetch(xn, dyn, g, oh0, oh1, next, whole);
-      if (g.sw == 1)
-        dw33_wgrad_vectors<T, 1>(buf, dyn, pwu, pbu, g, oh0, oh1, r0, Wp, whole ? &pf : nullptr);
-      else
-        dw33_wgrad_vectors<T, 2>(buf, dyn, pwu, pbu, g, oh0, oh1, r0, Wp, whole ? &pf : nullptr);
-    }
-  }
+  if (!padded) pad_rows_nhwc(xn, g, r0, r1, Wp, buf, pro);
   for (int64_t c = (KH == 3 && KW == 3 && dw33_shape(g)) ? cv : 0; c < cv; c += VL) {
     V accs[NA];
     V* acc = (KH && KW) ? accs : dyn_acc;
