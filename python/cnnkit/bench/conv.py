@@ -517,9 +517,29 @@ def _nhwc(a):
 
 
 def reference_check(torch, specs, layouts=LAYOUTS, numpy_passes=PASSES) -> list:
-    """Every timed cnnkit call (both passes, reuse and fresh, each layout) and the NumPy baseline
-    on each benchmarked geometry at batch 2 and at most 10x10 pixels, against torch in float64
-    (or a NumPy float64 reference without torch). Returns failure messages."""
+    """Check every timed call against a float64 reference before timing.
+
+    Every timed cnnkit call (both passes, reuse and fresh, each layout) and the NumPy baseline run
+    on each benchmarked geometry at batch 2 and at most 10x10 pixels, against torch in float64 (or
+    a NumPy float64 reference without torch), to 1e-4 of the reference's largest magnitude.
+
+    Parameters
+    ----------
+    torch : module or None
+        The torch module, or None for the NumPy float64 reference.
+    specs : sequence of ConvSpec
+        The benchmarked layers; each is checked at its geometry, batch 2, height clipped to 10.
+    layouts : sequence of str, optional
+        The cnnkit layouts checked ("NCHW", "NHWC").
+    numpy_passes : sequence of str, optional
+        The passes ("fwd", "bwd") whose NumPy baseline is checked; empty checks none.
+
+    Returns
+    -------
+    list of str
+        One message per mismatch (layer, call, largest difference and tolerance) or error raised;
+        empty when all agree.
+    """
     bad = []
     rng = np.random.default_rng(11)
     for big in specs:
@@ -657,8 +677,24 @@ def _algorithm_fn():
 
 
 def algorithm(spec: ConvSpec, layout: str, pas: str) -> str:
-    """The algorithm cnnkit reports for this layer ("?" where it cannot say). Backward rows ask
-    per gradient ("input", "weight") when the function takes a ``pass_`` argument."""
+    """The algorithm cnnkit reports for this layer and pass.
+
+    Parameters
+    ----------
+    spec : ConvSpec
+        The layer.
+    layout : str
+        The cnnkit layout, "NCHW" or "NHWC".
+    pas : str
+        The pass, "fwd" or "bwd". Backward rows ask per gradient ("input", "weight") when
+        ``cnnkit.ops.conv2d_algorithm`` takes a ``pass_`` argument.
+
+    Returns
+    -------
+    str
+        The kernel's name, the input and weight gradients' joined by "/" for a backward row, or
+        "?" where this build cannot say.
+    """
     fn = _algorithm_fn()
     if fn is None:
         return "?"
