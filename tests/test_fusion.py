@@ -1275,3 +1275,58 @@ def test_fused_backward_input_hypothesis(N, C, K, H, W, k, s, kind, layout, relu
                        length=L * N * H * W, what="sum")
     assert_close_terms(s2, gxc.sum(axis=(0, 2, 3)), np.float32, np.abs(gxc).sum(axis=(0, 2, 3)),
                        length=L * N * H * W, what="sumxc")
+
+
+@settings(max_examples=30, deadline=None)
+@given(C=st.integers(64, 136), K=st.integers(8, 40), H=st.integers(1, 9), W=st.integers(1, 11),
+       kind=st.sampled_from(("1x1", "depthwise", "depthwise s2")), mask=st.sampled_from(("none", "fma", "fma 1", "stored")),
+       seed=st.integers(0, 2**31 - 1))
+def test_fused_backward_input_wide_channels(C, K, H, W, kind, mask, seed):
+    """The gradient epilogue at 64 channels and more (AVX2: the rows taken outermost, every
+    channel of a row at once, the sums continued over groups of four rows; odd row counts and
+    channels past the last 16 included): each mask kind (none, fma(scale, x, shift) > 0, x > 0,
+    a stored mask) against float64, bitwise at 1 and 2 threads, at every ISA level."""
+    from conftest import num_threads
+    G, k, s = (1, 1, 1) if kind == "1x1" else (C, 3, 2 if kind.endswith("s2") else 1)
+    K = C if G > 1 else K
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((2, C, H, W)).astype(np.float32)
+    w = rng.standard_normal((K, C // G, k, k)).astype(np.float32)
+    sc = (rng.uniform(0.5, 2, C) * rng.choice((-1, 1), C)).astype(np.float32) if mask == "fma" else None
+    sh = rng.standard_normal(C).astype(np.float32) if mask == "fma" else None
+    m = np.where(rng.random(x.shape) < 0.45, 0, rng.random(x.shape)).astype(np.float32) if mask == "stored" else None
+    center = rng.standard_normal(C)
+    g = F._Geom(_to("NHWC", x).shape, w.shape, s, k // 2, 1, G, "NHWC", np.float32)
+    gy = rng.standard_normal((2, K, g.Ho, g.Wo)).astype(np.float32)
+    relu = mask != "none"
+    ga = fused_backward_ref(gy, x, w, s, k // 2, 1, G, None, None, False, None, False)[6]
+    if mask == "fma":
+        keep = x.astype(np.float64) * _chan(sc) + _chan(sh) > 0
+    elif mask == "fma 1":
+        keep = x > 0
+    elif mask == "stored":
+        keep = m > 0
+    else:
+        keep = np.ones(x.shape, bool)
+    gz = ga * keep
+    L = (K // G) * k * k
+    gxc = gz * (x - _chan(center))
+    for level in ISA_LEVELS:
+        with isa_level(level):
+            got = []
+            for t in (1, 2):
+                dx = np.full(_to("NHWC", x).shape, np.nan, np.float32)
+                with num_threads(t):
+                    _, s1, s2 = _core.conv2d_fused_backward_input(
+                        _to("NHWC", gy), w, dx, g.core(), _to("NHWC", x), sc, sh, relu, center, None,
+                        None if m is None else _to("NHWC", m))
+                got.append((_from("NHWC", dx), s1, s2))
+            for u, v in zip(*got):
+                assert_bitwise(u, v, f"threads at {level}")
+            dx, s1, s2 = got[0]
+            assert_close(dx, gz, np.float32, length=L, what=f"masked grad at {level}")
+            assert np.all(dx[~keep] == 0)
+            assert_close_terms(s1, gz.sum(axis=(0, 2, 3)), np.float32, np.abs(gz).sum(axis=(0, 2, 3)),
+                               length=L * 2 * H * W, what=f"sum at {level}")
+            assert_close_terms(s2, gxc.sum(axis=(0, 2, 3)), np.float32, np.abs(gxc).sum(axis=(0, 2, 3)),
+                               length=L * 2 * H * W, what=f"sumxc at {level}")

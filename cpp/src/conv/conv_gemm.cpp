@@ -411,6 +411,49 @@ inline void stats16_pass(const float* y, int64_t ld, int64_t nr, const double* s
   }
 }
 
+// f(r0, std::integral_constant<int, NR>{}) over nr rows in groups of 4 rows, then the rest one
+// at a time (the row-major statistics and gradient epilogues below).
+template <typename F>
+inline void by_row_groups(int64_t nr, F&& f) {
+  int64_t r = 0;
+  for (; r + 4 <= nr; r += 4) f(r, std::integral_constant<int, 4>{});
+  for (; r < nr; ++r) f(r, std::integral_constant<int, 1>{});
+}
+
+// Statistics of nk channels (a multiple of 8) over nr rows, rows outermost: each 8-channel vector's
+// sums loaded from s1, s2, continued over 4 rows and stored back, so the block is read in address
+// order once instead of one line of every row per 16-channel pass (from L2 where the block is
+// larger than L1: 96 rows of 256 channels in the 1x1 forward). Per channel the same operations in
+// the same order: the same bits. Used from 64 channels (block_stats_pm); mobilenet_small's forward
+// passes with statistics, alternating calls in one process (2 threads): the stride-2 depthwise
+// (64 channels) 1.11x, the 1x1s (64, 128, 256 channels) 1.005-1.02x; at 16 and 32 channels (resnext_small)
+// the register passes stay.
+inline void stats_rows_pass(const float* y, int64_t ld, int64_t nr, int64_t nk, const double* sh, double* s1,
+                            double* s2, bool cont) {
+  if (!cont)
+    for (int64_t k = 0; k < nk; ++k) s1[k] = s2[k] = 0.0;
+  by_row_groups(nr, [&](int64_t r0, auto rb) __attribute__((always_inline)) {
+    constexpr int NR = decltype(rb)::value;
+    for (int64_t k = 0; k < nk; k += 8) {
+      __m256d a1l = _mm256_loadu_pd(s1 + k), a1h = _mm256_loadu_pd(s1 + k + 4);
+      __m256d a2l = _mm256_loadu_pd(s2 + k), a2h = _mm256_loadu_pd(s2 + k + 4);
+      const __m256d cl = _mm256_loadu_pd(sh + k), ch = _mm256_loadu_pd(sh + k + 4);
+#pragma GCC unroll 4
+      for (int i = 0; i < NR; ++i) {
+        const __m256 v = _mm256_loadu_ps(y + (r0 + i) * ld + k);
+        const __m256d dl = _mm256_sub_pd(lo4d(v), cl), dh = _mm256_sub_pd(hi4d(v), ch);
+        a1l = _mm256_add_pd(a1l, dl);
+        a1h = _mm256_add_pd(a1h, dh);
+        a2l = _mm256_add_pd(a2l, _mm256_mul_pd(dl, dl));
+        a2h = _mm256_add_pd(a2h, _mm256_mul_pd(dh, dh));
+      }
+      _mm256_storeu_pd(s1 + k, a1l);
+      _mm256_storeu_pd(s1 + k + 4, a1h);
+      _mm256_storeu_pd(s2 + k, a2l);
+      _mm256_storeu_pd(s2 + k + 4, a2h);
+    }
+  });
+}
 template <int P>
 void stats16(const float* y, int64_t ld, int64_t nr, const double* sh, double* s1, double* s2, bool cont) {
   for (int h = 0; h < P; ++h) stats16_pass(y + 16 * h, ld, nr, sh + 16 * h, s1 + 16 * h, s2 + 16 * h, cont);
@@ -455,6 +498,12 @@ void block_stats_pm(const T* __restrict y, int64_t ld, int64_t nr, int64_t nk, c
                     double* s2, bool cont = false) {
   int64_t kv = 0;
   if constexpr (std::is_same_v<T, float>) {
+#if defined(__AVX2__) && !defined(__AVX512F__)
+    if (nk >= 64) {
+      kv = nk / 16 * 16;
+      stats_rows_pass(y, ld, nr, kv, sh, s1, s2, cont);
+    }
+#endif
     for (; kv + 32 <= nk; kv += 32) stats16<2>(y + kv, ld, nr, sh + kv, s1 + kv, s2 + kv, cont);
     for (; kv + 16 <= nk; kv += 16) stats16<1>(y + kv, ld, nr, sh + kv, s1 + kv, s2 + kv, cont);
   }
@@ -618,6 +667,54 @@ inline void grad16_pass(float* y, const float* xb, const float* mb, int64_t ld, 
   }
 }
 
+// The gradient epilogue of nk channels (a multiple of 8) over nr rows, rows outermost as
+// stats_rows_pass: the block's rows (and x's) read in address order once, each 8-channel vector's
+// sums continued over 4 rows from s1, s2. The same operations per channel in the same order as
+// grad16_pass: the same bits. Used from 64 channels (grad_epilogue_pm). The passes of 16 channels
+// read one line of every row of y and x per pass, and perf put half of grad16_pass's samples on
+// its load of x (mobilenet_small's 128-channel 1x1 input gradient). Alternating calls in one
+// process, 2 threads: mobilenet_small's depthwise input gradients 1.13x (stride 2, 64 channels)
+// and 1.06x (128), its 1x1 input gradients 0.99-1.02x; at 16-32 channels (resnext_small) the
+// register passes (0.98-1.00x in this form) stay.
+template <int MK>
+inline void grad_rows_pass(float* y, const float* xb, const float* mb, int64_t ld, int64_t nr, int64_t nk,
+                           const float* sc, const float* sh, const double* ctr, double* s1, double* s2, bool cont) {
+  if (!cont)
+    for (int64_t k = 0; k < nk; ++k) s1[k] = s2[k] = 0.0;
+  const __m256 zero = _mm256_setzero_ps();
+  by_row_groups(nr, [&](int64_t r0, auto rb) __attribute__((always_inline)) {
+    constexpr int NR = decltype(rb)::value;
+    for (int64_t k = 0; k < nk; k += 8) {
+      __m256d a1l = _mm256_loadu_pd(s1 + k), a1h = _mm256_loadu_pd(s1 + k + 4);
+      __m256d a2l = _mm256_loadu_pd(s2 + k), a2h = _mm256_loadu_pd(s2 + k + 4);
+      const __m256d cl = _mm256_loadu_pd(ctr + k), ch = _mm256_loadu_pd(ctr + k + 4);
+      __m256 ka = _mm256_set1_ps(1.0f), kb = zero;
+      if constexpr (MK == 1)
+        if (sc) ka = _mm256_loadu_ps(sc + k), kb = _mm256_loadu_ps(sh + k);
+#pragma GCC unroll 4
+      for (int i = 0; i < NR; ++i) {
+        float* yr = y + (r0 + i) * ld + k;
+        const __m256 xv = _mm256_loadu_ps(xb + (r0 + i) * ld + k);
+        __m256 v = _mm256_loadu_ps(yr);
+        if constexpr (MK == 2)
+          v = _mm256_and_ps(v, _mm256_cmp_ps(_mm256_loadu_ps(mb + (r0 + i) * ld + k), zero, _CMP_GT_OQ));
+        else if constexpr (MK == 1)
+          v = _mm256_and_ps(v, _mm256_cmp_ps(_mm256_fmadd_ps(ka, xv, kb), zero, _CMP_GT_OQ));
+        _mm256_storeu_ps(yr, v);
+        const __m256d vl = lo4d(v), vh = hi4d(v);
+        a1l = _mm256_add_pd(a1l, vl);
+        a1h = _mm256_add_pd(a1h, vh);
+        a2l = _mm256_add_pd(a2l, _mm256_mul_pd(vl, _mm256_sub_pd(lo4d(xv), cl)));
+        a2h = _mm256_add_pd(a2h, _mm256_mul_pd(vh, _mm256_sub_pd(hi4d(xv), ch)));
+      }
+      _mm256_storeu_pd(s1 + k, a1l);
+      _mm256_storeu_pd(s1 + k + 4, a1h);
+      _mm256_storeu_pd(s2 + k, a2l);
+      _mm256_storeu_pd(s2 + k + 4, a2h);
+    }
+  });
+}
+
 template <int P>
 void grad16(float* y, const float* xb, const float* mb, int64_t ld, int64_t nr, const float* sc, const float* sh,
             bool relu, const double* ctr, double* s1, double* s2, bool cont) {
@@ -687,6 +784,14 @@ void grad_epilogue_pm(float* y, const float* xb, const float* mb, int64_t ld, in
                       const float* sc, const float* sh, bool relu, const double* ctr, double* s1, double* s2,
                       bool cont = false) {
   int64_t kv = 0;
+#if defined(__AVX2__) && !defined(__AVX512F__)
+  if (nk >= 64) {
+    kv = nk / 16 * 16;
+    if (relu && mb) grad_rows_pass<2>(y, xb, mb, ld, nr, kv, sc, sh, ctr, s1, s2, cont);
+    else if (relu) grad_rows_pass<1>(y, xb, mb, ld, nr, kv, sc, sh, ctr, s1, s2, cont);
+    else grad_rows_pass<0>(y, xb, mb, ld, nr, kv, sc, sh, ctr, s1, s2, cont);
+  }
+#endif
   for (; kv + 32 <= nk; kv += 32)
     grad16<2>(y + kv, xb + kv, mb ? mb + kv : nullptr, ld, nr, sc ? sc + kv : nullptr, sc ? sh + kv : nullptr,
               relu, ctr + kv, s1 + kv, s2 + kv, cont);
