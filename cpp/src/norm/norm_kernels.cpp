@@ -557,7 +557,7 @@ void affine_pool_t(const T* x, const T* ab, const Shape& sh, T* out) {
 // norm + pool), 1 thread 3.58 -> 2.61 ms, 2 threads 1.42 -> 1.02; 64 x 128 x 8 x 8 1.40x). Without
 // the ReLU that loop has neither and stays (this form measured 0.93-1.04x there).
 void pool_sums_relu_vectors(const float* x, const float* a, const float* b, const double* mean, int64_t S, int64_t C,
-                            int64_t cv, double* s1, int32_t* cnt, double* q) {
+                            int64_t cv, double* s1, int32_t* cnt, double* q, int64_t S_ahead) {
   const __m256 zero = _mm256_setzero_ps();
   const __m256d dzero = _mm256_setzero_pd(), done = _mm256_set1_pd(1.0);
   const auto lo = [](__m256 v) { return _mm256_cvtps_pd(_mm256_castps256_ps128(v)); };
@@ -565,7 +565,13 @@ void pool_sums_relu_vectors(const float* x, const float* a, const float* b, cons
   int64_t i = 0;
   for (; i + 4 <= S; i += 4) {
     const float* p = x + i * C;
+    // the group of four positions two groups on (past S: the next sample's, which follows in
+    // memory, up to S_ahead positions), its lines into L1 as the loop reads the same share of
+    // this group's
+    const char* pf = reinterpret_cast<const char*>(x + std::min(i + 8, S + S_ahead - 4) * C);
     for (int64_t c = 0; c < cv; c += 8) {
+      _mm_prefetch(pf + c * 16, _MM_HINT_T0);
+      _mm_prefetch(pf + c * 16 + 64, _MM_HINT_T0);
       const __m256 av = _mm256_loadu_ps(a + c), bv = _mm256_loadu_ps(b + c);
       const __m256d ml = _mm256_loadu_pd(mean + c), mh = _mm256_loadu_pd(mean + c + 4);
       __m256d sl = _mm256_loadu_pd(s1 + c), sh = _mm256_loadu_pd(s1 + c + 4);
@@ -656,7 +662,7 @@ void affine_pool_sums_t(const T* x, const T* ab, const Shape& sh, T* out, const 
       if constexpr (RELU && std::is_same_v<T, float>)
         if (cv > 0) {
           std::fill(counts.begin(), counts.end(), 0);
-          pool_sums_relu_vectors(x + n * S * C, a, b, mean, S, C, cv, s1, counts.data(), q);
+          pool_sums_relu_vectors(x + n * S * C, a, b, mean, S, C, cv, s1, counts.data(), q, n + 1 < N ? S : 0);
           for (int64_t c = 0; c < cv; ++c) k[c] = double(counts[c]);  // (exact: at most S)
         }
 #endif
