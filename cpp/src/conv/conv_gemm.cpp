@@ -425,9 +425,10 @@ inline void by_row_groups(int64_t nr, F&& f) {
 // order once instead of one line of every row per 16-channel pass (from L2 where the block is
 // larger than L1: 96 rows of 256 channels in the 1x1 forward). Per channel the same operations in
 // the same order: the same bits. Used from 64 channels (block_stats_pm); mobilenet_small's forward
-// passes with statistics, alternating calls in one process (2 threads): the stride-2 depthwise
-// (64 channels) 1.11x, the 1x1s (64, 128, 256 channels) 1.005-1.02x; at 16 and 32 channels (resnext_small)
-// the register passes stay.
+// passes with statistics, alternating calls in one process (2 threads), while the host's memory
+// was slow: the stride-2 depthwise (64 channels) 1.11x, the 1x1s (64, 128, 256 channels)
+// 1.005-1.02x; while it was fast 0.99-1.01x. At 16 and 32 channels (resnext_small) the register
+// passes stay.
 inline void stats_rows_pass(const float* y, int64_t ld, int64_t nr, int64_t nk, const double* sh, double* s1,
                             double* s2, bool cont) {
   if (!cont)
@@ -673,9 +674,10 @@ inline void grad16_pass(float* y, const float* xb, const float* mb, int64_t ld, 
 // grad16_pass: the same bits. Used from 64 channels (grad_epilogue_pm). The passes of 16 channels
 // read one line of every row of y and x per pass, and perf put half of grad16_pass's samples on
 // its load of x (mobilenet_small's 128-channel 1x1 input gradient). Alternating calls in one
-// process, 2 threads: mobilenet_small's depthwise input gradients 1.13x (stride 2, 64 channels)
-// and 1.06x (128), its 1x1 input gradients 0.99-1.02x; at 16-32 channels (resnext_small) the
-// register passes (0.98-1.00x in this form) stay.
+// process, 2 threads, while the host's memory was slow: mobilenet_small's depthwise input
+// gradients 1.13x (stride 2, 64 channels, two runs) and 1.06-1.10x (128), its 1x1 input gradients
+// 0.99-1.02x; while it was fast, the two builds side by side: 0.99-1.01x on every call. At 16-32
+// channels (resnext_small) the register passes (0.98-1.00x in this form) stay.
 template <int MK>
 inline void grad_rows_pass(float* y, const float* xb, const float* mb, int64_t ld, int64_t nr, int64_t nk,
                            const float* sc, const float* sh, const double* ctr, double* s1, double* s2, bool cont) {
