@@ -411,13 +411,33 @@ inline void stats16_pass(const float* y, int64_t ld, int64_t nr, const double* s
   }
 }
 
-// f(r0, std::integral_constant<int, NR>{}) over nr rows in groups of 4 rows, then the rest one
-// at a time (the row-major statistics and gradient epilogues below).
+// The two double sums of 8 channels (s1 and s2 of channels k..k+7, each as two halves).
+struct Sums8 {
+  __m256d s1l, s1h, s2l, s2h;
+};
+
+// The row-major statistics and gradient epilogues' loop: f(k, r0, std::integral_constant<int,
+// NR>{}, sums) for every 8-channel vector k < nk (nk a multiple of 8) of every group of NR rows
+// from r0 (groups of 4 rows, then the rest one at a time), the vector's sums loaded from s1, s2
+// before and stored back after (zeroed first unless cont).
 template <typename F>
-inline void by_row_groups(int64_t nr, F&& f) {
+inline void rows_by_vectors(int64_t nr, int64_t nk, double* s1, double* s2, bool cont, F&& f) {
+  if (!cont)
+    for (int64_t k = 0; k < nk; ++k) s1[k] = s2[k] = 0.0;
+  auto group = [&](int64_t r0, auto rb) __attribute__((always_inline)) {
+    for (int64_t k = 0; k < nk; k += 8) {
+      Sums8 a{_mm256_loadu_pd(s1 + k), _mm256_loadu_pd(s1 + k + 4), _mm256_loadu_pd(s2 + k),
+              _mm256_loadu_pd(s2 + k + 4)};
+      f(k, r0, rb, a);
+      _mm256_storeu_pd(s1 + k, a.s1l);
+      _mm256_storeu_pd(s1 + k + 4, a.s1h);
+      _mm256_storeu_pd(s2 + k, a.s2l);
+      _mm256_storeu_pd(s2 + k + 4, a.s2h);
+    }
+  };
   int64_t r = 0;
-  for (; r + 4 <= nr; r += 4) f(r, std::integral_constant<int, 4>{});
-  for (; r < nr; ++r) f(r, std::integral_constant<int, 1>{});
+  for (; r + 4 <= nr; r += 4) group(r, std::integral_constant<int, 4>{});
+  for (; r < nr; ++r) group(r, std::integral_constant<int, 1>{});
 }
 
 // Statistics of nk channels (a multiple of 8) over nr rows, rows outermost: each 8-channel vector's
@@ -431,27 +451,16 @@ inline void by_row_groups(int64_t nr, F&& f) {
 // passes stay.
 inline void stats_rows_pass(const float* y, int64_t ld, int64_t nr, int64_t nk, const double* sh, double* s1,
                             double* s2, bool cont) {
-  if (!cont)
-    for (int64_t k = 0; k < nk; ++k) s1[k] = s2[k] = 0.0;
-  by_row_groups(nr, [&](int64_t r0, auto rb) __attribute__((always_inline)) {
-    constexpr int NR = decltype(rb)::value;
-    for (int64_t k = 0; k < nk; k += 8) {
-      __m256d a1l = _mm256_loadu_pd(s1 + k), a1h = _mm256_loadu_pd(s1 + k + 4);
-      __m256d a2l = _mm256_loadu_pd(s2 + k), a2h = _mm256_loadu_pd(s2 + k + 4);
-      const __m256d cl = _mm256_loadu_pd(sh + k), ch = _mm256_loadu_pd(sh + k + 4);
+  rows_by_vectors(nr, nk, s1, s2, cont, [&](int64_t k, int64_t r0, auto rb, Sums8& a) __attribute__((always_inline)) {
+    const __m256d cl = _mm256_loadu_pd(sh + k), ch = _mm256_loadu_pd(sh + k + 4);
 #pragma GCC unroll 4
-      for (int i = 0; i < NR; ++i) {
-        const __m256 v = _mm256_loadu_ps(y + (r0 + i) * ld + k);
-        const __m256d dl = _mm256_sub_pd(lo4d(v), cl), dh = _mm256_sub_pd(hi4d(v), ch);
-        a1l = _mm256_add_pd(a1l, dl);
-        a1h = _mm256_add_pd(a1h, dh);
-        a2l = _mm256_add_pd(a2l, _mm256_mul_pd(dl, dl));
-        a2h = _mm256_add_pd(a2h, _mm256_mul_pd(dh, dh));
-      }
-      _mm256_storeu_pd(s1 + k, a1l);
-      _mm256_storeu_pd(s1 + k + 4, a1h);
-      _mm256_storeu_pd(s2 + k, a2l);
-      _mm256_storeu_pd(s2 + k + 4, a2h);
+    for (int i = 0; i < decltype(rb)::value; ++i) {
+      const __m256 v = _mm256_loadu_ps(y + (r0 + i) * ld + k);
+      const __m256d dl = _mm256_sub_pd(lo4d(v), cl), dh = _mm256_sub_pd(hi4d(v), ch);
+      a.s1l = _mm256_add_pd(a.s1l, dl);
+      a.s1h = _mm256_add_pd(a.s1h, dh);
+      a.s2l = _mm256_add_pd(a.s2l, _mm256_mul_pd(dl, dl));
+      a.s2h = _mm256_add_pd(a.s2h, _mm256_mul_pd(dh, dh));
     }
   });
 }
@@ -681,38 +690,27 @@ inline void grad16_pass(float* y, const float* xb, const float* mb, int64_t ld, 
 template <int MK>
 inline void grad_rows_pass(float* y, const float* xb, const float* mb, int64_t ld, int64_t nr, int64_t nk,
                            const float* sc, const float* sh, const double* ctr, double* s1, double* s2, bool cont) {
-  if (!cont)
-    for (int64_t k = 0; k < nk; ++k) s1[k] = s2[k] = 0.0;
   const __m256 zero = _mm256_setzero_ps();
-  by_row_groups(nr, [&](int64_t r0, auto rb) __attribute__((always_inline)) {
-    constexpr int NR = decltype(rb)::value;
-    for (int64_t k = 0; k < nk; k += 8) {
-      __m256d a1l = _mm256_loadu_pd(s1 + k), a1h = _mm256_loadu_pd(s1 + k + 4);
-      __m256d a2l = _mm256_loadu_pd(s2 + k), a2h = _mm256_loadu_pd(s2 + k + 4);
-      const __m256d cl = _mm256_loadu_pd(ctr + k), ch = _mm256_loadu_pd(ctr + k + 4);
-      __m256 ka = _mm256_set1_ps(1.0f), kb = zero;
-      if constexpr (MK == 1)
-        if (sc) ka = _mm256_loadu_ps(sc + k), kb = _mm256_loadu_ps(sh + k);
+  rows_by_vectors(nr, nk, s1, s2, cont, [&](int64_t k, int64_t r0, auto rb, Sums8& a) __attribute__((always_inline)) {
+    const __m256d cl = _mm256_loadu_pd(ctr + k), ch = _mm256_loadu_pd(ctr + k + 4);
+    __m256 ka = _mm256_set1_ps(1.0f), kb = zero;
+    if constexpr (MK == 1)
+      if (sc) ka = _mm256_loadu_ps(sc + k), kb = _mm256_loadu_ps(sh + k);
 #pragma GCC unroll 4
-      for (int i = 0; i < NR; ++i) {
-        float* yr = y + (r0 + i) * ld + k;
-        const __m256 xv = _mm256_loadu_ps(xb + (r0 + i) * ld + k);
-        __m256 v = _mm256_loadu_ps(yr);
-        if constexpr (MK == 2)
-          v = _mm256_and_ps(v, _mm256_cmp_ps(_mm256_loadu_ps(mb + (r0 + i) * ld + k), zero, _CMP_GT_OQ));
-        else if constexpr (MK == 1)
-          v = _mm256_and_ps(v, _mm256_cmp_ps(_mm256_fmadd_ps(ka, xv, kb), zero, _CMP_GT_OQ));
-        _mm256_storeu_ps(yr, v);
-        const __m256d vl = lo4d(v), vh = hi4d(v);
-        a1l = _mm256_add_pd(a1l, vl);
-        a1h = _mm256_add_pd(a1h, vh);
-        a2l = _mm256_add_pd(a2l, _mm256_mul_pd(vl, _mm256_sub_pd(lo4d(xv), cl)));
-        a2h = _mm256_add_pd(a2h, _mm256_mul_pd(vh, _mm256_sub_pd(hi4d(xv), ch)));
-      }
-      _mm256_storeu_pd(s1 + k, a1l);
-      _mm256_storeu_pd(s1 + k + 4, a1h);
-      _mm256_storeu_pd(s2 + k, a2l);
-      _mm256_storeu_pd(s2 + k + 4, a2h);
+    for (int i = 0; i < decltype(rb)::value; ++i) {
+      float* yr = y + (r0 + i) * ld + k;
+      const __m256 xv = _mm256_loadu_ps(xb + (r0 + i) * ld + k);
+      __m256 v = _mm256_loadu_ps(yr);
+      if constexpr (MK == 2)
+        v = _mm256_and_ps(v, _mm256_cmp_ps(_mm256_loadu_ps(mb + (r0 + i) * ld + k), zero, _CMP_GT_OQ));
+      else if constexpr (MK == 1)
+        v = _mm256_and_ps(v, _mm256_cmp_ps(_mm256_fmadd_ps(ka, xv, kb), zero, _CMP_GT_OQ));
+      _mm256_storeu_ps(yr, v);
+      const __m256d vl = lo4d(v), vh = hi4d(v);
+      a.s1l = _mm256_add_pd(a.s1l, vl);
+      a.s1h = _mm256_add_pd(a.s1h, vh);
+      a.s2l = _mm256_add_pd(a.s2l, _mm256_mul_pd(vl, _mm256_sub_pd(lo4d(xv), cl)));
+      a.s2h = _mm256_add_pd(a.s2h, _mm256_mul_pd(vh, _mm256_sub_pd(hi4d(xv), ch)));
     }
   });
 }
