@@ -68,6 +68,7 @@ import inspect
 import math
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -709,14 +710,64 @@ def algorithm(spec: ConvSpec, layout: str, pas: str) -> str:
 
 
 def calls_per_sample(spec: ConvSpec, pas: str, max_inner: int = MAX_INNER) -> int:
+    """How many calls of a pass one timed sample runs back to back.
+
+    Parameters
+    ----------
+    spec : ConvSpec
+        The layer.
+    pas : str
+        The pass, "fwd" or "bwd".
+    max_inner : int, optional
+        The most calls a sample runs.
+
+    Returns
+    -------
+    int
+        ceil(INNER_BYTES / the pass's minimum bytes), between 1 and ``max_inner``: small passes
+        repeat until a sample moves about INNER_BYTES, so the timer's resolution does not
+        dominate.
+    """
     return max(1, min(max_inner, math.ceil(INNER_BYTES / spec.nbytes(pas))))
 
 
-def run_shape(torch, spec, layouts, passes, numpy_passes, stream, reps, warmup,
-              probe_reps, inner=None, max_inner=MAX_INNER) -> dict:
-    """Interleaved rounds over both passes of one shape; raw per-round times and probes.
-    ``inner``: calls per timed sample (default: :func:`calls_per_sample` per pass)."""
-    inner = {ps: inner or calls_per_sample(spec, ps, max_inner) for ps in passes}
+def run_shape(torch: Any, spec: ConvSpec, layouts: Sequence[str], passes: Sequence[str],
+              numpy_passes: Sequence[str], stream: Any, reps: int, warmup: int, probe_reps: int,
+              inner: int | None = None, max_inner: int = MAX_INNER) -> dict:
+    """Time one shape: interleaved rounds over its passes, every implementation then a STREAM probe.
+
+    Parameters
+    ----------
+    torch : module or None
+        The torch module for the peers, or None to time cnnkit (and NumPy) alone.
+    spec : ConvSpec
+        The layer.
+    layouts : sequence of str
+        The cnnkit layouts timed ("NCHW", "NHWC").
+    passes : sequence of str
+        The passes timed ("fwd", "bwd"), each a block of every round.
+    numpy_passes : sequence of str
+        The passes whose NumPy im2col baseline is timed too.
+    stream : object
+        The STREAM probe's arrays (:func:`cnnkit.bench._common.probe`).
+    reps, warmup : int
+        Timed rounds, and untimed rounds before them.
+    probe_reps : int
+        Runs of the STREAM kernel per probe.
+    inner : int or None, optional
+        Calls per timed sample; None: :func:`calls_per_sample` per pass.
+    max_inner : int, optional
+        The most calls per sample where ``inner`` is None.
+
+    Returns
+    -------
+    dict
+        The shape's name, family and batch, the calls per sample by pass, the seconds it took,
+        the raw per-round times (``times_s[pass][implementation]``, seconds per call), the
+        per-round probes (``probe_gbs[pass]``, GB/s) and the algorithm cnnkit reports per layout
+        and pass.
+    """
+    calls = {ps: inner or calls_per_sample(spec, ps, max_inner) for ps in passes}
     d = _data(spec)
     impls = _cnnkit_impls(spec, d, layouts, passes)
     if torch is not None:
@@ -727,11 +778,11 @@ def run_shape(torch, spec, layouts, passes, numpy_passes, stream, reps, warmup,
     blocks = [(impls[ps], lambda kind=ROOF_KIND[ps]: probe(kind, stream, probe_reps))
               for ps in passes]
     t0 = time.perf_counter()
-    times, probes = run_rounds(blocks, reps, warmup, [inner[ps] for ps in passes])
+    times, probes = run_rounds(blocks, reps, warmup, [calls[ps] for ps in passes])
     elapsed = time.perf_counter() - t0
     del impls, blocks, d
     gc.collect()
-    return {"name": spec.name, "family": spec.family, "batch": spec.n, "inner": inner,
+    return {"name": spec.name, "family": spec.family, "batch": spec.n, "inner": calls,
             "seconds": elapsed, "times_s": dict(zip(passes, times)),
             "probe_gbs": dict(zip(passes, probes)),
             "algorithm": {f"{L} {ps}": algorithm(spec, L, ps) for L in layouts for ps in passes}}
