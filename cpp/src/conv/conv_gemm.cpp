@@ -631,6 +631,18 @@ void grad_epilogue_cm(float* y, const float* xb, const float* mb, int64_t ld, in
 }
 
 #if defined(__AVX2__) && !defined(__AVX512F__)
+// f(std::integral_constant<int, MK>{}) with the AVX2 gradient epilogues' mask kind MK: 2 a stored
+// mask (relu and mb), 1 fma(sc, x, sh) > 0 (relu), 0 none.
+template <typename F>
+inline void with_mask_kind(bool relu, const float* mb, F&& f) {
+  if (relu && mb)
+    f(std::integral_constant<int, 2>{});
+  else if (relu)
+    f(std::integral_constant<int, 1>{});
+  else
+    f(std::integral_constant<int, 0>{});
+}
+
 // The gradient epilogue of 16 channels over nr rows (AVX2; the loop of grad16 below). MK, the
 // mask's kind, fixed per loop: 0 none, 1 fma(sc, x, sh) > 0, 2 the stored mask mb > 0. (Chosen
 // inside the loop, GCC tested the kind every row and spilled the stored-mask form's registers:
@@ -723,12 +735,9 @@ void grad16(float* y, const float* xb, const float* mb, int64_t ld, int64_t nr, 
     const float* m = mb ? mb + o : nullptr;
     const float* a = sc ? sc + o : nullptr;
     const float* b = sc ? sh + o : nullptr;
-    if (relu && mb)
-      grad16_pass<2>(y + o, xb + o, m, ld, nr, a, b, ctr + o, s1 + o, s2 + o, cont);
-    else if (relu)
-      grad16_pass<1>(y + o, xb + o, m, ld, nr, a, b, ctr + o, s1 + o, s2 + o, cont);
-    else
-      grad16_pass<0>(y + o, xb + o, m, ld, nr, a, b, ctr + o, s1 + o, s2 + o, cont);
+    with_mask_kind(relu, mb, [&](auto mk) __attribute__((always_inline)) {
+      grad16_pass<decltype(mk)::value>(y + o, xb + o, m, ld, nr, a, b, ctr + o, s1 + o, s2 + o, cont);
+    });
   }
 }
 #else
@@ -787,9 +796,9 @@ void grad_epilogue_pm(float* y, const float* xb, const float* mb, int64_t ld, in
 #if defined(__AVX2__) && !defined(__AVX512F__)
   if (nk >= 64) {
     kv = nk / 16 * 16;
-    if (relu && mb) grad_rows_pass<2>(y, xb, mb, ld, nr, kv, sc, sh, ctr, s1, s2, cont);
-    else if (relu) grad_rows_pass<1>(y, xb, mb, ld, nr, kv, sc, sh, ctr, s1, s2, cont);
-    else grad_rows_pass<0>(y, xb, mb, ld, nr, kv, sc, sh, ctr, s1, s2, cont);
+    with_mask_kind(relu, mb, [&](auto mk) __attribute__((always_inline)) {
+      grad_rows_pass<decltype(mk)::value>(y, xb, mb, ld, nr, kv, sc, sh, ctr, s1, s2, cont);
+    });
   }
 #endif
   for (; kv + 32 <= nk; kv += 32)
