@@ -1606,6 +1606,36 @@ void sgemm_tn(int64_t M, int64_t N, int64_t K, const float* P, int64_t lp, const
   CNNKIT_WITH_TN_BLOCK(M, N, active(pq), tn_blocked, M, N, K, P, lp, Q, lq, C, ldc, accumulate, pq, pre);
 }
 
+namespace {
+// (rows_blocked: one take per block of R rows and KC block of the reduction)
+template <int R, int U>
+int64_t rows_takes(int64_t M, int64_t K) {
+  return (M + R - 1) / R * std::max<int64_t>(1, (K + KC - 1) / KC);
+}
+// (tn_blocked: one take per block of R rows of C in each sub-block of each KC block)
+template <int R, int U>
+int64_t tn_takes(int64_t M, int64_t N, int64_t K) {
+#if defined(__AVX2__) && !defined(__AVX512F__)
+  const int64_t ksub = (N + U * VL - 1) / (U * VL) >= 3 ? KC : 64;  // (tn_blocked's packp)
+#else
+  const int64_t ksub = KC;
+#endif
+  int64_t subs = 0;
+  for (int64_t pc = 0; pc < K; pc += KC) subs += (std::min<int64_t>(KC, K - pc) + ksub - 1) / ksub;
+  return (M + R - 1) / R * subs;
+}
+}  // namespace
+
+int64_t sgemm_rows_takes(int64_t M, int64_t N, int64_t K) {
+  if (M <= 0 || N <= 0) return 0;
+  return CNNKIT_WITH_BLOCK(N, rows_takes, M, K);
+}
+
+int64_t sgemm_tn_takes(int64_t M, int64_t N, int64_t K, bool pro) {
+  if (M <= 0 || N <= 0 || K <= 0) return 0;
+  return CNNKIT_WITH_TN_BLOCK(M, N, pro, tn_takes, M, N, K);
+}
+
 int64_t sgemm_tn_padded(int64_t M, int64_t N) {
 #if defined(__AVX512F__)
   const int64_t w = rows_width(N);

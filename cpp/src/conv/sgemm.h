@@ -149,6 +149,11 @@ void sgemm_tn(int64_t M, int64_t N, int64_t K, const float* P, int64_t lp, const
 // The elements sgemm_tn() computes for an M x N result (its register blocks, padded): a caller
 // that may compute C or C^T takes the orientation with fewer.
 int64_t sgemm_tn_padded(int64_t M, int64_t N);
+// How many of their kernel calls take lines of a RowsPrefetch: sgemm_rows() for an M x N result
+// over a reduction of K, sgemm_tn() likewise (pro: with a prologue on Q). A caller that spreads
+// its lines over the calls sets RowsPrefetch::share from it.
+int64_t sgemm_rows_takes(int64_t M, int64_t N, int64_t K);
+int64_t sgemm_tn_takes(int64_t M, int64_t N, int64_t K, bool pro);
 
 // The two as conv::Kernels members (plain arguments).
 void sgemm_shape_of(int* mr, int* nr, int* kc, int* mc, int* nc);
