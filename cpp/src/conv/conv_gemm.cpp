@@ -1150,13 +1150,6 @@ void wgrad_1x1_finish(const Wgrad1x1& p, float* dw);
 void backward_weight_1x1_nhwc(const float* dy, const float* x, float* dw, const Geom& g, const Prologue* pf);
 void backward_weight_1x1_strided(const float* dy, const float* x, float* dw, const Geom& g, const Prologue* pf);
 
-// The lines of pre (within its budget) that each of `takes` kernel calls requests at most, so that
-// they spread over all of them (at least 2: a kernel step's pair).
-inline int64_t spread_share(const RowsPrefetch& pre, int64_t takes) {
-  const int64_t lines = pre.budget >= 0 ? std::min(pre.budget, pre.lines_left()) : pre.lines_left();
-  return std::max<int64_t>(2, ceil_div(lines, std::max<int64_t>(1, takes)));
-}
-
 // At a stride above 1 the rows of x a block needs are gathered (through the prologue) into an L1
 // block first, then read in place like a stride-1 problem's.
 void forward_1x1_nhwc(const float* x, const float* w, const float* b, float* y, const Geom& g, const Fused* fu) {
@@ -1312,7 +1305,7 @@ void forward_1x1_nhwc(const float* x, const float* w, const float* b, float* y, 
         // kernel's own loads wait behind them (Zen 3, sgemm_tn's 32 x 32 x 256 span in L1 with 64
         // to 128 lines from memory: 72 -> 53-58 GFLOP/s). The same for the weight gradient's span
         // below (sgemm_tn: one take per block of R rows of each 64-row sub-block).
-        if (pre.n) pre.share = spread_share(pre, sgemm_rows_takes(nr, K, C));
+        if (pre.n) pre.share = std::max<int64_t>(2, pre.even_share(sgemm_rows_takes(nr, K, C)));  // (2: a step's pair)
 #endif
         sgemm_rows(nr, K, C, xa, C, bp, yr, K, pf, epp, pre.n ? &pre : nullptr);
         pre.share = -1;
@@ -1328,8 +1321,8 @@ void forward_1x1_nhwc(const float* x, const float* w, const float* b, float* y, 
       if (wnext > wdone) {
 #if defined(__AVX2__) && !defined(__AVX512F__)
         if (pre.n)
-          pre.share = spread_share(pre, wp.tr ? sgemm_tn_takes(wp.C, wp.K, wnext - wdone, false)
-                                              : sgemm_tn_takes(wp.K, wp.C, wnext - wdone, wp.pf && (wp.pf->scale || wp.pf->relu)));
+          pre.share = std::max<int64_t>(2, pre.even_share(wp.tr ? sgemm_tn_takes(wp.C, wp.K, wnext - wdone)
+                                                                 : sgemm_tn_takes(wp.K, wp.C, wnext - wdone, wp.pf)));
 #endif
         RowsPrefetch* wpre = pre.n ? &pre : nullptr;
         if (wg)

@@ -727,7 +727,7 @@ void grouped_forward_direct(const T* x, const T* w, const T* b, T* y, const Geom
       // one process: g32 C512@14 forward 1.06-1.10x, input gradient 1.06-1.12x; g32 C256@28
       // 1.04x / 1.06x; g32 C128@56 1.03x / 1.02x; 1 thread C512@14 1.12x.
       const int64_t takers = std::max<int64_t>(1, C / Vec<T>::n / 2);
-      lines.share = (lines.lines_left() + takers - 1) / takers;
+      lines.share = lines.even_share(takers);
     }
     // The row as pixels x channels: in place (NHWC), else in a buffer transposed out below.
     T* yrow = g.nhwc ? y + r * g.Wo * C : scratch<T>(kAccSlot, g.Wo * C);
@@ -802,7 +802,7 @@ void grouped_backward_input_direct(const T* dy, const T* w, T* dx, const Geom& g
     if (lines.n) {
       const int64_t blocks = sw * (C / Vec<T>::n) * ceil_div(ceil_div(g.W, sw), int64_t(8));
       const int64_t takers = std::max<int64_t>(1, blocks / 2);
-      lines.share = (lines.lines_left() + takers - 1) / takers;
+      lines.share = lines.even_share(takers);
     }
     // (NCHW: transposed out below; streamed: written out below)
     T* dxr = g.nhwc && !stream ? dx + r * rowlen : scratch<T>(kAccSlot, rowlen);

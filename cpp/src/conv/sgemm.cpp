@@ -531,6 +531,25 @@ void ukernel(int64_t kc, const float* __restrict a, const float* __restrict b, f
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 int64_t pad_to(int64_t M, int64_t R) { return (M + R - 1) / R * R; }
 
+// Whether tn_blocked lays out P's strips (below AVX-512): 3+ panels of columns.
+inline bool tn_packs_p(int64_t panels) {
+#if defined(__AVX512F__)
+  (void)panels;
+  return false;
+#else
+  return panels >= 3;
+#endif
+}
+// tn_blocked's sub-blocks of a KC block's rows: at AVX2 64 rows where P is read in place (below).
+inline int64_t tn_ksub(bool packp) {
+#if defined(__AVX2__) && !defined(__AVX512F__)
+  return packp ? KC : 64;
+#else
+  (void)packp;
+  return KC;
+#endif
+}
+
 // Whether tn_blocked (below AVX-512) lays out Q's block in panels, and P's strips: 3+ panels of W
 // columns and 3+ blocks of R rows of C. Otherwise a prologue runs inside its kernel.
 inline bool tn_lays_out_q(int64_t M, int64_t N, int64_t R, int64_t W) {
@@ -997,7 +1016,7 @@ void patches_t_blocked(int64_t M, int64_t N, int64_t K, const Patches& a, int64_
       }
       if (B.rs == N) pst.add(B.p + (pc + KC) * B.rs, kn * B.rs);
       const int64_t calls = (M + R - 1) / R * ((std::min<int64_t>(N, NC) + W - 1) / W);
-      pst.share = 2 * ((pst.lines_left() + calls - 1) / calls);
+      pst.share = 2 * pst.even_share(calls);
       pre = &pst;
     }
     for (int64_t jc = 0; jc < N; jc += NC) {
@@ -1422,10 +1441,11 @@ void tn_blocked(int64_t M, int64_t N, int64_t K, const float* P, int64_t lp, con
   // faster by 1.3x, 1.3x, 1.7x). The same products in the same order: the same bits. Measured at
   // AVX2 only (the machine of that session had no AVX-512): AVX-512 keeps the in-place reads.
 #if defined(__AVX512F__)
-  const bool packp = false, packq = false;
+  const bool packq = false;
 #else
-  const bool packp = panels >= 3, packq = tn_lays_out_q(M, N, R, W);
+  const bool packq = tn_lays_out_q(M, N, R, W);
 #endif
+  const bool packp = tn_packs_p(panels);
 #if defined(__AVX2__)
   const bool inkernel = has && U <= 2 && !packq;
 #else
@@ -1444,11 +1464,7 @@ void tn_blocked(int64_t M, int64_t N, int64_t K, const float* P, int64_t lp, con
   // bits. AVX2, 1 thread, dW over 65536 pixels: 32->32 with the prologue 37-47 -> 48-60
   // GFLOP/s, 32->16 without it 46-56 -> 59-77; with packed operands (3+ panels) level, and
   // not used there. AVX-512 (not measured) keeps whole KC blocks.
-#if defined(__AVX2__) && !defined(__AVX512F__)
-  const int64_t ksub = packp ? KC : 64;
-#else
-  const int64_t ksub = KC;
-#endif
+  const int64_t ksub = tn_ksub(packp);
   const int64_t rblocks = (M + R - 1) / R;
   float* t = ksub < kcm ? scratch<float>(kTnKeepSlot, rblocks * panels * R * W) : nullptr;
   for (int64_t pc = 0; pc < K; pc += KC) {
@@ -1615,11 +1631,7 @@ int64_t rows_takes(int64_t M, int64_t K) {
 // (tn_blocked: one take per block of R rows of C in each sub-block of each KC block)
 template <int R, int U>
 int64_t tn_takes(int64_t M, int64_t N, int64_t K) {
-#if defined(__AVX2__) && !defined(__AVX512F__)
-  const int64_t ksub = (N + U * VL - 1) / (U * VL) >= 3 ? KC : 64;  // (tn_blocked's packp)
-#else
-  const int64_t ksub = KC;
-#endif
+  const int64_t ksub = tn_ksub(tn_packs_p((N + U * VL - 1) / (U * VL)));
   int64_t subs = 0;
   for (int64_t pc = 0; pc < K; pc += KC) subs += (std::min<int64_t>(KC, K - pc) + ksub - 1) / ksub;
   return (M + R - 1) / R * subs;
@@ -1631,9 +1643,9 @@ int64_t sgemm_rows_takes(int64_t M, int64_t N, int64_t K) {
   return CNNKIT_WITH_BLOCK(N, rows_takes, M, K);
 }
 
-int64_t sgemm_tn_takes(int64_t M, int64_t N, int64_t K, bool pro) {
+int64_t sgemm_tn_takes(int64_t M, int64_t N, int64_t K, const Prologue* pq) {
   if (M <= 0 || N <= 0 || K <= 0) return 0;
-  return CNNKIT_WITH_TN_BLOCK(M, N, pro, tn_takes, M, N, K);
+  return CNNKIT_WITH_TN_BLOCK(M, N, active(pq), tn_takes, M, N, K);
 }
 
 int64_t sgemm_tn_padded(int64_t M, int64_t N) {

@@ -107,6 +107,12 @@ struct RowsPrefetch {
     for (int i = 0; i < n; ++i) t += lines[i];
     return t;
   }
+  // Lines not yet requested within the budget, split evenly over `takes` take() calls (rounded
+  // up): a share that spreads them over all the calls instead of the first ones.
+  int64_t even_share(int64_t takes) const {
+    const int64_t l = budget >= 0 ? std::min(budget, lines_left()) : lines_left();
+    return (l + std::max<int64_t>(1, takes) - 1) / std::max<int64_t>(1, takes);
+  }
   void add(const float* base, int64_t count) { add_bytes(base, count * int64_t(sizeof(float))); }
   void add_bytes(const void* base, int64_t bytes) {
     if (!base || bytes <= 0 || n == kMax) return;
@@ -150,10 +156,10 @@ void sgemm_tn(int64_t M, int64_t N, int64_t K, const float* P, int64_t lp, const
 // that may compute C or C^T takes the orientation with fewer.
 int64_t sgemm_tn_padded(int64_t M, int64_t N);
 // How many of their kernel calls take lines of a RowsPrefetch: sgemm_rows() for an M x N result
-// over a reduction of K, sgemm_tn() likewise (pro: with a prologue on Q). A caller that spreads
+// over a reduction of K, sgemm_tn() likewise (pq: its prologue on Q). A caller that spreads
 // its lines over the calls sets RowsPrefetch::share from it.
 int64_t sgemm_rows_takes(int64_t M, int64_t N, int64_t K);
-int64_t sgemm_tn_takes(int64_t M, int64_t N, int64_t K, bool pro);
+int64_t sgemm_tn_takes(int64_t M, int64_t N, int64_t K, const Prologue* pq = nullptr);
 
 // The two as conv::Kernels members (plain arguments).
 void sgemm_shape_of(int* mr, int* nr, int* kc, int* mc, int* nc);
