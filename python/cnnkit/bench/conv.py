@@ -808,8 +808,28 @@ def _series(res, spec, row, peak):
     return t, floor, nbytes, flops, bound
 
 
-def summarize(res: dict, spec: ConvSpec, layouts, peak: float) -> list:
-    """One dict per (row, cnnkit layout) of one shape."""
+def summarize(res: dict, spec: ConvSpec, layouts: Sequence[str], peak: float) -> list[dict]:
+    """The summary rows of one shape: one dict per (row of :data:`ROWS`, cnnkit layout).
+
+    Parameters
+    ----------
+    res : dict
+        The shape's timings, as :func:`run_shape` returns them.
+    spec : ConvSpec
+        The layer.
+    layouts : sequence of str
+        The cnnkit layouts to summarise ("NCHW", "NHWC").
+    peak : float
+        The machine's measured FLOP/s peak in GFLOP/s (the compute roof).
+
+    Returns
+    -------
+    list of dict
+        Per row: the layer's identity, the algorithm, bytes and FLOPs, the bound and the floor
+        (``floor_ms``), torch's and NumPy's median times, and per variant of :data:`VARIANTS` the
+        median ms with its spread, GFLOP/s, GB/s, the fraction of the roof and the ratios to the
+        best torch layout and to NumPy. Rows whose passes were not run are left out.
+    """
     rows = []
     for row in ROWS:
         ser = _series(res, spec, row, peak)
@@ -907,7 +927,23 @@ def _table(head, body, markdown: bool) -> str:
                      for r in [head, ["-" * w for w in widths]] + body)
 
 
-def render(rows: list, have_torch: bool, markdown: bool = False) -> str:
+def render(rows: list[dict], have_torch: bool, markdown: bool = False) -> str:
+    """The summary table, each row with its targets' verdicts, then the peers' times per layout.
+
+    Parameters
+    ----------
+    rows : list of dict
+        Summary rows, as :func:`summarize` returns them.
+    have_torch : bool
+        Whether torch ran: the peers' table is added when it did (or when NumPy ran).
+    markdown : bool, optional
+        A Markdown table instead of aligned plain text.
+
+    Returns
+    -------
+    str
+        The printable report.
+    """
     head = ["layer", "layout", "pass", "algorithm", "ms reuse", "ms fresh", "GFLOP/s",
             "eff GB/s", "floor ms (bound)", "% of roof", "torch best ms (layout)",
             "x torch reuse", "x torch fresh", "x numpy", "targets"]
