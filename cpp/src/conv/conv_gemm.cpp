@@ -382,6 +382,13 @@ inline F16v fma16(F16v a, F16v x, F16v b) {
 // (passes of 8 made the gradient epilogue at 32-64 channels 1.2-1.5x slower).
 inline __m256d lo4d(__m256 v) { return _mm256_cvtps_pd(_mm256_castps256_ps128(v)); }
 inline __m256d hi4d(__m256 v) { return _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)); }
+// The same conversions of 4 floats in memory: one vcvtps2pd from memory each, where lo4d/hi4d of
+// a loaded vector take a load, a vextractf128 and two conversions for the 8. The statistics and
+// the gradient epilogue read the values they convert from memory (y, and the norm's input x)
+// this way. Zen 3, 2 threads, resnext_small and mobilenet_small's steps with the two forms
+// alternating (a timer around each call, 30-40 rounds): the strided grouped and depthwise input
+// gradients 1.05-1.08x, the 1x1 forwards with statistics 1.02-1.03x, the steps 1.011x and 1.008x.
+inline __m256d cvt4d(const float* p) { return _mm256_cvtps_pd(_mm_loadu_ps(p)); }
 
 // Statistics of 16 channels over nr rows (the loop of stats16 below).
 inline void stats16_pass(const float* y, int64_t ld, int64_t nr, const double* sh, double* s1, double* s2,
@@ -396,8 +403,8 @@ inline void stats16_pass(const float* y, int64_t ld, int64_t nr, const double* s
   for (int64_t r = 0; r < nr; ++r) {
 #pragma GCC unroll 2
     for (int h = 0; h < 2; ++h) {
-      const __m256 v = _mm256_loadu_ps(y + r * ld + 8 * h);
-      const __m256d dl = _mm256_sub_pd(lo4d(v), c[2 * h]), dh = _mm256_sub_pd(hi4d(v), c[2 * h + 1]);
+      const float* v = y + r * ld + 8 * h;
+      const __m256d dl = _mm256_sub_pd(cvt4d(v), c[2 * h]), dh = _mm256_sub_pd(cvt4d(v + 4), c[2 * h + 1]);
       a1[2 * h] = _mm256_add_pd(a1[2 * h], dl);
       a1[2 * h + 1] = _mm256_add_pd(a1[2 * h + 1], dh);
       a2[2 * h] = _mm256_add_pd(a2[2 * h], _mm256_mul_pd(dl, dl));
@@ -455,8 +462,8 @@ inline void stats_rows_pass(const float* y, int64_t ld, int64_t nr, int64_t nk, 
     const __m256d cl = _mm256_loadu_pd(sh + k), ch = _mm256_loadu_pd(sh + k + 4);
 #pragma GCC unroll 4
     for (int i = 0; i < decltype(rb)::value; ++i) {
-      const __m256 v = _mm256_loadu_ps(y + (r0 + i) * ld + k);
-      const __m256d dl = _mm256_sub_pd(lo4d(v), cl), dh = _mm256_sub_pd(hi4d(v), ch);
+      const float* v = y + (r0 + i) * ld + k;
+      const __m256d dl = _mm256_sub_pd(cvt4d(v), cl), dh = _mm256_sub_pd(cvt4d(v + 4), ch);
       a.s1l = _mm256_add_pd(a.s1l, dl);
       a.s1h = _mm256_add_pd(a.s1h, dh);
       a.s2l = _mm256_add_pd(a.s2l, _mm256_mul_pd(dl, dl));
@@ -668,18 +675,18 @@ inline void grad16_pass(float* y, const float* xb, const float* mb, int64_t ld, 
 #pragma GCC unroll 2
     for (int h = 0; h < 2; ++h) {
       float* yr = y + r * ld + 8 * h;
-      const __m256 xv = _mm256_loadu_ps(xb + r * ld + 8 * h);
+      const float* xp = xb + r * ld + 8 * h;
       __m256 v = _mm256_loadu_ps(yr);
       if constexpr (MK == 2)
         v = _mm256_and_ps(v, _mm256_cmp_ps(_mm256_loadu_ps(mb + r * ld + 8 * h), zero, _CMP_GT_OQ));
       else if constexpr (MK == 1)
-        v = _mm256_and_ps(v, _mm256_cmp_ps(_mm256_fmadd_ps(ka[h], xv, kb[h]), zero, _CMP_GT_OQ));
+        v = _mm256_and_ps(v, _mm256_cmp_ps(_mm256_fmadd_ps(ka[h], _mm256_loadu_ps(xp), kb[h]), zero, _CMP_GT_OQ));
       _mm256_storeu_ps(yr, v);
       const __m256d vl = lo4d(v), vh = hi4d(v);
       a1[2 * h] = _mm256_add_pd(a1[2 * h], vl);
       a1[2 * h + 1] = _mm256_add_pd(a1[2 * h + 1], vh);
-      a2[2 * h] = _mm256_add_pd(a2[2 * h], _mm256_mul_pd(vl, _mm256_sub_pd(lo4d(xv), c[2 * h])));
-      a2[2 * h + 1] = _mm256_add_pd(a2[2 * h + 1], _mm256_mul_pd(vh, _mm256_sub_pd(hi4d(xv), c[2 * h + 1])));
+      a2[2 * h] = _mm256_add_pd(a2[2 * h], _mm256_mul_pd(vl, _mm256_sub_pd(cvt4d(xp), c[2 * h])));
+      a2[2 * h + 1] = _mm256_add_pd(a2[2 * h + 1], _mm256_mul_pd(vh, _mm256_sub_pd(cvt4d(xp + 4), c[2 * h + 1])));
     }
   }
 #pragma GCC unroll 4
@@ -711,18 +718,18 @@ inline void grad_rows_pass(float* y, const float* xb, const float* mb, int64_t l
 #pragma GCC unroll 4
     for (int i = 0; i < decltype(rb)::value; ++i) {
       float* yr = y + (r0 + i) * ld + k;
-      const __m256 xv = _mm256_loadu_ps(xb + (r0 + i) * ld + k);
+      const float* xp = xb + (r0 + i) * ld + k;
       __m256 v = _mm256_loadu_ps(yr);
       if constexpr (MK == 2)
         v = _mm256_and_ps(v, _mm256_cmp_ps(_mm256_loadu_ps(mb + (r0 + i) * ld + k), zero, _CMP_GT_OQ));
       else if constexpr (MK == 1)
-        v = _mm256_and_ps(v, _mm256_cmp_ps(_mm256_fmadd_ps(ka, xv, kb), zero, _CMP_GT_OQ));
+        v = _mm256_and_ps(v, _mm256_cmp_ps(_mm256_fmadd_ps(ka, _mm256_loadu_ps(xp), kb), zero, _CMP_GT_OQ));
       _mm256_storeu_ps(yr, v);
       const __m256d vl = lo4d(v), vh = hi4d(v);
       a.s1l = _mm256_add_pd(a.s1l, vl);
       a.s1h = _mm256_add_pd(a.s1h, vh);
-      a.s2l = _mm256_add_pd(a.s2l, _mm256_mul_pd(vl, _mm256_sub_pd(lo4d(xv), cl)));
-      a.s2h = _mm256_add_pd(a.s2h, _mm256_mul_pd(vh, _mm256_sub_pd(hi4d(xv), ch)));
+      a.s2l = _mm256_add_pd(a.s2l, _mm256_mul_pd(vl, _mm256_sub_pd(cvt4d(xp), cl)));
+      a.s2h = _mm256_add_pd(a.s2h, _mm256_mul_pd(vh, _mm256_sub_pd(cvt4d(xp + 4), ch)));
     }
   });
 }

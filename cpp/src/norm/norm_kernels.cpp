@@ -339,10 +339,12 @@ int64_t reduce4_rows_avx2(const float* dy, const float* x, const float* mk, cons
         const __m256d mc = _mm256_loadu_pd(mn + c + 4 * h);
         __m256d g[4], e[4];
         for (int j = 0; j < 4; ++j) {
-          const __m128 gh = h ? _mm256_extractf128_ps(gv[j], 1) : _mm256_castps256_ps128(gv[j]);
-          const __m128 xh = h ? _mm256_extractf128_ps(xv[j], 1) : _mm256_castps256_ps128(xv[j]);
-          g[j] = _mm256_cvtps_pd(gh);
-          e[j] = _mm256_mul_pd(g[j], _mm256_sub_pd(_mm256_cvtps_pd(xh), mc));
+          // (x's halves, and g's where it is dy as stored, converted from memory: one vcvtps2pd
+          // each instead of a vextractf128 and a conversion; resnext_small's unmasked reductions
+          // 1.04-1.10x on two threads, 1.27-1.31x on one, alternating calls)
+          g[j] = MK == 0 && !PL ? _mm256_cvtps_pd(_mm_loadu_ps(dp[j] + c + 4 * h))
+                                : _mm256_cvtps_pd(h ? _mm256_extractf128_ps(gv[j], 1) : _mm256_castps256_ps128(gv[j]));
+          e[j] = _mm256_mul_pd(g[j], _mm256_sub_pd(_mm256_cvtps_pd(_mm_loadu_ps(xb + j * C + c + 4 * h)), mc));
         }
         double* a1 = q1 + c + 4 * h;
         double* a2 = q2 + c + 4 * h;
@@ -590,8 +592,11 @@ void pool_sums_relu_vectors(const float* x, const float* a, const float* b, cons
         sh = _mm256_add_pd(sh, rh);
         k = _mm256_sub_epi32(k, _mm256_castps_si256(_mm256_cmp_ps(t, zero, _CMP_GT_OQ)));
         // m = 1 or 0, times x - mean (a NaN or inf x stays NaN where masked)
-        el[j] = _mm256_mul_pd(_mm256_and_pd(_mm256_cmp_pd(rl, dzero, _CMP_GT_OQ), done), _mm256_sub_pd(lo(v), ml));
-        eh[j] = _mm256_mul_pd(_mm256_and_pd(_mm256_cmp_pd(rh, dzero, _CMP_GT_OQ), done), _mm256_sub_pd(hi(v), mh));
+        // (x's halves converted from memory, not extracted from v: alternating calls 1.03-1.06x)
+        const __m256d xl = _mm256_cvtps_pd(_mm_loadu_ps(p + j * C + c));
+        const __m256d xh = _mm256_cvtps_pd(_mm_loadu_ps(p + j * C + c + 4));
+        el[j] = _mm256_mul_pd(_mm256_and_pd(_mm256_cmp_pd(rl, dzero, _CMP_GT_OQ), done), _mm256_sub_pd(xl, ml));
+        eh[j] = _mm256_mul_pd(_mm256_and_pd(_mm256_cmp_pd(rh, dzero, _CMP_GT_OQ), done), _mm256_sub_pd(xh, mh));
       }
       const __m256d gl = _mm256_add_pd(_mm256_add_pd(el[0], el[1]), _mm256_add_pd(el[2], el[3]));
       const __m256d gh = _mm256_add_pd(_mm256_add_pd(eh[0], eh[1]), _mm256_add_pd(eh[2], eh[3]));
