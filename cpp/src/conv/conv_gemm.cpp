@@ -23,6 +23,7 @@
 
 #include <immintrin.h>
 
+#include "common/avx2_double.h"
 #include "common/isa_vector.h"
 
 #include "conv_internal.h"
@@ -380,15 +381,9 @@ inline F16v fma16(F16v a, F16v x, F16v b) {
 // ones). Per lane the same operations in the same order (no contraction in this file), so the
 // same bits; channels in passes of 16 so that the accumulators stay in the 16 ymm registers
 // (passes of 8 made the gradient epilogue at 32-64 channels 1.2-1.5x slower).
-inline __m256d lo4d(__m256 v) { return _mm256_cvtps_pd(_mm256_castps256_ps128(v)); }
-inline __m256d hi4d(__m256 v) { return _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)); }
-// The same conversions of 4 floats in memory: one vcvtps2pd from memory each, where lo4d/hi4d of
-// a loaded vector take a load, a vextractf128 and two conversions for the 8. The statistics and
-// the gradient epilogue read the values they convert from memory (y, and the norm's input x)
-// this way. Zen 3, 2 threads, resnext_small and mobilenet_small's steps with the two forms
-// alternating (a timer around each call, 30-40 rounds): the strided grouped and depthwise input
-// gradients 1.05-1.08x, the 1x1 forwards with statistics 1.02-1.03x, the steps 1.011x and 1.008x.
-inline __m256d cvt4d(const float* p) { return _mm256_cvtps_pd(_mm_loadu_ps(p)); }
+using avx2d::cvt4d;  // (common/avx2_double.h: floats in memory converted from memory)
+using avx2d::hi4d;
+using avx2d::lo4d;
 
 // Statistics of 16 channels over nr rows (the loop of stats16 below).
 inline void stats16_pass(const float* y, int64_t ld, int64_t nr, const double* sh, double* s1, double* s2,
@@ -403,8 +398,8 @@ inline void stats16_pass(const float* y, int64_t ld, int64_t nr, const double* s
   for (int64_t r = 0; r < nr; ++r) {
 #pragma GCC unroll 2
     for (int h = 0; h < 2; ++h) {
-      const float* v = y + r * ld + 8 * h;
-      const __m256d dl = _mm256_sub_pd(cvt4d(v), c[2 * h]), dh = _mm256_sub_pd(cvt4d(v + 4), c[2 * h + 1]);
+      const float* yp = y + r * ld + 8 * h;
+      const __m256d dl = _mm256_sub_pd(cvt4d(yp), c[2 * h]), dh = _mm256_sub_pd(cvt4d(yp + 4), c[2 * h + 1]);
       a1[2 * h] = _mm256_add_pd(a1[2 * h], dl);
       a1[2 * h + 1] = _mm256_add_pd(a1[2 * h + 1], dh);
       a2[2 * h] = _mm256_add_pd(a2[2 * h], _mm256_mul_pd(dl, dl));
@@ -462,8 +457,8 @@ inline void stats_rows_pass(const float* y, int64_t ld, int64_t nr, int64_t nk, 
     const __m256d cl = _mm256_loadu_pd(sh + k), ch = _mm256_loadu_pd(sh + k + 4);
 #pragma GCC unroll 4
     for (int i = 0; i < decltype(rb)::value; ++i) {
-      const float* v = y + (r0 + i) * ld + k;
-      const __m256d dl = _mm256_sub_pd(cvt4d(v), cl), dh = _mm256_sub_pd(cvt4d(v + 4), ch);
+      const float* yp = y + (r0 + i) * ld + k;
+      const __m256d dl = _mm256_sub_pd(cvt4d(yp), cl), dh = _mm256_sub_pd(cvt4d(yp + 4), ch);
       a.s1l = _mm256_add_pd(a.s1l, dl);
       a.s1h = _mm256_add_pd(a.s1h, dh);
       a.s2l = _mm256_add_pd(a.s2l, _mm256_mul_pd(dl, dl));

@@ -5,14 +5,13 @@
 // on the thread count. Pixel-major (NHWC) rows of K channels.
 #pragma once
 
-#include <immintrin.h>
-
 #include <algorithm>
 #include <cstdint>
 #include <type_traits>
 
 #include "cnnkit/common.h"
 #include "cnnkit/conv.h"
+#include "common/avx2_double.h"
 #include "dw_common.h"
 #include "scratch.h"
 
@@ -66,12 +65,11 @@ void unit_stats_blocks(double* __restrict s1, double* __restrict s2, const doubl
                        int64_t np, int64_t K) {
   int64_t k0 = 0;
 #if defined(__AVX2__) && !defined(__AVX512F__)
-  // float at AVX2: each 4 values converted from memory (one vcvtps2pd each; GCC's loop below
-  // loaded 8, converted the low 4 from memory and the high 4 after a vextractf128). The same
-  // operations per lane: d = double(y) - c, a1 + d, and d * d + a2 as the one FMA this file's
-  // contraction makes of it (-ffp-contract=fast), so the same bits. Zen 3, 2 threads, in the
-  // steps with the two forms alternating: the RGB stems' forward with statistics 1.05-1.06x, the
-  // depthwise forward at 128 channels 1.04x.
+  // float at AVX2: each 4 values converted from memory (avx2d::cvt4d; GCC's loop below loaded 8,
+  // converted the low 4 from memory and the high 4 after a vextractf128). The same operations per
+  // lane: d = double(y) - c, a1 + d, and d * d + a2 as the one FMA this file's contraction makes
+  // of it (-ffp-contract=fast), so the same bits. In the steps: the RGB stems' forward with
+  // statistics 1.05-1.06x, the depthwise forward at 128 channels 1.04x.
   if constexpr (std::is_same_v<T, float> && KB == 16)
     for (; k0 + KB <= K; k0 += KB) {
       __m256d a1[4], a2[4], c[4];
@@ -84,7 +82,7 @@ void unit_stats_blocks(double* __restrict s1, double* __restrict s2, const doubl
       for (int64_t p = 0; p < np; ++p, yp += K)
 #pragma GCC unroll 4
         for (int q = 0; q < 4; ++q) {
-          const __m256d d = _mm256_sub_pd(_mm256_cvtps_pd(_mm_loadu_ps(yp + 4 * q)), c[q]);
+          const __m256d d = _mm256_sub_pd(avx2d::cvt4d(yp + 4 * q), c[q]);
           a1[q] = _mm256_add_pd(a1[q], d);
           a2[q] = _mm256_fmadd_pd(d, d, a2[q]);
         }

@@ -22,6 +22,7 @@
 #include "common/channel_count.h"
 #include "common/channel_mean.h"
 #include "norm/bn_apply.h"
+#include "common/avx2_double.h"
 #include "common/isa_vector.h"
 
 #ifndef CNNKIT_ISA_NS
@@ -321,17 +322,16 @@ int64_t reduce4_rows_avx2(const float* dy, const float* x, const float* mk, cons
     for (int j = 0; j < 4; ++j) dp[j] = PL ? dy + ((m + j) / S) * C : dy + (m + j) * C;
     const float* xb = x + m * C;
     for (int64_t c = 0; c < cw; c += 8) {
-      __m256 gv[4], xv[4];
+      __m256 gv[4];
       for (int j = 0; j < 4; ++j) {
-        xv[j] = _mm256_loadu_ps(xb + j * C + c);
         __m256 v = _mm256_loadu_ps(dp[j] + c);
         if constexpr (MK == 1)
           v = _mm256_and_ps(_mm256_cmp_ps(_mm256_loadu_ps(mk + (m + j) * C + c), zero, _CMP_GT_OQ), v);
-        if constexpr (MK == 2)
-          v = _mm256_and_ps(
-              _mm256_cmp_ps(_mm256_fmadd_ps(_mm256_loadu_ps(ma + c), xv[j], _mm256_loadu_ps(ma + C + c)), zero,
-                            _CMP_GT_OQ),
-              v);
+        if constexpr (MK == 2) {
+          const __m256 t = _mm256_fmadd_ps(_mm256_loadu_ps(ma + c), _mm256_loadu_ps(xb + j * C + c),
+                                           _mm256_loadu_ps(ma + C + c));
+          v = _mm256_and_ps(_mm256_cmp_ps(t, zero, _CMP_GT_OQ), v);
+        }
         if constexpr (GR) _mm256_storeu_ps(gres + (m + j) * C + c, v);
         gv[j] = v;
       }
@@ -342,9 +342,8 @@ int64_t reduce4_rows_avx2(const float* dy, const float* x, const float* mk, cons
           // (x's halves, and g's where it is dy as stored, converted from memory: one vcvtps2pd
           // each instead of a vextractf128 and a conversion; resnext_small's unmasked reductions
           // 1.04-1.10x on two threads, 1.27-1.31x on one, alternating calls)
-          g[j] = MK == 0 && !PL ? _mm256_cvtps_pd(_mm_loadu_ps(dp[j] + c + 4 * h))
-                                : _mm256_cvtps_pd(h ? _mm256_extractf128_ps(gv[j], 1) : _mm256_castps256_ps128(gv[j]));
-          e[j] = _mm256_mul_pd(g[j], _mm256_sub_pd(_mm256_cvtps_pd(_mm_loadu_ps(xb + j * C + c + 4 * h)), mc));
+          g[j] = MK == 0 && !PL ? avx2d::cvt4d(dp[j] + c + 4 * h) : h ? avx2d::hi4d(gv[j]) : avx2d::lo4d(gv[j]);
+          e[j] = _mm256_mul_pd(g[j], _mm256_sub_pd(avx2d::cvt4d(xb + j * C + c + 4 * h), mc));
         }
         double* a1 = q1 + c + 4 * h;
         double* a2 = q2 + c + 4 * h;
@@ -562,8 +561,7 @@ void pool_sums_relu_vectors(const float* x, const float* a, const float* b, cons
                             int64_t cv, double* s1, int32_t* cnt, double* q, int64_t S_ahead) {
   const __m256 zero = _mm256_setzero_ps();
   const __m256d dzero = _mm256_setzero_pd(), done = _mm256_set1_pd(1.0);
-  const auto lo = [](__m256 v) { return _mm256_cvtps_pd(_mm256_castps256_ps128(v)); };
-  const auto hi = [](__m256 v) { return _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)); };
+  using avx2d::cvt4d, avx2d::hi4d, avx2d::lo4d;
   int64_t i = 0;
   for (; i + 4 <= S; i += 4) {
     const float* p = x + i * C;
@@ -587,14 +585,13 @@ void pool_sums_relu_vectors(const float* x, const float* a, const float* b, cons
         const __m256 v = _mm256_loadu_ps(p + j * C + c);
         const __m256 t = _mm256_fmadd_ps(av, v, bv);
         const __m256 r = _mm256_and_ps(t, _mm256_cmp_ps(t, zero, _CMP_NLT_UQ));  // relu_of (a NaN stays)
-        const __m256d rl = lo(r), rh = hi(r);
+        const __m256d rl = lo4d(r), rh = hi4d(r);
         sl = _mm256_add_pd(sl, rl);
         sh = _mm256_add_pd(sh, rh);
         k = _mm256_sub_epi32(k, _mm256_castps_si256(_mm256_cmp_ps(t, zero, _CMP_GT_OQ)));
         // m = 1 or 0, times x - mean (a NaN or inf x stays NaN where masked)
         // (x's halves converted from memory, not extracted from v: alternating calls 1.03-1.06x)
-        const __m256d xl = _mm256_cvtps_pd(_mm_loadu_ps(p + j * C + c));
-        const __m256d xh = _mm256_cvtps_pd(_mm_loadu_ps(p + j * C + c + 4));
+        const __m256d xl = cvt4d(p + j * C + c), xh = cvt4d(p + j * C + c + 4);
         el[j] = _mm256_mul_pd(_mm256_and_pd(_mm256_cmp_pd(rl, dzero, _CMP_GT_OQ), done), _mm256_sub_pd(xl, ml));
         eh[j] = _mm256_mul_pd(_mm256_and_pd(_mm256_cmp_pd(rh, dzero, _CMP_GT_OQ), done), _mm256_sub_pd(xh, mh));
       }
