@@ -522,6 +522,29 @@ def test_bench_train_ref64_is_the_torch_twin_in_float64():
         assert len(r.sites) == (10 if model == "resnext" else 7)
 
 
+def test_bench_train_copy_weights_checks_every_shape_before_writing():
+    # A twin whose last layer has another shape: ValueError naming that parameter, and no
+    # parameter of the twin written (not the ones before it either).
+    torch = pytest.importorskip("torch")
+    from cnnkit import models
+    from cnnkit.bench import train
+    cnn = getattr(models, train.MODELS["resnext"])()
+    twin = train.build_torch_twin(torch, "resnext")
+    assert train.copy_weights(torch, cnn, twin) == len(cnn.parameters())
+    for a, t in zip(cnn.parameters(), twin.parameters()):
+        assert np.array_equal(a, t.detach().numpy())
+    twin = train.build_torch_twin(torch, "resnext")
+    last = [m for m in twin.modules() if isinstance(m, torch.nn.Linear)][-1]
+    last.weight = torch.nn.Parameter(torch.zeros(last.out_features + 1, last.in_features))
+    before = [t.detach().clone() for t in twin.parameters()]
+    with pytest.raises(ValueError, match="cnnkit shape"):
+        train.copy_weights(torch, cnn, twin)
+    for b, t in zip(before, twin.parameters()):
+        assert torch.equal(b, t.detach())
+    with pytest.raises(ValueError, match="model"):
+        train.build_torch_twin(torch, "vgg")
+
+
 def test_bench_train_check_without_torch_uses_the_float64_numpy_reference():
     # Without torch the check's reference is Ref64 (float64), not cnnkit NCHW: both cnnkit
     # configurations are judged, and resnext_small's NHWC step passes with its kink flip named.

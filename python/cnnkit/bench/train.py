@@ -230,8 +230,27 @@ def _torch_mobilenet_small(torch, in_channels=3, num_classes=10, widths=(32, 64,
     return tnn.Sequential(*layers)
 
 
-def build_torch_twin(torch, model: str):
-    """The torch.nn twin of ``cnnkit.models.<MODELS[model]>()`` (default arguments)."""
+def build_torch_twin(torch: Any, model: str) -> Any:
+    """The torch.nn twin of ``cnnkit.models.<MODELS[model]>()`` (default arguments).
+
+    Parameters
+    ----------
+    torch : module
+        The imported ``torch`` package.
+    model : str
+        ``"resnext"`` or ``"mobilenet"`` (the keys of :data:`MODELS`).
+
+    Returns
+    -------
+    torch.nn.Sequential
+        The same layers as the cnnkit model, in the same order, with torch's default
+        initialisation (:func:`copy_weights` makes the weights equal).
+
+    Raises
+    ------
+    ValueError
+        ``model`` is not one of the two.
+    """
     if model == "resnext":
         return _torch_resnext_small(torch)
     if model == "mobilenet":
@@ -239,19 +258,41 @@ def build_torch_twin(torch, model: str):
     raise ValueError(f"model: expected one of {', '.join(MODELS)}, got {model!r}")
 
 
-def copy_weights(torch, cnn, twin) -> int:
-    """Copy cnnkit's parameters into the torch twin one to one; returns the count. Raises
-    ValueError if the parameter lists differ in length or in any shape."""
+def copy_weights(torch: Any, cnn: Any, twin: Any) -> int:
+    """Copy cnnkit's parameters into the torch twin one to one.
+
+    Parameters
+    ----------
+    torch : module
+        The imported ``torch`` package.
+    cnn : cnnkit.nn.Module
+        The source model; its :meth:`~cnnkit.nn.Module.parameters` in order.
+    twin : torch.nn.Module
+        The destination, with the same parameters in the same order
+        (:func:`build_torch_twin`); written in place under ``torch.no_grad()``.
+
+    Returns
+    -------
+    int
+        The number of parameter arrays copied.
+
+    Raises
+    ------
+    ValueError
+        The two parameter lists differ in length or in a shape (all checked before anything is
+        copied: nothing is written then).
+    """
     cp, tp = cnn.parameters(), list(twin.parameters())
     if len(cp) != len(tp):
         raise ValueError(f"cnnkit has {len(cp)} parameter arrays, the torch twin {len(tp)}")
     names = [n for n, _ in cnn.named_parameters()]
     tnames = [n for n, _ in twin.named_parameters()]
+    for i, (a, t) in enumerate(zip(cp, tp)):  # (every shape checked before anything is written)
+        if tuple(a.shape) != tuple(t.shape):
+            raise ValueError(f"parameter {i} ({names[i]} / {tnames[i]}): cnnkit shape "
+                             f"{a.shape}, torch shape {tuple(t.shape)}")
     with torch.no_grad():
-        for i, (a, t) in enumerate(zip(cp, tp)):
-            if tuple(a.shape) != tuple(t.shape):
-                raise ValueError(f"parameter {i} ({names[i]} / {tnames[i]}): cnnkit shape "
-                                 f"{a.shape}, torch shape {tuple(t.shape)}")
+        for a, t in zip(cp, tp):
             t.copy_(torch.from_numpy(np.ascontiguousarray(a)))
     return len(cp)
 
