@@ -1452,10 +1452,21 @@ void tn_blocked(int64_t M, int64_t N, int64_t K, const float* P, int64_t lp, con
   const bool inkernel = false;
 #endif
   const bool qpanels = (has && !inkernel) || packq;
+  // With the prologue in the kernel and more than one block of rows, the first block's kernel
+  // also writes the panel's vectors it computed (prologue applied) to a copy in L1, and the other
+  // blocks read that copy with the plain kernel: each value of Q goes through the prologue once
+  // instead of once per block of rows (the fma and max of 2 vectors a step beside 8 FMAs at 4 x 2).
+  // The same values into the same chains: the same bits. Zen 3, cold-free replays alternating in
+  // one process, the fused 1x1 input + weight gradient passes of resnext_small (32->16 @32, 16->32
+  // @32, 32->64 @16): 1.03x, 1.02x, 1.05x on 1 thread, 1.01-1.04x on 2; mobilenet_small's 32->64
+  // @32 1.04x; the steps within their noise.
+  const bool lazy = inkernel && M > R;
   alignas(64) float ones[W], zeros[W];
   for (int j = 0; j < W; ++j) ones[j] = 1.0f, zeros[j] = 0.0f;
-  // [ Q's block in panels (kcm x nw) | Q's last partial panel (kcm x W) ] [ P's strip ]
-  float* qb = scratch<float>(kPackBSlot, kcm * (qpanels ? nw : W));
+  // [ Q's block in panels (kcm x nw) | Q's last partial panel (kcm x W), then (lazy) the first
+  // block's copies of the whole panels of a sub-block (kcm x nw at most) ] [ P's strip ]
+  float* qb = scratch<float>(kPackBSlot, kcm * (qpanels ? nw : W) + (lazy ? kcm * nw : 0));
+  float* qlazy = lazy ? qb + kcm * W : nullptr;
   float* pt = scratch<float>(kPackASlot, kcm * R);
   // Read in place, a KC block of P's and Q's rows (256 rows of 32 + 32 channels: 64 KiB) does not
   // stay in L1 while every block of C goes over it. At AVX2 the chains then run in sub-blocks of
@@ -1508,16 +1519,25 @@ void tn_blocked(int64_t M, int64_t N, int64_t K, const float* P, int64_t lp, con
           const int64_t la = direct ? lp : R;
           int64_t pfl2 = 0;  // (the caller's prefetch, as in rows_blocked)
           const char* pf2 = pre && p == 0 ? pre->take(2 * kn, &pfl2) : nullptr;
-          if (inkernel && nr == W) {  // U <= 2 here
+          if (lazy && nr == W && ir > 0) {  // (the copy the first block wrote)
+            b = qlazy + p * kn * W;
+            ldb = W;
+          }
+          if (inkernel && nr == W && !(lazy && ir > 0)) {  // U <= 2 here
             if constexpr (U <= 2) {
               const float* sc = pq->scale ? pq->scale + p * W : ones;
               const float* sh = pq->scale ? pq->shift + p * W : zeros;
+              float* cp = lazy ? qlazy + p * kn * W : nullptr;
+              const auto run = [&](auto pro, auto copy) __attribute__((always_inline)) {
+                ukernel_s<R, U, 2, decltype(pro)::value, decltype(copy)::value>(
+                    kn, pa, la, b, ldb, c, ldc, acc, mr, nr, nullptr, 0, sc, sh, nullptr, init, keep, cp, pf2, pfl2);
+              };
+              using relu_t = std::integral_constant<int, 2>;
+              using affine_t = std::integral_constant<int, 1>;
               if (pq->relu)
-                ukernel_s<R, U, 2, 2>(kn, pa, la, b, ldb, c, ldc, acc, mr, nr, nullptr, 0, sc, sh, nullptr, init, keep,
-                                      nullptr, pf2, pfl2);
+                lazy ? run(relu_t{}, std::true_type{}) : run(relu_t{}, std::false_type{});
               else
-                ukernel_s<R, U, 2, 1>(kn, pa, la, b, ldb, c, ldc, acc, mr, nr, nullptr, 0, sc, sh, nullptr, init, keep,
-                                      nullptr, pf2, pfl2);
+                lazy ? run(affine_t{}, std::true_type{}) : run(affine_t{}, std::false_type{});
             }
           } else {
             ukernel_s<R, U, 2>(kn, pa, la, b, ldb, c, ldc, acc, mr, nr, nullptr, 0, nullptr, nullptr, nullptr, init,
