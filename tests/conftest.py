@@ -41,6 +41,22 @@ def assert_close(actual, ref, dtype, *, length=1, steps=1, what="value"):
                              f"(bound {bound[idx]:.3g})")
 
 
+def assert_sum_close(actual, ref, ref_abs, length, what="sum", dtype=np.float32):
+    """A sum over ``length`` terms (a weight or bias gradient, a statistic) against float64, the
+    table's tolerance applied to the sum of the terms' magnitudes ``ref_abs`` (for a weight
+    gradient sum |dy| |a|) instead of to |ref|: floating-point summation error grows with the terms,
+    not with their cancelled total. (assert_close's atol + rtol*|ref| assumes unit-sized terms; the
+    prologue scales a by up to 2 and shifts it, and an element that cancelled to -0.0026 from terms
+    near 10 missed its 1.3e-5 bound by 1e-7 in CI; a batch norm's input gradient sums to zero per
+    channel by construction, from terms near 50 at a steep norm.)"""
+    t = tol(dtype, length)
+    err = np.abs(np.asarray(actual, np.float64) - ref)
+    bound = t["atol"] + t["rtol"] * np.asarray(ref_abs, np.float64)
+    bad = ~(err <= bound)
+    assert not bad.any(), (f"{what}: {int(bad.sum())} of {np.size(ref)} elements out of tolerance; worst excess "
+                           f"{float(np.max(err - bound)):.3g}")
+
+
 def assert_stats(s1, s2, y, y_exact, dtype, *, length=1, what="statistics"):
     """A fused forward's statistics (NCHW ``y``, the output it returned; ``y_exact`` the float64
     reference): the sums of ``y`` about its first pixel's value per channel, in double, to 1e-12

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import cnnkit
 from cnnkit import _core
 from cnnkit.ops import fused as F
-from conftest import assert_bitwise, assert_close, num_threads
+from conftest import assert_bitwise, assert_close, assert_sum_close, num_threads
 
 
 def _case(N, C, K, H, W, k, s, p, seed):
@@ -135,7 +135,12 @@ def _check_bn_weight_grad(N, C, K, H, W, k, s, p, seed, bias=True):
             ref[:, :, i, j] = np.einsum("nhwk,nhwc->kc", d64, patch)
     assert_close(outs[1][0], ref, np.float32, length=N * Ho * Wo, what="weight gradient vs float64")
     if bias:
-        assert_close(outs[1][1], d64.sum(axis=(0, 1, 2)), np.float32, length=N * Ho * Wo, what="bias gradient")
+        # dy is a batch norm's input gradient, whose sum over the pixels is zero per channel by
+        # construction: the bias gradient is a fully cancelled float32 sum, so its error is bounded
+        # by the terms' magnitudes (up to A * |g|), not by |ref| ~ 0 (N=2, C=3, K=48, 11x2, seed
+        # 947: terms up to 51, the float32 sum -1.9e-5 against -7.5e-6; the |ref| bound was 6.6e-6)
+        assert_sum_close(outs[1][1], d64.sum(axis=(0, 1, 2)), np.abs(d64).sum(axis=(0, 1, 2)), N * Ho * Wo,
+                         "bias gradient")
 
 
 @pytest.mark.parametrize("N,C,K,H,W,k,s,p", [
@@ -153,6 +158,7 @@ def test_weight_grad_bn_apply_matches_unfused(N, C, K, H, W, k, s, p, isa):
 @given(N=st.integers(1, 6), C=st.integers(2, 4), K=st.sampled_from([16, 32, 48, 64]), H=st.integers(1, 14),
        W=st.integers(1, 14), k=st.sampled_from([1, 3, 5]), s=st.integers(1, 2), bias=st.booleans(),
        seed=st.integers(0, 2**16))
+@example(N=2, C=3, K=48, H=11, W=2, k=1, s=1, bias=True, seed=947)  # a fully cancelled bias gradient
 def test_weight_grad_bn_apply_hypothesis(N, C, K, H, W, k, s, bias, seed):
     p = k // 2
     if (H + 2 * p - k) // s + 1 < 1 or (W + 2 * p - k) // s + 1 < 1:

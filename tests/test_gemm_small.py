@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 
 from cnnkit import _core
 from cnnkit.ops import conv as C
-from conftest import ISA_LEVELS, assert_bitwise, assert_close, assert_stats, isa_level, num_threads, tol
+from conftest import (ISA_LEVELS, assert_bitwise, assert_close, assert_stats, assert_sum_close, isa_level,
+                      num_threads)
 from reference.conv import conv2d_backward_ref, conv2d_ref, to_nchw
 
 F32 = np.float32
@@ -81,21 +82,6 @@ def _passes(x, w, dy, sc, sh, relu, center):
     return out
 
 
-def _assert_sum_close(actual, ref, ref_abs, length, what):
-    """A sum over the N*H*W pixels (a weight or bias gradient, a statistic) against float64, the
-    table's tolerance applied to the sum of the terms' magnitudes ``ref_abs`` (for a weight
-    gradient sum |dy| |a|) instead of to |ref|: float32
-    summation error grows with the terms, not with their cancelled total. (assert_close's
-    atol + rtol*|ref| assumes unit-sized terms; the prologue scales a by up to 2 and shifts it, and
-    an element that cancelled to -0.0026 from terms near 10 missed its 1.3e-5 bound by 1e-7 in CI.)"""
-    t = tol(F32, length)
-    err = np.abs(np.asarray(actual, np.float64) - ref)
-    bound = t["atol"] + t["rtol"] * np.asarray(ref_abs, np.float64)
-    bad = ~(err <= bound)
-    assert not bad.any(), (f"{what}: {int(bad.sum())} of {ref.size} elements out of tolerance; worst excess "
-                           f"{float(np.max(err - bound)):.3g}")
-
-
 def _check(N, H, W, Cin, K, relu, seed, isa):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((N, H, W, Cin)).astype(F32)
@@ -121,8 +107,8 @@ def _check(N, H, W, Cin, K, relu, seed, isa):
     ref = conv2d_backward_ref(dyc, xc, w)
     assert_close(to_nchw(one["dx"]), ref.grad_x, F32, length=K, what="dx " + what)
     ref_abs = conv2d_backward_ref(np.abs(dyc), np.abs(xc), w)
-    _assert_sum_close(one["dw"], ref.grad_w, ref_abs.grad_w, M, "dw " + what)
-    _assert_sum_close(one["db"], ref.grad_b, ref_abs.grad_b, M, "db " + what)
+    assert_sum_close(one["dw"], ref.grad_w, ref_abs.grad_w, M, "dw " + what)
+    assert_sum_close(one["db"], ref.grad_b, ref_abs.grad_b, M, "db " + what)
     # fused: a = prologue(x); y = conv(a) with the statistics of y
     a = xc.astype(np.float64) * _chan(sc) + _chan(sh)
     if relu:
@@ -135,11 +121,11 @@ def _check(N, H, W, Cin, K, relu, seed, isa):
     z = xc.astype(np.float64) * _chan(sc) + _chan(sh)
     gz = ref.grad_x * (z > 0) if relu else ref.grad_x
     assert_close(to_nchw(one["dxf"]), gz, F32, length=K, what="fused dx " + what)
-    _assert_sum_close(one["g1"], gz.sum(axis=(0, 2, 3)), np.abs(gz).sum(axis=(0, 2, 3)), K * M, "grad sum " + what)
+    assert_sum_close(one["g1"], gz.sum(axis=(0, 2, 3)), np.abs(gz).sum(axis=(0, 2, 3)), K * M, "grad sum " + what)
     xcc = xc - _chan(center)
-    _assert_sum_close(one["g2"], (gz * xcc).sum(axis=(0, 2, 3)), np.abs(gz * xcc).sum(axis=(0, 2, 3)), K * M,
+    assert_sum_close(one["g2"], (gz * xcc).sum(axis=(0, 2, 3)), np.abs(gz * xcc).sum(axis=(0, 2, 3)), K * M,
                       "grad sumxc " + what)
-    _assert_sum_close(one["dwf"], conv2d_backward_ref(dyc, a, w).grad_w,
+    assert_sum_close(one["dwf"], conv2d_backward_ref(dyc, a, w).grad_w,
                       conv2d_backward_ref(np.abs(dyc), np.abs(a), w).grad_w, M, "fused dw " + what)
 
 
@@ -183,11 +169,11 @@ def test_weight_gradient_every_channel_count(isa):
             assert_bitwise(v, u, f"threads ({isa}, {Cin}->{K})")
         M = N * H * W
         xc, dyc = to_nchw(x), to_nchw(dy)
-        _assert_sum_close(got[0][0], conv2d_backward_ref(dyc, xc, w).grad_w,
+        assert_sum_close(got[0][0], conv2d_backward_ref(dyc, xc, w).grad_w,
                           conv2d_backward_ref(np.abs(dyc), np.abs(xc), w).grad_w, M, f"dw {Cin}->{K}")
         a = xc.astype(np.float64) * _chan(sc) + _chan(sh)
         a = np.maximum(a, 0) if relu else a
-        _assert_sum_close(got[0][1], conv2d_backward_ref(dyc, a, w).grad_w,
+        assert_sum_close(got[0][1], conv2d_backward_ref(dyc, a, w).grad_w,
                           conv2d_backward_ref(np.abs(dyc), np.abs(a), w).grad_w, M, f"fused dw {Cin}->{K}")
 
     run()
@@ -376,11 +362,11 @@ def _check_strided_weight_gradient(isa, x, dy, w, s, sc, sh, relu):
             assert_bitwise(u, v, f"{what} dW against the stride-1 pass on the gathered pixels ({isa})")
     d64, x64 = dy.astype(np.float64), xs.astype(np.float64)
     M = d64.size // K
-    _assert_sum_close(one[0][:, :, 0, 0], np.einsum("nhwk,nhwc->kc", d64, x64),
+    assert_sum_close(one[0][:, :, 0, 0], np.einsum("nhwk,nhwc->kc", d64, x64),
                       np.einsum("nhwk,nhwc->kc", np.abs(d64), np.abs(x64)), M, "dW")
     a = x64 * sc.astype(np.float64) + sh.astype(np.float64)
     a = np.maximum(a, 0) if relu else a
-    _assert_sum_close(one[1][:, :, 0, 0], np.einsum("nhwk,nhwc->kc", d64, a),
+    assert_sum_close(one[1][:, :, 0, 0], np.einsum("nhwk,nhwc->kc", d64, a),
                       np.einsum("nhwk,nhwc->kc", np.abs(d64), np.abs(a)), M, "fused dW")
 
 
