@@ -209,6 +209,16 @@ def test_cli_bench_train_breakdown_flag_selects_the_tables(capsys, tmp_path):
     assert "--breakdown: unknown entry 'kernels'" in capsys.readouterr().err
 
 
+def test_bench_train_build_configs_refuses_bad_arguments():
+    from cnnkit.bench import train
+    with pytest.raises(ValueError, match="model"):
+        train.build_configs(None, "vgg", 4)
+    with pytest.raises(ValueError, match="batch"):
+        train.build_configs(None, "resnext", 0)
+    with pytest.raises(TypeError, match="batch"):
+        train.build_configs(None, "resnext", 4.0)
+
+
 def _train_setup(model, batch):
     from cnnkit.bench import train
     cfg = train.build_configs(None, model, batch)

@@ -1519,11 +1519,12 @@ void tn_blocked(int64_t M, int64_t N, int64_t K, const float* P, int64_t lp, con
           const int64_t la = direct ? lp : R;
           int64_t pfl2 = 0;  // (the caller's prefetch, as in rows_blocked)
           const char* pf2 = pre && p == 0 ? pre->take(2 * kn, &pfl2) : nullptr;
-          if (lazy && nr == W && ir > 0) {  // (the copy the first block wrote)
+          const bool from_copy = lazy && nr == W && ir > 0;  // (the copy the first block wrote)
+          if (from_copy) {
             b = qlazy + p * kn * W;
             ldb = W;
           }
-          if (inkernel && nr == W && !(lazy && ir > 0)) {  // U <= 2 here
+          if (inkernel && nr == W && !from_copy) {  // U <= 2 here
             if constexpr (U <= 2) {
               const float* sc = pq->scale ? pq->scale + p * W : ones;
               const float* sh = pq->scale ? pq->shift + p * W : zeros;

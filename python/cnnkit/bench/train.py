@@ -117,6 +117,7 @@ except ImportError:  # (not POSIX: no page-fault counts)
 import cnnkit
 from cnnkit import models as _models
 from cnnkit import nn as _cnn
+from cnnkit._validate import check_choice, check_int
 from cnnkit.bench import machine_header, memory_bandwidth
 from cnnkit.bench._ref64 import Ref64
 from cnnkit.bench._common import fmt as _f
@@ -374,9 +375,37 @@ def torch_adam_kwargs(torch) -> tuple:
                                    f"on CPU here: {e})")
 
 
-def build_configs(torch, model: str, batch: int, seed: int = 0) -> dict:
+def build_configs(torch: Any, model: str, batch: int, seed: int = 0) -> dict:
     """The four configurations of ``model`` on one fixed batch, all from the same weights.
-    Returns {"steps": {config: callable}, "cnnkit": {layout: model}, "x", "labels", "adam"}."""
+
+    Parameters
+    ----------
+    torch : module or None
+        The imported ``torch`` package; None: the two cnnkit configurations only.
+    model : str
+        ``"resnext"`` or ``"mobilenet"`` (the keys of :data:`MODELS`).
+    batch : int
+        Images in the batch (>= 1), each ``IMAGE`` (3x32x32) float32, with class labels.
+    seed : int, optional
+        Seed of the weights (the batch uses ``seed + 100``).
+
+    Returns
+    -------
+    dict
+        ``"steps"``: config name -> callable running one training step (``"cnnkit NCHW"``,
+        ``"cnnkit NHWC"``, and with torch ``"torch NCHW"``, ``"torch CL"``); ``"cnnkit"``: layout
+        -> model; ``"x"``, ``"labels"``: the batch; ``"adam"``: torch's Adam description (None
+        without torch); ``"params"``, ``"param_arrays"``: the parameter count and arrays.
+
+    Raises
+    ------
+    ValueError
+        ``model`` is not one of the two, or ``batch`` is below 1.
+    TypeError
+        ``batch`` is not an integer.
+    """
+    check_choice("model", model, tuple(MODELS))
+    check_int("batch", batch, 1, "a positive int")
     builder = getattr(_models, MODELS[model])
     rng = np.random.default_rng(seed + 100)
     x = rng.standard_normal((batch,) + IMAGE, dtype=np.float32)
@@ -531,8 +560,24 @@ def _allclose(got, ref, scale, rtol=RTOL):
                 and np.all(np.abs(got - ref) <= rtol * (np.abs(ref) + scale)))
 
 
-def reference_step(torch, cfgs, adam_kw):
-    """A float64 copy of the torch twin (NCHW) at the starting weights, as a _TorchStep."""
+def reference_step(torch: Any, cfgs: dict, adam_kw: dict) -> Any:
+    """A float64 copy of the torch twin (NCHW) at the starting weights, as a training step.
+
+    Parameters
+    ----------
+    torch : module
+        The imported ``torch`` package.
+    cfgs : dict
+        From :func:`build_configs` with torch (its ``"torch NCHW"`` step, batch and labels).
+    adam_kw : dict
+        torch.optim.Adam's keyword arguments (:func:`torch_adam_kwargs`); dropped if torch
+        refuses them for float64.
+
+    Returns
+    -------
+    callable
+        One float64 training step of the twin on the batch (its ``model`` attribute the twin).
+    """
     twin = copy.deepcopy(cfgs["steps"]["torch NCHW"].model).double()
     try:
         return _TorchStep(torch, twin, False, cfgs["x"].astype(np.float64), cfgs["labels"],
