@@ -58,3 +58,25 @@ def test_isa_objects_define_no_shared_weak_symbols(isa):
     assert not shared, (f"{len(shared)} weak symbols of the {isa} objects are shared with other "
                         f"levels (the linker keeps one copy for all): "
                         + "; ".join(f"{s} ({o})" for s, o in list(shared.items())[:10]))
+
+
+def _git(*args: str) -> str | None:
+    if shutil.which("git") is None:
+        return None
+    out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def test_build_info_names_the_checkouts_commit():
+    # The commit comes from a header generated at every build (cpp/build_commit.cmake), not at
+    # configure time: an incremental build after a commit reported the configure run's commit.
+    import cnnkit
+
+    commit = cnnkit.build_info()["git_commit"]
+    head = _git("rev-parse", "HEAD")
+    if head is None or commit == "unknown":
+        pytest.skip("needs a git checkout that cnnkit was built from")
+    sha, _, flag = commit.partition("+")
+    assert flag in ("", "dirty"), commit
+    assert len(sha) >= 7 and head.startswith(sha), (
+        f"cnnkit's build reports commit {commit}, the checkout is at {head[:12]}: rebuild (the build is stale)")

@@ -9,6 +9,7 @@
 #include "cnnkit/common.h"
 #include "cnnkit/optim.h"
 #include "common.h"
+#include "cnnkit_build_commit.h"  // (generated at build time: CMakeLists.txt)
 
 #ifdef CNNKIT_WITH_CUDA
 namespace cnnkit::cuda {
