@@ -378,3 +378,103 @@ def test_fused_dw_weight_gradient_in_the_input_pass(case, epi, isa):
 def test_fused_dw_weight_gradient_in_the_input_pass_hypothesis(N, C, H, W, k, pad, dil, epi, level, seed):
     with isa_level(level):
         _check_weight_in_pass(N, C, H, W, k, min(pad, k // 2 * dil), dil, epi, seed)
+
+
+def _check_one_pass(N, C, H, W, k, pad, dil, epi, seed, over_g):
+    """The fused input gradient of a stride-1 depthwise problem of the output's size, its dy given
+    as a norm's apply pass that is not kept (grad_out None) and its weight gradient asked for too:
+    bitwise the three passes (the apply pass written by ``norm_backward_apply``, the weight
+    gradient's own pass, the input gradient's), at 1 and 2 threads; dx written over the apply
+    pass's g where ``over_g`` (as cnnkit.nn's depthwise layers do); dw close to float64."""
+    _, x, w, sc, sh, center, g, _, res = _input_case(N, C, H, W, k, pad, dil, epi, seed)
+    assert (g.Ho, g.Wo) == (g.H, g.W), "a problem of the output's size"
+    rng = np.random.default_rng(seed + 1)
+    scale, relu = "noscale" not in epi, "norelu" not in epi
+    s, t = (sc, sh) if scale else (None, None)
+    shape = (N, g.Ho, g.Wo, C)
+    z = (rng.standard_normal(shape) * 2 + 0.3).astype(np.float32)  # the norm's input
+    gn = np.where(z > 0, rng.standard_normal(shape), 0).astype(np.float32)  # its masked output gradient
+    coefs = (z.astype(np.float64).mean(axis=(0, 1, 2)), rng.random(C) + 0.5, rng.standard_normal(C) * 0.1,
+             rng.standard_normal(C) * 0.1)
+    dy = np.empty_like(gn)
+    _core.norm_backward_apply(gn, z, None, dy, None, N, C, g.Ho * g.Wo, True, False, *coefs)
+    dw_own = np.full(w.shape, np.nan, np.float32)
+    _core.conv2d_fused_backward_weight(dy, x, dw_own, None, g.core(), s, t, relu)
+    dx_own = np.full(x.shape, np.nan, np.float32)
+    _, s1_own, s2_own = _core.conv2d_fused_backward_input(dy, w, dx_own, g.core(), x, s, t, True, center, res)
+    for threads in (1, 2):
+        gin = gn.copy()
+        dx = gin if over_g else np.full(x.shape, np.nan, np.float32)
+        dw = np.full(w.shape, np.nan, np.float32)
+        with num_threads(threads):
+            name, s1, s2 = _core.conv2d_fused_backward_input(None, w, dx, g.core(), x, s, t, True, center, res,
+                                                             dy_apply=(gin, z) + coefs,
+                                                             grad_weight=(dw, x, s, t, relu))
+        assert name.startswith("conv2d_dw_f32_nhwc__"), name
+        assert_bitwise(dw, dw_own, f"the weight gradient in one pass vs its own pass ({threads} threads)")
+        assert_bitwise(dx, dx_own, f"dx in one pass vs the input gradient's pass ({threads} threads)")
+        assert_bitwise(s1, s1_own, "sum")
+        assert_bitwise(s2, s2_own, "sumxc")
+    a = _exact_prologue(x, s, t, relu)
+    ref = fused_backward_ref(to_nchw(dy), to_nchw(a), w, 1, pad, dil, C, None, None, False, None, False)
+    assert_close(dw, ref[1], np.float32, length=N * g.Ho * g.Wo, what="grad_w")
+
+
+# (N, C, H, W, k, pad, dilation), stride 1, the output the input's size: the one pass over the
+# images (dw_backward_onepass_nhwc) where both gradients run on the depthwise kernels: the register
+# rows' weight sums (3x3, whole 16-channel vectors, planes up to 256 pixels; mobilenet_small's C128
+# @16) and the band kernel's, one piece an image (from 8 images: C32 @32, a channel tail, 5x5,
+# dilation 2); below 8 images off the register rows' shapes the three passes one after the other.
+_ONE_PASS = [(8, 16, 8, 8, 3, 1, 1), (9, 32, 16, 16, 3, 1, 1), (2, 48, 7, 9, 3, 1, 1), (8, 32, 20, 20, 3, 1, 1),
+             (9, 20, 17, 17, 3, 1, 1), (8, 24, 9, 9, 5, 2, 1), (8, 33, 10, 6, 3, 2, 2), (4, 24, 9, 9, 3, 1, 1),
+             (8, 7, 5, 6, 3, 1, 1)]
+
+
+@pytest.mark.parametrize("case", _ONE_PASS, ids=["x".join(map(str, c)) for c in _ONE_PASS])
+@pytest.mark.parametrize("epi", ["relu", "noscale", "norelu", "res_relu"])
+@pytest.mark.parametrize("over_g", [True, False], ids=["over_g", "own_dx"])
+def test_fused_dw_backward_in_one_pass(case, epi, over_g, isa):
+    """``_core.conv2d_fused_backward_input`` with ``dy_apply`` (not kept) and ``grad_weight`` on
+    stride-1 depthwise NHWC problems: bitwise the three passes at every ISA level."""
+    _check_one_pass(*case, epi=epi, seed=sum(case) + len(epi), over_g=over_g)
+
+
+@settings(max_examples=40, deadline=None)
+@given(N=st.integers(1, 12), C=st.integers(1, 40), H=st.integers(1, 18), W=st.integers(1, 18),
+       k=st.sampled_from((3, 3, 5)), dil=st.sampled_from((1, 1, 2)),
+       epi=st.sampled_from(("relu", "noscale", "norelu", "res_relu")), over_g=st.booleans(),
+       level=st.sampled_from(ISA_LEVELS), seed=st.integers(0, 2**31 - 1))
+def test_fused_dw_backward_in_one_pass_hypothesis(N, C, H, W, k, dil, epi, over_g, level, seed):
+    with isa_level(level):
+        _check_one_pass(N, C, H, W, k, k // 2 * dil, dil, epi, seed, over_g)
+
+
+def test_fused_dw_backward_over_g_only_where_every_path_reads_g_first():
+    """grad_input may be the apply pass's g only for a depthwise problem of the output's size
+    (every path there reads an image of g whole before writing dx over it); never z, nor part of g."""
+    rng = np.random.default_rng(5)
+    N, C, H = 8, 16, 6
+    x = rng.standard_normal((N, H, H, C)).astype(np.float32)
+    z = rng.standard_normal((N, H, H, C)).astype(np.float32)
+    gn = rng.standard_normal((N, H, H, C)).astype(np.float32)
+    c = np.zeros(C)
+    co = (c, c + 1, c, c)
+    dw = np.empty((C, 1, 3, 3), np.float32)
+    g = F._Geom(x.shape, dw.shape, 1, 1, 1, C, "NHWC", np.float32)
+    w = rng.standard_normal(dw.shape).astype(np.float32)
+    with pytest.raises(ValueError, match="grad_input: must not overlap dy_apply's z"):
+        _core.conv2d_fused_backward_input(None, w, z, g.core(), x, None, None, True, c, dy_apply=(gn, z) + co,
+                                          grad_weight=(dw, x, None, None, True))
+    big = np.zeros(gn.size + 16, np.float32)
+    part = big[16:].reshape(gn.shape)
+    with pytest.raises(ValueError, match="nor its g other than as g itself"):
+        _core.conv2d_fused_backward_input(None, w, part, g.core(), x, None, None, True, c,
+                                          dy_apply=(big[:gn.size].reshape(gn.shape), z) + co,
+                                          grad_weight=(dw, x, None, None, True))
+    # a 1x1 (the rows pass reads g a block of rows at a time): not over g
+    w1 = rng.standard_normal((C, C, 1, 1)).astype(np.float32)
+    dw1 = np.empty_like(w1)
+    g1 = F._Geom(x.shape, w1.shape, 1, 0, 1, 1, "NHWC", np.float32)
+    with pytest.raises(ValueError, match="over dy_apply's g only for a depthwise"):
+        _core.conv2d_fused_backward_input(None, w1, gn, g1.core(), x, None, None, True, c, dy_apply=(gn, z) + co,
+                                          grad_weight=(dw1, x, None, None, True))

@@ -305,7 +305,7 @@ def _model_grads(model, on, how):
         calls.append(k.get("grad_weight") is not None or (len(a) > 13 and a[13] is not None))
         return real_fn(*a, **k)
     if not on:
-        nn.Conv2d._weight_in_pass = lambda self, g, x, pre: None  # type: ignore[method-assign]
+        nn.Conv2d._weight_in_pass = lambda self, g, x, pre, apply=False: None  # type: ignore[method-assign]
     _core.conv2d_fused_backward_input = spy
     try:
         cfg = T.build_configs(None, model, 4)
@@ -347,7 +347,7 @@ def test_networks_same_gradients_with_the_weight_gradient_in_the_pass(model, how
 def _small_grads(make, x, on):
     real = nn.Conv2d._weight_in_pass
     if not on:
-        nn.Conv2d._weight_in_pass = lambda self, g, x, pre: None  # type: ignore[method-assign]
+        nn.Conv2d._weight_in_pass = lambda self, g, x, pre, apply=False: None  # type: ignore[method-assign]
     try:
         m = make()
         y = m(x)

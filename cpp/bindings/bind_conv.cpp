@@ -302,6 +302,10 @@ void bind_conv(py::module_& m) {
             overlaps(pdx, xn * 4, pw, wcount(g) * 4) || (pr && overlaps(pdx, xn * 4, pr, rn * 4)) ||
             (pm && overlaps(pdx, xn * 4, pm, xn * 4)))
           throw py::value_error("grad_input: must not overlap x, grad_out, weight, residual or mask");
+        // (grad_input may be dy_apply's g itself where the kernel allows it: backward_input_fused checks)
+        if (apply && ((overlaps(pdx, xn * 4, ag, agn * 4) && !(pdx == ag && agn == xn)) ||
+                      overlaps(pdx, xn * 4, az, yn * 4)))
+          throw py::value_error("grad_input: must not overlap dy_apply's z, nor its g other than as g itself");
         if (apply && (overlaps(pdy, yn * 4, ag, agn * 4) || overlaps(pdy, yn * 4, az, yn * 4) ||
                       (amask && overlaps(pdy, yn * 4, amask, 2 * g.K * 4)) ||
                       overlaps(pdy, yn * 4, px, xn * 4) || overlaps(pdy, yn * 4, pw, wcount(g) * 4) ||

@@ -805,6 +805,23 @@ const char* backward_input_fused(const float* dy, const float* w, float* dx, con
   const bool rows_plain = epi || (rows_input_pass(g) && !scatter_input(g) &&
                                   &fused_input_entry(adjoint(g)) ==
                                       &table()[select_effective(Problem{adjoint(g), DType::f32, Pass::forward})]);
+  // dx over the apply pass's g: where every path reads g whole (or an image of it whole) before it
+  // writes dx there, a depthwise convolution at stride 1 of the same size (never the 1x1 rows pass,
+  // which reads g a block of rows at a time).
+  const bool dw_same = g.nhwc && g.depthwise() && g.K == g.C && unit_stride(g) && g.Ho == g.H && g.Wo == g.W;
+  if (fu.dy_apply && dx == fu.dy_apply->g && !dw_same)
+    throw value_error("grad_input: over dy_apply's g only for a depthwise convolution (NHWC, stride 1, the output "
+                      "the input's size)");
+  if (!dy && dw_same && epi && fu.dy_apply && fu.wgrad_dw && !fu.wgrad_geom && g.N * g.C * g.H * g.W > 0) {
+    // The norm's apply pass, the weight gradient and the input gradient in one pass over the images
+    // where both gradients run on the same level's depthwise kernels (dw_nhwc.h), with the bits of
+    // the three passes below.
+    const Entry& ie = table()[select_effective(effective(Problem{g, DType::f32, Pass::input}))];
+    const Entry& we = table()[select_effective(Problem{g, DType::f32, Pass::weight})];
+    if (ie.v->run == run_dw && we.v->supported == sup_dw_nhwc && ie.isa == we.isa &&
+        kernels_of(ie.isa).dw_backward_onepass(*fu.dy_apply, adjoint_weights(w, g), dx, g, fu))
+      return ie.name.c_str();
+  }
   if (!dy) {  // dy not kept: the apply pass into a scratch of this thread (or blocks of the rows pass)
     if (!fu.dy_apply || !fu.wgrad_dw)
       throw value_error("grad_out: None (not kept) only with dy_apply and a weight gradient in the same call");

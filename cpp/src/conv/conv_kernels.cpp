@@ -76,6 +76,30 @@ void dw_forward_t(const T* x, const T* w, const T* b, T* y, const Geom& g, bool 
     CNNKIT_DW_BY_K(conv::dw_forward_nchw, T, x, w, b, y, g);
 }
 
+// dw and db (either may be null) from the pieces' partials pw, pb (dw_backward_weight_t's), summed
+// over the pieces in order in double.
+template <typename T>
+void dw_weight_finish_pieces(const T* pw, const T* pb, int64_t pieces, T* dw, T* db, const Geom& g, bool blocked) {
+  const int64_t k2 = g.kh * g.kw, K = g.K;
+  // NCHW plane partials are [n][k][tap], NHWC and blocked ones [piece][tap][k]: walk them in their own layout
+  // (contiguous streams, one per piece) and scatter into dw.
+  const int64_t per_piece = K * k2;
+  if (dw) {
+#pragma omp parallel for schedule(static) num_threads(num_threads())
+    for (int64_t e0 = 0; e0 < per_piece; e0 += 256)
+      conv::sum_pieces(pw + e0, pieces, per_piece, std::min<int64_t>(256, per_piece - e0), [&](int64_t i, double s) {
+        const int64_t e = e0 + i;
+        dw[g.nhwc || blocked ? (e % K) * k2 + e / K : e] = T(s);
+      });
+  }
+  if (db)
+    for (int64_t k = 0; k < K; ++k) {
+      double s = 0;
+      for (int64_t p = 0; p < pieces; ++p) s += double(pb[p * K + k]);
+      db[k] = T(s);
+    }
+}
+
 // pro (NHWC only): the weight gradient of conv(prologue(x)), x going through the prologue as the
 // kernels read it (the same bits as the plain pass on the prologue's output).
 template <typename T>
@@ -98,23 +122,7 @@ void dw_backward_weight_t(const T* dy, const T* x, T* dw, T* db, const Geom& g, 
     CNNKIT_DW_BY_K(conv::dw_weight_partials_nhwc, T, dy, x, pw, pb, bands, g, pro);
   else
     CNNKIT_DW_BY_K(conv::dw_weight_partials_nchw, T, dy, x, pw, pb, g);
-  // NCHW plane partials are [n][k][tap], NHWC and blocked ones [piece][tap][k]: walk them in their own layout
-  // (contiguous streams, one per piece) and scatter into dw.
-  const int64_t per_piece = K * k2;
-  if (dw) {
-#pragma omp parallel for schedule(static) num_threads(num_threads())
-    for (int64_t e0 = 0; e0 < per_piece; e0 += 256)
-      conv::sum_pieces(pw + e0, pieces, per_piece, std::min<int64_t>(256, per_piece - e0), [&](int64_t i, double s) {
-        const int64_t e = e0 + i;
-        dw[g.nhwc || blocked ? (e % K) * k2 + e / K : e] = T(s);
-      });
-  }
-  if (db)
-    for (int64_t k = 0; k < K; ++k) {
-      double s = 0;
-      for (int64_t p = 0; p < pieces; ++p) s += double(pb[p * K + k]);
-      db[k] = T(s);
-    }
+  dw_weight_finish_pieces(pw, pb, pieces, dw, db, g, blocked);
 }
 
 template <bool Blocked>
@@ -267,6 +275,23 @@ void dw_backward_input_fused(const float* dy, const float* w, float* dx, const G
   part.combine(fu);
 }
 
+// conv::Kernels::dw_backward_onepass (dw_nhwc.h's dw_backward_onepass_nhwc): false, having written
+// nothing, where the weight gradient's pieces are bands of images (N < 8 off the register-row shapes).
+bool dw_backward_onepass(const conv::DyApply& ap, const float* wa, float* dx, const Geom& g, const conv::Fused& fu) {
+  const bool dw3 = conv::dw3_weight_shape(g);
+  if (!dw3 && g.N < 8) return false;
+  const conv::DwPro<float> pro{fu.wgrad_scale, fu.wgrad_shift, fu.wgrad_relu};
+  const conv::GradParts part(g.N, g.C);
+  const int64_t k2 = g.kh * g.kw, K = g.K;
+  float* pw = dw3 ? nullptr : conv::scratch<float>(conv::kPartSlot, g.N * K * (k2 + 1));
+  float* pb = dw3 ? nullptr : pw + g.N * K * k2;
+  CNNKIT_DW_BY_K(conv::dw_backward_onepass_nhwc, float, ap, wa, dx, fu.wgrad_dw, pw, pb, g, fu, part,
+                 pro.any() ? &pro : nullptr);
+  if (!dw3) dw_weight_finish_pieces<float>(pw, pb, g.N, fu.wgrad_dw, nullptr, g, false);
+  part.combine(fu);
+  return true;
+}
+
 bool dw_backward_both(DType dt, const void* dy, const void* x, const void* wa, void* dx, void* dw, void* db,
                       const Geom& g) {
   if (!conv::dw3_both_shape(g)) return false;
@@ -304,7 +329,7 @@ extern const conv::Kernels conv_kernels = {
     dw_fused_forward, dw_fused_backward_weight,
     grouped_forward_fused, grouped_backward_weight_fused,
     conv::grad_epilogue_image, grouped_backward_input_fused, dy_apply_rows, dw_backward_input_fused,
-    dw_backward_both,
+    dw_backward_both, dw_backward_onepass,
 };
 
 }  // namespace cnnkit::CNNKIT_ISA_NS

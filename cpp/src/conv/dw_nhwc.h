@@ -15,6 +15,7 @@
 #include <type_traits>
 
 #include "dw_common.h"
+#include "norm/bn_apply.h"
 #include "unit_stats.h"
 #include "scratch.h"
 
@@ -1431,7 +1432,8 @@ void dw3_weight_finish(const double* part, int64_t nblk, T* dw, T* db, const Geo
 // The NHWC weight gradient: dw [C][9] and db [C] (either may be null) over blocks of images
 // (dw3_weight_blocks) on the threads, each image's sums by dw3_wgrad_image after before(n) has run
 // on the image's thread. With pro, each image goes through the prologue into a per-thread copy
-// before its sums (the same sums as on the prologue's output).
+// before its sums (the same sums as on the prologue's output). A before(n) that returns a pointer
+// gives the image's dy there (dy unused; no next-image prefetch).
 template <typename T, typename Before>
 void dw3_weight_nhwc(const T* dy, const T* x, T* dw, T* db, const Geom& g, const DwPro<T>* pro, Before&& before) {
   constexpr int VL = Vec<T>::n;
@@ -1449,14 +1451,18 @@ void dw3_weight_nhwc(const T* dy, const T* x, T* dw, T* db, const Geom& g, const
       double* dacc = part + blk * ncv * 10 * VL;
       std::fill(dacc, dacc + ncv * 10 * VL, 0.0);
       for (int64_t n = blk * ib; n < std::min(g.N, (blk + 1) * ib); ++n) {
-        before(n);
+        const T* dyn = nullptr;
+        if constexpr (std::is_void_v<decltype(before(n))>)
+          before(n);
+        else
+          dyn = before(n);
         const T* xn = x + n * HW * C;
         if (pro) {
           dw_prologue_px(xn, st, HW, C, *pro);
           xn = st;
         }
-        SpreadPrefetch pf = dw3_next_image_prefetch(x, dy, n, g);
-        dw3_wgrad_image(xn, dy + n * P * C, facc, dacc, g, pf);
+        SpreadPrefetch pf = dyn ? SpreadPrefetch{} : dw3_next_image_prefetch(x, dy, n, g);
+        dw3_wgrad_image(xn, dyn ? dyn : dy + n * P * C, facc, dacc, g, pf);
       }
     }
   }
@@ -1612,6 +1618,67 @@ void dw3_backward_both(const T* dy, const T* x, const T* wa, T* dx, T* dw, T* db
     const T** rows = L.small3 ? nullptr : reinterpret_cast<const T**>(scratch<char>(kColSlot, sizeof(T*) * 3));
     dw_adjoint_image<T, 3, 3>(dy + n * P * C, wt, dx + n * HW * C, a, L, buf, rows);
   });
+}
+
+// ---- the backward from a norm's apply pass in one pass (conv::backward_input_fused with dy_apply
+// and the weight gradient; NHWC, multiplier 1, stride 1, the output the input's size) ------------
+// Three passes over memory otherwise: the norm's apply pass (g and z in, dy out), the weight
+// gradient (dy and x in), the input gradient (dy and x in, dx out). Here each image goes through
+// all three while it is in L2, on the thread of the weight gradient's piece that holds it: its dy
+// rows by the apply pass into a copy of this thread's (bn_apply_rows: dy_apply_rows's values),
+// its dx rows from that copy with the gradient epilogue (dw_backward_input_fused_nhwc's per-image
+// work; dx may lie over the apply pass's g, whose image is read whole first), then its weight sums
+// from the same copy: dw3_wgrad_image in dw3_weight_nhwc's blocks of images on its shapes, else
+// one piece per image by dw_wgrad_band (dw_weight_partials_nhwc_padded's pieces where it takes
+// whole images: N >= 8), into pw/pb (piece-major, summed by the caller). The same kernels on the
+// same values in the same order: the three passes' bits. wa: the adjoint's weights.
+template <typename T, int KH, int KW>
+void dw_backward_onepass_nhwc(const DyApply& ap, const T* wa, T* dx, T* dw, T* pw, T* pb, const Geom& g,
+                              const Fused& fu, const GradParts& part, const DwPro<T>* pro) {
+  static_assert(std::is_same_v<T, float>, "the apply pass and the gradient epilogue are float32");
+  const int64_t C = g.C, P = g.Ho * g.Wo, HW = g.H * g.W, rowlen = g.W * C, img = g.H * rowlen;
+  const int64_t kh = KH ? KH : g.kh, kw = KW ? KW : g.kw;
+  const Geom a = adjoint(g);
+  const T* wt = dw_weights_tk(wa, a);
+  const DwAdjointRows L = dw_adjoint_rows<T>(a);
+  // Image n's apply pass into dyb, then its dx rows from dyb with the epilogue on each (in L1).
+  const auto image = [&](int64_t n, T* dyb) __attribute__((always_inline)) {
+    ::cnnkit::CNNKIT_ISA_NS::bn_apply_rows(ap, n * P, dyb, P, C);
+    T* buf = L.small3 ? nullptr : scratch<T>(kPlaneSlot, L.max_rows * L.Wp * C);
+    const T** rows = L.small3 ? nullptr : reinterpret_cast<const T**>(scratch<char>(kColSlot, sizeof(T*) * kh));
+    auto epilogue = [&](int64_t ih, T* row) __attribute__((always_inline)) {
+      const int64_t o = n * img + ih * rowlen;
+      if (ih + 1 < g.H)
+        for (const T* q : {fu.gx, fu.gmask, fu.residual})
+          if (q) prefetch_bytes(q + o + rowlen, rowlen * int64_t(sizeof(T)), false);
+      grad_epilogue_rows(row, o, C, g.W, fu, part.s1(n), part.s2(n), ih > 0);
+    };
+    dw_adjoint_image<T, KH, KW>(dyb, wt, dx + n * img, a, L, buf, rows, epilogue, false);
+  };
+  if constexpr (KH == 3 && KW == 3) {
+    if (dw3_weight_shape(g)) {
+      dw3_weight_nhwc<T>(nullptr, fu.wgrad_x, dw, nullptr, g, pro, [&](int64_t n) -> const T* {
+        T* dyb = scratch<T>(kYbSlot, P * C);
+        image(n, dyb);
+        return dyb;
+      });
+      return;
+    }
+  }
+  const int64_t k2 = kh * kw, Wp = (g.Wo - 1) * g.sw + (kw - 1) * g.dw + 1;
+  const int64_t max_rows = (g.Ho - 1) * g.sh + (kh - 1) * g.dh + 1;
+#pragma omp parallel num_threads(num_threads())
+  {
+    vec_t<T>* dyn_acc = reinterpret_cast<vec_t<T>*>(scratch<T>(kAccSlot, k2 * Vec<T>::n));
+    T* dyb = scratch<T>(kYbSlot, P * C);
+#pragma omp for schedule(static)
+    for (int64_t n = 0; n < g.N; ++n) {
+      image(n, dyb);
+      T* buf = scratch<T>(kPlaneSlot, max_rows * Wp * C);  // (after the adjoint's band: the same slot)
+      dw_wgrad_band<T, KH, KW>(fu.wgrad_x + n * HW * C, dyb, pw + n * k2 * C, pb + n * C, g, 0, g.Ho, Wp, buf,
+                               dyn_acc, pro, false);
+    }
+  }
 }
 
 // Whether dw3_backward_both takes g: dw3_backward_weight's NHWC shapes, with as many blocks of

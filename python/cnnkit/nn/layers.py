@@ -340,14 +340,26 @@ class Conv2d(Module):
         handed over as read by nothing else (``_grad_owned``): the weight (and bias) gradients
         ``wneeds`` first, from ``grad``, then the input gradient written over ``grad`` itself
         (the compiled depthwise pass reads each row of it before the row over it is written), so
-        no cold buffer's lines are fetched to be overwritten. Returns ``grad`` (now the input
-        gradient), or None where that does not apply (nothing written over ``grad``; the weight
-        gradient may be, with the values the normal path writes again)."""
+        no cold buffer's lines are fetched to be overwritten. Where the norm handed its apply pass
+        over unwritten (:meth:`BatchNorm2d._apply_or_defer`; ``grad`` its gradient, the pass to be
+        written over it), one compiled pass evaluates the apply pass, the weight gradient and the
+        input gradient image by image instead (:meth:`_fused_input_backward` with the weight
+        gradient). Returns ``grad`` (now the input gradient), or None where that does not apply
+        (nothing written over ``grad``; the weight gradient may be, with the values the normal
+        path writes again)."""
         x = self._x
         if (self.layout != "NHWC" or self.groups != self.in_channels or self.out_channels != self.in_channels
                 or self.stride != (1, 1) or grad.shape != x.shape or grad.dtype != np.float32
                 or not grad.flags.c_contiguous or not grad.flags.writeable or getattr(self, "_a", None) is not None):
             return None
+        if (wneeds == ("weight",) and self._take_apply(grad) is not None
+                and self._weight_in_pass(self._geom_of(x.shape), x, pre, apply=True) is not None
+                and self._fused_input_backward(grad, grad, pre, weight=True) == 2):
+            # the norm's apply pass handed over unwritten: it, the weight gradient and the input
+            # gradient (over grad, image by image) in one compiled pass (0: nothing written but
+            # the apply pass, in place, as _grad_ready below would; the weight gradient in the
+            # pass checked first, since without it the call would write dx over grad alone)
+            return grad
         self._grad_ready(grad)
         if wneeds and not self._fused_weight_grad(grad, pre, wneeds):
             return None
@@ -547,7 +559,7 @@ class Conv2d(Module):
         self._deferred_grad = None
         return True
 
-    def _weight_in_pass(self, g: Any, x: np.ndarray, pre: tuple | None) -> tuple | None:
+    def _weight_in_pass(self, g: Any, x: np.ndarray, pre: tuple | None, apply: bool = False) -> tuple | None:
         """The ``grad_weight`` argument of the compiled input gradient (``(dw, x, scale, shift,
         relu)``: the weight gradient written by the same call, from the same gradient and
         ``prologue(x)``, ``pre`` the prologue or None) where that call gives the weight gradient's
@@ -556,10 +568,18 @@ class Conv2d(Module):
         form), parameter gradients on, float32, and no capture or injection that reads the
         gradient at the output; else None. The NHWC 1x1 rows pass reduces the weight gradient's
         pieces a block of rows at a time while the block is in cache (no second pass over the
-        gradient and the input)."""
+        gradient and the input). With ``apply`` (the gradient at the output given as a norm's apply
+        pass, not written) also a depthwise NHWC convolution at stride 1 whose output is the
+        input's size, on the depthwise kernel: the call evaluates the apply pass and both gradients
+        image by image (the bits of the three passes)."""
         if (not self.param_grads or self.has_bias or self._inject is not None or self._captures
-                or not g.nhwc or g.G != 1 or (g.kh, g.kw) != (1, 1) or x.dtype != np.float32
-                or getattr(self, "_a", None) is not None
+                or not g.nhwc or x.dtype != np.float32 or getattr(self, "_a", None) is not None):
+            return None
+        if apply and g.G == g.C == g.K and g.G > 1:
+            if (g.s != (1, 1) or (g.Ho, g.Wo) != (g.H, g.W)
+                    or not _core.conv_algorithm(g.core(), 2).startswith("conv2d_dw_f32_nhwc")):
+                return None
+        elif (g.G != 1 or (g.kh, g.kw) != (1, 1)
                 or not _core.conv_algorithm(g.core(), 2).startswith("conv2d_gemm")):
             return None
         if pre is None:
@@ -585,7 +605,7 @@ class Conv2d(Module):
             return 0
         g = self._geom_of(self._x.shape)
         apply = self._take_apply(grad)
-        gw = self._weight_in_pass(g, self._x, pre) if weight else None
+        gw = self._weight_in_pass(g, self._x, pre, apply=apply is not None) if weight else None
         try:
             # (with the weight gradient in the pass nothing else reads the apply pass: not kept)
             keep = None if apply and gw is not None else grad if apply else np.ascontiguousarray(grad)
@@ -1019,12 +1039,26 @@ class BatchNorm2d(_ReLUMode, Module):
         (``grad`` a buffer of the caller's that nothing reads afterwards), a pass written now goes
         over ``grad`` itself: each value is read before it is written, and the written lines are
         those just read, so no line of a cold ``gi`` is fetched to be overwritten (mobilenet_small's
-        three such passes 1.6-2.0x faster from memory). Returns the array that holds (or will
-        hold) the result: ``gi``, or ``grad`` when written in place."""
+        three such passes 1.6-2.0x faster from memory); a depthwise taker gets it so (handed over
+        to be written over ``grad``) or not at all. Returns the array that holds (or will hold) the
+        result: ``gi``, or ``grad`` when written in place."""
         x, mean = self._x, self._mean
         A, B, D = _bn_apply_coefs(self._invstd, w, N * S, sg, sgxc)
         plain = mask_affine is None and not pooled
         taker = self._apply_taker()
+        if taker is not None and taker.groups > 1:
+            # a depthwise convolution's one-pass backward: the pass handed over to be written over
+            # grad, never into gi (the convolution writes its input gradient over grad)
+            if not (inplace and plain and grad.dtype == gi.dtype and grad.shape == gi.shape
+                    and grad.flags.c_contiguous and grad.flags.writeable):
+                taker = None
+            else:
+                def write_over() -> None:
+                    _core.norm_backward_apply(grad, x, None, grad, None, N, C, S, nhwc, False, mean, A, B, D)
+
+                taker._deferred_grad = (grad, write_over, (grad, x, mean, A, B, D))
+                self._hand_to_producer(grad)
+                return grad
         if (taker is None and inplace and plain and grad.dtype == gi.dtype and grad.shape == gi.shape
                 and grad.flags.c_contiguous and grad.flags.writeable):
             _core.norm_backward_apply(grad, x, None, grad, None, N, C, S, nhwc, False, mean, A, B, D)
@@ -1059,12 +1093,20 @@ class BatchNorm2d(_ReLUMode, Module):
         (the stem kernel, :meth:`Conv2d._weight_grad_bn`), a 1x1 at stride 1 without padding in
         its compiled input gradient (the rows pass: :meth:`Conv2d._fused_input_backward`,
         :meth:`Conv2d._backward_add`), a 1x1 at a stride without padding (a projection shortcut's)
-        in its compact input gradient (the rows pass too: :meth:`Conv2d._strided_input_backward`);
-        else None. Any other reader writes the pass first."""
+        in its compact input gradient (the rows pass too: :meth:`Conv2d._strided_input_backward`),
+        a depthwise at stride 1 whose output is its input's size, with a prologue and no bias, in
+        its one-pass backward (the pass, then both gradients, image by image:
+        :meth:`Conv2d._in_place_backward`); else None. Any other reader writes the pass first."""
         c = self._producer
         x = self._x
         if (c is None or getattr(c, "_y_last", None) is not x or not _fusable(c, Conv2d) or c.layout != "NHWC"
-                or c.groups != 1 or x.dtype != np.float32 or not c.param_grads):
+                or x.dtype != np.float32 or not c.param_grads):
+            return None
+        if c.groups > 1:
+            if (c.groups == c.in_channels == c.out_channels and c.stride == (1, 1) and c._x.shape == x.shape
+                    and getattr(c, "_pre", None) is not None and getattr(c, "_a", None) is None
+                    and not c.has_bias and c._inject is None and not c._captures):
+                return c  # a depthwise at stride 1 with a prologue: its one-pass backward
             return None
         if c.in_channels <= 4 and getattr(c, "_pre", None) is None:
             return c  # the stem: its weight gradient
