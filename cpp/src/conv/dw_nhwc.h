@@ -1543,6 +1543,25 @@ void dw_adjoint_image(const T* dyn, const T* wt, T* dxn, const Geom& a, const Dw
   }
 }
 
+// Image n's dx rows (dxn) from its dy (dyn) by dw_adjoint_image (a: the adjoint of g), each row
+// then through the residual and the gradient epilogue of fu while it is in L1, its sums continued
+// into part's unit n, the next row's epilogue operands (x, a stored mask, the residual) prefetched
+// into L2; next: as dw_adjoint_image's.
+template <typename T, int KH, int KW>
+void dw_fused_dx_image(const T* dyn, const T* wt, T* dxn, int64_t n, const Geom& g, const Geom& a,
+                       const DwAdjointRows& L, T* buf, const T** rows, const Fused& fu, const GradParts& part,
+                       bool next) {
+  const int64_t C = g.C, rowlen = g.W * C, img = g.H * rowlen;
+  auto epilogue = [&](int64_t ih, T* row) __attribute__((always_inline)) {
+    const int64_t o = n * img + ih * rowlen;
+    if (ih + 1 < g.H)
+      for (const T* q : {fu.gx, fu.gmask, fu.residual})
+        if (q) prefetch_bytes(q + o + rowlen, rowlen * int64_t(sizeof(T)), false);
+    grad_epilogue_rows(row, o, C, g.W, fu, part.s1(n), part.s2(n), ih > 0);
+  };
+  dw_adjoint_image<T, KH, KW>(dyn, wt, dxn, a, L, buf, rows, epilogue, next);
+}
+
 // ---- the fused input gradient at stride 1 (conv::backward_input_fused, conv2d_dw_f32_nhwc) ------
 // NHWC, multiplier 1, stride 1, float32: dx = the adjoint's forward pass (wa: the adjoint's
 // weights), a row at a time by the plain pass's own kernels (the band kernel, or the register rows
@@ -1561,7 +1580,7 @@ template <typename T, int KH, int KW>
 void dw_backward_input_fused_nhwc(const T* dy, const T* wa, T* dx, const Geom& g, const Fused& fu,
                                   const GradParts& part) {
   static_assert(std::is_same_v<T, float>, "the gradient epilogue is float32");
-  const int64_t C = g.C, rowlen = g.W * C, img = g.H * rowlen, kh = KH ? KH : g.kh;
+  const int64_t C = g.C, img = g.H * g.W * C, kh = KH ? KH : g.kh;
   const Geom a = adjoint(g);  // the forward pass whose output is dx
   const T* wt = dw_weights_tk(wa, a);
   const DwAdjointRows L = dw_adjoint_rows<T>(a);
@@ -1584,14 +1603,7 @@ void dw_backward_input_fused_nhwc(const T* dy, const T* wa, T* dx, const Geom& g
         std::copy(dyn, dyn + g.Ho * g.Wo * C, copy);
         dyn = copy;
       }
-      auto epilogue = [&](int64_t ih, T* row) __attribute__((always_inline)) {
-        const int64_t o = n * img + ih * rowlen;
-        if (ih + 1 < g.H)
-          for (const T* q : {fu.gx, fu.gmask, fu.residual})
-            if (q) prefetch_bytes(q + o + rowlen, rowlen * int64_t(sizeof(T)), false);
-        grad_epilogue_rows(row, o, C, g.W, fu, part.s1(n), part.s2(n), ih > 0);
-      };
-      dw_adjoint_image<T, KH, KW>(dyn, wt, dxn, a, L, buf, rows, epilogue, n + 1 < g.N);
+      dw_fused_dx_image<T, KH, KW>(dyn, wt, dxn, n, g, a, L, buf, rows, fu, part, n + 1 < g.N);
     }
   }
 }
@@ -1631,12 +1643,16 @@ void dw3_backward_both(const T* dy, const T* x, const T* wa, T* dx, T* dw, T* db
 // from the same copy: dw3_wgrad_image in dw3_weight_nhwc's blocks of images on its shapes, else
 // one piece per image by dw_wgrad_band (dw_weight_partials_nhwc_padded's pieces where it takes
 // whole images: N >= 8), into pw/pb (piece-major, summed by the caller). The same kernels on the
-// same values in the same order: the three passes' bits. wa: the adjoint's weights.
+// same values in the same order: the three passes' bits. wa: the adjoint's weights. Zen 3, 2
+// threads, in the step (a timer around each call, the two forms alternating a step at a time):
+// mobilenet_small's C128 @16 3.0-3.4 -> 2.4 ms (1.24-1.40x), C32 @32 2.3-2.5 -> 2.0-2.1 ms
+// (1.07-1.16x: there the image's padded band, dx and x fill the L2, so the weight sums re-read
+// part of x; with the weight sums before dx, level); the step 1.00-1.04x.
 template <typename T, int KH, int KW>
 void dw_backward_onepass_nhwc(const DyApply& ap, const T* wa, T* dx, T* dw, T* pw, T* pb, const Geom& g,
                               const Fused& fu, const GradParts& part, const DwPro<T>* pro) {
   static_assert(std::is_same_v<T, float>, "the apply pass and the gradient epilogue are float32");
-  const int64_t C = g.C, P = g.Ho * g.Wo, HW = g.H * g.W, rowlen = g.W * C, img = g.H * rowlen;
+  const int64_t C = g.C, P = g.Ho * g.Wo, HW = g.H * g.W, img = HW * C;
   const int64_t kh = KH ? KH : g.kh, kw = KW ? KW : g.kw;
   const Geom a = adjoint(g);
   const T* wt = dw_weights_tk(wa, a);
@@ -1646,14 +1662,7 @@ void dw_backward_onepass_nhwc(const DyApply& ap, const T* wa, T* dx, T* dw, T* p
     ::cnnkit::CNNKIT_ISA_NS::bn_apply_rows(ap, n * P, dyb, P, C);
     T* buf = L.small3 ? nullptr : scratch<T>(kPlaneSlot, L.max_rows * L.Wp * C);
     const T** rows = L.small3 ? nullptr : reinterpret_cast<const T**>(scratch<char>(kColSlot, sizeof(T*) * kh));
-    auto epilogue = [&](int64_t ih, T* row) __attribute__((always_inline)) {
-      const int64_t o = n * img + ih * rowlen;
-      if (ih + 1 < g.H)
-        for (const T* q : {fu.gx, fu.gmask, fu.residual})
-          if (q) prefetch_bytes(q + o + rowlen, rowlen * int64_t(sizeof(T)), false);
-      grad_epilogue_rows(row, o, C, g.W, fu, part.s1(n), part.s2(n), ih > 0);
-    };
-    dw_adjoint_image<T, KH, KW>(dyb, wt, dx + n * img, a, L, buf, rows, epilogue, false);
+    dw_fused_dx_image<T, KH, KW>(dyb, wt, dx + n * img, n, g, a, L, buf, rows, fu, part, false);
   };
   if constexpr (KH == 3 && KW == 3) {
     if (dw3_weight_shape(g)) {
