@@ -380,14 +380,19 @@ def test_fused_dw_weight_gradient_in_the_input_pass_hypothesis(N, C, H, W, k, pa
         _check_weight_in_pass(N, C, H, W, k, min(pad, k // 2 * dil), dil, epi, seed)
 
 
-def _check_one_pass(N, C, H, W, k, pad, dil, epi, seed, over_g):
-    """The fused input gradient of a stride-1 depthwise problem of the output's size, its dy given
-    as a norm's apply pass that is not kept (grad_out None) and its weight gradient asked for too:
-    bitwise the three passes (the apply pass written by ``norm_backward_apply``, the weight
-    gradient's own pass, the input gradient's), at 1 and 2 threads; dx written over the apply
-    pass's g where ``over_g`` (as cnnkit.nn's depthwise layers do); dw close to float64."""
+def _check_one_pass(N, C, H, W, k, pad, dil, epi, seed, over_g, stride=1):
+    """The fused input gradient of a depthwise problem (stride 1 with the output the input's size,
+    or a stride above 1), its dy given as a norm's apply pass that is not kept (grad_out None) and
+    its weight gradient asked for too: bitwise the three passes (the apply pass written by
+    ``norm_backward_apply``, the weight gradient's own pass, the input gradient's), at 1 and 2
+    threads; dx written over the apply pass's g where ``over_g`` (stride 1, as cnnkit.nn's
+    depthwise layers do); dw close to float64."""
     _, x, w, sc, sh, center, g, _, res = _input_case(N, C, H, W, k, pad, dil, epi, seed)
-    assert (g.Ho, g.Wo) == (g.H, g.W), "a problem of the output's size"
+    if stride > 1:
+        g = F._Geom(x.shape, w.shape, stride, pad, dil, C, "NHWC", np.float32)
+        over_g = False
+    else:
+        assert (g.Ho, g.Wo) == (g.H, g.W), "a problem of the output's size"
     rng = np.random.default_rng(seed + 1)
     scale, relu = "noscale" not in epi, "norelu" not in epi
     s, t = (sc, sh) if scale else (None, None)
@@ -416,7 +421,7 @@ def _check_one_pass(N, C, H, W, k, pad, dil, epi, seed, over_g):
         assert_bitwise(s1, s1_own, "sum")
         assert_bitwise(s2, s2_own, "sumxc")
     a = _exact_prologue(x, s, t, relu)
-    ref = fused_backward_ref(to_nchw(dy), to_nchw(a), w, 1, pad, dil, C, None, None, False, None, False)
+    ref = fused_backward_ref(to_nchw(dy), to_nchw(a), w, stride, pad, dil, C, None, None, False, None, False)
     assert_close(dw, ref[1], np.float32, length=N * g.Ho * g.Wo, what="grad_w")
 
 
@@ -439,14 +444,56 @@ def test_fused_dw_backward_in_one_pass(case, epi, over_g, isa):
     _check_one_pass(*case, epi=epi, seed=sum(case) + len(epi), over_g=over_g)
 
 
+# (N, C, H, W, k, stride, pad, dilation) at a stride above 1: the one pass from 8 images (the
+# plain kernel's rows of an image, then its epilogue; mobilenet_small's C64 @32 stride 2), the three
+# passes below.
+_ONE_PASS_STRIDED = [(8, 64, 12, 12, 3, 2, 1, 1), (9, 24, 10, 7, 3, 2, 1, 1), (8, 33, 11, 11, 5, 2, 2, 1),
+                     (8, 16, 12, 12, 3, 3, 1, 1), (8, 7, 6, 6, 3, 2, 0, 1), (4, 16, 9, 9, 3, 2, 1, 1)]
+
+
+@pytest.mark.parametrize("case", _ONE_PASS_STRIDED, ids=["x".join(map(str, c)) for c in _ONE_PASS_STRIDED])
+@pytest.mark.parametrize("epi", ["relu", "noscale", "norelu", "res_relu"])
+def test_fused_dw_backward_in_one_pass_strided(case, epi, isa):
+    N, C, H, W, k, s, pad, dil = case
+    _check_one_pass(N, C, H, W, k, pad, dil, epi, sum(case) + len(epi), False, stride=s)
+
+
 @settings(max_examples=40, deadline=None)
 @given(N=st.integers(1, 12), C=st.integers(1, 40), H=st.integers(1, 18), W=st.integers(1, 18),
-       k=st.sampled_from((3, 3, 5)), dil=st.sampled_from((1, 1, 2)),
+       k=st.sampled_from((3, 3, 5)), dil=st.sampled_from((1, 1, 2)), stride=st.sampled_from((1, 1, 2, 3)),
        epi=st.sampled_from(("relu", "noscale", "norelu", "res_relu")), over_g=st.booleans(),
        level=st.sampled_from(ISA_LEVELS), seed=st.integers(0, 2**31 - 1))
-def test_fused_dw_backward_in_one_pass_hypothesis(N, C, H, W, k, dil, epi, over_g, level, seed):
+def test_fused_dw_backward_in_one_pass_hypothesis(N, C, H, W, k, dil, stride, epi, over_g, level, seed):
     with isa_level(level):
-        _check_one_pass(N, C, H, W, k, k // 2 * dil, dil, epi, seed, over_g)
+        _check_one_pass(N, C, H, W, k, k // 2 * dil, dil, epi, seed, over_g, stride)
+
+
+def test_fused_dw_backward_in_one_pass_compact_residual():
+    """A residual given at the strided pixels only (residual_stride 2): the one pass declines it
+    (its epilogue reads the residual whole) and the three passes run: their bits."""
+    rng = np.random.default_rng(11)
+    N, C, H = 8, 16, 9
+    x = rng.standard_normal((N, H, H, C)).astype(np.float32)
+    w = rng.standard_normal((C, 1, 3, 3)).astype(np.float32)
+    g = F._Geom(x.shape, w.shape, 1, 1, 1, C, "NHWC", np.float32)
+    z = (rng.standard_normal(x.shape) + 0.3).astype(np.float32)
+    gn = np.where(z > 0, rng.standard_normal(x.shape), 0).astype(np.float32)
+    co = (z.astype(np.float64).mean(axis=(0, 1, 2)), rng.random(C) + 0.5, rng.standard_normal(C) * 0.1,
+          rng.standard_normal(C) * 0.1)
+    center = rng.standard_normal(C)
+    rc = rng.standard_normal((N, 5, 5, C)).astype(np.float32)
+    dy = np.empty_like(gn)
+    _core.norm_backward_apply(gn, z, None, dy, None, N, C, H * H, True, False, *co)
+    dw_own = np.empty_like(w)
+    _core.conv2d_fused_backward_weight(dy, x, dw_own, None, g.core(), None, None, True)
+    dx_own = np.empty_like(x)
+    _, s1_own, s2_own = _core.conv2d_fused_backward_input(dy, w, dx_own, g.core(), x, None, None, True, center, rc,
+                                                          None, 2)
+    dx, dw = np.empty_like(x), np.empty_like(w)
+    _, s1, s2 = _core.conv2d_fused_backward_input(None, w, dx, g.core(), x, None, None, True, center, rc, None, 2,
+                                                  dy_apply=(gn, z) + co, grad_weight=(dw, x, None, None, True))
+    for u, v, what in [(dx, dx_own, "dx"), (dw, dw_own, "dw"), (s1, s1_own, "sum"), (s2, s2_own, "sumxc")]:
+        assert_bitwise(u, v, what)
 
 
 def test_fused_dw_backward_over_g_only_where_every_path_reads_g_first():

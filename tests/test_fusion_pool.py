@@ -365,8 +365,8 @@ def test_apply_pass_in_place_gives_the_same_gradients(model, monkeypatch):
     def spy_in(*a, **k):
         # over its grad_out, or (the one pass from the norm's apply pass) over the pass's g
         ap = k.get("dy_apply")
-        onepass.append(a[0] is None and ap is not None and a[2] is ap[0] and a[1].shape[1] == 1)
-        dw_inplace.append(a[2] is a[0] or onepass[-1])
+        onepass.append(a[0] is None and ap is not None and a[1].shape[1] == 1)  # (a depthwise weight)
+        dw_inplace.append(a[2] is a[0] or (onepass[-1] and a[2] is ap[0]))
         return real_in(*a, **k)
     monkeypatch.setattr(_core, "norm_backward_apply", spy)
     monkeypatch.setattr(_core, "conv2d_fused_backward_input", spy_in)
@@ -376,9 +376,9 @@ def test_apply_pass_in_place_gives_the_same_gradients(model, monkeypatch):
         make = lambda: models.resnext_small(3, 5, seed=0, layout="NHWC", widths=(16, 32, 32))  # noqa: E731
     xs, ls = _data((4, 8, 8, 3), 2, 5)
     h_in = _train(make(), xs, ls, True)
-    # three norms each step, those after depthwise layers at stride 1 handed over to them (one pass:
-    # the apply pass, both gradients, dx over the norm's grad; resnext_small's first grouped layer
-    # is depthwise at these widths)
+    # three norms each step, those after depthwise layers handed over to them (one pass: the apply
+    # pass and both gradients; at stride 1 dx over the norm's grad; resnext_small's first grouped
+    # layer is depthwise at these widths)
     assert sum(inplace) + sum(onepass) >= 2 * 3, (inplace, onepass)
     if model == "mobilenet":  # its two depthwise layers at stride 1 write dx over their grad
         assert sum(dw_inplace) >= 2 * 2, dw_inplace
@@ -451,12 +451,13 @@ def test_captures_until_and_inject_at_the_norm():
 
 @pytest.mark.parametrize("size,batch", [(8, 8), (12, 9), (8, 4)])
 def test_depthwise_one_pass_gives_the_same_gradients(size, batch, monkeypatch):
-    """mobilenet_small, NHWC, fused: the norm after each depthwise layer at stride 1 hands its
-    apply pass over unwritten, and the layer's compiled backward evaluates it, the weight gradient
-    and the input gradient image by image (the register rows' weight sums at 8x8 and 16 channels,
-    the band kernel's at 8 channels and at 12x12; below 8 images the band kernel's shapes fall back
-    to the separate passes inside the call). The losses and gradients of two steps are bitwise
-    those with the pass written by the norm and the gradients in their own passes."""
+    """mobilenet_small, NHWC, fused: the norm after each depthwise layer hands its apply pass over
+    unwritten, and the layer's compiled backward evaluates it, the weight gradient and the input
+    gradient image by image (at stride 1 the register rows' weight sums at 8x8 and 16 channels,
+    the band kernel's at 8 channels and at 12x12; at stride 2 the band kernel's; below 8 images the
+    band kernel's shapes fall back to the separate passes inside the call). The losses and
+    gradients of two steps are bitwise those with the pass written by the norm and the gradients
+    in their own passes."""
     one = []
     real_in = _core.conv2d_fused_backward_input
 
@@ -467,7 +468,7 @@ def test_depthwise_one_pass_gives_the_same_gradients(size, batch, monkeypatch):
     make = lambda: models.mobilenet_small(3, 5, seed=0, layout="NHWC", widths=(8, 16, 16, 32))  # noqa: E731
     xs, ls = _data((batch, size, size, 3), 2, 5)
     h_one = _train(make(), xs, ls, True)
-    assert sum(one) == 2 * 2, one  # both stride-1 depthwise layers, each step
+    assert sum(one) == 2 * 3, one  # the three depthwise layers (two at stride 1), each step
     real_taker = nn.BatchNorm2d._apply_taker
 
     def no_depthwise(self):

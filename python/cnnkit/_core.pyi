@@ -108,9 +108,9 @@ def conv2d_fused_backward_input(grad_out: _OptArray, weight: _Array, grad_input:
     a batch norm's backward apply pass A*g - B - (z - mean)*D first (NHWC). grad_weight (dw, x_in,
     scale, shift, relu): the convolution's weight gradient from the same grad_out and
     max(fma(scale, x_in, shift), 0) too, with conv2d_fused_backward_weight's bits; with both,
-    grad_out may be None (the apply pass's values are not kept): a depthwise NHWC convolution at
-    stride 1 of the output's size then runs the three in one pass over the images (the same bits),
-    and grad_input may be dy_apply's g itself there. weight_geom: the weight
+    grad_out may be None (the apply pass's values are not kept): a depthwise NHWC convolution (at
+    a stride, or at stride 1 of the output's size) then runs the three in one pass over the images
+    (the same bits), and at stride 1 grad_input may be dy_apply's g itself. weight_geom: the weight
     gradient's own geometry, a 1x1 at a stride above 1 without padding whose output pixels are
     geom's input (geom: the same convolution at stride 1 on them; x_in the whole input): the input
     gradient at the strided pixels only. x and center None: no gradient epilogue (the plain input

@@ -344,13 +344,15 @@ struct Kernels {
   // the two passes. Returns false, having written nothing, where it does not take the shape.
   bool (*dw_backward_both)(DType, const void* dy, const void* x, const void* wa, void* dx, void* dw, void* db,
                            const Geom&);
-  // The fused input gradient of a depthwise NHWC problem with multiplier 1 at stride 1 (float32),
-  // its dy given as a norm's apply pass (Fused::dy_apply, not kept) and its weight gradient
-  // (Fused::wgrad_*) in the same call, in one pass over the images (dw_nhwc.h's
-  // dw_backward_onepass_nhwc; wa: the adjoint's weights; dx may be the apply pass's g): the bits
-  // of the apply pass, the weight gradient and the input gradient run one after the other.
-  // Returns false, having written nothing, where it does not take the shape.
-  bool (*dw_backward_onepass)(const DyApply& ap, const float* wa, float* dx, const Geom&, const Fused&);
+  // The fused input gradient of a depthwise NHWC problem with multiplier 1 (float32; stride 1 with
+  // the output the input's size, or a stride above 1), its dy given as a norm's apply pass
+  // (Fused::dy_apply, not kept) and its weight gradient (Fused::wgrad_*) in the same call, in one
+  // pass over the images (dw_nhwc.h's dw_backward_onepass_nhwc; w: the weights, wa: the adjoint's
+  // at stride 1, else null; dx may be the apply pass's g at stride 1): the bits of the apply pass,
+  // the weight gradient and the input gradient run one after the other. Returns false, having
+  // written nothing, where it does not take the shape.
+  bool (*dw_backward_onepass)(const DyApply& ap, const float* w, const float* wa, float* dx, const Geom&,
+                              const Fused&);
 };
 
 }  // namespace cnnkit::conv

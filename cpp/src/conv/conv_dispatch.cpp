@@ -684,10 +684,13 @@ static void image_epilogue(const Kernels& k, float* dx, const Geom& g, const Fus
 // The units (about 256 KiB of dx, at least 8 of them) and the per-image sums, added in image
 // order, follow from the shape alone, so the bits do not depend on the thread count; dx's values
 // are the plain kernels' (thread-invariant themselves). Returns the plain kernel's name.
+static int64_t units_per(const Geom& g) {  // (backward_input_units' images a unit)
+  const int64_t img = g.C * g.H * g.W;
+  return std::clamp<int64_t>((int64_t(1) << 16) / std::max<int64_t>(1, img), 1, std::max<int64_t>(1, g.N / 8));
+}
 static const char* backward_input_units(const float* dy, const float* w, float* dx, const Geom& g, const Fused& fu) {
   const int64_t img = g.C * g.H * g.W, oimg = g.K * g.Ho * g.Wo;
-  const int64_t per = std::clamp<int64_t>((int64_t(1) << 16) / std::max<int64_t>(1, img), 1,
-                                          std::max<int64_t>(1, g.N / 8));
+  const int64_t per = units_per(g);
   const int64_t units = ceil_div(g.N, per);
   Geom gu = g, gl = g;
   gu.N = std::min(per, g.N);
@@ -812,14 +815,21 @@ const char* backward_input_fused(const float* dy, const float* w, float* dx, con
   if (fu.dy_apply && dx == fu.dy_apply->g && !dw_same)
     throw value_error("grad_input: over dy_apply's g only for a depthwise convolution (NHWC, stride 1, the output "
                       "the input's size)");
-  if (!dy && dw_same && epi && fu.dy_apply && fu.wgrad_dw && !fu.wgrad_geom && g.N * g.C * g.H * g.W > 0) {
+  const bool dw_strided = g.nhwc && g.depthwise() && g.K == g.C && !unit_stride(g);
+  if (!dy && (dw_same || dw_strided) && epi && fu.dy_apply && fu.wgrad_dw && !fu.wgrad_geom && fu.res_stride == 1 &&
+      g.N * g.C * g.H * g.W > 0) {
     // The norm's apply pass, the weight gradient and the input gradient in one pass over the images
     // where both gradients run on the same level's depthwise kernels (dw_nhwc.h), with the bits of
-    // the three passes below.
+    // the three passes below (at a stride: backward_input_units' kernel on its units' geometry and
+    // its epilogue at the active level).
     const Entry& ie = table()[select_effective(effective(Problem{g, DType::f32, Pass::input}))];
     const Entry& we = table()[select_effective(Problem{g, DType::f32, Pass::weight})];
+    Geom gu = g;
+    gu.N = std::min(units_per(g), g.N);
+    const Entry& ue = table()[select_effective(effective(Problem{gu, DType::f32, Pass::input}))];
     if (ie.v->run == run_dw && we.v->supported == sup_dw_nhwc && ie.isa == we.isa &&
-        kernels_of(ie.isa).dw_backward_onepass(*fu.dy_apply, adjoint_weights(w, g), dx, g, fu))
+        (dw_same || (&ue == &ie && ie.isa == isa_active())) &&
+        kernels_of(ie.isa).dw_backward_onepass(*fu.dy_apply, w, dw_same ? adjoint_weights(w, g) : nullptr, dx, g, fu))
       return ie.name.c_str();
   }
   if (!dy) {  // dy not kept: the apply pass into a scratch of this thread (or blocks of the rows pass)

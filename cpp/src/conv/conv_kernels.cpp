@@ -277,7 +277,8 @@ void dw_backward_input_fused(const float* dy, const float* w, float* dx, const G
 
 // conv::Kernels::dw_backward_onepass (dw_nhwc.h's dw_backward_onepass_nhwc): false, having written
 // nothing, where the weight gradient's pieces are bands of images (N < 8 off the register-row shapes).
-bool dw_backward_onepass(const conv::DyApply& ap, const float* wa, float* dx, const Geom& g, const conv::Fused& fu) {
+bool dw_backward_onepass(const conv::DyApply& ap, const float* w, const float* wa, float* dx, const Geom& g,
+                         const conv::Fused& fu) {
   const bool dw3 = conv::dw3_weight_shape(g);
   if (!dw3 && g.N < 8) return false;
   const conv::DwPro<float> pro{fu.wgrad_scale, fu.wgrad_shift, fu.wgrad_relu};
@@ -285,7 +286,7 @@ bool dw_backward_onepass(const conv::DyApply& ap, const float* wa, float* dx, co
   const int64_t k2 = g.kh * g.kw, K = g.K;
   float* pw = dw3 ? nullptr : conv::scratch<float>(conv::kPartSlot, g.N * K * (k2 + 1));
   float* pb = dw3 ? nullptr : pw + g.N * K * k2;
-  CNNKIT_DW_BY_K(conv::dw_backward_onepass_nhwc, float, ap, wa, dx, fu.wgrad_dw, pw, pb, g, fu, part,
+  CNNKIT_DW_BY_K(conv::dw_backward_onepass_nhwc, float, ap, w, wa, dx, fu.wgrad_dw, pw, pb, g, fu, part,
                  pro.any() ? &pro : nullptr);
   if (!dw3) dw_weight_finish_pieces<float>(pw, pb, g.N, fu.wgrad_dw, nullptr, g, false);
   part.combine(fu);

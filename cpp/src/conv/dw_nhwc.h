@@ -1633,36 +1633,55 @@ void dw3_backward_both(const T* dy, const T* x, const T* wa, T* dx, T* dw, T* db
 }
 
 // ---- the backward from a norm's apply pass in one pass (conv::backward_input_fused with dy_apply
-// and the weight gradient; NHWC, multiplier 1, stride 1, the output the input's size) ------------
+// and the weight gradient; NHWC, multiplier 1; stride 1 with the output the input's size, or a
+// stride above 1) -----------------------------------------------------------------------------------
 // Three passes over memory otherwise: the norm's apply pass (g and z in, dy out), the weight
 // gradient (dy and x in), the input gradient (dy and x in, dx out). Here each image goes through
 // all three while it is in L2, on the thread of the weight gradient's piece that holds it: its dy
 // rows by the apply pass into a copy of this thread's (bn_apply_rows: dy_apply_rows's values),
-// its dx rows from that copy with the gradient epilogue (dw_backward_input_fused_nhwc's per-image
-// work; dx may lie over the apply pass's g, whose image is read whole first), then its weight sums
-// from the same copy: dw3_wgrad_image in dw3_weight_nhwc's blocks of images on its shapes, else
-// one piece per image by dw_wgrad_band (dw_weight_partials_nhwc_padded's pieces where it takes
-// whole images: N >= 8), into pw/pb (piece-major, summed by the caller). The same kernels on the
-// same values in the same order: the three passes' bits. wa: the adjoint's weights. Zen 3, 2
-// threads, in the step (a timer around each call, the two forms alternating a step at a time):
-// mobilenet_small's C128 @16 3.0-3.4 -> 2.4 ms (1.24-1.40x), C32 @32 2.3-2.5 -> 2.0-2.1 ms
-// (1.07-1.16x: there the image's padded band, dx and x fill the L2, so the weight sums re-read
-// part of x; with the weight sums before dx, level); the step 1.00-1.04x.
+// its dx rows from that copy with the gradient epilogue, then its weight sums from the same copy:
+// dw3_wgrad_image in dw3_weight_nhwc's blocks of images on its shapes, else one piece per image
+// by dw_wgrad_band (dw_weight_partials_nhwc_padded's pieces where it takes whole images: N >= 8),
+// into pw/pb (piece-major, summed by the caller). dx at stride 1: dw_backward_input_fused_nhwc's
+// per-image work (wa: the adjoint's weights; dx may lie over the apply pass's g, whose image is
+// read whole first); at a stride above 1: backward_input_units' (w: the weights; the plain
+// kernel's rows of the image, then the residual and grad_epilogue_image over it). The same kernels
+// on the same values in the same order: the three passes' bits. Zen 3, 2 threads, in the step (a
+// timer around each call, the two forms alternating a step at a time): mobilenet_small's C128 @16
+// 3.0-3.4 -> 2.4 ms (1.24-1.40x), C32 @32 2.3-2.5 -> 2.0-2.1 ms (1.07-1.16x: there the image's
+// padded band, dx and x fill the L2, so the weight sums re-read part of x; with the weight sums
+// before dx, level), the stride-2 C64 @32 -> @16 3.3-3.4 -> 2.5-2.6 ms (1.30x); the step 1.04x
+// with all three against none.
 template <typename T, int KH, int KW>
-void dw_backward_onepass_nhwc(const DyApply& ap, const T* wa, T* dx, T* dw, T* pw, T* pb, const Geom& g,
+void dw_backward_onepass_nhwc(const DyApply& ap, const T* w, const T* wa, T* dx, T* dw, T* pw, T* pb, const Geom& g,
                               const Fused& fu, const GradParts& part, const DwPro<T>* pro) {
   static_assert(std::is_same_v<T, float>, "the apply pass and the gradient epilogue are float32");
   const int64_t C = g.C, P = g.Ho * g.Wo, HW = g.H * g.W, img = HW * C;
-  const int64_t kh = KH ? KH : g.kh, kw = KW ? KW : g.kw;
+  const int64_t kh = KH ? KH : g.kh, kw = KW ? KW : g.kw, k2 = kh * kw;
+  const bool strided = g.sh != 1 || g.sw != 1;
   const Geom a = adjoint(g);
-  const T* wt = dw_weights_tk(wa, a);
+  const T* wt = strided ? dw_weights_tk(w, g) : dw_weights_tk(wa, a);
   const DwAdjointRows L = dw_adjoint_rows<T>(a);
-  // Image n's apply pass into dyb, then its dx rows from dyb with the epilogue on each (in L1).
+  // Image n's apply pass into dyb, then its dx rows from dyb with the epilogue.
   const auto image = [&](int64_t n, T* dyb) __attribute__((always_inline)) {
     ::cnnkit::CNNKIT_ISA_NS::bn_apply_rows(ap, n * P, dyb, P, C);
-    T* buf = L.small3 ? nullptr : scratch<T>(kPlaneSlot, L.max_rows * L.Wp * C);
-    const T** rows = L.small3 ? nullptr : reinterpret_cast<const T**>(scratch<char>(kColSlot, sizeof(T*) * kh));
-    dw_fused_dx_image<T, KH, KW>(dyb, wt, dx + n * img, n, g, a, L, buf, rows, fu, part, false);
+    T* dxn = dx + n * img;
+    if (!strided) {  // each row's epilogue while it is in L1
+      T* buf = L.small3 ? nullptr : scratch<T>(kPlaneSlot, L.max_rows * L.Wp * C);
+      const T** rows = L.small3 ? nullptr : reinterpret_cast<const T**>(scratch<char>(kColSlot, sizeof(T*) * kh));
+      dw_fused_dx_image<T, KH, KW>(dyb, wt, dxn, n, g, a, L, buf, rows, fu, part, false);
+      return;
+    }
+    if (dw33s2_input_shape(g)) {
+      for (int64_t ih = 0; ih < g.H; ++ih) dw33s2_bwdin_row(dyb, wt, dxn + ih * g.W * C, ih, g, ih + 1 < g.H);
+    } else {
+      int64_t* taps = scratch<int64_t>(kColSlot, 2 * k2);
+      for (int64_t ih = 0; ih < g.H; ++ih) dw_bwdin_row(dyb, wt, dxn + ih * g.W * C, ih, g, taps);
+    }
+    if (fu.residual)
+      for (int64_t i = 0; i < img; ++i) dxn[i] += fu.residual[n * img + i];
+    grad_epilogue_image(dxn, fu.gx + n * img, fu.gmask ? fu.gmask + n * img : nullptr, C, HW, true, fu, part.s1(n),
+                        part.s2(n));
   };
   if constexpr (KH == 3 && KW == 3) {
     if (dw3_weight_shape(g)) {
@@ -1674,7 +1693,7 @@ void dw_backward_onepass_nhwc(const DyApply& ap, const T* wa, T* dx, T* dw, T* p
       return;
     }
   }
-  const int64_t k2 = kh * kw, Wp = (g.Wo - 1) * g.sw + (kw - 1) * g.dw + 1;
+  const int64_t Wp = (g.Wo - 1) * g.sw + (kw - 1) * g.dw + 1;
   const int64_t max_rows = (g.Ho - 1) * g.sh + (kh - 1) * g.dh + 1;
 #pragma omp parallel num_threads(num_threads())
   {
