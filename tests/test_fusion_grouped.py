@@ -263,3 +263,89 @@ def test_prologue_is_one_fma(relu, isa):
     _core.conv2d_fused_backward_weight(gy, x, dw, None, g.core(), s, t, relu)
     grp = np.arange(C)[:, None] // cg * cg + np.arange(cg)[None, :]  # dw[k, ci] = a[0, 0, 0, grp(k)*cg + ci]
     assert_bitwise(dw[:, :, 0, 0], want0.astype(np.float32)[grp], "grad_w at the ties")
+
+
+def _exact_prologue_nhwc(x, s, t, relu):
+    """max(fma(s, x, t), 0) per channel (NHWC) as the kernels evaluate it: one rounding."""
+    a = x.astype(np.float64)
+    if s is not None:
+        a = (a * s.astype(np.float64) + t.astype(np.float64)).astype(np.float32).astype(np.float64)
+    return np.maximum(a, 0) if relu else a
+
+
+def _check_grouped_one_pass(N, C, G, H, W, stride, epi, seed):
+    """The fused input gradient of a strided grouped NHWC problem, its dy given as a norm's apply
+    pass that is not kept (grad_out None) and its weight gradient asked for too: bitwise the three
+    passes (``norm_backward_apply``, the fused input gradient, ``conv2d_fused_backward_weight``)
+    at 1 and 2 threads, whether the one pass takes the shape (pieces and bands of whole images) or
+    the call runs the three passes; dw close to float64."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((N, H, W, C)).astype(np.float32)
+    w = rng.standard_normal((C, C // G, 3, 3)).astype(np.float32)
+    scale, relu = "noscale" not in epi, "norelu" not in epi
+    s = (rng.uniform(0.5, 2, C) * rng.choice((-1, 1), C)).astype(np.float32) if scale else None
+    t = rng.standard_normal(C).astype(np.float32) if scale else None
+    center = rng.standard_normal(C)
+    res = rng.standard_normal(x.shape).astype(np.float32) if "res" in epi else None
+    mask = np.where(rng.random(x.shape) < 0.4, 0, rng.random(x.shape)).astype(np.float32) if "mask" in epi else None
+    g = F._Geom(x.shape, w.shape, stride, 1, 1, G, "NHWC", np.float32)
+    shape = (N, g.Ho, g.Wo, C)
+    z = (rng.standard_normal(shape) * 2 + 0.3).astype(np.float32)
+    gn = np.where(z > 0, rng.standard_normal(shape), 0).astype(np.float32)
+    coefs = (z.astype(np.float64).mean(axis=(0, 1, 2)), rng.random(C) + 0.5, rng.standard_normal(C) * 0.1,
+             rng.standard_normal(C) * 0.1)
+    dy = np.empty_like(gn)
+    _core.norm_backward_apply(gn, z, None, dy, None, N, C, g.Ho * g.Wo, True, False, *coefs)
+    dx_own = np.full(x.shape, np.nan, np.float32)
+    own, s1_own, s2_own = _core.conv2d_fused_backward_input(dy, w, dx_own, g.core(), x, s, t, True, center, res,
+                                                            mask)
+    dw_own = np.full(w.shape, np.nan, np.float32)
+    _core.conv2d_fused_backward_weight(dy, x, dw_own, None, g.core(), s, t, relu)
+    for threads in (1, 2):
+        dx = np.full(x.shape, np.nan, np.float32)
+        dw = np.full(w.shape, np.nan, np.float32)
+        with num_threads(threads):
+            name, s1, s2 = _core.conv2d_fused_backward_input(None, w, dx, g.core(), x, s, t, True, center, res, mask,
+                                                             dy_apply=(gn, z) + coefs, grad_weight=(dw, x, s, t, relu))
+        assert name == own, (name, own)
+        assert_bitwise(dw, dw_own, f"the weight gradient in one pass vs its own pass ({threads} threads)")
+        assert_bitwise(dx, dx_own, f"dx in one pass vs the input gradient's pass ({threads} threads)")
+        assert_bitwise(s1, s1_own, "sum")
+        assert_bitwise(s2, s2_own, "sumxc")
+    a = _exact_prologue_nhwc(x, s, t, relu)
+    ref = fused_backward_ref(to_nchw(dy), to_nchw(a), w, stride, 1, 1, G, None, None, False, None, False)
+    assert_close(dw, ref[1], np.float32, length=N * g.Ho * g.Wo * 9 // G, what="grad_w")
+
+
+# (N, C, groups, H, W, stride): strided grouped problems of the direct kernels whose weight
+# gradient's 8 pieces are runs of whole images (N a multiple of 8, 512 output pixels or more) and
+# whose input gradient's bands are images (from 16 images): the one pass (g8 32 -> 32 and 64 -> 64
+# at stride 2 as resnext_small's, 2 to 32 channels a group, stride 3); and shapes the call runs as
+# the three passes (8 images: bands of half an image; 12: pieces across images; 16 at 4x4 output:
+# pieces cut into blocks of channels).
+_GROUPED_ONE_PASS = [(16, 32, 8, 12, 12, 2), (16, 64, 8, 12, 12, 2), (24, 32, 16, 13, 11, 2), (16, 64, 2, 12, 12, 2),
+                     (16, 96, 3, 12, 12, 2), (16, 48, 3, 12, 12, 2), (16, 32, 8, 18, 18, 3), (8, 32, 8, 12, 12, 2),
+                     (12, 32, 4, 8, 8, 2), (16, 64, 8, 8, 8, 2)]
+
+
+@pytest.mark.parametrize("case", _GROUPED_ONE_PASS, ids=["x".join(map(str, c)) for c in _GROUPED_ONE_PASS])
+@pytest.mark.parametrize("epi", ["relu", "noscale", "norelu", "res_mask"])
+def test_fused_grouped_backward_in_one_pass(case, epi, isa):
+    """``_core.conv2d_fused_backward_input`` with ``dy_apply`` (not kept) and ``grad_weight`` on
+    strided grouped NHWC problems of the direct grouped kernels: bitwise the three passes at every
+    ISA level."""
+    N, C, G, H, W, stride = case
+    g = F._Geom((N, H, W, C), (C, C // G, 3, 3), stride, 1, 1, G, "NHWC", np.float32)
+    assert _core.conv_algorithm(g.core(), 1).startswith("conv2d_grouped_f32_nhwc__"), case
+    _check_grouped_one_pass(*case, epi=epi, seed=sum(case) + len(epi))
+
+
+@settings(max_examples=30, deadline=None)
+@given(N=st.sampled_from((8, 16, 16, 17, 24, 32)), cpg=st.sampled_from((2, 4, 8, 16, 32)), ncv=st.integers(1, 3),
+       H=st.integers(3, 18), W=st.integers(3, 18), stride=st.sampled_from((2, 2, 3)),
+       epi=st.sampled_from(("relu", "noscale", "norelu", "res_mask")), level=st.sampled_from(ISA_LEVELS),
+       seed=st.integers(0, 2**31 - 1))
+def test_fused_grouped_backward_in_one_pass_hypothesis(N, cpg, ncv, H, W, stride, epi, level, seed):
+    G = max(2, 16 // cpg) * ncv  # (C = G * cpg: whole vectors at every level)
+    with isa_level(level):
+        _check_grouped_one_pass(N, G * cpg, G, H, W, stride, epi, seed)

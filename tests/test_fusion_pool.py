@@ -352,8 +352,9 @@ def test_apply_pass_in_place_gives_the_same_gradients(model, monkeypatch):
     over the masked gradient its consumer's compiled pass wrote (mobilenet_small's norms after its
     depthwise layers, resnext_small's after its grouped layers), where that gradient is not also a
     residual's; a depthwise layer at stride 1 then writes its input gradient over that, after its
-    weight gradient (or takes the pass unwritten, in one pass with both gradients). The gradients
-    are bitwise those written into buffers of the layers' own, over two steps."""
+    weight gradient (or a depthwise or strided grouped layer takes the pass unwritten, in one pass
+    with both gradients). The gradients are bitwise those written into buffers of the layers' own,
+    over two steps."""
     inplace, dw_inplace, onepass = [], [], []
     real = _core.norm_backward_apply
     real_in = _core.conv2d_fused_backward_input
@@ -365,7 +366,7 @@ def test_apply_pass_in_place_gives_the_same_gradients(model, monkeypatch):
     def spy_in(*a, **k):
         # over its grad_out, or (the one pass from the norm's apply pass) over the pass's g
         ap = k.get("dy_apply")
-        onepass.append(a[0] is None and ap is not None and a[1].shape[1] == 1)  # (a depthwise weight)
+        onepass.append(a[0] is None and ap is not None and a[1].shape[2] == 3)  # (a depthwise or grouped 3x3)
         dw_inplace.append(a[2] is a[0] or (onepass[-1] and a[2] is ap[0]))
         return real_in(*a, **k)
     monkeypatch.setattr(_core, "norm_backward_apply", spy)
@@ -376,9 +377,9 @@ def test_apply_pass_in_place_gives_the_same_gradients(model, monkeypatch):
         make = lambda: models.resnext_small(3, 5, seed=0, layout="NHWC", widths=(16, 32, 32))  # noqa: E731
     xs, ls = _data((4, 8, 8, 3), 2, 5)
     h_in = _train(make(), xs, ls, True)
-    # three norms each step, those after depthwise layers handed over to them (one pass: the apply
-    # pass and both gradients; at stride 1 dx over the norm's grad; resnext_small's first grouped
-    # layer is depthwise at these widths)
+    # three norms each step, those after depthwise and strided grouped layers handed over to them
+    # (one pass: the apply pass and both gradients; at stride 1 dx over the norm's grad;
+    # resnext_small's first grouped layer is depthwise at these widths)
     assert sum(inplace) + sum(onepass) >= 2 * 3, (inplace, onepass)
     if model == "mobilenet":  # its two depthwise layers at stride 1 write dx over their grad
         assert sum(dw_inplace) >= 2 * 2, dw_inplace
@@ -475,6 +476,39 @@ def test_depthwise_one_pass_gives_the_same_gradients(size, batch, monkeypatch):
         c = real_taker(self)
         return None if c is not None and c.groups > 1 else c
     monkeypatch.setattr(nn.BatchNorm2d, "_apply_taker", no_depthwise)
+    one.clear()
+    h_sep = _train(make(), xs, ls, True)
+    assert not any(one)
+    for (la, ga, xa, _), (lb, gb, xb, _) in zip(h_one, h_sep):
+        assert la == lb
+        for u, v in zip(ga, gb):
+            assert_bitwise(u, v, "parameter gradient")
+        assert_bitwise(xa, xb, "input gradient")
+
+
+def test_grouped_one_pass_gives_the_same_gradients(monkeypatch):
+    """resnext_small, NHWC, fused, 16 images of 16x16: the norm after the strided grouped layer
+    (g8 at 16x16, stride 2) hands its apply pass over unwritten, and the layer's compiled backward
+    evaluates it and both gradients image by image (the one at 8x8 cuts its weight pieces into
+    blocks of channels: the call runs the three passes). The losses and gradients of two steps are
+    bitwise those with the pass written by the norm and the gradients in their own passes."""
+    one = []
+    real_in = _core.conv2d_fused_backward_input
+
+    def spy_in(*a, **k):
+        one.append(a[0] is None and k.get("dy_apply") is not None and a[1].shape[2] == 3 and a[1].shape[1] > 1)
+        return real_in(*a, **k)
+    monkeypatch.setattr(_core, "conv2d_fused_backward_input", spy_in)
+    make = lambda: models.resnext_small(3, 5, seed=0, layout="NHWC", widths=(16, 32, 32))  # noqa: E731
+    xs, ls = _data((16, 16, 16, 3), 2, 5)
+    h_one = _train(make(), xs, ls, True)
+    assert sum(one) == 2 * 2, one  # the two strided grouped layers, each step
+    real_taker = nn.BatchNorm2d._apply_taker
+
+    def no_grouped(self):
+        c = real_taker(self)
+        return None if c is not None and 1 < c.groups < c.in_channels else c
+    monkeypatch.setattr(nn.BatchNorm2d, "_apply_taker", no_grouped)
     one.clear()
     h_sep = _train(make(), xs, ls, True)
     assert not any(one)

@@ -353,6 +353,10 @@ struct Kernels {
   // written nothing, where it does not take the shape.
   bool (*dw_backward_onepass)(const DyApply& ap, const float* w, const float* wa, float* dx, const Geom&,
                               const Fused&);
+  // The same for a grouped NHWC problem of the direct kernels at a stride above 1 (grouped.h's
+  // grouped_backward_onepass; w: the weights): false, having written nothing, where the weight
+  // gradient's pieces or the input gradient's bands are not whole images.
+  bool (*grouped_backward_onepass)(const DyApply& ap, const float* w, float* dx, const Geom&, const Fused&);
 };
 
 }  // namespace cnnkit::conv

@@ -832,6 +832,17 @@ const char* backward_input_fused(const float* dy, const float* w, float* dx, con
         kernels_of(ie.isa).dw_backward_onepass(*fu.dy_apply, w, dw_same ? adjoint_weights(w, g) : nullptr, dx, g, fu))
       return ie.name.c_str();
   }
+  if (!dy && g.nhwc && g.G > 1 && !g.depthwise() && !unit_stride(g) && epi && fu.dy_apply && fu.wgrad_dw &&
+      !fu.wgrad_geom && fu.res_stride == 1 && g.N * g.C * g.H * g.W > 0) {
+    // The same for a strided grouped convolution on the direct grouped kernels (grouped.h), where
+    // their passes below run on the same level (the input gradient's fused rows, the weight
+    // gradient's partials).
+    const Entry& ie = table()[select_effective(Problem{g, DType::f32, Pass::input})];
+    const Entry& we = table()[select_effective(Problem{g, DType::f32, Pass::weight})];
+    if (ie.v->run == run_grouped && we.v->run == run_grouped && ie.isa == we.isa &&
+        kernels_of(ie.isa).grouped_backward_onepass(*fu.dy_apply, w, dx, g, fu))
+      return ie.name.c_str();
+  }
   if (!dy) {  // dy not kept: the apply pass into a scratch of this thread (or blocks of the rows pass)
     if (!fu.dy_apply || !fu.wgrad_dw)
       throw value_error("grad_out: None (not kept) only with dy_apply and a weight gradient in the same call");

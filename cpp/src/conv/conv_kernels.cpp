@@ -202,6 +202,22 @@ template <typename T>
 void grouped_backward_input_t(const T* dy, const T* w, T* dx, const Geom& g) {
   CNNKIT_BY_CPG(conv::grouped_backward_input_direct, T, dy, w, dx, g);
 }
+// grouped_weight_partials_direct's work: eight pieces of the output rows (with a batch divisible by
+// 8 they cut at image boundaries), but no fewer than 64 output pixels a piece; fewer pieces are
+// cut further into `cblocks` blocks of channels. Each piece's partial is a full dw, so on tiny
+// planes (g32 C1024@2x2, N = 16: 64 pixels) eight pieces moved 9.4 MB of partials for 38 MFLOP
+// (3.4 ms at 1 thread). From the shape alone.
+template <typename T>
+int64_t grouped_weight_pieces(const Geom& g, int64_t& cblocks) {
+  constexpr int64_t VL = conv::Vec<T>::n;
+  const int64_t pieces = std::max<int64_t>(1, std::min<int64_t>({8, g.N * g.Ho, g.N * g.Ho * g.Wo / 64}));
+  const int64_t nb = (g.Cg() >= 2 * VL ? 2 : 1);  // channel vectors the kernel takes together
+  cblocks = std::max<int64_t>(1, std::min<int64_t>(conv::ceil_div(8, pieces), g.C / VL / nb));
+  return pieces;
+}
+template <typename T>
+void grouped_weight_finish(const T* part, int64_t pieces, T* dw, const Geom& g);
+
 template <typename T>
 void grouped_backward_weight_t(const T* dy, const T* x, T* dw, const Geom& g, const conv::Fused* fu = nullptr) {
   constexpr int64_t VL = conv::Vec<T>::n;
@@ -209,18 +225,21 @@ void grouped_backward_weight_t(const T* dy, const T* x, T* dw, const Geom& g, co
     CNNKIT_BY_CPG(conv::grouped_weight_blocks_direct, T, dy, x, dw, g, fu);
     return;
   }
-  const int64_t k2 = g.kh * g.kw, C = g.C, cpg = g.Cg(), ncv = C / VL;
-  // Eight units of work (from the shape alone): eight pieces of the output rows (with a batch
-  // divisible by 8 they cut at image boundaries), but no fewer than 64 output pixels a piece;
-  // fewer pieces are cut further into blocks of channels. Each piece's partial is a full dw, so
-  // on tiny planes (g32 C1024@2x2, N = 16: 64 pixels) eight pieces moved 9.4 MB of partials for
-  // 38 MFLOP (3.4 ms at 1 thread).
+  const int64_t k2 = g.kh * g.kw, C = g.C, cpg = g.Cg();
   const int64_t psize = k2 * C * cpg;
-  const int64_t pieces = std::max<int64_t>(1, std::min<int64_t>({8, g.N * g.Ho, g.N * g.Ho * g.Wo / 64}));
-  const int64_t nb = (cpg >= 2 * VL ? 2 : 1);  // channel vectors the kernel takes together
-  const int64_t cblocks = std::max<int64_t>(1, std::min<int64_t>(conv::ceil_div(8, pieces), ncv / nb));
+  int64_t cblocks;
+  const int64_t pieces = grouped_weight_pieces<T>(g, cblocks);
   T* part = conv::scratch<T>(conv::kPartSlot, pieces * psize);
   CNNKIT_BY_CPG(conv::grouped_weight_partials_direct, T, dy, x, part, pieces, cblocks, g, fu);
+  grouped_weight_finish(part, pieces, dw, g);
+}
+
+// dw from the pieces' partials of grouped_weight_partials_direct (summed over the pieces in order,
+// in double).
+template <typename T>
+void grouped_weight_finish(const T* part, int64_t pieces, T* dw, const Geom& g) {
+  constexpr int64_t VL = conv::Vec<T>::n;
+  const int64_t k2 = g.kh * g.kw, C = g.C, cpg = g.Cg(), ncv = C / VL, psize = k2 * C * cpg;
   // Walk the partials in their own layout (contiguous streams), scattering into dw.
 #pragma omp parallel for schedule(static) num_threads(num_threads())
   for (int64_t e0 = 0; e0 < psize; e0 += 256)
@@ -273,6 +292,25 @@ void dw_backward_input_fused(const float* dy, const float* w, float* dx, const G
   const conv::GradParts part(g.N, g.C);
   CNNKIT_DW_BY_K(conv::dw_backward_input_fused_nhwc, float, dy, w, dx, g, fu, part);
   part.combine(fu);
+}
+
+// conv::Kernels::grouped_backward_onepass (grouped.h): false, having written nothing, where the
+// weight gradient's pieces are not runs of whole images, the input gradient's bands not images,
+// or a piece is cut into blocks of channels (NHWC, a stride above 1, the direct kernels' shapes).
+bool grouped_backward_onepass(const conv::DyApply& ap, const float* w, float* dx, const Geom& g,
+                              const conv::Fused& fu) {
+  if (!g.nhwc || (g.sh == 1 && g.sw == 1) || conv::grouped_weight_by_blocks(g) || !grouped_supported_t<float>(g))
+    return false;
+  int64_t cblocks;
+  const int64_t pieces = grouped_weight_pieces<float>(g, cblocks);
+  if (cblocks != 1 || g.N % pieces || conv::row_band(g.N * g.H, g.H) != g.H) return false;
+  const conv::Fused fw{fu.wgrad_scale, fu.wgrad_shift, fu.wgrad_relu, nullptr, false, nullptr, nullptr};
+  const conv::GradParts part(g.N, g.C);
+  float* pw = conv::scratch<float>(conv::kPartSlot, pieces * g.kh * g.kw * g.C * g.Cg());
+  CNNKIT_BY_CPG(conv::grouped_backward_onepass, float, ap, w, fu.wgrad_x, dx, pw, pieces, g, fu, fw, part);
+  grouped_weight_finish(pw, pieces, fu.wgrad_dw, g);
+  part.combine(fu);
+  return true;
 }
 
 // conv::Kernels::dw_backward_onepass (dw_nhwc.h's dw_backward_onepass_nhwc): false, having written
@@ -330,7 +368,7 @@ extern const conv::Kernels conv_kernels = {
     dw_fused_forward, dw_fused_backward_weight,
     grouped_forward_fused, grouped_backward_weight_fused,
     conv::grad_epilogue_image, grouped_backward_input_fused, dy_apply_rows, dw_backward_input_fused,
-    dw_backward_both, dw_backward_onepass,
+    dw_backward_both, dw_backward_onepass, grouped_backward_onepass,
 };
 
 }  // namespace cnnkit::CNNKIT_ISA_NS

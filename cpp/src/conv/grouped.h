@@ -36,6 +36,7 @@
 #include "cnnkit/conv.h"
 #include "conv_internal.h"
 #include "dw_common.h"
+#include "norm/bn_apply.h"
 #include "scratch.h"
 #include "sgemm.h"
 #include "unit_stats.h"
@@ -748,31 +749,44 @@ void grouped_forward_direct(const T* x, const T* w, const T* b, T* y, const Geom
 // image the same sums as the per-image epilogue of backward_input_units), the bands added in order
 // into fu->grad_sum and fu->grad_sumxc; bands come from the shape, so the bits do not depend on the
 // thread count.
+// The input gradient's rows (grouped_backward_input_direct): the adjoint's weights, the padded dy
+// rows' ring geometry and the row bands (row_band: at most one image each) of dx = grad(dy) for
+// geometry g; row(r) computes dx row r from its image's dy (dyn), with fu's gradient epilogue
+// (float32 NHWC), the band's sums in part's unit bi.
 template <typename T, int CPG>
-void grouped_backward_input_direct(const T* dy, const T* w, T* dx, const Geom& g, const Fused* fu = nullptr) {
-  const int64_t C = g.C, kh = g.kh, kw = g.kw, sw = g.sw;
-  const T* wt = grouped_weights<T, CPG>(w, g, true);
-  const int64_t PADL = ceil_div((kw - 1) * g.dw, sw) + 1;
-  const int64_t width = PADL + std::max(g.Wo, ceil_div(g.W + g.pl, sw) + 1) + 1;
-  const int64_t slots = (kh - 1) * g.dh + 1;
-  const int64_t pitch = width * C;
-  const int64_t rows = g.N * g.H, band = row_band(rows, g.H), nb = ceil_div(rows, band);
-  const bool grad = std::is_same_v<T, float> && fu && g.nhwc;
-  GradParts part(grad ? nb : 0, C);
-  const int64_t rowlen = g.W * C;
-  // With the epilogue (the training step's fused pass), each dx row is computed in a row buffer
-  // (in L1) and written out by non-temporal stores, where dx's rows start on 64-byte lines. At
-  // stride 2 dx is four times dy, so this pass is mostly writes: regular stores first read every
-  // line they overwrite (8 MiB for g8 32->32 s2 at 32x32, N = 64), and its consumer (the block's
-  // 1x1 conv1 backward, four calls later) finds it in memory either way. Measured in the step
-  // (resnext_small, 2 threads, per-call medians, the two forms alternating in one process): g8
-  // 32->32 s2 1.29-1.32x and g8 64->64 s2 1.22x, their consumers 0.97-0.99x, the step
-  // 1.009-1.016x. (The same buffer written out by regular stores: 0.95-1.03x. Non-temporal stores
-  // of the NHWC 1x1 passes' outputs, which the next call reads: those calls 0.79-0.97x.)
-  const bool stream = grad && streamable(dx, rowlen);
-  for_row_bands<T>(rows, g.H, slots, pitch, kh * kw, [&](RowRing<T>& ring, RowTap* taps, int64_t r, int64_t bi) {
+struct GroupedInputRows {
+  const Geom& g;
+  const Fused* fu;
+  T* dx;
+  const T* wt;
+  int64_t C, kh, kw, sw, PADL, width, slots, pitch, rows, band, nb, rowlen;
+  bool grad, stream;
+  GroupedInputRows(const T* w, T* dx_, const Geom& g_, const Fused* fu_)
+      : g(g_), fu(fu_), dx(dx_), wt(grouped_weights<T, CPG>(w, g_, true)), C(g_.C), kh(g_.kh), kw(g_.kw),
+        sw(g_.sw) {
+    PADL = ceil_div((kw - 1) * g.dw, sw) + 1;
+    width = PADL + std::max(g.Wo, ceil_div(g.W + g.pl, sw) + 1) + 1;
+    slots = (kh - 1) * g.dh + 1;
+    pitch = width * C;
+    rows = g.N * g.H;
+    band = row_band(rows, g.H);
+    nb = ceil_div(rows, band);
+    grad = std::is_same_v<T, float> && fu && g.nhwc;
+    rowlen = g.W * C;
+    // With the epilogue (the training step's fused pass), each dx row is computed in a row buffer
+    // (in L1) and written out by non-temporal stores, where dx's rows start on 64-byte lines. At
+    // stride 2 dx is four times dy, so this pass is mostly writes: regular stores first read every
+    // line they overwrite (8 MiB for g8 32->32 s2 at 32x32, N = 64), and its consumer (the block's
+    // 1x1 conv1 backward, four calls later) finds it in memory either way. Measured in the step
+    // (resnext_small, 2 threads, per-call medians, the two forms alternating in one process): g8
+    // 32->32 s2 1.29-1.32x and g8 64->64 s2 1.22x, their consumers 0.97-0.99x, the step
+    // 1.009-1.016x. (The same buffer written out by regular stores: 0.95-1.03x. Non-temporal stores
+    // of the NHWC 1x1 passes' outputs, which the next call reads: those calls 0.79-0.97x.)
+    stream = grad && streamable(dx, rowlen);
+  }
+  __attribute__((always_inline)) void row(RowRing<T>& ring, RowTap* taps, int64_t r, int64_t bi, const T* dyn,
+                                          const GradParts& part) const {
     const int64_t n = r / g.H, ih = r % g.H;
-    const T* dyn = dy + n * g.Ho * g.Wo * C;
     if (g.nhwc) {  // the dy row the next input rows reach first, into L1 ahead of its copy
       const int64_t nr = (ih + 1 + g.pt) / g.sh + 1;
       if (nr < g.Ho && (ih + 1 + g.pt) % g.sh == 0) {
@@ -841,8 +855,19 @@ void grouped_backward_input_direct(const T* dy, const T* w, T* dx, const Geom& g
         if (r + 1 == std::min(rows, (bi + 1) * band)) store_fence();  // the band's last row
       }
     }
-  });
-  if (grad) part.combine(*fu);
+  }
+};
+
+template <typename T, int CPG>
+void grouped_backward_input_direct(const T* dy, const T* w, T* dx, const Geom& g, const Fused* fu = nullptr) {
+  const GroupedInputRows<T, CPG> in(w, dx, g, fu);
+  GradParts part(in.grad ? in.nb : 0, g.C);
+  const int64_t img = g.Ho * g.Wo * g.C;
+  for_row_bands<T>(in.rows, g.H, in.slots, in.pitch, g.kh * g.kw,
+                   [&](RowRing<T>& ring, RowTap* taps, int64_t r, int64_t bi) {
+                     in.row(ring, taps, r, bi, dy + (r / g.H) * img, part);
+                   });
+  if (in.grad) part.combine(*fu);
 }
 
 // The weight gradients' register block: NCV channel vectors x 3 taps x CB in-group indices, CB
@@ -893,6 +918,94 @@ CNNKIT_HD void wgrad_advance(const T* (&xj)[3], int64_t xs) {
 #endif
 }
 
+// The weight gradient's chunks (grouped_weight_partials_direct): output rows [oh0, oh1) of one
+// image (xn its input, dyc its dy rows from oh0 as pixels x C) added into acc_mem's channel
+// vectors [cv0, cv1) (layout [tap][cv][ci][VL]): the chunk's input rows padded (through fu's
+// prologue) into buf (rowp: the rows, null in the padding), then every register block over the
+// chunk's pixels; pf steps once a block row.
+template <typename T, int CPG>
+struct GroupedWeightChunks {
+  using Tr = GroupedTraits<T, CPG>;
+  static constexpr int VL = Tr::VL;
+  // Register block: NCV channel vectors (2 when both are in one group, so a broadcast operand
+  // feeds two FMAs) x 3 taps x CB in-group indices.
+  static constexpr int NCV = CPG >= 2 * VL ? 2 : 1;
+  static constexpr int CB = wgrad_block_indices<T, CPG, NCV>();
+  const Geom& g;
+  const Fused* fu;
+  int64_t C, kh, kw, k2, ncv, width, pitch, psize, span, R, max_in;
+  GroupedWeightChunks(const Geom& g_, const Fused* fu_) : g(g_), fu(fu_) {
+    C = g.C;
+    kh = g.kh;
+    kw = g.kw;
+    k2 = kh * kw;
+    ncv = C / VL;
+    width = (g.Wo - 1) * g.sw + (kw - 1) * g.dw + 1;
+    pitch = width * C;
+    psize = k2 * C * CPG;
+    span = (kh - 1) * g.dh + 1;  // input rows of one output row
+    R = std::max<int64_t>(1, std::min<int64_t>(g.Ho, ((int64_t(1) << 17) / pitch - span) / g.sh + 1));
+    max_in = (R - 1) * g.sh + span;
+  }
+  __attribute__((always_inline)) void chunk(T* acc_mem, const T* xn, const T* dyc, int64_t oh0, int64_t oh1,
+                                            int64_t cv0, int64_t cv1, T* buf, const T** rowp,
+                                            SpreadPrefetch& pf) const {
+    using V = vec_t<T>;
+      const int64_t in0 = oh0 * g.sh - g.pt, in1 = (oh1 - 1) * g.sh + span - g.pt;
+      for (int64_t ir = in0; ir < in1; ++ir) {
+        if (ir < 0 || ir >= g.H) {
+          rowp[ir - in0] = nullptr;
+          continue;
+        }
+        T* dst = buf + (ir - in0) * pitch;
+        fill_row_src<T, CPG>(xn, !g.nhwc, g.H * g.W, ir, g.W, C, g.pl, width, dst, fu);
+        rowp[ir - in0] = dst;
+      }
+      for (int64_t cv = cv0; cv < cv1; cv += NCV)
+        for (int ci0 = 0; ci0 < CPG; ci0 += CB)
+          for (int64_t i = 0; i < kh; ++i)
+            for (int64_t j0 = 0; j0 < kw; j0 += 3) {
+              const int64_t nj = std::min<int64_t>(3, kw - j0);
+              auto at = [&](int q, int64_t j, int c) {
+                return acc_mem + (((i * kw + j0 + j) * ncv + cv + q) * CPG + ci0 + c) * VL;
+              };
+              V acc[NCV][3][CB];
+              for (int q = 0; q < NCV; ++q)
+                for (int64_t j = 0; j < 3; ++j)
+                  for (int c = 0; c < CB; ++c) acc[q][j][c] = j < nj ? vload(at(q, j, c)) : V{};
+              for (int64_t oh = oh0; oh < oh1; ++oh) {
+                pf.step();
+                const T* row = rowp[oh * g.sh + i * g.dh - g.pt - in0];
+                if (!row) continue;
+                const T* dyr = dyc + (oh - oh0) * g.Wo * C + cv * VL;
+                auto pixels = [&](auto njc) {
+                  constexpr int NJ = decltype(njc)::value;
+                  // (pointer increments, not per-pixel index products: see grouped_block)
+                  const int64_t xs = g.sw * C, js = g.dw * C;
+                  const T* xq = row + j0 * js + (Tr::permute ? cv * VL : (cv * VL) / CPG * CPG + ci0);
+                  const T* gq = dyr;
+                  const T* xj[3] = {xq, xq + js, xq + 2 * js};  // (one pointer a tap: wgrad_pixel)
+                  for (int64_t ow = 0; ow < g.Wo; ++ow, gq += C) {
+                    V gv[NCV];
+                    for (int q = 0; q < NCV; ++q) gv[q] = vload(gq + q * VL);
+                    wgrad_pixel<T, CPG, NCV, CB, NJ>(acc, gv, xj);
+                    wgrad_advance(xj, xs);
+                  }
+                };
+                if (nj == 3)
+                  pixels(std::integral_constant<int, 3>{});
+                else if (nj == 2)
+                  pixels(std::integral_constant<int, 2>{});
+                else
+                  pixels(std::integral_constant<int, 1>{});
+              }
+              for (int q = 0; q < NCV; ++q)
+                for (int64_t j = 0; j < nj; ++j)
+                  for (int c = 0; c < CB; ++c) vstore(at(q, j, c), acc[q][j][c]);
+            }
+  }
+};
+
 // Weight-gradient partials: piece p (a fixed range of the N*Ho output rows) accumulates into
 // part[p] laid out [tap][cv][ci][VL]. The piece is walked in chunks of up to R output rows of one
 // image whose filled input rows fit in about 512 KiB; within a chunk, register accumulators for
@@ -902,21 +1015,12 @@ CNNKIT_HD void wgrad_advance(const T* (&xj)[3], int64_t xs) {
 template <typename T, int CPG>
 void grouped_weight_partials_direct(const T* dy, const T* x, T* part, int64_t pieces, int64_t cblocks,
                                     const Geom& g, const Fused* fu = nullptr) {
-  using Tr = GroupedTraits<T, CPG>;
-  constexpr int VL = Tr::VL;
-  using V = vec_t<T>;
-  // Register block: NCV channel vectors (2 when both are in one group, so a broadcast operand
-  // feeds two FMAs) x 3 taps x CB in-group indices.
-  constexpr int NCV = CPG >= 2 * VL ? 2 : 1;
-  constexpr int CB = wgrad_block_indices<T, CPG, NCV>();
-  const int64_t C = g.C, kh = g.kh, kw = g.kw, k2 = kh * kw, ncv = C / VL;
-  const int64_t width = (g.Wo - 1) * g.sw + (kw - 1) * g.dw + 1;
-  const int64_t pitch = width * C;
+  using WC = GroupedWeightChunks<T, CPG>;
+  constexpr int64_t VL = WC::VL, NCV = WC::NCV, CB = WC::CB;
+  const WC wc(g, fu);
+  const int64_t C = g.C, kh = g.kh, kw = g.kw, k2 = wc.k2, ncv = wc.ncv, pitch = wc.pitch, span = wc.span;
+  const int64_t R = wc.R, max_in = wc.max_in, psize = wc.psize;
   const int64_t rows = g.N * g.Ho, per = ceil_div(rows, pieces);
-  const int64_t psize = k2 * C * CPG;
-  const int64_t span = (kh - 1) * g.dh + 1;  // input rows of one output row
-  const int64_t R = std::max<int64_t>(1, std::min<int64_t>(g.Ho, ((int64_t(1) << 17) / pitch - span) / g.sh + 1));
-  const int64_t max_in = (R - 1) * g.sh + span;
 #pragma omp parallel num_threads(num_threads())
   {
     T* buf = scratch<T>(kPlaneSlot, max_in * pitch);
@@ -935,16 +1039,6 @@ void grouped_weight_partials_direct(const T* dy, const T* x, T* part, int64_t pi
         const int64_t n = r / g.Ho, oh0 = r % g.Ho;
         const int64_t oh1 = std::min({g.Ho, oh0 + R, oh0 + (pr1 - r)});
         const T* xn = x + n * g.H * g.W * C;
-        const int64_t in0 = oh0 * g.sh - g.pt, in1 = (oh1 - 1) * g.sh + span - g.pt;
-        for (int64_t ir = in0; ir < in1; ++ir) {
-          if (ir < 0 || ir >= g.H) {
-            rowp[ir - in0] = nullptr;
-            continue;
-          }
-          T* dst = buf + (ir - in0) * pitch;
-          fill_row_src<T, CPG>(xn, !g.nhwc, g.H * g.W, ir, g.W, C, g.pl, width, dst, fu);
-          rowp[ir - in0] = dst;
-        }
         // dy rows oh0..oh1 as pixels x C: in place (NHWC) or transposed into dybuf (NCHW).
         const T* dyc = dy + (n * g.Ho + oh0) * g.Wo * C;
         if (!g.nhwc) {
@@ -963,49 +1057,54 @@ void grouped_weight_partials_direct(const T* dy, const T* x, T* part, int64_t pi
                               dy + (nn * g.Ho + q0) * g.Wo * C, (q1 - q0) * g.Wo * C * int64_t(sizeof(T)),
                               (cv1 - cv0 + NCV - 1) / NCV * ceil_div(CPG, CB) * kh * ceil_div(kw, 3) * (oh1 - oh0));
         }
-        for (int64_t cv = cv0; cv < cv1; cv += NCV)
-          for (int ci0 = 0; ci0 < CPG; ci0 += CB)
-            for (int64_t i = 0; i < kh; ++i)
-              for (int64_t j0 = 0; j0 < kw; j0 += 3) {
-                const int64_t nj = std::min<int64_t>(3, kw - j0);
-                auto at = [&](int q, int64_t j, int c) {
-                  return acc_mem + (((i * kw + j0 + j) * ncv + cv + q) * CPG + ci0 + c) * VL;
-                };
-                V acc[NCV][3][CB];
-                for (int q = 0; q < NCV; ++q)
-                  for (int64_t j = 0; j < 3; ++j)
-                    for (int c = 0; c < CB; ++c) acc[q][j][c] = j < nj ? vload(at(q, j, c)) : V{};
-                for (int64_t oh = oh0; oh < oh1; ++oh) {
-                  pf.step();
-                  const T* row = rowp[oh * g.sh + i * g.dh - g.pt - in0];
-                  if (!row) continue;
-                  const T* dyr = dyc + (oh - oh0) * g.Wo * C + cv * VL;
-                  auto pixels = [&](auto njc) {
-                    constexpr int NJ = decltype(njc)::value;
-                    // (pointer increments, not per-pixel index products: see grouped_block)
-                    const int64_t xs = g.sw * C, js = g.dw * C;
-                    const T* xq = row + j0 * js + (Tr::permute ? cv * VL : (cv * VL) / CPG * CPG + ci0);
-                    const T* gq = dyr;
-                    const T* xj[3] = {xq, xq + js, xq + 2 * js};  // (one pointer a tap: wgrad_pixel)
-                    for (int64_t ow = 0; ow < g.Wo; ++ow, gq += C) {
-                      V gv[NCV];
-                      for (int q = 0; q < NCV; ++q) gv[q] = vload(gq + q * VL);
-                      wgrad_pixel<T, CPG, NCV, CB, NJ>(acc, gv, xj);
-                      wgrad_advance(xj, xs);
-                    }
-                  };
-                  if (nj == 3)
-                    pixels(std::integral_constant<int, 3>{});
-                  else if (nj == 2)
-                    pixels(std::integral_constant<int, 2>{});
-                  else
-                    pixels(std::integral_constant<int, 1>{});
-                }
-                for (int q = 0; q < NCV; ++q)
-                  for (int64_t j = 0; j < nj; ++j)
-                    for (int c = 0; c < CB; ++c) vstore(at(q, j, c), acc[q][j][c]);
-              }
+        wc.chunk(acc_mem, xn, dyc, oh0, oh1, cv0, cv1, buf, rowp, pf);
         r += oh1 - oh0;
+      }
+    }
+  }
+}
+
+// ---- the backward from a norm's apply pass in one pass (conv::backward_input_fused with dy_apply
+// and the weight gradient; NHWC float32, a stride above 1, pieces of whole images) --------------
+// As the depthwise one pass (dw_nhwc.h): per image, on the thread of the weight gradient's piece
+// that holds it, the norm's apply pass into a per-thread copy of its dy (bn_apply_rows), its dx
+// rows from that copy (GroupedInputRows::row, bands of one image: the epilogue's sums in the
+// image's unit), then its weight chunks from the same copy into the piece's partials
+// (GroupedWeightChunks::chunk, the chunks of grouped_weight_partials_direct's loop, in order). The
+// same kernels on the same values in the same order: the three passes' bits. The caller checks
+// that pieces are runs of whole images, that the bands are images (in.band == g.H) and that no
+// piece is cut into blocks of channels. x, fw: the weight gradient's input and prologue.
+template <typename T, int CPG>
+void grouped_backward_onepass(const DyApply& ap, const T* w, const T* x, T* dx, T* part, int64_t pieces,
+                              const Geom& g, const Fused& fu, const Fused& fw, const GradParts& gparts) {
+  static_assert(std::is_same_v<T, float>, "the apply pass and the gradient epilogue are float32");
+  const GroupedInputRows<T, CPG> in(w, dx, g, &fu);
+  const GroupedWeightChunks<T, CPG> wc(g, &fw);
+  const int64_t C = g.C, P = g.Ho * g.Wo, per_img = g.N / pieces, psize = wc.psize, ncv = wc.ncv;
+#pragma omp parallel num_threads(num_threads())
+  {
+    RowRing<T> ring;
+    ring.slots = in.slots;
+    ring.pitch = in.pitch;
+    ring.buf = scratch<T>(kPlaneSlot, in.slots * in.pitch);
+    RowTap* taps = reinterpret_cast<RowTap*>(scratch<char>(kColSlot, sizeof(RowTap) * g.kh * g.kw));
+    // (the chunks' rows in slots of their own: the ring's stay in use from image to image)
+    T* buf = scratch<T>(kXbSlot, wc.max_in * wc.pitch);
+    const T** rowp = reinterpret_cast<const T**>(scratch<char>(kPackASlot, sizeof(T*) * wc.max_in));
+    T* dyb = scratch<T>(kYbSlot, P * C);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t p = 0; p < pieces; ++p) {
+      T* acc_mem = part + p * psize;
+      std::fill(acc_mem, acc_mem + psize, T(0));
+      for (int64_t n = p * per_img; n < (p + 1) * per_img; ++n) {
+        ::cnnkit::CNNKIT_ISA_NS::bn_apply_rows(ap, n * P, dyb, P, C);
+        ring.reset();
+        for (int64_t ih = 0; ih < g.H; ++ih) in.row(ring, taps, n * g.H + ih, n, dyb, gparts);
+        const T* xn = x + n * g.H * g.W * C;
+        for (int64_t oh0 = 0; oh0 < g.Ho; oh0 += wc.R) {
+          SpreadPrefetch pf;
+          wc.chunk(acc_mem, xn, dyb + oh0 * g.Wo * C, oh0, std::min(g.Ho, oh0 + wc.R), 0, ncv, buf, rowp, pf);
+        }
       }
     }
   }

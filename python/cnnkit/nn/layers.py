@@ -570,14 +570,18 @@ class Conv2d(Module):
         pieces a block of rows at a time while the block is in cache (no second pass over the
         gradient and the input). With ``apply`` (the gradient at the output given as a norm's apply
         pass, not written) also a depthwise NHWC convolution at a stride, or at stride 1 with its
-        output the input's size, on the depthwise kernel: the call evaluates the apply pass and
-        both gradients image by image (the bits of the three passes)."""
+        output the input's size, on the depthwise kernel, and a grouped one at a stride on the
+        direct grouped kernels: the call evaluates the apply pass and both gradients image by image
+        (the bits of the three passes)."""
         if (not self.param_grads or self.has_bias or self._inject is not None or self._captures
                 or not g.nhwc or x.dtype != np.float32 or getattr(self, "_a", None) is not None):
             return None
         if apply and g.G == g.C == g.K and g.G > 1:
             if ((g.s == (1, 1) and (g.Ho, g.Wo) != (g.H, g.W))
                     or not _core.conv_algorithm(g.core(), 2).startswith("conv2d_dw_f32_nhwc")):
+                return None
+        elif apply and g.G > 1 and g.s != (1, 1):
+            if not _core.conv_algorithm(g.core(), 2).startswith("conv2d_grouped_f32_nhwc"):
                 return None
         elif (g.G != 1 or (g.kh, g.kw) != (1, 1)
                 or not _core.conv_algorithm(g.core(), 2).startswith("conv2d_gemm")):
@@ -1094,20 +1098,21 @@ class BatchNorm2d(_ReLUMode, Module):
         its compiled input gradient (the rows pass: :meth:`Conv2d._fused_input_backward`,
         :meth:`Conv2d._backward_add`), a 1x1 at a stride without padding (a projection shortcut's)
         in its compact input gradient (the rows pass too: :meth:`Conv2d._strided_input_backward`),
-        a depthwise at a stride, or at stride 1 with its output its input's size, with a prologue
-        and no bias, in its one-pass backward (the pass, then both gradients, image by image:
-        :meth:`Conv2d._in_place_backward` at stride 1, :meth:`Conv2d._fused_input_backward`);
-        else None. Any other reader writes the pass first."""
+        a depthwise or grouped layer at a stride, or a depthwise at stride 1 with its output its
+        input's size, with a prologue and no bias, in its one-pass backward (the pass, then both
+        gradients, image by image: :meth:`Conv2d._in_place_backward` at stride 1,
+        :meth:`Conv2d._fused_input_backward`); else None. Any other reader writes the pass first."""
         c = self._producer
         x = self._x
         if (c is None or getattr(c, "_y_last", None) is not x or not _fusable(c, Conv2d) or c.layout != "NHWC"
                 or x.dtype != np.float32 or not c.param_grads):
             return None
         if c.groups > 1:
-            if (c.groups == c.in_channels == c.out_channels and (c.stride != (1, 1) or c._x.shape == x.shape)
+            depthwise = c.groups == c.in_channels == c.out_channels
+            if ((c.stride != (1, 1) or (depthwise and c._x.shape == x.shape))
                     and getattr(c, "_pre", None) is not None and getattr(c, "_a", None) is None
                     and not c.has_bias and c._inject is None and not c._captures):
-                return c  # a depthwise with a prologue: its one-pass backward
+                return c  # a depthwise or (at a stride) grouped layer with a prologue: its one-pass backward
             return None
         if c.in_channels <= 4 and getattr(c, "_pre", None) is None:
             return c  # the stem: its weight gradient
