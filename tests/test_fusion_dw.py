@@ -206,6 +206,13 @@ def _sequential_sums(v, d):
     return s1, s2
 
 
+def assert_same_pass(got, own, how):
+    """(dw, dx, sum, sumxc) of a call that computes several passes at once, bitwise those of the
+    passes on their own."""
+    for u, v, what in zip(got, own, ("the weight gradient", "dx", "sum", "sumxc")):
+        assert_bitwise(u, v, f"{what} {how} vs its own pass")
+
+
 def _input_case(N, C, H, W, k, pad, dil, epi, seed):
     """A stride-1 depthwise NHWC problem for the fused input gradient: ``(rng, x, w, scale,
     shift, center, geometry, grad_out, residual)`` (the residual where ``epi`` names it; planes
@@ -340,10 +347,7 @@ def _check_weight_in_pass(N, C, H, W, k, pad, dil, epi, seed):
             name, s1, s2 = _core.conv2d_fused_backward_input(gy, w, dx, g.core(), x, s, t, True, center, res,
                                                              grad_weight=(dw, x, s, t, relu))
         assert name.startswith("conv2d_dw_f32_nhwc__"), name
-        assert_bitwise(dw, dw_own, f"the weight gradient in the pass vs its own pass ({threads} threads)")
-        assert_bitwise(dx, dx_own, f"dx with the weight gradient in the pass ({threads} threads)")
-        assert_bitwise(s1, s1_own, "sum")
-        assert_bitwise(s2, s2_own, "sumxc")
+        assert_same_pass((dw, dx, s1, s2), (dw_own, dx_own, s1_own, s2_own), f"in the pass ({threads} threads)")
     a = _exact_prologue(x, s, t, relu)
     ref = fused_backward_ref(to_nchw(gy), to_nchw(a), w, 1, pad, dil, C, None, None, False, None, False)
     assert_close(dw, ref[1], np.float32, length=N * g.Ho * g.Wo, what="grad_w")
@@ -416,10 +420,7 @@ def _check_one_pass(N, C, H, W, k, pad, dil, epi, seed, over_g, stride=1):
                                                              dy_apply=(gin, z) + coefs,
                                                              grad_weight=(dw, x, s, t, relu))
         assert name.startswith("conv2d_dw_f32_nhwc__"), name
-        assert_bitwise(dw, dw_own, f"the weight gradient in one pass vs its own pass ({threads} threads)")
-        assert_bitwise(dx, dx_own, f"dx in one pass vs the input gradient's pass ({threads} threads)")
-        assert_bitwise(s1, s1_own, "sum")
-        assert_bitwise(s2, s2_own, "sumxc")
+        assert_same_pass((dw, dx, s1, s2), (dw_own, dx_own, s1_own, s2_own), f"in one pass ({threads} threads)")
     a = _exact_prologue(x, s, t, relu)
     ref = fused_backward_ref(to_nchw(dy), to_nchw(a), w, stride, pad, dil, C, None, None, False, None, False)
     assert_close(dw, ref[1], np.float32, length=N * g.Ho * g.Wo, what="grad_w")

@@ -24,6 +24,7 @@ from cnnkit.ops import fused as F
 from conftest import ISA_LEVELS, assert_bitwise, assert_close, isa_level, num_threads
 from reference.conv import to_nchw, to_nhwc
 from test_fusion import fused_backward_ref, fused_ref
+from test_fusion_dw import _exact_prologue, assert_same_pass
 
 VL = {"scalar": 4, "avx2": 8, "avx512": 16}  # float32 lanes of each level's vectors
 
@@ -265,14 +266,6 @@ def test_prologue_is_one_fma(relu, isa):
     assert_bitwise(dw[:, :, 0, 0], want0.astype(np.float32)[grp], "grad_w at the ties")
 
 
-def _exact_prologue_nhwc(x, s, t, relu):
-    """max(fma(s, x, t), 0) per channel (NHWC) as the kernels evaluate it: one rounding."""
-    a = x.astype(np.float64)
-    if s is not None:
-        a = (a * s.astype(np.float64) + t.astype(np.float64)).astype(np.float32).astype(np.float64)
-    return np.maximum(a, 0) if relu else a
-
-
 def _check_grouped_one_pass(N, C, G, H, W, stride, epi, seed):
     """The fused input gradient of a strided grouped NHWC problem, its dy given as a norm's apply
     pass that is not kept (grad_out None) and its weight gradient asked for too: bitwise the three
@@ -308,11 +301,8 @@ def _check_grouped_one_pass(N, C, G, H, W, stride, epi, seed):
             name, s1, s2 = _core.conv2d_fused_backward_input(None, w, dx, g.core(), x, s, t, True, center, res, mask,
                                                              dy_apply=(gn, z) + coefs, grad_weight=(dw, x, s, t, relu))
         assert name == own, (name, own)
-        assert_bitwise(dw, dw_own, f"the weight gradient in one pass vs its own pass ({threads} threads)")
-        assert_bitwise(dx, dx_own, f"dx in one pass vs the input gradient's pass ({threads} threads)")
-        assert_bitwise(s1, s1_own, "sum")
-        assert_bitwise(s2, s2_own, "sumxc")
-    a = _exact_prologue_nhwc(x, s, t, relu)
+        assert_same_pass((dw, dx, s1, s2), (dw_own, dx_own, s1_own, s2_own), f"in one pass ({threads} threads)")
+    a = _exact_prologue(x, s, t, relu)
     ref = fused_backward_ref(to_nchw(dy), to_nchw(a), w, stride, 1, 1, G, None, None, False, None, False)
     assert_close(dw, ref[1], np.float32, length=N * g.Ho * g.Wo * 9 // G, what="grad_w")
 

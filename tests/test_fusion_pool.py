@@ -450,6 +450,37 @@ def test_captures_until_and_inject_at_the_norm():
         assert np.abs(gf - gu).max() <= 2e-5 * np.abs(gu).max() + 1e-6 * G
 
 
+def _one_pass_same_training(monkeypatch, make, xs, ls, takes, expected):
+    """Trains ``make()`` two steps fused with the one-pass backward (the compiled input gradient
+    called with grad_out None and the norm's apply pass, for weights where ``takes(weight)``, counted
+    against ``expected``) and again with the norms keeping those layers' passes (their
+    ``_apply_taker`` declining those of more than one group): the losses and gradients bitwise
+    equal."""
+    one = []
+    real_in = _core.conv2d_fused_backward_input
+
+    def spy_in(*a, **k):
+        one.append(a[0] is None and k.get("dy_apply") is not None and takes(a[1]))
+        return real_in(*a, **k)
+    monkeypatch.setattr(_core, "conv2d_fused_backward_input", spy_in)
+    h_one = _train(make(), xs, ls, True)
+    assert sum(one) == expected, one
+    real_taker = nn.BatchNorm2d._apply_taker
+
+    def declined(self):
+        c = real_taker(self)
+        return None if c is not None and c.groups > 1 and takes(c.params["weight"]) else c
+    monkeypatch.setattr(nn.BatchNorm2d, "_apply_taker", declined)
+    one.clear()
+    h_sep = _train(make(), xs, ls, True)
+    assert not any(one)
+    for (la, ga, xa, _), (lb, gb, xb, _) in zip(h_one, h_sep):
+        assert la == lb
+        for u, v in zip(ga, gb):
+            assert_bitwise(u, v, "parameter gradient")
+        assert_bitwise(xa, xb, "input gradient")
+
+
 @pytest.mark.parametrize("size,batch", [(8, 8), (12, 9), (8, 4)])
 def test_depthwise_one_pass_gives_the_same_gradients(size, batch, monkeypatch):
     """mobilenet_small, NHWC, fused: the norm after each depthwise layer hands its apply pass over
@@ -458,62 +489,18 @@ def test_depthwise_one_pass_gives_the_same_gradients(size, batch, monkeypatch):
     the band kernel's at 8 channels and at 12x12; at stride 2 the band kernel's; below 8 images the
     band kernel's shapes fall back to the separate passes inside the call). The losses and
     gradients of two steps are bitwise those with the pass written by the norm and the gradients
-    in their own passes."""
-    one = []
-    real_in = _core.conv2d_fused_backward_input
-
-    def spy_in(*a, **k):
-        one.append(a[0] is None and k.get("dy_apply") is not None and a[1].shape[1] == 1)
-        return real_in(*a, **k)
-    monkeypatch.setattr(_core, "conv2d_fused_backward_input", spy_in)
+    in their own passes; the three depthwise layers (two at stride 1) take it each step."""
     make = lambda: models.mobilenet_small(3, 5, seed=0, layout="NHWC", widths=(8, 16, 16, 32))  # noqa: E731
     xs, ls = _data((batch, size, size, 3), 2, 5)
-    h_one = _train(make(), xs, ls, True)
-    assert sum(one) == 2 * 3, one  # the three depthwise layers (two at stride 1), each step
-    real_taker = nn.BatchNorm2d._apply_taker
-
-    def no_depthwise(self):
-        c = real_taker(self)
-        return None if c is not None and c.groups > 1 else c
-    monkeypatch.setattr(nn.BatchNorm2d, "_apply_taker", no_depthwise)
-    one.clear()
-    h_sep = _train(make(), xs, ls, True)
-    assert not any(one)
-    for (la, ga, xa, _), (lb, gb, xb, _) in zip(h_one, h_sep):
-        assert la == lb
-        for u, v in zip(ga, gb):
-            assert_bitwise(u, v, "parameter gradient")
-        assert_bitwise(xa, xb, "input gradient")
+    _one_pass_same_training(monkeypatch, make, xs, ls, lambda w: w.shape[1] == 1, 2 * 3)
 
 
 def test_grouped_one_pass_gives_the_same_gradients(monkeypatch):
-    """resnext_small, NHWC, fused, 16 images of 16x16: the norm after the strided grouped layer
-    (g8 at 16x16, stride 2) hands its apply pass over unwritten, and the layer's compiled backward
-    evaluates it and both gradients image by image (the one at 8x8 cuts its weight pieces into
-    blocks of channels: the call runs the three passes). The losses and gradients of two steps are
-    bitwise those with the pass written by the norm and the gradients in their own passes."""
-    one = []
-    real_in = _core.conv2d_fused_backward_input
-
-    def spy_in(*a, **k):
-        one.append(a[0] is None and k.get("dy_apply") is not None and a[1].shape[2] == 3 and a[1].shape[1] > 1)
-        return real_in(*a, **k)
-    monkeypatch.setattr(_core, "conv2d_fused_backward_input", spy_in)
+    """resnext_small, NHWC, fused, 16 images of 16x16: the norm after each strided grouped layer
+    (g8 at 16x16 and 8x8, stride 2) hands its apply pass over unwritten, and the layer's compiled
+    backward evaluates it and both gradients image by image (the one at 8x8 cuts its weight pieces
+    into blocks of channels: the call runs the three passes). The same losses and gradients as
+    with the pass written by the norm, bitwise."""
     make = lambda: models.resnext_small(3, 5, seed=0, layout="NHWC", widths=(16, 32, 32))  # noqa: E731
     xs, ls = _data((16, 16, 16, 3), 2, 5)
-    h_one = _train(make(), xs, ls, True)
-    assert sum(one) == 2 * 2, one  # the two strided grouped layers, each step
-    real_taker = nn.BatchNorm2d._apply_taker
-
-    def no_grouped(self):
-        c = real_taker(self)
-        return None if c is not None and 1 < c.groups < c.in_channels else c
-    monkeypatch.setattr(nn.BatchNorm2d, "_apply_taker", no_grouped)
-    one.clear()
-    h_sep = _train(make(), xs, ls, True)
-    assert not any(one)
-    for (la, ga, xa, _), (lb, gb, xb, _) in zip(h_one, h_sep):
-        assert la == lb
-        for u, v in zip(ga, gb):
-            assert_bitwise(u, v, "parameter gradient")
-        assert_bitwise(xa, xb, "input gradient")
+    _one_pass_same_training(monkeypatch, make, xs, ls, lambda w: w.shape[2] == 3 and w.shape[1] > 1, 2 * 2)

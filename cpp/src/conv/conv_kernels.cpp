@@ -215,24 +215,6 @@ int64_t grouped_weight_pieces(const Geom& g, int64_t& cblocks) {
   cblocks = std::max<int64_t>(1, std::min<int64_t>(conv::ceil_div(8, pieces), g.C / VL / nb));
   return pieces;
 }
-template <typename T>
-void grouped_weight_finish(const T* part, int64_t pieces, T* dw, const Geom& g);
-
-template <typename T>
-void grouped_backward_weight_t(const T* dy, const T* x, T* dw, const Geom& g, const conv::Fused* fu = nullptr) {
-  constexpr int64_t VL = conv::Vec<T>::n;
-  if (conv::grouped_weight_by_blocks(g)) {  // small planes (conv_internal.h)
-    CNNKIT_BY_CPG(conv::grouped_weight_blocks_direct, T, dy, x, dw, g, fu);
-    return;
-  }
-  const int64_t k2 = g.kh * g.kw, C = g.C, cpg = g.Cg();
-  const int64_t psize = k2 * C * cpg;
-  int64_t cblocks;
-  const int64_t pieces = grouped_weight_pieces<T>(g, cblocks);
-  T* part = conv::scratch<T>(conv::kPartSlot, pieces * psize);
-  CNNKIT_BY_CPG(conv::grouped_weight_partials_direct, T, dy, x, part, pieces, cblocks, g, fu);
-  grouped_weight_finish(part, pieces, dw, g);
-}
 
 // dw from the pieces' partials of grouped_weight_partials_direct (summed over the pieces in order,
 // in double).
@@ -249,6 +231,21 @@ void grouped_weight_finish(const T* part, int64_t pieces, T* dw, const Geom& g) 
       const int64_t ci = cpg < VL ? (l % cpg + r) % cpg : r;  // (rotations: permute_fma_copies)
       dw[((cv * VL + l) * cpg + ci) * k2 + t] = T(s);
     });
+}
+
+template <typename T>
+void grouped_backward_weight_t(const T* dy, const T* x, T* dw, const Geom& g, const conv::Fused* fu = nullptr) {
+  if (conv::grouped_weight_by_blocks(g)) {  // small planes (conv_internal.h)
+    CNNKIT_BY_CPG(conv::grouped_weight_blocks_direct, T, dy, x, dw, g, fu);
+    return;
+  }
+  const int64_t k2 = g.kh * g.kw, C = g.C, cpg = g.Cg();
+  const int64_t psize = k2 * C * cpg;
+  int64_t cblocks;
+  const int64_t pieces = grouped_weight_pieces<T>(g, cblocks);
+  T* part = conv::scratch<T>(conv::kPartSlot, pieces * psize);
+  CNNKIT_BY_CPG(conv::grouped_weight_partials_direct, T, dy, x, part, pieces, cblocks, g, fu);
+  grouped_weight_finish(part, pieces, dw, g);
 }
 
 void grouped_forward(DType dt, const void* x, const void* w, const void* b, void* y, const Geom& g) {

@@ -353,12 +353,11 @@ class Conv2d(Module):
                 or not grad.flags.c_contiguous or not grad.flags.writeable or getattr(self, "_a", None) is not None):
             return None
         if (wneeds == ("weight",) and self._take_apply(grad) is not None
-                and self._weight_in_pass(self._geom_of(x.shape), x, pre, apply=True) is not None
-                and self._fused_input_backward(grad, grad, pre, weight=True) == 2):
+                and self._fused_input_backward(grad, grad, pre, weight=True, weight_only_with=True) == 2):
             # the norm's apply pass handed over unwritten: it, the weight gradient and the input
             # gradient (over grad, image by image) in one compiled pass (0: nothing written but
-            # the apply pass, in place, as _grad_ready below would; the weight gradient in the
-            # pass checked first, since without it the call would write dx over grad alone)
+            # the apply pass, in place, as _grad_ready below would; never dx over grad without
+            # the weight gradient)
             return grad
         self._grad_ready(grad)
         if wneeds and not self._fused_weight_grad(grad, pre, wneeds):
@@ -591,7 +590,8 @@ class Conv2d(Module):
         return (self.grads["weight"], x, pre[0], pre[1], bool(pre[2]))
 
     def _fused_input_backward(self, grad: np.ndarray, gi: np.ndarray, pre: tuple,
-                              residual: np.ndarray | None = None, weight: bool = False) -> int:
+                              residual: np.ndarray | None = None, weight: bool = False,
+                              weight_only_with: bool = False) -> int:
         """The input gradient through a compiled prologue whose norm (``_pre_bn``, training mode,
         standard ReLU rule) takes it next: one compiled pass writes into ``gi`` the gradient at
         the norm's pre-activation (masked by the prologue's ReLU) and the two sums of the norm's
@@ -600,7 +600,9 @@ class Conv2d(Module):
         over units of images with the epilogue per image). 0 (nothing written) where it does
         not apply: the forward materialised the prologue, the norm is in eval mode or another ReLU
         rule, or float64. With ``weight``, the same call also writes the weight gradient where
-        :meth:`_weight_in_pass` allows: then 2, else 1 (the weight gradient is the caller's)."""
+        :meth:`_weight_in_pass` allows: then 2, else 1 (the weight gradient is the caller's); with
+        ``weight_only_with`` too, 0 where it does not allow it (the input gradient not written
+        alone: the caller writes the weight gradient from ``grad`` first)."""
         bn = getattr(self, "_pre_bn", None)
         fn = getattr(_core, "conv2d_fused_backward_input", None)
         if (bn is None or fn is None or self._a is not None or not bn._trained or bn.relu_mode != "standard"
@@ -610,6 +612,9 @@ class Conv2d(Module):
         g = self._geom_of(self._x.shape)
         apply = self._take_apply(grad)
         gw = self._weight_in_pass(g, self._x, pre, apply=apply is not None) if weight else None
+        if weight_only_with and gw is None:
+            self._grad_ready(grad)
+            return 0
         try:
             # (with the weight gradient in the pass nothing else reads the apply pass: not kept)
             keep = None if apply and gw is not None else grad if apply else np.ascontiguousarray(grad)
