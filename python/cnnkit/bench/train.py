@@ -711,10 +711,22 @@ def check_step(torch, cfgs: dict, adam_kw=None) -> tuple:
     its Adam step compared against Adam's step from the same gradients in float64); one whose
     error is anything else fails.
 
-    Returns (cnnkit failures, torch failures, {config: {what: worst error}}, reference name); an
-    error is max |diff| / max |ref| (logits) or / the largest gradient (gradients). A configuration
-    explained by kink flips has "kink flips" (the count), "gradients after the flips" (its error
-    against the adjusted reference) and "kinks" (where) in its entry."""
+    Parameters
+    ----------
+    torch : module or None
+        PyTorch, or None (the NumPy reference then, and no torch configurations).
+    cfgs : dict
+        What :func:`build_configs` returns; every configuration's model takes the step.
+    adam_kw : dict, optional
+        torch.optim.Adam's keyword arguments for the torch configurations (:func:`torch_adam_kwargs`).
+
+    Returns
+    -------
+    tuple
+        (cnnkit failures, torch failures, {config: {what: worst error}}, reference name); an
+        error is max |diff| / max |ref| (logits) or / the largest gradient (gradients). A
+        configuration explained by kink flips has "kink flips" (the count), "gradients after the
+        flips" (its error against the adjusted reference) and "kinks" (where) in its entry."""
     steps = cfgs["steps"]
     kinks = _Kinks(Ref64(cfgs["cnnkit"]["NCHW"]), cfgs)      # the starting weights, copied now
     if torch is not None and "torch NCHW" in steps:
@@ -768,7 +780,20 @@ def _leaves(model):
 
 
 def layer_shapes(model, x) -> dict:
-    """{name: (input shape, output shape)} of every leaf module, from one forward pass."""
+    """The input and output shapes of every leaf module, from one forward pass.
+
+    Parameters
+    ----------
+    model : cnnkit.nn.Module
+        The network; its leaves' ``forward`` is wrapped for the pass and restored after it.
+    x : ndarray
+        A batch the model takes.
+
+    Returns
+    -------
+    dict
+        ``{name: (input shape, output shape)}`` for every leaf module, by its qualified name.
+    """
     shapes, saved = {}, []
     for name, m in _leaves(model):
         def fwd(*a, _f=m.forward, _n=name, **k):
