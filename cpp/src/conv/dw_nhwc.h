@@ -1195,6 +1195,64 @@ CNNKIT_HD void dw3_fwd_chunk(const T* x, int64_t xs, T* y, int64_t ys, const Geo
     if (st) dw_stats_regs<T, NP>(a, *st);
 }
 
+#if defined(__AVX2__) && !defined(__AVX512F__)
+// f(u, pixel c0 + u of the row) for u < NP + 2 in order, zeros outside [0, W) (xr: pixel c0, pixels
+// xs apart), in dw3_load_row's three cases (all inside, only the two ends outside, any), one vector
+// live at a time: the sliding register rows below.
+template <typename T, int NP, typename F>
+CNNKIT_HD void dw3_slide_row(const T* xr, int64_t xs, int64_t c0, int64_t W, F&& f) {
+  using V = vec_t<T>;
+  if (c0 >= 0 && c0 + NP + 2 <= W) {
+#pragma GCC unroll 16
+    for (int u = 0; u < NP + 2; ++u) f(u, vload(xr + u * xs));
+  } else if (c0 >= -1 && c0 + NP + 1 <= W) {
+    f(0, c0 < 0 ? V{} : vload(xr));
+#pragma GCC unroll 16
+    for (int u = 1; u <= NP; ++u) f(u, vload(xr + u * xs));
+    f(NP + 1, c0 + NP + 1 == W ? V{} : vload(xr + (NP + 1) * xs));
+  } else {
+#pragma GCC unroll 16
+    for (int u = 0; u < NP + 2; ++u) f(u, c0 + u >= 0 && c0 + u < W ? vload(xr + u * xs) : V{});
+  }
+}
+
+// dw3_fwd_chunk for AVX2's 16 registers, as dw33_slide does for the band kernel: each input vector
+// loaded once and added at once into the (at most three) outputs that read it (u = p + j in
+// increasing order, so each output still takes its taps in (i, j) order, zeros outside the image
+// included: the same bits), the row's three weight vectors loaded with it (w: tap t at w + t*wst).
+// Live: the NP sums, three weights and one input (12 at NP = 8). dw3_fwd_chunk holds the row's NP + 2
+// inputs and all nine weights besides its sums (27), which spilled sums and weights to the stack.
+// Zen 3, the two alternating in one process, NHWC plain forward, 2 threads: C128@16 N = 64
+// 1.16-1.32x, N = 8 1.17-1.25x, C64@16 1.34-1.38x, C256@8 1.24-1.32x, C384@14 1.04-1.23x, C960@7
+// 1.01-1.15x; mobilenet_small's fused C128@16 forward (replayed) 1.13x, its one-pass backward
+// (dx by these rows) 1.05x; NCHW planes (dw3_plane_fwd) 0.99-1.06x.
+template <typename T, int NP>
+CNNKIT_HD void dw3_fwd_chunk_slide(const T* x, int64_t xs, T* y, int64_t ys, const Geom& g, const T* w,
+                                   int64_t wst, vec_t<T> bias, int64_t oh, int64_t ow0, const DwStat* st = nullptr) {
+  using V = vec_t<T>;
+  V a[NP];
+#pragma GCC unroll 16
+  for (int p = 0; p < NP; ++p) a[p] = bias;
+  const int64_t c0 = ow0 - g.pl;
+#pragma GCC unroll 3
+  for (int i = 0; i < 3; ++i) {
+    const int64_t ih = oh + i - g.pt;
+    if (ih < 0 || ih >= g.H) continue;
+    const V w0 = vload(w + (i * 3) * wst), w1 = vload(w + (i * 3 + 1) * wst), w2 = vload(w + (i * 3 + 2) * wst);
+    dw3_slide_row<T, NP>(x + (ih * g.W + c0) * xs, xs, c0, g.W, [&](int u, V xv) __attribute__((always_inline)) {
+      if (u < NP) a[u] += xv * w0;
+      if (u >= 1 && u - 1 < NP) a[u - 1] += xv * w1;
+      if (u >= 2) a[u - 2] += xv * w2;
+    });
+  }
+  T* yo = y + (oh * g.Wo + ow0) * ys;
+#pragma GCC unroll 16
+  for (int p = 0; p < NP; ++p) vstore(yo + p * ys, a[p]);
+  if constexpr (sizeof(T) == 4)
+    if (st) dw_stats_regs<T, NP>(a, *st);
+}
+#endif
+
 // acc[0..8] += the chunk's tap sums, acc[9] += its dy.
 template <typename T, int NP>
 CNNKIT_HD void dw3_wgrad_chunk(const T* x, int64_t xs, const T* dy, int64_t ys, const Geom& g, vec_t<T>* acc,
@@ -1218,6 +1276,46 @@ CNNKIT_HD void dw3_wgrad_chunk(const T* x, int64_t xs, const T* dy, int64_t ys, 
       for (int p = 0; p < NP; ++p) acc[i * 3 + j] += d[p] * xv[p + j];
   }
 }
+
+#if defined(__AVX2__) && !defined(__AVX512F__)
+// dw3_wgrad_chunk for AVX2's 16 registers (as dw3_fwd_chunk_slide): acc in memory (acc[0..8] the
+// taps' sums, acc[9] dy's), each input vector loaded once and added at once into the (at most three)
+// taps of its row that read it: u = p + j in increasing order, so each tap still sums its pixels in
+// order (zeros outside the image included: the same bits). Live: the NP dy vectors, the row's three
+// tap sums and one input (12 at NP = 8); dw3_wgrad_chunk's ten sums, NP dy and NP + 2 inputs (28)
+// spilled. Zen 3, alternating in one process, the NHWC weight gradient: C128@16 1.06-1.09x, C64@16
+// 1.14-1.15x, C256@8 1.11-1.12x, C384@14 1.03x, C960@7 0.99-1.03x; NCHW planes 0.98-1.09x.
+template <typename T, int NP>
+CNNKIT_HD void dw3_wgrad_chunk_slide(const T* x, int64_t xs, const T* dy, int64_t ys, const Geom& g,
+                                     vec_t<T>* acc, int64_t oh, int64_t ow0) {
+  using V = vec_t<T>;
+  V d[NP];
+  const T* dr = dy + (oh * g.Wo + ow0) * ys;
+#pragma GCC unroll 16
+  for (int p = 0; p < NP; ++p) d[p] = vload(dr + p * ys);
+  {
+    V s = acc[9];
+#pragma GCC unroll 16
+    for (int p = 0; p < NP; ++p) s += d[p];
+    acc[9] = s;
+  }
+  const int64_t c0 = ow0 - g.pl;
+#pragma GCC unroll 3
+  for (int i = 0; i < 3; ++i) {
+    const int64_t ih = oh + i - g.pt;
+    if (ih < 0 || ih >= g.H) continue;
+    V a0 = acc[i * 3], a1 = acc[i * 3 + 1], a2 = acc[i * 3 + 2];
+    dw3_slide_row<T, NP>(x + (ih * g.W + c0) * xs, xs, c0, g.W, [&](int u, V xv) __attribute__((always_inline)) {
+      if (u < NP) a0 += d[u] * xv;
+      if (u >= 1 && u - 1 < NP) a1 += d[u - 1] * xv;
+      if (u >= 2) a2 += d[u - 2] * xv;
+    });
+    acc[i * 3] = a0;
+    acc[i * 3 + 1] = a1;
+    acc[i * 3 + 2] = a2;
+  }
+}
+#endif
 
 // Calls f(std::integral_constant<int, NP>{}, oh, ow0) for the chunks of output row oh: the row
 // split into ceil(Wo / 8) chunks of near-equal width (14 -> 7 + 7, not 8 + 6).
@@ -1259,7 +1357,8 @@ CNNKIT_HD void dw3_for_chunks(const Geom& g, F&& f) {
 // Alternating in one process: 1 thread, N = 4 (in L2) C384@14 1.76-1.82x, C960@7 1.35-1.43x
 // faster (one to four vectors ahead alike); 2 threads, N = 32, 1.08-1.12x.
 template <typename T>
-void dw3_fwd_row_nhwc(const T* xs, const T* wt, const T* b, T* yn, const Geom& g, int64_t oh, const T* pfx) {
+void dw3_fwd_row_nhwc(const T* xs, const T* wt, const T* b, T* yn, const Geom& g, int64_t oh, const T* pfx,
+                      const DwStat* st = nullptr) {
   constexpr int VL = Vec<T>::n;
   using V = vec_t<T>;
   const int64_t C = g.C, rowlen = g.W * C, orow = g.Wo * C, sz = int64_t(sizeof(T));
@@ -1270,15 +1369,23 @@ void dw3_fwd_row_nhwc(const T* xs, const T* wt, const T* b, T* yn, const Geom& g
                         ceil_div(g.Wo, int64_t(8)) * (C / VL));
   }
   dw3_for_row_chunks(g, oh, [&](auto np, int64_t oh_, int64_t ow0) __attribute__((always_inline)) {
+    constexpr int NP = decltype(np)::value;
     for (int64_t c = 0; c < C; c += VL) {
       pf.step();
       const T* yo = yn + (oh_ * g.Wo + ow0) * C + c + 2 * VL;
 #pragma GCC unroll 8
-      for (int p = 0; p < decltype(np)::value; ++p) __builtin_prefetch(yo + p * C, 1, 3);
+      for (int p = 0; p < NP; ++p) __builtin_prefetch(yo + p * C, 1, 3);
+      const V bv = b ? vload(b + c) : V{};
+      DwStat sc;
+      if (st) sc = DwStat{st->s1 + c, st->s2 + c, st->sh + c, st->init && ow0 == 0};
+#if defined(__AVX2__) && !defined(__AVX512F__)
+      dw3_fwd_chunk_slide<T, NP>(xs + c, C, yn + c, C, g, wt + c, C, bv, oh_, ow0, st ? &sc : nullptr);
+#else
       V wv[9];
 #pragma GCC unroll 9
       for (int t = 0; t < 9; ++t) wv[t] = vload(wt + t * C + c);
-      dw3_fwd_chunk<T, decltype(np)::value>(xs + c, C, yn + c, C, g, wv, b ? vload(b + c) : V{}, oh_, ow0);
+      dw3_fwd_chunk<T, NP>(xs + c, C, yn + c, C, g, wv, bv, oh_, ow0, st ? &sc : nullptr);
+#endif
     }
   });
 }
@@ -1287,6 +1394,11 @@ void dw3_fwd_row_nhwc(const T* xs, const T* wt, const T* b, T* yn, const Geom& g
 template <typename T>
 void dw3_plane_fwd(const T* x, int64_t xs, T* y, int64_t ys, const T* w, int64_t wst, vec_t<T> bias,
                    const Geom& g) {
+#if defined(__AVX2__) && !defined(__AVX512F__)
+  dw3_for_chunks(g, [&](auto np, int64_t oh, int64_t ow0) __attribute__((always_inline)) {
+    dw3_fwd_chunk_slide<T, decltype(np)::value>(x, xs, y, ys, g, w, wst, bias, oh, ow0);
+  });
+#else
   using V = vec_t<T>;
   V wv[9];
 #pragma GCC unroll 9
@@ -1294,6 +1406,7 @@ void dw3_plane_fwd(const T* x, int64_t xs, T* y, int64_t ys, const T* w, int64_t
   dw3_for_chunks(g, [&](auto np, int64_t oh, int64_t ow0) __attribute__((always_inline)) {
     dw3_fwd_chunk<T, decltype(np)::value>(x, xs, y, ys, g, wv, bias, oh, ow0);
   });
+#endif
 }
 
 // One plane's weight-gradient sums: s[0..8] taps, s[9] bias (overwritten).
@@ -1304,7 +1417,11 @@ void dw3_plane_wgrad(const T* x, int64_t xs, const T* dy, int64_t ys, const Geom
 #pragma GCC unroll 10
   for (int t = 0; t < 10; ++t) acc[t] = V{};
   dw3_for_chunks(g, [&](auto np, int64_t oh, int64_t ow0) __attribute__((always_inline)) {
+#if defined(__AVX2__) && !defined(__AVX512F__)
+    dw3_wgrad_chunk_slide<T, decltype(np)::value>(x, xs, dy, ys, g, acc, oh, ow0);
+#else
     dw3_wgrad_chunk<T, decltype(np)::value>(x, xs, dy, ys, g, acc, oh, ow0);
+#endif
   });
 #pragma GCC unroll 10
   for (int t = 0; t < 10; ++t) s[t] = acc[t];
@@ -1384,12 +1501,18 @@ void dw3_wgrad_image(const T* xn, const T* dyn, vec_t<T>* facc, double* dacc, co
       if (part == 0) pf.step();
       dw3_for_row_chunks(g, oh, [&](auto np, int64_t oh_, int64_t ow0) __attribute__((always_inline)) {
         for (int64_t cb = cb0; cb < cb1; ++cb) {
+#if defined(__AVX2__) && !defined(__AVX512F__)
+          // (the sums in facc: the chunk holds a row's three at a time)
+          dw3_wgrad_chunk_slide<T, decltype(np)::value>(xn + cb * Vec<T>::n, C, dyn + cb * Vec<T>::n, C, g,
+                                                        facc + cb * 10, oh_, ow0);
+#else
           V acc[10];
 #pragma GCC unroll 10
           for (int t = 0; t < 10; ++t) acc[t] = facc[cb * 10 + t];
           dw3_wgrad_chunk<T, decltype(np)::value>(xn + cb * Vec<T>::n, C, dyn + cb * Vec<T>::n, C, g, acc, oh_, ow0);
 #pragma GCC unroll 10
           for (int t = 0; t < 10; ++t) facc[cb * 10 + t] = acc[t];
+#endif
         }
       });
     }
@@ -1727,6 +1850,17 @@ inline bool dw3_both_shape(const Geom& g) {
 // the unit's first value of the channel); combined in unit order about s = y[0, 0, 0, k] (as
 // conv_gemm.cpp's combine_stats), so the bits do not depend on the thread count.
 
+// Whether the register rows (dw3_fwd_row_nhwc) take the fused statistics from their registers
+// (AVX2's sliding chunks, which leave registers free: 2 threads, the fused forward with the
+// after-pass and with the registers' sums alternating in one process, Zen 3: C128@16 N = 64
+// 1.00-1.13x, C384@14 N = 32 1.24x, C960@7 1.06x, C256@8 and C128@7 0.96-1.00x) or from one pass
+// over each unit's output after it (AVX-512 and the scalar level).
+#if defined(__AVX2__) && !defined(__AVX512F__)
+constexpr bool kDw3StatsInRows = true;
+#else
+constexpr bool kDw3StatsInRows = false;
+#endif
+
 template <typename T, int KH, int KW>
 void dw_fused_forward_nhwc(const T* x, const T* w, const T* b, T* y, const Geom& g, const DwPro<T>& pro,
                            const T* res, bool post_relu, double* sum, double* sumsq) {
@@ -1779,7 +1913,9 @@ void dw_fused_forward_nhwc(const T* x, const T* w, const T* b, T* y, const Geom&
             xs = buf;
           }
           if (small3) {
-            dw3_fwd_row_nhwc(xs, wt, b, yn, g, oh, u + 1 < units || oh + 1 < oh1 ? xn : nullptr);
+            const DwStat rs{s1, s2, sh, oh == oh0};
+            dw3_fwd_row_nhwc(xs, wt, b, yn, g, oh, u + 1 < units || oh + 1 < oh1 ? xn : nullptr,
+                             sum && kDw3StatsInRows ? &rs : nullptr);
           } else {
             dw_fwd_row_nhwc<T, KH, KW>(xs, wt, b, yn + oh * g.Wo * K, g, oh, ow_lo, ow_hi);
             row_stats(oh, yn + oh * g.Wo * K);
@@ -1788,11 +1924,11 @@ void dw_fused_forward_nhwc(const T* x, const T* w, const T* b, T* y, const Geom&
       }
       T* yb = yn + oh0 * g.Wo * K;
       const int64_t np = (oh1 - oh0) * g.Wo;
-      if (sum && small3) {
+      if (sum && small3 && !kDw3StatsInRows) {
         // Small planes: one pass over the unit's output (in L2) after it. (Sums taken from the
-        // chunks' registers, with their per-chunk loads and stores, cost as much.) Open: at
-        // C960@7, N = 32 the statistics still cost about as much as the convolution (1 thread,
-        // loaded machine: 0.74 ms against 0.50 without them).
+        // chunks' registers, with their per-chunk loads and stores, cost as much with AVX-512.)
+        // Open: at C960@7, N = 32 the statistics still cost about as much as the convolution (1
+        // thread, loaded machine: 0.74 ms against 0.50 without them).
         unit_stats_add(stp, u, yb, np, true);
       }
       if (res) {
