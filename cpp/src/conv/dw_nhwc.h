@@ -919,7 +919,11 @@ void dw_bwdin_row(const T* dyn, const T* wt, T* dxr, int64_t ih, const Geom& g, 
 // need no separate loops; each dx element sums its taps in (i, j) order, as the gather did.
 // Chunks outermost and channel vectors inside, so dx is written in address order, and the same
 // columns of the next dx row are prefetched into L2 (1 thread, C64 32x32 s2, N = 64: 1.4-1.47x
-// the gather from DRAM; N = 4, in cache: 2.4-2.9x).
+// the gather from DRAM; N = 4, in cache: 2.4-2.9x). AVX2's 16 registers take chunks of 3 pairs
+// (6 + 4 + 3 live: the row's three weights): 6 pairs (12 + 7 + 3) spilled. Zen 3, 2 threads,
+// alternating in one process: C64@32 N = 64 1.23-1.28x, C128@16 1.13x, C144@28 1.06-1.14x,
+// C96@14 1.04-1.08x, N = 8 1.00-1.07x; 4 and 2 pairs measured within 0.9-1.1x of 3, no rule;
+// mobilenet_small's stride-2 one-pass backward (dx by these rows) 1.04-1.08x replayed, 1.07x in the step.
 inline bool dw33s2_input_shape(const Geom& g) {
   return g.kh == 3 && g.kw == 3 && g.sh == 2 && g.sw == 2 && g.dh == 1 && g.dw == 1 && g.K == g.C;
 }
@@ -928,7 +932,11 @@ template <typename T>
 void dw33s2_bwdin_row(const T* dyn, const T* wt, T* dxr, int64_t ih, const Geom& g, bool next) {
   constexpr int VL = Vec<T>::n;
   using V = vec_t<T>;
+#if defined(__AVX2__) && !defined(__AVX512F__)
+  constexpr int NPMAX = 3;
+#else
   constexpr int NPMAX = 6;
+#endif
   const int64_t C = g.C, cv = C / VL * VL;
   // The dy rows of this dx row: taps i = par, par + 2 (those inside dy), in order.
   const T* dr[2];
