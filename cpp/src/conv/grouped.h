@@ -918,6 +918,33 @@ CNNKIT_HD void wgrad_advance(const T* (&xj)[3], int64_t xs) {
 #endif
 }
 
+// One row of the weight gradient's pixels: Wo pixels of dy from gq (gs floats apart, NCV vectors
+// each) against the taps' x from xq (tap j at xq + j*js, pixels xs apart), into acc. (Pointer
+// increments, not per-pixel index products: see grouped_block; one pointer a tap: wgrad_pixel.)
+template <typename T, int CPG, int NCV, int CB, int NJ>
+CNNKIT_HD void wgrad_row(vec_t<T> (&acc)[NCV][3][CB], const T* xq, int64_t js, int64_t xs, const T* gq, int64_t gs,
+                         int64_t Wo) {
+  using V = vec_t<T>;
+  const T* xj[3] = {xq, xq + js, xq + 2 * js};
+  for (int64_t ow = 0; ow < Wo; ++ow, gq += gs) {
+    V gv[NCV];
+    for (int q = 0; q < NCV; ++q) gv[q] = vload(gq + q * Vec<T>::n);
+    wgrad_pixel<T, CPG, NCV, CB, NJ>(acc, gv, xj);
+    wgrad_advance(xj, xs);
+  }
+}
+
+// f(std::integral_constant<int, NJ>{}) for a block's nj taps (1 to 3).
+template <typename F>
+CNNKIT_HD void by_taps(int64_t nj, F&& f) {
+  if (nj == 3)
+    f(std::integral_constant<int, 3>{});
+  else if (nj == 2)
+    f(std::integral_constant<int, 2>{});
+  else
+    f(std::integral_constant<int, 1>{});
+}
+
 // The weight gradient's chunks (grouped_weight_partials_direct): output rows [oh0, oh1) of one
 // image (xn its input, dyc its dy rows from oh0 as pixels x C) added into acc_mem's channel
 // vectors [cv0, cv1) (layout [tap][cv][ci][VL]): the chunk's input rows padded (through fu's
@@ -978,26 +1005,11 @@ struct GroupedWeightChunks {
                 const T* row = rowp[oh * g.sh + i * g.dh - g.pt - in0];
                 if (!row) continue;
                 const T* dyr = dyc + (oh - oh0) * g.Wo * C + cv * VL;
-                auto pixels = [&](auto njc) {
-                  constexpr int NJ = decltype(njc)::value;
-                  // (pointer increments, not per-pixel index products: see grouped_block)
-                  const int64_t xs = g.sw * C, js = g.dw * C;
-                  const T* xq = row + j0 * js + (Tr::permute ? cv * VL : (cv * VL) / CPG * CPG + ci0);
-                  const T* gq = dyr;
-                  const T* xj[3] = {xq, xq + js, xq + 2 * js};  // (one pointer a tap: wgrad_pixel)
-                  for (int64_t ow = 0; ow < g.Wo; ++ow, gq += C) {
-                    V gv[NCV];
-                    for (int q = 0; q < NCV; ++q) gv[q] = vload(gq + q * VL);
-                    wgrad_pixel<T, CPG, NCV, CB, NJ>(acc, gv, xj);
-                    wgrad_advance(xj, xs);
-                  }
-                };
-                if (nj == 3)
-                  pixels(std::integral_constant<int, 3>{});
-                else if (nj == 2)
-                  pixels(std::integral_constant<int, 2>{});
-                else
-                  pixels(std::integral_constant<int, 1>{});
+                const int64_t xs = g.sw * C, js = g.dw * C;
+                const T* xq = row + j0 * js + (Tr::permute ? cv * VL : (cv * VL) / CPG * CPG + ci0);
+                by_taps(nj, [&](auto njc) {
+                  wgrad_row<T, CPG, NCV, CB, decltype(njc)::value>(acc, xq, js, xs, dyr, C, g.Wo);
+                });
               }
               for (int q = 0; q < NCV; ++q)
                 for (int64_t j = 0; j < nj; ++j)
@@ -1247,21 +1259,10 @@ void grouped_weight_blocks_direct(const T* dy, const T* x, T* dw, const Geom& g,
                       const T* dyr = dyk + rl * g.Wo * CW + v * VL;
                       const int64_t xs = g.sw * CW, js = g.dw * CW;
                       const T* xq = row + j0 * js + (Tr::permute ? 0 : (v * VL) / CPG * CPG + ci0);
-                      const T* xj[3] = {xq, xq + js, xq + 2 * js};  // (one pointer a tap: wgrad_pixel)
-                      for (int64_t ow = 0; ow < g.Wo; ++ow, dyr += CW) {
-                        V gv[NCV];
-                        for (int a = 0; a < NCV; ++a) gv[a] = vload(dyr + a * VL);
-                        wgrad_pixel<T, CPG, NCV, CB, NJ>(acc, gv, xj);
-                        wgrad_advance(xj, xs);
-                      }
+                      wgrad_row<T, CPG, NCV, CB, NJ>(acc, xq, js, xs, dyr, CW, g.Wo);
                     }
                   };
-                  if (nj == 3)
-                    pixels(std::integral_constant<int, 3>{});
-                  else if (nj == 2)
-                    pixels(std::integral_constant<int, 2>{});
-                  else
-                    pixels(std::integral_constant<int, 1>{});
+                  by_taps(nj, pixels);
                   alignas(64) T fl[NCV][3][CB][VL];  // (a stored copy: lane reads would keep acc in memory)
                   for (int a = 0; a < NCV; ++a)
                     for (int j = 0; j < 3; ++j)

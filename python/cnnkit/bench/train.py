@@ -815,7 +815,24 @@ def _spatial(shape, layout):
 
 
 def describe(model, shapes, layout) -> dict:
-    """{name: (short description, forward FLOPs, backward FLOPs, kind)} of every leaf module."""
+    """Describe every leaf module of a model for the per-layer breakdown.
+
+    Parameters
+    ----------
+    model : cnnkit.nn.Module
+        The model whose leaf modules are described.
+    shapes : dict
+        ``{name: (input shape, output shape)}`` of the leaves, as :func:`layer_shapes` returns.
+    layout : str
+        ``"NCHW"`` or ``"NHWC"``: how the shapes' spatial axes are read.
+
+    Returns
+    -------
+    dict
+        ``{name: (short description, forward FLOPs, backward FLOPs, kind)}``; the backward
+        counts twice the forward (input and weight gradients), the first parametrised layer's
+        once (no input gradient).
+    """
     out = {}
     leaves = _leaves(model)
     first_param = next((n for n, m in leaves if m._param_names), None)
@@ -855,6 +872,18 @@ def describe(model, shapes, layout) -> dict:
 
 
 def step_flops(desc: dict) -> tuple:
+    """The FLOPs of one training step from a :func:`describe` table.
+
+    Parameters
+    ----------
+    desc : dict
+        ``{name: (description, forward FLOPs, backward FLOPs, kind)}``.
+
+    Returns
+    -------
+    tuple of float
+        ``(forward FLOPs, backward FLOPs)`` summed over the layers.
+    """
     f = sum(v[1] for v in desc.values())
     b = sum(v[2] for v in desc.values())
     return f, b
