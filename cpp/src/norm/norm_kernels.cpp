@@ -548,20 +548,82 @@ void affine_pool_t(const T* x, const T* ab, const Shape& sh, T* out) {
                 out);
 }
 
-#if defined(__AVX2__) && !defined(__AVX512F__)
-// affine_pool_sums_t's NHWC loop with the ReLU over the first cv channels (a multiple of 8) of one
-// sample's S positions, 8 channels a vector: the same operations per channel in the same order
-// (the pool's sum position by position, x - mean's products in groups of four), the mask in
+#if defined(__AVX2__)
+// The vector operations of pool_sums_relu_vectors at each ISA: F a vector of VL floats, D one of
+// VL / 2 doubles, K VL int32 counts.
+#if defined(__AVX512F__)
+struct PoolOps {
+  static constexpr int VL = 16;
+  using F = __m512;
+  using D = __m512d;
+  using K = __m512i;
+  static F loadf(const float* p) { return _mm512_loadu_ps(p); }
+  static D loadd(const double* p) { return _mm512_loadu_pd(p); }
+  static void stored(double* p, D v) { _mm512_storeu_pd(p, v); }
+  static K loadk(const int32_t* p) { return _mm512_loadu_si512(p); }
+  static void storek(int32_t* p, K v) { _mm512_storeu_si512(p, v); }
+  static F fma(F a, F x, F b) { return _mm512_fmadd_ps(a, x, b); }
+  // relu_of: t where !(t < 0) (a NaN stays), else 0
+  static F relu(F t) { return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(t, _mm512_setzero_ps(), _CMP_NLT_UQ), t); }
+  // k + 1 where t > 0
+  static K count(K k, F t) {
+    return _mm512_mask_add_epi32(k, _mm512_cmp_ps_mask(t, _mm512_setzero_ps(), _CMP_GT_OQ), k, _mm512_set1_epi32(1));
+  }
+  static D lo(F v) { return _mm512_cvtps_pd(_mm512_castps512_ps256(v)); }
+  static D hi(F v) { return _mm512_cvtps_pd(_mm512_extractf32x8_ps(v, 1)); }
+  static D cvt(const float* p) { return _mm512_cvtps_pd(_mm256_loadu_ps(p)); }
+  static D add(D a, D b) { return _mm512_add_pd(a, b); }
+  static D sub(D a, D b) { return _mm512_sub_pd(a, b); }
+  // (r > 0 ? 1.0 : 0.0) * d, the product kept (0 * inf, 0 * NaN: NaN)
+  static D keep(D r, D d) {
+    return _mm512_mul_pd(_mm512_maskz_mov_pd(_mm512_cmp_pd_mask(r, _mm512_setzero_pd(), _CMP_GT_OQ),
+                                             _mm512_set1_pd(1.0)), d);
+  }
+};
+#else
+struct PoolOps {
+  static constexpr int VL = 8;
+  using F = __m256;
+  using D = __m256d;
+  using K = __m256i;
+  static F loadf(const float* p) { return _mm256_loadu_ps(p); }
+  static D loadd(const double* p) { return _mm256_loadu_pd(p); }
+  static void stored(double* p, D v) { _mm256_storeu_pd(p, v); }
+  static K loadk(const int32_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+  static void storek(int32_t* p, K v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v); }
+  static F fma(F a, F x, F b) { return _mm256_fmadd_ps(a, x, b); }
+  static F relu(F t) { return _mm256_and_ps(t, _mm256_cmp_ps(t, _mm256_setzero_ps(), _CMP_NLT_UQ)); }
+  static K count(K k, F t) {  // (the compare's all-ones lanes are -1)
+    return _mm256_sub_epi32(k, _mm256_castps_si256(_mm256_cmp_ps(t, _mm256_setzero_ps(), _CMP_GT_OQ)));
+  }
+  static D lo(F v) { return avx2d::lo4d(v); }
+  static D hi(F v) { return avx2d::hi4d(v); }
+  static D cvt(const float* p) { return avx2d::cvt4d(p); }
+  static D add(D a, D b) { return _mm256_add_pd(a, b); }
+  static D sub(D a, D b) { return _mm256_sub_pd(a, b); }
+  static D keep(D r, D d) {
+    const __m256d zero = _mm256_setzero_pd();
+    return _mm256_mul_pd(_mm256_and_pd(_mm256_cmp_pd(r, zero, _CMP_GT_OQ), _mm256_set1_pd(1.0)), d);
+  }
+};
+#endif
+
+// affine_pool_sums_t's NHWC loop with the ReLU over the first cv channels (a multiple of VL) of
+// one sample's S positions, VL channels a vector: the same operations per channel in the same
+// order (the pool's sum position by position, x - mean's products in groups of four), the mask in
 // double taken as r > 0 (so t > 0) from the converted r, the counts in int32 lanes (exact).
 // GCC's vectorisation of the loop below, its masks converted to double, ran at 2-3 cycles a value
 // (Zen 3, alternating calls in one process: 64 x 256 channels x 16 x 16 (mobilenet_small's last
 // norm + pool), 1 thread 3.58 -> 2.61 ms, 2 threads 1.42 -> 1.02; 64 x 128 x 8 x 8 1.40x). Without
-// the ReLU that loop has neither and stays (this form measured 0.93-1.04x there).
+// the ReLU that loop has neither and stays (this form measured 0.93-1.04x there). At AVX-512 GCC's
+// loop ran at 1.5 cycles a value (Intel, model 207; alternating calls in one process, the same
+// bits): 64 x 256 x 16 x 16 1.25x on 2 threads, 1.55x on 1, 1.93x called after a 256 MiB sweep;
+// 64 x 128 x 8 x 8 1.05x; mobilenet_small's profiled step 2.14 -> 1.04 ms for this call. Without
+// the prefetch below (on Intel) 0.78x, 0.48x on 1 thread.
 void pool_sums_relu_vectors(const float* x, const float* a, const float* b, const double* mean, int64_t S, int64_t C,
                             int64_t cv, double* s1, int32_t* cnt, double* q, int64_t S_ahead) {
-  const __m256 zero = _mm256_setzero_ps();
-  const __m256d dzero = _mm256_setzero_pd(), done = _mm256_set1_pd(1.0);
-  using avx2d::cvt4d, avx2d::hi4d, avx2d::lo4d;
+  using O = PoolOps;
+  constexpr int VL = O::VL, H = VL / 2;
   int64_t i = 0;
   for (; i + 4 <= S; i += 4) {
     const float* p = x + i * C;
@@ -572,36 +634,32 @@ void pool_sums_relu_vectors(const float* x, const float* a, const float* b, cons
     // the host's memory was slow (1.73 -> 1.33 ms), level (1.31-1.37 ms both) while it was fast;
     // four or eight groups on: 1.35 and 1.39 ms.
     const char* pf = reinterpret_cast<const char*>(x + std::min(i + 8, S + S_ahead - 4) * C);
-    for (int64_t c = 0; c < cv; c += 8) {
-      _mm_prefetch(pf + c * 16, _MM_HINT_T0);
-      _mm_prefetch(pf + c * 16 + 64, _MM_HINT_T0);
-      const __m256 av = _mm256_loadu_ps(a + c), bv = _mm256_loadu_ps(b + c);
-      const __m256d ml = _mm256_loadu_pd(mean + c), mh = _mm256_loadu_pd(mean + c + 4);
-      __m256d sl = _mm256_loadu_pd(s1 + c), sh = _mm256_loadu_pd(s1 + c + 4);
-      __m256i k = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(cnt + c));
-      __m256d el[4], eh[4];
+    for (int64_t c = 0; c < cv; c += VL) {
+      for (int64_t o = 0; o < 16 * VL; o += 64) _mm_prefetch(pf + c * 16 + o, _MM_HINT_T0);
+      const O::F av = O::loadf(a + c), bv = O::loadf(b + c);
+      const O::D ml = O::loadd(mean + c), mh = O::loadd(mean + c + H);
+      O::D sl = O::loadd(s1 + c), sh = O::loadd(s1 + c + H);
+      O::K k = O::loadk(cnt + c);
+      O::D el[4], eh[4];
 #pragma GCC unroll 4
       for (int j = 0; j < 4; ++j) {
-        const __m256 v = _mm256_loadu_ps(p + j * C + c);
-        const __m256 t = _mm256_fmadd_ps(av, v, bv);
-        const __m256 r = _mm256_and_ps(t, _mm256_cmp_ps(t, zero, _CMP_NLT_UQ));  // relu_of (a NaN stays)
-        const __m256d rl = lo4d(r), rh = hi4d(r);
-        sl = _mm256_add_pd(sl, rl);
-        sh = _mm256_add_pd(sh, rh);
-        k = _mm256_sub_epi32(k, _mm256_castps_si256(_mm256_cmp_ps(t, zero, _CMP_GT_OQ)));
+        const O::F t = O::fma(av, O::loadf(p + j * C + c), bv);
+        const O::F r = O::relu(t);
+        const O::D rl = O::lo(r), rh = O::hi(r);
+        sl = O::add(sl, rl);
+        sh = O::add(sh, rh);
+        k = O::count(k, t);
         // m = 1 or 0, times x - mean (a NaN or inf x stays NaN where masked)
-        // (x's halves converted from memory, not extracted from v: alternating calls 1.03-1.06x)
-        const __m256d xl = cvt4d(p + j * C + c), xh = cvt4d(p + j * C + c + 4);
-        el[j] = _mm256_mul_pd(_mm256_and_pd(_mm256_cmp_pd(rl, dzero, _CMP_GT_OQ), done), _mm256_sub_pd(xl, ml));
-        eh[j] = _mm256_mul_pd(_mm256_and_pd(_mm256_cmp_pd(rh, dzero, _CMP_GT_OQ), done), _mm256_sub_pd(xh, mh));
+        // (x's halves converted from memory, not extracted from the loaded vector: alternating
+        // calls 1.03-1.06x on Zen 3)
+        el[j] = O::keep(rl, O::sub(O::cvt(p + j * C + c), ml));
+        eh[j] = O::keep(rh, O::sub(O::cvt(p + j * C + c + H), mh));
       }
-      const __m256d gl = _mm256_add_pd(_mm256_add_pd(el[0], el[1]), _mm256_add_pd(el[2], el[3]));
-      const __m256d gh = _mm256_add_pd(_mm256_add_pd(eh[0], eh[1]), _mm256_add_pd(eh[2], eh[3]));
-      _mm256_storeu_pd(s1 + c, sl);
-      _mm256_storeu_pd(s1 + c + 4, sh);
-      _mm256_storeu_pd(q + c, _mm256_add_pd(_mm256_loadu_pd(q + c), gl));
-      _mm256_storeu_pd(q + c + 4, _mm256_add_pd(_mm256_loadu_pd(q + c + 4), gh));
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(cnt + c), k);
+      O::stored(s1 + c, sl);
+      O::stored(s1 + c + H, sh);
+      O::stored(q + c, O::add(O::loadd(q + c), O::add(O::add(el[0], el[1]), O::add(el[2], el[3]))));
+      O::stored(q + c + H, O::add(O::loadd(q + c + H), O::add(O::add(eh[0], eh[1]), O::add(eh[2], eh[3]))));
+      O::storek(cnt + c, k);
     }
   }
   for (; i < S; ++i) {  // the last positions one at a time, as the loop below
@@ -650,9 +708,9 @@ void affine_pool_sums_t(const T* x, const T* ab, const Shape& sh, T* out, const 
 #pragma omp parallel num_threads(nt)
   {
     isa_vector<double> acc(static_cast<size_t>(3 * C));
-#if defined(__AVX2__) && !defined(__AVX512F__)
+#if defined(__AVX2__)
     // (pool_sums_relu_vectors' channels; its int32 counts hold at most S)
-    const int64_t cv = RELU && std::is_same_v<T, float> && S <= INT32_MAX ? C / 8 * 8 : 0;
+    const int64_t cv = RELU && std::is_same_v<T, float> && S <= INT32_MAX ? C / PoolOps::VL * PoolOps::VL : 0;
     isa_vector<int32_t> counts(static_cast<size_t>(cv));
 #else
     const int64_t cv = 0;
@@ -663,7 +721,7 @@ void affine_pool_sums_t(const T* x, const T* ab, const Shape& sh, T* out, const 
       double* __restrict k = s1 + C;
       double* __restrict q = k + C;
       std::fill(s1, s1 + 3 * C, 0.0);
-#if defined(__AVX2__) && !defined(__AVX512F__)
+#if defined(__AVX2__)
       if constexpr (RELU && std::is_same_v<T, float>)
         if (cv > 0) {
           std::fill(counts.begin(), counts.end(), 0);
