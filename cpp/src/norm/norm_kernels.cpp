@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 #include <vector>
 
@@ -549,62 +550,45 @@ void affine_pool_t(const T* x, const T* ab, const Shape& sh, T* out) {
 }
 
 #if defined(__AVX2__)
-// The vector operations of pool_sums_relu_vectors at each ISA: F a vector of VL floats, D one of
-// VL / 2 doubles, K VL int32 counts.
-#if defined(__AVX512F__)
-struct PoolOps {
-  static constexpr int VL = 16;
-  using F = __m512;
-  using D = __m512d;
-  using K = __m512i;
-  static F loadf(const float* p) { return _mm512_loadu_ps(p); }
-  static D loadd(const double* p) { return _mm512_loadu_pd(p); }
-  static void stored(double* p, D v) { _mm512_storeu_pd(p, v); }
-  static K loadk(const int32_t* p) { return _mm512_loadu_si512(p); }
-  static void storek(int32_t* p, K v) { _mm512_storeu_si512(p, v); }
-  static F fma(F a, F x, F b) { return _mm512_fmadd_ps(a, x, b); }
+// The vectors of pool_sums_relu_vectors (GCC vector extensions of the ISA's width): F VL floats,
+// D VL / 2 doubles, K VL int32 counts; the arithmetic is the operators' and the conversions and
+// the fma the ISA's (PoolOps).
+template <int N>
+struct PoolVectors {
+  static constexpr int VL = N;
+  typedef float F __attribute__((vector_size(4 * N)));
+  typedef double D __attribute__((vector_size(4 * N)));
+  typedef int32_t K __attribute__((vector_size(4 * N)));
+  template <typename V, typename T>
+  static V load(const T* p) {
+    V v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+  }
+  template <typename V, typename T>
+  static void store(T* p, V v) {
+    std::memcpy(p, &v, sizeof v);
+  }
   // relu_of: t where !(t < 0) (a NaN stays), else 0
-  static F relu(F t) { return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(t, _mm512_setzero_ps(), _CMP_NLT_UQ), t); }
-  // k + 1 where t > 0
-  static K count(K k, F t) {
-    return _mm512_mask_add_epi32(k, _mm512_cmp_ps_mask(t, _mm512_setzero_ps(), _CMP_GT_OQ), k, _mm512_set1_epi32(1));
-  }
-  static D lo(F v) { return _mm512_cvtps_pd(_mm512_castps512_ps256(v)); }
-  static D hi(F v) { return _mm512_cvtps_pd(_mm512_extractf32x8_ps(v, 1)); }
-  static D cvt(const float* p) { return _mm512_cvtps_pd(_mm256_loadu_ps(p)); }
-  static D add(D a, D b) { return _mm512_add_pd(a, b); }
-  static D sub(D a, D b) { return _mm512_sub_pd(a, b); }
+  static F relu(F t) { return t < F{} ? F{} : t; }
+  // k + 1 where t > 0 (a true compare is -1)
+  static K count(K k, F t) { return k - (t > F{}); }
   // (r > 0 ? 1.0 : 0.0) * d, the product kept (0 * inf, 0 * NaN: NaN)
-  static D keep(D r, D d) {
-    return _mm512_mul_pd(_mm512_maskz_mov_pd(_mm512_cmp_pd_mask(r, _mm512_setzero_pd(), _CMP_GT_OQ),
-                                             _mm512_set1_pd(1.0)), d);
-  }
+  static D keep(D r, D d) { return (r > D{} ? D{} + 1.0 : D{}) * d; }
+};
+#if defined(__AVX512F__)
+struct PoolOps : PoolVectors<16> {
+  static F fma(F a, F x, F b) { return (F)_mm512_fmadd_ps((__m512)a, (__m512)x, (__m512)b); }
+  static D lo(F v) { return (D)_mm512_cvtps_pd(_mm512_castps512_ps256((__m512)v)); }
+  static D hi(F v) { return (D)_mm512_cvtps_pd(_mm512_extractf32x8_ps((__m512)v, 1)); }
+  static D cvt(const float* p) { return (D)_mm512_cvtps_pd(_mm256_loadu_ps(p)); }
 };
 #else
-struct PoolOps {
-  static constexpr int VL = 8;
-  using F = __m256;
-  using D = __m256d;
-  using K = __m256i;
-  static F loadf(const float* p) { return _mm256_loadu_ps(p); }
-  static D loadd(const double* p) { return _mm256_loadu_pd(p); }
-  static void stored(double* p, D v) { _mm256_storeu_pd(p, v); }
-  static K loadk(const int32_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
-  static void storek(int32_t* p, K v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v); }
-  static F fma(F a, F x, F b) { return _mm256_fmadd_ps(a, x, b); }
-  static F relu(F t) { return _mm256_and_ps(t, _mm256_cmp_ps(t, _mm256_setzero_ps(), _CMP_NLT_UQ)); }
-  static K count(K k, F t) {  // (the compare's all-ones lanes are -1)
-    return _mm256_sub_epi32(k, _mm256_castps_si256(_mm256_cmp_ps(t, _mm256_setzero_ps(), _CMP_GT_OQ)));
-  }
-  static D lo(F v) { return avx2d::lo4d(v); }
-  static D hi(F v) { return avx2d::hi4d(v); }
-  static D cvt(const float* p) { return avx2d::cvt4d(p); }
-  static D add(D a, D b) { return _mm256_add_pd(a, b); }
-  static D sub(D a, D b) { return _mm256_sub_pd(a, b); }
-  static D keep(D r, D d) {
-    const __m256d zero = _mm256_setzero_pd();
-    return _mm256_mul_pd(_mm256_and_pd(_mm256_cmp_pd(r, zero, _CMP_GT_OQ), _mm256_set1_pd(1.0)), d);
-  }
+struct PoolOps : PoolVectors<8> {
+  static F fma(F a, F x, F b) { return (F)_mm256_fmadd_ps((__m256)a, (__m256)x, (__m256)b); }
+  static D lo(F v) { return (D)avx2d::lo4d((__m256)v); }
+  static D hi(F v) { return (D)avx2d::hi4d((__m256)v); }
+  static D cvt(const float* p) { return (D)avx2d::cvt4d(p); }
 };
 #endif
 
@@ -636,30 +620,30 @@ void pool_sums_relu_vectors(const float* x, const float* a, const float* b, cons
     const char* pf = reinterpret_cast<const char*>(x + std::min(i + 8, S + S_ahead - 4) * C);
     for (int64_t c = 0; c < cv; c += VL) {
       for (int64_t o = 0; o < 16 * VL; o += 64) _mm_prefetch(pf + c * 16 + o, _MM_HINT_T0);
-      const O::F av = O::loadf(a + c), bv = O::loadf(b + c);
-      const O::D ml = O::loadd(mean + c), mh = O::loadd(mean + c + H);
-      O::D sl = O::loadd(s1 + c), sh = O::loadd(s1 + c + H);
-      O::K k = O::loadk(cnt + c);
+      const O::F av = O::load<O::F>(a + c), bv = O::load<O::F>(b + c);
+      const O::D ml = O::load<O::D>(mean + c), mh = O::load<O::D>(mean + c + H);
+      O::D sl = O::load<O::D>(s1 + c), sh = O::load<O::D>(s1 + c + H);
+      O::K k = O::load<O::K>(cnt + c);
       O::D el[4], eh[4];
 #pragma GCC unroll 4
       for (int j = 0; j < 4; ++j) {
-        const O::F t = O::fma(av, O::loadf(p + j * C + c), bv);
+        const O::F t = O::fma(av, O::load<O::F>(p + j * C + c), bv);
         const O::F r = O::relu(t);
         const O::D rl = O::lo(r), rh = O::hi(r);
-        sl = O::add(sl, rl);
-        sh = O::add(sh, rh);
+        sl += rl;
+        sh += rh;
         k = O::count(k, t);
         // m = 1 or 0, times x - mean (a NaN or inf x stays NaN where masked)
         // (x's halves converted from memory, not extracted from the loaded vector: alternating
         // calls 1.03-1.06x on Zen 3)
-        el[j] = O::keep(rl, O::sub(O::cvt(p + j * C + c), ml));
-        eh[j] = O::keep(rh, O::sub(O::cvt(p + j * C + c + H), mh));
+        el[j] = O::keep(rl, O::cvt(p + j * C + c) - ml);
+        eh[j] = O::keep(rh, O::cvt(p + j * C + c + H) - mh);
       }
-      O::stored(s1 + c, sl);
-      O::stored(s1 + c + H, sh);
-      O::stored(q + c, O::add(O::loadd(q + c), O::add(O::add(el[0], el[1]), O::add(el[2], el[3]))));
-      O::stored(q + c + H, O::add(O::loadd(q + c + H), O::add(O::add(eh[0], eh[1]), O::add(eh[2], eh[3]))));
-      O::storek(cnt + c, k);
+      O::store(s1 + c, sl);
+      O::store(s1 + c + H, sh);
+      O::store(q + c, O::load<O::D>(q + c) + ((el[0] + el[1]) + (el[2] + el[3])));
+      O::store(q + c + H, O::load<O::D>(q + c + H) + ((eh[0] + eh[1]) + (eh[2] + eh[3])));
+      O::store(cnt + c, k);
     }
   }
   for (; i < S; ++i) {  // the last positions one at a time, as the loop below
