@@ -344,8 +344,8 @@ inline D8v load8d(const double* p) {
 }
 inline void store8d(double* p, D8v v) { std::memcpy(p, &v, sizeof v); }
 #if defined(__AVX512F__)
-inline D8v lo8(F16v v) { return (D8v)_mm512_cvtps_pd(_mm512_castps512_ps256((__m512)v)); }
-inline D8v hi8(F16v v) { return (D8v)_mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd((__m512)v), 1))); }
+inline D8v lo8(F16v v) { return (D8v)avx512d::lo8d((__m512)v); }
+inline D8v hi8(F16v v) { return (D8v)avx512d::hi8d((__m512)v); }
 #else
 inline D8v lo8(F16v v) {
   return __builtin_convertvector(__builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7), D8v);

@@ -217,20 +217,16 @@ CNNKIT_HD auto dw_half(V v, std::integer_sequence<int, L...>) {
   return __builtin_shufflevector(v, v, (Off + L)...);
 }
 
-// Lanes [Off, Off + VL/2) of a float vector as doubles (exact). With AVX-512 one conversion of the
-// 256-bit half (GCC otherwise converts it in 128-bit quarters and inserts them).
+// Lanes [Off, Off + VL/2) of a float vector as doubles (exact): one conversion of the half
+// (common/avx2_double.h; GCC otherwise converts it in 128-bit quarters and inserts them).
 template <int Off, typename V>
 CNNKIT_HD vec_t<double> dw_half_pd(V v) {
   constexpr int H = Vec<float>::n / 2;
-#if defined(__AVX512F__) && defined(__AVX512DQ__)
-  const __m512 x = (__m512)v;
-  const __m256 h = Off == 0 ? _mm512_castps512_ps256(x) : _mm512_extractf32x8_ps(x, 1);
-  return (vec_t<double>)_mm512_cvtps_pd(h);
-#elif defined(__AVX2__) && !defined(__AVX512F__)
+#if defined(__AVX512F__)
+  return (vec_t<double>)(Off == 0 ? avx512d::lo8d((__m512)v) : avx512d::hi8d((__m512)v));
+#elif defined(__AVX2__)
   // (the same at AVX2: GCC converted pairs, xmm to xmm, and inserted them)
-  const __m256 x = (__m256)v;
-  const __m128 h = Off == 0 ? _mm256_castps256_ps128(x) : _mm256_extractf128_ps(x, 1);
-  return (vec_t<double>)_mm256_cvtps_pd(h);
+  return (vec_t<double>)(Off == 0 ? avx2d::lo4d((__m256)v) : avx2d::hi4d((__m256)v));
 #else
   return __builtin_convertvector(dw_half<Off>(v, std::make_integer_sequence<int, H>{}), vec_t<double>);
 #endif

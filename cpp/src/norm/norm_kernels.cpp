@@ -579,9 +579,9 @@ struct PoolVectors {
 #if defined(__AVX512F__)
 struct PoolOps : PoolVectors<16> {
   static F fma(F a, F x, F b) { return (F)_mm512_fmadd_ps((__m512)a, (__m512)x, (__m512)b); }
-  static D lo(F v) { return (D)_mm512_cvtps_pd(_mm512_castps512_ps256((__m512)v)); }
-  static D hi(F v) { return (D)_mm512_cvtps_pd(_mm512_extractf32x8_ps((__m512)v, 1)); }
-  static D cvt(const float* p) { return (D)_mm512_cvtps_pd(_mm256_loadu_ps(p)); }
+  static D lo(F v) { return (D)avx512d::lo8d((__m512)v); }
+  static D hi(F v) { return (D)avx512d::hi8d((__m512)v); }
+  static D cvt(const float* p) { return (D)avx512d::cvt8d(p); }
 };
 #else
 struct PoolOps : PoolVectors<8> {

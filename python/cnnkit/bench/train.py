@@ -924,8 +924,21 @@ def _phase_clock(acc):
 
 
 def instrument_cnnkit(model, tally: _Tally):
-    """Wrap every module's ``forward``/``backward`` (instance attributes) in ``tally``'s timers;
-    returns a function that removes the wrappers."""
+    """Time every module of a cnnkit model: its ``forward`` and ``backward`` wrapped (as instance
+    attributes) in ``tally``'s timers.
+
+    Parameters
+    ----------
+    model : cnnkit.nn.Module
+        The model; every named submodule (not the model itself) is wrapped.
+    tally : _Tally
+        The self-time accumulator the wrappers push and pop ``(name, "fwd" | "bwd")`` on.
+
+    Returns
+    -------
+    callable
+        ``remove()``: deletes the wrappers, so the modules' class methods apply again.
+    """
     wrapped = []
     for name, m in model.named_modules():
         if not name:
@@ -955,9 +968,24 @@ def instrument_cnnkit(model, tally: _Tally):
 
 def instrument_torch(model, tally: _Tally):
     """Time every module of a torch model with hooks: forward pre/post hooks, full backward
-    pre/post hooks. A module whose inputs need no gradient (the stem conv) gets its full backward
-    hook as soon as its output gradient arrives, so its backward ends when the gradient of its
-    last parameter is accumulated. Returns a function that removes the hooks."""
+    pre/post hooks.
+
+    A module whose inputs need no gradient (the stem conv) gets its full backward hook as soon as
+    its output gradient arrives, so its backward ends when the gradient of its last parameter is
+    accumulated (a post-accumulate-grad hook on each of its parameters).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The model; every named submodule (not the model itself) is hooked.
+    tally : _Tally
+        The self-time accumulator the hooks push and pop ``(name, "fwd" | "bwd")`` on.
+
+    Returns
+    -------
+    callable
+        ``remove()``: removes every hook.
+    """
     handles = []
     open_bwd = {}
 
