@@ -75,6 +75,41 @@ def test_sgemm_matches_the_reference_and_threads_agree(isa):
 
 
 @pytest.mark.parametrize("isa", ISA_LEVELS)
+def test_sgemm_tall_products_match_the_tiles(isa):
+    """512 rows or more, C written, A's rows in place and N <= 256 run the 1x1 convolutions'
+    path (B packed once, sgemm_rows in units of rows); the product matches the float64
+    reference, 1 and 2 threads agree bitwise, and so do the tiled loops that run pieces of
+    fewer than 512 rows (the same chains per element)."""
+    sh = SHAPE[isa]
+    vl = _vl(isa)
+
+    @settings(max_examples=16, deadline=None)
+    @given(m=st.sampled_from([512, 513, 700, 1024, 1031, 2100]),
+           n=st.one_of(_around(vl), _around(2 * vl), st.sampled_from([3 * vl, 3 * vl + 1, 4 * vl, 200, 256, 257])),
+           k=st.sampled_from([1, 7, 17, sh["kc"], sh["kc"] + 1, 2 * sh["kc"] + 3]),
+           ta=st.booleans(), acc=st.booleans(), seed=st.integers(0, 2**32 - 1))
+    def run(m, n, k, ta, acc, seed):
+        rng = np.random.default_rng(seed)
+        a = rng.standard_normal((k, m) if ta else (m, k)).astype(F32)
+        b = rng.standard_normal((k, n)).astype(F32)
+        c0 = rng.standard_normal((m, n)).astype(F32)
+        one = _sgemm(a, b, c0, isa, 1, trans_a=ta, accumulate=acc)
+        two = _sgemm(a, b, c0, isa, 2, trans_a=ta, accumulate=acc)
+        what = f"sgemm {m}x{n}x{k} ta={ta} acc={acc} ({isa})"
+        assert_bitwise(two, one, f"{what} at 2 threads vs 1")
+        A = (a.T if ta else a)
+        pieces = [_sgemm(np.ascontiguousarray(A[i:i + 500]), b, c0[i:i + 500], isa, 1, accumulate=acc)
+                  for i in range(0, m, 500)]
+        assert_bitwise(one, np.concatenate(pieces), f"{what} vs pieces of 500 rows")
+        A64, B64 = A.astype(np.float64), b.astype(np.float64)
+        ref = A64 @ B64 + (c0.astype(np.float64) if acc else 0.0)
+        terms = np.abs(A64) @ np.abs(B64) + (np.abs(c0.astype(np.float64)) if acc else 0.0)
+        assert_close_terms(one, ref, F32, terms, length=k + 1, what=what)
+
+    run()
+
+
+@pytest.mark.parametrize("isa", ISA_LEVELS)
 def test_sgemm_bits_do_not_depend_on_tiling_layout_or_kernel(isa, rng):
     """Row blocks, column blocks, a transposed A (packed instead of read in place), a narrow C
     (the MR2 x VL kernel instead of MR x NR), a C three vectors wide (AVX2: the 4 x 3-vector

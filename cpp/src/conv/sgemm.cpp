@@ -1743,9 +1743,51 @@ void sgemm_patches_t(int64_t M, int64_t N, int64_t K, const Patches& a, int64_t 
     patches_t_blocked<MR, NV>(M, N, K, a, r0, B, C, ldc, accumulate);
 }
 
+// Whether sgemm_parallel() runs a product as the 1x1 convolutions run theirs (sgemm_rows(): B
+// packed once, A's rows read in place) rather than in sgemm()'s tiles, each of which packs its
+// panels of B again and runs the general blocked loops: a tall A (512 rows or more) with row-major
+// rows, C written (not added to), N <= 256. The chains per element are the same, so are the bits.
+// Not for 16 < N <= 24 at AVX-512 (both paths run the pair kernels there) nor for the three-vector
+// blocks of AVX2 (N = 24, 40-48; their tiles were tuned for the 4 x 3 block). 1 thread, variants
+// alternating in one process, Intel AVX-512: 100352x64x256 1.34-1.40x, 1024x64x256 1.07-1.21x,
+// 16384x128x64 1.15-1.25x, 16384x256x128 1.08x, 4096x33x100 1.40x, 4096x8x128 1.31x, 4096x200x300
+// 0.99-1.04x, 512x64x256 1.05x; 2 threads 100352x64x256 1.32-1.35x, 1024x64x256 1.15x, 2048x48x96
+// 1.33x. At AVX2 on the same machine: 100352x64x256 1.07-1.08x, 16384x128x64 1.04x, 4096x200x300
+// 1.11x, 4096x8x128 1.16x, 1024x64x256 0.98-1.01x, 4096x16x64 0.98x.
+namespace {
+bool tall_rows(int64_t M, int64_t N, int64_t K, Operand A, bool accumulate) {
+  if (accumulate || A.cs != 1 || K <= 0 || M < 512 || N > 256) return false;
+#if defined(__AVX512F__)
+  return !pairs_n(N);
+#elif defined(__AVX2__)
+  return !three_wide(N);
+#else
+  return true;
+#endif
+}
+}  // namespace
+
 void sgemm_parallel(int64_t M, int64_t N, int64_t K, Operand A, Operand B, float* C, int64_t ldc,
                     bool accumulate) {
   if (M <= 0 || N <= 0) return;
+  if (tall_rows(M, N, K, A, accumulate)) {
+    // B's panels packed once for all rows (as the 1x1 convolutions pack their weights), the rows
+    // of A read in place by sgemm_rows() in units of up to 1024 rows (4 or more a thread), each in
+    // blocks whose rows of A and C take about 192 KiB (forward_1x1_nhwc's blocks).
+    float* bp = scratch<float>(kWeightSlot, sgemm_rows_b_size(K, N));
+    sgemm_rows_pack_b(K, N, B, bp);
+    const int64_t nt = num_threads();
+    const int64_t unit = std::min<int64_t>(1024, round_up((M + 4 * nt - 1) / (4 * nt), 48));
+    const int64_t units = (M + unit - 1) / unit, sub = std::max<int64_t>(48, 49152 / (K + N) / 48 * 48);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads())
+    for (int64_t u = 0; u < units; ++u) {
+      const int64_t r1 = std::min(M, (u + 1) * unit);
+      for (int64_t r = u * unit; r < r1; r += sub)
+        sgemm_rows(std::min(sub, r1 - r), N, K, A.p + r * A.rs, A.rs, bp, C + r * ldc, ldc, nullptr, nullptr,
+                   nullptr);
+    }
+    return;
+  }
   // Tiles from the shape alone (the bits do not depend on them anyway, see the header): rows in
   // pieces of up to MC, columns in pieces of a multiple of NR (at least two register blocks, at
   // most NC) so that there are about 8 tiles: MC x NC tiles left M, N <= 256 (256 x 2304 x 256)
