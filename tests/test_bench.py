@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -163,6 +164,21 @@ def test_cli_bench_conv_quick_smoke(extra, capsys, tmp_path):
     else:
         assert all(t["met"] is None for t in doc["targets"])
         assert "torch not used" in text
+
+
+def test_cli_bench_gemm_quick_judges_the_share_of_the_same_rounds_peak(capsys):
+    # The GEMM benchmark at one thread: each 1x1 shape's rate as a share of the peak probed in the
+    # same round, with its spread, judged against 85%; the square shape is shown, not judged.
+    from cnnkit.bench import gemm
+    assert cli.main(["bench", "gemm", "--quick", "--threads", "1", "--repeats", "3", "--warmup", "1",
+                     "--no-torch"]) == 0
+    text = capsys.readouterr().out
+    shares = re.findall(r"^(.+?)\s+\d+x\d+x\d+\s+1\s+[\d.]+\s+(\d+)% ±(\d+)%", text, re.M)
+    assert [n.strip() for n, _, _ in shares] == [n for n, *_ in gemm.SHAPES[:4]]
+    assert all(int(p) > 0 for _, p, _ in shares)
+    verdicts = re.findall(r"^% peak (.+?) \d+% ±\d+% >= 85%: (met|MISSED|noisy, not judged)$", text, re.M)
+    assert [n for n, _ in verdicts] == [n for n, *_ in gemm.SHAPES[:4]]
+    assert re.search(r"^Targets met: \d+ of \d+ judged", text, re.M)
 
 
 def test_cli_bench_train_quick_smoke(capsys, tmp_path):
