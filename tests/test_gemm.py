@@ -110,6 +110,38 @@ def test_sgemm_tall_products_match_the_tiles(isa):
 
 
 @pytest.mark.parametrize("isa", ISA_LEVELS)
+def test_sgemm_wide_products_give_the_bits_of_narrow_pieces(isa):
+    """A wide C (256+ columns; AVX-512 runs the 6 x 4-vector block where 64-wide panels pad no more
+    than 32-wide ones and M suits 6 rows) gives the bits of its column pieces under 256 wide (the
+    8 x 2 block), at 1 and 2 threads (2 threads cut it into other tiles), and the float64
+    reference's values."""
+    sh = SHAPE[isa]
+
+    @settings(max_examples=12, deadline=None)
+    @given(m=st.sampled_from([6, 96, 97, 130, 256, 300, 1024]), n=st.sampled_from([256, 320, 333, 512, 1024]),
+           k=st.sampled_from([1, 17, sh["kc"] + 1, 2 * sh["kc"] + 3]), acc=st.booleans(),
+           seed=st.integers(0, 2**32 - 1))
+    def run(m, n, k, acc, seed):
+        rng = np.random.default_rng(seed)
+        a = rng.standard_normal((m, k)).astype(F32)
+        b = rng.standard_normal((k, n)).astype(F32)
+        c0 = rng.standard_normal((m, n)).astype(F32)
+        one = _sgemm(a, b, c0, isa, 1, accumulate=acc)
+        what = f"sgemm {m}x{n}x{k} acc={acc} ({isa})"
+        assert_bitwise(_sgemm(a, b, c0, isa, 2, accumulate=acc), one, f"{what} at 2 threads vs 1")
+        for j in range(0, n, 200):
+            piece = _sgemm(a, np.ascontiguousarray(b[:, j:j + 200]), np.ascontiguousarray(c0[:, j:j + 200]), isa, 1,
+                           accumulate=acc)
+            assert_bitwise(one[:, j:j + 200], piece, f"{what}: columns {j}:{j + 200}")
+        A64, B64 = a.astype(np.float64), b.astype(np.float64)
+        ref = A64 @ B64 + (c0.astype(np.float64) if acc else 0.0)
+        terms = np.abs(A64) @ np.abs(B64) + (np.abs(c0.astype(np.float64)) if acc else 0.0)
+        assert_close_terms(one, ref, F32, terms, length=k + 1, what=what)
+
+    run()
+
+
+@pytest.mark.parametrize("isa", ISA_LEVELS)
 def test_sgemm_bits_do_not_depend_on_tiling_layout_or_kernel(isa, rng):
     """Row blocks, column blocks, a transposed A (packed instead of read in place), a narrow C
     (the MR2 x VL kernel instead of MR x NR), a C three vectors wide (AVX2: the 4 x 3-vector
