@@ -84,3 +84,79 @@ def test_negative_sizes_are_refused_before_anything_is_mapped():
     for shape in [(-1,), (-1024, -1024), (4, -2)]:
         with pytest.raises(ValueError, match="shape"):
             empty_aligned(shape, np.float32)
+
+
+# ---- the pool of released outputs (empty_pooled) ----------------------------------------------
+
+@pytest.fixture
+def empty_pool():
+    _memory.release_pool()
+    yield
+    _memory.release_pool()
+
+
+def test_a_released_output_block_is_taken_again_and_views_keep_it(empty_pool):
+    a = _memory.empty_pooled((1024, 1024), np.float32)
+    assert a.shape == (1024, 1024) and a.dtype == np.float32 and a.flags.c_contiguous and a.flags.writeable
+    assert a.ctypes.data % (2 << 20) == 0
+    where = a.ctypes.data
+    view = a[100:]
+    del a
+    gc.collect()
+    assert _memory.pooled_bytes() == 0  # the view still uses the block
+    b = _memory.empty_pooled((1024, 1024), np.float32)
+    assert b.ctypes.data != where and not np.shares_memory(b, view)
+    del view
+    gc.collect()
+    assert _memory.pooled_bytes() == 4 << 20
+    c = _memory.empty_pooled((4 << 20) // 8, np.float64)  # the same whole pages, another dtype
+    assert c.ctypes.data == where and c.dtype == np.float64 and _memory.pooled_bytes() == 0
+    c[...] = 1.5
+    assert (c == 1.5).all() and not np.shares_memory(b, c)
+
+
+def test_live_outputs_never_share_a_block_and_sizes_do_not_mix(empty_pool):
+    outs = [_memory.empty_pooled((3 << 20) // 4, np.float32) for _ in range(3)]  # 3 MiB -> 4 MiB blocks
+    for i, u in enumerate(outs):
+        u[...] = i
+    assert len({u.ctypes.data for u in outs}) == 3
+    assert all((v == i).all() for i, v in enumerate(outs))
+    del outs, u
+    gc.collect()
+    assert _memory.pooled_bytes() == 3 * (4 << 20)
+    other = _memory.empty_pooled((6 << 20) // 4, np.float32)  # 6 MiB: no released block of that size
+    assert _memory.pooled_bytes() == 3 * (4 << 20) and other.size == (6 << 20) // 4
+    assert _memory.release_pool() == 3 * (4 << 20) and _memory.pooled_bytes() == 0
+
+
+def test_the_pool_keeps_at_most_its_cap(empty_pool, monkeypatch):
+    monkeypatch.setattr(_memory, "POOL_MAX_BYTES", 5 << 20)
+    outs = [_memory.empty_pooled((1 << 20,), np.float32) for _ in range(3)]  # three 4 MiB blocks
+    del outs
+    gc.collect()
+    assert _memory.pooled_bytes() == 4 << 20  # one kept, the others unmapped
+
+
+def test_small_outputs_come_from_numpy_and_bad_shapes_are_refused(empty_pool):
+    a = _memory.empty_pooled((HUGE_MIN_BYTES // 4 - 1,), np.float32)
+    assert a.flags.owndata or a.base is not None
+    del a
+    assert _memory.pooled_bytes() == 0
+    with pytest.raises(ValueError, match="shape: expected sizes >= 0"):
+        _memory.empty_pooled((4, -1), np.float32)
+
+
+def test_conv_outputs_come_from_the_pool_with_unchanged_values(empty_pool, rng):
+    import cnnkit
+    x = rng.standard_normal((4, 32, 32, 64)).astype(np.float32)
+    w = rng.standard_normal((64, 64, 1, 1)).astype(np.float32)
+    want = cnnkit.conv2d(x, w, layout="NHWC", out=np.empty((4, 32, 32, 64), np.float32))
+    y = cnnkit.conv2d(x, w, layout="NHWC")
+    assert isinstance(y.base, _memory._Block) and np.array_equal(y, want)
+    where = y.ctypes.data
+    del y
+    gc.collect()
+    y2 = cnnkit.conv2d(x, w, layout="NHWC")
+    assert y2.ctypes.data == where and np.array_equal(y2, want)
+    gx, gw, _ = cnnkit.conv2d_backward(y2, x, w, layout="NHWC", needs=("input", "weight"))
+    assert isinstance(gx.base, _memory._Block) and not np.shares_memory(gx, y2)

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .. import _core
-from .._memory import empty_aligned
+from .._memory import empty_aligned, empty_pooled
 from .._validate import (accepts_dlpack, check_choice, check_float_array, check_int, check_layout, check_out,
                          check_pair, check_shape, check_subset, renamed_kwargs)
 
@@ -403,7 +403,7 @@ def conv2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None, st
     g = _geom(x.shape, weight.shape, stride, padding, dilation, groups, layout, x.dtype)
     b = _bias(bias, g.K, x.dtype)
     if out is None:
-        out = np.empty(g.y_shape(), x.dtype)
+        out = empty_pooled(g.y_shape(), x.dtype)
     else:
         _check_out(out, "out", g.y_shape(), x.dtype, (x, weight, bias))
     _core.conv_forward(_contig(x), _contig(weight), b, out, g.core())
@@ -488,7 +488,7 @@ def conv2d_backward(grad_output: np.ndarray, x: np.ndarray, weight: np.ndarray,
                 raise ValueError(f"{name}: given, but {key!r} is not in needs")
             res.append(None)
         elif o is None:
-            res.append(np.empty(shape, x.dtype))
+            res.append(empty_pooled(shape, x.dtype))
         else:
             res.append(_check_out(o, name, shape, x.dtype, (grad_output, x, weight)))
     gi, gw, gb = res
@@ -611,7 +611,7 @@ def depthwise_separable_conv2d(x: np.ndarray, dw_weight: np.ndarray, pw_weight: 
     g = _Geom(x.shape, dw_weight.shape, stride, padding, dilation, C, layout, x.dtype, w_name="dw_weight")
     y_shape = _Geom(g.y_shape(), pw_weight.shape, 1, 0, 1, 1, layout, x.dtype, w_name="pw_weight").y_shape()
     if out is None:
-        y = np.empty(y_shape, x.dtype)
+        y = empty_pooled(y_shape, x.dtype)
     else:
         y = _check_out(out, "out", y_shape, x.dtype, (x, dw_weight, pw_weight))
     x = _contig(x)
