@@ -160,3 +160,17 @@ def test_conv_outputs_come_from_the_pool_with_unchanged_values(empty_pool, rng):
     assert y2.ctypes.data == where and np.array_equal(y2, want)
     gx, gw, _ = cnnkit.conv2d_backward(y2, x, w, layout="NHWC", needs=("input", "weight"))
     assert isinstance(gx.base, _memory._Block) and not np.shares_memory(gx, y2)
+
+
+def test_norm_outputs_come_from_the_pool_unless_the_input_is_strided(empty_pool, rng):
+    import cnnkit
+    x = rng.standard_normal((8, 64, 32, 32)).astype(np.float32)  # 2 MiB
+    y, mean, invstd = cnnkit.batch_norm_train(x)
+    assert isinstance(y.base, _memory._Block)
+    want = cnnkit.batch_norm_train(x, out=np.empty_like(x))[0]
+    assert np.array_equal(y, want)
+    gx, _, _ = cnnkit.batch_norm_backward(y, x, None, mean, invstd, needs=("input",))
+    assert isinstance(gx.base, _memory._Block) and not np.shares_memory(gx, y)
+    strided = np.asfortranarray(x)
+    assert not isinstance(_memory.empty_like_pooled(strided).base, _memory._Block)
+    assert _memory.empty_like_pooled(strided).flags.f_contiguous

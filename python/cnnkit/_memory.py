@@ -12,8 +12,9 @@ gets its own private anonymous mapping, starting on a 2 MiB boundary and advised
 alternating with the old buffers in one process (BENCHMARKS.md, twenty-first session). The
 kernels' own large scratch (``cpp/src/conv/scratch.h``) takes the same advice.
 
-The new outputs the functional API returns (:func:`empty_pooled`: ``cnnkit.conv2d`` and
-``conv2d_backward`` without ``out=``) come from a pool of such mappings. An array's block goes back
+The new outputs the functional API returns (:func:`empty_pooled`: the convolutions, the fused
+convolution and the norm functions without ``out=``, and their large temporaries) come from a
+pool of such mappings. An array's block goes back
 to the pool when the last array over it is released, and the next output of the same size (in
 whole 2 MiB pages) takes it instead of a fresh mapping, whose pages the kernel would fault in and
 zero again on first touch (at most :data:`POOL_MAX_BYTES` are kept; a caching allocator, as
@@ -31,7 +32,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["HUGE_MIN_BYTES", "POOL_MAX_BYTES", "empty_aligned", "empty_pooled", "pooled_bytes", "release_pool"]
+__all__ = ["HUGE_MIN_BYTES", "POOL_MAX_BYTES", "empty_aligned", "empty_like_pooled", "empty_pooled", "pooled_bytes",
+           "release_pool"]
 
 #: arrays of at least this many bytes go on 2 MiB-aligned mappings advised for huge pages (Linux);
 #: smaller ones would waste most of a 2 MiB page
@@ -176,6 +178,12 @@ def empty_pooled(shape: Any, dtype: Any = np.float32) -> np.ndarray:
         if raw is None:
             raw = empty_aligned((size,), np.uint8)
     return np.asarray(_Block(raw, shape, dt))
+
+
+def empty_like_pooled(x: np.ndarray) -> np.ndarray:
+    """:func:`empty_pooled` of ``x``'s shape and dtype for a C-contiguous ``x``; otherwise
+    ``np.empty_like(x)`` (its memory layout)."""
+    return empty_pooled(x.shape, x.dtype) if x.flags.c_contiguous else np.empty_like(x)
 
 
 def pooled_bytes() -> int:

@@ -549,7 +549,7 @@ def _image_chunks(N: int, bytes_per_image: int) -> list[tuple[int, int]]:
 def _work(workspace, key, shape, dtype):
     """A scratch array from the caller's ``workspace`` dict (reused while the shape holds), or a new one."""
     if workspace is None:
-        return np.empty(shape, dtype)
+        return empty_pooled(shape, dtype)
     if not isinstance(workspace, dict):
         raise TypeError(f"workspace: expected a dict (reused across calls) or None, got {type(workspace).__name__}")
     a = workspace.get(key)

@@ -39,6 +39,7 @@ from typing import Any, NamedTuple, Sequence
 import numpy as np
 
 from .. import _core
+from .._memory import empty_pooled
 from .._validate import accepts_dlpack, check_bool, check_float_array, check_out, check_subset
 from .conv import _contig, _float_array, _geom, _Geom, _same_dtype, _work, conv2d, conv2d_backward
 
@@ -243,7 +244,7 @@ def conv2d_fused(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = No
     if stats and count < 1:
         raise ValueError(f"x: expected at least one output position per channel for stats, got shape {x.shape}")
     if out is None:
-        y = np.empty(g.y_shape(), dt)
+        y = empty_pooled(g.y_shape(), dt)
     else:
         y = check_out("out", out, g.y_shape(), dt, (x, weight, bias, pre_scale, pre_shift, residual))
     if workspace is not None and not isinstance(workspace, dict):
@@ -434,7 +435,7 @@ def conv2d_fused_backward(grad_output: np.ndarray, x: np.ndarray, weight: np.nda
         if "input" in want:
             gx = bufs.get("input")
             if gx is None:
-                gx = np.empty(x.shape, dt)
+                gx = empty_pooled(x.shape, dt)
             A = np.ones(C) if sc is None else sc.astype(np.float64)
             _core.norm_backward_apply(ga, x, mask, gx, None, N, C, S, g.nhwc, False, zeros, A, zeros, zeros,
                                       mask_affine)

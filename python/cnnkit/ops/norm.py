@@ -18,6 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from .. import _core
+from .._memory import empty_like_pooled
 from .._validate import (accepts_dlpack, check_array, check_bool, check_choice, check_float_array, check_int,
                          check_layout, check_real, check_subset, renamed_kwargs)
 
@@ -252,7 +253,7 @@ def batch_norm_train(x: np.ndarray, weight: np.ndarray | None = None, bias: np.n
     if count <= 1:
         raise ValueError(f"x: expected more than 1 value per channel when training, got input "
                          f"shape {x.shape}" + (f" in chunks of {v}" if chunks > 1 else ""))
-    y = np.empty_like(x) if out is None else out
+    y = empty_like_pooled(x) if out is None else out
     unbias = count / (count - 1)
     if virtual_batch_size is None:
         mean, invstd = _bn_train_core(x, y, residual, N, C, S, nhwc, weight, bias, running_mean,
@@ -319,7 +320,7 @@ def batch_norm_infer(x: np.ndarray, weight: np.ndarray | None = None, bias: np.n
     relu = _activation(activation)
     residual = _like_x("residual", residual, x)
     out = _like_x("out", out, x, out=True)
-    y = np.empty_like(x) if out is None else out
+    y = empty_like_pooled(x) if out is None else out
     _bn_infer_core(x, y, residual, N, C, S, nhwc, weight, bias, running_mean, running_var, eps, relu)
     return y
 
@@ -410,7 +411,7 @@ def batch_norm_backward(grad_output: np.ndarray, x: np.ndarray, weight: np.ndarr
         if y is not None:
             mask = y
         else:  # recompute the pre-activation: its sign is the mask
-            mask = np.empty_like(x)
+            mask = empty_like_pooled(x)
             for k in range(chunks):
                 sl = slice(k * v, (k + 1) * v)
                 _core.norm_apply(x[sl], mask[sl], None if residual is None else residual[sl], v,
@@ -418,8 +419,8 @@ def batch_norm_backward(grad_output: np.ndarray, x: np.ndarray, weight: np.ndarr
                                  False)
     w = np.ones(C) if weight is None else weight.astype(np.float64)
     count = v * S
-    grad_x = (np.empty_like(x) if out is None else out) if "input" in needs else None
-    grad_res = (np.empty_like(x) if out_residual is None else out_residual) if "residual" in needs else None
+    grad_x = (empty_like_pooled(x) if out is None else out) if "input" in needs else None
+    grad_res = (empty_like_pooled(x) if out_residual is None else out_residual) if "residual" in needs else None
     sum_g = np.zeros(C)
     sum_gxhat = np.zeros(C)
     for k in range(chunks):
@@ -516,7 +517,7 @@ def group_norm(x: np.ndarray, num_groups: int, weight: np.ndarray | None = None,
     if x.size == 0:
         raise ValueError(f"x: expected a non-empty array, got shape {x.shape}")
     mean, invstd = _group_stats(x, N, C, S, nhwc, G, eps)
-    y = np.empty_like(x) if out is None else out
+    y = empty_like_pooled(x) if out is None else out
     _core.norm_apply(x, y, None, N, C, S, nhwc, True, _expand(mean, C, G), _expand(invstd, C, G),
                      weight, bias, relu)
     return (y, mean, invstd) if return_stats else y
@@ -588,7 +589,7 @@ def group_norm_backward(grad_output: np.ndarray, x: np.ndarray, num_groups: int,
         if y is not None:
             mask = y
         else:
-            mask = np.empty_like(x)
+            mask = empty_like_pooled(x)
             _core.norm_apply(x, mask, None, N, C, S, nhwc, True, m_nc, i_nc, weight, bias, False)
     sg, sgx = _core.norm_backward_reduce(grad_output, x, mask, N, C, S, nhwc, True, m_nc)
     sg, sgx = sg.reshape(N, C), sgx.reshape(N, C)
@@ -601,7 +602,7 @@ def group_norm_backward(grad_output: np.ndarray, x: np.ndarray, num_groups: int,
         A = (i_nc.reshape(N, C) * w).ravel()
         B = _expand(invstd * s_gw / M, C, G)
         D = _expand(invstd ** 3 * s_gwx / M, C, G)
-        grad_x = np.empty_like(x) if out is None else out
+        grad_x = empty_like_pooled(x) if out is None else out
         _core.norm_backward_apply(grad_output, x, mask, grad_x, None, N, C, S, nhwc, True, m_nc, A,
                                   B, D)
     affine = weight is not None
