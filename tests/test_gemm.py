@@ -514,9 +514,12 @@ def test_conv_patch_paths_every_pass(isa):
     check(16, 2 * sh["nr"] + 3, 3, 28, 28, 3, 3, 1, 1, 1, "NHWC", 1)
     check(17, _vl(isa) + 1, 2, 30, 26, 3, 3, 1, 1, 1, "NCHW", 2)
     check(33, 2 * sh["nr"] - 1, 1, 17, 19, 3, 2, 1, (1), 2, "NCHW", 3)
-    # four vectors of output channels (AVX-512: the forward's 6 x 4-vector block, NHWC only)
+    # four vectors of output channels (AVX-512: the forward's 6 x 4-vector block, NHWC only; the
+    # weight gradient's from 32 input channels, its blocks of 6 rows straddling taps packed)
     check(64, 4 * _vl(isa), 2, 9, 14, 3, 3, 1, 1, 1, "NHWC", 4)
     check(64, 4 * _vl(isa), 1, 16, 17, 3, 3, 1, 1, 1, "NCHW", 5)
+    check(33, 4 * _vl(isa), 2, 12, 11, 3, 3, 2, 1, 1, "NHWC", 6)
+    check(40, 4 * _vl(isa), 1, 20, 19, 3, 2, 1, 2, 2, "NHWC", 7)
 
     @settings(max_examples=12, deadline=None)
     @given(c=st.sampled_from((16, 17, 33)), k=st.one_of(_around(sh["nr"]), _around(_vl(isa))),
