@@ -520,6 +520,7 @@ def test_conv_patch_paths_every_pass(isa):
     check(64, 4 * _vl(isa), 1, 16, 17, 3, 3, 1, 1, 1, "NCHW", 5)
     check(33, 4 * _vl(isa), 2, 12, 11, 3, 3, 2, 1, 1, "NHWC", 6)
     check(40, 4 * _vl(isa), 1, 20, 19, 3, 2, 1, 2, 2, "NHWC", 7)
+    check(48, 8 * _vl(isa), 1, 11, 12, 3, 3, 1, 1, 1, "NHWC", 8)
 
     @settings(max_examples=12, deadline=None)
     @given(c=st.sampled_from((16, 17, 33)), k=st.one_of(_around(sh["nr"]), _around(_vl(isa))),
