@@ -15,8 +15,11 @@ padding kernel // 2, no bias, dilation 1, in both of cnnkit's layouts (NCHW, NHW
 * fwd+bwd: their sum in the same round, the cost of one training step of the layer.
 
 Every cnnkit call is timed twice: with its outputs reused through ``out=`` ("reuse": one y buffer,
-one grad_x and one grad_weight buffer per layout, as a training loop keeps them) and with fresh
-outputs per call ("fresh", which pays the page faults of a new allocation).
+one grad_x and one grad_weight buffer per layout, as a training loop keeps them) and with new
+outputs per call ("fresh": cnnkit's come from its pool of released outputs,
+``cnnkit._memory.empty_pooled``, so after the first round they take the blocks the previous
+round's arrays released instead of faulting new pages in, as torch's caching allocator does for
+CUDA memory; torch's CPU tensors come from its default allocator).
 
 Peers, in the same process on the same values:
 
