@@ -44,6 +44,14 @@ def _sgemm(a, b, c, isa, threads, **kw):
     return out
 
 
+def _assert_sgemm_reference(out, A, B, c0, acc, what):
+    """out against the float64 product A @ B (+ c0 with acc), bounded by the terms' magnitudes."""
+    A64, B64 = A.astype(np.float64), B.astype(np.float64)
+    ref = A64 @ B64 + (c0.astype(np.float64) if acc else 0.0)
+    terms = np.abs(A64) @ np.abs(B64) + (np.abs(c0.astype(np.float64)) if acc else 0.0)
+    assert_close_terms(out, ref, F32, terms, length=A.shape[1] + 1, what=what)
+
+
 @pytest.mark.parametrize("isa", ISA_LEVELS)
 def test_sgemm_matches_the_reference_and_threads_agree(isa):
     sh = SHAPE[isa]
@@ -64,12 +72,8 @@ def test_sgemm_matches_the_reference_and_threads_agree(isa):
         one = _sgemm(a, b, c0, isa, 1, trans_a=ta, trans_b=tb, accumulate=acc)
         two = _sgemm(a, b, c0, isa, 2, trans_a=ta, trans_b=tb, accumulate=acc)
         assert_bitwise(two, one, f"sgemm {m}x{n}x{k} at 2 threads vs 1 ({isa})")
-        A = (a.T if ta else a).astype(np.float64)
-        B = (b.T if tb else b).astype(np.float64)
-        ref = A @ B + (c0.astype(np.float64) if acc else 0.0)
-        terms = np.abs(A) @ np.abs(B) + (np.abs(c0.astype(np.float64)) if acc else 0.0)
-        assert_close_terms(one, ref, F32, terms, length=k + 1,
-                           what=f"sgemm {m}x{n}x{k} ta={ta} tb={tb} acc={acc} ({isa})")
+        _assert_sgemm_reference(one, a.T if ta else a, b.T if tb else b, c0, acc,
+                                f"sgemm {m}x{n}x{k} ta={ta} tb={tb} acc={acc} ({isa})")
 
     run()
 
@@ -101,10 +105,7 @@ def test_sgemm_tall_products_match_the_tiles(isa):
         pieces = [_sgemm(np.ascontiguousarray(A[i:i + 500]), b, c0[i:i + 500], isa, 1, accumulate=acc)
                   for i in range(0, m, 500)]
         assert_bitwise(one, np.concatenate(pieces), f"{what} vs pieces of 500 rows")
-        A64, B64 = A.astype(np.float64), b.astype(np.float64)
-        ref = A64 @ B64 + (c0.astype(np.float64) if acc else 0.0)
-        terms = np.abs(A64) @ np.abs(B64) + (np.abs(c0.astype(np.float64)) if acc else 0.0)
-        assert_close_terms(one, ref, F32, terms, length=k + 1, what=what)
+        _assert_sgemm_reference(one, A, b, c0, acc, what)
 
     run()
 
@@ -133,10 +134,7 @@ def test_sgemm_wide_products_give_the_bits_of_narrow_pieces(isa):
             piece = _sgemm(a, np.ascontiguousarray(b[:, j:j + 200]), np.ascontiguousarray(c0[:, j:j + 200]), isa, 1,
                            accumulate=acc)
             assert_bitwise(one[:, j:j + 200], piece, f"{what}: columns {j}:{j + 200}")
-        A64, B64 = a.astype(np.float64), b.astype(np.float64)
-        ref = A64 @ B64 + (c0.astype(np.float64) if acc else 0.0)
-        terms = np.abs(A64) @ np.abs(B64) + (np.abs(c0.astype(np.float64)) if acc else 0.0)
-        assert_close_terms(one, ref, F32, terms, length=k + 1, what=what)
+        _assert_sgemm_reference(one, a, b, c0, acc, what)
 
     run()
 
