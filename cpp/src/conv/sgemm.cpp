@@ -1760,13 +1760,13 @@ void sgemm_patches_t(int64_t M, int64_t N, int64_t K, const Patches& a, int64_t 
 #if defined(__AVX512F__)
   // Output channels in whole 64s (N a multiple of 4 vectors) from 32+ input channels a group: the
   // 6 x 4-vector block (24 accumulators, 10 loads per 24 FMAs) on 64-wide panels instead of 8 x 2
-  // (16; 10 per 16) on 32-wide ones, as sgemm_patches() does at N = 64. Its blocks of 6 rows do not divide a tap's channels, so
-  // the one block in about 11 (at 64 channels) that straddles two taps is packed first. The
-  // same chains: the same bits. Intel AVX-512, 2 threads, weight gradients alternating in one
-  // process: 3x3 64->64 at 56x56 (N = 32) 1.07-1.08x, at 28x28 1.07x, 32->64 at 56x56 1.08x,
-  // 128->64 (N = 8) 1.07x, 5x5 64->64 at 28x28 1.05x, 128->128 at 28x28 1.11-1.13x, 64->128
-  // 1.05x, 256->256 at 14x14 1.00x; not at 16 input channels (16->64: 0.98x, a straddling block in
-  // every three).
+  // (16; 10 per 16) on 32-wide ones, as sgemm_patches() does at N = 64. Blocks of 6 rows do not
+  // divide a tap's channels, so the one block in about 11 (at 64 channels) that straddles two
+  // taps is packed first. The same chains: the same bits. Intel AVX-512, 2 threads, weight
+  // gradients alternating in one process: 3x3 64->64 at 56x56 (N = 32) 1.07-1.08x, at 28x28
+  // 1.07x, 32->64 at 56x56 1.08x, 128->64 (N = 8) 1.07x, 5x5 64->64 at 28x28 1.05x, 128->128 at
+  // 28x28 1.11-1.13x, 64->128 1.05x, 256->256 at 14x14 1.00x; not at 16 input channels (16->64:
+  // 0.98x, a straddling block in every three).
   else if (N % (4 * VL) == 0 && a.cg >= 32)
     patches_t_blocked<6, 4>(M, N, K, a, r0, B, C, ldc, accumulate);
 #endif

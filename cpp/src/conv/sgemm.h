@@ -39,7 +39,8 @@ SgemmShape sgemm_shape();
 void sgemm(int64_t M, int64_t N, int64_t K, Operand A, Operand B, float* C, int64_t ldc, bool accumulate,
            const Prologue* pa = nullptr, const Prologue* pb = nullptr);
 
-// The same over C cut into fixed tiles run on cnnkit's OpenMP threads (bits as sgemm()).
+// The same over C cut into fixed tiles run on cnnkit's OpenMP threads, or, for a tall A read in
+// place, over units of rows against B packed once (sgemm_rows()); bits as sgemm() either way.
 void sgemm_parallel(int64_t M, int64_t N, int64_t K, Operand A, Operand B, float* C, int64_t ldc, bool accumulate);
 
 // The A operand of a convolution's NHWC forward pass read in place (an implicit im2col, the
