@@ -12,10 +12,10 @@ round, with its spread (interquartile range over median): on a host whose speed 
 minutes, a peak probed once at the start made the same kernel read 90% or 150%. (Since the probe's
 12 MiB push the shape's operands out of the caches, every implementation is called twice untimed
 before its timed call, so the figures stay those of warm operands: the 24-row shape's B of 1.8
-MB ran its first call after the probe at 40-60% of its warm rate, its second at 60-90%.) The operands lie as the
-layers' buffers do (``cnnkit._memory.empty_aligned``: from 1 MiB on, on 2 MiB pages; a B of 1.8 MB
-read a row per step on 4 KiB pages cost the 24-row shape 10% in TLB misses). The 1x1 shapes
-(all but the square) are judged against the target of 85% of that peak. At more threads each
+MB ran its first call after the probe at 40-65% of its warm rate, its second at 50-90%.) The
+operands lie as the layers' buffers do (``cnnkit._memory.empty_aligned``: from 1 MiB on, on 2 MiB
+pages; a B of 1.8 MB read a row per step on 4 KiB pages cost the 24-row shape 10% in TLB misses).
+The 1x1 shapes (all but the square) are judged against the target of 85% of that peak. At more threads each
 implementation runs its own block of calls instead: cnnkit, OpenBLAS and torch keep three
 different thread pools whose idle threads spin for a while after a call, and interleaved calls
 then starve each other (all three fell below 2 GFLOP/s on the small shapes); there the limit is the
