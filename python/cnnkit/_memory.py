@@ -122,16 +122,20 @@ class _Block:
 
     def __del__(self) -> None:
         raw, size = self.raw, self.raw.nbytes
+        lock = _lock
         # (non-blocking: a collection inside empty_pooled's locked section may release a block
-        # on the same thread; that block is then unmapped instead of kept)
-        if not _lock.acquire(blocking=False):
+        # on the same thread; that block is then unmapped instead of kept. At interpreter exit
+        # the module's globals may be gone already: then nothing is kept.)
+        if lock is None or not lock.acquire(blocking=False):
             return
         try:
             if _held[0] + size <= POOL_MAX_BYTES:
                 _pool.setdefault(size, []).append(raw)
                 _held[0] += size
+        except (TypeError, AttributeError):  # (the module torn down at exit)
+            pass
         finally:
-            _lock.release()
+            lock.release()
 
 
 def empty_pooled(shape: Any, dtype: Any = np.float32) -> np.ndarray:
