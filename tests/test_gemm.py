@@ -91,21 +91,21 @@ def test_sgemm_tall_products_match_the_tiles(isa):
     @given(m=st.sampled_from([512, 513, 700, 1024, 1031, 2100]),
            n=st.one_of(_around(vl), _around(2 * vl), st.sampled_from([3 * vl, 3 * vl + 1, 4 * vl, 200, 256, 257])),
            k=st.sampled_from([1, 7, 17, sh["kc"], sh["kc"] + 1, 2 * sh["kc"] + 3]),
-           ta=st.booleans(), acc=st.booleans(), seed=st.integers(0, 2**32 - 1))
-    def run(m, n, k, ta, acc, seed):
+           ta=st.booleans(), tb=st.booleans(), acc=st.booleans(), seed=st.integers(0, 2**32 - 1))
+    def run(m, n, k, ta, tb, acc, seed):
         rng = np.random.default_rng(seed)
         a = rng.standard_normal((k, m) if ta else (m, k)).astype(F32)
-        b = rng.standard_normal((k, n)).astype(F32)
+        b = rng.standard_normal((n, k) if tb else (k, n)).astype(F32)
         c0 = rng.standard_normal((m, n)).astype(F32)
-        one = _sgemm(a, b, c0, isa, 1, trans_a=ta, accumulate=acc)
-        two = _sgemm(a, b, c0, isa, 2, trans_a=ta, accumulate=acc)
-        what = f"sgemm {m}x{n}x{k} ta={ta} acc={acc} ({isa})"
+        one = _sgemm(a, b, c0, isa, 1, trans_a=ta, trans_b=tb, accumulate=acc)
+        two = _sgemm(a, b, c0, isa, 2, trans_a=ta, trans_b=tb, accumulate=acc)
+        what = f"sgemm {m}x{n}x{k} ta={ta} tb={tb} acc={acc} ({isa})"
         assert_bitwise(two, one, f"{what} at 2 threads vs 1")
-        A = (a.T if ta else a)
-        pieces = [_sgemm(np.ascontiguousarray(A[i:i + 500]), b, c0[i:i + 500], isa, 1, accumulate=acc)
-                  for i in range(0, m, 500)]
+        A, B = (a.T if ta else a), (b.T if tb else b)
+        pieces = [_sgemm(np.ascontiguousarray(A[i:i + 500]), np.ascontiguousarray(B), c0[i:i + 500], isa, 1,
+                         accumulate=acc) for i in range(0, m, 500)]
         assert_bitwise(one, np.concatenate(pieces), f"{what} vs pieces of 500 rows")
-        _assert_sgemm_reference(one, A, b, c0, acc, what)
+        _assert_sgemm_reference(one, A, B, c0, acc, what)
 
     run()
 
