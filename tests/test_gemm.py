@@ -44,6 +44,19 @@ def _sgemm(a, b, c, isa, threads, **kw):
     return out
 
 
+def _drawn_product(m, n, k, ta, tb, acc, seed, isa):
+    """Random a, b (stored transposed where ta / tb) and c0, and the product at 1 and 2 threads,
+    which must agree bitwise; returns (op(a), op(b), c0, the 1-thread product)."""
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((k, m) if ta else (m, k)).astype(F32)
+    b = rng.standard_normal((n, k) if tb else (k, n)).astype(F32)
+    c0 = rng.standard_normal((m, n)).astype(F32)
+    one = _sgemm(a, b, c0, isa, 1, trans_a=ta, trans_b=tb, accumulate=acc)
+    two = _sgemm(a, b, c0, isa, 2, trans_a=ta, trans_b=tb, accumulate=acc)
+    assert_bitwise(two, one, f"sgemm {m}x{n}x{k} ta={ta} tb={tb} acc={acc} at 2 threads vs 1 ({isa})")
+    return (a.T if ta else a), (b.T if tb else b), c0, one
+
+
 def _assert_sgemm_reference(out, A, B, c0, acc, what):
     """out against the float64 product A @ B (+ c0 with acc), bounded by the terms' magnitudes."""
     A64, B64 = A.astype(np.float64), B.astype(np.float64)
@@ -65,15 +78,8 @@ def test_sgemm_matches_the_reference_and_threads_agree(isa):
            k=st.sampled_from([1, 2, 7, 16, 17, sh["kc"] - 1, sh["kc"], sh["kc"] + 1, 2 * sh["kc"] + 3]),
            ta=st.booleans(), tb=st.booleans(), acc=st.booleans(), seed=st.integers(0, 2**32 - 1))
     def run(m, n, k, ta, tb, acc, seed):
-        rng = np.random.default_rng(seed)
-        a = rng.standard_normal((k, m) if ta else (m, k)).astype(F32)
-        b = rng.standard_normal((n, k) if tb else (k, n)).astype(F32)
-        c0 = rng.standard_normal((m, n)).astype(F32)
-        one = _sgemm(a, b, c0, isa, 1, trans_a=ta, trans_b=tb, accumulate=acc)
-        two = _sgemm(a, b, c0, isa, 2, trans_a=ta, trans_b=tb, accumulate=acc)
-        assert_bitwise(two, one, f"sgemm {m}x{n}x{k} at 2 threads vs 1 ({isa})")
-        _assert_sgemm_reference(one, a.T if ta else a, b.T if tb else b, c0, acc,
-                                f"sgemm {m}x{n}x{k} ta={ta} tb={tb} acc={acc} ({isa})")
+        A, B, c0, one = _drawn_product(m, n, k, ta, tb, acc, seed, isa)
+        _assert_sgemm_reference(one, A, B, c0, acc, f"sgemm {m}x{n}x{k} ta={ta} tb={tb} acc={acc} ({isa})")
 
     run()
 
@@ -93,15 +99,8 @@ def test_sgemm_tall_products_match_the_tiles(isa):
            k=st.sampled_from([1, 7, 17, sh["kc"], sh["kc"] + 1, 2 * sh["kc"] + 3]),
            ta=st.booleans(), tb=st.booleans(), acc=st.booleans(), seed=st.integers(0, 2**32 - 1))
     def run(m, n, k, ta, tb, acc, seed):
-        rng = np.random.default_rng(seed)
-        a = rng.standard_normal((k, m) if ta else (m, k)).astype(F32)
-        b = rng.standard_normal((n, k) if tb else (k, n)).astype(F32)
-        c0 = rng.standard_normal((m, n)).astype(F32)
-        one = _sgemm(a, b, c0, isa, 1, trans_a=ta, trans_b=tb, accumulate=acc)
-        two = _sgemm(a, b, c0, isa, 2, trans_a=ta, trans_b=tb, accumulate=acc)
+        A, B, c0, one = _drawn_product(m, n, k, ta, tb, acc, seed, isa)
         what = f"sgemm {m}x{n}x{k} ta={ta} tb={tb} acc={acc} ({isa})"
-        assert_bitwise(two, one, f"{what} at 2 threads vs 1")
-        A, B = (a.T if ta else a), (b.T if tb else b)
         pieces = [_sgemm(np.ascontiguousarray(A[i:i + 500]), np.ascontiguousarray(B), c0[i:i + 500], isa, 1,
                          accumulate=acc) for i in range(0, m, 500)]
         assert_bitwise(one, np.concatenate(pieces), f"{what} vs pieces of 500 rows")
