@@ -144,6 +144,10 @@ def test_small_outputs_come_from_numpy_and_bad_shapes_are_refused(empty_pool):
     assert _memory.pooled_bytes() == 0
     with pytest.raises(ValueError, match="shape: expected sizes >= 0"):
         _memory.empty_pooled((4, -1), np.float32)
+    with pytest.raises(TypeError, match="shape: expected an int or a sequence of ints"):
+        _memory.empty_pooled((4, "x"), np.float32)
+    with pytest.raises(TypeError, match="dtype: expected a NumPy dtype"):
+        _memory.empty_pooled((4, 4), "no such type")
 
 
 def test_conv_outputs_come_from_the_pool_with_unchanged_values(empty_pool, rng):

@@ -163,8 +163,14 @@ def empty_pooled(shape: Any, dtype: Any = np.float32) -> np.ndarray:
     >>> b.ctypes.data == where, b.shape, b.flags.writeable
     (True, (512, 2048), True)
     """
-    dt = np.dtype(dtype)
-    shape = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(int(d) for d in shape)
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"dtype: expected a NumPy dtype, got {dtype!r}") from None
+    try:
+        shape = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(int(d) for d in shape)
+    except (TypeError, ValueError):
+        raise TypeError(f"shape: expected an int or a sequence of ints, got {shape!r}") from None
     if any(d < 0 for d in shape):
         raise ValueError(f"shape: expected sizes >= 0, got {shape}")
     nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize

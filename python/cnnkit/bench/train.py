@@ -939,25 +939,20 @@ def instrument_cnnkit(model, tally: _Tally):
     callable
         ``remove()``: deletes the wrappers, so the modules' class methods apply again.
     """
+    def timed(f, key):
+        def call(*a, **k):
+            tally.push(key)
+            try:
+                return f(*a, **k)
+            finally:
+                tally.pop()
+        return call
+
     wrapped = []
     for name, m in model.named_modules():
         if not name:
             continue
-
-        def fwd(*a, _f=m.forward, _n=name, **k):
-            tally.push((_n, "fwd"))
-            try:
-                return _f(*a, **k)
-            finally:
-                tally.pop()
-
-        def bwd(*a, _f=m.backward, _n=name, **k):
-            tally.push((_n, "bwd"))
-            try:
-                return _f(*a, **k)
-            finally:
-                tally.pop()
-        m.forward, m.backward = fwd, bwd
+        m.forward, m.backward = timed(m.forward, (name, "fwd")), timed(m.backward, (name, "bwd"))
         wrapped.append(m)
 
     def remove():
@@ -1039,8 +1034,21 @@ def profile_configs(torch, steps: dict, nsteps: int) -> dict:
     ``nsteps`` profiled steps run round-robin (one step of each configuration in turn, after one
     untimed step each), with timers on every module for this pass only.
 
-    Returns {config: {"steps", "step_ms", "phases_ms", "layers": {name: {"fwd", "bwd"}}}}: the
-    median over the profiled steps (ms per step) of each figure."""
+    Parameters
+    ----------
+    torch : module or None
+        The imported torch (for the torch configurations' hooks), or None without torch.
+    steps : dict
+        ``{config: step}``, the steps ``build_configs`` made (each with its ``model``).
+    nsteps : int
+        Profiled steps per configuration.
+
+    Returns
+    -------
+    dict
+        ``{config: {"steps", "step_ms", "phases_ms", "layers": {name: {"fwd", "bwd"}}}}``: the
+        median over the profiled steps (ms per step) of each figure.
+    """
     tallies, removers = {}, []
     for c, st in steps.items():
         tallies[c] = _Tally()
@@ -1640,7 +1648,27 @@ def fused_summary(prof: dict, peak_gflops: float, bw_gbs: float) -> dict:
 
 # ---- summaries and rendering ---------------------------------------------------------------------
 def summarize(model, res, flops, peak) -> dict:
-    """Per-configuration medians, the speedup over rounds and the target of one model."""
+    """Per-configuration medians, the speedup over rounds and the target of one model.
+
+    Parameters
+    ----------
+    model : str
+        The model's name (a key of ``MODELS``).
+    res : dict
+        The timed rounds: ``{"times_s": {config: [seconds per step, ...]}, "batch": int}``.
+    flops : float
+        FLOPs of one step.
+    peak : float or None
+        The sgemm peak in GFLOP/s (for "% of sgemm peak"), or None.
+
+    Returns
+    -------
+    dict
+        ``rows`` (per configuration: ms, images/s, GFLOP/s, share of the peak, min-max spread and,
+        with torch, the ratio to torch's faster configuration), ``best_cnnkit``, ``best_torch``,
+        ``speedup`` (median over rounds of the two best's ratio) with its spread,
+        ``speedup_of_medians``, ``target`` and ``met`` (None where not judged).
+    """
     times = res["times_s"]
     batch = res["batch"]
     rows = {}
