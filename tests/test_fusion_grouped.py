@@ -95,8 +95,14 @@ def _run(c):
         assert_bitwise(u, v, "weight gradient at 2 threads vs 1")
     ref = fused_backward_ref(gy, x, w, s, p, 1, G, sc, sh, c["pre_relu"], None, False)
     Lw = N * g.Ho * g.Wo
-    assert_close(got[0][0], ref[1], np.float32, length=Lw, what="grad_w")
-    assert_close(got[0][1], ref[2], np.float32, length=Lw, what="grad_b")
+    # Sums of Lw products gy * a: bounded by the terms' magnitudes (sum |gy| |a|, and sum |gy| for
+    # the bias) as y above. With the |ref| rule an element that cancelled to 0.00659 (scalar level,
+    # NHWC, g2 with 16 channels a group, 1x1 at padding 1, 12x10, N = 3, seed 1, drawn in a full
+    # run) was 3.1e-5 off against a bound of 2.5e-5: the same bits before and after the Winograd
+    # change of that session (d6dd69b), float32 rounding of terms summing to hundreds.
+    terms = fused_backward_ref(np.abs(gy), np.abs(a_ref), np.abs(w), s, p, 1, G, None, None, False, None, False)
+    assert_sum_close(got[0][0], ref[1], terms[1], Lw, what="grad_w")
+    assert_sum_close(got[0][1], ref[2], terms[2], Lw, what="grad_b")
 
 
 @st.composite

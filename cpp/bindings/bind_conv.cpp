@@ -74,6 +74,7 @@ void bind_conv(py::module_& m) {
   m.def(
       "conv_algorithm", [](const conv::Geom& g, int pass) { return std::string(conv::algorithm(g, pass)); },
       py::arg("geom"), py::arg("pass_"));
+  m.def("conv_winograd", &conv::winograd, py::arg("geom"), py::arg("pass_"));
   m.def(
       "conv_forward",
       [](const py::object& x, const py::object& w, const py::object& b, const py::object& y, const conv::Geom& g) {

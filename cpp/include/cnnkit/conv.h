@@ -248,6 +248,11 @@ void force(int i);
 int forced();
 // Name of the entry select() gives a float32 problem: pass 0 forward, 1 input grad, 2 weight grad.
 const char* algorithm(const Geom& g, int pass);
+// Whether that entry runs the pass of that float32 problem by Winograd F(2x2, 3x3): the packed
+// NHWC entry's forward pass and the input gradient at stride 1, its adjoint's forward, and the
+// weight gradient (the patches entry's, the packed entry's fused form), directly or between NCHW
+// transposes (the transposed entry).
+bool winograd(const Geom& g, int pass);
 
 // ---- per-ISA direct kernels --------------------------------------------------------------------
 // Depthwise (G == C, K = m*C): the kernels handle any kernel size, stride, dilation and padding

@@ -27,12 +27,16 @@
 //                          any channel count (nhwc_1x1_rows(): kernels that read x and dy in place);
 //                          and the weight pass of a 1x1 at a stride without padding (16+ channels
 //                          at AVX2, 32+ elsewhere: backward_weight_1x1_strided gathers the rows)
+//                          (inside its NHWC forward pass, and so the stride-1 input gradient, the
+//                          3x3 stride-1 problems with 32+ channels on both sides run by Winograd
+//                          F(2x2, 3x3): winograd.h, winograd_shape(), winograd() says which)
 //   gemm_f32_nhwc_patches  the weight pass of float32 dense NHWC problems with 16+ channels
 //                          that are not a 1x1 the packed entry takes and not small_planes(): the
 //                          own sgemm reading the patches of x through a pointer table (no im2col
-//                          matrix)
+//                          matrix); Winograd F(2x2, 3x3) where winograd_weight_shape()
 //   gemm_f32_nchw_transposed  the same on NCHW arrays with output planes under 256 pixels
-//                          (kh*kw > 1, or 1x1 where small_planes()): the NHWC packed entry
+//                          (kh*kw > 1, or 1x1 where small_planes()), and at any plane size where
+//                          the NHWC pass runs by Winograd (winograd_nchw()): the NHWC packed entry
 //                          between full-tensor transposes
 //   gemm_*                 everything else: im2col + OpenBLAS GEMM (col2im for the input gradient)
 //
@@ -272,8 +276,19 @@ bool sup_stem(const Kernels&, const Geom& g, DType, Pass) { return stem_shape(g)
 // pixels the own GEMM lost to OpenBLAS (2 threads, N = 16: weight gradient of 3x3 512@2x2 0.45x,
 // of 3x3 256@4x4 0.64x; 1x1 128->256@8x8 (N = 64) 0.6x in every pass), and at 256 or more it
 // was level or ahead (3x3 64@16x16 1.01-1.07x, 1x1 256->64@16x16 0.99-1.25x).
+// NCHW problems whose NHWC form runs by Winograd F(2x2, 3x3) (winograd_shape(), and for the weight
+// pass winograd_weight_shape()): run in NHWC between full-tensor transposes (the packed entry's
+// NHWC passes through the transposed entry) at any plane size. Measured against the NCHW patches
+// GEMM (Intel AVX-512 host, 2 threads, N = 32, calls alternating in one process, median of the
+// pairs' ratios), forward / input / weight gradient: 3x3 64@56 1.72 / 1.44 / 1.87x, 128@28
+// 1.98 / 1.58 / 1.82x, 32->64@32 1.24 / 1.86 / 1.63x; at AVX2 on the same host 64@56
+// 1.67 / 1.52 / 1.41x, 32->64@32 1.29 / 1.72 / 1.31x.
+bool winograd_nchw(const Geom& g, Pass p) {
+  const Geom t = as_nhwc_geom(g);
+  return !g.nhwc && (p == Pass::weight ? winograd_weight_shape(t) : winograd_shape(t));
+}
 bool sup_packed_nchw(const Kernels&, const Geom& g, DType, Pass p) {
-  return !g.nhwc && packed_shape(g, p) && g.Ho * g.Wo >= 256;
+  return !g.nhwc && packed_shape(g, p) && g.Ho * g.Wo >= 256 && !winograd_nchw(g, p);
 }
 // NHWC 1x1 convolutions at stride 1 without padding run on the own kernels that read x and dy in
 // place (conv_gemm.cpp, forward_1x1_nhwc / backward_weight_1x1_nhwc) at any channel count (the
@@ -330,8 +345,11 @@ bool fused_1x1_rows(const Geom& g, const Fused& fu) {
 // 1x1 convolutions keep the per-image OpenBLAS GEMMs unless small_planes() (N = 64, 128->256 at
 // 8x8, 1 thread: forward 3.5 against 5.4 ms through the transposes; at stride 2 from 16x16, 4.7
 // against 11.5).
+// NCHW problems whose NHWC form runs by Winograd (winograd_nchw()) take the transposes at any
+// plane size.
 bool sup_packed_nchw_transposed(const Kernels&, const Geom& g, DType, Pass p) {
-  return !g.nhwc && g.G == 1 && packed_shape(g, p) && g.Ho * g.Wo < 256 && (g.kh * g.kw > 1 || small_planes(g));
+  return !g.nhwc && g.G == 1 && packed_shape(g, p) &&
+         ((g.Ho * g.Wo < 256 && (g.kh * g.kw > 1 || small_planes(g))) || winograd_nchw(g, p));
 }
 // The NHWC weight gradient with 16+ channels a group, not a plain 1x1 (x read as it is) and not on
 // small planes (the whole-batch GEMMs): the transposed patches read through a pointer table
@@ -455,6 +473,20 @@ int forced() { return g_forced.load(); }
 const char* algorithm(const Geom& g, int pass) {
   if (pass < 0 || pass > 2) throw value_error("pass: expected 0, 1 or 2, got " + std::to_string(pass));
   return table()[select(Problem{g, DType::f32, static_cast<Pass>(pass)})].name.c_str();
+}
+
+bool winograd(const Geom& g, int pass) {
+  if (pass < 0 || pass > 2) throw value_error("pass: expected 0, 1 or 2, got " + std::to_string(pass));
+  if (pass == 2) {
+    const Entry& e = table()[select(Problem{g, DType::f32, Pass::weight})];
+    if (e.v->run == run_patches || e.v->run == run_packed) return winograd_weight_shape(g);
+    return e.v->run == run_transposed<run_packed, false> && winograd_weight_shape(as_nhwc_geom(g));
+  }
+  if (pass == 1 && (!unit_stride(g) || scatter_input(g))) return false;  // (not the adjoint's forward)
+  const Geom a = pass == 1 ? adjoint(g) : g;
+  const Entry& e = table()[select(Problem{a, DType::f32, Pass::forward})];
+  if (e.v->run == run_packed) return winograd_shape(a);
+  return e.v->run == run_transposed<run_packed, false> && winograd_shape(as_nhwc_geom(a));
 }
 
 // Whether the entry is a direct kernel with a fused form (forward_fused(), backward_weight_fused()):

@@ -8,7 +8,8 @@
 // stride 1 without padding reads X directly. On cnnkit's own sgemm, without a fused prologue and
 // with 16+ channels a group, the forward pass (both layouts) and the NHWC weight gradient never
 // build col(): the sgemm reads each pixel's patch from X (sgemm_patches*, sgemm.cpp), with the
-// reduction in (i, j, c) order. GEMMs are single-threaded OpenBLAS calls inside
+// reduction in (i, j, c) order; its NHWC dense 3x3 stride-1 forward pass with 32+ channels on
+// both sides runs by Winograd F(2x2, 3x3) instead (winograd.h). GEMMs are single-threaded OpenBLAS calls inside
 // cnnkit's own OpenMP loop, over pieces cut from the shape alone; reductions over pieces run in a
 // fixed order (beta = 1 accumulation in piece order), so results do not depend on the thread count.
 // Compiled once per ISA level (namespace cnnkit::conv::<isa>) like the direct kernels; the copies
@@ -1467,11 +1468,14 @@ void forward_nchw(const T* x, const T* w, const T* b, T* y, const Geom& g, const
   }
 }
 
+#include "winograd.h"
+
 template <typename T, bool Own>
 void forward_nhwc(const T* x, const T* w, const T* b, T* y, const Geom& g, const Fused* fu) {
   if constexpr (Own && std::is_same_v<T, float>) {
     if (small_planes(g)) return batched_forward(x, w, b, y, g, fu);
     if (one_by_one(g)) return forward_1x1_nhwc(x, w, b, y, g, fu);
+    if (winograd_shape(g)) return winograd_forward_nhwc(x, w, b, y, g, fu);
   }
   const int64_t P = g.Ho * g.Wo, Cg = g.Cg(), Kg = g.Kg(), KK = Cg * g.kh * g.kw, R = g.N * P;
   // With a prologue x goes through im2col, which applies it per pixel into an L2-sized block:
@@ -1573,6 +1577,7 @@ void forward_nhwc(const T* x, const T* w, const T* b, T* y, const Geom& g, const
 // than the wide Kg x KK one: 72 against 46 GFLOP/s at 576 x 64 x 6272, 1 thread.) Pieces are cut from the shape alone (about 16, of whole 1024-pixel runs), so
 // the bits do not depend on the thread count.
 void backward_weight_patches(const float* dy, const float* x, float* dw, const Geom& g) {
+  if (winograd_weight_shape(g)) return winograd_backward_weight_nhwc(dy, x, dw, g, nullptr);
   const int64_t P = g.Ho * g.Wo, Cg = g.Cg(), Kg = g.Kg(), k2 = g.kh * g.kw, KK = Cg * k2, rows = g.N * P;
   int64_t pieces = std::max<int64_t>(1, std::min<int64_t>(ceil_div(16, g.G), rows / 1024));
   while (pieces > 1 && pieces * g.K * KK * int64_t(sizeof(float)) > (int64_t(64) << 20)) --pieces;
@@ -1637,6 +1642,10 @@ template <typename T, bool Own>
 void backward_weight_gemm(const T* dy, const T* x, T* dw, const Geom& g, const Fused* fu = nullptr) {
   if constexpr (Own && std::is_same_v<T, float>) {
     if (g.nhwc && small_planes(g)) return batched_backward_weight(dy, x, dw, g, fu);
+    if (winograd_weight_shape(g)) {  // (the fused form with a prologue; NCHW between transposes)
+      Prologue pstore;
+      return winograd_backward_weight_nhwc(dy, x, dw, g, group_prologue(fu, 0, g.C, &pstore));
+    }
     if (g.nhwc && g.G == 1 && reads_x_directly(g)) {
       Prologue pstore;
       return backward_weight_1x1_nhwc(dy, x, dw, g, group_prologue(fu, 0, g.C, &pstore));

@@ -153,6 +153,23 @@ inline bool small_planes(const Geom& g) {
   return g.G == 1 && g.Ho * g.Wo < 256 && (kk >= 1024 || g.K * kk >= (int64_t(1) << 18));
 }
 
+// The float32 dense NHWC 3x3 problems at stride 1 without dilation whose forward pass (and so
+// the input gradient, the adjoint's forward) the packed entry runs by Winograd F(2x2, 3x3)
+// (winograd.h): 32 or more channels on both sides, output planes of two or more rows and
+// columns that small_planes() leaves to the row chunks. Measured against the patches GEMM
+// (Intel AVX-512 host, 2 threads, N = 32 unless said, calls alternating in one process, median of
+// the pairs' ratios), forward: 64@56 1.48x, 128@28 2.0x, 256@16 1.83x, 256@28 (N = 16) 1.59x,
+// 32@56 1.13x, 32->64@32 1.22x; at AVX2 on the same host 64@56 1.60x, 32->64@32 1.39x.
+inline bool winograd_shape(const Geom& g) {
+  return g.nhwc && g.G == 1 && g.kh == 3 && g.kw == 3 && g.sh == 1 && g.sw == 1 && g.dh == 1 && g.dw == 1 &&
+         g.C >= 32 && g.K >= 32 && g.Ho >= 2 && g.Wo >= 2 && !small_planes(g);
+}
+// The weight gradients of those that the patches entry runs by Winograd too: K*C at most
+// 128 x 128 (each piece's partial, 16 K*C floats, at most 1 MiB, stays in L2 while it is summed
+// into). Measured as above: 64@56 1.86x, 128@28 1.53x, 32@56 1.49x, 32->64@32 1.36x; AVX2 64@56
+// 1.41x, 32->64@32 1.28x. (Above the bound not measured.)
+inline bool winograd_weight_shape(const Geom& g) { return winograd_shape(g) && g.C * g.K <= 128 * 128; }
+
 // The grouped weight gradient by channel blocks (grouped.h, grouped_weight_blocks_direct) in
 // place of per-image chunks with float partials of the whole dw per piece: 16 or more channels per
 // group and output planes under 256 pixels. A group's channels of a pixel lie C floats apart, so

@@ -697,17 +697,25 @@ def algorithm(spec: ConvSpec, layout: str, pas: str) -> str:
     -------
     str
         The kernel's name, the input and weight gradients' joined by "/" for a backward row, or
-        "?" where this build cannot say.
+        "?" where this build cannot say; "+winograd" after a name whose pass runs by Winograd
+        F(2x2, 3x3) (its GFLOP/s and % of roof then count the direct algorithm's FLOPs: an
+        effective rate, which may pass the FMA peak).
     """
     fn = _algorithm_fn()
     if fn is None:
         return "?"
     a = (spec.x_shape(layout), spec.w_shape, spec.stride, spec.pad, spec.dilation, spec.groups,
          layout)
+    wino = getattr(importlib.import_module("cnnkit.ops.conv"), "_winograd", None)
+
+    def name(q: str) -> str:
+        tag = "+winograd" if wino is not None and wino(*a, pass_=q) else ""
+        return str(fn(*a, pass_=q)) + tag
+
     try:
         if pas != "fwd" and "pass_" in inspect.signature(fn).parameters:
-            return "/".join(str(fn(*a, pass_=q)) for q in NEEDS)
-        return str(fn(*a))
+            return "/".join(name(q) for q in NEEDS)
+        return name("forward") if "pass_" in inspect.signature(fn).parameters else str(fn(*a))
     except Exception:
         return "?"
 
@@ -1163,7 +1171,9 @@ def _run(args, torch, blas, threads, specs, layouts, passes, numpy_passes, batch
     emit(f"Memory roof: copy_nt (fwd) and triad_nt (bwd) probed every round "
          f"({min(roofs):.1f}-{max(roofs):.1f} GB/s in this run). Minimum bytes: fwd x+y+w, bwd "
          "x+dy+dx+w+dw; FLOPs: fwd 2*N*Cout*Ho*Wo*(Cin/g)*k^2, bwd 2x fwd. floor = max(bytes/BW, "
-         "FLOPs/peak) per round; layers that fit in L3 can beat it.")
+         "FLOPs/peak) per round; layers that fit in L3 can beat it. Passes marked +winograd "
+         "(Winograd F(2x2, 3x3): 2.25x fewer multiplications) are counted at the direct "
+         "algorithm's FLOPs, so their GFLOP/s are effective rates and can beat the compute floor.")
     emit("Columns: ms = median ±spread (interquartile range of the rounds over the median; a "
          f"target whose spread exceeds its margin reads '{NOISY}'); GFLOP/s, eff GB/s and % of "
          "roof are for reuse (out=); x torch = median over rounds of torch's faster layout / cnnkit; x numpy = NumPy im2col / cnnkit "
