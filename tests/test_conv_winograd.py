@@ -1,5 +1,5 @@
 """Winograd F(2x2, 3x3) (cpp/src/conv/winograd.h): the packed NHWC entry's dense 3x3 stride-1
-forward pass with 32+ channels on both sides, the input gradient that is its adjoint's forward, and
+forward pass with 32+ channels on both sides (2048+ output pixels), the input gradient that is its adjoint's forward, and
 (K*C up to 128 x 128) the weight gradient; NCHW arrays through the same passes between transposes.
 
 Every case first asserts that the dispatcher takes the Winograd path for it (cnnkit.ops.conv's
@@ -35,7 +35,10 @@ def geometries(draw):
     pad = (draw(st.integers(0, 2)), draw(st.integers(0, 2)))
     # outputs of 2+ rows and columns (the rule's bound)
     h, w = max(h, 4 - 2 * pad[0]), max(w, 4 - 2 * pad[1])
-    return Geo(draw(st.integers(1, 2)), ci, co, h, w, 3, 3, 1, pad)
+    ho, wo = h + 2 * pad[0] - 2, w + 2 * pad[1] - 2
+    # 2048+ output pixels over the batch (the rule's bound) in the forward pass and in the input
+    # gradient's (the adjoint's forward: H x W outputs), and up to one image more
+    return Geo(-(-2048 // min(ho * wo, h * w)) + draw(st.integers(0, 1)), ci, co, h, w, 3, 3, 1, pad)
 
 
 @settings(max_examples=30, deadline=None)
@@ -58,8 +61,8 @@ def test_winograd_matches_the_reference(geo, layout, isa, seed):
 
 @pytest.mark.parametrize("isa", ISA_LEVELS)
 @pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
-@pytest.mark.parametrize("geo", [Geo(2, 64, 64, 19, 21, 3, 3, 1, 1), Geo(1, 33, 70, 27, 8, 3, 3, 1, (2, 0)),
-                                 Geo(3, 128, 32, 16, 16, 3, 3, 1, 1), Geo(5, 32, 48, 30, 33, 3, 3, 1, 1)], ids=str)
+@pytest.mark.parametrize("geo", [Geo(6, 64, 64, 19, 21, 3, 3, 1, 1), Geo(12, 33, 70, 27, 8, 3, 3, 1, (2, 0)),
+                                 Geo(8, 128, 32, 16, 16, 3, 3, 1, 1), Geo(5, 32, 48, 30, 33, 3, 3, 1, 1)], ids=str)
 def test_winograd_bands(isa, layout, geo):
     """Planes cut into several bands of tile rows (the last one cropped at an odd height), and
     the weight gradient's pieces of several bands each."""
@@ -78,16 +81,17 @@ def test_winograd_fused(layout, epi, prologue):
     fused backward (the gradient epilogue on the Winograd input gradient; without a prologue the
     weight gradient is the plain pass, by Winograd in NHWC), against float64."""
     for seed, (C, K, H) in enumerate(((32, 40, 9), (47, 64, 19))):
-        geo = Geo(2, C, K, H, H - 2, 3, 3, 1, 1)
+        N = -(-2048 // (H * (H - 2)))  # (2048+ output pixels)
+        geo = Geo(N, C, K, H, H - 2, 3, 3, 1, 1)
         assert _takes(geo, layout, "forward") and _takes(geo, layout, "input")
-        _check_case(dict(N=2, C=C, K=K, H=H, W=H - 2, kh=3, kw=3, groups=1, stride=1, padding=1, dilation=1,
+        _check_case(dict(N=N, C=C, K=K, H=H, W=H - 2, kh=3, kw=3, groups=1, stride=1, padding=1, dilation=1,
                          layout=layout, bias=True, scale=prologue, shift=prologue and bool(seed),
                          pre_relu=prologue, epi=epi, dtype=np.float32, seed=seed))
 
 
 def test_winograd_fused_same_bits_at_one_and_two_threads():
     rng = np.random.default_rng(3)
-    x = rng.standard_normal((3, 14, 15, 48)).astype(np.float32)
+    x = rng.standard_normal((10, 14, 15, 48)).astype(np.float32)
     w = rng.standard_normal((40, 48, 3, 3)).astype(np.float32)
     s, t = rng.uniform(0.5, 2, 48).astype(np.float32), rng.standard_normal(48).astype(np.float32)
     assert _winograd(x.shape, w.shape, 1, 1, 1, 1, "NHWC")
@@ -101,11 +105,13 @@ def test_winograd_fused_same_bits_at_one_and_two_threads():
 
 
 def test_winograd_rule():
-    """Where the path applies: dense 3x3, stride and dilation 1, 32+ channels on both sides."""
-    x = (2, 20, 20, 64)
+    """Where the path applies: dense 3x3, stride and dilation 1, 32+ channels on both sides,
+    2048+ output pixels over the batch."""
+    x = (6, 20, 20, 64)
+    assert not _winograd((5, 20, 20, 64), (64, 64, 3, 3), 1, 1, 1, 1, "NHWC")  # 2000 pixels
     assert _winograd(x, (64, 64, 3, 3), 1, 1, 1, 1, "NHWC")
     assert _winograd(x, (64, 64, 3, 3), 1, 1, 1, 1, "NHWC", pass_="weight")
-    big = (2, 20, 20, 256)  # (the weight gradient: K*C at most 128 x 128)
+    big = (6, 20, 20, 256)  # (the weight gradient: K*C at most 128 x 128)
     assert _winograd(big, (256, 256, 3, 3), 1, 1, 1, 1, "NHWC")
     assert not _winograd(big, (256, 256, 3, 3), 1, 1, 1, 1, "NHWC", pass_="weight")
     assert not _winograd(x, (64, 64, 3, 3), 2, 1, 1, 1, "NHWC")   # stride
@@ -115,6 +121,7 @@ def test_winograd_rule():
     assert not _winograd(x, (64, 64, 5, 5), 1, 2, 1, 1, "NHWC")   # 5x5
     # NCHW: the NHWC passes between transposes, at any plane size
     for hw in (9, 20, 60):
-        assert _winograd((2, 64, hw, hw), (64, 64, 3, 3), 1, 1, 1, 1, "NCHW")
-        assert _winograd((2, 64, hw, hw), (64, 64, 3, 3), 1, 1, 1, 1, "NCHW", pass_="weight")
-    assert not _winograd((2, 64, 20, 20), (64, 64, 3, 3), 2, 1, 1, 1, "NCHW")
+        n = -(-2048 // (hw * hw))
+        assert _winograd((n, 64, hw, hw), (64, 64, 3, 3), 1, 1, 1, 1, "NCHW")
+        assert _winograd((n, 64, hw, hw), (64, 64, 3, 3), 1, 1, 1, 1, "NCHW", pass_="weight")
+    assert not _winograd((6, 64, 20, 20), (64, 64, 3, 3), 2, 1, 1, 1, "NCHW")

@@ -28,8 +28,9 @@
 //                          and the weight pass of a 1x1 at a stride without padding (16+ channels
 //                          at AVX2, 32+ elsewhere: backward_weight_1x1_strided gathers the rows)
 //                          (inside its NHWC forward pass, and so the stride-1 input gradient, the
-//                          3x3 stride-1 problems with 32+ channels on both sides run by Winograd
-//                          F(2x2, 3x3): winograd.h, winograd_shape(), winograd() says which)
+//                          3x3 stride-1 problems with 32+ channels on both sides and 2048+ output
+//                          pixels run by Winograd F(2x2, 3x3): winograd.h, winograd_shape(),
+//                          winograd() says which)
 //   gemm_f32_nhwc_patches  the weight pass of float32 dense NHWC problems with 16+ channels
 //                          that are not a 1x1 the packed entry takes and not small_planes(): the
 //                          own sgemm reading the patches of x through a pointer table (no im2col

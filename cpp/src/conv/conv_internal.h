@@ -156,13 +156,16 @@ inline bool small_planes(const Geom& g) {
 // The float32 dense NHWC 3x3 problems at stride 1 without dilation whose forward pass (and so
 // the input gradient, the adjoint's forward) the packed entry runs by Winograd F(2x2, 3x3)
 // (winograd.h): 32 or more channels on both sides, output planes of two or more rows and
-// columns that small_planes() leaves to the row chunks. Measured against the patches GEMM
+// columns that small_planes() leaves to the row chunks, 2048 or more output pixels over the batch
+// (below, the weights' transform and the short GEMMs cost more than the products saved: one
+// thread, 1024 pixels, 128->128 0.90x, 64->64 1.14x; 512 pixels 0.80x; 256 pixels 0.70-0.72x; at
+// 2048-2304 pixels 1.01-1.35x). Measured against the patches GEMM
 // (Intel AVX-512 host, 2 threads, N = 32 unless said, calls alternating in one process, median of
 // the pairs' ratios), forward: 64@56 1.48x, 128@28 2.0x, 256@16 1.83x, 256@28 (N = 16) 1.59x,
 // 32@56 1.13x, 32->64@32 1.22x; at AVX2 on the same host 64@56 1.60x, 32->64@32 1.39x.
 inline bool winograd_shape(const Geom& g) {
   return g.nhwc && g.G == 1 && g.kh == 3 && g.kw == 3 && g.sh == 1 && g.sw == 1 && g.dh == 1 && g.dw == 1 &&
-         g.C >= 32 && g.K >= 32 && g.Ho >= 2 && g.Wo >= 2 && !small_planes(g);
+         g.C >= 32 && g.K >= 32 && g.Ho >= 2 && g.Wo >= 2 && g.N * g.Ho * g.Wo >= 2048 && !small_planes(g);
 }
 // The weight gradients of those that the patches entry runs by Winograd too: K*C at most
 // 128 x 128 (each piece's partial, 16 K*C floats, at most 1 MiB, stays in L2 while it is summed

@@ -13,12 +13,13 @@ float32 NHWC kernel for stems (groups 1, at most 4 input channels, 16 to 64 outp
 multiples of 16, kH*kW <= 49) in the forward and weight-gradient passes; im2col + GEMM (OpenBLAS
 from scipy-openblas32, single-threaded inside cnnkit's OpenMP loops, or cnnkit's own packed
 sgemm for dense float32 problems) otherwise. Dense float32 3x3 convolutions at stride 1 without
-dilation, with 32 or more channels on both sides, run their forward pass and input gradient by
-Winograd F(2x2, 3x3) (2.25x fewer multiplications; results within the float32 tolerance of the
-direct sum, not its bits), and their weight gradient too where C_in*C_out <= 128*128 (NCHW
-arrays in NHWC between layout transposes). The input gradient at stride 1 runs as the forward pass of the adjoint convolution. Weight and bias gradients
-are reduced in pieces fixed by the shape and combined in a fixed order: the same bits at any thread
-count.
+dilation, with 32 or more channels on both sides and 2048 or more output pixels over the batch,
+run their forward pass and input gradient by Winograd F(2x2, 3x3) (2.25x fewer multiplications;
+results within the float32 tolerance of the direct sum, not its bits), and their weight gradient
+too where C_in*C_out <= 128*128 (NCHW arrays in NHWC between layout transposes). The input
+gradient at stride 1 runs as the forward pass of the adjoint convolution. Weight and bias
+gradients are reduced in pieces fixed by the shape and combined in a fixed order: the same bits at
+any thread count.
 """
 from __future__ import annotations
 
@@ -312,7 +313,8 @@ def _registry_problem(x_shape: Sequence[int], weight_shape: Sequence[int], strid
 def _winograd(x_shape: Sequence[int], weight_shape: Sequence[int], stride: Any = 1, padding: Any = 0,
               dilation: Any = 1, groups: int = 1, layout: str = "NCHW", pass_: str = "forward") -> bool:
     """Whether the kernel :func:`conv2d_algorithm` names runs this float32 pass by Winograd
-    F(2x2, 3x3) (dense 3x3 stride-1 problems with 32+ channels on both sides: the forward pass,
+    F(2x2, 3x3) (dense 3x3 stride-1 problems with 32+ channels on both sides and 2048+ output
+    pixels over the batch: the forward pass,
     the input gradient that is its adjoint's forward, and the weight gradient where
     C_in*C_out <= 128*128; NHWC directly, NCHW between transposes); for tests and benchmarks."""
     geom, _, pass_ = _registry_problem(x_shape, weight_shape, stride, padding, dilation, groups, layout, pass_)
