@@ -8,10 +8,11 @@
 // stride 1 without padding reads X directly. On cnnkit's own sgemm, without a fused prologue and
 // with 16+ channels a group, the forward pass (both layouts) and the NHWC weight gradient never
 // build col(): the sgemm reads each pixel's patch from X (sgemm_patches*, sgemm.cpp), with the
-// reduction in (i, j, c) order; its NHWC dense 3x3 stride-1 forward pass with 32+ channels on
-// both sides runs by Winograd F(2x2, 3x3) instead (winograd.h). GEMMs are single-threaded OpenBLAS calls inside
-// cnnkit's own OpenMP loop, over pieces cut from the shape alone; reductions over pieces run in a
-// fixed order (beta = 1 accumulation in piece order), so results do not depend on the thread count.
+// reduction in (i, j, c) order; its NHWC dense 3x3 stride-1 problems with 32+ channels on both
+// sides (2048+ output pixels) run the forward pass and the weight gradient by Winograd F(2x2, 3x3)
+// instead (winograd.h). GEMMs are single-threaded OpenBLAS calls inside cnnkit's own OpenMP loop,
+// over pieces cut from the shape alone; reductions over pieces run in a fixed order (beta = 1
+// accumulation in piece order), so results do not depend on the thread count.
 // Compiled once per ISA level (namespace cnnkit::conv::<isa>) like the direct kernels; the copies
 // reach the dispatcher through conv::Kernels (conv_kernels.cpp) and the registry's gemm entries.
 #include <omp.h>
@@ -855,6 +856,16 @@ void combine_grad(const StatParts& p, const int64_t* order, int64_t count, int64
   }
 }
 
+// Channels [c0, c0 + n) of fu's sums from the units `order` (count of them, in that order): the
+// gradient epilogue's sums (grad) and the statistics (stats).
+void combine_unit_sums(const StatParts& p, const int64_t* order, int64_t count, int64_t c0, int64_t n, const Fused* fu,
+                       bool stats, bool grad) {
+  if (grad) combine_grad(p, order, count, c0, n, fu);
+  if (stats)
+    for (int64_t k = 0; k < n; ++k)
+      combine_stats(p, order, count, k, fu->stats_sum + c0 + k, fu->stats_sumsq + c0 + k);
+}
+
 // The prologue of group gi (channels gi*Cg ...), or null.
 const Prologue* group_prologue(const Fused* fu, int64_t gi, int64_t Cg, Prologue* store) {
   if (!fu || (!fu->pre_scale && !fu->pre_relu)) return nullptr;
@@ -1449,22 +1460,12 @@ void forward_nchw(const T* x, const T* w, const T* b, T* y, const Geom& g, const
                          st.s2(u));
       }
   }
-  if (grad) {
-    isa_vector<int64_t> order(g.N * s.count);
-    for (int64_t gi = 0; gi < g.G; ++gi) {
-      for (int64_t n = 0; n < g.N; ++n)
-        for (int64_t q = 0; q < s.count; ++q) order[n * s.count + q] = (n * g.G + gi) * s.count + q;
-      combine_grad(st, order.data(), int64_t(order.size()), gi * Kg, Kg, fu);
-    }
-  }
-  if (!stats) return;
+  if (!stats && !grad) return;
   isa_vector<int64_t> order(g.N * s.count);
   for (int64_t gi = 0; gi < g.G; ++gi) {
     for (int64_t n = 0; n < g.N; ++n)
       for (int64_t q = 0; q < s.count; ++q) order[n * s.count + q] = (n * g.G + gi) * s.count + q;
-    for (int64_t kk = 0; kk < Kg; ++kk)
-      combine_stats(st, order.data(), int64_t(order.size()), kk, fu->stats_sum + gi * Kg + kk,
-                    fu->stats_sumsq + gi * Kg + kk);
+    combine_unit_sums(st, order.data(), int64_t(order.size()), gi * Kg, Kg, fu, stats, grad);
   }
 }
 
@@ -1553,19 +1554,11 @@ void forward_nhwc(const T* x, const T* w, const T* b, T* y, const Geom& g, const
                          st.s2(u));
       }
   }
-  if (grad) {
-    isa_vector<int64_t> order(s.count);
-    for (int64_t gi = 0; gi < g.G; ++gi) {
-      for (int64_t q = 0; q < s.count; ++q) order[q] = q * g.G + gi;
-      combine_grad(st, order.data(), s.count, gi * Kg, Kg, fu);
-    }
-  }
-  if (!stats) return;
+  if (!stats && !grad) return;
   isa_vector<int64_t> order(s.count);
   for (int64_t gi = 0; gi < g.G; ++gi) {
     for (int64_t q = 0; q < s.count; ++q) order[q] = q * g.G + gi;
-    for (int64_t kk = 0; kk < Kg; ++kk)
-      combine_stats(st, order.data(), s.count, kk, fu->stats_sum + gi * Kg + kk, fu->stats_sumsq + gi * Kg + kk);
+    combine_unit_sums(st, order.data(), s.count, gi * Kg, Kg, fu, stats, grad);
   }
 }
 

@@ -252,15 +252,10 @@ void winograd_forward_nhwc(const float* x, const float* w, const float* b, float
       grad_epilogue_pm(yr, fu->gx + r0 * K, grad_mask(fu, r0 * K), K, nr, K, fu->gscale, fu->gshift, fu->grelu,
                        fu->center, st.s1(u), st.s2(u));
   }
-  if (grad) {
-    isa_vector<int64_t> order(units);
-    for (int64_t q = 0; q < units; ++q) order[q] = q;
-    combine_grad(st, order.data(), units, 0, K, fu);
-  }
-  if (!stats) return;
+  if (!stats && !grad) return;
   isa_vector<int64_t> order(units);
   for (int64_t q = 0; q < units; ++q) order[q] = q;
-  for (int64_t kk = 0; kk < K; ++kk) combine_stats(st, order.data(), units, kk, fu->stats_sum + kk, fu->stats_sumsq + kk);
+  combine_unit_sums(st, order.data(), units, 0, K, fu, stats, grad);
 }
 
 // ---- the weight gradient -----------------------------------------------------------------------

@@ -671,13 +671,14 @@ def _numpy_impls(spec, d, passes) -> dict:
     return impls
 
 
-def _algorithm_fn():
-    """cnnkit.ops.conv.conv2d_algorithm if this build has it, else None."""
+def _algorithm_fns() -> tuple:
+    """(cnnkit.ops.conv.conv2d_algorithm, cnnkit.ops.conv._winograd), each None where this build
+    lacks it."""
     try:
         mod = importlib.import_module("cnnkit.ops.conv")
     except ImportError:
-        return None
-    return getattr(mod, "conv2d_algorithm", None)
+        return None, None
+    return getattr(mod, "conv2d_algorithm", None), getattr(mod, "_winograd", None)
 
 
 def algorithm(spec: ConvSpec, layout: str, pas: str) -> str:
@@ -701,21 +702,17 @@ def algorithm(spec: ConvSpec, layout: str, pas: str) -> str:
         F(2x2, 3x3) (its GFLOP/s and % of roof then count the direct algorithm's FLOPs: an
         effective rate, which may pass the FMA peak).
     """
-    fn = _algorithm_fn()
+    fn, wino = _algorithm_fns()
     if fn is None:
         return "?"
     a = (spec.x_shape(layout), spec.w_shape, spec.stride, spec.pad, spec.dilation, spec.groups,
          layout)
-    wino = getattr(importlib.import_module("cnnkit.ops.conv"), "_winograd", None)
-
-    def name(q: str) -> str:
-        tag = "+winograd" if wino is not None and wino(*a, pass_=q) else ""
-        return str(fn(*a, pass_=q)) + tag
-
     try:
-        if pas != "fwd" and "pass_" in inspect.signature(fn).parameters:
-            return "/".join(name(q) for q in NEEDS)
-        return name("forward") if "pass_" in inspect.signature(fn).parameters else str(fn(*a))
+        if "pass_" not in inspect.signature(fn).parameters:
+            return str(fn(*a))
+        names = [str(fn(*a, pass_=q)) + ("+winograd" if wino is not None and wino(*a, pass_=q) else "")
+                 for q in (NEEDS if pas != "fwd" else ("forward",))]
+        return "/".join(names)
     except Exception:
         return "?"
 
