@@ -96,7 +96,8 @@ def test_sgemm_tall_products_match_the_tiles(isa):
 
     @settings(max_examples=16, deadline=None)
     @given(m=st.sampled_from([512, 513, 700, 1024, 1031, 2100]),
-           n=st.one_of(_around(vl), _around(2 * vl), st.sampled_from([3 * vl, 3 * vl + 1, 4 * vl, 200, 256, 257])),
+           # (20, 24: AVX-512's row pairs, 17 to 24 columns, which take this path too)
+           n=st.one_of(_around(vl), _around(2 * vl), st.sampled_from([20, 24, 3 * vl, 3 * vl + 1, 4 * vl, 200, 256, 257])),
            k=st.sampled_from([1, 7, 17, sh["kc"], sh["kc"] + 1, 2 * sh["kc"] + 3]),
            ta=st.booleans(), tb=st.booleans(), acc=st.booleans(), seed=st.integers(0, 2**32 - 1))
     def run(m, n, k, ta, tb, acc, seed):
