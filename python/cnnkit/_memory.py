@@ -25,6 +25,7 @@ images (103 MB) took 62.5 ms with a new array against 45.3 ms into a kept one, a
 """
 from __future__ import annotations
 
+import math
 import mmap
 import sys
 import threading
@@ -102,8 +103,9 @@ def empty_aligned(shape: Any, dtype: Any = np.float32, zero: bool = False) -> np
     return raw[off:off + nbytes].view(dt).reshape(shape)
 
 
-# Released blocks by size (whole 2 MiB pages), and their bytes; changed under _lock.
-_pool: dict[int, list[np.ndarray]] = {}
+# Released blocks by size (whole 2 MiB pages) as (block, its address), and their bytes; changed
+# under _lock.
+_pool: dict[int, list[tuple[np.ndarray, int]]] = {}
 _held = [0]
 _lock = threading.Lock()
 
@@ -113,12 +115,11 @@ class _Block:
     ``__array_interface__``), and when the last of them is released the block returns to the
     pool."""
 
-    __slots__ = ("raw", "__array_interface__")
+    __slots__ = ("raw", "addr", "__array_interface__")
 
-    def __init__(self, raw: np.ndarray, shape: tuple, dtype: np.dtype) -> None:
-        self.raw = raw
-        self.__array_interface__ = {"data": (raw.ctypes.data, False), "shape": shape,
-                                    "typestr": dtype.str, "version": 3}
+    def __init__(self, raw: np.ndarray, addr: int, shape: tuple, dtype: np.dtype) -> None:
+        self.raw, self.addr = raw, addr
+        self.__array_interface__ = {"data": (addr, False), "shape": shape, "typestr": dtype.str, "version": 3}
 
     def __del__(self) -> None:
         raw, size = self.raw, self.raw.nbytes
@@ -130,7 +131,7 @@ class _Block:
             return
         try:
             if _held[0] + size <= POOL_MAX_BYTES:
-                _pool.setdefault(size, []).append(raw)
+                _pool.setdefault(size, []).append((raw, self.addr))
                 _held[0] += size
         except (TypeError, AttributeError):  # (the module torn down at exit)
             pass
@@ -173,21 +174,25 @@ def empty_pooled(shape: Any, dtype: Any = np.float32) -> np.ndarray:
         raise TypeError(f"shape: expected an int or a sequence of ints, got {shape!r}") from None
     if any(d < 0 for d in shape):
         raise ValueError(f"shape: expected sizes >= 0, got {shape}")
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+    # (Python ints, as math.prod: np.prod cost 6 us of the ~14 this function took on every call,
+    # the block's address from ctypes 2 us more: kept with the block instead. Against a
+    # 0.34 ms depthwise forward, the new output's Python work had cost 30 us more than out=.)
+    nbytes = math.prod(shape) * dt.itemsize
     if nbytes < HUGE_MIN_BYTES:
         return empty_aligned(shape, dt)
     size = -(-nbytes // _HUGE_PAGE) * _HUGE_PAGE
-    raw = None
+    got = None
     with _lock:
         free = _pool.get(size)
         if free:
-            raw = free.pop()
+            got = free.pop()
             _held[0] -= size
-    if raw is None:
+    if got is None:
         raw = (_huge(size) if _CAN_ADVISE else None)
         if raw is None:
             raw = empty_aligned((size,), np.uint8)
-    return np.asarray(_Block(raw, shape, dt))
+        got = (raw, raw.ctypes.data)
+    return np.asarray(_Block(got[0], got[1], shape, dt))
 
 
 def empty_like_pooled(x: np.ndarray) -> np.ndarray:
