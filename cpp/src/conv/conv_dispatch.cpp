@@ -478,16 +478,16 @@ const char* algorithm(const Geom& g, int pass) {
 
 bool winograd(const Geom& g, int pass) {
   if (pass < 0 || pass > 2) throw value_error("pass: expected 0, 1 or 2, got " + std::to_string(pass));
-  if (pass == 2) {
-    const Entry& e = table()[select(Problem{g, DType::f32, Pass::weight})];
-    if (e.v->run == run_patches || e.v->run == run_packed) return winograd_weight_shape(g);
-    return e.v->run == run_transposed<run_packed, false> && winograd_weight_shape(as_nhwc_geom(g));
-  }
+  // Whether pass p of a runs on the own GEMM's NHWC passes (directly, or between the transposed
+  // entry's transposes) at a shape that takes Winograd there.
+  auto runs = [](const Geom& a, Pass p, bool (*takes)(const Geom&)) {
+    const auto run = table()[select(Problem{a, DType::f32, p})].v->run;
+    if (run == run_packed || (p == Pass::weight && run == run_patches)) return takes(a);
+    return run == run_transposed<run_packed, false> && takes(as_nhwc_geom(a));
+  };
+  if (pass == 2) return runs(g, Pass::weight, winograd_weight_shape);
   if (pass == 1 && (!unit_stride(g) || scatter_input(g))) return false;  // (not the adjoint's forward)
-  const Geom a = pass == 1 ? adjoint(g) : g;
-  const Entry& e = table()[select(Problem{a, DType::f32, Pass::forward})];
-  if (e.v->run == run_packed) return winograd_shape(a);
-  return e.v->run == run_transposed<run_packed, false> && winograd_shape(as_nhwc_geom(a));
+  return runs(pass == 1 ? adjoint(g) : g, Pass::forward, winograd_shape);
 }
 
 // Whether the entry is a direct kernel with a fused form (forward_fused(), backward_weight_fused()):

@@ -68,12 +68,21 @@ struct RowRing {
   }
 };
 
+// The columns [lo, hi) of a row padded to `width` columns that hold data: source pixel c - left
+// at column c, for the source's Wsrc pixels.
+struct DataCols {
+  int64_t lo, hi;
+};
+inline DataCols data_cols(int64_t width, int64_t left, int64_t Wsrc) {
+  const int64_t lo = std::min(width, std::max<int64_t>(0, left));
+  return DataCols{lo, std::max(lo, std::min(width, left + Wsrc))};
+}
+
 // Pads one source row of `C` channels: column c holds source pixel c - left (zeros outside
 // [0, Wsrc)), `width` columns.
 template <typename T, int CPG>
 void fill_row(const T* src, int64_t Wsrc, int64_t C, int64_t left, int64_t width, T* dst) {
-  const int64_t lo = std::min(width, std::max<int64_t>(0, left));
-  const int64_t hi = std::max(lo, std::min(width, left + Wsrc));
+  const auto [lo, hi] = data_cols(width, left, Wsrc);
   std::fill(dst, dst + lo * C, T(0));
   if (hi > lo) std::memcpy(dst + lo * C, src + (lo - left) * C, (hi - lo) * C * sizeof(T));
   std::fill(dst + hi * C, dst + width * C, T(0));
@@ -159,8 +168,7 @@ void prologue_of(const Fused* fu, T* d, int64_t npix, int64_t cc, int64_t c0) {
 template <typename T, int CPG>
 void fill_row_src(const T* img, bool nchw, int64_t hw, int64_t r, int64_t Wsrc, int64_t C, int64_t left,
                   int64_t width, T* dst, const Fused* fu = nullptr) {
-  const int64_t lo = std::min(width, std::max<int64_t>(0, left));
-  const int64_t hi = std::max(lo, std::min(width, left + Wsrc));
+  const auto [lo, hi] = data_cols(width, left, Wsrc);
   if (!nchw && has_prologue(fu)) {  // (the copy through the prologue)
     std::fill(dst, dst + lo * C, T(0));
     prologue_copy(dst + lo * C, img + (r * Wsrc + lo - left) * C, hi - lo, C, fu->pre_scale, fu->pre_shift,
@@ -276,10 +284,13 @@ struct RowTap {
   int64_t c0 = INT64_MIN / 4, c1 = INT64_MAX / 4;
 };
 
-// f(P0, P1) as std::integral_constant<int, 0 or 1>: whether a block skips its first (s0) and last
-// (s1) pixel on a tap, where that pixel reads the row's zero padding.
-template <typename F>
-CNNKIT_HD void by_edges(bool s0, bool s1, F&& f) {
+// f(P0, P1) as std::integral_constant<int, 0 or 1>: whether a block of NP pixels from output
+// index v (pixels step columns apart) skips its first and last pixel on tap t, where that pixel
+// reads the row's zero padding.
+template <int NP, typename F>
+CNNKIT_HD void by_edges(const RowTap& t, int64_t v, int64_t step, F&& f) {
+  const int64_t f0 = v * step + t.col_off;
+  const bool s0 = f0 < t.c0, s1 = f0 + (NP - 1) * step >= t.c1;
   using Z = std::integral_constant<int, 0>;
   using O = std::integral_constant<int, 1>;
   if (!s0 && !s1)
@@ -330,9 +341,7 @@ CNNKIT_HD void grouped_block(T* out, int64_t ostride, int64_t v, int64_t step, c
       continue;
     }
     px += (cv * VL) / CPG * CPG;  // the group's first channel
-    const int64_t f0 = v * step + taps[t].col_off;
-    const bool s0 = f0 < taps[t].c0, s1 = f0 + (NP - 1) * step >= taps[t].c1;
-    by_edges(s0, s1, [&](auto p0c, auto p1c) {
+    by_edges<NP>(taps[t], v, step, [&](auto p0c, auto p1c) {
       constexpr int P0 = decltype(p0c)::value, P1 = NP - decltype(p1c)::value;
       for (int ci = 0; ci < CPG; ++ci) {
         V wv[NCV];
@@ -373,10 +382,7 @@ void grouped_block_rows2(T* outa, T* outb, int64_t ostride, int64_t v, int64_t s
     const int64_t goff = (cv * VL) / CPG * CPG;
     const T* pa = static_cast<const T*>(ta[t].row) + (v * step + ta[t].col_off) * C + goff;
     const T* pb = static_cast<const T*>(tb[t].row) + (v * step + tb[t].col_off) * C + goff;
-    // (both rows' taps have the same columns)
-    const int64_t f0 = v * step + ta[t].col_off;
-    const bool s0 = f0 < ta[t].c0, s1 = f0 + (NP - 1) * step >= ta[t].c1;
-    by_edges(s0, s1, [&](auto p0c, auto p1c) {
+    by_edges<NP>(ta[t], v, step, [&](auto p0c, auto p1c) {  // (both rows' taps have the same columns)
       constexpr int P0 = decltype(p0c)::value, P1 = NP - decltype(p1c)::value;
       for (int ci = 0; ci < CPG; ++ci) {
         const V w0 = vload(wtp + ci * VL), w1 = vload(wtp + (CPG + ci) * VL);
@@ -998,8 +1004,8 @@ struct PadEdges {
   bool s0, s1;
 };
 inline PadEdges pad_edges(const Geom& g, int64_t width, int64_t j0, int64_t nj) {
-  const int64_t lo = std::min(width, std::max<int64_t>(0, g.pl)), hi = std::max(lo, std::min(width, g.pl + g.W));
-  return PadEdges{j0 * g.dw < lo, (g.Wo - 1) * g.sw + (j0 + nj - 1) * g.dw >= hi};
+  const DataCols dc = data_cols(width, g.pl, g.W);
+  return PadEdges{j0 * g.dw < dc.lo, (g.Wo - 1) * g.sw + (j0 + nj - 1) * g.dw >= dc.hi};
 }
 
 // f(std::integral_constant<int, NJ>{}) for a block's nj taps (1 to 3).
@@ -1256,8 +1262,7 @@ void grouped_weight_blocks_direct(const T* dy, const T* x, T* dw, const Geom& g,
         for (int64_t r = r0; r < r1;) {
           const int64_t n = r / g.Ho, oh0 = r % g.Ho, oh1 = std::min(g.Ho, oh0 + (r1 - r));
           const int64_t in0 = oh0 * g.sh - g.pt, in1 = (oh1 - 1) * g.sh + span - g.pt;
-          const int64_t lo = std::min(width, std::max<int64_t>(0, g.pl));
-          const int64_t hi = std::max(lo, std::min(width, g.pl + g.W));
+          const auto [lo, hi] = data_cols(width, g.pl, g.W);
           const int64_t ir0 = std::max<int64_t>(in0, 0), ir1 = std::min(in1, g.H);
           for (int64_t ir = ir0; ir < ir1; ++ir)
             for (int64_t k = 0; k < nb; ++k) {

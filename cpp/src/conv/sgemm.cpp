@@ -366,6 +366,19 @@ void pack_b_twice(Operand B, int64_t k0, int64_t kc, int64_t n, float* dst) {
   }
 }
 
+// The next block's rows of C (the block at row ir of M, 2 * kPairs rows; contiguous where ldc ==
+// N) as ukernel_pairs' L2 lines (pf2, *pfl2: two a step), or null. Their stores had waited on
+// reading the lines they overwrite. Alternating in one process (Intel AVX-512): 1 thread, 100352 x
+// 24 x 144 (the 144 -> 24 layer, A from L3) 1.09-1.11x; the NHWC 1x1 forward 144 -> 24 at 56x56,
+// N = 32, 1.08x on 1 thread and 1.03x on 2, 96 -> 24 at 32x32, N = 64, 1.07x on 2.
+inline const char* pairs_next_c(const float* C, int64_t ldc, int64_t N, int64_t ir, int64_t M, int64_t kc,
+                                int64_t* pfl2) {
+  constexpr int R = 2 * kPairs;
+  if (ldc != N || ir + 2 * R > M) return nullptr;
+  *pfl2 = std::min<int64_t>(2 * kc, (R * N * 4 + 63) / 64);
+  return reinterpret_cast<const char*>(C + (ir + R) * ldc);
+}
+
 // c (mr x nr of 16 x 24, row stride ldc) (+)= the pairs . bd over kc steps.
 // pf: pfl lines to prefetch into L1, one a step; pf2: pfl2 (at most 2*kc) into L2, two a step;
 // ep: the epilogue, in store_block_ep's order (the same operations per value).
@@ -460,16 +473,8 @@ void pairs_rows(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, co
       PanelEp pe{};
       if (ep && last) pe = PanelEp{ep->bias, ep->res ? ep->res + ir * ep->ldres : nullptr, ep->ldres, ep->relu};
       int64_t pfl2 = 0;
-      const char* pf2 = pre ? pre->take(2 * kc, &pfl2) : nullptr;
-      // Without the caller's lines: the next block's rows of C (contiguous), two lines a step into
-      // L2. Their stores had waited on reading the lines they overwrite. Alternating in one
-      // process (Intel AVX-512): 1 thread, 100352 x 24 x 144 (the 144 -> 24 layer, A from L3)
-      // 1.09-1.11x; the NHWC 1x1 forward 144 -> 24 at 56x56, N = 32, 1.08x on 1 thread and 1.03x
-      // on 2, 96 -> 24 at 32x32, N = 64, 1.07x on 2.
-      if (!pre && pc == 0 && ldc == N && ir + 2 * R <= M) {
-        pf2 = reinterpret_cast<const char*>(C + (ir + R) * ldc);
-        pfl2 = std::min<int64_t>(2 * kc, (R * N * 4 + 63) / 64);
-      }
+      // (without the caller's lines: the next block's rows of C)
+      const char* pf2 = pre ? pre->take(2 * kc, &pfl2) : pc == 0 ? pairs_next_c(C, ldc, N, ir, M, kc, &pfl2) : nullptr;
       ukernel_pairs(kc, ap, bd + pc * 48, C + ir * ldc, ldc, pc > 0, mr, N, pf ? pf + pc * R * 4 : nullptr,
                     pf ? (R * kc * 4 + 63) / 64 : 0, ep && last ? &pe : nullptr, pf2, pfl2);
     }
@@ -490,13 +495,8 @@ void pairs_blocked(int64_t M, int64_t N, int64_t K, Operand A, Operand B, float*
       pack_pairs(A.p + ir * A.rs + pc, A.rs, mr, kc, ap);
       // The next block of rows, a line a step (contiguous where A's rows are K long).
       const char* pf = A.rs == K ? reinterpret_cast<const char*>(A.p + (ir + R) * A.rs + pc) : nullptr;
-      // The next block's rows of C, into L2 two lines a step (as pairs_rows).
-      const char* pf2 = nullptr;
       int64_t pfl2 = 0;
-      if (ldc == N && ir + 2 * R <= M) {
-        pf2 = reinterpret_cast<const char*>(C + (ir + R) * ldc);
-        pfl2 = std::min<int64_t>(2 * kc, (R * N * 4 + 63) / 64);
-      }
+      const char* pf2 = pairs_next_c(C, ldc, N, ir, M, kc, &pfl2);
       ukernel_pairs(kc, ap, bd, C + ir * ldc, ldc, acc, mr, N, pf, pf ? (R * kc * 4 + 63) / 64 : 0, nullptr, pf2, pfl2);
     }
   }

@@ -56,6 +56,15 @@ inline void wg_store(float* p, float v) { *p = v; }
 inline F16v wg_fma(F16v a, F16v x, F16v b) { return fma16(a, x, b); }
 inline float wg_fma(float a, float x, float b) { return std::fma(a, x, b); }
 
+// f(L{}, c) over a run of n channels: 16 at a time as vectors (L = F16v), the rest one by one
+// (L = float).
+template <typename F>
+inline void wg_runs(int64_t n, F&& f) {
+  int64_t c = 0;
+  for (; c + 16 <= n; c += 16) f(F16v{}, c);
+  for (; c < n; ++c) f(float{}, c);
+}
+
 // B^T d B over one run of n channels: d[a][b] the input pixel (row a, column b of the tile),
 // v[xi] its 16 outputs (B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]). With Pro, each value
 // first through fma(sc, d, sh) (sc, sh per tap: zeros where the tap is padding), with Relu then
@@ -93,9 +102,7 @@ inline void winograd_in_at(const float* const (&d)[4][4], const float* const (&s
 template <bool Pro, bool Relu>
 inline void winograd_in(const float* const (&d)[4][4], const float* const (&sc)[4][4], const float* const (&sh)[4][4],
                         float* const (&v)[16], int64_t n) {
-  int64_t c = 0;
-  for (; c + 16 <= n; c += 16) winograd_in_at<Pro, Relu, F16v>(d, sc, sh, v, c);
-  for (; c < n; ++c) winograd_in_at<Pro, Relu, float>(d, sc, sh, v, c);
+  wg_runs(n, [&](auto l, int64_t c) { winograd_in_at<Pro, Relu, decltype(l)>(d, sc, sh, v, c); });
 }
 
 // A^T m A over one run of n channels: m[xi] the 16 products, y[i][j] the 2x2 output pixels
@@ -118,9 +125,7 @@ inline void winograd_out_at(const float* const (&m)[16], float* const (&y)[2][2]
 }
 
 inline void winograd_out(const float* const (&m)[16], float* const (&y)[2][2], int64_t n) {
-  int64_t c = 0;
-  for (; c + 16 <= n; c += 16) winograd_out_at<F16v>(m, y, c);
-  for (; c < n; ++c) winograd_out_at<float>(m, y, c);
+  wg_runs(n, [&](auto l, int64_t c) { winograd_out_at<decltype(l)>(m, y, c); });
 }
 
 // Tile rows a unit takes: about 12288 / (C + K) tiles (V and the products, 16 (C + K) floats a
@@ -157,9 +162,7 @@ inline void winograd_dy_at(const float* const (&y)[2][2], float* const (&z)[16],
 }
 
 inline void winograd_dy(const float* const (&y)[2][2], float* const (&z)[16], int64_t n) {
-  int64_t c = 0;
-  for (; c + 16 <= n; c += 16) winograd_dy_at<F16v>(y, z, c);
-  for (; c < n; ++c) winograd_dy_at<float>(y, z, c);
+  wg_runs(n, [&](auto l, int64_t c) { winograd_dy_at<decltype(l)>(y, z, c); });
 }
 
 // The input tiles of a unit (image n, tile rows [ty0, ty0 + nty)) transformed: V (16 matrices
