@@ -1707,6 +1707,21 @@ def _table(head, body, markdown: bool) -> str:
 
 
 def render_steps(s, markdown) -> str:
+    """The per-configuration step table of one model's summary.
+
+    Parameters
+    ----------
+    s : dict
+        A model's summary: ``rows`` (per configuration: ms, spread, images/s, GFLOP/s, share of
+        the sgemm peak, ratio to torch's best), ``best_cnnkit`` and ``best_torch``.
+    markdown : bool
+        A Markdown table, else aligned plain text.
+
+    Returns
+    -------
+    str
+        One row per configuration that ran, the faster cnnkit and torch ones starred.
+    """
     head = ["config", "ms/step", "[min-max]", "images/s", "GFLOP/s", "% of sgemm peak",
             "x torch-best"]
     body = []
@@ -1723,8 +1738,26 @@ def render_steps(s, markdown) -> str:
 
 
 def breakdown_rows(desc, prof_c, prof_t, top):
-    """Rows (name, what, cnnkit fwd, bwd, total, % of step, torch fwd, bwd, total, x torch,
-    cnnkit GFLOP/s) sorted by cnnkit total; at most ``top`` rows, then one 'other' row."""
+    """The per-layer time breakdown of a profiled step, cnnkit's beside torch's.
+
+    Parameters
+    ----------
+    desc : dict
+        Layer name -> (description, forward FLOPs, backward FLOPs, kind).
+    prof_c, prof_t : dict
+        cnnkit's and torch's profiles (``step_ms``; ``layers``: name -> fwd and bwd ms); prof_t
+        may be None.
+    top : int
+        Not used here: :func:`render_breakdown` shows the first ``top`` rows and sums the rest
+        into one row.
+
+    Returns
+    -------
+    list of dict
+        A row per layer (name, what, kind, FLOPs, cnnkit fwd, bwd and total ms, share of the
+        step, torch fwd, bwd and total ms, cnnkit GFLOP/s), sorted by cnnkit's total, largest
+        first.
+    """
     rows = []
     step_ms = prof_c["step_ms"]
     names = set(prof_c["layers"]) | (set(prof_t["layers"]) if prof_t else set())
