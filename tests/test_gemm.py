@@ -141,6 +141,29 @@ def test_sgemm_wide_products_give_the_bits_of_narrow_pieces(isa):
 
 
 @pytest.mark.parametrize("isa", ISA_LEVELS)
+def test_sgemm_row_pairs_give_the_general_kernels_bits(isa, rng):
+    """C 17 to 24 columns wide with A read in place (AVX-512: two rows' columns interleaved in
+    three vectors, A packed as pairs a fixed stride apart, the loop in rounds of four steps)
+    against the same product with A transposed (packed by the general kernels): the same bits,
+    and the float64 reference's values, over reductions that end a round early (K mod 4 = 1..3),
+    span several KC blocks, and row counts that leave a partial block (fewer than 512 rows: the
+    tiled loops; 512 and more: the 1x1 convolutions' rows path), with and without accumulation."""
+    kc = SHAPE[isa]["kc"]
+    for m, n, k in ((5, 24, 3), (37, 17, 1), (300, 20, 5), (300, 24, 144), (41, 23, kc + 1), (1031, 24, 6),
+                    (1031, 18, 2 * kc + 3), (700, 24, 147)):
+        a = rng.standard_normal((m, k)).astype(F32)
+        b = rng.standard_normal((k, n)).astype(F32)
+        c0 = rng.standard_normal((m, n)).astype(F32)
+        at = np.ascontiguousarray(a.T)
+        for acc in (False, True):
+            what = f"sgemm {m}x{n}x{k} acc={acc} ({isa})"
+            one = _sgemm(a, b, c0, isa, 1, accumulate=acc)
+            assert_bitwise(_sgemm(a, b, c0, isa, 2, accumulate=acc), one, f"{what} at 2 threads vs 1")
+            assert_bitwise(_sgemm(at, b, c0, isa, 1, trans_a=True, accumulate=acc), one, f"{what} vs A transposed")
+            _assert_sgemm_reference(one, a, b, c0, acc, what)
+
+
+@pytest.mark.parametrize("isa", ISA_LEVELS)
 def test_sgemm_bits_do_not_depend_on_tiling_layout_or_kernel(isa, rng):
     """Row blocks, column blocks, a transposed A (packed instead of read in place), a narrow C
     (the MR2 x VL kernel instead of MR x NR), a C three vectors wide (AVX2: the 4 x 3-vector

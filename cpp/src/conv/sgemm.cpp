@@ -320,9 +320,10 @@ void ukernel_half(int64_t kc, const float* __restrict a, const float* __restrict
 // The pairs lie kPairStride floats apart whatever kc is: with kc's stride, the eight broadcasts'
 // addresses took eight pointers, two of them kept in vector registers and moved back every step
 // (p0 work, an FMA port's). 1 thread, alternating in one process (Intel AVX-512), the fixed
-// stride and the prefetches below against the step's own: 1024 x 24 x 144 1.10x, 2048 x 24 x 144
-// 1.09x, 4096 x 23 x 145 1.10x, 4096 x 24 x 32 1.06x, 4096 x 24 x 96 1.04x, 2048 x 24 x 600 1.03x;
-// the 144 -> 24 layer (100352 x 24 x 144, A from L3) 1.05-1.06x.
+// stride and the prefetches below against the step's own: 1024 x 24 x 144 1.05-1.10x, 2048 x 24
+// x 144 1.09x, 4096 x 23 x 145 1.10x, 4096 x 24 x 32 1.06x, 4096 x 24 x 96 1.04x, 2048 x 24 x 600
+// 1.03x; the 144 -> 24 layer (100352 x 24 x 144, A from L3) 1.00-1.06x. 2 threads, N = 32, the
+// NHWC 1x1 144 -> 24 forward and 24 -> 144 input gradient at 56x56: level (0.98-1.00x, noise).
 // (Pairing steps instead of rows, lane 2m column 16 + m's even steps and 2m + 1 its odd ones, needs
 // no copy of A and no permute and ran 1.03-1.16x faster, but sums columns 16-23 in two chains: C's
 // bits would then depend on its column tiles and on A's layout, which the callers rely on not.)
