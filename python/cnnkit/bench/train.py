@@ -1780,6 +1780,27 @@ def breakdown_rows(desc, prof_c, prof_t, top):
 
 
 def render_breakdown(rows, prof_c, prof_t, cfg_c, cfg_t, top, markdown) -> str:
+    """The per-layer breakdown table of a profiled step, cnnkit's beside torch's.
+
+    Parameters
+    ----------
+    rows : list of dict
+        :func:`breakdown_rows`' rows, largest cnnkit total first.
+    prof_c, prof_t : dict
+        cnnkit's and torch's profiles (``step_ms``, ``phases_ms``); prof_t may be None.
+    cfg_c, cfg_t : str
+        The profiled configurations' names, for the column heads (cfg_t may be None).
+    top : int
+        Layers shown one a row; the rest are summed into one row.
+    markdown : bool
+        A Markdown table, else aligned plain text.
+
+    Returns
+    -------
+    str
+        The top layers, the rest's sum, the loss and optimizer phases, the time the layer timers
+        do not see, and the whole profiled step.
+    """
     def v(x):
         return "-" if x is None else _f(x)
 
@@ -1824,7 +1845,25 @@ def render_breakdown(rows, prof_c, prof_t, cfg_c, cfg_t, top, markdown) -> str:
 
 def render_kinds(rows, prof_c, prof_t, cfg_c, cfg_t, markdown) -> str:
     """The breakdown summed by kind of layer (1x1 convs, grouped 3x3, depthwise, batch norm,
-    ...), sorted by cnnkit's time."""
+    ...), sorted by cnnkit's time.
+
+    Parameters
+    ----------
+    rows : list of dict
+        :func:`breakdown_rows`' rows (each with its ``kind``).
+    prof_c, prof_t : dict
+        cnnkit's and torch's profiles (``step_ms``, ``phases_ms``); prof_t may be None.
+    cfg_c, cfg_t : str
+        The profiled configurations' names, for the column heads (cfg_t may be None).
+    markdown : bool
+        A Markdown table, else aligned plain text.
+
+    Returns
+    -------
+    str
+        A row per kind (layers, ms, share of the step, torch's ms and ratio, cnnkit GFLOP/s),
+        then the loss and optimizer phases.
+    """
     kinds: dict[str, Any] = {}
     for r in rows:
         k = kinds.setdefault(r["kind"], {"n": 0, "c": 0.0, "t": 0.0, "flops": 0.0})
