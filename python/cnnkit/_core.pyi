@@ -34,6 +34,8 @@ def build_facts() -> dict[str, Any]: ...
 def cuda_device_count() -> int: ...
 def stream_run(kind: str, arrays: list[NDArray[np.float32]], reps: _Int) -> tuple[list[float], int]:
     """Run a STREAM-like kernel; returns (seconds per rep, bytes moved per rep)."""
+def stream_rows(a: NDArray[np.float32], c: NDArray[np.float32], reps: _Int) -> tuple[list[float], int]:
+    """A GEMM's operand traffic without its arithmetic: read every row of a, write its sum into c's row."""
 
 # --- optimizers (bind_optim.cpp) --------------------------------------------------------------
 

@@ -8,6 +8,8 @@
 //   rw5       c = s*c + b; a -= s*c     20 B/elem   (in place, SGD-momentum shape: read 3, write 2)
 //   rw7       c = s*c + b; d = s*d + b; a -= s*c*d   28 B/elem   (in place, Adam shape)
 //   rw7_nt    the same with non-temporal stores
+// stream_rows moves a GEMM's operand traffic without its arithmetic: every row of an m x k matrix
+// read, and the matching row of an m x n matrix written (the row's sum in each entry).
 #pragma once
 
 #include <cstdint>
@@ -25,8 +27,13 @@ int64_t stream_bytes_per_elem(Stream k);
 // Runs kernel k `reps` times over arrays[0..stream_arrays(k)) and writes each run's seconds.
 void stream_run(Stream k, float* const* arrays, int64_t n, int reps, double* seconds);
 
+// Runs the row stream over a (m x k) and c (m x n), both row-major, `reps` times (rows split over
+// the threads) and writes each run's seconds.
+void stream_rows(const float* a, int64_t m, int64_t k, float* c, int64_t n, int reps, double* seconds);
+
 struct StreamKernels {
   void (*run[8])(float* const* arrays, int64_t begin, int64_t end, float s, double* sink);
+  void (*rows)(const float* a, int64_t k, float* c, int64_t n, int64_t begin, int64_t end);  // rows [begin, end)
 };
 
 }  // namespace cnnkit::bench

@@ -1,4 +1,4 @@
-// Per-ISA STREAM-like kernels (see cnnkit/bench.h): one thread's slice [begin, end).
+// Per-ISA STREAM-like kernels and the row stream (see cnnkit/bench.h): one thread's slice [begin, end).
 // The _nt variants use non-temporal (streaming) stores on lines aligned to 64 bytes.
 #include <immintrin.h>
 
@@ -135,10 +135,22 @@ void k_rw7_nt(float* const* x, int64_t b, int64_t e, float q, double* sink) {
 #endif
 }
 
+// Rows [b, e) of a (k floats each) read; row i of c (n floats) gets row i's sum in every entry.
+void k_rows(const float* a, int64_t k, float* c, int64_t n, int64_t b, int64_t e) {
+  for (int64_t i = b; i < e; ++i) {
+    const float* __restrict r = a + i * k;
+    float acc = 0.f;
+#pragma omp simd reduction(+ : acc)
+    for (int64_t j = 0; j < k; ++j) acc += r[j];
+    float* __restrict o = c + i * n;
+    for (int64_t j = 0; j < n; ++j) o[j] = acc;
+  }
+}
+
 }  // namespace
 
 extern const bench::StreamKernels stream_kernels;
-const bench::StreamKernels stream_kernels = {{k_copy, k_copy_nt, k_triad, k_triad_nt, k_read, k_rw5, k_rw7, k_rw7_nt}};
+const bench::StreamKernels stream_kernels = {{k_copy, k_copy_nt, k_triad, k_triad_nt, k_read, k_rw5, k_rw7, k_rw7_nt}, k_rows};
 
 }  // namespace CNNKIT_ISA_NS
 }  // namespace cnnkit

@@ -1,4 +1,4 @@
-// Timing driver for the STREAM-like kernels: the array is split into one contiguous slice per
+// Timing drivers for the STREAM-like kernels and the row stream: the array is split into one contiguous slice per
 // thread (starting on 64-byte multiples) and each repetition is timed around the parallel region.
 #include <omp.h>
 
@@ -48,6 +48,21 @@ void stream_run(Stream k, float* const* arrays, int64_t n, int reps, double* sec
   }
   volatile double keep = sink;
   (void)keep;
+}
+
+void stream_rows(const float* a, int64_t m, int64_t k, float* c, int64_t n, int reps, double* seconds) {
+  const StreamKernels& ks = by_isa(scalar::stream_kernels, avx2::stream_kernels, avx512::stream_kernels);
+  const int nt = num_threads();
+  for (int r = 0; r < reps; ++r) {
+    const double t0 = omp_get_wtime();
+#pragma omp parallel num_threads(nt)
+    {
+      const int t = omp_get_thread_num(), T = omp_get_num_threads();
+      const int64_t lo = m * t / T, hi = m * (t + 1) / T;
+      if (lo < hi) ks.rows(a, k, c, n, lo, hi);
+    }
+    seconds[r] = omp_get_wtime() - t0;
+  }
 }
 
 }  // namespace cnnkit::bench
