@@ -38,6 +38,7 @@ import argparse
 import ctypes
 import sys
 import time
+from typing import Callable
 
 import numpy as np
 
@@ -180,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
                 roofs: list[float] = []  # per round: own rate / min(that peak, the memory twin's rate)
                 mems: list[float] = []  # per round: the memory twin's rate, GFLOP/s
                 if t == 1:
-                    calls = dict(impls)
+                    calls: dict[str, Callable[[], object]] = dict(impls)
                     calls["memory"] = lambda: _core.stream_rows(a, c, 1)
                     times["memory"] = []
                     for r in range(args.warmup + reps):
