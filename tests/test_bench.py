@@ -7,6 +7,8 @@ import re
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import cnnkit
 from cnnkit import _core, cli
@@ -60,10 +62,8 @@ def test_stream_run_rejects_bad_input(rng):
         _core.stream_run("copy", [a, a.copy()], 0)
 
 
-@pytest.mark.parametrize("m", [1, 2, 7, 33])
-@pytest.mark.parametrize("k", [1, 15, 16, 17, 144])
-@pytest.mark.parametrize("n", [1, 8, 24, 33])
-def test_stream_rows_writes_each_rows_sum(m, k, n, isa, threads, rng):
+def _check_stream_rows(m, k, n, seed):
+    rng = np.random.default_rng(seed)
     a = rng.standard_normal((m, k)).astype(np.float32)
     c = rng.standard_normal((m, n)).astype(np.float32)
     a0 = a.copy()
@@ -73,6 +73,23 @@ def test_stream_rows_writes_each_rows_sum(m, k, n, isa, threads, rng):
     np.testing.assert_array_equal(a, a0)
     want = np.repeat(a0.astype(np.float64).sum(axis=1, keepdims=True), n, axis=1)
     np.testing.assert_allclose(c, want, rtol=1e-5, atol=1e-5 * np.sqrt(k))
+
+
+@pytest.mark.parametrize("m", [1, 2, 7, 33])
+@pytest.mark.parametrize("k", [1, 15, 16, 17, 144])
+@pytest.mark.parametrize("n", [1, 8, 24, 33])
+def test_stream_rows_writes_each_rows_sum(m, k, n, isa, threads):
+    _check_stream_rows(m, k, n, seed=m * 10007 + k * 101 + n)
+
+
+def test_stream_rows_on_drawn_shapes(isa, threads):
+    # any shape, around and past the vector widths (8 and 16 floats)
+    @settings(max_examples=25, deadline=None)
+    @given(m=st.integers(1, 70), k=st.integers(1, 70), n=st.integers(1, 70), seed=st.integers(0, 2**32 - 1))
+    def run(m, k, n, seed):
+        _check_stream_rows(m, k, n, seed)
+
+    run()
 
 
 def test_stream_rows_rejects_bad_input(rng):

@@ -395,19 +395,13 @@ void bind_conv(py::module_& m) {
       "sgemm",
       [](const py::object& a, const py::object& b, const py::object& c, bool trans_a, bool trans_b, bool accumulate,
          const py::object& isa) {
-        auto shape2 = [](const py::object& o, const char* name, int64_t& r, int64_t& cl) {
-          const py::array arr = py::reinterpret_borrow<py::array>(o);
-          if (arr.ndim() != 2) throw py::value_error(std::string(name) + ": expected a 2-D array");
-          r = arr.shape(0);
-          cl = arr.shape(1);
-        };
+        const auto* pa = array_arg<float>(a, "a", -1);
+        const auto* pb = array_arg<float>(b, "b", -1);
+        auto* pc = array_arg<float>(c, "c", -1, kWrite);
         int64_t ar, ac, br, bc, cr, cc;
-        array_arg<float>(a, "a", -1);
-        array_arg<float>(b, "b", -1);
-        array_arg<float>(c, "c", -1, kWrite);
-        shape2(a, "a", ar, ac);
-        shape2(b, "b", br, bc);
-        shape2(c, "c", cr, cc);
+        matrix_dims(a, "a", ar, ac);
+        matrix_dims(b, "b", br, bc);
+        matrix_dims(c, "c", cr, cc);
         const int64_t M = trans_a ? ac : ar, K = trans_a ? ar : ac;
         const int64_t Kb = trans_b ? bc : br, N = trans_b ? br : bc;
         if (K != Kb || cr != M || cc != N)
@@ -415,9 +409,6 @@ void bind_conv(py::module_& m) {
                                 std::to_string(br) + "x" + std::to_string(bc) + ", c " + std::to_string(cr) + "x" +
                                 std::to_string(cc) + ")");
         const Isa level = isa.is_none() ? isa_active() : isa_from_name(py::cast<std::string>(isa));
-        const auto* pa = array_arg<float>(a, "a", -1);
-        const auto* pb = array_arg<float>(b, "b", -1);
-        auto* pc = array_arg<float>(c, "c", -1, kWrite);
         if (overlaps(pc, M * N * 4, pa, ar * ac * 4) || overlaps(pc, M * N * 4, pb, br * bc * 4))
           throw py::value_error("c: must not overlap a or b");
         py::gil_scoped_release nogil;

@@ -83,24 +83,14 @@ void bind_runtime(py::module_& m) {
   m.def(
       "stream_rows",
       [](const py::object& a, const py::object& c, int reps) {
-        auto rows_cols = [](const py::object& o, const char* name, int64_t& r, int64_t& cl) {
-          const py::array arr = py::reinterpret_borrow<py::array>(o);
-          if (arr.ndim() != 2)
-            throw py::value_error(std::string(name) + ": expected a 2-D array, got " + std::to_string(arr.ndim()) +
-                                  " dimensions");
-          r = arr.shape(0);
-          cl = arr.shape(1);
-        };
+        const auto* pa = array_arg<float>(a, "a", -1);
+        auto* pc = array_arg<float>(c, "c", -1, kWrite);
         int64_t m, k, mc, n;
-        array_arg<float>(a, "a", -1);
-        array_arg<float>(c, "c", -1, kWrite);
-        rows_cols(a, "a", m, k);
-        rows_cols(c, "c", mc, n);
+        matrix_dims(a, "a", m, k);
+        matrix_dims(c, "c", mc, n);
         if (mc != m)
           throw py::value_error("c: expected " + std::to_string(m) + " rows (as a), got " + std::to_string(mc));
         if (reps < 1) throw py::value_error("reps: expected >= 1, got " + std::to_string(reps));
-        const auto* pa = array_arg<float>(a, "a", -1);
-        auto* pc = array_arg<float>(c, "c", -1, kWrite);
         if (overlaps(pc, m * n * 4, pa, m * k * 4)) throw py::value_error("c: must not overlap a");
         std::vector<double> secs(static_cast<size_t>(reps));
         {

@@ -132,6 +132,16 @@ inline DType dtype_of(py::handle o, const ArgName& name, bool allow_u8 = false) 
                        std::string(py::str(dt)));
 }
 
+// The rows and columns of 2-D array argument `o` (already checked by array_arg); ValueError naming
+// it otherwise.
+inline void matrix_dims(py::handle o, const char* name, int64_t& rows, int64_t& cols) {
+  const auto* a = py::detail::array_proxy(o.ptr());
+  if (a->nd != 2)
+    throw py::value_error(std::string(name) + ": expected a 2-D array, got " + std::to_string(a->nd) + " dimensions");
+  rows = a->dimensions[0];
+  cols = a->dimensions[1];
+}
+
 // True when [a, a + abytes) and [b, b + bbytes) share a byte (a null pointer, an array not given,
 // shares none).
 inline bool overlaps(const void* a, int64_t abytes, const void* b, int64_t bbytes) {

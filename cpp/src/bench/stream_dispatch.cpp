@@ -1,5 +1,6 @@
-// Timing drivers for the STREAM-like kernels and the row stream: the array is split into one contiguous slice per
-// thread (starting on 64-byte multiples) and each repetition is timed around the parallel region.
+// Timing drivers for the STREAM-like kernels (the array split into one contiguous slice per thread,
+// starting on 64-byte multiples) and the row stream (the rows split likewise); each repetition is
+// timed around the parallel region.
 #include <omp.h>
 
 #include "cnnkit/bench.h"

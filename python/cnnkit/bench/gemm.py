@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
                 if t == 1:
                     calls: dict[str, Callable[[], object]] = dict(impls)
                     calls["memory"] = lambda: _core.stream_rows(a, c, 1)
-                    times["memory"] = []
+                    times["memory"] = []  # (not an implementation: left out of the rates below)
                     for r in range(args.warmup + reps):
                         order = list(calls) if r % 2 == 0 else list(reversed(calls))
                         now = probe() if r % 2 == 0 else 0.0
@@ -200,7 +200,6 @@ def main(argv: list[str] | None = None) -> int:
                             mems.append(flop / times["memory"][-1] / 1e9)
                             shares.append(own / now)
                             roofs.append(own / min(now, mems[-1]))
-                    del times["memory"]
                 else:  # one block per implementation: see the module docstring
                     for key in impls:
                         for r in range(args.warmup + reps):
@@ -209,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
                                 times[key].append(dt)
                 if blas:
                     blas[1](1)
-                gf = {key: flop / med(v) / 1e9 for key, v in times.items()}
+                gf = {key: flop / med(times[key]) / 1e9 for key in impls}
                 peers = [v for key, v in gf.items() if key != "own"]
                 ratio = f"{gf['own'] / max(peers):.2f}" if peers else "-"
                 if shares:

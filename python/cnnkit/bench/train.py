@@ -1903,7 +1903,30 @@ def render_fused_layers(fs: dict, prof: dict, desc: dict, cfg: str, top: int,
                         markdown: bool) -> str:
     """The fused step's per-layer table: self times of the compiled kernels, the NumPy glue and
     the Python inside ``cnnkit.ops`` each layer runs, its roofline floor, then the phases and the
-    untimed remainder, summing to the profiled step."""
+    untimed remainder, summing to the profiled step.
+
+    Parameters
+    ----------
+    fs : dict
+        :func:`fused_summary` of the profile (``layers``, ``phases``, ``untimed_ms``,
+        ``instrumentation_ms`` and the step's kernel, NumPy, Python and floor times).
+    prof : dict
+        The profile itself (``step_ms``, ``plain_step_ms``, ``phases_ms``).
+    desc : dict
+        Layer name -> its :func:`describe` entry, whose first item fills the "what" column.
+    cfg : str
+        The profiled configuration's name, for the column heads.
+    top : int
+        Layers shown one a row; the rest are summed into one row.
+    markdown : bool
+        A Markdown table, else aligned plain text.
+
+    Returns
+    -------
+    str
+        The top layers, the rest's sum, the loss and optimizer phases, the untimed Python, the
+        timers' own cost, the profiled step and the same step without timers.
+    """
     def v(x):
         return "-" if x is None else _f(x)
 
@@ -1963,7 +1986,24 @@ def render_fused_layers(fs: dict, prof: dict, desc: dict, cfg: str, top: int,
 def render_fused_kinds(fs: dict, prof: dict, top: int, markdown: bool) -> str:
     """The fused step's time by kind of call (kernel, NumPy function, Python in an op), each
     with its FLOPs, bytes, rates and roofline floor; the forward and backward passes; the
-    ``top`` kinds by time, then one row for the rest."""
+    ``top`` kinds by time, then one row for the rest.
+
+    Parameters
+    ----------
+    fs : dict
+        :func:`fused_summary` of the profile (``kinds``, largest time first, and the step's totals).
+    prof : dict
+        The profile itself (``step_ms``).
+    top : int
+        Kinds shown one a row; the rest are summed into one row.
+    markdown : bool
+        A Markdown table, else aligned plain text.
+
+    Returns
+    -------
+    str
+        The table.
+    """
     def v(x):
         return "-" if x is None else _f(x)
 
