@@ -5,7 +5,7 @@ up to 64).
 
 Named shapes around the SIMD width (channels 15, 16, 17, 32, 33: the neighbours run the other
 kernels), around the row chunks (widths 1 to 9, 14 = 7 + 7, 16 = 8 + 8; planes of 64, 256 and
-289 pixels) and past 16 channel vectors (272, 528: the weight sums run in parts), padding 0, 1
+289 pixels) and AVX-512's groups of up to three output rows (heights 1 to 10, 14, 16) and past 16 channel vectors (272, 528: the weight sums run in parts), padding 0, 1
 and 2, batches 1 to 3, both layouts and dtypes, every ISA level: the forward pass and every
 gradient against the float64 reference, bitwise equal at 1 and 2 threads;
 then hypothesis over the same space.
@@ -60,6 +60,8 @@ NAMED = [
     ("C33 9x9 N1", dw3(1, 33, 9, 9)),
     ("C272 5x5 N2 (weight sums in parts of 16 vectors)", dw3(2, 272, 5, 5)),
     ("C528 3x4 N3 pad 2", dw3(3, 528, 3, 4, 2)),
+    ("C32 10x7 N2 (AVX-512 row groups 3 + 3 + 2 + 2)", dw3(2, 32, 10, 7)),
+    ("C16 4x8 N3 (row groups 2 + 2; chunks of 4 in groups of 3 elsewhere)", dw3(3, 16, 4, 8)),
 ]
 
 

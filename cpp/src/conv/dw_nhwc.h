@@ -1199,7 +1199,6 @@ CNNKIT_HD void dw3_fwd_chunk(const T* x, int64_t xs, T* y, int64_t ys, const Geo
     if (st) dw_stats_regs<T, NP>(a, *st);
 }
 
-#if defined(__AVX2__) && !defined(__AVX512F__)
 // f(u, pixel c0 + u of the row) for u < NP + 2 in order, zeros outside [0, W) (xr: pixel c0, pixels
 // xs apart), in dw3_load_row's three cases (all inside, only the two ends outside, any), one vector
 // live at a time: the sliding register rows below.
@@ -1220,6 +1219,48 @@ CNNKIT_HD void dw3_slide_row(const T* xr, int64_t xs, int64_t c0, int64_t W, F&&
   }
 }
 
+// Output rows oh .. oh + NR - 1 of one chunk at once: the NR + 2 input rows they read loaded once
+// each (dw3_fwd_chunk loads each input row once per output row that reads it), each input vector
+// added at once into the (at most 3 NR) sums that read it, u = p + j in increasing order and the
+// rows in order, so each output still takes its taps in (i, j) order (the same bits). Live: NR NP
+// sums, the nine weights and one input (31 at NR = 3, NP = 7).
+template <typename T, int NR, int NP>
+CNNKIT_HD void dw3_fwd_chunk_rows(const T* x, int64_t xs, T* y, int64_t ys, const Geom& g, const vec_t<T>* wv,
+                                  vec_t<T> bias, int64_t oh, int64_t ow0) {
+  using V = vec_t<T>;
+  V a[NR][NP];
+#pragma GCC unroll 4
+  for (int k = 0; k < NR; ++k)
+#pragma GCC unroll 16
+    for (int p = 0; p < NP; ++p) a[k][p] = bias;
+  const int64_t c0 = ow0 - g.pl;
+#pragma GCC unroll 6
+  for (int r = 0; r < NR + 2; ++r) {
+    const int64_t ih = oh + r - g.pt;
+    if (ih < 0 || ih >= g.H) continue;
+    dw3_slide_row<T, NP>(x + (ih * g.W + c0) * xs, xs, c0, g.W, [&](int u, V xv) __attribute__((always_inline)) {
+#pragma GCC unroll 4
+      for (int k = 0; k < NR; ++k) {
+        const int i = r - k;
+        if (i < 0 || i > 2) continue;
+#pragma GCC unroll 3
+        for (int j = 0; j < 3; ++j) {
+          const int p = u - j;
+          if (p < 0 || p >= NP) continue;
+          a[k][p] += xv * wv[i * 3 + j];
+        }
+      }
+    });
+  }
+#pragma GCC unroll 4
+  for (int k = 0; k < NR; ++k) {
+    T* yo = y + ((oh + k) * g.Wo + ow0) * ys;
+#pragma GCC unroll 16
+    for (int p = 0; p < NP; ++p) vstore(yo + p * ys, a[k][p]);
+  }
+}
+
+#if defined(__AVX2__) && !defined(__AVX512F__)
 // dw3_fwd_chunk for AVX2's 16 registers, as dw33_slide does for the band kernel: each input vector
 // loaded once and added at once into the (at most three) outputs that read it (u = p + j in
 // increasing order, so each output still takes its taps in (i, j) order, zeros outside the image
@@ -1394,6 +1435,107 @@ void dw3_fwd_row_nhwc(const T* xs, const T* wt, const T* b, T* yn, const Geom& g
   });
 }
 
+#if defined(__AVX512F__)
+// AVX-512: the NHWC register rows a group of up to three output rows at a time (dw3_fwd_rows_nhwc),
+// in the plain forward, the fused forward and the input gradient without a per-row epilogue.
+// Each output row's chunks (dw3_fwd_row_nhwc) load the three input rows it reads, so every input
+// line came from L2 three times (a row of 7 pixels at C = 960 is 27 KB; L1 holds 48 KB); three rows
+// at once load five input rows for them. Ho splits into ceil(Ho / 3) groups of near-equal size
+// (7 -> 3 + 2 + 2, 14 -> 3 + 3 + 3 + 3 + 2), the forward's work items (image, group). Against the
+// rows one at a time (with their L2 prefetch), alternating in one process (Sapphire Rapids class,
+// 2 threads, N = 32): forward C960@7 1.25x, C384@14 1.20x; the one-pass backward 1.13x, 1.11x;
+// the fused forward (prologue, statistics) 1.20x, 1.25x, and C128@16 N = 64 1.14x. Two rows at a
+// time: 1.15-1.22x (forward). From L3 (N = 256) 1.14x and 1.02x, from DRAM (C960@7 N = 1024) 1.13x.
+// One thread in L2 (N = 4, 7 rows then as 3 + 3 + 1): 1.14x, 1.15x. The fused input gradient's
+// rows (dw_fused_dx_image: an epilogue on each row while it is in L1) stay one at a time: groups
+// ran level in mobilenet_small's step (1.00x), unmeasured at larger planes.
+struct Dw3RowGroups {
+  int64_t count, base, extra;
+  explicit Dw3RowGroups(int64_t Ho)
+      : count(ceil_div(Ho, int64_t(3))), base(count ? Ho / count : 0), extra(count ? Ho % count : 0) {}
+  int64_t first(int64_t k) const { return k * base + std::min(k, extra); }
+  int64_t size(int64_t k) const { return base + (k < extra); }
+};
+
+// Whether the row groups prefetch the input rows the next group adds and its output rows into L2
+// (SpreadPrefetch, as dw3_fwd_row_nhwc does for the next row). Not on Intel, where it made them
+// slower: 2 threads, the three-row groups with and without it alternating in one process (Sapphire
+// Rapids class), the forward C960@7 N = 32 1.32x and C384@14 1.25x faster without it, N = 256
+// 1.14x and 0.95x; prefetching only the input rows or only the output rows 1.10-1.20x and
+// 0.84-1.16x. On AMD, where the rows' and the band kernels' prefetches were measured to pay from
+// DRAM (Zen 4, a 32 MB L3) and the groups were not measured, kept.
+inline bool dw3_rows_prefetch() {
+  static const bool amd = __builtin_cpu_is("amd");
+  return amd;
+}
+
+// Output rows oh .. oh + NR - 1 (all < Ho) of one NHWC image (xs, wt, b, yn as dw3_fwd_row_nhwc's),
+// with the bits of NR calls of dw3_fwd_row_nhwc, by dw3_fwd_chunk_rows in chunks of at most 8
+// (NR <= 2) or 7 (NR = 3) pixels, channel vectors innermost; each chunk's output lines two channel
+// vectors ahead prefetched for writing into L1, as there. With pfx (the image's input in memory;
+// null: none) and dw3_rows_prefetch, the input rows the next group adds and its output rows
+// prefetched into L2 over the chunks.
+template <typename T, int NR>
+void dw3_fwd_rows_nhwc(const T* xs, const T* wt, const T* b, T* yn, const Geom& g, int64_t oh, const T* pfx) {
+  constexpr int VL = Vec<T>::n, MaxNP = NR == 3 ? 7 : 8;
+  using V = vec_t<T>;
+  const int64_t C = g.C, rowlen = g.W * C, orow = g.Wo * C, sz = int64_t(sizeof(T));
+  const int64_t nc = ceil_div(g.Wo, int64_t(MaxNP)), base = g.Wo / nc, extra = g.Wo % nc;
+  SpreadPrefetch pf;
+  if (pfx && dw_prefetch_worthy<T>(g) && dw3_rows_prefetch()) {
+    const int64_t r = oh + NR + 2 - g.pt;  // the input rows the next group adds (>= H: the next image's)
+    pf = SpreadPrefetch(pfx + r * rowlen, r >= 0 && r + NR <= 2 * g.H ? NR * rowlen * sz : 0,
+                        yn + (oh + NR) * orow, NR * orow * sz, nc * (C / VL));
+  }
+  auto chunk = [&](auto np, int64_t ow0) __attribute__((always_inline)) {
+    constexpr int NP = decltype(np)::value;
+    for (int64_t c = 0; c < C; c += VL) {
+      pf.step();
+      const T* yo = yn + (oh * g.Wo + ow0) * C + c + 2 * VL;
+#pragma GCC unroll 3
+      for (int k = 0; k < NR; ++k)
+#pragma GCC unroll 8
+        for (int p = 0; p < NP; ++p) __builtin_prefetch(yo + k * orow + p * C, 1, 3);
+      const V bv = b ? vload(b + c) : V{};
+      V wv[9];
+#pragma GCC unroll 9
+      for (int t = 0; t < 9; ++t) wv[t] = vload(wt + t * C + c);
+      dw3_fwd_chunk_rows<T, NR, NP>(xs + c, C, yn + c, C, g, wv, bv, oh, ow0);
+    }
+  };
+  int64_t ow = 0;
+  for (int64_t k = 0; k < nc; ++k) {
+    const int64_t np = base + (k < extra);
+    switch (np) {
+      case 8:
+        if constexpr (MaxNP == 8) chunk(std::integral_constant<int, 8>{}, ow);
+        break;
+      case 7: chunk(std::integral_constant<int, 7>{}, ow); break;
+      case 6: chunk(std::integral_constant<int, 6>{}, ow); break;
+      case 5: chunk(std::integral_constant<int, 5>{}, ow); break;
+      case 4: chunk(std::integral_constant<int, 4>{}, ow); break;
+      case 3: chunk(std::integral_constant<int, 3>{}, ow); break;
+      case 2: chunk(std::integral_constant<int, 2>{}, ow); break;
+      default: chunk(std::integral_constant<int, 1>{}, ow); break;
+    }
+    ow += np;
+  }
+}
+
+// Group k of G (Dw3RowGroups of the rows from oh0: of g.Ho, or of a band's rows) of one NHWC image;
+// pfx as dw3_fwd_rows_nhwc's.
+template <typename T>
+void dw3_fwd_group_nhwc(const T* xs, const T* wt, const T* b, T* yn, const Geom& g, const Dw3RowGroups& G,
+                        int64_t k, const T* pfx, int64_t oh0 = 0) {
+  const int64_t oh = oh0 + G.first(k);
+  switch (G.size(k)) {
+    case 3: dw3_fwd_rows_nhwc<T, 3>(xs, wt, b, yn, g, oh, pfx); break;
+    case 2: dw3_fwd_rows_nhwc<T, 2>(xs, wt, b, yn, g, oh, pfx); break;
+    default: dw3_fwd_rows_nhwc<T, 1>(xs, wt, b, yn, g, oh, pfx); break;
+  }
+}
+#endif
+
 // One plane: taps w[t * wst] (t < 9), bias vector bias.
 template <typename T>
 void dw3_plane_fwd(const T* x, int64_t xs, T* y, int64_t ys, const T* w, int64_t wst, vec_t<T> bias,
@@ -1450,16 +1592,27 @@ void dw3_forward(const T* x, const T* w, const T* b, T* y, const Geom& g) {
   using V = vec_t<T>;
   const int64_t C = g.C, ncv = C / VL, HW = g.H * g.W, P = g.Ho * g.Wo;
   if (g.nhwc) {
-    // Work items (image, output row), channel vectors innermost: the rows stream through the
-    // cache in address order (plane by plane, a channel vector's pixels lie C apart and were
-    // fetched with no help from the prefetchers: 2.6 against 0.6 ms at C = 960, 7x7).
+    // Work items (image, output row; AVX-512: image, group of rows), channel vectors innermost:
+    // the rows stream through the cache in address order (plane by plane, a channel vector's
+    // pixels lie C apart and were fetched with no help from the prefetchers: 2.6 against 0.6 ms
+    // at C = 960, 7x7).
     const T* wt = dw_weights_tk(w, g);  // [tap][C]
+#if defined(__AVX512F__)
+    const Dw3RowGroups G(g.Ho);
+#pragma omp parallel for schedule(static) num_threads(num_threads())
+    for (int64_t u = 0; u < g.N * G.count; ++u) {
+      const int64_t n = u / G.count, k = u % G.count;
+      const T* xn = x + n * HW * C;
+      dw3_fwd_group_nhwc(xn, wt, b, y + n * P * C, g, G, k, u + 1 < g.N * G.count ? xn : nullptr);
+    }
+#else
 #pragma omp parallel for schedule(static) num_threads(num_threads())
     for (int64_t u = 0; u < g.N * g.Ho; ++u) {
       const int64_t n = u / g.Ho, oh = u % g.Ho;
       const T* xn = x + n * HW * C;
       dw3_fwd_row_nhwc(xn, wt, b, y + n * P * C, g, oh, n + 1 < g.N || oh + 1 < g.Ho ? xn : nullptr);
     }
+#endif
     return;
   }
   const T* wb = dw_block_weights(w, b, g);  // [block][tap][VL], then the bias [C]
@@ -1664,6 +1817,14 @@ void dw_adjoint_image(const T* dyn, const T* wt, T* dxn, const Geom& a, const Dw
     }
     return;
   }
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<After, std::nullptr_t>) {  // AVX-512: groups of rows (dw3_fwd_group_nhwc)
+    const Dw3RowGroups G(a.Ho);
+    for (int64_t k = 0; k < G.count; ++k)
+      dw3_fwd_group_nhwc<T>(dyn, wt, nullptr, dxn, a, G, k, next || k + 1 < G.count ? dyn : nullptr);
+    return;
+  }
+#endif
   for (int64_t oh = 0; oh < a.Ho; ++oh) {
     dw3_fwd_row_nhwc<T>(dyn, wt, nullptr, dxn, a, oh, next || oh + 1 < a.Ho ? dyn : nullptr);
     if constexpr (!std::is_same_v<After, std::nullptr_t>) after(oh, dxn + oh * a.Wo * C);
@@ -1907,6 +2068,22 @@ void dw_fused_forward_nhwc(const T* x, const T* w, const T* b, T* y, const Geom&
       } else {
         const T* xs = xn;
         int64_t done = oh0 * g.sh - g.pt;  // rows [.., done) are staged
+#if defined(__AVX512F__)
+        if (small3) {  // AVX-512: the unit's rows in groups (dw3_fwd_group_nhwc)
+          const Dw3RowGroups G(oh1 - oh0);
+          for (int64_t k = 0; k < G.count; ++k) {
+            if (pp) {  // stage the rows this group newly reads
+              const int64_t need = oh0 + G.first(k) + G.size(k) + 2 - g.pt;
+              if (need > done) {
+                dw_stage_rows(xn, g, done, need, buf, pro);
+                done = need;
+              }
+              xs = buf;
+            }
+            dw3_fwd_group_nhwc(xs, wt, b, yn, g, G, k, u + 1 < units || k + 1 < G.count ? xn : nullptr, oh0);
+          }
+        } else
+#endif
         for (int64_t oh = oh0; oh < oh1; ++oh) {
           if (pp) {  // stage the rows this output row newly reads
             const int64_t need = oh * g.sh + (kh - 1) * g.dh - g.pt + 1;
