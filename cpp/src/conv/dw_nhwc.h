@@ -1458,12 +1458,13 @@ struct Dw3RowGroups {
 };
 
 // Whether the row groups prefetch the input rows the next group adds and its output rows into L2
-// (SpreadPrefetch, as dw3_fwd_row_nhwc does for the next row). Not on Intel, where it made them
-// slower: 2 threads, the three-row groups with and without it alternating in one process (Sapphire
-// Rapids class), the forward C960@7 N = 32 1.32x and C384@14 1.25x faster without it, N = 256
-// 1.14x and 0.95x; prefetching only the input rows or only the output rows 1.10-1.20x and
-// 0.84-1.16x. On AMD, where the rows' and the band kernels' prefetches were measured to pay from
-// DRAM (Zen 4, a 32 MB L3) and the groups were not measured, kept.
+// (SpreadPrefetch, as dw3_fwd_row_nhwc does for the next row). Not on Intel, where it took back
+// their gain: the forward, 2 threads, alternating in one process (Sapphire Rapids class), against
+// the rows one at a time with theirs, at C960@7 / C384@14: the groups with it 1.00x / 1.00x at
+// N = 32, 1.05x / 1.02x at N = 256, 0.94x from DRAM (C960@7, N = 1024); without it 1.28x / 1.28x,
+// 1.14x / 1.02x, 1.13x; with only the input rows 1.20x / 1.16x and 1.11x / 0.84x, only the output
+// rows 1.20x / 1.15x and 1.10x / 0.96x. On AMD, where the rows' and the band kernels' prefetches
+// were measured to pay from DRAM (Zen 4, a 32 MB L3) and the groups were not measured, kept.
 inline bool dw3_rows_prefetch() {
   static const bool amd = __builtin_cpu_is("amd");
   return amd;
