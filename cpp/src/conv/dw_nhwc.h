@@ -1363,15 +1363,19 @@ CNNKIT_HD void dw3_wgrad_chunk_slide(const T* x, int64_t xs, const T* dy, int64_
 #endif
 
 // Calls f(std::integral_constant<int, NP>{}, oh, ow0) for the chunks of output row oh: the row
-// split into ceil(Wo / 8) chunks of near-equal width (14 -> 7 + 7, not 8 + 6).
-template <typename F>
+// split into ceil(Wo / MaxNP) chunks of near-equal width (MaxNP 8: 14 -> 7 + 7, not 8 + 6;
+// MaxNP 7 or 8).
+template <int MaxNP = 8, typename F>
 CNNKIT_HD void dw3_for_row_chunks(const Geom& g, int64_t oh, F&& f) {
-  const int64_t nc = ceil_div(g.Wo, 8), base = g.Wo / nc, extra = g.Wo % nc;
+  static_assert(MaxNP == 7 || MaxNP == 8, "chunks of at most 7 or 8 pixels");
+  const int64_t nc = ceil_div(g.Wo, int64_t(MaxNP)), base = g.Wo / nc, extra = g.Wo % nc;
   int64_t ow = 0;
   for (int64_t k = 0; k < nc; ++k) {
     const int64_t np = base + (k < extra);
     switch (np) {
-      case 8: f(std::integral_constant<int, 8>{}, oh, ow); break;
+      case 8:
+        if constexpr (MaxNP == 8) f(std::integral_constant<int, 8>{}, oh, ow);
+        break;
       case 7: f(std::integral_constant<int, 7>{}, oh, ow); break;
       case 6: f(std::integral_constant<int, 6>{}, oh, ow); break;
       case 5: f(std::integral_constant<int, 5>{}, oh, ow); break;
@@ -1481,14 +1485,13 @@ void dw3_fwd_rows_nhwc(const T* xs, const T* wt, const T* b, T* yn, const Geom& 
   constexpr int VL = Vec<T>::n, MaxNP = NR == 3 ? 7 : 8;
   using V = vec_t<T>;
   const int64_t C = g.C, rowlen = g.W * C, orow = g.Wo * C, sz = int64_t(sizeof(T));
-  const int64_t nc = ceil_div(g.Wo, int64_t(MaxNP)), base = g.Wo / nc, extra = g.Wo % nc;
   SpreadPrefetch pf;
   if (pfx && dw_prefetch_worthy<T>(g) && dw3_rows_prefetch()) {
     const int64_t r = oh + NR + 2 - g.pt;  // the input rows the next group adds (>= H: the next image's)
     pf = SpreadPrefetch(pfx + r * rowlen, r >= 0 && r + NR <= 2 * g.H ? NR * rowlen * sz : 0,
-                        yn + (oh + NR) * orow, NR * orow * sz, nc * (C / VL));
+                        yn + (oh + NR) * orow, NR * orow * sz, ceil_div(g.Wo, int64_t(MaxNP)) * (C / VL));
   }
-  auto chunk = [&](auto np, int64_t ow0) __attribute__((always_inline)) {
+  dw3_for_row_chunks<MaxNP>(g, oh, [&](auto np, int64_t, int64_t ow0) __attribute__((always_inline)) {
     constexpr int NP = decltype(np)::value;
     for (int64_t c = 0; c < C; c += VL) {
       pf.step();
@@ -1503,24 +1506,7 @@ void dw3_fwd_rows_nhwc(const T* xs, const T* wt, const T* b, T* yn, const Geom& 
       for (int t = 0; t < 9; ++t) wv[t] = vload(wt + t * C + c);
       dw3_fwd_chunk_rows<T, NR, NP>(xs + c, C, yn + c, C, g, wv, bv, oh, ow0);
     }
-  };
-  int64_t ow = 0;
-  for (int64_t k = 0; k < nc; ++k) {
-    const int64_t np = base + (k < extra);
-    switch (np) {
-      case 8:
-        if constexpr (MaxNP == 8) chunk(std::integral_constant<int, 8>{}, ow);
-        break;
-      case 7: chunk(std::integral_constant<int, 7>{}, ow); break;
-      case 6: chunk(std::integral_constant<int, 6>{}, ow); break;
-      case 5: chunk(std::integral_constant<int, 5>{}, ow); break;
-      case 4: chunk(std::integral_constant<int, 4>{}, ow); break;
-      case 3: chunk(std::integral_constant<int, 3>{}, ow); break;
-      case 2: chunk(std::integral_constant<int, 2>{}, ow); break;
-      default: chunk(std::integral_constant<int, 1>{}, ow); break;
-    }
-    ow += np;
-  }
+  });
 }
 
 // Group k of G (Dw3RowGroups of the rows from oh0: of g.Ho, or of a band's rows) of one NHWC image;

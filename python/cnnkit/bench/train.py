@@ -2032,7 +2032,22 @@ def render_fused_kinds(fs: dict, prof: dict, top: int, markdown: bool) -> str:
 
 
 def fused_notes(fs: dict, prof: dict) -> list[str]:
-    """The lines under the fused tables: the fusion check, the coverage, the roofline gap."""
+    """The lines under the fused tables: the fusion check, the coverage, the roofline gap.
+
+    Parameters
+    ----------
+    fs : dict
+        :func:`fused_summary` of the profile (the fused call counts, the layers, the step's
+        kernel, NumPy, Python and floor times).
+    prof : dict
+        The profile itself (``step_ms``, ``plain_step_ms``, ``fusion_enabled``,
+        ``fused_kernels`` and, where some layers took it, ``reference_layers``).
+
+    Returns
+    -------
+    list of str
+        One line each, in the order they are printed.
+    """
     step, plain = prof["step_ms"], prof["plain_step_ms"]
     fk = ", ".join(f"{k} {n}" for k, n in sorted(prof["fused_kernels"].items())) or "none"
     lines = [f"Fusion while profiling: cnnkit.nn.fusion "
