@@ -24,7 +24,10 @@ stay in L2). The shape's *roof* in a round is the lower of the probe and that me
 roof" the own rate over it, judged against the same 85%. Where the memory rate is the lower (the
 144->24 layer: 48 FLOPs per 4-byte element of A read), no kernel reaches the peak, and "% roof"
 says how close the own one comes to what the core's memory path allows; "% peak" stays the
-issue's target and is judged all the same. At more threads each
+issue's target and is judged all the same. (Such a layer also runs 3-8% slower for about 30 ms
+after the compute-only probe, or after an idle stretch, than after memory-bound work; the own
+GEMM follows the probe directly in every other round, so its whole-layer rows read low by up to
+that much: BENCHMARKS.md, forty-sixth session.) At more threads each
 implementation runs its own block of calls instead: cnnkit, OpenBLAS and torch keep three
 different thread pools whose idle threads spin for a while after a call, and interleaved calls
 then starve each other (all three fell below 2 GFLOP/s on the small shapes); there the limit is the
